@@ -1,0 +1,131 @@
+#include "engine/base/flags.h"
+
+#include <cerrno>
+#include <cstdlib>
+#include <sstream>
+
+namespace seer {
+
+FlagSet::FlagSet(std::string usage, std::string description)
+    : usage_(std::move(usage)), description_(std::move(description)) {}
+
+void FlagSet::String(const std::string& name, std::string* target, const std::string& help) {
+  flags_.push_back({name, Kind::kString, target, help, target->empty() ? "" : *target});
+}
+void FlagSet::Int(const std::string& name, int64_t* target, const std::string& help) {
+  flags_.push_back({name, Kind::kInt, target, help, std::to_string(*target)});
+}
+void FlagSet::Double(const std::string& name, double* target, const std::string& help) {
+  std::ostringstream os;
+  os << *target;
+  flags_.push_back({name, Kind::kDouble, target, help, os.str()});
+}
+void FlagSet::Bool(const std::string& name, bool* target, const std::string& help) {
+  flags_.push_back({name, Kind::kBool, target, help, *target ? "true" : "false"});
+}
+
+FlagSet::Flag* FlagSet::Find(const std::string& name) {
+  for (auto& f : flags_)
+    if (f.name == name) return &f;
+  return nullptr;
+}
+
+bool FlagSet::WasSet(const std::string& name) const {
+  for (const auto& f : flags_)
+    if (f.name == name) return f.set;
+  return false;
+}
+
+Status FlagSet::Assign(Flag& f, const std::string& value) {
+  f.set = true;
+  switch (f.kind) {
+    case Kind::kString:
+      *static_cast<std::string*>(f.target) = value;
+      return OkStatus();
+    case Kind::kInt: {
+      errno = 0;
+      char* end = nullptr;
+      long long v = std::strtoll(value.c_str(), &end, 10);
+      if (value.empty() || *end != '\0' || errno == ERANGE)
+        return InvalidArgument("--" + f.name + ": expected an integer, got '" + value + "'");
+      *static_cast<int64_t*>(f.target) = v;
+      return OkStatus();
+    }
+    case Kind::kDouble: {
+      errno = 0;
+      char* end = nullptr;
+      double v = std::strtod(value.c_str(), &end);
+      if (value.empty() || *end != '\0' || errno == ERANGE)
+        return InvalidArgument("--" + f.name + ": expected a number, got '" + value + "'");
+      *static_cast<double*>(f.target) = v;
+      return OkStatus();
+    }
+    case Kind::kBool:
+      if (value == "true" || value == "1" || value == "yes") {
+        *static_cast<bool*>(f.target) = true;
+      } else if (value == "false" || value == "0" || value == "no") {
+        *static_cast<bool*>(f.target) = false;
+      } else {
+        return InvalidArgument("--" + f.name + ": expected true or false, got '" + value + "'");
+      }
+      return OkStatus();
+  }
+  return Internal("unreachable");
+}
+
+Status FlagSet::Parse(int argc, char** argv, int begin) {
+  for (int i = begin; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "-h" || arg == "--help") {
+      help_requested_ = true;
+      continue;
+    }
+    if (arg.rfind("--", 0) != 0 || arg.size() == 2) {
+      positional_.push_back(arg);
+      continue;
+    }
+    std::string name = arg.substr(2);
+    std::string value;
+    bool has_value = false;
+    if (auto eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+      has_value = true;
+    }
+    Flag* f = Find(name);
+    if (f == nullptr) return InvalidArgument("unknown flag --" + name + " (see --help)");
+    if (!has_value) {
+      if (f->kind == Kind::kBool &&
+          (i + 1 >= argc || (std::string(argv[i + 1]) != "true" && std::string(argv[i + 1]) != "false"))) {
+        value = "true";
+      } else if (i + 1 < argc) {
+        value = argv[++i];
+      } else {
+        return InvalidArgument("--" + name + ": missing value");
+      }
+    }
+    SEER_RETURN_IF_ERROR(Assign(*f, value));
+  }
+  return OkStatus();
+}
+
+std::string FlagSet::Help() const {
+  std::ostringstream os;
+  os << "Usage: " << usage_ << "\n\n" << description_ << "\n\nFlags:\n";
+  for (const auto& f : flags_) {
+    os << "  --" << f.name;
+    switch (f.kind) {
+      case Kind::kString: os << " STRING"; break;
+      case Kind::kInt: os << " INT"; break;
+      case Kind::kDouble: os << " NUMBER"; break;
+      case Kind::kBool: os << " [true|false]"; break;
+    }
+    os << "\n      " << f.help;
+    if (!f.default_text.empty()) os << " (default: " << f.default_text << ")";
+    os << "\n";
+  }
+  os << "  -h, --help\n      Show this help.\n";
+  return os.str();
+}
+
+}  // namespace seer

@@ -1,0 +1,55 @@
+// A small command-line flag parser shared by the seer CLI and the servers.
+// Flags are --name VALUE or --name=VALUE; booleans also accept a bare --name.
+// Unknown flags and bad values are errors that name the flag.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/base/status.h"
+
+namespace seer {
+
+class FlagSet {
+ public:
+  // `usage` is the first line of --help, e.g. "seer run --model DIR --ids IDS [flags]".
+  FlagSet(std::string usage, std::string description);
+
+  void String(const std::string& name, std::string* target, const std::string& help);
+  void Int(const std::string& name, int64_t* target, const std::string& help);
+  void Double(const std::string& name, double* target, const std::string& help);
+  void Bool(const std::string& name, bool* target, const std::string& help);
+
+  // Parses argv[begin..argc). Returns INVALID_ARGUMENT naming the flag on a
+  // bad flag. Sets help_requested() for -h / --help (and returns OK).
+  Status Parse(int argc, char** argv, int begin = 1);
+  bool help_requested() const { return help_requested_; }
+  // Arguments that are not flags, in order.
+  const std::vector<std::string>& positional() const { return positional_; }
+  // Whether --name appeared on the command line.
+  bool WasSet(const std::string& name) const;
+
+  std::string Help() const;
+
+ private:
+  enum class Kind { kString, kInt, kDouble, kBool };
+  struct Flag {
+    std::string name;
+    Kind kind;
+    void* target;
+    std::string help;
+    std::string default_text;
+    bool set = false;
+  };
+  Flag* Find(const std::string& name);
+  Status Assign(Flag& f, const std::string& value);
+
+  std::string usage_;
+  std::string description_;
+  std::vector<Flag> flags_;
+  std::vector<std::string> positional_;
+  bool help_requested_ = false;
+};
+
+}  // namespace seer

@@ -1,0 +1,42 @@
+// A per-Q-head block mask over the causal block triangle, plus the per-row
+// block lists that kernels consume. Nothing of size L x L is ever formed.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace seer {
+
+struct BlockMask {
+  int num_heads = 0;
+  int num_blocks = 0;  // nb = ceil(seq_len / block_size)
+  int block_size = 64;
+  int seq_len = 0;
+  // keep[(h * nb + qb) * nb + kb] is 1 when block (qb, kb) is computed for
+  // head h. Always 0 above the diagonal (kb > qb).
+  std::vector<uint8_t> keep;
+
+  static BlockMask Dense(int num_heads, int seq_len, int block_size);
+
+  bool at(int h, int qb, int kb) const {
+    return keep[(static_cast<size_t>(h) * num_blocks + qb) * num_blocks + kb] != 0;
+  }
+  int64_t kept() const;
+  int64_t causal_blocks() const {
+    return static_cast<int64_t>(num_heads) * num_blocks * (num_blocks + 1) / 2;
+  }
+  double density() const { return causal_blocks() ? double(kept()) / double(causal_blocks()) : 1.0; }
+};
+
+// CSR block lists: for head h and query block qb, the kept key blocks are
+// indices[offsets[h * nb + qb] .. offsets[h * nb + qb + 1]), ascending.
+struct BlockLists {
+  int num_heads = 0;
+  int num_blocks = 0;
+  std::vector<int32_t> offsets;  // num_heads * nb + 1
+  std::vector<int32_t> indices;
+};
+
+BlockLists ToBlockLists(const BlockMask& mask);
+
+}  // namespace seer

@@ -1,0 +1,56 @@
+// SeerAttention gates (DESIGN.md §1): loading the released checkpoints and
+// computing the block mask of one layer on the CPU, in float32.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "engine/base/status.h"
+#include "engine/block_mask.h"
+#include "engine/model_config.h"
+#include "engine/sparsity.h"
+
+namespace seer {
+
+struct GateConfig {
+  std::string base_model;
+  std::string gate_type = "Qavg_Kmaxminavg";
+  int block_size = 64;
+  int hidden = 128;  // seerattn_gate_hidden_size
+  SparsityConfig sparsity;  // defaults from seerattn_sparsity_method / threshold / nz_ratio / last_block_dense
+};
+
+struct GateLayerWeights {
+  // mask_linear_k: [Hq, 3 * head_dim, hidden], applied as x . W (W stored [in, out]).
+  std::vector<float> k_weight;
+  // mask_linear_q: empty, or [Hq, q_in, hidden] with q_in = nq * head_dim.
+  std::vector<float> q_weight;
+  int q_in = 0;
+};
+
+struct GateWeights {
+  GateConfig config;
+  std::vector<GateLayerWeights> layers;  // one per model layer
+};
+
+// Loads a gate directory: config.json (seerattn_* fields) plus
+// attn_gate_weights.pth (restricted unpickler, no code runs) or *.safetensors.
+// Validates layer count, head counts, shapes and block size against `model`;
+// a mismatch names the key and both shapes.
+StatusOr<GateWeights> LoadGates(const std::string& dir, const ModelConfig& model);
+
+struct GateOutput {
+  BlockMask mask;
+  // [Hq, nb, nb]: softmax of the gate scores over the causal key blocks of
+  // each row; 0 above the diagonal.
+  std::vector<float> probs;
+};
+
+// Runs the gate of one layer.
+//   q: [L, Hq, head_dim] and k: [L, Hkv, head_dim], straight after
+//   q_proj / k_proj (bias included, before RoPE).
+// Applies `sparsity` (mode, last_block_dense) and the never-empty-row rule.
+StatusOr<GateOutput> RunGate(const GateLayerWeights& w, const GateConfig& gc, const ModelConfig& model,
+                             const float* q, const float* k, int seq_len, const SparsityConfig& sparsity);
+
+}  // namespace seer

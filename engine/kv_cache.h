@@ -1,0 +1,71 @@
+// The KV cache of one request: per layer, K (after RoPE) and V, laid out
+// [kv_heads, capacity, head_dim]. Backends own the storage; the service moves
+// it with ReadLayer / WriteLayer in the wire layout [kv_heads, n, head_dim].
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "engine/base/dtype.h"
+#include "engine/base/status.h"
+
+namespace seer {
+
+struct KvLayout {
+  int num_layers = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  DType dtype = DType::kF32;  // element type of the storage and of ReadLayer's output
+
+  // Bytes of K (or V) for `tokens` tokens of one layer.
+  size_t LayerBytes(int tokens) const {
+    return static_cast<size_t>(num_kv_heads) * tokens * head_dim * DTypeSize(dtype);
+  }
+};
+
+class KvCache {
+ public:
+  KvCache(KvLayout layout, int capacity) : layout_(layout), capacity_(capacity) {}
+  virtual ~KvCache() = default;
+  KvCache(const KvCache&) = delete;
+  KvCache& operator=(const KvCache&) = delete;
+
+  const KvLayout& layout() const { return layout_; }
+  int capacity() const { return capacity_; }
+  // Tokens whose K/V are present in every layer.
+  int length() const { return length_; }
+  void set_length(int n) { length_ = n; }
+
+  // Copies tokens [t0, t0 + n) of `layer` out as [kv_heads, n, head_dim] in
+  // layout().dtype.
+  virtual Status ReadLayer(int layer, int t0, int n, void* k_out, void* v_out) const = 0;
+  // Writes tokens [t0, t0 + n) of `layer` from [kv_heads, n, head_dim] data of
+  // type `src` (converted when it differs from the storage type). Checks
+  // every bound.
+  virtual Status WriteLayer(int layer, int t0, int n, DType src, const void* k, const void* v) = 0;
+
+ protected:
+  KvLayout layout_;
+  int capacity_;
+  int length_ = 0;
+};
+
+// Host storage in float32: what the CPU reference model reads and writes.
+class HostKvCache final : public KvCache {
+ public:
+  HostKvCache(int num_layers, int num_kv_heads, int head_dim, int capacity);
+
+  float* k(int layer) { return k_[layer].data(); }
+  float* v(int layer) { return v_[layer].data(); }
+  const float* k(int layer) const { return k_[layer].data(); }
+  const float* v(int layer) const { return v_[layer].data(); }
+
+  Status ReadLayer(int layer, int t0, int n, void* k_out, void* v_out) const override;
+  Status WriteLayer(int layer, int t0, int n, DType src, const void* k, const void* v) override;
+
+ private:
+  std::vector<std::vector<float>> k_, v_;
+};
+
+}  // namespace seer

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The README's test command: installs dependencies, builds everything, and
+# runs every test suite. GPU tests skip cleanly without a GPU.
+#   1. Release build of everything (CUDA too when nvcc is present) + ctest.
+#   2. The engine tests again under AddressSanitizer + UndefinedBehaviorSanitizer.
+#   3. The checkpoint and gate-file parsers under libFuzzer, for a bounded time.
+# SEER_SKIP_SANITIZE=1 / SEER_SKIP_FUZZ=1 skip stages 2 / 3 (for quick local runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash tools/install-deps.sh
+
+jobs=$(nproc)
+echo "== [1/3] release build + tests"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
+cmake --build build -j "$jobs"
+ctest --test-dir build --output-on-failure -j "$jobs"
+
+if [ "${SEER_SKIP_SANITIZE:-0}" != 1 ]; then
+  echo "== [2/3] engine tests under ASan + UBSan"
+  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DSEER_SANITIZE=ON \
+        -DSEER_ENABLE_SERVER=OFF -DSEER_ENABLE_CUDA=OFF
+  cmake --build build-asan -j "$jobs" --target seer_engine_tests seer
+  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    ctest --test-dir build-asan --output-on-failure -j "$jobs"
+fi
+
+if [ "${SEER_SKIP_FUZZ:-0}" != 1 ]; then
+  echo "== [3/3] libFuzzer on the file parsers"
+  CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DSEER_FUZZ=ON -DSEER_ENABLE_TESTS=ON -DSEER_ENABLE_SERVER=OFF -DSEER_ENABLE_CUDA=OFF
+  fuzzers=()
+  for src in tests/fuzz/*_fuzz.cc; do
+    [ -e "$src" ] || continue
+    fuzzers+=("$(basename "$src" .cc)")
+  done
+  if [ ${#fuzzers[@]} -gt 0 ]; then
+    cmake --build build-fuzz -j "$jobs" --target "${fuzzers[@]}"
+    for f in "${fuzzers[@]}"; do
+      corpus="build-fuzz/corpus-$f"
+      mkdir -p "$corpus"
+      seeds="tests/fuzz/seeds/${f%_fuzz}"
+      [ -d "$seeds" ] && cp -n "$seeds"/* "$corpus"/ 2>/dev/null || true
+      echo "-- $f (${SEER_FUZZ_SECONDS:-60} s)"
+      "build-fuzz/bin/$f" -max_total_time="${SEER_FUZZ_SECONDS:-60}" -print_final_stats=1 \
+          -artifact_prefix=build-fuzz/ "$corpus" 2>&1 | tail -n 12
+    done
+  fi
+fi
+echo "== all test stages passed"
