@@ -1,0 +1,41 @@
+// Block-sparse FlashAttention forward (prefill) and decode attention on CUDA.
+// bf16 or fp16 storage, fp32 accumulation. CPU twins: kernels/cpu/attention.h
+// (same layouts). The interface is kernel-agnostic so that a Hopper (wgmma/TMA)
+// kernel can replace the FA2-class one behind it.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace seer::cuda {
+
+enum class ElemType { kBF16, kF16 };
+
+struct AttentionParams {
+  ElemType dtype = ElemType::kBF16;
+  const void* q = nullptr;  // [L, Hq, D]
+  const void* k = nullptr;  // [Hkv, kv_stride, D]
+  const void* v = nullptr;  // [Hkv, kv_stride, D]
+  void* out = nullptr;      // [L, Hq, D]
+  int seq_len = 0;
+  int num_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;   // 64 or 128
+  int kv_stride = 0;  // tokens between kv heads
+  float scale = 0.0f;
+  // Per (head, query block) CSR lists of key blocks, as BlockLists
+  // (engine/block_mask.h), in device memory. Null offsets = dense causal.
+  const int32_t* block_offsets = nullptr;  // Hq * nb + 1
+  const int32_t* block_indices = nullptr;
+  int block_size = 64;
+};
+
+// Prefill attention. Returns cudaErrorInvalidValue for unsupported shapes.
+cudaError_t BlockSparseAttention(const AttentionParams& p, cudaStream_t stream);
+
+// Decode: one query token per head at position `pos` attending to keys
+// 0..pos. q/out: [Hq, D].
+cudaError_t DecodeAttention(const AttentionParams& p, int pos, cudaStream_t stream);
+
+}  // namespace seer::cuda
