@@ -62,6 +62,8 @@ class JsonValue {
   static std::string TypeName(Type t);
 
  private:
+  friend class JsonParser;  // appends parsed members without Set()'s linear duplicate scan
+
   Type type_ = Type::kNull;
   bool bool_ = false;
   bool is_int_ = false;
