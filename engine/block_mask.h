@@ -2,6 +2,7 @@
 // block lists that kernels consume. Nothing of size L x L is ever formed.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 

@@ -1,0 +1,115 @@
+#include "engine/sparsity.h"
+
+#include <charconv>
+#include <cmath>
+#include <string>
+
+namespace seer {
+namespace {
+
+// A strict decimal number: the whole of `text`, finite. strtod would also
+// take "inf", "nan", hex floats and leading spaces; from_chars takes none.
+bool ParseNumber(std::string_view text, double* out) {
+  if (text.empty()) return false;
+  const char* begin = text.data();
+  const char* end = text.data() + text.size();
+  if (*begin == '+') ++begin;  // from_chars refuses a leading '+'; people write it
+  auto [ptr, ec] = std::from_chars(begin, end, *out, std::chars_format::general);
+  return ec == std::errc() && ptr == end && std::isfinite(*out);
+}
+
+std::string Quoted(std::string_view s) {
+  std::string out;
+  out.reserve(s.size() + 2);
+  out.push_back('\'');
+  out.append(s);
+  out.push_back('\'');
+  return out;
+}
+
+std::string ShortestDouble(double v) {
+  char buf[512];  // fixed notation of a double can run to ~330 digits
+  auto [ptr, ec] = std::to_chars(buf, buf + sizeof(buf), v, std::chars_format::fixed);
+  if (ec != std::errc()) return std::to_string(v);
+  return std::string(buf, ptr);
+}
+
+}  // namespace
+
+StatusOr<SparsityConfig> ParseSparsity(std::string_view text, const SparsityConfig& base) {
+  SparsityConfig out = base;
+  std::string_view mode = text;
+
+  // The fixture and reference tooling write a mode with an optional override,
+  // "nz_ratio=0.5;last_block_dense=false"; accept that form as well.
+  if (size_t semi = text.find(';'); semi != std::string_view::npos) {
+    mode = text.substr(0, semi);
+    std::string_view opt = text.substr(semi + 1);
+    constexpr std::string_view kLbd = "last_block_dense=";
+    if (opt.substr(0, kLbd.size()) != kLbd) {
+      return InvalidArgument("sparsity " + Quoted(text) + ": unknown option " + Quoted(opt) +
+                             " (only last_block_dense=true|false may follow ';')");
+    }
+    std::string_view v = opt.substr(kLbd.size());
+    if (v == "true") {
+      out.last_block_dense = true;
+    } else if (v == "false") {
+      out.last_block_dense = false;
+    } else {
+      return InvalidArgument("sparsity " + Quoted(text) + ": last_block_dense must be true or false, got " +
+                             Quoted(v));
+    }
+  }
+
+  if (mode == "dense") {
+    out.mode = SparsityMode::kDense;
+    return out;
+  }
+  size_t eq = mode.find('=');
+  if (eq == std::string_view::npos) {
+    return InvalidArgument("sparsity " + Quoted(text) +
+                           ": expected 'dense', 'threshold=T' (0 <= T < 1) or 'nz_ratio=R' (0 < R <= 1)");
+  }
+  std::string_view key = mode.substr(0, eq);
+  std::string_view value = mode.substr(eq + 1);
+  double v = 0.0;
+  if (key == "threshold") {
+    if (!ParseNumber(value, &v)) {
+      return InvalidArgument("sparsity " + Quoted(text) + ": threshold " + Quoted(value) +
+                             " is not a finite number");
+    }
+    if (!(v >= 0.0 && v < 1.0)) {
+      return InvalidArgument("sparsity " + Quoted(text) + ": threshold " + ShortestDouble(v) +
+                             " is out of range, need 0 <= T < 1");
+    }
+    out.mode = SparsityMode::kThreshold;
+    out.threshold = v;
+    return out;
+  }
+  if (key == "nz_ratio") {
+    if (!ParseNumber(value, &v)) {
+      return InvalidArgument("sparsity " + Quoted(text) + ": nz_ratio " + Quoted(value) +
+                             " is not a finite number");
+    }
+    if (!(v > 0.0 && v <= 1.0)) {
+      return InvalidArgument("sparsity " + Quoted(text) + ": nz_ratio " + ShortestDouble(v) +
+                             " is out of range, need 0 < R <= 1");
+    }
+    out.mode = SparsityMode::kNzRatio;
+    out.nz_ratio = v;
+    return out;
+  }
+  return InvalidArgument("sparsity " + Quoted(text) + ": unknown mode " + Quoted(key) +
+                         ", expected 'dense', 'threshold=T' or 'nz_ratio=R'");
+}
+
+std::string SparsityToString(const SparsityConfig& s) {
+  switch (s.mode) {
+    case SparsityMode::kDense: return "dense";
+    case SparsityMode::kThreshold: return "threshold=" + ShortestDouble(s.threshold);
+    case SparsityMode::kNzRatio: return "nz_ratio=" + ShortestDouble(s.nz_ratio);
+  }
+  return "dense";
+}
+
+}  // namespace seer
