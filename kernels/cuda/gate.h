@@ -1,0 +1,84 @@
+// The SeerAttention gate of one layer on the GPU (DESIGN.md §1): the device
+// twin of seer::RunGate (engine/gate.h). It pools the pre-RoPE q and k per
+// 64-token block, projects them per Q head, applies block RoPE, scores the
+// causal block triangle and selects blocks, writing the per-(head, query
+// block) CSR lists that BlockSparseAttention (kernels/cuda/attention.h)
+// consumes, directly on the device. Nothing of size L x L is formed: the
+// largest buffer is nb x nb scores for `heads_per_pass` heads at a time.
+//
+// All pointers are device memory. Every stage runs on `stream`; nothing
+// synchronizes with the host.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/attention.h"
+
+namespace seer::cuda {
+
+enum class GateSelection { kDense, kThreshold, kNzRatio };
+
+struct GateParams {
+  // Inputs, straight after q_proj / k_proj (bias included, before RoPE).
+  ElemType dtype = ElemType::kBF16;
+  const void* q = nullptr;  // [L, Hq, head_dim], token rows `q_row_stride` elements apart
+  const void* k = nullptr;  // [L, Hkv, head_dim], token rows `k_row_stride` elements apart
+  int64_t q_row_stride = 0;  // 0: Hq * head_dim (packed)
+  int64_t k_row_stride = 0;  // 0: Hkv * head_dim (packed)
+  int seq_len = 0;
+  int num_heads = 0;     // Hq
+  int num_kv_heads = 0;  // Hkv, divides Hq
+  int head_dim = 0;      // D, at most 256
+  int block_size = 64;   // tokens per pooled block, at most 1024
+  int hidden = 0;        // gate hidden size (even, at most 512)
+
+  // Weights, float32. k_weight is mask_linear_k [Hq, 3 * D, hidden], applied
+  // as x . W. q_weight is mask_linear_q [Hq, D, hidden] or null (then the
+  // pooled Q goes straight to RoPE and hidden must equal D).
+  const float* k_weight = nullptr;
+  const float* q_weight = nullptr;
+  // RoPE inverse frequencies for rotary dim = hidden: hidden / 2 floats
+  // (llama3 scaling already applied, as seer::RopeInvFreq computes them).
+  // Angles are float(position) * inv_freq[i] in float32, like HF.
+  const float* rope_inv_freq = nullptr;
+
+  // Selection (engine/sparsity.h).
+  GateSelection mode = GateSelection::kDense;
+  double threshold = 0.0;  // kThreshold: keep blocks with softmax probability > threshold
+  double nz_ratio = 1.0;   // kNzRatio: k = max(1, int((1 - sqrt(1 - r)) * nb)) per row
+  bool last_block_dense = true;
+
+  // Outputs.
+  int32_t* block_offsets = nullptr;  // [Hq * nb + 1]
+  int32_t* block_indices = nullptr;  // capacity `index_capacity`, >= GateMaxIndices()
+  int64_t index_capacity = 0;
+  int64_t* kept_per_head = nullptr;  // [Hq] kept blocks per head, or null
+  float* probs = nullptr;            // [Hq, nb, nb] causal softmax, 0 above the diagonal, or null
+
+  // Scratch from the caller, at least GateWorkspaceBytes(*this) bytes,
+  // 256-byte aligned.
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  // Heads whose nb x nb scores are held at once; 0 = all heads.
+  int heads_per_pass = 0;
+};
+
+// nb = ceil(seq_len / block_size); 0 for a bad shape.
+int GateNumBlocks(const GateParams& p);
+
+// Scratch that RunGateKernels needs for these shapes and heads_per_pass.
+size_t GateWorkspaceBytes(const GateParams& p);
+
+// The most block indices the selection can keep: the whole causal triangle
+// for dense and threshold, less for nz_ratio.
+int64_t GateMaxIndices(const GateParams& p);
+
+// Runs the gate. Returns cudaErrorInvalidValue for an unsupported shape, a
+// missing pointer, too small a workspace or index capacity; otherwise the
+// first launch error.
+cudaError_t RunGateKernels(const GateParams& p, cudaStream_t stream);
+
+}  // namespace seer::cuda
