@@ -1,6 +1,8 @@
 #include "engine/model_config.h"
 
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <numbers>
 #include <optional>
@@ -262,7 +264,7 @@ StatusOr<ModelConfig> ParseModelConfig(const JsonValue& root, const std::string&
 
 StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound(path + ": cannot open");
+  if (!in) return NotFound(path + ": cannot open: " + std::strerror(errno));
   std::ostringstream text;
   text << in.rdbuf();
   if (in.bad()) return InvalidArgument(path + ": read failed");
