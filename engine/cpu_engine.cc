@@ -1,0 +1,354 @@
+#include "engine/cpu_engine.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <new>
+#include <thread>
+
+#include "engine/block_mask.h"
+#include "engine/checkpoint.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/ops.h"
+
+namespace seer {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double SecondsSince(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// A checkpoint tensor as float32, in its own layout. Absent tensors (biases
+// the model does not have) give an empty vector.
+Status ToFloat(const TensorView& t, std::vector<float>* out) {
+  out->clear();
+  if (t.data == nullptr) return OkStatus();
+  out->resize(static_cast<size_t>(t.numel()));
+  if (!ConvertToFloat(t.dtype, t.data, out->size(), out->data())) {
+    return InvalidArgument(t.file + ": tensor '" + t.name + "' has dtype " + std::string(DTypeName(t.dtype)) +
+                           ", expected F32, F16 or BF16");
+  }
+  return OkStatus();
+}
+
+// An HF Linear weight [out, in] as float32 [in, out], the layout cpu::Linear takes.
+Status ToFloatTransposed(const TensorView& t, std::vector<float>* out) {
+  std::vector<float> plain;
+  SEER_RETURN_IF_ERROR(ToFloat(t, &plain));
+  if (t.shape.size() != 2) {
+    return InvalidArgument(t.file + ": tensor '" + t.name + "' has shape " + ShapeToString(t.shape) +
+                           ", expected a matrix");
+  }
+  out->resize(plain.size());
+  cpu::Transpose(plain.data(), static_cast<int>(t.shape[0]), static_cast<int>(t.shape[1]), out->data());
+  return OkStatus();
+}
+
+const float* OrNull(const std::vector<float>& v) { return v.empty() ? nullptr : v.data(); }
+
+}  // namespace
+
+// Per-token buffers of one forward pass; rows is the number of tokens.
+struct CpuEngine::Activations {
+  Activations(const ModelConfig& c, int n) : rows(n) {
+    const size_t r = static_cast<size_t>(n);
+    x.resize(r * c.hidden_size);
+    normed.resize(r * c.hidden_size);
+    q.resize(r * c.num_heads * c.head_dim);
+    k.resize(r * c.num_kv_heads * c.head_dim);
+    v.resize(r * c.num_kv_heads * c.head_dim);
+    attn.resize(r * c.num_heads * c.head_dim);
+    gate.resize(r * c.intermediate_size);
+    up.resize(r * c.intermediate_size);
+    positions.resize(r);
+  }
+  int rows;
+  std::vector<float> x;       // residual stream [rows, hidden]
+  std::vector<float> normed;  // [rows, hidden]; also the output of o_proj / down_proj
+  std::vector<float> q, k, v;  // [rows, heads, head_dim]
+  std::vector<float> attn;     // [rows, Hq, head_dim]
+  std::vector<float> gate, up;  // [rows, intermediate]
+  std::vector<int32_t> positions;
+};
+
+StatusOr<std::unique_ptr<CpuEngine>> CpuEngine::Load(const EngineOptions& options) {
+  if (options.threads < 0) {
+    return InvalidArgument("threads: " + std::to_string(options.threads) + " is negative (0 = all cores)");
+  }
+  SEER_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(options.model_dir));
+  SEER_ASSIGN_OR_RETURN(ModelWeightViews views, BindModelWeights(*ckpt));
+  const ModelConfig& c = ckpt->config();
+  const std::string config_path = ckpt->dir() + "/config.json";
+  if (c.num_kv_heads <= 0 || c.num_heads % c.num_kv_heads != 0) {
+    return InvalidArgument(config_path + ": num_attention_heads (" + std::to_string(c.num_heads) +
+                           ") must be a multiple of num_key_value_heads (" + std::to_string(c.num_kv_heads) + ")");
+  }
+  if (c.head_dim <= 0 || c.head_dim % 2 != 0) {
+    return InvalidArgument(config_path + ": head_dim " + std::to_string(c.head_dim) +
+                           " must be even and positive for the half-split RoPE");
+  }
+
+  std::unique_ptr<CpuEngine> engine(new CpuEngine());
+  engine->config_ = c;
+  engine->fingerprint_ = ckpt->fingerprint();
+  engine->threads_ = options.threads > 0 ? options.threads
+                                         : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  // HF multiplies the float32 scores by head_dim ** -0.5 as a float32 scalar.
+  engine->attention_scale_ = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)));
+  for (double f : RopeInvFreq(c.rope, c.head_dim)) engine->inv_freq_.push_back(static_cast<float>(f));
+
+  try {
+    SEER_RETURN_IF_ERROR(ToFloat(views.embed_tokens, &engine->embed_));
+    SEER_RETURN_IF_ERROR(ToFloat(views.norm, &engine->final_norm_));
+    SEER_RETURN_IF_ERROR(ToFloatTransposed(views.lm_head, &engine->lm_head_t_));
+    engine->layers_.resize(c.num_layers);
+    for (int i = 0; i < c.num_layers; ++i) {
+      const LayerWeightViews& v = views.layers[i];
+      LayerWeights& w = engine->layers_[i];
+      SEER_RETURN_IF_ERROR(ToFloat(v.input_norm, &w.input_norm));
+      SEER_RETURN_IF_ERROR(ToFloat(v.post_attention_norm, &w.post_attention_norm));
+      SEER_RETURN_IF_ERROR(ToFloatTransposed(v.q_proj, &w.q_t));
+      SEER_RETURN_IF_ERROR(ToFloatTransposed(v.k_proj, &w.k_t));
+      SEER_RETURN_IF_ERROR(ToFloatTransposed(v.v_proj, &w.v_t));
+      SEER_RETURN_IF_ERROR(ToFloatTransposed(v.o_proj, &w.o_t));
+      SEER_RETURN_IF_ERROR(ToFloat(v.q_bias, &w.q_bias));
+      SEER_RETURN_IF_ERROR(ToFloat(v.k_bias, &w.k_bias));
+      SEER_RETURN_IF_ERROR(ToFloat(v.v_bias, &w.v_bias));
+      SEER_RETURN_IF_ERROR(ToFloat(v.o_bias, &w.o_bias));
+      SEER_RETURN_IF_ERROR(ToFloatTransposed(v.gate_proj, &w.gate_t));
+      SEER_RETURN_IF_ERROR(ToFloatTransposed(v.up_proj, &w.up_t));
+      SEER_RETURN_IF_ERROR(ToFloatTransposed(v.down_proj, &w.down_t));
+      SEER_RETURN_IF_ERROR(ToFloat(v.gate_bias, &w.gate_bias));
+      SEER_RETURN_IF_ERROR(ToFloat(v.up_bias, &w.up_bias));
+      SEER_RETURN_IF_ERROR(ToFloat(v.down_bias, &w.down_bias));
+    }
+  } catch (const std::bad_alloc&) {
+    return ResourceExhausted(options.model_dir + ": not enough host memory for the float32 weights");
+  }
+
+  if (!options.gates_dir.empty()) {
+    SEER_ASSIGN_OR_RETURN(GateWeights gates, LoadGates(options.gates_dir, c));
+    engine->gates_ = std::move(gates);
+  }
+  return engine;
+}
+
+std::string CpuEngine::device_name() const { return "cpu (" + std::to_string(threads_) + " threads, float32)"; }
+
+StatusOr<std::unique_ptr<KvCache>> CpuEngine::NewCache(int capacity) {
+  if (capacity < 1) return InvalidArgument("cache capacity " + std::to_string(capacity) + " must be at least 1");
+  if (capacity > config_.max_position_embeddings) {
+    return InvalidArgument("cache capacity " + std::to_string(capacity) + " exceeds max_position_embeddings " +
+                           std::to_string(config_.max_position_embeddings));
+  }
+  // K and V, every layer, float32: refuse what would not fit in half of RAM.
+  const double bytes = 2.0 * config_.num_layers * config_.num_kv_heads * double(capacity) * config_.head_dim * 4.0;
+  const double ram = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
+  if (ram > 0 && bytes > ram / 2) {
+    return ResourceExhausted("a KV cache of " + std::to_string(capacity) + " tokens needs " +
+                             std::to_string(static_cast<int64_t>(bytes / (1 << 20))) + " MiB, more than half of the " +
+                             std::to_string(static_cast<int64_t>(ram / (1 << 20))) + " MiB of host memory");
+  }
+  try {
+    return std::unique_ptr<KvCache>(
+        new HostKvCache(config_.num_layers, config_.num_kv_heads, config_.head_dim, capacity));
+  } catch (const std::bad_alloc&) {
+    return ResourceExhausted("cannot allocate a KV cache of " + std::to_string(capacity) + " tokens");
+  }
+}
+
+Status CpuEngine::CheckIds(std::span<const int32_t> ids, const char* what) const {
+  if (ids.empty()) return InvalidArgument(std::string(what) + ": empty; at least one token id is needed");
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= config_.vocab_size) {
+      return InvalidArgument(std::string(what) + "[" + std::to_string(i) + "] = " + std::to_string(ids[i]) +
+                             " is out of range: vocab_size is " + std::to_string(config_.vocab_size));
+    }
+  }
+  return OkStatus();
+}
+
+StatusOr<HostKvCache*> CpuEngine::AsHostCache(KvCache* cache) const {
+  auto* host = dynamic_cast<HostKvCache*>(cache);
+  if (host == nullptr) return InvalidArgument("cache: not a host KV cache made by this CPU engine's NewCache");
+  const KvLayout& l = host->layout();
+  if (l.num_layers != config_.num_layers || l.num_kv_heads != config_.num_kv_heads ||
+      l.head_dim != config_.head_dim) {
+    return InvalidArgument("cache: layout (" + std::to_string(l.num_layers) + " layers, " +
+                           std::to_string(l.num_kv_heads) + " kv heads, head_dim " + std::to_string(l.head_dim) +
+                           ") does not match the model (" + std::to_string(config_.num_layers) + ", " +
+                           std::to_string(config_.num_kv_heads) + ", " + std::to_string(config_.head_dim) + ")");
+  }
+  return host;
+}
+
+void CpuEngine::ProjectQkv(int layer, Activations& a) const {
+  const LayerWeights& w = layers_[layer];
+  const int H = config_.hidden_size, D = config_.head_dim;
+  cpu::RmsNorm(a.x.data(), a.rows, H, w.input_norm.data(), static_cast<float>(config_.rms_norm_eps),
+               a.normed.data());
+  cpu::Linear(a.normed.data(), a.rows, H, w.q_t.data(), config_.num_heads * D, OrNull(w.q_bias), a.q.data(),
+              threads_);
+  cpu::Linear(a.normed.data(), a.rows, H, w.k_t.data(), config_.num_kv_heads * D, OrNull(w.k_bias), a.k.data(),
+              threads_);
+  cpu::Linear(a.normed.data(), a.rows, H, w.v_t.data(), config_.num_kv_heads * D, OrNull(w.v_bias), a.v.data(),
+              threads_);
+}
+
+void CpuEngine::RopeAndStore(Activations& a, HostKvCache* cache, int layer) const {
+  const int D = config_.head_dim, Hkv = config_.num_kv_heads;
+  cpu::ApplyRope(a.q.data(), a.rows, config_.num_heads, D, a.positions.data(), inv_freq_.data());
+  cpu::ApplyRope(a.k.data(), a.rows, Hkv, D, a.positions.data(), inv_freq_.data());
+  // [rows, Hkv, D] -> the cache's [Hkv, capacity, D] at each row's position.
+  float* kc = cache->k(layer);
+  float* vc = cache->v(layer);
+  for (int r = 0; r < a.rows; ++r) {
+    for (int h = 0; h < Hkv; ++h) {
+      const size_t src = (static_cast<size_t>(r) * Hkv + h) * D;
+      const size_t dst = (static_cast<size_t>(h) * cache->capacity() + a.positions[r]) * D;
+      std::memcpy(kc + dst, a.k.data() + src, sizeof(float) * D);
+      std::memcpy(vc + dst, a.v.data() + src, sizeof(float) * D);
+    }
+  }
+}
+
+void CpuEngine::FinishLayer(int layer, Activations& a) const {
+  const LayerWeights& w = layers_[layer];
+  const int H = config_.hidden_size, I = config_.intermediate_size;
+  const size_t n = static_cast<size_t>(a.rows) * H;
+  cpu::Linear(a.attn.data(), a.rows, config_.num_heads * config_.head_dim, w.o_t.data(), H, OrNull(w.o_bias),
+              a.normed.data(), threads_);
+  cpu::AddInPlace(a.x.data(), a.normed.data(), n);
+  cpu::RmsNorm(a.x.data(), a.rows, H, w.post_attention_norm.data(), static_cast<float>(config_.rms_norm_eps),
+               a.normed.data());
+  cpu::Linear(a.normed.data(), a.rows, H, w.gate_t.data(), I, OrNull(w.gate_bias), a.gate.data(), threads_);
+  cpu::Linear(a.normed.data(), a.rows, H, w.up_t.data(), I, OrNull(w.up_bias), a.up.data(), threads_);
+  cpu::SwiGlu(a.gate.data(), a.up.data(), static_cast<size_t>(a.rows) * I, a.gate.data());
+  cpu::Linear(a.gate.data(), a.rows, I, w.down_t.data(), H, OrNull(w.down_bias), a.normed.data(), threads_);
+  cpu::AddInPlace(a.x.data(), a.normed.data(), n);
+}
+
+void CpuEngine::Logits(const Activations& a, int rows, float* out) const {
+  const int H = config_.hidden_size;
+  const float* last = a.x.data() + static_cast<size_t>(a.rows - rows) * H;
+  std::vector<float> normed(static_cast<size_t>(rows) * H);
+  cpu::RmsNorm(last, rows, H, final_norm_.data(), static_cast<float>(config_.rms_norm_eps), normed.data());
+  cpu::Linear(normed.data(), rows, H, lm_head_t_.data(), config_.vocab_size, nullptr, out, threads_);
+}
+
+StatusOr<PrefillResult> CpuEngine::Prefill(std::span<const int32_t> ids, const PrefillOptions& options,
+                                           KvCache* cache, PrefillObserver* observer) {
+  const Clock::time_point start = Clock::now();
+  SEER_RETURN_IF_ERROR(CheckIds(ids, "ids"));
+  SEER_ASSIGN_OR_RETURN(HostKvCache * kv, AsHostCache(cache));
+  const int64_t len = static_cast<int64_t>(ids.size());
+  if (len > config_.max_position_embeddings) {
+    return InvalidArgument("ids: " + std::to_string(len) + " tokens exceed max_position_embeddings " +
+                           std::to_string(config_.max_position_embeddings));
+  }
+  if (len > kv->capacity()) {
+    return ResourceExhausted("ids: " + std::to_string(len) + " tokens exceed the KV cache capacity of " +
+                             std::to_string(kv->capacity()));
+  }
+  if (kv->length() != 0) {
+    return FailedPrecondition("cache: already holds " + std::to_string(kv->length()) +
+                              " tokens; Prefill needs an empty cache");
+  }
+  const int L = static_cast<int>(len);
+  const int D = config_.head_dim;
+  const cpu::AttentionShape shape{L, config_.num_heads, config_.num_kv_heads, D, kv->capacity(), attention_scale_};
+
+  std::optional<Activations> act;
+  try {
+    act.emplace(config_, L);
+  } catch (const std::bad_alloc&) {
+    return ResourceExhausted("ids: not enough host memory for the activations of " + std::to_string(L) + " tokens");
+  }
+  Activations& a = *act;
+  for (int i = 0; i < L; ++i) a.positions[i] = i;
+  cpu::Embedding(embed_.data(), config_.hidden_size, ids.data(), L, a.x.data());
+
+  PrefillResult result;
+  int64_t kept_total = 0, causal_total = 0;
+  for (int layer = 0; layer < config_.num_layers; ++layer) {
+    const Clock::time_point layer_start = Clock::now();
+    ProjectQkv(layer, a);
+    double density = 1.0;
+    std::optional<GateOutput> gate;
+    if (gates_) {
+      // The gate sees Q and K as projected, before RoPE (DESIGN.md §1).
+      SEER_ASSIGN_OR_RETURN(GateOutput g, RunGate(gates_->layers[layer], gates_->config, config_, a.q.data(),
+                                                   a.k.data(), L, options.sparsity));
+      gate = std::move(g);
+    }
+    RopeAndStore(a, kv, layer);
+    if (gate) {
+      const BlockLists lists = ToBlockLists(gate->mask);
+      cpu::BlockSparseAttention(shape, gate->mask.block_size, lists.offsets.data(), lists.indices.data(), a.q.data(),
+                                kv->k(layer), kv->v(layer), a.attn.data(), threads_);
+      density = gate->mask.density();
+      kept_total += gate->mask.kept();
+      causal_total += gate->mask.causal_blocks();
+    } else {
+      cpu::CausalAttention(shape, a.q.data(), kv->k(layer), kv->v(layer), a.attn.data(), threads_);
+    }
+    FinishLayer(layer, a);
+    result.layer_density.push_back(density);
+    if (gate && options.keep_gate_outputs) result.gate_outputs.push_back(std::move(*gate));
+    if (observer != nullptr) {
+      LayerDone done;
+      done.layer = layer;
+      done.seq_len = L;
+      done.cache = kv;
+      done.density = density;
+      done.seconds = SecondsSince(layer_start);
+      SEER_RETURN_IF_ERROR(observer->OnLayerDone(done));
+    }
+  }
+  result.overall_density = causal_total > 0 ? double(kept_total) / double(causal_total) : 1.0;
+
+  result.logits_rows = options.all_logits ? L : 1;
+  try {
+    result.logits.resize(static_cast<size_t>(result.logits_rows) * config_.vocab_size);
+  } catch (const std::bad_alloc&) {
+    return ResourceExhausted("ids: not enough host memory for " + std::to_string(L) + " rows of logits");
+  }
+  Logits(a, result.logits_rows, result.logits.data());
+  kv->set_length(L);
+  result.seconds = SecondsSince(start);
+  return result;
+}
+
+Status CpuEngine::DecodeStep(int32_t token, KvCache* cache, std::vector<float>* logits) {
+  SEER_RETURN_IF_ERROR(CheckIds(std::span<const int32_t>(&token, 1), "token"));
+  if (logits == nullptr) return InvalidArgument("logits: null output");
+  SEER_ASSIGN_OR_RETURN(HostKvCache * kv, AsHostCache(cache));
+  const int pos = kv->length();
+  if (pos >= config_.max_position_embeddings) {
+    return InvalidArgument("token: position " + std::to_string(pos) + " reaches max_position_embeddings " +
+                           std::to_string(config_.max_position_embeddings));
+  }
+  if (pos >= kv->capacity()) {
+    return ResourceExhausted("cache: full at " + std::to_string(kv->capacity()) + " tokens");
+  }
+  const cpu::AttentionShape shape{pos + 1, config_.num_heads, config_.num_kv_heads, config_.head_dim,
+                                  kv->capacity(), attention_scale_};
+  Activations a(config_, 1);
+  a.positions[0] = pos;
+  cpu::Embedding(embed_.data(), config_.hidden_size, &token, 1, a.x.data());
+  for (int layer = 0; layer < config_.num_layers; ++layer) {
+    ProjectQkv(layer, a);
+    RopeAndStore(a, kv, layer);
+    cpu::DecodeAttention(shape, pos, a.q.data(), kv->k(layer), kv->v(layer), a.attn.data());
+    FinishLayer(layer, a);
+  }
+  logits->resize(config_.vocab_size);
+  Logits(a, 1, logits->data());
+  kv->set_length(pos + 1);
+  return OkStatus();
+}
+
+}  // namespace seer

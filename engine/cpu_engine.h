@@ -1,0 +1,82 @@
+// The CPU reference backend: the whole model in float32, computing what
+// Hugging Face's float32 forward computes, with SeerAttention gates and
+// block-sparse attention when gates are loaded. It is the twin the CUDA
+// backend and the fixtures are checked against, and fast enough for tests
+// (kernels/cpu: tiled, multithreaded).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engine/engine.h"
+#include "engine/kv_cache.h"
+
+namespace seer {
+
+class CpuEngine final : public Engine {
+ public:
+  // Opens the checkpoint in options.model_dir, converts every weight to
+  // float32 once (projection weights transposed to [in, out]) and releases
+  // the mapping; loads options.gates_dir when it is set.
+  static StatusOr<std::unique_ptr<CpuEngine>> Load(const EngineOptions& options);
+
+  const ModelConfig& config() const override { return config_; }
+  uint64_t fingerprint() const override { return fingerprint_; }
+  const GateWeights* gates() const override { return gates_ ? &*gates_ : nullptr; }
+  std::string device_name() const override;
+  int num_threads() const { return threads_; }
+
+  StatusOr<std::unique_ptr<KvCache>> NewCache(int capacity) override;
+  StatusOr<PrefillResult> Prefill(std::span<const int32_t> ids, const PrefillOptions& options, KvCache* cache,
+                                  PrefillObserver* observer) override;
+  Status DecodeStep(int32_t token, KvCache* cache, std::vector<float>* logits) override;
+
+ private:
+  // Float32 weights of one layer. *_t are HF Linear weights transposed to
+  // [in, out] (see cpu::Linear); biases are empty when absent.
+  struct LayerWeights {
+    std::vector<float> input_norm, post_attention_norm;
+    std::vector<float> q_t, k_t, v_t, o_t;
+    std::vector<float> q_bias, k_bias, v_bias, o_bias;
+    std::vector<float> gate_t, up_t, down_t;
+    std::vector<float> gate_bias, up_bias, down_bias;
+  };
+
+  // Scratch for `rows` tokens passing through a layer.
+  struct Activations;
+
+  CpuEngine() = default;
+
+  // ids non-empty and each in [0, vocab_size); `what` names them in errors.
+  Status CheckIds(std::span<const int32_t> ids, const char* what) const;
+  // The cache as this engine's HostKvCache, with a matching layout.
+  StatusOr<HostKvCache*> AsHostCache(KvCache* cache) const;
+
+  // RMSNorm and the q/k/v projections of `layer` for a.rows tokens, into
+  // a.q / a.k / a.v (pre-RoPE, bias included).
+  void ProjectQkv(int layer, Activations& a) const;
+  // o_proj, residual, post-attention norm, SwiGLU MLP, residual: a.attn -> a.x.
+  void FinishLayer(int layer, Activations& a) const;
+  // RoPE at positions a.positions on q and k, then k and v into the cache at
+  // those positions.
+  void RopeAndStore(Activations& a, HostKvCache* cache, int layer) const;
+  // Final norm and lm_head for the last `rows` rows of a.x.
+  void Logits(const Activations& a, int rows, float* out) const;
+
+  ModelConfig config_;
+  uint64_t fingerprint_ = 0;
+  std::optional<GateWeights> gates_;
+  int threads_ = 1;
+  float attention_scale_ = 1.0f;
+  std::vector<float> inv_freq_;  // RoPE, head_dim / 2 values
+  std::vector<float> embed_;     // [vocab, hidden]
+  std::vector<float> final_norm_;
+  std::vector<float> lm_head_t_;  // [hidden, vocab]
+  std::vector<LayerWeights> layers_;
+};
+
+}  // namespace seer
