@@ -489,6 +489,8 @@ void DumpValue(const JsonValue& v, std::string* out) {
         out->append(buf, r.ptr);
       } else if (!std::isfinite(v.as_double())) {
         *out += "null";  // JSON has no NaN or infinity
+      } else if (v.as_double() == 0.0 && std::signbit(v.as_double())) {
+        *out += "-0.0";  // "-0" would read back as the integer 0 and lose the sign
       } else {
         // Shortest text that parses back to the same double.
         const auto r = std::to_chars(buf, buf + sizeof buf, v.as_double());

@@ -145,10 +145,14 @@ TEST(Json, DumpIsCompactAndEscapes) {
 }
 
 TEST(Json, DoublesRoundTripThroughDump) {
-  for (double d : {0.1, 1e-5, 1.0 / 3.0, 6.02214076e23, -2.2250738585072014e-308, 5e-324}) {
+  for (double d : {0.1, 1e-5, 1.0 / 3.0, 6.02214076e23, -2.2250738585072014e-308, 5e-324, -0.0}) {
     const std::string text = JsonValue::Number(d).Dump();
     EXPECT_EQ(MustParse(text).as_double(), d) << text;
+    EXPECT_EQ(std::signbit(MustParse(text).as_double()), std::signbit(d)) << text;
   }
+  // A double that prints without fraction or exponent reads back as the same number.
+  EXPECT_EQ(JsonValue::Number(-0.0).Dump(), "-0.0");
+  EXPECT_EQ(MustParse(JsonValue::Number(9223372036857784320.0).Dump()).as_double(), 9223372036857784320.0);
 }
 
 }  // namespace
