@@ -1,0 +1,323 @@
+#include "client/run_command.h"
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <exception>
+#include <fstream>
+#include <limits>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/base/flags.h"
+#include "engine/base/json.h"
+#include "engine/engine.h"
+#include "engine/safetensors.h"
+#include "engine/sparsity.h"
+#include "kernels/cpu/ops.h"
+
+namespace seer {
+namespace {
+
+constexpr int kExitRuntime = 1;
+constexpr int kExitUsage = 2;
+constexpr size_t kMaxIdsFileBytes = size_t{256} << 20;
+constexpr int64_t kMaxNewTokens = int64_t{1} << 20;
+
+struct RunFlags {
+  std::string model;
+  std::string ids;
+  std::string device = "auto";
+  std::string gates;
+  std::string sparsity;
+  bool last_block_dense = true;
+  int64_t max_new_tokens = 0;
+  std::string dump;
+  bool json = false;
+  int64_t threads = 0;
+};
+
+int UsageError(const std::string& message) {
+  std::fprintf(stderr, "seer run: %s\n(see seer run --help)\n", message.c_str());
+  return kExitUsage;
+}
+
+int RuntimeError(const Status& status) {
+  std::fprintf(stderr, "seer run: %s\n", status.ToString().c_str());
+  return kExitRuntime;
+}
+
+// Token ids separated by commas and/or whitespace.
+StatusOr<std::vector<int32_t>> ParseIdList(const std::string& text, const std::string& source) {
+  std::vector<int32_t> ids;
+  size_t i = 0;
+  auto is_sep = [](char c) { return c == ',' || c == ' ' || c == '\t' || c == '\n' || c == '\r'; };
+  while (i < text.size()) {
+    if (is_sep(text[i])) {
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    while (j < text.size() && !is_sep(text[j])) ++j;
+    const std::string item = text.substr(i, j - i);
+    int64_t value = 0;
+    bool ok = item.size() <= 10;
+    for (char c : item) ok = ok && c >= '0' && c <= '9';
+    if (ok) value = std::stoll(item);
+    if (!ok || value > std::numeric_limits<int32_t>::max()) {
+      return InvalidArgument("--ids: item " + std::to_string(ids.size()) + " ('" + item.substr(0, 32) + "') of " +
+                             source + " is not a token id (a non-negative 32-bit integer)");
+    }
+    ids.push_back(static_cast<int32_t>(value));
+    i = j;
+  }
+  if (ids.empty()) return InvalidArgument("--ids: " + source + " holds no token ids");
+  return ids;
+}
+
+// --ids "1,2,3" or --ids @FILE.
+StatusOr<std::vector<int32_t>> ReadIds(const std::string& flag) {
+  if (flag.empty() || flag[0] != '@') return ParseIdList(flag, "the list");
+  const std::string path = flag.substr(1);
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return InvalidArgument("--ids: cannot open '" + path + "'");
+  std::string text;
+  char buf[1 << 16];
+  while (in.read(buf, sizeof(buf)) || in.gcount() > 0) {
+    text.append(buf, static_cast<size_t>(in.gcount()));
+    if (text.size() > kMaxIdsFileBytes) {
+      return InvalidArgument("--ids: '" + path + "' is larger than " + std::to_string(kMaxIdsFileBytes >> 20) +
+                             " MiB");
+    }
+  }
+  return ParseIdList(text, "'" + path + "'");
+}
+
+// Writes logits [rows, vocab], the prompt's KV cache per layer and, when
+// gated, each layer's block mask and gate probabilities.
+Status WriteDump(const std::string& path, const Engine& engine, const PrefillResult& result, const KvCache& cache,
+                 int seq_len) {
+  const ModelConfig& c = engine.config();
+  SafetensorsWriter writer;
+  writer.AddF32("logits", {result.logits_rows, c.vocab_size}, result.logits);
+  const KvLayout& layout = cache.layout();
+  const size_t elems = static_cast<size_t>(layout.num_kv_heads) * seq_len * layout.head_dim;
+  std::vector<uint8_t> k_raw(layout.LayerBytes(seq_len)), v_raw(layout.LayerBytes(seq_len));
+  std::vector<float> k(elems), v(elems);
+  const std::vector<int64_t> kv_shape = {layout.num_kv_heads, seq_len, layout.head_dim};
+  for (int layer = 0; layer < layout.num_layers; ++layer) {
+    SEER_RETURN_IF_ERROR(cache.ReadLayer(layer, 0, seq_len, k_raw.data(), v_raw.data()));
+    if (!ConvertToFloat(layout.dtype, k_raw.data(), elems, k.data()) ||
+        !ConvertToFloat(layout.dtype, v_raw.data(), elems, v.data())) {
+      return Internal("--dump: cannot convert KV of type " + std::string(DTypeName(layout.dtype)) + " to F32");
+    }
+    const std::string prefix = "layers." + std::to_string(layer) + ".";
+    writer.AddF32(prefix + "k", kv_shape, k);
+    writer.AddF32(prefix + "v", kv_shape, v);
+  }
+  for (size_t layer = 0; layer < result.gate_outputs.size(); ++layer) {
+    const GateOutput& g = result.gate_outputs[layer];
+    const int64_t h = g.mask.num_heads, nb = g.mask.num_blocks;
+    const std::string prefix = "layers." + std::to_string(layer) + ".";
+    writer.Add(prefix + "block_mask", DType::kU8, {h, nb, nb}, g.mask.keep.data(), g.mask.keep.size());
+    writer.AddF32(prefix + "gate_probs", {h, nb, nb}, g.probs);
+  }
+  return writer.WriteFile(path).WithContext("--dump");
+}
+
+std::string FormatDouble(double v, int decimals) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.*f", decimals, v);
+  return buf;
+}
+
+int Run(int argc, char** argv) {
+  RunFlags f;
+  FlagSet flags("seer run --model DIR --ids IDS [flags]",
+                "Prefills a prompt with the model on this machine (no server) and prints the next-token\n"
+                "prediction. With --gates, attention is SeerAttention's gated block-sparse attention and\n"
+                "the density of each layer is printed. Greedy generation with --max-new-tokens.\n"
+                "Exit codes: 0 success, 1 runtime error, 2 usage error.");
+  flags.String("model", &f.model, "Hugging Face checkpoint directory (config.json + *.safetensors). Required.");
+  flags.String("ids", &f.ids,
+               "Prompt token ids: \"1,2,3\" (commas and/or whitespace), or @FILE to read them from FILE. Required.");
+  flags.String("device", &f.device, "cpu, cuda, or auto (cuda when this build has it and a GPU is present).");
+  flags.String("gates", &f.gates,
+               "SeerAttention gate directory (config.json + attn_gate_weights.pth or *.safetensors). "
+               "Without it every layer is dense.");
+  flags.String("sparsity", &f.sparsity,
+               "Block selection with --gates: dense, threshold=T (keep blocks whose gate probability > T) "
+               "or nz_ratio=R (keep the top fraction R of the causal blocks). Default: the gate config's.");
+  flags.Bool("last-block-dense", &f.last_block_dense,
+             "With --gates: compute the last two query-block rows densely. Default: the gate config's.");
+  flags.Int("max-new-tokens", &f.max_new_tokens,
+            "Generate N tokens greedily after the prompt (exactly N, no stop token). 0 prints only the "
+            "next-token prediction.");
+  flags.String("dump", &f.dump,
+               "Write OUT.safetensors: logits F32 [L, vocab], layers.{i}.k / layers.{i}.v F32 "
+               "[kv_heads, L, head_dim] (K after RoPE), and with --gates layers.{i}.block_mask U8 [Hq, nb, nb] "
+               "and layers.{i}.gate_probs F32 [Hq, nb, nb].");
+  flags.Bool("json", &f.json,
+             "Print one JSON object: tokens, next_token, density {overall, layers}, prefill_ms, decode_ms, "
+             "device, seq_len, sparsity.");
+  flags.Int("threads", &f.threads, "CPU threads for the cpu device; 0 uses every core.");
+
+  Status parsed = flags.Parse(argc, argv, 1);
+  if (!parsed.ok()) return UsageError(parsed.message());
+  if (flags.help_requested()) {
+    std::fputs(flags.Help().c_str(), stdout);
+    return 0;
+  }
+  if (!flags.positional().empty()) return UsageError("unexpected argument '" + flags.positional()[0] + "'");
+  if (f.model.empty()) return UsageError("--model is required (a checkpoint directory)");
+  if (f.ids.empty()) return UsageError("--ids is required (\"1,2,3\" or @FILE)");
+  if (f.device != "cpu" && f.device != "cuda" && f.device != "auto") {
+    return UsageError("--device: expected cpu, cuda or auto, got '" + f.device + "'");
+  }
+  if (f.max_new_tokens < 0 || f.max_new_tokens > kMaxNewTokens) {
+    return UsageError("--max-new-tokens: " + std::to_string(f.max_new_tokens) + " is outside [0, " +
+                      std::to_string(kMaxNewTokens) + "]");
+  }
+  if (f.threads < 0 || f.threads > 4096) {
+    return UsageError("--threads: " + std::to_string(f.threads) + " is outside [0, 4096]");
+  }
+  if (f.gates.empty() && flags.WasSet("sparsity")) return UsageError("--sparsity needs --gates DIR");
+  if (f.gates.empty() && flags.WasSet("last-block-dense")) return UsageError("--last-block-dense needs --gates DIR");
+  if (flags.WasSet("sparsity")) {
+    StatusOr<SparsityConfig> syntax = ParseSparsity(f.sparsity);
+    if (!syntax.ok()) return UsageError("--sparsity: " + syntax.status().message());
+  }
+  StatusOr<std::vector<int32_t>> ids_or = ReadIds(f.ids);
+  if (!ids_or.ok()) return UsageError(ids_or.status().message());
+  const std::vector<int32_t>& ids = *ids_or;
+
+  EngineOptions options;
+  options.model_dir = f.model;
+  options.gates_dir = f.gates;
+  options.device = f.device;
+  options.threads = static_cast<int>(f.threads);
+  StatusOr<std::unique_ptr<Engine>> engine_or = CreateEngine(options);
+  if (!engine_or.ok()) return RuntimeError(engine_or.status());
+  Engine& engine = **engine_or;
+  const ModelConfig& config = engine.config();
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (ids[i] >= config.vocab_size) {
+      return UsageError("--ids: item " + std::to_string(i) + " = " + std::to_string(ids[i]) +
+                        " is out of range: the model's vocab_size is " + std::to_string(config.vocab_size));
+    }
+  }
+
+  PrefillOptions prefill;
+  prefill.all_logits = !f.dump.empty();
+  prefill.keep_gate_outputs = !f.dump.empty();
+  if (const GateWeights* gates = engine.gates()) {
+    prefill.sparsity = gates->config.sparsity;
+    if (flags.WasSet("sparsity")) {
+      StatusOr<SparsityConfig> s = ParseSparsity(f.sparsity, gates->config.sparsity);
+      if (!s.ok()) return UsageError("--sparsity: " + s.status().message());
+      prefill.sparsity = *s;
+    }
+    if (flags.WasSet("last-block-dense")) prefill.sparsity.last_block_dense = f.last_block_dense;
+  }
+
+  const int seq_len = static_cast<int>(ids.size());
+  const int generate = static_cast<int>(f.max_new_tokens);
+  // The last generated token is never fed back, so N tokens need N - 1 slots.
+  const int64_t capacity = int64_t{seq_len} + std::max(generate - 1, 0);
+  if (capacity > std::numeric_limits<int>::max()) return UsageError("--ids plus --max-new-tokens is too long");
+  StatusOr<std::unique_ptr<KvCache>> cache_or = engine.NewCache(static_cast<int>(capacity));
+  if (!cache_or.ok()) return RuntimeError(cache_or.status());
+  KvCache& cache = **cache_or;
+
+  StatusOr<PrefillResult> result_or = engine.Prefill(ids, prefill, &cache, nullptr);
+  if (!result_or.ok()) return RuntimeError(result_or.status());
+  const PrefillResult& result = *result_or;
+  if (!f.dump.empty()) {
+    Status dumped = WriteDump(f.dump, engine, result, cache, seq_len);
+    if (!dumped.ok()) return RuntimeError(dumped);
+  }
+
+  // Greedy decoding from the last prompt position.
+  const float* last = result.logits.data() + static_cast<size_t>(result.logits_rows - 1) * config.vocab_size;
+  const int next_token = cpu::ArgMax(last, config.vocab_size);
+  std::vector<int32_t> tokens = {next_token};
+  const auto decode_start = std::chrono::steady_clock::now();
+  std::vector<float> logits;
+  for (int n = 1; n < generate; ++n) {
+    Status step = engine.DecodeStep(tokens.back(), &cache, &logits);
+    if (!step.ok()) return RuntimeError(step);
+    tokens.push_back(cpu::ArgMax(logits.data(), config.vocab_size));
+  }
+  const double decode_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - decode_start).count();
+  const double prefill_ms = result.seconds * 1e3;
+  const std::string sparsity_text = engine.gates() ? SparsityToString(prefill.sparsity) : "dense";
+
+  if (f.json) {
+    JsonValue out = JsonValue::Object();
+    JsonValue token_list = JsonValue::Array();
+    for (int32_t t : tokens) token_list.Append(JsonValue::Int(t));
+    out.Set("tokens", std::move(token_list));
+    out.Set("next_token", JsonValue::Int(next_token));
+    JsonValue density = JsonValue::Object();
+    density.Set("overall", JsonValue::Number(result.overall_density));
+    JsonValue layers = JsonValue::Array();
+    for (double d : result.layer_density) layers.Append(JsonValue::Number(d));
+    density.Set("layers", std::move(layers));
+    out.Set("density", std::move(density));
+    out.Set("prefill_ms", JsonValue::Number(prefill_ms));
+    out.Set("decode_ms", JsonValue::Number(decode_ms));
+    out.Set("device", JsonValue::String(engine.device_name()));
+    out.Set("seq_len", JsonValue::Int(seq_len));
+    out.Set("gated", JsonValue::Bool(engine.gates() != nullptr));
+    out.Set("sparsity", JsonValue::String(sparsity_text));
+    if (engine.gates()) out.Set("last_block_dense", JsonValue::Bool(prefill.sparsity.last_block_dense));
+    if (!f.dump.empty()) out.Set("dump", JsonValue::String(f.dump));
+    std::printf("%s\n", out.Dump().c_str());
+    return 0;
+  }
+
+  std::ostringstream os;
+  os << "model       " << f.model << " (" << config.architecture_name << ", " << config.num_layers << " layers, vocab "
+     << config.vocab_size << ")\n";
+  os << "device      " << engine.device_name() << "\n";
+  os << "prompt      " << seq_len << " tokens\n";
+  if (engine.gates()) {
+    os << "attention   gated block-sparse, " << sparsity_text
+       << ", last_block_dense=" << (prefill.sparsity.last_block_dense ? "true" : "false") << "\n";
+  } else {
+    os << "attention   dense (no gates)\n";
+  }
+  os << "prefill     " << FormatDouble(prefill_ms, 2) << " ms\n";
+  os << "next token  " << next_token << "\n";
+  if (generate > 0) {
+    os << "generated  ";
+    for (int32_t t : tokens) os << " " << t;
+    os << "\n            (" << tokens.size() << " tokens, " << FormatDouble(decode_ms, 2) << " ms decoding)\n";
+  }
+  os << "density     overall " << FormatDouble(result.overall_density, 4) << "\n";
+  for (size_t i = 0; i < result.layer_density.size(); ++i) {
+    os << "  layer " << i << (i < 10 ? "   " : i < 100 ? "  " : " ") << FormatDouble(result.layer_density[i], 4)
+       << "\n";
+  }
+  if (!f.dump.empty()) os << "dump        " << f.dump << "\n";
+  std::fputs(os.str().c_str(), stdout);
+  return 0;
+}
+
+}  // namespace
+
+int RunOfflineCommand(int argc, char** argv) {
+  // Nothing below should throw; this keeps a surprise (an allocation failure
+  // in a library) an error message rather than a crash.
+  try {
+    return Run(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "seer run: internal error: %s\n", e.what());
+    return kExitRuntime;
+  }
+}
+
+}  // namespace seer
