@@ -35,20 +35,23 @@ struct GateParams {
   int block_size = 64;   // tokens per pooled block, at most 1024
   int hidden = 0;        // gate hidden size (even, at most 512)
 
-  // Weights, float32. k_weight is mask_linear_k [Hq, 3 * D, hidden], applied
-  // as x . W. q_weight is mask_linear_q [Hq, D, hidden] or null (then the
-  // pooled Q goes straight to RoPE and hidden must equal D).
+  // Weights, float32. k_weight is mask_linear_k [k_weight_heads, 3 * D,
+  // hidden], applied as x . W; Q head h uses W[h / (Hq / k_weight_heads)].
+  // q_weight is mask_linear_q [Hq, D, hidden] or null (then the pooled Q goes
+  // straight to RoPE and hidden must equal D).
   const float* k_weight = nullptr;
   const float* q_weight = nullptr;
+  int k_weight_heads = 0;  // 0 = Hq; Hkv for force_double gates (with q_weight)
   // RoPE inverse frequencies for rotary dim = hidden: hidden / 2 floats
-  // (llama3 scaling already applied, as seer::RopeInvFreq computes them).
-  // Angles are float(position) * inv_freq[i] in float32, like HF.
+  // (seer::RopeInvFreq cast to float, llama3 scaling applied). Angles are
+  // float(position) * inv_freq[i] in float32, like HF and the CPU gate.
   const float* rope_inv_freq = nullptr;
 
   // Selection (engine/sparsity.h).
   GateSelection mode = GateSelection::kDense;
-  double threshold = 0.0;  // kThreshold: keep blocks with softmax probability > threshold
-  double nz_ratio = 1.0;   // kNzRatio: k = max(1, int((1 - sqrt(1 - r)) * nb)) per row
+  double threshold = 0.0;  // kThreshold: keep blocks with softmax probability > float(threshold)
+  double nz_ratio = 1.0;   // kNzRatio: the best k = max(1, int((1 - sqrt(1 - r)) * nb)) causal
+                           // blocks per row; equal scores go to the lower block index
   bool last_block_dense = true;
 
   // Outputs.

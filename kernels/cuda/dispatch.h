@@ -1,0 +1,42 @@
+// The one place where run-time shapes and types become template constants
+// (FlashInfer-style). Each macro runs its body with a constexpr / type alias
+// in scope, or returns cudaErrorInvalidValue for a value no kernel was built for.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "kernels/cuda/attention.h"
+
+#define SEER_DISPATCH_HEAD_DIM(head_dim, kHeadDim, ...) \
+  [&]() -> cudaError_t {                                \
+    switch (head_dim) {                                 \
+      case 64: {                                        \
+        constexpr int kHeadDim = 64;                    \
+        return __VA_ARGS__();                           \
+      }                                                 \
+      case 128: {                                       \
+        constexpr int kHeadDim = 128;                   \
+        return __VA_ARGS__();                           \
+      }                                                 \
+      default:                                          \
+        return cudaErrorInvalidValue;                   \
+    }                                                   \
+  }()
+
+#define SEER_DISPATCH_ELEM(elem_type, Elem, ...)     \
+  [&]() -> cudaError_t {                             \
+    switch (elem_type) {                             \
+      case ::seer::cuda::ElemType::kBF16: {          \
+        using Elem = __nv_bfloat16;                  \
+        return __VA_ARGS__();                        \
+      }                                              \
+      case ::seer::cuda::ElemType::kF16: {           \
+        using Elem = __half;                         \
+        return __VA_ARGS__();                        \
+      }                                              \
+      default:                                       \
+        return cudaErrorInvalidValue;                \
+    }                                                \
+  }()

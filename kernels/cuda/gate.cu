@@ -1,0 +1,649 @@
+// The SeerAttention gate on the GPU; semantics and rounding follow the CPU
+// gate (engine/gate.cc) step by step:
+//
+//   pool     Q average, K max/min/average per block, summed in double and
+//            divided by the real token count (the last block may be partial);
+//   project  k' = pooledK[h / group] . Wk[h], q' = pooledQ[h] . Wq[h] (or
+//            pooledQ), float32 accumulation;
+//   rope     half-split RoPE at positions 0, block, 2 * block, ...; angle =
+//            float(pos) * inv_freq in float32, cos/sin in double then float,
+//            the rotation in float32 without contraction (as the CPU does);
+//   scores   q'.k'^T * hidden^-0.5 for the causal triangle, heads_per_pass
+//            heads at a time into an nb x nb scratch per head;
+//   select   one CTA per row: softmax (double sum), then dense / threshold /
+//            top-k by radix select (ties to the lower block index),
+//            last_block_dense, and the non-empty-row rule; the row's kept
+//            blocks become a bitmap and a count;
+//   lists    an exclusive scan of the counts gives the CSR offsets, and one
+//            warp per row expands its bitmap into ascending block indices.
+
+#include "kernels/cuda/gate.h"
+
+#include <cmath>
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "kernels/cuda/check.h"
+
+namespace seer::cuda {
+namespace {
+
+constexpr int kMaxHeadDim = 256;
+constexpr int kMaxHidden = 512;
+constexpr int kMaxBlockSize = 1024;
+constexpr size_t kAlign = 256;
+
+size_t AlignUp(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// Where each scratch buffer lives inside the caller's workspace.
+struct GateLayout {
+  int nb = 0;
+  int half = 0;
+  int heads_per_pass = 0;
+  int words = 0;  // 32-bit bitmap words per row
+  size_t rope = 0, pooled_q = 0, pooled_k = 0, qp = 0, kp = 0, scores = 0, bitmap = 0, counts = 0, total = 0;
+};
+
+GateLayout MakeLayout(const GateParams& p) {
+  GateLayout g;
+  g.nb = GateNumBlocks(p);
+  g.half = p.hidden / 2;
+  g.heads_per_pass = p.heads_per_pass > 0 && p.heads_per_pass < p.num_heads ? p.heads_per_pass : p.num_heads;
+  g.words = (g.nb + 31) / 32;
+  const size_t nb = g.nb;
+  size_t at = 0;
+  auto take = [&](size_t bytes) {
+    const size_t here = at;
+    at += AlignUp(bytes);
+    return here;
+  };
+  g.rope = take(sizeof(float) * 2 * nb * g.half);
+  g.pooled_q = take(sizeof(float) * nb * p.num_heads * p.head_dim);
+  g.pooled_k = take(sizeof(float) * nb * p.num_kv_heads * 3 * p.head_dim);
+  g.qp = take(sizeof(float) * nb * p.num_heads * p.hidden);
+  g.kp = take(sizeof(float) * nb * p.num_heads * p.hidden);
+  g.scores = take(sizeof(float) * nb * nb * g.heads_per_pass);
+  g.bitmap = take(sizeof(uint32_t) * nb * p.num_heads * g.words);
+  g.counts = take(sizeof(int32_t) * nb * p.num_heads);
+  g.total = at;
+  return g;
+}
+
+template <typename T>
+__device__ __forceinline__ void Load8(const T* src, float (&f)[8]) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(src);
+  const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) f[i] = static_cast<float>(e[i]);
+}
+
+// --- pool -----------------------------------------------------------------
+// grid (nb, 2): y = 0 pools Q ([nb, Hq, D], average), y = 1 pools K
+// ([nb, Hkv, 3D]: max, min, average). Each thread owns 8 channels.
+template <typename T>
+__global__ void PoolKernel(GateParams p, int64_t q_stride, int64_t k_stride, float* pooled_q, float* pooled_k) {
+  const int b = blockIdx.x;
+  const bool is_k = blockIdx.y == 1;
+  const int heads = is_k ? p.num_kv_heads : p.num_heads;
+  const int channels = heads * p.head_dim;
+  const int64_t stride = is_k ? k_stride : q_stride;
+  const T* x = static_cast<const T*>(is_k ? p.k : p.q);
+  const int t0 = b * p.block_size;
+  const int t1 = min(p.seq_len, t0 + p.block_size);
+  const double count = t1 - t0;
+  for (int c0 = threadIdx.x * 8; c0 < channels; c0 += blockDim.x * 8) {
+    double sum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    float mx[8], mn[8];
+    Load8(x + t0 * stride + c0, mx);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) mn[i] = mx[i];
+    for (int t = t0; t < t1; ++t) {
+      float v[8];
+      Load8(x + t * stride + c0, v);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        sum[i] += v[i];
+        if (v[i] > mx[i] || isnan(v[i])) mx[i] = v[i];  // NaN propagates, as in torch
+        if (v[i] < mn[i] || isnan(v[i])) mn[i] = v[i];
+      }
+    }
+    if (!is_k) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) pooled_q[static_cast<int64_t>(b) * channels + c0 + i] = static_cast<float>(sum[i] / count);
+    } else {
+      const int h = c0 / p.head_dim;
+      const int d = c0 % p.head_dim;
+      float* out = pooled_k + (static_cast<int64_t>(b) * heads + h) * 3 * p.head_dim + d;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        out[i] = mx[i];
+        out[p.head_dim + i] = mn[i];
+        out[2 * p.head_dim + i] = static_cast<float>(sum[i] / count);
+      }
+    }
+  }
+}
+
+// --- rope table -----------------------------------------------------------
+// cos and sin [nb, hidden / 2] of float(b * block) * inv_freq[i].
+__global__ void RopeTableKernel(const float* inv_freq, int nb, int half, int block_size, float* table) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= static_cast<int64_t>(nb) * half) return;
+  const int b = static_cast<int>(i / half);
+  const int f = static_cast<int>(i % half);
+  const float angle = __fmul_rn(static_cast<float>(static_cast<int64_t>(b) * block_size), inv_freq[f]);
+  table[i] = static_cast<float>(cos(static_cast<double>(angle)));
+  table[static_cast<int64_t>(nb) * half + i] = static_cast<float>(sin(static_cast<double>(angle)));
+}
+
+// --- project + rope -------------------------------------------------------
+constexpr int kProjBlocks = 16;   // pooled blocks per CTA
+constexpr int kProjThreads = 128;
+constexpr int kProjChunk = 64;    // input channels staged in shared memory at a time
+
+// grid (ceil(nb / 16), Hq, 2): z = 0 makes q', z = 1 makes k', [Hq, nb, hidden].
+__global__ void __launch_bounds__(kProjThreads)
+    ProjectRopeKernel(GateParams p, int nb, const float* pooled_q, const float* pooled_k, const float* rope,
+                      float* qp, float* kp) {
+  constexpr int kOutPerThread = kMaxHidden / kProjThreads;
+  __shared__ float xs[kProjBlocks][kProjChunk];
+  __shared__ float ys[kProjBlocks][kMaxHidden];
+  const int b0 = blockIdx.x * kProjBlocks;
+  const int h = blockIdx.y;
+  const bool is_k = blockIdx.z == 1;
+  const int nblk = min(kProjBlocks, nb - b0);
+  const int hidden = p.hidden;
+  const int group = p.num_heads / p.num_kv_heads;
+
+  const float* x;  // row b of the input is x + b * x_row
+  int64_t x_row;
+  int in;
+  const float* w;
+  if (is_k) {
+    const int w_heads = p.k_weight_heads > 0 ? p.k_weight_heads : p.num_heads;
+    x = pooled_k + static_cast<int64_t>(h / group) * 3 * p.head_dim;
+    x_row = static_cast<int64_t>(p.num_kv_heads) * 3 * p.head_dim;
+    in = 3 * p.head_dim;
+    w = p.k_weight + static_cast<int64_t>(h / (p.num_heads / w_heads)) * in * hidden;
+  } else {
+    x = pooled_q + static_cast<int64_t>(h) * p.head_dim;
+    x_row = static_cast<int64_t>(p.num_heads) * p.head_dim;
+    in = p.head_dim;
+    w = p.q_weight == nullptr ? nullptr : p.q_weight + static_cast<int64_t>(h) * in * hidden;
+  }
+
+  if (w == nullptr) {  // no mask_linear_q: q' is the pooled Q (hidden == D)
+    for (int i = threadIdx.x; i < nblk * hidden; i += kProjThreads) {
+      ys[i / hidden][i % hidden] = x[(b0 + i / hidden) * x_row + i % hidden];
+    }
+  } else {
+    float acc[kProjBlocks][kOutPerThread];
+#pragma unroll
+    for (int r = 0; r < kProjBlocks; ++r) {
+#pragma unroll
+      for (int j = 0; j < kOutPerThread; ++j) acc[r][j] = 0.0f;
+    }
+    for (int i0 = 0; i0 < in; i0 += kProjChunk) {
+      const int chunk = min(kProjChunk, in - i0);
+      __syncthreads();
+      for (int i = threadIdx.x; i < kProjBlocks * kProjChunk; i += kProjThreads) {
+        const int r = i / kProjChunk;
+        const int c = i % kProjChunk;
+        xs[r][c] = (r < nblk && c < chunk) ? x[(b0 + r) * x_row + i0 + c] : 0.0f;
+      }
+      __syncthreads();
+      for (int c = 0; c < chunk; ++c) {
+        const float* wrow = w + static_cast<int64_t>(i0 + c) * hidden;
+#pragma unroll
+        for (int j = 0; j < kOutPerThread; ++j) {
+          const int o = threadIdx.x + j * kProjThreads;
+          if (o < hidden) {
+            const float wv = wrow[o];
+#pragma unroll
+            for (int r = 0; r < kProjBlocks; ++r) acc[r][j] = fmaf(xs[r][c], wv, acc[r][j]);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kOutPerThread; ++j) {
+      const int o = threadIdx.x + j * kProjThreads;
+      if (o < hidden) {
+#pragma unroll
+        for (int r = 0; r < kProjBlocks; ++r) ys[r][o] = acc[r][j];
+      }
+    }
+  }
+  __syncthreads();
+
+  // Rotation exactly as the CPU rounds it: four products, then a difference
+  // and a sum, each rounded to float (no fused multiply-add).
+  const int half = hidden / 2;
+  const float* cos_t = rope;
+  const float* sin_t = rope + static_cast<int64_t>(nb) * half;
+  float* out = (is_k ? kp : qp) + (static_cast<int64_t>(h) * nb + b0) * hidden;
+  for (int i = threadIdx.x; i < nblk * half; i += kProjThreads) {
+    const int r = i / half;
+    const int f = i % half;
+    const float c = cos_t[static_cast<int64_t>(b0 + r) * half + f];
+    const float s = sin_t[static_cast<int64_t>(b0 + r) * half + f];
+    const float x1 = ys[r][f];
+    const float x2 = ys[r][f + half];
+    out[r * hidden + f] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
+    out[r * hidden + f + half] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
+  }
+}
+
+// --- scores ---------------------------------------------------------------
+constexpr int kScoreTile = 64;
+constexpr int kScoreK = 32;
+
+// grid (tiles, tiles, heads in this pass); 256 threads, 4 x 4 scores each.
+// scores[hl][qb][kb] = (q'[h, qb] . k'[h, kb]) * scale for the lower
+// triangle of tiles (entries above the diagonal are never read).
+__global__ void __launch_bounds__(256)
+    ScoresKernel(const float* qp, const float* kp, int nb, int hidden, int head0, float scale, float* scores) {
+  const int qt = blockIdx.y;
+  const int kt = blockIdx.x;
+  if (kt > qt) return;
+  const int hl = blockIdx.z;
+  const int h = head0 + hl;
+  __shared__ float qs[kScoreK][kScoreTile + 4];
+  __shared__ float ks[kScoreK][kScoreTile + 4];
+  const int tx = threadIdx.x % 16;  // key columns tx, tx + 16, ...
+  const int ty = threadIdx.x / 16;  // query rows ty, ty + 16, ...
+  const float* qh = qp + static_cast<int64_t>(h) * nb * hidden;
+  const float* kh = kp + static_cast<int64_t>(h) * nb * hidden;
+  float acc[4][4] = {};
+  for (int c0 = 0; c0 < hidden; c0 += kScoreK) {
+    __syncthreads();
+    for (int i = threadIdx.x; i < kScoreTile * kScoreK; i += 256) {
+      const int r = i / kScoreK;
+      const int c = i % kScoreK;
+      const int qrow = qt * kScoreTile + r;
+      const int krow = kt * kScoreTile + r;
+      const bool in_c = c0 + c < hidden;
+      qs[c][r] = (qrow < nb && in_c) ? qh[static_cast<int64_t>(qrow) * hidden + c0 + c] : 0.0f;
+      ks[c][r] = (krow < nb && in_c) ? kh[static_cast<int64_t>(krow) * hidden + c0 + c] : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int c = 0; c < kScoreK; ++c) {
+      float a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        a[i] = qs[c][ty + 16 * i];
+        b[i] = ks[c][tx + 16 * i];
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+      }
+    }
+  }
+  float* out = scores + static_cast<int64_t>(hl) * nb * nb;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int qb = qt * kScoreTile + ty + 16 * i;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int kb = kt * kScoreTile + tx + 16 * j;
+      if (qb < nb && kb <= qb) out[static_cast<int64_t>(qb) * nb + kb] = acc[i][j] * scale;
+    }
+  }
+}
+
+// --- select ---------------------------------------------------------------
+constexpr int kSelectThreads = 256;
+constexpr int kSelectWarps = kSelectThreads / 32;
+
+// Order-preserving map of float to uint32 (larger float -> larger key), NaN
+// above everything as torch.topk ranks it.
+__device__ __forceinline__ uint32_t OrderKey(float f) {
+  if (isnan(f)) return 0xffffffffu;
+  const uint32_t u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+template <typename V, typename Op>
+__device__ V BlockReduce(V v, Op op, V* smem) {
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, off));
+  const int warp = threadIdx.x / 32;
+  __syncthreads();
+  if (threadIdx.x % 32 == 0) smem[warp] = v;
+  __syncthreads();
+  V r = smem[0];
+  for (int w = 1; w < kSelectWarps; ++w) r = op(r, smem[w]);
+  return r;
+}
+
+// grid (nb, heads in this pass). Dynamic shared memory: the row's scores.
+__global__ void __launch_bounds__(kSelectThreads)
+    SelectKernel(GateParams p, int nb, int words, int head0, int64_t topk, int first_dense_row, const float* scores,
+                 uint32_t* bitmap, int32_t* counts) {
+  extern __shared__ float row[];
+  __shared__ uint32_t hist[256];
+  __shared__ double red_d[kSelectWarps];
+  __shared__ float red_f[kSelectWarps];
+  __shared__ int red_i[kSelectWarps];
+  __shared__ uint32_t mask_words[kSelectWarps];
+
+  const int qb = blockIdx.x;
+  const int hl = blockIdx.y;
+  const int h = head0 + hl;
+  const int n = qb + 1;
+  const int tid = threadIdx.x;
+  const int lane = tid % 32;
+  const int warp = tid / 32;
+  const float* src = scores + (static_cast<int64_t>(hl) * nb + qb) * nb;
+  for (int i = tid; i < n; i += kSelectThreads) row[i] = src[i];
+  __syncthreads();
+
+  // Softmax over the causal blocks, rounded as the CPU gate does.
+  float mx = -INFINITY;
+  for (int i = tid; i < n; i += kSelectThreads) mx = fmaxf(mx, row[i]);
+  mx = BlockReduce(mx, [](float a, float b) { return fmaxf(a, b); }, red_f);
+  double sum = 0.0;
+  for (int i = tid; i < n; i += kSelectThreads) sum += static_cast<double>(expf(row[i] - mx));
+  sum = BlockReduce(sum, [](double a, double b) { return a + b; }, red_d);
+  const float fsum = static_cast<float>(sum);
+  auto prob = [&](int i) { return expf(row[i] - mx) / fsum; };
+  if (p.probs != nullptr) {
+    float* prow = p.probs + (static_cast<int64_t>(h) * nb + qb) * nb;
+    for (int i = tid; i < nb; i += kSelectThreads) prow[i] = i < n ? prob(i) : 0.0f;
+  }
+
+  // Selection: the kept set as a predicate on block i.
+  const bool all = p.mode == GateSelection::kDense || qb >= first_dense_row ||
+                   (p.mode == GateSelection::kNzRatio && topk >= n);
+  uint32_t kth_key = 0;    // top-k: blocks with a larger key are kept...
+  int take_equal = 0;      // ...and the first take_equal (by index) with an equal key
+  if (!all && p.mode == GateSelection::kNzRatio) {
+    // Radix select, 8 bits at a time from the top, of the topk-th largest key.
+    uint32_t prefix = 0;
+    uint32_t prefix_mask = 0;
+    int remaining = static_cast<int>(topk);
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      for (int i = tid; i < 256; i += kSelectThreads) hist[i] = 0;
+      __syncthreads();
+      for (int i = tid; i < n; i += kSelectThreads) {
+        const uint32_t key = OrderKey(row[i]);
+        if ((key & prefix_mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
+      }
+      __syncthreads();
+      // Every thread walks the 256 bins from the top (cheap, and keeps the
+      // result uniform without another barrier round).
+      int above = 0;
+      int digit = 255;
+      for (; digit > 0; --digit) {
+        const int c = static_cast<int>(hist[digit]);
+        if (above + c >= remaining) break;
+        above += c;
+      }
+      remaining -= above;
+      prefix |= static_cast<uint32_t>(digit) << shift;
+      prefix_mask |= 255u << shift;
+      __syncthreads();
+    }
+    kth_key = prefix;
+    take_equal = remaining;
+  }
+  const float threshold = static_cast<float>(p.threshold);  // compared in float32, as torch does
+
+  // Bitmap words, in index order; equal keys are ranked by index with a
+  // running count across the word chunks.
+  uint32_t* out_words = bitmap + (static_cast<int64_t>(h) * nb + qb) * words;
+  int equal_before = 0;
+  int kept = 0;
+  for (int base = 0; base < words * 32; base += kSelectThreads) {
+    const int i = base + tid;
+    bool keep = false;
+    bool equal = false;
+    if (i < n) {
+      if (all) {
+        keep = true;
+      } else if (p.mode == GateSelection::kThreshold) {
+        keep = prob(i) > threshold;
+      } else {
+        const uint32_t key = OrderKey(row[i]);
+        keep = key > kth_key;
+        equal = key == kth_key;
+      }
+    }
+    const uint32_t eq_bits = __ballot_sync(0xffffffffu, equal);
+    if (lane == 0) mask_words[warp] = __popc(eq_bits);
+    __syncthreads();
+    int eq_rank = equal_before + __popc(eq_bits & ((1u << lane) - 1u));
+    for (int w = 0; w < warp; ++w) eq_rank += static_cast<int>(mask_words[w]);
+    int eq_chunk = 0;
+    for (int w = 0; w < kSelectWarps; ++w) eq_chunk += static_cast<int>(mask_words[w]);
+    __syncthreads();
+    equal_before += eq_chunk;
+    if (equal && eq_rank < take_equal) keep = true;
+    const uint32_t bits = __ballot_sync(0xffffffffu, keep);
+    const int word = i / 32;
+    if (lane == 0 && word < words) out_words[word] = bits;
+    kept += __popc(bits);  // same value in every lane of the warp
+  }
+  // kept so far counts each warp's own words; total it over the CTA.
+  if (lane != 0) kept = 0;
+  kept = BlockReduce(kept, [](int a, int b) { return a + b; }, red_i);
+  if (kept == 0) {  // never an empty row: keep the diagonal block
+    if (tid == 0) {
+      out_words[qb / 32] |= 1u << (qb % 32);
+      counts[static_cast<int64_t>(h) * nb + qb] = 1;
+    }
+  } else if (tid == 0) {
+    counts[static_cast<int64_t>(h) * nb + qb] = kept;
+  }
+}
+
+// --- lists ----------------------------------------------------------------
+constexpr int kScanThreads = 1024;
+
+// One CTA: offsets[r] = sum of counts[0 .. r), offsets[rows] = total; then
+// kept_per_head[h] from the offsets.
+__global__ void __launch_bounds__(kScanThreads)
+    ScanKernel(const int32_t* counts, int rows, int nb, int heads, int32_t* offsets, int64_t* kept_per_head) {
+  __shared__ int32_t warp_sums[kScanThreads / 32];
+  __shared__ int32_t carry;
+  if (threadIdx.x == 0) carry = 0;
+  __syncthreads();
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  for (int base = 0; base < rows; base += kScanThreads) {
+    const int i = base + threadIdx.x;
+    const int32_t v = i < rows ? counts[i] : 0;
+    int32_t incl = v;
+#pragma unroll
+    for (int off = 1; off < 32; off *= 2) {
+      const int32_t t = __shfl_up_sync(0xffffffffu, incl, off);
+      if (lane >= off) incl += t;
+    }
+    if (lane == 31) warp_sums[warp] = incl;
+    __syncthreads();
+    int32_t before = carry;
+    for (int w = 0; w < warp; ++w) before += warp_sums[w];
+    if (i < rows) offsets[i] = before + incl - v;
+    __syncthreads();
+    if (threadIdx.x == kScanThreads - 1) carry = before + incl;
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) offsets[rows] = carry;
+  __syncthreads();
+  if (kept_per_head != nullptr) {
+    for (int h = threadIdx.x; h < heads; h += kScanThreads) {
+      kept_per_head[h] = static_cast<int64_t>(offsets[(h + 1) * nb]) - offsets[h * nb];
+    }
+  }
+}
+
+// One warp per row: the set bits of the row's bitmap, ascending, at offsets[row].
+__global__ void FillKernel(const uint32_t* bitmap, const int32_t* offsets, int rows, int words, int32_t* indices) {
+  const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const uint32_t* w = bitmap + static_cast<int64_t>(row) * words;
+  int32_t at = offsets[row];
+  for (int base = 0; base < words; base += 32) {
+    uint32_t bits = base + lane < words ? w[base + lane] : 0u;
+    const int c = __popc(bits);
+    int incl = c;
+#pragma unroll
+    for (int off = 1; off < 32; off *= 2) {
+      const int t = __shfl_up_sync(0xffffffffu, incl, off);
+      if (lane >= off) incl += t;
+    }
+    int32_t dst = at + incl - c;
+    while (bits != 0) {
+      const int bit = __ffs(bits) - 1;
+      indices[dst++] = (base + lane) * 32 + bit;
+      bits &= bits - 1;
+    }
+    at += __shfl_sync(0xffffffffu, incl, 31);
+  }
+}
+
+int64_t TopK(const GateParams& p, int nb) {
+  const double k = (1.0 - std::sqrt(1.0 - p.nz_ratio)) * static_cast<double>(nb);
+  const int64_t topk = static_cast<int64_t>(k);
+  return topk < 1 ? 1 : topk;
+}
+
+int FirstDenseRow(const GateParams& p, int nb) {
+  if (!p.last_block_dense) return nb;
+  return nb - 2 > 0 ? nb - 2 : 0;
+}
+
+bool Aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
+bool ValidShapes(const GateParams& p) {
+  if (p.seq_len < 0 || p.num_heads <= 0 || p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0) return false;
+  if (p.head_dim <= 0 || p.head_dim > kMaxHeadDim || p.head_dim % 8 != 0) return false;
+  if (p.block_size <= 0 || p.block_size > kMaxBlockSize) return false;
+  if (p.hidden <= 0 || p.hidden > kMaxHidden || p.hidden % 2 != 0) return false;
+  if (p.q_weight == nullptr && p.hidden != p.head_dim) return false;
+  if (p.k_weight_heads != 0 && p.k_weight_heads != p.num_heads &&
+      !(p.k_weight_heads == p.num_kv_heads && p.q_weight != nullptr)) {
+    return false;
+  }
+  if (p.dtype != ElemType::kBF16 && p.dtype != ElemType::kF16) return false;
+  if (p.mode == GateSelection::kThreshold && !(p.threshold >= 0.0 && p.threshold < 1.0)) return false;
+  if (p.mode == GateSelection::kNzRatio && !(p.nz_ratio > 0.0 && p.nz_ratio <= 1.0)) return false;
+  return true;
+}
+
+// The select kernel keeps one row of scores in shared memory.
+constexpr int kMaxBlocks = 48 * 1024;  // 192 KB of floats; 3M tokens at block 64
+
+}  // namespace
+
+int GateNumBlocks(const GateParams& p) {
+  if (p.seq_len < 0 || p.block_size <= 0) return 0;
+  return static_cast<int>((static_cast<int64_t>(p.seq_len) + p.block_size - 1) / p.block_size);
+}
+
+size_t GateWorkspaceBytes(const GateParams& p) {
+  if (!ValidShapes(p)) return 0;
+  return MakeLayout(p).total;
+}
+
+int64_t GateMaxIndices(const GateParams& p) {
+  const int64_t nb = GateNumBlocks(p);
+  const int64_t triangle = nb * (nb + 1) / 2;
+  if (p.mode != GateSelection::kNzRatio) return triangle * p.num_heads;
+  const int64_t topk = TopK(p, static_cast<int>(nb));
+  const int first_dense = FirstDenseRow(p, static_cast<int>(nb));
+  int64_t per_head = 0;
+  for (int64_t qb = 0; qb < nb; ++qb) per_head += qb >= first_dense ? qb + 1 : (topk < qb + 1 ? topk : qb + 1);
+  return per_head * p.num_heads;
+}
+
+cudaError_t RunGateKernels(const GateParams& p, cudaStream_t stream) {
+  if (!ValidShapes(p) || p.block_offsets == nullptr) return cudaErrorInvalidValue;
+  const int nb = GateNumBlocks(p);
+  if (nb == 0) {
+    SEER_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(p.block_offsets, 0, sizeof(int32_t) * (static_cast<size_t>(p.num_heads) + 1), stream));
+    if (p.kept_per_head != nullptr) {
+      SEER_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(p.kept_per_head, 0, sizeof(int64_t) * p.num_heads, stream));
+    }
+    return cudaSuccess;
+  }
+  if (p.q == nullptr || p.k == nullptr || p.k_weight == nullptr || p.rope_inv_freq == nullptr ||
+      p.block_indices == nullptr || p.workspace == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  if (nb > kMaxBlocks) return cudaErrorInvalidValue;
+  const int64_t q_stride = p.q_row_stride > 0 ? p.q_row_stride : static_cast<int64_t>(p.num_heads) * p.head_dim;
+  const int64_t k_stride = p.k_row_stride > 0 ? p.k_row_stride : static_cast<int64_t>(p.num_kv_heads) * p.head_dim;
+  if (q_stride < static_cast<int64_t>(p.num_heads) * p.head_dim || q_stride % 8 != 0 ||
+      k_stride < static_cast<int64_t>(p.num_kv_heads) * p.head_dim || k_stride % 8 != 0 || !Aligned16(p.q) ||
+      !Aligned16(p.k)) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t max_indices = GateMaxIndices(p);
+  if (max_indices > 0x7fffffff || p.index_capacity < max_indices) return cudaErrorInvalidValue;
+  const GateLayout g = MakeLayout(p);
+  if (p.workspace_bytes < g.total || reinterpret_cast<uintptr_t>(p.workspace) % kAlign != 0) {
+    return cudaErrorInvalidValue;
+  }
+  unsigned char* ws = static_cast<unsigned char*>(p.workspace);
+  float* rope = reinterpret_cast<float*>(ws + g.rope);
+  float* pooled_q = reinterpret_cast<float*>(ws + g.pooled_q);
+  float* pooled_k = reinterpret_cast<float*>(ws + g.pooled_k);
+  float* qp = reinterpret_cast<float*>(ws + g.qp);
+  float* kp = reinterpret_cast<float*>(ws + g.kp);
+  float* scores = reinterpret_cast<float*>(ws + g.scores);
+  uint32_t* bitmap = reinterpret_cast<uint32_t*>(ws + g.bitmap);
+  int32_t* counts = reinterpret_cast<int32_t*>(ws + g.counts);
+
+  // pool
+  if (p.dtype == ElemType::kBF16) {
+    PoolKernel<__nv_bfloat16><<<dim3(nb, 2), 256, 0, stream>>>(p, q_stride, k_stride, pooled_q, pooled_k);
+  } else {
+    PoolKernel<__half><<<dim3(nb, 2), 256, 0, stream>>>(p, q_stride, k_stride, pooled_q, pooled_k);
+  }
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+
+  // project + rope
+  const int64_t table = static_cast<int64_t>(nb) * g.half;
+  RopeTableKernel<<<static_cast<unsigned>((table + 255) / 256), 256, 0, stream>>>(p.rope_inv_freq, nb, g.half,
+                                                                                  p.block_size, rope);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  ProjectRopeKernel<<<dim3((nb + kProjBlocks - 1) / kProjBlocks, p.num_heads, 2), kProjThreads, 0, stream>>>(
+      p, nb, pooled_q, pooled_k, rope, qp, kp);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+
+  // scores + select, heads_per_pass heads at a time
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(p.hidden)));
+  const int64_t topk = p.mode == GateSelection::kNzRatio ? TopK(p, nb) : 0;
+  const int first_dense_row = FirstDenseRow(p, nb);
+  const size_t select_smem = sizeof(float) * static_cast<size_t>(nb);
+  if (select_smem > 48 * 1024) {
+    SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(SelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   static_cast<int>(select_smem)));
+  }
+  const int tiles = (nb + kScoreTile - 1) / kScoreTile;
+  for (int head0 = 0; head0 < p.num_heads; head0 += g.heads_per_pass) {
+    const int heads = p.num_heads - head0 < g.heads_per_pass ? p.num_heads - head0 : g.heads_per_pass;
+    ScoresKernel<<<dim3(tiles, tiles, heads), 256, 0, stream>>>(qp, kp, nb, p.hidden, head0, scale, scores);
+    SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    SelectKernel<<<dim3(nb, heads), kSelectThreads, select_smem, stream>>>(p, nb, g.words, head0, topk,
+                                                                          first_dense_row, scores, bitmap, counts);
+    SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  }
+
+  // lists
+  const int rows = nb * p.num_heads;
+  ScanKernel<<<1, kScanThreads, 0, stream>>>(counts, rows, nb, p.num_heads, p.block_offsets, p.kept_per_head);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  FillKernel<<<(rows + 7) / 8, 256, 0, stream>>>(bitmap, p.block_offsets, rows, g.words, p.block_indices);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return cudaSuccess;
+}
+
+}  // namespace seer::cuda
