@@ -240,10 +240,11 @@ StatusOr<ModelWeightViews> BindModelWeights(const Checkpoint& ckpt) {
     w.lm_head = *lm_head;
   }
 
-  w.layers.resize(c.num_layers);
+  // Grown layer by layer: a config claiming absurdly many layers fails at
+  // the first missing tensor instead of allocating them all up front.
   for (int i = 0; i < c.num_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
-    LayerWeightViews& l = w.layers[i];
+    LayerWeightViews& l = w.layers.emplace_back();
     SEER_ASSIGN_OR_RETURN(l.input_norm, ckpt.Get(p + "input_layernorm.weight", {hidden}));
     SEER_ASSIGN_OR_RETURN(l.post_attention_norm, ckpt.Get(p + "post_attention_layernorm.weight", {hidden}));
     SEER_ASSIGN_OR_RETURN(l.q_proj, ckpt.Get(p + "self_attn.q_proj.weight", {q_dim, hidden}));

@@ -257,6 +257,17 @@ StatusOr<ModelConfig> ParseModelConfig(const JsonValue& root, const std::string&
       break;
     }
   }
+  // transformers 5 spells the attention kind of every layer out.
+  if (const JsonValue* kinds = r.Find("layer_types")) {
+    if (!kinds->is_array()) return r.Error("layer_types", "must be an array, got " + kinds->Dump());
+    for (size_t i = 0; i < kinds->as_array().size(); ++i) {
+      const JsonValue& kind = kinds->as_array()[i];
+      if (!kind.is_string() || kind.as_string() != "full_attention") {
+        return r.Error("layer_types", "[" + std::to_string(i) + "] = " + kind.Dump() +
+                                          " is not supported (only \"full_attention\")");
+      }
+    }
+  }
   SEER_ASSIGN_OR_RETURN(c.tie_word_embeddings, r.Bool("tie_word_embeddings", false));
   SEER_ASSIGN_OR_RETURN(c.torch_dtype, ReadDType(r));
   return c;

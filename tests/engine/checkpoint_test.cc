@@ -423,6 +423,14 @@ TEST_F(CheckpointTest, MissingTensor) {
   ExpectError(StatusCode::kNotFound, {"missing tensor 'model.layers.1.mlp.down_proj.weight'", Path("model.safetensors")});
 }
 
+TEST_F(CheckpointTest, ConfigClaimsMoreLayersThanTheWeights) {
+  TinyShape s;
+  const auto model = TinyModel(s);
+  s.layers = 1 << 24;  // the largest the config allows; binding must fail fast, not allocate them all
+  WriteCheckpoint(s, model);
+  ExpectError(StatusCode::kNotFound, {"missing tensor 'model.layers.2.input_layernorm.weight'"});
+}
+
 TEST_F(CheckpointTest, UnsupportedDtype) {
   TinyShape s;
   auto model = TinyModel(s);

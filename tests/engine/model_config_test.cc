@@ -217,6 +217,10 @@ TEST(ModelConfig, Qwen2) {
   EXPECT_EQ(c.rope.theta, 1e6);
   EXPECT_EQ(c.rms_norm_eps, 1e-6);
   ExpectError(With(kQwen25, "use_sliding_window", "true"), {"'use_sliding_window'"});
+  // transformers 5 lists each layer's attention kind.
+  EXPECT_EQ(MustParse(With(kQwen25, "layer_types", R"(["full_attention", "full_attention"])")).num_layers, 24);
+  ExpectError(With(kQwen25, "layer_types", R"(["full_attention", "sliding_attention"])"),
+              {"'layer_types'", "[1]", "sliding_attention"});
 }
 
 TEST(ModelConfig, Mistral) {
