@@ -1,0 +1,336 @@
+// LoadGates: a SeerAttention gate directory as the authors release it
+// (config.json with the seerattn_* fields plus attn_gate_weights.pth), or
+// with *.safetensors instead of the .pth. Everything is checked against the
+// model before a single gate runs: a mismatch names the key and both shapes.
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/base/json.h"
+#include "engine/gate.h"
+#include "engine/pth_reader.h"
+#include "engine/safetensors.h"
+
+namespace seer {
+namespace {
+
+constexpr std::string_view kGateType = "Qavg_Kmaxminavg";
+constexpr int kBlockSize = 64;  // the only size the kernels and the released gates use
+constexpr std::string_view kPthName = "attn_gate_weights.pth";
+constexpr std::string_view kLayerPrefix = "model.layers.";
+constexpr std::string_view kGateInfix = ".self_attn.attn_gate.";
+constexpr std::string_view kKWeight = "mask_linear_k.weight";
+constexpr std::string_view kQWeight = "mask_linear_q.weight";
+
+std::string Quoted(std::string_view s) {
+  std::string out(1, '\'');
+  out.append(s);
+  out.push_back('\'');
+  return out;
+}
+
+std::string ShapeText(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+std::string KeyFor(int layer, std::string_view which) {
+  return std::string(kLayerPrefix) + std::to_string(layer) + std::string(kGateInfix) + std::string(which);
+}
+
+// --- config.json -------------------------------------------------------------
+
+// Reads optional typed fields of the gate config; a field of the wrong type
+// or out of range is an error naming the file and the field.
+class ConfigReader {
+ public:
+  ConfigReader(const JsonValue& root, std::string path) : root_(root), path_(std::move(path)) {}
+
+  const JsonValue* Field(std::string_view name) const {
+    const JsonValue* v = root_.Find(name);
+    return v == nullptr || v->is_null() ? nullptr : v;
+  }
+  Status Error(std::string_view field, const std::string& what) const {
+    return InvalidArgument(path_ + ": field " + Quoted(field) + " " + what);
+  }
+  Status String(std::string_view name, std::string* out) const {
+    const JsonValue* v = Field(name);
+    if (v == nullptr) return OkStatus();
+    if (!v->is_string()) return Error(name, "must be a string, got " + v->Dump());
+    *out = v->as_string();
+    return OkStatus();
+  }
+  Status Int(std::string_view name, int64_t* out) const {
+    const JsonValue* v = Field(name);
+    if (v == nullptr) return OkStatus();
+    if (!v->is_integer()) return Error(name, "must be an integer, got " + v->Dump());
+    *out = v->as_int64();
+    return OkStatus();
+  }
+  Status Number(std::string_view name, double* out) const {
+    const JsonValue* v = Field(name);
+    if (v == nullptr) return OkStatus();
+    if (!v->is_number()) return Error(name, "must be a number, got " + v->Dump());
+    *out = v->as_double();
+    return OkStatus();
+  }
+  Status Bool(std::string_view name, bool* out) const {
+    const JsonValue* v = Field(name);
+    if (v == nullptr) return OkStatus();
+    if (!v->is_bool()) return Error(name, "must be true or false, got " + v->Dump());
+    *out = v->as_bool();
+    return OkStatus();
+  }
+
+ private:
+  const JsonValue& root_;
+  std::string path_;
+};
+
+struct GateFileConfig {
+  GateConfig gate;
+  bool force_double = false;
+};
+
+StatusOr<GateFileConfig> ParseGateConfig(const JsonValue& root, const std::string& path, const ModelConfig& model) {
+  if (!root.is_object()) return InvalidArgument(path + ": must hold a JSON object");
+  ConfigReader r(root, path);
+  GateFileConfig out;
+  GateConfig& gc = out.gate;
+  // Defaults are those of the authors' config class (SeerAttnLlamaConfig).
+  std::string method = "threshold";
+  int64_t block = kBlockSize, hidden = 128;
+  double threshold = 0.0, nz_ratio = 1.0;
+  SEER_RETURN_IF_ERROR(r.String("base_model", &gc.base_model));
+  SEER_RETURN_IF_ERROR(r.String("seerattn_gate_type", &gc.gate_type));
+  SEER_RETURN_IF_ERROR(r.Int("seerattn_gate_block_size", &block));
+  SEER_RETURN_IF_ERROR(r.Int("seerattn_gate_hidden_size", &hidden));
+  SEER_RETURN_IF_ERROR(r.Bool("seerattn_gate_force_double", &out.force_double));
+  SEER_RETURN_IF_ERROR(r.String("seerattn_sparsity_method", &method));
+  SEER_RETURN_IF_ERROR(r.Number("seerattn_threshold", &threshold));
+  SEER_RETURN_IF_ERROR(r.Number("seerattn_nz_ratio", &nz_ratio));
+  SEER_RETURN_IF_ERROR(r.Bool("seerattn_last_block_dense", &gc.sparsity.last_block_dense));
+
+  if (gc.gate_type != kGateType) {
+    return r.Error("seerattn_gate_type", "is " + Quoted(gc.gate_type) + "; only " + Quoted(kGateType) +
+                                             " (the released prefill gates) is supported");
+  }
+  if (block != kBlockSize) {
+    return r.Error("seerattn_gate_block_size", "is " + std::to_string(block) + "; only " +
+                                                   std::to_string(kBlockSize) + " is supported");
+  }
+  if (hidden <= 0 || hidden % 2 != 0 || hidden > 65536) {
+    return r.Error("seerattn_gate_hidden_size", "is " + std::to_string(hidden) +
+                                                    "; it must be a positive even number (RoPE pairs) up to 65536");
+  }
+  gc.block_size = static_cast<int>(block);
+  gc.hidden = static_cast<int>(hidden);
+  if (!(threshold >= 0.0 && threshold < 1.0)) {
+    return r.Error("seerattn_threshold", "is " + root.Find("seerattn_threshold")->Dump() + "; need 0 <= T < 1");
+  }
+  if (!(nz_ratio > 0.0 && nz_ratio <= 1.0)) {
+    return r.Error("seerattn_nz_ratio", "is " + root.Find("seerattn_nz_ratio")->Dump() + "; need 0 < R <= 1");
+  }
+  gc.sparsity.threshold = threshold;
+  gc.sparsity.nz_ratio = nz_ratio;
+  if (method == "threshold") {
+    gc.sparsity.mode = SparsityMode::kThreshold;
+  } else if (method == "nz_ratio") {
+    gc.sparsity.mode = SparsityMode::kNzRatio;
+  } else {
+    return r.Error("seerattn_sparsity_method", "is " + Quoted(method) + "; expected 'threshold' or 'nz_ratio'");
+  }
+
+  // A gate config is the base model's config plus the seerattn_* fields.
+  // Where it states the model's shape, it must be this model's shape.
+  struct ShapeField {
+    const char* name;
+    int64_t model_value;
+  };
+  const ShapeField shape_fields[] = {{"num_hidden_layers", model.num_layers},
+                                     {"num_attention_heads", model.num_heads},
+                                     {"num_key_value_heads", model.num_kv_heads},
+                                     {"head_dim", model.head_dim}};
+  for (const ShapeField& f : shape_fields) {
+    int64_t v = f.model_value;
+    SEER_RETURN_IF_ERROR(r.Int(f.name, &v));
+    if (v != f.model_value) {
+      return r.Error(f.name, "is " + std::to_string(v) + " but the model has " + std::to_string(f.model_value) +
+                                 (gc.base_model.empty() ? "" : " (the gates were trained for " + gc.base_model + ")"));
+    }
+  }
+  return out;
+}
+
+// --- weight files ------------------------------------------------------------
+
+struct LoadedTensor {
+  std::string file;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  std::vector<float> values;
+};
+
+Status AddTensor(std::map<std::string, LoadedTensor>* all, const std::string& name, LoadedTensor t) {
+  if (all->count(name)) {
+    return InvalidArgument(t.file + ": key " + Quoted(name) + " also appears in " + (*all)[name].file);
+  }
+  (*all)[name] = std::move(t);
+  return OkStatus();
+}
+
+Status ReadSafetensors(const std::string& path, std::map<std::string, LoadedTensor>* all) {
+  SEER_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(path));
+  for (const TensorView& v : file->tensors()) {
+    if (v.dtype != DType::kBF16 && v.dtype != DType::kF16 && v.dtype != DType::kF32) {
+      return InvalidArgument(path + ": key " + Quoted(v.name) + " has dtype " + std::string(DTypeName(v.dtype)) +
+                             "; gate weights must be BF16, F16 or F32");
+    }
+    LoadedTensor t;
+    t.file = path;
+    t.dtype = v.dtype;
+    t.shape = v.shape;
+    t.values.resize(static_cast<size_t>(v.numel()));
+    if (!ConvertToFloat(v.dtype, v.data, t.values.size(), t.values.data())) {
+      return InvalidArgument(path + ": key " + Quoted(v.name) + " cannot be converted to float");
+    }
+    SEER_RETURN_IF_ERROR(AddTensor(all, v.name, std::move(t)));
+  }
+  return OkStatus();
+}
+
+StatusOr<std::map<std::string, LoadedTensor>> ReadWeights(const std::string& dir, std::string* source) {
+  namespace fs = std::filesystem;
+  std::map<std::string, LoadedTensor> all;
+  const fs::path pth = fs::path(dir) / kPthName;
+  std::error_code ec;
+  if (fs::is_regular_file(pth, ec)) {
+    *source = pth.string();
+    SEER_ASSIGN_OR_RETURN(PthStateDict sd, ReadPthFile(pth.string()));
+    for (PthTensor& t : sd.tensors) {
+      LoadedTensor l;
+      l.file = pth.string();
+      l.dtype = t.dtype;
+      l.shape = std::move(t.shape);
+      l.values = std::move(t.values);
+      SEER_RETURN_IF_ERROR(AddTensor(&all, t.name, std::move(l)));
+    }
+    return all;
+  }
+  std::vector<std::string> files;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    if (it->path().extension() == ".safetensors" && it->is_regular_file(ec)) files.push_back(it->path().string());
+  }
+  if (ec) return NotFound(dir + ": cannot list the gate directory: " + ec.message());
+  if (files.empty()) {
+    return NotFound(dir + ": no " + std::string(kPthName) + " and no *.safetensors gate weights");
+  }
+  std::sort(files.begin(), files.end());
+  *source = files.size() == 1 ? files[0] : dir + "/*.safetensors";
+  for (const std::string& f : files) SEER_RETURN_IF_ERROR(ReadSafetensors(f, &all));
+  return all;
+}
+
+// Splits "model.layers.{i}.self_attn.attn_gate.{what}" into i and what.
+bool ParseGateKey(std::string_view key, int64_t* layer, std::string_view* what) {
+  if (key.substr(0, kLayerPrefix.size()) != kLayerPrefix) return false;
+  key.remove_prefix(kLayerPrefix.size());
+  size_t digits = 0;
+  while (digits < key.size() && key[digits] >= '0' && key[digits] <= '9') ++digits;
+  if (digits == 0 || digits > 9 || (digits > 1 && key[0] == '0')) return false;
+  *layer = std::stoll(std::string(key.substr(0, digits)));
+  key.remove_prefix(digits);
+  if (key.substr(0, kGateInfix.size()) != kGateInfix) return false;
+  *what = key.substr(kGateInfix.size());
+  return true;
+}
+
+}  // namespace
+
+StatusOr<GateWeights> LoadGates(const std::string& dir, const ModelConfig& model) {
+  const std::string config_path = dir + "/config.json";
+  std::ifstream in(config_path, std::ios::binary);
+  if (!in) return NotFound(config_path + ": cannot open: " + std::strerror(errno));
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return InvalidArgument(config_path + ": read failed");
+  auto root = JsonValue::Parse(text.str());
+  if (!root.ok()) return InvalidArgument(config_path + ": " + root.status().message());
+  SEER_ASSIGN_OR_RETURN(GateFileConfig fc, ParseGateConfig(*root, config_path, model));
+
+  if (model.num_layers <= 0 || model.num_heads <= 0 || model.num_kv_heads <= 0 || model.head_dim <= 0 ||
+      model.num_heads % model.num_kv_heads != 0) {
+    return InvalidArgument(dir + ": the model's shape (layers " + std::to_string(model.num_layers) + ", heads " +
+                           std::to_string(model.num_heads) + "/" + std::to_string(model.num_kv_heads) +
+                           ", head_dim " + std::to_string(model.head_dim) + ") cannot carry gates");
+  }
+
+  std::string source;
+  SEER_ASSIGN_OR_RETURN(auto tensors, ReadWeights(dir, &source));
+
+  // The authors' gate has mask_linear_q only in the "double" form (forced, or
+  // when hidden != head_dim); then mask_linear_k has one head per KV head.
+  const int hq = model.num_heads, hkv = model.num_kv_heads, d = model.head_dim, hidden = fc.gate.hidden;
+  const bool expect_q = fc.force_double || hidden != d;
+  const std::vector<int64_t> k_shape = {expect_q ? hkv : hq, 3 * d, hidden};
+  const std::vector<int64_t> q_shape = {hq, d, hidden};
+  const std::string k_formula = std::string("[") + (expect_q ? "Hkv" : "Hq") + ", 3*head_dim, hidden]";
+
+  // Every tensor must be a gate weight of a layer the model has.
+  for (const auto& [name, t] : tensors) {
+    int64_t layer = -1;
+    std::string_view what;
+    if (!ParseGateKey(name, &layer, &what) || (what != kKWeight && what != kQWeight)) {
+      return InvalidArgument(source + ": unexpected tensor " + Quoted(name) +
+                             "; a prefill gate holds only model.layers.{i}.self_attn.attn_gate." +
+                             std::string(kKWeight) + " (and " + std::string(kQWeight) + ")");
+    }
+    if (layer >= model.num_layers) {
+      return InvalidArgument(source + ": key " + Quoted(name) + " is for layer " + std::to_string(layer) +
+                             " but the model has " + std::to_string(model.num_layers) + " layers");
+    }
+    if (what == kQWeight && !expect_q) {
+      return InvalidArgument(source + ": unexpected key " + Quoted(name) +
+                             ": the gate config has seerattn_gate_force_double false and hidden == head_dim, "
+                             "so the gate has no mask_linear_q");
+    }
+    if (t.dtype != DType::kBF16 && t.dtype != DType::kF16 && t.dtype != DType::kF32) {
+      return InvalidArgument(source + ": key " + Quoted(name) + " has dtype " + std::string(DTypeName(t.dtype)) +
+                             "; gate weights must be BF16, F16 or F32");
+    }
+  }
+
+  GateWeights gw;
+  gw.config = fc.gate;
+  gw.layers.resize(model.num_layers);
+  for (int i = 0; i < model.num_layers; ++i) {
+    auto take = [&](std::string_view which, const std::vector<int64_t>& want, const std::string& formula,
+                    std::vector<float>* out) -> Status {
+      const std::string key = KeyFor(i, which);
+      auto it = tensors.find(key);
+      if (it == tensors.end()) return InvalidArgument(source + ": missing key " + key);
+      if (it->second.shape != want) {
+        return InvalidArgument(source + ": key " + key + " has shape " + ShapeText(it->second.shape) +
+                               ", the model needs " + formula + " = " + ShapeText(want));
+      }
+      *out = std::move(it->second.values);
+      return OkStatus();
+    };
+    SEER_RETURN_IF_ERROR(take(kKWeight, k_shape, k_formula, &gw.layers[i].k_weight));
+    if (expect_q) {
+      SEER_RETURN_IF_ERROR(take(kQWeight, q_shape, "[Hq, head_dim, hidden]", &gw.layers[i].q_weight));
+      gw.layers[i].q_in = d;
+    }
+  }
+  return gw;
+}
+
+}  // namespace seer
