@@ -1,0 +1,27 @@
+#include "engine/cuda/cuda_status.h"
+
+#include "kernels/cuda/check.h"
+
+namespace seer {
+
+Status CudaStatus(cudaError_t err, const char* what, const char* where) {
+  std::string msg = std::string(where) + ": " + what + " failed: " + cudaGetErrorName(err) + " (" +
+                    cudaGetErrorString(err) + ")";
+  // The kernel wrappers record where inside them a call failed.
+  cuda::CudaFailureSite& site = cuda::LastCudaFailure();
+  if (site.error == err && site.line != 0) {
+    msg += " at " + std::string(site.file) + ":" + std::to_string(site.line) + " (" + site.expr + ")";
+  }
+  site = cuda::CudaFailureSite{};
+  if (err == cudaErrorMemoryAllocation) return ResourceExhausted(std::move(msg));
+  return Internal(std::move(msg));
+}
+
+Status CublasStatus(cublasStatus_t st, const char* what, const char* where) {
+  std::string msg = std::string(where) + ": " + what + " failed: " + cublasGetStatusName(st) + " (" +
+                    cublasGetStatusString(st) + ")";
+  if (st == CUBLAS_STATUS_ALLOC_FAILED) return ResourceExhausted(std::move(msg));
+  return Internal(std::move(msg));
+}
+
+}  // namespace seer

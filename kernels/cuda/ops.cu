@@ -1,0 +1,301 @@
+#include "kernels/cuda/ops.h"
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "kernels/cuda/check.h"
+
+namespace seer::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+// Blocks for a grid-stride loop over n items: enough to fill the GPU, never
+// more than the work needs, and within the grid's x limit.
+unsigned GridFor(size_t n, int threads = kThreads) {
+  const size_t blocks = (n + threads - 1) / threads;
+  constexpr size_t kMaxBlocks = 65535u * 16u;
+  return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > kMaxBlocks ? kMaxBlocks : blocks));
+}
+
+__device__ __forceinline__ float WarpSum(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// The sum of `v` over the block, returned to every thread. `scratch` holds
+// one float per warp.
+__device__ float BlockSum(float v, float* scratch) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  v = WarpSum(v);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  const int warps = (blockDim.x + 31) >> 5;
+  float total = lane < warps ? scratch[lane] : 0.0f;
+  total = WarpSum(total);
+  __syncthreads();  // scratch may be reused by the caller
+  return total;
+}
+
+__global__ void EmbeddingKernel(const bf16* table, int vocab, int dim, const int32_t* ids, int n, float* out) {
+  const size_t total = static_cast<size_t>(n) * dim;
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const int r = static_cast<int>(i / dim);
+    const int c = static_cast<int>(i % dim);
+    const int id = ids[r];
+    out[i] = (id >= 0 && id < vocab) ? __bfloat162float(table[static_cast<size_t>(id) * dim + c])
+                                     : __int_as_float(0x7fc00000);
+  }
+}
+
+// One block per row: the sum of squares, then the scaled row.
+__global__ void RmsNormKernel(const float* x, int dim, const float* weight, float eps, bf16* out) {
+  __shared__ float scratch[32];
+  const float* xr = x + static_cast<size_t>(blockIdx.x) * dim;
+  bf16* outr = out + static_cast<size_t>(blockIdx.x) * dim;
+  float sum_sq = 0.0f;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) sum_sq += xr[i] * xr[i];
+  sum_sq = BlockSum(sum_sq, scratch);
+  const float inv_rms = 1.0f / sqrtf(sum_sq / static_cast<float>(dim) + eps);
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) outr[i] = __float2bfloat16(weight[i] * (xr[i] * inv_rms));
+}
+
+// One thread per rotated pair (i, i + half) of one head of one row.
+__global__ void RopeKernel(bf16* x, int rows, int num_heads, int head_dim, int pos0, const float* inv_freq) {
+  const int half = head_dim / 2;
+  const size_t total = static_cast<size_t>(rows) * num_heads * half;
+  for (size_t idx = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const int i = static_cast<int>(idx % half);
+    const size_t head_row = idx / half;  // r * num_heads + h
+    const int r = static_cast<int>(head_row / num_heads);
+    const float angle = static_cast<float>(pos0 + r) * inv_freq[i];
+    float s, c;
+    sincosf(angle, &s, &c);
+    bf16* v = x + head_row * head_dim;
+    const float lo = __bfloat162float(v[i]);
+    const float hi = __bfloat162float(v[i + half]);
+    v[i] = __float2bfloat16(lo * c - hi * s);
+    v[i + half] = __float2bfloat16(hi * c + lo * s);
+  }
+}
+
+// 16-byte moves when a head's row is a whole number of them (head_dim % 8).
+template <typename Vec>
+__global__ void WriteKvKernel(const Vec* src, int n, int kv_heads, int vecs_per_head, Vec* cache, int capacity,
+                              int t0) {
+  const size_t total = static_cast<size_t>(n) * kv_heads * vecs_per_head;
+  for (size_t idx = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const int d = static_cast<int>(idx % vecs_per_head);
+    const size_t th = idx / vecs_per_head;  // t * kv_heads + h
+    const int h = static_cast<int>(th % kv_heads);
+    const int t = static_cast<int>(th / kv_heads);
+    cache[(static_cast<size_t>(h) * capacity + t0 + t) * vecs_per_head + d] = src[idx];
+  }
+}
+
+__global__ void SwiGluKernel(const bf16* gate, const bf16* up, size_t n, bf16* out) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const float g = __bfloat162float(gate[i]);
+    const float u = __bfloat162float(up[i]);
+    out[i] = __float2bfloat16((g / (1.0f + expf(-g))) * u);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ float ToFloat(T v);
+template <>
+__device__ __forceinline__ float ToFloat(float v) { return v; }
+template <>
+__device__ __forceinline__ float ToFloat(bf16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T FromFloat(float v);
+template <>
+__device__ __forceinline__ float FromFloat(float v) { return v; }
+template <>
+__device__ __forceinline__ bf16 FromFloat(float v) { return __float2bfloat16(v); }
+
+template <typename T>
+__global__ void AddBiasKernel(T* x, int rows, int cols, const float* bias) {
+  const size_t total = static_cast<size_t>(rows) * cols;
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    x[i] = FromFloat<T>(ToFloat(x[i]) + bias[i % cols]);
+  }
+}
+
+// One block per row. Each thread keeps its best (value, index), then the
+// block reduces: larger value wins, the smaller index on equal values.
+__global__ void ArgMaxKernel(const float* x, int n, int32_t* out) {
+  __shared__ float best_v[kThreads];
+  __shared__ int best_i[kThreads];
+  const float* row = x + static_cast<size_t>(blockIdx.x) * n;
+  float v = -INFINITY;
+  int idx = n;  // "none yet": loses every tie against a real index
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const float xi = row[i];
+    // As cpu::ArgMax: a NaN is never larger than anything, but a NaN in
+    // element 0 is where that scan starts, so it stays the answer.
+    const bool first = idx == n && (i == 0 || !isnan(xi));
+    if (first || xi > v) {
+      v = xi;
+      idx = i;
+    }
+  }
+  best_v[threadIdx.x] = v;
+  best_i[threadIdx.x] = idx;
+  __syncthreads();
+  for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+    if (threadIdx.x < stride) {
+      const float ov = best_v[threadIdx.x + stride];
+      const int oi = best_i[threadIdx.x + stride];
+      const float mv = best_v[threadIdx.x];
+      const int mi = best_i[threadIdx.x];
+      if (oi != n && (mi == n || ov > mv || (ov == mv && oi < mi))) {
+        best_v[threadIdx.x] = ov;
+        best_i[threadIdx.x] = oi;
+      }
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) out[blockIdx.x] = best_i[0];
+}
+
+// SplitMix64: a good 64-bit mix of (seed, index), so that every element is an
+// independent draw and no state is carried between threads.
+__device__ __forceinline__ uint64_t Mix64(uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+template <typename T>
+__global__ void FillUniformKernel(T* x, size_t n, uint64_t seed, float scale) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const uint64_t bits = Mix64(seed ^ Mix64(i));
+    // 24 random bits -> [0, 1), then [-1, 1).
+    const float u = static_cast<float>(bits >> 40) * (1.0f / 16777216.0f);
+    x[i] = FromFloat<T>((2.0f * u - 1.0f) * scale);
+  }
+}
+
+__global__ void FillKernel(float* x, size_t n, float value) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    x[i] = value;
+  }
+}
+
+bool Aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+}  // namespace
+
+cudaError_t Embedding(const bf16* table, int vocab, int dim, const int32_t* ids, int n, float* out,
+                      cudaStream_t stream) {
+  if (vocab <= 0 || dim <= 0 || n < 0) return cudaErrorInvalidValue;
+  if (n == 0) return cudaSuccess;
+  EmbeddingKernel<<<GridFor(static_cast<size_t>(n) * dim), kThreads, 0, stream>>>(table, vocab, dim, ids, n, out);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return cudaSuccess;
+}
+
+cudaError_t RmsNorm(const float* x, int rows, int dim, const float* weight, float eps, bf16* out,
+                    cudaStream_t stream) {
+  if (rows < 0 || dim <= 0) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  const int threads = dim >= 4096 ? 1024 : (dim >= 1024 ? 512 : 128);
+  // Grid y is unused; rows go on x, whose limit (2^31 - 1) exceeds any int.
+  RmsNormKernel<<<rows, threads, 0, stream>>>(x, dim, weight, eps, out);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return cudaSuccess;
+}
+
+cudaError_t ApplyRope(bf16* x, int rows, int num_heads, int head_dim, int pos0, const float* inv_freq,
+                      cudaStream_t stream) {
+  if (rows < 0 || num_heads <= 0 || head_dim <= 0 || head_dim % 2 != 0 || pos0 < 0) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  const size_t pairs = static_cast<size_t>(rows) * num_heads * (head_dim / 2);
+  RopeKernel<<<GridFor(pairs), kThreads, 0, stream>>>(x, rows, num_heads, head_dim, pos0, inv_freq);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return cudaSuccess;
+}
+
+cudaError_t WriteKv(const bf16* src, int n, int kv_heads, int head_dim, bf16* cache, int capacity, int t0,
+                    cudaStream_t stream) {
+  if (n < 0 || kv_heads <= 0 || head_dim <= 0 || t0 < 0 || static_cast<int64_t>(t0) + n > capacity) {
+    return cudaErrorInvalidValue;
+  }
+  if (n == 0) return cudaSuccess;
+  const size_t elems = static_cast<size_t>(n) * kv_heads * head_dim;
+  if (head_dim % 8 == 0 && Aligned16(src) && Aligned16(cache)) {
+    WriteKvKernel<uint4><<<GridFor(elems / 8), kThreads, 0, stream>>>(
+        reinterpret_cast<const uint4*>(src), n, kv_heads, head_dim / 8, reinterpret_cast<uint4*>(cache), capacity,
+        t0);
+  } else {
+    WriteKvKernel<bf16><<<GridFor(elems), kThreads, 0, stream>>>(src, n, kv_heads, head_dim, cache, capacity, t0);
+  }
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return cudaSuccess;
+}
+
+cudaError_t SwiGlu(const bf16* gate, const bf16* up, size_t n, bf16* out, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  SwiGluKernel<<<GridFor(n), kThreads, 0, stream>>>(gate, up, n, out);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return cudaSuccess;
+}
+
+cudaError_t AddBias(bf16* x, int rows, int cols, const float* bias, cudaStream_t stream) {
+  if (rows < 0 || cols <= 0) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  AddBiasKernel<bf16><<<GridFor(static_cast<size_t>(rows) * cols), kThreads, 0, stream>>>(x, rows, cols, bias);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return cudaSuccess;
+}
+
+cudaError_t AddBias(float* x, int rows, int cols, const float* bias, cudaStream_t stream) {
+  if (rows < 0 || cols <= 0) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  AddBiasKernel<float><<<GridFor(static_cast<size_t>(rows) * cols), kThreads, 0, stream>>>(x, rows, cols, bias);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return cudaSuccess;
+}
+
+cudaError_t ArgMaxRows(const float* x, int rows, int n, int32_t* out, cudaStream_t stream) {
+  if (rows < 0 || n <= 0) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  ArgMaxKernel<<<rows, kThreads, 0, stream>>>(x, n, out);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return cudaSuccess;
+}
+
+cudaError_t FillUniform(bf16* x, size_t n, uint64_t seed, float scale, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  FillUniformKernel<bf16><<<GridFor(n), kThreads, 0, stream>>>(x, n, seed, scale);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return cudaSuccess;
+}
+
+cudaError_t FillUniform(float* x, size_t n, uint64_t seed, float scale, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  FillUniformKernel<float><<<GridFor(n), kThreads, 0, stream>>>(x, n, seed, scale);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return cudaSuccess;
+}
+
+cudaError_t Fill(float* x, size_t n, float value, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  FillKernel<<<GridFor(n), kThreads, 0, stream>>>(x, n, value);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return cudaSuccess;
+}
+
+}  // namespace seer::cuda

@@ -1,0 +1,63 @@
+// CUDA twins of the dense transformer ops (kernels/cpu/ops.h), bf16 storage
+// with float32 math. The residual stream stays in float32 between layers, so
+// the ops that read or write it take float; everything a GEMM reads is bf16.
+//
+// Every function launches on `stream`, never synchronises, and returns the
+// launch status (cudaErrorInvalidValue for a shape it does not take).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+namespace seer::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// out[r, :] = float(table[ids[r], :]) for table [vocab, dim]. An id outside
+// [0, vocab) writes NaN into its row (callers validate ids first; the NaN makes
+// a missed check visible instead of reading out of bounds).
+cudaError_t Embedding(const bf16* table, int vocab, int dim, const int32_t* ids, int n, float* out,
+                      cudaStream_t stream);
+
+// HF LlamaRMSNorm in float32, rounded once to bf16:
+// out = bf16(weight * (x * rsqrt(mean(x^2) + eps))) per row of x [rows, dim].
+cudaError_t RmsNorm(const float* x, int rows, int dim, const float* weight, float eps, bf16* out,
+                    cudaStream_t stream);
+
+// Rotary embedding, half-split layout (HF rotate_half), in place on
+// x [rows, num_heads, head_dim]; row r sits at position pos0 + r. inv_freq
+// (device, head_dim / 2 floats) comes from the host with llama3 scaling
+// already applied. As HF: angle = float(pos) * inv_freq in float32.
+cudaError_t ApplyRope(bf16* x, int rows, int num_heads, int head_dim, int pos0, const float* inv_freq,
+                      cudaStream_t stream);
+
+// Scatters src [n, kv_heads, head_dim] (token-major, as the projection writes
+// it) into one layer's cache [kv_heads, capacity, head_dim] at tokens
+// [t0, t0 + n).
+cudaError_t WriteKv(const bf16* src, int n, int kv_heads, int head_dim, bf16* cache, int capacity, int t0,
+                    cudaStream_t stream);
+
+// out[i] = bf16(silu(gate[i]) * up[i]) with silu(x) = x / (1 + exp(-x)) in
+// float32. `out` may alias `gate`.
+cudaError_t SwiGlu(const bf16* gate, const bf16* up, size_t n, bf16* out, cudaStream_t stream);
+
+// x[r, c] += bias[c] for x [rows, cols]; the bf16 form adds in float32 and
+// rounds once.
+cudaError_t AddBias(bf16* x, int rows, int cols, const float* bias, cudaStream_t stream);
+cudaError_t AddBias(float* x, int rows, int cols, const float* bias, cudaStream_t stream);
+
+// out[r] = index of the largest value of row r of x [rows, n]; the first one
+// on ties (as torch.argmax and cpu::ArgMax). Greedy sampling on the device.
+cudaError_t ArgMaxRows(const float* x, int rows, int n, int32_t* out, cudaStream_t stream);
+
+// Fills x[0, n) with values drawn uniformly from [-scale, scale), a pure
+// function of (seed, index): the same seed gives the same tensor on any GPU.
+cudaError_t FillUniform(bf16* x, size_t n, uint64_t seed, float scale, cudaStream_t stream);
+cudaError_t FillUniform(float* x, size_t n, uint64_t seed, float scale, cudaStream_t stream);
+// x[0, n) = value.
+cudaError_t Fill(float* x, size_t n, float value, cudaStream_t stream);
+
+}  // namespace seer::cuda

@@ -1,0 +1,395 @@
+// The dense CUDA ops (kernels/cuda/ops.h) and the cuBLAS projection
+// (engine/cuda/gemm.h) against their CPU twins (kernels/cpu/ops.h) on fresh
+// random inputs at several shapes. Tolerances are norm-wise relative errors:
+// 1e-5 where the GPU result is float32, 1e-2 where it is rounded to bf16.
+// Every output is poisoned with NaN before the run, so an element the kernel
+// never wrote fails the comparison; NaN never passes.
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "engine/base/dtype.h"
+#include "engine/cuda/cuda_engine.h"
+#include "engine/cuda/gemm.h"
+#include "engine/model_config.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cuda/ops.h"
+
+namespace seer {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+#define ASSERT_CUDA(expr) ASSERT_EQ((expr), cudaSuccess) << #expr << ": " << cudaGetErrorString(cudaGetLastError())
+
+class GpuOpsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device visible: GPU op tests skipped";
+    std::random_device rd;
+    seed_ = rd();
+    rng_.seed(seed_);
+    ASSERT_CUDA(cudaStreamCreate(&stream_));
+  }
+  void TearDown() override {
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+
+  std::vector<float> Uniform(size_t n, float lo, float hi) {
+    std::uniform_real_distribution<float> d(lo, hi);
+    std::vector<float> v(n);
+    for (float& x : v) x = d(rng_);
+    return v;
+  }
+  // Values exactly representable in bf16, so both sides see the same inputs.
+  std::vector<float> UniformBf16(size_t n, float lo, float hi) {
+    std::vector<float> v = Uniform(n, lo, hi);
+    for (float& x : v) x = Bf16ToFloat(FloatToBf16(x));
+    return v;
+  }
+
+  uint32_t seed_ = 0;
+  std::mt19937 rng_;
+  cudaStream_t stream_ = nullptr;
+};
+
+// Device memory poisoned with 0xFF bytes: NaN as float and as bf16.
+template <typename T>
+class Dev {
+ public:
+  explicit Dev(size_t n) : n_(n) {
+    if (cudaMalloc(&p_, sizeof(T) * (n == 0 ? 1 : n)) != cudaSuccess) p_ = nullptr;
+    if (p_ != nullptr) cudaMemset(p_, 0xFF, sizeof(T) * n);
+  }
+  ~Dev() { cudaFree(p_); }
+  T* get() const { return p_; }
+  bool ok() const { return p_ != nullptr; }
+
+ private:
+  T* p_ = nullptr;
+  size_t n_;
+};
+
+std::vector<uint16_t> ToBf16Bits(const std::vector<float>& v) {
+  std::vector<uint16_t> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = FloatToBf16(v[i]);
+  return out;
+}
+
+std::vector<float> FromBf16Bits(const std::vector<uint16_t>& v) {
+  std::vector<float> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = Bf16ToFloat(v[i]);
+  return out;
+}
+
+Dev<bf16>* UploadBf16(const std::vector<float>& v) {
+  auto* d = new Dev<bf16>(v.size());
+  const std::vector<uint16_t> bits = ToBf16Bits(v);
+  cudaMemcpy(d->get(), bits.data(), bits.size() * 2, cudaMemcpyHostToDevice);
+  return d;
+}
+
+template <typename T>
+Dev<T>* Upload(const std::vector<T>& v) {
+  auto* d = new Dev<T>(v.size());
+  cudaMemcpy(d->get(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice);
+  return d;
+}
+
+std::vector<float> DownloadBf16(const bf16* p, size_t n) {
+  std::vector<uint16_t> bits(n);
+  cudaMemcpy(bits.data(), p, n * 2, cudaMemcpyDeviceToHost);
+  return FromBf16Bits(bits);
+}
+
+template <typename T>
+std::vector<T> Download(const T* p, size_t n) {
+  std::vector<T> v(n);
+  cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost);
+  return v;
+}
+
+// ||got - want|| / ||want||, in double. NaN anywhere gives NaN, which fails
+// every EXPECT_LE.
+double RelErr(const std::vector<float>& got, const std::vector<float>& want) {
+  if (got.size() != want.size()) return std::nan("");
+  double num = 0.0, den = 0.0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (!std::isfinite(got[i])) return std::nan("");
+    const double d = double(got[i]) - double(want[i]);
+    num += d * d;
+    den += double(want[i]) * double(want[i]);
+  }
+  return den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+}
+
+constexpr double kF32Tol = 1e-5;
+constexpr double kBf16Tol = 1e-2;
+
+TEST_F(GpuOpsTest, EmbeddingGathersRowsExactly) {
+  struct Shape {
+    int vocab, dim, n;
+  };
+  for (Shape s : {Shape{7, 64, 1}, Shape{1000, 4096, 77}, Shape{50, 130, 333}}) {
+    SCOPED_TRACE("seed " + std::to_string(seed_) + " vocab " + std::to_string(s.vocab) + " dim " +
+                 std::to_string(s.dim) + " n " + std::to_string(s.n));
+    const std::vector<float> table = UniformBf16(size_t(s.vocab) * s.dim, -2.0f, 2.0f);
+    std::vector<int32_t> ids(s.n);
+    std::uniform_int_distribution<int> pick(0, s.vocab - 1);
+    for (int32_t& id : ids) id = pick(rng_);
+    std::unique_ptr<Dev<bf16>> d_table(UploadBf16(table));
+    std::unique_ptr<Dev<int32_t>> d_ids(Upload(ids));
+    Dev<float> d_out(size_t(s.n) * s.dim);
+    ASSERT_CUDA(cuda::Embedding(d_table->get(), s.vocab, s.dim, d_ids->get(), s.n, d_out.get(), stream_));
+    ASSERT_CUDA(cudaStreamSynchronize(stream_));
+    std::vector<float> want(size_t(s.n) * s.dim);
+    cpu::Embedding(table.data(), s.dim, ids.data(), s.n, want.data());
+    EXPECT_LE(RelErr(Download(d_out.get(), want.size()), want), kF32Tol);
+  }
+}
+
+TEST_F(GpuOpsTest, EmbeddingMarksAnOutOfRangeIdWithNan) {
+  const std::vector<float> table = UniformBf16(4 * 8, -1.0f, 1.0f);
+  const std::vector<int32_t> ids = {1, 4, -1};
+  std::unique_ptr<Dev<bf16>> d_table(UploadBf16(table));
+  std::unique_ptr<Dev<int32_t>> d_ids(Upload(ids));
+  Dev<float> d_out(3 * 8);
+  ASSERT_CUDA(cuda::Embedding(d_table->get(), 4, 8, d_ids->get(), 3, d_out.get(), stream_));
+  ASSERT_CUDA(cudaStreamSynchronize(stream_));
+  const std::vector<float> out = Download(d_out.get(), 24);
+  EXPECT_EQ(out[0], table[8]);
+  for (int i = 8; i < 24; ++i) EXPECT_TRUE(std::isnan(out[i])) << i;
+}
+
+TEST_F(GpuOpsTest, RmsNormMatchesCpu) {
+  struct Shape {
+    int rows, dim;
+    float scale;
+  };
+  for (Shape s : {Shape{1, 64, 1.0f}, Shape{17, 4096, 30.0f}, Shape{333, 130, 0.01f}, Shape{5, 8192, 3.0f},
+                  Shape{64, 1000, 1.0f}}) {
+    SCOPED_TRACE("seed " + std::to_string(seed_) + " rows " + std::to_string(s.rows) + " dim " +
+                 std::to_string(s.dim));
+    const std::vector<float> x = Uniform(size_t(s.rows) * s.dim, -s.scale, s.scale);
+    const std::vector<float> w = Uniform(s.dim, 0.5f, 1.5f);
+    std::unique_ptr<Dev<float>> d_x(Upload(x)), d_w(Upload(w));
+    Dev<bf16> d_out(x.size());
+    const float eps = 1e-5f;
+    ASSERT_CUDA(cuda::RmsNorm(d_x->get(), s.rows, s.dim, d_w->get(), eps, d_out.get(), stream_));
+    ASSERT_CUDA(cudaStreamSynchronize(stream_));
+    std::vector<float> want(x.size());
+    cpu::RmsNorm(x.data(), s.rows, s.dim, w.data(), eps, want.data());
+    const double err = RelErr(DownloadBf16(d_out.get(), x.size()), want);
+    EXPECT_LE(err, kBf16Tol);
+    // bf16 rounding alone is ~2e-3; far below that means the rounding went
+    // missing, far above means the math is off.
+    EXPECT_GT(err, 1e-5);
+  }
+}
+
+TEST_F(GpuOpsTest, RopeMatchesCpuWithLlama3Scaling) {
+  RopeConfig rope;
+  rope.theta = 500000.0;
+  rope.type = "llama3";
+  rope.factor = 8.0;
+  rope.low_freq_factor = 1.0;
+  rope.high_freq_factor = 4.0;
+  rope.original_max_position_embeddings = 8192;
+  struct Shape {
+    int rows, heads, dim, pos0;
+  };
+  for (Shape s : {Shape{1, 32, 128, 4095}, Shape{333, 4, 64, 0}, Shape{70, 8, 128, 130000}, Shape{65, 2, 64, 7}}) {
+    SCOPED_TRACE("seed " + std::to_string(seed_) + " rows " + std::to_string(s.rows) + " heads " +
+                 std::to_string(s.heads) + " dim " + std::to_string(s.dim) + " pos0 " + std::to_string(s.pos0));
+    const std::vector<double> inv_d = RopeInvFreq(rope, s.dim);
+    const std::vector<float> inv(inv_d.begin(), inv_d.end());
+    const std::vector<float> x = UniformBf16(size_t(s.rows) * s.heads * s.dim, -3.0f, 3.0f);
+    std::unique_ptr<Dev<bf16>> d_x(UploadBf16(x));
+    std::unique_ptr<Dev<float>> d_inv(Upload(inv));
+    ASSERT_CUDA(cuda::ApplyRope(d_x->get(), s.rows, s.heads, s.dim, s.pos0, d_inv->get(), stream_));
+    ASSERT_CUDA(cudaStreamSynchronize(stream_));
+    std::vector<float> want = x;
+    std::vector<int32_t> pos(s.rows);
+    for (int r = 0; r < s.rows; ++r) pos[r] = s.pos0 + r;
+    cpu::ApplyRope(want.data(), s.rows, s.heads, s.dim, pos.data(), inv.data());
+    EXPECT_LE(RelErr(DownloadBf16(d_x->get(), x.size()), want), kBf16Tol);
+  }
+}
+
+TEST_F(GpuOpsTest, WriteKvScattersIntoTheCacheLayoutOnly) {
+  struct Shape {
+    int n, heads, dim, capacity, t0;
+  };
+  for (Shape s : {Shape{1, 8, 128, 100, 57}, Shape{333, 1, 64, 400, 5}, Shape{31, 4, 80, 31, 0},
+                  Shape{129, 2, 128, 300, 171}}) {
+    SCOPED_TRACE("seed " + std::to_string(seed_) + " n " + std::to_string(s.n) + " heads " + std::to_string(s.heads) +
+                 " dim " + std::to_string(s.dim) + " t0 " + std::to_string(s.t0));
+    const std::vector<float> src = UniformBf16(size_t(s.n) * s.heads * s.dim, -4.0f, 4.0f);
+    const std::vector<float> before = UniformBf16(size_t(s.heads) * s.capacity * s.dim, 10.0f, 20.0f);
+    std::unique_ptr<Dev<bf16>> d_src(UploadBf16(src)), d_cache(UploadBf16(before));
+    ASSERT_CUDA(cuda::WriteKv(d_src->get(), s.n, s.heads, s.dim, d_cache->get(), s.capacity, s.t0, stream_));
+    ASSERT_CUDA(cudaStreamSynchronize(stream_));
+    std::vector<float> want = before;
+    for (int t = 0; t < s.n; ++t) {
+      for (int h = 0; h < s.heads; ++h) {
+        for (int d = 0; d < s.dim; ++d) {
+          want[(size_t(h) * s.capacity + s.t0 + t) * s.dim + d] = src[(size_t(t) * s.heads + h) * s.dim + d];
+        }
+      }
+    }
+    const std::vector<float> got = DownloadBf16(d_cache->get(), want.size());
+    EXPECT_EQ(RelErr(got, want), 0.0);
+  }
+  // Past the capacity: refused, nothing written.
+  Dev<bf16> src(8), cache(8);
+  EXPECT_EQ(cuda::WriteKv(src.get(), 2, 1, 4, cache.get(), 2, 1, stream_), cudaErrorInvalidValue);
+}
+
+TEST_F(GpuOpsTest, SwiGluMatchesCpu) {
+  for (size_t n : {size_t{1}, size_t{1000}, size_t{14336} * 3 + 5}) {
+    SCOPED_TRACE("seed " + std::to_string(seed_) + " n " + std::to_string(n));
+    const std::vector<float> g = UniformBf16(n, -8.0f, 8.0f);
+    const std::vector<float> u = UniformBf16(n, -2.0f, 2.0f);
+    std::unique_ptr<Dev<bf16>> d_g(UploadBf16(g)), d_u(UploadBf16(u));
+    Dev<bf16> d_out(n);
+    ASSERT_CUDA(cuda::SwiGlu(d_g->get(), d_u->get(), n, d_out.get(), stream_));
+    // In place over the gate, as the engine runs it.
+    ASSERT_CUDA(cuda::SwiGlu(d_g->get(), d_u->get(), n, d_g->get(), stream_));
+    ASSERT_CUDA(cudaStreamSynchronize(stream_));
+    std::vector<float> want(n);
+    cpu::SwiGlu(g.data(), u.data(), n, want.data());
+    EXPECT_LE(RelErr(DownloadBf16(d_out.get(), n), want), kBf16Tol);
+    EXPECT_LE(RelErr(DownloadBf16(d_g->get(), n), want), kBf16Tol);
+  }
+}
+
+TEST_F(GpuOpsTest, AddBiasMatchesCpu) {
+  struct Shape {
+    int rows, cols;
+  };
+  for (Shape s : {Shape{1, 4096}, Shape{333, 128}, Shape{17, 1000}}) {
+    SCOPED_TRACE("seed " + std::to_string(seed_) + " rows " + std::to_string(s.rows) + " cols " +
+                 std::to_string(s.cols));
+    const std::vector<float> x = UniformBf16(size_t(s.rows) * s.cols, -3.0f, 3.0f);
+    const std::vector<float> b = Uniform(s.cols, -1.0f, 1.0f);
+    std::vector<float> want = x;
+    for (int r = 0; r < s.rows; ++r) cpu::AddInPlace(want.data() + size_t(r) * s.cols, b.data(), s.cols);
+    std::unique_ptr<Dev<float>> d_b(Upload(b));
+
+    std::unique_ptr<Dev<float>> d_xf(Upload(x));
+    ASSERT_CUDA(cuda::AddBias(d_xf->get(), s.rows, s.cols, d_b->get(), stream_));
+    std::unique_ptr<Dev<bf16>> d_xb(UploadBf16(x));
+    ASSERT_CUDA(cuda::AddBias(d_xb->get(), s.rows, s.cols, d_b->get(), stream_));
+    ASSERT_CUDA(cudaStreamSynchronize(stream_));
+    EXPECT_LE(RelErr(Download(d_xf->get(), x.size()), want), kF32Tol);
+    EXPECT_LE(RelErr(DownloadBf16(d_xb->get(), x.size()), want), kBf16Tol);
+  }
+}
+
+TEST_F(GpuOpsTest, ArgMaxRowsMatchesCpuIncludingTies) {
+  struct Shape {
+    int rows, n;
+  };
+  for (Shape s : {Shape{1, 1}, Shape{3, 128256}, Shape{40, 1000}, Shape{7, 77}}) {
+    SCOPED_TRACE("seed " + std::to_string(seed_) + " rows " + std::to_string(s.rows) + " n " + std::to_string(s.n));
+    std::vector<float> x = Uniform(size_t(s.rows) * s.n, -10.0f, 10.0f);
+    // Plant ties on the maximum in some rows: the first index must win.
+    std::uniform_int_distribution<int> pick(0, s.n - 1);
+    for (int r = 0; r < s.rows; r += 2) {
+      float* row = x.data() + size_t(r) * s.n;
+      const int a = pick(rng_), b = pick(rng_);
+      row[a] = 11.0f;
+      row[b] = 11.0f;
+    }
+    std::unique_ptr<Dev<float>> d_x(Upload(x));
+    Dev<int32_t> d_out(s.rows);
+    ASSERT_CUDA(cuda::ArgMaxRows(d_x->get(), s.rows, s.n, d_out.get(), stream_));
+    ASSERT_CUDA(cudaStreamSynchronize(stream_));
+    const std::vector<int32_t> got = Download(d_out.get(), s.rows);
+    for (int r = 0; r < s.rows; ++r) {
+      EXPECT_EQ(got[r], cpu::ArgMax(x.data() + size_t(r) * s.n, s.n)) << "row " << r;
+    }
+  }
+}
+
+TEST_F(GpuOpsTest, FillUniformIsDeterministicAndInRange) {
+  const size_t n = 1 << 20;
+  Dev<float> a(n), b(n);
+  ASSERT_CUDA(cuda::FillUniform(a.get(), n, 42, 0.5f, stream_));
+  ASSERT_CUDA(cuda::FillUniform(b.get(), n, 42, 0.5f, stream_));
+  ASSERT_CUDA(cudaStreamSynchronize(stream_));
+  const std::vector<float> va = Download(a.get(), n), vb = Download(b.get(), n);
+  double sum = 0.0, sum_sq = 0.0;
+  for (size_t i = 0; i < n; ++i) {
+    ASSERT_EQ(va[i], vb[i]) << i;
+    ASSERT_TRUE(va[i] >= -0.5f && va[i] < 0.5f) << i << " " << va[i];
+    sum += va[i];
+    sum_sq += double(va[i]) * va[i];
+  }
+  // Uniform on [-0.5, 0.5): mean 0, variance 1/12.
+  EXPECT_NEAR(sum / n, 0.0, 3e-3);
+  EXPECT_NEAR(sum_sq / n, 1.0 / 12.0, 2e-3);
+}
+
+class GpuGemmTest : public GpuOpsTest {
+ protected:
+  void SetUp() override {
+    GpuOpsTest::SetUp();
+    if (IsSkipped()) return;
+    ASSERT_EQ(cublasCreate(&handle_), CUBLAS_STATUS_SUCCESS);
+    ASSERT_EQ(cublasSetStream(handle_, stream_), CUBLAS_STATUS_SUCCESS);
+  }
+  void TearDown() override {
+    if (handle_ != nullptr) cublasDestroy(handle_);
+    GpuOpsTest::TearDown();
+  }
+  cublasHandle_t handle_ = nullptr;
+};
+
+// The projection against cpu::Linear on the same bf16-exact inputs: float32
+// output agrees to float32 accumulation order (<= 1e-5); bf16 output to its
+// rounding. beta = 1 into float32 is the residual add (cpu::AddInPlace).
+TEST_F(GpuGemmTest, LinearMatchesCpuForBothOutputTypesAndTheResidualAdd) {
+  struct Shape {
+    int rows, in, out;
+  };
+  for (Shape s : {Shape{1, 64, 256}, Shape{333, 64, 128}, Shape{77, 4096, 1024}, Shape{130, 512, 1000}}) {
+    SCOPED_TRACE("seed " + std::to_string(seed_) + " rows " + std::to_string(s.rows) + " in " + std::to_string(s.in) +
+                 " out " + std::to_string(s.out));
+    const std::vector<float> x = UniformBf16(size_t(s.rows) * s.in, -1.0f, 1.0f);
+    const std::vector<float> w = UniformBf16(size_t(s.out) * s.in, -0.1f, 0.1f);
+    const std::vector<float> residual = Uniform(size_t(s.rows) * s.out, -1.0f, 1.0f);
+    std::vector<float> w_t(w.size());
+    cpu::Transpose(w.data(), s.out, s.in, w_t.data());
+    std::vector<float> want(size_t(s.rows) * s.out);
+    cpu::Linear(x.data(), s.rows, s.in, w_t.data(), s.out, nullptr, want.data());
+    std::vector<float> want_res = residual;
+    cpu::AddInPlace(want_res.data(), want.data(), want_res.size());
+
+    std::unique_ptr<Dev<bf16>> d_x(UploadBf16(x)), d_w(UploadBf16(w));
+    Dev<float> d_yf(want.size());
+    Dev<bf16> d_yb(want.size());
+    std::unique_ptr<Dev<float>> d_res(Upload(residual));
+    ASSERT_TRUE(LinearBf16(handle_, d_x->get(), s.rows, s.in, d_w->get(), s.out, d_yf.get(), CUDA_R_32F, 0.0f).ok());
+    ASSERT_TRUE(LinearBf16(handle_, d_x->get(), s.rows, s.in, d_w->get(), s.out, d_yb.get(), CUDA_R_16BF, 0.0f).ok());
+    ASSERT_TRUE(
+        LinearBf16(handle_, d_x->get(), s.rows, s.in, d_w->get(), s.out, d_res->get(), CUDA_R_32F, 1.0f).ok());
+    ASSERT_CUDA(cudaStreamSynchronize(stream_));
+    EXPECT_LE(RelErr(Download(d_yf.get(), want.size()), want), kF32Tol);
+    EXPECT_LE(RelErr(DownloadBf16(d_yb.get(), want.size()), want), kBf16Tol);
+    EXPECT_LE(RelErr(Download(d_res->get(), want.size()), want_res), kF32Tol);
+  }
+}
+
+}  // namespace
+}  // namespace seer
