@@ -32,7 +32,7 @@ struct RunFlags {
   std::string device = "auto";
   std::string gates;
   std::string sparsity;
-  bool last_block_dense = true;
+  std::string last_block_dense;
   int64_t max_new_tokens = 0;
   std::string dump;
   bool json = false;
@@ -40,7 +40,8 @@ struct RunFlags {
 };
 
 int UsageError(const std::string& message) {
-  std::fprintf(stderr, "seer run: %s\n(see seer run --help)\n", message.c_str());
+  const bool mentions_help = message.find("--help") != std::string::npos;
+  std::fprintf(stderr, "seer run: %s%s\n", message.c_str(), mentions_help ? "" : " (see seer run --help)");
   return kExitUsage;
 }
 
@@ -150,8 +151,9 @@ int Run(int argc, char** argv) {
   flags.String("sparsity", &f.sparsity,
                "Block selection with --gates: dense, threshold=T (keep blocks whose gate probability > T) "
                "or nz_ratio=R (keep the top fraction R of the causal blocks). Default: the gate config's.");
-  flags.Bool("last-block-dense", &f.last_block_dense,
-             "With --gates: compute the last two query-block rows densely. Default: the gate config's.");
+  flags.String("last-block-dense", &f.last_block_dense,
+               "true or false. With --gates: compute the last two query-block rows densely. "
+               "Default: the gate config's.");
   flags.Int("max-new-tokens", &f.max_new_tokens,
             "Generate N tokens greedily after the prompt (exactly N, no stop token). 0 prints only the "
             "next-token prediction.");
@@ -185,6 +187,9 @@ int Run(int argc, char** argv) {
   }
   if (f.gates.empty() && flags.WasSet("sparsity")) return UsageError("--sparsity needs --gates DIR");
   if (f.gates.empty() && flags.WasSet("last-block-dense")) return UsageError("--last-block-dense needs --gates DIR");
+  if (flags.WasSet("last-block-dense") && f.last_block_dense != "true" && f.last_block_dense != "false") {
+    return UsageError("--last-block-dense: expected true or false, got '" + f.last_block_dense + "'");
+  }
   if (flags.WasSet("sparsity")) {
     StatusOr<SparsityConfig> syntax = ParseSparsity(f.sparsity);
     if (!syntax.ok()) return UsageError("--sparsity: " + syntax.status().message());
@@ -219,7 +224,7 @@ int Run(int argc, char** argv) {
       if (!s.ok()) return UsageError("--sparsity: " + s.status().message());
       prefill.sparsity = *s;
     }
-    if (flags.WasSet("last-block-dense")) prefill.sparsity.last_block_dense = f.last_block_dense;
+    if (flags.WasSet("last-block-dense")) prefill.sparsity.last_block_dense = f.last_block_dense == "true";
   }
 
   const int seq_len = static_cast<int>(ids.size());

@@ -1,0 +1,295 @@
+// The `seer run` binary (SEER_BIN_DIR/seer) on the committed fixtures: its
+// JSON tokens against Hugging Face's greedy_tokens, its --dump against
+// Hugging Face's logits and KV cache and against the PyTorch gate
+// reference's masks, and its exit codes and messages for bad flags.
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "engine/base/json.h"
+#include "engine/sparsity.h"
+#include "tests/engine/fixture_reader.h"
+
+namespace seer {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct RunOutput {
+  int exit_code = -1;
+  std::string out, err;
+};
+
+std::string TempPath(const std::string& name) {
+  return (fs::temp_directory_path() / ("seer_run_cli_" + std::to_string(getpid()) + "_" + name)).string();
+}
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string Quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+// Runs `seer <args...>` and captures its exit code, stdout and stderr.
+RunOutput RunSeer(const std::vector<std::string>& args) {
+  const std::string out_path = TempPath("stdout"), err_path = TempPath("stderr");
+  std::string cmd = Quote(std::string(SEER_BIN_DIR) + "/seer");
+  for (const auto& a : args) cmd += " " + Quote(a);
+  cmd += " >" + Quote(out_path) + " 2>" + Quote(err_path);
+  const int status = std::system(cmd.c_str());
+  RunOutput r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  r.out = Slurp(out_path);
+  r.err = Slurp(err_path);
+  fs::remove(out_path);
+  fs::remove(err_path);
+  return r;
+}
+
+std::string JoinIds(const std::vector<int32_t>& ids, const std::string& sep) {
+  std::string s;
+  for (size_t i = 0; i < ids.size(); ++i) s += (i ? sep : "") + std::to_string(ids[i]);
+  return s;
+}
+
+class RunCli : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    auto expected = fixtures::Open(GetParam() + "/expected.safetensors");
+    ASSERT_TRUE(expected.ok()) << expected.status().ToString();
+    expected_ = std::move(*expected);
+    auto ids = fixtures::I32(*expected_, "input_ids");
+    ASSERT_TRUE(ids.ok()) << ids.status().ToString();
+    ids_ = *ids;
+  }
+  std::string model() const { return fixtures::Path(GetParam()); }
+
+  std::unique_ptr<SafetensorsFile> expected_;
+  std::vector<int32_t> ids_;
+};
+
+TEST_P(RunCli, JsonTokensEqualTransformersGreedy) {
+  auto greedy = fixtures::I32(*expected_, "greedy_tokens");
+  ASSERT_TRUE(greedy.ok()) << greedy.status().ToString();
+  // The prompt from a file, whitespace-separated.
+  const std::string ids_file = TempPath("ids.txt");
+  std::ofstream(ids_file) << JoinIds(ids_, " \n");
+  RunOutput r = RunSeer({"run", "--model", model(), "--ids", "@" + ids_file, "--device", "cpu", "--max-new-tokens",
+                         std::to_string(greedy->size()), "--json"});
+  fs::remove(ids_file);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto json = JsonValue::Parse(r.out);
+  ASSERT_TRUE(json.ok()) << json.status().ToString() << "\n" << r.out;
+  const JsonValue* tokens = json->Find("tokens");
+  ASSERT_NE(tokens, nullptr);
+  ASSERT_TRUE(tokens->is_array());
+  std::vector<int32_t> got;
+  for (const JsonValue& t : tokens->as_array()) got.push_back(static_cast<int32_t>(t.as_int64()));
+  EXPECT_EQ(got, *greedy);
+  ASSERT_NE(json->Find("next_token"), nullptr);
+  EXPECT_EQ(json->Find("next_token")->as_int64(), (*greedy)[0]);
+  ASSERT_NE(json->Find("seq_len"), nullptr);
+  EXPECT_EQ(json->Find("seq_len")->as_int64(), static_cast<int64_t>(ids_.size()));
+  ASSERT_NE(json->Find("prefill_ms"), nullptr);
+  EXPECT_GT(json->Find("prefill_ms")->as_double(), 0.0);
+  const JsonValue* density = json->Find("density");
+  ASSERT_NE(density, nullptr);
+  ASSERT_NE(density->Find("overall"), nullptr);
+  EXPECT_EQ(density->Find("overall")->as_double(), 1.0);  // no gates: dense
+  ASSERT_NE(json->Find("device"), nullptr);
+  EXPECT_EQ(json->Find("device")->as_string().rfind("cpu", 0), 0u);
+
+  // With no --max-new-tokens, tokens is the single next-token prediction,
+  // here with the prompt given inline, comma-separated.
+  RunOutput one = RunSeer({"run", "--model", model(), "--ids", JoinIds(ids_, ","), "--device", "cpu", "--json"});
+  ASSERT_EQ(one.exit_code, 0) << one.err;
+  auto one_json = JsonValue::Parse(one.out);
+  ASSERT_TRUE(one_json.ok()) << one.out;
+  ASSERT_NE(one_json->Find("tokens"), nullptr);
+  ASSERT_EQ(one_json->Find("tokens")->as_array().size(), 1u);
+  EXPECT_EQ(one_json->Find("tokens")->as_array()[0].as_int64(), (*greedy)[0]);
+}
+
+TEST_P(RunCli, DumpEqualsTransformersLogitsAndKv) {
+  const std::string dump = TempPath("dump.safetensors");
+  RunOutput r = RunSeer({"run", "--model", model(), "--ids", JoinIds(ids_, ","), "--device", "cpu", "--dump", dump});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  // The readable summary names the prediction and each layer's density.
+  EXPECT_NE(r.out.find("next token"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("layer 0"), std::string::npos) << r.out;
+  auto got = SafetensorsFile::Open(dump);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  const int64_t L = static_cast<int64_t>(ids_.size());
+  auto want_logits = fixtures::F32(*expected_, "logits");
+  ASSERT_TRUE(want_logits.ok()) << want_logits.status().ToString();
+  const int64_t vocab = static_cast<int64_t>(want_logits->size()) / L;
+  auto logits = fixtures::F32(**got, "logits", {L, vocab});
+  ASSERT_TRUE(logits.ok()) << logits.status().ToString();
+  EXPECT_LE(fixtures::RelError(*logits, *want_logits), 1e-4);
+  for (int layer = 0;; ++layer) {
+    const std::string k_name = "layers." + std::to_string(layer) + ".k";
+    if ((*got)->Find(k_name) == nullptr) {
+      EXPECT_EQ(expected_->Find(k_name), nullptr) << "dump lacks " << k_name;
+      EXPECT_GT(layer, 0);
+      break;
+    }
+    for (const char* kv : {".k", ".v"}) {
+      const std::string n = "layers." + std::to_string(layer) + kv;
+      auto want = fixtures::F32(*expected_, n);
+      ASSERT_TRUE(want.ok()) << want.status().ToString();
+      const TensorView* shape_ref = expected_->Find(n);
+      auto mine = fixtures::F32(**got, n, shape_ref->shape);
+      ASSERT_TRUE(mine.ok()) << mine.status().ToString();
+      EXPECT_LE(fixtures::RelError(*mine, *want), 1e-4) << n;
+    }
+  }
+  fs::remove(dump);
+}
+
+TEST_P(RunCli, GatedDumpEqualsTheReferenceMasks) {
+  auto gates_expected = fixtures::Open(GetParam() + "_gates/expected.safetensors");
+  ASSERT_TRUE(gates_expected.ok()) << gates_expected.status().ToString();
+  auto it = (*gates_expected)->metadata().find("modes");
+  ASSERT_NE(it, (*gates_expected)->metadata().end());
+  const std::vector<std::string> modes = fixtures::SplitModes(it->second);
+  ASSERT_FALSE(modes.empty());
+  for (size_t j = 0; j < modes.size(); ++j) {
+    // "nz_ratio=0.5;last_block_dense=false" becomes two flags.
+    std::string mode = modes[j];
+    std::vector<std::string> args = {"run", "--model", model(), "--gates", fixtures::Path(GetParam() + "_gates"),
+                                     "--ids", JoinIds(ids_, ","), "--device", "cpu", "--json"};
+    if (size_t semi = mode.find(';'); semi != std::string::npos) {
+      const std::string opt = mode.substr(semi + 1);
+      ASSERT_EQ(opt.rfind("last_block_dense=", 0), 0u) << opt;
+      args.push_back("--last-block-dense");
+      args.push_back(opt.substr(std::string("last_block_dense=").size()));
+      mode = mode.substr(0, semi);
+    }
+    args.push_back("--sparsity");
+    args.push_back(mode);
+    const std::string dump = TempPath("gated.safetensors");
+    args.push_back("--dump");
+    args.push_back(dump);
+    RunOutput r = RunSeer(args);
+    ASSERT_EQ(r.exit_code, 0) << modes[j] << ": " << r.err;
+    auto json = JsonValue::Parse(r.out);
+    ASSERT_TRUE(json.ok()) << r.out;
+    auto got = SafetensorsFile::Open(dump);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    auto sparsity = ParseSparsity(modes[j]);
+    ASSERT_TRUE(sparsity.ok());
+    const JsonValue* layers = json->Find("density") ? json->Find("density")->Find("layers") : nullptr;
+    ASSERT_NE(layers, nullptr) << r.out;
+    for (int layer = 0; layer < static_cast<int>(layers->as_array().size()); ++layer) {
+      const std::string p = "mode" + std::to_string(j) + ".layers." + std::to_string(layer) + ".";
+      const std::string mine_p = "layers." + std::to_string(layer) + ".";
+      auto want_mask = fixtures::U8(**gates_expected, p + "block_mask");
+      auto want_probs = fixtures::F32(**gates_expected, p + "gate_probs");
+      ASSERT_TRUE(want_mask.ok() && want_probs.ok()) << p;
+      const std::vector<int64_t>& shape = (*gates_expected)->Find(p + "block_mask")->shape;
+      auto mask = fixtures::U8(**got, mine_p + "block_mask", shape);
+      auto probs = fixtures::F32(**got, mine_p + "gate_probs", shape);
+      ASSERT_TRUE(mask.ok()) << mask.status().ToString();
+      ASSERT_TRUE(probs.ok()) << probs.status().ToString();
+      EXPECT_LE(fixtures::RelError(*probs, *want_probs), 1e-4) << p;
+      int64_t kept = 0, unexplained = 0;
+      for (size_t b = 0; b < mask->size(); ++b) {
+        kept += (*mask)[b];
+        if (((*mask)[b] != 0) == ((*want_mask)[b] != 0)) continue;
+        const bool at_threshold = sparsity->mode == SparsityMode::kThreshold &&
+                                  std::abs(double((*want_probs)[b]) - sparsity->threshold) <= 1e-6;
+        if (!at_threshold) ++unexplained;
+      }
+      EXPECT_EQ(unexplained, 0) << modes[j] << " layer " << layer;
+      // The printed density is the dumped mask's kept / causal blocks.
+      const int64_t nb = shape[1];
+      const double density = double(kept) / double(shape[0] * nb * (nb + 1) / 2);
+      EXPECT_NEAR(layers->as_array()[layer].as_double(), density, 1e-9) << modes[j] << " layer " << layer;
+    }
+    fs::remove(dump);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, RunCli, ::testing::Values("llama", "qwen2"),
+                         [](const auto& info) { return info.param; });
+
+// ---- usage and runtime errors --------------------------------------------------
+
+void ExpectUsageError(const std::vector<std::string>& args, const std::string& names) {
+  RunOutput r = RunSeer(args);
+  std::string joined;
+  for (const auto& a : args) joined += " " + a;
+  EXPECT_EQ(r.exit_code, 2) << "seer" << joined << ": " << r.err;
+  EXPECT_NE(r.err.find(names), std::string::npos) << "stderr does not name " << names << ": " << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
+}
+
+TEST(RunCliErrors, BadFlagsExitWithTwoAndNameTheFlag) {
+  const std::string model = fixtures::Path("llama");
+  ExpectUsageError({"run", "--model", model, "--ids", "1,2", "--bogus", "3"}, "--bogus");
+  ExpectUsageError({"run", "--model", model, "--ids", "1,x,3"}, "--ids");
+  ExpectUsageError({"run", "--model", model, "--ids", ""}, "--ids");
+  ExpectUsageError({"run", "--model", model, "--ids", "@/nonexistent/ids.txt"}, "--ids");
+  ExpectUsageError({"run", "--model", model, "--ids", "1,2", "--device", "tpu"}, "--device");
+  ExpectUsageError({"run", "--model", model, "--ids", "1,2", "--max-new-tokens", "-3"}, "--max-new-tokens");
+  ExpectUsageError({"run", "--model", model, "--ids", "1,2", "--max-new-tokens", "many"}, "--max-new-tokens");
+  ExpectUsageError({"run", "--model", model, "--ids", "1,2", "--threads", "-1"}, "--threads");
+  ExpectUsageError({"run", "--model", model, "--ids", "1,2", "--sparsity", "dense"}, "--sparsity");
+  ExpectUsageError({"run", "--model", model, "--ids", "1,2", "--gates", fixtures::Path("llama_gates"), "--sparsity",
+                    "threshold=2"},
+                   "--sparsity");
+  ExpectUsageError({"run", "--model", model, "--ids", "1,2", "--gates", fixtures::Path("llama_gates"), "--sparsity",
+                    "sometimes"},
+                   "--sparsity");
+  ExpectUsageError({"run", "--model", model, "--ids", "1,2", "--gates", fixtures::Path("llama_gates"),
+                    "--last-block-dense", "maybe"},
+                   "--last-block-dense");
+  ExpectUsageError({"run", "--ids", "1,2"}, "--model");
+  ExpectUsageError({"run", "--model", model}, "--ids");
+  ExpectUsageError({"run", "--model", model, "--ids", "1,2", "stray"}, "stray");
+  // An id beyond the vocabulary is caught once the model says how large it is.
+  ExpectUsageError({"run", "--model", model, "--ids", "1,2,99999", "--device", "cpu"}, "--ids");
+  ExpectUsageError({"frobnicate"}, "frobnicate");
+}
+
+TEST(RunCliErrors, RuntimeErrorsExitWithOneAndNameThePath) {
+  RunOutput r = RunSeer({"run", "--model", "/nonexistent/model-dir", "--ids", "1,2", "--device", "cpu"});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("/nonexistent/model-dir"), std::string::npos) << r.err;
+  RunOutput g = RunSeer({"run", "--model", fixtures::Path("llama"), "--gates", "/nonexistent/gates-dir", "--ids", "1,2",
+                         "--device", "cpu"});
+  EXPECT_EQ(g.exit_code, 1) << g.err;
+  EXPECT_NE(g.err.find("/nonexistent/gates-dir"), std::string::npos) << g.err;
+}
+
+TEST(RunCliErrors, HelpListsCommandsAndFlags) {
+  RunOutput top = RunSeer({"--help"});
+  EXPECT_EQ(top.exit_code, 0);
+  EXPECT_NE(top.out.find("run"), std::string::npos) << top.out;
+  RunOutput none = RunSeer({});
+  EXPECT_EQ(none.exit_code, 2);
+  RunOutput help = RunSeer({"run", "--help"});
+  EXPECT_EQ(help.exit_code, 0);
+  for (const char* flag : {"--model", "--ids", "--device", "--dump", "--max-new-tokens", "--json", "--gates",
+                           "--sparsity", "--last-block-dense", "--threads"}) {
+    EXPECT_NE(help.out.find(flag), std::string::npos) << flag;
+  }
+}
+
+}  // namespace
+}  // namespace seer
