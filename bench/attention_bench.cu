@@ -1,0 +1,413 @@
+// Attention benchmark: Seer's block-sparse kernel at 8k, 32k and 128k
+// tokens x sparsity 0, 0.5 and 0.9 (32 heads, d = 128, causal, bf16 and
+// fp16), and the GPU gate as a share of attention time. Prints a table.
+//
+// Masks: per head, exactly round(s * causal blocks) of the off-diagonal
+// causal blocks are skipped, uniformly at random from a fixed seed; the
+// diagonal is always kept. Sparsity 0 runs the dense path (null lists).
+// --masks-dir DIR writes every mask as DIR/mask_<seq>_<sparsity>.bin so that
+// tools/bench_attention_peers.py runs FlexAttention on the identical masks:
+//   8 bytes "SEERMSK1", int32 seq_len, heads, num_blocks, block_size, then
+//   keep[h][qb][kb] (nb x nb per head) packed 8 per byte, LSB first.
+//
+// Timing: CUDA events around each launch, after warm-up; the median of the
+// timed runs. Inputs are random (never zeros). FLOPs: effective = 4 S^2 D H / 2
+// (causal); "computed" counts 4 * 64 * 64 * D per block actually computed.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "engine/block_mask.h"
+#include "engine/model_config.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/attention_variants.h"
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/gate.h"
+
+namespace {
+
+using seer::cuda::ElemType;
+using seer::cuda::FwdVariant;
+
+struct Options {
+  std::vector<int> seqs = {8192, 32768, 131072};
+  std::vector<double> sparsities = {0.0, 0.5, 0.9};
+  std::vector<ElemType> dtypes = {ElemType::kBF16, ElemType::kF16};
+  std::vector<FwdVariant> variants = {FwdVariant::kAuto};
+  int heads = 32;
+  int kv_heads = 32;
+  int dim = 128;
+  int warmup = 2;
+  double min_seconds = 1.0;  // time at least this long per row...
+  int min_iters = 3;         // ...and at least this many runs
+  int max_iters = 50;
+  std::string masks_dir;
+  bool gate = true;
+};
+
+std::vector<std::string> Split(const std::string& s) {
+  std::vector<std::string> out;
+  size_t at = 0;
+  while (at <= s.size()) {
+    const size_t comma = s.find(',', at);
+    out.push_back(s.substr(at, comma == std::string::npos ? std::string::npos : comma - at));
+    if (comma == std::string::npos) break;
+    at = comma + 1;
+  }
+  return out;
+}
+
+bool ParseArgs(int argc, char** argv, Options* o) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&](const char* name) -> const char* {
+      const std::string prefix = std::string(name) + "=";
+      return a.rfind(prefix, 0) == 0 ? argv[i] + prefix.size() : nullptr;
+    };
+    if (const char* v = value("--seqs")) {
+      o->seqs.clear();
+      for (const auto& s : Split(v)) o->seqs.push_back(std::atoi(s.c_str()));
+    } else if (const char* v = value("--sparsities")) {
+      o->sparsities.clear();
+      for (const auto& s : Split(v)) o->sparsities.push_back(std::atof(s.c_str()));
+    } else if (const char* v = value("--dtypes")) {
+      o->dtypes.clear();
+      for (const auto& s : Split(v)) o->dtypes.push_back(s == "fp16" ? ElemType::kF16 : ElemType::kBF16);
+    } else if (const char* v = value("--variants")) {
+      o->variants.clear();
+      for (const auto& s : Split(v)) {
+        o->variants.push_back(s == "v1" ? FwdVariant::kRows16PerWarp
+                              : s == "v2" ? FwdVariant::kRows32PerWarp
+                                          : FwdVariant::kAuto);
+      }
+    } else if (const char* v = value("--heads")) {
+      o->heads = std::atoi(v);
+    } else if (const char* v = value("--kv-heads")) {
+      o->kv_heads = std::atoi(v);
+    } else if (const char* v = value("--dim")) {
+      o->dim = std::atoi(v);
+    } else if (const char* v = value("--warmup")) {
+      o->warmup = std::atoi(v);
+    } else if (const char* v = value("--min-seconds")) {
+      o->min_seconds = std::atof(v);
+    } else if (const char* v = value("--max-iters")) {
+      o->max_iters = std::atoi(v);
+    } else if (const char* v = value("--masks-dir")) {
+      o->masks_dir = v;
+    } else if (a == "--no-gate") {
+      o->gate = false;
+    } else {
+      std::fprintf(stderr,
+                   "usage: %s [--seqs=8192,32768,131072] [--sparsities=0,0.5,0.9] [--dtypes=bf16,fp16]\n"
+                   "          [--variants=auto,v1,v2] [--heads=32] [--kv-heads=32] [--dim=128] [--warmup=2]\n"
+                   "          [--min-seconds=1] [--max-iters=50] [--masks-dir=DIR] [--no-gate]\n",
+                   argv[0]);
+      return false;
+    }
+  }
+  return true;
+}
+
+// Uniform(-1, 1) * scale from a hash of the index: random, reproducible, on the device.
+template <typename T>
+__global__ void FillRandom(T* x, int64_t n, uint32_t seed, float scale) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    uint32_t h = static_cast<uint32_t>(i) * 0x9E3779B1u ^ seed ^ static_cast<uint32_t>(i >> 32) * 0x85EBCA77u;
+    h ^= h >> 15;
+    h *= 0x2C1B3C6Du;
+    h ^= h >> 12;
+    h *= 0x297A2D39u;
+    h ^= h >> 15;
+    const float u = (h >> 8) * (1.0f / 8388608.0f) - 1.0f;
+    x[i] = static_cast<T>(u * scale);
+  }
+}
+
+void Fill(void* x, int64_t n, ElemType t, uint32_t seed, float scale) {
+  if (t == ElemType::kBF16) {
+    FillRandom<<<1024, 256>>>(static_cast<__nv_bfloat16*>(x), n, seed, scale);
+  } else {
+    FillRandom<<<1024, 256>>>(static_cast<__half*>(x), n, seed, scale);
+  }
+  SEER_CUDA_CHECK(cudaGetLastError());
+}
+
+// Exactly round(sparsity * causal) off-diagonal blocks skipped per head.
+seer::BlockMask RandomMask(int heads, int seq_len, double sparsity, uint32_t seed) {
+  seer::BlockMask m = seer::BlockMask::Dense(heads, seq_len, 64);
+  const int nb = m.num_blocks;
+  const int64_t causal = static_cast<int64_t>(nb) * (nb + 1) / 2;
+  const int64_t off_diagonal = causal - nb;
+  const int64_t skip = std::min<int64_t>(off_diagonal, std::llround(sparsity * static_cast<double>(causal)));
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> slots(off_diagonal);  // off-diagonal block k as (qb, kb): qb*(qb-1)/2 + kb
+  for (int h = 0; h < heads; ++h) {
+    for (int64_t i = 0; i < off_diagonal; ++i) slots[i] = static_cast<int32_t>(i);
+    // Partial Fisher-Yates: the first `skip` slots become a uniform sample.
+    for (int64_t i = 0; i < skip; ++i) {
+      const int64_t j = i + static_cast<int64_t>(rng() % static_cast<uint64_t>(off_diagonal - i));
+      std::swap(slots[i], slots[j]);
+    }
+    for (int64_t i = 0; i < skip; ++i) {
+      const int64_t s = slots[i];
+      int qb = static_cast<int>((1.0 + std::sqrt(1.0 + 8.0 * static_cast<double>(s))) / 2.0);
+      while (static_cast<int64_t>(qb) * (qb - 1) / 2 > s) --qb;
+      while (static_cast<int64_t>(qb + 1) * qb / 2 <= s) ++qb;
+      const int kb = static_cast<int>(s - static_cast<int64_t>(qb) * (qb - 1) / 2);
+      m.keep[(static_cast<size_t>(h) * nb + qb) * nb + kb] = 0;
+    }
+  }
+  return m;
+}
+
+bool WriteMask(const seer::BlockMask& m, const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "wb");
+  if (f == nullptr) return false;
+  const int32_t header[4] = {m.seq_len, m.num_heads, m.num_blocks, m.block_size};
+  std::vector<uint8_t> packed((m.keep.size() + 7) / 8, 0);
+  for (size_t i = 0; i < m.keep.size(); ++i) packed[i / 8] |= static_cast<uint8_t>((m.keep[i] != 0) << (i % 8));
+  bool ok = std::fwrite("SEERMSK1", 1, 8, f) == 8 && std::fwrite(header, sizeof(header), 1, f) == 1 &&
+            std::fwrite(packed.data(), 1, packed.size(), f) == packed.size();
+  ok = (std::fclose(f) == 0) && ok;
+  return ok;
+}
+
+std::string MaskName(int seq, double sparsity) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "mask_%d_%.2f.bin", seq, sparsity);
+  return buf;
+}
+
+// Median milliseconds of `launch` (which returns cudaError_t).
+template <typename Fn>
+double TimeMs(const Options& o, Fn launch) {
+  cudaEvent_t start, stop;
+  SEER_CUDA_CHECK(cudaEventCreate(&start));
+  SEER_CUDA_CHECK(cudaEventCreate(&stop));
+  for (int i = 0; i < o.warmup; ++i) SEER_CUDA_CHECK(launch());
+  SEER_CUDA_CHECK(cudaDeviceSynchronize());
+  std::vector<double> ms;
+  double total = 0.0;
+  while (static_cast<int>(ms.size()) < o.max_iters &&
+         (static_cast<int>(ms.size()) < o.min_iters || total < o.min_seconds * 1e3)) {
+    SEER_CUDA_CHECK(cudaEventRecord(start));
+    SEER_CUDA_CHECK(launch());
+    SEER_CUDA_CHECK(cudaEventRecord(stop));
+    SEER_CUDA_CHECK(cudaEventSynchronize(stop));
+    float t = 0.0f;
+    SEER_CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
+    ms.push_back(t);
+    total += t;
+  }
+  SEER_CUDA_CHECK(cudaEventDestroy(start));
+  SEER_CUDA_CHECK(cudaEventDestroy(stop));
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+struct Row {
+  std::string dtype;
+  int seq = 0;
+  double sparsity = 0.0;
+  std::string kernel;
+  double ms = 0.0;
+  double eff_tflops = 0.0;
+  double computed_tflops = 0.0;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  if (!ParseArgs(argc, argv, &o)) return 2;
+  cudaDeviceProp prop;
+  SEER_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d SMs, %.0f MB L2\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1048576.0);
+  std::printf("shape: %d heads (%d kv), d=%d, causal, block 64\n", o.heads, o.kv_heads, o.dim);
+
+  const int H = o.heads, Hkv = o.kv_heads, D = o.dim;
+  std::vector<Row> rows;
+  struct GateRow {
+    int seq;
+    double gate_ms;
+    double attn_dense_ms;
+    double attn_sparse_ms;
+  };
+  std::vector<GateRow> gate_rows;
+
+  for (int seq : o.seqs) {
+    const int nb = (seq + 63) / 64;
+    // Masks and their device lists, shared by both dtypes.
+    struct DevMask {
+      double sparsity;
+      int64_t kept;
+      int32_t* offsets = nullptr;
+      int32_t* indices = nullptr;
+    };
+    std::vector<DevMask> masks;
+    for (double s : o.sparsities) {
+      DevMask dm{s, static_cast<int64_t>(H) * nb * (nb + 1) / 2};
+      if (s > 0.0) {
+        const seer::BlockMask m = RandomMask(H, seq, s, 0x5EE5u + static_cast<uint32_t>(seq) * 31u +
+                                                             static_cast<uint32_t>(std::lround(s * 1000)));
+        dm.kept = m.kept();
+        if (!o.masks_dir.empty() && !WriteMask(m, o.masks_dir + "/" + MaskName(seq, s))) {
+          std::fprintf(stderr, "cannot write %s/%s\n", o.masks_dir.c_str(), MaskName(seq, s).c_str());
+          return 1;
+        }
+        const seer::BlockLists lists = seer::ToBlockLists(m);
+        SEER_CUDA_CHECK(cudaMalloc(&dm.offsets, lists.offsets.size() * 4));
+        SEER_CUDA_CHECK(cudaMalloc(&dm.indices, std::max<size_t>(1, lists.indices.size()) * 4));
+        SEER_CUDA_CHECK(cudaMemcpy(dm.offsets, lists.offsets.data(), lists.offsets.size() * 4, cudaMemcpyHostToDevice));
+        SEER_CUDA_CHECK(cudaMemcpy(dm.indices, lists.indices.data(), lists.indices.size() * 4, cudaMemcpyHostToDevice));
+      }
+      masks.push_back(dm);
+    }
+
+    double dense_ms_bf16 = 0.0, sparse_ms_bf16 = 0.0;
+    for (ElemType t : o.dtypes) {
+      const char* tname = t == ElemType::kBF16 ? "bf16" : "fp16";
+      void *q, *k, *v, *out;
+      const size_t q_elems = static_cast<size_t>(seq) * H * D;
+      const size_t kv_elems = static_cast<size_t>(seq) * Hkv * D;
+      SEER_CUDA_CHECK(cudaMalloc(&q, q_elems * 2));
+      SEER_CUDA_CHECK(cudaMalloc(&k, kv_elems * 2));
+      SEER_CUDA_CHECK(cudaMalloc(&v, kv_elems * 2));
+      SEER_CUDA_CHECK(cudaMalloc(&out, q_elems * 2));
+      Fill(q, q_elems, t, 1u, 1.0f);
+      Fill(k, kv_elems, t, 2u, 1.0f);
+      Fill(v, kv_elems, t, 3u, 1.0f);
+      seer::cuda::AttentionParams p;
+      p.dtype = t;
+      p.q = q;
+      p.k = k;
+      p.v = v;
+      p.out = out;
+      p.seq_len = seq;
+      p.num_heads = H;
+      p.num_kv_heads = Hkv;
+      p.head_dim = D;
+      p.kv_stride = seq;
+      p.scale = 1.0f / std::sqrt(static_cast<float>(D));
+      const double causal_flops = 4.0 * seq * static_cast<double>(seq) * D * H / 2.0;
+      for (const DevMask& dm : masks) {
+        p.block_offsets = dm.offsets;
+        p.block_indices = dm.indices;
+        const double computed_flops = 4.0 * 64.0 * 64.0 * D * static_cast<double>(dm.kept);
+        for (FwdVariant variant : o.variants) {
+          const double ms = TimeMs(o, [&] { return seer::cuda::BlockSparseAttentionVariant(p, variant, nullptr); });
+          rows.push_back({tname, seq, dm.sparsity, std::string("seer ") + seer::cuda::FwdVariantName(variant), ms,
+                          causal_flops / (ms * 1e9), computed_flops / (ms * 1e9)});
+          std::printf("  %s seq=%d sparsity=%.2f %-18s %9.3f ms  %6.1f eff TFLOP/s  %6.1f computed TFLOP/s\n",
+                      tname, seq, dm.sparsity, seer::cuda::FwdVariantName(variant), ms, rows.back().eff_tflops,
+                      rows.back().computed_tflops);
+          std::fflush(stdout);
+          if (variant == o.variants.front() && t == o.dtypes.front()) {
+            if (dm.sparsity == 0.0) dense_ms_bf16 = ms;
+            if (dm.sparsity >= 0.9 - 1e-9 && dm.sparsity <= 0.9 + 1e-9) sparse_ms_bf16 = ms;
+          }
+        }
+      }
+      SEER_CUDA_CHECK(cudaFree(q));
+      SEER_CUDA_CHECK(cudaFree(k));
+      SEER_CUDA_CHECK(cudaFree(v));
+      SEER_CUDA_CHECK(cudaFree(out));
+    }
+    for (DevMask& dm : masks) {
+      SEER_CUDA_CHECK(cudaFree(dm.offsets));
+      SEER_CUDA_CHECK(cudaFree(dm.indices));
+    }
+
+    if (o.gate) {
+      // The gate of one layer in the Llama-3.1-8B shape of this benchmark:
+      // q [L, H, D], k [L, Hkv_gate, D], hidden = D, nz_ratio = 0.1.
+      const int gate_kv = 8 <= H && H % 8 == 0 ? 8 : H;
+      void *q, *k;
+      float *wk, *freq;
+      SEER_CUDA_CHECK(cudaMalloc(&q, static_cast<size_t>(seq) * H * D * 2));
+      SEER_CUDA_CHECK(cudaMalloc(&k, static_cast<size_t>(seq) * gate_kv * D * 2));
+      SEER_CUDA_CHECK(cudaMalloc(&wk, static_cast<size_t>(H) * 3 * D * D * 4));
+      SEER_CUDA_CHECK(cudaMalloc(&freq, static_cast<size_t>(D / 2) * 4));
+      Fill(q, static_cast<int64_t>(seq) * H * D, ElemType::kBF16, 4u, 1.0f);
+      Fill(k, static_cast<int64_t>(seq) * gate_kv * D, ElemType::kBF16, 5u, 1.0f);
+      std::vector<float> w(static_cast<size_t>(H) * 3 * D * D);
+      std::mt19937 rng(7);
+      std::normal_distribution<float> normal(0.0f, 0.05f);
+      for (float& x : w) x = normal(rng);
+      SEER_CUDA_CHECK(cudaMemcpy(wk, w.data(), w.size() * 4, cudaMemcpyHostToDevice));
+      seer::RopeConfig rope;
+      rope.theta = 500000.0;
+      rope.type = "llama3";
+      rope.factor = 8.0;
+      const std::vector<double> fd = seer::RopeInvFreq(rope, D);
+      const std::vector<float> ff(fd.begin(), fd.end());
+      SEER_CUDA_CHECK(cudaMemcpy(freq, ff.data(), ff.size() * 4, cudaMemcpyHostToDevice));
+      seer::cuda::GateParams g;
+      g.q = q;
+      g.k = k;
+      g.seq_len = seq;
+      g.num_heads = H;
+      g.num_kv_heads = gate_kv;
+      g.head_dim = D;
+      g.hidden = D;
+      g.k_weight = wk;
+      g.rope_inv_freq = freq;
+      g.mode = seer::cuda::GateSelection::kNzRatio;
+      g.nz_ratio = 0.1;
+      const int64_t cap = seer::cuda::GateMaxIndices(g);
+      int32_t *offsets, *indices;
+      int64_t* kept;
+      SEER_CUDA_CHECK(cudaMalloc(&offsets, (static_cast<size_t>(H) * nb + 1) * 4));
+      SEER_CUDA_CHECK(cudaMalloc(&indices, static_cast<size_t>(cap) * 4));
+      SEER_CUDA_CHECK(cudaMalloc(&kept, static_cast<size_t>(H) * 8));
+      g.block_offsets = offsets;
+      g.block_indices = indices;
+      g.index_capacity = cap;
+      g.kept_per_head = kept;
+      g.workspace_bytes = seer::cuda::GateWorkspaceBytes(g);
+      SEER_CUDA_CHECK(cudaMalloc(&g.workspace, g.workspace_bytes));
+      const double ms = TimeMs(o, [&] { return seer::cuda::RunGateKernels(g, nullptr); });
+      gate_rows.push_back({seq, ms, dense_ms_bf16, sparse_ms_bf16});
+      std::printf("  gate seq=%d: %.3f ms (workspace %.0f MB)\n", seq, ms, g.workspace_bytes / 1048576.0);
+      SEER_CUDA_CHECK(cudaFree(q));
+      SEER_CUDA_CHECK(cudaFree(k));
+      SEER_CUDA_CHECK(cudaFree(wk));
+      SEER_CUDA_CHECK(cudaFree(freq));
+      SEER_CUDA_CHECK(cudaFree(offsets));
+      SEER_CUDA_CHECK(cudaFree(indices));
+      SEER_CUDA_CHECK(cudaFree(kept));
+      SEER_CUDA_CHECK(cudaFree(g.workspace));
+    }
+  }
+
+  std::printf("\n| dtype | seq | sparsity | kernel | ms | effective TFLOP/s | computed TFLOP/s |\n");
+  std::printf("|---|---|---|---|---|---|---|\n");
+  for (const Row& r : rows) {
+    std::printf("| %s | %d | %.2f | %s | %.3f | %.1f | %.1f |\n", r.dtype.c_str(), r.seq, r.sparsity,
+                r.kernel.c_str(), r.ms, r.eff_tflops, r.computed_tflops);
+  }
+  if (!gate_rows.empty()) {
+    std::printf("\n| seq | gate ms (nz_ratio=0.1, %d q heads) | %% of dense attention | %% of attention at 0.9 sparsity |\n",
+                H);
+    std::printf("|---|---|---|---|\n");
+    for (const GateRow& g : gate_rows) {
+      std::printf("| %d | %.3f | %.1f%% | %s |\n", g.seq, g.gate_ms,
+                  g.attn_dense_ms > 0 ? 100.0 * g.gate_ms / g.attn_dense_ms : 0.0,
+                  g.attn_sparse_ms > 0 ? (std::to_string(100.0 * g.gate_ms / g.attn_sparse_ms).substr(0, 5) + "%").c_str()
+                                       : "-");
+    }
+  }
+  return 0;
+}

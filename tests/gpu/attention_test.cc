@@ -1,0 +1,459 @@
+// The CUDA attention kernels (kernels/cuda/attention.h) against their CPU
+// twins (kernels/cpu/attention.h), on fresh random inputs each run: odd
+// lengths and lengths under one block, GQA ratios 1, 4 and 8, head dims 64
+// and 128, block lists from one block per row to dense (and empty rows),
+// bf16 and fp16. The CPU reference runs in float32 on the same rounded
+// inputs. Tolerance: norm-wise relative error <= 1e-2 over the whole output,
+// and <= 3e-2 for every (token, head) row on its own, so a single wrong row
+// cannot hide in a long sequence. Every output starts as NaN (0xFF bytes)
+// and the K/V cache slack past the sequence is NaN too: an unwritten element
+// or a read past the sequence fails. NaN never passes.
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+#include "engine/base/dtype.h"
+#include "engine/block_mask.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/attention_variants.h"
+
+namespace seer {
+namespace {
+
+using cuda::ElemType;
+using cuda::FwdVariant;
+
+#define ASSERT_CUDA(expr) ASSERT_EQ((expr), cudaSuccess) << #expr << ": " << cudaGetErrorString(cudaGetLastError())
+
+bool HaveGpu(std::string* why) {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    *why = std::string("cudaGetDeviceCount failed: ") + cudaGetErrorString(e);
+    return false;
+  }
+  if (n == 0) {
+    *why = "no CUDA device";
+    return false;
+  }
+  return true;
+}
+
+uint16_t ToElem(float x, ElemType t) { return t == ElemType::kBF16 ? FloatToBf16(x) : FloatToFp16(x); }
+float FromElem(uint16_t x, ElemType t) { return t == ElemType::kBF16 ? Bf16ToFloat(x) : Fp16ToFloat(x); }
+const char* ElemName(ElemType t) { return t == ElemType::kBF16 ? "bf16" : "fp16"; }
+
+// Device buffer, filled with 0xFF bytes (NaN in bf16, fp16 and float).
+class DevBuf {
+ public:
+  explicit DevBuf(size_t bytes) : bytes_(bytes) {
+    if (cudaMalloc(&p_, bytes == 0 ? 16 : bytes) != cudaSuccess) p_ = nullptr;
+    if (p_ != nullptr) cudaMemset(p_, 0xFF, bytes == 0 ? 16 : bytes);
+  }
+  ~DevBuf() { cudaFree(p_); }
+  DevBuf(const DevBuf&) = delete;
+  DevBuf& operator=(const DevBuf&) = delete;
+  void* get() const { return p_; }
+  bool ok() const { return p_ != nullptr; }
+  cudaError_t Upload(const void* src, size_t bytes) { return cudaMemcpy(p_, src, bytes, cudaMemcpyHostToDevice); }
+  cudaError_t Download(void* dst, size_t bytes) const { return cudaMemcpy(dst, p_, bytes, cudaMemcpyDeviceToHost); }
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_;
+};
+
+struct Comparison {
+  double rel = 0.0;      // ||gpu - ref|| / ||ref|| over everything
+  double worst_row = 0.0;  // the same per (token, head) row, worst row
+  int64_t nans = 0;
+  int64_t worst_index = -1;
+};
+
+// rows of `dim` values each. A row whose reference is all zero must be zero.
+Comparison Compare(const std::vector<float>& gpu, const std::vector<float>& ref, int64_t rows, int dim) {
+  Comparison c;
+  double num = 0.0, den = 0.0;
+  for (int64_t r = 0; r < rows; ++r) {
+    double rn = 0.0, rd = 0.0;
+    for (int d = 0; d < dim; ++d) {
+      const double g = gpu[r * dim + d];
+      const double x = ref[r * dim + d];
+      if (std::isnan(g) || std::isinf(g)) ++c.nans;
+      rn += (g - x) * (g - x);
+      rd += x * x;
+    }
+    num += rn;
+    den += rd;
+    const double row_rel = rd > 0.0 ? std::sqrt(rn / rd) : (rn > 0.0 || std::isnan(rn) ? 1.0 : 0.0);
+    if (!(row_rel <= c.worst_row)) {
+      c.worst_row = std::isnan(row_rel) ? 1e30 : row_rel;
+      c.worst_index = r;
+    }
+  }
+  c.rel = den > 0.0 ? std::sqrt(num / den) : (num > 0.0 ? 1.0 : 0.0);
+  if (std::isnan(c.rel)) c.rel = 1e30;
+  return c;
+}
+
+enum class Lists {
+  kDenseNull,    // null offsets: dense causal
+  kDenseLists,   // every causal block listed
+  kOnePerRow,    // one random causal block per row
+  kHalf,         // each causal block with probability 1/2 (rows may be empty)
+  kDiagonalOnly  // just the diagonal
+};
+
+const char* ListsName(Lists l) {
+  switch (l) {
+    case Lists::kDenseNull: return "dense(null)";
+    case Lists::kDenseLists: return "dense(lists)";
+    case Lists::kOnePerRow: return "one-per-row";
+    case Lists::kHalf: return "half";
+    case Lists::kDiagonalOnly: return "diagonal";
+  }
+  return "?";
+}
+
+struct Case {
+  int seq_len;
+  int num_heads;
+  int num_kv_heads;
+  int head_dim;
+  Lists lists;
+};
+
+std::string Describe(const Case& c, ElemType t) {
+  return "L=" + std::to_string(c.seq_len) + " Hq=" + std::to_string(c.num_heads) +
+         " Hkv=" + std::to_string(c.num_kv_heads) + " D=" + std::to_string(c.head_dim) + " " + ListsName(c.lists) +
+         " " + ElemName(t);
+}
+
+BlockMask MakeMask(const Case& c, std::mt19937& rng) {
+  BlockMask m = BlockMask::Dense(c.num_heads, c.seq_len, 64);
+  const int nb = m.num_blocks;
+  std::uniform_int_distribution<int> coin(0, 1);
+  for (int h = 0; h < c.num_heads; ++h) {
+    for (int qb = 0; qb < nb; ++qb) {
+      uint8_t* row = m.keep.data() + (static_cast<size_t>(h) * nb + qb) * nb;
+      switch (c.lists) {
+        case Lists::kDenseNull:
+        case Lists::kDenseLists:
+          break;
+        case Lists::kOnePerRow: {
+          std::fill(row, row + nb, 0);
+          row[std::uniform_int_distribution<int>(0, qb)(rng)] = 1;
+          break;
+        }
+        case Lists::kHalf:
+          for (int kb = 0; kb <= qb; ++kb) row[kb] = static_cast<uint8_t>(coin(rng));
+          break;
+        case Lists::kDiagonalOnly:
+          std::fill(row, row + nb, 0);
+          row[qb] = 1;
+          break;
+      }
+    }
+  }
+  return m;
+}
+
+class AttentionGpuTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    if (!HaveGpu(&why)) GTEST_SKIP() << "GPU attention tests skipped: " << why;
+    seed_ = std::random_device{}();
+    rng_.seed(seed_);
+  }
+
+  // Random values rounded to the element type: the host copy `f` holds
+  // exactly what the device sees.
+  void Fill(size_t n, float scale, ElemType t, std::vector<uint16_t>* e, std::vector<float>* f) {
+    std::normal_distribution<float> d(0.0f, scale);
+    e->resize(n);
+    f->resize(n);
+    for (size_t i = 0; i < n; ++i) {
+      (*e)[i] = ToElem(d(rng_), t);
+      (*f)[i] = FromElem((*e)[i], t);
+    }
+  }
+
+  // Prefill: every variant of the kernel against cpu::BlockSparseAttention
+  // (cpu::CausalAttention for null lists).
+  void RunPrefill(const Case& c, ElemType t) {
+    SCOPED_TRACE(Describe(c, t) + " seed=" + std::to_string(seed_));
+    const int L = c.seq_len, Hq = c.num_heads, Hkv = c.num_kv_heads, D = c.head_dim;
+    const int kv_stride = L + 11;  // cache slack past the sequence, poisoned
+    std::vector<uint16_t> qe, ke, ve;
+    std::vector<float> qf, kf, vf;
+    Fill(static_cast<size_t>(L) * Hq * D, 1.0f, t, &qe, &qf);
+    Fill(static_cast<size_t>(Hkv) * kv_stride * D, 1.0f, t, &ke, &kf);
+    Fill(static_cast<size_t>(Hkv) * kv_stride * D, 1.0f, t, &ve, &vf);
+    for (int h = 0; h < Hkv; ++h) {
+      for (size_t i = static_cast<size_t>(L) * D; i < static_cast<size_t>(kv_stride) * D; ++i) {
+        ke[h * static_cast<size_t>(kv_stride) * D + i] = 0xFFFF;
+        ve[h * static_cast<size_t>(kv_stride) * D + i] = 0xFFFF;
+      }
+    }
+
+    const BlockMask mask = MakeMask(c, rng_);
+    const BlockLists lists = ToBlockLists(mask);
+    cpu::AttentionShape shape{L, Hq, Hkv, D, kv_stride, 1.0f / std::sqrt(static_cast<float>(D))};
+    std::vector<float> ref(static_cast<size_t>(L) * Hq * D);
+    const int threads = std::max(1u, std::thread::hardware_concurrency());
+    if (c.lists == Lists::kDenseNull) {
+      cpu::CausalAttention(shape, qf.data(), kf.data(), vf.data(), ref.data(), threads);
+    } else {
+      cpu::BlockSparseAttention(shape, 64, lists.offsets.data(), lists.indices.data(), qf.data(), kf.data(),
+                                vf.data(), ref.data(), threads);
+    }
+
+    DevBuf q(qe.size() * 2), k(ke.size() * 2), v(ve.size() * 2), out(ref.size() * 2);
+    DevBuf offsets(lists.offsets.size() * 4), indices(std::max<size_t>(1, lists.indices.size()) * 4);
+    ASSERT_TRUE(q.ok() && k.ok() && v.ok() && out.ok() && offsets.ok() && indices.ok());
+    ASSERT_CUDA(q.Upload(qe.data(), qe.size() * 2));
+    ASSERT_CUDA(k.Upload(ke.data(), ke.size() * 2));
+    ASSERT_CUDA(v.Upload(ve.data(), ve.size() * 2));
+    ASSERT_CUDA(offsets.Upload(lists.offsets.data(), lists.offsets.size() * 4));
+    if (!lists.indices.empty()) {
+      ASSERT_CUDA(indices.Upload(lists.indices.data(), lists.indices.size() * 4));
+    }
+
+    cuda::AttentionParams p;
+    p.dtype = t;
+    p.q = q.get();
+    p.k = k.get();
+    p.v = v.get();
+    p.out = out.get();
+    p.seq_len = L;
+    p.num_heads = Hq;
+    p.num_kv_heads = Hkv;
+    p.head_dim = D;
+    p.kv_stride = kv_stride;
+    p.scale = shape.scale;
+    if (c.lists != Lists::kDenseNull) {
+      p.block_offsets = static_cast<const int32_t*>(offsets.get());
+      p.block_indices = static_cast<const int32_t*>(indices.get());
+    }
+    for (FwdVariant variant : {FwdVariant::kAuto, FwdVariant::kRows16PerWarp, FwdVariant::kRows32PerWarp}) {
+      SCOPED_TRACE(cuda::FwdVariantName(variant));
+      ASSERT_CUDA(cudaMemset(out.get(), 0xFF, ref.size() * 2));
+      ASSERT_CUDA(cuda::BlockSparseAttentionVariant(p, variant, nullptr));
+      ASSERT_CUDA(cudaDeviceSynchronize());
+      std::vector<uint16_t> oe(ref.size());
+      ASSERT_CUDA(out.Download(oe.data(), oe.size() * 2));
+      std::vector<float> of(oe.size());
+      for (size_t i = 0; i < oe.size(); ++i) of[i] = FromElem(oe[i], t);
+      const Comparison cmp = Compare(of, ref, static_cast<int64_t>(L) * Hq, D);
+      EXPECT_EQ(cmp.nans, 0) << "NaN/Inf in the output (unwritten or wrong)";
+      EXPECT_LE(cmp.rel, 1e-2) << "norm-wise relative error";
+      EXPECT_LE(cmp.worst_row, 3e-2) << "worst row: token " << cmp.worst_index / Hq << " head "
+                                     << cmp.worst_index % Hq;
+    }
+  }
+
+  void RunDecode(int num_keys, int Hq, int Hkv, int D, ElemType t) {
+    const int pos = num_keys - 1;
+    const int kv_stride = num_keys + 29;
+    SCOPED_TRACE("decode pos=" + std::to_string(pos) + " Hq=" + std::to_string(Hq) + " Hkv=" +
+                 std::to_string(Hkv) + " D=" + std::to_string(D) + " " + ElemName(t) +
+                 " seed=" + std::to_string(seed_));
+    std::vector<uint16_t> qe, ke, ve;
+    std::vector<float> qf, kf, vf;
+    Fill(static_cast<size_t>(Hq) * D, 1.0f, t, &qe, &qf);
+    Fill(static_cast<size_t>(Hkv) * kv_stride * D, 1.0f, t, &ke, &kf);
+    Fill(static_cast<size_t>(Hkv) * kv_stride * D, 1.0f, t, &ve, &vf);
+    for (int h = 0; h < Hkv; ++h) {  // keys past pos are not in the cache yet
+      for (size_t i = static_cast<size_t>(num_keys) * D; i < static_cast<size_t>(kv_stride) * D; ++i) {
+        ke[h * static_cast<size_t>(kv_stride) * D + i] = 0xFFFF;
+        ve[h * static_cast<size_t>(kv_stride) * D + i] = 0xFFFF;
+      }
+    }
+    cpu::AttentionShape shape{num_keys, Hq, Hkv, D, kv_stride, 1.0f / std::sqrt(static_cast<float>(D))};
+    std::vector<float> ref(static_cast<size_t>(Hq) * D);
+    cpu::DecodeAttention(shape, pos, qf.data(), kf.data(), vf.data(), ref.data());
+
+    DevBuf q(qe.size() * 2), k(ke.size() * 2), v(ve.size() * 2), out(ref.size() * 2);
+    ASSERT_TRUE(q.ok() && k.ok() && v.ok() && out.ok());
+    ASSERT_CUDA(q.Upload(qe.data(), qe.size() * 2));
+    ASSERT_CUDA(k.Upload(ke.data(), ke.size() * 2));
+    ASSERT_CUDA(v.Upload(ve.data(), ve.size() * 2));
+    cuda::AttentionParams p;
+    p.dtype = t;
+    p.q = q.get();
+    p.k = k.get();
+    p.v = v.get();
+    p.out = out.get();
+    p.seq_len = num_keys;
+    p.num_heads = Hq;
+    p.num_kv_heads = Hkv;
+    p.head_dim = D;
+    p.kv_stride = kv_stride;
+    p.scale = shape.scale;
+    ASSERT_CUDA(cuda::DecodeAttention(p, pos, nullptr));
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    std::vector<uint16_t> oe(ref.size());
+    ASSERT_CUDA(out.Download(oe.data(), oe.size() * 2));
+    std::vector<float> of(oe.size());
+    for (size_t i = 0; i < oe.size(); ++i) of[i] = FromElem(oe[i], t);
+    const Comparison cmp = Compare(of, ref, Hq, D);
+    EXPECT_EQ(cmp.nans, 0);
+    EXPECT_LE(cmp.rel, 1e-2);
+    EXPECT_LE(cmp.worst_row, 3e-2) << "worst head " << cmp.worst_index;
+  }
+
+  uint32_t seed_ = 0;
+  std::mt19937 rng_;
+};
+
+// Lengths under one block and around one block, every list kind, both head
+// dims, all three GQA ratios. Small enough for compute-sanitizer.
+TEST_F(AttentionGpuTest, SmallShapes) {
+  const std::vector<Case> cases = {
+      {1, 4, 4, 0, Lists::kDenseNull},    {1, 8, 1, 0, Lists::kDenseLists}, {37, 8, 2, 0, Lists::kDenseLists},
+      {37, 4, 4, 0, Lists::kDenseNull},   {64, 8, 1, 0, Lists::kOnePerRow}, {64, 8, 2, 0, Lists::kDenseNull},
+      {65, 4, 4, 0, Lists::kHalf},        {65, 8, 1, 0, Lists::kDenseNull}, {200, 8, 2, 0, Lists::kHalf},
+      {200, 4, 4, 0, Lists::kDiagonalOnly}, {200, 8, 1, 0, Lists::kOnePerRow},
+  };
+  for (ElemType t : {ElemType::kBF16, ElemType::kF16}) {
+    for (int D : {64, 128}) {
+      for (Case c : cases) {
+        c.head_dim = D;
+        RunPrefill(c, t);
+      }
+    }
+  }
+}
+
+// Longer odd lengths: many blocks, partial last block, sparse and dense.
+TEST_F(AttentionGpuTest, LongShapes) {
+  const std::vector<Case> cases = {
+      {1000, 8, 1, 0, Lists::kOnePerRow}, {1000, 4, 4, 0, Lists::kDenseNull}, {1000, 8, 2, 0, Lists::kHalf},
+      {4097, 8, 2, 0, Lists::kHalf},      {4097, 8, 1, 0, Lists::kDenseNull},
+  };
+  for (ElemType t : {ElemType::kBF16, ElemType::kF16}) {
+    for (int D : {64, 128}) {
+      for (Case c : cases) {
+        c.head_dim = D;
+        RunPrefill(c, t);
+      }
+    }
+  }
+}
+
+// Rows with an empty list get zeros (not NaN, not stale memory).
+TEST_F(AttentionGpuTest, EmptyRowsAreZero) {
+  for (ElemType t : {ElemType::kBF16, ElemType::kF16}) {
+    const int L = 300, Hq = 4, Hkv = 2, D = 128;
+    const int nb = (L + 63) / 64;
+    std::vector<uint16_t> qe, ke, ve;
+    std::vector<float> qf, kf, vf;
+    Fill(static_cast<size_t>(L) * Hq * D, 1.0f, t, &qe, &qf);
+    Fill(static_cast<size_t>(Hkv) * L * D, 1.0f, t, &ke, &kf);
+    Fill(static_cast<size_t>(Hkv) * L * D, 1.0f, t, &ve, &vf);
+    // Head 0: every row empty; others: the diagonal only on odd rows, empty otherwise.
+    BlockMask m = BlockMask::Dense(Hq, L, 64);
+    std::fill(m.keep.begin(), m.keep.end(), 0);
+    for (int h = 1; h < Hq; ++h) {
+      for (int qb = 1; qb < nb; qb += 2) m.keep[(static_cast<size_t>(h) * nb + qb) * nb + qb] = 1;
+    }
+    const BlockLists lists = ToBlockLists(m);
+    cpu::AttentionShape shape{L, Hq, Hkv, D, L, 1.0f / std::sqrt(static_cast<float>(D))};
+    std::vector<float> ref(static_cast<size_t>(L) * Hq * D);
+    cpu::BlockSparseAttention(shape, 64, lists.offsets.data(), lists.indices.data(), qf.data(), kf.data(), vf.data(),
+                              ref.data());
+    DevBuf q(qe.size() * 2), k(ke.size() * 2), v(ve.size() * 2), out(ref.size() * 2);
+    DevBuf offsets(lists.offsets.size() * 4), indices(std::max<size_t>(1, lists.indices.size()) * 4);
+    ASSERT_CUDA(q.Upload(qe.data(), qe.size() * 2));
+    ASSERT_CUDA(k.Upload(ke.data(), ke.size() * 2));
+    ASSERT_CUDA(v.Upload(ve.data(), ve.size() * 2));
+    ASSERT_CUDA(offsets.Upload(lists.offsets.data(), lists.offsets.size() * 4));
+    ASSERT_CUDA(indices.Upload(lists.indices.data(), lists.indices.size() * 4));
+    cuda::AttentionParams p;
+    p.dtype = t;
+    p.q = q.get();
+    p.k = k.get();
+    p.v = v.get();
+    p.out = out.get();
+    p.seq_len = L;
+    p.num_heads = Hq;
+    p.num_kv_heads = Hkv;
+    p.head_dim = D;
+    p.kv_stride = L;
+    p.scale = shape.scale;
+    p.block_offsets = static_cast<const int32_t*>(offsets.get());
+    p.block_indices = static_cast<const int32_t*>(indices.get());
+    ASSERT_CUDA(cuda::BlockSparseAttention(p, nullptr));
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    std::vector<uint16_t> oe(ref.size());
+    ASSERT_CUDA(out.Download(oe.data(), oe.size() * 2));
+    int64_t wrong_zero = 0;
+    std::vector<float> of(oe.size());
+    for (size_t i = 0; i < oe.size(); ++i) of[i] = FromElem(oe[i], t);
+    for (int tok = 0; tok < L; ++tok) {
+      for (int h = 0; h < Hq; ++h) {
+        const int row = h * nb + tok / 64;
+        if (lists.offsets[row] != lists.offsets[row + 1]) continue;
+        for (int d = 0; d < D; ++d) {
+          wrong_zero += oe[(static_cast<size_t>(tok) * Hq + h) * D + d] != 0;  // exactly +0
+        }
+      }
+    }
+    EXPECT_EQ(wrong_zero, 0) << ElemName(t) << ": elements of empty rows that are not +0";
+    const Comparison cmp = Compare(of, ref, static_cast<int64_t>(L) * Hq, D);
+    EXPECT_EQ(cmp.nans, 0);
+    EXPECT_LE(cmp.rel, 1e-2);
+  }
+}
+
+TEST_F(AttentionGpuTest, RejectsUnsupportedShapes) {
+  cuda::AttentionParams p;
+  alignas(16) static uint16_t dummy[64];
+  p.q = p.k = p.v = dummy;
+  p.out = dummy;
+  p.seq_len = 1;
+  p.num_heads = 4;
+  p.num_kv_heads = 4;
+  p.kv_stride = 1;
+  p.scale = 0.1f;
+  p.head_dim = 96;
+  EXPECT_EQ(cuda::BlockSparseAttention(p, nullptr), cudaErrorInvalidValue) << "head_dim 96";
+  p.head_dim = 128;
+  p.num_kv_heads = 3;
+  EXPECT_EQ(cuda::BlockSparseAttention(p, nullptr), cudaErrorInvalidValue) << "Hq % Hkv != 0";
+  p.num_kv_heads = 4;
+  p.kv_stride = 0;
+  EXPECT_EQ(cuda::BlockSparseAttention(p, nullptr), cudaErrorInvalidValue) << "kv_stride < seq_len";
+  p.kv_stride = 1;
+  p.block_size = 128;
+  EXPECT_EQ(cuda::BlockSparseAttention(p, nullptr), cudaErrorInvalidValue) << "block_size 128";
+  p.block_size = 64;
+  EXPECT_EQ(cuda::DecodeAttention(p, 1, nullptr), cudaErrorInvalidValue) << "pos past the cache";
+}
+
+TEST_F(AttentionGpuTest, Decode) {
+  for (ElemType t : {ElemType::kBF16, ElemType::kF16}) {
+    for (int D : {64, 128}) {
+      for (int keys : {1, 37, 64, 65, 1000, 4097, 20000}) {
+        RunDecode(keys, 8, 8, D, t);
+        RunDecode(keys, 8, 2, D, t);
+        RunDecode(keys, 32, 4, D, t);
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace seer
