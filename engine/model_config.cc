@@ -153,7 +153,10 @@ Status ReadRopeParameters(const JsonValue& params, const std::string& path, Rope
 StatusOr<DType> ReadDType(const FieldReader& r) {
   // transformers 5 writes "dtype"; earlier versions "torch_dtype".
   const std::string_view key = r.Find("dtype") != nullptr ? "dtype" : "torch_dtype";
-  SEER_ASSIGN_OR_RETURN(std::string name, r.String(key, "bfloat16"));
+  const JsonValue* v = r.Find(key);
+  if (v == nullptr) return DType::kBF16;
+  if (!v->is_string()) return r.Error(key, "must be a string, got " + v->Dump());
+  const std::string& name = v->as_string();
   if (name == "bfloat16") return DType::kBF16;
   if (name == "float16") return DType::kF16;
   if (name == "float32") return DType::kF32;

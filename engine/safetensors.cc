@@ -27,7 +27,14 @@ constexpr size_t kLengthPrefix = 8;
 constexpr uint64_t kMaxHeaderBytes = 100u << 20;
 constexpr std::string_view kMetadataKey = "__metadata__";
 
-std::string Quoted(std::string_view s) { return "'" + std::string(s) + "'"; }
+std::string Quoted(std::string_view s) {
+  std::string q;
+  q.reserve(s.size() + 2);
+  q.push_back('\'');
+  q.append(s);
+  q.push_back('\'');
+  return q;
+}
 
 uint64_t ReadLittleEndian64(const uint8_t* p) {
   uint64_t v = 0;
