@@ -52,6 +52,7 @@ std::string Str(int64_t v) { return std::to_string(v); }
 // for decode.
 struct Activations {
   int32_t* ids = nullptr;
+  float2* rope = nullptr;  // (cos, sin) for the pass's positions
   float* residual = nullptr;
   bf16* normed = nullptr;
   bf16* q = nullptr;
@@ -118,7 +119,7 @@ class CudaEngine final : public Engine {
   Status Gemm(const bf16* x, int rows, int in, const bf16* w, int out, void* y, cudaDataType_t y_type, float beta);
   // RMSNorm and the q/k/v projections (+ biases) of `rows` rows.
   Status AttentionInputs(const DeviceLayerWeights& w, const Activations& a, int rows);
-  // RoPE on q and k at positions pos0.., then K/V into the cache at pos0.
+  // RoPE on q and k (angles from a.rope), then K/V into the cache at pos0.
   Status RopeAndCache(int layer, const Activations& a, int rows, int pos0, DeviceKvCache* cache);
   // o_proj into the residual, then the MLP in row chunks.
   Status OutputAndMlp(const DeviceLayerWeights& w, const Activations& a, int rows);
@@ -199,6 +200,7 @@ Status CudaEngine::Init() {
   PrefillPlan one = PlanPrefill(config_, GateShape{}, 64, 1, false);
   SEER_ASSIGN_OR_RETURN(decode_workspace_, DeviceBuffer::Allocate(one.total_bytes, "the decode buffers"));
   decode_.ids = At<int32_t>(decode_workspace_, one.ids);
+  decode_.rope = At<float2>(decode_workspace_, one.rope);
   decode_.residual = At<float>(decode_workspace_, one.residual);
   decode_.normed = At<bf16>(decode_workspace_, one.normed);
   decode_.q = At<bf16>(decode_workspace_, one.q);
@@ -269,6 +271,7 @@ Status CudaEngine::EnsureWorkspace(const PrefillPlan& plan) {
 Activations CudaEngine::PrefillActivations(const PrefillPlan& plan) const {
   Activations a;
   a.ids = At<int32_t>(workspace_, plan.ids);
+  a.rope = At<float2>(workspace_, plan.rope);
   a.residual = At<float>(workspace_, plan.residual);
   a.normed = At<bf16>(workspace_, plan.normed);
   a.q = At<bf16>(workspace_, plan.q);
@@ -305,9 +308,8 @@ Status CudaEngine::AttentionInputs(const DeviceLayerWeights& w, const Activation
 
 Status CudaEngine::RopeAndCache(int layer, const Activations& a, int rows, int pos0, DeviceKvCache* cache) {
   const int d = config_.head_dim;
-  SEER_RETURN_IF_CUDA_ERROR(cuda::ApplyRope(a.q, rows, config_.num_heads, d, pos0, weights_.rope_inv_freq, stream_));
-  SEER_RETURN_IF_CUDA_ERROR(
-      cuda::ApplyRope(a.k, rows, config_.num_kv_heads, d, pos0, weights_.rope_inv_freq, stream_));
+  SEER_RETURN_IF_CUDA_ERROR(cuda::ApplyRope(a.q, rows, config_.num_heads, d, a.rope, stream_));
+  SEER_RETURN_IF_CUDA_ERROR(cuda::ApplyRope(a.k, rows, config_.num_kv_heads, d, a.rope, stream_));
   SEER_RETURN_IF_CUDA_ERROR(
       cuda::WriteKv(a.k, rows, config_.num_kv_heads, d, cache->k(layer), cache->capacity(), pos0, stream_));
   SEER_RETURN_IF_CUDA_ERROR(
@@ -403,6 +405,7 @@ StatusOr<PrefillResult> CudaEngine::Prefill(std::span<const int32_t> ids, const 
       cudaMemcpyAsync(a.ids, ids.data(), sizeof(int32_t) * L, cudaMemcpyHostToDevice, stream_));
   SEER_RETURN_IF_CUDA_ERROR(
       cuda::Embedding(weights_.embed_tokens, config_.vocab_size, config_.hidden_size, a.ids, L, a.residual, stream_));
+  SEER_RETURN_IF_CUDA_ERROR(cuda::RopeTable(weights_.rope_inv_freq, config_.head_dim / 2, 0, L, a.rope, stream_));
 
   int32_t* offsets = gated ? At<int32_t>(workspace_, plan.block_offsets) : nullptr;
   int32_t* indices = gated ? At<int32_t>(workspace_, plan.block_indices) : nullptr;
@@ -577,6 +580,7 @@ Status CudaEngine::DecodeStep(int32_t token, KvCache* cache_in, std::vector<floa
   SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(a.ids, &token, sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
   SEER_RETURN_IF_CUDA_ERROR(
       cuda::Embedding(weights_.embed_tokens, config_.vocab_size, config_.hidden_size, a.ids, 1, a.residual, stream_));
+  SEER_RETURN_IF_CUDA_ERROR(cuda::RopeTable(weights_.rope_inv_freq, config_.head_dim / 2, pos, 1, a.rope, stream_));
   for (int layer = 0; layer < config_.num_layers; ++layer) {
     const DeviceLayerWeights& w = weights_.layers[layer];
     SEER_RETURN_IF_ERROR(AttentionInputs(w, a, 1));

@@ -48,6 +48,7 @@ PrefillPlan PlanPrefill(const ModelConfig& c, const GateShape& gates, int gate_b
 
   Offsets o;
   p.ids = o.Take(L * sizeof(int32_t));
+  p.rope = o.Take(L * (c.head_dim / 2) * 2 * sizeof(float));
   p.residual = o.Take(L * c.hidden_size * sizeof(float));
   p.normed = o.Take(L * c.hidden_size * bf);
   p.q = o.Take(L * q_cols * bf);

@@ -23,6 +23,7 @@ struct PrefillPlan {
 
   // Byte offsets into one workspace allocation (256-byte aligned).
   size_t ids = 0;       // int32 [L]
+  size_t rope = 0;      // float2 [L, head_dim / 2]: (cos, sin) per position
   size_t residual = 0;  // float [L, hidden]
   size_t normed = 0;    // bf16 [L, hidden]
   size_t q = 0;         // bf16 [L, Hq * D]

@@ -63,23 +63,34 @@ __global__ void RmsNormKernel(const float* x, int dim, const float* weight, floa
   for (int i = threadIdx.x; i < dim; i += blockDim.x) outr[i] = __float2bfloat16(weight[i] * (xr[i] * inv_rms));
 }
 
+__global__ void RopeTableKernel(const float* inv_freq, int half, int pos0, int rows, float2* table) {
+  const size_t total = static_cast<size_t>(rows) * half;
+  for (size_t idx = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const int i = static_cast<int>(idx % half);
+    const int r = static_cast<int>(idx / half);
+    const float angle = static_cast<float>(pos0 + r) * inv_freq[i];
+    float s, c;
+    sincosf(angle, &s, &c);
+    table[idx] = make_float2(c, s);
+  }
+}
+
 // One thread per rotated pair (i, i + half) of one head of one row.
-__global__ void RopeKernel(bf16* x, int rows, int num_heads, int head_dim, int pos0, const float* inv_freq) {
+__global__ void RopeKernel(bf16* x, int rows, int num_heads, int head_dim, const float2* table) {
   const int half = head_dim / 2;
   const size_t total = static_cast<size_t>(rows) * num_heads * half;
   for (size_t idx = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<size_t>(gridDim.x) * blockDim.x) {
     const int i = static_cast<int>(idx % half);
     const size_t head_row = idx / half;  // r * num_heads + h
-    const int r = static_cast<int>(head_row / num_heads);
-    const float angle = static_cast<float>(pos0 + r) * inv_freq[i];
-    float s, c;
-    sincosf(angle, &s, &c);
+    const size_t r = head_row / num_heads;
+    const float2 cs = table[r * half + i];
     bf16* v = x + head_row * head_dim;
     const float lo = __bfloat162float(v[i]);
     const float hi = __bfloat162float(v[i + half]);
-    v[i] = __float2bfloat16(lo * c - hi * s);
-    v[i + half] = __float2bfloat16(hi * c + lo * s);
+    v[i] = __float2bfloat16(lo * cs.x - hi * cs.y);
+    v[i + half] = __float2bfloat16(hi * cs.x + lo * cs.y);
   }
 }
 
@@ -98,12 +109,28 @@ __global__ void WriteKvKernel(const Vec* src, int n, int kv_heads, int vecs_per_
   }
 }
 
+__device__ __forceinline__ float Silu(float g) { return g / (1.0f + expf(-g)); }
+
 __global__ void SwiGluKernel(const bf16* gate, const bf16* up, size_t n, bf16* out) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    const float g = __bfloat162float(gate[i]);
-    const float u = __bfloat162float(up[i]);
-    out[i] = __float2bfloat16((g / (1.0f + expf(-g))) * u);
+    out[i] = __float2bfloat16(Silu(__bfloat162float(gate[i])) * __bfloat162float(up[i]));
+  }
+}
+
+// Eight elements per thread through 16-byte loads and stores.
+__global__ void SwiGlu8Kernel(const uint4* gate, const uint4* up, size_t n8, uint4* out) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n8;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    const uint4 g4 = gate[i];
+    const uint4 u4 = up[i];
+    const bf16* g = reinterpret_cast<const bf16*>(&g4);
+    const bf16* u = reinterpret_cast<const bf16*>(&u4);
+    uint4 o4;
+    bf16* o = reinterpret_cast<bf16*>(&o4);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) o[j] = __float2bfloat16(Silu(__bfloat162float(g[j])) * __bfloat162float(u[j]));
+    out[i] = o4;
   }
 }
 
@@ -218,12 +245,20 @@ cudaError_t RmsNorm(const float* x, int rows, int dim, const float* weight, floa
   return cudaSuccess;
 }
 
-cudaError_t ApplyRope(bf16* x, int rows, int num_heads, int head_dim, int pos0, const float* inv_freq,
-                      cudaStream_t stream) {
-  if (rows < 0 || num_heads <= 0 || head_dim <= 0 || head_dim % 2 != 0 || pos0 < 0) return cudaErrorInvalidValue;
+cudaError_t RopeTable(const float* inv_freq, int half, int pos0, int rows, float2* table, cudaStream_t stream) {
+  if (half <= 0 || rows < 0 || pos0 < 0) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  RopeTableKernel<<<GridFor(static_cast<size_t>(rows) * half), kThreads, 0, stream>>>(inv_freq, half, pos0, rows,
+                                                                                       table);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return cudaSuccess;
+}
+
+cudaError_t ApplyRope(bf16* x, int rows, int num_heads, int head_dim, const float2* table, cudaStream_t stream) {
+  if (rows < 0 || num_heads <= 0 || head_dim <= 0 || head_dim % 2 != 0) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
   const size_t pairs = static_cast<size_t>(rows) * num_heads * (head_dim / 2);
-  RopeKernel<<<GridFor(pairs), kThreads, 0, stream>>>(x, rows, num_heads, head_dim, pos0, inv_freq);
+  RopeKernel<<<GridFor(pairs), kThreads, 0, stream>>>(x, rows, num_heads, head_dim, table);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return cudaSuccess;
 }
@@ -248,7 +283,13 @@ cudaError_t WriteKv(const bf16* src, int n, int kv_heads, int head_dim, bf16* ca
 
 cudaError_t SwiGlu(const bf16* gate, const bf16* up, size_t n, bf16* out, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  SwiGluKernel<<<GridFor(n), kThreads, 0, stream>>>(gate, up, n, out);
+  if (n % 8 == 0 && Aligned16(gate) && Aligned16(up) && Aligned16(out)) {
+    SwiGlu8Kernel<<<GridFor(n / 8), kThreads, 0, stream>>>(reinterpret_cast<const uint4*>(gate),
+                                                          reinterpret_cast<const uint4*>(up), n / 8,
+                                                          reinterpret_cast<uint4*>(out));
+  } else {
+    SwiGluKernel<<<GridFor(n), kThreads, 0, stream>>>(gate, up, n, out);
+  }
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return cudaSuccess;
 }

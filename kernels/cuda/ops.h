@@ -27,12 +27,17 @@ cudaError_t Embedding(const bf16* table, int vocab, int dim, const int32_t* ids,
 cudaError_t RmsNorm(const float* x, int rows, int dim, const float* weight, float eps, bf16* out,
                     cudaStream_t stream);
 
+// RoPE angles for rows at positions pos0, pos0 + 1, ...: table[r * half + i]
+// = (cos, sin) of float(pos0 + r) * inv_freq[i], in float32 as HF computes
+// them. inv_freq (device, half = head_dim / 2 floats) comes from the host
+// with llama3 scaling applied. Built once per forward pass and shared by
+// every layer and head.
+cudaError_t RopeTable(const float* inv_freq, int half, int pos0, int rows, float2* table, cudaStream_t stream);
+
 // Rotary embedding, half-split layout (HF rotate_half), in place on
-// x [rows, num_heads, head_dim]; row r sits at position pos0 + r. inv_freq
-// (device, head_dim / 2 floats) comes from the host with llama3 scaling
-// already applied. As HF: angle = float(pos) * inv_freq in float32.
-cudaError_t ApplyRope(bf16* x, int rows, int num_heads, int head_dim, int pos0, const float* inv_freq,
-                      cudaStream_t stream);
+// x [rows, num_heads, head_dim] with the angles of `table` (RopeTable):
+// lo' = lo * cos - hi * sin, hi' = hi * cos + lo * sin, in float32.
+cudaError_t ApplyRope(bf16* x, int rows, int num_heads, int head_dim, const float2* table, cudaStream_t stream);
 
 // Scatters src [n, kv_heads, head_dim] (token-major, as the projection writes
 // it) into one layer's cache [kv_heads, capacity, head_dim] at tokens

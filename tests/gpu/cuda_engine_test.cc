@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <filesystem>
@@ -38,7 +39,12 @@ namespace {
 
 constexpr double kBf16ModelTol = 2e-2;
 
-std::string Fixture(const std::string& name) { return std::string(SEER_FIXTURES_DIR) + "/" + name; }
+// The fixtures' directory is compiled in; SEER_FIXTURES_DIR in the
+// environment overrides it for binaries built on one host and run on another.
+std::string Fixture(const std::string& name) {
+  const char* env = std::getenv("SEER_FIXTURES_DIR");
+  return std::string(env != nullptr && *env != '\0' ? env : SEER_FIXTURES_DIR) + "/" + name;
+}
 
 double RelErr(const float* got, const float* want, size_t n) {
   double num = 0.0, den = 0.0;

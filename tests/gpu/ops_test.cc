@@ -216,8 +216,25 @@ TEST_F(GpuOpsTest, RopeMatchesCpuWithLlama3Scaling) {
     const std::vector<float> x = UniformBf16(size_t(s.rows) * s.heads * s.dim, -3.0f, 3.0f);
     std::unique_ptr<Dev<bf16>> d_x(UploadBf16(x));
     std::unique_ptr<Dev<float>> d_inv(Upload(inv));
-    ASSERT_CUDA(cuda::ApplyRope(d_x->get(), s.rows, s.heads, s.dim, s.pos0, d_inv->get(), stream_));
+    const int half = s.dim / 2;
+    Dev<float2> d_table(size_t(s.rows) * half);
+    ASSERT_CUDA(cuda::RopeTable(d_inv->get(), half, s.pos0, s.rows, d_table.get(), stream_));
+    ASSERT_CUDA(cuda::ApplyRope(d_x->get(), s.rows, s.heads, s.dim, d_table.get(), stream_));
     ASSERT_CUDA(cudaStreamSynchronize(stream_));
+    // The table itself, against double-precision cos/sin of the float32
+    // angle (what cpu::ApplyRope uses): an fp32 path.
+    const std::vector<float2> table = Download(d_table.get(), size_t(s.rows) * half);
+    std::vector<float> got_cs, want_cs;
+    for (int r = 0; r < s.rows; ++r) {
+      for (int i = 0; i < half; ++i) {
+        const float angle = static_cast<float>(s.pos0 + r) * inv[i];
+        got_cs.push_back(table[size_t(r) * half + i].x);
+        got_cs.push_back(table[size_t(r) * half + i].y);
+        want_cs.push_back(static_cast<float>(std::cos(static_cast<double>(angle))));
+        want_cs.push_back(static_cast<float>(std::sin(static_cast<double>(angle))));
+      }
+    }
+    EXPECT_LE(RelErr(got_cs, want_cs), kF32Tol);
     std::vector<float> want = x;
     std::vector<int32_t> pos(s.rows);
     for (int r = 0; r < s.rows; ++r) pos[r] = s.pos0 + r;

@@ -1,0 +1,237 @@
+// Time to first token of a Llama-3.1-8B-shaped model on the GPU: random bf16
+// weights drawn on the device (no checkpoint), random SeerAttention gates,
+// dense prefill against gated prefill at nz_ratio=0.1, at 8k, 32k and 128k.
+// TTFT is the wall-clock time of Engine::Prefill (ids in, last-row logits on
+// the host). Peak memory is the most the engine held in device allocations
+// during the run (weights + KV cache + activations + cuBLAS workspace); the
+// device-wide figure from cudaMemGetInfo (CUDA context included) is printed
+// beside it.
+//
+//   seer-prefill-bench [--lengths 8192,32768,131072] [--modes dense,nz_ratio=0.1]
+//                      [--repeats 3] [--layers 32]
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+#include "engine/cuda/cuda_engine.h"
+#include "engine/cuda/device_buffer.h"
+#include "engine/engine.h"
+#include "engine/model_config.h"
+#include "engine/sparsity.h"
+#include "kernels/cuda/check.h"
+
+namespace seer {
+namespace {
+
+// The shape of meta-llama/Llama-3.1-8B (config.json).
+ModelConfig Llama31_8B(int layers) {
+  ModelConfig c;
+  c.arch = Architecture::kLlama;
+  c.architecture_name = "LlamaForCausalLM";
+  c.vocab_size = 128256;
+  c.hidden_size = 4096;
+  c.intermediate_size = 14336;
+  c.num_layers = layers;
+  c.num_heads = 32;
+  c.num_kv_heads = 8;
+  c.head_dim = 128;
+  c.max_position_embeddings = 131072;
+  c.rms_norm_eps = 1e-5;
+  c.rope.theta = 500000.0;
+  c.rope.type = "llama3";
+  c.rope.factor = 8.0;
+  c.rope.low_freq_factor = 1.0;
+  c.rope.high_freq_factor = 4.0;
+  c.rope.original_max_position_embeddings = 8192;
+  c.tie_word_embeddings = false;
+  c.torch_dtype = DType::kBF16;
+  return c;
+}
+
+std::vector<std::string> Split(const std::string& s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= s.size()) {
+    const size_t comma = s.find(',', start);
+    const size_t end = comma == std::string::npos ? s.size() : comma;
+    if (end > start) out.push_back(s.substr(start, end - start));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return out;
+}
+
+double GiB(size_t b) { return static_cast<double>(b) / (1024.0 * 1024.0 * 1024.0); }
+
+struct Row {
+  int len = 0;
+  std::string mode;
+  std::vector<double> ms;
+  double density = 1.0;
+  size_t peak = 0;
+  size_t device_used = 0;
+  std::string error;
+};
+
+int Main(int argc, char** argv) {
+  std::vector<int> lengths = {8192, 32768, 131072};
+  std::vector<std::string> modes = {"dense", "nz_ratio=0.1"};
+  int repeats = 3;
+  int layers = 32;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--lengths") {
+      lengths.clear();
+      for (const std::string& s : Split(next())) lengths.push_back(std::atoi(s.c_str()));
+    } else if (a == "--modes") {
+      modes = Split(next());
+    } else if (a == "--repeats") {
+      repeats = std::max(1, std::atoi(next().c_str()));
+    } else if (a == "--layers") {
+      layers = std::max(1, std::atoi(next().c_str()));
+    } else {
+      std::fprintf(stderr, "usage: %s [--lengths 8192,32768,131072] [--modes dense,nz_ratio=0.1] [--repeats N] "
+                           "[--layers N]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (!CudaDeviceAvailable()) {
+    std::fprintf(stderr, "no CUDA device visible\n");
+    return 1;
+  }
+  cudaDeviceProp prop{};
+  SEER_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  size_t free0 = 0, total = 0;
+  SEER_CUDA_CHECK(cudaMemGetInfo(&free0, &total));
+
+  const ModelConfig config = Llama31_8B(layers);
+  RandomEngineOptions opts;
+  opts.seed = 20240601;
+  opts.with_gates = true;
+  opts.gate_config.block_size = 64;
+  opts.gate_config.hidden = 128;
+  const auto t0 = std::chrono::steady_clock::now();
+  auto engine_or = CreateRandomCudaEngine(config, opts);
+  if (!engine_or.ok()) {
+    std::fprintf(stderr, "engine: %s\n", engine_or.status().ToString().c_str());
+    return 1;
+  }
+  std::unique_ptr<Engine> engine = std::move(engine_or).value();
+  const double init_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const size_t weights_held = GetDeviceMemoryStats().current_bytes;
+  std::printf("device: %s, %.1f GiB\n", prop.name, GiB(total));
+  std::printf("model: Llama-3.1-8B shape, %d layers, random bf16 weights on the GPU (%.2f GiB with decode buffers "
+              "and cuBLAS workspace, drawn in %.2f s), random gates (hidden 128, block 64)\n",
+              layers, GiB(weights_held), init_s);
+
+  std::vector<int32_t> ids(*std::max_element(lengths.begin(), lengths.end()));
+  uint64_t x = 88172645463325252ull;
+  for (int32_t& id : ids) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    id = static_cast<int32_t>(x % static_cast<uint64_t>(config.vocab_size));
+  }
+
+  auto run_once = [&](int len, const SparsityConfig& sp, Row* row) -> bool {
+    auto cache = engine->NewCache(len);
+    if (!cache.ok()) {
+      row->error = cache.status().ToString();
+      return false;
+    }
+    ResetPeakDeviceMemory();
+    PrefillOptions po;
+    po.sparsity = sp;
+    const auto start = std::chrono::steady_clock::now();
+    auto r = engine->Prefill(std::span<const int32_t>(ids.data(), len), po, cache->get(), nullptr);
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    if (!r.ok()) {
+      row->error = r.status().ToString();
+      return false;
+    }
+    for (float v : r->logits) {
+      if (!std::isfinite(v)) {
+        row->error = "non-finite logits";
+        return false;
+      }
+    }
+    size_t free_b = 0, total_b = 0;
+    SEER_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    row->ms.push_back(ms);
+    row->density = r->overall_density;
+    row->peak = std::max(row->peak, GetDeviceMemoryStats().peak_bytes);
+    row->device_used = std::max(row->device_used, total_b - free_b);
+    return true;
+  };
+
+  // Warm-up: module load, cuBLAS heuristics, first-touch of the workspace.
+  for (const std::string& m : modes) {
+    auto sp = ParseSparsity(m);
+    if (!sp.ok()) {
+      std::fprintf(stderr, "%s\n", sp.status().ToString().c_str());
+      return 2;
+    }
+    Row warm;
+    if (!run_once(4096, *sp, &warm)) {
+      std::fprintf(stderr, "warm-up %s: %s\n", m.c_str(), warm.error.c_str());
+      return 1;
+    }
+  }
+
+  std::vector<Row> rows;
+  for (int len : lengths) {
+    for (const std::string& m : modes) {
+      Row row;
+      row.len = len;
+      row.mode = m;
+      const SparsityConfig sp = ParseSparsity(m).value();
+      // The longest runs take seconds each; one is enough to see them.
+      const int reps = len >= 65536 ? 1 : repeats;
+      for (int r = 0; r < reps; ++r) {
+        if (!run_once(len, sp, &row)) break;
+      }
+      std::printf("  L=%d %s: %s\n", len, m.c_str(),
+                  row.error.empty() ? (std::to_string(row.ms.size()) + " run(s)").c_str() : row.error.c_str());
+      std::fflush(stdout);
+      rows.push_back(row);
+    }
+  }
+
+  std::printf("\nPrefill TTFT, %s, Llama-3.1-8B shape (%d layers), bf16\n", prop.name, layers);
+  std::printf("| seq | mode | density | TTFT ms (median) | runs | peak engine alloc GiB | device used GiB |\n");
+  std::printf("|---|---|---|---|---|---|---|\n");
+  for (Row& row : rows) {
+    if (!row.error.empty() && row.ms.empty()) {
+      std::printf("| %d | %s | - | %s | 0 | - | - |\n", row.len, row.mode.c_str(), row.error.c_str());
+      continue;
+    }
+    std::sort(row.ms.begin(), row.ms.end());
+    const double median = row.ms[row.ms.size() / 2];
+    std::printf("| %d | %s | %.3f | %.1f | %zu | %.2f | %.2f |\n", row.len, row.mode.c_str(), row.density, median,
+                row.ms.size(), GiB(row.peak), GiB(row.device_used));
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace seer
+
+int main(int argc, char** argv) { return seer::Main(argc, argv); }

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Builds Seer here (Debian, with gRPC and CUDA) and packs what a GPU host
+# needs to run it into one folder (default .carry/bundle, ignored by git):
+#
+#   bin/  seer-prefill, seer-decode, seer (when gRPC is found), seer_gpu_tests,
+#         seer-prefill-bench
+#   lib/  every shared library those binaries load, from ldd, except glibc,
+#         libstdc++, libgcc and the CUDA libraries, which the GPU host has
+#
+# On the GPU host: LD_LIBRARY_PATH=<bundle>/lib:/usr/local/cuda/lib64
+# (docs/GPU.md). tools/gpu_engine_run.sh uses the bundle when it is there.
+#
+#   tools/pack_gpu_bundle.sh [OUT_DIR]     (SEER_BUNDLE_BUILD: build dir, JOBS: parallel jobs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+out="${1:-.carry/bundle}"
+build="${SEER_BUNDLE_BUILD:-build-bundle}"
+jobs="${JOBS:-2}"
+
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+targets=(seer_gpu_tests seer-prefill-bench)
+server_targets=()
+for t in seer-prefill seer-decode seer; do
+  if ninja -C "$build" -t targets all 2>/dev/null | grep -q "^$t:"; then server_targets+=("$t"); fi
+done
+if [ ${#server_targets[@]} -eq 0 ]; then
+  echo "pack_gpu_bundle: no gRPC server targets in $build (gRPC not found?); packing tests and bench only" >&2
+fi
+ninja -C "$build" -j "$jobs" "${targets[@]}" "${server_targets[@]}"
+
+rm -rf "$out"
+mkdir -p "$out/bin" "$out/lib"
+for t in "${targets[@]}" "${server_targets[@]}"; do
+  cp "$build/bin/$t" "$out/bin/"
+done
+
+# The libraries the host provides itself: the C runtime, the C++ runtime and
+# the CUDA toolkit and driver (matching the host's driver matters more than
+# matching our build).
+host_provided='^(linux-vdso|ld-linux|libc\.so|libm\.so|libdl\.so|libpthread\.so|librt\.so|libresolv\.so|libutil\.so|libstdc\+\+\.so|libgcc_s\.so|libcuda\.so|libcudart\.so|libcublas\.so|libcublasLt\.so|libnvidia|libnvrtc|libnvJitLink)'
+for b in "$out"/bin/*; do
+  ldd "$b" | awk '$2 == "=>" && $3 ~ /^\// { print $1, $3 }' | while read -r name path; do
+    if ! [[ "$name" =~ $host_provided ]]; then
+      cp -Ln "$path" "$out/lib/$name" 2>/dev/null || true
+    fi
+  done
+done
+
+echo "bundle: $out"
+du -sh "$out/bin" "$out/lib"
+ls "$out/bin"
+echo "$(ls "$out/lib" | wc -l) shared libraries in $out/lib"
