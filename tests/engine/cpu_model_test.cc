@@ -587,8 +587,9 @@ TEST(CpuModel, PrefillTimeOf1000TokensThroughAMillionParameters) {
     auto result = engine->Prefill(ids, PrefillOptions{}, cache->get(), nullptr);
     ASSERT_TRUE(result.ok()) << result.status().ToString();
     best = std::min(best, result->seconds);
+    if (best > 2.0) break;  // a sanitizer build: one slow run says enough
   }
-  std::printf("[ timing   ] prefill of 1000 tokens, %lld parameters, %s: %.1f ms (best of 3)\n",
+  std::printf("[ timing   ] prefill of 1000 tokens, %lld parameters, %s: %.1f ms (best run)\n",
               static_cast<long long>(params), engine->device_name().c_str(), best * 1e3);
   fs::remove_all(m.dir);
 }
