@@ -1,0 +1,99 @@
+// seer-decode: serves Generate. For each request it pulls the prompt's KV
+// cache from a seer-prefill endpoint, then decodes and streams the tokens
+// (docs/SERVICE.md).
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "engine/base/flags.h"
+#include "engine/engine.h"
+#include "server/decode_service.h"
+#include "server/grpc_server.h"
+#include "server/metrics.h"
+#include "server/prefill_client.h"
+#include "server/serve.h"
+
+int main(int argc, char** argv) {
+  seer::BlockTerminationSignals();
+
+  std::string listen = "0.0.0.0:50052";
+  std::string metrics_address = "0.0.0.0:9091";
+  std::string model, prefill, device = "auto";
+  int64_t threads = 0, max_concurrent = 4, max_queue = 64, max_new_tokens = 4096, attempts = 0;
+  double drain_seconds = 30.0, prefill_timeout = 0.0;
+
+  seer::FlagSet flags("seer-decode --model DIR --prefill HOST:PORT[,HOST:PORT...] [flags]",
+                      "Serves seer.v1.Decode: for each Generate request, pulls the prompt's KV cache from a\n"
+                      "seer-prefill endpoint, then decodes and streams the tokens. Also serves\n"
+                      "grpc.health.v1.Health, server reflection, and Prometheus metrics on --metrics.\n"
+                      "SIGTERM drains in-flight streams, then exits.");
+  flags.String("listen", &listen, "gRPC address, host:port (port 0 picks a free port)");
+  flags.String("metrics", &metrics_address, "/metrics address, host:port (port 0 picks one; empty: off)");
+  flags.String("model", &model, "Hugging Face checkpoint directory, the same model as the prefill's (required)");
+  flags.String("prefill", &prefill,
+               "prefill endpoints: host:port[,host:port...] or dns:///name:port (required); picked "
+               "round-robin, the next one tried when one is UNAVAILABLE");
+  flags.String("device", &device, "cpu, cuda or auto (cuda when a GPU is present)");
+  flags.Int("threads", &threads, "CPU engine threads (0: all cores)");
+  flags.Int("max-concurrent", &max_concurrent, "requests decoding at once");
+  flags.Int("max-queue", &max_queue, "requests waiting for a slot; beyond that RESOURCE_EXHAUSTED");
+  flags.Int("max-new-tokens", &max_new_tokens, "largest max_new_tokens a request may ask for");
+  flags.Int("prefill-attempts", &attempts,
+            "Prefill calls per request when endpoints are UNAVAILABLE (0: one per endpoint, +2 per dns name)");
+  flags.Double("prefill-timeout", &prefill_timeout, "deadline of one Prefill call, seconds (0: none)");
+  flags.Double("drain-seconds", &drain_seconds, "on SIGTERM, how long in-flight streams get to finish");
+  if (seer::Status s = flags.Parse(argc, argv); !s.ok()) {
+    std::fprintf(stderr, "seer-decode: %s\n\n%s", s.ToString().c_str(), flags.Help().c_str());
+    return 2;
+  }
+  if (flags.help_requested()) {
+    std::printf("%s", flags.Help().c_str());
+    return 0;
+  }
+  if (model.empty() || prefill.empty()) {
+    std::fprintf(stderr, "seer-decode: --model and --prefill are required\n\n%s", flags.Help().c_str());
+    return 2;
+  }
+  seer::DecodeServiceOptions options;
+  options.max_concurrent = static_cast<int>(max_concurrent);
+  options.max_queue = static_cast<int>(max_queue);
+  options.max_new_tokens = static_cast<int>(max_new_tokens);
+  if (seer::Status s = seer::DecodeService::CheckOptions(options); !s.ok()) {
+    std::fprintf(stderr, "seer-decode: %s\n", s.ToString().c_str());
+    return 2;
+  }
+  seer::PrefillClientOptions client_options;
+  client_options.attempts = static_cast<int>(attempts);
+  client_options.timeout_seconds = prefill_timeout;
+  seer::StatusOr<std::unique_ptr<seer::PrefillClient>> client =
+      seer::PrefillClient::Create(prefill, client_options);
+  if (!client.ok()) {
+    std::fprintf(stderr, "seer-decode: %s\n", client.status().ToString().c_str());
+    return 2;
+  }
+
+  auto registry = std::make_shared<prometheus::Registry>();
+  seer::DecodeMetrics metrics(*registry);
+  seer::DecodeService service(options, client->get(), &metrics);
+  std::unique_ptr<seer::Engine> engine;
+
+  seer::ServeConfig config;
+  config.program = "seer-decode";
+  config.listen = listen;
+  config.metrics = metrics_address;
+  config.drain_seconds = drain_seconds;
+  config.services = {&service};
+  config.health_names = {"seer.v1.Decode"};
+  config.registry = registry;
+  config.load = [&]() -> seer::StatusOr<std::string> {
+    seer::EngineOptions eo;
+    eo.model_dir = model;
+    eo.device = device;
+    eo.threads = static_cast<int>(threads);
+    SEER_ASSIGN_OR_RETURN(engine, seer::CreateEngine(eo));
+    SEER_RETURN_IF_ERROR(service.SetEngine(engine.get()));
+    return "model " + model + " on " + engine->device_name() + ", prefill " + prefill;
+  };
+  config.stop = [&] { service.Shutdown(); };
+  return seer::Serve(config);
+}

@@ -1,0 +1,216 @@
+#include "server/decode_service.h"
+
+#include <algorithm>
+#include <chrono>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "server/grpc_status.h"
+#include "server/sampling.h"
+#include "server/stream_reactor.h"
+
+namespace seer {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+// Tokens are tiny; this bounds how far decoding runs ahead of a slow reader.
+constexpr size_t kTokenBufferBytes = 4096;
+constexpr size_t kTokenMessageBytes = 8;
+
+}  // namespace
+
+// One Generate call: on a worker thread, fetch the KV from a prefill server,
+// then sample and decode token by token, handing each token to the reactor.
+class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
+ public:
+  GenerateStream(DecodeService* service, const v1::GenerateRequest& request)
+      : StreamReactor(kTokenBufferBytes), service_(service), metrics_(service->metrics_), arrived_(Clock::now()) {
+    engine_ = service->engine_.load(std::memory_order_acquire);
+    if (engine_ == nullptr) {
+      FinishNow(grpc::Status(grpc::StatusCode::UNAVAILABLE, "seer-decode: the model is still loading"));
+      return;
+    }
+    if (Status s = ValidateGenerateRequest(request, service->limits_); !s.ok()) {
+      FinishNow(ToGrpcStatus(s));
+      return;
+    }
+    sampling_ = *ValidateSampling(request.sampling(), service->limits_.vocab_size, service->FreshSeed());
+    request_id_ = request.request_id().empty()
+                      ? "generate-" + std::to_string(service->next_request_number_.fetch_add(1))
+                      : request.request_id();
+    prefill_request_.set_request_id(request_id_);
+    *prefill_request_.mutable_token_ids() = request.token_ids();
+    *prefill_request_.mutable_sparsity() = request.sparsity();
+    max_new_tokens_ = request.max_new_tokens();
+    stop_tokens_.assign(request.stop_token_ids().begin(), request.stop_token_ids().end());
+    const WorkQueue& q = service->queue_;
+    Admit(&service->queue_,
+          grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                       "seer-decode: the queue is full: " + std::to_string(q.workers()) + " running and " +
+                           std::to_string(q.max_waiting()) + " waiting (--max-concurrent " +
+                           std::to_string(q.workers()) + ", --max-queue " + std::to_string(q.max_waiting()) +
+                           "); retry later or elsewhere"));
+  }
+
+  void Run(double /*queue_seconds*/) override { FinishWork(Generate()); }
+
+ private:
+  grpc::Status Generate() {
+    if (cancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled while queued");
+    const int prompt = prefill_request_.token_ids_size();
+    std::unique_ptr<KvCache> cache;
+    {
+      std::lock_guard<std::mutex> lock(service_->engine_mu_);
+      StatusOr<std::unique_ptr<KvCache>> made = engine_->NewCache(prompt + max_new_tokens_);
+      if (!made.ok()) return ToGrpcStatus(made.status().WithContext("seer-decode: KV cache"));
+      cache = std::move(made).value();
+    }
+
+    StatusOr<FetchedKv> fetched = service_->prefill_->Fetch(
+        prefill_request_, service_->expected_, cache.get(), &canceller_,
+        [this](int64_t bytes) { metrics_->kv_received_bytes.Increment(static_cast<double>(bytes)); });
+    if (!fetched.ok()) {
+      if (cancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "the Generate stream was cancelled");
+      return ToGrpcStatus(fetched.status());
+    }
+    const v1::PrefillSummary& ps = fetched->summary;
+
+    Sampler sampler(sampling_);
+    std::vector<float> logits(ps.last_logits().begin(), ps.last_logits().end());
+    int generated = 0;
+    std::string finish_reason = "length";
+    for (;;) {
+      const int32_t token = sampler.Sample(logits);
+      auto msg = std::make_unique<v1::GenerateResponse>();
+      msg->set_token(token);
+      if (!Send(std::move(msg), kTokenMessageBytes))
+        return grpc::Status(grpc::StatusCode::CANCELLED, "the Generate stream was cancelled");
+      ++generated;
+      if (std::find(stop_tokens_.begin(), stop_tokens_.end(), token) != stop_tokens_.end()) {
+        finish_reason = "stop";
+        break;
+      }
+      if (generated == max_new_tokens_) break;
+      Status step;
+      {
+        std::lock_guard<std::mutex> lock(service_->engine_mu_);
+        step = engine_->DecodeStep(token, cache.get(), &logits);
+      }
+      if (!step.ok()) return ToGrpcStatus(step.WithContext("seer-decode: decode step " + std::to_string(generated)));
+    }
+    cache.reset();
+
+    auto msg = std::make_unique<v1::GenerateResponse>();
+    v1::GenerateSummary* s = msg->mutable_summary();
+    s->set_prompt_tokens(prompt);
+    s->set_generated_tokens(generated);
+    s->set_finish_reason(finish_reason);
+    s->set_prefill_seconds(ps.timings().prefill_seconds());
+    s->set_kv_transfer_seconds(fetched->seconds);
+    s->set_kv_bytes(fetched->kv_bytes);
+    *s->mutable_layer_density() = ps.layer_density();
+    s->set_overall_density(ps.overall_density());
+    s->set_prefill_endpoint(fetched->endpoint);
+    s->set_sparsity(ps.sparsity());
+    if (!Send(std::move(msg), 256))
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the Generate stream was cancelled");
+    return grpc::Status::OK;
+  }
+
+  // Hooks: one at a time, in write order.
+  void BeforeWrite(v1::GenerateResponse* msg) override {
+    const Clock::time_point now = Clock::now();
+    if (msg->has_summary()) {
+      if (first_token_) msg->mutable_summary()->set_ttft_seconds(Seconds(*first_token_ - arrived_));
+      msg->mutable_summary()->set_total_seconds(Seconds(now - arrived_));
+      return;
+    }
+    if (!first_token_) {
+      first_token_ = now;
+      metrics_->ttft.Observe(Seconds(now - arrived_));
+    } else {
+      metrics_->inter_token.Observe(Seconds(now - last_token_));
+    }
+    last_token_ = now;
+  }
+
+  void AfterWrite(const v1::GenerateResponse& msg, size_t /*bytes*/) override {
+    if (msg.event_case() == v1::GenerateResponse::kToken) metrics_->tokens.Increment();
+  }
+
+  void OnStreamCancelled() override { canceller_.Cancel(); }
+
+  void OnStreamDone(const grpc::Status& status) override {
+    metrics_->CountRequest(status.error_code());
+    metrics_->request_duration.Observe(Seconds(Clock::now() - arrived_));
+  }
+
+  DecodeService* const service_;
+  DecodeMetrics* const metrics_;
+  const Clock::time_point arrived_;
+  Engine* engine_ = nullptr;
+  CallCanceller canceller_;
+
+  // Set in the constructor, read by the worker.
+  v1::PrefillRequest prefill_request_;
+  std::string request_id_;
+  SamplingParams sampling_;
+  int max_new_tokens_ = 0;
+  std::vector<int32_t> stop_tokens_;
+
+  // Write hooks only.
+  std::optional<Clock::time_point> first_token_;
+  Clock::time_point last_token_;
+};
+
+DecodeService::DecodeService(const DecodeServiceOptions& options, PrefillClient* prefill, DecodeMetrics* metrics)
+    : options_(options), prefill_(prefill), metrics_(metrics), queue_(options.max_concurrent, options.max_queue) {}
+
+DecodeService::~DecodeService() { Shutdown(); }
+
+Status DecodeService::CheckOptions(const DecodeServiceOptions& o) {
+  if (o.max_concurrent < 1 || o.max_concurrent > 1024)
+    return InvalidArgument("--max-concurrent: " + std::to_string(o.max_concurrent) + " is out of range [1, 1024]");
+  if (o.max_queue < 0 || o.max_queue > 100000)
+    return InvalidArgument("--max-queue: " + std::to_string(o.max_queue) + " is out of range [0, 100000]");
+  if (o.max_new_tokens < 1 || o.max_new_tokens > (1 << 20))
+    return InvalidArgument("--max-new-tokens: " + std::to_string(o.max_new_tokens) +
+                           " is out of range [1, 1048576]");
+  return OkStatus();
+}
+
+Status DecodeService::SetEngine(Engine* engine) {
+  const ModelConfig& c = engine->config();
+  expected_.fingerprint = engine->fingerprint();
+  expected_.num_layers = c.num_layers;
+  expected_.num_kv_heads = c.num_kv_heads;
+  expected_.head_dim = c.head_dim;
+  expected_.vocab_size = c.vocab_size;
+  limits_.vocab_size = c.vocab_size;
+  limits_.max_positions = c.max_position_embeddings;
+  // A prompt must leave room for at least one new token.
+  limits_.max_prompt_tokens = c.max_position_embeddings - 1;
+  limits_.max_prompt_source = "the model's max_position_embeddings, less one new token";
+  limits_.max_new_tokens = options_.max_new_tokens;
+  engine_.store(engine, std::memory_order_release);
+  return OkStatus();
+}
+
+void DecodeService::Shutdown() { queue_.Shutdown(); }
+
+uint64_t DecodeService::FreshSeed() {
+  std::lock_guard<std::mutex> lock(seed_mu_);
+  return seed_source_();
+}
+
+grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeService::Generate(grpc::CallbackServerContext* /*context*/,
+                                                                        const v1::GenerateRequest* request) {
+  return new GenerateStream(this, *request);
+}
+
+}  // namespace seer

@@ -1,0 +1,56 @@
+// The receiving end of a Prefill stream: checks the layout header against the
+// local model and writes each KvChunk into a KvCache, checking every size,
+// range and the order of the chunks.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "engine/base/status.h"
+#include "engine/kv_cache.h"
+#include "seer/v1/seer.pb.h"
+
+namespace seer {
+
+// What this decode worker's model expects of a Prefill stream.
+struct ExpectedLayout {
+  uint64_t fingerprint = 0;
+  int num_layers = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  int vocab_size = 0;
+};
+
+class KvAssembler {
+ public:
+  // `cache` (not owned) must hold at least `seq_len` tokens.
+  KvAssembler(const ExpectedLayout& expected, int seq_len, KvCache* cache);
+
+  // The first message. FAILED_PRECONDITION naming the field when the prefill
+  // serves another model or layout; DATA_LOSS for a header that contradicts
+  // the request (seq_len) or comes twice.
+  Status OnHeader(const v1::LayoutHeader& header);
+  // DATA_LOSS naming the field for a chunk before the header, out of range,
+  // out of order, or with K/V sizes that do not match the layout.
+  Status OnChunk(const v1::KvChunk& chunk);
+  // After the summary: every layer covers [0, seq_len) and the logits have
+  // vocab_size entries. Sets the cache's length.
+  Status OnSummary(const v1::PrefillSummary& summary);
+
+  bool has_header() const { return has_header_; }
+  int64_t bytes() const { return bytes_; }
+  int chunks() const { return chunks_; }
+
+ private:
+  ExpectedLayout expected_;
+  int seq_len_;
+  KvCache* cache_;
+  bool has_header_ = false;
+  DType wire_dtype_ = DType::kF32;
+  size_t token_bytes_ = 0;  // K (or V) bytes of one token of one layer, on the wire
+  std::vector<int> next_token_;  // per layer: tokens received so far
+  int64_t bytes_ = 0;
+  int chunks_ = 0;
+};
+
+}  // namespace seer

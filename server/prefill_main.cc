@@ -1,0 +1,90 @@
+// seer-prefill: loads a model and its SeerAttention gates and serves Prefill,
+// streaming each prompt's KV cache layer by layer (docs/SERVICE.md).
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "engine/base/flags.h"
+#include "engine/engine.h"
+#include "server/grpc_server.h"
+#include "server/metrics.h"
+#include "server/prefill_service.h"
+#include "server/serve.h"
+
+int main(int argc, char** argv) {
+  seer::BlockTerminationSignals();
+
+  std::string listen = "0.0.0.0:50051";
+  std::string metrics_address = "0.0.0.0:9090";
+  std::string model, gates, device = "auto";
+  int64_t threads = 0, max_concurrent = 1, max_queue = 16, max_tokens = 0;
+  int64_t chunk_bytes = int64_t{4} << 20, stream_buffer_bytes = int64_t{64} << 20;
+  double drain_seconds = 30.0;
+
+  seer::FlagSet flags("seer-prefill --model DIR [--gates DIR] [flags]",
+                      "Serves seer.v1.Prefill: runs the (gated, block-sparse) prefill of a prompt and streams its\n"
+                      "KV cache layer by layer. Also serves grpc.health.v1.Health and server reflection, and\n"
+                      "Prometheus metrics on --metrics. SIGTERM drains in-flight streams, then exits.");
+  flags.String("listen", &listen, "gRPC address, host:port (port 0 picks a free port)");
+  flags.String("metrics", &metrics_address, "/metrics address, host:port (port 0 picks one; empty: off)");
+  flags.String("model", &model, "Hugging Face checkpoint directory (required)");
+  flags.String("gates", &gates, "SeerAttention gate directory; without it every prefill is dense");
+  flags.String("device", &device, "cpu, cuda or auto (cuda when a GPU is present)");
+  flags.Int("threads", &threads, "CPU engine threads (0: all cores)");
+  flags.Int("max-concurrent", &max_concurrent, "prefills computing at once");
+  flags.Int("max-queue", &max_queue, "prefills waiting for a slot; beyond that RESOURCE_EXHAUSTED");
+  flags.Int("chunk-bytes", &chunk_bytes, "largest KvChunk message, bytes (at least 65536)");
+  flags.Int("stream-buffer-bytes", &stream_buffer_bytes,
+            "KV bytes a stream may buffer ahead of the network before its prefill waits");
+  flags.Int("max-tokens", &max_tokens, "longest prompt served (0: the model's max_position_embeddings)");
+  flags.Double("drain-seconds", &drain_seconds, "on SIGTERM, how long in-flight streams get to finish");
+  if (seer::Status s = flags.Parse(argc, argv); !s.ok()) {
+    std::fprintf(stderr, "seer-prefill: %s\n\n%s", s.ToString().c_str(), flags.Help().c_str());
+    return 2;
+  }
+  if (flags.help_requested()) {
+    std::printf("%s", flags.Help().c_str());
+    return 0;
+  }
+  if (model.empty()) {
+    std::fprintf(stderr, "seer-prefill: --model is required\n\n%s", flags.Help().c_str());
+    return 2;
+  }
+  seer::PrefillServiceOptions options;
+  options.max_concurrent = static_cast<int>(max_concurrent);
+  options.max_queue = static_cast<int>(max_queue);
+  options.chunk_bytes = chunk_bytes;
+  options.stream_buffer_bytes = stream_buffer_bytes;
+  options.max_tokens = max_tokens;
+  if (seer::Status s = seer::PrefillService::CheckOptions(options); !s.ok()) {
+    std::fprintf(stderr, "seer-prefill: %s\n", s.ToString().c_str());
+    return 2;
+  }
+
+  auto registry = std::make_shared<prometheus::Registry>();
+  seer::PrefillMetrics metrics(*registry);
+  seer::PrefillService service(options, &metrics);
+  std::unique_ptr<seer::Engine> engine;
+
+  seer::ServeConfig config;
+  config.program = "seer-prefill";
+  config.listen = listen;
+  config.metrics = metrics_address;
+  config.drain_seconds = drain_seconds;
+  config.services = {&service};
+  config.health_names = {"seer.v1.Prefill"};
+  config.registry = registry;
+  config.load = [&]() -> seer::StatusOr<std::string> {
+    seer::EngineOptions eo;
+    eo.model_dir = model;
+    eo.gates_dir = gates;
+    eo.device = device;
+    eo.threads = static_cast<int>(threads);
+    SEER_ASSIGN_OR_RETURN(engine, seer::CreateEngine(eo));
+    SEER_RETURN_IF_ERROR(service.SetEngine(engine.get()));
+    return "model " + model + (gates.empty() ? std::string(" (dense, no gates)") : " with gates " + gates) +
+           " on " + engine->device_name();
+  };
+  config.stop = [&] { service.Shutdown(); };
+  return seer::Serve(config);
+}

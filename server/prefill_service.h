@@ -1,0 +1,67 @@
+// The Prefill service (proto/seer/v1/seer.proto): runs the gated prefill of a
+// prompt and streams its KV cache layer by layer while the next layers
+// compute. One PrefillStream reactor per call; a WorkQueue bounds how many run
+// (--max-concurrent) and wait (--max-queue).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+
+#include "engine/engine.h"
+#include "seer/v1/seer.grpc.pb.h"
+#include "server/metrics.h"
+#include "server/request_validation.h"
+#include "server/work_queue.h"
+
+namespace seer {
+
+struct PrefillServiceOptions {
+  int max_concurrent = 1;
+  int max_queue = 16;
+  // Upper bound on each KvChunk message's serialized size. 4 MiB keeps every
+  // message within gRPC's default receive limit.
+  int64_t chunk_bytes = int64_t{4} << 20;
+  // Bytes of KV a stream may hold ready to write before the prefill waits.
+  int64_t stream_buffer_bytes = int64_t{64} << 20;
+  // Longest prompt served; 0 takes the model's max_position_embeddings.
+  int64_t max_tokens = 0;
+};
+
+class PrefillService final : public v1::Prefill::CallbackService {
+ public:
+  PrefillService(const PrefillServiceOptions& options, PrefillMetrics* metrics);
+  ~PrefillService() override;
+
+  // Validates the options (names the flag on error).
+  static Status CheckOptions(const PrefillServiceOptions& options);
+
+  // Serves with `engine` (not owned; outlives the service). Until then every
+  // call gets UNAVAILABLE.
+  Status SetEngine(Engine* engine);
+  // Stops the workers after running what was admitted. Call after the gRPC
+  // server has shut down.
+  void Shutdown();
+
+  grpc::ServerWriteReactor<v1::PrefillResponse>* Prefill(grpc::CallbackServerContext* context,
+                                                         const v1::PrefillRequest* request) override;
+
+ private:
+  friend class PrefillStream;
+
+  const PrefillServiceOptions options_;
+  PrefillMetrics* const metrics_;
+  WorkQueue queue_;
+  std::atomic<Engine*> engine_{nullptr};
+  // Prefills admitted together take turns on the engine; their KV streams
+  // still overlap with each other's compute.
+  std::mutex engine_mu_;
+  // Fixed once the engine is set.
+  KvLayout layout_;
+  RequestLimits limits_;
+  int block_size_ = 64;
+  std::atomic<uint64_t> next_request_number_{1};
+};
+
+}  // namespace seer

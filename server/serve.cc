@@ -1,0 +1,86 @@
+#include "server/serve.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+#include "server/grpc_server.h"
+#include "server/metrics.h"
+
+namespace seer {
+
+int Serve(const ServeConfig& config) {
+  const char* program = config.program.c_str();
+  StatusOr<std::unique_ptr<GrpcServer>> server =
+      GrpcServer::Start(config.listen, config.services, config.health_names, config.max_receive_bytes);
+  if (!server.ok()) {
+    std::fprintf(stderr, "%s: %s\n", program, server.status().ToString().c_str());
+    return 1;
+  }
+  std::unique_ptr<MetricsEndpoint> metrics;
+  std::string metrics_address = "off";
+  if (!config.metrics.empty()) {
+    std::string host;
+    int port = 0;
+    if (Status s = SplitHostPort(config.metrics, "--metrics", &host, &port); !s.ok()) {
+      std::fprintf(stderr, "%s: %s\n", program, s.ToString().c_str());
+      return 2;
+    }
+    StatusOr<std::unique_ptr<MetricsEndpoint>> started = MetricsEndpoint::Start(config.metrics, config.registry);
+    if (!started.ok()) {
+      std::fprintf(stderr, "%s: %s\n", program, started.status().ToString().c_str());
+      return 1;
+    }
+    metrics = std::move(started).value();
+    metrics_address = host + ":" + std::to_string(metrics->port());
+  }
+  std::printf("%s listening on %s metrics on %s\n", program, (*server)->address().c_str(), metrics_address.c_str());
+  std::fflush(stdout);
+
+  // Load the model on its own thread so that SIGTERM still works meanwhile; a
+  // failed load wakes the main thread with SIGTERM after setting the code.
+  std::atomic<bool> loaded{false};
+  std::atomic<int> load_failed{0};
+  std::thread loader([&] {
+    const auto start = std::chrono::steady_clock::now();
+    StatusOr<std::string> what = config.load();
+    if (!what.ok()) {
+      std::fprintf(stderr, "%s: loading the model failed: %s\n", program, what.status().ToString().c_str());
+      load_failed = 1;
+      kill(getpid(), SIGTERM);
+      return;
+    }
+    (*server)->SetServing(true);
+    loaded = true;
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::printf("%s ready: %s (loaded in %.2f s)\n", program, what->c_str(), seconds);
+    std::fflush(stdout);
+  });
+
+  const int sig = WaitForTerminationSignal();
+  if (load_failed) {
+    loader.join();
+    (*server)->Shutdown(0.0);
+    if (config.stop) config.stop();
+    return 1;
+  }
+  std::fprintf(stderr, "%s: %s received: health NOT_SERVING, draining in-flight streams (up to %.0f s)\n", program,
+               sig == SIGTERM ? "SIGTERM" : "SIGINT", config.drain_seconds);
+  (*server)->Shutdown(config.drain_seconds);
+  if (!loaded) {
+    // Still loading: nothing was served, and the load cannot be interrupted.
+    std::fprintf(stderr, "%s: stopped while loading the model\n", program);
+    std::fflush(stderr);
+    _exit(0);
+  }
+  loader.join();
+  if (config.stop) config.stop();
+  std::fprintf(stderr, "%s: drained, exiting\n", program);
+  return 0;
+}
+
+}  // namespace seer

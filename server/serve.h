@@ -1,0 +1,41 @@
+// The life of a server process, shared by seer-prefill and seer-decode:
+// bind gRPC and /metrics, print the bound ports, load the model while health
+// says NOT_SERVING, serve, and on SIGTERM drain and exit.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+#include <prometheus/registry.h>
+
+#include "engine/base/status.h"
+
+namespace seer {
+
+struct ServeConfig {
+  std::string program;  // "seer-prefill", for messages
+  std::string listen;   // host:port, port 0 picks one
+  std::string metrics;  // host:port for /metrics; empty: none
+  double drain_seconds = 30.0;
+  int max_receive_bytes = 16 << 20;
+  std::vector<grpc::Service*> services;
+  std::vector<std::string> health_names;
+  std::shared_ptr<prometheus::Registry> registry;
+  // Loads the model and hands it to the services; runs on its own thread
+  // while the server already answers health checks. Returns a one-line
+  // description of what was loaded.
+  std::function<StatusOr<std::string>()> load;
+  // Stops the services' workers; called after the gRPC server has drained.
+  std::function<void()> stop;
+};
+
+// Call BlockTerminationSignals() first thing in main, then this. Prints
+//   "<program> listening on HOST:PORT metrics on HOST:PORT"
+// once both are bound, and "<program> ready: ..." once the model has loaded.
+// Returns the process exit code.
+int Serve(const ServeConfig& config);
+
+}  // namespace seer
