@@ -1,0 +1,100 @@
+#include "client/remote_common.h"
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <iterator>
+#include <cstdio>
+#include <fstream>
+#include <limits>
+
+#include "engine/sparsity.h"
+
+namespace seer::remote {
+
+StatusOr<std::vector<int32_t>> ParseIds(const std::string& flag, const std::string& flag_name) {
+  std::string text = flag;
+  std::string source = "the list";
+  if (!flag.empty() && flag[0] == '@') {
+    const std::string path = flag.substr(1);
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return InvalidArgument(flag_name + ": cannot open '" + path + "'");
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    source = "'" + path + "'";
+  }
+  std::vector<int32_t> ids;
+  auto is_sep = [](char c) { return c == ',' || c == ' ' || c == '\t' || c == '\n' || c == '\r'; };
+  size_t i = 0;
+  while (i < text.size()) {
+    if (is_sep(text[i])) {
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    while (j < text.size() && !is_sep(text[j])) ++j;
+    const std::string item = text.substr(i, j - i);
+    bool digits = !item.empty() && item.size() <= 10;
+    for (char c : item) digits = digits && c >= '0' && c <= '9';
+    const int64_t value = digits ? std::stoll(item) : -1;
+    if (!digits || value > std::numeric_limits<int32_t>::max())
+      return InvalidArgument(flag_name + ": item " + std::to_string(ids.size()) + " ('" + item.substr(0, 32) +
+                             "') of " + source + " is not a token id (a non-negative 32-bit integer)");
+    ids.push_back(static_cast<int32_t>(value));
+    i = j;
+  }
+  return ids;
+}
+
+StatusOr<v1::Sparsity> SparsityFromFlags(const std::string& text, bool last_block_dense_set, bool last_block_dense) {
+  v1::Sparsity out;
+  if (!text.empty()) {
+    SEER_ASSIGN_OR_RETURN(SparsityConfig s, ParseSparsity(text));
+    switch (s.mode) {
+      case SparsityMode::kDense:
+        out.set_mode(v1::Sparsity::MODE_DENSE);
+        break;
+      case SparsityMode::kThreshold:
+        out.set_mode(v1::Sparsity::MODE_THRESHOLD);
+        out.set_threshold(s.threshold);
+        break;
+      case SparsityMode::kNzRatio:
+        out.set_mode(v1::Sparsity::MODE_NZ_RATIO);
+        out.set_nz_ratio(s.nz_ratio);
+        break;
+    }
+  }
+  if (last_block_dense_set) out.set_last_block_dense(last_block_dense);
+  return out;
+}
+
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& addr, int64_t max_receive_bytes) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(max_receive_bytes, INT32_MAX)));
+  return grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args);
+}
+
+int ReportRpcError(const char* command, const grpc::Status& status) {
+  const int code = static_cast<int>(status.error_code());
+  const std::string_view name =
+      code >= 0 && code <= static_cast<int>(StatusCode::kDataLoss) ? StatusCodeName(static_cast<StatusCode>(code))
+                                                                   : "UNKNOWN";
+  std::fprintf(stderr, "seer %s: %.*s: %s\n", command, static_cast<int>(name.size()), name.data(),
+               status.error_message().c_str());
+  return kExitRuntime;
+}
+
+int ReportError(const char* command, const Status& status) {
+  std::fprintf(stderr, "seer %s: %s\n", command, status.ToString().c_str());
+  return kExitRuntime;
+}
+
+int ReportUsage(const char* command, const std::string& message) {
+  std::fprintf(stderr, "seer %s: %s\n(see seer %s --help)\n", command, message.c_str(), command);
+  return kExitUsage;
+}
+
+double MillisecondsSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
+}
+
+}  // namespace seer::remote

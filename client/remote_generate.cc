@@ -1,0 +1,138 @@
+// `seer generate`: sends a prompt to seer-decode and prints the tokens as
+// they stream back.
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "client/remote_common.h"
+#include "engine/base/flags.h"
+#include "engine/base/json.h"
+#include "seer/v1/seer.grpc.pb.h"
+
+namespace seer {
+
+int RunGenerateCommand(int argc, char** argv) {
+  using namespace remote;
+  const char* cmd = "generate";
+  std::string addr, ids_flag, sparsity, stop, request_id;
+  int64_t max_new_tokens = 16, top_k = 0, seed = 0;
+  double temperature = 0.0, top_p = 0.0, timeout = 0.0;
+  bool json = false, last_block_dense = true;
+  FlagSet flags("seer generate --addr HOST:PORT --ids IDS [flags]",
+                "Sends a prompt to a seer-decode server (seer.v1.Decode/Generate) and prints the tokens as\n"
+                "they stream back, then the time to first token. Greedy unless --temperature is set.\n"
+                "Exit codes: 0 success, 1 the call failed (the message has the gRPC status code), 2 usage.");
+  flags.String("addr", &addr, "seer-decode address, host:port. Required.");
+  flags.String("ids", &ids_flag, "prompt token ids: \"1,2,3\" (commas and/or whitespace) or @FILE. Required.");
+  flags.Int("max-new-tokens", &max_new_tokens, "tokens to generate");
+  flags.String("sparsity", &sparsity, "dense, threshold=T or nz_ratio=R (default: the prefill server's gates)");
+  flags.Bool("last-block-dense", &last_block_dense, "keep the last two query-block rows dense (default: the gates')");
+  flags.Double("temperature", &temperature, "sampling temperature; 0 is greedy");
+  flags.Int("top-k", &top_k, "sample among the k most likely tokens (0: all)");
+  flags.Double("top-p", &top_p, "nucleus sampling mass (0 or 1: no cut)");
+  flags.Int("seed", &seed, "seed of the sampling stream (default: random)");
+  flags.String("stop", &stop, "stop after any of these token ids (\"2,7\")");
+  flags.String("request-id", &request_id, "request id for the servers' logs");
+  flags.Double("timeout", &timeout, "deadline of the whole call, seconds (0: none)");
+  flags.Bool("json", &json, "print one JSON object: tokens, ttft_ms, density {overall, layers}, ...");
+  if (Status s = flags.Parse(argc, argv, 1); !s.ok()) return ReportUsage(cmd, s.message());
+  if (flags.help_requested()) {
+    std::fputs(flags.Help().c_str(), stdout);
+    return kExitOk;
+  }
+  if (!flags.positional().empty()) return ReportUsage(cmd, "unexpected argument '" + flags.positional()[0] + "'");
+  if (addr.empty()) return ReportUsage(cmd, "--addr is required (host:port of seer-decode)");
+  if (ids_flag.empty()) return ReportUsage(cmd, "--ids is required (\"1,2,3\" or @FILE)");
+
+  v1::GenerateRequest request;
+  StatusOr<std::vector<int32_t>> ids = ParseIds(ids_flag, "--ids");
+  if (!ids.ok()) return ReportUsage(cmd, ids.status().message());
+  request.mutable_token_ids()->Assign(ids->begin(), ids->end());
+  if (!stop.empty()) {
+    StatusOr<std::vector<int32_t>> stops = ParseIds(stop, "--stop");
+    if (!stops.ok()) return ReportUsage(cmd, stops.status().message());
+    request.mutable_stop_token_ids()->Assign(stops->begin(), stops->end());
+  }
+  // Range checks are the server's: it knows the model's limits and names
+  // the field. Only what cannot be represented is refused here.
+  if (max_new_tokens < 0 || max_new_tokens > INT32_MAX) return ReportUsage(cmd, "--max-new-tokens: out of range");
+  if (top_k < 0 || top_k > INT32_MAX) return ReportUsage(cmd, "--top-k: out of range");
+  request.set_max_new_tokens(static_cast<int32_t>(max_new_tokens));
+  request.set_request_id(request_id);
+  StatusOr<v1::Sparsity> sp = SparsityFromFlags(sparsity, flags.WasSet("last-block-dense"), last_block_dense);
+  if (!sp.ok()) return ReportUsage(cmd, "--sparsity: " + sp.status().message());
+  *request.mutable_sparsity() = *sp;
+  v1::Sampling* sampling = request.mutable_sampling();
+  sampling->set_temperature(static_cast<float>(temperature));
+  sampling->set_top_k(static_cast<int32_t>(top_k));
+  sampling->set_top_p(static_cast<float>(top_p));
+  if (flags.WasSet("seed")) sampling->set_seed(static_cast<uint64_t>(seed));
+
+  auto stub = v1::Decode::NewStub(MakeChannel(addr, int64_t{64} << 20));
+  grpc::ClientContext context;
+  const auto start = std::chrono::steady_clock::now();
+  if (timeout > 0)
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::microseconds(static_cast<int64_t>(timeout * 1e6)));
+  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub->Generate(&context, request);
+
+  std::vector<int32_t> tokens;
+  double ttft_ms = -1.0;
+  v1::GenerateSummary summary;
+  bool have_summary = false;
+  v1::GenerateResponse msg;
+  while (reader->Read(&msg)) {
+    if (msg.event_case() == v1::GenerateResponse::kToken) {
+      if (tokens.empty()) ttft_ms = MillisecondsSince(start);
+      tokens.push_back(msg.token());
+      if (!json) {
+        std::printf(tokens.size() == 1 ? "%d" : " %d", msg.token());
+        std::fflush(stdout);
+      }
+    } else if (msg.event_case() == v1::GenerateResponse::kSummary) {
+      summary = msg.summary();
+      have_summary = true;
+    }
+  }
+  const grpc::Status status = reader->Finish();
+  const double total_ms = MillisecondsSince(start);
+  if (!json && !tokens.empty()) std::printf("\n");
+  if (!status.ok()) return ReportRpcError(cmd, status);
+  if (!have_summary)
+    return ReportRpcError(cmd, grpc::Status(grpc::StatusCode::DATA_LOSS, "the stream ended without a summary"));
+
+  if (json) {
+    JsonValue out = JsonValue::Object();
+    JsonValue list = JsonValue::Array();
+    for (int32_t t : tokens) list.Append(JsonValue::Int(t));
+    out.Set("tokens", std::move(list));
+    out.Set("ttft_ms", JsonValue::Number(ttft_ms));
+    JsonValue density = JsonValue::Object();
+    density.Set("overall", JsonValue::Number(summary.overall_density()));
+    JsonValue layers = JsonValue::Array();
+    for (double d : summary.layer_density()) layers.Append(JsonValue::Number(d));
+    density.Set("layers", std::move(layers));
+    out.Set("density", std::move(density));
+    out.Set("total_ms", JsonValue::Number(total_ms));
+    out.Set("server_ttft_ms", JsonValue::Number(summary.ttft_seconds() * 1e3));
+    out.Set("prefill_ms", JsonValue::Number(summary.prefill_seconds() * 1e3));
+    out.Set("kv_transfer_ms", JsonValue::Number(summary.kv_transfer_seconds() * 1e3));
+    out.Set("kv_bytes", JsonValue::Int(summary.kv_bytes()));
+    out.Set("prompt_tokens", JsonValue::Int(summary.prompt_tokens()));
+    out.Set("finish_reason", JsonValue::String(summary.finish_reason()));
+    out.Set("sparsity", JsonValue::String(summary.sparsity()));
+    out.Set("prefill_endpoint", JsonValue::String(summary.prefill_endpoint()));
+    std::printf("%s\n", out.Dump().c_str());
+    return kExitOk;
+  }
+  std::printf("ttft %.2f ms (server %.2f ms: prefill %.2f ms, KV %.2f MB in %.2f ms) | %zu tokens in %.2f ms, %s"
+              " | prompt %d tokens, %s, density %.4f | prefill %s\n",
+              ttft_ms, summary.ttft_seconds() * 1e3, summary.prefill_seconds() * 1e3,
+              static_cast<double>(summary.kv_bytes()) / 1e6, summary.kv_transfer_seconds() * 1e3, tokens.size(),
+              total_ms, summary.finish_reason().c_str(), summary.prompt_tokens(), summary.sparsity().c_str(),
+              summary.overall_density(), summary.prefill_endpoint().c_str());
+  return kExitOk;
+}
+
+}  // namespace seer

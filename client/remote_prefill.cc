@@ -1,0 +1,190 @@
+// `seer prefill`: calls Prefill on a seer-prefill server, assembles the KV
+// stream as a decode worker would, and can dump it with `seer run --dump`'s
+// tensor names.
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "client/remote_common.h"
+#include "engine/base/flags.h"
+#include "engine/base/json.h"
+#include "engine/kv_cache.h"
+#include "engine/safetensors.h"
+#include "seer/v1/seer.grpc.pb.h"
+#include "server/kv_assembler.h"
+
+namespace seer {
+namespace {
+
+// A header this large would be a broken or hostile server, not a model.
+constexpr int kMaxLayers = 4096;
+constexpr int kMaxKvHeads = 4096;
+constexpr int kMaxHeadDim = 16384;
+
+Status WriteKvDump(const std::string& path, const HostKvCache& cache, int seq_len,
+                   const v1::PrefillSummary& summary) {
+  SafetensorsWriter writer;
+  const int vocab = summary.last_logits_size();
+  // The last position's logits: the last row of `seer run --dump`'s logits.
+  writer.AddF32("logits", {1, vocab}, std::vector<float>(summary.last_logits().begin(), summary.last_logits().end()));
+  const KvLayout& layout = cache.layout();
+  const std::vector<int64_t> shape = {layout.num_kv_heads, seq_len, layout.head_dim};
+  const size_t elems = static_cast<size_t>(layout.num_kv_heads) * seq_len * layout.head_dim;
+  for (int layer = 0; layer < layout.num_layers; ++layer) {
+    const std::string prefix = "layers." + std::to_string(layer) + ".";
+    // The cache holds exactly seq_len tokens, so its storage is
+    // [kv_heads, seq_len, head_dim] already.
+    writer.Add(prefix + "k", DType::kF32, shape, cache.k(layer), elems * sizeof(float));
+    writer.Add(prefix + "v", DType::kF32, shape, cache.v(layer), elems * sizeof(float));
+  }
+  writer.SetMetadata("source", "seer prefill");
+  return writer.WriteFile(path).WithContext("--dump");
+}
+
+}  // namespace
+
+int RunPrefillCommand(int argc, char** argv) {
+  using namespace remote;
+  const char* cmd = "prefill";
+  std::string addr, ids_flag, sparsity, dump, request_id;
+  int64_t max_chunk_bytes = 0;
+  double timeout = 0.0;
+  bool json = false, last_block_dense = true;
+  FlagSet flags("seer prefill --addr HOST:PORT --ids IDS [--dump OUT.safetensors] [flags]",
+                "Calls seer.v1.Prefill/Prefill on a seer-prefill server, checks and assembles the KV stream,\n"
+                "and prints its size, speed and density. --dump writes the KV cache with the tensor names of\n"
+                "`seer run --dump`: layers.{i}.k / layers.{i}.v F32 [kv_heads, L, head_dim] (K after RoPE),\n"
+                "and logits F32 [1, vocab] (the last position).\n"
+                "Exit codes: 0 success, 1 the call failed (the message has the gRPC status code), 2 usage.");
+  flags.String("addr", &addr, "seer-prefill address, host:port. Required.");
+  flags.String("ids", &ids_flag, "prompt token ids: \"1,2,3\" (commas and/or whitespace) or @FILE. Required.");
+  flags.String("sparsity", &sparsity, "dense, threshold=T or nz_ratio=R (default: the server's gates)");
+  flags.Bool("last-block-dense", &last_block_dense, "keep the last two query-block rows dense (default: the gates')");
+  flags.Int("max-chunk-bytes", &max_chunk_bytes, "largest KV chunk message to ask for (0: the server's)");
+  flags.String("dump", &dump, "write the KV cache and last logits to this safetensors file");
+  flags.String("request-id", &request_id, "request id for the server's logs");
+  flags.Double("timeout", &timeout, "deadline of the call, seconds (0: none)");
+  flags.Bool("json", &json, "print one JSON object");
+  if (Status s = flags.Parse(argc, argv, 1); !s.ok()) return ReportUsage(cmd, s.message());
+  if (flags.help_requested()) {
+    std::fputs(flags.Help().c_str(), stdout);
+    return kExitOk;
+  }
+  if (!flags.positional().empty()) return ReportUsage(cmd, "unexpected argument '" + flags.positional()[0] + "'");
+  if (addr.empty()) return ReportUsage(cmd, "--addr is required (host:port of seer-prefill)");
+  if (ids_flag.empty()) return ReportUsage(cmd, "--ids is required (\"1,2,3\" or @FILE)");
+
+  v1::PrefillRequest request;
+  StatusOr<std::vector<int32_t>> ids = ParseIds(ids_flag, "--ids");
+  if (!ids.ok()) return ReportUsage(cmd, ids.status().message());
+  request.mutable_token_ids()->Assign(ids->begin(), ids->end());
+  request.set_request_id(request_id);
+  request.set_max_chunk_bytes(max_chunk_bytes);
+  StatusOr<v1::Sparsity> sp = SparsityFromFlags(sparsity, flags.WasSet("last-block-dense"), last_block_dense);
+  if (!sp.ok()) return ReportUsage(cmd, "--sparsity: " + sp.status().message());
+  *request.mutable_sparsity() = *sp;
+  const int seq_len = request.token_ids_size();
+
+  auto stub = v1::Prefill::NewStub(MakeChannel(addr, int64_t{1} << 30));
+  grpc::ClientContext context;
+  const auto start = std::chrono::steady_clock::now();
+  if (timeout > 0)
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::microseconds(static_cast<int64_t>(timeout * 1e6)));
+  std::unique_ptr<grpc::ClientReader<v1::PrefillResponse>> reader = stub->Prefill(&context, request);
+
+  std::unique_ptr<HostKvCache> cache;
+  std::unique_ptr<KvAssembler> assembler;
+  v1::LayoutHeader header;
+  v1::PrefillSummary summary;
+  bool have_summary = false;
+  double first_chunk_ms = -1.0;
+  Status protocol;
+  v1::PrefillResponse msg;
+  while (protocol.ok() && reader->Read(&msg)) {
+    if (have_summary) {
+      protocol = DataLoss("a message after the summary");
+    } else if (msg.has_header()) {
+      if (assembler) {
+        protocol = DataLoss("a second layout header");
+        break;
+      }
+      header = msg.header();
+      if (header.num_layers() < 1 || header.num_layers() > kMaxLayers || header.num_kv_heads() < 1 ||
+          header.num_kv_heads() > kMaxKvHeads || header.head_dim() < 1 || header.head_dim() > kMaxHeadDim ||
+          header.seq_len() != seq_len) {
+        protocol = DataLoss("implausible layout header: " + header.ShortDebugString());
+        break;
+      }
+      // The client has no model of its own: the header is the layout.
+      ExpectedLayout expected;
+      expected.fingerprint = header.model_fingerprint();
+      expected.num_layers = header.num_layers();
+      expected.num_kv_heads = header.num_kv_heads();
+      expected.head_dim = header.head_dim();
+      expected.vocab_size = header.vocab_size();
+      cache = std::make_unique<HostKvCache>(header.num_layers(), header.num_kv_heads(), header.head_dim(), seq_len);
+      assembler = std::make_unique<KvAssembler>(expected, seq_len, cache.get());
+      protocol = assembler->OnHeader(header);
+    } else if (!assembler) {
+      protocol = DataLoss("a message before the layout header");
+    } else if (msg.has_chunk()) {
+      if (first_chunk_ms < 0) first_chunk_ms = MillisecondsSince(start);
+      protocol = assembler->OnChunk(msg.chunk());
+    } else if (msg.has_summary()) {
+      protocol = assembler->OnSummary(msg.summary());
+      summary = msg.summary();
+      have_summary = true;
+    }
+  }
+  if (!protocol.ok()) context.TryCancel();
+  const grpc::Status status = reader->Finish();
+  const double total_ms = MillisecondsSince(start);
+  if (!protocol.ok()) return ReportError(cmd, protocol.WithContext("the prefill stream is malformed"));
+  if (!status.ok()) return ReportRpcError(cmd, status);
+  if (!have_summary)
+    return ReportRpcError(cmd, grpc::Status(grpc::StatusCode::DATA_LOSS, "the stream ended without a summary"));
+
+  if (!dump.empty()) {
+    if (Status s = WriteKvDump(dump, *cache, seq_len, summary); !s.ok()) return ReportError(cmd, s);
+  }
+  const double mb = static_cast<double>(assembler->bytes()) / 1e6;
+  if (json) {
+    JsonValue out = JsonValue::Object();
+    out.Set("first_token", JsonValue::Int(summary.first_token()));
+    out.Set("seq_len", JsonValue::Int(seq_len));
+    out.Set("num_layers", JsonValue::Int(header.num_layers()));
+    out.Set("kv_dtype", JsonValue::String(v1::KvDtype_Name(header.kv_dtype())));
+    out.Set("kv_bytes", JsonValue::Int(assembler->bytes()));
+    out.Set("kv_chunks", JsonValue::Int(assembler->chunks()));
+    out.Set("first_chunk_ms", JsonValue::Number(first_chunk_ms));
+    out.Set("total_ms", JsonValue::Number(total_ms));
+    out.Set("prefill_ms", JsonValue::Number(summary.timings().prefill_seconds() * 1e3));
+    JsonValue density = JsonValue::Object();
+    density.Set("overall", JsonValue::Number(summary.overall_density()));
+    JsonValue layers = JsonValue::Array();
+    for (double d : summary.layer_density()) layers.Append(JsonValue::Number(d));
+    density.Set("layers", std::move(layers));
+    out.Set("density", std::move(density));
+    out.Set("sparsity", JsonValue::String(summary.sparsity()));
+    out.Set("device", JsonValue::String(header.device()));
+    if (!dump.empty()) out.Set("dump", JsonValue::String(dump));
+    std::printf("%s\n", out.Dump().c_str());
+    return kExitOk;
+  }
+  std::printf("prefill     %d tokens, %d layers on %s, %s, prefill %.2f ms\n", seq_len, header.num_layers(),
+              header.device().c_str(), summary.sparsity().c_str(), summary.timings().prefill_seconds() * 1e3);
+  std::printf("KV          %.2f MB (%s) in %d chunks; first chunk at %.2f ms, all in %.2f ms (%.1f MB/s)\n", mb,
+              v1::KvDtype_Name(header.kv_dtype()).c_str(), assembler->chunks(), first_chunk_ms, total_ms,
+              total_ms > 0 ? mb / (total_ms / 1e3) : 0.0);
+  std::printf("next token  %d\n", summary.first_token());
+  std::printf("density     overall %.4f\n", summary.overall_density());
+  for (int i = 0; i < summary.layer_density_size(); ++i)
+    std::printf("  layer %-3d %.4f\n", i, summary.layer_density(i));
+  if (!dump.empty()) std::printf("dump        %s\n", dump.c_str());
+  return kExitOk;
+}
+
+}  // namespace seer
