@@ -1,0 +1,590 @@
+// The services in this process, on loopback port 0: health before and after
+// the model loads, reflection, field validation (INVALID_ARGUMENT naming the
+// field), the admission queue (RESOURCE_EXHAUSTED at once when full), a
+// layout mismatch (FAILED_PRECONDITION), endpoint fail-over, and a cancelled
+// stream stopping the engine. The engines are the real CPU engine, wrapped
+// where a test needs to hold or count its work.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/generic/generic_stub.h>
+
+#include "engine/engine.h"
+#include "server/decode_service.h"
+#include "server/grpc_server.h"
+#include "server/metrics.h"
+#include "server/prefill_client.h"
+#include "server/prefill_service.h"
+#include "server/work_queue.h"
+#include "tests/server/test_util.h"
+
+namespace seer {
+namespace {
+
+using namespace std::chrono_literals;
+using seer::testing::Fixture;
+
+std::unique_ptr<Engine> LoadEngine(const std::string& model, const std::string& gates = "") {
+  EngineOptions o;
+  o.model_dir = model;
+  o.gates_dir = gates;
+  o.device = "cpu";
+  StatusOr<std::unique_ptr<Engine>> e = CreateEngine(o);
+  EXPECT_TRUE(e.ok()) << e.status().ToString();
+  return e.ok() ? std::move(e).value() : nullptr;
+}
+
+// Delegates to a real engine; can hold Prefill until released, and counts
+// the layers each prefill completes.
+class InstrumentedEngine final : public Engine {
+ public:
+  explicit InstrumentedEngine(Engine* inner) : inner_(inner) {}
+  const ModelConfig& config() const override { return inner_->config(); }
+  uint64_t fingerprint() const override { return inner_->fingerprint(); }
+  const GateWeights* gates() const override { return inner_->gates(); }
+  std::string device_name() const override { return "instrumented " + inner_->device_name(); }
+  StatusOr<std::unique_ptr<KvCache>> NewCache(int capacity) override { return inner_->NewCache(capacity); }
+  Status DecodeStep(int32_t token, KvCache* cache, std::vector<float>* logits) override {
+    return inner_->DecodeStep(token, cache, logits);
+  }
+  StatusOr<PrefillResult> Prefill(std::span<const int32_t> ids, const PrefillOptions& options, KvCache* cache,
+                                  PrefillObserver* observer) override {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      ++entered_;
+      cv_.notify_all();
+      cv_.wait(lock, [&] { return !hold_; });
+    }
+    Counting counting(observer, &layers_done_);
+    StatusOr<PrefillResult> r = inner_->Prefill(ids, options, cache, &counting);
+    std::lock_guard<std::mutex> lock(mu_);
+    last_status_ = r.ok() ? StatusCode::kOk : r.status().code();
+    ++finished_;
+    cv_.notify_all();
+    return r;
+  }
+
+  void Hold() {
+    std::lock_guard<std::mutex> lock(mu_);
+    hold_ = true;
+  }
+  void Release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    hold_ = false;
+    cv_.notify_all();
+  }
+  bool WaitEntered(int n, std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, timeout, [&] { return entered_ >= n; });
+  }
+  bool WaitFinished(int n, std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, timeout, [&] { return finished_ >= n; });
+  }
+  int layers_done() const { return layers_done_.load(); }
+  StatusCode last_status() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return last_status_;
+  }
+
+ private:
+  class Counting final : public PrefillObserver {
+   public:
+    Counting(PrefillObserver* inner, std::atomic<int>* count) : inner_(inner), count_(count) {}
+    Status OnLayerDone(const LayerDone& done) override {
+      ++*count_;
+      return inner_ ? inner_->OnLayerDone(done) : OkStatus();
+    }
+
+   private:
+    PrefillObserver* inner_;
+    std::atomic<int>* count_;
+  };
+
+  Engine* inner_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool hold_ = false;
+  int entered_ = 0, finished_ = 0;
+  StatusCode last_status_ = StatusCode::kUnknown;
+  std::atomic<int> layers_done_{0};
+};
+
+struct PrefillHarness {
+  std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
+  PrefillMetrics metrics{*registry};
+  std::unique_ptr<PrefillService> service;
+  std::unique_ptr<GrpcServer> server;
+
+  PrefillHarness(const PrefillServiceOptions& options, Engine* engine) {
+    service = std::make_unique<PrefillService>(options, &metrics);
+    auto s = GrpcServer::Start("127.0.0.1:0", {service.get()}, {"seer.v1.Prefill"}, 16 << 20);
+    EXPECT_TRUE(s.ok()) << s.status().ToString();
+    server = std::move(s).value();
+    if (engine != nullptr) Load(engine);
+  }
+  void Load(Engine* engine) {
+    Status st = service->SetEngine(engine);
+    EXPECT_TRUE(st.ok()) << st.ToString();
+    server->SetServing(true);
+  }
+  ~PrefillHarness() {
+    server->Shutdown(5.0);
+    service->Shutdown();
+  }
+  std::unique_ptr<v1::Prefill::Stub> Stub() const {
+    return v1::Prefill::NewStub(grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials()));
+  }
+};
+
+struct DecodeHarness {
+  std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
+  DecodeMetrics metrics{*registry};
+  std::unique_ptr<PrefillClient> client;
+  std::unique_ptr<DecodeService> service;
+  std::unique_ptr<GrpcServer> server;
+
+  DecodeHarness(const std::string& prefill_targets, Engine* engine, DecodeServiceOptions options = {}) {
+    auto c = PrefillClient::Create(prefill_targets, {});
+    EXPECT_TRUE(c.ok()) << c.status().ToString();
+    client = std::move(c).value();
+    service = std::make_unique<DecodeService>(options, client.get(), &metrics);
+    auto s = GrpcServer::Start("127.0.0.1:0", {service.get()}, {"seer.v1.Decode"}, 16 << 20);
+    EXPECT_TRUE(s.ok()) << s.status().ToString();
+    server = std::move(s).value();
+    EXPECT_TRUE(service->SetEngine(engine).ok());
+    server->SetServing(true);
+  }
+  ~DecodeHarness() {
+    server->Shutdown(5.0);
+    service->Shutdown();
+  }
+  std::unique_ptr<v1::Decode::Stub> Stub() const {
+    return v1::Decode::NewStub(grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials()));
+  }
+};
+
+// Runs a whole Prefill call: the final status and the messages.
+grpc::Status CallPrefill(v1::Prefill::Stub* stub, const v1::PrefillRequest& req,
+                         std::vector<v1::PrefillResponse>* out = nullptr) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 60s);
+  auto reader = stub->Prefill(&ctx, req);
+  v1::PrefillResponse msg;
+  while (reader->Read(&msg))
+    if (out) out->push_back(msg);
+  return reader->Finish();
+}
+
+grpc::Status CallGenerate(v1::Decode::Stub* stub, const v1::GenerateRequest& req, std::vector<int32_t>* tokens = nullptr,
+                          v1::GenerateSummary* summary = nullptr) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 60s);
+  auto reader = stub->Generate(&ctx, req);
+  v1::GenerateResponse msg;
+  while (reader->Read(&msg)) {
+    if (msg.has_summary() && summary) *summary = msg.summary();
+    if (msg.event_case() == v1::GenerateResponse::kToken && tokens) tokens->push_back(msg.token());
+  }
+  return reader->Finish();
+}
+
+void ExpectInvalid(const grpc::Status& s, const std::string& field) {
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_NE(s.error_message().find(field), std::string::npos)
+      << "the message should name '" << field << "': " << s.error_message();
+}
+
+TEST(Service, HealthIsNotServingUntilTheModelHasLoaded) {
+  std::unique_ptr<Engine> engine = LoadEngine(Fixture("llama"));
+  ASSERT_TRUE(engine);
+  PrefillHarness h({}, nullptr);
+  using HS = grpc::health::v1::HealthCheckResponse;
+  EXPECT_EQ(seer::testing::Health(h.server->address()), HS::NOT_SERVING);
+  EXPECT_EQ(seer::testing::Health(h.server->address(), "seer.v1.Prefill"), HS::NOT_SERVING);
+  v1::PrefillRequest req;
+  req.add_token_ids(1);
+  grpc::Status s = CallPrefill(h.Stub().get(), req);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+  EXPECT_NE(s.error_message().find("loading"), std::string::npos);
+
+  h.Load(engine.get());
+  EXPECT_EQ(seer::testing::Health(h.server->address()), HS::SERVING);
+  EXPECT_EQ(seer::testing::Health(h.server->address(), "seer.v1.Prefill"), HS::SERVING);
+  EXPECT_TRUE(CallPrefill(h.Stub().get(), req).ok());
+}
+
+// grpc.reflection.v1alpha has no installed C++ stubs; the request is written
+// by hand: ServerReflectionRequest{list_services: "*"} is field 7, a string.
+TEST(Service, ReflectionListsTheServices) {
+  std::unique_ptr<Engine> engine = LoadEngine(Fixture("llama"));
+  ASSERT_TRUE(engine);
+  PrefillHarness h({}, engine.get());
+  auto channel = grpc::CreateChannel(h.server->address(), grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 10s);
+  auto call = stub.PrepareCall(&ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  auto step = [&](void* tag) {
+    void* got = nullptr;
+    bool ok = false;
+    EXPECT_TRUE(cq.Next(&got, &ok));
+    EXPECT_EQ(got, tag);
+    return ok;
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  ASSERT_TRUE(step(reinterpret_cast<void*>(1)));
+  const std::string request = std::string("\x3a\x01*", 3);
+  grpc::Slice slice(request);
+  grpc::ByteBuffer out(&slice, 1);
+  call->Write(out, reinterpret_cast<void*>(2));
+  ASSERT_TRUE(step(reinterpret_cast<void*>(2)));
+  call->WritesDone(reinterpret_cast<void*>(3));
+  ASSERT_TRUE(step(reinterpret_cast<void*>(3)));
+  grpc::ByteBuffer in;
+  call->Read(&in, reinterpret_cast<void*>(4));
+  ASSERT_TRUE(step(reinterpret_cast<void*>(4)));
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  step(reinterpret_cast<void*>(5));
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(in.Dump(&slices).ok());
+  std::string response;
+  for (const auto& s : slices) response.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  EXPECT_NE(response.find("seer.v1.Prefill"), std::string::npos);
+  EXPECT_NE(response.find("grpc.health.v1.Health"), std::string::npos);
+  EXPECT_NE(response.find("grpc.reflection.v1alpha.ServerReflection"), std::string::npos);
+  cq.Shutdown();
+  void* tag;
+  bool ok;
+  while (cq.Next(&tag, &ok)) {
+  }
+}
+
+TEST(Service, EveryBadFieldIsInvalidArgumentNamingIt) {
+  std::unique_ptr<Engine> engine = LoadEngine(Fixture("llama"), Fixture("llama_gates"));
+  ASSERT_TRUE(engine);
+  const ModelConfig& c = engine->config();
+  ASSERT_EQ(c.vocab_size, 128);
+  ASSERT_EQ(c.max_position_embeddings, 2048);
+  PrefillHarness prefill({}, engine.get());
+  DecodeHarness decode(prefill.server->address(), engine.get());
+  auto pstub = prefill.Stub();
+  auto dstub = decode.Stub();
+
+  auto good = [] {
+    v1::GenerateRequest r;
+    for (int i = 0; i < 10; ++i) r.add_token_ids(i * 7);
+    r.set_max_new_tokens(4);
+    return r;
+  };
+  ASSERT_TRUE(CallGenerate(dstub.get(), good()).ok());
+
+  struct Case {
+    std::string name;
+    void (*mutate)(v1::GenerateRequest*);
+    std::string field;
+  };
+  const std::vector<Case> cases = {
+      {"empty ids", [](v1::GenerateRequest* r) { r->clear_token_ids(); }, "token_ids"},
+      {"id >= vocab", [](v1::GenerateRequest* r) { r->set_token_ids(3, 128); }, "token_ids[3]"},
+      {"negative id", [](v1::GenerateRequest* r) { r->set_token_ids(0, -1); }, "token_ids[0]"},
+      {"too many tokens",
+       [](v1::GenerateRequest* r) {
+         for (int i = 0; i < 2100; ++i) r->add_token_ids(5);
+       },
+       "token_ids"},
+      {"max_new_tokens 0", [](v1::GenerateRequest* r) { r->set_max_new_tokens(0); }, "max_new_tokens"},
+      {"max_new_tokens above the server limit", [](v1::GenerateRequest* r) { r->set_max_new_tokens(5000); },
+       "max_new_tokens"},
+      {"prompt + max_new_tokens past max positions",
+       [](v1::GenerateRequest* r) {
+         for (int i = 0; i < 2030; ++i) r->add_token_ids(5);
+         r->set_max_new_tokens(100);
+       },
+       "max_new_tokens"},
+      {"threshold out of range",
+       [](v1::GenerateRequest* r) {
+         r->mutable_sparsity()->set_mode(v1::Sparsity::MODE_THRESHOLD);
+         r->mutable_sparsity()->set_threshold(1.5);
+       },
+       "sparsity.threshold"},
+      {"nz_ratio zero",
+       [](v1::GenerateRequest* r) { r->mutable_sparsity()->set_mode(v1::Sparsity::MODE_NZ_RATIO); },
+       "sparsity.nz_ratio"},
+      {"unknown sparsity mode",
+       [](v1::GenerateRequest* r) { r->mutable_sparsity()->set_mode(static_cast<v1::Sparsity::Mode>(9)); },
+       "sparsity.mode"},
+      {"threshold without its mode", [](v1::GenerateRequest* r) { r->mutable_sparsity()->set_threshold(0.01); },
+       "sparsity.threshold"},
+      {"negative temperature", [](v1::GenerateRequest* r) { r->mutable_sampling()->set_temperature(-1.0f); },
+       "sampling.temperature"},
+      {"top_p above 1", [](v1::GenerateRequest* r) { r->mutable_sampling()->set_top_p(1.5f); }, "sampling.top_p"},
+      {"top_k above vocab", [](v1::GenerateRequest* r) { r->mutable_sampling()->set_top_k(129); },
+       "sampling.top_k"},
+      {"stop token >= vocab", [](v1::GenerateRequest* r) { r->add_stop_token_ids(500); }, "stop_token_ids[0]"},
+      {"oversize request_id", [](v1::GenerateRequest* r) { r->set_request_id(std::string(1 << 20, 'x')); },
+       "request_id"},
+      {"control byte in request_id", [](v1::GenerateRequest* r) { r->set_request_id("a\nb"); }, "request_id"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    v1::GenerateRequest r = good();
+    c.mutate(&r);
+    ExpectInvalid(CallGenerate(dstub.get(), r), c.field);
+  }
+
+  // The same checks guard Prefill for callers that use it directly.
+  auto prefill_req = [] {
+    v1::PrefillRequest r;
+    for (int i = 0; i < 10; ++i) r.add_token_ids(i);
+    return r;
+  };
+  {
+    v1::PrefillRequest r = prefill_req();
+    r.clear_token_ids();
+    ExpectInvalid(CallPrefill(pstub.get(), r), "token_ids");
+  }
+  {
+    v1::PrefillRequest r = prefill_req();
+    r.set_token_ids(9, 128);
+    ExpectInvalid(CallPrefill(pstub.get(), r), "token_ids[9]");
+  }
+  {
+    v1::PrefillRequest r = prefill_req();
+    for (int i = 0; i < 2048; ++i) r.add_token_ids(1);
+    ExpectInvalid(CallPrefill(pstub.get(), r), "token_ids");
+  }
+  {
+    v1::PrefillRequest r = prefill_req();
+    r.mutable_sparsity()->set_mode(v1::Sparsity::MODE_NZ_RATIO);
+    r.mutable_sparsity()->set_nz_ratio(-0.5);
+    ExpectInvalid(CallPrefill(pstub.get(), r), "sparsity.nz_ratio");
+  }
+  {
+    v1::PrefillRequest r = prefill_req();
+    r.set_max_chunk_bytes(100);
+    ExpectInvalid(CallPrefill(pstub.get(), r), "max_chunk_bytes");
+  }
+  {
+    v1::PrefillRequest r = prefill_req();
+    r.set_request_id(std::string(129, 'r'));
+    ExpectInvalid(CallPrefill(pstub.get(), r), "request_id");
+  }
+  // Unknown fields that blow the size past what valid fields can take.
+  {
+    v1::PrefillRequest r = prefill_req();
+    // Field 1023, length-delimited, 1 MiB: kept as an unknown field.
+    std::string wire = r.SerializeAsString() + std::string("\xfa\x3f", 2);
+    const std::string junk(1 << 20, 'j');
+    for (uint32_t v = static_cast<uint32_t>(junk.size());; v >>= 7) {
+      wire.push_back(static_cast<char>((v & 0x7f) | (v >= 0x80 ? 0x80 : 0)));
+      if (v < 0x80) break;
+    }
+    ASSERT_TRUE(r.ParseFromString(wire + junk));
+    ASSERT_GT(r.ByteSizeLong(), size_t{1} << 20);
+    ExpectInvalid(CallPrefill(pstub.get(), r), "request");
+  }
+  // Gated sparsity on a server without gates is a precondition, not an argument.
+  {
+    std::unique_ptr<Engine> dense = LoadEngine(Fixture("llama"));
+    PrefillHarness no_gates({}, dense.get());
+    v1::PrefillRequest r = prefill_req();
+    r.mutable_sparsity()->set_mode(v1::Sparsity::MODE_THRESHOLD);
+    r.mutable_sparsity()->set_threshold(0.01);
+    grpc::Status s = CallPrefill(no_gates.Stub().get(), r);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+    EXPECT_NE(s.error_message().find("--gates"), std::string::npos) << s.error_message();
+  }
+}
+
+TEST(Service, AFullQueueIsResourceExhaustedAtOnce) {
+  std::unique_ptr<Engine> real = LoadEngine(Fixture("llama"));
+  ASSERT_TRUE(real);
+  InstrumentedEngine engine(real.get());
+  PrefillServiceOptions options;
+  options.max_concurrent = 1;
+  options.max_queue = 1;
+  PrefillHarness h(options, &engine);
+  v1::PrefillRequest req;
+  for (int i = 0; i < 100; ++i) req.add_token_ids(i);
+
+  engine.Hold();
+  auto stub = h.Stub();
+  std::future<grpc::Status> running = std::async(std::launch::async, [&] { return CallPrefill(stub.get(), req); });
+  ASSERT_TRUE(engine.WaitEntered(1, 20s));
+  std::future<grpc::Status> queued = std::async(std::launch::async, [&] { return CallPrefill(stub.get(), req); });
+  // Admitted means counted in flight: running + queued.
+  for (int i = 0; i < 2000 && h.metrics.inflight.Value() < 2; ++i) std::this_thread::sleep_for(5ms);
+  ASSERT_EQ(h.metrics.inflight.Value(), 2);
+
+  const auto t0 = std::chrono::steady_clock::now();
+  grpc::Status refused = CallPrefill(stub.get(), req);
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << refused.error_message();
+  EXPECT_NE(refused.error_message().find("--max-queue 1"), std::string::npos) << refused.error_message();
+  // Refused while the others are still held: it did not wait for a slot.
+  EXPECT_EQ(queued.wait_for(0s), std::future_status::timeout);
+  std::printf("[ info     ] refused after %.1f ms\n", waited * 1e3);
+
+  engine.Release();
+  EXPECT_TRUE(running.get().ok());
+  EXPECT_TRUE(queued.get().ok());
+  EXPECT_EQ(h.metrics.inflight.Value(), 0);
+  auto count = [&](const std::string& code) {
+    for (const auto& fam : h.registry->Collect())
+      if (fam.name == "seer_prefill_requests_total")
+        for (const auto& m : fam.metric)
+          for (const auto& l : m.label)
+            if (l.name == "code" && l.value == code) return m.counter.value;
+    return 0.0;
+  };
+  EXPECT_EQ(count("OK"), 2);
+  EXPECT_EQ(count("RESOURCE_EXHAUSTED"), 1);
+  EXPECT_EQ(h.metrics.queue.Collect().histogram.sample_count, 2u);
+}
+
+TEST(Service, ACancelledStreamStopsTheEngine) {
+  const std::string dir = seer::testing::WriteRandomLlama(seer::testing::TempDir("cancel_inproc"), {});
+  std::unique_ptr<Engine> real = LoadEngine(dir);
+  ASSERT_TRUE(real);
+  const int layers = real->config().num_layers;
+  InstrumentedEngine engine(real.get());
+  PrefillServiceOptions options;
+  options.chunk_bytes = 64 << 10;
+  options.stream_buffer_bytes = 64 << 10;
+  PrefillHarness h(options, &engine);
+  auto stub = h.Stub();
+  v1::PrefillRequest req;
+  for (int32_t id : seer::testing::RandomIds(1536, 512, 3)) req.add_token_ids(id);
+
+  grpc::ClientContext ctx;
+  auto reader = stub->Prefill(&ctx, req);
+  v1::PrefillResponse msg;
+  ASSERT_TRUE(reader->Read(&msg));
+  ASSERT_TRUE(msg.has_header());
+  ASSERT_TRUE(reader->Read(&msg));
+  ASSERT_TRUE(msg.has_chunk());
+  ASSERT_EQ(msg.chunk().layer(), 0);
+  ctx.TryCancel();
+  while (reader->Read(&msg)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+
+  ASSERT_TRUE(engine.WaitFinished(1, 60s));
+  EXPECT_EQ(engine.last_status(), StatusCode::kCancelled);
+  EXPECT_LT(engine.layers_done(), layers) << "the engine ran every layer of a cancelled prefill";
+  for (int i = 0; i < 2000 && h.metrics.inflight.Value() != 0; ++i) std::this_thread::sleep_for(5ms);
+  EXPECT_EQ(h.metrics.inflight.Value(), 0);
+  EXPECT_EQ(h.metrics.tokens.Value(), 0) << "a cancelled prefill counted as done";
+}
+
+TEST(Service, LayoutMismatchIsFailedPrecondition) {
+  // Same KV shapes (2 layers, 1 KV head, head_dim 64, vocab 128), different
+  // checkpoints: only the fingerprint tells them apart.
+  std::unique_ptr<Engine> llama = LoadEngine(Fixture("llama"));
+  std::unique_ptr<Engine> qwen = LoadEngine(Fixture("qwen2"));
+  ASSERT_TRUE(llama && qwen);
+  PrefillHarness prefill({}, llama.get());
+  DecodeHarness decode(prefill.server->address(), qwen.get());
+  v1::GenerateRequest req;
+  for (int i = 0; i < 20; ++i) req.add_token_ids(i);
+  req.set_max_new_tokens(3);
+  grpc::Status s = CallGenerate(decode.Stub().get(), req);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+  EXPECT_NE(s.error_message().find("model_fingerprint"), std::string::npos) << s.error_message();
+  EXPECT_NE(s.error_message().find(prefill.server->address()), std::string::npos) << s.error_message();
+}
+
+TEST(Service, AnUnavailableEndpointIsSkippedForTheNext) {
+  std::unique_ptr<Engine> engine = LoadEngine(Fixture("llama"));
+  ASSERT_TRUE(engine);
+  PrefillHarness prefill({}, engine.get());
+  // A port that was just free: nothing listens there.
+  int dead_port = 0;
+  {
+    PrefillHarness gone({}, nullptr);
+    dead_port = gone.server->port();
+  }
+  const std::string dead = "127.0.0.1:" + std::to_string(dead_port);
+  DecodeHarness decode(dead + "," + prefill.server->address(), engine.get());
+  auto stub = decode.Stub();
+  for (int i = 0; i < 4; ++i) {
+    v1::GenerateRequest req;
+    for (int t = 0; t < 30; ++t) req.add_token_ids((t * 13 + i) % 128);
+    req.set_max_new_tokens(2);
+    v1::GenerateSummary summary;
+    grpc::Status s = CallGenerate(stub.get(), req, nullptr, &summary);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(summary.prefill_endpoint(), prefill.server->address());
+  }
+  // With every endpoint down the error says so and is UNAVAILABLE.
+  DecodeHarness nowhere(dead, engine.get());
+  v1::GenerateRequest req;
+  req.add_token_ids(1);
+  req.set_max_new_tokens(1);
+  grpc::Status s = CallGenerate(nowhere.Stub().get(), req);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(s.error_message().find(dead), std::string::npos) << s.error_message();
+}
+
+TEST(PrefillTargets, ParsesListsAndNames) {
+  auto ok = ParsePrefillTargets("10.0.0.1:50051, prefill-0:1 ,dns:///seer-prefill.default.svc:50051");
+  ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+  EXPECT_EQ(*ok, (std::vector<std::string>{"10.0.0.1:50051", "prefill-0:1", "dns:///seer-prefill.default.svc:50051"}));
+  for (const char* bad : {"", "a:1,,b:2", "host", "host:", "host:http", ":80"}) {
+    auto s = ParsePrefillTargets(bad);
+    EXPECT_EQ(s.status().code(), StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(s.status().message().find("--prefill"), std::string::npos);
+  }
+}
+
+TEST(WorkQueue, AdmitsWorkersPlusQueueAndCancelsWaitingJobs) {
+  struct Blocking : WorkQueue::Job {
+    std::promise<void> started;
+    std::shared_future<void> release;
+    std::atomic<bool> ran{false};
+    explicit Blocking(std::shared_future<void> r) : release(std::move(r)) {}
+    void Run(double) override {
+      ran = true;
+      started.set_value();
+      release.wait();
+    }
+  };
+  std::promise<void> gate;
+  std::shared_future<void> release = gate.get_future().share();
+  std::vector<std::unique_ptr<Blocking>> jobs;
+  for (int i = 0; i < 5; ++i) jobs.push_back(std::make_unique<Blocking>(release));
+  {
+    WorkQueue q(2, 2);
+    EXPECT_TRUE(q.Submit(jobs[0].get()));
+    EXPECT_TRUE(q.Submit(jobs[1].get()));
+    jobs[0]->started.get_future().wait();
+    jobs[1]->started.get_future().wait();
+    EXPECT_EQ(q.running(), 2);
+    EXPECT_TRUE(q.Submit(jobs[2].get()));
+    EXPECT_TRUE(q.Submit(jobs[3].get()));
+    EXPECT_FALSE(q.Submit(jobs[4].get())) << "2 workers + 2 waiting is full";
+    EXPECT_TRUE(q.Cancel(jobs[3].get()));
+    EXPECT_FALSE(q.Cancel(jobs[3].get()));
+    EXPECT_FALSE(q.Cancel(jobs[0].get())) << "a running job is not waiting";
+    EXPECT_TRUE(q.Submit(jobs[4].get()));
+    gate.set_value();
+  }  // the destructor runs what was admitted
+  EXPECT_TRUE(jobs[2]->ran && jobs[4]->ran);
+  EXPECT_FALSE(jobs[3]->ran);
+}
+
+}  // namespace
+}  // namespace seer
