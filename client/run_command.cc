@@ -1,6 +1,7 @@
 #include "client/run_command.h"
 
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <exception>
@@ -272,8 +273,9 @@ int Run(int argc, char** argv) {
     for (double d : result.layer_density) layers.Append(JsonValue::Number(d));
     density.Set("layers", std::move(layers));
     out.Set("density", std::move(density));
-    out.Set("prefill_ms", JsonValue::Number(prefill_ms));
-    out.Set("decode_ms", JsonValue::Number(decode_ms));
+    // Microsecond resolution is all a timer here can claim.
+    out.Set("prefill_ms", JsonValue::Number(std::round(prefill_ms * 1e3) / 1e3));
+    out.Set("decode_ms", JsonValue::Number(std::round(decode_ms * 1e3) / 1e3));
     out.Set("device", JsonValue::String(engine.device_name()));
     out.Set("seq_len", JsonValue::Int(seq_len));
     out.Set("gated", JsonValue::Bool(engine.gates() != nullptr));

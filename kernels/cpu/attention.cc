@@ -13,6 +13,7 @@ namespace seer::cpu {
 namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+constexpr double kMinParallelMacs = 1 << 20;
 
 // One (query head, query block) task of the prefill kernels, in four stages
 // per selected key block: load (transpose K), scores (Q K^T), online softmax,
@@ -112,7 +113,10 @@ void RunQueryBlocks(const AttentionShape& s, int block_size, ListsFn&& lists, co
                     const float* v, float* out, int num_threads) {
   const int nb = (s.seq_len + block_size - 1) / block_size;
   const int tasks = s.num_heads * nb;
-  const int threads = std::max(1, std::min(num_threads, tasks));
+  // Below about a million multiply-adds, starting threads costs more than
+  // it saves (and far more on a busy machine).
+  const double causal_macs = 2.0 * s.num_heads * s.head_dim * 0.5 * double(s.seq_len) * (s.seq_len + 1);
+  const int threads = causal_macs < kMinParallelMacs ? 1 : std::max(1, std::min(num_threads, tasks));
   ParallelFor(tasks, threads, [&](int t) {
     const int qb = nb - 1 - t / s.num_heads;
     const int h = t % s.num_heads;
