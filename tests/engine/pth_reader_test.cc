@@ -330,6 +330,14 @@ TEST(PthReader, DISABLED_WriteFuzzSeeds) {
   w.Str("id");
   w.raw() += "\x85R.";
   write("os_system.pth", ArchiveWithPickle(w.raw()));
+  // Bare pickles: the fuzzer wraps them in an archive with a 256-byte storage "0".
+  write("state_dict_f32.pkl", StateDictPickle({{"w", "FloatStorage", "0", 64, 0, {8, 8}, {8, 1}},
+                                               {"t", "FloatStorage", "0", 64, 3, {4, 5}, {1, 4}, true}}));
+  write("state_dict_bf16_plain.pkl",
+        StateDictPickle({{"model.layers.0.self_attn.attn_gate.mask_linear_k.weight", "BFloat16Storage", "0", 128, 0,
+                          {2, 3, 4, 5}, {60, 20, 5, 1}}},
+                        /*ordered=*/false));
+  write("os_system.pkl", w.raw());
 }
 
 }  // namespace
