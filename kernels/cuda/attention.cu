@@ -12,9 +12,9 @@
 //   softmax online, fp32, exp2 with the scale folded into log2(e);
 //   mma    O += P V, P straight from the S registers;
 //   store  O / l.
-// CTAs are launched heaviest row first (query blocks in reverse), every head
-// of one query block next to each other, which also keeps GQA heads that
-// share K/V close in time for L2.
+// CTAs are launched KV head by KV head, heaviest row first (query blocks in
+// reverse) and the GQA heads of one KV head side by side, so that resident
+// CTAs share K/V tiles in L2.
 
 #include <cmath>
 #include <cstdint>
@@ -97,10 +97,16 @@ __global__ void __launch_bounds__(FwdTile<kHeadDim, kRowsPerWarp>::kThreads, Fwd
   T* sK = sQ + Tile::kTileElems;
   T* sV = sK + Tile::kTileElems;
 
+  // Launch order: KV head by KV head, and within one, query blocks from the
+  // heaviest (last) row down, the Q heads that share the KV head side by side.
+  // CTAs resident together then read the same head's K/V, which keeps the
+  // tiles of a sparse (random) mask in L2; the light rows come last.
   const int nb = (p.seq_len + kBlock - 1) / kBlock;
-  const int qb = nb - 1 - static_cast<int>(blockIdx.x) / p.num_heads;  // heavy rows first
-  const int h = static_cast<int>(blockIdx.x) % p.num_heads;
-  const int kvh = h / (p.num_heads / p.num_kv_heads);
+  const int group = p.num_heads / p.num_kv_heads;
+  const int kvh = static_cast<int>(blockIdx.x) / (nb * group);
+  const int in_kv_head = static_cast<int>(blockIdx.x) % (nb * group);
+  const int qb = nb - 1 - in_kv_head / group;
+  const int h = kvh * group + in_kv_head % group;
   const int tid = threadIdx.x;
   const int warp = tid / 32;
   const int lane = tid % 32;

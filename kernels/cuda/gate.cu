@@ -80,10 +80,14 @@ __device__ __forceinline__ void Load8(const T* src, float (&f)[8]) {
 }
 
 // --- pool -----------------------------------------------------------------
-// grid (nb, 2): y = 0 pools Q ([nb, Hq, D], average), y = 1 pools K
-// ([nb, Hkv, 3D]: max, min, average). Each thread owns 8 channels.
+constexpr int kPoolThreads = 128;
+
+// grid (nb, 2, splits): y = 0 pools Q ([nb, Hq, D], average), y = 1 pools K
+// ([nb, Hkv, 3D]: max, min, average); z splits the channels. Each thread owns
+// 8 channels (one 16-byte load per token).
 template <typename T>
-__global__ void PoolKernel(GateParams p, int64_t q_stride, int64_t k_stride, float* pooled_q, float* pooled_k) {
+__global__ void __launch_bounds__(kPoolThreads)
+    PoolKernel(GateParams p, int64_t q_stride, int64_t k_stride, float* pooled_q, float* pooled_k) {
   const int b = blockIdx.x;
   const bool is_k = blockIdx.y == 1;
   const int heads = is_k ? p.num_kv_heads : p.num_heads;
@@ -93,12 +97,13 @@ __global__ void PoolKernel(GateParams p, int64_t q_stride, int64_t k_stride, flo
   const int t0 = b * p.block_size;
   const int t1 = min(p.seq_len, t0 + p.block_size);
   const double count = t1 - t0;
-  for (int c0 = threadIdx.x * 8; c0 < channels; c0 += blockDim.x * 8) {
+  for (int c0 = (blockIdx.z * kPoolThreads + threadIdx.x) * 8; c0 < channels; c0 += gridDim.z * kPoolThreads * 8) {
     double sum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     float mx[8], mn[8];
     Load8(x + t0 * stride + c0, mx);
 #pragma unroll
     for (int i = 0; i < 8; ++i) mn[i] = mx[i];
+#pragma unroll 4
     for (int t = t0; t < t1; ++t) {
       float v[8];
       Load8(x + t * stride + c0, v);
@@ -139,22 +144,30 @@ __global__ void RopeTableKernel(const float* inv_freq, int nb, int half, int blo
 }
 
 // --- project + rope -------------------------------------------------------
-constexpr int kProjBlocks = 16;   // pooled blocks per CTA
+constexpr int kProjBlocks = 32;   // pooled blocks per CTA (each CTA reads W[h] once)
 constexpr int kProjThreads = 128;
-constexpr int kProjChunk = 64;    // input channels staged in shared memory at a time
+constexpr int kProjChunk = 32;    // input channels (rows of W) staged in shared memory at a time
 
-// grid (ceil(nb / 16), Hq, 2): z = 0 makes q', z = 1 makes k', [Hq, nb, hidden].
+size_t ProjectSmemBytes(int hidden) {
+  return sizeof(float) * (static_cast<size_t>(kProjBlocks) * kProjChunk + static_cast<size_t>(kProjChunk) * hidden +
+                          static_cast<size_t>(kProjBlocks) * hidden);
+}
+
+// grid (ceil(nb / 32), Hq, 2): z = 0 makes q', z = 1 makes k', [Hq, nb, hidden].
+// Dynamic shared memory: x chunk [32][32], W chunk [32][hidden], y [32][hidden].
 __global__ void __launch_bounds__(kProjThreads)
     ProjectRopeKernel(GateParams p, int nb, const float* pooled_q, const float* pooled_k, const float* rope,
                       float* qp, float* kp) {
   constexpr int kOutPerThread = kMaxHidden / kProjThreads;
-  __shared__ float xs[kProjBlocks][kProjChunk];
-  __shared__ float ys[kProjBlocks][kMaxHidden];
+  extern __shared__ float proj_smem[];
+  const int hidden = p.hidden;
+  float* xs = proj_smem;                        // [kProjBlocks][kProjChunk]
+  float* ws = xs + kProjBlocks * kProjChunk;    // [kProjChunk][hidden]
+  float* ys = ws + kProjChunk * hidden;         // [kProjBlocks][hidden]
   const int b0 = blockIdx.x * kProjBlocks;
   const int h = blockIdx.y;
   const bool is_k = blockIdx.z == 1;
   const int nblk = min(kProjBlocks, nb - b0);
-  const int hidden = p.hidden;
   const int group = p.num_heads / p.num_kv_heads;
 
   const float* x;  // row b of the input is x + b * x_row
@@ -176,7 +189,7 @@ __global__ void __launch_bounds__(kProjThreads)
 
   if (w == nullptr) {  // no mask_linear_q: q' is the pooled Q (hidden == D)
     for (int i = threadIdx.x; i < nblk * hidden; i += kProjThreads) {
-      ys[i / hidden][i % hidden] = x[(b0 + i / hidden) * x_row + i % hidden];
+      ys[i] = x[(b0 + i / hidden) * x_row + i % hidden];
     }
   } else {
     float acc[kProjBlocks][kOutPerThread];
@@ -191,18 +204,19 @@ __global__ void __launch_bounds__(kProjThreads)
       for (int i = threadIdx.x; i < kProjBlocks * kProjChunk; i += kProjThreads) {
         const int r = i / kProjChunk;
         const int c = i % kProjChunk;
-        xs[r][c] = (r < nblk && c < chunk) ? x[(b0 + r) * x_row + i0 + c] : 0.0f;
+        xs[i] = (r < nblk && c < chunk) ? x[(b0 + r) * x_row + i0 + c] : 0.0f;
       }
+      const float* wchunk = w + static_cast<int64_t>(i0) * hidden;
+      for (int i = threadIdx.x; i < chunk * hidden; i += kProjThreads) ws[i] = wchunk[i];
       __syncthreads();
       for (int c = 0; c < chunk; ++c) {
-        const float* wrow = w + static_cast<int64_t>(i0 + c) * hidden;
 #pragma unroll
         for (int j = 0; j < kOutPerThread; ++j) {
           const int o = threadIdx.x + j * kProjThreads;
           if (o < hidden) {
-            const float wv = wrow[o];
+            const float wv = ws[c * hidden + o];
 #pragma unroll
-            for (int r = 0; r < kProjBlocks; ++r) acc[r][j] = fmaf(xs[r][c], wv, acc[r][j]);
+            for (int r = 0; r < kProjBlocks; ++r) acc[r][j] = fmaf(xs[r * kProjChunk + c], wv, acc[r][j]);
           }
         }
       }
@@ -212,7 +226,7 @@ __global__ void __launch_bounds__(kProjThreads)
       const int o = threadIdx.x + j * kProjThreads;
       if (o < hidden) {
 #pragma unroll
-        for (int r = 0; r < kProjBlocks; ++r) ys[r][o] = acc[r][j];
+        for (int r = 0; r < kProjBlocks; ++r) ys[r * hidden + o] = acc[r][j];
       }
     }
   }
@@ -229,8 +243,8 @@ __global__ void __launch_bounds__(kProjThreads)
     const int f = i % half;
     const float c = cos_t[static_cast<int64_t>(b0 + r) * half + f];
     const float s = sin_t[static_cast<int64_t>(b0 + r) * half + f];
-    const float x1 = ys[r][f];
-    const float x2 = ys[r][f + half];
+    const float x1 = ys[r * hidden + f];
+    const float x2 = ys[r * hidden + f + half];
     out[r * hidden + f] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
     out[r * hidden + f + half] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
   }
@@ -239,27 +253,29 @@ __global__ void __launch_bounds__(kProjThreads)
 // --- scores ---------------------------------------------------------------
 constexpr int kScoreTile = 64;
 constexpr int kScoreK = 32;
+constexpr int kScoreThreads = 64;  // 8 x 8 threads, 8 x 8 scores each
+constexpr int kScorePitch = kScoreTile + 4;  // floats; keeps rows 16-byte aligned
 
-// grid (tiles, tiles, heads in this pass); 256 threads, 4 x 4 scores each.
-// scores[hl][qb][kb] = (q'[h, qb] . k'[h, kb]) * scale for the lower
-// triangle of tiles (entries above the diagonal are never read).
-__global__ void __launch_bounds__(256)
+// grid (tiles, tiles, heads in this pass). scores[hl][qb][kb] =
+// (q'[h, qb] . k'[h, kb]) * scale for kb <= qb (above the diagonal is never
+// written nor read).
+__global__ void __launch_bounds__(kScoreThreads)
     ScoresKernel(const float* qp, const float* kp, int nb, int hidden, int head0, float scale, float* scores) {
   const int qt = blockIdx.y;
   const int kt = blockIdx.x;
   if (kt > qt) return;
   const int hl = blockIdx.z;
   const int h = head0 + hl;
-  __shared__ float qs[kScoreK][kScoreTile + 4];
-  __shared__ float ks[kScoreK][kScoreTile + 4];
-  const int tx = threadIdx.x % 16;  // key columns tx, tx + 16, ...
-  const int ty = threadIdx.x / 16;  // query rows ty, ty + 16, ...
+  __shared__ __align__(16) float qs[kScoreK][kScorePitch];
+  __shared__ __align__(16) float ks[kScoreK][kScorePitch];
+  const int tx = threadIdx.x % 8;  // key columns 8 tx .. 8 tx + 7
+  const int ty = threadIdx.x / 8;  // query rows 8 ty .. 8 ty + 7
   const float* qh = qp + static_cast<int64_t>(h) * nb * hidden;
   const float* kh = kp + static_cast<int64_t>(h) * nb * hidden;
-  float acc[4][4] = {};
+  float acc[8][8] = {};
   for (int c0 = 0; c0 < hidden; c0 += kScoreK) {
     __syncthreads();
-    for (int i = threadIdx.x; i < kScoreTile * kScoreK; i += 256) {
+    for (int i = threadIdx.x; i < kScoreTile * kScoreK; i += kScoreThreads) {
       const int r = i / kScoreK;
       const int c = i % kScoreK;
       const int qrow = qt * kScoreTile + r;
@@ -269,29 +285,30 @@ __global__ void __launch_bounds__(256)
       ks[c][r] = (krow < nb && in_c) ? kh[static_cast<int64_t>(krow) * hidden + c0 + c] : 0.0f;
     }
     __syncthreads();
-#pragma unroll 8
+#pragma unroll 4
     for (int c = 0; c < kScoreK; ++c) {
-      float a[4], b[4];
+      const float4 a0 = *reinterpret_cast<const float4*>(&qs[c][8 * ty]);
+      const float4 a1 = *reinterpret_cast<const float4*>(&qs[c][8 * ty + 4]);
+      const float4 b0 = *reinterpret_cast<const float4*>(&ks[c][8 * tx]);
+      const float4 b1 = *reinterpret_cast<const float4*>(&ks[c][8 * tx + 4]);
+      const float a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+      const float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        a[i] = qs[c][ty + 16 * i];
-        b[i] = ks[c][tx + 16 * i];
-      }
+      for (int i = 0; i < 8; ++i) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
       }
     }
   }
   float* out = scores + static_cast<int64_t>(hl) * nb * nb;
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int qb = qt * kScoreTile + ty + 16 * i;
+  for (int i = 0; i < 8; ++i) {
+    const int qb = qt * kScoreTile + 8 * ty + i;
+    if (qb >= nb) continue;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int kb = kt * kScoreTile + tx + 16 * j;
-      if (qb < nb && kb <= qb) out[static_cast<int64_t>(qb) * nb + kb] = acc[i][j] * scale;
+    for (int j = 0; j < 8; ++j) {
+      const int kb = kt * kScoreTile + 8 * tx + j;
+      if (kb <= qb) out[static_cast<int64_t>(qb) * nb + kb] = acc[i][j] * scale;
     }
   }
 }
@@ -331,6 +348,7 @@ __global__ void __launch_bounds__(kSelectThreads)
   __shared__ float red_f[kSelectWarps];
   __shared__ int red_i[kSelectWarps];
   __shared__ uint32_t mask_words[kSelectWarps];
+  __shared__ int select_digit[2];
 
   const int qb = blockIdx.x;
   const int hl = blockIdx.y;
@@ -375,16 +393,38 @@ __global__ void __launch_bounds__(kSelectThreads)
         if ((key & prefix_mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
       }
       __syncthreads();
-      // Every thread walks the 256 bins from the top (cheap, and keeps the
-      // result uniform without another barrier round).
-      int above = 0;
-      int digit = 255;
-      for (; digit > 0; --digit) {
-        const int c = static_cast<int>(hist[digit]);
-        if (above + c >= remaining) break;
-        above += c;
+      // Warp 0 finds the bin, from the top, where the count reaches
+      // `remaining`: lane l holds bins 255 - 8l down to 248 - 8l.
+      if (warp == 0) {
+        int c[8];
+        int lane_total = 0;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          c[i] = static_cast<int>(hist[255 - 8 * lane - i]);
+          lane_total += c[i];
+        }
+        int incl = lane_total;
+#pragma unroll
+        for (int off = 1; off < 32; off *= 2) {
+          const int t = __shfl_up_sync(0xffffffffu, incl, off);
+          if (lane >= off) incl += t;
+        }
+        const uint32_t reached = __ballot_sync(0xffffffffu, incl >= remaining);
+        const int first = __ffs(reached) - 1;  // reached is never 0: the total is n >= remaining
+        if (lane == first) {
+          int above = incl - lane_total;
+          int i = 0;
+          for (; i < 7; ++i) {
+            if (above + c[i] >= remaining) break;
+            above += c[i];
+          }
+          select_digit[0] = 255 - 8 * lane - i;
+          select_digit[1] = above;
+        }
       }
-      remaining -= above;
+      __syncthreads();
+      const int digit = select_digit[0];
+      remaining -= select_digit[1];
       prefix |= static_cast<uint32_t>(digit) << shift;
       prefix_mask |= 255u << shift;
       __syncthreads();
@@ -446,34 +486,34 @@ __global__ void __launch_bounds__(kSelectThreads)
 constexpr int kScanThreads = 1024;
 
 // One CTA: offsets[r] = sum of counts[0 .. r), offsets[rows] = total; then
-// kept_per_head[h] from the offsets.
+// kept_per_head[h] from the offsets. Thread t owns a contiguous run of rows.
 __global__ void __launch_bounds__(kScanThreads)
     ScanKernel(const int32_t* counts, int rows, int nb, int heads, int32_t* offsets, int64_t* kept_per_head) {
   __shared__ int32_t warp_sums[kScanThreads / 32];
-  __shared__ int32_t carry;
-  if (threadIdx.x == 0) carry = 0;
-  __syncthreads();
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
-  for (int base = 0; base < rows; base += kScanThreads) {
-    const int i = base + threadIdx.x;
-    const int32_t v = i < rows ? counts[i] : 0;
-    int32_t incl = v;
+  const int per_thread = (rows + kScanThreads - 1) / kScanThreads;
+  const int begin = min(rows, static_cast<int>(threadIdx.x) * per_thread);
+  const int end = min(rows, begin + per_thread);
+  int32_t own = 0;
+#pragma unroll 8
+  for (int i = begin; i < end; ++i) own += counts[i];
+  int32_t incl = own;
 #pragma unroll
-    for (int off = 1; off < 32; off *= 2) {
-      const int32_t t = __shfl_up_sync(0xffffffffu, incl, off);
-      if (lane >= off) incl += t;
-    }
-    if (lane == 31) warp_sums[warp] = incl;
-    __syncthreads();
-    int32_t before = carry;
-    for (int w = 0; w < warp; ++w) before += warp_sums[w];
-    if (i < rows) offsets[i] = before + incl - v;
-    __syncthreads();
-    if (threadIdx.x == kScanThreads - 1) carry = before + incl;
-    __syncthreads();
+  for (int off = 1; off < 32; off *= 2) {
+    const int32_t t = __shfl_up_sync(0xffffffffu, incl, off);
+    if (lane >= off) incl += t;
   }
-  if (threadIdx.x == 0) offsets[rows] = carry;
+  if (lane == 31) warp_sums[warp] = incl;
+  __syncthreads();
+  int32_t before = incl - own;
+  for (int w = 0; w < warp; ++w) before += warp_sums[w];
+#pragma unroll 8
+  for (int i = begin; i < end; ++i) {
+    offsets[i] = before;
+    before += counts[i];
+  }
+  if (threadIdx.x == kScanThreads - 1) offsets[rows] = before;
   __syncthreads();
   if (kept_per_head != nullptr) {
     for (int h = threadIdx.x; h < heads; h += kScanThreads) {
@@ -602,10 +642,12 @@ cudaError_t RunGateKernels(const GateParams& p, cudaStream_t stream) {
   int32_t* counts = reinterpret_cast<int32_t*>(ws + g.counts);
 
   // pool
+  const int pool_splits = (p.num_heads * p.head_dim / 8 + kPoolThreads - 1) / kPoolThreads;
+  const dim3 pool_grid(nb, 2, pool_splits);
   if (p.dtype == ElemType::kBF16) {
-    PoolKernel<__nv_bfloat16><<<dim3(nb, 2), 256, 0, stream>>>(p, q_stride, k_stride, pooled_q, pooled_k);
+    PoolKernel<__nv_bfloat16><<<pool_grid, kPoolThreads, 0, stream>>>(p, q_stride, k_stride, pooled_q, pooled_k);
   } else {
-    PoolKernel<__half><<<dim3(nb, 2), 256, 0, stream>>>(p, q_stride, k_stride, pooled_q, pooled_k);
+    PoolKernel<__half><<<pool_grid, kPoolThreads, 0, stream>>>(p, q_stride, k_stride, pooled_q, pooled_k);
   }
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
 
@@ -614,7 +656,12 @@ cudaError_t RunGateKernels(const GateParams& p, cudaStream_t stream) {
   RopeTableKernel<<<static_cast<unsigned>((table + 255) / 256), 256, 0, stream>>>(p.rope_inv_freq, nb, g.half,
                                                                                   p.block_size, rope);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  ProjectRopeKernel<<<dim3((nb + kProjBlocks - 1) / kProjBlocks, p.num_heads, 2), kProjThreads, 0, stream>>>(
+  const size_t proj_smem = ProjectSmemBytes(p.hidden);
+  if (proj_smem > 48 * 1024) {
+    SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(ProjectRopeKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   static_cast<int>(proj_smem)));
+  }
+  ProjectRopeKernel<<<dim3((nb + kProjBlocks - 1) / kProjBlocks, p.num_heads, 2), kProjThreads, proj_smem, stream>>>(
       p, nb, pooled_q, pooled_k, rope, qp, kp);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
 
@@ -630,7 +677,7 @@ cudaError_t RunGateKernels(const GateParams& p, cudaStream_t stream) {
   const int tiles = (nb + kScoreTile - 1) / kScoreTile;
   for (int head0 = 0; head0 < p.num_heads; head0 += g.heads_per_pass) {
     const int heads = p.num_heads - head0 < g.heads_per_pass ? p.num_heads - head0 : g.heads_per_pass;
-    ScoresKernel<<<dim3(tiles, tiles, heads), 256, 0, stream>>>(qp, kp, nb, p.hidden, head0, scale, scores);
+    ScoresKernel<<<dim3(tiles, tiles, heads), kScoreThreads, 0, stream>>>(qp, kp, nb, p.hidden, head0, scale, scores);
     SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     SelectKernel<<<dim3(nb, heads), kSelectThreads, select_smem, stream>>>(p, nb, g.words, head0, topk,
                                                                           first_dense_row, scores, bitmap, counts);

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# One GPU session for the attention kernels: build (or use prebuilt
+# binaries), the GPU tests, compute-sanitizer memcheck and racecheck on the
+# small attention and gate tests, the attention benchmark and its peers
+# (torch SDPA flash/cuDNN, FlexAttention on the identical masks). Logs go
+# to $OUT (default ./out/gpu-attention); the tables print last.
+#
+# Environment:
+#   STEPS      comma list of env,build,tests,sanitizer,bench,peers (default: all)
+#   PREBUILT   folder holding seer_gpu_tests and seer-attention-bench built
+#              elsewhere (e.g. on a Debian host, carried along); skips the build
+#   BUILD_DIR  build folder when building here (default build-gpu)
+#   GTEST_SRC  GoogleTest sources for hosts without the package
+#              (default .carry/googletest when it exists)
+#   TEST_FILTER     gtest filter for the test step (default: the attention and gate tests)
+#   SANITIZE_FILTER gtest filter for compute-sanitizer (default: the small shapes)
+#   BENCH_ARGS      extra arguments for seer-attention-bench
+#   PEERS_ARGS      extra arguments for tools/bench_attention_peers.py
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+OUT="${OUT:-$PWD/out/gpu-attention}"
+mkdir -p "$OUT"
+STEPS="${STEPS:-env,build,tests,sanitizer,bench,peers}"
+BUILD_DIR="${BUILD_DIR:-build-gpu}"
+TEST_FILTER="${TEST_FILTER:-AttentionGpuTest.*:GateGpuTest.*}"
+SANITIZE_FILTER="${SANITIZE_FILTER:-AttentionGpuTest.SmallShapes:AttentionGpuTest.EmptyRowsAreZero:GateGpuTest.SmallShapes}"
+MASKS_DIR="${MASKS_DIR:-/tmp/seer-attention-masks}"
+export PATH="/usr/local/cuda/bin:$PATH"
+status=0
+summary=()
+
+has_step() { [[ ",$STEPS," == *",$1,"* ]]; }
+note() { echo "== $*"; summary+=("$*"); }
+
+if has_step env; then
+  {
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+    nvcc --version | tail -2
+    cmake --version | head -1
+    ls -d /usr/include/gtest /usr/lib/x86_64-linux-gnu/cmake/GTest 2>&1
+    command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>&1
+    python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name())' 2>&1
+  } 2>&1 | tee "$OUT/env.log"
+fi
+
+if [[ -n "${PREBUILT:-}" ]]; then
+  BIN="$(cd "$PREBUILT" && pwd)"
+  note "using prebuilt binaries from $BIN"
+elif has_step build; then
+  BIN="$PWD/$BUILD_DIR/bin"
+  cmake_args=(-S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSEER_ENABLE_SERVER=OFF
+              "-DSEER_CUDA_GENCODE=-gencode=arch=compute_90a,code=sm_90a")
+  gtest_src="${GTEST_SRC:-.carry/googletest}"
+  if [[ ! -d /usr/include/gtest && -d "$gtest_src" ]]; then
+    cmake_args+=("-DSEER_GTEST_SOURCE_DIR=$PWD/$gtest_src")
+  fi
+  t0=$SECONDS
+  if cmake "${cmake_args[@]}" >"$OUT/build.log" 2>&1 &&
+     cmake --build "$BUILD_DIR" -j "$(nproc)" --target seer_gpu_tests seer-attention-bench >>"$OUT/build.log" 2>&1; then
+    note "build ok ($((SECONDS - t0)) s)"
+  else
+    tail -40 "$OUT/build.log"
+    note "build FAILED"
+    exit 1
+  fi
+else
+  BIN="$PWD/$BUILD_DIR/bin"
+fi
+
+if has_step tests; then
+  t0=$SECONDS
+  "$BIN/seer_gpu_tests" --gtest_filter="$TEST_FILTER" >"$OUT/tests.log" 2>&1
+  rc=$?
+  grep -E "^\[ +(PASSED|FAILED|SKIPPED) +\]|boundary blocks|Failure|error" "$OUT/tests.log" | head -40
+  note "tests rc=$rc ($((SECONDS - t0)) s): $(grep -E '^\[  PASSED  \]|^\[  FAILED  \]' "$OUT/tests.log" | tr '\n' ' ')"
+  [[ $rc -ne 0 ]] && status=1
+fi
+
+if has_step sanitizer; then
+  for tool in memcheck racecheck; do
+    t0=$SECONDS
+    compute-sanitizer --tool "$tool" --error-exitcode 99 "$BIN/seer_gpu_tests" --gtest_filter="$SANITIZE_FILTER" \
+      >"$OUT/sanitizer-$tool.log" 2>&1
+    rc=$?
+    note "compute-sanitizer $tool rc=$rc ($((SECONDS - t0)) s): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer-$tool.log" | tail -1)"
+    [[ $rc -ne 0 ]] && status=1
+  done
+fi
+
+if has_step bench; then
+  mkdir -p "$MASKS_DIR"
+  t0=$SECONDS
+  # shellcheck disable=SC2086
+  "$BIN/seer-attention-bench" --masks-dir="$MASKS_DIR" ${BENCH_ARGS:-} >"$OUT/bench.log" 2>&1
+  rc=$?
+  note "seer-attention-bench rc=$rc ($((SECONDS - t0)) s)"
+  [[ $rc -ne 0 ]] && { tail -20 "$OUT/bench.log"; status=1; }
+fi
+
+if has_step peers; then
+  t0=$SECONDS
+  # shellcheck disable=SC2086
+  PYTHONUNBUFFERED=1 python3 tools/bench_attention_peers.py --masks-dir "$MASKS_DIR" ${PEERS_ARGS:-} \
+    >"$OUT/peers.log" 2>&1
+  rc=$?
+  note "bench_attention_peers.py rc=$rc ($((SECONDS - t0)) s)"
+  [[ $rc -ne 0 ]] && { tail -20 "$OUT/peers.log"; status=1; }
+fi
+
+echo
+for line in "${summary[@]}"; do echo "$line"; done
+if has_step bench && [[ -f "$OUT/bench.log" ]]; then
+  echo; echo "-- Seer"; sed -n '/^| dtype/,$p' "$OUT/bench.log"
+fi
+if has_step peers && [[ -f "$OUT/peers.log" ]]; then
+  echo; echo "-- peers"; grep -E "^device|check:" "$OUT/peers.log"; sed -n '/^| dtype/,$p' "$OUT/peers.log"
+fi
+exit $status
