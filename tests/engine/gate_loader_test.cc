@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "engine/gate.h"
+#include "engine/model_config.h"
 #include "engine/safetensors.h"
 #include "tests/engine/pth_test_writer.h"
 
@@ -332,6 +333,54 @@ TEST(LoadGates, DefaultsFollowTheAuthorsConfigClass) {
   EXPECT_TRUE(g->config.sparsity.last_block_dense);
   EXPECT_EQ(g->config.block_size, 64);
   EXPECT_TRUE(g->config.base_model.empty());
+}
+
+// The fixture gates were written by real torch.save (tools/make_fixtures.py).
+// Their bf16 weights must come through bit for bit: compare with the raw
+// storage bytes, found here by walking the zip's local headers directly.
+TEST(LoadGates, FixtureGatesWrittenByTorch) {
+  for (const std::string model_name : {"llama", "qwen2"}) {
+    const std::string fixtures = SEER_FIXTURES_DIR;
+    const std::string dir = fixtures + "/" + model_name + "_gates";
+    if (!fs::exists(dir + "/attn_gate_weights.pth")) GTEST_SKIP() << "no fixture gates in " << dir;
+    auto model = LoadModelConfig(fixtures + "/" + model_name + "/config.json");
+    ASSERT_TRUE(model.ok()) << model.status().ToString();
+    auto g = LoadGates(dir, *model);
+    ASSERT_TRUE(g.ok()) << g.status().ToString();
+    ASSERT_EQ(int(g->layers.size()), model->num_layers);
+
+    std::string bytes;
+    {
+      std::ifstream in(dir + "/attn_gate_weights.pth", std::ios::binary);
+      bytes.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    // Storage i of the pickle holds layer i's weight (torch numbers storages
+    // in the order it meets them, and the dict is in layer order).
+    for (int i = 0; i < model->num_layers; ++i) {
+      const std::string name = "attn_gate_weights/data/" + std::to_string(i);
+      size_t at = 0;
+      for (;;) {
+        at = bytes.find(std::string("PK\x03\x04", 4), at);
+        ASSERT_NE(at, std::string::npos) << name;
+        const size_t name_len = uint8_t(bytes[at + 26]) | uint8_t(bytes[at + 27]) << 8;
+        const size_t extra_len = uint8_t(bytes[at + 28]) | uint8_t(bytes[at + 29]) << 8;
+        if (bytes.compare(at + 30, name_len, name) == 0) {
+          at += 30 + name_len + extra_len;
+          break;
+        }
+        at += 4;
+      }
+      const std::vector<float>& w = g->layers[i].k_weight;
+      ASSERT_EQ(w.size(), size_t(model->num_heads) * 3 * model->head_dim * g->config.hidden);
+      for (size_t j = 0; j < w.size(); ++j) {
+        const uint32_t bits = (uint32_t(uint8_t(bytes[at + 2 * j])) | uint32_t(uint8_t(bytes[at + 2 * j + 1])) << 8)
+                              << 16;
+        float expected;
+        std::memcpy(&expected, &bits, 4);
+        ASSERT_EQ(w[j], expected) << model_name << " layer " << i << " element " << j;
+      }
+    }
+  }
 }
 
 TEST(LoadGates, MissingFiles) {
