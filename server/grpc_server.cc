@@ -46,6 +46,11 @@ StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const std::string& liste
   // Decode workers ping every 30 s on long streams (prefill_client.cc).
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  // Clients reconnect every few minutes, re-resolving their target, so that a
+  // dns:/// name over a headless Service picks up new replicas. Streams in
+  // flight keep their connection until they end (the grace period).
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, 5 * 60 * 1000);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS, 60 * 60 * 1000);
   out->server_ = builder.BuildAndStart();
   if (!out->server_ || bound_port == 0)
     return Unavailable("--listen " + listen + ": cannot bind (address in use or not local?)");

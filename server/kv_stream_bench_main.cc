@@ -210,10 +210,19 @@ int Main(int argc, char** argv) {
   ExpectedLayout expected{engine.fingerprint(), layout.num_layers, layout.num_kv_heads, layout.head_dim,
                           engine.config().vocab_size};
 
+  // What the synthetic engine itself costs: filling the cache, no stream.
+  double fill_seconds = 0.0;
+  {
+    std::unique_ptr<KvCache> cache = std::move(engine.NewCache(static_cast<int>(tokens))).value();
+    std::vector<int32_t> ids(request.token_ids().begin(), request.token_ids().end());
+    const auto start = Clock::now();
+    (void)engine.Prefill(ids, {}, cache.get(), nullptr);
+    fill_seconds = Seconds(start, Clock::now());
+  }
+
   Row tcp{"raw TCP, 4 MiB send/recv", {}};
   Row read_only{"gRPC Prefill stream, read only", {}};
   Row assembled{"gRPC Prefill stream -> KvCache (decode)", {}};
-  double fill_seconds = 0.0;
   for (int64_t r = 0; r < repeats; ++r) {
     tcp.seconds.push_back(RawTcpSeconds(kv_bytes, size_t{4} << 20));
 
@@ -239,7 +248,6 @@ int Main(int argc, char** argv) {
       if (!fetched.ok()) std::fprintf(stderr, "fetch: %s\n", fetched.status().ToString().c_str());
       assembled.seconds.push_back(fetched.ok() && fetched->kv_bytes == static_cast<int64_t>(kv_bytes) ? seconds
                                                                                                        : -1.0);
-      if (fetched.ok()) fill_seconds = fetched->summary.timings().prefill_seconds();
     }
   }
 
@@ -256,7 +264,8 @@ int Main(int argc, char** argv) {
   PrintRow(tcp, mib);
   PrintRow(read_only, mib);
   PrintRow(assembled, mib);
-  std::printf("(the gRPC rows include the synthetic engine filling the cache: %.4f s in the last run)\n",
+  std::printf("(the gRPC rows include the synthetic engine filling the cache, %.4f s on its own, overlapped\n"
+              " with the stream layer by layer)\n",
               fill_seconds);
   (*server)->Shutdown(5.0);
   service.Shutdown();

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <future>
 #include <string>
@@ -382,8 +383,18 @@ TEST(EndToEnd, MetricsOverHttpNameEverySeriesWithConsistentValues) {
     EXPECT_EQ(Generate(stub.get(), r, &s).size(), static_cast<size_t>(news[i]));
     ASSERT_TRUE(s.ok()) << s.error_message();
   }
-  auto ptext = seer::testing::HttpGet(servers.prefill.metrics_address(), "/metrics");
-  auto dtext = seer::testing::HttpGet(servers.decode->metrics_address(), "/metrics");
+  // A client has its final status a moment before the server's OnDone
+  // counts the request: scrape until the last one is counted.
+  StatusOr<std::string> ptext = Unavailable("not scraped"), dtext = Unavailable("not scraped");
+  for (int i = 0; i < 500; ++i) {
+    ptext = seer::testing::HttpGet(servers.prefill.metrics_address(), "/metrics");
+    dtext = seer::testing::HttpGet(servers.decode->metrics_address(), "/metrics");
+    if (ptext.ok() && dtext.ok() &&
+        seer::testing::Metric(seer::testing::ParseMetrics(*dtext), "seer_decode_requests_total{code=\"OK\"}") ==
+            static_cast<double>(lengths.size()))
+      break;
+    std::this_thread::sleep_for(10ms);
+  }
   ASSERT_TRUE(ptext.ok()) << ptext.status().ToString();
   ASSERT_TRUE(dtext.ok()) << dtext.status().ToString();
   for (const char* name :
@@ -436,6 +447,26 @@ TEST(EndToEnd, MetricsOverHttpNameEverySeriesWithConsistentValues) {
 #ifdef SEER_HAVE_CUDA
   EXPECT_TRUE(cublas) << "a CUDA build's server should link cuBLAS; this test is meant to cover that case";
 #endif
+}
+
+// DESIGN.md §4: libcublasLt's ~94 KB of static TLS leaves civetweb's 100 KB
+// thread stacks no room, so /metrics dies in any process that links cuBLAS
+// unless the server's stack-size interposer raises them. The CUDA build links
+// cuBLAS into the servers; this loads it into the CPU build's server too.
+TEST(EndToEnd, MetricsServedWithCublasLoaded) {
+  std::string lib;
+  for (const char* p : {"/usr/local/cuda/lib64/libcublasLt.so", "/usr/lib/x86_64-linux-gnu/libcublasLt.so"})
+    if (std::filesystem::exists(p)) lib = p;
+  if (lib.empty()) GTEST_SKIP() << "no libcublasLt on this machine";
+  ServerProcess prefill(Bin("seer-prefill"),
+                        {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", Fixture("llama"),
+                         "--device", "cpu"},
+                        {"LD_PRELOAD=" + lib});
+  ASSERT_TRUE(prefill.Start());
+  EXPECT_TRUE(seer::testing::MapsCublasLt(prefill.pid()));
+  auto m = seer::testing::Scrape(prefill.metrics_address());
+  ASSERT_TRUE(m.ok()) << m.status().ToString();
+  EXPECT_EQ(seer::testing::Metric(*m, "seer_prefill_inflight_requests"), 0);
 }
 
 TEST(EndToEnd, SigtermDrainsTheStreamInFlightThenExits) {

@@ -441,6 +441,8 @@ TEST(Service, AFullQueueIsResourceExhaustedAtOnce) {
   engine.Release();
   EXPECT_TRUE(running.get().ok());
   EXPECT_TRUE(queued.get().ok());
+  // The client has its status before the server's OnDone has run.
+  for (int i = 0; i < 2000 && h.metrics.inflight.Value() != 0; ++i) std::this_thread::sleep_for(5ms);
   EXPECT_EQ(h.metrics.inflight.Value(), 0);
   auto count = [&](const std::string& code) {
     for (const auto& fam : h.registry->Collect())

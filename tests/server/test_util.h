@@ -64,8 +64,10 @@ inline std::vector<char*> Argv(std::vector<std::string>& args) {
 // and waits for "<program> ready" (the model has loaded).
 class ServerProcess {
  public:
-  ServerProcess(const std::string& binary, std::vector<std::string> args) {
+  // `env` entries ("NAME=value") are added to this process's environment.
+  ServerProcess(const std::string& binary, std::vector<std::string> args, std::vector<std::string> env = {}) {
     args.insert(args.begin(), binary);
+    for (char** e = environ; *e != nullptr; ++e) env.push_back(*e);
     int out[2];
     if (pipe(out) != 0) return;
     pid_ = fork();
@@ -74,8 +76,9 @@ class ServerProcess {
       close(out[0]);
       close(out[1]);
       std::vector<char*> argv = Argv(args);
-      execv(argv[0], argv.data());
-      std::perror("execv");
+      std::vector<char*> envp = Argv(env);
+      execve(argv[0], argv.data(), envp.data());
+      std::perror("execve");
       _exit(127);
     }
     close(out[1]);
