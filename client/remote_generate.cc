@@ -27,11 +27,11 @@ int RunGenerateCommand(int argc, char** argv) {
   flags.String("ids", &ids_flag, "prompt token ids: \"1,2,3\" (commas and/or whitespace) or @FILE. Required.");
   flags.Int("max-new-tokens", &max_new_tokens, "tokens to generate");
   flags.String("sparsity", &sparsity, "dense, threshold=T or nz_ratio=R (default: the prefill server's gates)");
-  flags.Bool("last-block-dense", &last_block_dense, "keep the last two query-block rows dense (default: the gates')");
+  flags.Bool("last-block-dense", &last_block_dense, "keep the last two query-block rows dense; sent only when given (else the gates' setting)");
   flags.Double("temperature", &temperature, "sampling temperature; 0 is greedy");
   flags.Int("top-k", &top_k, "sample among the k most likely tokens (0: all)");
   flags.Double("top-p", &top_p, "nucleus sampling mass (0 or 1: no cut)");
-  flags.Int("seed", &seed, "seed of the sampling stream (default: random)");
+  flags.Int("seed", &seed, "seed of the sampling stream; sent only when given (else a fresh random seed)");
   flags.String("stop", &stop, "stop after any of these token ids (\"2,7\")");
   flags.String("request-id", &request_id, "request id for the servers' logs");
   flags.Double("timeout", &timeout, "deadline of the whole call, seconds (0: none)");

@@ -61,7 +61,7 @@ int RunPrefillCommand(int argc, char** argv) {
   flags.String("addr", &addr, "seer-prefill address, host:port. Required.");
   flags.String("ids", &ids_flag, "prompt token ids: \"1,2,3\" (commas and/or whitespace) or @FILE. Required.");
   flags.String("sparsity", &sparsity, "dense, threshold=T or nz_ratio=R (default: the server's gates)");
-  flags.Bool("last-block-dense", &last_block_dense, "keep the last two query-block rows dense (default: the gates')");
+  flags.Bool("last-block-dense", &last_block_dense, "keep the last two query-block rows dense; sent only when given (else the gates' setting)");
   flags.Int("max-chunk-bytes", &max_chunk_bytes, "largest KV chunk message to ask for (0: the server's)");
   flags.String("dump", &dump, "write the KV cache and last logits to this safetensors file");
   flags.String("request-id", &request_id, "request id for the server's logs");
