@@ -101,6 +101,8 @@ bool ParseArgs(int argc, char** argv, Options* o) {
       o->warmup = std::atoi(v);
     } else if (const char* v = value("--min-seconds")) {
       o->min_seconds = std::atof(v);
+    } else if (const char* v = value("--min-iters")) {
+      o->min_iters = std::atoi(v);
     } else if (const char* v = value("--max-iters")) {
       o->max_iters = std::atoi(v);
     } else if (const char* v = value("--masks-dir")) {
@@ -111,7 +113,7 @@ bool ParseArgs(int argc, char** argv, Options* o) {
       std::fprintf(stderr,
                    "usage: %s [--seqs=8192,32768,131072] [--sparsities=0,0.5,0.9] [--dtypes=bf16,fp16]\n"
                    "          [--variants=auto,v1,v2] [--heads=32] [--kv-heads=32] [--dim=128] [--warmup=2]\n"
-                   "          [--min-seconds=1] [--max-iters=50] [--masks-dir=DIR] [--no-gate]\n",
+                   "          [--min-seconds=1] [--min-iters=3] [--max-iters=50] [--masks-dir=DIR] [--no-gate]\n",
                    argv[0]);
       return false;
     }

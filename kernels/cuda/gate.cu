@@ -145,30 +145,34 @@ __global__ void RopeTableKernel(const float* inv_freq, int nb, int half, int blo
 
 // --- project + rope -------------------------------------------------------
 constexpr int kProjBlocks = 32;   // pooled blocks per CTA (each CTA reads W[h] once)
-constexpr int kProjThreads = 128;
+constexpr int kProjThreads = 128;  // 4 warps x 8 rows; lane -> columns lane, lane + 32, ...
+constexpr int kProjRowsPerWarp = kProjBlocks / (kProjThreads / 32);
 constexpr int kProjChunk = 32;    // input channels (rows of W) staged in shared memory at a time
 
 size_t ProjectSmemBytes(int hidden) {
-  return sizeof(float) * (static_cast<size_t>(kProjBlocks) * kProjChunk + static_cast<size_t>(kProjChunk) * hidden +
+  return sizeof(float) * (static_cast<size_t>(kProjChunk) * kProjBlocks + static_cast<size_t>(kProjChunk) * hidden +
                           static_cast<size_t>(kProjBlocks) * hidden);
 }
 
 // grid (ceil(nb / 32), Hq, 2): z = 0 makes q', z = 1 makes k', [Hq, nb, hidden].
-// Dynamic shared memory: x chunk [32][32], W chunk [32][hidden], y [32][hidden].
+// Dynamic shared memory: x chunk [32 ch][32 blocks], W chunk [32][hidden],
+// y [32][hidden].
 __global__ void __launch_bounds__(kProjThreads)
     ProjectRopeKernel(GateParams p, int nb, const float* pooled_q, const float* pooled_k, const float* rope,
                       float* qp, float* kp) {
-  constexpr int kOutPerThread = kMaxHidden / kProjThreads;
+  constexpr int kColsPerLane = kMaxHidden / 32;
   extern __shared__ float proj_smem[];
   const int hidden = p.hidden;
-  float* xs = proj_smem;                        // [kProjBlocks][kProjChunk]
-  float* ws = xs + kProjBlocks * kProjChunk;    // [kProjChunk][hidden]
+  float* xs = proj_smem;                        // [kProjChunk][kProjBlocks], transposed
+  float* ws = xs + kProjChunk * kProjBlocks;    // [kProjChunk][hidden]
   float* ys = ws + kProjChunk * hidden;         // [kProjBlocks][hidden]
   const int b0 = blockIdx.x * kProjBlocks;
   const int h = blockIdx.y;
   const bool is_k = blockIdx.z == 1;
   const int nblk = min(kProjBlocks, nb - b0);
   const int group = p.num_heads / p.num_kv_heads;
+  const int lane = threadIdx.x % 32;
+  const int row0 = (threadIdx.x / 32) * kProjRowsPerWarp;
 
   const float* x;  // row b of the input is x + b * x_row
   int64_t x_row;
@@ -192,11 +196,11 @@ __global__ void __launch_bounds__(kProjThreads)
       ys[i] = x[(b0 + i / hidden) * x_row + i % hidden];
     }
   } else {
-    float acc[kProjBlocks][kOutPerThread];
+    float acc[kProjRowsPerWarp][kColsPerLane];
 #pragma unroll
-    for (int r = 0; r < kProjBlocks; ++r) {
+    for (int r = 0; r < kProjRowsPerWarp; ++r) {
 #pragma unroll
-      for (int j = 0; j < kOutPerThread; ++j) acc[r][j] = 0.0f;
+      for (int j = 0; j < kColsPerLane; ++j) acc[r][j] = 0.0f;
     }
     for (int i0 = 0; i0 < in; i0 += kProjChunk) {
       const int chunk = min(kProjChunk, in - i0);
@@ -204,29 +208,32 @@ __global__ void __launch_bounds__(kProjThreads)
       for (int i = threadIdx.x; i < kProjBlocks * kProjChunk; i += kProjThreads) {
         const int r = i / kProjChunk;
         const int c = i % kProjChunk;
-        xs[i] = (r < nblk && c < chunk) ? x[(b0 + r) * x_row + i0 + c] : 0.0f;
+        xs[c * kProjBlocks + r] = (r < nblk && c < chunk) ? x[(b0 + r) * x_row + i0 + c] : 0.0f;
       }
       const float* wchunk = w + static_cast<int64_t>(i0) * hidden;
       for (int i = threadIdx.x; i < chunk * hidden; i += kProjThreads) ws[i] = wchunk[i];
       __syncthreads();
       for (int c = 0; c < chunk; ++c) {
+        float xv[kProjRowsPerWarp];  // the same for the whole warp: broadcast reads
 #pragma unroll
-        for (int j = 0; j < kOutPerThread; ++j) {
-          const int o = threadIdx.x + j * kProjThreads;
-          if (o < hidden) {
+        for (int r = 0; r < kProjRowsPerWarp; ++r) xv[r] = xs[c * kProjBlocks + row0 + r];
+#pragma unroll
+        for (int j = 0; j < kColsPerLane; ++j) {
+          const int o = lane + 32 * j;
+          if (o < hidden) {  // uniform across the warp (hidden is even; lanes past it idle)
             const float wv = ws[c * hidden + o];
 #pragma unroll
-            for (int r = 0; r < kProjBlocks; ++r) acc[r][j] = fmaf(xs[r * kProjChunk + c], wv, acc[r][j]);
+            for (int r = 0; r < kProjRowsPerWarp; ++r) acc[r][j] = fmaf(xv[r], wv, acc[r][j]);
           }
         }
       }
     }
 #pragma unroll
-    for (int j = 0; j < kOutPerThread; ++j) {
-      const int o = threadIdx.x + j * kProjThreads;
+    for (int j = 0; j < kColsPerLane; ++j) {
+      const int o = lane + 32 * j;
       if (o < hidden) {
 #pragma unroll
-        for (int r = 0; r < kProjBlocks; ++r) ys[r * hidden + o] = acc[r][j];
+        for (int r = 0; r < kProjRowsPerWarp; ++r) ys[(row0 + r) * hidden + o] = acc[r][j];
       }
     }
   }
@@ -251,14 +258,14 @@ __global__ void __launch_bounds__(kProjThreads)
 }
 
 // --- scores ---------------------------------------------------------------
-constexpr int kScoreTile = 64;
-constexpr int kScoreK = 32;
-constexpr int kScoreThreads = 64;  // 8 x 8 threads, 8 x 8 scores each
+constexpr int kScoreTile = 128;
+constexpr int kScoreK = 16;
+constexpr int kScoreThreads = 256;  // 16 x 16 threads, 8 x 8 scores each
 constexpr int kScorePitch = kScoreTile + 4;  // floats; keeps rows 16-byte aligned
 
 // grid (tiles, tiles, heads in this pass). scores[hl][qb][kb] =
 // (q'[h, qb] . k'[h, kb]) * scale for kb <= qb (above the diagonal is never
-// written nor read).
+// written nor read). Each thread owns rows 8 ty.. and columns 8 tx.. of the tile.
 __global__ void __launch_bounds__(kScoreThreads)
     ScoresKernel(const float* qp, const float* kp, int nb, int hidden, int head0, float scale, float* scores) {
   const int qt = blockIdx.y;
@@ -268,8 +275,8 @@ __global__ void __launch_bounds__(kScoreThreads)
   const int h = head0 + hl;
   __shared__ __align__(16) float qs[kScoreK][kScorePitch];
   __shared__ __align__(16) float ks[kScoreK][kScorePitch];
-  const int tx = threadIdx.x % 8;  // key columns 8 tx .. 8 tx + 7
-  const int ty = threadIdx.x / 8;  // query rows 8 ty .. 8 ty + 7
+  const int tx = threadIdx.x % 16;
+  const int ty = threadIdx.x / 16;
   const float* qh = qp + static_cast<int64_t>(h) * nb * hidden;
   const float* kh = kp + static_cast<int64_t>(h) * nb * hidden;
   float acc[8][8] = {};
@@ -388,9 +395,17 @@ __global__ void __launch_bounds__(kSelectThreads)
     for (int shift = 24; shift >= 0; shift -= 8) {
       for (int i = tid; i < 256; i += kSelectThreads) hist[i] = 0;
       __syncthreads();
-      for (int i = tid; i < n; i += kSelectThreads) {
-        const uint32_t key = OrderKey(row[i]);
-        if ((key & prefix_mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
+      // Scores of a row share their top bits, so most lanes hit the same bin:
+      // one atomic per distinct bin per warp (bin 256 collects the rest).
+      for (int base = 0; base < n; base += kSelectThreads) {
+        const int i = base + tid;
+        uint32_t bin = 256u;
+        if (i < n) {
+          const uint32_t key = OrderKey(row[i]);
+          if ((key & prefix_mask) == prefix) bin = (key >> shift) & 255u;
+        }
+        const uint32_t peers = __match_any_sync(0xffffffffu, bin);
+        if (bin != 256u && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], static_cast<uint32_t>(__popc(peers)));
       }
       __syncthreads();
       // Warp 0 finds the bin, from the top, where the count reaches
@@ -486,34 +501,42 @@ __global__ void __launch_bounds__(kSelectThreads)
 constexpr int kScanThreads = 1024;
 
 // One CTA: offsets[r] = sum of counts[0 .. r), offsets[rows] = total; then
-// kept_per_head[h] from the offsets. Thread t owns a contiguous run of rows.
+// kept_per_head[h] from the offsets. Tiles of 4 x 1024 rows, each thread 4
+// consecutive rows, so every load and store is coalesced.
 __global__ void __launch_bounds__(kScanThreads)
     ScanKernel(const int32_t* counts, int rows, int nb, int heads, int32_t* offsets, int64_t* kept_per_head) {
   __shared__ int32_t warp_sums[kScanThreads / 32];
+  __shared__ int32_t carry;
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
-  const int per_thread = (rows + kScanThreads - 1) / kScanThreads;
-  const int begin = min(rows, static_cast<int>(threadIdx.x) * per_thread);
-  const int end = min(rows, begin + per_thread);
-  int32_t own = 0;
-#pragma unroll 8
-  for (int i = begin; i < end; ++i) own += counts[i];
-  int32_t incl = own;
-#pragma unroll
-  for (int off = 1; off < 32; off *= 2) {
-    const int32_t t = __shfl_up_sync(0xffffffffu, incl, off);
-    if (lane >= off) incl += t;
-  }
-  if (lane == 31) warp_sums[warp] = incl;
+  if (threadIdx.x == 0) carry = 0;
   __syncthreads();
-  int32_t before = incl - own;
-  for (int w = 0; w < warp; ++w) before += warp_sums[w];
-#pragma unroll 8
-  for (int i = begin; i < end; ++i) {
-    offsets[i] = before;
-    before += counts[i];
+  for (int base = 0; base < rows; base += 4 * kScanThreads) {
+    const int i0 = base + 4 * static_cast<int>(threadIdx.x);
+    int32_t v[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) v[k] = i0 + k < rows ? counts[i0 + k] : 0;
+    const int32_t own = v[0] + v[1] + v[2] + v[3];
+    int32_t incl = own;
+#pragma unroll
+    for (int off = 1; off < 32; off *= 2) {
+      const int32_t t = __shfl_up_sync(0xffffffffu, incl, off);
+      if (lane >= off) incl += t;
+    }
+    if (lane == 31) warp_sums[warp] = incl;
+    __syncthreads();
+    int32_t before = carry + incl - own;
+    for (int w = 0; w < warp; ++w) before += warp_sums[w];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      if (i0 + k < rows) offsets[i0 + k] = before;
+      before += v[k];
+    }
+    __syncthreads();  // everyone has read carry and warp_sums
+    if (threadIdx.x == kScanThreads - 1) carry = before;
+    __syncthreads();
   }
-  if (threadIdx.x == kScanThreads - 1) offsets[rows] = before;
+  if (threadIdx.x == 0) offsets[rows] = carry;
   __syncthreads();
   if (kept_per_head != nullptr) {
     for (int h = threadIdx.x; h < heads; h += kScanThreads) {
