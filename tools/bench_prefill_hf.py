@@ -24,7 +24,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 def llama31_8b(layers: int) -> LlamaConfig:
     # The shape of meta-llama/Llama-3.1-8B's config.json.
-    return LlamaConfig(
+    shape = dict(
         vocab_size=128256,
         hidden_size=4096,
         intermediate_size=14336,
@@ -34,13 +34,18 @@ def llama31_8b(layers: int) -> LlamaConfig:
         head_dim=128,
         max_position_embeddings=131072,
         rms_norm_eps=1e-5,
-        rope_theta=500000.0,
-        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
         tie_word_embeddings=False,
         attention_bias=False,
         mlp_bias=False,
     )
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    try:
+        # transformers 5: one rope_parameters dict.
+        return LlamaConfig(**shape, rope_parameters={**scaling, "rope_theta": 500000.0})
+    except TypeError:
+        # transformers 4: rope_theta plus rope_scaling.
+        return LlamaConfig(**shape, rope_theta=500000.0, rope_scaling=scaling)
 
 
 def make_model(config: LlamaConfig):
@@ -84,7 +89,8 @@ def main() -> int:
     print(f"model: Llama-3.1-8B shape, {args.layers} layers, random bf16 weights on the GPU "
           f"({weights / 2**30:.2f} GiB, made in {time.perf_counter() - t0:.1f} s), sdpa")
     extra = forward_kwargs(model)
-    print(f"forward kwargs: use_cache=True {extra}")
+    rope = getattr(model.config, "rope_parameters", None) or getattr(model.config, "rope_scaling", None)
+    print(f"forward kwargs: use_cache=True {extra}; rope {rope}")
 
     gen = torch.Generator(device="cuda").manual_seed(1)
 

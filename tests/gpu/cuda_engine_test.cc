@@ -240,7 +240,10 @@ TEST_P(CudaFixtureTest, GreedyDecodeAgreesWithCpuEngine) {
 // the fixture records, on the short (333) and long (1000) prompts. A mask
 // block may differ only where the CPU's probability is within bf16 rounding
 // of the boundary: the threshold itself, or the cut between the k-th and
-// (k+1)-th block of an nz_ratio row.
+// (k+1)-th block of an nz_ratio row. Once a layer's masks differ, the
+// attention outputs of the rows involved differ by a whole block, so the
+// next layers' gate inputs differ by more than rounding: their differences
+// are counted as cascaded and not held to the rounding rule.
 TEST_P(CudaFixtureTest, GatedMasksAgreeWithCpuEngineUpToBf16Rounding) {
   const std::string gates = std::string(GetParam()) + "_gates";
   if (!std::filesystem::exists(Fixture(gates) + "/config.json")) {
@@ -262,7 +265,7 @@ TEST_P(CudaFixtureTest, GatedMasksAgreeWithCpuEngineUpToBf16Rounding) {
   if (gexp != nullptr && gexp->Has("long.input_ids")) prompts.push_back(gexp->I32("long.input_ids"));
 
   constexpr double kBoundaryTol = 5e-2;  // relative, on the CPU probability
-  int64_t total_blocks = 0, differing = 0, unexplained = 0;
+  int64_t total_blocks = 0, differing = 0, unexplained = 0, cascaded = 0;
   for (const std::string& mode : modes) {
     auto sp = ParseSparsity(mode, cpu->gates()->config.sparsity);
     ASSERT_TRUE(sp.ok()) << mode;
@@ -280,13 +283,18 @@ TEST_P(CudaFixtureTest, GatedMasksAgreeWithCpuEngineUpToBf16Rounding) {
       ASSERT_TRUE(gr.ok()) << gr.status().ToString();
       ASSERT_TRUE(cr.ok()) << cr.status().ToString();
       ASSERT_EQ(gr->gate_outputs.size(), cr->gate_outputs.size());
-      EXPECT_LE(RelErr(gr->logits, cr->logits), kBf16ModelTol);
+      bool upstream_differs = false;
       for (size_t layer = 0; layer < gr->gate_outputs.size(); ++layer) {
         const GateOutput& g = gr->gate_outputs[layer];
         const GateOutput& c = cr->gate_outputs[layer];
         ASSERT_EQ(g.mask.num_blocks, c.mask.num_blocks);
         ASSERT_EQ(g.mask.num_heads, c.mask.num_heads);
+        if (upstream_differs) {
+          for (size_t i = 0; i < g.mask.keep.size(); ++i) cascaded += g.mask.keep[i] != c.mask.keep[i];
+          continue;
+        }
         EXPECT_LE(RelErr(g.probs, c.probs), kBf16ModelTol) << "layer " << layer << " gate probabilities";
+        const bool this_layer_differs = g.mask.keep != c.mask.keep;
         const int nb = c.mask.num_blocks;
         const int first_dense = opts.sparsity.last_block_dense ? std::max(0, nb - 2) : nb;
         int64_t topk = 0;
@@ -325,15 +333,20 @@ TEST_P(CudaFixtureTest, GatedMasksAgreeWithCpuEngineUpToBf16Rounding) {
           }
         }
         EXPECT_NEAR(gr->layer_density[layer], cr->layer_density[layer], 0.05) << "layer " << layer;
+        upstream_differs = this_layer_differs;
       }
+      // Same masks everywhere: the logits agree to bf16 (otherwise a flipped
+      // block legitimately moves them).
+      if (!upstream_differs) EXPECT_LE(RelErr(gr->logits, cr->logits), kBf16ModelTol);
     }
   }
   std::printf("[%s] gated masks: %lld of %lld causal blocks differ from the CPU engine (%lld not explained by "
-              "bf16 rounding at the boundary)\n",
+              "bf16 rounding at the boundary); %lld more differ in layers after a layer that differed\n",
               GetParam(), static_cast<long long>(differing), static_cast<long long>(total_blocks),
-              static_cast<long long>(unexplained));
+              static_cast<long long>(unexplained), static_cast<long long>(cascaded));
   RecordProperty("mask_blocks_differing", static_cast<int>(differing));
   RecordProperty("mask_blocks_total", static_cast<int>(total_blocks));
+  RecordProperty("mask_blocks_cascaded", static_cast<int>(cascaded));
   EXPECT_EQ(unexplained, 0);
 }
 
