@@ -14,7 +14,8 @@ jobs=$(nproc)
 echo "== [1/3] release build + tests"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j "$jobs"
-ctest --test-dir build --output-on-failure -j "$jobs"
+logs="$(mktemp -d)"
+ctest --test-dir build --output-on-failure -j "$jobs" 2>&1 | tee "$logs/release.log"
 
 if [ "${SEER_SKIP_SANITIZE:-0}" != 1 ]; then
   echo "== [2/3] engine tests under ASan + UBSan"
@@ -22,7 +23,7 @@ if [ "${SEER_SKIP_SANITIZE:-0}" != 1 ]; then
         -DSEER_ENABLE_SERVER=OFF -DSEER_ENABLE_CUDA=OFF
   cmake --build build-asan -j "$jobs" --target seer_engine_tests seer
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-    ctest --test-dir build-asan --output-on-failure -j "$jobs"
+    ctest --test-dir build-asan --output-on-failure -j "$jobs" 2>&1 | tee "$logs/asan.log"
 fi
 
 if [ "${SEER_SKIP_FUZZ:-0}" != 1 ]; then
@@ -47,4 +48,9 @@ if [ "${SEER_SKIP_FUZZ:-0}" != 1 ]; then
     done
   fi
 fi
+# One closing line over the ctest stages (skipped GPU tests count as passed by ctest).
+total=$(cat "$logs"/*.log | sed -n 's/.*tests passed, \([0-9]*\) tests failed out of \([0-9]*\).*/\1 \2/p' |
+        awk '{f += $1; n += $2} END {print n - f, f}')
+skipped=$(cat "$logs"/*.log | grep -c '\*\*\*Skipped' || true)
 echo "== all test stages passed"
+echo "seer: $(( ${total% *} - skipped )) passed, ${total#* } failed, $skipped skipped"
