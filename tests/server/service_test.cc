@@ -541,6 +541,25 @@ TEST(Service, AnUnavailableEndpointIsSkippedForTheNext) {
   EXPECT_NE(s.error_message().find(dead), std::string::npos) << s.error_message();
 }
 
+TEST(Service, ADnsNameReachesThePrefill) {
+  std::unique_ptr<Engine> engine = LoadEngine(Fixture("llama"));
+  ASSERT_TRUE(engine);
+  PrefillHarness prefill({}, engine.get());
+  // localhost may also resolve to ::1, where nothing listens: round-robin
+  // over the name's addresses must skip it.
+  DecodeHarness decode("dns:///localhost:" + std::to_string(prefill.server->port()), engine.get());
+  auto stub = decode.Stub();
+  for (int i = 0; i < 3; ++i) {
+    v1::GenerateRequest req;
+    for (int t = 0; t < 20; ++t) req.add_token_ids((t * 5 + i) % 128);
+    req.set_max_new_tokens(2);
+    std::vector<int32_t> tokens;
+    grpc::Status s = CallGenerate(stub.get(), req, &tokens);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(tokens.size(), 2u);
+  }
+}
+
 TEST(PrefillTargets, ParsesListsAndNames) {
   auto ok = ParsePrefillTargets("10.0.0.1:50051, prefill-0:1 ,dns:///seer-prefill.default.svc:50051");
   ASSERT_TRUE(ok.ok()) << ok.status().ToString();
