@@ -148,9 +148,10 @@ constexpr int kProjBlocks = 32;   // pooled blocks per CTA (each CTA reads W[h] 
 constexpr int kProjThreads = 128;  // 4 warps x 8 rows; lane -> columns lane, lane + 32, ...
 constexpr int kProjRowsPerWarp = kProjBlocks / (kProjThreads / 32);
 constexpr int kProjChunk = 32;    // input channels (rows of W) staged in shared memory at a time
+constexpr int kProjXPitch = kProjBlocks + 1;  // the transposed x chunk, padded against bank conflicts
 
 size_t ProjectSmemBytes(int hidden) {
-  return sizeof(float) * (static_cast<size_t>(kProjChunk) * kProjBlocks + static_cast<size_t>(kProjChunk) * hidden +
+  return sizeof(float) * (static_cast<size_t>(kProjChunk) * kProjXPitch + static_cast<size_t>(kProjChunk) * hidden +
                           static_cast<size_t>(kProjBlocks) * hidden);
 }
 
@@ -163,8 +164,8 @@ __global__ void __launch_bounds__(kProjThreads)
   constexpr int kColsPerLane = kMaxHidden / 32;
   extern __shared__ float proj_smem[];
   const int hidden = p.hidden;
-  float* xs = proj_smem;                        // [kProjChunk][kProjBlocks], transposed
-  float* ws = xs + kProjChunk * kProjBlocks;    // [kProjChunk][hidden]
+  float* xs = proj_smem;                        // [kProjChunk][kProjXPitch], transposed
+  float* ws = xs + kProjChunk * kProjXPitch;    // [kProjChunk][hidden]
   float* ys = ws + kProjChunk * hidden;         // [kProjBlocks][hidden]
   const int b0 = blockIdx.x * kProjBlocks;
   const int h = blockIdx.y;
@@ -208,7 +209,7 @@ __global__ void __launch_bounds__(kProjThreads)
       for (int i = threadIdx.x; i < kProjBlocks * kProjChunk; i += kProjThreads) {
         const int r = i / kProjChunk;
         const int c = i % kProjChunk;
-        xs[c * kProjBlocks + r] = (r < nblk && c < chunk) ? x[(b0 + r) * x_row + i0 + c] : 0.0f;
+        xs[c * kProjXPitch + r] = (r < nblk && c < chunk) ? x[(b0 + r) * x_row + i0 + c] : 0.0f;
       }
       const float* wchunk = w + static_cast<int64_t>(i0) * hidden;
       for (int i = threadIdx.x; i < chunk * hidden; i += kProjThreads) ws[i] = wchunk[i];
@@ -216,7 +217,7 @@ __global__ void __launch_bounds__(kProjThreads)
       for (int c = 0; c < chunk; ++c) {
         float xv[kProjRowsPerWarp];  // the same for the whole warp: broadcast reads
 #pragma unroll
-        for (int r = 0; r < kProjRowsPerWarp; ++r) xv[r] = xs[c * kProjBlocks + row0 + r];
+        for (int r = 0; r < kProjRowsPerWarp; ++r) xv[r] = xs[c * kProjXPitch + row0 + r];
 #pragma unroll
         for (int j = 0; j < kColsPerLane; ++j) {
           const int o = lane + 32 * j;
@@ -321,8 +322,7 @@ __global__ void __launch_bounds__(kScoreThreads)
 }
 
 // --- select ---------------------------------------------------------------
-constexpr int kSelectThreads = 256;
-constexpr int kSelectWarps = kSelectThreads / 32;
+constexpr int kSelectWarpsPerCta = 8;
 
 // Order-preserving map of float to uint32 (larger float -> larger key), NaN
 // above everything as torch.topk ranks it.
@@ -333,129 +333,106 @@ __device__ __forceinline__ uint32_t OrderKey(float f) {
 }
 
 template <typename V, typename Op>
-__device__ V BlockReduce(V v, Op op, V* smem) {
+__device__ __forceinline__ V WarpReduce(V v, Op op) {
 #pragma unroll
   for (int off = 16; off > 0; off /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, off));
-  const int warp = threadIdx.x / 32;
-  __syncthreads();
-  if (threadIdx.x % 32 == 0) smem[warp] = v;
-  __syncthreads();
-  V r = smem[0];
-  for (int w = 1; w < kSelectWarps; ++w) r = op(r, smem[w]);
-  return r;
+  return v;
 }
 
-// grid (nb, heads in this pass). Dynamic shared memory: the row's scores.
-__global__ void __launch_bounds__(kSelectThreads)
+// One warp per row (no CTA barriers: a row is a few thousand scores at most),
+// 8 rows per CTA. grid (ceil(nb / 8), heads in this pass).
+__global__ void __launch_bounds__(32 * kSelectWarpsPerCta)
     SelectKernel(GateParams p, int nb, int words, int head0, int64_t topk, int first_dense_row, const float* scores,
                  uint32_t* bitmap, int32_t* counts) {
-  extern __shared__ float row[];
-  __shared__ uint32_t hist[256];
-  __shared__ double red_d[kSelectWarps];
-  __shared__ float red_f[kSelectWarps];
-  __shared__ int red_i[kSelectWarps];
-  __shared__ uint32_t mask_words[kSelectWarps];
-  __shared__ int select_digit[2];
-
-  const int qb = blockIdx.x;
+  __shared__ uint32_t hist_all[kSelectWarpsPerCta][257];
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int qb = blockIdx.x * kSelectWarpsPerCta + warp;
+  if (qb >= nb) return;  // the whole warp leaves
+  uint32_t* hist = hist_all[warp];
   const int hl = blockIdx.y;
   const int h = head0 + hl;
   const int n = qb + 1;
-  const int tid = threadIdx.x;
-  const int lane = tid % 32;
-  const int warp = tid / 32;
-  const float* src = scores + (static_cast<int64_t>(hl) * nb + qb) * nb;
-  for (int i = tid; i < n; i += kSelectThreads) row[i] = src[i];
-  __syncthreads();
+  const float* row = scores + (static_cast<int64_t>(hl) * nb + qb) * nb;
 
   // Softmax over the causal blocks, rounded as the CPU gate does.
   float mx = -INFINITY;
-  for (int i = tid; i < n; i += kSelectThreads) mx = fmaxf(mx, row[i]);
-  mx = BlockReduce(mx, [](float a, float b) { return fmaxf(a, b); }, red_f);
+  for (int i = lane; i < n; i += 32) mx = fmaxf(mx, __ldg(row + i));
+  mx = WarpReduce(mx, [](float a, float b) { return fmaxf(a, b); });
   double sum = 0.0;
-  for (int i = tid; i < n; i += kSelectThreads) sum += static_cast<double>(expf(row[i] - mx));
-  sum = BlockReduce(sum, [](double a, double b) { return a + b; }, red_d);
+  for (int i = lane; i < n; i += 32) sum += static_cast<double>(expf(__ldg(row + i) - mx));
+  sum = WarpReduce(sum, [](double a, double b) { return a + b; });
   const float fsum = static_cast<float>(sum);
-  auto prob = [&](int i) { return expf(row[i] - mx) / fsum; };
+  auto prob = [&](int i) { return expf(__ldg(row + i) - mx) / fsum; };
   if (p.probs != nullptr) {
     float* prow = p.probs + (static_cast<int64_t>(h) * nb + qb) * nb;
-    for (int i = tid; i < nb; i += kSelectThreads) prow[i] = i < n ? prob(i) : 0.0f;
+    for (int i = lane; i < nb; i += 32) prow[i] = i < n ? prob(i) : 0.0f;
   }
 
-  // Selection: the kept set as a predicate on block i.
   const bool all = p.mode == GateSelection::kDense || qb >= first_dense_row ||
                    (p.mode == GateSelection::kNzRatio && topk >= n);
-  uint32_t kth_key = 0;    // top-k: blocks with a larger key are kept...
-  int take_equal = 0;      // ...and the first take_equal (by index) with an equal key
+  uint32_t kth_key = 0;  // top-k: blocks with a larger key are kept...
+  int take_equal = 0;    // ...and the first take_equal (by index) with an equal key
   if (!all && p.mode == GateSelection::kNzRatio) {
     // Radix select, 8 bits at a time from the top, of the topk-th largest key.
     uint32_t prefix = 0;
     uint32_t prefix_mask = 0;
     int remaining = static_cast<int>(topk);
     for (int shift = 24; shift >= 0; shift -= 8) {
-      for (int i = tid; i < 256; i += kSelectThreads) hist[i] = 0;
-      __syncthreads();
+      for (int i = lane; i < 257; i += 32) hist[i] = 0;
+      __syncwarp();
       // Scores of a row share their top bits, so most lanes hit the same bin:
-      // one atomic per distinct bin per warp (bin 256 collects the rest).
-      for (int base = 0; base < n; base += kSelectThreads) {
-        const int i = base + tid;
+      // one atomic per distinct bin (bin 256 collects the rest).
+      for (int base = 0; base < n; base += 32) {
+        const int i = base + lane;
         uint32_t bin = 256u;
         if (i < n) {
-          const uint32_t key = OrderKey(row[i]);
+          const uint32_t key = OrderKey(__ldg(row + i));
           if ((key & prefix_mask) == prefix) bin = (key >> shift) & 255u;
         }
         const uint32_t peers = __match_any_sync(0xffffffffu, bin);
         if (bin != 256u && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], static_cast<uint32_t>(__popc(peers)));
       }
-      __syncthreads();
-      // Warp 0 finds the bin, from the top, where the count reaches
-      // `remaining`: lane l holds bins 255 - 8l down to 248 - 8l.
-      if (warp == 0) {
-        int c[8];
-        int lane_total = 0;
+      __syncwarp();
+      // The bin, from the top, where the count reaches `remaining`: lane l
+      // holds bins 255 - 8l down to 248 - 8l.
+      int c[8];
+      int lane_total = 0;
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          c[i] = static_cast<int>(hist[255 - 8 * lane - i]);
-          lane_total += c[i];
-        }
-        int incl = lane_total;
-#pragma unroll
-        for (int off = 1; off < 32; off *= 2) {
-          const int t = __shfl_up_sync(0xffffffffu, incl, off);
-          if (lane >= off) incl += t;
-        }
-        const uint32_t reached = __ballot_sync(0xffffffffu, incl >= remaining);
-        const int first = __ffs(reached) - 1;  // reached is never 0: the total is n >= remaining
-        if (lane == first) {
-          int above = incl - lane_total;
-          int i = 0;
-          for (; i < 7; ++i) {
-            if (above + c[i] >= remaining) break;
-            above += c[i];
-          }
-          select_digit[0] = 255 - 8 * lane - i;
-          select_digit[1] = above;
-        }
+      for (int k = 0; k < 8; ++k) {
+        c[k] = static_cast<int>(hist[255 - 8 * lane - k]);
+        lane_total += c[k];
       }
-      __syncthreads();
-      const int digit = select_digit[0];
-      remaining -= select_digit[1];
+      int incl = lane_total;
+#pragma unroll
+      for (int off = 1; off < 32; off *= 2) {
+        const int t = __shfl_up_sync(0xffffffffu, incl, off);
+        if (lane >= off) incl += t;
+      }
+      const int first = __ffs(__ballot_sync(0xffffffffu, incl >= remaining)) - 1;  // the total n >= remaining
+      int above = incl - lane_total;
+      int k = 0;
+      for (; k < 7; ++k) {
+        if (above + c[k] >= remaining) break;
+        above += c[k];
+      }
+      const int digit = __shfl_sync(0xffffffffu, 255 - 8 * lane - k, first);
+      remaining -= __shfl_sync(0xffffffffu, above, first);
       prefix |= static_cast<uint32_t>(digit) << shift;
       prefix_mask |= 255u << shift;
-      __syncthreads();
+      __syncwarp();
     }
     kth_key = prefix;
     take_equal = remaining;
   }
   const float threshold = static_cast<float>(p.threshold);  // compared in float32, as torch does
 
-  // Bitmap words, in index order; equal keys are ranked by index with a
-  // running count across the word chunks.
+  // Bitmap words in index order; equal keys ranked by index.
   uint32_t* out_words = bitmap + (static_cast<int64_t>(h) * nb + qb) * words;
   int equal_before = 0;
   int kept = 0;
-  for (int base = 0; base < words * 32; base += kSelectThreads) {
-    const int i = base + tid;
+  for (int w = 0; w < words; ++w) {
+    const int i = w * 32 + lane;
     bool keep = false;
     bool equal = false;
     if (i < n) {
@@ -464,35 +441,24 @@ __global__ void __launch_bounds__(kSelectThreads)
       } else if (p.mode == GateSelection::kThreshold) {
         keep = prob(i) > threshold;
       } else {
-        const uint32_t key = OrderKey(row[i]);
+        const uint32_t key = OrderKey(__ldg(row + i));
         keep = key > kth_key;
         equal = key == kth_key;
       }
     }
     const uint32_t eq_bits = __ballot_sync(0xffffffffu, equal);
-    if (lane == 0) mask_words[warp] = __popc(eq_bits);
-    __syncthreads();
-    int eq_rank = equal_before + __popc(eq_bits & ((1u << lane) - 1u));
-    for (int w = 0; w < warp; ++w) eq_rank += static_cast<int>(mask_words[w]);
-    int eq_chunk = 0;
-    for (int w = 0; w < kSelectWarps; ++w) eq_chunk += static_cast<int>(mask_words[w]);
-    __syncthreads();
-    equal_before += eq_chunk;
+    const int eq_rank = equal_before + __popc(eq_bits & ((1u << lane) - 1u));
     if (equal && eq_rank < take_equal) keep = true;
+    equal_before += __popc(eq_bits);
     const uint32_t bits = __ballot_sync(0xffffffffu, keep);
-    const int word = i / 32;
-    if (lane == 0 && word < words) out_words[word] = bits;
-    kept += __popc(bits);  // same value in every lane of the warp
+    if (lane == 0) out_words[w] = bits;
+    kept += __popc(bits);
   }
-  // kept so far counts each warp's own words; total it over the CTA.
-  if (lane != 0) kept = 0;
-  kept = BlockReduce(kept, [](int a, int b) { return a + b; }, red_i);
-  if (kept == 0) {  // never an empty row: keep the diagonal block
-    if (tid == 0) {
+  if (lane == 0) {
+    if (kept == 0) {  // never an empty row: keep the diagonal block
       out_words[qb / 32] |= 1u << (qb % 32);
-      counts[static_cast<int64_t>(h) * nb + qb] = 1;
+      kept = 1;
     }
-  } else if (tid == 0) {
     counts[static_cast<int64_t>(h) * nb + qb] = kept;
   }
 }
@@ -600,8 +566,8 @@ bool ValidShapes(const GateParams& p) {
   return true;
 }
 
-// The select kernel keeps one row of scores in shared memory.
-constexpr int kMaxBlocks = 48 * 1024;  // 192 KB of floats; 3M tokens at block 64
+// Bounds the grid of the select kernel and the int32 CSR offsets.
+constexpr int kMaxBlocks = 48 * 1024;  // 3M tokens at block 64
 
 }  // namespace
 
@@ -692,17 +658,13 @@ cudaError_t RunGateKernels(const GateParams& p, cudaStream_t stream) {
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(p.hidden)));
   const int64_t topk = p.mode == GateSelection::kNzRatio ? TopK(p, nb) : 0;
   const int first_dense_row = FirstDenseRow(p, nb);
-  const size_t select_smem = sizeof(float) * static_cast<size_t>(nb);
-  if (select_smem > 48 * 1024) {
-    SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(SelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                   static_cast<int>(select_smem)));
-  }
   const int tiles = (nb + kScoreTile - 1) / kScoreTile;
   for (int head0 = 0; head0 < p.num_heads; head0 += g.heads_per_pass) {
     const int heads = p.num_heads - head0 < g.heads_per_pass ? p.num_heads - head0 : g.heads_per_pass;
     ScoresKernel<<<dim3(tiles, tiles, heads), kScoreThreads, 0, stream>>>(qp, kp, nb, p.hidden, head0, scale, scores);
     SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-    SelectKernel<<<dim3(nb, heads), kSelectThreads, select_smem, stream>>>(p, nb, g.words, head0, topk,
+    SelectKernel<<<dim3((nb + kSelectWarpsPerCta - 1) / kSelectWarpsPerCta, heads), 32 * kSelectWarpsPerCta, 0,
+                   stream>>>(p, nb, g.words, head0, topk,
                                                                           first_dense_row, scores, bitmap, counts);
     SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   }
