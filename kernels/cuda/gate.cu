@@ -144,38 +144,22 @@ __global__ void RopeTableKernel(const float* inv_freq, int nb, int half, int blo
 }
 
 // --- project + rope -------------------------------------------------------
-constexpr int kProjBlocks = 32;   // pooled blocks per CTA (each CTA reads W[h] once)
-constexpr int kProjThreads = 128;  // 4 warps x 8 rows; lane -> columns lane, lane + 32, ...
-constexpr int kProjRowsPerWarp = kProjBlocks / (kProjThreads / 32);
-constexpr int kProjChunk = 32;    // input channels (rows of W) staged in shared memory at a time
-constexpr int kProjXPitch = kProjBlocks + 1;  // the transposed x chunk, padded against bank conflicts
+constexpr int kGemmTile = 128;
+constexpr int kGemmK = 16;
+constexpr int kGemmThreads = 256;  // 16 x 16 threads, 8 x 8 outputs each
+constexpr int kGemmPitch = kGemmTile + 4;  // floats; keeps rows 16-byte aligned
 
-size_t ProjectSmemBytes(int hidden) {
-  return sizeof(float) * (static_cast<size_t>(kProjChunk) * kProjXPitch + static_cast<size_t>(kProjChunk) * hidden +
-                          static_cast<size_t>(kProjBlocks) * hidden);
-}
-
-// grid (ceil(nb / 32), Hq, 2): z = 0 makes q', z = 1 makes k', [Hq, nb, hidden].
-// Dynamic shared memory: x chunk [32 ch][32 blocks], W chunk [32][hidden],
-// y [32][hidden].
-__global__ void __launch_bounds__(kProjThreads)
-    ProjectRopeKernel(GateParams p, int nb, const float* pooled_q, const float* pooled_k, const float* rope,
-                      float* qp, float* kp) {
-  constexpr int kColsPerLane = kMaxHidden / 32;
-  extern __shared__ float proj_smem[];
+// The gate linears as one tiled GEMM per Q head: out[h] = X[h] . W[h] with
+// X [nb, in] (row stride x_row), W [in, hidden], out [Hq, nb, hidden]. grid
+// (m tiles, n tiles, Hq * linears): z < Hq makes k' for head z, z >= Hq
+// makes q' for head z - Hq (only when mask_linear_q exists).
+__global__ void __launch_bounds__(kGemmThreads)
+    ProjectKernel(GateParams p, int nb, const float* pooled_q, const float* pooled_k, float* qp, float* kp) {
+  const bool is_k = static_cast<int>(blockIdx.z) < p.num_heads;
+  const int h = is_k ? blockIdx.z : blockIdx.z - p.num_heads;
   const int hidden = p.hidden;
-  float* xs = proj_smem;                        // [kProjChunk][kProjXPitch], transposed
-  float* ws = xs + kProjChunk * kProjXPitch;    // [kProjChunk][hidden]
-  float* ys = ws + kProjChunk * hidden;         // [kProjBlocks][hidden]
-  const int b0 = blockIdx.x * kProjBlocks;
-  const int h = blockIdx.y;
-  const bool is_k = blockIdx.z == 1;
-  const int nblk = min(kProjBlocks, nb - b0);
   const int group = p.num_heads / p.num_kv_heads;
-  const int lane = threadIdx.x % 32;
-  const int row0 = (threadIdx.x / 32) * kProjRowsPerWarp;
-
-  const float* x;  // row b of the input is x + b * x_row
+  const float* x;
   int64_t x_row;
   int in;
   const float* w;
@@ -189,73 +173,82 @@ __global__ void __launch_bounds__(kProjThreads)
     x = pooled_q + static_cast<int64_t>(h) * p.head_dim;
     x_row = static_cast<int64_t>(p.num_heads) * p.head_dim;
     in = p.head_dim;
-    w = p.q_weight == nullptr ? nullptr : p.q_weight + static_cast<int64_t>(h) * in * hidden;
+    w = p.q_weight + static_cast<int64_t>(h) * in * hidden;
   }
-
-  if (w == nullptr) {  // no mask_linear_q: q' is the pooled Q (hidden == D)
-    for (int i = threadIdx.x; i < nblk * hidden; i += kProjThreads) {
-      ys[i] = x[(b0 + i / hidden) * x_row + i % hidden];
+  __shared__ __align__(16) float xs[kGemmK][kGemmPitch];
+  __shared__ __align__(16) float ws[kGemmK][kGemmPitch];
+  const int m0 = blockIdx.x * kGemmTile;
+  const int n0 = blockIdx.y * kGemmTile;
+  const int tx = threadIdx.x % 16;
+  const int ty = threadIdx.x / 16;
+  float acc[8][8] = {};
+  for (int c0 = 0; c0 < in; c0 += kGemmK) {
+    __syncthreads();
+    for (int i = threadIdx.x; i < kGemmTile * kGemmK; i += kGemmThreads) {
+      const int r = i / kGemmK;  // x: row r, channel c (transposed into shared memory)
+      const int c = i % kGemmK;
+      xs[c][r] = (m0 + r < nb && c0 + c < in) ? x[(m0 + r) * x_row + c0 + c] : 0.0f;
+      const int wc = i / kGemmTile;  // W: channel wc, output column wn
+      const int wn = i % kGemmTile;
+      ws[wc][wn] = (c0 + wc < in && n0 + wn < hidden) ? w[static_cast<int64_t>(c0 + wc) * hidden + n0 + wn] : 0.0f;
     }
+    __syncthreads();
+#pragma unroll 4
+    for (int c = 0; c < kGemmK; ++c) {
+      const float4 a0 = *reinterpret_cast<const float4*>(&xs[c][8 * ty]);
+      const float4 a1 = *reinterpret_cast<const float4*>(&xs[c][8 * ty + 4]);
+      const float4 b0 = *reinterpret_cast<const float4*>(&ws[c][8 * tx]);
+      const float4 b1 = *reinterpret_cast<const float4*>(&ws[c][8 * tx + 4]);
+      const float a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+      const float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+      for (int r = 0; r < 8; ++r) {
+#pragma unroll
+        for (int q = 0; q < 8; ++q) acc[r][q] = fmaf(a[r], b[q], acc[r][q]);
+      }
+    }
+  }
+  float* out = (is_k ? kp : qp) + static_cast<int64_t>(h) * nb * hidden;
+#pragma unroll
+  for (int r = 0; r < 8; ++r) {
+    const int m = m0 + 8 * ty + r;
+    if (m >= nb) continue;
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+      const int n = n0 + 8 * tx + q;
+      if (n < hidden) out[static_cast<int64_t>(m) * hidden + n] = acc[r][q];
+    }
+  }
+}
+
+// Block RoPE in place on q' and k' ([Hq, nb, hidden]); without mask_linear_q,
+// q' is first taken from the pooled Q. One thread per rotated pair. The
+// rotation rounds as the CPU does: four products, then a difference and a
+// sum, each rounded to float (no fused multiply-add).
+__global__ void RopeKernel(GateParams p, int nb, const float* pooled_q, const float* rope, float* qp, float* kp) {
+  const int half = p.hidden / 2;
+  const int64_t pairs = static_cast<int64_t>(p.num_heads) * nb * half;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= 2 * pairs) return;
+  const bool is_k = i >= pairs;
+  const int64_t j = is_k ? i - pairs : i;
+  const int f = static_cast<int>(j % half);
+  const int b = static_cast<int>((j / half) % nb);
+  const int h = static_cast<int>(j / (static_cast<int64_t>(half) * nb));
+  float* v = (is_k ? kp : qp) + (static_cast<int64_t>(h) * nb + b) * p.hidden;
+  float x1, x2;
+  if (!is_k && p.q_weight == nullptr) {
+    const float* src = pooled_q + (static_cast<int64_t>(b) * p.num_heads + h) * p.head_dim;
+    x1 = src[f];
+    x2 = src[f + half];
   } else {
-    float acc[kProjRowsPerWarp][kColsPerLane];
-#pragma unroll
-    for (int r = 0; r < kProjRowsPerWarp; ++r) {
-#pragma unroll
-      for (int j = 0; j < kColsPerLane; ++j) acc[r][j] = 0.0f;
-    }
-    for (int i0 = 0; i0 < in; i0 += kProjChunk) {
-      const int chunk = min(kProjChunk, in - i0);
-      __syncthreads();
-      for (int i = threadIdx.x; i < kProjBlocks * kProjChunk; i += kProjThreads) {
-        const int r = i / kProjChunk;
-        const int c = i % kProjChunk;
-        xs[c * kProjXPitch + r] = (r < nblk && c < chunk) ? x[(b0 + r) * x_row + i0 + c] : 0.0f;
-      }
-      const float* wchunk = w + static_cast<int64_t>(i0) * hidden;
-      for (int i = threadIdx.x; i < chunk * hidden; i += kProjThreads) ws[i] = wchunk[i];
-      __syncthreads();
-      for (int c = 0; c < chunk; ++c) {
-        float xv[kProjRowsPerWarp];  // the same for the whole warp: broadcast reads
-#pragma unroll
-        for (int r = 0; r < kProjRowsPerWarp; ++r) xv[r] = xs[c * kProjXPitch + row0 + r];
-#pragma unroll
-        for (int j = 0; j < kColsPerLane; ++j) {
-          const int o = lane + 32 * j;
-          if (o < hidden) {  // uniform across the warp (hidden is even; lanes past it idle)
-            const float wv = ws[c * hidden + o];
-#pragma unroll
-            for (int r = 0; r < kProjRowsPerWarp; ++r) acc[r][j] = fmaf(xv[r], wv, acc[r][j]);
-          }
-        }
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < kColsPerLane; ++j) {
-      const int o = lane + 32 * j;
-      if (o < hidden) {
-#pragma unroll
-        for (int r = 0; r < kProjRowsPerWarp; ++r) ys[(row0 + r) * hidden + o] = acc[r][j];
-      }
-    }
+    x1 = v[f];
+    x2 = v[f + half];
   }
-  __syncthreads();
-
-  // Rotation exactly as the CPU rounds it: four products, then a difference
-  // and a sum, each rounded to float (no fused multiply-add).
-  const int half = hidden / 2;
-  const float* cos_t = rope;
-  const float* sin_t = rope + static_cast<int64_t>(nb) * half;
-  float* out = (is_k ? kp : qp) + (static_cast<int64_t>(h) * nb + b0) * hidden;
-  for (int i = threadIdx.x; i < nblk * half; i += kProjThreads) {
-    const int r = i / half;
-    const int f = i % half;
-    const float c = cos_t[static_cast<int64_t>(b0 + r) * half + f];
-    const float s = sin_t[static_cast<int64_t>(b0 + r) * half + f];
-    const float x1 = ys[r * hidden + f];
-    const float x2 = ys[r * hidden + f + half];
-    out[r * hidden + f] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
-    out[r * hidden + f + half] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
-  }
+  const float c = rope[static_cast<int64_t>(b) * half + f];
+  const float s = rope[static_cast<int64_t>(nb) * half + static_cast<int64_t>(b) * half + f];
+  v[f] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
+  v[f + half] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
 }
 
 // --- scores ---------------------------------------------------------------
@@ -645,13 +638,13 @@ cudaError_t RunGateKernels(const GateParams& p, cudaStream_t stream) {
   RopeTableKernel<<<static_cast<unsigned>((table + 255) / 256), 256, 0, stream>>>(p.rope_inv_freq, nb, g.half,
                                                                                   p.block_size, rope);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  const size_t proj_smem = ProjectSmemBytes(p.hidden);
-  if (proj_smem > 48 * 1024) {
-    SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(ProjectRopeKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                   static_cast<int>(proj_smem)));
-  }
-  ProjectRopeKernel<<<dim3((nb + kProjBlocks - 1) / kProjBlocks, p.num_heads, 2), kProjThreads, proj_smem, stream>>>(
-      p, nb, pooled_q, pooled_k, rope, qp, kp);
+  const int linears = p.q_weight != nullptr ? 2 : 1;
+  ProjectKernel<<<dim3((nb + kGemmTile - 1) / kGemmTile, (p.hidden + kGemmTile - 1) / kGemmTile,
+                       p.num_heads * linears),
+                  kGemmThreads, 0, stream>>>(p, nb, pooled_q, pooled_k, qp, kp);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  const int64_t rope_threads = 2 * static_cast<int64_t>(p.num_heads) * nb * g.half;
+  RopeKernel<<<static_cast<unsigned>((rope_threads + 255) / 256), 256, 0, stream>>>(p, nb, pooled_q, rope, qp, kp);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
 
   // scores + select, heads_per_pass heads at a time
