@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   std::string model, prefill, device = "auto";
   int64_t threads = 0, max_concurrent = 4, max_queue = 64, max_new_tokens = 4096, attempts = 0;
   double drain_seconds = 30.0, prefill_timeout = 0.0;
+  bool retry_broken = false;
 
   seer::FlagSet flags("seer-decode --model DIR --prefill HOST:PORT[,HOST:PORT...] [flags]",
                       "Serves seer.v1.Decode: for each Generate request, pulls the prompt's KV cache from a\n"
@@ -41,6 +42,9 @@ int main(int argc, char** argv) {
   flags.Int("prefill-attempts", &attempts,
             "Prefill calls per request when endpoints are UNAVAILABLE (0: one per endpoint, +2 per dns name)");
   flags.Double("prefill-timeout", &prefill_timeout, "deadline of one Prefill call, seconds (0: none)");
+  flags.Bool("prefill-retry-broken", &retry_broken,
+             "when a prefill stream breaks (UNAVAILABLE) after it started, redo the prefill on another "
+             "endpoint instead of failing the request");
   flags.Double("drain-seconds", &drain_seconds, "on SIGTERM, how long in-flight streams get to finish");
   if (seer::Status s = flags.Parse(argc, argv); !s.ok()) {
     std::fprintf(stderr, "seer-decode: %s\n\n%s", s.ToString().c_str(), flags.Help().c_str());
@@ -65,6 +69,7 @@ int main(int argc, char** argv) {
   seer::PrefillClientOptions client_options;
   client_options.attempts = static_cast<int>(attempts);
   client_options.timeout_seconds = prefill_timeout;
+  client_options.retry_broken_streams = retry_broken;
   seer::StatusOr<std::unique_ptr<seer::PrefillClient>> client =
       seer::PrefillClient::Create(prefill, client_options);
   if (!client.ok()) {

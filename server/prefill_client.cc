@@ -157,7 +157,8 @@ Status PrefillClient::FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& re
   const std::string where = "prefill endpoint " + endpoint.target;
   if (!protocol.ok()) return protocol.WithContext(where);
   if (!status.ok()) {
-    *retryable = messages == 0 && status.error_code() == grpc::StatusCode::UNAVAILABLE;
+    *retryable = status.error_code() == grpc::StatusCode::UNAVAILABLE &&
+                 (messages == 0 || options_.retry_broken_streams);
     std::string progress = messages == 0 ? "before its first message"
                                          : "after " + std::to_string(assembler.chunks()) + " KV chunks (" +
                                                std::to_string(assembler.bytes()) + " bytes)";

@@ -45,6 +45,10 @@ struct PrefillClientOptions {
   double timeout_seconds = 0.0;
   // Largest message accepted from a prefill server.
   int64_t max_receive_bytes = int64_t{64} << 20;
+  // Also retry elsewhere when a stream breaks (UNAVAILABLE) after its first
+  // message: the prefill restarts from scratch on the next endpoint, which
+  // costs its whole compute again. Off: such a request ends UNAVAILABLE.
+  bool retry_broken_streams = false;
 };
 
 struct FetchedKv {
@@ -63,8 +67,9 @@ class PrefillClient {
                                                          const PrefillClientOptions& options);
 
   // Calls Prefill and assembles the KV into `cache`. An endpoint that answers
-  // UNAVAILABLE before its first message is skipped for the next one; any
-  // other failure ends the fetch with a status that names the endpoint.
+  // UNAVAILABLE before its first message is skipped for the next one (and,
+  // with retry_broken_streams, one whose stream breaks later); any other
+  // failure ends the fetch with a status that names the endpoint.
   // `on_kv_bytes` is called with the K/V bytes of each chunk as it lands.
   StatusOr<FetchedKv> Fetch(const v1::PrefillRequest& request, const ExpectedLayout& expected, KvCache* cache,
                             CallCanceller* canceller, const std::function<void(int64_t)>& on_kv_bytes);

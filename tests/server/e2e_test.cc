@@ -315,25 +315,31 @@ TEST(EndToEnd, CancelledStreamsFreeThePrefill) {
   EXPECT_EQ(prefill.Wait(), 0);
 }
 
-TEST(EndToEnd, KillingAPrefillServerFailsThatRequestAndTheNextGoesElsewhere) {
+// Two prefill servers behind one decode worker; one is killed while it
+// streams a request's KV. Without --prefill-retry-broken that request fails
+// with UNAVAILABLE naming the endpoint; with it, the prefill is redone on the
+// other. Either way the next requests land on the survivor.
+void KillAPrefillServerMidStream(bool retry_broken) {
   std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", SlowModel(),
                                    "--device", "cpu",         "--chunk-bytes", "65536", "--threads", "1"};
   ServerProcess a(Bin("seer-prefill"), args), b(Bin("seer-prefill"), args);
   ASSERT_TRUE(a.Start());
   ASSERT_TRUE(b.Start());
-  ServerProcess decode(Bin("seer-decode"),
-                       {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", SlowModel(), "--prefill",
-                        a.grpc_address() + "," + b.grpc_address(), "--device", "cpu", "--threads", "1"});
+  std::vector<std::string> decode_args = {"--listen",  "127.0.0.1:0", "--metrics", "127.0.0.1:0",
+                                          "--model",   SlowModel(),   "--prefill", a.grpc_address() + "," + b.grpc_address(),
+                                          "--device",  "cpu",         "--threads", "1"};
+  if (retry_broken) decode_args.push_back("--prefill-retry-broken");
+  ServerProcess decode(Bin("seer-decode"), decode_args);
   ASSERT_TRUE(decode.Start());
   auto stub = v1::Decode::NewStub(grpc::CreateChannel(decode.grpc_address(), grpc::InsecureChannelCredentials()));
 
   v1::GenerateRequest big;
   for (int32_t id : seer::testing::RandomIds(2048, 512, 9)) big.add_token_ids(id);
   big.set_max_new_tokens(2);
-  std::future<grpc::Status> doomed = std::async(std::launch::async, [&] {
+  std::future<std::pair<grpc::Status, size_t>> doomed = std::async(std::launch::async, [&] {
     grpc::Status s;
-    Generate(stub.get(), big, &s);
-    return s;
+    const size_t n = Generate(stub.get(), big, &s).size();
+    return std::make_pair(s, n);
   });
   // Wait until one server is streaming this request's KV, then kill it.
   ServerProcess* victim = nullptr;
@@ -350,10 +356,15 @@ TEST(EndToEnd, KillingAPrefillServerFailsThatRequestAndTheNextGoesElsewhere) {
   victim->Signal(SIGKILL);
   victim->Wait();
 
-  const grpc::Status failed = doomed.get();
-  EXPECT_EQ(failed.error_code(), grpc::StatusCode::UNAVAILABLE) << failed.error_message();
-  EXPECT_NE(failed.error_message().find(victim_address), std::string::npos) << failed.error_message();
-  EXPECT_NE(failed.error_message().find("KV chunks"), std::string::npos) << failed.error_message();
+  const auto [status, tokens] = doomed.get();
+  if (retry_broken) {
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(tokens, 2u);
+  } else {
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+    EXPECT_NE(status.error_message().find(victim_address), std::string::npos) << status.error_message();
+    EXPECT_NE(status.error_message().find("KV chunks"), std::string::npos) << status.error_message();
+  }
 
   // Round-robin reaches the dead endpoint half the time; either way the
   // request lands on the survivor.
@@ -377,6 +388,10 @@ TEST(EndToEnd, KillingAPrefillServerFailsThatRequestAndTheNextGoesElsewhere) {
     EXPECT_EQ(endpoint, survivor->grpc_address());
   }
 }
+
+TEST(EndToEnd, KillingAPrefillServerFailsThatRequestAndTheNextGoesElsewhere) { KillAPrefillServerMidStream(false); }
+
+TEST(EndToEnd, KillingAPrefillServerWithRetryRedoesThePrefillElsewhere) { KillAPrefillServerMidStream(true); }
 
 TEST(EndToEnd, MetricsOverHttpNameEverySeriesWithConsistentValues) {
   FixturePair servers;
