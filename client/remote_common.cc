@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "engine/sparsity.h"
+#include "server/grpc_status.h"
 
 namespace seer::remote {
 
@@ -74,10 +75,7 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& addr, int64_t max_
 }
 
 int ReportRpcError(const char* command, const grpc::Status& status) {
-  const int code = static_cast<int>(status.error_code());
-  const std::string_view name =
-      code >= 0 && code <= static_cast<int>(StatusCode::kDataLoss) ? StatusCodeName(static_cast<StatusCode>(code))
-                                                                   : "UNKNOWN";
+  const std::string_view name = GrpcCodeName(status.error_code());
   std::fprintf(stderr, "seer %s: %.*s: %s\n", command, static_cast<int>(name.size()), name.data(),
                status.error_message().c_str());
   return kExitRuntime;

@@ -9,6 +9,7 @@
 
 #include "server/grpc_status.h"
 #include "server/kv_wire.h"
+#include "server/sampling.h"
 #include "server/stream_reactor.h"
 
 namespace seer {
@@ -133,10 +134,7 @@ class PrefillStream final : public StreamReactor<v1::PrefillResponse> {
     // returned one row or all of them.
     const float* last = result->logits.data() + result->logits.size() - static_cast<size_t>(vocab);
     summary->mutable_last_logits()->Assign(last, last + vocab);
-    int32_t best = 0;
-    for (int32_t t = 1; t < vocab; ++t)
-      if (last[t] > last[best]) best = t;
-    summary->set_first_token(best);
+    summary->set_first_token(ArgMax(std::span<const float>(last, static_cast<size_t>(vocab))));
     for (double d : result->layer_density) summary->add_layer_density(d);
     summary->set_overall_density(result->overall_density);
     summary->set_kv_bytes(kv_bytes_queued_);

@@ -27,20 +27,17 @@ namespace {
 using namespace std::chrono_literals;
 using seer::testing::Bin;
 using seer::testing::CommandResult;
-using seer::testing::Fixture;
+using seer::testing::Path;
 using seer::testing::RunCommand;
 using seer::testing::ServerProcess;
 
 std::vector<int32_t> FixtureIds(const std::string& name, const std::string& tensor) {
-  auto f = SafetensorsFile::Open(Fixture(name + "/expected.safetensors"));
+  auto f = fixtures::Open(name + "/expected.safetensors");
   EXPECT_TRUE(f.ok()) << f.status().ToString();
   if (!f.ok()) return {};
-  const TensorView* t = (*f)->Find(tensor);
-  EXPECT_NE(t, nullptr) << tensor;
-  if (t == nullptr) return {};
-  std::vector<int32_t> v(t->numel());
-  std::memcpy(v.data(), t->data, v.size() * 4);
-  return v;
+  auto ids = fixtures::I32(**f, tensor);
+  EXPECT_TRUE(ids.ok()) << ids.status().ToString();
+  return ids.ok() ? *ids : std::vector<int32_t>{};
 }
 
 std::string WriteIds(const std::string& dir, const std::string& name, const std::vector<int32_t>& ids) {
@@ -73,13 +70,13 @@ std::vector<double> LayerDensity(const JsonValue& j) {
 // seer-prefill and seer-decode for the fixture Llama (with its gates).
 struct FixturePair {
   ServerProcess prefill{Bin("seer-prefill"),
-                        {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", Fixture("llama"),
-                         "--gates", Fixture("llama_gates"), "--device", "cpu"}};
+                        {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", Path("llama"),
+                         "--gates", Path("llama_gates"), "--device", "cpu"}};
   std::unique_ptr<ServerProcess> decode;
   ::testing::AssertionResult Start(std::vector<std::string> decode_extra = {}) {
     if (auto r = prefill.Start(); !r) return r;
     std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model",
-                                     Fixture("llama"), "--prefill", prefill.grpc_address(), "--device", "cpu"};
+                                     Path("llama"), "--prefill", prefill.grpc_address(), "--device", "cpu"};
     args.insert(args.end(), decode_extra.begin(), decode_extra.end());
     decode = std::make_unique<ServerProcess>(Bin("seer-decode"), args);
     return decode->Start();
@@ -102,7 +99,7 @@ TEST(EndToEnd, DisaggregatedGenerateEqualsSeerRun) {
     SCOPED_TRACE(c.ids + " " + c.sparsity);
     std::vector<std::string> gen = {Bin("seer"), "generate", "--addr", servers.decode->grpc_address(), "--ids",
                                     "@" + c.ids,  "--max-new-tokens", "8", "--json"};
-    std::vector<std::string> run = {Bin("seer"), "run",   "--model", Fixture("llama"), "--gates", Fixture("llama_gates"),
+    std::vector<std::string> run = {Bin("seer"), "run",   "--model", Path("llama"), "--gates", Path("llama_gates"),
                                     "--ids",     "@" + c.ids, "--max-new-tokens", "8", "--json", "--device", "cpu"};
     if (!c.sparsity.empty()) {
       gen.insert(gen.end(), {"--sparsity", c.sparsity});
@@ -193,8 +190,8 @@ TEST(EndToEnd, PrefillDumpEqualsRunDump) {
     SCOPED_TRACE("sparsity '" + sparsity + "'");
     std::vector<std::string> pre = {Bin("seer"), "prefill", "--addr", servers.prefill.grpc_address(), "--ids",
                                     "@" + prompt, "--dump", dir + "/remote.safetensors", "--max-chunk-bytes", "65536"};
-    std::vector<std::string> run = {Bin("seer"), "run",     "--model", Fixture("llama"), "--gates",
-                                    Fixture("llama_gates"), "--ids",   "@" + prompt,     "--dump",
+    std::vector<std::string> run = {Bin("seer"), "run",     "--model", Path("llama"), "--gates",
+                                    Path("llama_gates"), "--ids",   "@" + prompt,     "--dump",
                                     dir + "/local.safetensors", "--device", "cpu"};
     if (!sparsity.empty()) {
       pre.insert(pre.end(), {"--sparsity", sparsity});
@@ -206,7 +203,7 @@ TEST(EndToEnd, PrefillDumpEqualsRunDump) {
     auto remote = SafetensorsFile::Open(dir + "/remote.safetensors");
     auto local = SafetensorsFile::Open(dir + "/local.safetensors");
     ASSERT_TRUE(remote.ok() && local.ok());
-    auto hf = SafetensorsFile::Open(Fixture("llama/expected.safetensors"));
+    auto hf = fixtures::Open("llama/expected.safetensors");
     ASSERT_TRUE(hf.ok());
     for (int layer = 0; layer < 2; ++layer)
       for (const char* kv : {"k", "v"}) {
@@ -486,7 +483,7 @@ TEST(EndToEnd, MetricsServedWithCublasLoaded) {
   GTEST_SKIP() << "an AddressSanitizer build cannot take an LD_PRELOAD library ahead of its runtime";
 #endif
   ServerProcess prefill(Bin("seer-prefill"),
-                        {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", Fixture("llama"),
+                        {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", Path("llama"),
                          "--device", "cpu"},
                         {"LD_PRELOAD=" + lib});
   ASSERT_TRUE(prefill.Start());
@@ -542,7 +539,7 @@ TEST(EndToEnd, CliErrorsCarryTheStatusCodeName) {
                            "--max-queue", "--chunk-bytes"})
     EXPECT_NE(help.out.find(flag), std::string::npos) << flag;
   CommandResult bad_flag =
-      RunCommand({Bin("seer-decode"), "--model", Fixture("llama"), "--prefill", "x:1", "--max-concurrent", "0"});
+      RunCommand({Bin("seer-decode"), "--model", Path("llama"), "--prefill", "x:1", "--max-concurrent", "0"});
   EXPECT_EQ(bad_flag.exit_code, 2);
   EXPECT_NE(bad_flag.err.find("--max-concurrent"), std::string::npos) << bad_flag.err;
 }

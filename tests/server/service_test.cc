@@ -31,7 +31,7 @@ namespace seer {
 namespace {
 
 using namespace std::chrono_literals;
-using seer::testing::Fixture;
+using seer::testing::Path;
 
 std::unique_ptr<Engine> LoadEngine(const std::string& model, const std::string& gates = "") {
   EngineOptions o;
@@ -205,7 +205,7 @@ void ExpectInvalid(const grpc::Status& s, const std::string& field) {
 }
 
 TEST(Service, HealthIsNotServingUntilTheModelHasLoaded) {
-  std::unique_ptr<Engine> engine = LoadEngine(Fixture("llama"));
+  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"));
   ASSERT_TRUE(engine);
   PrefillHarness h({}, nullptr);
   using HS = grpc::health::v1::HealthCheckResponse;
@@ -226,7 +226,7 @@ TEST(Service, HealthIsNotServingUntilTheModelHasLoaded) {
 // grpc.reflection.v1alpha has no installed C++ stubs; the request is written
 // by hand: ServerReflectionRequest{list_services: "*"} is field 7, a string.
 TEST(Service, ReflectionListsTheServices) {
-  std::unique_ptr<Engine> engine = LoadEngine(Fixture("llama"));
+  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"));
   ASSERT_TRUE(engine);
   PrefillHarness h({}, engine.get());
   auto channel = grpc::CreateChannel(h.server->address(), grpc::InsecureChannelCredentials());
@@ -273,7 +273,7 @@ TEST(Service, ReflectionListsTheServices) {
 }
 
 TEST(Service, EveryBadFieldIsInvalidArgumentNamingIt) {
-  std::unique_ptr<Engine> engine = LoadEngine(Fixture("llama"), Fixture("llama_gates"));
+  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"), Path("llama_gates"));
   ASSERT_TRUE(engine);
   const ModelConfig& c = engine->config();
   ASSERT_EQ(c.vocab_size, 128);
@@ -398,7 +398,7 @@ TEST(Service, EveryBadFieldIsInvalidArgumentNamingIt) {
   }
   // Gated sparsity on a server without gates is a precondition, not an argument.
   {
-    std::unique_ptr<Engine> dense = LoadEngine(Fixture("llama"));
+    std::unique_ptr<Engine> dense = LoadEngine(Path("llama"));
     PrefillHarness no_gates({}, dense.get());
     v1::PrefillRequest r = prefill_req();
     r.mutable_sparsity()->set_mode(v1::Sparsity::MODE_THRESHOLD);
@@ -410,7 +410,7 @@ TEST(Service, EveryBadFieldIsInvalidArgumentNamingIt) {
 }
 
 TEST(Service, AFullQueueIsResourceExhaustedAtOnce) {
-  std::unique_ptr<Engine> real = LoadEngine(Fixture("llama"));
+  std::unique_ptr<Engine> real = LoadEngine(Path("llama"));
   ASSERT_TRUE(real);
   InstrumentedEngine engine(real.get());
   PrefillServiceOptions options;
@@ -495,8 +495,8 @@ TEST(Service, ACancelledStreamStopsTheEngine) {
 TEST(Service, LayoutMismatchIsFailedPrecondition) {
   // Same KV shapes (2 layers, 1 KV head, head_dim 64, vocab 128), different
   // checkpoints: only the fingerprint tells them apart.
-  std::unique_ptr<Engine> llama = LoadEngine(Fixture("llama"));
-  std::unique_ptr<Engine> qwen = LoadEngine(Fixture("qwen2"));
+  std::unique_ptr<Engine> llama = LoadEngine(Path("llama"));
+  std::unique_ptr<Engine> qwen = LoadEngine(Path("qwen2"));
   ASSERT_TRUE(llama && qwen);
   PrefillHarness prefill({}, llama.get());
   DecodeHarness decode(prefill.server->address(), qwen.get());
@@ -510,7 +510,7 @@ TEST(Service, LayoutMismatchIsFailedPrecondition) {
 }
 
 TEST(Service, AnUnavailableEndpointIsSkippedForTheNext) {
-  std::unique_ptr<Engine> engine = LoadEngine(Fixture("llama"));
+  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"));
   ASSERT_TRUE(engine);
   PrefillHarness prefill({}, engine.get());
   // A port that was just free: nothing listens there.
@@ -542,7 +542,7 @@ TEST(Service, AnUnavailableEndpointIsSkippedForTheNext) {
 }
 
 TEST(Service, ADnsNameReachesThePrefill) {
-  std::unique_ptr<Engine> engine = LoadEngine(Fixture("llama"));
+  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"));
   ASSERT_TRUE(engine);
   PrefillHarness prefill({}, engine.get());
   // localhost may also resolve to ::1, where nothing listens: round-robin

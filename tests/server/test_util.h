@@ -35,13 +35,14 @@
 #include "engine/base/status.h"
 #include "engine/safetensors.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "tests/engine/fixture_reader.h"
 
 namespace seer::testing {
 
 using namespace std::chrono_literals;
 
 inline std::string Bin(const std::string& name) { return std::string(SEER_BIN_DIR) + "/" + name; }
-inline std::string Fixture(const std::string& name) { return std::string(SEER_FIXTURES_DIR) + "/" + name; }
+using fixtures::Path;  // the committed fixtures (tests/engine/fixture_reader.h)
 
 inline std::string TempDir(const std::string& name) {
   const char* base = std::getenv("TEST_TMPDIR");
