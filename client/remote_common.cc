@@ -13,39 +13,6 @@
 
 namespace seer::remote {
 
-StatusOr<std::vector<int32_t>> ParseIds(const std::string& flag, const std::string& flag_name) {
-  std::string text = flag;
-  std::string source = "the list";
-  if (!flag.empty() && flag[0] == '@') {
-    const std::string path = flag.substr(1);
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return InvalidArgument(flag_name + ": cannot open '" + path + "'");
-    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-    source = "'" + path + "'";
-  }
-  std::vector<int32_t> ids;
-  auto is_sep = [](char c) { return c == ',' || c == ' ' || c == '\t' || c == '\n' || c == '\r'; };
-  size_t i = 0;
-  while (i < text.size()) {
-    if (is_sep(text[i])) {
-      ++i;
-      continue;
-    }
-    size_t j = i;
-    while (j < text.size() && !is_sep(text[j])) ++j;
-    const std::string item = text.substr(i, j - i);
-    bool digits = !item.empty() && item.size() <= 10;
-    for (char c : item) digits = digits && c >= '0' && c <= '9';
-    const int64_t value = digits ? std::stoll(item) : -1;
-    if (!digits || value > std::numeric_limits<int32_t>::max())
-      return InvalidArgument(flag_name + ": item " + std::to_string(ids.size()) + " ('" + item.substr(0, 32) +
-                             "') of " + source + " is not a token id (a non-negative 32-bit integer)");
-    ids.push_back(static_cast<int32_t>(value));
-    i = j;
-  }
-  return ids;
-}
-
 StatusOr<v1::Sparsity> SparsityFromFlags(const std::string& text, bool last_block_dense_set, bool last_block_dense) {
   v1::Sparsity out;
   if (!text.empty()) {

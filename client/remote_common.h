@@ -20,9 +20,6 @@ inline constexpr int kExitOk = 0;
 inline constexpr int kExitRuntime = 1;
 inline constexpr int kExitUsage = 2;
 
-// "1,2,3" (commas and/or whitespace) or @FILE.
-StatusOr<std::vector<int32_t>> ParseIds(const std::string& flag, const std::string& flag_name);
-
 // --sparsity TEXT (dense | threshold=T | nz_ratio=R; empty: the server's
 // default) and, when `last_block_dense_set`, --last-block-dense.
 StatusOr<v1::Sparsity> SparsityFromFlags(const std::string& text, bool last_block_dense_set, bool last_block_dense);

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "client/remote_common.h"
+#include "client/token_ids.h"
 #include "engine/base/flags.h"
 #include "engine/base/json.h"
 #include "seer/v1/seer.grpc.pb.h"
@@ -46,11 +47,11 @@ int RunGenerateCommand(int argc, char** argv) {
   if (ids_flag.empty()) return ReportUsage(cmd, "--ids is required (\"1,2,3\" or @FILE)");
 
   v1::GenerateRequest request;
-  StatusOr<std::vector<int32_t>> ids = ParseIds(ids_flag, "--ids");
+  StatusOr<std::vector<int32_t>> ids = ParseTokenIds(ids_flag, "--ids");
   if (!ids.ok()) return ReportUsage(cmd, ids.status().message());
   request.mutable_token_ids()->Assign(ids->begin(), ids->end());
   if (!stop.empty()) {
-    StatusOr<std::vector<int32_t>> stops = ParseIds(stop, "--stop");
+    StatusOr<std::vector<int32_t>> stops = ParseTokenIds(stop, "--stop");
     if (!stops.ok()) return ReportUsage(cmd, stops.status().message());
     request.mutable_stop_token_ids()->Assign(stops->begin(), stops->end());
   }

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "client/remote_common.h"
+#include "client/token_ids.h"
 #include "engine/base/flags.h"
 #include "engine/base/json.h"
 #include "engine/kv_cache.h"
@@ -77,7 +78,7 @@ int RunPrefillCommand(int argc, char** argv) {
   if (ids_flag.empty()) return ReportUsage(cmd, "--ids is required (\"1,2,3\" or @FILE)");
 
   v1::PrefillRequest request;
-  StatusOr<std::vector<int32_t>> ids = ParseIds(ids_flag, "--ids");
+  StatusOr<std::vector<int32_t>> ids = ParseTokenIds(ids_flag, "--ids");
   if (!ids.ok()) return ReportUsage(cmd, ids.status().message());
   request.mutable_token_ids()->Assign(ids->begin(), ids->end());
   request.set_request_id(request_id);

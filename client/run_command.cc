@@ -17,6 +17,7 @@
 #include "engine/engine.h"
 #include "engine/safetensors.h"
 #include "engine/sparsity.h"
+#include "client/token_ids.h"
 #include "kernels/cpu/ops.h"
 
 namespace seer {
@@ -24,7 +25,6 @@ namespace {
 
 constexpr int kExitRuntime = 1;
 constexpr int kExitUsage = 2;
-constexpr size_t kMaxIdsFileBytes = size_t{256} << 20;
 constexpr int64_t kMaxNewTokens = int64_t{1} << 20;
 
 struct RunFlags {
@@ -49,52 +49,6 @@ int UsageError(const std::string& message) {
 int RuntimeError(const Status& status) {
   std::fprintf(stderr, "seer run: %s\n", status.ToString().c_str());
   return kExitRuntime;
-}
-
-// Token ids separated by commas and/or whitespace.
-StatusOr<std::vector<int32_t>> ParseIdList(const std::string& text, const std::string& source) {
-  std::vector<int32_t> ids;
-  size_t i = 0;
-  auto is_sep = [](char c) { return c == ',' || c == ' ' || c == '\t' || c == '\n' || c == '\r'; };
-  while (i < text.size()) {
-    if (is_sep(text[i])) {
-      ++i;
-      continue;
-    }
-    size_t j = i;
-    while (j < text.size() && !is_sep(text[j])) ++j;
-    const std::string item = text.substr(i, j - i);
-    int64_t value = 0;
-    bool ok = item.size() <= 10;
-    for (char c : item) ok = ok && c >= '0' && c <= '9';
-    if (ok) value = std::stoll(item);
-    if (!ok || value > std::numeric_limits<int32_t>::max()) {
-      return InvalidArgument("--ids: item " + std::to_string(ids.size()) + " ('" + item.substr(0, 32) + "') of " +
-                             source + " is not a token id (a non-negative 32-bit integer)");
-    }
-    ids.push_back(static_cast<int32_t>(value));
-    i = j;
-  }
-  if (ids.empty()) return InvalidArgument("--ids: " + source + " holds no token ids");
-  return ids;
-}
-
-// --ids "1,2,3" or --ids @FILE.
-StatusOr<std::vector<int32_t>> ReadIds(const std::string& flag) {
-  if (flag.empty() || flag[0] != '@') return ParseIdList(flag, "the list");
-  const std::string path = flag.substr(1);
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return InvalidArgument("--ids: cannot open '" + path + "'");
-  std::string text;
-  char buf[1 << 16];
-  while (in.read(buf, sizeof(buf)) || in.gcount() > 0) {
-    text.append(buf, static_cast<size_t>(in.gcount()));
-    if (text.size() > kMaxIdsFileBytes) {
-      return InvalidArgument("--ids: '" + path + "' is larger than " + std::to_string(kMaxIdsFileBytes >> 20) +
-                             " MiB");
-    }
-  }
-  return ParseIdList(text, "'" + path + "'");
 }
 
 // Writes logits [rows, vocab], the prompt's KV cache per layer and, when
@@ -195,8 +149,9 @@ int Run(int argc, char** argv) {
     StatusOr<SparsityConfig> syntax = ParseSparsity(f.sparsity);
     if (!syntax.ok()) return UsageError("--sparsity: " + syntax.status().message());
   }
-  StatusOr<std::vector<int32_t>> ids_or = ReadIds(f.ids);
+  StatusOr<std::vector<int32_t>> ids_or = ParseTokenIds(f.ids, "--ids");
   if (!ids_or.ok()) return UsageError(ids_or.status().message());
+  if (ids_or->empty()) return UsageError("--ids: no token ids given");
   const std::vector<int32_t>& ids = *ids_or;
 
   EngineOptions options;
