@@ -8,6 +8,7 @@
 #include <fstream>
 #include <limits>
 
+#include "client/token_ids.h"
 #include "engine/sparsity.h"
 #include "server/grpc_status.h"
 
@@ -33,6 +34,45 @@ StatusOr<v1::Sparsity> SparsityFromFlags(const std::string& text, bool last_bloc
   }
   if (last_block_dense_set) out.set_last_block_dense(last_block_dense);
   return out;
+}
+
+void CommonFlags::Register(FlagSet& flags, const std::string& server) {
+  flags.String("addr", &addr, server + " address, host:port. Required.");
+  flags.String("ids", &ids, "prompt token ids: \"1,2,3\" (commas and/or whitespace) or @FILE. Required.");
+  flags.String("sparsity", &sparsity, "dense, threshold=T or nz_ratio=R (default: the prefill server's gates)");
+  flags.Bool("last-block-dense", &last_block_dense,
+             "keep the last two query-block rows dense; sent only when given (else the gates' setting)");
+  flags.String("request-id", &request_id, "request id for the servers' logs");
+  flags.Double("timeout", &timeout, "deadline of the whole call, seconds (0: none)");
+  flags.Bool("json", &json, "print one JSON object");
+}
+
+int ParseCommonFlags(FlagSet& flags, int argc, char** argv, const char* command, const std::string& server,
+                     const CommonFlags& common, CommonRequest* out) {
+  if (Status s = flags.Parse(argc, argv, 1); !s.ok()) return ReportUsage(command, s.message());
+  if (flags.help_requested()) {
+    std::fputs(flags.Help().c_str(), stdout);
+    return kExitOk;
+  }
+  if (!flags.positional().empty()) {
+    return ReportUsage(command, "unexpected argument '" + flags.positional()[0] + "'");
+  }
+  if (common.addr.empty()) return ReportUsage(command, "--addr is required (host:port of " + server + ")");
+  if (common.ids.empty()) return ReportUsage(command, "--ids is required (\"1,2,3\" or @FILE)");
+  StatusOr<std::vector<int32_t>> ids = ParseTokenIds(common.ids, "--ids");
+  if (!ids.ok()) return ReportUsage(command, ids.status().message());
+  out->ids = std::move(ids).value();
+  StatusOr<v1::Sparsity> sp =
+      SparsityFromFlags(common.sparsity, flags.WasSet("last-block-dense"), common.last_block_dense);
+  if (!sp.ok()) return ReportUsage(command, "--sparsity: " + sp.status().message());
+  out->sparsity = std::move(sp).value();
+  return -1;
+}
+
+void SetDeadline(grpc::ClientContext& context, double seconds) {
+  if (seconds <= 0) return;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::microseconds(static_cast<int64_t>(seconds * 1e6)));
 }
 
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& addr, int64_t max_receive_bytes) {

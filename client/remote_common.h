@@ -11,6 +11,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "engine/base/flags.h"
 #include "engine/base/status.h"
 #include "seer/v1/seer.pb.h"
 
@@ -19,6 +20,31 @@ namespace seer::remote {
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitRuntime = 1;
 inline constexpr int kExitUsage = 2;
+
+// The flags `seer generate` and `seer prefill` share, and what they become.
+struct CommonFlags {
+  std::string addr, ids, sparsity, request_id;
+  double timeout = 0.0;
+  bool json = false, last_block_dense = true;
+
+  // Registers --addr (of `server`, e.g. "seer-decode"), --ids, --sparsity,
+  // --last-block-dense, --request-id, --timeout and --json.
+  void Register(FlagSet& flags, const std::string& server);
+};
+
+struct CommonRequest {
+  std::vector<int32_t> ids;
+  v1::Sparsity sparsity;
+};
+
+// Parses argv into `flags` (which holds `common`'s flags), prints --help, and
+// checks and converts the shared flags. Returns -1 when the command goes on,
+// else the exit code to return.
+int ParseCommonFlags(FlagSet& flags, int argc, char** argv, const char* command, const std::string& server,
+                     const CommonFlags& common, CommonRequest* out);
+
+// Sets the call's deadline `seconds` from now (none when <= 0).
+void SetDeadline(grpc::ClientContext& context, double seconds);
 
 // --sparsity TEXT (dense | threshold=T | nz_ratio=R; empty: the server's
 // default) and, when `last_block_dense_set`, --last-block-dense.

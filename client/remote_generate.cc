@@ -16,40 +16,29 @@ namespace seer {
 int RunGenerateCommand(int argc, char** argv) {
   using namespace remote;
   const char* cmd = "generate";
-  std::string addr, ids_flag, sparsity, stop, request_id;
+  CommonFlags common;
+  std::string stop;
   int64_t max_new_tokens = 16, top_k = 0, seed = 0;
-  double temperature = 0.0, top_p = 0.0, timeout = 0.0;
-  bool json = false, last_block_dense = true;
+  double temperature = 0.0, top_p = 0.0;
   FlagSet flags("seer generate --addr HOST:PORT --ids IDS [flags]",
                 "Sends a prompt to a seer-decode server (seer.v1.Decode/Generate) and prints the tokens as\n"
                 "they stream back, then the time to first token. Greedy unless --temperature is set.\n"
+                "--json prints one object: tokens, ttft_ms, density {overall, layers}, timings.\n"
                 "Exit codes: 0 success, 1 the call failed (the message has the gRPC status code), 2 usage.");
-  flags.String("addr", &addr, "seer-decode address, host:port. Required.");
-  flags.String("ids", &ids_flag, "prompt token ids: \"1,2,3\" (commas and/or whitespace) or @FILE. Required.");
+  common.Register(flags, "seer-decode");
   flags.Int("max-new-tokens", &max_new_tokens, "tokens to generate");
-  flags.String("sparsity", &sparsity, "dense, threshold=T or nz_ratio=R (default: the prefill server's gates)");
-  flags.Bool("last-block-dense", &last_block_dense, "keep the last two query-block rows dense; sent only when given (else the gates' setting)");
   flags.Double("temperature", &temperature, "sampling temperature; 0 is greedy");
   flags.Int("top-k", &top_k, "sample among the k most likely tokens (0: all)");
   flags.Double("top-p", &top_p, "nucleus sampling mass (0 or 1: no cut)");
   flags.Int("seed", &seed, "seed of the sampling stream; sent only when given (else a fresh random seed)");
   flags.String("stop", &stop, "stop after any of these token ids (\"2,7\")");
-  flags.String("request-id", &request_id, "request id for the servers' logs");
-  flags.Double("timeout", &timeout, "deadline of the whole call, seconds (0: none)");
-  flags.Bool("json", &json, "print one JSON object: tokens, ttft_ms, density {overall, layers}, ...");
-  if (Status s = flags.Parse(argc, argv, 1); !s.ok()) return ReportUsage(cmd, s.message());
-  if (flags.help_requested()) {
-    std::fputs(flags.Help().c_str(), stdout);
-    return kExitOk;
-  }
-  if (!flags.positional().empty()) return ReportUsage(cmd, "unexpected argument '" + flags.positional()[0] + "'");
-  if (addr.empty()) return ReportUsage(cmd, "--addr is required (host:port of seer-decode)");
-  if (ids_flag.empty()) return ReportUsage(cmd, "--ids is required (\"1,2,3\" or @FILE)");
+  CommonRequest common_request;
+  if (int rc = ParseCommonFlags(flags, argc, argv, cmd, "seer-decode", common, &common_request); rc >= 0) return rc;
+  const bool json = common.json;
 
   v1::GenerateRequest request;
-  StatusOr<std::vector<int32_t>> ids = ParseTokenIds(ids_flag, "--ids");
-  if (!ids.ok()) return ReportUsage(cmd, ids.status().message());
-  request.mutable_token_ids()->Assign(ids->begin(), ids->end());
+  request.mutable_token_ids()->Assign(common_request.ids.begin(), common_request.ids.end());
+  *request.mutable_sparsity() = common_request.sparsity;
   if (!stop.empty()) {
     StatusOr<std::vector<int32_t>> stops = ParseTokenIds(stop, "--stop");
     if (!stops.ok()) return ReportUsage(cmd, stops.status().message());
@@ -60,22 +49,17 @@ int RunGenerateCommand(int argc, char** argv) {
   if (max_new_tokens < 0 || max_new_tokens > INT32_MAX) return ReportUsage(cmd, "--max-new-tokens: out of range");
   if (top_k < 0 || top_k > INT32_MAX) return ReportUsage(cmd, "--top-k: out of range");
   request.set_max_new_tokens(static_cast<int32_t>(max_new_tokens));
-  request.set_request_id(request_id);
-  StatusOr<v1::Sparsity> sp = SparsityFromFlags(sparsity, flags.WasSet("last-block-dense"), last_block_dense);
-  if (!sp.ok()) return ReportUsage(cmd, "--sparsity: " + sp.status().message());
-  *request.mutable_sparsity() = *sp;
+  request.set_request_id(common.request_id);
   v1::Sampling* sampling = request.mutable_sampling();
   sampling->set_temperature(static_cast<float>(temperature));
   sampling->set_top_k(static_cast<int32_t>(top_k));
   sampling->set_top_p(static_cast<float>(top_p));
   if (flags.WasSet("seed")) sampling->set_seed(static_cast<uint64_t>(seed));
 
-  auto stub = v1::Decode::NewStub(MakeChannel(addr, int64_t{64} << 20));
+  auto stub = v1::Decode::NewStub(MakeChannel(common.addr, int64_t{64} << 20));
   grpc::ClientContext context;
   const auto start = std::chrono::steady_clock::now();
-  if (timeout > 0)
-    context.set_deadline(std::chrono::system_clock::now() +
-                         std::chrono::microseconds(static_cast<int64_t>(timeout * 1e6)));
+  SetDeadline(context, common.timeout);
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub->Generate(&context, request);
 
   std::vector<int32_t> tokens;

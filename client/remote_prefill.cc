@@ -49,51 +49,33 @@ Status WriteKvDump(const std::string& path, const HostKvCache& cache, int seq_le
 int RunPrefillCommand(int argc, char** argv) {
   using namespace remote;
   const char* cmd = "prefill";
-  std::string addr, ids_flag, sparsity, dump, request_id;
+  CommonFlags common;
+  std::string dump;
   int64_t max_chunk_bytes = 0;
-  double timeout = 0.0;
-  bool json = false, last_block_dense = true;
   FlagSet flags("seer prefill --addr HOST:PORT --ids IDS [--dump OUT.safetensors] [flags]",
                 "Calls seer.v1.Prefill/Prefill on a seer-prefill server, checks and assembles the KV stream,\n"
                 "and prints its size, speed and density. --dump writes the KV cache with the tensor names of\n"
                 "`seer run --dump`: layers.{i}.k / layers.{i}.v F32 [kv_heads, L, head_dim] (K after RoPE),\n"
                 "and logits F32 [1, vocab] (the last position).\n"
                 "Exit codes: 0 success, 1 the call failed (the message has the gRPC status code), 2 usage.");
-  flags.String("addr", &addr, "seer-prefill address, host:port. Required.");
-  flags.String("ids", &ids_flag, "prompt token ids: \"1,2,3\" (commas and/or whitespace) or @FILE. Required.");
-  flags.String("sparsity", &sparsity, "dense, threshold=T or nz_ratio=R (default: the server's gates)");
-  flags.Bool("last-block-dense", &last_block_dense, "keep the last two query-block rows dense; sent only when given (else the gates' setting)");
+  common.Register(flags, "seer-prefill");
   flags.Int("max-chunk-bytes", &max_chunk_bytes, "largest KV chunk message to ask for (0: the server's)");
   flags.String("dump", &dump, "write the KV cache and last logits to this safetensors file");
-  flags.String("request-id", &request_id, "request id for the server's logs");
-  flags.Double("timeout", &timeout, "deadline of the call, seconds (0: none)");
-  flags.Bool("json", &json, "print one JSON object");
-  if (Status s = flags.Parse(argc, argv, 1); !s.ok()) return ReportUsage(cmd, s.message());
-  if (flags.help_requested()) {
-    std::fputs(flags.Help().c_str(), stdout);
-    return kExitOk;
-  }
-  if (!flags.positional().empty()) return ReportUsage(cmd, "unexpected argument '" + flags.positional()[0] + "'");
-  if (addr.empty()) return ReportUsage(cmd, "--addr is required (host:port of seer-prefill)");
-  if (ids_flag.empty()) return ReportUsage(cmd, "--ids is required (\"1,2,3\" or @FILE)");
+  CommonRequest common_request;
+  if (int rc = ParseCommonFlags(flags, argc, argv, cmd, "seer-prefill", common, &common_request); rc >= 0) return rc;
+  const bool json = common.json;
 
   v1::PrefillRequest request;
-  StatusOr<std::vector<int32_t>> ids = ParseTokenIds(ids_flag, "--ids");
-  if (!ids.ok()) return ReportUsage(cmd, ids.status().message());
-  request.mutable_token_ids()->Assign(ids->begin(), ids->end());
-  request.set_request_id(request_id);
+  request.mutable_token_ids()->Assign(common_request.ids.begin(), common_request.ids.end());
+  request.set_request_id(common.request_id);
+  *request.mutable_sparsity() = common_request.sparsity;
   request.set_max_chunk_bytes(max_chunk_bytes);
-  StatusOr<v1::Sparsity> sp = SparsityFromFlags(sparsity, flags.WasSet("last-block-dense"), last_block_dense);
-  if (!sp.ok()) return ReportUsage(cmd, "--sparsity: " + sp.status().message());
-  *request.mutable_sparsity() = *sp;
   const int seq_len = request.token_ids_size();
 
-  auto stub = v1::Prefill::NewStub(MakeChannel(addr, int64_t{1} << 30));
+  auto stub = v1::Prefill::NewStub(MakeChannel(common.addr, int64_t{1} << 30));
   grpc::ClientContext context;
   const auto start = std::chrono::steady_clock::now();
-  if (timeout > 0)
-    context.set_deadline(std::chrono::system_clock::now() +
-                         std::chrono::microseconds(static_cast<int64_t>(timeout * 1e6)));
+  SetDeadline(context, common.timeout);
   std::unique_ptr<grpc::ClientReader<v1::PrefillResponse>> reader = stub->Prefill(&context, request);
 
   std::unique_ptr<HostKvCache> cache;
