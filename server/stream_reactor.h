@@ -109,7 +109,7 @@ class StreamReactor : public grpc::ServerWriteReactor<Response>, public WorkQueu
   virtual void OnStreamCancelled() {}
   // Right before `msg` goes to gRPC; every earlier message has been written.
   virtual void BeforeWrite(Response* /*msg*/) {}
-  // `msg` was written.
+  // `msg` was written; returns before the next message's BeforeWrite starts.
   virtual void AfterWrite(const Response& /*msg*/, size_t /*bytes*/) {}
   // Last call before the reactor is deleted, with the status the client got.
   virtual void OnStreamDone(const grpc::Status& /*status*/) {}
@@ -126,17 +126,28 @@ class StreamReactor : public grpc::ServerWriteReactor<Response>, public WorkQueu
   }
 
   void OnWriteDone(bool ok) override {
+    // AfterWrite runs while the message is still the one in flight: until
+    // write_in_flight_ is cleared below, no Send can start the next write, so
+    // its BeforeWrite cannot overlap this hook.
+    if (ok) {
+      const Response* in_flight = nullptr;
+      size_t in_flight_bytes = 0;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        in_flight = outbox_.front().msg.get();
+        in_flight_bytes = outbox_.front().bytes;
+      }
+      AfterWrite(*in_flight, in_flight_bytes);
+    }
     Response* to_write = nullptr;
     bool finish = false;
     grpc::Status final_status;
     std::unique_ptr<Response> written;
-    size_t written_bytes = 0;
     {
       std::lock_guard<std::mutex> lock(mu_);
       written = std::move(outbox_.front().msg);
-      written_bytes = outbox_.front().bytes;
+      buffered_bytes_ -= outbox_.front().bytes;
       outbox_.pop_front();
-      buffered_bytes_ -= written_bytes;
       write_in_flight_ = false;
       if (!ok) MarkCancelledLocked("the stream broke: a write failed");
       if (!cancelled_ && !outbox_.empty()) {
@@ -150,7 +161,6 @@ class StreamReactor : public grpc::ServerWriteReactor<Response>, public WorkQueu
       }
     }
     space_.notify_all();
-    if (ok) AfterWrite(*written, written_bytes);
     if (!ok) OnStreamCancelled();
     if (to_write != nullptr) Write(to_write);
     if (finish) this->Finish(final_status);
