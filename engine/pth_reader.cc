@@ -6,6 +6,7 @@
 #include <map>
 #include <optional>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 
 #include "engine/zip_reader.h"
@@ -742,6 +743,9 @@ StatusOr<PthStateDict> ParsePth(const std::string& name, const uint8_t* data, si
   }
 
   PthStateDict out;
+  // Keys seen so far; they point into the unpickler's arena, which no longer
+  // changes. A hash set keeps the duplicate check linear in the key count.
+  std::unordered_set<std::string_view> names;
   std::map<std::string, ZipBytes> storages;  // key -> verified bytes
   // Output is bounded by the file: views that re-read one storage many times
   // could otherwise ask for far more memory than the file holds.
@@ -759,7 +763,7 @@ StatusOr<PthStateDict> ParsePth(const std::string& name, const uint8_t* data, si
       return InvalidArgument(name + ": state dict entry " + shown + " is a " + KindName(value.kind) +
                              ", not a tensor");
     }
-    if (out.Find(key.s) != nullptr) return InvalidArgument(name + ": state dict key " + shown + " appears twice");
+    if (!names.insert(key.s).second) return InvalidArgument(name + ": state dict key " + shown + " appears twice");
     const Obj& storage = u.at(value.storage);
 
     auto it = storages.find(storage.s);

@@ -244,6 +244,51 @@ TEST(PthReader, RejectsCallsAndBuildsOutsideTheStateDictShape) {
   ExpectRejected(ArchiveWithPickle(std::string("\x80\x02].", 4)), "holds a list, not a state dict");
 }
 
+// A state dict of many distinct keys that all name one small tensor (BINGET
+// makes each extra key cost a few bytes of pickle). It is valid and must load
+// in time linear in the keys: the duplicate-key check once compared every
+// key with all before it, which for a few hundred thousand keys ran for
+// minutes (and far longer with the fuzzer's sanitizers).
+TEST(PthReader, LoadsManyKeysSharingOneTensorInLinearTime) {
+  constexpr int kKeys = 300000;
+  PickleWriter w;
+  w.raw() += '}';
+  w.Put();
+  w.Mark();
+  w.Str("k0");
+  w.Global("torch._utils", "_rebuild_tensor_v2");
+  w.Mark();
+  w.Mark();
+  w.Str("storage");
+  w.Global("torch", "FloatStorage");
+  w.Str("0");
+  w.Str("cpu");
+  w.Int(1);
+  w.Tuple();
+  w.raw() += 'Q';
+  w.Int(0);
+  w.IntTuple({1});
+  w.IntTuple({1});
+  w.raw() += '\x89';
+  w.Global("collections", "OrderedDict");
+  w.raw() += ")R";
+  w.Put();
+  w.Tuple();
+  w.raw() += 'R';
+  const int tensor = w.Put();
+  for (int i = 1; i < kKeys; ++i) {
+    w.Str("k" + std::to_string(i));
+    w.Get(tensor);
+  }
+  w.raw() += 'u';
+  w.Stop();
+  auto r = Parse(PthArchive(w.raw(), {{"0", BytesF32({2.5f})}}));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->tensors.size(), size_t{kKeys});
+  EXPECT_EQ(r->tensors.back().name, "k" + std::to_string(kKeys - 1));
+  EXPECT_EQ(r->tensors.back().values, std::vector<float>{2.5f});
+}
+
 // --- hostile zips ------------------------------------------------------------
 
 TEST(PthReader, RejectsTruncatedZip) {
