@@ -13,6 +13,12 @@ Status CudaStatus(cudaError_t err, const char* what, const char* where) {
     msg += " at " + std::string(site.file) + ":" + std::to_string(site.line) + " (" + site.expr + ")";
   }
   site = cuda::CudaFailureSite{};
+  // The failed call also left `err` as this thread's last runtime error. The
+  // kernel wrappers check every launch with cudaGetLastError(), so unless it
+  // is cleared here the next, unrelated launch on this thread (the next
+  // request's) would report this failure as its own. A sticky error (a
+  // corrupted context) stays whatever we do.
+  cudaGetLastError();
   if (err == cudaErrorMemoryAllocation) return ResourceExhausted(std::move(msg));
   return Internal(std::move(msg));
 }

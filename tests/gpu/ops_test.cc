@@ -20,6 +20,7 @@
 
 #include "engine/base/dtype.h"
 #include "engine/cuda/cuda_engine.h"
+#include "engine/cuda/cuda_status.h"
 #include "engine/cuda/gemm.h"
 #include "engine/model_config.h"
 #include "kernels/cpu/ops.h"
@@ -356,6 +357,23 @@ TEST_F(GpuOpsTest, FillUniformIsDeterministicAndInRange) {
   // Uniform on [-0.5, 0.5): mean 0, variance 1/12.
   EXPECT_NEAR(sum / n, 0.0, 3e-3);
   EXPECT_NEAR(sum_sq / n, 1.0 / 12.0, 2e-3);
+}
+
+// A failed runtime call that the engine reports as a Status must not stay
+// behind as the thread's last error: every kernel wrapper checks its launch
+// with cudaGetLastError(), so the next request's first launch would fail with
+// this old error (an out-of-memory decode step poisoning the next request).
+TEST_F(GpuOpsTest, AReportedFailureDoesNotFailTheNextLaunch) {
+  const cudaError_t err = cudaSetDevice(1 << 20);  // no such device: a non-sticky error
+  ASSERT_NE(err, cudaSuccess);
+  const Status s = CudaStatus(err, "cudaSetDevice(1 << 20)", "ops_test");
+  EXPECT_EQ(s.code(), StatusCode::kInternal);
+  EXPECT_EQ(cudaPeekAtLastError(), cudaSuccess) << "the reported error is still the thread's last error";
+  Dev<float> x(1000);
+  ASSERT_TRUE(x.ok());
+  EXPECT_EQ(cuda::Fill(x.get(), 1000, 2.0f, stream_), cudaSuccess) << "an unrelated launch failed";
+  ASSERT_CUDA(cudaStreamSynchronize(stream_));
+  for (float v : Download(x.get(), 1000)) ASSERT_EQ(v, 2.0f);
 }
 
 class GpuGemmTest : public GpuOpsTest {
