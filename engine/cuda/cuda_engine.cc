@@ -383,6 +383,32 @@ StatusOr<PrefillResult> CudaEngine::Prefill(std::span<const int32_t> ids, const 
   const bool gated = gates_ != nullptr && (sp.mode != SparsityMode::kDense || options.keep_gate_outputs);
   const bool sparse = gates_ != nullptr && sp.mode != SparsityMode::kDense;
   const int block = gates_ != nullptr ? gates_->config.block_size : 64;
+  if (gated) {
+    // The gate kernels refuse these too, but only as cudaErrorInvalidValue
+    // (INTERNAL) and after the first layer's work; say what is wrong, first.
+    if (sp.mode == SparsityMode::kThreshold && !(sp.threshold >= 0.0 && sp.threshold < 1.0)) {
+      return InvalidArgument("prefill: sparsity threshold " + std::to_string(sp.threshold) + " must be in [0, 1)");
+    }
+    if (sp.mode == SparsityMode::kNzRatio && !(sp.nz_ratio > 0.0 && sp.nz_ratio <= 1.0)) {
+      return InvalidArgument("prefill: sparsity nz_ratio " + std::to_string(sp.nz_ratio) + " must be in (0, 1]");
+    }
+    // The block lists are int32 CSR offsets (kernels/cuda/attention.h): the
+    // blocks kept over all heads must stay below 2^31.
+    cuda::GateParams lists;
+    lists.seq_len = L;
+    lists.num_heads = config_.num_heads;
+    lists.block_size = block;
+    lists.mode = ToGateSelection(sp.mode);
+    lists.nz_ratio = sp.nz_ratio;
+    lists.last_block_dense = sp.last_block_dense;
+    const int64_t most_kept = cuda::GateMaxIndices(lists);
+    if (most_kept > int64_t{0x7fffffff}) {
+      return ResourceExhausted("prefill: a gated prefill of " + Str(L) + " tokens may keep " + Str(most_kept) +
+                               " attention blocks over " + Str(config_.num_heads) +
+                               " heads, more than the GPU's int32 block lists hold (2^31 - 1); use a shorter "
+                               "prompt or a smaller nz_ratio");
+    }
+  }
   const PrefillPlan plan =
       PlanPrefill(config_, gated ? gate_shape_ : GateShape{}, block, L, options.all_logits);
   SEER_RETURN_IF_ERROR(EnsureWorkspace(plan));

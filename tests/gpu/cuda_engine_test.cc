@@ -546,6 +546,48 @@ TEST_F(CudaEngineTest, ImpossibleRequestsAreResourceExhaustedBeforeAnyWork) {
   for (float x : ok->logits) ASSERT_TRUE(std::isfinite(x));
 }
 
+// Gated requests the GPU gate cannot serve are refused with the request's
+// own error before any work: a sparsity value out of range is
+// INVALID_ARGUMENT (as on the CPU engine), and a prompt whose block lists
+// would overflow the int32 CSR offsets is RESOURCE_EXHAUSTED, not an INTERNAL
+// cudaErrorInvalidValue from the gate after the first layer ran.
+TEST_F(CudaEngineTest, GatedRequestsTheGateCannotServeAreRefusedFirst) {
+  ModelConfig c = SmallRandomConfig();
+  RandomEngineOptions o;
+  o.with_gates = true;
+  o.gate_config.hidden = 64;
+  auto engine = CreateRandomCudaEngine(c, o);
+  ASSERT_TRUE(engine.ok()) << engine.status().ToString();
+  std::vector<int32_t> ids(300, 5);
+  PrefillOptions opts;
+  opts.sparsity.mode = SparsityMode::kThreshold;
+  opts.sparsity.threshold = 1.5;
+  auto cache = (*engine)->NewCache(300);
+  ASSERT_TRUE(cache.ok());
+  auto bad = (*engine)->Prefill(ids, opts, cache->get(), nullptr);
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument) << bad.status().ToString();
+  opts.sparsity.mode = SparsityMode::kNzRatio;
+  opts.sparsity.nz_ratio = 0.0;
+  bad = (*engine)->Prefill(ids, opts, cache->get(), nullptr);
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument) << bad.status().ToString();
+
+  // 2^21 tokens are 32768 blocks: 4 heads x 32768 x 32769 / 2 causal blocks
+  // is 2^31 + 65536 block indices. The KV cache (1 KiB a token) is 2 GiB.
+  const int L = 1 << 21;
+  auto big = (*engine)->NewCache(L);
+  ASSERT_TRUE(big.ok()) << big.status().ToString();
+  std::vector<int32_t> long_ids(L, 5);
+  opts.sparsity.mode = SparsityMode::kThreshold;
+  opts.sparsity.threshold = 0.01;
+  auto r = (*engine)->Prefill(long_ids, opts, big->get(), nullptr);
+  EXPECT_EQ(r.status().code(), StatusCode::kResourceExhausted) << r.status().ToString();
+  EXPECT_EQ((*big)->length(), 0);
+
+  // The engine still serves a valid gated request.
+  auto ok = (*engine)->Prefill(ids, opts, cache->get(), nullptr);
+  EXPECT_TRUE(ok.ok()) << ok.status().ToString();
+}
+
 // With random gates: nz_ratio=1 keeps every causal block, so the block-sparse
 // path gives the dense result; nz_ratio=r keeps exactly min(k, qb+1) blocks
 // per row outside the last two (dense) rows, which the reported density must
