@@ -59,6 +59,7 @@ Status DeviceKvCache::CheckRange(const char* op, int layer, int t0, int n) const
 Status DeviceKvCache::ReadLayer(int layer, int t0, int n, void* k_out, void* v_out) const {
   SEER_RETURN_IF_ERROR(CheckRange("ReadLayer", layer, t0, n));
   if (n == 0) return OkStatus();
+  if (k_out == nullptr || v_out == nullptr) return InvalidArgument("KV cache ReadLayer: null K or V output");
   const size_t row = static_cast<size_t>(n) * layout_.head_dim * sizeof(__nv_bfloat16);
   const size_t pitch = static_cast<size_t>(capacity_) * layout_.head_dim * sizeof(__nv_bfloat16);
   const size_t offset = static_cast<size_t>(t0) * layout_.head_dim;

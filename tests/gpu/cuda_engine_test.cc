@@ -480,6 +480,7 @@ TEST_P(CudaFixtureTest, KvCacheWireCopiesRoundTrip) {
     }
   }
   EXPECT_EQ(cache->ReadLayer(0, 90, 11, kb.data(), vb.data()).code(), StatusCode::kOutOfRange);
+  EXPECT_EQ(cache->ReadLayer(0, 0, 1, nullptr, vb.data()).code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(cache->WriteLayer(l.num_layers, 0, 1, DType::kF32, k.data(), v.data()).code(),
             StatusCode::kInvalidArgument);
   EXPECT_EQ(cache->WriteLayer(0, 0, 1, DType::kI32, k.data(), v.data()).code(), StatusCode::kInvalidArgument);
