@@ -281,7 +281,7 @@ StatusOr<PrefillResult> CpuEngine::Prefill(std::span<const int32_t> ids, const P
     if (gates_) {
       // The gate sees Q and K as projected, before RoPE (DESIGN.md §1).
       SEER_ASSIGN_OR_RETURN(GateOutput g, RunGate(gates_->layers[layer], gates_->config, config_, a.q.data(),
-                                                   a.k.data(), L, options.sparsity));
+                                                   a.k.data(), L, options.sparsity, threads_));
       gate = std::move(g);
     }
     RopeAndStore(a, kv, layer);

@@ -17,16 +17,15 @@
 // and the [Hq, nb, nb] outputs.
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <numeric>
 #include <string>
-#include <system_error>
 #include <thread>
 #include <vector>
 
 #include "engine/gate.h"
+#include "kernels/cpu/parallel.h"
 
 namespace seer {
 namespace {
@@ -116,27 +115,6 @@ Status CheckInputs(const GateLayerWeights& w, const GateConfig& gc, const ModelC
   }
   *out = dm;
   return OkStatus();
-}
-
-// Runs fn(i) for i in [0, n) on up to hardware_concurrency threads. The
-// calling thread takes part, so a failure to start threads only costs speed.
-template <typename Fn>
-void ParallelFor(int n, Fn fn) {
-  std::atomic<int> next{0};
-  auto worker = [&] {
-    for (int i = next.fetch_add(1); i < n; i = next.fetch_add(1)) fn(i);
-  };
-  const int extra = std::min<int>(n, static_cast<int>(std::thread::hardware_concurrency())) - 1;
-  std::vector<std::thread> pool;
-  for (int t = 0; t < extra; ++t) {
-    try {
-      pool.emplace_back(worker);
-    } catch (const std::system_error&) {
-      break;
-    }
-  }
-  worker();
-  for (auto& th : pool) th.join();
 }
 
 // Average of Q over each block: [nb, Hq, D].
@@ -264,7 +242,8 @@ struct ScoreGreater {
 }  // namespace
 
 StatusOr<GateOutput> RunGate(const GateLayerWeights& w, const GateConfig& gc, const ModelConfig& model,
-                             const float* q, const float* k, int seq_len, const SparsityConfig& sparsity) {
+                             const float* q, const float* k, int seq_len, const SparsityConfig& sparsity,
+                             int num_threads) {
   Dims dm;
   SEER_RETURN_IF_ERROR(CheckInputs(w, gc, model, q, k, seq_len, &dm));
   if (sparsity.mode == SparsityMode::kThreshold && !(sparsity.threshold >= 0.0 && sparsity.threshold < 1.0)) {
@@ -323,7 +302,8 @@ StatusOr<GateOutput> RunGate(const GateLayerWeights& w, const GateConfig& gc, co
   }
   const int first_dense_row = sparsity.last_block_dense ? std::max(0, dm.nb - 2) : dm.nb;
 
-  ParallelFor(dm.hq, [&](int h) {
+  const int threads = num_threads > 0 ? num_threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  cpu::ParallelFor(dm.hq, threads, [&](int h) {
     std::vector<float> scores(nb);
     std::vector<int> order(nb);
     for (int qb = 0; qb < dm.nb; ++qb) {

@@ -50,7 +50,9 @@ struct GateOutput {
 //   q: [L, Hq, head_dim] and k: [L, Hkv, head_dim], straight after
 //   q_proj / k_proj (bias included, before RoPE).
 // Applies `sparsity` (mode, last_block_dense) and the never-empty-row rule.
+// Runs on up to `num_threads` threads, the caller's included (0: one per core).
 StatusOr<GateOutput> RunGate(const GateLayerWeights& w, const GateConfig& gc, const ModelConfig& model,
-                             const float* q, const float* k, int seq_len, const SparsityConfig& sparsity);
+                             const float* q, const float* k, int seq_len, const SparsityConfig& sparsity,
+                             int num_threads = 0);
 
 }  // namespace seer
