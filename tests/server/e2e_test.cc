@@ -258,6 +258,7 @@ TEST(EndToEnd, CancelledStreamsFreeThePrefill) {
 
   auto cancel_one = [&] {
     grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 60s);
     auto reader = stub->Prefill(&ctx, req);
     v1::PrefillResponse msg;
     bool header = reader->Read(&msg) && msg.has_header();
@@ -301,6 +302,7 @@ TEST(EndToEnd, CancelledStreamsFreeThePrefill) {
 
   // Still serving.
   grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 120s);
   auto reader = stub->Prefill(&ctx, req);
   v1::PrefillResponse msg;
   bool summary = false;
@@ -405,14 +407,19 @@ TEST(EndToEnd, MetricsOverHttpNameEverySeriesWithConsistentValues) {
     ASSERT_TRUE(s.ok()) << s.error_message();
   }
   // A client has its final status a moment before the server's OnDone
-  // counts the request: scrape until the last one is counted.
+  // counts the request, on either server (the decode worker is the prefill's
+  // client): scrape until both have counted the last one.
   StatusOr<std::string> ptext = Unavailable("not scraped"), dtext = Unavailable("not scraped");
   for (int i = 0; i < 500; ++i) {
     ptext = seer::testing::HttpGet(servers.prefill.metrics_address(), "/metrics");
     dtext = seer::testing::HttpGet(servers.decode->metrics_address(), "/metrics");
+    const double want = static_cast<double>(lengths.size());
     if (ptext.ok() && dtext.ok() &&
         seer::testing::Metric(seer::testing::ParseMetrics(*dtext), "seer_decode_requests_total{code=\"OK\"}") ==
-            static_cast<double>(lengths.size()))
+            want &&
+        seer::testing::Metric(seer::testing::ParseMetrics(*ptext), "seer_prefill_requests_total{code=\"OK\"}") ==
+            want &&
+        seer::testing::Metric(seer::testing::ParseMetrics(*ptext), "seer_prefill_inflight_requests") == 0)
       break;
     std::this_thread::sleep_for(10ms);
   }

@@ -472,6 +472,7 @@ TEST(Service, ACancelledStreamStopsTheEngine) {
   for (int32_t id : seer::testing::RandomIds(1536, 512, 3)) req.add_token_ids(id);
 
   grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 60s);
   auto reader = stub->Prefill(&ctx, req);
   v1::PrefillResponse msg;
   ASSERT_TRUE(reader->Read(&msg));

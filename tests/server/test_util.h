@@ -6,7 +6,9 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -53,6 +55,15 @@ inline std::string TempDir(const std::string& name) {
   return dir.string();
 }
 
+// In a forked child: die with the test process (a crashed or timed-out test
+// must not leave servers running that hold ctest's output pipe open). The
+// signal comes when the forking thread exits, so fork on a thread that lives
+// as long as the child is needed.
+inline void DieWithParent(pid_t parent) {
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != parent) _exit(127);  // the parent was already gone
+}
+
 inline std::vector<char*> Argv(std::vector<std::string>& args) {
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
@@ -71,8 +82,10 @@ class ServerProcess {
     for (char** e = environ; *e != nullptr; ++e) env.push_back(*e);
     int out[2];
     if (pipe(out) != 0) return;
+    const pid_t parent = getpid();
     pid_ = fork();
     if (pid_ == 0) {
+      DieWithParent(parent);
       dup2(out[1], STDOUT_FILENO);
       close(out[0]);
       close(out[1]);
@@ -116,13 +129,24 @@ class ServerProcess {
   void Signal(int sig) {
     if (pid_ > 0 && !exited_) kill(pid_, sig);
   }
-  // The exit status (WEXITSTATUS, or 128 + signal).
-  int Wait() {
-    if (exited_) return exit_code_;
+  // The exit status (WEXITSTATUS, or 128 + signal). A process still running
+  // after `timeout` is killed, and the result is -2.
+  int Wait(std::chrono::milliseconds timeout = 120s) {
+    if (exited_ || pid_ <= 0) return exit_code_;
     int status = 0;
-    waitpid(pid_, &status, 0);
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    bool timed_out = false;
+    while (waitpid(pid_, &status, WNOHANG) == 0) {
+      if (std::chrono::steady_clock::now() > deadline) {
+        kill(pid_, SIGKILL);
+        waitpid(pid_, &status, 0);
+        timed_out = true;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
     exited_ = true;
-    exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    exit_code_ = timed_out ? -2 : WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
     return exit_code_;
   }
 
@@ -185,13 +209,16 @@ struct CommandResult {
   std::string out, err;
 };
 
-// Runs a program to completion, capturing stdout and stderr.
-inline CommandResult RunCommand(std::vector<std::string> args) {
+// Runs a program to completion, capturing stdout and stderr. One still
+// running after `timeout` is killed (exit code 128 + SIGKILL).
+inline CommandResult RunCommand(std::vector<std::string> args, std::chrono::seconds timeout = 300s) {
   CommandResult r;
   int out[2], err[2];
   if (pipe(out) != 0 || pipe(err) != 0) return r;
+  const pid_t parent = getpid();
   pid_t pid = fork();
   if (pid == 0) {
+    DieWithParent(parent);
     dup2(out[1], STDOUT_FILENO);
     dup2(err[1], STDERR_FILENO);
     close(out[0]);
@@ -204,6 +231,13 @@ inline CommandResult RunCommand(std::vector<std::string> args) {
   }
   close(out[1]);
   close(err[1]);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool reaped = false;
+  std::thread watchdog([&] {
+    std::unique_lock<std::mutex> lock(mu);
+    if (!cv.wait_for(lock, timeout, [&] { return reaped; })) kill(pid, SIGKILL);
+  });
   std::thread drain_err([&] {
     char buf[4096];
     ssize_t n;
@@ -215,8 +249,18 @@ inline CommandResult RunCommand(std::vector<std::string> args) {
   drain_err.join();
   close(out[0]);
   close(err[0]);
+  // Wait for the exit without reaping, so the watchdog never signals a
+  // reused pid; then reap.
+  siginfo_t info{};
+  waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOWAIT);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    reaped = true;
+  }
   int status = 0;
   waitpid(pid, &status, 0);
+  cv.notify_all();
+  watchdog.join();
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return r;
 }
@@ -231,6 +275,9 @@ inline StatusOr<std::string> HttpGet(const std::string& host_port, const std::st
   addrinfo* res = nullptr;
   if (getaddrinfo(host.c_str(), port.c_str(), &hints, &res) != 0) return Unavailable("resolve " + host_port);
   int fd = socket(AF_INET, SOCK_STREAM, 0);
+  const timeval io_timeout{10, 0};  // a hung /metrics fails the scrape, not the test run
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &io_timeout, sizeof(io_timeout));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &io_timeout, sizeof(io_timeout));
   const bool connected = connect(fd, res->ai_addr, res->ai_addrlen) == 0;
   freeaddrinfo(res);
   if (!connected) {
