@@ -141,6 +141,7 @@ class CudaEngine final : public Engine {
   std::mutex mu_;  // one forward pass at a time: they share the workspace
   DeviceBuffer workspace_;
   DeviceBuffer decode_workspace_;
+  DeviceBuffer decode_attention_scratch_;  // split-K partials of DecodeAttention
   Activations decode_;
   std::vector<cudaEvent_t> layer_start_, layer_end_;
   int64_t* kept_host_ = nullptr;  // pinned [layers, Hq], the gate's kept counts
@@ -212,6 +213,10 @@ Status CudaEngine::Init() {
   decode_.logits = At<float>(decode_workspace_, one.logits);
   decode_.mlp_chunk = 1;
   decode_.logits_chunk = 1;
+  const size_t scratch = cuda::DecodeWorkspaceBytes(config_.num_heads, config_.head_dim);
+  if (scratch > 0) {
+    SEER_ASSIGN_OR_RETURN(decode_attention_scratch_, DeviceBuffer::Allocate(scratch, "the decode attention scratch"));
+  }
   return OkStatus();
 }
 
@@ -623,6 +628,8 @@ Status CudaEngine::DecodeStep(int32_t token, KvCache* cache_in, std::vector<floa
     p.head_dim = config_.head_dim;
     p.kv_stride = cache->capacity();
     p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(config_.head_dim)));
+    p.workspace = decode_attention_scratch_.get();
+    p.workspace_bytes = decode_attention_scratch_.bytes();
     SEER_RETURN_IF_CUDA_ERROR(cuda::DecodeAttention(p, pos, stream_));
     SEER_RETURN_IF_ERROR(OutputAndMlp(w, a, 1));
   }

@@ -526,15 +526,26 @@ __global__ void DecodeCombineKernel(const float* partial, int splits, T* out) {
   out[h * kHeadDim + d] = static_cast<T>(l > 0.0f ? o / l : 0.0f);
 }
 
-template <int kHeadDim, typename T>
-cudaError_t LaunchDecode(const AttentionParams& p, int pos, cudaStream_t stream) {
-  const int num_keys = pos + 1;
+// Key slices per head: enough CTAs to fill the chip twice.
+cudaError_t DecodeSplitsWanted(int num_heads, int* want) {
   int device = 0;
   int sms = 0;
   SEER_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
   SEER_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  *want = (2 * sms + num_heads - 1) / num_heads;
+  return cudaSuccess;
+}
+
+size_t DecodePartialBytes(int num_heads, int splits, int head_dim) {
+  return sizeof(float) * static_cast<size_t>(num_heads) * splits * (head_dim + 2);
+}
+
+template <int kHeadDim, typename T>
+cudaError_t LaunchDecode(const AttentionParams& p, int pos, cudaStream_t stream) {
+  const int num_keys = pos + 1;
   // Enough CTAs to fill the chip twice, but at least 64 keys per slice.
-  const int want = (2 * sms + p.num_heads - 1) / p.num_heads;
+  int want = 1;
+  SEER_CUDA_RETURN_IF_ERROR(DecodeSplitsWanted(p.num_heads, &want));
   const int max_splits = (num_keys + 63) / 64;
   int splits = want < max_splits ? want : max_splits;
   if (splits < 1) splits = 1;
@@ -549,8 +560,13 @@ cudaError_t LaunchDecode(const AttentionParams& p, int pos, cudaStream_t stream)
     return cudaSuccess;
   }
   float* partial = nullptr;
-  const size_t bytes = sizeof(float) * static_cast<size_t>(p.num_heads) * splits * (kHeadDim + 2);
-  SEER_CUDA_RETURN_IF_ERROR(cudaMallocAsync(reinterpret_cast<void**>(&partial), bytes, stream));
+  const size_t bytes = DecodePartialBytes(p.num_heads, splits, kHeadDim);
+  const bool own_scratch = p.workspace == nullptr || p.workspace_bytes < bytes;
+  if (own_scratch) {
+    SEER_CUDA_RETURN_IF_ERROR(cudaMallocAsync(reinterpret_cast<void**>(&partial), bytes, stream));
+  } else {
+    partial = static_cast<float*>(p.workspace);
+  }
   DecodeSplitKernel<kHeadDim, T><<<grid, kDecodeWarps * 32, 0, stream>>>(p, num_keys, keys_per_split, scale_log2,
                                                                         partial);
   cudaError_t launched = cudaGetLastError();
@@ -558,7 +574,7 @@ cudaError_t LaunchDecode(const AttentionParams& p, int pos, cudaStream_t stream)
     DecodeCombineKernel<kHeadDim, T><<<p.num_heads, kHeadDim, 0, stream>>>(partial, splits, static_cast<T*>(p.out));
     launched = cudaGetLastError();
   }
-  const cudaError_t freed = cudaFreeAsync(partial, stream);
+  const cudaError_t freed = own_scratch ? cudaFreeAsync(partial, stream) : cudaSuccess;
   SEER_CUDA_RETURN_IF_ERROR(launched);
   SEER_CUDA_RETURN_IF_ERROR(freed);
   return cudaSuccess;
@@ -597,6 +613,12 @@ cudaError_t BlockSparseAttentionVariant(const AttentionParams& p, FwdVariant var
 
 cudaError_t BlockSparseAttention(const AttentionParams& p, cudaStream_t stream) {
   return BlockSparseAttentionVariant(p, FwdVariant::kAuto, stream);
+}
+
+size_t DecodeWorkspaceBytes(int num_heads, int head_dim) {
+  int want = 1;
+  if (num_heads <= 0 || DecodeSplitsWanted(num_heads, &want) != cudaSuccess) return 0;
+  return DecodePartialBytes(num_heads, want, head_dim);
 }
 
 cudaError_t DecodeAttention(const AttentionParams& p, int pos, cudaStream_t stream) {

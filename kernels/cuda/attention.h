@@ -4,6 +4,7 @@
 // kernel can replace the FA2-class one behind it.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include <cuda_runtime.h>
@@ -29,7 +30,16 @@ struct AttentionParams {
   const int32_t* block_offsets = nullptr;  // Hq * nb + 1
   const int32_t* block_indices = nullptr;
   int block_size = 64;
+  // Decode only: scratch for the split-K partial results, at least
+  // DecodeWorkspaceBytes() bytes. Without it (null or too small) each call
+  // allocates its scratch from the stream's memory pool.
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
 };
+
+// The most scratch DecodeAttention needs for `num_heads` heads of `head_dim`
+// on the current device, whatever the position.
+size_t DecodeWorkspaceBytes(int num_heads, int head_dim);
 
 // Prefill attention. Returns cudaErrorInvalidValue for unsupported shapes.
 cudaError_t BlockSparseAttention(const AttentionParams& p, cudaStream_t stream);

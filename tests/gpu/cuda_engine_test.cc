@@ -337,7 +337,9 @@ TEST_P(CudaFixtureTest, GatedMasksAgreeWithCpuEngineUpToBf16Rounding) {
       }
       // Same masks everywhere: the logits agree to bf16 (otherwise a flipped
       // block legitimately moves them).
-      if (!upstream_differs) EXPECT_LE(RelErr(gr->logits, cr->logits), kBf16ModelTol);
+      if (!upstream_differs) {
+        EXPECT_LE(RelErr(gr->logits, cr->logits), kBf16ModelTol);
+      }
     }
   }
   std::printf("[%s] gated masks: %lld of %lld causal blocks differ from the CPU engine (%lld not explained by "
