@@ -187,6 +187,12 @@ int Run(int argc, char** argv) {
   const int generate = static_cast<int>(f.max_new_tokens);
   // The last generated token is never fed back, so N tokens need N - 1 slots.
   const int64_t capacity = int64_t{seq_len} + std::max(generate - 1, 0);
+  if (capacity > engine.config().max_position_embeddings) {
+    return UsageError("--ids (" + std::to_string(seq_len) + " tokens) plus --max-new-tokens (" +
+                      std::to_string(generate) + ") need " + std::to_string(capacity) +
+                      " positions; the model's max_position_embeddings is " +
+                      std::to_string(engine.config().max_position_embeddings));
+  }
   if (capacity > std::numeric_limits<int>::max()) return UsageError("--ids plus --max-new-tokens is too long");
   StatusOr<std::unique_ptr<KvCache>> cache_or = engine.NewCache(static_cast<int>(capacity));
   if (!cache_or.ok()) return RuntimeError(cache_or.status());
