@@ -493,6 +493,43 @@ TEST(Service, ACancelledStreamStopsTheEngine) {
   EXPECT_EQ(h.metrics.tokens.Value(), 0) << "a cancelled prefill counted as done";
 }
 
+// docs/SERVICE.md: "A decode worker whose client cancels Generate cancels its
+// own Prefill call too": the prefill engine stops instead of computing a KV
+// cache nobody will read.
+TEST(Service, ACancelledGenerateStopsThePrefillEngine) {
+  std::unique_ptr<Engine> real = LoadEngine(Path("llama"));
+  ASSERT_TRUE(real);
+  const int layers = real->config().num_layers;
+  InstrumentedEngine engine(real.get());
+  PrefillHarness prefill({}, &engine);
+  DecodeHarness decode(prefill.server->address(), real.get());
+  auto stub = decode.Stub();
+  v1::GenerateRequest req;
+  for (int i = 0; i < 200; ++i) req.add_token_ids((i * 7) % 128);
+  req.set_max_new_tokens(4);
+
+  engine.Hold();
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 60s);
+  auto reader = stub->Generate(&ctx, req);
+  ASSERT_TRUE(engine.WaitEntered(1, 20s)) << "the prefill never started";
+  ctx.TryCancel();
+  v1::GenerateResponse msg;
+  while (reader->Read(&msg)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  // Let the decode worker's cancellation reach the prefill server before the
+  // engine goes on; its first layer's chunks then find the stream cancelled.
+  std::this_thread::sleep_for(500ms);
+  engine.Release();
+  ASSERT_TRUE(engine.WaitFinished(1, 60s));
+  EXPECT_EQ(engine.last_status(), StatusCode::kCancelled);
+  EXPECT_LT(engine.layers_done(), layers) << "the prefill of a cancelled Generate ran every layer";
+  for (int i = 0; i < 2000 && prefill.metrics.inflight.Value() != 0; ++i) std::this_thread::sleep_for(5ms);
+  EXPECT_EQ(prefill.metrics.inflight.Value(), 0);
+  EXPECT_EQ(prefill.metrics.tokens.Value(), 0) << "the cancelled prefill counted as done";
+}
+
 TEST(Service, LayoutMismatchIsFailedPrecondition) {
   // Same KV shapes (2 layers, 1 KV head, head_dim 64, vocab 128), different
   // checkpoints: only the fingerprint tells them apart.
