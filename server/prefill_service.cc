@@ -103,6 +103,8 @@ class PrefillStream final : public StreamReactor<v1::PrefillResponse> {
     double prefill_seconds = 0.0;
     {
       std::lock_guard<std::mutex> engine_lock(service_->engine_mu_);
+      // Cancelled while another prefill held the engine: allocate and compute nothing.
+      if (cancelled()) return Cancelled();
       const Clock::time_point start = Clock::now();
       StatusOr<std::unique_ptr<KvCache>> made = engine_->NewCache(seq_len);
       if (!made.ok()) return ToGrpcStatus(made.status().WithContext("seer-prefill: KV cache"));

@@ -90,6 +90,10 @@ class InstrumentedEngine final : public Engine {
     std::unique_lock<std::mutex> lock(mu_);
     return cv_.wait_for(lock, timeout, [&] { return finished_ >= n; });
   }
+  int entered() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return entered_;
+  }
   int layers_done() const { return layers_done_.load(); }
   StatusCode last_status() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -528,6 +532,40 @@ TEST(Service, ACancelledGenerateStopsThePrefillEngine) {
   for (int i = 0; i < 2000 && prefill.metrics.inflight.Value() != 0; ++i) std::this_thread::sleep_for(5ms);
   EXPECT_EQ(prefill.metrics.inflight.Value(), 0);
   EXPECT_EQ(prefill.metrics.tokens.Value(), 0) << "the cancelled prefill counted as done";
+}
+
+// --max-concurrent 2: the second prefill waits for the engine the first one
+// holds. Cancelled meanwhile, it must not run once the engine is free.
+TEST(Service, APrefillCancelledWhileWaitingForTheEngineNeverRunsIt) {
+  std::unique_ptr<Engine> real = LoadEngine(Path("llama"));
+  ASSERT_TRUE(real);
+  InstrumentedEngine engine(real.get());
+  PrefillServiceOptions options;
+  options.max_concurrent = 2;
+  PrefillHarness h(options, &engine);
+  auto stub = h.Stub();
+  v1::PrefillRequest req;
+  for (int i = 0; i < 100; ++i) req.add_token_ids(i);
+
+  engine.Hold();
+  std::future<grpc::Status> first = std::async(std::launch::async, [&] { return CallPrefill(stub.get(), req); });
+  ASSERT_TRUE(engine.WaitEntered(1, 20s));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 60s);
+  auto reader = stub->Prefill(&ctx, req);
+  v1::PrefillResponse msg;
+  ASSERT_TRUE(reader->Read(&msg));  // the header: its worker runs, and waits for the engine
+  ASSERT_TRUE(msg.has_header());
+  ctx.TryCancel();
+  while (reader->Read(&msg)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  std::this_thread::sleep_for(300ms);  // the cancellation reaches the server
+  engine.Release();
+  EXPECT_TRUE(first.get().ok());
+  for (int i = 0; i < 2000 && h.metrics.inflight.Value() != 0; ++i) std::this_thread::sleep_for(5ms);
+  EXPECT_EQ(h.metrics.inflight.Value(), 0);
+  EXPECT_EQ(engine.entered(), 1) << "the cancelled prefill still ran the engine";
 }
 
 TEST(Service, LayoutMismatchIsFailedPrecondition) {
