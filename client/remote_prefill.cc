@@ -23,6 +23,8 @@ namespace {
 constexpr int kMaxLayers = 4096;
 constexpr int kMaxKvHeads = 4096;
 constexpr int kMaxHeadDim = 16384;
+// The most KV (K and V, float32, all layers) the CLI assembles in memory.
+constexpr int64_t kMaxKvBytes = int64_t{64} << 30;
 
 Status WriteKvDump(const std::string& path, const HostKvCache& cache, int seq_len,
                    const v1::PrefillSummary& summary) {
@@ -99,6 +101,14 @@ int RunPrefillCommand(int argc, char** argv) {
           header.num_kv_heads() > kMaxKvHeads || header.head_dim() < 1 || header.head_dim() > kMaxHeadDim ||
           header.seq_len() != seq_len) {
         protocol = DataLoss("implausible layout header: " + header.ShortDebugString());
+        break;
+      }
+      const int64_t kv_bytes = int64_t{2} * sizeof(float) * header.num_layers() * header.num_kv_heads() *
+                               header.head_dim() * seq_len;
+      if (kv_bytes > kMaxKvBytes) {
+        protocol = ResourceExhausted("the layout header asks for " + std::to_string(kv_bytes >> 20) +
+                                     " MiB of KV, more than this client assembles (" +
+                                     std::to_string(kMaxKvBytes >> 30) + " GiB)");
         break;
       }
       // The client has no model of its own: the header is the layout.

@@ -46,6 +46,11 @@ StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const std::string& liste
   // Decode workers ping every 30 s on long streams (prefill_client.cc).
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  // The server pings its peers too: a peer that vanished without a TCP reset
+  // (a partitioned node) is found within ~40 s and its stream cancelled,
+  // instead of holding a prefill blocked in a write until TCP gives up.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   // Clients reconnect every few minutes, re-resolving their target, so that a
   // dns:/// name over a headless Service picks up new replicas. Streams in
   // flight keep their connection until they end (the grace period).
