@@ -27,52 +27,20 @@
 #include "kernels/cpu/attention.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/attention_variants.h"
+#include "tests/gpu/gpu_test_util.h"
 
 namespace seer {
 namespace {
 
+using gpu_test::DevBuf;
+using gpu_test::HaveGpu;
+
 using cuda::ElemType;
 using cuda::FwdVariant;
-
-#define ASSERT_CUDA(expr) ASSERT_EQ((expr), cudaSuccess) << #expr << ": " << cudaGetErrorString(cudaGetLastError())
-
-bool HaveGpu(std::string* why) {
-  int n = 0;
-  const cudaError_t e = cudaGetDeviceCount(&n);
-  if (e != cudaSuccess) {
-    *why = std::string("cudaGetDeviceCount failed: ") + cudaGetErrorString(e);
-    return false;
-  }
-  if (n == 0) {
-    *why = "no CUDA device";
-    return false;
-  }
-  return true;
-}
 
 uint16_t ToElem(float x, ElemType t) { return t == ElemType::kBF16 ? FloatToBf16(x) : FloatToFp16(x); }
 float FromElem(uint16_t x, ElemType t) { return t == ElemType::kBF16 ? Bf16ToFloat(x) : Fp16ToFloat(x); }
 const char* ElemName(ElemType t) { return t == ElemType::kBF16 ? "bf16" : "fp16"; }
-
-// Device buffer, filled with 0xFF bytes (NaN in bf16, fp16 and float).
-class DevBuf {
- public:
-  explicit DevBuf(size_t bytes) : bytes_(bytes) {
-    if (cudaMalloc(&p_, bytes == 0 ? 16 : bytes) != cudaSuccess) p_ = nullptr;
-    if (p_ != nullptr) cudaMemset(p_, 0xFF, bytes == 0 ? 16 : bytes);
-  }
-  ~DevBuf() { cudaFree(p_); }
-  DevBuf(const DevBuf&) = delete;
-  DevBuf& operator=(const DevBuf&) = delete;
-  void* get() const { return p_; }
-  bool ok() const { return p_ != nullptr; }
-  cudaError_t Upload(const void* src, size_t bytes) { return cudaMemcpy(p_, src, bytes, cudaMemcpyHostToDevice); }
-  cudaError_t Download(void* dst, size_t bytes) const { return cudaMemcpy(dst, p_, bytes, cudaMemcpyDeviceToHost); }
-
- private:
-  void* p_ = nullptr;
-  size_t bytes_;
-};
 
 struct Comparison {
   double rel = 0.0;      // ||gpu - ref|| / ||ref|| over everything

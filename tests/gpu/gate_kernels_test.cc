@@ -34,47 +34,15 @@
 #include "engine/model_config.h"
 #include "engine/sparsity.h"
 #include "kernels/cuda/gate.h"
+#include "tests/gpu/gpu_test_util.h"
 
 namespace seer {
 namespace {
 
+using gpu_test::DevBuf;
+using gpu_test::HaveGpu;
+
 using cuda::ElemType;
-
-#define ASSERT_CUDA(expr) ASSERT_EQ((expr), cudaSuccess) << #expr << ": " << cudaGetErrorString(cudaGetLastError())
-
-bool HaveGpu(std::string* why) {
-  int n = 0;
-  const cudaError_t e = cudaGetDeviceCount(&n);
-  if (e != cudaSuccess) {
-    *why = std::string("cudaGetDeviceCount failed: ") + cudaGetErrorString(e);
-    return false;
-  }
-  if (n == 0) {
-    *why = "no CUDA device";
-    return false;
-  }
-  return true;
-}
-
-// Device buffer, filled with 0xFF bytes.
-class DevBuf {
- public:
-  explicit DevBuf(size_t bytes) {
-    if (cudaMalloc(&p_, bytes == 0 ? 256 : bytes) != cudaSuccess) p_ = nullptr;
-    if (p_ != nullptr) cudaMemset(p_, 0xFF, bytes == 0 ? 256 : bytes);
-  }
-  ~DevBuf() { cudaFree(p_); }
-  DevBuf(const DevBuf&) = delete;
-  DevBuf& operator=(const DevBuf&) = delete;
-  template <typename T = void>
-  T* get() const {
-    return static_cast<T*>(p_);
-  }
-  bool ok() const { return p_ != nullptr; }
-
- private:
-  void* p_ = nullptr;
-};
 
 struct GateCase {
   int seq_len;
