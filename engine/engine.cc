@@ -7,6 +7,13 @@
 
 namespace seer {
 
+StatusOr<int32_t> Engine::DecodeAndSample(int32_t token, KvCache* cache, Sampler* sampler) {
+  if (sampler == nullptr) return InvalidArgument("decode: null sampler");
+  std::vector<float> logits;
+  SEER_RETURN_IF_ERROR(DecodeStep(token, cache, &logits));
+  return sampler->Sample(logits);
+}
+
 StatusOr<std::unique_ptr<Engine>> CreateEngine(const EngineOptions& options) {
   std::string device = options.device;
   if (device == "auto") {

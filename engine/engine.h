@@ -13,6 +13,7 @@
 #include "engine/gate.h"
 #include "engine/kv_cache.h"
 #include "engine/model_config.h"
+#include "engine/sampling.h"
 #include "engine/sparsity.h"
 
 namespace seer {
@@ -71,6 +72,11 @@ class Engine {
   // Appends `token` at position cache->length() (dense attention) and writes
   // the logits of that position into `logits` ([vocab]).
   virtual Status DecodeStep(int32_t token, KvCache* cache, std::vector<float>* logits) = 0;
+
+  // DecodeStep, then the next token drawn from its logits by `sampler`, with
+  // exactly Sampler::Sample's choice and use of the random stream. The
+  // default samples on the host; a backend may sample where the logits are.
+  virtual StatusOr<int32_t> DecodeAndSample(int32_t token, KvCache* cache, Sampler* sampler);
 };
 
 struct EngineOptions {

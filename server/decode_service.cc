@@ -7,8 +7,8 @@
 #include <utility>
 #include <vector>
 
+#include "engine/sampling.h"
 #include "server/grpc_status.h"
-#include "server/sampling.h"
 #include "server/stream_reactor.h"
 
 namespace seer {
@@ -81,11 +81,13 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     const v1::PrefillSummary& ps = fetched->summary;
 
     Sampler sampler(sampling_);
-    std::vector<float> logits(ps.last_logits().begin(), ps.last_logits().end());
+    // The first token from the prefill's logits; each later one from
+    // DecodeAndSample, which samples where the engine keeps the logits.
+    const std::vector<float> first_logits(ps.last_logits().begin(), ps.last_logits().end());
+    int32_t token = sampler.Sample(first_logits);
     int generated = 0;
     std::string finish_reason = "length";
     for (;;) {
-      const int32_t token = sampler.Sample(logits);
       auto msg = std::make_unique<v1::GenerateResponse>();
       msg->set_token(token);
       if (!Send(std::move(msg), kTokenMessageBytes))
@@ -96,12 +98,15 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
         break;
       }
       if (generated == max_new_tokens_) break;
-      Status step;
+      StatusOr<int32_t> next = Internal("seer-decode: decode step not run");
       {
         std::lock_guard<std::mutex> lock(service_->engine_mu_);
-        step = engine_->DecodeStep(token, cache.get(), &logits);
+        next = engine_->DecodeAndSample(token, cache.get(), &sampler);
       }
-      if (!step.ok()) return ToGrpcStatus(step.WithContext("seer-decode: decode step " + std::to_string(generated)));
+      if (!next.ok()) {
+        return ToGrpcStatus(next.status().WithContext("seer-decode: decode step " + std::to_string(generated)));
+      }
+      token = *next;
     }
     cache.reset();
 

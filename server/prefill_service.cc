@@ -7,9 +7,9 @@
 #include <utility>
 #include <vector>
 
+#include "engine/sampling.h"
 #include "server/grpc_status.h"
 #include "server/kv_wire.h"
-#include "server/sampling.h"
 #include "server/stream_reactor.h"
 
 namespace seer {

@@ -10,9 +10,9 @@
 
 #include "engine/base/status.h"
 #include "engine/gate.h"
+#include "engine/sampling.h"
 #include "engine/sparsity.h"
 #include "seer/v1/seer.pb.h"
-#include "server/sampling.h"
 
 namespace seer {
 

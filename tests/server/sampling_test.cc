@@ -8,7 +8,7 @@
 #include <numeric>
 #include <vector>
 
-#include "server/sampling.h"
+#include "engine/sampling.h"
 
 namespace seer {
 namespace {

@@ -1,4 +1,4 @@
-#include "server/sampling.h"
+#include "engine/sampling.h"
 
 #include <algorithm>
 #include <cmath>

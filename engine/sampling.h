@@ -34,10 +34,14 @@ class Sampler {
 
   const SamplingParams& params() const { return params_; }
 
- private:
   // Uniform in [0, 1) from 53 random bits; defined here rather than by
   // std::uniform_real_distribution so a seed gives the same tokens everywhere.
+  // Sample draws exactly one per call when temperature > 0 and none when
+  // greedy; a backend that samples on its own device draws it here in the
+  // same way, so one seed gives one token stream on every backend.
   double NextUniform();
+
+ private:
 
   SamplingParams params_;
   std::mt19937_64 rng_;
