@@ -35,6 +35,7 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/gate.h"
 #include "kernels/cuda/ops.h"
+#include "kernels/cuda/sampling.h"
 
 namespace seer {
 namespace {
@@ -109,8 +110,14 @@ class CudaEngine final : public Engine {
   StatusOr<PrefillResult> Prefill(std::span<const int32_t> ids, const PrefillOptions& options, KvCache* cache,
                                   PrefillObserver* observer) override;
   Status DecodeStep(int32_t token, KvCache* cache, std::vector<float>* logits) override;
+  // Samples on the device (kernels/cuda/sampling.h): 4 bytes come back
+  // instead of the [vocab] logits.
+  StatusOr<int32_t> DecodeAndSample(int32_t token, KvCache* cache, Sampler* sampler) override;
 
  private:
+  // The forward pass of one decode token, leaving its logits in decode_.logits;
+  // the caller holds mu_ and sets the cache length once the step is done.
+  Status DecodeForward(int32_t token, KvCache* cache_in, DeviceKvCache** cache, int* pos);
   Status CheckCache(KvCache* cache, DeviceKvCache** out) const;
   Status EnsureWorkspace(const PrefillPlan& plan);
   Activations PrefillActivations(const PrefillPlan& plan) const;
@@ -142,6 +149,7 @@ class CudaEngine final : public Engine {
   DeviceBuffer workspace_;
   DeviceBuffer decode_workspace_;
   DeviceBuffer decode_attention_scratch_;  // split-K partials of DecodeAttention
+  DeviceBuffer sample_scratch_;  // cuda::SampleToken's, allocated on first use
   Activations decode_;
   std::vector<cudaEvent_t> layer_start_, layer_end_;
   int64_t* kept_host_ = nullptr;  // pinned [layers, Hq], the gate's kept counts
@@ -591,10 +599,46 @@ StatusOr<PrefillResult> CudaEngine::Prefill(std::span<const int32_t> ids, const 
 
 Status CudaEngine::DecodeStep(int32_t token, KvCache* cache_in, std::vector<float>* logits) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (logits == nullptr) return InvalidArgument("decode: null logits output");
+  DeviceKvCache* cache = nullptr;
+  int pos = 0;
+  SEER_RETURN_IF_ERROR(DecodeForward(token, cache_in, &cache, &pos));
+  logits->resize(config_.vocab_size);
+  SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(logits->data(), decode_.logits, sizeof(float) * config_.vocab_size,
+                                            cudaMemcpyDeviceToHost, stream_));
+  SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
+  cache->set_length(pos + 1);
+  return OkStatus();
+}
+
+StatusOr<int32_t> CudaEngine::DecodeAndSample(int32_t token, KvCache* cache_in, Sampler* sampler) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (sampler == nullptr) return InvalidArgument("decode: null sampler");
+  const SamplingParams& sp = sampler->params();
+  if (sp.temperature > 0.0 && sample_scratch_.empty()) {
+    SEER_ASSIGN_OR_RETURN(sample_scratch_, DeviceBuffer::Allocate(cuda::SampleScratchBytes(config_.vocab_size),
+                                                                  "decode: sampling scratch"));
+  }
+  DeviceKvCache* cache = nullptr;
+  int pos = 0;
+  SEER_RETURN_IF_ERROR(DecodeForward(token, cache_in, &cache, &pos));
+  // One uniform per sampled token, none when greedy, as Sampler::Sample.
+  const double u = sp.temperature > 0.0 ? sampler->NextUniform() : 0.0;
+  // decode_.ids held this step's token; the sampled one overwrites it.
+  const int top_k = sp.top_k > 0 ? sp.top_k : 0;
+  SEER_RETURN_IF_CUDA_ERROR(cuda::SampleToken(decode_.logits, config_.vocab_size, sp.temperature, top_k, sp.top_p, u,
+                                              sample_scratch_.get(), sample_scratch_.bytes(), decode_.ids, stream_));
+  int32_t next = 0;
+  SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(&next, decode_.ids, sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+  SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
+  cache->set_length(pos + 1);
+  return next;
+}
+
+Status CudaEngine::DecodeForward(int32_t token, KvCache* cache_in, DeviceKvCache** cache_out, int* pos_out) {
   SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   DeviceKvCache* cache = nullptr;
   SEER_RETURN_IF_ERROR(CheckCache(cache_in, &cache));
-  if (logits == nullptr) return InvalidArgument("decode: null logits output");
   if (token < 0 || token >= config_.vocab_size) {
     return InvalidArgument("decode: token " + Str(token) + " is outside the vocabulary [0, " +
                            Str(config_.vocab_size) + ")");
@@ -634,11 +678,8 @@ Status CudaEngine::DecodeStep(int32_t token, KvCache* cache_in, std::vector<floa
     SEER_RETURN_IF_ERROR(OutputAndMlp(w, a, 1));
   }
   SEER_RETURN_IF_ERROR(Logits(a, 0, 1));
-  logits->resize(config_.vocab_size);
-  SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(logits->data(), a.logits, sizeof(float) * config_.vocab_size,
-                                            cudaMemcpyDeviceToHost, stream_));
-  SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
-  cache->set_length(pos + 1);
+  *cache_out = cache;
+  *pos_out = pos;
   return OkStatus();
 }
 

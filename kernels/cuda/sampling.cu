@@ -1,0 +1,234 @@
+#include "kernels/cuda/sampling.h"
+
+#include <climits>
+#include <cmath>
+#include <cstdint>
+
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+#include <cub/device/device_radix_sort.cuh>
+
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/ops.h"
+
+namespace seer::cuda {
+namespace {
+
+constexpr int kKeyThreads = 256;
+constexpr int kSampleThreads = 1024;
+constexpr size_t kAlign = 256;
+
+size_t AlignUp(size_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
+
+// A 64-bit key whose descending order is Sampler's candidate order: larger
+// logit first, lower id first among equal logits. The high half maps the
+// float to an unsigned integer with the same order (-0 taken as +0, since the
+// two compare equal); the low half is the complement of the id. NaN gets 0,
+// below every real logit (-inf maps to 0x007fffff in the high half).
+__device__ __forceinline__ uint64_t CandidateKey(float x, int id) {
+  if (isnan(x)) return 0;
+  if (x == 0.0f) x = 0.0f;
+  const uint32_t bits = __float_as_uint(x);
+  const uint32_t ordered = (bits & 0x80000000u) != 0 ? ~bits : (bits | 0x80000000u);
+  return (static_cast<uint64_t>(ordered) << 32) | (0xffffffffu - static_cast<uint32_t>(id));
+}
+
+__device__ __forceinline__ int KeyId(uint64_t key) {
+  return static_cast<int>(0xffffffffu - static_cast<uint32_t>(key & 0xffffffffu));
+}
+
+// Sampler's unnormalised weight: exp((l - top) / T) in double; with an
+// infinite top, the logits equal to it share the mass.
+__device__ __forceinline__ double Weight(float logit, double top, double temperature) {
+  const double l = logit;
+  if (isinf(top)) return l == top ? 1.0 : 0.0;
+  return exp((l - top) / temperature);
+}
+
+__global__ void CandidateKeysKernel(const float* logits, int vocab, uint64_t* keys) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < vocab; i += gridDim.x * blockDim.x) {
+    keys[i] = CandidateKey(logits[i], i);
+  }
+}
+
+using BlockReduceD = cub::BlockReduce<double, kSampleThreads>;
+using BlockScanD = cub::BlockScan<double, kSampleThreads>;
+using BlockReduceI = cub::BlockReduce<int, kSampleThreads>;
+
+struct SampleShared {
+  union {
+    BlockReduceD::TempStorage reduce_d;
+    BlockScanD::TempStorage scan_d;
+    BlockReduceI::TempStorage reduce_i;
+  } cub;
+  double d;
+  int i;
+};
+
+struct MinOp {
+  __device__ int operator()(int a, int b) const { return a < b ? a : b; }
+};
+struct MaxOp {
+  __device__ int operator()(int a, int b) const { return a > b ? a : b; }
+};
+
+// Block-wide results handed to every thread.
+__device__ double BlockSum(SampleShared& s, double v) {
+  const double total = BlockReduceD(s.cub.reduce_d).Sum(v);
+  if (threadIdx.x == 0) s.d = total;
+  __syncthreads();
+  const double out = s.d;
+  __syncthreads();
+  return out;
+}
+
+__device__ double BlockExclusiveSum(SampleShared& s, double v) {
+  double prefix = 0.0;
+  BlockScanD(s.cub.scan_d).ExclusiveSum(v, prefix);
+  __syncthreads();
+  return prefix;
+}
+
+__device__ int BlockMin(SampleShared& s, int v) {
+  const int m = BlockReduceI(s.cub.reduce_i).Reduce(v, MinOp());
+  if (threadIdx.x == 0) s.i = m;
+  __syncthreads();
+  const int out = s.i;
+  __syncthreads();
+  return out;
+}
+
+__device__ int BlockMax(SampleShared& s, int v) {
+  const int m = BlockReduceI(s.cub.reduce_i).Reduce(v, MaxOp());
+  if (threadIdx.x == 0) s.i = m;
+  __syncthreads();
+  const int out = s.i;
+  __syncthreads();
+  return out;
+}
+
+// One block of kSampleThreads. `sorted` holds the candidate keys in descending
+// order. Each thread owns one contiguous segment of a range, so a block-wide
+// exclusive scan of the segment sums gives every thread the mass before its
+// segment, and the thread whose segment crosses a threshold walks it in order.
+__global__ void __launch_bounds__(kSampleThreads)
+    SampleKernel(const float* logits, int vocab, const uint64_t* sorted, double temperature, int top_k,
+                 double top_p, double u, int32_t* out) {
+  __shared__ SampleShared s;
+  const int tid = static_cast<int>(threadIdx.x);
+
+  // NaN keys (0) sort last.
+  int valid_local = 0;
+  for (int j = tid; j < vocab; j += kSampleThreads) valid_local += sorted[j] != 0 ? 1 : 0;
+  const int valid = static_cast<int>(BlockSum(s, valid_local));
+  if (valid == 0) {
+    if (tid == 0) *out = 0;  // ArgMax of all-NaN logits
+    return;
+  }
+  const int k = top_k > 0 && top_k < valid ? top_k : valid;
+  const int top_id = KeyId(sorted[0]);
+  const double top = logits[top_id];
+
+  // Mass of the top-k candidates.
+  double local = 0.0;
+  for (int j = tid; j < k; j += kSampleThreads) local += Weight(logits[KeyId(sorted[j])], top, temperature);
+  double total = BlockSum(s, local);
+
+  // Nucleus: the smallest prefix (descending) whose normalised mass reaches top_p.
+  int kept = k;
+  if (top_p < 1.0) {
+    const int seg = (k + kSampleThreads - 1) / kSampleThreads;
+    const int begin = min(k, tid * seg), end = min(k, begin + seg);
+    double seg_mass = 0.0;
+    for (int j = begin; j < end; ++j) seg_mass += Weight(logits[KeyId(sorted[j])], top, temperature) / total;
+    double mass = BlockExclusiveSum(s, seg_mass);
+    int first = INT_MAX;
+    for (int j = begin; j < end; ++j) {
+      mass += Weight(logits[KeyId(sorted[j])], top, temperature) / total;
+      if (mass >= top_p) {
+        first = j;
+        break;
+      }
+    }
+    first = BlockMin(s, first);
+    if (first != INT_MAX) kept = first + 1;
+    local = 0.0;
+    for (int j = tid; j < kept; j += kSampleThreads) local += Weight(logits[KeyId(sorted[j])], top, temperature);
+    total = BlockSum(s, local);
+  }
+  const uint64_t cut = sorted[kept - 1];
+
+  // Inverse CDF in ascending id order over the kept tokens with positive mass.
+  const int seg = (vocab + kSampleThreads - 1) / kSampleThreads;
+  const int begin = min(vocab, tid * seg), end = min(vocab, begin + seg);
+  double seg_mass = 0.0;
+  for (int i = begin; i < end; ++i) {
+    const float l = logits[i];
+    if (CandidateKey(l, i) < cut || isnan(l)) continue;
+    const double p = Weight(l, top, temperature) / total;
+    if (p > 0.0) seg_mass += p;
+  }
+  double cum = BlockExclusiveSum(s, seg_mass);
+  int pick = INT_MAX, last = -1;
+  for (int i = begin; i < end; ++i) {
+    const float l = logits[i];
+    if (CandidateKey(l, i) < cut || isnan(l)) continue;
+    const double p = Weight(l, top, temperature) / total;
+    if (!(p > 0.0)) continue;
+    last = i;
+    cum += p;
+    if (u < cum) {
+      pick = i;
+      break;
+    }
+  }
+  pick = BlockMin(s, pick);
+  if (pick == INT_MAX) {
+    // Rounding left u above the total: the last kept token (no thread stopped
+    // early, so `last` is the last kept id of each segment).
+    pick = BlockMax(s, last);
+    if (pick < 0) pick = top_id;
+  }
+  if (tid == 0) *out = pick;
+}
+
+size_t SortTempBytes(int vocab) {
+  size_t bytes = 0;
+  cub::DeviceRadixSort::SortKeysDescending(nullptr, bytes, static_cast<const uint64_t*>(nullptr),
+                                           static_cast<uint64_t*>(nullptr), vocab);
+  return bytes;
+}
+
+}  // namespace
+
+size_t SampleScratchBytes(int vocab) {
+  if (vocab <= 0) return 0;
+  const size_t keys = AlignUp(sizeof(uint64_t) * static_cast<size_t>(vocab));
+  return 2 * keys + AlignUp(SortTempBytes(vocab));
+}
+
+cudaError_t SampleToken(const float* logits, int vocab, double temperature, int top_k, double top_p, double u,
+                        void* scratch, size_t scratch_bytes, int32_t* out, cudaStream_t stream) {
+  if (vocab <= 0 || logits == nullptr || out == nullptr) return cudaErrorInvalidValue;
+  if (!(temperature > 0.0)) return ArgMaxRows(logits, 1, vocab, out, stream);
+  if (top_k < 0 || scratch == nullptr || scratch_bytes < SampleScratchBytes(vocab)) {
+    return cudaErrorInvalidValue;
+  }
+  const size_t keys_bytes = AlignUp(sizeof(uint64_t) * static_cast<size_t>(vocab));
+  auto* base = static_cast<unsigned char*>(scratch);
+  auto* keys = reinterpret_cast<uint64_t*>(base);
+  auto* sorted = reinterpret_cast<uint64_t*>(base + keys_bytes);
+  void* temp = base + 2 * keys_bytes;
+  size_t temp_bytes = scratch_bytes - 2 * keys_bytes;
+
+  const int blocks = (vocab + kKeyThreads - 1) / kKeyThreads;
+  CandidateKeysKernel<<<blocks < 1024 ? blocks : 1024, kKeyThreads, 0, stream>>>(logits, vocab, keys);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  SEER_CUDA_RETURN_IF_ERROR(cub::DeviceRadixSort::SortKeysDescending(temp, temp_bytes, keys, sorted, vocab, 0, 64,
+                                                                     stream));
+  SampleKernel<<<1, kSampleThreads, 0, stream>>>(logits, vocab, sorted, temperature, top_k, top_p, u, out);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return cudaSuccess;
+}
+
+}  // namespace seer::cuda
