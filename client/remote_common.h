@@ -11,8 +11,8 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include "engine/base/flags.h"
-#include "engine/base/status.h"
+#include "base/flags.h"
+#include "base/status.h"
 #include "seer/v1/seer.pb.h"
 
 namespace seer::remote {

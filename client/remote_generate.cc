@@ -7,8 +7,8 @@
 
 #include "client/remote_common.h"
 #include "client/token_ids.h"
-#include "engine/base/flags.h"
-#include "engine/base/json.h"
+#include "base/flags.h"
+#include "base/json.h"
 #include "seer/v1/seer.grpc.pb.h"
 
 namespace seer {

@@ -9,10 +9,10 @@
 
 #include "client/remote_common.h"
 #include "client/token_ids.h"
-#include "engine/base/flags.h"
-#include "engine/base/json.h"
+#include "base/flags.h"
+#include "base/json.h"
 #include "engine/kv_cache.h"
-#include "engine/safetensors.h"
+#include "formats/safetensors.h"
 #include "seer/v1/seer.grpc.pb.h"
 #include "server/kv_assembler.h"
 

@@ -12,10 +12,10 @@
 #include <string>
 #include <vector>
 
-#include "engine/base/flags.h"
-#include "engine/base/json.h"
+#include "base/flags.h"
+#include "base/json.h"
 #include "engine/engine.h"
-#include "engine/safetensors.h"
+#include "formats/safetensors.h"
 #include "engine/sparsity.h"
 #include "client/token_ids.h"
 #include "kernels/cpu/ops.h"

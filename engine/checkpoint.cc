@@ -9,7 +9,7 @@
 #include <set>
 #include <sstream>
 
-#include "engine/base/json.h"
+#include "base/json.h"
 
 namespace seer {
 namespace {

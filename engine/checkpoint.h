@@ -8,9 +8,9 @@
 #include <string_view>
 #include <vector>
 
-#include "engine/base/status.h"
+#include "base/status.h"
 #include "engine/model_config.h"
-#include "engine/safetensors.h"
+#include "formats/safetensors.h"
 
 namespace seer {
 

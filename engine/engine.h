@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/base/status.h"
+#include "base/status.h"
 #include "engine/gate.h"
 #include "engine/kv_cache.h"
 #include "engine/model_config.h"

@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/base/status.h"
+#include "base/status.h"
 #include "engine/block_mask.h"
 #include "engine/model_config.h"
 #include "engine/sparsity.h"

@@ -13,10 +13,10 @@
 #include <string>
 #include <vector>
 
-#include "engine/base/json.h"
+#include "base/json.h"
 #include "engine/gate.h"
-#include "engine/pth_reader.h"
-#include "engine/safetensors.h"
+#include "formats/pth_reader.h"
+#include "formats/safetensors.h"
 
 namespace seer {
 namespace {

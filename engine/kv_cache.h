@@ -7,8 +7,8 @@
 #include <cstdint>
 #include <vector>
 
-#include "engine/base/dtype.h"
-#include "engine/base/status.h"
+#include "base/dtype.h"
+#include "base/status.h"
 
 namespace seer {
 

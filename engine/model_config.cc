@@ -8,7 +8,7 @@
 #include <optional>
 #include <sstream>
 
-#include "engine/base/json.h"
+#include "base/json.h"
 
 namespace seer {
 namespace {

@@ -5,7 +5,7 @@
 #include <memory>
 #include <string>
 
-#include "engine/base/flags.h"
+#include "base/flags.h"
 #include "engine/engine.h"
 #include "server/decode_service.h"
 #include "server/grpc_server.h"

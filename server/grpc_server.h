@@ -9,7 +9,7 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include "engine/base/status.h"
+#include "base/status.h"
 
 namespace seer {
 

@@ -1,5 +1,5 @@
 // One mapping between the engine's Status and gRPC's: the codes share gRPC's
-// numbering (engine/base/status.h), so the conversion keeps code and message.
+// numbering (base/status.h), so the conversion keeps code and message.
 #pragma once
 
 #include <string>
@@ -7,7 +7,7 @@
 
 #include <grpcpp/support/status.h>
 
-#include "engine/base/status.h"
+#include "base/status.h"
 
 namespace seer {
 

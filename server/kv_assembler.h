@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "engine/base/status.h"
+#include "base/status.h"
 #include "engine/kv_cache.h"
 #include "seer/v1/seer.pb.h"
 

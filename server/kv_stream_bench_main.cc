@@ -23,7 +23,7 @@
 #include <thread>
 #include <vector>
 
-#include "engine/base/flags.h"
+#include "base/flags.h"
 #include "engine/engine.h"
 #include "server/grpc_server.h"
 #include "server/metrics.h"

@@ -5,8 +5,8 @@
 #include <cstdint>
 #include <optional>
 
-#include "engine/base/dtype.h"
-#include "engine/base/status.h"
+#include "base/dtype.h"
+#include "base/status.h"
 #include "engine/kv_cache.h"
 #include "seer/v1/seer.pb.h"
 

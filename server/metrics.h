@@ -15,7 +15,7 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
-#include "engine/base/status.h"
+#include "base/status.h"
 
 namespace seer {
 

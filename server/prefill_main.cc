@@ -4,7 +4,7 @@
 #include <memory>
 #include <string>
 
-#include "engine/base/flags.h"
+#include "base/flags.h"
 #include "engine/engine.h"
 #include "server/grpc_server.h"
 #include "server/metrics.h"

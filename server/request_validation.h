@@ -8,7 +8,7 @@
 #include <optional>
 #include <string>
 
-#include "engine/base/status.h"
+#include "base/status.h"
 #include "engine/gate.h"
 #include "engine/sampling.h"
 #include "engine/sparsity.h"

@@ -11,7 +11,7 @@
 #include <grpcpp/grpcpp.h>
 #include <prometheus/registry.h>
 
-#include "engine/base/status.h"
+#include "base/status.h"
 
 namespace seer {
 

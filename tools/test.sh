@@ -31,16 +31,16 @@ if [ "${SEER_SKIP_FUZZ:-0}" != 1 ]; then
   CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         -DSEER_FUZZ=ON -DSEER_ENABLE_TESTS=ON -DSEER_ENABLE_SERVER=OFF -DSEER_ENABLE_CUDA=OFF
   fuzzers=()
-  for src in tests/fuzz/*_fuzz.cc; do
-    [ -e "$src" ] || continue
+  # Every *_fuzz.cc beside the parser it fuzzes.
+  while IFS= read -r src; do
     fuzzers+=("$(basename "$src" .cc)")
-  done
+  done < <(git ls-files '*_fuzz.cc' 2>/dev/null || find . -name '*_fuzz.cc' -not -path './build*')
   if [ ${#fuzzers[@]} -gt 0 ]; then
     cmake --build build-fuzz -j "$jobs" --target "${fuzzers[@]}"
     for f in "${fuzzers[@]}"; do
       corpus="build-fuzz/corpus-$f"
       mkdir -p "$corpus"
-      seeds="tests/fuzz/seeds/${f%_fuzz}"
+      seeds="tests/fuzz_seeds/${f%_fuzz}"
       [ -d "$seeds" ] && cp -n "$seeds"/* "$corpus"/ 2>/dev/null || true
       echo "-- $f (${SEER_FUZZ_SECONDS:-60} s)"
       "build-fuzz/bin/$f" -max_total_time="${SEER_FUZZ_SECONDS:-60}" -print_final_stats=1 \

@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <memory>
 
-#include "engine/base/status.h"
+#include "base/status.h"
 #include "engine/engine.h"
 #include "engine/gate.h"
 #include "engine/model_config.h"

@@ -10,7 +10,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
-#include "engine/base/status.h"
+#include "base/status.h"
 
 namespace seer {
 

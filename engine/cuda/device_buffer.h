@@ -6,7 +6,7 @@
 #include <cstddef>
 #include <string>
 
-#include "engine/base/status.h"
+#include "base/status.h"
 
 namespace seer {
 

@@ -6,7 +6,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include "engine/base/status.h"
+#include "base/status.h"
 
 namespace seer {
 

@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/base/json.h"
+#include "base/json.h"
 
 namespace seer {
 namespace {

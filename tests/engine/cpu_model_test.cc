@@ -19,7 +19,7 @@
 
 #include "engine/cpu_engine.h"
 #include "engine/engine.h"
-#include "engine/safetensors.h"
+#include "formats/safetensors.h"
 
 namespace seer {
 namespace {

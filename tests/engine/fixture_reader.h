@@ -13,8 +13,8 @@
 #include <string_view>
 #include <vector>
 
-#include "engine/base/status.h"
-#include "engine/safetensors.h"
+#include "base/status.h"
+#include "formats/safetensors.h"
 
 namespace seer::fixtures {
 

@@ -1,5 +1,5 @@
 // LoadGates on gate directories written here: the released layout
-// (config.json + attn_gate_weights.pth, built by tests/engine/pth_test_writer.h)
+// (config.json + attn_gate_weights.pth, built by formats/pth_test_writer.h)
 // and the safetensors alternative. Values must come through exactly; every
 // mismatch with the model must be refused with a message naming the key and
 // both shapes.
@@ -15,8 +15,8 @@
 
 #include "engine/gate.h"
 #include "engine/model_config.h"
-#include "engine/safetensors.h"
-#include "tests/engine/pth_test_writer.h"
+#include "formats/safetensors.h"
+#include "formats/pth_test_writer.h"
 
 namespace seer {
 namespace {

@@ -12,7 +12,7 @@
 #include <fstream>
 #include <string>
 
-#include "engine/base/json.h"
+#include "base/json.h"
 
 namespace seer {
 namespace {

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/base/json.h"
+#include "base/json.h"
 #include "engine/sparsity.h"
 #include "tests/engine/fixture_reader.h"
 

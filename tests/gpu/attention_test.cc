@@ -22,7 +22,7 @@
 
 #include <cuda_runtime.h>
 
-#include "engine/base/dtype.h"
+#include "base/dtype.h"
 #include "engine/block_mask.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cuda/attention.h"

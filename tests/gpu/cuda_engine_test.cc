@@ -27,11 +27,11 @@
 #include <string>
 #include <vector>
 
-#include "engine/base/dtype.h"
+#include "base/dtype.h"
 #include "engine/cuda/cuda_engine.h"
 #include "engine/engine.h"
 #include "engine/kv_cache.h"
-#include "engine/safetensors.h"
+#include "formats/safetensors.h"
 #include "engine/sparsity.h"
 
 namespace seer {

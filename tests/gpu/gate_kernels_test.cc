@@ -28,7 +28,7 @@
 
 #include <cuda_runtime.h>
 
-#include "engine/base/dtype.h"
+#include "base/dtype.h"
 #include "engine/block_mask.h"
 #include "engine/gate.h"
 #include "engine/model_config.h"

@@ -18,7 +18,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include "engine/base/dtype.h"
+#include "base/dtype.h"
 #include "engine/cuda/cuda_engine.h"
 #include "engine/cuda/cuda_status.h"
 #include "engine/cuda/gemm.h"

@@ -28,7 +28,7 @@
 #include "engine/cuda/cuda_engine.h"
 #include "engine/engine.h"
 #include "engine/kv_cache.h"
-#include "engine/safetensors.h"
+#include "formats/safetensors.h"
 #include "engine/sampling.h"
 #include "kernels/cuda/sampling.h"
 #include "tests/gpu/gpu_test_util.h"

@@ -16,8 +16,8 @@
 #include <thread>
 #include <vector>
 
-#include "engine/base/json.h"
-#include "engine/safetensors.h"
+#include "base/json.h"
+#include "formats/safetensors.h"
 #include "seer/v1/seer.grpc.pb.h"
 #include "tests/server/test_util.h"
 

@@ -6,7 +6,7 @@
 #include <cstring>
 #include <vector>
 
-#include "engine/base/dtype.h"
+#include "base/dtype.h"
 #include "engine/kv_cache.h"
 #include "server/kv_assembler.h"
 #include "server/kv_wire.h"

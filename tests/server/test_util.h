@@ -34,8 +34,8 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
-#include "engine/base/status.h"
-#include "engine/safetensors.h"
+#include "base/status.h"
+#include "formats/safetensors.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/engine/fixture_reader.h"
 

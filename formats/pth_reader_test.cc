@@ -1,8 +1,8 @@
 // The restricted .pth reader: checkpoints built here by a small writer of our
-// own (tests/engine/pth_test_writer.h, protocol 2 as torch writes it) load
+// own (formats/pth_test_writer.h, protocol 2 as torch writes it) load
 // with exact values, and hostile files are rejected with clear messages.
 
-#include "engine/pth_reader.h"
+#include "formats/pth_reader.h"
 
 #include <gtest/gtest.h>
 
@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/zip_reader.h"
-#include "tests/engine/pth_test_writer.h"
+#include "formats/zip_reader.h"
+#include "formats/pth_test_writer.h"
 
 namespace seer {
 namespace {

@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/pth_reader.h"
-#include "engine/zip_reader.h"
+#include "formats/pth_reader.h"
+#include "formats/zip_reader.h"
 
 namespace {
 

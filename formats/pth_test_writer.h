@@ -2,7 +2,7 @@
 // pickle built opcode by opcode as torch emits it, inside a STORED zip with
 // the entries torch writes (<prefix>/data.pkl, byteorder, data/<key>, version).
 // Written for the tests from the pickle and zip specifications; it shares no
-// code with engine/pth_reader.cc or engine/zip_reader.cc.
+// code with formats/pth_reader.cc or formats/zip_reader.cc.
 #pragma once
 
 #include <cstdint>

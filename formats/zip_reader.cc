@@ -1,4 +1,4 @@
-#include "engine/zip_reader.h"
+#include "formats/zip_reader.h"
 
 #include <algorithm>
 #include <array>

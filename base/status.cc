@@ -1,4 +1,4 @@
-#include "engine/base/status.h"
+#include "base/status.h"
 
 namespace seer {
 

@@ -1,7 +1,7 @@
 // JsonValue: strict RFC 8259 parsing and Dump(). Expected values are written
 // out by hand from the RFC (and, for UTF-8, from the Unicode encoding tables),
 // never produced by the parser itself.
-#include "engine/base/json.h"
+#include "base/json.h"
 
 #include <gtest/gtest.h>
 

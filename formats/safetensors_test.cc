@@ -2,7 +2,7 @@
 // files are assembled byte by byte in the test (little-endian length, JSON
 // header, data), independently of SafetensorsWriter, and the writer's output
 // is compared with such hand-assembled bytes.
-#include "engine/safetensors.h"
+#include "formats/safetensors.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>

@@ -1,4 +1,4 @@
-#include "engine/base/json.h"
+#include "base/json.h"
 
 #include <charconv>
 #include <cmath>

@@ -1,4 +1,4 @@
-#include "engine/pth_reader.h"
+#include "formats/pth_reader.h"
 
 #include <cerrno>
 #include <cstdio>
@@ -9,7 +9,7 @@
 #include <unordered_set>
 #include <utility>
 
-#include "engine/zip_reader.h"
+#include "formats/zip_reader.h"
 
 namespace seer {
 namespace {

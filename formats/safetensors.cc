@@ -1,4 +1,4 @@
-#include "engine/safetensors.h"
+#include "formats/safetensors.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -12,7 +12,7 @@
 #include <set>
 #include <utility>
 
-#include "engine/base/json.h"
+#include "base/json.h"
 
 namespace seer {
 namespace {

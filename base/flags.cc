@@ -1,4 +1,4 @@
-#include "engine/base/flags.h"
+#include "base/flags.h"
 
 #include <cerrno>
 #include <cstdlib>
