@@ -29,7 +29,7 @@
 #include "engine/engine.h"
 #include "engine/model_config.h"
 #include "engine/sparsity.h"
-#include "kernels/cuda/check.h"
+#include "kernels/common/check.h"
 
 namespace seer {
 namespace {

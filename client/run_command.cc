@@ -18,7 +18,7 @@
 #include "formats/safetensors.h"
 #include "engine/sparsity.h"
 #include "client/token_ids.h"
-#include "kernels/cpu/ops.h"
+#include "kernels/ops/ops_cpu.h"
 
 namespace seer {
 namespace {

@@ -9,10 +9,10 @@
 #include <new>
 #include <thread>
 
-#include "engine/block_mask.h"
+#include "kernels/common/block_lists.h"
 #include "engine/checkpoint.h"
-#include "kernels/cpu/attention.h"
-#include "kernels/cpu/ops.h"
+#include "kernels/attention/attention_cpu.h"
+#include "kernels/ops/ops_cpu.h"
 
 namespace seer {
 namespace {

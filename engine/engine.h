@@ -13,7 +13,7 @@
 #include "engine/gate.h"
 #include "engine/kv_cache.h"
 #include "engine/model_config.h"
-#include "engine/sampling.h"
+#include "kernels/sampling/sampler.h"
 #include "engine/sparsity.h"
 
 namespace seer {

@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "engine/gate.h"
-#include "kernels/cpu/parallel.h"
+#include "kernels/common/parallel.h"
 
 namespace seer {
 namespace {

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "base/status.h"
-#include "engine/block_mask.h"
+#include "kernels/common/block_lists.h"
 #include "engine/model_config.h"
 #include "engine/sparsity.h"
 

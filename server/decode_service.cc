@@ -7,7 +7,7 @@
 #include <utility>
 #include <vector>
 
-#include "engine/sampling.h"
+#include "kernels/sampling/sampler.h"
 #include "server/grpc_status.h"
 #include "server/stream_reactor.h"
 

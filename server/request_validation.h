@@ -10,7 +10,7 @@
 
 #include "base/status.h"
 #include "engine/gate.h"
-#include "engine/sampling.h"
+#include "kernels/sampling/sampler.h"
 #include "engine/sparsity.h"
 #include "seer/v1/seer.pb.h"
 

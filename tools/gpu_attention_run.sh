@@ -15,7 +15,7 @@
 #   TEST_FILTER     gtest filter for the test step (default: the attention and gate tests)
 #   SANITIZE_FILTER gtest filter for compute-sanitizer (default: the small shapes)
 #   BENCH_ARGS      extra arguments for seer-attention-bench
-#   PEERS_ARGS      extra arguments for tools/bench_attention_peers.py
+#   PEERS_ARGS      extra arguments for kernels/attention/attention_peers.py
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -101,7 +101,7 @@ fi
 if has_step peers; then
   t0=$SECONDS
   # shellcheck disable=SC2086
-  PYTHONUNBUFFERED=1 python3 tools/bench_attention_peers.py --masks-dir "$MASKS_DIR" ${PEERS_ARGS:-} \
+  PYTHONUNBUFFERED=1 python3 kernels/attention/attention_peers.py --masks-dir "$MASKS_DIR" ${PEERS_ARGS:-} \
     >"$OUT/peers.log" 2>&1
   rc=$?
   note "bench_attention_peers.py rc=$rc ($((SECONDS - t0)) s)"

@@ -32,10 +32,10 @@
 #include "engine/cuda/device_weights.h"
 #include "engine/cuda/gemm.h"
 #include "engine/cuda/prefill_plan.h"
-#include "kernels/cuda/attention.h"
-#include "kernels/cuda/gate.h"
-#include "kernels/cuda/ops.h"
-#include "kernels/cuda/sampling.h"
+#include "kernels/attention/attention.h"
+#include "kernels/gate/gate.h"
+#include "kernels/ops/ops.h"
+#include "kernels/sampling/sampling.h"
 
 namespace seer {
 namespace {
@@ -110,7 +110,7 @@ class CudaEngine final : public Engine {
   StatusOr<PrefillResult> Prefill(std::span<const int32_t> ids, const PrefillOptions& options, KvCache* cache,
                                   PrefillObserver* observer) override;
   Status DecodeStep(int32_t token, KvCache* cache, std::vector<float>* logits) override;
-  // Samples on the device (kernels/cuda/sampling.h): 4 bytes come back
+  // Samples on the device (kernels/sampling/sampling.h): 4 bytes come back
   // instead of the [vocab] logits.
   StatusOr<int32_t> DecodeAndSample(int32_t token, KvCache* cache, Sampler* sampler) override;
 
@@ -405,7 +405,7 @@ StatusOr<PrefillResult> CudaEngine::Prefill(std::span<const int32_t> ids, const 
     if (sp.mode == SparsityMode::kNzRatio && !(sp.nz_ratio > 0.0 && sp.nz_ratio <= 1.0)) {
       return InvalidArgument("prefill: sparsity nz_ratio " + std::to_string(sp.nz_ratio) + " must be in (0, 1]");
     }
-    // The block lists are int32 CSR offsets (kernels/cuda/attention.h): the
+    // The block lists are int32 CSR offsets (kernels/attention/attention.h): the
     // blocks kept over all heads must stay below 2^31.
     cuda::GateParams lists;
     lists.seq_len = L;

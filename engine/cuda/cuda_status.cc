@@ -1,6 +1,6 @@
 #include "engine/cuda/cuda_status.h"
 
-#include "kernels/cuda/check.h"
+#include "kernels/common/check.h"
 
 namespace seer {
 

@@ -1,5 +1,5 @@
 // CUDA and cuBLAS return codes as engine Status values, with the call site.
-// kernels/cuda/check.h is the kernels' side (cudaError_t plus the site of the
+// kernels/common/check.h is the kernels' side (cudaError_t plus the site of the
 // first failure); this is the engine's side of the same one check: a failed
 // call becomes a Status naming the engine's call and, when a kernel wrapper
 // recorded one, the kernel-side site too.

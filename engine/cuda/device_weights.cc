@@ -6,7 +6,7 @@
 #include <string>
 
 #include "engine/cuda/cuda_status.h"
-#include "kernels/cuda/ops.h"
+#include "kernels/ops/ops.h"
 
 namespace seer {
 namespace {

@@ -4,7 +4,7 @@
 
 #include <cuda_bf16.h>
 
-#include "kernels/cuda/gate.h"
+#include "kernels/gate/gate.h"
 
 namespace seer {
 namespace {

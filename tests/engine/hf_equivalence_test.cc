@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "engine/engine.h"
-#include "kernels/cpu/ops.h"
+#include "kernels/ops/ops_cpu.h"
 #include "tests/engine/fixture_reader.h"
 
 namespace seer {

@@ -8,7 +8,7 @@
 #include <numeric>
 #include <vector>
 
-#include "engine/sampling.h"
+#include "kernels/sampling/sampler.h"
 
 namespace seer {
 namespace {

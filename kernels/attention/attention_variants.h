@@ -1,11 +1,11 @@
 // The numbered versions of the prefill kernel behind BlockSparseAttention
-// (kernels/cuda/attention.h), so that the benchmark and the tests can run
+// (kernels/attention/attention.h), so that the benchmark and the tests can run
 // each one. BlockSparseAttention picks kAuto.
 #pragma once
 
 #include <cuda_runtime.h>
 
-#include "kernels/cuda/attention.h"
+#include "kernels/attention/attention.h"
 
 namespace seer::cuda {
 

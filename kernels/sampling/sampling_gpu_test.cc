@@ -1,5 +1,5 @@
-// Token sampling on the device (kernels/cuda/sampling.h) against the host
-// Sampler (engine/sampling.h):
+// Token sampling on the device (kernels/sampling/sampling.h) against the host
+// Sampler (kernels/sampling/sampler.h):
 //   - the kernel, on random logits with ties, NaN and infinities, for many
 //     (temperature, top_k, top_p) settings and uniforms u: the token equals
 //     the one a walk in id order over Sampler::Distribution(logits) gives for
@@ -29,9 +29,9 @@
 #include "engine/engine.h"
 #include "engine/kv_cache.h"
 #include "formats/safetensors.h"
-#include "engine/sampling.h"
-#include "kernels/cuda/sampling.h"
-#include "tests/gpu/gpu_test_util.h"
+#include "kernels/sampling/sampler.h"
+#include "kernels/sampling/sampling.h"
+#include "kernels/common/gpu_test_util.h"
 
 namespace seer {
 namespace {

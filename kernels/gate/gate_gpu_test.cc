@@ -1,4 +1,4 @@
-// The GPU gate (kernels/cuda/gate.h) against the CPU gate seer::RunGate
+// The GPU gate (kernels/gate/gate.h) against the CPU gate seer::RunGate
 // (engine/gate.h) on the same bf16/fp16-rounded inputs and the same float32
 // weights, fresh random data each run. Shapes cover lengths under one block,
 // a partial last block, GQA ratios 1, 4 and 8, head dims 64 and 128, all
@@ -29,12 +29,12 @@
 #include <cuda_runtime.h>
 
 #include "base/dtype.h"
-#include "engine/block_mask.h"
+#include "kernels/common/block_lists.h"
 #include "engine/gate.h"
 #include "engine/model_config.h"
 #include "engine/sparsity.h"
-#include "kernels/cuda/gate.h"
-#include "tests/gpu/gpu_test_util.h"
+#include "kernels/gate/gate.h"
+#include "kernels/common/gpu_test_util.h"
 
 namespace seer {
 namespace {

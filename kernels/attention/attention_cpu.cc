@@ -1,4 +1,4 @@
-#include "kernels/cpu/attention.h"
+#include "kernels/attention/attention_cpu.h"
 
 #include <algorithm>
 #include <cmath>
@@ -6,8 +6,8 @@
 #include <limits>
 #include <vector>
 
-#include "kernels/cpu/ops.h"
-#include "kernels/cpu/parallel.h"
+#include "kernels/ops/ops_cpu.h"
+#include "kernels/common/parallel.h"
 
 namespace seer::cpu {
 namespace {

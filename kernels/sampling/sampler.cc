@@ -1,4 +1,4 @@
-#include "engine/sampling.h"
+#include "kernels/sampling/sampler.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,4 +1,4 @@
-// Token sampling on the device, the twin of seer::Sampler (engine/sampling.h):
+// Token sampling on the device, the twin of seer::Sampler (kernels/sampling/sampler.h):
 // the same candidates, the same distribution and the same inverse-CDF walk in
 // token-id order, so one uniform u gives the token Sampler::Sample would give
 // for the same logits (up to double rounding when u sits on a cumulative-mass

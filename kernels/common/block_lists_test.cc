@@ -1,4 +1,4 @@
-#include "engine/block_mask.h"
+#include "kernels/common/block_lists.h"
 
 #include <gtest/gtest.h>
 

@@ -7,7 +7,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include "kernels/cuda/attention.h"
+#include "kernels/common/elem_type.h"
 
 #define SEER_DISPATCH_HEAD_DIM(head_dim, kHeadDim, ...) \
   [&]() -> cudaError_t {                                \

@@ -1,4 +1,4 @@
-// CUDA twins of the dense transformer ops (kernels/cpu/ops.h), bf16 storage
+// CUDA twins of the dense transformer ops (kernels/ops/ops_cpu.h), bf16 storage
 // with float32 math. The residual stream stays in float32 between layers, so
 // the ops that read or write it take float; everything a GEMM reads is bf16.
 //

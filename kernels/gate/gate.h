@@ -2,7 +2,7 @@
 // twin of seer::RunGate (engine/gate.h). It pools the pre-RoPE q and k per
 // 64-token block, projects them per Q head, applies block RoPE, scores the
 // causal block triangle and selects blocks, writing the per-(head, query
-// block) CSR lists that BlockSparseAttention (kernels/cuda/attention.h)
+// block) CSR lists that BlockSparseAttention (kernels/attention/attention.h)
 // consumes, directly on the device. Nothing of size L x L is formed: the
 // largest buffer is nb x nb scores for `heads_per_pass` heads at a time.
 //
@@ -15,7 +15,7 @@
 
 #include <cuda_runtime.h>
 
-#include "kernels/cuda/attention.h"
+#include "kernels/common/elem_type.h"
 
 namespace seer::cuda {
 

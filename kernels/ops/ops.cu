@@ -1,10 +1,10 @@
-#include "kernels/cuda/ops.h"
+#include "kernels/ops/ops.h"
 
 #include <cmath>
 #include <cstdint>
 #include <limits>
 
-#include "kernels/cuda/check.h"
+#include "kernels/common/check.h"
 
 namespace seer::cuda {
 namespace {

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The peers of bench/attention_bench.cu, on the same shapes and masks.
+"""The peers of kernels/attention/attention_bench.cu, on the same shapes and masks.
 
 torch SDPA with the flash and the cuDNN backends (dense causal only) and
 FlexAttention with BLOCK_SIZE=64 on the identical block masks that

@@ -1,11 +1,11 @@
-#include "kernels/cpu/ops.h"
+#include "kernels/ops/ops_cpu.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
-#include "kernels/cpu/parallel.h"
+#include "kernels/common/parallel.h"
 
 namespace seer::cpu {
 namespace {

@@ -1,5 +1,5 @@
 // Block-sparse FlashAttention forward (prefill) and decode attention on CUDA.
-// bf16 or fp16 storage, fp32 accumulation. CPU twins: kernels/cpu/attention.h
+// bf16 or fp16 storage, fp32 accumulation. CPU twins: kernels/attention/attention_cpu.h
 // (same layouts). The interface is kernel-agnostic so that a Hopper (wgmma/TMA)
 // kernel can replace the FA2-class one behind it.
 #pragma once
@@ -9,9 +9,9 @@
 
 #include <cuda_runtime.h>
 
-namespace seer::cuda {
+#include "kernels/common/elem_type.h"
 
-enum class ElemType { kBF16, kF16 };
+namespace seer::cuda {
 
 struct AttentionParams {
   ElemType dtype = ElemType::kBF16;
@@ -26,7 +26,7 @@ struct AttentionParams {
   int kv_stride = 0;  // tokens between kv heads
   float scale = 0.0f;
   // Per (head, query block) CSR lists of key blocks, as BlockLists
-  // (engine/block_mask.h), in device memory. Null offsets = dense causal.
+  // (kernels/common/block_lists.h), in device memory. Null offsets = dense causal.
   const int32_t* block_offsets = nullptr;  // Hq * nb + 1
   const int32_t* block_indices = nullptr;
   int block_size = 64;

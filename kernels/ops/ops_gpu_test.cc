@@ -1,5 +1,5 @@
-// The dense CUDA ops (kernels/cuda/ops.h) and the cuBLAS projection
-// (engine/cuda/gemm.h) against their CPU twins (kernels/cpu/ops.h) on fresh
+// The dense CUDA ops (kernels/ops/ops.h) and the cuBLAS projection
+// (engine/cuda/gemm.h) against their CPU twins (kernels/ops/ops_cpu.h) on fresh
 // random inputs at several shapes. Tolerances are norm-wise relative errors:
 // 1e-5 where the GPU result is float32, 1e-2 where it is rounded to bf16.
 // Every output is poisoned with NaN before the run, so an element the kernel
@@ -23,8 +23,8 @@
 #include "engine/cuda/cuda_status.h"
 #include "engine/cuda/gemm.h"
 #include "engine/model_config.h"
-#include "kernels/cpu/ops.h"
-#include "kernels/cuda/ops.h"
+#include "kernels/ops/ops_cpu.h"
+#include "kernels/ops/ops.h"
 
 namespace seer {
 namespace {

@@ -1,4 +1,4 @@
-#include "kernels/cuda/sampling.h"
+#include "kernels/sampling/sampling.h"
 
 #include <climits>
 #include <cmath>
@@ -8,8 +8,8 @@
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_radix_sort.cuh>
 
-#include "kernels/cuda/check.h"
-#include "kernels/cuda/ops.h"
+#include "kernels/common/check.h"
+#include "kernels/ops/ops.h"
 
 namespace seer::cuda {
 namespace {

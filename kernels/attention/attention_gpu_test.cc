@@ -1,5 +1,5 @@
-// The CUDA attention kernels (kernels/cuda/attention.h) against their CPU
-// twins (kernels/cpu/attention.h), on fresh random inputs each run: odd
+// The CUDA attention kernels (kernels/attention/attention.h) against their CPU
+// twins (kernels/attention/attention_cpu.h), on fresh random inputs each run: odd
 // lengths and lengths under one block, GQA ratios 1, 4 and 8, head dims 64
 // and 128, block lists from one block per row to dense (and empty rows),
 // bf16 and fp16. The CPU reference runs in float32 on the same rounded
@@ -23,11 +23,11 @@
 #include <cuda_runtime.h>
 
 #include "base/dtype.h"
-#include "engine/block_mask.h"
-#include "kernels/cpu/attention.h"
-#include "kernels/cuda/attention.h"
-#include "kernels/cuda/attention_variants.h"
-#include "tests/gpu/gpu_test_util.h"
+#include "kernels/common/block_lists.h"
+#include "kernels/attention/attention_cpu.h"
+#include "kernels/attention/attention.h"
+#include "kernels/attention/attention_variants.h"
+#include "kernels/common/gpu_test_util.h"
 
 namespace seer {
 namespace {

@@ -2,7 +2,7 @@
 // macro reports file and line").
 //
 // Library code returns the cudaError_t and records where it failed, so that
-// the engine can put "kernels/cuda/attention.cu:123: cudaFuncSetAttribute(...)"
+// the engine can put "kernels/attention/attention.cu:123: cudaFuncSetAttribute(...)"
 // into its Status message without the kernels knowing about Status. Programs
 // (tests, benchmarks) that cannot go on use SEER_CUDA_CHECK, which prints the
 // same site and exits.

@@ -1,5 +1,5 @@
 // CPU twins of the attention kernels, in float32 with float32 accumulation.
-// Layouts match the CUDA kernels (kernels/cuda/attention.h):
+// Layouts match the CUDA kernels (kernels/attention/attention.h):
 //   q, out: [L, Hq, D] (token-major, as the projections produce them)
 //   k, v:   [Hkv, kv_stride, D] (the KV cache layout; kv_stride >= L)
 // GQA: query head h reads kv head h / (Hq / Hkv).

@@ -1,6 +1,6 @@
 // Block-sparse FlashAttention forward (FA2-class, mma.sync) and split-K decode
-// attention. Interface and layouts: kernels/cuda/attention.h; CPU twins:
-// kernels/cpu/attention.h.
+// attention. Interface and layouts: kernels/attention/attention.h; CPU twins:
+// kernels/attention/attention_cpu.h.
 //
 // Prefill: one CTA per (query block, Q head). The CTA's 64 query rows are
 // exactly one mask block, so it walks that head's own list of key blocks and
@@ -19,11 +19,11 @@
 #include <cmath>
 #include <cstdint>
 
-#include "kernels/cuda/attention.h"
-#include "kernels/cuda/attention_variants.h"
-#include "kernels/cuda/check.h"
-#include "kernels/cuda/dispatch.h"
-#include "kernels/cuda/mma.cuh"
+#include "kernels/attention/attention.h"
+#include "kernels/attention/attention_variants.h"
+#include "kernels/common/check.h"
+#include "kernels/common/dispatch.h"
+#include "kernels/arch/sm80_mma.cuh"
 
 namespace seer::cuda {
 namespace {

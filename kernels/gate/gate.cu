@@ -17,7 +17,7 @@
 //   lists    an exclusive scan of the counts gives the CSR offsets, and one
 //            warp per row expands its bitmap into ascending block indices.
 
-#include "kernels/cuda/gate.h"
+#include "kernels/gate/gate.h"
 
 #include <cmath>
 #include <cstdint>
@@ -25,7 +25,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include "kernels/cuda/check.h"
+#include "kernels/common/check.h"
 
 namespace seer::cuda {
 namespace {
