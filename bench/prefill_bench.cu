@@ -27,8 +27,8 @@
 #include "engine/cuda/cuda_engine.h"
 #include "engine/cuda/device_buffer.h"
 #include "engine/engine.h"
-#include "engine/model_config.h"
-#include "engine/sparsity.h"
+#include "engine/model/model_config.h"
+#include "engine/model/sparsity.h"
 #include "kernels/common/check.h"
 
 namespace seer {

@@ -9,7 +9,7 @@
 #include <limits>
 
 #include "client/token_ids.h"
-#include "engine/sparsity.h"
+#include "engine/model/sparsity.h"
 #include "server/grpc_status.h"
 
 namespace seer::remote {

@@ -11,7 +11,7 @@
 #include "client/token_ids.h"
 #include "base/flags.h"
 #include "base/json.h"
-#include "engine/kv_cache.h"
+#include "engine/kv/kv_cache.h"
 #include "formats/safetensors.h"
 #include "seer/v1/seer.grpc.pb.h"
 #include "server/kv_assembler.h"

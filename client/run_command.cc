@@ -16,7 +16,7 @@
 #include "base/json.h"
 #include "engine/engine.h"
 #include "formats/safetensors.h"
-#include "engine/sparsity.h"
+#include "engine/model/sparsity.h"
 #include "client/token_ids.h"
 #include "kernels/ops/ops_cpu.h"
 

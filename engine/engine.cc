@@ -1,6 +1,6 @@
 #include "engine/engine.h"
 
-#include "engine/cpu_engine.h"
+#include "engine/cpu/cpu_engine.h"
 #ifdef SEER_HAVE_CUDA
 #include "engine/cuda/cuda_engine.h"
 #endif

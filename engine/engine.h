@@ -10,11 +10,11 @@
 #include <vector>
 
 #include "base/status.h"
-#include "engine/gate.h"
-#include "engine/kv_cache.h"
-#include "engine/model_config.h"
+#include "engine/model/gates.h"
+#include "engine/kv/kv_cache.h"
+#include "engine/model/model_config.h"
 #include "kernels/sampling/sampler.h"
-#include "engine/sparsity.h"
+#include "engine/model/sparsity.h"
 
 namespace seer {
 

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "base/status.h"
-#include "engine/kv_cache.h"
+#include "engine/kv/kv_cache.h"
 #include "seer/v1/seer.pb.h"
 
 namespace seer {

@@ -17,7 +17,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "base/status.h"
-#include "engine/kv_cache.h"
+#include "engine/kv/kv_cache.h"
 #include "seer/v1/seer.grpc.pb.h"
 #include "server/kv_assembler.h"
 

@@ -9,9 +9,9 @@
 #include <string>
 
 #include "base/status.h"
-#include "engine/gate.h"
+#include "engine/model/gates.h"
 #include "kernels/sampling/sampler.h"
-#include "engine/sparsity.h"
+#include "engine/model/sparsity.h"
 #include "seer/v1/seer.pb.h"
 
 namespace seer {

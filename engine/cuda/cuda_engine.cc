@@ -25,7 +25,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include "engine/checkpoint.h"
+#include "engine/model/checkpoint.h"
 #include "engine/cuda/cuda_status.h"
 #include "engine/cuda/device_buffer.h"
 #include "engine/cuda/device_kv_cache.h"

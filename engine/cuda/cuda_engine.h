@@ -7,8 +7,8 @@
 
 #include "base/status.h"
 #include "engine/engine.h"
-#include "engine/gate.h"
-#include "engine/model_config.h"
+#include "engine/model/gates.h"
+#include "engine/model/model_config.h"
 
 namespace seer {
 

@@ -8,7 +8,7 @@
 #include <cuda_runtime.h>
 
 #include "engine/cuda/device_buffer.h"
-#include "engine/kv_cache.h"
+#include "engine/kv/kv_cache.h"
 
 namespace seer {
 

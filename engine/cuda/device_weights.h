@@ -9,10 +9,10 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include "engine/checkpoint.h"
+#include "engine/model/checkpoint.h"
 #include "engine/cuda/device_buffer.h"
-#include "engine/gate.h"
-#include "engine/model_config.h"
+#include "engine/model/gates.h"
+#include "engine/model/model_config.h"
 
 namespace seer {
 

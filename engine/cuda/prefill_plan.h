@@ -9,7 +9,7 @@
 #include <cstdint>
 
 #include "engine/cuda/device_weights.h"
-#include "engine/model_config.h"
+#include "engine/model/model_config.h"
 
 namespace seer {
 

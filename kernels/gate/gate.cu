@@ -1,5 +1,5 @@
 // The SeerAttention gate on the GPU; semantics and rounding follow the CPU
-// gate (engine/gate.cc) step by step:
+// gate (engine/model/run_gate.cc) step by step:
 //
 //   pool     Q average, K max/min/average per block, summed in double and
 //            divided by the real token count (the last block may be partial);

@@ -1,5 +1,5 @@
 // The SeerAttention gate of one layer on the GPU (DESIGN.md §1): the device
-// twin of seer::RunGate (engine/gate.h). It pools the pre-RoPE q and k per
+// twin of seer::RunGate (engine/model/gates.h). It pools the pre-RoPE q and k per
 // 64-token block, projects them per Q head, applies block RoPE, scores the
 // causal block triangle and selects blocks, writing the per-(head, query
 // block) CSR lists that BlockSparseAttention (kernels/attention/attention.h)
@@ -47,7 +47,7 @@ struct GateParams {
   // float(position) * inv_freq[i] in float32, like HF and the CPU gate.
   const float* rope_inv_freq = nullptr;
 
-  // Selection (engine/sparsity.h).
+  // Selection (engine/model/sparsity.h).
   GateSelection mode = GateSelection::kDense;
   double threshold = 0.0;  // kThreshold: keep blocks with softmax probability > float(threshold)
   double nz_ratio = 1.0;   // kNzRatio: the best k = max(1, int((1 - sqrt(1 - r)) * nb)) causal

@@ -1,5 +1,5 @@
 // The GPU gate (kernels/gate/gate.h) against the CPU gate seer::RunGate
-// (engine/gate.h) on the same bf16/fp16-rounded inputs and the same float32
+// (engine/model/gates.h) on the same bf16/fp16-rounded inputs and the same float32
 // weights, fresh random data each run. Shapes cover lengths under one block,
 // a partial last block, GQA ratios 1, 4 and 8, head dims 64 and 128, all
 // selection modes with and without last_block_dense, mask_linear_q (also the
@@ -30,9 +30,9 @@
 
 #include "base/dtype.h"
 #include "kernels/common/block_lists.h"
-#include "engine/gate.h"
-#include "engine/model_config.h"
-#include "engine/sparsity.h"
+#include "engine/model/gates.h"
+#include "engine/model/model_config.h"
+#include "engine/model/sparsity.h"
 #include "kernels/gate/gate.h"
 #include "kernels/common/gpu_test_util.h"
 

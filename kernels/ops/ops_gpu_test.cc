@@ -22,7 +22,7 @@
 #include "engine/cuda/cuda_engine.h"
 #include "engine/cuda/cuda_status.h"
 #include "engine/cuda/gemm.h"
-#include "engine/model_config.h"
+#include "engine/model/model_config.h"
 #include "kernels/ops/ops_cpu.h"
 #include "kernels/ops/ops.h"
 

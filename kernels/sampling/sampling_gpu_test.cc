@@ -27,7 +27,7 @@
 
 #include "engine/cuda/cuda_engine.h"
 #include "engine/engine.h"
-#include "engine/kv_cache.h"
+#include "engine/kv/kv_cache.h"
 #include "formats/safetensors.h"
 #include "kernels/sampling/sampler.h"
 #include "kernels/sampling/sampling.h"

@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "base/dtype.h"
-#include "engine/kv_cache.h"
+#include "engine/kv/kv_cache.h"
 #include "server/kv_assembler.h"
 #include "server/kv_wire.h"
 

@@ -37,14 +37,14 @@
 #include "base/status.h"
 #include "formats/safetensors.h"
 #include "grpc/health/v1/health.grpc.pb.h"
-#include "tests/engine/fixture_reader.h"
+#include "tests/fixture_reader.h"
 
 namespace seer::testing {
 
 using namespace std::chrono_literals;
 
 inline std::string Bin(const std::string& name) { return std::string(SEER_BIN_DIR) + "/" + name; }
-using fixtures::Path;  // the committed fixtures (tests/engine/fixture_reader.h)
+using fixtures::Path;  // the committed fixtures (tests/fixture_reader.h)
 
 inline std::string TempDir(const std::string& name) {
   const char* base = std::getenv("TEST_TMPDIR");

@@ -1,4 +1,4 @@
-#include "engine/cpu_engine.h"
+#include "engine/cpu/cpu_engine.h"
 
 #include <unistd.h>
 
@@ -10,7 +10,7 @@
 #include <thread>
 
 #include "kernels/common/block_lists.h"
-#include "engine/checkpoint.h"
+#include "engine/model/checkpoint.h"
 #include "kernels/attention/attention_cpu.h"
 #include "kernels/ops/ops_cpu.h"
 

@@ -1,4 +1,4 @@
-#include "engine/sparsity.h"
+#include "engine/model/sparsity.h"
 
 #include <charconv>
 #include <cmath>

@@ -11,7 +11,7 @@
 
 #include "engine/engine.h"
 #include "kernels/ops/ops_cpu.h"
-#include "tests/engine/fixture_reader.h"
+#include "tests/fixture_reader.h"
 
 namespace seer {
 namespace {

@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "engine/engine.h"
-#include "engine/kv_cache.h"
+#include "engine/kv/kv_cache.h"
 
 namespace seer {
 

@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "engine/gate.h"
-#include "engine/model_config.h"
+#include "engine/model/gates.h"
+#include "engine/model/model_config.h"
 #include "formats/safetensors.h"
 #include "formats/pth_test_writer.h"
 

@@ -1,5 +1,5 @@
 // RunGate against an independent float64 recomputation of DESIGN.md §1,
-// written here from the text (not from engine/gate.cc), plus selection cases
+// written here from the text (not from engine/model/run_gate.cc), plus selection cases
 // whose answers can be worked out by hand.
 
 #include <gtest/gtest.h>
@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/gate.h"
+#include "engine/model/gates.h"
 
 namespace seer {
 namespace {

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "base/status.h"
-#include "engine/model_config.h"
+#include "engine/model/model_config.h"
 #include "formats/safetensors.h"
 
 namespace seer {

@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "engine/engine.h"
-#include "engine/sparsity.h"
-#include "tests/engine/fixture_reader.h"
+#include "engine/model/sparsity.h"
+#include "tests/fixture_reader.h"
 
 namespace seer {
 namespace {

@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/cpu_engine.h"
+#include "engine/cpu/cpu_engine.h"
 #include "engine/engine.h"
 #include "formats/safetensors.h"
 

@@ -7,8 +7,8 @@
 
 #include "base/status.h"
 #include "kernels/common/block_lists.h"
-#include "engine/model_config.h"
-#include "engine/sparsity.h"
+#include "engine/model/model_config.h"
+#include "engine/model/sparsity.h"
 
 namespace seer {
 

@@ -1,4 +1,4 @@
-#include "engine/checkpoint.h"
+#include "engine/model/checkpoint.h"
 
 #include <algorithm>
 #include <cerrno>

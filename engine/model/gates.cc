@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "base/json.h"
-#include "engine/gate.h"
+#include "engine/model/gates.h"
 #include "formats/pth_reader.h"
 #include "formats/safetensors.h"
 

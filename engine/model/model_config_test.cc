@@ -2,7 +2,7 @@
 // hub publishes them (hub style and transformers-5 style); the expected
 // values are the numbers written in them. RopeInvFreq is checked against a
 // float64 recomputation written independently below.
-#include "engine/model_config.h"
+#include "engine/model/model_config.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>

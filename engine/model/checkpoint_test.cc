@@ -3,7 +3,7 @@
 // Each test writes its own tiny checkpoint into a temp dir; the reference for
 // the bound weights is the values the test itself generated and wrote, and the
 // reference for names and shapes is the HF layout spelled out in TinyModel.
-#include "engine/checkpoint.h"
+#include "engine/model/checkpoint.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>

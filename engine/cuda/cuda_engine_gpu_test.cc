@@ -30,9 +30,9 @@
 #include "base/dtype.h"
 #include "engine/cuda/cuda_engine.h"
 #include "engine/engine.h"
-#include "engine/kv_cache.h"
+#include "engine/kv/kv_cache.h"
 #include "formats/safetensors.h"
-#include "engine/sparsity.h"
+#include "engine/model/sparsity.h"
 
 namespace seer {
 namespace {

@@ -24,7 +24,7 @@
 #include <thread>
 #include <vector>
 
-#include "engine/gate.h"
+#include "engine/model/gates.h"
 #include "kernels/common/parallel.h"
 
 namespace seer {
