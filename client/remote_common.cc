@@ -10,7 +10,7 @@
 
 #include "client/token_ids.h"
 #include "engine/model/sparsity.h"
-#include "server/grpc_status.h"
+#include "rpc/grpc_status.h"
 
 namespace seer::remote {
 

@@ -14,7 +14,7 @@
 #include "engine/kv/kv_cache.h"
 #include "formats/safetensors.h"
 #include "seer/v1/seer.grpc.pb.h"
-#include "server/kv_assembler.h"
+#include "rpc/kv_assembler.h"
 
 namespace seer {
 namespace {

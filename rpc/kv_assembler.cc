@@ -1,9 +1,9 @@
-#include "server/kv_assembler.h"
+#include "rpc/kv_assembler.h"
 
 #include <cstdio>
 #include <string>
 
-#include "server/kv_wire.h"
+#include "rpc/kv_wire.h"
 
 namespace seer {
 namespace {

@@ -11,9 +11,9 @@
 
 #include "engine/engine.h"
 #include "seer/v1/seer.grpc.pb.h"
-#include "server/metrics.h"
-#include "server/request_validation.h"
-#include "server/work_queue.h"
+#include "server/common/metrics.h"
+#include "rpc/request_validation.h"
+#include "server/common/work_queue.h"
 
 namespace seer {
 

@@ -19,7 +19,7 @@
 #include "base/status.h"
 #include "engine/kv/kv_cache.h"
 #include "seer/v1/seer.grpc.pb.h"
-#include "server/kv_assembler.h"
+#include "rpc/kv_assembler.h"
 
 namespace seer {
 

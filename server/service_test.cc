@@ -19,13 +19,13 @@
 #include <grpcpp/generic/generic_stub.h>
 
 #include "engine/engine.h"
-#include "server/decode_service.h"
-#include "server/grpc_server.h"
-#include "server/metrics.h"
-#include "server/prefill_client.h"
-#include "server/prefill_service.h"
-#include "server/work_queue.h"
-#include "tests/server/test_util.h"
+#include "server/decode/decode_service.h"
+#include "server/common/grpc_server.h"
+#include "server/common/metrics.h"
+#include "rpc/prefill_client.h"
+#include "server/prefill/prefill_service.h"
+#include "server/common/work_queue.h"
+#include "tests/server_test_util.h"
 
 namespace seer {
 namespace {

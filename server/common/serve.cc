@@ -1,4 +1,4 @@
-#include "server/serve.h"
+#include "server/common/serve.h"
 
 #include <signal.h>
 #include <unistd.h>
@@ -8,8 +8,8 @@
 #include <cstdio>
 #include <thread>
 
-#include "server/grpc_server.h"
-#include "server/metrics.h"
+#include "server/common/grpc_server.h"
+#include "server/common/metrics.h"
 
 namespace seer {
 

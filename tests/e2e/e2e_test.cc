@@ -19,7 +19,7 @@
 #include "base/json.h"
 #include "formats/safetensors.h"
 #include "seer/v1/seer.grpc.pb.h"
-#include "tests/server/test_util.h"
+#include "tests/server_test_util.h"
 
 namespace seer {
 namespace {

@@ -1,11 +1,11 @@
-#include "server/prefill_client.h"
+#include "rpc/prefill_client.h"
 
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <utility>
 
-#include "server/grpc_status.h"
+#include "rpc/grpc_status.h"
 
 namespace seer {
 

@@ -25,10 +25,10 @@
 
 #include "base/flags.h"
 #include "engine/engine.h"
-#include "server/grpc_server.h"
-#include "server/metrics.h"
-#include "server/prefill_client.h"
-#include "server/prefill_service.h"
+#include "server/common/grpc_server.h"
+#include "server/common/metrics.h"
+#include "rpc/prefill_client.h"
+#include "server/prefill/prefill_service.h"
 
 namespace seer {
 namespace {

@@ -1,4 +1,4 @@
-#include "server/prefill_service.h"
+#include "server/prefill/prefill_service.h"
 
 #include <algorithm>
 #include <chrono>
@@ -8,9 +8,9 @@
 #include <vector>
 
 #include "kernels/sampling/sampler.h"
-#include "server/grpc_status.h"
-#include "server/kv_wire.h"
-#include "server/stream_reactor.h"
+#include "rpc/grpc_status.h"
+#include "rpc/kv_wire.h"
+#include "server/common/stream_reactor.h"
 
 namespace seer {
 namespace {

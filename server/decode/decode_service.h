@@ -12,11 +12,11 @@
 
 #include "engine/engine.h"
 #include "seer/v1/seer.grpc.pb.h"
-#include "server/kv_assembler.h"
-#include "server/metrics.h"
-#include "server/prefill_client.h"
-#include "server/request_validation.h"
-#include "server/work_queue.h"
+#include "rpc/kv_assembler.h"
+#include "server/common/metrics.h"
+#include "rpc/prefill_client.h"
+#include "rpc/request_validation.h"
+#include "server/common/work_queue.h"
 
 namespace seer {
 

@@ -6,10 +6,10 @@
 
 #include "base/flags.h"
 #include "engine/engine.h"
-#include "server/grpc_server.h"
-#include "server/metrics.h"
-#include "server/prefill_service.h"
-#include "server/serve.h"
+#include "server/common/grpc_server.h"
+#include "server/common/metrics.h"
+#include "server/prefill/prefill_service.h"
+#include "server/common/serve.h"
 
 int main(int argc, char** argv) {
   seer::BlockTerminationSignals();

@@ -1,10 +1,10 @@
-#include "server/request_validation.h"
+#include "rpc/request_validation.h"
 
 #include <cmath>
 #include <cstdio>
 #include <string>
 
-#include "server/kv_wire.h"
+#include "rpc/kv_wire.h"
 
 namespace seer {
 namespace {

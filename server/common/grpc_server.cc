@@ -1,4 +1,4 @@
-#include "server/grpc_server.h"
+#include "server/common/grpc_server.h"
 
 #include <signal.h>
 

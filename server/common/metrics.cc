@@ -1,4 +1,4 @@
-#include "server/metrics.h"
+#include "server/common/metrics.h"
 
 #include <dlfcn.h>
 #include <pthread.h>
@@ -7,7 +7,7 @@
 #include <exception>
 #include <string>
 
-#include "server/grpc_status.h"
+#include "rpc/grpc_status.h"
 
 // Process-wide: raise every thread stack request below kMinThreadStackBytes.
 // See MetricsEndpoint in metrics.h for why.

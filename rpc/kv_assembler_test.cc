@@ -8,8 +8,8 @@
 
 #include "base/dtype.h"
 #include "engine/kv/kv_cache.h"
-#include "server/kv_assembler.h"
-#include "server/kv_wire.h"
+#include "rpc/kv_assembler.h"
+#include "rpc/kv_wire.h"
 
 namespace seer {
 namespace {

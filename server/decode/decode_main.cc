@@ -7,11 +7,11 @@
 
 #include "base/flags.h"
 #include "engine/engine.h"
-#include "server/decode_service.h"
-#include "server/grpc_server.h"
-#include "server/metrics.h"
-#include "server/prefill_client.h"
-#include "server/serve.h"
+#include "server/decode/decode_service.h"
+#include "server/common/grpc_server.h"
+#include "server/common/metrics.h"
+#include "rpc/prefill_client.h"
+#include "server/common/serve.h"
 
 int main(int argc, char** argv) {
   seer::BlockTerminationSignals();

@@ -19,7 +19,7 @@
 
 #include <grpcpp/grpcpp.h>
 
-#include "server/work_queue.h"
+#include "server/common/work_queue.h"
 
 namespace seer {
 

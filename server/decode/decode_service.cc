@@ -1,4 +1,4 @@
-#include "server/decode_service.h"
+#include "server/decode/decode_service.h"
 
 #include <algorithm>
 #include <chrono>
@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "kernels/sampling/sampler.h"
-#include "server/grpc_status.h"
-#include "server/stream_reactor.h"
+#include "rpc/grpc_status.h"
+#include "server/common/stream_reactor.h"
 
 namespace seer {
 namespace {

@@ -1,5 +1,5 @@
 // StreamReactor on its own, behind a throwaway Decode service on loopback
-// port 0: the promises server/stream_reactor.h makes to the services built on
+// port 0: the promises server/common/stream_reactor.h makes to the services built on
 // it, checked with hooks that record what they see.
 #include <gtest/gtest.h>
 
@@ -11,9 +11,9 @@
 #include <vector>
 
 #include "seer/v1/seer.grpc.pb.h"
-#include "server/grpc_server.h"
-#include "server/stream_reactor.h"
-#include "server/work_queue.h"
+#include "server/common/grpc_server.h"
+#include "server/common/stream_reactor.h"
+#include "server/common/work_queue.h"
 
 namespace seer {
 namespace {

@@ -1,4 +1,4 @@
-#include "server/kv_wire.h"
+#include "rpc/kv_wire.h"
 
 #include <string>
 
