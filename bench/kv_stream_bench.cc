@@ -54,12 +54,14 @@ class SyntheticKvEngine final : public Engine {
   uint64_t fingerprint() const override { return 0x5eedbe0c0ffee000ull; }
   const GateWeights* gates() const override { return nullptr; }
   std::string device_name() const override { return "synthetic (fills K/V, computes nothing)"; }
-  StatusOr<std::unique_ptr<KvCache>> NewCache(int capacity) override {
+
+ protected:
+  StatusOr<std::unique_ptr<KvCache>> AllocateCache(int capacity) override {
     return std::unique_ptr<KvCache>(
         new HostKvCache(config_.num_layers, config_.num_kv_heads, config_.head_dim, capacity));
   }
-  StatusOr<PrefillResult> Prefill(std::span<const int32_t> ids, const PrefillOptions&, KvCache* cache,
-                                  PrefillObserver* observer) override {
+  StatusOr<PrefillResult> RunPrefill(std::span<const int32_t> ids, const PrefillOptions&, KvCache* cache,
+                                     PrefillObserver* observer) override {
     auto* host = static_cast<HostKvCache*>(cache);
     const int L = static_cast<int>(ids.size());
     const size_t n = static_cast<size_t>(config_.num_kv_heads) * cache->capacity() * config_.head_dim;
@@ -79,7 +81,7 @@ class SyntheticKvEngine final : public Engine {
     r.layer_density.assign(config_.num_layers, 1.0);
     return r;
   }
-  Status DecodeStep(int32_t, KvCache*, std::vector<float>*) override {
+  Status RunDecodeStep(int32_t, KvCache*, std::vector<float>*) override {
     return Unimplemented("the synthetic engine does not decode");
   }
 

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "base/json.h"
+#include "base/strings.h"
 
 namespace seer {
 namespace {
@@ -26,15 +27,6 @@ constexpr size_t kLengthPrefix = 8;
 // The reference implementation refuses headers above 100 MB; so do we.
 constexpr uint64_t kMaxHeaderBytes = 100u << 20;
 constexpr std::string_view kMetadataKey = "__metadata__";
-
-std::string Quoted(std::string_view s) {
-  std::string q;
-  q.reserve(s.size() + 2);
-  q.push_back('\'');
-  q.append(s);
-  q.push_back('\'');
-  return q;
-}
 
 uint64_t ReadLittleEndian64(const uint8_t* p) {
   uint64_t v = 0;

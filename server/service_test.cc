@@ -52,12 +52,12 @@ class InstrumentedEngine final : public Engine {
   uint64_t fingerprint() const override { return inner_->fingerprint(); }
   const GateWeights* gates() const override { return inner_->gates(); }
   std::string device_name() const override { return "instrumented " + inner_->device_name(); }
-  StatusOr<std::unique_ptr<KvCache>> NewCache(int capacity) override { return inner_->NewCache(capacity); }
-  Status DecodeStep(int32_t token, KvCache* cache, std::vector<float>* logits) override {
+  StatusOr<std::unique_ptr<KvCache>> AllocateCache(int capacity) override { return inner_->NewCache(capacity); }
+  Status RunDecodeStep(int32_t token, KvCache* cache, std::vector<float>* logits) override {
     return inner_->DecodeStep(token, cache, logits);
   }
-  StatusOr<PrefillResult> Prefill(std::span<const int32_t> ids, const PrefillOptions& options, KvCache* cache,
-                                  PrefillObserver* observer) override {
+  StatusOr<PrefillResult> RunPrefill(std::span<const int32_t> ids, const PrefillOptions& options, KvCache* cache,
+                                     PrefillObserver* observer) override {
     {
       std::unique_lock<std::mutex> lock(mu_);
       ++entered_;

@@ -3,23 +3,20 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <new>
 #include <thread>
 
-#include "kernels/common/block_lists.h"
+#include "base/clock.h"
 #include "engine/model/checkpoint.h"
+#include "kernels/common/block_lists.h"
 #include "kernels/attention/attention_cpu.h"
 #include "kernels/ops/ops_cpu.h"
 
 namespace seer {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double SecondsSince(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 // A checkpoint tensor as float32, in its own layout. Absent tensors (biases
 // the model does not have) give an empty vector.
@@ -138,12 +135,7 @@ StatusOr<std::unique_ptr<CpuEngine>> CpuEngine::Load(const EngineOptions& option
 
 std::string CpuEngine::device_name() const { return "cpu (" + std::to_string(threads_) + " threads, float32)"; }
 
-StatusOr<std::unique_ptr<KvCache>> CpuEngine::NewCache(int capacity) {
-  if (capacity < 1) return InvalidArgument("cache capacity " + std::to_string(capacity) + " must be at least 1");
-  if (capacity > config_.max_position_embeddings) {
-    return InvalidArgument("cache capacity " + std::to_string(capacity) + " exceeds max_position_embeddings " +
-                           std::to_string(config_.max_position_embeddings));
-  }
+StatusOr<std::unique_ptr<KvCache>> CpuEngine::AllocateCache(int capacity) {
   // K and V, every layer, float32: refuse what would not fit in half of RAM.
   const double bytes = 2.0 * config_.num_layers * config_.num_kv_heads * double(capacity) * config_.head_dim * 4.0;
   const double ram = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
@@ -160,32 +152,17 @@ StatusOr<std::unique_ptr<KvCache>> CpuEngine::NewCache(int capacity) {
   }
 }
 
-Status CpuEngine::CheckIds(std::span<const int32_t> ids, const char* what) const {
-  if (ids.empty()) return InvalidArgument(std::string(what) + ": empty; at least one token id is needed");
-  for (size_t i = 0; i < ids.size(); ++i) {
-    if (ids[i] < 0 || ids[i] >= config_.vocab_size) {
-      return InvalidArgument(std::string(what) + "[" + std::to_string(i) + "] = " + std::to_string(ids[i]) +
-                             " is out of range: vocab_size is " + std::to_string(config_.vocab_size));
-    }
-  }
-  return OkStatus();
-}
-
 StatusOr<HostKvCache*> CpuEngine::AsHostCache(KvCache* cache) const {
   auto* host = dynamic_cast<HostKvCache*>(cache);
   if (host == nullptr) return InvalidArgument("cache: not a host KV cache made by this CPU engine's NewCache");
-  const KvLayout& l = host->layout();
-  if (l.num_layers != config_.num_layers || l.num_kv_heads != config_.num_kv_heads ||
-      l.head_dim != config_.head_dim) {
-    return InvalidArgument("cache: layout (" + std::to_string(l.num_layers) + " layers, " +
-                           std::to_string(l.num_kv_heads) + " kv heads, head_dim " + std::to_string(l.head_dim) +
-                           ") does not match the model (" + std::to_string(config_.num_layers) + ", " +
-                           std::to_string(config_.num_kv_heads) + ", " + std::to_string(config_.head_dim) + ")");
-  }
   return host;
 }
 
-void CpuEngine::ProjectQkv(int layer, Activations& a) const {
+void CpuEngine::Embed(std::span<const int32_t> ids, Activations& a) const {
+  cpu::Embedding(embed_.data(), config_.hidden_size, ids.data(), static_cast<int>(ids.size()), a.x.data());
+}
+
+void CpuEngine::AttentionInputs(int layer, Activations& a) const {
   const LayerWeights& w = layers_[layer];
   const int H = config_.hidden_size, D = config_.head_dim;
   cpu::RmsNorm(a.x.data(), a.rows, H, w.input_norm.data(), static_cast<float>(config_.rms_norm_eps),
@@ -198,7 +175,13 @@ void CpuEngine::ProjectQkv(int layer, Activations& a) const {
               threads_);
 }
 
-void CpuEngine::RopeAndStore(Activations& a, HostKvCache* cache, int layer) const {
+StatusOr<GateOutput> CpuEngine::Gate(int layer, const Activations& a, const SparsityConfig& sparsity) const {
+  // The gate sees Q and K as projected, before RoPE (docs/GATES.md).
+  return RunGate(gates_->layers[layer], gates_->config, config_, a.q.data(), a.k.data(), a.rows, sparsity,
+                 threads_);
+}
+
+void CpuEngine::RopeAndCache(int layer, Activations& a, HostKvCache* cache) const {
   const int D = config_.head_dim, Hkv = config_.num_kv_heads;
   cpu::ApplyRope(a.q.data(), a.rows, config_.num_heads, D, a.positions.data(), inv_freq_.data());
   cpu::ApplyRope(a.k.data(), a.rows, Hkv, D, a.positions.data(), inv_freq_.data());
@@ -215,7 +198,24 @@ void CpuEngine::RopeAndStore(Activations& a, HostKvCache* cache, int layer) cons
   }
 }
 
-void CpuEngine::FinishLayer(int layer, Activations& a) const {
+void CpuEngine::Attention(int layer, Activations& a, const HostKvCache& cache, const GateOutput* gate) const {
+  const int last = a.positions[a.rows - 1];
+  const cpu::AttentionShape shape{last + 1, config_.num_heads, config_.num_kv_heads, config_.head_dim,
+                                  cache.capacity(), attention_scale_};
+  // A pass that starts past position 0 is a decode step (one row); a prefill
+  // pass covers positions 0..rows-1.
+  if (a.positions[0] > 0) {
+    cpu::DecodeAttention(shape, last, a.q.data(), cache.k(layer), cache.v(layer), a.attn.data());
+  } else if (gate != nullptr) {
+    const BlockLists lists = ToBlockLists(gate->mask);
+    cpu::BlockSparseAttention(shape, gate->mask.block_size, lists.offsets.data(), lists.indices.data(), a.q.data(),
+                              cache.k(layer), cache.v(layer), a.attn.data(), threads_);
+  } else {
+    cpu::CausalAttention(shape, a.q.data(), cache.k(layer), cache.v(layer), a.attn.data(), threads_);
+  }
+}
+
+void CpuEngine::OutputAndMlp(int layer, Activations& a) const {
   const LayerWeights& w = layers_[layer];
   const int H = config_.hidden_size, I = config_.intermediate_size;
   const size_t n = static_cast<size_t>(a.rows) * H;
@@ -239,27 +239,11 @@ void CpuEngine::Logits(const Activations& a, int rows, float* out) const {
   cpu::Linear(normed.data(), rows, H, lm_head_t_.data(), config_.vocab_size, nullptr, out, threads_);
 }
 
-StatusOr<PrefillResult> CpuEngine::Prefill(std::span<const int32_t> ids, const PrefillOptions& options,
-                                           KvCache* cache, PrefillObserver* observer) {
+StatusOr<PrefillResult> CpuEngine::RunPrefill(std::span<const int32_t> ids, const PrefillOptions& options,
+                                              KvCache* cache, PrefillObserver* observer) {
   const Clock::time_point start = Clock::now();
-  SEER_RETURN_IF_ERROR(CheckIds(ids, "ids"));
   SEER_ASSIGN_OR_RETURN(HostKvCache * kv, AsHostCache(cache));
-  const int64_t len = static_cast<int64_t>(ids.size());
-  if (len > config_.max_position_embeddings) {
-    return InvalidArgument("ids: " + std::to_string(len) + " tokens exceed max_position_embeddings " +
-                           std::to_string(config_.max_position_embeddings));
-  }
-  if (len > kv->capacity()) {
-    return ResourceExhausted("ids: " + std::to_string(len) + " tokens exceed the KV cache capacity of " +
-                             std::to_string(kv->capacity()));
-  }
-  if (kv->length() != 0) {
-    return FailedPrecondition("cache: already holds " + std::to_string(kv->length()) +
-                              " tokens; Prefill needs an empty cache");
-  }
-  const int L = static_cast<int>(len);
-  const int D = config_.head_dim;
-  const cpu::AttentionShape shape{L, config_.num_heads, config_.num_kv_heads, D, kv->capacity(), attention_scale_};
+  const int L = static_cast<int>(ids.size());
 
   std::optional<Activations> act;
   try {
@@ -269,33 +253,27 @@ StatusOr<PrefillResult> CpuEngine::Prefill(std::span<const int32_t> ids, const P
   }
   Activations& a = *act;
   for (int i = 0; i < L; ++i) a.positions[i] = i;
-  cpu::Embedding(embed_.data(), config_.hidden_size, ids.data(), L, a.x.data());
+  Embed(ids, a);
 
   PrefillResult result;
   int64_t kept_total = 0, causal_total = 0;
   for (int layer = 0; layer < config_.num_layers; ++layer) {
     const Clock::time_point layer_start = Clock::now();
-    ProjectQkv(layer, a);
-    double density = 1.0;
+    AttentionInputs(layer, a);
     std::optional<GateOutput> gate;
     if (gates_) {
-      // The gate sees Q and K as projected, before RoPE (DESIGN.md §1).
-      SEER_ASSIGN_OR_RETURN(GateOutput g, RunGate(gates_->layers[layer], gates_->config, config_, a.q.data(),
-                                                   a.k.data(), L, options.sparsity, threads_));
+      SEER_ASSIGN_OR_RETURN(GateOutput g, Gate(layer, a, options.sparsity));
       gate = std::move(g);
     }
-    RopeAndStore(a, kv, layer);
+    RopeAndCache(layer, a, kv);
+    Attention(layer, a, *kv, gate ? &*gate : nullptr);
+    OutputAndMlp(layer, a);
+    double density = 1.0;
     if (gate) {
-      const BlockLists lists = ToBlockLists(gate->mask);
-      cpu::BlockSparseAttention(shape, gate->mask.block_size, lists.offsets.data(), lists.indices.data(), a.q.data(),
-                                kv->k(layer), kv->v(layer), a.attn.data(), threads_);
       density = gate->mask.density();
       kept_total += gate->mask.kept();
       causal_total += gate->mask.causal_blocks();
-    } else {
-      cpu::CausalAttention(shape, a.q.data(), kv->k(layer), kv->v(layer), a.attn.data(), threads_);
     }
-    FinishLayer(layer, a);
     result.layer_density.push_back(density);
     if (gate && options.keep_gate_outputs) result.gate_outputs.push_back(std::move(*gate));
     if (observer != nullptr) {
@@ -322,28 +300,17 @@ StatusOr<PrefillResult> CpuEngine::Prefill(std::span<const int32_t> ids, const P
   return result;
 }
 
-Status CpuEngine::DecodeStep(int32_t token, KvCache* cache, std::vector<float>* logits) {
-  SEER_RETURN_IF_ERROR(CheckIds(std::span<const int32_t>(&token, 1), "token"));
-  if (logits == nullptr) return InvalidArgument("logits: null output");
+Status CpuEngine::RunDecodeStep(int32_t token, KvCache* cache, std::vector<float>* logits) {
   SEER_ASSIGN_OR_RETURN(HostKvCache * kv, AsHostCache(cache));
   const int pos = kv->length();
-  if (pos >= config_.max_position_embeddings) {
-    return InvalidArgument("token: position " + std::to_string(pos) + " reaches max_position_embeddings " +
-                           std::to_string(config_.max_position_embeddings));
-  }
-  if (pos >= kv->capacity()) {
-    return ResourceExhausted("cache: full at " + std::to_string(kv->capacity()) + " tokens");
-  }
-  const cpu::AttentionShape shape{pos + 1, config_.num_heads, config_.num_kv_heads, config_.head_dim,
-                                  kv->capacity(), attention_scale_};
   Activations a(config_, 1);
   a.positions[0] = pos;
-  cpu::Embedding(embed_.data(), config_.hidden_size, &token, 1, a.x.data());
+  Embed(std::span<const int32_t>(&token, 1), a);
   for (int layer = 0; layer < config_.num_layers; ++layer) {
-    ProjectQkv(layer, a);
-    RopeAndStore(a, kv, layer);
-    cpu::DecodeAttention(shape, pos, a.q.data(), kv->k(layer), kv->v(layer), a.attn.data());
-    FinishLayer(layer, a);
+    AttentionInputs(layer, a);
+    RopeAndCache(layer, a, kv);
+    Attention(layer, a, *kv, nullptr);
+    OutputAndMlp(layer, a);
   }
   logits->resize(config_.vocab_size);
   Logits(a, 1, logits->data());

@@ -30,10 +30,14 @@ class CpuEngine final : public Engine {
   std::string device_name() const override;
   int num_threads() const { return threads_; }
 
-  StatusOr<std::unique_ptr<KvCache>> NewCache(int capacity) override;
-  StatusOr<PrefillResult> Prefill(std::span<const int32_t> ids, const PrefillOptions& options, KvCache* cache,
-                                  PrefillObserver* observer) override;
-  Status DecodeStep(int32_t token, KvCache* cache, std::vector<float>* logits) override;
+  // Prefill and decode run the same named stages as the CUDA backend, per
+  // layer: AttentionInputs, Gate (prefill, when gated), RopeAndCache,
+  // Attention, OutputAndMlp; Embed before the layers and Logits after.
+ protected:
+  StatusOr<std::unique_ptr<KvCache>> AllocateCache(int capacity) override;
+  StatusOr<PrefillResult> RunPrefill(std::span<const int32_t> ids, const PrefillOptions& options, KvCache* cache,
+                                     PrefillObserver* observer) override;
+  Status RunDecodeStep(int32_t token, KvCache* cache, std::vector<float>* logits) override;
 
  private:
   // Float32 weights of one layer. *_t are HF Linear weights transposed to
@@ -51,19 +55,25 @@ class CpuEngine final : public Engine {
 
   CpuEngine() = default;
 
-  // ids non-empty and each in [0, vocab_size); `what` names them in errors.
-  Status CheckIds(std::span<const int32_t> ids, const char* what) const;
-  // The cache as this engine's HostKvCache, with a matching layout.
+  // The cache as this engine's HostKvCache (the base checked its layout).
   StatusOr<HostKvCache*> AsHostCache(KvCache* cache) const;
 
+  // The stages. Embedding rows of `ids` into a.x.
+  void Embed(std::span<const int32_t> ids, Activations& a) const;
   // RMSNorm and the q/k/v projections of `layer` for a.rows tokens, into
   // a.q / a.k / a.v (pre-RoPE, bias included).
-  void ProjectQkv(int layer, Activations& a) const;
-  // o_proj, residual, post-attention norm, SwiGLU MLP, residual: a.attn -> a.x.
-  void FinishLayer(int layer, Activations& a) const;
+  void AttentionInputs(int layer, Activations& a) const;
+  // The layer's gate on the pre-RoPE a.q / a.k.
+  StatusOr<GateOutput> Gate(int layer, const Activations& a, const SparsityConfig& sparsity) const;
   // RoPE at positions a.positions on q and k, then k and v into the cache at
   // those positions.
-  void RopeAndStore(Activations& a, HostKvCache* cache, int layer) const;
+  void RopeAndCache(int layer, Activations& a, HostKvCache* cache) const;
+  // Attention of a.q over the cache into a.attn: for a prefill pass
+  // block-sparse when `gate` is given, else dense causal; for a decode step at
+  // position p, keys 0..p.
+  void Attention(int layer, Activations& a, const HostKvCache& cache, const GateOutput* gate) const;
+  // o_proj, residual, post-attention norm, SwiGLU MLP, residual: a.attn -> a.x.
+  void OutputAndMlp(int layer, Activations& a) const;
   // Final norm and lm_head for the last `rows` rows of a.x.
   void Logits(const Activations& a, int rows, float* out) const;
 

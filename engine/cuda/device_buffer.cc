@@ -71,17 +71,4 @@ DeviceMemoryStats GetDeviceMemoryStats() { return {g_current.load(), g_peak.load
 
 void ResetPeakDeviceMemory() { g_peak.store(g_current.load()); }
 
-std::string FormatBytes(size_t bytes) {
-  char buf[64];
-  const double b = static_cast<double>(bytes);
-  if (b >= 1024.0 * 1024 * 1024) {
-    std::snprintf(buf, sizeof(buf), "%.2f GiB", b / (1024.0 * 1024 * 1024));
-  } else if (b >= 1024.0 * 1024) {
-    std::snprintf(buf, sizeof(buf), "%.1f MiB", b / (1024.0 * 1024));
-  } else {
-    std::snprintf(buf, sizeof(buf), "%zu B", bytes);
-  }
-  return buf;
-}
-
 }  // namespace seer

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "base/status.h"
+#include "base/strings.h"
 
 namespace seer {
 
@@ -45,8 +46,5 @@ struct DeviceMemoryStats {
 DeviceMemoryStats GetDeviceMemoryStats();
 // Sets the peak to the current holding.
 void ResetPeakDeviceMemory();
-
-// "1.50 GiB", "12.0 MiB".
-std::string FormatBytes(size_t bytes);
 
 }  // namespace seer

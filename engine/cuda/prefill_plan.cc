@@ -4,6 +4,7 @@
 
 #include <cuda_bf16.h>
 
+#include "engine/cuda/model_runner.h"
 #include "kernels/gate/gate.h"
 
 namespace seer {
@@ -60,19 +61,8 @@ PrefillPlan PlanPrefill(const ModelConfig& c, const GateShape& gates, int gate_b
   p.logits = o.Take(static_cast<size_t>(p.logits_chunk) * c.vocab_size * sizeof(float));
 
   if (gates.gate_hidden > 0) {
-    cuda::GateParams g;
-    g.seq_len = seq_len;
-    g.num_heads = c.num_heads;
-    g.num_kv_heads = c.num_kv_heads;
-    g.head_dim = c.head_dim;
-    g.block_size = gate_block_size;
-    g.hidden = gates.gate_hidden;
-    // The gate checks that mask_linear_q exists when hidden != head_dim; a
-    // size query reads no weight, so a stand-in address says "present".
-    static const float kPresentForSizing = 0.0f;
-    g.q_weight = gates.has_q ? &kPresentForSizing : nullptr;
-    // The most any selection keeps: the whole causal triangle.
-    g.mode = cuda::GateSelection::kDense;
+    // The most any selection keeps: the whole causal triangle (dense).
+    cuda::GateParams g = MakeGateParams(c, gates, gate_block_size, seq_len, SparsityConfig{});
     p.gate_blocks = cuda::GateNumBlocks(g);
     p.index_capacity = cuda::GateMaxIndices(g);
     // As many heads' nb x nb scores at once as the budget allows.

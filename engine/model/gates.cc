@@ -11,9 +11,11 @@
 #include <map>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "base/json.h"
+#include "base/strings.h"
 #include "engine/model/gates.h"
 #include "formats/pth_reader.h"
 #include "formats/safetensors.h"
@@ -28,13 +30,6 @@ constexpr std::string_view kLayerPrefix = "model.layers.";
 constexpr std::string_view kGateInfix = ".self_attn.attn_gate.";
 constexpr std::string_view kKWeight = "mask_linear_k.weight";
 constexpr std::string_view kQWeight = "mask_linear_q.weight";
-
-std::string Quoted(std::string_view s) {
-  std::string out(1, '\'');
-  out.append(s);
-  out.push_back('\'');
-  return out;
-}
 
 std::string ShapeText(const std::vector<int64_t>& shape) {
   std::string s = "[";
@@ -331,6 +326,103 @@ StatusOr<GateWeights> LoadGates(const std::string& dir, const ModelConfig& model
     }
   }
   return gw;
+}
+
+// --- running one layer on the CPU ---------------------------------------------
+
+namespace {
+
+// The [Hq, nb, nb] probability and mask outputs are bounded so that a huge
+// prompt is a clear error rather than an allocation failure.
+constexpr uint64_t kMaxScoreEntries = uint64_t{1} << 31;
+
+std::string Str(int64_t v) { return std::to_string(v); }
+
+// Checks everything the twin reads and describes it as a GateProblem, so that
+// the twin's loops index safely.
+Status DescribeGate(const GateLayerWeights& w, const GateConfig& gc, const ModelConfig& model, const float* q,
+                    const float* k, int seq_len, cpu::GateProblem* out) {
+  if (gc.gate_type != kGateType) {
+    return InvalidArgument("gate type '" + gc.gate_type + "' is not supported; only " + std::string(kGateType));
+  }
+  if (gc.block_size <= 0) return InvalidArgument("gate block_size " + Str(gc.block_size) + " must be positive");
+  if (gc.hidden <= 0 || gc.hidden % 2 != 0) {
+    return InvalidArgument("gate hidden size " + Str(gc.hidden) + " must be positive and even (RoPE pairs)");
+  }
+  if (model.num_heads <= 0 || model.num_kv_heads <= 0 || model.head_dim <= 0) {
+    return InvalidArgument("model heads " + Str(model.num_heads) + "/" + Str(model.num_kv_heads) + " and head_dim " +
+                           Str(model.head_dim) + " must be positive");
+  }
+  if (model.num_heads % model.num_kv_heads != 0) {
+    return InvalidArgument("model num_heads " + Str(model.num_heads) + " is not a multiple of num_kv_heads " +
+                           Str(model.num_kv_heads));
+  }
+  if (seq_len < 0) return InvalidArgument("gate seq_len " + Str(seq_len) + " is negative");
+  if (seq_len > 0 && (q == nullptr || k == nullptr)) return InvalidArgument("gate input q or k is null");
+
+  cpu::GateProblem p;
+  p.q = q;
+  p.k = k;
+  p.seq_len = seq_len;
+  p.num_heads = model.num_heads;
+  p.num_kv_heads = model.num_kv_heads;
+  p.head_dim = model.head_dim;
+  p.block_size = gc.block_size;
+  p.hidden = gc.hidden;
+  p.k_weight = w.k_weight.data();
+  p.q_weight = w.q_weight.empty() ? nullptr : w.q_weight.data();
+
+  const uint64_t k_per_head = uint64_t{3} * p.head_dim * p.hidden;
+  if (w.k_weight.size() == k_per_head * p.num_heads) {
+    p.k_weight_heads = p.num_heads;
+  } else if (p.q_weight != nullptr && w.k_weight.size() == k_per_head * p.num_kv_heads) {
+    // force_double gates: mask_linear_k has one head per KV head and its
+    // output is repeated to the Q heads, which is the same as using W[h / group].
+    p.k_weight_heads = p.num_kv_heads;
+  } else {
+    return InvalidArgument("mask_linear_k has " + Str(static_cast<int64_t>(w.k_weight.size())) +
+                           " values, the model needs [" + Str(p.num_heads) + ", " + Str(3 * p.head_dim) + ", " +
+                           Str(p.hidden) + "] = " + Str(static_cast<int64_t>(k_per_head * p.num_heads)));
+  }
+  if (p.q_weight != nullptr) {
+    // Q is pooled by average only, so mask_linear_q reads head_dim channels.
+    if (w.q_in != p.head_dim) {
+      return InvalidArgument("mask_linear_q input size " + Str(w.q_in) + " must equal head_dim " +
+                             Str(p.head_dim) + " for gate type " + std::string(kGateType));
+    }
+    const uint64_t need = uint64_t(p.num_heads) * uint64_t(w.q_in) * uint64_t(p.hidden);
+    if (w.q_weight.size() != need) {
+      return InvalidArgument("mask_linear_q has " + Str(static_cast<int64_t>(w.q_weight.size())) +
+                             " values, the model needs [" + Str(p.num_heads) + ", " + Str(w.q_in) + ", " +
+                             Str(p.hidden) + "] = " + Str(static_cast<int64_t>(need)));
+    }
+  } else if (p.hidden != p.head_dim) {
+    return InvalidArgument("gate hidden size " + Str(p.hidden) + " differs from head_dim " + Str(p.head_dim) +
+                           " but the gate has no mask_linear_q");
+  }
+  const uint64_t nb = (uint64_t(seq_len) + uint64_t(p.block_size) - 1) / uint64_t(p.block_size);
+  const uint64_t entries = uint64_t(p.num_heads) * nb * nb;
+  if (entries > kMaxScoreEntries) {
+    return ResourceExhausted("gate for " + Str(seq_len) + " tokens needs " + Str(static_cast<int64_t>(entries)) +
+                             " block scores, above the limit of " + Str(static_cast<int64_t>(kMaxScoreEntries)));
+  }
+  *out = p;
+  return OkStatus();
+}
+
+}  // namespace
+
+StatusOr<GateOutput> RunGate(const GateLayerWeights& w, const GateConfig& gc, const ModelConfig& model,
+                             const float* q, const float* k, int seq_len, const SparsityConfig& sparsity,
+                             int num_threads) {
+  cpu::GateProblem problem;
+  SEER_RETURN_IF_ERROR(DescribeGate(w, gc, model, q, k, seq_len, &problem));
+  std::vector<float> inv_freq;
+  for (double f : RopeInvFreq(model.rope, gc.hidden)) inv_freq.push_back(static_cast<float>(f));
+  problem.rope_inv_freq = inv_freq.data();
+  const int threads =
+      num_threads > 0 ? num_threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  return cpu::RunGate(problem, sparsity, threads);
 }
 
 }  // namespace seer

@@ -1,12 +1,12 @@
-// SeerAttention gates (DESIGN.md §1): loading the released checkpoints and
-// computing the block mask of one layer on the CPU, in float32.
+// SeerAttention gates (docs/GATES.md): loading the released checkpoints and
+// running one layer's gate on the CPU through the twin kernels/gate/gate_cpu.
 #pragma once
 
 #include <string>
 #include <vector>
 
 #include "base/status.h"
-#include "kernels/common/block_lists.h"
+#include "kernels/gate/gate_cpu.h"
 #include "engine/model/model_config.h"
 #include "engine/model/sparsity.h"
 
@@ -39,14 +39,10 @@ struct GateWeights {
 // a mismatch names the key and both shapes.
 StatusOr<GateWeights> LoadGates(const std::string& dir, const ModelConfig& model);
 
-struct GateOutput {
-  BlockMask mask;
-  // [Hq, nb, nb]: softmax of the gate scores over the causal key blocks of
-  // each row; 0 above the diagonal.
-  std::vector<float> probs;
-};
-
-// Runs the gate of one layer.
+// Runs the gate of one layer on the CPU (the twin kernels/gate/gate_cpu.h),
+// after checking the weights and the prompt against the model: a mismatch is
+// INVALID_ARGUMENT naming the shapes, a prompt whose [Hq, nb, nb] outputs
+// would pass 2^31 entries RESOURCE_EXHAUSTED.
 //   q: [L, Hq, head_dim] and k: [L, Hkv, head_dim], straight after
 //   q_proj / k_proj (bias included, before RoPE).
 // Applies `sparsity` (mode, last_block_dense) and the never-empty-row rule.

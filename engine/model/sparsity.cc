@@ -4,6 +4,8 @@
 #include <cmath>
 #include <string>
 
+#include "base/strings.h"
+
 namespace seer {
 namespace {
 
@@ -18,23 +20,25 @@ bool ParseNumber(std::string_view text, double* out) {
   return ec == std::errc() && ptr == end && std::isfinite(*out);
 }
 
-std::string Quoted(std::string_view s) {
-  std::string out;
-  out.reserve(s.size() + 2);
-  out.push_back('\'');
-  out.append(s);
-  out.push_back('\'');
-  return out;
-}
-
-std::string ShortestDouble(double v) {
-  char buf[512];  // fixed notation of a double can run to ~330 digits
-  auto [ptr, ec] = std::to_chars(buf, buf + sizeof(buf), v, std::chars_format::fixed);
-  if (ec != std::errc()) return std::to_string(v);
-  return std::string(buf, ptr);
-}
-
 }  // namespace
+
+bool SparsityValueInRange(SparsityMode mode, double value) {
+  switch (mode) {
+    case SparsityMode::kThreshold: return value >= 0.0 && value < 1.0;
+    case SparsityMode::kNzRatio: return value > 0.0 && value <= 1.0;
+    case SparsityMode::kDense: break;
+  }
+  return true;
+}
+
+std::string_view SparsityRangeRule(SparsityMode mode) {
+  switch (mode) {
+    case SparsityMode::kThreshold: return "0 <= T < 1";
+    case SparsityMode::kNzRatio: return "0 < R <= 1";
+    case SparsityMode::kDense: break;
+  }
+  return "";
+}
 
 StatusOr<SparsityConfig> ParseSparsity(std::string_view text, const SparsityConfig& base) {
   SparsityConfig out = base;
@@ -78,9 +82,9 @@ StatusOr<SparsityConfig> ParseSparsity(std::string_view text, const SparsityConf
       return InvalidArgument("sparsity " + Quoted(text) + ": threshold " + Quoted(value) +
                              " is not a finite number");
     }
-    if (!(v >= 0.0 && v < 1.0)) {
+    if (!SparsityValueInRange(SparsityMode::kThreshold, v)) {
       return InvalidArgument("sparsity " + Quoted(text) + ": threshold " + ShortestDouble(v) +
-                             " is out of range, need 0 <= T < 1");
+                             " is out of range, need " + std::string(SparsityRangeRule(SparsityMode::kThreshold)));
     }
     out.mode = SparsityMode::kThreshold;
     out.threshold = v;
@@ -91,9 +95,9 @@ StatusOr<SparsityConfig> ParseSparsity(std::string_view text, const SparsityConf
       return InvalidArgument("sparsity " + Quoted(text) + ": nz_ratio " + Quoted(value) +
                              " is not a finite number");
     }
-    if (!(v > 0.0 && v <= 1.0)) {
+    if (!SparsityValueInRange(SparsityMode::kNzRatio, v)) {
       return InvalidArgument("sparsity " + Quoted(text) + ": nz_ratio " + ShortestDouble(v) +
-                             " is out of range, need 0 < R <= 1");
+                             " is out of range, need " + std::string(SparsityRangeRule(SparsityMode::kNzRatio)));
     }
     out.mode = SparsityMode::kNzRatio;
     out.nz_ratio = v;
@@ -110,6 +114,21 @@ std::string SparsityToString(const SparsityConfig& s) {
     case SparsityMode::kNzRatio: return "nz_ratio=" + ShortestDouble(s.nz_ratio);
   }
   return "dense";
+}
+
+StatusOr<SparsityConfig> ResolveSparsity(const SparsityRequest& request, const SparsityConfig* gate_default) {
+  SparsityConfig out = gate_default != nullptr ? *gate_default : SparsityConfig{};
+  if (request.mode) {
+    if (request.mode->mode != SparsityMode::kDense && gate_default == nullptr) {
+      return FailedPrecondition("sparsity " + SparsityToString(*request.mode) +
+                                " needs attention gates (--gates DIR), and this engine runs without them");
+    }
+    const bool last_block_dense = out.last_block_dense;
+    out = *request.mode;
+    out.last_block_dense = last_block_dense;
+  }
+  if (request.last_block_dense) out.last_block_dense = *request.last_block_dense;
+  return out;
 }
 
 }  // namespace seer

@@ -362,7 +362,7 @@ int main(int argc, char** argv) {
       g.hidden = D;
       g.k_weight = wk;
       g.rope_inv_freq = freq;
-      g.mode = seer::cuda::GateSelection::kNzRatio;
+      g.mode = seer::SparsityMode::kNzRatio;
       g.nz_ratio = 0.1;
       const int64_t cap = seer::cuda::GateMaxIndices(g);
       int32_t *offsets, *indices;

@@ -362,11 +362,11 @@ __global__ void __launch_bounds__(32 * kSelectWarpsPerCta)
     for (int i = lane; i < nb; i += 32) prow[i] = i < n ? prob(i) : 0.0f;
   }
 
-  const bool all = p.mode == GateSelection::kDense || qb >= first_dense_row ||
-                   (p.mode == GateSelection::kNzRatio && topk >= n);
+  const bool all = p.mode == SparsityMode::kDense || qb >= first_dense_row ||
+                   (p.mode == SparsityMode::kNzRatio && topk >= n);
   uint32_t kth_key = 0;  // top-k: blocks with a larger key are kept...
   int take_equal = 0;    // ...and the first take_equal (by index) with an equal key
-  if (!all && p.mode == GateSelection::kNzRatio) {
+  if (!all && p.mode == SparsityMode::kNzRatio) {
     // Radix select, 8 bits at a time from the top, of the topk-th largest key.
     uint32_t prefix = 0;
     uint32_t prefix_mask = 0;
@@ -431,7 +431,7 @@ __global__ void __launch_bounds__(32 * kSelectWarpsPerCta)
     if (i < n) {
       if (all) {
         keep = true;
-      } else if (p.mode == GateSelection::kThreshold) {
+      } else if (p.mode == SparsityMode::kThreshold) {
         keep = prob(i) > threshold;
       } else {
         const uint32_t key = OrderKey(__ldg(row + i));
@@ -530,16 +530,9 @@ __global__ void FillKernel(const uint32_t* bitmap, const int32_t* offsets, int r
   }
 }
 
-int64_t TopK(const GateParams& p, int nb) {
-  const double k = (1.0 - std::sqrt(1.0 - p.nz_ratio)) * static_cast<double>(nb);
-  const int64_t topk = static_cast<int64_t>(k);
-  return topk < 1 ? 1 : topk;
-}
+int64_t TopK(const GateParams& p, int nb) { return NzRatioTopK(p.nz_ratio, nb); }
 
-int FirstDenseRow(const GateParams& p, int nb) {
-  if (!p.last_block_dense) return nb;
-  return nb - 2 > 0 ? nb - 2 : 0;
-}
+int FirstDenseRow(const GateParams& p, int nb) { return static_cast<int>(seer::FirstDenseRow(p.last_block_dense, nb)); }
 
 bool Aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
@@ -554,8 +547,6 @@ bool ValidShapes(const GateParams& p) {
     return false;
   }
   if (p.dtype != ElemType::kBF16 && p.dtype != ElemType::kF16) return false;
-  if (p.mode == GateSelection::kThreshold && !(p.threshold >= 0.0 && p.threshold < 1.0)) return false;
-  if (p.mode == GateSelection::kNzRatio && !(p.nz_ratio > 0.0 && p.nz_ratio <= 1.0)) return false;
   return true;
 }
 
@@ -577,7 +568,7 @@ size_t GateWorkspaceBytes(const GateParams& p) {
 int64_t GateMaxIndices(const GateParams& p) {
   const int64_t nb = GateNumBlocks(p);
   const int64_t triangle = nb * (nb + 1) / 2;
-  if (p.mode != GateSelection::kNzRatio) return triangle * p.num_heads;
+  if (p.mode != SparsityMode::kNzRatio) return triangle * p.num_heads;
   const int64_t topk = TopK(p, static_cast<int>(nb));
   const int first_dense = FirstDenseRow(p, static_cast<int>(nb));
   int64_t per_head = 0;
@@ -649,7 +640,7 @@ cudaError_t RunGateKernels(const GateParams& p, cudaStream_t stream) {
 
   // scores + select, heads_per_pass heads at a time
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(p.hidden)));
-  const int64_t topk = p.mode == GateSelection::kNzRatio ? TopK(p, nb) : 0;
+  const int64_t topk = p.mode == SparsityMode::kNzRatio ? TopK(p, nb) : 0;
   const int first_dense_row = FirstDenseRow(p, nb);
   const int tiles = (nb + kScoreTile - 1) / kScoreTile;
   for (int head0 = 0; head0 < p.num_heads; head0 += g.heads_per_pass) {

@@ -16,10 +16,9 @@
 #include <cuda_runtime.h>
 
 #include "kernels/common/elem_type.h"
+#include "kernels/gate/selection.h"
 
 namespace seer::cuda {
-
-enum class GateSelection { kDense, kThreshold, kNzRatio };
 
 struct GateParams {
   // Inputs, straight after q_proj / k_proj (bias included, before RoPE).
@@ -47,11 +46,12 @@ struct GateParams {
   // float(position) * inv_freq[i] in float32, like HF and the CPU gate.
   const float* rope_inv_freq = nullptr;
 
-  // Selection (engine/model/sparsity.h).
-  GateSelection mode = GateSelection::kDense;
-  double threshold = 0.0;  // kThreshold: keep blocks with softmax probability > float(threshold)
-  double nz_ratio = 1.0;   // kNzRatio: the best k = max(1, int((1 - sqrt(1 - r)) * nb)) causal
-                           // blocks per row; equal scores go to the lower block index
+  // Selection (kernels/gate/selection.h), valid by construction: threshold in
+  // [0, 1), nz_ratio in (0, 1]. kNzRatio keeps NzRatioTopK causal blocks per
+  // row; equal scores go to the lower block index.
+  SparsityMode mode = SparsityMode::kDense;
+  double threshold = 0.0;
+  double nz_ratio = 1.0;
   bool last_block_dense = true;
 
   // Outputs.

@@ -188,9 +188,7 @@ class GateGpuTest : public ::testing::Test {
     p.q_weight = c.q_weight ? dwq.get<float>() : nullptr;
     p.k_weight_heads = c.force_double ? Hkv : 0;
     p.rope_inv_freq = dfreq.get<float>();
-    p.mode = sparsity.mode == SparsityMode::kDense       ? cuda::GateSelection::kDense
-             : sparsity.mode == SparsityMode::kThreshold ? cuda::GateSelection::kThreshold
-                                                         : cuda::GateSelection::kNzRatio;
+    p.mode = sparsity.mode;
     p.threshold = sparsity.threshold;
     p.nz_ratio = sparsity.nz_ratio;
     p.last_block_dense = sparsity.last_block_dense;
@@ -354,7 +352,7 @@ TEST_F(GateGpuTest, RejectsBadParams) {
   EXPECT_EQ(cuda::RunGateKernels(p, nullptr), cudaErrorInvalidValue) << "hidden != D without q_weight";
   p.hidden = 64;
   EXPECT_EQ(cuda::RunGateKernels(p, nullptr), cudaErrorInvalidValue) << "null pointers";
-  p.mode = cuda::GateSelection::kNzRatio;
+  p.mode = SparsityMode::kNzRatio;
   p.nz_ratio = 0.0;
   EXPECT_EQ(cuda::GateWorkspaceBytes(p), 0u) << "nz_ratio 0";
 }

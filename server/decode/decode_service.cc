@@ -35,19 +35,19 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
       FinishNow(grpc::Status(grpc::StatusCode::UNAVAILABLE, "seer-decode: the model is still loading"));
       return;
     }
-    if (Status s = ValidateGenerateRequest(request, service->limits_); !s.ok()) {
-      FinishNow(ToGrpcStatus(s));
+    StatusOr<GenerateCall> call = ParseGenerateRequest(request, service->limits_, service->FreshSeed());
+    if (!call.ok()) {
+      FinishNow(ToGrpcStatus(call.status()));
       return;
     }
-    sampling_ = *ValidateSampling(request.sampling(), service->limits_.vocab_size, service->FreshSeed());
-    request_id_ = request.request_id().empty()
-                      ? "generate-" + std::to_string(service->next_request_number_.fetch_add(1))
-                      : request.request_id();
+    sampling_ = call->sampling;
+    request_id_ = call->request_id.empty() ? "generate-" + std::to_string(service->next_request_number_.fetch_add(1))
+                                           : call->request_id;
     prefill_request_.set_request_id(request_id_);
-    *prefill_request_.mutable_token_ids() = request.token_ids();
-    *prefill_request_.mutable_sparsity() = request.sparsity();
-    max_new_tokens_ = request.max_new_tokens();
-    stop_tokens_.assign(request.stop_token_ids().begin(), request.stop_token_ids().end());
+    prefill_request_.mutable_token_ids()->Assign(call->ids.begin(), call->ids.end());
+    *prefill_request_.mutable_sparsity() = SparsityToProto(call->sparsity);
+    max_new_tokens_ = call->max_new_tokens;
+    stop_tokens_ = std::move(call->stop_token_ids);
     const WorkQueue& q = service->queue_;
     Admit(&service->queue_,
           grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -63,13 +63,9 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
   grpc::Status Generate() {
     if (cancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled while queued");
     const int prompt = prefill_request_.token_ids_size();
-    std::unique_ptr<KvCache> cache;
-    {
-      std::lock_guard<std::mutex> lock(service_->engine_mu_);
-      StatusOr<std::unique_ptr<KvCache>> made = engine_->NewCache(prompt + max_new_tokens_);
-      if (!made.ok()) return ToGrpcStatus(made.status().WithContext("seer-decode: KV cache"));
-      cache = std::move(made).value();
-    }
+    StatusOr<std::unique_ptr<KvCache>> made = engine_->NewCache(prompt + max_new_tokens_);
+    if (!made.ok()) return ToGrpcStatus(made.status().WithContext("seer-decode: KV cache"));
+    std::unique_ptr<KvCache> cache = std::move(made).value();
 
     StatusOr<FetchedKv> fetched = service_->prefill_->Fetch(
         prefill_request_, service_->expected_, cache.get(), &canceller_,
@@ -98,11 +94,8 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
         break;
       }
       if (generated == max_new_tokens_) break;
-      StatusOr<int32_t> next = Internal("seer-decode: decode step not run");
-      {
-        std::lock_guard<std::mutex> lock(service_->engine_mu_);
-        next = engine_->DecodeAndSample(token, cache.get(), &sampler);
-      }
+      // Concurrent streams take turns on the engine, one step at a time.
+      StatusOr<int32_t> next = engine_->DecodeAndSample(token, cache.get(), &sampler);
       if (!next.ok()) {
         return ToGrpcStatus(next.status().WithContext("seer-decode: decode step " + std::to_string(generated)));
       }

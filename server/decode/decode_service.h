@@ -15,7 +15,7 @@
 #include "rpc/kv_assembler.h"
 #include "server/common/metrics.h"
 #include "rpc/prefill_client.h"
-#include "rpc/request_validation.h"
+#include "rpc/requests.h"
 #include "server/common/work_queue.h"
 
 namespace seer {
@@ -50,8 +50,6 @@ class DecodeService final : public v1::Decode::CallbackService {
   DecodeMetrics* const metrics_;
   WorkQueue queue_;
   std::atomic<Engine*> engine_{nullptr};
-  // Engine calls of concurrent streams take turns, one decode step at a time.
-  std::mutex engine_mu_;
   ExpectedLayout expected_;
   RequestLimits limits_;
   std::atomic<uint64_t> next_request_number_{1};

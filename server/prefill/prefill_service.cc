@@ -1,25 +1,18 @@
 #include "server/prefill/prefill_service.h"
 
 #include <algorithm>
-#include <chrono>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "base/clock.h"
 #include "kernels/sampling/sampler.h"
 #include "rpc/grpc_status.h"
 #include "rpc/kv_wire.h"
 #include "server/common/stream_reactor.h"
 
 namespace seer {
-namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double SecondsSince(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-}  // namespace
 
 // One Prefill call. The worker thread runs the engine; each finished layer is
 // cut into KvChunk messages and handed to the reactor, which writes them one
@@ -37,28 +30,28 @@ class PrefillStream final : public StreamReactor<v1::PrefillResponse> {
       return;
     }
     engine_ = engine;
-    if (Status s = ValidatePrefillRequest(request, service->limits_); !s.ok()) {
-      FinishNow(ToGrpcStatus(s));
+    StatusOr<PrefillCall> call = ParsePrefillRequest(request, service->limits_);
+    if (!call.ok()) {
+      FinishNow(ToGrpcStatus(call.status()));
       return;
     }
-    StatusOr<SparsityConfig> sparsity = ResolveSparsity(*ValidateSparsity(request.sparsity()), engine->gates());
+    const GateWeights* gates = engine->gates();
+    StatusOr<SparsityConfig> sparsity = ResolveSparsity(call->sparsity, gates ? &gates->config.sparsity : nullptr);
     if (!sparsity.ok()) {
-      FinishNow(ToGrpcStatus(sparsity.status()));
+      FinishNow(ToGrpcStatus(sparsity.status().WithContext("sparsity.mode")));
       return;
     }
     options_.sparsity = *sparsity;
-    const int64_t chunk_bytes =
-        request.max_chunk_bytes() != 0 ? request.max_chunk_bytes() : service->options_.chunk_bytes;
+    const int64_t chunk_bytes = call->max_chunk_bytes != 0 ? call->max_chunk_bytes : service->options_.chunk_bytes;
     StatusOr<int> per_chunk = TokensPerChunk(service->layout_, chunk_bytes);
     if (!per_chunk.ok()) {
       FinishNow(ToGrpcStatus(per_chunk.status().WithContext("max_chunk_bytes")));
       return;
     }
     tokens_per_chunk_ = *per_chunk;
-    ids_.assign(request.token_ids().begin(), request.token_ids().end());
-    request_id_ = request.request_id().empty()
-                      ? "prefill-" + std::to_string(service->next_request_number_.fetch_add(1))
-                      : request.request_id();
+    ids_ = std::move(call->ids);
+    request_id_ = call->request_id.empty() ? "prefill-" + std::to_string(service->next_request_number_.fetch_add(1))
+                                           : std::move(call->request_id);
     const WorkQueue& q = service->queue_;
     const grpc::Status full(grpc::StatusCode::RESOURCE_EXHAUSTED,
                             "seer-prefill: the queue is full: " + std::to_string(q.workers()) + " running and " +
@@ -101,9 +94,9 @@ class PrefillStream final : public StreamReactor<v1::PrefillResponse> {
     std::unique_ptr<KvCache> cache;
     std::optional<StatusOr<PrefillResult>> ran;
     double prefill_seconds = 0.0;
-    {
-      std::lock_guard<std::mutex> engine_lock(service_->engine_mu_);
-      // Cancelled while another prefill held the engine: allocate and compute nothing.
+    // The cache and the prefill in one turn on the engine: a request
+    // cancelled while another held it allocates and computes nothing.
+    const grpc::Status turn = engine_->Exclusive([&]() -> grpc::Status {
       if (cancelled()) return Cancelled();
       const Clock::time_point start = Clock::now();
       StatusOr<std::unique_ptr<KvCache>> made = engine_->NewCache(seq_len);
@@ -112,7 +105,9 @@ class PrefillStream final : public StreamReactor<v1::PrefillResponse> {
       LayerSender sender(this);
       ran.emplace(engine_->Prefill(ids_, options_, cache.get(), &sender));
       prefill_seconds = SecondsSince(start);
-    }
+      return grpc::Status::OK;
+    });
+    if (!turn.ok()) return turn;
     // The KV is all in the outbox or written: free the cache now rather than
     // after the last write.
     cache.reset();

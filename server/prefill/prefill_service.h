@@ -7,12 +7,11 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 
 #include "engine/engine.h"
 #include "seer/v1/seer.grpc.pb.h"
 #include "server/common/metrics.h"
-#include "rpc/request_validation.h"
+#include "rpc/requests.h"
 #include "server/common/work_queue.h"
 
 namespace seer {
@@ -53,10 +52,9 @@ class PrefillService final : public v1::Prefill::CallbackService {
   const PrefillServiceOptions options_;
   PrefillMetrics* const metrics_;
   WorkQueue queue_;
+  // Prefills admitted together take turns on the engine (Engine::Exclusive);
+  // their KV streams still overlap with each other's compute.
   std::atomic<Engine*> engine_{nullptr};
-  // Prefills admitted together take turns on the engine; their KV streams
-  // still overlap with each other's compute.
-  std::mutex engine_mu_;
   // Fixed once the engine is set.
   KvLayout layout_;
   RequestLimits limits_;

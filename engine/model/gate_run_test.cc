@@ -1,5 +1,5 @@
 // RunGate against an independent float64 recomputation of DESIGN.md §1,
-// written here from the text (not from engine/model/run_gate.cc), plus selection cases
+// written here from the text (not from kernels/gate/gate_cpu.cc, which runs behind RunGate), plus selection cases
 // whose answers can be worked out by hand.
 
 #include <gtest/gtest.h>

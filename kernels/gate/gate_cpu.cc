@@ -1,5 +1,5 @@
-// RunGate: the SeerAttention prefill gate of one layer on the CPU, in float32
-// (DESIGN.md §1). Each step mirrors the authors' PyTorch code, including
+// cpu::RunGate: the SeerAttention prefill gate of one layer on the CPU, in
+// float32 (docs/GATES.md), the twin of kernels/gate/gate.cu. Each step mirrors the authors' PyTorch code, including
 // where it rounds to float32, so that masks agree with a torch reference up
 // to blocks that sit on the threshold:
 //
@@ -16,24 +16,20 @@
 // Nothing of size L x L is formed: the largest buffers are [nb, Hq, hidden]
 // and the [Hq, nb, nb] outputs.
 
+#include "kernels/gate/gate_cpu.h"
+
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 #include <cstdint>
 #include <numeric>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include "engine/model/gates.h"
 #include "kernels/common/parallel.h"
 
-namespace seer {
+namespace seer::cpu {
 namespace {
-
-constexpr std::string_view kGateType = "Qavg_Kmaxminavg";
-// The [Hq, nb, nb] probability and mask outputs are bounded so that a huge
-// prompt is a clear error rather than an allocation failure.
-constexpr uint64_t kMaxScoreEntries = uint64_t{1} << 31;
 
 struct Dims {
   int seq_len = 0;
@@ -47,74 +43,18 @@ struct Dims {
   bool has_q = false;
 };
 
-std::string Str(int64_t v) { return std::to_string(v); }
-
-// Validates everything RunGate reads, so the loops below index safely.
-Status CheckInputs(const GateLayerWeights& w, const GateConfig& gc, const ModelConfig& model, const float* q,
-                   const float* k, int seq_len, Dims* out) {
+Dims DimsOf(const GateProblem& p) {
   Dims dm;
-  if (gc.gate_type != kGateType) {
-    return InvalidArgument("gate type '" + gc.gate_type + "' is not supported; only " + std::string(kGateType));
-  }
-  if (gc.block_size <= 0) return InvalidArgument("gate block_size " + Str(gc.block_size) + " must be positive");
-  if (gc.hidden <= 0 || gc.hidden % 2 != 0) {
-    return InvalidArgument("gate hidden size " + Str(gc.hidden) + " must be positive and even (RoPE pairs)");
-  }
-  if (model.num_heads <= 0 || model.num_kv_heads <= 0 || model.head_dim <= 0) {
-    return InvalidArgument("model heads " + Str(model.num_heads) + "/" + Str(model.num_kv_heads) + " and head_dim " +
-                           Str(model.head_dim) + " must be positive");
-  }
-  if (model.num_heads % model.num_kv_heads != 0) {
-    return InvalidArgument("model num_heads " + Str(model.num_heads) + " is not a multiple of num_kv_heads " +
-                           Str(model.num_kv_heads));
-  }
-  if (seq_len < 0) return InvalidArgument("gate seq_len " + Str(seq_len) + " is negative");
-  if (seq_len > 0 && (q == nullptr || k == nullptr)) return InvalidArgument("gate input q or k is null");
-
-  dm.seq_len = seq_len;
-  dm.block = gc.block_size;
-  dm.nb = static_cast<int>((static_cast<int64_t>(seq_len) + gc.block_size - 1) / gc.block_size);
-  dm.hq = model.num_heads;
-  dm.hkv = model.num_kv_heads;
-  dm.d = model.head_dim;
-  dm.hidden = gc.hidden;
-  dm.has_q = !w.q_weight.empty();
-
-  const uint64_t k_per_head = uint64_t{3} * dm.d * dm.hidden;
-  if (w.k_weight.size() == k_per_head * dm.hq) {
-    dm.k_heads = dm.hq;
-  } else if (dm.has_q && w.k_weight.size() == k_per_head * dm.hkv) {
-    // force_double gates: mask_linear_k has one head per KV head and its
-    // output is repeated to the Q heads, which is the same as using W[h / group].
-    dm.k_heads = dm.hkv;
-  } else {
-    return InvalidArgument("mask_linear_k has " + Str(static_cast<int64_t>(w.k_weight.size())) +
-                           " values, the model needs [" + Str(dm.hq) + ", " + Str(3 * dm.d) + ", " + Str(dm.hidden) +
-                           "] = " + Str(static_cast<int64_t>(k_per_head * dm.hq)));
-  }
-  if (dm.has_q) {
-    // Q is pooled by average only, so mask_linear_q reads head_dim channels.
-    if (w.q_in != dm.d) {
-      return InvalidArgument("mask_linear_q input size " + Str(w.q_in) + " must equal head_dim " + Str(dm.d) +
-                             " for gate type " + std::string(kGateType));
-    }
-    const uint64_t need = uint64_t(dm.hq) * uint64_t(w.q_in) * uint64_t(dm.hidden);
-    if (w.q_weight.size() != need) {
-      return InvalidArgument("mask_linear_q has " + Str(static_cast<int64_t>(w.q_weight.size())) +
-                             " values, the model needs [" + Str(dm.hq) + ", " + Str(w.q_in) + ", " + Str(dm.hidden) +
-                             "] = " + Str(static_cast<int64_t>(need)));
-    }
-  } else if (dm.hidden != dm.d) {
-    return InvalidArgument("gate hidden size " + Str(dm.hidden) + " differs from head_dim " + Str(dm.d) +
-                           " but the gate has no mask_linear_q");
-  }
-  const uint64_t entries = uint64_t(dm.hq) * uint64_t(dm.nb) * uint64_t(dm.nb);
-  if (entries > kMaxScoreEntries) {
-    return ResourceExhausted("gate for " + Str(seq_len) + " tokens needs " + Str(static_cast<int64_t>(entries)) +
-                             " block scores, above the limit of " + Str(static_cast<int64_t>(kMaxScoreEntries)));
-  }
-  *out = dm;
-  return OkStatus();
+  dm.seq_len = p.seq_len;
+  dm.block = p.block_size;
+  dm.nb = (p.seq_len + p.block_size - 1) / p.block_size;
+  dm.hq = p.num_heads;
+  dm.hkv = p.num_kv_heads;
+  dm.d = p.head_dim;
+  dm.hidden = p.hidden;
+  dm.k_heads = p.k_weight_heads;
+  dm.has_q = p.q_weight != nullptr;
+  return dm;
 }
 
 // Average of Q over each block: [nb, Hq, D].
@@ -177,8 +117,8 @@ std::vector<float> PoolK(const float* k, const Dims& dm) {
 
 // out[b, h, :] = x[b, h / (Hq / x_heads), :] @ W[h / (Hq / w_heads)], W stored
 // [w_heads, in, hidden] ([in, out] per head: x.W, not x.W^T). [nb, Hq, hidden].
-std::vector<float> ProjectPerHead(const std::vector<float>& x, int x_heads, int in, const std::vector<float>& w,
-                                  int w_heads, const Dims& dm) {
+std::vector<float> ProjectPerHead(const std::vector<float>& x, int x_heads, int in, const float* w, int w_heads,
+                                  const Dims& dm) {
   std::vector<float> out(size_t(dm.nb) * dm.hq * dm.hidden);
   const int x_group = dm.hq / x_heads;
   const int w_group = dm.hq / w_heads;
@@ -186,7 +126,7 @@ std::vector<float> ProjectPerHead(const std::vector<float>& x, int x_heads, int 
   for (int b = 0; b < dm.nb; ++b) {
     for (int h = 0; h < dm.hq; ++h) {
       const float* xv = x.data() + (size_t(b) * x_heads + h / x_group) * in;
-      const float* wh = w.data() + size_t(h / w_group) * in * dm.hidden;
+      const float* wh = w + size_t(h / w_group) * in * dm.hidden;
       std::fill(acc.begin(), acc.end(), 0.0);
       for (int i = 0; i < in; ++i) {
         const double xi = xv[i];
@@ -241,17 +181,15 @@ struct ScoreGreater {
 
 }  // namespace
 
-StatusOr<GateOutput> RunGate(const GateLayerWeights& w, const GateConfig& gc, const ModelConfig& model,
-                             const float* q, const float* k, int seq_len, const SparsityConfig& sparsity,
-                             int num_threads) {
-  Dims dm;
-  SEER_RETURN_IF_ERROR(CheckInputs(w, gc, model, q, k, seq_len, &dm));
-  if (sparsity.mode == SparsityMode::kThreshold && !(sparsity.threshold >= 0.0 && sparsity.threshold < 1.0)) {
-    return InvalidArgument("sparsity threshold " + std::to_string(sparsity.threshold) + " must be in [0, 1)");
-  }
-  if (sparsity.mode == SparsityMode::kNzRatio && !(sparsity.nz_ratio > 0.0 && sparsity.nz_ratio <= 1.0)) {
-    return InvalidArgument("sparsity nz_ratio " + std::to_string(sparsity.nz_ratio) + " must be in (0, 1]");
-  }
+GateOutput RunGate(const GateProblem& p, const SparsityConfig& sparsity, int num_threads) {
+  assert(p.seq_len >= 0 && p.block_size > 0 && p.hidden > 0 && p.hidden % 2 == 0);
+  assert(p.num_kv_heads > 0 && p.num_heads % p.num_kv_heads == 0);
+  assert(p.q_weight != nullptr || p.hidden == p.head_dim);
+  assert(p.k_weight_heads == p.num_heads || (p.q_weight != nullptr && p.k_weight_heads == p.num_kv_heads));
+  const Dims dm = DimsOf(p);
+  const int seq_len = p.seq_len;
+  const float* q = p.q;
+  const float* k = p.k;
 
   GateOutput out;
   out.mask.num_heads = dm.hq;
@@ -268,23 +206,18 @@ StatusOr<GateOutput> RunGate(const GateLayerWeights& w, const GateConfig& gc, co
   std::vector<float> pooled_k = PoolK(k, dm);
 
   // 2. Gate linears. K is repeated from KV heads to Q heads first.
-  std::vector<float> kp = ProjectPerHead(pooled_k, dm.hkv, 3 * dm.d, w.k_weight, dm.k_heads, dm);
+  std::vector<float> kp = ProjectPerHead(pooled_k, dm.hkv, 3 * dm.d, p.k_weight, dm.k_heads, dm);
   pooled_k = {};
-  std::vector<float> qp = dm.has_q ? ProjectPerHead(pooled_q, dm.hq, w.q_in, w.q_weight, dm.hq, dm)
+  std::vector<float> qp = dm.has_q ? ProjectPerHead(pooled_q, dm.hq, dm.d, p.q_weight, dm.hq, dm)
                                    : std::move(pooled_q);
 
   // 3. Block RoPE at the first token of each block.
-  const std::vector<double> inv_freq_d = RopeInvFreq(model.rope, dm.hidden);
   const int half = dm.hidden / 2;
-  if (static_cast<int>(inv_freq_d.size()) != half) {
-    return Internal("RopeInvFreq returned " + Str(static_cast<int64_t>(inv_freq_d.size())) + " values for dim " +
-                    Str(dm.hidden) + ", expected " + Str(half));
-  }
   std::vector<float> cos_t(nb * half), sin_t(nb * half);
   for (int b = 0; b < dm.nb; ++b) {
     const float pos = static_cast<float>(int64_t{b} * dm.block);
     for (int i = 0; i < half; ++i) {
-      const float angle = pos * static_cast<float>(inv_freq_d[i]);
+      const float angle = pos * p.rope_inv_freq[i];
       cos_t[size_t(b) * half + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
       sin_t[size_t(b) * half + i] = static_cast<float>(std::sin(static_cast<double>(angle)));
     }
@@ -295,15 +228,10 @@ StatusOr<GateOutput> RunGate(const GateLayerWeights& w, const GateConfig& gc, co
   // 4-5. Scores, softmax and selection, one Q head per task.
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dm.hidden)));
   const float threshold = static_cast<float>(sparsity.threshold);  // torch compares in the tensor's float32
-  int64_t topk = 0;
-  if (sparsity.mode == SparsityMode::kNzRatio) {
-    topk = static_cast<int64_t>((1.0 - std::sqrt(1.0 - sparsity.nz_ratio)) * static_cast<double>(dm.nb));
-    if (topk == 0) topk = 1;
-  }
-  const int first_dense_row = sparsity.last_block_dense ? std::max(0, dm.nb - 2) : dm.nb;
+  const int64_t topk = sparsity.mode == SparsityMode::kNzRatio ? NzRatioTopK(sparsity.nz_ratio, dm.nb) : 0;
+  const int first_dense_row = static_cast<int>(FirstDenseRow(sparsity.last_block_dense, dm.nb));
 
-  const int threads = num_threads > 0 ? num_threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
-  cpu::ParallelFor(dm.hq, threads, [&](int h) {
+  ParallelFor(dm.hq, std::max(1, num_threads), [&](int h) {
     std::vector<float> scores(nb);
     std::vector<int> order(nb);
     for (int qb = 0; qb < dm.nb; ++qb) {
@@ -354,4 +282,4 @@ StatusOr<GateOutput> RunGate(const GateLayerWeights& w, const GateConfig& gc, co
   return out;
 }
 
-}  // namespace seer
+}  // namespace seer::cpu

@@ -1,0 +1,112 @@
+// The model's forward pass on the GPU as named stages, each callable on its
+// own for one layer (or, for Embed and Logits, once per pass):
+//
+//   Embed            token ids -> float32 residual rows, RoPE angles for the pass
+//   AttentionInputs  RMSNorm, q/k/v projections (+ biases)
+//   Gate             SeerAttention's gate on pre-RoPE q, k -> CSR block lists
+//   RopeAndCache     RoPE on q, k; K/V into the cache
+//   Attention        block-sparse or dense causal prefill, or one decode row
+//   OutputAndMlp     o_proj into the residual, then the MLP in row chunks
+//   Logits           final norm and lm_head
+//
+// Every stage launches on the runner's stream and never synchronises with the
+// host. CudaEngine's prefill and decode are short loops over these stages;
+// the gate trainer, batched decode and tensor parallelism call them too.
+//
+// The residual stream is float32; GEMM operands are bf16 with float32
+// accumulation (cuBLAS, CUBLAS_COMPUTE_32F).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "base/status.h"
+#include "engine/cuda/device_kv_cache.h"
+#include "engine/cuda/device_weights.h"
+#include "engine/model/model_config.h"
+#include "kernels/gate/gate.h"
+#include "kernels/gate/selection.h"
+
+namespace seer {
+
+// The buffers one forward pass works in (device memory): whole-sequence for a
+// prefill, one row for a decode step. Sized by PlanPrefill.
+struct Activations {
+  int32_t* ids = nullptr;
+  float2* rope = nullptr;  // (cos, sin) for the pass's positions
+  float* residual = nullptr;
+  __nv_bfloat16* normed = nullptr;
+  __nv_bfloat16* q = nullptr;
+  __nv_bfloat16* k = nullptr;
+  __nv_bfloat16* v = nullptr;
+  __nv_bfloat16* attn = nullptr;
+  __nv_bfloat16* mlp_gate = nullptr;
+  __nv_bfloat16* mlp_up = nullptr;
+  float* logits = nullptr;
+  int mlp_chunk = 1;     // rows per MLP pass
+  int logits_chunk = 1;  // rows per lm_head pass
+};
+
+// Where the gate writes: the CSR block lists the attention reads, the kept
+// count per head, and its scratch.
+struct GateBuffers {
+  int32_t* block_offsets = nullptr;  // [Hq * nb + 1]
+  int32_t* block_indices = nullptr;  // [index_capacity]
+  int64_t index_capacity = 0;
+  int64_t* kept_per_head = nullptr;  // [Hq] for this layer
+  float* probs = nullptr;            // [Hq, nb, nb], or null
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  int heads_per_pass = 0;
+};
+
+// The gate's launch description for a model, its gates and a selection: the
+// one place GateParams are filled. Buffers and weights are left null for the
+// caller (sizing queries need none).
+cuda::GateParams MakeGateParams(const ModelConfig& config, const GateShape& gates, int block_size, int seq_len,
+                                const SparsityConfig& selection);
+
+class ModelRunner {
+ public:
+  ModelRunner(const ModelConfig& config, const DeviceModelWeights& weights, const GateShape& gates,
+              int gate_block_size, cudaStream_t stream, cublasHandle_t cublas);
+
+  // ids (host) for positions pos0 .. pos0 + n - 1 -> a.residual, a.rope.
+  Status Embed(std::span<const int32_t> ids, int pos0, const Activations& a);
+  Status AttentionInputs(int layer, const Activations& a, int rows);
+  Status Gate(int layer, const Activations& a, int rows, const SparsityConfig& selection, const GateBuffers& out);
+  Status RopeAndCache(int layer, const Activations& a, int rows, int pos0, DeviceKvCache* cache);
+  // A prefill pass over positions 0 .. rows - 1 (block-sparse with lists,
+  // dense causal with null offsets).
+  Status PrefillAttention(int layer, const Activations& a, int rows, const DeviceKvCache& cache,
+                          const int32_t* block_offsets, const int32_t* block_indices);
+  // One decode row at position `pos` (keys 0 .. pos); `workspace` holds the
+  // split-K partials (cuda::DecodeWorkspaceBytes).
+  Status DecodeAttention(int layer, const Activations& a, int pos, const DeviceKvCache& cache, void* workspace,
+                         size_t workspace_bytes);
+  Status OutputAndMlp(int layer, const Activations& a, int rows);
+  // Rows [r0, r0 + n) of the residual -> a.logits ([n, vocab]).
+  Status Logits(const Activations& a, int r0, int n);
+
+  cudaStream_t stream() const { return stream_; }
+
+ private:
+  // y[rows, out] = x[rows, in] . w[out, in]^T + beta * y.
+  Status Gemm(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat16* w, int out, void* y,
+              cudaDataType_t y_type, float beta);
+
+  const ModelConfig& config_;
+  const DeviceModelWeights& weights_;
+  const GateShape gates_;
+  const int gate_block_size_;
+  const float attention_scale_;
+  cudaStream_t stream_;
+  cublasHandle_t cublas_;
+};
+
+}  // namespace seer

@@ -1,0 +1,190 @@
+#include "rpc/requests.h"
+
+#include <cmath>
+#include <cstdio>
+#include <span>
+#include <string>
+
+#include "engine/engine.h"
+#include "rpc/kv_wire.h"
+
+namespace seer {
+namespace {
+
+std::string Num(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.9g", v);
+  return buf;
+}
+
+std::string Int(int64_t v) { return std::to_string(v); }
+
+Status CheckRequestId(const std::string& request_id) {
+  if (request_id.size() > kMaxRequestIdBytes)
+    return InvalidArgument("request_id: " + Int(static_cast<int64_t>(request_id.size())) +
+                           " bytes exceed the limit of " + Int(kMaxRequestIdBytes));
+  for (size_t i = 0; i < request_id.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(request_id[i]);
+    if (c < 0x20 || c > 0x7e) {
+      char hex[8];
+      std::snprintf(hex, sizeof(hex), "0x%02x", c);
+      return InvalidArgument("request_id: byte " + Int(static_cast<int64_t>(i)) + " (" + hex +
+                             ") is not printable ASCII");
+    }
+  }
+  return OkStatus();
+}
+
+StatusOr<std::vector<int32_t>> ParsePrompt(const google::protobuf::RepeatedField<int32_t>& ids,
+                                           const RequestLimits& limits) {
+  if (static_cast<int64_t>(ids.size()) > limits.max_prompt_tokens) {
+    return InvalidArgument("token_ids: " + Int(ids.size()) + " tokens exceed the limit of " +
+                           Int(limits.max_prompt_tokens) + " (" + limits.max_prompt_source + ")");
+  }
+  std::vector<int32_t> out(ids.begin(), ids.end());
+  SEER_RETURN_IF_ERROR(CheckPromptIds(out, limits.vocab_size, "token_ids"));
+  return out;
+}
+
+StatusOr<SamplingParams> ParseSampling(const v1::Sampling& s, int vocab_size, uint64_t fresh_seed) {
+  SamplingParams p;
+  if (!std::isfinite(s.temperature()) || s.temperature() < 0.0f || s.temperature() > kMaxTemperature)
+    return InvalidArgument("sampling.temperature: " + Num(s.temperature()) + " is out of range [0, " +
+                           Num(kMaxTemperature) + "] (0 is greedy)");
+  if (s.top_k() < 0 || s.top_k() > vocab_size)
+    return InvalidArgument("sampling.top_k: " + Int(s.top_k()) + " is out of range [0, " + Int(vocab_size) +
+                           "] (0 keeps every token; the limit is the model's vocab_size)");
+  if (!std::isfinite(s.top_p()) || s.top_p() < 0.0f || s.top_p() > 1.0f)
+    return InvalidArgument("sampling.top_p: " + Num(s.top_p()) + " is out of range [0, 1] (0 means 1)");
+  p.temperature = s.temperature();
+  p.top_k = s.top_k();
+  p.top_p = s.top_p() == 0.0f ? 1.0 : s.top_p();
+  p.seed = s.has_seed() ? s.seed() : fresh_seed;
+  return p;
+}
+
+Status CheckRequestSize(const google::protobuf::Message& request, const RequestLimits& limits) {
+  const size_t bytes = request.ByteSizeLong();
+  if (bytes > MaxRequestBytes(limits))
+    return InvalidArgument("request: " + Int(static_cast<int64_t>(bytes)) + " serialized bytes exceed the limit of " +
+                           Int(static_cast<int64_t>(MaxRequestBytes(limits))) +
+                           " (the valid fields fit well within it; the rest are unknown fields)");
+  return OkStatus();
+}
+
+}  // namespace
+
+StatusOr<SparsityRequest> SparsityFromProto(const v1::Sparsity& s) {
+  SparsityRequest out;
+  if (s.has_last_block_dense()) out.last_block_dense = s.last_block_dense();
+  const bool threshold_set = s.threshold() != 0.0;
+  const bool nz_set = s.nz_ratio() != 0.0;
+  // A mode's value outside its range (or not finite) is refused; the rule
+  // itself is written once, in engine/model/sparsity.
+  auto value = [](SparsityMode mode, double v, const char* field) -> StatusOr<SparsityConfig> {
+    if (!std::isfinite(v) || !SparsityValueInRange(mode, v))
+      return InvalidArgument(std::string(field) + ": " + Num(v) + " is out of range, need " +
+                             std::string(SparsityRangeRule(mode)));
+    SparsityConfig c;
+    c.mode = mode;
+    (mode == SparsityMode::kThreshold ? c.threshold : c.nz_ratio) = v;
+    return c;
+  };
+  switch (s.mode()) {
+    case v1::Sparsity::MODE_UNSPECIFIED:
+    case v1::Sparsity::MODE_DENSE:
+      if (threshold_set)
+        return InvalidArgument("sparsity.threshold: set to " + Num(s.threshold()) + " but sparsity.mode is " +
+                               v1::Sparsity::Mode_Name(s.mode()) + " (use MODE_THRESHOLD)");
+      if (nz_set)
+        return InvalidArgument("sparsity.nz_ratio: set to " + Num(s.nz_ratio()) + " but sparsity.mode is " +
+                               v1::Sparsity::Mode_Name(s.mode()) + " (use MODE_NZ_RATIO)");
+      if (s.mode() == v1::Sparsity::MODE_DENSE) out.mode = SparsityConfig{};
+      return out;
+    case v1::Sparsity::MODE_THRESHOLD: {
+      if (nz_set) return InvalidArgument("sparsity.nz_ratio: set, but sparsity.mode is MODE_THRESHOLD");
+      SEER_ASSIGN_OR_RETURN(out.mode, value(SparsityMode::kThreshold, s.threshold(), "sparsity.threshold"));
+      return out;
+    }
+    case v1::Sparsity::MODE_NZ_RATIO: {
+      if (threshold_set) return InvalidArgument("sparsity.threshold: set, but sparsity.mode is MODE_NZ_RATIO");
+      SEER_ASSIGN_OR_RETURN(out.mode, value(SparsityMode::kNzRatio, s.nz_ratio(), "sparsity.nz_ratio"));
+      return out;
+    }
+    default:
+      return InvalidArgument("sparsity.mode: " + Int(static_cast<int>(s.mode())) +
+                             " is not a known mode (MODE_DENSE, MODE_THRESHOLD or MODE_NZ_RATIO)");
+  }
+}
+
+v1::Sparsity SparsityToProto(const SparsityRequest& r) {
+  v1::Sparsity s;
+  if (r.mode) {
+    switch (r.mode->mode) {
+      case SparsityMode::kDense:
+        s.set_mode(v1::Sparsity::MODE_DENSE);
+        break;
+      case SparsityMode::kThreshold:
+        s.set_mode(v1::Sparsity::MODE_THRESHOLD);
+        s.set_threshold(r.mode->threshold);
+        break;
+      case SparsityMode::kNzRatio:
+        s.set_mode(v1::Sparsity::MODE_NZ_RATIO);
+        s.set_nz_ratio(r.mode->nz_ratio);
+        break;
+    }
+  }
+  if (r.last_block_dense) s.set_last_block_dense(*r.last_block_dense);
+  return s;
+}
+
+size_t MaxRequestBytes(const RequestLimits& limits) {
+  // Every varint of a valid field is at most 10 bytes; 4 KiB covers tags,
+  // lengths and the small scalar fields.
+  return 4096 + kMaxRequestIdBytes + static_cast<size_t>(limits.max_prompt_tokens) * 10 +
+         static_cast<size_t>(kMaxStopTokens) * 10;
+}
+
+StatusOr<PrefillCall> ParsePrefillRequest(const v1::PrefillRequest& r, const RequestLimits& limits) {
+  PrefillCall call;
+  SEER_RETURN_IF_ERROR(CheckRequestId(r.request_id()));
+  call.request_id = r.request_id();
+  SEER_ASSIGN_OR_RETURN(call.ids, ParsePrompt(r.token_ids(), limits));
+  SEER_ASSIGN_OR_RETURN(call.sparsity, SparsityFromProto(r.sparsity()));
+  if (r.max_chunk_bytes() != 0 && (r.max_chunk_bytes() < kMinChunkBytes ||
+                                   r.max_chunk_bytes() > limits.max_chunk_bytes))
+    return InvalidArgument("max_chunk_bytes: " + Int(r.max_chunk_bytes()) + " is out of range [" +
+                           Int(kMinChunkBytes) + ", " + Int(limits.max_chunk_bytes) +
+                           "] (0 takes the server's --chunk-bytes)");
+  call.max_chunk_bytes = r.max_chunk_bytes();
+  SEER_RETURN_IF_ERROR(CheckRequestSize(r, limits));
+  return call;
+}
+
+StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& r, const RequestLimits& limits,
+                                            uint64_t fresh_seed) {
+  GenerateCall call;
+  SEER_RETURN_IF_ERROR(CheckRequestId(r.request_id()));
+  call.request_id = r.request_id();
+  SEER_ASSIGN_OR_RETURN(call.ids, ParsePrompt(r.token_ids(), limits));
+  if (r.max_new_tokens() < 1 || r.max_new_tokens() > limits.max_new_tokens)
+    return InvalidArgument("max_new_tokens: " + Int(r.max_new_tokens()) + " is out of range [1, " +
+                           Int(limits.max_new_tokens) + "] (the server's --max-new-tokens)");
+  const int64_t total = static_cast<int64_t>(r.token_ids_size()) + r.max_new_tokens();
+  if (total > limits.max_positions)
+    return InvalidArgument("max_new_tokens: " + Int(r.max_new_tokens()) + " new tokens after " +
+                           Int(r.token_ids_size()) + " prompt tokens exceed the model's max_position_embeddings " +
+                           Int(limits.max_positions));
+  call.max_new_tokens = r.max_new_tokens();
+  SEER_ASSIGN_OR_RETURN(call.sampling, ParseSampling(r.sampling(), limits.vocab_size, fresh_seed));
+  SEER_ASSIGN_OR_RETURN(call.sparsity, SparsityFromProto(r.sparsity()));
+  if (r.stop_token_ids_size() > kMaxStopTokens)
+    return InvalidArgument("stop_token_ids: " + Int(r.stop_token_ids_size()) + " entries exceed the limit of " +
+                           Int(kMaxStopTokens));
+  call.stop_token_ids.assign(r.stop_token_ids().begin(), r.stop_token_ids().end());
+  SEER_RETURN_IF_ERROR(CheckTokenIds(call.stop_token_ids, limits.vocab_size, "stop_token_ids"));
+  SEER_RETURN_IF_ERROR(CheckRequestSize(r, limits));
+  return call;
+}
+
+}  // namespace seer

@@ -1,0 +1,67 @@
+// Parsing the Prefill and Generate requests at the edge: each request is
+// checked once, field by field, into a typed call; the services and the
+// engine take the call as given. A bad value is INVALID_ARGUMENT with a
+// message that names the field and the limit, e.g.
+// "token_ids[3]: 130 is out of range [0, 128) (the model's vocab_size)".
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "engine/model/sparsity.h"
+#include "kernels/sampling/sampler.h"
+#include "seer/v1/seer.pb.h"
+
+namespace seer {
+
+inline constexpr size_t kMaxRequestIdBytes = 128;
+inline constexpr int kMaxStopTokens = 64;
+inline constexpr double kMaxTemperature = 100.0;
+
+// What the serving model and the server's flags allow.
+struct RequestLimits {
+  int vocab_size = 0;
+  int64_t max_positions = 0;      // the model's max_position_embeddings
+  int64_t max_prompt_tokens = 0;  // at most max_positions
+  std::string max_prompt_source = "the model's max_position_embeddings";  // for messages
+  int max_new_tokens = 0;         // decode: --max-new-tokens
+  int64_t max_chunk_bytes = 0;    // prefill: --chunk-bytes
+};
+
+// A Prefill request, checked.
+struct PrefillCall {
+  std::string request_id;  // empty: the server names the request
+  std::vector<int32_t> ids;
+  SparsityRequest sparsity;
+  int64_t max_chunk_bytes = 0;  // 0: the server's --chunk-bytes
+};
+
+// A Generate request, checked.
+struct GenerateCall {
+  std::string request_id;
+  std::vector<int32_t> ids;
+  int max_new_tokens = 0;
+  SamplingParams sampling;  // the request's seed, or the fresh one it lacked
+  SparsityRequest sparsity;
+  std::vector<int32_t> stop_token_ids;
+};
+
+StatusOr<PrefillCall> ParsePrefillRequest(const v1::PrefillRequest& request, const RequestLimits& limits);
+// `fresh_seed` seeds requests that carry none.
+StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& request, const RequestLimits& limits,
+                                            uint64_t fresh_seed);
+
+// The sparsity fields of a request, checked (field names "sparsity.*").
+StatusOr<SparsityRequest> SparsityFromProto(const v1::Sparsity& sparsity);
+// The wire form of a checked request: what seer-decode forwards to a prefill
+// server and `seer generate` sends (MODE_UNSPECIFIED when it names no mode).
+v1::Sparsity SparsityToProto(const SparsityRequest& request);
+
+// The largest serialized request the limits allow; anything larger carries
+// fields the server does not know and is refused.
+size_t MaxRequestBytes(const RequestLimits& limits);
+
+}  // namespace seer
