@@ -95,8 +95,10 @@ Status FlagSet::Parse(int argc, char** argv, int begin) {
     Flag* f = Find(name);
     if (f == nullptr) return InvalidArgument("unknown flag --" + name + " (see --help)");
     if (!has_value) {
-      if (f->kind == Kind::kBool &&
-          (i + 1 >= argc || (std::string(argv[i + 1]) != "true" && std::string(argv[i + 1]) != "false"))) {
+      // A bare boolean means true; a word after it is its value (no command
+      // takes positional arguments, so "--flag maybe" is a bad value, not a
+      // stray argument).
+      if (f->kind == Kind::kBool && (i + 1 >= argc || argv[i + 1][0] == '-')) {
         value = "true";
       } else if (i + 1 < argc) {
         value = argv[++i];

@@ -1,5 +1,6 @@
 // A small command-line flag parser shared by the seer CLI and the servers.
-// Flags are --name VALUE or --name=VALUE; booleans also accept a bare --name.
+// Flags are --name VALUE or --name=VALUE; booleans also accept a bare --name
+// (true/false, 1/0, yes/no).
 // Unknown flags and bad values are errors that name the flag.
 #pragma once
 

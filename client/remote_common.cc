@@ -9,39 +9,15 @@
 #include <limits>
 
 #include "client/token_ids.h"
-#include "engine/model/sparsity.h"
+#include "rpc/requests.h"
 #include "rpc/grpc_status.h"
 
 namespace seer::remote {
 
-StatusOr<v1::Sparsity> SparsityFromFlags(const std::string& text, bool last_block_dense_set, bool last_block_dense) {
-  v1::Sparsity out;
-  if (!text.empty()) {
-    SEER_ASSIGN_OR_RETURN(SparsityConfig s, ParseSparsity(text));
-    switch (s.mode) {
-      case SparsityMode::kDense:
-        out.set_mode(v1::Sparsity::MODE_DENSE);
-        break;
-      case SparsityMode::kThreshold:
-        out.set_mode(v1::Sparsity::MODE_THRESHOLD);
-        out.set_threshold(s.threshold);
-        break;
-      case SparsityMode::kNzRatio:
-        out.set_mode(v1::Sparsity::MODE_NZ_RATIO);
-        out.set_nz_ratio(s.nz_ratio);
-        break;
-    }
-  }
-  if (last_block_dense_set) out.set_last_block_dense(last_block_dense);
-  return out;
-}
-
 void CommonFlags::Register(FlagSet& flags, const std::string& server) {
   flags.String("addr", &addr, server + " address, host:port. Required.");
   flags.String("ids", &ids, "prompt token ids: \"1,2,3\" (commas and/or whitespace) or @FILE. Required.");
-  flags.String("sparsity", &sparsity, "dense, threshold=T or nz_ratio=R (default: the prefill server's gates)");
-  flags.Bool("last-block-dense", &last_block_dense,
-             "keep the last two query-block rows dense; sent only when given (else the gates' setting)");
+  sparsity.Register(flags, "the prefill server's gates (sent only when given)");
   flags.String("request-id", &request_id, "request id for the servers' logs");
   flags.Double("timeout", &timeout, "deadline of the whole call, seconds (0: none)");
   flags.Bool("json", &json, "print one JSON object");
@@ -62,10 +38,9 @@ int ParseCommonFlags(FlagSet& flags, int argc, char** argv, const char* command,
   StatusOr<std::vector<int32_t>> ids = ParseTokenIds(common.ids, "--ids");
   if (!ids.ok()) return ReportUsage(command, ids.status().message());
   out->ids = std::move(ids).value();
-  StatusOr<v1::Sparsity> sp =
-      SparsityFromFlags(common.sparsity, flags.WasSet("last-block-dense"), common.last_block_dense);
-  if (!sp.ok()) return ReportUsage(command, "--sparsity: " + sp.status().message());
-  out->sparsity = std::move(sp).value();
+  StatusOr<SparsityRequest> sp = common.sparsity.ToRequest(flags);
+  if (!sp.ok()) return ReportUsage(command, sp.status().message());
+  out->sparsity = SparsityToProto(*sp);
   return -1;
 }
 
@@ -96,10 +71,6 @@ int ReportError(const char* command, const Status& status) {
 int ReportUsage(const char* command, const std::string& message) {
   std::fprintf(stderr, "seer %s: %s\n(see seer %s --help)\n", command, message.c_str(), command);
   return kExitUsage;
-}
-
-double MillisecondsSince(std::chrono::steady_clock::time_point t) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
 }
 
 }  // namespace seer::remote

@@ -13,6 +13,7 @@
 
 #include "base/flags.h"
 #include "base/status.h"
+#include "client/sparsity_flags.h"
 #include "seer/v1/seer.pb.h"
 
 namespace seer::remote {
@@ -23,9 +24,10 @@ inline constexpr int kExitUsage = 2;
 
 // The flags `seer generate` and `seer prefill` share, and what they become.
 struct CommonFlags {
-  std::string addr, ids, sparsity, request_id;
+  std::string addr, ids, request_id;
+  SparsityFlags sparsity;
   double timeout = 0.0;
-  bool json = false, last_block_dense = true;
+  bool json = false;
 
   // Registers --addr (of `server`, e.g. "seer-decode"), --ids, --sparsity,
   // --last-block-dense, --request-id, --timeout and --json.
@@ -46,10 +48,6 @@ int ParseCommonFlags(FlagSet& flags, int argc, char** argv, const char* command,
 // Sets the call's deadline `seconds` from now (none when <= 0).
 void SetDeadline(grpc::ClientContext& context, double seconds);
 
-// --sparsity TEXT (dense | threshold=T | nz_ratio=R; empty: the server's
-// default) and, when `last_block_dense_set`, --last-block-dense.
-StatusOr<v1::Sparsity> SparsityFromFlags(const std::string& text, bool last_block_dense_set, bool last_block_dense);
-
 // A channel to host:port that accepts messages up to `max_receive_bytes`.
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& addr, int64_t max_receive_bytes);
 
@@ -58,6 +56,5 @@ int ReportRpcError(const char* command, const grpc::Status& status);
 int ReportError(const char* command, const Status& status);
 int ReportUsage(const char* command, const std::string& message);
 
-double MillisecondsSince(std::chrono::steady_clock::time_point t);
 
 }  // namespace seer::remote

@@ -7,6 +7,7 @@
 
 #include "client/remote_common.h"
 #include "client/token_ids.h"
+#include "base/clock.h"
 #include "base/flags.h"
 #include "base/json.h"
 #include "seer/v1/seer.grpc.pb.h"
@@ -58,7 +59,7 @@ int RunGenerateCommand(int argc, char** argv) {
 
   auto stub = v1::Decode::NewStub(MakeChannel(common.addr, int64_t{64} << 20));
   grpc::ClientContext context;
-  const auto start = std::chrono::steady_clock::now();
+  const Clock::time_point start = Clock::now();
   SetDeadline(context, common.timeout);
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub->Generate(&context, request);
 
@@ -69,7 +70,7 @@ int RunGenerateCommand(int argc, char** argv) {
   v1::GenerateResponse msg;
   while (reader->Read(&msg)) {
     if (msg.event_case() == v1::GenerateResponse::kToken) {
-      if (tokens.empty()) ttft_ms = MillisecondsSince(start);
+      if (tokens.empty()) ttft_ms = SecondsSince(start) * 1e3;
       tokens.push_back(msg.token());
       if (!json) {
         std::printf(tokens.size() == 1 ? "%d" : " %d", msg.token());
@@ -81,7 +82,7 @@ int RunGenerateCommand(int argc, char** argv) {
     }
   }
   const grpc::Status status = reader->Finish();
-  const double total_ms = MillisecondsSince(start);
+  const double total_ms = SecondsSince(start) * 1e3;
   if (!json && !tokens.empty()) std::printf("\n");
   if (!status.ok()) return ReportRpcError(cmd, status);
   if (!have_summary)

@@ -9,6 +9,7 @@
 
 #include "client/remote_common.h"
 #include "client/token_ids.h"
+#include "base/clock.h"
 #include "base/flags.h"
 #include "base/json.h"
 #include "engine/kv/kv_cache.h"
@@ -76,7 +77,7 @@ int RunPrefillCommand(int argc, char** argv) {
 
   auto stub = v1::Prefill::NewStub(MakeChannel(common.addr, int64_t{1} << 30));
   grpc::ClientContext context;
-  const auto start = std::chrono::steady_clock::now();
+  const Clock::time_point start = Clock::now();
   SetDeadline(context, common.timeout);
   std::unique_ptr<grpc::ClientReader<v1::PrefillResponse>> reader = stub->Prefill(&context, request);
 
@@ -124,7 +125,7 @@ int RunPrefillCommand(int argc, char** argv) {
     } else if (!assembler) {
       protocol = DataLoss("a message before the layout header");
     } else if (msg.has_chunk()) {
-      if (first_chunk_ms < 0) first_chunk_ms = MillisecondsSince(start);
+      if (first_chunk_ms < 0) first_chunk_ms = SecondsSince(start) * 1e3;
       protocol = assembler->OnChunk(msg.chunk());
     } else if (msg.has_summary()) {
       protocol = assembler->OnSummary(msg.summary());
@@ -134,7 +135,7 @@ int RunPrefillCommand(int argc, char** argv) {
   }
   if (!protocol.ok()) context.TryCancel();
   const grpc::Status status = reader->Finish();
-  const double total_ms = MillisecondsSince(start);
+  const double total_ms = SecondsSince(start) * 1e3;
   if (!protocol.ok()) return ReportError(cmd, protocol.WithContext("the prefill stream is malformed"));
   if (!status.ok()) return ReportRpcError(cmd, status);
   if (!have_summary)

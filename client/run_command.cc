@@ -1,6 +1,5 @@
 #include "client/run_command.h"
 
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -12,13 +11,15 @@
 #include <string>
 #include <vector>
 
+#include "base/clock.h"
 #include "base/flags.h"
 #include "base/json.h"
 #include "engine/engine.h"
 #include "formats/safetensors.h"
 #include "engine/model/sparsity.h"
+#include "client/sparsity_flags.h"
 #include "client/token_ids.h"
-#include "kernels/ops/ops_cpu.h"
+#include "kernels/sampling/sampler.h"
 
 namespace seer {
 namespace {
@@ -32,8 +33,7 @@ struct RunFlags {
   std::string ids;
   std::string device = "auto";
   std::string gates;
-  std::string sparsity;
-  std::string last_block_dense;
+  SparsityFlags sparsity;
   int64_t max_new_tokens = 0;
   std::string dump;
   bool json = false;
@@ -103,12 +103,7 @@ int Run(int argc, char** argv) {
   flags.String("gates", &f.gates,
                "SeerAttention gate directory (config.json + attn_gate_weights.pth or *.safetensors). "
                "Without it every layer is dense.");
-  flags.String("sparsity", &f.sparsity,
-               "Block selection with --gates: dense, threshold=T (keep blocks whose gate probability > T) "
-               "or nz_ratio=R (keep the top fraction R of the causal blocks). Default: the gate config's.");
-  flags.String("last-block-dense", &f.last_block_dense,
-               "true or false. With --gates: compute the last two query-block rows densely. "
-               "Default: the gate config's.");
+  f.sparsity.Register(flags, "the gate config's (needs --gates)");
   flags.Int("max-new-tokens", &f.max_new_tokens,
             "Generate N tokens greedily after the prompt (exactly N, no stop token). 0 prints only the "
             "next-token prediction.");
@@ -142,13 +137,8 @@ int Run(int argc, char** argv) {
   }
   if (f.gates.empty() && flags.WasSet("sparsity")) return UsageError("--sparsity needs --gates DIR");
   if (f.gates.empty() && flags.WasSet("last-block-dense")) return UsageError("--last-block-dense needs --gates DIR");
-  if (flags.WasSet("last-block-dense") && f.last_block_dense != "true" && f.last_block_dense != "false") {
-    return UsageError("--last-block-dense: expected true or false, got '" + f.last_block_dense + "'");
-  }
-  if (flags.WasSet("sparsity")) {
-    StatusOr<SparsityConfig> syntax = ParseSparsity(f.sparsity);
-    if (!syntax.ok()) return UsageError("--sparsity: " + syntax.status().message());
-  }
+  StatusOr<SparsityRequest> sparsity = f.sparsity.ToRequest(flags);
+  if (!sparsity.ok()) return UsageError(sparsity.status().message());
   StatusOr<std::vector<int32_t>> ids_or = ParseTokenIds(f.ids, "--ids");
   if (!ids_or.ok()) return UsageError(ids_or.status().message());
   if (ids_or->empty()) return UsageError("--ids: no token ids given");
@@ -163,25 +153,16 @@ int Run(int argc, char** argv) {
   if (!engine_or.ok()) return RuntimeError(engine_or.status());
   Engine& engine = **engine_or;
   const ModelConfig& config = engine.config();
-  for (size_t i = 0; i < ids.size(); ++i) {
-    if (ids[i] >= config.vocab_size) {
-      return UsageError("--ids: item " + std::to_string(i) + " = " + std::to_string(ids[i]) +
-                        " is out of range: the model's vocab_size is " + std::to_string(config.vocab_size));
-    }
-  }
+  // The ids are checked once the model says how large the vocabulary is.
+  if (Status s = CheckPromptIds(ids, config.vocab_size, "--ids"); !s.ok()) return UsageError(s.message());
 
   PrefillOptions prefill;
   prefill.all_logits = !f.dump.empty();
   prefill.keep_gate_outputs = !f.dump.empty();
-  if (const GateWeights* gates = engine.gates()) {
-    prefill.sparsity = gates->config.sparsity;
-    if (flags.WasSet("sparsity")) {
-      StatusOr<SparsityConfig> s = ParseSparsity(f.sparsity, gates->config.sparsity);
-      if (!s.ok()) return UsageError("--sparsity: " + s.status().message());
-      prefill.sparsity = *s;
-    }
-    if (flags.WasSet("last-block-dense")) prefill.sparsity.last_block_dense = f.last_block_dense == "true";
-  }
+  const GateWeights* gates = engine.gates();
+  StatusOr<SparsityConfig> resolved = ResolveSparsity(*sparsity, gates ? &gates->config.sparsity : nullptr);
+  if (!resolved.ok()) return UsageError(resolved.status().message());
+  prefill.sparsity = *resolved;
 
   const int seq_len = static_cast<int>(ids.size());
   const int generate = static_cast<int>(f.max_new_tokens);
@@ -206,19 +187,19 @@ int Run(int argc, char** argv) {
     if (!dumped.ok()) return RuntimeError(dumped);
   }
 
-  // Greedy decoding from the last prompt position.
+  // Greedy decoding from the last prompt position, through the sampler the
+  // servers use (DecodeAndSample samples where the engine keeps the logits).
+  Sampler sampler(SamplingParams{});
   const float* last = result.logits.data() + static_cast<size_t>(result.logits_rows - 1) * config.vocab_size;
-  const int next_token = cpu::ArgMax(last, config.vocab_size);
+  const int32_t next_token = sampler.Sample(std::span<const float>(last, static_cast<size_t>(config.vocab_size)));
   std::vector<int32_t> tokens = {next_token};
-  const auto decode_start = std::chrono::steady_clock::now();
-  std::vector<float> logits;
+  const Clock::time_point decode_start = Clock::now();
   for (int n = 1; n < generate; ++n) {
-    Status step = engine.DecodeStep(tokens.back(), &cache, &logits);
-    if (!step.ok()) return RuntimeError(step);
-    tokens.push_back(cpu::ArgMax(logits.data(), config.vocab_size));
+    StatusOr<int32_t> next = engine.DecodeAndSample(tokens.back(), &cache, &sampler);
+    if (!next.ok()) return RuntimeError(next.status());
+    tokens.push_back(*next);
   }
-  const double decode_ms =
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - decode_start).count();
+  const double decode_ms = SecondsSince(decode_start) * 1e3;
   const double prefill_ms = result.seconds * 1e3;
   const std::string sparsity_text = engine.gates() ? SparsityToString(prefill.sparsity) : "dense";
 

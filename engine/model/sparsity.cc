@@ -40,8 +40,9 @@ std::string_view SparsityRangeRule(SparsityMode mode) {
   return "";
 }
 
-StatusOr<SparsityConfig> ParseSparsity(std::string_view text, const SparsityConfig& base) {
-  SparsityConfig out = base;
+StatusOr<SparsityRequest> ParseSparsityRequest(std::string_view text) {
+  SparsityRequest request;
+  SparsityConfig out;
   std::string_view mode = text;
 
   // The fixture and reference tooling write a mode with an optional override,
@@ -56,9 +57,9 @@ StatusOr<SparsityConfig> ParseSparsity(std::string_view text, const SparsityConf
     }
     std::string_view v = opt.substr(kLbd.size());
     if (v == "true") {
-      out.last_block_dense = true;
+      request.last_block_dense = true;
     } else if (v == "false") {
-      out.last_block_dense = false;
+      request.last_block_dense = false;
     } else {
       return InvalidArgument("sparsity " + Quoted(text) + ": last_block_dense must be true or false, got " +
                              Quoted(v));
@@ -66,8 +67,8 @@ StatusOr<SparsityConfig> ParseSparsity(std::string_view text, const SparsityConf
   }
 
   if (mode == "dense") {
-    out.mode = SparsityMode::kDense;
-    return out;
+    request.mode = out;
+    return request;
   }
   size_t eq = mode.find('=');
   if (eq == std::string_view::npos) {
@@ -88,7 +89,8 @@ StatusOr<SparsityConfig> ParseSparsity(std::string_view text, const SparsityConf
     }
     out.mode = SparsityMode::kThreshold;
     out.threshold = v;
-    return out;
+    request.mode = out;
+    return request;
   }
   if (key == "nz_ratio") {
     if (!ParseNumber(value, &v)) {
@@ -101,10 +103,16 @@ StatusOr<SparsityConfig> ParseSparsity(std::string_view text, const SparsityConf
     }
     out.mode = SparsityMode::kNzRatio;
     out.nz_ratio = v;
-    return out;
+    request.mode = out;
+    return request;
   }
   return InvalidArgument("sparsity " + Quoted(text) + ": unknown mode " + Quoted(key) +
                          ", expected 'dense', 'threshold=T' or 'nz_ratio=R'");
+}
+
+StatusOr<SparsityConfig> ParseSparsity(std::string_view text, const SparsityConfig& base) {
+  SEER_ASSIGN_OR_RETURN(SparsityRequest request, ParseSparsityRequest(text));
+  return ResolveSparsity(request, &base);
 }
 
 std::string SparsityToString(const SparsityConfig& s) {

@@ -20,20 +20,23 @@ bool SparsityValueInRange(SparsityMode mode, double value);
 // "0 < R <= 1" ("" for dense).
 std::string_view SparsityRangeRule(SparsityMode mode);
 
-// Parses "dense", "threshold=T" (0 <= T < 1) or "nz_ratio=R" (0 < R <= 1),
-// optionally followed by ";last_block_dense=true|false". last_block_dense is
-// otherwise taken from `base`. Errors name the text and the limit.
-StatusOr<SparsityConfig> ParseSparsity(std::string_view text, const SparsityConfig& base = {});
-
-// "dense", "threshold=0.002", "nz_ratio=0.1".
-std::string SparsityToString(const SparsityConfig& s);
-
 // What one request asks for, already checked: a mode (none: the gates'
 // default) and an optional last_block_dense override.
 struct SparsityRequest {
   std::optional<SparsityConfig> mode;
   std::optional<bool> last_block_dense;
 };
+
+// Parses "dense", "threshold=T" (0 <= T < 1) or "nz_ratio=R" (0 < R <= 1),
+// optionally followed by ";last_block_dense=true|false". Errors name the text
+// and the limit.
+StatusOr<SparsityRequest> ParseSparsityRequest(std::string_view text);
+// The same text resolved against `base` (whose last_block_dense holds unless
+// the text overrides it).
+StatusOr<SparsityConfig> ParseSparsity(std::string_view text, const SparsityConfig& base = {});
+
+// "dense", "threshold=0.002", "nz_ratio=0.1".
+std::string SparsityToString(const SparsityConfig& s);
 
 // The sparsity a request runs with: `gate_default` (the gate config's
 // seerattn_* fields; null without gates, then dense) unless the request
