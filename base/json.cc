@@ -1,9 +1,12 @@
 #include "base/json.h"
 
+#include <cerrno>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <unordered_map>
 
@@ -618,6 +621,96 @@ std::string JsonValue::TypeName(Type t) {
     case Type::kObject: return "object";
   }
   return "?";
+}
+
+StatusOr<JsonValue> ReadJsonFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFound(path + ": cannot open: " + std::strerror(errno));
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (in.bad()) return InvalidArgument(path + ": read failed");
+  StatusOr<JsonValue> root = JsonValue::Parse(text.str());
+  if (!root.ok()) return InvalidArgument(path + ": " + root.status().message());
+  return root;
+}
+
+std::string JsonFieldReader::Name(std::string_view key) const { return "'" + prefix_ + std::string(key) + "'"; }
+
+Status JsonFieldReader::Error(std::string_view key, const std::string& what) const {
+  return InvalidArgument(path_ + ": field " + Name(key) + " " + what);
+}
+
+Status JsonFieldReader::Missing(std::string_view key) const {
+  return InvalidArgument(path_ + ": missing field " + Name(key));
+}
+
+const JsonValue* JsonFieldReader::Find(std::string_view key) const {
+  const JsonValue* v = object_.Find(key);
+  return v == nullptr || v->is_null() ? nullptr : v;
+}
+
+StatusOr<const JsonValue*> JsonFieldReader::Require(std::string_view key) const {
+  const JsonValue* v = Find(key);
+  if (v == nullptr) return Missing(key);
+  return v;
+}
+
+StatusOr<int64_t> JsonFieldReader::Int(std::string_view key, int64_t min, int64_t max,
+                                       std::optional<int64_t> fallback) const {
+  const JsonValue* v = Find(key);
+  if (v == nullptr) {
+    if (fallback) return *fallback;
+    return Missing(key);
+  }
+  if (!v->is_integer()) return Error(key, "must be an integer, got " + v->Dump());
+  const int64_t i = v->as_int64();
+  if (i < min || i > max) {
+    return Error(key, "= " + std::to_string(i) + " is out of range [" + std::to_string(min) + ", " +
+                          std::to_string(max) + "]");
+  }
+  return i;
+}
+
+StatusOr<double> JsonFieldReader::Number(std::string_view key, std::optional<double> fallback) const {
+  const JsonValue* v = Find(key);
+  if (v == nullptr) {
+    if (fallback) return *fallback;
+    return Missing(key);
+  }
+  if (!v->is_number() || !std::isfinite(v->as_double())) return Error(key, "must be a number, got " + v->Dump());
+  return v->as_double();
+}
+
+StatusOr<double> JsonFieldReader::Positive(std::string_view key, std::optional<double> fallback) const {
+  const JsonValue* v = Find(key);
+  if (v == nullptr) {
+    if (fallback) return *fallback;
+    return Missing(key);
+  }
+  if (!v->is_number()) return Error(key, "must be a number, got " + v->Dump());
+  const double d = v->as_double();
+  if (!(d > 0.0) || !std::isfinite(d)) return Error(key, "= " + v->Dump() + " must be a finite number > 0");
+  return d;
+}
+
+StatusOr<bool> JsonFieldReader::Bool(std::string_view key, std::optional<bool> fallback) const {
+  const JsonValue* v = Find(key);
+  if (v == nullptr) {
+    if (fallback) return *fallback;
+    return Missing(key);
+  }
+  if (!v->is_bool()) return Error(key, "must be true or false, got " + v->Dump());
+  return v->as_bool();
+}
+
+StatusOr<std::string> JsonFieldReader::String(std::string_view key, std::optional<std::string> fallback) const {
+  const JsonValue* v = Find(key);
+  if (v == nullptr) {
+    if (fallback) return *fallback;
+    return Missing(key);
+  }
+  if (!v->is_string()) return Error(key, "must be a string, got " + v->Dump());
+  return v->as_string();
 }
 
 }  // namespace seer

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -72,6 +73,44 @@ class JsonValue {
   std::string str_;
   std::vector<JsonValue> arr_;
   std::vector<Member> obj_;
+};
+
+// Reads and parses the JSON file at `path`: NOT_FOUND when it cannot be
+// opened, INVALID_ARGUMENT "path: line L, column C: what" when malformed.
+StatusOr<JsonValue> ReadJsonFile(const std::string& path);
+
+// Reads typed fields of one JSON object, naming the file and the field (with
+// its dotted path, e.g. 'rope_scaling.factor') in every error. A field that is
+// absent or null takes the fallback; without one it is required.
+class JsonFieldReader {
+ public:
+  JsonFieldReader(const JsonValue& object, std::string path, std::string prefix = "")
+      : object_(object), path_(std::move(path)), prefix_(std::move(prefix)) {}
+
+  // 'prefix.key', as messages name it.
+  std::string Name(std::string_view key) const;
+  // "path: field 'key' <what>".
+  Status Error(std::string_view key, const std::string& what) const;
+
+  // nullptr when absent or JSON null.
+  const JsonValue* Find(std::string_view key) const;
+  StatusOr<const JsonValue*> Require(std::string_view key) const;
+
+  // An integer in [min, max].
+  StatusOr<int64_t> Int(std::string_view key, int64_t min, int64_t max, std::optional<int64_t> fallback) const;
+  // A finite number.
+  StatusOr<double> Number(std::string_view key, std::optional<double> fallback) const;
+  // A finite number > 0.
+  StatusOr<double> Positive(std::string_view key, std::optional<double> fallback) const;
+  StatusOr<bool> Bool(std::string_view key, std::optional<bool> fallback) const;
+  StatusOr<std::string> String(std::string_view key, std::optional<std::string> fallback) const;
+
+ private:
+  Status Missing(std::string_view key) const;
+
+  const JsonValue& object_;
+  std::string path_;
+  std::string prefix_;
 };
 
 }  // namespace seer

@@ -87,17 +87,6 @@ uint64_t Fingerprint(const ModelConfig& c, const std::vector<const TensorView*>&
   return h.value();
 }
 
-StatusOr<JsonValue> ReadJsonFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound(path + ": cannot open: " + std::strerror(errno));
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return InvalidArgument(path + ": read failed");
-  auto root = JsonValue::Parse(text.str());
-  if (!root.ok()) return InvalidArgument(path + ": " + root.status().message());
-  return root;
-}
-
 // A shard name from weight_map must name a file beside the index.
 bool IsPlainFileName(const std::string& name) {
   return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&

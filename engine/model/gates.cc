@@ -8,6 +8,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <sstream>
 #include <string>
@@ -43,53 +44,6 @@ std::string KeyFor(int layer, std::string_view which) {
 
 // --- config.json -------------------------------------------------------------
 
-// Reads optional typed fields of the gate config; a field of the wrong type
-// or out of range is an error naming the file and the field.
-class ConfigReader {
- public:
-  ConfigReader(const JsonValue& root, std::string path) : root_(root), path_(std::move(path)) {}
-
-  const JsonValue* Field(std::string_view name) const {
-    const JsonValue* v = root_.Find(name);
-    return v == nullptr || v->is_null() ? nullptr : v;
-  }
-  Status Error(std::string_view field, const std::string& what) const {
-    return InvalidArgument(path_ + ": field " + Quoted(field) + " " + what);
-  }
-  Status String(std::string_view name, std::string* out) const {
-    const JsonValue* v = Field(name);
-    if (v == nullptr) return OkStatus();
-    if (!v->is_string()) return Error(name, "must be a string, got " + v->Dump());
-    *out = v->as_string();
-    return OkStatus();
-  }
-  Status Int(std::string_view name, int64_t* out) const {
-    const JsonValue* v = Field(name);
-    if (v == nullptr) return OkStatus();
-    if (!v->is_integer()) return Error(name, "must be an integer, got " + v->Dump());
-    *out = v->as_int64();
-    return OkStatus();
-  }
-  Status Number(std::string_view name, double* out) const {
-    const JsonValue* v = Field(name);
-    if (v == nullptr) return OkStatus();
-    if (!v->is_number()) return Error(name, "must be a number, got " + v->Dump());
-    *out = v->as_double();
-    return OkStatus();
-  }
-  Status Bool(std::string_view name, bool* out) const {
-    const JsonValue* v = Field(name);
-    if (v == nullptr) return OkStatus();
-    if (!v->is_bool()) return Error(name, "must be true or false, got " + v->Dump());
-    *out = v->as_bool();
-    return OkStatus();
-  }
-
- private:
-  const JsonValue& root_;
-  std::string path_;
-};
-
 struct GateFileConfig {
   GateConfig gate;
   bool force_double = false;
@@ -97,22 +51,20 @@ struct GateFileConfig {
 
 StatusOr<GateFileConfig> ParseGateConfig(const JsonValue& root, const std::string& path, const ModelConfig& model) {
   if (!root.is_object()) return InvalidArgument(path + ": must hold a JSON object");
-  ConfigReader r(root, path);
+  const JsonFieldReader r(root, path);
+  constexpr int64_t kAnyInt = std::numeric_limits<int64_t>::max();
   GateFileConfig out;
   GateConfig& gc = out.gate;
   // Defaults are those of the authors' config class (SeerAttnLlamaConfig).
-  std::string method = "threshold";
-  int64_t block = kBlockSize, hidden = 128;
-  double threshold = 0.0, nz_ratio = 1.0;
-  SEER_RETURN_IF_ERROR(r.String("base_model", &gc.base_model));
-  SEER_RETURN_IF_ERROR(r.String("seerattn_gate_type", &gc.gate_type));
-  SEER_RETURN_IF_ERROR(r.Int("seerattn_gate_block_size", &block));
-  SEER_RETURN_IF_ERROR(r.Int("seerattn_gate_hidden_size", &hidden));
-  SEER_RETURN_IF_ERROR(r.Bool("seerattn_gate_force_double", &out.force_double));
-  SEER_RETURN_IF_ERROR(r.String("seerattn_sparsity_method", &method));
-  SEER_RETURN_IF_ERROR(r.Number("seerattn_threshold", &threshold));
-  SEER_RETURN_IF_ERROR(r.Number("seerattn_nz_ratio", &nz_ratio));
-  SEER_RETURN_IF_ERROR(r.Bool("seerattn_last_block_dense", &gc.sparsity.last_block_dense));
+  SEER_ASSIGN_OR_RETURN(gc.base_model, r.String("base_model", ""));
+  SEER_ASSIGN_OR_RETURN(gc.gate_type, r.String("seerattn_gate_type", gc.gate_type));
+  SEER_ASSIGN_OR_RETURN(const int64_t block, r.Int("seerattn_gate_block_size", -kAnyInt, kAnyInt, kBlockSize));
+  SEER_ASSIGN_OR_RETURN(const int64_t hidden, r.Int("seerattn_gate_hidden_size", -kAnyInt, kAnyInt, 128));
+  SEER_ASSIGN_OR_RETURN(out.force_double, r.Bool("seerattn_gate_force_double", false));
+  SEER_ASSIGN_OR_RETURN(const std::string method, r.String("seerattn_sparsity_method", "threshold"));
+  SEER_ASSIGN_OR_RETURN(const double threshold, r.Number("seerattn_threshold", 0.0));
+  SEER_ASSIGN_OR_RETURN(const double nz_ratio, r.Number("seerattn_nz_ratio", 1.0));
+  SEER_ASSIGN_OR_RETURN(gc.sparsity.last_block_dense, r.Bool("seerattn_last_block_dense", true));
 
   if (gc.gate_type != kGateType) {
     return r.Error("seerattn_gate_type", "is " + Quoted(gc.gate_type) + "; only " + Quoted(kGateType) +
@@ -128,11 +80,13 @@ StatusOr<GateFileConfig> ParseGateConfig(const JsonValue& root, const std::strin
   }
   gc.block_size = static_cast<int>(block);
   gc.hidden = static_cast<int>(hidden);
-  if (!(threshold >= 0.0 && threshold < 1.0)) {
-    return r.Error("seerattn_threshold", "is " + root.Find("seerattn_threshold")->Dump() + "; need 0 <= T < 1");
+  if (!SparsityValueInRange(SparsityMode::kThreshold, threshold)) {
+    return r.Error("seerattn_threshold", "is " + root.Find("seerattn_threshold")->Dump() + "; need " +
+                                             std::string(SparsityRangeRule(SparsityMode::kThreshold)));
   }
-  if (!(nz_ratio > 0.0 && nz_ratio <= 1.0)) {
-    return r.Error("seerattn_nz_ratio", "is " + root.Find("seerattn_nz_ratio")->Dump() + "; need 0 < R <= 1");
+  if (!SparsityValueInRange(SparsityMode::kNzRatio, nz_ratio)) {
+    return r.Error("seerattn_nz_ratio", "is " + root.Find("seerattn_nz_ratio")->Dump() + "; need " +
+                                            std::string(SparsityRangeRule(SparsityMode::kNzRatio)));
   }
   gc.sparsity.threshold = threshold;
   gc.sparsity.nz_ratio = nz_ratio;
@@ -155,8 +109,7 @@ StatusOr<GateFileConfig> ParseGateConfig(const JsonValue& root, const std::strin
                                      {"num_key_value_heads", model.num_kv_heads},
                                      {"head_dim", model.head_dim}};
   for (const ShapeField& f : shape_fields) {
-    int64_t v = f.model_value;
-    SEER_RETURN_IF_ERROR(r.Int(f.name, &v));
+    SEER_ASSIGN_OR_RETURN(const int64_t v, r.Int(f.name, -kAnyInt, kAnyInt, f.model_value));
     if (v != f.model_value) {
       return r.Error(f.name, "is " + std::to_string(v) + " but the model has " + std::to_string(f.model_value) +
                                  (gc.base_model.empty() ? "" : " (the gates were trained for " + gc.base_model + ")"));
@@ -252,14 +205,8 @@ bool ParseGateKey(std::string_view key, int64_t* layer, std::string_view* what) 
 
 StatusOr<GateWeights> LoadGates(const std::string& dir, const ModelConfig& model) {
   const std::string config_path = dir + "/config.json";
-  std::ifstream in(config_path, std::ios::binary);
-  if (!in) return NotFound(config_path + ": cannot open: " + std::strerror(errno));
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return InvalidArgument(config_path + ": read failed");
-  auto root = JsonValue::Parse(text.str());
-  if (!root.ok()) return InvalidArgument(config_path + ": " + root.status().message());
-  SEER_ASSIGN_OR_RETURN(GateFileConfig fc, ParseGateConfig(*root, config_path, model));
+  SEER_ASSIGN_OR_RETURN(JsonValue root, ReadJsonFile(config_path));
+  SEER_ASSIGN_OR_RETURN(GateFileConfig fc, ParseGateConfig(root, config_path, model));
 
   if (model.num_layers <= 0 || model.num_heads <= 0 || model.num_kv_heads <= 0 || model.head_dim <= 0 ||
       model.num_heads % model.num_kv_heads != 0) {

@@ -29,82 +29,8 @@ constexpr ArchInfo kArchitectures[] = {
     {"MistralForCausalLM", "mistral", Architecture::kMistral},
 };
 
-// Reads fields of one JSON object, naming the file and the field (with its
-// dotted path) in every error.
-class FieldReader {
- public:
-  FieldReader(const JsonValue& object, std::string path, std::string prefix = "")
-      : object_(object), path_(std::move(path)), prefix_(std::move(prefix)) {}
-
-  std::string Name(std::string_view key) const { return "'" + prefix_ + std::string(key) + "'"; }
-
-  Status Error(std::string_view key, const std::string& what) const {
-    return InvalidArgument(path_ + ": field " + Name(key) + " " + what);
-  }
-
-  // nullptr when absent or JSON null.
-  const JsonValue* Find(std::string_view key) const {
-    const JsonValue* v = object_.Find(key);
-    return v == nullptr || v->is_null() ? nullptr : v;
-  }
-
-  StatusOr<const JsonValue*> Require(std::string_view key) const {
-    const JsonValue* v = Find(key);
-    if (v == nullptr) return InvalidArgument(path_ + ": missing field " + Name(key));
-    return v;
-  }
-
-  // An integer in [min, max]; `fallback` when absent (nullopt: required).
-  StatusOr<int64_t> Int(std::string_view key, int64_t min, int64_t max, std::optional<int64_t> fallback) const {
-    const JsonValue* v = Find(key);
-    if (v == nullptr) {
-      if (fallback) return *fallback;
-      return InvalidArgument(path_ + ": missing field " + Name(key));
-    }
-    if (!v->is_integer()) return Error(key, "must be an integer, got " + v->Dump());
-    const int64_t i = v->as_int64();
-    if (i < min || i > max) {
-      return Error(key, "= " + std::to_string(i) + " is out of range [" + std::to_string(min) + ", " +
-                            std::to_string(max) + "]");
-    }
-    return i;
-  }
-
-  // A finite number > 0.
-  StatusOr<double> Positive(std::string_view key, std::optional<double> fallback) const {
-    const JsonValue* v = Find(key);
-    if (v == nullptr) {
-      if (fallback) return *fallback;
-      return InvalidArgument(path_ + ": missing field " + Name(key));
-    }
-    if (!v->is_number()) return Error(key, "must be a number, got " + v->Dump());
-    const double d = v->as_double();
-    if (!(d > 0.0) || !std::isfinite(d)) return Error(key, "= " + v->Dump() + " must be a finite number > 0");
-    return d;
-  }
-
-  StatusOr<bool> Bool(std::string_view key, bool fallback) const {
-    const JsonValue* v = Find(key);
-    if (v == nullptr) return fallback;
-    if (!v->is_bool()) return Error(key, "must be true or false, got " + v->Dump());
-    return v->as_bool();
-  }
-
-  StatusOr<std::string> String(std::string_view key, std::string fallback) const {
-    const JsonValue* v = Find(key);
-    if (v == nullptr) return fallback;
-    if (!v->is_string()) return Error(key, "must be a string, got " + v->Dump());
-    return v->as_string();
-  }
-
- private:
-  const JsonValue& object_;
-  std::string path_;
-  std::string prefix_;
-};
-
 // The llama3 keys of a rope block; required, as Hugging Face requires them.
-Status ReadLlama3Scaling(const FieldReader& r, RopeConfig* rope) {
+Status ReadLlama3Scaling(const JsonFieldReader& r, RopeConfig* rope) {
   SEER_ASSIGN_OR_RETURN(rope->factor, r.Positive("factor", std::nullopt));
   SEER_ASSIGN_OR_RETURN(rope->low_freq_factor, r.Positive("low_freq_factor", std::nullopt));
   SEER_ASSIGN_OR_RETURN(rope->high_freq_factor, r.Positive("high_freq_factor", std::nullopt));
@@ -117,19 +43,19 @@ Status ReadLlama3Scaling(const FieldReader& r, RopeConfig* rope) {
   return OkStatus();
 }
 
-Status CheckRopeType(const FieldReader& r, std::string_view key, const std::string& type) {
+Status CheckRopeType(const JsonFieldReader& r, std::string_view key, const std::string& type) {
   if (type == "default" || type == "llama3") return OkStatus();
   return r.Error(key, "= \"" + type + "\" is not supported (supported: \"default\", \"llama3\")");
 }
 
 // Hub style: top-level rope_theta, optional rope_scaling {rope_type|type, ...}.
 Status ReadHubRope(const JsonValue& root, const std::string& path, RopeConfig* rope) {
-  FieldReader top(root, path);
+  JsonFieldReader top(root, path);
   SEER_ASSIGN_OR_RETURN(rope->theta, top.Positive("rope_theta", 10000.0));
   const JsonValue* scaling = top.Find("rope_scaling");
   if (scaling == nullptr) return OkStatus();
   if (!scaling->is_object()) return top.Error("rope_scaling", "must be an object or null, got " + scaling->Dump());
-  FieldReader r(*scaling, path, "rope_scaling.");
+  JsonFieldReader r(*scaling, path, "rope_scaling.");
   // Older configs spell the key "type".
   const std::string_view type_key = r.Find("rope_type") != nullptr ? "rope_type" : "type";
   SEER_ASSIGN_OR_RETURN(rope->type, r.String(type_key, "default"));
@@ -140,9 +66,9 @@ Status ReadHubRope(const JsonValue& root, const std::string& path, RopeConfig* r
 
 // transformers-5 style: rope_parameters {rope_type, rope_theta, ...}.
 Status ReadRopeParameters(const JsonValue& params, const std::string& path, RopeConfig* rope) {
-  FieldReader top(params, path);
+  JsonFieldReader top(params, path);
   if (!params.is_object()) return top.Error("rope_parameters", "must be an object, got " + params.Dump());
-  FieldReader r(params, path, "rope_parameters.");
+  JsonFieldReader r(params, path, "rope_parameters.");
   SEER_ASSIGN_OR_RETURN(rope->type, r.String("rope_type", "default"));
   SEER_RETURN_IF_ERROR(CheckRopeType(r, "rope_type", rope->type));
   SEER_ASSIGN_OR_RETURN(rope->theta, r.Positive("rope_theta", std::nullopt));
@@ -150,7 +76,7 @@ Status ReadRopeParameters(const JsonValue& params, const std::string& path, Rope
   return OkStatus();
 }
 
-StatusOr<DType> ReadDType(const FieldReader& r) {
+StatusOr<DType> ReadDType(const JsonFieldReader& r) {
   // transformers 5 writes "dtype"; earlier versions "torch_dtype".
   const std::string_view key = r.Find("dtype") != nullptr ? "dtype" : "torch_dtype";
   const JsonValue* v = r.Find(key);
@@ -167,7 +93,7 @@ StatusOr<DType> ReadDType(const FieldReader& r) {
 
 StatusOr<ModelConfig> ParseModelConfig(const JsonValue& root, const std::string& path) {
   if (!root.is_object()) return InvalidArgument(path + ": must be a JSON object, got " + JsonValue::TypeName(root.type()));
-  FieldReader r(root, path);
+  JsonFieldReader r(root, path);
   ModelConfig c;
 
   SEER_ASSIGN_OR_RETURN(const JsonValue* archs, r.Require("architectures"));
@@ -277,14 +203,8 @@ StatusOr<ModelConfig> ParseModelConfig(const JsonValue& root, const std::string&
 }
 
 StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound(path + ": cannot open: " + std::strerror(errno));
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) return InvalidArgument(path + ": read failed");
-  auto root = JsonValue::Parse(text.str());
-  if (!root.ok()) return InvalidArgument(path + ": " + root.status().message());
-  return ParseModelConfig(*root, path);
+  SEER_ASSIGN_OR_RETURN(JsonValue root, ReadJsonFile(path));
+  return ParseModelConfig(root, path);
 }
 
 std::vector<double> RopeInvFreq(const RopeConfig& rope, int rotary_dim) {
