@@ -1,6 +1,6 @@
 """PyTorch reference of the SeerAttention prefill gate and block-sparse attention.
 
-Written from /work/shared/DESIGN.md section 1 (not from the C++ engine), to
+Written from the SeerAttention semantics in docs/GATES.md (not from the C++ engine), to
 produce the expected masks and logits that tests/fixtures/*_gates hold. Needs
 torch, and transformers for the model hook-up (SeerReference).
 
@@ -239,7 +239,7 @@ class Selection:
 
 
 def select_blocks(scores: torch.Tensor, sp: Sparsity) -> Selection:
-    """Turns gate scores [H, nb, nb] into a block mask (DESIGN.md section 1)."""
+    """Turns gate scores [H, nb, nb] into a block mask (docs/GATES.md)."""
     h, nb, _ = scores.shape
     causal = torch.ones(nb, nb, dtype=torch.bool, device=scores.device).tril()
     masked = scores.masked_fill(~causal, float("-inf"))

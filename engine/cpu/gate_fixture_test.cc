@@ -1,5 +1,5 @@
 // The gated, block-sparse CPU prefill against the PyTorch reference of the
-// gate (tools/seer_reference.py, written from DESIGN.md §1), run on the tiny
+// gate (tools/seer_reference.py, written from docs/GATES.md), run on the tiny
 // fixture models with fixture gates in the released .pth format
 // (docs/FIXTURES.md): block masks, gate probabilities and sparse logits for
 // every mode the fixture lists, on the 333-token prompt and on a 1000-token

@@ -1,4 +1,4 @@
-// RunGate against an independent float64 recomputation of DESIGN.md §1,
+// RunGate against an independent float64 recomputation of docs/GATES.md,
 // written here from the text (not from kernels/gate/gate_cpu.cc, which runs behind RunGate), plus selection cases
 // whose answers can be worked out by hand.
 
@@ -66,7 +66,7 @@ struct Reference {
   std::vector<double> probs;   // [Hq, nb, nb], 0 above the diagonal
 };
 
-// The gate in float64, straight from DESIGN.md §1. Angles are rounded to
+// The gate in float64, straight from docs/GATES.md. Angles are rounded to
 // float32 as HF computes them (float(pos) * float(inv_freq)); everything else
 // is exact double arithmetic.
 // `rope_stride` is the position step between blocks (the block size in the

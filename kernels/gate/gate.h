@@ -1,4 +1,4 @@
-// The SeerAttention gate of one layer on the GPU (DESIGN.md §1): the device
+// The SeerAttention gate of one layer on the GPU (docs/GATES.md): the device
 // twin of seer::RunGate (engine/model/gates.h). It pools the pre-RoPE q and k per
 // 64-token block, projects them per Q head, applies block RoPE, scores the
 // causal block triangle and selects blocks, writing the per-(head, query

@@ -271,7 +271,7 @@ GateOutput RunGate(const GateProblem& p, const SparsityConfig& sparsity, int num
         for (int i = 0; i < keep; ++i) krow[order[i]] = 1;
       }
 
-      // Our deviation from the reference (DESIGN.md §1, docs/GATES.md): a row
+      // Our deviation from the reference (docs/GATES.md): a row
       // that selection left empty keeps its diagonal block. The reference
       // would leave those query rows with no keys (NaN or unwritten output).
       bool any = false;

@@ -1,4 +1,4 @@
-// Which attention blocks the gate keeps (DESIGN §1, "Selection modes"): the
+// Which attention blocks the gate keeps (docs/GATES.md, "Selection"): the
 // one description of a selection that the request parser, the engine, the CPU
 // twin and the CUDA kernel all carry. Values are valid by construction:
 // engine/model/sparsity.h is the only place that turns user input into one.

@@ -1,24 +1,9 @@
 #include "server/common/metrics.h"
 
-#include <dlfcn.h>
-#include <pthread.h>
-
-#include <cerrno>
 #include <exception>
 #include <string>
 
 #include "rpc/grpc_status.h"
-
-// Process-wide: raise every thread stack request below kMinThreadStackBytes.
-// See MetricsEndpoint in metrics.h for why.
-extern "C" int pthread_attr_setstacksize(pthread_attr_t* attr, size_t stacksize) noexcept {
-  using SetStackSize = int (*)(pthread_attr_t*, size_t);
-  static const SetStackSize real =
-      reinterpret_cast<SetStackSize>(dlsym(RTLD_NEXT, "pthread_attr_setstacksize"));
-  if (real == nullptr) return ENOSYS;
-  if (stacksize < seer::kMinThreadStackBytes) stacksize = seer::kMinThreadStackBytes;
-  return real(attr, stacksize);
-}
 
 namespace seer {
 

@@ -65,10 +65,10 @@ class DecodeMetrics {
 //
 // civetweb starts its threads with a fixed 100 KB stack, and a process that
 // links cuBLAS needs about 94 KB of static TLS per thread on top of that, so
-// pthread_create fails. metrics.cc therefore interposes
+// pthread_create fails. server/common/thread_stacks.cc therefore interposes
 // pthread_attr_setstacksize for the whole process, raising requests below
-// 1 MiB (DESIGN.md §4); seer_server_lib exports that symbol from every
-// executable that links it.
+// kMinThreadStackBytes (docs/ARCHITECTURE.md, "Platform facts"); every
+// executable that links seer_server_lib compiles it in and exports it.
 class MetricsEndpoint {
  public:
   // `address` is host:port; port 0 picks a free one.

@@ -468,7 +468,7 @@ TEST(EndToEnd, MetricsOverHttpNameEverySeriesWithConsistentValues) {
   EXPECT_EQ(Metric(d, "seer_time_to_first_token_seconds_bucket{le=\"+Inf\"}"), n);
   EXPECT_LE(Metric(d, "seer_time_to_first_token_seconds_sum"), Metric(d, "seer_request_duration_seconds_sum"));
 
-  // DESIGN.md §4: civetweb's threads fail in a process that links cuBLAS
+  // docs/ARCHITECTURE.md ("Platform facts"): civetweb's threads fail in a process that links cuBLAS
   // unless the stack-size interposer works. The CUDA build links it.
   const bool cublas = seer::testing::MapsCublasLt(servers.prefill.pid());
   std::printf("[ info     ] seer-prefill %s libcublasLt; /metrics served\n", cublas ? "maps" : "does not map");
@@ -477,7 +477,7 @@ TEST(EndToEnd, MetricsOverHttpNameEverySeriesWithConsistentValues) {
 #endif
 }
 
-// DESIGN.md §4: libcublasLt's ~94 KB of static TLS leaves civetweb's 100 KB
+// docs/ARCHITECTURE.md ("Platform facts"): libcublasLt's ~94 KB of static TLS leaves civetweb's 100 KB
 // thread stacks no room, so /metrics dies in any process that links cuBLAS
 // unless the server's stack-size interposer raises them. The CUDA build links
 // cuBLAS into the servers; this loads it into the CPU build's server too.
