@@ -56,6 +56,9 @@ class SyntheticKvEngine final : public Engine {
   std::string device_name() const override { return "synthetic (fills K/V, computes nothing)"; }
 
  protected:
+  bool OwnsCacheType(const KvCache& cache) const override {
+    return dynamic_cast<const HostKvCache*>(&cache) != nullptr;
+  }
   StatusOr<std::unique_ptr<KvCache>> AllocateCache(int capacity) override {
     return std::unique_ptr<KvCache>(
         new HostKvCache(config_.num_layers, config_.num_kv_heads, config_.head_dim, capacity));

@@ -1,5 +1,7 @@
 #include "engine/engine.h"
 
+#include <cassert>
+
 #include "engine/cpu/cpu_engine.h"
 #ifdef SEER_HAVE_CUDA
 #include "engine/cuda/cuda_engine.h"
@@ -29,6 +31,10 @@ Status CheckPromptIds(std::span<const int32_t> ids, int vocab_size, std::string_
 
 Status Engine::CheckCache(const KvCache* cache, const char* call) const {
   if (cache == nullptr) return InvalidArgument(std::string(call) + ": null KV cache");
+  if (!OwnsCacheType(*cache)) {
+    return InvalidArgument(std::string(call) + ": the KV cache was not made by this engine's NewCache (" +
+                           device_name() + ")");
+  }
   const KvLayout& l = cache->layout();
   const ModelConfig& c = config();
   if (l.num_layers != c.num_layers || l.num_kv_heads != c.num_kv_heads || l.head_dim != c.head_dim) {
@@ -66,6 +72,9 @@ StatusOr<PrefillResult> Engine::Prefill(std::span<const int32_t> ids, const Pref
     return FailedPrecondition("prefill: the KV cache already holds " + Str(cache->length()) +
                               " tokens; Prefill needs an empty cache");
   }
+  // Valid by construction (engine/model/sparsity.h); not checked again here.
+  assert(SparsityValueInRange(SparsityMode::kThreshold, options.sparsity.threshold));
+  assert(SparsityValueInRange(SparsityMode::kNzRatio, options.sparsity.nz_ratio));
   return Exclusive([&] { return RunPrefill(ids, options, cache, observer); });
 }
 

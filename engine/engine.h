@@ -113,6 +113,8 @@ class Engine {
   virtual Status RunDecodeStep(int32_t token, KvCache* cache, std::vector<float>* logits) = 0;
   // Default: RunDecodeStep, then `sampler` on the host.
   virtual StatusOr<int32_t> RunDecodeAndSample(int32_t token, KvCache* cache, Sampler* sampler);
+  // Whether `cache` is of this backend's kind (made by its AllocateCache).
+  virtual bool OwnsCacheType(const KvCache& cache) const = 0;
 
  private:
   // A cache this engine can use: non-null and with the model's layout.

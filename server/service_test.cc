@@ -53,6 +53,9 @@ class InstrumentedEngine final : public Engine {
   const GateWeights* gates() const override { return inner_->gates(); }
   std::string device_name() const override { return "instrumented " + inner_->device_name(); }
   StatusOr<std::unique_ptr<KvCache>> AllocateCache(int capacity) override { return inner_->NewCache(capacity); }
+  bool OwnsCacheType(const KvCache& cache) const override {
+    return dynamic_cast<const HostKvCache*>(&cache) != nullptr;  // the inner engine is a CPU engine
+  }
   Status RunDecodeStep(int32_t token, KvCache* cache, std::vector<float>* logits) override {
     return inner_->DecodeStep(token, cache, logits);
   }

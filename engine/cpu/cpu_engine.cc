@@ -152,12 +152,6 @@ StatusOr<std::unique_ptr<KvCache>> CpuEngine::AllocateCache(int capacity) {
   }
 }
 
-StatusOr<HostKvCache*> CpuEngine::AsHostCache(KvCache* cache) const {
-  auto* host = dynamic_cast<HostKvCache*>(cache);
-  if (host == nullptr) return InvalidArgument("cache: not a host KV cache made by this CPU engine's NewCache");
-  return host;
-}
-
 void CpuEngine::Embed(std::span<const int32_t> ids, Activations& a) const {
   cpu::Embedding(embed_.data(), config_.hidden_size, ids.data(), static_cast<int>(ids.size()), a.x.data());
 }
@@ -242,7 +236,7 @@ void CpuEngine::Logits(const Activations& a, int rows, float* out) const {
 StatusOr<PrefillResult> CpuEngine::RunPrefill(std::span<const int32_t> ids, const PrefillOptions& options,
                                               KvCache* cache, PrefillObserver* observer) {
   const Clock::time_point start = Clock::now();
-  SEER_ASSIGN_OR_RETURN(HostKvCache * kv, AsHostCache(cache));
+  HostKvCache* kv = AsHostCache(cache);
   const int L = static_cast<int>(ids.size());
 
   std::optional<Activations> act;
@@ -301,7 +295,7 @@ StatusOr<PrefillResult> CpuEngine::RunPrefill(std::span<const int32_t> ids, cons
 }
 
 Status CpuEngine::RunDecodeStep(int32_t token, KvCache* cache, std::vector<float>* logits) {
-  SEER_ASSIGN_OR_RETURN(HostKvCache * kv, AsHostCache(cache));
+  HostKvCache* kv = AsHostCache(cache);
   const int pos = kv->length();
   Activations a(config_, 1);
   a.positions[0] = pos;

@@ -38,6 +38,9 @@ class CpuEngine final : public Engine {
   StatusOr<PrefillResult> RunPrefill(std::span<const int32_t> ids, const PrefillOptions& options, KvCache* cache,
                                      PrefillObserver* observer) override;
   Status RunDecodeStep(int32_t token, KvCache* cache, std::vector<float>* logits) override;
+  bool OwnsCacheType(const KvCache& cache) const override {
+    return dynamic_cast<const HostKvCache*>(&cache) != nullptr;
+  }
 
  private:
   // Float32 weights of one layer. *_t are HF Linear weights transposed to
@@ -55,8 +58,8 @@ class CpuEngine final : public Engine {
 
   CpuEngine() = default;
 
-  // The cache as this engine's HostKvCache (the base checked its layout).
-  StatusOr<HostKvCache*> AsHostCache(KvCache* cache) const;
+  // The cache as this engine's HostKvCache (the base checked its type and layout).
+  static HostKvCache* AsHostCache(KvCache* cache) { return static_cast<HostKvCache*>(cache); }
 
   // The stages. Embedding rows of `ids` into a.x.
   void Embed(std::span<const int32_t> ids, Activations& a) const;

@@ -101,12 +101,16 @@ class CudaEngine final : public Engine {
   // Samples on the device (kernels/sampling/sampling.h): 4 bytes come back
   // instead of the [vocab] logits.
   StatusOr<int32_t> RunDecodeAndSample(int32_t token, KvCache* cache, Sampler* sampler) override;
+  bool OwnsCacheType(const KvCache& cache) const override {
+    return dynamic_cast<const DeviceKvCache*>(&cache) != nullptr;
+  }
 
  private:
   // The forward pass of one decode token, leaving its logits in decode_.logits;
   // the caller sets the cache length once the step is done.
   Status DecodeForward(int32_t token, DeviceKvCache* cache);
-  StatusOr<DeviceKvCache*> AsDeviceCache(KvCache* cache) const;
+  // The cache as this engine's DeviceKvCache (the base checked its type and layout).
+  static DeviceKvCache* AsDeviceCache(KvCache* cache) { return static_cast<DeviceKvCache*>(cache); }
   Status EnsureWorkspace(const PrefillPlan& plan);
   // A layer's compute time and density, once its end event has completed.
   Status LayerStats(int layer, bool sparse, int64_t causal_per_head, double* seconds, double* density) const;
@@ -198,12 +202,6 @@ Status CudaEngine::Init() {
   return OkStatus();
 }
 
-StatusOr<DeviceKvCache*> CudaEngine::AsDeviceCache(KvCache* cache) const {
-  auto* dev = dynamic_cast<DeviceKvCache*>(cache);
-  if (dev == nullptr) return InvalidArgument("the CUDA engine needs a KV cache from its own NewCache");
-  return dev;
-}
-
 StatusOr<std::unique_ptr<KvCache>> CudaEngine::AllocateCache(int capacity) {
   SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   const size_t kv = DeviceKvCache::BytesFor(config_.num_layers, config_.num_kv_heads, config_.head_dim, capacity);
@@ -285,7 +283,7 @@ StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, con
                                                KvCache* cache_in, PrefillObserver* observer) {
   const Clock::time_point t_begin = Clock::now();
   SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
-  SEER_ASSIGN_OR_RETURN(DeviceKvCache * cache, AsDeviceCache(cache_in));
+  DeviceKvCache* cache = AsDeviceCache(cache_in);
 
   // Everything is checked and every buffer reserved before the first launch.
   const int L = static_cast<int>(ids.size());
@@ -401,7 +399,7 @@ StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, con
 }
 
 Status CudaEngine::RunDecodeStep(int32_t token, KvCache* cache_in, std::vector<float>* logits) {
-  SEER_ASSIGN_OR_RETURN(DeviceKvCache * cache, AsDeviceCache(cache_in));
+  DeviceKvCache* cache = AsDeviceCache(cache_in);
   SEER_RETURN_IF_ERROR(DecodeForward(token, cache));
   logits->resize(config_.vocab_size);
   SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(logits->data(), decode_.logits, sizeof(float) * config_.vocab_size,
@@ -412,7 +410,7 @@ Status CudaEngine::RunDecodeStep(int32_t token, KvCache* cache_in, std::vector<f
 }
 
 StatusOr<int32_t> CudaEngine::RunDecodeAndSample(int32_t token, KvCache* cache_in, Sampler* sampler) {
-  SEER_ASSIGN_OR_RETURN(DeviceKvCache * cache, AsDeviceCache(cache_in));
+  DeviceKvCache* cache = AsDeviceCache(cache_in);
   const SamplingParams& sp = sampler->params();
   if (sp.temperature > 0.0 && sample_scratch_.empty()) {
     SEER_ASSIGN_OR_RETURN(sample_scratch_, DeviceBuffer::Allocate(cuda::SampleScratchBytes(config_.vocab_size),

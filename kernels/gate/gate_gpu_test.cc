@@ -352,9 +352,8 @@ TEST_F(GateGpuTest, RejectsBadParams) {
   EXPECT_EQ(cuda::RunGateKernels(p, nullptr), cudaErrorInvalidValue) << "hidden != D without q_weight";
   p.hidden = 64;
   EXPECT_EQ(cuda::RunGateKernels(p, nullptr), cudaErrorInvalidValue) << "null pointers";
-  p.mode = SparsityMode::kNzRatio;
-  p.nz_ratio = 0.0;
-  EXPECT_EQ(cuda::GateWorkspaceBytes(p), 0u) << "nz_ratio 0";
+  // The selection's ranges are not the kernel's to check: a SparsityConfig is
+  // valid by construction (engine/model/sparsity.h, tested there).
 }
 
 }  // namespace
