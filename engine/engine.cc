@@ -80,6 +80,10 @@ StatusOr<PrefillResult> Engine::Prefill(std::span<const int32_t> ids, const Pref
 
 Status Engine::CheckDecode(int32_t token, const KvCache* cache) const {
   SEER_RETURN_IF_ERROR(CheckCache(cache, "decode"));
+  return CheckNextPosition(token, cache);
+}
+
+Status Engine::CheckNextPosition(int32_t token, const KvCache* cache) const {
   SEER_RETURN_IF_ERROR(CheckTokenIds(std::span<const int32_t>(&token, 1), config().vocab_size, "token"));
   const int pos = cache->length();
   if (pos >= config().max_position_embeddings) {
@@ -108,6 +112,102 @@ StatusOr<int32_t> Engine::RunDecodeAndSample(int32_t token, KvCache* cache, Samp
   std::vector<float> logits;
   SEER_RETURN_IF_ERROR(RunDecodeStep(token, cache, &logits));
   return sampler->Sample(logits);
+}
+
+Status Engine::EnablePagedDecode(const PagedDecodeOptions& o) {
+  return Exclusive([&]() -> Status {
+    if (page_pool_ != nullptr) return FailedPrecondition("paged decode is already enabled");
+    if (o.page_tokens < 16 || o.page_tokens > 1024 || o.page_tokens % 16 != 0) {
+      return InvalidArgument("--kv-page-tokens: " + Str(o.page_tokens) + " must be a multiple of 16 in [16, 1024]");
+    }
+    if (o.max_batch < 1 || o.max_batch > 1024) {
+      return InvalidArgument("--max-batch: " + Str(o.max_batch) + " is out of range [1, 1024]");
+    }
+    if (o.pool_bytes < 0 || !(o.pool_fraction > 0.0 && o.pool_fraction <= 1.0)) {
+      return InvalidArgument("--kv-pool: bytes must be >= 0 and a fraction in (0, 1]");
+    }
+    const ModelConfig& c = config();
+    PageLayout layout;
+    SEER_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> probe, AllocateCache(1));
+    layout.kv = probe->layout();
+    probe.reset();
+    layout.page_tokens = o.page_tokens;
+    int64_t budget = o.pool_bytes;
+    if (budget == 0) {
+      SEER_ASSIGN_OR_RETURN(budget, PoolBudgetBytes(o.pool_fraction));
+    }
+    const int64_t pages = budget / static_cast<int64_t>(layout.PageBytes());
+    const int per_sequence = layout.PagesFor(c.max_position_embeddings);
+    if (pages < 1) {
+      return ResourceExhausted("--kv-pool: " + Str(budget) + " bytes hold no page of " +
+                               Str(static_cast<int64_t>(layout.PageBytes())) + " bytes");
+    }
+    if (pages > 0x7fffffff) return InvalidArgument("--kv-pool: " + Str(pages) + " pages exceed 2^31 - 1");
+    SEER_ASSIGN_OR_RETURN(page_pool_, CreatePagePool(layout, static_cast<int>(pages)));
+    max_decode_batch_ = o.max_batch;
+    (void)per_sequence;  // a pool smaller than one full-length sequence still serves shorter ones
+    return PreparePagedDecode(o.max_batch);
+  });
+}
+
+StatusOr<std::unique_ptr<KvCache>> Engine::NewPagedCache(int capacity) {
+  if (page_pool_ == nullptr) return FailedPrecondition("paged decode is not enabled on this engine");
+  const int max_positions = config().max_position_embeddings;
+  if (capacity < 1 || capacity > max_positions) {
+    return InvalidArgument("KV cache capacity " + Str(capacity) + " is out of range [1, " + Str(max_positions) +
+                           "] (the model's max_position_embeddings)");
+  }
+  SEER_ASSIGN_OR_RETURN(std::unique_ptr<PagedKvCache> cache, PagedKvCache::Create(page_pool_.get(), capacity));
+  return std::unique_ptr<KvCache>(std::move(cache));
+}
+
+StatusOr<std::unique_ptr<KvCache>> Engine::NewPagedCacheWhenFree(int capacity,
+                                                                 const std::function<Status()>& cancelled) {
+  if (page_pool_ == nullptr) return FailedPrecondition("paged decode is not enabled on this engine");
+  const int max_positions = config().max_position_embeddings;
+  if (capacity < 1 || capacity > max_positions) {
+    return InvalidArgument("KV cache capacity " + Str(capacity) + " is out of range [1, " + Str(max_positions) +
+                           "] (the model's max_position_embeddings)");
+  }
+  SEER_ASSIGN_OR_RETURN(std::unique_ptr<PagedKvCache> cache,
+                        PagedKvCache::CreateWhenFree(page_pool_.get(), capacity, cancelled));
+  return std::unique_ptr<KvCache>(std::move(cache));
+}
+
+Status Engine::DecodeBatch(std::span<const DecodeSeq> seqs, std::span<int32_t> next) {
+  if (page_pool_ == nullptr) return FailedPrecondition("decode batch: paged decode is not enabled on this engine");
+  if (seqs.empty() || static_cast<int>(seqs.size()) > max_decode_batch_) {
+    return InvalidArgument("decode batch: " + Str(static_cast<int64_t>(seqs.size())) +
+                           " sequences, need 1 to " + Str(max_decode_batch_) + " (--max-batch)");
+  }
+  if (next.size() != seqs.size()) return InvalidArgument("decode batch: one output per sequence");
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    const DecodeSeq& s = seqs[i];
+    const auto* paged = dynamic_cast<const PagedKvCache*>(s.cache);
+    if (paged == nullptr || paged->pool() != page_pool_.get()) {
+      return InvalidArgument("decode batch: sequence " + Str(static_cast<int64_t>(i)) +
+                             ": the cache is not from this engine's NewPagedCache");
+    }
+    if (s.sampler == nullptr) return InvalidArgument("decode batch: sequence " + Str(static_cast<int64_t>(i)) + ": null sampler");
+    SEER_RETURN_IF_ERROR(
+        CheckNextPosition(s.token, s.cache).WithContext("decode batch: sequence " + Str(static_cast<int64_t>(i))));
+    for (size_t j = 0; j < i; ++j) {
+      if (seqs[j].cache == s.cache) {
+        return InvalidArgument("decode batch: sequences " + Str(static_cast<int64_t>(j)) + " and " +
+                               Str(static_cast<int64_t>(i)) + " share a cache");
+      }
+    }
+  }
+  return Exclusive([&] { return RunDecodeBatch(seqs, next); });
+}
+
+StatusOr<std::unique_ptr<PagePool>> Engine::CreatePagePool(const PageLayout&, int) {
+  return Unimplemented(device_name() + " has no paged decode");
+}
+StatusOr<int64_t> Engine::PoolBudgetBytes(double) { return Unimplemented(device_name() + " has no paged decode"); }
+Status Engine::PreparePagedDecode(int) { return Unimplemented(device_name() + " has no paged decode"); }
+Status Engine::RunDecodeBatch(std::span<const DecodeSeq>, std::span<int32_t>) {
+  return Unimplemented(device_name() + " has no paged decode");
 }
 
 StatusOr<std::unique_ptr<Engine>> CreateEngine(const EngineOptions& options) {

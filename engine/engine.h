@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -20,6 +21,7 @@
 
 #include "base/status.h"
 #include "engine/kv/kv_cache.h"
+#include "engine/kv/page_pool.h"
 #include "engine/model/gates.h"
 #include "engine/model/model_config.h"
 #include "engine/model/sparsity.h"
@@ -62,6 +64,25 @@ struct PrefillResult {
   double seconds = 0.0;
 };
 
+// Batched decode over a paged KV cache (continuous batching; the decode
+// worker's path). The pool is sized once, when paged decode is enabled.
+struct PagedDecodeOptions {
+  int page_tokens = 64;
+  // The pool: pool_bytes when > 0, else pool_fraction of the memory free
+  // after the weights (the device's for CUDA, the host's for the CPU).
+  int64_t pool_bytes = 0;
+  double pool_fraction = 0.5;
+  int max_batch = 64;  // sequences per step
+};
+
+// One sequence of a batched decode step: `token` goes in at position
+// cache->length(); `sampler` draws the token after it.
+struct DecodeSeq {
+  KvCache* cache = nullptr;  // from NewPagedCache
+  int32_t token = 0;
+  Sampler* sampler = nullptr;
+};
+
 // Every id in [0, vocab_size): a bad one is INVALID_ARGUMENT naming
 // `field`[i], its value and the range.
 Status CheckTokenIds(std::span<const int32_t> ids, int vocab_size, std::string_view field);
@@ -96,6 +117,26 @@ class Engine {
   // may sample where the logits are.
   StatusOr<int32_t> DecodeAndSample(int32_t token, KvCache* cache, Sampler* sampler);
 
+  // Creates the page pool for batched decode. Once per engine:
+  // FAILED_PRECONDITION the second time; RESOURCE_EXHAUSTED when the pool
+  // would not hold one sequence of max_position_embeddings.
+  Status EnablePagedDecode(const PagedDecodeOptions& options);
+  // Null until EnablePagedDecode.
+  PagePool* page_pool() const { return page_pool_.get(); }
+  int max_decode_batch() const { return max_decode_batch_; }
+
+  // A paged cache for up to `capacity` positions, every page reserved now:
+  // RESOURCE_EXHAUSTED when the pool lacks them. The WhenFree form waits for
+  // them (until `cancelled` returns an error).
+  StatusOr<std::unique_ptr<KvCache>> NewPagedCache(int capacity);
+  StatusOr<std::unique_ptr<KvCache>> NewPagedCacheWhenFree(int capacity, const std::function<Status()>& cancelled);
+
+  // One decode step for 1 to max_decode_batch() sequences, each with its own
+  // cache, position and sampler: next[i] is the token sampled after
+  // seqs[i].token (exactly as DecodeAndSample would give it alone: a
+  // sequence's result never depends on the rest of the batch).
+  Status DecodeBatch(std::span<const DecodeSeq> seqs, std::span<int32_t> next);
+
   // Runs `fn` with the engine to itself: the calls it makes do not interleave
   // with other threads' calls.
   template <typename Fn>
@@ -115,14 +156,29 @@ class Engine {
   virtual StatusOr<int32_t> RunDecodeAndSample(int32_t token, KvCache* cache, Sampler* sampler);
   // Whether `cache` is of this backend's kind (made by its AllocateCache).
   virtual bool OwnsCacheType(const KvCache& cache) const = 0;
+  // Paged decode (a backend without it keeps these defaults, UNIMPLEMENTED).
+  // The backend's page storage for `pages` pages of `layout`, and the bytes
+  // it may use when options.pool_bytes is 0.
+  virtual StatusOr<std::unique_ptr<PagePool>> CreatePagePool(const PageLayout& layout, int pages);
+  virtual StatusOr<int64_t> PoolBudgetBytes(double fraction);
+  // Called once, after the pool exists: buffers for max_batch rows.
+  virtual Status PreparePagedDecode(int max_batch);
+  // The step, with every sequence checked (paged caches of this pool,
+  // tokens in range, room in the cache, distinct caches).
+  virtual Status RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int32_t> next);
 
  private:
   // A cache this engine can use: non-null and with the model's layout.
   Status CheckCache(const KvCache* cache, const char* call) const;
-  // The next position of a decode step: in range and with room in the cache.
+  // A decode step's cache (CheckCache) and its next position (CheckNextPosition).
   Status CheckDecode(int32_t token, const KvCache* cache) const;
+  // The token is in the vocabulary and the next position is below
+  // max_position_embeddings and within the cache's capacity.
+  Status CheckNextPosition(int32_t token, const KvCache* cache) const;
 
   std::recursive_mutex mu_;
+  std::unique_ptr<PagePool> page_pool_;
+  int max_decode_batch_ = 0;
 };
 
 struct EngineOptions {

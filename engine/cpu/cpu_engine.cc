@@ -12,7 +12,9 @@
 #include "engine/model/checkpoint.h"
 #include "kernels/common/block_lists.h"
 #include "kernels/attention/attention_cpu.h"
+#include "kernels/common/parallel.h"
 #include "kernels/ops/ops_cpu.h"
+#include "kernels/paged_kv/paged_kv_cpu.h"
 
 namespace seer {
 namespace {
@@ -209,6 +211,45 @@ void CpuEngine::Attention(int layer, Activations& a, const HostKvCache& cache, c
   }
 }
 
+namespace {
+
+cpu::PagedShape PagedShapeOf(const ModelConfig& c, const PagePool& pool, float scale) {
+  cpu::PagedShape s;
+  s.num_heads = c.num_heads;
+  s.num_kv_heads = c.num_kv_heads;
+  s.head_dim = c.head_dim;
+  s.page_tokens = pool.layout().page_tokens;
+  s.scale = scale;
+  return s;
+}
+
+const std::vector<int32_t>& PagesOf(const DecodeSeq& s) { return static_cast<const PagedKvCache*>(s.cache)->pages(); }
+
+}  // namespace
+
+void CpuEngine::RopeAndCachePaged(int layer, Activations& a, std::span<const DecodeSeq> seqs,
+                                  HostPagePool* pool) const {
+  const int D = config_.head_dim, Hkv = config_.num_kv_heads;
+  cpu::ApplyRope(a.q.data(), a.rows, config_.num_heads, D, a.positions.data(), inv_freq_.data());
+  cpu::ApplyRope(a.k.data(), a.rows, Hkv, D, a.positions.data(), inv_freq_.data());
+  const cpu::PagedShape s = PagedShapeOf(config_, *pool, attention_scale_);
+  for (int r = 0; r < a.rows; ++r) {
+    const size_t row = static_cast<size_t>(r) * Hkv * D;
+    cpu::WriteKvPaged(s, a.k.data() + row, a.v.data() + row, PagesOf(seqs[r]).data(), a.positions[r], pool->k(layer),
+                      pool->v(layer));
+  }
+}
+
+void CpuEngine::AttentionPaged(int layer, Activations& a, std::span<const DecodeSeq> seqs,
+                               const HostPagePool& pool) const {
+  const cpu::PagedShape s = PagedShapeOf(config_, pool, attention_scale_);
+  const size_t row = static_cast<size_t>(config_.num_heads) * config_.head_dim;
+  cpu::ParallelFor(a.rows, threads_, [&](int r) {
+    cpu::PagedDecodeAttention(s, a.q.data() + r * row, pool.k(layer), pool.v(layer), PagesOf(seqs[r]).data(),
+                              a.positions[r] + 1, a.attn.data() + r * row);
+  });
+}
+
 void CpuEngine::OutputAndMlp(int layer, Activations& a) const {
   const LayerWeights& w = layers_[layer];
   const int H = config_.hidden_size, I = config_.intermediate_size;
@@ -309,6 +350,43 @@ Status CpuEngine::RunDecodeStep(int32_t token, KvCache* cache, std::vector<float
   logits->resize(config_.vocab_size);
   Logits(a, 1, logits->data());
   kv->set_length(pos + 1);
+  return OkStatus();
+}
+
+StatusOr<std::unique_ptr<PagePool>> CpuEngine::CreatePagePool(const PageLayout& layout, int pages) {
+  SEER_ASSIGN_OR_RETURN(std::unique_ptr<HostPagePool> pool, HostPagePool::Create(layout, pages));
+  return std::unique_ptr<PagePool>(std::move(pool));
+}
+
+StatusOr<int64_t> CpuEngine::PoolBudgetBytes(double fraction) {
+  const double available = double(sysconf(_SC_AVPHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
+  if (!(available > 0)) return Internal("cannot read the host's available memory (sysconf)");
+  return static_cast<int64_t>(available * fraction);
+}
+
+Status CpuEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int32_t> next) {
+  auto* pool = static_cast<HostPagePool*>(page_pool());
+  const int B = static_cast<int>(seqs.size());
+  Activations a(config_, B);
+  std::vector<int32_t> ids(B);
+  for (int r = 0; r < B; ++r) {
+    ids[r] = seqs[r].token;
+    a.positions[r] = seqs[r].cache->length();
+  }
+  Embed(ids, a);
+  for (int layer = 0; layer < config_.num_layers; ++layer) {
+    AttentionInputs(layer, a);
+    RopeAndCachePaged(layer, a, seqs, pool);
+    AttentionPaged(layer, a, seqs, *pool);
+    OutputAndMlp(layer, a);
+  }
+  std::vector<float> logits(static_cast<size_t>(B) * config_.vocab_size);
+  Logits(a, B, logits.data());
+  for (int r = 0; r < B; ++r) {
+    next[r] = seqs[r].sampler->Sample(
+        std::span<const float>(logits.data() + static_cast<size_t>(r) * config_.vocab_size, config_.vocab_size));
+    seqs[r].cache->set_length(a.positions[r] + 1);
+  }
   return OkStatus();
 }
 

@@ -41,6 +41,10 @@ class CpuEngine final : public Engine {
   bool OwnsCacheType(const KvCache& cache) const override {
     return dynamic_cast<const HostKvCache*>(&cache) != nullptr;
   }
+  StatusOr<std::unique_ptr<PagePool>> CreatePagePool(const PageLayout& layout, int pages) override;
+  StatusOr<int64_t> PoolBudgetBytes(double fraction) override;
+  Status PreparePagedDecode(int /*max_batch*/) override { return OkStatus(); }
+  Status RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int32_t> next) override;
 
  private:
   // Float32 weights of one layer. *_t are HF Linear weights transposed to
@@ -71,6 +75,10 @@ class CpuEngine final : public Engine {
   // RoPE at positions a.positions on q and k, then k and v into the cache at
   // those positions.
   void RopeAndCache(int layer, Activations& a, HostKvCache* cache) const;
+  // The batched decode step's forms of RopeAndCache and Attention: row r is
+  // sequence seqs[r] at position a.positions[r], its K/V in the pool's pages.
+  void RopeAndCachePaged(int layer, Activations& a, std::span<const DecodeSeq> seqs, HostPagePool* pool) const;
+  void AttentionPaged(int layer, Activations& a, std::span<const DecodeSeq> seqs, const HostPagePool& pool) const;
   // Attention of a.q over the cache into a.attn: for a prefill pass
   // block-sparse when `gate` is given, else dense causal; for a decode step at
   // position p, keys 0..p.

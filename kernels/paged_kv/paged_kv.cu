@@ -1,0 +1,366 @@
+// Paged KV: the batched decode attention (flash-decoding over pages) and the
+// copies into and out of pages. Layouts and the batch-invariance rule:
+// kernels/paged_kv/paged_kv.h; CPU twins: kernels/paged_kv/paged_kv_cpu.h.
+//
+// Decode attention, in named stages. One CTA per (sequence, KV head, group
+// slice, key split) takes every query head of its GQA group slice at once,
+// so each K/V byte is read from memory once per step, not once per query
+// head:
+//   load     16 bytes of K and of V per lane, D/8 lanes per key, straight
+//            from the page that holds the key;
+//   score    q . k per head, reduced across the key's lanes by shuffles;
+//   softmax  online, float32, exp2 with the scale folded into log2(e);
+//   merge    lanes, then warps, then (when a sequence has several splits)
+//            the combine kernel across splits.
+
+#include "kernels/paged_kv/paged_kv.h"
+
+#include <cstdint>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "kernels/arch/sm80_mma.cuh"
+#include "kernels/common/check.h"
+#include "kernels/common/dispatch.h"
+#include "kernels/common/elem_type.h"
+
+namespace seer::cuda {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr int kWarps = 4;
+constexpr int kMaxHeadsPerCta = 8;
+
+template <typename T>
+__device__ __forceinline__ void Unpack8(const uint4& raw, float (&f)[8]) {
+  const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) f[i] = static_cast<float>(e[i]);
+}
+
+// Merges (mb, lb, ob) into (ma, la, oa); maxima in the log2 domain.
+__device__ __forceinline__ void Merge(float& ma, float& la, float (&oa)[8], float mb, float lb, const float (&ob)[8]) {
+  const float m = fmaxf(ma, mb);
+  const float m_use = m == -INFINITY ? 0.0f : m;
+  const float ca = ptx::Exp2(ma - m_use);
+  const float cb = ptx::Exp2(mb - m_use);
+  la = la * ca + lb * cb;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) oa[i] = oa[i] * ca + ob[i] * cb;
+  ma = m;
+}
+
+struct Partial {
+  float o[8];
+  float max;
+  float sum;
+};
+
+__host__ __device__ inline int SplitsFor(int context) { return context <= 0 ? 1 : (context + kPagedKeysPerSplit - 1) / kPagedKeysPerSplit; }
+
+// partial: [B, Hq, max_splits, kHeadDim + 2] (O, then max and sum).
+template <int kHeadDim, int kHeads, typename T>
+__global__ void __launch_bounds__(kWarps * 32)
+    PagedSplitKernel(const PagedAttentionParams p, float scale_log2, int max_splits, float* partial) {
+  constexpr int kLanesPerKey = kHeadDim / 8;
+  constexpr int kKeysPerStep = 32 / kLanesPerKey;
+  const int slices_per_kv = (p.num_heads / p.num_kv_heads) / kHeads;
+  const int b = blockIdx.x / (p.num_kv_heads * slices_per_kv);
+  const int rest = blockIdx.x % (p.num_kv_heads * slices_per_kv);
+  const int kvh = rest / slices_per_kv;
+  const int h0 = kvh * (p.num_heads / p.num_kv_heads) + (rest % slices_per_kv) * kHeads;
+  const int split = blockIdx.y;
+  const int context = p.context_lens[b];
+  const int key_begin = split * kPagedKeysPerSplit;
+  if (key_begin >= context) return;  // past this sequence's keys
+  const int key_end = min(context, key_begin + kPagedKeysPerSplit);
+  const int splits = SplitsFor(context);
+
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int sub = lane / kLanesPerKey;
+  const int chunk = lane % kLanesPerKey;
+
+  float qv[kHeads][8];
+#pragma unroll
+  for (int g = 0; g < kHeads; ++g) {
+    const T* q = static_cast<const T*>(p.q) + (static_cast<int64_t>(b) * p.num_heads + h0 + g) * kHeadDim + chunk * 8;
+    Unpack8<T>(*reinterpret_cast<const uint4*>(q), qv[g]);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) qv[g][i] *= scale_log2;
+  }
+  float m[kHeads], l[kHeads], acc[kHeads][8];
+#pragma unroll
+  for (int g = 0; g < kHeads; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) acc[g][i] = 0.0f;
+  }
+
+  const int32_t* table = p.block_tables + static_cast<int64_t>(b) * p.max_pages_per_seq;
+  const T* k_pages = static_cast<const T*>(p.k_pages);
+  const T* v_pages = static_cast<const T*>(p.v_pages);
+  // The loop bound is uniform across the warp (the shuffles need every lane).
+  for (int base = key_begin + warp * kKeysPerStep; base < key_end; base += kWarps * kKeysPerStep) {
+    const int j = base + sub;
+    const bool valid = j < key_end;
+    float kv[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    float vv[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    if (valid) {
+      const int64_t at =
+          ((static_cast<int64_t>(table[j / p.page_tokens]) * p.num_kv_heads + kvh) * p.page_tokens +
+           j % p.page_tokens) * kHeadDim + chunk * 8;
+      Unpack8<T>(*reinterpret_cast<const uint4*>(k_pages + at), kv);
+      Unpack8<T>(*reinterpret_cast<const uint4*>(v_pages + at), vv);
+    }
+#pragma unroll
+    for (int g = 0; g < kHeads; ++g) {
+      float s = 0.0f;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) s = fmaf(qv[g][i], kv[i], s);
+#pragma unroll
+      for (int off = kLanesPerKey / 2; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
+      if (!valid) s = -INFINITY;
+      const float m_new = fmaxf(m[g], s);
+      const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+      const float correction = ptx::Exp2(m[g] - m_use);
+      const float prob = ptx::Exp2(s - m_use);
+      l[g] = l[g] * correction + prob;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[g][i] = fmaf(acc[g][i], correction, prob * vv[i]);
+      m[g] = m_new;
+    }
+  }
+
+  // Lanes holding the same chunk of different keys, then warps.
+#pragma unroll
+  for (int g = 0; g < kHeads; ++g) {
+#pragma unroll
+    for (int off = kLanesPerKey; off < 32; off *= 2) {
+      float ob[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) ob[i] = __shfl_xor_sync(0xffffffffu, acc[g][i], off);
+      const float mb = __shfl_xor_sync(0xffffffffu, m[g], off);
+      const float lb = __shfl_xor_sync(0xffffffffu, l[g], off);
+      Merge(m[g], l[g], acc[g], mb, lb, ob);
+    }
+  }
+  __shared__ Partial warp_part[kWarps][kHeads][kLanesPerKey];
+  if (lane < kLanesPerKey) {
+#pragma unroll
+    for (int g = 0; g < kHeads; ++g) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) warp_part[warp][g][lane].o[i] = acc[g][i];
+      warp_part[warp][g][lane].max = m[g];
+      warp_part[warp][g][lane].sum = l[g];
+    }
+  }
+  __syncthreads();
+  if (warp != 0 || lane >= kLanesPerKey) return;
+#pragma unroll
+  for (int g = 0; g < kHeads; ++g) {
+    for (int w = 1; w < kWarps; ++w) {
+      Merge(m[g], l[g], acc[g], warp_part[w][g][lane].max, warp_part[w][g][lane].sum, warp_part[w][g][lane].o);
+    }
+    const int h = h0 + g;
+    if (splits == 1) {
+      const float inv = l[g] > 0.0f ? 1.0f / l[g] : 0.0f;
+      T* dst = static_cast<T*>(p.out) + (static_cast<int64_t>(b) * p.num_heads + h) * kHeadDim + chunk * 8;
+#pragma unroll
+      for (int i = 0; i < 8; i += 2) {
+        *reinterpret_cast<uint32_t*>(dst + i) = ptx::PackPair<T>(acc[g][i] * inv, acc[g][i + 1] * inv);
+      }
+      continue;
+    }
+    float* dst = partial + ((static_cast<int64_t>(b) * p.num_heads + h) * max_splits + split) * (kHeadDim + 2);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) dst[chunk * 8 + i] = acc[g][i];
+    if (chunk == 0) {
+      dst[kHeadDim] = m[g];
+      dst[kHeadDim + 1] = l[g];
+    }
+  }
+}
+
+// One CTA per (sequence, head): merges the sequence's own splits in order;
+// writes zeros for an empty sequence. A single-split sequence was written by
+// the split kernel.
+template <int kHeadDim, typename T>
+__global__ void PagedCombineKernel(const PagedAttentionParams p, const float* partial, int max_splits) {
+  const int bh = blockIdx.x;
+  const int b = bh / p.num_heads;
+  const int d = threadIdx.x;
+  const int context = p.context_lens[b];
+  T* out = static_cast<T*>(p.out) + static_cast<int64_t>(bh) * kHeadDim;
+  if (context <= 0) {
+    out[d] = static_cast<T>(0.0f);
+    return;
+  }
+  const int splits = SplitsFor(context);
+  if (splits == 1) return;
+  const float* part = partial + static_cast<int64_t>(bh) * max_splits * (kHeadDim + 2);
+  float m = -INFINITY;
+  for (int s = 0; s < splits; ++s) m = fmaxf(m, part[s * (kHeadDim + 2) + kHeadDim]);
+  const float m_use = m == -INFINITY ? 0.0f : m;
+  float l = 0.0f;
+  float o = 0.0f;
+  for (int s = 0; s < splits; ++s) {
+    const float* ps = part + s * (kHeadDim + 2);
+    const float c = ptx::Exp2(ps[kHeadDim] - m_use);
+    l += ps[kHeadDim + 1] * c;
+    o += ps[d] * c;
+  }
+  out[d] = static_cast<T>(l > 0.0f ? o / l : 0.0f);
+}
+
+template <int kHeadDim, int kHeads, typename T>
+cudaError_t LaunchPaged(const PagedAttentionParams& p, cudaStream_t stream) {
+  const int max_splits = SplitsFor(p.max_context);
+  const int slices = (p.num_heads / p.num_kv_heads) / kHeads;
+  const dim3 grid(p.batch * p.num_kv_heads * slices, max_splits);
+  float* partial = static_cast<float*>(p.workspace);
+  PagedSplitKernel<kHeadDim, kHeads, T><<<grid, kWarps * 32, 0, stream>>>(p, p.scale * kLog2e, max_splits, partial);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  PagedCombineKernel<kHeadDim, T><<<p.batch * p.num_heads, kHeadDim, 0, stream>>>(p, partial, max_splits);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return cudaSuccess;
+}
+
+// Heads per CTA: the whole GQA group up to kMaxHeadsPerCta.
+template <int kHeadDim, typename T>
+cudaError_t DispatchGroup(const PagedAttentionParams& p, cudaStream_t stream) {
+  const int group = p.num_heads / p.num_kv_heads;
+  switch (group) {
+    case 1: return LaunchPaged<kHeadDim, 1, T>(p, stream);
+    case 2: return LaunchPaged<kHeadDim, 2, T>(p, stream);
+    case 4: return LaunchPaged<kHeadDim, 4, T>(p, stream);
+    default: break;
+  }
+  if (group % kMaxHeadsPerCta == 0) return LaunchPaged<kHeadDim, kMaxHeadsPerCta, T>(p, stream);
+  return cudaErrorInvalidValue;
+}
+
+// One thread per 16 bytes of a token row of one head.
+template <typename Fn>
+__global__ void ForEachChunk(int rows, int chunks_per_row, Fn fn) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= static_cast<int64_t>(rows) * chunks_per_row) return;
+  fn(static_cast<int>(i / chunks_per_row), static_cast<int>(i % chunks_per_row));
+}
+
+template <typename Fn>
+cudaError_t LaunchChunks(int rows, int chunks_per_row, Fn fn, cudaStream_t stream) {
+  const int64_t total = static_cast<int64_t>(rows) * chunks_per_row;
+  if (total == 0) return cudaSuccess;
+  const int threads = 256;
+  ForEachChunk<<<static_cast<unsigned>((total + threads - 1) / threads), threads, 0, stream>>>(rows, chunks_per_row,
+                                                                                               fn);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return cudaSuccess;
+}
+
+__device__ __forceinline__ int64_t PageElem(int32_t page, int head, int offset, int num_kv_heads, int page_tokens,
+                                            int head_dim) {
+  return ((static_cast<int64_t>(page) * num_kv_heads + head) * page_tokens + offset) * head_dim;
+}
+
+bool ValidPageShape(int num_kv_heads, int head_dim, int page_tokens) {
+  return num_kv_heads > 0 && head_dim > 0 && head_dim % 8 == 0 && page_tokens > 0;
+}
+
+}  // namespace
+
+size_t PagedDecodeWorkspaceBytes(int batch, int num_heads, int head_dim, int max_context) {
+  if (batch <= 0 || num_heads <= 0 || head_dim <= 0) return 0;
+  return sizeof(float) * static_cast<size_t>(batch) * num_heads * SplitsFor(max_context) * (head_dim + 2);
+}
+
+cudaError_t PagedDecodeAttention(const PagedAttentionParams& p, cudaStream_t stream) {
+  if (p.batch < 0 || p.num_heads <= 0 || p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0 ||
+      p.page_tokens <= 0 || p.max_pages_per_seq <= 0 || p.max_context < 0 ||
+      static_cast<int64_t>(p.max_pages_per_seq) * p.page_tokens < p.max_context) {
+    return cudaErrorInvalidValue;
+  }
+  if (p.batch == 0) return cudaSuccess;
+  if (p.q == nullptr || p.out == nullptr || p.k_pages == nullptr || p.v_pages == nullptr ||
+      p.block_tables == nullptr || p.context_lens == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  if (SplitsFor(p.max_context) > 1 &&
+      (p.workspace == nullptr ||
+       p.workspace_bytes < PagedDecodeWorkspaceBytes(p.batch, p.num_heads, p.head_dim, p.max_context))) {
+    return cudaErrorInvalidValue;
+  }
+  // D/8 lanes share a key, so D/8 must divide the warp: 64 and 128.
+  return SEER_DISPATCH_ELEM(p.dtype, Elem, [&] {
+    switch (p.head_dim) {
+      case 64: return DispatchGroup<64, Elem>(p, stream);
+      case 128: return DispatchGroup<128, Elem>(p, stream);
+      default: return cudaErrorInvalidValue;
+    }
+  });
+}
+
+cudaError_t WriteKvPaged(const void* k, const void* v, const int32_t* positions, const int32_t* block_tables,
+                         int max_pages_per_seq, int batch, int num_kv_heads, int head_dim, int page_tokens,
+                         void* k_pages, void* v_pages, cudaStream_t stream) {
+  if (batch < 0 || !ValidPageShape(num_kv_heads, head_dim, page_tokens)) return cudaErrorInvalidValue;
+  const int chunks = head_dim / 8;
+  auto* kp = static_cast<uint4*>(k_pages);
+  auto* vp = static_cast<uint4*>(v_pages);
+  const auto* ks = static_cast<const uint4*>(k);
+  const auto* vs = static_cast<const uint4*>(v);
+  // Row r = (sequence, head).
+  return LaunchChunks(
+      batch * num_kv_heads, chunks,
+      [=] __device__(int r, int c) {
+        const int b = r / num_kv_heads;
+        const int h = r % num_kv_heads;
+        const int pos = positions[b];
+        const int32_t page = block_tables[static_cast<int64_t>(b) * max_pages_per_seq + pos / page_tokens];
+        const int64_t dst = PageElem(page, h, pos % page_tokens, num_kv_heads, page_tokens, head_dim) / 8 + c;
+        const int64_t src = static_cast<int64_t>(r) * chunks + c;
+        kp[dst] = ks[src];
+        vp[dst] = vs[src];
+      },
+      stream);
+}
+
+cudaError_t ScatterToPages(const void* src, int t0, int n, const int32_t* table, int num_kv_heads, int head_dim,
+                           int page_tokens, void* pages, cudaStream_t stream) {
+  if (t0 < 0 || n < 0 || !ValidPageShape(num_kv_heads, head_dim, page_tokens)) return cudaErrorInvalidValue;
+  const int chunks = head_dim / 8;
+  auto* dst = static_cast<uint4*>(pages);
+  const auto* s = static_cast<const uint4*>(src);
+  // Row r = (head, token i of the n).
+  return LaunchChunks(
+      num_kv_heads * n, chunks,
+      [=] __device__(int r, int c) {
+        const int h = r / n;
+        const int t = t0 + r % n;
+        dst[PageElem(table[t / page_tokens], h, t % page_tokens, num_kv_heads, page_tokens, head_dim) / 8 + c] =
+            s[static_cast<int64_t>(r) * chunks + c];
+      },
+      stream);
+}
+
+cudaError_t GatherFromPages(const void* pages, const int32_t* table, int t0, int n, int num_kv_heads, int head_dim,
+                            int page_tokens, void* dst, cudaStream_t stream) {
+  if (t0 < 0 || n < 0 || !ValidPageShape(num_kv_heads, head_dim, page_tokens)) return cudaErrorInvalidValue;
+  const int chunks = head_dim / 8;
+  const auto* src = static_cast<const uint4*>(pages);
+  auto* d = static_cast<uint4*>(dst);
+  return LaunchChunks(
+      num_kv_heads * n, chunks,
+      [=] __device__(int r, int c) {
+        const int h = r / n;
+        const int t = t0 + r % n;
+        d[static_cast<int64_t>(r) * chunks + c] =
+            src[PageElem(table[t / page_tokens], h, t % page_tokens, num_kv_heads, page_tokens, head_dim) / 8 + c];
+      },
+      stream);
+}
+
+}  // namespace seer::cuda

@@ -1,0 +1,70 @@
+// A paged KV cache on the GPU and the batched decode attention over it
+// (vLLM's PagedAttention, flash-decoding style). CPU twins:
+// kernels/paged_kv/paged_kv_cpu.h (same layouts).
+//
+// Pages. A pool holds, per layer, K pages and V pages laid out
+// [num_pages, Hkv, page_tokens, D]: one page is page_tokens consecutive
+// positions of every KV head. A sequence's block table lists its pages in
+// position order: position t lives in page table[t / page_tokens] at offset
+// t % page_tokens.
+//
+// Batch invariance. A sequence's result depends only on its own data: the
+// key split of the attention is a fixed number of positions
+// (kPagedKeysPerSplit), never derived from the batch, so a request decodes
+// the same tokens alone or in a full batch.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "kernels/common/elem_type.h"
+
+namespace seer::cuda {
+
+// Positions one CTA of the decode attention reduces before the split merge.
+inline constexpr int kPagedKeysPerSplit = 256;
+
+struct PagedAttentionParams {
+  ElemType dtype = ElemType::kBF16;
+  const void* q = nullptr;    // [B, Hq, D], after RoPE
+  void* out = nullptr;        // [B, Hq, D]
+  const void* k_pages = nullptr;  // this layer: [num_pages, Hkv, page_tokens, D]
+  const void* v_pages = nullptr;
+  const int32_t* block_tables = nullptr;  // [B, max_pages_per_seq], device
+  const int32_t* context_lens = nullptr;  // [B] keys per sequence (position + 1), device
+  int batch = 0;
+  int max_pages_per_seq = 0;
+  int max_context = 0;  // an upper bound on context_lens (sizes the grid)
+  int num_heads = 0;     // Hq
+  int num_kv_heads = 0;  // Hkv, divides Hq; Hq / Hkv in {1, 2, 4, 8, 16}
+  int head_dim = 0;      // 64 or 128
+  int page_tokens = 0;   // a multiple of 16
+  float scale = 0.0f;
+  // Split partials, at least PagedDecodeWorkspaceBytes(batch, Hq, D, max_context).
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+};
+
+size_t PagedDecodeWorkspaceBytes(int batch, int num_heads, int head_dim, int max_context);
+
+// One decode query per (sequence, head) over the sequence's pages. A
+// sequence with context_lens[b] == 0 gets zeros.
+cudaError_t PagedDecodeAttention(const PagedAttentionParams& p, cudaStream_t stream);
+
+// Writes one new token per sequence: k, v [B, Hkv, D] (token-major, as the
+// projections produce them) at positions[b] of sequence b's pages.
+cudaError_t WriteKvPaged(const void* k, const void* v, const int32_t* positions, const int32_t* block_tables,
+                         int max_pages_per_seq, int batch, int num_kv_heads, int head_dim, int page_tokens,
+                         void* k_pages, void* v_pages, cudaStream_t stream);
+
+// Copies tokens [t0, t0 + n) of one sequence between the wire layout
+// src/dst [Hkv, n, D] and its pages (`table`, device memory, at least
+// ceil((t0 + n) / page_tokens) entries). bf16 elements.
+cudaError_t ScatterToPages(const void* src, int t0, int n, const int32_t* table, int num_kv_heads, int head_dim,
+                           int page_tokens, void* pages, cudaStream_t stream);
+cudaError_t GatherFromPages(const void* pages, const int32_t* table, int t0, int n, int num_kv_heads, int head_dim,
+                            int page_tokens, void* dst, cudaStream_t stream);
+
+}  // namespace seer::cuda
