@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <memory>
@@ -18,7 +19,12 @@
 
 namespace seer::fixtures {
 
-inline std::string Path(const std::string& relative) { return std::string(SEER_FIXTURES_DIR) + "/" + relative; }
+// SEER_FIXTURES_DIR in the environment overrides the build's path (tests
+// carried to another host).
+inline std::string Path(const std::string& relative) {
+  const char* env = std::getenv("SEER_FIXTURES_DIR");
+  return std::string(env != nullptr && *env != '\0' ? env : SEER_FIXTURES_DIR) + "/" + relative;
+}
 
 inline StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& relative) {
   const std::string path = Path(relative);

@@ -12,6 +12,7 @@
 
 #include "engine/engine.h"
 #include "engine/kv/page_pool.h"
+#include "tests/batched_decode_util.h"
 #include "tests/fixture_reader.h"
 
 namespace seer {
@@ -34,110 +35,9 @@ std::unique_ptr<Engine> LoadCpu(const std::string& name, int page_tokens, int ma
   return std::move(e).value();
 }
 
-struct Request {
-  std::vector<int32_t> prompt;
-  int new_tokens = 0;
-  SamplingParams sampling;
-  int join_step = 0;  // the batch step at which it joins
-};
-
-// What a decode worker does with a request: prefill (here, locally) into a
-// contiguous cache, move the KV into a paged cache layer by layer through the
-// wire layout, sample the first token from the prefill's logits.
-struct Running {
-  std::unique_ptr<KvCache> cache;
-  std::unique_ptr<Sampler> sampler;
-  std::vector<int32_t> tokens;
-  int remaining = 0;
-};
-
-Running Start(Engine& e, const Request& r) {
-  Running run;
-  auto contiguous = e.NewCache(static_cast<int>(r.prompt.size()));
-  EXPECT_TRUE(contiguous.ok());
-  auto prefill = e.Prefill(r.prompt, PrefillOptions{}, contiguous->get(), nullptr);
-  EXPECT_TRUE(prefill.ok()) << prefill.status().ToString();
-  auto paged = e.NewPagedCache(static_cast<int>(r.prompt.size()) + r.new_tokens);
-  EXPECT_TRUE(paged.ok()) << paged.status().ToString();
-  const KvLayout& l = (*contiguous)->layout();
-  const int L = static_cast<int>(r.prompt.size());
-  std::vector<uint8_t> k(l.LayerBytes(L)), v(l.LayerBytes(L));
-  for (int layer = 0; layer < l.num_layers; ++layer) {
-    EXPECT_TRUE((*contiguous)->ReadLayer(layer, 0, L, k.data(), v.data()).ok());
-    EXPECT_TRUE((*paged)->WriteLayer(layer, 0, L, l.dtype, k.data(), v.data()).ok());
-  }
-  (*paged)->set_length(L);
-  run.cache = std::move(paged).value();
-  run.sampler = std::make_unique<Sampler>(r.sampling);
-  const int vocab = e.config().vocab_size;
-  run.tokens.push_back(run.sampler->Sample(std::span<const float>(prefill->logits.data(), vocab)));
-  run.remaining = r.new_tokens - 1;
-  return run;
-}
-
-// Steps the batch until every request has its tokens; requests join at their
-// join_step and leave when done.
-std::vector<std::vector<int32_t>> RunBatched(Engine& e, const std::vector<Request>& requests) {
-  std::vector<Running> runs(requests.size());
-  std::vector<bool> started(requests.size(), false), done(requests.size(), false);
-  for (int step = 0;; ++step) {
-    for (size_t i = 0; i < requests.size(); ++i) {
-      if (!started[i] && requests[i].join_step <= step) {
-        runs[i] = Start(e, requests[i]);
-        started[i] = true;
-        done[i] = runs[i].remaining == 0;
-        if (done[i]) runs[i].cache.reset();
-      }
-    }
-    std::vector<DecodeSeq> batch;
-    std::vector<size_t> who;
-    for (size_t i = 0; i < requests.size(); ++i) {
-      if (started[i] && !done[i]) {
-        batch.push_back({runs[i].cache.get(), runs[i].tokens.back(), runs[i].sampler.get()});
-        who.push_back(i);
-      }
-    }
-    if (batch.empty()) {
-      if (std::all_of(started.begin(), started.end(), [](bool b) { return b; })) break;
-      continue;
-    }
-    std::vector<int32_t> next(batch.size());
-    const Status s = e.DecodeBatch(batch, next);
-    EXPECT_TRUE(s.ok()) << s.ToString();
-    if (!s.ok()) break;
-    for (size_t j = 0; j < who.size(); ++j) {
-      Running& r = runs[who[j]];
-      r.tokens.push_back(next[j]);
-      if (--r.remaining == 0) {
-        done[who[j]] = true;
-        r.cache.reset();  // leaves: its pages go back at once
-      }
-    }
-  }
-  std::vector<std::vector<int32_t>> out;
-  for (Running& r : runs) out.push_back(r.tokens);
-  return out;
-}
-
-std::vector<Request> MixedRequests() {
-  // Prompts straddle the 16-token pages; decodes cross page boundaries.
-  std::vector<Request> rs;
-  const int lengths[] = {15, 16, 17, 31, 33, 5};
-  for (int i = 0; i < 6; ++i) {
-    Request r;
-    for (int t = 0; t < lengths[i]; ++t) r.prompt.push_back((7 * t + 13 * i + 1) % 100 + 1);
-    r.new_tokens = 12 + 3 * i;
-    r.join_step = (i * 5) % 11;
-    if (i % 2 == 1) {
-      r.sampling.temperature = 0.8;
-      r.sampling.top_p = 0.9;
-      r.sampling.top_k = 20;
-      r.sampling.seed = 1000 + i;
-    }
-    rs.push_back(r);
-  }
-  return rs;
-}
+using batched_test::MixedRequests;
+using batched_test::Request;
+using batched_test::RunBatched;
 
 class BatchedDecode : public ::testing::TestWithParam<const char*> {};
 

@@ -26,12 +26,15 @@
 #include "engine/cuda/cuda_status.h"
 #include "engine/cuda/device_buffer.h"
 #include "engine/cuda/device_kv_cache.h"
+#include "engine/cuda/device_page_pool.h"
 #include "engine/cuda/device_weights.h"
 #include "engine/cuda/model_runner.h"
 #include "engine/cuda/prefill_plan.h"
 #include "engine/model/checkpoint.h"
 #include "kernels/attention/attention.h"
 #include "kernels/gate/gate.h"
+#include "kernels/ops/ops.h"
+#include "kernels/paged_kv/paged_kv.h"
 #include "kernels/sampling/sampling.h"
 
 namespace seer {
@@ -104,6 +107,10 @@ class CudaEngine final : public Engine {
   bool OwnsCacheType(const KvCache& cache) const override {
     return dynamic_cast<const DeviceKvCache*>(&cache) != nullptr;
   }
+  StatusOr<std::unique_ptr<PagePool>> CreatePagePool(const PageLayout& layout, int pages) override;
+  StatusOr<int64_t> PoolBudgetBytes(double fraction) override;
+  Status PreparePagedDecode(int max_batch) override;
+  Status RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int32_t> next) override;
 
  private:
   // The forward pass of one decode token, leaving its logits in decode_.logits;
@@ -137,6 +144,18 @@ class CudaEngine final : public Engine {
   DeviceBuffer decode_attention_scratch_;  // split-K partials of DecodeAttention
   DeviceBuffer sample_scratch_;  // cuda::SampleToken's, allocated on first use
   Activations decode_;
+  // Batched decode (PreparePagedDecode). Every step runs the GEMMs on
+  // max_batch rows, whatever the batch: the same shapes give the same cuBLAS
+  // kernels, so a sequence's tokens never depend on the rest of the batch.
+  struct BatchBuffers {
+    int max_batch = 0;
+    int max_pages = 0;  // block table entries per sequence
+    DeviceBuffer workspace;
+    Activations a;
+    DeviceBuffer meta;        // int32 device: positions, context lens, next ids [max_batch], tables
+    int32_t* host = nullptr;  // pinned: ids, positions, context lens, next ids [max_batch], tables
+    DeviceBuffer attention_scratch;
+  } batch_;
   std::vector<cudaEvent_t> layer_start_, layer_end_;
   int64_t* kept_host_ = nullptr;  // pinned [layers, Hq], the gate's kept counts
 };
@@ -146,6 +165,7 @@ CudaEngine::~CudaEngine() {
   for (cudaEvent_t e : layer_start_) cudaEventDestroy(e);
   for (cudaEvent_t e : layer_end_) cudaEventDestroy(e);
   if (kept_host_ != nullptr) cudaFreeHost(kept_host_);
+  if (batch_.host != nullptr) cudaFreeHost(batch_.host);
   if (cublas_ != nullptr) cublasDestroy(cublas_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
@@ -444,6 +464,127 @@ Status CudaEngine::DecodeForward(int32_t token, DeviceKvCache* cache) {
     SEER_RETURN_IF_ERROR(run.OutputAndMlp(layer, a, 1));
   }
   return run.Logits(a, 0, 1);
+}
+
+StatusOr<std::unique_ptr<PagePool>> CudaEngine::CreatePagePool(const PageLayout& layout, int pages) {
+  SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  SEER_ASSIGN_OR_RETURN(std::unique_ptr<DevicePagePool> pool, DevicePagePool::Create(layout, pages));
+  return std::unique_ptr<PagePool>(std::move(pool));
+}
+
+StatusOr<int64_t> CudaEngine::PoolBudgetBytes(double fraction) {
+  SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  size_t free_b = 0, total_b = 0;
+  SEER_RETURN_IF_CUDA_ERROR(cudaMemGetInfo(&free_b, &total_b));
+  const double usable = free_b > kHeadroomBytes ? static_cast<double>(free_b - kHeadroomBytes) : 0.0;
+  return static_cast<int64_t>(usable * fraction);
+}
+
+Status CudaEngine::PreparePagedDecode(int max_batch) {
+  SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  BatchBuffers& b = batch_;
+  b.max_batch = max_batch;
+  b.max_pages = page_pool()->layout().PagesFor(config_.max_position_embeddings);
+  const PrefillPlan plan = PlanPrefill(config_, GateShape{}, 64, max_batch, /*all_logits=*/true);
+  SEER_ASSIGN_OR_RETURN(b.workspace, DeviceBuffer::Allocate(plan.total_bytes, "the batched decode buffers"));
+  // Rows past the batch are computed and ignored; they start as zeros.
+  SEER_RETURN_IF_CUDA_ERROR(cudaMemset(b.workspace.get(), 0, b.workspace.bytes()));
+  b.a = ActivationsIn(b.workspace, plan);
+  const size_t meta = 3 * static_cast<size_t>(max_batch) + static_cast<size_t>(max_batch) * b.max_pages;
+  SEER_ASSIGN_OR_RETURN(b.meta, DeviceBuffer::Allocate(sizeof(int32_t) * meta, "the batched decode tables"));
+  SEER_RETURN_IF_CUDA_ERROR(cudaMemset(b.meta.get(), 0, b.meta.bytes()));
+  SEER_RETURN_IF_CUDA_ERROR(
+      cudaMallocHost(reinterpret_cast<void**>(&b.host), sizeof(int32_t) * (meta + static_cast<size_t>(max_batch))));
+  std::memset(b.host, 0, sizeof(int32_t) * (meta + static_cast<size_t>(max_batch)));
+  const size_t scratch =
+      cuda::PagedDecodeWorkspaceBytes(max_batch, config_.num_heads, config_.head_dim, config_.max_position_embeddings);
+  SEER_ASSIGN_OR_RETURN(b.attention_scratch, DeviceBuffer::Allocate(scratch, "the paged attention scratch"));
+  if (sample_scratch_.empty()) {
+    SEER_ASSIGN_OR_RETURN(sample_scratch_, DeviceBuffer::Allocate(cuda::SampleScratchBytes(config_.vocab_size),
+                                                                  "decode: sampling scratch"));
+  }
+  return OkStatus();
+}
+
+Status CudaEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int32_t> next) {
+  SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  BatchBuffers& b = batch_;
+  const int B = static_cast<int>(seqs.size());
+  const int rows = b.max_batch;
+  const int mb = b.max_batch;
+  // Pinned host: ids | positions | lens | next | tables; device: positions | lens | next | tables.
+  int32_t* h_ids = b.host;
+  int32_t* h_pos = b.host + mb;
+  int32_t* h_len = b.host + 2 * mb;
+  int32_t* h_next = b.host + 3 * mb;
+  int32_t* h_tables = b.host + 4 * mb;
+  int32_t* d_pos = b.meta.as<int32_t>();
+  int32_t* d_len = d_pos + mb;
+  int32_t* d_next = d_pos + 2 * mb;
+  int32_t* d_tables = d_pos + 3 * mb;
+  int max_context = 0;
+  for (int r = 0; r < rows; ++r) {
+    h_ids[r] = r < B ? seqs[r].token : 0;
+    h_pos[r] = r < B ? seqs[r].cache->length() : 0;
+    h_len[r] = r < B ? h_pos[r] + 1 : 0;
+    max_context = std::max(max_context, h_len[r]);
+  }
+  for (int r = 0; r < B; ++r) {
+    const std::vector<int32_t>& pages = static_cast<const PagedKvCache*>(seqs[r].cache)->pages();
+    std::copy(pages.begin(), pages.end(), h_tables + static_cast<size_t>(r) * b.max_pages);
+  }
+  const Activations& a = b.a;
+  SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(a.ids, h_ids, sizeof(int32_t) * rows, cudaMemcpyHostToDevice, stream_));
+  SEER_RETURN_IF_CUDA_ERROR(
+      cudaMemcpyAsync(d_pos, h_pos, sizeof(int32_t) * 2 * mb, cudaMemcpyHostToDevice, stream_));
+  SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(d_tables, h_tables, sizeof(int32_t) * static_cast<size_t>(B) * b.max_pages,
+                                            cudaMemcpyHostToDevice, stream_));
+  PagedBatch pb;
+  pb.batch = B;
+  pb.positions = d_pos;
+  pb.context_lens = d_len;
+  pb.block_tables = d_tables;
+  pb.max_pages_per_seq = b.max_pages;
+  pb.max_context = max_context;
+  pb.pool = static_cast<const DevicePagePool*>(page_pool());
+  pb.workspace = b.attention_scratch.get();
+  pb.workspace_bytes = b.attention_scratch.bytes();
+
+  ModelRunner& run = *runner_;
+  SEER_RETURN_IF_ERROR(run.EmbedAt(d_pos, rows, a));
+  for (int layer = 0; layer < config_.num_layers; ++layer) {
+    SEER_RETURN_IF_ERROR(run.AttentionInputs(layer, a, rows));
+    SEER_RETURN_IF_ERROR(run.RopeAndCachePaged(layer, a, rows, pb));
+    SEER_RETURN_IF_ERROR(run.PagedAttention(layer, a, pb));
+    SEER_RETURN_IF_ERROR(run.OutputAndMlp(layer, a, rows));
+  }
+  // Logits in chunks of rows (every row, for the same GEMM shapes); each
+  // sequence's token from its own sampler: the largest logit for greedy rows
+  // (ArgMaxRows), SampleToken with the row's one uniform for the others, as
+  // DecodeAndSample would.
+  const int vocab = config_.vocab_size;
+  for (int r0 = 0; r0 < rows; r0 += a.logits_chunk) {
+    const int n = std::min(a.logits_chunk, rows - r0);
+    SEER_RETURN_IF_ERROR(run.Logits(a, r0, n));
+    if (r0 >= B) continue;
+    SEER_RETURN_IF_CUDA_ERROR(cuda::ArgMaxRows(a.logits, std::min(n, B - r0), vocab, d_next + r0, stream_));
+    for (int r = r0; r < std::min(r0 + n, B); ++r) {
+      const SamplingParams& sp = seqs[r].sampler->params();
+      if (sp.temperature <= 0.0) continue;
+      const double u = seqs[r].sampler->NextUniform();
+      SEER_RETURN_IF_CUDA_ERROR(cuda::SampleToken(a.logits + static_cast<size_t>(r - r0) * vocab, vocab,
+                                                  sp.temperature, sp.top_k > 0 ? sp.top_k : 0, sp.top_p, u,
+                                                  sample_scratch_.get(), sample_scratch_.bytes(), d_next + r,
+                                                  stream_));
+    }
+  }
+  SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(h_next, d_next, sizeof(int32_t) * B, cudaMemcpyDeviceToHost, stream_));
+  SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
+  for (int r = 0; r < B; ++r) {
+    next[r] = h_next[r];
+    seqs[r].cache->set_length(h_pos[r] + 1);
+  }
+  return OkStatus();
 }
 
 Status CheckWeightsFit(const ModelConfig& config, const GateShape& gates, bool tied) {

@@ -7,6 +7,7 @@
 #include "engine/cuda/gemm.h"
 #include "kernels/attention/attention.h"
 #include "kernels/ops/ops.h"
+#include "kernels/paged_kv/paged_kv.h"
 
 namespace seer {
 
@@ -59,6 +60,14 @@ Status ModelRunner::Embed(std::span<const int32_t> ids, int pos0, const Activati
   return OkStatus();
 }
 
+Status ModelRunner::EmbedAt(const int32_t* positions, int rows, const Activations& a) {
+  SEER_RETURN_IF_CUDA_ERROR(cuda::Embedding(weights_.embed_tokens, config_.vocab_size, config_.hidden_size, a.ids, rows,
+                                            a.residual, stream_));
+  SEER_RETURN_IF_CUDA_ERROR(cuda::RopeTableAt(weights_.rope_inv_freq, config_.head_dim / 2, positions, rows, a.rope,
+                                              stream_));
+  return OkStatus();
+}
+
 Status ModelRunner::AttentionInputs(int layer, const Activations& a, int rows) {
   const DeviceLayerWeights& w = weights_.layers[layer];
   const int hidden = config_.hidden_size;
@@ -104,6 +113,39 @@ Status ModelRunner::RopeAndCache(int layer, const Activations& a, int rows, int 
       cuda::WriteKv(a.k, rows, config_.num_kv_heads, d, cache->k(layer), cache->capacity(), pos0, stream_));
   SEER_RETURN_IF_CUDA_ERROR(
       cuda::WriteKv(a.v, rows, config_.num_kv_heads, d, cache->v(layer), cache->capacity(), pos0, stream_));
+  return OkStatus();
+}
+
+Status ModelRunner::RopeAndCachePaged(int layer, const Activations& a, int rows, const PagedBatch& b) {
+  const int d = config_.head_dim;
+  SEER_RETURN_IF_CUDA_ERROR(cuda::ApplyRope(a.q, rows, config_.num_heads, d, a.rope, stream_));
+  SEER_RETURN_IF_CUDA_ERROR(cuda::ApplyRope(a.k, rows, config_.num_kv_heads, d, a.rope, stream_));
+  SEER_RETURN_IF_CUDA_ERROR(cuda::WriteKvPaged(a.k, a.v, b.positions, b.block_tables, b.max_pages_per_seq, b.batch,
+                                               config_.num_kv_heads, d, b.pool->layout().page_tokens,
+                                               b.pool->k(layer), b.pool->v(layer), stream_));
+  return OkStatus();
+}
+
+Status ModelRunner::PagedAttention(int layer, const Activations& a, const PagedBatch& b) {
+  cuda::PagedAttentionParams p;
+  p.dtype = cuda::ElemType::kBF16;
+  p.q = a.q;
+  p.out = a.attn;
+  p.k_pages = b.pool->k(layer);
+  p.v_pages = b.pool->v(layer);
+  p.block_tables = b.block_tables;
+  p.context_lens = b.context_lens;
+  p.batch = b.batch;
+  p.max_pages_per_seq = b.max_pages_per_seq;
+  p.max_context = b.max_context;
+  p.num_heads = config_.num_heads;
+  p.num_kv_heads = config_.num_kv_heads;
+  p.head_dim = config_.head_dim;
+  p.page_tokens = b.pool->layout().page_tokens;
+  p.scale = attention_scale_;
+  p.workspace = b.workspace;
+  p.workspace_bytes = b.workspace_bytes;
+  SEER_RETURN_IF_CUDA_ERROR(cuda::PagedDecodeAttention(p, stream_));
   return OkStatus();
 }
 

@@ -27,6 +27,7 @@
 
 #include "base/status.h"
 #include "engine/cuda/device_kv_cache.h"
+#include "engine/cuda/device_page_pool.h"
 #include "engine/cuda/device_weights.h"
 #include "engine/model/model_config.h"
 #include "kernels/gate/gate.h"
@@ -65,6 +66,21 @@ struct GateBuffers {
   int heads_per_pass = 0;
 };
 
+// One batched decode step over the page pool (device arrays; row r is one
+// sequence at positions[r], its keys 0 .. context_lens[r] - 1 in the pages of
+// block_tables[r]).
+struct PagedBatch {
+  int batch = 0;
+  const int32_t* positions = nullptr;
+  const int32_t* context_lens = nullptr;
+  const int32_t* block_tables = nullptr;  // [batch, max_pages_per_seq]
+  int max_pages_per_seq = 0;
+  int max_context = 0;
+  const DevicePagePool* pool = nullptr;
+  void* workspace = nullptr;  // cuda::PagedDecodeWorkspaceBytes
+  size_t workspace_bytes = 0;
+};
+
 // The gate's launch description for a model, its gates and a selection: the
 // one place GateParams are filled. Buffers and weights are left null for the
 // caller (sizing queries need none).
@@ -78,9 +94,14 @@ class ModelRunner {
 
   // ids (host) for positions pos0 .. pos0 + n - 1 -> a.residual, a.rope.
   Status Embed(std::span<const int32_t> ids, int pos0, const Activations& a);
+  // `rows` ids already in a.ids, at device `positions` (a batched decode step).
+  Status EmbedAt(const int32_t* positions, int rows, const Activations& a);
   Status AttentionInputs(int layer, const Activations& a, int rows);
   Status Gate(int layer, const Activations& a, int rows, const SparsityConfig& selection, const GateBuffers& out);
   Status RopeAndCache(int layer, const Activations& a, int rows, int pos0, DeviceKvCache* cache);
+  // The batched decode step's form: RoPE on `rows` rows, then the first
+  // batch.batch rows' K/V into their pages.
+  Status RopeAndCachePaged(int layer, const Activations& a, int rows, const PagedBatch& batch);
   // A prefill pass over positions 0 .. rows - 1 (block-sparse with lists,
   // dense causal with null offsets).
   Status PrefillAttention(int layer, const Activations& a, int rows, const DeviceKvCache& cache,
@@ -89,6 +110,8 @@ class ModelRunner {
   // split-K partials (cuda::DecodeWorkspaceBytes).
   Status DecodeAttention(int layer, const Activations& a, int pos, const DeviceKvCache& cache, void* workspace,
                          size_t workspace_bytes);
+  // One decode row per sequence of `batch` over its pages.
+  Status PagedAttention(int layer, const Activations& a, const PagedBatch& batch);
   Status OutputAndMlp(int layer, const Activations& a, int rows);
   // Rows [r0, r0 + n) of the residual -> a.logits ([n, vocab]).
   Status Logits(const Activations& a, int r0, int n);

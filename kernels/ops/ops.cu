@@ -63,13 +63,15 @@ __global__ void RmsNormKernel(const float* x, int dim, const float* weight, floa
   for (int i = threadIdx.x; i < dim; i += blockDim.x) outr[i] = __float2bfloat16(weight[i] * (xr[i] * inv_rms));
 }
 
-__global__ void RopeTableKernel(const float* inv_freq, int half, int pos0, int rows, float2* table) {
+// Row r sits at positions[r], or at pos0 + r without a positions array.
+__global__ void RopeTableKernel(const float* inv_freq, int half, int pos0, const int32_t* positions, int rows,
+                                float2* table) {
   const size_t total = static_cast<size_t>(rows) * half;
   for (size_t idx = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<size_t>(gridDim.x) * blockDim.x) {
     const int i = static_cast<int>(idx % half);
     const int r = static_cast<int>(idx / half);
-    const float angle = static_cast<float>(pos0 + r) * inv_freq[i];
+    const float angle = static_cast<float>(positions != nullptr ? positions[r] : pos0 + r) * inv_freq[i];
     float s, c;
     sincosf(angle, &s, &c);
     table[idx] = make_float2(c, s);
@@ -248,8 +250,18 @@ cudaError_t RmsNorm(const float* x, int rows, int dim, const float* weight, floa
 cudaError_t RopeTable(const float* inv_freq, int half, int pos0, int rows, float2* table, cudaStream_t stream) {
   if (half <= 0 || rows < 0 || pos0 < 0) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  RopeTableKernel<<<GridFor(static_cast<size_t>(rows) * half), kThreads, 0, stream>>>(inv_freq, half, pos0, rows,
-                                                                                       table);
+  RopeTableKernel<<<GridFor(static_cast<size_t>(rows) * half), kThreads, 0, stream>>>(inv_freq, half, pos0, nullptr,
+                                                                                       rows, table);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return cudaSuccess;
+}
+
+cudaError_t RopeTableAt(const float* inv_freq, int half, const int32_t* positions, int rows, float2* table,
+                        cudaStream_t stream) {
+  if (half <= 0 || rows < 0 || (rows > 0 && positions == nullptr)) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  RopeTableKernel<<<GridFor(static_cast<size_t>(rows) * half), kThreads, 0, stream>>>(inv_freq, half, 0, positions,
+                                                                                       rows, table);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return cudaSuccess;
 }

@@ -33,6 +33,10 @@ cudaError_t RmsNorm(const float* x, int rows, int dim, const float* weight, floa
 // with llama3 scaling applied. Built once per forward pass and shared by
 // every layer and head.
 cudaError_t RopeTable(const float* inv_freq, int half, int pos0, int rows, float2* table, cudaStream_t stream);
+// The same for rows at arbitrary positions (device int32 [rows]): a batched
+// decode step, one sequence per row.
+cudaError_t RopeTableAt(const float* inv_freq, int half, const int32_t* positions, int rows, float2* table,
+                        cudaStream_t stream);
 
 // Rotary embedding, half-split layout (HF rotate_half), in place on
 // x [rows, num_heads, head_dim] with the angles of `table` (RopeTable):

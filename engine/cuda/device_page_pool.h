@@ -1,0 +1,48 @@
+// The CUDA engine's page pool: bf16 pages in one device allocation, per
+// layer K then V, each [num_pages, Hkv, page_tokens, D] (engine/kv/page_pool.h).
+// Copies to and from the wire layout go through a device staging buffer and
+// the page kernels (kernels/paged_kv), on the pool's own stream, so KV that
+// arrives for a waiting request never stalls the decode steps in flight.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <span>
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include "engine/cuda/device_buffer.h"
+#include "engine/kv/page_pool.h"
+
+namespace seer {
+
+class DevicePagePool final : public PagePool {
+ public:
+  static StatusOr<std::unique_ptr<DevicePagePool>> Create(const PageLayout& layout, int num_pages);
+  ~DevicePagePool() override;
+
+  __nv_bfloat16* k(int layer) const { return base(layer, 0); }
+  __nv_bfloat16* v(int layer) const { return base(layer, 1); }
+
+  Status WriteTokens(int layer, std::span<const int32_t> table, int t0, int n, DType src, const void* k,
+                     const void* v) override;
+  Status ReadTokens(int layer, std::span<const int32_t> table, int t0, int n, void* k, void* v) const override;
+
+ private:
+  DevicePagePool(const PageLayout& layout, int num_pages) : PagePool(layout, num_pages) {}
+  __nv_bfloat16* base(int layer, int which) const;
+  // Room for `n` tokens of one layer's K and V and a table of `pages` entries.
+  Status EnsureStaging(int n, int pages) const;
+
+  DeviceBuffer storage_;
+  cudaStream_t stream_ = nullptr;
+  // Staging, grown on demand; one copy at a time.
+  mutable std::mutex mu_;
+  mutable DeviceBuffer staging_;  // K [Hkv, n, D] then V, bf16
+  mutable DeviceBuffer table_;    // int32 block table
+  mutable int staging_tokens_ = 0;
+  mutable int table_pages_ = 0;
+};
+
+}  // namespace seer

@@ -1,0 +1,197 @@
+// The paged KV kernels against their CPU twins (kernels/paged_kv/paged_kv_cpu.h)
+// on random data: batches of sequences of mixed lengths (0, 1, split
+// boundaries at 255/256/257, several pages, partial last pages) over shuffled
+// pages of one pool; GQA 1/4/8/16; head dims 64 and 128; page sizes 16 and
+// 64; bf16 and fp16; outputs poisoned with NaN before each run.
+#include "kernels/paged_kv/paged_kv.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "base/dtype.h"
+#include "kernels/common/gpu_test_util.h"
+#include "kernels/paged_kv/paged_kv_cpu.h"
+
+namespace seer {
+namespace {
+
+using cuda::ElemType;
+using gpu_test::DevBuf;
+using gpu_test::HaveGpu;
+
+uint16_t ToElem(float x, ElemType t) { return t == ElemType::kBF16 ? FloatToBf16(x) : FloatToFp16(x); }
+float FromElem(uint16_t x, ElemType t) { return t == ElemType::kBF16 ? Bf16ToFloat(x) : Fp16ToFloat(x); }
+
+class PagedKvGpuTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    if (!HaveGpu(&why)) GTEST_SKIP() << why;
+  }
+};
+
+struct Case {
+  int hq, hkv, d, page;
+  std::vector<int> contexts;
+};
+
+TEST_F(PagedKvGpuTest, DecodeAttentionMatchesTheTwin) {
+  const Case cases[] = {
+      {8, 8, 64, 16, {1, 17, 0, 64}},
+      {32, 8, 128, 64, {255, 256, 257, 1, 600}},
+      {16, 4, 128, 16, {513, 3, 1000}},
+      {32, 2, 64, 64, {2000, 70}},
+      {4, 1, 128, 64, {129}},
+  };
+  std::mt19937 rng(17);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (ElemType t : {ElemType::kBF16, ElemType::kF16}) {
+    for (const Case& c : cases) {
+      const int B = static_cast<int>(c.contexts.size());
+      SCOPED_TRACE("Hq=" + std::to_string(c.hq) + " Hkv=" + std::to_string(c.hkv) + " D=" + std::to_string(c.d) +
+                   " page=" + std::to_string(c.page) + (t == ElemType::kBF16 ? " bf16" : " fp16"));
+      const int max_context = *std::max_element(c.contexts.begin(), c.contexts.end());
+      const int max_pages = std::max(1, (max_context + c.page - 1) / c.page);
+      int pool_pages = 0;
+      for (int ctx : c.contexts) pool_pages += (ctx + c.page - 1) / c.page;
+      pool_pages += 3;
+      std::vector<int32_t> order(pool_pages);
+      std::iota(order.begin(), order.end(), 0);
+      std::shuffle(order.begin(), order.end(), rng);
+      std::vector<int32_t> tables(static_cast<size_t>(B) * max_pages, 0);
+      int next = 0;
+      for (int b = 0; b < B; ++b) {
+        for (int p = 0; p < (c.contexts[b] + c.page - 1) / c.page; ++p) tables[b * max_pages + p] = order[next++];
+      }
+      const size_t page_elems = static_cast<size_t>(c.hkv) * c.page * c.d;
+      std::vector<uint16_t> kp(page_elems * pool_pages), vp(kp.size()), q(static_cast<size_t>(B) * c.hq * c.d);
+      std::vector<float> kf(kp.size()), vf(kp.size()), qf(q.size());
+      for (size_t i = 0; i < kp.size(); ++i) {
+        kp[i] = ToElem(u(rng), t);
+        vp[i] = ToElem(u(rng), t);
+        kf[i] = FromElem(kp[i], t);
+        vf[i] = FromElem(vp[i], t);
+      }
+      for (size_t i = 0; i < q.size(); ++i) {
+        q[i] = ToElem(3.0f * u(rng), t);
+        qf[i] = FromElem(q[i], t);
+      }
+      DevBuf dk(kp.size() * 2), dv(vp.size() * 2), dq(q.size() * 2), dout(q.size() * 2);
+      DevBuf dtab(tables.size() * 4), dlen(static_cast<size_t>(B) * 4);
+      DevBuf scratch(cuda::PagedDecodeWorkspaceBytes(B, c.hq, c.d, max_context));
+      ASSERT_CUDA(dk.Upload(kp.data(), kp.size() * 2));
+      ASSERT_CUDA(dv.Upload(vp.data(), vp.size() * 2));
+      ASSERT_CUDA(dq.Upload(q.data(), q.size() * 2));
+      ASSERT_CUDA(dtab.Upload(tables.data(), tables.size() * 4));
+      ASSERT_CUDA(dlen.Upload(c.contexts.data(), static_cast<size_t>(B) * 4));
+      cuda::PagedAttentionParams p;
+      p.dtype = t;
+      p.q = dq.get();
+      p.out = dout.get();
+      p.k_pages = dk.get();
+      p.v_pages = dv.get();
+      p.block_tables = dtab.get<int32_t>();
+      p.context_lens = dlen.get<int32_t>();
+      p.batch = B;
+      p.max_pages_per_seq = max_pages;
+      p.max_context = max_context;
+      p.num_heads = c.hq;
+      p.num_kv_heads = c.hkv;
+      p.head_dim = c.d;
+      p.page_tokens = c.page;
+      p.scale = 1.0f / std::sqrt(float(c.d));
+      p.workspace = scratch.get();
+      p.workspace_bytes = cuda::PagedDecodeWorkspaceBytes(B, c.hq, c.d, max_context);
+      ASSERT_CUDA(cuda::PagedDecodeAttention(p, nullptr));
+      ASSERT_CUDA(cudaDeviceSynchronize());
+      std::vector<uint16_t> got(q.size());
+      ASSERT_CUDA(dout.Download(got.data(), got.size() * 2));
+
+      cpu::PagedShape s{c.hq, c.hkv, c.d, c.page, p.scale};
+      double num = 0.0, den = 0.0;
+      for (int b = 0; b < B; ++b) {
+        std::vector<float> want(static_cast<size_t>(c.hq) * c.d);
+        cpu::PagedDecodeAttention(s, qf.data() + static_cast<size_t>(b) * c.hq * c.d, kf.data(), vf.data(),
+                                  tables.data() + b * max_pages, c.contexts[b], want.data());
+        for (size_t i = 0; i < want.size(); ++i) {
+          const float g = FromElem(got[static_cast<size_t>(b) * c.hq * c.d + i], t);
+          ASSERT_FALSE(std::isnan(g)) << "sequence " << b << " element " << i << " unwritten or NaN";
+          if (c.contexts[b] == 0) ASSERT_EQ(g, 0.0f);
+          num += (g - want[i]) * double(g - want[i]);
+          den += double(want[i]) * want[i];
+        }
+      }
+      EXPECT_LT(std::sqrt(num / std::max(den, 1e-30)), 1e-2);
+    }
+  }
+}
+
+TEST_F(PagedKvGpuTest, PageCopiesMatchTheTwinExactly) {
+  const int hkv = 4, d = 128, page = 16, pool = 9;
+  const int32_t table[] = {7, 2, 5, 0};
+  std::mt19937 rng(4);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  DevBuf dpages(static_cast<size_t>(pool) * hkv * page * d * 2), dtab(sizeof(table));
+  ASSERT_CUDA(dtab.Upload(table, sizeof(table)));
+  std::vector<float> ref(static_cast<size_t>(pool) * hkv * page * d, 0.0f);
+  std::vector<uint16_t> zero(ref.size(), 0);
+  ASSERT_CUDA(dpages.Upload(zero.data(), zero.size() * 2));
+  cpu::PagedShape s{hkv, hkv, d, page, 1.0f};
+  for (auto [t0, n] : {std::pair{0, 13}, std::pair{13, 20}, std::pair{33, 31}}) {
+    std::vector<uint16_t> src(static_cast<size_t>(hkv) * n * d);
+    std::vector<float> srcf(src.size());
+    for (size_t i = 0; i < src.size(); ++i) {
+      src[i] = FloatToBf16(u(rng));
+      srcf[i] = Bf16ToFloat(src[i]);
+    }
+    DevBuf dsrc(src.size() * 2);
+    ASSERT_CUDA(dsrc.Upload(src.data(), src.size() * 2));
+    ASSERT_CUDA(cuda::ScatterToPages(dsrc.get(), t0, n, dtab.get<int32_t>(), hkv, d, page, dpages.get(), nullptr));
+    cpu::ScatterToPages(s, srcf.data(), t0, n, table, ref.data());
+  }
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  std::vector<uint16_t> pages(ref.size());
+  ASSERT_CUDA(dpages.Download(pages.data(), pages.size() * 2));
+  for (size_t i = 0; i < ref.size(); ++i) ASSERT_EQ(Bf16ToFloat(pages[i]), ref[i]) << i;
+  // Back out, and one token per sequence written at its position.
+  DevBuf dout(static_cast<size_t>(hkv) * 64 * d * 2);
+  ASSERT_CUDA(cuda::GatherFromPages(dpages.get(), dtab.get<int32_t>(), 0, 64, hkv, d, page, dout.get(), nullptr));
+  std::vector<uint16_t> out(static_cast<size_t>(hkv) * 64 * d);
+  ASSERT_CUDA(dout.Download(out.data(), out.size() * 2));
+  std::vector<float> want(out.size());
+  cpu::GatherFromPages(s, ref.data(), table, 0, 64, want.data());
+  for (size_t i = 0; i < out.size(); ++i) ASSERT_EQ(Bf16ToFloat(out[i]), want[i]) << i;
+  const int32_t positions[] = {5, 63};
+  const int32_t tables2[] = {7, 2, 5, 0, 1, 3, 4, 6};
+  DevBuf dpos(sizeof(positions)), dtab2(sizeof(tables2)), dk(2 * hkv * d * 2), dv(2 * hkv * d * 2);
+  std::vector<uint16_t> k(2 * hkv * d), v(k.size());
+  for (size_t i = 0; i < k.size(); ++i) {
+    k[i] = FloatToBf16(u(rng));
+    v[i] = FloatToBf16(u(rng));
+  }
+  ASSERT_CUDA(dpos.Upload(positions, sizeof(positions)));
+  ASSERT_CUDA(dtab2.Upload(tables2, sizeof(tables2)));
+  ASSERT_CUDA(dk.Upload(k.data(), k.size() * 2));
+  ASSERT_CUDA(dv.Upload(v.data(), v.size() * 2));
+  DevBuf dvpages(dpages.get() == nullptr ? 0 : static_cast<size_t>(pool) * hkv * page * d * 2);
+  ASSERT_CUDA(cuda::WriteKvPaged(dk.get(), dv.get(), dpos.get<int32_t>(), dtab2.get<int32_t>(), 4, 2, hkv, d, page,
+                                 dpages.get(), dvpages.get(), nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  ASSERT_CUDA(dpages.Download(pages.data(), pages.size() * 2));
+  for (int b = 0; b < 2; ++b) {
+    for (int h = 0; h < hkv; ++h) {
+      const int32_t pg = tables2[b * 4 + positions[b] / page];
+      const size_t at = cpu::PageOffset(s, pg, h, positions[b] % page);
+      for (int i = 0; i < d; ++i) ASSERT_EQ(pages[at + i], k[(b * hkv + h) * d + i]) << b << " " << h << " " << i;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace seer
