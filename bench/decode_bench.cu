@@ -1,0 +1,199 @@
+// Batched decode of the Llama-3.1-8B shape (random bf16 weights on the GPU)
+// over the paged KV cache: for each row (batch B at context C) the median
+// step time, tokens per second, and the step's memory-bandwidth limit: the
+// weights plus every running sequence's KV, read once per step, at the
+// device-to-device copy bandwidth measured in the same run (bytes read plus
+// bytes written over time). The KV is written straight into the pages (no
+// prefill); its values are random.
+//
+//   seer-decode-bench [--rows 1x8192,8x8192,1x32768,8x32768,32x8192,128x2048]
+//                     [--steps 32] [--page-tokens 64] [--layers 32] [--json]
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+#include "base/flags.h"
+#include "base/json.h"
+#include "bench/bench_util.h"
+#include "engine/cuda/cuda_engine.h"
+#include "engine/cuda/device_page_pool.h"
+#include "engine/cuda/device_weights.h"
+#include "engine/engine.h"
+#include "kernels/common/check.h"
+#include "kernels/ops/ops.h"
+
+namespace seer {
+namespace {
+
+// Device-to-device copy rate over a 2 GiB buffer, counting bytes read and
+// written: the ceiling a bandwidth-bound step can reach.
+double CopyBandwidth() {
+  const size_t bytes = size_t{2} << 30;
+  void *a = nullptr, *b = nullptr;
+  SEER_CUDA_CHECK(cudaMalloc(&a, bytes));
+  SEER_CUDA_CHECK(cudaMalloc(&b, bytes));
+  SEER_CUDA_CHECK(cudaMemset(a, 1, bytes));
+  cudaEvent_t e0, e1;
+  SEER_CUDA_CHECK(cudaEventCreate(&e0));
+  SEER_CUDA_CHECK(cudaEventCreate(&e1));
+  std::vector<float> ms;
+  for (int i = 0; i < 7; ++i) {
+    SEER_CUDA_CHECK(cudaEventRecord(e0));
+    SEER_CUDA_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
+    SEER_CUDA_CHECK(cudaEventRecord(e1));
+    SEER_CUDA_CHECK(cudaEventSynchronize(e1));
+    float t = 0;
+    SEER_CUDA_CHECK(cudaEventElapsedTime(&t, e0, e1));
+    if (i > 1) ms.push_back(t);
+  }
+  std::sort(ms.begin(), ms.end());
+  SEER_CUDA_CHECK(cudaFree(a));
+  SEER_CUDA_CHECK(cudaFree(b));
+  return 2.0 * static_cast<double>(bytes) / (ms[ms.size() / 2] * 1e-3);
+}
+
+struct Row {
+  int batch = 0, context = 0;
+  double step_ms = 0.0, limit_ms = 0.0;
+  double tokens_per_s() const { return batch / (step_ms * 1e-3); }
+};
+
+int Main(int argc, char** argv) {
+  std::string rows_text = "1x8192,8x8192,1x32768,8x32768,32x8192,128x2048";
+  int64_t steps = 32, page_tokens = 64, layers = 32;
+  bool json = false;
+  FlagSet flags("seer-decode-bench [flags]", "Batched paged decode of the Llama-3.1-8B shape; prints a table.");
+  flags.String("rows", &rows_text, "BATCHxCONTEXT items, comma-separated.");
+  flags.Int("steps", &steps, "Timed decode steps per row (after 3 warm-up steps).");
+  flags.Int("page-tokens", &page_tokens, "Positions per KV page.");
+  flags.Int("layers", &layers, "Layers of the model shape (32 for Llama-3.1-8B).");
+  flags.Bool("json", &json, "Print one JSON object instead of the table.");
+  if (Status s = flags.Parse(argc, argv); !s.ok()) {
+    std::fprintf(stderr, "seer-decode-bench: %s\n", s.ToString().c_str());
+    return 2;
+  }
+  if (flags.help_requested()) {
+    std::fputs(flags.Help().c_str(), stdout);
+    return 0;
+  }
+  std::vector<std::pair<int, int>> rows;
+  for (const std::string& item : Split(rows_text)) {
+    const size_t x = item.find('x');
+    if (x == std::string::npos) {
+      std::fprintf(stderr, "seer-decode-bench: --rows item '%s' is not BATCHxCONTEXT\n", item.c_str());
+      return 2;
+    }
+    rows.push_back({std::atoi(item.substr(0, x).c_str()), std::atoi(item.substr(x + 1).c_str())});
+  }
+
+  const ModelConfig config = Llama31_8B(static_cast<int>(layers));
+  cudaDeviceProp prop{};
+  SEER_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  const double copy_bw = CopyBandwidth();
+  const double weight_bytes = static_cast<double>(ModelWeightBytes(config, GateShape{}, false));
+  const double kv_per_token = 2.0 * config.num_layers * config.num_kv_heads * config.head_dim * 2;
+
+  std::vector<Row> results;
+  for (auto [batch, context] : rows) {
+    RandomEngineOptions ro;
+    auto engine = CreateRandomCudaEngine(config, ro);
+    if (!engine.ok()) {
+      std::fprintf(stderr, "seer-decode-bench: %s\n", engine.status().ToString().c_str());
+      return 1;
+    }
+    Engine& e = **engine;
+    PagedDecodeOptions po;
+    po.page_tokens = static_cast<int>(page_tokens);
+    po.max_batch = batch;
+    const int capacity = context + static_cast<int>(steps) + 8;
+    const int64_t pages = static_cast<int64_t>(batch) * ((capacity + page_tokens - 1) / page_tokens);
+    po.pool_bytes = pages * static_cast<int64_t>(2 * config.num_layers) * config.num_kv_heads * page_tokens *
+                    config.head_dim * 2;
+    if (Status s = e.EnablePagedDecode(po); !s.ok()) {
+      std::fprintf(stderr, "seer-decode-bench: %dx%d: %s\n", batch, context, s.ToString().c_str());
+      return 1;
+    }
+    // Random KV straight into the pages, then every sequence at `context`.
+    auto* pool = static_cast<DevicePagePool*>(e.page_pool());
+    const size_t per_layer = static_cast<size_t>(pool->num_pages()) * config.num_kv_heads * page_tokens * config.head_dim;
+    for (int l = 0; l < config.num_layers; ++l) {
+      SEER_CUDA_CHECK(cuda::FillUniform(pool->k(l), per_layer, 100 + l, 1.0f, nullptr));
+      SEER_CUDA_CHECK(cuda::FillUniform(pool->v(l), per_layer, 200 + l, 1.0f, nullptr));
+    }
+    SEER_CUDA_CHECK(cudaDeviceSynchronize());
+    std::vector<std::unique_ptr<KvCache>> caches;
+    std::vector<std::unique_ptr<Sampler>> samplers;
+    std::vector<DecodeSeq> seqs;
+    for (int b = 0; b < batch; ++b) {
+      auto c = e.NewPagedCache(capacity);
+      if (!c.ok()) {
+        std::fprintf(stderr, "seer-decode-bench: %s\n", c.status().ToString().c_str());
+        return 1;
+      }
+      (*c)->set_length(context);
+      caches.push_back(std::move(c).value());
+      samplers.push_back(std::make_unique<Sampler>(SamplingParams{}));
+      seqs.push_back({caches.back().get(), (b * 7919) % config.vocab_size, samplers.back().get()});
+    }
+    std::vector<int32_t> next(batch);
+    std::vector<double> ms;
+    for (int s = 0; s < steps + 3; ++s) {
+      const auto t0 = std::chrono::steady_clock::now();
+      if (Status st = e.DecodeBatch(seqs, next); !st.ok()) {
+        std::fprintf(stderr, "seer-decode-bench: step: %s\n", st.ToString().c_str());
+        return 1;
+      }
+      const double t = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      if (s >= 3) ms.push_back(t);
+      for (int b = 0; b < batch; ++b) seqs[b].token = next[b];
+    }
+    std::sort(ms.begin(), ms.end());
+    Row r;
+    r.batch = batch;
+    r.context = context;
+    r.step_ms = ms[ms.size() / 2];
+    r.limit_ms = (weight_bytes + batch * (context + steps / 2.0) * kv_per_token) / copy_bw * 1e3;
+    results.push_back(r);
+    std::fprintf(stderr, "  %dx%d: %.2f ms/step\n", batch, context, r.step_ms);
+  }
+
+  if (json) {
+    JsonValue out = JsonValue::Object();
+    out.Set("device", JsonValue::String(prop.name));
+    out.Set("copy_gbps", JsonValue::Number(copy_bw / 1e9));
+    JsonValue list = JsonValue::Array();
+    for (const Row& r : results) {
+      JsonValue o = JsonValue::Object();
+      o.Set("batch", JsonValue::Int(r.batch));
+      o.Set("context", JsonValue::Int(r.context));
+      o.Set("step_ms", JsonValue::Number(r.step_ms));
+      o.Set("tokens_per_s", JsonValue::Number(r.tokens_per_s()));
+      o.Set("limit_ms", JsonValue::Number(r.limit_ms));
+      list.Append(std::move(o));
+    }
+    out.Set("rows", std::move(list));
+    std::printf("%s\n", out.Dump().c_str());
+    return 0;
+  }
+  std::printf("\nBatched paged decode, %s, Llama-3.1-8B shape (%d layers), bf16, page %d tokens; copy %.0f GB/s\n",
+              prop.name, config.num_layers, static_cast<int>(page_tokens), copy_bw / 1e9);
+  std::printf("| batch | context | ms/step | tokens/s | bandwidth limit ms | step / limit |\n");
+  std::printf("|---|---|---|---|---|---|\n");
+  for (const Row& r : results) {
+    std::printf("| %d | %d | %.2f | %.0f | %.2f | %.2f |\n", r.batch, r.context, r.step_ms, r.tokens_per_s(),
+                r.limit_ms, r.step_ms / r.limit_ms);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace seer
+
+int main(int argc, char** argv) { return seer::Main(argc, argv); }
