@@ -586,6 +586,11 @@ int64_t GateMaxIndices(const GateParams& p) {
 }
 
 cudaError_t RunGateKernels(const GateParams& p, cudaStream_t stream) {
+  return RunGateKernelsVariant(p, GateVariant::kAuto, stream);
+}
+
+cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cudaStream_t stream) {
+  (void)variant;
   if (!ValidShapes(p) || p.block_offsets == nullptr) return cudaErrorInvalidValue;
   const int nb = GateNumBlocks(p);
   if (nb == 0) {

@@ -84,4 +84,13 @@ int64_t GateMaxIndices(const GateParams& p);
 // first launch error.
 cudaError_t RunGateKernels(const GateParams& p, cudaStream_t stream);
 
+// The gate's kernel sets, for tests and the benchmark. Both select exactly
+// the same blocks. RunGateKernels runs kAuto.
+enum class GateVariant {
+  kAuto,     // kFused where the rows fit its shared memory, else kUnfused
+  kFused,    // scores and selection in one kernel, no nb x nb scratch
+  kUnfused,  // scores into an nb x nb scratch per head, then a select kernel
+};
+cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cudaStream_t stream);
+
 }  // namespace seer::cuda
