@@ -19,6 +19,7 @@
 #   BENCH_ARGS      extra arguments for seer-attention-bench
 #   PEERS_ARGS      extra arguments for kernels/attention/attention_peers.py
 #   STEP_TIMEOUT    seconds any one step may run (default 600)
+#   SANITIZE_TIMEOUT seconds each compute-sanitizer tool may run (default STEP_TIMEOUT)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -74,7 +75,7 @@ fi
 
 if has_step smoke; then
   t0=$SECONDS
-  timeout 60 "$BIN/seer_gpu_tests" --gtest_filter=AttentionGpuTest.EmptyRowsAreZero >"$OUT/smoke.log" 2>&1
+  timeout 30 "$BIN/seer_gpu_tests" --gtest_filter=AttentionGpuTest.EmptyRowsAreZero >"$OUT/smoke.log" 2>&1
   rc=$?
   note "smoke rc=$rc ($((SECONDS - t0)) s)$([[ $rc -eq 124 ]] && echo ': TIMED OUT (hung kernel?)')"
   if [[ $rc -ne 0 ]]; then tail -30 "$OUT/smoke.log"; status=1; fi
@@ -92,7 +93,7 @@ fi
 if has_step sanitizer; then
   for tool in memcheck racecheck synccheck; do
     t0=$SECONDS
-    timeout "$STEP_TIMEOUT" compute-sanitizer --tool "$tool" --error-exitcode 99 "$BIN/seer_gpu_tests" \
+    timeout "${SANITIZE_TIMEOUT:-$STEP_TIMEOUT}" compute-sanitizer --tool "$tool" --error-exitcode 99 "$BIN/seer_gpu_tests" \
       --gtest_filter="$SANITIZE_FILTER" >"$OUT/sanitizer-$tool.log" 2>&1
     rc=$?
     note "compute-sanitizer $tool rc=$rc ($((SECONDS - t0)) s): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer-$tool.log" | tail -1) $(grep -E '^\[  (PASSED|FAILED)  \]' "$OUT/sanitizer-$tool.log" | tr '\n' ' ')"
