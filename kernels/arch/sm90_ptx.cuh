@@ -114,6 +114,17 @@ __device__ __forceinline__ uint64_t MatrixDesc(uint32_t smem_addr, uint32_t lbo_
          (static_cast<uint64_t>((sbo_bytes >> 4) & 0x3FFF) << 32) | (layout << 62);
 }
 
+// --- named barriers -----------------------------------------------------------
+
+// Waits until `threads` threads (this one included) have arrived on barrier `id`.
+__device__ __forceinline__ void NamedBarrierSync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+// Arrives on barrier `id` without waiting.
+__device__ __forceinline__ void NamedBarrierArrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 // --- registers ----------------------------------------------------------------
 
 template <int kRegs>

@@ -59,6 +59,7 @@ constexpr int kThreads = 384;    // producer warpgroup + 2 consumer warpgroups
 constexpr int kProducerRegs = 40;
 constexpr int kConsumerRegs = 232;
 constexpr int kEndOfTile = 4;    // stage owner bit: no K/V, the tile is over
+constexpr int kTurnBarrier = 1;  // named barriers 1 and 2: the consumers' turns (0 is __syncthreads)
 
 template <int kHeadDim>
 struct Sm90Tile {
@@ -101,6 +102,7 @@ struct Sm90Params {
   int pairs;  // tiles per head: ceil(nb / 2)
   int num_tiles;
   float scale_log2;
+  bool pingpong;  // the consumers take turns issuing wgmmas
 };
 
 #if defined(SEER_SM90A_ENABLED)
@@ -281,14 +283,25 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
     if (lane == 0) sm90::MbarArrive(bar_empty + 8 * stage);
   };
 
+  // Turns (ping-pong, as in FlashAttention-3): for every block of the
+  // stream, consumer 0 issues its wgmmas (or passes), then consumer 1, then
+  // consumer 0 again, so one consumer's softmax runs while the tensor cores
+  // work on the other's GEMMs. Consumer c waits on named barrier
+  // kTurnBarrier + c, which the other consumer arrives on when it has issued;
+  // consumer 1 starts by handing consumer 0 the first turn. Both walk the same
+  // blocks (each block of the stream is one turn each), so the turns pair up.
+  if (p.pingpong && c == 1) sm90::NamedBarrierArrive(kTurnBarrier, 256);
+
   int stage = 0;
   uint32_t phase = 0;
   uint32_t q_phase = 0;
   for (;;) {
     sm90::MbarWait(bar_q_full, q_phase);
     q_phase ^= 1;
-    int4 info = *tile_info;
-    // Uniform per warp for the compiler too (see the kernel's role split).
+    // Lane 0 reads and broadcasts: only the thread that arrives on q_empty
+    // reads what the producer overwrites after it, and the values are
+    // uniform per warp for the compiler too (see the kernel's role split).
+    int4 info = lane == 0 ? *tile_info : make_int4(0, 0, 0, 0);
     info.x = __shfl_sync(0xffffffffu, info.x, 0);
     info.y = __shfl_sync(0xffffffffu, info.y, 0);
     info.z = __shfl_sync(0xffffffffu, info.z, 0);
@@ -349,8 +362,10 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
     // wgmmas + waits: ptxas serializes wgmmas whose fences or waits it cannot
     // match on every path.
     auto compute_block = [&]<bool kHaveP>(int kb) {
-      // --- mma: S = Q K^T, and O += P V for the held block behind it.
+      // --- mma: S = Q K^T, and O += P V for the held block behind it, in
+      // this consumer's turn (see `turns`).
       float s[32];
+      if (p.pingpong) sm90::NamedBarrierSync(kTurnBarrier + c, 256);
       sm90::WgmmaFence();
 #pragma unroll
       for (int ks = 0; ks < Tile::kKSteps; ++ks) {
@@ -363,8 +378,10 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
           sm90::WgmmaRS<kHeadDim, T>::template Run<1>(o, p_frag[ks], v_desc(p_stage, ks), 1);
         }
         sm90::WgmmaCommit();
+        if (p.pingpong) sm90::NamedBarrierArrive(kTurnBarrier + 1 - c, 256);
         sm90::WgmmaWait<1>();
       } else {
+        if (p.pingpong) sm90::NamedBarrierArrive(kTurnBarrier + 1 - c, 256);
         sm90::WgmmaWait<0>();
       }
       sm90::FenceRegs(s);
@@ -437,12 +454,17 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
       // for ourselves: the producer refills that stage only once we release.
       if (have_p && held_gap >= Tile::kStages) flush();
       sm90::MbarWait(bar_full + 8 * stage, phase);
-      const int2 si = make_int2(__shfl_sync(0xffffffffu, stage_info[stage].x, 0),
-                                __shfl_sync(0xffffffffu, stage_info[stage].y, 0));
+      int2 si = lane == 0 ? stage_info[stage] : make_int2(0, 0);  // as tile_info above
+      si.x = __shfl_sync(0xffffffffu, si.x, 0);
+      si.y = __shfl_sync(0xffffffffu, si.y, 0);
       const int kb = si.x;
       const bool end = si.y == kEndOfTile;
       const bool mine = !end && ((si.y >> c) & 1) != 0;
       if (!mine) {
+        if (p.pingpong && !end) {  // pass the turn
+          sm90::NamedBarrierSync(kTurnBarrier + c, 256);
+          sm90::NamedBarrierArrive(kTurnBarrier + 1 - c, 256);
+        }
         release(stage);
         if (++stage == Tile::kStages) {
           stage = 0;
@@ -640,7 +662,7 @@ int NumPairs(int seq_len) {
 size_t AlignUp256(size_t n) { return (n + 255) / 256 * 256; }
 
 template <int kHeadDim, typename T>
-cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, cudaStream_t stream) {
+cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, bool pingpong, cudaStream_t stream) {
   using Tile = Sm90Tile<kHeadDim>;
   Sm90Params k{};
   const cuuint64_t D = kHeadDim;
@@ -663,6 +685,7 @@ cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, cudaStream_t
   k.pairs = NumPairs(p.seq_len);
   k.num_tiles = p.num_heads * k.pairs;
   k.scale_log2 = p.scale * kLog2e;
+  k.pingpong = pingpong;
 
   // Scratch: [order: num_tiles int32][counter], only what this launch uses.
   const bool sorted = p.block_offsets != nullptr;
@@ -737,9 +760,10 @@ size_t Sm90WorkspaceBytes(int num_heads, int seq_len) {
   return AlignUp256(sizeof(int32_t) * static_cast<size_t>(num_heads) * NumPairs(seq_len)) + 256;
 }
 
-cudaError_t LaunchSm90Attention(const AttentionParams& p, Sm90Schedule schedule, cudaStream_t stream) {
+cudaError_t LaunchSm90Attention(const AttentionParams& p, Sm90Schedule schedule, bool pingpong,
+                                cudaStream_t stream) {
   return SEER_DISPATCH_HEAD_DIM(p.head_dim, kHeadDim, [&] {
-    return SEER_DISPATCH_ELEM(p.dtype, Elem, [&] { return Launch<kHeadDim, Elem>(p, schedule, stream); });
+    return SEER_DISPATCH_ELEM(p.dtype, Elem, [&] { return Launch<kHeadDim, Elem>(p, schedule, pingpong, stream); });
   });
 }
 
