@@ -292,7 +292,8 @@ void BenchGate(const Options& o, int seq, int D, double attn_sparse_ms, std::vec
   g.block_indices = indices;
   g.index_capacity = cap;
   g.kept_per_head = kept;
-  g.workspace_bytes = seer::cuda::GateWorkspaceBytes(g);
+  g.workspace_bytes = std::max(seer::cuda::GateWorkspaceBytesVariant(g, seer::cuda::GateVariant::kUnfused),
+                               seer::cuda::GateWorkspaceBytesVariant(g, seer::cuda::GateVariant::kFused));
   SEER_CUDA_CHECK(cudaMalloc(&g.workspace, g.workspace_bytes));
   for (auto [variant, name] : {std::pair{seer::cuda::GateVariant::kUnfused, "unfused (old)"},
                                std::pair{seer::cuda::GateVariant::kFused, "fused"}}) {

@@ -92,5 +92,8 @@ enum class GateVariant {
   kUnfused,  // scores into an nb x nb scratch per head, then a select kernel
 };
 cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cudaStream_t stream);
+// Scratch for one variant (GateWorkspaceBytes is kAuto's); kFused fails with
+// cudaErrorInvalidValue where the rows do not fit (about 3M tokens).
+size_t GateWorkspaceBytesVariant(const GateParams& p, GateVariant variant);
 
 }  // namespace seer::cuda
