@@ -72,7 +72,9 @@ struct Sm90Tile {
   static constexpr int kTileBytes = kBlock * kHeadDim * 2;
   static constexpr int kKSteps = kHeadDim / 16;         // k16 steps of S = Q K^T
   static constexpr int kStepsPerColBlock = kCols / 16;
-  static constexpr int kStages = kHeadDim == 128 ? 5 : kHeadDim == 96 ? 6 : 8;
+  // As many K/V stages as fit: with block lists the two consumers often use
+  // different blocks, so each sees only about half of the ring ahead of it.
+  static constexpr int kStages = kHeadDim == 128 ? 6 : kHeadDim == 96 ? 8 : kHeadDim == 64 ? 12 : 16;
   // Shared memory, from a 1024-byte aligned base.
   static constexpr int kQOffset = 0;  // 2 Q tiles
   static constexpr int kStageOffset = 2 * kTileBytes;  // kStages x (K tile, V tile)
