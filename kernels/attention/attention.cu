@@ -607,16 +607,12 @@ const char* FwdVariantName(FwdVariant v) {
       return "v3 sm90 atomic";
     case FwdVariant::kSm90Static:
       return "v3 sm90 static";
-    case FwdVariant::kSm90NoPingPong:
-      return "v3 sm90 no pingpong";
   }
   return "?";
 }
 
 bool FwdVariantAvailable(FwdVariant v) {
-  if (v == FwdVariant::kSm90 || v == FwdVariant::kSm90Static || v == FwdVariant::kSm90NoPingPong) {
-    return Sm90AttentionAvailable();
-  }
+  if (v == FwdVariant::kSm90 || v == FwdVariant::kSm90Static) return Sm90AttentionAvailable();
   return true;
 }
 
@@ -634,10 +630,10 @@ cudaError_t BlockSparseAttentionVariant(const AttentionParams& p, FwdVariant var
   const int64_t nb = (p.seq_len + kBlock - 1) / kBlock;
   if (nb * p.num_heads > 0x7fffffff) return cudaErrorInvalidValue;
   variant = ResolveFwdVariant(variant);
-  if (variant == FwdVariant::kSm90 || variant == FwdVariant::kSm90Static || variant == FwdVariant::kSm90NoPingPong) {
+  if (variant == FwdVariant::kSm90 || variant == FwdVariant::kSm90Static) {
     if (!Sm90AttentionAvailable()) return cudaErrorNotSupported;
     return LaunchSm90Attention(p, variant == FwdVariant::kSm90Static ? Sm90Schedule::kStatic : Sm90Schedule::kAtomic,
-                               variant != FwdVariant::kSm90NoPingPong, stream);
+                               stream);
   }
   return SEER_DISPATCH_HEAD_DIM(p.head_dim, kHeadDim, [&] {
     return SEER_DISPATCH_ELEM(p.dtype, Elem, [&] {

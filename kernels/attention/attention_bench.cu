@@ -92,7 +92,6 @@ bool ParseArgs(int argc, char** argv, Options* o) {
                               : s == "v2"  ? FwdVariant::kRows32PerWarp
                               : s == "v3"  ? FwdVariant::kSm90
                               : s == "v3s" ? FwdVariant::kSm90Static
-                              : s == "v3n" ? FwdVariant::kSm90NoPingPong
                                            : FwdVariant::kAuto);
       }
     } else if (const char* v = value("--heads")) {
@@ -117,7 +116,7 @@ bool ParseArgs(int argc, char** argv, Options* o) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--seqs=8192,32768,131072] [--sparsities=0,0.5,0.9] [--dtypes=bf16,fp16]\n"
-                   "          [--variants=v2,v3 (auto,v1,v2,v3,v3s,v3n)] [--heads=32] [--kv-heads=32] [--dims=64,128]\n"
+                   "          [--variants=v2,v3 (auto,v1,v2,v3,v3s)] [--heads=32] [--kv-heads=32] [--dims=64,128]\n"
                    "          [--warmup=2] [--min-seconds=0.5] [--min-iters=3] [--max-iters=50] [--masks-dir=DIR]\n"
                    "          [--no-gate]\n",
                    argv[0]);

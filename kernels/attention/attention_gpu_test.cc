@@ -297,7 +297,7 @@ class AttentionGpuTest : public ::testing::Test {
   static std::vector<FwdVariant> Variants() {
     std::vector<FwdVariant> out;
     for (FwdVariant v : {FwdVariant::kAuto, FwdVariant::kRows16PerWarp, FwdVariant::kRows32PerWarp, FwdVariant::kSm90,
-                         FwdVariant::kSm90Static, FwdVariant::kSm90NoPingPong}) {
+                         FwdVariant::kSm90Static}) {
       if (cuda::FwdVariantAvailable(v)) {
         out.push_back(v);
       } else {

@@ -10,17 +10,22 @@
 //
 //   producer  takes the next tile (atomic counter or static stride), loads
 //             both Q blocks with TMA, then walks the union of the two rows'
-//             block lists, highest key block first, and streams each K/V
-//             block once into a ring of shared-memory stages, tagging the
-//             stage with the consumers that use it; an end marker closes the
-//             tile. Dense causal pairs share all but one block, so each K/V
-//             tile feeds 128 query rows, as in FlashAttention-3.
-//   consumer  Q stays in registers (wgmma A operand); per kept block:
+//             block lists, highest key block first, and loads each K/V block
+//             once into any free shared-memory stage; it appends (stage, block)
+//             to the queue of each consumer that uses the block, and an end
+//             marker closes the tile. Dense causal pairs share all but one
+//             block, so each K/V tile feeds 128 query rows, as in
+//             FlashAttention-3; with sparse lists the consumers' blocks differ
+//             and each runs ahead on its own queue (a stage waits only for the
+//             consumers that use it, so one consumer's held stage never stalls
+//             the other's loads).
+//   consumer  Q stays in registers (wgmma A operand); per queued block:
 //             S = Q K^T (wgmma, 64x64) issued together with the previous
 //             block's O += P V (wgmma, P from registers), softmax of S while
-//             that P V runs on the tensor cores, then the rescale of O.
-//             Stages it does not use are released at once. The token-level
-//             causal mask applies only on the diagonal block.
+//             that P V runs on the tensor cores, then the rescale of O. The
+//             token-level causal mask applies only on the diagonal block.
+//             (Ping-pong turns between the two consumers, FlashAttention-3's
+//             other overlap, measured slower here: docs/KERNELS.md.)
 //
 // Tiles are ordered heaviest first within each KV head's GQA group (later
 // query blocks first for dense; by kept-block count, sorted on the device,
@@ -58,8 +63,6 @@ constexpr int kBlock = 64;       // query rows per consumer = keys per stage = t
 constexpr int kThreads = 384;    // producer warpgroup + 2 consumer warpgroups
 constexpr int kProducerRegs = 40;
 constexpr int kConsumerRegs = 232;
-constexpr int kEndOfTile = 4;    // stage owner bit: no K/V, the tile is over
-constexpr int kTurnBarrier = 1;  // named barriers 1 and 2: the consumers' turns (0 is __syncthreads)
 
 template <int kHeadDim>
 struct Sm90Tile {
@@ -72,20 +75,26 @@ struct Sm90Tile {
   static constexpr int kTileBytes = kBlock * kHeadDim * 2;
   static constexpr int kKSteps = kHeadDim / 16;         // k16 steps of S = Q K^T
   static constexpr int kStepsPerColBlock = kCols / 16;
-  // As many K/V stages as fit: with block lists the two consumers often use
-  // different blocks, so each sees only about half of the ring ahead of it.
+  // As many K/V stages as fit (at least 3: each consumer holds at most one
+  // while it waits, and a third keeps the producer going).
   static constexpr int kStages = kHeadDim == 128 ? 6 : kHeadDim == 96 ? 8 : kHeadDim == 64 ? 12 : 16;
+  // Each consumer's queue of stream entries: every stage may hold one of its
+  // blocks, plus the end markers of the tile it is in and of the next.
+  static constexpr int kQueue = kStages + 2;
   // Shared memory, from a 1024-byte aligned base.
   static constexpr int kQOffset = 0;  // 2 Q tiles
   static constexpr int kStageOffset = 2 * kTileBytes;  // kStages x (K tile, V tile)
   static constexpr int kBarOffset = kStageOffset + kStages * 2 * kTileBytes;
-  // full[kStages], empty[kStages], q_full[2], q_empty[2]
-  static constexpr int kInfoOffset = kBarOffset + (2 * kStages + 4) * 8;  // stage_info[kStages] (int2)
-  static constexpr int kTileInfoOffset = (kInfoOffset + kStages * 8 + 15) / 16 * 16;  // tile_info[2] (int4)
+  // Barriers: full[kStages], empty[kStages], q_full[2], q_empty[2], ready[2][kQueue].
+  static constexpr int kFull = 0, kEmpty = kStages, kQFull = 2 * kStages, kQEmpty = kQFull + 2,
+                       kReady = kQEmpty + 2, kBarriers = kReady + 2 * kQueue;
+  static constexpr int kQueueOffset = (kBarOffset + kBarriers * 8 + 15) / 16 * 16;  // int4 [2][kQueue]
+  static constexpr int kTileInfoOffset = kQueueOffset + 2 * kQueue * 16;          // int4 [2]
   static constexpr int kSmemBytes = kTileInfoOffset + 2 * 16;
   static constexpr int kSmemAlloc = kSmemBytes + 1024;  // room to align the base
   static_assert(kSmemAlloc <= 227 * 1024, "shared memory");
   static_assert(kTileBytes % 1024 == 0, "tiles must keep the swizzle period");
+  static_assert(kStages >= 3, "two held stages and one to fill");
 };
 
 struct Sm90Params {
@@ -104,7 +113,6 @@ struct Sm90Params {
   int pairs;  // tiles per head: ceil(nb / 2)
   int num_tiles;
   float scale_log2;
-  bool pingpong;  // the consumers take turns issuing wgmmas
 };
 
 #if defined(SEER_SM90A_ENABLED)
@@ -130,12 +138,10 @@ __device__ __forceinline__ void DenseTile(const Sm90Params& p, int t, int* h, in
 template <int kHeadDim, typename T>
 __device__ __forceinline__ void Producer(const Sm90Params& p, uint8_t* smem, Sm90Schedule schedule) {
   using Tile = Sm90Tile<kHeadDim>;
+  const uint32_t bars = sm90::SmemAddr(smem) + Tile::kBarOffset;
+  auto bar = [&](int i) { return bars + 8 * i; };
   const uint32_t base = sm90::SmemAddr(smem);
-  const uint32_t bar_full = base + Tile::kBarOffset;
-  const uint32_t bar_empty = bar_full + Tile::kStages * 8;
-  const uint32_t bar_q_full = bar_empty + Tile::kStages * 8;
-  const uint32_t bar_q_empty = bar_q_full + 2 * 8;
-  int2* stage_info = reinterpret_cast<int2*>(smem + Tile::kInfoOffset);
+  int4* queue = reinterpret_cast<int4*>(smem + Tile::kQueueOffset);
   int4* tile_info = reinterpret_cast<int4*>(smem + Tile::kTileInfoOffset);
 
   sm90::PrefetchTensorMap(&p.tma_q);
@@ -144,13 +150,21 @@ __device__ __forceinline__ void Producer(const Sm90Params& p, uint8_t* smem, Sm9
   const bool dense = p.block_offsets == nullptr;
   const int group = p.num_heads / p.num_kv_heads;
 
-  int stage = 0;
-  uint32_t phase = 0;
+  uint32_t fills = 0;     // bit s: parity of stage s's fills so far
+  int next_stage = 0;     // where the search for a free stage starts
+  int queued[2] = {0, 0};  // entries written to each consumer's queue
   uint32_t q_phase = 0;
-  int step = 0;
+  // Appends an entry to consumer c's queue and signals it.
+  auto enqueue = [&](int c, int4 entry) {
+    const int slot = queued[c] % Tile::kQueue;
+    queue[c * Tile::kQueue + slot] = entry;
+    sm90::MbarArrive(bar(Tile::kReady + c * Tile::kQueue + slot));
+    ++queued[c];
+  };
+
   int t = schedule == Sm90Schedule::kAtomic ? static_cast<int>(atomicAdd(p.tile_counter, 1u))
                                             : static_cast<int>(blockIdx.x);
-  for (;; ++step) {
+  for (;;) {
     const bool done = t >= p.num_tiles;
     int h = 0, pair = 0;
     if (!done) {
@@ -169,27 +183,28 @@ __device__ __forceinline__ void Producer(const Sm90Params& p, uint8_t* smem, Sm9
                                                : t + static_cast<int>(gridDim.x);
     }
 
-    // Q of both rows (or the stop signal).
+    // Q of both rows (or the stop signal), once each consumer has started
+    // its previous tile (and so read that tile's Q).
     int qb[2] = {2 * pair + 1, 2 * pair};
     for (int c = 0; c < 2; ++c) {
-      sm90::MbarWait(bar_q_empty + 8 * c, q_phase ^ 1);
+      sm90::MbarWait(bar(Tile::kQEmpty + c), q_phase ^ 1);
       if (done) {
         tile_info[c] = make_int4(-1, 0, 0, 0);
-        sm90::MbarArrive(bar_q_full + 8 * c);
+        sm90::MbarArrive(bar(Tile::kQFull + c));
         continue;
       }
       const bool valid = qb[c] < p.nb;
       tile_info[c] = make_int4(h, qb[c], valid ? 1 : 0, 0);
       if (valid) {
-        sm90::MbarArriveExpectTx(bar_q_full + 8 * c, Tile::kTileBytes);
+        sm90::MbarArriveExpectTx(bar(Tile::kQFull + c), Tile::kTileBytes);
         const uint32_t dst = base + Tile::kQOffset + c * Tile::kTileBytes;
 #pragma unroll
         for (int cb = 0; cb < Tile::kColBlocks; ++cb) {
-          sm90::TmaLoad3d(dst + cb * Tile::kColBlockBytes, &p.tma_q, bar_q_full + 8 * c, cb * Tile::kCols, h,
+          sm90::TmaLoad3d(dst + cb * Tile::kColBlockBytes, &p.tma_q, bar(Tile::kQFull + c), cb * Tile::kCols, h,
                           qb[c] * kBlock);
         }
       } else {
-        sm90::MbarArrive(bar_q_full + 8 * c);
+        sm90::MbarArrive(bar(Tile::kQFull + c));
       }
     }
     q_phase ^= 1;
@@ -215,35 +230,41 @@ __device__ __forceinline__ void Producer(const Sm90Params& p, uint8_t* smem, Sm9
     int i0 = n[0] - 1, i1 = n[1] - 1;
     int k0 = i0 >= 0 ? key(0, i0) : -1;
     int k1 = i1 >= 0 ? key(1, i1) : -1;
-    for (;;) {
+    while (k0 >= 0 || k1 >= 0) {
       const int kb = max(k0, k1);
-      const int owners = kb < 0 ? kEndOfTile : (k0 == kb ? 1 : 0) | (k1 == kb ? 2 : 0);
-      sm90::MbarWait(bar_empty + 8 * stage, phase ^ 1);
-      stage_info[stage] = make_int2(kb, owners);
-      const uint32_t full = bar_full + 8 * stage;
-      if (owners == kEndOfTile) {
-        sm90::MbarArrive(full);
-      } else {
-        sm90::MbarArriveExpectTx(full, 2 * Tile::kTileBytes);
-        const uint32_t k_dst = base + Tile::kStageOffset + stage * 2 * Tile::kTileBytes;
-        const uint32_t v_dst = k_dst + Tile::kTileBytes;
-#pragma unroll
-        for (int cb = 0; cb < Tile::kColBlocks; ++cb) {
-          sm90::TmaLoad3d(k_dst + cb * Tile::kColBlockBytes, &p.tma_k, full, cb * Tile::kCols, kb * kBlock, kvh);
-        }
-#pragma unroll
-        for (int cb = 0; cb < Tile::kColBlocks; ++cb) {
-          sm90::TmaLoad3d(v_dst + cb * Tile::kColBlockBytes, &p.tma_v, full, cb * Tile::kCols, kb * kBlock, kvh);
-        }
+      const int owners = (k0 == kb ? 1 : 0) | (k1 == kb ? 2 : 0);
+      // Any free stage: a stage waits only for the consumers that use it.
+      int s = next_stage;
+      for (int tried = 1; !sm90::MbarTestWait(bar(Tile::kEmpty + s), ((fills >> s) & 1u) ^ 1u); ++tried) {
+        s = s + 1 == Tile::kStages ? 0 : s + 1;
+        if (tried % Tile::kStages == 0) __nanosleep(32);  // none free: leave the issue slots to the consumers
       }
-      if (++stage == Tile::kStages) {
-        stage = 0;
-        phase ^= 1;
+      next_stage = s + 1 == Tile::kStages ? 0 : s + 1;
+      const uint32_t parity = (fills >> s) & 1u;
+      fills ^= 1u << s;
+      const uint32_t full = bar(Tile::kFull + s);
+      sm90::MbarArriveExpectTx(full, 2 * Tile::kTileBytes);
+      const uint32_t k_dst = base + Tile::kStageOffset + s * 2 * Tile::kTileBytes;
+      const uint32_t v_dst = k_dst + Tile::kTileBytes;
+#pragma unroll
+      for (int cb = 0; cb < Tile::kColBlocks; ++cb) {
+        sm90::TmaLoad3d(k_dst + cb * Tile::kColBlockBytes, &p.tma_k, full, cb * Tile::kCols, kb * kBlock, kvh);
       }
-      if (owners == kEndOfTile) break;
+#pragma unroll
+      for (int cb = 0; cb < Tile::kColBlocks; ++cb) {
+        sm90::TmaLoad3d(v_dst + cb * Tile::kColBlockBytes, &p.tma_v, full, cb * Tile::kCols, kb * kBlock, kvh);
+      }
+      // The consumer that does not use this block releases it right away
+      // (its four warps' share of the count, from here).
+      if (owners != 3) sm90::MbarArriveCount(bar(Tile::kEmpty + s), 4);
+      for (int c = 0; c < 2; ++c) {
+        if (owners & (1 << c)) enqueue(c, make_int4(s, kb, static_cast<int>(parity), 0));
+      }
       if (owners & 1) k0 = --i0 >= 0 ? key(0, i0) : -1;
       if (owners & 2) k1 = --i1 >= 0 ? key(1, i1) : -1;
     }
+    enqueue(0, make_int4(-1, 0, 0, 0));  // end of tile
+    enqueue(1, make_int4(-1, 0, 0, 0));
     t = next;
   }
 }
@@ -254,13 +275,11 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
   constexpr int kSwizzle = Tile::kSwizzle;
   constexpr int kOTiles = kHeadDim / 8;  // n8 tiles of O
   const uint32_t base = sm90::SmemAddr(smem);
-  const uint32_t bar_full = base + Tile::kBarOffset;
-  const uint32_t bar_empty = bar_full + Tile::kStages * 8;
-  const uint32_t bar_q_full = bar_empty + Tile::kStages * 8 + 8 * c;
-  const uint32_t bar_q_empty = bar_empty + Tile::kStages * 8 + 2 * 8 + 8 * c;
+  const uint32_t bars = base + Tile::kBarOffset;
+  auto bar = [&](int i) { return bars + 8 * i; };
   // Written by the producer before its release-arrive on the barrier that
   // we wait on (acquire); the waits are compiler memory barriers too.
-  const int2* stage_info = reinterpret_cast<const int2*>(smem + Tile::kInfoOffset);
+  const int4* queue = reinterpret_cast<const int4*>(smem + Tile::kQueueOffset) + c * Tile::kQueue;
   const int4* tile_info = reinterpret_cast<const int4*>(smem + Tile::kTileInfoOffset) + c;
   const uint32_t q_smem = base + Tile::kQOffset + c * Tile::kTileBytes;
   const int warp = (threadIdx.x / 32) % 4;  // warp within the warpgroup: rows 16 warp .. 16 warp + 15
@@ -282,31 +301,26 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
   };
   auto release = [&](int stage) {
     __syncwarp();
-    if (lane == 0) sm90::MbarArrive(bar_empty + 8 * stage);
+    if (lane == 0) sm90::MbarArrive(bar(Tile::kEmpty + stage));
+  };
+  // Lane 0 reads shared words the producer overwrites once this warp has
+  // arrived on a barrier after the read, and broadcasts them: only the
+  // arriving thread reads, and the values are warp-uniform for the compiler
+  // too (see the kernel's role split).
+  auto read_shared = [&](const int4* src) {
+    int4 v = lane == 0 ? *src : make_int4(0, 0, 0, 0);
+    v.x = __shfl_sync(0xffffffffu, v.x, 0);
+    v.y = __shfl_sync(0xffffffffu, v.y, 0);
+    v.z = __shfl_sync(0xffffffffu, v.z, 0);
+    return v;
   };
 
-  // Turns (ping-pong, as in FlashAttention-3): for every block of the
-  // stream, consumer 0 issues its wgmmas (or passes), then consumer 1, then
-  // consumer 0 again, so one consumer's softmax runs while the tensor cores
-  // work on the other's GEMMs. Consumer c waits on named barrier
-  // kTurnBarrier + c, which the other consumer arrives on when it has issued;
-  // consumer 1 starts by handing consumer 0 the first turn. Both walk the same
-  // blocks (each block of the stream is one turn each), so the turns pair up.
-  if (p.pingpong && c == 1) sm90::NamedBarrierArrive(kTurnBarrier, 256);
-
-  int stage = 0;
-  uint32_t phase = 0;
+  int taken = 0;  // entries taken from this consumer's queue
   uint32_t q_phase = 0;
   for (;;) {
-    sm90::MbarWait(bar_q_full, q_phase);
+    sm90::MbarWait(bar(Tile::kQFull + c), q_phase);
     q_phase ^= 1;
-    // Lane 0 reads and broadcasts: only the thread that arrives on q_empty
-    // reads what the producer overwrites after it, and the values are
-    // uniform per warp for the compiler too (see the kernel's role split).
-    int4 info = lane == 0 ? *tile_info : make_int4(0, 0, 0, 0);
-    info.x = __shfl_sync(0xffffffffu, info.x, 0);
-    info.y = __shfl_sync(0xffffffffu, info.y, 0);
-    info.z = __shfl_sync(0xffffffffu, info.z, 0);
+    const int4 info = read_shared(tile_info);
     if (info.x < 0) return;
     const int h = info.x;
     const int qb = info.y;
@@ -332,7 +346,7 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
     }
     __syncwarp();
     sm90::FenceProxyAsync();  // the next TMA write of this buffer comes after these reads
-    if (lane == 0) sm90::MbarArrive(bar_q_empty);
+    if (lane == 0) sm90::MbarArrive(bar(Tile::kQEmpty + c));
 
     float o[kOTiles * 4];
 #pragma unroll
@@ -342,7 +356,6 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
     uint32_t p_frag[kBlock / 16][4];  // P of the held block, the A operand of O += P V
     bool have_p = false;
     int p_stage = 0;
-    int held_gap = 0;  // stages passed since the held one
 
     // O += P V for the held block; waits for it and releases its stage.
     auto flush = [&]() {
@@ -358,16 +371,14 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
       have_p = false;
     };
 
-    // One kept block: S = Q K^T (with the held block's O += P V behind it
-    // when there is one), mask, softmax, rescale O, and S becomes the new P.
-    // Instantiated for both cases so that each is one straight run of fence +
-    // wgmmas + waits: ptxas serializes wgmmas whose fences or waits it cannot
-    // match on every path.
-    auto compute_block = [&]<bool kHaveP>(int kb) {
-      // --- mma: S = Q K^T, and O += P V for the held block behind it, in
-      // this consumer's turn (see `turns`).
+    // One kept block in `stage`: S = Q K^T (with the held block's O += P V
+    // behind it when there is one), mask, softmax while that P V runs,
+    // rescale O, and S becomes the new P. Instantiated for both cases so that
+    // each is one straight run of fence + wgmmas + waits: ptxas serializes
+    // wgmmas whose fences or waits it cannot match on every path.
+    auto compute_block = [&]<bool kHaveP>(int kb, int stage) {
+      // --- mma: S = Q K^T, and O += P V for the held block behind it.
       float s[32];
-      if (p.pingpong) sm90::NamedBarrierSync(kTurnBarrier + c, 256);
       sm90::WgmmaFence();
 #pragma unroll
       for (int ks = 0; ks < Tile::kKSteps; ++ks) {
@@ -380,10 +391,8 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
           sm90::WgmmaRS<kHeadDim, T>::template Run<1>(o, p_frag[ks], v_desc(p_stage, ks), 1);
         }
         sm90::WgmmaCommit();
-        if (p.pingpong) sm90::NamedBarrierArrive(kTurnBarrier + 1 - c, 256);
         sm90::WgmmaWait<1>();
       } else {
-        if (p.pingpong) sm90::NamedBarrierArrive(kTurnBarrier + 1 - c, 256);
         sm90::WgmmaWait<0>();
       }
       sm90::FenceRegs(s);
@@ -451,44 +460,22 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
       }
     };
 
+    // This consumer's blocks, in stream order, until the tile's end marker.
     for (;;) {
-      // Holding a stage while waiting for the one kStages later would wait
-      // for ourselves: the producer refills that stage only once we release.
-      if (have_p && held_gap >= Tile::kStages) flush();
-      sm90::MbarWait(bar_full + 8 * stage, phase);
-      int2 si = lane == 0 ? stage_info[stage] : make_int2(0, 0);  // as tile_info above
-      si.x = __shfl_sync(0xffffffffu, si.x, 0);
-      si.y = __shfl_sync(0xffffffffu, si.y, 0);
-      const int kb = si.x;
-      const bool end = si.y == kEndOfTile;
-      const bool mine = !end && ((si.y >> c) & 1) != 0;
-      if (!mine) {
-        if (p.pingpong && !end) {  // pass the turn
-          sm90::NamedBarrierSync(kTurnBarrier + c, 256);
-          sm90::NamedBarrierArrive(kTurnBarrier + 1 - c, 256);
-        }
-        release(stage);
-        if (++stage == Tile::kStages) {
-          stage = 0;
-          phase ^= 1;
-        }
-        ++held_gap;
-        if (end) break;
-        continue;
-      }
-
+      const int slot = taken % Tile::kQueue;
+      sm90::MbarWait(bar(Tile::kReady + c * Tile::kQueue + slot), (taken / Tile::kQueue) & 1);
+      ++taken;
+      const int4 entry = read_shared(queue + slot);
+      if (entry.x < 0) break;
+      const int stage = entry.x;
+      sm90::MbarWait(bar(Tile::kFull + stage), static_cast<uint32_t>(entry.z));
       if (have_p) {
-        compute_block.template operator()<true>(kb);
+        compute_block.template operator()<true>(entry.y, stage);
       } else {
-        compute_block.template operator()<false>(kb);
+        compute_block.template operator()<false>(entry.y, stage);
       }
       have_p = true;
       p_stage = stage;
-      held_gap = 1;
-      if (++stage == Tile::kStages) {
-        stage = 0;
-        phase ^= 1;
-      }
     }
     if (have_p) flush();
 
@@ -524,20 +511,20 @@ __global__ void __launch_bounds__(kThreads, 1)
   using Tile = Sm90Tile<kHeadDim>;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* smem = smem_raw + ((1024 - (sm90::SmemAddr(smem_raw) & 1023)) & 1023);
-  const uint32_t base = sm90::SmemAddr(smem);
   // Broadcast from lane 0 so that ptxas knows the role is warp-uniform (a
   // wgmma on a path it thinks divergent gets serialized).
   const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x / 128), 0);
   if (threadIdx.x == 0) {
-    const uint32_t bars = base + Tile::kBarOffset;
+    const uint32_t bars = sm90::SmemAddr(smem) + Tile::kBarOffset;
     for (int s = 0; s < Tile::kStages; ++s) {
-      sm90::MbarInit(bars + 8 * s, 1);                        // full: the producer's arrive + bytes
-      sm90::MbarInit(bars + 8 * (Tile::kStages + s), 2 * 4);  // empty: one lane per consumer warp
+      sm90::MbarInit(bars + 8 * (Tile::kFull + s), 1);       // the producer's arrive + the bytes
+      sm90::MbarInit(bars + 8 * (Tile::kEmpty + s), 2 * 4);  // one lane per consumer warp
     }
     for (int c = 0; c < 2; ++c) {
-      sm90::MbarInit(bars + 8 * (2 * Tile::kStages + c), 1);      // q_full
-      sm90::MbarInit(bars + 8 * (2 * Tile::kStages + 2 + c), 4);  // q_empty
+      sm90::MbarInit(bars + 8 * (Tile::kQFull + c), 1);
+      sm90::MbarInit(bars + 8 * (Tile::kQEmpty + c), 4);
     }
+    for (int i = 0; i < 2 * Tile::kQueue; ++i) sm90::MbarInit(bars + 8 * (Tile::kReady + i), 1);
     sm90::FenceBarrierInit();
   }
   __syncthreads();
@@ -664,7 +651,7 @@ int NumPairs(int seq_len) {
 size_t AlignUp256(size_t n) { return (n + 255) / 256 * 256; }
 
 template <int kHeadDim, typename T>
-cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, bool pingpong, cudaStream_t stream) {
+cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, cudaStream_t stream) {
   using Tile = Sm90Tile<kHeadDim>;
   Sm90Params k{};
   const cuuint64_t D = kHeadDim;
@@ -687,7 +674,6 @@ cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, bool pingpon
   k.pairs = NumPairs(p.seq_len);
   k.num_tiles = p.num_heads * k.pairs;
   k.scale_log2 = p.scale * kLog2e;
-  k.pingpong = pingpong;
 
   // Scratch: [order: num_tiles int32][counter], only what this launch uses.
   const bool sorted = p.block_offsets != nullptr;
@@ -762,10 +748,9 @@ size_t Sm90WorkspaceBytes(int num_heads, int seq_len) {
   return AlignUp256(sizeof(int32_t) * static_cast<size_t>(num_heads) * NumPairs(seq_len)) + 256;
 }
 
-cudaError_t LaunchSm90Attention(const AttentionParams& p, Sm90Schedule schedule, bool pingpong,
-                                cudaStream_t stream) {
+cudaError_t LaunchSm90Attention(const AttentionParams& p, Sm90Schedule schedule, cudaStream_t stream) {
   return SEER_DISPATCH_HEAD_DIM(p.head_dim, kHeadDim, [&] {
-    return SEER_DISPATCH_ELEM(p.dtype, Elem, [&] { return Launch<kHeadDim, Elem>(p, schedule, pingpong, stream); });
+    return SEER_DISPATCH_ELEM(p.dtype, Elem, [&] { return Launch<kHeadDim, Elem>(p, schedule, stream); });
   });
 }
 

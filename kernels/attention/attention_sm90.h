@@ -27,9 +27,7 @@ bool Sm90AttentionAvailable();
 size_t Sm90WorkspaceBytes(int num_heads, int seq_len);
 
 // Runs the kernel; the caller has checked the shapes (ValidPrefill in
-// attention.cu) and Sm90AttentionAvailable(). `pingpong`: the two consumer
-// warpgroups take turns issuing their wgmmas.
-cudaError_t LaunchSm90Attention(const AttentionParams& p, Sm90Schedule schedule, bool pingpong,
-                                cudaStream_t stream);
+// attention.cu) and Sm90AttentionAvailable().
+cudaError_t LaunchSm90Attention(const AttentionParams& p, Sm90Schedule schedule, cudaStream_t stream);
 
 }  // namespace seer::cuda

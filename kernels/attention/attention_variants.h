@@ -24,8 +24,6 @@ enum class FwdVariant {
   kSm90,
   // The same kernel with a static tile stride instead of the counter.
   kSm90Static,
-  // kSm90 with the consumers issuing their wgmmas as they come, no turns.
-  kSm90NoPingPong,
 };
 
 const char* FwdVariantName(FwdVariant v);

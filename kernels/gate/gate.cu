@@ -161,16 +161,16 @@ __global__ void RopeTableKernel(const float* inv_freq, int nb, int half, int blo
 }
 
 // --- project + rope -------------------------------------------------------
-constexpr int kGemmK = 16;
 constexpr int kGemmThreads = 256;  // 16 x 16 threads, (kTile / 16)^2 outputs each
 
 // The gate linears as one tiled GEMM per Q head: out[h] = X[h] . W[h] with
 // X [nb, in] (row stride x_row), W [in, hidden], out [Hq, nb, hidden]. grid
 // (m tiles, n tiles, Hq * linears): z < Hq makes k' for head z, z >= Hq
 // makes q' for head z - Hq (only when mask_linear_q exists). Tiles of kTile
-// x kTile: 128 for the old gate, 64 for the fused one (4x the CTAs, which a
-// short sequence needs to fill the chip).
-template <int kTile>
+// x kTile, kK input channels per step: 128 x 16 for the old gate; 64 x 64 for
+// the fused one (4x the CTAs, which a short sequence needs to fill the chip,
+// and a quarter of the steps, each waiting once for its loads).
+template <int kTile, int kGemmK>
 __global__ void __launch_bounds__(kGemmThreads)
     ProjectKernel(GateParams p, int nb, const float* pooled_q, const float* pooled_k, float* qp, float* kp) {
   constexpr int kPer = kTile / 16;  // outputs per thread in each direction
@@ -624,6 +624,12 @@ int FusedRows(int nb, int hidden, size_t limit) {
 constexpr size_t kFusedSmemTwoPerSm = 110 * 1024;
 constexpr size_t kFusedSmemMax = 220 * 1024;
 
+// Where the fused gate runs under kAuto: measured faster than the old one at
+// 8k tokens (nb 128) and slower at 32k (nb 512) on an H200 (docs/KERNELS.md):
+// with more blocks, the k' rows re-read per CTA of few rows outweigh the
+// scores the old gate writes and reads back.
+constexpr int kFusedAutoMaxBlocks = 256;
+
 int FusedRowsFor(int nb, int hidden) {
   const int two = FusedRows(nb, hidden, kFusedSmemTwoPerSm);
   return two >= 4 ? two : FusedRows(nb, hidden, kFusedSmemMax);
@@ -760,7 +766,9 @@ size_t GateWorkspaceBytes(const GateParams& p) { return GateWorkspaceBytesVarian
 
 size_t GateWorkspaceBytesVariant(const GateParams& p, GateVariant variant) {
   if (!ValidShapes(p)) return 0;
-  const bool fused = variant != GateVariant::kUnfused && FusedRowsFor(GateNumBlocks(p), p.hidden) > 0;
+  const int nb = GateNumBlocks(p);
+  const bool fused = variant == GateVariant::kFused ||
+                     (variant == GateVariant::kAuto && nb <= kFusedAutoMaxBlocks && FusedRowsFor(nb, p.hidden) > 0);
   return MakeLayout(p, !fused).total;
 }
 
@@ -805,7 +813,8 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   if (max_indices > 0x7fffffff || p.index_capacity < max_indices) return cudaErrorInvalidValue;
   const int fused_rows = FusedRowsFor(nb, p.hidden);
   if (variant == GateVariant::kFused && fused_rows == 0) return cudaErrorInvalidValue;
-  const bool fused = variant != GateVariant::kUnfused && fused_rows > 0;
+  const bool fused = variant == GateVariant::kFused || (variant == GateVariant::kAuto && nb <= kFusedAutoMaxBlocks &&
+                                                       fused_rows > 0);
   const GateLayout g = MakeLayout(p, !fused);
   if (p.workspace_bytes < g.total || reinterpret_cast<uintptr_t>(p.workspace) % kAlign != 0) {
     return cudaErrorInvalidValue;
@@ -841,10 +850,10 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   }
   const int linears = p.q_weight != nullptr ? 2 : 1;
   if (fused) {
-    ProjectKernel<64><<<dim3((nb + 63) / 64, (p.hidden + 63) / 64, p.num_heads * linears), kGemmThreads, 0,
+    ProjectKernel<64, 64><<<dim3((nb + 63) / 64, (p.hidden + 63) / 64, p.num_heads * linears), kGemmThreads, 0,
                         stream>>>(p, nb, pooled_q, pooled_k, qp, kp);
   } else {
-    ProjectKernel<128><<<dim3((nb + 127) / 128, (p.hidden + 127) / 128, p.num_heads * linears), kGemmThreads, 0,
+    ProjectKernel<128, 16><<<dim3((nb + 127) / 128, (p.hidden + 127) / 128, p.num_heads * linears), kGemmThreads, 0,
                          stream>>>(p, nb, pooled_q, pooled_k, qp, kp);
   }
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
