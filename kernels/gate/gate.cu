@@ -120,15 +120,25 @@ __global__ void __launch_bounds__(kPoolThreads)
     Load8(x + t0 * stride + c0, mx);
 #pragma unroll
     for (int i = 0; i < 8; ++i) mn[i] = mx[i];
-#pragma unroll 4
-    for (int t = t0; t < t1; ++t) {
-      float v[8];
-      Load8(x + t * stride + c0, v);
+    // Eight tokens' loads in flight at once, then accumulated in token order.
+    constexpr int kBatch = 8;
+    for (int tb = t0; tb < t1; tb += kBatch) {
+      uint4 raw[kBatch];
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        sum[i] += v[i];
-        if (v[i] > mx[i] || isnan(v[i])) mx[i] = v[i];  // NaN propagates, as in torch
-        if (v[i] < mn[i] || isnan(v[i])) mn[i] = v[i];
+      for (int u = 0; u < kBatch; ++u) {
+        if (tb + u < t1) raw[u] = *reinterpret_cast<const uint4*>(x + (tb + u) * stride + c0);
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        if (tb + u >= t1) break;
+        const T* e = reinterpret_cast<const T*>(&raw[u]);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const float v = static_cast<float>(e[i]);
+          sum[i] += v;
+          if (v > mx[i] || isnan(v)) mx[i] = v;  // NaN propagates, as in torch
+          if (v < mn[i] || isnan(v)) mn[i] = v;
+        }
       }
     }
     if (!is_k) {
@@ -202,15 +212,27 @@ __global__ void __launch_bounds__(kGemmThreads)
   const int tx = threadIdx.x % 16;
   const int ty = threadIdx.x / 16;
   float acc[kPer][kPer] = {};
+  constexpr int kLoads = kTile * kGemmK / kGemmThreads;
   for (int c0 = 0; c0 < in; c0 += kGemmK) {
-    __syncthreads();
-    for (int i = threadIdx.x; i < kTile * kGemmK; i += kGemmThreads) {
+    // Every load of the step in flight at once (into registers), then the
+    // shared-memory stores: one memory round trip per step.
+    float xv[kLoads], wv[kLoads];
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j) {
+      const int i = threadIdx.x + j * kGemmThreads;
       const int r = i / kGemmK;  // x: row r, channel c (transposed into shared memory)
       const int c = i % kGemmK;
-      xs[c][r] = (m0 + r < nb && c0 + c < in) ? x[(m0 + r) * x_row + c0 + c] : 0.0f;
+      xv[j] = (m0 + r < nb && c0 + c < in) ? x[(m0 + r) * x_row + c0 + c] : 0.0f;
       const int wc = i / kTile;  // W: channel wc, output column wn
       const int wn = i % kTile;
-      ws[wc][wn] = (c0 + wc < in && n0 + wn < hidden) ? w[static_cast<int64_t>(c0 + wc) * hidden + n0 + wn] : 0.0f;
+      wv[j] = (c0 + wc < in && n0 + wn < hidden) ? w[static_cast<int64_t>(c0 + wc) * hidden + n0 + wn] : 0.0f;
+    }
+    __syncthreads();  // the last step's reads of xs and ws are done
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j) {
+      const int i = threadIdx.x + j * kGemmThreads;
+      xs[i % kGemmK][i / kGemmK] = xv[j];
+      ws[i / kTile][i % kTile] = wv[j];
     }
     __syncthreads();
 #pragma unroll 4
@@ -562,12 +584,26 @@ __global__ void __launch_bounds__(FusedShape<kRows>::kThreads)
     for (int r = 0; r < Shape::kRowsPerThread; ++r) acc[r] = 0.0f;
     for (int c0 = 0; c0 < hidden; c0 += kFusedC) {
       const int cn = min(kFusedC, hidden - c0);
+      // Sixteen loads per thread in flight at once, then their stores (one
+      // round trip for 512 threads, two for 256).
+      constexpr int kLoads = kFusedCols * kFusedC / Shape::kThreads;
+      constexpr int kBatch = kLoads < 16 ? kLoads : 16;
       __syncthreads();  // the last tile is consumed (and qs written)
-      for (int i = tid; i < kFusedCols * kFusedC; i += Shape::kThreads) {
-        const int j = i / kFusedC;
-        const int c = i % kFusedC;
-        ks[c * kFusedKPitch + j] =
-            (kb0 + j < row_end && c < cn) ? kh[static_cast<int64_t>(kb0 + j) * hidden + c0 + c] : 0.0f;
+#pragma unroll
+      for (int u0 = 0; u0 < kLoads; u0 += kBatch) {
+        float kv[kBatch];
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u) {
+          const int i = tid + (u0 + u) * Shape::kThreads;
+          const int j = i / kFusedC;
+          const int c = i % kFusedC;
+          kv[u] = (kb0 + j < row_end && c < cn) ? kh[static_cast<int64_t>(kb0 + j) * hidden + c0 + c] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u) {
+          const int i = tid + (u0 + u) * Shape::kThreads;
+          ks[(i % kFusedC) * kFusedKPitch + i / kFusedC] = kv[u];
+        }
       }
       __syncthreads();
       for (int c = 0; c < cn; ++c) {
