@@ -70,21 +70,46 @@ __device__ __forceinline__ void LoadTile(T* smem, const T* src, int64_t row_stri
   constexpr int kPerThread = kBlock * kChunks / kThreads;
   static_assert(kBlock * kChunks % kThreads == 0, "whole chunks per thread");
   const uint32_t base = ptx::SmemAddr(smem);
-  if (valid_rows >= kBlock) {
+  if constexpr (kThreads % kChunks == 0) {
+    // Each thread keeps one chunk column and steps down the rows.
+    constexpr int kRowStep = kThreads / kChunks;
+    const int row0 = tid / kChunks;
+    const int chunk = tid % kChunks;
+    const T* src0 = src + row0 * row_stride + chunk * 8;
+    if (valid_rows >= kBlock) {
 #pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
-      const int row = (tid + i * kThreads) / kChunks;
-      const int chunk = (tid + i * kThreads) % kChunks;
-      ptx::CpAsync16(base + 2 * SwizzledOffset<kPitch>(row, chunk), src + row * row_stride + chunk * 8);
+      for (int i = 0; i < kPerThread; ++i) {
+        const int row = row0 + i * kRowStep;
+        ptx::CpAsync16(base + 2 * SwizzledOffset<kPitch>(row, chunk), src0 + i * kRowStep * row_stride);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < kPerThread; ++i) {
+        const int row = row0 + i * kRowStep;
+        const bool valid = row < valid_rows;
+        ptx::CpAsync16ZeroFill(base + 2 * SwizzledOffset<kPitch>(row, chunk),
+                               valid ? src0 + i * kRowStep * row_stride : src, valid);
+      }
     }
   } else {
+    // Head dim 96 (12 chunks a row): thread and chunk columns do not line
+    // up, so each copy finds its row and chunk from its flat index.
+    if (valid_rows >= kBlock) {
 #pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
-      const int row = (tid + i * kThreads) / kChunks;
-      const int chunk = (tid + i * kThreads) % kChunks;
-      const bool valid = row < valid_rows;
-      ptx::CpAsync16ZeroFill(base + 2 * SwizzledOffset<kPitch>(row, chunk),
-                             valid ? src + row * row_stride + chunk * 8 : src, valid);
+      for (int i = 0; i < kPerThread; ++i) {
+        const int row = (tid + i * kThreads) / kChunks;
+        const int chunk = (tid + i * kThreads) % kChunks;
+        ptx::CpAsync16(base + 2 * SwizzledOffset<kPitch>(row, chunk), src + row * row_stride + chunk * 8);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < kPerThread; ++i) {
+        const int row = (tid + i * kThreads) / kChunks;
+        const int chunk = (tid + i * kThreads) % kChunks;
+        const bool valid = row < valid_rows;
+        ptx::CpAsync16ZeroFill(base + 2 * SwizzledOffset<kPitch>(row, chunk),
+                               valid ? src + row * row_stride + chunk * 8 : src, valid);
+      }
     }
   }
 }
