@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # One GPU session for the attention kernels: build (or use prebuilt
-# binaries), the GPU tests, compute-sanitizer memcheck and racecheck on the
-# small attention and gate tests, the attention benchmark and its peers
-# (torch SDPA flash/cuDNN, FlexAttention on the identical masks). Logs go
-# to $OUT (default ./out/gpu-attention); the tables print last.
+# binaries), a smoke run that catches a hung kernel early, the GPU tests,
+# compute-sanitizer memcheck, racecheck and synccheck on the small attention
+# and gate tests, the sm90 kernel's SASS summary (HGMMA count, local-memory
+# traffic), the attention benchmark and its peers (torch SDPA flash/cuDNN,
+# FlexAttention on the identical masks), and one merged table. Logs go to
+# $OUT (default ./out/gpu-attention); the tables print last.
 #
 # Environment:
-#   STEPS      comma list of env,build,tests,sanitizer,bench,peers (default: all)
+#   STEPS      comma list of env,build,smoke,tests,sanitizer,sass,bench,peers (default: all)
 #   PREBUILT   folder holding seer_gpu_tests and seer-attention-bench built
 #              elsewhere (e.g. on a Debian host, carried along); skips the build
 #   BUILD_DIR  build folder when building here (default build-gpu)
@@ -16,15 +18,18 @@
 #   SANITIZE_FILTER gtest filter for compute-sanitizer (default: the small shapes)
 #   BENCH_ARGS      extra arguments for seer-attention-bench
 #   PEERS_ARGS      extra arguments for kernels/attention/attention_peers.py
+#   STEP_TIMEOUT    seconds any one step may run (default 600)
+#   SANITIZE_TIMEOUT seconds each compute-sanitizer tool may run (default STEP_TIMEOUT)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 OUT="${OUT:-$PWD/out/gpu-attention}"
 mkdir -p "$OUT"
-STEPS="${STEPS:-env,build,tests,sanitizer,bench,peers}"
+STEPS="${STEPS:-env,build,smoke,tests,sanitizer,sass,bench,peers}"
+STEP_TIMEOUT="${STEP_TIMEOUT:-600}"
 BUILD_DIR="${BUILD_DIR:-build-gpu}"
 TEST_FILTER="${TEST_FILTER:-AttentionGpuTest.*:GateGpuTest.*}"
-SANITIZE_FILTER="${SANITIZE_FILTER:-AttentionGpuTest.SmallShapes:AttentionGpuTest.EmptyRowsAreZero:GateGpuTest.SmallShapes}"
+SANITIZE_FILTER="${SANITIZE_FILTER:-AttentionGpuTest.SanitizerShapes:AttentionGpuTest.EmptyRowsAreZero:GateGpuTest.SmallShapes}"
 MASKS_DIR="${MASKS_DIR:-/tmp/seer-attention-masks}"
 export PATH="/usr/local/cuda/bin:$PATH"
 status=0
@@ -68,9 +73,17 @@ else
   BIN="$PWD/$BUILD_DIR/bin"
 fi
 
+if has_step smoke; then
+  t0=$SECONDS
+  timeout 30 "$BIN/seer_gpu_tests" --gtest_filter=AttentionGpuTest.EmptyRowsAreZero >"$OUT/smoke.log" 2>&1
+  rc=$?
+  note "smoke rc=$rc ($((SECONDS - t0)) s)$([[ $rc -eq 124 ]] && echo ': TIMED OUT (hung kernel?)')"
+  if [[ $rc -ne 0 ]]; then tail -30 "$OUT/smoke.log"; status=1; fi
+fi
+
 if has_step tests; then
   t0=$SECONDS
-  "$BIN/seer_gpu_tests" --gtest_filter="$TEST_FILTER" >"$OUT/tests.log" 2>&1
+  timeout "$STEP_TIMEOUT" "$BIN/seer_gpu_tests" --gtest_filter="$TEST_FILTER" >"$OUT/tests.log" 2>&1
   rc=$?
   grep -E "^\[ +(PASSED|FAILED|SKIPPED) +\]|boundary blocks|Failure|error" "$OUT/tests.log" | head -40
   note "tests rc=$rc ($((SECONDS - t0)) s): $(grep -E '^\[  PASSED  \]|^\[  FAILED  \]' "$OUT/tests.log" | tr '\n' ' ')"
@@ -78,21 +91,32 @@ if has_step tests; then
 fi
 
 if has_step sanitizer; then
-  for tool in memcheck racecheck; do
+  for tool in memcheck racecheck synccheck; do
     t0=$SECONDS
-    compute-sanitizer --tool "$tool" --error-exitcode 99 "$BIN/seer_gpu_tests" --gtest_filter="$SANITIZE_FILTER" \
-      >"$OUT/sanitizer-$tool.log" 2>&1
+    timeout "${SANITIZE_TIMEOUT:-$STEP_TIMEOUT}" compute-sanitizer --tool "$tool" --error-exitcode 99 "$BIN/seer_gpu_tests" \
+      --gtest_filter="$SANITIZE_FILTER" >"$OUT/sanitizer-$tool.log" 2>&1
     rc=$?
-    note "compute-sanitizer $tool rc=$rc ($((SECONDS - t0)) s): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer-$tool.log" | tail -1)"
+    note "compute-sanitizer $tool rc=$rc ($((SECONDS - t0)) s): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitizer-$tool.log" | tail -1) $(grep -E '^\[  (PASSED|FAILED)  \]' "$OUT/sanitizer-$tool.log" | tr '\n' ' ')"
     [[ $rc -ne 0 ]] && status=1
   done
+fi
+
+if has_step sass; then
+  # The sm90 kernels' machine code: wgmma must show as HGMMA, and nothing
+  # may go through local memory (LDL/STL).
+  cuobjdump -sass "$BIN/seer-attention-bench" >"$OUT/bench.sass" 2>&1
+  awk '/Function : /{f=$3} /HGMMA/{h[f]++} /LDL|STL/{l[f]++} END{for (k in h) if (k ~ /Sm90Fwd/) printf "  %s: %d HGMMA, %d LDL/STL\n", k, h[k], l[k]+0}' \
+    "$OUT/bench.sass" | sort >"$OUT/sass-summary.log"
+  note "sass: $(wc -l <"$OUT/sass-summary.log") sm90 kernels; HGMMA/LDL/STL per kernel in sass-summary.log"
+  cat "$OUT/sass-summary.log"
+  gzip -f "$OUT/bench.sass"
 fi
 
 if has_step bench; then
   mkdir -p "$MASKS_DIR"
   t0=$SECONDS
   # shellcheck disable=SC2086
-  "$BIN/seer-attention-bench" --masks-dir="$MASKS_DIR" ${BENCH_ARGS:-} >"$OUT/bench.log" 2>&1
+  timeout "$STEP_TIMEOUT" "$BIN/seer-attention-bench" --masks-dir="$MASKS_DIR" ${BENCH_ARGS:-} >"$OUT/bench.log" 2>&1
   rc=$?
   note "seer-attention-bench rc=$rc ($((SECONDS - t0)) s)"
   [[ $rc -ne 0 ]] && { tail -20 "$OUT/bench.log"; status=1; }
@@ -101,8 +125,8 @@ fi
 if has_step peers; then
   t0=$SECONDS
   # shellcheck disable=SC2086
-  PYTHONUNBUFFERED=1 python3 kernels/attention/attention_peers.py --masks-dir "$MASKS_DIR" ${PEERS_ARGS:-} \
-    >"$OUT/peers.log" 2>&1
+  PYTHONUNBUFFERED=1 timeout "$STEP_TIMEOUT" python3 kernels/attention/attention_peers.py --masks-dir "$MASKS_DIR" \
+    ${PEERS_ARGS:-} >"$OUT/peers.log" 2>&1
   rc=$?
   note "bench_attention_peers.py rc=$rc ($((SECONDS - t0)) s)"
   [[ $rc -ne 0 ]] && { tail -20 "$OUT/peers.log"; status=1; }
@@ -115,5 +139,9 @@ if has_step bench && [[ -f "$OUT/bench.log" ]]; then
 fi
 if has_step peers && [[ -f "$OUT/peers.log" ]]; then
   echo; echo "-- peers"; grep -E "^device|check:" "$OUT/peers.log"; sed -n '/^| dtype/,$p' "$OUT/peers.log"
+fi
+if [[ -f "$OUT/bench.log" && -f "$OUT/peers.log" ]]; then
+  echo; echo "-- merged"
+  python3 kernels/attention/attention_table.py "$OUT/bench.log" "$OUT/peers.log" | tee "$OUT/table.md"
 fi
 exit $status

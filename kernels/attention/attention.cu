@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "kernels/attention/attention.h"
+#include "kernels/attention/attention_sm90.h"
 #include "kernels/attention/attention_variants.h"
 #include "kernels/common/check.h"
 #include "kernels/common/dispatch.h"
@@ -33,6 +34,10 @@ constexpr int kBlock = 64;  // query rows per CTA = keys per tile = the mask blo
 
 template <int kHeadDim, int kRowsPerWarp>
 struct FwdTile {
+  // Shared-memory row pitch in elements: a multiple of 64 (128 bytes), so the
+  // XOR swizzle below stays inside a row and stepping chunk pairs is an XOR
+  // on the byte address; head dims 32 and 96 leave the rest of a row unused.
+  static constexpr int kPitch = (kHeadDim + 63) / 64 * 64;
   static constexpr int kMTiles = kRowsPerWarp / 16;  // m16 tiles per warp
   static constexpr int kWarps = kBlock / kRowsPerWarp;
   static constexpr int kThreads = 32 * kWarps;
@@ -41,46 +46,70 @@ struct FwdTile {
   static constexpr int kOTiles = kHeadDim / 8;   // n8 tiles of O
   static constexpr int kPSteps = kBlock / 16;    // k-steps of O += P V
   static constexpr bool kQInRegs = kMTiles == 1;
-  static constexpr int kTileElems = kBlock * kHeadDim;
+  static constexpr int kTileElems = kBlock * kPitch;
   static constexpr int kSmemBytes = 3 * kTileElems * 2;  // Q, K, V
   // CTAs per SM the register budget is sized for.
   static constexpr int kMinBlocks = kMTiles == 1 ? 2 : 4;
 };
 
-// Element offset of 16-byte chunk `chunk` of row `row` in a [64][D] tile. The
-// XOR swizzle puts the 8 rows that one ldmatrix phase reads into 8 different
-// groups of 4 banks.
-template <int kHeadDim>
+// Element offset of 16-byte chunk `chunk` of row `row` in a [64][kPitch]
+// tile. The XOR swizzle puts the 8 rows that one ldmatrix phase reads into 8
+// different groups of 4 banks.
+template <int kPitch>
 __device__ __forceinline__ int SwizzledOffset(int row, int chunk) {
-  return row * kHeadDim + ((chunk ^ (row & 7)) << 3);
+  return row * kPitch + ((chunk ^ (row & 7)) << 3);
 }
 
 // Starts copying a [64][D] tile whose row r is at src + r * row_stride; rows
 // at or past valid_rows are zero-filled (never read). Only the last block of
 // a sequence is partial, so the full tile takes the unpredicated path, which
 // keeps no per-copy predicates alive in registers.
-template <int kHeadDim, int kThreads, typename T>
+template <int kHeadDim, int kPitch, int kThreads, typename T>
 __device__ __forceinline__ void LoadTile(T* smem, const T* src, int64_t row_stride, int valid_rows, int tid) {
   constexpr int kChunks = kHeadDim / 8;
   constexpr int kPerThread = kBlock * kChunks / kThreads;
-  constexpr int kRowStep = kThreads / kChunks;
+  static_assert(kBlock * kChunks % kThreads == 0, "whole chunks per thread");
   const uint32_t base = ptx::SmemAddr(smem);
-  const int row0 = tid / kChunks;
-  const int chunk = tid % kChunks;
-  const T* src0 = src + row0 * row_stride + chunk * 8;
-  if (valid_rows >= kBlock) {
+  if constexpr (kThreads % kChunks == 0) {
+    // Each thread keeps one chunk column and steps down the rows.
+    constexpr int kRowStep = kThreads / kChunks;
+    const int row0 = tid / kChunks;
+    const int chunk = tid % kChunks;
+    const T* src0 = src + row0 * row_stride + chunk * 8;
+    if (valid_rows >= kBlock) {
 #pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
-      const int row = row0 + i * kRowStep;
-      ptx::CpAsync16(base + 2 * SwizzledOffset<kHeadDim>(row, chunk), src0 + i * kRowStep * row_stride);
+      for (int i = 0; i < kPerThread; ++i) {
+        const int row = row0 + i * kRowStep;
+        ptx::CpAsync16(base + 2 * SwizzledOffset<kPitch>(row, chunk), src0 + i * kRowStep * row_stride);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < kPerThread; ++i) {
+        const int row = row0 + i * kRowStep;
+        const bool valid = row < valid_rows;
+        ptx::CpAsync16ZeroFill(base + 2 * SwizzledOffset<kPitch>(row, chunk),
+                               valid ? src0 + i * kRowStep * row_stride : src, valid);
+      }
     }
   } else {
+    // Head dim 96 (12 chunks a row): thread and chunk columns do not line
+    // up, so each copy finds its row and chunk from its flat index.
+    if (valid_rows >= kBlock) {
 #pragma unroll
-    for (int i = 0; i < kPerThread; ++i) {
-      const int row = row0 + i * kRowStep;
-      const bool valid = row < valid_rows;
-      ptx::CpAsync16ZeroFill(base + 2 * SwizzledOffset<kHeadDim>(row, chunk),
-                             valid ? src0 + i * kRowStep * row_stride : src, valid);
+      for (int i = 0; i < kPerThread; ++i) {
+        const int row = (tid + i * kThreads) / kChunks;
+        const int chunk = (tid + i * kThreads) % kChunks;
+        ptx::CpAsync16(base + 2 * SwizzledOffset<kPitch>(row, chunk), src + row * row_stride + chunk * 8);
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < kPerThread; ++i) {
+        const int row = (tid + i * kThreads) / kChunks;
+        const int chunk = (tid + i * kThreads) % kChunks;
+        const bool valid = row < valid_rows;
+        ptx::CpAsync16ZeroFill(base + 2 * SwizzledOffset<kPitch>(row, chunk),
+                               valid ? src + row * row_stride + chunk * 8 : src, valid);
+      }
     }
   }
 }
@@ -147,9 +176,9 @@ __global__ void __launch_bounds__(FwdTile<kHeadDim, kRowsPerWarp>::kThreads, Fwd
   // Walk the list from its end, so the diagonal (masked) tile comes first.
   int n = count - 1;
   int kb = key_block(n);
-  LoadTile<kHeadDim, kThreads>(sQ, q, q_stride, q_rows, tid);
+  LoadTile<kHeadDim, Tile::kPitch, kThreads>(sQ, q, q_stride, q_rows, tid);
   ptx::CpAsyncCommit();
-  LoadTile<kHeadDim, kThreads>(sK, k + static_cast<int64_t>(kb) * kBlock * kHeadDim, kHeadDim,
+  LoadTile<kHeadDim, Tile::kPitch, kThreads>(sK, k + static_cast<int64_t>(kb) * kBlock * kHeadDim, kHeadDim,
                                p.seq_len - kb * kBlock, tid);
   ptx::CpAsyncCommit();
 
@@ -170,15 +199,15 @@ __global__ void __launch_bounds__(FwdTile<kHeadDim, kRowsPerWarp>::kThreads, Fwd
     }
   }
   // Per-lane ldmatrix addresses (fragment layouts of mma.m16n8k16). The tiles
-  // are 1 KB aligned and rows are 2 * D bytes, so stepping the 16-byte chunk
-  // index by 2 * i is an XOR of (i << 5) on the byte address.
+  // are 1 KB aligned and rows are 2 * kPitch (128 or 256) bytes, so stepping
+  // the 16-byte chunk index by 2 * i is an XOR of (i << 5) on the byte address.
   const uint32_t q_lane_addr =  // Q: rows 0-15, k chunk by lane / 16
-      ptx::SmemAddr(sQ) + 2 * SwizzledOffset<kHeadDim>(warp_row + lane % 16, lane / 16);
+      ptx::SmemAddr(sQ) + 2 * SwizzledOffset<Tile::kPitch>(warp_row + lane % 16, lane / 16);
   const uint32_t k_lane_addr =  // K: two n8 tiles x two k chunks
-      ptx::SmemAddr(sK) + 2 * SwizzledOffset<kHeadDim>((lane % 8) + (lane / 16) * 8, (lane / 8) % 2);
+      ptx::SmemAddr(sK) + 2 * SwizzledOffset<Tile::kPitch>((lane % 8) + (lane / 16) * 8, (lane / 8) % 2);
   const uint32_t v_lane_addr =  // V, transposed: two k halves x two n8 tiles
-      ptx::SmemAddr(sV) + 2 * SwizzledOffset<kHeadDim>((lane % 8) + ((lane / 8) % 2) * 8, lane / 16);
-  constexpr uint32_t kRows16Bytes = 16 * kHeadDim * 2;
+      ptx::SmemAddr(sV) + 2 * SwizzledOffset<Tile::kPitch>((lane % 8) + ((lane / 8) % 2) * 8, lane / 16);
+  constexpr uint32_t kRows16Bytes = 16 * Tile::kPitch * 2;
 
   // Q fragments stay in registers for the whole row when they fit.
   uint32_t q_frag[Tile::kQInRegs ? kMTiles : 1][Tile::kQInRegs ? Tile::kKSteps : 1][4];
@@ -198,7 +227,7 @@ __global__ void __launch_bounds__(FwdTile<kHeadDim, kRowsPerWarp>::kThreads, Fwd
     // --- load: K[kb] (and Q) have landed; every warp is done with V.
     ptx::CpAsyncWait<0>();
     __syncthreads();
-    LoadTile<kHeadDim, kThreads>(sV, v + static_cast<int64_t>(kb) * kBlock * kHeadDim, kHeadDim,
+    LoadTile<kHeadDim, Tile::kPitch, kThreads>(sV, v + static_cast<int64_t>(kb) * kBlock * kHeadDim, kHeadDim,
                                  p.seq_len - kb * kBlock, tid);
     ptx::CpAsyncCommit();
 
@@ -259,7 +288,7 @@ __global__ void __launch_bounds__(FwdTile<kHeadDim, kRowsPerWarp>::kThreads, Fwd
     int next_kb = kb;
     if (n > 0) {
       next_kb = key_block(n - 1);
-      LoadTile<kHeadDim, kThreads>(sK, k + static_cast<int64_t>(next_kb) * kBlock * kHeadDim, kHeadDim,
+      LoadTile<kHeadDim, Tile::kPitch, kThreads>(sK, k + static_cast<int64_t>(next_kb) * kBlock * kHeadDim, kHeadDim,
                                    p.seq_len - next_kb * kBlock, tid);
       ptx::CpAsyncCommit();
     }
@@ -354,7 +383,7 @@ bool Aligned(const void* ptr, uintptr_t bytes) { return reinterpret_cast<uintptr
 bool ValidCommon(const AttentionParams& p) {
   if (p.q == nullptr || p.k == nullptr || p.v == nullptr || p.out == nullptr) return false;
   if (p.num_heads <= 0 || p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0) return false;
-  if (p.head_dim != 64 && p.head_dim != 128) return false;
+  if (!IsSupportedHeadDim(p.head_dim)) return false;
   if (!std::isfinite(p.scale) || p.scale < 0.0f) return false;  // the running max assumes scale >= 0
   if (p.dtype != ElemType::kBF16 && p.dtype != ElemType::kF16) return false;
   // 16-byte cp.async / vector loads, 4-byte stores.
@@ -416,7 +445,10 @@ template <int kHeadDim, typename T>
 __global__ void __launch_bounds__(kDecodeWarps * 32)
     DecodeSplitKernel(const AttentionParams p, int num_keys, int keys_per_split, float scale_log2,
                       float* partial) {
-  constexpr int kLanesPerKey = kHeadDim / 8;
+  // A key's 16-byte chunks over a power-of-two group of lanes (the shuffle
+  // reductions need one); for head dim 96, lanes 12-15 of a group hold none.
+  constexpr int kChunks = kHeadDim / 8;
+  constexpr int kLanesPerKey = kChunks <= 4 ? 4 : kChunks <= 8 ? 8 : 16;
   constexpr int kKeysPerStep = 32 / kLanesPerKey;
   const int h = blockIdx.x;
   const int split = blockIdx.y;
@@ -426,14 +458,20 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
   const int lane = threadIdx.x % 32;
   const int sub = lane / kLanesPerKey;
   const int chunk = lane % kLanesPerKey;
+  const bool has_chunk = chunk < kChunks;
+  const int my_chunk = has_chunk ? chunk : 0;  // lanes without a chunk read chunk 0 and drop it
 
-  const T* q = static_cast<const T*>(p.q) + h * kHeadDim + chunk * 8;
-  const int64_t head_offset = static_cast<int64_t>(kvh) * p.kv_stride * kHeadDim + chunk * 8;
+  const T* q = static_cast<const T*>(p.q) + h * kHeadDim + my_chunk * 8;
+  const int64_t head_offset = static_cast<int64_t>(kvh) * p.kv_stride * kHeadDim + my_chunk * 8;
   const T* k = static_cast<const T*>(p.k) + head_offset;
   const T* v = static_cast<const T*>(p.v) + head_offset;
 
   float qv[8];
   Unpack8<T>(*reinterpret_cast<const uint4*>(q), qv);
+  if (!has_chunk) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) qv[i] = 0.0f;
+  }
 #pragma unroll
   for (int i = 0; i < 8; ++i) qv[i] *= scale_log2;
 
@@ -478,14 +516,14 @@ __global__ void __launch_bounds__(kDecodeWarps * 32)
     MergeSoftmax(m, l, acc, mb, lb, ob);
   }
   __shared__ DecodePartial<kHeadDim> warp_part[kDecodeWarps][kLanesPerKey];
-  if (lane < kLanesPerKey) {
+  if (lane < kChunks) {
 #pragma unroll
     for (int i = 0; i < 8; ++i) warp_part[warp][lane].o[i] = acc[i];
     warp_part[warp][lane].max = m;
     warp_part[warp][lane].sum = l;
   }
   __syncthreads();
-  if (warp != 0 || lane >= kLanesPerKey) return;
+  if (warp != 0 || lane >= kChunks) return;
   for (int w = 1; w < kDecodeWarps; ++w) {
     MergeSoftmax(m, l, acc, warp_part[w][lane].max, warp_part[w][lane].sum, warp_part[w][lane].o);
   }
@@ -590,8 +628,22 @@ const char* FwdVariantName(FwdVariant v) {
       return "v1 16 rows/warp";
     case FwdVariant::kRows32PerWarp:
       return "v2 32 rows/warp";
+    case FwdVariant::kSm90:
+      return "v3 sm90 atomic";
+    case FwdVariant::kSm90Static:
+      return "v3 sm90 static";
   }
   return "?";
+}
+
+bool FwdVariantAvailable(FwdVariant v) {
+  if (v == FwdVariant::kSm90 || v == FwdVariant::kSm90Static) return Sm90AttentionAvailable();
+  return true;
+}
+
+FwdVariant ResolveFwdVariant(FwdVariant v) {
+  if (v != FwdVariant::kAuto) return v;
+  return Sm90AttentionAvailable() ? FwdVariant::kSm90 : FwdVariant::kRows32PerWarp;
 }
 
 cudaError_t BlockSparseAttentionVariant(const AttentionParams& p, FwdVariant variant, cudaStream_t stream) {
@@ -602,7 +654,12 @@ cudaError_t BlockSparseAttentionVariant(const AttentionParams& p, FwdVariant var
   if (p.seq_len == 0) return cudaSuccess;
   const int64_t nb = (p.seq_len + kBlock - 1) / kBlock;
   if (nb * p.num_heads > 0x7fffffff) return cudaErrorInvalidValue;
-  if (variant == FwdVariant::kAuto) variant = FwdVariant::kRows32PerWarp;
+  variant = ResolveFwdVariant(variant);
+  if (variant == FwdVariant::kSm90 || variant == FwdVariant::kSm90Static) {
+    if (!Sm90AttentionAvailable()) return cudaErrorNotSupported;
+    return LaunchSm90Attention(p, variant == FwdVariant::kSm90Static ? Sm90Schedule::kStatic : Sm90Schedule::kAtomic,
+                               stream);
+  }
   return SEER_DISPATCH_HEAD_DIM(p.head_dim, kHeadDim, [&] {
     return SEER_DISPATCH_ELEM(p.dtype, Elem, [&] {
       return variant == FwdVariant::kRows16PerWarp ? LaunchFwd<kHeadDim, 16, Elem>(p, stream)
@@ -614,6 +671,8 @@ cudaError_t BlockSparseAttentionVariant(const AttentionParams& p, FwdVariant var
 cudaError_t BlockSparseAttention(const AttentionParams& p, cudaStream_t stream) {
   return BlockSparseAttentionVariant(p, FwdVariant::kAuto, stream);
 }
+
+size_t PrefillWorkspaceBytes(int num_heads, int seq_len) { return Sm90WorkspaceBytes(num_heads, seq_len); }
 
 size_t DecodeWorkspaceBytes(int num_heads, int head_dim) {
   int want = 1;

@@ -22,7 +22,7 @@ struct AttentionParams {
   int seq_len = 0;
   int num_heads = 0;
   int num_kv_heads = 0;
-  int head_dim = 0;   // 64 or 128
+  int head_dim = 0;   // 32, 64, 96 or 128 (kSupportedHeadDims, kernels/common/dispatch.h)
   int kv_stride = 0;  // tokens between kv heads
   float scale = 0.0f;
   // Per (head, query block) CSR lists of key blocks, as BlockLists
@@ -30,9 +30,10 @@ struct AttentionParams {
   const int32_t* block_offsets = nullptr;  // Hq * nb + 1
   const int32_t* block_indices = nullptr;
   int block_size = 64;
-  // Decode only: scratch for the split-K partial results, at least
-  // DecodeWorkspaceBytes() bytes. Without it (null or too small) each call
-  // allocates its scratch from the stream's memory pool.
+  // Scratch: for decode the split-K partial results (DecodeWorkspaceBytes()),
+  // for prefill on Hopper the tile order and counter (PrefillWorkspaceBytes()).
+  // Without it (null or too small) each call allocates its scratch from the
+  // stream's memory pool.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
 };
@@ -41,7 +42,12 @@ struct AttentionParams {
 // on the current device, whatever the position.
 size_t DecodeWorkspaceBytes(int num_heads, int head_dim);
 
+// The most scratch BlockSparseAttention uses for these shapes.
+size_t PrefillWorkspaceBytes(int num_heads, int seq_len);
+
 // Prefill attention. Returns cudaErrorInvalidValue for unsupported shapes.
+// On compute capability 9.0 it runs the sm_90a kernel (wgmma + TMA), else
+// the FA2-class mma.sync kernel; both take every supported shape.
 cudaError_t BlockSparseAttention(const AttentionParams& p, cudaStream_t stream);
 
 // Decode: one query token per head at position `pos` attending to keys

@@ -1,6 +1,8 @@
-// Attention benchmark: Seer's block-sparse kernel at 8k, 32k and 128k
-// tokens x sparsity 0, 0.5 and 0.9 (32 heads, d = 128, causal, bf16 and
-// fp16), and the GPU gate as a share of attention time. Prints a table.
+// Attention benchmark: Seer's block-sparse kernels (by default the FA2-class
+// v2 and the sm90 v3) at 8k, 32k and 128k tokens x sparsity 0, 0.5 and 0.9
+// x head dim 64 and 128 (32 heads, 32 KV heads unless --kv-heads, causal,
+// bf16 unless --dtypes), and the GPU gate (old multi-kernel vs fused) as a
+// share of the sparse attention time. Prints tables.
 //
 // Masks: per head, exactly round(s * causal blocks) of the off-diagonal
 // causal blocks are skipped, uniformly at random from a fixed seed; the
@@ -42,13 +44,13 @@ using seer::cuda::FwdVariant;
 struct Options {
   std::vector<int> seqs = {8192, 32768, 131072};
   std::vector<double> sparsities = {0.0, 0.5, 0.9};
-  std::vector<ElemType> dtypes = {ElemType::kBF16, ElemType::kF16};
-  std::vector<FwdVariant> variants = {FwdVariant::kAuto};
+  std::vector<ElemType> dtypes = {ElemType::kBF16};
+  std::vector<FwdVariant> variants = {FwdVariant::kRows32PerWarp, FwdVariant::kSm90};
+  std::vector<int> dims = {64, 128};
   int heads = 32;
   int kv_heads = 32;
-  int dim = 128;
   int warmup = 2;
-  double min_seconds = 1.0;  // time at least this long per row...
+  double min_seconds = 0.5;  // time at least this long per row...
   int min_iters = 3;         // ...and at least this many runs
   int max_iters = 50;
   std::string masks_dir;
@@ -86,16 +88,19 @@ bool ParseArgs(int argc, char** argv, Options* o) {
     } else if (const char* v = value("--variants")) {
       o->variants.clear();
       for (const auto& s : Split(v)) {
-        o->variants.push_back(s == "v1" ? FwdVariant::kRows16PerWarp
-                              : s == "v2" ? FwdVariant::kRows32PerWarp
-                                          : FwdVariant::kAuto);
+        o->variants.push_back(s == "v1"    ? FwdVariant::kRows16PerWarp
+                              : s == "v2"  ? FwdVariant::kRows32PerWarp
+                              : s == "v3"  ? FwdVariant::kSm90
+                              : s == "v3s" ? FwdVariant::kSm90Static
+                                           : FwdVariant::kAuto);
       }
     } else if (const char* v = value("--heads")) {
       o->heads = std::atoi(v);
     } else if (const char* v = value("--kv-heads")) {
       o->kv_heads = std::atoi(v);
-    } else if (const char* v = value("--dim")) {
-      o->dim = std::atoi(v);
+    } else if (const char* v = value("--dims")) {
+      o->dims.clear();
+      for (const auto& s : Split(v)) o->dims.push_back(std::atoi(s.c_str()));
     } else if (const char* v = value("--warmup")) {
       o->warmup = std::atoi(v);
     } else if (const char* v = value("--min-seconds")) {
@@ -111,8 +116,9 @@ bool ParseArgs(int argc, char** argv, Options* o) {
     } else {
       std::fprintf(stderr,
                    "usage: %s [--seqs=8192,32768,131072] [--sparsities=0,0.5,0.9] [--dtypes=bf16,fp16]\n"
-                   "          [--variants=auto,v1,v2] [--heads=32] [--kv-heads=32] [--dim=128] [--warmup=2]\n"
-                   "          [--min-seconds=1] [--min-iters=3] [--max-iters=50] [--masks-dir=DIR] [--no-gate]\n",
+                   "          [--variants=v2,v3 (auto,v1,v2,v3,v3s)] [--heads=32] [--kv-heads=32] [--dims=64,128]\n"
+                   "          [--warmup=2] [--min-seconds=0.5] [--min-iters=3] [--max-iters=50] [--masks-dir=DIR]\n"
+                   "          [--no-gate]\n",
                    argv[0]);
       return false;
     }
@@ -220,6 +226,7 @@ double TimeMs(const Options& o, Fn launch) {
 
 struct Row {
   std::string dtype;
+  int dim = 0;
   int seq = 0;
   double sparsity = 0.0;
   std::string kernel;
@@ -227,6 +234,82 @@ struct Row {
   double eff_tflops = 0.0;
   double computed_tflops = 0.0;
 };
+
+struct GateRow {
+  int dim = 0;
+  int seq = 0;
+  std::string kernels;
+  double ms = 0.0;
+  double attn_sparse_ms = 0.0;  // the default kernel at sparsity 0.9, bf16
+};
+
+bool Near(double a, double b) { return std::abs(a - b) < 1e-9; }
+
+// The gate of one layer in the Llama-3.1-8B shape of this benchmark: q
+// [L, H, D], k [L, 8 kv heads, D], hidden = D, nz_ratio = 0.1; the old
+// multi-kernel gate and the fused one.
+void BenchGate(const Options& o, int seq, int D, double attn_sparse_ms, std::vector<GateRow>* rows) {
+  const int H = o.heads;
+  const int nb = (seq + 63) / 64;
+  const int gate_kv = 8 <= H && H % 8 == 0 ? 8 : H;
+  void *q, *k;
+  float *wk, *freq;
+  SEER_CUDA_CHECK(cudaMalloc(&q, static_cast<size_t>(seq) * H * D * 2));
+  SEER_CUDA_CHECK(cudaMalloc(&k, static_cast<size_t>(seq) * gate_kv * D * 2));
+  SEER_CUDA_CHECK(cudaMalloc(&wk, static_cast<size_t>(H) * 3 * D * D * 4));
+  SEER_CUDA_CHECK(cudaMalloc(&freq, static_cast<size_t>(D / 2) * 4));
+  Fill(q, static_cast<int64_t>(seq) * H * D, ElemType::kBF16, 4u, 1.0f);
+  Fill(k, static_cast<int64_t>(seq) * gate_kv * D, ElemType::kBF16, 5u, 1.0f);
+  std::vector<float> w(static_cast<size_t>(H) * 3 * D * D);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 0.05f);
+  for (float& x : w) x = normal(rng);
+  SEER_CUDA_CHECK(cudaMemcpy(wk, w.data(), w.size() * 4, cudaMemcpyHostToDevice));
+  // Plain RoPE frequencies (theta 500000): the values do not change the timing.
+  std::vector<float> ff(D / 2);
+  for (int i = 0; i < D / 2; ++i) ff[i] = static_cast<float>(std::pow(500000.0, -2.0 * i / D));
+  SEER_CUDA_CHECK(cudaMemcpy(freq, ff.data(), ff.size() * 4, cudaMemcpyHostToDevice));
+  seer::cuda::GateParams g;
+  g.q = q;
+  g.k = k;
+  g.seq_len = seq;
+  g.num_heads = H;
+  g.num_kv_heads = gate_kv;
+  g.head_dim = D;
+  g.hidden = D;
+  g.k_weight = wk;
+  g.rope_inv_freq = freq;
+  g.mode = seer::SparsityMode::kNzRatio;
+  g.nz_ratio = 0.1;
+  const int64_t cap = seer::cuda::GateMaxIndices(g);
+  int32_t *offsets, *indices;
+  int64_t* kept;
+  SEER_CUDA_CHECK(cudaMalloc(&offsets, (static_cast<size_t>(H) * nb + 1) * 4));
+  SEER_CUDA_CHECK(cudaMalloc(&indices, static_cast<size_t>(cap) * 4));
+  SEER_CUDA_CHECK(cudaMalloc(&kept, static_cast<size_t>(H) * 8));
+  g.block_offsets = offsets;
+  g.block_indices = indices;
+  g.index_capacity = cap;
+  g.kept_per_head = kept;
+  g.workspace_bytes = std::max(seer::cuda::GateWorkspaceBytesVariant(g, seer::cuda::GateVariant::kUnfused),
+                               seer::cuda::GateWorkspaceBytesVariant(g, seer::cuda::GateVariant::kFused));
+  SEER_CUDA_CHECK(cudaMalloc(&g.workspace, g.workspace_bytes));
+  for (auto [variant, name] : {std::pair{seer::cuda::GateVariant::kUnfused, "unfused (old)"},
+                               std::pair{seer::cuda::GateVariant::kFused, "fused"}}) {
+    const double ms = TimeMs(o, [&] { return seer::cuda::RunGateKernelsVariant(g, variant, nullptr); });
+    rows->push_back({D, seq, name, ms, attn_sparse_ms});
+    std::printf("  gate d=%d seq=%d %s: %.3f ms\n", D, seq, name, ms);
+    std::fflush(stdout);
+  }
+  SEER_CUDA_CHECK(cudaFree(q));
+  SEER_CUDA_CHECK(cudaFree(k));
+  SEER_CUDA_CHECK(cudaFree(wk));
+  SEER_CUDA_CHECK(cudaFree(freq));
+  SEER_CUDA_CHECK(cudaFree(offsets));
+  SEER_CUDA_CHECK(cudaFree(indices));
+  SEER_CUDA_CHECK(cudaFree(kept));
+  SEER_CUDA_CHECK(cudaFree(g.workspace));
+}
 
 }  // namespace
 
@@ -236,21 +319,24 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop;
   SEER_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs, %.0f MB L2\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1048576.0);
-  std::printf("shape: %d heads (%d kv), d=%d, causal, block 64\n", o.heads, o.kv_heads, o.dim);
+  std::printf("shape: %d heads (%d kv), causal, block 64; kAuto runs %s\n", o.heads, o.kv_heads,
+              seer::cuda::FwdVariantName(seer::cuda::ResolveFwdVariant(FwdVariant::kAuto)));
+  std::vector<FwdVariant> variants;
+  for (FwdVariant v : o.variants) {
+    if (seer::cuda::FwdVariantAvailable(v)) {
+      variants.push_back(v);
+    } else {
+      std::printf("  %s: not available on this device, skipped\n", seer::cuda::FwdVariantName(v));
+    }
+  }
 
-  const int H = o.heads, Hkv = o.kv_heads, D = o.dim;
+  const int H = o.heads, Hkv = o.kv_heads;
   std::vector<Row> rows;
-  struct GateRow {
-    int seq;
-    double gate_ms;
-    double attn_dense_ms;
-    double attn_sparse_ms;
-  };
   std::vector<GateRow> gate_rows;
 
   for (int seq : o.seqs) {
     const int nb = (seq + 63) / 64;
-    // Masks and their device lists, shared by both dtypes.
+    // Masks and their device lists, shared by every dtype and head dim.
     struct DevMask {
       double sparsity;
       int64_t kept;
@@ -277,134 +363,86 @@ int main(int argc, char** argv) {
       masks.push_back(dm);
     }
 
-    double dense_ms_bf16 = 0.0, sparse_ms_bf16 = 0.0;
-    for (ElemType t : o.dtypes) {
-      const char* tname = t == ElemType::kBF16 ? "bf16" : "fp16";
-      void *q, *k, *v, *out;
-      const size_t q_elems = static_cast<size_t>(seq) * H * D;
-      const size_t kv_elems = static_cast<size_t>(seq) * Hkv * D;
-      SEER_CUDA_CHECK(cudaMalloc(&q, q_elems * 2));
-      SEER_CUDA_CHECK(cudaMalloc(&k, kv_elems * 2));
-      SEER_CUDA_CHECK(cudaMalloc(&v, kv_elems * 2));
-      SEER_CUDA_CHECK(cudaMalloc(&out, q_elems * 2));
-      Fill(q, q_elems, t, 1u, 1.0f);
-      Fill(k, kv_elems, t, 2u, 1.0f);
-      Fill(v, kv_elems, t, 3u, 1.0f);
-      seer::cuda::AttentionParams p;
-      p.dtype = t;
-      p.q = q;
-      p.k = k;
-      p.v = v;
-      p.out = out;
-      p.seq_len = seq;
-      p.num_heads = H;
-      p.num_kv_heads = Hkv;
-      p.head_dim = D;
-      p.kv_stride = seq;
-      p.scale = 1.0f / std::sqrt(static_cast<float>(D));
-      const double causal_flops = 4.0 * seq * static_cast<double>(seq) * D * H / 2.0;
-      for (const DevMask& dm : masks) {
-        p.block_offsets = dm.offsets;
-        p.block_indices = dm.indices;
-        const double computed_flops = 4.0 * 64.0 * 64.0 * D * static_cast<double>(dm.kept);
-        for (FwdVariant variant : o.variants) {
-          const double ms = TimeMs(o, [&] { return seer::cuda::BlockSparseAttentionVariant(p, variant, nullptr); });
-          rows.push_back({tname, seq, dm.sparsity, std::string("seer ") + seer::cuda::FwdVariantName(variant), ms,
-                          causal_flops / (ms * 1e9), computed_flops / (ms * 1e9)});
-          std::printf("  %s seq=%d sparsity=%.2f %-18s %9.3f ms  %6.1f eff TFLOP/s  %6.1f computed TFLOP/s\n",
-                      tname, seq, dm.sparsity, seer::cuda::FwdVariantName(variant), ms, rows.back().eff_tflops,
-                      rows.back().computed_tflops);
-          std::fflush(stdout);
-          if (variant == o.variants.front() && t == o.dtypes.front()) {
-            if (dm.sparsity == 0.0) dense_ms_bf16 = ms;
-            if (dm.sparsity >= 0.9 - 1e-9 && dm.sparsity <= 0.9 + 1e-9) sparse_ms_bf16 = ms;
+    for (int D : o.dims) {
+      double sparse_ms = 0.0;  // the variant kAuto runs, first dtype, sparsity 0.9
+      for (ElemType t : o.dtypes) {
+        const char* tname = t == ElemType::kBF16 ? "bf16" : "fp16";
+        void *q, *k, *v, *out;
+        const size_t q_elems = static_cast<size_t>(seq) * H * D;
+        const size_t kv_elems = static_cast<size_t>(seq) * Hkv * D;
+        SEER_CUDA_CHECK(cudaMalloc(&q, q_elems * 2));
+        SEER_CUDA_CHECK(cudaMalloc(&k, kv_elems * 2));
+        SEER_CUDA_CHECK(cudaMalloc(&v, kv_elems * 2));
+        SEER_CUDA_CHECK(cudaMalloc(&out, q_elems * 2));
+        Fill(q, q_elems, t, 1u, 1.0f);
+        Fill(k, kv_elems, t, 2u, 1.0f);
+        Fill(v, kv_elems, t, 3u, 1.0f);
+        seer::cuda::AttentionParams p;
+        p.dtype = t;
+        p.q = q;
+        p.k = k;
+        p.v = v;
+        p.out = out;
+        p.seq_len = seq;
+        p.num_heads = H;
+        p.num_kv_heads = Hkv;
+        p.head_dim = D;
+        p.kv_stride = seq;
+        p.scale = 1.0f / std::sqrt(static_cast<float>(D));
+        // The kernel's scratch once, as the engine would hold it.
+        p.workspace_bytes = seer::cuda::PrefillWorkspaceBytes(H, seq);
+        SEER_CUDA_CHECK(cudaMalloc(&p.workspace, p.workspace_bytes));
+        const double causal_flops = 4.0 * seq * static_cast<double>(seq) * D * H / 2.0;
+        for (const DevMask& dm : masks) {
+          p.block_offsets = dm.offsets;
+          p.block_indices = dm.indices;
+          const double computed_flops = 4.0 * 64.0 * 64.0 * D * static_cast<double>(dm.kept);
+          for (FwdVariant variant : variants) {
+            const double ms =
+                TimeMs(o, [&] { return seer::cuda::BlockSparseAttentionVariant(p, variant, nullptr); });
+            rows.push_back({tname, D, seq, dm.sparsity, std::string("seer ") + seer::cuda::FwdVariantName(variant),
+                            ms, causal_flops / (ms * 1e9), computed_flops / (ms * 1e9)});
+            std::printf("  %s d=%d seq=%d sparsity=%.2f %-18s %9.3f ms  %6.1f eff TFLOP/s  %6.1f computed TFLOP/s\n",
+                        tname, D, seq, dm.sparsity, seer::cuda::FwdVariantName(variant), ms,
+                        rows.back().eff_tflops, rows.back().computed_tflops);
+            std::fflush(stdout);
+            if (t == o.dtypes.front() && Near(dm.sparsity, 0.9) &&
+                variant == seer::cuda::ResolveFwdVariant(FwdVariant::kAuto)) {
+              sparse_ms = ms;
+            }
           }
         }
+        SEER_CUDA_CHECK(cudaFree(q));
+        SEER_CUDA_CHECK(cudaFree(k));
+        SEER_CUDA_CHECK(cudaFree(v));
+        SEER_CUDA_CHECK(cudaFree(out));
+        SEER_CUDA_CHECK(cudaFree(p.workspace));
       }
-      SEER_CUDA_CHECK(cudaFree(q));
-      SEER_CUDA_CHECK(cudaFree(k));
-      SEER_CUDA_CHECK(cudaFree(v));
-      SEER_CUDA_CHECK(cudaFree(out));
+      if (o.gate && D == o.dims.back()) BenchGate(o, seq, D, sparse_ms, &gate_rows);
     }
     for (DevMask& dm : masks) {
       SEER_CUDA_CHECK(cudaFree(dm.offsets));
       SEER_CUDA_CHECK(cudaFree(dm.indices));
     }
-
-    if (o.gate) {
-      // The gate of one layer in the Llama-3.1-8B shape of this benchmark:
-      // q [L, H, D], k [L, Hkv_gate, D], hidden = D, nz_ratio = 0.1.
-      const int gate_kv = 8 <= H && H % 8 == 0 ? 8 : H;
-      void *q, *k;
-      float *wk, *freq;
-      SEER_CUDA_CHECK(cudaMalloc(&q, static_cast<size_t>(seq) * H * D * 2));
-      SEER_CUDA_CHECK(cudaMalloc(&k, static_cast<size_t>(seq) * gate_kv * D * 2));
-      SEER_CUDA_CHECK(cudaMalloc(&wk, static_cast<size_t>(H) * 3 * D * D * 4));
-      SEER_CUDA_CHECK(cudaMalloc(&freq, static_cast<size_t>(D / 2) * 4));
-      Fill(q, static_cast<int64_t>(seq) * H * D, ElemType::kBF16, 4u, 1.0f);
-      Fill(k, static_cast<int64_t>(seq) * gate_kv * D, ElemType::kBF16, 5u, 1.0f);
-      std::vector<float> w(static_cast<size_t>(H) * 3 * D * D);
-      std::mt19937 rng(7);
-      std::normal_distribution<float> normal(0.0f, 0.05f);
-      for (float& x : w) x = normal(rng);
-      SEER_CUDA_CHECK(cudaMemcpy(wk, w.data(), w.size() * 4, cudaMemcpyHostToDevice));
-      // Plain RoPE frequencies (theta 500000): the values do not change the timing.
-      std::vector<float> ff(D / 2);
-      for (int i = 0; i < D / 2; ++i) ff[i] = static_cast<float>(std::pow(500000.0, -2.0 * i / D));
-      SEER_CUDA_CHECK(cudaMemcpy(freq, ff.data(), ff.size() * 4, cudaMemcpyHostToDevice));
-      seer::cuda::GateParams g;
-      g.q = q;
-      g.k = k;
-      g.seq_len = seq;
-      g.num_heads = H;
-      g.num_kv_heads = gate_kv;
-      g.head_dim = D;
-      g.hidden = D;
-      g.k_weight = wk;
-      g.rope_inv_freq = freq;
-      g.mode = seer::SparsityMode::kNzRatio;
-      g.nz_ratio = 0.1;
-      const int64_t cap = seer::cuda::GateMaxIndices(g);
-      int32_t *offsets, *indices;
-      int64_t* kept;
-      SEER_CUDA_CHECK(cudaMalloc(&offsets, (static_cast<size_t>(H) * nb + 1) * 4));
-      SEER_CUDA_CHECK(cudaMalloc(&indices, static_cast<size_t>(cap) * 4));
-      SEER_CUDA_CHECK(cudaMalloc(&kept, static_cast<size_t>(H) * 8));
-      g.block_offsets = offsets;
-      g.block_indices = indices;
-      g.index_capacity = cap;
-      g.kept_per_head = kept;
-      g.workspace_bytes = seer::cuda::GateWorkspaceBytes(g);
-      SEER_CUDA_CHECK(cudaMalloc(&g.workspace, g.workspace_bytes));
-      const double ms = TimeMs(o, [&] { return seer::cuda::RunGateKernels(g, nullptr); });
-      gate_rows.push_back({seq, ms, dense_ms_bf16, sparse_ms_bf16});
-      std::printf("  gate seq=%d: %.3f ms (workspace %.0f MB)\n", seq, ms, g.workspace_bytes / 1048576.0);
-      SEER_CUDA_CHECK(cudaFree(q));
-      SEER_CUDA_CHECK(cudaFree(k));
-      SEER_CUDA_CHECK(cudaFree(wk));
-      SEER_CUDA_CHECK(cudaFree(freq));
-      SEER_CUDA_CHECK(cudaFree(offsets));
-      SEER_CUDA_CHECK(cudaFree(indices));
-      SEER_CUDA_CHECK(cudaFree(kept));
-      SEER_CUDA_CHECK(cudaFree(g.workspace));
-    }
   }
 
-  std::printf("\n| dtype | seq | sparsity | kernel | ms | effective TFLOP/s | computed TFLOP/s |\n");
-  std::printf("|---|---|---|---|---|---|---|\n");
+  std::printf("\n| dtype | d | seq | sparsity | kernel | ms | effective TFLOP/s | computed TFLOP/s |\n");
+  std::printf("|---|---|---|---|---|---|---|---|\n");
   for (const Row& r : rows) {
-    std::printf("| %s | %d | %.2f | %s | %.3f | %.1f | %.1f |\n", r.dtype.c_str(), r.seq, r.sparsity,
+    std::printf("| %s | %d | %d | %.2f | %s | %.3f | %.1f | %.1f |\n", r.dtype.c_str(), r.dim, r.seq, r.sparsity,
                 r.kernel.c_str(), r.ms, r.eff_tflops, r.computed_tflops);
   }
   if (!gate_rows.empty()) {
-    std::printf("\n| seq | gate ms (nz_ratio=0.1, %d q heads) | %% of dense attention | %% of attention at 0.9 sparsity |\n",
-                H);
-    std::printf("|---|---|---|---|\n");
+    std::printf("\n| d | seq | gate (nz_ratio=0.1, %d q heads, 8 kv) | ms | %% of attention at 0.9 sparsity (%s) |\n",
+                H, seer::cuda::FwdVariantName(seer::cuda::ResolveFwdVariant(FwdVariant::kAuto)));
+    std::printf("|---|---|---|---|---|\n");
     for (const GateRow& g : gate_rows) {
-      std::printf("| %d | %.3f | %.1f%% | %s |\n", g.seq, g.gate_ms,
-                  g.attn_dense_ms > 0 ? 100.0 * g.gate_ms / g.attn_dense_ms : 0.0,
-                  g.attn_sparse_ms > 0 ? (std::to_string(100.0 * g.gate_ms / g.attn_sparse_ms).substr(0, 5) + "%").c_str()
-                                       : "-");
+      std::printf("| %d | %d | %s | %.3f | ", g.dim, g.seq, g.kernels.c_str(), g.ms);
+      if (g.attn_sparse_ms > 0) {
+        std::printf("%.1f%% |\n", 100.0 * g.ms / g.attn_sparse_ms);
+      } else {
+        std::printf("- |\n");
+      }
     }
   }
   return 0;

@@ -1,8 +1,9 @@
 // The CUDA attention kernels (kernels/attention/attention.h) against their CPU
 // twins (kernels/attention/attention_cpu.h), on fresh random inputs each run: odd
-// lengths and lengths under one block, GQA ratios 1, 4 and 8, head dims 64
-// and 128, block lists from one block per row to dense (and empty rows),
-// bf16 and fp16. The CPU reference runs in float32 on the same rounded
+// lengths and lengths under one block, GQA ratios 1, 4 and 8, head dims 32,
+// 64, 96 and 128, block lists from one block per row to dense (and empty
+// rows), bf16 and fp16, every prefill variant the device runs (the sm90
+// wgmma/TMA kernel on compute capability 9.0). The CPU reference runs in float32 on the same rounded
 // inputs. Tolerance: norm-wise relative error <= 1e-2 over the whole output,
 // and <= 3e-2 for every (token, head) row on its own, so a single wrong row
 // cannot hide in a long sequence. Every output starts as NaN (0xFF bytes)
@@ -15,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <iostream>
 #include <random>
 #include <string>
 #include <thread>
@@ -80,7 +82,11 @@ enum class Lists {
   kDenseLists,   // every causal block listed
   kOnePerRow,    // one random causal block per row
   kHalf,         // each causal block with probability 1/2 (rows may be empty)
-  kDiagonalOnly  // just the diagonal
+  kDiagonalOnly, // just the diagonal
+  // Runs of 8 blocks kept on even rows and skipped on odd ones, and the
+  // other way round: neighbouring rows (which the sm90 kernel pairs) share
+  // no block, so each of its consumers sits out long runs of the other's.
+  kStriped
 };
 
 const char* ListsName(Lists l) {
@@ -90,6 +96,7 @@ const char* ListsName(Lists l) {
     case Lists::kOnePerRow: return "one-per-row";
     case Lists::kHalf: return "half";
     case Lists::kDiagonalOnly: return "diagonal";
+    case Lists::kStriped: return "striped";
   }
   return "?";
 }
@@ -130,6 +137,9 @@ BlockMask MakeMask(const Case& c, std::mt19937& rng) {
         case Lists::kDiagonalOnly:
           std::fill(row, row + nb, 0);
           row[qb] = 1;
+          break;
+        case Lists::kStriped:
+          for (int kb = 0; kb <= qb; ++kb) row[kb] = static_cast<uint8_t>((kb / 8) % 2 == qb % 2);
           break;
       }
     }
@@ -215,7 +225,7 @@ class AttentionGpuTest : public ::testing::Test {
       p.block_offsets = static_cast<const int32_t*>(offsets.get());
       p.block_indices = static_cast<const int32_t*>(indices.get());
     }
-    for (FwdVariant variant : {FwdVariant::kAuto, FwdVariant::kRows16PerWarp, FwdVariant::kRows32PerWarp}) {
+    for (FwdVariant variant : Variants()) {
       SCOPED_TRACE(cuda::FwdVariantName(variant));
       ASSERT_CUDA(cudaMemset(out.get(), 0xFF, ref.size() * 2));
       ASSERT_CUDA(cuda::BlockSparseAttentionVariant(p, variant, nullptr));
@@ -282,6 +292,23 @@ class AttentionGpuTest : public ::testing::Test {
     EXPECT_LE(cmp.worst_row, 3e-2) << "worst head " << cmp.worst_index;
   }
 
+  // Every prefill variant this device runs; the sm90 ones only on compute
+  // capability 9.0 (said once, so a run elsewhere shows what it skipped).
+  static std::vector<FwdVariant> Variants() {
+    std::vector<FwdVariant> out;
+    for (FwdVariant v : {FwdVariant::kAuto, FwdVariant::kRows16PerWarp, FwdVariant::kRows32PerWarp, FwdVariant::kSm90,
+                         FwdVariant::kSm90Static}) {
+      if (cuda::FwdVariantAvailable(v)) {
+        out.push_back(v);
+      } else {
+        static bool said = false;
+        if (!said) std::cout << "[attention] " << cuda::FwdVariantName(v) << ": not on this device, skipped\n";
+        said = true;
+      }
+    }
+    return out;
+  }
+
   uint32_t seed_ = 0;
   std::mt19937 rng_;
 };
@@ -293,10 +320,10 @@ TEST_F(AttentionGpuTest, SmallShapes) {
       {1, 4, 4, 0, Lists::kDenseNull},    {1, 8, 1, 0, Lists::kDenseLists}, {37, 8, 2, 0, Lists::kDenseLists},
       {37, 4, 4, 0, Lists::kDenseNull},   {64, 8, 1, 0, Lists::kOnePerRow}, {64, 8, 2, 0, Lists::kDenseNull},
       {65, 4, 4, 0, Lists::kHalf},        {65, 8, 1, 0, Lists::kDenseNull}, {200, 8, 2, 0, Lists::kHalf},
-      {200, 4, 4, 0, Lists::kDiagonalOnly}, {200, 8, 1, 0, Lists::kOnePerRow},
+      {200, 4, 4, 0, Lists::kDiagonalOnly}, {200, 8, 1, 0, Lists::kOnePerRow}, {1000, 4, 1, 0, Lists::kStriped},
   };
   for (ElemType t : {ElemType::kBF16, ElemType::kF16}) {
-    for (int D : {64, 128}) {
+    for (int D : {32, 64, 96, 128}) {
       for (Case c : cases) {
         c.head_dim = D;
         RunPrefill(c, t);
@@ -305,14 +332,31 @@ TEST_F(AttentionGpuTest, SmallShapes) {
   }
 }
 
+// A few shapes of each kind for compute-sanitizer (memcheck, racecheck,
+// synccheck), which slows kernels down by orders of magnitude: a length under
+// a block, an odd number of blocks with a partial last one, striped lists
+// (the sm90 consumers' flush path), every head dim, bf16.
+TEST_F(AttentionGpuTest, SanitizerShapes) {
+  const std::vector<Case> cases = {
+      {37, 4, 1, 0, Lists::kDenseNull}, {200, 4, 2, 0, Lists::kHalf}, {700, 2, 2, 0, Lists::kStriped},
+      {130, 2, 2, 0, Lists::kDiagonalOnly},
+  };
+  for (int D : {32, 64, 96, 128}) {
+    for (Case c : cases) {
+      c.head_dim = D;
+      RunPrefill(c, ElemType::kBF16);
+    }
+  }
+}
+
 // Longer odd lengths: many blocks, partial last block, sparse and dense.
 TEST_F(AttentionGpuTest, LongShapes) {
   const std::vector<Case> cases = {
       {1000, 8, 1, 0, Lists::kOnePerRow}, {1000, 4, 4, 0, Lists::kDenseNull}, {1000, 8, 2, 0, Lists::kHalf},
-      {4097, 8, 2, 0, Lists::kHalf},      {4097, 8, 1, 0, Lists::kDenseNull},
+      {4097, 8, 2, 0, Lists::kHalf},      {4097, 8, 1, 0, Lists::kDenseNull}, {4097, 4, 4, 0, Lists::kStriped},
   };
   for (ElemType t : {ElemType::kBF16, ElemType::kF16}) {
-    for (int D : {64, 128}) {
+    for (int D : {32, 64, 96, 128}) {
       for (Case c : cases) {
         c.head_dim = D;
         RunPrefill(c, t);
@@ -363,26 +407,30 @@ TEST_F(AttentionGpuTest, EmptyRowsAreZero) {
     p.scale = shape.scale;
     p.block_offsets = static_cast<const int32_t*>(offsets.get());
     p.block_indices = static_cast<const int32_t*>(indices.get());
-    ASSERT_CUDA(cuda::BlockSparseAttention(p, nullptr));
-    ASSERT_CUDA(cudaDeviceSynchronize());
-    std::vector<uint16_t> oe(ref.size());
-    ASSERT_CUDA(out.Download(oe.data(), oe.size() * 2));
-    int64_t wrong_zero = 0;
-    std::vector<float> of(oe.size());
-    for (size_t i = 0; i < oe.size(); ++i) of[i] = FromElem(oe[i], t);
-    for (int tok = 0; tok < L; ++tok) {
-      for (int h = 0; h < Hq; ++h) {
-        const int row = h * nb + tok / 64;
-        if (lists.offsets[row] != lists.offsets[row + 1]) continue;
-        for (int d = 0; d < D; ++d) {
-          wrong_zero += oe[(static_cast<size_t>(tok) * Hq + h) * D + d] != 0;  // exactly +0
+    for (FwdVariant variant : Variants()) {
+      SCOPED_TRACE(cuda::FwdVariantName(variant));
+      ASSERT_CUDA(cudaMemset(out.get(), 0xFF, ref.size() * 2));
+      ASSERT_CUDA(cuda::BlockSparseAttentionVariant(p, variant, nullptr));
+      ASSERT_CUDA(cudaDeviceSynchronize());
+      std::vector<uint16_t> oe(ref.size());
+      ASSERT_CUDA(out.Download(oe.data(), oe.size() * 2));
+      int64_t wrong_zero = 0;
+      std::vector<float> of(oe.size());
+      for (size_t i = 0; i < oe.size(); ++i) of[i] = FromElem(oe[i], t);
+      for (int tok = 0; tok < L; ++tok) {
+        for (int h = 0; h < Hq; ++h) {
+          const int row = h * nb + tok / 64;
+          if (lists.offsets[row] != lists.offsets[row + 1]) continue;
+          for (int d = 0; d < D; ++d) {
+            wrong_zero += oe[(static_cast<size_t>(tok) * Hq + h) * D + d] != 0;  // exactly +0
+          }
         }
       }
+      EXPECT_EQ(wrong_zero, 0) << ElemName(t) << ": elements of empty rows that are not +0";
+      const Comparison cmp = Compare(of, ref, static_cast<int64_t>(L) * Hq, D);
+      EXPECT_EQ(cmp.nans, 0);
+      EXPECT_LE(cmp.rel, 1e-2);
     }
-    EXPECT_EQ(wrong_zero, 0) << ElemName(t) << ": elements of empty rows that are not +0";
-    const Comparison cmp = Compare(of, ref, static_cast<int64_t>(L) * Hq, D);
-    EXPECT_EQ(cmp.nans, 0);
-    EXPECT_LE(cmp.rel, 1e-2);
   }
 }
 
@@ -396,8 +444,11 @@ TEST_F(AttentionGpuTest, RejectsUnsupportedShapes) {
   p.num_kv_heads = 4;
   p.kv_stride = 1;
   p.scale = 0.1f;
-  p.head_dim = 96;
-  EXPECT_EQ(cuda::BlockSparseAttention(p, nullptr), cudaErrorInvalidValue) << "head_dim 96";
+  for (int d : {0, 16, 80, 160, 256}) {
+    p.head_dim = d;
+    EXPECT_EQ(cuda::BlockSparseAttention(p, nullptr), cudaErrorInvalidValue) << "head_dim " << d;
+    EXPECT_EQ(cuda::DecodeAttention(p, 0, nullptr), cudaErrorInvalidValue) << "decode head_dim " << d;
+  }
   p.head_dim = 128;
   p.num_kv_heads = 3;
   EXPECT_EQ(cuda::BlockSparseAttention(p, nullptr), cudaErrorInvalidValue) << "Hq % Hkv != 0";
@@ -413,7 +464,7 @@ TEST_F(AttentionGpuTest, RejectsUnsupportedShapes) {
 
 TEST_F(AttentionGpuTest, Decode) {
   for (ElemType t : {ElemType::kBF16, ElemType::kF16}) {
-    for (int D : {64, 128}) {
+    for (int D : {32, 64, 96, 128}) {
       for (int keys : {1, 37, 64, 65, 1000, 4097, 20000}) {
         RunDecode(keys, 8, 8, D, t);
         RunDecode(keys, 8, 2, D, t);

@@ -4,13 +4,14 @@
 torch SDPA with the flash and the cuDNN backends (dense causal only) and
 FlexAttention with BLOCK_SIZE=64 on the identical block masks that
 seer-attention-bench wrote with --masks-dir (sparsity 0 is the full causal
-triangle). 32 heads, d=128, causal, bf16 and fp16; ms is the median of CUDA
-event timings after warm-up. Prints the same table as the Seer benchmark:
+triangle). 32 heads (32 KV heads), d=64 and 128, causal, bf16 (--dtypes for
+fp16); ms is the median of CUDA event timings after warm-up. Prints the same
+table as the Seer benchmark:
 effective TFLOP/s = 4 S^2 D H / 2 / t; computed TFLOP/s counts 4*64*64*D per
 block FlexAttention computes (for SDPA, the causal FLOPs).
 
-Usage: bench_attention_peers.py --masks-dir DIR [--seqs 8192,32768,131072]
-       [--sparsities 0,0.5,0.9] [--dtypes bf16,fp16]
+Usage: attention_peers.py --masks-dir DIR [--seqs 8192,32768,131072]
+       [--sparsities 0,0.5,0.9] [--dtypes bf16] [--dims 64,128]
 """
 
 import argparse
@@ -73,7 +74,7 @@ def flex_block_mask(keep, seq):
     return mask, kept
 
 
-def time_ms(fn, warmup=2, min_iters=3, max_iters=50, min_seconds=1.0):
+def time_ms(fn, warmup=2, min_iters=3, max_iters=50, min_seconds=0.5):
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -94,18 +95,19 @@ def main():
     ap.add_argument("--masks-dir", required=True)
     ap.add_argument("--seqs", default="8192,32768,131072")
     ap.add_argument("--sparsities", default="0,0.5,0.9")
-    ap.add_argument("--dtypes", default="bf16,fp16")
+    ap.add_argument("--dtypes", default="bf16")
     ap.add_argument("--heads", type=int, default=32)
-    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--dims", default="64,128")
     ap.add_argument("--no-flex", action="store_true")
     args = ap.parse_args()
 
     seqs = [int(s) for s in args.seqs.split(",")]
     sparsities = [float(s) for s in args.sparsities.split(",")]
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    H, D = args.heads, args.dim
+    H = args.heads
+    dims = [int(d) for d in args.dims.split(",")]
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
-    print(f"shape: {H} heads, d={D}, causal; FlexAttention BLOCK_SIZE={BLOCK}", flush=True)
+    print(f"shape: {H} heads ({H} kv), d={dims}, causal; FlexAttention BLOCK_SIZE={BLOCK}", flush=True)
 
     flex = torch.compile(flex_attention, dynamic=False)
     kernel_options = {"BLOCK_M": 64, "BLOCK_N": 64}  # must divide the 64-token sparse blocks
@@ -123,7 +125,7 @@ def main():
                 if mseq != seq or keep.shape[0] != H:
                     raise ValueError(f"{path}: seq {mseq}, heads {keep.shape[0]}; expected {seq}, {H}")
                 masks[s] = keep
-        for tname in [t for t in args.dtypes.split(",")]:
+        for D, tname in [(d, t) for d in dims for t in args.dtypes.split(",")]:
             dtype = dtypes[tname]
             gen = torch.Generator(device="cuda").manual_seed(seq)
             q = torch.rand(1, H, seq, D, device="cuda", dtype=dtype, generator=gen) * 2 - 1
@@ -132,10 +134,11 @@ def main():
             causal_flops = 4.0 * seq * seq * D * H / 2.0
 
             def add(sparsity, kernel, ms, computed_flops):
-                rows.append((tname, seq, sparsity, kernel, ms, causal_flops / (ms * 1e9), computed_flops / (ms * 1e9)))
+                rows.append((tname, D, seq, sparsity, kernel, ms, causal_flops / (ms * 1e9),
+                             computed_flops / (ms * 1e9)))
                 r = rows[-1]
-                print(f"  {tname} seq={seq} sparsity={sparsity:.2f} {kernel:<22} {ms:9.3f} ms  "
-                      f"{r[5]:6.1f} eff TFLOP/s  {r[6]:6.1f} computed TFLOP/s", flush=True)
+                print(f"  {tname} d={D} seq={seq} sparsity={sparsity:.2f} {kernel:<22} {ms:9.3f} ms  "
+                      f"{r[6]:6.1f} eff TFLOP/s  {r[7]:6.1f} computed TFLOP/s", flush=True)
 
             reference = None
             for name, backend in (("sdpa flash", SDPBackend.FLASH_ATTENTION),
@@ -180,10 +183,10 @@ def main():
         del masks
 
     print()
-    print("| dtype | seq | sparsity | kernel | ms | effective TFLOP/s | computed TFLOP/s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| dtype | d | seq | sparsity | kernel | ms | effective TFLOP/s | computed TFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r[0]} | {r[1]} | {r[2]:.2f} | {r[3]} | {r[4]:.3f} | {r[5]:.1f} | {r[6]:.1f} |")
+        print(f"| {r[0]} | {r[1]} | {r[2]} | {r[3]:.2f} | {r[4]} | {r[5]:.3f} | {r[6]:.1f} | {r[7]:.1f} |")
     return 1 if failures else 0
 
 

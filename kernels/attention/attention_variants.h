@@ -1,6 +1,8 @@
 // The numbered versions of the prefill kernel behind BlockSparseAttention
 // (kernels/attention/attention.h), so that the benchmark and the tests can run
-// each one. BlockSparseAttention picks kAuto.
+// each one. BlockSparseAttention picks kAuto: kSm90 on compute capability
+// 9.0, kRows32PerWarp elsewhere. A variant that cannot run on the device
+// returns cudaErrorNotSupported.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -16,9 +18,22 @@ enum class FwdVariant {
   // 64-row CTA of 2 warps, 32 query rows per warp (each K/V fragment read
   // from shared memory feeds two MMAs), Q fragments re-read from shared memory.
   kRows32PerWarp,
+  // sm_90a: wgmma + TMA, a producer warp and two consumer warpgroups, a
+  // persistent grid taking tiles from an atomic counter
+  // (kernels/attention/attention_sm90.cu). kAuto's pick on compute capability 9.0.
+  kSm90,
+  // The same kernel with a static tile stride instead of the counter.
+  kSm90Static,
 };
 
 const char* FwdVariantName(FwdVariant v);
+
+// Whether `v` runs on the current device (the sm90 variants need compute
+// capability 9.0 and this binary's sm_90a code); kAuto always does.
+bool FwdVariantAvailable(FwdVariant v);
+
+// The variant kAuto runs on the current device.
+FwdVariant ResolveFwdVariant(FwdVariant v);
 
 cudaError_t BlockSparseAttentionVariant(const AttentionParams& p, FwdVariant variant, cudaStream_t stream);
 

@@ -1,6 +1,7 @@
 // The one place where run-time shapes and types become template constants
 // (FlashInfer-style). Each macro runs its body with a constexpr / type alias
 // in scope, or returns cudaErrorInvalidValue for a value no kernel was built for.
+// Head dims: 32, 64, 96 and 128 (kSupportedHeadDims).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -9,11 +10,25 @@
 
 #include "kernels/common/elem_type.h"
 
+namespace seer::cuda {
+// The head dims the attention kernels are built for (SEER_DISPATCH_HEAD_DIM).
+inline constexpr int kSupportedHeadDims[] = {32, 64, 96, 128};
+inline constexpr bool IsSupportedHeadDim(int d) { return d == 32 || d == 64 || d == 96 || d == 128; }
+}  // namespace seer::cuda
+
 #define SEER_DISPATCH_HEAD_DIM(head_dim, kHeadDim, ...) \
   [&]() -> cudaError_t {                                \
     switch (head_dim) {                                 \
+      case 32: {                                        \
+        constexpr int kHeadDim = 32;                    \
+        return __VA_ARGS__();                           \
+      }                                                 \
       case 64: {                                        \
         constexpr int kHeadDim = 64;                    \
+        return __VA_ARGS__();                           \
+      }                                                 \
+      case 96: {                                        \
+        constexpr int kHeadDim = 96;                    \
         return __VA_ARGS__();                           \
       }                                                 \
       case 128: {                                       \

@@ -1,5 +1,5 @@
 // The SeerAttention gate on the GPU; semantics and rounding follow the CPU
-// gate (engine/model/run_gate.cc) step by step:
+// gate (kernels/gate/gate_cpu.cc) step by step:
 //
 //   pool     Q average, K max/min/average per block, summed in double and
 //            divided by the real token count (the last block may be partial);
@@ -46,7 +46,8 @@ struct GateLayout {
   size_t rope = 0, pooled_q = 0, pooled_k = 0, qp = 0, kp = 0, scores = 0, bitmap = 0, counts = 0, total = 0;
 };
 
-GateLayout MakeLayout(const GateParams& p) {
+// The fused gate keeps no nb x nb scores (with_scores = false).
+GateLayout MakeLayout(const GateParams& p, bool with_scores) {
   GateLayout g;
   g.nb = GateNumBlocks(p);
   g.half = p.hidden / 2;
@@ -64,7 +65,7 @@ GateLayout MakeLayout(const GateParams& p) {
   g.pooled_k = take(sizeof(float) * nb * p.num_kv_heads * 3 * p.head_dim);
   g.qp = take(sizeof(float) * nb * p.num_heads * p.hidden);
   g.kp = take(sizeof(float) * nb * p.num_heads * p.hidden);
-  g.scores = take(sizeof(float) * nb * nb * g.heads_per_pass);
+  g.scores = take(with_scores ? sizeof(float) * nb * nb * g.heads_per_pass : 0);
   g.bitmap = take(sizeof(uint32_t) * nb * p.num_heads * g.words);
   g.counts = take(sizeof(int32_t) * nb * p.num_heads);
   g.total = at;
@@ -85,10 +86,26 @@ constexpr int kPoolThreads = 128;
 // grid (nb, 2, splits): y = 0 pools Q ([nb, Hq, D], average), y = 1 pools K
 // ([nb, Hkv, 3D]: max, min, average); z splits the channels. Each thread owns
 // 8 channels (one 16-byte load per token).
+// The cos/sin of block b's RoPE angles (see RopeTableKernel), written by the
+// pool kernel of the fused gate to save a launch.
+__device__ __forceinline__ void RopeTableRow(const float* inv_freq, int nb, int half, int block_size, int b,
+                                             float* table) {
+  for (int f = threadIdx.x; f < half; f += blockDim.x) {
+    const float angle = __fmul_rn(static_cast<float>(static_cast<int64_t>(b) * block_size), inv_freq[f]);
+    table[static_cast<int64_t>(b) * half + f] = static_cast<float>(cos(static_cast<double>(angle)));
+    table[static_cast<int64_t>(nb) * half + static_cast<int64_t>(b) * half + f] =
+        static_cast<float>(sin(static_cast<double>(angle)));
+  }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kPoolThreads)
-    PoolKernel(GateParams p, int64_t q_stride, int64_t k_stride, float* pooled_q, float* pooled_k) {
+    PoolKernel(GateParams p, int64_t q_stride, int64_t k_stride, float* pooled_q, float* pooled_k,
+               float* rope_table) {
   const int b = blockIdx.x;
+  if (rope_table != nullptr && blockIdx.y == 0 && blockIdx.z == 0) {
+    RopeTableRow(p.rope_inv_freq, gridDim.x, p.hidden / 2, p.block_size, b, rope_table);
+  }
   const bool is_k = blockIdx.y == 1;
   const int heads = is_k ? p.num_kv_heads : p.num_heads;
   const int channels = heads * p.head_dim;
@@ -103,6 +120,8 @@ __global__ void __launch_bounds__(kPoolThreads)
     Load8(x + t0 * stride + c0, mx);
 #pragma unroll
     for (int i = 0; i < 8; ++i) mn[i] = mx[i];
+    // (Batching eight tokens' loads explicitly measured slower here: 41 us
+    // against 33 us at 8k tokens on an H200, docs/KERNELS.md.)
 #pragma unroll 4
     for (int t = t0; t < t1; ++t) {
       float v[8];
@@ -144,17 +163,20 @@ __global__ void RopeTableKernel(const float* inv_freq, int nb, int half, int blo
 }
 
 // --- project + rope -------------------------------------------------------
-constexpr int kGemmTile = 128;
-constexpr int kGemmK = 16;
-constexpr int kGemmThreads = 256;  // 16 x 16 threads, 8 x 8 outputs each
-constexpr int kGemmPitch = kGemmTile + 4;  // floats; keeps rows 16-byte aligned
+constexpr int kGemmThreads = 256;  // 16 x 16 threads, (kTile / 16)^2 outputs each
 
 // The gate linears as one tiled GEMM per Q head: out[h] = X[h] . W[h] with
 // X [nb, in] (row stride x_row), W [in, hidden], out [Hq, nb, hidden]. grid
 // (m tiles, n tiles, Hq * linears): z < Hq makes k' for head z, z >= Hq
-// makes q' for head z - Hq (only when mask_linear_q exists).
+// makes q' for head z - Hq (only when mask_linear_q exists). Tiles of kTile
+// x kTile, kK input channels per step: 128 x 16 for the old gate; 64 x 64 for
+// the fused one (4x the CTAs, which a short sequence needs to fill the chip,
+// and a quarter of the steps, each waiting once for its loads).
+template <int kTile, int kGemmK>
 __global__ void __launch_bounds__(kGemmThreads)
     ProjectKernel(GateParams p, int nb, const float* pooled_q, const float* pooled_k, float* qp, float* kp) {
+  constexpr int kPer = kTile / 16;  // outputs per thread in each direction
+  constexpr int kPitch = kTile + 4;  // floats; keeps rows 16-byte aligned
   const bool is_k = static_cast<int>(blockIdx.z) < p.num_heads;
   const int h = is_k ? blockIdx.z : blockIdx.z - p.num_heads;
   const int hidden = p.hidden;
@@ -175,47 +197,61 @@ __global__ void __launch_bounds__(kGemmThreads)
     in = p.head_dim;
     w = p.q_weight + static_cast<int64_t>(h) * in * hidden;
   }
-  __shared__ __align__(16) float xs[kGemmK][kGemmPitch];
-  __shared__ __align__(16) float ws[kGemmK][kGemmPitch];
-  const int m0 = blockIdx.x * kGemmTile;
-  const int n0 = blockIdx.y * kGemmTile;
+  __shared__ __align__(16) float xs[kGemmK][kPitch];
+  __shared__ __align__(16) float ws[kGemmK][kPitch];
+  const int m0 = blockIdx.x * kTile;
+  const int n0 = blockIdx.y * kTile;
   const int tx = threadIdx.x % 16;
   const int ty = threadIdx.x / 16;
-  float acc[8][8] = {};
+  float acc[kPer][kPer] = {};
+  constexpr int kLoads = kTile * kGemmK / kGemmThreads;
   for (int c0 = 0; c0 < in; c0 += kGemmK) {
-    __syncthreads();
-    for (int i = threadIdx.x; i < kGemmTile * kGemmK; i += kGemmThreads) {
+    // Every load of the step in flight at once (into registers), then the
+    // shared-memory stores: one memory round trip per step.
+    float xv[kLoads], wv[kLoads];
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j) {
+      const int i = threadIdx.x + j * kGemmThreads;
       const int r = i / kGemmK;  // x: row r, channel c (transposed into shared memory)
       const int c = i % kGemmK;
-      xs[c][r] = (m0 + r < nb && c0 + c < in) ? x[(m0 + r) * x_row + c0 + c] : 0.0f;
-      const int wc = i / kGemmTile;  // W: channel wc, output column wn
-      const int wn = i % kGemmTile;
-      ws[wc][wn] = (c0 + wc < in && n0 + wn < hidden) ? w[static_cast<int64_t>(c0 + wc) * hidden + n0 + wn] : 0.0f;
+      xv[j] = (m0 + r < nb && c0 + c < in) ? x[(m0 + r) * x_row + c0 + c] : 0.0f;
+      const int wc = i / kTile;  // W: channel wc, output column wn
+      const int wn = i % kTile;
+      wv[j] = (c0 + wc < in && n0 + wn < hidden) ? w[static_cast<int64_t>(c0 + wc) * hidden + n0 + wn] : 0.0f;
+    }
+    __syncthreads();  // the last step's reads of xs and ws are done
+#pragma unroll
+    for (int j = 0; j < kLoads; ++j) {
+      const int i = threadIdx.x + j * kGemmThreads;
+      xs[i % kGemmK][i / kGemmK] = xv[j];
+      ws[i / kTile][i % kTile] = wv[j];
     }
     __syncthreads();
 #pragma unroll 4
     for (int c = 0; c < kGemmK; ++c) {
-      const float4 a0 = *reinterpret_cast<const float4*>(&xs[c][8 * ty]);
-      const float4 a1 = *reinterpret_cast<const float4*>(&xs[c][8 * ty + 4]);
-      const float4 b0 = *reinterpret_cast<const float4*>(&ws[c][8 * tx]);
-      const float4 b1 = *reinterpret_cast<const float4*>(&ws[c][8 * tx + 4]);
-      const float a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-      const float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+      float a[kPer], b[kPer];
 #pragma unroll
-      for (int r = 0; r < 8; ++r) {
+      for (int v = 0; v < kPer; v += 4) {
+        const float4 av = *reinterpret_cast<const float4*>(&xs[c][kPer * ty + v]);
+        const float4 bv = *reinterpret_cast<const float4*>(&ws[c][kPer * tx + v]);
+        a[v] = av.x, a[v + 1] = av.y, a[v + 2] = av.z, a[v + 3] = av.w;
+        b[v] = bv.x, b[v + 1] = bv.y, b[v + 2] = bv.z, b[v + 3] = bv.w;
+      }
 #pragma unroll
-        for (int q = 0; q < 8; ++q) acc[r][q] = fmaf(a[r], b[q], acc[r][q]);
+      for (int r = 0; r < kPer; ++r) {
+#pragma unroll
+        for (int q = 0; q < kPer; ++q) acc[r][q] = fmaf(a[r], b[q], acc[r][q]);
       }
     }
   }
   float* out = (is_k ? kp : qp) + static_cast<int64_t>(h) * nb * hidden;
 #pragma unroll
-  for (int r = 0; r < 8; ++r) {
-    const int m = m0 + 8 * ty + r;
+  for (int r = 0; r < kPer; ++r) {
+    const int m = m0 + kPer * ty + r;
     if (m >= nb) continue;
 #pragma unroll
-    for (int q = 0; q < 8; ++q) {
-      const int n = n0 + 8 * tx + q;
+    for (int q = 0; q < kPer; ++q) {
+      const int n = n0 + kPer * tx + q;
       if (n < hidden) out[static_cast<int64_t>(m) * hidden + n] = acc[r][q];
     }
   }
@@ -332,31 +368,23 @@ __device__ __forceinline__ V WarpReduce(V v, Op op) {
   return v;
 }
 
-// One warp per row (no CTA barriers: a row is a few thousand scores at most),
-// 8 rows per CTA. grid (ceil(nb / 8), heads in this pass).
-__global__ void __launch_bounds__(32 * kSelectWarpsPerCta)
-    SelectKernel(GateParams p, int nb, int words, int head0, int64_t topk, int first_dense_row, const float* scores,
-                 uint32_t* bitmap, int32_t* counts) {
-  __shared__ uint32_t hist_all[kSelectWarpsPerCta][257];
-  const int warp = threadIdx.x / 32;
+// Softmax, selection and output of one row (head h, query block qb) of
+// scores, by one warp. `row` may be global or shared memory; `hist` is the
+// warp's 257-word radix histogram in shared memory.
+__device__ __forceinline__ void SelectRow(const GateParams& p, int nb, int words, int h, int qb, int64_t topk,
+                                          int first_dense_row, const float* row, uint32_t* hist, uint32_t* bitmap,
+                                          int32_t* counts, int32_t* direct_indices) {
   const int lane = threadIdx.x % 32;
-  const int qb = blockIdx.x * kSelectWarpsPerCta + warp;
-  if (qb >= nb) return;  // the whole warp leaves
-  uint32_t* hist = hist_all[warp];
-  const int hl = blockIdx.y;
-  const int h = head0 + hl;
   const int n = qb + 1;
-  const float* row = scores + (static_cast<int64_t>(hl) * nb + qb) * nb;
-
   // Softmax over the causal blocks, rounded as the CPU gate does.
   float mx = -INFINITY;
-  for (int i = lane; i < n; i += 32) mx = fmaxf(mx, __ldg(row + i));
+  for (int i = lane; i < n; i += 32) mx = fmaxf(mx, row[i]);
   mx = WarpReduce(mx, [](float a, float b) { return fmaxf(a, b); });
   double sum = 0.0;
-  for (int i = lane; i < n; i += 32) sum += static_cast<double>(expf(__ldg(row + i) - mx));
+  for (int i = lane; i < n; i += 32) sum += static_cast<double>(expf(row[i] - mx));
   sum = WarpReduce(sum, [](double a, double b) { return a + b; });
   const float fsum = static_cast<float>(sum);
-  auto prob = [&](int i) { return expf(__ldg(row + i) - mx) / fsum; };
+  auto prob = [&](int i) { return expf(row[i] - mx) / fsum; };
   if (p.probs != nullptr) {
     float* prow = p.probs + (static_cast<int64_t>(h) * nb + qb) * nb;
     for (int i = lane; i < nb; i += 32) prow[i] = i < n ? prob(i) : 0.0f;
@@ -380,7 +408,7 @@ __global__ void __launch_bounds__(32 * kSelectWarpsPerCta)
         const int i = base + lane;
         uint32_t bin = 256u;
         if (i < n) {
-          const uint32_t key = OrderKey(__ldg(row + i));
+          const uint32_t key = OrderKey(row[i]);
           if ((key & prefix_mask) == prefix) bin = (key >> shift) & 255u;
         }
         const uint32_t peers = __match_any_sync(0xffffffffu, bin);
@@ -420,8 +448,10 @@ __global__ void __launch_bounds__(32 * kSelectWarpsPerCta)
   }
   const float threshold = static_cast<float>(p.threshold);  // compared in float32, as torch does
 
-  // Bitmap words in index order; equal keys ranked by index.
-  uint32_t* out_words = bitmap + (static_cast<int64_t>(h) * nb + qb) * words;
+  // Output in index order; equal keys ranked by index. Either bitmap words
+  // and a count (then the scan and fill kernels), or, when the offsets are
+  // known up front, the ascending indices themselves at `direct_indices`.
+  uint32_t* out_words = bitmap != nullptr ? bitmap + (static_cast<int64_t>(h) * nb + qb) * words : nullptr;
   int equal_before = 0;
   int kept = 0;
   for (int w = 0; w < words; ++w) {
@@ -434,7 +464,7 @@ __global__ void __launch_bounds__(32 * kSelectWarpsPerCta)
       } else if (p.mode == SparsityMode::kThreshold) {
         keep = prob(i) > threshold;
       } else {
-        const uint32_t key = OrderKey(__ldg(row + i));
+        const uint32_t key = OrderKey(row[i]);
         keep = key > kth_key;
         equal = key == kth_key;
       }
@@ -444,16 +474,207 @@ __global__ void __launch_bounds__(32 * kSelectWarpsPerCta)
     if (equal && eq_rank < take_equal) keep = true;
     equal_before += __popc(eq_bits);
     const uint32_t bits = __ballot_sync(0xffffffffu, keep);
-    if (lane == 0) out_words[w] = bits;
+    if (out_words != nullptr) {
+      if (lane == 0) out_words[w] = bits;
+    } else if (keep) {
+      direct_indices[kept + __popc(bits & ((1u << lane) - 1u))] = i;
+    }
     kept += __popc(bits);
   }
-  if (lane == 0) {
+  if (lane == 0 && out_words != nullptr) {
     if (kept == 0) {  // never an empty row: keep the diagonal block
       out_words[qb / 32] |= 1u << (qb % 32);
       kept = 1;
     }
     counts[static_cast<int64_t>(h) * nb + qb] = kept;
   }
+}
+
+// One warp per row (no CTA barriers: a row is a few thousand scores at most),
+// 8 rows per CTA. grid (ceil(nb / 8), heads in this pass).
+__global__ void __launch_bounds__(32 * kSelectWarpsPerCta)
+    SelectKernel(GateParams p, int nb, int words, int head0, int64_t topk, int first_dense_row, const float* scores,
+                 uint32_t* bitmap, int32_t* counts) {
+  __shared__ uint32_t hist_all[kSelectWarpsPerCta][257];
+  const int warp = threadIdx.x / 32;
+  const int qb = blockIdx.x * kSelectWarpsPerCta + warp;
+  if (qb >= nb) return;  // the whole warp leaves
+  const int hl = blockIdx.y;
+  const float* row = scores + (static_cast<int64_t>(hl) * nb + qb) * nb;
+  SelectRow(p, nb, words, head0 + hl, qb, topk, first_dense_row, row, hist_all[warp], bitmap, counts, nullptr);
+}
+
+// --- fused scores + select ---------------------------------------------------
+// One CTA per (kRows query-block rows, Q head): the rows' causal scores go
+// into shared memory (never to device memory), then one warp per row runs
+// SelectRow on them. Scores accumulate in the old ScoresKernel's order (fmaf
+// over the hidden channels in order, then * scale), so both gates see the
+// same floats. For nz_ratio and dense the row lengths are known in advance
+// (ListPrefix), so the rows write their offsets and indices directly;
+// threshold rows write the bitmap and counts for the scan and fill kernels.
+constexpr int kFusedCols = 256;  // key blocks per step: one per thread of a row group
+constexpr int kFusedC = 32;      // hidden channels per k' tile
+constexpr int kFusedKPitch = kFusedCols + 1;
+
+template <int kRows>
+struct FusedShape {
+  static constexpr int kThreads = kRows >= 16 ? 512 : 256;
+  static constexpr int kRowGroups = kThreads / kFusedCols;     // threads sharing a column
+  static constexpr int kRowsPerThread = kRows / kRowGroups;  // accumulators per thread
+  static constexpr int kWarps = kThreads / 32;
+  static_assert(kRowsPerThread * kRowGroups == kRows, "rows split evenly");
+};
+
+// Shared memory of the fused kernel: scores [kRows][nb], q' transposed
+// [hidden][kRows], a k' tile [kFusedC][kFusedKPitch], one radix histogram per warp.
+size_t FusedSmemBytes(int rows, int threads, int nb, int hidden) {
+  return sizeof(float) * (static_cast<size_t>(rows) * nb + static_cast<size_t>(hidden) * rows +
+                          static_cast<size_t>(kFusedC) * kFusedKPitch) +
+         sizeof(uint32_t) * (threads / 32) * 257;
+}
+
+// Kept blocks in rows 0 .. qb - 1 of one head for nz_ratio (topk) or dense
+// (topk < 0): min(topk, row + 1) below first_dense_row, row + 1 from there.
+__host__ __device__ inline int64_t ListPrefix(int64_t qb, int64_t topk, int64_t first_dense_row) {
+  if (topk < 0) return qb * (qb + 1) / 2;
+  const int64_t below = qb < first_dense_row ? qb : first_dense_row;  // rows under the dense tail
+  const int64_t ramp = below < topk ? below : topk;                    // rows shorter than topk
+  int64_t total = ramp * (ramp + 1) / 2 + (below - ramp) * topk;
+  if (qb > first_dense_row) total += (qb * (qb + 1) - first_dense_row * (first_dense_row + 1)) / 2;
+  return total;
+}
+
+template <int kRows>
+__global__ void __launch_bounds__(FusedShape<kRows>::kThreads)
+    FusedSelectKernel(GateParams p, int nb, int words, int64_t topk, int first_dense_row, float scale,
+                      const float* qp, const float* kp, uint32_t* bitmap, int32_t* counts) {
+  using Shape = FusedShape<kRows>;
+  extern __shared__ __align__(16) float fused_smem[];
+  const int hidden = p.hidden;
+  float* scores = fused_smem;                               // [kRows][nb]
+  float* qs = scores + static_cast<size_t>(kRows) * nb;     // [hidden][kRows]
+  float* ks = qs + static_cast<size_t>(hidden) * kRows;     // [kFusedC][kFusedKPitch]
+  uint32_t* hist = reinterpret_cast<uint32_t*>(ks + kFusedC * kFusedKPitch);  // [warps][257]
+  // The heaviest rows (the last ones) first.
+  const int qb0 = (gridDim.x - 1 - blockIdx.x) * kRows;
+  const int h = blockIdx.y;
+  const int tid = threadIdx.x;
+  const float* qh = qp + static_cast<int64_t>(h) * nb * hidden;
+  const float* kh = kp + static_cast<int64_t>(h) * nb * hidden;
+  const int row_end = min(nb, qb0 + kRows);  // rows qb0 .. row_end - 1; keys 0 .. row_end - 1
+
+  for (int i = tid; i < hidden * kRows; i += Shape::kThreads) {
+    const int c = i / kRows;
+    const int r = i % kRows;
+    qs[i] = qb0 + r < nb ? qh[static_cast<int64_t>(qb0 + r) * hidden + c] : 0.0f;
+  }
+  const int col = tid % kFusedCols;
+  const int r0 = (tid / kFusedCols) * Shape::kRowsPerThread;
+  for (int kb0 = 0; kb0 < row_end; kb0 += kFusedCols) {
+    float acc[Shape::kRowsPerThread];
+#pragma unroll
+    for (int r = 0; r < Shape::kRowsPerThread; ++r) acc[r] = 0.0f;
+    for (int c0 = 0; c0 < hidden; c0 += kFusedC) {
+      const int cn = min(kFusedC, hidden - c0);
+      // Sixteen loads per thread in flight at once, then their stores (one
+      // round trip for 512 threads, two for 256).
+      constexpr int kLoads = kFusedCols * kFusedC / Shape::kThreads;
+      constexpr int kBatch = kLoads < 16 ? kLoads : 16;
+      __syncthreads();  // the last tile is consumed (and qs written)
+#pragma unroll
+      for (int u0 = 0; u0 < kLoads; u0 += kBatch) {
+        float kv[kBatch];
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u) {
+          const int i = tid + (u0 + u) * Shape::kThreads;
+          const int j = i / kFusedC;
+          const int c = i % kFusedC;
+          kv[u] = (kb0 + j < row_end && c < cn) ? kh[static_cast<int64_t>(kb0 + j) * hidden + c0 + c] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u) {
+          const int i = tid + (u0 + u) * Shape::kThreads;
+          ks[(i % kFusedC) * kFusedKPitch + i / kFusedC] = kv[u];
+        }
+      }
+      __syncthreads();
+      for (int c = 0; c < cn; ++c) {
+        const float b = ks[c * kFusedKPitch + col];
+        const float* a = qs + (c0 + c) * kRows + r0;
+#pragma unroll
+        for (int r = 0; r < Shape::kRowsPerThread; ++r) acc[r] = fmaf(a[r], b, acc[r]);
+      }
+    }
+    const int kb = kb0 + col;
+#pragma unroll
+    for (int r = 0; r < Shape::kRowsPerThread; ++r) {
+      if (kb <= qb0 + r0 + r && kb < nb) scores[(r0 + r) * nb + kb] = acc[r] * scale;
+    }
+  }
+  __syncthreads();
+
+  const bool direct = p.mode != SparsityMode::kThreshold;
+  const int64_t per_head = direct ? ListPrefix(nb, p.mode == SparsityMode::kDense ? -1 : topk, first_dense_row) : 0;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  for (int r = warp; r < kRows; r += Shape::kWarps) {
+    const int qb = qb0 + r;
+    if (qb >= nb) break;
+    int32_t* direct_indices = nullptr;
+    if (direct) {
+      const int64_t offset =
+          static_cast<int64_t>(h) * per_head +
+          ListPrefix(qb, p.mode == SparsityMode::kDense ? -1 : topk, first_dense_row);
+      if (lane == 0) {
+        p.block_offsets[static_cast<int64_t>(h) * nb + qb] = static_cast<int32_t>(offset);
+        if (qb == 0 && p.kept_per_head != nullptr) p.kept_per_head[h] = per_head;
+        if (qb == nb - 1 && h == p.num_heads - 1) {
+          p.block_offsets[static_cast<int64_t>(p.num_heads) * nb] = static_cast<int32_t>(p.num_heads * per_head);
+        }
+      }
+      direct_indices = p.block_indices + offset;
+    }
+    SelectRow(p, nb, words, h, qb, topk, first_dense_row, scores + static_cast<size_t>(r) * nb, hist + warp * 257,
+              direct ? nullptr : bitmap, counts, direct_indices);
+  }
+}
+
+// The most rows per CTA whose shared memory fits `limit` bytes, or 0.
+int FusedRows(int nb, int hidden, size_t limit) {
+  for (int rows : {16, 8, 4, 2, 1}) {
+    if (FusedSmemBytes(rows, rows >= 16 ? 512 : 256, nb, hidden) <= limit) return rows;
+  }
+  return 0;
+}
+
+// Shared memory the fused kernel may take: 2 CTAs per SM where the rows fit
+// in half of it, else 1.
+constexpr size_t kFusedSmemTwoPerSm = 110 * 1024;
+constexpr size_t kFusedSmemMax = 220 * 1024;
+
+// Where the fused gate runs under kAuto: measured faster than the old one at
+// 8k tokens (nb 128) and slower at 32k (nb 512) on an H200 (docs/KERNELS.md):
+// with more blocks, the k' rows re-read per CTA of few rows outweigh the
+// scores the old gate writes and reads back.
+constexpr int kFusedAutoMaxBlocks = 256;
+
+int FusedRowsFor(int nb, int hidden) {
+  const int two = FusedRows(nb, hidden, kFusedSmemTwoPerSm);
+  return two >= 4 ? two : FusedRows(nb, hidden, kFusedSmemMax);
+}
+
+template <int kRows>
+cudaError_t LaunchFused(const GateParams& p, int nb, int words, int64_t topk, int first_dense_row, float scale,
+                        const float* qp, const float* kp, uint32_t* bitmap, int32_t* counts, cudaStream_t stream) {
+  using Shape = FusedShape<kRows>;
+  const size_t smem = FusedSmemBytes(kRows, Shape::kThreads, nb, p.hidden);
+  auto kernel = FusedSelectKernel<kRows>;
+  SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(smem)));
+  kernel<<<dim3((nb + kRows - 1) / kRows, p.num_heads), Shape::kThreads, smem, stream>>>(
+      p, nb, words, topk, first_dense_row, scale, qp, kp, bitmap, counts);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return cudaSuccess;
 }
 
 // --- lists ----------------------------------------------------------------
@@ -560,9 +781,14 @@ int GateNumBlocks(const GateParams& p) {
   return static_cast<int>((static_cast<int64_t>(p.seq_len) + p.block_size - 1) / p.block_size);
 }
 
-size_t GateWorkspaceBytes(const GateParams& p) {
+size_t GateWorkspaceBytes(const GateParams& p) { return GateWorkspaceBytesVariant(p, GateVariant::kAuto); }
+
+size_t GateWorkspaceBytesVariant(const GateParams& p, GateVariant variant) {
   if (!ValidShapes(p)) return 0;
-  return MakeLayout(p).total;
+  const int nb = GateNumBlocks(p);
+  const bool fused = variant == GateVariant::kFused ||
+                     (variant == GateVariant::kAuto && nb <= kFusedAutoMaxBlocks && FusedRowsFor(nb, p.hidden) > 0);
+  return MakeLayout(p, !fused).total;
 }
 
 int64_t GateMaxIndices(const GateParams& p) {
@@ -577,6 +803,10 @@ int64_t GateMaxIndices(const GateParams& p) {
 }
 
 cudaError_t RunGateKernels(const GateParams& p, cudaStream_t stream) {
+  return RunGateKernelsVariant(p, GateVariant::kAuto, stream);
+}
+
+cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cudaStream_t stream) {
   if (!ValidShapes(p) || p.block_offsets == nullptr) return cudaErrorInvalidValue;
   const int nb = GateNumBlocks(p);
   if (nb == 0) {
@@ -600,7 +830,11 @@ cudaError_t RunGateKernels(const GateParams& p, cudaStream_t stream) {
   }
   const int64_t max_indices = GateMaxIndices(p);
   if (max_indices > 0x7fffffff || p.index_capacity < max_indices) return cudaErrorInvalidValue;
-  const GateLayout g = MakeLayout(p);
+  const int fused_rows = FusedRowsFor(nb, p.hidden);
+  if (variant == GateVariant::kFused && fused_rows == 0) return cudaErrorInvalidValue;
+  const bool fused = variant == GateVariant::kFused || (variant == GateVariant::kAuto && nb <= kFusedAutoMaxBlocks &&
+                                                       fused_rows > 0);
+  const GateLayout g = MakeLayout(p, !fused);
   if (p.workspace_bytes < g.total || reinterpret_cast<uintptr_t>(p.workspace) % kAlign != 0) {
     return cudaErrorInvalidValue;
   }
@@ -614,34 +848,56 @@ cudaError_t RunGateKernels(const GateParams& p, cudaStream_t stream) {
   uint32_t* bitmap = reinterpret_cast<uint32_t*>(ws + g.bitmap);
   int32_t* counts = reinterpret_cast<int32_t*>(ws + g.counts);
 
-  // pool
+  // pool (the fused gate's pool kernel also writes the RoPE table)
   const int pool_splits = (p.num_heads * p.head_dim / 8 + kPoolThreads - 1) / kPoolThreads;
   const dim3 pool_grid(nb, 2, pool_splits);
+  float* pool_rope = fused ? rope : nullptr;
   if (p.dtype == ElemType::kBF16) {
-    PoolKernel<__nv_bfloat16><<<pool_grid, kPoolThreads, 0, stream>>>(p, q_stride, k_stride, pooled_q, pooled_k);
+    PoolKernel<__nv_bfloat16><<<pool_grid, kPoolThreads, 0, stream>>>(p, q_stride, k_stride, pooled_q, pooled_k,
+                                                                      pool_rope);
   } else {
-    PoolKernel<__half><<<pool_grid, kPoolThreads, 0, stream>>>(p, q_stride, k_stride, pooled_q, pooled_k);
+    PoolKernel<__half><<<pool_grid, kPoolThreads, 0, stream>>>(p, q_stride, k_stride, pooled_q, pooled_k, pool_rope);
   }
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
 
   // project + rope
-  const int64_t table = static_cast<int64_t>(nb) * g.half;
-  RopeTableKernel<<<static_cast<unsigned>((table + 255) / 256), 256, 0, stream>>>(p.rope_inv_freq, nb, g.half,
-                                                                                  p.block_size, rope);
-  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  if (!fused) {
+    const int64_t table = static_cast<int64_t>(nb) * g.half;
+    RopeTableKernel<<<static_cast<unsigned>((table + 255) / 256), 256, 0, stream>>>(p.rope_inv_freq, nb, g.half,
+                                                                                    p.block_size, rope);
+    SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  }
   const int linears = p.q_weight != nullptr ? 2 : 1;
-  ProjectKernel<<<dim3((nb + kGemmTile - 1) / kGemmTile, (p.hidden + kGemmTile - 1) / kGemmTile,
-                       p.num_heads * linears),
-                  kGemmThreads, 0, stream>>>(p, nb, pooled_q, pooled_k, qp, kp);
+  if (fused) {
+    ProjectKernel<64, 64><<<dim3((nb + 63) / 64, (p.hidden + 63) / 64, p.num_heads * linears), kGemmThreads, 0,
+                        stream>>>(p, nb, pooled_q, pooled_k, qp, kp);
+  } else {
+    ProjectKernel<128, 16><<<dim3((nb + 127) / 128, (p.hidden + 127) / 128, p.num_heads * linears), kGemmThreads, 0,
+                         stream>>>(p, nb, pooled_q, pooled_k, qp, kp);
+  }
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   const int64_t rope_threads = 2 * static_cast<int64_t>(p.num_heads) * nb * g.half;
   RopeKernel<<<static_cast<unsigned>((rope_threads + 255) / 256), 256, 0, stream>>>(p, nb, pooled_q, rope, qp, kp);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
 
-  // scores + select, heads_per_pass heads at a time
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(p.hidden)));
   const int64_t topk = p.mode == SparsityMode::kNzRatio ? TopK(p, nb) : 0;
   const int first_dense_row = FirstDenseRow(p, nb);
+  const int rows = nb * p.num_heads;
+  if (fused) {
+    // scores + select in one kernel; for nz_ratio and dense also the lists
+    cudaError_t e = cudaErrorInvalidValue;
+    switch (fused_rows) {
+      case 16: e = LaunchFused<16>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, stream); break;
+      case 8: e = LaunchFused<8>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, stream); break;
+      case 4: e = LaunchFused<4>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, stream); break;
+      case 2: e = LaunchFused<2>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, stream); break;
+      case 1: e = LaunchFused<1>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, stream); break;
+    }
+    SEER_CUDA_RETURN_IF_ERROR(e);
+    if (p.mode != SparsityMode::kThreshold) return cudaSuccess;
+  } else {
+  // scores + select, heads_per_pass heads at a time
   const int tiles = (nb + kScoreTile - 1) / kScoreTile;
   for (int head0 = 0; head0 < p.num_heads; head0 += g.heads_per_pass) {
     const int heads = p.num_heads - head0 < g.heads_per_pass ? p.num_heads - head0 : g.heads_per_pass;
@@ -652,9 +908,9 @@ cudaError_t RunGateKernels(const GateParams& p, cudaStream_t stream) {
                                                                           first_dense_row, scores, bitmap, counts);
     SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   }
+  }
 
   // lists
-  const int rows = nb * p.num_heads;
   ScanKernel<<<1, kScanThreads, 0, stream>>>(counts, rows, nb, p.num_heads, p.block_offsets, p.kept_per_head);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   FillKernel<<<(rows + 7) / 8, 256, 0, stream>>>(bitmap, p.block_offsets, rows, g.words, p.block_indices);

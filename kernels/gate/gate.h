@@ -1,5 +1,5 @@
 // The SeerAttention gate of one layer on the GPU (docs/GATES.md): the device
-// twin of seer::RunGate (engine/model/gates.h). It pools the pre-RoPE q and k per
+// twin of seer::cpu::RunGate (kernels/gate/gate_cpu.h). It pools the pre-RoPE q and k per
 // 64-token block, projects them per Q head, applies block RoPE, scores the
 // causal block triangle and selects blocks, writing the per-(head, query
 // block) CSR lists that BlockSparseAttention (kernels/attention/attention.h)
@@ -83,5 +83,17 @@ int64_t GateMaxIndices(const GateParams& p);
 // missing pointer, too small a workspace or index capacity; otherwise the
 // first launch error.
 cudaError_t RunGateKernels(const GateParams& p, cudaStream_t stream);
+
+// The gate's kernel sets, for tests and the benchmark. Both select exactly
+// the same blocks. RunGateKernels runs kAuto.
+enum class GateVariant {
+  kAuto,     // kFused up to 256 blocks (16k tokens at block 64), kUnfused beyond
+  kFused,    // scores and selection in one kernel, no nb x nb scratch
+  kUnfused,  // scores into an nb x nb scratch per head, then a select kernel
+};
+cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cudaStream_t stream);
+// Scratch for one variant (GateWorkspaceBytes is kAuto's); kFused fails with
+// cudaErrorInvalidValue where the rows do not fit (about 3M tokens).
+size_t GateWorkspaceBytesVariant(const GateParams& p, GateVariant variant);
 
 }  // namespace seer::cuda

@@ -1,6 +1,7 @@
-// The GPU gate (kernels/gate/gate.h) against the CPU gate seer::RunGate
-// (engine/model/gates.h) on the same bf16/fp16-rounded inputs and the same float32
-// weights, fresh random data each run. Shapes cover lengths under one block,
+// The GPU gate (kernels/gate/gate.h), fused and unfused, against the CPU gate
+// seer::RunGate (engine/model/gates.h) on the same bf16/fp16-rounded inputs and
+// the same float32 weights, fresh random data each run; and the two GPU gates
+// against each other (identical lists: they score in the same order). Shapes cover lengths under one block,
 // a partial last block, GQA ratios 1, 4 and 8, head dims 64 and 128, all
 // selection modes with and without last_block_dense, mask_linear_q (also the
 // force_double form with per-KV-head K weights), llama3 RoPE, fused QKV row
@@ -197,8 +198,10 @@ class GateGpuTest : public ::testing::Test {
     ASSERT_GT(capacity, 0);
     DevBuf doffsets((static_cast<size_t>(Hq) * nb + 1) * 4), dindices(static_cast<size_t>(capacity) * 4),
         dkept(static_cast<size_t>(Hq) * 8), dprobs(static_cast<size_t>(Hq) * nb * nb * 4);
-    const size_t ws_bytes = cuda::GateWorkspaceBytes(p);
+    const size_t ws_bytes = std::max(cuda::GateWorkspaceBytesVariant(p, cuda::GateVariant::kFused),
+                                     cuda::GateWorkspaceBytesVariant(p, cuda::GateVariant::kUnfused));
     ASSERT_GT(ws_bytes, 0u);
+    ASSERT_GE(ws_bytes, cuda::GateWorkspaceBytes(p));
     DevBuf dws(ws_bytes);
     ASSERT_TRUE(doffsets.ok() && dindices.ok() && dkept.ok() && dprobs.ok() && dws.ok());
     p.block_offsets = doffsets.get<int32_t>();
@@ -208,94 +211,111 @@ class GateGpuTest : public ::testing::Test {
     p.probs = dprobs.get<float>();
     p.workspace = dws.get();
     p.workspace_bytes = ws_bytes;
-    ASSERT_CUDA(cuda::RunGateKernels(p, nullptr));
-    ASSERT_CUDA(cudaDeviceSynchronize());
+    std::vector<int32_t> fused_offsets, fused_indices;
+    for (cuda::GateVariant variant : {cuda::GateVariant::kFused, cuda::GateVariant::kUnfused}) {
+      SCOPED_TRACE(variant == cuda::GateVariant::kFused ? "fused gate" : "unfused gate");
+      ASSERT_CUDA(cudaMemset(doffsets.get(), 0xFF, (static_cast<size_t>(Hq) * nb + 1) * 4));
+      ASSERT_CUDA(cudaMemset(dindices.get(), 0xFF, static_cast<size_t>(capacity) * 4));
+      ASSERT_CUDA(cudaMemset(dkept.get(), 0xFF, static_cast<size_t>(Hq) * 8));
+      ASSERT_CUDA(cudaMemset(dprobs.get(), 0xFF, static_cast<size_t>(Hq) * nb * nb * 4));
+      ASSERT_CUDA(cuda::RunGateKernelsVariant(p, variant, nullptr));
+      ASSERT_CUDA(cudaDeviceSynchronize());
 
-    std::vector<int32_t> offsets(static_cast<size_t>(Hq) * nb + 1);
-    std::vector<int64_t> kept(Hq);
-    std::vector<float> probs(static_cast<size_t>(Hq) * nb * nb);
-    ASSERT_CUDA(cudaMemcpy(offsets.data(), doffsets.get(), offsets.size() * 4, cudaMemcpyDeviceToHost));
-    ASSERT_CUDA(cudaMemcpy(kept.data(), dkept.get(), kept.size() * 8, cudaMemcpyDeviceToHost));
-    ASSERT_CUDA(cudaMemcpy(probs.data(), dprobs.get(), probs.size() * 4, cudaMemcpyDeviceToHost));
-    ASSERT_EQ(offsets[0], 0);
-    ASSERT_GE(offsets.back(), 0);
-    ASSERT_LE(offsets.back(), capacity);
-    std::vector<int32_t> indices(static_cast<size_t>(offsets.back()));
-    if (!indices.empty()) {
-      ASSERT_CUDA(cudaMemcpy(indices.data(), dindices.get(), indices.size() * 4, cudaMemcpyDeviceToHost));
-    }
-
-    // Well-formed lists, read back into a mask.
-    BlockMask gpu_mask = BlockMask::Dense(Hq, L, 64);
-    std::fill(gpu_mask.keep.begin(), gpu_mask.keep.end(), 0);
-    for (int h = 0; h < Hq; ++h) {
-      for (int qb = 0; qb < nb; ++qb) {
-        const int r = h * nb + qb;
-        ASSERT_LE(offsets[r], offsets[r + 1]) << "row " << r;
-        ASSERT_LT(offsets[r], offsets[r + 1]) << "empty row h=" << h << " qb=" << qb;
-        for (int i = offsets[r]; i < offsets[r + 1]; ++i) {
-          ASSERT_GE(indices[i], 0);
-          ASSERT_LE(indices[i], qb) << "non-causal block";
-          if (i > offsets[r]) {
-            ASSERT_LT(indices[i - 1], indices[i]) << "not ascending";
-          }
-          gpu_mask.keep[(static_cast<size_t>(h) * nb + qb) * nb + indices[i]] = 1;
-        }
+      std::vector<int32_t> offsets(static_cast<size_t>(Hq) * nb + 1);
+      std::vector<int64_t> kept(Hq);
+      std::vector<float> probs(static_cast<size_t>(Hq) * nb * nb);
+      ASSERT_CUDA(cudaMemcpy(offsets.data(), doffsets.get(), offsets.size() * 4, cudaMemcpyDeviceToHost));
+      ASSERT_CUDA(cudaMemcpy(kept.data(), dkept.get(), kept.size() * 8, cudaMemcpyDeviceToHost));
+      ASSERT_CUDA(cudaMemcpy(probs.data(), dprobs.get(), probs.size() * 4, cudaMemcpyDeviceToHost));
+      ASSERT_EQ(offsets[0], 0);
+      ASSERT_GE(offsets.back(), 0);
+      ASSERT_LE(offsets.back(), capacity);
+      std::vector<int32_t> indices(static_cast<size_t>(offsets.back()));
+      if (!indices.empty()) {
+        ASSERT_CUDA(cudaMemcpy(indices.data(), dindices.get(), indices.size() * 4, cudaMemcpyDeviceToHost));
       }
-      EXPECT_EQ(kept[h], offsets[(h + 1) * nb] - offsets[h * nb]) << "kept_per_head[" << h << "]";
-    }
 
-    // Probabilities (float32 path).
-    double num = 0.0, den = 0.0;
-    int64_t nans = 0;
-    for (size_t i = 0; i < probs.size(); ++i) {
-      if (std::isnan(probs[i])) ++nans;
-      const double d = double(probs[i]) - double(cpu.probs[i]);
-      num += d * d;
-      den += double(cpu.probs[i]) * cpu.probs[i];
-    }
-    EXPECT_EQ(nans, 0) << "NaN probabilities (unwritten?)";
-    const double prob_rel = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
-    EXPECT_LE(prob_rel, 1e-5) << "probabilities, norm-wise relative error";
-
-    // Masks: every difference must sit on the decision boundary.
-    const double kBf16Rounding = 1.0 / 128.0;
-    int64_t boundary = 0, wrong = 0;
-    int64_t topk = 0;
-    if (sparsity.mode == SparsityMode::kNzRatio) {
-      topk = std::max<int64_t>(1, static_cast<int64_t>((1.0 - std::sqrt(1.0 - sparsity.nz_ratio)) * nb));
-    }
-    const int first_dense = sparsity.last_block_dense ? std::max(0, nb - 2) : nb;
-    for (int h = 0; h < Hq; ++h) {
-      for (int qb = 0; qb < nb; ++qb) {
-        const float* prow = cpu.probs.data() + (static_cast<size_t>(h) * nb + qb) * nb;
-        double edge = 0.0;  // the row's decision boundary in probability
-        if (sparsity.mode == SparsityMode::kThreshold) {
-          edge = static_cast<float>(sparsity.threshold);
-        } else if (sparsity.mode == SparsityMode::kNzRatio && topk < qb + 1) {
-          std::vector<float> sorted(prow, prow + qb + 1);
-          std::nth_element(sorted.begin(), sorted.begin() + (topk - 1), sorted.end(), std::greater<float>());
-          edge = sorted[topk - 1];
-        }
-        for (int kb = 0; kb <= qb; ++kb) {
-          if (gpu_mask.at(h, qb, kb) == cpu.mask.at(h, qb, kb)) continue;
-          const bool near = qb < first_dense && sparsity.mode != SparsityMode::kDense &&
-                            std::abs(double(prow[kb]) - edge) <= kBf16Rounding * edge;
-          if (near) {
-            ++boundary;
-          } else if (++wrong <= 10) {
-            ADD_FAILURE() << "block h=" << h << " qb=" << qb << " kb=" << kb << ": GPU "
-                          << int(gpu_mask.at(h, qb, kb)) << ", CPU " << int(cpu.mask.at(h, qb, kb))
-                          << ", CPU prob " << prow[kb] << ", boundary " << edge;
+      // Well-formed lists, read back into a mask.
+      BlockMask gpu_mask = BlockMask::Dense(Hq, L, 64);
+      std::fill(gpu_mask.keep.begin(), gpu_mask.keep.end(), 0);
+      for (int h = 0; h < Hq; ++h) {
+        for (int qb = 0; qb < nb; ++qb) {
+          const int r = h * nb + qb;
+          ASSERT_LE(offsets[r], offsets[r + 1]) << "row " << r;
+          ASSERT_LT(offsets[r], offsets[r + 1]) << "empty row h=" << h << " qb=" << qb;
+          for (int i = offsets[r]; i < offsets[r + 1]; ++i) {
+            ASSERT_GE(indices[i], 0);
+            ASSERT_LE(indices[i], qb) << "non-causal block";
+            if (i > offsets[r]) {
+              ASSERT_LT(indices[i - 1], indices[i]) << "not ascending";
+            }
+            gpu_mask.keep[(static_cast<size_t>(h) * nb + qb) * nb + indices[i]] = 1;
           }
         }
+        EXPECT_EQ(kept[h], offsets[(h + 1) * nb] - offsets[h * nb]) << "kept_per_head[" << h << "]";
       }
+
+      // Probabilities (float32 path).
+      double num = 0.0, den = 0.0;
+      int64_t nans = 0;
+      for (size_t i = 0; i < probs.size(); ++i) {
+        if (std::isnan(probs[i])) ++nans;
+        const double d = double(probs[i]) - double(cpu.probs[i]);
+        num += d * d;
+        den += double(cpu.probs[i]) * cpu.probs[i];
+      }
+      EXPECT_EQ(nans, 0) << "NaN probabilities (unwritten?)";
+      const double prob_rel = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+      EXPECT_LE(prob_rel, 1e-5) << "probabilities, norm-wise relative error";
+
+      // Masks: every difference must sit on the decision boundary.
+      const double kBf16Rounding = 1.0 / 128.0;
+      int64_t boundary = 0, wrong = 0;
+      int64_t topk = 0;
+      if (sparsity.mode == SparsityMode::kNzRatio) {
+        topk = std::max<int64_t>(1, static_cast<int64_t>((1.0 - std::sqrt(1.0 - sparsity.nz_ratio)) * nb));
+      }
+      const int first_dense = sparsity.last_block_dense ? std::max(0, nb - 2) : nb;
+      for (int h = 0; h < Hq; ++h) {
+        for (int qb = 0; qb < nb; ++qb) {
+          const float* prow = cpu.probs.data() + (static_cast<size_t>(h) * nb + qb) * nb;
+          double edge = 0.0;  // the row's decision boundary in probability
+          if (sparsity.mode == SparsityMode::kThreshold) {
+            edge = static_cast<float>(sparsity.threshold);
+          } else if (sparsity.mode == SparsityMode::kNzRatio && topk < qb + 1) {
+            std::vector<float> sorted(prow, prow + qb + 1);
+            std::nth_element(sorted.begin(), sorted.begin() + (topk - 1), sorted.end(), std::greater<float>());
+            edge = sorted[topk - 1];
+          }
+          for (int kb = 0; kb <= qb; ++kb) {
+            if (gpu_mask.at(h, qb, kb) == cpu.mask.at(h, qb, kb)) continue;
+            const bool near = qb < first_dense && sparsity.mode != SparsityMode::kDense &&
+                              std::abs(double(prow[kb]) - edge) <= kBf16Rounding * edge;
+            if (near) {
+              ++boundary;
+            } else if (++wrong <= 10) {
+              ADD_FAILURE() << "block h=" << h << " qb=" << qb << " kb=" << kb << ": GPU "
+                            << int(gpu_mask.at(h, qb, kb)) << ", CPU " << int(cpu.mask.at(h, qb, kb))
+                            << ", CPU prob " << prow[kb] << ", boundary " << edge;
+            }
+          }
+        }
+      }
+      EXPECT_EQ(wrong, 0) << "blocks that differ from the CPU gate away from the boundary";
+      // Both GPU gates score in the same order: their lists are identical.
+      if (variant == cuda::GateVariant::kFused) {
+        fused_offsets = offsets;
+        fused_indices = indices;
+      } else {
+        EXPECT_EQ(offsets, fused_offsets) << "offsets: unfused gate vs fused gate";
+        EXPECT_EQ(indices, fused_indices) << "indices: unfused gate vs fused gate";
+      }
+      total_boundary_ += boundary;
+      total_blocks_ += cpu.mask.causal_blocks();
+      std::cout << "[gate] " << Describe(c) << (variant == cuda::GateVariant::kFused ? " fused" : " unfused")
+                << ": density GPU " << gpu_mask.density() << " CPU "
+                << cpu.mask.density() << ", boundary blocks " << boundary << ", probs rel err " << prob_rel << "\n";
     }
-    EXPECT_EQ(wrong, 0) << "blocks that differ from the CPU gate away from the boundary";
-    total_boundary_ += boundary;
-    total_blocks_ += cpu.mask.causal_blocks();
-    std::cout << "[gate] " << Describe(c) << ": density GPU " << gpu_mask.density() << " CPU "
-              << cpu.mask.density() << ", boundary blocks " << boundary << ", probs rel err " << prob_rel << "\n";
   }
 
   void TearDown() override {
@@ -335,6 +355,9 @@ TEST_F(GateGpuTest, LongShapes) {
       {20000, 8, 2, 128, 128, false, false, true, "threshold=0.002", true, 4, false, bf},
       {20000, 8, 2, 128, 128, false, false, true, "nz_ratio=0.1", true, 0, false, bf},
       {5000, 8, 4, 128, 128, false, false, false, "dense", false, 0, false, bf},
+      // Long enough that the fused gate holds fewer rows per CTA (8).
+      {60000, 4, 1, 128, 128, false, false, true, "nz_ratio=0.1", false, 0, false, bf},
+      {60000, 4, 2, 128, 128, false, false, false, "threshold=0.002", true, 0, false, fp},
   };
   for (const GateCase& c : cases) Run(c);
 }

@@ -1,0 +1,757 @@
+// Block-sparse FlashAttention forward for Hopper (sm_90a): wgmma + TMA +
+// mbarriers + warp specialisation + a persistent scheduler. Interface:
+// kernels/attention/attention_sm90.h; design and numbers: docs/KERNELS.md.
+//
+// A CTA is three warpgroups. Warpgroup 0 is the producer (one thread of it
+// issues every copy); warpgroups 1 and 2 are consumers, each owning one
+// 64-row query block, which is exactly one row of the 64x64 block mask, so
+// the per-(head, query block) lists stay exact. A tile is a pair of query
+// blocks of one head: consumer 0 takes block 2i + 1, consumer 1 block 2i.
+//
+//   producer  takes the next tile (atomic counter or static stride), loads
+//             both Q blocks with TMA, then walks the union of the two rows'
+//             block lists, highest key block first, and loads each K/V block
+//             once into any free shared-memory stage; it appends (stage, block)
+//             to the queue of each consumer that uses the block, and an end
+//             marker closes the tile. Dense causal pairs share all but one
+//             block, so each K/V tile feeds 128 query rows, as in
+//             FlashAttention-3; with sparse lists the consumers' blocks differ
+//             and each runs ahead on its own queue (a stage waits only for the
+//             consumers that use it, so one consumer's held stage never stalls
+//             the other's loads).
+//   consumer  Q stays in registers (wgmma A operand); per queued block:
+//             S = Q K^T (wgmma, 64x64) issued together with the previous
+//             block's O += P V (wgmma, P from registers), softmax of S while
+//             that P V runs on the tensor cores, then the rescale of O. The
+//             token-level causal mask applies only on the diagonal block.
+//             (Ping-pong turns between the two consumers, FlashAttention-3's
+//             other overlap, measured slower here: docs/KERNELS.md.)
+//
+// Tiles are ordered heaviest first within each KV head's GQA group (later
+// query blocks first for dense; by kept-block count, sorted on the device,
+// for lists), and groups follow one another, so the CTAs in flight read the
+// same head's K/V and keep it in L2.
+
+#include "kernels/attention/attention_sm90.h"
+
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "kernels/arch/sm80_mma.cuh"
+#include "kernels/arch/sm90_ptx.cuh"
+#include "kernels/arch/sm90_wgmma.cuh"
+#include "kernels/common/check.h"
+#include "kernels/common/dispatch.h"
+
+// The sm_80 pass of a multi-target build compiles the kernel without its
+// body (it needs sm_90a), which leaves these constants unreferenced there.
+#if defined(__CUDA_ARCH__) && !defined(SEER_SM90A_ENABLED)
+#pragma nv_diag_suppress 177
+#endif
+
+namespace seer::cuda {
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr int kBlock = 64;       // query rows per consumer = keys per stage = the mask block
+constexpr int kThreads = 384;    // producer warpgroup + 2 consumer warpgroups
+constexpr int kProducerRegs = 40;
+constexpr int kConsumerRegs = 232;
+
+template <int kHeadDim>
+struct Sm90Tile {
+  // 128-byte swizzle where a 64-element column block fits the head dim
+  // (64, 128), else 64-byte swizzle with 32-element column blocks (32, 96).
+  static constexpr int kSwizzle = kHeadDim % 64 == 0 ? 128 : 64;
+  static constexpr int kCols = kSwizzle / 2;  // elements per column block (one swizzled row)
+  static constexpr int kColBlocks = kHeadDim / kCols;
+  static constexpr int kColBlockBytes = kBlock * kSwizzle;
+  static constexpr int kTileBytes = kBlock * kHeadDim * 2;
+  static constexpr int kKSteps = kHeadDim / 16;         // k16 steps of S = Q K^T
+  static constexpr int kStepsPerColBlock = kCols / 16;
+  // As many K/V stages as fit (at least 3: each consumer holds at most one
+  // while it waits, and a third keeps the producer going).
+  static constexpr int kStages = kHeadDim == 128 ? 6 : kHeadDim == 96 ? 8 : kHeadDim == 64 ? 12 : 16;
+  // Each consumer's queue of stream entries: every stage may hold one of its
+  // blocks, plus the end markers of the tile it is in and of the next.
+  static constexpr int kQueue = kStages + 2;
+  // Shared memory, from a 1024-byte aligned base.
+  static constexpr int kQOffset = 0;  // 2 Q tiles
+  static constexpr int kStageOffset = 2 * kTileBytes;  // kStages x (K tile, V tile)
+  static constexpr int kBarOffset = kStageOffset + kStages * 2 * kTileBytes;
+  // Barriers: full[kStages], empty[kStages], q_full[2], q_empty[2], ready[2][kQueue].
+  static constexpr int kFull = 0, kEmpty = kStages, kQFull = 2 * kStages, kQEmpty = kQFull + 2,
+                       kReady = kQEmpty + 2, kBarriers = kReady + 2 * kQueue;
+  static constexpr int kQueueOffset = (kBarOffset + kBarriers * 8 + 15) / 16 * 16;  // int4 [2][kQueue]
+  static constexpr int kTileInfoOffset = kQueueOffset + 2 * kQueue * 16;          // int4 [2]
+  static constexpr int kSmemBytes = kTileInfoOffset + 2 * 16;
+  static constexpr int kSmemAlloc = kSmemBytes + 1024;  // room to align the base
+  static_assert(kSmemAlloc <= 227 * 1024, "shared memory");
+  static_assert(kTileBytes % 1024 == 0, "tiles must keep the swizzle period");
+  static_assert(kStages >= 3, "two held stages and one to fill");
+};
+
+struct Sm90Params {
+  CUtensorMap tma_q;  // [L, Hq, D] as (D, Hq, L), box (cols, 1, 64)
+  CUtensorMap tma_k;  // [Hkv, kv_stride, D] as (D, L, Hkv), box (cols, 64, 1)
+  CUtensorMap tma_v;
+  void* out;
+  const int32_t* block_offsets;  // null: dense causal
+  const int32_t* block_indices;
+  const int32_t* order;       // tile order (h * pairs + pair), or null: the dense order
+  uint32_t* tile_counter;     // kAtomic: zeroed before the launch
+  int seq_len;
+  int num_heads;
+  int num_kv_heads;
+  int nb;     // query blocks
+  int pairs;  // tiles per head: ceil(nb / 2)
+  int num_tiles;
+  float scale_log2;
+};
+
+#if defined(SEER_SM90A_ENABLED)
+
+// Swizzle<B,4,3> applied to a byte offset from a 1024-byte aligned base.
+template <int kSwizzle>
+__device__ __forceinline__ uint32_t Swizzled(uint32_t offset) {
+  constexpr uint32_t kMask = kSwizzle == 128 ? 7u : 3u;
+  return offset ^ (((offset >> 7) & kMask) << 4);
+}
+
+// The dense order: KV head by KV head; within one, pairs from the last
+// (heaviest) down, the GQA heads of a pair side by side.
+__device__ __forceinline__ void DenseTile(const Sm90Params& p, int t, int* h, int* pair) {
+  const int group = p.num_heads / p.num_kv_heads;
+  const int per_kv_head = group * p.pairs;
+  const int kvh = t / per_kv_head;
+  const int r = t % per_kv_head;
+  *pair = p.pairs - 1 - r / group;
+  *h = kvh * group + r % group;
+}
+
+template <int kHeadDim, typename T>
+__device__ __forceinline__ void Producer(const Sm90Params& p, uint8_t* smem, Sm90Schedule schedule) {
+  using Tile = Sm90Tile<kHeadDim>;
+  const uint32_t bars = sm90::SmemAddr(smem) + Tile::kBarOffset;
+  auto bar = [&](int i) { return bars + 8 * i; };
+  const uint32_t base = sm90::SmemAddr(smem);
+  int4* queue = reinterpret_cast<int4*>(smem + Tile::kQueueOffset);
+  int4* tile_info = reinterpret_cast<int4*>(smem + Tile::kTileInfoOffset);
+
+  sm90::PrefetchTensorMap(&p.tma_q);
+  sm90::PrefetchTensorMap(&p.tma_k);
+  sm90::PrefetchTensorMap(&p.tma_v);
+  const bool dense = p.block_offsets == nullptr;
+  const int group = p.num_heads / p.num_kv_heads;
+
+  uint32_t fills = 0;     // bit s: parity of stage s's fills so far
+  int next_stage = 0;     // where the search for a free stage starts
+  int queued[2] = {0, 0};  // entries written to each consumer's queue
+  uint32_t q_phase = 0;
+  // Appends an entry to consumer c's queue and signals it.
+  auto enqueue = [&](int c, int4 entry) {
+    const int slot = queued[c] % Tile::kQueue;
+    queue[c * Tile::kQueue + slot] = entry;
+    sm90::MbarArrive(bar(Tile::kReady + c * Tile::kQueue + slot));
+    ++queued[c];
+  };
+
+  int t = schedule == Sm90Schedule::kAtomic ? static_cast<int>(atomicAdd(p.tile_counter, 1u))
+                                            : static_cast<int>(blockIdx.x);
+  for (;;) {
+    const bool done = t >= p.num_tiles;
+    int h = 0, pair = 0;
+    if (!done) {
+      if (p.order != nullptr) {
+        const int code = p.order[t];
+        h = code / p.pairs;
+        pair = code % p.pairs;
+      } else {
+        DenseTile(p, t, &h, &pair);
+      }
+    }
+    // The next tile's index is fetched now and used a tile later.
+    int next = 0;
+    if (!done) {
+      next = schedule == Sm90Schedule::kAtomic ? static_cast<int>(atomicAdd(p.tile_counter, 1u))
+                                               : t + static_cast<int>(gridDim.x);
+    }
+
+    // Q of both rows (or the stop signal), once each consumer has started
+    // its previous tile (and so read that tile's Q).
+    int qb[2] = {2 * pair + 1, 2 * pair};
+    for (int c = 0; c < 2; ++c) {
+      sm90::MbarWait(bar(Tile::kQEmpty + c), q_phase ^ 1);
+      if (done) {
+        tile_info[c] = make_int4(-1, 0, 0, 0);
+        sm90::MbarArrive(bar(Tile::kQFull + c));
+        continue;
+      }
+      const bool valid = qb[c] < p.nb;
+      tile_info[c] = make_int4(h, qb[c], valid ? 1 : 0, 0);
+      if (valid) {
+        sm90::MbarArriveExpectTx(bar(Tile::kQFull + c), Tile::kTileBytes);
+        const uint32_t dst = base + Tile::kQOffset + c * Tile::kTileBytes;
+#pragma unroll
+        for (int cb = 0; cb < Tile::kColBlocks; ++cb) {
+          sm90::TmaLoad3d(dst + cb * Tile::kColBlockBytes, &p.tma_q, bar(Tile::kQFull + c), cb * Tile::kCols, h,
+                          qb[c] * kBlock);
+        }
+      } else {
+        sm90::MbarArrive(bar(Tile::kQFull + c));
+      }
+    }
+    q_phase ^= 1;
+    if (done) return;
+
+    // The union of the two rows' lists, highest block first.
+    int begin[2], n[2];
+    for (int c = 0; c < 2; ++c) {
+      begin[c] = 0;
+      n[c] = qb[c] < p.nb ? qb[c] + 1 : 0;
+      if (!dense && qb[c] < p.nb) {
+        begin[c] = p.block_offsets[h * p.nb + qb[c]];
+        n[c] = p.block_offsets[h * p.nb + qb[c] + 1] - begin[c];
+      }
+    }
+    // Lists are ascending and causal; anything else is clamped so that no
+    // copy leaves the tensors (the result of such a list is unspecified).
+    auto key = [&](int c, int i) {
+      const int kb = dense ? i : p.block_indices[begin[c] + i];
+      return min(max(kb, 0), qb[c]);
+    };
+    const int kvh = h / group;
+    int i0 = n[0] - 1, i1 = n[1] - 1;
+    int k0 = i0 >= 0 ? key(0, i0) : -1;
+    int k1 = i1 >= 0 ? key(1, i1) : -1;
+    while (k0 >= 0 || k1 >= 0) {
+      const int kb = max(k0, k1);
+      const int owners = (k0 == kb ? 1 : 0) | (k1 == kb ? 2 : 0);
+      // Any free stage: a stage waits only for the consumers that use it.
+      int s = next_stage;
+      for (int tried = 1; !sm90::MbarTestWait(bar(Tile::kEmpty + s), ((fills >> s) & 1u) ^ 1u); ++tried) {
+        s = s + 1 == Tile::kStages ? 0 : s + 1;
+        if (tried % Tile::kStages == 0) __nanosleep(32);  // none free: leave the issue slots to the consumers
+      }
+      next_stage = s + 1 == Tile::kStages ? 0 : s + 1;
+      const uint32_t parity = (fills >> s) & 1u;
+      fills ^= 1u << s;
+      const uint32_t full = bar(Tile::kFull + s);
+      sm90::MbarArriveExpectTx(full, 2 * Tile::kTileBytes);
+      const uint32_t k_dst = base + Tile::kStageOffset + s * 2 * Tile::kTileBytes;
+      const uint32_t v_dst = k_dst + Tile::kTileBytes;
+#pragma unroll
+      for (int cb = 0; cb < Tile::kColBlocks; ++cb) {
+        sm90::TmaLoad3d(k_dst + cb * Tile::kColBlockBytes, &p.tma_k, full, cb * Tile::kCols, kb * kBlock, kvh);
+      }
+#pragma unroll
+      for (int cb = 0; cb < Tile::kColBlocks; ++cb) {
+        sm90::TmaLoad3d(v_dst + cb * Tile::kColBlockBytes, &p.tma_v, full, cb * Tile::kCols, kb * kBlock, kvh);
+      }
+      // The consumer that does not use this block releases it right away
+      // (its four warps' share of the count, from here).
+      if (owners != 3) sm90::MbarArriveCount(bar(Tile::kEmpty + s), 4);
+      for (int c = 0; c < 2; ++c) {
+        if (owners & (1 << c)) enqueue(c, make_int4(s, kb, static_cast<int>(parity), 0));
+      }
+      if (owners & 1) k0 = --i0 >= 0 ? key(0, i0) : -1;
+      if (owners & 2) k1 = --i1 >= 0 ? key(1, i1) : -1;
+    }
+    enqueue(0, make_int4(-1, 0, 0, 0));  // end of tile
+    enqueue(1, make_int4(-1, 0, 0, 0));
+    t = next;
+  }
+}
+
+template <int kHeadDim, typename T>
+__device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int c) {
+  using Tile = Sm90Tile<kHeadDim>;
+  constexpr int kSwizzle = Tile::kSwizzle;
+  constexpr int kOTiles = kHeadDim / 8;  // n8 tiles of O
+  const uint32_t base = sm90::SmemAddr(smem);
+  const uint32_t bars = base + Tile::kBarOffset;
+  auto bar = [&](int i) { return bars + 8 * i; };
+  // Written by the producer before its release-arrive on the barrier that
+  // we wait on (acquire); the waits are compiler memory barriers too.
+  const int4* queue = reinterpret_cast<const int4*>(smem + Tile::kQueueOffset) + c * Tile::kQueue;
+  const int4* tile_info = reinterpret_cast<const int4*>(smem + Tile::kTileInfoOffset) + c;
+  const uint32_t q_smem = base + Tile::kQOffset + c * Tile::kTileBytes;
+  const int warp = (threadIdx.x / 32) % 4;  // warp within the warpgroup: rows 16 warp .. 16 warp + 15
+  const int lane = threadIdx.x % 32;
+  const int64_t q_stride = static_cast<int64_t>(p.num_heads) * kHeadDim;
+
+  // Descriptors: K is the K-major B operand of S = Q K^T, V the MN-major B
+  // operand of O = P V (PTX ISA canonical layouts, 64/128-byte swizzle).
+  auto k_desc = [&](int stage, int ks) {
+    const uint32_t addr = base + Tile::kStageOffset + stage * 2 * Tile::kTileBytes +
+                          (ks / Tile::kStepsPerColBlock) * Tile::kColBlockBytes +
+                          (ks % Tile::kStepsPerColBlock) * 32;
+    return sm90::MatrixDesc(addr, 16, 8 * kSwizzle, kSwizzle);
+  };
+  auto v_desc = [&](int stage, int ks) {
+    const uint32_t addr = base + Tile::kStageOffset + stage * 2 * Tile::kTileBytes + Tile::kTileBytes +
+                          ks * 16 * kSwizzle;
+    return sm90::MatrixDesc(addr, Tile::kColBlockBytes, 8 * kSwizzle, kSwizzle);
+  };
+  auto release = [&](int stage) {
+    __syncwarp();
+    if (lane == 0) sm90::MbarArrive(bar(Tile::kEmpty + stage));
+  };
+  // Lane 0 reads shared words the producer overwrites once this warp has
+  // arrived on a barrier after the read, and broadcasts them: only the
+  // arriving thread reads, and the values are warp-uniform for the compiler
+  // too (see the kernel's role split).
+  auto read_shared = [&](const int4* src) {
+    int4 v = lane == 0 ? *src : make_int4(0, 0, 0, 0);
+    v.x = __shfl_sync(0xffffffffu, v.x, 0);
+    v.y = __shfl_sync(0xffffffffu, v.y, 0);
+    v.z = __shfl_sync(0xffffffffu, v.z, 0);
+    return v;
+  };
+
+  int taken = 0;  // entries taken from this consumer's queue
+  uint32_t q_phase = 0;
+  for (;;) {
+    sm90::MbarWait(bar(Tile::kQFull + c), q_phase);
+    q_phase ^= 1;
+    const int4 info = read_shared(tile_info);
+    if (info.x < 0) return;
+    const int h = info.x;
+    const int qb = info.y;
+    const bool valid = info.z != 0;
+
+    // Q fragments (the A operand of every S = Q K^T) into registers.
+    uint32_t q_frag[Tile::kKSteps][4];
+    if (valid) {
+#pragma unroll
+      for (int ks = 0; ks < Tile::kKSteps; ++ks) {
+        const int row = 16 * warp + lane % 16;
+        const int chunk = (ks % Tile::kStepsPerColBlock) * 2 + lane / 16;
+        const uint32_t offset = (ks / Tile::kStepsPerColBlock) * Tile::kColBlockBytes +
+                                Swizzled<kSwizzle>(row * kSwizzle + chunk * 16);
+        ptx::LdMatrixX4(q_frag[ks], q_smem + offset);
+      }
+    } else {
+#pragma unroll
+      for (int ks = 0; ks < Tile::kKSteps; ++ks) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) q_frag[ks][r] = 0u;
+      }
+    }
+    __syncwarp();
+    sm90::FenceProxyAsync();  // the next TMA write of this buffer comes after these reads
+    if (lane == 0) sm90::MbarArrive(bar(Tile::kQEmpty + c));
+
+    float o[kOTiles * 4];
+#pragma unroll
+    for (int i = 0; i < kOTiles * 4; ++i) o[i] = 0.0f;
+    float row_max[2] = {-INFINITY, -INFINITY};
+    float row_sum[2] = {0.0f, 0.0f};
+    uint32_t p_frag[kBlock / 16][4];  // P of the held block, the A operand of O += P V
+    bool have_p = false;
+    int p_stage = 0;
+
+    // O += P V for the held block; waits for it and releases its stage.
+    auto flush = [&]() {
+      sm90::WgmmaFence();
+#pragma unroll
+      for (int ks = 0; ks < kBlock / 16; ++ks) {
+        sm90::WgmmaRS<kHeadDim, T>::template Run<1>(o, p_frag[ks], v_desc(p_stage, ks), 1);
+      }
+      sm90::WgmmaCommit();
+      sm90::WgmmaWait<0>();
+      sm90::FenceRegs(o);
+      release(p_stage);
+      have_p = false;
+    };
+
+    // One kept block in `stage`: S = Q K^T (with the held block's O += P V
+    // behind it when there is one), mask, softmax while that P V runs,
+    // rescale O, and S becomes the new P. Instantiated for both cases so that
+    // each is one straight run of fence + wgmmas + waits: ptxas serializes
+    // wgmmas whose fences or waits it cannot match on every path.
+    auto compute_block = [&]<bool kHaveP>(int kb, int stage) {
+      // --- mma: S = Q K^T, and O += P V for the held block behind it.
+      float s[32];
+      sm90::WgmmaFence();
+#pragma unroll
+      for (int ks = 0; ks < Tile::kKSteps; ++ks) {
+        sm90::WgmmaRS<kBlock, T>::template Run<0>(s, q_frag[ks], k_desc(stage, ks), ks > 0 ? 1 : 0);
+      }
+      sm90::WgmmaCommit();
+      if constexpr (kHaveP) {
+#pragma unroll
+        for (int ks = 0; ks < kBlock / 16; ++ks) {
+          sm90::WgmmaRS<kHeadDim, T>::template Run<1>(o, p_frag[ks], v_desc(p_stage, ks), 1);
+        }
+        sm90::WgmmaCommit();
+        sm90::WgmmaWait<1>();
+      } else {
+        sm90::WgmmaWait<0>();
+      }
+      sm90::FenceRegs(s);
+
+      // --- mask: token-level causal, only in the diagonal block (keys past
+      // seq_len only occur there, right of every real query).
+      if (kb == qb) {
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int row = 16 * warp + lane / 4 + (e / 2) * 8;
+            const int col = nt * 8 + (lane % 4) * 2 + (e % 2);
+            if (col > row) s[nt * 4 + e] = -INFINITY;
+          }
+        }
+      }
+
+      // --- softmax: online, log2 domain; the 4 lanes of a quad share a row.
+      float correction[2];
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt * 4 + 2 * hf], s[nt * 4 + 2 * hf + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(row_max[hf], mx * p.scale_log2);
+        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+        correction[hf] = ptx::Exp2(row_max[hf] - m_use);
+        row_max[hf] = m_new;
+        float sum = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+          for (int e = 2 * hf; e < 2 * hf + 2; ++e) {
+            const float prob = ptx::Exp2(fmaf(s[nt * 4 + e], p.scale_log2, -m_use));
+            s[nt * 4 + e] = prob;
+            sum += prob;
+          }
+        }
+        row_sum[hf] = row_sum[hf] * correction[hf] + sum;
+      }
+
+      // --- the held block's P V is done: free its stage, rescale O.
+      if constexpr (kHaveP) {
+        sm90::WgmmaWait<0>();
+        sm90::FenceRegs(o);
+        release(p_stage);
+      }
+#pragma unroll
+      for (int nt = 0; nt < kOTiles; ++nt) {
+        o[nt * 4 + 0] *= correction[0];
+        o[nt * 4 + 1] *= correction[0];
+        o[nt * 4 + 2] *= correction[1];
+        o[nt * 4 + 3] *= correction[1];
+      }
+      // P: the C layout of two n8 tiles is the A layout of one k16 step.
+#pragma unroll
+      for (int ks = 0; ks < kBlock / 16; ++ks) {
+        p_frag[ks][0] = ptx::PackPair<T>(s[8 * ks + 0], s[8 * ks + 1]);
+        p_frag[ks][1] = ptx::PackPair<T>(s[8 * ks + 2], s[8 * ks + 3]);
+        p_frag[ks][2] = ptx::PackPair<T>(s[8 * ks + 4], s[8 * ks + 5]);
+        p_frag[ks][3] = ptx::PackPair<T>(s[8 * ks + 6], s[8 * ks + 7]);
+      }
+    };
+
+    // This consumer's blocks, in stream order, until the tile's end marker.
+    for (;;) {
+      const int slot = taken % Tile::kQueue;
+      sm90::MbarWait(bar(Tile::kReady + c * Tile::kQueue + slot), (taken / Tile::kQueue) & 1);
+      ++taken;
+      const int4 entry = read_shared(queue + slot);
+      if (entry.x < 0) break;
+      const int stage = entry.x;
+      sm90::MbarWait(bar(Tile::kFull + stage), static_cast<uint32_t>(entry.z));
+      if (have_p) {
+        compute_block.template operator()<true>(entry.y, stage);
+      } else {
+        compute_block.template operator()<false>(entry.y, stage);
+      }
+      have_p = true;
+      p_stage = stage;
+    }
+    if (have_p) flush();
+
+    // --- store: O / l, rows past seq_len dropped.
+    if (!valid) continue;
+    const int q_rows = min(kBlock, p.seq_len - qb * kBlock);
+    T* out = static_cast<T*>(p.out) + static_cast<int64_t>(qb) * kBlock * q_stride + h * kHeadDim;
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      float total = row_sum[hf];
+      total += __shfl_xor_sync(0xffffffffu, total, 1);
+      total += __shfl_xor_sync(0xffffffffu, total, 2);
+      const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+      const int row = 16 * warp + lane / 4 + hf * 8;
+      if (row < q_rows) {
+        T* dst = out + row * q_stride + (lane % 4) * 2;
+#pragma unroll
+        for (int nt = 0; nt < kOTiles; ++nt) {
+          *reinterpret_cast<uint32_t*>(dst + nt * 8) =
+              ptx::PackPair<T>(o[nt * 4 + 2 * hf] * inv, o[nt * 4 + 2 * hf + 1] * inv);
+        }
+      }
+    }
+  }
+}
+
+#endif  // SEER_SM90A_ENABLED
+
+template <int kHeadDim, typename T>
+__global__ void __launch_bounds__(kThreads, 1)
+    Sm90FwdKernel(const __grid_constant__ Sm90Params p, Sm90Schedule schedule) {
+#if defined(SEER_SM90A_ENABLED)
+  using Tile = Sm90Tile<kHeadDim>;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = smem_raw + ((1024 - (sm90::SmemAddr(smem_raw) & 1023)) & 1023);
+  // Broadcast from lane 0 so that ptxas knows the role is warp-uniform (a
+  // wgmma on a path it thinks divergent gets serialized).
+  const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x / 128), 0);
+  if (threadIdx.x == 0) {
+    const uint32_t bars = sm90::SmemAddr(smem) + Tile::kBarOffset;
+    for (int s = 0; s < Tile::kStages; ++s) {
+      sm90::MbarInit(bars + 8 * (Tile::kFull + s), 1);       // the producer's arrive + the bytes
+      sm90::MbarInit(bars + 8 * (Tile::kEmpty + s), 2 * 4);  // one lane per consumer warp
+    }
+    for (int c = 0; c < 2; ++c) {
+      sm90::MbarInit(bars + 8 * (Tile::kQFull + c), 1);
+      sm90::MbarInit(bars + 8 * (Tile::kQEmpty + c), 4);
+    }
+    for (int i = 0; i < 2 * Tile::kQueue; ++i) sm90::MbarInit(bars + 8 * (Tile::kReady + i), 1);
+    sm90::FenceBarrierInit();
+  }
+  __syncthreads();
+
+  if (warpgroup == 0) {
+    sm90::SetMaxRegsDec<kProducerRegs>();
+    if (threadIdx.x == 0) Producer<kHeadDim, T>(p, smem, schedule);
+  } else {
+    sm90::SetMaxRegsInc<kConsumerRegs>();
+    Consumer<kHeadDim, T>(p, smem, warpgroup - 1);
+  }
+#else
+  __trap();  // launched only where Sm90AttentionAvailable()
+#endif
+}
+
+// --- tile order for block lists ---------------------------------------------
+// One CTA per KV head: that group's tiles by kept-block count (the two rows'
+// list lengths), heaviest first, ties in the dense order. The counting sort's
+// buckets are quantised to kOrderBuckets. CTA 0 also zeroes the tile counter.
+constexpr int kOrderThreads = 1024;
+constexpr int kOrderBuckets = 1024;
+
+__global__ void __launch_bounds__(kOrderThreads)
+    TileOrderKernel(const int32_t* offsets, int num_heads, int num_kv_heads, int nb, int pairs, int32_t* order,
+                    uint32_t* tile_counter) {
+  __shared__ int32_t hist[kOrderBuckets];
+  __shared__ int32_t warp_sums[kOrderThreads / 32];
+  if (blockIdx.x == 0 && threadIdx.x == 0 && tile_counter != nullptr) *tile_counter = 0;
+  const int group = num_heads / num_kv_heads;
+  const int kvh = blockIdx.x;
+  const int tiles = group * pairs;
+  const int max_cost = 2 * nb;
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  auto tile_of = [&](int r, int* h, int* pair) {  // r-th tile of the group in the dense order
+    *pair = pairs - 1 - r / group;
+    *h = kvh * group + r % group;
+  };
+  auto bucket = [&](int r) {
+    int h, pair;
+    tile_of(r, &h, &pair);
+    const int row = h * nb + 2 * pair;
+    int cost = offsets[row + 1] - offsets[row];
+    if (2 * pair + 1 < nb) cost += offsets[row + 2] - offsets[row + 1];
+    cost = min(max(cost, 0), max_cost);
+    // Bucket 0 is the heaviest.
+    return static_cast<int>((static_cast<int64_t>(max_cost - cost) * (kOrderBuckets - 1)) / max(max_cost, 1));
+  };
+  for (int b = threadIdx.x; b < kOrderBuckets; b += kOrderThreads) hist[b] = 0;
+  __syncthreads();
+  for (int r = threadIdx.x; r < tiles; r += kOrderThreads) atomicAdd(&hist[bucket(r)], 1);
+  __syncthreads();
+  // Exclusive scan of the buckets (one per thread).
+  static_assert(kOrderBuckets == kOrderThreads, "one bucket per thread");
+  const int own = hist[threadIdx.x];
+  int incl = own;
+#pragma unroll
+  for (int off = 1; off < 32; off *= 2) {
+    const int v = __shfl_up_sync(0xffffffffu, incl, off);
+    if (lane >= off) incl += v;
+  }
+  if (lane == 31) warp_sums[warp] = incl;
+  __syncthreads();
+  int before = incl - own;
+  for (int w = 0; w < warp; ++w) before += warp_sums[w];
+  __syncthreads();
+  hist[threadIdx.x] = before;  // now the next free slot of each bucket
+  __syncthreads();
+  // Scatter: each warp takes 32 consecutive tiles; equal buckets within a
+  // warp keep their order.
+  int32_t* out = order + static_cast<int64_t>(kvh) * tiles;
+  for (int r0 = warp * 32; r0 < tiles; r0 += kOrderThreads) {
+    const int r = r0 + lane;
+    const int b = r < tiles ? bucket(r) : -1;
+    const uint32_t peers = __match_any_sync(0xffffffffu, b);
+    const int leader = __ffs(peers) - 1;
+    int slot = 0;
+    if (lane == leader && b >= 0) slot = atomicAdd(&hist[b], __popc(peers));
+    slot = __shfl_sync(0xffffffffu, slot, leader) + __popc(peers & ((1u << lane) - 1u));
+    if (b >= 0) {
+      int h, pair;
+      tile_of(r, &h, &pair);
+      out[slot] = h * pairs + pair;
+    }
+  }
+}
+
+// --- host ---------------------------------------------------------------------
+
+PFN_cuTensorMapEncodeTiled_v12000 EncodeTiledFn() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* ptr = nullptr;
+    cudaDriverEntryPointQueryResult status;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &status) !=
+            cudaSuccess ||
+        status != cudaDriverEntryPointSuccess) {
+      ptr = nullptr;
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
+  }();
+  return fn;
+}
+
+// A 3-D map (innermost first) with a (cols, box1, box2) box and the swizzle.
+cudaError_t EncodeMap(CUtensorMap* map, ElemType dtype, const void* ptr, const cuuint64_t (&dims)[3],
+                      const cuuint64_t (&strides_bytes)[2], const cuuint32_t (&box)[3], int swizzle) {
+  auto encode = EncodeTiledFn();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  const CUresult r = encode(map, dtype == ElemType::kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+                            3, const_cast<void*>(ptr), dims, strides_bytes, box, element_strides,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE,
+                            swizzle == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+int NumPairs(int seq_len) {
+  const int nb = (seq_len + kBlock - 1) / kBlock;
+  return (nb + 1) / 2;
+}
+
+size_t AlignUp256(size_t n) { return (n + 255) / 256 * 256; }
+
+template <int kHeadDim, typename T>
+cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, cudaStream_t stream) {
+  using Tile = Sm90Tile<kHeadDim>;
+  Sm90Params k{};
+  const cuuint64_t D = kHeadDim;
+  SEER_CUDA_RETURN_IF_ERROR(EncodeMap(&k.tma_q, p.dtype, p.q,
+                                      {D, static_cast<cuuint64_t>(p.num_heads), static_cast<cuuint64_t>(p.seq_len)},
+                                      {D * 2, D * 2 * p.num_heads}, {Tile::kCols, 1, kBlock}, Tile::kSwizzle));
+  const cuuint64_t kv_dims[3] = {D, static_cast<cuuint64_t>(p.seq_len), static_cast<cuuint64_t>(p.num_kv_heads)};
+  const cuuint64_t kv_strides[2] = {D * 2, D * 2 * static_cast<cuuint64_t>(p.kv_stride)};
+  SEER_CUDA_RETURN_IF_ERROR(EncodeMap(&k.tma_k, p.dtype, p.k, kv_dims, kv_strides, {Tile::kCols, kBlock, 1},
+                                      Tile::kSwizzle));
+  SEER_CUDA_RETURN_IF_ERROR(EncodeMap(&k.tma_v, p.dtype, p.v, kv_dims, kv_strides, {Tile::kCols, kBlock, 1},
+                                      Tile::kSwizzle));
+  k.out = p.out;
+  k.block_offsets = p.block_offsets;
+  k.block_indices = p.block_indices;
+  k.seq_len = p.seq_len;
+  k.num_heads = p.num_heads;
+  k.num_kv_heads = p.num_kv_heads;
+  k.nb = (p.seq_len + kBlock - 1) / kBlock;
+  k.pairs = NumPairs(p.seq_len);
+  k.num_tiles = p.num_heads * k.pairs;
+  k.scale_log2 = p.scale * kLog2e;
+
+  // Scratch: [order: num_tiles int32][counter], only what this launch uses.
+  const bool sorted = p.block_offsets != nullptr;
+  const bool atomic = schedule == Sm90Schedule::kAtomic;
+  const size_t order_bytes = sorted ? AlignUp256(sizeof(int32_t) * k.num_tiles) : 0;
+  const size_t need = order_bytes + (atomic ? 256 : 0);
+  void* scratch = nullptr;
+  const bool own_scratch = need > 0 && (p.workspace == nullptr || p.workspace_bytes < need);
+  if (need > 0) {
+    if (own_scratch) {
+      SEER_CUDA_RETURN_IF_ERROR(cudaMallocAsync(&scratch, need, stream));
+    } else {
+      scratch = p.workspace;
+    }
+  }
+  if (sorted) k.order = static_cast<const int32_t*>(scratch);
+  if (atomic) k.tile_counter = reinterpret_cast<uint32_t*>(static_cast<uint8_t*>(scratch) + order_bytes);
+
+  cudaError_t e = cudaSuccess;
+  if (sorted) {
+    TileOrderKernel<<<p.num_kv_heads, kOrderThreads, 0, stream>>>(p.block_offsets, p.num_heads, p.num_kv_heads, k.nb,
+                                                                  k.pairs, static_cast<int32_t*>(scratch),
+                                                                  k.tile_counter);
+    e = cudaGetLastError();
+  } else if (atomic) {
+    e = cudaMemsetAsync(k.tile_counter, 0, sizeof(uint32_t), stream);
+  }
+  if (e == cudaSuccess) {
+    auto kernel = Sm90FwdKernel<kHeadDim, T>;
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemAlloc);
+    int device = 0, sms = 0;
+    if (e == cudaSuccess) e = cudaGetDevice(&device);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (e == cudaSuccess) {
+      const int grid = k.num_tiles < sms ? k.num_tiles : sms;
+      kernel<<<grid, kThreads, Tile::kSmemAlloc, stream>>>(k, schedule);
+      e = cudaGetLastError();
+    }
+  }
+  const cudaError_t freed = own_scratch ? cudaFreeAsync(scratch, stream) : cudaSuccess;
+  SEER_CUDA_RETURN_IF_ERROR(e);
+  SEER_CUDA_RETURN_IF_ERROR(freed);
+  return cudaSuccess;
+}
+
+}  // namespace
+
+bool Sm90AttentionAvailable() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices];  // 0 unknown, 1 no, 2 yes
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0) return false;
+  if (device < kMaxDevices) {
+    const int known = cache[device].load(std::memory_order_relaxed);
+    if (known != 0) return known == 2;
+  }
+  bool yes = false;
+  int major = 0, minor = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess && major == 9 &&
+      minor == 0) {
+    cudaFuncAttributes attr{};
+    yes = cudaFuncGetAttributes(&attr, Sm90FwdKernel<128, __nv_bfloat16>) == cudaSuccess && attr.binaryVersion == 90;
+  }
+  cudaGetLastError();  // a failed query leaves nothing behind
+  if (device < kMaxDevices) cache[device].store(yes ? 2 : 1, std::memory_order_relaxed);
+  return yes;
+}
+
+size_t Sm90WorkspaceBytes(int num_heads, int seq_len) {
+  if (num_heads <= 0 || seq_len <= 0) return 256;
+  return AlignUp256(sizeof(int32_t) * static_cast<size_t>(num_heads) * NumPairs(seq_len)) + 256;
+}
+
+cudaError_t LaunchSm90Attention(const AttentionParams& p, Sm90Schedule schedule, cudaStream_t stream) {
+  return SEER_DISPATCH_HEAD_DIM(p.head_dim, kHeadDim, [&] {
+    return SEER_DISPATCH_ELEM(p.dtype, Elem, [&] { return Launch<kHeadDim, Elem>(p, schedule, stream); });
+  });
+}
+
+}  // namespace seer::cuda
