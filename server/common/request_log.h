@@ -23,8 +23,10 @@
 
 namespace seer {
 
-// Initial metadata of every seer.v1 response: requests admitted and running,
-// and waiting for a slot, when the call arrived; and the server's bounds.
+// Initial metadata of every seer.v1 response: requests holding a slot and
+// waiting for one when the response's headers went out (with the first
+// message, or with the status of a refused call; an admitted request counts
+// itself as running), and the server's bounds.
 inline constexpr const char kLoadMetadataRunning[] = "seer-running";
 inline constexpr const char kLoadMetadataQueued[] = "seer-queued";
 inline constexpr const char kLoadMetadataMaxConcurrent[] = "seer-max-concurrent";

@@ -141,6 +141,10 @@ int main(int argc, char** argv) {
   metrics.server.scrape_time->AddGauge("seer_decode_running_requests",
                                        "Generate requests holding a slot (--max-concurrent bounds it).", {},
                                        [&queue] { return queue.running(); });
+  metrics.server.scrape_time->AddGauge("seer_decode_max_queue", "--max-queue: requests that may wait for a slot.", {},
+                                       [&queue] { return queue.max_waiting(); });
+  metrics.server.scrape_time->AddGauge("seer_decode_max_concurrent", "--max-concurrent: slots.", {},
+                                       [&queue] { return queue.workers(); });
   config.load = [&]() -> seer::StatusOr<std::string> {
     seer::EngineOptions eo;
     eo.model_dir = model;
