@@ -25,6 +25,7 @@ echo "== [ops] deploy/: Prometheus, promtool, manifests, Dockerfile"
 # Pinned by tests/ops/package-lock.json (no registry addresses in it).
 (cd tests/ops && npm ci --no-audit --no-fund --loglevel=error)
 node tests/ops/check_observability.mjs build/bin
+node tests/ops/check_manifests.mjs
 
 if [ "${SEER_SKIP_SANITIZE:-0}" != 1 ]; then
   echo "== [2/3] engine tests under ASan + UBSan"
