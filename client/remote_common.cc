@@ -21,6 +21,9 @@ void CommonFlags::Register(FlagSet& flags, const std::string& server) {
   flags.String("request-id", &request_id, "request id for the servers' logs");
   flags.Double("timeout", &timeout, "deadline of the whole call, seconds (0: none)");
   flags.Bool("json", &json, "print one JSON object");
+  flags.String("tls-ca", &tls.ca, "PEM CA bundle that signed the server's certificate: connect over TLS");
+  flags.String("tls-cert", &tls.cert, "PEM client certificate (mutual TLS), with --tls-key");
+  flags.String("tls-key", &tls.key, "PEM private key of --tls-cert");
 }
 
 int ParseCommonFlags(FlagSet& flags, int argc, char** argv, const char* command, const std::string& server,
@@ -35,6 +38,7 @@ int ParseCommonFlags(FlagSet& flags, int argc, char** argv, const char* command,
   }
   if (common.addr.empty()) return ReportUsage(command, "--addr is required (host:port of " + server + ")");
   if (common.ids.empty()) return ReportUsage(command, "--ids is required (\"1,2,3\" or @FILE)");
+  if (Status s = CheckClientTls(common.tls, "--tls-"); !s.ok()) return ReportUsage(command, s.message());
   StatusOr<std::vector<int32_t>> ids = ParseTokenIds(common.ids, "--ids");
   if (!ids.ok()) return ReportUsage(command, ids.status().message());
   out->ids = std::move(ids).value();
@@ -50,10 +54,11 @@ void SetDeadline(grpc::ClientContext& context, double seconds) {
                        std::chrono::microseconds(static_cast<int64_t>(seconds * 1e6)));
 }
 
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& addr, int64_t max_receive_bytes) {
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& addr, const ClientTlsOptions& tls,
+                                           int64_t max_receive_bytes) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(static_cast<int>(std::min<int64_t>(max_receive_bytes, INT32_MAX)));
-  return grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args);
+  return grpc::CreateCustomChannel(addr, MakeChannelCredentials(tls), args);
 }
 
 int ReportRpcError(const char* command, const grpc::Status& status) {

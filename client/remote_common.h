@@ -14,6 +14,7 @@
 #include "base/flags.h"
 #include "base/status.h"
 #include "client/sparsity_flags.h"
+#include "rpc/channel_credentials.h"
 #include "seer/v1/seer.pb.h"
 
 namespace seer::remote {
@@ -28,9 +29,11 @@ struct CommonFlags {
   SparsityFlags sparsity;
   double timeout = 0.0;
   bool json = false;
+  ClientTlsOptions tls;
 
   // Registers --addr (of `server`, e.g. "seer-decode"), --ids, --sparsity,
-  // --last-block-dense, --request-id, --timeout and --json.
+  // --last-block-dense, --request-id, --timeout, --json and --tls-ca,
+  // --tls-cert, --tls-key.
   void Register(FlagSet& flags, const std::string& server);
 };
 
@@ -48,8 +51,10 @@ int ParseCommonFlags(FlagSet& flags, int argc, char** argv, const char* command,
 // Sets the call's deadline `seconds` from now (none when <= 0).
 void SetDeadline(grpc::ClientContext& context, double seconds);
 
-// A channel to host:port that accepts messages up to `max_receive_bytes`.
-std::shared_ptr<grpc::Channel> MakeChannel(const std::string& addr, int64_t max_receive_bytes);
+// A channel to host:port (TLS when `tls` asks for it) that accepts messages up
+// to `max_receive_bytes`.
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& addr, const ClientTlsOptions& tls,
+                                           int64_t max_receive_bytes);
 
 // "seer generate: UNAVAILABLE: ..." on stderr; returns kExitRuntime.
 int ReportRpcError(const char* command, const grpc::Status& status);

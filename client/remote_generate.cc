@@ -57,7 +57,7 @@ int RunGenerateCommand(int argc, char** argv) {
   sampling->set_top_p(static_cast<float>(top_p));
   if (flags.WasSet("seed")) sampling->set_seed(static_cast<uint64_t>(seed));
 
-  auto stub = v1::Decode::NewStub(MakeChannel(common.addr, int64_t{64} << 20));
+  auto stub = v1::Decode::NewStub(MakeChannel(common.addr, common.tls, int64_t{64} << 20));
   grpc::ClientContext context;
   const Clock::time_point start = Clock::now();
   SetDeadline(context, common.timeout);

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <string>
 
+#include "base/version.h"
 #include "client/run_command.h"
 #ifdef SEER_HAVE_SERVER
 #include "client/remote_commands.h"
@@ -37,6 +38,10 @@ int main(int argc, char** argv) {
   const std::string command = argv[1];
   if (command == "-h" || command == "--help" || command == "help") {
     PrintUsage(stdout);
+    return 0;
+  }
+  if (command == "--version" || command == "version") {
+    std::printf("seer %s (commit %s, CUDA %s)\n", seer::kVersion, seer::kBuildCommit, seer::kBuildCuda);
     return 0;
   }
   if (command == "run") return seer::RunOfflineCommand(argc - 1, argv + 1);

@@ -77,7 +77,8 @@ StatusOr<std::unique_ptr<PrefillClient>> PrefillClient::Create(const std::string
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
     auto endpoint = std::make_unique<Endpoint>();
     endpoint->target = target;
-    endpoint->channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+    endpoint->channel = grpc::CreateCustomChannel(
+        target, options.credentials ? options.credentials : grpc::InsecureChannelCredentials(), args);
     endpoint->stub = v1::Prefill::NewStub(endpoint->channel);
     client->endpoints_.push_back(std::move(endpoint));
     if (target.rfind("dns:", 0) == 0) ++names;

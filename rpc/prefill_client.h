@@ -49,6 +49,8 @@ struct PrefillClientOptions {
   // message: the prefill restarts from scratch on the next endpoint, which
   // costs its whole compute again. Off: such a request ends UNAVAILABLE.
   bool retry_broken_streams = false;
+  // TLS to the endpoints (rpc/channel_credentials.h); null: plaintext.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
 };
 
 struct FetchedKv {

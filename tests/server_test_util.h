@@ -73,22 +73,26 @@ inline std::vector<char*> Argv(std::vector<std::string>& args) {
 
 // A server binary running on loopback. Parses the startup line
 //   "<program> listening on HOST:PORT metrics on HOST:PORT"
-// and waits for "<program> ready" (the model has loaded).
+// and waits for "<program> ready" (the model has loaded). Its stderr (the
+// JSON log) is kept line by line too.
 class ServerProcess {
  public:
   // `env` entries ("NAME=value") are added to this process's environment.
   ServerProcess(const std::string& binary, std::vector<std::string> args, std::vector<std::string> env = {}) {
     args.insert(args.begin(), binary);
     for (char** e = environ; *e != nullptr; ++e) env.push_back(*e);
-    int out[2];
-    if (pipe(out) != 0) return;
+    int out[2], err[2];
+    if (pipe(out) != 0 || pipe(err) != 0) return;
     const pid_t parent = getpid();
     pid_ = fork();
     if (pid_ == 0) {
       DieWithParent(parent);
       dup2(out[1], STDOUT_FILENO);
+      dup2(err[1], STDERR_FILENO);
       close(out[0]);
       close(out[1]);
+      close(err[0]);
+      close(err[1]);
       std::vector<char*> argv = Argv(args);
       std::vector<char*> envp = Argv(env);
       execve(argv[0], argv.data(), envp.data());
@@ -96,8 +100,11 @@ class ServerProcess {
       _exit(127);
     }
     close(out[1]);
+    close(err[1]);
     out_fd_ = out[0];
-    reader_ = std::thread([this] { ReadLines(); });
+    err_fd_ = err[0];
+    reader_ = std::thread([this] { ReadLines(out_fd_, &lines_, &eof_); });
+    err_reader_ = std::thread([this] { ReadLines(err_fd_, &err_lines_, &err_eof_); });
   }
 
   ~ServerProcess() {
@@ -106,7 +113,9 @@ class ServerProcess {
       Wait();
     }
     if (reader_.joinable()) reader_.join();
+    if (err_reader_.joinable()) err_reader_.join();
     if (out_fd_ >= 0) close(out_fd_);
+    if (err_fd_ >= 0) close(err_fd_);
   }
 
   // Waits for the listening line and the ready line.
@@ -168,40 +177,60 @@ class ServerProcess {
     std::lock_guard<std::mutex> lock(mu_);
     std::string s;
     for (const auto& l : lines_) s += l + "\n";
+    for (const auto& l : err_lines_) s += "stderr: " + l + "\n";
     return s;
   }
 
+  // The stderr lines so far.
+  std::vector<std::string> ErrLines() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return err_lines_;
+  }
+  // Waits until `count` stderr lines contain every one of `needles`.
+  bool WaitForErrLines(const std::vector<std::string>& needles, size_t count, std::chrono::milliseconds timeout) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, timeout, [&] {
+      size_t n = 0;
+      for (const auto& l : err_lines_) {
+        bool all = true;
+        for (const auto& needle : needles) all = all && l.find(needle) != std::string::npos;
+        n += all ? 1 : 0;
+      }
+      return n >= count || err_eof_;
+    });
+  }
+
  private:
-  void ReadLines() {
+  void ReadLines(int fd, std::vector<std::string>* lines, bool* eof) {
     std::string partial;
     char buf[4096];
     for (;;) {
-      ssize_t n = read(out_fd_, buf, sizeof(buf));
+      ssize_t n = read(fd, buf, sizeof(buf));
       if (n <= 0) break;
       partial.append(buf, static_cast<size_t>(n));
       size_t nl;
       while ((nl = partial.find('\n')) != std::string::npos) {
         std::lock_guard<std::mutex> lock(mu_);
-        lines_.push_back(partial.substr(0, nl));
+        lines->push_back(partial.substr(0, nl));
         partial.erase(0, nl + 1);
         cv_.notify_all();
       }
     }
     std::lock_guard<std::mutex> lock(mu_);
-    eof_ = true;
+    *eof = true;
     cv_.notify_all();
   }
 
   pid_t pid_ = -1;
-  int out_fd_ = -1;
+  int out_fd_ = -1, err_fd_ = -1;
   bool exited_ = false;
   int exit_code_ = -1;
   std::string grpc_, metrics_;
-  std::thread reader_;
+  std::thread reader_, err_reader_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::vector<std::string> lines_;
-  bool eof_ = false;
+  std::vector<std::string> lines_, err_lines_;
+  bool eof_ = false, err_eof_ = false;
 };
 
 struct CommandResult {

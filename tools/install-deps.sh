@@ -6,7 +6,8 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config git
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
-  libabsl-dev prometheus-cpp-dev libcivetweb-dev
+  libabsl-dev prometheus-cpp-dev libcivetweb-dev libspdlog-dev
+  prometheus openssl nodejs
   libgtest-dev libgmock-dev
   clang libclang-rt-dev
   python3 curl
@@ -16,6 +17,9 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+
+# The manifest and Dockerfile checks (tests/ops) run on Node.js with npm.
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "install-deps: all ${#packages[@]} packages already installed"

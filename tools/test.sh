@@ -4,6 +4,10 @@
 #   1. Release build of everything (CUDA too when nvcc is present) + ctest.
 #   2. The engine tests again under AddressSanitizer + UndefinedBehaviorSanitizer.
 #   3. The checkpoint and gate-file parsers under libFuzzer, for a bounded time.
+#   4. deploy/ (tests/ops): every dashboard, recording-rule and alert expression
+#      on a real Prometheus scraping the real servers, promtool check/test
+#      rules, the rendered manifests against the Kubernetes schemas, and the
+#      Dockerfile's lint.
 # SEER_SKIP_SANITIZE=1 / SEER_SKIP_FUZZ=1 skip stages 2 / 3 (for quick local runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +20,12 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j "$jobs"
 logs="$(mktemp -d)"
 ctest --test-dir build --output-on-failure -j "$jobs" 2>&1 | tee "$logs/release.log"
+
+echo "== [ops] deploy/: Prometheus, promtool, manifests, Dockerfile"
+# Pinned by tests/ops/package-lock.json (no registry addresses in it).
+(cd tests/ops && npm ci --no-audit --no-fund --loglevel=error)
+node tests/ops/check_observability.mjs build/bin
+node tests/ops/check_manifests.mjs
 
 if [ "${SEER_SKIP_SANITIZE:-0}" != 1 ]; then
   echo "== [2/3] engine tests under ASan + UBSan"

@@ -3,16 +3,67 @@
 #include <signal.h>
 
 #include <chrono>
+#include <fstream>
+#include <iterator>
 
+#include <grpc/compression.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
+
+#include "grpc/health/v1/health.pb.h"
 
 namespace seer {
+namespace {
+
+Status CheckPemFile(const std::string& path, const std::string& flag, const std::string& what) {
+  std::ifstream in(path);
+  if (!in) return InvalidArgument(flag + ": cannot read '" + path + "'");
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (text.find("-----BEGIN ") == std::string::npos || text.find(what) == std::string::npos)
+    return InvalidArgument(flag + ": '" + path + "' holds no PEM " + what);
+  return OkStatus();
+}
+
+std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const ServerTlsOptions& tls) {
+  if (!tls.enabled()) return grpc::InsecureServerCredentials();
+  // The provider re-reads the files every reload_seconds and switches to
+  // their new contents when they changed (and parse).
+  auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+      tls.key, tls.cert, tls.client_ca, tls.reload_seconds);
+  grpc::experimental::TlsServerCredentialsOptions options(provider);
+  options.watch_identity_key_cert_pairs();
+  if (!tls.client_ca.empty()) {
+    options.watch_root_certs();
+    options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  } else {
+    options.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  }
+  return grpc::experimental::TlsServerCredentials(options);
+}
+
+}  // namespace
+
+Status CheckServerTls(const ServerTlsOptions& tls) {
+  if (tls.cert.empty() != tls.key.empty()) return InvalidArgument("--tls-cert and --tls-key go together");
+  if (!tls.enabled()) {
+    if (!tls.client_ca.empty()) return InvalidArgument("--tls-client-ca needs --tls-cert and --tls-key");
+    return OkStatus();
+  }
+  if (tls.reload_seconds < 1) return InvalidArgument("--tls-reload-seconds: must be at least 1");
+  SEER_RETURN_IF_ERROR(CheckPemFile(tls.cert, "--tls-cert", "CERTIFICATE"));
+  SEER_RETURN_IF_ERROR(CheckPemFile(tls.key, "--tls-key", "PRIVATE KEY"));
+  if (!tls.client_ca.empty()) SEER_RETURN_IF_ERROR(CheckPemFile(tls.client_ca, "--tls-client-ca", "CERTIFICATE"));
+  return OkStatus();
+}
 
 Status SplitHostPort(const std::string& address, const std::string& flag, std::string* host, int* port) {
   const size_t colon = address.rfind(':');
   if (colon == std::string::npos || colon + 1 == address.size())
     return InvalidArgument(flag + ": '" + address + "' is not host:port");
+  if (address.front() == '[' && address[colon - 1] != ']')
+    return InvalidArgument(flag + ": '" + address + "' is not [v6 host]:port");
   const std::string port_text = address.substr(colon + 1);
   int value = 0;
   for (char c : port_text) {
@@ -30,19 +81,41 @@ StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const std::string& liste
                                                         const std::vector<grpc::Service*>& services,
                                                         const std::vector<std::string>& health_names,
                                                         int max_receive_bytes) {
+  GrpcServerOptions options;
+  options.listen = listen;
+  options.services = services;
+  options.health_names = health_names;
+  options.max_receive_bytes = max_receive_bytes;
+  return Start(std::move(options));
+}
+
+StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(GrpcServerOptions o) {
   std::string host;
   int requested_port = 0;
-  SEER_RETURN_IF_ERROR(SplitHostPort(listen, "--listen", &host, &requested_port));
+  SEER_RETURN_IF_ERROR(SplitHostPort(o.listen, "--listen", &host, &requested_port));
+  SEER_RETURN_IF_ERROR(CheckServerTls(o.tls));
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  // The health service's descriptor in the generated pool, so that
+  // reflection can describe grpc.health.v1.Health (grpcurl needs no -proto).
+  grpc::health::v1::HealthCheckRequest::descriptor();
 
   std::unique_ptr<GrpcServer> out(new GrpcServer());
   grpc::ServerBuilder builder;
   int bound_port = 0;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &bound_port);
-  for (grpc::Service* s : services) builder.RegisterService(s);
-  builder.SetMaxReceiveMessageSize(max_receive_bytes);
+  builder.AddListeningPort(o.listen, MakeServerCredentials(o.tls), &bound_port);
+  for (grpc::Service* s : o.services) builder.RegisterService(s);
+  // A second server on a port already in use fails instead of sharing it.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  // The edge limits (docs/SERVICE.md, "Limits"). A request above the largest
+  // valid one is refused before it is parsed. Compressed requests are
+  // refused (UNIMPLEMENTED) before their message is read: gRPC checks the
+  // receive limit against the compressed size, so a small gzip body could
+  // inflate far past it; no valid request is big enough to gain from it.
+  builder.SetMaxReceiveMessageSize(o.max_receive_bytes);
+  builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, kMaxMetadataBytes);
+  builder.AddChannelArgument(GRPC_COMPRESSION_CHANNEL_ENABLED_ALGORITHMS_BITSET, 1 << GRPC_COMPRESS_NONE);
   // Decode workers ping every 30 s on long streams (prefill_client.cc).
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
@@ -56,12 +129,15 @@ StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const std::string& liste
   // flight keep their connection until they end (the grace period).
   builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, 5 * 60 * 1000);
   builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS, 60 * 60 * 1000);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(MakeCallInterceptorFactory(std::move(o.hooks)));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
   out->server_ = builder.BuildAndStart();
   if (!out->server_ || bound_port == 0)
-    return Unavailable("--listen " + listen + ": cannot bind (address in use or not local?)");
+    return Unavailable("--listen " + o.listen + ": cannot bind (address in use or not local?)");
   out->port_ = bound_port;
   out->address_ = host + ":" + std::to_string(bound_port);
-  out->service_names_ = health_names;
+  out->service_names_ = o.health_names;
   out->SetServing(false);
   return out;
 }

@@ -1,6 +1,8 @@
 // What seer-prefill and seer-decode share around their service: a gRPC server
 // with grpc.health.v1.Health and server reflection, bound to a given address
-// (port 0 picks a free port), and SIGTERM handling for a graceful shutdown.
+// (port 0 picks a free port), optionally TLS or mutual TLS, with the edge
+// limits of docs/SERVICE.md ("Limits"), and SIGTERM handling for a graceful
+// shutdown.
 #pragma once
 
 #include <memory>
@@ -10,15 +12,47 @@
 #include <grpcpp/grpcpp.h>
 
 #include "base/status.h"
+#include "server/common/request_log.h"
 
 namespace seer {
 
+// --tls-cert / --tls-key: serve TLS; --tls-client-ca: also require a client
+// certificate signed by this CA (mutual TLS). The files are watched and
+// reloaded every `reload_seconds` when they change, so a renewed certificate
+// (a Kubernetes Secret update, cert-manager) needs no restart.
+struct ServerTlsOptions {
+  std::string cert, key, client_ca;
+  int reload_seconds = 60;
+  bool enabled() const { return !cert.empty(); }
+};
+
+// Checks the flag combination and that every file is readable PEM; names the
+// flag on error.
+Status CheckServerTls(const ServerTlsOptions& tls);
+
+struct GrpcServerOptions {
+  std::string listen;  // host:port or [v6 host]:port
+  std::vector<grpc::Service*> services;  // not owned
+  // The services' full names: health says NOT_SERVING for these and "" until
+  // SetServing(true).
+  std::vector<std::string> health_names;
+  // The largest request message accepted; larger ones get RESOURCE_EXHAUSTED
+  // before they are parsed. Servers pass MaxRequestBytes(limits) plus
+  // kReceiveMarginBytes.
+  int max_receive_bytes = 1 << 20;
+  ServerTlsOptions tls;
+  CallHooks hooks;
+};
+
+// Room above the largest valid request in the receive limit.
+inline constexpr int kReceiveMarginBytes = 16 << 10;
+// Request metadata (headers) a call may carry; more is refused.
+inline constexpr int kMaxMetadataBytes = 16 << 10;
+
 class GrpcServer {
  public:
-  // Starts serving `services` (not owned) on `listen` (host:port). Health
-  // says NOT_SERVING for "" and for each of `health_names` (the services'
-  // full names) until SetServing(true). Messages up to `max_receive_bytes`
-  // are accepted.
+  static StatusOr<std::unique_ptr<GrpcServer>> Start(GrpcServerOptions options);
+  // Plaintext, without call hooks: the tests' and benchmarks' short form.
   static StatusOr<std::unique_ptr<GrpcServer>> Start(const std::string& listen,
                                                      const std::vector<grpc::Service*>& services,
                                                      const std::vector<std::string>& health_names,
@@ -51,7 +85,8 @@ void BlockTerminationSignals();
 // Returns the signal number (SIGTERM or SIGINT).
 int WaitForTerminationSignal();
 
-// Parses "host:port" into its parts; INVALID_ARGUMENT naming `flag`.
+// Parses "host:port" or "[v6 host]:port" into its parts (the host keeps its
+// brackets); INVALID_ARGUMENT naming `flag`.
 Status SplitHostPort(const std::string& address, const std::string& flag, std::string* host, int* port);
 
 }  // namespace seer

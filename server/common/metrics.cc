@@ -1,8 +1,17 @@
 #include "server/common/metrics.h"
 
+#include <dirent.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <ctime>
 #include <exception>
+#include <fstream>
+#include <map>
+#include <sstream>
 #include <string>
 
+#include "base/version.h"
 #include "rpc/grpc_status.h"
 
 namespace seer {
@@ -16,6 +25,10 @@ std::vector<double> DensityBuckets() {
   return {0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0};
 }
 
+double KvCacheBytes(const KvLayout& layout, int64_t tokens) {
+  return 2.0 * layout.num_layers * static_cast<double>(layout.LayerBytes(1)) * static_cast<double>(tokens);
+}
+
 namespace {
 
 prometheus::Histogram& AddHistogram(prometheus::Registry& r, const std::string& name, const std::string& help,
@@ -27,33 +40,151 @@ prometheus::Counter& AddCounter(prometheus::Registry& r, const std::string& name
   return prometheus::BuildCounter().Name(name).Help(help).Register(r).Add({});
 }
 
+prometheus::Gauge& AddGauge(prometheus::Registry& r, const std::string& name, const std::string& help) {
+  return prometheus::BuildGauge().Name(name).Help(help).Register(r).Add({});
+}
+
+// A requests_total family with a series for every gRPC code from the start,
+// so that rate() and error ratios have data before the first error.
+prometheus::Family<prometheus::Counter>& AddRequestCounter(prometheus::Registry& r, const std::string& name,
+                                                           const std::string& help) {
+  auto& family = prometheus::BuildCounter().Name(name).Help(help).Register(r);
+  for (int code = 0; code <= static_cast<int>(grpc::StatusCode::DATA_LOSS); ++code)
+    family.Add({{"code", std::string(GrpcCodeName(static_cast<grpc::StatusCode>(code)))}});
+  return family;
+}
+
+// /proc/self/stat after the command name: fields 3.. of proc(5).
+std::vector<std::string> ProcSelfStat() {
+  std::ifstream in("/proc/self/stat");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const size_t paren = text.rfind(')');
+  std::vector<std::string> fields;
+  if (paren == std::string::npos) return fields;
+  std::istringstream rest(text.substr(paren + 2));
+  std::string f;
+  while (rest >> f) fields.push_back(f);
+  return fields;
+}
+
+double BootTimeSeconds() {
+  std::ifstream in("/proc/stat");
+  std::string key;
+  while (in >> key) {
+    if (key == "btime") {
+      double t = 0;
+      in >> t;
+      return t;
+    }
+    in.ignore(1 << 20, '\n');
+  }
+  return 0.0;
+}
+
+int OpenFds() {
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return -1;
+  int n = 0;
+  while (dirent* e = readdir(dir))
+    if (e->d_name[0] != '.') ++n;
+  closedir(dir);
+  return n - 1;  // the directory stream's own descriptor
+}
+
+prometheus::ClientMetric Value(double v, prometheus::MetricType type, const prometheus::Labels& labels = {}) {
+  prometheus::ClientMetric m;
+  for (const auto& [name, value] : labels) m.label.push_back({name, value});
+  if (type == prometheus::MetricType::Counter)
+    m.counter.value = v;
+  else
+    m.gauge.value = v;
+  return m;
+}
+
+prometheus::MetricFamily Family(const std::string& name, const std::string& help, prometheus::MetricType type,
+                                double v) {
+  return {name, help, type, {Value(v, type)}};
+}
+
 }  // namespace
 
+ScrapeTimeMetrics::ScrapeTimeMetrics() {
+  // Field 22 of proc(5): the start time in clock ticks after boot.
+  const std::vector<std::string> stat = ProcSelfStat();
+  if (stat.size() > 19)
+    start_time_seconds_ = BootTimeSeconds() + std::stod(stat[19]) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+void ScrapeTimeMetrics::AddGauge(const std::string& name, const std::string& help, const prometheus::Labels& labels,
+                                 std::function<double()> read) {
+  std::lock_guard<std::mutex> lock(mu_);
+  series_.push_back({name, help, labels, std::move(read)});
+}
+
+std::vector<prometheus::MetricFamily> ScrapeTimeMetrics::Collect() const {
+  using prometheus::MetricType;
+  std::vector<prometheus::MetricFamily> out;
+  // The names and meanings of the official client libraries' process
+  // collectors, so that standard dashboards work.
+  const std::vector<std::string> stat = ProcSelfStat();
+  if (stat.size() > 21) {
+    const double tick = static_cast<double>(sysconf(_SC_CLK_TCK));
+    out.push_back(Family("process_cpu_seconds_total", "Total user and system CPU time spent in seconds.",
+                         MetricType::Counter, (std::stod(stat[11]) + std::stod(stat[12])) / tick));
+    out.push_back(Family("process_virtual_memory_bytes", "Virtual memory size in bytes.", MetricType::Gauge,
+                         std::stod(stat[20])));
+    out.push_back(Family("process_resident_memory_bytes", "Resident memory size in bytes.", MetricType::Gauge,
+                         std::stod(stat[21]) * static_cast<double>(sysconf(_SC_PAGESIZE))));
+  }
+  out.push_back(Family("process_start_time_seconds", "Start time of the process since unix epoch in seconds.",
+                       MetricType::Gauge, start_time_seconds_));
+  out.push_back(Family("process_open_fds", "Number of open file descriptors.", MetricType::Gauge, OpenFds()));
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) == 0)
+    out.push_back(Family("process_max_fds", "Maximum number of open file descriptors.", MetricType::Gauge,
+                         static_cast<double>(limit.rlim_cur)));
+
+  std::lock_guard<std::mutex> lock(mu_);
+  std::map<std::string, size_t> index;
+  for (const Series& s : series_) {
+    auto [it, added] = index.emplace(s.name, out.size());
+    if (added) out.push_back({s.name, s.help, MetricType::Gauge, {}});
+    out[it->second].metric.push_back(Value(s.read(), MetricType::Gauge, s.labels));
+  }
+  return out;
+}
+
+ServerMetrics::ServerMetrics(prometheus::Registry& r)
+    : kv_cache_bytes(AddGauge(r, "seer_kv_cache_bytes", "Bytes of KV caches allocated for requests right now.")),
+      kv_cache_capacity_bytes(AddGauge(r, "seer_kv_cache_capacity_bytes",
+                                       "The most KV cache bytes the server allocates at once: --max-concurrent "
+                                       "requests of the longest prompt (plus new tokens on seer-decode).")) {
+  prometheus::BuildGauge()
+      .Name("seer_build_info")
+      .Help("Always 1; the labels say which build serves.")
+      .Register(r)
+      .Add({{"version", kVersion}, {"commit", kBuildCommit}, {"cuda", kBuildCuda}})
+      .Set(1);
+}
+
 PrefillMetrics::PrefillMetrics(prometheus::Registry& r)
-    : duration(AddHistogram(r, "seer_prefill_duration_seconds",
+    : server(r),
+      duration(AddHistogram(r, "seer_prefill_duration_seconds",
                             "Engine time of a prefill, from the first layer to the last.", LatencyBuckets())),
       queue(AddHistogram(r, "seer_prefill_queue_seconds",
                          "Time a prefill request waited for a free slot (--max-concurrent).", LatencyBuckets())),
       tokens(AddCounter(r, "seer_prefill_tokens_total", "Prompt tokens of completed prefills.")),
-      inflight(prometheus::BuildGauge()
-                   .Name("seer_prefill_inflight_requests")
-                   .Help("Prefill streams admitted and not yet finished (queued, computing or sending).")
-                   .Register(r)
-                   .Add({})),
+      inflight(AddGauge(r, "seer_prefill_inflight_requests",
+                        "Prefill streams admitted and not yet finished (queued, computing or sending).")),
       kv_sent_bytes(AddCounter(r, "seer_kv_sent_bytes_total", "Bytes of K and V written to Prefill streams.")),
       kv_stream(AddHistogram(r, "seer_kv_stream_duration_seconds",
                              "From a stream's first KV chunk handed to gRPC to its last one written.",
                              LatencyBuckets())),
-      requests_(prometheus::BuildCounter()
-                    .Name("seer_prefill_requests_total")
-                    .Help("Prefill requests by final gRPC status code.")
-                    .Register(r)),
+      requests_(AddRequestCounter(r, "seer_prefill_requests_total", "Prefill requests by final gRPC status code.")),
       density_(prometheus::BuildHistogram()
                    .Name("seer_attention_block_density")
                    .Help("Kept over causal attention blocks of each layer of each prefill (1 is dense).")
-                   .Register(r)) {
-  requests_.Add({{"code", "OK"}});
-}
+                   .Register(r)) {}
 
 void PrefillMetrics::CountRequest(grpc::StatusCode code) {
   requests_.Add({{"code", std::string(GrpcCodeName(code))}}).Increment();
@@ -68,7 +199,8 @@ void PrefillMetrics::RegisterLayers(int num_layers) {
 }
 
 DecodeMetrics::DecodeMetrics(prometheus::Registry& r)
-    : ttft(AddHistogram(r, "seer_time_to_first_token_seconds",
+    : server(r),
+      ttft(AddHistogram(r, "seer_time_to_first_token_seconds",
                         "From a Generate request's arrival to its first token handed to gRPC.", LatencyBuckets())),
       inter_token(AddHistogram(r, "seer_inter_token_latency_seconds", "Time between consecutive tokens of a stream.",
                                LatencyBuckets())),
@@ -77,29 +209,37 @@ DecodeMetrics::DecodeMetrics(prometheus::Registry& r)
       tokens(AddCounter(r, "seer_decode_tokens_total", "Tokens generated and sent.")),
       kv_received_bytes(AddCounter(r, "seer_kv_received_bytes_total",
                                    "Bytes of K and V received from prefill servers.")),
-      requests_(prometheus::BuildCounter()
-                    .Name("seer_decode_requests_total")
-                    .Help("Generate requests by final gRPC status code.")
-                    .Register(r)) {
-  requests_.Add({{"code", "OK"}});
-}
+      inflight(AddGauge(r, "seer_decode_inflight_requests",
+                        "Generate streams admitted and not yet finished (queued, fetching KV, decoding).")),
+      requests_(AddRequestCounter(r, "seer_decode_requests_total", "Generate requests by final gRPC status code.")) {}
 
 void DecodeMetrics::CountRequest(grpc::StatusCode code) {
   requests_.Add({{"code", std::string(GrpcCodeName(code))}}).Increment();
 }
 
 StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(const std::string& address,
-                                                                  std::shared_ptr<prometheus::Registry> registry) {
+                                                                  std::shared_ptr<prometheus::Registry> registry,
+                                                                  std::shared_ptr<ScrapeTimeMetrics> scrape_time) {
   std::unique_ptr<MetricsEndpoint> m(new MetricsEndpoint());
   m->registry_ = std::move(registry);
+  m->scrape_time_ = std::move(scrape_time);
+  // civetweb's options (docs/SERVICE.md, "Limits"): no keep-alive, so a
+  // scrape's connection frees its thread when the response is sent; a
+  // connection that sends no request within the timeout is closed.
+  std::vector<std::string> options = {"listening_ports",    address,
+                                      "num_threads",        std::to_string(kMetricsThreads),
+                                      "request_timeout_ms", std::to_string(kMetricsRequestTimeoutMs),
+                                      "enable_keep_alive",  "no"};
   // Startup only, never on the data path: prometheus-cpp reports a failed
   // bind by throwing.
   try {
-    m->exposer_ = std::make_unique<prometheus::Exposer>(address, /*num_threads=*/2);
+    m->exposer_ = std::make_unique<prometheus::Exposer>(options);
   } catch (const std::exception& e) {
-    return Unavailable("--metrics " + address + ": cannot serve /metrics: " + e.what());
+    return Unavailable("--metrics " + address + ": cannot serve /metrics (address in use or not local?): " +
+                       e.what());
   }
   m->exposer_->RegisterCollectable(m->registry_);
+  if (m->scrape_time_) m->exposer_->RegisterCollectable(m->scrape_time_);
   const std::vector<int> ports = m->exposer_->GetListeningPorts();
   if (ports.empty()) return Unavailable("--metrics " + address + ": no listening port");
   m->port_ = ports.front();

@@ -1,13 +1,16 @@
 // The Prometheus metrics of both servers. The names are a contract that
-// dashboards and alerts are built on (docs/SERVICE.md); time histograms span
-// 1 ms to 10 min.
+// dashboards, recording rules and alerts are built on (docs/SERVICE.md,
+// deploy/observability/); time histograms span 1 ms to 10 min.
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include <grpcpp/support/status_code_enum.h>
+#include <prometheus/collectable.h>
 #include <prometheus/counter.h>
 #include <prometheus/exposer.h>
 #include <prometheus/family.h>
@@ -16,6 +19,7 @@
 #include <prometheus/registry.h>
 
 #include "base/status.h"
+#include "engine/kv/kv_cache.h"
 
 namespace seer {
 
@@ -23,6 +27,54 @@ namespace seer {
 std::vector<double> LatencyBuckets();
 // Attention block density, 0.01 to 1.
 std::vector<double> DensityBuckets();
+
+// Bytes of K and V a cache of `tokens` tokens holds in every layer.
+double KvCacheBytes(const KvLayout& layout, int64_t tokens);
+
+// Holds `amount` in a gauge while it lives (a KV cache in seer_kv_cache_bytes).
+class GaugeHold {
+ public:
+  GaugeHold(prometheus::Gauge* gauge, double amount) : gauge_(gauge), amount_(amount) { gauge_->Increment(amount_); }
+  ~GaugeHold() { gauge_->Decrement(amount_); }
+  GaugeHold(const GaugeHold&) = delete;
+  GaugeHold& operator=(const GaugeHold&) = delete;
+
+ private:
+  prometheus::Gauge* gauge_;
+  double amount_;
+};
+
+// Gauges whose values are read when /metrics is scraped (a queue's depth,
+// a device's memory), and the process_* metrics every Prometheus client
+// library exports (CPU, RSS, file descriptors, start time), read from /proc.
+class ScrapeTimeMetrics final : public prometheus::Collectable {
+ public:
+  ScrapeTimeMetrics();
+  // A gauge `name`{labels} = read(). Series of one name share `help`.
+  void AddGauge(const std::string& name, const std::string& help, const prometheus::Labels& labels,
+                std::function<double()> read);
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+ private:
+  struct Series {
+    std::string name, help;
+    prometheus::Labels labels;
+    std::function<double()> read;
+  };
+  mutable std::mutex mu_;
+  std::vector<Series> series_;
+  double start_time_seconds_ = 0.0;
+};
+
+// What both servers export: seer_build_info, the process_* metrics and the
+// scrape-time gauges. Register `scrape_time` with the same registry's
+// Exposer (MetricsEndpoint does).
+struct ServerMetrics {
+  explicit ServerMetrics(prometheus::Registry& registry);
+  std::shared_ptr<ScrapeTimeMetrics> scrape_time = std::make_shared<ScrapeTimeMetrics>();
+  prometheus::Gauge& kv_cache_bytes;           // seer_kv_cache_bytes
+  prometheus::Gauge& kv_cache_capacity_bytes;  // seer_kv_cache_capacity_bytes
+};
 
 class PrefillMetrics {
  public:
@@ -33,6 +85,7 @@ class PrefillMetrics {
   // Creates the per-layer series up front, so a scrape shows every layer.
   void RegisterLayers(int num_layers);
 
+  ServerMetrics server;
   prometheus::Histogram& duration;         // seer_prefill_duration_seconds
   prometheus::Histogram& queue;            // seer_prefill_queue_seconds
   prometheus::Counter& tokens;             // seer_prefill_tokens_total
@@ -51,17 +104,24 @@ class DecodeMetrics {
 
   void CountRequest(grpc::StatusCode code);
 
+  ServerMetrics server;
   prometheus::Histogram& ttft;              // seer_time_to_first_token_seconds
   prometheus::Histogram& inter_token;       // seer_inter_token_latency_seconds
   prometheus::Histogram& request_duration;  // seer_request_duration_seconds
   prometheus::Counter& tokens;              // seer_decode_tokens_total
   prometheus::Counter& kv_received_bytes;   // seer_kv_received_bytes_total
+  prometheus::Gauge& inflight;              // seer_decode_inflight_requests
 
  private:
   prometheus::Family<prometheus::Counter>& requests_;
 };
 
 // /metrics over HTTP (prometheus-cpp's pull Exposer, on civetweb).
+//
+// civetweb gives each connection a worker thread for as long as it is open,
+// so a few idle or slow connections would take every thread and blind the
+// scrapes: it runs kMetricsThreads threads, and drops a connection that has
+// not sent its request within kMetricsRequestTimeoutMs (no keep-alive).
 //
 // civetweb starts its threads with a fixed 100 KB stack, and a process that
 // links cuBLAS needs about 94 KB of static TLS per thread on top of that, so
@@ -71,17 +131,23 @@ class DecodeMetrics {
 // executable that links seer_server_lib compiles it in and exports it.
 class MetricsEndpoint {
  public:
-  // `address` is host:port; port 0 picks a free one.
+  // `address` is host:port or [v6 host]:port; port 0 picks a free one.
+  // `scrape_time` (may be null) is collected beside `registry`.
   static StatusOr<std::unique_ptr<MetricsEndpoint>> Start(const std::string& address,
-                                                          std::shared_ptr<prometheus::Registry> registry);
+                                                          std::shared_ptr<prometheus::Registry> registry,
+                                                          std::shared_ptr<ScrapeTimeMetrics> scrape_time = nullptr);
   int port() const { return port_; }
 
  private:
   MetricsEndpoint() = default;
   std::shared_ptr<prometheus::Registry> registry_;
+  std::shared_ptr<ScrapeTimeMetrics> scrape_time_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   int port_ = 0;
 };
+
+inline constexpr int kMetricsThreads = 16;
+inline constexpr int kMetricsRequestTimeoutMs = 5000;
 
 // The smallest stack a thread of this process gets (see MetricsEndpoint).
 inline constexpr size_t kMinThreadStackBytes = size_t{1} << 20;

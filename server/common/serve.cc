@@ -8,17 +8,62 @@
 #include <cstdio>
 #include <thread>
 
-#include "server/common/grpc_server.h"
-#include "server/common/metrics.h"
+#include "base/version.h"
 
 namespace seer {
+namespace {
+
+JsonValue Fields(std::initializer_list<std::pair<const char*, JsonValue>> members) {
+  JsonValue f = JsonValue::Object();
+  for (const auto& [key, value] : members) f.Set(key, value);
+  return f;
+}
+
+}  // namespace
+
+void CommonServerFlags::Register(FlagSet& flags) {
+  flags.String("tls-cert", &tls.cert, "PEM certificate (chain) of this server: serve TLS (with --tls-key)");
+  flags.String("tls-key", &tls.key, "PEM private key of --tls-cert");
+  flags.String("tls-client-ca", &tls.client_ca,
+               "PEM CA bundle: require client certificates signed by it (mutual TLS)");
+  flags.Int("tls-reload-seconds", &tls_reload_seconds,
+            "how often the TLS files are checked for changes and reloaded");
+  flags.String("log-level", &log_level, "stderr JSON log: debug, info (one line per request), warn, error or off");
+  flags.Bool("version", &version, "print the version and exit");
+}
+
+Status CommonServerFlags::Apply(const std::string& program) {
+  SEER_ASSIGN_OR_RETURN(LogLevel level, ParseLogLevel(log_level));
+  if (tls_reload_seconds < 1 || tls_reload_seconds > 86400)
+    return InvalidArgument("--tls-reload-seconds: " + std::to_string(tls_reload_seconds) +
+                           " is out of range [1, 86400]");
+  tls.reload_seconds = static_cast<int>(tls_reload_seconds);
+  SEER_RETURN_IF_ERROR(CheckServerTls(tls));
+  InitLogging(program, level);
+  return OkStatus();
+}
+
+std::string VersionLine(const std::string& program) {
+  return program + " " + kVersion + " (commit " + kBuildCommit + ", CUDA " + kBuildCuda + ")";
+}
+
+int ReceiveLimitBytes(size_t max_request_bytes) {
+  const size_t limit = max_request_bytes + kReceiveMarginBytes;
+  return limit > static_cast<size_t>(INT32_MAX) ? INT32_MAX : static_cast<int>(limit);
+}
 
 int Serve(const ServeConfig& config) {
   const char* program = config.program.c_str();
-  StatusOr<std::unique_ptr<GrpcServer>> server =
-      GrpcServer::Start(config.listen, config.services, config.health_names, config.max_receive_bytes);
+  GrpcServerOptions options;
+  options.listen = config.listen;
+  options.services = config.services;
+  options.health_names = config.health_names;
+  options.max_receive_bytes = config.max_receive_bytes;
+  options.tls = config.tls;
+  options.hooks = config.hooks;
+  StatusOr<std::unique_ptr<GrpcServer>> server = GrpcServer::Start(std::move(options));
   if (!server.ok()) {
-    std::fprintf(stderr, "%s: %s\n", program, server.status().ToString().c_str());
+    LogEvent(LogLevel::kError, "cannot start", Fields({{"error", JsonValue::String(server.status().ToString())}}));
     return 1;
   }
   std::unique_ptr<MetricsEndpoint> metrics;
@@ -27,12 +72,13 @@ int Serve(const ServeConfig& config) {
     std::string host;
     int port = 0;
     if (Status s = SplitHostPort(config.metrics, "--metrics", &host, &port); !s.ok()) {
-      std::fprintf(stderr, "%s: %s\n", program, s.ToString().c_str());
+      LogEvent(LogLevel::kError, "bad flag", Fields({{"error", JsonValue::String(s.ToString())}}));
       return 2;
     }
-    StatusOr<std::unique_ptr<MetricsEndpoint>> started = MetricsEndpoint::Start(config.metrics, config.registry);
+    StatusOr<std::unique_ptr<MetricsEndpoint>> started =
+        MetricsEndpoint::Start(config.metrics, config.registry, config.scrape_time);
     if (!started.ok()) {
-      std::fprintf(stderr, "%s: %s\n", program, started.status().ToString().c_str());
+      LogEvent(LogLevel::kError, "cannot start", Fields({{"error", JsonValue::String(started.status().ToString())}}));
       return 1;
     }
     metrics = std::move(started).value();
@@ -40,6 +86,14 @@ int Serve(const ServeConfig& config) {
   }
   std::printf("%s listening on %s metrics on %s\n", program, (*server)->address().c_str(), metrics_address.c_str());
   std::fflush(stdout);
+  LogEvent(LogLevel::kInfo, "listening",
+           Fields({{"grpc", JsonValue::String((*server)->address())},
+                   {"metrics", JsonValue::String(metrics_address)},
+                   {"tls", JsonValue::String(!config.tls.enabled()           ? "off"
+                                             : config.tls.client_ca.empty() ? "tls"
+                                                                            : "mtls")},
+                   {"max_receive_bytes", JsonValue::Int(config.max_receive_bytes)},
+                   {"version", JsonValue::String(VersionLine(config.program))}}));
 
   // Load the model on its own thread so that SIGTERM still works meanwhile; a
   // failed load wakes the main thread with SIGTERM after setting the code.
@@ -49,7 +103,8 @@ int Serve(const ServeConfig& config) {
     const auto start = std::chrono::steady_clock::now();
     StatusOr<std::string> what = config.load();
     if (!what.ok()) {
-      std::fprintf(stderr, "%s: loading the model failed: %s\n", program, what.status().ToString().c_str());
+      LogEvent(LogLevel::kError, "loading the model failed",
+               Fields({{"error", JsonValue::String(what.status().ToString())}}));
       load_failed = 1;
       kill(getpid(), SIGTERM);
       return;
@@ -59,6 +114,8 @@ int Serve(const ServeConfig& config) {
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::printf("%s ready: %s (loaded in %.2f s)\n", program, what->c_str(), seconds);
     std::fflush(stdout);
+    LogEvent(LogLevel::kInfo, "ready",
+             Fields({{"model", JsonValue::String(*what)}, {"load_seconds", JsonValue::Number(seconds)}}));
   });
 
   const int sig = WaitForTerminationSignal();
@@ -68,18 +125,18 @@ int Serve(const ServeConfig& config) {
     if (config.stop) config.stop();
     return 1;
   }
-  std::fprintf(stderr, "%s: %s received: health NOT_SERVING, draining in-flight streams (up to %.0f s)\n", program,
-               sig == SIGTERM ? "SIGTERM" : "SIGINT", config.drain_seconds);
+  LogEvent(LogLevel::kInfo, "draining",
+           Fields({{"signal", JsonValue::String(sig == SIGTERM ? "SIGTERM" : "SIGINT")},
+                   {"drain_seconds", JsonValue::Number(config.drain_seconds)}}));
   (*server)->Shutdown(config.drain_seconds);
   if (!loaded) {
     // Still loading: nothing was served, and the load cannot be interrupted.
-    std::fprintf(stderr, "%s: stopped while loading the model\n", program);
-    std::fflush(stderr);
+    LogEvent(LogLevel::kInfo, "stopped while loading the model");
     _exit(0);
   }
   loader.join();
   if (config.stop) config.stop();
-  std::fprintf(stderr, "%s: drained, exiting\n", program);
+  LogEvent(LogLevel::kInfo, "drained, exiting");
   return 0;
 }
 

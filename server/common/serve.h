@@ -11,19 +11,46 @@
 #include <grpcpp/grpcpp.h>
 #include <prometheus/registry.h>
 
+#include "base/flags.h"
 #include "base/status.h"
+#include "server/common/grpc_server.h"
+#include "server/common/logging.h"
+#include "server/common/metrics.h"
 
 namespace seer {
+
+// The flags both servers take besides their own: TLS, the log level and
+// --version.
+struct CommonServerFlags {
+  ServerTlsOptions tls;
+  int64_t tls_reload_seconds = 60;
+  std::string log_level = "info";
+  bool version = false;
+
+  void Register(FlagSet& flags);
+  // Checks them, sets up logging for `program`; INVALID_ARGUMENT naming the flag.
+  Status Apply(const std::string& program);
+};
+
+// "seer-prefill 0.2.0 (commit 1a2b3c4d5e6f, CUDA 13.0)".
+std::string VersionLine(const std::string& program);
+
+// The gRPC receive limit for requests under `limits`: the largest valid
+// request plus a margin, whatever bytes it holds.
+int ReceiveLimitBytes(size_t max_request_bytes);
 
 struct ServeConfig {
   std::string program;  // "seer-prefill", for messages
   std::string listen;   // host:port, port 0 picks one
   std::string metrics;  // host:port for /metrics; empty: none
   double drain_seconds = 30.0;
-  int max_receive_bytes = 16 << 20;
+  int max_receive_bytes = 1 << 20;
+  ServerTlsOptions tls;
+  CallHooks hooks;
   std::vector<grpc::Service*> services;
   std::vector<std::string> health_names;
   std::shared_ptr<prometheus::Registry> registry;
+  std::shared_ptr<ScrapeTimeMetrics> scrape_time;
   // Loads the model and hands it to the services; runs on its own thread
   // while the server already answers health checks. Returns a one-line
   // description of what was loaded.

@@ -7,6 +7,9 @@
 
 #include "base/flags.h"
 #include "engine/engine.h"
+#include "engine/model/model_config.h"
+#include "rpc/channel_credentials.h"
+#include "rpc/requests.h"
 #include "server/decode/decode_service.h"
 #include "server/common/grpc_server.h"
 #include "server/common/metrics.h"
@@ -46,6 +49,14 @@ int main(int argc, char** argv) {
              "when a prefill stream breaks (UNAVAILABLE) after it started, redo the prefill on another "
              "endpoint instead of failing the request");
   flags.Double("drain-seconds", &drain_seconds, "on SIGTERM, how long in-flight streams get to finish");
+  seer::ClientTlsOptions prefill_tls;
+  flags.String("prefill-tls-ca", &prefill_tls.ca,
+               "PEM CA bundle that signed the prefill servers' certificates: call them over TLS");
+  flags.String("prefill-tls-cert", &prefill_tls.cert,
+               "PEM client certificate for the prefill servers (mutual TLS), with --prefill-tls-key");
+  flags.String("prefill-tls-key", &prefill_tls.key, "PEM private key of --prefill-tls-cert");
+  seer::CommonServerFlags common;
+  common.Register(flags);
   if (seer::Status s = flags.Parse(argc, argv); !s.ok()) {
     std::fprintf(stderr, "seer-decode: %s\n\n%s", s.ToString().c_str(), flags.Help().c_str());
     return 2;
@@ -53,6 +64,19 @@ int main(int argc, char** argv) {
   if (flags.help_requested()) {
     std::printf("%s", flags.Help().c_str());
     return 0;
+  }
+  if (common.version) {
+    std::printf("%s\n", seer::VersionLine("seer-decode").c_str());
+    return 0;
+  }
+  if (seer::Status s = common.Apply("seer-decode"); !s.ok()) {
+    std::fprintf(stderr, "seer-decode: %s\n", s.ToString().c_str());
+    return 2;
+  }
+  prefill_tls.reload_seconds = common.tls.reload_seconds;
+  if (seer::Status s = seer::CheckClientTls(prefill_tls, "--prefill-tls-"); !s.ok()) {
+    std::fprintf(stderr, "seer-decode: %s\n", s.ToString().c_str());
+    return 2;
   }
   if (model.empty() || prefill.empty()) {
     std::fprintf(stderr, "seer-decode: --model and --prefill are required\n\n%s", flags.Help().c_str());
@@ -70,12 +94,24 @@ int main(int argc, char** argv) {
   client_options.attempts = static_cast<int>(attempts);
   client_options.timeout_seconds = prefill_timeout;
   client_options.retry_broken_streams = retry_broken;
+  client_options.credentials = seer::MakeChannelCredentials(prefill_tls);
   seer::StatusOr<std::unique_ptr<seer::PrefillClient>> client =
       seer::PrefillClient::Create(prefill, client_options);
   if (!client.ok()) {
     std::fprintf(stderr, "seer-decode: %s\n", client.status().ToString().c_str());
     return 2;
   }
+
+  // The receive limit is the largest valid request (docs/SERVICE.md,
+  // "Limits"), which the model's config.json bounds; it is read before the
+  // model so that the server binds at once.
+  seer::StatusOr<seer::ModelConfig> model_config = seer::LoadModelConfig(model + "/config.json");
+  if (!model_config.ok()) {
+    std::fprintf(stderr, "seer-decode: --model: %s\n", model_config.status().ToString().c_str());
+    return 2;
+  }
+  seer::RequestLimits limits;
+  limits.max_prompt_tokens = model_config->max_position_embeddings;
 
   auto registry = std::make_shared<prometheus::Registry>();
   seer::DecodeMetrics metrics(*registry);
@@ -87,9 +123,28 @@ int main(int argc, char** argv) {
   config.listen = listen;
   config.metrics = metrics_address;
   config.drain_seconds = drain_seconds;
+  config.max_receive_bytes = seer::ReceiveLimitBytes(seer::MaxRequestBytes(limits));
+  config.tls = common.tls;
   config.services = {&service};
   config.health_names = {"seer.v1.Decode"};
   config.registry = registry;
+  config.scrape_time = metrics.server.scrape_time;
+  const seer::WorkQueue& queue = service.queue();
+  config.hooks.request_id_prefix = "generate";
+  config.hooks.load = [&queue] {
+    return seer::ServerLoad{queue.running(), queue.waiting(), queue.workers(), queue.max_waiting()};
+  };
+  config.hooks.count_unserved = [&metrics](grpc::StatusCode code) { metrics.CountRequest(code); };
+  metrics.server.scrape_time->AddGauge("seer_decode_queued_requests",
+                                       "Generate requests admitted and waiting for a slot (--max-queue bounds it).",
+                                       {}, [&queue] { return queue.waiting(); });
+  metrics.server.scrape_time->AddGauge("seer_decode_running_requests",
+                                       "Generate requests holding a slot (--max-concurrent bounds it).", {},
+                                       [&queue] { return queue.running(); });
+  metrics.server.scrape_time->AddGauge("seer_decode_max_queue", "--max-queue: requests that may wait for a slot.", {},
+                                       [&queue] { return queue.max_waiting(); });
+  metrics.server.scrape_time->AddGauge("seer_decode_max_concurrent", "--max-concurrent: slots.", {},
+                                       [&queue] { return queue.workers(); });
   config.load = [&]() -> seer::StatusOr<std::string> {
     seer::EngineOptions eo;
     eo.model_dir = model;
@@ -97,6 +152,11 @@ int main(int argc, char** argv) {
     eo.threads = static_cast<int>(threads);
     SEER_ASSIGN_OR_RETURN(engine, seer::CreateEngine(eo));
     SEER_RETURN_IF_ERROR(service.SetEngine(engine.get()));
+    SEER_ASSIGN_OR_RETURN(std::unique_ptr<seer::KvCache> probe, engine->NewCache(1));
+    // Each running request holds a cache for its prompt and new tokens,
+    // at most max_position_embeddings.
+    metrics.server.kv_cache_capacity_bytes.Set(
+        seer::KvCacheBytes(probe->layout(), max_concurrent * model_config->max_position_embeddings));
     return "model " + model + " on " + engine->device_name() + ", prefill " + prefill;
   };
   config.stop = [&] { service.Shutdown(); };

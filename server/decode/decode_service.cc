@@ -49,6 +49,8 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     max_new_tokens_ = call->max_new_tokens;
     stop_tokens_ = std::move(call->stop_token_ids);
     const WorkQueue& q = service->queue_;
+    metrics_->inflight.Increment();
+    admitted_ = true;
     Admit(&service->queue_,
           grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                        "seer-decode: the queue is full: " + std::to_string(q.workers()) + " running and " +
@@ -66,6 +68,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     StatusOr<std::unique_ptr<KvCache>> made = engine_->NewCache(prompt + max_new_tokens_);
     if (!made.ok()) return ToGrpcStatus(made.status().WithContext("seer-decode: KV cache"));
     std::unique_ptr<KvCache> cache = std::move(made).value();
+    GaugeHold cache_counted(&metrics_->server.kv_cache_bytes, KvCacheBytes(cache->layout(), cache->capacity()));
 
     StatusOr<FetchedKv> fetched = service_->prefill_->Fetch(
         prefill_request_, service_->expected_, cache.get(), &canceller_,
@@ -146,12 +149,14 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
   void OnStreamDone(const grpc::Status& status) override {
     metrics_->CountRequest(status.error_code());
     metrics_->request_duration.Observe(Seconds(Clock::now() - arrived_));
+    if (admitted_) metrics_->inflight.Decrement();
   }
 
   DecodeService* const service_;
   DecodeMetrics* const metrics_;
   const Clock::time_point arrived_;
   Engine* engine_ = nullptr;
+  bool admitted_ = false;
   CallCanceller canceller_;
 
   // Set in the constructor, read by the worker.

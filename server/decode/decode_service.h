@@ -38,6 +38,9 @@ class DecodeService final : public v1::Decode::CallbackService {
   Status SetEngine(Engine* engine);
   void Shutdown();
 
+  // Admission's state, for the load gauges and load metadata.
+  const WorkQueue& queue() const { return queue_; }
+
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(grpc::CallbackServerContext* context,
                                                            const v1::GenerateRequest* request) override;
 

@@ -6,6 +6,8 @@
 
 #include "base/flags.h"
 #include "engine/engine.h"
+#include "engine/model/model_config.h"
+#include "rpc/requests.h"
 #include "server/common/grpc_server.h"
 #include "server/common/metrics.h"
 #include "server/prefill/prefill_service.h"
@@ -38,6 +40,8 @@ int main(int argc, char** argv) {
             "KV bytes a stream may buffer ahead of the network before its prefill waits");
   flags.Int("max-tokens", &max_tokens, "longest prompt served (0: the model's max_position_embeddings)");
   flags.Double("drain-seconds", &drain_seconds, "on SIGTERM, how long in-flight streams get to finish");
+  seer::CommonServerFlags common;
+  common.Register(flags);
   if (seer::Status s = flags.Parse(argc, argv); !s.ok()) {
     std::fprintf(stderr, "seer-prefill: %s\n\n%s", s.ToString().c_str(), flags.Help().c_str());
     return 2;
@@ -45,6 +49,14 @@ int main(int argc, char** argv) {
   if (flags.help_requested()) {
     std::printf("%s", flags.Help().c_str());
     return 0;
+  }
+  if (common.version) {
+    std::printf("%s\n", seer::VersionLine("seer-prefill").c_str());
+    return 0;
+  }
+  if (seer::Status s = common.Apply("seer-prefill"); !s.ok()) {
+    std::fprintf(stderr, "seer-prefill: %s\n", s.ToString().c_str());
+    return 2;
   }
   if (model.empty()) {
     std::fprintf(stderr, "seer-prefill: --model is required\n\n%s", flags.Help().c_str());
@@ -61,6 +73,18 @@ int main(int argc, char** argv) {
     return 2;
   }
 
+  // The receive limit is the largest valid request (docs/SERVICE.md,
+  // "Limits"), which the model's config.json bounds; it is read before the
+  // model so that the server binds at once.
+  seer::StatusOr<seer::ModelConfig> model_config = seer::LoadModelConfig(model + "/config.json");
+  if (!model_config.ok()) {
+    std::fprintf(stderr, "seer-prefill: --model: %s\n", model_config.status().ToString().c_str());
+    return 2;
+  }
+  seer::RequestLimits limits;
+  limits.max_prompt_tokens = max_tokens > 0 ? std::min<int64_t>(max_tokens, model_config->max_position_embeddings)
+                                            : model_config->max_position_embeddings;
+
   auto registry = std::make_shared<prometheus::Registry>();
   seer::PrefillMetrics metrics(*registry);
   seer::PrefillService service(options, &metrics);
@@ -71,9 +95,28 @@ int main(int argc, char** argv) {
   config.listen = listen;
   config.metrics = metrics_address;
   config.drain_seconds = drain_seconds;
+  config.max_receive_bytes = seer::ReceiveLimitBytes(seer::MaxRequestBytes(limits));
+  config.tls = common.tls;
   config.services = {&service};
   config.health_names = {"seer.v1.Prefill"};
   config.registry = registry;
+  config.scrape_time = metrics.server.scrape_time;
+  const seer::WorkQueue& queue = service.queue();
+  config.hooks.request_id_prefix = "prefill";
+  config.hooks.load = [&queue] {
+    return seer::ServerLoad{queue.running(), queue.waiting(), queue.workers(), queue.max_waiting()};
+  };
+  config.hooks.count_unserved = [&metrics](grpc::StatusCode code) { metrics.CountRequest(code); };
+  metrics.server.scrape_time->AddGauge("seer_prefill_queued_requests",
+                                       "Prefill requests admitted and waiting for a slot (--max-queue bounds it).",
+                                       {}, [&queue] { return queue.waiting(); });
+  metrics.server.scrape_time->AddGauge("seer_prefill_running_requests",
+                                       "Prefill requests holding a slot (--max-concurrent bounds it).", {},
+                                       [&queue] { return queue.running(); });
+  metrics.server.scrape_time->AddGauge("seer_prefill_max_queue", "--max-queue: requests that may wait for a slot.", {},
+                                       [&queue] { return queue.max_waiting(); });
+  metrics.server.scrape_time->AddGauge("seer_prefill_max_concurrent", "--max-concurrent: slots.", {},
+                                       [&queue] { return queue.workers(); });
   config.load = [&]() -> seer::StatusOr<std::string> {
     seer::EngineOptions eo;
     eo.model_dir = model;
@@ -82,6 +125,9 @@ int main(int argc, char** argv) {
     eo.threads = static_cast<int>(threads);
     SEER_ASSIGN_OR_RETURN(engine, seer::CreateEngine(eo));
     SEER_RETURN_IF_ERROR(service.SetEngine(engine.get()));
+    SEER_ASSIGN_OR_RETURN(std::unique_ptr<seer::KvCache> probe, engine->NewCache(1));
+    metrics.server.kv_cache_capacity_bytes.Set(
+        seer::KvCacheBytes(probe->layout(), max_concurrent * limits.max_prompt_tokens));
     return "model " + model + (gates.empty() ? std::string(" (dense, no gates)") : " with gates " + gates) +
            " on " + engine->device_name();
   };

@@ -92,6 +92,7 @@ class PrefillStream final : public StreamReactor<v1::PrefillResponse> {
     if (!Send(std::move(header), 64)) return Cancelled();
 
     std::unique_ptr<KvCache> cache;
+    std::optional<GaugeHold> cache_counted;  // seer_kv_cache_bytes
     std::optional<StatusOr<PrefillResult>> ran;
     double prefill_seconds = 0.0;
     // The cache and the prefill in one turn on the engine: a request
@@ -102,6 +103,7 @@ class PrefillStream final : public StreamReactor<v1::PrefillResponse> {
       StatusOr<std::unique_ptr<KvCache>> made = engine_->NewCache(seq_len);
       if (!made.ok()) return ToGrpcStatus(made.status().WithContext("seer-prefill: KV cache"));
       cache = std::move(made).value();
+      cache_counted.emplace(&metrics_->server.kv_cache_bytes, KvCacheBytes(cache->layout(), cache->capacity()));
       LayerSender sender(this);
       ran.emplace(engine_->Prefill(ids_, options_, cache.get(), &sender));
       prefill_seconds = SecondsSince(start);
@@ -111,6 +113,7 @@ class PrefillStream final : public StreamReactor<v1::PrefillResponse> {
     // The KV is all in the outbox or written: free the cache now rather than
     // after the last write.
     cache.reset();
+    cache_counted.reset();
     StatusOr<PrefillResult>& result = *ran;
     if (!result.ok()) {
       if (cancelled()) return Cancelled();

@@ -43,6 +43,9 @@ class PrefillService final : public v1::Prefill::CallbackService {
   // server has shut down.
   void Shutdown();
 
+  // Admission's state, for the load gauges and load metadata.
+  const WorkQueue& queue() const { return queue_; }
+
   grpc::ServerWriteReactor<v1::PrefillResponse>* Prefill(grpc::CallbackServerContext* context,
                                                          const v1::PrefillRequest* request) override;
 

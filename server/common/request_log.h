@@ -1,0 +1,55 @@
+// What happens to every seer.v1 call on its way through the server, outside
+// the services (a gRPC server interceptor):
+//
+//   - one JSON log line when it ends (logging.h): request_id, peer, method,
+//     status code (and message when not OK), prompt tokens, the timings and
+//     byte counts its summary message carried, and bytes in and out;
+//   - a request with no request_id gets one here, so that the log line, the
+//     service and (through seer-decode) the prefill server's line agree;
+//   - a request that does not parse as its message type (malformed protobuf,
+//     a string field that is not UTF-8) gets INVALID_ARGUMENT with a message,
+//     instead of the callback API's UNIMPLEMENTED with none, and is counted;
+//   - the server's load goes back to the caller in initial metadata
+//     (kLoadMetadata*), so that a client can prefer the least loaded replica.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include <grpcpp/support/server_interceptor.h>
+#include <grpcpp/support/status.h>
+
+namespace seer {
+
+// Initial metadata of every seer.v1 response: requests holding a slot and
+// waiting for one when the response's headers went out (with the first
+// message, or with the status of a refused call; an admitted request counts
+// itself as running), and the server's bounds.
+inline constexpr const char kLoadMetadataRunning[] = "seer-running";
+inline constexpr const char kLoadMetadataQueued[] = "seer-queued";
+inline constexpr const char kLoadMetadataMaxConcurrent[] = "seer-max-concurrent";
+inline constexpr const char kLoadMetadataMaxQueue[] = "seer-max-queue";
+
+struct ServerLoad {
+  int running = 0, queued = 0, max_concurrent = 0, max_queue = 0;
+};
+
+struct CallHooks {
+  // Prefix of the request ids this server makes up ("prefill" makes
+  // "prefill-3f2a9c01-7").
+  std::string request_id_prefix = "call";
+  // The load to report; null: no load metadata.
+  std::function<ServerLoad()> load;
+  // A call that ended before its service saw it (its request did not parse),
+  // with the status it got: the services' request counters count it here.
+  std::function<void(grpc::StatusCode)> count_unserved;
+};
+
+std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> MakeCallInterceptorFactory(CallHooks hooks);
+
+// The status a seer.v1 call whose request did not parse gets.
+grpc::Status UnparsedRequestStatus(std::string_view method);
+
+}  // namespace seer

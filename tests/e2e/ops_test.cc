@@ -1,0 +1,556 @@
+// What an operator relies on around the service, on the real binaries
+// (loopback, port 0): the JSON request log, TLS and mutual TLS with
+// certificate reload (a throwaway CA made with openssl at test time), the
+// metrics an operator's dashboards need, --version, a port already in use,
+// and the edge limits of issue 15 (a compressed request, a request above the
+// largest valid one, too much metadata, malformed protobuf, idle connections
+// on /metrics). References: the requests the test sent and the statuses and
+// limits docs/SERVICE.md documents.
+#include <gtest/gtest.h>
+
+#include <netinet/in.h>
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/generic/generic_stub.h>
+
+#include "base/json.h"
+#include "rpc/grpc_status.h"
+#include "rpc/requests.h"
+#include "seer/v1/seer.grpc.pb.h"
+#include "tests/server_test_util.h"
+
+namespace seer {
+namespace {
+
+using namespace std::chrono_literals;
+using seer::testing::Bin;
+using seer::testing::CommandResult;
+using seer::testing::Metric;
+using seer::testing::Path;
+using seer::testing::RunCommand;
+using seer::testing::ServerProcess;
+
+std::vector<std::string> ServerArgs(std::vector<std::string> extra = {}) {
+  std::vector<std::string> a = {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", Path("llama"),
+                                "--device", "cpu"};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+// The JSON log lines of a server whose "msg" is `msg`.
+std::vector<JsonValue> LogLines(const ServerProcess& p, const std::string& msg) {
+  std::vector<JsonValue> out;
+  for (const std::string& line : p.ErrLines()) {
+    StatusOr<JsonValue> j = JsonValue::Parse(line);
+    EXPECT_TRUE(j.ok()) << "a stderr line that is not JSON: " << line;
+    if (j.ok() && j->Find("msg") && j->Find("msg")->as_string() == msg) out.push_back(*j);
+  }
+  return out;
+}
+
+std::string Str(const JsonValue& j, const char* key) {
+  const JsonValue* v = j.Find(key);
+  return v && v->type() == JsonValue::Type::kString ? v->as_string() : "<absent>";
+}
+
+double Num(const JsonValue& j, const char* key) {
+  const JsonValue* v = j.Find(key);
+  return v && v->type() == JsonValue::Type::kNumber ? v->as_double() : -1.0;
+}
+
+// VmHWM (peak resident memory) of a process, bytes.
+int64_t PeakRss(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string key;
+  while (in >> key) {
+    if (key == "VmHWM:") {
+      int64_t kb = 0;
+      in >> kb;
+      return kb * 1024;
+    }
+    in.ignore(1 << 20, '\n');
+  }
+  return -1;
+}
+
+// One call of a server-streaming method with a raw request body: the final
+// status, and the response messages' count. `gzip` compresses the request.
+grpc::Status RawCall(const std::string& address, const std::string& method, const grpc::ByteBuffer& request,
+                     bool gzip = false, const std::multimap<std::string, std::string>& metadata = {},
+                     int* responses = nullptr) {
+  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 60s);
+  if (gzip) ctx.set_compression_algorithm(GRPC_COMPRESS_GZIP);
+  for (const auto& [k, v] : metadata) ctx.AddMetadata(k, v);
+  auto call = stub.PrepareCall(&ctx, method, &cq);
+  auto step = [&](intptr_t tag) {
+    void* got = nullptr;
+    bool ok = false;
+    EXPECT_TRUE(cq.Next(&got, &ok));
+    EXPECT_EQ(reinterpret_cast<intptr_t>(got), tag);
+    return ok;
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  step(1);
+  call->WriteLast(request, grpc::WriteOptions(), reinterpret_cast<void*>(2));
+  step(2);
+  int n = 0;
+  for (;;) {
+    grpc::ByteBuffer in;
+    call->Read(&in, reinterpret_cast<void*>(3));
+    if (!step(3)) break;
+    ++n;
+  }
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(4));
+  step(4);
+  cq.Shutdown();
+  void* tag;
+  bool ok;
+  while (cq.Next(&tag, &ok)) {
+  }
+  if (responses) *responses = n;
+  return status;
+}
+
+grpc::ByteBuffer Bytes(const std::string& s) {
+  grpc::Slice slice(s);
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+std::string Serialized(const google::protobuf::Message& m) {
+  std::string s;
+  m.SerializeToString(&s);
+  return s;
+}
+
+constexpr char kPrefillMethod[] = "/seer.v1.Prefill/Prefill";
+
+// --- the request log ---------------------------------------------------------
+
+TEST(Operations, EachRequestLogsOneJsonLineOnEachServer) {
+  ServerProcess prefill(Bin("seer-prefill"), ServerArgs({"--gates", Path("llama_gates")}));
+  ASSERT_TRUE(prefill.Start());
+  ServerProcess decode(Bin("seer-decode"), ServerArgs({"--prefill", prefill.grpc_address()}));
+  ASSERT_TRUE(decode.Start());
+  CommandResult ok = RunCommand({Bin("seer"), "generate", "--addr", decode.grpc_address(), "--ids", "1,2,3,4,5,6,7",
+                                 "--max-new-tokens", "4", "--request-id", "log-ok", "--json"});
+  ASSERT_EQ(ok.exit_code, 0) << ok.err;
+  CommandResult bad = RunCommand({Bin("seer"), "generate", "--addr", decode.grpc_address(), "--ids", "1,2,999",
+                                  "--max-new-tokens", "4", "--request-id", "log-bad"});
+  ASSERT_EQ(bad.exit_code, 1);
+  CommandResult anonymous = RunCommand(
+      {Bin("seer"), "generate", "--addr", decode.grpc_address(), "--ids", "9,8", "--max-new-tokens", "2"});
+  ASSERT_EQ(anonymous.exit_code, 0) << anonymous.err;
+  ASSERT_TRUE(decode.WaitForErrLines({"\"msg\":\"request\""}, 3, 10s)) << decode.Output();
+  ASSERT_TRUE(prefill.WaitForErrLines({"\"msg\":\"request\""}, 2, 10s)) << prefill.Output();
+
+  const std::vector<JsonValue> d = LogLines(decode, "request"), p = LogLines(prefill, "request");
+  ASSERT_EQ(d.size(), 3u) << decode.Output();
+  ASSERT_EQ(p.size(), 2u) << prefill.Output();  // the bad request never reached the prefill
+  const JsonValue& good = d[0];
+  EXPECT_EQ(Str(good, "request_id"), "log-ok");
+  EXPECT_EQ(Str(good, "code"), "OK");
+  EXPECT_EQ(Str(good, "level"), "info");
+  EXPECT_EQ(Str(good, "server"), "seer-decode");
+  EXPECT_EQ(Str(good, "method"), "/seer.v1.Decode/Generate");
+  EXPECT_EQ(Str(good, "peer").rfind("ipv4:127.0.0.1:", 0), 0u) << Str(good, "peer");
+  EXPECT_EQ(Num(good, "prompt_tokens"), 7);
+  EXPECT_EQ(Num(good, "generated_tokens"), 4);
+  // 2 layers x K and V x 1 KV head x 64 x 4 bytes per prompt token.
+  EXPECT_EQ(Num(good, "kv_bytes"), 7 * 2 * 2 * 64 * 4);
+  EXPECT_GT(Num(good, "ttft_ms"), 0);
+  EXPECT_GE(Num(good, "duration_ms"), Num(good, "ttft_ms"));
+  EXPECT_GT(Num(good, "bytes_in"), 0);
+  EXPECT_GT(Num(good, "bytes_out"), 0);
+  EXPECT_EQ(Str(good, "prefill_endpoint"), prefill.grpc_address());
+  // The prefill server's line carries the same request id (the decode
+  // worker forwards it) and the KV it sent.
+  EXPECT_EQ(Str(p[0], "request_id"), "log-ok");
+  EXPECT_EQ(Str(p[0], "code"), "OK");
+  EXPECT_EQ(Num(p[0], "prompt_tokens"), 7);
+  EXPECT_EQ(Num(p[0], "kv_bytes"), 7 * 2 * 2 * 64 * 4);
+  EXPECT_GE(Num(p[0], "prefill_ms"), 0);
+  EXPECT_GE(Num(p[0], "queue_ms"), 0);
+
+  const JsonValue& rejected = d[1];
+  EXPECT_EQ(Str(rejected, "request_id"), "log-bad");
+  EXPECT_EQ(Str(rejected, "code"), "INVALID_ARGUMENT");
+  EXPECT_EQ(Str(rejected, "level"), "warning");
+  EXPECT_NE(Str(rejected, "error").find("token_ids[2]"), std::string::npos) << Str(rejected, "error");
+
+  // A request without an id gets one, the same on both servers.
+  const std::string id = Str(d[2], "request_id");
+  EXPECT_EQ(id.rfind("generate-", 0), 0u) << id;
+  EXPECT_EQ(Str(p[1], "request_id"), id);
+}
+
+TEST(Operations, LogLevelWarnKeepsOnlyFailedRequests) {
+  ServerProcess prefill(Bin("seer-prefill"), ServerArgs({"--log-level", "warn"}));
+  ASSERT_TRUE(prefill.Start());
+  EXPECT_EQ(RunCommand({Bin("seer"), "prefill", "--addr", prefill.grpc_address(), "--ids", "1,2,3"}).exit_code, 0);
+  EXPECT_EQ(RunCommand({Bin("seer"), "prefill", "--addr", prefill.grpc_address(), "--ids", "1,500"}).exit_code, 1);
+  ASSERT_TRUE(prefill.WaitForErrLines({"\"msg\":\"request\""}, 1, 10s));
+  const std::vector<JsonValue> lines = LogLines(prefill, "request");
+  ASSERT_EQ(lines.size(), 1u) << prefill.Output();
+  EXPECT_EQ(Str(lines[0], "code"), "INVALID_ARGUMENT");
+  CommandResult bad = RunCommand({Bin("seer-prefill"), "--model", Path("llama"), "--log-level", "loud"});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.err.find("--log-level"), std::string::npos) << bad.err;
+}
+
+// --- TLS and mutual TLS ------------------------------------------------------------
+
+struct Pki {
+  std::string dir;
+  explicit Pki(const std::string& name) : dir(seer::testing::TempDir(name)) {
+    for (const char* prefix : {"a", "b"}) {
+      CommandResult r = RunCommand({"/bin/bash", std::string(SEER_SOURCE_DIR) + "/tests/ops/make_test_pki.sh", dir,
+                                    prefix});
+      EXPECT_EQ(r.exit_code, 0) << r.err;
+    }
+  }
+  std::string F(const std::string& name) const { return dir + "/" + name; }
+};
+
+CommandResult Prefill(const std::string& addr, std::vector<std::string> tls) {
+  std::vector<std::string> args = {Bin("seer"), "prefill", "--addr", addr, "--ids", "1,2,3,4", "--timeout", "10"};
+  args.insert(args.end(), tls.begin(), tls.end());
+  return RunCommand(args);
+}
+
+TEST(Operations, TlsServesOnlyClientsThatTrustItsCa) {
+  Pki pki("tls");
+  ServerProcess prefill(Bin("seer-prefill"),
+                        ServerArgs({"--tls-cert", pki.F("a-server.crt"), "--tls-key", pki.F("a-server.key")}));
+  ASSERT_TRUE(prefill.Start());
+  const std::string addr = prefill.grpc_address();
+  CommandResult ok = Prefill(addr, {"--tls-ca", pki.F("a-ca.crt")});
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  CommandResult plaintext = Prefill(addr, {});
+  EXPECT_EQ(plaintext.exit_code, 1);
+  EXPECT_NE(plaintext.err.find("UNAVAILABLE"), std::string::npos) << plaintext.err;
+  CommandResult wrong_ca = Prefill(addr, {"--tls-ca", pki.F("b-ca.crt")});
+  EXPECT_EQ(wrong_ca.exit_code, 1);
+  EXPECT_NE(wrong_ca.err.find("UNAVAILABLE"), std::string::npos) << wrong_ca.err;
+  // The certificate names localhost and 127.0.0.1; any other name fails.
+  CommandResult by_name = Prefill("localhost:" + addr.substr(addr.rfind(':') + 1), {"--tls-ca", pki.F("a-ca.crt")});
+  EXPECT_EQ(by_name.exit_code, 0) << by_name.err;
+}
+
+TEST(Operations, MutualTlsNeedsAClientCertificateFromItsCa) {
+  Pki pki("mtls");
+  ServerProcess prefill(Bin("seer-prefill"),
+                        ServerArgs({"--tls-cert", pki.F("a-server.crt"), "--tls-key", pki.F("a-server.key"),
+                                    "--tls-client-ca", pki.F("a-ca.crt")}));
+  ASSERT_TRUE(prefill.Start());
+  const std::string addr = prefill.grpc_address();
+  const std::vector<std::string> with_client = {"--tls-ca", pki.F("a-ca.crt"), "--tls-cert", pki.F("a-client.crt"),
+                                                "--tls-key", pki.F("a-client.key")};
+  CommandResult ok = Prefill(addr, with_client);
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  CommandResult no_cert = Prefill(addr, {"--tls-ca", pki.F("a-ca.crt")});
+  EXPECT_EQ(no_cert.exit_code, 1);
+  EXPECT_NE(no_cert.err.find("UNAVAILABLE"), std::string::npos) << no_cert.err;
+  CommandResult other_ca_cert = Prefill(addr, {"--tls-ca", pki.F("a-ca.crt"), "--tls-cert", pki.F("b-client.crt"),
+                                               "--tls-key", pki.F("b-client.key")});
+  EXPECT_EQ(other_ca_cert.exit_code, 1);
+  EXPECT_NE(other_ca_cert.err.find("UNAVAILABLE"), std::string::npos) << other_ca_cert.err;
+
+  // seer-decode calls the prefill over mTLS and serves its own clients over
+  // TLS; the tokens are those of the plaintext path.
+  ServerProcess decode(Bin("seer-decode"),
+                       ServerArgs({"--prefill", addr, "--prefill-tls-ca", pki.F("a-ca.crt"), "--prefill-tls-cert",
+                                   pki.F("a-client.crt"), "--prefill-tls-key", pki.F("a-client.key"), "--tls-cert",
+                                   pki.F("a-server.crt"), "--tls-key", pki.F("a-server.key")}));
+  ASSERT_TRUE(decode.Start());
+  CommandResult gen = RunCommand({Bin("seer"), "generate", "--addr", decode.grpc_address(), "--ids", "5,6,7,8",
+                                  "--max-new-tokens", "3", "--tls-ca", pki.F("a-ca.crt"), "--json"});
+  ASSERT_EQ(gen.exit_code, 0) << gen.err << decode.Output();
+  CommandResult run = RunCommand({Bin("seer"), "run", "--model", Path("llama"), "--ids", "5,6,7,8",
+                                  "--max-new-tokens", "3", "--json", "--device", "cpu"});
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  StatusOr<JsonValue> g = JsonValue::Parse(gen.out), r = JsonValue::Parse(run.out);
+  ASSERT_TRUE(g.ok() && r.ok());
+  ASSERT_TRUE(g->Find("tokens") && r->Find("tokens"));
+  EXPECT_EQ(g->Find("tokens")->Dump(), r->Find("tokens")->Dump());
+  // A decode worker without a client certificate cannot reach the prefill.
+  ServerProcess no_mtls(Bin("seer-decode"), ServerArgs({"--prefill", addr, "--prefill-tls-ca", pki.F("a-ca.crt")}));
+  ASSERT_TRUE(no_mtls.Start());
+  CommandResult refused = RunCommand({Bin("seer"), "generate", "--addr", no_mtls.grpc_address(), "--ids", "5,6",
+                                      "--max-new-tokens", "2", "--timeout", "20"});
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_NE(refused.err.find("UNAVAILABLE"), std::string::npos) << refused.err;
+}
+
+TEST(Operations, ARenewedCertificateIsServedWithoutARestart) {
+  Pki pki("reload");
+  const std::string cert = pki.F("live.crt"), key = pki.F("live.key");
+  std::filesystem::copy_file(pki.F("a-server.crt"), cert);
+  std::filesystem::copy_file(pki.F("a-server.key"), key);
+  ServerProcess prefill(Bin("seer-prefill"),
+                        ServerArgs({"--tls-cert", cert, "--tls-key", key, "--tls-reload-seconds", "1"}));
+  ASSERT_TRUE(prefill.Start());
+  const std::string addr = prefill.grpc_address();
+  EXPECT_EQ(Prefill(addr, {"--tls-ca", pki.F("a-ca.crt")}).exit_code, 0);
+  EXPECT_EQ(Prefill(addr, {"--tls-ca", pki.F("b-ca.crt")}).exit_code, 1);
+  // Swap in a certificate from CA b (as a Secret update would).
+  std::filesystem::copy_file(pki.F("b-server.key"), key + ".new");
+  std::filesystem::copy_file(pki.F("b-server.crt"), cert + ".new");
+  std::filesystem::rename(key + ".new", key);
+  std::filesystem::rename(cert + ".new", cert);
+  bool switched = false;
+  for (int i = 0; i < 40 && !switched; ++i) {
+    std::this_thread::sleep_for(250ms);
+    switched = Prefill(addr, {"--tls-ca", pki.F("b-ca.crt")}).exit_code == 0;
+  }
+  EXPECT_TRUE(switched) << "the new certificate was not served within 10 s";
+  EXPECT_EQ(Prefill(addr, {"--tls-ca", pki.F("a-ca.crt")}).exit_code, 1);
+}
+
+TEST(Operations, TlsFlagsAreChecked) {
+  Pki pki("tls_flags");
+  CommandResult half = RunCommand({Bin("seer-prefill"), "--model", Path("llama"), "--tls-cert", pki.F("a-server.crt")});
+  EXPECT_EQ(half.exit_code, 2);
+  EXPECT_NE(half.err.find("--tls-key"), std::string::npos) << half.err;
+  CommandResult missing = RunCommand({Bin("seer-prefill"), "--model", Path("llama"), "--tls-cert", pki.F("nope.crt"),
+                                      "--tls-key", pki.F("a-server.key")});
+  EXPECT_EQ(missing.exit_code, 2);
+  EXPECT_NE(missing.err.find("--tls-cert"), std::string::npos) << missing.err;
+  CommandResult client = RunCommand({Bin("seer"), "prefill", "--addr", "127.0.0.1:1", "--ids", "1", "--tls-cert",
+                                     pki.F("a-client.crt"), "--tls-key", pki.F("a-client.key")});
+  EXPECT_EQ(client.exit_code, 2);
+  EXPECT_NE(client.err.find("--tls-ca"), std::string::npos) << client.err;
+}
+
+// --- metrics, version, ports -------------------------------------------------
+
+TEST(Operations, MetricsHaveLoadMemoryProcessAndBuildSeriesFromTheStart) {
+  ServerProcess prefill(Bin("seer-prefill"), ServerArgs({"--max-concurrent", "2"}));
+  ASSERT_TRUE(prefill.Start());
+  ServerProcess decode(Bin("seer-decode"), ServerArgs({"--prefill", prefill.grpc_address()}));
+  ASSERT_TRUE(decode.Start());
+  auto p = seer::testing::Scrape(prefill.metrics_address());
+  auto d = seer::testing::Scrape(decode.metrics_address());
+  ASSERT_TRUE(p.ok() && d.ok());
+  for (const char* code : {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "UNAVAILABLE", "CANCELLED", "DATA_LOSS"}) {
+    EXPECT_EQ(Metric(*p, std::string("seer_prefill_requests_total{code=\"") + code + "\"}"), 0) << code;
+    EXPECT_EQ(Metric(*d, std::string("seer_decode_requests_total{code=\"") + code + "\"}"), 0) << code;
+  }
+  for (const auto* m : {&*p, &*d}) {
+    EXPECT_GT(Metric(*m, "process_resident_memory_bytes"), 1e6);
+    EXPECT_GT(Metric(*m, "process_open_fds"), 3);
+    EXPECT_GT(Metric(*m, "process_max_fds"), 3);
+    EXPECT_GT(Metric(*m, "process_start_time_seconds"), 1.7e9);
+    EXPECT_GE(Metric(*m, "process_cpu_seconds_total"), 0);
+    EXPECT_EQ(Metric(*m, "seer_kv_cache_bytes"), 0);
+    bool build_info = false;
+    for (const auto& [key, value] : *m) build_info = build_info || (key.rfind("seer_build_info{", 0) == 0 && value == 1);
+    EXPECT_TRUE(build_info);
+  }
+  // 2 layers x K and V x 1 KV head x 64 x 4 bytes x 2048 tokens, times
+  // --max-concurrent (2 on the prefill, the default 4 on the decode worker).
+  EXPECT_EQ(Metric(*p, "seer_kv_cache_capacity_bytes"), 2.0 * 2 * 2 * 64 * 4 * 2048);
+  EXPECT_EQ(Metric(*d, "seer_kv_cache_capacity_bytes"), 4.0 * 2 * 2 * 64 * 4 * 2048);
+  EXPECT_EQ(Metric(*p, "seer_prefill_queued_requests"), 0);
+  EXPECT_EQ(Metric(*p, "seer_prefill_running_requests"), 0);
+  EXPECT_EQ(Metric(*d, "seer_decode_queued_requests"), 0);
+  EXPECT_EQ(Metric(*d, "seer_decode_running_requests"), 0);
+  EXPECT_EQ(Metric(*d, "seer_decode_inflight_requests"), 0);
+}
+
+TEST(Operations, PrefillResponsesCarryTheServersLoad) {
+  ServerProcess prefill(Bin("seer-prefill"), ServerArgs({"--max-concurrent", "3", "--max-queue", "5"}));
+  ASSERT_TRUE(prefill.Start());
+  auto stub = v1::Prefill::NewStub(grpc::CreateChannel(prefill.grpc_address(), grpc::InsecureChannelCredentials()));
+  for (bool valid : {true, false}) {
+    v1::PrefillRequest req;
+    req.add_token_ids(valid ? 1 : 1000);
+    grpc::ClientContext ctx;
+    auto reader = stub->Prefill(&ctx, req);
+    v1::PrefillResponse msg;
+    while (reader->Read(&msg)) {
+    }
+    EXPECT_EQ(reader->Finish().ok(), valid);
+    const auto& md = ctx.GetServerInitialMetadata();
+    auto get = [&](const char* key) {
+      auto it = md.find(key);
+      return it == md.end() ? std::string("<absent>") : std::string(it->second.data(), it->second.size());
+    };
+    EXPECT_EQ(get("seer-max-concurrent"), "3");
+    EXPECT_EQ(get("seer-max-queue"), "5");
+    // When the response's headers go out: an admitted request is running
+    // then, a refused one never was.
+    EXPECT_EQ(get("seer-queued"), "0");
+    EXPECT_EQ(get("seer-running"), valid ? "1" : "0");
+  }
+}
+
+TEST(Operations, EveryBinaryPrintsItsVersion) {
+  for (const char* bin : {"seer-prefill", "seer-decode"}) {
+    CommandResult r = RunCommand({Bin(bin), "--version"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out.rfind(std::string(bin) + " ", 0), 0u) << r.out;
+    EXPECT_NE(r.out.find("commit "), std::string::npos) << r.out;
+  }
+  CommandResult r = RunCommand({Bin("seer"), "--version"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_EQ(r.out.rfind("seer ", 0), 0u) << r.out;
+}
+
+TEST(Operations, AGrpcPortAlreadyInUseIsRefused) {
+  ServerProcess first(Bin("seer-prefill"), ServerArgs());
+  ASSERT_TRUE(first.Start());
+  const std::string port = first.grpc_address().substr(first.grpc_address().rfind(':') + 1);
+  CommandResult second = RunCommand({Bin("seer-prefill"), "--listen", "127.0.0.1:" + port, "--metrics", "127.0.0.1:0",
+                                     "--model", Path("llama"), "--device", "cpu"},
+                                    30s);
+  EXPECT_EQ(second.exit_code, 1) << second.out << second.err;
+  EXPECT_NE(second.err.find("cannot bind"), std::string::npos) << second.err;
+  const std::string mport = first.metrics_address().substr(first.metrics_address().rfind(':') + 1);
+  CommandResult third = RunCommand({Bin("seer-prefill"), "--listen", "127.0.0.1:0", "--metrics",
+                                    "127.0.0.1:" + mport, "--model", Path("llama"), "--device", "cpu"},
+                                   30s);
+  EXPECT_EQ(third.exit_code, 1) << third.out << third.err;
+  EXPECT_NE(third.err.find("--metrics"), std::string::npos) << third.err;
+}
+
+// --- issue 15's edge findings -----------------------------------------------------
+
+// (3) A small gzip body must not inflate past the receive bound: 256 MiB of
+// zeros (a quarter MB compressed) used to be inflated in full before it was
+// refused. Compressed requests are now refused before their message is read.
+TEST(EdgeLimits, ACompressedRequestIsRefusedWithoutInflatingIt) {
+  ServerProcess prefill(Bin("seer-prefill"), ServerArgs());
+  ASSERT_TRUE(prefill.Start());
+  static const std::vector<char> zeros(1 << 20, 0);
+  std::vector<grpc::Slice> slices;
+  for (int i = 0; i < 256; ++i) slices.emplace_back(zeros.data(), zeros.size(), grpc::Slice::STATIC_SLICE);
+  const grpc::ByteBuffer body(slices.data(), slices.size());
+  const int64_t before = PeakRss(prefill.pid());
+  const grpc::Status s = RawCall(prefill.grpc_address(), kPrefillMethod, body, /*gzip=*/true);
+  const int64_t after = PeakRss(prefill.pid());
+  std::printf("[ info     ] peak RSS %.1f MiB before, %.1f MiB after a gzip request of 256 MiB; %s: %s\n",
+              before / 1048576.0, after / 1048576.0, std::string(seer::GrpcCodeName(s.error_code())).c_str(),
+              s.error_message().c_str());
+  EXPECT_FALSE(s.ok());
+  EXPECT_LT(after - before, int64_t{32} << 20);
+  // Uncompressed requests still work.
+  EXPECT_EQ(RunCommand({Bin("seer"), "prefill", "--addr", prefill.grpc_address(), "--ids", "1,2"}).exit_code, 0);
+}
+
+// (4) The receive limit is the largest valid request plus a margin, so a
+// larger one is refused by gRPC (RESOURCE_EXHAUSTED) before it is parsed;
+// the largest valid request still passes.
+TEST(EdgeLimits, RequestsAboveTheLargestValidOneAreRefusedUnparsed) {
+  ServerProcess prefill(Bin("seer-prefill"), ServerArgs());
+  ASSERT_TRUE(prefill.Start());
+  RequestLimits limits;
+  limits.max_prompt_tokens = 2048;  // the fixture's max_position_embeddings
+  v1::PrefillRequest largest;
+  largest.set_request_id(std::string(kMaxRequestIdBytes, 'x'));
+  for (int i = 0; i < 2048; ++i) largest.add_token_ids(127);
+  largest.mutable_sparsity()->set_mode(v1::Sparsity::MODE_DENSE);
+  int responses = 0;
+  grpc::Status s = RawCall(prefill.grpc_address(), kPrefillMethod, Bytes(Serialized(largest)), false, {}, &responses);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  EXPECT_GT(responses, 2);
+
+  v1::PrefillRequest too_big;
+  too_big.add_token_ids(1);
+  // An unknown field (number 99) the size of the whole receive limit.
+  std::string bytes = Serialized(too_big);
+  const size_t padding = MaxRequestBytes(limits) + (16 << 10);
+  bytes += std::string("\x9a\x06", 2);  // field 99, length-delimited
+  for (size_t v = padding; ; v >>= 7) {
+    bytes.push_back(static_cast<char>((v & 0x7f) | (v >= 0x80 ? 0x80 : 0)));
+    if (v < 0x80) break;
+  }
+  bytes += std::string(padding, 'p');
+  s = RawCall(prefill.grpc_address(), kPrefillMethod, Bytes(bytes));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+
+  // Metadata beyond the explicit 16 KiB limit is refused too.
+  s = RawCall(prefill.grpc_address(), kPrefillMethod, Bytes(Serialized(too_big)), false,
+              {{"x-padding", std::string(20 << 10, 'm')}});
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.error_code(), grpc::StatusCode::UNIMPLEMENTED) << s.error_message();
+  std::printf("[ info     ] 20 KiB of metadata: %s: %s\n", std::string(seer::GrpcCodeName(s.error_code())).c_str(),
+              s.error_message().c_str());
+}
+
+// (7) Bytes that do not parse as the request get INVALID_ARGUMENT with a
+// message and are counted; an invalid UTF-8 request_id writes no protobuf
+// error line to the log.
+TEST(EdgeLimits, MalformedProtobufIsInvalidArgumentAndCounted) {
+  ServerProcess prefill(Bin("seer-prefill"), ServerArgs());
+  ASSERT_TRUE(prefill.Start());
+  ServerProcess decode(Bin("seer-decode"), ServerArgs({"--prefill", prefill.grpc_address()}));
+  ASSERT_TRUE(decode.Start());
+  const std::string garbage("\x0a\xff\xff\xff\xff\x0f", 6);       // a length far past the end
+  const std::string bad_utf8("\x0a\x02\xc3\x28\x10\x01", 6);       // request_id "\xc3\x28", token 1
+  for (const std::string& body : {garbage, bad_utf8}) {
+    grpc::Status s = RawCall(prefill.grpc_address(), kPrefillMethod, Bytes(body));
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_NE(s.error_message().find("seer.v1.PrefillRequest"), std::string::npos) << s.error_message();
+    s = RawCall(decode.grpc_address(), "/seer.v1.Decode/Generate", Bytes(body));
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  }
+  std::map<std::string, double> p, d;
+  for (int i = 0; i < 200; ++i) {
+    if (auto m = seer::testing::Scrape(prefill.metrics_address()); m.ok()) p = *m;
+    if (auto m = seer::testing::Scrape(decode.metrics_address()); m.ok()) d = *m;
+    if (Metric(p, "seer_prefill_requests_total{code=\"INVALID_ARGUMENT\"}") == 2 &&
+        Metric(d, "seer_decode_requests_total{code=\"INVALID_ARGUMENT\"}") == 2)
+      break;
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(Metric(p, "seer_prefill_requests_total{code=\"INVALID_ARGUMENT\"}"), 2);
+  EXPECT_EQ(Metric(d, "seer_decode_requests_total{code=\"INVALID_ARGUMENT\"}"), 2);
+  ASSERT_TRUE(prefill.WaitForErrLines({"\"msg\":\"request\"", "INVALID_ARGUMENT"}, 2, 10s));
+  // Every stderr line is JSON (LogLines checks), and none at warning or
+  // above comes from libprotobuf.
+  for (const JsonValue& j : LogLines(prefill, "protobuf")) ADD_FAILURE() << "protobuf logged: " << j.Dump();
+  for (const std::string& line : prefill.ErrLines()) EXPECT_EQ(line.find("libprotobuf"), std::string::npos) << line;
+}
+
+// (6) Idle TCP connections must not blind /metrics: civetweb gives each
+// connection a thread, and there used to be two.
+TEST(EdgeLimits, IdleConnectionsDoNotBlockScrapes) {
+  ServerProcess prefill(Bin("seer-prefill"), ServerArgs());
+  ASSERT_TRUE(prefill.Start());
+  const std::string& m = prefill.metrics_address();
+  const int port = std::stoi(m.substr(m.rfind(':') + 1));
+  std::vector<int> idle;
+  for (int i = 0; i < 8; ++i) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+    idle.push_back(fd);
+  }
+  std::this_thread::sleep_for(200ms);
+  const auto start = std::chrono::steady_clock::now();
+  auto scraped = seer::testing::Scrape(m);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_TRUE(scraped.ok()) << scraped.status().ToString();
+  EXPECT_LT(seconds, 2.0) << "a scrape behind 8 idle connections took " << seconds << " s";
+  for (int fd : idle) close(fd);
+}
+
+}  // namespace
+}  // namespace seer
