@@ -1,0 +1,509 @@
+#include "server/decode/openai_http.h"
+
+#include <civetweb.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/json.h"
+#include "engine/model/sparsity.h"
+#include "rpc/grpc_status.h"
+#include "rpc/requests.h"
+
+namespace seer {
+namespace {
+
+constexpr size_t kMaxBodyBytes = size_t{4} << 20;
+constexpr int kMaxStopStrings = 16;
+
+std::atomic<uint64_t> g_next_id{1};
+
+// An error as OpenAI's API writes it, with the HTTP code.
+struct HttpError {
+  int http = 400;
+  std::string message;
+  std::string type = "invalid_request_error";
+  std::string param;  // empty: null
+  std::string code;   // empty: null
+};
+
+std::string ErrorJson(const HttpError& e) {
+  JsonValue err = JsonValue::Object();
+  err.Set("message", JsonValue::String(e.message));
+  err.Set("type", JsonValue::String(e.type));
+  err.Set("param", e.param.empty() ? JsonValue() : JsonValue::String(e.param));
+  err.Set("code", e.code.empty() ? JsonValue() : JsonValue::String(e.code));
+  JsonValue out = JsonValue::Object();
+  out.Set("error", std::move(err));
+  return out.Dump();
+}
+
+HttpError Invalid(std::string param, std::string message) {
+  HttpError e;
+  e.param = std::move(param);
+  e.message = std::move(message);
+  return e;
+}
+
+// The HTTP code and OpenAI error type of a gRPC status from Generate.
+HttpError FromGrpc(const grpc::Status& s) {
+  HttpError e;
+  e.message = s.error_message();
+  switch (s.error_code()) {
+    case grpc::StatusCode::INVALID_ARGUMENT:
+    case grpc::StatusCode::FAILED_PRECONDITION:
+    case grpc::StatusCode::OUT_OF_RANGE:
+      e.http = 400;
+      break;
+    case grpc::StatusCode::NOT_FOUND:
+      e.http = 404;
+      e.code = "not_found";
+      break;
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      e.http = 429;
+      e.type = "rate_limit_exceeded";
+      e.code = "rate_limit_exceeded";
+      break;
+    case grpc::StatusCode::UNAVAILABLE:
+      e.http = 503;
+      e.type = "server_error";
+      e.code = "service_unavailable";
+      break;
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      e.http = 504;
+      e.type = "server_error";
+      e.code = "timeout";
+      break;
+    default:
+      e.http = 500;
+      e.type = "server_error";
+      break;
+  }
+  // The field a message names ("sampling.top_p: ...") is the param.
+  const size_t colon = e.message.find(':');
+  if (e.http == 400 && colon != std::string::npos && colon < 48 &&
+      e.message.find(' ') > colon) {
+    e.param = e.message.substr(0, colon);
+  }
+  return e;
+}
+
+const char* Reason(int code) {
+  switch (code) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 413: return "Payload Too Large";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Error";
+  }
+}
+
+void SendJson(mg_connection* conn, int code, const std::string& body) {
+  mg_printf(conn,
+            "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+            "Cache-Control: no-store\r\n\r\n",
+            code, Reason(code), body.size());
+  mg_write(conn, body.data(), body.size());
+}
+
+void SendError(mg_connection* conn, const HttpError& e) { SendJson(conn, e.http, ErrorJson(e)); }
+
+// A server-sent event as one HTTP chunk.
+bool SendEvent(mg_connection* conn, const std::string& data) {
+  const std::string event = "data: " + data + "\n\n";
+  return mg_send_chunk(conn, event.data(), static_cast<unsigned int>(event.size())) > 0;
+}
+
+StatusOr<std::string> ReadBody(mg_connection* conn) {
+  const mg_request_info* info = mg_get_request_info(conn);
+  if (info->content_length > static_cast<long long>(kMaxBodyBytes)) {
+    return ResourceExhausted("the request body has " + std::to_string(info->content_length) +
+                             " bytes, more than the limit of " + std::to_string(kMaxBodyBytes));
+  }
+  std::string body;
+  char buf[16384];
+  for (;;) {
+    const int n = mg_read(conn, buf, sizeof(buf));
+    if (n <= 0) break;
+    body.append(buf, static_cast<size_t>(n));
+    if (body.size() > kMaxBodyBytes) {
+      return ResourceExhausted("the request body is larger than the limit of " + std::to_string(kMaxBodyBytes) +
+                               " bytes");
+    }
+  }
+  return body;
+}
+
+// The parts of an OpenAI request that become a GenerateRequest.
+struct ParsedRequest {
+  v1::GenerateRequest generate;
+  bool stream = false;
+  bool include_usage = false;
+  std::string model;
+};
+
+std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int default_max_tokens, ParsedRequest* out) {
+  v1::GenerateRequest& g = out->generate;
+  // The number fields, typed; OpenAI's defaults when absent.
+  auto number = [&](const char* key, double fallback, double* v) -> std::optional<HttpError> {
+    const JsonValue* f = root.Find(key);
+    if (f == nullptr || f->is_null()) {
+      *v = fallback;
+      return std::nullopt;
+    }
+    if (!f->is_number()) return Invalid(key, std::string(key) + ": must be a number, got " + f->Dump());
+    *v = f->as_double();
+    return std::nullopt;
+  };
+  const JsonValue* model = root.Find("model");
+  if (model != nullptr && !model->is_null()) {
+    if (!model->is_string()) return Invalid("model", "model: must be a string");
+    out->model = model->as_string();
+  }
+  double max_tokens = default_max_tokens;
+  const char* max_key = chat && root.Find("max_completion_tokens") != nullptr ? "max_completion_tokens" : "max_tokens";
+  if (auto e = number(max_key, default_max_tokens, &max_tokens)) return e;
+  if (max_tokens != static_cast<int>(max_tokens) || max_tokens < 1 || max_tokens > (1 << 24)) {
+    return Invalid(max_key, std::string(max_key) + ": must be a positive integer");
+  }
+  g.set_max_new_tokens(static_cast<int32_t>(max_tokens));
+  double temperature = 1.0, top_p = 1.0, n = 1.0;
+  if (auto e = number("temperature", 1.0, &temperature)) return e;
+  if (auto e = number("top_p", 1.0, &top_p)) return e;
+  if (auto e = number("n", 1.0, &n)) return e;
+  if (n != 1.0) return Invalid("n", "n: only 1 is supported");
+  g.mutable_sampling()->set_temperature(static_cast<float>(temperature));
+  g.mutable_sampling()->set_top_p(static_cast<float>(top_p));
+  if (const JsonValue* seed = root.Find("seed"); seed != nullptr && !seed->is_null()) {
+    if (!seed->is_integer()) return Invalid("seed", "seed: must be an integer");
+    g.mutable_sampling()->set_seed(static_cast<uint64_t>(seed->as_int64()));
+  }
+  if (const JsonValue* stop = root.Find("stop"); stop != nullptr && !stop->is_null()) {
+    if (stop->is_string()) {
+      g.add_stop(stop->as_string());
+    } else if (stop->is_array() && static_cast<int>(stop->as_array().size()) <= kMaxStopStrings) {
+      for (const JsonValue& s : stop->as_array()) {
+        if (!s.is_string()) return Invalid("stop", "stop: must be a string or an array of strings");
+        g.add_stop(s.as_string());
+      }
+    } else {
+      return Invalid("stop", "stop: must be a string or an array of at most " + std::to_string(kMaxStopStrings) +
+                                 " strings");
+    }
+  }
+  for (const char* refused : {"logprobs", "top_logprobs", "echo", "tools", "functions", "suffix"}) {
+    const JsonValue* f = root.Find(refused);
+    if (f != nullptr && !f->is_null() && !(f->is_bool() && !f->as_bool()) && !(f->is_array() && f->as_array().empty())) {
+      return Invalid(refused, std::string(refused) + ": not supported by this server");
+    }
+  }
+  if (const JsonValue* best_of = root.Find("best_of"); best_of != nullptr && best_of->is_number() &&
+                                                       best_of->as_double() != 1.0) {
+    return Invalid("best_of", "best_of: only 1 is supported");
+  }
+  if (const JsonValue* stream = root.Find("stream"); stream != nullptr && !stream->is_null()) {
+    if (!stream->is_bool()) return Invalid("stream", "stream: must be true or false");
+    out->stream = stream->as_bool();
+  }
+  if (const JsonValue* so = root.Find("stream_options"); so != nullptr && so->is_object()) {
+    const JsonValue* usage = so->Find("include_usage");
+    out->include_usage = usage != nullptr && usage->is_bool() && usage->as_bool();
+  }
+  if (const JsonValue* sp = root.Find("seer_sparsity"); sp != nullptr && !sp->is_null()) {
+    if (!sp->is_string()) return Invalid("seer_sparsity", "seer_sparsity: must be a string");
+    StatusOr<SparsityRequest> r = ParseSparsityRequest(sp->as_string());
+    if (!r.ok()) return Invalid("seer_sparsity", "seer_sparsity: " + r.status().message());
+    *g.mutable_sparsity() = SparsityToProto(*r);
+  }
+  if (const JsonValue* user = root.Find("user"); user != nullptr && user->is_string()) {
+    // OpenAI's end-user id: a printable request id for the logs when it fits.
+    std::string id = user->as_string().substr(0, kMaxRequestIdBytes);
+    bool printable = true;
+    for (unsigned char c : id) printable = printable && c >= 0x20 && c <= 0x7e;
+    if (printable) g.set_request_id(id);
+  }
+  return std::nullopt;
+}
+
+std::optional<HttpError> ParseCompletion(const JsonValue& root, int default_max_tokens, ParsedRequest* out) {
+  if (auto e = ParseCommon(root, false, default_max_tokens, out)) return e;
+  const JsonValue* prompt = root.Find("prompt");
+  if (prompt == nullptr || prompt->is_null()) return Invalid("prompt", "prompt: required");
+  if (prompt->is_string()) {
+    out->generate.set_text(prompt->as_string());
+    return std::nullopt;
+  }
+  if (prompt->is_array() && prompt->as_array().size() == 1 && prompt->as_array()[0].is_string()) {
+    out->generate.set_text(prompt->as_array()[0].as_string());
+    return std::nullopt;
+  }
+  if (prompt->is_array() && !prompt->as_array().empty()) {
+    for (const JsonValue& id : prompt->as_array()) {
+      if (!id.is_integer() || id.as_int64() < 0 || id.as_int64() > INT32_MAX) {
+        return Invalid("prompt", "prompt: must be a string, an array of one string, or an array of token ids");
+      }
+      out->generate.add_token_ids(static_cast<int32_t>(id.as_int64()));
+    }
+    return std::nullopt;
+  }
+  return Invalid("prompt", "prompt: must be a string, an array of one string, or an array of token ids");
+}
+
+std::optional<HttpError> ParseChat(const JsonValue& root, int default_max_tokens, ParsedRequest* out) {
+  if (auto e = ParseCommon(root, true, default_max_tokens, out)) return e;
+  const JsonValue* messages = root.Find("messages");
+  if (messages == nullptr || !messages->is_array() || messages->as_array().empty()) {
+    return Invalid("messages", "messages: a non-empty array of {role, content} is required");
+  }
+  for (size_t i = 0; i < messages->as_array().size(); ++i) {
+    const JsonValue& m = messages->as_array()[i];
+    const std::string where = "messages[" + std::to_string(i) + "]";
+    const JsonValue* role = m.Find("role");
+    const JsonValue* content = m.Find("content");
+    if (role == nullptr || !role->is_string()) return Invalid(where + ".role", where + ".role: must be a string");
+    v1::ChatMessage* msg = out->generate.add_messages();
+    msg->set_role(role->as_string());
+    if (content == nullptr || content->is_null()) continue;
+    if (content->is_string()) {
+      msg->set_content(content->as_string());
+    } else if (content->is_array()) {
+      // The parts form: [{"type": "text", "text": ...}, ...]; text parts only.
+      std::string text;
+      for (const JsonValue& part : content->as_array()) {
+        const JsonValue* type = part.Find("type");
+        const JsonValue* t = part.Find("text");
+        if (type == nullptr || !type->is_string() || type->as_string() != "text" || t == nullptr || !t->is_string()) {
+          return Invalid(where + ".content", where + ".content: only text parts are supported");
+        }
+        text += t->as_string();
+      }
+      msg->set_content(text);
+    } else {
+      return Invalid(where + ".content", where + ".content: must be a string or an array of text parts");
+    }
+  }
+  return std::nullopt;
+}
+
+JsonValue Usage(const v1::GenerateSummary& s) {
+  JsonValue u = JsonValue::Object();
+  u.Set("prompt_tokens", JsonValue::Int(s.prompt_tokens()));
+  u.Set("completion_tokens", JsonValue::Int(s.generated_tokens()));
+  u.Set("total_tokens", JsonValue::Int(int64_t{s.prompt_tokens()} + s.generated_tokens()));
+  return u;
+}
+
+class GrpcGenerateBackend final : public GenerateBackend {
+ public:
+  explicit GrpcGenerateBackend(std::shared_ptr<grpc::Channel> channel) : stub_(v1::Decode::NewStub(channel)) {}
+
+  grpc::Status Generate(const v1::GenerateRequest& request,
+                        const std::function<bool(const v1::GenerateResponse&)>& on_response) override {
+    grpc::ClientContext context;
+    std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(&context, request);
+    v1::GenerateResponse response;
+    while (reader->Read(&response)) {
+      if (!on_response(response)) {
+        context.TryCancel();
+        while (reader->Read(&response)) {
+        }
+        break;
+      }
+    }
+    return reader->Finish();
+  }
+
+ private:
+  std::unique_ptr<v1::Decode::Stub> stub_;
+};
+
+}  // namespace
+
+std::unique_ptr<GenerateBackend> MakeGrpcGenerateBackend(std::shared_ptr<grpc::Channel> channel) {
+  return std::make_unique<GrpcGenerateBackend>(std::move(channel));
+}
+
+StatusOr<std::unique_ptr<OpenAiHttpServer>> OpenAiHttpServer::Start(const OpenAiHttpOptions& options,
+                                                                    GenerateBackend* backend) {
+  std::unique_ptr<OpenAiHttpServer> server(new OpenAiHttpServer(options, backend));
+  std::string ports = options.listen;
+  if (ports.rfind("0.0.0.0:", 0) == 0) ports = ports.substr(8);  // civetweb: a bare port binds every address
+  const std::string threads = std::to_string(options.threads);
+  const char* opts[] = {"listening_ports", ports.c_str(), "num_threads", threads.c_str(), "request_timeout_ms",
+                        "600000", "enable_keep_alive", "yes", "keep_alive_timeout_ms", "5000", nullptr};
+  mg_callbacks callbacks{};
+  server->ctx_ = mg_start(&callbacks, server.get(), opts);
+  if (server->ctx_ == nullptr) {
+    return Unavailable("--http " + options.listen + ": cannot listen (address in use or invalid)");
+  }
+  mg_set_request_handler(server->ctx_, "/v1", &OpenAiHttpServer::Handle, server.get());
+  mg_server_port bound[4] = {};
+  const int n = mg_get_server_ports(server->ctx_, 4, bound);
+  if (n < 1) return Internal("--http " + options.listen + ": no bound port");
+  server->port_ = bound[0].port;
+  return server;
+}
+
+OpenAiHttpServer::~OpenAiHttpServer() {
+  if (ctx_ != nullptr) mg_stop(ctx_);
+}
+
+int OpenAiHttpServer::Handle(mg_connection* conn, void* self) {
+  static_cast<OpenAiHttpServer*>(self)->Serve(conn);
+  return 1;
+}
+
+void OpenAiHttpServer::Serve(mg_connection* conn) {
+  const mg_request_info* info = mg_get_request_info(conn);
+  const std::string method = info->request_method != nullptr ? info->request_method : "";
+  std::string path = info->local_uri != nullptr ? info->local_uri : "";
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  const int64_t created = static_cast<int64_t>(std::time(nullptr));
+
+  if (path == "/v1/models") {
+    if (method != "GET") return SendError(conn, HttpError{405, "use GET /v1/models"});
+    JsonValue model = JsonValue::Object();
+    model.Set("id", JsonValue::String(options_.model_name));
+    model.Set("object", JsonValue::String("model"));
+    model.Set("created", JsonValue::Int(created));
+    model.Set("owned_by", JsonValue::String("seer"));
+    JsonValue data = JsonValue::Array();
+    data.Append(std::move(model));
+    JsonValue out = JsonValue::Object();
+    out.Set("object", JsonValue::String("list"));
+    out.Set("data", std::move(data));
+    return SendJson(conn, 200, out.Dump());
+  }
+  const bool chat = path == "/v1/chat/completions";
+  if (!chat && path != "/v1/completions") {
+    HttpError e{404, "no such endpoint: " + method + " " + path};
+    e.code = "not_found";
+    return SendError(conn, e);
+  }
+  if (method != "POST") return SendError(conn, HttpError{405, "use POST " + path});
+
+  StatusOr<std::string> body = ReadBody(conn);
+  if (!body.ok()) return SendError(conn, HttpError{413, body.status().message()});
+  StatusOr<JsonValue> root = JsonValue::Parse(*body);
+  if (!root.ok()) return SendError(conn, Invalid("", "the body is not valid JSON: " + root.status().message()));
+  if (!root->is_object()) return SendError(conn, Invalid("", "the body must be a JSON object"));
+  ParsedRequest req;
+  std::optional<HttpError> bad = chat ? ParseChat(*root, options_.default_max_tokens, &req)
+                                      : ParseCompletion(*root, options_.default_max_tokens, &req);
+  if (bad) return SendError(conn, *bad);
+  if (!req.model.empty() && req.model != options_.model_name) {
+    HttpError e{404, "The model `" + req.model + "` does not exist; this server serves `" + options_.model_name + "`"};
+    e.param = "model";
+    e.code = "model_not_found";
+    return SendError(conn, e);
+  }
+
+  const std::string id = std::string(chat ? "chatcmpl-" : "cmpl-") + std::to_string(g_next_id.fetch_add(1));
+  const char* object = chat ? (req.stream ? "chat.completion.chunk" : "chat.completion") : "text_completion";
+  auto envelope = [&]() {
+    JsonValue o = JsonValue::Object();
+    o.Set("id", JsonValue::String(id));
+    o.Set("object", JsonValue::String(object));
+    o.Set("created", JsonValue::Int(created));
+    o.Set("model", JsonValue::String(options_.model_name));
+    return o;
+  };
+  // One choice of a chunk (stream) or of the whole answer.
+  auto choice = [&](const std::string& text, const std::string& finish, bool first) {
+    JsonValue c = JsonValue::Object();
+    c.Set("index", JsonValue::Int(0));
+    if (chat) {
+      JsonValue m = JsonValue::Object();
+      if (!req.stream || first) m.Set("role", JsonValue::String("assistant"));
+      if (!req.stream || !text.empty() || first) m.Set("content", JsonValue::String(text));
+      c.Set(req.stream ? "delta" : "message", std::move(m));
+    } else {
+      c.Set("text", JsonValue::String(text));
+    }
+    c.Set("logprobs", JsonValue());
+    c.Set("finish_reason", finish.empty() ? JsonValue() : JsonValue::String(finish));
+    return c;
+  };
+
+  std::string text;
+  v1::GenerateSummary summary;
+  bool headers_sent = false;
+  bool client_gone = false;
+  auto start_stream = [&]() {
+    if (headers_sent) return;
+    headers_sent = true;
+    mg_printf(conn,
+              "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+              "Transfer-Encoding: chunked\r\n\r\n");
+    if (chat) {
+      JsonValue first = envelope();
+      JsonValue choices = JsonValue::Array();
+      choices.Append(choice("", "", true));
+      first.Set("choices", std::move(choices));
+      client_gone = !SendEvent(conn, first.Dump());
+    }
+  };
+  const grpc::Status status = backend_->Generate(req.generate, [&](const v1::GenerateResponse& r) {
+    if (r.has_summary()) {
+      summary = r.summary();
+      return true;
+    }
+    if (!req.stream) {
+      text += r.text();
+      return true;
+    }
+    start_stream();
+    if (!r.text().empty() && !client_gone) {
+      JsonValue chunk = envelope();
+      JsonValue choices = JsonValue::Array();
+      choices.Append(choice(r.text(), "", false));
+      chunk.Set("choices", std::move(choices));
+      client_gone = !SendEvent(conn, chunk.Dump());
+    }
+    return !client_gone;
+  });
+  if (client_gone) return;
+  if (!status.ok()) {
+    const HttpError e = FromGrpc(status);
+    if (!headers_sent) return SendError(conn, e);
+    SendEvent(conn, ErrorJson(e));
+    SendEvent(conn, "[DONE]");
+    mg_send_chunk(conn, "", 0);
+    return;
+  }
+  if (!req.stream) {
+    JsonValue out = envelope();
+    JsonValue choices = JsonValue::Array();
+    choices.Append(choice(text, summary.finish_reason(), false));
+    out.Set("choices", std::move(choices));
+    out.Set("usage", Usage(summary));
+    return SendJson(conn, 200, out.Dump());
+  }
+  start_stream();
+  JsonValue last = envelope();
+  JsonValue choices = JsonValue::Array();
+  choices.Append(choice("", summary.finish_reason(), false));
+  last.Set("choices", std::move(choices));
+  SendEvent(conn, last.Dump());
+  if (req.include_usage) {
+    JsonValue usage = envelope();
+    usage.Set("choices", JsonValue::Array());
+    usage.Set("usage", Usage(summary));
+    SendEvent(conn, usage.Dump());
+  }
+  SendEvent(conn, "[DONE]");
+  mg_send_chunk(conn, "", 0);
+}
+
+}  // namespace seer

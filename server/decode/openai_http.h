@@ -1,0 +1,75 @@
+// An OpenAI-compatible HTTP front door for seer-decode (--http host:port):
+//
+//   POST /v1/completions        {"model", "prompt", "max_tokens", ...}
+//   POST /v1/chat/completions   {"model", "messages", "max_tokens", ...}
+//   GET  /v1/models
+//
+// with `stream: true` as server-sent events ("data: {...}" chunks, then
+// "data: [DONE]"). The fields that make sense here are honoured (max_tokens /
+// max_completion_tokens, temperature, top_p, seed, stop, n = 1,
+// stream_options.include_usage) plus Seer's own `seer_sparsity` ("dense",
+// "threshold=T", "nz_ratio=R"); fields that ask for what Seer cannot do
+// (n > 1, logprobs, echo, best_of > 1, tools) are refused, other fields are
+// ignored as OpenAI's servers ignore unknown ones. Errors use OpenAI's JSON
+// shape, {"error": {"message", "type", "param", "code"}}, with the HTTP code
+// the gRPC status maps to (400, 404, 429, 503, 500).
+//
+// The front door holds no model: each request becomes one Decode.Generate
+// call on a GenerateBackend (in seer-decode, the server's own gRPC port over
+// loopback), so the HTTP API and gRPC share every check, limit and metric.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "base/status.h"
+#include "seer/v1/seer.grpc.pb.h"
+
+struct mg_context;
+struct mg_connection;
+
+namespace seer {
+
+class GenerateBackend {
+ public:
+  virtual ~GenerateBackend() = default;
+  // Runs one Generate call. `on_response` gets each response in order and
+  // returns false when the HTTP client has gone (the call is then cancelled).
+  virtual grpc::Status Generate(const v1::GenerateRequest& request,
+                                const std::function<bool(const v1::GenerateResponse&)>& on_response) = 0;
+};
+
+// Generate over a gRPC channel (seer-decode's own port, on loopback).
+std::unique_ptr<GenerateBackend> MakeGrpcGenerateBackend(std::shared_ptr<grpc::Channel> channel);
+
+struct OpenAiHttpOptions {
+  std::string listen;      // host:port; port 0 picks one
+  std::string model_name;  // what /v1/models lists and requests must name
+  int threads = 32;        // concurrent HTTP requests
+  int default_max_tokens = 16;  // OpenAI's default for completions
+};
+
+class OpenAiHttpServer {
+ public:
+  static StatusOr<std::unique_ptr<OpenAiHttpServer>> Start(const OpenAiHttpOptions& options,
+                                                           GenerateBackend* backend);
+  ~OpenAiHttpServer();
+  int port() const { return port_; }
+
+ private:
+  OpenAiHttpServer(OpenAiHttpOptions options, GenerateBackend* backend)
+      : options_(std::move(options)), backend_(backend) {}
+  static int Handle(mg_connection* conn, void* self);
+  void Serve(mg_connection* conn);
+
+  const OpenAiHttpOptions options_;
+  GenerateBackend* const backend_;
+  mg_context* ctx_ = nullptr;
+  int port_ = 0;
+};
+
+}  // namespace seer

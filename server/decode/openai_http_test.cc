@@ -1,0 +1,309 @@
+// The OpenAI front door over a scripted Generate backend: each request's
+// fields land in the GenerateRequest they mean; responses, streamed events
+// and errors have OpenAI's shapes and HTTP codes. (tests/ops/check_openai.mjs
+// drives the real servers with the official openai client.)
+#include "server/decode/openai_http.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "base/json.h"
+
+namespace seer {
+namespace {
+
+// Replies with `texts` as token events (token ids 100, 101, ...) then a
+// summary, or with `error` before anything.
+class ScriptedBackend final : public GenerateBackend {
+ public:
+  std::vector<std::string> texts = {"Hel", "lo", "", ", world"};
+  std::string finish = "length";
+  grpc::Status error = grpc::Status::OK;
+
+  grpc::Status Generate(const v1::GenerateRequest& request,
+                        const std::function<bool(const v1::GenerateResponse&)>& on_response) override {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      last = request;
+    }
+    if (!error.ok()) return error;
+    int32_t id = 100;
+    for (const std::string& t : texts) {
+      v1::GenerateResponse r;
+      r.set_token(id++);
+      r.set_text(t);
+      if (!on_response(r)) return grpc::Status(grpc::StatusCode::CANCELLED, "client gone");
+    }
+    v1::GenerateResponse s;
+    s.mutable_summary()->set_prompt_tokens(7);
+    s.mutable_summary()->set_generated_tokens(static_cast<int>(texts.size()));
+    s.mutable_summary()->set_finish_reason(finish);
+    on_response(s);
+    return grpc::Status::OK;
+  }
+
+  v1::GenerateRequest Last() {
+    std::lock_guard<std::mutex> lock(mu);
+    return last;
+  }
+
+ private:
+  std::mutex mu;
+  v1::GenerateRequest last;
+};
+
+struct HttpReply {
+  int status = 0;
+  std::map<std::string, std::string> headers;  // lower-case names
+  std::string body;                            // de-chunked
+};
+
+// A minimal HTTP/1.1 exchange on loopback (Connection: close).
+HttpReply Exchange(int port, const std::string& method, const std::string& path, const std::string& body = "") {
+  HttpReply reply;
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return reply;
+  }
+  std::string req = method + " " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n";
+  if (!body.empty() || method == "POST") {
+    req += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
+  }
+  req += "\r\n" + body;
+  for (size_t sent = 0; sent < req.size();) {
+    const ssize_t n = send(fd, req.data() + sent, req.size() - sent, 0);
+    if (n <= 0) break;
+    sent += static_cast<size_t>(n);
+  }
+  std::string raw;
+  char buf[8192];
+  for (;;) {
+    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) break;
+    raw.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  const size_t head_end = raw.find("\r\n\r\n");
+  if (head_end == std::string::npos) return reply;
+  const std::string head = raw.substr(0, head_end);
+  reply.status = std::stoi(head.substr(9, 3));
+  size_t line = head.find("\r\n");
+  while (line != std::string::npos && line < head.size()) {
+    const size_t next = head.find("\r\n", line + 2);
+    const std::string h = head.substr(line + 2, (next == std::string::npos ? head.size() : next) - line - 2);
+    const size_t colon = h.find(':');
+    if (colon != std::string::npos) {
+      std::string name = h.substr(0, colon);
+      for (char& c : name) c = static_cast<char>(std::tolower(c));
+      reply.headers[name] = h.substr(colon + 2);
+    }
+    line = next;
+  }
+  std::string rest = raw.substr(head_end + 4);
+  if (reply.headers["transfer-encoding"] == "chunked") {
+    size_t at = 0;
+    while (at < rest.size()) {
+      const size_t eol = rest.find("\r\n", at);
+      if (eol == std::string::npos) break;
+      const size_t n = std::stoul(rest.substr(at, eol - at), nullptr, 16);
+      if (n == 0) break;
+      reply.body += rest.substr(eol + 2, n);
+      at = eol + 2 + n + 2;
+    }
+  } else {
+    reply.body = rest;
+  }
+  return reply;
+}
+
+// The JSON payloads of a server-sent event stream, "[DONE]" included.
+std::vector<std::string> Events(const std::string& body) {
+  std::vector<std::string> out;
+  size_t at = 0;
+  while ((at = body.find("data: ", at)) != std::string::npos) {
+    const size_t end = body.find("\n\n", at);
+    out.push_back(body.substr(at + 6, end - at - 6));
+    at = end;
+  }
+  return out;
+}
+
+class OpenAiHttp : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    OpenAiHttpOptions o;
+    o.listen = "127.0.0.1:0";
+    o.model_name = "tiny-llama";
+    auto s = OpenAiHttpServer::Start(o, &backend);
+    ASSERT_TRUE(s.ok()) << s.status().ToString();
+    server = std::move(s).value();
+  }
+  JsonValue PostJson(const std::string& path, const std::string& body, int want_status) {
+    HttpReply r = Exchange(server->port(), "POST", path, body);
+    EXPECT_EQ(r.status, want_status) << r.body;
+    EXPECT_EQ(r.headers["content-type"], "application/json");
+    auto j = JsonValue::Parse(r.body);
+    EXPECT_TRUE(j.ok()) << r.body;
+    return j.ok() ? *j : JsonValue();
+  }
+  ScriptedBackend backend;
+  std::unique_ptr<OpenAiHttpServer> server;
+};
+
+TEST_F(OpenAiHttp, CompletionMapsTheRequestAndAnswersInOpenAisShape) {
+  const JsonValue out = PostJson("/v1/completions",
+                                 R"({"model": "tiny-llama", "prompt": "Say hi", "max_tokens": 9, "temperature": 0,
+                                     "top_p": 0.5, "seed": 42, "stop": ["\n", "END"], "seer_sparsity": "nz_ratio=0.25",
+                                     "user": "req-7", "frequency_penalty": 0})",
+                                 200);
+  const v1::GenerateRequest g = backend.Last();
+  EXPECT_EQ(g.text(), "Say hi");
+  EXPECT_EQ(g.max_new_tokens(), 9);
+  EXPECT_EQ(g.sampling().temperature(), 0.0f);
+  EXPECT_EQ(g.sampling().top_p(), 0.5f);
+  EXPECT_EQ(g.sampling().seed(), 42u);
+  ASSERT_EQ(g.stop_size(), 2);
+  EXPECT_EQ(g.stop(1), "END");
+  EXPECT_EQ(g.sparsity().mode(), v1::Sparsity::MODE_NZ_RATIO);
+  EXPECT_DOUBLE_EQ(g.sparsity().nz_ratio(), 0.25);
+  EXPECT_EQ(g.request_id(), "req-7");
+  EXPECT_EQ(out.Find("object")->as_string(), "text_completion");
+  EXPECT_EQ(out.Find("model")->as_string(), "tiny-llama");
+  const JsonValue& c = out.Find("choices")->as_array()[0];
+  EXPECT_EQ(c.Find("text")->as_string(), "Hello, world");
+  EXPECT_EQ(c.Find("finish_reason")->as_string(), "length");
+  EXPECT_EQ(out.Find("usage")->Find("prompt_tokens")->as_int64(), 7);
+  EXPECT_EQ(out.Find("usage")->Find("completion_tokens")->as_int64(), 4);
+  EXPECT_EQ(out.Find("usage")->Find("total_tokens")->as_int64(), 11);
+  // Defaults: OpenAI's max_tokens 16 and temperature 1; token-id prompts.
+  PostJson("/v1/completions", R"({"prompt": [1, 2, 3]})", 200);
+  EXPECT_EQ(backend.Last().max_new_tokens(), 16);
+  EXPECT_EQ(backend.Last().sampling().temperature(), 1.0f);
+  EXPECT_EQ(backend.Last().token_ids_size(), 3);
+}
+
+TEST_F(OpenAiHttp, StreamedCompletionIsServerSentEventsEndingWithDone) {
+  backend.finish = "stop";
+  HttpReply r = Exchange(server->port(), "POST", "/v1/completions",
+                         R"({"prompt": "x", "stream": true, "stream_options": {"include_usage": true}})");
+  ASSERT_EQ(r.status, 200);
+  EXPECT_EQ(r.headers["content-type"], "text/event-stream");
+  const std::vector<std::string> events = Events(r.body);
+  ASSERT_GE(events.size(), 3u);
+  EXPECT_EQ(events.back(), "[DONE]");
+  std::string text;
+  std::string finish;
+  bool usage = false;
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    auto e = JsonValue::Parse(events[i]);
+    ASSERT_TRUE(e.ok()) << events[i];
+    EXPECT_EQ(e->Find("object")->as_string(), "text_completion");
+    const auto& choices = e->Find("choices")->as_array();
+    if (choices.empty()) {
+      usage = e->Find("usage")->Find("completion_tokens")->as_int64() == 4;
+      continue;
+    }
+    text += choices[0].Find("text")->as_string();
+    if (!choices[0].Find("finish_reason")->is_null()) finish = choices[0].Find("finish_reason")->as_string();
+  }
+  EXPECT_EQ(text, "Hello, world");
+  EXPECT_EQ(finish, "stop");
+  EXPECT_TRUE(usage);
+}
+
+TEST_F(OpenAiHttp, ChatCompletionsTakeMessagesAndStreamDeltas) {
+  const JsonValue out = PostJson("/v1/chat/completions",
+                                 R"({"model": "tiny-llama", "messages": [{"role": "system", "content": "Be brief."},
+                                     {"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
+                                     "max_completion_tokens": 5})",
+                                 200);
+  const v1::GenerateRequest g = backend.Last();
+  ASSERT_EQ(g.messages_size(), 2);
+  EXPECT_EQ(g.messages(0).role(), "system");
+  EXPECT_EQ(g.messages(1).content(), "Hi");
+  EXPECT_EQ(g.max_new_tokens(), 5);
+  EXPECT_EQ(out.Find("object")->as_string(), "chat.completion");
+  const JsonValue& m = *out.Find("choices")->as_array()[0].Find("message");
+  EXPECT_EQ(m.Find("role")->as_string(), "assistant");
+  EXPECT_EQ(m.Find("content")->as_string(), "Hello, world");
+
+  HttpReply r = Exchange(server->port(), "POST", "/v1/chat/completions",
+                         R"({"messages": [{"role": "user", "content": "Hi"}], "stream": true})");
+  ASSERT_EQ(r.status, 200);
+  const std::vector<std::string> events = Events(r.body);
+  ASSERT_GE(events.size(), 3u);
+  EXPECT_EQ(events.back(), "[DONE]");
+  auto first = JsonValue::Parse(events[0]);
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(first->Find("object")->as_string(), "chat.completion.chunk");
+  EXPECT_EQ(first->Find("choices")->as_array()[0].Find("delta")->Find("role")->as_string(), "assistant");
+  std::string text;
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    auto e = JsonValue::Parse(events[i]);
+    const JsonValue* content = e->Find("choices")->as_array()[0].Find("delta")->Find("content");
+    if (content != nullptr) text += content->as_string();
+  }
+  EXPECT_EQ(text, "Hello, world");
+}
+
+TEST_F(OpenAiHttp, ModelsListsTheServedModel) {
+  HttpReply r = Exchange(server->port(), "GET", "/v1/models");
+  ASSERT_EQ(r.status, 200);
+  auto j = JsonValue::Parse(r.body);
+  ASSERT_TRUE(j.ok());
+  EXPECT_EQ(j->Find("object")->as_string(), "list");
+  EXPECT_EQ(j->Find("data")->as_array()[0].Find("id")->as_string(), "tiny-llama");
+}
+
+TEST_F(OpenAiHttp, ErrorsHaveOpenAisShapeAndCodes) {
+  auto expect_error = [&](const JsonValue& j, const std::string& type, const std::string& param) {
+    const JsonValue* e = j.Find("error");
+    ASSERT_NE(e, nullptr);
+    EXPECT_FALSE(e->Find("message")->as_string().empty());
+    EXPECT_EQ(e->Find("type")->as_string(), type);
+    if (param.empty()) {
+      EXPECT_TRUE(e->Find("param")->is_null());
+    } else {
+      EXPECT_EQ(e->Find("param")->as_string(), param);
+    }
+  };
+  expect_error(PostJson("/v1/completions", "{not json", 400), "invalid_request_error", "");
+  expect_error(PostJson("/v1/completions", R"({"prompt": "x", "n": 2})", 400), "invalid_request_error", "n");
+  expect_error(PostJson("/v1/completions", R"({"prompt": "x", "logprobs": 3})", 400), "invalid_request_error",
+               "logprobs");
+  expect_error(PostJson("/v1/completions", R"({"prompt": "x", "seer_sparsity": "threshold=2"})", 400),
+               "invalid_request_error", "seer_sparsity");
+  expect_error(PostJson("/v1/completions", R"({"max_tokens": 3})", 400), "invalid_request_error", "prompt");
+  expect_error(PostJson("/v1/chat/completions", R"({"messages": []})", 400), "invalid_request_error", "messages");
+  expect_error(PostJson("/v1/completions", R"({"model": "gpt-4", "prompt": "x"})", 404), "invalid_request_error",
+               "model");
+  expect_error(PostJson("/v1/embeddings", R"({"input": "x"})", 404), "invalid_request_error", "");
+  HttpReply get = Exchange(server->port(), "GET", "/v1/completions");
+  EXPECT_EQ(get.status, 405);
+
+  backend.error = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "seer-decode: the queue is full");
+  expect_error(PostJson("/v1/completions", R"({"prompt": "x"})", 429), "rate_limit_exceeded", "");
+  backend.error = grpc::Status(grpc::StatusCode::UNAVAILABLE, "no prefill endpoint");
+  expect_error(PostJson("/v1/completions", R"({"prompt": "x"})", 503), "server_error", "");
+  backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "sampling.top_p: 1.5 is out of range [0, 1]");
+  expect_error(PostJson("/v1/completions", R"({"prompt": "x"})", 400), "invalid_request_error", "sampling.top_p");
+  // Mid-stream failures cannot change the status line: an error event, then [DONE].
+  backend.error = grpc::Status::OK;
+}
+
+}  // namespace
+}  // namespace seer
