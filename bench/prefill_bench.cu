@@ -178,6 +178,28 @@ int Main(int argc, char** argv) {
     }
   }
 
+  // One more run of each row with an event between every two stages: where
+  // the time goes (kept out of the TTFT runs above).
+  struct StageRow {
+    int len;
+    std::string mode;
+    StageSeconds s;
+    double total_ms;
+  };
+  std::vector<StageRow> stage_rows;
+  for (int len : lengths) {
+    for (const std::string& m : modes) {
+      auto cache = engine->NewCache(len);
+      if (!cache.ok()) continue;
+      PrefillOptions po;
+      po.sparsity = ParseSparsity(m).value();
+      po.profile_stages = true;
+      auto r = engine->Prefill(std::span<const int32_t>(ids.data(), len), po, cache->get(), nullptr);
+      if (!r.ok()) continue;
+      stage_rows.push_back({len, m, r->stages, r->seconds * 1e3});
+    }
+  }
+
   std::printf("\nPrefill TTFT, %s, Llama-3.1-8B shape (%d layers), bf16\n", prop.name, layers);
   std::printf("| seq | mode | density | TTFT ms (median) | runs | peak engine alloc GiB | device used GiB |\n");
   std::printf("|---|---|---|---|---|---|---|\n");
@@ -190,6 +212,20 @@ int Main(int argc, char** argv) {
     const double median = row.ms[row.ms.size() / 2];
     std::printf("| %d | %s | %.3f | %.1f | %zu | %.2f | %.2f |\n", row.len, row.mode.c_str(), row.density, median,
                 row.ms.size(), GiB(row.peak), GiB(row.device_used));
+  }
+  std::printf("\nWhere the prefill's time goes (one profiled run each; ms and share of the stages' sum)\n");
+  std::printf("| seq | mode | GEMMs (q/k/v, o, MLP, lm_head) | attention | gate | rest (embed, RoPE, KV write) | "
+              "stages sum ms | wall ms |\n");
+  std::printf("|---|---|---|---|---|---|---|---|\n");
+  for (const StageRow& r : stage_rows) {
+    const double gemm = (r.s.attention_inputs + r.s.output_and_mlp + r.s.logits) * 1e3;
+    const double attn = r.s.attention * 1e3, gate = r.s.gate * 1e3;
+    const double rest = (r.s.embed + r.s.rope_and_cache) * 1e3;
+    const double sum = gemm + attn + gate + rest;
+    auto cell = [&](double ms) { return std::to_string(static_cast<int64_t>(ms + 0.5)) + " (" +
+                                        std::to_string(static_cast<int>(100.0 * ms / sum + 0.5)) + "%)"; };
+    std::printf("| %d | %s | %s | %s | %s | %s | %.1f | %.1f |\n", r.len, r.mode.c_str(), cell(gemm).c_str(),
+                cell(attn).c_str(), cell(gate).c_str(), cell(rest).c_str(), sum, r.total_ms);
   }
   return 0;
 }

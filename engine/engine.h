@@ -37,6 +37,20 @@ struct PrefillOptions {
   bool all_logits = false;
   // Keep each layer's gate output (mask and probabilities) for dumps.
   bool keep_gate_outputs = false;
+  // Time each stage (PrefillResult::stages): events between the stages on the
+  // GPU, the wall clock on the CPU. For benchmarks; off, nothing is recorded.
+  bool profile_stages = false;
+};
+
+// Seconds per stage of one prefill, summed over the layers.
+struct StageSeconds {
+  double embed = 0.0;
+  double attention_inputs = 0.0;  // RMSNorm + q/k/v GEMMs
+  double gate = 0.0;
+  double rope_and_cache = 0.0;
+  double attention = 0.0;
+  double output_and_mlp = 0.0;  // o_proj + MLP GEMMs and their elementwise ops
+  double logits = 0.0;
 };
 
 // Handed to the observer as soon as a layer's K/V is final.
@@ -62,6 +76,7 @@ struct PrefillResult {
   double overall_density = 1.0;  // kept / causal blocks over all layers and heads
   std::vector<GateOutput> gate_outputs;  // per layer, when keep_gate_outputs and gated
   double seconds = 0.0;
+  StageSeconds stages;  // when profile_stages
 };
 
 // Batched decode over a paged KV cache (continuous batching; the decode

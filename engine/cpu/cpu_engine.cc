@@ -288,21 +288,35 @@ StatusOr<PrefillResult> CpuEngine::RunPrefill(std::span<const int32_t> ids, cons
   }
   Activations& a = *act;
   for (int i = 0; i < L; ++i) a.positions[i] = i;
-  Embed(ids, a);
-
   PrefillResult result;
+  // Stage timing (profile_stages): the wall clock since the last mark.
+  Clock::time_point last_mark = Clock::now();
+  auto mark = [&](double StageSeconds::*stage) {
+    if (!options.profile_stages) return;
+    const Clock::time_point now = Clock::now();
+    result.stages.*stage += SecondsBetween(last_mark, now);
+    last_mark = now;
+  };
+  Embed(ids, a);
+  mark(&StageSeconds::embed);
+
   int64_t kept_total = 0, causal_total = 0;
   for (int layer = 0; layer < config_.num_layers; ++layer) {
     const Clock::time_point layer_start = Clock::now();
     AttentionInputs(layer, a);
+    mark(&StageSeconds::attention_inputs);
     std::optional<GateOutput> gate;
     if (gates_) {
       SEER_ASSIGN_OR_RETURN(GateOutput g, Gate(layer, a, options.sparsity));
       gate = std::move(g);
+      mark(&StageSeconds::gate);
     }
     RopeAndCache(layer, a, kv);
+    mark(&StageSeconds::rope_and_cache);
     Attention(layer, a, *kv, gate ? &*gate : nullptr);
+    mark(&StageSeconds::attention);
     OutputAndMlp(layer, a);
+    mark(&StageSeconds::output_and_mlp);
     double density = 1.0;
     if (gate) {
       density = gate->mask.density();
@@ -319,6 +333,7 @@ StatusOr<PrefillResult> CpuEngine::RunPrefill(std::span<const int32_t> ids, cons
       done.density = density;
       done.seconds = SecondsSince(layer_start);
       SEER_RETURN_IF_ERROR(observer->OnLayerDone(done));
+      last_mark = Clock::now();  // the observer's time is no stage's
     }
   }
   result.overall_density = causal_total > 0 ? double(kept_total) / double(causal_total) : 1.0;
@@ -330,6 +345,7 @@ StatusOr<PrefillResult> CpuEngine::RunPrefill(std::span<const int32_t> ids, cons
     return ResourceExhausted("ids: not enough host memory for " + std::to_string(L) + " rows of logits");
   }
   Logits(a, result.logits_rows, result.logits.data());
+  mark(&StageSeconds::logits);
   kv->set_length(L);
   result.seconds = SecondsSince(start);
   return result;

@@ -596,3 +596,39 @@ TEST(CpuModel, PrefillTimeOf1000TokensThroughAMillionParameters) {
 
 }  // namespace
 }  // namespace seer
+
+namespace seer {
+namespace {
+
+// profile_stages reports every stage's time and changes nothing else: the
+// logits are the unprofiled run's, every stage ran, and the stages add up to
+// no more than the whole prefill.
+TEST(CpuModel, ProfiledPrefillReportsEachStageAndTheSameLogits) {
+  TinySpec s;
+  s.layers = 3;
+  TinyModel m = WriteTinyModel(s, TempDir("profile"));
+  auto engine = MustCreate(m.dir);
+  auto ids = RandomIds(300, s.vocab, 9);
+  auto cache_a = engine->NewCache(300);
+  auto cache_b = engine->NewCache(300);
+  ASSERT_TRUE(cache_a.ok() && cache_b.ok());
+  PrefillOptions plain;
+  PrefillOptions profiled;
+  profiled.profile_stages = true;
+  auto a = engine->Prefill(ids, plain, cache_a->get(), nullptr);
+  auto b = engine->Prefill(ids, profiled, cache_b->get(), nullptr);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->logits, b->logits);
+  EXPECT_EQ(a->stages.attention, 0.0) << "nothing is timed unless asked";
+  const StageSeconds& t = b->stages;
+  for (double v : {t.embed, t.attention_inputs, t.rope_and_cache, t.attention, t.output_and_mlp, t.logits}) {
+    EXPECT_GT(v, 0.0);
+  }
+  EXPECT_EQ(t.gate, 0.0) << "no gates, no gate stage";
+  const double sum =
+      t.embed + t.attention_inputs + t.gate + t.rope_and_cache + t.attention + t.output_and_mlp + t.logits;
+  EXPECT_LE(sum, b->seconds * 1.001);
+}
+
+}  // namespace
+}  // namespace seer

@@ -157,6 +157,7 @@ class CudaEngine final : public Engine {
     DeviceBuffer attention_scratch;
   } batch_;
   std::vector<cudaEvent_t> layer_start_, layer_end_;
+  std::vector<cudaEvent_t> stage_events_;  // PrefillOptions::profile_stages, made on first use
   int64_t* kept_host_ = nullptr;  // pinned [layers, Hq], the gate's kept counts
 };
 
@@ -164,6 +165,7 @@ CudaEngine::~CudaEngine() {
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
   for (cudaEvent_t e : layer_start_) cudaEventDestroy(e);
   for (cudaEvent_t e : layer_end_) cudaEventDestroy(e);
+  for (cudaEvent_t e : stage_events_) cudaEventDestroy(e);
   if (kept_host_ != nullptr) cudaFreeHost(kept_host_);
   if (batch_.host != nullptr) cudaFreeHost(batch_.host);
   if (cublas_ != nullptr) cublasDestroy(cublas_);
@@ -351,21 +353,49 @@ StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, con
   // Only what asks for each layer's results waits for it.
   const bool wait_per_layer = observer != nullptr || options.keep_gate_outputs;
 
+  // Stage timing: an event after each stage; the interval that ends at
+  // event i belongs to stage_of[i].
+  int marks = 0;
+  const int max_marks = 3 + 5 * config_.num_layers;
+  std::vector<double StageSeconds::*> stage_of(options.profile_stages ? max_marks : 0);
+  if (options.profile_stages && stage_events_.size() < static_cast<size_t>(max_marks)) {
+    while (stage_events_.size() < static_cast<size_t>(max_marks)) {
+      cudaEvent_t e = nullptr;
+      SEER_RETURN_IF_CUDA_ERROR(cudaEventCreate(&e));
+      stage_events_.push_back(e);
+    }
+  }
+  auto mark = [&](double StageSeconds::*stage) -> Status {
+    if (!options.profile_stages || marks >= max_marks) {
+      return OkStatus();
+    }
+    stage_of[marks] = stage;
+    SEER_RETURN_IF_CUDA_ERROR(cudaEventRecord(stage_events_[marks++], stream_));
+    return OkStatus();
+  };
+
   ModelRunner& run = *runner_;
+  SEER_RETURN_IF_ERROR(mark(nullptr));
   SEER_RETURN_IF_ERROR(run.Embed(ids, 0, a));
+  SEER_RETURN_IF_ERROR(mark(&StageSeconds::embed));
   for (int layer = 0; layer < config_.num_layers; ++layer) {
     SEER_RETURN_IF_CUDA_ERROR(cudaEventRecord(layer_start_[layer], stream_));
     SEER_RETURN_IF_ERROR(run.AttentionInputs(layer, a, L));
+    SEER_RETURN_IF_ERROR(mark(&StageSeconds::attention_inputs));
     if (gated) {
       gate_out.kept_per_head = kept + static_cast<size_t>(layer) * hq;
       SEER_RETURN_IF_ERROR(run.Gate(layer, a, L, sp, gate_out));
       SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(kept_host_ + static_cast<size_t>(layer) * hq, gate_out.kept_per_head,
                                                 sizeof(int64_t) * hq, cudaMemcpyDeviceToHost, stream_));
+      SEER_RETURN_IF_ERROR(mark(&StageSeconds::gate));
     }
     SEER_RETURN_IF_ERROR(run.RopeAndCache(layer, a, L, 0, cache));
+    SEER_RETURN_IF_ERROR(mark(&StageSeconds::rope_and_cache));
     SEER_RETURN_IF_ERROR(run.PrefillAttention(layer, a, L, *cache, sparse ? gate_out.block_offsets : nullptr,
                                               sparse ? gate_out.block_indices : nullptr));
+    SEER_RETURN_IF_ERROR(mark(&StageSeconds::attention));
     SEER_RETURN_IF_ERROR(run.OutputAndMlp(layer, a, L));
+    SEER_RETURN_IF_ERROR(mark(&StageSeconds::output_and_mlp));
     SEER_RETURN_IF_CUDA_ERROR(cudaEventRecord(layer_end_[layer], stream_));
 
     if (!wait_per_layer) continue;
@@ -398,6 +428,15 @@ StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, con
     // The next chunk reuses the device buffer; pageable copies complete
     // before the call returns, but say so explicitly.
     SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
+  }
+  SEER_RETURN_IF_ERROR(mark(&StageSeconds::logits));
+  if (options.profile_stages) {
+    SEER_RETURN_IF_CUDA_ERROR(cudaEventSynchronize(stage_events_[marks - 1]));
+    for (int i = 1; i < marks; ++i) {
+      float ms = 0.0f;
+      SEER_RETURN_IF_CUDA_ERROR(cudaEventElapsedTime(&ms, stage_events_[i - 1], stage_events_[i]));
+      if (stage_of[i] != nullptr) result.stages.*stage_of[i] += ms / 1e3;
+    }
   }
 
   // Timings and densities of the layers nobody waited for, then the totals.
