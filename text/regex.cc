@@ -14,9 +14,11 @@ struct CharClass {
   struct Property {
     CategoryMask mask = 0;  // general categories
     bool white_space = false;
+    bool word_extra = false;  // \w's code points outside its categories
     bool negated = false;
     bool Matches(char32_t c) const {
-      const bool in = (white_space && unicode::IsWhiteSpace(c)) || (mask != 0 && unicode::InMask(c, mask));
+      const bool in = (white_space && unicode::IsWhiteSpace(c)) || (mask != 0 && unicode::InMask(c, mask)) ||
+                      (word_extra && unicode::IsWordExtra(c));
       return in != negated;
     }
   };
@@ -289,6 +291,7 @@ class Parser {
       case 'w': case 'W':
         p.mask = unicode::kLetter | unicode::kMark | unicode::Bit(unicode::GeneralCategory::kNd) |
                  unicode::Bit(unicode::GeneralCategory::kPc);
+        p.word_extra = true;
         p.negated = e == 'W';
         *prop = p;
         return true;

@@ -25,6 +25,9 @@ struct Composition {
 struct CaseFold {
   char32_t cp, folded;
 };
+struct WordRange {
+  char32_t first, last;
+};
 
 #include "text/unicode_tables.inc"
 
@@ -112,6 +115,13 @@ char32_t Compose(char32_t a, char32_t b) {
 }  // namespace
 
 GeneralCategory CategoryOf(char32_t cp) { return Categories().Get(cp); }
+
+bool IsWordExtra(char32_t cp) {
+  for (const WordRange& r : kWordExtra) {
+    if (cp >= r.first && cp <= r.last) return true;
+  }
+  return false;
+}
 
 bool IsWhiteSpace(char32_t cp) {
   if (cp < 0x80) return cp == ' ' || (cp >= 0x09 && cp <= 0x0D);

@@ -30,6 +30,8 @@ inline constexpr CategoryMask kNumber = Bit(GeneralCategory::kNd) | Bit(GeneralC
 GeneralCategory CategoryOf(char32_t cp);
 inline bool InMask(char32_t cp, CategoryMask mask) { return (mask & Bit(CategoryOf(cp))) != 0; }
 
+// Oniguruma's \w beyond L, M, Nd and Pc (letter numbers, circled letters, ...).
+bool IsWordExtra(char32_t cp);
 // The White_Space property (equal to Oniguruma's Unicode \s).
 bool IsWhiteSpace(char32_t cp);
 uint8_t CombiningClass(char32_t cp);
