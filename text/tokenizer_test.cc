@@ -1,0 +1,159 @@
+// Loading: what is refused (with an error naming the component and its
+// type), what tokenizer_config.json contributes, and Decode's errors. The
+// encode/decode behaviour itself is compared with Hugging Face in
+// tokenizer_fixtures_test.
+#include "text/tokenizer.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include <unistd.h>
+
+#include "text/text_test_util.h"
+
+namespace seer {
+namespace {
+
+// A tiny byte-level tokenizer; `replace` swaps one fragment of it.
+std::string TinyJson(const std::string& from = "", const std::string& to = "") {
+  std::string j = R"({"version": "1.0", "truncation": null, "padding": null,
+    "added_tokens": [{"id": 9, "content": "<|end|>", "single_word": false, "lstrip": false, "rstrip": false,
+                      "normalized": false, "special": true}],
+    "normalizer": null,
+    "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+    "post_processor": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+    "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+    "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+              "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+              "vocab": {"h": 0, "e": 1, "l": 2, "o": 3, "he": 4, "ll": 5, "hell": 6, "hello": 7, "Ġ": 8},
+              "merges": [["h", "e"], ["l", "l"], ["he", "ll"], ["hell", "o"]]}})";
+  if (!from.empty()) {
+    const size_t at = j.find(from);
+    EXPECT_NE(at, std::string::npos) << from;
+    if (at != std::string::npos) j.replace(at, from.size(), to);
+  }
+  return j;
+}
+
+std::string LoadError(const std::string& json) {
+  auto t = Tokenizer::FromJson(json);
+  EXPECT_FALSE(t.ok());
+  return t.ok() ? "" : t.status().message();
+}
+
+TEST(Tokenizer, TinyByteLevelEncodesAndDecodes) {
+  auto t = Tokenizer::FromJson(TinyJson());
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  auto ids = (*t)->Encode("hello<|end|>hell");
+  ASSERT_TRUE(ids.ok()) << ids.status().ToString();
+  EXPECT_EQ(*ids, (std::vector<int32_t>{7, 9, 6}));
+  EXPECT_EQ(*(*t)->Decode(*ids), "hello<|end|>hell");
+  EXPECT_EQ(*(*t)->Decode(*ids, true), "hellohell");
+  EXPECT_EQ((*t)->vocab_size(), 10);
+  EXPECT_TRUE((*t)->IsSpecial(9));
+  EXPECT_EQ((*t)->TokenToId("<|end|>"), 9);
+  EXPECT_EQ((*t)->IdToToken(4), "he");
+}
+
+TEST(Tokenizer, UnknownComponentsAreRefusedByName) {
+  EXPECT_NE(LoadError(TinyJson(R"("type": "BPE")", R"("type": "WordPiece")")).find("model: type 'WordPiece'"),
+            std::string::npos);
+  EXPECT_NE(LoadError(TinyJson(R"("normalizer": null)", R"("normalizer": {"type": "Lowercase"})"))
+                .find("normalizer: type 'Lowercase' is not supported"),
+            std::string::npos);
+  EXPECT_NE(LoadError(TinyJson(R"("normalizer": null)",
+                               R"("normalizer": {"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "NFKC"}]})"))
+                .find("normalizer.normalizers[1]: type 'NFKC'"),
+            std::string::npos);
+  EXPECT_NE(LoadError(TinyJson(R"("pre_tokenizer": {"type": "ByteLevel")", R"("pre_tokenizer": {"type": "Whitespace")"))
+                .find("pre_tokenizer: type 'Whitespace'"),
+            std::string::npos);
+  EXPECT_NE(LoadError(TinyJson(R"("post_processor": {"type": "ByteLevel")", R"("post_processor": {"type": "Bert2")"))
+                .find("post_processor: type 'Bert2'"),
+            std::string::npos);
+  EXPECT_NE(LoadError(TinyJson(R"("decoder": {"type": "ByteLevel")", R"("decoder": {"type": "WordPiece")"))
+                .find("decoder: type 'WordPiece'"),
+            std::string::npos);
+  EXPECT_NE(LoadError(TinyJson(R"("truncation": null)", R"("truncation": {"max_length": 5})")).find("truncation"),
+            std::string::npos);
+  EXPECT_NE(LoadError(TinyJson(R"("dropout": null)", R"("dropout": 0.1)")).find("dropout"), std::string::npos);
+  EXPECT_NE(LoadError(TinyJson(R"("continuing_subword_prefix": null)", R"("continuing_subword_prefix": "##")"))
+                .find("continuing_subword_prefix"),
+            std::string::npos);
+  EXPECT_NE(LoadError(TinyJson(R"(["hell", "o"])", R"(["hell", "x"])")).find("'x', which is not in the vocab"),
+            std::string::npos);
+  EXPECT_NE(LoadError(TinyJson(R"("pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})",
+                               R"("pre_tokenizer": {"type": "Split", "pattern": {"Regex": "\\bx"}, "behavior": "Isolated", "invert": false})"))
+                .find("anchor \\b"),
+            std::string::npos);
+  EXPECT_NE(LoadError("{not json").find("tokenizer.json: line 1"), std::string::npos);
+}
+
+TEST(Tokenizer, LegacyMergeStringsAndEmptyPrefixAreAccepted) {
+  auto t = Tokenizer::FromJson(TinyJson(R"([["h", "e"], ["l", "l"], ["he", "ll"], ["hell", "o"]])",
+                                        R"(["h e", "l l", "he ll", "hell o"])"));
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  EXPECT_EQ(*(*t)->Encode("hello"), (std::vector<int32_t>{7}));
+  EXPECT_TRUE(Tokenizer::FromJson(TinyJson(R"("end_of_word_suffix": null)", R"("end_of_word_suffix": "")")).ok());
+}
+
+TEST(Tokenizer, IgnoreMergesTakesWholeWordsFromTheVocab) {
+  // "hel" only exists as a vocab entry no merge reaches; ignore_merges finds it.
+  const std::string vocab_from = R"("Ġ": 8})", vocab_to = R"("Ġ": 8, "hel": 10})";
+  auto plain = Tokenizer::FromJson(TinyJson(vocab_from, vocab_to));
+  ASSERT_TRUE(plain.ok()) << plain.status().ToString();
+  EXPECT_EQ(*(*plain)->Encode("hel"), (std::vector<int32_t>{4, 2}));
+  std::string j = TinyJson(vocab_from, vocab_to);
+  j.replace(j.find(R"("ignore_merges": false)"), 22, R"("ignore_merges": true)");
+  auto ignoring = Tokenizer::FromJson(j);
+  ASSERT_TRUE(ignoring.ok());
+  EXPECT_EQ(*(*ignoring)->Encode("hel"), (std::vector<int32_t>{10}));
+}
+
+TEST(Tokenizer, DecodeRefusesIdsOutsideTheVocabulary) {
+  auto t = Tokenizer::FromJson(TinyJson());
+  ASSERT_TRUE(t.ok());
+  auto d = (*t)->Decode(std::vector<int32_t>{0, 99});
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(d.status().message().find("id 99 at position 1"), std::string::npos);
+  EXPECT_FALSE((*t)->Encode("\xC3").ok());  // not UTF-8
+}
+
+TEST(Tokenizer, LoadsADirectoryWithConfigAndChatTemplateFile) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("seer_tok_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  std::ofstream(dir / "tokenizer.json") << TinyJson();
+  std::ofstream(dir / "tokenizer_config.json")
+      << R"({"bos_token": {"__type": "AddedToken", "content": "he"}, "eos_token": "<|end|>", "add_bos_token": true})";
+  std::ofstream(dir / "chat_template.jinja") << "{{ messages }}";
+  auto t = Tokenizer::Load(dir.string());
+  fs::remove_all(dir);
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  const TokenizerConfig& c = (*t)->config();
+  EXPECT_EQ(c.bos_token, "he");
+  EXPECT_EQ(c.bos_token_id, 4);
+  EXPECT_EQ(c.eos_token_id, 9);
+  EXPECT_EQ(c.add_bos_token, true);
+  EXPECT_EQ(c.chat_template, "{{ messages }}");
+  auto missing = Tokenizer::Load("/nonexistent/tokenizer/dir");
+  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
+}
+
+TEST(Tokenizer, RealFamilyConfigsExposeSpecialTokensAndTemplates) {
+  auto llama = Tokenizer::Load(text_test::FixturePath("llama3"));
+  ASSERT_TRUE(llama.ok()) << llama.status().ToString();
+  EXPECT_EQ((*llama)->config().bos_token, "<|begin_of_text|>");
+  EXPECT_EQ((*llama)->config().eos_token, "<|eot_id|>");
+  EXPECT_TRUE((*llama)->config().bos_token_id.has_value());
+  EXPECT_NE((*llama)->config().chat_template.find("Cutting Knowledge Date"), std::string::npos);
+  auto qwen = Tokenizer::Load(text_test::FixturePath("qwen2") + "/tokenizer.json");
+  ASSERT_TRUE(qwen.ok()) << qwen.status().ToString();
+  EXPECT_EQ((*qwen)->config().bos_token, "");
+  EXPECT_EQ((*qwen)->config().eos_token, "<|im_end|>");
+}
+
+}  // namespace
+}  // namespace seer
