@@ -150,6 +150,23 @@ char32_t SimpleFold(char32_t cp) {
   return it != end && it->cp == cp ? it->folded : cp;
 }
 
+namespace {
+char32_t MapWith(const CaseFold* begin, const CaseFold* end, char32_t cp) {
+  const auto* it = std::lower_bound(begin, end, cp, [](const CaseFold& f, char32_t c) { return f.cp < c; });
+  return it != end && it->cp == cp ? it->folded : cp;
+}
+}  // namespace
+
+char32_t ToUpper(char32_t cp) {
+  if (cp < 0x80) return cp >= 'a' && cp <= 'z' ? cp - 32 : cp;
+  return MapWith(std::begin(kSimpleUpper), std::end(kSimpleUpper), cp);
+}
+
+char32_t ToLower(char32_t cp) {
+  if (cp < 0x80) return cp >= 'A' && cp <= 'Z' ? cp + 32 : cp;
+  return MapWith(std::begin(kSimpleLower), std::end(kSimpleLower), cp);
+}
+
 std::vector<char32_t> CaseOrbit(char32_t cp) {
   const char32_t f = SimpleFold(cp);
   std::vector<char32_t> out = {f};

@@ -37,6 +37,9 @@ bool IsWhiteSpace(char32_t cp);
 uint8_t CombiningClass(char32_t cp);
 // CaseFolding.txt, statuses C and S; cp itself when it does not fold.
 char32_t SimpleFold(char32_t cp);
+// UnicodeData.txt's simple upper and lower case mappings (cp when none).
+char32_t ToUpper(char32_t cp);
+char32_t ToLower(char32_t cp);
 // Every code point whose simple case folding equals SimpleFold(cp), cp included.
 std::vector<char32_t> CaseOrbit(char32_t cp);
 
