@@ -16,6 +16,7 @@ namespace {
 
 constexpr size_t kMaxOutputBytes = size_t{64} << 20;
 constexpr int kMaxDepth = 200;
+constexpr int kMaxOps = 2000;  // operators and postfix steps in one tag
 constexpr int64_t kMaxRange = 100000;  // Jinja's sandbox MAX_RANGE
 
 Status Error(int line, const std::string& what) {
@@ -828,6 +829,11 @@ class ExprParser {
   }
 
   StatusOr<ExprPtr> ParseExpr() {
+    if (++depth_ > kMaxDepth) return Fail("expression nested too deeply");
+    struct Leave {
+      int* d;
+      ~Leave() { --*d; }
+    } leave{&depth_};
     SEER_ASSIGN_OR_RETURN(ExprPtr e, ParseOr());
     while (IsName("if")) {
       ++p_;
@@ -847,6 +853,7 @@ class ExprParser {
   StatusOr<ExprPtr> ParseOr() {
     SEER_ASSIGN_OR_RETURN(ExprPtr l, ParseAnd());
     while (AcceptName("or")) {
+      SEER_RETURN_IF_ERROR(CountOp());
       SEER_ASSIGN_OR_RETURN(ExprPtr r, ParseAnd());
       ExprPtr e = Make(Expr::kOr);
       e->args.push_back(std::move(l));
@@ -858,6 +865,7 @@ class ExprParser {
   StatusOr<ExprPtr> ParseAnd() {
     SEER_ASSIGN_OR_RETURN(ExprPtr l, ParseNot());
     while (AcceptName("and")) {
+      SEER_RETURN_IF_ERROR(CountOp());
       SEER_ASSIGN_OR_RETURN(ExprPtr r, ParseNot());
       ExprPtr e = Make(Expr::kAnd);
       e->args.push_back(std::move(l));
@@ -868,6 +876,11 @@ class ExprParser {
   }
   StatusOr<ExprPtr> ParseNot() {
     if (AcceptName("not")) {
+      if (++depth_ > kMaxDepth) return Fail("expression nested too deeply");
+      struct Leave {
+        int* d;
+        ~Leave() { --*d; }
+      } leave{&depth_};
       SEER_ASSIGN_OR_RETURN(ExprPtr x, ParseNot());
       ExprPtr e = Make(Expr::kNot);
       e->args.push_back(std::move(x));
@@ -900,7 +913,14 @@ class ExprParser {
     }
     return cmp ? std::move(cmp) : std::move(first);
   }
+  // Operator chains build deep trees; bound them so evaluation cannot
+  // exhaust the stack.
+  Status CountOp() {
+    if (++ops_ > kMaxOps) return Fail("expression has more than " + std::to_string(kMaxOps) + " operators");
+    return OkStatus();
+  }
   StatusOr<ExprPtr> Binary(ExprPtr l, const std::string& op, ExprPtr r) {
+    SEER_RETURN_IF_ERROR(CountOp());
     ExprPtr e = Make(Expr::kBinary);
     e->name = op;
     e->args.push_back(std::move(l));
@@ -945,6 +965,11 @@ class ExprParser {
     return l;
   }
   StatusOr<ExprPtr> ParseUnary(bool with_filter) {
+    if (++depth_ > kMaxDepth) return Fail("expression nested too deeply");
+    struct Leave {
+      int* d;
+      ~Leave() { --*d; }
+    } leave{&depth_};
     ExprPtr e;
     if (IsOp("-") || IsOp("+")) {
       const bool neg = t_[p_++].text == "-";
@@ -1059,6 +1084,7 @@ class ExprParser {
 
   StatusOr<ExprPtr> ParsePostfix(ExprPtr e) {
     while (true) {
+      SEER_RETURN_IF_ERROR(CountOp());
       if (Accept(".")) {
         if (Peek().type == Token::kInt) {
           ExprPtr item = Make(Expr::kItem);
@@ -1113,6 +1139,7 @@ class ExprParser {
 
   StatusOr<ExprPtr> ParseFilterExpr(ExprPtr e) {
     while (true) {
+      SEER_RETURN_IF_ERROR(CountOp());
       if (Accept("|")) {
         SEER_ASSIGN_OR_RETURN(std::string name, Name());
         if (!KnownFilters().count(name)) return Error(line_, "unsupported filter '" + name + "'");
@@ -1160,6 +1187,8 @@ class ExprParser {
   std::vector<Token> t_;
   size_t p_ = 0;
   int line_;
+  int depth_ = 0;
+  int ops_ = 0;
 };
 
 // Statement structure over the segments.
@@ -1178,6 +1207,11 @@ class Parser {
   // Parses nodes until a statement whose first word is in `ends` (returned
   // in *end with its parser positioned after the keyword).
   Status ParseBlock(NodeList* out, const std::set<std::string>& ends, std::string* end) {
+    if (++depth_ > kMaxDepth) return Error(i_ < segs_.size() ? segs_[i_].line : 0, "blocks nested too deeply");
+    struct Leave {
+      int* d;
+      ~Leave() { --*d; }
+    } leave{&depth_};
     while (i_ < segs_.size()) {
       const Segment& s = segs_[i_++];
       if (s.kind == Segment::kText) {
@@ -1333,6 +1367,7 @@ class Parser {
 
   std::vector<Segment> segs_;
   size_t i_ = 0;
+  int depth_ = 0;
   std::unique_ptr<ExprParser> cur_;
 };
 
@@ -2604,10 +2639,11 @@ StatusOr<Value> Renderer::Filter(const std::string& name, const Value& v, CallAr
     if (name == "unique") {
       List out;
       std::vector<Value> seen;
-      for (const auto& [k, item] : keyed) {
+      for (const auto& entry : keyed) {
+        const Value& k = entry.first;
         if (std::none_of(seen.begin(), seen.end(), [&](const Value& s) { return Equal(s, k); })) {
           seen.push_back(k);
-          out.push_back(item);
+          out.push_back(entry.second);
         }
       }
       return Value::MakeList(std::move(out));

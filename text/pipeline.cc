@@ -286,7 +286,7 @@ StatusOr<PrependScheme> ReadPrependScheme(const JsonValue& j, const std::string&
 class MetaspacePreTokenizer : public PreTokenizer {
  public:
   MetaspacePreTokenizer(char32_t replacement, PrependScheme scheme, bool split)
-      : replacement_(replacement), scheme_(scheme), split_(split),
+      : scheme_(scheme), split_(split),
         split_re_(Regex::Literal(std::u32string(1, replacement))) {
     unicode::AppendUtf8(replacement, &rep_);
   }
@@ -313,7 +313,6 @@ class MetaspacePreTokenizer : public PreTokenizer {
   }
 
  private:
-  char32_t replacement_;
   PrependScheme scheme_;
   bool split_;
   Regex split_re_;
@@ -361,6 +360,11 @@ class TemplatePostProcessor : public PostProcessor {
     }
     ids->swap(out);
   }
+  std::vector<int32_t> SpecialIds() const override {
+    std::vector<int32_t> out;
+    for (const Item& it : items_) out.insert(out.end(), it.ids.begin(), it.ids.end());
+    return out;
+  }
 
  private:
   std::vector<Item> items_;
@@ -376,6 +380,14 @@ class SequencePostProcessor : public PostProcessor {
   explicit SequencePostProcessor(std::vector<std::unique_ptr<PostProcessor>> s) : steps_(std::move(s)) {}
   void Process(std::vector<int32_t>* ids, bool add) const override {
     for (const auto& s : steps_) s->Process(ids, add);
+  }
+  std::vector<int32_t> SpecialIds() const override {
+    std::vector<int32_t> out;
+    for (const auto& s : steps_) {
+      const std::vector<int32_t> ids = s->SpecialIds();
+      out.insert(out.end(), ids.begin(), ids.end());
+    }
+    return out;
   }
 
  private:

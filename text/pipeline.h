@@ -44,6 +44,8 @@ class PostProcessor {
  public:
   virtual ~PostProcessor() = default;
   virtual void Process(std::vector<int32_t>* ids, bool add_special_tokens) const = 0;
+  // Every id it may add (checked against the vocabulary at load time).
+  virtual std::vector<int32_t> SpecialIds() const { return {}; }
 };
 StatusOr<std::unique_ptr<PostProcessor>> PostProcessorFromJson(const JsonValue& j, const std::string& where);
 

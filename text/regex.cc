@@ -82,6 +82,7 @@ bool Nullable(const Node& n) {
 
 constexpr size_t kMaxProgram = 200000;
 constexpr int kMaxRepeat = 1000;
+constexpr int kMaxNesting = 100;
 
 class Parser {
  public:
@@ -296,7 +297,7 @@ class Parser {
         *prop = p;
         return true;
       case 'p': case 'P': {
-        if (Peek() != '{') return FailB("\\" + std::string(1, static_cast<char>(e)) + " without {name}");
+        if (Peek() != '{') return FailB(std::string(e == 'p' ? "\\p" : "\\P") + " without {name}");
         ++pos_;
         bool neg = e == 'P';
         if (Peek() == '^') {
@@ -421,6 +422,11 @@ class Parser {
     const char32_t c = p_[pos_++];
     switch (c) {
       case '(': {
+        if (++depth_ > kMaxNesting) return FailB("groups nested deeper than " + std::to_string(kMaxNesting));
+        struct Leave {
+          int* d;
+          ~Leave() { --*d; }
+        } leave{&depth_};
         bool group_ci = ci;
         int look = 0;  // 1: (?= ; 2: (?!
         if (Peek() == '?') {
@@ -494,6 +500,7 @@ class Parser {
 
   std::u32string p_;
   size_t pos_ = 0;
+  int depth_ = 0;
   std::vector<CharClass>* classes_;
   Status error_;
 };

@@ -324,6 +324,14 @@ StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(std::string_view tokeni
   }
   impl->raw_matcher.Finish();
   impl->normalized_matcher.Finish();
+  if (impl->post_processor) {
+    for (int32_t id : impl->post_processor->SpecialIds()) {
+      if (impl->TokenText(id) == nullptr) {
+        return InvalidArgument("tokenizer.json: post_processor adds id " + std::to_string(id) +
+                               ", which is neither in the model vocab nor an added token");
+      }
+    }
+  }
 
   if (!tokenizer_config_json.empty()) {
     StatusOr<JsonValue> c = JsonValue::Parse(tokenizer_config_json);
