@@ -1,10 +1,10 @@
 // Tokenizer throughput: encodes a long document (by default about 128k
-// tokens of the essays under shared/data, or the fixtures' generated
-// document) with each committed tokenizer and prints a table of tokens/s for
-// a cold cache (first encode) and a warm one, plus Decode and
-// IncrementalDecoder throughput.
+// tokens of the essays in shared/data beside the repository, or, without
+// them, of the fixtures' generated document) with each committed tokenizer
+// and prints a table of tokens/s for a cold BPE cache (first encode) and a
+// warm one, plus Decode and IncrementalDecoder throughput.
 //
-//   tokenizer_bench [--tokenizer PATH]... [--text-file F] [--tokens N]
+//   tokenizer_bench [--tokenizers a,b,...] [--text-file F] [--tokens N]
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -34,7 +34,7 @@ std::string Slurp(const std::string& path) {
 int main(int argc, char** argv) {
   std::string tokenizers = "llama3,qwen2,gpt2,mistral";
   std::string fixtures = SEER_SOURCE_DIR "/tests/fixtures/tokenizers";
-  std::string text_file = "/work/shared/data/PaulGrahamEssays.json";
+  std::string text_file = SEER_SOURCE_DIR "/../shared/data/PaulGrahamEssays.json";
   int64_t target_tokens = 128 * 1024;
   seer::FlagSet flags("tokenizer_bench [flags]", "Prints encode/decode throughput of the text/ tokenizer.");
   flags.String("tokenizers", &tokenizers,
@@ -53,10 +53,24 @@ int main(int argc, char** argv) {
     return 0;
   }
   std::string text = Slurp(text_file);
+  if (text.empty() && !flags.WasSet("text-file")) {
+    // The fixtures' long document (make_tokenizer_fixtures.py's long_document()).
+    auto strings = seer::JsonValue::Parse(Slurp(fixtures + "/strings.json"));
+    if (strings.ok() && strings->Find("long_doc_fragments")) {
+      const auto& frags = strings->Find("long_doc_fragments")->as_array();
+      uint64_t x = 0x2545F4914F6CDD1Dull;
+      for (int i = 0; i < 100000; ++i) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        text += frags[(x >> 33) % frags.size()].as_string();
+      }
+      text_file = "the fixtures' generated document";
+    }
+  }
   if (text.empty()) {
     std::fprintf(stderr, "tokenizer_bench: cannot read --text-file %s\n", text_file.c_str());
     return 1;
   }
+  std::printf("text: %s\n\n", text_file.c_str());
   if (text[0] == '{') {
     auto j = seer::JsonValue::Parse(text);
     if (j.ok() && j->Find("text") && j->Find("text")->is_string()) text = j->Find("text")->as_string();

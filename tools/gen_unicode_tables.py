@@ -23,6 +23,7 @@ Tables (all sorted by code point):
                       algorithmic and not listed
   kCompositions       {first, second, composite}: primary composites
   kSimpleCaseFolding  {code point, folded}: CaseFolding.txt statuses C and S
+  kSimpleUpper/Lower  {code point, mapped}: UnicodeData.txt's simple case mappings
   kWordExtra          {first, last}: code points Oniguruma's \\w matches beyond
                       L, M, Nd and Pc (Nl, some So and No), from the probe
 
@@ -40,6 +41,18 @@ import sys
 CATEGORIES = ["Lu", "Ll", "Lt", "Lm", "Lo", "Mn", "Mc", "Me", "Nd", "Nl", "No", "Pc", "Pd", "Ps", "Pe",
               "Pi", "Pf", "Po", "Sm", "Sc", "Sk", "So", "Zs", "Zl", "Zp", "Cc", "Cf", "Cs", "Co", "Cn"]
 REPRESENTATIVE = {"L": "Lo", "N": "No", "M": "Mn", "P": "Po", "S": "So", "Z": "Zs", "C": "Cn"}
+
+
+def read_case_mappings(ucd):
+    upper, lower = {}, {}
+    for line in open(os.path.join(ucd, "UnicodeData.txt"), encoding="utf-8"):
+        r = line.rstrip("\n").split(";")
+        cp = int(r[0], 16)
+        if r[12]:
+            upper[cp] = int(r[12], 16)
+        if r[13]:
+            lower[cp] = int(r[13], 16)
+    return upper, lower
 
 
 def read_unicode_data(ucd):
@@ -143,6 +156,7 @@ def main():
     # decompositions minus Full_Composition_Exclusion.
     exclusions = read_property(os.path.join(args.ucd, "DerivedNormalizationProps.txt"), "Full_Composition_Exclusion")
     fold = read_case_folding(args.ucd)
+    upper, lower = read_case_mappings(args.ucd)
 
     runs = []
     prev = None
@@ -193,6 +207,11 @@ def main():
     items = sorted(fold.items())
     for i in range(0, len(items), 6):
         w("    " + " ".join(f"{{0x{a:X}, 0x{b:X}}}," for a, b in items[i:i + 6]) + "\n")
+    for name, table in (("kSimpleUpper", upper), ("kSimpleLower", lower)):
+        w(f"}};\n\nstatic constexpr CaseFold {name}[] = {{\n")
+        items = sorted(table.items())
+        for i in range(0, len(items), 6):
+            w("    " + " ".join(f"{{0x{a:X}, 0x{b:X}}}," for a, b in items[i:i + 6]) + "\n")
     w("};\n\nstatic constexpr WordRange kWordExtra[] = {\n")
     for i in range(0, len(word_extra), 6):
         w("    " + " ".join(f"{{0x{a:X}, 0x{b:X}}}," for a, b in word_extra[i:i + 6]) + "\n")
