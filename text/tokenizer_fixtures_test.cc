@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <random>
+#include <thread>
 
 #include "text/text_test_util.h"
 #include "text/tokenizer.h"
@@ -170,6 +171,24 @@ TEST_P(TokenizerFixtures, IncrementalDecodeAddsUpToDecode) {
       EXPECT_EQ(all, *want) << ::testing::PrintToString(ids);
     }
   }
+}
+
+// One tokenizer shared by several threads (the BPE cache is shared).
+TEST_P(TokenizerFixtures, ConcurrentEncodesAgree) {
+  const auto& cases = vectors_.Find("cases")->as_array();
+  std::vector<int> mismatches(4, 0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (size_t i = t; i < cases.size() * 2; i += 3) {
+        const JsonValue& c = cases[i % cases.size()];
+        auto ids = tok_->Encode(Str(c, "text"), true);
+        if (!ids.ok() || *ids != Ids(c.Find("ids"))) ++mismatches[t];
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(mismatches, std::vector<int>(4, 0));
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, TokenizerFixtures, ::testing::ValuesIn(kFamilies));

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 
@@ -153,6 +154,89 @@ TEST(Tokenizer, RealFamilyConfigsExposeSpecialTokensAndTemplates) {
   ASSERT_TRUE(qwen.ok()) << qwen.status().ToString();
   EXPECT_EQ((*qwen)->config().bos_token, "");
   EXPECT_EQ((*qwen)->config().eos_token, "<|im_end|>");
+}
+
+// tokenizers' own AddedVocabulary tests (single_word, lstrip, rstrip),
+// without their Lowercase normaliser: the model here knows single
+// characters only, so the ids show exactly where added tokens matched and
+// which text was left between them.
+class AddedTokenRules : public ::testing::Test {
+ protected:
+  void Build(const std::string& added_tokens_json) {
+    std::string vocab = "{";
+    int id = 0;
+    for (const char* c : {" ", "\\t", ",", "-", "<", ">", "[", "]", "\\u25cc", "\\u0330", "\\u2000"}) {
+      vocab += std::string(id ? ", " : "") + "\"" + c + "\": " + std::to_string(id);
+      ++id;
+    }
+    for (char c = 'A'; c <= 'z'; ++c) {
+      if (std::isalpha(static_cast<unsigned char>(c))) {
+        vocab += ", \"" + std::string(1, c) + "\": " + std::to_string(id++);
+      }
+    }
+    vocab += "}";
+    model_size_ = id;  // added tokens get the ids after the model's (tokenizers' rule)
+    const std::string json = R"({"version": "1.0", "added_tokens": )" + added_tokens_json +
+                             R"(, "normalizer": null, "pre_tokenizer": null, "post_processor": null,
+        "decoder": {"type": "Fuse"}, "model": {"type": "BPE", "vocab": )" + vocab + R"(, "merges": []}})";
+    auto t = Tokenizer::FromJson(json);
+    ASSERT_TRUE(t.ok()) << t.status().ToString();
+    tok_ = std::move(*t);
+  }
+  // "T(content)" for an added token, the text otherwise.
+  std::vector<std::string> Segments(const std::string& text) {
+    auto ids = tok_->Encode(text, false);
+    EXPECT_TRUE(ids.ok()) << ids.status().ToString();
+    std::vector<std::string> out;
+    std::vector<int32_t> run;
+    auto flush = [&]() {
+      if (!run.empty()) out.push_back(*tok_->Decode(run));
+      run.clear();
+    };
+    for (int32_t id : *ids) {
+      if (id >= model_size_) {
+        flush();
+        out.push_back("T(" + *tok_->IdToToken(id) + ")");
+      } else {
+        run.push_back(id);
+      }
+    }
+    flush();
+    return out;
+  }
+  static std::string Token(int id, const char* content, bool special, bool single_word, bool lstrip, bool rstrip) {
+    auto b = [](bool v) { return v ? "true" : "false"; };
+    return std::string("{\"id\": ") + std::to_string(id) + ", \"content\": \"" + content + "\", \"single_word\": " +
+           b(single_word) + ", \"lstrip\": " + b(lstrip) + ", \"rstrip\": " + b(rstrip) +
+           ", \"normalized\": false, \"special\": " + b(special) + "}";
+  }
+  std::unique_ptr<Tokenizer> tok_;
+  int model_size_ = 0;
+};
+
+using Segs = std::vector<std::string>;
+
+TEST_F(AddedTokenRules, SingleWord) {
+  Build("[" + Token(100, "<mask>", false, true, false, false) + "]");
+  EXPECT_EQ(Segments("<mask> My name <mask> A<mask> <mask>ony <mask>"),
+            (Segs{"T(<mask>)", " My name ", "T(<mask>)", " A<mask> <mask>ony ", "T(<mask>)"}));
+  // Punctuation and dashes are not word characters; a combining mark is.
+  EXPECT_EQ(Segments("<mask>, <mask>- \u25cc\u0330<mask>"),
+            (Segs{"T(<mask>)", ", ", "T(<mask>)", "- \u25cc\u0330<mask>"}));
+}
+
+TEST_F(AddedTokenRules, LstripRstripTakeUnicodeSpaces) {
+  Build("[" + Token(100, "<mask>", false, true, true, true) + "]");
+  EXPECT_EQ(Segments("Hi <mask> there\t<mask>\t<mask>\u2000"),
+            (Segs{"Hi", "T(<mask>)", "there", "T(<mask>)", "T(<mask>)"}));
+}
+
+TEST_F(AddedTokenRules, OptionsTogether) {
+  Build("[" + Token(100, "my", false, false, true, true) + ", " + Token(101, "name", false, false, false, false) + ", " +
+        Token(102, "ony", false, true, false, false) + ", " + Token(103, "[CLS]", true, false, false, false) + ", " +
+        Token(104, "[SEP]", true, false, false, false) + "]");
+  EXPECT_EQ(Segments("[CLS] my name is Anthony [SEP]"),
+            (Segs{"T([CLS])", "T(my)", "T(name)", " is Anthony ", "T([SEP])"}));
 }
 
 }  // namespace
