@@ -46,7 +46,10 @@ std::string Quote(const std::string& s) {
 CliOutput RunSeer(const std::vector<std::string>& args) {
   const std::string out_path = TempPath("stdout"), err_path = TempPath("stderr");
   std::string cmd = Quote(std::string(SEER_BIN_DIR) + "/seer");
-  for (const auto& a : args) cmd += " " + Quote(a);
+  for (const auto& a : args) {
+    cmd += ' ';
+    cmd += Quote(a);
+  }
   cmd += " >" + Quote(out_path) + " 2>" + Quote(err_path);
   const int status = std::system(cmd.c_str());
   CliOutput r;
@@ -68,7 +71,10 @@ JsonValue LoadJson(const std::string& rel) {
 
 std::string Join(const JsonValue& ids, const char* sep) {
   std::string s;
-  for (size_t i = 0; i < ids.as_array().size(); ++i) s += (i ? sep : "") + std::to_string(ids.as_array()[i].as_int64());
+  for (size_t i = 0; i < ids.as_array().size(); ++i) {
+    if (i) s += sep;
+    s += std::to_string(ids.as_array()[i].as_int64());
+  }
   return s;
 }
 

@@ -98,7 +98,9 @@ TEST(ChatTemplate, JinjaFeaturesEqualTransformers) {
       }
     } else {
       EXPECT_TRUE(text.ok()) << Show(source) << ": " << text.status().ToString();
-      if (text.ok()) EXPECT_EQ(*text, Str(c, "text")) << Show(source);
+      if (text.ok()) {
+        EXPECT_EQ(*text, Str(c, "text")) << Show(source);
+      }
     }
     ++compared;
   }

@@ -162,7 +162,13 @@ TEST(Tokenizer, RealFamilyConfigsExposeSpecialTokensAndTemplates) {
 // which text was left between them.
 class AddedTokenRules : public ::testing::Test {
  protected:
-  void Build(const std::string& added_tokens_json) {
+  void Build(const std::vector<std::string>& tokens) {
+    std::string added_tokens_json = "[";
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      if (i) added_tokens_json += ", ";
+      added_tokens_json += tokens[i];
+    }
+    added_tokens_json += ']';
     std::string vocab = "{";
     int id = 0;
     for (const char* c : {" ", "\\t", ",", "-", "<", ">", "[", "]", "\\u25cc", "\\u0330", "\\u2000"}) {
@@ -196,7 +202,10 @@ class AddedTokenRules : public ::testing::Test {
     for (int32_t id : *ids) {
       if (id >= model_size_) {
         flush();
-        out.push_back("T(" + *tok_->IdToToken(id) + ")");
+        std::string seg = "T(";
+        seg += *tok_->IdToToken(id);
+        seg += ')';
+        out.push_back(seg);
       } else {
         run.push_back(id);
       }
@@ -217,7 +226,7 @@ class AddedTokenRules : public ::testing::Test {
 using Segs = std::vector<std::string>;
 
 TEST_F(AddedTokenRules, SingleWord) {
-  Build("[" + Token(100, "<mask>", false, true, false, false) + "]");
+  Build({Token(100, "<mask>", false, true, false, false)});
   EXPECT_EQ(Segments("<mask> My name <mask> A<mask> <mask>ony <mask>"),
             (Segs{"T(<mask>)", " My name ", "T(<mask>)", " A<mask> <mask>ony ", "T(<mask>)"}));
   // Punctuation and dashes are not word characters; a combining mark is.
@@ -226,15 +235,15 @@ TEST_F(AddedTokenRules, SingleWord) {
 }
 
 TEST_F(AddedTokenRules, LstripRstripTakeUnicodeSpaces) {
-  Build("[" + Token(100, "<mask>", false, true, true, true) + "]");
+  Build({Token(100, "<mask>", false, true, true, true)});
   EXPECT_EQ(Segments("Hi <mask> there\t<mask>\t<mask>\u2000"),
             (Segs{"Hi", "T(<mask>)", "there", "T(<mask>)", "T(<mask>)"}));
 }
 
 TEST_F(AddedTokenRules, OptionsTogether) {
-  Build("[" + Token(100, "my", false, false, true, true) + ", " + Token(101, "name", false, false, false, false) + ", " +
-        Token(102, "ony", false, true, false, false) + ", " + Token(103, "[CLS]", true, false, false, false) + ", " +
-        Token(104, "[SEP]", true, false, false, false) + "]");
+  Build({Token(100, "my", false, false, true, true), Token(101, "name", false, false, false, false),
+         Token(102, "ony", false, true, false, false), Token(103, "[CLS]", true, false, false, false),
+         Token(104, "[SEP]", true, false, false, false)});
   EXPECT_EQ(Segments("[CLS] my name is Anthony [SEP]"),
             (Segs{"T([CLS])", "T(my)", "T(name)", " is Anthony ", "T([SEP])"}));
 }
