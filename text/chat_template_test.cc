@@ -107,6 +107,40 @@ TEST(ChatTemplate, JinjaFeaturesEqualTransformers) {
   RecordProperty("templates", compared);
 }
 
+// More feature templates, rendered by jinja2 3.1.6 (the version transformers
+// used for the vectors above) in an environment configured as
+// transformers 5.17 configures its own (make_tokenizer_fixtures.py
+// --jinja-local).
+TEST(ChatTemplate, MoreJinjaFeaturesEqualJinja2) {
+  const JsonValue vectors = LoadJson("jinja_local_vectors.json");
+  const JsonValue* cases = vectors.Find("cases");
+  ASSERT_NE(cases, nullptr);
+  int compared = 0;
+  for (const JsonValue& c : cases->as_array()) {
+    const std::string& source = Str(c, "template");
+    ChatTemplateOptions opts;
+    opts.add_generation_prompt = false;
+    opts.extra = JsonValue::Object();
+    opts.extra.Set("data", *vectors.Find("data"));
+    opts.bos_token = "<|begin_of_text|>";
+    opts.eos_token = "<|eot_id|>";
+    auto t = ChatTemplate::Parse(source);
+    EXPECT_TRUE(t.ok()) << Show(source) << ": " << t.status().ToString();
+    if (!t.ok()) continue;
+    auto text = t->Render(*vectors.Find("messages"), opts);
+    if (c.Find("error") != nullptr) {
+      EXPECT_FALSE(text.ok()) << Show(source) << " rendered " << Show(text.ok() ? *text : "");
+    } else {
+      EXPECT_TRUE(text.ok()) << Show(source) << ": " << text.status().ToString();
+      if (text.ok()) {
+        EXPECT_EQ(*text, Str(c, "text")) << Show(source);
+      }
+    }
+    ++compared;
+  }
+  RecordProperty("templates", compared);
+}
+
 TEST(ChatTemplate, UnsupportedConstructsFailAtParseTime) {
   const std::pair<const char*, const char*> cases[] = {
       {"{% include 'x.jinja' %}", "unsupported statement {% include %}"},

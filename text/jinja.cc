@@ -55,14 +55,14 @@ bool IsCased(char32_t c) {
 }
 
 std::string PyUpper(const std::string& s) {
-  std::u32string u = U32(s);
-  for (char32_t& c : u) c = unicode::ToUpper(c);
-  return U8(u);
+  std::u32string out;
+  for (char32_t c : U32(s)) unicode::AppendUpperFull(c, &out);
+  return U8(out);
 }
 std::string PyLower(const std::string& s) {
-  std::u32string u = U32(s);
-  for (char32_t& c : u) c = unicode::ToLower(c);
-  return U8(u);
+  std::u32string out;
+  for (char32_t c : U32(s)) unicode::AppendLowerFull(c, &out);
+  return U8(out);
 }
 std::string PyTitle(const std::string& s) {  // str.title()
   std::u32string u = U32(s);
@@ -258,6 +258,7 @@ std::string Value::Repr() const {
     case Kind::kFloat: return PyFloatRepr(float_);
     case Kind::kString: return PyReprString(*str_);
     case Kind::kList: case Kind::kTuple: {
+      if (str_) return *str_;  // range(...)
       const bool tuple = kind_ == Kind::kTuple;
       std::string out = tuple ? "(" : "[";
       for (size_t i = 0; i < list_->size(); ++i) out += (i ? ", " : "") + (*list_)[i].Repr();
@@ -1438,7 +1439,9 @@ class Renderer {
           }
           out.push_back(Value::Int(i));
         }
-        return Value::MakeList(std::move(out));
+        std::string repr = "range(" + std::to_string(start) + ", " + std::to_string(stop) +
+                           (step != 1 ? ", " + std::to_string(step) : std::string()) + ")";
+        return Value::Range(std::move(out), std::move(repr));
       });
     }
     if (name == "namespace" || name == "dict") {
@@ -2100,18 +2103,15 @@ Value Renderer::Method(const Value& obj, const std::string& name) {
             words.push_back({i, j});
             i = j;
           }
-          if (maxsplit >= 0 && static_cast<int64_t>(words.size()) > maxsplit + 1) {
+          if (maxsplit >= 0 && static_cast<int64_t>(words.size()) > maxsplit) {
+            // The unsplit remainder keeps its outer whitespace, as in Python.
             if (name == "split") {
-              size_t rest = words[maxsplit].first;
-              size_t end = u.size();
-              while (end > rest && PyIsSpace(u[end - 1])) --end;
+              const size_t rest = words[maxsplit].first;
               words.resize(maxsplit);
-              words.push_back({rest, end});
+              words.push_back({rest, u.size()});
             } else {
               const size_t keep_from = words.size() - maxsplit;
-              size_t begin = 0;
-              while (begin < u.size() && PyIsSpace(u[begin])) ++begin;
-              std::vector<std::pair<size_t, size_t>> w = {{begin, words[keep_from - 1].second}};
+              std::vector<std::pair<size_t, size_t>> w = {{0, words[keep_from - 1].second}};
               w.insert(w.end(), words.begin() + keep_from, words.end());
               words = w;
             }
@@ -2527,6 +2527,7 @@ StatusOr<Value> Renderer::Filter(const std::string& name, const Value& v, CallAr
     const int64_t precision = pv ? pv->as_int() : 0;
     const std::string method = mv ? mv->Str() : "common";
     if (!v.is_number()) return err("a number is required");
+    if (v.kind() != Value::Kind::kFloat && method == "common") return Value::Int(v.as_int());  // round(int) is an int
     const double x = v.as_float(), scale = std::pow(10.0, static_cast<double>(precision));
     if (method == "floor") return Value::Float(std::floor(x * scale) / scale);
     if (method == "ceil") return Value::Float(std::ceil(x * scale) / scale);
@@ -2667,10 +2668,12 @@ StatusOr<Value> Renderer::Filter(const std::string& name, const Value& v, CallAr
     SEER_RETURN_IF_ERROR(failed);
     return it->second;
   }
-  if (name == "attr") {
+  if (name == "attr") {  // getattr only: a dict's keys are not attributes
     const Value* n = a.Get(0, "name");
     if (!n) return err("needs an attribute name");
-    return GetAttr(v, n->Str(), line);
+    if (v.kind() == Value::Kind::kNamespace) return GetAttr(v, n->Str(), line);
+    Value m = Method(v, n->Str());
+    return m.is_undefined() ? Undef("'" + v.TypeName() + " object' has no attribute '" + n->Str() + "'") : m;
   }
   if (name == "map") {
     SEER_ASSIGN_OR_RETURN(List l, need_iterable(v));
@@ -2755,12 +2758,13 @@ StatusOr<bool> Renderer::Test(const std::string& name, const Value& v, CallArgs&
   if (name == "iterable") return v.is_sequence() || v.is_string() || v.is_dict();
   if (name == "callable") return v.kind() == K::kCallable;
   if (name == "escaped") return false;
-  if (name == "filter") return arg && KnownFilters().count(arg->Str()) > 0;
-  if (name == "test") return arg && KnownTests().count(arg->Str()) > 0;
-  if (name == "lower" || name == "upper") {
-    if (!v.is_string()) return false;
-    const std::string s = v.as_string();
-    return name == "lower" ? PyLower(s) == s : PyUpper(s) == s;
+  if (name == "filter") return v.is_string() && KnownFilters().count(v.as_string()) > 0;
+  if (name == "test") return v.is_string() && KnownTests().count(v.as_string()) > 0;
+  if (name == "lower" || name == "upper") {  // str(value).islower() / isupper()
+    CallArgs none;
+    SEER_ASSIGN_OR_RETURN(Value r, CallValue(Method(Value::String(v.Str()), name == "lower" ? "islower" : "isupper"),
+                                             none, line));
+    return r.as_bool();
   }
   if (name == "odd" || name == "even" || name == "divisibleby") {
     if (!(v.kind() == K::kInt || v.kind() == K::kBool)) return Error(line, "test '" + name + "' needs an integer");

@@ -90,6 +90,12 @@ class Value {
     v.list_ = std::make_shared<List>(std::move(l));
     return v;
   }
+  // range(): a list that prints as Python's range object does.
+  static Value Range(List l, std::string repr) {
+    Value v = MakeList(std::move(l));
+    v.str_ = std::make_shared<std::string>(std::move(repr));
+    return v;
+  }
   static Value MakeDict(Dict d) {
     Value v = Make(Kind::kDict);
     v.dict_ = std::make_shared<Dict>(std::move(d));

@@ -28,6 +28,10 @@ struct CaseFold {
 struct WordRange {
   char32_t first, last;
 };
+struct SpecialCase {
+  char32_t cp;
+  char32_t out[3];  // zero-padded
+};
 
 #include "text/unicode_tables.inc"
 
@@ -165,6 +169,27 @@ char32_t ToUpper(char32_t cp) {
 char32_t ToLower(char32_t cp) {
   if (cp < 0x80) return cp >= 'A' && cp <= 'Z' ? cp + 32 : cp;
   return MapWith(std::begin(kSimpleLower), std::end(kSimpleLower), cp);
+}
+
+namespace {
+void AppendFull(const SpecialCase* begin, const SpecialCase* end, char32_t simple, char32_t cp, std::u32string* out) {
+  const auto* it = std::lower_bound(begin, end, cp, [](const SpecialCase& s, char32_t c) { return s.cp < c; });
+  if (it != end && it->cp == cp) {
+    for (char32_t c : it->out) {
+      if (c != 0) out->push_back(c);
+    }
+  } else {
+    out->push_back(simple);
+  }
+}
+}  // namespace
+
+void AppendUpperFull(char32_t cp, std::u32string* out) {
+  AppendFull(std::begin(kSpecialUpper), std::end(kSpecialUpper), ToUpper(cp), cp, out);
+}
+
+void AppendLowerFull(char32_t cp, std::u32string* out) {
+  AppendFull(std::begin(kSpecialLower), std::end(kSpecialLower), ToLower(cp), cp, out);
 }
 
 std::vector<char32_t> CaseOrbit(char32_t cp) {

@@ -40,6 +40,10 @@ char32_t SimpleFold(char32_t cp);
 // UnicodeData.txt's simple upper and lower case mappings (cp when none).
 char32_t ToUpper(char32_t cp);
 char32_t ToLower(char32_t cp);
+// Full case mappings (SpecialCasing.txt's unconditional ones, e.g. "ß" ->
+// "SS"), as Python's str.upper() and str.lower(); appended to *out.
+void AppendUpperFull(char32_t cp, std::u32string* out);
+void AppendLowerFull(char32_t cp, std::u32string* out);
 // Every code point whose simple case folding equals SimpleFold(cp), cp included.
 std::vector<char32_t> CaseOrbit(char32_t cp);
 

@@ -24,6 +24,9 @@ Tables (all sorted by code point):
   kCompositions       {first, second, composite}: primary composites
   kSimpleCaseFolding  {code point, folded}: CaseFolding.txt statuses C and S
   kSimpleUpper/Lower  {code point, mapped}: UnicodeData.txt's simple case mappings
+  kSpecialUpper/Lower {code point, {mapped...}}: SpecialCasing.txt's unconditional
+                      multi-code-point mappings (e.g. U+00DF -> "SS"), for Python's
+                      str.upper() / str.lower() in chat templates
   kWordExtra          {first, last}: code points Oniguruma's \\w matches beyond
                       L, M, Nd and Pc (Nl, some So and No), from the probe
 
@@ -53,6 +56,21 @@ def read_case_mappings(ucd):
         if r[13]:
             lower[cp] = int(r[13], 16)
     return upper, lower
+
+
+def read_special_casing(ucd):
+    """SpecialCasing.txt's unconditional mappings: {cp: (lower, upper)} as lists."""
+    out = {}
+    for line in open(os.path.join(ucd, "SpecialCasing.txt"), encoding="utf-8"):
+        line = line.split("#")[0].strip()
+        if not line:
+            continue
+        f = [x.strip() for x in line.split(";")]
+        if len(f) > 4 and f[4]:
+            continue  # conditional (final sigma, locales)
+        cp = int(f[0], 16)
+        out[cp] = ([int(x, 16) for x in f[1].split()], [int(x, 16) for x in f[3].split()])
+    return out
 
 
 def read_unicode_data(ucd):
@@ -157,6 +175,7 @@ def main():
     exclusions = read_property(os.path.join(args.ucd, "DerivedNormalizationProps.txt"), "Full_Composition_Exclusion")
     fold = read_case_folding(args.ucd)
     upper, lower = read_case_mappings(args.ucd)
+    special = read_special_casing(args.ucd)
 
     runs = []
     prev = None
@@ -212,6 +231,12 @@ def main():
         items = sorted(table.items())
         for i in range(0, len(items), 6):
             w("    " + " ".join(f"{{0x{a:X}, 0x{b:X}}}," for a, b in items[i:i + 6]) + "\n")
+    for name, index in (("kSpecialLower", 0), ("kSpecialUpper", 1)):
+        w(f"}};\n\nstatic constexpr SpecialCase {name}[] = {{\n")
+        items = [(cp, m[index]) for cp, m in sorted(special.items()) if len(m[index]) > 1]
+        assert all(len(x) <= 3 for _, x in items)
+        for i in range(0, len(items), 4):
+            w("    " + " ".join("{0x%X, {%s}}," % (cp, ", ".join(f"0x{c:X}" for c in x)) for cp, x in items[i:i + 4]) + "\n")
     w("};\n\nstatic constexpr WordRange kWordExtra[] = {\n")
     for i in range(0, len(word_extra), 6):
         w("    " + " ".join(f"{{0x{a:X}, 0x{b:X}}}," for a, b in word_extra[i:i + 6]) + "\n")

@@ -615,6 +615,125 @@ def jinja_feature_vectors(out_dir, hf):
     log(f"jinja: {len(results)} feature renders, {sum('error' in r for r in results)} errors")
 
 
+# More Jinja feature templates, rendered where jinja2 3.1.6 is installed (the
+# version transformers used on the GPU machine) in an environment configured
+# as transformers 5.17 configures its own: `--jinja-local OUT_FILE`.
+JINJA_EXTRA = [
+    "{%- for a in [1, 2] -%}{%- for b in 'xy' -%}{{ loop.index }}{{ a }}{{ b }}{{ loop.first }},{%- endfor -%}|{{ loop.last }};{%- endfor %}",
+    "{% set outer = 'o' %}{% for i in [1] %}{% set outer = 'inner' %}{{ outer }}{% endfor %}{{ outer }}",
+    "{% if true %}{% set leaked = 'yes' %}{% endif %}{{ leaked }}",
+    "{% for i in range(3) %}{{ loop.cycle('a', 'b') }}{% endfor %}",
+    "{{ [3, 1, 2] | sort | join(',') }}|{{ messages | sort(attribute='role') | map(attribute='role') | join(',') }}",
+    "{{ messages | map(attribute='content') | map('trim') | map('upper') | join('/') }}",
+    "{{ ['a-b', 'c-d'] | map('replace', '-', '+') | list }}",
+    "{{ messages | selectattr('content', 'string') | list | length }}|{{ messages | rejectattr('role', 'in', ['user', 'system']) | list | length }}",
+    "{{ data | dictsort(by='value', reverse=true) if false else data | dictsort(reverse=true) }}",
+    "{{ {'b': 2, 'a': 1, 'C': 3} | dictsort }}|{{ {'b': 2, 'a': 1, 'C': 3} | dictsort(true) }}",
+    "{{ 'line1\nline2\n\nline4' | indent(3, true) }}|{{ 'x\ny' | indent('> ') }}|{{ 'a\n\nb' | indent(2, blank=true) }}",
+    "{{ 2.5 | round(0, 'floor') }}|{{ 2.1 | round(0, 'ceil') }}|{{ 3.14159 | round(3) }}|{{ -2.5 | round }}|{{ 0.125 | round(2) }}|{{ 1 | round }}",
+    "{{ '12abc' | int }}|{{ '  7 ' | int }}|{{ '3.9' | int }}|{{ 'x' | int(-1) }}|{{ '1e3' | float }}|{{ 'nan?' | float(0.5) }}|{{ true | int }}",
+    "{{ [{'n': 1}, {'n': 2}] | sum(attribute='n') }}|{{ [1.5, 2] | sum }}|{{ [[1], [2]] | sum(start=[]) }}",
+    "{{ ['b', 'A', 'a', 'B'] | unique | list }}|{{ ['b', 'A', 'a', 'B'] | unique(case_sensitive=true) | list }}|{{ ['x', 'Y'] | max }}|{{ ['x', 'Y'] | min }}",
+    "{{ messages | max(attribute='content') }}",
+    "{{ \"it's-a (test) o'neil [x]<y>\" | title }}|{{ 'hELLO wORLD' | capitalize }}|{{ 'ǆungla ǉ' | title }}|{{ 'straße' | upper }}",
+    "{{ 'a,b,,c'.split(',', 2) }}|{{ 'a b  c '.rsplit(None, 1) }}|{{ 'k=v=w'.rsplit('=', 1) }}|{{ '  x y '.split(None, 1) }}|{{ ''.split() }}|{{ ''.split(',') }}",
+    "{{ '<<x>>'.strip('<>') }}|{{ 'abcba'.lstrip('ab') }}|{{ 'abcba'.rstrip('ab') }}|{{ '\u00a0x\u2003'.strip() }}|{{ 'x\u200by'.split() }}",
+    "{{ 'Hello'.find('l') }}|{{ 'Hello'.rfind('l') }}|{{ 'Hello'.find('z') }}|{{ 'aaa'.count('aa') }}|{{ 'a-b'.join(['1', '2']) }}|{{ ', '.join('abc') }}",
+    "{{ 'abc'.replace('', '-') }}|{{ 'aaaa'.replace('a', 'b', 2) }}|{{ 'x'.upper() ~ 'Y'.lower() }}|{{ 'one two'.title() }}|{{ \"o'neil mcdonald\".title() }}",
+    "{{ '123'.isdigit() }}|{{ '12a'.isdigit() }}|{{ 'abc'.isalpha() }}|{{ ' \t'.isspace() }}|{{ 'ABC'.isupper() }}|{{ 'abc'.islower() }}|{{ ''.isalpha() }}",
+    "{{ 'a\nb\r\nc'.splitlines() }}|{{ 'prefix-x'.removeprefix('prefix-') }}|{{ 'x.txt'.removesuffix('.txt') }}",
+    "{{ 'hello'[10:] }}|{{ 'hello'[-100:2] }}|{{ [1, 2, 3][::-2] }}|{{ [1, 2, 3][5::-1] }}|{{ (1, 2, 3)[1:] }}|{{ 'abc'[1::-1] }}",
+    "{{ [1, 2, 3][-1] }}|{{ [1, 2, 3][3] is defined }}|{{ 'abc'[5] is undefined }}|{{ {'a': 1}['b'] is defined }}|{{ data.missing is defined }}",
+    "{{ 1 < 2 }}|{{ 'a' < 'b' }}|{{ [1, 2] < [1, 3] }}|{{ (1, 2) == (1, 2) }}|{{ [1, 2] == (1, 2) }}|{{ none == none }}|{{ 1 == '1' }}|{{ true == 1.0 }}",
+    "{{ 'a' in {'a': 1} }}|{{ 1 in {'a': 1} }}|{{ 'x' in 'xyz' }}|{{ '' in 'abc' }}|{{ none in [none] }}|{{ [1] in [[1], [2]] }}",
+    "{{ {'a': 1, 'a': 2} }}|{{ {1: 'x', 'y': none} }}|{{ {'k': (1, 2)} }}|{{ {} }}|{{ [] }}|{{ () }}|{{ (1,) }}",
+    "{{ 'quote\"s' }}|{{ [\"a'b\", 'c\"d', 'both\\'\"', '\\\\', '\\t', '\\x07', '\\u2028', '\\U0001F600'] }}",
+    "{{ [1e22, 1e-5, 0.0001, 123.456, 1.0e16, 9999999999999998.0, -1e-300, 2.5e-10, 100.0, 3.0] }}",
+    "{{ 7 // 2 }}|{{ -7 // 2 }}|{{ 7 % -3 }}|{{ -7.5 // 2 }}|{{ 7.5 % 2 }}|{{ 2 ** -1 }}|{{ 2 ** 0.5 }}|{{ 10 / 3 }}|{{ 1 + 2.0 }}|{{ 3 * 'ab' }}|{{ [0] * 3 }}",
+    "{{ -(3) }}|{{ +2 }}|{{ - -1 }}|{{ not not 0 }}|{{ 1 if 0 else 2 if 0 else 3 }}|{{ ('yes' if true) ~ '!' }}",
+    "{{ 'x' if messages else 'y' }}|{{ messages and messages[0].role }}|{{ (none or []) | length }}|{{ 0 or none }}",
+    "{{ data.b.c[1] }}|{{ data['b']['c'][2] }}|{{ data.b.c.1 }}|{{ data.get('z') }}|{{ data.items() | first }}|{{ data.keys() | last }}",
+    "{% set ns = namespace(items=[], total=0) %}{% for m in messages %}{% set ns.items = ns.items + [m.role] %}{% set ns.total = ns.total + m.content | length %}{% endfor %}{{ ns.items }} {{ ns.total }}",
+    "{% set ns = namespace() %}{% set ns.x = 1 %}{{ ns.x }}|{{ ns.y is defined }}",
+    "{% macro row(a, b='B', c=none) %}[{{ a }}|{{ b }}|{{ c }}]{% endmacro %}{{ row(1) }}{{ row(1, 2) }}{{ row(1, c=3) }}{{ row(a='x') }}",
+    "{% macro rec(n) %}{% if n > 0 %}{{ n }}{{ rec(n - 1) }}{% endif %}{% endmacro %}{{ rec(4) }}",
+    "{% set x %}\n  block {{ 1 }}\n{% endset %}[{{ x }}]",
+    "  {%- if true %}\n    a\n  {%- endif %}\n  b\n{% if true -%}\n    c\n{%- endif %}",
+    "{% for m in messages %}\n  {{- m.role }}\n{% endfor %}",
+    "x  {#- comment -#}  y\n{# c2 #}\nz\n  {# indented comment #}\nw",
+    "{% raw %}  {%- raw stays -%}  {% endraw %}|{%- raw -%}  {{ x }}  {%- endraw -%}|",
+    "a{%+ if true %}b{% endif +%}\nc",
+    "\n\n{{ 'lead' }}\n\n",
+    "{% for i in range(10) %}{% if i is odd %}{% continue %}{% endif %}{% if i > 6 %}{% break %}{% endif %}{{ i }}{% else %}never{% endfor %}",
+    "{% for k in data %}{{ k }}{% endfor %}|{% for c in 'héllo' %}{{ c }}.{% endfor %}|{% for a, b in [[1, 2], (3, 4)] %}{{ a + b }}{% endfor %}",
+    "{% for x in none %}{% endfor %}",
+    "{{ messages | tojson(indent=2, sort_keys=true) }}",
+    "{{ data | tojson(separators=(',', ':')) }}|{{ 'ünï' | tojson }}|{{ 'ünï' | tojson(ensure_ascii=true) }}|{{ '😀' | tojson(true) }}|{{ none | tojson }}|{{ (1, 'a') | tojson }}",
+    "{{ [] | tojson(indent=2) }}|{{ {} | tojson(indent=2) }}|{{ [[]] | tojson(indent=1) }}|{{ 1.5 | tojson }}|{{ 10 | tojson }}|{{ true | tojson }}",
+    "{{ undefined_thing | tojson }}",
+    "{{ 'a' + 1 }}",
+    "{{ nothing() }}",
+    "{{ 1 / 0 }}",
+    "{% for x in 5 %}{% endfor %}",
+    "{{ messages[0].role.upper() }}|{{ messages[0]['content'].strip().split()[0] }}|{{ messages | length > 3 }}",
+    "{{ messages | first | attr('items') is callable }}|{{ 'x' is callable }}|{{ range is callable }}|{{ 3 is sameas 3 }}|{{ none is sameas none }}|{{ messages is sameas messages }}",
+    "{{ 'AbC' is lower }}|{{ 'abc' is lower }}|{{ '' is upper }}|{{ 4 is divisibleby(2) }}|{{ 5 is ne(5) }}|{{ 2 is lt 3 }}|{{ 2 is le(2) }}|{{ 'upper' is filter }}|{{ 'odd' is test }}|{{ 'nope' is filter }}",
+    "{{ data.t is true }}|{{ data.t is boolean }}|{{ 1 is boolean }}|{{ data.f is float }}|{{ data.a is integer }}|{{ true is integer }}|{{ data.z is sequence }}|{{ data is iterable }}|{{ 1 is iterable }}",
+    "{{ '%s=%r' | format('k', 'v') }}|{{ '%d%%' | format(42.9) }}|{{ '%.2f' % 3.14159 if false else '%s-%s' % ('a', 'b') }}",
+    "{{ 'x' ~ none ~ undefined_var ~ [1] ~ {'a': none} }}",
+    "{{ messages | length is odd }}|{{ (messages | map(attribute='role') | list)[1:3] }}|{{ messages[1:] | map(attribute='role') | join }}",
+    "{{ dict(a=1, b='two') }}|{{ dict({'x': 1}, y=2) }}|{{ namespace(a=1).a }}|{{ range(3) }}|{{ range(5, 0, -2) | list }}",
+    "{{ raise_exception('stop: ' ~ (messages | length)) if messages | length > 10 else 'fine' }}",
+    "{{ messages | selectattr('role', 'eq', 'user') | map(attribute='content') | map('length') | list }}|{{ [1, 2, 3, 4] | select('gt', 2) | list }}|{{ [1, 2, 3] | reject('eq', 2) | list }}",
+    "{{ '  a  ' | trim('') }}|{{ 'xxaxx' | trim('x') }}|{{ none | trim }}|{{ 42 | trim }}|{{ [1, 2] | join }}|{{ [1, 2] | join(', ') }}|{{ [1, 2] | string }}",
+    "{{ 'é' | length }}|{{ '👨‍👩‍👧' | length }}|{{ '👨‍👩‍👧'[0] }}|{{ '👨‍👩‍👧' | list | length }}|{{ 'abc' | reverse }}|{{ 'a b c' | wordcount }}|{{ 'Ab' | lower | upper }}",
+    "{{ messages[-1].content[-5:] | trim }}|{{ messages | last | attr('role') }}|{{ (messages | first).role }}|{{ messages.0.role }}",
+]
+
+
+def jinja_local_vectors(out_file):
+    import datetime
+    import jinja2
+    from jinja2.ext import Extension, loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class AssistantTracker(Extension):  # transformers' {% generation %} tag, rendering its body
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_render", []), [], [], body).set_lineno(lineno)
+
+        def _render(self, caller):
+            return caller()
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[AssistantTracker, loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda f: datetime.datetime.now().strftime(f)
+    msgs = CONVERSATIONS["system_multi_turn"]
+    results = []
+    for t in JINJA_EXTRA:
+        r = {"template": t}
+        try:
+            r["text"] = env.from_string(t).render(messages=msgs, tools=None, documents=None, data=FEATURE_DATA,
+                                                  add_generation_prompt=False, bos_token="<|begin_of_text|>",
+                                                  eos_token="<|eot_id|>")
+        except Exception as e:  # noqa: BLE001 - errors are vectors too
+            r["error_type"], r["error"] = type(e).__name__, str(e)
+        results.append(r)
+    write_json(out_file, {"jinja2": jinja2.__version__, "messages": msgs, "data": FEATURE_DATA, "cases": results})
+    print(f"{len(results)} templates, {sum('error' in r for r in results)} errors")
+
+
 # --- Unicode probes ------------------------------------------------------------------
 
 def ranges_of(cps):
@@ -713,7 +832,12 @@ def main():
     ap.add_argument("--essays")
     ap.add_argument("--templates")
     ap.add_argument("--trim", help="trim an output folder made earlier into --out, and stop")
+    ap.add_argument("--jinja-local", action="store_true",
+                    help="only render JINJA_EXTRA with the local jinja2 into the file --out, and stop")
     args = ap.parse_args()
+    if args.jinja_local:
+        jinja_local_vectors(args.out)
+        return
     if args.trim:
         trim_for_commit(args.trim, args.out)
         return
