@@ -5,6 +5,7 @@
 
 #include "base/version.h"
 #include "client/run_command.h"
+#include "client/tokenize_command.h"
 #ifdef SEER_HAVE_SERVER
 #include "client/remote_commands.h"
 #endif
@@ -20,6 +21,9 @@ void PrintUsage(std::FILE* to) {
                "Commands:\n"
                "  run       Prefill a prompt on this machine (no server), print the next token,\n"
                "            optionally generate greedily and dump logits, KV cache and gate masks.\n"
+               "  tokenize  Encode text, or a chat through the checkpoint's chat template, to token ids\n"
+               "            with its Hugging Face tokenizer.\n"
+               "  detokenize Decode token ids to text.\n"
 #ifdef SEER_HAVE_SERVER
                "  generate  Send a prompt to a seer-decode server and stream the generated tokens.\n"
                "  prefill   Call Prefill on a seer-prefill server and receive the KV cache stream.\n"
@@ -45,6 +49,8 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (command == "run") return seer::RunOfflineCommand(argc - 1, argv + 1);
+  if (command == "tokenize") return seer::RunTokenizeCommand(argc - 1, argv + 1);
+  if (command == "detokenize") return seer::RunDetokenizeCommand(argc - 1, argv + 1);
 #ifdef SEER_HAVE_SERVER
   if (command == "generate" || command == "prefill") return seer::RunRemoteCommand(command, argc - 1, argv + 1);
 #endif
