@@ -1,0 +1,44 @@
+// Generated token ids to text as a stream, for `seer run`, seer-decode's
+// Generate and the OpenAI front door: the pieces the incremental decoder
+// makes final, with the text that may be the start of a stop string held
+// back until it is known not to be one, and the stream cut just before the
+// first stop string that appears (as OpenAI and vLLM cut it).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "text/tokenizer.h"
+
+namespace seer {
+
+class TextStream {
+ public:
+  // Special tokens are left out of the text (skip_special_tokens), as the
+  // serving APIs return it.
+  TextStream(const Tokenizer& tokenizer, std::vector<std::string> stops, bool skip_special_tokens = true);
+
+  struct Piece {
+    std::string text;      // final text this id adds (possibly empty)
+    bool stopped = false;  // a stop string appeared; `text` ends just before it
+  };
+  // After a stop, Push returns nothing more.
+  StatusOr<Piece> Push(int32_t id);
+  // The held-back rest at the end of the stream (nothing after a stop).
+  StatusOr<std::string> Finish();
+
+  bool stopped() const { return stopped_; }
+
+ private:
+  // Moves the part of pending_ that cannot start a stop string into `out`,
+  // or cuts at the first stop string.
+  void Release(Piece* out);
+
+  IncrementalDecoder decoder_;
+  std::vector<std::string> stops_;
+  std::string pending_;
+  bool stopped_ = false;
+};
+
+}  // namespace seer
