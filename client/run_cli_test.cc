@@ -291,5 +291,65 @@ TEST(RunCliErrors, HelpListsCommandsAndFlags) {
   }
 }
 
+
+// A text prompt is the model tokenizer's ids of the text: the same tokens as
+// --ids with what `seer tokenize` gives, and the printed text is what
+// `seer detokenize --skip-special-tokens` makes of them. A chat goes through
+// the checkpoint's template.
+TEST(RunCliText, PromptsAreTokenizedAndAnswersDecodedWithTheModelsTokenizer) {
+  const std::string model = fixtures::Path("llama");
+  const std::string text = "Hello there, the thing is";
+  RunOutput tok = RunSeer({"tokenize", "--tokenizer", model, "--text", text, "--json"});
+  ASSERT_EQ(tok.exit_code, 0) << tok.err;
+  auto ids = JsonValue::Parse(tok.out);
+  ASSERT_TRUE(ids.ok());
+  std::vector<int32_t> prompt;
+  for (const JsonValue& v : ids->Find("ids")->as_array()) prompt.push_back(static_cast<int32_t>(v.as_int64()));
+
+  RunOutput by_text =
+      RunSeer({"run", "--model", model, "--prompt", text, "--max-new-tokens", "9", "--device", "cpu", "--json"});
+  ASSERT_EQ(by_text.exit_code, 0) << by_text.err;
+  RunOutput by_ids = RunSeer({"run", "--model", model, "--ids", JoinIds(prompt, ","), "--max-new-tokens", "9",
+                              "--device", "cpu", "--json"});
+  ASSERT_EQ(by_ids.exit_code, 0) << by_ids.err;
+  auto a = JsonValue::Parse(by_text.out), b = JsonValue::Parse(by_ids.out);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->Find("seq_len")->as_int64(), static_cast<int64_t>(prompt.size()));
+  std::vector<int32_t> tokens;
+  for (const JsonValue& v : a->Find("tokens")->as_array()) tokens.push_back(static_cast<int32_t>(v.as_int64()));
+  std::vector<int32_t> want;
+  for (const JsonValue& v : b->Find("tokens")->as_array()) want.push_back(static_cast<int32_t>(v.as_int64()));
+  // The text run stops at the tokenizer's EOS (id 2); the ids run goes on.
+  ASSERT_LE(tokens.size(), want.size());
+  EXPECT_EQ(tokens, std::vector<int32_t>(want.begin(), want.begin() + tokens.size()));
+  if (tokens.size() < want.size()) EXPECT_EQ(tokens.back(), 2);
+  RunOutput detok = RunSeer({"detokenize", "--tokenizer", model, "--ids", JoinIds(tokens, ","),
+                             "--skip-special-tokens", "--json"});
+  ASSERT_EQ(detok.exit_code, 0) << detok.err;
+  EXPECT_EQ(a->Find("text")->as_string(), JsonValue::Parse(detok.out)->Find("text")->as_string());
+
+  const std::string chat = TempPath("chat.json");
+  std::ofstream(chat) << R"([{"role": "user", "content": "Hi"}])";
+  RunOutput by_chat = RunSeer({"run", "--model", model, "--chat", chat, "--max-new-tokens", "3", "--device", "cpu",
+                               "--json"});
+  RunOutput rendered = RunSeer({"tokenize", "--tokenizer", model, "--chat", chat, "--json"});
+  fs::remove(chat);
+  ASSERT_EQ(by_chat.exit_code, 0) << by_chat.err;
+  ASSERT_EQ(rendered.exit_code, 0) << rendered.err;
+  auto r = JsonValue::Parse(rendered.out);
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->Find("text")->as_string(), "<s>user: Hi\nassistant:");
+  EXPECT_EQ(JsonValue::Parse(by_chat.out)->Find("seq_len")->as_int64(),
+            static_cast<int64_t>(r->Find("ids")->as_array().size()));
+
+  // No tokenizer, no text: a usage error that says what to do.
+  RunOutput none = RunSeer({"run", "--model", fixtures::Path("qwen2"), "--prompt", "Hi", "--device", "cpu"});
+  EXPECT_EQ(none.exit_code, 2);
+  EXPECT_NE(none.err.find("--tokenizer"), std::string::npos) << none.err;
+  RunOutput two = RunSeer({"run", "--model", model, "--prompt", "Hi", "--ids", "1,2", "--device", "cpu"});
+  EXPECT_EQ(two.exit_code, 2);
+  EXPECT_NE(two.err.find("exactly one of"), std::string::npos) << two.err;
+}
+
 }  // namespace
 }  // namespace seer

@@ -6,6 +6,7 @@
 #include <exception>
 #include <fstream>
 #include <limits>
+#include <optional>
 #include <memory>
 #include <sstream>
 #include <string>
@@ -18,6 +19,7 @@
 #include "formats/safetensors.h"
 #include "engine/model/sparsity.h"
 #include "client/sparsity_flags.h"
+#include "client/prompt_flags.h"
 #include "client/token_ids.h"
 #include "kernels/sampling/sampler.h"
 
@@ -28,9 +30,12 @@ constexpr int kExitRuntime = 1;
 constexpr int kExitUsage = 2;
 constexpr int64_t kMaxNewTokens = int64_t{1} << 20;
 
+// New tokens for a text prompt when --max-new-tokens is not given.
+constexpr int64_t kDefaultTextTokens = 64;
+
 struct RunFlags {
   std::string model;
-  std::string ids;
+  PromptFlags prompt;
   std::string device = "auto";
   std::string gates;
   SparsityFlags sparsity;
@@ -91,22 +96,24 @@ std::string FormatDouble(double v, int decimals) {
 
 int Run(int argc, char** argv) {
   RunFlags f;
-  FlagSet flags("seer run --model DIR --ids IDS [flags]",
+  FlagSet flags("seer run --model DIR (--ids IDS | --prompt TEXT | --prompt-file F | --chat MESSAGES.json) [flags]",
                 "Prefills a prompt with the model on this machine (no server) and prints the next-token\n"
                 "prediction. With --gates, attention is SeerAttention's gated block-sparse attention and\n"
                 "the density of each layer is printed. Greedy generation with --max-new-tokens.\n"
+                "A text prompt (--prompt, --prompt-file, --chat) is tokenized with the model's tokenizer,\n"
+                "generation stops at its EOS token, and the answer is printed as text.\n"
                 "Exit codes: 0 success, 1 runtime error, 2 usage error.");
   flags.String("model", &f.model, "Hugging Face checkpoint directory (config.json + *.safetensors). Required.");
-  flags.String("ids", &f.ids,
-               "Prompt token ids: \"1,2,3\" (commas and/or whitespace), or @FILE to read them from FILE. Required.");
+  f.prompt.Register(flags, "the model directory's tokenizer.json");
   flags.String("device", &f.device, "cpu, cuda, or auto (cuda when this build has it and a GPU is present).");
   flags.String("gates", &f.gates,
                "SeerAttention gate directory (config.json + attn_gate_weights.pth or *.safetensors). "
                "Without it every layer is dense.");
   f.sparsity.Register(flags, "the gate config's (needs --gates)");
   flags.Int("max-new-tokens", &f.max_new_tokens,
-            "Generate N tokens greedily after the prompt (exactly N, no stop token). 0 prints only the "
-            "next-token prediction.");
+            "Generate up to N tokens greedily after the prompt (with --ids exactly N, no stop token; with a "
+            "text prompt until the tokenizer's EOS). 0 prints only the next-token prediction. Default: 0 with "
+            "--ids, " + std::to_string(kDefaultTextTokens) + " with a text prompt.");
   flags.String("dump", &f.dump,
                "Write OUT.safetensors: logits F32 [L, vocab], layers.{i}.k / layers.{i}.v F32 "
                "[kv_heads, L, head_dim] (K after RoPE), and with --gates layers.{i}.block_mask U8 [Hq, nb, nb] "
@@ -124,7 +131,9 @@ int Run(int argc, char** argv) {
   }
   if (!flags.positional().empty()) return UsageError("unexpected argument '" + flags.positional()[0] + "'");
   if (f.model.empty()) return UsageError("--model is required (a checkpoint directory)");
-  if (f.ids.empty()) return UsageError("--ids is required (\"1,2,3\" or @FILE)");
+  if (Status s = f.prompt.CheckOne(flags); !s.ok()) return UsageError(s.message());
+  const bool text_mode = f.prompt.is_text(flags);
+  if (text_mode && !flags.WasSet("max-new-tokens")) f.max_new_tokens = kDefaultTextTokens;
   if (f.device != "cpu" && f.device != "cuda" && f.device != "auto") {
     return UsageError("--device: expected cpu, cuda or auto, got '" + f.device + "'");
   }
@@ -139,9 +148,21 @@ int Run(int argc, char** argv) {
   if (f.gates.empty() && flags.WasSet("last-block-dense")) return UsageError("--last-block-dense needs --gates DIR");
   StatusOr<SparsityRequest> sparsity = f.sparsity.ToRequest(flags);
   if (!sparsity.ok()) return UsageError(sparsity.status().message());
-  StatusOr<std::vector<int32_t>> ids_or = ParseTokenIds(f.ids, "--ids");
-  if (!ids_or.ok()) return UsageError(ids_or.status().message());
-  if (ids_or->empty()) return UsageError("--ids: no token ids given");
+  if (flags.WasSet("ids")) {
+    StatusOr<std::vector<int32_t>> syntax = f.prompt.Ids(flags, nullptr);
+    if (!syntax.ok()) return UsageError(syntax.status().message());
+  }
+  // The tokenizer: --tokenizer, else the model directory's when it has one.
+  StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
+      LoadTokenizerAt(flags.WasSet("tokenizer") ? f.prompt.tokenizer : f.model, flags.WasSet("tokenizer"));
+  if (!tokenizer.ok()) return RuntimeError(tokenizer.status().WithContext("--tokenizer"));
+  StatusOr<std::vector<int32_t>> ids_or = f.prompt.Ids(flags, tokenizer->get());
+  if (!ids_or.ok()) {
+    if (ids_or.status().code() == StatusCode::kInvalidArgument || ids_or.status().code() == StatusCode::kFailedPrecondition) {
+      return UsageError(ids_or.status().message());
+    }
+    return RuntimeError(ids_or.status());
+  }
   const std::vector<int32_t>& ids = *ids_or;
 
   EngineOptions options;
@@ -169,7 +190,7 @@ int Run(int argc, char** argv) {
   // The last generated token is never fed back, so N tokens need N - 1 slots.
   const int64_t capacity = int64_t{seq_len} + std::max(generate - 1, 0);
   if (capacity > engine.config().max_position_embeddings) {
-    return UsageError("--ids (" + std::to_string(seq_len) + " tokens) plus --max-new-tokens (" +
+    return UsageError("the prompt (" + std::to_string(seq_len) + " tokens) plus --max-new-tokens (" +
                       std::to_string(generate) + ") need " + std::to_string(capacity) +
                       " positions; the model's max_position_embeddings is " +
                       std::to_string(engine.config().max_position_embeddings));
@@ -193,11 +214,20 @@ int Run(int argc, char** argv) {
   const float* last = result.logits.data() + static_cast<size_t>(result.logits_rows - 1) * config.vocab_size;
   const int32_t next_token = sampler.Sample(std::span<const float>(last, static_cast<size_t>(config.vocab_size)));
   std::vector<int32_t> tokens = {next_token};
+  // A text prompt's answer ends at the tokenizer's EOS.
+  const std::optional<int32_t> eos =
+      text_mode && *tokenizer != nullptr ? (*tokenizer)->config().eos_token_id : std::nullopt;
   const Clock::time_point decode_start = Clock::now();
-  for (int n = 1; n < generate; ++n) {
+  for (int n = 1; n < generate && !(eos && tokens.back() == *eos); ++n) {
     StatusOr<int32_t> next = engine.DecodeAndSample(tokens.back(), &cache, &sampler);
     if (!next.ok()) return RuntimeError(next.status());
     tokens.push_back(*next);
+  }
+  std::string text;
+  if (text_mode && generate > 0) {
+    StatusOr<std::string> decoded = (*tokenizer)->Decode(tokens, /*skip_special_tokens=*/true);
+    if (!decoded.ok()) return RuntimeError(decoded.status().WithContext("decoding the answer"));
+    text = std::move(*decoded);
   }
   const double decode_ms = SecondsSince(decode_start) * 1e3;
   const double prefill_ms = result.seconds * 1e3;
@@ -209,6 +239,7 @@ int Run(int argc, char** argv) {
     for (int32_t t : tokens) token_list.Append(JsonValue::Int(t));
     out.Set("tokens", std::move(token_list));
     out.Set("next_token", JsonValue::Int(next_token));
+    if (text_mode) out.Set("text", JsonValue::String(text));
     JsonValue density = JsonValue::Object();
     density.Set("overall", JsonValue::Number(result.overall_density));
     JsonValue layers = JsonValue::Array();
@@ -245,6 +276,7 @@ int Run(int argc, char** argv) {
     os << "generated  ";
     for (int32_t t : tokens) os << " " << t;
     os << "\n            (" << tokens.size() << " tokens, " << FormatDouble(decode_ms, 2) << " ms decoding)\n";
+    if (text_mode) os << "text        " << text << "\n";
   }
   os << "density     overall " << FormatDouble(result.overall_density, 4) << "\n";
   for (size_t i = 0; i < result.layer_density.size(); ++i) {

@@ -8,6 +8,7 @@
 
 #include "base/flags.h"
 #include "base/json.h"
+#include "client/prompt_flags.h"
 #include "client/token_ids.h"
 #include "text/chat_template.h"
 #include "text/tokenizer.h"
@@ -17,7 +18,6 @@ namespace {
 
 constexpr int kExitRuntime = 1;
 constexpr int kExitUsage = 2;
-constexpr size_t kMaxInputFileBytes = size_t{256} << 20;
 
 int UsageError(const char* command, const std::string& message) {
   const bool mentions_help = message.find("--help") != std::string::npos;
@@ -29,21 +29,6 @@ int UsageError(const char* command, const std::string& message) {
 int RuntimeError(const char* command, const Status& status) {
   std::fprintf(stderr, "seer %s: %s\n", command, status.ToString().c_str());
   return kExitRuntime;
-}
-
-StatusOr<std::string> ReadInputFile(const std::string& flag, const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return NotFound(flag + ": cannot open '" + path + "'");
-  std::string text;
-  char buf[1 << 16];
-  while (in.read(buf, sizeof buf) || in.gcount() > 0) {
-    text.append(buf, static_cast<size_t>(in.gcount()));
-    if (text.size() > kMaxInputFileBytes) {
-      return ResourceExhausted(flag + ": '" + path + "' is larger than " + std::to_string(kMaxInputFileBytes >> 20) +
-                               " MiB");
-    }
-  }
-  return text;
 }
 
 std::string JoinIds(const std::vector<int32_t>& ids) {

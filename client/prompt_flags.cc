@@ -1,0 +1,104 @@
+#include "client/prompt_flags.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include "client/token_ids.h"
+#include "text/chat_template.h"
+
+namespace seer {
+namespace {
+
+constexpr size_t kMaxInputFileBytes = size_t{256} << 20;
+
+}  // namespace
+
+StatusOr<std::string> ReadInputFile(const std::string& flag, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return NotFound(flag + ": cannot open '" + path + "'");
+  std::string text;
+  char buf[1 << 16];
+  while (in.read(buf, sizeof buf) || in.gcount() > 0) {
+    text.append(buf, static_cast<size_t>(in.gcount()));
+    if (text.size() > kMaxInputFileBytes) {
+      return ResourceExhausted(flag + ": '" + path + "' is larger than " + std::to_string(kMaxInputFileBytes >> 20) +
+                               " MiB");
+    }
+  }
+  return text;
+}
+
+void PromptFlags::Register(FlagSet& flags, const std::string& tokenizer_help) {
+  flags.String("ids", &ids, "Prompt token ids: \"1,2,3\" (commas and/or whitespace), or @FILE.");
+  flags.String("prompt", &prompt, "Prompt text (tokenized with the model's tokenizer, its BOS included).");
+  flags.String("prompt-file", &prompt_file, "A file whose whole content is the prompt text.");
+  flags.String("chat", &chat,
+               "A JSON file of chat messages, [{\"role\": ..., \"content\": ...}, ...], rendered with the "
+               "model's chat template and its generation prompt.");
+  flags.String("tokenizer", &tokenizer, "A tokenizer.json or a directory holding one. Default: " + tokenizer_help + ".");
+}
+
+Status PromptFlags::CheckOne(const FlagSet& flags) const {
+  int given = 0;
+  for (const char* f : {"ids", "prompt", "prompt-file", "chat"}) given += flags.WasSet(f) ? 1 : 0;
+  if (given != 1) return InvalidArgument("give exactly one of --ids, --prompt, --prompt-file and --chat");
+  return OkStatus();
+}
+
+StatusOr<std::string> PromptFlags::Text(const FlagSet& flags) const {
+  if (flags.WasSet("prompt")) return prompt;
+  return ReadInputFile("--prompt-file", prompt_file);
+}
+
+StatusOr<JsonValue> PromptFlags::Messages() const {
+  SEER_ASSIGN_OR_RETURN(std::string text, ReadInputFile("--chat", chat));
+  StatusOr<JsonValue> messages = JsonValue::Parse(text);
+  if (!messages.ok()) return InvalidArgument("--chat: " + chat + ": " + messages.status().message());
+  if (!messages->is_array() || messages->as_array().empty()) {
+    return InvalidArgument("--chat: " + chat + ": expected a non-empty JSON array of {\"role\", \"content\"} messages");
+  }
+  for (const JsonValue& m : messages->as_array()) {
+    const JsonValue* role = m.Find("role");
+    const JsonValue* content = m.Find("content");
+    if (role == nullptr || !role->is_string() || content == nullptr || !content->is_string()) {
+      return InvalidArgument("--chat: " + chat + ": every message needs a string \"role\" and \"content\"");
+    }
+  }
+  return messages;
+}
+
+StatusOr<std::vector<int32_t>> PromptFlags::Ids(const FlagSet& flags, const Tokenizer* tok) const {
+  if (flags.WasSet("ids")) {
+    SEER_ASSIGN_OR_RETURN(std::vector<int32_t> out, ParseTokenIds(ids, "--ids"));
+    if (out.empty()) return InvalidArgument("--ids: no token ids given");
+    return out;
+  }
+  if (tok == nullptr) {
+    return FailedPrecondition("a text prompt needs a tokenizer: the model directory has no tokenizer.json "
+                              "(give --tokenizer PATH, or --ids)");
+  }
+  if (flags.WasSet("chat")) {
+    SEER_ASSIGN_OR_RETURN(JsonValue messages, Messages());
+    StatusOr<std::string> rendered = RenderChat(*tok, messages);
+    if (!rendered.ok()) return rendered.status().WithContext("--chat");
+    StatusOr<std::vector<int32_t>> out = tok->Encode(*rendered, false);
+    if (!out.ok()) return out.status().WithContext("--chat");
+    return out;
+  }
+  SEER_ASSIGN_OR_RETURN(std::string text, Text(flags));
+  StatusOr<std::vector<int32_t>> out = tok->Encode(text, true);
+  if (!out.ok()) return out.status().WithContext(flags.WasSet("prompt") ? "--prompt" : "--prompt-file");
+  if (out->empty()) return InvalidArgument("the prompt is empty (no tokens)");
+  return out;
+}
+
+StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerAt(const std::string& path, bool required) {
+  std::error_code ec;
+  if (!required && std::filesystem::is_directory(path, ec) &&
+      !std::filesystem::exists(std::filesystem::path(path) / "tokenizer.json", ec)) {
+    return std::unique_ptr<Tokenizer>();
+  }
+  return Tokenizer::Load(path);
+}
+
+}  // namespace seer

@@ -1,0 +1,42 @@
+// How every seer command that runs a prompt takes it: --ids (token ids),
+// --prompt / --prompt-file (text) or --chat (a JSON file of messages the
+// model's chat template renders), exactly one; and --tokenizer, where the
+// text ones find the tokenizer (default: the model directory).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "base/flags.h"
+#include "base/json.h"
+#include "base/status.h"
+#include "text/tokenizer.h"
+
+namespace seer {
+
+// A text input file (--prompt-file, --chat, ...), bounded; errors name the flag.
+StatusOr<std::string> ReadInputFile(const std::string& flag, const std::string& path);
+
+struct PromptFlags {
+  std::string ids, prompt, prompt_file, chat, tokenizer;
+
+  // `tokenizer_help` says where the default tokenizer is.
+  void Register(FlagSet& flags, const std::string& tokenizer_help);
+  // Exactly one of the four inputs; the error names them.
+  Status CheckOne(const FlagSet& flags) const;
+  bool is_text(const FlagSet& flags) const { return !flags.WasSet("ids"); }
+
+  // The prompt as text (--prompt, or --prompt-file read whole).
+  StatusOr<std::string> Text(const FlagSet& flags) const;
+  // --chat's messages: a JSON array of {"role", "content"} objects.
+  StatusOr<JsonValue> Messages() const;
+  // The prompt as ids with `tokenizer` (text with its special tokens, chats
+  // through its template with the generation prompt); --ids as given.
+  StatusOr<std::vector<int32_t>> Ids(const FlagSet& flags, const Tokenizer* tokenizer) const;
+};
+
+// The tokenizer at `path` (a tokenizer.json or a directory holding one), or
+// null when `path` is a directory without one and `required` is false.
+StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerAt(const std::string& path, bool required);
+
+}  // namespace seer
