@@ -8,6 +8,8 @@
 
 #include <grpc/compression.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
+
+#include "server/common/reflection_v1.h"
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_credentials_options.h>
@@ -106,6 +108,14 @@ StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(GrpcServerOptions o) {
   int bound_port = 0;
   builder.AddListeningPort(o.listen, MakeServerCredentials(o.tls), &bound_port);
   for (grpc::Service* s : o.services) builder.RegisterService(s);
+  // Reflection v1 beside gRPC's v1alpha, listing every service served.
+  std::vector<std::string> listed = o.health_names;
+  for (const char* s : {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+                        "grpc.reflection.v1.ServerReflection"}) {
+    listed.push_back(s);
+  }
+  out->reflection_v1_ = std::make_unique<ReflectionV1Service>(std::move(listed));
+  builder.RegisterService(out->reflection_v1_.get());
   // A second server on a port already in use fails instead of sharing it.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   // The edge limits (docs/SERVICE.md, "Limits"). A request above the largest

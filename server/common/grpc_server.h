@@ -72,6 +72,7 @@ class GrpcServer {
 
  private:
   GrpcServer() = default;
+  std::unique_ptr<grpc::Service> reflection_v1_;  // outlives server_ (declared first)
   std::unique_ptr<grpc::Server> server_;
   std::vector<std::string> service_names_;
   std::string address_;
