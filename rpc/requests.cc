@@ -1,5 +1,6 @@
 #include "rpc/requests.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <span>
@@ -140,9 +141,24 @@ v1::Sparsity SparsityToProto(const SparsityRequest& r) {
 
 size_t MaxRequestBytes(const RequestLimits& limits) {
   // Every varint of a valid field is at most 10 bytes; 4 KiB covers tags,
-  // lengths and the small scalar fields.
-  return 4096 + kMaxRequestIdBytes + static_cast<size_t>(limits.max_prompt_tokens) * 10 +
-         static_cast<size_t>(kMaxStopTokens) * 10;
+  // lengths and the small scalar fields. A prompt is ids or text (with up to
+  // kMaxChatMessages messages' framing), not both.
+  const size_t prompt = std::max(static_cast<size_t>(limits.max_prompt_tokens) * 10,
+                                 static_cast<size_t>(limits.max_prompt_tokens) * kMaxTextBytesPerToken +
+                                     static_cast<size_t>(kMaxChatMessages) * 32);
+  return 4096 + kMaxRequestIdBytes + prompt + static_cast<size_t>(kMaxStopTokens) * 10 +
+         static_cast<size_t>(kMaxStopStrings) * (kMaxStopStringBytes + 8);
+}
+
+Status CheckPromptFits(int64_t prompt_tokens, int max_new_tokens, const RequestLimits& limits) {
+  if (prompt_tokens > limits.max_prompt_tokens) {
+    return InvalidArgument("token_ids: " + Int(prompt_tokens) + " tokens exceed the limit of " +
+                           Int(limits.max_prompt_tokens) + " (" + limits.max_prompt_source + ")");
+  }
+  if (prompt_tokens + max_new_tokens > limits.max_positions)
+    return InvalidArgument("max_new_tokens: " + Int(max_new_tokens) + " new tokens after " + Int(prompt_tokens) +
+                           " prompt tokens exceed the model's max_position_embeddings " + Int(limits.max_positions));
+  return OkStatus();
 }
 
 StatusOr<PrefillCall> ParsePrefillRequest(const v1::PrefillRequest& r, const RequestLimits& limits) {
@@ -166,16 +182,44 @@ StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& r, const 
   GenerateCall call;
   SEER_RETURN_IF_ERROR(CheckRequestId(r.request_id()));
   call.request_id = r.request_id();
-  SEER_ASSIGN_OR_RETURN(call.ids, ParsePrompt(r.token_ids(), limits));
-  if (r.max_new_tokens() < 1 || r.max_new_tokens() > limits.max_new_tokens)
+  const int prompts = (r.token_ids_size() > 0 ? 1 : 0) + (r.text().empty() ? 0 : 1) + (r.messages_size() > 0 ? 1 : 0);
+  if (prompts > 1) return InvalidArgument("token_ids: give exactly one of token_ids, text and messages");
+  // 0 asks for the server's default (--default-max-new-tokens).
+  const int max_new = r.max_new_tokens() == 0 ? std::min(limits.default_new_tokens, limits.max_new_tokens)
+                                              : r.max_new_tokens();
+  if (max_new < 1 || max_new > limits.max_new_tokens)
     return InvalidArgument("max_new_tokens: " + Int(r.max_new_tokens()) + " is out of range [1, " +
-                           Int(limits.max_new_tokens) + "] (the server's --max-new-tokens)");
-  const int64_t total = static_cast<int64_t>(r.token_ids_size()) + r.max_new_tokens();
-  if (total > limits.max_positions)
-    return InvalidArgument("max_new_tokens: " + Int(r.max_new_tokens()) + " new tokens after " +
-                           Int(r.token_ids_size()) + " prompt tokens exceed the model's max_position_embeddings " +
-                           Int(limits.max_positions));
-  call.max_new_tokens = r.max_new_tokens();
+                           Int(limits.max_new_tokens) + "] (the server's --max-new-tokens; 0 takes its default)");
+  call.max_new_tokens = max_new;
+  if (!r.text().empty() || r.messages_size() > 0) {
+    const size_t max_text = limits.max_prompt_tokens * kMaxTextBytesPerToken;
+    size_t bytes = r.text().size();
+    if (r.messages_size() > kMaxChatMessages)
+      return InvalidArgument("messages: " + Int(r.messages_size()) + " messages exceed the limit of " +
+                             Int(kMaxChatMessages));
+    for (const v1::ChatMessage& m : r.messages()) {
+      if (m.role().empty()) return InvalidArgument("messages: every message needs a role");
+      bytes += m.role().size() + m.content().size();
+      call.messages.emplace_back(m.role(), m.content());
+    }
+    if (bytes > max_text)
+      return InvalidArgument(std::string(r.text().empty() ? "messages" : "text") + ": " +
+                             Int(static_cast<int64_t>(bytes)) + " bytes exceed the limit of " +
+                             Int(static_cast<int64_t>(max_text)) + " (" + Int(kMaxTextBytesPerToken) +
+                             " per token of " + limits.max_prompt_source + ")");
+    call.text = r.text();
+  } else {
+    SEER_ASSIGN_OR_RETURN(call.ids, ParsePrompt(r.token_ids(), limits));
+    SEER_RETURN_IF_ERROR(CheckPromptFits(static_cast<int64_t>(call.ids.size()), call.max_new_tokens, limits));
+  }
+  if (r.stop_size() > kMaxStopStrings)
+    return InvalidArgument("stop: " + Int(r.stop_size()) + " strings exceed the limit of " + Int(kMaxStopStrings));
+  for (int i = 0; i < r.stop_size(); ++i) {
+    if (r.stop(i).empty() || r.stop(i).size() > kMaxStopStringBytes)
+      return InvalidArgument("stop[" + Int(i) + "]: " + Int(static_cast<int64_t>(r.stop(i).size())) +
+                             " bytes, need 1 to " + Int(kMaxStopStringBytes));
+    call.stop.push_back(r.stop(i));
+  }
   SEER_ASSIGN_OR_RETURN(call.sampling, ParseSampling(r.sampling(), limits.vocab_size, fresh_seed));
   SEER_ASSIGN_OR_RETURN(call.sparsity, SparsityFromProto(r.sparsity()));
   if (r.stop_token_ids_size() > kMaxStopTokens)

@@ -20,6 +20,11 @@ namespace seer {
 inline constexpr size_t kMaxRequestIdBytes = 128;
 inline constexpr int kMaxStopTokens = 64;
 inline constexpr double kMaxTemperature = 100.0;
+inline constexpr int kMaxStopStrings = 16;
+inline constexpr size_t kMaxStopStringBytes = 256;
+inline constexpr int kMaxChatMessages = 1024;
+// A text prompt may have this many bytes per token the server takes.
+inline constexpr size_t kMaxTextBytesPerToken = 32;
 
 // What the serving model and the server's flags allow.
 struct RequestLimits {
@@ -28,6 +33,7 @@ struct RequestLimits {
   int64_t max_prompt_tokens = 0;  // at most max_positions
   std::string max_prompt_source = "the model's max_position_embeddings";  // for messages
   int max_new_tokens = 0;         // decode: --max-new-tokens
+  int default_new_tokens = 256;   // decode: --default-max-new-tokens, for requests that give none
   int64_t max_chunk_bytes = 0;    // prefill: --chunk-bytes
 };
 
@@ -39,10 +45,15 @@ struct PrefillCall {
   int64_t max_chunk_bytes = 0;  // 0: the server's --chunk-bytes
 };
 
-// A Generate request, checked.
+// A Generate request, checked. The prompt is `ids`, or `text`, or
+// `messages` (exactly one); text and messages become ids where the
+// tokenizer is (CheckPromptFits then checks them).
 struct GenerateCall {
   std::string request_id;
   std::vector<int32_t> ids;
+  std::string text;
+  std::vector<std::pair<std::string, std::string>> messages;  // (role, content)
+  std::vector<std::string> stop;                             // stop strings
   int max_new_tokens = 0;
   SamplingParams sampling;  // the request's seed, or the fresh one it lacked
   SparsityRequest sparsity;
@@ -53,6 +64,10 @@ StatusOr<PrefillCall> ParsePrefillRequest(const v1::PrefillRequest& request, con
 // `fresh_seed` seeds requests that carry none.
 StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& request, const RequestLimits& limits,
                                             uint64_t fresh_seed);
+
+// A prompt of `prompt_tokens` (from text or messages) against the limits:
+// the server's prompt limit, and room for the new tokens.
+Status CheckPromptFits(int64_t prompt_tokens, int max_new_tokens, const RequestLimits& limits);
 
 // The sparsity fields of a request, checked (field names "sparsity.*").
 StatusOr<SparsityRequest> SparsityFromProto(const v1::Sparsity& sparsity);

@@ -312,7 +312,14 @@ TEST(Service, EveryBadFieldIsInvalidArgumentNamingIt) {
          for (int i = 0; i < 2100; ++i) r->add_token_ids(5);
        },
        "token_ids"},
-      {"max_new_tokens 0", [](v1::GenerateRequest* r) { r->set_max_new_tokens(0); }, "max_new_tokens"},
+      {"max_new_tokens negative", [](v1::GenerateRequest* r) { r->set_max_new_tokens(-1); }, "max_new_tokens"},
+      {"text and token_ids", [](v1::GenerateRequest* r) { r->set_text("hi"); }, "token_ids"},
+      {"empty stop string", [](v1::GenerateRequest* r) { r->add_stop(""); }, "stop[0]"},
+      {"too many stop strings",
+       [](v1::GenerateRequest* r) {
+         for (int i = 0; i < 17; ++i) r->add_stop("x");
+       },
+       "stop"},
       {"max_new_tokens above the server limit", [](v1::GenerateRequest* r) { r->set_max_new_tokens(5000); },
        "max_new_tokens"},
       {"prompt + max_new_tokens past max positions",
