@@ -223,26 +223,10 @@ StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(const std::str
   std::unique_ptr<MetricsEndpoint> m(new MetricsEndpoint());
   m->registry_ = std::move(registry);
   m->scrape_time_ = std::move(scrape_time);
-  // civetweb's options (docs/SERVICE.md, "Limits"): no keep-alive, so a
-  // scrape's connection frees its thread when the response is sent; a
-  // connection that sends no request within the timeout is closed.
-  std::vector<std::string> options = {"listening_ports",    address,
-                                      "num_threads",        std::to_string(kMetricsThreads),
-                                      "request_timeout_ms", std::to_string(kMetricsRequestTimeoutMs),
-                                      "enable_keep_alive",  "no"};
-  // Startup only, never on the data path: prometheus-cpp reports a failed
-  // bind by throwing.
-  try {
-    m->exposer_ = std::make_unique<prometheus::Exposer>(options);
-  } catch (const std::exception& e) {
-    return Unavailable("--metrics " + address + ": cannot serve /metrics (address in use or not local?): " +
-                       e.what());
-  }
-  m->exposer_->RegisterCollectable(m->registry_);
-  if (m->scrape_time_) m->exposer_->RegisterCollectable(m->scrape_time_);
-  const std::vector<int> ports = m->exposer_->GetListeningPorts();
-  if (ports.empty()) return Unavailable("--metrics " + address + ": no listening port");
-  m->port_ = ports.front();
+  std::vector<std::shared_ptr<prometheus::Collectable>> collectables = {m->registry_};
+  if (m->scrape_time_) collectables.push_back(m->scrape_time_);
+  SEER_ASSIGN_OR_RETURN(m->http_, MetricsHttpServer::Start(address, std::move(collectables)));
+  m->port_ = m->http_->port();
   return m;
 }
 

@@ -12,12 +12,12 @@
 #include <grpcpp/support/status_code_enum.h>
 #include <prometheus/collectable.h>
 #include <prometheus/counter.h>
-#include <prometheus/exposer.h>
 #include <prometheus/family.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include "server/common/metrics_http.h"
 #include "base/status.h"
 #include "engine/kv/kv_cache.h"
 
@@ -116,16 +116,15 @@ class DecodeMetrics {
   prometheus::Family<prometheus::Counter>& requests_;
 };
 
-// /metrics over HTTP (prometheus-cpp's pull Exposer, on civetweb).
+// /metrics over HTTP, served by MetricsHttpServer (server/common/metrics_http.h):
+// one poll loop, IPv4 or IPv6, a deadline per connection, so idle or slow
+// connections cannot blind the scrapes (prometheus-cpp's civetweb Exposer
+// gave each connection a thread and knew no IPv6 in Debian's build).
 //
-// civetweb gives each connection a worker thread for as long as it is open,
-// so a few idle or slow connections would take every thread and blind the
-// scrapes: it runs kMetricsThreads threads, and drops a connection that has
-// not sent its request within kMetricsRequestTimeoutMs (no keep-alive).
-//
-// civetweb starts its threads with a fixed 100 KB stack, and a process that
-// links cuBLAS needs about 94 KB of static TLS per thread on top of that, so
-// pthread_create fails. server/common/thread_stacks.cc therefore interposes
+// civetweb still serves seer-decode's OpenAI front door; it starts its
+// threads with a fixed 100 KB stack, and a process that links cuBLAS needs
+// about 94 KB of static TLS per thread on top of that, so pthread_create
+// fails. server/common/thread_stacks.cc therefore interposes
 // pthread_attr_setstacksize for the whole process, raising requests below
 // kMinThreadStackBytes (docs/ARCHITECTURE.md, "Platform facts"); every
 // executable that links seer_server_lib compiles it in and exports it.
@@ -142,12 +141,9 @@ class MetricsEndpoint {
   MetricsEndpoint() = default;
   std::shared_ptr<prometheus::Registry> registry_;
   std::shared_ptr<ScrapeTimeMetrics> scrape_time_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<MetricsHttpServer> http_;
   int port_ = 0;
 };
-
-inline constexpr int kMetricsThreads = 16;
-inline constexpr int kMetricsRequestTimeoutMs = 5000;
 
 // The smallest stack a thread of this process gets (see MetricsEndpoint).
 inline constexpr size_t kMinThreadStackBytes = size_t{1} << 20;
