@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -113,6 +114,13 @@ class Engine {
   // Null when the engine runs without gates.
   virtual const GateWeights* gates() const = 0;
   virtual std::string device_name() const = 0;
+  // The memory of the engine's device, used (by every process on it) and
+  // total; nullopt for the CPU.
+  struct DeviceMemory {
+    size_t used = 0;
+    size_t total = 0;
+  };
+  virtual std::optional<DeviceMemory> device_memory() const { return std::nullopt; }
 
   // A cache for up to `capacity` tokens (1 to max_position_embeddings), or
   // RESOURCE_EXHAUSTED when it does not fit.

@@ -95,6 +95,14 @@ class CudaEngine final : public Engine {
   uint64_t fingerprint() const override { return fingerprint_; }
   const GateWeights* gates() const override { return gates_.get(); }
   std::string device_name() const override { return device_name_; }
+  std::optional<DeviceMemory> device_memory() const override {
+    size_t free_b = 0, total_b = 0;
+    if (cudaSetDevice(device_) != cudaSuccess || cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {
+      cudaGetLastError();
+      return std::nullopt;
+    }
+    return DeviceMemory{total_b - free_b, total_b};
+  }
 
  protected:
   StatusOr<std::unique_ptr<KvCache>> AllocateCache(int capacity) override;

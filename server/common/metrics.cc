@@ -230,4 +230,18 @@ StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(const std::str
   return m;
 }
 
+void AddDeviceMemoryGauges(ScrapeTimeMetrics& metrics, const Engine& engine) {
+  if (!engine.device_memory()) return;
+  const prometheus::Labels labels = {{"device", engine.device_name()}};
+  metrics.AddGauge("seer_gpu_memory_used_bytes", "Memory in use on the engine's GPU (every process on it).", labels,
+                   [&engine] {
+                     const auto m = engine.device_memory();
+                     return m ? static_cast<double>(m->used) : 0.0;
+                   });
+  metrics.AddGauge("seer_gpu_memory_total_bytes", "Memory of the engine's GPU.", labels, [&engine] {
+    const auto m = engine.device_memory();
+    return m ? static_cast<double>(m->total) : 0.0;
+  });
+}
+
 }  // namespace seer

@@ -19,6 +19,7 @@
 
 #include "server/common/metrics_http.h"
 #include "base/status.h"
+#include "engine/engine.h"
 #include "engine/kv/kv_cache.h"
 
 namespace seer {
@@ -65,6 +66,10 @@ class ScrapeTimeMetrics final : public prometheus::Collectable {
   std::vector<Series> series_;
   double start_time_seconds_ = 0.0;
 };
+
+// seer_gpu_memory_used_bytes / _total_bytes{device} of the engine's device,
+// read at scrape time (nothing for a CPU engine).
+void AddDeviceMemoryGauges(ScrapeTimeMetrics& metrics, const Engine& engine);
 
 // What both servers export: seer_build_info, the process_* metrics and the
 // scrape-time gauges. Register `scrape_time` with the same registry's

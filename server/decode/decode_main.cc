@@ -152,6 +152,7 @@ int main(int argc, char** argv) {
     eo.threads = static_cast<int>(threads);
     SEER_ASSIGN_OR_RETURN(engine, seer::CreateEngine(eo));
     SEER_RETURN_IF_ERROR(service.SetEngine(engine.get()));
+    seer::AddDeviceMemoryGauges(*metrics.server.scrape_time, *engine);
     SEER_ASSIGN_OR_RETURN(std::unique_ptr<seer::KvCache> probe, engine->NewCache(1));
     // Each running request holds a cache for its prompt and new tokens,
     // at most max_position_embeddings.
