@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <utility>
 
@@ -300,17 +301,23 @@ Status NcclKvLink::IssueLayer(const Xfer& x, int layer, cudaEvent_t ready, cudaE
   const ncclResult_t end = ncclGroupEnd();
   if (r != ncclSuccess && r != ncclInProgress) return Unavailable("ncclSend/ncclRecv: " + NcclError(r, comm_));
   r = end;
-  // Non-blocking: the group may still be being enqueued.
+  // Non-blocking: the group may still be being enqueued. The first one also
+  // connects the two GPUs (which needs the peer's first group): it gets the
+  // setup timeout, later ones the stall timeout.
   const Clock::time_point t0 = Clock::now();
+  const double bound = connected_ ? options_.stall_timeout_seconds : options_.setup_timeout_seconds;
   while (r == ncclInProgress) {
     if (abort_requested_.load()) return Unavailable("aborted");
-    if (Since(t0) > options_.setup_timeout_seconds) return Unavailable("enqueueing a layer took too long");
+    if (Since(t0) > bound)
+      return Unavailable(std::string(connected_ ? "enqueueing a layer" : "connecting to the peer") + " took over " +
+                         std::to_string(bound) + " s");
     std::this_thread::sleep_for(std::chrono::microseconds(100));
     ncclCommGetAsyncError(comm_, &r);
   }
   if (r != ncclSuccess) return Unavailable("ncclGroupEnd: " + NcclError(r, comm_));
   if (cudaError_t e = cudaEventRecord(done, stream_); e != cudaSuccess)
     return Unavailable(std::string("cudaEventRecord: ") + cudaGetErrorString(e));
+  connected_ = true;
   return OkStatus();
 }
 
@@ -362,14 +369,21 @@ bool NcclKvLink::PollProgressLocked() {
 
 void NcclKvLink::AbortCommunicator() {
   if (comm_ != nullptr) {
-    ncclCommAbort(comm_);
+    // ncclCommAbort first raises the flag NCCL's kernels poll, then frees the
+    // communicator. Within a node the freeing can wait for the peer to abort
+    // too (NVIDIA/nccl#863), which a dead peer never does (seen on the
+    // two-GPU host: the call did not return), so it runs on a thread of its
+    // own; a link whose peer died leaves that thread behind.
+    std::thread([comm = comm_] { ncclCommAbort(comm); }).detach();
     comm_ = nullptr;
   }
-  // Aborting stops the NCCL kernels; wait (bounded) for the stream to drain so
-  // that no kernel touches a cache after its transfer reported failure.
+  // What must not outlive a failed transfer is the kernels: they read or
+  // write its cache. Wait (bounded) for the link's stream to drain.
+  const double bound = std::max(5.0, options_.stall_timeout_seconds);
   const Clock::time_point t0 = Clock::now();
-  while (stream_ != nullptr && cudaStreamQuery(stream_) == cudaErrorNotReady && Since(t0) < 30.0)
+  while (stream_ != nullptr && cudaStreamQuery(stream_) == cudaErrorNotReady && Since(t0) < bound)
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  kernels_stopped_ = stream_ == nullptr || cudaStreamQuery(stream_) != cudaErrorNotReady;
   cudaGetLastError();
 }
 
@@ -383,6 +397,10 @@ void NcclKvLink::Run() {
         AbortCommunicator();
         lock.lock();
         aborted_ = true;
+        if (!kernels_stopped_)
+          failure_ = Unavailable(std::string(failure_.message()) +
+                                 "; NCCL's kernels were still running after the abort, so the KV caches of the "
+                                 "transfers in flight must not be reused");
         for (auto& [seq, x] : xfers_) {
           if (!x->done) {
             x->done = true;

@@ -26,9 +26,12 @@
 //   - Abort() is called (the gRPC stream that controls a transfer broke), or
 //   - a sending transfer ends before all its layers were handed over.
 // Then every transfer on the link fails with UNAVAILABLE naming the peer, the
-// link stays failed, and the next request builds a fresh one. Aborting kills
-// the NCCL kernels in flight, so a failed transfer's cache can be freed as
-// soon as Finish/Wait returns.
+// link stays failed, and the next request builds a fresh one. Aborting stops
+// the NCCL kernels in flight, and a transfer reports its failure only once
+// the link's stream has drained (bounded; the message says if it did not), so
+// a failed transfer's cache can be freed when Finish returns. ncclCommAbort
+// itself can block for good when the peer died (it waits for the peer's own
+// abort within a node), so it runs on a detached thread.
 //
 // NCCL_NVLS_ENABLE is forced to 0 (NVLink multicast: point-to-point needs
 // none, and it can take a shared host's GPUs out of service).
@@ -205,7 +208,9 @@ class NcclKvLink : public std::enable_shared_from_this<NcclKvLink> {
   std::map<uint64_t, std::unique_ptr<Xfer>> xfers_;  // by sequence number
   std::vector<cudaEvent_t> event_pool_;               // worker only
   std::optional<Clock::time_point> stall_since_;      // the oldest ready layer waiting on the peer
-  std::atomic<bool> abort_requested_{false};          // read by the worker inside NCCL polling loops
+  std::atomic<bool> abort_requested_{false};
+  bool connected_ = false;       // worker only: a group went through (the GPUs are connected)
+  bool kernels_stopped_ = true;  // worker only: the stream drained after the abort          // read by the worker inside NCCL polling loops
   std::thread worker_;
 };
 

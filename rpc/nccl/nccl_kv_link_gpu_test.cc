@@ -219,7 +219,13 @@ TEST_F(NcclLinkTest, AKilledReceiverFailsTheSenderWithinSecondsAndAFreshLinkWork
   auto xfer = (*link)->StartSend(cache.get(), 8192);
   ASSERT_TRUE(xfer.ok());
   ASSERT_TRUE((*xfer)->SendLayer(0).ok());
+  // Let the two GPUs connect and layer 0 go, then kill the receiver, and
+  // hand over the rest only once it is gone: a receiver's kernels already
+  // running can still take the data while the process dies (seen on the
+  // two-GPU host, 2026-11-28).
+  std::this_thread::sleep_for(std::chrono::seconds(1));
   peer->Kill();
+  ASSERT_TRUE(peer->Wait(10).has_value());
   const Clock::time_point killed = Clock::now();
   for (int layer = 1; layer < kLayers; ++layer) (void)(*xfer)->SendLayer(layer);
   auto stats = (*xfer)->Finish(120);
@@ -283,6 +289,7 @@ TEST_F(NcclLinkTest, AKilledSenderFailsTheReceiverWithinSeconds) {
   }
   // The prefill said layer 2 was on its way, then died.
   peer->Kill();
+  ASSERT_TRUE(peer->Wait(10).has_value());
   const Clock::time_point killed = Clock::now();
   (*xfer)->NoteLayerSent(2);
   auto stats = (*xfer)->Finish(120);
@@ -305,6 +312,7 @@ TEST_F(NcclLinkTest, AbortFromAnotherThreadUnblocksBothSides) {
   pc.seq_lens = {8192};
   pc.step = true;
   pc.stall_seconds = 2;
+  pc.setup_seconds = 5;  // its first layer connects to a side that is gone
   auto peer = StartPeer(pc);
   ASSERT_NE(peer, nullptr);
   auto link = NcclKvLink::Open(NcclRole::kReceiver, *id, Options(2.0));
