@@ -240,7 +240,8 @@ int Main(int argc, char** argv) {
     return 1;
   }
   std::printf("seer-random-checkpoint: %s (%s, %lld layers, %.2f GB)%s\n", out.c_str(), s.name.c_str(),
-              static_cast<long long>(s.layers), total / 1e9, gates_out.empty() ? "" : (" and gates " + gates_out).c_str());
+              static_cast<long long>(s.layers), total / 1e9,
+              gates_out.empty() ? "" : (" and gates " + gates_out).c_str());
   return 0;
 }
 

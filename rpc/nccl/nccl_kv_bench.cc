@@ -74,7 +74,8 @@ int PrefillOverlap(const std::string& spec, int layers) {
          return v;
        }()) {
     const size_t colon = item.find(':');
-    runs.push_back({std::atoi(item.substr(0, colon).c_str()), colon == std::string::npos ? "dense" : item.substr(colon + 1)});
+    runs.push_back({std::atoi(item.substr(0, colon).c_str()),
+                    colon == std::string::npos ? "dense" : item.substr(colon + 1)});
   }
   RandomEngineOptions eo;
   eo.seed = 20240601;
@@ -148,9 +149,11 @@ int PrefillOverlap(const std::string& spec, int layers) {
     std::unique_ptr<KvCache> keep;
     prefill(4096, {}, nullptr, nullptr, &keep);
   }
-  std::printf("\nNCCL KV during the prefill, 8B shape (%d layers, random weights and gates) on GPU 0 -> GPU 1\n", layers);
+  std::printf("\nNCCL KV during the prefill, 8B shape (%d layers, random weights and gates) on GPU 0 -> GPU 1\n",
+              layers);
   std::printf("| tokens | sparsity | prefill, no observer ms | prefill, observer (no transfer) ms | prefill + NCCL, "
-              "last layer delivered ms | ratio to the observer run | receiver verified |\n|---|---|---|---|---|---|---|\n");
+              "last layer delivered ms | ratio to the observer run | receiver verified |\n"
+              "|---|---|---|---|---|---|---|\n");
   size_t t = 0;
   for (const Run& r : runs) {
     auto sp = ParseSparsity(r.mode);

@@ -208,9 +208,9 @@ class NcclKvLink : public std::enable_shared_from_this<NcclKvLink> {
   std::map<uint64_t, std::unique_ptr<Xfer>> xfers_;  // by sequence number
   std::vector<cudaEvent_t> event_pool_;               // worker only
   std::optional<Clock::time_point> stall_since_;      // the oldest ready layer waiting on the peer
-  std::atomic<bool> abort_requested_{false};
+  std::atomic<bool> abort_requested_{false};          // read by the worker inside NCCL polling loops
   bool connected_ = false;       // worker only: a group went through (the GPUs are connected)
-  bool kernels_stopped_ = true;  // worker only: the stream drained after the abort          // read by the worker inside NCCL polling loops
+  bool kernels_stopped_ = true;  // worker only: the stream drained after the abort
   std::thread worker_;
 };
 
