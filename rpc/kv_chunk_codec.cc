@@ -244,19 +244,19 @@ RawStreamCall::RawStreamCall(grpc::GenericStub* stub, const std::string& method,
     : stub_(stub), method_(method), request_(std::move(request)) {}
 
 RawStreamCall::~RawStreamCall() {
-  std::unique_lock<std::mutex> lock(mu_);
-  if (!done_) {
-    lock.unlock();
-    context_.TryCancel();
-    lock.lock();
-    cv_.wait(lock, [&] { return done_; });
-  }
+  context_.TryCancel();
+  (void)Finish();
 }
 
 void RawStreamCall::Start() {
   stub_->PrepareBidiStreamingCall(&context_, method_, {}, this);
-  StartWriteLast(&request_, grpc::WriteOptions());
+  // The hold keeps OnDone away while a StartRead of ours may still come (a
+  // read started after OnDone would touch a finished call).
+  AddHold();
+  started_ = true;
+  read_in_flight_ = true;
   StartRead(&incoming_);
+  StartWriteLast(&request_, grpc::WriteOptions());
   StartCall();
 }
 
@@ -266,16 +266,27 @@ bool RawStreamCall::Next(grpc::ByteBuffer* out) {
   if (!have_message_) return false;
   out->Swap(&incoming_);
   have_message_ = false;
+  read_in_flight_ = true;
   lock.unlock();
   StartRead(&incoming_);  // the next message is received while the caller works on this one
   return true;
 }
 
 void RawStreamCall::OnReadDone(bool ok) {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (ok) have_message_ = true;
-  else read_ended_ = true;
-  cv_.notify_all();
+  bool release = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    read_in_flight_ = false;
+    if (ok) {
+      have_message_ = true;
+    } else {
+      read_ended_ = true;
+      release = !hold_released_;
+      hold_released_ = true;
+    }
+    cv_.notify_all();
+  }
+  if (release) RemoveHold();
 }
 
 void RawStreamCall::OnDone(const grpc::Status& status) {
@@ -288,6 +299,19 @@ void RawStreamCall::OnDone(const grpc::Status& status) {
 
 grpc::Status RawStreamCall::Finish() {
   std::unique_lock<std::mutex> lock(mu_);
+  if (!started_) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "the call was never started");
+  if (!read_ended_) {
+    // The caller stops early: no more reads; end the call.
+    lock.unlock();
+    context_.TryCancel();
+    lock.lock();
+  }
+  if (!hold_released_ && !read_in_flight_) {
+    hold_released_ = true;
+    lock.unlock();
+    RemoveHold();
+    lock.lock();
+  }
   cv_.wait(lock, [&] { return done_; });
   return status_;
 }

@@ -88,7 +88,7 @@ class RawStreamCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grp
   bool Next(grpc::ByteBuffer* out);
   // Cancels the call (e.g. on a protocol error).
   void Cancel() { context_.TryCancel(); }
-  // Waits for the call's end.
+  // Waits for the call's end (cancelling it when messages were left unread).
   grpc::Status Finish();
 
  private:
@@ -103,8 +103,11 @@ class RawStreamCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grp
   grpc::ByteBuffer incoming_;
   std::mutex mu_;
   std::condition_variable cv_;
+  bool started_ = false;
   bool have_message_ = false;
+  bool read_in_flight_ = false;
   bool read_ended_ = false;
+  bool hold_released_ = false;
   bool done_ = false;
   grpc::Status status_;
 };
