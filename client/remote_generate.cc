@@ -18,7 +18,7 @@ int RunGenerateCommand(int argc, char** argv) {
   using namespace remote;
   const char* cmd = "generate";
   CommonFlags common;
-  std::string stop;
+  std::string stop, kv_wire = "auto";
   int64_t max_new_tokens = 16, top_k = 0, seed = 0;
   double temperature = 0.0, top_p = 0.0;
   FlagSet flags("seer generate --addr HOST:PORT --ids IDS [flags]",
@@ -33,6 +33,9 @@ int RunGenerateCommand(int argc, char** argv) {
   flags.Double("top-p", &top_p, "nucleus sampling mass (0 or 1: no cut)");
   flags.Int("seed", &seed, "seed of the sampling stream; sent only when given (else a fresh random seed)");
   flags.String("stop", &stop, "stop after any of these token ids (\"2,7\")");
+  flags.String("kv-wire", &kv_wire,
+               "KV encoding asked of the prefill: auto (its cache's type) or fp8 (E4M3 with a scale per 64-token "
+               "block; applied when the prefill allows it, docs/KV_TRANSPORT.md)");
   CommonRequest common_request;
   if (int rc = ParseCommonFlags(flags, argc, argv, cmd, "seer-decode", common, &common_request); rc >= 0) return rc;
   const bool json = common.json;
@@ -56,6 +59,11 @@ int RunGenerateCommand(int argc, char** argv) {
   sampling->set_top_k(static_cast<int32_t>(top_k));
   sampling->set_top_p(static_cast<float>(top_p));
   if (flags.WasSet("seed")) sampling->set_seed(static_cast<uint64_t>(seed));
+  if (kv_wire == "fp8") {
+    request.set_kv_wire(v1::KV_WIRE_FP8_E4M3);
+  } else if (kv_wire != "auto") {
+    return ReportUsage(cmd, "--kv-wire: expected auto or fp8, got '" + kv_wire + "'");
+  }
 
   auto stub = v1::Decode::NewStub(MakeChannel(common.addr, common.tls, int64_t{64} << 20));
   grpc::ClientContext context;
@@ -109,6 +117,20 @@ int RunGenerateCommand(int argc, char** argv) {
     out.Set("finish_reason", JsonValue::String(summary.finish_reason()));
     out.Set("sparsity", JsonValue::String(summary.sparsity()));
     out.Set("prefill_endpoint", JsonValue::String(summary.prefill_endpoint()));
+    if (summary.has_kv_transfer()) {
+      // How the KV moved (docs/KV_TRANSPORT.md); absent from decode workers
+      // that predate transports.
+      const v1::KvTransferStats& t = summary.kv_transfer();
+      JsonValue kv = JsonValue::Object();
+      kv.Set("transport", JsonValue::String(t.transport() == v1::KV_TRANSPORT_NCCL ? "nccl" : "grpc"));
+      kv.Set("wire", JsonValue::String(t.kv_wire() == v1::KV_WIRE_FP8_E4M3 ? "fp8" : "dtype"));
+      kv.Set("grpc_streams", JsonValue::Int(t.grpc_streams()));
+      kv.Set("bytes", JsonValue::Int(t.bytes()));
+      kv.Set("seconds", JsonValue::Number(t.seconds()));
+      kv.Set("blocked_ms", JsonValue::Number(t.blocked_seconds() * 1e3));
+      kv.Set("fallback_reason", JsonValue::String(t.fallback_reason()));
+      out.Set("kv_transfer", std::move(kv));
+    }
     std::printf("%s\n", out.Dump().c_str());
     return kExitOk;
   }

@@ -14,6 +14,18 @@ std::string Str(int64_t v) { return std::to_string(v); }
 
 }  // namespace
 
+StatusOr<int> ParseCudaDeviceIndex(std::string_view device) {
+  if (device == "cuda") return 0;
+  if (device.rfind("cuda:", 0) != 0 || device.size() == 5 || device.size() > 8)
+    return InvalidArgument("device: '" + std::string(device) + "' is not cuda or cuda:N");
+  int index = 0;
+  for (char c : device.substr(5)) {
+    if (c < '0' || c > '9') return InvalidArgument("device: '" + std::string(device) + "' is not cuda or cuda:N");
+    index = index * 10 + (c - '0');
+  }
+  return index;
+}
+
 Status CheckTokenIds(std::span<const int32_t> ids, int vocab_size, std::string_view field) {
   for (size_t i = 0; i < ids.size(); ++i) {
     if (ids[i] < 0 || ids[i] >= vocab_size) {
@@ -223,15 +235,17 @@ StatusOr<std::unique_ptr<Engine>> CreateEngine(const EngineOptions& options) {
     SEER_ASSIGN_OR_RETURN(std::unique_ptr<CpuEngine> engine, CpuEngine::Load(options));
     return std::unique_ptr<Engine>(std::move(engine));
   }
-  if (device == "cuda") {
+  if (device == "cuda" || device.rfind("cuda:", 0) == 0) {
+    SEER_ASSIGN_OR_RETURN(const int index, ParseCudaDeviceIndex(device));
+    (void)index;
 #ifdef SEER_HAVE_CUDA
     return CreateCudaEngine(options);
 #else
-    return Unimplemented("device 'cuda': this build has no CUDA backend (configure on a host with nvcc); "
+    return Unimplemented("device '" + device + "': this build has no CUDA backend (configure on a host with nvcc); "
                          "use --device cpu");
 #endif
   }
-  return InvalidArgument("device: expected cpu, cuda or auto, got '" + options.device + "'");
+  return InvalidArgument("device: expected cpu, cuda, cuda:N or auto, got '" + options.device + "'");
 }
 
 }  // namespace seer

@@ -207,10 +207,14 @@ class Engine {
 struct EngineOptions {
   std::string model_dir;
   std::string gates_dir;  // empty: no gates, dense prefill
-  std::string device = "auto";  // "cpu", "cuda", or "auto" (cuda when a GPU is present)
+  // "cpu", "cuda" (device 0), "cuda:N", or "auto" (cuda when a GPU is present).
+  std::string device = "auto";
   int threads = 0;  // CPU threads; 0 = hardware concurrency
 };
 
 StatusOr<std::unique_ptr<Engine>> CreateEngine(const EngineOptions& options);
+
+// "cuda" -> 0, "cuda:N" -> N; INVALID_ARGUMENT for anything else.
+StatusOr<int> ParseCudaDeviceIndex(std::string_view device);
 
 }  // namespace seer

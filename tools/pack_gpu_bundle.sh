@@ -2,8 +2,10 @@
 # Builds Seer here (Debian, with gRPC and CUDA) and packs what a GPU host
 # needs to run it into one folder (default .carry/bundle, ignored by git):
 #
-#   bin/  seer-prefill, seer-decode, seer (when gRPC is found), seer_gpu_tests,
-#         seer-prefill-bench
+#   bin/  seer-prefill, seer-decode, seer, seer-kv-stream-bench (when gRPC is
+#         found), seer_gpu_tests, seer-prefill-bench, seer-random-checkpoint,
+#         seer-kv-wire-error, seer-kv-quant-bench, seer_nccl_gpu_tests and
+#         seer-nccl-kv-bench (when NCCL is found)
 #   lib/  every shared library those binaries load, from ldd, except glibc,
 #         libstdc++, libgcc and the CUDA libraries, which the GPU host has
 #
@@ -19,9 +21,11 @@ build="${SEER_BUNDLE_BUILD:-build-bundle}"
 jobs="${JOBS:-2}"
 
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-targets=(seer_gpu_tests seer-prefill-bench)
+targets=(seer_gpu_tests seer-prefill-bench seer-random-checkpoint seer-kv-wire-error seer-kv-quant-bench)
 server_targets=()
-for t in seer-prefill seer-decode seer; do
+# The NCCL KV link's tests and benchmark when NCCL was found; the servers and
+# the KV stream benchmark when gRPC was.
+for t in seer_nccl_gpu_tests seer-nccl-kv-bench seer-prefill seer-decode seer seer-kv-stream-bench; do
   if ninja -C "$build" -t targets all 2>/dev/null | grep -q "^$t:"; then server_targets+=("$t"); fi
 done
 if [ ${#server_targets[@]} -eq 0 ]; then
@@ -37,8 +41,8 @@ done
 
 # The libraries the host provides itself: the C runtime, the C++ runtime and
 # the CUDA toolkit and driver (matching the host's driver matters more than
-# matching our build).
-host_provided='^(linux-vdso|ld-linux|libc\.so|libm\.so|libdl\.so|libpthread\.so|librt\.so|libresolv\.so|libutil\.so|libstdc\+\+\.so|libgcc_s\.so|libcuda\.so|libcudart\.so|libcublas\.so|libcublasLt\.so|libnvidia|libnvrtc|libnvJitLink)'
+# matching our build), and NCCL (the GPU hosts have 2.28 in /usr/lib).
+host_provided='^(linux-vdso|ld-linux|libc\.so|libm\.so|libdl\.so|libpthread\.so|librt\.so|libresolv\.so|libutil\.so|libstdc\+\+\.so|libgcc_s\.so|libcuda\.so|libcudart\.so|libcublas\.so|libcublasLt\.so|libnccl\.so|libnvidia|libnvrtc|libnvJitLink)'
 for b in "$out"/bin/*; do
   ldd "$b" | awk '$2 == "=>" && $3 ~ /^\// { print $1, $3 }' | while read -r name path; do
     if ! [[ "$name" =~ $host_provided ]]; then

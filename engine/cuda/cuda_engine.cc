@@ -654,10 +654,33 @@ bool CudaDeviceAvailable() {
   return ok;
 }
 
+namespace {
+
+// Makes the device `options.device` names ("cuda", "cuda:N"; "auto" is
+// device 0) current, so that the engine and every buffer it makes live there.
+Status SelectDevice(const EngineOptions& options) {
+  int index = 0;
+  if (options.device != "auto") {
+    SEER_ASSIGN_OR_RETURN(index, ParseCudaDeviceIndex(options.device));
+  }
+  int count = 0;
+  SEER_RETURN_IF_CUDA_ERROR(cudaGetDeviceCount(&count));
+  if (index >= count) {
+    return InvalidArgument("--device " + options.device + ": only " + Str(count) + " CUDA device" +
+                           (count == 1 ? " is" : "s are") + " visible (cuda:0" +
+                           (count > 1 ? " to cuda:" + Str(count - 1) : std::string()) + ")");
+  }
+  SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(index));
+  return OkStatus();
+}
+
+}  // namespace
+
 StatusOr<std::unique_ptr<Engine>> CreateCudaEngine(const EngineOptions& options) {
   if (!CudaDeviceAvailable()) {
     return FailedPrecondition("--device cuda: no CUDA device is visible (use --device cpu)");
   }
+  SEER_RETURN_IF_ERROR(SelectDevice(options));
   SEER_ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> ckpt, Checkpoint::Open(options.model_dir));
   SEER_ASSIGN_OR_RETURN(ModelWeightViews views, BindModelWeights(*ckpt));
   std::unique_ptr<GateWeights> gates;

@@ -1,0 +1,122 @@
+// The CUDA KV landing (kv_device_landing.h): chunks whose bytes arrive in
+// pieces of odd sizes land in a DeviceKvCache of larger capacity exactly as
+// the host path would put them: bf16 on the wire byte for byte, f32 rounded
+// to nearest even (base/dtype.h's FloatToBf16), fp8 as the CPU twin
+// dequantises (kernels/kv_quant, bit-exact); tokens past the chunks keep the
+// cache's poison. Two slots, so staging buffers are reused while earlier
+// copies may still be in flight. Skips without a GPU.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "engine/cuda/device_kv_cache.h"
+#include "kernels/common/gpu_test_util.h"
+#include "kernels/kv_quant/e4m3.h"
+#include "kernels/kv_quant/kv_quant_cpu.h"
+#include "rpc/landing/kv_device_landing.h"
+
+namespace seer {
+namespace {
+
+constexpr int kLayers = 3, kHeads = 8, kDim = 128, kSeq = 1000, kCapacity = 1100, kChunk = 192;
+
+void Cut(const uint8_t* data, size_t size, BytePieces* out) {
+  static const size_t sizes[] = {1, 4093, 65536, 7, 300000};
+  size_t at = 0;
+  for (int i = 0; at < size; ++i) {
+    const size_t n = std::min(sizes[i % 5], size - at);
+    out->Add(data + at, n);
+    at += n;
+  }
+}
+
+class KvDeviceLandingTest : public ::testing::TestWithParam<int> {
+ protected:
+  void SetUp() override {
+    std::string why;
+    if (!gpu_test::HaveGpu(&why)) GTEST_SKIP() << "GPU KV landing tests skipped: " << why;
+  }
+};
+
+// 0: bf16 on the wire, 1: f32, 2: fp8.
+TEST_P(KvDeviceLandingTest, ChunksInPiecesLandLikeTheHostPath) {
+  const int mode = GetParam();
+  const KvWireFormat wire{mode == 1 ? DType::kF32 : DType::kBF16, mode == 2, 64};
+  auto cache = DeviceKvCache::Create(kLayers, kHeads, kDim, kCapacity);
+  ASSERT_TRUE(cache.ok());
+  const size_t layer_elems = static_cast<size_t>(kHeads) * kCapacity * kDim;
+  ASSERT_CUDA(cudaMemset((*cache)->k(0), 0xFF, 2 * kLayers * layer_elems * 2));
+  auto landing = MakeDeviceKvLanding(cache->get(), wire, kChunk, 2);
+  ASSERT_TRUE(landing.ok()) << landing.status().ToString();
+
+  // What the cache must hold afterwards, as bf16 bits, [layer][K/V][head][capacity][dim].
+  std::vector<uint16_t> want(2 * kLayers * layer_elems, 0xFFFF);
+  std::mt19937 rng(9);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (int l = 0; l < kLayers; ++l) {
+    for (int t0 = 0; t0 < kSeq; t0 += kChunk) {
+      const int n = std::min(kChunk, kSeq - t0);
+      const size_t elems = static_cast<size_t>(kHeads) * n * kDim;
+      std::vector<std::vector<uint8_t>> payload(4);  // k, v, k_scales, v_scales
+      for (int which = 0; which < 2; ++which) {
+        std::vector<float> x(elems);
+        for (float& f : x) f = normal(rng);
+        std::vector<uint16_t> expect(elems);
+        if (mode == 0) {
+          std::vector<uint16_t> b(elems);
+          for (size_t i = 0; i < elems; ++i) b[i] = expect[i] = FloatToBf16(x[i]);
+          payload[which].resize(elems * 2);
+          std::memcpy(payload[which].data(), b.data(), elems * 2);
+        } else if (mode == 1) {
+          for (size_t i = 0; i < elems; ++i) expect[i] = FloatToBf16(x[i]);
+          payload[which].resize(elems * 4);
+          std::memcpy(payload[which].data(), x.data(), elems * 4);
+        } else {
+          std::vector<uint16_t> b(elems);
+          for (size_t i = 0; i < elems; ++i) b[i] = FloatToBf16(x[i]);
+          const int blocks = kvq::ScaleBlocks(n, 64);
+          std::vector<float> scales(static_cast<size_t>(kHeads) * blocks);
+          payload[which].resize(elems);
+          kvq::QuantizeE4m3(kvq::KvElem::kBF16, b.data(), static_cast<int64_t>(n) * kDim, kHeads, n, kDim, 64,
+                            payload[which].data(), scales.data());
+          kvq::DequantizeE4m3(payload[which].data(), scales.data(), kHeads, n, kDim, 64, kvq::KvElem::kBF16,
+                              expect.data(), static_cast<int64_t>(n) * kDim);
+          payload[2 + which].resize(scales.size() * 4);
+          std::memcpy(payload[2 + which].data(), scales.data(), scales.size() * 4);
+        }
+        for (int h = 0; h < kHeads; ++h)
+          std::memcpy(&want[(static_cast<size_t>(l) * 2 + which) * layer_elems +
+                            (static_cast<size_t>(h) * kCapacity + t0) * kDim],
+                      &expect[static_cast<size_t>(h) * n * kDim], sizeof(uint16_t) * n * kDim);
+      }
+      KvChunkPieces c;
+      c.layer = l;
+      c.token_start = t0;
+      c.token_count = n;
+      Cut(payload[0].data(), payload[0].size(), &c.k);
+      Cut(payload[1].data(), payload[1].size(), &c.v);
+      if (mode == 2) {
+        Cut(payload[2].data(), payload[2].size(), &c.k_scales);
+        Cut(payload[3].data(), payload[3].size(), &c.v_scales);
+      }
+      ASSERT_TRUE((*landing)->Land(c).ok());
+      // The pieces' owner may reuse its memory as soon as Land returns.
+      for (auto& p : payload) std::fill(p.begin(), p.end(), 0xAB);
+    }
+  }
+  ASSERT_TRUE((*landing)->Flush().ok());
+  std::vector<uint16_t> got(want.size());
+  ASSERT_CUDA(cudaMemcpy(got.data(), (*cache)->k(0), got.size() * 2, cudaMemcpyDeviceToHost));
+  size_t bad = 0;
+  for (size_t i = 0; i < got.size(); ++i) bad += got[i] != want[i];
+  EXPECT_EQ(bad, 0u) << "of " << got.size() << " elements";
+}
+
+INSTANTIATE_TEST_SUITE_P(Wire, KvDeviceLandingTest, ::testing::Values(0, 1, 2), [](const auto& info) {
+  return std::string(info.param == 0 ? "bf16" : info.param == 1 ? "f32" : "fp8");
+});
+
+}  // namespace
+}  // namespace seer
