@@ -21,7 +21,8 @@ build="${SEER_BUNDLE_BUILD:-build-bundle}"
 jobs="${JOBS:-2}"
 
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-targets=(seer_gpu_tests seer-prefill-bench seer-random-checkpoint seer-kv-wire-error seer-kv-quant-bench)
+targets=(seer_gpu_tests seer-prefill-bench seer-decode-bench seer-attention-bench seer-random-checkpoint seer-kv-wire-error
+         seer-kv-quant-bench)
 server_targets=()
 # The NCCL KV link's tests and benchmark when NCCL was found; the servers and
 # the KV stream benchmark when gRPC was.
