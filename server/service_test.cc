@@ -12,6 +12,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -684,6 +685,336 @@ TEST(WorkQueue, AdmitsWorkersPlusQueueAndCancelsWaitingJobs) {
   }  // the destructor runs what was admitted
   EXPECT_TRUE(jobs[2]->ran && jobs[4]->ran);
   EXPECT_FALSE(jobs[3]->ran);
+}
+
+
+// --- isolation: one bad client must not hurt anyone else (issue 15) -----------
+
+namespace isolation {
+
+// Polls `done` every 10 ms until it holds or `timeout` passes.
+bool WaitFor(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(10ms);
+  }
+  return true;
+}
+
+double CountByCode(prometheus::Registry& registry, const std::string& family, const std::string& code) {
+  for (const auto& fam : registry.Collect())
+    if (fam.name == family)
+      for (const auto& m : fam.metric)
+        for (const auto& l : m.label)
+          if (l.name == "code" && l.value == code) return m.counter.value;
+  return 0.0;
+}
+
+// A client that never reads: its HTTP/2 window is 1 KiB and never grows (no
+// BDP probing), so the server can write almost nothing to it, and each
+// channel has a connection of its own (a shared one would stall the others'
+// streams through the connection window).
+std::shared_ptr<grpc::Channel> NonReadingChannel(const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1024);
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+}
+
+// A call started and then left alone: nothing is ever read.
+template <typename Stub, typename Request, typename Response>
+struct StalledCall {
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<Stub> stub;
+  grpc::ClientContext ctx;
+  std::unique_ptr<grpc::ClientReader<Response>> reader;
+};
+
+using StalledPrefill = StalledCall<v1::Prefill::Stub, v1::PrefillRequest, v1::PrefillResponse>;
+using StalledGenerate = StalledCall<v1::Decode::Stub, v1::GenerateRequest, v1::GenerateResponse>;
+
+std::unique_ptr<StalledPrefill> StartStalledPrefill(const std::string& address, const v1::PrefillRequest& req) {
+  auto call = std::make_unique<StalledPrefill>();
+  call->channel = NonReadingChannel(address);
+  call->stub = v1::Prefill::NewStub(call->channel);
+  call->ctx.set_deadline(std::chrono::system_clock::now() + 120s);
+  call->reader = call->stub->Prefill(&call->ctx, req);
+  return call;
+}
+
+std::unique_ptr<StalledGenerate> StartStalledGenerate(const std::string& address, const v1::GenerateRequest& req) {
+  auto call = std::make_unique<StalledGenerate>();
+  call->channel = NonReadingChannel(address);
+  call->stub = v1::Decode::NewStub(call->channel);
+  call->ctx.set_deadline(std::chrono::system_clock::now() + 120s);
+  call->reader = call->stub->Generate(&call->ctx, req);
+  return call;
+}
+
+// A random Llama whose 1024-token KV cache is 16 MiB (8 layers x 4 KV heads x
+// 64 x float32, K and V): far more than a stalled client's window takes.
+std::unique_ptr<Engine> SlowEngine() {
+  static const std::string dir =
+      seer::testing::WriteRandomLlama(seer::testing::TempDir("isolation_model"), seer::testing::RandomLlamaSpec{});
+  return LoadEngine(dir);
+}
+
+v1::PrefillRequest PrefillOf(int tokens, uint32_t seed) {
+  v1::PrefillRequest req;
+  for (int32_t id : seer::testing::RandomIds(tokens, 512, seed)) req.add_token_ids(id);
+  return req;
+}
+
+}  // namespace isolation
+
+// Finding 1: a client that never reads held the engine for the whole prefill
+// (the layer observer blocked once the stream had --stream-buffer-bytes
+// unwritten), so every prefill behind it timed out. Now its chunks wait in
+// its own KV cache: the engine and the worker slot go on.
+TEST(Isolation, APrefillClientThatNeverReadsDoesNotStallTheOthers) {
+  using namespace isolation;
+  std::unique_ptr<Engine> real = SlowEngine();
+  ASSERT_TRUE(real);
+  const int layers = real->config().num_layers;
+  InstrumentedEngine engine(real.get());
+  PrefillServiceOptions options;
+  options.max_concurrent = 1;
+  options.chunk_bytes = 64 << 10;
+  options.stream_buffer_bytes = 64 << 10;
+  PrefillHarness h(options, &engine);
+
+  auto stalled = StartStalledPrefill(h.server->address(), PrefillOf(1024, 1));
+  // The stalled request's prefill runs to its end although its client has
+  // read nothing (before, it stopped in layer 0 holding the engine).
+  ASSERT_TRUE(engine.WaitFinished(1, 60s)) << "the prefill of a client that never reads never finished";
+  EXPECT_EQ(engine.last_status(), StatusCode::kOk);
+  EXPECT_EQ(engine.layers_done(), layers);
+
+  // A well-behaved prefill behind it gets the engine and the one slot.
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<v1::PrefillResponse> got;
+  const grpc::Status s = CallPrefill(h.Stub().get(), PrefillOf(64, 2), &got);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_TRUE(s.ok()) << s.error_code() << ": " << s.error_message();
+  ASSERT_FALSE(got.empty());
+  EXPECT_TRUE(got.back().has_summary());
+  std::printf("[ info     ] a 64-token prefill behind a client that never reads: OK in %.2f s\n", seconds);
+  // The stalled stream is still open, holding its KV for its client (the
+  // client has its status before the server's OnDone has run).
+  EXPECT_TRUE(WaitFor([&] { return h.metrics.inflight.Value() == 1; }, 30s));
+  stalled->ctx.TryCancel();
+  EXPECT_TRUE(WaitFor([&] { return h.metrics.inflight.Value() == 0; }, 30s));
+}
+
+// Finding 1 for token streams: a Generate client that never reads held a
+// decode worker slot once 512 tokens were unwritten. Now the decode loop
+// runs to its end (its tokens queue, paid for by its share of the budget)
+// and the slot goes to the next request.
+TEST(Isolation, AGenerateClientThatNeverReadsDoesNotHoldADecodeSlot) {
+  using namespace isolation;
+  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"));
+  ASSERT_TRUE(engine);
+  PrefillHarness prefill({}, engine.get());
+  DecodeServiceOptions options;
+  options.max_concurrent = 1;
+  DecodeHarness decode(prefill.server->address(), engine.get(), options);
+
+  v1::GenerateRequest greedy;
+  for (int i = 0; i < 10; ++i) greedy.add_token_ids(i * 7);
+  greedy.set_max_new_tokens(2000);
+  auto stalled = StartStalledGenerate(decode.server->address(), greedy);
+  // Its decode loop ends: every token was generated (counted as it is written
+  // only, so wait for the prefill's summary and the slot instead).
+  ASSERT_TRUE(WaitFor([&] { return prefill.metrics.tokens.Value() == 10; }, 60s));
+
+  v1::GenerateRequest other;
+  for (int i = 0; i < 12; ++i) other.add_token_ids(i * 3);
+  other.set_max_new_tokens(4);
+  std::vector<int32_t> tokens;
+  const auto t0 = std::chrono::steady_clock::now();
+  const grpc::Status s = CallGenerate(decode.Stub().get(), other, &tokens);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_TRUE(s.ok()) << s.error_code() << ": " << s.error_message();
+  EXPECT_EQ(tokens.size(), 4u);
+  std::printf("[ info     ] a Generate behind a client that never reads: OK in %.2f s\n", seconds);
+  stalled->ctx.TryCancel();
+}
+
+
+// Finding 2: a worker slot was freed once the KV was in the stream's outbox,
+// but the outbox lived until the client read, so streams that never read
+// piled up N x --stream-buffer-bytes whatever --max-concurrent and
+// --max-queue said. Now each stream reserves what it can hold (its KV cache
+// and messages) from --max-buffered-bytes at admission: beyond the budget a
+// request is RESOURCE_EXHAUSTED at once, and a stream whose client reads
+// nothing for --write-stall-seconds is cancelled, counted, and gives its
+// share back.
+TEST(Isolation, BufferedKvIsBoundedByAdmissionAndStalledStreamsAreCancelled) {
+  using namespace isolation;
+  std::unique_ptr<Engine> engine = SlowEngine();
+  ASSERT_TRUE(engine);
+  constexpr int64_t kKv = int64_t{16} << 20;  // 1024 tokens x 8 layers x 2 KiB
+  PrefillServiceOptions options;
+  options.max_concurrent = 1;
+  options.max_queue = 16;
+  options.chunk_bytes = 64 << 10;
+  options.stream_buffer_bytes = 64 << 10;
+  // Room for three such streams (each: 16 MiB of cache, 128 KiB of
+  // messages, the header and summary), not four.
+  options.max_buffered_bytes = 3 * (kKv + (1 << 20));
+  options.write_stall_seconds = 3.0;
+  PrefillHarness h(options, engine.get());
+
+  constexpr int kClients = 6;
+  std::vector<std::unique_ptr<StalledPrefill>> stalled;
+  for (int i = 0; i < kClients; ++i) stalled.push_back(StartStalledPrefill(h.server->address(), PrefillOf(1024, 10 + i)));
+  // Three are admitted, three refused at once.
+  ASSERT_TRUE(WaitFor([&] { return CountByCode(*h.registry, "seer_prefill_requests_total", "RESOURCE_EXHAUSTED") == 3; },
+                      30s));
+  EXPECT_EQ(h.metrics.inflight.Value(), 3);
+  EXPECT_LE(h.service->buffered_bytes(), options.max_buffered_bytes);
+  EXPECT_GT(h.service->buffered_bytes(), 3 * kKv);
+
+  // Nothing read for 3 s: the admitted streams are cancelled, counted, and
+  // their KV freed; the budget is whole again.
+  ASSERT_TRUE(WaitFor([&] { return h.metrics.write_stalls.Value() == 3; }, 60s));
+  ASSERT_TRUE(WaitFor([&] { return h.metrics.inflight.Value() == 0; }, 30s));
+  EXPECT_EQ(h.service->buffered_bytes(), 0);
+  EXPECT_EQ(CountByCode(*h.registry, "seer_prefill_requests_total", "CANCELLED"), 3);
+  int cancelled = 0, exhausted = 0;
+  for (auto& call : stalled) {
+    // The client reads at last: what got through, then the status.
+    v1::PrefillResponse msg;
+    while (call->reader->Read(&msg)) {
+    }
+    const grpc::Status s = call->reader->Finish();
+    if (s.error_code() == grpc::StatusCode::CANCELLED) ++cancelled;
+    if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      ++exhausted;
+      EXPECT_NE(s.error_message().find("--max-buffered-bytes"), std::string::npos) << s.error_message();
+    }
+  }
+  EXPECT_EQ(cancelled, 3);
+  EXPECT_EQ(exhausted, 3) << "a refused client learns why, naming the flag";
+  // And a reader is served.
+  EXPECT_TRUE(CallPrefill(h.Stub().get(), PrefillOf(1024, 30)).ok());
+}
+
+
+// The same for token streams: each Generate stream reserves its tokens'
+// bytes (max_new_tokens of them) at admission, beyond --max-buffered-bytes a
+// request is refused at once, and one whose client reads nothing for
+// --write-stall-seconds is cancelled and counted.
+TEST(Isolation, TokenBuffersAreBoundedByAdmissionAndStalledGeneratesAreCancelled) {
+  using namespace isolation;
+  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"));
+  ASSERT_TRUE(engine);
+  PrefillHarness prefill({}, engine.get());
+  DecodeServiceOptions options;
+  options.max_concurrent = 2;
+  options.max_new_tokens = 2000;
+  options.max_buffered_bytes = 2 * GenerateStreamBytes(2000, engine->config().num_layers);
+  options.write_stall_seconds = 2.0;
+  DecodeHarness decode(prefill.server->address(), engine.get(), options);
+
+  v1::GenerateRequest req;
+  for (int i = 0; i < 10; ++i) req.add_token_ids(i * 7);
+  req.set_max_new_tokens(2000);
+  std::vector<std::unique_ptr<StalledGenerate>> stalled;
+  for (int i = 0; i < 3; ++i) stalled.push_back(StartStalledGenerate(decode.server->address(), req));
+  ASSERT_TRUE(WaitFor([&] { return CountByCode(*decode.registry, "seer_decode_requests_total", "RESOURCE_EXHAUSTED") == 1; },
+                      30s));
+  EXPECT_EQ(decode.service->buffered_bytes(), options.max_buffered_bytes);
+  ASSERT_TRUE(WaitFor([&] { return decode.metrics.write_stalls.Value() == 2; }, 60s));
+  ASSERT_TRUE(WaitFor([&] { return decode.service->buffered_bytes() == 0; }, 30s));
+  EXPECT_TRUE(WaitFor([&] { return CountByCode(*decode.registry, "seer_decode_requests_total", "CANCELLED") == 2; }, 30s));
+  int cancelled = 0, exhausted = 0;
+  for (auto& call : stalled) {
+    v1::GenerateResponse msg;
+    while (call->reader->Read(&msg)) {
+    }
+    const grpc::Status s = call->reader->Finish();
+    cancelled += s.error_code() == grpc::StatusCode::CANCELLED;
+    if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      ++exhausted;
+      EXPECT_NE(s.error_message().find("--max-buffered-bytes"), std::string::npos) << s.error_message();
+    }
+  }
+  EXPECT_EQ(cancelled, 2);
+  EXPECT_EQ(exhausted, 1);
+  // A reader is served.
+  std::vector<int32_t> tokens;
+  req.set_max_new_tokens(8);
+  EXPECT_TRUE(CallGenerate(decode.Stub().get(), req, &tokens).ok());
+  EXPECT_EQ(tokens.size(), 8u);
+}
+
+
+// A client that reads only after the prefill has finished gets its chunks
+// out of the KV cache, made as their turn to be written comes: the same
+// messages, byte for byte, as a client that kept up and got them copied
+// layer by layer while the next layer computed.
+TEST(Isolation, ALateReaderGetsTheSameKvAsOneThatKeptUp) {
+  using namespace isolation;
+  std::unique_ptr<Engine> real = SlowEngine();
+  ASSERT_TRUE(real);
+  InstrumentedEngine engine(real.get());
+  PrefillServiceOptions options;
+  options.chunk_bytes = 64 << 10;
+  options.stream_buffer_bytes = 64 << 10;
+  PrefillHarness h(options, &engine);
+  const v1::PrefillRequest req = PrefillOf(700, 42);
+
+  std::vector<v1::PrefillResponse> kept_up;
+  ASSERT_TRUE(CallPrefill(h.Stub().get(), req, &kept_up).ok());
+
+  auto late = StartStalledPrefill(h.server->address(), req);
+  ASSERT_TRUE(engine.WaitFinished(2, 60s));
+  std::vector<v1::PrefillResponse> got;
+  v1::PrefillResponse msg;
+  while (late->reader->Read(&msg)) got.push_back(msg);
+  ASSERT_TRUE(late->reader->Finish().ok());
+
+  ASSERT_EQ(got.size(), kept_up.size());
+  int chunks = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_EQ(got[i].event_case(), kept_up[i].event_case()) << i;
+    if (got[i].has_chunk()) {
+      ++chunks;
+      EXPECT_EQ(got[i].chunk().SerializeAsString(), kept_up[i].chunk().SerializeAsString()) << "chunk " << i;
+    }
+  }
+  EXPECT_EQ(chunks, 8 * 23);  // 8 layers of 700 tokens, 31 (62 KiB of K and V) a chunk
+  EXPECT_EQ(got.back().summary().last_logits_size(), 512);
+  EXPECT_EQ(got.back().summary().first_token(), kept_up.back().summary().first_token());
+  EXPECT_TRUE(WaitFor([&] { return h.service->buffered_bytes() == 0; }, 30s));
+}
+
+TEST(ByteBudget, ReservesUpToItsLimitAndTakesSharesBack) {
+  ByteBudget budget(100);
+  std::optional<ByteBudget::Reservation> a = budget.TryReserve(60);
+  ASSERT_TRUE(a);
+  EXPECT_FALSE(budget.TryReserve(41)) << "60 + 41 is over the limit";
+  std::optional<ByteBudget::Reservation> b = budget.TryReserve(40);
+  ASSERT_TRUE(b);
+  EXPECT_EQ(budget.used(), 100);
+  {
+    ByteBudget::Reservation part = a->Split(25);
+    EXPECT_EQ(part.bytes(), 25);
+    EXPECT_EQ(a->bytes(), 35);
+    EXPECT_EQ(budget.used(), 100);
+  }  // the split share goes back on its own
+  EXPECT_EQ(budget.used(), 75);
+  ByteBudget::Reservation moved = std::move(*b);
+  b.reset();
+  EXPECT_EQ(budget.used(), 75) << "a moved share is not given back twice";
+  moved.Release();
+  a.reset();
+  EXPECT_EQ(budget.used(), 0);
+  EXPECT_FALSE(budget.TryReserve(101));
+  EXPECT_TRUE(budget.TryReserve(100));
 }
 
 }  // namespace

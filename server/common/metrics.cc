@@ -27,6 +27,9 @@ prometheus::Counter& AddCounter(prometheus::Registry& r, const std::string& name
   return prometheus::BuildCounter().Name(name).Help(help).Register(r).Add({});
 }
 
+constexpr const char* kWriteStallsHelp =
+    "Streams cancelled because their client read nothing for --write-stall-seconds.";
+
 }  // namespace
 
 PrefillMetrics::PrefillMetrics(prometheus::Registry& r)
@@ -44,6 +47,7 @@ PrefillMetrics::PrefillMetrics(prometheus::Registry& r)
       kv_stream(AddHistogram(r, "seer_kv_stream_duration_seconds",
                              "From a stream's first KV chunk handed to gRPC to its last one written.",
                              LatencyBuckets())),
+      write_stalls(AddCounter(r, "seer_stream_write_stalls_total", kWriteStallsHelp)),
       requests_(prometheus::BuildCounter()
                     .Name("seer_prefill_requests_total")
                     .Help("Prefill requests by final gRPC status code.")
@@ -77,6 +81,7 @@ DecodeMetrics::DecodeMetrics(prometheus::Registry& r)
       tokens(AddCounter(r, "seer_decode_tokens_total", "Tokens generated and sent.")),
       kv_received_bytes(AddCounter(r, "seer_kv_received_bytes_total",
                                    "Bytes of K and V received from prefill servers.")),
+      write_stalls(AddCounter(r, "seer_stream_write_stalls_total", kWriteStallsHelp)),
       requests_(prometheus::BuildCounter()
                     .Name("seer_decode_requests_total")
                     .Help("Generate requests by final gRPC status code.")

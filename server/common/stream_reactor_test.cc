@@ -33,9 +33,10 @@ struct HookLog {
 // AfterWrite keeps the previous write's hook running meanwhile.
 class PacedReactor final : public StreamReactor<v1::GenerateResponse> {
  public:
-  PacedReactor(WorkQueue* queue, HookLog* log, int messages)
-      : StreamReactor(1 << 20), log_(log), messages_(messages) {
-    Admit(queue, grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "full"));
+  PacedReactor(grpc::CallbackServerContext* context, StreamWatchdog* watchdog, WorkQueue* queue, HookLog* log,
+               int messages)
+      : StreamReactor(context, watchdog), log_(log), messages_(messages) {
+    if (!Admit(queue, {})) FinishNow(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "full"));
   }
 
   void Run(double /*queue_seconds*/) override {
@@ -70,15 +71,16 @@ class PacedReactor final : public StreamReactor<v1::GenerateResponse> {
 class PacedService final : public v1::Decode::CallbackService {
  public:
   PacedService(HookLog* log, int messages) : log_(log), messages_(messages) {}
-  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(grpc::CallbackServerContext* /*context*/,
+  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(grpc::CallbackServerContext* context,
                                                            const v1::GenerateRequest* /*request*/) override {
-    return new PacedReactor(&queue_, log_, messages_);
+    return new PacedReactor(context, &watchdog_, &queue_, log_, messages_);
   }
   void Shutdown() { queue_.Shutdown(); }
 
  private:
   HookLog* log_;
   int messages_;
+  StreamWatchdog watchdog_{0.0};
   WorkQueue queue_{1, 4};
 };
 

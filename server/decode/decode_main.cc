@@ -20,7 +20,8 @@ int main(int argc, char** argv) {
   std::string metrics_address = "0.0.0.0:9091";
   std::string model, prefill, device = "auto";
   int64_t threads = 0, max_concurrent = 4, max_queue = 64, max_new_tokens = 4096, attempts = 0;
-  double drain_seconds = 30.0, prefill_timeout = 0.0;
+  int64_t max_buffered_bytes = int64_t{256} << 20;
+  double drain_seconds = 30.0, prefill_timeout = 0.0, write_stall_seconds = 20.0;
   bool retry_broken = false;
 
   seer::FlagSet flags("seer-decode --model DIR --prefill HOST:PORT[,HOST:PORT...] [flags]",
@@ -39,6 +40,11 @@ int main(int argc, char** argv) {
   flags.Int("max-concurrent", &max_concurrent, "requests decoding at once");
   flags.Int("max-queue", &max_queue, "requests waiting for a slot; beyond that RESOURCE_EXHAUSTED");
   flags.Int("max-new-tokens", &max_new_tokens, "largest max_new_tokens a request may ask for");
+  flags.Int("max-buffered-bytes", &max_buffered_bytes,
+            "tokens all admitted streams may hold for their clients (each reserves max_new_tokens x 128 bytes); "
+            "a request that would exceed it is RESOURCE_EXHAUSTED before any work");
+  flags.Double("write-stall-seconds", &write_stall_seconds,
+               "cancel a stream whose client reads nothing for this long (0: never)");
   flags.Int("prefill-attempts", &attempts,
             "Prefill calls per request when endpoints are UNAVAILABLE (0: one per endpoint, +2 per dns name)");
   flags.Double("prefill-timeout", &prefill_timeout, "deadline of one Prefill call, seconds (0: none)");
@@ -62,6 +68,8 @@ int main(int argc, char** argv) {
   options.max_concurrent = static_cast<int>(max_concurrent);
   options.max_queue = static_cast<int>(max_queue);
   options.max_new_tokens = static_cast<int>(max_new_tokens);
+  options.max_buffered_bytes = max_buffered_bytes;
+  options.write_stall_seconds = write_stall_seconds;
   if (seer::Status s = seer::DecodeService::CheckOptions(options); !s.ok()) {
     std::fprintf(stderr, "seer-decode: %s\n", s.ToString().c_str());
     return 2;
