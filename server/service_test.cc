@@ -6,6 +6,7 @@
 // where a test needs to hold or count its work.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -17,7 +18,13 @@
 #include <thread>
 #include <vector>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/support/server_interceptor.h>
 
 #include "engine/engine.h"
 #include "server/decode/decode_service.h"
@@ -161,8 +168,9 @@ struct DecodeHarness {
   std::unique_ptr<DecodeService> service;
   std::unique_ptr<GrpcServer> server;
 
-  DecodeHarness(const std::string& prefill_targets, Engine* engine, DecodeServiceOptions options = {}) {
-    auto c = PrefillClient::Create(prefill_targets, {});
+  DecodeHarness(const std::string& prefill_targets, Engine* engine, DecodeServiceOptions options = {},
+                PrefillClientOptions client_options = {}) {
+    auto c = PrefillClient::Create(prefill_targets, client_options);
     EXPECT_TRUE(c.ok()) << c.status().ToString();
     client = std::move(c).value();
     service = std::make_unique<DecodeService>(options, client.get(), &metrics);
@@ -1015,6 +1023,308 @@ TEST(ByteBudget, ReservesUpToItsLimitAndTakesSharesBack) {
   EXPECT_EQ(budget.used(), 0);
   EXPECT_FALSE(budget.TryReserve(101));
   EXPECT_TRUE(budget.TryReserve(100));
+}
+
+
+// --- routing (issue 14) and detection (issue 15, finding 5) ---------------------
+
+namespace routing {
+
+// The prefill_endpoint of each of `n` small greedy Generate calls, or the
+// status of the first that failed.
+std::vector<std::string> EndpointsOf(v1::Decode::Stub* stub, int n, grpc::Status* failed) {
+  std::vector<std::string> out;
+  for (int i = 0; i < n; ++i) {
+    v1::GenerateRequest req;
+    for (int t = 0; t < 20; ++t) req.add_token_ids((t * 11 + i) % 128);
+    req.set_max_new_tokens(2);
+    v1::GenerateSummary summary;
+    const grpc::Status s = CallGenerate(stub, req, nullptr, &summary);
+    if (!s.ok()) {
+      *failed = s;
+      return out;
+    }
+    out.push_back(summary.prefill_endpoint());
+  }
+  return out;
+}
+
+// Adds "seer-queue-depth: <depth>" to the trailing metadata of every call,
+// as a prefill server reporting its queue does.
+class QueueDepthInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  explicit QueueDepthInterceptor(std::string depth) : depth_(std::move(depth)) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::PRE_SEND_STATUS))
+      methods->GetSendTrailingMetadata()->emplace(kQueueDepthKey, depth_);
+    methods->Proceed();
+  }
+
+ private:
+  std::string depth_;
+};
+
+class QueueDepthReporter final : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit QueueDepthReporter(int depth) : depth_(std::to_string(depth)) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* /*info*/) override {
+    return new QueueDepthInterceptor(depth_);
+  }
+
+ private:
+  std::string depth_;
+};
+
+// A real PrefillService whose answers report a fixed queue depth.
+struct ReportingPrefill {
+  std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
+  PrefillMetrics metrics{*registry};
+  PrefillService service{{}, &metrics};
+  std::unique_ptr<grpc::Server> server;
+  std::string address;
+
+  ReportingPrefill(Engine* engine, int depth) {
+    EXPECT_TRUE(service.SetEngine(engine).ok());
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(&service);
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> reporters;
+    reporters.push_back(std::make_unique<QueueDepthReporter>(depth));
+    builder.experimental().SetInterceptorCreators(std::move(reporters));
+    server = builder.BuildAndStart();
+    address = "127.0.0.1:" + std::to_string(port);
+  }
+  ~ReportingPrefill() {
+    server->Shutdown(std::chrono::system_clock::now() + 5s);
+    service.Shutdown();
+  }
+};
+
+// Accepts TCP connections and never says a word: a hung process, a port
+// forwarded to nothing.
+class BlackHole {
+ public:
+  BlackHole() {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (bind(fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0 || listen(fd_, 64) != 0 ||
+        getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      ADD_FAILURE() << "cannot listen on loopback";
+      return;
+    }
+    address_ = "127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
+    thread_ = std::thread([this] {
+      for (;;) {
+        const int c = accept(fd_, nullptr, nullptr);
+        if (c < 0) return;
+        std::lock_guard<std::mutex> lock(mu_);
+        accepted_.push_back(c);
+      }
+    });
+  }
+  ~BlackHole() {
+    shutdown(fd_, SHUT_RDWR);
+    close(fd_);
+    if (thread_.joinable()) thread_.join();
+    for (int c : accepted_) close(c);
+  }
+  const std::string& address() const { return address_; }
+  int accepted() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return static_cast<int>(accepted_.size());
+  }
+
+ private:
+  int fd_ = -1;
+  std::string address_;
+  std::thread thread_;
+  std::mutex mu_;
+  std::vector<int> accepted_;
+};
+
+// A Prefill server that takes calls and never answers them.
+class SilentPrefill final : public v1::Prefill::CallbackService {
+ public:
+  grpc::ServerWriteReactor<v1::PrefillResponse>* Prefill(grpc::CallbackServerContext* /*context*/,
+                                                         const v1::PrefillRequest* /*request*/) override {
+    class Silent final : public grpc::ServerWriteReactor<v1::PrefillResponse> {
+      void OnCancel() override { Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled")); }
+      void OnDone() override { delete this; }
+    };
+    ++calls;
+    return new Silent();
+  }
+  std::atomic<int> calls{0};
+};
+
+double SecondsSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+}  // namespace routing
+
+// Issue 14: an endpoint at capacity answers RESOURCE_EXHAUSTED at once; the
+// decode worker tries the next one instead of failing the request.
+TEST(Routing, AnEndpointAtCapacityIsSkippedForTheNext) {
+  using namespace routing;
+  std::unique_ptr<Engine> real = LoadEngine(Path("llama"));
+  ASSERT_TRUE(real);
+  InstrumentedEngine held(real.get());
+  PrefillServiceOptions one;
+  one.max_concurrent = 1;
+  one.max_queue = 0;
+  PrefillHarness saturated(one, &held);
+  PrefillHarness free({}, real.get());
+  // Fill the saturated server's one slot and keep it busy.
+  held.Hold();
+  v1::PrefillRequest occupy;
+  for (int i = 0; i < 30; ++i) occupy.add_token_ids(i);
+  auto saturated_stub = saturated.Stub();
+  std::future<grpc::Status> occupying =
+      std::async(std::launch::async, [&] { return CallPrefill(saturated_stub.get(), occupy); });
+  // However the test ends, the held prefill is let go first.
+  struct ReleaseOnExit {
+    InstrumentedEngine* engine;
+    ~ReleaseOnExit() { engine->Release(); }
+  } release_on_exit{&held};
+  ASSERT_TRUE(held.WaitEntered(1, 20s));
+
+  DecodeHarness decode(saturated.server->address() + "," + free.server->address(), real.get());
+  grpc::Status failed;
+  const std::vector<std::string> endpoints = EndpointsOf(decode.Stub().get(), 6, &failed);
+  ASSERT_EQ(endpoints.size(), 6u) << failed.error_code() << ": " << failed.error_message();
+  for (const std::string& e : endpoints) EXPECT_EQ(e, free.server->address());
+  EXPECT_GE(isolation::CountByCode(*saturated.registry, "seer_prefill_requests_total", "RESOURCE_EXHAUSTED"), 1);
+
+  // With every endpoint at capacity the request is RESOURCE_EXHAUSTED (worth
+  // retrying later), naming the endpoint.
+  DecodeHarness only_saturated(saturated.server->address(), real.get());
+  grpc::Status s;
+  EndpointsOf(only_saturated.Stub().get(), 1, &s);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_NE(s.error_message().find(saturated.server->address()), std::string::npos) << s.error_message();
+  held.Release();
+  EXPECT_TRUE(occupying.get().ok());
+}
+
+// Issue 14: the decode worker prefers the endpoint with the shortest queue it
+// knows of (the seer-queue-depth its answers report), and round-robins when
+// it knows nothing.
+TEST(Routing, TheEndpointReportingTheShortestQueueIsPreferred) {
+  using namespace routing;
+  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"));
+  ASSERT_TRUE(engine);
+  ReportingPrefill busy(engine.get(), 7), idle(engine.get(), 0);
+  DecodeHarness decode(busy.address + "," + idle.address, engine.get());
+  grpc::Status failed;
+  const std::vector<std::string> endpoints = EndpointsOf(decode.Stub().get(), 10, &failed);
+  ASSERT_EQ(endpoints.size(), 10u) << failed.error_message();
+  const int to_busy = static_cast<int>(std::count(endpoints.begin(), endpoints.end(), busy.address));
+  std::printf("[ info     ] %d of 10 requests went to the endpoint reporting 7 queued, %d to the one reporting 0\n",
+              to_busy, 10 - to_busy);
+  EXPECT_LE(to_busy, 1) << "only a request before the decode worker heard from it may go there";
+
+  // Without reports: round-robin, as before.
+  PrefillHarness a({}, engine.get()), b({}, engine.get());
+  DecodeHarness plain(a.server->address() + "," + b.server->address(), engine.get());
+  const std::vector<std::string> rr = EndpointsOf(plain.Stub().get(), 6, &failed);
+  ASSERT_EQ(rr.size(), 6u) << failed.error_message();
+  EXPECT_EQ(std::count(rr.begin(), rr.end(), a.server->address()), 3);
+  EXPECT_EQ(std::count(rr.begin(), rr.end(), b.server->address()), 3);
+}
+
+// Finding 5: an endpoint that accepts TCP and never answers cost the first
+// request gRPC's 20 s connect attempt before fail-over. Now the attempt,
+// handshake included, gets --prefill-connect-timeout (2 s).
+TEST(Detection, AnEndpointThatAcceptsTcpAndNeverAnswersCostsSeconds) {
+  using namespace routing;
+  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"));
+  ASSERT_TRUE(engine);
+  PrefillHarness prefill({}, engine.get());
+  BlackHole hole;
+  DecodeHarness decode(hole.address() + "," + prefill.server->address(), engine.get());
+  auto stub = decode.Stub();
+  for (int i = 0; i < 4; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    grpc::Status failed;
+    const std::vector<std::string> endpoints = EndpointsOf(stub.get(), 1, &failed);
+    const double seconds = SecondsSince(t0);
+    ASSERT_EQ(endpoints.size(), 1u) << failed.error_message();
+    EXPECT_EQ(endpoints[0], prefill.server->address());
+    std::printf("[ info     ] request %d with a black-hole endpoint listed first: %.2f s\n", i, seconds);
+    EXPECT_LT(seconds, 10.0) << "fail-over took gRPC's default connect timeout";
+  }
+  EXPECT_GE(hole.accepted(), 1) << "the black hole was never tried";
+}
+
+// A prefill server that takes the call and never sends a byte: the call is
+// given up after --prefill-first-byte-timeout and the next endpoint tried.
+TEST(Detection, AnEndpointThatTakesTheCallAndNeverAnswersIsGivenUp) {
+  using namespace routing;
+  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"));
+  ASSERT_TRUE(engine);
+  PrefillHarness prefill({}, engine.get());
+  SilentPrefill silent_service;
+  auto silent = GrpcServer::Start("127.0.0.1:0", {&silent_service}, {"seer.v1.Prefill"}, 1 << 20);
+  ASSERT_TRUE(silent.ok());
+  (*silent)->SetServing(true);
+  PrefillClientOptions client;
+  client.first_byte_timeout_seconds = 1.0;
+  DecodeHarness decode((*silent)->address() + "," + prefill.server->address(), engine.get(), {}, client);
+  const auto t0 = std::chrono::steady_clock::now();
+  grpc::Status failed;
+  const std::vector<std::string> endpoints = EndpointsOf(decode.Stub().get(), 1, &failed);
+  const double seconds = SecondsSince(t0);
+  ASSERT_EQ(endpoints.size(), 1u) << failed.error_message();
+  EXPECT_EQ(endpoints[0], prefill.server->address());
+  EXPECT_EQ(silent_service.calls.load(), 1);
+  EXPECT_LT(seconds, 10.0);
+  // With no other endpoint the request fails UNAVAILABLE, naming the timeout.
+  DecodeHarness alone((*silent)->address(), engine.get(), {}, client);
+  EndpointsOf(alone.Stub().get(), 1, &failed);
+  EXPECT_EQ(failed.error_code(), grpc::StatusCode::UNAVAILABLE) << failed.error_message();
+  EXPECT_NE(failed.error_message().find("--prefill-first-byte-timeout"), std::string::npos) << failed.error_message();
+  (*silent)->Shutdown(1.0);
+}
+
+// Finding 5: seer-decode said SERVING while it could reach no prefill
+// endpoint. The client's health watch says which endpoints serve, and why
+// not; seer-decode's health follows it (tests/e2e/detection_test.cc).
+TEST(Detection, TheHealthWatchFollowsThePrefillEndpoints) {
+  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"));
+  ASSERT_TRUE(engine);
+  PrefillHarness a({}, engine.get()), b({}, engine.get());
+  PrefillClientOptions options;
+  options.health_interval_seconds = 0.2;
+  options.health_timeout_seconds = 1.0;
+  auto client = PrefillClient::Create(a.server->address() + "," + b.server->address(), options);
+  ASSERT_TRUE(client.ok());
+  std::mutex mu;
+  std::vector<std::pair<bool, std::string>> seen;
+  (*client)->WatchHealth([&](bool any, const std::string& why) {
+    std::lock_guard<std::mutex> lock(mu);
+    seen.emplace_back(any, why);
+  });
+  auto last = [&] {
+    std::lock_guard<std::mutex> lock(mu);
+    return seen.empty() ? std::make_pair(false, std::string("nothing yet")) : seen.back();
+  };
+  ASSERT_TRUE(isolation::WaitFor([&] { return last().first; }, 20s));
+  a.server->SetServing(false);  // as while draining or loading
+  std::this_thread::sleep_for(1s);
+  EXPECT_TRUE(last().first) << "one endpoint still serves";
+  b.server->SetServing(false);
+  ASSERT_TRUE(isolation::WaitFor([&] { return !last().first; }, 20s));
+  const std::string why = last().second;
+  EXPECT_NE(why.find(a.server->address() + ": NOT_SERVING"), std::string::npos) << why;
+  EXPECT_NE(why.find(b.server->address() + ": NOT_SERVING"), std::string::npos) << why;
+  b.server->SetServing(true);
+  ASSERT_TRUE(isolation::WaitFor([&] { return last().first; }, 20s));
+  EXPECT_NE(last().second.find(b.server->address() + ": SERVING"), std::string::npos) << last().second;
 }
 
 }  // namespace
