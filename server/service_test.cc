@@ -732,7 +732,7 @@ std::shared_ptr<grpc::Channel> NonReadingChannel(const std::string& address) {
 }
 
 // A call started and then left alone: nothing is ever read.
-template <typename Stub, typename Request, typename Response>
+template <typename Stub, typename Response>
 struct StalledCall {
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<Stub> stub;
@@ -740,8 +740,8 @@ struct StalledCall {
   std::unique_ptr<grpc::ClientReader<Response>> reader;
 };
 
-using StalledPrefill = StalledCall<v1::Prefill::Stub, v1::PrefillRequest, v1::PrefillResponse>;
-using StalledGenerate = StalledCall<v1::Decode::Stub, v1::GenerateRequest, v1::GenerateResponse>;
+using StalledPrefill = StalledCall<v1::Prefill::Stub, v1::PrefillResponse>;
+using StalledGenerate = StalledCall<v1::Decode::Stub, v1::GenerateResponse>;
 
 std::unique_ptr<StalledPrefill> StartStalledPrefill(const std::string& address, const v1::PrefillRequest& req) {
   auto call = std::make_unique<StalledPrefill>();
