@@ -225,7 +225,7 @@ class StreamReactor : public grpc::ServerWriteReactor<Response>,
         return;
       }
     }
-    if (make && !Make(front, std::move(make))) return;  // the stream ended meanwhile
+    if (make && !Make(front, std::move(make), /*holds_pump=*/true)) return;  // the stream ended meanwhile
     Response* to_write = nullptr;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -248,10 +248,11 @@ class StreamReactor : public grpc::ServerWriteReactor<Response>,
       std::lock_guard<std::mutex> lock(mu_);
       if (cancelled_ || outbox_.size() < 2) return;
       next = &outbox_[1];
-      if (next->msg != nullptr || next->making) return;
+      if (next->msg != nullptr || next->making || !next->make) return;
       make = ClaimLocked(*next);
     }
-    if (Make(next, std::move(make))) Kick();  // it may be the front by now, the pump free
+    // By the time it is made it may be the front, and the pump free.
+    if (Make(next, std::move(make), /*holds_pump=*/false)) Kick();
   }
 
   // Under the lock: takes the recipe of `entry` to run outside the lock. The
@@ -266,9 +267,11 @@ class StreamReactor : public grpc::ServerWriteReactor<Response>,
 
   // Without the lock: runs a claimed recipe and stores its message. A recipe
   // that fails ends the stream with its status. False when the stream is
-  // cancelled: the entry is gone from the outbox then (and whoever held the
-  // pump for it has released it).
-  bool Make(Pending* entry, Deferred make) {
+  // cancelled: then the pump, if this thread holds it (for the front, which
+  // `entry` then is), is released with the entry; a message made ahead stays
+  // behind, empty, since nothing more is written (taking it out of the
+  // middle of the outbox would move the front under its pump).
+  bool Make(Pending* entry, Deferred make, bool holds_pump) {
     // Outside the lock: a KV chunk is a copy of megabytes.
     StatusOr<std::unique_ptr<Response>> made = make();
     make = nullptr;
@@ -290,12 +293,11 @@ class StreamReactor : public grpc::ServerWriteReactor<Response>,
       entry->making = false;
       --making_;
       if (!stored) {
-        // Cancelled: the entry goes. It is the front (its pump is released)
-        // or the second, behind a write in flight.
-        const bool is_front = entry == &outbox_.front();
-        dropped.push_back(std::move(*entry));
-        outbox_.erase(is_front ? outbox_.begin() : outbox_.begin() + 1);
-        if (is_front) pump_busy_ = false;
+        if (holds_pump) {
+          dropped.push_back(std::move(outbox_.front()));
+          outbox_.pop_front();
+          pump_busy_ = false;
+        }
         finish = ShouldFinishLocked(&final_status);
       }
     }

@@ -103,8 +103,9 @@ grpc::Status ReadAll(v1::Prefill::Stub* stub, const v1::PrefillRequest& req) {
 // the server's RSS grew by their KV, bounded only by N x
 // --stream-buffer-bytes. Now it grows by at most --max-buffered-bytes (the
 // rest are RESOURCE_EXHAUSTED at once), the stalled streams are cancelled
-// after --write-stall-seconds, and a second wave finds the memory of the
-// first free to reuse: nothing accumulates.
+// after --write-stall-seconds, and a second wave stays within the same
+// bound: nothing accumulates. (Whether the allocator gives freed KV back to
+// the system between waves is its business; the bound holds either way.)
 TEST(Robustness, ClientsThatNeverReadCannotGrowThePrefillPastItsBudget) {
   constexpr int kClients = 20;
   constexpr int64_t kBudget = int64_t{100} << 20;
@@ -172,11 +173,10 @@ TEST(Robustness, ClientsThatNeverReadCannotGrowThePrefillPastItsBudget) {
               "%.0f and %.0f for the second\n",
               kClients, first.admitted, second.admitted, rss_before / kMiB, first.rss_held / kMiB, kBudget / kMiB,
               first.rss_after / kMiB, second.rss_held / kMiB, second.rss_after / kMiB);
-  // The budget bounds what the stalled streams made the server hold; what
-  // the allocator kept of the first wave serves the second.
-  EXPECT_LT(first.rss_held - rss_before, kBudget + (int64_t{48} << 20));
-  EXPECT_LT(second.rss_held - first.rss_after, int64_t{48} << 20);
-  EXPECT_LT(second.rss_after - first.rss_after, int64_t{48} << 20);
+  // The budget bounds what the stalled streams made the server hold, in
+  // either wave and after.
+  const int64_t bound = rss_before + kBudget + (int64_t{48} << 20);
+  for (int64_t rss : {first.rss_held, first.rss_after, second.rss_held, second.rss_after}) EXPECT_LT(rss, bound);
   EXPECT_EQ(MetricOf(prefill, "seer_prefill_requests_total{code=\"CANCELLED\"}"), first.admitted + second.admitted);
   // Still serving those who read.
   EXPECT_TRUE(ReadAll(stub.get(), PrefillOf(1024, 999)).ok());
