@@ -1,5 +1,11 @@
 #include "formats/pth_reader.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -225,7 +231,8 @@ struct Obj {
 
 class Unpickler {
  public:
-  Unpickler(std::string file, const uint8_t* data, size_t size) : file_(std::move(file)), p_(data), size_(size) {}
+  Unpickler(std::string file, const uint8_t* data, size_t size, size_t max_objects)
+      : file_(std::move(file)), p_(data), size_(size), max_objects_(max_objects) {}
 
   // Runs the pickle to STOP and returns the top-level object.
   StatusOr<Ref> Run();
@@ -242,8 +249,8 @@ class Unpickler {
 
   bool Need(size_t n) const { return n <= size_ - pos_; }
   StatusOr<Ref> New(Obj o) {
-    if (arena_.size() >= PthLimits::kMaxObjects) {
-      return Fail("more than " + std::to_string(PthLimits::kMaxObjects) + " objects");
+    if (arena_.size() >= max_objects_) {
+      return Fail("more than " + std::to_string(max_objects_) + " objects");
     }
     arena_.push_back(std::move(o));
     return static_cast<Ref>(arena_.size() - 1);
@@ -269,7 +276,7 @@ class Unpickler {
   }
   Status Memo(uint8_t op, uint64_t index) {
     if (stack_.empty()) return OpError(op, "nothing on the stack to memoize");
-    if (memo_.size() >= PthLimits::kMaxObjects && !memo_.count(index)) return OpError(op, "memo is full");
+    if (memo_.size() >= max_objects_ && !memo_.count(index)) return OpError(op, "memo is full");
     memo_[index] = stack_.back();
     return OkStatus();
   }
@@ -306,6 +313,7 @@ class Unpickler {
   std::string file_;
   const uint8_t* p_;
   size_t size_;
+  size_t max_objects_;
   size_t pos_ = 0;
   size_t op_pos_ = 0;
   std::vector<Obj> arena_;
@@ -465,6 +473,10 @@ StatusOr<Ref> Unpickler::Run() {
         pos_ += 8;  // framing is only a read-ahead hint
         break;
       case kMark:
+        if (marks_.size() >= PthLimits::kMaxMarkDepth) {
+          return OpError(op, "MARKs nested deeper than " + std::to_string(PthLimits::kMaxMarkDepth) +
+                                 "; a state dict needs a handful");
+        }
         marks_.push_back(stack_.size());
         break;
       case kStop: {
@@ -714,7 +726,12 @@ const PthTensor* PthStateDict::Find(std::string_view name) const {
   return nullptr;
 }
 
-StatusOr<PthStateDict> ParsePth(const std::string& name, const uint8_t* data, size_t size) {
+StatusOr<PthStateDict> ParsePth(const std::string& name, const uint8_t* data, size_t size,
+                                const PthLimits& limits) {
+  if (uint64_t(size) > limits.max_file_bytes) {
+    return InvalidArgument(name + ": " + std::to_string(size) + " bytes, more than the limit of " +
+                           std::to_string(limits.max_file_bytes) + " (" + limits.source + ")");
+  }
   if (size >= 2 && data[0] == 0x80 && data[1] <= 5) {
     return InvalidArgument(name + ": a legacy (pre-zip) torch.save file; re-save it with torch >= 1.6");
   }
@@ -729,13 +746,15 @@ StatusOr<PthStateDict> ParsePth(const std::string& name, const uint8_t* data, si
     }
   }
   const ZipEntry* pkl_entry = zip.Find(prefix + "data.pkl");
-  if (pkl_entry->size > PthLimits::kMaxPickleBytes) {
+  if (pkl_entry->size > limits.max_pickle_bytes) {
     return InvalidArgument(name + ": data.pkl is " + std::to_string(pkl_entry->size) + " bytes, more than the limit of " +
-                           std::to_string(PthLimits::kMaxPickleBytes));
+                           std::to_string(limits.max_pickle_bytes) + " (" + limits.source + ")");
   }
   SEER_ASSIGN_OR_RETURN(ZipBytes pkl, zip.Read(*pkl_entry));
 
-  Unpickler u(name, pkl.data, pkl.size);
+  // At most one object per pickle byte: the arena stays proportional to the
+  // pickle whatever its opcodes.
+  Unpickler u(name, pkl.data, pkl.size, std::min<size_t>(limits.max_objects, pkl.size));
   SEER_ASSIGN_OR_RETURN(Ref root_ref, u.Run());
   const Obj& root = u.at(root_ref);
   if (root.kind != Kind::kDict) {
@@ -748,9 +767,10 @@ StatusOr<PthStateDict> ParsePth(const std::string& name, const uint8_t* data, si
   std::unordered_set<std::string_view> names;
   std::map<std::string, ZipBytes> storages;  // key -> verified bytes
   // Output is bounded by the file: views that re-read one storage many times
-  // could otherwise ask for far more memory than the file holds.
+  // could otherwise ask for far more memory than the file holds. A caller
+  // that knows the tensors' shapes bounds the float32 values tighter.
   const uint64_t budget = 2 * uint64_t(size) + (uint64_t{1} << 20);
-  uint64_t used = 0;
+  uint64_t used = 0, value_bytes = 0;
   for (size_t k = 0; k + 1 < root.items.size(); k += 2) {
     const Obj& key = u.at(root.items[k]);
     const Obj& value = u.at(root.items[k + 1]);
@@ -809,6 +829,10 @@ StatusOr<PthStateDict> ParsePth(const std::string& name, const uint8_t* data, si
       return InvalidArgument(name + ": tensors add up to more elements than the file can hold (views that "
                              "repeat a storage are limited to twice the file size)");
     }
+    if (AddOverflow(value_bytes, numel * sizeof(float), &value_bytes) || value_bytes > limits.max_value_bytes) {
+      return InvalidArgument(name + ": tensors add up to more than " + std::to_string(limits.max_value_bytes) +
+                             " bytes of float32 values (" + limits.source + ")");
+    }
 
     PthTensor t;
     t.name = key.s;
@@ -834,27 +858,39 @@ StatusOr<PthStateDict> ParsePth(const std::string& name, const uint8_t* data, si
   return out;
 }
 
-StatusOr<PthStateDict> ReadPthFile(const std::string& path) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) return NotFound(path + ": cannot open: " + std::strerror(errno));
-  std::vector<uint8_t> bytes;
-  bool size_ok = std::fseek(f, 0, SEEK_END) == 0;
-  const long end = size_ok ? std::ftell(f) : -1;
-  size_ok = size_ok && end >= 0 && std::fseek(f, 0, SEEK_SET) == 0;
-  if (!size_ok) {
-    std::fclose(f);
-    return InvalidArgument(path + ": cannot determine the file size");
+StatusOr<PthStateDict> ReadPthFile(const std::string& path, const PthLimits& limits) {
+  // O_NONBLOCK: opening a FIFO must not hang; fstat below rejects it.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    const int err = errno;
+    const std::string what = path + ": cannot open: " + std::strerror(err);
+    return err == ENOENT ? NotFound(what) : InvalidArgument(what);
   }
-  if (uint64_t(end) > PthLimits::kMaxFileBytes) {
-    std::fclose(f);
-    return InvalidArgument(path + ": " + std::to_string(end) + " bytes, more than the limit of " +
-                           std::to_string(PthLimits::kMaxFileBytes));
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return InvalidArgument(path + ": not a regular file");
   }
-  bytes.resize(static_cast<size_t>(end));
-  const size_t got = bytes.empty() ? 0 : std::fread(bytes.data(), 1, bytes.size(), f);
-  std::fclose(f);
-  if (got != bytes.size()) return InvalidArgument(path + ": short read");
-  return ParsePth(path, bytes.data(), bytes.size());
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  if (size > limits.max_file_bytes) {
+    ::close(fd);
+    return InvalidArgument(path + ": " + std::to_string(size) + " bytes, more than the limit of " +
+                           std::to_string(limits.max_file_bytes) + " (" + limits.source + ")");
+  }
+  if (size == 0) {
+    ::close(fd);
+    return ParsePth(path, nullptr, 0, limits);
+  }
+  // A read-only private mapping: the parser touches the zip directory, the
+  // pickle and the storages it converts, never the rest of the file, and the
+  // pages go when the mapping does.
+  void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  const int map_err = errno;
+  ::close(fd);
+  if (map == MAP_FAILED) return InvalidArgument(path + ": mmap failed: " + std::strerror(map_err));
+  StatusOr<PthStateDict> parsed = ParsePth(path, static_cast<const uint8_t*>(map), size, limits);
+  ::munmap(map, size);
+  return parsed;
 }
 
 }  // namespace seer

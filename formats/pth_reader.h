@@ -38,18 +38,31 @@ struct PthStateDict {
   const PthTensor* Find(std::string_view name) const;
 };
 
-// Limits on hostile input.
+// Limits on hostile input. The defaults bound any file; a loader that knows
+// what the file must hold (LoadGates knows the model's shapes) passes tighter
+// ones, so that a file far larger than its tensors is refused before it is
+// read, and the unpickler's memory stays proportional to a pickle that can
+// only be as long as the tensors it describes need.
 struct PthLimits {
-  static constexpr size_t kMaxPickleBytes = size_t{64} << 20;
-  static constexpr size_t kMaxObjects = size_t{1} << 22;
   static constexpr int kMaxRank = 16;
-  static constexpr uint64_t kMaxFileBytes = uint64_t{64} << 30;
+  // Nesting of MARKs: a state dict needs a handful.
+  static constexpr size_t kMaxMarkDepth = 1024;
+
+  uint64_t max_file_bytes = uint64_t{64} << 30;
+  size_t max_pickle_bytes = size_t{64} << 20;
+  size_t max_objects = size_t{1} << 22;
+  // float32 values of all tensors together (also at most twice the file).
+  uint64_t max_value_bytes = UINT64_MAX;
+  // Named in errors: where the limits come from ("the gates of a 32-layer model").
+  std::string source = "the reader's fixed limits";
 };
 
-// Reads the file at `path`.
-StatusOr<PthStateDict> ReadPthFile(const std::string& path);
+// Reads the file at `path` through a read-only memory map (nothing is read
+// before the size is checked, and only what is parsed is ever touched).
+StatusOr<PthStateDict> ReadPthFile(const std::string& path, const PthLimits& limits = {});
 
 // Parses an in-memory checkpoint; `name` stands for the file in errors.
-StatusOr<PthStateDict> ParsePth(const std::string& name, const uint8_t* data, size_t size);
+StatusOr<PthStateDict> ParsePth(const std::string& name, const uint8_t* data, size_t size,
+                                const PthLimits& limits = {});
 
 }  // namespace seer

@@ -225,6 +225,43 @@ TEST(PthReader, RejectsStackAndMemoAbuse) {
   ExpectRejected(ArchiveWithPickle(std::string("\x80\x09}.", 4)), "protocol 9");
 }
 
+// MARKs nest a handful deep in a state dict; a pickle of nothing but MARKs
+// is refused at a fixed depth instead of growing the mark stack with the file.
+TEST(PthReader, RejectsMarksNestedDeeperThanAStateDictNeeds) {
+  ExpectRejected(ArchiveWithPickle("\x80\x02" + std::string(PthLimits::kMaxMarkDepth + 1, '(') + "."),
+                 "MARKs nested deeper than 1024");
+  // At the limit, the pickle runs to its end (and fails for its content only).
+  ExpectRejected(ArchiveWithPickle("\x80\x02" + std::string(PthLimits::kMaxMarkDepth, '(') + "N."),
+                 "not a state dict");
+}
+
+// Limits a loader passes (LoadGates, from the model's shapes) are named.
+TEST(PthReader, EnforcesTheCallersLimits) {
+  const ValidFile v = MakeValid();
+  auto parse = [&](const PthLimits& limits) {
+    return ParsePth("g.pth", reinterpret_cast<const uint8_t*>(v.bytes.data()), v.bytes.size(), limits);
+  };
+  PthLimits file;
+  file.max_file_bytes = v.bytes.size() - 1;
+  file.source = "the test's limits";
+  auto r = parse(file);
+  EXPECT_NE(r.status().message().find("more than the limit of " + std::to_string(v.bytes.size() - 1) +
+                                      " (the test's limits)"),
+            std::string::npos)
+      << r.status().ToString();
+  PthLimits pickle;
+  pickle.max_pickle_bytes = 16;
+  r = parse(pickle);
+  EXPECT_NE(r.status().message().find("data.pkl is"), std::string::npos) << r.status().ToString();
+  PthLimits values;
+  values.max_value_bytes = 4 * 8;  // the two tensors hold 6 + 3 values
+  r = parse(values);
+  EXPECT_NE(r.status().message().find("more than 32 bytes of float32 values"), std::string::npos)
+      << r.status().ToString();
+  values.max_value_bytes = 4 * 9;
+  EXPECT_TRUE(parse(values).ok());
+}
+
 TEST(PthReader, RejectsCallsAndBuildsOutsideTheStateDictShape) {
   // Calling a storage class.
   PickleWriter a;

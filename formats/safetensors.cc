@@ -24,8 +24,6 @@ namespace {
 //                            "__metadata__": {string: string}}
 //   rest       the data section; offsets are relative to its start.
 constexpr size_t kLengthPrefix = 8;
-// The reference implementation refuses headers above 100 MB; so do we.
-constexpr uint64_t kMaxHeaderBytes = 100u << 20;
 constexpr std::string_view kMetadataKey = "__metadata__";
 
 uint64_t ReadLittleEndian64(const uint8_t* p) {
@@ -95,7 +93,8 @@ std::string ShapeToString(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
-StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
+StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path,
+                                                                 const SafetensorsLimits& limits) {
   // O_NONBLOCK: opening a FIFO must not hang; fstat below rejects it.
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) {
@@ -120,7 +119,7 @@ StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::stri
   ::close(fd);
   if (map == MAP_FAILED) return InvalidArgument(path + ": mmap failed: " + std::strerror(map_err));
 
-  auto parsed = Parse(path, static_cast<const uint8_t*>(map), size);
+  auto parsed = Parse(path, static_cast<const uint8_t*>(map), size, limits);
   if (!parsed.ok()) {
     ::munmap(map, size);
     return parsed.status();
@@ -132,7 +131,7 @@ StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::stri
 }
 
 StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Parse(const std::string& name, const uint8_t* data,
-                                                                  size_t size) {
+                                                                  size_t size, const SafetensorsLimits& limits) {
   if (size < kLengthPrefix) {
     return InvalidArgument(name + ": truncated: " + std::to_string(size) +
                            " bytes, but the header length alone takes 8");
@@ -143,9 +142,9 @@ StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Parse(const std::str
                            std::to_string(size) + " bytes; at most " + std::to_string(size - kLengthPrefix) +
                            " are left for the header)");
   }
-  if (header_len > kMaxHeaderBytes) {
+  if (header_len > limits.max_header_bytes) {
     return InvalidArgument(name + ": header length " + std::to_string(header_len) + " exceeds the limit of " +
-                           std::to_string(kMaxHeaderBytes) + " bytes");
+                           std::to_string(limits.max_header_bytes) + " bytes (" + limits.source + ")");
   }
   const std::string_view header(reinterpret_cast<const char*>(data + kLengthPrefix), header_len);
   auto root = JsonValue::Parse(header);

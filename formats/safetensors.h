@@ -32,14 +32,25 @@ struct TensorView {
 // "[4, 64]"
 std::string ShapeToString(const std::vector<int64_t>& shape);
 
+// Limits on hostile input. The tensors stay in the mapping and cost nothing
+// until read; the JSON header is parsed into memory, so a loader that knows
+// how many tensors it expects (Checkpoint, LoadGates) bounds it by that.
+struct SafetensorsLimits {
+  // The reference implementation refuses headers above 100 MB; so do we.
+  uint64_t max_header_bytes = uint64_t{100} << 20;
+  // Named in errors: where the limit comes from.
+  std::string source = "the format's limit";
+};
+
 class SafetensorsFile {
  public:
   // Maps `path` read-only and parses its header.
-  static StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path);
+  static StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path,
+                                                         const SafetensorsLimits& limits = {});
   // Parses an in-memory buffer the caller keeps alive (tests, fuzzing).
   // `name` stands for the file in errors.
   static StatusOr<std::unique_ptr<SafetensorsFile>> Parse(const std::string& name, const uint8_t* data,
-                                                          size_t size);
+                                                          size_t size, const SafetensorsLimits& limits = {});
   ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;

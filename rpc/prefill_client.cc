@@ -3,9 +3,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
+#include <optional>
 #include <utility>
 
 #include "rpc/grpc_status.h"
+#include "rpc/load_metadata.h"
 
 namespace seer {
 
@@ -59,9 +62,41 @@ StatusOr<std::vector<std::string>> ParsePrefillTargets(const std::string& target
   return out;
 }
 
+namespace {
+
+int Millis(double seconds) { return static_cast<int>(std::min(seconds * 1000.0, 2e9)); }
+
+std::string SecondsText(double seconds) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.3g s", seconds);
+  return text;
+}
+
+Status CheckSeconds(double v, const char* flag, double lo, bool zero_ok) {
+  if ((zero_ok && v == 0.0) || (v >= lo && v <= 3600.0)) return OkStatus();
+  return InvalidArgument(std::string(flag) + ": " + std::to_string(v) + " is out of range [" + std::to_string(lo) +
+                         ", 3600] seconds" + (zero_ok ? " (0: off)" : ""));
+}
+
+// How long an endpoint that refused a call, or could not be reached, is
+// tried after the others.
+constexpr auto kAvoidAfterRefusal = std::chrono::seconds(1);
+// How long a reported queue depth is believed.
+constexpr auto kQueueDepthTtl = std::chrono::seconds(5);
+// Health checks in a row that must fail before an endpoint counts as down.
+constexpr int kFailedChecksForDown = 2;
+
+}  // namespace
+
 StatusOr<std::unique_ptr<PrefillClient>> PrefillClient::Create(const std::string& targets,
                                                                const PrefillClientOptions& options) {
   SEER_ASSIGN_OR_RETURN(std::vector<std::string> list, ParsePrefillTargets(targets));
+  SEER_RETURN_IF_ERROR(CheckSeconds(options.connect_timeout_seconds, "--prefill-connect-timeout", 0.1, false));
+  SEER_RETURN_IF_ERROR(CheckSeconds(options.first_byte_timeout_seconds, "--prefill-first-byte-timeout", 0.1, true));
+  SEER_RETURN_IF_ERROR(CheckSeconds(options.keepalive_seconds, "--prefill-keepalive", 0.5, false));
+  SEER_RETURN_IF_ERROR(CheckSeconds(options.keepalive_timeout_seconds, "--prefill-keepalive-timeout", 0.5, false));
+  SEER_RETURN_IF_ERROR(CheckSeconds(options.health_interval_seconds, "--prefill-health-interval", 0.1, true));
+  SEER_RETURN_IF_ERROR(CheckSeconds(options.health_timeout_seconds, "--prefill-health-timeout", 0.1, false));
   std::unique_ptr<PrefillClient> client(new PrefillClient());
   client->options_ = options;
   client->targets_ = list;
@@ -72,63 +107,118 @@ StatusOr<std::unique_ptr<PrefillClient>> PrefillClient::Create(const std::string
     // A name that resolves to many addresses (a headless Service) spreads
     // calls over all of them, skipping the ones that are down.
     args.SetLoadBalancingPolicyName("round_robin");
-    // Notice a peer that vanished without closing its connection.
-    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
-    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+    // A connection attempt gets connect_timeout_seconds (gRPC's minimum
+    // connect timeout, 20 s by default), the HTTP/2 handshake included: an
+    // address that accepts TCP and never answers fails in seconds, and
+    // calls skip it until a later attempt (after at most 5 s) connects.
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, Millis(options.connect_timeout_seconds));
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 1000);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, std::max(5000, Millis(options.connect_timeout_seconds)));
+    // Notice a stopped or vanished peer while calls wait on it. The servers
+    // accept pings every second (server/common/grpc_server.cc), and a
+    // server-streaming client never sends data, so pings are not limited to
+    // two "without data".
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, Millis(options.keepalive_seconds));
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, Millis(options.keepalive_timeout_seconds));
+    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
     auto endpoint = std::make_unique<Endpoint>();
     endpoint->target = target;
     endpoint->channel = grpc::CreateCustomChannel(
         target, options.credentials ? options.credentials : grpc::InsecureChannelCredentials(), args);
     endpoint->stub = v1::Prefill::NewStub(endpoint->channel);
+    endpoint->health = grpc::health::v1::Health::NewStub(endpoint->channel);
+    endpoint->health_state = "not checked yet";
     client->endpoints_.push_back(std::move(endpoint));
     if (target.rfind("dns:", 0) == 0) ++names;
   }
   client->attempts_ = options.attempts > 0 ? options.attempts : static_cast<int>(list.size()) + 2 * names;
+  if (options.first_byte_timeout_seconds > 0) client->timer_thread_ = std::thread([c = client.get()] { c->TimerLoop(); });
+  if (options.health_interval_seconds > 0) client->health_thread_ = std::thread([c = client.get()] { c->HealthLoop(); });
   return client;
+}
+
+PrefillClient::~PrefillClient() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  timer_wake_.notify_all();
+  if (timer_thread_.joinable()) timer_thread_.join();
+  if (health_thread_.joinable()) health_thread_.join();
+}
+
+std::vector<size_t> PrefillClient::Order() {
+  const size_t n = endpoints_.size();
+  const uint64_t first = next_.fetch_add(1);
+  std::vector<size_t> order(n);
+  for (size_t i = 0; i < n; ++i) order[i] = (first + i) % n;
+  std::vector<std::pair<int, int64_t>> key(n);  // (avoid, load), by endpoint
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const Clock::time_point now = Clock::now();
+    for (size_t i = 0; i < n; ++i) {
+      const Endpoint& e = *endpoints_[i];
+      const bool fresh = e.reported_depth >= 0 && now - e.reported_at < kQueueDepthTtl;
+      key[i] = {e.down || now < e.avoid_until ? 1 : 0, (fresh ? e.reported_depth : 0) + e.inflight};
+    }
+  }
+  // Round-robin among equals: the rotation above is the tie-break.
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return key[a] < key[b]; });
+  return order;
 }
 
 StatusOr<FetchedKv> PrefillClient::Fetch(const v1::PrefillRequest& request, const ExpectedLayout& expected,
                                          KvCache* cache, CallCanceller* canceller,
                                          const std::function<void(int64_t)>& on_kv_bytes) {
-  const uint64_t first = next_.fetch_add(1);
+  const std::vector<size_t> order = Order();
   Status last;
   std::string tried;
+  bool all_exhausted = true;
   for (int attempt = 0; attempt < attempts_; ++attempt) {
-    Endpoint& endpoint = *endpoints_[(first + attempt) % endpoints_.size()];
+    Endpoint& endpoint = *endpoints_[order[attempt % order.size()]];
     FetchedKv out;
-    bool retryable = false;
-    Status s = FetchOnce(endpoint, request, expected, cache, canceller, on_kv_bytes, &out, &retryable);
+    Outcome outcome = Outcome::kFinal;
+    Status s = FetchOnce(endpoint, request, expected, cache, canceller, on_kv_bytes, &out, &outcome);
     if (s.ok()) {
       out.attempts = attempt + 1;
       return out;
     }
     last = s;
-    if (!retryable || canceller->cancelled()) return s;
+    if (outcome != Outcome::kRetry || canceller->cancelled()) return s;
+    all_exhausted = all_exhausted && s.code() == StatusCode::kResourceExhausted;
     tried += (tried.empty() ? "" : ", ") + endpoint.target;
   }
-  return Unavailable("no prefill endpoint could serve after " + std::to_string(attempts_) + " attempts (" + tried +
-                     "); last error: " + last.ToString());
+  const std::string what = "after " + std::to_string(attempts_) + " attempts (" + tried + "); last error: " + last.ToString();
+  if (all_exhausted) return ResourceExhausted("every prefill endpoint tried is at capacity " + what);
+  return Unavailable("no prefill endpoint could serve " + what);
 }
 
 Status PrefillClient::FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& request,
                                 const ExpectedLayout& expected, KvCache* cache, CallCanceller* canceller,
                                 const std::function<void(int64_t)>& on_kv_bytes, FetchedKv* out,
-                                bool* retryable) {
+                                Outcome* outcome) {
+  *outcome = Outcome::kFinal;
   const auto start = std::chrono::steady_clock::now();
   grpc::ClientContext context;
   if (options_.timeout_seconds > 0)
     context.set_deadline(std::chrono::system_clock::now() +
                          std::chrono::microseconds(static_cast<int64_t>(options_.timeout_seconds * 1e6)));
   if (!canceller->Bind(&context)) return Cancelled("the Generate stream was cancelled");
+  const uint64_t timer = ArmFirstByteTimer(&context);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++endpoint.inflight;
+  }
 
   KvAssembler assembler(expected, request.token_ids_size(), cache);
   std::unique_ptr<grpc::ClientReader<v1::PrefillResponse>> reader = endpoint.stub->Prefill(&context, request);
   v1::PrefillResponse msg;
   int messages = 0;
-  bool have_summary = false;
+  bool have_summary = false, timed_out = false;
   Status protocol;  // the first violation seen on our side
   while (protocol.ok() && reader->Read(&msg)) {
-    ++messages;
+    if (++messages == 1) timed_out = DisarmFirstByteTimer(timer);
     if (have_summary) {
       protocol = DataLoss("prefill stream: a message after the summary");
       break;
@@ -154,22 +244,193 @@ Status PrefillClient::FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& re
   }
   if (!protocol.ok()) context.TryCancel();
   const grpc::Status status = reader->Finish();
+  if (messages == 0) timed_out = DisarmFirstByteTimer(timer);
   canceller->Unbind();
+
+  const bool no_kv = assembler.chunks() == 0;
+  const grpc::StatusCode code = status.error_code();
+  const bool refused = no_kv && (code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::RESOURCE_EXHAUSTED ||
+                                 (timed_out && code == grpc::StatusCode::CANCELLED));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    --endpoint.inflight;
+    if (const int64_t depth = ReportedQueueDepth(context.GetServerInitialMetadata()); depth >= 0) {
+      endpoint.reported_depth = depth;
+      endpoint.reported_at = Clock::now();
+    }
+    if (refused) endpoint.avoid_until = Clock::now() + kAvoidAfterRefusal;
+  }
+
   const std::string where = "prefill endpoint " + endpoint.target;
   if (!protocol.ok()) return protocol.WithContext(where);
+  if (timed_out && code == grpc::StatusCode::CANCELLED && !canceller->cancelled()) {
+    if (no_kv) *outcome = Outcome::kRetry;
+    return Status(StatusCode::kDeadlineExceeded,
+                  where + " sent nothing within " + SecondsText(options_.first_byte_timeout_seconds) +
+                      " (--prefill-first-byte-timeout)");
+  }
   if (!status.ok()) {
-    *retryable = status.error_code() == grpc::StatusCode::UNAVAILABLE &&
-                 (messages == 0 || options_.retry_broken_streams);
-    std::string progress = messages == 0 ? "before its first message"
-                                         : "after " + std::to_string(assembler.chunks()) + " KV chunks (" +
-                                               std::to_string(assembler.bytes()) + " bytes)";
+    if ((refused && !timed_out) ||
+        (code == grpc::StatusCode::UNAVAILABLE && options_.retry_broken_streams && !canceller->cancelled()))
+      *outcome = Outcome::kRetry;
+    std::string progress = no_kv ? "before its first KV chunk"
+                                 : "after " + std::to_string(assembler.chunks()) + " KV chunks (" +
+                                       std::to_string(assembler.bytes()) + " bytes)";
     return FromGrpcStatus(status).WithContext(where + " failed " + progress);
   }
   if (!have_summary) return DataLoss(where + ": the stream ended without a summary");
   out->endpoint = endpoint.target;
   out->kv_bytes = assembler.bytes();
   out->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  *outcome = Outcome::kOk;
   return OkStatus();
+}
+
+// --- first-byte timers --------------------------------------------------------
+
+uint64_t PrefillClient::ArmFirstByteTimer(grpc::ClientContext* context) {
+  if (options_.first_byte_timeout_seconds <= 0) return 0;
+  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                           std::chrono::duration<double>(options_.first_byte_timeout_seconds));
+  uint64_t token = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    token = next_timer_++;
+    timers_[token] = Timer{context, deadline, false};
+  }
+  timer_wake_.notify_all();
+  return token;
+}
+
+bool PrefillClient::DisarmFirstByteTimer(uint64_t token) {
+  if (token == 0) return false;
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = timers_.find(token);
+  if (it == timers_.end()) return false;
+  const bool fired = it->second.fired;
+  timers_.erase(it);
+  return fired;
+}
+
+void PrefillClient::TimerLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_) {
+    std::optional<Clock::time_point> next;
+    for (const auto& [token, t] : timers_)
+      if (!t.fired && (!next || t.deadline < *next)) next = t.deadline;
+    if (next) {
+      timer_wake_.wait_until(lock, *next);
+    } else {
+      timer_wake_.wait(lock);
+    }
+    const Clock::time_point now = Clock::now();
+    // A call's context lives until its timer is disarmed, which waits for
+    // this lock: cancelling under it is safe (a synchronous call runs no
+    // callbacks of ours).
+    for (auto& [token, t] : timers_) {
+      if (!t.fired && t.deadline <= now) {
+        t.fired = true;
+        t.context->TryCancel();
+      }
+    }
+  }
+}
+
+// --- health ------------------------------------------------------------------
+
+bool PrefillClient::AnyUpLocked(std::string* why) const {
+  bool any = false;
+  why->clear();
+  for (const auto& e : endpoints_) {
+    any = any || !e->down;
+    *why += (why->empty() ? "" : ", ") + e->target + ": " + e->health_state;
+  }
+  return any;
+}
+
+void PrefillClient::WatchHealth(std::function<void(bool, const std::string&)> on_change) {
+  bool known = false, any = false;
+  std::string why;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    on_health_ = on_change;
+    known = health_known_;
+    any = any_up_;
+    AnyUpLocked(&why);
+  }
+  if (known) on_change(any, why);
+}
+
+void PrefillClient::HealthLoop() {
+  const auto interval = std::chrono::duration_cast<Clock::duration>(
+      std::chrono::duration<double>(options_.health_interval_seconds));
+  const auto timeout = std::chrono::duration_cast<std::chrono::system_clock::duration>(
+      std::chrono::duration<double>(options_.health_timeout_seconds));
+  struct Check {
+    grpc::ClientContext context;
+    grpc::health::v1::HealthCheckRequest request;
+    grpc::health::v1::HealthCheckResponse response;
+    grpc::Status status;
+  };
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stopping_) {
+    lock.unlock();
+    // One round: every endpoint at once, each within the timeout.
+    std::vector<std::unique_ptr<Check>> checks;
+    std::mutex round_mu;
+    std::condition_variable round_done;
+    size_t pending = endpoints_.size();
+    for (const auto& e : endpoints_) {
+      auto c = std::make_unique<Check>();
+      c->context.set_deadline(std::chrono::system_clock::now() + timeout);
+      c->request.set_service("seer.v1.Prefill");
+      Check* raw = c.get();
+      checks.push_back(std::move(c));
+      e->health->async()->Check(&raw->context, &raw->request, &raw->response, [&, raw](grpc::Status s) {
+        std::lock_guard<std::mutex> round_lock(round_mu);
+        raw->status = std::move(s);
+        if (--pending == 0) round_done.notify_all();
+      });
+    }
+    {
+      // Every callback comes by the deadline; the checks live until then.
+      std::unique_lock<std::mutex> round_lock(round_mu);
+      round_done.wait(round_lock, [&] { return pending == 0; });
+    }
+    lock.lock();
+    for (size_t i = 0; i < endpoints_.size(); ++i) {
+      Endpoint& e = *endpoints_[i];
+      const Check& c = *checks[i];
+      const bool serving =
+          c.status.ok() && c.response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+      if (serving) {
+        e.failed_checks = 0;
+        e.down = false;
+        e.health_state = "SERVING";
+      } else {
+        ++e.failed_checks;
+        e.health_state = c.status.ok() ? "NOT_SERVING"
+                                       : std::string(GrpcCodeName(c.status.error_code())) + " (" +
+                                             c.status.error_message() + ")";
+        if (e.failed_checks >= kFailedChecksForDown) {
+          e.down = true;
+          e.health_state += ", " + std::to_string(e.failed_checks) + " checks in a row";
+        }
+      }
+    }
+    std::string why;
+    const bool any = AnyUpLocked(&why);
+    std::function<void(bool, const std::string&)> notify;
+    if (!health_known_ || any != any_up_) notify = on_health_;
+    health_known_ = true;
+    any_up_ = any;
+    if (notify) {
+      lock.unlock();
+      notify(any, why);
+      lock.lock();
+    }
+    wake_.wait_for(lock, interval, [this] { return stopping_; });
+  }
 }
 
 }  // namespace seer

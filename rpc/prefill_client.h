@@ -1,25 +1,43 @@
-// The decode worker's side of Prefill: a set of prefill endpoints picked
-// round-robin, and one call that pulls a prompt's KV cache into a KvCache.
+// The decode worker's side of Prefill: a set of prefill endpoints, and one
+// call that pulls a prompt's KV cache into a KvCache.
 //
 // `--prefill` takes comma-separated gRPC targets: host:port, or dns:///name:port
 // for a name with many addresses (a Kubernetes headless Service), whose
 // channel balances round-robin over every address.
+//
+// Routing: each request tries the endpoints in order of the load it knows
+// of (the running plus queued requests an endpoint reported in the initial
+// metadata of its last answer, rpc/load_metadata.h, for a few seconds, plus this
+// client's own calls in flight there), endpoints that are down or refused a
+// call lately last, round-robin among equals. An endpoint that answers
+// UNAVAILABLE or RESOURCE_EXHAUSTED, or sends nothing within the first-byte
+// timeout, before its first KV chunk is skipped for the next.
+//
+// Detection: connection attempts time out after `connect_timeout_seconds`,
+// keepalive pings find a stopped peer within `keepalive_seconds +
+// keepalive_timeout_seconds`, and a health check of every endpoint each
+// `health_interval_seconds` tells WatchHealth whether any can serve.
 #pragma once
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
 
 #include "base/status.h"
 #include "engine/kv/kv_cache.h"
-#include "seer/v1/seer.grpc.pb.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "rpc/kv_assembler.h"
+#include "seer/v1/seer.grpc.pb.h"
 
 namespace seer {
 
@@ -46,11 +64,28 @@ struct PrefillClientOptions {
   // Largest message accepted from a prefill server.
   int64_t max_receive_bytes = int64_t{64} << 20;
   // Also retry elsewhere when a stream breaks (UNAVAILABLE) after its first
-  // message: the prefill restarts from scratch on the next endpoint, which
+  // KV chunk: the prefill restarts from scratch on the next endpoint, which
   // costs its whole compute again. Off: such a request ends UNAVAILABLE.
   bool retry_broken_streams = false;
   // TLS to the endpoints (rpc/channel_credentials.h); null: plaintext.
   std::shared_ptr<grpc::ChannelCredentials> credentials;
+  // A connection attempt (TCP and the HTTP/2 handshake) that takes longer
+  // fails; calls then skip the endpoint until it reconnects.
+  double connect_timeout_seconds = 2.0;
+  // A call that has received nothing this long after it started (a prefill
+  // server sends its layout header on admission) is cancelled and the next
+  // endpoint tried; 0: no limit.
+  double first_byte_timeout_seconds = 5.0;
+  // While calls are in flight, a ping every `keepalive_seconds`; a peer that
+  // does not answer one within `keepalive_timeout_seconds` is dropped and its
+  // streams fail with UNAVAILABLE.
+  double keepalive_seconds = 2.0;
+  double keepalive_timeout_seconds = 3.0;
+  // Health checks (grpc.health.v1, "seer.v1.Prefill") of every endpoint, for
+  // WatchHealth and routing; 0: none. An endpoint is down after two checks
+  // in a row failed (each gets `health_timeout_seconds`), up after one passed.
+  double health_interval_seconds = 1.0;
+  double health_timeout_seconds = 2.0;
 };
 
 struct FetchedKv {
@@ -64,36 +99,82 @@ struct FetchedKv {
 class PrefillClient {
  public:
   // `targets`: "host:port[,host:port...]" or dns:/// names. INVALID_ARGUMENT
-  // naming --prefill on a malformed list.
+  // naming the flag on a malformed list or option.
   static StatusOr<std::unique_ptr<PrefillClient>> Create(const std::string& targets,
                                                          const PrefillClientOptions& options);
+  ~PrefillClient();
+  PrefillClient(const PrefillClient&) = delete;
+  PrefillClient& operator=(const PrefillClient&) = delete;
 
-  // Calls Prefill and assembles the KV into `cache`. An endpoint that answers
-  // UNAVAILABLE before its first message is skipped for the next one (and,
-  // with retry_broken_streams, one whose stream breaks later); any other
-  // failure ends the fetch with a status that names the endpoint.
-  // `on_kv_bytes` is called with the K/V bytes of each chunk as it lands.
+  // Calls Prefill and assembles the KV into `cache`. An endpoint that fails
+  // in a way worth retrying elsewhere (see above) is skipped for the next
+  // one; any other failure ends the fetch with a status that names the
+  // endpoint. When every attempt failed: RESOURCE_EXHAUSTED if every
+  // endpoint was at capacity, else UNAVAILABLE. `on_kv_bytes` is called with
+  // the K/V bytes of each chunk as it lands.
   StatusOr<FetchedKv> Fetch(const v1::PrefillRequest& request, const ExpectedLayout& expected, KvCache* cache,
                             CallCanceller* canceller, const std::function<void(int64_t)>& on_kv_bytes);
+
+  // Calls `on_change(any, why)` from the health thread whenever "some
+  // endpoint can serve" changes, and once at once with the current answer;
+  // `why` names each endpoint's state. Needs health_interval_seconds > 0.
+  void WatchHealth(std::function<void(bool any_reachable, const std::string& why)> on_change);
 
   const std::vector<std::string>& targets() const { return targets_; }
 
  private:
+  using Clock = std::chrono::steady_clock;
   struct Endpoint {
     std::string target;
     std::shared_ptr<grpc::Channel> channel;
     std::unique_ptr<v1::Prefill::Stub> stub;
+    std::unique_ptr<grpc::health::v1::Health::Stub> health;
+    // Routing state, under mu_.
+    int inflight = 0;                  // this client's calls there now
+    int64_t reported_depth = -1;       // running + queued its last answer reported
+    Clock::time_point reported_at;
+    Clock::time_point avoid_until;     // refused or unreachable lately
+    bool down = false;                 // by the health checks
+    int failed_checks = 0;
+    std::string health_state;          // "SERVING", or why not
   };
-  // OK, or the call's status; `retryable` when UNAVAILABLE came before any message.
+  enum class Outcome { kOk, kRetry, kFinal };
+
+  PrefillClient() = default;
+  // The endpoints in the order this request tries them.
+  std::vector<size_t> Order();
   Status FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& request, const ExpectedLayout& expected,
                    KvCache* cache, CallCanceller* canceller, const std::function<void(int64_t)>& on_kv_bytes,
-                   FetchedKv* out, bool* retryable);
+                   FetchedKv* out, Outcome* outcome);
+  void HealthLoop();
+  // Under mu_: whether any endpoint is up, and each one's state.
+  bool AnyUpLocked(std::string* why) const;
+  void TimerLoop();
+  uint64_t ArmFirstByteTimer(grpc::ClientContext* context);
+  bool DisarmFirstByteTimer(uint64_t token);  // true when it had fired
 
   PrefillClientOptions options_;
   std::vector<std::string> targets_;
   std::vector<std::unique_ptr<Endpoint>> endpoints_;
   int attempts_ = 1;
   std::atomic<uint64_t> next_{0};
+
+  std::mutex mu_;
+  std::condition_variable wake_, timer_wake_;
+  bool stopping_ = false;
+  std::function<void(bool, const std::string&)> on_health_;
+  bool health_known_ = false, any_up_ = true;
+  std::thread health_thread_;
+  // First-byte timers: token -> (call, deadline); fired ones are remembered
+  // until disarmed.
+  struct Timer {
+    grpc::ClientContext* context;
+    Clock::time_point deadline;
+    bool fired = false;
+  };
+  std::map<uint64_t, Timer> timers_;
+  uint64_t next_timer_ = 1;
+  std::thread timer_thread_;
 };
 
 // Splits and checks a --prefill list.

@@ -6,17 +6,25 @@
 // where a test needs to hold or count its work.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/support/server_interceptor.h>
 
 #include "engine/engine.h"
 #include "server/decode/decode_service.h"
@@ -160,8 +168,9 @@ struct DecodeHarness {
   std::unique_ptr<DecodeService> service;
   std::unique_ptr<GrpcServer> server;
 
-  DecodeHarness(const std::string& prefill_targets, Engine* engine, DecodeServiceOptions options = {}) {
-    auto c = PrefillClient::Create(prefill_targets, {});
+  DecodeHarness(const std::string& prefill_targets, Engine* engine, DecodeServiceOptions options = {},
+                PrefillClientOptions client_options = {}) {
+    auto c = PrefillClient::Create(prefill_targets, client_options);
     EXPECT_TRUE(c.ok()) << c.status().ToString();
     client = std::move(c).value();
     service = std::make_unique<DecodeService>(options, client.get(), &metrics);
@@ -691,6 +700,640 @@ TEST(WorkQueue, AdmitsWorkersPlusQueueAndCancelsWaitingJobs) {
   }  // the destructor runs what was admitted
   EXPECT_TRUE(jobs[2]->ran && jobs[4]->ran);
   EXPECT_FALSE(jobs[3]->ran);
+}
+
+
+// --- isolation: one bad client must not hurt anyone else (issue 15) -----------
+
+namespace isolation {
+
+// Polls `done` every 10 ms until it holds or `timeout` passes.
+bool WaitFor(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(10ms);
+  }
+  return true;
+}
+
+double CountByCode(prometheus::Registry& registry, const std::string& family, const std::string& code) {
+  for (const auto& fam : registry.Collect())
+    if (fam.name == family)
+      for (const auto& m : fam.metric)
+        for (const auto& l : m.label)
+          if (l.name == "code" && l.value == code) return m.counter.value;
+  return 0.0;
+}
+
+// A client that never reads: its HTTP/2 window is 1 KiB and never grows (no
+// BDP probing), so the server can write almost nothing to it, and each
+// channel has a connection of its own (a shared one would stall the others'
+// streams through the connection window).
+std::shared_ptr<grpc::Channel> NonReadingChannel(const std::string& address) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1024);
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+}
+
+// A call started and then left alone: nothing is ever read.
+template <typename Stub, typename Response>
+struct StalledCall {
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<Stub> stub;
+  grpc::ClientContext ctx;
+  std::unique_ptr<grpc::ClientReader<Response>> reader;
+};
+
+using StalledPrefill = StalledCall<v1::Prefill::Stub, v1::PrefillResponse>;
+using StalledGenerate = StalledCall<v1::Decode::Stub, v1::GenerateResponse>;
+
+std::unique_ptr<StalledPrefill> StartStalledPrefill(const std::string& address, const v1::PrefillRequest& req) {
+  auto call = std::make_unique<StalledPrefill>();
+  call->channel = NonReadingChannel(address);
+  call->stub = v1::Prefill::NewStub(call->channel);
+  call->ctx.set_deadline(std::chrono::system_clock::now() + 120s);
+  call->reader = call->stub->Prefill(&call->ctx, req);
+  return call;
+}
+
+std::unique_ptr<StalledGenerate> StartStalledGenerate(const std::string& address, const v1::GenerateRequest& req) {
+  auto call = std::make_unique<StalledGenerate>();
+  call->channel = NonReadingChannel(address);
+  call->stub = v1::Decode::NewStub(call->channel);
+  call->ctx.set_deadline(std::chrono::system_clock::now() + 120s);
+  call->reader = call->stub->Generate(&call->ctx, req);
+  return call;
+}
+
+// A random Llama whose 1024-token KV cache is 16 MiB (8 layers x 4 KV heads x
+// 64 x float32, K and V): far more than a stalled client's window takes.
+std::unique_ptr<Engine> SlowEngine() {
+  static const std::string dir =
+      seer::testing::WriteRandomLlama(seer::testing::TempDir("isolation_model"), seer::testing::RandomLlamaSpec{});
+  return LoadEngine(dir);
+}
+
+v1::PrefillRequest PrefillOf(int tokens, uint32_t seed) {
+  v1::PrefillRequest req;
+  for (int32_t id : seer::testing::RandomIds(tokens, 512, seed)) req.add_token_ids(id);
+  return req;
+}
+
+}  // namespace isolation
+
+// Finding 1: a client that never reads held the engine for the whole prefill
+// (the layer observer blocked once the stream had --stream-buffer-bytes
+// unwritten), so every prefill behind it timed out. Now its chunks wait in
+// its own KV cache: the engine and the worker slot go on.
+TEST(Isolation, APrefillClientThatNeverReadsDoesNotStallTheOthers) {
+  using namespace isolation;
+  std::unique_ptr<Engine> real = SlowEngine();
+  ASSERT_TRUE(real);
+  const int layers = real->config().num_layers;
+  InstrumentedEngine engine(real.get());
+  PrefillServiceOptions options;
+  options.max_concurrent = 1;
+  options.chunk_bytes = 64 << 10;
+  options.stream_buffer_bytes = 64 << 10;
+  PrefillHarness h(options, &engine);
+
+  auto stalled = StartStalledPrefill(h.server->address(), PrefillOf(1024, 1));
+  // The stalled request's prefill runs to its end although its client has
+  // read nothing (before, it stopped in layer 0 holding the engine).
+  ASSERT_TRUE(engine.WaitFinished(1, 60s)) << "the prefill of a client that never reads never finished";
+  EXPECT_EQ(engine.last_status(), StatusCode::kOk);
+  EXPECT_EQ(engine.layers_done(), layers);
+
+  // A well-behaved prefill behind it gets the engine and the one slot.
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<v1::PrefillResponse> got;
+  const grpc::Status s = CallPrefill(h.Stub().get(), PrefillOf(64, 2), &got);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_TRUE(s.ok()) << s.error_code() << ": " << s.error_message();
+  ASSERT_FALSE(got.empty());
+  EXPECT_TRUE(got.back().has_summary());
+  std::printf("[ info     ] a 64-token prefill behind a client that never reads: OK in %.2f s\n", seconds);
+  // The stalled stream is still open, holding its KV for its client (the
+  // client has its status before the server's OnDone has run).
+  EXPECT_TRUE(WaitFor([&] { return h.metrics.inflight.Value() == 1; }, 30s));
+  stalled->ctx.TryCancel();
+  EXPECT_TRUE(WaitFor([&] { return h.metrics.inflight.Value() == 0; }, 30s));
+}
+
+// Finding 1 for token streams: a Generate client that never reads held a
+// decode worker slot once 512 tokens were unwritten. Now the decode loop
+// runs to its end (its tokens queue, paid for by its share of the budget)
+// and the slot goes to the next request.
+TEST(Isolation, AGenerateClientThatNeverReadsDoesNotHoldADecodeSlot) {
+  using namespace isolation;
+  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"));
+  ASSERT_TRUE(engine);
+  PrefillHarness prefill({}, engine.get());
+  DecodeServiceOptions options;
+  options.max_concurrent = 1;
+  DecodeHarness decode(prefill.server->address(), engine.get(), options);
+
+  v1::GenerateRequest greedy;
+  for (int i = 0; i < 10; ++i) greedy.add_token_ids(i * 7);
+  greedy.set_max_new_tokens(2000);
+  auto stalled = StartStalledGenerate(decode.server->address(), greedy);
+  // Its decode loop ends: every token was generated (counted as it is written
+  // only, so wait for the prefill's summary and the slot instead).
+  ASSERT_TRUE(WaitFor([&] { return prefill.metrics.tokens.Value() == 10; }, 60s));
+
+  v1::GenerateRequest other;
+  for (int i = 0; i < 12; ++i) other.add_token_ids(i * 3);
+  other.set_max_new_tokens(4);
+  std::vector<int32_t> tokens;
+  const auto t0 = std::chrono::steady_clock::now();
+  const grpc::Status s = CallGenerate(decode.Stub().get(), other, &tokens);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_TRUE(s.ok()) << s.error_code() << ": " << s.error_message();
+  EXPECT_EQ(tokens.size(), 4u);
+  std::printf("[ info     ] a Generate behind a client that never reads: OK in %.2f s\n", seconds);
+  stalled->ctx.TryCancel();
+}
+
+
+// Finding 2: a worker slot was freed once the KV was in the stream's outbox,
+// but the outbox lived until the client read, so streams that never read
+// piled up N x --stream-buffer-bytes whatever --max-concurrent and
+// --max-queue said. Now each stream reserves what it can hold (its KV cache
+// and messages) from --max-buffered-bytes at admission: beyond the budget a
+// request is RESOURCE_EXHAUSTED at once, and a stream whose client reads
+// nothing for --write-stall-seconds is cancelled, counted, and gives its
+// share back.
+TEST(Isolation, BufferedKvIsBoundedByAdmissionAndStalledStreamsAreCancelled) {
+  using namespace isolation;
+  std::unique_ptr<Engine> engine = SlowEngine();
+  ASSERT_TRUE(engine);
+  constexpr int64_t kKv = int64_t{16} << 20;  // 1024 tokens x 8 layers x 2 KiB
+  PrefillServiceOptions options;
+  options.max_concurrent = 1;
+  options.max_queue = 16;
+  options.chunk_bytes = 64 << 10;
+  options.stream_buffer_bytes = 64 << 10;
+  // Room for three such streams (each: 16 MiB of cache, 128 KiB of
+  // messages, the header and summary), not four.
+  options.max_buffered_bytes = 3 * (kKv + (1 << 20));
+  options.write_stall_seconds = 3.0;
+  PrefillHarness h(options, engine.get());
+
+  constexpr int kClients = 6;
+  std::vector<std::unique_ptr<StalledPrefill>> stalled;
+  for (int i = 0; i < kClients; ++i) stalled.push_back(StartStalledPrefill(h.server->address(), PrefillOf(1024, 10 + i)));
+  // Three are admitted, three refused at once.
+  ASSERT_TRUE(WaitFor([&] { return CountByCode(*h.registry, "seer_prefill_requests_total", "RESOURCE_EXHAUSTED") == 3; },
+                      30s));
+  EXPECT_EQ(h.metrics.inflight.Value(), 3);
+  EXPECT_LE(h.service->buffered_bytes(), options.max_buffered_bytes);
+  EXPECT_GT(h.service->buffered_bytes(), 3 * kKv);
+
+  // Nothing read for 3 s: the admitted streams are cancelled, counted, and
+  // their KV freed; the budget is whole again.
+  ASSERT_TRUE(WaitFor([&] { return h.metrics.write_stalls.Value() == 3; }, 60s));
+  ASSERT_TRUE(WaitFor([&] { return h.metrics.inflight.Value() == 0; }, 30s));
+  EXPECT_EQ(h.service->buffered_bytes(), 0);
+  EXPECT_EQ(CountByCode(*h.registry, "seer_prefill_requests_total", "CANCELLED"), 3);
+  int cancelled = 0, exhausted = 0;
+  for (auto& call : stalled) {
+    // The client reads at last: what got through, then the status.
+    v1::PrefillResponse msg;
+    while (call->reader->Read(&msg)) {
+    }
+    const grpc::Status s = call->reader->Finish();
+    if (s.error_code() == grpc::StatusCode::CANCELLED) ++cancelled;
+    if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      ++exhausted;
+      EXPECT_NE(s.error_message().find("--max-buffered-bytes"), std::string::npos) << s.error_message();
+    }
+  }
+  EXPECT_EQ(cancelled, 3);
+  EXPECT_EQ(exhausted, 3) << "a refused client learns why, naming the flag";
+  // And a reader is served.
+  EXPECT_TRUE(CallPrefill(h.Stub().get(), PrefillOf(1024, 30)).ok());
+}
+
+
+// The same for token streams: each Generate stream reserves its tokens'
+// bytes (max_new_tokens of them) at admission, beyond --max-buffered-bytes a
+// request is refused at once, and one whose client reads nothing for
+// --write-stall-seconds is cancelled and counted.
+TEST(Isolation, TokenBuffersAreBoundedByAdmissionAndStalledGeneratesAreCancelled) {
+  using namespace isolation;
+  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"));
+  ASSERT_TRUE(engine);
+  PrefillHarness prefill({}, engine.get());
+  DecodeServiceOptions options;
+  options.max_concurrent = 2;
+  options.max_new_tokens = 2000;
+  options.max_buffered_bytes = 2 * GenerateStreamBytes(2000, engine->config().num_layers);
+  options.write_stall_seconds = 2.0;
+  DecodeHarness decode(prefill.server->address(), engine.get(), options);
+
+  v1::GenerateRequest req;
+  for (int i = 0; i < 10; ++i) req.add_token_ids(i * 7);
+  req.set_max_new_tokens(2000);
+  std::vector<std::unique_ptr<StalledGenerate>> stalled;
+  for (int i = 0; i < 3; ++i) stalled.push_back(StartStalledGenerate(decode.server->address(), req));
+  ASSERT_TRUE(WaitFor([&] { return CountByCode(*decode.registry, "seer_decode_requests_total", "RESOURCE_EXHAUSTED") == 1; },
+                      30s));
+  EXPECT_EQ(decode.service->buffered_bytes(), options.max_buffered_bytes);
+  ASSERT_TRUE(WaitFor([&] { return decode.metrics.write_stalls.Value() == 2; }, 60s));
+  ASSERT_TRUE(WaitFor([&] { return decode.service->buffered_bytes() == 0; }, 30s));
+  EXPECT_TRUE(WaitFor([&] { return CountByCode(*decode.registry, "seer_decode_requests_total", "CANCELLED") == 2; }, 30s));
+  int cancelled = 0, exhausted = 0;
+  for (auto& call : stalled) {
+    v1::GenerateResponse msg;
+    while (call->reader->Read(&msg)) {
+    }
+    const grpc::Status s = call->reader->Finish();
+    cancelled += s.error_code() == grpc::StatusCode::CANCELLED;
+    if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+      ++exhausted;
+      EXPECT_NE(s.error_message().find("--max-buffered-bytes"), std::string::npos) << s.error_message();
+    }
+  }
+  EXPECT_EQ(cancelled, 2);
+  EXPECT_EQ(exhausted, 1);
+  // A reader is served.
+  std::vector<int32_t> tokens;
+  req.set_max_new_tokens(8);
+  EXPECT_TRUE(CallGenerate(decode.Stub().get(), req, &tokens).ok());
+  EXPECT_EQ(tokens.size(), 8u);
+}
+
+
+// A client that reads only after the prefill has finished gets its chunks
+// out of the KV cache, made as their turn to be written comes: the same
+// messages, byte for byte, as a client that kept up and got them copied
+// layer by layer while the next layer computed.
+TEST(Isolation, ALateReaderGetsTheSameKvAsOneThatKeptUp) {
+  using namespace isolation;
+  std::unique_ptr<Engine> real = SlowEngine();
+  ASSERT_TRUE(real);
+  InstrumentedEngine engine(real.get());
+  PrefillServiceOptions options;
+  options.chunk_bytes = 64 << 10;
+  options.stream_buffer_bytes = 64 << 10;
+  PrefillHarness h(options, &engine);
+  const v1::PrefillRequest req = PrefillOf(700, 42);
+
+  std::vector<v1::PrefillResponse> kept_up;
+  ASSERT_TRUE(CallPrefill(h.Stub().get(), req, &kept_up).ok());
+
+  auto late = StartStalledPrefill(h.server->address(), req);
+  ASSERT_TRUE(engine.WaitFinished(2, 60s));
+  std::vector<v1::PrefillResponse> got;
+  v1::PrefillResponse msg;
+  while (late->reader->Read(&msg)) got.push_back(msg);
+  ASSERT_TRUE(late->reader->Finish().ok());
+
+  ASSERT_EQ(got.size(), kept_up.size());
+  int chunks = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_EQ(got[i].event_case(), kept_up[i].event_case()) << i;
+    if (got[i].has_chunk()) {
+      ++chunks;
+      EXPECT_EQ(got[i].chunk().SerializeAsString(), kept_up[i].chunk().SerializeAsString()) << "chunk " << i;
+    }
+  }
+  EXPECT_EQ(chunks, 8 * 23);  // 8 layers of 700 tokens, 31 (62 KiB of K and V) a chunk
+  EXPECT_EQ(got.back().summary().last_logits_size(), 512);
+  EXPECT_EQ(got.back().summary().first_token(), kept_up.back().summary().first_token());
+  EXPECT_TRUE(WaitFor([&] { return h.service->buffered_bytes() == 0; }, 30s));
+}
+
+TEST(ByteBudget, ReservesUpToItsLimitAndTakesSharesBack) {
+  ByteBudget budget(100);
+  std::optional<ByteBudget::Reservation> a = budget.TryReserve(60);
+  ASSERT_TRUE(a);
+  EXPECT_FALSE(budget.TryReserve(41)) << "60 + 41 is over the limit";
+  std::optional<ByteBudget::Reservation> b = budget.TryReserve(40);
+  ASSERT_TRUE(b);
+  EXPECT_EQ(budget.used(), 100);
+  {
+    ByteBudget::Reservation part = a->Split(25);
+    EXPECT_EQ(part.bytes(), 25);
+    EXPECT_EQ(a->bytes(), 35);
+    EXPECT_EQ(budget.used(), 100);
+  }  // the split share goes back on its own
+  EXPECT_EQ(budget.used(), 75);
+  ByteBudget::Reservation moved = std::move(*b);
+  b.reset();
+  EXPECT_EQ(budget.used(), 75) << "a moved share is not given back twice";
+  moved.Release();
+  a.reset();
+  EXPECT_EQ(budget.used(), 0);
+  EXPECT_FALSE(budget.TryReserve(101));
+  EXPECT_TRUE(budget.TryReserve(100));
+}
+
+
+// --- routing (issue 14) and detection (issue 15, finding 5) ---------------------
+
+namespace routing {
+
+// The prefill_endpoint of each of `n` small greedy Generate calls, or the
+// status of the first that failed.
+std::vector<std::string> EndpointsOf(v1::Decode::Stub* stub, int n, grpc::Status* failed) {
+  std::vector<std::string> out;
+  for (int i = 0; i < n; ++i) {
+    v1::GenerateRequest req;
+    for (int t = 0; t < 20; ++t) req.add_token_ids((t * 11 + i) % 128);
+    req.set_max_new_tokens(2);
+    v1::GenerateSummary summary;
+    const grpc::Status s = CallGenerate(stub, req, nullptr, &summary);
+    if (!s.ok()) {
+      *failed = s;
+      return out;
+    }
+    out.push_back(summary.prefill_endpoint());
+  }
+  return out;
+}
+
+// Reports a fixed load in the initial metadata of every call, in the keys a
+// prefill server's request log interceptor uses (rpc/load_metadata.h).
+class QueueDepthInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  explicit QueueDepthInterceptor(std::string depth) : depth_(std::move(depth)) {}
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::PRE_SEND_INITIAL_METADATA)) {
+      methods->GetSendInitialMetadata()->emplace(kLoadMetadataRunning, "0");
+      methods->GetSendInitialMetadata()->emplace(kLoadMetadataQueued, depth_);
+    }
+    methods->Proceed();
+  }
+
+ private:
+  std::string depth_;
+};
+
+class QueueDepthReporter final : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit QueueDepthReporter(int depth) : depth_(std::to_string(depth)) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* /*info*/) override {
+    return new QueueDepthInterceptor(depth_);
+  }
+
+ private:
+  std::string depth_;
+};
+
+// A real PrefillService whose answers report a fixed queue depth.
+struct ReportingPrefill {
+  std::shared_ptr<prometheus::Registry> registry = std::make_shared<prometheus::Registry>();
+  PrefillMetrics metrics{*registry};
+  PrefillService service{{}, &metrics};
+  std::unique_ptr<grpc::Server> server;
+  std::string address;
+
+  ReportingPrefill(Engine* engine, int depth) {
+    EXPECT_TRUE(service.SetEngine(engine).ok());
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    builder.RegisterService(&service);
+    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> reporters;
+    reporters.push_back(std::make_unique<QueueDepthReporter>(depth));
+    builder.experimental().SetInterceptorCreators(std::move(reporters));
+    server = builder.BuildAndStart();
+    address = "127.0.0.1:" + std::to_string(port);
+  }
+  ~ReportingPrefill() {
+    server->Shutdown(std::chrono::system_clock::now() + 5s);
+    service.Shutdown();
+  }
+};
+
+// Accepts TCP connections and never says a word: a hung process, a port
+// forwarded to nothing.
+class BlackHole {
+ public:
+  BlackHole() {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (bind(fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0 || listen(fd_, 64) != 0 ||
+        getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      ADD_FAILURE() << "cannot listen on loopback";
+      return;
+    }
+    address_ = "127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
+    thread_ = std::thread([this] {
+      for (;;) {
+        const int c = accept(fd_, nullptr, nullptr);
+        if (c < 0) return;
+        std::lock_guard<std::mutex> lock(mu_);
+        accepted_.push_back(c);
+      }
+    });
+  }
+  ~BlackHole() {
+    shutdown(fd_, SHUT_RDWR);
+    close(fd_);
+    if (thread_.joinable()) thread_.join();
+    for (int c : accepted_) close(c);
+  }
+  const std::string& address() const { return address_; }
+  int accepted() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return static_cast<int>(accepted_.size());
+  }
+
+ private:
+  int fd_ = -1;
+  std::string address_;
+  std::thread thread_;
+  std::mutex mu_;
+  std::vector<int> accepted_;
+};
+
+// A Prefill server that takes calls and never answers them.
+class SilentPrefill final : public v1::Prefill::CallbackService {
+ public:
+  grpc::ServerWriteReactor<v1::PrefillResponse>* Prefill(grpc::CallbackServerContext* /*context*/,
+                                                         const v1::PrefillRequest* /*request*/) override {
+    class Silent final : public grpc::ServerWriteReactor<v1::PrefillResponse> {
+      void OnCancel() override { Finish(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled")); }
+      void OnDone() override { delete this; }
+    };
+    ++calls;
+    return new Silent();
+  }
+  std::atomic<int> calls{0};
+};
+
+double SecondsSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+}  // namespace routing
+
+// Issue 14: an endpoint at capacity answers RESOURCE_EXHAUSTED at once; the
+// decode worker tries the next one instead of failing the request.
+TEST(Routing, AnEndpointAtCapacityIsSkippedForTheNext) {
+  using namespace routing;
+  std::unique_ptr<Engine> real = LoadEngine(Path("llama"));
+  ASSERT_TRUE(real);
+  InstrumentedEngine held(real.get());
+  PrefillServiceOptions one;
+  one.max_concurrent = 1;
+  one.max_queue = 0;
+  PrefillHarness saturated(one, &held);
+  PrefillHarness free({}, real.get());
+  // Fill the saturated server's one slot and keep it busy.
+  held.Hold();
+  v1::PrefillRequest occupy;
+  for (int i = 0; i < 30; ++i) occupy.add_token_ids(i);
+  auto saturated_stub = saturated.Stub();
+  std::future<grpc::Status> occupying =
+      std::async(std::launch::async, [&] { return CallPrefill(saturated_stub.get(), occupy); });
+  // However the test ends, the held prefill is let go first.
+  struct ReleaseOnExit {
+    InstrumentedEngine* engine;
+    ~ReleaseOnExit() { engine->Release(); }
+  } release_on_exit{&held};
+  ASSERT_TRUE(held.WaitEntered(1, 20s));
+
+  DecodeHarness decode(saturated.server->address() + "," + free.server->address(), real.get());
+  grpc::Status failed;
+  const std::vector<std::string> endpoints = EndpointsOf(decode.Stub().get(), 6, &failed);
+  ASSERT_EQ(endpoints.size(), 6u) << failed.error_code() << ": " << failed.error_message();
+  for (const std::string& e : endpoints) EXPECT_EQ(e, free.server->address());
+  EXPECT_GE(isolation::CountByCode(*saturated.registry, "seer_prefill_requests_total", "RESOURCE_EXHAUSTED"), 1);
+
+  // With every endpoint at capacity the request is RESOURCE_EXHAUSTED (worth
+  // retrying later), naming the endpoint.
+  DecodeHarness only_saturated(saturated.server->address(), real.get());
+  grpc::Status s;
+  EndpointsOf(only_saturated.Stub().get(), 1, &s);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_NE(s.error_message().find(saturated.server->address()), std::string::npos) << s.error_message();
+  held.Release();
+  EXPECT_TRUE(occupying.get().ok());
+}
+
+// Issue 14: the decode worker prefers the endpoint with the shortest queue it
+// knows of (the running + queued its answers report), and round-robins when
+// it knows nothing.
+TEST(Routing, TheEndpointReportingTheShortestQueueIsPreferred) {
+  using namespace routing;
+  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"));
+  ASSERT_TRUE(engine);
+  ReportingPrefill busy(engine.get(), 7), idle(engine.get(), 0);
+  DecodeHarness decode(busy.address + "," + idle.address, engine.get());
+  grpc::Status failed;
+  const std::vector<std::string> endpoints = EndpointsOf(decode.Stub().get(), 10, &failed);
+  ASSERT_EQ(endpoints.size(), 10u) << failed.error_message();
+  const int to_busy = static_cast<int>(std::count(endpoints.begin(), endpoints.end(), busy.address));
+  std::printf("[ info     ] %d of 10 requests went to the endpoint reporting 7 queued, %d to the one reporting 0\n",
+              to_busy, 10 - to_busy);
+  EXPECT_LE(to_busy, 1) << "only a request before the decode worker heard from it may go there";
+
+  // Without reports: round-robin, as before.
+  PrefillHarness a({}, engine.get()), b({}, engine.get());
+  DecodeHarness plain(a.server->address() + "," + b.server->address(), engine.get());
+  const std::vector<std::string> rr = EndpointsOf(plain.Stub().get(), 6, &failed);
+  ASSERT_EQ(rr.size(), 6u) << failed.error_message();
+  EXPECT_EQ(std::count(rr.begin(), rr.end(), a.server->address()), 3);
+  EXPECT_EQ(std::count(rr.begin(), rr.end(), b.server->address()), 3);
+}
+
+// Finding 5: an endpoint that accepts TCP and never answers cost the first
+// request gRPC's 20 s connect attempt before fail-over. Now the attempt,
+// handshake included, gets --prefill-connect-timeout (2 s).
+TEST(Detection, AnEndpointThatAcceptsTcpAndNeverAnswersCostsSeconds) {
+  using namespace routing;
+  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"));
+  ASSERT_TRUE(engine);
+  PrefillHarness prefill({}, engine.get());
+  BlackHole hole;
+  DecodeHarness decode(hole.address() + "," + prefill.server->address(), engine.get());
+  auto stub = decode.Stub();
+  for (int i = 0; i < 4; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    grpc::Status failed;
+    const std::vector<std::string> endpoints = EndpointsOf(stub.get(), 1, &failed);
+    const double seconds = SecondsSince(t0);
+    ASSERT_EQ(endpoints.size(), 1u) << failed.error_message();
+    EXPECT_EQ(endpoints[0], prefill.server->address());
+    std::printf("[ info     ] request %d with a black-hole endpoint listed first: %.2f s\n", i, seconds);
+    EXPECT_LT(seconds, 10.0) << "fail-over took gRPC's default connect timeout";
+  }
+  EXPECT_GE(hole.accepted(), 1) << "the black hole was never tried";
+}
+
+// A prefill server that takes the call and never sends a byte: the call is
+// given up after --prefill-first-byte-timeout and the next endpoint tried.
+TEST(Detection, AnEndpointThatTakesTheCallAndNeverAnswersIsGivenUp) {
+  using namespace routing;
+  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"));
+  ASSERT_TRUE(engine);
+  PrefillHarness prefill({}, engine.get());
+  SilentPrefill silent_service;
+  auto silent = GrpcServer::Start("127.0.0.1:0", {&silent_service}, {"seer.v1.Prefill"}, 1 << 20);
+  ASSERT_TRUE(silent.ok());
+  (*silent)->SetServing(true);
+  PrefillClientOptions client;
+  client.first_byte_timeout_seconds = 1.0;
+  DecodeHarness decode((*silent)->address() + "," + prefill.server->address(), engine.get(), {}, client);
+  const auto t0 = std::chrono::steady_clock::now();
+  grpc::Status failed;
+  const std::vector<std::string> endpoints = EndpointsOf(decode.Stub().get(), 1, &failed);
+  const double seconds = SecondsSince(t0);
+  ASSERT_EQ(endpoints.size(), 1u) << failed.error_message();
+  EXPECT_EQ(endpoints[0], prefill.server->address());
+  EXPECT_EQ(silent_service.calls.load(), 1);
+  EXPECT_LT(seconds, 10.0);
+  // With no other endpoint the request fails UNAVAILABLE, naming the timeout.
+  DecodeHarness alone((*silent)->address(), engine.get(), {}, client);
+  EndpointsOf(alone.Stub().get(), 1, &failed);
+  EXPECT_EQ(failed.error_code(), grpc::StatusCode::UNAVAILABLE) << failed.error_message();
+  EXPECT_NE(failed.error_message().find("--prefill-first-byte-timeout"), std::string::npos) << failed.error_message();
+  (*silent)->Shutdown(1.0);
+}
+
+// Finding 5: seer-decode said SERVING while it could reach no prefill
+// endpoint. The client's health watch says which endpoints serve, and why
+// not; seer-decode's health follows it (tests/e2e/detection_test.cc).
+TEST(Detection, TheHealthWatchFollowsThePrefillEndpoints) {
+  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"));
+  ASSERT_TRUE(engine);
+  PrefillHarness a({}, engine.get()), b({}, engine.get());
+  PrefillClientOptions options;
+  options.health_interval_seconds = 0.2;
+  options.health_timeout_seconds = 1.0;
+  auto client = PrefillClient::Create(a.server->address() + "," + b.server->address(), options);
+  ASSERT_TRUE(client.ok());
+  std::mutex mu;
+  std::vector<std::pair<bool, std::string>> seen;
+  (*client)->WatchHealth([&](bool any, const std::string& why) {
+    std::lock_guard<std::mutex> lock(mu);
+    seen.emplace_back(any, why);
+  });
+  auto last = [&] {
+    std::lock_guard<std::mutex> lock(mu);
+    return seen.empty() ? std::make_pair(false, std::string("nothing yet")) : seen.back();
+  };
+  ASSERT_TRUE(isolation::WaitFor([&] { return last().first; }, 20s));
+  a.server->SetServing(false);  // as while draining or loading
+  std::this_thread::sleep_for(1s);
+  EXPECT_TRUE(last().first) << "one endpoint still serves";
+  b.server->SetServing(false);
+  ASSERT_TRUE(isolation::WaitFor([&] { return !last().first; }, 20s));
+  const std::string why = last().second;
+  EXPECT_NE(why.find(a.server->address() + ": NOT_SERVING"), std::string::npos) << why;
+  EXPECT_NE(why.find(b.server->address() + ": NOT_SERVING"), std::string::npos) << why;
+  b.server->SetServing(true);
+  ASSERT_TRUE(isolation::WaitFor([&] { return last().first; }, 20s));
+  EXPECT_NE(last().second.find(b.server->address() + ": SERVING"), std::string::npos) << last().second;
 }
 
 }  // namespace

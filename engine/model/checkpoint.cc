@@ -87,6 +87,31 @@ uint64_t Fingerprint(const ModelConfig& c, const std::vector<const TensorView*>&
   return h.value();
 }
 
+// The JSON a checkpoint's files may carry, from the shapes of the model its
+// config describes: the tensors stay memory-mapped (untouched until read),
+// but each safetensors header and the shard index are parsed into memory, so
+// they are bounded by the number of tensors the model can have, with room for
+// extras (rotary buffers, biases, a few unused heads). A real header takes
+// about 150 bytes per tensor.
+struct CheckpointBounds {
+  SafetensorsLimits header;
+  uint64_t max_index_bytes = 0;
+};
+
+CheckpointBounds BoundsFor(const ModelConfig& c) {
+  // Per layer at most 16 tensors (norms, projections, their biases); 8 more
+  // around them; 4x as many allowed for tensors the model does not use.
+  constexpr uint64_t kTensorsPerLayer = 16, kOtherTensors = 8, kSlack = 4;
+  constexpr uint64_t kBytesPerTensor = 512, kBaseBytes = uint64_t{1} << 20;
+  const uint64_t layers = c.num_layers > 0 ? static_cast<uint64_t>(c.num_layers) : 0;
+  const uint64_t tensors = kSlack * (layers * kTensorsPerLayer + kOtherTensors);
+  CheckpointBounds b;
+  b.header.max_header_bytes = std::min(b.header.max_header_bytes, kBaseBytes + tensors * kBytesPerTensor);
+  b.header.source = "a " + std::to_string(c.num_layers) + "-layer model's checkpoint";
+  b.max_index_bytes = b.header.max_header_bytes;
+  return b;
+}
+
 // A shard name from weight_map must name a file beside the index.
 bool IsPlainFileName(const std::string& name) {
   return !name.empty() && name != "." && name != ".." && name.find('/') == std::string::npos &&
@@ -105,10 +130,18 @@ StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& dir) {
     if (!fs::is_directory(dir, ec)) return NotFound(dir + ": not a checkpoint directory (no such directory)");
   }
   SEER_ASSIGN_OR_RETURN(ckpt->config_, LoadModelConfig(Join(dir, kConfigFile)));
+  const CheckpointBounds bounds = BoundsFor(ckpt->config_);
 
   const std::string index_path = Join(dir, kIndexFile);
   if (IsRegularFile(index_path)) {
     // Sharded: weight_map names the shard of every tensor.
+    std::error_code ec;
+    const uint64_t index_bytes = fs::file_size(index_path, ec);
+    if (ec) return InvalidArgument(index_path + ": cannot read its size: " + ec.message());
+    if (index_bytes > bounds.max_index_bytes) {
+      return InvalidArgument(index_path + ": " + std::to_string(index_bytes) + " bytes, more than the limit of " +
+                             std::to_string(bounds.max_index_bytes) + " (" + bounds.header.source + ")");
+    }
     SEER_ASSIGN_OR_RETURN(JsonValue index, ReadJsonFile(index_path));
     const JsonValue* map = index.Find("weight_map");
     if (map == nullptr) return InvalidArgument(index_path + ": missing field 'weight_map'");
@@ -126,7 +159,7 @@ StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& dir) {
     }
     if (shard_index.empty()) return InvalidArgument(index_path + ": field 'weight_map' is empty");
     for (auto& [shard, position] : shard_index) {
-      auto file = SafetensorsFile::Open(Join(dir, shard));
+      auto file = SafetensorsFile::Open(Join(dir, shard), bounds.header);
       if (!file.ok()) return file.status().WithContext(index_path + ": shard '" + shard + "'");
       position = ckpt->files_.size();
       ckpt->files_.push_back(std::move(file).value());
@@ -139,7 +172,7 @@ StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& dir) {
       }
     }
   } else if (const std::string single = Join(dir, kSingleFile); IsRegularFile(single)) {
-    SEER_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(single));
+    SEER_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(single, bounds.header));
     ckpt->files_.push_back(std::move(file));
   } else {
     // Fallback: every *.safetensors in the directory.
@@ -156,7 +189,7 @@ StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& dir) {
     }
     std::sort(paths.begin(), paths.end());
     for (const std::string& p : paths) {
-      SEER_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(p));
+      SEER_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(p, bounds.header));
       ckpt->files_.push_back(std::move(file));
     }
   }

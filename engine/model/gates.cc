@@ -118,6 +118,67 @@ StatusOr<GateFileConfig> ParseGateConfig(const JsonValue& root, const std::strin
   return out;
 }
 
+// --- what a gate file may hold ---------------------------------------------------
+
+// Products of shapes, saturating instead of wrapping.
+uint64_t SatMul(uint64_t a, uint64_t b) {
+  uint64_t out;
+  return __builtin_mul_overflow(a, b, &out) ? UINT64_MAX : out;
+}
+uint64_t SatAdd(uint64_t a, uint64_t b) {
+  uint64_t out;
+  return __builtin_add_overflow(a, b, &out) ? UINT64_MAX : out;
+}
+
+// Bounds on a gate file, from the shapes the model and the gate config call
+// for: the expected tensors in float32 (the widest type accepted), the pickle
+// that can describe them, and the zip or safetensors records around them. A
+// file beyond them is refused before it is read; the readers' memory stays
+// proportional to what the model needs. Twice the expected values are
+// allowed, so that a near miss (a layer too many, a wider shape) still gets
+// the precise message of the shape checks below.
+struct GateFileBounds {
+  PthLimits pth;
+  SafetensorsLimits safetensors;
+  uint64_t max_value_bytes = 0;  // float32 values of every tensor together
+};
+
+constexpr uint64_t kValueSlackBytes = 1 << 20;
+
+// Pickle and header bytes per tensor: a tensor takes about 200 bytes of
+// torch's pickle and about 120 of a safetensors header; 10x that is allowed.
+constexpr uint64_t kRecordBytesPerTensor = 2048;
+constexpr uint64_t kRecordBytesBase = 64 << 10;
+// Zip records per entry: two headers, the name twice (at most 4096 bytes
+// each), torch's alignment padding.
+constexpr uint64_t kZipBytesPerEntry = 16 << 10;
+// Entries besides the storages: data.pkl, byteorder, version, ...
+constexpr uint64_t kZipOtherEntries = 16;
+
+GateFileBounds BoundsFor(const ModelConfig& model, const GateConfig& gate, bool expect_q) {
+  const uint64_t d = static_cast<uint64_t>(model.head_dim), hidden = static_cast<uint64_t>(gate.hidden);
+  const uint64_t k_heads = static_cast<uint64_t>(expect_q ? model.num_kv_heads : model.num_heads);
+  const uint64_t per_layer_values =
+      SatAdd(SatMul(SatMul(k_heads, 3 * d), hidden), expect_q ? SatMul(SatMul(model.num_heads, d), hidden) : 0);
+  const uint64_t layers = static_cast<uint64_t>(model.num_layers);
+  const uint64_t tensors = layers * (expect_q ? 2 : 1);
+
+  GateFileBounds b;
+  b.max_value_bytes = SatAdd(SatMul(SatMul(SatMul(per_layer_values, layers), sizeof(float)), 2), kValueSlackBytes);
+  const std::string source = "the gates of a " + std::to_string(model.num_layers) + "-layer model with " +
+                             std::to_string(model.num_heads) + "/" + std::to_string(model.num_kv_heads) +
+                             " heads, head_dim " + std::to_string(model.head_dim) + " and gate hidden size " +
+                             std::to_string(gate.hidden);
+  const uint64_t records = SatAdd(kRecordBytesBase, SatMul(tensors, kRecordBytesPerTensor));
+  b.pth.source = source;
+  b.pth.max_pickle_bytes = static_cast<size_t>(std::min<uint64_t>(records, b.pth.max_pickle_bytes));
+  b.pth.max_value_bytes = b.max_value_bytes;
+  b.pth.max_file_bytes = SatAdd(SatAdd(b.max_value_bytes, records), SatMul(tensors + kZipOtherEntries, kZipBytesPerEntry));
+  b.safetensors.source = source;
+  b.safetensors.max_header_bytes = std::min<uint64_t>(records, b.safetensors.max_header_bytes);
+  return b;
+}
+
 // --- weight files ------------------------------------------------------------
 
 struct LoadedTensor {
@@ -135,9 +196,18 @@ Status AddTensor(std::map<std::string, LoadedTensor>* all, const std::string& na
   return OkStatus();
 }
 
-Status ReadSafetensors(const std::string& path, std::map<std::string, LoadedTensor>* all) {
-  SEER_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(path));
+Status ReadSafetensors(const std::string& path, const GateFileBounds& bounds, uint64_t* value_bytes,
+                       std::map<std::string, LoadedTensor>* all) {
+  SEER_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(path, bounds.safetensors));
   for (const TensorView& v : file->tensors()) {
+    // Converted to float32 only while the total stays within what the model
+    // needs; the bytes of a tensor beyond it are never read.
+    *value_bytes = SatAdd(*value_bytes, SatMul(static_cast<uint64_t>(v.numel()), sizeof(float)));
+    if (*value_bytes > bounds.max_value_bytes) {
+      return InvalidArgument(path + ": key " + Quoted(v.name) + ": the tensors add up to more than " +
+                             std::to_string(bounds.max_value_bytes) + " bytes of float32 values (" +
+                             bounds.safetensors.source + ")");
+    }
     if (v.dtype != DType::kBF16 && v.dtype != DType::kF16 && v.dtype != DType::kF32) {
       return InvalidArgument(path + ": key " + Quoted(v.name) + " has dtype " + std::string(DTypeName(v.dtype)) +
                              "; gate weights must be BF16, F16 or F32");
@@ -155,14 +225,15 @@ Status ReadSafetensors(const std::string& path, std::map<std::string, LoadedTens
   return OkStatus();
 }
 
-StatusOr<std::map<std::string, LoadedTensor>> ReadWeights(const std::string& dir, std::string* source) {
+StatusOr<std::map<std::string, LoadedTensor>> ReadWeights(const std::string& dir, const GateFileBounds& bounds,
+                                                          std::string* source) {
   namespace fs = std::filesystem;
   std::map<std::string, LoadedTensor> all;
   const fs::path pth = fs::path(dir) / kPthName;
   std::error_code ec;
   if (fs::is_regular_file(pth, ec)) {
     *source = pth.string();
-    SEER_ASSIGN_OR_RETURN(PthStateDict sd, ReadPthFile(pth.string()));
+    SEER_ASSIGN_OR_RETURN(PthStateDict sd, ReadPthFile(pth.string(), bounds.pth));
     for (PthTensor& t : sd.tensors) {
       LoadedTensor l;
       l.file = pth.string();
@@ -183,7 +254,8 @@ StatusOr<std::map<std::string, LoadedTensor>> ReadWeights(const std::string& dir
   }
   std::sort(files.begin(), files.end());
   *source = files.size() == 1 ? files[0] : dir + "/*.safetensors";
-  for (const std::string& f : files) SEER_RETURN_IF_ERROR(ReadSafetensors(f, &all));
+  uint64_t value_bytes = 0;
+  for (const std::string& f : files) SEER_RETURN_IF_ERROR(ReadSafetensors(f, bounds, &value_bytes, &all));
   return all;
 }
 
@@ -215,13 +287,13 @@ StatusOr<GateWeights> LoadGates(const std::string& dir, const ModelConfig& model
                            ", head_dim " + std::to_string(model.head_dim) + ") cannot carry gates");
   }
 
-  std::string source;
-  SEER_ASSIGN_OR_RETURN(auto tensors, ReadWeights(dir, &source));
-
   // The authors' gate has mask_linear_q only in the "double" form (forced, or
   // when hidden != head_dim); then mask_linear_k has one head per KV head.
   const int hq = model.num_heads, hkv = model.num_kv_heads, d = model.head_dim, hidden = fc.gate.hidden;
   const bool expect_q = fc.force_double || hidden != d;
+
+  std::string source;
+  SEER_ASSIGN_OR_RETURN(auto tensors, ReadWeights(dir, BoundsFor(model, fc.gate, expect_q), &source));
   const std::vector<int64_t> k_shape = {expect_q ? hkv : hq, 3 * d, hidden};
   const std::vector<int64_t> q_shape = {hq, d, hidden};
   const std::string k_formula = std::string("[") + (expect_q ? "Hkv" : "Hq") + ", 3*head_dim, hidden]";

@@ -126,8 +126,10 @@ StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(GrpcServerOptions o) {
   builder.SetMaxReceiveMessageSize(o.max_receive_bytes);
   builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, kMaxMetadataBytes);
   builder.AddChannelArgument(GRPC_COMPRESSION_CHANNEL_ENABLED_ALGORITHMS_BITSET, 1 << GRPC_COMPRESS_NONE);
-  // Decode workers ping every 30 s on long streams (prefill_client.cc).
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  // Decode workers ping every few seconds while they wait on a stream, to
+  // find a stopped prefill server quickly (rpc/prefill_client.h,
+  // --prefill-keepalive); pings that often must not count as abuse.
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 1000);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   // The server pings its peers too: a peer that vanished without a TCP reset
   // (a partitioned node) is found within ~40 s and its stream cancelled,

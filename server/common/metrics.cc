@@ -106,6 +106,9 @@ prometheus::MetricFamily Family(const std::string& name, const std::string& help
   return {name, help, type, {Value(v, type)}};
 }
 
+constexpr const char* kWriteStallsHelp =
+    "Streams cancelled because their client read nothing for --write-stall-seconds.";
+
 }  // namespace
 
 ScrapeTimeMetrics::ScrapeTimeMetrics() {
@@ -180,6 +183,7 @@ PrefillMetrics::PrefillMetrics(prometheus::Registry& r)
       kv_stream(AddHistogram(r, "seer_kv_stream_duration_seconds",
                              "From a stream's first KV chunk handed to gRPC to its last one written.",
                              LatencyBuckets())),
+      write_stalls(AddCounter(r, "seer_stream_write_stalls_total", kWriteStallsHelp)),
       requests_(AddRequestCounter(r, "seer_prefill_requests_total", "Prefill requests by final gRPC status code.")),
       density_(prometheus::BuildHistogram()
                    .Name("seer_attention_block_density")
@@ -211,6 +215,7 @@ DecodeMetrics::DecodeMetrics(prometheus::Registry& r)
                                    "Bytes of K and V received from prefill servers.")),
       inflight(AddGauge(r, "seer_decode_inflight_requests",
                         "Generate streams admitted and not yet finished (queued, fetching KV, decoding).")),
+      write_stalls(AddCounter(r, "seer_stream_write_stalls_total", kWriteStallsHelp)),
       requests_(AddRequestCounter(r, "seer_decode_requests_total", "Generate requests by final gRPC status code.")) {}
 
 void DecodeMetrics::CountRequest(grpc::StatusCode code) {

@@ -97,6 +97,7 @@ class PrefillMetrics {
   prometheus::Gauge& inflight;             // seer_prefill_inflight_requests
   prometheus::Counter& kv_sent_bytes;      // seer_kv_sent_bytes_total
   prometheus::Histogram& kv_stream;        // seer_kv_stream_duration_seconds
+  prometheus::Counter& write_stalls;       // seer_stream_write_stalls_total
 
  private:
   prometheus::Family<prometheus::Counter>& requests_;
@@ -116,6 +117,7 @@ class DecodeMetrics {
   prometheus::Counter& tokens;              // seer_decode_tokens_total
   prometheus::Counter& kv_received_bytes;   // seer_kv_received_bytes_total
   prometheus::Gauge& inflight;              // seer_decode_inflight_requests
+  prometheus::Counter& write_stalls;        // seer_stream_write_stalls_total
 
  private:
   prometheus::Family<prometheus::Counter>& requests_;

@@ -21,16 +21,9 @@
 #include <grpcpp/support/server_interceptor.h>
 #include <grpcpp/support/status.h>
 
-namespace seer {
+#include "rpc/load_metadata.h"
 
-// Initial metadata of every seer.v1 response: requests holding a slot and
-// waiting for one when the response's headers went out (with the first
-// message, or with the status of a refused call; an admitted request counts
-// itself as running), and the server's bounds.
-inline constexpr const char kLoadMetadataRunning[] = "seer-running";
-inline constexpr const char kLoadMetadataQueued[] = "seer-queued";
-inline constexpr const char kLoadMetadataMaxConcurrent[] = "seer-max-concurrent";
-inline constexpr const char kLoadMetadataMaxQueue[] = "seer-max-queue";
+namespace seer {
 
 struct ServerLoad {
   int running = 0, queued = 0, max_concurrent = 0, max_queue = 0;

@@ -6,6 +6,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <memory>
+#include <mutex>
 #include <thread>
 
 #include "base/version.h"
@@ -95,6 +97,24 @@ int Serve(const ServeConfig& config) {
                    {"max_receive_bytes", JsonValue::Int(config.max_receive_bytes)},
                    {"version", JsonValue::String(VersionLine(config.program))}}));
 
+  // Health is SERVING once the model has loaded, while what watch_health
+  // watches is fine, until the drain starts. The watcher may outlive this
+  // function; it shares this state, and `closed` keeps it off the server.
+  struct HealthGate {
+    std::mutex mu;
+    GrpcServer* server = nullptr;
+    bool loaded = false, upstream = true, closed = false;
+    void UpdateLocked() {
+      if (!closed) server->SetServing(loaded && upstream);
+    }
+  };
+  auto gate = std::make_shared<HealthGate>();
+  gate->server = server->get();
+  auto close_gate = [gate] {
+    std::lock_guard<std::mutex> lock(gate->mu);
+    gate->closed = true;
+  };
+
   // Load the model on its own thread so that SIGTERM still works meanwhile; a
   // failed load wakes the main thread with SIGTERM after setting the code.
   std::atomic<bool> loaded{false};
@@ -109,7 +129,18 @@ int Serve(const ServeConfig& config) {
       kill(getpid(), SIGTERM);
       return;
     }
-    (*server)->SetServing(true);
+    {
+      std::lock_guard<std::mutex> lock(gate->mu);
+      gate->loaded = true;
+      gate->UpdateLocked();
+    }
+    if (config.watch_health) {
+      config.watch_health([gate](bool serving) {
+        std::lock_guard<std::mutex> lock(gate->mu);
+        gate->upstream = serving;
+        gate->UpdateLocked();
+      });
+    }
     loaded = true;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::printf("%s ready: %s (loaded in %.2f s)\n", program, what->c_str(), seconds);
@@ -119,6 +150,7 @@ int Serve(const ServeConfig& config) {
   });
 
   const int sig = WaitForTerminationSignal();
+  close_gate();
   if (load_failed) {
     loader.join();
     (*server)->Shutdown(0.0);

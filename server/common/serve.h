@@ -57,6 +57,11 @@ struct ServeConfig {
   std::function<StatusOr<std::string>()> load;
   // Stops the services' workers; called after the gRPC server has drained.
   std::function<void()> stop;
+  // Optional, once the model has loaded: given a function that takes health
+  // to NOT_SERVING (false) and back (true) while the process cannot serve
+  // for want of something else (seer-decode: no prefill endpoint reachable).
+  // The function may be called from any thread, even after Serve returned.
+  std::function<void(std::function<void(bool)>)> watch_health;
 };
 
 // Call BlockTerminationSignals() first thing in main, then this. Prints

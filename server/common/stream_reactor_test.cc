@@ -33,9 +33,10 @@ struct HookLog {
 // AfterWrite keeps the previous write's hook running meanwhile.
 class PacedReactor final : public StreamReactor<v1::GenerateResponse> {
  public:
-  PacedReactor(WorkQueue* queue, HookLog* log, int messages)
-      : StreamReactor(1 << 20), log_(log), messages_(messages) {
-    Admit(queue, grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "full"));
+  PacedReactor(grpc::CallbackServerContext* context, StreamWatchdog* watchdog, WorkQueue* queue, HookLog* log,
+               int messages)
+      : StreamReactor(context, watchdog), log_(log), messages_(messages) {
+    if (!Admit(queue, {})) FinishNow(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "full"));
   }
 
   void Run(double /*queue_seconds*/) override {
@@ -70,15 +71,16 @@ class PacedReactor final : public StreamReactor<v1::GenerateResponse> {
 class PacedService final : public v1::Decode::CallbackService {
  public:
   PacedService(HookLog* log, int messages) : log_(log), messages_(messages) {}
-  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(grpc::CallbackServerContext* /*context*/,
+  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(grpc::CallbackServerContext* context,
                                                            const v1::GenerateRequest* /*request*/) override {
-    return new PacedReactor(&queue_, log_, messages_);
+    return new PacedReactor(context, &watchdog_, &queue_, log_, messages_);
   }
   void Shutdown() { queue_.Shutdown(); }
 
  private:
   HookLog* log_;
   int messages_;
+  StreamWatchdog watchdog_{0.0};
   WorkQueue queue_{1, 4};
 };
 
@@ -110,6 +112,120 @@ TEST(StreamReactor, AfterWriteOfOneMessageEndsBeforeTheNextBeforeWrite) {
   EXPECT_EQ(log.streams_done, 1);
   EXPECT_EQ(log.after_writes, kMessages);
   EXPECT_EQ(log.before_too_early, 0) << "BeforeWrite ran while the previous message's AfterWrite was still running";
+}
+
+
+// Sends tokens 0..n-1, every third one deferred (made when its turn to be
+// written comes); token `fail_at`, if deferred, fails to be made.
+class MixedReactor final : public StreamReactor<v1::GenerateResponse> {
+ public:
+  MixedReactor(grpc::CallbackServerContext* context, StreamWatchdog* watchdog, WorkQueue* queue, int messages,
+               int fail_at)
+      : StreamReactor(context, watchdog), messages_(messages), fail_at_(fail_at) {
+    if (!Admit(queue, {})) FinishNow(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "full"));
+  }
+
+  void Run(double /*queue_seconds*/) override {
+    for (int i = 0; i < messages_; ++i) {
+      bool queued = false;
+      if (i % 3 == 2) {
+        queued = SendDeferred(
+            [this, i]() -> StatusOr<std::unique_ptr<v1::GenerateResponse>> {
+              if (i == fail_at_) return Internal("token " + std::to_string(i) + " could not be made");
+              auto msg = std::make_unique<v1::GenerateResponse>();
+              msg->set_token(i);
+              return msg;
+            },
+            8);
+      } else {
+        auto msg = std::make_unique<v1::GenerateResponse>();
+        msg->set_token(i);
+        queued = Send(std::move(msg), 8);
+      }
+      if (!queued) break;
+    }
+    FinishWork(grpc::Status::OK);
+  }
+
+ private:
+  int messages_, fail_at_;
+};
+
+class MixedService final : public v1::Decode::CallbackService {
+ public:
+  MixedService(int messages, int fail_at) : messages_(messages), fail_at_(fail_at) {}
+  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(grpc::CallbackServerContext* context,
+                                                           const v1::GenerateRequest* /*request*/) override {
+    return new MixedReactor(context, &watchdog_, &queue_, messages_, fail_at_);
+  }
+  void Shutdown() { queue_.Shutdown(); }
+
+ private:
+  int messages_, fail_at_;
+  StreamWatchdog watchdog_{0.0};
+  WorkQueue queue_{2, 4};
+};
+
+std::pair<grpc::Status, std::vector<int32_t>> ReadTokens(const std::string& address, int read_pause_ms) {
+  auto stub = v1::Decode::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 30s);
+  auto reader = stub->Generate(&ctx, v1::GenerateRequest());
+  std::vector<int32_t> tokens;
+  v1::GenerateResponse msg;
+  while (reader->Read(&msg)) {
+    tokens.push_back(msg.token());
+    if (read_pause_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(read_pause_ms));
+  }
+  return {reader->Finish(), tokens};
+}
+
+// Deferred messages keep their place: the client reads every message in the
+// order the worker queued them, whether it reads at once or slowly (then the
+// worker is done long before, and deferred messages are made on gRPC's
+// threads as their turn comes), and several streams at once.
+TEST(StreamReactor, DeferredMessagesAreMadeInTheirTurnAndKeepTheOrder) {
+  constexpr int kMessages = 300;
+  MixedService service(kMessages, /*fail_at=*/-1);
+  auto server = GrpcServer::Start("127.0.0.1:0", {&service}, {}, 1 << 20);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  std::vector<int32_t> expected(kMessages);
+  for (int i = 0; i < kMessages; ++i) expected[i] = i;
+  for (int pause : {0, 1}) {
+    std::vector<std::thread> clients;
+    std::mutex mu;
+    std::vector<std::pair<grpc::Status, std::vector<int32_t>>> results;
+    for (int c = 0; c < 3; ++c) {
+      clients.emplace_back([&] {
+        auto r = ReadTokens((*server)->address(), pause);
+        std::lock_guard<std::mutex> lock(mu);
+        results.push_back(std::move(r));
+      });
+    }
+    for (auto& t : clients) t.join();
+    for (const auto& [status, tokens] : results) {
+      EXPECT_TRUE(status.ok()) << status.error_message();
+      EXPECT_EQ(tokens, expected) << "read pause " << pause << " ms";
+    }
+  }
+  (*server)->Shutdown(5.0);
+  service.Shutdown();
+}
+
+// A deferred message that cannot be made ends the stream with its status,
+// after every message before it.
+TEST(StreamReactor, ADeferredMessageThatFailsEndsTheStreamWithItsStatus) {
+  MixedService service(30, /*fail_at=*/14);
+  auto server = GrpcServer::Start("127.0.0.1:0", {&service}, {}, 1 << 20);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  const auto [status, tokens] = ReadTokens((*server)->address(), 1);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INTERNAL);
+  EXPECT_NE(status.error_message().find("token 14 could not be made"), std::string::npos) << status.error_message();
+  ASSERT_GE(tokens.size(), 14u);
+  for (int i = 0; i < 14; ++i) EXPECT_EQ(tokens[i], i);
+  EXPECT_LE(tokens.size(), 16u) << "at most the message already in flight follows the failed one";
+  (*server)->Shutdown(5.0);
+  service.Shutdown();
 }
 
 }  // namespace

@@ -4,6 +4,46 @@
 
 namespace seer {
 
+ByteBudget::Reservation& ByteBudget::Reservation::operator=(Reservation&& other) noexcept {
+  if (this != &other) {
+    Release();
+    budget_ = other.budget_;
+    bytes_ = other.bytes_;
+    other.budget_ = nullptr;
+    other.bytes_ = 0;
+  }
+  return *this;
+}
+
+ByteBudget::Reservation ByteBudget::Reservation::Split(int64_t bytes) {
+  bytes = std::clamp<int64_t>(bytes, 0, bytes_);
+  bytes_ -= bytes;
+  return Reservation(budget_, bytes);
+}
+
+void ByteBudget::Reservation::Release() {
+  if (budget_ != nullptr && bytes_ > 0) budget_->Give(bytes_);
+  budget_ = nullptr;
+  bytes_ = 0;
+}
+
+std::optional<ByteBudget::Reservation> ByteBudget::TryReserve(int64_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (bytes < 0 || bytes > limit_ - used_) return std::nullopt;
+  used_ += bytes;
+  return Reservation(this, bytes);
+}
+
+int64_t ByteBudget::used() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return used_;
+}
+
+void ByteBudget::Give(int64_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  used_ -= bytes;
+}
+
 WorkQueue::WorkQueue(int workers, int max_waiting) : max_waiting_(std::max(0, max_waiting)) {
   const int n = std::max(1, workers);
   threads_.reserve(n);

@@ -2,6 +2,7 @@
 // cache from a seer-prefill endpoint, then decodes and streams the tokens
 // (docs/SERVICE.md).
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -23,7 +24,9 @@ int main(int argc, char** argv) {
   std::string metrics_address = "0.0.0.0:9091";
   std::string model, prefill, device = "auto";
   int64_t threads = 0, max_concurrent = 4, max_queue = 64, max_new_tokens = 4096, attempts = 0;
-  double drain_seconds = 30.0, prefill_timeout = 0.0;
+  int64_t max_buffered_bytes = int64_t{256} << 20;
+  double drain_seconds = 30.0, prefill_timeout = 0.0, write_stall_seconds = 20.0;
+  seer::PrefillClientOptions client_options;
   bool retry_broken = false;
 
   seer::FlagSet flags("seer-decode --model DIR --prefill HOST:PORT[,HOST:PORT...] [flags]",
@@ -42,12 +45,31 @@ int main(int argc, char** argv) {
   flags.Int("max-concurrent", &max_concurrent, "requests decoding at once");
   flags.Int("max-queue", &max_queue, "requests waiting for a slot; beyond that RESOURCE_EXHAUSTED");
   flags.Int("max-new-tokens", &max_new_tokens, "largest max_new_tokens a request may ask for");
+  flags.Int("max-buffered-bytes", &max_buffered_bytes,
+            "tokens all admitted streams may hold for their clients (each reserves max_new_tokens x 128 bytes); "
+            "a request that would exceed it is RESOURCE_EXHAUSTED before any work");
+  flags.Double("write-stall-seconds", &write_stall_seconds,
+               "cancel a stream whose client reads nothing for this long (0: never)");
   flags.Int("prefill-attempts", &attempts,
             "Prefill calls per request when endpoints are UNAVAILABLE (0: one per endpoint, +2 per dns name)");
   flags.Double("prefill-timeout", &prefill_timeout, "deadline of one Prefill call, seconds (0: none)");
   flags.Bool("prefill-retry-broken", &retry_broken,
              "when a prefill stream breaks (UNAVAILABLE) after it started, redo the prefill on another "
              "endpoint instead of failing the request");
+  flags.Double("prefill-connect-timeout", &client_options.connect_timeout_seconds,
+               "seconds a connection attempt to a prefill endpoint (TCP and HTTP/2 handshake) may take");
+  flags.Double("prefill-first-byte-timeout", &client_options.first_byte_timeout_seconds,
+               "seconds a Prefill call may wait for its first message (the header, sent on admission) before the "
+               "next endpoint is tried (0: no limit)");
+  flags.Double("prefill-keepalive", &client_options.keepalive_seconds,
+               "seconds between keepalive pings to a prefill endpoint while calls wait on it");
+  flags.Double("prefill-keepalive-timeout", &client_options.keepalive_timeout_seconds,
+               "seconds a keepalive ping may go unanswered before the connection is dropped");
+  flags.Double("prefill-health-interval", &client_options.health_interval_seconds,
+               "seconds between health checks of every prefill endpoint; health is NOT_SERVING while none "
+               "serves (0: no checks)");
+  flags.Double("prefill-health-timeout", &client_options.health_timeout_seconds,
+               "seconds a prefill health check may take");
   flags.Double("drain-seconds", &drain_seconds, "on SIGTERM, how long in-flight streams get to finish");
   seer::ClientTlsOptions prefill_tls;
   flags.String("prefill-tls-ca", &prefill_tls.ca,
@@ -86,11 +108,12 @@ int main(int argc, char** argv) {
   options.max_concurrent = static_cast<int>(max_concurrent);
   options.max_queue = static_cast<int>(max_queue);
   options.max_new_tokens = static_cast<int>(max_new_tokens);
+  options.max_buffered_bytes = max_buffered_bytes;
+  options.write_stall_seconds = write_stall_seconds;
   if (seer::Status s = seer::DecodeService::CheckOptions(options); !s.ok()) {
     std::fprintf(stderr, "seer-decode: %s\n", s.ToString().c_str());
     return 2;
   }
-  seer::PrefillClientOptions client_options;
   client_options.attempts = static_cast<int>(attempts);
   client_options.timeout_seconds = prefill_timeout;
   client_options.retry_broken_streams = retry_broken;
@@ -161,5 +184,20 @@ int main(int argc, char** argv) {
     return "model " + model + " on " + engine->device_name() + ", prefill " + prefill;
   };
   config.stop = [&] { service.Shutdown(); };
+  if (client_options.health_interval_seconds > 0) {
+    seer::PrefillClient* prefill_client = client->get();
+    config.watch_health = [prefill_client](std::function<void(bool)> set_serving) {
+      auto was_serving = std::make_shared<bool>(true);
+      prefill_client->WatchHealth([set_serving, was_serving](bool any, const std::string& why) {
+        if (!any) {
+          std::fprintf(stderr, "seer-decode: no prefill endpoint can serve (%s): health NOT_SERVING\n", why.c_str());
+        } else if (!*was_serving) {
+          std::fprintf(stderr, "seer-decode: a prefill endpoint serves again (%s): health SERVING\n", why.c_str());
+        }
+        *was_serving = any;
+        set_serving(any);
+      });
+    };
+  }
   return seer::Serve(config);
 }

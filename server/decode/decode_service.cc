@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
 #include <optional>
 #include <string>
 #include <utility>
@@ -18,18 +19,35 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-// Tokens are tiny; this bounds how far decoding runs ahead of a slow reader.
-constexpr size_t kTokenBufferBytes = 4096;
-constexpr size_t kTokenMessageBytes = 8;
+// What a queued token takes: the message on the heap and its outbox entry.
+constexpr size_t kTokenMessageBytes = 128;
+constexpr size_t kSummaryBytes = 4096;
+
+std::string Mib(int64_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+  return text;
+}
 
 }  // namespace
 
+int64_t GenerateStreamBytes(int max_new_tokens, int num_layers) {
+  return static_cast<int64_t>(max_new_tokens) * kTokenMessageBytes + kSummaryBytes +
+         static_cast<int64_t>(num_layers) * sizeof(double);
+}
+
 // One Generate call: on a worker thread, fetch the KV from a prefill server,
 // then sample and decode token by token, handing each token to the reactor.
+// The worker never waits on the client: the tokens queue (the stream's share
+// of the budget covers all of them) and the slot goes to the next request.
 class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
  public:
-  GenerateStream(DecodeService* service, const v1::GenerateRequest& request)
-      : StreamReactor(kTokenBufferBytes), service_(service), metrics_(service->metrics_), arrived_(Clock::now()) {
+  GenerateStream(DecodeService* service, grpc::CallbackServerContext* context, const v1::GenerateRequest& request)
+      : StreamReactor(context, &service->watchdog_),
+        service_(service),
+        metrics_(service->metrics_),
+        peer_(context->peer()),
+        arrived_(Clock::now()) {
     engine_ = service->engine_.load(std::memory_order_acquire);
     if (engine_ == nullptr) {
       FinishNow(grpc::Status(grpc::StatusCode::UNAVAILABLE, "seer-decode: the model is still loading"));
@@ -48,15 +66,30 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     *prefill_request_.mutable_sparsity() = SparsityToProto(call->sparsity);
     max_new_tokens_ = call->max_new_tokens;
     stop_tokens_ = std::move(call->stop_token_ids);
-    const WorkQueue& q = service->queue_;
+    ByteBudget& budget = service->budget_;
+    const int64_t need = GenerateStreamBytes(max_new_tokens_, engine_->config().num_layers);
+    std::optional<ByteBudget::Reservation> charge = budget.TryReserve(need);
+    if (!charge) {
+      FinishNow(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                             "seer-decode: admitted streams hold " + Mib(budget.used()) + " of --max-buffered-bytes " +
+                                 Mib(budget.limit()) + " (tokens their clients have not read yet); this request " +
+                                 "needs " + Mib(need) + " for max_new_tokens " + std::to_string(max_new_tokens_) +
+                                 "; retry later or elsewhere"));
+      return;
+    }
+    // Counted before Admit, which may finish the stream on another thread.
     metrics_->inflight.Increment();
     admitted_ = true;
-    Admit(&service->queue_,
-          grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                       "seer-decode: the queue is full: " + std::to_string(q.workers()) + " running and " +
-                           std::to_string(q.max_waiting()) + " waiting (--max-concurrent " +
-                           std::to_string(q.workers()) + ", --max-queue " + std::to_string(q.max_waiting()) +
-                           "); retry later or elsewhere"));
+    if (!Admit(&service->queue_, std::move(*charge))) {
+      metrics_->inflight.Decrement();
+      admitted_ = false;
+      const WorkQueue& q = service->queue_;
+      FinishNow(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                             "seer-decode: the queue is full: " + std::to_string(q.workers()) + " running and " +
+                                 std::to_string(q.max_waiting()) + " waiting (--max-concurrent " +
+                                 std::to_string(q.workers()) + ", --max-queue " + std::to_string(q.max_waiting()) +
+                                 "); retry later or elsewhere"));
+    }
   }
 
   void Run(double /*queue_seconds*/) override { FinishWork(Generate()); }
@@ -118,7 +151,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     s->set_overall_density(ps.overall_density());
     s->set_prefill_endpoint(fetched->endpoint);
     s->set_sparsity(ps.sparsity());
-    if (!Send(std::move(msg), 256))
+    if (!Send(std::move(msg), kSummaryBytes))
       return grpc::Status(grpc::StatusCode::CANCELLED, "the Generate stream was cancelled");
     return grpc::Status::OK;
   }
@@ -146,6 +179,14 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
 
   void OnStreamCancelled() override { canceller_.Cancel(); }
 
+  void OnWriteStall(double stall_seconds) override {
+    metrics_->write_stalls.Increment();
+    std::fprintf(stderr,
+                 "seer-decode: request %s from %s: the client read nothing for %.3g s (--write-stall-seconds); "
+                 "stream cancelled after %.1f s\n",
+                 request_id_.c_str(), peer_.c_str(), stall_seconds, Seconds(Clock::now() - arrived_));
+  }
+
   void OnStreamDone(const grpc::Status& status) override {
     metrics_->CountRequest(status.error_code());
     metrics_->request_duration.Observe(Seconds(Clock::now() - arrived_));
@@ -154,6 +195,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
 
   DecodeService* const service_;
   DecodeMetrics* const metrics_;
+  const std::string peer_;
   const Clock::time_point arrived_;
   Engine* engine_ = nullptr;
   bool admitted_ = false;
@@ -172,7 +214,12 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
 };
 
 DecodeService::DecodeService(const DecodeServiceOptions& options, PrefillClient* prefill, DecodeMetrics* metrics)
-    : options_(options), prefill_(prefill), metrics_(metrics), queue_(options.max_concurrent, options.max_queue) {}
+    : options_(options),
+      prefill_(prefill),
+      metrics_(metrics),
+      budget_(options.max_buffered_bytes),
+      watchdog_(options.write_stall_seconds),
+      queue_(options.max_concurrent, options.max_queue) {}
 
 DecodeService::~DecodeService() { Shutdown(); }
 
@@ -184,6 +231,15 @@ Status DecodeService::CheckOptions(const DecodeServiceOptions& o) {
   if (o.max_new_tokens < 1 || o.max_new_tokens > (1 << 20))
     return InvalidArgument("--max-new-tokens: " + std::to_string(o.max_new_tokens) +
                            " is out of range [1, 1048576]");
+  // Room for at least one request of the largest size (a model of up to 1024 layers).
+  const int64_t one = GenerateStreamBytes(o.max_new_tokens, 1024);
+  if (o.max_buffered_bytes < one)
+    return InvalidArgument("--max-buffered-bytes: " + std::to_string(o.max_buffered_bytes) +
+                           " cannot hold one request of --max-new-tokens " + std::to_string(o.max_new_tokens) +
+                           " (" + std::to_string(one) + " bytes)");
+  if (!(o.write_stall_seconds >= 0) || o.write_stall_seconds > 86400)
+    return InvalidArgument("--write-stall-seconds: " + std::to_string(o.write_stall_seconds) +
+                           " is out of range [0, 86400] (0: never)");
   return OkStatus();
 }
 
@@ -211,9 +267,9 @@ uint64_t DecodeService::FreshSeed() {
   return seed_source_();
 }
 
-grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeService::Generate(grpc::CallbackServerContext* /*context*/,
+grpc::ServerWriteReactor<v1::GenerateResponse>* DecodeService::Generate(grpc::CallbackServerContext* context,
                                                                         const v1::GenerateRequest* request) {
-  return new GenerateStream(this, *request);
+  return new GenerateStream(this, context, *request);
 }
 
 }  // namespace seer

@@ -1,7 +1,12 @@
 // The Decode service (proto/seer/v1/seer.proto): pulls a prompt's KV cache
 // from a prefill endpoint, then decodes with dense attention and streams each
 // token as it is sampled. One GenerateStream reactor per call; a WorkQueue
-// bounds how many run (--max-concurrent) and wait (--max-queue).
+// bounds how many run (--max-concurrent) and wait (--max-queue), a ByteBudget
+// the tokens that admitted streams hold for clients that have not read them
+// (--max-buffered-bytes), and a StreamWatchdog how long a client may read
+// nothing (--write-stall-seconds). The decode loop never waits on its
+// client: a stream's tokens queue up to its max_new_tokens, which its share
+// of the budget covers.
 #pragma once
 
 #include <atomic>
@@ -16,6 +21,7 @@
 #include "server/common/metrics.h"
 #include "rpc/prefill_client.h"
 #include "rpc/requests.h"
+#include "server/common/stream_watchdog.h"
 #include "server/common/work_queue.h"
 
 namespace seer {
@@ -24,7 +30,17 @@ struct DecodeServiceOptions {
   int max_concurrent = 4;
   int max_queue = 64;
   int max_new_tokens = 4096;
+  // Tokens (and summaries) all admitted streams may hold for their clients
+  // together; a request whose max_new_tokens would exceed it is refused with
+  // RESOURCE_EXHAUSTED before any work.
+  int64_t max_buffered_bytes = int64_t{256} << 20;
+  // A stream whose client reads nothing this long is cancelled; 0: never.
+  double write_stall_seconds = 20.0;
 };
+
+// The share of --max-buffered-bytes a Generate stream reserves: every token
+// message it may queue, and its summary.
+int64_t GenerateStreamBytes(int max_new_tokens, int num_layers);
 
 class DecodeService final : public v1::Decode::CallbackService {
  public:
@@ -44,6 +60,9 @@ class DecodeService final : public v1::Decode::CallbackService {
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(grpc::CallbackServerContext* context,
                                                            const v1::GenerateRequest* request) override;
 
+  // Bytes of --max-buffered-bytes the admitted streams hold now.
+  int64_t buffered_bytes() const { return budget_.used(); }
+
  private:
   friend class GenerateStream;
   uint64_t FreshSeed();
@@ -51,6 +70,8 @@ class DecodeService final : public v1::Decode::CallbackService {
   const DecodeServiceOptions options_;
   PrefillClient* const prefill_;
   DecodeMetrics* const metrics_;
+  ByteBudget budget_;
+  StreamWatchdog watchdog_;
   WorkQueue queue_;
   std::atomic<Engine*> engine_{nullptr};
   ExpectedLayout expected_;

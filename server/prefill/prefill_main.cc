@@ -21,7 +21,8 @@ int main(int argc, char** argv) {
   std::string model, gates, device = "auto";
   int64_t threads = 0, max_concurrent = 1, max_queue = 16, max_tokens = 0;
   int64_t chunk_bytes = int64_t{4} << 20, stream_buffer_bytes = int64_t{64} << 20;
-  double drain_seconds = 30.0;
+  int64_t max_buffered_bytes = int64_t{8} << 30;
+  double drain_seconds = 30.0, write_stall_seconds = 20.0;
 
   seer::FlagSet flags("seer-prefill --model DIR [--gates DIR] [flags]",
                       "Serves seer.v1.Prefill: runs the (gated, block-sparse) prefill of a prompt and streams its\n"
@@ -37,7 +38,12 @@ int main(int argc, char** argv) {
   flags.Int("max-queue", &max_queue, "prefills waiting for a slot; beyond that RESOURCE_EXHAUSTED");
   flags.Int("chunk-bytes", &chunk_bytes, "largest KvChunk message, bytes (at least 65536)");
   flags.Int("stream-buffer-bytes", &stream_buffer_bytes,
-            "KV bytes a stream may buffer ahead of the network before its prefill waits");
+            "KV bytes a stream keeps copied into messages ahead of the network; the rest waits in its KV cache");
+  flags.Int("max-buffered-bytes", &max_buffered_bytes,
+            "KV all admitted streams may hold for their clients (KV caches and messages); a request that would "
+            "exceed it is RESOURCE_EXHAUSTED before any work");
+  flags.Double("write-stall-seconds", &write_stall_seconds,
+               "cancel a stream whose client reads nothing for this long (0: never)");
   flags.Int("max-tokens", &max_tokens, "longest prompt served (0: the model's max_position_embeddings)");
   flags.Double("drain-seconds", &drain_seconds, "on SIGTERM, how long in-flight streams get to finish");
   seer::CommonServerFlags common;
@@ -67,6 +73,8 @@ int main(int argc, char** argv) {
   options.max_queue = static_cast<int>(max_queue);
   options.chunk_bytes = chunk_bytes;
   options.stream_buffer_bytes = stream_buffer_bytes;
+  options.max_buffered_bytes = max_buffered_bytes;
+  options.write_stall_seconds = write_stall_seconds;
   options.max_tokens = max_tokens;
   if (seer::Status s = seer::PrefillService::CheckOptions(options); !s.ok()) {
     std::fprintf(stderr, "seer-prefill: %s\n", s.ToString().c_str());

@@ -1,6 +1,8 @@
 #include "server/prefill/prefill_service.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -14,15 +16,65 @@
 
 namespace seer {
 
-// One Prefill call. The worker thread runs the engine; each finished layer is
-// cut into KvChunk messages and handed to the reactor, which writes them one
-// at a time while the engine goes on with the next layer.
+namespace {
+
+// Bytes a request's summary may take: the last logits and the rest.
+size_t SummaryBytes(int vocab_size) { return static_cast<size_t>(vocab_size) * sizeof(float) + 4096; }
+constexpr size_t kHeaderBytes = 256;
+
+std::string Mib(int64_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof(text), "%.1f MiB", static_cast<double>(bytes) / (1 << 20));
+  return text;
+}
+
+// Tokens [t0, t0 + n) of `layer` as a KvChunk message.
+StatusOr<std::unique_ptr<v1::PrefillResponse>> MakeChunk(const KvCache& cache, int layer, int t0, int n) {
+  const size_t bytes = cache.layout().LayerBytes(n);
+  auto msg = std::make_unique<v1::PrefillResponse>();
+  v1::KvChunk* chunk = msg->mutable_chunk();
+  chunk->set_layer(layer);
+  chunk->set_token_start(t0);
+  chunk->set_token_count(n);
+  chunk->mutable_k()->resize(bytes);
+  chunk->mutable_v()->resize(bytes);
+  SEER_RETURN_IF_ERROR(cache.ReadLayer(layer, t0, n, chunk->mutable_k()->data(), chunk->mutable_v()->data())
+                           .WithContext("seer-prefill: reading the KV cache"));
+  return msg;
+}
+
+// A KV cache, the share of the budget it takes and its bytes on
+// seer_kv_cache_bytes: the share and the bytes go back when the last holder
+// (the worker, or a chunk still waiting to be written) lets the cache go.
+std::shared_ptr<KvCache> ChargedCache(std::unique_ptr<KvCache> cache, ByteBudget::Reservation charge,
+                                      prometheus::Gauge* cache_bytes) {
+  struct Holder {
+    ByteBudget::Reservation charge;  // released after the cache is freed
+    std::unique_ptr<GaugeHold> counted;
+    std::unique_ptr<KvCache> cache;
+  };
+  auto counted = std::make_unique<GaugeHold>(cache_bytes, KvCacheBytes(cache->layout(), cache->capacity()));
+  auto holder = std::make_shared<Holder>(Holder{std::move(charge), std::move(counted), std::move(cache)});
+  KvCache* raw = holder->cache.get();
+  return std::shared_ptr<KvCache>(std::move(holder), raw);
+}
+
+}  // namespace
+
+// One Prefill call. The layout header goes out on admission; the worker
+// thread runs the engine into the request's KV cache, and each finished
+// layer is cut into KvChunk messages that the reactor writes one at a time
+// while the engine goes on with the next layer. While the client keeps up,
+// chunks are copied out at once; when it lags, they wait in the cache and are
+// copied out as their turn to be written comes, after the engine and the
+// worker slot have gone to other requests.
 class PrefillStream final : public StreamReactor<v1::PrefillResponse> {
  public:
-  PrefillStream(PrefillService* service, const v1::PrefillRequest& request)
-      : StreamReactor(static_cast<size_t>(service->options_.stream_buffer_bytes)),
+  PrefillStream(PrefillService* service, grpc::CallbackServerContext* context, const v1::PrefillRequest& request)
+      : StreamReactor(context, &service->watchdog_),
         service_(service),
         metrics_(service->metrics_),
+        peer_(context->peer()),
         arrived_(Clock::now()) {
     Engine* engine = service->engine_.load(std::memory_order_acquire);
     if (engine == nullptr) {
@@ -52,15 +104,51 @@ class PrefillStream final : public StreamReactor<v1::PrefillResponse> {
     ids_ = std::move(call->ids);
     request_id_ = call->request_id.empty() ? "prefill-" + std::to_string(service->next_request_number_.fetch_add(1))
                                            : std::move(call->request_id);
-    const WorkQueue& q = service->queue_;
-    const grpc::Status full(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                            "seer-prefill: the queue is full: " + std::to_string(q.workers()) + " running and " +
-                                std::to_string(q.max_waiting()) + " waiting (--max-concurrent " +
-                                std::to_string(q.workers()) + ", --max-queue " + std::to_string(q.max_waiting()) +
-                                "); retry later or elsewhere");
+
+    // What this stream may hold for its client: its KV cache, the chunk
+    // messages copied ahead of the network (two more while waiting chunks
+    // are copied out: the one in flight and the next), the header and the
+    // summary.
+    const KvLayout& layout = service->layout_;
+    const int seq_len = static_cast<int>(ids_.size());
+    const int64_t kv_bytes = 2 * static_cast<int64_t>(layout.num_layers) * layout.LayerBytes(seq_len);
+    lookahead_bytes_ = static_cast<size_t>(service->options_.stream_buffer_bytes);
+    const int64_t messages = std::min<int64_t>(service->options_.stream_buffer_bytes + 2 * chunk_bytes, kv_bytes);
+    const int64_t need = kv_bytes + messages + static_cast<int64_t>(kHeaderBytes + SummaryBytes(engine->config().vocab_size));
+    ByteBudget& budget = service->budget_;
+    if (need > budget.limit()) {
+      FinishNow(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                             "seer-prefill: this request needs " + Mib(need) + " for its KV cache (" + Mib(kv_bytes) +
+                                 ") and messages, more than --max-buffered-bytes " + std::to_string(budget.limit()) +
+                                 " (" + Mib(budget.limit()) + ") allows"));
+      return;
+    }
+    std::optional<ByteBudget::Reservation> charge = budget.TryReserve(need);
+    if (!charge) {
+      FinishNow(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                             "seer-prefill: admitted streams hold " + Mib(budget.used()) + " of --max-buffered-bytes " +
+                                 Mib(budget.limit()) + " (KV caches and messages their clients have not read yet); " +
+                                 "this request needs " + Mib(need) + "; retry later or elsewhere"));
+      return;
+    }
+    cache_charge_ = charge->Split(kv_bytes);
+
+    auto header = std::make_unique<v1::PrefillResponse>();
+    *header->mutable_header() = MakeLayoutHeader(layout, engine->fingerprint(), service->block_size_, seq_len,
+                                                 engine->config().vocab_size);
+    header->mutable_header()->set_request_id(request_id_);
+    header->mutable_header()->set_device(engine->device_name());
     metrics_->inflight.Increment();
     admitted_ = true;
-    Admit(&service->queue_, full);
+    if (!Admit(&service->queue_, std::move(*charge), std::move(header), kHeaderBytes)) {
+      cache_charge_.Release();
+      const WorkQueue& q = service->queue_;
+      FinishNow(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                             "seer-prefill: the queue is full: " + std::to_string(q.workers()) + " running and " +
+                                 std::to_string(q.max_waiting()) + " waiting (--max-concurrent " +
+                                 std::to_string(q.workers()) + ", --max-queue " + std::to_string(q.max_waiting()) +
+                                 "); retry later or elsewhere"));
+    }
   }
 
   void Run(double queue_seconds) override {
@@ -70,50 +158,46 @@ class PrefillStream final : public StreamReactor<v1::PrefillResponse> {
   }
 
  private:
-  // Cuts each finished layer into chunks and sends them.
+  // Cuts each finished layer into chunks and queues them.
   class LayerSender final : public PrefillObserver {
    public:
-    explicit LayerSender(PrefillStream* stream) : stream_(stream) {}
-    Status OnLayerDone(const LayerDone& done) override { return stream_->SendLayer(done); }
+    LayerSender(PrefillStream* stream, std::shared_ptr<const KvCache> cache)
+        : stream_(stream), cache_(std::move(cache)) {}
+    Status OnLayerDone(const LayerDone& done) override { return stream_->SendLayer(done, cache_); }
 
    private:
     PrefillStream* stream_;
+    std::shared_ptr<const KvCache> cache_;
   };
 
   grpc::Status Prefill() {
-    if (cancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled while queued");
-    const KvLayout& layout = service_->layout_;
+    if (cancelled()) {
+      cache_charge_.Release();
+      return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled while queued");
+    }
     const int seq_len = static_cast<int>(ids_.size());
-    auto header = std::make_unique<v1::PrefillResponse>();
-    *header->mutable_header() = MakeLayoutHeader(layout, engine_->fingerprint(), service_->block_size_, seq_len,
-                                                 engine_->config().vocab_size);
-    header->mutable_header()->set_request_id(request_id_);
-    header->mutable_header()->set_device(engine_->device_name());
-    if (!Send(std::move(header), 64)) return Cancelled();
-
-    std::unique_ptr<KvCache> cache;
-    std::optional<GaugeHold> cache_counted;  // seer_kv_cache_bytes
     std::optional<StatusOr<PrefillResult>> ran;
     double prefill_seconds = 0.0;
     // The cache and the prefill in one turn on the engine: a request
-    // cancelled while another held it allocates and computes nothing.
+    // cancelled while another held it allocates and computes nothing. The
+    // turn never waits on the client: chunks it cannot copy out now wait in
+    // the cache.
     const grpc::Status turn = engine_->Exclusive([&]() -> grpc::Status {
       if (cancelled()) return Cancelled();
       const Clock::time_point start = Clock::now();
       StatusOr<std::unique_ptr<KvCache>> made = engine_->NewCache(seq_len);
       if (!made.ok()) return ToGrpcStatus(made.status().WithContext("seer-prefill: KV cache"));
-      cache = std::move(made).value();
-      cache_counted.emplace(&metrics_->server.kv_cache_bytes, KvCacheBytes(cache->layout(), cache->capacity()));
-      LayerSender sender(this);
+      std::shared_ptr<KvCache> cache =
+          ChargedCache(std::move(made).value(), std::move(cache_charge_), &metrics_->server.kv_cache_bytes);
+      LayerSender sender(this, cache);
       ran.emplace(engine_->Prefill(ids_, options_, cache.get(), &sender));
       prefill_seconds = SecondsSince(start);
       return grpc::Status::OK;
     });
+    // Unless chunks wait in it, the cache (and its share of the budget) is
+    // free from here on.
+    cache_charge_.Release();
     if (!turn.ok()) return turn;
-    // The KV is all in the outbox or written: free the cache now rather than
-    // after the last write.
-    cache.reset();
-    cache_counted.reset();
     StatusOr<PrefillResult>& result = *ran;
     if (!result.ok()) {
       if (cancelled()) return Cancelled();
@@ -144,29 +228,30 @@ class PrefillStream final : public StreamReactor<v1::PrefillResponse> {
     t->set_queue_seconds(queue_seconds_);
     t->set_prefill_seconds(prefill_seconds);
     for (double s : layer_seconds_) t->add_layer_seconds(s);
-    const size_t bytes = static_cast<size_t>(vocab) * sizeof(float) + 256;
-    if (!Send(std::move(msg), bytes)) return Cancelled();
+    if (!Send(std::move(msg), SummaryBytes(vocab))) return Cancelled();
     return grpc::Status::OK;
   }
 
-  Status SendLayer(const LayerDone& done) {
+  Status SendLayer(const LayerDone& done, const std::shared_ptr<const KvCache>& cache) {
     layer_seconds_.push_back(done.seconds);
     const KvLayout& layout = service_->layout_;
     for (int t0 = 0; t0 < done.seq_len; t0 += tokens_per_chunk_) {
       const int n = std::min(tokens_per_chunk_, done.seq_len - t0);
-      const size_t bytes = layout.LayerBytes(n);
-      auto msg = std::make_unique<v1::PrefillResponse>();
-      v1::KvChunk* chunk = msg->mutable_chunk();
-      chunk->set_layer(done.layer);
-      chunk->set_token_start(t0);
-      chunk->set_token_count(n);
-      chunk->mutable_k()->resize(bytes);
-      chunk->mutable_v()->resize(bytes);
-      SEER_RETURN_IF_ERROR(
-          done.cache->ReadLayer(done.layer, t0, n, chunk->mutable_k()->data(), chunk->mutable_v()->data()));
-      kv_bytes_queued_ += static_cast<int64_t>(2 * bytes);
+      const size_t bytes = 2 * layout.LayerBytes(n);
+      const size_t buffered = buffered_bytes();
+      bool queued = false;
+      if (buffered == 0 || buffered + bytes <= lookahead_bytes_) {
+        // The client keeps up: copy the chunk now, overlapping the next layer.
+        SEER_ASSIGN_OR_RETURN(std::unique_ptr<v1::PrefillResponse> msg, MakeChunk(*done.cache, done.layer, t0, n));
+        queued = Send(std::move(msg), bytes);
+      } else {
+        // The client lags: the chunk waits in the cache, which outlives the
+        // engine's turn for as long as a chunk still needs it.
+        queued = SendDeferred([cache, layer = done.layer, t0, n] { return MakeChunk(*cache, layer, t0, n); }, bytes);
+      }
+      if (!queued) return seer::Cancelled("the Prefill stream was cancelled or broke");
+      kv_bytes_queued_ += static_cast<int64_t>(bytes);
       ++kv_chunks_queued_;
-      if (!Send(std::move(msg), 2 * bytes)) return seer::Cancelled("the Prefill stream was cancelled or broke");
     }
     return OkStatus();
   }
@@ -189,6 +274,14 @@ class PrefillStream final : public StreamReactor<v1::PrefillResponse> {
     last_chunk_written_ = Clock::now();
   }
 
+  void OnWriteStall(double stall_seconds) override {
+    metrics_->write_stalls.Increment();
+    std::fprintf(stderr,
+                 "seer-prefill: request %s from %s: the client read nothing for %.3g s (--write-stall-seconds); "
+                 "stream cancelled after %.1f s\n",
+                 request_id_.c_str(), peer_.c_str(), stall_seconds, SecondsSince(arrived_));
+  }
+
   void OnStreamDone(const grpc::Status& status) override {
     metrics_->CountRequest(status.error_code());
     if (first_chunk_start_ && last_chunk_written_)
@@ -198,6 +291,7 @@ class PrefillStream final : public StreamReactor<v1::PrefillResponse> {
 
   PrefillService* const service_;
   PrefillMetrics* const metrics_;
+  const std::string peer_;
   const Clock::time_point arrived_;
   Engine* engine_ = nullptr;
   bool admitted_ = false;
@@ -207,6 +301,8 @@ class PrefillStream final : public StreamReactor<v1::PrefillResponse> {
   std::string request_id_;
   PrefillOptions options_;
   int tokens_per_chunk_ = 1;
+  size_t lookahead_bytes_ = 0;
+  ByteBudget::Reservation cache_charge_;  // goes with the cache, or back
 
   // Worker only.
   double queue_seconds_ = 0.0;
@@ -220,7 +316,11 @@ class PrefillStream final : public StreamReactor<v1::PrefillResponse> {
 };
 
 PrefillService::PrefillService(const PrefillServiceOptions& options, PrefillMetrics* metrics)
-    : options_(options), metrics_(metrics), queue_(options.max_concurrent, options.max_queue) {}
+    : options_(options),
+      metrics_(metrics),
+      budget_(options.max_buffered_bytes),
+      watchdog_(options.write_stall_seconds),
+      queue_(options.max_concurrent, options.max_queue) {}
 
 PrefillService::~PrefillService() { Shutdown(); }
 
@@ -235,6 +335,12 @@ Status PrefillService::CheckOptions(const PrefillServiceOptions& o) {
   if (o.stream_buffer_bytes < o.chunk_bytes)
     return InvalidArgument("--stream-buffer-bytes: " + std::to_string(o.stream_buffer_bytes) +
                            " must be at least --chunk-bytes (" + std::to_string(o.chunk_bytes) + ")");
+  if (o.max_buffered_bytes < o.stream_buffer_bytes)
+    return InvalidArgument("--max-buffered-bytes: " + std::to_string(o.max_buffered_bytes) +
+                           " must be at least --stream-buffer-bytes (" + std::to_string(o.stream_buffer_bytes) + ")");
+  if (!(o.write_stall_seconds >= 0) || o.write_stall_seconds > 86400)
+    return InvalidArgument("--write-stall-seconds: " + std::to_string(o.write_stall_seconds) +
+                           " is out of range [0, 86400] (0: never)");
   if (o.max_tokens < 0) return InvalidArgument("--max-tokens: must be >= 0 (0: the model's limit)");
   return OkStatus();
 }
@@ -263,9 +369,9 @@ Status PrefillService::SetEngine(Engine* engine) {
 
 void PrefillService::Shutdown() { queue_.Shutdown(); }
 
-grpc::ServerWriteReactor<v1::PrefillResponse>* PrefillService::Prefill(grpc::CallbackServerContext* /*context*/,
+grpc::ServerWriteReactor<v1::PrefillResponse>* PrefillService::Prefill(grpc::CallbackServerContext* context,
                                                                        const v1::PrefillRequest* request) {
-  return new PrefillStream(this, *request);
+  return new PrefillStream(this, context, *request);
 }
 
 }  // namespace seer
