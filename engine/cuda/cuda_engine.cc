@@ -118,6 +118,9 @@ class CudaEngine final : public Engine {
   StatusOr<std::unique_ptr<PagePool>> CreatePagePool(const PageLayout& layout, int pages) override;
   StatusOr<int64_t> PoolBudgetBytes(double fraction) override;
   Status PreparePagedDecode(int max_batch) override;
+  // Device to device: each layer of the contiguous cache scattered into
+  // the pages on the pool's stream.
+  Status RunPageIn(const KvCache& src, PagedKvCache* paged) override;
   Status RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int32_t> next) override;
 
  private:
@@ -551,6 +554,17 @@ Status CudaEngine::PreparePagedDecode(int max_batch) {
                                                                   "decode: sampling scratch"));
   }
   return OkStatus();
+}
+
+Status CudaEngine::RunPageIn(const KvCache& src, PagedKvCache* paged) {
+  SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  const auto& cache = static_cast<const DeviceKvCache&>(src);
+  auto* pool = static_cast<DevicePagePool*>(page_pool());
+  for (int layer = 0; layer < config_.num_layers; ++layer) {
+    SEER_RETURN_IF_ERROR(pool->WriteTokensFromDevice(layer, paged->pages(), src.length(), src.capacity(),
+                                                     cache.k(layer), cache.v(layer)));
+  }
+  return pool->Synchronize();
 }
 
 Status CudaEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int32_t> next) {

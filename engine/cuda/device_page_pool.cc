@@ -107,4 +107,30 @@ Status DevicePagePool::ReadTokens(int layer, std::span<const int32_t> table, int
   return OkStatus();
 }
 
+Status DevicePagePool::WriteTokensFromDevice(int layer, std::span<const int32_t> table, int n, int stride,
+                                             const __nv_bfloat16* k, const __nv_bfloat16* v) {
+  const KvLayout& kv = layout().kv;
+  if (n < 1 || stride < n || static_cast<int64_t>(table.size()) * layout().page_tokens < n) {
+    return InvalidArgument("KV page pool: " + std::to_string(n) + " positions (stride " + std::to_string(stride) +
+                           ") do not fit " + std::to_string(table.size()) + " pages");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  SEER_RETURN_IF_ERROR(EnsureStaging(1, static_cast<int>(table.size())));
+  SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(table_.get(), table.data(), sizeof(int32_t) * table.size(),
+                                            cudaMemcpyHostToDevice, stream_));
+  const int32_t* dtable = table_.as<int32_t>();
+  SEER_RETURN_IF_CUDA_ERROR(cuda::ScatterToPagesStrided(k, stride, 0, n, dtable, kv.num_kv_heads, kv.head_dim,
+                                                        layout().page_tokens, this->k(layer), stream_));
+  SEER_RETURN_IF_CUDA_ERROR(cuda::ScatterToPagesStrided(v, stride, 0, n, dtable, kv.num_kv_heads, kv.head_dim,
+                                                        layout().page_tokens, this->v(layer), stream_));
+  // The table staging is reused by the next call: wait before releasing it.
+  SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
+  return OkStatus();
+}
+
+Status DevicePagePool::Synchronize() const {
+  SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
+  return OkStatus();
+}
+
 }  // namespace seer

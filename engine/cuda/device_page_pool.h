@@ -28,6 +28,12 @@ class DevicePagePool final : public PagePool {
   Status WriteTokens(int layer, std::span<const int32_t> table, int t0, int n, DType src, const void* k,
                      const void* v) override;
   Status ReadTokens(int layer, std::span<const int32_t> table, int t0, int n, void* k, void* v) const override;
+  // Positions [0, n) of one layer from device memory laid out
+  // [Hkv, stride, D] (a DeviceKvCache's layer, stride its capacity) into the
+  // pages of `table`, on the pool's stream; Synchronize waits for it.
+  Status WriteTokensFromDevice(int layer, std::span<const int32_t> table, int n, int stride,
+                               const __nv_bfloat16* k, const __nv_bfloat16* v);
+  Status Synchronize() const;
 
  private:
   DevicePagePool(const PageLayout& layout, int num_pages) : PagePool(layout, num_pages) {}
