@@ -118,6 +118,8 @@ class DecodeMetrics {
   prometheus::Counter& kv_received_bytes;   // seer_kv_received_bytes_total
   prometheus::Gauge& inflight;              // seer_decode_inflight_requests
   prometheus::Counter& write_stalls;        // seer_stream_write_stalls_total
+  prometheus::Histogram& batch_size;        // seer_decode_batch_size
+  prometheus::Histogram& step_seconds;      // seer_decode_step_seconds
 
  private:
   prometheus::Family<prometheus::Counter>& requests_;

@@ -455,10 +455,8 @@ void OpenAiHttpServer::Serve(mg_connection* conn) {
     }
   };
   const grpc::Status status = backend_->Generate(req.generate, [&](const v1::GenerateResponse& r) {
-    if (r.has_summary()) {
-      summary = r.summary();
-      return true;
-    }
+    // The summary may carry text too: what the server held back at the end.
+    if (r.has_summary()) summary = r.summary();
     if (!req.stream) {
       text += r.text();
       return true;
