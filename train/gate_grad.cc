@@ -181,8 +181,8 @@ std::vector<double> GateProbs(const GateShape& s, const GateFeatures& f, const G
   return probs;
 }
 
-double GateLoss(const GateShape& s, const GateFeatures& f, const float* target, const GateParams& w,
-                GateParams* grad, double grad_scale, int num_threads) {
+double GateLoss(const GateShape& s, const GateFeatures& f, const float* target, const GateParams& w, GateParams* grad,
+                double grad_scale, int num_threads) {
   const int nb = f.num_blocks, D = s.head_dim, hid = s.hidden;
   if (nb == 0) return 0.0;
   const int first_row = FirstLossRow(nb);

@@ -73,7 +73,7 @@ inline int FirstLossRow(int num_blocks) { return num_blocks / 4; }
 // and, when `grad` is not null, grad_scale times its gradient added into
 // *grad (which must have w's sizes). Heads run on up to `num_threads`
 // threads; the result does not depend on the thread count.
-double GateLoss(const GateShape& s, const GateFeatures& f, const float* target, const GateParams& w,
-                GateParams* grad, double grad_scale, int num_threads);
+double GateLoss(const GateShape& s, const GateFeatures& f, const float* target, const GateParams& w, GateParams* grad,
+                double grad_scale, int num_threads);
 
 }  // namespace seer::train

@@ -246,7 +246,8 @@ Status GateTrainer::WriteGates(const std::string& dir, const SparsityConfig& def
   SEER_RETURN_IF_ERROR(EnsureDir(dir));
   std::error_code ec;
   if (fs::exists(fs::path(dir) / "attn_gate_weights.pth", ec)) {
-    return FailedPrecondition(dir + " holds attn_gate_weights.pth, which LoadGates would read instead of the "
+    return FailedPrecondition(dir +
+                              " holds attn_gate_weights.pth, which LoadGates would read instead of the "
                               "trained weights; use another --out");
   }
   const ModelConfig& m = engine_->config();

@@ -46,12 +46,12 @@ struct TrainConfig {
 };
 
 struct StepReport {
-  int64_t step = 0;                 // optimizer steps done, this one included
-  double loss = 0.0;                // sum over layers of the KL, mean over the batch (not scaled)
-  std::vector<double> layer_loss;   // per layer, mean over the batch
-  double lr = 0.0;                  // the learning rate this step used
-  double grad_norm = 0.0;           // of the scaled loss's gradient, before clipping
-  int64_t tokens = 0;               // tokens run through the model this step
+  int64_t step = 0;                // optimizer steps done, this one included
+  double loss = 0.0;               // sum over layers of the KL, mean over the batch (not scaled)
+  std::vector<double> layer_loss;  // per layer, mean over the batch
+  double lr = 0.0;                 // the learning rate this step used
+  double grad_norm = 0.0;          // of the scaled loss's gradient, before clipping
+  int64_t tokens = 0;              // tokens run through the model this step
   double seconds = 0.0;
 };
 
@@ -76,7 +76,8 @@ class GateTrainer {
   // as the gates' default) and attn_gate_weights.safetensors (BF16, as the
   // released gates are). `training_note` goes into config.json as
   // "seerattn_training".
-  Status WriteGates(const std::string& dir, const SparsityConfig& default_sparsity, const JsonValue& training_note) const;
+  Status WriteGates(const std::string& dir, const SparsityConfig& default_sparsity,
+                    const JsonValue& training_note) const;
   // Everything a resumed run needs (weights, AdamW moments and the step, in
   // float64; the configuration and the fingerprints of the model and the
   // data), as dir/trainer_state.{json,safetensors}.

@@ -11,7 +11,6 @@
 #include "train/gate_trainer.h"
 
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <filesystem>
@@ -100,8 +99,8 @@ std::vector<double> OracleRecall(const std::vector<const GateWeights*>& gates, c
                                                      tap.k, tap.seq_len, oracle_mode, 2));
     oracle_blocks += oracle.mask.kept();
     for (size_t g = 0; g < gates.size(); ++g) {
-      SEER_ASSIGN_OR_RETURN(GateOutput out, RunGate(gates[g]->layers[tap.layer], gates[g]->config,
-                                                    (*engine)->config(), tap.q, tap.k, tap.seq_len, gate_mode, 2));
+      SEER_ASSIGN_OR_RETURN(GateOutput out, RunGate(gates[g]->layers[tap.layer], gates[g]->config, (*engine)->config(),
+                                                    tap.q, tap.k, tap.seq_len, gate_mode, 2));
       for (size_t i = 0; i < out.mask.keep.size(); ++i) hits[g] += out.mask.keep[i] && oracle.mask.keep[i];
     }
     return OkStatus();
@@ -120,8 +119,8 @@ double Sum(const std::vector<double>& v) {
 
 TEST(GateTrainer, LossFallsAndTheTrainedGatesFindTheOraclesBlocks) {
   TrainConfig c = SmallConfig();
-  c.steps = 100;
-  c.lr = 1e-3;  // the reference's
+  c.steps = 40;  // a few dozen steps (under ASan too)
+  c.lr = 2e-3;
   auto trainer_or = GateTrainer::Create(Model(), 2, c, TopicIds(64 * 512, 1));
   ASSERT_TRUE(trainer_or.ok()) << trainer_or.status().ToString();
   GateTrainer& trainer = **trainer_or;
@@ -140,12 +139,11 @@ TEST(GateTrainer, LossFallsAndTheTrainedGatesFindTheOraclesBlocks) {
   ASSERT_TRUE(after.ok());
   ASSERT_TRUE(trainer.WriteGates(trained, Sparsity("nz_ratio=0.3"), Note()).ok());
   // Layer 0 sees the topics directly; layer 1 sees them through layer 0's
-  // mixing, and learns less of them in 100 steps.
-  const double most[] = {0.5, 0.9};
-  for (size_t layer = 0; layer < before->size(); ++layer) {
-    EXPECT_LT((*after)[layer], most[layer] * (*before)[layer]) << "layer " << layer << ": held-out loss "
-                                                               << (*before)[layer] << " -> " << (*after)[layer];
-  }
+  // mixing and learns less of them in 40 steps (0.37 and 0.87 of the
+  // untrained loss when this was written).
+  EXPECT_LT((*after)[0], 0.5 * (*before)[0]) << "layer 0: held-out loss " << (*before)[0] << " -> " << (*after)[0];
+  EXPECT_LT((*after)[1], (*before)[1]) << "layer 1: held-out loss " << (*before)[1] << " -> " << (*after)[1];
+  EXPECT_LT(Sum(*after), 0.75 * Sum(*before));
   RecordProperty("held_out_loss_before", std::to_string(Sum(*before)));
   RecordProperty("held_out_loss_after", std::to_string(Sum(*after)));
 
@@ -155,8 +153,8 @@ TEST(GateTrainer, LossFallsAndTheTrainedGatesFindTheOraclesBlocks) {
   ASSERT_TRUE(g1.ok()) << g1.status().ToString();
   for (double ratio : {0.2, 0.4}) {
     const std::vector<double> recall = OracleRecall({&*g0, &*g1}, held_out, ratio);
-    EXPECT_GT(recall[1], recall[0] + 0.05) << "nz_ratio " << ratio << ": untrained recall " << recall[0]
-                                           << ", trained " << recall[1];
+    EXPECT_GT(recall[1], recall[0] + 0.05)
+        << "nz_ratio " << ratio << ": untrained recall " << recall[0] << ", trained " << recall[1];
     RecordProperty("recall_" + std::to_string(ratio), std::to_string(recall[0]) + " -> " + std::to_string(recall[1]));
   }
   fs::remove_all(untrained);

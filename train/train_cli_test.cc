@@ -4,7 +4,6 @@
 // dumps, and the exit codes and messages of bad invocations.
 
 #include <gtest/gtest.h>
-
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -102,8 +101,8 @@ TEST(SeerTrainCli, TrainsFromTextAndSeerRunsTheGates) {
   std::ofstream(data + "/a.txt") << text;
   std::ofstream(data + "/more/b.txt") << text << "and a second document.\n";
 
-  RunOutput r = RunBinary("seer-train", {"--model", Model(), "--data", data, "--seq-len", "256", "--steps", "4", "--out", out,
-                                   "--json", "--threads", "2"});
+  RunOutput r = RunBinary("seer-train", {"--model", Model(), "--data", data, "--seq-len", "256", "--steps", "4",
+                                         "--out", out, "--json", "--threads", "2"});
   ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
   const std::vector<JsonValue> lines = JsonLines(r.out);
   ASSERT_EQ(lines.size(), 5u) << r.out;  // four steps, then where it saved
@@ -124,7 +123,7 @@ TEST(SeerTrainCli, TrainsFromTextAndSeerRunsTheGates) {
   // seer run loads them and prefills sparsely with them.
   const std::string ids = WriteIds("run_ids", RandomIds(400, 1));
   RunOutput run = RunBinary("seer", {"run", "--model", Model(), "--gates", out, "--ids", "@" + ids, "--device", "cpu",
-                               "--sparsity", "nz_ratio=0.3", "--json"});
+                                     "--sparsity", "nz_ratio=0.3", "--json"});
   ASSERT_EQ(run.exit_code, 0) << run.err;
   auto json = JsonValue::Parse(run.out);
   ASSERT_TRUE(json.ok()) << run.out;
@@ -137,8 +136,9 @@ TEST(SeerTrainCli, TrainsFromTextAndSeerRunsTheGates) {
 TEST(SeerTrainCli, ResumePicksUpWhereStopAtLeftOff) {
   const std::string ids = WriteIds("train_ids", RandomIds(6 * 256, 2));
   const std::string a = TempPath("straight"), b = TempPath("split");
-  const std::vector<std::string> common = {"--model", Model(), "--data-ids", "@" + ids, "--seq-len", "256",
-                                           "--steps", "6", "--warmup", "2", "--json", "--threads", "2"};
+  const std::vector<std::string> common = {"--model", Model(),     "--data-ids", "@" + ids,  "--seq-len",
+                                           "256",     "--steps",   "6",          "--warmup", "2",
+                                           "--json",  "--threads", "2"};
   auto with = [&](std::vector<std::string> extra) {
     std::vector<std::string> args = common;
     args.insert(args.end(), extra.begin(), extra.end());

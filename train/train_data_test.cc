@@ -5,7 +5,6 @@
 #include "train/train_data.h"
 
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <algorithm>

@@ -84,14 +84,16 @@ int RunTarget(int argc, char** argv) {
   if (dump.empty()) return UsageError(cmd, "--dump is required");
   if (device == "cuda") return RuntimeError(cmd, Unimplemented(kCudaRefusal));
   if (device != "cpu") return UsageError(cmd, "--device: expected cpu or cuda, got '" + device + "'");
-  if (threads < 0 || threads > 4096) return UsageError(cmd, "--threads: " + std::to_string(threads) + " is outside [0, 4096]");
+  if (threads < 0 || threads > 4096) {
+    return UsageError(cmd, "--threads: " + std::to_string(threads) + " is outside [0, 4096]");
+  }
   StatusOr<std::vector<int32_t>> ids = ParseTokenIds(ids_text, "--ids");
   if (!ids.ok()) return UsageError(cmd, ids.status().message());
   constexpr int kBlock = 64;
   const size_t whole = ids->size() / kBlock * kBlock;
   if (whole == 0) {
-    return UsageError(cmd, "--ids: " + std::to_string(ids->size()) + " tokens hold no whole block of " +
-                               std::to_string(kBlock));
+    return UsageError(
+        cmd, "--ids: " + std::to_string(ids->size()) + " tokens hold no whole block of " + std::to_string(kBlock));
   }
   ids->resize(whole);
 
@@ -151,8 +153,8 @@ JsonValue StepJson(const StepReport& r, int64_t steps) {
 }
 
 std::string StepLine(const StepReport& r, int64_t steps) {
-  std::string line = "step " + std::to_string(r.step) + "/" + std::to_string(steps) + "  loss " + Fixed(r.loss, 5) +
-                     "  layers [";
+  std::string line =
+      "step " + std::to_string(r.step) + "/" + std::to_string(steps) + "  loss " + Fixed(r.loss, 5) + "  layers [";
   for (size_t i = 0; i < r.layer_loss.size(); ++i) {
     if (i > 0) line += ' ';
     line += Fixed(r.layer_loss[i], 4);
@@ -226,11 +228,16 @@ int RunTrain(int argc, char** argv) {
     const char* flag;
     int64_t value, min, max;
   };
-  const Range ranges[] = {{"--seq-len", f.seq_len, 128, int64_t{1} << 24},  {"--steps", f.steps, 1, int64_t{1} << 40},
-                          {"--batch", f.batch, 1, 1 << 16},                   {"--warmup", f.warmup, 0, int64_t{1} << 40},
-                          {"--seed", f.seed, 0, int64_t{1} << 62},            {"--threads", f.threads, 0, 4096},
-                          {"--save-every", f.save_every, 0, int64_t{1} << 40}, {"--log-every", f.log_every, 1, int64_t{1} << 40},
-                          {"--gate-hidden", f.gate_hidden, 0, 65536},          {"--stop-at", f.stop_at, 0, int64_t{1} << 40}};
+  const Range ranges[] = {{"--seq-len", f.seq_len, 128, int64_t{1} << 24},
+                          {"--steps", f.steps, 1, int64_t{1} << 40},
+                          {"--batch", f.batch, 1, 1 << 16},
+                          {"--warmup", f.warmup, 0, int64_t{1} << 40},
+                          {"--seed", f.seed, 0, int64_t{1} << 62},
+                          {"--threads", f.threads, 0, 4096},
+                          {"--save-every", f.save_every, 0, int64_t{1} << 40},
+                          {"--log-every", f.log_every, 1, int64_t{1} << 40},
+                          {"--gate-hidden", f.gate_hidden, 0, 65536},
+                          {"--stop-at", f.stop_at, 0, int64_t{1} << 40}};
   for (const Range& r : ranges) {
     if (r.value < r.min || r.value > r.max) {
       return UsageError(cmd, std::string(r.flag) + ": " + std::to_string(r.value) + " is outside [" +
@@ -242,9 +249,9 @@ int RunTrain(int argc, char** argv) {
     double value;
     bool positive;  // > 0 (else >= 0)
   };
-  for (const RealRange& r : {RealRange{"--lr", f.lr, true}, RealRange{"--weight-decay", f.weight_decay, false},
-                             RealRange{"--loss-scale", f.loss_scale, true},
-                             RealRange{"--max-grad-norm", f.max_grad_norm, false}}) {
+  for (const RealRange& r :
+       {RealRange{"--lr", f.lr, true}, RealRange{"--weight-decay", f.weight_decay, false},
+        RealRange{"--loss-scale", f.loss_scale, true}, RealRange{"--max-grad-norm", f.max_grad_norm, false}}) {
     if (!std::isfinite(r.value) || (r.positive ? !(r.value > 0) : !(r.value >= 0))) {
       return UsageError(cmd, std::string(r.flag) + ": " + ShortestDouble(r.value) + " must be a finite number " +
                                  (r.positive ? "above 0" : "of at least 0"));
@@ -270,8 +277,9 @@ int RunTrain(int argc, char** argv) {
     const std::string tok_path = (std::filesystem::path(f.model) / "tokenizer.json").string();
     std::error_code ec;
     if (!std::filesystem::exists(tok_path, ec)) {
-      return UsageError(cmd, "--data: " + f.model + " has no tokenizer.json to tokenize the text with; give token "
-                             "ids with --data-ids");
+      return UsageError(cmd, "--data: " + f.model +
+                                 " has no tokenizer.json to tokenize the text with; give token "
+                                 "ids with --data-ids");
     }
     StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::Load(f.model);
     if (!tokenizer.ok()) return RuntimeError(cmd, tokenizer.status());
@@ -317,12 +325,12 @@ int RunTrain(int argc, char** argv) {
                 3 * g.head_dim, g.hidden, g.has_q_weight ? ", mask_linear_q" : "");
     std::printf("data        %s (%.1f s), %lld sequences of %lld\n", data_note.c_str(), data_seconds,
                 static_cast<long long>(trainer.num_sequences()), static_cast<long long>(f.seq_len));
-    std::printf("schedule    %lld steps x %lld sequences, AdamW lr %s, warm-up %lld, cosine; loss scale %s, "
-                "clip %s%s\n",
-                static_cast<long long>(f.steps), static_cast<long long>(f.batch), Sci(f.lr).c_str(),
-                static_cast<long long>(f.warmup), ShortestDouble(f.loss_scale).c_str(),
-                ShortestDouble(f.max_grad_norm).c_str(),
-                f.resume ? ("; resumed at step " + std::to_string(trainer.step())).c_str() : "");
+    std::printf(
+        "schedule    %lld steps x %lld sequences, AdamW lr %s, warm-up %lld, cosine; loss scale %s, "
+        "clip %s%s\n",
+        static_cast<long long>(f.steps), static_cast<long long>(f.batch), Sci(f.lr).c_str(),
+        static_cast<long long>(f.warmup), ShortestDouble(f.loss_scale).c_str(), ShortestDouble(f.max_grad_norm).c_str(),
+        f.resume ? ("; resumed at step " + std::to_string(trainer.step())).c_str() : "");
     std::fflush(stdout);
   }
 

@@ -49,8 +49,8 @@ std::string Rows(const GateOutput& g, int h) {
   return out;
 }
 
-StatusOr<GateOutput> RunBaseline(const GateCase& s, const std::vector<float>& q, const std::vector<float>& k,
-                                 int L, const std::string& sparsity) {
+StatusOr<GateOutput> RunBaseline(const GateCase& s, const std::vector<float>& q, const std::vector<float>& k, int L,
+                                 const std::string& sparsity) {
   SEER_ASSIGN_OR_RETURN(SparsityConfig sp, ParseSparsity(sparsity));
   return RunGate(s.w, s.gc, s.model, q.data(), k.data(), L, sp, 2);
 }
@@ -132,9 +132,9 @@ TEST(BaselineMasks, MasksKeepThePlannedBlockCounts) {
     std::vector<float> q(size_t(L) * 4 * 16), k(size_t(L) * 2 * 16);
     for (float& x : q) x = dist(rng);
     for (float& x : k) x = dist(rng);
-    for (const char* text : {"dense", "nz_ratio=0.3", "nz_ratio=0.05;last_block_dense=false", "streaming=1,3",
-                             "streaming=0,2;last_block_dense=false", "streaming=4,1", "oracle=0.2",
-                             "oracle=0.7;last_block_dense=false"}) {
+    for (const char* text :
+         {"dense", "nz_ratio=0.3", "nz_ratio=0.05;last_block_dense=false", "streaming=1,3",
+          "streaming=0,2;last_block_dense=false", "streaming=4,1", "oracle=0.2", "oracle=0.7;last_block_dense=false"}) {
       auto sp = ParseSparsity(text);
       ASSERT_TRUE(sp.ok()) << text;
       auto g = RunGate(s.w, s.gc, s.model, q.data(), k.data(), L, *sp, 2);

@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <string>
 #include <random>
 #include <vector>
 
@@ -16,8 +18,8 @@ namespace seer::cpu {
 namespace {
 
 // The whole L x L probability matrix per head, in double, then the block max.
-std::vector<double> ReferenceTarget(const std::vector<float>& q, const std::vector<float>& k, int L, int hq,
-                                    int hkv, int d, int bs, double scale) {
+std::vector<double> ReferenceTarget(const std::vector<float>& q, const std::vector<float>& k, int L, int hq, int hkv,
+                                    int d, int bs, double scale) {
   const int nb = (L + bs - 1) / bs;
   std::vector<double> target(size_t(hq) * nb * nb, 0.0);
   std::vector<double> p(L);
@@ -91,8 +93,8 @@ TEST_P(DistillTargetTest, MatchesFloat64Recomputation) {
         row_sum += got[at];
         const double err = std::abs(got[at] - want[at]);
         worst = std::max(worst, err / std::max(want[at], 1e-3));
-        EXPECT_LE(err, 2e-6 + 1e-4 * want[at]) << "h " << h << " row " << i << " col " << j << " got " << got[at]
-                                               << " want " << want[at];
+        EXPECT_LE(err, 2e-6 + 1e-4 * want[at])
+            << "h " << h << " row " << i << " col " << j << " got " << got[at] << " want " << want[at];
       }
       EXPECT_NEAR(row_sum, 1.0, 1e-5) << "h " << h << " row " << i;
     }
@@ -108,8 +110,9 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DistillTargetTest,
                                            Shape{250, 4, 4, 12, 16}),  // another block size, no GQA
                          [](const ::testing::TestParamInfo<Shape>& info) {
                            const Shape& s = info.param;
-                           return "L" + std::to_string(s.L) + "_H" + std::to_string(s.hq) + "x" +
-                                  std::to_string(s.hkv) + "_D" + std::to_string(s.d) + "_B" + std::to_string(s.bs);
+                           char name[64];
+                           std::snprintf(name, sizeof name, "L%d_H%dx%d_D%d_B%d", s.L, s.hq, s.hkv, s.d, s.bs);
+                           return std::string(name);
                          });
 
 // A case small enough to work out by hand: one head, D = 1, block 2, q = 0
