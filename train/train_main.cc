@@ -90,6 +90,7 @@ int RunTarget(int argc, char** argv) {
   StatusOr<std::vector<int32_t>> ids = ParseTokenIds(ids_text, "--ids");
   if (!ids.ok()) return UsageError(cmd, ids.status().message());
   constexpr int kBlock = 64;
+  const size_t given = ids->size();
   const size_t whole = ids->size() / kBlock * kBlock;
   if (whole == 0) {
     return UsageError(
@@ -119,9 +120,8 @@ int RunTarget(int argc, char** argv) {
     writer.AddF32("layers." + std::to_string(layer) + ".target", {c.num_heads, nb, nb}, (*targets)[layer]);
   }
   if (Status s = writer.WriteFile(dump); !s.ok()) return RuntimeError(cmd, s.WithContext("--dump"));
-  std::printf("wrote %s: %d layers, [%d, %lld, %lld] targets for the first %zu of %s tokens\n", dump.c_str(),
-              c.num_layers, c.num_heads, static_cast<long long>(nb), static_cast<long long>(nb), whole,
-              ids_text.empty() ? "0" : std::to_string(ParseTokenIds(ids_text, "--ids")->size()).c_str());
+  std::printf("wrote %s: %d layers, [%d, %lld, %lld] targets for the first %zu of %zu tokens\n", dump.c_str(),
+              c.num_layers, c.num_heads, static_cast<long long>(nb), static_cast<long long>(nb), whole, given);
   return 0;
 }
 
