@@ -111,7 +111,8 @@ int Run(int argc, char** argv) {
   flags.String("gates", &f.gates,
                "SeerAttention gate directory (config.json + attn_gate_weights.pth or *.safetensors). "
                "Without it every layer is dense.");
-  f.sparsity.Register(flags, "the gate config's (needs --gates)");
+  f.sparsity.baselines = true;  // streaming= and oracle= run here, on the CPU
+  f.sparsity.Register(flags, "the gate config's (needs --gates; so do the baselines)");
   flags.Int("max-new-tokens", &f.max_new_tokens,
             "Generate up to N tokens greedily after the prompt (with --ids exactly N, no stop token; with a "
             "text prompt until the tokenizer's EOS). 0 prints only the next-token prediction. Default: 0 with "

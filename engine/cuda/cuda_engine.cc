@@ -321,6 +321,11 @@ StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, con
   // Everything is checked and every buffer reserved before the first launch.
   const int L = static_cast<int>(ids.size());
   const SparsityConfig& sp = options.sparsity;
+  if (IsBaselineSparsity(sp.mode)) {
+    return Unimplemented("sparsity " + SparsityToString(sp) +
+                         ": the streaming and oracle baselines run only on the CPU engine (--device cpu); "
+                         "the CUDA gate does not compute them");
+  }
   const bool gated = gates_ != nullptr && (sp.mode != SparsityMode::kDense || options.keep_gate_outputs);
   const bool sparse = gates_ != nullptr && sp.mode != SparsityMode::kDense;
   if (gated) {
