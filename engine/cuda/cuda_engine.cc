@@ -32,6 +32,7 @@
 #include "engine/cuda/prefill_plan.h"
 #include "engine/model/checkpoint.h"
 #include "kernels/attention/attention.h"
+#include "kernels/common/dispatch.h"
 #include "kernels/gate/gate.h"
 #include "kernels/ops/ops.h"
 #include "kernels/paged_kv/paged_kv.h"
@@ -189,8 +190,8 @@ Status CudaEngine::Init() {
   SEER_RETURN_IF_CUDA_ERROR(cudaGetDeviceProperties(&prop, device_));
   device_name_ = "cuda:" + Str(device_) + " (" + prop.name + ")";
 
-  if (config_.head_dim != 64 && config_.head_dim != 128) {
-    return Unimplemented("the CUDA attention kernels take head_dim 64 or 128; this model has " +
+  if (!cuda::IsSupportedHeadDim(config_.head_dim)) {
+    return Unimplemented("the CUDA attention kernels take head_dim 32, 64, 96 or 128; this model has " +
                          Str(config_.head_dim) + " (use --device cpu)");
   }
   if (gates_ != nullptr && block_ != 64) {
@@ -522,6 +523,10 @@ Status CudaEngine::DecodeForward(int32_t token, DeviceKvCache* cache) {
 }
 
 StatusOr<std::unique_ptr<PagePool>> CudaEngine::CreatePagePool(const PageLayout& layout, int pages) {
+  if (config_.head_dim != 64 && config_.head_dim != 128) {
+    return Unimplemented("the CUDA paged decode attention takes head_dim 64 or 128; this model has " +
+                         Str(config_.head_dim));
+  }
   SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   SEER_ASSIGN_OR_RETURN(std::unique_ptr<DevicePagePool> pool, DevicePagePool::Create(layout, pages));
   return std::unique_ptr<PagePool>(std::move(pool));
