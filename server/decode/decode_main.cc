@@ -73,7 +73,11 @@ int main(int argc, char** argv) {
                "tokenizer.json, or a directory holding one, for text prompts and replies (default: the model "
                "directory's, when it has one; none: token ids only)");
   flags.String("http", &http,
-               "serve the OpenAI-compatible HTTP API on host:port (port 0 picks one; empty: off)");
+               "serve the OpenAI-compatible HTTP API on host:port (port 0 picks one; empty: off). Plaintext: "
+               "terminate TLS in front of it (an Ingress, a mesh sidecar)");
+  bool http_plaintext_with_tls = false;
+  flags.Bool("http-plaintext-with-tls", &http_plaintext_with_tls,
+             "allow --http beside a TLS gRPC port (--tls-cert), when TLS for HTTP is terminated in front of it");
   flags.String("served-model-name", &served_model_name,
                "the model name the HTTP API lists and requests must give (default: the model directory's name)");
   flags.Int("max-buffered-bytes", &max_buffered_bytes,
@@ -129,6 +133,13 @@ int main(int argc, char** argv) {
   prefill_tls.reload_seconds = common.tls.reload_seconds;
   if (seer::Status s = seer::CheckClientTls(prefill_tls, "--prefill-tls-"); !s.ok()) {
     std::fprintf(stderr, "seer-decode: %s\n", s.ToString().c_str());
+    return 2;
+  }
+  if (!http.empty() && common.tls.enabled() && !http_plaintext_with_tls) {
+    std::fprintf(stderr,
+                 "seer-decode: --http serves plaintext HTTP (this build's civetweb 1.15 cannot serve HTTPS with "
+                 "OpenSSL 3), and --tls-cert asks for TLS: terminate TLS in front of the HTTP port and add "
+                 "--http-plaintext-with-tls, or drop --http\n");
     return 2;
   }
   if (model.empty() || prefill.empty()) {

@@ -350,6 +350,11 @@ StatusOr<std::unique_ptr<OpenAiHttpServer>> OpenAiHttpServer::Start(const OpenAi
   const char* opts[] = {"listening_ports", ports.c_str(), "num_threads", threads.c_str(), "request_timeout_ms",
                         "600000", "enable_keep_alive", "yes", "keep_alive_timeout_ms", "5000", nullptr};
   mg_callbacks callbacks{};
+  // civetweb's own errors (a malformed request, a failed write) go to stderr.
+  callbacks.log_message = [](const mg_connection*, const char* message) {
+    std::fprintf(stderr, "seer-decode http: %s\n", message);
+    return 1;
+  };
   server->ctx_ = mg_start(&callbacks, server.get(), opts);
   if (server->ctx_ == nullptr) {
     return Unavailable("--http " + options.listen + ": cannot listen (address in use or invalid)");

@@ -335,6 +335,12 @@ TEST(Operations, TlsFlagsAreChecked) {
                                      pki.F("a-client.crt"), "--tls-key", pki.F("a-client.key")});
   EXPECT_EQ(client.exit_code, 2);
   EXPECT_NE(client.err.find("--tls-ca"), std::string::npos) << client.err;
+  // The HTTP API is plaintext: beside a TLS gRPC port only when asked for.
+  CommandResult http = RunCommand({Bin("seer-decode"), "--model", Path("llama"), "--prefill", "127.0.0.1:1",
+                                   "--http", "127.0.0.1:0", "--tls-cert", pki.F("a-server.crt"), "--tls-key",
+                                   pki.F("a-server.key")});
+  EXPECT_EQ(http.exit_code, 2);
+  EXPECT_NE(http.err.find("--http-plaintext-with-tls"), std::string::npos) << http.err;
 }
 
 // --- metrics, version, ports -------------------------------------------------
