@@ -9,6 +9,8 @@
 #include <chrono>
 #include <fstream>
 #include <future>
+#include <optional>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -309,6 +311,61 @@ TEST(TextGenerate, ChatMessagesGoThroughTheModelsTemplateAsSeerRunDoes) {
   ASSERT_TRUE(r.status.ok()) << r.status.error_message();
   EXPECT_EQ(r.tokens, TokensOf(ref));
   EXPECT_EQ(r.text, TextOf(ref));
+}
+
+// The OpenAI API with curl as the client: a streamed chat completion's
+// server-sent events, concatenated, are `seer run --chat`'s text; the whole
+// completion's text is `seer run --prompt`'s. (tests/ops/check_openai.mjs
+// drives the same API with the official openai client.)
+TEST(TextGenerate, CurlGetsTheOpenAiApisTextAsSeerRunMakesIt) {
+  Servers s;
+  ASSERT_TRUE(s.Start({"--http", "127.0.0.1:0"}));
+  std::optional<std::string> line = s.decode->WaitForLine(" http on ", 5s);
+  ASSERT_TRUE(line) << s.decode->Output();
+  const size_t at = line->find("127.0.0.1:");
+  const std::string base = "http://" + line->substr(at, line->find(' ', at) - at);
+  auto post = [&](const std::string& path, const std::string& body) {
+    return RunCommand({"/usr/bin/curl", "-sS", "--max-time", "60", "-H", "Content-Type: application/json", "-d", body,
+                       base + path});
+  };
+
+  const std::string dir = seer::testing::TempDir("curl_chat");
+  std::ofstream(dir + "/chat.json") << R"([{"role": "user", "content": "name three colours"}])";
+  const JsonValue chat_ref = SeerRun({"--chat", dir + "/chat.json"}, 12);
+  CommandResult chat = post("/v1/chat/completions",
+                            R"({"model": "llama", "messages": [{"role": "user", "content": "name three colours"}],
+                                "max_tokens": 12, "temperature": 0, "stream": true})");
+  ASSERT_EQ(chat.exit_code, 0) << chat.err;
+  std::string streamed;
+  bool done = false;
+  std::istringstream events(chat.out);
+  for (std::string l; std::getline(events, l);) {
+    if (l.rfind("data: ", 0) != 0) continue;
+    const std::string data = l.substr(6);
+    if (data == "[DONE]") {
+      done = true;
+      continue;
+    }
+    StatusOr<JsonValue> e = JsonValue::Parse(data);
+    ASSERT_TRUE(e.ok()) << data;
+    const JsonValue* choices = e->Find("choices");
+    if (choices == nullptr || choices->as_array().empty()) continue;
+    const JsonValue* delta = choices->as_array()[0].Find("delta");
+    const JsonValue* content = delta != nullptr ? delta->Find("content") : nullptr;
+    if (content != nullptr && content->is_string()) streamed += content->as_string();
+  }
+  EXPECT_TRUE(done) << chat.out;
+  EXPECT_EQ(streamed, TextOf(chat_ref));
+
+  const std::string prompt = "one two three four five six seven eight nine ten";
+  const JsonValue ref = SeerRun({"--prompt", prompt}, 24);
+  CommandResult completion =
+      post("/v1/completions", R"({"model": "llama", "prompt": ")" + prompt + R"(", "max_tokens": 24, "temperature": 0})");
+  ASSERT_EQ(completion.exit_code, 0) << completion.err;
+  StatusOr<JsonValue> c = JsonValue::Parse(completion.out);
+  ASSERT_TRUE(c.ok()) << completion.out;
+  EXPECT_EQ(c->Find("choices")->as_array()[0].Find("text")->as_string(), TextOf(ref));
+  EXPECT_EQ(c->Find("usage")->Find("completion_tokens")->as_int64(), static_cast<int64_t>(TokensOf(ref).size()));
 }
 
 TEST(TextGenerate, WithoutATokenizerTextIsRefusedAndIdsStillWork) {
