@@ -528,7 +528,7 @@ StatusOr<std::unique_ptr<PagePool>> CudaEngine::CreatePagePool(const PageLayout&
                          Str(config_.head_dim));
   }
   SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
-  SEER_ASSIGN_OR_RETURN(std::unique_ptr<DevicePagePool> pool, DevicePagePool::Create(layout, pages));
+  SEER_ASSIGN_OR_RETURN(std::unique_ptr<DevicePagePool> pool, DevicePagePool::Create(layout, pages, device_));
   return std::unique_ptr<PagePool>(std::move(pool));
 }
 

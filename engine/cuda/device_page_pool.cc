@@ -8,11 +8,13 @@
 
 namespace seer {
 
-StatusOr<std::unique_ptr<DevicePagePool>> DevicePagePool::Create(const PageLayout& layout, int num_pages) {
+StatusOr<std::unique_ptr<DevicePagePool>> DevicePagePool::Create(const PageLayout& layout, int num_pages,
+                                                                 int device) {
   if (layout.page_tokens <= 0 || num_pages <= 0 || layout.kv.num_layers <= 0 || layout.kv.dtype != DType::kBF16) {
     return InvalidArgument("KV page pool: needs positive page_tokens and pages, bf16 pages");
   }
-  std::unique_ptr<DevicePagePool> pool(new DevicePagePool(layout, num_pages));
+  SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device));
+  std::unique_ptr<DevicePagePool> pool(new DevicePagePool(layout, num_pages, device));
   SEER_ASSIGN_OR_RETURN(pool->storage_, DeviceBuffer::Allocate(layout.PageBytes() * static_cast<size_t>(num_pages),
                                                                "the KV page pool (" + std::to_string(num_pages) +
                                                                    " pages of " + std::to_string(layout.page_tokens) +
@@ -50,6 +52,7 @@ Status DevicePagePool::EnsureStaging(int n, int pages) const {
 
 Status DevicePagePool::WriteTokens(int layer, std::span<const int32_t> table, int t0, int n, DType src,
                                    const void* k, const void* v) {
+  SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   const KvLayout& kv = layout().kv;
   const size_t count = static_cast<size_t>(kv.num_kv_heads) * n * kv.head_dim;
   // Other types are converted on the host (chunks are a few MiB at most).
@@ -89,6 +92,7 @@ Status DevicePagePool::WriteTokens(int layer, std::span<const int32_t> table, in
 
 Status DevicePagePool::ReadTokens(int layer, std::span<const int32_t> table, int t0, int n, void* k_out,
                                   void* v_out) const {
+  SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   const KvLayout& kv = layout().kv;
   const size_t bytes = static_cast<size_t>(kv.num_kv_heads) * n * kv.head_dim * sizeof(__nv_bfloat16);
   std::lock_guard<std::mutex> lock(mu_);
@@ -109,6 +113,7 @@ Status DevicePagePool::ReadTokens(int layer, std::span<const int32_t> table, int
 
 Status DevicePagePool::WriteTokensFromDevice(int layer, std::span<const int32_t> table, int n, int stride,
                                              const __nv_bfloat16* k, const __nv_bfloat16* v) {
+  SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   const KvLayout& kv = layout().kv;
   if (n < 1 || stride < n || static_cast<int64_t>(table.size()) * layout().page_tokens < n) {
     return InvalidArgument("KV page pool: " + std::to_string(n) + " positions (stride " + std::to_string(stride) +
@@ -129,6 +134,7 @@ Status DevicePagePool::WriteTokensFromDevice(int layer, std::span<const int32_t>
 }
 
 Status DevicePagePool::Synchronize() const {
+  SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
   return OkStatus();
 }
