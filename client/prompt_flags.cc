@@ -4,7 +4,7 @@
 #include <fstream>
 
 #include "client/token_ids.h"
-#include "text/chat_template.h"
+#include "text/prompt.h"
 
 namespace seer {
 namespace {
@@ -79,16 +79,13 @@ StatusOr<std::vector<int32_t>> PromptFlags::Ids(const FlagSet& flags, const Toke
   }
   if (flags.WasSet("chat")) {
     SEER_ASSIGN_OR_RETURN(JsonValue messages, Messages());
-    StatusOr<std::string> rendered = RenderChat(*tok, messages);
-    if (!rendered.ok()) return rendered.status().WithContext("--chat");
-    StatusOr<std::vector<int32_t>> out = tok->Encode(*rendered, false);
+    StatusOr<std::vector<int32_t>> out = EncodeChatPrompt(*tok, messages);
     if (!out.ok()) return out.status().WithContext("--chat");
     return out;
   }
   SEER_ASSIGN_OR_RETURN(std::string text, Text(flags));
-  StatusOr<std::vector<int32_t>> out = tok->Encode(text, true);
+  StatusOr<std::vector<int32_t>> out = EncodeTextPrompt(*tok, text);
   if (!out.ok()) return out.status().WithContext(flags.WasSet("prompt") ? "--prompt" : "--prompt-file");
-  if (out->empty()) return InvalidArgument("the prompt is empty (no tokens)");
   return out;
 }
 

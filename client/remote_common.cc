@@ -37,11 +37,15 @@ int ParseCommonFlags(FlagSet& flags, int argc, char** argv, const char* command,
     return ReportUsage(command, "unexpected argument '" + flags.positional()[0] + "'");
   }
   if (common.addr.empty()) return ReportUsage(command, "--addr is required (host:port of " + server + ")");
-  if (common.ids.empty()) return ReportUsage(command, "--ids is required (\"1,2,3\" or @FILE)");
+  if (common.ids.empty() && common.ids_required) {
+    return ReportUsage(command, "--ids is required (\"1,2,3\" or @FILE)");
+  }
   if (Status s = CheckClientTls(common.tls, "--tls-"); !s.ok()) return ReportUsage(command, s.message());
-  StatusOr<std::vector<int32_t>> ids = ParseTokenIds(common.ids, "--ids");
-  if (!ids.ok()) return ReportUsage(command, ids.status().message());
-  out->ids = std::move(ids).value();
+  if (!common.ids.empty()) {
+    StatusOr<std::vector<int32_t>> ids = ParseTokenIds(common.ids, "--ids");
+    if (!ids.ok()) return ReportUsage(command, ids.status().message());
+    out->ids = std::move(ids).value();
+  }
   StatusOr<SparsityRequest> sp = common.sparsity.ToRequest(flags);
   if (!sp.ok()) return ReportUsage(command, sp.status().message());
   out->sparsity = SparsityToProto(*sp);

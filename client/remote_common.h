@@ -30,6 +30,9 @@ struct CommonFlags {
   double timeout = 0.0;
   bool json = false;
   ClientTlsOptions tls;
+  // False for a command that takes the prompt as text too (`seer generate`):
+  // it checks its own prompt flags.
+  bool ids_required = true;
 
   // Registers --addr (of `server`, e.g. "seer-decode"), --ids, --sparsity,
   // --last-block-dense, --request-id, --timeout, --json and --tls-ca,

@@ -1,10 +1,11 @@
-// `seer generate`: sends a prompt to seer-decode and prints the tokens as
-// they stream back.
+// `seer generate`: sends a prompt (token ids, text or chat messages) to
+// seer-decode and prints the tokens, or their text, as they stream back.
 #include <chrono>
 #include <cstdio>
 #include <string>
 #include <vector>
 
+#include "client/prompt_flags.h"
 #include "client/remote_common.h"
 #include "client/token_ids.h"
 #include "base/clock.h"
@@ -18,13 +19,16 @@ int RunGenerateCommand(int argc, char** argv) {
   using namespace remote;
   const char* cmd = "generate";
   CommonFlags common;
-  std::string stop, kv_wire = "auto";
+  common.ids_required = false;
+  std::string stop, stop_string, kv_wire = "auto", prompt, prompt_file, chat;
   int64_t max_new_tokens = 16, top_k = 0, seed = 0;
   double temperature = 0.0, top_p = 0.0;
-  FlagSet flags("seer generate --addr HOST:PORT --ids IDS [flags]",
+  FlagSet flags("seer generate --addr HOST:PORT (--ids IDS | --prompt TEXT | --prompt-file F | --chat F) [flags]",
                 "Sends a prompt to a seer-decode server (seer.v1.Decode/Generate) and prints the tokens as\n"
-                "they stream back, then the time to first token. Greedy unless --temperature is set.\n"
-                "--json prints one object: tokens, ttft_ms, density {overall, layers}, timings.\n"
+                "they stream back (their text, for a text or chat prompt), then the time to first token.\n"
+                "A text prompt is tokenized by the server, with the model's tokenizer; a chat goes through\n"
+                "the model's chat template. Greedy unless --temperature is set.\n"
+                "--json prints one object: tokens, text, ttft_ms, density {overall, layers}, timings.\n"
                 "Exit codes: 0 success, 1 the call failed (the message has the gRPC status code), 2 usage.");
   common.Register(flags, "seer-decode");
   flags.Int("max-new-tokens", &max_new_tokens, "tokens to generate");
@@ -32,7 +36,11 @@ int RunGenerateCommand(int argc, char** argv) {
   flags.Int("top-k", &top_k, "sample among the k most likely tokens (0: all)");
   flags.Double("top-p", &top_p, "nucleus sampling mass (0 or 1: no cut)");
   flags.Int("seed", &seed, "seed of the sampling stream; sent only when given (else a fresh random seed)");
+  flags.String("prompt", &prompt, "the prompt as text (the server tokenizes it)");
+  flags.String("prompt-file", &prompt_file, "the prompt as text, from a file");
+  flags.String("chat", &chat, "a JSON file of chat messages, [{\"role\": ..., \"content\": ...}, ...]");
   flags.String("stop", &stop, "stop after any of these token ids (\"2,7\")");
+  flags.String("stop-string", &stop_string, "stop before this text appears in the reply (the API takes up to 16)");
   flags.String("kv-wire", &kv_wire,
                "KV encoding asked of the prefill: auto (its cache's type) or fp8 (E4M3 with a scale per 64-token "
                "block; applied when the prefill allows it, docs/KV_TRANSPORT.md)");
@@ -40,8 +48,37 @@ int RunGenerateCommand(int argc, char** argv) {
   if (int rc = ParseCommonFlags(flags, argc, argv, cmd, "seer-decode", common, &common_request); rc >= 0) return rc;
   const bool json = common.json;
 
+  const int prompts = (common.ids.empty() ? 0 : 1) + (flags.WasSet("prompt") ? 1 : 0) +
+                      (flags.WasSet("prompt-file") ? 1 : 0) + (flags.WasSet("chat") ? 1 : 0);
+  if (prompts != 1) return ReportUsage(cmd, "give exactly one of --ids, --prompt, --prompt-file and --chat");
   v1::GenerateRequest request;
   request.mutable_token_ids()->Assign(common_request.ids.begin(), common_request.ids.end());
+  if (flags.WasSet("prompt")) request.set_text(prompt);
+  if (flags.WasSet("prompt-file")) {
+    StatusOr<std::string> text = ReadInputFile("--prompt-file", prompt_file);
+    if (!text.ok()) return ReportUsage(cmd, text.status().message());
+    request.set_text(*text);
+  }
+  if (flags.WasSet("chat")) {
+    StatusOr<std::string> text = ReadInputFile("--chat", chat);
+    if (!text.ok()) return ReportUsage(cmd, text.status().message());
+    StatusOr<JsonValue> messages = JsonValue::Parse(*text);
+    if (!messages.ok() || !messages->is_array() || messages->as_array().empty()) {
+      return ReportUsage(cmd, "--chat: expected a JSON array of {\"role\", \"content\"} objects");
+    }
+    for (const JsonValue& m : messages->as_array()) {
+      const JsonValue* role = m.Find("role");
+      const JsonValue* content = m.Find("content");
+      if (role == nullptr || !role->is_string() || content == nullptr || !content->is_string()) {
+        return ReportUsage(cmd, "--chat: every message needs a string \"role\" and \"content\"");
+      }
+      v1::ChatMessage* msg = request.add_messages();
+      msg->set_role(role->as_string());
+      msg->set_content(content->as_string());
+    }
+  }
+  const bool text_reply = !request.text().empty() || request.messages_size() > 0;
+  if (flags.WasSet("stop-string")) request.add_stop(stop_string);
   *request.mutable_sparsity() = common_request.sparsity;
   if (!stop.empty()) {
     StatusOr<std::vector<int32_t>> stops = ParseTokenIds(stop, "--stop");
@@ -72,15 +109,21 @@ int RunGenerateCommand(int argc, char** argv) {
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub->Generate(&context, request);
 
   std::vector<int32_t> tokens;
+  std::string text;
   double ttft_ms = -1.0;
   v1::GenerateSummary summary;
   bool have_summary = false;
   v1::GenerateResponse msg;
   while (reader->Read(&msg)) {
+    text += msg.text();
+    if (text_reply && !json && !msg.text().empty()) {
+      std::fputs(msg.text().c_str(), stdout);
+      std::fflush(stdout);
+    }
     if (msg.event_case() == v1::GenerateResponse::kToken) {
       if (tokens.empty()) ttft_ms = SecondsSince(start) * 1e3;
       tokens.push_back(msg.token());
-      if (!json) {
+      if (!json && !text_reply) {
         std::printf(tokens.size() == 1 ? "%d" : " %d", msg.token());
         std::fflush(stdout);
       }
@@ -91,7 +134,7 @@ int RunGenerateCommand(int argc, char** argv) {
   }
   const grpc::Status status = reader->Finish();
   const double total_ms = SecondsSince(start) * 1e3;
-  if (!json && !tokens.empty()) std::printf("\n");
+  if (!json && (!tokens.empty() || !text.empty())) std::printf("\n");
   if (!status.ok()) return ReportRpcError(cmd, status);
   if (!have_summary)
     return ReportRpcError(cmd, grpc::Status(grpc::StatusCode::DATA_LOSS, "the stream ended without a summary"));
@@ -101,6 +144,7 @@ int RunGenerateCommand(int argc, char** argv) {
     JsonValue list = JsonValue::Array();
     for (int32_t t : tokens) list.Append(JsonValue::Int(t));
     out.Set("tokens", std::move(list));
+    if (text_reply || !text.empty()) out.Set("text", JsonValue::String(text));
     out.Set("ttft_ms", JsonValue::Number(ttft_ms));
     JsonValue density = JsonValue::Object();
     density.Set("overall", JsonValue::Number(summary.overall_density()));

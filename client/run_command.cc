@@ -1,5 +1,6 @@
 #include "client/run_command.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -18,6 +19,7 @@
 #include "engine/engine.h"
 #include "formats/safetensors.h"
 #include "engine/model/sparsity.h"
+#include "text/prompt.h"
 #include "client/sparsity_flags.h"
 #include "client/prompt_flags.h"
 #include "client/token_ids.h"
@@ -109,7 +111,8 @@ int Run(int argc, char** argv) {
   flags.String("gates", &f.gates,
                "SeerAttention gate directory (config.json + attn_gate_weights.pth or *.safetensors). "
                "Without it every layer is dense.");
-  f.sparsity.Register(flags, "the gate config's (needs --gates)");
+  f.sparsity.baselines = true;  // streaming= and oracle= run here, on the CPU
+  f.sparsity.Register(flags, "the gate config's (needs --gates; so do the baselines)");
   flags.Int("max-new-tokens", &f.max_new_tokens,
             "Generate up to N tokens greedily after the prompt (with --ids exactly N, no stop token; with a "
             "text prompt until the tokenizer's EOS). 0 prints only the next-token prediction. Default: 0 with "
@@ -214,11 +217,17 @@ int Run(int argc, char** argv) {
   const float* last = result.logits.data() + static_cast<size_t>(result.logits_rows - 1) * config.vocab_size;
   const int32_t next_token = sampler.Sample(std::span<const float>(last, static_cast<size_t>(config.vocab_size)));
   std::vector<int32_t> tokens = {next_token};
-  // A text prompt's answer ends at the tokenizer's EOS.
-  const std::optional<int32_t> eos =
-      text_mode && *tokenizer != nullptr ? (*tokenizer)->config().eos_token_id : std::nullopt;
+  // A text prompt's answer ends at an end-of-text id (the tokenizer's EOS,
+  // generation_config.json's eos_token_id), as seer-decode's does.
+  std::vector<int32_t> end_ids;
+  if (text_mode && *tokenizer != nullptr) {
+    StatusOr<std::vector<int32_t>> ends = EndOfTextIds(**tokenizer, f.model);
+    if (!ends.ok()) return RuntimeError(ends.status());
+    end_ids = std::move(*ends);
+  }
+  auto ended = [&](int32_t t) { return std::find(end_ids.begin(), end_ids.end(), t) != end_ids.end(); };
   const Clock::time_point decode_start = Clock::now();
-  for (int n = 1; n < generate && !(eos && tokens.back() == *eos); ++n) {
+  for (int n = 1; n < generate && !ended(tokens.back()); ++n) {
     StatusOr<int32_t> next = engine.DecodeAndSample(tokens.back(), &cache, &sampler);
     if (!next.ok()) return RuntimeError(next.status());
     tokens.push_back(*next);

@@ -13,6 +13,11 @@ namespace seer {
 struct SparsityFlags {
   std::string sparsity;
   bool last_block_dense = true;
+  // Whether the command takes the quality evaluation's baselines,
+  // streaming=SINK,WINDOW and oracle=R (IsBaselineSparsity). Only `seer run`
+  // does: they are computed by the CPU gate and the wire's Sparsity message
+  // has no field for them, so the remote commands refuse them.
+  bool baselines = false;
 
   // `whose_default` says where the defaults come from ("the gate config's").
   void Register(FlagSet& flags, const std::string& whose_default);

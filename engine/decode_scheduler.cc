@@ -47,6 +47,15 @@ void DecodeScheduler::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+std::unique_ptr<DecodeScheduler::Slot> DecodeScheduler::TakeRunning(size_t i) {
+  std::unique_ptr<Slot> slot = std::move(running_[i]);
+  running_.erase(running_.begin() + static_cast<std::ptrdiff_t>(i));
+  // Counted out before its owner hears of the end.
+  std::lock_guard<std::mutex> lock(mu_);
+  running_count_ = static_cast<int>(running_.size());
+  return slot;
+}
+
 void DecodeScheduler::Retire(std::unique_ptr<Slot> slot, Finish finish, const Status& status) {
   auto on_done = std::move(slot->seq.on_done);
   slot.reset();  // the cache, and with it the pages, go first
@@ -73,6 +82,7 @@ void DecodeScheduler::Loop() {
     std::function<void(const StepStats&)> on_step;
     {
       std::unique_lock<std::mutex> lock(mu_);
+      running_count_ = static_cast<int>(running_.size());  // after the last step's retirements
       if (running_.empty()) {
         wake_.wait(lock, [&] { return stopping_ || !joining_.empty(); });
       }
@@ -91,16 +101,14 @@ void DecodeScheduler::Loop() {
     for (size_t i = 0; i < running_.size();) {
       Finish finish = Finish::kStopped;
       if (!Deliver(*running_[i], &finish)) {
-        std::unique_ptr<Slot> gone = std::move(running_[i]);
-        running_.erase(running_.begin() + static_cast<std::ptrdiff_t>(i));
+        std::unique_ptr<Slot> gone = TakeRunning(i);
         Retire(std::move(gone), finish, OkStatus());
         continue;
       }
       Slot& s = *running_[i];
       if (s.pending.empty() && s.seq.remaining <= 0) {
         const Finish why = s.stopped_by_token ? Finish::kStop : Finish::kLength;
-        std::unique_ptr<Slot> gone = std::move(running_[i]);
-        running_.erase(running_.begin() + static_cast<std::ptrdiff_t>(i));
+        std::unique_ptr<Slot> gone = TakeRunning(i);
         Retire(std::move(gone), why, OkStatus());
         continue;
       }
@@ -126,8 +134,7 @@ void DecodeScheduler::Loop() {
       for (Slot* s : batch) s->seq.remaining = -1;
       for (size_t i = 0; i < running_.size();) {
         if (running_[i]->seq.remaining == -1) {
-          std::unique_ptr<Slot> gone = std::move(running_[i]);
-          running_.erase(running_.begin() + static_cast<std::ptrdiff_t>(i));
+          std::unique_ptr<Slot> gone = TakeRunning(i);
           Retire(std::move(gone), Finish::kError, stepped);
           continue;
         }

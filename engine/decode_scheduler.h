@@ -72,6 +72,8 @@ class DecodeScheduler {
   void Loop();
   // Offers pending tokens to the sink; false when the sequence must leave.
   bool Deliver(Slot& slot, Finish* finish);
+  // Removes running_[i], and counts it out of running().
+  std::unique_ptr<Slot> TakeRunning(size_t i);
   // Frees the slot (its cache's pages first), then tells its owner.
   void Retire(std::unique_ptr<Slot> slot, Finish finish, const Status& status);
 

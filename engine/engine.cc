@@ -1,6 +1,8 @@
 #include "engine/engine.h"
 
+#include <algorithm>
 #include <cassert>
+#include <vector>
 
 #include "engine/cpu/cpu_engine.h"
 #ifdef SEER_HAVE_CUDA
@@ -211,6 +213,40 @@ Status Engine::DecodeBatch(std::span<const DecodeSeq> seqs, std::span<int32_t> n
     }
   }
   return Exclusive([&] { return RunDecodeBatch(seqs, next); });
+}
+
+Status Engine::PageIn(const KvCache& src, KvCache* paged) {
+  if (page_pool_ == nullptr) return FailedPrecondition("page in: paged decode is not enabled on this engine");
+  SEER_RETURN_IF_ERROR(CheckCache(&src, "page in"));
+  auto* dst = dynamic_cast<PagedKvCache*>(paged);
+  if (dst == nullptr || dst->pool() != page_pool_.get()) {
+    return InvalidArgument("page in: the destination is not a cache from this engine's NewPagedCache");
+  }
+  if (dst->length() != 0) return InvalidArgument("page in: the destination cache is not empty");
+  if (src.length() < 1 || src.length() > dst->capacity()) {
+    return InvalidArgument("page in: " + Str(src.length()) + " positions do not fit a paged cache of " +
+                           Str(dst->capacity()));
+  }
+  SEER_RETURN_IF_ERROR(Exclusive([&] { return RunPageIn(src, dst); }));
+  dst->set_length(src.length());
+  return OkStatus();
+}
+
+Status Engine::RunPageIn(const KvCache& src, PagedKvCache* paged) {
+  const KvLayout& from = src.layout();
+  // A few MiB at a time.
+  const int step = static_cast<int>(std::max<size_t>(1, (size_t{8} << 20) / std::max<size_t>(1, from.LayerBytes(1))));
+  std::vector<char> k, v;
+  for (int layer = 0; layer < from.num_layers; ++layer) {
+    for (int t0 = 0; t0 < src.length(); t0 += step) {
+      const int n = std::min(step, src.length() - t0);
+      k.resize(from.LayerBytes(n));
+      v.resize(from.LayerBytes(n));
+      SEER_RETURN_IF_ERROR(src.ReadLayer(layer, t0, n, k.data(), v.data()));
+      SEER_RETURN_IF_ERROR(paged->WriteLayer(layer, t0, n, from.dtype, k.data(), v.data()));
+    }
+  }
+  return OkStatus();
 }
 
 StatusOr<std::unique_ptr<PagePool>> Engine::CreatePagePool(const PageLayout&, int) {

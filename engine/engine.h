@@ -154,6 +154,12 @@ class Engine {
   StatusOr<std::unique_ptr<KvCache>> NewPagedCache(int capacity);
   StatusOr<std::unique_ptr<KvCache>> NewPagedCacheWhenFree(int capacity, const std::function<Status()>& cancelled);
 
+  // Copies the prompt KV in `src` (a cache from NewCache: positions
+  // [0, src.length())) into the empty paged cache `paged` (from
+  // NewPagedCache, with room for them) and sets its length: how a decode
+  // worker moves the KV it received into its page pool.
+  Status PageIn(const KvCache& src, KvCache* paged);
+
   // One decode step for 1 to max_decode_batch() sequences, each with its own
   // cache, position and sampler: next[i] is the token sampled after
   // seqs[i].token (exactly as DecodeAndSample would give it alone: a
@@ -186,6 +192,9 @@ class Engine {
   virtual StatusOr<int64_t> PoolBudgetBytes(double fraction);
   // Called once, after the pool exists: buffers for max_batch rows.
   virtual Status PreparePagedDecode(int max_batch);
+  // PageIn, checked. Default: through host memory, a layer at a time
+  // (ReadLayer, then the pool's WriteTokens).
+  virtual Status RunPageIn(const KvCache& src, PagedKvCache* paged);
   // The step, with every sequence checked (paged caches of this pool,
   // tokens in range, room in the cache, distinct caches).
   virtual Status RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int32_t> next);

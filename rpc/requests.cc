@@ -141,6 +141,12 @@ v1::Sparsity SparsityToProto(const SparsityRequest& r) {
         s.set_mode(v1::Sparsity::MODE_NZ_RATIO);
         s.set_nz_ratio(r.mode->nz_ratio);
         break;
+      case SparsityMode::kStreaming:
+      case SparsityMode::kOracle:
+        // The offline baselines (docs/QUALITY.md) have no wire form: nothing
+        // parsed from a request is one, and the CLI refuses them for remote
+        // commands (client/sparsity_flags.cc) before a request is made.
+        break;
     }
   }
   if (r.last_block_dense) s.set_last_block_dense(*r.last_block_dense);

@@ -2,9 +2,11 @@
 """Hugging Face transformers decode of a Llama-3.1-8B-shaped model, the peer of
 bench/decode_bench.cu: random bf16 weights made on the GPU (from_config, no
 checkpoint), sdpa attention, greedy `generate` with the static cache
-(cache_implementation="static"). For each BATCHxCONTEXT row, the time per
-decode step is (generate N+1 new tokens - generate 1 new token) / N, which
-takes the prefill out; tokens/s is batch / step time.
+(cache_implementation="static"), eager (generate's automatic torch.compile of
+the static-cache step is off: it recompiles for every cache length, and the
+compile time swamped the measurement). For each BATCHxCONTEXT row, the time
+per decode step is (generate N+1 new tokens - generate 1 new token) / N,
+which takes the prefill out; tokens/s is batch / step time.
 
     python3 tools/bench_decode_hf.py [--rows 1x8192,8x8192,...] [--new-tokens 16] [--layers 32]
 """
@@ -26,7 +28,7 @@ def timed_generate(model, ids, new_tokens: int) -> float:
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                   do_sample=False, cache_implementation="static", pad_token_id=0)
+                   do_sample=False, cache_implementation="static", pad_token_id=0, disable_compile=True)
     torch.cuda.synchronize()
     return time.perf_counter() - t0
 

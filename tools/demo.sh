@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The disaggregated demo on one machine: seer-prefill and seer-decode on
 # loopback (ports picked by the kernel, read from their startup lines) with the
-# bundled model and its SeerAttention gates, one `seer generate` request, its
-# tokens and time to first token, an excerpt of both servers' /metrics, and
-# the servers stopped on the way out (SIGTERM, graceful drain).
+# bundled model, its SeerAttention gates and its tokenizer; one `seer generate`
+# request of token ids (the tokens and time to first token), one of text, one
+# OpenAI-style /v1/completions call over HTTP; an excerpt of both servers'
+# /metrics; and the servers stopped on the way out (SIGTERM, graceful drain).
 #
 # Builds nothing: run it after the build (tools/quickstart.sh does both).
 #   SEER_BUILD_DIR   build directory holding bin/ (default: build)
@@ -70,11 +71,12 @@ read -r prefill_addr prefill_metrics <<<"$addrs"
 grep -m1 " ready: " "$work/prefill.log"
 
 echo "== starting seer-decode (pulls KV from $prefill_addr)"
-"$bin/seer-decode" --listen 127.0.0.1:0 --metrics 127.0.0.1:0 --model "$model" --prefill "$prefill_addr" \
-  --device "$device" >"$work/decode.log" 2>"$work/decode.log.err" &
+"$bin/seer-decode" --listen 127.0.0.1:0 --metrics 127.0.0.1:0 --http 127.0.0.1:0 --model "$model" \
+  --prefill "$prefill_addr" --device "$device" >"$work/decode.log" 2>"$work/decode.log.err" &
 pids+=($!)
 addrs="$(wait_ready "$work/decode.log" seer-decode)"
 read -r decode_addr decode_metrics <<<"$addrs"
+http_addr="$(grep -m1 " http on " "$work/decode.log" | awk '{print $4}')"
 grep -m1 " ready: " "$work/decode.log"
 
 # A deterministic prompt over the fixture's 128-token vocabulary.
@@ -85,6 +87,17 @@ echo "$ids" >"$work/prompt.ids"
 echo "== seer generate --addr $decode_addr ($prompt_len prompt tokens, $new_tokens new)"
 echo -n "tokens: "
 "$bin/seer" generate --addr "$decode_addr" --ids "@$work/prompt.ids" --max-new-tokens "$new_tokens"
+
+# The bundled model is tiny and random: its text is gibberish, but it is the
+# text the model's tokenizer makes of the tokens it chose.
+text="one two three four five six seven eight nine ten"
+echo "== seer generate --prompt '$text' (the server tokenizes; the reply streams as text)"
+"$bin/seer" generate --addr "$decode_addr" --prompt "$text" --max-new-tokens "$new_tokens"
+
+echo "== POST http://$http_addr/v1/completions (the OpenAI API on seer-decode --http)"
+curl -s "http://$http_addr/v1/completions" -H 'Content-Type: application/json' \
+  -d "{\"model\": \"llama\", \"prompt\": \"$text\", \"max_tokens\": $new_tokens, \"temperature\": 0}"
+echo
 
 excerpt() {
   curl -s "http://$1/metrics" | grep -E "^seer_" | grep -v "_bucket{" || true

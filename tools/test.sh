@@ -7,7 +7,8 @@
 #   4. deploy/ (tests/ops): every dashboard, recording-rule and alert expression
 #      on a real Prometheus scraping the real servers, promtool check/test
 #      rules, the rendered manifests against the Kubernetes schemas, and the
-#      Dockerfile's lint.
+#      Dockerfile's lint; and seer-decode's OpenAI API through the official
+#      `openai` npm client, against `seer run`.
 # SEER_SKIP_SANITIZE=1 / SEER_SKIP_FUZZ=1 skip stages 2 / 3 (for quick local runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,10 +22,11 @@ cmake --build build -j "$jobs"
 logs="$(mktemp -d)"
 ctest --test-dir build --output-on-failure -j "$jobs" 2>&1 | tee "$logs/release.log"
 
-echo "== [ops] deploy/: Prometheus, promtool, manifests, Dockerfile"
+echo "== [ops] deploy/: Prometheus, promtool, manifests, Dockerfile; the OpenAI API with the openai client"
 # Pinned by tests/ops/package-lock.json (no registry addresses in it).
 (cd tests/ops && npm ci --no-audit --no-fund --loglevel=error)
 node tests/ops/check_observability.mjs build/bin
+node tests/ops/check_openai.mjs build/bin
 node tests/ops/check_manifests.mjs
 
 if [ "${SEER_SKIP_SANITIZE:-0}" != 1 ]; then

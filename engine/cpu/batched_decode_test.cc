@@ -115,6 +115,60 @@ TEST_P(BatchedDecode, RefusesWhatItCannotRun) {
   EXPECT_EQ(e->EnablePagedDecode(PagedDecodeOptions{}).code(), StatusCode::kFailedPrecondition);
 }
 
+// The decode worker's path: the prompt's KV lands in a contiguous cache of
+// exactly the prompt's length, PageIn moves it into the pages, and the
+// batched decode goes on from there exactly as the contiguous path would.
+TEST_P(BatchedDecode, APagedInPromptDecodesLikeTheContiguousPath) {
+  std::unique_ptr<Engine> e = LoadCpu(GetParam(), 16, 4);
+  ASSERT_NE(e, nullptr);
+  std::vector<int32_t> prompt;
+  for (int t = 0; t < 37; ++t) prompt.push_back((7 * t + 2) % 90 + 1);
+  constexpr int kNew = 12;
+  auto landed = e->NewCache(37);
+  ASSERT_TRUE(landed.ok());
+  auto prefill = e->Prefill(prompt, PrefillOptions{}, landed->get(), nullptr);
+  ASSERT_TRUE(prefill.ok()) << prefill.status().ToString();
+  auto paged = e->NewPagedCache(37 + kNew);
+  ASSERT_TRUE(paged.ok());
+  ASSERT_TRUE(e->PageIn(**landed, paged->get()).ok());
+  EXPECT_EQ((*paged)->length(), 37);
+  const KvLayout& l = (*landed)->layout();
+  std::vector<uint8_t> k0(l.LayerBytes(37)), v0(k0.size()), k1(k0.size()), v1(k0.size());
+  for (int layer = 0; layer < l.num_layers; ++layer) {
+    ASSERT_TRUE((*landed)->ReadLayer(layer, 0, 37, k0.data(), v0.data()).ok());
+    ASSERT_TRUE((*paged)->ReadLayer(layer, 0, 37, k1.data(), v1.data()).ok());
+    EXPECT_EQ(k0, k1) << "layer " << layer;
+    EXPECT_EQ(v0, v1) << "layer " << layer;
+  }
+  Sampler greedy(SamplingParams{});
+  std::vector<int32_t> batched = {greedy.Sample(std::span<const float>(prefill->logits))};
+  for (int i = 1; i < kNew; ++i) {
+    std::vector<DecodeSeq> one = {{paged->get(), batched.back(), &greedy}};
+    std::vector<int32_t> next(1);
+    ASSERT_TRUE(e->DecodeBatch(one, next).ok());
+    batched.push_back(next[0]);
+  }
+  auto contiguous_cache = e->NewCache(37 + kNew);
+  ASSERT_TRUE(contiguous_cache.ok());
+  ASSERT_TRUE(e->Prefill(prompt, PrefillOptions{}, contiguous_cache->get(), nullptr).ok());
+  std::vector<int32_t> contiguous = {batched[0]};
+  for (int i = 1; i < kNew; ++i) {
+    auto next = e->DecodeAndSample(contiguous.back(), contiguous_cache->get(), &greedy);
+    ASSERT_TRUE(next.ok());
+    contiguous.push_back(*next);
+  }
+  EXPECT_EQ(batched, contiguous);
+
+  // Refusals: a cache that is not empty, one too small, a source from
+  // elsewhere.
+  EXPECT_EQ(e->PageIn(**landed, paged->get()).code(), StatusCode::kInvalidArgument);
+  auto small = e->NewPagedCache(20);
+  ASSERT_TRUE(small.ok());
+  EXPECT_EQ(e->PageIn(**landed, small->get()).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(e->PageIn(**paged, small->get()).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(e->PageIn(**landed, landed->get()).code(), StatusCode::kInvalidArgument);
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, BatchedDecode, ::testing::Values("llama", "qwen2"),
                          [](const ::testing::TestParamInfo<const char*>& i) { return std::string(i.param); });
 

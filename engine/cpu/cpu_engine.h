@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -16,6 +17,19 @@
 #include "engine/kv/kv_cache.h"
 
 namespace seer {
+
+// One layer of a frozen forward pass as a gate trainer reads it
+// (CpuEngine::ForwardWithAttentionTap): the layer's Q and K straight after
+// the projections, the gate's input, and after RoPE, what attention sees.
+struct AttentionTap {
+  int layer = 0;
+  int seq_len = 0;
+  const float* q = nullptr;       // [L, Hq, head_dim], pre-RoPE, bias included
+  const float* k = nullptr;       // [L, Hkv, head_dim]
+  const float* q_rope = nullptr;  // [L, Hq, head_dim], after RoPE
+  const float* k_rope = nullptr;  // [L, Hkv, head_dim]
+};
+using AttentionTapFn = std::function<Status(const AttentionTap&)>;
 
 class CpuEngine final : public Engine {
  public:
@@ -33,6 +47,14 @@ class CpuEngine final : public Engine {
   // Prefill and decode run the same named stages as the CUDA backend, per
   // layer: AttentionInputs, Gate (prefill, when gated), RopeAndCache,
   // Attention, OutputAndMlp; Embed before the layers and Logits after.
+
+  // The teacher pass of gate distillation (train/): runs `ids` (checked as a
+  // prompt) from position 0 through the model with dense attention, never the
+  // gates, and calls `tap` once per layer, between RopeAndCache and
+  // Attention. No logits are computed. A non-OK status from `tap` stops the
+  // pass and is returned. Holds the engine for the whole pass.
+  Status ForwardWithAttentionTap(std::span<const int32_t> ids, const AttentionTapFn& tap);
+
  protected:
   StatusOr<std::unique_ptr<KvCache>> AllocateCache(int capacity) override;
   StatusOr<PrefillResult> RunPrefill(std::span<const int32_t> ids, const PrefillOptions& options, KvCache* cache,

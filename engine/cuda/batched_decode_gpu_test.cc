@@ -120,6 +120,32 @@ TEST_P(CudaBatchedDecode, FirstStepAgreesWithTheContiguousPath) {
   }
 }
 
+// PageIn on the device: the prompt's layers scattered from a contiguous
+// cache whose capacity exceeds the prompt (so its heads are further apart
+// than the tokens copied) land bit for bit, and only the pages' positions.
+TEST_P(CudaBatchedDecode, PageInCopiesTheContiguousCacheBitForBit) {
+  std::unique_ptr<Engine> e = LoadCuda(GetParam(), 4);
+  ASSERT_NE(e, nullptr);
+  std::vector<int32_t> prompt;
+  for (int t = 0; t < 37; ++t) prompt.push_back((7 * t + 2) % 90 + 1);
+  auto landed = e->NewCache(50);
+  ASSERT_TRUE(landed.ok());
+  ASSERT_TRUE(e->Prefill(prompt, PrefillOptions{}, landed->get(), nullptr).ok());
+  auto paged = e->NewPagedCache(45);
+  ASSERT_TRUE(paged.ok());
+  const Status s = e->PageIn(**landed, paged->get());
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  ASSERT_EQ((*paged)->length(), 37);
+  const KvLayout& l = (*landed)->layout();
+  std::vector<uint16_t> k0(l.LayerBytes(37) / 2), v0(k0.size()), k1(k0.size()), v1(k0.size());
+  for (int layer = 0; layer < l.num_layers; ++layer) {
+    ASSERT_TRUE((*landed)->ReadLayer(layer, 0, 37, k0.data(), v0.data()).ok());
+    ASSERT_TRUE((*paged)->ReadLayer(layer, 0, 37, k1.data(), v1.data()).ok());
+    ASSERT_EQ(k0, k1) << "layer " << layer;
+    ASSERT_EQ(v0, v1) << "layer " << layer;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaBatchedDecode, ::testing::Values("llama", "qwen2"),
                          [](const ::testing::TestParamInfo<const char*>& i) { return std::string(i.param); });
 

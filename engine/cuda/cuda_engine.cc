@@ -32,6 +32,7 @@
 #include "engine/cuda/prefill_plan.h"
 #include "engine/model/checkpoint.h"
 #include "kernels/attention/attention.h"
+#include "kernels/common/dispatch.h"
 #include "kernels/gate/gate.h"
 #include "kernels/ops/ops.h"
 #include "kernels/paged_kv/paged_kv.h"
@@ -118,6 +119,9 @@ class CudaEngine final : public Engine {
   StatusOr<std::unique_ptr<PagePool>> CreatePagePool(const PageLayout& layout, int pages) override;
   StatusOr<int64_t> PoolBudgetBytes(double fraction) override;
   Status PreparePagedDecode(int max_batch) override;
+  // Device to device: each layer of the contiguous cache scattered into
+  // the pages on the pool's stream.
+  Status RunPageIn(const KvCache& src, PagedKvCache* paged) override;
   Status RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int32_t> next) override;
 
  private:
@@ -186,8 +190,8 @@ Status CudaEngine::Init() {
   SEER_RETURN_IF_CUDA_ERROR(cudaGetDeviceProperties(&prop, device_));
   device_name_ = "cuda:" + Str(device_) + " (" + prop.name + ")";
 
-  if (config_.head_dim != 64 && config_.head_dim != 128) {
-    return Unimplemented("the CUDA attention kernels take head_dim 64 or 128; this model has " +
+  if (!cuda::IsSupportedHeadDim(config_.head_dim)) {
+    return Unimplemented("the CUDA attention kernels take head_dim 32, 64, 96 or 128; this model has " +
                          Str(config_.head_dim) + " (use --device cpu)");
   }
   if (gates_ != nullptr && block_ != 64) {
@@ -318,6 +322,11 @@ StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, con
   // Everything is checked and every buffer reserved before the first launch.
   const int L = static_cast<int>(ids.size());
   const SparsityConfig& sp = options.sparsity;
+  if (IsBaselineSparsity(sp.mode)) {
+    return Unimplemented("sparsity " + SparsityToString(sp) +
+                         ": the streaming and oracle baselines run only on the CPU engine (--device cpu); "
+                         "the CUDA gate does not compute them");
+  }
   const bool gated = gates_ != nullptr && (sp.mode != SparsityMode::kDense || options.keep_gate_outputs);
   const bool sparse = gates_ != nullptr && sp.mode != SparsityMode::kDense;
   if (gated) {
@@ -514,8 +523,12 @@ Status CudaEngine::DecodeForward(int32_t token, DeviceKvCache* cache) {
 }
 
 StatusOr<std::unique_ptr<PagePool>> CudaEngine::CreatePagePool(const PageLayout& layout, int pages) {
+  if (config_.head_dim != 64 && config_.head_dim != 128) {
+    return Unimplemented("the CUDA paged decode attention takes head_dim 64 or 128; this model has " +
+                         Str(config_.head_dim));
+  }
   SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
-  SEER_ASSIGN_OR_RETURN(std::unique_ptr<DevicePagePool> pool, DevicePagePool::Create(layout, pages));
+  SEER_ASSIGN_OR_RETURN(std::unique_ptr<DevicePagePool> pool, DevicePagePool::Create(layout, pages, device_));
   return std::unique_ptr<PagePool>(std::move(pool));
 }
 
@@ -551,6 +564,17 @@ Status CudaEngine::PreparePagedDecode(int max_batch) {
                                                                   "decode: sampling scratch"));
   }
   return OkStatus();
+}
+
+Status CudaEngine::RunPageIn(const KvCache& src, PagedKvCache* paged) {
+  SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  const auto& cache = static_cast<const DeviceKvCache&>(src);
+  auto* pool = static_cast<DevicePagePool*>(page_pool());
+  for (int layer = 0; layer < config_.num_layers; ++layer) {
+    SEER_RETURN_IF_ERROR(pool->WriteTokensFromDevice(layer, paged->pages(), src.length(), src.capacity(),
+                                                     cache.k(layer), cache.v(layer)));
+  }
+  return pool->Synchronize();
 }
 
 Status CudaEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int32_t> next) {

@@ -549,6 +549,45 @@ TEST_F(CudaEngineTest, ImpossibleRequestsAreResourceExhaustedBeforeAnyWork) {
   for (float x : ok->logits) ASSERT_TRUE(std::isfinite(x));
 }
 
+// Head dims 32 and 96 (the attention kernels take 32/64/96/128): the
+// prefill kernel and the decode kernel agree with each other. The logits of
+// a prefill of ids + [t] at its last row equal a decode step of t after a
+// prefill of ids, to bf16 rounding; the paged decode (64 and 128 only) says
+// so instead of running.
+TEST_F(CudaEngineTest, HeadDims32And96PrefillAndDecodeAgree) {
+  for (int head_dim : {32, 96}) {
+    SCOPED_TRACE("head_dim " + std::to_string(head_dim));
+    ModelConfig c = SmallRandomConfig();
+    c.head_dim = head_dim;
+    c.max_position_embeddings = 4096;
+    auto engine = CreateRandomCudaEngine(c, RandomEngineOptions{});
+    ASSERT_TRUE(engine.ok()) << engine.status().ToString();
+    std::vector<int32_t> ids;
+    for (int t = 0; t < 150; ++t) ids.push_back((t * 37 + 5) % c.vocab_size);
+    auto cache = (*engine)->NewCache(200);
+    ASSERT_TRUE(cache.ok());
+    auto prefill = (*engine)->Prefill(ids, PrefillOptions{}, cache->get(), nullptr);
+    ASSERT_TRUE(prefill.ok()) << prefill.status().ToString();
+    std::vector<float> stepped;
+    ASSERT_TRUE((*engine)->DecodeStep(77, cache->get(), &stepped).ok());
+    ids.push_back(77);
+    auto longer_cache = (*engine)->NewCache(200);
+    ASSERT_TRUE(longer_cache.ok());
+    auto longer = (*engine)->Prefill(ids, PrefillOptions{}, longer_cache->get(), nullptr);
+    ASSERT_TRUE(longer.ok()) << longer.status().ToString();
+    ASSERT_EQ(longer->logits.size(), stepped.size());
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < stepped.size(); ++i) {
+      ASSERT_TRUE(std::isfinite(stepped[i]));
+      num += (stepped[i] - longer->logits[i]) * (stepped[i] - longer->logits[i]);
+      den += longer->logits[i] * longer->logits[i];
+    }
+    EXPECT_LT(std::sqrt(num / std::max(den, 1e-30)), 2e-2);
+    const Status paged = (*engine)->EnablePagedDecode(PagedDecodeOptions{});
+    EXPECT_EQ(paged.code(), StatusCode::kUnimplemented) << paged.ToString();
+  }
+}
+
 // Gated requests the GPU gate cannot serve are refused with the request's
 // own error before any work: a prompt whose block lists would overflow the int32 CSR offsets is RESOURCE_EXHAUSTED, not an INTERNAL
 // cudaErrorInvalidValue from the gate after the first layer ran.

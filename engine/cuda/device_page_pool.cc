@@ -8,11 +8,13 @@
 
 namespace seer {
 
-StatusOr<std::unique_ptr<DevicePagePool>> DevicePagePool::Create(const PageLayout& layout, int num_pages) {
+StatusOr<std::unique_ptr<DevicePagePool>> DevicePagePool::Create(const PageLayout& layout, int num_pages,
+                                                                 int device) {
   if (layout.page_tokens <= 0 || num_pages <= 0 || layout.kv.num_layers <= 0 || layout.kv.dtype != DType::kBF16) {
     return InvalidArgument("KV page pool: needs positive page_tokens and pages, bf16 pages");
   }
-  std::unique_ptr<DevicePagePool> pool(new DevicePagePool(layout, num_pages));
+  SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device));
+  std::unique_ptr<DevicePagePool> pool(new DevicePagePool(layout, num_pages, device));
   SEER_ASSIGN_OR_RETURN(pool->storage_, DeviceBuffer::Allocate(layout.PageBytes() * static_cast<size_t>(num_pages),
                                                                "the KV page pool (" + std::to_string(num_pages) +
                                                                    " pages of " + std::to_string(layout.page_tokens) +
@@ -50,6 +52,7 @@ Status DevicePagePool::EnsureStaging(int n, int pages) const {
 
 Status DevicePagePool::WriteTokens(int layer, std::span<const int32_t> table, int t0, int n, DType src,
                                    const void* k, const void* v) {
+  SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   const KvLayout& kv = layout().kv;
   const size_t count = static_cast<size_t>(kv.num_kv_heads) * n * kv.head_dim;
   // Other types are converted on the host (chunks are a few MiB at most).
@@ -89,6 +92,7 @@ Status DevicePagePool::WriteTokens(int layer, std::span<const int32_t> table, in
 
 Status DevicePagePool::ReadTokens(int layer, std::span<const int32_t> table, int t0, int n, void* k_out,
                                   void* v_out) const {
+  SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   const KvLayout& kv = layout().kv;
   const size_t bytes = static_cast<size_t>(kv.num_kv_heads) * n * kv.head_dim * sizeof(__nv_bfloat16);
   std::lock_guard<std::mutex> lock(mu_);
@@ -103,6 +107,34 @@ Status DevicePagePool::ReadTokens(int layer, std::span<const int32_t> table, int
                                                   layout().page_tokens, stage + bytes, stream_));
   SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(k_out, stage, bytes, cudaMemcpyDeviceToHost, stream_));
   SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(v_out, stage + bytes, bytes, cudaMemcpyDeviceToHost, stream_));
+  SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
+  return OkStatus();
+}
+
+Status DevicePagePool::WriteTokensFromDevice(int layer, std::span<const int32_t> table, int n, int stride,
+                                             const __nv_bfloat16* k, const __nv_bfloat16* v) {
+  SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  const KvLayout& kv = layout().kv;
+  if (n < 1 || stride < n || static_cast<int64_t>(table.size()) * layout().page_tokens < n) {
+    return InvalidArgument("KV page pool: " + std::to_string(n) + " positions (stride " + std::to_string(stride) +
+                           ") do not fit " + std::to_string(table.size()) + " pages");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  SEER_RETURN_IF_ERROR(EnsureStaging(1, static_cast<int>(table.size())));
+  SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(table_.get(), table.data(), sizeof(int32_t) * table.size(),
+                                            cudaMemcpyHostToDevice, stream_));
+  const int32_t* dtable = table_.as<int32_t>();
+  SEER_RETURN_IF_CUDA_ERROR(cuda::ScatterToPagesStrided(k, stride, 0, n, dtable, kv.num_kv_heads, kv.head_dim,
+                                                        layout().page_tokens, this->k(layer), stream_));
+  SEER_RETURN_IF_CUDA_ERROR(cuda::ScatterToPagesStrided(v, stride, 0, n, dtable, kv.num_kv_heads, kv.head_dim,
+                                                        layout().page_tokens, this->v(layer), stream_));
+  // The table staging is reused by the next call: wait before releasing it.
+  SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
+  return OkStatus();
+}
+
+Status DevicePagePool::Synchronize() const {
+  SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
   return OkStatus();
 }

@@ -19,7 +19,9 @@ namespace seer {
 
 class DevicePagePool final : public PagePool {
  public:
-  static StatusOr<std::unique_ptr<DevicePagePool>> Create(const PageLayout& layout, int num_pages);
+  // On `device`, which every copy makes current on its calling thread (the
+  // KV of a request lands from whichever thread received it).
+  static StatusOr<std::unique_ptr<DevicePagePool>> Create(const PageLayout& layout, int num_pages, int device);
   ~DevicePagePool() override;
 
   __nv_bfloat16* k(int layer) const { return base(layer, 0); }
@@ -28,13 +30,21 @@ class DevicePagePool final : public PagePool {
   Status WriteTokens(int layer, std::span<const int32_t> table, int t0, int n, DType src, const void* k,
                      const void* v) override;
   Status ReadTokens(int layer, std::span<const int32_t> table, int t0, int n, void* k, void* v) const override;
+  // Positions [0, n) of one layer from device memory laid out
+  // [Hkv, stride, D] (a DeviceKvCache's layer, stride its capacity) into the
+  // pages of `table`, on the pool's stream; Synchronize waits for it.
+  Status WriteTokensFromDevice(int layer, std::span<const int32_t> table, int n, int stride,
+                               const __nv_bfloat16* k, const __nv_bfloat16* v);
+  Status Synchronize() const;
 
  private:
-  DevicePagePool(const PageLayout& layout, int num_pages) : PagePool(layout, num_pages) {}
+  DevicePagePool(const PageLayout& layout, int num_pages, int device)
+      : PagePool(layout, num_pages), device_(device) {}
   __nv_bfloat16* base(int layer, int which) const;
   // Room for `n` tokens of one layer's K and V and a table of `pages` entries.
   Status EnsureStaging(int n, int pages) const;
 
+  const int device_;
   DeviceBuffer storage_;
   cudaStream_t stream_ = nullptr;
   // Staging, grown on demand; one copy at a time.

@@ -5,11 +5,13 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
+#include <new>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -20,6 +22,8 @@
 #include "engine/model/gates.h"
 #include "formats/pth_reader.h"
 #include "formats/safetensors.h"
+#include "kernels/gate/distill_target_cpu.h"
+#include "kernels/ops/ops_cpu.h"
 
 namespace seer {
 namespace {
@@ -429,6 +433,37 @@ Status DescribeGate(const GateLayerWeights& w, const GateConfig& gc, const Model
   return OkStatus();
 }
 
+// The oracle baseline's ranking: the true distillation target of this layer,
+// from q and k with the model's own RoPE (what its attention sees).
+StatusOr<std::vector<float>> OracleTarget(const GateConfig& gc, const ModelConfig& model, const float* q,
+                                          const float* k, int seq_len, int threads) {
+  const int hq = model.num_heads, hkv = model.num_kv_heads, d = model.head_dim;
+  std::vector<float> q_rope, k_rope, inv_freq;
+  std::vector<int32_t> positions(seq_len);
+  try {
+    q_rope.assign(q, q + size_t(seq_len) * hq * d);
+    k_rope.assign(k, k + size_t(seq_len) * hkv * d);
+  } catch (const std::bad_alloc&) {
+    return ResourceExhausted("oracle sparsity: not enough host memory for a copy of " + Str(seq_len) +
+                             " tokens' Q and K");
+  }
+  for (double f : RopeInvFreq(model.rope, d)) inv_freq.push_back(static_cast<float>(f));
+  for (int i = 0; i < seq_len; ++i) positions[i] = i;
+  cpu::ApplyRope(q_rope.data(), seq_len, hq, d, positions.data(), inv_freq.data());
+  cpu::ApplyRope(k_rope.data(), seq_len, hkv, d, positions.data(), inv_freq.data());
+  cpu::DistillTargetProblem p;
+  p.q = q_rope.data();
+  p.k = k_rope.data();
+  p.seq_len = seq_len;
+  p.num_heads = hq;
+  p.num_kv_heads = hkv;
+  p.head_dim = d;
+  p.block_size = gc.block_size;
+  // As the CPU engine and HF scale the attention scores: head_dim^-0.5 in float32.
+  p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+  return cpu::DistillTarget(p, threads);
+}
+
 }  // namespace
 
 StatusOr<GateOutput> RunGate(const GateLayerWeights& w, const GateConfig& gc, const ModelConfig& model,
@@ -441,6 +476,11 @@ StatusOr<GateOutput> RunGate(const GateLayerWeights& w, const GateConfig& gc, co
   problem.rope_inv_freq = inv_freq.data();
   const int threads =
       num_threads > 0 ? num_threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  std::vector<float> oracle_target;
+  if (sparsity.mode == SparsityMode::kOracle && seq_len > 0) {
+    SEER_ASSIGN_OR_RETURN(oracle_target, OracleTarget(gc, model, q, k, seq_len, threads));
+    problem.oracle_target = oracle_target.data();
+  }
   return cpu::RunGate(problem, sparsity, threads);
 }
 

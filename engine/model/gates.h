@@ -46,6 +46,8 @@ StatusOr<GateWeights> LoadGates(const std::string& dir, const ModelConfig& model
 //   q: [L, Hq, head_dim] and k: [L, Hkv, head_dim], straight after
 //   q_proj / k_proj (bias included, before RoPE).
 // Applies `sparsity` (mode, last_block_dense) and the never-empty-row rule.
+// For the oracle baseline it first computes the layer's true distillation
+// target from q and k with the model's RoPE (kernels/gate/distill_target_cpu).
 // Runs on up to `num_threads` threads, the caller's included (0: one per core).
 StatusOr<GateOutput> RunGate(const GateLayerWeights& w, const GateConfig& gc, const ModelConfig& model,
                              const float* q, const float* k, int seq_len, const SparsityConfig& sparsity,

@@ -37,6 +37,46 @@ TEST(ParseSparsity, NzRatio) {
   EXPECT_EQ(one->nz_ratio, 1.0);
 }
 
+TEST(ParseSparsity, Streaming) {
+  auto s = ParseSparsity("streaming=1,8");
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(s->mode, SparsityMode::kStreaming);
+  EXPECT_EQ(s->streaming_sink, 1);
+  EXPECT_EQ(s->streaming_window, 8);
+  EXPECT_TRUE(s->last_block_dense);
+  auto no_sink = ParseSparsity("streaming=0,1;last_block_dense=false");
+  ASSERT_TRUE(no_sink.ok()) << no_sink.status().ToString();
+  EXPECT_EQ(no_sink->streaming_sink, 0);
+  EXPECT_EQ(no_sink->streaming_window, 1);
+  EXPECT_FALSE(no_sink->last_block_dense);
+  auto most = ParseSparsity("streaming=1048576,1048576");
+  ASSERT_TRUE(most.ok()) << most.status().ToString();
+  EXPECT_TRUE(IsBaselineSparsity(s->mode));
+}
+
+TEST(ParseSparsity, Oracle) {
+  auto s = ParseSparsity("oracle=0.2");
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(s->mode, SparsityMode::kOracle);
+  EXPECT_DOUBLE_EQ(s->oracle_ratio, 0.2);
+  EXPECT_TRUE(IsBaselineSparsity(s->mode));
+  EXPECT_FALSE(IsBaselineSparsity(SparsityMode::kNzRatio));
+  auto one = ParseSparsity("oracle=1");
+  ASSERT_TRUE(one.ok());
+  EXPECT_EQ(one->oracle_ratio, 1.0);
+}
+
+TEST(ParseSparsity, BaselinesNeedGatesLikeEveryGatedMode) {
+  for (const char* text : {"streaming=1,4", "oracle=0.3"}) {
+    auto request = ParseSparsityRequest(text);
+    ASSERT_TRUE(request.ok()) << text;
+    auto resolved = ResolveSparsity(*request, nullptr);
+    ASSERT_FALSE(resolved.ok()) << text;
+    EXPECT_EQ(resolved.status().code(), StatusCode::kFailedPrecondition) << text;
+    EXPECT_NE(resolved.status().message().find(text), std::string::npos) << resolved.status().message();
+  }
+}
+
 TEST(ParseSparsity, LastBlockDenseComesFromBase) {
   SparsityConfig base;
   base.last_block_dense = false;
@@ -81,6 +121,23 @@ TEST(ParseSparsity, RejectsWithMessages) {
       {"nz_ratio=-1", "0 < R <= 1"},      {"nz_ratio= 0.5", "not a finite"},
       {"sparse", "expected 'dense'"},     {"topk=3", "unknown mode 'topk'"},
       {"", "expected 'dense'"},           {"Dense", "expected 'dense'"},
+      // The baselines: each error names the field and its limit.
+      {"streaming=1", "streaming=SINK,WINDOW"},
+      {"streaming=", "streaming=SINK,WINDOW"},
+      {"streaming=-1,2", "SINK -1 is out of range, need 0 <= SINK <= 1048576"},
+      {"streaming=1048577,2", "SINK 1048577 is out of range, need 0 <= SINK <= 1048576"},
+      {"streaming=1,0", "WINDOW 0 is out of range, need 1 <= WINDOW <= 1048576"},
+      {"streaming=1,2000000", "WINDOW 2000000 is out of range, need 1 <= WINDOW <= 1048576"},
+      {"streaming=a,2", "SINK 'a' is not a whole number"},
+      {"streaming=1,2.5", "WINDOW '2.5' is not a whole number"},
+      {"streaming=1,2,3", "WINDOW '2,3' is not a whole number"},
+      {"streaming=,4", "SINK '' is not a whole number"},
+      {"streaming=99999999999999999999,4", "SINK '99999999999999999999' is not a whole number"},
+      {"oracle=0", "oracle ratio 0 is out of range, need 0 < R <= 1"},
+      {"oracle=1.5", "oracle ratio 1.5 is out of range, need 0 < R <= 1"},
+      {"oracle=-0.1", "0 < R <= 1"},
+      {"oracle=x", "oracle ratio 'x' is not a finite number"},
+      {"oracle=nan", "not a finite"},
   };
   for (const Case& c : cases) {
     auto s = ParseSparsity(c.text);
@@ -102,7 +159,15 @@ TEST(SparsityToString, RoundTrips) {
   s.mode = SparsityMode::kNzRatio;
   s.nz_ratio = 0.1;
   EXPECT_EQ(SparsityToString(s), "nz_ratio=0.1");
-  for (const char* text : {"dense", "threshold=0.0005", "threshold=0.123456789", "nz_ratio=0.75", "nz_ratio=1"}) {
+  s.mode = SparsityMode::kStreaming;
+  s.streaming_sink = 1;
+  s.streaming_window = 8;
+  EXPECT_EQ(SparsityToString(s), "streaming=1,8");
+  s.mode = SparsityMode::kOracle;
+  s.oracle_ratio = 0.25;
+  EXPECT_EQ(SparsityToString(s), "oracle=0.25");
+  for (const char* text : {"dense", "threshold=0.0005", "threshold=0.123456789", "nz_ratio=0.75", "nz_ratio=1",
+                           "streaming=0,1", "streaming=4,1024", "oracle=0.1", "oracle=1"}) {
     auto parsed = ParseSparsity(text);
     ASSERT_TRUE(parsed.ok()) << text;
     EXPECT_EQ(SparsityToString(*parsed), text);

@@ -11,7 +11,9 @@
 //             (0, 64, 128, ...), with the model's rope config at dim = hidden.
 //   scores    q'.k'^T * hidden^-0.5, block-causal (diagonal kept).
 //   select    dense | threshold (softmax prob > t) | nz_ratio (top-k on raw
-//             scores), then last_block_dense, then the non-empty-row rule.
+//             scores) | the baselines streaming (sink + window blocks) and
+//             oracle (each row's top fraction by the distillation target),
+//             then last_block_dense, then the non-empty-row rule.
 //
 // Nothing of size L x L is formed: the largest buffers are [nb, Hq, hidden]
 // and the [Hq, nb, nb] outputs.
@@ -186,6 +188,7 @@ GateOutput RunGate(const GateProblem& p, const SparsityConfig& sparsity, int num
   assert(p.num_kv_heads > 0 && p.num_heads % p.num_kv_heads == 0);
   assert(p.q_weight != nullptr || p.hidden == p.head_dim);
   assert(p.k_weight_heads == p.num_heads || (p.q_weight != nullptr && p.k_weight_heads == p.num_kv_heads));
+  assert(sparsity.mode != SparsityMode::kOracle || p.oracle_target != nullptr || p.seq_len == 0);
   const Dims dm = DimsOf(p);
   const int seq_len = p.seq_len;
   const float* q = p.q;
@@ -261,6 +264,18 @@ GateOutput RunGate(const GateProblem& p, const SparsityConfig& sparsity, int num
         std::fill(krow, krow + n, uint8_t{1});
       } else if (sparsity.mode == SparsityMode::kThreshold) {
         for (int kb = 0; kb < n; ++kb) krow[kb] = prow[kb] > threshold;
+      } else if (sparsity.mode == SparsityMode::kStreaming) {
+        for (int kb = 0; kb < n; ++kb) {
+          krow[kb] = StreamingKeeps(sparsity.streaming_sink, sparsity.streaming_window, qb, kb);
+        }
+      } else if (sparsity.mode == SparsityMode::kOracle) {
+        // The row's best blocks by the true target; the same order (and tie
+        // rule) as the gate's top-k.
+        const float* trow = p.oracle_target + (size_t(h) * nb + qb) * nb;
+        const int keep = static_cast<int>(OracleKeepCount(sparsity.oracle_ratio, n));
+        std::iota(order.begin(), order.begin() + n, 0);
+        std::partial_sort(order.begin(), order.begin() + keep, order.begin() + n, ScoreGreater{trow});
+        for (int i = 0; i < keep; ++i) krow[order[i]] = 1;
       } else {
         // top-k over the whole row in the reference ranks the masked blocks
         // (score + finfo.min) below every causal one, and tril drops them; so

@@ -1,7 +1,8 @@
 // The CPU twin of the gate kernels (kernels/gate/gate.h), in float32: pool Q
 // (average) and K (max, min, average) per block, project per Q head, block
 // RoPE at each block's first token, score the causal block triangle and
-// select (kernels/gate/selection.h), then the never-empty-row rule. The
+// select (kernels/gate/selection.h; the streaming and oracle baselines too),
+// then the never-empty-row rule. The
 // authors' PyTorch code is the reference it mirrors, rounding included
 // (docs/GATES.md).
 #pragma once
@@ -42,6 +43,9 @@ struct GateProblem {
   // RoPE inverse frequencies for rotary dim `hidden` (hidden / 2 values):
   // angles are float(position) * inv_freq[i] in float32, as HF computes them.
   const float* rope_inv_freq = nullptr;
+  // kOracle only: the distillation target [Hq, nb, nb] (kernels/gate/
+  // distill_target_cpu.h) that ranks each row's blocks. Null otherwise.
+  const float* oracle_target = nullptr;
 };
 
 // Runs the gate on up to `num_threads` threads (the caller's included).

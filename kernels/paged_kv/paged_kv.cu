@@ -330,18 +330,26 @@ cudaError_t WriteKvPaged(const void* k, const void* v, const int32_t* positions,
 
 cudaError_t ScatterToPages(const void* src, int t0, int n, const int32_t* table, int num_kv_heads, int head_dim,
                            int page_tokens, void* pages, cudaStream_t stream) {
-  if (t0 < 0 || n < 0 || !ValidPageShape(num_kv_heads, head_dim, page_tokens)) return cudaErrorInvalidValue;
+  return ScatterToPagesStrided(src, n, t0, n, table, num_kv_heads, head_dim, page_tokens, pages, stream);
+}
+
+cudaError_t ScatterToPagesStrided(const void* src, int src_stride, int t0, int n, const int32_t* table,
+                                  int num_kv_heads, int head_dim, int page_tokens, void* pages, cudaStream_t stream) {
+  if (t0 < 0 || n < 0 || src_stride < n || !ValidPageShape(num_kv_heads, head_dim, page_tokens)) {
+    return cudaErrorInvalidValue;
+  }
   const int chunks = head_dim / 8;
   auto* dst = static_cast<uint4*>(pages);
   const auto* s = static_cast<const uint4*>(src);
-  // Row r = (head, token i of the n).
+  // Row r = (head, token i of the n); the source row of (h, i) is h * src_stride + i.
   return LaunchChunks(
       num_kv_heads * n, chunks,
       [=] __device__(int r, int c) {
         const int h = r / n;
-        const int t = t0 + r % n;
+        const int i = r % n;
+        const int t = t0 + i;
         dst[PageElem(table[t / page_tokens], h, t % page_tokens, num_kv_heads, page_tokens, head_dim) / 8 + c] =
-            s[static_cast<int64_t>(r) * chunks + c];
+            s[(static_cast<int64_t>(h) * src_stride + i) * chunks + c];
       },
       stream);
 }

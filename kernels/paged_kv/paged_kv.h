@@ -64,6 +64,11 @@ cudaError_t WriteKvPaged(const void* k, const void* v, const int32_t* positions,
 // ceil((t0 + n) / page_tokens) entries). bf16 elements.
 cudaError_t ScatterToPages(const void* src, int t0, int n, const int32_t* table, int num_kv_heads, int head_dim,
                            int page_tokens, void* pages, cudaStream_t stream);
+// ScatterToPages from a source whose heads are `src_stride` (>= n) tokens
+// apart: [Hkv, src_stride, D], tokens [0, n) of each head taken (a contiguous
+// KV cache's layer, its stride the capacity).
+cudaError_t ScatterToPagesStrided(const void* src, int src_stride, int t0, int n, const int32_t* table,
+                                  int num_kv_heads, int head_dim, int page_tokens, void* pages, cudaStream_t stream);
 cudaError_t GatherFromPages(const void* pages, const int32_t* table, int t0, int n, int num_kv_heads, int head_dim,
                             int page_tokens, void* dst, cudaStream_t stream);
 

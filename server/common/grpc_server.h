@@ -63,6 +63,11 @@ class GrpcServer {
   // host:port with the port actually bound.
   std::string address() const { return address_; }
 
+  // A channel into this server within the process (no socket, no TLS),
+  // through the same interceptors and limits as a network call: how
+  // seer-decode's OpenAI front door calls Generate.
+  std::shared_ptr<grpc::Channel> InProcessChannel() const;
+
   // Health of "" and of every service name.
   void SetServing(bool serving);
   // Health goes to NOT_SERVING, new calls are refused, in-flight calls get up

@@ -218,6 +218,11 @@ DecodeMetrics::DecodeMetrics(prometheus::Registry& r)
                         "Generate streams admitted and not yet finished (queued, fetching KV, decoding).")),
       write_stalls(AddCounter(r, "seer_stream_write_stalls_total", kWriteStallsHelp)),
       kv_transport(r, KvSide::kReceive),
+      batch_size(AddHistogram(r, "seer_decode_batch_size", "Requests in each batched decode step.",
+                              {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024})),
+      step_seconds(AddHistogram(r, "seer_decode_step_seconds",
+                                "Duration of each batched decode step (one token for every request in it).",
+                                {0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1})),
       requests_(AddRequestCounter(r, "seer_decode_requests_total", "Generate requests by final gRPC status code.")) {}
 
 void DecodeMetrics::CountRequest(grpc::StatusCode code) {

@@ -121,6 +121,8 @@ class DecodeMetrics {
   prometheus::Gauge& inflight;              // seer_decode_inflight_requests
   prometheus::Counter& write_stalls;        // seer_stream_write_stalls_total
   KvTransportMetrics kv_transport;          // seer_kv_transfer*{side="receive"}, ...
+  prometheus::Histogram& batch_size;        // seer_decode_batch_size
+  prometheus::Histogram& step_seconds;      // seer_decode_step_seconds
 
  private:
   prometheus::Family<prometheus::Counter>& requests_;

@@ -86,6 +86,12 @@ int Serve(const ServeConfig& config) {
     metrics = std::move(started).value();
     metrics_address = host + ":" + std::to_string(metrics->port());
   }
+  if (config.started) {
+    if (Status s = config.started(**server); !s.ok()) {
+      LogEvent(LogLevel::kError, "cannot start", Fields({{"error", JsonValue::String(s.ToString())}}));
+      return s.code() == StatusCode::kInvalidArgument ? 2 : 1;
+    }
+  }
   std::printf("%s listening on %s metrics on %s\n", program, (*server)->address().c_str(), metrics_address.c_str());
   std::fflush(stdout);
   LogEvent(LogLevel::kInfo, "listening",

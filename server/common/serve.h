@@ -51,6 +51,10 @@ struct ServeConfig {
   std::vector<std::string> health_names;
   std::shared_ptr<prometheus::Registry> registry;
   std::shared_ptr<ScrapeTimeMetrics> scrape_time;
+  // Optional, once gRPC is bound and before the "listening" line: starts
+  // what rides on the server (seer-decode's OpenAI front door, which may
+  // print its own line). An error stops the process.
+  std::function<Status(GrpcServer& server)> started;
   // Loads the model and hands it to the services; runs on its own thread
   // while the server already answers health checks. Returns a one-line
   // description of what was loaded.

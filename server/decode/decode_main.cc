@@ -1,19 +1,26 @@
 // seer-decode: serves Generate. For each request it pulls the prompt's KV
-// cache from a seer-prefill endpoint, then decodes and streams the tokens
-// (docs/SERVICE.md).
+// cache from a seer-prefill endpoint into the KV page pool, then decodes it
+// in the running batch and streams the tokens and their text
+// (docs/SERVICE.md); optionally an OpenAI-compatible HTTP API on --http.
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <string>
 
 #include "base/flags.h"
+#include "base/strings.h"
 #include "engine/engine.h"
 #include "engine/model/model_config.h"
 #include "rpc/channel_credentials.h"
 #include "rpc/kv_handshake.h"
 #include "rpc/requests.h"
 #include "server/decode/decode_service.h"
+#include "server/decode/openai_http.h"
+#include "text/prompt.h"
+#include "text/tokenizer.h"
 #include "server/common/grpc_server.h"
 #include "server/common/metrics.h"
 #include "rpc/prefill_client.h"
@@ -26,6 +33,8 @@ int main(int argc, char** argv) {
   std::string metrics_address = "0.0.0.0:9091";
   std::string model, prefill, device = "auto";
   int64_t threads = 0, max_concurrent = 4, max_queue = 64, max_new_tokens = 4096, attempts = 0;
+  int64_t default_new_tokens = 256, max_batch = 64, page_tokens = 64;
+  std::string kv_pool = "auto", tokenizer_path, http, served_model_name;
   int64_t max_buffered_bytes = int64_t{256} << 20;
   double drain_seconds = 30.0, prefill_timeout = 0.0, write_stall_seconds = 20.0;
   seer::PrefillClientOptions client_options;
@@ -38,9 +47,12 @@ int main(int argc, char** argv) {
   int64_t kv_grpc_streams = 8;
 
   seer::FlagSet flags("seer-decode --model DIR --prefill HOST:PORT[,HOST:PORT...] [flags]",
-                      "Serves seer.v1.Decode: for each Generate request, pulls the prompt's KV cache from a\n"
-                      "seer-prefill endpoint, then decodes and streams the tokens. Also serves\n"
-                      "grpc.health.v1.Health, server reflection, and Prometheus metrics on --metrics.\n"
+                      "Serves seer.v1.Decode: for each Generate request (token ids, or text or chat messages\n"
+                      "with a tokenizer), pulls the prompt's KV cache from a seer-prefill endpoint into its\n"
+                      "pages of the KV pool, then decodes it in the running batch (one step for every running\n"
+                      "request) and streams the tokens and their text. Also serves grpc.health.v1.Health,\n"
+                      "server reflection, Prometheus metrics on --metrics, and with --http an OpenAI-compatible\n"
+                      "API (/v1/completions, /v1/chat/completions, /v1/models).\n"
                       "SIGTERM drains in-flight streams, then exits.");
   flags.String("listen", &listen, "gRPC address, host:port (port 0 picks a free port)");
   flags.String("metrics", &metrics_address, "/metrics address, host:port (port 0 picks one; empty: off)");
@@ -50,9 +62,31 @@ int main(int argc, char** argv) {
                "round-robin, the next one tried when one is UNAVAILABLE");
   flags.String("device", &device, "cpu, cuda or auto (cuda when a GPU is present)");
   flags.Int("threads", &threads, "CPU engine threads (0: all cores)");
-  flags.Int("max-concurrent", &max_concurrent, "requests decoding at once");
+  flags.Int("max-concurrent", &max_concurrent,
+            "requests being prepared at once (tokenized, waiting for KV pages, fetching their KV); with "
+            "--max-batch 0, requests decoding at once");
   flags.Int("max-queue", &max_queue, "requests waiting for a slot; beyond that RESOURCE_EXHAUSTED");
   flags.Int("max-new-tokens", &max_new_tokens, "largest max_new_tokens a request may ask for");
+  flags.Int("default-max-new-tokens", &default_new_tokens, "max_new_tokens of a request that gives none");
+  flags.Int("max-batch", &max_batch,
+            "requests one decode step runs together (continuous batching over the KV page pool); "
+            "0: no batching, each request decodes alone in its --max-concurrent slot");
+  flags.Int("kv-page-tokens", &page_tokens, "positions per KV page (a multiple of 16 in [16, 1024])");
+  flags.String("kv-pool", &kv_pool,
+               "the KV page pool: a size (24GiB, 512MiB), a share of the memory free after the weights "
+               "(70%), or auto (70% of the GPU's; 256MiB on the CPU). A request reserves the pages of its "
+               "prompt and max_new_tokens before its KV moves, and waits while they are taken");
+  flags.String("tokenizer", &tokenizer_path,
+               "tokenizer.json, or a directory holding one, for text prompts and replies (default: the model "
+               "directory's, when it has one; none: token ids only)");
+  flags.String("http", &http,
+               "serve the OpenAI-compatible HTTP API on host:port (port 0 picks one; empty: off). Plaintext: "
+               "terminate TLS in front of it (an Ingress, a mesh sidecar)");
+  bool http_plaintext_with_tls = false;
+  flags.Bool("http-plaintext-with-tls", &http_plaintext_with_tls,
+             "allow --http beside a TLS gRPC port (--tls-cert), when TLS for HTTP is terminated in front of it");
+  flags.String("served-model-name", &served_model_name,
+               "the model name the HTTP API lists and requests must give (default: the model directory's name)");
   flags.Int("max-buffered-bytes", &max_buffered_bytes,
             "tokens all admitted streams may hold for their clients (each reserves max_new_tokens x 128 bytes); "
             "a request that would exceed it is RESOURCE_EXHAUSTED before any work");
@@ -119,6 +153,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "seer-decode: %s\n", s.ToString().c_str());
     return 2;
   }
+  if (!http.empty() && common.tls.enabled() && !http_plaintext_with_tls) {
+    std::fprintf(stderr,
+                 "seer-decode: --http serves plaintext HTTP (this build's civetweb 1.15 cannot serve HTTPS with "
+                 "OpenSSL 3), and --tls-cert asks for TLS: terminate TLS in front of the HTTP port and add "
+                 "--http-plaintext-with-tls, or drop --http\n");
+    return 2;
+  }
   if (model.empty() || prefill.empty()) {
     std::fprintf(stderr, "seer-decode: --model and --prefill are required\n\n%s", flags.Help().c_str());
     return 2;
@@ -127,11 +168,48 @@ int main(int argc, char** argv) {
   options.max_concurrent = static_cast<int>(max_concurrent);
   options.max_queue = static_cast<int>(max_queue);
   options.max_new_tokens = static_cast<int>(max_new_tokens);
+  // The default follows a smaller --max-new-tokens unless it was given.
+  options.default_new_tokens = static_cast<int>(
+      flags.WasSet("default-max-new-tokens") ? default_new_tokens : std::min(default_new_tokens, max_new_tokens));
   options.max_buffered_bytes = max_buffered_bytes;
   options.write_stall_seconds = write_stall_seconds;
   if (seer::Status s = seer::DecodeService::CheckOptions(options); !s.ok()) {
     std::fprintf(stderr, "seer-decode: %s\n", s.ToString().c_str());
     return 2;
+  }
+  seer::PagedDecodeOptions paged;
+  paged.page_tokens = static_cast<int>(page_tokens);
+  paged.max_batch = static_cast<int>(max_batch);
+  if (max_batch < 0 || max_batch > 1024 || page_tokens < 16 || page_tokens > 1024 || page_tokens % 16 != 0) {
+    std::fprintf(stderr, "seer-decode: %s\n",
+                 max_batch < 0 || max_batch > 1024
+                     ? ("--max-batch: " + std::to_string(max_batch) + " is out of range [0, 1024]").c_str()
+                     : ("--kv-page-tokens: " + std::to_string(page_tokens) +
+                        " must be a multiple of 16 in [16, 1024]").c_str());
+    return 2;
+  }
+  if (!kv_pool.empty() && kv_pool.back() == '%') {
+    char* end = nullptr;
+    const double percent = std::strtod(kv_pool.c_str(), &end);
+    if (end != kv_pool.c_str() + kv_pool.size() - 1 || !(percent > 0.0 && percent <= 100.0)) {
+      std::fprintf(stderr, "seer-decode: --kv-pool: '%s' is not a share in (0%%, 100%%]\n", kv_pool.c_str());
+      return 2;
+    }
+    paged.pool_fraction = percent / 100.0;
+  } else if (kv_pool != "auto") {
+    seer::StatusOr<int64_t> bytes = seer::ParseByteSize(kv_pool, "--kv-pool");
+    if (!bytes.ok() || *bytes <= 0) {
+      std::fprintf(stderr, "seer-decode: %s\n",
+                   bytes.ok() ? "--kv-pool: must be more than 0 bytes" : bytes.status().ToString().c_str());
+      return 2;
+    }
+    paged.pool_bytes = *bytes;
+  }
+  if (served_model_name.empty()) {
+    served_model_name = std::filesystem::path(model).lexically_normal().filename().string();
+    if (served_model_name.empty() || served_model_name == ".") {
+      served_model_name = std::filesystem::path(model).lexically_normal().parent_path().filename().string();
+    }
   }
   client_options.attempts = static_cast<int>(attempts);
   client_options.timeout_seconds = prefill_timeout;
@@ -166,6 +244,9 @@ int main(int argc, char** argv) {
   seer::DecodeMetrics metrics(*registry);
   seer::DecodeService service(options, client->get(), &metrics);
   std::unique_ptr<seer::Engine> engine;
+  std::unique_ptr<seer::Tokenizer> tokenizer;
+  std::unique_ptr<seer::GenerateBackend> http_backend;
+  std::unique_ptr<seer::OpenAiHttpServer> http_server;
 
   seer::ServeConfig config;
   config.program = "seer-decode";
@@ -180,16 +261,24 @@ int main(int argc, char** argv) {
   config.scrape_time = metrics.server.scrape_time;
   const seer::WorkQueue& queue = service.queue();
   config.hooks.request_id_prefix = "generate";
-  config.hooks.load = [&queue] {
-    return seer::ServerLoad{queue.running(), queue.waiting(), queue.workers(), queue.max_waiting()};
+  // Requests preparing (holding a slot) plus those in the running batch.
+  config.hooks.load = [&queue, &service] {
+    return seer::ServerLoad{queue.running() + service.batch_running(), queue.waiting(), queue.workers(),
+                            queue.max_waiting()};
   };
   config.hooks.count_unserved = [&metrics](grpc::StatusCode code) { metrics.CountRequest(code); };
   metrics.server.scrape_time->AddGauge("seer_decode_queued_requests",
                                        "Generate requests admitted and waiting for a slot (--max-queue bounds it).",
                                        {}, [&queue] { return queue.waiting(); });
-  metrics.server.scrape_time->AddGauge("seer_decode_running_requests",
-                                       "Generate requests holding a slot (--max-concurrent bounds it).", {},
-                                       [&queue] { return queue.running(); });
+  metrics.server.scrape_time->AddGauge(
+      "seer_decode_running_requests",
+      "Generate requests decoding: in the running batch, or holding a slot with --max-batch 0.", {},
+      [&queue, &service, max_batch] { return max_batch > 0 ? service.batch_running() : queue.running(); });
+  metrics.server.scrape_time->AddGauge(
+      "seer_decode_preparing_requests",
+      "Generate requests holding a slot (--max-concurrent bounds it): tokenizing, waiting for KV pages, fetching "
+      "their KV, or, with --max-batch 0, decoding.",
+      {}, [&queue] { return queue.running(); });
   metrics.server.scrape_time->AddGauge("seer_decode_max_queue", "--max-queue: requests that may wait for a slot.", {},
                                        [&queue] { return queue.max_waiting(); });
   metrics.server.scrape_time->AddGauge("seer_decode_max_concurrent", "--max-concurrent: slots.", {},
@@ -199,17 +288,70 @@ int main(int argc, char** argv) {
     eo.model_dir = model;
     eo.device = device;
     eo.threads = static_cast<int>(threads);
+    // The tokenizer first: a bad one fails in a second, not after the weights.
+    if (tokenizer_path != "none") {
+      const bool given = !tokenizer_path.empty();
+      const std::string where = given ? tokenizer_path : model;
+      std::error_code ec;
+      if (given || std::filesystem::exists(std::filesystem::path(model) / "tokenizer.json", ec)) {
+        seer::StatusOr<std::unique_ptr<seer::Tokenizer>> loaded = seer::Tokenizer::Load(where);
+        if (!loaded.ok()) return loaded.status().WithContext("--tokenizer");
+        tokenizer = std::move(loaded).value();
+        SEER_ASSIGN_OR_RETURN(std::vector<int32_t> ends, seer::EndOfTextIds(*tokenizer, model));
+        service.SetTokenizer(tokenizer.get(), std::move(ends));
+      }
+    }
     SEER_ASSIGN_OR_RETURN(engine, seer::CreateEngine(eo));
+    if (max_batch > 0) {
+      if (kv_pool == "auto" && engine->device_name().rfind("cpu", 0) == 0) paged.pool_bytes = int64_t{256} << 20;
+      if (kv_pool == "auto") paged.pool_fraction = 0.7;
+      if (seer::Status s = engine->EnablePagedDecode(paged); !s.ok()) {
+        return s.WithContext("batched decode (--max-batch 0 decodes each request alone)");
+      }
+    }
     SEER_RETURN_IF_ERROR(service.SetEngine(engine.get()));
     seer::AddDeviceMemoryGauges(*metrics.server.scrape_time, *engine);
-    SEER_ASSIGN_OR_RETURN(std::unique_ptr<seer::KvCache> probe, engine->NewCache(1));
-    // Each running request holds a cache for its prompt and new tokens,
-    // at most max_position_embeddings.
-    metrics.server.kv_cache_capacity_bytes.Set(
-        seer::KvCacheBytes(probe->layout(), max_concurrent * model_config->max_position_embeddings));
-    return "model " + model + " on " + engine->device_name() + ", prefill " + prefill;
+    std::string batching = "decode unbatched (--max-batch 0)";
+    if (const seer::PagePool* pool = engine->page_pool()) {
+      metrics.server.kv_cache_capacity_bytes.Set(static_cast<double>(pool->layout().PageBytes()) *
+                                                 pool->num_pages());
+      metrics.server.scrape_time->AddGauge("seer_kv_pages_total", "Pages of the KV page pool.", {},
+                                           [pool] { return pool->num_pages(); });
+      metrics.server.scrape_time->AddGauge("seer_kv_pages_used",
+                                           "KV pages reserved by requests (prompt and new tokens, from their "
+                                           "admission to their end).",
+                                           {}, [pool] { return pool->used_pages(); });
+      batching = "KV pool " + seer::FormatBytes(pool->layout().PageBytes() * pool->num_pages()) + " (" +
+                 std::to_string(pool->num_pages()) + " pages of " + std::to_string(pool->layout().page_tokens) +
+                 " positions), batches of up to " + std::to_string(engine->max_decode_batch());
+    } else {
+      SEER_ASSIGN_OR_RETURN(std::unique_ptr<seer::KvCache> probe, engine->NewCache(1));
+      // Each running request holds a cache for its prompt and new tokens,
+      // at most max_position_embeddings.
+      metrics.server.kv_cache_capacity_bytes.Set(
+          seer::KvCacheBytes(probe->layout(), max_concurrent * model_config->max_position_embeddings));
+    }
+    return "model " + model + " on " + engine->device_name() + ", " + batching +
+           (tokenizer ? ", with its tokenizer" : ", token ids only") + ", prefill " + prefill;
   };
-  config.stop = [&] { service.Shutdown(); };
+  if (!http.empty()) {
+    config.started = [&](seer::GrpcServer& server) -> seer::Status {
+      http_backend = seer::MakeGrpcGenerateBackend(server.InProcessChannel());
+      seer::OpenAiHttpOptions ho;
+      ho.listen = http;
+      ho.model_name = served_model_name;
+      SEER_ASSIGN_OR_RETURN(http_server, seer::OpenAiHttpServer::Start(ho, http_backend.get()));
+      std::string host = http.substr(0, http.rfind(':'));
+      std::printf("seer-decode http on %s:%d (OpenAI API, model \"%s\")\n", host.c_str(), http_server->port(),
+                  served_model_name.c_str());
+      std::fflush(stdout);
+      return seer::OkStatus();
+    };
+  }
+  config.stop = [&] {
+    service.Shutdown();
+    http_server.reset();
+  };
   if (client_options.health_interval_seconds > 0) {
     seer::PrefillClient* prefill_client = client->get();
     config.watch_health = [prefill_client](std::function<void(bool)> set_serving) {

@@ -8,9 +8,12 @@
 #include <utility>
 #include <vector>
 
+#include "base/json.h"
 #include "kernels/sampling/sampler.h"
 #include "rpc/grpc_status.h"
 #include "server/common/stream_reactor.h"
+#include "text/prompt.h"
+#include "text/text_stream.h"
 
 namespace seer {
 namespace {
@@ -58,10 +61,14 @@ int64_t GenerateStreamBytes(int max_new_tokens, int num_layers) {
          static_cast<int64_t>(num_layers) * sizeof(double);
 }
 
-// One Generate call: on a worker thread, fetch the KV from a prefill server,
-// then sample and decode token by token, handing each token to the reactor.
-// The worker never waits on the client: the tokens queue (the stream's share
-// of the budget covers all of them) and the slot goes to the next request.
+// One Generate call. On a worker thread: the prompt's ids (tokenized when
+// the request gave text or messages), a KV cache for prompt + new tokens
+// (pages from the pool with paged decode), the KV fetched from a prefill
+// server into it, and the first token sampled from the prefill's logits.
+// Then either the scheduler's batch takes the request (paged decode) and the
+// slot goes to the next request, or the worker decodes it alone. Tokens go to
+// the reactor as they come; the decode never waits on the client (the
+// stream's share of the budget covers every token it may queue).
 class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
  public:
   GenerateStream(DecodeService* service, grpc::CallbackServerContext* context, const v1::GenerateRequest& request)
@@ -80,15 +87,27 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
       FinishNow(ToGrpcStatus(call.status()));
       return;
     }
-    sampling_ = call->sampling;
-    request_id_ = call->request_id.empty() ? "generate-" + std::to_string(service->next_request_number_.fetch_add(1))
-                                           : call->request_id;
-    prefill_request_.set_request_id(request_id_);
-    prefill_request_.mutable_token_ids()->Assign(call->ids.begin(), call->ids.end());
-    *prefill_request_.mutable_sparsity() = SparsityToProto(call->sparsity);
-    prefill_request_.set_kv_wire(call->kv_wire);
-    max_new_tokens_ = call->max_new_tokens;
-    stop_tokens_ = std::move(call->stop_token_ids);
+    call_ = std::move(call).value();
+    const bool text_prompt = !call_.text.empty() || !call_.messages.empty();
+    if ((text_prompt || !call_.stop.empty()) && service->tokenizer_ == nullptr) {
+      FinishNow(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                             std::string(text_prompt ? (call_.text.empty() ? "messages" : "text") : "stop") +
+                                 ": seer-decode has no tokenizer (--tokenizer), so it takes token_ids and "
+                                 "stop_token_ids only"));
+      return;
+    }
+    if (service->tokenizer_ != nullptr && (text_prompt || !call_.stop.empty())) {
+      text_ = std::make_unique<TextStream>(*service->tokenizer_, call_.stop);
+    }
+    // A text request ends at an end-of-text id too, as the text APIs do.
+    stop_tokens_ = call_.stop_token_ids;
+    if (text_prompt) {
+      stop_tokens_.insert(stop_tokens_.end(), service->end_of_text_ids_.begin(), service->end_of_text_ids_.end());
+    }
+    request_id_ = call_.request_id.empty()
+                      ? "generate-" + std::to_string(service->next_request_number_.fetch_add(1))
+                      : call_.request_id;
+    max_new_tokens_ = call_.max_new_tokens;
     ByteBudget& budget = service->budget_;
     const int64_t need = GenerateStreamBytes(max_new_tokens_, engine_->config().num_layers);
     std::optional<ByteBudget::Reservation> charge = budget.TryReserve(need);
@@ -115,68 +134,194 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     }
   }
 
-  void Run(double /*queue_seconds*/) override { FinishWork(Generate()); }
+  void Run(double /*queue_seconds*/) override {
+    // Empty when the scheduler took the request: it finishes the stream.
+    std::optional<grpc::Status> done = Prepare();
+    if (!done) return;
+    cache_counted_.reset();  // the cache went with Prepare's frame
+    FinishWork(*done);
+  }
 
  private:
-  grpc::Status Generate() {
+  grpc::Status StreamGone() const {
+    return grpc::Status(grpc::StatusCode::CANCELLED, "the Generate stream was cancelled");
+  }
+
+  // The prompt as ids: as given, or tokenized.
+  StatusOr<std::vector<int32_t>> PromptIds() {
+    if (call_.text.empty() && call_.messages.empty()) return std::move(call_.ids);
+    const Tokenizer& tokenizer = *service_->tokenizer_;
+    StatusOr<std::vector<int32_t>> ids = [&]() -> StatusOr<std::vector<int32_t>> {
+      if (!call_.text.empty()) return EncodeTextPrompt(tokenizer, call_.text);
+      JsonValue messages = JsonValue::Array();
+      for (const auto& [role, content] : call_.messages) {
+        JsonValue m = JsonValue::Object();
+        m.Set("role", JsonValue::String(role));
+        m.Set("content", JsonValue::String(content));
+        messages.Append(std::move(m));
+      }
+      return EncodeChatPrompt(tokenizer, messages);
+    }();
+    if (!ids.ok()) {
+      const char* field = call_.text.empty() ? "messages" : "text";
+      // A template's raise_exception and an empty prompt are the request's
+      // fault; anything else the server's.
+      if (ids.status().code() == StatusCode::kInvalidArgument) return ids.status().WithContext(field);
+      return Status(StatusCode::kFailedPrecondition, std::string(field) + ": " + ids.status().message());
+    }
+    SEER_RETURN_IF_ERROR(CheckTokenIds(*ids, engine_->config().vocab_size, call_.text.empty() ? "messages" : "text"));
+    SEER_RETURN_IF_ERROR(CheckPromptFits(static_cast<int64_t>(ids->size()), max_new_tokens_, service_->limits_));
+    return ids;
+  }
+
+  std::optional<grpc::Status> Prepare() {
     if (cancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled while queued");
-    const int prompt = prefill_request_.token_ids_size();
-    StatusOr<std::unique_ptr<KvCache>> made = engine_->NewCache(prompt + max_new_tokens_);
-    if (!made.ok()) return ToGrpcStatus(made.status().WithContext("seer-decode: KV cache"));
+    StatusOr<std::vector<int32_t>> ids = PromptIds();
+    if (!ids.ok()) return ToGrpcStatus(ids.status());
+    prompt_tokens_ = static_cast<int>(ids->size());
+    v1::PrefillRequest prefill_request;
+    prefill_request.set_request_id(request_id_);
+    prefill_request.mutable_token_ids()->Assign(ids->begin(), ids->end());
+    *prefill_request.mutable_sparsity() = SparsityToProto(call_.sparsity);
+    prefill_request.set_kv_wire(call_.kv_wire);
+
+    // Every page (or the whole cache) the request will need, before any KV
+    // moves: an admitted request never fails for lack of room later.
+    const int capacity = prompt_tokens_ + max_new_tokens_;
+    const bool batched = service_->scheduler_ != nullptr;
+    StatusOr<std::unique_ptr<KvCache>> made =
+        batched ? engine_->NewPagedCacheWhenFree(capacity,
+                                                 [this] {
+                                                   return cancelled() ? Cancelled("cancelled while waiting for KV pages")
+                                                                      : OkStatus();
+                                                 })
+                : engine_->NewCache(capacity);
+    if (!made.ok()) {
+      if (cancelled()) return StreamGone();
+      return ToGrpcStatus(made.status().WithContext(batched ? "seer-decode: KV pages" : "seer-decode: KV cache"));
+    }
     std::unique_ptr<KvCache> cache = std::move(made).value();
-    GaugeHold cache_counted(&metrics_->server.kv_cache_bytes, KvCacheBytes(cache->layout(), cache->capacity()));
+    cache_counted_.emplace(&metrics_->server.kv_cache_bytes, KvCacheBytes(cache->layout(), cache->capacity()));
 
     StatusOr<FetchedKv> fetched = service_->prefill_->Fetch(
-        prefill_request_, service_->expected_, cache.get(), &canceller_,
+        prefill_request, service_->expected_, cache.get(), &canceller_,
         [this](int64_t bytes) { metrics_->kv_received_bytes.Increment(static_cast<double>(bytes)); });
     if (!fetched.ok()) {
-      if (cancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "the Generate stream was cancelled");
+      if (cancelled()) return StreamGone();
       return ToGrpcStatus(fetched.status());
     }
-    const v1::PrefillSummary& ps = fetched->summary;
+    fetched_ = std::move(fetched).value();
 
-    Sampler sampler(sampling_);
-    // The first token from the prefill's logits; each later one from
-    // DecodeAndSample, which samples where the engine keeps the logits.
+    // The first token from the prefill's logits.
+    sampler_ = std::make_unique<Sampler>(call_.sampling);
+    const v1::PrefillSummary& ps = fetched_.summary;
     const std::vector<float> first_logits(ps.last_logits().begin(), ps.last_logits().end());
-    int32_t token = sampler.Sample(first_logits);
-    int generated = 0;
-    std::string finish_reason = "length";
-    for (;;) {
-      auto msg = std::make_unique<v1::GenerateResponse>();
-      msg->set_token(token);
-      if (!Send(std::move(msg), kTokenMessageBytes))
-        return grpc::Status(grpc::StatusCode::CANCELLED, "the Generate stream was cancelled");
-      ++generated;
-      if (std::find(stop_tokens_.begin(), stop_tokens_.end(), token) != stop_tokens_.end()) {
-        finish_reason = "stop";
-        break;
+    const int32_t first = sampler_->Sample(first_logits);
+    if (!Emit(first)) return StreamGone();
+    if (finished_) {
+      cache.reset();
+      return FinishWithSummary();
+    }
+
+    if (batched) {
+      DecodeScheduler::Sequence seq;
+      seq.cache = std::move(cache);
+      seq.next_token = first;
+      seq.sampler = std::move(sampler_);
+      seq.remaining = max_new_tokens_ - generated_;
+      // Stop tokens and strings are this stream's to judge (Emit): the
+      // scheduler only counts.
+      seq.on_token = [this](int32_t token) {
+        if (!Emit(token)) {
+          gone_ = true;
+          return DecodeScheduler::SinkResult::kStop;
+        }
+        return finished_ ? DecodeScheduler::SinkResult::kStop : DecodeScheduler::SinkResult::kAccepted;
+      };
+      // The last touch of this stream by the scheduler: FinishWork may end
+      // (and delete) it.
+      seq.on_done = [this](DecodeScheduler::Finish finish, const Status& status) {
+        cache_counted_.reset();
+        if (gone_) return FinishWork(StreamGone());
+        if (!status.ok()) {
+          return FinishWork(ToGrpcStatus(
+              finish == DecodeScheduler::Finish::kError
+                  ? status.WithContext("seer-decode: decode step " + std::to_string(generated_))
+                  : Status(StatusCode::kUnavailable, "seer-decode: the server is shutting down")));
+        }
+        FinishWork(FinishWithSummary());
+      };
+      if (Status s = service_->scheduler_->Submit(std::move(seq)); !s.ok()) {
+        cache_counted_.reset();
+        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "seer-decode: the server is shutting down");
       }
-      if (generated == max_new_tokens_) break;
-      // Concurrent streams take turns on the engine, one step at a time.
-      StatusOr<int32_t> next = engine_->DecodeAndSample(token, cache.get(), &sampler);
+      return std::nullopt;
+    }
+
+    // Alone: concurrent streams take turns on the engine, one step at a time.
+    int32_t token = first;
+    while (!finished_) {
+      StatusOr<int32_t> next = engine_->DecodeAndSample(token, cache.get(), sampler_.get());
       if (!next.ok()) {
-        return ToGrpcStatus(next.status().WithContext("seer-decode: decode step " + std::to_string(generated)));
+        return ToGrpcStatus(next.status().WithContext("seer-decode: decode step " + std::to_string(generated_)));
       }
       token = *next;
+      if (!Emit(token)) return StreamGone();
     }
     cache.reset();
+    cache_counted_.reset();
+    return FinishWithSummary();
+  }
 
+  // Sends a generated token (and the text it adds) and judges whether the
+  // stream is finished: a stop token, a stop string, or max_new_tokens.
+  // False when the stream is gone.
+  bool Emit(int32_t token) {
+    ++generated_;
     auto msg = std::make_unique<v1::GenerateResponse>();
+    msg->set_token(token);
+    bool stop = std::find(stop_tokens_.begin(), stop_tokens_.end(), token) != stop_tokens_.end();
+    if (text_ != nullptr) {
+      // An id the tokenizer does not know (a model vocabulary padded past
+      // the tokenizer's) adds no text.
+      StatusOr<TextStream::Piece> piece = text_->Push(token);
+      if (piece.ok()) {
+        msg->set_text(std::move(piece->text));
+        stop = stop || piece->stopped;
+      }
+    }
+    if (!Send(std::move(msg), kTokenMessageBytes)) return false;
+    if (stop) {
+      finish_reason_ = "stop";
+      finished_ = true;
+    } else if (generated_ >= max_new_tokens_) {
+      finished_ = true;
+    }
+    return true;
+  }
+
+  grpc::Status FinishWithSummary() {
+    auto msg = std::make_unique<v1::GenerateResponse>();
+    if (text_ != nullptr && !text_->stopped()) {
+      // The text held back at the end (a partial character, a possible
+      // start of a stop string that never came).
+      StatusOr<std::string> rest = text_->Finish();
+      if (rest.ok()) msg->set_text(std::move(*rest));
+    }
+    const v1::PrefillSummary& ps = fetched_.summary;
     v1::GenerateSummary* s = msg->mutable_summary();
-    s->set_prompt_tokens(prompt);
-    s->set_generated_tokens(generated);
-    s->set_finish_reason(finish_reason);
+    s->set_prompt_tokens(prompt_tokens_);
+    s->set_generated_tokens(generated_);
+    s->set_finish_reason(finish_reason_);
     s->set_prefill_seconds(ps.timings().prefill_seconds());
-    s->set_kv_transfer_seconds(fetched->seconds);
-    s->set_kv_bytes(fetched->kv_bytes);
+    s->set_kv_transfer_seconds(fetched_.seconds);
+    s->set_kv_bytes(fetched_.kv_bytes);
     *s->mutable_layer_density() = ps.layer_density();
     s->set_overall_density(ps.overall_density());
-    s->set_prefill_endpoint(fetched->endpoint);
+    s->set_prefill_endpoint(fetched_.endpoint);
     s->set_sparsity(ps.sparsity());
-    *s->mutable_kv_transfer() = fetched->transfer;
-    if (!Send(std::move(msg), kSummaryBytes))
-      return grpc::Status(grpc::StatusCode::CANCELLED, "the Generate stream was cancelled");
+    *s->mutable_kv_transfer() = fetched_.transfer;
+    if (!Send(std::move(msg), kSummaryBytes)) return StreamGone();
     return grpc::Status::OK;
   }
 
@@ -225,12 +370,21 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
   bool admitted_ = false;
   CallCanceller canceller_;
 
-  // Set in the constructor, read by the worker.
-  v1::PrefillRequest prefill_request_;
+  // Set in the constructor; then the worker's, then (batched) the
+  // scheduler thread's, one after the other.
+  GenerateCall call_;
   std::string request_id_;
-  SamplingParams sampling_;
   int max_new_tokens_ = 0;
   std::vector<int32_t> stop_tokens_;
+  std::unique_ptr<TextStream> text_;
+  int prompt_tokens_ = 0;
+  FetchedKv fetched_;
+  std::unique_ptr<Sampler> sampler_;
+  std::optional<GaugeHold> cache_counted_;
+  int generated_ = 0;
+  bool finished_ = false;
+  bool gone_ = false;
+  std::string finish_reason_ = "length";
 
   // Write hooks only.
   std::optional<Clock::time_point> first_token_;
@@ -261,6 +415,9 @@ Status DecodeService::CheckOptions(const DecodeServiceOptions& o) {
   if (o.max_new_tokens < 1 || o.max_new_tokens > (1 << 20))
     return InvalidArgument("--max-new-tokens: " + std::to_string(o.max_new_tokens) +
                            " is out of range [1, 1048576]");
+  if (o.default_new_tokens < 1 || o.default_new_tokens > o.max_new_tokens)
+    return InvalidArgument("--default-max-new-tokens: " + std::to_string(o.default_new_tokens) +
+                           " is out of range [1, " + std::to_string(o.max_new_tokens) + "] (--max-new-tokens)");
   // Room for at least one request of the largest size (a model of up to 1024 layers).
   const int64_t one = GenerateStreamBytes(o.max_new_tokens, 1024);
   if (o.max_buffered_bytes < one)
@@ -271,6 +428,16 @@ Status DecodeService::CheckOptions(const DecodeServiceOptions& o) {
     return InvalidArgument("--write-stall-seconds: " + std::to_string(o.write_stall_seconds) +
                            " is out of range [0, 86400] (0: never)");
   return OkStatus();
+}
+
+void DecodeService::SetTokenizer(const Tokenizer* tokenizer, std::vector<int32_t> end_of_text_ids) {
+  tokenizer_ = tokenizer;
+  end_of_text_ids_ = std::move(end_of_text_ids);
+}
+
+int DecodeService::batch_running() const {
+  if (engine_.load(std::memory_order_acquire) == nullptr || scheduler_ == nullptr) return 0;
+  return scheduler_->running();
 }
 
 Status DecodeService::SetEngine(Engine* engine) {
@@ -286,11 +453,23 @@ Status DecodeService::SetEngine(Engine* engine) {
   limits_.max_prompt_tokens = c.max_position_embeddings - 1;
   limits_.max_prompt_source = "the model's max_position_embeddings, less one new token";
   limits_.max_new_tokens = options_.max_new_tokens;
+  limits_.default_new_tokens = options_.default_new_tokens;
+  if (engine->page_pool() != nullptr) {
+    scheduler_ = std::make_unique<DecodeScheduler>(engine);
+    scheduler_->set_on_step([metrics = metrics_](const DecodeScheduler::StepStats& step) {
+      metrics->batch_size.Observe(step.batch);
+      metrics->step_seconds.Observe(step.seconds);
+    });
+  }
   engine_.store(engine, std::memory_order_release);
   return OkStatus();
 }
 
-void DecodeService::Shutdown() { queue_.Shutdown(); }
+void DecodeService::Shutdown() {
+  queue_.Shutdown();
+  // After the workers: none can hand the scheduler a request any more.
+  if (scheduler_ != nullptr) scheduler_->Stop();
+}
 
 uint64_t DecodeService::FreshSeed() {
   std::lock_guard<std::mutex> lock(seed_mu_);

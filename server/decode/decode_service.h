@@ -1,12 +1,26 @@
-// The Decode service (proto/seer/v1/seer.proto): pulls a prompt's KV cache
-// from a prefill endpoint, then decodes with dense attention and streams each
-// token as it is sampled. One GenerateStream reactor per call; a WorkQueue
-// bounds how many run (--max-concurrent) and wait (--max-queue), a ByteBudget
-// the tokens that admitted streams hold for clients that have not read them
-// (--max-buffered-bytes), and a StreamWatchdog how long a client may read
-// nothing (--write-stall-seconds). The decode loop never waits on its
-// client: a stream's tokens queue up to its max_new_tokens, which its share
-// of the budget covers.
+// The Decode service (proto/seer/v1/seer.proto): tokenizes a text or chat
+// prompt (when the server has a tokenizer), pulls the prompt's KV cache from
+// a prefill endpoint, then decodes with dense attention and streams each
+// token, with its text, as it is sampled.
+//
+// One GenerateStream reactor per call. A WorkQueue bounds the requests being
+// prepared (tokenized, given their KV pages, fetched; --max-concurrent) and
+// waiting for that (--max-queue), a ByteBudget the tokens that admitted
+// streams hold for clients that have not read them (--max-buffered-bytes),
+// and a StreamWatchdog how long a client may read nothing
+// (--write-stall-seconds).
+//
+// With paged decode enabled on the engine (seer-decode's default), a request
+// reserves every KV page it will need (prompt + max_new_tokens) before its
+// KV is fetched, waiting for pages when the pool is full; the KV lands
+// straight in those pages, and the request joins the DecodeScheduler's
+// running batch: one forward step for every running request, each with its
+// own sampler, requests joining and leaving between steps. Without it
+// (--max-batch 0) each request decodes alone in its worker slot, the steps of
+// concurrent requests interleaved on the engine.
+//
+// The decode loop never waits on its client: a stream's tokens queue up to
+// its max_new_tokens, which its share of the budget covers.
 #pragma once
 
 #include <atomic>
@@ -15,14 +29,19 @@
 #include <mutex>
 #include <random>
 
+#include <string>
+#include <vector>
+
+#include "engine/decode_scheduler.h"
 #include "engine/engine.h"
-#include "seer/v1/seer.grpc.pb.h"
 #include "rpc/kv_assembler.h"
-#include "server/common/metrics.h"
 #include "rpc/prefill_client.h"
 #include "rpc/requests.h"
+#include "seer/v1/seer.grpc.pb.h"
+#include "server/common/metrics.h"
 #include "server/common/stream_watchdog.h"
 #include "server/common/work_queue.h"
+#include "text/tokenizer.h"
 
 namespace seer {
 
@@ -30,6 +49,8 @@ struct DecodeServiceOptions {
   int max_concurrent = 4;
   int max_queue = 64;
   int max_new_tokens = 4096;
+  // For requests that give no max_new_tokens.
+  int default_new_tokens = 256;
   // Tokens (and summaries) all admitted streams may hold for their clients
   // together; a request whose max_new_tokens would exceed it is refused with
   // RESOURCE_EXHAUSTED before any work.
@@ -50,12 +71,19 @@ class DecodeService final : public v1::Decode::CallbackService {
 
   static Status CheckOptions(const DecodeServiceOptions& options);
 
-  // Serves with `engine` (not owned). Until then every call gets UNAVAILABLE.
+  // Text prompts and replies: `tokenizer` (not owned; null: ids only) and
+  // the ids that end a text request's generation (EndOfTextIds). Call before
+  // SetEngine.
+  void SetTokenizer(const Tokenizer* tokenizer, std::vector<int32_t> end_of_text_ids);
+  // Serves with `engine` (not owned); batches decode steps when the engine
+  // has paged decode enabled. Until then every call gets UNAVAILABLE.
   Status SetEngine(Engine* engine);
   void Shutdown();
 
   // Admission's state, for the load gauges and load metadata.
   const WorkQueue& queue() const { return queue_; }
+  // Requests in the running batch (0 without paged decode).
+  int batch_running() const;
 
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(grpc::CallbackServerContext* context,
                                                            const v1::GenerateRequest* request) override;
@@ -76,6 +104,9 @@ class DecodeService final : public v1::Decode::CallbackService {
   StreamWatchdog watchdog_;
   WorkQueue queue_;
   std::atomic<Engine*> engine_{nullptr};
+  const Tokenizer* tokenizer_ = nullptr;
+  std::vector<int32_t> end_of_text_ids_;
+  std::unique_ptr<DecodeScheduler> scheduler_;  // with paged decode; set before engine_
   ExpectedLayout expected_;
   RequestLimits limits_;
   std::atomic<uint64_t> next_request_number_{1};

@@ -171,13 +171,20 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
     if (!model->is_string()) return Invalid("model", "model: must be a string");
     out->model = model->as_string();
   }
-  double max_tokens = default_max_tokens;
+  // Completions default to OpenAI's 16 tokens; a chat without a limit gets
+  // the server's --default-max-new-tokens (0 on the wire).
   const char* max_key = chat && root.Find("max_completion_tokens") != nullptr ? "max_completion_tokens" : "max_tokens";
-  if (auto e = number(max_key, default_max_tokens, &max_tokens)) return e;
-  if (max_tokens != static_cast<int>(max_tokens) || max_tokens < 1 || max_tokens > (1 << 24)) {
-    return Invalid(max_key, std::string(max_key) + ": must be a positive integer");
+  const JsonValue* max_field = root.Find(max_key);
+  if (chat && (max_field == nullptr || max_field->is_null())) {
+    g.set_max_new_tokens(0);
+  } else {
+    double max_tokens = default_max_tokens;
+    if (auto e = number(max_key, default_max_tokens, &max_tokens)) return e;
+    if (max_tokens != static_cast<int>(max_tokens) || max_tokens < 1 || max_tokens > (1 << 24)) {
+      return Invalid(max_key, std::string(max_key) + ": must be a positive integer");
+    }
+    g.set_max_new_tokens(static_cast<int32_t>(max_tokens));
   }
-  g.set_max_new_tokens(static_cast<int32_t>(max_tokens));
   double temperature = 1.0, top_p = 1.0, n = 1.0;
   if (auto e = number("temperature", 1.0, &temperature)) return e;
   if (auto e = number("top_p", 1.0, &top_p)) return e;
@@ -343,6 +350,11 @@ StatusOr<std::unique_ptr<OpenAiHttpServer>> OpenAiHttpServer::Start(const OpenAi
   const char* opts[] = {"listening_ports", ports.c_str(), "num_threads", threads.c_str(), "request_timeout_ms",
                         "600000", "enable_keep_alive", "yes", "keep_alive_timeout_ms", "5000", nullptr};
   mg_callbacks callbacks{};
+  // civetweb's own errors (a malformed request, a failed write) go to stderr.
+  callbacks.log_message = [](const mg_connection*, const char* message) {
+    std::fprintf(stderr, "seer-decode http: %s\n", message);
+    return 1;
+  };
   server->ctx_ = mg_start(&callbacks, server.get(), opts);
   if (server->ctx_ == nullptr) {
     return Unavailable("--http " + options.listen + ": cannot listen (address in use or invalid)");
@@ -455,10 +467,8 @@ void OpenAiHttpServer::Serve(mg_connection* conn) {
     }
   };
   const grpc::Status status = backend_->Generate(req.generate, [&](const v1::GenerateResponse& r) {
-    if (r.has_summary()) {
-      summary = r.summary();
-      return true;
-    }
+    // The summary may carry text too: what the server held back at the end.
+    if (r.has_summary()) summary = r.summary();
     if (!req.stream) {
       text += r.text();
       return true;

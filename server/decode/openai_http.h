@@ -50,7 +50,9 @@ struct OpenAiHttpOptions {
   std::string listen;      // host:port; port 0 picks one
   std::string model_name;  // what /v1/models lists and requests must name
   int threads = 32;        // concurrent HTTP requests
-  int default_max_tokens = 16;  // OpenAI's default for completions
+  // OpenAI's default for completions; a chat without a limit gets the
+  // server's --default-max-new-tokens.
+  int default_max_tokens = 16;
 };
 
 class OpenAiHttpServer {

@@ -27,6 +27,7 @@ class ScriptedBackend final : public GenerateBackend {
  public:
   std::vector<std::string> texts = {"Hel", "lo", "", ", world"};
   std::string finish = "length";
+  std::string rest;  // text the summary message carries (held back to the end)
   grpc::Status error = grpc::Status::OK;
 
   grpc::Status Generate(const v1::GenerateRequest& request,
@@ -47,6 +48,7 @@ class ScriptedBackend final : public GenerateBackend {
     s.mutable_summary()->set_prompt_tokens(7);
     s.mutable_summary()->set_generated_tokens(static_cast<int>(texts.size()));
     s.mutable_summary()->set_finish_reason(finish);
+    s.set_text(rest);
     on_response(s);
     return grpc::Status::OK;
   }
@@ -189,6 +191,11 @@ TEST_F(OpenAiHttp, CompletionMapsTheRequestAndAnswersInOpenAisShape) {
   EXPECT_EQ(out.Find("usage")->Find("prompt_tokens")->as_int64(), 7);
   EXPECT_EQ(out.Find("usage")->Find("completion_tokens")->as_int64(), 4);
   EXPECT_EQ(out.Find("usage")->Find("total_tokens")->as_int64(), 11);
+  // Text the server held back to the end comes with the summary.
+  backend.rest = "!";
+  const JsonValue with_rest = PostJson("/v1/completions", R"({"prompt": "Hi"})", 200);
+  EXPECT_EQ(with_rest.Find("choices")->as_array()[0].Find("text")->as_string(), "Hello, world!");
+  backend.rest.clear();
   // Defaults: OpenAI's max_tokens 16 and temperature 1; token-id prompts.
   PostJson("/v1/completions", R"({"prompt": [1, 2, 3]})", 200);
   EXPECT_EQ(backend.Last().max_new_tokens(), 16);
@@ -237,6 +244,9 @@ TEST_F(OpenAiHttp, ChatCompletionsTakeMessagesAndStreamDeltas) {
   EXPECT_EQ(g.messages(1).content(), "Hi");
   EXPECT_EQ(g.max_new_tokens(), 5);
   EXPECT_EQ(out.Find("object")->as_string(), "chat.completion");
+  // A chat without a limit takes the server's default (0 on the wire).
+  PostJson("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "Hi"}]})", 200);
+  EXPECT_EQ(backend.Last().max_new_tokens(), 0);
   const JsonValue& m = *out.Find("choices")->as_array()[0].Find("message");
   EXPECT_EQ(m.Find("role")->as_string(), "assistant");
   EXPECT_EQ(m.Find("content")->as_string(), "Hello, world");

@@ -12,6 +12,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <cmath>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -334,6 +335,12 @@ TEST(Operations, TlsFlagsAreChecked) {
                                      pki.F("a-client.crt"), "--tls-key", pki.F("a-client.key")});
   EXPECT_EQ(client.exit_code, 2);
   EXPECT_NE(client.err.find("--tls-ca"), std::string::npos) << client.err;
+  // The HTTP API is plaintext: beside a TLS gRPC port only when asked for.
+  CommandResult http = RunCommand({Bin("seer-decode"), "--model", Path("llama"), "--prefill", "127.0.0.1:1",
+                                   "--http", "127.0.0.1:0", "--tls-cert", pki.F("a-server.crt"), "--tls-key",
+                                   pki.F("a-server.key")});
+  EXPECT_EQ(http.exit_code, 2);
+  EXPECT_NE(http.err.find("--http-plaintext-with-tls"), std::string::npos) << http.err;
 }
 
 // --- metrics, version, ports -------------------------------------------------
@@ -361,10 +368,14 @@ TEST(Operations, MetricsHaveLoadMemoryProcessAndBuildSeriesFromTheStart) {
     for (const auto& [key, value] : *m) build_info = build_info || (key.rfind("seer_build_info{", 0) == 0 && value == 1);
     EXPECT_TRUE(build_info);
   }
-  // 2 layers x K and V x 1 KV head x 64 x 4 bytes x 2048 tokens, times
-  // --max-concurrent (2 on the prefill, the default 4 on the decode worker).
+  // The prefill: 2 layers x K and V x 1 KV head x 64 x 4 bytes x 2048
+  // tokens, times --max-concurrent 2. The decode worker: its KV page pool,
+  // 256 MiB on the CPU, in pages of 64 positions of that layout.
   EXPECT_EQ(Metric(*p, "seer_kv_cache_capacity_bytes"), 2.0 * 2 * 2 * 64 * 4 * 2048);
-  EXPECT_EQ(Metric(*d, "seer_kv_cache_capacity_bytes"), 4.0 * 2 * 2 * 64 * 4 * 2048);
+  const double page_bytes = 2.0 * 2 * 64 * 4 * 64;
+  EXPECT_EQ(Metric(*d, "seer_kv_pages_total"), std::floor((256 << 20) / page_bytes));
+  EXPECT_EQ(Metric(*d, "seer_kv_pages_used"), 0);
+  EXPECT_EQ(Metric(*d, "seer_kv_cache_capacity_bytes"), Metric(*d, "seer_kv_pages_total") * page_bytes);
   EXPECT_EQ(Metric(*p, "seer_prefill_queued_requests"), 0);
   EXPECT_EQ(Metric(*p, "seer_prefill_running_requests"), 0);
   EXPECT_EQ(Metric(*d, "seer_decode_queued_requests"), 0);

@@ -1,0 +1,386 @@
+// seer-decode's batched decode and its text interface, end to end on the
+// real binaries (the fixture Llama with its gates and its demo tokenizer,
+// CPU). References: the same request alone on the same server (batch of
+// one), `seer run` (the offline contiguous path, which tokenizes, renders
+// chats and detokenizes on its own), and the page pool's own accounting
+// read through /metrics.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <fstream>
+#include <future>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "base/json.h"
+#include "seer/v1/seer.grpc.pb.h"
+#include "tests/server_test_util.h"
+
+namespace seer {
+namespace {
+
+using namespace std::chrono_literals;
+using seer::testing::Bin;
+using seer::testing::CommandResult;
+using seer::testing::Metric;
+using seer::testing::Path;
+using seer::testing::RunCommand;
+using seer::testing::Scrape;
+using seer::testing::ServerProcess;
+
+struct Servers {
+  ServerProcess prefill{Bin("seer-prefill"),
+                        {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", Path("llama"),
+                         "--gates", Path("llama_gates"), "--device", "cpu"}};
+  std::unique_ptr<ServerProcess> decode;
+  std::unique_ptr<v1::Decode::Stub> stub;
+
+  ::testing::AssertionResult Start(std::vector<std::string> decode_extra = {}) {
+    if (auto r = prefill.Start(); !r) return r;
+    std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model",
+                                     Path("llama"), "--prefill", prefill.grpc_address(), "--device", "cpu"};
+    args.insert(args.end(), decode_extra.begin(), decode_extra.end());
+    decode = std::make_unique<ServerProcess>(Bin("seer-decode"), args);
+    if (auto r = decode->Start(); !r) return r;
+    stub = v1::Decode::NewStub(grpc::CreateChannel(decode->grpc_address(), grpc::InsecureChannelCredentials()));
+    return ::testing::AssertionSuccess();
+  }
+  std::map<std::string, double> Metrics() {
+    auto m = Scrape(decode->metrics_address());
+    EXPECT_TRUE(m.ok()) << m.status().ToString();
+    return m.ok() ? *m : std::map<std::string, double>{};
+  }
+};
+
+struct Reply {
+  grpc::Status status;
+  std::vector<int32_t> tokens;
+  std::string text;  // every delta, the summary's rest included
+  v1::GenerateSummary summary;
+};
+
+// `cancel_after`: cancel the call once that many tokens arrived (0: never).
+Reply Call(v1::Decode::Stub* stub, const v1::GenerateRequest& req, int cancel_after = 0) {
+  Reply r;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 120s);
+  auto reader = stub->Generate(&ctx, req);
+  v1::GenerateResponse msg;
+  while (reader->Read(&msg)) {
+    r.text += msg.text();
+    if (msg.has_summary()) r.summary = msg.summary();
+    if (msg.event_case() != v1::GenerateResponse::kToken) continue;
+    r.tokens.push_back(msg.token());
+    if (cancel_after > 0 && static_cast<int>(r.tokens.size()) == cancel_after) ctx.TryCancel();
+  }
+  r.status = reader->Finish();
+  return r;
+}
+
+v1::GenerateRequest IdsRequest(int prompt_len, int new_tokens, uint64_t seed, bool sampled) {
+  v1::GenerateRequest r;
+  for (int32_t id : seer::testing::RandomIds(prompt_len, 128, seed)) r.add_token_ids(id);
+  r.set_max_new_tokens(new_tokens);
+  if (sampled) {
+    r.mutable_sampling()->set_temperature(0.8f);
+    r.mutable_sampling()->set_top_p(0.9f);
+    r.mutable_sampling()->set_seed(seed * 7 + 1);
+  }
+  return r;
+}
+
+// The offline reference: `seer run` on the same model and gates, greedy.
+JsonValue SeerRun(std::vector<std::string> prompt_args, int new_tokens) {
+  std::vector<std::string> cmd = {Bin("seer"), "run", "--model", Path("llama"), "--gates", Path("llama_gates"),
+                                  "--device", "cpu", "--json", "--max-new-tokens", std::to_string(new_tokens)};
+  cmd.insert(cmd.end(), prompt_args.begin(), prompt_args.end());
+  CommandResult r = RunCommand(cmd);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  StatusOr<JsonValue> j = JsonValue::Parse(r.out);
+  EXPECT_TRUE(j.ok()) << r.out;
+  return j.ok() ? *j : JsonValue::Object();
+}
+
+std::vector<int32_t> TokensOf(const JsonValue& j) {
+  std::vector<int32_t> out;
+  if (const JsonValue* t = j.Find("tokens"))
+    for (const JsonValue& v : t->as_array()) out.push_back(static_cast<int32_t>(v.as_int64()));
+  return out;
+}
+
+std::string TextOf(const JsonValue& j) {
+  const JsonValue* t = j.Find("text");
+  return t != nullptr && t->is_string() ? t->as_string() : "<no text>";
+}
+
+TEST(BatchedDecode, ConcurrentStreamsShareStepsAndEachEqualsItsRunAlone) {
+  Servers s;
+  ASSERT_TRUE(s.Start({"--kv-page-tokens", "16"}));
+  // Prompts that straddle page boundaries, greedy and seeded sampling; long
+  // enough generations that the requests overlap on this tiny model.
+  std::vector<v1::GenerateRequest> requests;
+  for (int i = 0; i < 8; ++i) requests.push_back(IdsRequest(15 + 33 * i, 300 + 7 * i, 300 + i, i % 2 == 1));
+  std::vector<Reply> alone;
+  for (const auto& r : requests) {
+    alone.push_back(Call(s.stub.get(), r));
+    ASSERT_TRUE(alone.back().status.ok()) << alone.back().status.error_message();
+    ASSERT_EQ(alone.back().tokens.size(), static_cast<size_t>(r.max_new_tokens()));
+  }
+  const auto before = s.Metrics();
+  std::vector<std::future<Reply>> together;
+  for (const auto& r : requests) together.push_back(std::async(std::launch::async, [&] { return Call(s.stub.get(), r); }));
+  for (size_t i = 0; i < requests.size(); ++i) {
+    Reply r = together[i].get();
+    ASSERT_TRUE(r.status.ok()) << i << ": " << r.status.error_message();
+    EXPECT_EQ(r.tokens, alone[i].tokens) << "request " << i;
+  }
+  const auto after = s.Metrics();
+  // The concurrent round ran some steps for more than one request.
+  const double steps = Metric(after, "seer_decode_batch_size_count") - Metric(before, "seer_decode_batch_size_count");
+  const double rows = Metric(after, "seer_decode_batch_size_sum") - Metric(before, "seer_decode_batch_size_sum");
+  EXPECT_GT(steps, 0);
+  EXPECT_GT(rows, steps) << "no step batched two requests";
+  std::printf("[ info     ] %.0f decode steps for %.0f request-steps (mean batch %.2f)\n", steps, rows, rows / steps);
+  EXPECT_EQ(Metric(after, "seer_kv_pages_used"), 0);
+  EXPECT_EQ(Metric(after, "seer_decode_running_requests"), 0);
+  EXPECT_GT(Metric(after, "seer_kv_pages_total"), 0);
+}
+
+TEST(BatchedDecode, CancelledAndFinishedStreamsGiveEveryPageBack) {
+  Servers s;
+  ASSERT_TRUE(s.Start());
+  std::vector<std::future<Reply>> calls;
+  for (int i = 0; i < 6; ++i) {
+    calls.push_back(std::async(std::launch::async, [&, i] {
+      return Call(s.stub.get(), IdsRequest(40 + 50 * i, i % 2 == 0 ? 400 : 20, 500 + i, false),
+                  i % 2 == 0 ? 3 : 0);
+    }));
+  }
+  for (int i = 0; i < 6; ++i) {
+    Reply r = calls[i].get();
+    if (i % 2 == 0) {
+      EXPECT_EQ(r.status.error_code(), grpc::StatusCode::CANCELLED) << i;
+    } else {
+      EXPECT_TRUE(r.status.ok()) << i << ": " << r.status.error_message();
+      EXPECT_EQ(r.tokens.size(), 20u);
+    }
+  }
+  // The server learns of a cancellation at its next step: give it a moment.
+  std::map<std::string, double> m;
+  for (int tries = 0; tries < 100; ++tries) {
+    m = s.Metrics();
+    if (Metric(m, "seer_kv_pages_used") == 0 && Metric(m, "seer_decode_running_requests") == 0 &&
+        Metric(m, "seer_kv_cache_bytes") == 0) {
+      break;
+    }
+    std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_EQ(Metric(m, "seer_kv_pages_used"), 0);
+  EXPECT_EQ(Metric(m, "seer_decode_running_requests"), 0);
+  EXPECT_EQ(Metric(m, "seer_kv_cache_bytes"), 0);
+}
+
+TEST(BatchedDecode, RequestsWaitForPagesAndOneLargerThanThePoolIsRefused) {
+  Servers s;
+  // 1 MiB of 64 KiB pages (2 layers x K, V x 64 x 4 bytes x 64 positions):
+  // 16 pages, 1,024 positions.
+  ASSERT_TRUE(s.Start({"--kv-pool", "1MiB"}));
+  EXPECT_EQ(Metric(s.Metrics(), "seer_kv_pages_total"), 16);
+  v1::GenerateRequest too_big = IdsRequest(1000, 100, 1, false);
+  Reply refused = Call(s.stub.get(), too_big);
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_NE(refused.status.error_message().find("KV pages"), std::string::npos) << refused.status.error_message();
+
+  // Each needs 10 pages: the second waits for the first's.
+  std::vector<v1::GenerateRequest> requests = {IdsRequest(560, 60, 2, false), IdsRequest(580, 40, 3, true)};
+  std::vector<Reply> alone;
+  for (const auto& r : requests) alone.push_back(Call(s.stub.get(), r));
+  std::vector<std::future<Reply>> together;
+  for (const auto& r : requests) together.push_back(std::async(std::launch::async, [&] { return Call(s.stub.get(), r); }));
+  for (size_t i = 0; i < requests.size(); ++i) {
+    Reply r = together[i].get();
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    EXPECT_EQ(r.tokens, alone[i].tokens);
+  }
+  EXPECT_EQ(Metric(s.Metrics(), "seer_kv_pages_used"), 0);
+}
+
+TEST(BatchedDecode, UnbatchedWorkersGiveTheSameTokens) {
+  Servers batched, alone;
+  ASSERT_TRUE(batched.Start());
+  ASSERT_TRUE(alone.Start({"--max-batch", "0"}));
+  for (int i = 0; i < 3; ++i) {
+    v1::GenerateRequest r = IdsRequest(70 + 40 * i, 12, 700 + i, i == 1);
+    Reply a = Call(batched.stub.get(), r), b = Call(alone.stub.get(), r);
+    ASSERT_TRUE(a.status.ok() && b.status.ok()) << a.status.error_message() << b.status.error_message();
+    EXPECT_EQ(a.tokens, b.tokens) << i;
+  }
+  EXPECT_EQ(Metric(alone.Metrics(), "seer_kv_pages_total"), -1) << "--max-batch 0 has no page pool";
+}
+
+TEST(TextGenerate, TextInTextOutEqualsSeerRun) {
+  Servers s;
+  ASSERT_TRUE(s.Start());
+  // This prompt's reply is 24 tokens of text; the one after ends at once, on
+  // the end-of-text id.
+  const std::string prompt = "one two three four five six seven eight nine ten";
+  const JsonValue ref = SeerRun({"--prompt", prompt}, 24);
+  v1::GenerateRequest req;
+  req.set_text(prompt);
+  req.set_max_new_tokens(24);
+  Reply r = Call(s.stub.get(), req);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.tokens, TokensOf(ref));
+  EXPECT_EQ(r.text, TextOf(ref));
+  EXPECT_EQ(r.summary.generated_tokens(), static_cast<int>(r.tokens.size()));
+  EXPECT_GT(r.summary.prompt_tokens(), 0);
+  EXPECT_EQ(r.summary.finish_reason(), "length");
+  EXPECT_EQ(r.tokens.size(), 24u);
+
+  // The CLI's text mode: the same reply, as JSON and as printed text.
+  CommandResult g = RunCommand({Bin("seer"), "generate", "--addr", s.decode->grpc_address(), "--prompt", prompt,
+                                "--max-new-tokens", "24", "--json"});
+  ASSERT_EQ(g.exit_code, 0) << g.err;
+  StatusOr<JsonValue> gj = JsonValue::Parse(g.out);
+  ASSERT_TRUE(gj.ok()) << g.out;
+  EXPECT_EQ(TokensOf(*gj), TokensOf(ref));
+  EXPECT_EQ(TextOf(*gj), TextOf(ref));
+  CommandResult plain = RunCommand({Bin("seer"), "generate", "--addr", s.decode->grpc_address(), "--prompt", prompt,
+                                    "--max-new-tokens", "24"});
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  EXPECT_EQ(plain.out.rfind(TextOf(ref) + "\n", 0), 0u) << plain.out;
+  CommandResult both = RunCommand({Bin("seer"), "generate", "--addr", s.decode->grpc_address(), "--prompt", prompt,
+                                   "--ids", "1,2"});
+  EXPECT_EQ(both.exit_code, 2);
+  EXPECT_NE(both.err.find("exactly one of --ids, --prompt"), std::string::npos) << both.err;
+
+  const std::string eos_prompt = "the quick brown fox jumps over the lazy dog, again and again";
+  const JsonValue eos_ref = SeerRun({"--prompt", eos_prompt}, 24);
+  ASSERT_EQ(TokensOf(eos_ref), std::vector<int32_t>{2}) << "the fixture's reply to this prompt was its EOS";
+  req.set_text(eos_prompt);
+  Reply eos = Call(s.stub.get(), req);
+  ASSERT_TRUE(eos.status.ok()) << eos.status.error_message();
+  EXPECT_EQ(eos.tokens, std::vector<int32_t>{2});
+  EXPECT_EQ(eos.text, "");
+  EXPECT_EQ(eos.summary.finish_reason(), "stop");
+}
+
+TEST(TextGenerate, AStopStringCutsTheTextAndEndsTheStream) {
+  Servers s;
+  ASSERT_TRUE(s.Start());
+  const std::string prompt = "one two three four five six seven eight nine ten";
+  const JsonValue ref = SeerRun({"--prompt", prompt}, 24);
+  const std::string full = TextOf(ref);
+  ASSERT_GE(full.size(), 8u) << "the reference reply is too short to cut: '" << full << "'";
+  // A stop string from the middle of the reference reply.
+  const std::string stop = full.substr(full.size() / 2, 2);
+  const std::string expected = full.substr(0, full.find(stop));
+  v1::GenerateRequest req;
+  req.set_text(prompt);
+  req.set_max_new_tokens(24);
+  req.add_stop(stop);
+  Reply r = Call(s.stub.get(), req);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.text, expected) << "stop '" << stop << "' in '" << full << "'";
+  EXPECT_EQ(r.summary.finish_reason(), "stop");
+  const std::vector<int32_t> ref_tokens = TokensOf(ref);
+  ASSERT_LE(r.tokens.size(), ref_tokens.size());
+  EXPECT_EQ(r.tokens, std::vector<int32_t>(ref_tokens.begin(), ref_tokens.begin() + r.tokens.size()));
+}
+
+TEST(TextGenerate, ChatMessagesGoThroughTheModelsTemplateAsSeerRunDoes) {
+  Servers s;
+  ASSERT_TRUE(s.Start());
+  const std::string dir = seer::testing::TempDir("chat");
+  std::ofstream(dir + "/chat.json")
+      << R"([{"role": "system", "content": "be brief"}, {"role": "user", "content": "name three colours"}])";
+  const JsonValue ref = SeerRun({"--chat", dir + "/chat.json"}, 12);
+  ASSERT_FALSE(TextOf(ref).empty());
+  v1::GenerateRequest req;
+  auto* m = req.add_messages();
+  m->set_role("system");
+  m->set_content("be brief");
+  m = req.add_messages();
+  m->set_role("user");
+  m->set_content("name three colours");
+  req.set_max_new_tokens(12);
+  Reply r = Call(s.stub.get(), req);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.tokens, TokensOf(ref));
+  EXPECT_EQ(r.text, TextOf(ref));
+}
+
+// The OpenAI API with curl as the client: a streamed chat completion's
+// server-sent events, concatenated, are `seer run --chat`'s text; the whole
+// completion's text is `seer run --prompt`'s. (tests/ops/check_openai.mjs
+// drives the same API with the official openai client.)
+TEST(TextGenerate, CurlGetsTheOpenAiApisTextAsSeerRunMakesIt) {
+  Servers s;
+  ASSERT_TRUE(s.Start({"--http", "127.0.0.1:0"}));
+  std::optional<std::string> line = s.decode->WaitForLine(" http on ", 5s);
+  ASSERT_TRUE(line) << s.decode->Output();
+  const size_t at = line->find("127.0.0.1:");
+  const std::string base = "http://" + line->substr(at, line->find(' ', at) - at);
+  auto post = [&](const std::string& path, const std::string& body) {
+    return RunCommand({"/usr/bin/curl", "-sS", "--max-time", "60", "-H", "Content-Type: application/json", "-d", body,
+                       base + path});
+  };
+
+  const std::string dir = seer::testing::TempDir("curl_chat");
+  std::ofstream(dir + "/chat.json") << R"([{"role": "user", "content": "name three colours"}])";
+  const JsonValue chat_ref = SeerRun({"--chat", dir + "/chat.json"}, 12);
+  CommandResult chat = post("/v1/chat/completions",
+                            R"({"model": "llama", "messages": [{"role": "user", "content": "name three colours"}],
+                                "max_tokens": 12, "temperature": 0, "stream": true})");
+  ASSERT_EQ(chat.exit_code, 0) << chat.err;
+  std::string streamed;
+  bool done = false;
+  std::istringstream events(chat.out);
+  for (std::string l; std::getline(events, l);) {
+    if (l.rfind("data: ", 0) != 0) continue;
+    const std::string data = l.substr(6);
+    if (data == "[DONE]") {
+      done = true;
+      continue;
+    }
+    StatusOr<JsonValue> e = JsonValue::Parse(data);
+    ASSERT_TRUE(e.ok()) << data;
+    const JsonValue* choices = e->Find("choices");
+    if (choices == nullptr || choices->as_array().empty()) continue;
+    const JsonValue* delta = choices->as_array()[0].Find("delta");
+    const JsonValue* content = delta != nullptr ? delta->Find("content") : nullptr;
+    if (content != nullptr && content->is_string()) streamed += content->as_string();
+  }
+  EXPECT_TRUE(done) << chat.out;
+  EXPECT_EQ(streamed, TextOf(chat_ref));
+
+  const std::string prompt = "one two three four five six seven eight nine ten";
+  const JsonValue ref = SeerRun({"--prompt", prompt}, 24);
+  CommandResult completion =
+      post("/v1/completions", R"({"model": "llama", "prompt": ")" + prompt + R"(", "max_tokens": 24, "temperature": 0})");
+  ASSERT_EQ(completion.exit_code, 0) << completion.err;
+  StatusOr<JsonValue> c = JsonValue::Parse(completion.out);
+  ASSERT_TRUE(c.ok()) << completion.out;
+  EXPECT_EQ(c->Find("choices")->as_array()[0].Find("text")->as_string(), TextOf(ref));
+  EXPECT_EQ(c->Find("usage")->Find("completion_tokens")->as_int64(), static_cast<int64_t>(TokensOf(ref).size()));
+}
+
+TEST(TextGenerate, WithoutATokenizerTextIsRefusedAndIdsStillWork) {
+  Servers s;
+  ASSERT_TRUE(s.Start({"--tokenizer", "none"}));
+  v1::GenerateRequest req;
+  req.set_text("hello");
+  Reply r = Call(s.stub.get(), req);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(r.status.error_message().find("text: seer-decode has no tokenizer"), std::string::npos)
+      << r.status.error_message();
+  Reply ids = Call(s.stub.get(), IdsRequest(20, 4, 9, false));
+  EXPECT_TRUE(ids.status.ok()) << ids.status.error_message();
+  EXPECT_TRUE(ids.text.empty()) << "a token-ids request without a tokenizer gets no text";
+}
+
+}  // namespace
+}  // namespace seer

@@ -1,0 +1,156 @@
+// CI: seer-decode's OpenAI-compatible HTTP API (--http) driven by the
+// official `openai` npm client, against the real seer-prefill and
+// seer-decode on the fixture Llama with its gates (CPU) and its demo
+// tokenizer. The
+// reference for every reply is `seer run` (the offline path: its own
+// tokenization, chat template, contiguous decode and detokenization).
+//   node tests/ops/check_openai.mjs BUILD_BIN_DIR
+// Exits non-zero naming each check that failed.
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import OpenAI from 'openai';
+
+const root = fileURLToPath(new URL('../..', import.meta.url));
+const bin = process.argv[2] ?? join(root, 'build/bin');
+const model = join(root, 'tests/fixtures/llama');
+const gates = join(root, 'tests/fixtures/llama_gates');
+const dir = mkdtempSync(join(tmpdir(), 'seer-openai-'));
+const children = [];
+process.on('exit', () => children.forEach((c) => c.kill('SIGKILL')));
+
+function start(name, args, ready) {
+  const child = spawn(join(bin, name), args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.push(child);
+  let out = '';
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${name} did not start:\n${out}`)), 60000);
+    const onData = (d) => {
+      out += d;
+      const m = ready(out);
+      if (m) {
+        clearTimeout(timer);
+        resolve(m);
+      }
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', onData);
+    child.on('exit', (code) => reject(new Error(`${name} exited ${code}:\n${out}`)));
+  });
+}
+
+const common = ['--metrics', '', '--model', model, '--device', 'cpu'];
+const prefill = await start('seer-prefill', ['--listen', '127.0.0.1:0', '--gates', gates, ...common], (out) => {
+  const m = out.match(/listening on (\S+)/);
+  return m && out.includes(' ready: ') ? m[1] : null;
+});
+const http = await start(
+  'seer-decode',
+  ['--listen', '127.0.0.1:0', '--prefill', prefill, '--http', '127.0.0.1:0', ...common],
+  (out) => {
+    const m = out.match(/http on (\S+)/);
+    return m && out.includes(' ready: ') ? m[1] : null;
+  });
+
+// `seer run` greedy: { tokens, text }.
+function seerRun(promptArgs, maxNew) {
+  const out = execFileSync(join(bin, 'seer'), ['run', '--model', model, '--gates', gates, '--device', 'cpu', '--json',
+                                               '--max-new-tokens', String(maxNew), ...promptArgs]);
+  return JSON.parse(out.toString());
+}
+
+const failures = [];
+function check(what, ok, detail) {
+  console.log(`${ok ? 'ok  ' : 'FAIL'} ${what}${ok ? '' : `: ${detail}`}`);
+  if (!ok) failures.push(what);
+}
+const same = (what, got, want) =>
+  check(what, JSON.stringify(got) === JSON.stringify(want), `got ${JSON.stringify(got)}, want ${JSON.stringify(want)}`);
+
+const client = new OpenAI({ baseURL: `http://${http}/v1`, apiKey: 'not-needed', maxRetries: 0, timeout: 60000 });
+const name = 'llama';
+
+// Models.
+const models = await client.models.list();
+same('models.list names the served model', models.data.map((m) => m.id), [name]);
+
+// Completions, whole and streamed.
+const prompt = 'one two three four five six seven eight nine ten';
+const ref = seerRun(['--prompt', prompt], 24);
+check('the completion reference reply has text', ref.text.length > 0, JSON.stringify(ref));
+const done = ref.tokens.length < 24 ? 'stop' : 'length';
+const c = await client.completions.create({ model: name, prompt, max_tokens: 24, temperature: 0 });
+same('completion text equals seer run', c.choices[0].text, ref.text);
+same('completion finish_reason', c.choices[0].finish_reason, done);
+same('completion usage.completion_tokens', c.usage.completion_tokens, ref.tokens.length);
+check('completion usage.prompt_tokens', c.usage.prompt_tokens > 0, JSON.stringify(c.usage));
+
+let streamed = '';
+let finish = null;
+let usage = null;
+const stream = await client.completions.create({
+  model: name, prompt, max_tokens: 24, temperature: 0, stream: true, stream_options: { include_usage: true },
+});
+for await (const chunk of stream) {
+  for (const choice of chunk.choices) {
+    streamed += choice.text ?? '';
+    if (choice.finish_reason) finish = choice.finish_reason;
+  }
+  if (chunk.usage) usage = chunk.usage;
+}
+same('streamed completion text equals seer run', streamed, ref.text);
+same('streamed completion finish_reason', finish, done);
+same('streamed completion usage', usage?.completion_tokens, ref.tokens.length);
+
+// A stop string from the middle of the reference reply cuts the text there.
+if (ref.text.length >= 8) {
+  const stop = ref.text.slice(Math.floor(ref.text.length / 2), Math.floor(ref.text.length / 2) + 2);
+  const cut = await client.completions.create({ model: name, prompt, max_tokens: 24, temperature: 0, stop: [stop] });
+  same(`stop ${JSON.stringify(stop)} cuts the text`, cut.choices[0].text, ref.text.slice(0, ref.text.indexOf(stop)));
+  same('stop finish_reason', cut.choices[0].finish_reason, 'stop');
+} else {
+  check('the reference reply is long enough to cut', false, JSON.stringify(ref.text));
+}
+
+// Chat, whole and streamed, through the model's chat template.
+const messages = [{ role: 'system', content: 'be brief' }, { role: 'user', content: 'name three colours' }];
+writeFileSync(join(dir, 'chat.json'), JSON.stringify(messages));
+const chatRef = seerRun(['--chat', join(dir, 'chat.json')], 12);
+check('the chat reference reply has text', chatRef.text.length > 0, JSON.stringify(chatRef));
+const chat = await client.chat.completions.create({ model: name, messages, max_tokens: 12, temperature: 0 });
+same('chat reply equals seer run --chat', chat.choices[0].message.content, chatRef.text);
+same('chat reply role', chat.choices[0].message.role, 'assistant');
+let chatStreamed = '';
+const chatStream = await client.chat.completions.create({
+  model: name, messages, max_completion_tokens: 12, temperature: 0, stream: true,
+});
+for await (const chunk of chatStream) chatStreamed += chunk.choices[0]?.delta?.content ?? '';
+same('streamed chat reply equals seer run --chat', chatStreamed, chatRef.text);
+
+// Errors come back in OpenAI's shape, as the client's typed errors.
+async function expectError(what, call, Type, status, param) {
+  try {
+    await call();
+    check(what, false, 'no error');
+  } catch (e) {
+    check(what, e instanceof Type && e.status === status && (param === undefined || e.param === param),
+          `${e.constructor.name} ${e.status} param=${e.param}: ${e.message}`);
+  }
+}
+await expectError('an unknown model is NotFoundError 404',
+                  () => client.completions.create({ model: 'gpt-4', prompt, max_tokens: 4 }), OpenAI.NotFoundError, 404);
+await expectError('n = 2 is BadRequestError 400 naming n',
+                  () => client.completions.create({ model: name, prompt, max_tokens: 4, n: 2 }),
+                  OpenAI.BadRequestError, 400, 'n');
+await expectError('max_tokens past the server limit is BadRequestError 400',
+                  () => client.completions.create({ model: name, prompt, max_tokens: 10000000 }),
+                  OpenAI.BadRequestError, 400);
+
+if (failures.length > 0) {
+  console.error(`check_openai: ${failures.length} check(s) failed: ${failures.join('; ')}`);
+  process.exit(1);
+}
+console.log('check_openai: every check passed');
+process.exit(0);

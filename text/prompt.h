@@ -1,0 +1,30 @@
+// How a prompt given as text, or as chat messages, becomes token ids: the
+// same for `seer run`, seer-decode's Generate and the OpenAI front door, and
+// as Hugging Face does it (a text prompt with the tokenizer's special tokens,
+// e.g. Llama's BOS; a chat through the checkpoint's template with the
+// generation prompt, the template supplying every special token).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/json.h"
+#include "base/status.h"
+#include "text/tokenizer.h"
+
+namespace seer {
+
+// INVALID_ARGUMENT when the text makes no tokens.
+StatusOr<std::vector<int32_t>> EncodeTextPrompt(const Tokenizer& tokenizer, std::string_view text);
+// `messages`: a JSON array of {"role", "content"} objects.
+StatusOr<std::vector<int32_t>> EncodeChatPrompt(const Tokenizer& tokenizer, const JsonValue& messages);
+
+// The ids that end a text generation: the tokenizer's eos_token_id, and
+// generation_config.json's eos_token_id (a number or a list; Llama 3.1's
+// instruct models end a turn with <|eot_id|>) when `model_dir` holds one.
+// Errors only for a generation_config.json that is not valid JSON.
+StatusOr<std::vector<int32_t>> EndOfTextIds(const Tokenizer& tokenizer, const std::string& model_dir);
+
+}  // namespace seer
