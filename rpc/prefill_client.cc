@@ -20,7 +20,11 @@
 #ifdef SEER_HAVE_CUDA
 #include <cuda_runtime.h>
 
+#include "engine/cuda/cuda_status.h"
+#include "engine/cuda/device_buffer.h"
 #include "engine/cuda/device_kv_cache.h"
+#include "engine/cuda/device_page_pool.h"
+#include "kernels/paged_kv/paged_kv.h"
 #include "rpc/landing/kv_device_landing.h"
 #endif
 #ifdef SEER_HAVE_NCCL
@@ -29,6 +33,30 @@
 #endif
 
 namespace seer {
+
+#ifdef SEER_HAVE_CUDA
+namespace {
+
+// The batched decode's cache: pages of a pool on a GPU.
+PagedKvCache* OnDevicePages(KvCache* cache) {
+  auto* paged = dynamic_cast<PagedKvCache*>(cache);
+  return paged != nullptr && dynamic_cast<DevicePagePool*>(paged->pool()) != nullptr ? paged : nullptr;
+}
+
+// The GPU a cache lives on, or -1 for host memory.
+int CacheDevice(KvCache* cache) {
+  if (PagedKvCache* paged = OnDevicePages(cache)) return static_cast<DevicePagePool*>(paged->pool())->device();
+  auto* contiguous = dynamic_cast<DeviceKvCache*>(cache);
+  cudaPointerAttributes attr{};
+  if (contiguous == nullptr || cudaPointerGetAttributes(&attr, contiguous->k(0)) != cudaSuccess) {
+    cudaGetLastError();
+    return -1;
+  }
+  return attr.device;
+}
+
+}  // namespace
+#endif
 
 bool CallCanceller::Bind(grpc::ClientContext* context) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -501,10 +529,10 @@ class PrefillClient::KvReceive {
 
   StatusOr<std::unique_ptr<KvLanding>> MakeLanding(int max_tokens, int stream) {
 #ifdef SEER_HAVE_CUDA
-    if (auto* device = dynamic_cast<DeviceKvCache*>(cache_)) {
-      // Stream 0 alone gets four staging slots; each of several streams two.
-      return MakeDeviceKvLanding(device, wire_, max_tokens, streams_ > 1 && stream > 0 ? 2 : 4);
-    }
+    // Stream 0 alone gets four staging slots; each of several streams two.
+    const int slots = streams_ > 1 && stream > 0 ? 2 : 4;
+    if (auto* device = dynamic_cast<DeviceKvCache*>(cache_)) return MakeDeviceKvLanding(device, wire_, max_tokens, slots);
+    if (PagedKvCache* paged = OnDevicePages(cache_)) return MakePagedDeviceKvLanding(paged, wire_, max_tokens, slots);
 #endif
     (void)max_tokens;
     (void)stream;
@@ -611,13 +639,16 @@ class PrefillClient::KvReceive {
   Status StartNcclReceive(const v1::LayoutHeader& h) {
 #ifdef SEER_HAVE_NCCL
     auto* device = dynamic_cast<DeviceKvCache*>(cache_);
-    if (device == nullptr) return DataLoss("layout header transport: NCCL into a cache that is not on a GPU");
+    PagedKvCache* paged = OnDevicePages(cache_);
+    if (device == nullptr && paged == nullptr)
+      return DataLoss("layout header transport: NCCL into a cache that is not on a GPU");
     std::optional<NcclLinkRegistry::Entry> link = client_->nccl_->links.Find(h.prefill_instance());
     if (!link || link->id != h.nccl_link_id())
       return Unavailable("the prefill chose NCCL link " + std::to_string(h.nccl_link_id()) +
                          ", which this decode worker no longer holds");
     StatusOr<std::unique_ptr<NcclKvLink::Transfer>> transfer =
-        link->link->StartRecv(device, seq_len_, h.nccl_transfer_seq());
+        paged != nullptr ? StartPagedReceive(*link->link, paged, h.nccl_transfer_seq())
+                         : link->link->StartRecv(device, seq_len_, h.nccl_transfer_seq());
     if (!transfer.ok()) {
       client_->nccl_->links.Drop(h.prefill_instance(), link->id, transfer.status().message());
       client_->ReportLinks();
@@ -632,6 +663,36 @@ class PrefillClient::KvReceive {
     return DataLoss("layout header transport: NCCL, which this build cannot receive");
 #endif
   }
+
+#ifdef SEER_HAVE_NCCL
+  // NCCL into KV pages: each layer lands in a one-layer staging cache on the
+  // pool's GPU and is scattered into the request's pages on the link's
+  // stream, behind its receives.
+  StatusOr<std::unique_ptr<NcclKvLink::Transfer>> StartPagedReceive(NcclKvLink& link, PagedKvCache* paged,
+                                                                    uint64_t seq) {
+    auto* pool = static_cast<DevicePagePool*>(paged->pool());
+    const KvLayout& l = paged->layout();
+    SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(pool->device()));
+    SEER_ASSIGN_OR_RETURN(nccl_staging_, DeviceKvCache::Create(1, l.num_kv_heads, l.head_dim, seq_len_));
+    const std::vector<int32_t>& pages = paged->pages();
+    SEER_ASSIGN_OR_RETURN(nccl_table_, DeviceBuffer::Allocate(sizeof(int32_t) * pages.size(), "NCCL KV page table"));
+    SEER_RETURN_IF_CUDA_ERROR(
+        cudaMemcpy(nccl_table_.get(), pages.data(), sizeof(int32_t) * pages.size(), cudaMemcpyHostToDevice));
+    DeviceKvCache* staging = nccl_staging_.get();
+    const int32_t* table = nccl_table_.as<int32_t>();
+    const int n = seq_len_;
+    return link.StartRecvStaged(staging, l.num_layers, n, seq,
+                                [staging, table, pool, n, l](int layer, cudaStream_t stream) {
+                                  const int page_tokens = pool->layout().page_tokens;
+                                  cudaError_t e = cuda::ScatterToPagesStrided(
+                                      staging->k(0), n, 0, n, table, l.num_kv_heads, l.head_dim, page_tokens,
+                                      pool->k(layer), stream);
+                                  if (e != cudaSuccess) return e;
+                                  return cuda::ScatterToPagesStrided(staging->v(0), n, 0, n, table, l.num_kv_heads,
+                                                                     l.head_dim, page_tokens, pool->v(layer), stream);
+                                });
+  }
+#endif
 
   PrefillClient* const client_;
   Endpoint* const endpoint_;
@@ -657,6 +718,9 @@ class PrefillClient::KvReceive {
   std::string setup_note_;
   v1::PrefillSummary summary_;
 #ifdef SEER_HAVE_NCCL
+  // Declared before the transfer: they outlive it (a paged receive lands through them).
+  std::unique_ptr<DeviceKvCache> nccl_staging_;
+  DeviceBuffer nccl_table_;
   std::unique_ptr<NcclKvLink::Transfer> nccl_transfer_;
   std::string nccl_peer_;
   uint64_t nccl_link_id_ = 0;
@@ -679,10 +743,8 @@ v1::KvTransportOffer PrefillClient::MakeOffer(KvCache* cache, int* device) {
   caps.grpc_streams = options_.kv_grpc_streams;
   *device = -1;
 #ifdef SEER_HAVE_NCCL
-  auto* on_gpu = dynamic_cast<DeviceKvCache*>(cache);
-  cudaPointerAttributes attr{};
-  if (on_gpu != nullptr && cudaPointerGetAttributes(&attr, on_gpu->k(0)) == cudaSuccess) {
-    *device = attr.device;
+  *device = CacheDevice(cache);
+  if (*device >= 0) {
     std::string uuid;
     {
       std::lock_guard<std::mutex> lock(nccl_->mu);

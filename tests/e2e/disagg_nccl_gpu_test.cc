@@ -3,13 +3,19 @@
 // the pair goes over gRPC while the link is set up and says so; once the
 // link is ready, requests (two at once among them) move their KV over the one
 // link, and every request's tokens equal those of a decode worker that takes
-// the same prompts over gRPC (bf16 both ways: the same bytes). Skips without
+// the same prompts over gRPC (bf16 both ways: the same bytes), both into the
+// batched decode's KV pages and into an unbatched worker's contiguous cache.
+// A prefill killed under load fails its requests within seconds, with
+// nothing left in flight, and its successor gets a fresh link. Skips without
 // an NCCL build or two GPUs.
 #include <gtest/gtest.h>
 
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <chrono>
+#include <csignal>
+#include <memory>
 #include <future>
 #include <string>
 #include <thread>
@@ -82,6 +88,11 @@ TEST(DisaggNccl, TwoRequestsOverOneLinkGiveTheTokensOfTheGrpcPath) {
   ServerProcess grpc_only(Bin("seer-decode"), Args("cuda:1", {"--prefill", prefill.grpc_address(), "--kv-transports",
                                                              "grpc", "--kv-grpc-streams", "4"}));
   ASSERT_TRUE(grpc_only.Start(300s));
+  // Unbatched: NCCL straight into a contiguous device cache (the batched
+  // worker above lands it in KV pages through a staging layer).
+  ServerProcess unbatched(Bin("seer-decode"), Args("cuda:1", {"--prefill", prefill.grpc_address(), "--kv-transports",
+                                                             "nccl,grpc", "--max-batch", "0"}));
+  ASSERT_TRUE(unbatched.Start(300s));
 
   const std::vector<int32_t> a = seer::testing::RandomIds(1500, 128, 1), b = seer::testing::RandomIds(1200, 128, 2),
                              c = seer::testing::RandomIds(900, 128, 3);
@@ -119,6 +130,18 @@ TEST(DisaggNccl, TwoRequestsOverOneLinkGiveTheTokensOfTheGrpcPath) {
   EXPECT_EQ(MetricOf(nccl, "seer_kv_nccl_links{state=\"ready\"}"), 1);
   EXPECT_GE(MetricOf(prefill, "seer_kv_transfers_total{side=\"send\",transport=\"nccl\",wire=\"bf16\"}"), 3);
 
+  // The unbatched worker over its own link.
+  Generated solo;
+  const auto solo_deadline = std::chrono::steady_clock::now() + 60s;
+  while (std::chrono::steady_clock::now() < solo_deadline) {
+    solo = Generate(unbatched.grpc_address(), b);
+    ASSERT_TRUE(solo.status.ok()) << solo.status.error_message();
+    if (solo.summary.kv_transfer().transport() == v1::KV_TRANSPORT_NCCL) break;
+    std::this_thread::sleep_for(500ms);
+  }
+  EXPECT_EQ(solo.summary.kv_transfer().transport(), v1::KV_TRANSPORT_NCCL)
+      << solo.summary.kv_transfer().fallback_reason();
+  EXPECT_EQ(solo.tokens, gb.tokens);
   // The same prompts over gRPC: the same tokens.
   for (const auto& [ids, got] : std::vector<std::pair<std::vector<int32_t>, const Generated*>>{
            {a, &first}, {a, &over_link}, {b, &gb}, {c, &gc}}) {
@@ -127,12 +150,86 @@ TEST(DisaggNccl, TwoRequestsOverOneLinkGiveTheTokensOfTheGrpcPath) {
     EXPECT_EQ(ref.summary.kv_transfer().transport(), v1::KV_TRANSPORT_GRPC);
     EXPECT_EQ(got->tokens, ref.tokens);
   }
-  for (const ServerProcess* p : {&prefill, &nccl, &grpc_only}) {
+  for (const ServerProcess* p : {&prefill, &nccl, &grpc_only, &unbatched}) {
     EXPECT_EQ(MetricOf(*p, p == &prefill ? "seer_kv_transfers_inflight{side=\"send\",transport=\"nccl\"}"
                                          : "seer_kv_transfers_inflight{side=\"receive\",transport=\"nccl\"}"),
               0);
   }
   EXPECT_EQ(MetricOf(prefill, "seer_prefill_inflight_requests"), 0);
+}
+
+// Requests keep arriving while the prefill is killed: each ends within
+// seconds, OK or UNAVAILABLE (never a hang), the decode worker has nothing
+// left in flight and drops the dead link, and a prefill restarted at the same
+// address gets a fresh link that carries the KV again.
+TEST(DisaggNccl, AKilledPrefillFailsItsRequestsFastAndItsSuccessorGetsAFreshLink) {
+#ifndef SEER_HAVE_NCCL
+  GTEST_SKIP() << "built without NCCL";
+#endif
+  if (GpuCount() < 2) GTEST_SKIP() << "needs two GPUs (found " << GpuCount() << ")";
+  auto prefill = std::make_unique<ServerProcess>(Bin("seer-prefill"), Args("cuda:0", {"--kv-transports", "nccl,grpc"}));
+  ASSERT_TRUE(prefill->Start(300s));
+  const std::string address = prefill->grpc_address();
+  ServerProcess decode(Bin("seer-decode"), Args("cuda:1", {"--prefill", address, "--kv-transports", "nccl,grpc",
+                                                           "--kv-nccl-stall-seconds", "3", "--prefill-timeout", "30"}));
+  ASSERT_TRUE(decode.Start(300s));
+  const std::vector<int32_t> ids = seer::testing::RandomIds(2000, 128, 7);
+  auto over_nccl = [&] {
+    const auto deadline = std::chrono::steady_clock::now() + 60s;
+    while (std::chrono::steady_clock::now() < deadline) {
+      const Generated g = Generate(decode.grpc_address(), ids);
+      if (g.status.ok() && g.summary.kv_transfer().transport() == v1::KV_TRANSPORT_NCCL) return true;
+      std::this_thread::sleep_for(300ms);
+    }
+    return false;
+  };
+  ASSERT_TRUE(over_nccl());
+
+  // Four clients in a loop; the prefill dies under them.
+  std::atomic<bool> stop{false};
+  std::atomic<int> ok{0}, unavailable{0}, other{0};
+  std::atomic<double> slowest{0};
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 4; ++i) {
+    clients.emplace_back([&] {
+      while (!stop.load()) {
+        const auto t0 = std::chrono::steady_clock::now();
+        const Generated g = Generate(decode.grpc_address(), ids);
+        const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (took > slowest.load()) slowest.store(took);
+        if (g.status.ok()) {
+          ++ok;
+        } else if (g.status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+          ++unavailable;
+        } else {
+          ++other;
+          ADD_FAILURE() << g.status.error_code() << ": " << g.status.error_message();
+        }
+      }
+    });
+  }
+  std::this_thread::sleep_for(1500ms);
+  prefill->Signal(SIGKILL);
+  prefill->Wait();
+  std::this_thread::sleep_for(3s);
+  stop = true;
+  for (std::thread& t : clients) t.join();
+  EXPECT_GT(ok.load(), 0);
+  EXPECT_GT(unavailable.load(), 0);
+  EXPECT_EQ(other.load(), 0);
+  EXPECT_LT(slowest.load(), 15.0) << "a request outlived the dead prefill by too long";
+  EXPECT_EQ(MetricOf(decode, "seer_kv_transfers_inflight{side=\"receive\",transport=\"nccl\"}"), 0);
+  EXPECT_EQ(MetricOf(decode, "seer_decode_inflight_requests"), 0);
+
+  // Its successor, at the same address: a fresh link.
+  prefill = std::make_unique<ServerProcess>(Bin("seer-prefill"),
+                                            std::vector<std::string>{"--listen", address, "--metrics", "127.0.0.1:0",
+                                                                     "--model", Path("llama"), "--device", "cuda:0",
+                                                                     "--kv-transports", "nccl,grpc"});
+  ASSERT_TRUE(prefill->Start(300s));
+  EXPECT_TRUE(over_nccl()) << "no NCCL transfer with the restarted prefill";
+  EXPECT_EQ(MetricOf(decode, "seer_kv_nccl_links{state=\"ready\"}"), 1);
+  EXPECT_EQ(MetricOf(*prefill, "seer_kv_nccl_links{state=\"ready\"}"), 1);
 }
 
 }  // namespace
