@@ -79,6 +79,39 @@ Status KvAssembler::OnChunk(const v1::KvChunk& c) {
   return OkStatus();
 }
 
+Status KvAssembler::CheckChunk(int layer, int token_start, int token_count, int64_t bytes) {
+  if (!has_header_) return DataLoss("prefill stream: a KV chunk before the layout header");
+  if (layers_sent_ > 0) return DataLoss("prefill stream: a KV chunk on an NCCL transfer");
+  if (layer < 0 || layer >= expected_.num_layers)
+    return DataLoss("KV chunk layer: " + I(layer) + " is out of range [0, " + I(expected_.num_layers) + ")");
+  int& next = next_token_[layer];
+  if (token_start != next)
+    return DataLoss("KV chunk token_start: " + I(token_start) + " for layer " + I(layer) + ", expected " + I(next) +
+                    " (chunks of a layer come in token order, without gaps)");
+  if (token_count < 1 || token_count > seq_len_ - next)
+    return DataLoss("KV chunk token_count: " + I(token_count) + " at token " + I(next) + " of layer " + I(layer) +
+                    " is out of range [1, " + I(seq_len_ - next) + "]");
+  next += token_count;
+  bytes_ += bytes;
+  ++chunks_;
+  return OkStatus();
+}
+
+Status KvAssembler::OnLayerSent(int layer, int64_t bytes) {
+  if (!has_header_) return DataLoss("prefill stream: a layer marker before the layout header");
+  if (chunks_ > 0) return DataLoss("prefill stream: a layer marker on a gRPC transfer");
+  if (layer < 0 || layer >= expected_.num_layers)
+    return DataLoss("prefill stream layer_sent: layer " + I(layer) + " is out of range [0, " +
+                    I(expected_.num_layers) + ")");
+  if (layer != layers_sent_)
+    return DataLoss("prefill stream layer_sent: layer " + I(layer) + ", expected " + I(layers_sent_) +
+                    " (layers come in order, once each)");
+  next_token_[layer] = seq_len_;
+  bytes_ += bytes;
+  ++layers_sent_;
+  return OkStatus();
+}
+
 Status KvAssembler::OnSummary(const v1::PrefillSummary& s) {
   if (!has_header_) return DataLoss("prefill stream: a summary before the layout header");
   for (int layer = 0; layer < expected_.num_layers; ++layer)

@@ -1,6 +1,12 @@
 // The receiving end of a Prefill stream: checks the layout header against the
 // local model and writes each KvChunk into a KvCache, checking every size,
 // range and the order of the chunks.
+//
+// With the KV transports (docs/KV_TRANSPORT.md) the bytes land elsewhere (a
+// KvLanding, or NCCL straight into the cache); the assembler keeps the order
+// and range bookkeeping: CheckChunk before a chunk lands, OnLayerSent for a
+// layer that NCCL moves whole. Not thread-safe: a caller with several
+// streams serialises the calls.
 #pragma once
 
 #include <cstdint>
@@ -33,6 +39,13 @@ class KvAssembler {
   // DATA_LOSS naming the field for a chunk before the header, out of range,
   // out of order, or with K/V sizes that do not match the layout.
   Status OnChunk(const v1::KvChunk& chunk);
+  // The bookkeeping of a chunk that a KvLanding writes (which checks its
+  // sizes): DATA_LOSS for a chunk before the header, of a layer out of
+  // range, or out of token order. `bytes`: its K and V bytes on the wire.
+  Status CheckChunk(int layer, int token_start, int token_count, int64_t bytes);
+  // KV_TRANSPORT_NCCL: layer `layer` comes whole over the link; layers are
+  // announced once each, in order (DATA_LOSS otherwise).
+  Status OnLayerSent(int layer, int64_t bytes);
   // After the summary: every layer covers [0, seq_len) and the logits have
   // vocab_size entries. Sets the cache's length.
   Status OnSummary(const v1::PrefillSummary& summary);
@@ -51,6 +64,7 @@ class KvAssembler {
   std::vector<int> next_token_;  // per layer: tokens received so far
   int64_t bytes_ = 0;
   int chunks_ = 0;
+  int layers_sent_ = 0;
 };
 
 }  // namespace seer

@@ -2,6 +2,7 @@
 
 #include <grpcpp/impl/codegen/proto_utils.h>
 
+#include <algorithm>
 #include <cstring>
 
 namespace seer {
@@ -240,6 +241,15 @@ Status DecodePrefillResponse(const grpc::ByteBuffer& buffer, DecodedResponse* ou
   return OkStatus();
 }
 
+int FirstFieldNumber(const grpc::ByteBuffer& buffer) {
+  std::vector<grpc::Slice> slices;
+  if (!buffer.Dump(&slices).ok()) return 0;
+  PieceReader r(slices);
+  uint64_t tag = 0;
+  if (!r.Varint(&tag)) return 0;
+  return static_cast<int>(std::min<uint64_t>(tag >> 3, 1u << 29));
+}
+
 RawStreamCall::RawStreamCall(grpc::GenericStub* stub, const std::string& method, grpc::ByteBuffer request)
     : stub_(stub), method_(method), request_(std::move(request)) {}
 
@@ -270,6 +280,22 @@ bool RawStreamCall::Next(grpc::ByteBuffer* out) {
   lock.unlock();
   StartRead(&incoming_);  // the next message is received while the caller works on this one
   return true;
+}
+
+void RawStreamCall::OnReadInitialMetadataDone(bool ok) {
+  if (ok) {
+    std::multimap<std::string, std::string> md;
+    for (const auto& [key, value] : context_.GetServerInitialMetadata())
+      md.emplace(std::string(key.data(), key.size()), std::string(value.data(), value.size()));
+    std::lock_guard<std::mutex> lock(mu_);
+    initial_metadata_ = std::move(md);
+  }
+  if (on_initial_metadata_) on_initial_metadata_();
+}
+
+std::multimap<std::string, std::string> RawStreamCall::initial_metadata() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return initial_metadata_;
 }
 
 void RawStreamCall::OnReadDone(bool ok) {

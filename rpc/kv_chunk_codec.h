@@ -29,6 +29,8 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -71,6 +73,11 @@ struct DecodedResponse {
 // DATA_LOSS (naming the field) for bytes protobuf would not parse.
 Status DecodePrefillResponse(const grpc::ByteBuffer& buffer, DecodedResponse* out);
 
+// The field number of a message's first tag (a PrefillResponse: 1 header,
+// 2 chunk, 3 summary, 4 layer_sent), read without parsing the rest; 0 for an
+// empty or malformed start. Serialized messages lead with their oneof's tag.
+int FirstFieldNumber(const grpc::ByteBuffer& buffer);
+
 // The client side of a server-streaming call with ByteBuffers, through
 // grpc::GenericStub: one request out, then Next() hands over each response
 // buffer as it arrives, with the next read already under way (the receive of
@@ -82,6 +89,13 @@ class RawStreamCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grp
   ~RawStreamCall() override;
 
   grpc::ClientContext* context() { return &context_; }
+  // Called once, on a gRPC thread, when the server's initial metadata
+  // arrive (before the first message; a server that admits a call may send
+  // them early). Set before Start.
+  void OnInitialMetadata(std::function<void()> fn) { on_initial_metadata_ = std::move(fn); }
+  // The server's initial metadata, once received (empty before, or when
+  // the call failed first).
+  std::multimap<std::string, std::string> initial_metadata();
   // Starts the call (set deadlines on context() first).
   void Start();
   // The next message; false at the end of the stream (then Finish).
@@ -92,6 +106,7 @@ class RawStreamCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grp
   grpc::Status Finish();
 
  private:
+  void OnReadInitialMetadataDone(bool ok) override;
   void OnReadDone(bool ok) override;
   void OnDone(const grpc::Status& status) override;
   void OnWriteDone(bool) override {}
@@ -101,7 +116,9 @@ class RawStreamCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grp
   grpc::ClientContext context_;
   grpc::ByteBuffer request_;
   grpc::ByteBuffer incoming_;
+  std::function<void()> on_initial_metadata_;
   std::mutex mu_;
+  std::multimap<std::string, std::string> initial_metadata_;
   std::condition_variable cv_;
   bool started_ = false;
   bool have_message_ = false;

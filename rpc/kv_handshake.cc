@@ -71,26 +71,33 @@ KvTransportChoice ChooseKvTransport(const v1::PrefillRequest& request, const KvS
     const v1::NcclOffer& n = o.nccl();
     if (!sender.nccl) {
       note("nccl: this prefill server does not send over NCCL");
+      c.nccl_fallback = "not_sent";
     } else if (!sender.gpu_uuid.empty() && n.gpu_uuid() == sender.gpu_uuid) {
       note("nccl: the decode worker runs on the prefill's GPU (" + n.gpu_uuid() + ")");
+      c.nccl_fallback = "same_gpu";
     } else if (n.nccl_version() / 100 != sender.nccl_version / 100) {
       note("nccl: version " + I(n.nccl_version()) + " against this server's " + I(sender.nccl_version));
+      c.nccl_fallback = "version";
     } else if (links.ready_link != 0) {
       c.transport = v1::KV_TRANSPORT_NCCL;
       c.nccl_link = links.ready_link;
     } else if (links.setting_up) {
       note("nccl: the link with this decode worker is still being set up");
+      c.nccl_fallback = "setting_up";
     } else {
       c.start_link = true;
       note("nccl: no link with this decode worker yet; one is being set up");
+      c.nccl_fallback = "no_link";
     }
   }
 
   if (request.kv_wire() == v1::KV_WIRE_FP8_E4M3) {
     if (c.transport == v1::KV_TRANSPORT_NCCL) {
       note("fp8: not applied over NCCL");
+      c.fp8_fallback = "nccl";
     } else if (!sender.allow_fp8) {
       note("fp8: refused by this server (--allow-kv-fp8 is off)");
+      c.fp8_fallback = "refused";
     } else {
       c.wire = v1::KV_WIRE_FP8_E4M3;
       c.scale_block_tokens = kFp8ScaleBlockTokens;
@@ -134,6 +141,38 @@ Status CheckHeaderTransport(const v1::LayoutHeader& h, const v1::KvTransportOffe
     if (h.nccl_setup().link_id() == 0) return DataLoss("layout header nccl_setup.link_id: 0");
   }
   return OkStatus();
+}
+
+StatusOr<KvTransportSet> ParseKvTransports(const std::string& list, const std::string& flag) {
+  KvTransportSet set;
+  bool grpc = false;
+  size_t start = 0;
+  while (start <= list.size()) {
+    size_t end = list.find(',', start);
+    if (end == std::string::npos) end = list.size();
+    const std::string item = list.substr(start, end - start);
+    if (item == "grpc") {
+      grpc = true;
+    } else if (item == "nccl") {
+      set.nccl = true;
+    } else {
+      return InvalidArgument(flag + ": '" + item + "' in '" + list + "' is not a transport (grpc, nccl)");
+    }
+    start = end + 1;
+  }
+  if (!grpc)
+    return InvalidArgument(flag + ": '" + list + "' lacks grpc, which carries the control stream and every "
+                           "fallback (e.g. nccl,grpc)");
+  return set;
+}
+
+std::string KvWireLabel(DType dtype, bool fp8) {
+  if (fp8) return "fp8";
+  switch (dtype) {
+    case DType::kF32: return "f32";
+    case DType::kF16: return "f16";
+    default: return "bf16";
+  }
 }
 
 StatusOr<int> TokensPerWireChunk(const KvLayout& layout, bool fp8, int64_t max_message_bytes) {

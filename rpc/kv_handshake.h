@@ -69,6 +69,10 @@ struct KvTransportChoice {
   bool start_link = false;  // set up a new link (this request stays gRPC)
   // Why an offered transport or encoding is not used; "" when all were.
   std::string fallback_reason;
+  // The same as short codes for the fallbacks metric ("" when not a
+  // fallback): nccl "not_sent", "same_gpu", "version", "setting_up",
+  // "no_link"; fp8 "nccl", "refused".
+  std::string nccl_fallback, fp8_fallback;
 };
 
 // The prefill's decision for one request (its offer already checked).
@@ -79,6 +83,18 @@ KvTransportChoice ChooseKvTransport(const v1::PrefillRequest& request, const KvS
 // offered and asked: DATA_LOSS naming the field for a choice it did not offer
 // (NCCL it cannot take, more streams, fp8 it did not ask for, a bad block).
 Status CheckHeaderTransport(const v1::LayoutHeader& header, const v1::KvTransportOffer& offer, v1::KvWire asked);
+
+// --kv-transports: a comma-separated list of "grpc" and "nccl". gRPC is
+// always in it (the control stream and the fallback). INVALID_ARGUMENT
+// naming `flag` otherwise.
+struct KvTransportSet {
+  bool nccl = false;
+};
+StatusOr<KvTransportSet> ParseKvTransports(const std::string& list, const std::string& flag);
+
+// The `wire` label of the KV transport metrics: "fp8", or the element type
+// ("bf16", "f32", "f16").
+std::string KvWireLabel(DType dtype, bool fp8);
 
 // Tokens per chunk for the wire encoding: KvChunk messages stay within
 // `max_message_bytes`; fp8 chunks are whole scale blocks (they start on one).

@@ -1,16 +1,62 @@
 #include "rpc/prefill_client.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <optional>
+#include <random>
 #include <utility>
 
 #include "rpc/grpc_status.h"
+#include "rpc/kv_chunk_codec.h"
+#include "rpc/kv_handshake.h"
+#include "rpc/kv_wire.h"
+#include "rpc/landing/kv_landing.h"
 #include "rpc/load_metadata.h"
 
+#ifdef SEER_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include "engine/cuda/cuda_status.h"
+#include "engine/cuda/device_buffer.h"
+#include "engine/cuda/device_kv_cache.h"
+#include "engine/cuda/device_page_pool.h"
+#include "kernels/paged_kv/paged_kv.h"
+#include "rpc/landing/kv_device_landing.h"
+#endif
+#ifdef SEER_HAVE_NCCL
+#include "rpc/nccl/nccl_kv_link.h"
+#include "rpc/nccl/nccl_link_registry.h"
+#endif
+
 namespace seer {
+
+#ifdef SEER_HAVE_CUDA
+namespace {
+
+// The batched decode's cache: pages of a pool on a GPU.
+PagedKvCache* OnDevicePages(KvCache* cache) {
+  auto* paged = dynamic_cast<PagedKvCache*>(cache);
+  return paged != nullptr && dynamic_cast<DevicePagePool*>(paged->pool()) != nullptr ? paged : nullptr;
+}
+
+// The GPU a cache lives on, or -1 for host memory.
+int CacheDevice(KvCache* cache) {
+  if (PagedKvCache* paged = OnDevicePages(cache)) return static_cast<DevicePagePool*>(paged->pool())->device();
+  auto* contiguous = dynamic_cast<DeviceKvCache*>(cache);
+  cudaPointerAttributes attr{};
+  if (contiguous == nullptr || cudaPointerGetAttributes(&attr, contiguous->k(0)) != cudaSuccess) {
+    cudaGetLastError();
+    return -1;
+  }
+  return attr.device;
+}
+
+}  // namespace
+#endif
 
 bool CallCanceller::Bind(grpc::ClientContext* context) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -86,7 +132,57 @@ constexpr auto kQueueDepthTtl = std::chrono::seconds(5);
 // Health checks in a row that must fail before an endpoint counts as down.
 constexpr int kFailedChecksForDown = 2;
 
+constexpr const char kPrefillMethod[] = "/seer.v1.Prefill/Prefill";
+constexpr const char kKvStreamMethod[] = "/seer.v1.Prefill/KvStream";
+
+// Transport settings for bulk KV (docs/KV_TRANSPORT.md, section 4): large
+// HTTP/2 frames, large socket reads, a large flow-control window.
+void TuneForBulkKv(grpc::ChannelArguments* args) {
+  args->SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, (1 << 24) - 1);
+  args->SetInt(GRPC_ARG_TCP_READ_CHUNK_SIZE, 4 << 20);
+  args->SetInt(GRPC_ARG_TCP_MIN_READ_CHUNK_SIZE, 1 << 20);
+  args->SetInt(GRPC_ARG_TCP_MAX_READ_CHUNK_SIZE, 16 << 20);
+  args->SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20);
+  args->SetInt(GRPC_ARG_HTTP2_WRITE_BUFFER_SIZE, 16 << 20);
+}
+
+std::string RandomHex(int bytes) {
+  std::random_device rd;
+  std::string out;
+  static const char kHex[] = "0123456789abcdef";
+  for (int i = 0; i < bytes; ++i) {
+    const unsigned b = rd() & 0xff;
+    out.push_back(kHex[b >> 4]);
+    out.push_back(kHex[b & 15]);
+  }
+  return out;
+}
+
+// The failures label of seer_kv_transfer_failures_total for a fetch's end.
+const char* FailureReason(StatusCode code) {
+  switch (code) {
+    case StatusCode::kCancelled: return "cancelled";
+    case StatusCode::kDeadlineExceeded: return "timeout";
+    case StatusCode::kDataLoss:
+    case StatusCode::kFailedPrecondition:
+    case StatusCode::kInvalidArgument: return "protocol";
+    case StatusCode::kAborted: return "aborted";
+    default: return "peer_lost";
+  }
+}
+
 }  // namespace
+
+// This process's NCCL links with prefill processes, by prefill_instance.
+struct PrefillClient::NcclState {
+#ifdef SEER_HAVE_NCCL
+  NcclLinkRegistry links;
+  std::mutex mu;
+  std::map<int, std::string> gpu_uuids;  // by CUDA device
+#endif
+};
+
+PrefillClient::PrefillClient() = default;
 
 StatusOr<std::unique_ptr<PrefillClient>> PrefillClient::Create(const std::string& targets,
                                                                const PrefillClientOptions& options) {
@@ -97,9 +193,18 @@ StatusOr<std::unique_ptr<PrefillClient>> PrefillClient::Create(const std::string
   SEER_RETURN_IF_ERROR(CheckSeconds(options.keepalive_timeout_seconds, "--prefill-keepalive-timeout", 0.5, false));
   SEER_RETURN_IF_ERROR(CheckSeconds(options.health_interval_seconds, "--prefill-health-interval", 0.1, true));
   SEER_RETURN_IF_ERROR(CheckSeconds(options.health_timeout_seconds, "--prefill-health-timeout", 0.1, false));
+  if (options.kv_grpc_streams < 1 || options.kv_grpc_streams > kMaxKvGrpcStreams)
+    return InvalidArgument("--kv-grpc-streams: " + std::to_string(options.kv_grpc_streams) + " is out of range [1, " +
+                           std::to_string(kMaxKvGrpcStreams) + "]");
+  SEER_RETURN_IF_ERROR(CheckSeconds(options.nccl_setup_seconds, "--kv-nccl-setup-seconds", 1.0, false));
+  SEER_RETURN_IF_ERROR(CheckSeconds(options.nccl_stall_seconds, "--kv-nccl-stall-seconds", 0.1, false));
   std::unique_ptr<PrefillClient> client(new PrefillClient());
   client->options_ = options;
   client->targets_ = list;
+  client->decode_instance_ = RandomHex(16);
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) == 0) client->host_ = host;
+  client->nccl_ = std::make_unique<NcclState>();
   int names = 0;
   for (const std::string& target : list) {
     grpc::ChannelArguments args;
@@ -121,12 +226,24 @@ StatusOr<std::unique_ptr<PrefillClient>> PrefillClient::Create(const std::string
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, Millis(options.keepalive_seconds));
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, Millis(options.keepalive_timeout_seconds));
     args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+    TuneForBulkKv(&args);
+    const std::shared_ptr<grpc::ChannelCredentials> credentials =
+        options.credentials ? options.credentials : grpc::InsecureChannelCredentials();
     auto endpoint = std::make_unique<Endpoint>();
     endpoint->target = target;
-    endpoint->channel = grpc::CreateCustomChannel(
-        target, options.credentials ? options.credentials : grpc::InsecureChannelCredentials(), args);
-    endpoint->stub = v1::Prefill::NewStub(endpoint->channel);
+    endpoint->channel = grpc::CreateCustomChannel(target, credentials, args);
+    endpoint->raw = std::make_unique<grpc::GenericStub>(endpoint->channel);
     endpoint->health = grpc::health::v1::Health::NewStub(endpoint->channel);
+    // One channel, and so one TCP connection, per extra KV stream: the
+    // streams of one connection share its single transport thread. A
+    // distinct argument and a local subchannel pool keep them apart.
+    for (int i = 1; i < options.kv_grpc_streams; ++i) {
+      grpc::ChannelArguments stream_args = args;
+      stream_args.SetInt("seer.kv_stream_index", i);
+      stream_args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+      endpoint->kv_channels.push_back(grpc::CreateCustomChannel(target, credentials, stream_args));
+      endpoint->kv_stubs.push_back(std::make_unique<grpc::GenericStub>(endpoint->kv_channels.back()));
+    }
     endpoint->health_state = "not checked yet";
     client->endpoints_.push_back(std::move(endpoint));
     if (target.rfind("dns:", 0) == 0) ++names;
@@ -194,67 +311,563 @@ StatusOr<FetchedKv> PrefillClient::Fetch(const v1::PrefillRequest& request, cons
   return Unavailable("no prefill endpoint could serve " + what);
 }
 
+// --- one fetch's KV: the header's choice, the streams, the landing ------------
+
+// What one Prefill call's KV transfer needs on this side: the assembler's
+// bookkeeping, a landing per gRPC stream, the KvStream calls (a thread each)
+// and, over NCCL, the receiving transfer. Stream 0's messages come through
+// OnMessage on the fetching thread; End stops whatever still runs.
+class PrefillClient::KvReceive {
+ public:
+  KvReceive(PrefillClient* client, Endpoint* endpoint, int seq_len, const ExpectedLayout& expected, KvCache* cache,
+            int device, const v1::KvTransportOffer& offer, v1::KvWire asked,
+            std::optional<std::chrono::system_clock::time_point> deadline,
+            const std::function<void(int64_t)>& on_kv_bytes, RawStreamCall* main)
+      : client_(client),
+        endpoint_(endpoint),
+        seq_len_(seq_len),
+        cache_(cache),
+        device_(device),
+        offer_(offer),
+        asked_(asked),
+        deadline_(deadline),
+        on_kv_bytes_(on_kv_bytes),
+        main_(main),
+        assembler_(expected, seq_len, cache),
+        chunks_per_stream_(1, 0) {}
+
+  ~KvReceive() { End(true, "the fetch ended"); }
+
+  // A message of the Prefill call (stream 0).
+  Status OnMessage(const grpc::ByteBuffer& buffer) {
+    if (have_summary_) return DataLoss("prefill stream: a message after the summary");
+    SEER_RETURN_IF_ERROR(DecodePrefillResponse(buffer, &decoded_));
+    if (decoded_.is_chunk) {
+      if (nccl_) return DataLoss("prefill stream: a KV chunk on an NCCL transfer");
+      return Land(0, decoded_.chunk, &landing_, &landing_tokens_);
+    }
+    v1::PrefillResponse& m = decoded_.message;
+    switch (m.event_case()) {
+      case v1::PrefillResponse::kHeader: return OnHeader(m.header());
+      case v1::PrefillResponse::kLayerSent: return OnLayerSent(m.layer_sent().layer());
+      case v1::PrefillResponse::kSummary: return OnSummary(m.mutable_summary());
+      default: return DataLoss("prefill stream: a message with no event");
+    }
+  }
+
+  // Stops the KvStream calls (cancelled when `failed`), waits for them, and
+  // aborts an NCCL transfer still in flight: afterwards nothing writes into
+  // the cache.
+  void End(bool failed, const std::string& why) {
+    std::vector<RawStreamCall*> calls;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+      if (failed)
+        for (auto& [index, call] : kv_calls_) calls.push_back(call);
+    }
+    for (RawStreamCall* c : calls) c->Cancel();
+    JoinStreams();
+    if (landing_ != nullptr) (void)landing_->Flush();
+#ifdef SEER_HAVE_NCCL
+    if (nccl_transfer_ != nullptr) {
+      // The two sides cannot be put back in step: the link goes, the next
+      // request sets up another.
+      const std::string reason = "the Prefill stream from " + endpoint_->target + " ended mid-transfer: " + why;
+      client_->nccl_->links.Drop(nccl_peer_, nccl_link_id_, reason);
+      nccl_transfer_.reset();  // returns once the link's kernels are stopped
+      client_->ReportLinks();
+    }
+#endif
+  }
+
+  // The first failure of a KvStream call (OK when none failed).
+  Status stream_failure() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stream_failure_;
+  }
+  bool have_header() const { return have_header_; }
+  // The transfer was counted as started (TransferStarted).
+  bool started() const { return started_; }
+  bool have_summary() const { return have_summary_; }
+  bool nccl() const { return nccl_; }
+  // KV chunks (or NCCL layers) received: the call got past admission.
+  int progress() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return assembler_.chunks() + layers_sent_;
+  }
+  int64_t kv_bytes() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return assembler_.bytes();
+  }
+  std::string transport_label() const { return KvTransportLabel(nccl_); }
+  std::string wire_label() const { return KvWireLabel(wire_.dtype, wire_.fp8); }
+  double seconds() const {
+    return nccl_seconds_ > 0 ? nccl_seconds_ : std::chrono::duration<double>(last_landed_ - header_at_).count();
+  }
+  const std::string& setup_note() const { return setup_note_; }
+  v1::PrefillSummary& summary() { return summary_; }
+  std::vector<int> chunks_per_stream() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return chunks_per_stream_;
+  }
+
+  // How the KV moved, for FetchedKv: the prefill's account, completed with
+  // what this side saw.
+  v1::KvTransferStats Stats() {
+    v1::KvTransferStats t = summary_.transfer();
+    t.set_transport(nccl_ ? v1::KV_TRANSPORT_NCCL : v1::KV_TRANSPORT_GRPC);
+    t.set_kv_wire(wire_.fp8 ? v1::KV_WIRE_FP8_E4M3 : v1::KV_WIRE_UNSPECIFIED);
+    t.set_grpc_streams(streams_);
+    t.set_bytes(landed_bytes_.load());
+    if (t.seconds() <= 0) t.set_seconds(seconds());
+    if (!setup_note_.empty()) t.set_fallback_reason(t.fallback_reason() + (t.fallback_reason().empty() ? "" : "; ") +
+                                                    setup_note_);
+    return t;
+  }
+
+ private:
+  static const char* KvTransportLabel(bool nccl) { return nccl ? "nccl" : "grpc"; }
+
+  Status OnHeader(const v1::LayoutHeader& h) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      SEER_RETURN_IF_ERROR(assembler_.OnHeader(h));
+    }
+    SEER_RETURN_IF_ERROR(CheckHeaderTransport(h, offer_, asked_));
+    wire_.dtype = FromWireDtype(h.kv_dtype()).value_or(DType::kF32);  // OnHeader checked it
+    wire_.fp8 = h.kv_wire() == v1::KV_WIRE_FP8_E4M3;
+    wire_.block_tokens = wire_.fp8 ? h.kv_scale_block_tokens() : kFp8ScaleBlockTokens;
+    nccl_ = h.transport() == v1::KV_TRANSPORT_NCCL;
+    streams_ = std::max(1, h.grpc_streams());
+    have_header_ = true;
+    header_at_ = last_landed_ = std::chrono::steady_clock::now();
+    if (h.has_nccl_setup()) JoinLink(h);
+    if (nccl_) SEER_RETURN_IF_ERROR(StartNcclReceive(h));
+    if (client_->kv_observer_ != nullptr) client_->kv_observer_->TransferStarted(transport_label());
+    started_ = true;
+    if (!nccl_ && streams_ > 1) {
+      transfer_id_ = h.transfer_id();
+      std::lock_guard<std::mutex> lock(mu_);
+      chunks_per_stream_.assign(streams_, 0);
+      for (int i = 1; i < streams_ && i <= static_cast<int>(endpoint_->kv_stubs.size()); ++i)
+        threads_.emplace_back([this, i] { RunKvStream(i); });
+    }
+    return OkStatus();
+  }
+
+  Status OnLayerSent(int layer) {
+    if (!nccl_) return DataLoss("prefill stream: a layer marker on a gRPC transfer");
+    const KvLayout& l = cache_->layout();
+    const int64_t bytes = 2 * static_cast<int64_t>(l.num_kv_heads) * seq_len_ * l.head_dim * DTypeSize(wire_.dtype);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      SEER_RETURN_IF_ERROR(assembler_.OnLayerSent(layer, bytes));
+      ++layers_sent_;
+    }
+#ifdef SEER_HAVE_NCCL
+    nccl_transfer_->NoteLayerSent(layer);
+#endif
+    return OkStatus();
+  }
+
+  Status OnSummary(v1::PrefillSummary* summary) {
+    // The prefill sends its summary once every layer is written on every
+    // stream: the KvStream calls end now.
+    JoinStreams();
+    SEER_RETURN_IF_ERROR(stream_failure());
+    if (landing_ != nullptr) SEER_RETURN_IF_ERROR(landing_->Flush());
+#ifdef SEER_HAVE_NCCL
+    if (nccl_transfer_ != nullptr) {
+      double timeout = 0.0;  // the link's stall timeout bounds the wait
+      if (deadline_)
+        timeout = std::max(0.001, std::chrono::duration<double>(*deadline_ - std::chrono::system_clock::now()).count());
+      StatusOr<NcclTransferStats> stats = nccl_transfer_->Finish(timeout);
+      nccl_transfer_.reset();
+      if (!stats.ok()) {
+        client_->nccl_->links.Drop(nccl_peer_, nccl_link_id_, stats.status().message());
+        client_->ReportLinks();
+        return stats.status();
+      }
+      nccl_seconds_ = std::max(1e-9, stats->seconds);
+      landed_bytes_ += stats->bytes;
+      on_kv_bytes_(stats->bytes);
+    }
+#endif
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      SEER_RETURN_IF_ERROR(assembler_.OnSummary(*summary));
+    }
+    summary_ = std::move(*summary);
+    have_summary_ = true;
+    return OkStatus();
+  }
+
+  // Checks a chunk's place, then lands it through `*landing` (made for the
+  // first chunk, and again for a larger one).
+  Status Land(int stream, const KvChunkPieces& c, std::unique_ptr<KvLanding>* landing, int* landing_tokens) {
+    const int64_t bytes = static_cast<int64_t>(c.k.size() + c.v.size());
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      SEER_RETURN_IF_ERROR(assembler_.CheckChunk(c.layer, c.token_start, c.token_count, bytes));
+    }
+    if (*landing == nullptr || c.token_count > *landing_tokens) {
+      if (*landing != nullptr) SEER_RETURN_IF_ERROR((*landing)->Flush());
+      SEER_ASSIGN_OR_RETURN(*landing, MakeLanding(std::max(c.token_count, *landing_tokens), stream));
+      *landing_tokens = std::max(c.token_count, *landing_tokens);
+    }
+    SEER_RETURN_IF_ERROR((*landing)->Land(c));
+    landed_bytes_ += bytes + static_cast<int64_t>(c.k_scales.size() + c.v_scales.size());
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++chunks_per_stream_[stream];
+      last_landed_ = std::chrono::steady_clock::now();
+    }
+    on_kv_bytes_(bytes);
+    return OkStatus();
+  }
+
+  StatusOr<std::unique_ptr<KvLanding>> MakeLanding(int max_tokens, int stream) {
+#ifdef SEER_HAVE_CUDA
+    // Stream 0 alone gets four staging slots; each of several streams two.
+    const int slots = streams_ > 1 && stream > 0 ? 2 : 4;
+    if (auto* device = dynamic_cast<DeviceKvCache*>(cache_)) return MakeDeviceKvLanding(device, wire_, max_tokens, slots);
+    if (PagedKvCache* paged = OnDevicePages(cache_)) return MakePagedDeviceKvLanding(paged, wire_, max_tokens, slots);
+#endif
+    (void)max_tokens;
+    (void)stream;
+    return MakeHostKvLanding(cache_, wire_);
+  }
+
+  // KvStream call `index`: chunks only, into a landing of its own. One that
+  // carried nothing and failed is harmless (its layers went over the other
+  // streams, and the summary's check finds any missing); one that failed
+  // after landing chunks fails the fetch.
+  void RunKvStream(int index) {
+    v1::KvStreamRequest request;
+    request.set_transfer_id(transfer_id_);
+    request.set_index(index);
+    StatusOr<grpc::ByteBuffer> body = EncodeMessage(request);
+    if (!body.ok()) {
+      Fail(body.status());
+      return;
+    }
+    RawStreamCall call(endpoint_->kv_stubs[index - 1].get(), kKvStreamMethod, std::move(*body));
+    if (deadline_) call.context()->set_deadline(*deadline_);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_) return;
+      kv_calls_[index] = &call;
+    }
+    call.Start();
+    std::unique_ptr<KvLanding> landing;
+    int landing_tokens = 0, chunks = 0;
+    Status protocol;
+    grpc::ByteBuffer buffer;
+    DecodedResponse decoded;
+    while (protocol.ok() && call.Next(&buffer)) {
+      protocol = DecodePrefillResponse(buffer, &decoded);
+      if (protocol.ok() && !decoded.is_chunk) protocol = DataLoss("a message that is not a KV chunk");
+      if (protocol.ok()) protocol = Land(index, decoded.chunk, &landing, &landing_tokens);
+      if (protocol.ok()) ++chunks;
+    }
+    if (!protocol.ok()) call.Cancel();
+    if (landing != nullptr) {
+      const Status flushed = landing->Flush();
+      if (protocol.ok()) protocol = flushed;
+    }
+    const grpc::Status status = call.Finish();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      kv_calls_.erase(index);
+    }
+    const std::string what = "KvStream " + std::to_string(index) + " of " + std::to_string(streams_);
+    if (!protocol.ok()) {
+      Fail(protocol.WithContext(what));
+    } else if (!status.ok() && chunks > 0) {
+      Fail(FromGrpcStatus(status).WithContext(what + " failed after " + std::to_string(chunks) + " KV chunks"));
+    }
+  }
+
+  // A KvStream failed: the fetch fails with it. Not after End (which
+  // cancelled the calls itself) or another stream's failure.
+  void Fail(const Status& status) {
+    std::vector<RawStreamCall*> calls;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_) return;
+      stream_failure_ = status;
+      stopping_ = true;
+      for (auto& [index, call] : kv_calls_) calls.push_back(call);
+    }
+    for (RawStreamCall* c : calls) c->Cancel();
+    main_->Cancel();
+  }
+
+  void JoinStreams() {
+    std::vector<std::thread> threads;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      threads.swap(threads_);
+    }
+    for (std::thread& t : threads) t.join();
+  }
+
+  // A header with nccl_setup: join the link the prefill started (rank 1).
+  // A failure costs nothing now (this request is gRPC); it is noted.
+  void JoinLink(const v1::LayoutHeader& h) {
+#ifdef SEER_HAVE_NCCL
+    const v1::NcclLinkSetup& s = h.nccl_setup();
+    NcclLinkOptions o;
+    o.device = device_;
+    o.peer = "prefill " + endpoint_->target + " (" + s.gpu_uuid() + ")";
+    o.peer_gpu_uuid = s.gpu_uuid();
+    o.setup_timeout_seconds = client_->options_.nccl_setup_seconds;
+    o.stall_timeout_seconds = client_->options_.nccl_stall_seconds;
+    StatusOr<std::shared_ptr<NcclKvLink>> link = NcclKvLink::Open(NcclRole::kReceiver, s.unique_id(), o);
+    if (!link.ok()) {
+      setup_note_ = "nccl: joining the link failed: " + link.status().ToString();
+      return;
+    }
+    client_->nccl_->links.Put(s.prefill_instance(), s.link_id(), std::move(link).value());
+    client_->ReportLinks();
+#else
+    (void)h;
+#endif
+  }
+
+  Status StartNcclReceive(const v1::LayoutHeader& h) {
+#ifdef SEER_HAVE_NCCL
+    auto* device = dynamic_cast<DeviceKvCache*>(cache_);
+    PagedKvCache* paged = OnDevicePages(cache_);
+    if (device == nullptr && paged == nullptr)
+      return DataLoss("layout header transport: NCCL into a cache that is not on a GPU");
+    std::optional<NcclLinkRegistry::Entry> link = client_->nccl_->links.Find(h.prefill_instance());
+    if (!link || link->id != h.nccl_link_id())
+      return Unavailable("the prefill chose NCCL link " + std::to_string(h.nccl_link_id()) +
+                         ", which this decode worker no longer holds");
+    StatusOr<std::unique_ptr<NcclKvLink::Transfer>> transfer =
+        paged != nullptr ? StartPagedReceive(*link->link, paged, h.nccl_transfer_seq())
+                         : link->link->StartRecv(device, seq_len_, h.nccl_transfer_seq());
+    if (!transfer.ok()) {
+      client_->nccl_->links.Drop(h.prefill_instance(), link->id, transfer.status().message());
+      client_->ReportLinks();
+      return Unavailable("NCCL transfer: " + transfer.status().message());
+    }
+    nccl_transfer_ = std::move(transfer).value();
+    nccl_peer_ = h.prefill_instance();
+    nccl_link_id_ = link->id;
+    return OkStatus();
+#else
+    (void)h;
+    return DataLoss("layout header transport: NCCL, which this build cannot receive");
+#endif
+  }
+
+#ifdef SEER_HAVE_NCCL
+  // NCCL into KV pages: each layer lands in a one-layer staging cache on the
+  // pool's GPU and is scattered into the request's pages on the link's
+  // stream, behind its receives.
+  StatusOr<std::unique_ptr<NcclKvLink::Transfer>> StartPagedReceive(NcclKvLink& link, PagedKvCache* paged,
+                                                                    uint64_t seq) {
+    auto* pool = static_cast<DevicePagePool*>(paged->pool());
+    const KvLayout& l = paged->layout();
+    SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(pool->device()));
+    SEER_ASSIGN_OR_RETURN(nccl_staging_, DeviceKvCache::Create(1, l.num_kv_heads, l.head_dim, seq_len_));
+    const std::vector<int32_t>& pages = paged->pages();
+    SEER_ASSIGN_OR_RETURN(nccl_table_, DeviceBuffer::Allocate(sizeof(int32_t) * pages.size(), "NCCL KV page table"));
+    SEER_RETURN_IF_CUDA_ERROR(
+        cudaMemcpy(nccl_table_.get(), pages.data(), sizeof(int32_t) * pages.size(), cudaMemcpyHostToDevice));
+    DeviceKvCache* staging = nccl_staging_.get();
+    const int32_t* table = nccl_table_.as<int32_t>();
+    const int n = seq_len_;
+    return link.StartRecvStaged(staging, l.num_layers, n, seq,
+                                [staging, table, pool, n, l](int layer, cudaStream_t stream) {
+                                  const int page_tokens = pool->layout().page_tokens;
+                                  cudaError_t e = cuda::ScatterToPagesStrided(
+                                      staging->k(0), n, 0, n, table, l.num_kv_heads, l.head_dim, page_tokens,
+                                      pool->k(layer), stream);
+                                  if (e != cudaSuccess) return e;
+                                  return cuda::ScatterToPagesStrided(staging->v(0), n, 0, n, table, l.num_kv_heads,
+                                                                     l.head_dim, page_tokens, pool->v(layer), stream);
+                                });
+  }
+#endif
+
+  PrefillClient* const client_;
+  Endpoint* const endpoint_;
+  const int seq_len_;
+  KvCache* const cache_;
+  const int device_;
+  const v1::KvTransportOffer offer_;
+  const v1::KvWire asked_;
+  const std::optional<std::chrono::system_clock::time_point> deadline_;
+  const std::function<void(int64_t)>& on_kv_bytes_;
+  RawStreamCall* const main_;
+
+  // The fetching thread's.
+  DecodedResponse decoded_;
+  bool have_header_ = false, have_summary_ = false, started_ = false, nccl_ = false;
+  int streams_ = 1;
+  uint64_t transfer_id_ = 0;
+  KvWireFormat wire_;
+  std::unique_ptr<KvLanding> landing_;  // stream 0's
+  int landing_tokens_ = 0;
+  std::chrono::steady_clock::time_point header_at_;
+  double nccl_seconds_ = 0.0;
+  std::string setup_note_;
+  v1::PrefillSummary summary_;
+#ifdef SEER_HAVE_NCCL
+  // Declared before the transfer: they outlive it (a paged receive lands through them).
+  std::unique_ptr<DeviceKvCache> nccl_staging_;
+  DeviceBuffer nccl_table_;
+  std::unique_ptr<NcclKvLink::Transfer> nccl_transfer_;
+  std::string nccl_peer_;
+  uint64_t nccl_link_id_ = 0;
+#endif
+  std::atomic<int64_t> landed_bytes_{0};
+
+  std::mutex mu_;  // everything below, and the assembler
+  KvAssembler assembler_;
+  int layers_sent_ = 0;
+  std::vector<int> chunks_per_stream_;
+  std::chrono::steady_clock::time_point last_landed_;
+  std::vector<std::thread> threads_;
+  std::map<int, RawStreamCall*> kv_calls_;
+  bool stopping_ = false;
+  Status stream_failure_;
+};
+
+v1::KvTransportOffer PrefillClient::MakeOffer(KvCache* cache, int* device) {
+  KvReceiverCaps caps;
+  caps.grpc_streams = options_.kv_grpc_streams;
+  *device = -1;
+#ifdef SEER_HAVE_NCCL
+  *device = CacheDevice(cache);
+  if (*device >= 0) {
+    std::string uuid;
+    {
+      std::lock_guard<std::mutex> lock(nccl_->mu);
+      auto it = nccl_->gpu_uuids.find(*device);
+      if (it != nccl_->gpu_uuids.end()) uuid = it->second;
+    }
+    if (uuid.empty()) {
+      StatusOr<std::string> got = CudaDeviceUuid(*device);
+      if (got.ok()) {
+        uuid = *got;
+        std::lock_guard<std::mutex> lock(nccl_->mu);
+        nccl_->gpu_uuids[*device] = uuid;
+      }
+    }
+    if (options_.kv_nccl && !uuid.empty()) {
+      caps.nccl = true;
+      caps.decode_instance = decode_instance_;
+      caps.gpu_uuid = uuid;
+      caps.host = host_;
+      caps.nccl_version = NcclVersion();
+      caps.ready_links = nccl_->links.Ready(kMaxOfferedLinks);
+    }
+  }
+  cudaGetLastError();
+#else
+  (void)cache;
+#endif
+  return MakeTransportOffer(caps);
+}
+
+void PrefillClient::ReportLinks() {
+#ifdef SEER_HAVE_NCCL
+  if (kv_observer_ == nullptr) return;
+  const NcclLinkRegistry::Counts c = nccl_->links.counts();
+  kv_observer_->NcclLinks(c.joining, c.ready);
+#endif
+}
+
 Status PrefillClient::FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& request,
                                 const ExpectedLayout& expected, KvCache* cache, CallCanceller* canceller,
                                 const std::function<void(int64_t)>& on_kv_bytes, FetchedKv* out,
                                 Outcome* outcome) {
   *outcome = Outcome::kFinal;
   const auto start = std::chrono::steady_clock::now();
-  grpc::ClientContext context;
-  if (options_.timeout_seconds > 0)
-    context.set_deadline(std::chrono::system_clock::now() +
-                         std::chrono::microseconds(static_cast<int64_t>(options_.timeout_seconds * 1e6)));
-  if (!canceller->Bind(&context)) return Cancelled("the Generate stream was cancelled");
-  const uint64_t timer = ArmFirstByteTimer(&context);
+  int device = -1;
+  v1::PrefillRequest offered = request;
+  *offered.mutable_transport_offer() = MakeOffer(cache, &device);
+  StatusOr<grpc::ByteBuffer> body = EncodeMessage(offered);
+  if (!body.ok()) return body.status();
+  RawStreamCall call(endpoint.raw.get(), kPrefillMethod, std::move(*body));
+  std::optional<std::chrono::system_clock::time_point> deadline;
+  if (options_.timeout_seconds > 0) {
+    deadline = std::chrono::system_clock::now() +
+               std::chrono::microseconds(static_cast<int64_t>(options_.timeout_seconds * 1e6));
+    call.context()->set_deadline(*deadline);
+  }
+  if (!canceller->Bind(call.context())) return Cancelled("the Generate stream was cancelled");
+  // The first byte: initial metadata (a prefill server sends them on
+  // admission when its header waits for the engine) or the first message.
+  const uint64_t timer = ArmFirstByteTimer(call.context());
+  std::atomic<bool> timed_out{false};
+  auto disarm = [this, timer, &timed_out] {
+    if (DisarmFirstByteTimer(timer)) timed_out = true;
+  };
+  call.OnInitialMetadata(disarm);
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++endpoint.inflight;
   }
+  call.Start();
 
-  KvAssembler assembler(expected, request.token_ids_size(), cache);
-  std::unique_ptr<grpc::ClientReader<v1::PrefillResponse>> reader = endpoint.stub->Prefill(&context, request);
-  v1::PrefillResponse msg;
-  int messages = 0;
-  bool have_summary = false, timed_out = false;
   Status protocol;  // the first violation seen on our side
-  while (protocol.ok() && reader->Read(&msg)) {
-    if (++messages == 1) timed_out = DisarmFirstByteTimer(timer);
-    if (have_summary) {
-      protocol = DataLoss("prefill stream: a message after the summary");
-      break;
+  grpc::Status status;
+  bool no_kv = true;
+  int received_chunks = 0;
+  int64_t received_bytes = 0;
+  {
+    KvReceive receive(this, &endpoint, request.token_ids_size(), expected, cache, device,
+                      offered.transport_offer(), request.kv_wire(), deadline, on_kv_bytes, &call);
+    grpc::ByteBuffer buffer;
+    int messages = 0;
+    while (protocol.ok() && call.Next(&buffer)) {
+      if (++messages == 1) disarm();
+      protocol = receive.OnMessage(buffer);
     }
-    switch (msg.event_case()) {
-      case v1::PrefillResponse::kHeader:
-        protocol = assembler.OnHeader(msg.header());
-        break;
-      case v1::PrefillResponse::kChunk:
-        protocol = assembler.OnChunk(msg.chunk());
-        if (protocol.ok()) on_kv_bytes(static_cast<int64_t>(msg.chunk().k().size() + msg.chunk().v().size()));
-        break;
-      case v1::PrefillResponse::kSummary:
-        protocol = assembler.OnSummary(msg.summary());
-        if (protocol.ok()) {
-          out->summary = std::move(*msg.mutable_summary());
-          have_summary = true;
-        }
-        break;
-      default:
-        protocol = DataLoss("prefill stream: a message with no event");
+    if (!protocol.ok()) call.Cancel();
+    const bool complete = protocol.ok() && receive.have_summary();
+    receive.End(!complete, protocol.ok() ? "the stream broke" : protocol.message());
+    status = call.Finish();
+    disarm();
+    canceller->Unbind();
+    received_chunks = receive.progress();
+    received_bytes = receive.kv_bytes();
+    no_kv = received_chunks == 0;
+    // A KvStream's failure cancelled the Prefill call: it is the cause.
+    if (protocol.ok()) protocol = receive.stream_failure();
+    if (protocol.ok() && status.ok() && !receive.have_summary())
+      protocol = DataLoss("prefill endpoint " + endpoint.target + ": the stream ended without a summary");
+    const bool ok = protocol.ok() && status.ok();
+    if (receive.started() && kv_observer_ != nullptr) {
+      if (ok) {
+        kv_observer_->TransferFinished(receive.transport_label(), receive.wire_label(), receive.seconds(),
+                                       receive.Stats().bytes());
+      } else {
+        kv_observer_->TransferFailed(receive.transport_label(),
+                                     FailureReason(!protocol.ok() ? protocol.code() : FromGrpcStatus(status).code()));
+      }
+    }
+    if (ok) {
+      out->transfer = receive.Stats();
+      out->kv_bytes = receive.kv_bytes();
+      out->chunks_per_stream = receive.chunks_per_stream();
+      out->summary = std::move(receive.summary());
     }
   }
-  if (!protocol.ok()) context.TryCancel();
-  const grpc::Status status = reader->Finish();
-  if (messages == 0) timed_out = DisarmFirstByteTimer(timer);
-  canceller->Unbind();
 
-  const bool no_kv = assembler.chunks() == 0;
   const grpc::StatusCode code = status.error_code();
   const bool refused = no_kv && (code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::RESOURCE_EXHAUSTED ||
                                  (timed_out && code == grpc::StatusCode::CANCELLED));
   {
     std::lock_guard<std::mutex> lock(mu_);
     --endpoint.inflight;
-    if (const int64_t depth = ReportedQueueDepth(context.GetServerInitialMetadata()); depth >= 0) {
+    if (const int64_t depth = ReportedQueueDepth(call.initial_metadata()); depth >= 0) {
       endpoint.reported_depth = depth;
       endpoint.reported_at = Clock::now();
     }
@@ -262,7 +875,12 @@ Status PrefillClient::FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& re
   }
 
   const std::string where = "prefill endpoint " + endpoint.target;
-  if (!protocol.ok()) return protocol.WithContext(where);
+  if (!protocol.ok()) {
+    // A KvStream that broke mid-transfer is a broken stream like stream 0's.
+    if (protocol.code() == StatusCode::kUnavailable && options_.retry_broken_streams && !canceller->cancelled())
+      *outcome = Outcome::kRetry;
+    return protocol.WithContext(where);
+  }
   if (timed_out && code == grpc::StatusCode::CANCELLED && !canceller->cancelled()) {
     if (no_kv) *outcome = Outcome::kRetry;
     return Status(StatusCode::kDeadlineExceeded,
@@ -274,13 +892,11 @@ Status PrefillClient::FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& re
         (code == grpc::StatusCode::UNAVAILABLE && options_.retry_broken_streams && !canceller->cancelled()))
       *outcome = Outcome::kRetry;
     std::string progress = no_kv ? "before its first KV chunk"
-                                 : "after " + std::to_string(assembler.chunks()) + " KV chunks (" +
-                                       std::to_string(assembler.bytes()) + " bytes)";
+                                 : "after " + std::to_string(received_chunks) + " KV chunks (" +
+                                       std::to_string(received_bytes) + " bytes)";
     return FromGrpcStatus(status).WithContext(where + " failed " + progress);
   }
-  if (!have_summary) return DataLoss(where + ": the stream ended without a summary");
   out->endpoint = endpoint.target;
-  out->kv_bytes = assembler.bytes();
   out->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   *outcome = Outcome::kOk;
   return OkStatus();

@@ -17,6 +17,14 @@
 // keepalive pings find a stopped peer within `keepalive_seconds +
 // keepalive_timeout_seconds`, and a health check of every endpoint each
 // `health_interval_seconds` tells WatchHealth whether any can serve.
+//
+// KV transports (docs/KV_TRANSPORT.md): every call offers what this client
+// can take (rpc/kv_handshake.h): `kv_grpc_streams` gRPC streams, the Prefill
+// call plus KvStream calls on channels (TCP connections) of their own, and,
+// when the cache is a CUDA engine's and the build has NCCL, an NCCL link
+// with the prefill process. The prefill's header says what it chose; the
+// chunks land through a KvLanding (rpc/landing) straight from the received
+// slices, or NCCL writes the layers into the cache.
 #pragma once
 
 #include <atomic>
@@ -31,6 +39,7 @@
 #include <thread>
 #include <vector>
 
+#include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include "base/status.h"
@@ -86,14 +95,43 @@ struct PrefillClientOptions {
   // in a row failed (each gets `health_timeout_seconds`), up after one passed.
   double health_interval_seconds = 1.0;
   double health_timeout_seconds = 2.0;
+  // gRPC streams offered per request (1 to 16, --kv-grpc-streams): the
+  // Prefill call plus KvStream calls, each on a channel of its own.
+  int kv_grpc_streams = 1;
+  // Offer NCCL (--kv-transports nccl,grpc) when the cache is on a GPU and
+  // this build has NCCL; the links' setup and stall timeouts.
+  bool kv_nccl = false;
+  double nccl_setup_seconds = 30.0;
+  double nccl_stall_seconds = 10.0;
+};
+
+// Transfer events, for the KV transport metrics (rpc/kv_transport_metrics.h,
+// which the decode service owns: rpc/ does not link Prometheus). Called from
+// the fetching threads.
+class KvTransferObserver {
+ public:
+  virtual ~KvTransferObserver() = default;
+  // `transport`: "grpc" or "nccl"; `wire`: KvWireLabel's.
+  virtual void TransferStarted(const std::string& transport) = 0;
+  virtual void TransferFinished(const std::string& transport, const std::string& wire, double seconds,
+                                int64_t bytes) = 0;
+  virtual void TransferFailed(const std::string& transport, const std::string& reason) = 0;
+  // The NCCL links this client holds, after a change.
+  virtual void NcclLinks(int joining, int ready) = 0;
 };
 
 struct FetchedKv {
   v1::PrefillSummary summary;
   std::string endpoint;
   int attempts = 0;
-  int64_t kv_bytes = 0;
+  int64_t kv_bytes = 0;  // K and V bytes landed (fp8: codes)
   double seconds = 0.0;  // from the call to the summary
+  // How the KV moved: the prefill's account (seconds, blocked_seconds,
+  // fallback_reason), with the transport, wire, streams and bytes this
+  // client received.
+  v1::KvTransferStats transfer;
+  // KV chunks each gRPC stream landed (index 0: the Prefill call).
+  std::vector<int> chunks_per_stream;
 };
 
 class PrefillClient {
@@ -122,12 +160,23 @@ class PrefillClient {
 
   const std::vector<std::string>& targets() const { return targets_; }
 
+  // Reports transfers to `observer` (not owned; outlives the client). Set
+  // before the first Fetch.
+  void SetKvTransferObserver(KvTransferObserver* observer) { kv_observer_ = observer; }
+  // This process's id in NCCL offers.
+  const std::string& decode_instance() const { return decode_instance_; }
+
  private:
+  class KvReceive;
+  struct NcclState;
   using Clock = std::chrono::steady_clock;
   struct Endpoint {
     std::string target;
     std::shared_ptr<grpc::Channel> channel;
-    std::unique_ptr<v1::Prefill::Stub> stub;
+    std::unique_ptr<grpc::GenericStub> raw;  // the Prefill call, as ByteBuffers
+    // KvStream calls 1 .. kv_grpc_streams - 1, each on a channel of its own.
+    std::vector<std::shared_ptr<grpc::Channel>> kv_channels;
+    std::vector<std::unique_ptr<grpc::GenericStub>> kv_stubs;
     std::unique_ptr<grpc::health::v1::Health::Stub> health;
     // Routing state, under mu_.
     int inflight = 0;                  // this client's calls there now
@@ -140,7 +189,7 @@ class PrefillClient {
   };
   enum class Outcome { kOk, kRetry, kFinal };
 
-  PrefillClient() = default;
+  PrefillClient();
   // The endpoints in the order this request tries them.
   std::vector<size_t> Order();
   Status FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& request, const ExpectedLayout& expected,
@@ -153,7 +202,15 @@ class PrefillClient {
   uint64_t ArmFirstByteTimer(grpc::ClientContext* context);
   bool DisarmFirstByteTimer(uint64_t token);  // true when it had fired
 
+  // The transports this client offers for a call that lands in `cache`;
+  // `device` gets the cache's CUDA device (-1: host).
+  v1::KvTransportOffer MakeOffer(KvCache* cache, int* device);
+  void ReportLinks();
+
   PrefillClientOptions options_;
+  std::string decode_instance_, host_;
+  KvTransferObserver* kv_observer_ = nullptr;
+  std::unique_ptr<NcclState> nccl_;  // null without NCCL
   std::vector<std::string> targets_;
   std::vector<std::unique_ptr<Endpoint>> endpoints_;
   int attempts_ = 1;

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "engine/engine.h"
+#include "rpc/kv_handshake.h"
 #include "rpc/kv_wire.h"
 
 namespace seer {
@@ -62,6 +63,13 @@ StatusOr<SamplingParams> ParseSampling(const v1::Sampling& s, int vocab_size, ui
   p.top_p = s.top_p() == 0.0f ? 1.0 : s.top_p();
   p.seed = s.has_seed() ? s.seed() : fresh_seed;
   return p;
+}
+
+StatusOr<v1::KvWire> ParseKvWire(int value) {
+  if (!v1::KvWire_IsValid(value))
+    return InvalidArgument("kv_wire: " + Int(value) + " is not a known encoding (KV_WIRE_UNSPECIFIED or "
+                           "KV_WIRE_FP8_E4M3)");
+  return static_cast<v1::KvWire>(value);
 }
 
 Status CheckRequestSize(const google::protobuf::Message& request, const RequestLimits& limits) {
@@ -153,7 +161,7 @@ size_t MaxRequestBytes(const RequestLimits& limits) {
                                  static_cast<size_t>(limits.max_prompt_tokens) * kMaxTextBytesPerToken +
                                      static_cast<size_t>(kMaxChatMessages) * 32);
   return 4096 + kMaxRequestIdBytes + prompt + static_cast<size_t>(kMaxStopTokens) * 10 +
-         static_cast<size_t>(kMaxStopStrings) * (kMaxStopStringBytes + 8);
+         static_cast<size_t>(kMaxStopStrings) * (kMaxStopStringBytes + 8) + kMaxTransportOfferBytes;
 }
 
 Status CheckPromptFits(int64_t prompt_tokens, int max_new_tokens, const RequestLimits& limits) {
@@ -179,6 +187,9 @@ StatusOr<PrefillCall> ParsePrefillRequest(const v1::PrefillRequest& r, const Req
                            Int(kMinChunkBytes) + ", " + Int(limits.max_chunk_bytes) +
                            "] (0 takes the server's --chunk-bytes)");
   call.max_chunk_bytes = r.max_chunk_bytes();
+  SEER_RETURN_IF_ERROR(CheckTransportOffer(r.transport_offer()));
+  call.transport_offer = r.transport_offer();
+  SEER_ASSIGN_OR_RETURN(call.kv_wire, ParseKvWire(r.kv_wire()));
   SEER_RETURN_IF_ERROR(CheckRequestSize(r, limits));
   return call;
 }
@@ -233,6 +244,7 @@ StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& r, const 
                            Int(kMaxStopTokens));
   call.stop_token_ids.assign(r.stop_token_ids().begin(), r.stop_token_ids().end());
   SEER_RETURN_IF_ERROR(CheckTokenIds(call.stop_token_ids, limits.vocab_size, "stop_token_ids"));
+  SEER_ASSIGN_OR_RETURN(call.kv_wire, ParseKvWire(r.kv_wire()));
   SEER_RETURN_IF_ERROR(CheckRequestSize(r, limits));
   return call;
 }

@@ -43,6 +43,10 @@ struct PrefillCall {
   std::vector<int32_t> ids;
   SparsityRequest sparsity;
   int64_t max_chunk_bytes = 0;  // 0: the server's --chunk-bytes
+  // The transports the caller reads (checked: CheckTransportOffer), and the
+  // K/V encoding it asks for.
+  v1::KvTransportOffer transport_offer;
+  v1::KvWire kv_wire = v1::KV_WIRE_UNSPECIFIED;
 };
 
 // A Generate request, checked. The prompt is `ids`, or `text`, or
@@ -58,6 +62,7 @@ struct GenerateCall {
   SamplingParams sampling;  // the request's seed, or the fresh one it lacked
   SparsityRequest sparsity;
   std::vector<int32_t> stop_token_ids;
+  v1::KvWire kv_wire = v1::KV_WIRE_UNSPECIFIED;  // asked of the prefill
 };
 
 StatusOr<PrefillCall> ParsePrefillRequest(const v1::PrefillRequest& request, const RequestLimits& limits);

@@ -896,7 +896,9 @@ TEST(Isolation, BufferedKvIsBoundedByAdmissionAndStalledStreamsAreCancelled) {
   // their KV freed; the budget is whole again.
   ASSERT_TRUE(WaitFor([&] { return h.metrics.write_stalls.Value() == 3; }, 60s));
   ASSERT_TRUE(WaitFor([&] { return h.metrics.inflight.Value() == 0; }, 30s));
-  EXPECT_EQ(h.service->buffered_bytes(), 0);
+  // Chunks reference the KV cache (no copy): it goes once gRPC has dropped
+  // the cancelled streams' queued bytes, right after.
+  EXPECT_TRUE(WaitFor([&] { return h.service->buffered_bytes() == 0; }, 10s)) << h.service->buffered_bytes();
   EXPECT_EQ(CountByCode(*h.registry, "seer_prefill_requests_total", "CANCELLED"), 3);
   int cancelled = 0, exhausted = 0;
   for (auto& call : stalled) {

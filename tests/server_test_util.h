@@ -43,7 +43,11 @@ namespace seer::testing {
 
 using namespace std::chrono_literals;
 
-inline std::string Bin(const std::string& name) { return std::string(SEER_BIN_DIR) + "/" + name; }
+// The servers' binaries: this build's, or $SEER_BIN_DIR's (a bundle on a GPU host).
+inline std::string Bin(const std::string& name) {
+  const char* dir = std::getenv("SEER_BIN_DIR");
+  return std::string(dir != nullptr && *dir != 0 ? dir : SEER_BIN_DIR) + "/" + name;
+}
 using fixtures::Path;  // the committed fixtures (tests/fixture_reader.h)
 
 inline std::string TempDir(const std::string& name) {

@@ -204,10 +204,22 @@ for t in $transports; do
   pids+=("$decode_pid")
   read -r decode_addr decode_metrics <<<"$(wait_ready "$out/decode-$t.log" "$decode_pid" "seer-decode ($t)")"
   # Warm-up: CUDA, cuBLAS, and for nccl the link (the first request of a
-  # pair goes over gRPC while the communicator is set up).
-  for _ in 1 2; do
+  # pair goes over gRPC while the communicator is set up; requests go over
+  # it once both sides find it ready).
+  for i in $(seq 1 30); do
     timeout 600 "$bin/seer" generate --addr "$decode_addr" --ids "@$out/prompt-warmup.ids" --max-new-tokens 2 \
       --json >"$out/warmup-$t.json" 2>&1 || { cat "$out/warmup-$t.json" >&2; die "$t: the warm-up request failed"; }
+    if [ "$t" != nccl ] || [ "$integrated" = 0 ]; then
+      [ "$i" -ge 2 ] && break
+    elif python3 -c "import json,sys; sys.exit(json.load(open(sys.argv[1])).get('kv_transfer',{}).get('transport') != 'nccl')" \
+        "$out/warmup-$t.json"; then
+      echo "   the NCCL link is ready after $i warm-up requests"
+      break
+    elif [ "$i" = 30 ]; then
+      [ "$allow_fallback" = 1 ] || die "nccl: the link never became ready ($(python3 -c "import json,sys; print(json.load(open(sys.argv[1])).get('kv_transfer',{}).get('fallback_reason',''))" "$out/warmup-$t.json"))"
+    else
+      sleep 1
+    fi
   done
   for n in $lengths; do
     for sp in $modes; do

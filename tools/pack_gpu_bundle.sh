@@ -5,7 +5,8 @@
 #   bin/  seer-prefill, seer-decode, seer, seer-kv-stream-bench (when gRPC is
 #         found), seer_gpu_tests, seer-prefill-bench, seer-random-checkpoint,
 #         seer-kv-wire-error, seer-kv-quant-bench, seer_nccl_gpu_tests and
-#         seer-nccl-kv-bench (when NCCL is found)
+#         seer-nccl-kv-bench (when NCCL is found), seer_disagg_gpu_tests (the
+#         servers on GPUs; SEER_BIN_DIR=<bundle>/bin points them at the bundle)
 #   lib/  every shared library those binaries load, from ldd, except glibc,
 #         libstdc++, libgcc and the CUDA libraries, which the GPU host has
 #
@@ -26,7 +27,7 @@ targets=(seer_gpu_tests seer-prefill-bench seer-decode-bench seer-attention-benc
 server_targets=()
 # The NCCL KV link's tests and benchmark when NCCL was found; the servers and
 # the KV stream benchmark when gRPC was.
-for t in seer_nccl_gpu_tests seer-nccl-kv-bench seer-prefill seer-decode seer seer-kv-stream-bench; do
+for t in seer_nccl_gpu_tests seer-nccl-kv-bench seer-prefill seer-decode seer seer-kv-stream-bench seer_disagg_gpu_tests; do
   if ninja -C "$build" -t targets all 2>/dev/null | grep -q "^$t:"; then server_targets+=("$t"); fi
 done
 if [ ${#server_targets[@]} -eq 0 ]; then

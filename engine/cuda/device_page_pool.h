@@ -36,6 +36,8 @@ class DevicePagePool final : public PagePool {
   Status WriteTokensFromDevice(int layer, std::span<const int32_t> table, int n, int stride,
                                const __nv_bfloat16* k, const __nv_bfloat16* v);
   Status Synchronize() const;
+  // The CUDA device the pages are on.
+  int device() const { return device_; }
 
  private:
   DevicePagePool(const PageLayout& layout, int num_pages, int device)

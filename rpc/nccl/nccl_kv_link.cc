@@ -171,8 +171,18 @@ StatusOr<std::unique_ptr<NcclKvLink::Transfer>> NcclKvLink::StartRecv(DeviceKvCa
   return Start(nullptr, cache, seq_len, seq, split);
 }
 
+StatusOr<std::unique_ptr<NcclKvLink::Transfer>> NcclKvLink::StartRecvStaged(DeviceKvCache* staging, int num_layers,
+                                                                             int seq_len, uint64_t seq,
+                                                                             AfterLayer after_layer) {
+  if (role_ != NcclRole::kReceiver) return FailedPrecondition("NCCL link: StartRecvStaged on the sending side");
+  if (num_layers < 1 || after_layer == nullptr)
+    return InvalidArgument("NCCL transfer: a staged receive needs num_layers >= 1 and an after_layer step");
+  return Start(nullptr, staging, seq_len, seq, NcclKvSplit::kPerHead, num_layers, std::move(after_layer));
+}
+
 StatusOr<std::unique_ptr<NcclKvLink::Transfer>> NcclKvLink::Start(const DeviceKvCache* src, DeviceKvCache* dst,
-                                                                   int seq_len, uint64_t seq, NcclKvSplit split) {
+                                                                   int seq_len, uint64_t seq, NcclKvSplit split,
+                                                                   int num_layers, AfterLayer after_layer) {
   const DeviceKvCache* cache = src != nullptr ? src : dst;
   if (cache == nullptr) return InvalidArgument("NCCL transfer: null KV cache");
   if (seq_len < 1 || seq_len > cache->capacity())
@@ -185,8 +195,10 @@ StatusOr<std::unique_ptr<NcclKvLink::Transfer>> NcclKvLink::Start(const DeviceKv
   x->dst = dst;
   x->seq_len = seq_len;
   x->split = split;
-  x->layers.resize(cache->layout().num_layers);
-  x->bytes = int64_t{2} * cache->layout().num_layers * cache->layout().num_kv_heads * seq_len *
+  x->after_layer = std::move(after_layer);
+  if (num_layers == 0) num_layers = cache->layout().num_layers;
+  x->layers.resize(num_layers);
+  x->bytes = int64_t{2} * num_layers * cache->layout().num_kv_heads * seq_len *
              cache->layout().head_dim * static_cast<int64_t>(sizeof(__nv_bfloat16));
   std::unique_lock<std::mutex> lock(mu_);
   if (state_ == State::kFailed) return failure_;
@@ -289,7 +301,8 @@ Status NcclKvLink::IssueLayer(const Xfer& x, int layer, cudaEvent_t ready, cudaE
   const int peer = role_ == NcclRole::kSender ? 1 : 0;
   ncclResult_t r = ncclGroupStart();
   for (int which = 0; which < 2 && (r == ncclSuccess || r == ncclInProgress); ++which) {
-    __nv_bfloat16* base = which == 0 ? cache->k(layer) : cache->v(layer);
+    const int at = x.after_layer != nullptr ? 0 : layer;  // a staged receive reuses layer 0
+    __nv_bfloat16* base = which == 0 ? cache->k(at) : cache->v(at);
     const int calls = x.split == NcclKvSplit::kPerHead ? lay.num_kv_heads : 1;
     const size_t count = (x.split == NcclKvSplit::kPerHead ? row : row * lay.num_kv_heads) * sizeof(__nv_bfloat16);
     for (int h = 0; h < calls && (r == ncclSuccess || r == ncclInProgress); ++h) {
@@ -315,6 +328,10 @@ Status NcclKvLink::IssueLayer(const Xfer& x, int layer, cudaEvent_t ready, cudaE
     ncclCommGetAsyncError(comm_, &r);
   }
   if (r != ncclSuccess) return Unavailable("ncclGroupEnd: " + NcclError(r, comm_));
+  if (x.after_layer != nullptr) {
+    if (cudaError_t e = x.after_layer(layer, stream_); e != cudaSuccess)
+      return Unavailable(std::string("landing the layer: ") + cudaGetErrorString(e));
+  }
   if (cudaError_t e = cudaEventRecord(done, stream_); e != cudaSuccess)
     return Unavailable(std::string("cudaEventRecord: ") + cudaGetErrorString(e));
   connected_ = true;

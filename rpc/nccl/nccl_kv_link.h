@@ -38,9 +38,10 @@
 #pragma once
 
 #include <chrono>
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -122,6 +123,16 @@ class NcclKvLink : public std::enable_shared_from_this<NcclKvLink> {
   // number the sender announces must be started here (or the link aborted).
   StatusOr<std::unique_ptr<Transfer>> StartRecv(DeviceKvCache* cache, int seq_len, uint64_t seq,
                                                 NcclKvSplit split = NcclKvSplit::kPerHead);
+  // Receiver into something other than a contiguous cache (the batched
+  // decode's KV pages): every layer of the `num_layers` lands in `staging`
+  // (one layer, capacity >= seq_len), and `after_layer(layer, stream)` is
+  // queued on the link's stream right behind that layer's receives (a scatter
+  // into the pages); the stream's order keeps the next layer's receives from
+  // overwriting the staging before it has been read. A layer counts as
+  // arrived once its after_layer work is done.
+  using AfterLayer = std::function<cudaError_t(int layer, cudaStream_t stream)>;
+  StatusOr<std::unique_ptr<Transfer>> StartRecvStaged(DeviceKvCache* staging, int num_layers, int seq_len,
+                                                      uint64_t seq, AfterLayer after_layer);
 
   const NcclLinkOptions& options() const { return options_; }
   NcclRole role() const { return role_; }
@@ -169,6 +180,7 @@ class NcclKvLink : public std::enable_shared_from_this<NcclKvLink> {
     DeviceKvCache* dst = nullptr;
     int seq_len = 0;
     NcclKvSplit split = NcclKvSplit::kPerHead;
+    AfterLayer after_layer;  // staged receive: every layer lands in dst's layer 0
     std::vector<Layer> layers;
     int handed = 0, issued = 0, completed = 0;
     bool abandoned = false;
@@ -185,7 +197,7 @@ class NcclKvLink : public std::enable_shared_from_this<NcclKvLink> {
   Status IssueLayer(const Xfer& x, int layer, cudaEvent_t ready, cudaEvent_t done);  // worker, no lock
   bool PollProgressLocked();                      // worker: completions and stalls; true while work is in flight
   StatusOr<std::unique_ptr<Transfer>> Start(const DeviceKvCache* src, DeviceKvCache* dst, int seq_len, uint64_t seq,
-                                            NcclKvSplit split);
+                                            NcclKvSplit split, int num_layers = 0, AfterLayer after_layer = nullptr);
   Status FinishTransfer(uint64_t seq, double timeout_seconds, NcclTransferStats* stats);
   Xfer* FindLocked(uint64_t seq);
   std::string Peer() const;

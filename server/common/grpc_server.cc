@@ -141,6 +141,9 @@ StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(GrpcServerOptions o) {
   // flight keep their connection until they end (the grace period).
   builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, 5 * 60 * 1000);
   builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS, 60 * 60 * 1000);
+  for (grpc::Service* s : o.services)
+    if (const auto* raw = dynamic_cast<const RawMethodsService*>(s))
+      for (const std::string& m : raw->RawMethods()) o.hooks.raw_methods.insert(m);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(MakeCallInterceptorFactory(std::move(o.hooks)));
   builder.experimental().SetInterceptorCreators(std::move(interceptors));

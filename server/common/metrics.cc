@@ -184,6 +184,7 @@ PrefillMetrics::PrefillMetrics(prometheus::Registry& r)
                              "From a stream's first KV chunk handed to gRPC to its last one written.",
                              LatencyBuckets())),
       write_stalls(AddCounter(r, "seer_stream_write_stalls_total", kWriteStallsHelp)),
+      kv_transport(r, KvSide::kSend),
       requests_(AddRequestCounter(r, "seer_prefill_requests_total", "Prefill requests by final gRPC status code.")),
       density_(prometheus::BuildHistogram()
                    .Name("seer_attention_block_density")
@@ -216,6 +217,7 @@ DecodeMetrics::DecodeMetrics(prometheus::Registry& r)
       inflight(AddGauge(r, "seer_decode_inflight_requests",
                         "Generate streams admitted and not yet finished (queued, fetching KV, decoding).")),
       write_stalls(AddCounter(r, "seer_stream_write_stalls_total", kWriteStallsHelp)),
+      kv_transport(r, KvSide::kReceive),
       batch_size(AddHistogram(r, "seer_decode_batch_size", "Requests in each batched decode step.",
                               {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024})),
       step_seconds(AddHistogram(r, "seer_decode_step_seconds",

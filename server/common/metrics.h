@@ -17,6 +17,7 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include "rpc/kv_transport_metrics.h"
 #include "server/common/metrics_http.h"
 #include "base/status.h"
 #include "engine/engine.h"
@@ -98,6 +99,7 @@ class PrefillMetrics {
   prometheus::Counter& kv_sent_bytes;      // seer_kv_sent_bytes_total
   prometheus::Histogram& kv_stream;        // seer_kv_stream_duration_seconds
   prometheus::Counter& write_stalls;       // seer_stream_write_stalls_total
+  KvTransportMetrics kv_transport;         // seer_kv_transfer*{side="send"}, ... (rpc/kv_transport_metrics.h)
 
  private:
   prometheus::Family<prometheus::Counter>& requests_;
@@ -118,6 +120,7 @@ class DecodeMetrics {
   prometheus::Counter& kv_received_bytes;   // seer_kv_received_bytes_total
   prometheus::Gauge& inflight;              // seer_decode_inflight_requests
   prometheus::Counter& write_stalls;        // seer_stream_write_stalls_total
+  KvTransportMetrics kv_transport;          // seer_kv_transfer*{side="receive"}, ...
   prometheus::Histogram& batch_size;        // seer_decode_batch_size
   prometheus::Histogram& step_seconds;      // seer_decode_step_seconds
 

@@ -11,6 +11,7 @@
 
 #include "base/json.h"
 #include "rpc/grpc_status.h"
+#include "rpc/kv_chunk_codec.h"
 #include "seer/v1/seer.pb.h"
 #include "server/common/logging.h"
 
@@ -40,8 +41,9 @@ double Ms(double seconds) { return std::round(seconds * 1e6) / 1e3; }
 
 class CallInterceptor final : public grpc::experimental::Interceptor {
  public:
-  CallInterceptor(grpc::experimental::ServerRpcInfo* info, Rpc rpc, const CallHooks* hooks, std::string fresh_id)
-      : info_(info), rpc_(rpc), hooks_(hooks), fresh_id_(std::move(fresh_id)), start_(Clock::now()) {}
+  CallInterceptor(grpc::experimental::ServerRpcInfo* info, Rpc rpc, bool raw, const CallHooks* hooks,
+                  std::string fresh_id)
+      : info_(info), rpc_(rpc), raw_(raw), hooks_(hooks), fresh_id_(std::move(fresh_id)), start_(Clock::now()) {}
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* m) override {
     using grpc::experimental::InterceptionHookPoints;
@@ -75,6 +77,21 @@ class CallInterceptor final : public grpc::experimental::Interceptor {
       unparsed_ = true;
       return;
     }
+    if (raw_) {
+      // Bytes: the service parses them (and answers INVALID_ARGUMENT when
+      // they do not parse); a request without an id gets one here.
+      auto* buffer = static_cast<grpc::ByteBuffer*>(message);
+      bytes_in_ = static_cast<int64_t>(buffer->Length());
+      v1::PrefillRequest r;
+      if (rpc_ != Rpc::kPrefill || !DecodeMessage(*buffer, &r).ok()) return;
+      if (r.request_id().empty()) {
+        r.set_request_id(fresh_id_);
+        if (StatusOr<grpc::ByteBuffer> named = EncodeMessage(r); named.ok()) *buffer = *named;
+      }
+      request_id_ = r.request_id();
+      prompt_tokens_ = r.token_ids_size();
+      return;
+    }
     if (rpc_ == Rpc::kPrefill) {
       auto* r = static_cast<v1::PrefillRequest*>(message);
       bytes_in_ = static_cast<int64_t>(r->ByteSizeLong());
@@ -95,8 +112,18 @@ class CallInterceptor final : public grpc::experimental::Interceptor {
     if (message == nullptr) return;
     ++messages_out_;
     if (rpc_ == Rpc::kPrefill) {
-      const auto* r = static_cast<const v1::PrefillResponse*>(message);
-      bytes_out_ += static_cast<int64_t>(r->ByteSizeLong());
+      v1::PrefillResponse parsed;
+      const v1::PrefillResponse* r = nullptr;
+      if (raw_) {
+        // Only the summary (its first field is 3) is parsed: chunks stay bytes.
+        const auto* buffer = static_cast<const grpc::ByteBuffer*>(message);
+        bytes_out_ += static_cast<int64_t>(buffer->Length());
+        if (FirstFieldNumber(*buffer) != 3 || !DecodeMessage(*buffer, &parsed).ok()) return;
+        r = &parsed;
+      } else {
+        r = static_cast<const v1::PrefillResponse*>(message);
+        bytes_out_ += static_cast<int64_t>(r->ByteSizeLong());
+      }
       if (r->has_summary()) {
         const v1::PrefillSummary& s = r->summary();
         summary_ = JsonValue::Object();
@@ -107,6 +134,7 @@ class CallInterceptor final : public grpc::experimental::Interceptor {
         summary_.Set("kv_chunks", JsonValue::Int(s.kv_chunks()));
         summary_.Set("density", JsonValue::Number(s.overall_density()));
         summary_.Set("sparsity", JsonValue::String(s.sparsity()));
+        if (s.has_transfer()) SetTransfer(s.transfer());
       }
     } else {
       const auto* r = static_cast<const v1::GenerateResponse*>(message);
@@ -123,8 +151,17 @@ class CallInterceptor final : public grpc::experimental::Interceptor {
         summary_.Set("density", JsonValue::Number(s.overall_density()));
         summary_.Set("sparsity", JsonValue::String(s.sparsity()));
         summary_.Set("prefill_endpoint", JsonValue::String(s.prefill_endpoint()));
+        if (s.has_kv_transfer()) SetTransfer(s.kv_transfer());
       }
     }
+  }
+
+  // How the KV moved (docs/KV_TRANSPORT.md), on the request's line.
+  void SetTransfer(const v1::KvTransferStats& t) {
+    summary_.Set("kv_transport", JsonValue::String(t.transport() == v1::KV_TRANSPORT_NCCL ? "nccl" : "grpc"));
+    summary_.Set("kv_wire", JsonValue::String(t.kv_wire() == v1::KV_WIRE_FP8_E4M3 ? "fp8" : "dtype"));
+    summary_.Set("kv_streams", JsonValue::Int(t.grpc_streams()));
+    if (!t.fallback_reason().empty()) summary_.Set("kv_fallback", JsonValue::String(t.fallback_reason()));
   }
 
   void Log(const grpc::Status& status) {
@@ -149,6 +186,7 @@ class CallInterceptor final : public grpc::experimental::Interceptor {
 
   grpc::experimental::ServerRpcInfo* const info_;
   const Rpc rpc_;
+  const bool raw_;  // ByteBuffer messages
   const CallHooks* const hooks_;
   const std::string fresh_id_;
   const Clock::time_point start_;
@@ -179,7 +217,8 @@ class CallInterceptorFactory final : public grpc::experimental::ServerIntercepto
     } else {
       return nullptr;
     }
-    return new CallInterceptor(info, rpc, &hooks_, id_prefix_ + std::to_string(next_.fetch_add(1)));
+    const bool raw = hooks_.raw_methods.count(std::string(method)) > 0;
+    return new CallInterceptor(info, rpc, raw, &hooks_, id_prefix_ + std::to_string(next_.fetch_add(1)));
   }
 
  private:

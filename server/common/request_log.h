@@ -15,8 +15,10 @@
 
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <grpcpp/support/server_interceptor.h>
 #include <grpcpp/support/status.h>
@@ -38,6 +40,21 @@ struct CallHooks {
   // A call that ended before its service saw it (its request did not parse),
   // with the status it got: the services' request counters count it here.
   std::function<void(grpc::StatusCode)> count_unserved;
+  // Methods served raw (grpc::ByteBuffer messages, RawMethodsService): their
+  // requests and responses are read as bytes. GrpcServer fills this in.
+  std::set<std::string> raw_methods;
+};
+
+// A service that serves some seer.v1 methods with the generated
+// WithRawCallbackMethod_* (ByteBuffers instead of messages) names them, so
+// that the interceptor reads their messages as bytes. A raw method's service
+// answers a request that does not parse itself (UnparsedRequestStatus) and
+// counts it.
+class RawMethodsService {
+ public:
+  virtual ~RawMethodsService() = default;
+  // Full method names: "/seer.v1.Prefill/Prefill".
+  virtual std::vector<std::string> RawMethods() const = 0;
 };
 
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> MakeCallInterceptorFactory(CallHooks hooks);

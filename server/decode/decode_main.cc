@@ -15,6 +15,7 @@
 #include "engine/engine.h"
 #include "engine/model/model_config.h"
 #include "rpc/channel_credentials.h"
+#include "rpc/kv_handshake.h"
 #include "rpc/requests.h"
 #include "server/decode/decode_service.h"
 #include "server/decode/openai_http.h"
@@ -38,6 +39,12 @@ int main(int argc, char** argv) {
   double drain_seconds = 30.0, prefill_timeout = 0.0, write_stall_seconds = 20.0;
   seer::PrefillClientOptions client_options;
   bool retry_broken = false;
+#ifdef SEER_HAVE_NCCL
+  std::string kv_transports = "nccl,grpc";
+#else
+  std::string kv_transports = "grpc";
+#endif
+  int64_t kv_grpc_streams = 8;
 
   seer::FlagSet flags("seer-decode --model DIR --prefill HOST:PORT[,HOST:PORT...] [flags]",
                       "Serves seer.v1.Decode: for each Generate request (token ids, or text or chat messages\n"
@@ -106,6 +113,17 @@ int main(int argc, char** argv) {
   flags.Double("prefill-health-timeout", &client_options.health_timeout_seconds,
                "seconds a prefill health check may take");
   flags.Double("drain-seconds", &drain_seconds, "on SIGTERM, how long in-flight streams get to finish");
+  flags.String("kv-transports", &kv_transports,
+               "KV transports offered to the prefill servers, grpc always among them: nccl,grpc (GPU to GPU when "
+               "this worker's engine is CUDA and a prefill is CUDA on another GPU of this host; needs an NCCL "
+               "build) or grpc (docs/KV_TRANSPORT.md)");
+  flags.Int("kv-grpc-streams", &kv_grpc_streams,
+            "gRPC streams read per request, the Prefill call and KvStream calls, each on a connection of its "
+            "own (1 to 16; the prefill's --kv-grpc-streams caps it)");
+  flags.Double("kv-nccl-stall-seconds", &client_options.nccl_stall_seconds,
+               "an NCCL KV transfer whose announced layer makes no progress this long aborts its link");
+  flags.Double("kv-nccl-setup-seconds", &client_options.nccl_setup_seconds,
+               "an NCCL link that has not joined after this long is aborted");
   seer::ClientTlsOptions prefill_tls;
   flags.String("prefill-tls-ca", &prefill_tls.ca,
                "PEM CA bundle that signed the prefill servers' certificates: call them over TLS");
@@ -197,6 +215,13 @@ int main(int argc, char** argv) {
   client_options.timeout_seconds = prefill_timeout;
   client_options.retry_broken_streams = retry_broken;
   client_options.credentials = seer::MakeChannelCredentials(prefill_tls);
+  seer::StatusOr<seer::KvTransportSet> transports = seer::ParseKvTransports(kv_transports, "--kv-transports");
+  if (!transports.ok()) {
+    std::fprintf(stderr, "seer-decode: %s\n", transports.status().ToString().c_str());
+    return 2;
+  }
+  client_options.kv_nccl = transports->nccl;
+  client_options.kv_grpc_streams = static_cast<int>(std::clamp<int64_t>(kv_grpc_streams, -1, 1 << 20));
   seer::StatusOr<std::unique_ptr<seer::PrefillClient>> client =
       seer::PrefillClient::Create(prefill, client_options);
   if (!client.ok()) {

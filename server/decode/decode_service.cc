@@ -32,6 +32,28 @@ std::string Mib(int64_t bytes) {
   return text;
 }
 
+// The prefill client's transfer events as the KV transport metrics
+// (seer_kv_transfer*{side="receive"}, seer_kv_nccl_links).
+class KvTransferMetricsObserver final : public KvTransferObserver {
+ public:
+  explicit KvTransferMetricsObserver(KvTransportMetrics* metrics) : metrics_(metrics) {}
+  void TransferStarted(const std::string& transport) override { metrics_->Started(transport); }
+  void TransferFinished(const std::string& transport, const std::string& wire, double seconds,
+                        int64_t bytes) override {
+    metrics_->Finished(transport, wire, seconds, static_cast<double>(bytes));
+  }
+  void TransferFailed(const std::string& transport, const std::string& reason) override {
+    metrics_->Failed(transport, reason);
+  }
+  void NcclLinks(int joining, int ready) override {
+    metrics_->links(false).Set(joining);
+    metrics_->links(true).Set(ready);
+  }
+
+ private:
+  KvTransportMetrics* metrics_;
+};
+
 }  // namespace
 
 int64_t GenerateStreamBytes(int max_new_tokens, int num_layers) {
@@ -161,6 +183,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     prefill_request.set_request_id(request_id_);
     prefill_request.mutable_token_ids()->Assign(ids->begin(), ids->end());
     *prefill_request.mutable_sparsity() = SparsityToProto(call_.sparsity);
+    prefill_request.set_kv_wire(call_.kv_wire);
 
     // Every page (or the whole cache) the request will need, before any KV
     // moves: an admitted request never fails for lack of room later.
@@ -297,6 +320,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     s->set_overall_density(ps.overall_density());
     s->set_prefill_endpoint(fetched_.endpoint);
     s->set_sparsity(ps.sparsity());
+    *s->mutable_kv_transfer() = fetched_.transfer;
     if (!Send(std::move(msg), kSummaryBytes)) return StreamGone();
     return grpc::Status::OK;
   }
@@ -373,9 +397,15 @@ DecodeService::DecodeService(const DecodeServiceOptions& options, PrefillClient*
       metrics_(metrics),
       budget_(options.max_buffered_bytes),
       watchdog_(options.write_stall_seconds),
-      queue_(options.max_concurrent, options.max_queue) {}
+      queue_(options.max_concurrent, options.max_queue) {
+  kv_observer_ = std::make_unique<KvTransferMetricsObserver>(&metrics_->kv_transport);
+  prefill_->SetKvTransferObserver(kv_observer_.get());
+}
 
-DecodeService::~DecodeService() { Shutdown(); }
+DecodeService::~DecodeService() {
+  Shutdown();
+  prefill_->SetKvTransferObserver(nullptr);
+}
 
 Status DecodeService::CheckOptions(const DecodeServiceOptions& o) {
   if (o.max_concurrent < 1 || o.max_concurrent > 1024)

@@ -98,6 +98,8 @@ class DecodeService final : public v1::Decode::CallbackService {
   const DecodeServiceOptions options_;
   PrefillClient* const prefill_;
   DecodeMetrics* const metrics_;
+  // The prefill client's KV transfers on metrics_->kv_transport.
+  std::unique_ptr<KvTransferObserver> kv_observer_;
   ByteBudget budget_;
   StreamWatchdog watchdog_;
   WorkQueue queue_;

@@ -1,5 +1,6 @@
 // seer-prefill: loads a model and its SeerAttention gates and serves Prefill,
 // streaming each prompt's KV cache layer by layer (docs/SERVICE.md).
+#include <algorithm>
 #include <cstdio>
 #include <memory>
 #include <string>
@@ -23,6 +24,14 @@ int main(int argc, char** argv) {
   int64_t chunk_bytes = int64_t{4} << 20, stream_buffer_bytes = int64_t{64} << 20;
   int64_t max_buffered_bytes = int64_t{8} << 30;
   double drain_seconds = 30.0, write_stall_seconds = 20.0;
+#ifdef SEER_HAVE_NCCL
+  std::string kv_transports = "nccl,grpc";
+#else
+  std::string kv_transports = "grpc";
+#endif
+  int64_t kv_grpc_streams = 8;
+  bool allow_kv_fp8 = false;
+  double kv_nccl_stall_seconds = 10.0, kv_nccl_setup_seconds = 30.0;
 
   seer::FlagSet flags("seer-prefill --model DIR [--gates DIR] [flags]",
                       "Serves seer.v1.Prefill: runs the (gated, block-sparse) prefill of a prompt and streams its\n"
@@ -46,6 +55,20 @@ int main(int argc, char** argv) {
                "cancel a stream whose client reads nothing for this long (0: never)");
   flags.Int("max-tokens", &max_tokens, "longest prompt served (0: the model's max_position_embeddings)");
   flags.Double("drain-seconds", &drain_seconds, "on SIGTERM, how long in-flight streams get to finish");
+  flags.String("kv-transports", &kv_transports,
+               "KV transports offered to decode workers, grpc always among them: nccl,grpc (GPU to GPU when the "
+               "decode worker is CUDA on another GPU of this host; needs an NCCL build and a CUDA engine, else "
+               "gRPC) or grpc (docs/KV_TRANSPORT.md)");
+  flags.Int("kv-grpc-streams", &kv_grpc_streams,
+            "gRPC streams one KV transfer may use, the Prefill call and KvStream calls (1 to 16; the decode "
+            "worker's offer caps it)");
+  flags.Bool("allow-kv-fp8", &allow_kv_fp8,
+             "send K/V as fp8 E4M3 with a scale per 64 tokens when a request asks (kv_wire); off: such requests "
+             "get the cache's own type, and the reason in their summary");
+  flags.Double("kv-nccl-stall-seconds", &kv_nccl_stall_seconds,
+               "an NCCL KV transfer whose next layer makes no progress this long aborts its link");
+  flags.Double("kv-nccl-setup-seconds", &kv_nccl_setup_seconds,
+               "an NCCL link that has not joined after this long is aborted (the next offer starts another)");
   seer::CommonServerFlags common;
   common.Register(flags);
   if (seer::Status s = flags.Parse(argc, argv); !s.ok()) {
@@ -76,6 +99,16 @@ int main(int argc, char** argv) {
   options.max_buffered_bytes = max_buffered_bytes;
   options.write_stall_seconds = write_stall_seconds;
   options.max_tokens = max_tokens;
+  seer::StatusOr<seer::KvTransportSet> transports = seer::ParseKvTransports(kv_transports, "--kv-transports");
+  if (!transports.ok()) {
+    std::fprintf(stderr, "seer-prefill: %s\n", transports.status().ToString().c_str());
+    return 2;
+  }
+  options.kv_nccl = transports->nccl;
+  options.kv_grpc_streams = static_cast<int>(std::clamp<int64_t>(kv_grpc_streams, -1, 1 << 20));
+  options.allow_kv_fp8 = allow_kv_fp8;
+  options.nccl_stall_seconds = kv_nccl_stall_seconds;
+  options.nccl_setup_seconds = kv_nccl_setup_seconds;
   if (seer::Status s = seer::PrefillService::CheckOptions(options); !s.ok()) {
     std::fprintf(stderr, "seer-prefill: %s\n", s.ToString().c_str());
     return 2;

@@ -7,19 +7,34 @@
 //
 // No stream waits on its client with the engine or a worker slot: the
 // prefill computes into the request's own KV cache; each finished layer's
-// chunks are copied into messages while the client keeps up (up to
-// --stream-buffer-bytes ahead of the network), and otherwise wait in the
-// cache, which the stream drains after the engine and the slot are free.
+// chunks are made from the cache as their turn to be written comes (the CPU
+// cache's rows referenced, not copied), so the cache is the stream's buffer,
+// drained after the engine and the slot are free.
+//
+// The KV transports (docs/KV_TRANSPORT.md): the request's offer and the
+// server's flags choose NCCL (GPU to GPU over a link per decode process,
+// set up by a first request that goes over gRPC) or gRPC over up to
+// --kv-grpc-streams streams (the Prefill call and KvStream calls, which share
+// the layers out), optionally fp8 on the wire (--allow-kv-fp8). A client
+// that offers nothing gets the single stream it always got, byte for byte.
+// Both methods are served raw (grpc::ByteBuffer), so that chunks reference
+// the KV instead of being copied into protobuf strings.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
 
 #include "engine/engine.h"
+#include "rpc/kv_handshake.h"
 #include "seer/v1/seer.grpc.pb.h"
 #include "server/common/metrics.h"
 #include "rpc/requests.h"
+#include "server/common/request_log.h"
 #include "server/common/stream_watchdog.h"
 #include "server/common/work_queue.h"
 
@@ -42,9 +57,29 @@ struct PrefillServiceOptions {
   double write_stall_seconds = 20.0;
   // Longest prompt served; 0 takes the model's max_position_embeddings.
   int64_t max_tokens = 0;
+  // gRPC streams one transfer may use (--kv-grpc-streams, 1 to 16); the
+  // decode worker's offer caps it too.
+  int kv_grpc_streams = 8;
+  // A transfer uses another stream only for this many bytes of KV (and at
+  // most one per layer): a small prompt's KV does not gain from more
+  // connections, and each costs the receiver a call and a thread. 0: every
+  // stream offered.
+  int64_t kv_min_stream_bytes = int64_t{16} << 20;
+  // fp8 (E4M3) K/V on the wire when a request asks (--allow-kv-fp8).
+  bool allow_kv_fp8 = false;
+  // Send over NCCL when offered (--kv-transports nccl,grpc); only with an
+  // NCCL build and a CUDA engine. The links' timeouts.
+  bool kv_nccl = false;
+  double nccl_setup_seconds = 30.0;
+  double nccl_stall_seconds = 10.0;
 };
 
-class PrefillService final : public v1::Prefill::CallbackService {
+struct GrpcKvTransfer;
+
+class PrefillService final
+    : public v1::Prefill::WithRawCallbackMethod_Prefill<
+          v1::Prefill::WithRawCallbackMethod_KvStream<v1::Prefill::CallbackService>>,
+      public RawMethodsService {
  public:
   PrefillService(const PrefillServiceOptions& options, PrefillMetrics* metrics);
   ~PrefillService() override;
@@ -62,20 +97,46 @@ class PrefillService final : public v1::Prefill::CallbackService {
   // Admission's state, for the load gauges and load metadata.
   const WorkQueue& queue() const { return queue_; }
 
-  grpc::ServerWriteReactor<v1::PrefillResponse>* Prefill(grpc::CallbackServerContext* context,
-                                                         const v1::PrefillRequest* request) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Prefill(grpc::CallbackServerContext* context,
+                                                      const grpc::ByteBuffer* request) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* KvStream(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request) override;
+  std::vector<std::string> RawMethods() const override;
 
   // Bytes of --max-buffered-bytes the admitted streams hold now.
   int64_t buffered_bytes() const { return budget_.used(); }
+  // KvStream calls serving a transfer (waiting for layers or writing them).
+  int attached_kv_streams() const { return attached_kv_streams_.load(); }
+  // This process's id in NCCL link setups and headers.
+  const std::string& prefill_instance() const { return caps_.prefill_instance; }
+  // Whether this server sends over NCCL (the flag, the build, a CUDA engine).
+  bool sends_nccl() const { return caps_.nccl; }
 
  private:
   friend class PrefillStream;
+  friend class KvStreamWriter;
+  struct NcclLinks;
+
+  // gRPC transfers with more than one stream, by transfer_id, until their
+  // summary.
+  uint64_t AddTransfer(std::shared_ptr<GrpcKvTransfer> transfer);
+  std::shared_ptr<GrpcKvTransfer> FindTransfer(uint64_t id);
+  void RemoveTransfer(uint64_t id);
+  void ReportLinks();
 
   const PrefillServiceOptions options_;
   PrefillMetrics* const metrics_;
   ByteBudget budget_;
   StreamWatchdog watchdog_;
   WorkQueue queue_;
+  // KvStream calls only wait for layers: their jobs return at once.
+  WorkQueue kv_stream_queue_;
+  KvSenderCaps caps_;
+  int device_ = -1;  // the engine's CUDA device (-1: the CPU)
+  std::unique_ptr<NcclLinks> nccl_;
+  std::mutex transfers_mu_;
+  std::map<uint64_t, std::shared_ptr<GrpcKvTransfer>> transfers_;
+  std::atomic<int> attached_kv_streams_{0};
   // Prefills admitted together take turns on the engine (Engine::Exclusive);
   // their KV streams still overlap with each other's compute.
   std::atomic<Engine*> engine_{nullptr};
