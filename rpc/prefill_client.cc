@@ -657,6 +657,7 @@ class PrefillClient::KvReceive {
     nccl_transfer_ = std::move(transfer).value();
     nccl_peer_ = h.prefill_instance();
     nccl_link_id_ = link->id;
+    client_->ReportLinks();
     return OkStatus();
 #else
     (void)h;
@@ -766,6 +767,7 @@ v1::KvTransportOffer PrefillClient::MakeOffer(KvCache* cache, int* device) {
       caps.host = host_;
       caps.nccl_version = NcclVersion();
       caps.ready_links = nccl_->links.Ready(kMaxOfferedLinks);
+      ReportLinks();  // links join in the background: the gauge catches up at each offer
     }
   }
   cudaGetLastError();

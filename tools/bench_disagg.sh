@@ -160,7 +160,11 @@ PY
 }
 
 max_tokens=$(echo $lengths | tr ' ' '\n' | sort -n | tail -1)
-prefill_args=(--model "$ckpt" --gates "$gates" --device "$prefill_dev" --listen 127.0.0.1:0 --metrics 127.0.0.1:0)
+# A 128k prompt's KV alone is 17 GB on the 8B shape: the stream budget
+# (--max-buffered-bytes, which counts the KV cache a stream drains from) must
+# hold it.
+prefill_args=(--model "$ckpt" --gates "$gates" --device "$prefill_dev" --listen 127.0.0.1:0 --metrics 127.0.0.1:0
+              --max-buffered-bytes $((64 << 30)))
 [ "$integrated" = 1 ] && prefill_args+=(--kv-transports nccl,grpc --kv-grpc-streams "$streams" --allow-kv-fp8)
 echo "== seer-prefill ${prefill_args[*]}"
 "$bin/seer-prefill" "${prefill_args[@]}" >"$out/prefill.log" 2>&1 &

@@ -27,8 +27,11 @@ targets=(seer_gpu_tests seer-prefill-bench seer-decode-bench seer-attention-benc
 server_targets=()
 # The NCCL KV link's tests and benchmark when NCCL was found; the servers and
 # the KV stream benchmark when gRPC was.
+# (The target list is read once: `ninja ... | grep -q` under pipefail fails
+# whenever grep quits before ninja has written everything.)
+all_targets="$(ninja -C "$build" -t targets all 2>/dev/null || true)"
 for t in seer_nccl_gpu_tests seer-nccl-kv-bench seer-prefill seer-decode seer seer-kv-stream-bench seer_disagg_gpu_tests; do
-  if ninja -C "$build" -t targets all 2>/dev/null | grep -q "^$t:"; then server_targets+=("$t"); fi
+  if grep -q "^$t:" <<<"$all_targets"; then server_targets+=("$t"); fi
 done
 if [ ${#server_targets[@]} -eq 0 ]; then
   echo "pack_gpu_bundle: no gRPC server targets in $build (gRPC not found?); packing tests and bench only" >&2

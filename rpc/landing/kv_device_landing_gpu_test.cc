@@ -4,14 +4,18 @@
 // to nearest even (base/dtype.h's FloatToBf16), fp8 as the CPU twin
 // dequantises (kernels/kv_quant, bit-exact); tokens past the chunks keep the
 // cache's poison. Two slots, so staging buffers are reused while earlier
-// copies may still be in flight. Skips without a GPU.
+// copies may still be in flight. The paged landing (the batched decode's
+// KV pages) must leave the pages holding exactly what the contiguous cache
+// holds, for every wire encoding. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "engine/cuda/device_kv_cache.h"
+#include "engine/cuda/device_page_pool.h"
 #include "kernels/common/gpu_test_util.h"
 #include "kernels/kv_quant/e4m3.h"
 #include "kernels/kv_quant/kv_quant_cpu.h"
@@ -32,7 +36,8 @@ void Cut(const uint8_t* data, size_t size, BytePieces* out) {
   }
 }
 
-class KvDeviceLandingTest : public ::testing::TestWithParam<int> {
+// Param: wire (0: bf16, 1: f32, 2: fp8) and whether the cache is paged.
+class KvDeviceLandingTest : public ::testing::TestWithParam<std::tuple<int, bool>> {
  protected:
   void SetUp() override {
     std::string why;
@@ -42,13 +47,23 @@ class KvDeviceLandingTest : public ::testing::TestWithParam<int> {
 
 // 0: bf16 on the wire, 1: f32, 2: fp8.
 TEST_P(KvDeviceLandingTest, ChunksInPiecesLandLikeTheHostPath) {
-  const int mode = GetParam();
+  const auto [mode, paged] = GetParam();
   const KvWireFormat wire{mode == 1 ? DType::kF32 : DType::kBF16, mode == 2, 64};
   auto cache = DeviceKvCache::Create(kLayers, kHeads, kDim, kCapacity);
   ASSERT_TRUE(cache.ok());
   const size_t layer_elems = static_cast<size_t>(kHeads) * kCapacity * kDim;
   ASSERT_CUDA(cudaMemset((*cache)->k(0), 0xFF, 2 * kLayers * layer_elems * 2));
-  auto landing = MakeDeviceKvLanding(cache->get(), wire, kChunk, 2);
+  // Paged: a pool of more pages than the request takes, handed out from the
+  // top of its free stack, so the request's pages are not 0, 1, 2, ...
+  PageLayout page_layout{(*cache)->layout(), 64};
+  auto pool = DevicePagePool::Create(page_layout, 3 * page_layout.PagesFor(kCapacity), 0);
+  ASSERT_TRUE(pool.ok()) << pool.status().ToString();
+  auto taken = PagedKvCache::Create(pool->get(), 37);  // taken first, so the request's pages are scattered
+  ASSERT_TRUE(taken.ok());
+  auto pages = PagedKvCache::Create(pool->get(), kCapacity);
+  ASSERT_TRUE(pages.ok());
+  auto landing = paged ? MakePagedDeviceKvLanding(pages->get(), wire, kChunk, 2)
+                       : MakeDeviceKvLanding(cache->get(), wire, kChunk, 2);
   ASSERT_TRUE(landing.ok()) << landing.status().ToString();
 
   // What the cache must hold afterwards, as bf16 bits, [layer][K/V][head][capacity][dim].
@@ -107,16 +122,37 @@ TEST_P(KvDeviceLandingTest, ChunksInPiecesLandLikeTheHostPath) {
     }
   }
   ASSERT_TRUE((*landing)->Flush().ok());
-  std::vector<uint16_t> got(want.size());
-  ASSERT_CUDA(cudaMemcpy(got.data(), (*cache)->k(0), got.size() * 2, cudaMemcpyDeviceToHost));
   size_t bad = 0;
-  for (size_t i = 0; i < got.size(); ++i) bad += got[i] != want[i];
-  EXPECT_EQ(bad, 0u) << "of " << got.size() << " elements";
+  if (!paged) {
+    std::vector<uint16_t> got(want.size());
+    ASSERT_CUDA(cudaMemcpy(got.data(), (*cache)->k(0), got.size() * 2, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < got.size(); ++i) bad += got[i] != want[i];
+    EXPECT_EQ(bad, 0u) << "of " << got.size() << " elements";
+    return;
+  }
+  // Paged: tokens [0, kSeq) read back through the pool's gather.
+  const size_t n_elems = static_cast<size_t>(kHeads) * kSeq * kDim;
+  std::vector<uint16_t> k(n_elems), v(n_elems);
+  for (int l = 0; l < kLayers; ++l) {
+    ASSERT_TRUE((*pages)->ReadLayer(l, 0, kSeq, k.data(), v.data()).ok());
+    for (int which = 0; which < 2; ++which) {
+      const std::vector<uint16_t>& got = which == 0 ? k : v;
+      for (int h = 0; h < kHeads; ++h)
+        for (size_t i = 0; i < static_cast<size_t>(kSeq) * kDim; ++i)
+          bad += got[static_cast<size_t>(h) * kSeq * kDim + i] !=
+                 want[(static_cast<size_t>(l) * 2 + which) * layer_elems + static_cast<size_t>(h) * kCapacity * kDim +
+                      i];
+    }
+  }
+  EXPECT_EQ(bad, 0u) << "of " << 2 * kLayers * n_elems << " elements";
 }
 
-INSTANTIATE_TEST_SUITE_P(Wire, KvDeviceLandingTest, ::testing::Values(0, 1, 2), [](const auto& info) {
-  return std::string(info.param == 0 ? "bf16" : info.param == 1 ? "f32" : "fp8");
-});
+INSTANTIATE_TEST_SUITE_P(Wire, KvDeviceLandingTest, ::testing::Combine(::testing::Values(0, 1, 2), ::testing::Bool()),
+                         [](const auto& info) {
+                           const int mode = std::get<0>(info.param);
+                           return std::string(mode == 0 ? "bf16" : mode == 1 ? "f32" : "fp8") +
+                                  (std::get<1>(info.param) ? "_paged" : "");
+                         });
 
 }  // namespace
 }  // namespace seer

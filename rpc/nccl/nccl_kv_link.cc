@@ -241,6 +241,8 @@ void NcclKvLink::Transfer::NoteLayerSent(int layer) {
   std::lock_guard<std::mutex> lock(l.mu_);
   Xfer* x = l.FindLocked(seq_);
   if (x == nullptr) return;
+  Clock::rep unset = 0;
+  l.first_announced_.compare_exchange_strong(unset, Clock::now().time_since_epoch().count());
   // A layer on its way means every earlier one is too.
   for (int i = 0; i <= layer && i < static_cast<int>(x->layers.size()); ++i) x->layers[i].announced = true;
 }
@@ -317,6 +319,9 @@ Status NcclKvLink::IssueLayer(const Xfer& x, int layer, cudaEvent_t ready, cudaE
   // Non-blocking: the group may still be being enqueued. The first one also
   // connects the two GPUs (which needs the peer's first group): it gets the
   // setup timeout, later ones the stall timeout.
+  // Once the sender has announced a layer (receiver), its side of the
+  // connection is under way, and a connection still not up after the stall
+  // timeout means a dead or stuck peer (NCCL itself retries for about a minute).
   const Clock::time_point t0 = Clock::now();
   const double bound = connected_ ? options_.stall_timeout_seconds : options_.setup_timeout_seconds;
   while (r == ncclInProgress) {
@@ -324,6 +329,11 @@ Status NcclKvLink::IssueLayer(const Xfer& x, int layer, cudaEvent_t ready, cudaE
     if (Since(t0) > bound)
       return Unavailable(std::string(connected_ ? "enqueueing a layer" : "connecting to the peer") + " took over " +
                          std::to_string(bound) + " s");
+    if (const Clock::rep announced = first_announced_.load(); !connected_ && announced != 0 &&
+        Since(Clock::time_point(Clock::duration(announced))) > options_.stall_timeout_seconds) {
+      return Unavailable("connecting to the peer: not up " + std::to_string(options_.stall_timeout_seconds) +
+                         " s after it announced a layer");
+    }
     std::this_thread::sleep_for(std::chrono::microseconds(100));
     ncclCommGetAsyncError(comm_, &r);
   }

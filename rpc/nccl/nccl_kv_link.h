@@ -221,6 +221,10 @@ class NcclKvLink : public std::enable_shared_from_this<NcclKvLink> {
   std::vector<cudaEvent_t> event_pool_;               // worker only
   std::optional<Clock::time_point> stall_since_;      // the oldest ready layer waiting on the peer
   std::atomic<bool> abort_requested_{false};          // read by the worker inside NCCL polling loops
+  // Receiver: when the sender first said a layer was on its way (steady
+  // clock ticks; 0: not yet). From then on the connection, which needs the
+  // sender's first group, gets the stall timeout instead of the setup one.
+  std::atomic<Clock::rep> first_announced_{0};
   bool connected_ = false;       // worker only: a group went through (the GPUs are connected)
   bool kernels_stopped_ = true;  // worker only: the stream drained after the abort
   std::thread worker_;

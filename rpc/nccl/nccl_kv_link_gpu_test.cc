@@ -197,6 +197,66 @@ TEST_F(NcclLinkTest, ReceivesTransfersInSequenceOrderWhicheverStartsFirst) {
   EXPECT_EQ(peer->Wait(30), 0);
 }
 
+// A staged receive (the batched decode's pages): every layer lands in one
+// staging layer, and the step queued behind it (here a copy into a cache of
+// another capacity; in the decode worker a scatter into pages) sees each
+// layer's bytes before the next layer overwrites them.
+TEST_F(NcclLinkTest, AStagedReceiveHandsEveryLayerToItsStepBeforeTheNextArrives) {
+  if (!TwoGpus()) GTEST_SKIP();
+  auto id = NewNcclUniqueId();
+  ASSERT_TRUE(id.ok());
+  PeerConfig pc;
+  pc.role = "send";
+  pc.device = 1;
+  pc.unique_id_hex = nccl_test::Hex(*id);
+  pc.layers = kLayers;
+  pc.seq_lens = {1500, 333};
+  pc.salt = 300;
+  auto peer = StartPeer(pc);
+  ASSERT_NE(peer, nullptr);
+  auto link = NcclKvLink::Open(NcclRole::kReceiver, *id, Options());
+  ASSERT_TRUE(link.ok()) << link.status().ToString();
+  ASSERT_TRUE((*link)->WaitReady(60).ok());
+  ASSERT_TRUE(peer->Expect("ready", 60).has_value());
+  for (size_t t = 0; t < pc.seq_lens.size(); ++t) {
+    const int L = pc.seq_lens[t];
+    auto staging = DeviceKvCache::Create(1, kHeads, kDim, L);
+    ASSERT_TRUE(staging.ok());
+    auto dst = Cache(L + 41);
+    ASSERT_EQ(nccl_test::Poison(dst.get()), cudaSuccess);
+    DeviceKvCache* s = staging->get();
+    DeviceKvCache* d = dst.get();
+    int steps = 0;
+    auto xfer = (*link)->StartRecvStaged(s, kLayers, L, t, [&, s, d, L](int layer, cudaStream_t stream) {
+      ++steps;
+      const size_t row = static_cast<size_t>(L) * kDim * 2;
+      for (int which = 0; which < 2; ++which) {
+        cudaError_t e = cudaMemcpy2DAsync(which == 0 ? d->k(layer) : d->v(layer), static_cast<size_t>(d->capacity()) * kDim * 2,
+                                          which == 0 ? s->k(0) : s->v(0), row, row, kHeads, cudaMemcpyDeviceToDevice,
+                                          stream);
+        if (e != cudaSuccess) return e;
+      }
+      return cudaSuccess;
+    });
+    ASSERT_TRUE(xfer.ok()) << xfer.status().ToString();
+    for (int n = 0; n < kLayers; ++n) {
+      auto line = peer->Expect("sent", 60);
+      ASSERT_TRUE(line.has_value());
+      int tt = -1, l = -1;
+      ASSERT_EQ(std::sscanf(line->c_str(), "sent %d %d", &tt, &l), 2) << *line;
+      (*xfer)->NoteLayerSent(l);
+    }
+    auto stats = (*xfer)->Finish(60);
+    ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+    EXPECT_EQ(stats->bytes, Bytes(L));
+    EXPECT_EQ(steps, kLayers);
+    unsigned long long bad = 1;
+    ASSERT_EQ(nccl_test::CountMismatches(d, L, pc.salt + t, &bad), cudaSuccess);
+    EXPECT_EQ(bad, 0u) << "transfer " << t;
+  }
+  EXPECT_EQ(peer->Wait(30), 0);
+}
+
 TEST_F(NcclLinkTest, AKilledReceiverFailsTheSenderWithinSecondsAndAFreshLinkWorks) {
   if (!TwoGpus()) GTEST_SKIP();
   auto id = NewNcclUniqueId();

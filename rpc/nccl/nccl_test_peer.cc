@@ -156,8 +156,10 @@ int RunPeer(int argc, char** argv) {
     if (sender) {
       for (int layer = 0; layer < c.layers; ++layer) {
         if (c.step) {
+          // Waits for "go", unless the link fails first (then Finish reports it).
           std::unique_lock<std::mutex> lock(mu);
-          cv.wait(lock, [&] { return gos > 0; });
+          while (gos == 0 && (*link)->health().ok()) cv.wait_for(lock, std::chrono::milliseconds(50));
+          if (gos == 0) break;
           --gos;
         }
         if (Status s = (*xfer)->SendLayer(layer); !s.ok()) break;
