@@ -312,8 +312,8 @@ class LayerStreamWriter final : public grpc::ServerWriteReactor<grpc::ByteBuffer
 };
 
 class ZeroCopyPrefill final
-    : public v1::Prefill::WithRawCallbackMethod_Prefill<
-          v1::Prefill::WithRawCallbackMethod_KvStream<v1::Prefill::CallbackService>> {
+    : public v1::PrefillService::WithRawCallbackMethod_Prefill<
+          v1::PrefillService::WithRawCallbackMethod_KvStream<v1::PrefillService::CallbackService>> {
  public:
   ZeroCopyPrefill(std::shared_ptr<const HostKvCache> cache, int seq_len, int tokens_per_chunk, int streams)
       : cache_(std::move(cache)), seq_len_(seq_len), tokens_per_chunk_(tokens_per_chunk), streams_(streams) {}
@@ -429,7 +429,7 @@ double ZeroCopySeconds(const std::vector<std::shared_ptr<grpc::Channel>>& channe
   };
 
   const auto start = Clock::now();
-  RawStreamCall first(stubs[0].get(), "/seer.v1.Prefill/Prefill", EncodeMessage(v1::PrefillRequest()).value());
+  RawStreamCall first(stubs[0].get(), "/seer.v1.PrefillService/Prefill", EncodeMessage(v1::PrefillRequest()).value());
   first.Start();
   v1::PrefillResponse header;
   if (!drain(&first, &header)) {
@@ -443,7 +443,7 @@ double ZeroCopySeconds(const std::vector<std::shared_ptr<grpc::Channel>>& channe
       v1::KvStreamRequest req;
       req.set_transfer_id(header.header().transfer_id());
       req.set_index(i);
-      RawStreamCall call(stubs[i].get(), "/seer.v1.Prefill/KvStream", EncodeMessage(req).value());
+      RawStreamCall call(stubs[i].get(), "/seer.v1.PrefillService/KvStream", EncodeMessage(req).value());
       call.Start();
       drain(&call, nullptr);
     });
@@ -579,7 +579,7 @@ int Main(int argc, char** argv) {
   }
   PrefillService service(options, &metrics);
   StatusOr<std::unique_ptr<GrpcServer>> server =
-      GrpcServer::Start("127.0.0.1:0", {&service}, {"seer.v1.Prefill"}, 16 << 20);
+      GrpcServer::Start("127.0.0.1:0", {&service}, {"seer.v1.PrefillService"}, 16 << 20);
   if (!server.ok()) {
     std::fprintf(stderr, "%s\n", server.status().ToString().c_str());
     return 1;
@@ -636,7 +636,8 @@ int Main(int argc, char** argv) {
 
     if (!protobuf_rows) continue;
     {
-      auto stub = v1::Prefill::NewStub(grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
+      auto stub =
+          v1::PrefillService::NewStub(grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
       grpc::ClientContext context;
       const auto start = Clock::now();
       auto reader = stub->Prefill(&context, request);

@@ -102,7 +102,7 @@ int RunGenerateCommand(int argc, char** argv) {
     return ReportUsage(cmd, "--kv-wire: expected auto or fp8, got '" + kv_wire + "'");
   }
 
-  auto stub = v1::Decode::NewStub(MakeChannel(common.addr, common.tls, int64_t{64} << 20));
+  auto stub = v1::DecodeService::NewStub(MakeChannel(common.addr, common.tls, int64_t{64} << 20));
   grpc::ClientContext context;
   const Clock::time_point start = Clock::now();
   SetDeadline(context, common.timeout);

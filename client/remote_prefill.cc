@@ -75,7 +75,7 @@ int RunPrefillCommand(int argc, char** argv) {
   request.set_max_chunk_bytes(max_chunk_bytes);
   const int seq_len = request.token_ids_size();
 
-  auto stub = v1::Prefill::NewStub(MakeChannel(common.addr, common.tls, int64_t{1} << 30));
+  auto stub = v1::PrefillService::NewStub(MakeChannel(common.addr, common.tls, int64_t{1} << 30));
   grpc::ClientContext context;
   const Clock::time_point start = Clock::now();
   SetDeadline(context, common.timeout);

@@ -84,7 +84,7 @@ int FirstFieldNumber(const grpc::ByteBuffer& buffer);
 // message n+1 overlaps the caller's work on message n).
 class RawStreamCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  // `method`: "/seer.v1.Prefill/Prefill" or "/seer.v1.Prefill/KvStream".
+  // `method`: "/seer.v1.PrefillService/Prefill" or "/seer.v1.PrefillService/KvStream".
   RawStreamCall(grpc::GenericStub* stub, const std::string& method, grpc::ByteBuffer request);
   ~RawStreamCall() override;
 

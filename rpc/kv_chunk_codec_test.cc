@@ -201,7 +201,8 @@ TEST(KvChunkCodec, MutatedChunksDecodeLikeProtobuf) {
 }
 
 // Writes a header, `chunks` chunks referencing one buffer, and a summary.
-class ZeroCopyPrefill final : public v1::Prefill::WithRawCallbackMethod_Prefill<v1::Prefill::CallbackService> {
+class ZeroCopyPrefill final
+    : public v1::PrefillService::WithRawCallbackMethod_Prefill<v1::PrefillService::CallbackService> {
  public:
   ZeroCopyPrefill(std::shared_ptr<std::string> payload, int chunks) : payload_(std::move(payload)), chunks_(chunks) {}
 
@@ -261,7 +262,7 @@ TEST(KvChunkCodec, APlainProtobufClientReadsTheZeroCopyStream) {
     builder.RegisterService(&service);
     std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
     ASSERT_NE(server, nullptr);
-    auto stub = v1::Prefill::NewStub(
+    auto stub = v1::PrefillService::NewStub(
         grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
     grpc::ClientContext ctx;
     auto reader = stub->Prefill(&ctx, v1::PrefillRequest());
@@ -284,7 +285,7 @@ TEST(KvChunkCodec, APlainProtobufClientReadsTheZeroCopyStream) {
   EXPECT_EQ(payload.use_count(), 1);
 }
 
-class PlainPrefill final : public v1::Prefill::CallbackService {
+class PlainPrefill final : public v1::PrefillService::CallbackService {
  public:
   explicit PlainPrefill(std::vector<v1::PrefillResponse> msgs) : msgs_(std::move(msgs)) {}
   grpc::ServerWriteReactor<v1::PrefillResponse>* Prefill(grpc::CallbackServerContext*,
@@ -331,7 +332,7 @@ TEST(KvChunkCodec, TheRawClientReadsAPlainProtobufServer) {
   auto channel = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials(),
                                            args);
   grpc::GenericStub stub(channel);
-  auto call = std::make_unique<RawStreamCall>(&stub, "/seer.v1.Prefill/Prefill",
+  auto call = std::make_unique<RawStreamCall>(&stub, "/seer.v1.PrefillService/Prefill",
                                               EncodeMessage(v1::PrefillRequest()).value());
   call->Start();
   grpc::ByteBuffer buf;

@@ -132,8 +132,8 @@ constexpr auto kQueueDepthTtl = std::chrono::seconds(5);
 // Health checks in a row that must fail before an endpoint counts as down.
 constexpr int kFailedChecksForDown = 2;
 
-constexpr const char kPrefillMethod[] = "/seer.v1.Prefill/Prefill";
-constexpr const char kKvStreamMethod[] = "/seer.v1.Prefill/KvStream";
+constexpr const char kPrefillMethod[] = "/seer.v1.PrefillService/Prefill";
+constexpr const char kKvStreamMethod[] = "/seer.v1.PrefillService/KvStream";
 
 // Transport settings for bulk KV (docs/KV_TRANSPORT.md, section 4): large
 // HTTP/2 frames, large socket reads, a large flow-control window.
@@ -1001,7 +1001,7 @@ void PrefillClient::HealthLoop() {
     for (const auto& e : endpoints_) {
       auto c = std::make_unique<Check>();
       c->context.set_deadline(std::chrono::system_clock::now() + timeout);
-      c->request.set_service("seer.v1.Prefill");
+      c->request.set_service("seer.v1.PrefillService");
       Check* raw = c.get();
       checks.push_back(std::move(c));
       e->health->async()->Check(&raw->context, &raw->request, &raw->response, [&, raw](grpc::Status s) {

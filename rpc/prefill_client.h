@@ -90,7 +90,7 @@ struct PrefillClientOptions {
   // streams fail with UNAVAILABLE.
   double keepalive_seconds = 2.0;
   double keepalive_timeout_seconds = 3.0;
-  // Health checks (grpc.health.v1, "seer.v1.Prefill") of every endpoint, for
+  // Health checks (grpc.health.v1, "seer.v1.PrefillService") of every endpoint, for
   // WatchHealth and routing; 0: none. An endpoint is down after two checks
   // in a row failed (each gets `health_timeout_seconds`), up after one passed.
   double health_interval_seconds = 1.0;

@@ -119,7 +119,7 @@ struct PrefillServer {
 
   PrefillServer(const PrefillServiceOptions& options, Engine* engine) {
     service = std::make_unique<PrefillService>(options, &metrics);
-    auto s = GrpcServer::Start("127.0.0.1:0", {service.get()}, {"seer.v1.Prefill"}, 16 << 20);
+    auto s = GrpcServer::Start("127.0.0.1:0", {service.get()}, {"seer.v1.PrefillService"}, 16 << 20);
     EXPECT_TRUE(s.ok()) << s.status().ToString();
     server = std::move(s).value();
     EXPECT_TRUE(service->SetEngine(engine).ok());
@@ -240,7 +240,7 @@ TEST(KvTransport, APlainProtobufClientGetsTheStreamItAlwaysGot) {
   req.set_request_id("plain-1");
   const Reference ref = ReferenceOf(engine.get(), req);
 
-  auto stub = v1::Prefill::NewStub(grpc::CreateChannel(p.server->address(), grpc::InsecureChannelCredentials()));
+  auto stub = v1::PrefillService::NewStub(grpc::CreateChannel(p.server->address(), grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + 60s);
   auto reader = stub->Prefill(&ctx, req);
@@ -314,8 +314,9 @@ std::string EightLayerModel() {
 }
 
 // The decode worker's client with 4 gRPC streams lands the same bytes as
-// with one, and both are the prefill's own cache; the layers went over
-// `want_streams` streams (4, or one per layer when there are fewer).
+// with one, and both are the prefill's own cache; the transfer used
+// `want_streams` streams (4, or one per layer when there are fewer), and the
+// extra ones carried KV.
 void ExpectFourStreamsLandWhatOneDoes(const std::string& model, int want_streams) {
   std::unique_ptr<Engine> inner = LoadEngine(model);
   ASSERT_TRUE(inner);
@@ -348,9 +349,18 @@ void ExpectFourStreamsLandWhatOneDoes(const std::string& model, int want_streams
   fetch.join();
   ASSERT_TRUE(b.status.ok()) << b.status.ToString();
   EXPECT_EQ(b.kv.transfer.grpc_streams(), want_streams);
-  int carrying = 0;
-  for (int n : b.kv.chunks_per_stream) carrying += n > 0 ? 1 : 0;
-  EXPECT_EQ(carrying, want_streams) << "chunks per stream: " << ::testing::PrintToString(b.kv.chunks_per_stream);
+  // Which stream takes a layer depends on which one waits for a layer when
+  // it becomes ready (a KvStream that finished its last layer in time takes
+  // the next one too), so only this much is certain: the extra streams carry
+  // KV, and more than one stream does unless there is a single extra one.
+  int carrying = 0, extra_carrying = 0;
+  for (size_t i = 0; i < b.kv.chunks_per_stream.size(); ++i) {
+    carrying += b.kv.chunks_per_stream[i] > 0 ? 1 : 0;
+    extra_carrying += i > 0 && b.kv.chunks_per_stream[i] > 0 ? 1 : 0;
+  }
+  EXPECT_GE(extra_carrying, 1) << "chunks per stream: " << ::testing::PrintToString(b.kv.chunks_per_stream);
+  EXPECT_GE(carrying, std::min(want_streams - 1, 2))
+      << "chunks per stream: " << ::testing::PrintToString(b.kv.chunks_per_stream);
   const std::vector<LayerKv> four_kv = ReadKv(*b.cache, req.token_ids_size());
   ExpectKvEqual(four_kv, ref.kv, "4 streams");
   ExpectKvEqual(four_kv, ReadKv(*a.cache, req.token_ids_size()), "4 streams against 1");
@@ -471,7 +481,7 @@ TEST(KvTransport, KvStreamCallsAreCheckedAgainstTheirTransfer) {
   auto channel = grpc::CreateChannel(p.server->address(), grpc::InsecureChannelCredentials());
   grpc::GenericStub stub(channel);
   auto kv_stream = [&](const grpc::ByteBuffer& body, int* chunks = nullptr) {
-    RawStreamCall call(&stub, "/seer.v1.Prefill/KvStream", body);
+    RawStreamCall call(&stub, "/seer.v1.PrefillService/KvStream", body);
     call.context()->set_deadline(std::chrono::system_clock::now() + 60s);
     call.Start();
     grpc::ByteBuffer b;
@@ -494,7 +504,7 @@ TEST(KvTransport, KvStreamCallsAreCheckedAgainstTheirTransfer) {
   engine.Hold();
   v1::PrefillRequest req = RequestOf(1000, 5);
   req.mutable_transport_offer()->set_grpc_streams(4);
-  RawStreamCall prefill(&stub, "/seer.v1.Prefill/Prefill", EncodeMessage(req).value());
+  RawStreamCall prefill(&stub, "/seer.v1.PrefillService/Prefill", EncodeMessage(req).value());
   prefill.context()->set_deadline(std::chrono::system_clock::now() + 60s);
   prefill.Start();
   grpc::ByteBuffer b;
@@ -570,7 +580,7 @@ TEST(KvTransport, GenerateOverFourStreamsGivesTheMonolithicTokensAndReportsTheTr
   auto registry = std::make_shared<prometheus::Registry>();
   DecodeMetrics dm(*registry);
   DecodeService decode(DecodeServiceOptions{}, client.get(), &dm);
-  auto server = GrpcServer::Start("127.0.0.1:0", {&decode}, {"seer.v1.Decode"}, 16 << 20).value();
+  auto server = GrpcServer::Start("127.0.0.1:0", {&decode}, {"seer.v1.DecodeService"}, 16 << 20).value();
   ASSERT_TRUE(decode.SetEngine(engine.get()).ok());
   server->SetServing(true);
 
@@ -590,7 +600,7 @@ TEST(KvTransport, GenerateOverFourStreamsGivesTheMonolithicTokensAndReportsTheTr
     }
   }
 
-  auto stub = v1::Decode::NewStub(grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials()));
+  auto stub = v1::DecodeService::NewStub(grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials()));
   v1::GenerateRequest g;
   for (int32_t id : ids) g.add_token_ids(id);
   g.set_max_new_tokens(kNew);

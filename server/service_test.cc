@@ -142,7 +142,8 @@ struct PrefillHarness {
 
   PrefillHarness(const PrefillServiceOptions& options, Engine* engine) {
     service = std::make_unique<PrefillService>(options, &metrics);
-    auto s = GrpcServer::Start("127.0.0.1:0", {service.get()}, {"seer.v1.Prefill"}, 16 << 20);
+    auto s = GrpcServer::Start("127.0.0.1:0", {service.get(), service->legacy()},
+                               {"seer.v1.PrefillService", "seer.v1.Prefill"}, 16 << 20);
     EXPECT_TRUE(s.ok()) << s.status().ToString();
     server = std::move(s).value();
     if (engine != nullptr) Load(engine);
@@ -156,8 +157,8 @@ struct PrefillHarness {
     server->Shutdown(5.0);
     service->Shutdown();
   }
-  std::unique_ptr<v1::Prefill::Stub> Stub() const {
-    return v1::Prefill::NewStub(grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials()));
+  std::unique_ptr<v1::PrefillService::Stub> Stub() const {
+    return v1::PrefillService::NewStub(grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials()));
   }
 };
 
@@ -174,7 +175,8 @@ struct DecodeHarness {
     EXPECT_TRUE(c.ok()) << c.status().ToString();
     client = std::move(c).value();
     service = std::make_unique<DecodeService>(options, client.get(), &metrics);
-    auto s = GrpcServer::Start("127.0.0.1:0", {service.get()}, {"seer.v1.Decode"}, 16 << 20);
+    auto s = GrpcServer::Start("127.0.0.1:0", {service.get(), service->legacy()},
+                               {"seer.v1.DecodeService", "seer.v1.Decode"}, 16 << 20);
     EXPECT_TRUE(s.ok()) << s.status().ToString();
     server = std::move(s).value();
     EXPECT_TRUE(service->SetEngine(engine).ok());
@@ -184,13 +186,13 @@ struct DecodeHarness {
     server->Shutdown(5.0);
     service->Shutdown();
   }
-  std::unique_ptr<v1::Decode::Stub> Stub() const {
-    return v1::Decode::NewStub(grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials()));
+  std::unique_ptr<v1::DecodeService::Stub> Stub() const {
+    return v1::DecodeService::NewStub(grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials()));
   }
 };
 
 // Runs a whole Prefill call: the final status and the messages.
-grpc::Status CallPrefill(v1::Prefill::Stub* stub, const v1::PrefillRequest& req,
+grpc::Status CallPrefill(v1::PrefillService::Stub* stub, const v1::PrefillRequest& req,
                          std::vector<v1::PrefillResponse>* out = nullptr) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + 60s);
@@ -201,7 +203,7 @@ grpc::Status CallPrefill(v1::Prefill::Stub* stub, const v1::PrefillRequest& req,
   return reader->Finish();
 }
 
-grpc::Status CallGenerate(v1::Decode::Stub* stub, const v1::GenerateRequest& req, std::vector<int32_t>* tokens = nullptr,
+grpc::Status CallGenerate(v1::DecodeService::Stub* stub, const v1::GenerateRequest& req, std::vector<int32_t>* tokens = nullptr,
                           v1::GenerateSummary* summary = nullptr) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + 60s);
@@ -226,7 +228,7 @@ TEST(Service, HealthIsNotServingUntilTheModelHasLoaded) {
   PrefillHarness h({}, nullptr);
   using HS = grpc::health::v1::HealthCheckResponse;
   EXPECT_EQ(seer::testing::Health(h.server->address()), HS::NOT_SERVING);
-  EXPECT_EQ(seer::testing::Health(h.server->address(), "seer.v1.Prefill"), HS::NOT_SERVING);
+  EXPECT_EQ(seer::testing::Health(h.server->address(), "seer.v1.PrefillService"), HS::NOT_SERVING);
   v1::PrefillRequest req;
   req.add_token_ids(1);
   grpc::Status s = CallPrefill(h.Stub().get(), req);
@@ -235,7 +237,7 @@ TEST(Service, HealthIsNotServingUntilTheModelHasLoaded) {
 
   h.Load(engine.get());
   EXPECT_EQ(seer::testing::Health(h.server->address()), HS::SERVING);
-  EXPECT_EQ(seer::testing::Health(h.server->address(), "seer.v1.Prefill"), HS::SERVING);
+  EXPECT_EQ(seer::testing::Health(h.server->address(), "seer.v1.PrefillService"), HS::SERVING);
   EXPECT_TRUE(CallPrefill(h.Stub().get(), req).ok());
 }
 
@@ -278,7 +280,7 @@ TEST(Service, ReflectionListsTheServices) {
   ASSERT_TRUE(in.Dump(&slices).ok());
   std::string response;
   for (const auto& s : slices) response.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  EXPECT_NE(response.find("seer.v1.Prefill"), std::string::npos);
+  EXPECT_NE(response.find("seer.v1.PrefillService"), std::string::npos);
   EXPECT_NE(response.find("grpc.health.v1.Health"), std::string::npos);
   EXPECT_NE(response.find("grpc.reflection.v1alpha.ServerReflection"), std::string::npos);
   cq.Shutdown();
@@ -655,6 +657,56 @@ TEST(Service, ADnsNameReachesThePrefill) {
   }
 }
 
+// The services' first names (seer.v1.Prefill, seer.v1.Decode) still answer,
+// with the same messages as the new ones, and health knows both names.
+TEST(Service, TheDeprecatedNamesAnswerAsTheNewOnes) {
+  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"));
+  ASSERT_TRUE(engine);
+  PrefillHarness prefill({}, engine.get());
+  DecodeHarness decode(prefill.server->address(), engine.get());
+  using HS = grpc::health::v1::HealthCheckResponse;
+  EXPECT_EQ(seer::testing::Health(prefill.server->address(), "seer.v1.Prefill"), HS::SERVING);
+  EXPECT_EQ(seer::testing::Health(decode.server->address(), "seer.v1.Decode"), HS::SERVING);
+
+  v1::PrefillRequest req;
+  req.set_request_id("deprecated-names");  // the header carries it
+  for (int t = 0; t < 150; ++t) req.add_token_ids((t * 7) % 128);
+  std::vector<v1::PrefillResponse> now, before;
+  ASSERT_TRUE(CallPrefill(prefill.Stub().get(), req, &now).ok());
+  auto legacy_prefill =
+      v1::Prefill::NewStub(grpc::CreateChannel(prefill.server->address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 60s);
+  auto reader = legacy_prefill->Prefill(&ctx, req);
+  for (v1::PrefillResponse msg; reader->Read(&msg);) before.push_back(msg);
+  ASSERT_TRUE(reader->Finish().ok());
+  ASSERT_EQ(before.size(), now.size());
+  for (size_t i = 0; i + 1 < now.size(); ++i) {  // the header and the KV (the summary has timings)
+    v1::PrefillResponse a = now[i], b = before[i];
+    if (a.has_header()) {  // a transfer id is per call
+      a.mutable_header()->clear_transfer_id();
+      b.mutable_header()->clear_transfer_id();
+    }
+    EXPECT_EQ(a.SerializeAsString(), b.SerializeAsString()) << "message " << i;
+  }
+
+  v1::GenerateRequest g;
+  *g.mutable_token_ids() = req.token_ids();
+  g.set_max_new_tokens(6);
+  std::vector<int32_t> tokens_now, tokens_before;
+  ASSERT_TRUE(CallGenerate(decode.Stub().get(), g, &tokens_now).ok());
+  auto legacy_decode =
+      v1::Decode::NewStub(grpc::CreateChannel(decode.server->address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext gctx;
+  gctx.set_deadline(std::chrono::system_clock::now() + 60s);
+  auto greader = legacy_decode->Generate(&gctx, g);
+  for (v1::GenerateResponse msg; greader->Read(&msg);)
+    if (msg.event_case() == v1::GenerateResponse::kToken) tokens_before.push_back(msg.token());
+  ASSERT_TRUE(greader->Finish().ok());
+  EXPECT_EQ(tokens_before, tokens_now);
+  EXPECT_EQ(tokens_now.size(), 6u);
+}
+
 TEST(PrefillTargets, ParsesListsAndNames) {
   auto ok = ParsePrefillTargets("10.0.0.1:50051, prefill-0:1 ,dns:///seer-prefill.default.svc:50051");
   ASSERT_TRUE(ok.ok()) << ok.status().ToString();
@@ -747,13 +799,13 @@ struct StalledCall {
   std::unique_ptr<grpc::ClientReader<Response>> reader;
 };
 
-using StalledPrefill = StalledCall<v1::Prefill::Stub, v1::PrefillResponse>;
-using StalledGenerate = StalledCall<v1::Decode::Stub, v1::GenerateResponse>;
+using StalledPrefill = StalledCall<v1::PrefillService::Stub, v1::PrefillResponse>;
+using StalledGenerate = StalledCall<v1::DecodeService::Stub, v1::GenerateResponse>;
 
 std::unique_ptr<StalledPrefill> StartStalledPrefill(const std::string& address, const v1::PrefillRequest& req) {
   auto call = std::make_unique<StalledPrefill>();
   call->channel = NonReadingChannel(address);
-  call->stub = v1::Prefill::NewStub(call->channel);
+  call->stub = v1::PrefillService::NewStub(call->channel);
   call->ctx.set_deadline(std::chrono::system_clock::now() + 120s);
   call->reader = call->stub->Prefill(&call->ctx, req);
   return call;
@@ -762,7 +814,7 @@ std::unique_ptr<StalledPrefill> StartStalledPrefill(const std::string& address, 
 std::unique_ptr<StalledGenerate> StartStalledGenerate(const std::string& address, const v1::GenerateRequest& req) {
   auto call = std::make_unique<StalledGenerate>();
   call->channel = NonReadingChannel(address);
-  call->stub = v1::Decode::NewStub(call->channel);
+  call->stub = v1::DecodeService::NewStub(call->channel);
   call->ctx.set_deadline(std::chrono::system_clock::now() + 120s);
   call->reader = call->stub->Generate(&call->ctx, req);
   return call;
@@ -1041,7 +1093,7 @@ namespace routing {
 
 // The prefill_endpoint of each of `n` small greedy Generate calls, or the
 // status of the first that failed.
-std::vector<std::string> EndpointsOf(v1::Decode::Stub* stub, int n, grpc::Status* failed) {
+std::vector<std::string> EndpointsOf(v1::DecodeService::Stub* stub, int n, grpc::Status* failed) {
   std::vector<std::string> out;
   for (int i = 0; i < n; ++i) {
     v1::GenerateRequest req;
@@ -1158,7 +1210,7 @@ class BlackHole {
 };
 
 // A Prefill server that takes calls and never answers them.
-class SilentPrefill final : public v1::Prefill::CallbackService {
+class SilentPrefill final : public v1::PrefillService::CallbackService {
  public:
   grpc::ServerWriteReactor<v1::PrefillResponse>* Prefill(grpc::CallbackServerContext* /*context*/,
                                                          const v1::PrefillRequest* /*request*/) override {
@@ -1280,7 +1332,7 @@ TEST(Detection, AnEndpointThatTakesTheCallAndNeverAnswersIsGivenUp) {
   ASSERT_TRUE(engine);
   PrefillHarness prefill({}, engine.get());
   SilentPrefill silent_service;
-  auto silent = GrpcServer::Start("127.0.0.1:0", {&silent_service}, {"seer.v1.Prefill"}, 1 << 20);
+  auto silent = GrpcServer::Start("127.0.0.1:0", {&silent_service}, {"seer.v1.PrefillService"}, 1 << 20);
   ASSERT_TRUE(silent.ok());
   (*silent)->SetServing(true);
   PrefillClientOptions client;

@@ -16,11 +16,11 @@ namespace {
 
 namespace rv1 = grpc::reflection::v1;
 
-class PrefillStub final : public v1::Prefill::Service {};
+class PrefillStub final : public v1::PrefillService::Service {};
 
 TEST(ReflectionV1, ListsAndDescribesEveryServiceWithoutAProto) {
   PrefillStub prefill;
-  auto server = GrpcServer::Start("127.0.0.1:0", {&prefill}, {"seer.v1.Prefill"}, 1 << 20);
+  auto server = GrpcServer::Start("127.0.0.1:0", {&prefill}, {"seer.v1.PrefillService"}, 1 << 20);
   ASSERT_TRUE(server.ok()) << server.status().ToString();
   auto channel = grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials());
   auto stub = rv1::ServerReflection::NewStub(channel);
@@ -34,12 +34,13 @@ TEST(ReflectionV1, ListsAndDescribesEveryServiceWithoutAProto) {
   ASSERT_TRUE(stream->Read(&resp));
   std::vector<std::string> names;
   for (const auto& s : resp.list_services_response().service()) names.push_back(s.name());
-  for (const char* want : {"seer.v1.Prefill", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"}) {
+  for (const char* want : {"seer.v1.PrefillService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"}) {
     EXPECT_NE(std::find(names.begin(), names.end(), want), names.end()) << want;
   }
 
   for (auto [symbol, file] : {std::pair{"grpc.health.v1.Health", "grpc/health/v1/health.proto"},
-                              std::pair{"seer.v1.Prefill.Prefill", "seer/v1/seer.proto"},
+                              std::pair{"seer.v1.PrefillService.Prefill", "seer/v1/seer.proto"},
+                              std::pair{"seer.v1.Prefill.Prefill", "seer/v1/seer.proto"},  // the deprecated name
                               std::pair{"seer.v1.GenerateRequest", "seer/v1/seer.proto"}}) {
     req.set_file_containing_symbol(symbol);
     ASSERT_TRUE(stream->Write(req));

@@ -53,7 +53,7 @@ struct CallHooks {
 class RawMethodsService {
  public:
   virtual ~RawMethodsService() = default;
-  // Full method names: "/seer.v1.Prefill/Prefill".
+  // Full method names: "/seer.v1.PrefillService/Prefill".
   virtual std::vector<std::string> RawMethods() const = 0;
 };
 

@@ -68,7 +68,7 @@ class PacedReactor final : public StreamReactor<v1::GenerateResponse> {
   int messages_;
 };
 
-class PacedService final : public v1::Decode::CallbackService {
+class PacedService final : public v1::DecodeService::CallbackService {
  public:
   PacedService(HookLog* log, int messages) : log_(log), messages_(messages) {}
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(grpc::CallbackServerContext* context,
@@ -95,7 +95,7 @@ TEST(StreamReactor, AfterWriteOfOneMessageEndsBeforeTheNextBeforeWrite) {
   ASSERT_TRUE(server.ok()) << server.status().ToString();
   (*server)->SetServing(true);
 
-  auto stub = v1::Decode::NewStub(grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
+  auto stub = v1::DecodeService::NewStub(grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + 30s);
   auto reader = stub->Generate(&ctx, v1::GenerateRequest());
@@ -151,7 +151,7 @@ class MixedReactor final : public StreamReactor<v1::GenerateResponse> {
   int messages_, fail_at_;
 };
 
-class MixedService final : public v1::Decode::CallbackService {
+class MixedService final : public v1::DecodeService::CallbackService {
  public:
   MixedService(int messages, int fail_at) : messages_(messages), fail_at_(fail_at) {}
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(grpc::CallbackServerContext* context,
@@ -167,7 +167,7 @@ class MixedService final : public v1::Decode::CallbackService {
 };
 
 std::pair<grpc::Status, std::vector<int32_t>> ReadTokens(const std::string& address, int read_pause_ms) {
-  auto stub = v1::Decode::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  auto stub = v1::DecodeService::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + 30s);
   auto reader = stub->Generate(&ctx, v1::GenerateRequest());

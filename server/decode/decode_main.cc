@@ -47,10 +47,11 @@ int main(int argc, char** argv) {
   int64_t kv_grpc_streams = 8;
 
   seer::FlagSet flags("seer-decode --model DIR --prefill HOST:PORT[,HOST:PORT...] [flags]",
-                      "Serves seer.v1.Decode: for each Generate request (token ids, or text or chat messages\n"
-                      "with a tokenizer), pulls the prompt's KV cache from a seer-prefill endpoint into its\n"
-                      "pages of the KV pool, then decodes it in the running batch (one step for every running\n"
-                      "request) and streams the tokens and their text. Also serves grpc.health.v1.Health,\n"
+                      "Serves seer.v1.DecodeService (and its deprecated name seer.v1.Decode): for each Generate\n"
+                      "request (token ids, or text or chat messages with a tokenizer), pulls the prompt's KV\n"
+                      "cache from a seer-prefill endpoint into its pages of the KV pool, then decodes it in the\n"
+                      "running batch (one step for every running request) and streams the tokens and their text.\n"
+                      "Also serves grpc.health.v1.Health,\n"
                       "server reflection, Prometheus metrics on --metrics, and with --http an OpenAI-compatible\n"
                       "API (/v1/completions, /v1/chat/completions, /v1/models).\n"
                       "SIGTERM drains in-flight streams, then exits.");
@@ -255,8 +256,8 @@ int main(int argc, char** argv) {
   config.drain_seconds = drain_seconds;
   config.max_receive_bytes = seer::ReceiveLimitBytes(seer::MaxRequestBytes(limits));
   config.tls = common.tls;
-  config.services = {&service};
-  config.health_names = {"seer.v1.Decode"};
+  config.services = {&service, service.legacy()};
+  config.health_names = {"seer.v1.DecodeService", "seer.v1.Decode"};
   config.registry = registry;
   config.scrape_time = metrics.server.scrape_time;
   const seer::WorkQueue& queue = service.queue();

@@ -391,6 +391,11 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
   Clock::time_point last_token_;
 };
 
+grpc::ServerWriteReactor<v1::GenerateResponse>* LegacyDecodeService::Generate(grpc::CallbackServerContext* context,
+                                                                              const v1::GenerateRequest* request) {
+  return service_->Generate(context, request);
+}
+
 DecodeService::DecodeService(const DecodeServiceOptions& options, PrefillClient* prefill, DecodeMetrics* metrics)
     : options_(options),
       prefill_(prefill),

@@ -63,7 +63,21 @@ struct DecodeServiceOptions {
 // message it may queue, and its summary.
 int64_t GenerateStreamBytes(int max_new_tokens, int num_layers);
 
-class DecodeService final : public v1::Decode::CallbackService {
+class DecodeService;
+
+// seer.v1.Decode, DecodeService's deprecated first name: the same call,
+// answered by the same service (docs/SERVICE.md, "Deprecated names").
+class LegacyDecodeService final : public v1::Decode::CallbackService {
+ public:
+  explicit LegacyDecodeService(DecodeService* service) : service_(service) {}
+  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(grpc::CallbackServerContext* context,
+                                                           const v1::GenerateRequest* request) override;
+
+ private:
+  DecodeService* const service_;
+};
+
+class DecodeService final : public v1::DecodeService::CallbackService {
  public:
   // `prefill` (not owned) outlives the service.
   DecodeService(const DecodeServiceOptions& options, PrefillClient* prefill, DecodeMetrics* metrics);
@@ -87,6 +101,8 @@ class DecodeService final : public v1::Decode::CallbackService {
 
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(grpc::CallbackServerContext* context,
                                                            const v1::GenerateRequest* request) override;
+  // The deprecated name, to register beside this one.
+  grpc::Service* legacy() { return &legacy_; }
 
   // Bytes of --max-buffered-bytes the admitted streams hold now.
   int64_t buffered_bytes() const { return budget_.used(); }
@@ -97,6 +113,7 @@ class DecodeService final : public v1::Decode::CallbackService {
 
   const DecodeServiceOptions options_;
   PrefillClient* const prefill_;
+  LegacyDecodeService legacy_{this};
   DecodeMetrics* const metrics_;
   // The prefill client's KV transfers on metrics_->kv_transport.
   std::unique_ptr<KvTransferObserver> kv_observer_;

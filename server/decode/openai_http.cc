@@ -313,7 +313,7 @@ JsonValue Usage(const v1::GenerateSummary& s) {
 
 class GrpcGenerateBackend final : public GenerateBackend {
  public:
-  explicit GrpcGenerateBackend(std::shared_ptr<grpc::Channel> channel) : stub_(v1::Decode::NewStub(channel)) {}
+  explicit GrpcGenerateBackend(std::shared_ptr<grpc::Channel> channel) : stub_(v1::DecodeService::NewStub(channel)) {}
 
   grpc::Status Generate(const v1::GenerateRequest& request,
                         const std::function<bool(const v1::GenerateResponse&)>& on_response) override {
@@ -332,7 +332,7 @@ class GrpcGenerateBackend final : public GenerateBackend {
   }
 
  private:
-  std::unique_ptr<v1::Decode::Stub> stub_;
+  std::unique_ptr<v1::DecodeService::Stub> stub_;
 };
 
 }  // namespace

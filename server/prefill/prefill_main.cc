@@ -33,10 +33,11 @@ int main(int argc, char** argv) {
   bool allow_kv_fp8 = false;
   double kv_nccl_stall_seconds = 10.0, kv_nccl_setup_seconds = 30.0;
 
-  seer::FlagSet flags("seer-prefill --model DIR [--gates DIR] [flags]",
-                      "Serves seer.v1.Prefill: runs the (gated, block-sparse) prefill of a prompt and streams its\n"
-                      "KV cache layer by layer. Also serves grpc.health.v1.Health and server reflection, and\n"
-                      "Prometheus metrics on --metrics. SIGTERM drains in-flight streams, then exits.");
+  seer::FlagSet flags(
+      "seer-prefill --model DIR [--gates DIR] [flags]",
+      "Serves seer.v1.PrefillService (and its deprecated name seer.v1.Prefill): runs the (gated,\n"
+      "block-sparse) prefill of a prompt and streams its KV cache layer by layer. Also serves grpc.health.v1.Health and server reflection, and\n"
+      "Prometheus metrics on --metrics. SIGTERM drains in-flight streams, then exits.");
   flags.String("listen", &listen, "gRPC address, host:port (port 0 picks a free port)");
   flags.String("metrics", &metrics_address, "/metrics address, host:port (port 0 picks one; empty: off)");
   flags.String("model", &model, "Hugging Face checkpoint directory (required)");
@@ -138,8 +139,8 @@ int main(int argc, char** argv) {
   config.drain_seconds = drain_seconds;
   config.max_receive_bytes = seer::ReceiveLimitBytes(seer::MaxRequestBytes(limits));
   config.tls = common.tls;
-  config.services = {&service};
-  config.health_names = {"seer.v1.Prefill"};
+  config.services = {&service, service.legacy()};
+  config.health_names = {"seer.v1.PrefillService", "seer.v1.Prefill"};
   config.registry = registry;
   config.scrape_time = metrics.server.scrape_time;
   const seer::WorkQueue& queue = service.queue();

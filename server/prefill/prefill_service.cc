@@ -39,8 +39,10 @@ struct PrefillService::NcclLinks {
 
 namespace {
 
-constexpr const char kPrefillMethod[] = "/seer.v1.Prefill/Prefill";
-constexpr const char kKvStreamMethod[] = "/seer.v1.Prefill/KvStream";
+constexpr const char kPrefillMethod[] = "/seer.v1.PrefillService/Prefill";
+constexpr const char kKvStreamMethod[] = "/seer.v1.PrefillService/KvStream";
+constexpr const char kLegacyPrefillMethod[] = "/seer.v1.Prefill/Prefill";
+constexpr const char kLegacyKvStreamMethod[] = "/seer.v1.Prefill/KvStream";
 
 // Field numbers of PrefillResponse's events, as FirstFieldNumber reads them.
 constexpr int kChunkField = 2, kSummaryField = 3;
@@ -1015,7 +1017,19 @@ void PrefillService::ReportLinks() {
 #endif
 }
 
-std::vector<std::string> PrefillService::RawMethods() const { return {kPrefillMethod, kKvStreamMethod}; }
+std::vector<std::string> PrefillService::RawMethods() const {
+  return {kPrefillMethod, kKvStreamMethod, kLegacyPrefillMethod, kLegacyKvStreamMethod};
+}
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* LegacyPrefillService::Prefill(grpc::CallbackServerContext* context,
+                                                                          const grpc::ByteBuffer* request) {
+  return service_->Prefill(context, request);
+}
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>* LegacyPrefillService::KvStream(grpc::CallbackServerContext* context,
+                                                                           const grpc::ByteBuffer* request) {
+  return service_->KvStream(context, request);
+}
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* PrefillService::Prefill(grpc::CallbackServerContext* context,
                                                                    const grpc::ByteBuffer* request) {

@@ -75,10 +75,27 @@ struct PrefillServiceOptions {
 };
 
 struct GrpcKvTransfer;
+class PrefillService;
+
+// seer.v1.Prefill, PrefillService's deprecated first name: the same calls,
+// answered by the same service (docs/SERVICE.md, "Deprecated names").
+class LegacyPrefillService final
+    : public v1::Prefill::WithRawCallbackMethod_Prefill<
+          v1::Prefill::WithRawCallbackMethod_KvStream<v1::Prefill::CallbackService>> {
+ public:
+  explicit LegacyPrefillService(PrefillService* service) : service_(service) {}
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Prefill(grpc::CallbackServerContext* context,
+                                                      const grpc::ByteBuffer* request) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* KvStream(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request) override;
+
+ private:
+  PrefillService* const service_;
+};
 
 class PrefillService final
-    : public v1::Prefill::WithRawCallbackMethod_Prefill<
-          v1::Prefill::WithRawCallbackMethod_KvStream<v1::Prefill::CallbackService>>,
+    : public v1::PrefillService::WithRawCallbackMethod_Prefill<
+          v1::PrefillService::WithRawCallbackMethod_KvStream<v1::PrefillService::CallbackService>>,
       public RawMethodsService {
  public:
   PrefillService(const PrefillServiceOptions& options, PrefillMetrics* metrics);
@@ -102,6 +119,8 @@ class PrefillService final
   grpc::ServerWriteReactor<grpc::ByteBuffer>* KvStream(grpc::CallbackServerContext* context,
                                                        const grpc::ByteBuffer* request) override;
   std::vector<std::string> RawMethods() const override;
+  // The deprecated name, to register beside this one.
+  grpc::Service* legacy() { return &legacy_; }
 
   // Bytes of --max-buffered-bytes the admitted streams hold now.
   int64_t buffered_bytes() const { return budget_.used(); }
@@ -126,6 +145,7 @@ class PrefillService final
 
   const PrefillServiceOptions options_;
   PrefillMetrics* const metrics_;
+  LegacyPrefillService legacy_{this};
   ByteBudget budget_;
   StreamWatchdog watchdog_;
   WorkQueue queue_;

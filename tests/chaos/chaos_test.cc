@@ -99,7 +99,7 @@ struct Outcome {
   bool past_deadline = false;
 };
 
-Outcome Generate(v1::Decode::Stub* stub, const v1::GenerateRequest& req) {
+Outcome Generate(v1::DecodeService::Stub* stub, const v1::GenerateRequest& req) {
   Outcome o;
   const auto t0 = Clock::now();
   grpc::ClientContext ctx;
@@ -220,7 +220,8 @@ TEST(Chaos, EveryRequestEndsOkOrRetryableWithItsSoloTokensWhileFaultsAreInjected
                         "--max-concurrent", "4", "--max-queue", "16", "--write-stall-seconds", "3",
                         "--prefill-retry-broken"});
   ASSERT_TRUE(decode.Start());
-  auto stub = v1::Decode::NewStub(grpc::CreateChannel(decode.grpc_address(), grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::DecodeService::NewStub(grpc::CreateChannel(decode.grpc_address(), grpc::InsecureChannelCredentials()));
 
   // Prompts and their solo (greedy) tokens, one request at a time, no faults.
   std::vector<std::vector<int32_t>> prompts;
@@ -245,7 +246,8 @@ TEST(Chaos, EveryRequestEndsOkOrRetryableWithItsSoloTokensWhileFaultsAreInjected
   for (int c = 0; c < kLoadClients; ++c) {
     load.emplace_back([&, c] {
       std::mt19937 rng(seed * 31 + c);
-      auto client = v1::Decode::NewStub(grpc::CreateChannel(decode.grpc_address(), grpc::InsecureChannelCredentials()));
+      auto client =
+          v1::DecodeService::NewStub(grpc::CreateChannel(decode.grpc_address(), grpc::InsecureChannelCredentials()));
       while (!chaos_over) {
         const size_t p = rng() % prompts.size();
         const Outcome o = Generate(client.get(), GenerateOf(prompts[p], kNewTokens));
@@ -320,7 +322,7 @@ TEST(Chaos, EveryRequestEndsOkOrRetryableWithItsSoloTokensWhileFaultsAreInjected
         tally.Fault("Generate client that never reads");
         misbehaving.emplace_back([&, p = prompts[rng() % prompts.size()]] {
           auto channel = NonReadingChannel(decode.grpc_address());
-          auto s = v1::Decode::NewStub(channel);
+          auto s = v1::DecodeService::NewStub(channel);
           grpc::ClientContext ctx;
           ctx.set_deadline(std::chrono::system_clock::now() + 60s);
           auto reader = s->Generate(&ctx, GenerateOf(p, 1200));
@@ -337,7 +339,7 @@ TEST(Chaos, EveryRequestEndsOkOrRetryableWithItsSoloTokensWhileFaultsAreInjected
       case 4: {  // a Prefill client that never reads, straight to a prefill server
         tally.Fault("Prefill client that never reads");
         misbehaving.emplace_back([&, address = target.address, p = prompts.back()] {
-          auto s = v1::Prefill::NewStub(NonReadingChannel(address));
+          auto s = v1::PrefillService::NewStub(NonReadingChannel(address));
           grpc::ClientContext ctx;
           ctx.set_deadline(std::chrono::system_clock::now() + 60s);
           v1::PrefillRequest req;
@@ -389,9 +391,10 @@ TEST(Chaos, EveryRequestEndsOkOrRetryableWithItsSoloTokensWhileFaultsAreInjected
       case 7: {  // bytes that are no protobuf
         tally.Fault("malformed request (not a protobuf)");
         const bool to_prefill = rng() % 2;
-        const grpc::Status s = RawCall(to_prefill ? target.address : decode.grpc_address(),
-                                       to_prefill ? "/seer.v1.Prefill/Prefill" : "/seer.v1.Decode/Generate",
-                                       std::string("\xff\xff\xff\xff\x0f\x12\x34", 7));
+        const grpc::Status s =
+            RawCall(to_prefill ? target.address : decode.grpc_address(),
+                    to_prefill ? "/seer.v1.PrefillService/Prefill" : "/seer.v1.DecodeService/Generate",
+                    std::string("\xff\xff\xff\xff\x0f\x12\x34", 7));
         tally.FaultOutcome("not a protobuf: " + CodeName(s.error_code()));
         if (s.ok()) tally.Violation("bytes that are no protobuf were served OK");
         break;
@@ -413,7 +416,7 @@ TEST(Chaos, EveryRequestEndsOkOrRetryableWithItsSoloTokensWhileFaultsAreInjected
         << p.address << " still has streams in flight";
   EXPECT_TRUE(WaitFor([&] { return InflightSum(decode.metrics_address()) == 0.0; }, 60s));
   EXPECT_TRUE(WaitFor(
-      [&] { return seer::testing::Health(decode.grpc_address(), "seer.v1.Decode") ==
+      [&] { return seer::testing::Health(decode.grpc_address(), "seer.v1.DecodeService") ==
                    grpc::health::v1::HealthCheckResponse::SERVING; },
       60s));
   // And the system serves every prompt, with its solo tokens.

@@ -36,7 +36,7 @@ struct Servers {
                         {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", Path("llama"),
                          "--gates", Path("llama_gates"), "--device", "cpu"}};
   std::unique_ptr<ServerProcess> decode;
-  std::unique_ptr<v1::Decode::Stub> stub;
+  std::unique_ptr<v1::DecodeService::Stub> stub;
 
   ::testing::AssertionResult Start(std::vector<std::string> decode_extra = {}) {
     if (auto r = prefill.Start(); !r) return r;
@@ -45,7 +45,7 @@ struct Servers {
     args.insert(args.end(), decode_extra.begin(), decode_extra.end());
     decode = std::make_unique<ServerProcess>(Bin("seer-decode"), args);
     if (auto r = decode->Start(); !r) return r;
-    stub = v1::Decode::NewStub(grpc::CreateChannel(decode->grpc_address(), grpc::InsecureChannelCredentials()));
+    stub = v1::DecodeService::NewStub(grpc::CreateChannel(decode->grpc_address(), grpc::InsecureChannelCredentials()));
     return ::testing::AssertionSuccess();
   }
   std::map<std::string, double> Metrics() {
@@ -63,7 +63,7 @@ struct Reply {
 };
 
 // `cancel_after`: cancel the call once that many tokens arrived (0: never).
-Reply Call(v1::Decode::Stub* stub, const v1::GenerateRequest& req, int cancel_after = 0) {
+Reply Call(v1::DecodeService::Stub* stub, const v1::GenerateRequest& req, int cancel_after = 0) {
   Reply r;
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + 120s);

@@ -46,7 +46,7 @@ struct Generated {
 };
 
 Generated Generate(const std::string& address, const std::vector<int32_t>& ids) {
-  auto stub = v1::Decode::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  auto stub = v1::DecodeService::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   v1::GenerateRequest g;
   for (int32_t id : ids) g.add_token_ids(id);
   g.set_max_new_tokens(16);

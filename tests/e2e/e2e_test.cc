@@ -123,7 +123,7 @@ TEST(EndToEnd, DisaggregatedGenerateEqualsSeerRun) {
   EXPECT_EQ(Tokens(ParseJson(g)), FixtureIds("llama", "greedy_tokens"));
 }
 
-std::vector<int32_t> Generate(v1::Decode::Stub* stub, const v1::GenerateRequest& req, grpc::Status* status) {
+std::vector<int32_t> Generate(v1::DecodeService::Stub* stub, const v1::GenerateRequest& req, grpc::Status* status) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + 120s);
   auto reader = stub->Generate(&ctx, req);
@@ -138,7 +138,7 @@ std::vector<int32_t> Generate(v1::Decode::Stub* stub, const v1::GenerateRequest&
 TEST(EndToEnd, EightConcurrentGeneratesEachEqualTheirSoloResult) {
   FixturePair servers;
   ASSERT_TRUE(servers.Start());
-  auto stub = v1::Decode::NewStub(
+  auto stub = v1::DecodeService::NewStub(
       grpc::CreateChannel(servers.decode->grpc_address(), grpc::InsecureChannelCredentials()));
   std::vector<v1::GenerateRequest> requests(8);
   for (int i = 0; i < 8; ++i) {
@@ -252,7 +252,8 @@ TEST(EndToEnd, CancelledStreamsFreeThePrefill) {
                                               SlowModel(), "--device", "cpu", "--chunk-bytes", "65536",
                                               "--stream-buffer-bytes", "65536"});
   ASSERT_TRUE(prefill.Start());
-  auto stub = v1::Prefill::NewStub(grpc::CreateChannel(prefill.grpc_address(), grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::PrefillService::NewStub(grpc::CreateChannel(prefill.grpc_address(), grpc::InsecureChannelCredentials()));
   v1::PrefillRequest req;
   for (int32_t id : seer::testing::RandomIds(1024, 512, 5)) req.add_token_ids(id);
 
@@ -330,7 +331,8 @@ void KillAPrefillServerMidStream(bool retry_broken) {
   if (retry_broken) decode_args.push_back("--prefill-retry-broken");
   ServerProcess decode(Bin("seer-decode"), decode_args);
   ASSERT_TRUE(decode.Start());
-  auto stub = v1::Decode::NewStub(grpc::CreateChannel(decode.grpc_address(), grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::DecodeService::NewStub(grpc::CreateChannel(decode.grpc_address(), grpc::InsecureChannelCredentials()));
 
   v1::GenerateRequest big;
   for (int32_t id : seer::testing::RandomIds(2048, 512, 9)) big.add_token_ids(id);
@@ -395,7 +397,7 @@ TEST(EndToEnd, KillingAPrefillServerWithRetryRedoesThePrefillElsewhere) { KillAP
 TEST(EndToEnd, MetricsOverHttpNameEverySeriesWithConsistentValues) {
   FixturePair servers;
   ASSERT_TRUE(servers.Start());
-  auto stub = v1::Decode::NewStub(
+  auto stub = v1::DecodeService::NewStub(
       grpc::CreateChannel(servers.decode->grpc_address(), grpc::InsecureChannelCredentials()));
   const std::vector<int> lengths = {100, 200, 333}, news = {5, 6, 7};
   for (size_t i = 0; i < lengths.size(); ++i) {
@@ -504,7 +506,8 @@ TEST(EndToEnd, SigtermDrainsTheStreamInFlightThenExits) {
   ServerProcess prefill(Bin("seer-prefill"), {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model",
                                               SlowModel(), "--device", "cpu", "--chunk-bytes", "65536"});
   ASSERT_TRUE(prefill.Start());
-  auto stub = v1::Prefill::NewStub(grpc::CreateChannel(prefill.grpc_address(), grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::PrefillService::NewStub(grpc::CreateChannel(prefill.grpc_address(), grpc::InsecureChannelCredentials()));
   v1::PrefillRequest req;
   for (int32_t id : seer::testing::RandomIds(1024, 512, 77)) req.add_token_ids(id);
   grpc::ClientContext ctx;

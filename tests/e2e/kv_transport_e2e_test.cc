@@ -76,7 +76,7 @@ v1::GenerateRequest GenerateOf(int tokens, uint32_t seed) {
 }
 
 grpc::Status Generate(const std::string& address, const v1::GenerateRequest& g) {
-  auto stub = v1::Decode::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  auto stub = v1::DecodeService::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + 120s);
   auto reader = stub->Generate(&ctx, g);

@@ -138,7 +138,7 @@ std::string Serialized(const google::protobuf::Message& m) {
   return s;
 }
 
-constexpr char kPrefillMethod[] = "/seer.v1.Prefill/Prefill";
+constexpr char kPrefillMethod[] = "/seer.v1.PrefillService/Prefill";
 
 // --- the request log ---------------------------------------------------------
 
@@ -167,7 +167,7 @@ TEST(Operations, EachRequestLogsOneJsonLineOnEachServer) {
   EXPECT_EQ(Str(good, "code"), "OK");
   EXPECT_EQ(Str(good, "level"), "info");
   EXPECT_EQ(Str(good, "server"), "seer-decode");
-  EXPECT_EQ(Str(good, "method"), "/seer.v1.Decode/Generate");
+  EXPECT_EQ(Str(good, "method"), "/seer.v1.DecodeService/Generate");
   EXPECT_EQ(Str(good, "peer").rfind("ipv4:127.0.0.1:", 0), 0u) << Str(good, "peer");
   EXPECT_EQ(Num(good, "prompt_tokens"), 7);
   EXPECT_EQ(Num(good, "generated_tokens"), 4);
@@ -386,7 +386,8 @@ TEST(Operations, MetricsHaveLoadMemoryProcessAndBuildSeriesFromTheStart) {
 TEST(Operations, PrefillResponsesCarryTheServersLoad) {
   ServerProcess prefill(Bin("seer-prefill"), ServerArgs({"--max-concurrent", "3", "--max-queue", "5"}));
   ASSERT_TRUE(prefill.Start());
-  auto stub = v1::Prefill::NewStub(grpc::CreateChannel(prefill.grpc_address(), grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::PrefillService::NewStub(grpc::CreateChannel(prefill.grpc_address(), grpc::InsecureChannelCredentials()));
   for (bool valid : {true, false}) {
     v1::PrefillRequest req;
     req.add_token_ids(valid ? 1 : 1000);
@@ -524,7 +525,7 @@ TEST(EdgeLimits, MalformedProtobufIsInvalidArgumentAndCounted) {
     grpc::Status s = RawCall(prefill.grpc_address(), kPrefillMethod, Bytes(body));
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
     EXPECT_NE(s.error_message().find("seer.v1.PrefillRequest"), std::string::npos) << s.error_message();
-    s = RawCall(decode.grpc_address(), "/seer.v1.Decode/Generate", Bytes(body));
+    s = RawCall(decode.grpc_address(), "/seer.v1.DecodeService/Generate", Bytes(body));
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
   }
   std::map<std::string, double> p, d;

@@ -60,7 +60,7 @@ double SecondsSince(std::chrono::steady_clock::time_point t) {
 // A Prefill call whose client never reads: its HTTP/2 window is 1 KiB and
 // never grows, and it has a connection of its own.
 struct StalledPrefill {
-  std::unique_ptr<v1::Prefill::Stub> stub;
+  std::unique_ptr<v1::PrefillService::Stub> stub;
   grpc::ClientContext ctx;
   std::unique_ptr<grpc::ClientReader<v1::PrefillResponse>> reader;
 
@@ -69,7 +69,7 @@ struct StalledPrefill {
     args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1024);
     args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    stub = v1::Prefill::NewStub(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+    stub = v1::PrefillService::NewStub(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
     ctx.set_deadline(std::chrono::system_clock::now() + 120s);
     reader = stub->Prefill(&ctx, req);
   }
@@ -88,7 +88,7 @@ v1::PrefillRequest PrefillOf(int tokens, uint32_t seed) {
   return req;
 }
 
-grpc::Status ReadAll(v1::Prefill::Stub* stub, const v1::PrefillRequest& req) {
+grpc::Status ReadAll(v1::PrefillService::Stub* stub, const v1::PrefillRequest& req) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + 120s);
   auto reader = stub->Prefill(&ctx, req);
@@ -115,7 +115,8 @@ TEST(Robustness, ClientsThatNeverReadCannotGrowThePrefillPastItsBudget) {
                          "65536", "--stream-buffer-bytes", "65536", "--max-buffered-bytes", std::to_string(kBudget),
                          "--write-stall-seconds", "3"});
   ASSERT_TRUE(prefill.Start());
-  auto stub = v1::Prefill::NewStub(grpc::CreateChannel(prefill.grpc_address(), grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::PrefillService::NewStub(grpc::CreateChannel(prefill.grpc_address(), grpc::InsecureChannelCredentials()));
   // Warm up (allocator pools, gRPC buffers) with requests that are read.
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(ReadAll(stub.get(), PrefillOf(1024, 100 + i)).ok());
   double done_requests = 3;
@@ -198,7 +199,8 @@ TEST(Robustness, AStoppedPrefillIsNoticedInSecondsAndItsRequestRedoneElsewhere) 
                                             SlowModel(), "--prefill", a.grpc_address() + "," + b.grpc_address(),
                                             "--device", "cpu", "--threads", "1", "--prefill-retry-broken"});
   ASSERT_TRUE(decode.Start());
-  auto stub = v1::Decode::NewStub(grpc::CreateChannel(decode.grpc_address(), grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::DecodeService::NewStub(grpc::CreateChannel(decode.grpc_address(), grpc::InsecureChannelCredentials()));
 
   v1::GenerateRequest big;
   for (int32_t id : seer::testing::RandomIds(2048, 512, 9)) big.add_token_ids(id);
@@ -250,7 +252,7 @@ TEST(Robustness, DecodeHealthFollowsItsPrefillEndpoints) {
   ServerProcess decode(Bin("seer-decode"), {"--listen", "127.0.0.1:0", "--metrics", "", "--model", Path("llama"),
                                             "--prefill", address, "--device", "cpu", "--threads", "1"});
   ASSERT_TRUE(decode.Start());
-  auto health = [&] { return seer::testing::Health(decode.grpc_address(), "seer.v1.Decode"); };
+  auto health = [&] { return seer::testing::Health(decode.grpc_address(), "seer.v1.DecodeService"); };
   ASSERT_TRUE(WaitFor([&] { return health() == HS::SERVING; }, 30s));
 
   prefill->Signal(SIGSTOP);
@@ -276,7 +278,8 @@ TEST(Robustness, DecodeHealthFollowsItsPrefillEndpoints) {
   ASSERT_TRUE(WaitFor([&] { return health() == HS::SERVING; }, 30s)) << "NOT_SERVING with its prefill back";
   std::printf("[ info     ] prefill restarted: decode SERVING after %.1f s\n", SecondsSince(t0));
   // And it serves.
-  auto stub = v1::Decode::NewStub(grpc::CreateChannel(decode.grpc_address(), grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::DecodeService::NewStub(grpc::CreateChannel(decode.grpc_address(), grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + 60s);
   v1::GenerateRequest req;
