@@ -6,10 +6,16 @@ namespace seer {
 
 size_t DTypeSize(DType t) {
   switch (t) {
-    case DType::kF64: case DType::kI64: return 8;
-    case DType::kF32: case DType::kI32: return 4;
-    case DType::kF16: case DType::kBF16: case DType::kI16: return 2;
-    case DType::kI8: case DType::kU8: case DType::kBool: return 1;
+    case DType::kF64:
+    case DType::kI64: return 8;
+    case DType::kF32:
+    case DType::kI32: return 4;
+    case DType::kF16:
+    case DType::kBF16:
+    case DType::kI16: return 2;
+    case DType::kI8:
+    case DType::kU8:
+    case DType::kBool: return 1;
   }
   return 0;
 }
@@ -64,9 +70,9 @@ uint16_t FloatToFp16(float f) {
   std::memcpy(&x, &f, 4);
   const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
   const uint32_t ax = x & 0x7fffffffu;
-  if (ax > 0x7f800000u) return sign | 0x7e00u;             // NaN
-  if (ax >= 0x477ff000u) return sign | 0x7c00u;            // overflow -> inf (rounding included)
-  if (ax < 0x38800000u) {                                  // subnormal or zero in fp16
+  if (ax > 0x7f800000u) return sign | 0x7e00u;  // NaN
+  if (ax >= 0x477ff000u) return sign | 0x7c00u;  // overflow -> inf (rounding included)
+  if (ax < 0x38800000u) {  // subnormal or zero in fp16
     float a;
     std::memcpy(&a, &ax, 4);
     // Scale so that the fp16 subnormal unit (2^-24) becomes 1, round to nearest even.
@@ -84,9 +90,7 @@ uint16_t FloatToFp16(float f) {
 bool ConvertToFloat(DType src, const void* data, size_t n, float* out) {
   const auto* p = static_cast<const unsigned char*>(data);
   switch (src) {
-    case DType::kF32:
-      std::memcpy(out, p, n * 4);
-      return true;
+    case DType::kF32: std::memcpy(out, p, n * 4); return true;
     case DType::kF64:
       for (size_t i = 0; i < n; ++i) {
         double d;
@@ -108,8 +112,7 @@ bool ConvertToFloat(DType src, const void* data, size_t n, float* out) {
         out[i] = Fp16ToFloat(h);
       }
       return true;
-    default:
-      return false;
+    default: return false;
   }
 }
 

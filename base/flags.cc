@@ -39,9 +39,7 @@ bool FlagSet::WasSet(const std::string& name) const {
 Status FlagSet::Assign(Flag& f, const std::string& value) {
   f.set = true;
   switch (f.kind) {
-    case Kind::kString:
-      *static_cast<std::string*>(f.target) = value;
-      return OkStatus();
+    case Kind::kString: *static_cast<std::string*>(f.target) = value; return OkStatus();
     case Kind::kInt: {
       errno = 0;
       char* end = nullptr;

@@ -50,8 +50,7 @@ class JsonParser {
         ++column;
       }
     }
-    return InvalidArgument("line " + std::to_string(line) + ", column " + std::to_string(column) + ": " +
-                           what);
+    return InvalidArgument("line " + std::to_string(line) + ", column " + std::to_string(column) + ": " + what);
   }
 
   bool AtEnd() const { return pos_ >= text_.size(); }
@@ -189,10 +188,14 @@ class JsonParser {
     for (int i = 0; i < 4; ++i) {
       const char c = text_[pos_];
       v <<= 4;
-      if (c >= '0' && c <= '9') v |= static_cast<uint32_t>(c - '0');
-      else if (c >= 'a' && c <= 'f') v |= static_cast<uint32_t>(c - 'a' + 10);
-      else if (c >= 'A' && c <= 'F') v |= static_cast<uint32_t>(c - 'A' + 10);
-      else return Fail("invalid hex digit " + Describe(c) + " in \\u escape");
+      if (c >= '0' && c <= '9')
+        v |= static_cast<uint32_t>(c - '0');
+      else if (c >= 'a' && c <= 'f')
+        v |= static_cast<uint32_t>(c - 'a' + 10);
+      else if (c >= 'A' && c <= 'F')
+        v |= static_cast<uint32_t>(c - 'A' + 10);
+      else
+        return Fail("invalid hex digit " + Describe(c) + " in \\u escape");
       ++pos_;
     }
     *out = v;
@@ -289,9 +292,7 @@ class JsonParser {
             AppendUtf8(cp, &s);
             break;
           }
-          default:
-            pos_ -= 1;
-            return Fail("invalid escape sequence \\" + std::string(1, e));
+          default: pos_ -= 1; return Fail("invalid escape sequence \\" + std::string(1, e));
         }
         continue;
       }
@@ -433,13 +434,34 @@ void DumpString(const std::string& s, std::string* out) {
   while (i < s.size()) {
     const unsigned char c = static_cast<unsigned char>(s[i]);
     switch (c) {
-      case '"': *out += "\\\""; ++i; continue;
-      case '\\': *out += "\\\\"; ++i; continue;
-      case '\b': *out += "\\b"; ++i; continue;
-      case '\f': *out += "\\f"; ++i; continue;
-      case '\n': *out += "\\n"; ++i; continue;
-      case '\r': *out += "\\r"; ++i; continue;
-      case '\t': *out += "\\t"; ++i; continue;
+      case '"':
+        *out += "\\\"";
+        ++i;
+        continue;
+      case '\\':
+        *out += "\\\\";
+        ++i;
+        continue;
+      case '\b':
+        *out += "\\b";
+        ++i;
+        continue;
+      case '\f':
+        *out += "\\f";
+        ++i;
+        continue;
+      case '\n':
+        *out += "\\n";
+        ++i;
+        continue;
+      case '\r':
+        *out += "\\r";
+        ++i;
+        continue;
+      case '\t':
+        *out += "\\t";
+        ++i;
+        continue;
       default: break;
     }
     if (c < 0x20) {
@@ -665,8 +687,8 @@ StatusOr<int64_t> JsonFieldReader::Int(std::string_view key, int64_t min, int64_
   if (!v->is_integer()) return Error(key, "must be an integer, got " + v->Dump());
   const int64_t i = v->as_int64();
   if (i < min || i > max) {
-    return Error(key, "= " + std::to_string(i) + " is out of range [" + std::to_string(min) + ", " +
-                          std::to_string(max) + "]");
+    return Error(
+        key, "= " + std::to_string(i) + " is out of range [" + std::to_string(min) + ", " + std::to_string(max) + "]");
   }
   return i;
 }

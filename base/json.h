@@ -54,8 +54,8 @@ class JsonValue {
   const JsonValue* Find(std::string_view key) const;
 
   // Builders.
-  JsonValue& Append(JsonValue v);                  // arrays
-  JsonValue& Set(std::string key, JsonValue v);    // objects (replaces)
+  JsonValue& Append(JsonValue v);  // arrays
+  JsonValue& Set(std::string key, JsonValue v);  // objects (replaces)
 
   // Compact serialisation; numbers round-trip (integers exactly).
   std::string Dump() const;

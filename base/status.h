@@ -95,10 +95,10 @@ class [[nodiscard]] StatusOr {
 #define SEER_CONCAT_INNER_(a, b) a##b
 #define SEER_CONCAT_(a, b) SEER_CONCAT_INNER_(a, b)
 
-#define SEER_RETURN_IF_ERROR(expr)                 \
-  do {                                             \
-    ::seer::Status seer_status_ = (expr);          \
-    if (!seer_status_.ok()) return seer_status_;   \
+#define SEER_RETURN_IF_ERROR(expr)               \
+  do {                                           \
+    ::seer::Status seer_status_ = (expr);        \
+    if (!seer_status_.ok()) return seer_status_; \
   } while (0)
 
 #define SEER_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr) \
@@ -107,5 +107,4 @@ class [[nodiscard]] StatusOr {
   lhs = std::move(tmp).value()
 
 // SEER_ASSIGN_OR_RETURN(auto x, F());  or  SEER_ASSIGN_OR_RETURN(x, F());
-#define SEER_ASSIGN_OR_RETURN(lhs, expr) \
-  SEER_ASSIGN_OR_RETURN_IMPL_(SEER_CONCAT_(seer_statusor_, __LINE__), lhs, expr)
+#define SEER_ASSIGN_OR_RETURN(lhs, expr) SEER_ASSIGN_OR_RETURN_IMPL_(SEER_CONCAT_(seer_statusor_, __LINE__), lhs, expr)

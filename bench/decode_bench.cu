@@ -114,15 +114,16 @@ int Main(int argc, char** argv) {
     po.max_batch = batch;
     const int capacity = context + static_cast<int>(steps) + 8;
     const int64_t pages = static_cast<int64_t>(batch) * ((capacity + page_tokens - 1) / page_tokens);
-    po.pool_bytes = pages * static_cast<int64_t>(2 * config.num_layers) * config.num_kv_heads * page_tokens *
-                    config.head_dim * 2;
+    po.pool_bytes =
+        pages * static_cast<int64_t>(2 * config.num_layers) * config.num_kv_heads * page_tokens * config.head_dim * 2;
     if (Status s = e.EnablePagedDecode(po); !s.ok()) {
       std::fprintf(stderr, "seer-decode-bench: %dx%d: %s\n", batch, context, s.ToString().c_str());
       return 1;
     }
     // Random KV straight into the pages, then every sequence at `context`.
     auto* pool = static_cast<DevicePagePool*>(e.page_pool());
-    const size_t per_layer = static_cast<size_t>(pool->num_pages()) * config.num_kv_heads * page_tokens * config.head_dim;
+    const size_t per_layer =
+        static_cast<size_t>(pool->num_pages()) * config.num_kv_heads * page_tokens * config.head_dim;
     for (int l = 0; l < config.num_layers; ++l) {
       SEER_CUDA_CHECK(cuda::FillUniform(pool->k(l), per_layer, 100 + l, 1.0f, nullptr));
       SEER_CUDA_CHECK(cuda::FillUniform(pool->v(l), per_layer, 200 + l, 1.0f, nullptr));

@@ -367,8 +367,10 @@ void TuneForBulk(Args* args) {
   const char* env = std::getenv("SEER_KV_TUNE");
   if (env != nullptr && std::string(env) == "0") return;
   auto set = [&](const char* name, int v) {
-    if constexpr (std::is_same_v<Args, grpc::ServerBuilder>) args->AddChannelArgument(name, v);
-    else args->SetInt(name, v);
+    if constexpr (std::is_same_v<Args, grpc::ServerBuilder>)
+      args->AddChannelArgument(name, v);
+    else
+      args->SetInt(name, v);
   };
   set(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, (1 << 24) - 1);
   set(GRPC_ARG_TCP_READ_CHUNK_SIZE, 4 << 20);
@@ -481,8 +483,10 @@ double CpuSeconds() {
 double Best(const Row& r) {
   double best = -1.0;
   for (double x : r.seconds)
-    if (x < 0) return -1.0;
-    else if (best < 0 || x < best) best = x;
+    if (x < 0)
+      return -1.0;
+    else if (best < 0 || x < best)
+      best = x;
   return best;
 }
 
@@ -519,8 +523,7 @@ int Main(int argc, char** argv) {
   flags.Bool("protobuf-rows", &protobuf_rows, "also measure today's PrefillService path (1 stream)");
   flags.Bool("json", &json, "print one JSON object instead of the table");
   if (Status s = flags.Parse(argc, argv); !s.ok() || flags.help_requested()) {
-    std::fprintf(s.ok() ? stdout : stderr, "%s%s", s.ok() ? "" : (s.ToString() + "\n\n").c_str(),
-                 flags.Help().c_str());
+    std::fprintf(s.ok() ? stdout : stderr, "%s%s", s.ok() ? "" : (s.ToString() + "\n\n").c_str(), flags.Help().c_str());
     return s.ok() ? 0 : 2;
   }
   if (layers < 1 || kv_heads < 1 || head_dim < 1 || tokens < 1 || repeats < 1 || streams < 1 || streams > 64) {
@@ -541,8 +544,8 @@ int Main(int argc, char** argv) {
 
   // The zero-copy server: its own gRPC server (the service name is the
   // PrefillService's), over a filled host cache.
-  auto source = std::make_shared<HostKvCache>(layout.num_layers, layout.num_kv_heads, layout.head_dim,
-                                              static_cast<int>(tokens));
+  auto source =
+      std::make_shared<HostKvCache>(layout.num_layers, layout.num_kv_heads, layout.head_dim, static_cast<int>(tokens));
   {
     std::mt19937 rng(1);
     for (int l = 0; l < layout.num_layers; ++l) {
@@ -656,8 +659,7 @@ int Main(int argc, char** argv) {
       StatusOr<FetchedKv> fetched = (*client)->Fetch(request, expected, &cache, &canceller, [](int64_t) {});
       const double seconds = Seconds(start, Clock::now());
       if (!fetched.ok()) std::fprintf(stderr, "fetch: %s\n", fetched.status().ToString().c_str());
-      assembled.seconds.push_back(fetched.ok() && fetched->kv_bytes == static_cast<int64_t>(kv_bytes) ? seconds
-                                                                                                       : -1.0);
+      assembled.seconds.push_back(fetched.ok() && fetched->kv_bytes == static_cast<int64_t>(kv_bytes) ? seconds : -1.0);
     }
   }
   if (!zc_error.empty()) std::fprintf(stderr, "zero-copy gRPC: %s\n", zc_error.c_str());
@@ -665,39 +667,41 @@ int Main(int argc, char** argv) {
 
   const double best_tcp = Best(tcp), best_zc = Best(zero_copy);
   if (json) {
-    std::printf("{\"streams\": %lld, \"bytes\": %zu, \"repeats\": %lld, \"hardware_threads\": %u, "
-                "\"raw_tcp_gbps\": %.4f, \"grpc_gbps\": %.4f, \"grpc_to_raw_tcp\": %.4f, "
-                "\"grpc_protobuf_1_stream_gbps\": %.4f, \"grpc_protobuf_read_only_gbps\": %.4f, "
-                "\"raw_tcp_cpu_s\": %.4f, \"grpc_cpu_s\": %.4f, \"grpc_verified\": %s}\n",
-                static_cast<long long>(streams), kv_bytes, static_cast<long long>(repeats),
-                std::thread::hardware_concurrency(), Gbps(kv_bytes, best_tcp), Gbps(kv_bytes, best_zc),
-                best_tcp > 0 && best_zc > 0 ? best_tcp / best_zc : 0.0, Gbps(kv_bytes, Best(assembled)),
-                Gbps(kv_bytes, Best(read_only)), MinCpu(tcp), MinCpu(zero_copy),
-                zc_verified && best_zc > 0 ? "true" : "false");
+    std::printf(
+        "{\"streams\": %lld, \"bytes\": %zu, \"repeats\": %lld, \"hardware_threads\": %u, "
+        "\"raw_tcp_gbps\": %.4f, \"grpc_gbps\": %.4f, \"grpc_to_raw_tcp\": %.4f, "
+        "\"grpc_protobuf_1_stream_gbps\": %.4f, \"grpc_protobuf_read_only_gbps\": %.4f, "
+        "\"raw_tcp_cpu_s\": %.4f, \"grpc_cpu_s\": %.4f, \"grpc_verified\": %s}\n",
+        static_cast<long long>(streams), kv_bytes, static_cast<long long>(repeats), std::thread::hardware_concurrency(),
+        Gbps(kv_bytes, best_tcp), Gbps(kv_bytes, best_zc), best_tcp > 0 && best_zc > 0 ? best_tcp / best_zc : 0.0,
+        Gbps(kv_bytes, Best(assembled)), Gbps(kv_bytes, Best(read_only)), MinCpu(tcp), MinCpu(zero_copy),
+        zc_verified && best_zc > 0 ? "true" : "false");
   } else {
     char date[32];
     const std::time_t now = std::time(nullptr);
     std::strftime(date, sizeof(date), "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
     std::printf("KV streaming on loopback, %s, %u hardware threads\n", date, std::thread::hardware_concurrency());
-    std::printf("KV: %lld layers x %lld KV heads x %lld head_dim x %lld tokens x F32, K and V = %.1f MiB; "
-                "KvChunk <= %lld bytes; %lld runs\n",
-                static_cast<long long>(layers), static_cast<long long>(kv_heads), static_cast<long long>(head_dim),
-                static_cast<long long>(tokens), mib, static_cast<long long>(chunk_bytes),
-                static_cast<long long>(repeats));
+    std::printf(
+        "KV: %lld layers x %lld KV heads x %lld head_dim x %lld tokens x F32, K and V = %.1f MiB; "
+        "KvChunk <= %lld bytes; %lld runs\n",
+        static_cast<long long>(layers), static_cast<long long>(kv_heads), static_cast<long long>(head_dim),
+        static_cast<long long>(tokens), mib, static_cast<long long>(chunk_bytes), static_cast<long long>(repeats));
     std::printf("%-46s %9s %9s %9s %10s %10s\n", "path", "MiB", "best s", "median s", "best GB/s", "median GB/s");
     PrintRow(tcp, mib);
     PrintRow(zero_copy, mib);
     if (protobuf_rows) {
       PrintRow(read_only, mib);
       PrintRow(assembled, mib);
-      std::printf("(today's rows include the synthetic engine filling the cache, %.4f s on its own, overlapped\n"
-                  " with the stream layer by layer)\n",
-                  fill_seconds);
+      std::printf(
+          "(today's rows include the synthetic engine filling the cache, %.4f s on its own, overlapped\n"
+          " with the stream layer by layer)\n",
+          fill_seconds);
     }
-    std::printf("zero-copy gRPC / raw TCP with %lld stream(s): %.2f (best runs); CPU per run (both ends, least): "
-                "raw TCP %.3f s, zero-copy gRPC %.3f s\n",
-                static_cast<long long>(streams), best_tcp > 0 && best_zc > 0 ? best_tcp / best_zc : 0.0, MinCpu(tcp),
-                MinCpu(zero_copy));
+    std::printf(
+        "zero-copy gRPC / raw TCP with %lld stream(s): %.2f (best runs); CPU per run (both ends, least): "
+        "raw TCP %.3f s, zero-copy gRPC %.3f s\n",
+        static_cast<long long>(streams), best_tcp > 0 && best_zc > 0 ? best_tcp / best_zc : 0.0, MinCpu(tcp),
+        MinCpu(zero_copy));
   }
   zc_server->Shutdown();
   (*server)->Shutdown(5.0);

@@ -87,8 +87,9 @@ int Main(int argc, char** argv) {
                 "Next-token logits error and greedy agreement of decode steps reading KV that came through fp8\n"
                 "(E4M3, a scale per head and block of tokens) instead of bf16.");
   flags.String("model", &model, "Hugging Face checkpoint directory");
-  flags.Int("random-8b-layers", &random_layers, "instead of --model: the Llama-3.1-8B shape with N layers, random "
-                                                "weights on the GPU");
+  flags.Int("random-8b-layers", &random_layers,
+            "instead of --model: the Llama-3.1-8B shape with N layers, random "
+            "weights on the GPU");
   flags.String("device", &device, "cpu, cuda, cuda:N or auto");
   flags.Int("threads", &threads, "CPU engine threads (0: all)");
   flags.Int("tokens", &tokens, "prompt tokens (random ids, fixed seed)");
@@ -96,13 +97,13 @@ int Main(int argc, char** argv) {
   flags.Int("block-tokens", &block_tokens, "tokens per fp8 scale block");
   flags.Bool("json", &json, "print one JSON object");
   if (Status s = flags.Parse(argc, argv); !s.ok() || flags.help_requested()) {
-    std::fprintf(s.ok() ? stdout : stderr, "%s%s", s.ok() ? "" : (s.ToString() + "\n\n").c_str(),
-                 flags.Help().c_str());
+    std::fprintf(s.ok() ? stdout : stderr, "%s%s", s.ok() ? "" : (s.ToString() + "\n\n").c_str(), flags.Help().c_str());
     return s.ok() ? 0 : 2;
   }
   if ((model.empty()) == (random_layers == 0) || tokens < 1 || steps < 1 || block_tokens < 1) {
-    std::fprintf(stderr, "seer-kv-wire-error: give exactly one of --model and --random-8b-layers, and positive "
-                         "--tokens, --steps and --block-tokens\n");
+    std::fprintf(stderr,
+                 "seer-kv-wire-error: give exactly one of --model and --random-8b-layers, and positive "
+                 "--tokens, --steps and --block-tokens\n");
     return 2;
   }
 
@@ -148,8 +149,8 @@ int Main(int argc, char** argv) {
   const KvWireEncoding blocked[] = {KvWireEncoding::kExact, KvWireEncoding::kFp8E4m3};
   const KvWireEncoding fp8[] = {KvWireEncoding::kFp8E4m3};
   const auto t1 = std::chrono::steady_clock::now();
-  auto a = MeasureKvWireError(**engine, ids, {}, static_cast<int>(steps), blocked, static_cast<int>(block_tokens),
-                              copier);
+  auto a =
+      MeasureKvWireError(**engine, ids, {}, static_cast<int>(steps), blocked, static_cast<int>(block_tokens), copier);
   auto b = a.ok() ? MeasureKvWireError(**engine, ids, {}, static_cast<int>(steps), fp8, L, copier) : a;
   if (!a.ok() || !b.ok()) {
     std::fprintf(stderr, "seer-kv-wire-error: %s\n", (a.ok() ? b : a).status().ToString().c_str());
@@ -167,17 +168,19 @@ int Main(int argc, char** argv) {
                 model_name.c_str(), dev.c_str(), L, static_cast<long long>(steps));
     for (size_t i = 0; i < 3; ++i) {
       const Line& l = lines[i];
-      std::printf("%s{\"wire\": \"%s\", \"block_tokens\": %d, \"wire_bytes\": %lld, \"logits_rel_err_mean\": %.6g, "
-                  "\"logits_rel_err_max\": %.6g, \"greedy_agree\": %d}",
-                  i ? ", " : "", KvWireEncodingName(l.r->encoding).c_str(), l.block,
-                  static_cast<long long>(l.r->wire_bytes), l.r->mean_rel_error, l.r->max_rel_error, l.r->greedy_agree);
+      std::printf(
+          "%s{\"wire\": \"%s\", \"block_tokens\": %d, \"wire_bytes\": %lld, \"logits_rel_err_mean\": %.6g, "
+          "\"logits_rel_err_max\": %.6g, \"greedy_agree\": %d}",
+          i ? ", " : "", KvWireEncodingName(l.r->encoding).c_str(), l.block, static_cast<long long>(l.r->wire_bytes),
+          l.r->mean_rel_error, l.r->max_rel_error, l.r->greedy_agree);
     }
     std::printf("]}\n");
     return 0;
   }
-  std::printf("KV wire error, %s on %s, %d-token prompt, %lld teacher-forced decode steps against a bf16 transfer\n"
-              "(engine ready in %.1f s, measured in %.1f s)\n",
-              model_name.c_str(), dev.c_str(), L, static_cast<long long>(steps), load_s, run_s);
+  std::printf(
+      "KV wire error, %s on %s, %d-token prompt, %lld teacher-forced decode steps against a bf16 transfer\n"
+      "(engine ready in %.1f s, measured in %.1f s)\n",
+      model_name.c_str(), dev.c_str(), L, static_cast<long long>(steps), load_s, run_s);
   std::printf("| wire | scale block | KV MB | next-token logits rel err, mean | max | greedy agreement |\n");
   std::printf("|---|---|---|---|---|---|\n");
   for (const Line& l : lines) {

@@ -71,8 +71,10 @@ int Main(int argc, char** argv) {
     } else if (a == "--layers") {
       layers = std::max(1, std::atoi(next().c_str()));
     } else {
-      std::fprintf(stderr, "usage: %s [--lengths 8192,32768,131072] [--modes dense,nz_ratio=0.1] [--repeats N] "
-                           "[--layers N]\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--lengths 8192,32768,131072] [--modes dense,nz_ratio=0.1] [--repeats N] "
+                   "[--layers N]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -101,9 +103,10 @@ int Main(int argc, char** argv) {
   const double init_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const size_t weights_held = GetDeviceMemoryStats().current_bytes;
   std::printf("device: %s, %.1f GiB\n", prop.name, GiB(total));
-  std::printf("model: Llama-3.1-8B shape, %d layers, random bf16 weights on the GPU (%.2f GiB with decode buffers "
-              "and cuBLAS workspace, drawn in %.2f s), random gates (hidden 128, block 64)\n",
-              layers, GiB(weights_held), init_s);
+  std::printf(
+      "model: Llama-3.1-8B shape, %d layers, random bf16 weights on the GPU (%.2f GiB with decode buffers "
+      "and cuBLAS workspace, drawn in %.2f s), random gates (hidden 128, block 64)\n",
+      layers, GiB(weights_held), init_s);
 
   std::vector<int32_t> ids(*std::max_element(lengths.begin(), lengths.end()));
   uint64_t x = 88172645463325252ull;
@@ -214,16 +217,19 @@ int Main(int argc, char** argv) {
                 row.ms.size(), GiB(row.peak), GiB(row.device_used));
   }
   std::printf("\nWhere the prefill's time goes (one profiled run each; ms and share of the stages' sum)\n");
-  std::printf("| seq | mode | GEMMs (q/k/v, o, MLP, lm_head) | attention | gate | rest (embed, RoPE, KV write) | "
-              "stages sum ms | wall ms |\n");
+  std::printf(
+      "| seq | mode | GEMMs (q/k/v, o, MLP, lm_head) | attention | gate | rest (embed, RoPE, KV write) | "
+      "stages sum ms | wall ms |\n");
   std::printf("|---|---|---|---|---|---|---|---|\n");
   for (const StageRow& r : stage_rows) {
     const double gemm = (r.s.attention_inputs + r.s.output_and_mlp + r.s.logits) * 1e3;
     const double attn = r.s.attention * 1e3, gate = r.s.gate * 1e3;
     const double rest = (r.s.embed + r.s.rope_and_cache) * 1e3;
     const double sum = gemm + attn + gate + rest;
-    auto cell = [&](double ms) { return std::to_string(static_cast<int64_t>(ms + 0.5)) + " (" +
-                                        std::to_string(static_cast<int>(100.0 * ms / sum + 0.5)) + "%)"; };
+    auto cell = [&](double ms) {
+      return std::to_string(static_cast<int64_t>(ms + 0.5)) + " (" +
+             std::to_string(static_cast<int>(100.0 * ms / sum + 0.5)) + "%)";
+    };
     std::printf("| %d | %s | %s | %s | %s | %s | %.1f | %.1f |\n", r.len, r.mode.c_str(), cell(gemm).c_str(),
                 cell(attn).c_str(), cell(gate).c_str(), cell(rest).c_str(), sum, r.total_ms);
   }

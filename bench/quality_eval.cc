@@ -87,9 +87,9 @@ StatusOr<std::vector<int32_t>> PasskeyIds(const Tokenizer& tok, int length, doub
 // --- rows ----------------------------------------------------------------------
 
 struct Row {
-  std::string label;        // what the table shows
-  std::string kind;         // dense, gate, streaming, oracle
-  std::string matches;      // for a baseline: the gate row whose density it matches
+  std::string label;  // what the table shows
+  std::string kind;  // dense, gate, streaming, oracle
+  std::string matches;  // for a baseline: the gate row whose density it matches
   SparsityConfig sparsity;  // the gate rows' and dense; baselines are chosen per length
 };
 
@@ -128,7 +128,7 @@ SparsityConfig MatchedOracle(const SparsityConfig& base, int nb, double density)
 
 struct Measure {
   bool ran = false;
-  std::string skipped;   // why not, when not
+  std::string skipped;  // why not, when not
   std::string sparsity;  // what actually ran
   double ppl = NAN;
   double density = NAN;

@@ -154,8 +154,7 @@ int Main(int argc, char** argv) {
   flags.Int("threads", &threads, "threads drawing weights (0: all)");
   flags.Bool("force", &force, "rewrite a complete directory");
   if (Status s = flags.Parse(argc, argv); !s.ok() || flags.help_requested()) {
-    std::fprintf(s.ok() ? stdout : stderr, "%s%s", s.ok() ? "" : (s.ToString() + "\n\n").c_str(),
-                 flags.Help().c_str());
+    std::fprintf(s.ok() ? stdout : stderr, "%s%s", s.ok() ? "" : (s.ToString() + "\n\n").c_str(), flags.Help().c_str());
     return s.ok() ? 0 : 2;
   }
   if (out.empty() || (shape_name != "llama-3.1-8b" && shape_name != "tiny") || layers < 0 || shard_mb < 1) {
@@ -165,8 +164,8 @@ int Main(int argc, char** argv) {
   const Shape s = ShapeNamed(shape_name, layers);
   const int nthreads = threads > 0 ? static_cast<int>(threads) : std::max(1u, std::thread::hardware_concurrency());
   const std::string stamp = "{\"shape\": \"" + s.name + "\", \"layers\": " + std::to_string(s.layers) +
-                            ", \"seed\": " + std::to_string(seed) + ", \"gates\": " +
-                            (gates_out.empty() ? "false" : "true") + "}\n";
+                            ", \"seed\": " + std::to_string(seed) +
+                            ", \"gates\": " + (gates_out.empty() ? "false" : "true") + "}\n";
   const std::string stamp_path = out + "/seer_random_checkpoint.json";
   if (!force) {
     std::ifstream f(stamp_path);
@@ -227,7 +226,8 @@ int Main(int argc, char** argv) {
     g.SetMetadata("format", "pt");
     for (int64_t l = 0; l < s.layers; ++l) {
       Tensor t{"model.layers." + std::to_string(l) + ".self_attn.attn_gate.mask_linear_k.weight",
-               {s.heads, 3 * s.head_dim, s.head_dim}, 1.0f / std::sqrt(3.0f * s.head_dim)};
+               {s.heads, 3 * s.head_dim, s.head_dim},
+               1.0f / std::sqrt(3.0f * s.head_dim)};
       const std::vector<uint16_t> v = RandomBf16(t, static_cast<uint64_t>(seed) + 1, 100000 + l, nthreads);
       g.Add(t.name, DType::kBF16, t.shape, v.data(), v.size() * 2);
     }

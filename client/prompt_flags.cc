@@ -35,7 +35,8 @@ void PromptFlags::Register(FlagSet& flags, const std::string& tokenizer_help) {
   flags.String("chat", &chat,
                "A JSON file of chat messages, [{\"role\": ..., \"content\": ...}, ...], rendered with the "
                "model's chat template and its generation prompt.");
-  flags.String("tokenizer", &tokenizer, "A tokenizer.json or a directory holding one. Default: " + tokenizer_help + ".");
+  flags.String("tokenizer", &tokenizer,
+               "A tokenizer.json or a directory holding one. Default: " + tokenizer_help + ".");
 }
 
 Status PromptFlags::CheckOne(const FlagSet& flags) const {
@@ -74,8 +75,9 @@ StatusOr<std::vector<int32_t>> PromptFlags::Ids(const FlagSet& flags, const Toke
     return out;
   }
   if (tok == nullptr) {
-    return FailedPrecondition("a text prompt needs a tokenizer: the model directory has no tokenizer.json "
-                              "(give --tokenizer PATH, or --ids)");
+    return FailedPrecondition(
+        "a text prompt needs a tokenizer: the model directory has no tokenizer.json "
+        "(give --tokenizer PATH, or --ids)");
   }
   if (flags.WasSet("chat")) {
     SEER_ASSIGN_OR_RETURN(JsonValue messages, Messages());

@@ -6,7 +6,7 @@
 namespace seer {
 
 int RunGenerateCommand(int argc, char** argv);  // remote_generate.cc
-int RunPrefillCommand(int argc, char** argv);   // remote_prefill.cc
+int RunPrefillCommand(int argc, char** argv);  // remote_prefill.cc
 
 int RunRemoteCommand(const std::string& name, int argc, char** argv) {
   // Nothing below should throw; a surprise from a library becomes a message.

@@ -64,5 +64,4 @@ int ReportRpcError(const char* command, const grpc::Status& status);
 int ReportError(const char* command, const Status& status);
 int ReportUsage(const char* command, const std::string& message);
 
-
 }  // namespace seer::remote

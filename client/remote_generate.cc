@@ -178,12 +178,13 @@ int RunGenerateCommand(int argc, char** argv) {
     std::printf("%s\n", out.Dump().c_str());
     return kExitOk;
   }
-  std::printf("ttft %.2f ms (server %.2f ms: prefill %.2f ms, KV %.2f MB in %.2f ms) | %zu tokens in %.2f ms, %s"
-              " | prompt %d tokens, %s, density %.4f | prefill %s\n",
-              ttft_ms, summary.ttft_seconds() * 1e3, summary.prefill_seconds() * 1e3,
-              static_cast<double>(summary.kv_bytes()) / 1e6, summary.kv_transfer_seconds() * 1e3, tokens.size(),
-              total_ms, summary.finish_reason().c_str(), summary.prompt_tokens(), summary.sparsity().c_str(),
-              summary.overall_density(), summary.prefill_endpoint().c_str());
+  std::printf(
+      "ttft %.2f ms (server %.2f ms: prefill %.2f ms, KV %.2f MB in %.2f ms) | %zu tokens in %.2f ms, %s"
+      " | prompt %d tokens, %s, density %.4f | prefill %s\n",
+      ttft_ms, summary.ttft_seconds() * 1e3, summary.prefill_seconds() * 1e3,
+      static_cast<double>(summary.kv_bytes()) / 1e6, summary.kv_transfer_seconds() * 1e3, tokens.size(), total_ms,
+      summary.finish_reason().c_str(), summary.prompt_tokens(), summary.sparsity().c_str(), summary.overall_density(),
+      summary.prefill_endpoint().c_str());
   return kExitOk;
 }
 

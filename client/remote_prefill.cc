@@ -27,8 +27,7 @@ constexpr int kMaxHeadDim = 16384;
 // The most KV (K and V, float32, all layers) the CLI assembles in memory.
 constexpr int64_t kMaxKvBytes = int64_t{64} << 30;
 
-Status WriteKvDump(const std::string& path, const HostKvCache& cache, int seq_len,
-                   const v1::PrefillSummary& summary) {
+Status WriteKvDump(const std::string& path, const HostKvCache& cache, int seq_len, const v1::PrefillSummary& summary) {
   SafetensorsWriter writer;
   const int vocab = summary.last_logits_size();
   // The last position's logits: the last row of `seer run --dump`'s logits.
@@ -104,8 +103,8 @@ int RunPrefillCommand(int argc, char** argv) {
         protocol = DataLoss("implausible layout header: " + header.ShortDebugString());
         break;
       }
-      const int64_t kv_bytes = int64_t{2} * sizeof(float) * header.num_layers() * header.num_kv_heads() *
-                               header.head_dim() * seq_len;
+      const int64_t kv_bytes =
+          int64_t{2} * sizeof(float) * header.num_layers() * header.num_kv_heads() * header.head_dim() * seq_len;
       if (kv_bytes > kMaxKvBytes) {
         protocol = ResourceExhausted("the layout header asks for " + std::to_string(kv_bytes >> 20) +
                                      " MiB of KV, more than this client assembles (" +

@@ -171,8 +171,9 @@ TEST_P(RunCli, GatedDumpEqualsTheReferenceMasks) {
   for (size_t j = 0; j < modes.size(); ++j) {
     // "nz_ratio=0.5;last_block_dense=false" becomes two flags.
     std::string mode = modes[j];
-    std::vector<std::string> args = {"run", "--model", model(), "--gates", fixtures::Path(GetParam() + "_gates"),
-                                     "--ids", JoinIds(ids_, ","), "--device", "cpu", "--json"};
+    std::vector<std::string> args = {
+        "run",   "--model",          model(),    "--gates", fixtures::Path(GetParam() + "_gates"),
+        "--ids", JoinIds(ids_, ","), "--device", "cpu",     "--json"};
     if (size_t semi = mode.find(';'); semi != std::string::npos) {
       const std::string opt = mode.substr(semi + 1);
       ASSERT_EQ(opt.rfind("last_block_dense=", 0), 0u) << opt;
@@ -250,12 +251,12 @@ TEST(RunCliErrors, BadFlagsExitWithTwoAndNameTheFlag) {
   ExpectUsageError({"run", "--model", model, "--ids", "1,2", "--max-new-tokens", "many"}, "--max-new-tokens");
   ExpectUsageError({"run", "--model", model, "--ids", "1,2", "--threads", "-1"}, "--threads");
   ExpectUsageError({"run", "--model", model, "--ids", "1,2", "--sparsity", "dense"}, "--sparsity");
-  ExpectUsageError({"run", "--model", model, "--ids", "1,2", "--gates", fixtures::Path("llama_gates"), "--sparsity",
-                    "threshold=2"},
-                   "--sparsity");
-  ExpectUsageError({"run", "--model", model, "--ids", "1,2", "--gates", fixtures::Path("llama_gates"), "--sparsity",
-                    "sometimes"},
-                   "--sparsity");
+  ExpectUsageError(
+      {"run", "--model", model, "--ids", "1,2", "--gates", fixtures::Path("llama_gates"), "--sparsity", "threshold=2"},
+      "--sparsity");
+  ExpectUsageError(
+      {"run", "--model", model, "--ids", "1,2", "--gates", fixtures::Path("llama_gates"), "--sparsity", "sometimes"},
+      "--sparsity");
   ExpectUsageError({"run", "--model", model, "--ids", "1,2", "--gates", fixtures::Path("llama_gates"),
                     "--last-block-dense", "maybe"},
                    "--last-block-dense");
@@ -291,7 +292,6 @@ TEST(RunCliErrors, HelpListsCommandsAndFlags) {
   }
 }
 
-
 // A text prompt is the model tokenizer's ids of the text: the same tokens as
 // --ids with what `seer tokenize` gives, and the printed text is what
 // `seer detokenize --skip-special-tokens` makes of them. A chat goes through
@@ -309,8 +309,8 @@ TEST(RunCliText, PromptsAreTokenizedAndAnswersDecodedWithTheModelsTokenizer) {
   RunOutput by_text =
       RunSeer({"run", "--model", model, "--prompt", text, "--max-new-tokens", "9", "--device", "cpu", "--json"});
   ASSERT_EQ(by_text.exit_code, 0) << by_text.err;
-  RunOutput by_ids = RunSeer({"run", "--model", model, "--ids", JoinIds(prompt, ","), "--max-new-tokens", "9",
-                              "--device", "cpu", "--json"});
+  RunOutput by_ids = RunSeer(
+      {"run", "--model", model, "--ids", JoinIds(prompt, ","), "--max-new-tokens", "9", "--device", "cpu", "--json"});
   ASSERT_EQ(by_ids.exit_code, 0) << by_ids.err;
   auto a = JsonValue::Parse(by_text.out), b = JsonValue::Parse(by_ids.out);
   ASSERT_TRUE(a.ok() && b.ok());
@@ -323,15 +323,15 @@ TEST(RunCliText, PromptsAreTokenizedAndAnswersDecodedWithTheModelsTokenizer) {
   ASSERT_LE(tokens.size(), want.size());
   EXPECT_EQ(tokens, std::vector<int32_t>(want.begin(), want.begin() + tokens.size()));
   if (tokens.size() < want.size()) EXPECT_EQ(tokens.back(), 2);
-  RunOutput detok = RunSeer({"detokenize", "--tokenizer", model, "--ids", JoinIds(tokens, ","),
-                             "--skip-special-tokens", "--json"});
+  RunOutput detok =
+      RunSeer({"detokenize", "--tokenizer", model, "--ids", JoinIds(tokens, ","), "--skip-special-tokens", "--json"});
   ASSERT_EQ(detok.exit_code, 0) << detok.err;
   EXPECT_EQ(a->Find("text")->as_string(), JsonValue::Parse(detok.out)->Find("text")->as_string());
 
   const std::string chat = TempPath("chat.json");
   std::ofstream(chat) << R"([{"role": "user", "content": "Hi"}])";
-  RunOutput by_chat = RunSeer({"run", "--model", model, "--chat", chat, "--max-new-tokens", "3", "--device", "cpu",
-                               "--json"});
+  RunOutput by_chat =
+      RunSeer({"run", "--model", model, "--chat", chat, "--max-new-tokens", "3", "--device", "cpu", "--json"});
   RunOutput rendered = RunSeer({"tokenize", "--tokenizer", model, "--chat", chat, "--json"});
   fs::remove(chat);
   ASSERT_EQ(by_chat.exit_code, 0) << by_chat.err;

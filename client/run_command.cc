@@ -116,7 +116,8 @@ int Run(int argc, char** argv) {
   flags.Int("max-new-tokens", &f.max_new_tokens,
             "Generate up to N tokens greedily after the prompt (with --ids exactly N, no stop token; with a "
             "text prompt until the tokenizer's EOS). 0 prints only the next-token prediction. Default: 0 with "
-            "--ids, " + std::to_string(kDefaultTextTokens) + " with a text prompt.");
+            "--ids, " +
+                std::to_string(kDefaultTextTokens) + " with a text prompt.");
   flags.String("dump", &f.dump,
                "Write OUT.safetensors: logits F32 [L, vocab], layers.{i}.k / layers.{i}.v F32 "
                "[kv_heads, L, head_dim] (K after RoPE), and with --gates layers.{i}.block_mask U8 [Hq, nb, nb] "
@@ -161,7 +162,8 @@ int Run(int argc, char** argv) {
   if (!tokenizer.ok()) return RuntimeError(tokenizer.status().WithContext("--tokenizer"));
   StatusOr<std::vector<int32_t>> ids_or = f.prompt.Ids(flags, tokenizer->get());
   if (!ids_or.ok()) {
-    if (ids_or.status().code() == StatusCode::kInvalidArgument || ids_or.status().code() == StatusCode::kFailedPrecondition) {
+    if (ids_or.status().code() == StatusCode::kInvalidArgument ||
+        ids_or.status().code() == StatusCode::kFailedPrecondition) {
       return UsageError(ids_or.status().message());
     }
     return RuntimeError(ids_or.status());
@@ -289,8 +291,11 @@ int Run(int argc, char** argv) {
   }
   os << "density     overall " << FormatDouble(result.overall_density, 4) << "\n";
   for (size_t i = 0; i < result.layer_density.size(); ++i) {
-    os << "  layer " << i << (i < 10 ? "   " : i < 100 ? "  " : " ") << FormatDouble(result.layer_density[i], 4)
-       << "\n";
+    os << "  layer " << i
+       << (i < 10    ? "   "
+           : i < 100 ? "  "
+                     : " ")
+       << FormatDouble(result.layer_density[i], 4) << "\n";
   }
   if (!f.dump.empty()) os << "dump        " << f.dump << "\n";
   std::fputs(os.str().c_str(), stdout);

@@ -108,8 +108,8 @@ TEST(TokenizeCli, IdsAndTextEqualHuggingFace) {
     EXPECT_EQ(d.out, c.Find("decode")->as_string());
     const std::string ids_file = TempPath("ids.txt");
     std::ofstream(ids_file) << Join(*c.Find("ids"), "\n");
-    CliOutput s = RunSeer({"detokenize", "--tokenizer", Fixture("llama3"), "--ids", "@" + ids_file,
-                           "--skip-special-tokens", "--json"});
+    CliOutput s = RunSeer(
+        {"detokenize", "--tokenizer", Fixture("llama3"), "--ids", "@" + ids_file, "--skip-special-tokens", "--json"});
     fs::remove(ids_file);
     ASSERT_EQ(s.exit_code, 0) << s.err;
     auto parsed = JsonValue::Parse(s.out);
@@ -167,7 +167,8 @@ TEST(TokenizeCli, ErrorsAndExitCodes) {
   EXPECT_NE(bad_ids.err.find("--ids: item 1"), std::string::npos) << bad_ids.err;
   CliOutput out_of_vocab = RunSeer({"detokenize", "--tokenizer", Fixture("gpt2"), "--ids", "1,999999"});
   EXPECT_EQ(out_of_vocab.exit_code, 2);
-  EXPECT_NE(out_of_vocab.err.find("999999 is not in the tokenizer's vocabulary"), std::string::npos) << out_of_vocab.err;
+  EXPECT_NE(out_of_vocab.err.find("999999 is not in the tokenizer's vocabulary"), std::string::npos)
+      << out_of_vocab.err;
   CliOutput no_dir = RunSeer({"tokenize", "--tokenizer", "/nonexistent/dir", "--text", "a"});
   EXPECT_EQ(no_dir.exit_code, 1);
   EXPECT_NE(no_dir.err.find("seer tokenize: NOT_FOUND"), std::string::npos) << no_dir.err;

@@ -8,7 +8,9 @@
 
 namespace seer {
 
-DecodeScheduler::DecodeScheduler(Engine* engine) : engine_(engine) { thread_ = std::thread([this] { Loop(); }); }
+DecodeScheduler::DecodeScheduler(Engine* engine) : engine_(engine) {
+  thread_ = std::thread([this] { Loop(); });
+}
 
 DecodeScheduler::~DecodeScheduler() { Stop(); }
 

@@ -32,9 +32,9 @@ class DecodeScheduler {
 
   struct Sequence {
     std::unique_ptr<KvCache> cache;  // from Engine::NewPagedCache, the prompt's KV written, length set
-    int32_t next_token = 0;          // the token to feed next (the first generated one, already emitted)
+    int32_t next_token = 0;  // the token to feed next (the first generated one, already emitted)
     std::unique_ptr<Sampler> sampler;
-    int remaining = 0;               // tokens still to generate
+    int remaining = 0;  // tokens still to generate
     std::vector<int32_t> stop_token_ids;
     // On the scheduler thread, for each generated token, in order.
     std::function<SinkResult(int32_t token)> on_token;

@@ -99,8 +99,7 @@ TEST(DecodeScheduler, SequencesJoiningFromManyThreadsDecodeWhatTheyDecodeAlone) 
   scheduler.set_on_step([&](const DecodeScheduler::StepStats& s) {
     steps++;
     int m = max_seen.load();
-    while (s.batch > m && !max_seen.compare_exchange_weak(m, s.batch)) {
-    }
+    while (s.batch > m && !max_seen.compare_exchange_weak(m, s.batch)) {}
   });
   std::vector<std::unique_ptr<Outcome>> outcomes;
   for (size_t i = 0; i < requests.size(); ++i) outcomes.push_back(std::make_unique<Outcome>());

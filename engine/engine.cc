@@ -79,8 +79,7 @@ StatusOr<PrefillResult> Engine::Prefill(std::span<const int32_t> ids, const Pref
                            Str(config().max_position_embeddings));
   }
   if (len > cache->capacity()) {
-    return ResourceExhausted("ids: " + Str(len) + " tokens exceed the KV cache capacity of " +
-                             Str(cache->capacity()));
+    return ResourceExhausted("ids: " + Str(len) + " tokens exceed the KV cache capacity of " + Str(cache->capacity()));
   }
   if (cache->length() != 0) {
     return FailedPrecondition("prefill: the KV cache already holds " + Str(cache->length()) +
@@ -191,8 +190,8 @@ StatusOr<std::unique_ptr<KvCache>> Engine::NewPagedCacheWhenFree(int capacity,
 Status Engine::DecodeBatch(std::span<const DecodeSeq> seqs, std::span<int32_t> next) {
   if (page_pool_ == nullptr) return FailedPrecondition("decode batch: paged decode is not enabled on this engine");
   if (seqs.empty() || static_cast<int>(seqs.size()) > max_decode_batch_) {
-    return InvalidArgument("decode batch: " + Str(static_cast<int64_t>(seqs.size())) +
-                           " sequences, need 1 to " + Str(max_decode_batch_) + " (--max-batch)");
+    return InvalidArgument("decode batch: " + Str(static_cast<int64_t>(seqs.size())) + " sequences, need 1 to " +
+                           Str(max_decode_batch_) + " (--max-batch)");
   }
   if (next.size() != seqs.size()) return InvalidArgument("decode batch: one output per sequence");
   for (size_t i = 0; i < seqs.size(); ++i) {
@@ -202,7 +201,8 @@ Status Engine::DecodeBatch(std::span<const DecodeSeq> seqs, std::span<int32_t> n
       return InvalidArgument("decode batch: sequence " + Str(static_cast<int64_t>(i)) +
                              ": the cache is not from this engine's NewPagedCache");
     }
-    if (s.sampler == nullptr) return InvalidArgument("decode batch: sequence " + Str(static_cast<int64_t>(i)) + ": null sampler");
+    if (s.sampler == nullptr)
+      return InvalidArgument("decode batch: sequence " + Str(static_cast<int64_t>(i)) + ": null sampler");
     SEER_RETURN_IF_ERROR(
         CheckNextPosition(s.token, s.cache).WithContext("decode batch: sequence " + Str(static_cast<int64_t>(i))));
     for (size_t j = 0; j < i; ++j) {
@@ -277,7 +277,8 @@ StatusOr<std::unique_ptr<Engine>> CreateEngine(const EngineOptions& options) {
 #ifdef SEER_HAVE_CUDA
     return CreateCudaEngine(options);
 #else
-    return Unimplemented("device '" + device + "': this build has no CUDA backend (configure on a host with nvcc); "
+    return Unimplemented("device '" + device +
+                         "': this build has no CUDA backend (configure on a host with nvcc); "
                          "use --device cpu");
 #endif
   }

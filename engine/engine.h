@@ -71,8 +71,8 @@ class PrefillObserver {
 };
 
 struct PrefillResult {
-  int logits_rows = 0;          // 1 or L
-  std::vector<float> logits;    // [logits_rows, vocab]
+  int logits_rows = 0;  // 1 or L
+  std::vector<float> logits;  // [logits_rows, vocab]
   std::vector<double> layer_density;
   double overall_density = 1.0;  // kept / causal blocks over all layers and heads
   std::vector<GateOutput> gate_outputs;  // per layer, when keep_gate_outputs and gated

@@ -218,14 +218,14 @@ using Ref = uint32_t;
 
 struct Obj {
   Kind kind = Kind::kNone;
-  int64_t i = 0;            // kInt, kBool
-  std::string s;            // kString; kStorage: the storage key
-  std::vector<Ref> items;   // kTuple, kList; kDict: key, value, key, value, ...
-  Global global{};          // kGlobal
+  int64_t i = 0;  // kInt, kBool
+  std::string s;  // kString; kStorage: the storage key
+  std::vector<Ref> items;  // kTuple, kList; kDict: key, value, key, value, ...
+  Global global{};  // kGlobal
   DType dtype = DType::kF32;  // kStorage, kTensor
-  int64_t numel = 0;        // kStorage: element count
-  Ref storage = 0;          // kTensor
-  int64_t offset = 0;       // kTensor: storage offset in elements
+  int64_t numel = 0;  // kStorage: element count
+  Ref storage = 0;  // kTensor
+  int64_t offset = 0;  // kTensor: storage offset in elements
   std::vector<int64_t> shape, stride;  // kTensor
 };
 
@@ -353,9 +353,8 @@ Status Unpickler::PersistentLoad(uint8_t op) {
   const Obj& location = arena_[pid.items[3]];
   const Obj& numel = arena_[pid.items[4]];
   if (tag.kind != Kind::kString || tag.s != "storage") return OpError(op, "persistent id is not a 'storage'");
-  if (type.kind != Kind::kGlobal ||
-      (type.global != Global::kBFloat16Storage && type.global != Global::kHalfStorage &&
-       type.global != Global::kFloatStorage)) {
+  if (type.kind != Kind::kGlobal || (type.global != Global::kBFloat16Storage && type.global != Global::kHalfStorage &&
+                                     type.global != Global::kFloatStorage)) {
     return OpError(op, "storage type must be torch.BFloat16Storage, HalfStorage or FloatStorage");
   }
   if (key.kind != Kind::kString || location.kind != Kind::kString) {
@@ -452,8 +451,7 @@ Status Unpickler::Reduce(uint8_t op) {
       stack_.push_back(a[0]);
       return OkStatus();
     }
-    default:
-      return OpError(op, std::string("calling ") + GlobalName(fn.global) + " is not allowed");
+    default: return OpError(op, std::string("calling ") + GlobalName(fn.global) + " is not allowed");
   }
 }
 
@@ -578,9 +576,7 @@ StatusOr<Ref> Unpickler::Run() {
         if (!Need(4)) return OpError(op, "truncated");
         SEER_RETURN_IF_ERROR(Memo(op, ReadLe(4)));
         break;
-      case kMemoize:
-        SEER_RETURN_IF_ERROR(Memo(op, memo_.size()));
-        break;
+      case kMemoize: SEER_RETURN_IF_ERROR(Memo(op, memo_.size())); break;
       case kBinGet:
         if (!Need(1)) return OpError(op, "truncated");
         SEER_RETURN_IF_ERROR(Get(op, ReadLe(1)));
@@ -649,9 +645,7 @@ StatusOr<Ref> Unpickler::Run() {
         SEER_RETURN_IF_ERROR(PushGlobal(op, m, n));
         break;
       }
-      case kReduce:
-        SEER_RETURN_IF_ERROR(Reduce(op));
-        break;
+      case kReduce: SEER_RETURN_IF_ERROR(Reduce(op)); break;
       case kBuild: {
         // OrderedDict.__reduce__ hands its instance __dict__ (the state
         // dict's _metadata) to BUILD. It carries no weights: checked, dropped.
@@ -664,11 +658,8 @@ StatusOr<Ref> Unpickler::Run() {
         }
         break;
       }
-      case kBinPersId:
-        SEER_RETURN_IF_ERROR(PersistentLoad(op));
-        break;
-      default:
-        return OpError(op, "is not allowed in a state dict pickle");
+      case kBinPersId: SEER_RETURN_IF_ERROR(PersistentLoad(op)); break;
+      default: return OpError(op, "is not allowed in a state dict pickle");
     }
   }
   op_pos_ = pos_;
@@ -726,8 +717,7 @@ const PthTensor* PthStateDict::Find(std::string_view name) const {
   return nullptr;
 }
 
-StatusOr<PthStateDict> ParsePth(const std::string& name, const uint8_t* data, size_t size,
-                                const PthLimits& limits) {
+StatusOr<PthStateDict> ParsePth(const std::string& name, const uint8_t* data, size_t size, const PthLimits& limits) {
   if (uint64_t(size) > limits.max_file_bytes) {
     return InvalidArgument(name + ": " + std::to_string(size) + " bytes, more than the limit of " +
                            std::to_string(limits.max_file_bytes) + " (" + limits.source + ")");
@@ -747,8 +737,9 @@ StatusOr<PthStateDict> ParsePth(const std::string& name, const uint8_t* data, si
   }
   const ZipEntry* pkl_entry = zip.Find(prefix + "data.pkl");
   if (pkl_entry->size > limits.max_pickle_bytes) {
-    return InvalidArgument(name + ": data.pkl is " + std::to_string(pkl_entry->size) + " bytes, more than the limit of " +
-                           std::to_string(limits.max_pickle_bytes) + " (" + limits.source + ")");
+    return InvalidArgument(name + ": data.pkl is " + std::to_string(pkl_entry->size) +
+                           " bytes, more than the limit of " + std::to_string(limits.max_pickle_bytes) + " (" +
+                           limits.source + ")");
   }
   SEER_ASSIGN_OR_RETURN(ZipBytes pkl, zip.Read(*pkl_entry));
 
@@ -780,8 +771,7 @@ StatusOr<PthStateDict> ParsePth(const std::string& name, const uint8_t* data, si
     }
     const std::string shown = "'" + Printable(key.s) + "'";
     if (value.kind != Kind::kTensor) {
-      return InvalidArgument(name + ": state dict entry " + shown + " is a " + KindName(value.kind) +
-                             ", not a tensor");
+      return InvalidArgument(name + ": state dict entry " + shown + " is a " + KindName(value.kind) + ", not a tensor");
     }
     if (!names.insert(key.s).second) return InvalidArgument(name + ": state dict key " + shown + " appears twice");
     const Obj& storage = u.at(value.storage);
@@ -800,9 +790,8 @@ StatusOr<PthStateDict> ParsePth(const std::string& name, const uint8_t* data, si
     const size_t elem = DTypeSize(storage.dtype);
     uint64_t storage_bytes = 0;
     if (MulOverflow(uint64_t(storage.numel), elem, &storage_bytes) || storage_bytes > it->second.size) {
-      return InvalidArgument(name + ": storage '" + Printable(storage.s) + "' claims " +
-                             std::to_string(storage.numel) + " elements but its entry holds " +
-                             std::to_string(it->second.size) + " bytes");
+      return InvalidArgument(name + ": storage '" + Printable(storage.s) + "' claims " + std::to_string(storage.numel) +
+                             " elements but its entry holds " + std::to_string(it->second.size) + " bytes");
     }
 
     // The view must stay inside the storage: offset + sum((size-1) * stride) < numel.
@@ -826,7 +815,8 @@ StatusOr<PthStateDict> ParsePth(const std::string& name, const uint8_t* data, si
     }
     uint64_t bytes_out = 0;
     if (MulOverflow(numel, elem, &bytes_out) || AddOverflow(used, bytes_out, &used) || used > budget) {
-      return InvalidArgument(name + ": tensors add up to more elements than the file can hold (views that "
+      return InvalidArgument(name +
+                             ": tensors add up to more elements than the file can hold (views that "
                              "repeat a storage are limited to twice the file size)");
     }
     if (AddOverflow(value_bytes, numel * sizeof(float), &value_bytes) || value_bytes > limits.max_value_bytes) {

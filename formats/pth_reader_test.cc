@@ -173,9 +173,13 @@ TEST(PthReader, RejectsGlobalsHiddenInsideAStateDict) {
 }
 
 TEST(PthReader, RejectsUnknownAndDisallowedOpcodes) {
-  for (auto [op, name] : std::vector<std::pair<char, std::string>>{
-           {'\xff', "opcode 0xff"}, {'i', "(INST)"}, {'o', "(OBJ)"}, {'\x81', "(NEWOBJ)"}, {'2', "(DUP)"},
-           {'\x82', "(EXT1)"}, {'P', "(PERSID)"}}) {
+  for (auto [op, name] : std::vector<std::pair<char, std::string>>{{'\xff', "opcode 0xff"},
+                                                                   {'i', "(INST)"},
+                                                                   {'o', "(OBJ)"},
+                                                                   {'\x81', "(NEWOBJ)"},
+                                                                   {'2', "(DUP)"},
+                                                                   {'\x82', "(EXT1)"},
+                                                                   {'P', "(PERSID)"}}) {
     PickleWriter w;
     w.raw() += '}';
     w.raw() += op;
@@ -208,8 +212,7 @@ TEST(PthReader, RejectsStorageOutOfBounds) {
   ExpectRejected(PthArchive(StateDictPickle(huge), {{"0", BytesF32(std::vector<float>(10))}}), "past the end");
   // The persistent id claims more elements than the entry holds.
   const std::vector<TestTensor> lying = {{"w", "FloatStorage", "0", 100, 0, {4}, {1}}};
-  ExpectRejected(PthArchive(StateDictPickle(lying), {{"0", BytesF32(std::vector<float>(10))}}),
-                 "claims 100 elements");
+  ExpectRejected(PthArchive(StateDictPickle(lying), {{"0", BytesF32(std::vector<float>(10))}}), "claims 100 elements");
   // The storage entry is missing.
   ExpectRejected(PthArchive(StateDictPickle(lying), {}), "no entry 'archive/data/0'");
 }
@@ -220,7 +223,10 @@ TEST(PthReader, RejectsStackAndMemoAbuse) {
   ExpectRejected(ArchiveWithPickle(std::string("\x80\x02}s.", 5)), "stack underflow");
   ExpectRejected(ArchiveWithPickle(std::string("\x80\x02]K\x01K\x02s.", 9)), "not a dict");
   ExpectRejected(ArchiveWithPickle(std::string("\x80\x02}", 3)), "no STOP");
-  ExpectRejected(ArchiveWithPickle(std::string("\x80\x02X\xff\xff\x00\x00" "ab.", 10)), "runs past the end");
+  ExpectRejected(ArchiveWithPickle(std::string("\x80\x02X\xff\xff\x00\x00"
+                                               "ab.",
+                                               10)),
+                 "runs past the end");
   ExpectRejected(ArchiveWithPickle(std::string("\x80\x02}(K\x01u.", 8)), "odd number");
   ExpectRejected(ArchiveWithPickle(std::string("\x80\x09}.", 4)), "protocol 9");
 }
@@ -231,8 +237,7 @@ TEST(PthReader, RejectsMarksNestedDeeperThanAStateDictNeeds) {
   ExpectRejected(ArchiveWithPickle("\x80\x02" + std::string(PthLimits::kMaxMarkDepth + 1, '(') + "."),
                  "MARKs nested deeper than 1024");
   // At the limit, the pickle runs to its end (and fails for its content only).
-  ExpectRejected(ArchiveWithPickle("\x80\x02" + std::string(PthLimits::kMaxMarkDepth, '(') + "N."),
-                 "not a state dict");
+  ExpectRejected(ArchiveWithPickle("\x80\x02" + std::string(PthLimits::kMaxMarkDepth, '(') + "N."), "not a state dict");
 }
 
 // Limits a loader passes (LoadGates, from the model's shapes) are named.
@@ -276,7 +281,8 @@ TEST(PthReader, RejectsCallsAndBuildsOutsideTheStateDictShape) {
   // BUILD on something other than a dict.
   ExpectRejected(ArchiveWithPickle(std::string("\x80\x02]}b.", 6)), "BUILD is only allowed on an OrderedDict");
   // A state dict whose value is not a tensor, or whose key is not a string.
-  ExpectRejected(ArchiveWithPickle(std::string("\x80\x02}X\x01\x00\x00\x00wK\x05s.", 13)), "'w' is a int, not a tensor");
+  ExpectRejected(ArchiveWithPickle(std::string("\x80\x02}X\x01\x00\x00\x00wK\x05s.", 13)),
+                 "'w' is a int, not a tensor");
   ExpectRejected(ArchiveWithPickle(std::string("\x80\x02}K\x01K\x05s.", 9)), "not a str");
   ExpectRejected(ArchiveWithPickle(std::string("\x80\x02].", 4)), "holds a list, not a state dict");
 }
@@ -415,10 +421,14 @@ TEST(PthReader, DISABLED_WriteFuzzSeeds) {
   // Bare pickles: the fuzzer wraps them in an archive with a 256-byte storage "0".
   write("state_dict_f32.pkl", StateDictPickle({{"w", "FloatStorage", "0", 64, 0, {8, 8}, {8, 1}},
                                                {"t", "FloatStorage", "0", 64, 3, {4, 5}, {1, 4}, true}}));
-  write("state_dict_bf16_plain.pkl",
-        StateDictPickle({{"model.layers.0.self_attn.attn_gate.mask_linear_k.weight", "BFloat16Storage", "0", 128, 0,
-                          {2, 3, 4, 5}, {60, 20, 5, 1}}},
-                        /*ordered=*/false));
+  write("state_dict_bf16_plain.pkl", StateDictPickle({{"model.layers.0.self_attn.attn_gate.mask_linear_k.weight",
+                                                       "BFloat16Storage",
+                                                       "0",
+                                                       128,
+                                                       0,
+                                                       {2, 3, 4, 5},
+                                                       {60, 20, 5, 1}}},
+                                                     /*ordered=*/false));
   write("os_system.pkl", w.raw());
 }
 

@@ -106,7 +106,7 @@ class PickleWriter {
 struct TestTensor {
   std::string name;
   std::string storage_type;  // "BFloat16Storage", "FloatStorage", "HalfStorage", "LongStorage", ...
-  std::string key;           // storage key
+  std::string key;  // storage key
   int64_t storage_numel = 0;
   int64_t offset = 0;
   std::vector<int64_t> shape, stride;
@@ -169,8 +169,10 @@ inline std::string StateDictPickle(const std::vector<TestTensor>& tensors, bool 
     w.IntTuple(t.shape);
     w.IntTuple(t.stride);
     w.raw() += '\x89';  // requires_grad False
-    if (od < 0) od = w.Global("collections", "OrderedDict");
-    else w.Get(od);
+    if (od < 0)
+      od = w.Global("collections", "OrderedDict");
+    else
+      w.Get(od);
     w.raw() += ')';
     w.raw() += 'R';
     w.Put();
@@ -256,10 +258,10 @@ inline std::string ZipArchive(const std::vector<ZipFileEntry>& entries, bool zip
     PutLe(&central, zip64 ? 0xffffffffu : e.data.size(), 4);
     PutLe(&central, e.name.size(), 2);
     PutLe(&central, zip64 ? 28 : 0, 2);
-    PutLe(&central, 0, 2);   // comment
-    PutLe(&central, 0, 2);   // disk
-    PutLe(&central, 0, 2);   // internal attributes
-    PutLe(&central, 0, 4);   // external attributes
+    PutLe(&central, 0, 2);  // comment
+    PutLe(&central, 0, 2);  // disk
+    PutLe(&central, 0, 2);  // internal attributes
+    PutLe(&central, 0, 4);  // external attributes
     PutLe(&central, zip64 ? 0xffffffffu : local, 4);
     central += e.name;
     if (zip64) {
@@ -301,8 +303,9 @@ inline std::string ZipArchive(const std::vector<ZipFileEntry>& entries, bool zip
 }
 
 // A whole checkpoint: the pickle plus one data entry per storage key.
-inline std::string PthArchive(const std::string& pickle, const std::vector<std::pair<std::string, std::string>>& storages,
-                              bool zip64 = false, const std::string& prefix = "archive") {
+inline std::string PthArchive(const std::string& pickle,
+                              const std::vector<std::pair<std::string, std::string>>& storages, bool zip64 = false,
+                              const std::string& prefix = "archive") {
   std::vector<ZipFileEntry> entries;
   entries.push_back({prefix + "/data.pkl", pickle});
   entries.push_back({prefix + "/byteorder", "little"});

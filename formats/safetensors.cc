@@ -156,7 +156,8 @@ StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Parse(const std::str
   std::set<std::string_view> seen;
   const std::vector<std::string> keys = TopLevelKeys(header);
   for (const std::string& key : keys) {
-    if (!seen.insert(key).second) return InvalidArgument(name + ": tensor " + Quoted(key) + " appears twice in the header");
+    if (!seen.insert(key).second)
+      return InvalidArgument(name + ": tensor " + Quoted(key) + " appears twice in the header");
   }
 
   const uint8_t* base = data + kLengthPrefix + header_len;
@@ -270,8 +271,7 @@ const TensorView* SafetensorsFile::Find(std::string_view name) const {
 
 void SafetensorsWriter::Add(std::string name, DType dtype, std::vector<int64_t> shape, const void* data,
                             size_t nbytes) {
-  entries_.push_back({std::move(name), dtype, std::move(shape),
-                      std::string(static_cast<const char*>(data), nbytes)});
+  entries_.push_back({std::move(name), dtype, std::move(shape), std::string(static_cast<const char*>(data), nbytes)});
 }
 
 void SafetensorsWriter::AddF32(std::string name, std::vector<int64_t> shape, const std::vector<float>& values) {
@@ -331,9 +331,9 @@ Status SafetensorsWriter::WriteFile(const std::string& path) const {
       }
     }
     if (expected != e.bytes.size()) {
-      return InvalidArgument(path + ": tensor " + Quoted(e.name) + " of shape " + ShapeToString(e.shape) + " and dtype " +
-                             std::string(DTypeName(e.dtype)) + " needs " + std::to_string(expected) + " bytes, got " +
-                             std::to_string(e.bytes.size()));
+      return InvalidArgument(path + ": tensor " + Quoted(e.name) + " of shape " + ShapeToString(e.shape) +
+                             " and dtype " + std::string(DTypeName(e.dtype)) + " needs " + std::to_string(expected) +
+                             " bytes, got " + std::to_string(e.bytes.size()));
     }
   }
   const std::string bytes = Serialize();

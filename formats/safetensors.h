@@ -45,12 +45,11 @@ struct SafetensorsLimits {
 class SafetensorsFile {
  public:
   // Maps `path` read-only and parses its header.
-  static StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path,
-                                                         const SafetensorsLimits& limits = {});
+  static StatusOr<std::unique_ptr<SafetensorsFile>> Open(const std::string& path, const SafetensorsLimits& limits = {});
   // Parses an in-memory buffer the caller keeps alive (tests, fuzzing).
   // `name` stands for the file in errors.
-  static StatusOr<std::unique_ptr<SafetensorsFile>> Parse(const std::string& name, const uint8_t* data,
-                                                          size_t size, const SafetensorsLimits& limits = {});
+  static StatusOr<std::unique_ptr<SafetensorsFile>> Parse(const std::string& name, const uint8_t* data, size_t size,
+                                                          const SafetensorsLimits& limits = {});
   ~SafetensorsFile();
   SafetensorsFile(const SafetensorsFile&) = delete;
   SafetensorsFile& operator=(const SafetensorsFile&) = delete;

@@ -71,7 +71,8 @@ uint32_t Crc32(const uint8_t* data, size_t n, uint32_t crc) {
 
 StatusOr<ZipReader> ZipReader::Parse(std::string name, const uint8_t* data, size_t size) {
   auto bad = [&](const std::string& what) { return InvalidArgument(name + ": not a valid zip archive: " + what); };
-  if (data == nullptr || size < kEndOfCentralDirSize) return bad("file is too short (" + std::to_string(size) + " bytes)");
+  if (data == nullptr || size < kEndOfCentralDirSize)
+    return bad("file is too short (" + std::to_string(size) + " bytes)");
 
   // The end-of-central-directory record sits in the last 22 + 65535 bytes
   // (it may be followed by a comment). Search backwards for its signature
@@ -109,7 +110,8 @@ StatusOr<ZipReader> ZipReader::Parse(std::string name, const uint8_t* data, size
   } else if (total_entries == 0xffff || cd_size == 0xffffffffu || cd_offset == 0xffffffffu) {
     return bad("ZIP64 markers without a ZIP64 end record");
   }
-  if (disk != 0 || cd_disk != 0 || entries_on_disk != total_entries) return bad("multi-disk archives are not supported");
+  if (disk != 0 || cd_disk != 0 || entries_on_disk != total_entries)
+    return bad("multi-disk archives are not supported");
   if (total_entries > kMaxEntries) {
     return bad(std::to_string(total_entries) + " entries, more than the limit of " + std::to_string(kMaxEntries));
   }
@@ -191,8 +193,8 @@ StatusOr<ZipReader> ZipReader::Parse(std::string name, const uint8_t* data, size
                  "); only STORED entries are supported, as torch.save writes them");
     }
     if (csize != usize) {
-      return bad(shown + " is STORED but its sizes differ (" + std::to_string(csize) + " vs " +
-                 std::to_string(usize) + ")");
+      return bad(shown + " is STORED but its sizes differ (" + std::to_string(csize) + " vs " + std::to_string(usize) +
+                 ")");
     }
 
     // The local header repeats the name; its own extra field may differ

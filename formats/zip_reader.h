@@ -20,8 +20,8 @@ uint32_t Crc32(const uint8_t* data, size_t n, uint32_t crc = 0);
 struct ZipEntry {
   std::string name;
   uint64_t data_offset = 0;  // first byte of the entry's data in the buffer
-  uint64_t size = 0;         // STORED: compressed size == uncompressed size
-  uint32_t crc32 = 0;        // from the central directory
+  uint64_t size = 0;  // STORED: compressed size == uncompressed size
+  uint32_t crc32 = 0;  // from the central directory
 };
 
 struct ZipBytes {

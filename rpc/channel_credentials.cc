@@ -35,8 +35,8 @@ Status CheckClientTls(const ClientTlsOptions& tls, const std::string& flag_prefi
 
 std::shared_ptr<grpc::ChannelCredentials> MakeChannelCredentials(const ClientTlsOptions& tls) {
   if (!tls.enabled()) return grpc::InsecureChannelCredentials();
-  auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
-      tls.key, tls.cert, tls.ca, tls.reload_seconds);
+  auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(tls.key, tls.cert, tls.ca,
+                                                                                       tls.reload_seconds);
   grpc::experimental::TlsChannelCredentialsOptions options;
   options.set_certificate_provider(provider);
   options.watch_root_certs();

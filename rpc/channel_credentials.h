@@ -14,7 +14,7 @@
 namespace seer {
 
 struct ClientTlsOptions {
-  std::string ca;    // PEM CA bundle that signed the server's certificate
+  std::string ca;  // PEM CA bundle that signed the server's certificate
   std::string cert;  // PEM client certificate (mutual TLS), with key
   std::string key;
   int reload_seconds = 60;

@@ -124,15 +124,20 @@ Fast DecodeChunkFast(PieceReader& r, KvChunkPieces* c) {
     if (wire == kVarint) {
       if (!r.Varint(&v)) return Fast::kBroken;
       const int32_t i = static_cast<int32_t>(static_cast<uint32_t>(v));  // int32: the low 32 bits
-      if (field == 1) c->layer = i;
-      else if (field == 2) c->token_start = i;
-      else if (field == 3) c->token_count = i;
+      if (field == 1)
+        c->layer = i;
+      else if (field == 2)
+        c->token_start = i;
+      else if (field == 3)
+        c->token_count = i;
     } else if (wire == kLen) {
       if (!r.Varint(&v)) return Fast::kBroken;
       BytePieces piece;
       if (!r.Take(v, (field >= 4 && field <= 7) ? &piece : nullptr)) return Fast::kBroken;
-      if (field == 4) c->k = piece;  // bytes: the last occurrence wins
-      else if (field == 5) c->v = piece;
+      if (field == 4)
+        c->k = piece;  // bytes: the last occurrence wins
+      else if (field == 5)
+        c->v = piece;
       else if (field == 6 || field == 7) {
         if (v % 4 != 0) return Fast::kFallback;  // protobuf rejects a partial float
         BytePieces& dst = field == 6 ? c->k_scales : c->v_scales;  // packed runs concatenate
@@ -157,8 +162,8 @@ grpc::ByteBuffer EncodeKvChunk(const KvChunkRef& c, std::shared_ptr<const void> 
   PutInt32(&scalars, 1, c.layer);
   PutInt32(&scalars, 2, c.token_start);
   PutInt32(&scalars, 3, c.token_count);
-  const size_t body = scalars.size() + LenFieldSize(4, k) + LenFieldSize(5, v) + LenFieldSize(6, ks) +
-                      LenFieldSize(7, vs);
+  const size_t body =
+      scalars.size() + LenFieldSize(4, k) + LenFieldSize(5, v) + LenFieldSize(6, ks) + LenFieldSize(7, vs);
 
   std::vector<grpc::Slice> slices;
   std::string head;

@@ -68,9 +68,8 @@ struct Case {
 
 TEST(KvChunkCodec, EncodedChunkIsProtobufsBytes) {
   std::mt19937 rng(1);
-  const Case cases[] = {{0, 0, 0, 0, 0},        {3, 64, 64, 65536, 0}, {31, 130000, 1, 4096, 0},
-                        {-1, -5, 7, 10, 0},     {2, 0, 200, 300000, 32}, {1, 64, 3, 0, 4},
-                        {5, 1 << 30, 1, 1, 1}};
+  const Case cases[] = {{0, 0, 0, 0, 0},         {3, 64, 64, 65536, 0}, {31, 130000, 1, 4096, 0}, {-1, -5, 7, 10, 0},
+                        {2, 0, 200, 300000, 32}, {1, 64, 3, 0, 4},      {5, 1 << 30, 1, 1, 1}};
   for (const Case& c : cases) {
     const std::string k = RandomBytes(c.kv_bytes, rng), v = RandomBytes(c.kv_bytes, rng);
     KvChunkRef ref;
@@ -123,11 +122,11 @@ void ExpectSameAsProtobuf(const std::string& bytes, std::mt19937& rng, const cha
   EXPECT_EQ(got.chunk.token_count, c.token_count()) << what;
   EXPECT_EQ(Str(got.chunk.k), c.k()) << what;
   EXPECT_EQ(Str(got.chunk.v), c.v()) << what;
-  EXPECT_EQ(Str(got.chunk.k_scales), std::string(reinterpret_cast<const char*>(c.k_scales().data()),
-                                                 c.k_scales_size() * sizeof(float)))
+  EXPECT_EQ(Str(got.chunk.k_scales),
+            std::string(reinterpret_cast<const char*>(c.k_scales().data()), c.k_scales_size() * sizeof(float)))
       << what;
-  EXPECT_EQ(Str(got.chunk.v_scales), std::string(reinterpret_cast<const char*>(c.v_scales().data()),
-                                                 c.v_scales_size() * sizeof(float)))
+  EXPECT_EQ(Str(got.chunk.v_scales),
+            std::string(reinterpret_cast<const char*>(c.v_scales().data()), c.v_scales_size() * sizeof(float)))
       << what;
 }
 
@@ -172,8 +171,10 @@ TEST(KvChunkCodec, DecodeGivesWhatProtobufParses) {
     s.push_back(static_cast<char>(body.size()));  // bodies here are < 128 bytes
     return s + body;
   };
-  ExpectSameAsProtobuf(chunk_of(std::string("\x08\x05\x22\x02" "ab\x62\x03xyz\x22\x01q\x78\x09", 16)), rng,
-                       "unknown fields, repeated k");
+  ExpectSameAsProtobuf(chunk_of(std::string("\x08\x05\x22\x02"
+                                            "ab\x62\x03xyz\x22\x01q\x78\x09",
+                                            16)),
+                       rng, "unknown fields, repeated k");
   ExpectSameAsProtobuf(chunk_of(std::string("\x32\x04\x00\x00\x80\x3f\x32\x04\x00\x00\x00\x40", 12)), rng,
                        "two packed runs");
   ExpectSameAsProtobuf(chunk_of(std::string("\x35\x00\x00\x80\x3f\x35\x00\x00\x00\x40", 10)), rng, "unpacked scales");
@@ -289,7 +290,7 @@ class PlainPrefill final : public v1::PrefillService::CallbackService {
  public:
   explicit PlainPrefill(std::vector<v1::PrefillResponse> msgs) : msgs_(std::move(msgs)) {}
   grpc::ServerWriteReactor<v1::PrefillResponse>* Prefill(grpc::CallbackServerContext*,
-                                                          const v1::PrefillRequest*) override {
+                                                         const v1::PrefillRequest*) override {
     class Writer final : public grpc::ServerWriteReactor<v1::PrefillResponse> {
      public:
       explicit Writer(const std::vector<v1::PrefillResponse>* m) : m_(m) { StartWrite(&(*m_)[0]); }
@@ -329,8 +330,8 @@ TEST(KvChunkCodec, TheRawClientReadsAPlainProtobufServer) {
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(16 << 20);
-  auto channel = grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials(),
-                                           args);
+  auto channel =
+      grpc::CreateCustomChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials(), args);
   grpc::GenericStub stub(channel);
   auto call = std::make_unique<RawStreamCall>(&stub, "/seer.v1.PrefillService/Prefill",
                                               EncodeMessage(v1::PrefillRequest()).value());

@@ -239,8 +239,8 @@ class DeviceChunkSource final : public KvChunkSource {
       SEER_RETURN_IF_CUDA_ERROR(cuda::QuantizeKvE4m3(device_cache_->k(layer) + first, pitch, l.num_kv_heads, n,
                                                      l.head_dim, wire_.block_tokens, dev, dev_scales, stream_));
       SEER_RETURN_IF_CUDA_ERROR(cuda::QuantizeKvE4m3(device_cache_->v(layer) + first, pitch, l.num_kv_heads, n,
-                                                     l.head_dim, wire_.block_tokens, dev + elems,
-                                                     dev_scales + scales, stream_));
+                                                     l.head_dim, wire_.block_tokens, dev + elems, dev_scales + scales,
+                                                     stream_));
       SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(pinned.get(), dev, bytes, cudaMemcpyDeviceToHost, stream_));
       SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
     }

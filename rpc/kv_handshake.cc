@@ -53,8 +53,8 @@ Status CheckTransportOffer(const v1::KvTransportOffer& o) {
     return InvalidArgument("transport_offer.nccl.links: " + I(n.links_size()) + " links, at most " +
                            I(kMaxOfferedLinks));
   for (int i = 0; i < n.links_size(); ++i)
-    SEER_RETURN_IF_ERROR(CheckId(n.links(i).prefill_instance(),
-                                 "transport_offer.nccl.links[" + I(i) + "].prefill_instance"));
+    SEER_RETURN_IF_ERROR(
+        CheckId(n.links(i).prefill_instance(), "transport_offer.nccl.links[" + I(i) + "].prefill_instance"));
   return OkStatus();
 }
 
@@ -64,8 +64,8 @@ KvTransportChoice ChooseKvTransport(const v1::PrefillRequest& request, const KvS
   std::string why;
   auto note = [&why](const std::string& s) { why += (why.empty() ? "" : "; ") + s; };
   const v1::KvTransportOffer& o = request.transport_offer();
-  c.grpc_streams = std::clamp(std::min(o.grpc_streams() > 0 ? o.grpc_streams() : 1, sender.max_grpc_streams), 1,
-                              kMaxKvGrpcStreams);
+  c.grpc_streams =
+      std::clamp(std::min(o.grpc_streams() > 0 ? o.grpc_streams() : 1, sender.max_grpc_streams), 1, kMaxKvGrpcStreams);
 
   if (o.has_nccl()) {
     const v1::NcclOffer& n = o.nccl();
@@ -111,12 +111,12 @@ KvTransportChoice ChooseKvTransport(const v1::PrefillRequest& request, const KvS
 Status CheckHeaderTransport(const v1::LayoutHeader& h, const v1::KvTransportOffer& offer, v1::KvWire asked) {
   const int offered_streams = std::max(1, offer.grpc_streams());
   if (h.transport() == v1::KV_TRANSPORT_NCCL) {
-    if (!offer.has_nccl())
-      return DataLoss("layout header transport: NCCL, which this decode worker did not offer");
+    if (!offer.has_nccl()) return DataLoss("layout header transport: NCCL, which this decode worker did not offer");
     if (h.nccl_link_id() == 0) return DataLoss("layout header nccl_link_id: 0 with transport NCCL");
     if (h.kv_wire() != v1::KV_WIRE_UNSPECIFIED) return DataLoss("layout header kv_wire: set with transport NCCL");
   } else if (h.transport() != v1::KV_TRANSPORT_GRPC && h.transport() != v1::KV_TRANSPORT_UNSPECIFIED) {
-    return DataLoss("layout header transport: " + v1::KvTransport_Name(h.transport()) + " is not one this decode "
+    return DataLoss("layout header transport: " + v1::KvTransport_Name(h.transport()) +
+                    " is not one this decode "
                     "worker knows");
   }
   if (h.grpc_streams() < 0 || h.grpc_streams() > offered_streams)
@@ -130,8 +130,7 @@ Status CheckHeaderTransport(const v1::LayoutHeader& h, const v1::KvTransportOffe
       return DataLoss("layout header kv_scale_block_tokens: " + I(h.kv_scale_block_tokens()) +
                       " is out of range [1, 4096]");
   } else if (h.kv_wire() != v1::KV_WIRE_UNSPECIFIED) {
-    return DataLoss("layout header kv_wire: " + v1::KvWire_Name(h.kv_wire()) +
-                    " is not one this decode worker reads");
+    return DataLoss("layout header kv_wire: " + v1::KvWire_Name(h.kv_wire()) + " is not one this decode worker reads");
   }
   if (h.has_nccl_setup()) {
     if (!offer.has_nccl()) return DataLoss("layout header nccl_setup: NCCL was not offered");
@@ -161,7 +160,8 @@ StatusOr<KvTransportSet> ParseKvTransports(const std::string& list, const std::s
     start = end + 1;
   }
   if (!grpc)
-    return InvalidArgument(flag + ": '" + list + "' lacks grpc, which carries the control stream and every "
+    return InvalidArgument(flag + ": '" + list +
+                           "' lacks grpc, which carries the control stream and every "
                            "fallback (e.g. nccl,grpc)");
   return set;
 }

@@ -32,7 +32,7 @@ inline constexpr int kFp8ScaleBlockTokens = 64;
 // What the decode worker can take.
 struct KvReceiverCaps {
   int grpc_streams = 1;  // KvStream calls it will open, plus its Prefill call
-  bool nccl = false;     // built with NCCL, --kv-transports has nccl, a CUDA engine
+  bool nccl = false;  // built with NCCL, --kv-transports has nccl, a CUDA engine
   std::string decode_instance, gpu_uuid, host;
   int nccl_version = 0;
   // Its ready links, by prefill instance.
@@ -47,8 +47,8 @@ Status CheckTransportOffer(const v1::KvTransportOffer& offer);
 struct KvSenderCaps {
   std::string prefill_instance;
   int max_grpc_streams = 1;  // --kv-grpc-streams
-  bool allow_fp8 = false;    // --allow-kv-fp8
-  bool nccl = false;         // built with NCCL, --kv-transports has nccl, a CUDA engine
+  bool allow_fp8 = false;  // --allow-kv-fp8
+  bool nccl = false;  // built with NCCL, --kv-transports has nccl, a CUDA engine
   std::string gpu_uuid;
   int nccl_version = 0;
 };
@@ -65,7 +65,7 @@ struct KvTransportChoice {
   int grpc_streams = 1;
   v1::KvWire wire = v1::KV_WIRE_UNSPECIFIED;
   int scale_block_tokens = 0;
-  uint64_t nccl_link = 0;   // transport NCCL: the link to use
+  uint64_t nccl_link = 0;  // transport NCCL: the link to use
   bool start_link = false;  // set up a new link (this request stays gRPC)
   // Why an offered transport or encoding is not used; "" when all were.
   std::string fallback_reason;

@@ -62,7 +62,8 @@ TEST(KvHandshake, OffersRoundTripAndMalformedOnesNameTheField) {
   bad([](v1::KvTransportOffer* x) { x->mutable_nccl()->clear_decode_instance(); }, "decode_instance");
   bad([](v1::KvTransportOffer* x) { x->mutable_nccl()->set_gpu_uuid(std::string(65, 'a')); }, "gpu_uuid");
   bad([](v1::KvTransportOffer* x) { x->mutable_nccl()->set_host("a\nb"); }, "host");
-  bad([](v1::KvTransportOffer* x) {
+  bad(
+      [](v1::KvTransportOffer* x) {
         for (int i = 0; i < 17; ++i) x->mutable_nccl()->add_links();
       },
       "links");

@@ -128,8 +128,8 @@ class KvTransportMetrics {
   // The servers' time buckets (server/common/metrics.cc LatencyBuckets),
   // down to 0.1 ms: a layer over NVLink takes about a millisecond.
   static std::vector<double> Buckets() {
-    return {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-            1,      2.5,     5,      10,    25,     50,    100,   250,   600};
+    return {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+            0.5,    1,       2.5,    5,     10,     25,    50,   100,   250,  600};
   }
 
  private:

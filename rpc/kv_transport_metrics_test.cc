@@ -29,16 +29,15 @@ TEST(KvTransportMetrics, TheContractsNamesAndLabels) {
   m.Fallback("nccl", "same_gpu");
   m.links(true).Set(1);
   text = Scrape(r);
-  for (const char* want :
-       {"seer_kv_transfers_inflight{side=\"send\",transport=\"nccl\"} 0",
-        "seer_kv_transfers_inflight{side=\"send\",transport=\"grpc\"} 0",
-        "seer_kv_transfer_bytes_total{side=\"send\",transport=\"nccl\",wire=\"bf16\"} 4000000000",
-        "seer_kv_transfers_total{side=\"send\",transport=\"nccl\",wire=\"bf16\"} 1",
-        "seer_kv_transfer_seconds_count{side=\"send\",transport=\"nccl\",wire=\"bf16\"} 1",
-        "seer_kv_transfer_failures_total{reason=\"peer_lost\",side=\"send\",transport=\"grpc\"} 1",
-        "seer_kv_transport_blocked_seconds_count{transport=\"nccl\"} 1",
-        "seer_kv_transport_fallbacks_total{offered=\"nccl\",reason=\"same_gpu\"} 1",
-        "seer_kv_nccl_links{state=\"ready\"} 1"}) {
+  for (const char* want : {"seer_kv_transfers_inflight{side=\"send\",transport=\"nccl\"} 0",
+                           "seer_kv_transfers_inflight{side=\"send\",transport=\"grpc\"} 0",
+                           "seer_kv_transfer_bytes_total{side=\"send\",transport=\"nccl\",wire=\"bf16\"} 4000000000",
+                           "seer_kv_transfers_total{side=\"send\",transport=\"nccl\",wire=\"bf16\"} 1",
+                           "seer_kv_transfer_seconds_count{side=\"send\",transport=\"nccl\",wire=\"bf16\"} 1",
+                           "seer_kv_transfer_failures_total{reason=\"peer_lost\",side=\"send\",transport=\"grpc\"} 1",
+                           "seer_kv_transport_blocked_seconds_count{transport=\"nccl\"} 1",
+                           "seer_kv_transport_fallbacks_total{offered=\"nccl\",reason=\"same_gpu\"} 1",
+                           "seer_kv_nccl_links{state=\"ready\"} 1"}) {
     EXPECT_NE(text.find(want), std::string::npos) << want << "\n" << text;
   }
 }

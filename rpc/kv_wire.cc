@@ -28,8 +28,8 @@ StatusOr<int> TokensPerChunk(const KvLayout& layout, int64_t max_message_bytes) 
   const int64_t budget = max_message_bytes - kKvChunkOverheadBytes;
   if (budget < per_token)
     return InvalidArgument("chunk bytes: " + std::to_string(max_message_bytes) +
-                           " is too small for one token of K and V (" + std::to_string(per_token) +
-                           " bytes plus " + std::to_string(kKvChunkOverheadBytes) + " of framing)");
+                           " is too small for one token of K and V (" + std::to_string(per_token) + " bytes plus " +
+                           std::to_string(kKvChunkOverheadBytes) + " of framing)");
   const int64_t tokens = budget / per_token;
   return static_cast<int>(tokens > (1 << 30) ? (1 << 30) : tokens);
 }

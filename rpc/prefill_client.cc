@@ -249,8 +249,10 @@ StatusOr<std::unique_ptr<PrefillClient>> PrefillClient::Create(const std::string
     if (target.rfind("dns:", 0) == 0) ++names;
   }
   client->attempts_ = options.attempts > 0 ? options.attempts : static_cast<int>(list.size()) + 2 * names;
-  if (options.first_byte_timeout_seconds > 0) client->timer_thread_ = std::thread([c = client.get()] { c->TimerLoop(); });
-  if (options.health_interval_seconds > 0) client->health_thread_ = std::thread([c = client.get()] { c->HealthLoop(); });
+  if (options.first_byte_timeout_seconds > 0)
+    client->timer_thread_ = std::thread([c = client.get()] { c->TimerLoop(); });
+  if (options.health_interval_seconds > 0)
+    client->health_thread_ = std::thread([c = client.get()] { c->HealthLoop(); });
   return client;
 }
 
@@ -306,7 +308,8 @@ StatusOr<FetchedKv> PrefillClient::Fetch(const v1::PrefillRequest& request, cons
     all_exhausted = all_exhausted && s.code() == StatusCode::kResourceExhausted;
     tried += (tried.empty() ? "" : ", ") + endpoint.target;
   }
-  const std::string what = "after " + std::to_string(attempts_) + " attempts (" + tried + "); last error: " + last.ToString();
+  const std::string what =
+      "after " + std::to_string(attempts_) + " attempts (" + tried + "); last error: " + last.ToString();
   if (all_exhausted) return ResourceExhausted("every prefill endpoint tried is at capacity " + what);
   return Unavailable("no prefill endpoint could serve " + what);
 }
@@ -421,8 +424,8 @@ class PrefillClient::KvReceive {
     t.set_grpc_streams(streams_);
     t.set_bytes(landed_bytes_.load());
     if (t.seconds() <= 0) t.set_seconds(seconds());
-    if (!setup_note_.empty()) t.set_fallback_reason(t.fallback_reason() + (t.fallback_reason().empty() ? "" : "; ") +
-                                                    setup_note_);
+    if (!setup_note_.empty())
+      t.set_fallback_reason(t.fallback_reason() + (t.fallback_reason().empty() ? "" : "; ") + setup_note_);
     return t;
   }
 
@@ -531,7 +534,8 @@ class PrefillClient::KvReceive {
 #ifdef SEER_HAVE_CUDA
     // Stream 0 alone gets four staging slots; each of several streams two.
     const int slots = streams_ > 1 && stream > 0 ? 2 : 4;
-    if (auto* device = dynamic_cast<DeviceKvCache*>(cache_)) return MakeDeviceKvLanding(device, wire_, max_tokens, slots);
+    if (auto* device = dynamic_cast<DeviceKvCache*>(cache_))
+      return MakeDeviceKvLanding(device, wire_, max_tokens, slots);
     if (PagedKvCache* paged = OnDevicePages(cache_)) return MakePagedDeviceKvLanding(paged, wire_, max_tokens, slots);
 #endif
     (void)max_tokens;
@@ -682,16 +686,15 @@ class PrefillClient::KvReceive {
     DeviceKvCache* staging = nccl_staging_.get();
     const int32_t* table = nccl_table_.as<int32_t>();
     const int n = seq_len_;
-    return link.StartRecvStaged(staging, l.num_layers, n, seq,
-                                [staging, table, pool, n, l](int layer, cudaStream_t stream) {
-                                  const int page_tokens = pool->layout().page_tokens;
-                                  cudaError_t e = cuda::ScatterToPagesStrided(
-                                      staging->k(0), n, 0, n, table, l.num_kv_heads, l.head_dim, page_tokens,
-                                      pool->k(layer), stream);
-                                  if (e != cudaSuccess) return e;
-                                  return cuda::ScatterToPagesStrided(staging->v(0), n, 0, n, table, l.num_kv_heads,
-                                                                     l.head_dim, page_tokens, pool->v(layer), stream);
-                                });
+    return link.StartRecvStaged(
+        staging, l.num_layers, n, seq, [staging, table, pool, n, l](int layer, cudaStream_t stream) {
+          const int page_tokens = pool->layout().page_tokens;
+          cudaError_t e = cuda::ScatterToPagesStrided(staging->k(0), n, 0, n, table, l.num_kv_heads, l.head_dim,
+                                                      page_tokens, pool->k(layer), stream);
+          if (e != cudaSuccess) return e;
+          return cuda::ScatterToPagesStrided(staging->v(0), n, 0, n, table, l.num_kv_heads, l.head_dim, page_tokens,
+                                             pool->v(layer), stream);
+        });
   }
 #endif
 
@@ -785,10 +788,9 @@ void PrefillClient::ReportLinks() {
 #endif
 }
 
-Status PrefillClient::FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& request,
-                                const ExpectedLayout& expected, KvCache* cache, CallCanceller* canceller,
-                                const std::function<void(int64_t)>& on_kv_bytes, FetchedKv* out,
-                                Outcome* outcome) {
+Status PrefillClient::FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& request, const ExpectedLayout& expected,
+                                KvCache* cache, CallCanceller* canceller,
+                                const std::function<void(int64_t)>& on_kv_bytes, FetchedKv* out, Outcome* outcome) {
   *outcome = Outcome::kFinal;
   const auto start = std::chrono::steady_clock::now();
   int device = -1;
@@ -824,8 +826,8 @@ Status PrefillClient::FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& re
   int received_chunks = 0;
   int64_t received_bytes = 0;
   {
-    KvReceive receive(this, &endpoint, request.token_ids_size(), expected, cache, device,
-                      offered.transport_offer(), request.kv_wire(), deadline, on_kv_bytes, &call);
+    KvReceive receive(this, &endpoint, request.token_ids_size(), expected, cache, device, offered.transport_offer(),
+                      request.kv_wire(), deadline, on_kv_bytes, &call);
     grpc::ByteBuffer buffer;
     int messages = 0;
     while (protocol.ok() && call.Next(&buffer)) {
@@ -864,8 +866,9 @@ Status PrefillClient::FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& re
   }
 
   const grpc::StatusCode code = status.error_code();
-  const bool refused = no_kv && (code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::RESOURCE_EXHAUSTED ||
-                                 (timed_out && code == grpc::StatusCode::CANCELLED));
+  const bool refused =
+      no_kv && (code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::RESOURCE_EXHAUSTED ||
+                (timed_out && code == grpc::StatusCode::CANCELLED));
   {
     std::lock_guard<std::mutex> lock(mu_);
     --endpoint.inflight;
@@ -885,9 +888,9 @@ Status PrefillClient::FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& re
   }
   if (timed_out && code == grpc::StatusCode::CANCELLED && !canceller->cancelled()) {
     if (no_kv) *outcome = Outcome::kRetry;
-    return Status(StatusCode::kDeadlineExceeded,
-                  where + " sent nothing within " + SecondsText(options_.first_byte_timeout_seconds) +
-                      " (--prefill-first-byte-timeout)");
+    return Status(StatusCode::kDeadlineExceeded, where + " sent nothing within " +
+                                                     SecondsText(options_.first_byte_timeout_seconds) +
+                                                     " (--prefill-first-byte-timeout)");
   }
   if (!status.ok()) {
     if ((refused && !timed_out) ||
@@ -980,8 +983,8 @@ void PrefillClient::WatchHealth(std::function<void(bool, const std::string&)> on
 }
 
 void PrefillClient::HealthLoop() {
-  const auto interval = std::chrono::duration_cast<Clock::duration>(
-      std::chrono::duration<double>(options_.health_interval_seconds));
+  const auto interval =
+      std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(options_.health_interval_seconds));
   const auto timeout = std::chrono::duration_cast<std::chrono::system_clock::duration>(
       std::chrono::duration<double>(options_.health_timeout_seconds));
   struct Check {
@@ -1019,17 +1022,16 @@ void PrefillClient::HealthLoop() {
     for (size_t i = 0; i < endpoints_.size(); ++i) {
       Endpoint& e = *endpoints_[i];
       const Check& c = *checks[i];
-      const bool serving =
-          c.status.ok() && c.response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+      const bool serving = c.status.ok() && c.response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
       if (serving) {
         e.failed_checks = 0;
         e.down = false;
         e.health_state = "SERVING";
       } else {
         ++e.failed_checks;
-        e.health_state = c.status.ok() ? "NOT_SERVING"
-                                       : std::string(GrpcCodeName(c.status.error_code())) + " (" +
-                                             c.status.error_message() + ")";
+        e.health_state = c.status.ok()
+                             ? "NOT_SERVING"
+                             : std::string(GrpcCodeName(c.status.error_code())) + " (" + c.status.error_message() + ")";
         if (e.failed_checks >= kFailedChecksForDown) {
           e.down = true;
           e.health_state += ", " + std::to_string(e.failed_checks) + " checks in a row";

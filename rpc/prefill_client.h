@@ -179,13 +179,13 @@ class PrefillClient {
     std::vector<std::unique_ptr<grpc::GenericStub>> kv_stubs;
     std::unique_ptr<grpc::health::v1::Health::Stub> health;
     // Routing state, under mu_.
-    int inflight = 0;                  // this client's calls there now
-    int64_t reported_depth = -1;       // running + queued its last answer reported
+    int inflight = 0;  // this client's calls there now
+    int64_t reported_depth = -1;  // running + queued its last answer reported
     Clock::time_point reported_at;
-    Clock::time_point avoid_until;     // refused or unreachable lately
-    bool down = false;                 // by the health checks
+    Clock::time_point avoid_until;  // refused or unreachable lately
+    bool down = false;  // by the health checks
     int failed_checks = 0;
-    std::string health_state;          // "SERVING", or why not
+    std::string health_state;  // "SERVING", or why not
   };
   enum class Outcome { kOk, kRetry, kFinal };
 

@@ -67,7 +67,8 @@ StatusOr<SamplingParams> ParseSampling(const v1::Sampling& s, int vocab_size, ui
 
 StatusOr<v1::KvWire> ParseKvWire(int value) {
   if (!v1::KvWire_IsValid(value))
-    return InvalidArgument("kv_wire: " + Int(value) + " is not a known encoding (KV_WIRE_UNSPECIFIED or "
+    return InvalidArgument("kv_wire: " + Int(value) +
+                           " is not a known encoding (KV_WIRE_UNSPECIFIED or "
                            "KV_WIRE_FP8_E4M3)");
   return static_cast<v1::KvWire>(value);
 }
@@ -130,9 +131,7 @@ v1::Sparsity SparsityToProto(const SparsityRequest& r) {
   v1::Sparsity s;
   if (r.mode) {
     switch (r.mode->mode) {
-      case SparsityMode::kDense:
-        s.set_mode(v1::Sparsity::MODE_DENSE);
-        break;
+      case SparsityMode::kDense: s.set_mode(v1::Sparsity::MODE_DENSE); break;
       case SparsityMode::kThreshold:
         s.set_mode(v1::Sparsity::MODE_THRESHOLD);
         s.set_threshold(r.mode->threshold);
@@ -181,11 +180,10 @@ StatusOr<PrefillCall> ParsePrefillRequest(const v1::PrefillRequest& r, const Req
   call.request_id = r.request_id();
   SEER_ASSIGN_OR_RETURN(call.ids, ParsePrompt(r.token_ids(), limits));
   SEER_ASSIGN_OR_RETURN(call.sparsity, SparsityFromProto(r.sparsity()));
-  if (r.max_chunk_bytes() != 0 && (r.max_chunk_bytes() < kMinChunkBytes ||
-                                   r.max_chunk_bytes() > limits.max_chunk_bytes))
-    return InvalidArgument("max_chunk_bytes: " + Int(r.max_chunk_bytes()) + " is out of range [" +
-                           Int(kMinChunkBytes) + ", " + Int(limits.max_chunk_bytes) +
-                           "] (0 takes the server's --chunk-bytes)");
+  if (r.max_chunk_bytes() != 0 &&
+      (r.max_chunk_bytes() < kMinChunkBytes || r.max_chunk_bytes() > limits.max_chunk_bytes))
+    return InvalidArgument("max_chunk_bytes: " + Int(r.max_chunk_bytes()) + " is out of range [" + Int(kMinChunkBytes) +
+                           ", " + Int(limits.max_chunk_bytes) + "] (0 takes the server's --chunk-bytes)");
   call.max_chunk_bytes = r.max_chunk_bytes();
   SEER_RETURN_IF_ERROR(CheckTransportOffer(r.transport_offer()));
   call.transport_offer = r.transport_offer();
@@ -202,8 +200,8 @@ StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& r, const 
   const int prompts = (r.token_ids_size() > 0 ? 1 : 0) + (r.text().empty() ? 0 : 1) + (r.messages_size() > 0 ? 1 : 0);
   if (prompts > 1) return InvalidArgument("token_ids: give exactly one of token_ids, text and messages");
   // 0 asks for the server's default (--default-max-new-tokens).
-  const int max_new = r.max_new_tokens() == 0 ? std::min(limits.default_new_tokens, limits.max_new_tokens)
-                                              : r.max_new_tokens();
+  const int max_new =
+      r.max_new_tokens() == 0 ? std::min(limits.default_new_tokens, limits.max_new_tokens) : r.max_new_tokens();
   if (max_new < 1 || max_new > limits.max_new_tokens)
     return InvalidArgument("max_new_tokens: " + Int(r.max_new_tokens()) + " is out of range [1, " +
                            Int(limits.max_new_tokens) + "] (the server's --max-new-tokens; 0 takes its default)");

@@ -29,12 +29,12 @@ inline constexpr size_t kMaxTextBytesPerToken = 32;
 // What the serving model and the server's flags allow.
 struct RequestLimits {
   int vocab_size = 0;
-  int64_t max_positions = 0;      // the model's max_position_embeddings
+  int64_t max_positions = 0;  // the model's max_position_embeddings
   int64_t max_prompt_tokens = 0;  // at most max_positions
   std::string max_prompt_source = "the model's max_position_embeddings";  // for messages
-  int max_new_tokens = 0;         // decode: --max-new-tokens
-  int default_new_tokens = 256;   // decode: --default-max-new-tokens, for requests that give none
-  int64_t max_chunk_bytes = 0;    // prefill: --chunk-bytes
+  int max_new_tokens = 0;  // decode: --max-new-tokens
+  int default_new_tokens = 256;  // decode: --default-max-new-tokens, for requests that give none
+  int64_t max_chunk_bytes = 0;  // prefill: --chunk-bytes
 };
 
 // A Prefill request, checked.
@@ -57,7 +57,7 @@ struct GenerateCall {
   std::vector<int32_t> ids;
   std::string text;
   std::vector<std::pair<std::string, std::string>> messages;  // (role, content)
-  std::vector<std::string> stop;                             // stop strings
+  std::vector<std::string> stop;  // stop strings
   int max_new_tokens = 0;
   SamplingParams sampling;  // the request's seed, or the fresh one it lacked
   SparsityRequest sparsity;

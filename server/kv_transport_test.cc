@@ -218,8 +218,8 @@ Fetched Fetch(PrefillClient* client, Engine* engine, const v1::PrefillRequest& r
   f.cache = engine->NewCache(r.token_ids_size() + extra).value();
   CallCanceller canceller;
   std::atomic<int64_t> landed{0};
-  StatusOr<FetchedKv> kv = client->Fetch(r, ExpectedOf(*engine), f.cache.get(), &canceller,
-                                         [&](int64_t bytes) { landed += bytes; });
+  StatusOr<FetchedKv> kv =
+      client->Fetch(r, ExpectedOf(*engine), f.cache.get(), &canceller, [&](int64_t bytes) { landed += bytes; });
   f.landed_bytes = landed.load();
   f.status = kv.status();
   if (kv.ok()) f.kv = std::move(kv).value();
@@ -366,8 +366,8 @@ void ExpectFourStreamsLandWhatOneDoes(const std::string& model, int want_streams
   ExpectKvEqual(four_kv, ReadKv(*a.cache, req.token_ids_size()), "4 streams against 1");
   EXPECT_EQ(b.cache->length(), req.token_ids_size());
   EXPECT_EQ(b.landed_bytes, a.landed_bytes);
-  EXPECT_TRUE(std::equal(b.kv.summary.last_logits().begin(), b.kv.summary.last_logits().end(),
-                         ref.last_logits.begin()));
+  EXPECT_TRUE(
+      std::equal(b.kv.summary.last_logits().begin(), b.kv.summary.last_logits().end(), ref.last_logits.begin()));
   for (int i = 0; i < 500 && p.service->attached_kv_streams() > 0; ++i) std::this_thread::sleep_for(10ms);
   EXPECT_EQ(p.service->attached_kv_streams(), 0);
 }
@@ -377,7 +377,9 @@ TEST(KvTransport, FourStreamsLandTheSameKvAsOneAndAsThePrefillsOwnCache) {
   ExpectFourStreamsLandWhatOneDoes(Path("llama"), 2);
 }
 
-TEST(KvTransport, FourStreamsOfEightLayersLandTheSameKvAsOne) { ExpectFourStreamsLandWhatOneDoes(EightLayerModel(), 4); }
+TEST(KvTransport, FourStreamsOfEightLayersLandTheSameKvAsOne) {
+  ExpectFourStreamsLandWhatOneDoes(EightLayerModel(), 4);
+}
 
 // --- fp8 -----------------------------------------------------------------------
 

@@ -203,8 +203,8 @@ grpc::Status CallPrefill(v1::PrefillService::Stub* stub, const v1::PrefillReques
   return reader->Finish();
 }
 
-grpc::Status CallGenerate(v1::DecodeService::Stub* stub, const v1::GenerateRequest& req, std::vector<int32_t>* tokens = nullptr,
-                          v1::GenerateSummary* summary = nullptr) {
+grpc::Status CallGenerate(v1::DecodeService::Stub* stub, const v1::GenerateRequest& req,
+                          std::vector<int32_t>* tokens = nullptr, v1::GenerateSummary* summary = nullptr) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + 60s);
   auto reader = stub->Generate(&ctx, req);
@@ -286,8 +286,7 @@ TEST(Service, ReflectionListsTheServices) {
   cq.Shutdown();
   void* tag;
   bool ok;
-  while (cq.Next(&tag, &ok)) {
-  }
+  while (cq.Next(&tag, &ok)) {}
 }
 
 TEST(Service, EveryBadFieldIsInvalidArgumentNamingIt) {
@@ -345,8 +344,7 @@ TEST(Service, EveryBadFieldIsInvalidArgumentNamingIt) {
          r->mutable_sparsity()->set_threshold(1.5);
        },
        "sparsity.threshold"},
-      {"nz_ratio zero",
-       [](v1::GenerateRequest* r) { r->mutable_sparsity()->set_mode(v1::Sparsity::MODE_NZ_RATIO); },
+      {"nz_ratio zero", [](v1::GenerateRequest* r) { r->mutable_sparsity()->set_mode(v1::Sparsity::MODE_NZ_RATIO); },
        "sparsity.nz_ratio"},
       {"unknown sparsity mode",
        [](v1::GenerateRequest* r) { r->mutable_sparsity()->set_mode(static_cast<v1::Sparsity::Mode>(9)); },
@@ -356,8 +354,7 @@ TEST(Service, EveryBadFieldIsInvalidArgumentNamingIt) {
       {"negative temperature", [](v1::GenerateRequest* r) { r->mutable_sampling()->set_temperature(-1.0f); },
        "sampling.temperature"},
       {"top_p above 1", [](v1::GenerateRequest* r) { r->mutable_sampling()->set_top_p(1.5f); }, "sampling.top_p"},
-      {"top_k above vocab", [](v1::GenerateRequest* r) { r->mutable_sampling()->set_top_k(129); },
-       "sampling.top_k"},
+      {"top_k above vocab", [](v1::GenerateRequest* r) { r->mutable_sampling()->set_top_k(129); }, "sampling.top_k"},
       {"stop token >= vocab", [](v1::GenerateRequest* r) { r->add_stop_token_ids(500); }, "stop_token_ids[0]"},
       {"oversize request_id", [](v1::GenerateRequest* r) { r->set_request_id(std::string(1 << 20, 'x')); },
        "request_id"},
@@ -506,8 +503,7 @@ TEST(Service, ACancelledStreamStopsTheEngine) {
   ASSERT_TRUE(msg.has_chunk());
   ASSERT_EQ(msg.chunk().layer(), 0);
   ctx.TryCancel();
-  while (reader->Read(&msg)) {
-  }
+  while (reader->Read(&msg)) {}
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
 
   ASSERT_TRUE(engine.WaitFinished(1, 60s));
@@ -540,8 +536,7 @@ TEST(Service, ACancelledGenerateStopsThePrefillEngine) {
   ASSERT_TRUE(engine.WaitEntered(1, 20s)) << "the prefill never started";
   ctx.TryCancel();
   v1::GenerateResponse msg;
-  while (reader->Read(&msg)) {
-  }
+  while (reader->Read(&msg)) {}
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
   // Let the decode worker's cancellation reach the prefill server before the
   // engine goes on; its first layer's chunks then find the stream cancelled.
@@ -578,8 +573,7 @@ TEST(Service, APrefillCancelledWhileWaitingForTheEngineNeverRunsIt) {
   ASSERT_TRUE(reader->Read(&msg));  // the header: its worker runs, and waits for the engine
   ASSERT_TRUE(msg.has_header());
   ctx.TryCancel();
-  while (reader->Read(&msg)) {
-  }
+  while (reader->Read(&msg)) {}
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
   std::this_thread::sleep_for(300ms);  // the cancellation reaches the server
   engine.Release();
@@ -754,7 +748,6 @@ TEST(WorkQueue, AdmitsWorkersPlusQueueAndCancelsWaitingJobs) {
   EXPECT_FALSE(jobs[3]->ran);
 }
 
-
 // --- isolation: one bad client must not hurt anyone else (issue 15) -----------
 
 namespace isolation {
@@ -909,7 +902,6 @@ TEST(Isolation, AGenerateClientThatNeverReadsDoesNotHoldADecodeSlot) {
   stalled->ctx.TryCancel();
 }
 
-
 // Finding 2: a worker slot was freed once the KV was in the stream's outbox,
 // but the outbox lived until the client read, so streams that never read
 // piled up N x --stream-buffer-bytes whatever --max-concurrent and
@@ -936,10 +928,11 @@ TEST(Isolation, BufferedKvIsBoundedByAdmissionAndStalledStreamsAreCancelled) {
 
   constexpr int kClients = 6;
   std::vector<std::unique_ptr<StalledPrefill>> stalled;
-  for (int i = 0; i < kClients; ++i) stalled.push_back(StartStalledPrefill(h.server->address(), PrefillOf(1024, 10 + i)));
+  for (int i = 0; i < kClients; ++i)
+    stalled.push_back(StartStalledPrefill(h.server->address(), PrefillOf(1024, 10 + i)));
   // Three are admitted, three refused at once.
-  ASSERT_TRUE(WaitFor([&] { return CountByCode(*h.registry, "seer_prefill_requests_total", "RESOURCE_EXHAUSTED") == 3; },
-                      30s));
+  ASSERT_TRUE(
+      WaitFor([&] { return CountByCode(*h.registry, "seer_prefill_requests_total", "RESOURCE_EXHAUSTED") == 3; }, 30s));
   EXPECT_EQ(h.metrics.inflight.Value(), 3);
   EXPECT_LE(h.service->buffered_bytes(), options.max_buffered_bytes);
   EXPECT_GT(h.service->buffered_bytes(), 3 * kKv);
@@ -956,8 +949,7 @@ TEST(Isolation, BufferedKvIsBoundedByAdmissionAndStalledStreamsAreCancelled) {
   for (auto& call : stalled) {
     // The client reads at last: what got through, then the status.
     v1::PrefillResponse msg;
-    while (call->reader->Read(&msg)) {
-    }
+    while (call->reader->Read(&msg)) {}
     const grpc::Status s = call->reader->Finish();
     if (s.error_code() == grpc::StatusCode::CANCELLED) ++cancelled;
     if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
@@ -970,7 +962,6 @@ TEST(Isolation, BufferedKvIsBoundedByAdmissionAndStalledStreamsAreCancelled) {
   // And a reader is served.
   EXPECT_TRUE(CallPrefill(h.Stub().get(), PrefillOf(1024, 30)).ok());
 }
-
 
 // The same for token streams: each Generate stream reserves its tokens'
 // bytes (max_new_tokens of them) at admission, beyond --max-buffered-bytes a
@@ -993,17 +984,17 @@ TEST(Isolation, TokenBuffersAreBoundedByAdmissionAndStalledGeneratesAreCancelled
   req.set_max_new_tokens(2000);
   std::vector<std::unique_ptr<StalledGenerate>> stalled;
   for (int i = 0; i < 3; ++i) stalled.push_back(StartStalledGenerate(decode.server->address(), req));
-  ASSERT_TRUE(WaitFor([&] { return CountByCode(*decode.registry, "seer_decode_requests_total", "RESOURCE_EXHAUSTED") == 1; },
-                      30s));
+  ASSERT_TRUE(WaitFor(
+      [&] { return CountByCode(*decode.registry, "seer_decode_requests_total", "RESOURCE_EXHAUSTED") == 1; }, 30s));
   EXPECT_EQ(decode.service->buffered_bytes(), options.max_buffered_bytes);
   ASSERT_TRUE(WaitFor([&] { return decode.metrics.write_stalls.Value() == 2; }, 60s));
   ASSERT_TRUE(WaitFor([&] { return decode.service->buffered_bytes() == 0; }, 30s));
-  EXPECT_TRUE(WaitFor([&] { return CountByCode(*decode.registry, "seer_decode_requests_total", "CANCELLED") == 2; }, 30s));
+  EXPECT_TRUE(
+      WaitFor([&] { return CountByCode(*decode.registry, "seer_decode_requests_total", "CANCELLED") == 2; }, 30s));
   int cancelled = 0, exhausted = 0;
   for (auto& call : stalled) {
     v1::GenerateResponse msg;
-    while (call->reader->Read(&msg)) {
-    }
+    while (call->reader->Read(&msg)) {}
     const grpc::Status s = call->reader->Finish();
     cancelled += s.error_code() == grpc::StatusCode::CANCELLED;
     if (s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
@@ -1019,7 +1010,6 @@ TEST(Isolation, TokenBuffersAreBoundedByAdmissionAndStalledGeneratesAreCancelled
   EXPECT_TRUE(CallGenerate(decode.Stub().get(), req, &tokens).ok());
   EXPECT_EQ(tokens.size(), 8u);
 }
-
 
 // A client that reads only after the prefill has finished gets its chunks
 // out of the KV cache, made as their turn to be written comes: the same
@@ -1085,7 +1075,6 @@ TEST(ByteBudget, ReservesUpToItsLimitAndTakesSharesBack) {
   EXPECT_FALSE(budget.TryReserve(101));
   EXPECT_TRUE(budget.TryReserve(100));
 }
-
 
 // --- routing (issue 14) and detection (issue 15, finding 5) ---------------------
 

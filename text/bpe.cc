@@ -69,8 +69,8 @@ StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const JsonValue& model) {
   m->by_id_.assign(size_t(m->max_id_ + 1), nullptr);
   for (const auto& [token, id] : m->vocab_) {
     if (m->by_id_[id] != nullptr) {
-      return FieldError("vocab", "id " + std::to_string(id) + " is given to both '" + *m->by_id_[id] + "' and '" +
-                                     token + "'");
+      return FieldError("vocab",
+                        "id " + std::to_string(id) + " is given to both '" + *m->by_id_[id] + "' and '" + token + "'");
     }
     m->by_id_[id] = &token;
   }
@@ -86,7 +86,8 @@ StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const JsonValue& model) {
         const std::string& s = e.as_string();
         const size_t sp = s.find(' ');
         if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos) {
-          return FieldError("merges", "entry " + std::to_string(rank) + " '" + s + "' is not two tokens split by one space");
+          return FieldError("merges",
+                            "entry " + std::to_string(rank) + " '" + s + "' is not two tokens split by one space");
         }
         a = s.substr(0, sp);
         b = s.substr(sp + 1);
@@ -100,7 +101,8 @@ StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const JsonValue& model) {
       const auto ia = m->vocab_.find(a), ib = m->vocab_.find(b), ic = m->vocab_.find(a + b);
       for (const auto& [it, name] : {std::pair{ia, a}, std::pair{ib, b}, std::pair{ic, a + b}}) {
         if (it == m->vocab_.end()) {
-          return FieldError("merges", "entry " + std::to_string(rank) + " uses '" + name + "', which is not in the vocab");
+          return FieldError("merges",
+                            "entry " + std::to_string(rank) + " uses '" + name + "', which is not in the vocab");
         }
       }
       m->merges_[PairKey(ia->second, ib->second)] = {rank, ic->second};

@@ -25,7 +25,8 @@ std::string Strftime(std::string_view format, const std::tm& t) {
     switch (c) {
       case 'a': out += std::string(kDays[wday]).substr(0, 3); break;
       case 'A': out += kDays[wday]; break;
-      case 'b': case 'h': out += std::string(kMonths[mon]).substr(0, 3); break;
+      case 'b':
+      case 'h': out += std::string(kMonths[mon]).substr(0, 3); break;
       case 'B': out += kMonths[mon]; break;
       case 'd': std::snprintf(buf, sizeof buf, "%02d", t.tm_mday), out += buf; break;
       case 'e': std::snprintf(buf, sizeof buf, "%2d", t.tm_mday), out += buf; break;
@@ -67,8 +68,10 @@ StatusOr<std::string> ChatTemplate::Render(const JsonValue& messages, const Chat
   } else if (!options.extra.is_null()) {
     return InvalidArgument("extra template variables: expected a JSON object");
   }
-  for (const auto& [name, value] : {std::pair{"bos_token", &options.bos_token}, {"eos_token", &options.eos_token},
-                                    {"unk_token", &options.unk_token}, {"pad_token", &options.pad_token}}) {
+  for (const auto& [name, value] : {std::pair{"bos_token", &options.bos_token},
+                                    {"eos_token", &options.eos_token},
+                                    {"unk_token", &options.unk_token},
+                                    {"pad_token", &options.pad_token}}) {
     if (!value->empty()) globals[name] = Value::String(*value);
   }
   globals["messages"] = Value::FromJson(messages);

@@ -41,10 +41,15 @@ bool PyIsPrintable(char32_t c) {
   if (c == ' ') return true;
   using G = unicode::GeneralCategory;
   switch (unicode::CategoryOf(c)) {
-    case G::kCc: case G::kCf: case G::kCs: case G::kCo: case G::kCn: case G::kZl: case G::kZp: case G::kZs:
-      return false;
-    default:
-      return true;
+    case G::kCc:
+    case G::kCf:
+    case G::kCs:
+    case G::kCo:
+    case G::kCn:
+    case G::kZl:
+    case G::kZp:
+    case G::kZs: return false;
+    default: return true;
   }
 }
 
@@ -231,11 +236,14 @@ const void* Value::identity() const {
 
 bool Value::Truthy() const {
   switch (kind_) {
-    case Kind::kUndefined: case Kind::kNone: return false;
-    case Kind::kBool: case Kind::kInt: return int_ != 0;
+    case Kind::kUndefined:
+    case Kind::kNone: return false;
+    case Kind::kBool:
+    case Kind::kInt: return int_ != 0;
     case Kind::kFloat: return float_ != 0.0;
     case Kind::kString: return !str_->empty();
-    case Kind::kList: case Kind::kTuple: return !list_->empty();
+    case Kind::kList:
+    case Kind::kTuple: return !list_->empty();
     case Kind::kDict: return !dict_->empty();
     default: return true;
   }
@@ -257,7 +265,8 @@ std::string Value::Repr() const {
     case Kind::kInt: return std::to_string(int_);
     case Kind::kFloat: return PyFloatRepr(float_);
     case Kind::kString: return PyReprString(*str_);
-    case Kind::kList: case Kind::kTuple: {
+    case Kind::kList:
+    case Kind::kTuple: {
       if (str_) return *str_;  // range(...)
       const bool tuple = kind_ == Kind::kTuple;
       std::string out = tuple ? "(" : "[";
@@ -309,9 +318,11 @@ bool Equal(const Value& a, const Value& b) {
   }
   if (a.kind() != b.kind()) return false;
   switch (a.kind()) {
-    case K::kUndefined: case K::kNone: return true;
+    case K::kUndefined:
+    case K::kNone: return true;
     case K::kString: return a.as_string() == b.as_string();
-    case K::kList: case K::kTuple: {
+    case K::kList:
+    case K::kTuple: {
       if (a.as_list().size() != b.as_list().size()) return false;
       for (size_t i = 0; i < a.as_list().size(); ++i) {
         if (!Equal(a.as_list()[i], b.as_list()[i])) return false;
@@ -358,7 +369,8 @@ Status JsonInto(const Value& v, bool ascii, int indent, const std::string& item_
       return OkStatus();
     }
     case K::kString: *out += JsonString(v.as_string(), ascii); return OkStatus();
-    case K::kList: case K::kTuple: {
+    case K::kList:
+    case K::kTuple: {
       if (v.as_list().empty()) {
         *out += "[]";
         return OkStatus();
@@ -410,8 +422,7 @@ Status JsonInto(const Value& v, bool ascii, int indent, const std::string& item_
       out->push_back('}');
       return OkStatus();
     }
-    default:
-      return InvalidArgument("tojson: Object of type " + v.TypeName() + " is not JSON serializable");
+    default: return InvalidArgument("tojson: Object of type " + v.TypeName() + " is not JSON serializable");
   }
 }
 
@@ -543,8 +554,7 @@ Status Lex(std::string_view source, std::vector<Segment>* out) {
       // starts its line.
       const size_t nl = text.rfind('\n');
       const size_t l = nl == std::string::npos ? 0 : nl + 1;
-      if ((nl != std::string::npos || line_start) &&
-          text.find_first_not_of(" \t", l) == std::string::npos) {
+      if ((nl != std::string::npos || line_start) && text.find_first_not_of(" \t", l) == std::string::npos) {
         text.erase(l);
       }
     }
@@ -614,7 +624,10 @@ Status Unescape(const std::string& body, int line, std::string* out) {
       for (int k = 0; k < n; ++k) {
         if (i + 1 >= body.size()) return Error(line, "truncated escape in string");
         const char h = body[++i];
-        const int d = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
+        const int d = h >= '0' && h <= '9'   ? h - '0'
+                      : h >= 'a' && h <= 'f' ? h - 'a' + 10
+                      : h >= 'A' && h <= 'F' ? h - 'A' + 10
+                                             : -1;
         if (d < 0) return Error(line, "bad hex escape in string");
         v = v * 16 + d;
       }
@@ -632,7 +645,9 @@ Status Unescape(const std::string& body, int line, std::string* out) {
       case 'f': out->push_back('\f'); break;
       case 'v': out->push_back('\v'); break;
       case '\n': break;
-      case 'x': case 'u': case 'U': {
+      case 'x':
+      case 'u':
+      case 'U': {
         SEER_ASSIGN_OR_RETURN(char32_t v, hex(e == 'x' ? 2 : e == 'u' ? 4 : 8));
         if (v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) return Error(line, "escape outside Unicode scalar values");
         unicode::AppendUtf8(v, out);
@@ -706,8 +721,8 @@ Status Tokenize(const std::string& s, int line, std::vector<Token>* out) {
       SEER_RETURN_IF_ERROR(Unescape(s.substr(i + 1, j - i - 1), line, &t.text));
       i = j + 1;
     } else {
-      static const char* const kOps[] = {"**", "//", "==", "!=", "<=", ">=", "+", "-", "*", "/", "%", "~", "<", ">",
-                                         "=", "(", ")", "[", "]", "{", "}", ".", ",", ":", "|"};
+      static const char* const kOps[] = {"**", "//", "==", "!=", "<=", ">=", "+", "-", "*", "/", "%", "~", "<",
+                                         ">",  "=",  "(",  ")",  "[",  "]",  "{", "}", ".", ",", ":", "|"};
       bool found = false;
       for (const char* op : kOps) {
         if (s.compare(i, std::strlen(op), op) == 0) {
@@ -732,8 +747,26 @@ Status Tokenize(const std::string& s, int line, std::vector<Token>* out) {
 
 struct Expr {
   enum Kind {
-    kLiteral, kName, kAttr, kItem, kSlice, kCall, kFilter, kTest, kNeg, kPos, kBinary, kConcat,
-    kCompare, kAnd, kOr, kNot, kCond, kList, kTuple, kDict
+    kLiteral,
+    kName,
+    kAttr,
+    kItem,
+    kSlice,
+    kCall,
+    kFilter,
+    kTest,
+    kNeg,
+    kPos,
+    kBinary,
+    kConcat,
+    kCompare,
+    kAnd,
+    kOr,
+    kNot,
+    kCond,
+    kList,
+    kTuple,
+    kDict
   } kind;
   int line = 0;
   Value literal;
@@ -741,20 +774,20 @@ struct Expr {
   std::vector<std::unique_ptr<Expr>> args;  // children (null entries for absent slice parts)
   std::vector<std::pair<std::string, std::unique_ptr<Expr>>> kwargs;
   std::vector<std::string> ops;  // kCompare
-  bool negated = false;          // kTest
+  bool negated = false;  // kTest
 };
 using ExprPtr = std::unique_ptr<Expr>;
 
 struct Node {
   enum Kind { kText, kOutput, kIf, kFor, kSet, kSetBlock, kMacro, kBreak, kContinue, kGeneration } kind;
   int line = 0;
-  std::string text;                               // kText; kSetBlock / kMacro name
-  ExprPtr expr;                                   // kOutput, kSet value, kFor iterable
+  std::string text;  // kText; kSetBlock / kMacro name
+  ExprPtr expr;  // kOutput, kSet value, kFor iterable
   std::vector<std::pair<ExprPtr, std::vector<std::unique_ptr<Node>>>> branches;  // kIf
   std::vector<std::unique_ptr<Node>> body, else_body;
-  std::vector<std::string> targets;               // kFor / kSet names
-  std::string attr;                               // kSet ns.attr
-  ExprPtr filter;                                 // kFor ... if
+  std::vector<std::string> targets;  // kFor / kSet names
+  std::string attr;  // kSet ns.attr
+  ExprPtr filter;  // kFor ... if
   std::vector<std::pair<std::string, ExprPtr>> params;  // kMacro
 };
 using NodeList = std::vector<std::unique_ptr<Node>>;
@@ -763,18 +796,20 @@ namespace {
 
 const std::set<std::string>& KnownFilters() {
   static const std::set<std::string> k = {
-      "abs", "attr", "capitalize", "count", "d", "default", "dictsort", "e", "escape", "first", "float", "format",
-      "indent", "int", "items", "join", "last", "length", "list", "lower", "map", "max", "min", "reject",
-      "rejectattr", "replace", "reverse", "round", "safe", "select", "selectattr", "sort", "string", "sum",
-      "title", "tojson", "trim", "unique", "upper", "wordcount"};
+      "abs",        "attr",    "capitalize", "count",  "d",      "default", "dictsort",   "e",
+      "escape",     "first",   "float",      "format", "indent", "int",     "items",      "join",
+      "last",       "length",  "list",       "lower",  "map",    "max",     "min",        "reject",
+      "rejectattr", "replace", "reverse",    "round",  "safe",   "select",  "selectattr", "sort",
+      "string",     "sum",     "title",      "tojson", "trim",   "unique",  "upper",      "wordcount"};
   return k;
 }
 const std::set<std::string>& KnownTests() {
   static const std::set<std::string> k = {
-      "boolean", "callable", "defined", "divisibleby", "eq", "equalto", "escaped", "even", "false", "filter",
-      "float", "ge", "greaterthan", "gt", "in", "integer", "iterable", "le", "lessthan", "lower", "lt", "mapping",
-      "ne", "none", "number", "odd", "sameas", "sequence", "string", "test", "true", "undefined", "upper", "==",
-      "!=", "<", "<=", ">", ">="};
+      "boolean",  "callable", "defined",  "divisibleby", "eq",          "equalto", "escaped", "even",
+      "false",    "filter",   "float",    "ge",          "greaterthan", "gt",      "in",      "integer",
+      "iterable", "le",       "lessthan", "lower",       "lt",          "mapping", "ne",      "none",
+      "number",   "odd",      "sameas",   "sequence",    "string",      "test",    "true",    "undefined",
+      "upper",    "==",       "!=",       "<",           "<=",          ">",       ">="};
   return k;
 }
 
@@ -1012,7 +1047,8 @@ class ExprParser {
         e->literal = Value::String(std::move(s));
         return e;
       }
-      case Token::kInt: case Token::kFloat: {
+      case Token::kInt:
+      case Token::kFloat: {
         ++p_;
         ExprPtr e = Make(Expr::kLiteral);
         e->literal = t.type == Token::kInt ? Value::Int(t.i) : Value::Float(t.f);
@@ -1059,8 +1095,7 @@ class ExprParser {
           return d;
         }
         break;
-      default:
-        break;
+      default: break;
     }
     return Fail("unexpected token");
   }
@@ -1519,7 +1554,8 @@ class Renderer {
   StatusOr<List> Iterate(const Value& v, int line) {
     switch (v.kind()) {
       case Value::Kind::kUndefined: return List{};
-      case Value::Kind::kList: case Value::Kind::kTuple: return v.as_list();
+      case Value::Kind::kList:
+      case Value::Kind::kTuple: return v.as_list();
       case Value::Kind::kDict: {
         List keys;
         for (const auto& kv : v.as_dict()) keys.push_back(kv.first);
@@ -1530,15 +1566,13 @@ class Renderer {
         for (char32_t c : U32(v.as_string())) chars.push_back(Value::String(U8(std::u32string(1, c))));
         return chars;
       }
-      default:
-        return Error(line, "'" + v.TypeName() + "' object is not iterable");
+      default: return Error(line, "'" + v.TypeName() + "' object is not iterable");
     }
   }
 
   Status RenderNode(const Node& n, Flow* flow) {
     switch (n.kind) {
-      case Node::kText:
-        return Append(n.text);
+      case Node::kText: return Append(n.text);
       case Node::kOutput: {
         SEER_ASSIGN_OR_RETURN(Value v, Eval(*n.expr));
         return Append(v.Str());
@@ -1550,8 +1584,7 @@ class Renderer {
         }
         return RenderNodes(n.else_body, flow);
       }
-      case Node::kFor:
-        return RenderFor(n);
+      case Node::kFor: return RenderFor(n);
       case Node::kSet: {
         SEER_ASSIGN_OR_RETURN(Value v, Eval(*n.expr));
         return Assign(n, v);
@@ -1567,16 +1600,13 @@ class Renderer {
         scopes_.back()[n.targets[0]] = Value::String(std::move(captured));
         return OkStatus();
       }
-      case Node::kMacro:
-        scopes_.back()[n.text] = MakeMacro(n);
-        return OkStatus();
+      case Node::kMacro: scopes_.back()[n.text] = MakeMacro(n); return OkStatus();
       case Node::kBreak:
       case Node::kContinue:
         if (loop_depth_ == 0) return Error(n.line, "{% break %} / {% continue %} outside a loop");
         *flow = n.kind == Node::kBreak ? Flow::kBreak : Flow::kContinue;
         return OkStatus();
-      case Node::kGeneration:
-        return RenderNodes(n.body, flow);
+      case Node::kGeneration: return RenderNodes(n.body, flow);
     }
     return OkStatus();
   }
@@ -1638,8 +1668,8 @@ class Renderer {
     if (n.filter) {
       for (const Value& item : all) {
         scopes_.emplace_back();
-        Status s = n.targets.size() == 1 ? (scopes_.back()[n.targets[0]] = item, OkStatus())
-                                         : Unpack(n.targets, item, n.line);
+        Status s =
+            n.targets.size() == 1 ? (scopes_.back()[n.targets[0]] = item, OkStatus()) : Unpack(n.targets, item, n.line);
         StatusOr<Value> keep = s.ok() ? Eval(*n.filter) : StatusOr<Value>(s);
         scopes_.pop_back();
         if (!keep.ok()) return keep.status();
@@ -1656,14 +1686,10 @@ class Renderer {
     ++loop_depth_;
     for (int64_t i = 0; i < len; ++i) {
       Dict loop = {
-          {Value::String("index"), Value::Int(i + 1)},
-          {Value::String("index0"), Value::Int(i)},
-          {Value::String("revindex"), Value::Int(len - i)},
-          {Value::String("revindex0"), Value::Int(len - i - 1)},
-          {Value::String("first"), Value::Bool(i == 0)},
-          {Value::String("last"), Value::Bool(i == len - 1)},
-          {Value::String("length"), Value::Int(len)},
-          {Value::String("depth"), Value::Int(1)},
+          {Value::String("index"), Value::Int(i + 1)},      {Value::String("index0"), Value::Int(i)},
+          {Value::String("revindex"), Value::Int(len - i)}, {Value::String("revindex0"), Value::Int(len - i - 1)},
+          {Value::String("first"), Value::Bool(i == 0)},    {Value::String("last"), Value::Bool(i == len - 1)},
+          {Value::String("length"), Value::Int(len)},       {Value::String("depth"), Value::Int(1)},
           {Value::String("depth0"), Value::Int(0)},
       };
       if (i > 0) loop.emplace_back(Value::String("previtem"), items[i - 1]);
@@ -1722,7 +1748,9 @@ class Renderer {
           if (Equal(k, key)) return v;
         }
         break;
-      case Value::Kind::kList: case Value::Kind::kTuple: case Value::Kind::kString:
+      case Value::Kind::kList:
+      case Value::Kind::kTuple:
+      case Value::Kind::kString:
         if (key.kind() == Value::Kind::kInt || key.kind() == Value::Kind::kBool) {
           int64_t i = key.as_int();
           if (obj.is_string()) {
@@ -1737,8 +1765,7 @@ class Renderer {
           return Undef(obj.TypeName() + " object has no element " + std::to_string(key.as_int()));
         }
         break;
-      default:
-        break;
+      default: break;
     }
     if (attr_fallback && key.is_string()) return GetAttr(obj, key.as_string(), line);
     return Undef("'" + obj.TypeName() + " object' has no attribute " + key.Repr());
@@ -1930,7 +1957,8 @@ StatusOr<Value> Renderer::Eval(const Expr& e) {
       }
       const int64_t step = part[2].value_or(1);
       if (step == 0) return Error(e.line, "slice step cannot be zero");
-      if (obj.is_undefined()) return Error(e.line, obj.name().empty() ? "undefined value is not subscriptable" : obj.name());
+      if (obj.is_undefined())
+        return Error(e.line, obj.name().empty() ? "undefined value is not subscriptable" : obj.name());
       std::u32string u;
       int64_t n;
       if (obj.is_string()) {
@@ -1978,7 +2006,8 @@ StatusOr<Value> Renderer::Eval(const Expr& e) {
       SEER_ASSIGN_OR_RETURN(bool r, Test(e.name, v, args, e.line));
       return Value::Bool(r != e.negated);
     }
-    case Expr::kNeg: case Expr::kPos: {
+    case Expr::kNeg:
+    case Expr::kPos: {
       SEER_ASSIGN_OR_RETURN(Value v, Eval(*e.args[0]));
       if (!v.is_number()) return Error(e.line, "bad operand type for unary -: '" + v.TypeName() + "'");
       if (e.kind == Expr::kPos) return v.kind() == Value::Kind::kFloat ? v : Value::Int(v.as_int());
@@ -2041,7 +2070,8 @@ StatusOr<Value> Renderer::Eval(const Expr& e) {
       if (e.args.size() > 2) return Eval(*e.args[2]);
       return Undef("the inline if-expression evaluated to false and no else section was defined");
     }
-    case Expr::kList: case Expr::kTuple: {
+    case Expr::kList:
+    case Expr::kTuple: {
       List l;
       for (const auto& x : e.args) {
         SEER_ASSIGN_OR_RETURN(Value v, Eval(*x));
@@ -2072,12 +2102,15 @@ StatusOr<Value> Renderer::Eval(const Expr& e) {
 // --- Methods of str, dict and list -----------------------------------------------------
 
 Value Renderer::Method(const Value& obj, const std::string& name) {
-  auto bind = [&](auto fn) { return Value::Callable(name, [obj, fn](CallArgs& a) -> StatusOr<Value> { return fn(obj, Args{a}); }); };
+  auto bind = [&](auto fn) {
+    return Value::Callable(name, [obj, fn](CallArgs& a) -> StatusOr<Value> { return fn(obj, Args{a}); });
+  };
   if (obj.is_string()) {
-    static const std::set<std::string> kStr = {
-        "strip", "lstrip", "rstrip", "split", "rsplit", "startswith", "endswith", "replace", "upper", "lower",
-        "title", "capitalize", "find", "rfind", "count", "join", "isdigit", "isalpha", "isspace", "isupper",
-        "islower", "splitlines", "removeprefix", "removesuffix", "format"};
+    static const std::set<std::string> kStr = {"strip",      "lstrip",     "rstrip",       "split",        "rsplit",
+                                               "startswith", "endswith",   "replace",      "upper",        "lower",
+                                               "title",      "capitalize", "find",         "rfind",        "count",
+                                               "join",       "isdigit",    "isalpha",      "isspace",      "isupper",
+                                               "islower",    "splitlines", "removeprefix", "removesuffix", "format"};
     if (!kStr.count(name)) return Value();
     if (name == "strip" || name == "lstrip" || name == "rstrip") {
       return bind([name](const Value& s, Args a) -> StatusOr<Value> {
@@ -2156,8 +2189,9 @@ Value Renderer::Method(const Value& obj, const std::string& name) {
         for (const Value& o : options) {
           if (!o.is_string()) return InvalidArgument(name + "() arguments must be str or a tuple of str");
           const std::string &str = s.as_string(), &x = o.as_string();
-          const bool hit = name == "startswith" ? str.compare(0, x.size(), x) == 0
-                                                : str.size() >= x.size() && str.compare(str.size() - x.size(), x.size(), x) == 0;
+          const bool hit = name == "startswith"
+                               ? str.compare(0, x.size(), x) == 0
+                               : str.size() >= x.size() && str.compare(str.size() - x.size(), x.size(), x) == 0;
           if (hit) return Value::Bool(true);
         }
         return Value::Bool(false);
@@ -2188,9 +2222,12 @@ Value Renderer::Method(const Value& obj, const std::string& name) {
         return Value::String(out + str.substr(start));
       });
     }
-    if (name == "upper") return bind([](const Value& s, Args) -> StatusOr<Value> { return Value::String(PyUpper(s.as_string())); });
-    if (name == "lower") return bind([](const Value& s, Args) -> StatusOr<Value> { return Value::String(PyLower(s.as_string())); });
-    if (name == "title") return bind([](const Value& s, Args) -> StatusOr<Value> { return Value::String(PyTitle(s.as_string())); });
+    if (name == "upper")
+      return bind([](const Value& s, Args) -> StatusOr<Value> { return Value::String(PyUpper(s.as_string())); });
+    if (name == "lower")
+      return bind([](const Value& s, Args) -> StatusOr<Value> { return Value::String(PyLower(s.as_string())); });
+    if (name == "title")
+      return bind([](const Value& s, Args) -> StatusOr<Value> { return Value::String(PyTitle(s.as_string())); });
     if (name == "capitalize") {
       return bind([](const Value& s, Args) -> StatusOr<Value> { return Value::String(PyCapitalize(s.as_string())); });
     }
@@ -2220,7 +2257,8 @@ Value Renderer::Method(const Value& obj, const std::string& name) {
           return Value::String(out);
         }
         for (size_t k = 0; k < it->as_list().size(); ++k) {
-          if (!it->as_list()[k].is_string()) return InvalidArgument("sequence item " + std::to_string(k) + ": expected str");
+          if (!it->as_list()[k].is_string())
+            return InvalidArgument("sequence item " + std::to_string(k) + ": expected str");
           out += (k ? s.as_string() : "") + it->as_list()[k].as_string();
         }
         return Value::String(out);
@@ -2234,7 +2272,9 @@ Value Renderer::Method(const Value& obj, const std::string& name) {
         bool cased = false;
         for (char32_t c : u) {
           const G g = unicode::CategoryOf(c);
-          if (name == "isdigit" && !(g == G::kNd || (c >= 0xB2 && c <= 0xB9 && c != 0xB4 && c != 0xB5 && c != 0xB6 && c != 0xB7 && c != 0xB8))) return Value::Bool(false);
+          if (name == "isdigit" && !(g == G::kNd || (c >= 0xB2 && c <= 0xB9 && c != 0xB4 && c != 0xB5 && c != 0xB6 &&
+                                                     c != 0xB7 && c != 0xB8)))
+            return Value::Bool(false);
           if (name == "isalpha" && !unicode::InMask(c, unicode::kLetter)) return Value::Bool(false);
           if (name == "isspace" && !PyIsSpace(c)) return Value::Bool(false);
           if (name == "isupper" || name == "islower") {
@@ -2358,12 +2398,12 @@ StatusOr<Value> Renderer::Filter(const std::string& name, const Value& v, CallAr
   auto sort_key = [&](const Value& x, bool case_sensitive) {
     return x.is_string() && !case_sensitive ? Value::String(PyLower(x.as_string())) : x;
   };
-  if (v.is_undefined() && name != "default" && name != "d" && name != "length" && name != "count" &&
-      name != "list" && name != "items" && name != "string" && name != "trim" && name != "join" &&
-      name != "first" && name != "last" && name != "tojson" && name != "upper" && name != "lower" &&
-      name != "title" && name != "capitalize" && name != "select" && name != "reject" && name != "selectattr" &&
-      name != "rejectattr" && name != "map" && name != "unique" && name != "sort" && name != "reverse" &&
-      name != "safe" && name != "e" && name != "escape" && name != "wordcount" && name != "indent") {
+  if (v.is_undefined() && name != "default" && name != "d" && name != "length" && name != "count" && name != "list" &&
+      name != "items" && name != "string" && name != "trim" && name != "join" && name != "first" && name != "last" &&
+      name != "tojson" && name != "upper" && name != "lower" && name != "title" && name != "capitalize" &&
+      name != "select" && name != "reject" && name != "selectattr" && name != "rejectattr" && name != "map" &&
+      name != "unique" && name != "sort" && name != "reverse" && name != "safe" && name != "e" && name != "escape" &&
+      name != "wordcount" && name != "indent") {
     return Error(line, v.name().empty() ? "filter " + name + " on an undefined value" : v.name());
   }
   if (name == "default" || name == "d") {
@@ -2568,7 +2608,8 @@ StatusOr<Value> Renderer::Filter(const std::string& name, const Value& v, CallAr
     for (const auto& [k, x] : v.as_dict()) items.push_back(Value::MakeList({k, x}, true));
     Status failed = OkStatus();
     std::stable_sort(items.begin(), items.end(), [&](const Value& p, const Value& q) {
-      auto c = Compare(sort_key(p.as_list()[by_value], cs && cs->Truthy()), sort_key(q.as_list()[by_value], cs && cs->Truthy()), line);
+      auto c = Compare(sort_key(p.as_list()[by_value], cs && cs->Truthy()),
+                       sort_key(q.as_list()[by_value], cs && cs->Truthy()), line);
       if (!c.ok()) failed = c.status();
       return c.ok() && *c < 0;
     });
@@ -2657,14 +2698,16 @@ StatusOr<Value> Renderer::Filter(const std::string& name, const Value& v, CallAr
     };
     if (is_sort) {
       const bool reverse = rev && rev->Truthy();
-      std::stable_sort(keyed.begin(), keyed.end(), [&](const auto& p, const auto& q) { return reverse ? less(q, p) : less(p, q); });
+      std::stable_sort(keyed.begin(), keyed.end(),
+                       [&](const auto& p, const auto& q) { return reverse ? less(q, p) : less(p, q); });
       SEER_RETURN_IF_ERROR(failed);
       List out;
       for (auto& kv : keyed) out.push_back(kv.second);
       return Value::MakeList(std::move(out));
     }
     if (keyed.empty()) return Undef("No aggregated item, sequence was empty.");
-    auto it = name == "max" ? std::max_element(keyed.begin(), keyed.end(), less) : std::min_element(keyed.begin(), keyed.end(), less);
+    auto it = name == "max" ? std::max_element(keyed.begin(), keyed.end(), less)
+                            : std::min_element(keyed.begin(), keyed.end(), less);
     SEER_RETURN_IF_ERROR(failed);
     return it->second;
   }
@@ -2762,8 +2805,8 @@ StatusOr<bool> Renderer::Test(const std::string& name, const Value& v, CallArgs&
   if (name == "test") return v.is_string() && KnownTests().count(v.as_string()) > 0;
   if (name == "lower" || name == "upper") {  // str(value).islower() / isupper()
     CallArgs none;
-    SEER_ASSIGN_OR_RETURN(Value r, CallValue(Method(Value::String(v.Str()), name == "lower" ? "islower" : "isupper"),
-                                             none, line));
+    SEER_ASSIGN_OR_RETURN(
+        Value r, CallValue(Method(Value::String(v.Str()), name == "lower" ? "islower" : "isupper"), none, line));
     return r.as_bool();
   }
   if (name == "odd" || name == "even" || name == "divisibleby") {

@@ -132,7 +132,7 @@ class Value {
   Dict& mutable_dict() const { return *dict_; }
   const Function& as_function() const { return *fn_; }
   const std::string& name() const;  // undefined's variable name or a callable's name
-  const void* identity() const;     // for `is sameas`
+  const void* identity() const;  // for `is sameas`
 
   bool Truthy() const;
   // Python's str() and repr().

@@ -286,8 +286,7 @@ StatusOr<PrependScheme> ReadPrependScheme(const JsonValue& j, const std::string&
 class MetaspacePreTokenizer : public PreTokenizer {
  public:
   MetaspacePreTokenizer(char32_t replacement, PrependScheme scheme, bool split)
-      : scheme_(scheme), split_(split),
-        split_re_(Regex::Literal(std::u32string(1, replacement))) {
+      : scheme_(scheme), split_(split), split_re_(Regex::Literal(std::u32string(1, replacement))) {
     unicode::AppendUtf8(replacement, &rep_);
   }
   Status Split(Piece piece, std::vector<Piece>* out) const override {
@@ -567,7 +566,7 @@ class SequenceDecoder : public Decoder {
 
 template <typename T, typename Make>
 StatusOr<std::vector<std::unique_ptr<T>>> ReadList(const JsonValue& j, const std::string& where, const char* field,
-                                                    Make make) {
+                                                   Make make) {
   const JsonValue* list = j.Find(field);
   if (list == nullptr || !list->is_array()) return InvalidArgument(where + "." + field + ": missing or not an array");
   std::vector<std::unique_ptr<T>> out;
@@ -608,7 +607,10 @@ int ParseByteToken(std::string_view t) {
   if (t.size() != 6 || t.substr(0, 3) != "<0x" || t[5] != '>') return -1;
   // Rust's u8::from_str_radix(.., 16): an optional '+' then hex digits.
   auto hex = [](char c) {
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
   };
   if (t[3] == '+') return hex(t[4]);
   const int hi = hex(t[3]), lo = hex(t[4]);
@@ -639,10 +641,11 @@ StatusOr<std::unique_ptr<PreTokenizer>> PreTokenizerFromJson(const JsonValue& j,
   if (type == "Split") {
     SEER_ASSIGN_OR_RETURN(Regex re, PatternField(j, where));
     SEER_ASSIGN_OR_RETURN(std::string b, StringField(j, where, "behavior"));
-    static const std::pair<const char*, Behavior> kBehaviors[] = {
-        {"Removed", Behavior::kRemoved}, {"Isolated", Behavior::kIsolated},
-        {"MergedWithPrevious", Behavior::kMergedWithPrevious}, {"MergedWithNext", Behavior::kMergedWithNext},
-        {"Contiguous", Behavior::kContiguous}};
+    static const std::pair<const char*, Behavior> kBehaviors[] = {{"Removed", Behavior::kRemoved},
+                                                                  {"Isolated", Behavior::kIsolated},
+                                                                  {"MergedWithPrevious", Behavior::kMergedWithPrevious},
+                                                                  {"MergedWithNext", Behavior::kMergedWithNext},
+                                                                  {"Contiguous", Behavior::kContiguous}};
     std::optional<Behavior> behavior;
     for (const auto& [name, v] : kBehaviors) {
       if (b == name) behavior = v;
@@ -754,8 +757,8 @@ StatusOr<std::unique_ptr<Decoder>> DecoderFromJson(const JsonValue& j, const std
         stop->as_int64() < 0) {
       return InvalidArgument(where + ": start and stop must be non-negative integers");
     }
-    return std::unique_ptr<Decoder>(new StripDecoder(content, static_cast<size_t>(start->as_int64()),
-                                                     static_cast<size_t>(stop->as_int64())));
+    return std::unique_ptr<Decoder>(
+        new StripDecoder(content, static_cast<size_t>(start->as_int64()), static_cast<size_t>(stop->as_int64())));
   }
   if (type == "Metaspace") {
     SEER_ASSIGN_OR_RETURN(char32_t rep, CharField(j, where, "replacement"));

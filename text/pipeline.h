@@ -18,7 +18,7 @@ namespace seer {
 // A piece of the input on its way through the pipeline.
 struct Piece {
   std::string text;
-  int32_t token = -1;     // >= 0: an added token, already final
+  int32_t token = -1;  // >= 0: an added token, already final
   bool at_start = false;  // starts at offset 0 of the original input (Metaspace's "first")
 };
 
@@ -63,7 +63,7 @@ class Decoder {
   virtual Status DecodeChain(std::vector<std::string>* tokens, DecodeState* state) const = 0;
   // Properties IncrementalDecoder needs to know where text is final.
   virtual bool HasByteFallback() const { return false; }
-  virtual int StripStop() const { return 0; }           // trailing characters a Strip may still remove
+  virtual int StripStop() const { return 0; }  // trailing characters a Strip may still remove
   virtual char32_t StripContent() const { return 0; }
 };
 StatusOr<std::unique_ptr<Decoder>> DecoderFromJson(const JsonValue& j, const std::string& where);

@@ -51,8 +51,8 @@ enum class Op : uint8_t { kChar, kClass, kAny, kSplit, kJmp, kMatch, kLookahead 
 struct Inst {
   Op op;
   bool negated = false;  // kLookahead: (?! )
-  char32_t c = 0;        // kChar
-  uint32_t x = 0, y = 0; // kClass: x = class; kSplit: x preferred, y other; kJmp: x; kLookahead: x = body, y = next
+  char32_t c = 0;  // kChar
+  uint32_t x = 0, y = 0;  // kClass: x = class; kSplit: x preferred, y other; kJmp: x; kLookahead: x = body, y = next
 };
 
 // --- AST ---
@@ -68,14 +68,14 @@ struct Node {
 
 bool Nullable(const Node& n) {
   switch (n.kind) {
-    case Node::kEmpty: case Node::kLook: return true;
-    case Node::kChar: case Node::kClass: case Node::kAny: return false;
-    case Node::kConcat:
-      return std::all_of(n.kids.begin(), n.kids.end(), Nullable);
-    case Node::kAlt:
-      return std::any_of(n.kids.begin(), n.kids.end(), Nullable);
-    case Node::kRepeat:
-      return n.min == 0 || Nullable(n.kids[0]);
+    case Node::kEmpty:
+    case Node::kLook: return true;
+    case Node::kChar:
+    case Node::kClass:
+    case Node::kAny: return false;
+    case Node::kConcat: return std::all_of(n.kids.begin(), n.kids.end(), Nullable);
+    case Node::kAlt: return std::any_of(n.kids.begin(), n.kids.end(), Nullable);
+    case Node::kRepeat: return n.min == 0 || Nullable(n.kids[0]);
   }
   return true;
 }
@@ -97,7 +97,8 @@ class Parser {
 
  private:
   Status Fail(const std::string& what) {
-    error_ = InvalidArgument("regex: " + what + " at offset " + std::to_string(pos_) + " (supported: | ( ) (?: ) "
+    error_ = InvalidArgument("regex: " + what + " at offset " + std::to_string(pos_) +
+                             " (supported: | ( ) (?: ) "
                              "(?i: ) (?= ) (?! ) [...] . \\s \\S \\d \\D \\w \\W \\p{..} \\P{..} ? * + {n,m} and "
                              "lazy forms)");
     return error_;
@@ -244,34 +245,60 @@ class Parser {
     }
     using G = unicode::GeneralCategory;
     static const std::pair<const char*, CategoryMask> kNames[] = {
-        {"l", unicode::kLetter}, {"letter", unicode::kLetter},
-        {"lu", unicode::Bit(G::kLu)}, {"uppercaseletter", unicode::Bit(G::kLu)},
-        {"ll", unicode::Bit(G::kLl)}, {"lowercaseletter", unicode::Bit(G::kLl)},
-        {"lt", unicode::Bit(G::kLt)}, {"titlecaseletter", unicode::Bit(G::kLt)},
-        {"lm", unicode::Bit(G::kLm)}, {"modifierletter", unicode::Bit(G::kLm)},
-        {"lo", unicode::Bit(G::kLo)}, {"otherletter", unicode::Bit(G::kLo)},
-        {"m", unicode::kMark}, {"mark", unicode::kMark}, {"combiningmark", unicode::kMark},
-        {"mn", unicode::Bit(G::kMn)}, {"nonspacingmark", unicode::Bit(G::kMn)},
-        {"mc", unicode::Bit(G::kMc)}, {"spacingmark", unicode::Bit(G::kMc)},
-        {"me", unicode::Bit(G::kMe)}, {"enclosingmark", unicode::Bit(G::kMe)},
-        {"n", unicode::kNumber}, {"number", unicode::kNumber},
-        {"nd", unicode::Bit(G::kNd)}, {"decimalnumber", unicode::Bit(G::kNd)},
-        {"nl", unicode::Bit(G::kNl)}, {"letternumber", unicode::Bit(G::kNl)},
-        {"no", unicode::Bit(G::kNo)}, {"othernumber", unicode::Bit(G::kNo)},
+        {"l", unicode::kLetter},
+        {"letter", unicode::kLetter},
+        {"lu", unicode::Bit(G::kLu)},
+        {"uppercaseletter", unicode::Bit(G::kLu)},
+        {"ll", unicode::Bit(G::kLl)},
+        {"lowercaseletter", unicode::Bit(G::kLl)},
+        {"lt", unicode::Bit(G::kLt)},
+        {"titlecaseletter", unicode::Bit(G::kLt)},
+        {"lm", unicode::Bit(G::kLm)},
+        {"modifierletter", unicode::Bit(G::kLm)},
+        {"lo", unicode::Bit(G::kLo)},
+        {"otherletter", unicode::Bit(G::kLo)},
+        {"m", unicode::kMark},
+        {"mark", unicode::kMark},
+        {"combiningmark", unicode::kMark},
+        {"mn", unicode::Bit(G::kMn)},
+        {"nonspacingmark", unicode::Bit(G::kMn)},
+        {"mc", unicode::Bit(G::kMc)},
+        {"spacingmark", unicode::Bit(G::kMc)},
+        {"me", unicode::Bit(G::kMe)},
+        {"enclosingmark", unicode::Bit(G::kMe)},
+        {"n", unicode::kNumber},
+        {"number", unicode::kNumber},
+        {"nd", unicode::Bit(G::kNd)},
+        {"decimalnumber", unicode::Bit(G::kNd)},
+        {"nl", unicode::Bit(G::kNl)},
+        {"letternumber", unicode::Bit(G::kNl)},
+        {"no", unicode::Bit(G::kNo)},
+        {"othernumber", unicode::Bit(G::kNo)},
         {"p", unicode::Bit(G::kPc) | unicode::Bit(G::kPd) | unicode::Bit(G::kPs) | unicode::Bit(G::kPe) |
                   unicode::Bit(G::kPi) | unicode::Bit(G::kPf) | unicode::Bit(G::kPo)},
-        {"pc", unicode::Bit(G::kPc)}, {"pd", unicode::Bit(G::kPd)}, {"ps", unicode::Bit(G::kPs)},
-        {"pe", unicode::Bit(G::kPe)}, {"pi", unicode::Bit(G::kPi)}, {"pf", unicode::Bit(G::kPf)},
+        {"pc", unicode::Bit(G::kPc)},
+        {"pd", unicode::Bit(G::kPd)},
+        {"ps", unicode::Bit(G::kPs)},
+        {"pe", unicode::Bit(G::kPe)},
+        {"pi", unicode::Bit(G::kPi)},
+        {"pf", unicode::Bit(G::kPf)},
         {"po", unicode::Bit(G::kPo)},
         {"s", unicode::Bit(G::kSm) | unicode::Bit(G::kSc) | unicode::Bit(G::kSk) | unicode::Bit(G::kSo)},
-        {"sm", unicode::Bit(G::kSm)}, {"sc", unicode::Bit(G::kSc)}, {"sk", unicode::Bit(G::kSk)},
+        {"sm", unicode::Bit(G::kSm)},
+        {"sc", unicode::Bit(G::kSc)},
+        {"sk", unicode::Bit(G::kSk)},
         {"so", unicode::Bit(G::kSo)},
         {"z", unicode::Bit(G::kZs) | unicode::Bit(G::kZl) | unicode::Bit(G::kZp)},
-        {"zs", unicode::Bit(G::kZs)}, {"zl", unicode::Bit(G::kZl)}, {"zp", unicode::Bit(G::kZp)},
+        {"zs", unicode::Bit(G::kZs)},
+        {"zl", unicode::Bit(G::kZl)},
+        {"zp", unicode::Bit(G::kZp)},
         {"c", unicode::Bit(G::kCc) | unicode::Bit(G::kCf) | unicode::Bit(G::kCs) | unicode::Bit(G::kCo) |
                   unicode::Bit(G::kCn)},
-        {"cc", unicode::Bit(G::kCc)}, {"cf", unicode::Bit(G::kCf)}, {"cs", unicode::Bit(G::kCs)},
-        {"co", unicode::Bit(G::kCo)}, {"cn", unicode::Bit(G::kCn)},
+        {"cc", unicode::Bit(G::kCc)},
+        {"cf", unicode::Bit(G::kCf)},
+        {"cs", unicode::Bit(G::kCs)},
+        {"co", unicode::Bit(G::kCo)},
+        {"cn", unicode::Bit(G::kCn)},
     };
     for (const auto& [n, mask] : kNames) {
       if (name == n) return mask;
@@ -285,18 +312,20 @@ class Parser {
     const char32_t e = p_[pos_++];
     CharClass::Property p;
     switch (e) {
-      case 's': case 'S': p.white_space = true, p.negated = e == 'S', *prop = p; return true;
-      case 'd': case 'D':
-        p.mask = unicode::Bit(unicode::GeneralCategory::kNd), p.negated = e == 'D', *prop = p;
-        return true;
-      case 'w': case 'W':
+      case 's':
+      case 'S': p.white_space = true, p.negated = e == 'S', *prop = p; return true;
+      case 'd':
+      case 'D': p.mask = unicode::Bit(unicode::GeneralCategory::kNd), p.negated = e == 'D', *prop = p; return true;
+      case 'w':
+      case 'W':
         p.mask = unicode::kLetter | unicode::kMark | unicode::Bit(unicode::GeneralCategory::kNd) |
                  unicode::Bit(unicode::GeneralCategory::kPc);
         p.word_extra = true;
         p.negated = e == 'W';
         *prop = p;
         return true;
-      case 'p': case 'P': {
+      case 'p':
+      case 'P': {
         if (Peek() != '{') return FailB(std::string(e == 'p' ? "\\p" : "\\P") + " without {name}");
         ++pos_;
         bool neg = e == 'P';
@@ -322,7 +351,8 @@ class Parser {
       case 'v': *cp = '\v'; return true;
       case 'e': *cp = 0x1B; return true;
       case 'a': *cp = 0x07; return true;
-      case 'x': case 'u': {
+      case 'x':
+      case 'u': {
         const bool braced = e == 'x' && Peek() == '{';
         if (braced) ++pos_;
         const size_t max_digits = braced ? 8 : (e == 'u' ? 4 : 2);
@@ -330,14 +360,17 @@ class Parser {
         size_t digits = 0;
         while (!AtEnd() && digits < max_digits) {
           const char32_t h = Peek();
-          int d = h >= '0' && h <= '9' ? int(h - '0') : h >= 'a' && h <= 'f' ? int(h - 'a' + 10)
-                : h >= 'A' && h <= 'F' ? int(h - 'A' + 10) : -1;
+          int d = h >= '0' && h <= '9'   ? int(h - '0')
+                  : h >= 'a' && h <= 'f' ? int(h - 'a' + 10)
+                  : h >= 'A' && h <= 'F' ? int(h - 'A' + 10)
+                                         : -1;
           if (d < 0) break;
           v = v * 16 + d;
           ++digits;
           ++pos_;
         }
-        if (digits == 0 || (e == 'u' && digits != 4)) return FailB("malformed \\" + std::string(1, char(e)) + " escape");
+        if (digits == 0 || (e == 'u' && digits != 4))
+          return FailB("malformed \\" + std::string(1, char(e)) + " escape");
         if (braced) {
           if (Peek() != '}') return FailB("unterminated \\x{");
           ++pos_;
@@ -346,8 +379,7 @@ class Parser {
         *cp = v;
         return true;
       }
-      default:
-        break;
+      default: break;
     }
     if (e >= '0' && e <= '9') return FailB("backreference or octal escape \\" + std::string(1, char(e)));
     if ((e >= 'a' && e <= 'z') || (e >= 'A' && e <= 'Z')) {
@@ -467,17 +499,13 @@ class Parser {
         }
         return true;
       }
-      case '[':
-        return ParseClass(out, ci);
-      case '.':
-        out->kind = Node::kAny;
-        return true;
-      case '^': case '$':
-        --pos_;
-        return FailB(std::string("anchor ") + char(c));
-      case '*': case '+': case '?':
-        --pos_;
-        return FailB("nothing to repeat");
+      case '[': return ParseClass(out, ci);
+      case '.': out->kind = Node::kAny; return true;
+      case '^':
+      case '$': --pos_; return FailB(std::string("anchor ") + char(c));
+      case '*':
+      case '+':
+      case '?': --pos_; return FailB("nothing to repeat");
       case '\\': {
         char32_t cp = 0;
         std::optional<CharClass::Property> prop;
@@ -492,9 +520,7 @@ class Parser {
         }
         return true;
       }
-      default:
-        *out = CharNode(c, ci);
-        return true;
+      default: *out = CharNode(c, ci); return true;
     }
   }
 
@@ -515,17 +541,10 @@ struct Regex::Program {
   bool Emit(const Node& n) {
     if (code.size() > kMaxProgram) return false;
     switch (n.kind) {
-      case Node::kEmpty:
-        return true;
-      case Node::kChar:
-        code.push_back({Op::kChar, false, n.c});
-        return true;
-      case Node::kClass:
-        code.push_back({Op::kClass, false, 0, n.cls});
-        return true;
-      case Node::kAny:
-        code.push_back({Op::kAny});
-        return true;
+      case Node::kEmpty: return true;
+      case Node::kChar: code.push_back({Op::kChar, false, n.c}); return true;
+      case Node::kClass: code.push_back({Op::kClass, false, 0, n.cls}); return true;
+      case Node::kAny: code.push_back({Op::kAny}); return true;
       case Node::kConcat:
         for (const Node& k : n.kids) {
           if (!Emit(k)) return false;

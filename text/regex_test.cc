@@ -69,12 +69,15 @@ TEST(Regex, EmptyMatchesAdvanceLikeFindIter) {
 
 TEST(Regex, UnsupportedConstructsAreNamed) {
   const std::pair<const char*, const char*> cases[] = {
-      {"^a", "anchor ^"},          {"a$", "anchor $"},          {R"(\bfoo)", "anchor \\b"},
-      {R"((a)\1)", "backreference"}, {"(?<=a)b", "lookbehind"}, {"(?>a)", "atomic group"},
-      {"a++", "possessive"},         {"(?i)a", "inline flags"},  {R"(\p{Han})", "\\p{Han}"},
-      {"[[:alpha:]]", "POSIX"},      {"[a&&b]", "intersection"}, {"(a", "missing ')'"},
-      {"a)", "unmatched ')'"},       {"*a", "nothing to repeat"}, {"(a*)*", "can match empty"},
-      {"[abc", "unterminated"},      {R"(\h)", "escape \\h"},     {"(?<name>a)", "named group"},
+      {"^a", "anchor ^"},           {"a$", "anchor $"},
+      {R"(\bfoo)", "anchor \\b"},   {R"((a)\1)", "backreference"},
+      {"(?<=a)b", "lookbehind"},    {"(?>a)", "atomic group"},
+      {"a++", "possessive"},        {"(?i)a", "inline flags"},
+      {R"(\p{Han})", "\\p{Han}"},   {"[[:alpha:]]", "POSIX"},
+      {"[a&&b]", "intersection"},   {"(a", "missing ')'"},
+      {"a)", "unmatched ')'"},      {"*a", "nothing to repeat"},
+      {"(a*)*", "can match empty"}, {"[abc", "unterminated"},
+      {R"(\h)", "escape \\h"},      {"(?<name>a)", "named group"},
   };
   for (const auto& [pattern, what] : cases) {
     auto re = Regex::Compile(pattern);

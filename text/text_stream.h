@@ -20,7 +20,7 @@ class TextStream {
   TextStream(const Tokenizer& tokenizer, std::vector<std::string> stops, bool skip_special_tokens = true);
 
   struct Piece {
-    std::string text;      // final text this id adds (possibly empty)
+    std::string text;  // final text this id adds (possibly empty)
     bool stopped = false;  // a stop string appeared; `text` ends just before it
   };
   // After a stop, Push returns nothing more.

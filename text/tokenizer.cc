@@ -156,8 +156,8 @@ struct Tokenizer::Impl {
   std::unique_ptr<PreTokenizer> pre_tokenizer;
   std::unique_ptr<PostProcessor> post_processor;
   std::unique_ptr<Decoder> decoder;
-  std::vector<AddedToken> added;                      // in tokenizer.json order
-  std::unordered_map<int32_t, size_t> added_by_id;    // id -> index in `added`
+  std::vector<AddedToken> added;  // in tokenizer.json order
+  std::unordered_map<int32_t, size_t> added_by_id;  // id -> index in `added`
   TokenMap added_by_content;
   std::unordered_set<std::string> special_contents;
   AddedTokenMatcher raw_matcher, normalized_matcher;
@@ -357,7 +357,8 @@ StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(std::string_view tokeni
         return InvalidArgument("tokenizer_config.json: chat_template: expected a string or a list of named templates");
       }
     }
-    for (auto [field, target] : {std::pair{"add_bos_token", &cfg.add_bos_token}, {"add_eos_token", &cfg.add_eos_token}}) {
+    for (auto [field, target] :
+         {std::pair{"add_bos_token", &cfg.add_bos_token}, {"add_eos_token", &cfg.add_eos_token}}) {
       if (const JsonValue* v = c->Find(field); v != nullptr && v->is_bool()) *target = v->as_bool();
     }
     if (const JsonValue* v = c->Find("clean_up_tokenization_spaces"); v != nullptr && v->is_bool()) {

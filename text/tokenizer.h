@@ -97,8 +97,8 @@ class IncrementalDecoder {
   const Tokenizer* tokenizer_;
   bool skip_special_;
   std::vector<int32_t> window_;  // ids since the last cut
-  bool at_start_ = true;         // the window starts the stream
-  std::string emitted_;          // the window's text already returned
+  bool at_start_ = true;  // the window starts the stream
+  std::string emitted_;  // the window's text already returned
 };
 
 }  // namespace seer

@@ -37,8 +37,7 @@ int main(int argc, char** argv) {
   std::string text_file = SEER_SOURCE_DIR "/../shared/data/PaulGrahamEssays.json";
   int64_t target_tokens = 128 * 1024;
   seer::FlagSet flags("tokenizer_bench [flags]", "Prints encode/decode throughput of the text/ tokenizer.");
-  flags.String("tokenizers", &tokenizers,
-               "Comma-separated tokenizer paths, or names of folders under --fixtures.");
+  flags.String("tokenizers", &tokenizers, "Comma-separated tokenizer paths, or names of folders under --fixtures.");
   flags.String("fixtures", &fixtures, "Folder holding the committed tokenizer fixtures.");
   flags.String("text-file", &text_file,
                "Text to encode: a plain text file, or a JSON object with a \"text\" field (the essays file).");
@@ -75,7 +74,8 @@ int main(int argc, char** argv) {
     auto j = seer::JsonValue::Parse(text);
     if (j.ok() && j->Find("text") && j->Find("text")->is_string()) text = j->Find("text")->as_string();
   }
-  std::printf("| tokenizer | chars | tokens | encode cold tok/s | encode warm tok/s | decode tok/s | incremental tok/s |\n");
+  std::printf(
+      "| tokenizer | chars | tokens | encode cold tok/s | encode warm tok/s | decode tok/s | incremental tok/s |\n");
   std::printf("|---|---|---|---|---|---|---|\n");
   std::stringstream names(tokenizers);
   std::string name;

@@ -20,8 +20,8 @@ using text_test::LoadJson;
 using text_test::Show;
 using text_test::Str;
 
-const std::vector<std::string> kFamilies = {"llama3", "llama3_legacy_merges", "qwen2", "gpt2", "roberta",
-                                            "llama2", "mistral", "sp_metaspace_always"};
+const std::vector<std::string> kFamilies = {"llama3",  "llama3_legacy_merges", "qwen2", "gpt2", "roberta", "llama2",
+                                            "mistral", "sp_metaspace_always"};
 
 class TokenizerFixtures : public ::testing::TestWithParam<std::string> {
  protected:

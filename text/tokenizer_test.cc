@@ -64,10 +64,11 @@ TEST(Tokenizer, UnknownComponentsAreRefusedByName) {
   EXPECT_NE(LoadError(TinyJson(R"("normalizer": null)", R"("normalizer": {"type": "Lowercase"})"))
                 .find("normalizer: type 'Lowercase' is not supported"),
             std::string::npos);
-  EXPECT_NE(LoadError(TinyJson(R"("normalizer": null)",
-                               R"("normalizer": {"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "NFKC"}]})"))
-                .find("normalizer.normalizers[1]: type 'NFKC'"),
-            std::string::npos);
+  EXPECT_NE(
+      LoadError(TinyJson(R"("normalizer": null)",
+                         R"("normalizer": {"type": "Sequence", "normalizers": [{"type": "NFC"}, {"type": "NFKC"}]})"))
+          .find("normalizer.normalizers[1]: type 'NFKC'"),
+      std::string::npos);
   EXPECT_NE(LoadError(TinyJson(R"("pre_tokenizer": {"type": "ByteLevel")", R"("pre_tokenizer": {"type": "Whitespace")"))
                 .find("pre_tokenizer: type 'Whitespace'"),
             std::string::npos);
@@ -85,16 +86,19 @@ TEST(Tokenizer, UnknownComponentsAreRefusedByName) {
             std::string::npos);
   EXPECT_NE(LoadError(TinyJson(R"(["hell", "o"])", R"(["hell", "x"])")).find("'x', which is not in the vocab"),
             std::string::npos);
-  EXPECT_NE(LoadError(TinyJson(R"("pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})",
-                               R"("pre_tokenizer": {"type": "Split", "pattern": {"Regex": "\\bx"}, "behavior": "Isolated", "invert": false})"))
-                .find("anchor \\b"),
-            std::string::npos);
+  EXPECT_NE(
+      LoadError(
+          TinyJson(
+              R"("pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})",
+              R"("pre_tokenizer": {"type": "Split", "pattern": {"Regex": "\\bx"}, "behavior": "Isolated", "invert": false})"))
+          .find("anchor \\b"),
+      std::string::npos);
   EXPECT_NE(LoadError("{not json").find("tokenizer.json: line 1"), std::string::npos);
 }
 
 TEST(Tokenizer, LegacyMergeStringsAndEmptyPrefixAreAccepted) {
-  auto t = Tokenizer::FromJson(TinyJson(R"([["h", "e"], ["l", "l"], ["he", "ll"], ["hell", "o"]])",
-                                        R"(["h e", "l l", "he ll", "hell o"])"));
+  auto t = Tokenizer::FromJson(
+      TinyJson(R"([["h", "e"], ["l", "l"], ["he", "ll"], ["hell", "o"]])", R"(["h e", "l l", "he ll", "hell o"])"));
   ASSERT_TRUE(t.ok()) << t.status().ToString();
   EXPECT_EQ(*(*t)->Encode("hello"), (std::vector<int32_t>{7}));
   EXPECT_TRUE(Tokenizer::FromJson(TinyJson(R"("end_of_word_suffix": null)", R"("end_of_word_suffix": "")")).ok());
@@ -184,7 +188,8 @@ class AddedTokenRules : public ::testing::Test {
     model_size_ = id;  // added tokens get the ids after the model's (tokenizers' rule)
     const std::string json = R"({"version": "1.0", "added_tokens": )" + added_tokens_json +
                              R"(, "normalizer": null, "pre_tokenizer": null, "post_processor": null,
-        "decoder": {"type": "Fuse"}, "model": {"type": "BPE", "vocab": )" + vocab + R"(, "merges": []}})";
+        "decoder": {"type": "Fuse"}, "model": {"type": "BPE", "vocab": )" +
+                             vocab + R"(, "merges": []}})";
     auto t = Tokenizer::FromJson(json);
     ASSERT_TRUE(t.ok()) << t.status().ToString();
     tok_ = std::move(*t);
@@ -215,8 +220,8 @@ class AddedTokenRules : public ::testing::Test {
   }
   static std::string Token(int id, const char* content, bool special, bool single_word, bool lstrip, bool rstrip) {
     auto b = [](bool v) { return v ? "true" : "false"; };
-    return std::string("{\"id\": ") + std::to_string(id) + ", \"content\": \"" + content + "\", \"single_word\": " +
-           b(single_word) + ", \"lstrip\": " + b(lstrip) + ", \"rstrip\": " + b(rstrip) +
+    return std::string("{\"id\": ") + std::to_string(id) + ", \"content\": \"" + content +
+           "\", \"single_word\": " + b(single_word) + ", \"lstrip\": " + b(lstrip) + ", \"rstrip\": " + b(rstrip) +
            ", \"normalized\": false, \"special\": " + b(special) + "}";
   }
   std::unique_ptr<Tokenizer> tok_;

@@ -130,10 +130,15 @@ bool IsWordExtra(char32_t cp) {
 bool IsWhiteSpace(char32_t cp) {
   if (cp < 0x80) return cp == ' ' || (cp >= 0x09 && cp <= 0x0D);
   switch (cp) {
-    case 0x85: case 0xA0: case 0x1680: case 0x2028: case 0x2029: case 0x202F: case 0x205F: case 0x3000:
-      return true;
-    default:
-      return cp >= 0x2000 && cp <= 0x200A;
+    case 0x85:
+    case 0xA0:
+    case 0x1680:
+    case 0x2028:
+    case 0x2029:
+    case 0x202F:
+    case 0x205F:
+    case 0x3000: return true;
+    default: return cp >= 0x2000 && cp <= 0x200A;
   }
 }
 
@@ -149,8 +154,8 @@ uint8_t CombiningClass(char32_t cp) {
 
 char32_t SimpleFold(char32_t cp) {
   const auto* end = std::end(kSimpleCaseFolding);
-  const auto* it = std::lower_bound(std::begin(kSimpleCaseFolding), end, cp,
-                                    [](const CaseFold& f, char32_t c) { return f.cp < c; });
+  const auto* it =
+      std::lower_bound(std::begin(kSimpleCaseFolding), end, cp, [](const CaseFold& f, char32_t c) { return f.cp < c; });
   return it != end && it->cp == cp ? it->folded : cp;
 }
 
@@ -254,8 +259,8 @@ bool DecodeOne(std::string_view s, size_t* pos, char32_t* cp) {
     case 2: *cp = (char32_t{b(0)} & 0x1F) << 6 | (b(1) & 0x3F); break;
     case 3: *cp = (char32_t{b(0)} & 0x0F) << 12 | (char32_t{b(1)} & 0x3F) << 6 | (b(2) & 0x3F); break;
     default:
-      *cp = (char32_t{b(0)} & 0x07) << 18 | (char32_t{b(1)} & 0x3F) << 12 | (char32_t{b(2)} & 0x3F) << 6 |
-            (b(3) & 0x3F);
+      *cp =
+          (char32_t{b(0)} & 0x07) << 18 | (char32_t{b(1)} & 0x3F) << 12 | (char32_t{b(2)} & 0x3F) << 6 | (b(3) & 0x3F);
   }
   *pos += n;
   return true;

@@ -13,8 +13,36 @@ namespace seer::unicode {
 
 // General_Category values, in the order of UnicodeData.txt's abbreviations.
 enum class GeneralCategory : uint8_t {
-  kLu, kLl, kLt, kLm, kLo, kMn, kMc, kMe, kNd, kNl, kNo, kPc, kPd, kPs, kPe,
-  kPi, kPf, kPo, kSm, kSc, kSk, kSo, kZs, kZl, kZp, kCc, kCf, kCs, kCo, kCn,
+  kLu,
+  kLl,
+  kLt,
+  kLm,
+  kLo,
+  kMn,
+  kMc,
+  kMe,
+  kNd,
+  kNl,
+  kNo,
+  kPc,
+  kPd,
+  kPs,
+  kPe,
+  kPi,
+  kPf,
+  kPo,
+  kSm,
+  kSc,
+  kSk,
+  kSo,
+  kZs,
+  kZl,
+  kZp,
+  kCc,
+  kCf,
+  kCs,
+  kCo,
+  kCn,
 };
 inline constexpr int kNumCategories = 30;
 
@@ -25,7 +53,8 @@ inline constexpr CategoryMask kLetter = Bit(GeneralCategory::kLu) | Bit(GeneralC
                                         Bit(GeneralCategory::kLt) | Bit(GeneralCategory::kLm) |
                                         Bit(GeneralCategory::kLo);
 inline constexpr CategoryMask kMark = Bit(GeneralCategory::kMn) | Bit(GeneralCategory::kMc) | Bit(GeneralCategory::kMe);
-inline constexpr CategoryMask kNumber = Bit(GeneralCategory::kNd) | Bit(GeneralCategory::kNl) | Bit(GeneralCategory::kNo);
+inline constexpr CategoryMask kNumber =
+    Bit(GeneralCategory::kNd) | Bit(GeneralCategory::kNl) | Bit(GeneralCategory::kNo);
 
 GeneralCategory CategoryOf(char32_t cp);
 inline bool InMask(char32_t cp, CategoryMask mask) { return (mask & Bit(CategoryOf(cp))) != 0; }

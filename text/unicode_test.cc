@@ -31,11 +31,11 @@ TEST(UnicodeTables, RegexClassesEqualOniguruma) {
   const JsonValue* classes = probe.Find("classes");
   ASSERT_NE(classes, nullptr);
   const std::map<std::string, std::string> patterns = {
-      {"L", R"(\p{L})"}, {"N", R"(\p{N})"}, {"s", R"(\s)"}, {"M", R"(\p{M})"}, {"P", R"(\p{P})"},
-      {"S", R"(\p{S})"}, {"Z", R"(\p{Z})"}, {"C", R"(\p{C})"}, {"d", R"(\d)"}, {"w", R"(\w)"},
-      {"Lu", R"(\p{Lu})"}, {"Nd", R"(\p{Nd})"}, {"Cn", R"(\p{Cn})"},
-      {"i_s", "(?i:s)"}, {"i_t", "(?i:t)"}, {"i_r", "(?i:r)"}, {"i_e", "(?i:e)"}, {"i_v", "(?i:v)"},
-      {"i_m", "(?i:m)"}, {"i_l", "(?i:l)"}, {"i_d", "(?i:d)"}, {"i_k", "(?i:k)"}};
+      {"L", R"(\p{L})"},   {"N", R"(\p{N})"},   {"s", R"(\s)"},      {"M", R"(\p{M})"}, {"P", R"(\p{P})"},
+      {"S", R"(\p{S})"},   {"Z", R"(\p{Z})"},   {"C", R"(\p{C})"},   {"d", R"(\d)"},    {"w", R"(\w)"},
+      {"Lu", R"(\p{Lu})"}, {"Nd", R"(\p{Nd})"}, {"Cn", R"(\p{Cn})"}, {"i_s", "(?i:s)"}, {"i_t", "(?i:t)"},
+      {"i_r", "(?i:r)"},   {"i_e", "(?i:e)"},   {"i_v", "(?i:v)"},   {"i_m", "(?i:m)"}, {"i_l", "(?i:l)"},
+      {"i_d", "(?i:d)"},   {"i_k", "(?i:k)"}};
   int compared = 0;
   for (const auto& [name, pattern] : patterns) {
     const JsonValue* ranges = classes->Find(name);
@@ -101,7 +101,10 @@ TEST(Utf8, StrictDecodingRejectsWhatRustRejects) {
 
 TEST(Utf8, LossyReplacesEachMaximalInvalidSubpart) {
   // Unicode's "maximal subpart" practice, as Rust's from_utf8_lossy.
-  EXPECT_EQ(unicode::Utf8Lossy("a\xE2\x82" "b"), "a\xEF\xBF\xBD" "b");
+  EXPECT_EQ(unicode::Utf8Lossy("a\xE2\x82"
+                               "b"),
+            "a\xEF\xBF\xBD"
+            "b");
   EXPECT_EQ(unicode::Utf8Lossy("\xE2\x82\xE2\x82\xAC"), "\xEF\xBF\xBD\xE2\x82\xAC");
   EXPECT_EQ(unicode::Utf8Lossy("\xC0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD");
   EXPECT_EQ(unicode::Utf8Lossy("\xED\xA0\x80"), "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");

@@ -24,10 +24,10 @@ namespace seer::train {
 
 // The shape of one layer's gate.
 struct GateShape {
-  int num_heads = 0;     // Hq
+  int num_heads = 0;  // Hq
   int num_kv_heads = 0;  // Hkv
-  int head_dim = 0;      // D, the gate's input channels per head
-  int hidden = 0;        // the gate's hidden size (RoPE and score dim)
+  int head_dim = 0;  // D, the gate's input channels per head
+  int hidden = 0;  // the gate's hidden size (RoPE and score dim)
   int block_size = 64;
   // mask_linear_k's heads: Hq (the released form) or Hkv (the "double" form,
   // with mask_linear_q); Q head h uses W[h / (Hq / k_weight_heads)].
@@ -48,8 +48,8 @@ struct GateParams {
 // What the gate reads of one sequence, independent of its weights.
 struct GateFeatures {
   int num_blocks = 0;
-  std::vector<double> q;    // pooled Q [nb, Hq, D]
-  std::vector<double> k;    // pooled K [nb, Hkv, 3D]: max, min, average
+  std::vector<double> q;  // pooled Q [nb, Hq, D]
+  std::vector<double> k;  // pooled K [nb, Hkv, 3D]: max, min, average
   std::vector<double> cos;  // block RoPE [nb, hidden / 2]
   std::vector<double> sin;
 };

@@ -35,23 +35,23 @@ namespace seer::train {
 struct TrainConfig {
   int seq_len = 0;
   int64_t steps = 0;  // the schedule's length
-  int batch = 1;      // sequences per optimizer step
+  int batch = 1;  // sequences per optimizer step
   double lr = 1e-3;
   int64_t warmup = 20;
   AdamWConfig adamw;
-  double loss_scale = 10.0;    // the reference's gate_loss_scale: the optimised loss is this times the KL
+  double loss_scale = 10.0;  // the reference's gate_loss_scale: the optimised loss is this times the KL
   double max_grad_norm = 1.0;  // Hugging Face Trainer's default; <= 0 does not clip
-  int64_t seed = 0;            // the initial weights and the order of the sequences
-  int gate_hidden = 0;         // 0: head_dim, the released form (no mask_linear_q)
+  int64_t seed = 0;  // the initial weights and the order of the sequences
+  int gate_hidden = 0;  // 0: head_dim, the released form (no mask_linear_q)
 };
 
 struct StepReport {
-  int64_t step = 0;                // optimizer steps done, this one included
-  double loss = 0.0;               // sum over layers of the KL, mean over the batch (not scaled)
+  int64_t step = 0;  // optimizer steps done, this one included
+  double loss = 0.0;  // sum over layers of the KL, mean over the batch (not scaled)
   std::vector<double> layer_loss;  // per layer, mean over the batch
-  double lr = 0.0;                 // the learning rate this step used
-  double grad_norm = 0.0;          // of the scaled loss's gradient, before clipping
-  int64_t tokens = 0;              // tokens run through the model this step
+  double lr = 0.0;  // the learning rate this step used
+  double grad_norm = 0.0;  // of the scaled loss's gradient, before clipping
+  int64_t tokens = 0;  // tokens run through the model this step
   double seconds = 0.0;
 };
 

@@ -19,7 +19,6 @@
 namespace seer {
 namespace {
 
-
 // A checkpoint tensor as float32, in its own layout. Absent tensors (biases
 // the model does not have) give an empty vector.
 Status ToFloat(const TensorView& t, std::vector<float>* out) {
@@ -65,10 +64,10 @@ struct CpuEngine::Activations {
     positions.resize(r);
   }
   int rows;
-  std::vector<float> x;       // residual stream [rows, hidden]
+  std::vector<float> x;  // residual stream [rows, hidden]
   std::vector<float> normed;  // [rows, hidden]; also the output of o_proj / down_proj
   std::vector<float> q, k, v;  // [rows, heads, head_dim]
-  std::vector<float> attn;     // [rows, Hq, head_dim]
+  std::vector<float> attn;  // [rows, Hq, head_dim]
   std::vector<float> gate, up;  // [rows, intermediate]
   std::vector<int32_t> positions;
 };
@@ -93,8 +92,8 @@ StatusOr<std::unique_ptr<CpuEngine>> CpuEngine::Load(const EngineOptions& option
   std::unique_ptr<CpuEngine> engine(new CpuEngine());
   engine->config_ = c;
   engine->fingerprint_ = ckpt->fingerprint();
-  engine->threads_ = options.threads > 0 ? options.threads
-                                         : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  engine->threads_ =
+      options.threads > 0 ? options.threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   // HF multiplies the float32 scores by head_dim ** -0.5 as a float32 scalar.
   engine->attention_scale_ = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim)));
   for (double f : RopeInvFreq(c.rope, c.head_dim)) engine->inv_freq_.push_back(static_cast<float>(f));
@@ -161,10 +160,8 @@ void CpuEngine::Embed(std::span<const int32_t> ids, Activations& a) const {
 void CpuEngine::AttentionInputs(int layer, Activations& a) const {
   const LayerWeights& w = layers_[layer];
   const int H = config_.hidden_size, D = config_.head_dim;
-  cpu::RmsNorm(a.x.data(), a.rows, H, w.input_norm.data(), static_cast<float>(config_.rms_norm_eps),
-               a.normed.data());
-  cpu::Linear(a.normed.data(), a.rows, H, w.q_t.data(), config_.num_heads * D, OrNull(w.q_bias), a.q.data(),
-              threads_);
+  cpu::RmsNorm(a.x.data(), a.rows, H, w.input_norm.data(), static_cast<float>(config_.rms_norm_eps), a.normed.data());
+  cpu::Linear(a.normed.data(), a.rows, H, w.q_t.data(), config_.num_heads * D, OrNull(w.q_bias), a.q.data(), threads_);
   cpu::Linear(a.normed.data(), a.rows, H, w.k_t.data(), config_.num_kv_heads * D, OrNull(w.k_bias), a.k.data(),
               threads_);
   cpu::Linear(a.normed.data(), a.rows, H, w.v_t.data(), config_.num_kv_heads * D, OrNull(w.v_bias), a.v.data(),
@@ -173,8 +170,7 @@ void CpuEngine::AttentionInputs(int layer, Activations& a) const {
 
 StatusOr<GateOutput> CpuEngine::Gate(int layer, const Activations& a, const SparsityConfig& sparsity) const {
   // The gate sees Q and K as projected, before RoPE (docs/GATES.md).
-  return RunGate(gates_->layers[layer], gates_->config, config_, a.q.data(), a.k.data(), a.rows, sparsity,
-                 threads_);
+  return RunGate(gates_->layers[layer], gates_->config, config_, a.q.data(), a.k.data(), a.rows, sparsity, threads_);
 }
 
 void CpuEngine::RopeAndCache(int layer, Activations& a, HostKvCache* cache) const {
@@ -196,8 +192,8 @@ void CpuEngine::RopeAndCache(int layer, Activations& a, HostKvCache* cache) cons
 
 void CpuEngine::Attention(int layer, Activations& a, const HostKvCache& cache, const GateOutput* gate) const {
   const int last = a.positions[a.rows - 1];
-  const cpu::AttentionShape shape{last + 1, config_.num_heads, config_.num_kv_heads, config_.head_dim,
-                                  cache.capacity(), attention_scale_};
+  const cpu::AttentionShape shape{last + 1,         config_.num_heads, config_.num_kv_heads,
+                                  config_.head_dim, cache.capacity(),  attention_scale_};
   // A pass that starts past position 0 is a decode step (one row); a prefill
   // pass covers positions 0..rows-1.
   if (a.positions[0] > 0) {
@@ -369,8 +365,7 @@ Status CpuEngine::ForwardWithAttentionTap(std::span<const int32_t> ids, const At
       q_pre.resize(act->q.size());
       k_pre.resize(act->k.size());
     } catch (const std::bad_alloc&) {
-      return ResourceExhausted("ids: not enough host memory for the activations of " + std::to_string(L) +
-                               " tokens");
+      return ResourceExhausted("ids: not enough host memory for the activations of " + std::to_string(L) + " tokens");
     }
     Activations& a = *act;
     for (int i = 0; i < L; ++i) a.positions[i] = i;

@@ -24,8 +24,8 @@ namespace seer {
 struct AttentionTap {
   int layer = 0;
   int seq_len = 0;
-  const float* q = nullptr;       // [L, Hq, head_dim], pre-RoPE, bias included
-  const float* k = nullptr;       // [L, Hkv, head_dim]
+  const float* q = nullptr;  // [L, Hq, head_dim], pre-RoPE, bias included
+  const float* k = nullptr;  // [L, Hkv, head_dim]
   const float* q_rope = nullptr;  // [L, Hq, head_dim], after RoPE
   const float* k_rope = nullptr;  // [L, Hkv, head_dim]
 };
@@ -116,7 +116,7 @@ class CpuEngine final : public Engine {
   int threads_ = 1;
   float attention_scale_ = 1.0f;
   std::vector<float> inv_freq_;  // RoPE, head_dim / 2 values
-  std::vector<float> embed_;     // [vocab, hidden]
+  std::vector<float> embed_;  // [vocab, hidden]
   std::vector<float> final_norm_;
   std::vector<float> lm_head_t_;  // [hidden, vocab]
   std::vector<LayerWeights> layers_;

@@ -166,8 +166,8 @@ std::vector<double> RefInvFreq(const TinySpec& s) {
 }
 
 struct RefOutput {
-  std::vector<double> logits;                 // [L, vocab]
-  std::vector<std::vector<double>> k, v;      // per layer [Hkv, L, D]
+  std::vector<double> logits;  // [L, vocab]
+  std::vector<std::vector<double>> k, v;  // per layer [Hkv, L, D]
 };
 
 // allowed(layer, head, i, j): extra mask on top of causality (block-sparse).
@@ -429,7 +429,8 @@ TEST(CpuModel, PrefillThenDecodeEqualsLongerPrefill) {
     for (int t = prompt; t < prompt + extra; ++t) {
       ASSERT_TRUE(engine->DecodeStep(ids[t], cache->get(), &logits).ok());
       ASSERT_EQ((*cache)->length(), t + 1);
-      std::vector<double> want(full->logits.begin() + size_t(t) * s.vocab, full->logits.begin() + size_t(t + 1) * s.vocab);
+      std::vector<double> want(full->logits.begin() + size_t(t) * s.vocab,
+                               full->logits.begin() + size_t(t + 1) * s.vocab);
       EXPECT_LT(RelError(logits.data(), want.data(), s.vocab), 1e-5) << "position " << t;
     }
     // And the caches agree token for token.

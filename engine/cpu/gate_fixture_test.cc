@@ -24,7 +24,7 @@ constexpr double kLogitsTolerance = 1e-4;
 constexpr double kThresholdBand = 1e-6;
 
 struct MaskComparison {
-  int64_t differing = 0;   // blocks where our mask and the reference differ
+  int64_t differing = 0;  // blocks where our mask and the reference differ
   int64_t unexplained = 0;  // ... and the reference probability is not at the threshold
 };
 
@@ -35,8 +35,8 @@ MaskComparison CompareMask(const BlockMask& got, const std::vector<uint8_t>& wan
   for (size_t i = 0; i < want.size() && i < got.keep.size(); ++i) {
     if ((got.keep[i] != 0) == (want[i] != 0)) continue;
     ++out.differing;
-    const bool at_threshold = sparsity.mode == SparsityMode::kThreshold &&
-                              std::abs(double(probs[i]) - sparsity.threshold) <= kThresholdBand;
+    const bool at_threshold =
+        sparsity.mode == SparsityMode::kThreshold && std::abs(double(probs[i]) - sparsity.threshold) <= kThresholdBand;
     if (!at_threshold) ++out.unexplained;
   }
   return out;

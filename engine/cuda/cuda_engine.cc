@@ -164,7 +164,7 @@ class CudaEngine final : public Engine {
     int max_pages = 0;  // block table entries per sequence
     DeviceBuffer workspace;
     Activations a;
-    DeviceBuffer meta;        // int32 device: positions, context lens, next ids [max_batch], tables
+    DeviceBuffer meta;  // int32 device: positions, context lens, next ids [max_batch], tables
     int32_t* host = nullptr;  // pinned: ids, positions, context lens, next ids [max_batch], tables
     DeviceBuffer attention_scratch;
   } batch_;
@@ -221,8 +221,8 @@ Status CudaEngine::Init() {
     SEER_RETURN_IF_CUDA_ERROR(cudaEventCreate(&layer_start_[i]));
     SEER_RETURN_IF_CUDA_ERROR(cudaEventCreate(&layer_end_[i]));
   }
-  SEER_RETURN_IF_CUDA_ERROR(cudaMallocHost(reinterpret_cast<void**>(&kept_host_),
-                                           sizeof(int64_t) * config_.num_layers * config_.num_heads));
+  SEER_RETURN_IF_CUDA_ERROR(
+      cudaMallocHost(reinterpret_cast<void**>(&kept_host_), sizeof(int64_t) * config_.num_layers * config_.num_heads));
 
   // Decode works on one row: its buffers are small and held for good, so a
   // decode step never competes with a prefill for memory.
@@ -264,13 +264,12 @@ Status CudaEngine::EnsureWorkspace(const PrefillPlan& plan) {
                              FormatBytes(available) + " available");
   }
   workspace_.Reset();
-  SEER_ASSIGN_OR_RETURN(workspace_,
-                        DeviceBuffer::Allocate(plan.total_bytes, "prefill activations of " + Str(plan.seq_len) + " tokens"));
+  SEER_ASSIGN_OR_RETURN(
+      workspace_, DeviceBuffer::Allocate(plan.total_bytes, "prefill activations of " + Str(plan.seq_len) + " tokens"));
   return OkStatus();
 }
 
-Status CudaEngine::LayerStats(int layer, bool sparse, int64_t causal_per_head, double* seconds,
-                              double* density) const {
+Status CudaEngine::LayerStats(int layer, bool sparse, int64_t causal_per_head, double* seconds, double* density) const {
   float ms = 0.0f;
   SEER_RETURN_IF_CUDA_ERROR(cudaEventElapsedTime(&ms, layer_start_[layer], layer_end_[layer]));
   *seconds = ms / 1e3;
@@ -515,8 +514,8 @@ Status CudaEngine::DecodeForward(int32_t token, DeviceKvCache* cache) {
   for (int layer = 0; layer < config_.num_layers; ++layer) {
     SEER_RETURN_IF_ERROR(run.AttentionInputs(layer, a, 1));
     SEER_RETURN_IF_ERROR(run.RopeAndCache(layer, a, 1, pos, cache));
-    SEER_RETURN_IF_ERROR(run.DecodeAttention(layer, a, pos, *cache, decode_attention_scratch_.get(),
-                                             decode_attention_scratch_.bytes()));
+    SEER_RETURN_IF_ERROR(
+        run.DecodeAttention(layer, a, pos, *cache, decode_attention_scratch_.get(), decode_attention_scratch_.bytes()));
     SEER_RETURN_IF_ERROR(run.OutputAndMlp(layer, a, 1));
   }
   return run.Logits(a, 0, 1);
@@ -606,8 +605,7 @@ Status CudaEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int
   }
   const Activations& a = b.a;
   SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(a.ids, h_ids, sizeof(int32_t) * rows, cudaMemcpyHostToDevice, stream_));
-  SEER_RETURN_IF_CUDA_ERROR(
-      cudaMemcpyAsync(d_pos, h_pos, sizeof(int32_t) * 2 * mb, cudaMemcpyHostToDevice, stream_));
+  SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(d_pos, h_pos, sizeof(int32_t) * 2 * mb, cudaMemcpyHostToDevice, stream_));
   SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(d_tables, h_tables, sizeof(int32_t) * static_cast<size_t>(B) * b.max_pages,
                                             cudaMemcpyHostToDevice, stream_));
   PagedBatch pb;
@@ -643,10 +641,9 @@ Status CudaEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int
       const SamplingParams& sp = seqs[r].sampler->params();
       if (sp.temperature <= 0.0) continue;
       const double u = seqs[r].sampler->NextUniform();
-      SEER_RETURN_IF_CUDA_ERROR(cuda::SampleToken(a.logits + static_cast<size_t>(r - r0) * vocab, vocab,
-                                                  sp.temperature, sp.top_k > 0 ? sp.top_k : 0, sp.top_p, u,
-                                                  sample_scratch_.get(), sample_scratch_.bytes(), d_next + r,
-                                                  stream_));
+      SEER_RETURN_IF_CUDA_ERROR(cuda::SampleToken(a.logits + static_cast<size_t>(r - r0) * vocab, vocab, sp.temperature,
+                                                  sp.top_k > 0 ? sp.top_k : 0, sp.top_p, u, sample_scratch_.get(),
+                                                  sample_scratch_.bytes(), d_next + r, stream_));
     }
   }
   SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(h_next, d_next, sizeof(int32_t) * B, cudaMemcpyDeviceToHost, stream_));

@@ -27,7 +27,6 @@ struct RandomEngineOptions {
   bool with_gates = false;
   GateConfig gate_config;
 };
-StatusOr<std::unique_ptr<Engine>> CreateRandomCudaEngine(const ModelConfig& config,
-                                                         const RandomEngineOptions& options);
+StatusOr<std::unique_ptr<Engine>> CreateRandomCudaEngine(const ModelConfig& config, const RandomEngineOptions& options);
 
 }  // namespace seer

@@ -101,8 +101,7 @@ class Expected {
   std::unique_ptr<SafetensorsFile> file_;
 };
 
-std::unique_ptr<Engine> MakeEngine(const std::string& model, const std::string& device,
-                                   const std::string& gates = "") {
+std::unique_ptr<Engine> MakeEngine(const std::string& model, const std::string& device, const std::string& gates = "") {
   EngineOptions o;
   o.model_dir = Fixture(model);
   o.gates_dir = gates.empty() ? "" : Fixture(gates);
@@ -314,8 +313,7 @@ TEST_P(CudaFixtureTest, GatedMasksAgreeWithCpuEngineUpToBf16Rounding) {
               if (qb < first_dense && opts.sparsity.mode == SparsityMode::kThreshold) {
                 const double t = opts.sparsity.threshold;
                 near = std::abs(p[kb] - t) <= kBoundaryTol * t;
-              } else if (qb < first_dense && opts.sparsity.mode == SparsityMode::kNzRatio &&
-                         topk < qb + 1) {
+              } else if (qb < first_dense && opts.sparsity.mode == SparsityMode::kNzRatio && topk < qb + 1) {
                 const double hi = sorted[topk - 1], lo = sorted[topk];
                 near = (hi - lo) <= kBoundaryTol * hi && p[kb] >= lo * (1 - kBoundaryTol) &&
                        p[kb] <= hi * (1 + kBoundaryTol);
@@ -325,9 +323,9 @@ TEST_P(CudaFixtureTest, GatedMasksAgreeWithCpuEngineUpToBf16Rounding) {
               if (!near && kb == qb) near = true;
               if (!near) {
                 ++unexplained;
-                ADD_FAILURE() << "layer " << layer << " head " << h << " block (" << qb << ", " << kb
-                              << "): GPU " << int(g.mask.at(h, qb, kb)) << ", CPU " << int(c.mask.at(h, qb, kb))
-                              << ", CPU prob " << p[kb];
+                ADD_FAILURE() << "layer " << layer << " head " << h << " block (" << qb << ", " << kb << "): GPU "
+                              << int(g.mask.at(h, qb, kb)) << ", CPU " << int(c.mask.at(h, qb, kb)) << ", CPU prob "
+                              << p[kb];
               }
             }
           }
@@ -342,10 +340,11 @@ TEST_P(CudaFixtureTest, GatedMasksAgreeWithCpuEngineUpToBf16Rounding) {
       }
     }
   }
-  std::printf("[%s] gated masks: %lld of %lld causal blocks differ from the CPU engine (%lld not explained by "
-              "bf16 rounding at the boundary); %lld more differ in layers after a layer that differed\n",
-              GetParam(), static_cast<long long>(differing), static_cast<long long>(total_blocks),
-              static_cast<long long>(unexplained), static_cast<long long>(cascaded));
+  std::printf(
+      "[%s] gated masks: %lld of %lld causal blocks differ from the CPU engine (%lld not explained by "
+      "bf16 rounding at the boundary); %lld more differ in layers after a layer that differed\n",
+      GetParam(), static_cast<long long>(differing), static_cast<long long>(total_blocks),
+      static_cast<long long>(unexplained), static_cast<long long>(cascaded));
   RecordProperty("mask_blocks_differing", static_cast<int>(differing));
   RecordProperty("mask_blocks_total", static_cast<int>(total_blocks));
   RecordProperty("mask_blocks_cascaded", static_cast<int>(cascaded));
@@ -416,8 +415,7 @@ TEST_P(CudaFixtureTest, BadRequestsAreRefusedWithPreciseCodes) {
   const std::vector<int32_t> too_long(17, 1);
   EXPECT_EQ(engine->Prefill(too_long, PrefillOptions{}, cache->get(), nullptr).status().code(),
             StatusCode::kResourceExhausted);
-  EXPECT_EQ(engine->Prefill({}, PrefillOptions{}, cache->get(), nullptr).status().code(),
-            StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine->Prefill({}, PrefillOptions{}, cache->get(), nullptr).status().code(), StatusCode::kInvalidArgument);
   const std::vector<int32_t> bad_id = {1, engine->config().vocab_size};
   EXPECT_EQ(engine->Prefill(bad_id, PrefillOptions{}, cache->get(), nullptr).status().code(),
             StatusCode::kInvalidArgument);

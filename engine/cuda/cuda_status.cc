@@ -5,8 +5,8 @@
 namespace seer {
 
 Status CudaStatus(cudaError_t err, const char* what, const char* where) {
-  std::string msg = std::string(where) + ": " + what + " failed: " + cudaGetErrorName(err) + " (" +
-                    cudaGetErrorString(err) + ")";
+  std::string msg =
+      std::string(where) + ": " + what + " failed: " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")";
   // The kernel wrappers record where inside them a call failed.
   cuda::CudaFailureSite& site = cuda::LastCudaFailure();
   if (site.error == err && site.line != 0) {
@@ -24,8 +24,8 @@ Status CudaStatus(cudaError_t err, const char* what, const char* where) {
 }
 
 Status CublasStatus(cublasStatus_t st, const char* what, const char* where) {
-  std::string msg = std::string(where) + ": " + what + " failed: " + cublasGetStatusName(st) + " (" +
-                    cublasGetStatusString(st) + ")";
+  std::string msg =
+      std::string(where) + ": " + what + " failed: " + cublasGetStatusName(st) + " (" + cublasGetStatusString(st) + ")";
   if (st == CUBLAS_STATUS_ALLOC_FAILED) return ResourceExhausted(std::move(msg));
   return Internal(std::move(msg));
 }

@@ -27,18 +27,18 @@ Status CublasStatus(cublasStatus_t st, const char* what, const char* where);
 
 // Evaluates a CUDA runtime call (or a kernel wrapper returning cudaError_t)
 // and returns its failure as a Status from the enclosing function.
-#define SEER_RETURN_IF_CUDA_ERROR(expr)                                                  \
-  do {                                                                                   \
-    const cudaError_t seer_cuda_err_ = (expr);                                           \
-    if (seer_cuda_err_ != cudaSuccess) {                                                 \
-      return ::seer::CudaStatus(seer_cuda_err_, #expr, SEER_CUDA_WHERE_);                \
-    }                                                                                    \
+#define SEER_RETURN_IF_CUDA_ERROR(expr)                                   \
+  do {                                                                    \
+    const cudaError_t seer_cuda_err_ = (expr);                            \
+    if (seer_cuda_err_ != cudaSuccess) {                                  \
+      return ::seer::CudaStatus(seer_cuda_err_, #expr, SEER_CUDA_WHERE_); \
+    }                                                                     \
   } while (0)
 
-#define SEER_RETURN_IF_CUBLAS_ERROR(expr)                                                \
-  do {                                                                                   \
-    const cublasStatus_t seer_cublas_st_ = (expr);                                       \
-    if (seer_cublas_st_ != CUBLAS_STATUS_SUCCESS) {                                      \
-      return ::seer::CublasStatus(seer_cublas_st_, #expr, SEER_CUDA_WHERE_);             \
-    }                                                                                    \
+#define SEER_RETURN_IF_CUBLAS_ERROR(expr)                                    \
+  do {                                                                       \
+    const cublasStatus_t seer_cublas_st_ = (expr);                           \
+    if (seer_cublas_st_ != CUBLAS_STATUS_SUCCESS) {                          \
+      return ::seer::CublasStatus(seer_cublas_st_, #expr, SEER_CUDA_WHERE_); \
+    }                                                                        \
   } while (0)

@@ -15,8 +15,7 @@ std::atomic<size_t> g_peak{0};
 void NoteAllocated(size_t bytes) {
   const size_t now = g_current.fetch_add(bytes) + bytes;
   size_t peak = g_peak.load();
-  while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {
-  }
+  while (now > peak && !g_peak.compare_exchange_weak(peak, now)) {}
 }
 
 }  // namespace
@@ -55,7 +54,8 @@ StatusOr<DeviceBuffer> DeviceBuffer::Allocate(size_t bytes, const std::string& w
     cudaGetLastError();  // clear the error so later calls do not see it
     size_t free_b = 0, total_b = 0;
     std::string free_txt = "unknown";
-    if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) free_txt = FormatBytes(free_b) + " of " + FormatBytes(total_b);
+    if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess)
+      free_txt = FormatBytes(free_b) + " of " + FormatBytes(total_b);
     std::string msg = "allocating " + FormatBytes(bytes) + " of GPU memory for " + what + " failed (" +
                       cudaGetErrorName(err) + "); free: " + free_txt;
     if (err == cudaErrorMemoryAllocation) return ResourceExhausted(std::move(msg));

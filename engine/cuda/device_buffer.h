@@ -40,7 +40,7 @@ class DeviceBuffer {
 
 struct DeviceMemoryStats {
   size_t current_bytes = 0;  // held now by DeviceBuffers, in this process
-  size_t peak_bytes = 0;     // the most held at once since the last reset
+  size_t peak_bytes = 0;  // the most held at once since the last reset
 };
 
 DeviceMemoryStats GetDeviceMemoryStats();

@@ -18,8 +18,7 @@ class DeviceKvCache final : public KvCache {
   static size_t BytesFor(int num_layers, int num_kv_heads, int head_dim, int capacity);
 
   // RESOURCE_EXHAUSTED when the device cannot hold it.
-  static StatusOr<std::unique_ptr<DeviceKvCache>> Create(int num_layers, int num_kv_heads, int head_dim,
-                                                         int capacity);
+  static StatusOr<std::unique_ptr<DeviceKvCache>> Create(int num_layers, int num_kv_heads, int head_dim, int capacity);
   ~DeviceKvCache() override;
 
   __nv_bfloat16* k(int layer) const { return base(layer, 0); }

@@ -8,17 +8,16 @@
 
 namespace seer {
 
-StatusOr<std::unique_ptr<DevicePagePool>> DevicePagePool::Create(const PageLayout& layout, int num_pages,
-                                                                 int device) {
+StatusOr<std::unique_ptr<DevicePagePool>> DevicePagePool::Create(const PageLayout& layout, int num_pages, int device) {
   if (layout.page_tokens <= 0 || num_pages <= 0 || layout.kv.num_layers <= 0 || layout.kv.dtype != DType::kBF16) {
     return InvalidArgument("KV page pool: needs positive page_tokens and pages, bf16 pages");
   }
   SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device));
   std::unique_ptr<DevicePagePool> pool(new DevicePagePool(layout, num_pages, device));
-  SEER_ASSIGN_OR_RETURN(pool->storage_, DeviceBuffer::Allocate(layout.PageBytes() * static_cast<size_t>(num_pages),
-                                                               "the KV page pool (" + std::to_string(num_pages) +
-                                                                   " pages of " + std::to_string(layout.page_tokens) +
-                                                                   " tokens)"));
+  SEER_ASSIGN_OR_RETURN(pool->storage_,
+                        DeviceBuffer::Allocate(layout.PageBytes() * static_cast<size_t>(num_pages),
+                                               "the KV page pool (" + std::to_string(num_pages) + " pages of " +
+                                                   std::to_string(layout.page_tokens) + " tokens)"));
   SEER_RETURN_IF_CUDA_ERROR(cudaStreamCreateWithFlags(&pool->stream_, cudaStreamNonBlocking));
   return pool;
 }
@@ -31,8 +30,8 @@ DevicePagePool::~DevicePagePool() {
 }
 
 __nv_bfloat16* DevicePagePool::base(int layer, int which) const {
-  const size_t per = static_cast<size_t>(num_pages()) * layout().kv.num_kv_heads * layout().page_tokens *
-                     layout().kv.head_dim;
+  const size_t per =
+      static_cast<size_t>(num_pages()) * layout().kv.num_kv_heads * layout().page_tokens * layout().kv.head_dim;
   return storage_.as<__nv_bfloat16>() + (static_cast<size_t>(layer) * 2 + which) * per;
 }
 
@@ -50,8 +49,8 @@ Status DevicePagePool::EnsureStaging(int n, int pages) const {
   return OkStatus();
 }
 
-Status DevicePagePool::WriteTokens(int layer, std::span<const int32_t> table, int t0, int n, DType src,
-                                   const void* k, const void* v) {
+Status DevicePagePool::WriteTokens(int layer, std::span<const int32_t> table, int t0, int n, DType src, const void* k,
+                                   const void* v) {
   SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   const KvLayout& kv = layout().kv;
   const size_t count = static_cast<size_t>(kv.num_kv_heads) * n * kv.head_dim;
@@ -79,8 +78,8 @@ Status DevicePagePool::WriteTokens(int layer, std::span<const int32_t> table, in
   char* stage = staging_.as<char>();
   SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(stage, k_src, bytes, cudaMemcpyHostToDevice, stream_));
   SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(stage + bytes, v_src, bytes, cudaMemcpyHostToDevice, stream_));
-  SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(table_.get(), table.data(), sizeof(int32_t) * table.size(),
-                                            cudaMemcpyHostToDevice, stream_));
+  SEER_RETURN_IF_CUDA_ERROR(
+      cudaMemcpyAsync(table_.get(), table.data(), sizeof(int32_t) * table.size(), cudaMemcpyHostToDevice, stream_));
   const int32_t* dtable = table_.as<int32_t>();
   SEER_RETURN_IF_CUDA_ERROR(cuda::ScatterToPages(stage, t0, n, dtable, kv.num_kv_heads, kv.head_dim,
                                                  layout().page_tokens, this->k(layer), stream_));
@@ -98,8 +97,8 @@ Status DevicePagePool::ReadTokens(int layer, std::span<const int32_t> table, int
   std::lock_guard<std::mutex> lock(mu_);
   SEER_RETURN_IF_ERROR(EnsureStaging(n, static_cast<int>(table.size())));
   char* stage = staging_.as<char>();
-  SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(table_.get(), table.data(), sizeof(int32_t) * table.size(),
-                                            cudaMemcpyHostToDevice, stream_));
+  SEER_RETURN_IF_CUDA_ERROR(
+      cudaMemcpyAsync(table_.get(), table.data(), sizeof(int32_t) * table.size(), cudaMemcpyHostToDevice, stream_));
   const int32_t* dtable = table_.as<int32_t>();
   SEER_RETURN_IF_CUDA_ERROR(cuda::GatherFromPages(k(layer), dtable, t0, n, kv.num_kv_heads, kv.head_dim,
                                                   layout().page_tokens, stage, stream_));
@@ -121,8 +120,8 @@ Status DevicePagePool::WriteTokensFromDevice(int layer, std::span<const int32_t>
   }
   std::lock_guard<std::mutex> lock(mu_);
   SEER_RETURN_IF_ERROR(EnsureStaging(1, static_cast<int>(table.size())));
-  SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(table_.get(), table.data(), sizeof(int32_t) * table.size(),
-                                            cudaMemcpyHostToDevice, stream_));
+  SEER_RETURN_IF_CUDA_ERROR(
+      cudaMemcpyAsync(table_.get(), table.data(), sizeof(int32_t) * table.size(), cudaMemcpyHostToDevice, stream_));
   const int32_t* dtable = table_.as<int32_t>();
   SEER_RETURN_IF_CUDA_ERROR(cuda::ScatterToPagesStrided(k, stride, 0, n, dtable, kv.num_kv_heads, kv.head_dim,
                                                         layout().page_tokens, this->k(layer), stream_));

@@ -33,15 +33,14 @@ class DevicePagePool final : public PagePool {
   // Positions [0, n) of one layer from device memory laid out
   // [Hkv, stride, D] (a DeviceKvCache's layer, stride its capacity) into the
   // pages of `table`, on the pool's stream; Synchronize waits for it.
-  Status WriteTokensFromDevice(int layer, std::span<const int32_t> table, int n, int stride,
-                               const __nv_bfloat16* k, const __nv_bfloat16* v);
+  Status WriteTokensFromDevice(int layer, std::span<const int32_t> table, int n, int stride, const __nv_bfloat16* k,
+                               const __nv_bfloat16* v);
   Status Synchronize() const;
   // The CUDA device the pages are on.
   int device() const { return device_; }
 
  private:
-  DevicePagePool(const PageLayout& layout, int num_pages, int device)
-      : PagePool(layout, num_pages), device_(device) {}
+  DevicePagePool(const PageLayout& layout, int num_pages, int device) : PagePool(layout, num_pages), device_(device) {}
   __nv_bfloat16* base(int layer, int which) const;
   // Room for `n` tokens of one layer's K and V and a table of `pages` entries.
   Status EnsureStaging(int n, int pages) const;
@@ -52,7 +51,7 @@ class DevicePagePool final : public PagePool {
   // Staging, grown on demand; one copy at a time.
   mutable std::mutex mu_;
   mutable DeviceBuffer staging_;  // K [Hkv, n, D] then V, bf16
-  mutable DeviceBuffer table_;    // int32 block table
+  mutable DeviceBuffer table_;  // int32 block table
   mutable int staging_tokens_ = 0;
   mutable int table_pages_ = 0;
 };

@@ -92,8 +92,8 @@ std::vector<Slot> Layout(const LayoutInputs& in, Carver& carver, DeviceModelWeig
 
   out->embed_tokens = matrix("model.embed_tokens.weight", vocab, hidden, v ? &v->embed_tokens : nullptr, 1.0f);
   out->norm = vec("model.norm.weight", hidden, Init::kOnes, v ? &v->norm : nullptr, 0.0f);
-  out->lm_head = in.tied ? out->embed_tokens
-                         : matrix("lm_head.weight", vocab, hidden, v ? &v->lm_head : nullptr, uniform(hidden));
+  out->lm_head =
+      in.tied ? out->embed_tokens : matrix("lm_head.weight", vocab, hidden, v ? &v->lm_head : nullptr, uniform(hidden));
   out->rope_inv_freq = vec("rope inv_freq", c.head_dim / 2, Init::kRopeFreq, nullptr, 0.0f);
   out->gate_rope_inv_freq =
       in.gates.gate_hidden > 0 ? vec("gate rope inv_freq", in.gates.gate_hidden / 2, Init::kGateRopeFreq, nullptr, 0.0f)
@@ -105,8 +105,8 @@ std::vector<Slot> Layout(const LayoutInputs& in, Carver& carver, DeviceModelWeig
     const LayerWeightViews* lv = v ? &v->layers[i] : nullptr;
     DeviceLayerWeights& L = out->layers[i];
     L.input_norm = vec(p + "input_layernorm.weight", hidden, Init::kOnes, lv ? &lv->input_norm : nullptr, 0.0f);
-    L.post_attention_norm = vec(p + "post_attention_layernorm.weight", hidden, Init::kOnes,
-                                lv ? &lv->post_attention_norm : nullptr, 0.0f);
+    L.post_attention_norm =
+        vec(p + "post_attention_layernorm.weight", hidden, Init::kOnes, lv ? &lv->post_attention_norm : nullptr, 0.0f);
     L.q_proj = matrix(p + "self_attn.q_proj.weight", q_out, hidden, lv ? &lv->q_proj : nullptr, uniform(hidden));
     L.k_proj = matrix(p + "self_attn.k_proj.weight", kv_out, hidden, lv ? &lv->k_proj : nullptr, uniform(hidden));
     L.v_proj = matrix(p + "self_attn.v_proj.weight", kv_out, hidden, lv ? &lv->v_proj : nullptr, uniform(hidden));
@@ -256,11 +256,11 @@ Status FillSlot(const Slot& s, const ModelConfig& c, const GateShape& g, uint64_
 }
 
 Status CheckShape(const ModelConfig& c) {
-  if (c.num_layers <= 0 || c.hidden_size <= 0 || c.intermediate_size <= 0 || c.vocab_size <= 0 ||
-      c.num_heads <= 0 || c.num_kv_heads <= 0 || c.head_dim <= 0 || c.head_dim % 2 != 0 ||
-      c.num_heads % c.num_kv_heads != 0) {
-    return InvalidArgument("model config: layers, hidden_size, intermediate_size, vocab_size, heads and an even "
-                           "head_dim must be positive, and num_heads a multiple of num_kv_heads");
+  if (c.num_layers <= 0 || c.hidden_size <= 0 || c.intermediate_size <= 0 || c.vocab_size <= 0 || c.num_heads <= 0 ||
+      c.num_kv_heads <= 0 || c.head_dim <= 0 || c.head_dim % 2 != 0 || c.num_heads % c.num_kv_heads != 0) {
+    return InvalidArgument(
+        "model config: layers, hidden_size, intermediate_size, vocab_size, heads and an even "
+        "head_dim must be positive, and num_heads a multiple of num_kv_heads");
   }
   return OkStatus();
 }

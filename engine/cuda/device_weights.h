@@ -40,10 +40,10 @@ struct DeviceLayerWeights {
 struct DeviceModelWeights {
   DeviceBuffer storage;
   __nv_bfloat16* embed_tokens = nullptr;  // [vocab, hidden]
-  float* norm = nullptr;                  // [hidden]
-  __nv_bfloat16* lm_head = nullptr;       // [vocab, hidden]; == embed_tokens when tied
-  float* rope_inv_freq = nullptr;         // [head_dim / 2]
-  float* gate_rope_inv_freq = nullptr;    // [gate hidden / 2]; null without gates
+  float* norm = nullptr;  // [hidden]
+  __nv_bfloat16* lm_head = nullptr;  // [vocab, hidden]; == embed_tokens when tied
+  float* rope_inv_freq = nullptr;  // [head_dim / 2]
+  float* gate_rope_inv_freq = nullptr;  // [gate hidden / 2]; null without gates
   std::vector<DeviceLayerWeights> layers;
 };
 

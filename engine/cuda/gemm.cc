@@ -12,8 +12,8 @@ Status LinearBf16(cublasHandle_t handle, const __nv_bfloat16* x, int rows, int i
   const float alpha = 1.0f;
   // Row-major y[rows, out] is column-major y^T[out, rows] = W[out, in] . x^T,
   // and row-major W[out, in] read column-major is W^T: hence OP_T on W.
-  SEER_RETURN_IF_CUBLAS_ERROR(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &alpha, w, CUDA_R_16BF,
-                                           in, x, CUDA_R_16BF, in, &beta, y, y_type, out, CUBLAS_COMPUTE_32F,
+  SEER_RETURN_IF_CUBLAS_ERROR(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, &alpha, w, CUDA_R_16BF, in,
+                                           x, CUDA_R_16BF, in, &beta, y, y_type, out, CUBLAS_COMPUTE_32F,
                                            CUBLAS_GEMM_DEFAULT));
   return OkStatus();
 }

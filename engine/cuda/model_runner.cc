@@ -52,8 +52,7 @@ Status ModelRunner::Gemm(const bf16* x, int rows, int in, const bf16* w, int out
 
 Status ModelRunner::Embed(std::span<const int32_t> ids, int pos0, const Activations& a) {
   const int n = static_cast<int>(ids.size());
-  SEER_RETURN_IF_CUDA_ERROR(
-      cudaMemcpyAsync(a.ids, ids.data(), sizeof(int32_t) * n, cudaMemcpyHostToDevice, stream_));
+  SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(a.ids, ids.data(), sizeof(int32_t) * n, cudaMemcpyHostToDevice, stream_));
   SEER_RETURN_IF_CUDA_ERROR(
       cuda::Embedding(weights_.embed_tokens, config_.vocab_size, config_.hidden_size, a.ids, n, a.residual, stream_));
   SEER_RETURN_IF_CUDA_ERROR(cuda::RopeTable(weights_.rope_inv_freq, config_.head_dim / 2, pos0, n, a.rope, stream_));
@@ -63,8 +62,8 @@ Status ModelRunner::Embed(std::span<const int32_t> ids, int pos0, const Activati
 Status ModelRunner::EmbedAt(const int32_t* positions, int rows, const Activations& a) {
   SEER_RETURN_IF_CUDA_ERROR(cuda::Embedding(weights_.embed_tokens, config_.vocab_size, config_.hidden_size, a.ids, rows,
                                             a.residual, stream_));
-  SEER_RETURN_IF_CUDA_ERROR(cuda::RopeTableAt(weights_.rope_inv_freq, config_.head_dim / 2, positions, rows, a.rope,
-                                              stream_));
+  SEER_RETURN_IF_CUDA_ERROR(
+      cuda::RopeTableAt(weights_.rope_inv_freq, config_.head_dim / 2, positions, rows, a.rope, stream_));
   return OkStatus();
 }
 
@@ -121,8 +120,8 @@ Status ModelRunner::RopeAndCachePaged(int layer, const Activations& a, int rows,
   SEER_RETURN_IF_CUDA_ERROR(cuda::ApplyRope(a.q, rows, config_.num_heads, d, a.rope, stream_));
   SEER_RETURN_IF_CUDA_ERROR(cuda::ApplyRope(a.k, rows, config_.num_kv_heads, d, a.rope, stream_));
   SEER_RETURN_IF_CUDA_ERROR(cuda::WriteKvPaged(a.k, a.v, b.positions, b.block_tables, b.max_pages_per_seq, b.batch,
-                                               config_.num_kv_heads, d, b.pool->layout().page_tokens,
-                                               b.pool->k(layer), b.pool->v(layer), stream_));
+                                               config_.num_kv_heads, d, b.pool->layout().page_tokens, b.pool->k(layer),
+                                               b.pool->v(layer), stream_));
   return OkStatus();
 }
 
@@ -209,8 +208,7 @@ Status ModelRunner::OutputAndMlp(int layer, const Activations& a, int rows) {
     SEER_RETURN_IF_ERROR(Gemm(x, n, hidden, w.up_proj, inter, a.mlp_up, CUDA_R_16BF, 0.0f));
     if (w.gate_bias != nullptr) SEER_RETURN_IF_CUDA_ERROR(cuda::AddBias(a.mlp_gate, n, inter, w.gate_bias, stream_));
     if (w.up_bias != nullptr) SEER_RETURN_IF_CUDA_ERROR(cuda::AddBias(a.mlp_up, n, inter, w.up_bias, stream_));
-    SEER_RETURN_IF_CUDA_ERROR(
-        cuda::SwiGlu(a.mlp_gate, a.mlp_up, static_cast<size_t>(n) * inter, a.mlp_gate, stream_));
+    SEER_RETURN_IF_CUDA_ERROR(cuda::SwiGlu(a.mlp_gate, a.mlp_up, static_cast<size_t>(n) * inter, a.mlp_gate, stream_));
     SEER_RETURN_IF_ERROR(Gemm(a.mlp_gate, n, inter, w.down_proj, hidden, res, CUDA_R_32F, 1.0f));
     if (w.down_bias != nullptr) SEER_RETURN_IF_CUDA_ERROR(cuda::AddBias(res, n, hidden, w.down_bias, stream_));
   }

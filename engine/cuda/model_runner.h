@@ -49,7 +49,7 @@ struct Activations {
   __nv_bfloat16* mlp_gate = nullptr;
   __nv_bfloat16* mlp_up = nullptr;
   float* logits = nullptr;
-  int mlp_chunk = 1;     // rows per MLP pass
+  int mlp_chunk = 1;  // rows per MLP pass
   int logits_chunk = 1;  // rows per lm_head pass
 };
 
@@ -60,7 +60,7 @@ struct GateBuffers {
   int32_t* block_indices = nullptr;  // [index_capacity]
   int64_t index_capacity = 0;
   int64_t* kept_per_head = nullptr;  // [Hq] for this layer
-  float* probs = nullptr;            // [Hq, nb, nb], or null
+  float* probs = nullptr;  // [Hq, nb, nb], or null
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
   int heads_per_pass = 0;
@@ -89,8 +89,8 @@ cuda::GateParams MakeGateParams(const ModelConfig& config, const GateShape& gate
 
 class ModelRunner {
  public:
-  ModelRunner(const ModelConfig& config, const DeviceModelWeights& weights, const GateShape& gates,
-              int gate_block_size, cudaStream_t stream, cublasHandle_t cublas);
+  ModelRunner(const ModelConfig& config, const DeviceModelWeights& weights, const GateShape& gates, int gate_block_size,
+              cudaStream_t stream, cublasHandle_t cublas);
 
   // ids (host) for positions pos0 .. pos0 + n - 1 -> a.residual, a.rope.
   Status Embed(std::span<const int32_t> ids, int pos0, const Activations& a);
@@ -120,8 +120,8 @@ class ModelRunner {
 
  private:
   // y[rows, out] = x[rows, in] . w[out, in]^T + beta * y.
-  Status Gemm(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat16* w, int out, void* y,
-              cudaDataType_t y_type, float beta);
+  Status Gemm(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat16* w, int out, void* y, cudaDataType_t y_type,
+              float beta);
 
   const ModelConfig& config_;
   const DeviceModelWeights& weights_;

@@ -36,8 +36,8 @@ int ChunkRows(size_t budget, size_t bytes_per_row, int rows) {
 
 }  // namespace
 
-PrefillPlan PlanPrefill(const ModelConfig& c, const GateShape& gates, int gate_block_size, int seq_len,
-                        bool all_logits, const PlanLimits& limits) {
+PrefillPlan PlanPrefill(const ModelConfig& c, const GateShape& gates, int gate_block_size, int seq_len, bool all_logits,
+                        const PlanLimits& limits) {
   PrefillPlan p;
   p.seq_len = seq_len;
   const size_t L = static_cast<size_t>(std::max(seq_len, 1));

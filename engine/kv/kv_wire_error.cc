@@ -93,8 +93,8 @@ Status CopyKvThroughWire(const KvCache& src, int tokens, KvWireEncoding encoding
           unsigned char* head = buf + h * head_elems * esize;
           kvq::QuantizeE4m3(elem, head, 0, 1, tokens, D, block_tokens, codes.data() + h * head_elems,
                             scales.data() + static_cast<size_t>(h) * blocks);
-          kvq::DequantizeE4m3(codes.data() + h * head_elems, scales.data() + static_cast<size_t>(h) * blocks, 1,
-                              tokens, D, block_tokens, elem, head, 0);
+          kvq::DequantizeE4m3(codes.data() + h * head_elems, scales.data() + static_cast<size_t>(h) * blocks, 1, tokens,
+                              D, block_tokens, elem, head, 0);
         });
       }
     }
@@ -106,8 +106,8 @@ Status CopyKvThroughWire(const KvCache& src, int tokens, KvWireEncoding encoding
 
 StatusOr<std::vector<KvWireErrorReport>> MeasureKvWireError(Engine& engine, std::span<const int32_t> ids,
                                                             const PrefillOptions& options, int steps,
-                                                            std::span<const KvWireEncoding> encodings,
-                                                            int block_tokens, const KvWireCopier& copier) {
+                                                            std::span<const KvWireEncoding> encodings, int block_tokens,
+                                                            const KvWireCopier& copier) {
   const int L = static_cast<int>(ids.size());
   if (steps < 1) return InvalidArgument("steps: must be >= 1");
   if (L + steps > engine.config().max_position_embeddings)

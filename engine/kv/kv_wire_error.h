@@ -23,8 +23,8 @@
 namespace seer {
 
 enum class KvWireEncoding {
-  kExact,   // the cache's own element type (no rounding beyond it)
-  kBf16,    // bf16, as a CUDA prefill sends (F32 caches are rounded to nearest even)
+  kExact,  // the cache's own element type (no rounding beyond it)
+  kBf16,  // bf16, as a CUDA prefill sends (F32 caches are rounded to nearest even)
   kFp8E4m3  // E4M3 codes with a float32 scale per (head, block_tokens tokens)
 };
 
@@ -58,8 +58,8 @@ struct KvWireErrorReport {
 // transfer's decode. `copier` (optional) takes over the copies it can do.
 StatusOr<std::vector<KvWireErrorReport>> MeasureKvWireError(Engine& engine, std::span<const int32_t> ids,
                                                             const PrefillOptions& options, int steps,
-                                                            std::span<const KvWireEncoding> encodings,
-                                                            int block_tokens, const KvWireCopier& copier = nullptr);
+                                                            std::span<const KvWireEncoding> encodings, int block_tokens,
+                                                            const KvWireCopier& copier = nullptr);
 
 // Bytes of K and V of `tokens` tokens over every layer in `encoding`.
 int64_t KvWireBytes(const KvLayout& layout, int tokens, KvWireEncoding encoding, int block_tokens);

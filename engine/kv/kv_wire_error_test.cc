@@ -58,11 +58,11 @@ TEST_P(KvWireError, Fp8OnTheWireStaysCloseToBf16) {
     const KvWireErrorReport& fp8 = (*blocks)[1];
     const KvWireErrorReport& fp8_head = (*per_head)[0];
     for (const KvWireErrorReport* r : {&exact, &fp8, &fp8_head}) {
-      std::printf("[ kv wire  ] %s, %d tokens, %-9s block %4d: %5.1f MB, next-token logits rel err vs bf16 "
-                  "mean %.2e max %.2e, greedy %d/%d\n",
-                  name.c_str(), L, KvWireEncodingName(r->encoding).c_str(),
-                  r == &fp8_head ? L : kvq::kBlockTokens, r->wire_bytes / 1e6, r->mean_rel_error, r->max_rel_error,
-                  r->greedy_agree, r->steps);
+      std::printf(
+          "[ kv wire  ] %s, %d tokens, %-9s block %4d: %5.1f MB, next-token logits rel err vs bf16 "
+          "mean %.2e max %.2e, greedy %d/%d\n",
+          name.c_str(), L, KvWireEncodingName(r->encoding).c_str(), r == &fp8_head ? L : kvq::kBlockTokens,
+          r->wire_bytes / 1e6, r->mean_rel_error, r->max_rel_error, r->greedy_agree, r->steps);
     }
     // fp8 halves bf16's bytes (plus 4 bytes of scale per 64 x head_dim codes).
     EXPECT_LT(fp8.wire_bytes, exact.wire_bytes / 2);  // the CPU cache is f32: a quarter, plus scales

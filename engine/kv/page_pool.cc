@@ -27,8 +27,8 @@ int PagePool::free_pages() const {
 StatusOr<std::vector<int32_t>> PagePool::Allocate(int n) {
   std::lock_guard<std::mutex> lock(mu_);
   if (n < 0 || n > static_cast<int>(free_.size())) {
-    return ResourceExhausted("KV pages: " + Str(n) + " wanted, " + Str(static_cast<int64_t>(free_.size())) +
-                             " of " + Str(num_pages_) + " free");
+    return ResourceExhausted("KV pages: " + Str(n) + " wanted, " + Str(static_cast<int64_t>(free_.size())) + " of " +
+                             Str(num_pages_) + " free");
   }
   std::vector<int32_t> out(free_.end() - n, free_.end());
   free_.resize(free_.size() - n);

@@ -25,7 +25,7 @@
 namespace seer {
 
 struct PageLayout {
-  KvLayout kv;          // layers, KV heads, head_dim, element type of the pages
+  KvLayout kv;  // layers, KV heads, head_dim, element type of the pages
   int page_tokens = 0;  // positions per page
 
   // Bytes of one page, K and V of every layer.

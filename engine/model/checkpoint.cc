@@ -63,9 +63,9 @@ class Fnv1a64 {
 uint64_t Fingerprint(const ModelConfig& c, const std::vector<const TensorView*>& tensors_by_name) {
   Fnv1a64 h;
   h.Str(c.architecture_name);
-  for (int64_t v : {int64_t{c.vocab_size}, int64_t{c.hidden_size}, int64_t{c.intermediate_size},
-                    int64_t{c.num_layers}, int64_t{c.num_heads}, int64_t{c.num_kv_heads}, int64_t{c.head_dim},
-                    c.max_position_embeddings, c.rope.original_max_position_embeddings}) {
+  for (int64_t v : {int64_t{c.vocab_size}, int64_t{c.hidden_size}, int64_t{c.intermediate_size}, int64_t{c.num_layers},
+                    int64_t{c.num_heads}, int64_t{c.num_kv_heads}, int64_t{c.head_dim}, c.max_position_embeddings,
+                    c.rope.original_max_position_embeddings}) {
     h.U64(static_cast<uint64_t>(v));
   }
   h.F64(c.rms_norm_eps);

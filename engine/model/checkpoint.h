@@ -41,17 +41,17 @@ class Checkpoint {
 
 // Every weight of the model, bound and shape-checked against the config.
 struct LayerWeightViews {
-  TensorView input_norm, post_attention_norm;          // [hidden]
-  TensorView q_proj, k_proj, v_proj, o_proj;           // HF Linear: [out, in]
-  TensorView q_bias, k_bias, v_bias, o_bias;           // empty (data == nullptr) when absent
+  TensorView input_norm, post_attention_norm;  // [hidden]
+  TensorView q_proj, k_proj, v_proj, o_proj;  // HF Linear: [out, in]
+  TensorView q_bias, k_bias, v_bias, o_bias;  // empty (data == nullptr) when absent
   TensorView gate_proj, up_proj, down_proj;
-  TensorView gate_bias, up_bias, down_bias;            // mlp_bias only
+  TensorView gate_bias, up_bias, down_bias;  // mlp_bias only
 };
 
 struct ModelWeightViews {
   TensorView embed_tokens;  // [vocab, hidden]
-  TensorView norm;          // [hidden]
-  TensorView lm_head;       // [vocab, hidden]; the embedding when tied
+  TensorView norm;  // [hidden]
+  TensorView lm_head;  // [vocab, hidden]; the embedding when tied
   std::vector<LayerWeightViews> layers;
 };
 

@@ -115,9 +115,8 @@ void AddAs(SafetensorsWriter* w, const std::string& name, const Tensor& t, DType
 class CheckpointTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = (fs::path(::testing::TempDir()) /
-            ("seer_checkpoint_" + std::to_string(::getpid()) + "_" +
-             ::testing::UnitTest::GetInstance()->current_test_info()->name()))
+    dir_ = (fs::path(::testing::TempDir()) / ("seer_checkpoint_" + std::to_string(::getpid()) + "_" +
+                                              ::testing::UnitTest::GetInstance()->current_test_info()->name()))
                .string();
     fs::remove_all(dir_);
     fs::create_directories(dir_);
@@ -273,7 +272,8 @@ TEST_F(CheckpointTest, UntiedWithoutLmHead) {
   auto model = TinyModel(s);
   model.erase("lm_head.weight");
   WriteCheckpoint(s, model);
-  ExpectError(StatusCode::kNotFound, {"missing tensor 'lm_head.weight'", Path("model.safetensors"), "tie_word_embeddings"});
+  ExpectError(StatusCode::kNotFound,
+              {"missing tensor 'lm_head.weight'", Path("model.safetensors"), "tie_word_embeddings"});
 }
 
 TEST_F(CheckpointTest, Qwen2QkvBiasesWithoutOBias) {
@@ -411,8 +411,9 @@ TEST_F(CheckpointTest, WrongShape) {
   auto model = TinyModel(s);
   model["model.layers.1.self_attn.k_proj.weight"] = Tensor{{16, 16}, std::vector<float>(256, 0.5f)};
   WriteCheckpoint(s, model);
-  ExpectError(StatusCode::kInvalidArgument, {Path("model.safetensors") + ": tensor 'model.layers.1.self_attn.k_proj.weight' "
-                                             "has shape [16, 16], expected [8, 16]"});
+  ExpectError(StatusCode::kInvalidArgument,
+              {Path("model.safetensors") + ": tensor 'model.layers.1.self_attn.k_proj.weight' "
+                                           "has shape [16, 16], expected [8, 16]"});
 }
 
 TEST_F(CheckpointTest, MissingTensor) {
@@ -420,7 +421,8 @@ TEST_F(CheckpointTest, MissingTensor) {
   auto model = TinyModel(s);
   model.erase("model.layers.1.mlp.down_proj.weight");
   WriteCheckpoint(s, model);
-  ExpectError(StatusCode::kNotFound, {"missing tensor 'model.layers.1.mlp.down_proj.weight'", Path("model.safetensors")});
+  ExpectError(StatusCode::kNotFound,
+              {"missing tensor 'model.layers.1.mlp.down_proj.weight'", Path("model.safetensors")});
 }
 
 TEST_F(CheckpointTest, ConfigClaimsMoreLayersThanTheWeights) {

@@ -52,8 +52,7 @@ std::vector<double> ReferenceInvFreq(const RopeConfig& rope, int dim) {
     if (wavelen > low_wavelen) {
       x = x / rope.factor;  // low frequency: scaled
     } else {
-      const double smooth =
-          (old_len / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor);
+      const double smooth = (old_len / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor);
       x = (1 - smooth) * x / rope.factor + smooth * x;
     }
   }
@@ -63,7 +62,7 @@ std::vector<double> ReferenceInvFreq(const RopeConfig& rope, int dim) {
 struct Reference {
   int nb = 0;
   std::vector<double> scores;  // [Hq, nb, nb], causal part only meaningful
-  std::vector<double> probs;   // [Hq, nb, nb], 0 above the diagonal
+  std::vector<double> probs;  // [Hq, nb, nb], 0 above the diagonal
 };
 
 // The gate in float64, straight from docs/GATES.md. Angles are rounded to
@@ -269,8 +268,8 @@ void ExpectMatchesReference(const Inputs& in, int L, const SparsityConfig& sp, c
     if (expected[i] != out->mask.keep[i]) {
       if (++differ <= 5) {
         const size_t h = i / (size_t(nb) * nb), qb = i / nb % nb, kb = i % nb;
-        ADD_FAILURE() << what << ": block (h " << h << ", q " << qb << ", k " << kb << ") expected "
-                      << int(expected[i]) << " p_ref " << ref.probs[i] << " s_ref " << ref.scores[i];
+        ADD_FAILURE() << what << ": block (h " << h << ", q " << qb << ", k " << kb << ") expected " << int(expected[i])
+                      << " p_ref " << ref.probs[i] << " s_ref " << ref.scores[i];
       }
     }
   }
@@ -283,15 +282,15 @@ TEST(RunGate, MatchesFloat64ReferenceAcrossShapes) {
       {4, 4, 64, 333, false},  // MHA, partial last block (13 tokens)
       {8, 2, 64, 1000, true},  // GQA 4, llama3 rope
       {8, 1, 128, 700, true},  // GQA 8, head_dim 128
-      {4, 1, 64, 37, false},   // L < 64: one partial block
-      {2, 2, 128, 1, true},    // a single token
+      {4, 1, 64, 37, false},  // L < 64: one partial block
+      {2, 2, 128, 1, true},  // a single token
       {4, 2, 64, 640, false},  // exact multiple of 64
       {2, 1, 64, 2049, true},  // 33 blocks, the last holding 1 token
   };
   std::vector<SparsityConfig> modes;
-  for (const char* text : {"dense", "threshold=0", "threshold=0.002", "threshold=0.05", "threshold=0.3", "nz_ratio=0.1",
-                           "nz_ratio=0.5", "nz_ratio=1", "threshold=0.05;last_block_dense=false",
-                           "nz_ratio=0.3;last_block_dense=false"}) {
+  for (const char* text :
+       {"dense", "threshold=0", "threshold=0.002", "threshold=0.05", "threshold=0.3", "nz_ratio=0.1", "nz_ratio=0.5",
+        "nz_ratio=1", "threshold=0.05;last_block_dense=false", "nz_ratio=0.3;last_block_dense=false"}) {
     auto sp = ParseSparsity(text);
     ASSERT_TRUE(sp.ok());
     modes.push_back(*sp);
@@ -300,10 +299,10 @@ TEST(RunGate, MatchesFloat64ReferenceAcrossShapes) {
   for (const Case& c : cases) {
     const Inputs in = MakeInputs(c, seed++);
     for (const SparsityConfig& sp : modes) {
-      ExpectMatchesReference(in, c.L,
-                             sp, "Hq " + std::to_string(c.hq) + " Hkv " + std::to_string(c.hkv) + " D " +
-                                     std::to_string(c.d) + " L " + std::to_string(c.L) + " " + SparsityToString(sp) +
-                                     (sp.last_block_dense ? "" : " lbd=false"));
+      ExpectMatchesReference(in, c.L, sp,
+                             "Hq " + std::to_string(c.hq) + " Hkv " + std::to_string(c.hkv) + " D " +
+                                 std::to_string(c.d) + " L " + std::to_string(c.L) + " " + SparsityToString(sp) +
+                                 (sp.last_block_dense ? "" : " lbd=false"));
     }
   }
 }
@@ -383,8 +382,8 @@ TEST(RunGate, LastBlockDenseRows) {
   for (int h = 0; h < 2; ++h)
     for (int qb = 0; qb < nb; ++qb)
       for (int kb = 0; kb < nb; ++kb) {
-        bool want = kb == qb;                      // diagonal rule on rows 1..5, p = 1 on row 0
-        if (qb >= nb - 2) want = kb <= qb;         // the last two rows are dense, causal part only
+        bool want = kb == qb;  // diagonal rule on rows 1..5, p = 1 on row 0
+        if (qb >= nb - 2) want = kb <= qb;  // the last two rows are dense, causal part only
         EXPECT_EQ(out->mask.at(h, qb, kb), want) << "h " << h << " qb " << qb << " kb " << kb;
       }
   EXPECT_EQ(out->mask.kept(), 2 * (6 + 7 + 8));

@@ -75,12 +75,12 @@ StatusOr<GateFileConfig> ParseGateConfig(const JsonValue& root, const std::strin
                                              " (the released prefill gates) is supported");
   }
   if (block != kBlockSize) {
-    return r.Error("seerattn_gate_block_size", "is " + std::to_string(block) + "; only " +
-                                                   std::to_string(kBlockSize) + " is supported");
+    return r.Error("seerattn_gate_block_size",
+                   "is " + std::to_string(block) + "; only " + std::to_string(kBlockSize) + " is supported");
   }
   if (hidden <= 0 || hidden % 2 != 0 || hidden > 65536) {
-    return r.Error("seerattn_gate_hidden_size", "is " + std::to_string(hidden) +
-                                                    "; it must be a positive even number (RoPE pairs) up to 65536");
+    return r.Error("seerattn_gate_hidden_size",
+                   "is " + std::to_string(hidden) + "; it must be a positive even number (RoPE pairs) up to 65536");
   }
   gc.block_size = static_cast<int>(block);
   gc.hidden = static_cast<int>(hidden);
@@ -177,7 +177,8 @@ GateFileBounds BoundsFor(const ModelConfig& model, const GateConfig& gate, bool 
   b.pth.source = source;
   b.pth.max_pickle_bytes = static_cast<size_t>(std::min<uint64_t>(records, b.pth.max_pickle_bytes));
   b.pth.max_value_bytes = b.max_value_bytes;
-  b.pth.max_file_bytes = SatAdd(SatAdd(b.max_value_bytes, records), SatMul(tensors + kZipOtherEntries, kZipBytesPerEntry));
+  b.pth.max_file_bytes =
+      SatAdd(SatAdd(b.max_value_bytes, records), SatMul(tensors + kZipOtherEntries, kZipBytesPerEntry));
   b.safetensors.source = source;
   b.safetensors.max_header_bytes = std::min<uint64_t>(records, b.safetensors.max_header_bytes);
   return b;
@@ -287,8 +288,8 @@ StatusOr<GateWeights> LoadGates(const std::string& dir, const ModelConfig& model
   if (model.num_layers <= 0 || model.num_heads <= 0 || model.num_kv_heads <= 0 || model.head_dim <= 0 ||
       model.num_heads % model.num_kv_heads != 0) {
     return InvalidArgument(dir + ": the model's shape (layers " + std::to_string(model.num_layers) + ", heads " +
-                           std::to_string(model.num_heads) + "/" + std::to_string(model.num_kv_heads) +
-                           ", head_dim " + std::to_string(model.head_dim) + ") cannot carry gates");
+                           std::to_string(model.num_heads) + "/" + std::to_string(model.num_kv_heads) + ", head_dim " +
+                           std::to_string(model.head_dim) + ") cannot carry gates");
   }
 
   // The authors' gate has mask_linear_q only in the "double" form (forced, or
@@ -410,8 +411,8 @@ Status DescribeGate(const GateLayerWeights& w, const GateConfig& gc, const Model
   if (p.q_weight != nullptr) {
     // Q is pooled by average only, so mask_linear_q reads head_dim channels.
     if (w.q_in != p.head_dim) {
-      return InvalidArgument("mask_linear_q input size " + Str(w.q_in) + " must equal head_dim " +
-                             Str(p.head_dim) + " for gate type " + std::string(kGateType));
+      return InvalidArgument("mask_linear_q input size " + Str(w.q_in) + " must equal head_dim " + Str(p.head_dim) +
+                             " for gate type " + std::string(kGateType));
     }
     const uint64_t need = uint64_t(p.num_heads) * uint64_t(w.q_in) * uint64_t(p.hidden);
     if (w.q_weight.size() != need) {
@@ -466,9 +467,8 @@ StatusOr<std::vector<float>> OracleTarget(const GateConfig& gc, const ModelConfi
 
 }  // namespace
 
-StatusOr<GateOutput> RunGate(const GateLayerWeights& w, const GateConfig& gc, const ModelConfig& model,
-                             const float* q, const float* k, int seq_len, const SparsityConfig& sparsity,
-                             int num_threads) {
+StatusOr<GateOutput> RunGate(const GateLayerWeights& w, const GateConfig& gc, const ModelConfig& model, const float* q,
+                             const float* k, int seq_len, const SparsityConfig& sparsity, int num_threads) {
   cpu::GateProblem problem;
   SEER_RETURN_IF_ERROR(DescribeGate(w, gc, model, q, k, seq_len, &problem));
   std::vector<float> inv_freq;

@@ -49,8 +49,7 @@ StatusOr<GateWeights> LoadGates(const std::string& dir, const ModelConfig& model
 // For the oracle baseline it first computes the layer's true distillation
 // target from q and k with the model's RoPE (kernels/gate/distill_target_cpu).
 // Runs on up to `num_threads` threads, the caller's included (0: one per core).
-StatusOr<GateOutput> RunGate(const GateLayerWeights& w, const GateConfig& gc, const ModelConfig& model,
-                             const float* q, const float* k, int seq_len, const SparsityConfig& sparsity,
-                             int num_threads = 0);
+StatusOr<GateOutput> RunGate(const GateLayerWeights& w, const GateConfig& gc, const ModelConfig& model, const float* q,
+                             const float* k, int seq_len, const SparsityConfig& sparsity, int num_threads = 0);
 
 }  // namespace seer

@@ -39,8 +39,12 @@ ModelConfig TinyModel() {
   return m;
 }
 
-std::string KKey(int layer) { return "model.layers." + std::to_string(layer) + ".self_attn.attn_gate.mask_linear_k.weight"; }
-std::string QKey(int layer) { return "model.layers." + std::to_string(layer) + ".self_attn.attn_gate.mask_linear_q.weight"; }
+std::string KKey(int layer) {
+  return "model.layers." + std::to_string(layer) + ".self_attn.attn_gate.mask_linear_k.weight";
+}
+std::string QKey(int layer) {
+  return "model.layers." + std::to_string(layer) + ".self_attn.attn_gate.mask_linear_q.weight";
+}
 
 std::string ConfigJson(const std::string& extra = "") {
   return R"({"architectures": ["LlamaForCausalLM"], "base_model": "tiny/llama", "num_hidden_layers": 2,
@@ -173,8 +177,7 @@ TEST(LoadGates, DoubleLinearForm) {
   // mask_linear_k per KV head [Hkv, 3D, hidden]; here hidden = 32.
   const ModelConfig m = TinyModel();
   GateDir dir("double");
-  dir.Write("config.json",
-            ConfigJson(R"(, "seerattn_gate_hidden_size": 32, "seerattn_gate_force_double": true)"));
+  dir.Write("config.json", ConfigJson(R"(, "seerattn_gate_hidden_size": 32, "seerattn_gate_force_double": true)"));
   std::vector<GateTensor> ts;
   for (int i = 0; i < 2; ++i) {
     ts.push_back({KKey(i), {1, 192, 32}, Bf16Values(192 * 32, 7 + i)});
@@ -191,8 +194,7 @@ TEST(LoadGates, DoubleLinearForm) {
   EXPECT_TRUE(RunGate(g->layers[1], g->config, m, q.data(), k.data(), 70, g->config.sparsity).ok());
   // Without its q weights the same config is incomplete.
   GateDir dir2("double_missing_q");
-  dir2.Write("config.json",
-             ConfigJson(R"(, "seerattn_gate_hidden_size": 32, "seerattn_gate_force_double": true)"));
+  dir2.Write("config.json", ConfigJson(R"(, "seerattn_gate_hidden_size": 32, "seerattn_gate_force_double": true)"));
   dir2.WritePth({ts[0], ts[2]});
   ExpectError(LoadGates(dir2.path(), m), StatusCode::kInvalidArgument,
               "missing key model.layers.0.self_attn.attn_gate.mask_linear_q.weight");
@@ -305,7 +307,8 @@ TEST(LoadGates, ConfigErrorsNameTheField) {
       {R"(, "seerattn_nz_ratio": 0)", "'seerattn_nz_ratio' is 0; need 0 < R <= 1"},
       {R"(, "seerattn_last_block_dense": "yes")", "'seerattn_last_block_dense' must be true or false"},
       {R"(, "seerattn_gate_block_size": 64.5)", "'seerattn_gate_block_size' must be an integer"},
-      {R"(, "num_attention_heads": 32)", "'num_attention_heads' is 32 but the model has 4 (the gates were trained for tiny/llama)"},
+      {R"(, "num_attention_heads": 32)",
+       "'num_attention_heads' is 32 but the model has 4 (the gates were trained for tiny/llama)"},
       {R"(, "num_hidden_layers": 3)", "'num_hidden_layers' is 3 but the model has 2"},
   };
   for (const Case& c : cases) {

@@ -92,7 +92,8 @@ StatusOr<DType> ReadDType(const JsonFieldReader& r) {
 }  // namespace
 
 StatusOr<ModelConfig> ParseModelConfig(const JsonValue& root, const std::string& path) {
-  if (!root.is_object()) return InvalidArgument(path + ": must be a JSON object, got " + JsonValue::TypeName(root.type()));
+  if (!root.is_object())
+    return InvalidArgument(path + ": must be a JSON object, got " + JsonValue::TypeName(root.type()));
   JsonFieldReader r(root, path);
   ModelConfig c;
 
@@ -126,8 +127,8 @@ StatusOr<ModelConfig> ParseModelConfig(const JsonValue& root, const std::string&
   SEER_ASSIGN_OR_RETURN(int64_t heads, r.Int("num_attention_heads", 1, kMaxDim, std::nullopt));
   SEER_ASSIGN_OR_RETURN(int64_t kv_heads, r.Int("num_key_value_heads", 1, heads, heads));
   if (heads % kv_heads != 0) {
-    return r.Error("num_key_value_heads", "= " + std::to_string(kv_heads) + " must divide 'num_attention_heads' = " +
-                                              std::to_string(heads));
+    return r.Error("num_key_value_heads",
+                   "= " + std::to_string(kv_heads) + " must divide 'num_attention_heads' = " + std::to_string(heads));
   }
   int64_t head_dim = 0;
   if (r.Find("head_dim") != nullptr) {
@@ -192,8 +193,8 @@ StatusOr<ModelConfig> ParseModelConfig(const JsonValue& root, const std::string&
     for (size_t i = 0; i < kinds->as_array().size(); ++i) {
       const JsonValue& kind = kinds->as_array()[i];
       if (!kind.is_string() || kind.as_string() != "full_attention") {
-        return r.Error("layer_types", "[" + std::to_string(i) + "] = " + kind.Dump() +
-                                          " is not supported (only \"full_attention\")");
+        return r.Error("layer_types",
+                       "[" + std::to_string(i) + "] = " + kind.Dump() + " is not supported (only \"full_attention\")");
       }
     }
   }

@@ -40,7 +40,7 @@ struct ModelConfig {
   double rms_norm_eps = 1e-6;
   RopeConfig rope;
   bool attention_bias = false;  // q/k/v (and for Llama also o) projections carry a bias
-  bool o_proj_bias = false;     // Llama's attention_bias also covers o_proj; Qwen2's does not
+  bool o_proj_bias = false;  // Llama's attention_bias also covers o_proj; Qwen2's does not
   bool mlp_bias = false;
   bool tie_word_embeddings = false;
   DType torch_dtype = DType::kBF16;

@@ -234,8 +234,8 @@ TEST(ModelConfig, Mistral) {
 }
 
 TEST(ModelConfig, LlamaBiasesAndTying) {
-  const ModelConfig c = MustParse(With(With(With(kLlama31Hub, "attention_bias", "true"), "mlp_bias", "true"),
-                                       "tie_word_embeddings", "true"));
+  const ModelConfig c = MustParse(
+      With(With(With(kLlama31Hub, "attention_bias", "true"), "mlp_bias", "true"), "tie_word_embeddings", "true"));
   EXPECT_TRUE(c.attention_bias);
   EXPECT_TRUE(c.o_proj_bias);  // Llama's attention_bias covers o_proj too
   EXPECT_TRUE(c.mlp_bias);
@@ -301,9 +301,11 @@ TEST(ModelConfig, UnsupportedRope) {
               {"missing field 'rope_scaling.low_freq_factor'"});
   ExpectError(With(kLlama31V5, "rope_parameters", R"({"rope_type": "default"})"),
               {"missing field 'rope_parameters.rope_theta'"});
-  ExpectError(With(kLlama31Hub, "rope_scaling",
-                   R"({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})"),
-              {"'rope_scaling.high_freq_factor'", "must exceed"});
+  ExpectError(
+      With(
+          kLlama31Hub, "rope_scaling",
+          R"({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})"),
+      {"'rope_scaling.high_freq_factor'", "must exceed"});
 }
 
 TEST(ModelConfig, LoadFromFile) {

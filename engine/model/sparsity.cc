@@ -80,8 +80,7 @@ StatusOr<SparsityRequest> ParseSparsityRequest(std::string_view text) {
     } else if (v == "false") {
       request.last_block_dense = false;
     } else {
-      return InvalidArgument("sparsity " + Quoted(text) + ": last_block_dense must be true or false, got " +
-                             Quoted(v));
+      return InvalidArgument("sparsity " + Quoted(text) + ": last_block_dense must be true or false, got " + Quoted(v));
     }
   }
 
@@ -98,8 +97,7 @@ StatusOr<SparsityRequest> ParseSparsityRequest(std::string_view text) {
   double v = 0.0;
   if (key == "threshold") {
     if (!ParseNumber(value, &v)) {
-      return InvalidArgument("sparsity " + Quoted(text) + ": threshold " + Quoted(value) +
-                             " is not a finite number");
+      return InvalidArgument("sparsity " + Quoted(text) + ": threshold " + Quoted(value) + " is not a finite number");
     }
     if (!SparsityValueInRange(SparsityMode::kThreshold, v)) {
       return InvalidArgument("sparsity " + Quoted(text) + ": threshold " + ShortestDouble(v) +
@@ -112,8 +110,7 @@ StatusOr<SparsityRequest> ParseSparsityRequest(std::string_view text) {
   }
   if (key == "nz_ratio") {
     if (!ParseNumber(value, &v)) {
-      return InvalidArgument("sparsity " + Quoted(text) + ": nz_ratio " + Quoted(value) +
-                             " is not a finite number");
+      return InvalidArgument("sparsity " + Quoted(text) + ": nz_ratio " + Quoted(value) + " is not a finite number");
     }
     if (!SparsityValueInRange(SparsityMode::kNzRatio, v)) {
       return InvalidArgument("sparsity " + Quoted(text) + ": nz_ratio " + ShortestDouble(v) +
@@ -169,8 +166,7 @@ StatusOr<SparsityRequest> ParseSparsityRequest(std::string_view text) {
     request.mode = out;
     return request;
   }
-  return InvalidArgument("sparsity " + Quoted(text) + ": unknown mode " + Quoted(key) + ", " +
-                         std::string(kModesHelp));
+  return InvalidArgument("sparsity " + Quoted(text) + ": unknown mode " + Quoted(key) + ", " + std::string(kModesHelp));
 }
 
 StatusOr<SparsityConfig> ParseSparsity(std::string_view text, const SparsityConfig& base) {

@@ -113,14 +113,22 @@ TEST(ParseSparsity, RejectsWithMessages) {
     const char* must_mention;
   };
   const Case cases[] = {
-      {"threshold=1", "0 <= T < 1"},      {"threshold=1.5", "0 <= T < 1"},
-      {"threshold=-0.1", "0 <= T < 1"},   {"threshold=abc", "'abc'"},
-      {"threshold=", "not a finite"},     {"threshold=nan", "not a finite"},
-      {"threshold=inf", "not a finite"},  {"threshold=0.1x", "'0.1x'"},
-      {"nz_ratio=0", "0 < R <= 1"},       {"nz_ratio=1.0001", "0 < R <= 1"},
-      {"nz_ratio=-1", "0 < R <= 1"},      {"nz_ratio= 0.5", "not a finite"},
-      {"sparse", "expected 'dense'"},     {"topk=3", "unknown mode 'topk'"},
-      {"", "expected 'dense'"},           {"Dense", "expected 'dense'"},
+      {"threshold=1", "0 <= T < 1"},
+      {"threshold=1.5", "0 <= T < 1"},
+      {"threshold=-0.1", "0 <= T < 1"},
+      {"threshold=abc", "'abc'"},
+      {"threshold=", "not a finite"},
+      {"threshold=nan", "not a finite"},
+      {"threshold=inf", "not a finite"},
+      {"threshold=0.1x", "'0.1x'"},
+      {"nz_ratio=0", "0 < R <= 1"},
+      {"nz_ratio=1.0001", "0 < R <= 1"},
+      {"nz_ratio=-1", "0 < R <= 1"},
+      {"nz_ratio= 0.5", "not a finite"},
+      {"sparse", "expected 'dense'"},
+      {"topk=3", "unknown mode 'topk'"},
+      {"", "expected 'dense'"},
+      {"Dense", "expected 'dense'"},
       // The baselines: each error names the field and its limit.
       {"streaming=1", "streaming=SINK,WINDOW"},
       {"streaming=", "streaming=SINK,WINDOW"},
@@ -145,8 +153,7 @@ TEST(ParseSparsity, RejectsWithMessages) {
     EXPECT_EQ(s.status().code(), StatusCode::kInvalidArgument) << c.text;
     EXPECT_NE(s.status().message().find(std::string("'") + c.text + "'"), std::string::npos)
         << c.text << " -> " << s.status().message();
-    EXPECT_NE(s.status().message().find(c.must_mention), std::string::npos)
-        << c.text << " -> " << s.status().message();
+    EXPECT_NE(s.status().message().find(c.must_mention), std::string::npos) << c.text << " -> " << s.status().message();
   }
 }
 

@@ -83,8 +83,7 @@ __device__ __forceinline__ bool MbarTestWait(uint32_t bar, uint32_t parity) {
 // Copies the 3-D box at coordinates (c0, c1, c2) (innermost first, in
 // elements) of the tensor map into shared memory at `dst`, completing its
 // bytes on `bar`. Out-of-bounds elements are written as zeros.
-__device__ __forceinline__ void TmaLoad3d(uint32_t dst, const void* tensor_map, uint32_t bar, int c0, int c1,
-                                          int c2) {
+__device__ __forceinline__ void TmaLoad3d(uint32_t dst, const void* tensor_map, uint32_t bar, int c0, int c1, int c2) {
   asm volatile(
       "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
       "[%5];\n" ::"r"(dst),
@@ -129,8 +128,7 @@ __device__ __forceinline__ void FenceRegs(uint32_t (&r)[kN]) {
 __device__ __forceinline__ uint64_t MatrixDesc(uint32_t smem_addr, uint32_t lbo_bytes, uint32_t sbo_bytes,
                                                int swizzle_bytes) {
   const uint64_t layout = swizzle_bytes == 128 ? 1 : 2;
-  return (static_cast<uint64_t>((smem_addr >> 4) & 0x3FFF)) |
-         (static_cast<uint64_t>((lbo_bytes >> 4) & 0x3FFF) << 16) |
+  return (static_cast<uint64_t>((smem_addr >> 4) & 0x3FFF)) | (static_cast<uint64_t>((lbo_bytes >> 4) & 0x3FFF) << 16) |
          (static_cast<uint64_t>((sbo_bytes >> 4) & 0x3FFF) << 32) | (layout << 62);
 }
 

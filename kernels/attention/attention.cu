@@ -42,9 +42,9 @@ struct FwdTile {
   static constexpr int kWarps = kBlock / kRowsPerWarp;
   static constexpr int kThreads = 32 * kWarps;
   static constexpr int kKSteps = kHeadDim / 16;  // k-steps of S = Q K^T
-  static constexpr int kSTiles = kBlock / 8;     // n8 tiles of S
-  static constexpr int kOTiles = kHeadDim / 8;   // n8 tiles of O
-  static constexpr int kPSteps = kBlock / 16;    // k-steps of O += P V
+  static constexpr int kSTiles = kBlock / 8;  // n8 tiles of S
+  static constexpr int kOTiles = kHeadDim / 8;  // n8 tiles of O
+  static constexpr int kPSteps = kBlock / 16;  // k-steps of O += P V
   static constexpr bool kQInRegs = kMTiles == 1;
   static constexpr int kTileElems = kBlock * kPitch;
   static constexpr int kSmemBytes = 3 * kTileElems * 2;  // Q, K, V
@@ -115,7 +115,8 @@ __device__ __forceinline__ void LoadTile(T* smem, const T* src, int64_t row_stri
 }
 
 template <int kHeadDim, int kRowsPerWarp, typename T>
-__global__ void __launch_bounds__(FwdTile<kHeadDim, kRowsPerWarp>::kThreads, FwdTile<kHeadDim, kRowsPerWarp>::kMinBlocks)
+__global__ void __launch_bounds__(FwdTile<kHeadDim, kRowsPerWarp>::kThreads,
+                                  FwdTile<kHeadDim, kRowsPerWarp>::kMinBlocks)
     BlockSparseFwdKernel(const AttentionParams p, float scale_log2) {
   using Tile = FwdTile<kHeadDim, kRowsPerWarp>;
   constexpr int kMTiles = Tile::kMTiles;
@@ -179,7 +180,7 @@ __global__ void __launch_bounds__(FwdTile<kHeadDim, kRowsPerWarp>::kThreads, Fwd
   LoadTile<kHeadDim, Tile::kPitch, kThreads>(sQ, q, q_stride, q_rows, tid);
   ptx::CpAsyncCommit();
   LoadTile<kHeadDim, Tile::kPitch, kThreads>(sK, k + static_cast<int64_t>(kb) * kBlock * kHeadDim, kHeadDim,
-                               p.seq_len - kb * kBlock, tid);
+                                             p.seq_len - kb * kBlock, tid);
   ptx::CpAsyncCommit();
 
   float o[kMTiles][Tile::kOTiles][4];
@@ -228,7 +229,7 @@ __global__ void __launch_bounds__(FwdTile<kHeadDim, kRowsPerWarp>::kThreads, Fwd
     ptx::CpAsyncWait<0>();
     __syncthreads();
     LoadTile<kHeadDim, Tile::kPitch, kThreads>(sV, v + static_cast<int64_t>(kb) * kBlock * kHeadDim, kHeadDim,
-                                 p.seq_len - kb * kBlock, tid);
+                                               p.seq_len - kb * kBlock, tid);
     ptx::CpAsyncCommit();
 
     // --- mma: S = Q K^T.
@@ -289,7 +290,7 @@ __global__ void __launch_bounds__(FwdTile<kHeadDim, kRowsPerWarp>::kThreads, Fwd
     if (n > 0) {
       next_kb = key_block(n - 1);
       LoadTile<kHeadDim, Tile::kPitch, kThreads>(sK, k + static_cast<int64_t>(next_kb) * kBlock * kHeadDim, kHeadDim,
-                                   p.seq_len - next_kb * kBlock, tid);
+                                                 p.seq_len - next_kb * kBlock, tid);
       ptx::CpAsyncCommit();
     }
 
@@ -443,8 +444,7 @@ __device__ __forceinline__ void Unpack8(const uint4& raw, float (&f)[8]) {
 // output directly when there is one split.
 template <int kHeadDim, typename T>
 __global__ void __launch_bounds__(kDecodeWarps * 32)
-    DecodeSplitKernel(const AttentionParams p, int num_keys, int keys_per_split, float scale_log2,
-                      float* partial) {
+    DecodeSplitKernel(const AttentionParams p, int num_keys, int keys_per_split, float scale_log2, float* partial) {
   // A key's 16-byte chunks over a power-of-two group of lanes (the shuffle
   // reductions need one); for head dim 96, lanes 12-15 of a group hold none.
   constexpr int kChunks = kHeadDim / 8;
@@ -592,8 +592,8 @@ cudaError_t LaunchDecode(const AttentionParams& p, int pos, cudaStream_t stream)
   const float scale_log2 = p.scale * kLog2e;
   const dim3 grid(p.num_heads, splits);
   if (splits == 1) {
-    DecodeSplitKernel<kHeadDim, T><<<grid, kDecodeWarps * 32, 0, stream>>>(p, num_keys, keys_per_split,
-                                                                          scale_log2, nullptr);
+    DecodeSplitKernel<kHeadDim, T>
+        <<<grid, kDecodeWarps * 32, 0, stream>>>(p, num_keys, keys_per_split, scale_log2, nullptr);
     SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     return cudaSuccess;
   }
@@ -605,8 +605,8 @@ cudaError_t LaunchDecode(const AttentionParams& p, int pos, cudaStream_t stream)
   } else {
     partial = static_cast<float*>(p.workspace);
   }
-  DecodeSplitKernel<kHeadDim, T><<<grid, kDecodeWarps * 32, 0, stream>>>(p, num_keys, keys_per_split, scale_log2,
-                                                                        partial);
+  DecodeSplitKernel<kHeadDim, T>
+      <<<grid, kDecodeWarps * 32, 0, stream>>>(p, num_keys, keys_per_split, scale_log2, partial);
   cudaError_t launched = cudaGetLastError();
   if (launched == cudaSuccess) {
     DecodeCombineKernel<kHeadDim, T><<<p.num_heads, kHeadDim, 0, stream>>>(partial, splits, static_cast<T*>(p.out));
@@ -622,16 +622,11 @@ cudaError_t LaunchDecode(const AttentionParams& p, int pos, cudaStream_t stream)
 
 const char* FwdVariantName(FwdVariant v) {
   switch (v) {
-    case FwdVariant::kAuto:
-      return "auto";
-    case FwdVariant::kRows16PerWarp:
-      return "v1 16 rows/warp";
-    case FwdVariant::kRows32PerWarp:
-      return "v2 32 rows/warp";
-    case FwdVariant::kSm90:
-      return "v3 sm90 atomic";
-    case FwdVariant::kSm90Static:
-      return "v3 sm90 static";
+    case FwdVariant::kAuto: return "auto";
+    case FwdVariant::kRows16PerWarp: return "v1 16 rows/warp";
+    case FwdVariant::kRows32PerWarp: return "v2 32 rows/warp";
+    case FwdVariant::kSm90: return "v3 sm90 atomic";
+    case FwdVariant::kSm90Static: return "v3 sm90 static";
   }
   return "?";
 }

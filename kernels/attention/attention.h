@@ -18,11 +18,11 @@ struct AttentionParams {
   const void* q = nullptr;  // [L, Hq, D]
   const void* k = nullptr;  // [Hkv, kv_stride, D]
   const void* v = nullptr;  // [Hkv, kv_stride, D]
-  void* out = nullptr;      // [L, Hq, D]
+  void* out = nullptr;  // [L, Hq, D]
   int seq_len = 0;
   int num_heads = 0;
   int num_kv_heads = 0;
-  int head_dim = 0;   // 32, 64, 96 or 128 (kSupportedHeadDims, kernels/common/dispatch.h)
+  int head_dim = 0;  // 32, 64, 96 or 128 (kSupportedHeadDims, kernels/common/dispatch.h)
   int kv_stride = 0;  // tokens between kv heads
   float scale = 0.0f;
   // Per (head, query block) CSR lists of key blocks, as BlockLists

@@ -51,7 +51,7 @@ struct Options {
   int kv_heads = 32;
   int warmup = 2;
   double min_seconds = 0.5;  // time at least this long per row...
-  int min_iters = 3;         // ...and at least this many runs
+  int min_iters = 3;  // ...and at least this many runs
   int max_iters = 50;
   std::string masks_dir;
   bool gate = true;
@@ -347,8 +347,8 @@ int main(int argc, char** argv) {
     for (double s : o.sparsities) {
       DevMask dm{s, static_cast<int64_t>(H) * nb * (nb + 1) / 2};
       if (s > 0.0) {
-        const seer::BlockMask m = RandomMask(H, seq, s, 0x5EE5u + static_cast<uint32_t>(seq) * 31u +
-                                                             static_cast<uint32_t>(std::lround(s * 1000)));
+        const seer::BlockMask m = RandomMask(
+            H, seq, s, 0x5EE5u + static_cast<uint32_t>(seq) * 31u + static_cast<uint32_t>(std::lround(s * 1000)));
         dm.kept = m.kept();
         if (!o.masks_dir.empty() && !WriteMask(m, o.masks_dir + "/" + MaskName(seq, s))) {
           std::fprintf(stderr, "cannot write %s/%s\n", o.masks_dir.c_str(), MaskName(seq, s).c_str());
@@ -398,13 +398,12 @@ int main(int argc, char** argv) {
           p.block_indices = dm.indices;
           const double computed_flops = 4.0 * 64.0 * 64.0 * D * static_cast<double>(dm.kept);
           for (FwdVariant variant : variants) {
-            const double ms =
-                TimeMs(o, [&] { return seer::cuda::BlockSparseAttentionVariant(p, variant, nullptr); });
-            rows.push_back({tname, D, seq, dm.sparsity, std::string("seer ") + seer::cuda::FwdVariantName(variant),
-                            ms, causal_flops / (ms * 1e9), computed_flops / (ms * 1e9)});
+            const double ms = TimeMs(o, [&] { return seer::cuda::BlockSparseAttentionVariant(p, variant, nullptr); });
+            rows.push_back({tname, D, seq, dm.sparsity, std::string("seer ") + seer::cuda::FwdVariantName(variant), ms,
+                            causal_flops / (ms * 1e9), computed_flops / (ms * 1e9)});
             std::printf("  %s d=%d seq=%d sparsity=%.2f %-18s %9.3f ms  %6.1f eff TFLOP/s  %6.1f computed TFLOP/s\n",
-                        tname, D, seq, dm.sparsity, seer::cuda::FwdVariantName(variant), ms,
-                        rows.back().eff_tflops, rows.back().computed_tflops);
+                        tname, D, seq, dm.sparsity, seer::cuda::FwdVariantName(variant), ms, rows.back().eff_tflops,
+                        rows.back().computed_tflops);
             std::fflush(stdout);
             if (t == o.dtypes.front() && Near(dm.sparsity, 0.9) &&
                 variant == seer::cuda::ResolveFwdVariant(FwdVariant::kAuto)) {

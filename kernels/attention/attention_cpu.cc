@@ -135,8 +135,8 @@ void CausalAttention(const AttentionShape& s, const float* q, const float* k, co
   std::vector<int32_t> all_blocks(nb);
   for (int i = 0; i < nb; ++i) all_blocks[i] = i;
   RunQueryBlocks(
-      s, kBlock, [&](int, int qb) { return std::pair<const int32_t*, int>(all_blocks.data(), qb + 1); }, q, k, v,
-      out, num_threads);
+      s, kBlock, [&](int, int qb) { return std::pair<const int32_t*, int>(all_blocks.data(), qb + 1); }, q, k, v, out,
+      num_threads);
 }
 
 void BlockSparseAttention(const AttentionShape& s, int block_size, const int32_t* offsets, const int32_t* indices,

@@ -10,12 +10,12 @@
 namespace seer::cpu {
 
 struct AttentionShape {
-  int seq_len = 0;       // L: queries at positions 0..L-1 attend to keys 0..pos
-  int num_heads = 0;     // Hq
+  int seq_len = 0;  // L: queries at positions 0..L-1 attend to keys 0..pos
+  int num_heads = 0;  // Hq
   int num_kv_heads = 0;  // Hkv, divides Hq
-  int head_dim = 0;      // D
-  int kv_stride = 0;     // tokens between kv heads in k/v (the cache capacity)
-  float scale = 0.0f;    // usually 1/sqrt(D)
+  int head_dim = 0;  // D
+  int kv_stride = 0;  // tokens between kv heads in k/v (the cache capacity)
+  float scale = 0.0f;  // usually 1/sqrt(D)
 };
 
 // Dense causal attention.
@@ -27,12 +27,10 @@ void CausalAttention(const AttentionShape& s, const float* q, const float* k, co
 // indices[offsets[h*nb+qb] .. offsets[h*nb+qb+1]) are computed (ascending,
 // each <= qb), with the token-level causal mask inside the diagonal block.
 // A row whose list is empty gets zeros.
-void BlockSparseAttention(const AttentionShape& s, int block_size, const int32_t* offsets,
-                          const int32_t* indices, const float* q, const float* k, const float* v, float* out,
-                          int num_threads = 1);
+void BlockSparseAttention(const AttentionShape& s, int block_size, const int32_t* offsets, const int32_t* indices,
+                          const float* q, const float* k, const float* v, float* out, int num_threads = 1);
 
 // One decode query per head at position `pos` (keys 0..pos), q/out: [Hq, D].
-void DecodeAttention(const AttentionShape& s, int pos, const float* q, const float* k, const float* v,
-                     float* out);
+void DecodeAttention(const AttentionShape& s, int pos, const float* q, const float* k, const float* v, float* out);
 
 }  // namespace seer::cpu

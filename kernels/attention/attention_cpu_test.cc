@@ -71,9 +71,8 @@ std::vector<double> RefAttention(const AttnCase& c, const std::vector<float>& q,
 // ---- attention ----------------------------------------------------------------
 
 const AttnCase kAttnCases[] = {
-    {1, 1, 1, 64, 1},      {5, 4, 1, 64, 9},      {63, 8, 1, 64, 63},   {64, 2, 2, 128, 70},
-    {65, 4, 1, 128, 65},   {130, 8, 2, 64, 200},  {200, 4, 4, 64, 201}, {333, 8, 1, 64, 333},
-    {97, 16, 2, 128, 100},
+    {1, 1, 1, 64, 1},     {5, 4, 1, 64, 9},     {63, 8, 1, 64, 63},   {64, 2, 2, 128, 70},   {65, 4, 1, 128, 65},
+    {130, 8, 2, 64, 200}, {200, 4, 4, 64, 201}, {333, 8, 1, 64, 333}, {97, 16, 2, 128, 100},
 };
 
 struct AttnInputs {
@@ -125,7 +124,8 @@ TEST(CpuKernels, BlockSparseWithEveryBlockEqualsCausal) {
     auto in = MakeInputs(c, rng);
     const int nb = (c.seq_len + 63) / 64;
     std::vector<int32_t> offsets, indices;
-    BuildLists(c.num_heads, nb, [](int, int, int) { return true; }, &offsets, &indices);
+    BuildLists(
+        c.num_heads, nb, [](int, int, int) { return true; }, &offsets, &indices);
     std::vector<float> dense(in.q.size(), NAN), sparse(in.q.size(), NAN);
     CausalAttention(ShapeOf(c), in.q.data(), in.k.data(), in.v.data(), dense.data(), 1);
     BlockSparseAttention(ShapeOf(c), 64, offsets.data(), indices.data(), in.q.data(), in.k.data(), in.v.data(),

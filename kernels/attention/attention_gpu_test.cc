@@ -45,7 +45,7 @@ float FromElem(uint16_t x, ElemType t) { return t == ElemType::kBF16 ? Bf16ToFlo
 const char* ElemName(ElemType t) { return t == ElemType::kBF16 ? "bf16" : "fp16"; }
 
 struct Comparison {
-  double rel = 0.0;      // ||gpu - ref|| / ||ref|| over everything
+  double rel = 0.0;  // ||gpu - ref|| / ||ref|| over everything
   double worst_row = 0.0;  // the same per (token, head) row, worst row
   int64_t nans = 0;
   int64_t worst_index = -1;
@@ -78,11 +78,11 @@ Comparison Compare(const std::vector<float>& gpu, const std::vector<float>& ref,
 }
 
 enum class Lists {
-  kDenseNull,    // null offsets: dense causal
-  kDenseLists,   // every causal block listed
-  kOnePerRow,    // one random causal block per row
-  kHalf,         // each causal block with probability 1/2 (rows may be empty)
-  kDiagonalOnly, // just the diagonal
+  kDenseNull,  // null offsets: dense causal
+  kDenseLists,  // every causal block listed
+  kOnePerRow,  // one random causal block per row
+  kHalf,  // each causal block with probability 1/2 (rows may be empty)
+  kDiagonalOnly,  // just the diagonal
   // Runs of 8 blocks kept on even rows and skipped on odd ones, and the
   // other way round: neighbouring rows (which the sm90 kernel pairs) share
   // no block, so each of its consumers sits out long runs of the other's.
@@ -124,8 +124,7 @@ BlockMask MakeMask(const Case& c, std::mt19937& rng) {
       uint8_t* row = m.keep.data() + (static_cast<size_t>(h) * nb + qb) * nb;
       switch (c.lists) {
         case Lists::kDenseNull:
-        case Lists::kDenseLists:
-          break;
+        case Lists::kDenseLists: break;
         case Lists::kOnePerRow: {
           std::fill(row, row + nb, 0);
           row[std::uniform_int_distribution<int>(0, qb)(rng)] = 1;
@@ -194,8 +193,8 @@ class AttentionGpuTest : public ::testing::Test {
     if (c.lists == Lists::kDenseNull) {
       cpu::CausalAttention(shape, qf.data(), kf.data(), vf.data(), ref.data(), threads);
     } else {
-      cpu::BlockSparseAttention(shape, 64, lists.offsets.data(), lists.indices.data(), qf.data(), kf.data(),
-                                vf.data(), ref.data(), threads);
+      cpu::BlockSparseAttention(shape, 64, lists.offsets.data(), lists.indices.data(), qf.data(), kf.data(), vf.data(),
+                                ref.data(), threads);
     }
 
     DevBuf q(qe.size() * 2), k(ke.size() * 2), v(ve.size() * 2), out(ref.size() * 2);
@@ -237,17 +236,15 @@ class AttentionGpuTest : public ::testing::Test {
       const Comparison cmp = Compare(of, ref, static_cast<int64_t>(L) * Hq, D);
       EXPECT_EQ(cmp.nans, 0) << "NaN/Inf in the output (unwritten or wrong)";
       EXPECT_LE(cmp.rel, 1e-2) << "norm-wise relative error";
-      EXPECT_LE(cmp.worst_row, 3e-2) << "worst row: token " << cmp.worst_index / Hq << " head "
-                                     << cmp.worst_index % Hq;
+      EXPECT_LE(cmp.worst_row, 3e-2) << "worst row: token " << cmp.worst_index / Hq << " head " << cmp.worst_index % Hq;
     }
   }
 
   void RunDecode(int num_keys, int Hq, int Hkv, int D, ElemType t) {
     const int pos = num_keys - 1;
     const int kv_stride = num_keys + 29;
-    SCOPED_TRACE("decode pos=" + std::to_string(pos) + " Hq=" + std::to_string(Hq) + " Hkv=" +
-                 std::to_string(Hkv) + " D=" + std::to_string(D) + " " + ElemName(t) +
-                 " seed=" + std::to_string(seed_));
+    SCOPED_TRACE("decode pos=" + std::to_string(pos) + " Hq=" + std::to_string(Hq) + " Hkv=" + std::to_string(Hkv) +
+                 " D=" + std::to_string(D) + " " + ElemName(t) + " seed=" + std::to_string(seed_));
     std::vector<uint16_t> qe, ke, ve;
     std::vector<float> qf, kf, vf;
     Fill(static_cast<size_t>(Hq) * D, 1.0f, t, &qe, &qf);
@@ -317,9 +314,9 @@ class AttentionGpuTest : public ::testing::Test {
 // dims, all three GQA ratios. Small enough for compute-sanitizer.
 TEST_F(AttentionGpuTest, SmallShapes) {
   const std::vector<Case> cases = {
-      {1, 4, 4, 0, Lists::kDenseNull},    {1, 8, 1, 0, Lists::kDenseLists}, {37, 8, 2, 0, Lists::kDenseLists},
-      {37, 4, 4, 0, Lists::kDenseNull},   {64, 8, 1, 0, Lists::kOnePerRow}, {64, 8, 2, 0, Lists::kDenseNull},
-      {65, 4, 4, 0, Lists::kHalf},        {65, 8, 1, 0, Lists::kDenseNull}, {200, 8, 2, 0, Lists::kHalf},
+      {1, 4, 4, 0, Lists::kDenseNull},      {1, 8, 1, 0, Lists::kDenseLists},  {37, 8, 2, 0, Lists::kDenseLists},
+      {37, 4, 4, 0, Lists::kDenseNull},     {64, 8, 1, 0, Lists::kOnePerRow},  {64, 8, 2, 0, Lists::kDenseNull},
+      {65, 4, 4, 0, Lists::kHalf},          {65, 8, 1, 0, Lists::kDenseNull},  {200, 8, 2, 0, Lists::kHalf},
       {200, 4, 4, 0, Lists::kDiagonalOnly}, {200, 8, 1, 0, Lists::kOnePerRow}, {1000, 4, 1, 0, Lists::kStriped},
   };
   for (ElemType t : {ElemType::kBF16, ElemType::kF16}) {
@@ -338,7 +335,9 @@ TEST_F(AttentionGpuTest, SmallShapes) {
 // (the sm90 consumers' flush path), every head dim, bf16.
 TEST_F(AttentionGpuTest, SanitizerShapes) {
   const std::vector<Case> cases = {
-      {37, 4, 1, 0, Lists::kDenseNull}, {200, 4, 2, 0, Lists::kHalf}, {700, 2, 2, 0, Lists::kStriped},
+      {37, 4, 1, 0, Lists::kDenseNull},
+      {200, 4, 2, 0, Lists::kHalf},
+      {700, 2, 2, 0, Lists::kStriped},
       {130, 2, 2, 0, Lists::kDiagonalOnly},
   };
   for (int D : {32, 64, 96, 128}) {

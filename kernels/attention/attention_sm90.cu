@@ -59,8 +59,8 @@ namespace seer::cuda {
 namespace {
 
 constexpr float kLog2e = 1.4426950408889634f;
-constexpr int kBlock = 64;       // query rows per consumer = keys per stage = the mask block
-constexpr int kThreads = 384;    // producer warpgroup + 2 consumer warpgroups
+constexpr int kBlock = 64;  // query rows per consumer = keys per stage = the mask block
+constexpr int kThreads = 384;  // producer warpgroup + 2 consumer warpgroups
 constexpr int kProducerRegs = 40;
 constexpr int kConsumerRegs = 232;
 
@@ -73,7 +73,7 @@ struct Sm90Tile {
   static constexpr int kColBlocks = kHeadDim / kCols;
   static constexpr int kColBlockBytes = kBlock * kSwizzle;
   static constexpr int kTileBytes = kBlock * kHeadDim * 2;
-  static constexpr int kKSteps = kHeadDim / 16;         // k16 steps of S = Q K^T
+  static constexpr int kKSteps = kHeadDim / 16;  // k16 steps of S = Q K^T
   static constexpr int kStepsPerColBlock = kCols / 16;
   // As many K/V stages as fit (at least 3: each consumer holds at most one
   // while it waits, and a third keeps the producer going).
@@ -86,10 +86,10 @@ struct Sm90Tile {
   static constexpr int kStageOffset = 2 * kTileBytes;  // kStages x (K tile, V tile)
   static constexpr int kBarOffset = kStageOffset + kStages * 2 * kTileBytes;
   // Barriers: full[kStages], empty[kStages], q_full[2], q_empty[2], ready[2][kQueue].
-  static constexpr int kFull = 0, kEmpty = kStages, kQFull = 2 * kStages, kQEmpty = kQFull + 2,
-                       kReady = kQEmpty + 2, kBarriers = kReady + 2 * kQueue;
+  static constexpr int kFull = 0, kEmpty = kStages, kQFull = 2 * kStages, kQEmpty = kQFull + 2, kReady = kQEmpty + 2,
+                       kBarriers = kReady + 2 * kQueue;
   static constexpr int kQueueOffset = (kBarOffset + kBarriers * 8 + 15) / 16 * 16;  // int4 [2][kQueue]
-  static constexpr int kTileInfoOffset = kQueueOffset + 2 * kQueue * 16;          // int4 [2]
+  static constexpr int kTileInfoOffset = kQueueOffset + 2 * kQueue * 16;  // int4 [2]
   static constexpr int kSmemBytes = kTileInfoOffset + 2 * 16;
   static constexpr int kSmemAlloc = kSmemBytes + 1024;  // room to align the base
   static_assert(kSmemAlloc <= 227 * 1024, "shared memory");
@@ -104,12 +104,12 @@ struct Sm90Params {
   void* out;
   const int32_t* block_offsets;  // null: dense causal
   const int32_t* block_indices;
-  const int32_t* order;       // tile order (h * pairs + pair), or null: the dense order
-  uint32_t* tile_counter;     // kAtomic: zeroed before the launch
+  const int32_t* order;  // tile order (h * pairs + pair), or null: the dense order
+  uint32_t* tile_counter;  // kAtomic: zeroed before the launch
   int seq_len;
   int num_heads;
   int num_kv_heads;
-  int nb;     // query blocks
+  int nb;  // query blocks
   int pairs;  // tiles per head: ceil(nb / 2)
   int num_tiles;
   float scale_log2;
@@ -150,8 +150,8 @@ __device__ __forceinline__ void Producer(const Sm90Params& p, uint8_t* smem, Sm9
   const bool dense = p.block_offsets == nullptr;
   const int group = p.num_heads / p.num_kv_heads;
 
-  uint32_t fills = 0;     // bit s: parity of stage s's fills so far
-  int next_stage = 0;     // where the search for a free stage starts
+  uint32_t fills = 0;  // bit s: parity of stage s's fills so far
+  int next_stage = 0;  // where the search for a free stage starts
   int queued[2] = {0, 0};  // entries written to each consumer's queue
   uint32_t q_phase = 0;
   // Appends an entry to consumer c's queue and signals it.
@@ -290,13 +290,12 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
   // operand of O = P V (PTX ISA canonical layouts, 64/128-byte swizzle).
   auto k_desc = [&](int stage, int ks) {
     const uint32_t addr = base + Tile::kStageOffset + stage * 2 * Tile::kTileBytes +
-                          (ks / Tile::kStepsPerColBlock) * Tile::kColBlockBytes +
-                          (ks % Tile::kStepsPerColBlock) * 32;
+                          (ks / Tile::kStepsPerColBlock) * Tile::kColBlockBytes + (ks % Tile::kStepsPerColBlock) * 32;
     return sm90::MatrixDesc(addr, 16, 8 * kSwizzle, kSwizzle);
   };
   auto v_desc = [&](int stage, int ks) {
-    const uint32_t addr = base + Tile::kStageOffset + stage * 2 * Tile::kTileBytes + Tile::kTileBytes +
-                          ks * 16 * kSwizzle;
+    const uint32_t addr =
+        base + Tile::kStageOffset + stage * 2 * Tile::kTileBytes + Tile::kTileBytes + ks * 16 * kSwizzle;
     return sm90::MatrixDesc(addr, Tile::kColBlockBytes, 8 * kSwizzle, kSwizzle);
   };
   auto release = [&](int stage) {
@@ -333,8 +332,8 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
       for (int ks = 0; ks < Tile::kKSteps; ++ks) {
         const int row = 16 * warp + lane % 16;
         const int chunk = (ks % Tile::kStepsPerColBlock) * 2 + lane / 16;
-        const uint32_t offset = (ks / Tile::kStepsPerColBlock) * Tile::kColBlockBytes +
-                                Swizzled<kSwizzle>(row * kSwizzle + chunk * 16);
+        const uint32_t offset =
+            (ks / Tile::kStepsPerColBlock) * Tile::kColBlockBytes + Swizzled<kSwizzle>(row * kSwizzle + chunk * 16);
         ptx::LdMatrixX4(q_frag[ks], q_smem + offset);
       }
     } else {
@@ -517,7 +516,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x == 0) {
     const uint32_t bars = sm90::SmemAddr(smem) + Tile::kBarOffset;
     for (int s = 0; s < Tile::kStages; ++s) {
-      sm90::MbarInit(bars + 8 * (Tile::kFull + s), 1);       // the producer's arrive + the bytes
+      sm90::MbarInit(bars + 8 * (Tile::kFull + s), 1);  // the producer's arrive + the bytes
       sm90::MbarInit(bars + 8 * (Tile::kEmpty + s), 2 * 4);  // one lane per consumer warp
     }
     for (int c = 0; c < 2; ++c) {
@@ -635,11 +634,11 @@ cudaError_t EncodeMap(CUtensorMap* map, ElemType dtype, const void* ptr, const c
   auto encode = EncodeTiledFn();
   if (encode == nullptr) return cudaErrorNotSupported;
   const cuuint32_t element_strides[3] = {1, 1, 1};
-  const CUresult r = encode(map, dtype == ElemType::kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
-                            3, const_cast<void*>(ptr), dims, strides_bytes, box, element_strides,
-                            CU_TENSOR_MAP_INTERLEAVE_NONE,
-                            swizzle == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
-                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  const CUresult r =
+      encode(map, dtype == ElemType::kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 3,
+             const_cast<void*>(ptr), dims, strides_bytes, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+             swizzle == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
+             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
@@ -660,10 +659,10 @@ cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, cudaStream_t
                                       {D * 2, D * 2 * p.num_heads}, {Tile::kCols, 1, kBlock}, Tile::kSwizzle));
   const cuuint64_t kv_dims[3] = {D, static_cast<cuuint64_t>(p.seq_len), static_cast<cuuint64_t>(p.num_kv_heads)};
   const cuuint64_t kv_strides[2] = {D * 2, D * 2 * static_cast<cuuint64_t>(p.kv_stride)};
-  SEER_CUDA_RETURN_IF_ERROR(EncodeMap(&k.tma_k, p.dtype, p.k, kv_dims, kv_strides, {Tile::kCols, kBlock, 1},
-                                      Tile::kSwizzle));
-  SEER_CUDA_RETURN_IF_ERROR(EncodeMap(&k.tma_v, p.dtype, p.v, kv_dims, kv_strides, {Tile::kCols, kBlock, 1},
-                                      Tile::kSwizzle));
+  SEER_CUDA_RETURN_IF_ERROR(
+      EncodeMap(&k.tma_k, p.dtype, p.k, kv_dims, kv_strides, {Tile::kCols, kBlock, 1}, Tile::kSwizzle));
+  SEER_CUDA_RETURN_IF_ERROR(
+      EncodeMap(&k.tma_v, p.dtype, p.v, kv_dims, kv_strides, {Tile::kCols, kBlock, 1}, Tile::kSwizzle));
   k.out = p.out;
   k.block_offsets = p.block_offsets;
   k.block_indices = p.block_indices;
@@ -694,9 +693,8 @@ cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, cudaStream_t
 
   cudaError_t e = cudaSuccess;
   if (sorted) {
-    TileOrderKernel<<<p.num_kv_heads, kOrderThreads, 0, stream>>>(p.block_offsets, p.num_heads, p.num_kv_heads, k.nb,
-                                                                  k.pairs, static_cast<int32_t*>(scratch),
-                                                                  k.tile_counter);
+    TileOrderKernel<<<p.num_kv_heads, kOrderThreads, 0, stream>>>(
+        p.block_offsets, p.num_heads, p.num_kv_heads, k.nb, k.pairs, static_cast<int32_t*>(scratch), k.tile_counter);
     e = cudaGetLastError();
   } else if (atomic) {
     e = cudaMemsetAsync(k.tile_counter, 0, sizeof(uint32_t), stream);

@@ -23,9 +23,7 @@ struct BlockMask {
     return keep[(static_cast<size_t>(h) * num_blocks + qb) * num_blocks + kb] != 0;
   }
   int64_t kept() const;
-  int64_t causal_blocks() const {
-    return static_cast<int64_t>(num_heads) * num_blocks * (num_blocks + 1) / 2;
-  }
+  int64_t causal_blocks() const { return static_cast<int64_t>(num_heads) * num_blocks * (num_blocks + 1) / 2; }
   double density() const { return causal_blocks() ? double(kept()) / double(causal_blocks()) : 1.0; }
 };
 

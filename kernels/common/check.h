@@ -36,20 +36,18 @@ inline cudaError_t NoteCudaFailure(cudaError_t e, const char* expr, const char* 
 }  // namespace seer::cuda
 
 // In functions returning cudaError_t.
-#define SEER_CUDA_RETURN_IF_ERROR(expr)                                           \
-  do {                                                                            \
-    const cudaError_t seer_cuda_e_ = (expr);                                      \
-    if (seer_cuda_e_ != cudaSuccess)                                              \
-      return ::seer::cuda::NoteCudaFailure(seer_cuda_e_, #expr, __FILE__, __LINE__); \
+#define SEER_CUDA_RETURN_IF_ERROR(expr)                                                                             \
+  do {                                                                                                              \
+    const cudaError_t seer_cuda_e_ = (expr);                                                                        \
+    if (seer_cuda_e_ != cudaSuccess) return ::seer::cuda::NoteCudaFailure(seer_cuda_e_, #expr, __FILE__, __LINE__); \
   } while (0)
 
 // In programs: print file:line, the call and the error, then exit(1).
-#define SEER_CUDA_CHECK(expr)                                                              \
-  do {                                                                                     \
-    const cudaError_t seer_cuda_e_ = (expr);                                               \
-    if (seer_cuda_e_ != cudaSuccess) {                                                     \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr,                   \
-                   cudaGetErrorString(seer_cuda_e_));                                      \
-      std::exit(1);                                                                        \
-    }                                                                                      \
+#define SEER_CUDA_CHECK(expr)                                                                               \
+  do {                                                                                                      \
+    const cudaError_t seer_cuda_e_ = (expr);                                                                \
+    if (seer_cuda_e_ != cudaSuccess) {                                                                      \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(seer_cuda_e_)); \
+      std::exit(1);                                                                                         \
+    }                                                                                                       \
   } while (0)

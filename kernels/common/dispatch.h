@@ -35,23 +35,21 @@ inline constexpr bool IsSupportedHeadDim(int d) { return d == 32 || d == 64 || d
         constexpr int kHeadDim = 128;                   \
         return __VA_ARGS__();                           \
       }                                                 \
-      default:                                          \
-        return cudaErrorInvalidValue;                   \
+      default: return cudaErrorInvalidValue;            \
     }                                                   \
   }()
 
-#define SEER_DISPATCH_ELEM(elem_type, Elem, ...)     \
-  [&]() -> cudaError_t {                             \
-    switch (elem_type) {                             \
-      case ::seer::cuda::ElemType::kBF16: {          \
-        using Elem = __nv_bfloat16;                  \
-        return __VA_ARGS__();                        \
-      }                                              \
-      case ::seer::cuda::ElemType::kF16: {           \
-        using Elem = __half;                         \
-        return __VA_ARGS__();                        \
-      }                                              \
-      default:                                       \
-        return cudaErrorInvalidValue;                \
-    }                                                \
+#define SEER_DISPATCH_ELEM(elem_type, Elem, ...) \
+  [&]() -> cudaError_t {                         \
+    switch (elem_type) {                         \
+      case ::seer::cuda::ElemType::kBF16: {      \
+        using Elem = __nv_bfloat16;              \
+        return __VA_ARGS__();                    \
+      }                                          \
+      case ::seer::cuda::ElemType::kF16: {       \
+        using Elem = __half;                     \
+        return __VA_ARGS__();                    \
+      }                                          \
+      default: return cudaErrorInvalidValue;     \
+    }                                            \
   }()

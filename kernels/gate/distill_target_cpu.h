@@ -24,7 +24,7 @@ struct DistillTargetProblem {
   const float* q = nullptr;  // [L, Hq, D], after RoPE (what attention sees)
   const float* k = nullptr;  // [L, Hkv, D], after RoPE
   int seq_len = 0;
-  int num_heads = 0;     // Hq
+  int num_heads = 0;  // Hq
   int num_kv_heads = 0;  // Hkv, divides Hq; Q head h reads KV head h / (Hq / Hkv)
   int head_dim = 0;
   int block_size = 64;

@@ -103,10 +103,10 @@ TEST_P(DistillTargetTest, MatchesFloat64Recomputation) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, DistillTargetTest,
-                         ::testing::Values(Shape{333, 4, 1, 16, 64},   // GQA 4, partial last block of 13
-                                           Shape{192, 6, 2, 32, 64},   // GQA 3, whole blocks
-                                           Shape{65, 2, 2, 8, 64},     // a last block of one token
-                                           Shape{1, 3, 1, 4, 64},      // one token: the target is 1
+                         ::testing::Values(Shape{333, 4, 1, 16, 64},  // GQA 4, partial last block of 13
+                                           Shape{192, 6, 2, 32, 64},  // GQA 3, whole blocks
+                                           Shape{65, 2, 2, 8, 64},  // a last block of one token
+                                           Shape{1, 3, 1, 4, 64},  // one token: the target is 1
                                            Shape{250, 4, 4, 12, 16}),  // another block size, no GQA
                          [](const ::testing::TestParamInfo<Shape>& info) {
                            const Shape& s = info.param;

@@ -100,8 +100,7 @@ __device__ __forceinline__ void RopeTableRow(const float* inv_freq, int nb, int 
 
 template <typename T>
 __global__ void __launch_bounds__(kPoolThreads)
-    PoolKernel(GateParams p, int64_t q_stride, int64_t k_stride, float* pooled_q, float* pooled_k,
-               float* rope_table) {
+    PoolKernel(GateParams p, int64_t q_stride, int64_t k_stride, float* pooled_q, float* pooled_k, float* rope_table) {
   const int b = blockIdx.x;
   if (rope_table != nullptr && blockIdx.y == 0 && blockIdx.z == 0) {
     RopeTableRow(p.rope_inv_freq, gridDim.x, p.hidden / 2, p.block_size, b, rope_table);
@@ -120,8 +119,8 @@ __global__ void __launch_bounds__(kPoolThreads)
     Load8(x + t0 * stride + c0, mx);
 #pragma unroll
     for (int i = 0; i < 8; ++i) mn[i] = mx[i];
-    // (Batching eight tokens' loads explicitly measured slower here: 41 us
-    // against 33 us at 8k tokens on an H200, docs/KERNELS.md.)
+      // (Batching eight tokens' loads explicitly measured slower here: 41 us
+      // against 33 us at 8k tokens on an H200, docs/KERNELS.md.)
 #pragma unroll 4
     for (int t = t0; t < t1; ++t) {
       float v[8];
@@ -135,7 +134,8 @@ __global__ void __launch_bounds__(kPoolThreads)
     }
     if (!is_k) {
 #pragma unroll
-      for (int i = 0; i < 8; ++i) pooled_q[static_cast<int64_t>(b) * channels + c0 + i] = static_cast<float>(sum[i] / count);
+      for (int i = 0; i < 8; ++i)
+        pooled_q[static_cast<int64_t>(b) * channels + c0 + i] = static_cast<float>(sum[i] / count);
     } else {
       const int h = c0 / p.head_dim;
       const int d = c0 % p.head_dim;
@@ -390,10 +390,10 @@ __device__ __forceinline__ void SelectRow(const GateParams& p, int nb, int words
     for (int i = lane; i < nb; i += 32) prow[i] = i < n ? prob(i) : 0.0f;
   }
 
-  const bool all = p.mode == SparsityMode::kDense || qb >= first_dense_row ||
-                   (p.mode == SparsityMode::kNzRatio && topk >= n);
+  const bool all =
+      p.mode == SparsityMode::kDense || qb >= first_dense_row || (p.mode == SparsityMode::kNzRatio && topk >= n);
   uint32_t kth_key = 0;  // top-k: blocks with a larger key are kept...
-  int take_equal = 0;    // ...and the first take_equal (by index) with an equal key
+  int take_equal = 0;  // ...and the first take_equal (by index) with an equal key
   if (!all && p.mode == SparsityMode::kNzRatio) {
     // Radix select, 8 bits at a time from the top, of the topk-th largest key.
     uint32_t prefix = 0;
@@ -513,13 +513,13 @@ __global__ void __launch_bounds__(32 * kSelectWarpsPerCta)
 // (ListPrefix), so the rows write their offsets and indices directly;
 // threshold rows write the bitmap and counts for the scan and fill kernels.
 constexpr int kFusedCols = 256;  // key blocks per step: one per thread of a row group
-constexpr int kFusedC = 32;      // hidden channels per k' tile
+constexpr int kFusedC = 32;  // hidden channels per k' tile
 constexpr int kFusedKPitch = kFusedCols + 1;
 
 template <int kRows>
 struct FusedShape {
   static constexpr int kThreads = kRows >= 16 ? 512 : 256;
-  static constexpr int kRowGroups = kThreads / kFusedCols;     // threads sharing a column
+  static constexpr int kRowGroups = kThreads / kFusedCols;  // threads sharing a column
   static constexpr int kRowsPerThread = kRows / kRowGroups;  // accumulators per thread
   static constexpr int kWarps = kThreads / 32;
   static_assert(kRowsPerThread * kRowGroups == kRows, "rows split evenly");
@@ -538,7 +538,7 @@ size_t FusedSmemBytes(int rows, int threads, int nb, int hidden) {
 __host__ __device__ inline int64_t ListPrefix(int64_t qb, int64_t topk, int64_t first_dense_row) {
   if (topk < 0) return qb * (qb + 1) / 2;
   const int64_t below = qb < first_dense_row ? qb : first_dense_row;  // rows under the dense tail
-  const int64_t ramp = below < topk ? below : topk;                    // rows shorter than topk
+  const int64_t ramp = below < topk ? below : topk;  // rows shorter than topk
   int64_t total = ramp * (ramp + 1) / 2 + (below - ramp) * topk;
   if (qb > first_dense_row) total += (qb * (qb + 1) - first_dense_row * (first_dense_row + 1)) / 2;
   return total;
@@ -546,14 +546,14 @@ __host__ __device__ inline int64_t ListPrefix(int64_t qb, int64_t topk, int64_t 
 
 template <int kRows>
 __global__ void __launch_bounds__(FusedShape<kRows>::kThreads)
-    FusedSelectKernel(GateParams p, int nb, int words, int64_t topk, int first_dense_row, float scale,
-                      const float* qp, const float* kp, uint32_t* bitmap, int32_t* counts) {
+    FusedSelectKernel(GateParams p, int nb, int words, int64_t topk, int first_dense_row, float scale, const float* qp,
+                      const float* kp, uint32_t* bitmap, int32_t* counts) {
   using Shape = FusedShape<kRows>;
   extern __shared__ __align__(16) float fused_smem[];
   const int hidden = p.hidden;
-  float* scores = fused_smem;                               // [kRows][nb]
-  float* qs = scores + static_cast<size_t>(kRows) * nb;     // [hidden][kRows]
-  float* ks = qs + static_cast<size_t>(hidden) * kRows;     // [kFusedC][kFusedKPitch]
+  float* scores = fused_smem;  // [kRows][nb]
+  float* qs = scores + static_cast<size_t>(kRows) * nb;  // [hidden][kRows]
+  float* ks = qs + static_cast<size_t>(hidden) * kRows;  // [kFusedC][kFusedKPitch]
   uint32_t* hist = reinterpret_cast<uint32_t*>(ks + kFusedC * kFusedKPitch);  // [warps][257]
   // The heaviest rows (the last ones) first.
   const int qb0 = (gridDim.x - 1 - blockIdx.x) * kRows;
@@ -622,9 +622,8 @@ __global__ void __launch_bounds__(FusedShape<kRows>::kThreads)
     if (qb >= nb) break;
     int32_t* direct_indices = nullptr;
     if (direct) {
-      const int64_t offset =
-          static_cast<int64_t>(h) * per_head +
-          ListPrefix(qb, p.mode == SparsityMode::kDense ? -1 : topk, first_dense_row);
+      const int64_t offset = static_cast<int64_t>(h) * per_head +
+                             ListPrefix(qb, p.mode == SparsityMode::kDense ? -1 : topk, first_dense_row);
       if (lane == 0) {
         p.block_offsets[static_cast<int64_t>(h) * nb + qb] = static_cast<int32_t>(offset);
         if (qb == 0 && p.kept_per_head != nullptr) p.kept_per_head[h] = per_head;
@@ -669,8 +668,8 @@ cudaError_t LaunchFused(const GateParams& p, int nb, int words, int64_t topk, in
   using Shape = FusedShape<kRows>;
   const size_t smem = FusedSmemBytes(kRows, Shape::kThreads, nb, p.hidden);
   auto kernel = FusedSelectKernel<kRows>;
-  SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 static_cast<int>(smem)));
+  SEER_CUDA_RETURN_IF_ERROR(
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   kernel<<<dim3((nb + kRows - 1) / kRows, p.num_heads), Shape::kThreads, smem, stream>>>(
       p, nb, words, topk, first_dense_row, scale, qp, kp, bitmap, counts);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
@@ -810,7 +809,8 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   if (!ValidShapes(p) || p.block_offsets == nullptr) return cudaErrorInvalidValue;
   const int nb = GateNumBlocks(p);
   if (nb == 0) {
-    SEER_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(p.block_offsets, 0, sizeof(int32_t) * (static_cast<size_t>(p.num_heads) + 1), stream));
+    SEER_CUDA_RETURN_IF_ERROR(
+        cudaMemsetAsync(p.block_offsets, 0, sizeof(int32_t) * (static_cast<size_t>(p.num_heads) + 1), stream));
     if (p.kept_per_head != nullptr) {
       SEER_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(p.kept_per_head, 0, sizeof(int64_t) * p.num_heads, stream));
     }
@@ -832,8 +832,8 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   if (max_indices > 0x7fffffff || p.index_capacity < max_indices) return cudaErrorInvalidValue;
   const int fused_rows = FusedRowsFor(nb, p.hidden);
   if (variant == GateVariant::kFused && fused_rows == 0) return cudaErrorInvalidValue;
-  const bool fused = variant == GateVariant::kFused || (variant == GateVariant::kAuto && nb <= kFusedAutoMaxBlocks &&
-                                                       fused_rows > 0);
+  const bool fused =
+      variant == GateVariant::kFused || (variant == GateVariant::kAuto && nb <= kFusedAutoMaxBlocks && fused_rows > 0);
   const GateLayout g = MakeLayout(p, !fused);
   if (p.workspace_bytes < g.total || reinterpret_cast<uintptr_t>(p.workspace) % kAlign != 0) {
     return cudaErrorInvalidValue;
@@ -853,8 +853,8 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   const dim3 pool_grid(nb, 2, pool_splits);
   float* pool_rope = fused ? rope : nullptr;
   if (p.dtype == ElemType::kBF16) {
-    PoolKernel<__nv_bfloat16><<<pool_grid, kPoolThreads, 0, stream>>>(p, q_stride, k_stride, pooled_q, pooled_k,
-                                                                      pool_rope);
+    PoolKernel<__nv_bfloat16>
+        <<<pool_grid, kPoolThreads, 0, stream>>>(p, q_stride, k_stride, pooled_q, pooled_k, pool_rope);
   } else {
     PoolKernel<__half><<<pool_grid, kPoolThreads, 0, stream>>>(p, q_stride, k_stride, pooled_q, pooled_k, pool_rope);
   }
@@ -869,11 +869,13 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   }
   const int linears = p.q_weight != nullptr ? 2 : 1;
   if (fused) {
-    ProjectKernel<64, 64><<<dim3((nb + 63) / 64, (p.hidden + 63) / 64, p.num_heads * linears), kGemmThreads, 0,
-                        stream>>>(p, nb, pooled_q, pooled_k, qp, kp);
+    ProjectKernel<64, 64>
+        <<<dim3((nb + 63) / 64, (p.hidden + 63) / 64, p.num_heads * linears), kGemmThreads, 0, stream>>>(
+            p, nb, pooled_q, pooled_k, qp, kp);
   } else {
-    ProjectKernel<128, 16><<<dim3((nb + 127) / 128, (p.hidden + 127) / 128, p.num_heads * linears), kGemmThreads, 0,
-                         stream>>>(p, nb, pooled_q, pooled_k, qp, kp);
+    ProjectKernel<128, 16>
+        <<<dim3((nb + 127) / 128, (p.hidden + 127) / 128, p.num_heads * linears), kGemmThreads, 0, stream>>>(
+            p, nb, pooled_q, pooled_k, qp, kp);
   }
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   const int64_t rope_threads = 2 * static_cast<int64_t>(p.num_heads) * nb * g.half;
@@ -897,17 +899,16 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     SEER_CUDA_RETURN_IF_ERROR(e);
     if (p.mode != SparsityMode::kThreshold) return cudaSuccess;
   } else {
-  // scores + select, heads_per_pass heads at a time
-  const int tiles = (nb + kScoreTile - 1) / kScoreTile;
-  for (int head0 = 0; head0 < p.num_heads; head0 += g.heads_per_pass) {
-    const int heads = p.num_heads - head0 < g.heads_per_pass ? p.num_heads - head0 : g.heads_per_pass;
-    ScoresKernel<<<dim3(tiles, tiles, heads), kScoreThreads, 0, stream>>>(qp, kp, nb, p.hidden, head0, scale, scores);
-    SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-    SelectKernel<<<dim3((nb + kSelectWarpsPerCta - 1) / kSelectWarpsPerCta, heads), 32 * kSelectWarpsPerCta, 0,
-                   stream>>>(p, nb, g.words, head0, topk,
-                                                                          first_dense_row, scores, bitmap, counts);
-    SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  }
+    // scores + select, heads_per_pass heads at a time
+    const int tiles = (nb + kScoreTile - 1) / kScoreTile;
+    for (int head0 = 0; head0 < p.num_heads; head0 += g.heads_per_pass) {
+      const int heads = p.num_heads - head0 < g.heads_per_pass ? p.num_heads - head0 : g.heads_per_pass;
+      ScoresKernel<<<dim3(tiles, tiles, heads), kScoreThreads, 0, stream>>>(qp, kp, nb, p.hidden, head0, scale, scores);
+      SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+      SelectKernel<<<dim3((nb + kSelectWarpsPerCta - 1) / kSelectWarpsPerCta, heads), 32 * kSelectWarpsPerCta, 0,
+                     stream>>>(p, nb, g.words, head0, topk, first_dense_row, scores, bitmap, counts);
+      SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    }
   }
 
   // lists

@@ -28,11 +28,11 @@ struct GateParams {
   int64_t q_row_stride = 0;  // 0: Hq * head_dim (packed)
   int64_t k_row_stride = 0;  // 0: Hkv * head_dim (packed)
   int seq_len = 0;
-  int num_heads = 0;     // Hq
+  int num_heads = 0;  // Hq
   int num_kv_heads = 0;  // Hkv, divides Hq
-  int head_dim = 0;      // D, at most 256
-  int block_size = 64;   // tokens per pooled block, at most 1024
-  int hidden = 0;        // gate hidden size (even, at most 512)
+  int head_dim = 0;  // D, at most 256
+  int block_size = 64;  // tokens per pooled block, at most 1024
+  int hidden = 0;  // gate hidden size (even, at most 512)
 
   // Weights, float32. k_weight is mask_linear_k [k_weight_heads, 3 * D,
   // hidden], applied as x . W; Q head h uses W[h / (Hq / k_weight_heads)].
@@ -59,7 +59,7 @@ struct GateParams {
   int32_t* block_indices = nullptr;  // capacity `index_capacity`, >= GateMaxIndices()
   int64_t index_capacity = 0;
   int64_t* kept_per_head = nullptr;  // [Hq] kept blocks per head, or null
-  float* probs = nullptr;            // [Hq, nb, nb] causal softmax, 0 above the diagonal, or null
+  float* probs = nullptr;  // [Hq, nb, nb] causal softmax, 0 above the diagonal, or null
 
   // Scratch from the caller, at least GateWorkspaceBytes(*this) bytes,
   // 256-byte aligned.
@@ -87,8 +87,8 @@ cudaError_t RunGateKernels(const GateParams& p, cudaStream_t stream);
 // The gate's kernel sets, for tests and the benchmark. Both select exactly
 // the same blocks. RunGateKernels runs kAuto.
 enum class GateVariant {
-  kAuto,     // kFused up to 256 blocks (16k tokens at block 64), kUnfused beyond
-  kFused,    // scores and selection in one kernel, no nb x nb scratch
+  kAuto,  // kFused up to 256 blocks (16k tokens at block 64), kUnfused beyond
+  kFused,  // scores and selection in one kernel, no nb x nb scratch
   kUnfused,  // scores into an nb x nb scratch per head, then a select kernel
 };
 cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cudaStream_t stream);

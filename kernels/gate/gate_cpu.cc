@@ -39,8 +39,8 @@ struct Dims {
   int nb = 0;
   int hq = 0;
   int hkv = 0;
-  int d = 0;        // model head_dim (gate in_channel)
-  int hidden = 0;   // gate hidden size (rope dim, score dim)
+  int d = 0;  // model head_dim (gate in_channel)
+  int hidden = 0;  // gate hidden size (rope dim, score dim)
   int k_heads = 0;  // heads of mask_linear_k: hq, or hkv in the force_double form
   bool has_q = false;
 };
@@ -211,8 +211,7 @@ GateOutput RunGate(const GateProblem& p, const SparsityConfig& sparsity, int num
   // 2. Gate linears. K is repeated from KV heads to Q heads first.
   std::vector<float> kp = ProjectPerHead(pooled_k, dm.hkv, 3 * dm.d, p.k_weight, dm.k_heads, dm);
   pooled_k = {};
-  std::vector<float> qp = dm.has_q ? ProjectPerHead(pooled_q, dm.hq, dm.d, p.q_weight, dm.hq, dm)
-                                   : std::move(pooled_q);
+  std::vector<float> qp = dm.has_q ? ProjectPerHead(pooled_q, dm.hq, dm.d, p.q_weight, dm.hq, dm) : std::move(pooled_q);
 
   // 3. Block RoPE at the first token of each block.
   const int half = dm.hidden / 2;

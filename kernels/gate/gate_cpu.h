@@ -29,7 +29,7 @@ struct GateProblem {
   const float* q = nullptr;  // [L, Hq, head_dim], straight after q_proj (bias included, before RoPE)
   const float* k = nullptr;  // [L, Hkv, head_dim], straight after k_proj
   int seq_len = 0;
-  int num_heads = 0;     // Hq
+  int num_heads = 0;  // Hq
   int num_kv_heads = 0;  // Hkv, divides Hq
   int head_dim = 0;
   int block_size = 64;

@@ -51,7 +51,7 @@ struct GateCase {
   int num_kv_heads;
   int head_dim;
   int hidden;
-  bool q_weight;      // mask_linear_q present
+  bool q_weight;  // mask_linear_q present
   bool force_double;  // mask_linear_k per KV head (needs q_weight)
   bool llama3_rope;
   std::string sparsity;  // "dense", "threshold=T", "nz_ratio=R"
@@ -150,7 +150,8 @@ class GateGpuTest : public ::testing::Test {
     if (c.fused_qkv) {
       packed.assign(static_cast<size_t>(L) * row, 0);
       for (int t = 0; t < L; ++t) {
-        std::copy_n(qe.data() + static_cast<size_t>(t) * q_width, q_width, packed.data() + static_cast<size_t>(t) * row);
+        std::copy_n(qe.data() + static_cast<size_t>(t) * q_width, q_width,
+                    packed.data() + static_cast<size_t>(t) * row);
         std::copy_n(ke.data() + static_cast<size_t>(t) * k_width, k_width,
                     packed.data() + static_cast<size_t>(t) * row + q_width);
       }
@@ -163,8 +164,7 @@ class GateGpuTest : public ::testing::Test {
     const std::vector<double> inv_freq_d = RopeInvFreq(model.rope, c.hidden);
     std::vector<float> inv_freq(inv_freq_d.begin(), inv_freq_d.end());
 
-    DevBuf dqk(packed.size() * 2), dwk(w.k_weight.size() * 4), dwq(w.q_weight.size() * 4),
-        dfreq(inv_freq.size() * 4);
+    DevBuf dqk(packed.size() * 2), dwk(w.k_weight.size() * 4), dwq(w.q_weight.size() * 4), dfreq(inv_freq.size() * 4);
     ASSERT_TRUE(dqk.ok() && dwk.ok() && dwq.ok() && dfreq.ok());
     ASSERT_CUDA(cudaMemcpy(dqk.get(), packed.data(), packed.size() * 2, cudaMemcpyHostToDevice));
     ASSERT_CUDA(cudaMemcpy(dwk.get(), w.k_weight.data(), w.k_weight.size() * 4, cudaMemcpyHostToDevice));
@@ -295,8 +295,8 @@ class GateGpuTest : public ::testing::Test {
               ++boundary;
             } else if (++wrong <= 10) {
               ADD_FAILURE() << "block h=" << h << " qb=" << qb << " kb=" << kb << ": GPU "
-                            << int(gpu_mask.at(h, qb, kb)) << ", CPU " << int(cpu.mask.at(h, qb, kb))
-                            << ", CPU prob " << prow[kb] << ", boundary " << edge;
+                            << int(gpu_mask.at(h, qb, kb)) << ", CPU " << int(cpu.mask.at(h, qb, kb)) << ", CPU prob "
+                            << prow[kb] << ", boundary " << edge;
             }
           }
         }
@@ -313,8 +313,8 @@ class GateGpuTest : public ::testing::Test {
       total_boundary_ += boundary;
       total_blocks_ += cpu.mask.causal_blocks();
       std::cout << "[gate] " << Describe(c) << (variant == cuda::GateVariant::kFused ? " fused" : " unfused")
-                << ": density GPU " << gpu_mask.density() << " CPU "
-                << cpu.mask.density() << ", boundary blocks " << boundary << ", probs rel err " << prob_rel << "\n";
+                << ": density GPU " << gpu_mask.density() << " CPU " << cpu.mask.density() << ", boundary blocks "
+                << boundary << ", probs rel err " << prob_rel << "\n";
     }
   }
 

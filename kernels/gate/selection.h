@@ -23,8 +23,8 @@ enum class SparsityMode { kDense, kThreshold, kNzRatio, kStreaming, kOracle };
 struct SparsityConfig {
   SparsityMode mode = SparsityMode::kDense;
   double threshold = 0.0;  // kThreshold: keep blocks whose softmax probability is > float(threshold)
-  double nz_ratio = 1.0;   // kNzRatio: kept fraction of the causal triangle, in (0, 1]
-  int streaming_sink = 0;    // kStreaming: leading key blocks every row keeps, >= 0
+  double nz_ratio = 1.0;  // kNzRatio: kept fraction of the causal triangle, in (0, 1]
+  int streaming_sink = 0;  // kStreaming: leading key blocks every row keeps, >= 0
   int streaming_window = 1;  // kStreaming: trailing key blocks every row keeps (diagonal included), >= 1
   double oracle_ratio = 1.0;  // kOracle: kept fraction of each row's causal blocks, in (0, 1]
   // The last 2 query-block rows stay dense (before the causal cut).

@@ -63,8 +63,6 @@ SEER_KVQ_HD uint16_t FloatToBf16Rne(float f) {
   return static_cast<uint16_t>(bits >> 16);
 }
 
-SEER_KVQ_HD float Bf16BitsToFloat(uint16_t h) {
-  return BitsToFloat(static_cast<uint32_t>(h) << 16);
-}
+SEER_KVQ_HD float Bf16BitsToFloat(uint16_t h) { return BitsToFloat(static_cast<uint32_t>(h) << 16); }
 
 }  // namespace seer::kvq

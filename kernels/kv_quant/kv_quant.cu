@@ -137,11 +137,11 @@ cudaError_t QuantizeKvE4m3(const __nv_bfloat16* src, int64_t src_head_stride, in
   // elements, so head_dim % 8 and aligned bases keep every vector aligned.
   const bool vec = head_dim % 8 == 0 && src_head_stride % 8 == 0 && Aligned(src, 16) && Aligned(codes, 8);
   if (vec) {
-    QuantizeKernel<true><<<grid, kThreads, 0, stream>>>(src, src_head_stride, tokens, head_dim, block_tokens, codes,
-                                                        scales);
+    QuantizeKernel<true>
+        <<<grid, kThreads, 0, stream>>>(src, src_head_stride, tokens, head_dim, block_tokens, codes, scales);
   } else {
-    QuantizeKernel<false><<<grid, kThreads, 0, stream>>>(src, src_head_stride, tokens, head_dim, block_tokens, codes,
-                                                         scales);
+    QuantizeKernel<false>
+        <<<grid, kThreads, 0, stream>>>(src, src_head_stride, tokens, head_dim, block_tokens, codes, scales);
   }
   return cudaGetLastError();
 }
@@ -153,11 +153,11 @@ cudaError_t DequantizeKvE4m3(const uint8_t* codes, const float* scales, int head
   const dim3 grid((tokens + block_tokens - 1) / block_tokens, heads);
   const bool vec = head_dim % 8 == 0 && dst_head_stride % 8 == 0 && Aligned(dst, 16) && Aligned(codes, 8);
   if (vec) {
-    DequantizeKernel<true><<<grid, kThreads, 0, stream>>>(codes, scales, tokens, head_dim, block_tokens, dst,
-                                                          dst_head_stride);
+    DequantizeKernel<true>
+        <<<grid, kThreads, 0, stream>>>(codes, scales, tokens, head_dim, block_tokens, dst, dst_head_stride);
   } else {
-    DequantizeKernel<false><<<grid, kThreads, 0, stream>>>(codes, scales, tokens, head_dim, block_tokens, dst,
-                                                           dst_head_stride);
+    DequantizeKernel<false>
+        <<<grid, kThreads, 0, stream>>>(codes, scales, tokens, head_dim, block_tokens, dst, dst_head_stride);
   }
   return cudaGetLastError();
 }

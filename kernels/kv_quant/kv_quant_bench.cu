@@ -28,8 +28,8 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop{};
   SEER_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   const int heads = 8, dim = 128, bt = seer::kvq::kBlockTokens, reps = 20;
-  std::printf("fp8 KV kernels, %s, %d KV heads x head_dim %d, block %d tokens, best of %d\n", prop.name, heads, dim,
-              bt, reps);
+  std::printf("fp8 KV kernels, %s, %d KV heads x head_dim %d, block %d tokens, best of %d\n", prop.name, heads, dim, bt,
+              reps);
   std::printf("%10s %14s %12s %14s %12s\n", "tokens", "quantize ms", "GB/s", "dequantize ms", "GB/s");
   cudaEvent_t a, b;
   SEER_CUDA_CHECK(cudaEventCreate(&a));
@@ -49,8 +49,8 @@ int main(int argc, char** argv) {
     for (int r = 0; r < reps; ++r) {
       float ms = 0;
       SEER_CUDA_CHECK(cudaEventRecord(a));
-      SEER_CUDA_CHECK(seer::cuda::QuantizeKvE4m3(src, static_cast<int64_t>(tokens) * dim, heads, tokens, dim, bt,
-                                                 codes, sc, nullptr));
+      SEER_CUDA_CHECK(seer::cuda::QuantizeKvE4m3(src, static_cast<int64_t>(tokens) * dim, heads, tokens, dim, bt, codes,
+                                                 sc, nullptr));
       SEER_CUDA_CHECK(cudaEventRecord(b));
       SEER_CUDA_CHECK(cudaEventSynchronize(b));
       SEER_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));

@@ -38,7 +38,7 @@ uint8_t FloatToE4m3(float x) {
   }
   int e2 = 0;
   std::frexp(a, &e2);  // a = f * 2^e2, f in [0.5, 1): the exponent is e2 - 1
-  int e = e2 - 1;      // -6 ... 8
+  int e = e2 - 1;  // -6 ... 8
   float r = std::nearbyint(std::ldexp(a, 3 - e));  // in [8, 16], exact scaling, ties to even
   if (r == 16.0f) {
     r = 8.0f;
@@ -78,8 +78,8 @@ void QuantizeE4m3(KvElem src_type, const void* src, int64_t src_head_stride, int
   }
 }
 
-void DequantizeE4m3(const uint8_t* codes, const float* scales, int heads, int tokens, int head_dim,
-                    int block_tokens, KvElem dst_type, void* dst, int64_t dst_head_stride) {
+void DequantizeE4m3(const uint8_t* codes, const float* scales, int heads, int tokens, int head_dim, int block_tokens,
+                    KvElem dst_type, void* dst, int64_t dst_head_stride) {
   const int blocks = ScaleBlocks(tokens, block_tokens);
   auto* base = static_cast<unsigned char*>(dst);
   for (int h = 0; h < heads; ++h) {

@@ -56,7 +56,7 @@ void QuantizeE4m3(KvElem src_type, const void* src, int64_t src_head_stride, int
                   int block_tokens, uint8_t* codes, float* scales);
 
 // The inverse, into dst (head h's rows at dst + h * dst_head_stride elements).
-void DequantizeE4m3(const uint8_t* codes, const float* scales, int heads, int tokens, int head_dim,
-                    int block_tokens, KvElem dst_type, void* dst, int64_t dst_head_stride);
+void DequantizeE4m3(const uint8_t* codes, const float* scales, int heads, int tokens, int head_dim, int block_tokens,
+                    KvElem dst_type, void* dst, int64_t dst_head_stride);
 
 }  // namespace seer::kvq

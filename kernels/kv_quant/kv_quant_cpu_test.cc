@@ -70,10 +70,22 @@ TEST(E4m3, DecodeMatchesTheDefinitionForEveryCode) {
 }
 
 TEST(E4m3, EncodeIsRoundToNearestEvenWithSaturation) {
-  std::vector<float> xs = {0.0f, -0.0f, 448.0f, -448.0f, 449.0f, 463.99f, 464.0f, 1e30f, -1e30f,
-                           std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
-                           std::numeric_limits<float>::denorm_min(), -std::numeric_limits<float>::denorm_min(),
-                           std::numeric_limits<float>::min(), std::ldexp(1.0f, -10), std::ldexp(1.0f, -11)};
+  std::vector<float> xs = {0.0f,
+                           -0.0f,
+                           448.0f,
+                           -448.0f,
+                           449.0f,
+                           463.99f,
+                           464.0f,
+                           1e30f,
+                           -1e30f,
+                           std::numeric_limits<float>::infinity(),
+                           -std::numeric_limits<float>::infinity(),
+                           std::numeric_limits<float>::denorm_min(),
+                           -std::numeric_limits<float>::denorm_min(),
+                           std::numeric_limits<float>::min(),
+                           std::ldexp(1.0f, -10),
+                           std::ldexp(1.0f, -11)};
   // Every code point, every midpoint between neighbours (ties), and the
   // floats right next to each midpoint.
   for (int c = 0; c < 0x7E; ++c) {

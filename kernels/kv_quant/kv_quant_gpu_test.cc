@@ -57,8 +57,8 @@ void CompareWithTwin(const Case& c, const std::vector<uint16_t>& src) {
 
   std::vector<uint8_t> want_codes(codes_n);
   std::vector<float> want_scales(scales_n);
-  kvq::QuantizeE4m3(kvq::KvElem::kBF16, src.data() + src_off, src_stride, c.heads, c.tokens, c.head_dim,
-                    c.block_tokens, want_codes.data(), want_scales.data());
+  kvq::QuantizeE4m3(kvq::KvElem::kBF16, src.data() + src_off, src_stride, c.heads, c.tokens, c.head_dim, c.block_tokens,
+                    want_codes.data(), want_scales.data());
   std::vector<uint16_t> want_dst(dst_n, 0xFFFF);
   kvq::DequantizeE4m3(want_codes.data(), want_scales.data(), c.heads, c.tokens, c.head_dim, c.block_tokens,
                       kvq::KvElem::kBF16, want_dst.data() + dst_off, dst_stride);
@@ -119,10 +119,14 @@ std::vector<uint16_t> RandomLayer(int heads, int capacity, int head_dim, uint32_
   for (size_t i = 0; i < v.size(); ++i) {
     const float u = coin(rng);
     float x = normal(rng);
-    if (u < 0.002f) x *= 1000.0f;                                 // outliers
-    else if (u < 0.003f) x = -0.0f;
-    else if (u < 0.0035f) x = std::numeric_limits<float>::quiet_NaN();
-    else if (u < 0.004f) x = (u < 0.00375f ? 1.0f : -1.0f) * std::numeric_limits<float>::infinity();
+    if (u < 0.002f)
+      x *= 1000.0f;  // outliers
+    else if (u < 0.003f)
+      x = -0.0f;
+    else if (u < 0.0035f)
+      x = std::numeric_limits<float>::quiet_NaN();
+    else if (u < 0.004f)
+      x = (u < 0.00375f ? 1.0f : -1.0f) * std::numeric_limits<float>::infinity();
     v[i] = kvq::FloatToBf16Rne(x);
   }
   // Head 0's tokens [64, 128): all zeros (a block whose scale is 0).
@@ -133,11 +137,11 @@ std::vector<uint16_t> RandomLayer(int heads, int capacity, int head_dim, uint32_
 
 TEST_F(KvQuantGpuTest, RandomLayersMatchTheTwinBitForBit) {
   const Case cases[] = {
-      {8, 1000, 128, 64, 1000, 0, 1500, 0},    // an 8B-shaped layer, a decode cache with room to spare
-      {8, 200, 128, 64, 300, 64, 250, 10},     // pitched source at token 64, partial last block
-      {3, 64, 64, 64, 64, 0, 64, 0},           // one full block
-      {2, 77, 40, 16, 90, 5, 100, 3},          // head_dim 40: element by element
-      {4, 129, 128, 128, 129, 0, 200, 71},     // block of 128 tokens
+      {8, 1000, 128, 64, 1000, 0, 1500, 0},  // an 8B-shaped layer, a decode cache with room to spare
+      {8, 200, 128, 64, 300, 64, 250, 10},  // pitched source at token 64, partial last block
+      {3, 64, 64, 64, 64, 0, 64, 0},  // one full block
+      {2, 77, 40, 16, 90, 5, 100, 3},  // head_dim 40: element by element
+      {4, 129, 128, 128, 129, 0, 200, 71},  // block of 128 tokens
   };
   uint32_t seed = 11;
   for (const Case& c : cases) {

@@ -139,16 +139,24 @@ __global__ void SwiGlu8Kernel(const uint4* gate, const uint4* up, size_t n8, uin
 template <typename T>
 __device__ __forceinline__ float ToFloat(T v);
 template <>
-__device__ __forceinline__ float ToFloat(float v) { return v; }
+__device__ __forceinline__ float ToFloat(float v) {
+  return v;
+}
 template <>
-__device__ __forceinline__ float ToFloat(bf16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float ToFloat(bf16 v) {
+  return __bfloat162float(v);
+}
 
 template <typename T>
 __device__ __forceinline__ T FromFloat(float v);
 template <>
-__device__ __forceinline__ float FromFloat(float v) { return v; }
+__device__ __forceinline__ float FromFloat(float v) {
+  return v;
+}
 template <>
-__device__ __forceinline__ bf16 FromFloat(float v) { return __float2bfloat16(v); }
+__device__ __forceinline__ bf16 FromFloat(float v) {
+  return __float2bfloat16(v);
+}
 
 template <typename T>
 __global__ void AddBiasKernel(T* x, int rows, int cols, const float* bias) {
@@ -236,8 +244,7 @@ cudaError_t Embedding(const bf16* table, int vocab, int dim, const int32_t* ids,
   return cudaSuccess;
 }
 
-cudaError_t RmsNorm(const float* x, int rows, int dim, const float* weight, float eps, bf16* out,
-                    cudaStream_t stream) {
+cudaError_t RmsNorm(const float* x, int rows, int dim, const float* weight, float eps, bf16* out, cudaStream_t stream) {
   if (rows < 0 || dim <= 0) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
   const int threads = dim >= 4096 ? 1024 : (dim >= 1024 ? 512 : 128);
@@ -251,7 +258,7 @@ cudaError_t RopeTable(const float* inv_freq, int half, int pos0, int rows, float
   if (half <= 0 || rows < 0 || pos0 < 0) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
   RopeTableKernel<<<GridFor(static_cast<size_t>(rows) * half), kThreads, 0, stream>>>(inv_freq, half, pos0, nullptr,
-                                                                                       rows, table);
+                                                                                      rows, table);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return cudaSuccess;
 }
@@ -261,7 +268,7 @@ cudaError_t RopeTableAt(const float* inv_freq, int half, const int32_t* position
   if (half <= 0 || rows < 0 || (rows > 0 && positions == nullptr)) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
   RopeTableKernel<<<GridFor(static_cast<size_t>(rows) * half), kThreads, 0, stream>>>(inv_freq, half, 0, positions,
-                                                                                       rows, table);
+                                                                                      rows, table);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return cudaSuccess;
 }
@@ -284,8 +291,7 @@ cudaError_t WriteKv(const bf16* src, int n, int kv_heads, int head_dim, bf16* ca
   const size_t elems = static_cast<size_t>(n) * kv_heads * head_dim;
   if (head_dim % 8 == 0 && Aligned16(src) && Aligned16(cache)) {
     WriteKvKernel<uint4><<<GridFor(elems / 8), kThreads, 0, stream>>>(
-        reinterpret_cast<const uint4*>(src), n, kv_heads, head_dim / 8, reinterpret_cast<uint4*>(cache), capacity,
-        t0);
+        reinterpret_cast<const uint4*>(src), n, kv_heads, head_dim / 8, reinterpret_cast<uint4*>(cache), capacity, t0);
   } else {
     WriteKvKernel<bf16><<<GridFor(elems), kThreads, 0, stream>>>(src, n, kv_heads, head_dim, cache, capacity, t0);
   }
@@ -296,9 +302,8 @@ cudaError_t WriteKv(const bf16* src, int n, int kv_heads, int head_dim, bf16* ca
 cudaError_t SwiGlu(const bf16* gate, const bf16* up, size_t n, bf16* out, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   if (n % 8 == 0 && Aligned16(gate) && Aligned16(up) && Aligned16(out)) {
-    SwiGlu8Kernel<<<GridFor(n / 8), kThreads, 0, stream>>>(reinterpret_cast<const uint4*>(gate),
-                                                          reinterpret_cast<const uint4*>(up), n / 8,
-                                                          reinterpret_cast<uint4*>(out));
+    SwiGlu8Kernel<<<GridFor(n / 8), kThreads, 0, stream>>>(
+        reinterpret_cast<const uint4*>(gate), reinterpret_cast<const uint4*>(up), n / 8, reinterpret_cast<uint4*>(out));
   } else {
     SwiGluKernel<<<GridFor(n), kThreads, 0, stream>>>(gate, up, n, out);
   }

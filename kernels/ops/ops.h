@@ -24,8 +24,7 @@ cudaError_t Embedding(const bf16* table, int vocab, int dim, const int32_t* ids,
 
 // HF LlamaRMSNorm in float32, rounded once to bf16:
 // out = bf16(weight * (x * rsqrt(mean(x^2) + eps))) per row of x [rows, dim].
-cudaError_t RmsNorm(const float* x, int rows, int dim, const float* weight, float eps, bf16* out,
-                    cudaStream_t stream);
+cudaError_t RmsNorm(const float* x, int rows, int dim, const float* weight, float eps, bf16* out, cudaStream_t stream);
 
 // RoPE angles for rows at positions pos0, pos0 + 1, ...: table[r * half + i]
 // = (cos, sin) of float(pos0 + r) * inv_freq[i], in float32 as HF computes

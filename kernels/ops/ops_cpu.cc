@@ -21,7 +21,7 @@ using Vec8 = float __attribute__((vector_size(32)));
 
 template <typename Vec, int Nr>
 [[gnu::always_inline]] inline void TileBody(int k, const float* a, int lda, const float* b, int ldb, float* c,
-                                             int ldc) {
+                                            int ldc) {
   constexpr int kLanes = sizeof(Vec) / sizeof(float);
   constexpr int kVecs = Nr / kLanes;
   Vec acc[kMr][kVecs] = {};

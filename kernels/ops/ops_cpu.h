@@ -15,8 +15,7 @@ void MatMulAccumulate(int m, int n, int k, const float* a, int lda, const float*
 // An HF Linear, y = x W^T + bias, with W [n, k] transposed once at load into
 // w_t [k, n] (Transpose) so that the inner loop runs along contiguous output
 // columns. x: [m, k], y: [m, n], bias: [n] or null.
-void Linear(const float* x, int m, int k, const float* w_t, int n, const float* bias, float* y,
-            int num_threads = 1);
+void Linear(const float* x, int m, int k, const float* w_t, int n, const float* bias, float* y, int num_threads = 1);
 
 // out[c, r] = in[r, c] for in [rows, cols].
 void Transpose(const float* in, int rows, int cols, float* out);

@@ -37,8 +37,8 @@ std::vector<double> RefLinear(const std::vector<float>& x, int m, int k, const s
 
 TEST(CpuKernels, LinearMatchesFloat64) {
   std::mt19937 rng(1);
-  const int shapes[][3] = {{1, 1, 1}, {1, 200, 64}, {3, 5, 7}, {17, 33, 65}, {64, 128, 96}, {130, 70, 200},
-                           {333, 128, 64}, {5, 1000, 48}};
+  const int shapes[][3] = {{1, 1, 1},     {1, 200, 64},   {3, 5, 7},      {17, 33, 65},
+                           {64, 128, 96}, {130, 70, 200}, {333, 128, 64}, {5, 1000, 48}};
   for (auto [m, k, n] : shapes) {
     for (bool with_bias : {false, true}) {
       for (int threads : {1, 2}) {

@@ -179,8 +179,7 @@ TEST_F(GpuOpsTest, RmsNormMatchesCpu) {
   };
   for (Shape s : {Shape{1, 64, 1.0f}, Shape{17, 4096, 30.0f}, Shape{333, 130, 0.01f}, Shape{5, 8192, 3.0f},
                   Shape{64, 1000, 1.0f}}) {
-    SCOPED_TRACE("seed " + std::to_string(seed_) + " rows " + std::to_string(s.rows) + " dim " +
-                 std::to_string(s.dim));
+    SCOPED_TRACE("seed " + std::to_string(seed_) + " rows " + std::to_string(s.rows) + " dim " + std::to_string(s.dim));
     const std::vector<float> x = Uniform(size_t(s.rows) * s.dim, -s.scale, s.scale);
     const std::vector<float> w = Uniform(s.dim, 0.5f, 1.5f);
     std::unique_ptr<Dev<float>> d_x(Upload(x)), d_w(Upload(w));
@@ -248,8 +247,8 @@ TEST_F(GpuOpsTest, WriteKvScattersIntoTheCacheLayoutOnly) {
   struct Shape {
     int n, heads, dim, capacity, t0;
   };
-  for (Shape s : {Shape{1, 8, 128, 100, 57}, Shape{333, 1, 64, 400, 5}, Shape{31, 4, 80, 31, 0},
-                  Shape{129, 2, 128, 300, 171}}) {
+  for (Shape s :
+       {Shape{1, 8, 128, 100, 57}, Shape{333, 1, 64, 400, 5}, Shape{31, 4, 80, 31, 0}, Shape{129, 2, 128, 300, 171}}) {
     SCOPED_TRACE("seed " + std::to_string(seed_) + " n " + std::to_string(s.n) + " heads " + std::to_string(s.heads) +
                  " dim " + std::to_string(s.dim) + " t0 " + std::to_string(s.t0));
     const std::vector<float> src = UniformBf16(size_t(s.n) * s.heads * s.dim, -4.0f, 4.0f);
@@ -417,8 +416,7 @@ TEST_F(GpuGemmTest, LinearMatchesCpuForBothOutputTypesAndTheResidualAdd) {
     std::unique_ptr<Dev<float>> d_res(Upload(residual));
     ASSERT_TRUE(LinearBf16(handle_, d_x->get(), s.rows, s.in, d_w->get(), s.out, d_yf.get(), CUDA_R_32F, 0.0f).ok());
     ASSERT_TRUE(LinearBf16(handle_, d_x->get(), s.rows, s.in, d_w->get(), s.out, d_yb.get(), CUDA_R_16BF, 0.0f).ok());
-    ASSERT_TRUE(
-        LinearBf16(handle_, d_x->get(), s.rows, s.in, d_w->get(), s.out, d_res->get(), CUDA_R_32F, 1.0f).ok());
+    ASSERT_TRUE(LinearBf16(handle_, d_x->get(), s.rows, s.in, d_w->get(), s.out, d_res->get(), CUDA_R_32F, 1.0f).ok());
     ASSERT_CUDA(cudaStreamSynchronize(stream_));
     EXPECT_LE(RelErr(Download(d_yf.get(), want.size()), want), kF32Tol);
     EXPECT_LE(RelErr(DownloadBf16(d_yb.get(), want.size()), want), kBf16Tol);

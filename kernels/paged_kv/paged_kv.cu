@@ -57,7 +57,9 @@ struct Partial {
   float sum;
 };
 
-__host__ __device__ inline int SplitsFor(int context) { return context <= 0 ? 1 : (context + kPagedKeysPerSplit - 1) / kPagedKeysPerSplit; }
+__host__ __device__ inline int SplitsFor(int context) {
+  return context <= 0 ? 1 : (context + kPagedKeysPerSplit - 1) / kPagedKeysPerSplit;
+}
 
 // partial: [B, Hq, max_splits, kHeadDim + 2] (O, then max and sum).
 template <int kHeadDim, int kHeads, typename T>
@@ -109,9 +111,10 @@ __global__ void __launch_bounds__(kWarps * 32)
     float kv[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     float vv[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     if (valid) {
-      const int64_t at =
-          ((static_cast<int64_t>(table[j / p.page_tokens]) * p.num_kv_heads + kvh) * p.page_tokens +
-           j % p.page_tokens) * kHeadDim + chunk * 8;
+      const int64_t at = ((static_cast<int64_t>(table[j / p.page_tokens]) * p.num_kv_heads + kvh) * p.page_tokens +
+                          j % p.page_tokens) *
+                             kHeadDim +
+                         chunk * 8;
       Unpack8<T>(*reinterpret_cast<const uint4*>(k_pages + at), kv);
       Unpack8<T>(*reinterpret_cast<const uint4*>(v_pages + at), vv);
     }
@@ -284,8 +287,8 @@ cudaError_t PagedDecodeAttention(const PagedAttentionParams& p, cudaStream_t str
     return cudaErrorInvalidValue;
   }
   if (p.batch == 0) return cudaSuccess;
-  if (p.q == nullptr || p.out == nullptr || p.k_pages == nullptr || p.v_pages == nullptr ||
-      p.block_tables == nullptr || p.context_lens == nullptr) {
+  if (p.q == nullptr || p.out == nullptr || p.k_pages == nullptr || p.v_pages == nullptr || p.block_tables == nullptr ||
+      p.context_lens == nullptr) {
     return cudaErrorInvalidValue;
   }
   if (SplitsFor(p.max_context) > 1 &&

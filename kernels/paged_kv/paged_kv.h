@@ -28,8 +28,8 @@ inline constexpr int kPagedKeysPerSplit = 256;
 
 struct PagedAttentionParams {
   ElemType dtype = ElemType::kBF16;
-  const void* q = nullptr;    // [B, Hq, D], after RoPE
-  void* out = nullptr;        // [B, Hq, D]
+  const void* q = nullptr;  // [B, Hq, D], after RoPE
+  void* out = nullptr;  // [B, Hq, D]
   const void* k_pages = nullptr;  // this layer: [num_pages, Hkv, page_tokens, D]
   const void* v_pages = nullptr;
   const int32_t* block_tables = nullptr;  // [B, max_pages_per_seq], device
@@ -37,10 +37,10 @@ struct PagedAttentionParams {
   int batch = 0;
   int max_pages_per_seq = 0;
   int max_context = 0;  // an upper bound on context_lens (sizes the grid)
-  int num_heads = 0;     // Hq
+  int num_heads = 0;  // Hq
   int num_kv_heads = 0;  // Hkv, divides Hq; Hq / Hkv in {1, 2, 4, 8, 16}
-  int head_dim = 0;      // 64 or 128
-  int page_tokens = 0;   // a multiple of 16
+  int head_dim = 0;  // 64 or 128
+  int page_tokens = 0;  // a multiple of 16
   float scale = 0.0f;
   // Split partials, at least PagedDecodeWorkspaceBytes(batch, Hq, D, max_context).
   void* workspace = nullptr;

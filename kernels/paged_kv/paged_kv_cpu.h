@@ -8,7 +8,7 @@
 namespace seer::cpu {
 
 struct PagedShape {
-  int num_heads = 0;     // Hq
+  int num_heads = 0;  // Hq
   int num_kv_heads = 0;  // Hkv, divides Hq
   int head_dim = 0;
   int page_tokens = 0;

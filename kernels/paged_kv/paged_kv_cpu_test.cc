@@ -26,7 +26,7 @@ struct Case {
 };
 
 TEST(PagedKvCpu, DecodeAttentionMatchesFloat64OverShuffledPages) {
-  const Case cases[] = {{1, 1, 64, 16, 1},    {4, 1, 64, 16, 17},   {8, 2, 128, 64, 64},  {8, 8, 64, 64, 65},
+  const Case cases[] = {{1, 1, 64, 16, 1},     {4, 1, 64, 16, 17},   {8, 2, 128, 64, 64},   {8, 8, 64, 64, 65},
                         {16, 2, 128, 32, 300}, {4, 4, 128, 16, 513}, {32, 8, 128, 64, 1000}};
   std::mt19937 rng(11);
   for (const Case& c : cases) {

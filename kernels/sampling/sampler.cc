@@ -30,8 +30,7 @@ std::vector<double> Sampler::Distribution(std::span<const float> logits) const {
     if (!std::isnan(logits[i])) order.push_back(static_cast<int32_t>(i));
   if (order.empty()) return std::vector<double>(vocab, 0.0);
   auto before = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
-  const size_t keep_k =
-      params_.top_k > 0 ? std::min(order.size(), static_cast<size_t>(params_.top_k)) : order.size();
+  const size_t keep_k = params_.top_k > 0 ? std::min(order.size(), static_cast<size_t>(params_.top_k)) : order.size();
   if (keep_k < order.size() || params_.top_p < 1.0) {
     std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(keep_k), order.end(), before);
     order.resize(keep_k);

@@ -12,8 +12,8 @@ namespace seer {
 
 struct SamplingParams {
   double temperature = 0.0;  // 0: greedy
-  int top_k = 0;             // 0: no cut
-  double top_p = 1.0;        // 1: no cut
+  int top_k = 0;  // 0: no cut
+  double top_p = 1.0;  // 1: no cut
   uint64_t seed = 0;
 };
 
@@ -42,7 +42,6 @@ class Sampler {
   double NextUniform();
 
  private:
-
   SamplingParams params_;
   std::mt19937_64 rng_;
 };

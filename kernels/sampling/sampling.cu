@@ -112,8 +112,8 @@ __device__ int BlockMax(SampleShared& s, int v) {
 // exclusive scan of the segment sums gives every thread the mass before its
 // segment, and the thread whose segment crosses a threshold walks it in order.
 __global__ void __launch_bounds__(kSampleThreads)
-    SampleKernel(const float* logits, int vocab, const uint64_t* sorted, double temperature, int top_k,
-                 double top_p, double u, int32_t* out) {
+    SampleKernel(const float* logits, int vocab, const uint64_t* sorted, double temperature, int top_k, double top_p,
+                 double u, int32_t* out) {
   __shared__ SampleShared s;
   const int tid = static_cast<int>(threadIdx.x);
 
@@ -222,10 +222,11 @@ cudaError_t SampleToken(const float* logits, int vocab, double temperature, int 
   size_t temp_bytes = scratch_bytes - 2 * keys_bytes;
 
   const int blocks = (vocab + kKeyThreads - 1) / kKeyThreads;
-  CandidateKeysKernel<<<blocks < 1024 ? blocks : 1024, kKeyThreads, 0, stream>>>(logits, vocab, keys);
+  const int grid = blocks < 1024 ? blocks : 1024;
+  CandidateKeysKernel<<<grid, kKeyThreads, 0, stream>>>(logits, vocab, keys);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  SEER_CUDA_RETURN_IF_ERROR(cub::DeviceRadixSort::SortKeysDescending(temp, temp_bytes, keys, sorted, vocab, 0, 64,
-                                                                     stream));
+  SEER_CUDA_RETURN_IF_ERROR(
+      cub::DeviceRadixSort::SortKeysDescending(temp, temp_bytes, keys, sorted, vocab, 0, 64, stream));
   SampleKernel<<<1, kSampleThreads, 0, stream>>>(logits, vocab, sorted, temperature, top_k, top_p, u, out);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return cudaSuccess;

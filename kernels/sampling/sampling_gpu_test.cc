@@ -56,9 +56,12 @@ std::vector<float> RandomLogits(int vocab, uint64_t seed, bool with_neg_inf, boo
   for (int i = 0; i < vocab; ++i) {
     float v = normal(rng);
     const double c = coin(rng);
-    if (c < 0.3) v = std::round(v * 2.0f) / 2.0f;  // ties
-    else if (c < 0.33) v = std::numeric_limits<float>::quiet_NaN();
-    else if (c < 0.34) v = (c < 0.335) ? 0.0f : -0.0f;
+    if (c < 0.3)
+      v = std::round(v * 2.0f) / 2.0f;  // ties
+    else if (c < 0.33)
+      v = std::numeric_limits<float>::quiet_NaN();
+    else if (c < 0.34)
+      v = (c < 0.335) ? 0.0f : -0.0f;
     l[i] = v;
   }
   if (with_neg_inf && vocab > 2) l[vocab / 2] = -std::numeric_limits<float>::infinity();
@@ -101,8 +104,8 @@ bool DeviceTokens(const DevBuf& logits, int vocab, const SamplingParams& p, cons
   out->clear();
   for (double u : us) {
     if (cudaMemset(token.get(), 0xFF, sizeof(int32_t)) != cudaSuccess) return false;
-    if (cuda::SampleToken(logits.get<float>(), vocab, p.temperature, p.top_k, p.top_p, u, scratch.get(),
-                          scratch_bytes, token.get<int32_t>(), nullptr) != cudaSuccess) {
+    if (cuda::SampleToken(logits.get<float>(), vocab, p.temperature, p.top_k, p.top_p, u, scratch.get(), scratch_bytes,
+                          token.get<int32_t>(), nullptr) != cudaSuccess) {
       return false;
     }
     int32_t t = -2;
@@ -117,8 +120,8 @@ TEST_F(SamplingKernelTest, MatchesHostSamplerDistributionWalk) {
     int vocab;
     bool neg_inf, pos_inf;
   };
-  const Case cases[] = {{1, false, false}, {7, false, false},   {7, true, true},     {1000, true, false},
-                        {1000, false, true}, {128256, true, false}};
+  const Case cases[] = {{1, false, false},   {7, false, false},   {7, true, true},
+                        {1000, true, false}, {1000, false, true}, {128256, true, false}};
   const double temperatures[] = {0.3, 1.0, 2.5};
   const int top_ks[] = {0, 1, 5, 64};
   const double top_ps[] = {1.0, 0.9, 0.5, 0.01};
@@ -178,8 +181,8 @@ TEST_F(SamplingKernelTest, MatchesHostSamplerDistributionWalk) {
               continue;
             }
             ++mismatched;
-            ADD_FAILURE() << "vocab " << c.vocab << " T " << t << " top_k " << k << " top_p " << p << " u "
-                          << us[i] << ": device token " << got[i] << ", host " << want.token << " (u is "
+            ADD_FAILURE() << "vocab " << c.vocab << " T " << t << " top_k " << k << " top_p " << p << " u " << us[i]
+                          << ": device token " << got[i] << ", host " << want.token << " (u is "
                           << want.boundary_distance << " from a boundary)";
           }
         }
@@ -187,8 +190,7 @@ TEST_F(SamplingKernelTest, MatchesHostSamplerDistributionWalk) {
     }
   }
   std::printf("sampling kernel: %lld draws checked, %lld differ within 1e-9 of a mass boundary, %lld mismatched\n",
-              static_cast<long long>(checked), static_cast<long long>(boundary),
-              static_cast<long long>(mismatched));
+              static_cast<long long>(checked), static_cast<long long>(boundary), static_cast<long long>(mismatched));
   EXPECT_EQ(mismatched, 0);
   EXPECT_LE(boundary, checked / 1000);
 }

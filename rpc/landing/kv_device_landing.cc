@@ -18,9 +18,9 @@ Status CudaFailed(const char* what, cudaError_t e) {
   return Internal(std::string("KV device landing: ") + what + ": " + cudaGetErrorString(e));
 }
 
-#define SEER_LANDING_CUDA(expr)                                 \
-  do {                                                          \
-    const cudaError_t seer_e_ = (expr);                         \
+#define SEER_LANDING_CUDA(expr)                                    \
+  do {                                                             \
+    const cudaError_t seer_e_ = (expr);                            \
     if (seer_e_ != cudaSuccess) return CudaFailed(#expr, seer_e_); \
   } while (0)
 
@@ -127,8 +127,8 @@ class DeviceKvLanding final : public KvLanding {
         }
         const size_t row = static_cast<size_t>(c.token_count) * l.head_dim * 2;
         __nv_bfloat16* dst = destination(which);
-        SEER_LANDING_CUDA(cudaMemcpy2DAsync(dst, pitch * 2, part, row, row, l.num_kv_heads, cudaMemcpyHostToDevice,
-                                            stream_));
+        SEER_LANDING_CUDA(
+            cudaMemcpy2DAsync(dst, pitch * 2, part, row, row, l.num_kv_heads, cudaMemcpyHostToDevice, stream_));
       }
     }
     if (paged_ != nullptr) {
@@ -162,7 +162,7 @@ class DeviceKvLanding final : public KvLanding {
   void* scratch_ = nullptr;
   __nv_bfloat16* pages_scratch_ = nullptr;  // paged: bf16 K, V per slot
   size_t pages_slot_elems_ = 0;
-  int32_t* table_ = nullptr;                // paged: the block table on the device
+  int32_t* table_ = nullptr;  // paged: the block table on the device
   cudaStream_t stream_ = nullptr;
   std::vector<cudaEvent_t> done_;
   uint64_t next_ = 0;

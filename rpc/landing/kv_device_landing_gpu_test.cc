@@ -139,20 +139,19 @@ TEST_P(KvDeviceLandingTest, ChunksInPiecesLandLikeTheHostPath) {
       const std::vector<uint16_t>& got = which == 0 ? k : v;
       for (int h = 0; h < kHeads; ++h)
         for (size_t i = 0; i < static_cast<size_t>(kSeq) * kDim; ++i)
-          bad += got[static_cast<size_t>(h) * kSeq * kDim + i] !=
-                 want[(static_cast<size_t>(l) * 2 + which) * layer_elems + static_cast<size_t>(h) * kCapacity * kDim +
-                      i];
+          bad +=
+              got[static_cast<size_t>(h) * kSeq * kDim + i] !=
+              want[(static_cast<size_t>(l) * 2 + which) * layer_elems + static_cast<size_t>(h) * kCapacity * kDim + i];
     }
   }
   EXPECT_EQ(bad, 0u) << "of " << 2 * kLayers * n_elems << " elements";
 }
 
-INSTANTIATE_TEST_SUITE_P(Wire, KvDeviceLandingTest, ::testing::Combine(::testing::Values(0, 1, 2), ::testing::Bool()),
-                         [](const auto& info) {
-                           const int mode = std::get<0>(info.param);
-                           return std::string(mode == 0 ? "bf16" : mode == 1 ? "f32" : "fp8") +
-                                  (std::get<1>(info.param) ? "_paged" : "");
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Wire, KvDeviceLandingTest, ::testing::Combine(::testing::Values(0, 1, 2), ::testing::Bool()), [](const auto& info) {
+      const int mode = std::get<0>(info.param);
+      return std::string(mode == 0 ? "bf16" : mode == 1 ? "f32" : "fp8") + (std::get<1>(info.param) ? "_paged" : "");
+    });
 
 }  // namespace
 }  // namespace seer

@@ -48,8 +48,8 @@ class BytePieces {
 // The encoding of the K/V bytes on the wire.
 struct KvWireFormat {
   DType dtype = DType::kBF16;  // F32, F16 or BF16; ignored when fp8
-  bool fp8 = false;            // E4M3 codes plus a float32 scale per (head, block of tokens)
-  int block_tokens = 64;       // fp8 only
+  bool fp8 = false;  // E4M3 codes plus a float32 scale per (head, block of tokens)
+  int block_tokens = 64;  // fp8 only
 };
 
 struct KvChunkPieces {

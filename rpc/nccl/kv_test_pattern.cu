@@ -15,8 +15,8 @@ __device__ __forceinline__ uint16_t Pattern(uint32_t salt, uint32_t layer, uint3
 }
 
 // One thread per element of one layer's K or V: grid (elements / 256, layers * 2).
-__global__ void Fill(__nv_bfloat16* base, int layers, int heads, int capacity, int head_dim, int seq_len,
-                     uint32_t salt, size_t layer_stride) {
+__global__ void Fill(__nv_bfloat16* base, int layers, int heads, int capacity, int head_dim, int seq_len, uint32_t salt,
+                     size_t layer_stride) {
   const int lw = blockIdx.y;
   const size_t per = static_cast<size_t>(heads) * capacity * head_dim;
   uint16_t* p = reinterpret_cast<uint16_t*>(base) + static_cast<size_t>(lw) * layer_stride;
@@ -47,8 +47,8 @@ __global__ void Check(const __nv_bfloat16* base, int heads, int capacity, int he
 cudaError_t FillPattern(DeviceKvCache* cache, int seq_len, uint32_t salt) {
   const KvLayout& l = cache->layout();
   const size_t per = static_cast<size_t>(l.num_kv_heads) * cache->capacity() * l.head_dim;
-  Fill<<<dim3(1024, 2 * l.num_layers), 256>>>(cache->k(0), l.num_layers, l.num_kv_heads, cache->capacity(),
-                                               l.head_dim, seq_len, salt, per);
+  Fill<<<dim3(1024, 2 * l.num_layers), 256>>>(cache->k(0), l.num_layers, l.num_kv_heads, cache->capacity(), l.head_dim,
+                                              seq_len, salt, per);
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   return cudaDeviceSynchronize();
 }
@@ -67,7 +67,7 @@ cudaError_t CountMismatches(const DeviceKvCache* cache, int seq_len, uint32_t sa
   if (cudaError_t e = cudaMalloc(&d, sizeof(*d)); e != cudaSuccess) return e;
   cudaMemset(d, 0, sizeof(*d));
   Check<<<dim3(1024, 2 * l.num_layers), 256>>>(cache->k(0), l.num_kv_heads, cache->capacity(), l.head_dim, seq_len,
-                                                salt, per, d);
+                                               salt, per, d);
   cudaError_t e = cudaGetLastError();
   if (e == cudaSuccess) e = cudaMemcpy(mismatches, d, sizeof(*d), cudaMemcpyDeviceToHost);
   cudaFree(d);

@@ -74,8 +74,8 @@ int PrefillOverlap(const std::string& spec, int layers) {
          return v;
        }()) {
     const size_t colon = item.find(':');
-    runs.push_back({std::atoi(item.substr(0, colon).c_str()),
-                    colon == std::string::npos ? "dense" : item.substr(colon + 1)});
+    runs.push_back(
+        {std::atoi(item.substr(0, colon).c_str()), colon == std::string::npos ? "dense" : item.substr(colon + 1)});
   }
   RandomEngineOptions eo;
   eo.seed = 20240601;
@@ -151,9 +151,10 @@ int PrefillOverlap(const std::string& spec, int layers) {
   }
   std::printf("\nNCCL KV during the prefill, 8B shape (%d layers, random weights and gates) on GPU 0 -> GPU 1\n",
               layers);
-  std::printf("| tokens | sparsity | prefill, no observer ms | prefill, observer (no transfer) ms | prefill + NCCL, "
-              "last layer delivered ms | ratio to the observer run | receiver verified |\n"
-              "|---|---|---|---|---|---|---|\n");
+  std::printf(
+      "| tokens | sparsity | prefill, no observer ms | prefill, observer (no transfer) ms | prefill + NCCL, "
+      "last layer delivered ms | ratio to the observer run | receiver verified |\n"
+      "|---|---|---|---|---|---|---|\n");
   size_t t = 0;
   for (const Run& r : runs) {
     auto sp = ParseSparsity(r.mode);
@@ -178,8 +179,7 @@ int PrefillOverlap(const std::string& spec, int layers) {
     auto verified = peer->Expect("verified " + std::to_string(t), 60);
     ++t;
     std::printf("| %d | %s | %.1f | %.1f | %.1f | %.3f | %s |\n", r.len, r.mode.c_str(), bare * 1e3, observed * 1e3,
-                sent * 1e3, sent / observed,
-                done && done->rfind("done", 0) == 0 && verified ? "transfer ok" : "NO");
+                sent * 1e3, sent / observed, done && done->rfind("done", 0) == 0 && verified ? "transfer ok" : "NO");
     std::fflush(stdout);
   }
   peer->Wait(30);
@@ -192,14 +192,21 @@ int Main(int argc, char** argv) {
   std::string prefill;
   bool transport = true;
   for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--lengths")) lengths = Ints(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--layers")) layers = std::atoi(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--repeats")) repeats = std::atoi(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--prefill")) prefill = argv[i + 1];
-    else if (!std::strcmp(argv[i], "--transport")) transport = std::atoi(argv[i + 1]) != 0;
+    if (!std::strcmp(argv[i], "--lengths"))
+      lengths = Ints(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--layers"))
+      layers = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--repeats"))
+      repeats = std::atoi(argv[i + 1]);
+    else if (!std::strcmp(argv[i], "--prefill"))
+      prefill = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--transport"))
+      transport = std::atoi(argv[i + 1]) != 0;
     else {
-      std::fprintf(stderr, "usage: %s [--lengths 8192,32768,131072] [--layers 32] [--repeats 3] "
-                           "[--prefill LEN:MODE,...] [--transport 0|1]\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--lengths 8192,32768,131072] [--layers 32] [--repeats 3] "
+                   "[--prefill LEN:MODE,...] [--transport 0|1]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -249,8 +256,8 @@ int Main(int argc, char** argv) {
     o.stall_timeout_seconds = 20;
     auto link = NcclKvLink::Open(NcclRole::kSender, *id, o);
     if (!link.ok() || !(*link)->WaitReady(60).ok() || !peer->Expect("ready", 60)) {
-      std::fprintf(stderr, "link: %s\n", link.ok() ? (*link)->health().ToString().c_str()
-                                                   : link.status().ToString().c_str());
+      std::fprintf(stderr, "link: %s\n",
+                   link.ok() ? (*link)->health().ToString().c_str() : link.status().ToString().c_str());
       return 1;
     }
     size_t t = 0;

@@ -160,20 +160,20 @@ NcclKvLink::Xfer* NcclKvLink::FindLocked(uint64_t seq) {
 }
 
 StatusOr<std::unique_ptr<NcclKvLink::Transfer>> NcclKvLink::StartSend(const DeviceKvCache* cache, int seq_len,
-                                                                       NcclKvSplit split) {
+                                                                      NcclKvSplit split) {
   if (role_ != NcclRole::kSender) return FailedPrecondition("NCCL link: StartSend on the receiving side");
   return Start(cache, nullptr, seq_len, 0, split);
 }
 
-StatusOr<std::unique_ptr<NcclKvLink::Transfer>> NcclKvLink::StartRecv(DeviceKvCache* cache, int seq_len,
-                                                                       uint64_t seq, NcclKvSplit split) {
+StatusOr<std::unique_ptr<NcclKvLink::Transfer>> NcclKvLink::StartRecv(DeviceKvCache* cache, int seq_len, uint64_t seq,
+                                                                      NcclKvSplit split) {
   if (role_ != NcclRole::kReceiver) return FailedPrecondition("NCCL link: StartRecv on the sending side");
   return Start(nullptr, cache, seq_len, seq, split);
 }
 
 StatusOr<std::unique_ptr<NcclKvLink::Transfer>> NcclKvLink::StartRecvStaged(DeviceKvCache* staging, int num_layers,
-                                                                             int seq_len, uint64_t seq,
-                                                                             AfterLayer after_layer) {
+                                                                            int seq_len, uint64_t seq,
+                                                                            AfterLayer after_layer) {
   if (role_ != NcclRole::kReceiver) return FailedPrecondition("NCCL link: StartRecvStaged on the sending side");
   if (num_layers < 1 || after_layer == nullptr)
     return InvalidArgument("NCCL transfer: a staged receive needs num_layers >= 1 and an after_layer step");
@@ -181,8 +181,8 @@ StatusOr<std::unique_ptr<NcclKvLink::Transfer>> NcclKvLink::StartRecvStaged(Devi
 }
 
 StatusOr<std::unique_ptr<NcclKvLink::Transfer>> NcclKvLink::Start(const DeviceKvCache* src, DeviceKvCache* dst,
-                                                                   int seq_len, uint64_t seq, NcclKvSplit split,
-                                                                   int num_layers, AfterLayer after_layer) {
+                                                                  int seq_len, uint64_t seq, NcclKvSplit split,
+                                                                  int num_layers, AfterLayer after_layer) {
   const DeviceKvCache* cache = src != nullptr ? src : dst;
   if (cache == nullptr) return InvalidArgument("NCCL transfer: null KV cache");
   if (seq_len < 1 || seq_len > cache->capacity())
@@ -198,8 +198,8 @@ StatusOr<std::unique_ptr<NcclKvLink::Transfer>> NcclKvLink::Start(const DeviceKv
   x->after_layer = std::move(after_layer);
   if (num_layers == 0) num_layers = cache->layout().num_layers;
   x->layers.resize(num_layers);
-  x->bytes = int64_t{2} * num_layers * cache->layout().num_kv_heads * seq_len *
-             cache->layout().head_dim * static_cast<int64_t>(sizeof(__nv_bfloat16));
+  x->bytes = int64_t{2} * num_layers * cache->layout().num_kv_heads * seq_len * cache->layout().head_dim *
+             static_cast<int64_t>(sizeof(__nv_bfloat16));
   std::unique_lock<std::mutex> lock(mu_);
   if (state_ == State::kFailed) return failure_;
   if (state_ != State::kReady) return Unavailable("NCCL KV link to " + Peer() + " is not ready yet");
@@ -329,7 +329,8 @@ Status NcclKvLink::IssueLayer(const Xfer& x, int layer, cudaEvent_t ready, cudaE
     if (Since(t0) > bound)
       return Unavailable(std::string(connected_ ? "enqueueing a layer" : "connecting to the peer") + " took over " +
                          std::to_string(bound) + " s");
-    if (const Clock::rep announced = first_announced_.load(); !connected_ && announced != 0 &&
+    if (const Clock::rep announced = first_announced_.load();
+        !connected_ && announced != 0 &&
         Since(Clock::time_point(Clock::duration(announced))) > options_.stall_timeout_seconds) {
       return Unavailable("connecting to the peer: not up " + std::to_string(options_.stall_timeout_seconds) +
                          " s after it announced a layer");
@@ -376,8 +377,8 @@ bool NcclKvLink::PollProgressLocked() {
         // The oldest layer in flight: is the peer what it waits for?
         oldest_seen = true;
         const Layer& l = x.layers[x.completed];
-        const bool ready = role_ == NcclRole::kSender ? (l.ready == nullptr || cudaEventQuery(l.ready) == cudaSuccess)
-                                                      : l.announced;
+        const bool ready =
+            role_ == NcclRole::kSender ? (l.ready == nullptr || cudaEventQuery(l.ready) == cudaSuccess) : l.announced;
         if (!ready) {
           stall_since_.reset();
         } else if (!stall_since_) {

@@ -72,9 +72,9 @@ StatusOr<std::string> CudaDeviceUuid(int device);
 enum class NcclRole { kSender = 0, kReceiver = 1 };
 
 struct NcclLinkOptions {
-  int device = 0;                      // this side's CUDA device
-  std::string peer;                    // for messages: "decode worker 10.0.0.8 (GPU-...)"
-  std::string peer_gpu_uuid;           // refused when it is this side's own GPU
+  int device = 0;  // this side's CUDA device
+  std::string peer;  // for messages: "decode worker 10.0.0.8 (GPU-...)"
+  std::string peer_gpu_uuid;  // refused when it is this side's own GPU
   double setup_timeout_seconds = 30.0;
   double stall_timeout_seconds = 10.0;
 };
@@ -83,12 +83,12 @@ struct NcclLinkOptions {
 // use the same split (NCCL matches calls one to one).
 enum class NcclKvSplit {
   kPerHead,  // 2 x heads calls of seq_len x head_dim: any capacity on either side (the protocol's)
-  kWhole     // 2 calls of heads x seq_len x head_dim: only when capacity == seq_len on this side (benchmarks)
+  kWhole  // 2 calls of heads x seq_len x head_dim: only when capacity == seq_len on this side (benchmarks)
 };
 
 struct NcclTransferStats {
   int64_t bytes = 0;
-  double seconds = 0.0;         // first call issued to last layer complete
+  double seconds = 0.0;  // first call issued to last layer complete
   double waited_seconds = 0.0;  // spent inside Finish / Wait
 };
 
@@ -131,8 +131,8 @@ class NcclKvLink : public std::enable_shared_from_this<NcclKvLink> {
   // overwriting the staging before it has been read. A layer counts as
   // arrived once its after_layer work is done.
   using AfterLayer = std::function<cudaError_t(int layer, cudaStream_t stream)>;
-  StatusOr<std::unique_ptr<Transfer>> StartRecvStaged(DeviceKvCache* staging, int num_layers, int seq_len,
-                                                      uint64_t seq, AfterLayer after_layer);
+  StatusOr<std::unique_ptr<Transfer>> StartRecvStaged(DeviceKvCache* staging, int num_layers, int seq_len, uint64_t seq,
+                                                      AfterLayer after_layer);
 
   const NcclLinkOptions& options() const { return options_; }
   NcclRole role() const { return role_; }
@@ -168,9 +168,9 @@ class NcclKvLink : public std::enable_shared_from_this<NcclKvLink> {
 
   struct Layer {
     cudaEvent_t ready = nullptr;  // sender: compute done (not owned)
-    cudaEvent_t done = nullptr;   // recorded after the layer's calls (owned by the link's pool)
-    bool handed = false;          // sender: SendLayer; receiver: NoteLayerSent or posted
-    bool announced = false;       // receiver: NoteLayerSent came
+    cudaEvent_t done = nullptr;  // recorded after the layer's calls (owned by the link's pool)
+    bool handed = false;  // sender: SendLayer; receiver: NoteLayerSent or posted
+    bool announced = false;  // receiver: NoteLayerSent came
     bool issued = false;
     bool completed = false;
   };
@@ -191,11 +191,11 @@ class NcclKvLink : public std::enable_shared_from_this<NcclKvLink> {
   };
 
   NcclKvLink(NcclRole role, const NcclLinkOptions& options);
-  void Run();                                     // the worker thread
-  void FailLocked(const std::string& why);        // records the failure; the worker aborts
-  void AbortCommunicator();                       // worker only, without the lock
+  void Run();  // the worker thread
+  void FailLocked(const std::string& why);  // records the failure; the worker aborts
+  void AbortCommunicator();  // worker only, without the lock
   Status IssueLayer(const Xfer& x, int layer, cudaEvent_t ready, cudaEvent_t done);  // worker, no lock
-  bool PollProgressLocked();                      // worker: completions and stalls; true while work is in flight
+  bool PollProgressLocked();  // worker: completions and stalls; true while work is in flight
   StatusOr<std::unique_ptr<Transfer>> Start(const DeviceKvCache* src, DeviceKvCache* dst, int seq_len, uint64_t seq,
                                             NcclKvSplit split, int num_layers = 0, AfterLayer after_layer = nullptr);
   Status FinishTransfer(uint64_t seq, double timeout_seconds, NcclTransferStats* stats);
@@ -209,7 +209,7 @@ class NcclKvLink : public std::enable_shared_from_this<NcclKvLink> {
   cudaStream_t stream_ = nullptr;
 
   mutable std::mutex mu_;
-  std::condition_variable cv_;       // wakes the worker
+  std::condition_variable cv_;  // wakes the worker
   std::condition_variable changed_;  // wakes waiters (ready, transfers)
   State state_ = State::kJoining;
   Status failure_;
@@ -218,14 +218,14 @@ class NcclKvLink : public std::enable_shared_from_this<NcclKvLink> {
   uint64_t next_send_seq_ = 0;
   uint64_t issue_seq_ = 0;  // the transfer whose calls are issued next
   std::map<uint64_t, std::unique_ptr<Xfer>> xfers_;  // by sequence number
-  std::vector<cudaEvent_t> event_pool_;               // worker only
-  std::optional<Clock::time_point> stall_since_;      // the oldest ready layer waiting on the peer
-  std::atomic<bool> abort_requested_{false};          // read by the worker inside NCCL polling loops
+  std::vector<cudaEvent_t> event_pool_;  // worker only
+  std::optional<Clock::time_point> stall_since_;  // the oldest ready layer waiting on the peer
+  std::atomic<bool> abort_requested_{false};  // read by the worker inside NCCL polling loops
   // Receiver: when the sender first said a layer was on its way (steady
   // clock ticks; 0: not yet). From then on the connection, which needs the
   // sender's first group, gets the stall timeout instead of the setup one.
   std::atomic<Clock::rep> first_announced_{0};
-  bool connected_ = false;       // worker only: a group went through (the GPUs are connected)
+  bool connected_ = false;  // worker only: a group went through (the GPUs are connected)
   bool kernels_stopped_ = true;  // worker only: the stream drained after the abort
   std::thread worker_;
 };

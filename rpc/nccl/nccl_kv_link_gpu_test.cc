@@ -231,9 +231,9 @@ TEST_F(NcclLinkTest, AStagedReceiveHandsEveryLayerToItsStepBeforeTheNextArrives)
       ++steps;
       const size_t row = static_cast<size_t>(L) * kDim * 2;
       for (int which = 0; which < 2; ++which) {
-        cudaError_t e = cudaMemcpy2DAsync(which == 0 ? d->k(layer) : d->v(layer), static_cast<size_t>(d->capacity()) * kDim * 2,
-                                          which == 0 ? s->k(0) : s->v(0), row, row, kHeads, cudaMemcpyDeviceToDevice,
-                                          stream);
+        cudaError_t e =
+            cudaMemcpy2DAsync(which == 0 ? d->k(layer) : d->v(layer), static_cast<size_t>(d->capacity()) * kDim * 2,
+                              which == 0 ? s->k(0) : s->v(0), row, row, kHeads, cudaMemcpyDeviceToDevice, stream);
         if (e != cudaSuccess) return e;
       }
       return cudaSuccess;

@@ -26,7 +26,7 @@ class NcclLinkRegistry {
   struct Entry {
     uint64_t id = 0;
     std::shared_ptr<NcclKvLink> link;
-    Clock::time_point opened;     // when this side opened it
+    Clock::time_point opened;  // when this side opened it
     Clock::time_point last_used;  // opened, or last found
   };
 

@@ -61,9 +61,19 @@ std::string Unhex(const std::string& hex) {
 std::vector<std::string> PeerArgv(const PeerConfig& c) {
   std::string lens;
   for (int l : c.seq_lens) lens += (lens.empty() ? "" : ",") + std::to_string(l);
-  return {"--nccl-peer", c.role, std::to_string(c.device), c.unique_id_hex, std::to_string(c.layers),
-          std::to_string(c.heads), std::to_string(c.head_dim), lens, std::to_string(c.extra_capacity),
-          c.whole ? "1" : "0", c.step ? "1" : "0", std::to_string(c.stall_seconds), std::to_string(c.setup_seconds),
+  return {"--nccl-peer",
+          c.role,
+          std::to_string(c.device),
+          c.unique_id_hex,
+          std::to_string(c.layers),
+          std::to_string(c.heads),
+          std::to_string(c.head_dim),
+          lens,
+          std::to_string(c.extra_capacity),
+          c.whole ? "1" : "0",
+          c.step ? "1" : "0",
+          std::to_string(c.stall_seconds),
+          std::to_string(c.setup_seconds),
           std::to_string(c.salt)};
 }
 
@@ -121,8 +131,10 @@ int RunPeer(int argc, char** argv) {
       std::lock_guard<std::mutex> lock(mu);
       int t = 0, l = 0;
       if (std::sscanf(line.c_str(), "sent %d %d", &t, &l) == 2) {
-        if (current != nullptr && t == current_t) current->NoteLayerSent(l);
-        else notes.emplace_back(t, l);
+        if (current != nullptr && t == current_t)
+          current->NoteLayerSent(l);
+        else
+          notes.emplace_back(t, l);
       } else if (line == "go") {
         ++gos;
       }
@@ -239,8 +251,8 @@ PeerProcess::~PeerProcess() {
 }
 
 std::optional<std::string> PeerProcess::ReadLine(double timeout_seconds) {
-  const Clock::time_point end = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                                   std::chrono::duration<double>(timeout_seconds));
+  const Clock::time_point end =
+      Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_seconds));
   for (;;) {
     const size_t nl = buffer_.find('\n');
     if (nl != std::string::npos) {
@@ -260,8 +272,8 @@ std::optional<std::string> PeerProcess::ReadLine(double timeout_seconds) {
 }
 
 std::optional<std::string> PeerProcess::Expect(const std::string& prefix, double timeout_seconds) {
-  const Clock::time_point end = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                                   std::chrono::duration<double>(timeout_seconds));
+  const Clock::time_point end =
+      Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_seconds));
   for (;;) {
     const double left = std::chrono::duration<double>(end - Clock::now()).count();
     if (left <= 0) return std::nullopt;
@@ -284,8 +296,8 @@ void PeerProcess::Kill() {
 
 std::optional<int> PeerProcess::Wait(double timeout_seconds) {
   if (reaped_) return status_;
-  const Clock::time_point end = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                                   std::chrono::duration<double>(timeout_seconds));
+  const Clock::time_point end =
+      Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(timeout_seconds));
   for (;;) {
     int st = 0;
     const pid_t r = waitpid(pid_, &st, WNOHANG);

@@ -22,16 +22,16 @@
 namespace seer::nccl_test {
 
 struct PeerConfig {
-  std::string role = "recv";   // "send" or "recv"
+  std::string role = "recv";  // "send" or "recv"
   int device = 1;
   std::string unique_id_hex;
   int layers = 4, heads = 8, head_dim = 128;
   std::vector<int> seq_lens = {1000};  // one transfer per entry
-  int extra_capacity = 0;              // receiver: capacity = seq_len + extra_capacity
-  bool whole = false;                  // NcclKvSplit::kWhole
-  bool step = false;                   // sender: wait for "go" before each layer
+  int extra_capacity = 0;  // receiver: capacity = seq_len + extra_capacity
+  bool whole = false;  // NcclKvSplit::kWhole
+  bool step = false;  // sender: wait for "go" before each layer
   double stall_seconds = 3.0, setup_seconds = 30.0;
-  uint32_t salt = 1;                   // transfer T uses salt + T
+  uint32_t salt = 1;  // transfer T uses salt + T
 };
 
 std::vector<std::string> PeerArgv(const PeerConfig& c);

@@ -32,8 +32,8 @@ std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const ServerTlsOp
   if (!tls.enabled()) return grpc::InsecureServerCredentials();
   // The provider re-reads the files every reload_seconds and switches to
   // their new contents when they changed (and parse).
-  auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
-      tls.key, tls.cert, tls.client_ca, tls.reload_seconds);
+  auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(tls.key, tls.cert, tls.client_ca,
+                                                                                       tls.reload_seconds);
   grpc::experimental::TlsServerCredentialsOptions options(provider);
   options.watch_identity_key_cert_pairs();
   if (!tls.client_ca.empty()) {
@@ -110,8 +110,8 @@ StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(GrpcServerOptions o) {
   for (grpc::Service* s : o.services) builder.RegisterService(s);
   // Reflection v1 beside gRPC's v1alpha, listing every service served.
   std::vector<std::string> listed = o.health_names;
-  for (const char* s : {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
-                        "grpc.reflection.v1.ServerReflection"}) {
+  for (const char* s :
+       {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection"}) {
     listed.push_back(s);
   }
   out->reflection_v1_ = std::make_unique<ReflectionV1Service>(std::move(listed));
@@ -197,8 +197,7 @@ int WaitForTerminationSignal() {
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
   int sig = 0;
-  while (sigwait(&set, &sig) != 0) {
-  }
+  while (sigwait(&set, &sig) != 0) {}
   return sig;
 }
 

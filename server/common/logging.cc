@@ -38,7 +38,7 @@ std::string Members(const JsonValue& fields) {
 void FromGrpc(gpr_log_func_args* args) {
   const LogLevel level = args->severity == GPR_LOG_SEVERITY_ERROR  ? LogLevel::kError
                          : args->severity == GPR_LOG_SEVERITY_INFO ? LogLevel::kInfo
-                                                                    : LogLevel::kDebug;
+                                                                   : LogLevel::kDebug;
   JsonValue f = JsonValue::Object();
   f.Set("source", JsonValue::String("grpc"));
   f.Set("file", JsonValue::String(std::string(args->file) + ":" + std::to_string(args->line)));

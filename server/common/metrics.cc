@@ -17,8 +17,7 @@
 namespace seer {
 
 std::vector<double> LatencyBuckets() {
-  return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
-          2.5,   5,      10,    25,   50,    100,  250, 600};
+  return {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 600};
 }
 
 std::vector<double> DensityBuckets() {
@@ -209,11 +208,11 @@ DecodeMetrics::DecodeMetrics(prometheus::Registry& r)
                         "From a Generate request's arrival to its first token handed to gRPC.", LatencyBuckets())),
       inter_token(AddHistogram(r, "seer_inter_token_latency_seconds", "Time between consecutive tokens of a stream.",
                                LatencyBuckets())),
-      request_duration(AddHistogram(r, "seer_request_duration_seconds",
-                                    "From a Generate request's arrival to its end.", LatencyBuckets())),
+      request_duration(AddHistogram(r, "seer_request_duration_seconds", "From a Generate request's arrival to its end.",
+                                    LatencyBuckets())),
       tokens(AddCounter(r, "seer_decode_tokens_total", "Tokens generated and sent.")),
-      kv_received_bytes(AddCounter(r, "seer_kv_received_bytes_total",
-                                   "Bytes of K and V received from prefill servers.")),
+      kv_received_bytes(
+          AddCounter(r, "seer_kv_received_bytes_total", "Bytes of K and V received from prefill servers.")),
       inflight(AddGauge(r, "seer_decode_inflight_requests",
                         "Generate streams admitted and not yet finished (queued, fetching KV, decoding).")),
       write_stalls(AddCounter(r, "seer_stream_write_stalls_total", kWriteStallsHelp)),

@@ -78,7 +78,7 @@ void AddDeviceMemoryGauges(ScrapeTimeMetrics& metrics, const Engine& engine);
 struct ServerMetrics {
   explicit ServerMetrics(prometheus::Registry& registry);
   std::shared_ptr<ScrapeTimeMetrics> scrape_time = std::make_shared<ScrapeTimeMetrics>();
-  prometheus::Gauge& kv_cache_bytes;           // seer_kv_cache_bytes
+  prometheus::Gauge& kv_cache_bytes;  // seer_kv_cache_bytes
   prometheus::Gauge& kv_cache_capacity_bytes;  // seer_kv_cache_capacity_bytes
 };
 
@@ -92,14 +92,14 @@ class PrefillMetrics {
   void RegisterLayers(int num_layers);
 
   ServerMetrics server;
-  prometheus::Histogram& duration;         // seer_prefill_duration_seconds
-  prometheus::Histogram& queue;            // seer_prefill_queue_seconds
-  prometheus::Counter& tokens;             // seer_prefill_tokens_total
-  prometheus::Gauge& inflight;             // seer_prefill_inflight_requests
-  prometheus::Counter& kv_sent_bytes;      // seer_kv_sent_bytes_total
-  prometheus::Histogram& kv_stream;        // seer_kv_stream_duration_seconds
-  prometheus::Counter& write_stalls;       // seer_stream_write_stalls_total
-  KvTransportMetrics kv_transport;         // seer_kv_transfer*{side="send"}, ... (rpc/kv_transport_metrics.h)
+  prometheus::Histogram& duration;  // seer_prefill_duration_seconds
+  prometheus::Histogram& queue;  // seer_prefill_queue_seconds
+  prometheus::Counter& tokens;  // seer_prefill_tokens_total
+  prometheus::Gauge& inflight;  // seer_prefill_inflight_requests
+  prometheus::Counter& kv_sent_bytes;  // seer_kv_sent_bytes_total
+  prometheus::Histogram& kv_stream;  // seer_kv_stream_duration_seconds
+  prometheus::Counter& write_stalls;  // seer_stream_write_stalls_total
+  KvTransportMetrics kv_transport;  // seer_kv_transfer*{side="send"}, ... (rpc/kv_transport_metrics.h)
 
  private:
   prometheus::Family<prometheus::Counter>& requests_;
@@ -113,16 +113,16 @@ class DecodeMetrics {
   void CountRequest(grpc::StatusCode code);
 
   ServerMetrics server;
-  prometheus::Histogram& ttft;              // seer_time_to_first_token_seconds
-  prometheus::Histogram& inter_token;       // seer_inter_token_latency_seconds
+  prometheus::Histogram& ttft;  // seer_time_to_first_token_seconds
+  prometheus::Histogram& inter_token;  // seer_inter_token_latency_seconds
   prometheus::Histogram& request_duration;  // seer_request_duration_seconds
-  prometheus::Counter& tokens;              // seer_decode_tokens_total
-  prometheus::Counter& kv_received_bytes;   // seer_kv_received_bytes_total
-  prometheus::Gauge& inflight;              // seer_decode_inflight_requests
-  prometheus::Counter& write_stalls;        // seer_stream_write_stalls_total
-  KvTransportMetrics kv_transport;          // seer_kv_transfer*{side="receive"}, ...
-  prometheus::Histogram& batch_size;        // seer_decode_batch_size
-  prometheus::Histogram& step_seconds;      // seer_decode_step_seconds
+  prometheus::Counter& tokens;  // seer_decode_tokens_total
+  prometheus::Counter& kv_received_bytes;  // seer_kv_received_bytes_total
+  prometheus::Gauge& inflight;  // seer_decode_inflight_requests
+  prometheus::Counter& write_stalls;  // seer_stream_write_stalls_total
+  KvTransportMetrics kv_transport;  // seer_kv_transfer*{side="receive"}, ...
+  prometheus::Histogram& batch_size;  // seer_decode_batch_size
+  prometheus::Histogram& step_seconds;  // seer_decode_step_seconds
 
  private:
   prometheus::Family<prometheus::Counter>& requests_;

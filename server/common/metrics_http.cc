@@ -25,7 +25,7 @@ constexpr size_t kMaxRequestHeadBytes = 8192;
 struct Connection {
   int fd = -1;
   MetricsClock::time_point deadline;
-  std::string in;   // the request so far
+  std::string in;  // the request so far
   std::string out;  // the response left to write
   size_t sent = 0;
 };
@@ -87,8 +87,9 @@ StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   socklen_t len = sizeof(bound);
   getsockname(s->listen_fd_, reinterpret_cast<sockaddr*>(&bound), &len);
   s->port_ = ntohs(bound.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
-                                                : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
-  if (pipe2(s->wake_fds_, O_CLOEXEC | O_NONBLOCK) != 0) return Internal("metrics: pipe: " + std::string(std::strerror(errno)));
+                                               : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+  if (pipe2(s->wake_fds_, O_CLOEXEC | O_NONBLOCK) != 0)
+    return Internal("metrics: pipe: " + std::string(std::strerror(errno)));
   s->thread_ = std::thread([p = s.get()] { p->Loop(); });
   return s;
 }

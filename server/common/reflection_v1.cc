@@ -42,7 +42,8 @@ grpc::Status ReflectionV1Service::ServerReflectionInfo(
     *response.mutable_original_request() = request;
     switch (request.message_request_case()) {
       case v1::ServerReflectionRequest::kListServices:
-        for (const std::string& name : services_) response.mutable_list_services_response()->add_service()->set_name(name);
+        for (const std::string& name : services_)
+          response.mutable_list_services_response()->add_service()->set_name(name);
         break;
       case v1::ServerReflectionRequest::kFileByFilename:
         if (const FileDescriptor* f = pool->FindFileByName(request.file_by_filename())) {

@@ -26,10 +26,8 @@ JsonValue Fields(std::initializer_list<std::pair<const char*, JsonValue>> member
 void CommonServerFlags::Register(FlagSet& flags) {
   flags.String("tls-cert", &tls.cert, "PEM certificate (chain) of this server: serve TLS (with --tls-key)");
   flags.String("tls-key", &tls.key, "PEM private key of --tls-cert");
-  flags.String("tls-client-ca", &tls.client_ca,
-               "PEM CA bundle: require client certificates signed by it (mutual TLS)");
-  flags.Int("tls-reload-seconds", &tls_reload_seconds,
-            "how often the TLS files are checked for changes and reloaded");
+  flags.String("tls-client-ca", &tls.client_ca, "PEM CA bundle: require client certificates signed by it (mutual TLS)");
+  flags.Int("tls-reload-seconds", &tls_reload_seconds, "how often the TLS files are checked for changes and reloaded");
   flags.String("log-level", &log_level, "stderr JSON log: debug, info (one line per request), warn, error or off");
   flags.Bool("version", &version, "print the version and exit");
 }
@@ -97,7 +95,7 @@ int Serve(const ServeConfig& config) {
   LogEvent(LogLevel::kInfo, "listening",
            Fields({{"grpc", JsonValue::String((*server)->address())},
                    {"metrics", JsonValue::String(metrics_address)},
-                   {"tls", JsonValue::String(!config.tls.enabled()           ? "off"
+                   {"tls", JsonValue::String(!config.tls.enabled()          ? "off"
                                              : config.tls.client_ca.empty() ? "tls"
                                                                             : "mtls")},
                    {"max_receive_bytes", JsonValue::Int(config.max_receive_bytes)},

@@ -41,7 +41,7 @@ int ReceiveLimitBytes(size_t max_request_bytes);
 
 struct ServeConfig {
   std::string program;  // "seer-prefill", for messages
-  std::string listen;   // host:port, port 0 picks one
+  std::string listen;  // host:port, port 0 picks one
   std::string metrics;  // host:port for /metrics; empty: none
   double drain_seconds = 30.0;
   int max_receive_bytes = 1 << 20;

@@ -42,9 +42,7 @@
 namespace seer {
 
 template <typename Response>
-class StreamReactor : public grpc::ServerWriteReactor<Response>,
-                      public WorkQueue::Job,
-                      private StreamWatchdog::Stream {
+class StreamReactor : public grpc::ServerWriteReactor<Response>, public WorkQueue::Job, private StreamWatchdog::Stream {
  public:
   // Makes a message when its turn to be written comes, on a gRPC thread.
   using Deferred = std::function<StatusOr<std::unique_ptr<Response>>()>;
@@ -333,8 +331,8 @@ class StreamReactor : public grpc::ServerWriteReactor<Response>,
       writing_ = false;
       pump_busy_ = false;
       if (!ok) {
-        newly_cancelled = CancelLocked(grpc::Status(grpc::StatusCode::CANCELLED, "the stream broke: a write failed"),
-                                       &dropped);
+        newly_cancelled =
+            CancelLocked(grpc::Status(grpc::StatusCode::CANCELLED, "the stream broke: a write failed"), &dropped);
       }
       pump = TakePumpLocked();
       finish = !pump && ShouldFinishLocked(&final_status);
@@ -452,7 +450,7 @@ class StreamReactor : public grpc::ServerWriteReactor<Response>,
   std::deque<Pending> outbox_;
   size_t buffered_bytes_ = 0;
   bool pump_busy_ = false;
-  int making_ = 0;        // deferred messages being made outside the lock
+  int making_ = 0;  // deferred messages being made outside the lock
   bool writing_ = false;  // StartWrite called, OnWriteDone not yet
   StreamWatchdog::Clock::time_point write_started_;
   bool stall_pinned_ = false;

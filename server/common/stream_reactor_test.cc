@@ -114,7 +114,6 @@ TEST(StreamReactor, AfterWriteOfOneMessageEndsBeforeTheNextBeforeWrite) {
   EXPECT_EQ(log.before_too_early, 0) << "BeforeWrite ran while the previous message's AfterWrite was still running";
 }
 
-
 // Sends tokens 0..n-1, every third one deferred (made when its turn to be
 // written comes); token `fail_at`, if deferred, fails to be made.
 class MixedReactor final : public StreamReactor<v1::GenerateResponse> {

@@ -14,8 +14,7 @@
 
 extern "C" int pthread_attr_setstacksize(pthread_attr_t* attr, size_t stacksize) noexcept {
   using SetStackSize = int (*)(pthread_attr_t*, size_t);
-  static const SetStackSize real =
-      reinterpret_cast<SetStackSize>(dlsym(RTLD_NEXT, "pthread_attr_setstacksize"));
+  static const SetStackSize real = reinterpret_cast<SetStackSize>(dlsym(RTLD_NEXT, "pthread_attr_setstacksize"));
   if (real == nullptr) return ENOSYS;
   if (stacksize < seer::kMinThreadStackBytes) stacksize = seer::kMinThreadStackBytes;
   return real(attr, stacksize);

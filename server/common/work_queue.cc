@@ -106,8 +106,7 @@ void WorkQueue::WorkerLoop() {
       waiting_.pop_front();
       ++running_;
     }
-    const double waited =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - entry.enqueued).count();
+    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - entry.enqueued).count();
     entry.job->Run(waited);
     {
       std::lock_guard<std::mutex> lock(mu_);

@@ -182,11 +182,11 @@ int main(int argc, char** argv) {
   paged.page_tokens = static_cast<int>(page_tokens);
   paged.max_batch = static_cast<int>(max_batch);
   if (max_batch < 0 || max_batch > 1024 || page_tokens < 16 || page_tokens > 1024 || page_tokens % 16 != 0) {
-    std::fprintf(stderr, "seer-decode: %s\n",
-                 max_batch < 0 || max_batch > 1024
-                     ? ("--max-batch: " + std::to_string(max_batch) + " is out of range [0, 1024]").c_str()
-                     : ("--kv-page-tokens: " + std::to_string(page_tokens) +
-                        " must be a multiple of 16 in [16, 1024]").c_str());
+    std::fprintf(
+        stderr, "seer-decode: %s\n",
+        max_batch < 0 || max_batch > 1024
+            ? ("--max-batch: " + std::to_string(max_batch) + " is out of range [0, 1024]").c_str()
+            : ("--kv-page-tokens: " + std::to_string(page_tokens) + " must be a multiple of 16 in [16, 1024]").c_str());
     return 2;
   }
   if (!kv_pool.empty() && kv_pool.back() == '%') {
@@ -223,8 +223,7 @@ int main(int argc, char** argv) {
   }
   client_options.kv_nccl = transports->nccl;
   client_options.kv_grpc_streams = static_cast<int>(std::clamp<int64_t>(kv_grpc_streams, -1, 1 << 20));
-  seer::StatusOr<std::unique_ptr<seer::PrefillClient>> client =
-      seer::PrefillClient::Create(prefill, client_options);
+  seer::StatusOr<std::unique_ptr<seer::PrefillClient>> client = seer::PrefillClient::Create(prefill, client_options);
   if (!client.ok()) {
     std::fprintf(stderr, "seer-decode: %s\n", client.status().ToString().c_str());
     return 2;
@@ -269,8 +268,8 @@ int main(int argc, char** argv) {
   };
   config.hooks.count_unserved = [&metrics](grpc::StatusCode code) { metrics.CountRequest(code); };
   metrics.server.scrape_time->AddGauge("seer_decode_queued_requests",
-                                       "Generate requests admitted and waiting for a slot (--max-queue bounds it).",
-                                       {}, [&queue] { return queue.waiting(); });
+                                       "Generate requests admitted and waiting for a slot (--max-queue bounds it).", {},
+                                       [&queue] { return queue.waiting(); });
   metrics.server.scrape_time->AddGauge(
       "seer_decode_running_requests",
       "Generate requests decoding: in the running batch, or holding a slot with --max-batch 0.", {},
@@ -314,8 +313,7 @@ int main(int argc, char** argv) {
     seer::AddDeviceMemoryGauges(*metrics.server.scrape_time, *engine);
     std::string batching = "decode unbatched (--max-batch 0)";
     if (const seer::PagePool* pool = engine->page_pool()) {
-      metrics.server.kv_cache_capacity_bytes.Set(static_cast<double>(pool->layout().PageBytes()) *
-                                                 pool->num_pages());
+      metrics.server.kv_cache_capacity_bytes.Set(static_cast<double>(pool->layout().PageBytes()) * pool->num_pages());
       metrics.server.scrape_time->AddGauge("seer_kv_pages_total", "Pages of the KV page pool.", {},
                                            [pool] { return pool->num_pages(); });
       metrics.server.scrape_time->AddGauge("seer_kv_pages_used",

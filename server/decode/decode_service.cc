@@ -38,8 +38,7 @@ class KvTransferMetricsObserver final : public KvTransferObserver {
  public:
   explicit KvTransferMetricsObserver(KvTransportMetrics* metrics) : metrics_(metrics) {}
   void TransferStarted(const std::string& transport) override { metrics_->Started(transport); }
-  void TransferFinished(const std::string& transport, const std::string& wire, double seconds,
-                        int64_t bytes) override {
+  void TransferFinished(const std::string& transport, const std::string& wire, double seconds, int64_t bytes) override {
     metrics_->Finished(transport, wire, seconds, static_cast<double>(bytes));
   }
   void TransferFailed(const std::string& transport, const std::string& reason) override {
@@ -104,9 +103,8 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     if (text_prompt) {
       stop_tokens_.insert(stop_tokens_.end(), service->end_of_text_ids_.begin(), service->end_of_text_ids_.end());
     }
-    request_id_ = call_.request_id.empty()
-                      ? "generate-" + std::to_string(service->next_request_number_.fetch_add(1))
-                      : call_.request_id;
+    request_id_ = call_.request_id.empty() ? "generate-" + std::to_string(service->next_request_number_.fetch_add(1))
+                                           : call_.request_id;
     max_new_tokens_ = call_.max_new_tokens;
     ByteBudget& budget = service->budget_;
     const int64_t need = GenerateStreamBytes(max_new_tokens_, engine_->config().num_layers);
@@ -190,11 +188,9 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     const int capacity = prompt_tokens_ + max_new_tokens_;
     const bool batched = service_->scheduler_ != nullptr;
     StatusOr<std::unique_ptr<KvCache>> made =
-        batched ? engine_->NewPagedCacheWhenFree(capacity,
-                                                 [this] {
-                                                   return cancelled() ? Cancelled("cancelled while waiting for KV pages")
-                                                                      : OkStatus();
-                                                 })
+        batched ? engine_->NewPagedCacheWhenFree(
+                      capacity,
+                      [this] { return cancelled() ? Cancelled("cancelled while waiting for KV pages") : OkStatus(); })
                 : engine_->NewCache(capacity);
     if (!made.ok()) {
       if (cancelled()) return StreamGone();
@@ -244,10 +240,10 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
         cache_counted_.reset();
         if (gone_) return FinishWork(StreamGone());
         if (!status.ok()) {
-          return FinishWork(ToGrpcStatus(
-              finish == DecodeScheduler::Finish::kError
-                  ? status.WithContext("seer-decode: decode step " + std::to_string(generated_))
-                  : Status(StatusCode::kUnavailable, "seer-decode: the server is shutting down")));
+          return FinishWork(
+              ToGrpcStatus(finish == DecodeScheduler::Finish::kError
+                               ? status.WithContext("seer-decode: decode step " + std::to_string(generated_))
+                               : Status(StatusCode::kUnavailable, "seer-decode: the server is shutting down")));
         }
         FinishWork(FinishWithSummary());
       };
@@ -418,8 +414,7 @@ Status DecodeService::CheckOptions(const DecodeServiceOptions& o) {
   if (o.max_queue < 0 || o.max_queue > 100000)
     return InvalidArgument("--max-queue: " + std::to_string(o.max_queue) + " is out of range [0, 100000]");
   if (o.max_new_tokens < 1 || o.max_new_tokens > (1 << 20))
-    return InvalidArgument("--max-new-tokens: " + std::to_string(o.max_new_tokens) +
-                           " is out of range [1, 1048576]");
+    return InvalidArgument("--max-new-tokens: " + std::to_string(o.max_new_tokens) + " is out of range [1, 1048576]");
   if (o.default_new_tokens < 1 || o.default_new_tokens > o.max_new_tokens)
     return InvalidArgument("--default-max-new-tokens: " + std::to_string(o.default_new_tokens) +
                            " is out of range [1, " + std::to_string(o.max_new_tokens) + "] (--max-new-tokens)");
@@ -427,8 +422,8 @@ Status DecodeService::CheckOptions(const DecodeServiceOptions& o) {
   const int64_t one = GenerateStreamBytes(o.max_new_tokens, 1024);
   if (o.max_buffered_bytes < one)
     return InvalidArgument("--max-buffered-bytes: " + std::to_string(o.max_buffered_bytes) +
-                           " cannot hold one request of --max-new-tokens " + std::to_string(o.max_new_tokens) +
-                           " (" + std::to_string(one) + " bytes)");
+                           " cannot hold one request of --max-new-tokens " + std::to_string(o.max_new_tokens) + " (" +
+                           std::to_string(one) + " bytes)");
   if (!(o.write_stall_seconds >= 0) || o.write_stall_seconds > 86400)
     return InvalidArgument("--write-stall-seconds: " + std::to_string(o.write_stall_seconds) +
                            " is out of range [0, 86400] (0: never)");

@@ -30,7 +30,7 @@ struct HttpError {
   std::string message;
   std::string type = "invalid_request_error";
   std::string param;  // empty: null
-  std::string code;   // empty: null
+  std::string code;  // empty: null
 };
 
 std::string ErrorJson(const HttpError& e) {
@@ -58,9 +58,7 @@ HttpError FromGrpc(const grpc::Status& s) {
   switch (s.error_code()) {
     case grpc::StatusCode::INVALID_ARGUMENT:
     case grpc::StatusCode::FAILED_PRECONDITION:
-    case grpc::StatusCode::OUT_OF_RANGE:
-      e.http = 400;
-      break;
+    case grpc::StatusCode::OUT_OF_RANGE: e.http = 400; break;
     case grpc::StatusCode::NOT_FOUND:
       e.http = 404;
       e.code = "not_found";
@@ -87,8 +85,7 @@ HttpError FromGrpc(const grpc::Status& s) {
   }
   // The field a message names ("sampling.top_p: ...") is the param.
   const size_t colon = e.message.find(':');
-  if (e.http == 400 && colon != std::string::npos && colon < 48 &&
-      e.message.find(' ') > colon) {
+  if (e.http == 400 && colon != std::string::npos && colon < 48 && e.message.find(' ') > colon) {
     e.param = e.message.substr(0, colon);
   }
   return e;
@@ -205,18 +202,19 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
         g.add_stop(s.as_string());
       }
     } else {
-      return Invalid("stop", "stop: must be a string or an array of at most " + std::to_string(kMaxStopStrings) +
-                                 " strings");
+      return Invalid("stop",
+                     "stop: must be a string or an array of at most " + std::to_string(kMaxStopStrings) + " strings");
     }
   }
   for (const char* refused : {"logprobs", "top_logprobs", "echo", "tools", "functions", "suffix"}) {
     const JsonValue* f = root.Find(refused);
-    if (f != nullptr && !f->is_null() && !(f->is_bool() && !f->as_bool()) && !(f->is_array() && f->as_array().empty())) {
+    if (f != nullptr && !f->is_null() && !(f->is_bool() && !f->as_bool()) &&
+        !(f->is_array() && f->as_array().empty())) {
       return Invalid(refused, std::string(refused) + ": not supported by this server");
     }
   }
-  if (const JsonValue* best_of = root.Find("best_of"); best_of != nullptr && best_of->is_number() &&
-                                                       best_of->as_double() != 1.0) {
+  if (const JsonValue* best_of = root.Find("best_of");
+      best_of != nullptr && best_of->is_number() && best_of->as_double() != 1.0) {
     return Invalid("best_of", "best_of: only 1 is supported");
   }
   if (const JsonValue* stream = root.Find("stream"); stream != nullptr && !stream->is_null()) {
@@ -323,8 +321,7 @@ class GrpcGenerateBackend final : public GenerateBackend {
     while (reader->Read(&response)) {
       if (!on_response(response)) {
         context.TryCancel();
-        while (reader->Read(&response)) {
-        }
+        while (reader->Read(&response)) {}
         break;
       }
     }
@@ -347,8 +344,17 @@ StatusOr<std::unique_ptr<OpenAiHttpServer>> OpenAiHttpServer::Start(const OpenAi
   std::string ports = options.listen;
   if (ports.rfind("0.0.0.0:", 0) == 0) ports = ports.substr(8);  // civetweb: a bare port binds every address
   const std::string threads = std::to_string(options.threads);
-  const char* opts[] = {"listening_ports", ports.c_str(), "num_threads", threads.c_str(), "request_timeout_ms",
-                        "600000", "enable_keep_alive", "yes", "keep_alive_timeout_ms", "5000", nullptr};
+  const char* opts[] = {"listening_ports",
+                        ports.c_str(),
+                        "num_threads",
+                        threads.c_str(),
+                        "request_timeout_ms",
+                        "600000",
+                        "enable_keep_alive",
+                        "yes",
+                        "keep_alive_timeout_ms",
+                        "5000",
+                        nullptr};
   mg_callbacks callbacks{};
   // civetweb's own errors (a malformed request, a failed write) go to stderr.
   callbacks.log_message = [](const mg_connection*, const char* message) {

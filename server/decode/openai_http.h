@@ -47,9 +47,9 @@ class GenerateBackend {
 std::unique_ptr<GenerateBackend> MakeGrpcGenerateBackend(std::shared_ptr<grpc::Channel> channel);
 
 struct OpenAiHttpOptions {
-  std::string listen;      // host:port; port 0 picks one
+  std::string listen;  // host:port; port 0 picks one
   std::string model_name;  // what /v1/models lists and requests must name
-  int threads = 32;        // concurrent HTTP requests
+  int threads = 32;  // concurrent HTTP requests
   // OpenAI's default for completions; a chat without a limit gets the
   // server's --default-max-new-tokens.
   int default_max_tokens = 16;
@@ -57,8 +57,7 @@ struct OpenAiHttpOptions {
 
 class OpenAiHttpServer {
  public:
-  static StatusOr<std::unique_ptr<OpenAiHttpServer>> Start(const OpenAiHttpOptions& options,
-                                                           GenerateBackend* backend);
+  static StatusOr<std::unique_ptr<OpenAiHttpServer>> Start(const OpenAiHttpOptions& options, GenerateBackend* backend);
   ~OpenAiHttpServer();
   int port() const { return port_; }
 

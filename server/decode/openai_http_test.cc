@@ -66,7 +66,7 @@ class ScriptedBackend final : public GenerateBackend {
 struct HttpReply {
   int status = 0;
   std::map<std::string, std::string> headers;  // lower-case names
-  std::string body;                            // de-chunked
+  std::string body;  // de-chunked
 };
 
 // A minimal HTTP/1.1 exchange on loopback (Connection: close).

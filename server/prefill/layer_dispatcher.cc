@@ -6,8 +6,8 @@
 
 namespace seer {
 
-void LayerDispatcher::CollectLocked(std::vector<std::function<void()>>* wakes,
-                                    std::function<void(const Status&)>* then, Status* status, bool wake_all) {
+void LayerDispatcher::CollectLocked(std::vector<std::function<void()>>* wakes, std::function<void(const Status&)>* then,
+                                    Status* status, bool wake_all) {
   // Ready layers go to the streams waiting for one, first come first served.
   while (failure_.ok() && taken_ < ready_ && !waiting_order_.empty()) {
     const int index = waiting_order_.front();

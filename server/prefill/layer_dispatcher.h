@@ -89,21 +89,20 @@ class LayerDispatcher {
   // stream 0's continuation.
   void CollectLocked(std::vector<std::function<void()>>* wakes, std::function<void(const Status&)>* then,
                      Status* status, bool wake_all);
-  void Run(std::vector<std::function<void()>>& wakes, std::function<void(const Status&)>& then,
-           const Status& status);
+  void Run(std::vector<std::function<void()>>& wakes, std::function<void(const Status&)>& then, const Status& status);
 
   const int num_layers_;
   const int streams_;
   SerialExecutor* const executor_;
   mutable std::mutex mu_;
-  int ready_ = 0;    // layers final
-  int taken_ = 0;    // layers handed to a stream
+  int ready_ = 0;  // layers final
+  int taken_ = 0;  // layers handed to a stream
   int written_ = 0;  // layers written
   Status failure_;
   std::vector<bool> attached_;
   std::map<int, std::function<void()>> waiting_;  // by stream
-  std::deque<int> waiting_order_;                 // streams in the order they started waiting
-  std::map<int, std::deque<int>> handed_;         // layers handed to a waiting stream, not yet taken
+  std::deque<int> waiting_order_;  // streams in the order they started waiting
+  std::map<int, std::deque<int>> handed_;  // layers handed to a waiting stream, not yet taken
   std::function<void(const Status&)> then_;
 };
 

@@ -150,8 +150,8 @@ int main(int argc, char** argv) {
   };
   config.hooks.count_unserved = [&metrics](grpc::StatusCode code) { metrics.CountRequest(code); };
   metrics.server.scrape_time->AddGauge("seer_prefill_queued_requests",
-                                       "Prefill requests admitted and waiting for a slot (--max-queue bounds it).",
-                                       {}, [&queue] { return queue.waiting(); });
+                                       "Prefill requests admitted and waiting for a slot (--max-queue bounds it).", {},
+                                       [&queue] { return queue.waiting(); });
   metrics.server.scrape_time->AddGauge("seer_prefill_running_requests",
                                        "Prefill requests holding a slot (--max-concurrent bounds it).", {},
                                        [&queue] { return queue.running(); });
@@ -171,8 +171,8 @@ int main(int argc, char** argv) {
     SEER_ASSIGN_OR_RETURN(std::unique_ptr<seer::KvCache> probe, engine->NewCache(1));
     metrics.server.kv_cache_capacity_bytes.Set(
         seer::KvCacheBytes(probe->layout(), max_concurrent * limits.max_prompt_tokens));
-    return "model " + model + (gates.empty() ? std::string(" (dense, no gates)") : " with gates " + gates) +
-           " on " + engine->device_name();
+    return "model " + model + (gates.empty() ? std::string(" (dense, no gates)") : " with gates " + gates) + " on " +
+           engine->device_name();
   };
   config.stop = [&] { service.Shutdown(); };
   return seer::Serve(config);

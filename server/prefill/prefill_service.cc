@@ -119,8 +119,8 @@ struct GrpcKvTransfer {
   std::shared_ptr<KvChunkSource> source;
 
   // What the streams queued: every chunk of a layer taken is queued.
-  std::atomic<int64_t> kv_bytes{0};   // K and V (fp8: codes)
-  std::atomic<int64_t> bytes{0};      // and the fp8 scales
+  std::atomic<int64_t> kv_bytes{0};  // K and V (fp8: codes)
+  std::atomic<int64_t> bytes{0};  // and the fp8 scales
   std::atomic<int32_t> chunks{0};
 
   // The chunks of `layer`, in token order, as recipes a stream queues with
@@ -229,7 +229,8 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
     const int seq_len = static_cast<int>(ids_.size());
     const int64_t kv_bytes = 2 * static_cast<int64_t>(layout.num_layers) * layout.LayerBytes(seq_len);
     const int64_t messages = std::min<int64_t>(service->options_.stream_buffer_bytes + 2 * chunk_bytes_, kv_bytes);
-    const int64_t need = kv_bytes + messages + static_cast<int64_t>(kHeaderBytes + SummaryBytes(engine->config().vocab_size));
+    const int64_t need =
+        kv_bytes + messages + static_cast<int64_t>(kHeaderBytes + SummaryBytes(engine->config().vocab_size));
     ByteBudget& budget = service->budget_;
     if (need > budget.limit()) {
       FinishNow(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -302,8 +303,7 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
     const int seq_len = static_cast<int>(ids_.size());
     v1::PrefillResponse msg;
     v1::LayoutHeader* h = msg.mutable_header();
-    *h = MakeLayoutHeader(layout, engine_->fingerprint(), service_->block_size_, seq_len,
-                          engine_->config().vocab_size);
+    *h = MakeLayoutHeader(layout, engine_->fingerprint(), service_->block_size_, seq_len, engine_->config().vocab_size);
     h->set_request_id(request_id_);
     h->set_device(engine_->device_name());
     nccl_ = choice->transport == v1::KV_TRANSPORT_NCCL;
@@ -393,9 +393,9 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
     if (choice.transport == v1::KV_TRANSPORT_NCCL) {
       auto* device = dynamic_cast<const DeviceKvCache*>(cache.get());
       StatusOr<std::unique_ptr<NcclKvLink::Transfer>> transfer =
-          device != nullptr ? link->link->StartSend(device, static_cast<int>(ids_.size()))
-                            : StatusOr<std::unique_ptr<NcclKvLink::Transfer>>(
-                                  Internal("the engine's cache is not on a GPU"));
+          device != nullptr
+              ? link->link->StartSend(device, static_cast<int>(ids_.size()))
+              : StatusOr<std::unique_ptr<NcclKvLink::Transfer>>(Internal("the engine's cache is not on a GPU"));
       if (transfer.ok()) {
         nccl_transfer_ = std::move(*transfer);
         seq = nccl_transfer_->seq();
@@ -409,9 +409,9 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
         links.Drop(n.decode_instance(), link->id, transfer.status().message());
         choice.transport = v1::KV_TRANSPORT_GRPC;
         choice.nccl_link = 0;
-        choice.grpc_streams = std::clamp(std::min(std::max(1, offer_.transport_offer().grpc_streams()),
-                                                  service_->caps_.max_grpc_streams),
-                                         1, kMaxKvGrpcStreams);
+        choice.grpc_streams =
+            std::clamp(std::min(std::max(1, offer_.transport_offer().grpc_streams()), service_->caps_.max_grpc_streams),
+                       1, kMaxKvGrpcStreams);
         choice.nccl_fallback = "link_failed";
         choice.fallback_reason += std::string(choice.fallback_reason.empty() ? "" : "; ") +
                                   "nccl: the link failed: " + transfer.status().message();
@@ -894,7 +894,7 @@ class KvStreamWriter final : public StreamReactor<grpc::ByteBuffer> {
   // Under the anchor's lock.
   bool serving_ = false;
   bool done_ = false, no_more_ = false;
-  int unwritten_ = 0;                       // chunks queued, not yet written
+  int unwritten_ = 0;  // chunks queued, not yet written
   std::deque<std::pair<int, int>> layers_;  // (layer, chunks unwritten), in write order
 };
 
@@ -972,9 +972,11 @@ Status PrefillService::SetEngine(Engine* engine) {
   block_size_ = engine->gates() ? engine->gates()->config.block_size : 64;
   limits_.vocab_size = config.vocab_size;
   limits_.max_positions = config.max_position_embeddings;
-  limits_.max_prompt_tokens = options_.max_tokens > 0 ? std::min<int64_t>(options_.max_tokens, config.max_position_embeddings)
-                                                      : config.max_position_embeddings;
-  if (limits_.max_prompt_tokens < config.max_position_embeddings) limits_.max_prompt_source = "the server's --max-tokens";
+  limits_.max_prompt_tokens = options_.max_tokens > 0
+                                  ? std::min<int64_t>(options_.max_tokens, config.max_position_embeddings)
+                                  : config.max_position_embeddings;
+  if (limits_.max_prompt_tokens < config.max_position_embeddings)
+    limits_.max_prompt_source = "the server's --max-tokens";
   limits_.max_chunk_bytes = options_.chunk_bytes;
   metrics_->RegisterLayers(config.num_layers);
   engine_.store(engine, std::memory_order_release);
@@ -1032,12 +1034,12 @@ grpc::ServerWriteReactor<grpc::ByteBuffer>* LegacyPrefillService::KvStream(grpc:
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* PrefillService::Prefill(grpc::CallbackServerContext* context,
-                                                                   const grpc::ByteBuffer* request) {
+                                                                    const grpc::ByteBuffer* request) {
   return new PrefillStream(this, context, request);
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* PrefillService::KvStream(grpc::CallbackServerContext* context,
-                                                                    const grpc::ByteBuffer* request) {
+                                                                     const grpc::ByteBuffer* request) {
   return new KvStreamWriter(this, context, request);
 }
 

@@ -79,9 +79,8 @@ class PrefillService;
 
 // seer.v1.Prefill, PrefillService's deprecated first name: the same calls,
 // answered by the same service (docs/SERVICE.md, "Deprecated names").
-class LegacyPrefillService final
-    : public v1::Prefill::WithRawCallbackMethod_Prefill<
-          v1::Prefill::WithRawCallbackMethod_KvStream<v1::Prefill::CallbackService>> {
+class LegacyPrefillService final : public v1::Prefill::WithRawCallbackMethod_Prefill<
+                                       v1::Prefill::WithRawCallbackMethod_KvStream<v1::Prefill::CallbackService>> {
  public:
   explicit LegacyPrefillService(PrefillService* service) : service_(service) {}
   grpc::ServerWriteReactor<grpc::ByteBuffer>* Prefill(grpc::CallbackServerContext* context,

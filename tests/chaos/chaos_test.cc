@@ -44,8 +44,8 @@ using seer::testing::Path;
 using seer::testing::ServerProcess;
 using Clock = std::chrono::steady_clock;
 
-constexpr auto kChaos = 45s;              // how long faults are injected
-constexpr auto kRequestDeadline = 30s;    // of each load request
+constexpr auto kChaos = 45s;  // how long faults are injected
+constexpr auto kRequestDeadline = 30s;  // of each load request
 constexpr int kLoadClients = 4;
 constexpr int kNewTokens = 8;
 constexpr double kMiB = 1 << 20;
@@ -63,9 +63,24 @@ bool WaitFor(Fn done, std::chrono::milliseconds timeout) {
 }
 
 std::vector<std::string> PrefillArgs(const std::string& listen) {
-  return {"--listen", listen, "--metrics", "127.0.0.1:0", "--model", Path("llama"), "--gates", Path("llama_gates"),
-          "--device", "cpu", "--threads", "1", "--max-concurrent", "1", "--max-queue", "8",
-          "--write-stall-seconds", "3"};
+  return {"--listen",
+          listen,
+          "--metrics",
+          "127.0.0.1:0",
+          "--model",
+          Path("llama"),
+          "--gates",
+          Path("llama_gates"),
+          "--device",
+          "cpu",
+          "--threads",
+          "1",
+          "--max-concurrent",
+          "1",
+          "--max-queue",
+          "8",
+          "--write-stall-seconds",
+          "3"};
 }
 
 // One prefill server; a restart keeps its gRPC port (seer-decode's --prefill
@@ -158,8 +173,7 @@ grpc::Status RawCall(const std::string& address, const std::string& method, cons
   cq.Shutdown();
   void* tag;
   bool ok;
-  while (cq.Next(&tag, &ok)) {
-  }
+  while (cq.Next(&tag, &ok)) {}
   return status;
 }
 
@@ -188,10 +202,11 @@ struct Tally {
 };
 
 std::string CodeName(grpc::StatusCode code) {
-  static const char* kNames[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-                                 "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-                                 "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE",
-                                 "DATA_LOSS", "UNAUTHENTICATED"};
+  static const char* kNames[] = {
+      "OK",        "CANCELLED",      "UNKNOWN",           "INVALID_ARGUMENT",   "DEADLINE_EXCEEDED",
+      "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+      "ABORTED",   "OUT_OF_RANGE",   "UNIMPLEMENTED",     "INTERNAL",           "UNAVAILABLE",
+      "DATA_LOSS", "UNAUTHENTICATED"};
   const int c = static_cast<int>(code);
   return c >= 0 && c <= 16 ? kNames[c] : "CODE_" + std::to_string(c);
 }
@@ -214,11 +229,10 @@ TEST(Chaos, EveryRequestEndsOkOrRetryableWithItsSoloTokensWhileFaultsAreInjected
 
   Prefill prefills[2];
   for (Prefill& p : prefills) ASSERT_TRUE(p.Start("127.0.0.1:0"));
-  ServerProcess decode(Bin("seer-decode"),
-                       {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", Path("llama"), "--prefill",
-                        prefills[0].address + "," + prefills[1].address, "--device", "cpu", "--threads", "1",
-                        "--max-concurrent", "4", "--max-queue", "16", "--write-stall-seconds", "3",
-                        "--prefill-retry-broken"});
+  ServerProcess decode(Bin("seer-decode"), {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model",
+                                            Path("llama"), "--prefill", prefills[0].address + "," + prefills[1].address,
+                                            "--device", "cpu", "--threads", "1", "--max-concurrent", "4", "--max-queue",
+                                            "16", "--write-stall-seconds", "3", "--prefill-retry-broken"});
   ASSERT_TRUE(decode.Start());
   auto stub =
       v1::DecodeService::NewStub(grpc::CreateChannel(decode.grpc_address(), grpc::InsecureChannelCredentials()));
@@ -255,11 +269,12 @@ TEST(Chaos, EveryRequestEndsOkOrRetryableWithItsSoloTokensWhileFaultsAreInjected
         ++tally.load_requests;
         ++tally.outcomes[CodeName(o.code)];
         if (o.past_deadline || o.code == grpc::StatusCode::DEADLINE_EXCEEDED) {
-          tally.violations.push_back("a request ran past its deadline (" + std::to_string(o.seconds) + " s): " +
-                                     o.message);
+          tally.violations.push_back("a request ran past its deadline (" + std::to_string(o.seconds) +
+                                     " s): " + o.message);
         } else if (o.code == grpc::StatusCode::OK) {
           tally.ok_seconds.push_back(o.seconds);
-          if (o.tokens != solo[p]) tally.violations.push_back("prompt " + std::to_string(p) + ": tokens differ from solo");
+          if (o.tokens != solo[p])
+            tally.violations.push_back("prompt " + std::to_string(p) + ": tokens differ from solo");
         } else if (o.code != grpc::StatusCode::UNAVAILABLE && o.code != grpc::StatusCode::RESOURCE_EXHAUSTED) {
           tally.violations.push_back("not OK and not retryable: " + CodeName(o.code) + ": " + o.message);
         }
@@ -272,9 +287,7 @@ TEST(Chaos, EveryRequestEndsOkOrRetryableWithItsSoloTokensWhileFaultsAreInjected
   std::vector<std::thread> misbehaving;
   std::mt19937 rng(seed);
   const std::string ids_file = seer::testing::TempDir("chaos") + "/long.ids";
-  {
-    std::ofstream(ids_file) << seer::testing::JoinIds(prompts.back());
-  }
+  { std::ofstream(ids_file) << seer::testing::JoinIds(prompts.back()); }
   std::string restart_failed;
   while (Clock::now() - start < kChaos && restart_failed.empty()) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1000 + rng() % 2000));
@@ -309,11 +322,9 @@ TEST(Chaos, EveryRequestEndsOkOrRetryableWithItsSoloTokensWhileFaultsAreInjected
           ctx.set_deadline(std::chrono::system_clock::now() + kRequestDeadline);
           auto reader = stub->Generate(&ctx, GenerateOf(p, 200));
           v1::GenerateResponse msg;
-          for (int i = 0; i < after && reader->Read(&msg); ++i) {
-          }
+          for (int i = 0; i < after && reader->Read(&msg); ++i) {}
           ctx.TryCancel();
-          while (reader->Read(&msg)) {
-          }
+          while (reader->Read(&msg)) {}
           tally.FaultOutcome("cancelled client: " + CodeName(reader->Finish().error_code()));
         });
         break;
@@ -330,8 +341,7 @@ TEST(Chaos, EveryRequestEndsOkOrRetryableWithItsSoloTokensWhileFaultsAreInjected
           // client reads what got through, and the status.
           std::this_thread::sleep_for(8s);
           v1::GenerateResponse msg;
-          while (reader->Read(&msg)) {
-          }
+          while (reader->Read(&msg)) {}
           tally.FaultOutcome("Generate client that never read: " + CodeName(reader->Finish().error_code()));
         });
         break;
@@ -348,8 +358,7 @@ TEST(Chaos, EveryRequestEndsOkOrRetryableWithItsSoloTokensWhileFaultsAreInjected
           auto reader = s->Prefill(&ctx, req);
           std::this_thread::sleep_for(8s);
           v1::PrefillResponse msg;
-          while (reader->Read(&msg)) {
-          }
+          while (reader->Read(&msg)) {}
           tally.FaultOutcome("Prefill client that never read: " + CodeName(reader->Finish().error_code()));
         });
         break;
@@ -365,8 +374,8 @@ TEST(Chaos, EveryRequestEndsOkOrRetryableWithItsSoloTokensWhileFaultsAreInjected
             const int null = open("/dev/null", O_WRONLY);
             dup2(null, STDOUT_FILENO);
             dup2(null, STDERR_FILENO);
-            std::vector<std::string> args = {Bin("seer"),      "generate", "--addr", decode.grpc_address(), "--ids",
-                                             "@" + ids_file, "--max-new-tokens", "1500"};
+            std::vector<std::string> args = {Bin("seer"), "generate",     "--addr",           decode.grpc_address(),
+                                             "--ids",     "@" + ids_file, "--max-new-tokens", "1500"};
             std::vector<char*> argv = seer::testing::Argv(args);
             execv(argv[0], argv.data());
             _exit(127);
@@ -416,8 +425,10 @@ TEST(Chaos, EveryRequestEndsOkOrRetryableWithItsSoloTokensWhileFaultsAreInjected
         << p.address << " still has streams in flight";
   EXPECT_TRUE(WaitFor([&] { return InflightSum(decode.metrics_address()) == 0.0; }, 60s));
   EXPECT_TRUE(WaitFor(
-      [&] { return seer::testing::Health(decode.grpc_address(), "seer.v1.DecodeService") ==
-                   grpc::health::v1::HealthCheckResponse::SERVING; },
+      [&] {
+        return seer::testing::Health(decode.grpc_address(), "seer.v1.DecodeService") ==
+               grpc::health::v1::HealthCheckResponse::SERVING;
+      },
       60s));
   // And the system serves every prompt, with its solo tokens.
   for (size_t p = 0; p < prompts.size(); ++p) {
@@ -453,10 +464,11 @@ TEST(Chaos, EveryRequestEndsOkOrRetryableWithItsSoloTokensWhileFaultsAreInjected
   for (const auto& [what, n] : tally.fault_outcomes) std::printf("[ info     ]   %-50s %d\n", what.c_str(), n);
   std::printf("[ info     ]   OK latency p50 %.3f s, p99 %.3f s, max %.3f s\n", quantile(0.5), quantile(0.99),
               tally.ok_seconds.empty() ? 0.0 : tally.ok_seconds.back());
-  std::printf("[ info     ]   RSS decode %.1f -> %.1f MiB; prefill 0 %.1f -> %.1f MiB%s; prefill 1 %.1f -> %.1f MiB%s\n",
-              decode_rss_before / kMiB, decode_rss_after / kMiB, prefill_rss_before[0] / kMiB,
-              prefill_rss_after[0] / kMiB, prefills[0].killed_once ? " (restarted)" : "", prefill_rss_before[1] / kMiB,
-              prefill_rss_after[1] / kMiB, prefills[1].killed_once ? " (restarted)" : "");
+  std::printf(
+      "[ info     ]   RSS decode %.1f -> %.1f MiB; prefill 0 %.1f -> %.1f MiB%s; prefill 1 %.1f -> %.1f MiB%s\n",
+      decode_rss_before / kMiB, decode_rss_after / kMiB, prefill_rss_before[0] / kMiB, prefill_rss_after[0] / kMiB,
+      prefills[0].killed_once ? " (restarted)" : "", prefill_rss_before[1] / kMiB, prefill_rss_after[1] / kMiB,
+      prefills[1].killed_once ? " (restarted)" : "");
   for (const std::string& v : tally.violations) ADD_FAILURE() << v;
   EXPECT_GT(tally.outcomes["OK"], tally.load_requests / 2) << "most requests should succeed";
   EXPECT_GE(faults, 5);

@@ -33,15 +33,16 @@ using seer::testing::ServerProcess;
 
 struct Servers {
   ServerProcess prefill{Bin("seer-prefill"),
-                        {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", Path("llama"),
-                         "--gates", Path("llama_gates"), "--device", "cpu"}};
+                        {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", Path("llama"), "--gates",
+                         Path("llama_gates"), "--device", "cpu"}};
   std::unique_ptr<ServerProcess> decode;
   std::unique_ptr<v1::DecodeService::Stub> stub;
 
   ::testing::AssertionResult Start(std::vector<std::string> decode_extra = {}) {
     if (auto r = prefill.Start(); !r) return r;
-    std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model",
-                                     Path("llama"), "--prefill", prefill.grpc_address(), "--device", "cpu"};
+    std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0",
+                                     "--model",  Path("llama"), "--prefill", prefill.grpc_address(),
+                                     "--device", "cpu"};
     args.insert(args.end(), decode_extra.begin(), decode_extra.end());
     decode = std::make_unique<ServerProcess>(Bin("seer-decode"), args);
     if (auto r = decode->Start(); !r) return r;
@@ -94,8 +95,17 @@ v1::GenerateRequest IdsRequest(int prompt_len, int new_tokens, uint64_t seed, bo
 
 // The offline reference: `seer run` on the same model and gates, greedy.
 JsonValue SeerRun(std::vector<std::string> prompt_args, int new_tokens) {
-  std::vector<std::string> cmd = {Bin("seer"), "run", "--model", Path("llama"), "--gates", Path("llama_gates"),
-                                  "--device", "cpu", "--json", "--max-new-tokens", std::to_string(new_tokens)};
+  std::vector<std::string> cmd = {Bin("seer"),
+                                  "run",
+                                  "--model",
+                                  Path("llama"),
+                                  "--gates",
+                                  Path("llama_gates"),
+                                  "--device",
+                                  "cpu",
+                                  "--json",
+                                  "--max-new-tokens",
+                                  std::to_string(new_tokens)};
   cmd.insert(cmd.end(), prompt_args.begin(), prompt_args.end());
   CommandResult r = RunCommand(cmd);
   EXPECT_EQ(r.exit_code, 0) << r.err;
@@ -131,7 +141,8 @@ TEST(BatchedDecode, ConcurrentStreamsShareStepsAndEachEqualsItsRunAlone) {
   }
   const auto before = s.Metrics();
   std::vector<std::future<Reply>> together;
-  for (const auto& r : requests) together.push_back(std::async(std::launch::async, [&] { return Call(s.stub.get(), r); }));
+  for (const auto& r : requests)
+    together.push_back(std::async(std::launch::async, [&] { return Call(s.stub.get(), r); }));
   for (size_t i = 0; i < requests.size(); ++i) {
     Reply r = together[i].get();
     ASSERT_TRUE(r.status.ok()) << i << ": " << r.status.error_message();
@@ -155,8 +166,7 @@ TEST(BatchedDecode, CancelledAndFinishedStreamsGiveEveryPageBack) {
   std::vector<std::future<Reply>> calls;
   for (int i = 0; i < 6; ++i) {
     calls.push_back(std::async(std::launch::async, [&, i] {
-      return Call(s.stub.get(), IdsRequest(40 + 50 * i, i % 2 == 0 ? 400 : 20, 500 + i, false),
-                  i % 2 == 0 ? 3 : 0);
+      return Call(s.stub.get(), IdsRequest(40 + 50 * i, i % 2 == 0 ? 400 : 20, 500 + i, false), i % 2 == 0 ? 3 : 0);
     }));
   }
   for (int i = 0; i < 6; ++i) {
@@ -199,7 +209,8 @@ TEST(BatchedDecode, RequestsWaitForPagesAndOneLargerThanThePoolIsRefused) {
   std::vector<Reply> alone;
   for (const auto& r : requests) alone.push_back(Call(s.stub.get(), r));
   std::vector<std::future<Reply>> together;
-  for (const auto& r : requests) together.push_back(std::async(std::launch::async, [&] { return Call(s.stub.get(), r); }));
+  for (const auto& r : requests)
+    together.push_back(std::async(std::launch::async, [&] { return Call(s.stub.get(), r); }));
   for (size_t i = 0; i < requests.size(); ++i) {
     Reply r = together[i].get();
     ASSERT_TRUE(r.status.ok()) << r.status.error_message();
@@ -248,12 +259,12 @@ TEST(TextGenerate, TextInTextOutEqualsSeerRun) {
   ASSERT_TRUE(gj.ok()) << g.out;
   EXPECT_EQ(TokensOf(*gj), TokensOf(ref));
   EXPECT_EQ(TextOf(*gj), TextOf(ref));
-  CommandResult plain = RunCommand({Bin("seer"), "generate", "--addr", s.decode->grpc_address(), "--prompt", prompt,
-                                    "--max-new-tokens", "24"});
+  CommandResult plain = RunCommand(
+      {Bin("seer"), "generate", "--addr", s.decode->grpc_address(), "--prompt", prompt, "--max-new-tokens", "24"});
   ASSERT_EQ(plain.exit_code, 0) << plain.err;
   EXPECT_EQ(plain.out.rfind(TextOf(ref) + "\n", 0), 0u) << plain.out;
-  CommandResult both = RunCommand({Bin("seer"), "generate", "--addr", s.decode->grpc_address(), "--prompt", prompt,
-                                   "--ids", "1,2"});
+  CommandResult both =
+      RunCommand({Bin("seer"), "generate", "--addr", s.decode->grpc_address(), "--prompt", prompt, "--ids", "1,2"});
   EXPECT_EQ(both.exit_code, 2);
   EXPECT_NE(both.err.find("exactly one of --ids, --prompt"), std::string::npos) << both.err;
 
@@ -325,8 +336,8 @@ TEST(TextGenerate, CurlGetsTheOpenAiApisTextAsSeerRunMakesIt) {
   const size_t at = line->find("127.0.0.1:");
   const std::string base = "http://" + line->substr(at, line->find(' ', at) - at);
   auto post = [&](const std::string& path, const std::string& body) {
-    return RunCommand({"/usr/bin/curl", "-sS", "--max-time", "60", "-H", "Content-Type: application/json", "-d", body,
-                       base + path});
+    return RunCommand(
+        {"/usr/bin/curl", "-sS", "--max-time", "60", "-H", "Content-Type: application/json", "-d", body, base + path});
   };
 
   const std::string dir = seer::testing::TempDir("curl_chat");
@@ -359,8 +370,8 @@ TEST(TextGenerate, CurlGetsTheOpenAiApisTextAsSeerRunMakesIt) {
 
   const std::string prompt = "one two three four five six seven eight nine ten";
   const JsonValue ref = SeerRun({"--prompt", prompt}, 24);
-  CommandResult completion =
-      post("/v1/completions", R"({"model": "llama", "prompt": ")" + prompt + R"(", "max_tokens": 24, "temperature": 0})");
+  CommandResult completion = post(
+      "/v1/completions", R"({"model": "llama", "prompt": ")" + prompt + R"(", "max_tokens": 24, "temperature": 0})");
   ASSERT_EQ(completion.exit_code, 0) << completion.err;
   StatusOr<JsonValue> c = JsonValue::Parse(completion.out);
   ASSERT_TRUE(c.ok()) << completion.out;

@@ -69,8 +69,8 @@ double MetricOf(const ServerProcess& p, const std::string& key) {
 }
 
 std::vector<std::string> Args(const std::string& device, std::vector<std::string> more) {
-  std::vector<std::string> a = {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", Path("llama"),
-                                "--device", device};
+  std::vector<std::string> a = {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0",
+                                "--model",  Path("llama"), "--device",  device};
   a.insert(a.end(), more.begin(), more.end());
   return a;
 }
@@ -86,12 +86,12 @@ TEST(DisaggNccl, TwoRequestsOverOneLinkGiveTheTokensOfTheGrpcPath) {
                      Args("cuda:1", {"--prefill", prefill.grpc_address(), "--kv-transports", "nccl,grpc"}));
   ASSERT_TRUE(nccl.Start(300s));
   ServerProcess grpc_only(Bin("seer-decode"), Args("cuda:1", {"--prefill", prefill.grpc_address(), "--kv-transports",
-                                                             "grpc", "--kv-grpc-streams", "4"}));
+                                                              "grpc", "--kv-grpc-streams", "4"}));
   ASSERT_TRUE(grpc_only.Start(300s));
   // Unbatched: NCCL straight into a contiguous device cache (the batched
   // worker above lands it in KV pages through a staging layer).
   ServerProcess unbatched(Bin("seer-decode"), Args("cuda:1", {"--prefill", prefill.grpc_address(), "--kv-transports",
-                                                             "nccl,grpc", "--max-batch", "0"}));
+                                                              "nccl,grpc", "--max-batch", "0"}));
   ASSERT_TRUE(unbatched.Start(300s));
 
   const std::vector<int32_t> a = seer::testing::RandomIds(1500, 128, 1), b = seer::testing::RandomIds(1200, 128, 2),
@@ -222,10 +222,10 @@ TEST(DisaggNccl, AKilledPrefillFailsItsRequestsFastAndItsSuccessorGetsAFreshLink
   EXPECT_EQ(MetricOf(decode, "seer_decode_inflight_requests"), 0);
 
   // Its successor, at the same address: a fresh link.
-  prefill = std::make_unique<ServerProcess>(Bin("seer-prefill"),
-                                            std::vector<std::string>{"--listen", address, "--metrics", "127.0.0.1:0",
-                                                                     "--model", Path("llama"), "--device", "cuda:0",
-                                                                     "--kv-transports", "nccl,grpc"});
+  prefill = std::make_unique<ServerProcess>(
+      Bin("seer-prefill"),
+      std::vector<std::string>{"--listen", address, "--metrics", "127.0.0.1:0", "--model", Path("llama"), "--device",
+                               "cuda:0", "--kv-transports", "nccl,grpc"});
   ASSERT_TRUE(prefill->Start(300s));
   EXPECT_TRUE(over_nccl()) << "no NCCL transfer with the restarted prefill";
   EXPECT_EQ(MetricOf(decode, "seer_kv_nccl_links{state=\"ready\"}"), 1);

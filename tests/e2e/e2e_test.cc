@@ -70,13 +70,14 @@ std::vector<double> LayerDensity(const JsonValue& j) {
 // seer-prefill and seer-decode for the fixture Llama (with its gates).
 struct FixturePair {
   ServerProcess prefill{Bin("seer-prefill"),
-                        {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", Path("llama"),
-                         "--gates", Path("llama_gates"), "--device", "cpu"}};
+                        {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", Path("llama"), "--gates",
+                         Path("llama_gates"), "--device", "cpu"}};
   std::unique_ptr<ServerProcess> decode;
   ::testing::AssertionResult Start(std::vector<std::string> decode_extra = {}) {
     if (auto r = prefill.Start(); !r) return r;
-    std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model",
-                                     Path("llama"), "--prefill", prefill.grpc_address(), "--device", "cpu"};
+    std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0",
+                                     "--model",  Path("llama"), "--prefill", prefill.grpc_address(),
+                                     "--device", "cpu"};
     args.insert(args.end(), decode_extra.begin(), decode_extra.end());
     decode = std::make_unique<ServerProcess>(Bin("seer-decode"), args);
     return decode->Start();
@@ -93,14 +94,16 @@ TEST(EndToEnd, DisaggregatedGenerateEqualsSeerRun) {
   struct Case {
     std::string ids, sparsity;
   };
-  const std::vector<Case> cases = {{prompt, ""},        {prompt, "threshold=0.3628"}, {prompt, "nz_ratio=0.3"},
-                                   {prompt, "dense"},   {short_prompt, ""}};
+  const std::vector<Case> cases = {
+      {prompt, ""}, {prompt, "threshold=0.3628"}, {prompt, "nz_ratio=0.3"}, {prompt, "dense"}, {short_prompt, ""}};
   for (const Case& c : cases) {
     SCOPED_TRACE(c.ids + " " + c.sparsity);
-    std::vector<std::string> gen = {Bin("seer"), "generate", "--addr", servers.decode->grpc_address(), "--ids",
-                                    "@" + c.ids,  "--max-new-tokens", "8", "--json"};
-    std::vector<std::string> run = {Bin("seer"), "run",   "--model", Path("llama"), "--gates", Path("llama_gates"),
-                                    "--ids",     "@" + c.ids, "--max-new-tokens", "8", "--json", "--device", "cpu"};
+    std::vector<std::string> gen = {Bin("seer"), "generate",  "--addr",           servers.decode->grpc_address(),
+                                    "--ids",     "@" + c.ids, "--max-new-tokens", "8",
+                                    "--json"};
+    std::vector<std::string> run = {
+        Bin("seer"),        "run", "--model", Path("llama"), "--gates", Path("llama_gates"), "--ids", "@" + c.ids,
+        "--max-new-tokens", "8",   "--json",  "--device",    "cpu"};
     if (!c.sparsity.empty()) {
       gen.insert(gen.end(), {"--sparsity", c.sparsity});
       run.insert(run.end(), {"--sparsity", c.sparsity});
@@ -188,11 +191,20 @@ TEST(EndToEnd, PrefillDumpEqualsRunDump) {
 
   for (const std::string sparsity : {"", "dense"}) {
     SCOPED_TRACE("sparsity '" + sparsity + "'");
-    std::vector<std::string> pre = {Bin("seer"), "prefill", "--addr", servers.prefill.grpc_address(), "--ids",
-                                    "@" + prompt, "--dump", dir + "/remote.safetensors", "--max-chunk-bytes", "65536"};
-    std::vector<std::string> run = {Bin("seer"), "run",     "--model", Path("llama"), "--gates",
-                                    Path("llama_gates"), "--ids",   "@" + prompt,     "--dump",
-                                    dir + "/local.safetensors", "--device", "cpu"};
+    std::vector<std::string> pre = {Bin("seer"),
+                                    "prefill",
+                                    "--addr",
+                                    servers.prefill.grpc_address(),
+                                    "--ids",
+                                    "@" + prompt,
+                                    "--dump",
+                                    dir + "/remote.safetensors",
+                                    "--max-chunk-bytes",
+                                    "65536"};
+    std::vector<std::string> run = {
+        Bin("seer"),         "run",   "--model",    Path("llama"), "--gates",
+        Path("llama_gates"), "--ids", "@" + prompt, "--dump",      dir + "/local.safetensors",
+        "--device",          "cpu"};
     if (!sparsity.empty()) {
       pre.insert(pre.end(), {"--sparsity", sparsity});
       run.insert(run.end(), {"--sparsity", sparsity});
@@ -248,9 +260,9 @@ std::string SlowModel() {
 }
 
 TEST(EndToEnd, CancelledStreamsFreeThePrefill) {
-  ServerProcess prefill(Bin("seer-prefill"), {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model",
-                                              SlowModel(), "--device", "cpu", "--chunk-bytes", "65536",
-                                              "--stream-buffer-bytes", "65536"});
+  ServerProcess prefill(Bin("seer-prefill"),
+                        {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", SlowModel(), "--device",
+                         "cpu", "--chunk-bytes", "65536", "--stream-buffer-bytes", "65536"});
   ASSERT_TRUE(prefill.Start());
   auto stub =
       v1::PrefillService::NewStub(grpc::CreateChannel(prefill.grpc_address(), grpc::InsecureChannelCredentials()));
@@ -265,8 +277,7 @@ TEST(EndToEnd, CancelledStreamsFreeThePrefill) {
     bool header = reader->Read(&msg) && msg.has_header();
     bool chunk = reader->Read(&msg) && msg.has_chunk();
     ctx.TryCancel();
-    while (reader->Read(&msg)) {
-    }
+    while (reader->Read(&msg)) {}
     grpc::Status s = reader->Finish();
     return header && chunk && s.error_code() == grpc::StatusCode::CANCELLED;
   };
@@ -320,14 +331,15 @@ TEST(EndToEnd, CancelledStreamsFreeThePrefill) {
 // with UNAVAILABLE naming the endpoint; with it, the prefill is redone on the
 // other. Either way the next requests land on the survivor.
 void KillAPrefillServerMidStream(bool retry_broken) {
-  std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", SlowModel(),
-                                   "--device", "cpu",         "--chunk-bytes", "65536", "--threads", "1"};
+  std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--metrics",     "127.0.0.1:0", "--model",   SlowModel(),
+                                   "--device", "cpu",         "--chunk-bytes", "65536",       "--threads", "1"};
   ServerProcess a(Bin("seer-prefill"), args), b(Bin("seer-prefill"), args);
   ASSERT_TRUE(a.Start());
   ASSERT_TRUE(b.Start());
-  std::vector<std::string> decode_args = {"--listen",  "127.0.0.1:0", "--metrics", "127.0.0.1:0",
-                                          "--model",   SlowModel(),   "--prefill", a.grpc_address() + "," + b.grpc_address(),
-                                          "--device",  "cpu",         "--threads", "1"};
+  std::vector<std::string> decode_args = {
+      "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0",
+      "--model",  SlowModel(),   "--prefill", a.grpc_address() + "," + b.grpc_address(),
+      "--device", "cpu",         "--threads", "1"};
   if (retry_broken) decode_args.push_back("--prefill-retry-broken");
   ServerProcess decode(Bin("seer-decode"), decode_args);
   ASSERT_TRUE(decode.Start());
@@ -417,8 +429,7 @@ TEST(EndToEnd, MetricsOverHttpNameEverySeriesWithConsistentValues) {
     dtext = seer::testing::HttpGet(servers.decode->metrics_address(), "/metrics");
     const double want = static_cast<double>(lengths.size());
     if (ptext.ok() && dtext.ok() &&
-        seer::testing::Metric(seer::testing::ParseMetrics(*dtext), "seer_decode_requests_total{code=\"OK\"}") ==
-            want &&
+        seer::testing::Metric(seer::testing::ParseMetrics(*dtext), "seer_decode_requests_total{code=\"OK\"}") == want &&
         seer::testing::Metric(seer::testing::ParseMetrics(*ptext), "seer_prefill_requests_total{code=\"OK\"}") ==
             want &&
         seer::testing::Metric(seer::testing::ParseMetrics(*ptext), "seer_prefill_inflight_requests") == 0)
@@ -491,10 +502,10 @@ TEST(EndToEnd, MetricsServedWithCublasLoaded) {
 #if defined(__SANITIZE_ADDRESS__)
   GTEST_SKIP() << "an AddressSanitizer build cannot take an LD_PRELOAD library ahead of its runtime";
 #endif
-  ServerProcess prefill(Bin("seer-prefill"),
-                        {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", Path("llama"),
-                         "--device", "cpu"},
-                        {"LD_PRELOAD=" + lib});
+  ServerProcess prefill(
+      Bin("seer-prefill"),
+      {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", Path("llama"), "--device", "cpu"},
+      {"LD_PRELOAD=" + lib});
   ASSERT_TRUE(prefill.Start());
   EXPECT_TRUE(seer::testing::MapsCublasLt(prefill.pid()));
   auto m = seer::testing::Scrape(prefill.metrics_address());
@@ -533,20 +544,21 @@ TEST(EndToEnd, SigtermDrainsTheStreamInFlightThenExits) {
 TEST(EndToEnd, CliErrorsCarryTheStatusCodeName) {
   FixturePair servers;
   ASSERT_TRUE(servers.Start());
-  CommandResult bad_id = RunCommand({Bin("seer"), "generate", "--addr", servers.decode->grpc_address(), "--ids",
-                                     "1,2,999", "--max-new-tokens", "2"});
+  CommandResult bad_id = RunCommand(
+      {Bin("seer"), "generate", "--addr", servers.decode->grpc_address(), "--ids", "1,2,999", "--max-new-tokens", "2"});
   EXPECT_EQ(bad_id.exit_code, 1);
   EXPECT_NE(bad_id.err.find("INVALID_ARGUMENT"), std::string::npos) << bad_id.err;
   EXPECT_NE(bad_id.err.find("token_ids[2]"), std::string::npos) << bad_id.err;
 
-  CommandResult nobody = RunCommand({Bin("seer"), "prefill", "--addr", "127.0.0.1:1", "--ids", "1,2", "--timeout", "5"});
+  CommandResult nobody =
+      RunCommand({Bin("seer"), "prefill", "--addr", "127.0.0.1:1", "--ids", "1,2", "--timeout", "5"});
   EXPECT_EQ(nobody.exit_code, 1);
   EXPECT_NE(nobody.err.find("UNAVAILABLE"), std::string::npos) << nobody.err;
 
   CommandResult help = RunCommand({Bin("seer-prefill"), "--help"});
   EXPECT_EQ(help.exit_code, 0);
-  for (const char* flag : {"--listen", "--metrics", "--model", "--gates", "--device", "--max-concurrent",
-                           "--max-queue", "--chunk-bytes"})
+  for (const char* flag :
+       {"--listen", "--metrics", "--model", "--gates", "--device", "--max-concurrent", "--max-queue", "--chunk-bytes"})
     EXPECT_NE(help.out.find(flag), std::string::npos) << flag;
   CommandResult bad_flag =
       RunCommand({Bin("seer-decode"), "--model", Path("llama"), "--prefill", "x:1", "--max-concurrent", "0"});

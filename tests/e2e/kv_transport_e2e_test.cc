@@ -59,13 +59,13 @@ double SumOf(const ServerProcess& p, const std::string& family, const std::strin
 }
 
 std::vector<std::string> PrefillArgs() {
-  return {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", SlowModel(), "--device", "cpu",
-          "--threads", "1", "--chunk-bytes", "65536", "--kv-grpc-streams", "4"};
+  return {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0",   "--model", SlowModel(),         "--device",
+          "cpu",      "--threads",   "1",         "--chunk-bytes", "65536",   "--kv-grpc-streams", "4"};
 }
 
 std::vector<std::string> DecodeArgs(const std::string& prefill) {
-  return {"--listen",  "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", SlowModel(), "--device", "cpu",
-          "--threads", "1",           "--prefill", prefill,       "--kv-grpc-streams", "4"};
+  return {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", SlowModel(),         "--device",
+          "cpu",      "--threads",   "1",         "--prefill",   prefill,   "--kv-grpc-streams", "4"};
 }
 
 v1::GenerateRequest GenerateOf(int tokens, uint32_t seed) {
@@ -81,8 +81,7 @@ grpc::Status Generate(const std::string& address, const v1::GenerateRequest& g) 
   ctx.set_deadline(std::chrono::system_clock::now() + 120s);
   auto reader = stub->Generate(&ctx, g);
   v1::GenerateResponse msg;
-  while (reader->Read(&msg)) {
-  }
+  while (reader->Read(&msg)) {}
   return reader->Finish();
 }
 

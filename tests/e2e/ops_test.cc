@@ -42,8 +42,8 @@ using seer::testing::RunCommand;
 using seer::testing::ServerProcess;
 
 std::vector<std::string> ServerArgs(std::vector<std::string> extra = {}) {
-  std::vector<std::string> a = {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", Path("llama"),
-                                "--device", "cpu"};
+  std::vector<std::string> a = {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0",
+                                "--model",  Path("llama"), "--device",  "cpu"};
   a.insert(a.end(), extra.begin(), extra.end());
   return a;
 }
@@ -121,8 +121,7 @@ grpc::Status RawCall(const std::string& address, const std::string& method, cons
   cq.Shutdown();
   void* tag;
   bool ok;
-  while (cq.Next(&tag, &ok)) {
-  }
+  while (cq.Next(&tag, &ok)) {}
   if (responses) *responses = n;
   return status;
 }
@@ -153,8 +152,8 @@ TEST(Operations, EachRequestLogsOneJsonLineOnEachServer) {
   CommandResult bad = RunCommand({Bin("seer"), "generate", "--addr", decode.grpc_address(), "--ids", "1,2,999",
                                   "--max-new-tokens", "4", "--request-id", "log-bad"});
   ASSERT_EQ(bad.exit_code, 1);
-  CommandResult anonymous = RunCommand(
-      {Bin("seer"), "generate", "--addr", decode.grpc_address(), "--ids", "9,8", "--max-new-tokens", "2"});
+  CommandResult anonymous =
+      RunCommand({Bin("seer"), "generate", "--addr", decode.grpc_address(), "--ids", "9,8", "--max-new-tokens", "2"});
   ASSERT_EQ(anonymous.exit_code, 0) << anonymous.err;
   ASSERT_TRUE(decode.WaitForErrLines({"\"msg\":\"request\""}, 3, 10s)) << decode.Output();
   ASSERT_TRUE(prefill.WaitForErrLines({"\"msg\":\"request\""}, 2, 10s)) << prefill.Output();
@@ -219,8 +218,8 @@ struct Pki {
   std::string dir;
   explicit Pki(const std::string& name) : dir(seer::testing::TempDir(name)) {
     for (const char* prefix : {"a", "b"}) {
-      CommandResult r = RunCommand({"/bin/bash", std::string(SEER_SOURCE_DIR) + "/tests/ops/make_test_pki.sh", dir,
-                                    prefix});
+      CommandResult r =
+          RunCommand({"/bin/bash", std::string(SEER_SOURCE_DIR) + "/tests/ops/make_test_pki.sh", dir, prefix});
       EXPECT_EQ(r.exit_code, 0) << r.err;
     }
   }
@@ -254,20 +253,19 @@ TEST(Operations, TlsServesOnlyClientsThatTrustItsCa) {
 
 TEST(Operations, MutualTlsNeedsAClientCertificateFromItsCa) {
   Pki pki("mtls");
-  ServerProcess prefill(Bin("seer-prefill"),
-                        ServerArgs({"--tls-cert", pki.F("a-server.crt"), "--tls-key", pki.F("a-server.key"),
-                                    "--tls-client-ca", pki.F("a-ca.crt")}));
+  ServerProcess prefill(Bin("seer-prefill"), ServerArgs({"--tls-cert", pki.F("a-server.crt"), "--tls-key",
+                                                         pki.F("a-server.key"), "--tls-client-ca", pki.F("a-ca.crt")}));
   ASSERT_TRUE(prefill.Start());
   const std::string addr = prefill.grpc_address();
-  const std::vector<std::string> with_client = {"--tls-ca", pki.F("a-ca.crt"), "--tls-cert", pki.F("a-client.crt"),
+  const std::vector<std::string> with_client = {"--tls-ca",  pki.F("a-ca.crt"),    "--tls-cert", pki.F("a-client.crt"),
                                                 "--tls-key", pki.F("a-client.key")};
   CommandResult ok = Prefill(addr, with_client);
   EXPECT_EQ(ok.exit_code, 0) << ok.err;
   CommandResult no_cert = Prefill(addr, {"--tls-ca", pki.F("a-ca.crt")});
   EXPECT_EQ(no_cert.exit_code, 1);
   EXPECT_NE(no_cert.err.find("UNAVAILABLE"), std::string::npos) << no_cert.err;
-  CommandResult other_ca_cert = Prefill(addr, {"--tls-ca", pki.F("a-ca.crt"), "--tls-cert", pki.F("b-client.crt"),
-                                               "--tls-key", pki.F("b-client.key")});
+  CommandResult other_ca_cert = Prefill(
+      addr, {"--tls-ca", pki.F("a-ca.crt"), "--tls-cert", pki.F("b-client.crt"), "--tls-key", pki.F("b-client.key")});
   EXPECT_EQ(other_ca_cert.exit_code, 1);
   EXPECT_NE(other_ca_cert.err.find("UNAVAILABLE"), std::string::npos) << other_ca_cert.err;
 
@@ -281,8 +279,8 @@ TEST(Operations, MutualTlsNeedsAClientCertificateFromItsCa) {
   CommandResult gen = RunCommand({Bin("seer"), "generate", "--addr", decode.grpc_address(), "--ids", "5,6,7,8",
                                   "--max-new-tokens", "3", "--tls-ca", pki.F("a-ca.crt"), "--json"});
   ASSERT_EQ(gen.exit_code, 0) << gen.err << decode.Output();
-  CommandResult run = RunCommand({Bin("seer"), "run", "--model", Path("llama"), "--ids", "5,6,7,8",
-                                  "--max-new-tokens", "3", "--json", "--device", "cpu"});
+  CommandResult run = RunCommand({Bin("seer"), "run", "--model", Path("llama"), "--ids", "5,6,7,8", "--max-new-tokens",
+                                  "3", "--json", "--device", "cpu"});
   ASSERT_EQ(run.exit_code, 0) << run.err;
   StatusOr<JsonValue> g = JsonValue::Parse(gen.out), r = JsonValue::Parse(run.out);
   ASSERT_TRUE(g.ok() && r.ok());
@@ -336,9 +334,9 @@ TEST(Operations, TlsFlagsAreChecked) {
   EXPECT_EQ(client.exit_code, 2);
   EXPECT_NE(client.err.find("--tls-ca"), std::string::npos) << client.err;
   // The HTTP API is plaintext: beside a TLS gRPC port only when asked for.
-  CommandResult http = RunCommand({Bin("seer-decode"), "--model", Path("llama"), "--prefill", "127.0.0.1:1",
-                                   "--http", "127.0.0.1:0", "--tls-cert", pki.F("a-server.crt"), "--tls-key",
-                                   pki.F("a-server.key")});
+  CommandResult http =
+      RunCommand({Bin("seer-decode"), "--model", Path("llama"), "--prefill", "127.0.0.1:1", "--http", "127.0.0.1:0",
+                  "--tls-cert", pki.F("a-server.crt"), "--tls-key", pki.F("a-server.key")});
   EXPECT_EQ(http.exit_code, 2);
   EXPECT_NE(http.err.find("--http-plaintext-with-tls"), std::string::npos) << http.err;
 }
@@ -365,7 +363,8 @@ TEST(Operations, MetricsHaveLoadMemoryProcessAndBuildSeriesFromTheStart) {
     EXPECT_GE(Metric(*m, "process_cpu_seconds_total"), 0);
     EXPECT_EQ(Metric(*m, "seer_kv_cache_bytes"), 0);
     bool build_info = false;
-    for (const auto& [key, value] : *m) build_info = build_info || (key.rfind("seer_build_info{", 0) == 0 && value == 1);
+    for (const auto& [key, value] : *m)
+      build_info = build_info || (key.rfind("seer_build_info{", 0) == 0 && value == 1);
     EXPECT_TRUE(build_info);
   }
   // The prefill: 2 layers x K and V x 1 KV head x 64 x 4 bytes x 2048
@@ -394,8 +393,7 @@ TEST(Operations, PrefillResponsesCarryTheServersLoad) {
     grpc::ClientContext ctx;
     auto reader = stub->Prefill(&ctx, req);
     v1::PrefillResponse msg;
-    while (reader->Read(&msg)) {
-    }
+    while (reader->Read(&msg)) {}
     EXPECT_EQ(reader->Finish().ok(), valid);
     const auto& md = ctx.GetServerInitialMetadata();
     auto get = [&](const char* key) {
@@ -440,8 +438,8 @@ TEST(Operations, AGrpcPortAlreadyInUseIsRefused) {
   EXPECT_EQ(second.exit_code, 1) << second.out << second.err;
   EXPECT_NE(second.err.find("cannot bind"), std::string::npos) << second.err;
   const std::string mport = first.metrics_address().substr(first.metrics_address().rfind(':') + 1);
-  CommandResult third = RunCommand({Bin("seer-prefill"), "--listen", "127.0.0.1:0", "--metrics",
-                                    "127.0.0.1:" + mport, "--model", Path("llama"), "--device", "cpu"},
+  CommandResult third = RunCommand({Bin("seer-prefill"), "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:" + mport,
+                                    "--model", Path("llama"), "--device", "cpu"},
                                    30s);
   EXPECT_EQ(third.exit_code, 1) << third.out << third.err;
   EXPECT_NE(third.err.find("--metrics"), std::string::npos) << third.err;
@@ -494,7 +492,7 @@ TEST(EdgeLimits, RequestsAboveTheLargestValidOneAreRefusedUnparsed) {
   std::string bytes = Serialized(too_big);
   const size_t padding = MaxRequestBytes(limits) + (16 << 10);
   bytes += std::string("\x9a\x06", 2);  // field 99, length-delimited
-  for (size_t v = padding; ; v >>= 7) {
+  for (size_t v = padding;; v >>= 7) {
     bytes.push_back(static_cast<char>((v & 0x7f) | (v >= 0x80 ? 0x80 : 0)));
     if (v < 0x80) break;
   }
@@ -519,8 +517,8 @@ TEST(EdgeLimits, MalformedProtobufIsInvalidArgumentAndCounted) {
   ASSERT_TRUE(prefill.Start());
   ServerProcess decode(Bin("seer-decode"), ServerArgs({"--prefill", prefill.grpc_address()}));
   ASSERT_TRUE(decode.Start());
-  const std::string garbage("\x0a\xff\xff\xff\xff\x0f", 6);       // a length far past the end
-  const std::string bad_utf8("\x0a\x02\xc3\x28\x10\x01", 6);       // request_id "\xc3\x28", token 1
+  const std::string garbage("\x0a\xff\xff\xff\xff\x0f", 6);  // a length far past the end
+  const std::string bad_utf8("\x0a\x02\xc3\x28\x10\x01", 6);  // request_id "\xc3\x28", token 1
   for (const std::string& body : {garbage, bad_utf8}) {
     grpc::Status s = RawCall(prefill.grpc_address(), kPrefillMethod, Bytes(body));
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();

@@ -76,8 +76,7 @@ struct StalledPrefill {
   // Reads what got through, then the status.
   grpc::Status Drain() {
     v1::PrefillResponse msg;
-    while (reader->Read(&msg)) {
-    }
+    while (reader->Read(&msg)) {}
     return reader->Finish();
   }
 };
@@ -93,8 +92,7 @@ grpc::Status ReadAll(v1::PrefillService::Stub* stub, const v1::PrefillRequest& r
   ctx.set_deadline(std::chrono::system_clock::now() + 120s);
   auto reader = stub->Prefill(&ctx, req);
   v1::PrefillResponse msg;
-  while (reader->Read(&msg)) {
-  }
+  while (reader->Read(&msg)) {}
   return reader->Finish();
 }
 
@@ -109,11 +107,28 @@ grpc::Status ReadAll(v1::PrefillService::Stub* stub, const v1::PrefillRequest& r
 TEST(Robustness, ClientsThatNeverReadCannotGrowThePrefillPastItsBudget) {
   constexpr int kClients = 20;
   constexpr int64_t kBudget = int64_t{100} << 20;
-  ServerProcess prefill(Bin("seer-prefill"),
-                        {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", SlowModel(), "--device",
-                         "cpu", "--threads", "1", "--max-concurrent", "1", "--max-queue", "16", "--chunk-bytes",
-                         "65536", "--stream-buffer-bytes", "65536", "--max-buffered-bytes", std::to_string(kBudget),
-                         "--write-stall-seconds", "3"});
+  ServerProcess prefill(Bin("seer-prefill"), {"--listen",
+                                              "127.0.0.1:0",
+                                              "--metrics",
+                                              "127.0.0.1:0",
+                                              "--model",
+                                              SlowModel(),
+                                              "--device",
+                                              "cpu",
+                                              "--threads",
+                                              "1",
+                                              "--max-concurrent",
+                                              "1",
+                                              "--max-queue",
+                                              "16",
+                                              "--chunk-bytes",
+                                              "65536",
+                                              "--stream-buffer-bytes",
+                                              "65536",
+                                              "--max-buffered-bytes",
+                                              std::to_string(kBudget),
+                                              "--write-stall-seconds",
+                                              "3"});
   ASSERT_TRUE(prefill.Start());
   auto stub =
       v1::PrefillService::NewStub(grpc::CreateChannel(prefill.grpc_address(), grpc::InsecureChannelCredentials()));
@@ -129,7 +144,8 @@ TEST(Robustness, ClientsThatNeverReadCannotGrowThePrefillPastItsBudget) {
   };
   auto wave = [&](uint32_t seed) {
     Wave w;
-    const double refused_before = std::max(0.0, MetricOf(prefill, "seer_prefill_requests_total{code=\"RESOURCE_EXHAUSTED\"}"));
+    const double refused_before =
+        std::max(0.0, MetricOf(prefill, "seer_prefill_requests_total{code=\"RESOURCE_EXHAUSTED\"}"));
     const double stalls_before = MetricOf(prefill, "seer_stream_write_stalls_total");
     std::vector<std::unique_ptr<StalledPrefill>> stalled;
     for (int i = 0; i < kClients; ++i)
@@ -138,8 +154,8 @@ TEST(Robustness, ClientsThatNeverReadCannotGrowThePrefillPastItsBudget) {
     auto refused = [&] {
       return MetricOf(prefill, "seer_prefill_requests_total{code=\"RESOURCE_EXHAUSTED\"}") - refused_before;
     };
-    EXPECT_TRUE(WaitFor([&] { return refused() + MetricOf(prefill, "seer_prefill_inflight_requests") == kClients; },
-                        60s));
+    EXPECT_TRUE(
+        WaitFor([&] { return refused() + MetricOf(prefill, "seer_prefill_inflight_requests") == kClients; }, 60s));
     w.admitted = static_cast<int>(MetricOf(prefill, "seer_prefill_inflight_requests"));
     // Each admitted stream computes its whole KV, though nobody reads it.
     done_requests += w.admitted;
@@ -169,11 +185,12 @@ TEST(Robustness, ClientsThatNeverReadCannotGrowThePrefillPastItsBudget) {
   const int64_t rss_before = seer::testing::RssBytes(prefill.pid());
   const Wave first = wave(0);
   const Wave second = wave(1000);
-  std::printf("[ info     ] %d clients that never read, twice: %d then %d admitted, the rest refused; RSS %.0f MiB "
-              "before, %.0f MiB while the first held their KV (budget %.0f MiB), %.0f after they were cancelled, "
-              "%.0f and %.0f for the second\n",
-              kClients, first.admitted, second.admitted, rss_before / kMiB, first.rss_held / kMiB, kBudget / kMiB,
-              first.rss_after / kMiB, second.rss_held / kMiB, second.rss_after / kMiB);
+  std::printf(
+      "[ info     ] %d clients that never read, twice: %d then %d admitted, the rest refused; RSS %.0f MiB "
+      "before, %.0f MiB while the first held their KV (budget %.0f MiB), %.0f after they were cancelled, "
+      "%.0f and %.0f for the second\n",
+      kClients, first.admitted, second.admitted, rss_before / kMiB, first.rss_held / kMiB, kBudget / kMiB,
+      first.rss_after / kMiB, second.rss_held / kMiB, second.rss_after / kMiB);
   // The budget bounds what the stalled streams made the server hold, in
   // either wave and after.
   const int64_t bound = rss_before + kBudget + (int64_t{48} << 20);
@@ -190,8 +207,8 @@ TEST(Robustness, ClientsThatNeverReadCannotGrowThePrefillPastItsBudget) {
 // (--prefill-keepalive 2 s, --prefill-keepalive-timeout 3 s) find it within
 // seconds; with --prefill-retry-broken the request is redone elsewhere.
 TEST(Robustness, AStoppedPrefillIsNoticedInSecondsAndItsRequestRedoneElsewhere) {
-  std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", SlowModel(),
-                                   "--device", "cpu",         "--chunk-bytes", "65536", "--threads", "1"};
+  std::vector<std::string> args = {"--listen", "127.0.0.1:0", "--metrics",     "127.0.0.1:0", "--model",   SlowModel(),
+                                   "--device", "cpu",         "--chunk-bytes", "65536",       "--threads", "1"};
   ServerProcess a(Bin("seer-prefill"), args), b(Bin("seer-prefill"), args);
   ASSERT_TRUE(a.Start());
   ASSERT_TRUE(b.Start());
@@ -210,8 +227,7 @@ TEST(Robustness, AStoppedPrefillIsNoticedInSecondsAndItsRequestRedoneElsewhere) 
     ctx.set_deadline(std::chrono::system_clock::now() + 120s);
     auto reader = stub->Generate(&ctx, big);
     v1::GenerateResponse msg;
-    while (reader->Read(&msg)) {
-    }
+    while (reader->Read(&msg)) {}
     return reader->Finish();
   });
   // Stop the server that streams this request's KV.
@@ -231,9 +247,10 @@ TEST(Robustness, AStoppedPrefillIsNoticedInSecondsAndItsRequestRedoneElsewhere) 
   ASSERT_TRUE(WaitFor([&] { return MetricOf(*survivor, "seer_prefill_queue_seconds_count") >= 1; }, 90s));
   const double noticed = SecondsSince(stopped);
   const grpc::Status s = doomed.get();
-  std::printf("[ info     ] a prefill stopped mid-stream: noticed and redone elsewhere after %.1f s, request "
-              "done after %.1f s\n",
-              noticed, SecondsSince(stopped));
+  std::printf(
+      "[ info     ] a prefill stopped mid-stream: noticed and redone elsewhere after %.1f s, request "
+      "done after %.1f s\n",
+      noticed, SecondsSince(stopped));
   EXPECT_TRUE(s.ok()) << s.error_code() << ": " << s.error_message();
   EXPECT_LT(noticed, 15.0) << "a stopped prefill should be noticed within keepalive + its timeout (5 s)";
   victim->Signal(SIGCONT);
