@@ -230,13 +230,14 @@ void DecodeMetrics::CountRequest(grpc::StatusCode code) {
 
 StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(const std::string& address,
                                                                   std::shared_ptr<prometheus::Registry> registry,
-                                                                  std::shared_ptr<ScrapeTimeMetrics> scrape_time) {
+                                                                  std::shared_ptr<ScrapeTimeMetrics> scrape_time,
+                                                                  std::function<bool()> ready) {
   std::unique_ptr<MetricsEndpoint> m(new MetricsEndpoint());
   m->registry_ = std::move(registry);
   m->scrape_time_ = std::move(scrape_time);
   std::vector<std::shared_ptr<prometheus::Collectable>> collectables = {m->registry_};
   if (m->scrape_time_) collectables.push_back(m->scrape_time_);
-  SEER_ASSIGN_OR_RETURN(m->http_, MetricsHttpServer::Start(address, std::move(collectables)));
+  SEER_ASSIGN_OR_RETURN(m->http_, MetricsHttpServer::Start(address, std::move(collectables), std::move(ready)));
   m->port_ = m->http_->port();
   return m;
 }

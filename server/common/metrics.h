@@ -144,9 +144,11 @@ class MetricsEndpoint {
  public:
   // `address` is host:port or [v6 host]:port; port 0 picks a free one.
   // `scrape_time` (may be null) is collected beside `registry`.
+  // `ready` answers /readyz (MetricsHttpServer).
   static StatusOr<std::unique_ptr<MetricsEndpoint>> Start(const std::string& address,
                                                           std::shared_ptr<prometheus::Registry> registry,
-                                                          std::shared_ptr<ScrapeTimeMetrics> scrape_time = nullptr);
+                                                          std::shared_ptr<ScrapeTimeMetrics> scrape_time = nullptr,
+                                                          std::function<bool()> ready = nullptr);
   int port() const { return port_; }
 
  private:

@@ -55,7 +55,8 @@ Status SplitAddress(const std::string& address, std::string* host, std::string* 
 }  // namespace
 
 StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
-    const std::string& address, std::vector<std::shared_ptr<prometheus::Collectable>> collectables) {
+    const std::string& address, std::vector<std::shared_ptr<prometheus::Collectable>> collectables,
+    std::function<bool()> ready) {
   std::string host, port;
   SEER_RETURN_IF_ERROR(SplitAddress(address, &host, &port));
   addrinfo hints{};
@@ -68,6 +69,7 @@ StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
   }
   std::unique_ptr<MetricsHttpServer> s(new MetricsHttpServer());
   s->collectables_ = std::move(collectables);
+  s->ready_ = std::move(ready);
   std::string why = "no address";
   for (addrinfo* a = found; a != nullptr && s->listen_fd_ < 0; a = a->ai_next) {
     const int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
@@ -152,8 +154,13 @@ void MetricsHttpServer::Loop() {
           const std::string path = get && sp != std::string::npos ? c.in.substr(4, sp - 4) : "";
           if (get && (path == "/metrics" || path.rfind("/metrics?", 0) == 0)) {
             c.out = Response(200, "OK", "text/plain; version=0.0.4", Body());
+          } else if (get && path == "/livez") {
+            c.out = Response(200, "OK", "text/plain", "ok\n");
+          } else if (get && path == "/readyz") {
+            c.out = !ready_ || ready_() ? Response(200, "OK", "text/plain", "ready\n")
+                                        : Response(503, "Service Unavailable", "text/plain", "not ready\n");
           } else {
-            c.out = Response(404, "Not Found", "text/plain", "only GET /metrics is served here\n");
+            c.out = Response(404, "Not Found", "text/plain", "GET /metrics, /livez and /readyz are served here\n");
           }
         } else if (c.in.size() > kMaxRequestHeadBytes) {
           c.out = Response(431, "Request Header Fields Too Large", "text/plain", "request too large\n");

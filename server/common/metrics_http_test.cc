@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <string>
 #include <vector>
@@ -73,6 +74,24 @@ TEST(MetricsHttp, ServesPrometheusTextOnIpv4AndIpv6) {
   // A port in use is an error, not a shared port.
   auto again = MetricsHttpServer::Start("127.0.0.1:" + std::to_string((*v4)->port()), {Registry()});
   EXPECT_EQ(again.status().code(), StatusCode::kUnavailable);
+}
+
+// The probes: /livez always, /readyz as the callback says (503 otherwise).
+TEST(MetricsHttp, ProbesAnswerLiveAndReadyAsTheServerSays) {
+  std::atomic<bool> ready{false};
+  auto s = MetricsHttpServer::Start("127.0.0.1:0", {Registry()}, [&ready] { return ready.load(); });
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  const int port = (*s)->port();
+  EXPECT_NE(Scrape(AF_INET, port, "/livez").find("HTTP/1.1 200"), std::string::npos);
+  EXPECT_NE(Scrape(AF_INET, port, "/readyz").find("HTTP/1.1 503"), std::string::npos);
+  ready = true;
+  EXPECT_NE(Scrape(AF_INET, port, "/readyz").find("HTTP/1.1 200"), std::string::npos);
+  ready = false;
+  EXPECT_NE(Scrape(AF_INET, port, "/readyz").find("HTTP/1.1 503"), std::string::npos);
+  // Without a callback, ready is live.
+  auto plain = MetricsHttpServer::Start("127.0.0.1:0", {Registry()});
+  ASSERT_TRUE(plain.ok());
+  EXPECT_NE(Scrape(AF_INET, (*plain)->port(), "/readyz").find("HTTP/1.1 200"), std::string::npos);
 }
 
 TEST(MetricsHttp, IdleAndSlowConnectionsDoNotHoldUpAScrape) {

@@ -66,6 +66,28 @@ int Serve(const ServeConfig& config) {
     LogEvent(LogLevel::kError, "cannot start", Fields({{"error", JsonValue::String(server.status().ToString())}}));
     return 1;
   }
+  // Health is SERVING once the model has loaded, while what watch_health
+  // watches is fine, until the drain starts. The watcher may outlive this
+  // function; it shares this state, and `closed` keeps it off the server.
+  struct HealthGate {
+    std::mutex mu;
+    GrpcServer* server = nullptr;
+    bool loaded = false, upstream = true, closed = false;
+    void UpdateLocked() {
+      if (!closed) server->SetServing(loaded && upstream);
+    }
+    bool Ready() {  // /readyz: what gRPC health says for ""
+      std::lock_guard<std::mutex> lock(mu);
+      return !closed && loaded && upstream;
+    }
+  };
+  auto gate = std::make_shared<HealthGate>();
+  gate->server = server->get();
+  auto close_gate = [gate] {
+    std::lock_guard<std::mutex> lock(gate->mu);
+    gate->closed = true;
+  };
+
   std::unique_ptr<MetricsEndpoint> metrics;
   std::string metrics_address = "off";
   if (!config.metrics.empty()) {
@@ -76,7 +98,7 @@ int Serve(const ServeConfig& config) {
       return 2;
     }
     StatusOr<std::unique_ptr<MetricsEndpoint>> started =
-        MetricsEndpoint::Start(config.metrics, config.registry, config.scrape_time);
+        MetricsEndpoint::Start(config.metrics, config.registry, config.scrape_time, [gate] { return gate->Ready(); });
     if (!started.ok()) {
       LogEvent(LogLevel::kError, "cannot start", Fields({{"error", JsonValue::String(started.status().ToString())}}));
       return 1;
@@ -100,24 +122,6 @@ int Serve(const ServeConfig& config) {
                                                                             : "mtls")},
                    {"max_receive_bytes", JsonValue::Int(config.max_receive_bytes)},
                    {"version", JsonValue::String(VersionLine(config.program))}}));
-
-  // Health is SERVING once the model has loaded, while what watch_health
-  // watches is fine, until the drain starts. The watcher may outlive this
-  // function; it shares this state, and `closed` keeps it off the server.
-  struct HealthGate {
-    std::mutex mu;
-    GrpcServer* server = nullptr;
-    bool loaded = false, upstream = true, closed = false;
-    void UpdateLocked() {
-      if (!closed) server->SetServing(loaded && upstream);
-    }
-  };
-  auto gate = std::make_shared<HealthGate>();
-  gate->server = server->get();
-  auto close_gate = [gate] {
-    std::lock_guard<std::mutex> lock(gate->mu);
-    gate->closed = true;
-  };
 
   // Load the model on its own thread so that SIGTERM still works meanwhile; a
   // failed load wakes the main thread with SIGTERM after setting the code.

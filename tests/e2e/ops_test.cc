@@ -251,6 +251,13 @@ TEST(Operations, TlsServesOnlyClientsThatTrustItsCa) {
   EXPECT_EQ(by_name.exit_code, 0) << by_name.err;
 }
 
+// A probe's body when it answers 200, else the error (e.g. "UNAVAILABLE: HTTP
+// status: HTTP/1.1 503 Service Unavailable").
+std::string Probe(const std::string& metrics_address, const std::string& path) {
+  StatusOr<std::string> body = seer::testing::HttpGet(metrics_address, path);
+  return body.ok() ? *body : body.status().ToString();
+}
+
 TEST(Operations, MutualTlsNeedsAClientCertificateFromItsCa) {
   Pki pki("mtls");
   ServerProcess prefill(Bin("seer-prefill"), ServerArgs({"--tls-cert", pki.F("a-server.crt"), "--tls-key",
@@ -286,9 +293,22 @@ TEST(Operations, MutualTlsNeedsAClientCertificateFromItsCa) {
   ASSERT_TRUE(g.ok() && r.ok());
   ASSERT_TRUE(g->Find("tokens") && r->Find("tokens"));
   EXPECT_EQ(g->Find("tokens")->Dump(), r->Find("tokens")->Dump());
-  // A decode worker without a client certificate cannot reach the prefill.
+  // The probes on the plaintext metrics port (kubelet's gRPC probes take no
+  // TLS): ready once the model is loaded and a prefill answers.
+  EXPECT_EQ(Probe(prefill.metrics_address(), "/readyz"), "ready\n");
+  EXPECT_EQ(Probe(decode.metrics_address(), "/readyz"), "ready\n");
+  EXPECT_EQ(Probe(decode.metrics_address(), "/livez"), "ok\n");
+  // A decode worker without a client certificate cannot reach the prefill:
+  // its health, and so /readyz, turns NOT_SERVING after the failed checks.
   ServerProcess no_mtls(Bin("seer-decode"), ServerArgs({"--prefill", addr, "--prefill-tls-ca", pki.F("a-ca.crt")}));
   ASSERT_TRUE(no_mtls.Start());
+  std::string readyz;
+  for (int i = 0; i < 100 && (readyz = Probe(no_mtls.metrics_address(), "/readyz")).find(" 503 ") == std::string::npos;
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_NE(readyz.find("HTTP/1.1 503"), std::string::npos) << readyz;
+  EXPECT_EQ(Probe(no_mtls.metrics_address(), "/livez"), "ok\n");
   CommandResult refused = RunCommand({Bin("seer"), "generate", "--addr", no_mtls.grpc_address(), "--ids", "5,6",
                                       "--max-new-tokens", "2", "--timeout", "20"});
   EXPECT_EQ(refused.exit_code, 1);

@@ -28,6 +28,21 @@ async function model(apiVersion, kind) {
 }
 
 // Pod Security "restricted" (the fields it checks) on every pod template.
+// What the servers would refuse, or what could never pass, once rendered:
+// seer-decode exits at start on --http beside TLS gRPC without
+// --http-plaintext-with-tls; kubelet's gRPC probes cannot speak TLS.
+function checkServerFlags(where, pod) {
+  for (const c of pod.containers ?? []) {
+    const args = [...(c.command ?? []), ...(c.args ?? [])];
+    const has = (flag) => args.some((a) => a === flag || a.startsWith(`${flag}=`));
+    const tls = has('--tls-cert');
+    if (tls && has('--http') && !has('--http-plaintext-with-tls'))
+      fail(where, `${c.name}: --http beside --tls-cert needs --http-plaintext-with-tls (seer-decode refuses it otherwise)`);
+    for (const p of ['startupProbe', 'readinessProbe', 'livenessProbe'])
+      if (tls && c[p]?.grpc) fail(where, `${c.name}: ${p} is a gRPC probe on a TLS port (kubelet's gRPC probe has no TLS)`);
+  }
+}
+
 function checkRestricted(where, pod) {
   const psc = pod.securityContext ?? {};
   if (psc.seccompProfile?.type !== 'RuntimeDefault') fail(where, 'pod seccompProfile is not RuntimeDefault');
@@ -63,7 +78,10 @@ for (const target of ['deploy/base', 'deploy/overlays/dev', 'deploy/overlays/pro
       fail(where, `schema: ${e.message}`);
     }
     if (obj.kind !== 'Namespace' && obj.metadata?.namespace !== 'seer') fail(where, 'not in namespace seer');
-    if (obj.kind === 'Deployment') checkRestricted(where, obj.spec.template.spec);
+    if (obj.kind === 'Deployment') {
+      checkRestricted(where, obj.spec.template.spec);
+      checkServerFlags(where, obj.spec.template.spec);
+    }
     if (obj.kind === 'ServiceMonitor' || obj.kind === 'PrometheusRule')
       if (!obj.metadata.labels?.release) fail(where, 'no release label (kube-prometheus-stack selects on it)');
     if (obj.kind === 'Namespace' && obj.metadata.labels?.['pod-security.kubernetes.io/enforce'] !== 'restricted')
