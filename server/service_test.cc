@@ -701,6 +701,31 @@ TEST(Service, TheDeprecatedNamesAnswerAsTheNewOnes) {
   EXPECT_EQ(tokens_now.size(), 6u);
 }
 
+// A Generate that gives no max_new_tokens gets the server's
+// --default-max-new-tokens, capped by --max-new-tokens.
+TEST(Service, AGenerateWithoutMaxNewTokensGetsTheServersDefault) {
+  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"));
+  ASSERT_TRUE(engine);
+  PrefillHarness prefill({}, engine.get());
+  DecodeServiceOptions options;
+  options.default_new_tokens = 7;
+  DecodeHarness decode(prefill.server->address(), engine.get(), options);
+  v1::GenerateRequest g;
+  for (int t = 0; t < 30; ++t) g.add_token_ids((t * 3) % 128);
+  std::vector<int32_t> tokens;
+  v1::GenerateSummary summary;
+  ASSERT_TRUE(CallGenerate(decode.Stub().get(), g, &tokens, &summary).ok());
+  EXPECT_EQ(tokens.size(), 7u);
+  EXPECT_EQ(summary.finish_reason(), "length");
+
+  options.default_new_tokens = 500;
+  options.max_new_tokens = 5;
+  DecodeHarness capped(prefill.server->address(), engine.get(), options);
+  tokens.clear();
+  ASSERT_TRUE(CallGenerate(capped.Stub().get(), g, &tokens).ok());
+  EXPECT_EQ(tokens.size(), 5u);
+}
+
 TEST(PrefillTargets, ParsesListsAndNames) {
   auto ok = ParsePrefillTargets("10.0.0.1:50051, prefill-0:1 ,dns:///seer-prefill.default.svc:50051");
   ASSERT_TRUE(ok.ok()) << ok.status().ToString();
