@@ -381,6 +381,74 @@ TEST(KvTransport, FourStreamsOfEightLayersLandTheSameKvAsOne) {
   ExpectFourStreamsLandWhatOneDoes(EightLayerModel(), 4);
 }
 
+// A KvStream whose client never reads (a hostile or stuck peer): it is cut
+// off after --write-stall-seconds and counted, the Prefill call it belongs to
+// ends UNAVAILABLE (its layers cannot all arrive) instead of waiting for it,
+// another request is served in full meanwhile, and nothing stays attached,
+// buffered or in flight.
+TEST(KvTransport, AKvStreamThatIsNeverReadIsCutOffAndHoldsUpNoOne) {
+  std::unique_ptr<Engine> inner = LoadEngine(EightLayerModel());
+  ASSERT_TRUE(inner);
+  GatedEngine engine(inner.get());
+  PrefillServiceOptions options;
+  options.kv_grpc_streams = 2;
+  options.kv_min_stream_bytes = 0;
+  options.write_stall_seconds = 1.0;
+  PrefillServer p(options, &engine);
+  auto channel = grpc::CreateChannel(p.server->address(), grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+
+  // Held until the KvStream has attached, so that it is handed layers.
+  engine.Hold();
+  v1::PrefillRequest req = RequestOf(4000, 9);  // 64 MB of KV: far past any flow-control window
+  req.mutable_transport_offer()->set_grpc_streams(2);
+  RawStreamCall prefill(&stub, "/seer.v1.PrefillService/Prefill", EncodeMessage(req).value());
+  prefill.context()->set_deadline(std::chrono::system_clock::now() + 60s);
+  prefill.Start();
+  grpc::ByteBuffer b;
+  DecodedResponse d;
+  ASSERT_TRUE(prefill.Next(&b));
+  ASSERT_TRUE(DecodePrefillResponse(b, &d).ok());
+  ASSERT_TRUE(d.message.has_header());
+  ASSERT_EQ(d.message.header().grpc_streams(), 2);
+  v1::KvStreamRequest kr;
+  kr.set_transfer_id(d.message.header().transfer_id());
+  kr.set_index(1);
+  RawStreamCall stalled(&stub, "/seer.v1.PrefillService/KvStream", EncodeMessage(kr).value());
+  stalled.context()->set_deadline(std::chrono::system_clock::now() + 60s);
+  stalled.Start();  // and never read
+  for (int i = 0; i < 3000 && p.service->attached_kv_streams() < 1; ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(p.service->attached_kv_streams(), 1);
+  engine.Release();
+
+  const auto t0 = std::chrono::steady_clock::now();
+  grpc::Status main_status;
+  std::thread main_reader([&] {
+    while (prefill.Next(&b)) {}
+    main_status = prefill.Finish();
+  });
+  // Meanwhile a whole request, one stream, lands exactly.
+  std::unique_ptr<PrefillClient> client = Client(p.server->address(), 1);
+  const v1::PrefillRequest other = RequestOf(600, 4);
+  Fetched f = Fetch(client.get(), inner.get(), other);
+  ASSERT_TRUE(f.status.ok()) << f.status.ToString();
+  ExpectKvEqual(ReadKv(*f.cache, other.token_ids_size()), ReferenceOf(inner.get(), other).kv, "the other request");
+
+  main_reader.join();
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(main_status.error_code(), grpc::StatusCode::UNAVAILABLE) << main_status.error_message();
+  EXPECT_NE(main_status.error_message().find("KvStream 1"), std::string::npos) << main_status.error_message();
+  EXPECT_LT(took, 20.0);
+  const grpc::Status cut = stalled.Finish();
+  EXPECT_EQ(cut.error_code(), grpc::StatusCode::CANCELLED) << cut.error_message();
+  EXPECT_GE(Series(p.Scrape(), "seer_stream_write_stalls_total"), 1);
+  for (int i = 0; i < 500 && (p.service->attached_kv_streams() > 0 || p.service->buffered_bytes() > 0); ++i)
+    std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(p.service->attached_kv_streams(), 0);
+  EXPECT_EQ(p.service->buffered_bytes(), 0);
+  EXPECT_EQ(Series(p.Scrape(), "seer_prefill_inflight_requests"), 0);
+}
+
 // --- fp8 -----------------------------------------------------------------------
 
 // fp8 asked of a server without --allow-kv-fp8: the header says the cache's

@@ -881,6 +881,16 @@ class KvStreamWriter final : public StreamReactor<grpc::ByteBuffer> {
 
   void OnStreamCancelled() override { Wake(anchor_); }
 
+  // Counted and logged as a Prefill stream's stall is: a KvStream is a
+  // stream of the same transfer.
+  void OnWriteStall(double stall_seconds) override {
+    service_->metrics_->write_stalls.Increment();
+    std::fprintf(stderr,
+                 "seer-prefill: KvStream %d of transfer %llu: the client read nothing for %.3g s "
+                 "(--write-stall-seconds); stream cancelled\n",
+                 index_, static_cast<unsigned long long>(transfer_ != nullptr ? transfer_->id : 0), stall_seconds);
+  }
+
   void OnStreamDone(const grpc::Status& /*status*/) override {
     std::lock_guard<std::recursive_mutex> lock(anchor_->mu);
     anchor_->writer = nullptr;
