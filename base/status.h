@@ -1,5 +1,5 @@
 // Status and StatusOr: the engine reports every error as a value with a
-// message a user can act on (STYLE.md). Codes carry gRPC's numbering so the
+// message a user can act on (docs/STYLE.md). Codes carry gRPC's numbering so the
 // server maps them one to one.
 #pragma once
 

@@ -1,6 +1,6 @@
 // seer-kv-stream-bench: how fast a KV cache moves over loopback through gRPC,
 // next to raw TCP with the same number of streams, in the same run. A program
-// that prints a table (STYLE.md), not a test.
+// that prints a table (docs/STYLE.md), not a test.
 //
 // Rows:
 //   - raw TCP: N connections, each moving its share in 4 MiB send/recv calls;

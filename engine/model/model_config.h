@@ -1,5 +1,5 @@
 // The model's shape, read from a Hugging Face config.json. One source of truth
-// for every shape in the engine (STYLE.md).
+// for every shape in the engine (docs/STYLE.md).
 #pragma once
 
 #include <cstdint>

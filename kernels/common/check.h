@@ -1,5 +1,5 @@
-// The one way to check a CUDA runtime call (STYLE.md: "a single checked-call
-// macro reports file and line").
+// The one way to check a CUDA runtime call (docs/STYLE.md: one checked call
+// that records the file and line).
 //
 // Library code returns the cudaError_t and records where it failed, so that
 // the engine can put "kernels/attention/attention.cu:123: cudaFuncSetAttribute(...)"
