@@ -1,8 +1,9 @@
 // The paged KV kernels against their CPU twins (kernels/paged_kv/paged_kv_cpu.h)
 // on random data: batches of sequences of mixed lengths (0, 1, split
-// boundaries at 255/256/257, several pages, partial last pages) over shuffled
-// pages of one pool; GQA 1/4/8/16; head dims 64 and 128; page sizes 16 and
-// 64; bf16 and fp16; outputs poisoned with NaN before each run.
+// boundaries at 255/256/257, several pages, partial last pages, up to 128k
+// positions) over shuffled pages of one pool; GQA 1/4/8/16; head dims 64 and
+// 128; page sizes 16 and 64; bf16 and fp16; outputs poisoned with NaN before
+// each run.
 #include "kernels/paged_kv/paged_kv.h"
 
 #include <gtest/gtest.h>
@@ -43,9 +44,14 @@ struct Case {
 
 TEST_F(PagedKvGpuTest, DecodeAttentionMatchesTheTwin) {
   const Case cases[] = {
-      {8, 8, 64, 16, {1, 17, 0, 64}},   {32, 8, 128, 64, {255, 256, 257, 1, 600}},
-      {16, 4, 128, 16, {513, 3, 1000}}, {32, 2, 64, 64, {2000, 70}},
+      {8, 8, 64, 16, {1, 17, 0, 64}},
+      {32, 8, 128, 64, {255, 256, 257, 1, 600}},
+      {16, 4, 128, 16, {513, 3, 1000}},
+      {32, 2, 64, 64, {2000, 70}},
       {4, 1, 128, 64, {129}},
+      // GQA 8:1, and contexts up to 128k (the split-K partials of 512 splits).
+      {32, 4, 128, 64, {8191, 33, 4096}},
+      {8, 1, 128, 64, {131072, 32768, 1}},
   };
   std::mt19937 rng(17);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
