@@ -407,7 +407,9 @@ TEST(Operations, PrefillResponsesCarryTheServersLoad) {
   ASSERT_TRUE(prefill.Start());
   auto stub =
       v1::PrefillService::NewStub(grpc::CreateChannel(prefill.grpc_address(), grpc::InsecureChannelCredentials()));
-  for (bool valid : {true, false}) {
+  // The refused request first: after a valid one, that one's worker slot may
+  // not be released yet when the next request's headers go out.
+  for (bool valid : {false, true}) {
     v1::PrefillRequest req;
     req.add_token_ids(valid ? 1 : 1000);
     grpc::ClientContext ctx;
