@@ -287,13 +287,22 @@ bool RawStreamCall::Next(grpc::ByteBuffer* out) {
   return true;
 }
 
+bool RawStreamCall::WaitFirstByte(std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(mu_);
+  return cv_.wait_until(lock, deadline, [&] { return got_initial_metadata_ || have_message_ || read_ended_; });
+}
+
 void RawStreamCall::OnReadInitialMetadataDone(bool ok) {
+  std::multimap<std::string, std::string> md;
   if (ok) {
-    std::multimap<std::string, std::string> md;
     for (const auto& [key, value] : context_.GetServerInitialMetadata())
       md.emplace(std::string(key.data(), key.size()), std::string(value.data(), value.size()));
+  }
+  {
     std::lock_guard<std::mutex> lock(mu_);
-    initial_metadata_ = std::move(md);
+    if (ok) initial_metadata_ = std::move(md);
+    got_initial_metadata_ = true;
+    cv_.notify_all();
   }
   if (on_initial_metadata_) on_initial_metadata_();
 }

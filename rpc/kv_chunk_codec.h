@@ -27,6 +27,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/support/byte_buffer.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -98,6 +99,9 @@ class RawStreamCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grp
   std::multimap<std::string, std::string> initial_metadata();
   // Starts the call (set deadlines on context() first).
   void Start();
+  // Waits for the first byte from the server (its initial metadata, a
+  // message, or the end of the call) until `deadline`; false when none came.
+  bool WaitFirstByte(std::chrono::steady_clock::time_point deadline);
   // The next message; false at the end of the stream (then Finish).
   bool Next(grpc::ByteBuffer* out);
   // Cancels the call (e.g. on a protocol error).
@@ -121,6 +125,7 @@ class RawStreamCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grp
   std::multimap<std::string, std::string> initial_metadata_;
   std::condition_variable cv_;
   bool started_ = false;
+  bool got_initial_metadata_ = false;
   bool have_message_ = false;
   bool read_in_flight_ = false;
   bool read_ended_ = false;

@@ -249,8 +249,6 @@ StatusOr<std::unique_ptr<PrefillClient>> PrefillClient::Create(const std::string
     if (target.rfind("dns:", 0) == 0) ++names;
   }
   client->attempts_ = options.attempts > 0 ? options.attempts : static_cast<int>(list.size()) + 2 * names;
-  if (options.first_byte_timeout_seconds > 0)
-    client->timer_thread_ = std::thread([c = client.get()] { c->TimerLoop(); });
   if (options.health_interval_seconds > 0)
     client->health_thread_ = std::thread([c = client.get()] { c->HealthLoop(); });
   return client;
@@ -262,8 +260,6 @@ PrefillClient::~PrefillClient() {
     stopping_ = true;
   }
   wake_.notify_all();
-  timer_wake_.notify_all();
-  if (timer_thread_.joinable()) timer_thread_.join();
   if (health_thread_.joinable()) health_thread_.join();
 }
 
@@ -806,19 +802,23 @@ Status PrefillClient::FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& re
     call.context()->set_deadline(*deadline);
   }
   if (!canceller->Bind(call.context())) return Cancelled("the Generate stream was cancelled");
-  // The first byte: initial metadata (a prefill server sends them on
-  // admission when its header waits for the engine) or the first message.
-  const uint64_t timer = ArmFirstByteTimer(call.context());
-  std::atomic<bool> timed_out{false};
-  auto disarm = [this, timer, &timed_out] {
-    if (DisarmFirstByteTimer(timer)) timed_out = true;
-  };
-  call.OnInitialMetadata(disarm);
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++endpoint.inflight;
   }
   call.Start();
+  // The first byte: initial metadata (a prefill server sends them on
+  // admission when its header waits for the engine) or the first message.
+  // Waited for here, and the call cancelled from this thread, which owns it:
+  // no other thread calls into it, and no lock is held across gRPC.
+  bool timed_out = false;
+  if (options_.first_byte_timeout_seconds > 0 &&
+      !call.WaitFirstByte(std::chrono::steady_clock::now() +
+                          std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                              std::chrono::duration<double>(options_.first_byte_timeout_seconds)))) {
+    timed_out = true;
+    call.Cancel();
+  }
 
   Status protocol;  // the first violation seen on our side
   grpc::Status status;
@@ -829,16 +829,11 @@ Status PrefillClient::FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& re
     KvReceive receive(this, &endpoint, request.token_ids_size(), expected, cache, device, offered.transport_offer(),
                       request.kv_wire(), deadline, on_kv_bytes, &call);
     grpc::ByteBuffer buffer;
-    int messages = 0;
-    while (protocol.ok() && call.Next(&buffer)) {
-      if (++messages == 1) disarm();
-      protocol = receive.OnMessage(buffer);
-    }
+    while (protocol.ok() && call.Next(&buffer)) protocol = receive.OnMessage(buffer);
     if (!protocol.ok()) call.Cancel();
     const bool complete = protocol.ok() && receive.have_summary();
     receive.End(!complete, protocol.ok() ? "the stream broke" : protocol.message());
     status = call.Finish();
-    disarm();
     canceller->Unbind();
     received_chunks = receive.progress();
     received_bytes = receive.kv_bytes();
@@ -905,56 +900,6 @@ Status PrefillClient::FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& re
   out->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   *outcome = Outcome::kOk;
   return OkStatus();
-}
-
-// --- first-byte timers --------------------------------------------------------
-
-uint64_t PrefillClient::ArmFirstByteTimer(grpc::ClientContext* context) {
-  if (options_.first_byte_timeout_seconds <= 0) return 0;
-  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                           std::chrono::duration<double>(options_.first_byte_timeout_seconds));
-  uint64_t token = 0;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    token = next_timer_++;
-    timers_[token] = Timer{context, deadline, false};
-  }
-  timer_wake_.notify_all();
-  return token;
-}
-
-bool PrefillClient::DisarmFirstByteTimer(uint64_t token) {
-  if (token == 0) return false;
-  std::lock_guard<std::mutex> lock(mu_);
-  auto it = timers_.find(token);
-  if (it == timers_.end()) return false;
-  const bool fired = it->second.fired;
-  timers_.erase(it);
-  return fired;
-}
-
-void PrefillClient::TimerLoop() {
-  std::unique_lock<std::mutex> lock(mu_);
-  while (!stopping_) {
-    std::optional<Clock::time_point> next;
-    for (const auto& [token, t] : timers_)
-      if (!t.fired && (!next || t.deadline < *next)) next = t.deadline;
-    if (next) {
-      timer_wake_.wait_until(lock, *next);
-    } else {
-      timer_wake_.wait(lock);
-    }
-    const Clock::time_point now = Clock::now();
-    // A call's context lives until its timer is disarmed, which waits for
-    // this lock: cancelling under it is safe (a synchronous call runs no
-    // callbacks of ours).
-    for (auto& [token, t] : timers_) {
-      if (!t.fired && t.deadline <= now) {
-        t.fired = true;
-        t.context->TryCancel();
-      }
-    }
-  }
 }
 
 // --- health ------------------------------------------------------------------

@@ -198,9 +198,6 @@ class PrefillClient {
   void HealthLoop();
   // Under mu_: whether any endpoint is up, and each one's state.
   bool AnyUpLocked(std::string* why) const;
-  void TimerLoop();
-  uint64_t ArmFirstByteTimer(grpc::ClientContext* context);
-  bool DisarmFirstByteTimer(uint64_t token);  // true when it had fired
 
   // The transports this client offers for a call that lands in `cache`;
   // `device` gets the cache's CUDA device (-1: host).
@@ -217,21 +214,11 @@ class PrefillClient {
   std::atomic<uint64_t> next_{0};
 
   std::mutex mu_;
-  std::condition_variable wake_, timer_wake_;
+  std::condition_variable wake_;
   bool stopping_ = false;
   std::function<void(bool, const std::string&)> on_health_;
   bool health_known_ = false, any_up_ = true;
   std::thread health_thread_;
-  // First-byte timers: token -> (call, deadline); fired ones are remembered
-  // until disarmed.
-  struct Timer {
-    grpc::ClientContext* context;
-    Clock::time_point deadline;
-    bool fired = false;
-  };
-  std::map<uint64_t, Timer> timers_;
-  uint64_t next_timer_ = 1;
-  std::thread timer_thread_;
 };
 
 // Splits and checks a --prefill list.
