@@ -11,6 +11,7 @@ packages=(
   libgtest-dev libgmock-dev
   clang libclang-rt-dev
   python3 curl
+  gdb  # the chaos test prints a stuck server's thread stacks with it
 )
 
 missing=()

@@ -222,6 +222,20 @@ double InflightSum(const std::string& metrics_address) {
   return sum;
 }
 
+// A server that does not come back to quiet is stuck somewhere: its threads'
+// stacks (when gdb is installed) go to the test's output, to find where.
+void DumpThreads(pid_t pid, const std::string& name) {
+  if (std::system("command -v gdb > /dev/null 2>&1") != 0) {
+    std::printf("[ info     ] %s (pid %d) looks stuck; install gdb for its thread stacks\n", name.c_str(), pid);
+    return;
+  }
+  std::printf("[ info     ] %s (pid %d) looks stuck; its threads:\n", name.c_str(), pid);
+  std::fflush(stdout);
+  const std::string cmd = "gdb -p " + std::to_string(pid) +
+                          " -batch -ex 'thread apply all bt 25' 2>/dev/null | grep -E '^(Thread|#)' | head -400";
+  (void)std::system(cmd.c_str());
+}
+
 TEST(Chaos, EveryRequestEndsOkOrRetryableWithItsSoloTokensWhileFaultsAreInjected) {
   const char* seed_env = std::getenv("SEER_CHAOS_SEED");
   const uint32_t seed = seed_env ? static_cast<uint32_t>(std::strtoul(seed_env, nullptr, 10)) : 20261128u;
@@ -423,7 +437,9 @@ TEST(Chaos, EveryRequestEndsOkOrRetryableWithItsSoloTokensWhileFaultsAreInjected
   for (Prefill& p : prefills)
     EXPECT_TRUE(WaitFor([&] { return InflightSum(p.process->metrics_address()) == 0.0; }, 60s))
         << p.address << " still has streams in flight";
-  EXPECT_TRUE(WaitFor([&] { return InflightSum(decode.metrics_address()) == 0.0; }, 60s));
+  const bool decode_quiet = WaitFor([&] { return InflightSum(decode.metrics_address()) == 0.0; }, 60s);
+  EXPECT_TRUE(decode_quiet) << "seer-decode still has requests in flight";
+  if (!decode_quiet) DumpThreads(decode.pid(), "seer-decode");
   EXPECT_TRUE(WaitFor(
       [&] {
         return seer::testing::Health(decode.grpc_address(), "seer.v1.DecodeService") ==
