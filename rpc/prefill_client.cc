@@ -860,6 +860,15 @@ Status PrefillClient::FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& re
     }
   }
 
+  // A stream this worker did not cancel (neither its client nor the
+  // first-byte timeout) but that ended CANCELLED was reset by the prefill
+  // server (its --write-stall-seconds, say, when this worker read too slowly)
+  // or on the way: a broken stream, as UNAVAILABLE is, not a cancellation
+  // this worker's client asked for.
+  if (status.error_code() == grpc::StatusCode::CANCELLED && !timed_out && !canceller->cancelled()) {
+    status = grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          "the prefill server cancelled the stream (" + status.error_message() + ")");
+  }
   const grpc::StatusCode code = status.error_code();
   const bool refused =
       no_kv && (code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::RESOURCE_EXHAUSTED ||
