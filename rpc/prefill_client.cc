@@ -441,6 +441,7 @@ class PrefillClient::KvReceive {
     streams_ = std::max(1, h.grpc_streams());
     have_header_ = true;
     header_at_ = last_landed_ = std::chrono::steady_clock::now();
+    client_->NoteInstance(endpoint_, h.prefill_instance());
     if (h.has_nccl_setup()) JoinLink(h);
     if (nccl_) SEER_RETURN_IF_ERROR(StartNcclReceive(h));
     if (client_->kv_observer_ != nullptr) client_->kv_observer_->TransferStarted(transport_label());
@@ -776,6 +777,31 @@ v1::KvTransportOffer PrefillClient::MakeOffer(KvCache* cache, int* device) {
   return MakeTransportOffer(caps);
 }
 
+void PrefillClient::NoteInstance(Endpoint* endpoint, const std::string& instance) {
+  // A dns:/// name spreads calls over several servers, whose instances
+  // alternate: only one address can say that its server restarted.
+  if (instance.empty() || endpoint->target.rfind("dns:", 0) == 0) return;
+  std::string before;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    before = endpoint->prefill_instance;
+    endpoint->prefill_instance = instance;
+  }
+#ifdef SEER_HAVE_NCCL
+  // The server at this address restarted: a link with its old instance has a
+  // dead peer, and nothing would notice before the idle prune.
+  if (before.empty() || before == instance) return;
+  if (std::optional<NcclLinkRegistry::Entry> old = nccl_->links.Find(before)) {
+    const std::string why = "the prefill at " + endpoint->target + " restarted (a new instance)";
+    old->link->Abort(why);
+    nccl_->links.Drop(before, old->id, why);
+    ReportLinks();
+  }
+#else
+  (void)before;
+#endif
+}
+
 void PrefillClient::ReportLinks() {
 #ifdef SEER_HAVE_NCCL
   if (kv_observer_ == nullptr) return;
@@ -860,12 +886,12 @@ Status PrefillClient::FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& re
     }
   }
 
-  // A stream this worker did not cancel (neither its client nor the
-  // first-byte timeout) but that ended CANCELLED was reset by the prefill
+  // A stream this worker did not cancel (not its client, the first-byte
+  // timeout or a protocol error) but that ended CANCELLED was reset by the prefill
   // server (its --write-stall-seconds, say, when this worker read too slowly)
   // or on the way: a broken stream, as UNAVAILABLE is, not a cancellation
   // this worker's client asked for.
-  if (status.error_code() == grpc::StatusCode::CANCELLED && !timed_out && !canceller->cancelled()) {
+  if (protocol.ok() && status.error_code() == grpc::StatusCode::CANCELLED && !timed_out && !canceller->cancelled()) {
     status = grpc::Status(grpc::StatusCode::UNAVAILABLE,
                           "the prefill server cancelled the stream (" + status.error_message() + ")");
   }

@@ -186,6 +186,7 @@ class PrefillClient {
     bool down = false;  // by the health checks
     int failed_checks = 0;
     std::string health_state;  // "SERVING", or why not
+    std::string prefill_instance;  // the last one its headers named
   };
   enum class Outcome { kOk, kRetry, kFinal };
 
@@ -203,6 +204,9 @@ class PrefillClient {
   // `device` gets the cache's CUDA device (-1: host).
   v1::KvTransportOffer MakeOffer(KvCache* cache, int* device);
   void ReportLinks();
+  // `instance` is what `endpoint`'s latest header named; a change means the
+  // server restarted, and its old NCCL link goes.
+  void NoteInstance(Endpoint* endpoint, const std::string& instance);
 
   PrefillClientOptions options_;
   std::string decode_instance_, host_;
