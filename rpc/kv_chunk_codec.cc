@@ -319,6 +319,12 @@ void RawStreamCall::OnReadDone(bool ok) {
     read_in_flight_ = false;
     if (ok) {
       have_message_ = true;
+      // Finish came while this read was in flight and left the hold to it:
+      // no read follows, so the call may end now.
+      if (finishing_ && !hold_released_) {
+        hold_released_ = true;
+        release = true;
+      }
     } else {
       read_ended_ = true;
       release = !hold_released_;
@@ -340,6 +346,7 @@ void RawStreamCall::OnDone(const grpc::Status& status) {
 grpc::Status RawStreamCall::Finish() {
   std::unique_lock<std::mutex> lock(mu_);
   if (!started_) return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "the call was never started");
+  finishing_ = true;  // a read in flight that still succeeds releases the hold (OnReadDone)
   if (!read_ended_) {
     // The caller stops early: no more reads; end the call.
     lock.unlock();

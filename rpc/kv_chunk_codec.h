@@ -130,6 +130,7 @@ class RawStreamCall final : public grpc::ClientBidiReactor<grpc::ByteBuffer, grp
   bool read_in_flight_ = false;
   bool read_ended_ = false;
   bool hold_released_ = false;
+  bool finishing_ = false;  // Finish was called
   bool done_ = false;
   grpc::Status status_;
 };
