@@ -19,48 +19,18 @@
 
 #include "base/json.h"
 #include "tests/fixture_reader.h"
+#include "tests/run_binary.h"
 
 namespace seer {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct RunOutput {
-  int exit_code = -1;
-  std::string out, err;
-};
+using seer::testing::RunOutput;
+using seer::testing::Slurp;
+using seer::testing::TempPath;
 
-std::string TempPath(const std::string& name) {
-  return (fs::temp_directory_path() / ("seer_quality_eval_" + std::to_string(getpid()) + "_" + name)).string();
-}
-
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::string Quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-RunOutput RunEval(const std::vector<std::string>& args) {
-  const std::string out_path = TempPath("stdout"), err_path = TempPath("stderr");
-  std::string cmd = Quote(std::string(SEER_BIN_DIR) + "/seer-quality-eval");
-  for (const auto& a : args) cmd += " " + Quote(a);
-  cmd += " >" + Quote(out_path) + " 2>" + Quote(err_path);
-  const int status = std::system(cmd.c_str());
-  RunOutput r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-  r.out = Slurp(out_path);
-  r.err = Slurp(err_path);
-  fs::remove(out_path);
-  fs::remove(err_path);
-  return r;
-}
+RunOutput RunEval(const std::vector<std::string>& args) { return seer::testing::RunBinary("seer-quality-eval", args); }
 
 const JsonValue* RowNamed(const JsonValue& rows, const std::string& name) {
   for (const JsonValue& r : rows.as_array()) {
@@ -166,9 +136,10 @@ TEST(QualityEval, PasskeyDocumentsMatchTheTrainingScript) {
     RunOutput cpp = RunEval({"--passkey-example", e});
     ASSERT_EQ(cpp.exit_code, 0) << cpp.err;
     const std::string out = TempPath("py_out");
-    const std::string cmd = "python3 " + Quote(std::string(SEER_SOURCE_DIR) + "/tools/train_small_model.py") +
+    const std::string cmd = "python3 " +
+                            seer::testing::ShellQuote(std::string(SEER_SOURCE_DIR) + "/tools/train_small_model.py") +
                             " passkey-example --fillers " + fillers + " --depth " + depth + " --key " + key + " >" +
-                            Quote(out);
+                            seer::testing::ShellQuote(out);
     ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
     EXPECT_EQ(cpp.out, Slurp(out)) << example;
     EXPECT_NE(cpp.out.find(" The pass key is " + key + ". Remember it. "), std::string::npos) << cpp.out;

@@ -18,6 +18,7 @@
 #include "base/json.h"
 #include "formats/safetensors.h"
 #include "tests/fixture_reader.h"
+#include "tests/run_binary.h"
 #include "train/gate_trainer.h"
 
 namespace seer::train {
@@ -25,42 +26,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct RunOutput {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-std::string TempPath(const std::string& name) {
-  return (fs::temp_directory_path() / ("seer_train_cli_" + std::to_string(getpid()) + "_" + name)).string();
-}
-
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::string Quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-RunOutput RunBinary(const std::string& binary, const std::vector<std::string>& args) {
-  const std::string out_path = TempPath("stdout"), err_path = TempPath("stderr");
-  std::string cmd = Quote(std::string(SEER_BIN_DIR) + "/" + binary);
-  for (const auto& a : args) cmd += " " + Quote(a);
-  cmd += " >" + Quote(out_path) + " 2>" + Quote(err_path);
-  const int status = std::system(cmd.c_str());
-  RunOutput r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-  r.out = Slurp(out_path);
-  r.err = Slurp(err_path);
-  fs::remove(out_path);
-  fs::remove(err_path);
-  return r;
-}
+using seer::testing::RunBinary;
+using seer::testing::RunOutput;
+using seer::testing::Slurp;
+using seer::testing::TempPath;
 
 std::vector<int32_t> RandomIds(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);
