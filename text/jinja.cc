@@ -8,6 +8,7 @@
 #include <optional>
 #include <set>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "text/unicode.h"
 
@@ -1434,6 +1435,14 @@ class Renderer {
     scopes_.emplace_back(globals.begin(), globals.end());
     scopes_.emplace_back();
   }
+  // A template can make a namespace hold itself (`{% set ns.x = (ns, 1) %}`):
+  // Python's collector frees such a cycle, shared_ptr cannot. Every namespace
+  // this render assigned into is emptied here, which breaks any cycle.
+  ~Renderer() {
+    for (const Value& ns : mutated_) ns.mutable_dict().clear();
+  }
+  Renderer(const Renderer&) = delete;
+  Renderer& operator=(const Renderer&) = delete;
 
   Status Render(const NodeList& nodes, std::string* out) {
     out_ = out;
@@ -1516,6 +1525,7 @@ class Renderer {
       if (target.kind() != Value::Kind::kNamespace) {
         return Error(n.line, "cannot assign attribute on non-namespace object '" + n.targets[0] + "'");
       }
+      if (mutated_ids_.insert(target.identity()).second) mutated_.push_back(target);
       Dict& d = target.mutable_dict();
       for (auto& [k, val] : d) {
         if (k.is_string() && k.as_string() == n.attr) {
@@ -1784,6 +1794,8 @@ class Renderer {
   std::string* out_ = nullptr;
   int depth_ = 0;
   int loop_depth_ = 0;
+  std::vector<Value> mutated_;  // namespaces assigned into, emptied at the end
+  std::unordered_set<const void*> mutated_ids_;
 };
 
 StatusOr<CallArgs> Renderer::EvalArgs(const Expr& e, size_t first_arg) {
