@@ -137,6 +137,14 @@ class ServerProcess {
 
   const std::string& grpc_address() const { return grpc_; }
   const std::string& metrics_address() const { return metrics_; }
+  // seer-decode's --http address, from its "http on HOST:PORT" line; empty
+  // without one.
+  std::string http_address() {
+    std::optional<std::string> line = WaitForLine(" http on ", std::chrono::seconds(0));
+    if (!line) return "";
+    const size_t at = line->find(" http on ") + 9;
+    return line->substr(at, line->find(' ', at) - at);
+  }
   pid_t pid() const { return pid_; }
 
   void Signal(int sig) {
@@ -298,17 +306,18 @@ inline CommandResult RunCommand(std::vector<std::string> args, std::chrono::seco
   return r;
 }
 
-// GET http://host:port/path with a plain socket; the body.
-inline StatusOr<std::string> HttpGet(const std::string& host_port, const std::string& path) {
+// A TCP connection to host:port whose reads and writes give up after 10 s
+// (a hung server fails the request, not the test run).
+inline StatusOr<int> ConnectTcp(const std::string& host_port) {
   const size_t colon = host_port.rfind(':');
   const std::string host = host_port.substr(0, colon), port = host_port.substr(colon + 1);
   addrinfo hints{};
-  hints.ai_family = AF_INET;
+  hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
   addrinfo* res = nullptr;
   if (getaddrinfo(host.c_str(), port.c_str(), &hints, &res) != 0) return Unavailable("resolve " + host_port);
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  const timeval io_timeout{10, 0};  // a hung /metrics fails the scrape, not the test run
+  const int fd = socket(res->ai_family, SOCK_STREAM, 0);
+  const timeval io_timeout{10, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &io_timeout, sizeof(io_timeout));
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &io_timeout, sizeof(io_timeout));
   const bool connected = connect(fd, res->ai_addr, res->ai_addrlen) == 0;
@@ -317,6 +326,12 @@ inline StatusOr<std::string> HttpGet(const std::string& host_port, const std::st
     close(fd);
     return Unavailable("connect " + host_port);
   }
+  return fd;
+}
+
+// GET http://host:port/path with a plain socket; the body.
+inline StatusOr<std::string> HttpGet(const std::string& host_port, const std::string& path) {
+  SEER_ASSIGN_OR_RETURN(const int fd, ConnectTcp(host_port));
   const std::string req = "GET " + path + " HTTP/1.0\r\nHost: " + host_port + "\r\n\r\n";
   if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
     close(fd);

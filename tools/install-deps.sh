@@ -7,7 +7,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libabsl-dev prometheus-cpp-dev libcivetweb-dev libspdlog-dev
-  prometheus openssl nodejs
+  prometheus openssl libssl-dev nodejs
   libgtest-dev libgmock-dev
   clang libclang-rt-dev
   python3 curl

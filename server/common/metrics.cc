@@ -231,14 +231,28 @@ void DecodeMetrics::CountRequest(grpc::StatusCode code) {
 StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(const std::string& address,
                                                                   std::shared_ptr<prometheus::Registry> registry,
                                                                   std::shared_ptr<ScrapeTimeMetrics> scrape_time,
-                                                                  std::function<bool()> ready) {
+                                                                  std::function<bool()> ready,
+                                                                  const ServerTlsOptions& tls) {
   std::unique_ptr<MetricsEndpoint> m(new MetricsEndpoint());
   m->registry_ = std::move(registry);
   m->scrape_time_ = std::move(scrape_time);
   std::vector<std::shared_ptr<prometheus::Collectable>> collectables = {m->registry_};
   if (m->scrape_time_) collectables.push_back(m->scrape_time_);
-  SEER_ASSIGN_OR_RETURN(m->http_, MetricsHttpServer::Start(address, std::move(collectables), std::move(ready)));
+  const std::string plaintext = tls.enabled() ? "127.0.0.1:0" : address;
+  SEER_ASSIGN_OR_RETURN(m->http_, MetricsHttpServer::Start(plaintext, std::move(collectables), std::move(ready)));
   m->port_ = m->http_->port();
+  if (tls.enabled()) {
+    TlsFrontOptions front;
+    front.listen = address;
+    front.flag = "--metrics";
+    front.backend_port = m->http_->port();
+    front.tls = tls;
+    front.max_connections = kMetricsMaxConnections;
+    front.handshake_timeout_ms = kMetricsRequestTimeoutMs;
+    front.idle_timeout_ms = kMetricsRequestTimeoutMs;
+    SEER_ASSIGN_OR_RETURN(m->tls_front_, TlsFront::Start(front));
+    m->port_ = m->tls_front_->port();
+  }
   return m;
 }
 

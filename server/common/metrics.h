@@ -19,6 +19,7 @@
 
 #include "rpc/kv_transport_metrics.h"
 #include "server/common/metrics_http.h"
+#include "server/common/tls_front.h"
 #include "base/status.h"
 #include "engine/engine.h"
 #include "engine/kv/kv_cache.h"
@@ -144,11 +145,14 @@ class MetricsEndpoint {
  public:
   // `address` is host:port or [v6 host]:port; port 0 picks a free one.
   // `scrape_time` (may be null) is collected beside `registry`.
-  // `ready` answers /readyz (MetricsHttpServer).
+  // `ready` answers /readyz (MetricsHttpServer). With `tls` enabled the
+  // port serves HTTPS (TlsFront) with those files; the plaintext server then
+  // listens on loopback only.
   static StatusOr<std::unique_ptr<MetricsEndpoint>> Start(const std::string& address,
                                                           std::shared_ptr<prometheus::Registry> registry,
                                                           std::shared_ptr<ScrapeTimeMetrics> scrape_time = nullptr,
-                                                          std::function<bool()> ready = nullptr);
+                                                          std::function<bool()> ready = nullptr,
+                                                          const ServerTlsOptions& tls = {});
   int port() const { return port_; }
 
  private:
@@ -156,6 +160,7 @@ class MetricsEndpoint {
   std::shared_ptr<prometheus::Registry> registry_;
   std::shared_ptr<ScrapeTimeMetrics> scrape_time_;
   std::unique_ptr<MetricsHttpServer> http_;
+  std::unique_ptr<TlsFront> tls_front_;  // destroyed first: it relays to http_
   int port_ = 0;
 };
 

@@ -15,6 +15,8 @@
 
 #include <prometheus/text_serializer.h>
 
+#include "server/common/listen_socket.h"
+
 namespace seer {
 namespace {
 
@@ -30,26 +32,9 @@ struct Connection {
   size_t sent = 0;
 };
 
-bool SetNonBlocking(int fd) {
-  const int flags = fcntl(fd, F_GETFL, 0);
-  return flags >= 0 && fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0;
-}
-
 std::string Response(int code, const char* reason, const std::string& type, const std::string& body) {
   return "HTTP/1.1 " + std::to_string(code) + " " + reason + "\r\nContent-Type: " + type +
          "\r\nContent-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
-}
-
-// host:port or [host]:port; an empty host or "0.0.0.0" binds every IPv4
-// address, "[::]" every IPv6 (and IPv4-mapped) one.
-Status SplitAddress(const std::string& address, std::string* host, std::string* port) {
-  const size_t colon = address.rfind(':');
-  if (colon == std::string::npos) return InvalidArgument("--metrics " + address + ": expected host:port");
-  *host = address.substr(0, colon);
-  *port = address.substr(colon + 1);
-  if (host->size() >= 2 && host->front() == '[' && host->back() == ']') *host = host->substr(1, host->size() - 2);
-  if (port->empty()) return InvalidArgument("--metrics " + address + ": no port");
-  return OkStatus();
 }
 
 }  // namespace
@@ -57,39 +42,12 @@ Status SplitAddress(const std::string& address, std::string* host, std::string* 
 StatusOr<std::unique_ptr<MetricsHttpServer>> MetricsHttpServer::Start(
     const std::string& address, std::vector<std::shared_ptr<prometheus::Collectable>> collectables,
     std::function<bool()> ready) {
-  std::string host, port;
-  SEER_RETURN_IF_ERROR(SplitAddress(address, &host, &port));
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  addrinfo* found = nullptr;
-  if (const int rc = getaddrinfo(host.empty() ? nullptr : host.c_str(), port.c_str(), &hints, &found); rc != 0) {
-    return InvalidArgument("--metrics " + address + ": " + gai_strerror(rc));
-  }
+  SEER_ASSIGN_OR_RETURN(ListenSocket listening, ListenTcp(address, "--metrics"));
   std::unique_ptr<MetricsHttpServer> s(new MetricsHttpServer());
   s->collectables_ = std::move(collectables);
   s->ready_ = std::move(ready);
-  std::string why = "no address";
-  for (addrinfo* a = found; a != nullptr && s->listen_fd_ < 0; a = a->ai_next) {
-    const int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
-    if (fd < 0) continue;
-    const int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));  // not SO_REUSEPORT: a port in use fails
-    if (bind(fd, a->ai_addr, a->ai_addrlen) == 0 && listen(fd, 128) == 0 && SetNonBlocking(fd)) {
-      s->listen_fd_ = fd;
-    } else {
-      why = std::strerror(errno);
-      close(fd);
-    }
-  }
-  freeaddrinfo(found);
-  if (s->listen_fd_ < 0) return Unavailable("--metrics " + address + ": cannot listen: " + why);
-  sockaddr_storage bound{};
-  socklen_t len = sizeof(bound);
-  getsockname(s->listen_fd_, reinterpret_cast<sockaddr*>(&bound), &len);
-  s->port_ = ntohs(bound.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
-                                               : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+  s->listen_fd_ = listening.fd;
+  s->port_ = listening.port;
   if (pipe2(s->wake_fds_, O_CLOEXEC | O_NONBLOCK) != 0)
     return Internal("metrics: pipe: " + std::string(std::strerror(errno)));
   s->thread_ = std::thread([p = s.get()] { p->Loop(); });

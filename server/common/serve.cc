@@ -28,6 +28,9 @@ void CommonServerFlags::Register(FlagSet& flags) {
   flags.String("tls-key", &tls.key, "PEM private key of --tls-cert");
   flags.String("tls-client-ca", &tls.client_ca, "PEM CA bundle: require client certificates signed by it (mutual TLS)");
   flags.Int("tls-reload-seconds", &tls_reload_seconds, "how often the TLS files are checked for changes and reloaded");
+  flags.Bool("metrics-tls", &metrics_tls,
+             "serve --metrics (and /livez, /readyz) over HTTPS with --tls-cert and --tls-key; no client "
+             "certificate is asked for there, even with --tls-client-ca (probes present none)");
   flags.String("log-level", &log_level, "stderr JSON log: debug, info (one line per request), warn, error or off");
   flags.Bool("version", &version, "print the version and exit");
 }
@@ -39,6 +42,7 @@ Status CommonServerFlags::Apply(const std::string& program) {
                            " is out of range [1, 86400]");
   tls.reload_seconds = static_cast<int>(tls_reload_seconds);
   SEER_RETURN_IF_ERROR(CheckServerTls(tls));
+  if (metrics_tls && !tls.enabled()) return InvalidArgument("--metrics-tls needs --tls-cert and --tls-key");
   InitLogging(program, level);
   return OkStatus();
 }
@@ -97,8 +101,13 @@ int Serve(const ServeConfig& config) {
       LogEvent(LogLevel::kError, "bad flag", Fields({{"error", JsonValue::String(s.ToString())}}));
       return 2;
     }
-    StatusOr<std::unique_ptr<MetricsEndpoint>> started =
-        MetricsEndpoint::Start(config.metrics, config.registry, config.scrape_time, [gate] { return gate->Ready(); });
+    ServerTlsOptions metrics_tls;
+    if (config.metrics_tls) {
+      metrics_tls = config.tls;
+      metrics_tls.client_ca.clear();
+    }
+    StatusOr<std::unique_ptr<MetricsEndpoint>> started = MetricsEndpoint::Start(
+        config.metrics, config.registry, config.scrape_time, [gate] { return gate->Ready(); }, metrics_tls);
     if (!started.ok()) {
       LogEvent(LogLevel::kError, "cannot start", Fields({{"error", JsonValue::String(started.status().ToString())}}));
       return 1;
@@ -120,6 +129,7 @@ int Serve(const ServeConfig& config) {
                    {"tls", JsonValue::String(!config.tls.enabled()          ? "off"
                                              : config.tls.client_ca.empty() ? "tls"
                                                                             : "mtls")},
+                   {"metrics_tls", JsonValue::Bool(config.metrics_tls)},
                    {"max_receive_bytes", JsonValue::Int(config.max_receive_bytes)},
                    {"version", JsonValue::String(VersionLine(config.program))}}));
 

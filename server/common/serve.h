@@ -25,6 +25,7 @@ struct CommonServerFlags {
   ServerTlsOptions tls;
   int64_t tls_reload_seconds = 60;
   std::string log_level = "info";
+  bool metrics_tls = false;  // --metrics serves HTTPS with --tls-cert
   bool version = false;
 
   void Register(FlagSet& flags);
@@ -46,6 +47,9 @@ struct ServeConfig {
   double drain_seconds = 30.0;
   int max_receive_bytes = 1 << 20;
   ServerTlsOptions tls;
+  // /metrics, /livez and /readyz over HTTPS with tls.cert and tls.key (no
+  // client certificate asked for: the kubelet's probes present none).
+  bool metrics_tls = false;
   CallHooks hooks;
   std::vector<grpc::Service*> services;
   std::vector<std::string> health_names;

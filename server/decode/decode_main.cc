@@ -81,11 +81,12 @@ int main(int argc, char** argv) {
                "tokenizer.json, or a directory holding one, for text prompts and replies (default: the model "
                "directory's, when it has one; none: token ids only)");
   flags.String("http", &http,
-               "serve the OpenAI-compatible HTTP API on host:port (port 0 picks one; empty: off). Plaintext: "
-               "terminate TLS in front of it (an Ingress, a mesh sidecar)");
+               "serve the OpenAI-compatible HTTP API on host:port (port 0 picks one; empty: off). With --tls-cert "
+               "it is HTTPS with the gRPC port's certificate (and needs client certificates under --tls-client-ca)");
   bool http_plaintext_with_tls = false;
   flags.Bool("http-plaintext-with-tls", &http_plaintext_with_tls,
-             "allow --http beside a TLS gRPC port (--tls-cert), when TLS for HTTP is terminated in front of it");
+             "serve --http as plaintext although the gRPC port has TLS (--tls-cert): TLS for HTTP is terminated "
+             "in front of it (an Ingress, a mesh sidecar)");
   flags.String("served-model-name", &served_model_name,
                "the model name the HTTP API lists and requests must give (default: the model directory's name)");
   flags.Int("max-buffered-bytes", &max_buffered_bytes,
@@ -152,13 +153,6 @@ int main(int argc, char** argv) {
   prefill_tls.reload_seconds = common.tls.reload_seconds;
   if (seer::Status s = seer::CheckClientTls(prefill_tls, "--prefill-tls-"); !s.ok()) {
     std::fprintf(stderr, "seer-decode: %s\n", s.ToString().c_str());
-    return 2;
-  }
-  if (!http.empty() && common.tls.enabled() && !http_plaintext_with_tls) {
-    std::fprintf(stderr,
-                 "seer-decode: --http serves plaintext HTTP (this build's civetweb 1.15 cannot serve HTTPS with "
-                 "OpenSSL 3), and --tls-cert asks for TLS: terminate TLS in front of the HTTP port and add "
-                 "--http-plaintext-with-tls, or drop --http\n");
     return 2;
   }
   if (model.empty() || prefill.empty()) {
@@ -255,6 +249,7 @@ int main(int argc, char** argv) {
   config.drain_seconds = drain_seconds;
   config.max_receive_bytes = seer::ReceiveLimitBytes(seer::MaxRequestBytes(limits));
   config.tls = common.tls;
+  config.metrics_tls = common.metrics_tls;
   config.services = {&service, service.legacy()};
   config.health_names = {"seer.v1.DecodeService", "seer.v1.Decode"};
   config.registry = registry;
@@ -339,10 +334,11 @@ int main(int argc, char** argv) {
       seer::OpenAiHttpOptions ho;
       ho.listen = http;
       ho.model_name = served_model_name;
+      if (!http_plaintext_with_tls) ho.tls = common.tls;
       SEER_ASSIGN_OR_RETURN(http_server, seer::OpenAiHttpServer::Start(ho, http_backend.get()));
       std::string host = http.substr(0, http.rfind(':'));
-      std::printf("seer-decode http on %s:%d (OpenAI API, model \"%s\")\n", host.c_str(), http_server->port(),
-                  served_model_name.c_str());
+      std::printf("seer-decode http on %s:%d (OpenAI API%s, model \"%s\")\n", host.c_str(), http_server->port(),
+                  ho.tls.enabled() ? " over TLS" : "", served_model_name.c_str());
       std::fflush(stdout);
       return seer::OkStatus();
     };

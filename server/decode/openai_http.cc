@@ -341,7 +341,7 @@ std::unique_ptr<GenerateBackend> MakeGrpcGenerateBackend(std::shared_ptr<grpc::C
 StatusOr<std::unique_ptr<OpenAiHttpServer>> OpenAiHttpServer::Start(const OpenAiHttpOptions& options,
                                                                     GenerateBackend* backend) {
   std::unique_ptr<OpenAiHttpServer> server(new OpenAiHttpServer(options, backend));
-  std::string ports = options.listen;
+  std::string ports = options.tls.enabled() ? "127.0.0.1:0" : options.listen;
   if (ports.rfind("0.0.0.0:", 0) == 0) ports = ports.substr(8);  // civetweb: a bare port binds every address
   const std::string threads = std::to_string(options.threads);
   const char* opts[] = {"listening_ports",
@@ -370,10 +370,20 @@ StatusOr<std::unique_ptr<OpenAiHttpServer>> OpenAiHttpServer::Start(const OpenAi
   const int n = mg_get_server_ports(server->ctx_, 4, bound);
   if (n < 1) return Internal("--http " + options.listen + ": no bound port");
   server->port_ = bound[0].port;
+  if (options.tls.enabled()) {
+    TlsFrontOptions front;
+    front.listen = options.listen;
+    front.flag = "--http";
+    front.backend_port = server->port_;
+    front.tls = options.tls;
+    SEER_ASSIGN_OR_RETURN(server->tls_front_, TlsFront::Start(front));
+    server->port_ = server->tls_front_->port();
+  }
   return server;
 }
 
 OpenAiHttpServer::~OpenAiHttpServer() {
+  tls_front_.reset();  // it relays to civetweb
   if (ctx_ != nullptr) mg_stop(ctx_);
 }
 

@@ -28,6 +28,7 @@
 
 #include "base/status.h"
 #include "seer/v1/seer.grpc.pb.h"
+#include "server/common/tls_front.h"
 
 struct mg_context;
 struct mg_connection;
@@ -53,6 +54,9 @@ struct OpenAiHttpOptions {
   // OpenAI's default for completions; a chat without a limit gets the
   // server's --default-max-new-tokens.
   int default_max_tokens = 16;
+  // Enabled: the API is HTTPS with these files (TlsFront; mutual TLS with
+  // client_ca), and civetweb listens on loopback behind it.
+  ServerTlsOptions tls;
 };
 
 class OpenAiHttpServer {
@@ -70,6 +74,7 @@ class OpenAiHttpServer {
   const OpenAiHttpOptions options_;
   GenerateBackend* const backend_;
   mg_context* ctx_ = nullptr;
+  std::unique_ptr<TlsFront> tls_front_;
   int port_ = 0;
 };
 

@@ -139,6 +139,7 @@ int main(int argc, char** argv) {
   config.drain_seconds = drain_seconds;
   config.max_receive_bytes = seer::ReceiveLimitBytes(seer::MaxRequestBytes(limits));
   config.tls = common.tls;
+  config.metrics_tls = common.metrics_tls;
   config.services = {&service, service.legacy()};
   config.health_names = {"seer.v1.PrefillService", "seer.v1.Prefill"};
   config.registry = registry;

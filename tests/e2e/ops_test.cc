@@ -29,6 +29,7 @@
 #include "rpc/requests.h"
 #include "seer/v1/seer.grpc.pb.h"
 #include "tests/server_test_util.h"
+#include "tests/tls_test_util.h"
 
 namespace seer {
 namespace {
@@ -38,6 +39,7 @@ using seer::testing::Bin;
 using seer::testing::CommandResult;
 using seer::testing::Metric;
 using seer::testing::Path;
+using seer::testing::Pki;
 using seer::testing::RunCommand;
 using seer::testing::ServerProcess;
 
@@ -214,18 +216,6 @@ TEST(Operations, LogLevelWarnKeepsOnlyFailedRequests) {
 
 // --- TLS and mutual TLS ------------------------------------------------------------
 
-struct Pki {
-  std::string dir;
-  explicit Pki(const std::string& name) : dir(seer::testing::TempDir(name)) {
-    for (const char* prefix : {"a", "b"}) {
-      CommandResult r =
-          RunCommand({"/bin/bash", std::string(SEER_SOURCE_DIR) + "/tests/ops/make_test_pki.sh", dir, prefix});
-      EXPECT_EQ(r.exit_code, 0) << r.err;
-    }
-  }
-  std::string F(const std::string& name) const { return dir + "/" + name; }
-};
-
 CommandResult Prefill(const std::string& addr, std::vector<std::string> tls) {
   std::vector<std::string> args = {Bin("seer"), "prefill", "--addr", addr, "--ids", "1,2,3,4", "--timeout", "10"};
   args.insert(args.end(), tls.begin(), tls.end());
@@ -353,12 +343,65 @@ TEST(Operations, TlsFlagsAreChecked) {
                                      pki.F("a-client.crt"), "--tls-key", pki.F("a-client.key")});
   EXPECT_EQ(client.exit_code, 2);
   EXPECT_NE(client.err.find("--tls-ca"), std::string::npos) << client.err;
-  // The HTTP API is plaintext: beside a TLS gRPC port only when asked for.
-  CommandResult http =
-      RunCommand({Bin("seer-decode"), "--model", Path("llama"), "--prefill", "127.0.0.1:1", "--http", "127.0.0.1:0",
-                  "--tls-cert", pki.F("a-server.crt"), "--tls-key", pki.F("a-server.key")});
-  EXPECT_EQ(http.exit_code, 2);
-  EXPECT_NE(http.err.find("--http-plaintext-with-tls"), std::string::npos) << http.err;
+  CommandResult metrics_tls = RunCommand({Bin("seer-prefill"), "--model", Path("llama"), "--metrics-tls"});
+  EXPECT_EQ(metrics_tls.exit_code, 2);
+  EXPECT_NE(metrics_tls.err.find("--metrics-tls needs --tls-cert"), std::string::npos) << metrics_tls.err;
+}
+
+// /metrics (with --metrics-tls) and the OpenAI HTTP API take the gRPC port's
+// certificate; the HTTP API asks for client certificates under
+// --tls-client-ca as the gRPC port does, /metrics never (probes have none).
+// References: the plaintext servers' answers (the same process's gRPC
+// health, the model list the fixture names).
+TEST(Operations, MetricsAndTheHttpApiServeTheGrpcCertificate) {
+  Pki pki("https");
+  const std::vector<std::string> server_tls = {"--tls-cert", pki.F("a-server.crt"), "--tls-key", pki.F("a-server.key")};
+  std::vector<std::string> prefill_args = server_tls;
+  prefill_args.push_back("--metrics-tls");
+  ServerProcess prefill(Bin("seer-prefill"), ServerArgs(prefill_args));
+  ASSERT_TRUE(prefill.Start());
+  const seer::testing::TlsClientFiles trust_a{pki.F("a-ca.crt")};
+  StatusOr<std::string> metrics = seer::testing::HttpsGet(prefill.metrics_address(), "/metrics", trust_a);
+  ASSERT_TRUE(metrics.ok()) << metrics.status().ToString();
+  EXPECT_NE(metrics->find("seer_build_info{"), std::string::npos);
+  StatusOr<std::string> readyz = seer::testing::HttpsGet(prefill.metrics_address(), "/readyz", trust_a);
+  ASSERT_TRUE(readyz.ok()) << readyz.status().ToString();
+  EXPECT_EQ(*readyz, "ready\n");
+  EXPECT_FALSE(seer::testing::HttpsGet(prefill.metrics_address(), "/livez", {pki.F("b-ca.crt")}).ok());
+  // A plaintext scrape is told what the port speaks.
+  EXPECT_NE(Probe(prefill.metrics_address(), "/livez").find("400 Bad Request"), std::string::npos);
+
+  // seer-decode: mutual TLS on gRPC and on the HTTP API; /metrics stays
+  // plaintext without --metrics-tls.
+  std::vector<std::string> decode_args = server_tls;
+  for (const std::string& a :
+       {std::string("--tls-client-ca"), pki.F("a-ca.crt"), std::string("--prefill"), prefill.grpc_address(),
+        std::string("--prefill-tls-ca"), pki.F("a-ca.crt"), std::string("--http"), std::string("127.0.0.1:0")}) {
+    decode_args.push_back(a);
+  }
+  ServerProcess decode(Bin("seer-decode"), ServerArgs(decode_args));
+  ASSERT_TRUE(decode.Start());
+  const std::string http = decode.http_address();
+  ASSERT_FALSE(http.empty()) << decode.Output();
+  StatusOr<std::string> models =
+      seer::testing::HttpsGet(http, "/v1/models", {pki.F("a-ca.crt"), pki.F("a-client.crt"), pki.F("a-client.key")});
+  ASSERT_TRUE(models.ok()) << models.status().ToString();
+  EXPECT_NE(models->find("\"id\":\"llama\""), std::string::npos) << *models;
+  EXPECT_FALSE(seer::testing::HttpsGet(http, "/v1/models", trust_a).ok());  // no client certificate
+  EXPECT_EQ(Probe(decode.metrics_address(), "/livez"), "ok\n");
+
+  // --http-plaintext-with-tls: TLS ends in front of the HTTP port.
+  decode_args.push_back("--http-plaintext-with-tls");
+  ServerProcess plain(Bin("seer-decode"), ServerArgs(decode_args));
+  ASSERT_TRUE(plain.Start());
+  StatusOr<std::string> plain_models = seer::testing::HttpGet(plain.http_address(), "/v1/models");
+  ASSERT_TRUE(plain_models.ok()) << plain_models.status().ToString();
+  // The same list but for "created" (each process's start time).
+  auto without_created = [](std::string body) {
+    const size_t at = body.find("\"created\":");
+    return at == std::string::npos ? body : body.erase(at, body.find(',', at) - at);
+  };
+  EXPECT_EQ(without_created(*plain_models), without_created(*models));
 }
 
 // --- metrics, version, ports -------------------------------------------------

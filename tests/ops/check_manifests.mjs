@@ -29,17 +29,22 @@ async function model(apiVersion, kind) {
 
 // Pod Security "restricted" (the fields it checks) on every pod template.
 // What the servers would refuse, or what could never pass, once rendered:
-// seer-decode exits at start on --http beside TLS gRPC without
-// --http-plaintext-with-tls; kubelet's gRPC probes cannot speak TLS.
+// --metrics-tls needs --tls-cert (the servers exit at start otherwise); a
+// probe on the metrics port must speak what it serves (HTTPS with
+// --metrics-tls, else HTTP); kubelet's gRPC probes cannot speak TLS.
 function checkServerFlags(where, pod) {
   for (const c of pod.containers ?? []) {
     const args = [...(c.command ?? []), ...(c.args ?? [])];
     const has = (flag) => args.some((a) => a === flag || a.startsWith(`${flag}=`));
     const tls = has('--tls-cert');
-    if (tls && has('--http') && !has('--http-plaintext-with-tls'))
-      fail(where, `${c.name}: --http beside --tls-cert needs --http-plaintext-with-tls (seer-decode refuses it otherwise)`);
-    for (const p of ['startupProbe', 'readinessProbe', 'livenessProbe'])
+    const metricsTls = has('--metrics-tls');
+    if (metricsTls && !tls) fail(where, `${c.name}: --metrics-tls needs --tls-cert (the server refuses it otherwise)`);
+    for (const p of ['startupProbe', 'readinessProbe', 'livenessProbe']) {
       if (tls && c[p]?.grpc) fail(where, `${c.name}: ${p} is a gRPC probe on a TLS port (kubelet's gRPC probe has no TLS)`);
+      const get = c[p]?.httpGet;
+      if (get?.port === 'metrics' && (get.scheme === 'HTTPS') !== metricsTls)
+        fail(where, `${c.name}: ${p} uses ${get.scheme ?? 'HTTP'} on a metrics port that serves ${metricsTls ? 'HTTPS' : 'HTTP'}`);
+    }
   }
 }
 

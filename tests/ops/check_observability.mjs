@@ -63,8 +63,13 @@ writeFileSync(join(dir, 'rules_test.yaml'), readFileSync(join(root, 'tests/ops/r
 execFileSync('promtool', ['test', 'rules', 'rules_test.yaml'], { stdio: 'inherit', cwd: dir });
 
 const t0 = Date.now();
-const prefill = await startServer('seer-prefill', ['--gates', join(fixtures, 'llama_gates')]);
-const decode = await startServer('seer-decode', ['--prefill', prefill.grpc]);
+// seer-prefill serves gRPC and /metrics over TLS (a CA made here), so the
+// scrape below is Prometheus' own HTTPS client verifying the certificate.
+execFileSync('bash', [join(root, 'tests/ops/make_test_pki.sh'), dir, 'obs']);
+const prefill = await startServer('seer-prefill', ['--gates', join(fixtures, 'llama_gates'),
+  '--tls-cert', join(dir, 'obs-server.crt'), '--tls-key', join(dir, 'obs-server.key'), '--metrics-tls']);
+const decode = await startServer('seer-decode', ['--prefill', prefill.grpc,
+  '--prefill-tls-ca', join(dir, 'obs-ca.crt')]);
 // Recording rules every second here (30 s in the cluster).
 writeFileSync(join(dir, 'seer-rules-ci.yaml'), rulesFile('1s'));
 writeFileSync(join(dir, 'prometheus.yml'), `global:
@@ -73,6 +78,8 @@ writeFileSync(join(dir, 'prometheus.yml'), `global:
 rule_files: [${JSON.stringify(join(dir, 'seer-rules-ci.yaml'))}]
 scrape_configs:
   - job_name: seer-prefill
+    scheme: https
+    tls_config: {ca_file: ${JSON.stringify(join(dir, 'obs-ca.crt'))}}
     static_configs: [{targets: ["${prefill.metrics}"]}]
   - job_name: seer-decode
     static_configs: [{targets: ["${decode.metrics}"]}]
@@ -96,7 +103,8 @@ async function waitFor(what, ok, seconds = 30) {
   }
   throw new Error(`timed out waiting for ${what}`);
 }
-// Both targets scraped once before any request, so rates see the increase.
+// Both targets scraped once before any request, so rates see the increase
+// (seer-prefill over HTTPS).
 await waitFor('both targets up', async () => (await query('up == 1')).length === 2);
 
 const seer = (args) => {

@@ -13,6 +13,23 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import OpenAI from 'openai';
 
+// Child mode (the HTTPS checks below): one model list and one streamed
+// completion against BASE_URL; prints what came back, or the error's class.
+if (process.argv[2] === '--tls-child') {
+  const [, , , baseURL, model, prompt] = process.argv;
+  const client = new OpenAI({ baseURL, apiKey: 'not-needed', maxRetries: 0, timeout: 60000 });
+  try {
+    const models = await client.models.list();
+    let text = '';
+    const stream = await client.completions.create({ model, prompt, max_tokens: 24, temperature: 0, stream: true });
+    for await (const chunk of stream) text += chunk.choices[0]?.text ?? '';
+    console.log(JSON.stringify({ models: models.data.map((m) => m.id), text }));
+  } catch (e) {
+    console.log(JSON.stringify({ error: e.constructor.name, message: e.message }));
+  }
+  process.exit(0);
+}
+
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const bin = process.argv[2] ?? join(root, 'build/bin');
 const model = join(root, 'tests/fixtures/llama');
@@ -147,6 +164,33 @@ await expectError('n = 2 is BadRequestError 400 naming n',
 await expectError('max_tokens past the server limit is BadRequestError 400',
                   () => client.completions.create({ model: name, prompt, max_tokens: 10000000 }),
                   OpenAI.BadRequestError, 400);
+
+// HTTPS: seer-decode serves the API with a certificate from a CA made here
+// (the gRPC port's --tls-cert). The client trusts the CA as an operator's
+// node client would, through NODE_EXTRA_CA_CERTS, which node reads when it
+// starts: so in a child node process.
+execFileSync('bash', [join(root, 'tests/ops/make_test_pki.sh'), dir, 'web']);
+const https = await start(
+  'seer-decode',
+  ['--listen', '127.0.0.1:0', '--prefill', prefill, '--http', '127.0.0.1:0', '--tls-cert', join(dir, 'web-server.crt'),
+   '--tls-key', join(dir, 'web-server.key'), ...common],
+  (out) => {
+    const m = out.match(/http on (\S+) \(OpenAI API over TLS/);
+    return m && out.includes(' ready: ') ? m[1] : null;
+  });
+function tlsChild(baseURL, env) {
+  const out = execFileSync(process.execPath, [fileURLToPath(import.meta.url), '--tls-child', baseURL, name, prompt],
+                           { env: { ...process.env, ...env } });
+  return JSON.parse(out.toString());
+}
+const trusted = tlsChild(`https://${https}/v1`, { NODE_EXTRA_CA_CERTS: join(dir, 'web-ca.crt') });
+same('over HTTPS, models.list names the served model', trusted.models, [name]);
+same('over HTTPS, the streamed completion equals seer run', trusted.text, ref.text);
+const untrusted = tlsChild(`https://${https}/v1`, {});
+same('a client that does not trust the CA gets APIConnectionError', untrusted.error, 'APIConnectionError');
+const plaintext = tlsChild(`http://${https}/v1`, {});
+check('a plaintext client of the HTTPS port gets BadRequestError saying so',
+      plaintext.error === 'BadRequestError' && plaintext.message.includes('serves HTTPS'), JSON.stringify(plaintext));
 
 if (failures.length > 0) {
   console.error(`check_openai: ${failures.length} check(s) failed: ${failures.join('; ')}`);
