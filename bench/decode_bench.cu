@@ -19,6 +19,7 @@
 
 #include <cuda_runtime.h>
 
+#include "base/version.h"
 #include "base/flags.h"
 #include "base/json.h"
 #include "bench/bench_util.h"
@@ -197,4 +198,7 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace seer
 
-int main(int argc, char** argv) { return seer::Main(argc, argv); }
+int main(int argc, char** argv) {
+  if (seer::PrintVersionIfAsked(argc, argv, "seer-decode-bench")) return 0;
+  return seer::Main(argc, argv);
+}

@@ -40,6 +40,7 @@
 #include <condition_variable>
 #include <mutex>
 
+#include "base/version.h"
 #include "base/flags.h"
 #include "engine/engine.h"
 #include "rpc/kv_chunk_codec.h"
@@ -712,4 +713,7 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace seer
 
-int main(int argc, char** argv) { return seer::Main(argc, argv); }
+int main(int argc, char** argv) {
+  if (seer::PrintVersionIfAsked(argc, argv, "seer-kv-stream-bench")) return 0;
+  return seer::Main(argc, argv);
+}

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "base/version.h"
 #include "base/flags.h"
 #include "bench/llama_shape.h"
 #include "engine/engine.h"
@@ -199,4 +200,7 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace seer
 
-int main(int argc, char** argv) { return seer::Main(argc, argv); }
+int main(int argc, char** argv) {
+  if (seer::PrintVersionIfAsked(argc, argv, "seer-kv-wire-error")) return 0;
+  return seer::Main(argc, argv);
+}

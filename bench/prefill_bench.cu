@@ -24,6 +24,7 @@
 
 #include <cuda_runtime.h>
 
+#include "base/version.h"
 #include "engine/cuda/cuda_engine.h"
 #include "engine/cuda/device_buffer.h"
 #include "engine/engine.h"
@@ -239,4 +240,7 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace seer
 
-int main(int argc, char** argv) { return seer::Main(argc, argv); }
+int main(int argc, char** argv) {
+  if (seer::PrintVersionIfAsked(argc, argv, "seer-prefill-bench")) return 0;
+  return seer::Main(argc, argv);
+}

@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "base/version.h"
 #include "base/clock.h"
 #include "base/flags.h"
 #include "base/json.h"
@@ -584,6 +585,7 @@ int Main(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   try {
+    if (seer::PrintVersionIfAsked(argc, argv, "seer-quality-eval")) return 0;
     return seer::Main(argc, argv);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "seer-quality-eval: internal error: %s\n", e.what());

@@ -24,6 +24,7 @@
 #include <thread>
 #include <vector>
 
+#include "base/version.h"
 #include "base/dtype.h"
 #include "base/flags.h"
 #include "base/json.h"
@@ -248,4 +249,7 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace seer
 
-int main(int argc, char** argv) { return seer::Main(argc, argv); }
+int main(int argc, char** argv) {
+  if (seer::PrintVersionIfAsked(argc, argv, "seer-random-checkpoint")) return 0;
+  return seer::Main(argc, argv);
+}

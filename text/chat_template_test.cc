@@ -171,6 +171,17 @@ TEST(ChatTemplate, ANamespaceThatHoldsItselfIsFreed) {
   auto text = t->Render(*messages, ChatTemplateOptions{});
   ASSERT_TRUE(text.ok()) << text.status().ToString();
   EXPECT_EQ(*text, "2 assistant 2");
+
+  // Printed, it shows the loop as Jinja2 3.1.6 does (Python's repr prints a
+  // container met again inside itself as {...} or [...]).
+  auto shown = ChatTemplate::Parse(
+      "{% set ns = namespace(a=1) %}{% set ns.me = ns %}{{ ns }}|{% set l = [ns] %}{% set ns.l = l %}{{ l }}");
+  ASSERT_TRUE(shown.ok()) << shown.status().ToString();
+  auto shown_text = shown->Render(*messages, ChatTemplateOptions{});
+  ASSERT_TRUE(shown_text.ok()) << shown_text.status().ToString();
+  EXPECT_EQ(*shown_text,
+            "<Namespace {'a': 1, 'me': <Namespace {...}>}>|"
+            "[<Namespace {'a': 1, 'me': <Namespace {...}>, 'l': [...]}>]");
 }
 
 TEST(ChatTemplate, StrftimeNowUsesTheInjectedDate) {

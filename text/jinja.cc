@@ -258,6 +258,42 @@ std::string Value::Str() const {
   }
 }
 
+namespace {
+
+// Python's guard against printing a container inside itself (Py_ReprEnter):
+// a list, tuple or dict met again while its own repr is under way prints as
+// [...], (...) or {...}. Only a namespace can close such a loop here.
+class ReprGuard {
+ public:
+  explicit ReprGuard(const void* container) {
+    entered_ = std::find(Active().begin(), Active().end(), container) == Active().end();
+    if (entered_) Active().push_back(container);
+  }
+  ~ReprGuard() {
+    if (entered_) Active().pop_back();
+  }
+  ReprGuard(const ReprGuard&) = delete;
+  ReprGuard& operator=(const ReprGuard&) = delete;
+  bool entered() const { return entered_; }
+
+ private:
+  static std::vector<const void*>& Active() {
+    thread_local std::vector<const void*> active;
+    return active;
+  }
+  bool entered_ = false;
+};
+
+std::string DictRepr(const Dict& d) {
+  ReprGuard guard(&d);
+  if (!guard.entered()) return "{...}";
+  std::string out = "{";
+  for (size_t i = 0; i < d.size(); ++i) out += (i ? ", " : "") + d[i].first.Repr() + ": " + d[i].second.Repr();
+  return out + "}";
+}
+
+}  // namespace
+
 std::string Value::Repr() const {
   switch (kind_) {
     case Kind::kUndefined: return "Undefined";
@@ -270,25 +306,15 @@ std::string Value::Repr() const {
     case Kind::kTuple: {
       if (str_) return *str_;  // range(...)
       const bool tuple = kind_ == Kind::kTuple;
+      ReprGuard guard(list_.get());
+      if (!guard.entered()) return tuple ? "(...)" : "[...]";
       std::string out = tuple ? "(" : "[";
       for (size_t i = 0; i < list_->size(); ++i) out += (i ? ", " : "") + (*list_)[i].Repr();
       if (tuple && list_->size() == 1) out += ",";
       return out + (tuple ? ")" : "]");
     }
-    case Kind::kDict: {
-      std::string out = "{";
-      for (size_t i = 0; i < dict_->size(); ++i) {
-        out += (i ? ", " : "") + (*dict_)[i].first.Repr() + ": " + (*dict_)[i].second.Repr();
-      }
-      return out + "}";
-    }
-    case Kind::kNamespace: {
-      std::string out = "<Namespace {";
-      for (size_t i = 0; i < dict_->size(); ++i) {
-        out += (i ? ", " : "") + (*dict_)[i].first.Repr() + ": " + (*dict_)[i].second.Repr();
-      }
-      return out + "}>";
-    }
+    case Kind::kDict: return DictRepr(*dict_);
+    case Kind::kNamespace: return "<Namespace " + DictRepr(*dict_) + ">";
     case Kind::kCallable: return "<function " + *str_ + ">";
   }
   return "";

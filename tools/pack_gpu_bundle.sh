@@ -7,6 +7,8 @@
 #         seer-kv-wire-error, seer-kv-quant-bench, seer_nccl_gpu_tests and
 #         seer-nccl-kv-bench (when NCCL is found), seer_disagg_gpu_tests (the
 #         servers on GPUs; SEER_BIN_DIR=<bundle>/bin points them at the bundle)
+#         and prometheus (Debian's static binary, when installed) for
+#         tests/ops/check_gpu_panels.py
 #   lib/  every shared library those binaries load, from ldd, except glibc,
 #         libstdc++, libgcc and the CUDA libraries, which the GPU host has
 #
@@ -43,6 +45,7 @@ mkdir -p "$out/bin" "$out/lib"
 for t in "${targets[@]}" "${server_targets[@]}"; do
   cp "$build/bin/$t" "$out/bin/"
 done
+if [ -x /usr/bin/prometheus ]; then cp /usr/bin/prometheus "$out/bin/"; fi
 
 # The libraries the host provides itself: the C runtime, the C++ runtime and
 # the CUDA toolkit and driver (matching the host's driver matters more than

@@ -392,10 +392,7 @@ int main(int argc, char** argv) {
   // in a library) an error message rather than a crash.
   try {
     if (argc >= 2 && std::string(argv[1]) == "target") return seer::train::RunTarget(argc, argv);
-    if (argc >= 2 && std::string(argv[1]) == "--version") {
-      std::printf("seer-train %s (commit %s)\n", seer::kVersion, seer::kBuildCommit);
-      return 0;
-    }
+    if (seer::PrintVersionIfAsked(argc, argv, "seer-train")) return 0;
     return seer::train::RunTrain(argc, argv);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "seer-train: internal error: %s\n", e.what());

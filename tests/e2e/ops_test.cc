@@ -491,6 +491,14 @@ TEST(Operations, EveryBinaryPrintsItsVersion) {
   CommandResult r = RunCommand({Bin("seer"), "--version"});
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_EQ(r.out.rfind("seer ", 0), 0u) << r.out;
+  // The tools: trainer, evaluation, checkpoint maker, benchmarks.
+  for (const char* bin : {"seer-train", "seer-quality-eval", "seer-random-checkpoint", "seer-kv-wire-error",
+                          "seer-kv-stream-bench"}) {
+    CommandResult t = RunCommand({Bin(bin), "--version"});
+    EXPECT_EQ(t.exit_code, 0) << bin << ": " << t.err;
+    EXPECT_EQ(t.out.rfind(std::string(bin) + " ", 0), 0u) << t.out;
+    EXPECT_NE(t.out.find("commit "), std::string::npos) << t.out;
+  }
 }
 
 TEST(Operations, AGrpcPortAlreadyInUseIsRefused) {
