@@ -46,7 +46,7 @@ using Clock = std::chrono::steady_clock;
 
 constexpr auto kChaos = 45s;  // how long faults are injected
 constexpr auto kRequestDeadline = 30s;  // of each load request
-constexpr int kLoadClients = 4;
+constexpr int kDefaultLoadClients = 4;  // SEER_CHAOS_CLIENTS for a heavier soak
 constexpr int kNewTokens = 8;
 constexpr double kMiB = 1 << 20;
 
@@ -240,6 +240,8 @@ TEST(Chaos, EveryRequestEndsOkOrRetryableWithItsSoloTokensWhileFaultsAreInjected
   const char* seed_env = std::getenv("SEER_CHAOS_SEED");
   const uint32_t seed = seed_env ? static_cast<uint32_t>(std::strtoul(seed_env, nullptr, 10)) : 20261128u;
   std::printf("[ info     ] chaos seed %u (SEER_CHAOS_SEED to replay)\n", seed);
+  const char* clients_env = std::getenv("SEER_CHAOS_CLIENTS");
+  const int load_clients = clients_env ? std::clamp(std::atoi(clients_env), 1, 64) : kDefaultLoadClients;
 
   Prefill prefills[2];
   for (Prefill& p : prefills) ASSERT_TRUE(p.Start("127.0.0.1:0"));
@@ -271,7 +273,7 @@ TEST(Chaos, EveryRequestEndsOkOrRetryableWithItsSoloTokensWhileFaultsAreInjected
 
   // The steady load.
   std::vector<std::thread> load;
-  for (int c = 0; c < kLoadClients; ++c) {
+  for (int c = 0; c < load_clients; ++c) {
     load.emplace_back([&, c] {
       std::mt19937 rng(seed * 31 + c);
       auto client =
@@ -474,7 +476,7 @@ TEST(Chaos, EveryRequestEndsOkOrRetryableWithItsSoloTokensWhileFaultsAreInjected
   int faults = 0;
   for (const auto& [what, n] : tally.faults) faults += n;
   std::printf("[ info     ] chaos: %.0f s, %d load requests from %d clients, %d faults injected\n", chaos_seconds,
-              tally.load_requests, kLoadClients, faults);
+              tally.load_requests, load_clients, faults);
   for (const auto& [what, n] : tally.faults) std::printf("[ info     ]   fault %-44s %d\n", what.c_str(), n);
   for (const auto& [code, n] : tally.outcomes) std::printf("[ info     ]   load requests %-36s %d\n", code.c_str(), n);
   for (const auto& [what, n] : tally.fault_outcomes) std::printf("[ info     ]   %-50s %d\n", what.c_str(), n);
