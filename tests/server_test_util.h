@@ -150,6 +150,19 @@ class ServerProcess {
   void Signal(int sig) {
     if (pid_ > 0 && !exited_) kill(pid_, sig);
   }
+  // Whether the process has ended (reaping it), without waiting; its status
+  // (as Wait returns it) in *code.
+  bool Exited(int* code = nullptr) {
+    if (!exited_ && pid_ > 0) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        exited_ = true;
+        exit_code_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+    }
+    if (code != nullptr) *code = exit_code_;
+    return exited_;
+  }
   // The exit status (WEXITSTATUS, or 128 + signal). A process still running
   // after `timeout` is killed, and the result is -2.
   int Wait(std::chrono::milliseconds timeout = 120s) {

@@ -18,9 +18,10 @@
 // CANCELLED) and the OnWriteStall hook counts it.
 //
 // Lifetime: the reactor deletes itself in OnDone. Finish is called only once
-// the worker has returned from Run (or the job was cancelled while still
-// queued), no write is in flight or being prepared, and no watchdog holds the
-// stream, so OnDone, and the delete, never happen under any of them.
+// the worker is done with it (FinishWork has returned, or the job was
+// cancelled while still queued), no write is in flight or being prepared,
+// and no watchdog holds the stream, so OnDone, and the delete, never happen
+// under any of them.
 #pragma once
 
 #include <cstddef>
@@ -113,13 +114,30 @@ class StreamReactor : public grpc::ServerWriteReactor<Response>, public WorkQueu
   // Worker side, the last call of Run: the stream ends with `status` once
   // every queued message is written (CANCELLED if the stream is gone). The
   // worker must not touch the reactor afterwards.
+  //
+  // Once work_done_ is set, any gRPC thread may finish the stream, and its
+  // OnDone deletes the reactor: so the worker holds the finish off
+  // (finishing_work_) while it still starts the next write here, and lets
+  // go, deciding under the lock whether the finish is its own, as its very
+  // last touch. (Setting work_done_ and then calling Kick let a write that
+  // completed in between finish and delete the stream under the worker: a
+  // use after free, seen as a hung decode loop in the chaos test.)
   void FinishWork(const grpc::Status& status) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       work_done_ = true;
       work_status_ = status;
+      finishing_work_ = true;
     }
-    Kick();
+    Kick();  // may start a write; cannot finish the stream while finishing_work_ holds it
+    grpc::Status final_status;
+    bool finish = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      finishing_work_ = false;
+      finish = ShouldFinishLocked(&final_status);
+    }
+    if (finish) this->Finish(final_status);
   }
 
   // Bytes of made messages queued and not yet written.
@@ -432,7 +450,7 @@ class StreamReactor : public grpc::ServerWriteReactor<Response>, public WorkQueu
   // Whether the stream may finish now; if so, marks it finished and sets the
   // status the client gets.
   bool ShouldFinishLocked(grpc::Status* status) {
-    if (finish_called_ || !work_done_ || pump_busy_ || making_ > 0 || stall_pinned_) return false;
+    if (finish_called_ || !work_done_ || finishing_work_ || pump_busy_ || making_ > 0 || stall_pinned_) return false;
     if (!cancelled_ && !outbox_.empty()) return false;
     finish_called_ = true;
     final_status_ = cancelled_ ? cancel_status_ : work_status_;
@@ -457,6 +475,7 @@ class StreamReactor : public grpc::ServerWriteReactor<Response>, public WorkQueu
   bool cancelled_ = false;
   grpc::Status cancel_status_;
   bool work_done_ = false;
+  bool finishing_work_ = false;  // the worker is still inside FinishWork
   grpc::Status work_status_;
   bool finish_called_ = false;
   grpc::Status final_status_;

@@ -439,6 +439,15 @@ TEST(Chaos, EveryRequestEndsOkOrRetryableWithItsSoloTokensWhileFaultsAreInjected
   for (Prefill& p : prefills)
     EXPECT_TRUE(WaitFor([&] { return InflightSum(p.process->metrics_address()) == 0.0; }, 60s))
         << p.address << " still has streams in flight";
+  // A worker that died in the chaos is the worst outcome: say how, with the
+  // end of what it printed.
+  int decode_status = 0;
+  if (decode.Exited(&decode_status)) {
+    const std::string out = decode.Output();
+    ADD_FAILURE() << "seer-decode died during the chaos (status " << decode_status << "); its last output:\n"
+                  << out.substr(out.size() > 6000 ? out.size() - 6000 : 0);
+    return;
+  }
   const bool decode_quiet = WaitFor([&] { return InflightSum(decode.metrics_address()) == 0.0; }, 60s);
   EXPECT_TRUE(decode_quiet) << "seer-decode still has requests in flight";
   if (!decode_quiet) DumpThreads(decode.pid(), "seer-decode");
