@@ -30,6 +30,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "base/version.h"
 #include "kernels/common/block_lists.h"
 #include "kernels/attention/attention.h"
 #include "kernels/attention/attention_variants.h"
@@ -314,6 +315,7 @@ void BenchGate(const Options& o, int seq, int D, double attn_sparse_ms, std::vec
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (seer::PrintVersionIfAsked(argc, argv, "seer-attention-bench")) return 0;
   Options o;
   if (!ParseArgs(argc, argv, &o)) return 2;
   cudaDeviceProp prop;

@@ -12,11 +12,13 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "base/version.h"
 #include "kernels/common/check.h"
 #include "kernels/kv_quant/kv_quant.h"
 #include "kernels/kv_quant/kv_quant_cpu.h"
 
 int main(int argc, char** argv) {
+  if (seer::PrintVersionIfAsked(argc, argv, "seer-kv-quant-bench")) return 0;
   std::vector<int> lengths;
   for (int i = 1; i < argc; ++i) lengths.push_back(std::atoi(argv[i]));
   if (lengths.empty()) lengths = {8192, 32768, 131072};

@@ -167,28 +167,60 @@ __global__ void AddBiasKernel(T* x, int rows, int cols, const float* bias) {
   }
 }
 
-// One block per row. Each thread keeps its best (value, index), then the
-// block reduces: larger value wins, the smaller index on equal values.
-__global__ void ArgMaxKernel(const float* x, int n, int32_t* out) {
-  __shared__ float best_v[kThreads];
-  __shared__ int best_i[kThreads];
+// The largest element's index in each row, one CTA of kArgMaxThreads per
+// row. Thread t scans its elements in ascending order: the 4-element groups
+// t, t + T, t + 2T, ... with 16-byte loads, kArgMaxUnroll in flight (a scalar
+// loop when the rows are not 16-byte aligned), so that one CTA keeps enough
+// bytes in flight to read a 128k vocabulary in microseconds. The tree then
+// merges with the lower thread on the left: the first index of the maximum
+// wins, and a NaN at element 0 (thread 0's first element; thread 0 is the
+// left of every merge) stays the answer, as in cpu::ArgMax.
+constexpr int kArgMaxThreads = 1024;
+constexpr int kArgMaxUnroll = 4;
+
+__device__ __forceinline__ void ArgMaxConsider(float xi, int i, int n, float& v, int& idx) {
+  // As cpu::ArgMax: a NaN is never larger than anything, but a NaN in
+  // element 0 is where that scan starts, so it stays the answer.
+  const bool first = idx == n && (i == 0 || !isnan(xi));
+  if (first || xi > v) {
+    v = xi;
+    idx = i;
+  }
+}
+
+__global__ void __launch_bounds__(kArgMaxThreads) ArgMaxKernel(const float* x, int n, int32_t* out) {
+  __shared__ float best_v[kArgMaxThreads];
+  __shared__ int best_i[kArgMaxThreads];
   const float* row = x + static_cast<size_t>(blockIdx.x) * n;
   float v = -INFINITY;
   int idx = n;  // "none yet": loses every tie against a real index
-  for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    const float xi = row[i];
-    // As cpu::ArgMax: a NaN is never larger than anything, but a NaN in
-    // element 0 is where that scan starts, so it stays the answer.
-    const bool first = idx == n && (i == 0 || !isnan(xi));
-    if (first || xi > v) {
-      v = xi;
-      idx = i;
+  if (n % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0) {
+    const float4* groups = reinterpret_cast<const float4*>(row);
+    const int num_groups = n / 4;
+    for (int g0 = threadIdx.x; g0 < num_groups; g0 += kArgMaxUnroll * kArgMaxThreads) {
+      float4 f[kArgMaxUnroll] = {};
+#pragma unroll
+      for (int u = 0; u < kArgMaxUnroll; ++u) {
+        const int g = g0 + u * kArgMaxThreads;
+        if (g < num_groups) f[u] = groups[g];
+      }
+#pragma unroll
+      for (int u = 0; u < kArgMaxUnroll; ++u) {
+        const int g = g0 + u * kArgMaxThreads;
+        if (g >= num_groups) break;
+        ArgMaxConsider(f[u].x, 4 * g, n, v, idx);
+        ArgMaxConsider(f[u].y, 4 * g + 1, n, v, idx);
+        ArgMaxConsider(f[u].z, 4 * g + 2, n, v, idx);
+        ArgMaxConsider(f[u].w, 4 * g + 3, n, v, idx);
+      }
     }
+  } else {
+    for (int i = threadIdx.x; i < n; i += kArgMaxThreads) ArgMaxConsider(row[i], i, n, v, idx);
   }
   best_v[threadIdx.x] = v;
   best_i[threadIdx.x] = idx;
   __syncthreads();
-  for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
+  for (int stride = kArgMaxThreads / 2; stride > 0; stride >>= 1) {
     if (threadIdx.x < stride) {
       const float ov = best_v[threadIdx.x + stride];
       const int oi = best_i[threadIdx.x + stride];
@@ -330,7 +362,7 @@ cudaError_t AddBias(float* x, int rows, int cols, const float* bias, cudaStream_
 cudaError_t ArgMaxRows(const float* x, int rows, int n, int32_t* out, cudaStream_t stream) {
   if (rows < 0 || n <= 0) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
-  ArgMaxKernel<<<rows, kThreads, 0, stream>>>(x, n, out);
+  ArgMaxKernel<<<rows, kArgMaxThreads, 0, stream>>>(x, n, out);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return cudaSuccess;
 }

@@ -328,6 +328,12 @@ TEST_F(GpuOpsTest, ArgMaxRowsMatchesCpuIncludingTies) {
       row[a] = 11.0f;
       row[b] = 11.0f;
     }
+    // NaNs: never the maximum, except at element 0, where cpu::ArgMax's scan
+    // starts (row 1 of the multi-row shapes; row 2 gets NaNs elsewhere).
+    if (s.rows > 2) {
+      x[size_t(1) * s.n] = std::nanf("");
+      for (int k = 0; k < 5; ++k) x[size_t(2) * s.n + pick(rng_)] = std::nanf("");
+    }
     std::unique_ptr<Dev<float>> d_x(Upload(x));
     Dev<int32_t> d_out(s.rows);
     ASSERT_CUDA(cuda::ArgMaxRows(d_x->get(), s.rows, s.n, d_out.get(), stream_));

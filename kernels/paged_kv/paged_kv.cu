@@ -31,6 +31,7 @@ namespace {
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kWarps = 4;
 constexpr int kMaxHeadsPerCta = 8;
+constexpr int kPagedUnroll = 4;  // key steps whose loads are in flight at once
 
 template <typename T>
 __device__ __forceinline__ void Unpack8(const uint4& raw, float (&f)[8]) {
@@ -104,36 +105,51 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int32_t* table = p.block_tables + static_cast<int64_t>(b) * p.max_pages_per_seq;
   const T* k_pages = static_cast<const T*>(p.k_pages);
   const T* v_pages = static_cast<const T*>(p.v_pages);
-  // The loop bound is uniform across the warp (the shuffles need every lane).
-  for (int base = key_begin + warp * kKeysPerStep; base < key_end; base += kWarps * kKeysPerStep) {
-    const int j = base + sub;
-    const bool valid = j < key_end;
-    float kv[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    float vv[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    if (valid) {
-      const int64_t at = ((static_cast<int64_t>(table[j / p.page_tokens]) * p.num_kv_heads + kvh) * p.page_tokens +
-                          j % p.page_tokens) *
-                             kHeadDim +
-                         chunk * 8;
-      Unpack8<T>(*reinterpret_cast<const uint4*>(k_pages + at), kv);
-      Unpack8<T>(*reinterpret_cast<const uint4*>(v_pages + at), vv);
+  // Each lane takes keys base + sub, base stepping by kStride; the loads of
+  // kUnroll steps are issued before any is used (memory-level parallelism:
+  // one step alone keeps a CTA far from the bandwidth), then the steps are
+  // reduced in order, so the arithmetic is that of the plain loop. The
+  // bounds are uniform across the warp (the shuffles need every lane).
+  constexpr int kStride = kWarps * kKeysPerStep;
+  for (int base0 = key_begin + warp * kKeysPerStep; base0 < key_end; base0 += kPagedUnroll * kStride) {
+    uint4 k_raw[kPagedUnroll], v_raw[kPagedUnroll];
+#pragma unroll
+    for (int u = 0; u < kPagedUnroll; ++u) {
+      const int j = base0 + u * kStride + sub;
+      k_raw[u] = v_raw[u] = make_uint4(0, 0, 0, 0);
+      if (j < key_end) {
+        const int64_t at = ((static_cast<int64_t>(table[j / p.page_tokens]) * p.num_kv_heads + kvh) * p.page_tokens +
+                            j % p.page_tokens) *
+                               kHeadDim +
+                           chunk * 8;
+        k_raw[u] = *reinterpret_cast<const uint4*>(k_pages + at);
+        v_raw[u] = *reinterpret_cast<const uint4*>(v_pages + at);
+      }
     }
 #pragma unroll
-    for (int g = 0; g < kHeads; ++g) {
-      float s = 0.0f;
+    for (int u = 0; u < kPagedUnroll; ++u) {
+      if (base0 + u * kStride >= key_end) break;
+      const bool valid = base0 + u * kStride + sub < key_end;
+      float kv[8], vv[8];
+      Unpack8<T>(k_raw[u], kv);
+      Unpack8<T>(v_raw[u], vv);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) s = fmaf(qv[g][i], kv[i], s);
+      for (int g = 0; g < kHeads; ++g) {
+        float s = 0.0f;
 #pragma unroll
-      for (int off = kLanesPerKey / 2; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
-      if (!valid) s = -INFINITY;
-      const float m_new = fmaxf(m[g], s);
-      const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-      const float correction = ptx::Exp2(m[g] - m_use);
-      const float prob = ptx::Exp2(s - m_use);
-      l[g] = l[g] * correction + prob;
+        for (int i = 0; i < 8; ++i) s = fmaf(qv[g][i], kv[i], s);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) acc[g][i] = fmaf(acc[g][i], correction, prob * vv[i]);
-      m[g] = m_new;
+        for (int off = kLanesPerKey / 2; off > 0; off /= 2) s += __shfl_xor_sync(0xffffffffu, s, off);
+        if (!valid) s = -INFINITY;
+        const float m_new = fmaxf(m[g], s);
+        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+        const float correction = ptx::Exp2(m[g] - m_use);
+        const float prob = ptx::Exp2(s - m_use);
+        l[g] = l[g] * correction + prob;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[g][i] = fmaf(acc[g][i], correction, prob * vv[i]);
+        m[g] = m_new;
+      }
     }
   }
 
@@ -189,9 +205,14 @@ __global__ void __launch_bounds__(kWarps * 32)
 
 // One CTA per (sequence, head): merges the sequence's own splits in order;
 // writes zeros for an empty sequence. A single-split sequence was written by
-// the split kernel.
+// the split kernel. The splits' maxima and sums are read by all threads at
+// once into shared memory (split s by thread s mod D), so only the merge of
+// the outputs, whose loads are independent, walks the splits; the sums run
+// in split order, as a single thread would add them.
 template <int kHeadDim, typename T>
 __global__ void PagedCombineKernel(const PagedAttentionParams p, const float* partial, int max_splits) {
+  extern __shared__ float split_stats[];  // [max_splits] scales, then [max_splits] sums
+  __shared__ float warp_max[kHeadDim / 32];
   const int bh = blockIdx.x;
   const int b = bh / p.num_heads;
   const int d = threadIdx.x;
@@ -204,16 +225,30 @@ __global__ void PagedCombineKernel(const PagedAttentionParams p, const float* pa
   const int splits = SplitsFor(context);
   if (splits == 1) return;
   const float* part = partial + static_cast<int64_t>(bh) * max_splits * (kHeadDim + 2);
+  float* scale = split_stats;
+  float* sum = split_stats + max_splits;
   float m = -INFINITY;
-  for (int s = 0; s < splits; ++s) m = fmaxf(m, part[s * (kHeadDim + 2) + kHeadDim]);
+  for (int s = d; s < splits; s += kHeadDim) {
+    scale[s] = part[s * (kHeadDim + 2) + kHeadDim];
+    sum[s] = part[s * (kHeadDim + 2) + kHeadDim + 1];
+    m = fmaxf(m, scale[s]);
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+  if (d % 32 == 0) warp_max[d / 32] = m;
+  __syncthreads();
+#pragma unroll
+  for (int w = 0; w < kHeadDim / 32; ++w) m = fmaxf(m, warp_max[w]);
   const float m_use = m == -INFINITY ? 0.0f : m;
+  for (int s = d; s < splits; s += kHeadDim) scale[s] = ptx::Exp2(scale[s] - m_use);
+  __syncthreads();
   float l = 0.0f;
   float o = 0.0f;
+#pragma unroll 8
   for (int s = 0; s < splits; ++s) {
-    const float* ps = part + s * (kHeadDim + 2);
-    const float c = ptx::Exp2(ps[kHeadDim] - m_use);
-    l += ps[kHeadDim + 1] * c;
-    o += ps[d] * c;
+    const float c = scale[s];
+    l += sum[s] * c;
+    o += part[s * (kHeadDim + 2) + d] * c;
   }
   out[d] = static_cast<T>(l > 0.0f ? o / l : 0.0f);
 }
@@ -226,7 +261,12 @@ cudaError_t LaunchPaged(const PagedAttentionParams& p, cudaStream_t stream) {
   float* partial = static_cast<float*>(p.workspace);
   PagedSplitKernel<kHeadDim, kHeads, T><<<grid, kWarps * 32, 0, stream>>>(p, p.scale * kLog2e, max_splits, partial);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  PagedCombineKernel<kHeadDim, T><<<p.batch * p.num_heads, kHeadDim, 0, stream>>>(p, partial, max_splits);
+  const size_t stats_bytes = 2 * sizeof(float) * static_cast<size_t>(max_splits);
+  if (stats_bytes > 48 * 1024) {  // past ~1.5M positions: ask for more shared memory
+    SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+        PagedCombineKernel<kHeadDim, T>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(stats_bytes)));
+  }
+  PagedCombineKernel<kHeadDim, T><<<p.batch * p.num_heads, kHeadDim, stats_bytes, stream>>>(p, partial, max_splits);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return cudaSuccess;
 }

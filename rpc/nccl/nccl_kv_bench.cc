@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "base/version.h"
 #include "bench/llama_shape.h"
 #include "engine/cuda/cuda_engine.h"
 #include "engine/engine.h"
@@ -304,6 +305,7 @@ int Main(int argc, char** argv) {
 }  // namespace seer
 
 int main(int argc, char** argv) {
+  if (seer::PrintVersionIfAsked(argc, argv, "seer-nccl-kv-bench")) return 0;
   if (argc > 1 && std::string(argv[1]) == "--nccl-peer") return seer::nccl_test::RunPeer(argc, argv);
   setenv("NCCL_NVLS_ENABLE", "0", 1);
   return seer::Main(argc, argv);
