@@ -4,62 +4,24 @@
 // and its exit codes and messages for bad flags.
 #include <gtest/gtest.h>
 
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "base/json.h"
+#include "tests/run_binary.h"
 
 namespace seer {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct CliOutput {
-  int exit_code = -1;
-  std::string out, err;
-};
+using CliOutput = testing::RunOutput;
+using testing::Slurp;
+using testing::TempPath;
 
-std::string TempPath(const std::string& name) {
-  return (fs::temp_directory_path() / ("seer_tok_cli_" + std::to_string(getpid()) + "_" + name)).string();
-}
-
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-std::string Quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
-CliOutput RunSeer(const std::vector<std::string>& args) {
-  const std::string out_path = TempPath("stdout"), err_path = TempPath("stderr");
-  std::string cmd = Quote(std::string(SEER_BIN_DIR) + "/seer");
-  for (const auto& a : args) {
-    cmd += ' ';
-    cmd += Quote(a);
-  }
-  cmd += " >" + Quote(out_path) + " 2>" + Quote(err_path);
-  const int status = std::system(cmd.c_str());
-  CliOutput r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-  r.out = Slurp(out_path);
-  r.err = Slurp(err_path);
-  fs::remove(out_path);
-  fs::remove(err_path);
-  return r;
-}
+CliOutput RunSeer(const std::vector<std::string>& args) { return testing::RunBinary("seer", args); }
 
 std::string Fixture(const std::string& rel) { return std::string(SEER_FIXTURES_DIR) + "/tokenizers/" + rel; }
 

@@ -307,6 +307,19 @@ TEST(KvTransport, APlainProtobufClientGetsTheStreamItAlwaysGot) {
 
 // A random Llama of 8 layers (tests/server_test_util.h): enough layers for
 // four streams (each layer goes whole over one).
+// Starts a Prefill call (60 s deadline) and reads its first message, the
+// layout header.
+void StartAndReadHeader(RawStreamCall* prefill, v1::LayoutHeader* header) {
+  prefill->context()->set_deadline(std::chrono::system_clock::now() + 60s);
+  prefill->Start();
+  grpc::ByteBuffer b;
+  DecodedResponse d;
+  ASSERT_TRUE(prefill->Next(&b));
+  ASSERT_TRUE(DecodePrefillResponse(b, &d).ok());
+  ASSERT_TRUE(d.message.has_header());
+  *header = d.message.header();
+}
+
 std::string EightLayerModel() {
   static const std::string dir =
       seer::testing::WriteRandomLlama(seer::testing::TempDir("kv_transport_model"), seer::testing::RandomLlamaSpec{});
@@ -403,16 +416,11 @@ TEST(KvTransport, AKvStreamThatIsNeverReadIsCutOffAndHoldsUpNoOne) {
   v1::PrefillRequest req = RequestOf(4000, 9);  // 64 MB of KV: far past any flow-control window
   req.mutable_transport_offer()->set_grpc_streams(2);
   RawStreamCall prefill(&stub, "/seer.v1.PrefillService/Prefill", EncodeMessage(req).value());
-  prefill.context()->set_deadline(std::chrono::system_clock::now() + 60s);
-  prefill.Start();
-  grpc::ByteBuffer b;
-  DecodedResponse d;
-  ASSERT_TRUE(prefill.Next(&b));
-  ASSERT_TRUE(DecodePrefillResponse(b, &d).ok());
-  ASSERT_TRUE(d.message.has_header());
-  ASSERT_EQ(d.message.header().grpc_streams(), 2);
+  v1::LayoutHeader header;
+  ASSERT_NO_FATAL_FAILURE(StartAndReadHeader(&prefill, &header));
+  ASSERT_EQ(header.grpc_streams(), 2);
   v1::KvStreamRequest kr;
-  kr.set_transfer_id(d.message.header().transfer_id());
+  kr.set_transfer_id(header.transfer_id());
   kr.set_index(1);
   RawStreamCall stalled(&stub, "/seer.v1.PrefillService/KvStream", EncodeMessage(kr).value());
   stalled.context()->set_deadline(std::chrono::system_clock::now() + 60s);
@@ -424,6 +432,7 @@ TEST(KvTransport, AKvStreamThatIsNeverReadIsCutOffAndHoldsUpNoOne) {
   const auto t0 = std::chrono::steady_clock::now();
   grpc::Status main_status;
   std::thread main_reader([&] {
+    grpc::ByteBuffer b;
     while (prefill.Next(&b)) {}
     main_status = prefill.Finish();
   });
@@ -575,14 +584,8 @@ TEST(KvTransport, KvStreamCallsAreCheckedAgainstTheirTransfer) {
   v1::PrefillRequest req = RequestOf(1000, 5);
   req.mutable_transport_offer()->set_grpc_streams(4);
   RawStreamCall prefill(&stub, "/seer.v1.PrefillService/Prefill", EncodeMessage(req).value());
-  prefill.context()->set_deadline(std::chrono::system_clock::now() + 60s);
-  prefill.Start();
-  grpc::ByteBuffer b;
-  DecodedResponse d;
-  ASSERT_TRUE(prefill.Next(&b));
-  ASSERT_TRUE(DecodePrefillResponse(b, &d).ok());
-  ASSERT_TRUE(d.message.has_header());
-  const v1::LayoutHeader header = d.message.header();
+  v1::LayoutHeader header;
+  ASSERT_NO_FATAL_FAILURE(StartAndReadHeader(&prefill, &header));
   EXPECT_EQ(header.grpc_streams(), 4);
   EXPECT_EQ(header.transport(), v1::KV_TRANSPORT_GRPC);
   ASSERT_NE(header.transfer_id(), 0u);
@@ -613,6 +616,8 @@ TEST(KvTransport, KvStreamCallsAreCheckedAgainstTheirTransfer) {
   engine.Release();
   int stream0_chunks = 0;
   bool summary = false;
+  grpc::ByteBuffer b;
+  DecodedResponse d;
   while (prefill.Next(&b)) {
     ASSERT_TRUE(DecodePrefillResponse(b, &d).ok());
     if (d.is_chunk) ++stream0_chunks;
