@@ -48,6 +48,16 @@ FileStamp Stamp(const std::string& path) {
   return s;
 }
 
+// The state of the three --tls-* files a context was loaded from.
+struct TlsFileStamps {
+  FileStamp cert, key, client_ca;
+  bool operator==(const TlsFileStamps&) const = default;
+};
+
+TlsFileStamps StampFiles(const ServerTlsOptions& tls) {
+  return {Stamp(tls.cert), Stamp(tls.key), Stamp(tls.client_ca)};
+}
+
 // OpenSSL's error queue as one line, emptied.
 std::string SslErrors() {
   std::string out;
@@ -83,7 +93,7 @@ bool Wait(pollfd* fds, nfds_t n, Clock::time_point deadline) {
 
 struct TlsFront::Context {
   std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx{nullptr, &SSL_CTX_free};
-  FileStamp cert, key, client_ca;
+  TlsFileStamps files;
   Clock::time_point checked;
 };
 
@@ -120,9 +130,7 @@ StatusOr<std::unique_ptr<TlsFront>> TlsFront::Start(const TlsFrontOptions& optio
   signal(SIGPIPE, SIG_IGN);
   std::unique_ptr<TlsFront> front(new TlsFront(options));
   auto context = std::make_shared<Context>();
-  context->cert = Stamp(options.tls.cert);
-  context->key = Stamp(options.tls.key);
-  context->client_ca = Stamp(options.tls.client_ca);
+  context->files = StampFiles(options.tls);
   SEER_ASSIGN_OR_RETURN(context->ctx, LoadContext(options.tls));
   context->checked = Clock::now();
   front->context_ = std::move(context);
@@ -155,11 +163,9 @@ void TlsFront::MaybeReload() {
   std::shared_ptr<Context> current = CurrentContext();
   if (Clock::now() - current->checked < std::chrono::seconds(options_.tls.reload_seconds)) return;
   auto next = std::make_shared<Context>();
-  next->cert = Stamp(options_.tls.cert);
-  next->key = Stamp(options_.tls.key);
-  next->client_ca = Stamp(options_.tls.client_ca);
+  next->files = StampFiles(options_.tls);
   next->checked = Clock::now();
-  if (next->cert == current->cert && next->key == current->key && next->client_ca == current->client_ca) {
+  if (next->files == current->files) {
     current->checked = next->checked;  // only this thread reads or writes `checked`
     return;
   }
