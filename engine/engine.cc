@@ -258,6 +258,19 @@ Status Engine::RunDecodeBatch(std::span<const DecodeSeq>, std::span<int32_t>) {
   return Unimplemented(device_name() + " has no paged decode");
 }
 
+Status Engine::ForwardWithAttentionTap(std::span<const int32_t> ids, const AttentionTapFn& tap) {
+  SEER_RETURN_IF_ERROR(CheckPromptIds(ids, config().vocab_size, "ids"));
+  if (static_cast<int64_t>(ids.size()) > config().max_position_embeddings) {
+    return InvalidArgument("ids: " + std::to_string(ids.size()) + " tokens exceed max_position_embeddings " +
+                           std::to_string(config().max_position_embeddings));
+  }
+  return Exclusive([&] { return RunForwardWithAttentionTap(ids, tap); });
+}
+
+Status Engine::RunForwardWithAttentionTap(std::span<const int32_t>, const AttentionTapFn&) {
+  return Unimplemented("the " + device_name() + " engine has no teacher pass for gate training");
+}
+
 StatusOr<std::unique_ptr<Engine>> CreateEngine(const EngineOptions& options) {
   std::string device = options.device;
   if (device == "auto") {

@@ -105,6 +105,25 @@ Status CheckTokenIds(std::span<const int32_t> ids, int vocab_size, std::string_v
 // CheckTokenIds, and at least one id.
 Status CheckPromptIds(std::span<const int32_t> ids, int vocab_size, std::string_view field);
 
+// One layer of a frozen forward pass as a gate trainer reads it
+// (Engine::ForwardWithAttentionTap): the layer's Q and K straight after the
+// projections, the gate's input, and either Q and K after RoPE (what attention
+// sees; the CPU backend) or the layer's distillation target already computed
+// from them (the CUDA backend, kernels/gate/distill_target.h). Host memory,
+// valid during the call.
+struct AttentionTap {
+  int layer = 0;
+  int seq_len = 0;
+  const float* q = nullptr;  // [L, Hq, head_dim], pre-RoPE, bias included
+  const float* k = nullptr;  // [L, Hkv, head_dim]
+  const float* q_rope = nullptr;  // [L, Hq, head_dim], after RoPE; null when `target` is set
+  const float* k_rope = nullptr;  // [L, Hkv, head_dim]
+  // [Hq, nb, nb] over 64-token blocks (DESIGN §1), or null: then the
+  // consumer computes it from q_rope and k_rope (kernels/gate/distill_target_cpu.h).
+  const float* target = nullptr;
+};
+using AttentionTapFn = std::function<Status(const AttentionTap&)>;
+
 class Engine {
  public:
   virtual ~Engine() = default;
@@ -166,6 +185,14 @@ class Engine {
   // sequence's result never depends on the rest of the batch).
   Status DecodeBatch(std::span<const DecodeSeq> seqs, std::span<int32_t> next);
 
+  // The teacher pass of gate distillation (train/): runs `ids` (checked as a
+  // prompt, at most max_position_embeddings) from position 0 through the
+  // model with dense attention, never the gates, and calls `tap` once per
+  // layer, after that layer's RoPE. No logits are computed. A non-OK status
+  // from `tap` stops the pass and is returned. Holds the engine for the whole
+  // pass. UNIMPLEMENTED on a backend without it.
+  Status ForwardWithAttentionTap(std::span<const int32_t> ids, const AttentionTapFn& tap);
+
   // Runs `fn` with the engine to itself: the calls it makes do not interleave
   // with other threads' calls.
   template <typename Fn>
@@ -198,6 +225,8 @@ class Engine {
   // The step, with every sequence checked (paged caches of this pool,
   // tokens in range, room in the cache, distinct caches).
   virtual Status RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int32_t> next);
+  // ForwardWithAttentionTap, checked. Default: UNIMPLEMENTED.
+  virtual Status RunForwardWithAttentionTap(std::span<const int32_t> ids, const AttentionTapFn& tap);
 
  private:
   // A cache this engine can use: non-null and with the model's layout.

@@ -111,7 +111,7 @@ double Dot(const double* a, const double* b, int n) {
 }  // namespace
 
 GateFeatures PoolGateFeatures(const GateShape& s, const float* q, const float* k, int seq_len,
-                              const std::vector<float>& rope_inv_freq) {
+                              const std::vector<float>& rope_inv_freq, int num_threads) {
   assert(static_cast<int>(rope_inv_freq.size()) == s.hidden / 2);
   GateFeatures f;
   const int bs = s.block_size, D = s.head_dim;
@@ -120,7 +120,7 @@ GateFeatures PoolGateFeatures(const GateShape& s, const float* q, const float* k
   const size_t q_row = size_t(s.num_heads) * D, k_row = size_t(s.num_kv_heads) * D;
   f.q.assign(size_t(nb) * q_row, 0.0);
   f.k.assign(size_t(nb) * k_row * 3, 0.0);
-  for (int b = 0; b < nb; ++b) {
+  cpu::ParallelFor(nb, std::max(1, num_threads), [&](int b) {
     const int t0 = b * bs, t1 = std::min(seq_len, t0 + bs);
     const double count = t1 - t0;
     double* pq = f.q.data() + size_t(b) * q_row;
@@ -144,7 +144,7 @@ GateFeatures PoolGateFeatures(const GateShape& s, const float* q, const float* k
         out[2 * D + c] = sum / count;
       }
     }
-  }
+  });
   const int half = s.hidden / 2;
   f.cos.resize(size_t(nb) * half);
   f.sin.resize(size_t(nb) * half);

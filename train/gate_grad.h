@@ -57,9 +57,11 @@ struct GateFeatures {
 // Pools q [L, Hq, D] and k [L, Hkv, D] (pre-RoPE, as the gate sees them) and
 // tabulates the block RoPE at positions 0, block, 2 * block, ... with
 // `rope_inv_freq` (hidden / 2 values; angles float(pos) * inv_freq in float32,
-// as HF and the inference gate compute them).
+// as HF and the inference gate compute them). Blocks are pooled on up to
+// `num_threads` threads; each block's sums run in the same order whatever the
+// count.
 GateFeatures PoolGateFeatures(const GateShape& s, const float* q, const float* k, int seq_len,
-                              const std::vector<float>& rope_inv_freq);
+                              const std::vector<float>& rope_inv_freq, int num_threads = 1);
 
 // The gate's probabilities [Hq, nb, nb]: softmax of each row's scores over
 // its causal blocks, 0 above the diagonal.

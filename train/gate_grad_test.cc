@@ -159,6 +159,9 @@ TEST(GateLoss, AddsIntoTheGradientAndIgnoresTheThreadCount) {
   const Case& c = kCases[0];
   const Problem p = MakeProblem(c.hq, c.hkv, c.d, c.hidden, c.k_per_kv_head, c.L, c.llama3, 3);
   const GateFeatures f = PoolGateFeatures(p.shape, p.q.data(), p.k.data(), p.L, p.inv_freq);
+  const GateFeatures f4 = PoolGateFeatures(p.shape, p.q.data(), p.k.data(), p.L, p.inv_freq, 4);
+  EXPECT_EQ(f.q, f4.q);  // pooling per block on several threads: the same sums
+  EXPECT_EQ(f.k, f4.k);
   GateParams one_thread, four_threads;
   one_thread.k.assign(p.w.k.size(), 0.0);
   four_threads.k.assign(p.w.k.size(), 0.0);

@@ -1,11 +1,13 @@
 #include "train/gate_trainer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <new>
+#include <thread>
 #include <tuple>
 
 #include "base/clock.h"
@@ -111,20 +113,24 @@ cpu::DistillTargetProblem TargetProblem(const ModelConfig& m, const AttentionTap
 
 }  // namespace
 
-GateTrainer::GateTrainer(std::unique_ptr<CpuEngine> engine, const TrainConfig& config, std::vector<int32_t> data)
+GateTrainer::GateTrainer(std::unique_ptr<Engine> engine, int threads, const TrainConfig& config,
+                         std::vector<int32_t> data)
     : engine_(std::move(engine)),
+      threads_(threads),
       config_(config),
       data_(std::move(data)),
       data_fingerprint_(IdsFingerprint(data_)),
       order_(static_cast<int64_t>(data_.size()), config.seq_len, static_cast<uint64_t>(config.seed)) {}
 
 StatusOr<std::unique_ptr<GateTrainer>> GateTrainer::Create(const std::string& model_dir, int threads,
-                                                           const TrainConfig& config, std::vector<int32_t> data) {
+                                                           const TrainConfig& config, std::vector<int32_t> data,
+                                                           const std::string& device) {
   EngineOptions options;
   options.model_dir = model_dir;
-  options.device = "cpu";
+  options.device = device;
   options.threads = threads;
-  SEER_ASSIGN_OR_RETURN(std::unique_ptr<CpuEngine> engine, CpuEngine::Load(options));
+  SEER_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, CreateEngine(options));
+  const int host_threads = threads > 0 ? threads : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
   const ModelConfig& m = engine->config();
   if (config.seq_len < 2 * kBlockSize || config.seq_len > m.max_position_embeddings) {
     return InvalidArgument("--seq-len: " + std::to_string(config.seq_len) + " is outside [" +
@@ -149,7 +155,7 @@ StatusOr<std::unique_ptr<GateTrainer>> GateTrainer::Create(const std::string& mo
   }
   SEER_RETURN_IF_ERROR(CheckTokenIds(data, m.vocab_size, "training data"));
 
-  std::unique_ptr<GateTrainer> t(new GateTrainer(std::move(engine), config, std::move(data)));
+  std::unique_ptr<GateTrainer> t(new GateTrainer(std::move(engine), host_threads, config, std::move(data)));
   t->model_dir_ = model_dir;
   t->config_.gate_hidden = hidden;
   GateShape& s = t->shape_;
@@ -182,11 +188,16 @@ StatusOr<std::unique_ptr<GateTrainer>> GateTrainer::Create(const std::string& mo
 Status GateTrainer::RunSequence(std::span<const int32_t> ids, std::vector<GateParams>* grads, double grad_scale,
                                 std::vector<double>* layer_loss) {
   const ModelConfig& m = engine_->config();
-  const int threads = engine_->num_threads();
+  const int threads = threads_;
+  std::vector<float> computed;
   return engine_->ForwardWithAttentionTap(ids, [&](const AttentionTap& tap) -> Status {
-    const std::vector<float> target = cpu::DistillTarget(TargetProblem(m, tap, shape_.block_size), threads);
-    const GateFeatures f = PoolGateFeatures(shape_, tap.q, tap.k, tap.seq_len, gate_rope_inv_freq_);
-    const double loss = GateLoss(shape_, f, target.data(), params_[tap.layer],
+    const float* target = tap.target;
+    if (target == nullptr) {
+      computed = cpu::DistillTarget(TargetProblem(m, tap, shape_.block_size), threads);
+      target = computed.data();
+    }
+    const GateFeatures f = PoolGateFeatures(shape_, tap.q, tap.k, tap.seq_len, gate_rope_inv_freq_, threads);
+    const double loss = GateLoss(shape_, f, target, params_[tap.layer],
                                  grads != nullptr ? &(*grads)[tap.layer] : nullptr, grad_scale, threads);
     (*layer_loss)[tap.layer] += loss;
     return OkStatus();
@@ -417,11 +428,19 @@ Status GateTrainer::LoadCheckpoint(const std::string& dir) {
   return OkStatus();
 }
 
-StatusOr<std::vector<std::vector<float>>> DistillTargets(CpuEngine& engine, std::span<const int32_t> ids,
+StatusOr<std::vector<std::vector<float>>> DistillTargets(Engine& engine, std::span<const int32_t> ids, int threads,
                                                          int block_size) {
   std::vector<std::vector<float>> out(engine.config().num_layers);
   SEER_RETURN_IF_ERROR(engine.ForwardWithAttentionTap(ids, [&](const AttentionTap& tap) -> Status {
-    out[tap.layer] = cpu::DistillTarget(TargetProblem(engine.config(), tap, block_size), engine.num_threads());
+    if (tap.target != nullptr && block_size == kBlockSize) {
+      const int nb = (tap.seq_len + kBlockSize - 1) / kBlockSize;
+      out[tap.layer].assign(tap.target, tap.target + static_cast<size_t>(engine.config().num_heads) * nb * nb);
+    } else if (tap.q_rope != nullptr) {
+      out[tap.layer] = cpu::DistillTarget(TargetProblem(engine.config(), tap, block_size), threads);
+    } else {
+      return Unimplemented("the " + engine.device_name() + " engine computes targets of " + std::to_string(kBlockSize) +
+                           "-token blocks only, not " + std::to_string(block_size));
+    }
     return OkStatus();
   }));
   return out;

@@ -1,12 +1,14 @@
-// SeerAttention gate self-distillation (DESIGN §1) on the CPU engine.
+// SeerAttention gate self-distillation (DESIGN §1).
 //
 // The model is frozen and a gate reads only its own layer's Q and K, so every
 // layer's gate trains from one teacher pass of the model with dense
-// attention: CpuEngine::ForwardWithAttentionTap hands each layer's pre-RoPE
-// Q/K (the gate's input) and post-RoPE Q/K (the attention's) to the trainer
-// as the pass reaches it; the trainer computes that layer's distillation
-// target (kernels/gate/distill_target_cpu), the gate's loss and gradient
-// (train/gate_grad), and lets the activations go. No backward pass runs
+// attention: Engine::ForwardWithAttentionTap hands each layer's pre-RoPE Q/K
+// (the gate's input) to the trainer as the pass reaches it, with either the
+// post-RoPE Q/K (the CPU engine: the trainer computes the distillation target,
+// kernels/gate/distill_target_cpu) or the target itself (the CUDA engine
+// computes it on the GPU, kernels/gate/distill_target). The trainer computes
+// the gate's loss and gradient on the host in float64 (train/gate_grad), and
+// lets the activations go. No backward pass runs
 // through the model and nothing of size L x L or of more than one layer is
 // kept.
 //
@@ -24,7 +26,7 @@
 
 #include "base/json.h"
 #include "base/status.h"
-#include "engine/cpu/cpu_engine.h"
+#include "engine/engine.h"
 #include "kernels/gate/selection.h"
 #include "train/adamw.h"
 #include "train/gate_grad.h"
@@ -57,14 +59,17 @@ struct StepReport {
 
 class GateTrainer {
  public:
-  // Loads the model (dense, without gates) on `threads` CPU threads (0: all)
+  // Loads the model (dense, without gates) as the teacher on `device` ("cpu",
+  // or "cuda"/"cuda:N": the teacher pass and the target on the GPU), with
+  // `threads` CPU threads (0: all) for the CPU teacher and the gates' math,
   // and makes fresh gates: mask_linear_k (and mask_linear_q when the hidden
   // size differs from head_dim) initialised as the reference does, with
   // torch.nn.init.xavier_uniform_ on the [heads, in, out] tensors, from `seed`.
   // `data` must hold at least one sequence of seq_len tokens, each id in the
   // vocabulary.
   static StatusOr<std::unique_ptr<GateTrainer>> Create(const std::string& model_dir, int threads,
-                                                       const TrainConfig& config, std::vector<int32_t> data);
+                                                       const TrainConfig& config, std::vector<int32_t> data,
+                                                       const std::string& device = "cpu");
 
   // One optimizer step.
   StatusOr<StepReport> Step();
@@ -93,17 +98,20 @@ class GateTrainer {
   const std::vector<GateParams>& params() const { return params_; }
   const ModelConfig& model() const { return engine_->config(); }
   int64_t num_sequences() const { return order_.num_sequences(); }
-  int threads() const { return engine_->num_threads(); }
+  int threads() const { return threads_; }
+  // The teacher's device, as the engine names it.
+  std::string device_name() const { return engine_->device_name(); }
   const std::string& model_dir() const { return model_dir_; }
 
  private:
-  GateTrainer(std::unique_ptr<CpuEngine> engine, const TrainConfig& config, std::vector<int32_t> data);
+  GateTrainer(std::unique_ptr<Engine> engine, int threads, const TrainConfig& config, std::vector<int32_t> data);
   // One sequence through the teacher: per layer, its loss added to
   // layer_loss and (when grads) its gradient scaled by grad_scale into grads.
   Status RunSequence(std::span<const int32_t> ids, std::vector<GateParams>* grads, double grad_scale,
                      std::vector<double>* layer_loss);
 
-  std::unique_ptr<CpuEngine> engine_;
+  std::unique_ptr<Engine> engine_;
+  int threads_ = 1;
   std::string model_dir_;
   TrainConfig config_;
   GateShape shape_;
@@ -116,8 +124,9 @@ class GateTrainer {
 };
 
 // The distillation target of every layer of `engine`'s model for `ids`
-// (dense teacher pass): [layers][Hq * nb * nb].
-StatusOr<std::vector<std::vector<float>>> DistillTargets(CpuEngine& engine, std::span<const int32_t> ids,
+// (dense teacher pass): [layers][Hq * nb * nb]. Computed by the engine when it
+// can (CUDA: 64-token blocks only), else on `threads` CPU threads.
+StatusOr<std::vector<std::vector<float>>> DistillTargets(Engine& engine, std::span<const int32_t> ids, int threads,
                                                          int block_size = 64);
 
 }  // namespace seer::train

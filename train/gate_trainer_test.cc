@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/cpu/cpu_engine.h"
 #include "engine/model/gates.h"
 #include "tests/fixture_reader.h"
 

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "base/json.h"
+#include "engine/cpu/cpu_engine.h"
 #include "formats/safetensors.h"
 #include "tests/fixture_reader.h"
 #include "tests/run_binary.h"
@@ -71,7 +72,7 @@ TEST(SeerTrainCli, TrainsFromTextAndSeerRunsTheGates) {
   std::ofstream(data + "/more/b.txt") << text << "and a second document.\n";
 
   RunOutput r = RunBinary("seer-train", {"--model", Model(), "--data", data, "--seq-len", "256", "--steps", "4",
-                                         "--out", out, "--json", "--threads", "2"});
+                                         "--out", out, "--json", "--threads", "2", "--device", "cpu"});
   ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
   const std::vector<JsonValue> lines = JsonLines(r.out);
   ASSERT_EQ(lines.size(), 5u) << r.out;  // four steps, then where it saved
@@ -107,7 +108,7 @@ TEST(SeerTrainCli, ResumePicksUpWhereStopAtLeftOff) {
   const std::string a = TempPath("straight"), b = TempPath("split");
   const std::vector<std::string> common = {"--model", Model(),     "--data-ids", "@" + ids,  "--seq-len",
                                            "256",     "--steps",   "6",          "--warmup", "2",
-                                           "--json",  "--threads", "2"};
+                                           "--json",  "--threads", "2",          "--device", "cpu"};
   auto with = [&](std::vector<std::string> extra) {
     std::vector<std::string> args = common;
     args.insert(args.end(), extra.begin(), extra.end());
@@ -144,7 +145,8 @@ TEST(SeerTrainCli, ResumePicksUpWhereStopAtLeftOff) {
 TEST(SeerTrainCli, TargetDumpsTheWholeBlockPrefix) {
   const std::vector<int32_t> prompt = RandomIds(333, 3);
   const std::string ids = WriteIds("target_ids", prompt), dump = TempPath("target.safetensors");
-  RunOutput r = RunBinary("seer-train", {"target", "--model", Model(), "--ids", "@" + ids, "--dump", dump});
+  RunOutput r =
+      RunBinary("seer-train", {"target", "--model", Model(), "--ids", "@" + ids, "--dump", dump, "--device", "cpu"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto file = SafetensorsFile::Open(dump);
   ASSERT_TRUE(file.ok()) << file.status().ToString();
@@ -153,7 +155,7 @@ TEST(SeerTrainCli, TargetDumpsTheWholeBlockPrefix) {
   EngineOptions options{Model(), "", "cpu", 2};
   auto engine = CpuEngine::Load(options);
   ASSERT_TRUE(engine.ok());
-  auto want = DistillTargets(**engine, std::span<const int32_t>(prompt.data(), 320));
+  auto want = DistillTargets(**engine, std::span<const int32_t>(prompt.data(), 320), 2);
   ASSERT_TRUE(want.ok());
   for (int layer = 0; layer < 2; ++layer) {
     auto t = fixtures::F32(**file, "layers." + std::to_string(layer) + ".target", {4, 5, 5});
@@ -197,9 +199,9 @@ TEST(SeerTrainCli, BadInvocationsExitWithTheReason) {
         "streaming=1,2"},
        2,
        "threshold=T or nz_ratio=R"},
-      {{"--model", m, "--data-ids", "@" + ids, "--seq-len", "256", "--steps", "2", "--out", out, "--device", "cuda"},
-       1,
-       "the CUDA trainer is not built yet"},
+      {{"--model", m, "--data-ids", "@" + ids, "--seq-len", "256", "--steps", "2", "--out", out, "--device", "tpu"},
+       2,
+       "--device: expected cpu, cuda, cuda:N or auto, got 'tpu'"},
       {{"--model", m, "--data-ids", "@" + ids, "--seq-len", "1024", "--steps", "2", "--out", out},
        2,
        "600 tokens, fewer than one sequence of --seq-len 1024"},
@@ -210,9 +212,9 @@ TEST(SeerTrainCli, BadInvocationsExitWithTheReason) {
        1,
        "no checkpoint"},
       {{"target", "--model", m, "--ids", "1,2,3", "--dump", out + ".st"}, 2, "3 tokens hold no whole block of 64"},
-      {{"target", "--model", m, "--ids", "@" + ids, "--dump", out + ".st", "--device", "cuda"},
-       1,
-       "the CUDA trainer is not built yet"},
+      {{"target", "--model", m, "--ids", "@" + ids, "--dump", out + ".st", "--device", "cuda:x"},
+       2,
+       "--device: expected cpu, cuda, cuda:N or auto, got 'cuda:x'"},
   };
   for (const Case& c : cases) {
     RunOutput r = RunBinary("seer-train", c.args);

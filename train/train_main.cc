@@ -4,12 +4,14 @@
 //
 // Exit codes: 0 success, 1 runtime error, 2 usage error.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <exception>
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "base/clock.h"
@@ -29,9 +31,10 @@ namespace {
 
 constexpr int kExitRuntime = 1;
 constexpr int kExitUsage = 2;
-constexpr char kCudaRefusal[] =
-    "--device cuda: UNIMPLEMENTED: the CUDA trainer is not built yet; train on the CPU with --device cpu "
-    "(docs/TRAINING.md says what the GPU version needs)";
+constexpr char kDeviceHelp[] =
+    "cpu, cuda (device 0), cuda:N, or auto (cuda when this build has it and a GPU is present): where the frozen "
+    "teacher runs and the distillation target is computed. The gates' own math runs on the host in float64 "
+    "either way.";
 
 int UsageError(const std::string& command, const std::string& message) {
   std::fprintf(stderr, "%s: %s (see %s --help)\n", command.c_str(), message.c_str(), command.c_str());
@@ -41,6 +44,13 @@ int UsageError(const std::string& command, const std::string& message) {
 int RuntimeError(const std::string& command, const Status& status) {
   std::fprintf(stderr, "%s: %s\n", command.c_str(), status.ToString().c_str());
   return kExitRuntime;
+}
+
+// cpu, auto, cuda or cuda:N.
+Status CheckDeviceFlag(const std::string& device) {
+  if (device == "cpu" || device == "auto") return OkStatus();
+  if (ParseCudaDeviceIndex(device).ok()) return OkStatus();
+  return InvalidArgument("--device: expected cpu, cuda, cuda:N or auto, got '" + device + "'");
 }
 
 std::string Fixed(double v, int decimals) {
@@ -59,7 +69,7 @@ std::string Sci(double v) {
 
 int RunTarget(int argc, char** argv) {
   const std::string cmd = "seer-train target";
-  std::string model, ids_text, dump, device = "cpu";
+  std::string model, ids_text, dump, device = "auto";
   int64_t threads = 0;
   FlagSet flags("seer-train target --model DIR --ids IDS --dump OUT.safetensors [flags]",
                 "Runs the prompt through the model with dense attention and writes SeerAttention's\n"
@@ -71,7 +81,7 @@ int RunTarget(int argc, char** argv) {
   flags.String("model", &model, "Hugging Face checkpoint directory. Required.");
   flags.String("ids", &ids_text, "Prompt token ids: \"1,2,3\" (commas and/or whitespace), or @FILE. Required.");
   flags.String("dump", &dump, "Output .safetensors file. Required.");
-  flags.String("device", &device, "cpu (cuda: the CUDA trainer is not built yet).");
+  flags.String("device", &device, kDeviceHelp);
   flags.Int("threads", &threads, "CPU threads; 0 uses every core.");
   if (Status s = flags.Parse(argc, argv, 2); !s.ok()) return UsageError(cmd, s.message());
   if (flags.help_requested()) {
@@ -82,8 +92,7 @@ int RunTarget(int argc, char** argv) {
   if (model.empty()) return UsageError(cmd, "--model is required");
   if (ids_text.empty()) return UsageError(cmd, "--ids is required");
   if (dump.empty()) return UsageError(cmd, "--dump is required");
-  if (device == "cuda") return RuntimeError(cmd, Unimplemented(kCudaRefusal));
-  if (device != "cpu") return UsageError(cmd, "--device: expected cpu or cuda, got '" + device + "'");
+  if (Status s = CheckDeviceFlag(device); !s.ok()) return UsageError(cmd, s.message());
   if (threads < 0 || threads > 4096) {
     return UsageError(cmd, "--threads: " + std::to_string(threads) + " is outside [0, 4096]");
   }
@@ -100,11 +109,13 @@ int RunTarget(int argc, char** argv) {
 
   EngineOptions options;
   options.model_dir = model;
-  options.device = "cpu";
+  options.device = device;
   options.threads = static_cast<int>(threads);
-  StatusOr<std::unique_ptr<CpuEngine>> engine = CpuEngine::Load(options);
+  StatusOr<std::unique_ptr<Engine>> engine = CreateEngine(options);
   if (!engine.ok()) return RuntimeError(cmd, engine.status());
-  StatusOr<std::vector<std::vector<float>>> targets = DistillTargets(**engine, *ids, kBlock);
+  const int host_threads =
+      threads > 0 ? static_cast<int>(threads) : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  StatusOr<std::vector<std::vector<float>>> targets = DistillTargets(**engine, *ids, host_threads, kBlock);
   if (!targets.ok()) {
     const StatusCode code = targets.status().code();
     if (code == StatusCode::kInvalidArgument) return UsageError(cmd, targets.status().WithContext("--ids").message());
@@ -128,7 +139,7 @@ int RunTarget(int argc, char** argv) {
 // --- seer-train -------------------------------------------------------------
 
 struct Flags {
-  std::string model, data, data_ids, out, device = "cpu", gate_sparsity = "threshold=0.002";
+  std::string model, data, data_ids, out, device = "auto", gate_sparsity = "threshold=0.002";
   int64_t seq_len = 0, steps = 0, batch = 1, warmup = 20, seed = 0, threads = 0, save_every = 0, log_every = 1;
   int64_t stop_at = 0;
   int64_t gate_hidden = 0;
@@ -184,7 +195,7 @@ int RunTrain(int argc, char** argv) {
   flags.Int("seq-len", &f.seq_len, "Tokens per training sequence (the data is packed into these). Required.");
   flags.Int("steps", &f.steps, "Optimizer steps (the cosine schedule's length). Required.");
   flags.String("out", &f.out, "Output gate directory (config.json + attn_gate_weights.safetensors). Required.");
-  flags.String("device", &f.device, "cpu (cuda: the CUDA trainer is not built yet).");
+  flags.String("device", &f.device, kDeviceHelp);
   flags.Bool("json", &f.json, "One JSON object per line: step, loss, layer_loss, lr, grad_norm, tokens_per_s, ...");
   flags.Int("batch", &f.batch, "Sequences per optimizer step (the reference uses 16 of 64k tokens).");
   flags.Double("lr", &f.lr, "Peak learning rate.");
@@ -222,8 +233,7 @@ int RunTrain(int argc, char** argv) {
   if (!flags.WasSet("seq-len")) return UsageError(cmd, "--seq-len is required");
   if (!flags.WasSet("steps")) return UsageError(cmd, "--steps is required");
   if (f.out.empty()) return UsageError(cmd, "--out is required (the gate directory to write)");
-  if (f.device == "cuda") return RuntimeError(cmd, Unimplemented(kCudaRefusal));
-  if (f.device != "cpu") return UsageError(cmd, "--device: expected cpu or cuda, got '" + f.device + "'");
+  if (Status s = CheckDeviceFlag(f.device); !s.ok()) return UsageError(cmd, s.message());
   struct Range {
     const char* flag;
     int64_t value, min, max;
@@ -304,7 +314,7 @@ int RunTrain(int argc, char** argv) {
   config.seed = f.seed;
   config.gate_hidden = static_cast<int>(f.gate_hidden);
   StatusOr<std::unique_ptr<GateTrainer>> trainer_or =
-      GateTrainer::Create(f.model, static_cast<int>(f.threads), config, std::move(ids));
+      GateTrainer::Create(f.model, static_cast<int>(f.threads), config, std::move(ids), f.device);
   if (!trainer_or.ok()) {
     const Status& s = trainer_or.status();
     return s.code() == StatusCode::kInvalidArgument ? UsageError(cmd, s.message()) : RuntimeError(cmd, s);
@@ -320,7 +330,13 @@ int RunTrain(int argc, char** argv) {
   if (!f.json) {
     std::printf("model       %s (%s, %d layers, %d/%d heads, head_dim %d)\n", f.model.c_str(),
                 m.architecture_name.c_str(), m.num_layers, m.num_heads, m.num_kv_heads, m.head_dim);
-    std::printf("device      cpu (%d threads, float32 teacher, float64 gates)\n", trainer.threads());
+    const std::string dev = trainer.device_name();
+    if (dev.starts_with("cuda")) {
+      std::printf("device      %s (bf16 teacher and target), gates in float64 on %d host threads\n", dev.c_str(),
+                  trainer.threads());
+    } else {
+      std::printf("device      cpu (%d threads, float32 teacher, float64 gates)\n", trainer.threads());
+    }
     std::printf("gates       Qavg_Kmaxminavg, hidden %d, mask_linear_k [%d, %d, %d]%s\n", g.hidden, g.k_weight_heads,
                 3 * g.head_dim, g.hidden, g.has_q_weight ? ", mask_linear_q" : "");
     std::printf("data        %s (%.1f s), %lld sequences of %lld\n", data_note.c_str(), data_seconds,
@@ -344,6 +360,7 @@ int RunTrain(int argc, char** argv) {
     note.Set("lr", JsonValue::Number(f.lr));
     note.Set("warmup", JsonValue::Int(f.warmup));
     note.Set("data", JsonValue::String(flags.WasSet("data") ? f.data : std::string("--data-ids")));
+    note.Set("device", JsonValue::String(trainer.device_name()));
     if (std::isfinite(last_loss)) note.Set("loss", JsonValue::Number(last_loss));
     SEER_RETURN_IF_ERROR(trainer.WriteGates(f.out, *gate_sparsity, note));
     return trainer.SaveCheckpoint(checkpoint);
@@ -375,6 +392,7 @@ int RunTrain(int argc, char** argv) {
     done.Set("saved", JsonValue::String(f.out));
     done.Set("checkpoint", JsonValue::String(checkpoint));
     done.Set("tokens_per_s", JsonValue::Number(seconds > 0 ? tokens / seconds : 0.0));
+    done.Set("device", JsonValue::String(trainer.device_name()));
     std::printf("%s\n", done.Dump().c_str());
   } else {
     std::printf("saved       %s (gates, step %lld) and %s; %lld tokens in %.1f s, %.0f tokens/s\n", f.out.c_str(),

@@ -347,48 +347,40 @@ StatusOr<PrefillResult> CpuEngine::RunPrefill(std::span<const int32_t> ids, cons
   return result;
 }
 
-Status CpuEngine::ForwardWithAttentionTap(std::span<const int32_t> ids, const AttentionTapFn& tap) {
-  SEER_RETURN_IF_ERROR(CheckPromptIds(ids, config_.vocab_size, "ids"));
-  const int64_t len = static_cast<int64_t>(ids.size());
-  if (len > config_.max_position_embeddings) {
-    return InvalidArgument("ids: " + std::to_string(len) + " tokens exceed max_position_embeddings " +
-                           std::to_string(config_.max_position_embeddings));
+Status CpuEngine::RunForwardWithAttentionTap(std::span<const int32_t> ids, const AttentionTapFn& tap) {
+  const int L = static_cast<int>(ids.size());
+  SEER_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, AllocateCache(L));
+  HostKvCache* kv = AsHostCache(cache.get());
+  std::optional<Activations> act;
+  std::vector<float> q_pre, k_pre;
+  try {
+    act.emplace(config_, L);
+    q_pre.resize(act->q.size());
+    k_pre.resize(act->k.size());
+  } catch (const std::bad_alloc&) {
+    return ResourceExhausted("ids: not enough host memory for the activations of " + std::to_string(L) + " tokens");
   }
-  return Exclusive([&]() -> Status {
-    const int L = static_cast<int>(len);
-    SEER_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, AllocateCache(L));
-    HostKvCache* kv = AsHostCache(cache.get());
-    std::optional<Activations> act;
-    std::vector<float> q_pre, k_pre;
-    try {
-      act.emplace(config_, L);
-      q_pre.resize(act->q.size());
-      k_pre.resize(act->k.size());
-    } catch (const std::bad_alloc&) {
-      return ResourceExhausted("ids: not enough host memory for the activations of " + std::to_string(L) + " tokens");
-    }
-    Activations& a = *act;
-    for (int i = 0; i < L; ++i) a.positions[i] = i;
-    Embed(ids, a);
-    for (int layer = 0; layer < config_.num_layers; ++layer) {
-      AttentionInputs(layer, a);
-      std::copy(a.q.begin(), a.q.end(), q_pre.begin());
-      std::copy(a.k.begin(), a.k.end(), k_pre.begin());
-      RopeAndCache(layer, a, kv);
-      AttentionTap t;
-      t.layer = layer;
-      t.seq_len = L;
-      t.q = q_pre.data();
-      t.k = k_pre.data();
-      t.q_rope = a.q.data();
-      t.k_rope = a.k.data();
-      SEER_RETURN_IF_ERROR(tap(t));
-      if (layer + 1 == config_.num_layers) break;  // nothing reads the last layer's output
-      Attention(layer, a, *kv, nullptr);
-      OutputAndMlp(layer, a);
-    }
-    return OkStatus();
-  });
+  Activations& a = *act;
+  for (int i = 0; i < L; ++i) a.positions[i] = i;
+  Embed(ids, a);
+  for (int layer = 0; layer < config_.num_layers; ++layer) {
+    AttentionInputs(layer, a);
+    std::copy(a.q.begin(), a.q.end(), q_pre.begin());
+    std::copy(a.k.begin(), a.k.end(), k_pre.begin());
+    RopeAndCache(layer, a, kv);
+    AttentionTap t;
+    t.layer = layer;
+    t.seq_len = L;
+    t.q = q_pre.data();
+    t.k = k_pre.data();
+    t.q_rope = a.q.data();
+    t.k_rope = a.k.data();
+    SEER_RETURN_IF_ERROR(tap(t));
+    if (layer + 1 == config_.num_layers) break;  // nothing reads the last layer's output
+    Attention(layer, a, *kv, nullptr);
+    OutputAndMlp(layer, a);
+  }
+  return OkStatus();
 }
 
 Status CpuEngine::RunDecodeStep(int32_t token, KvCache* cache, std::vector<float>* logits) {

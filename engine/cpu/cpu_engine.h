@@ -18,19 +18,6 @@
 
 namespace seer {
 
-// One layer of a frozen forward pass as a gate trainer reads it
-// (CpuEngine::ForwardWithAttentionTap): the layer's Q and K straight after
-// the projections, the gate's input, and after RoPE, what attention sees.
-struct AttentionTap {
-  int layer = 0;
-  int seq_len = 0;
-  const float* q = nullptr;  // [L, Hq, head_dim], pre-RoPE, bias included
-  const float* k = nullptr;  // [L, Hkv, head_dim]
-  const float* q_rope = nullptr;  // [L, Hq, head_dim], after RoPE
-  const float* k_rope = nullptr;  // [L, Hkv, head_dim]
-};
-using AttentionTapFn = std::function<Status(const AttentionTap&)>;
-
 class CpuEngine final : public Engine {
  public:
   // Opens the checkpoint in options.model_dir, converts every weight to
@@ -48,15 +35,10 @@ class CpuEngine final : public Engine {
   // layer: AttentionInputs, Gate (prefill, when gated), RopeAndCache,
   // Attention, OutputAndMlp; Embed before the layers and Logits after.
 
-  // The teacher pass of gate distillation (train/): runs `ids` (checked as a
-  // prompt) from position 0 through the model with dense attention, never the
-  // gates, and calls `tap` once per layer, between RopeAndCache and
-  // Attention. No logits are computed. A non-OK status from `tap` stops the
-  // pass and is returned. Holds the engine for the whole pass.
-  Status ForwardWithAttentionTap(std::span<const int32_t> ids, const AttentionTapFn& tap);
-
  protected:
   StatusOr<std::unique_ptr<KvCache>> AllocateCache(int capacity) override;
+  // The teacher pass: each layer's float32 Q/K before and after RoPE.
+  Status RunForwardWithAttentionTap(std::span<const int32_t> ids, const AttentionTapFn& tap) override;
   StatusOr<PrefillResult> RunPrefill(std::span<const int32_t> ids, const PrefillOptions& options, KvCache* cache,
                                      PrefillObserver* observer) override;
   Status RunDecodeStep(int32_t token, KvCache* cache, std::vector<float>* logits) override;

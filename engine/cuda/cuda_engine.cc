@@ -10,11 +10,13 @@
 
 #include "engine/cuda/cuda_engine.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -23,6 +25,7 @@
 #include <cuda_runtime.h>
 
 #include "base/clock.h"
+#include "base/dtype.h"
 #include "engine/cuda/cuda_status.h"
 #include "engine/cuda/device_buffer.h"
 #include "engine/cuda/device_kv_cache.h"
@@ -33,6 +36,8 @@
 #include "engine/model/checkpoint.h"
 #include "kernels/attention/attention.h"
 #include "kernels/common/dispatch.h"
+#include "kernels/common/parallel.h"
+#include "kernels/gate/distill_target.h"
 #include "kernels/gate/gate.h"
 #include "kernels/ops/ops.h"
 #include "kernels/paged_kv/paged_kv.h"
@@ -123,6 +128,11 @@ class CudaEngine final : public Engine {
   // the pages on the pool's stream.
   Status RunPageIn(const KvCache& src, PagedKvCache* paged) override;
   Status RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int32_t> next) override;
+  // The teacher pass: each layer's distillation target computed on the GPU
+  // (kernels/gate/distill_target.h) and its pre-RoPE Q/K, bf16 as the
+  // attention reads them, widened to float32 on the host. The rest of the
+  // layer runs on the GPU while `tap` works on the host.
+  Status RunForwardWithAttentionTap(std::span<const int32_t> ids, const AttentionTapFn& tap) override;
 
  private:
   // The forward pass of one decode token, leaving its logits in decode_.logits;
@@ -310,6 +320,102 @@ StatusOr<GateOutput> CudaEngine::ReadGateOutput(const PrefillPlan& plan, int seq
   SEER_RETURN_IF_CUDA_ERROR(
       cudaMemcpy(out.probs.data(), probs.get(), sizeof(float) * out.probs.size(), cudaMemcpyDeviceToHost));
   return out;
+}
+
+Status CudaEngine::RunForwardWithAttentionTap(std::span<const int32_t> ids, const AttentionTapFn& tap) {
+  SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  const int L = static_cast<int>(ids.size());
+  const int hq = config_.num_heads, hkv = config_.num_kv_heads, d = config_.head_dim;
+  constexpr int kTargetBlock = 64;
+  const int nb = (L + kTargetBlock - 1) / kTargetBlock;
+  SEER_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache_owner, AllocateCache(L));
+  DeviceKvCache* cache = AsDeviceCache(cache_owner.get());
+  const PrefillPlan plan = PlanPrefill(config_, GateShape{}, block_, L, false);
+  SEER_RETURN_IF_ERROR(EnsureWorkspace(plan));
+  const Activations a = ActivationsIn(workspace_, plan);
+  const size_t q_elems = static_cast<size_t>(L) * hq * d, k_elems = static_cast<size_t>(L) * hkv * d;
+  const size_t target_elems = static_cast<size_t>(hq) * nb * nb;
+  SEER_ASSIGN_OR_RETURN(DeviceBuffer target,
+                        DeviceBuffer::Allocate(target_elems * sizeof(float), "the distillation target"));
+  // Pinned staging for the copies back (the bf16 Q/K and the target), then
+  // float32 for the tap.
+  struct Pinned {
+    void* p = nullptr;
+    ~Pinned() {
+      if (p != nullptr) cudaFreeHost(p);
+    }
+  } staging;
+  const size_t staging_bytes = (q_elems + k_elems) * sizeof(uint16_t) + target_elems * sizeof(float);
+  SEER_RETURN_IF_CUDA_ERROR(cudaMallocHost(&staging.p, staging_bytes));
+  uint16_t* q_bf16 = static_cast<uint16_t*>(staging.p);
+  uint16_t* k_bf16 = q_bf16 + q_elems;
+  float* target_host = reinterpret_cast<float*>(k_bf16 + k_elems);
+  std::vector<float> q_pre, k_pre;
+  try {
+    q_pre.resize(q_elems);
+    k_pre.resize(k_elems);
+  } catch (const std::bad_alloc&) {
+    return ResourceExhausted("ids: not enough host memory for the teacher pass of " + Str(L) + " tokens");
+  }
+  const int host_threads = std::max(1, std::min(16, static_cast<int>(std::thread::hardware_concurrency())));
+  // Widens bf16 to float32 in chunks on the host threads.
+  auto widen = [host_threads](const uint16_t* in, float* out, size_t n) {
+    constexpr size_t kChunk = size_t{1} << 20;
+    const int chunks = static_cast<int>((n + kChunk - 1) / kChunk);
+    cpu::ParallelFor(chunks, host_threads, [&](int c) {
+      const size_t end = std::min(n, (static_cast<size_t>(c) + 1) * kChunk);
+      for (size_t i = static_cast<size_t>(c) * kChunk; i < end; ++i) out[i] = Bf16ToFloat(in[i]);
+    });
+  };
+
+  cuda::DistillTargetParams tp;
+  tp.q = a.q;
+  tp.k = a.k;
+  tp.dtype = cuda::ElemType::kBF16;
+  tp.seq_len = L;
+  tp.num_heads = hq;
+  tp.num_kv_heads = hkv;
+  tp.head_dim = d;
+  tp.block_size = kTargetBlock;
+  // The model's own softmax scale, as the CPU engine and HF apply it.
+  tp.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+  tp.out = target.as<float>();
+
+  ModelRunner& run = *runner_;
+  SEER_RETURN_IF_ERROR(run.Embed(ids, 0, a));
+  for (int layer = 0; layer < config_.num_layers; ++layer) {
+    SEER_RETURN_IF_ERROR(run.AttentionInputs(layer, a, L));
+    SEER_RETURN_IF_CUDA_ERROR(
+        cudaMemcpyAsync(q_bf16, a.q, q_elems * sizeof(uint16_t), cudaMemcpyDeviceToHost, stream_));
+    SEER_RETURN_IF_CUDA_ERROR(
+        cudaMemcpyAsync(k_bf16, a.k, k_elems * sizeof(uint16_t), cudaMemcpyDeviceToHost, stream_));
+    SEER_RETURN_IF_ERROR(run.RopeAndCache(layer, a, L, 0, cache));
+    SEER_RETURN_IF_CUDA_ERROR(cuda::LaunchDistillTarget(tp, stream_));
+    SEER_RETURN_IF_CUDA_ERROR(
+        cudaMemcpyAsync(target_host, tp.out, target_elems * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
+    // The rest of the layer (nothing reads the last one's) runs while the
+    // host takes its turn; the next layer's copies wait for it in stream order.
+    if (layer + 1 < config_.num_layers) {
+      SEER_RETURN_IF_ERROR(run.PrefillAttention(layer, a, L, *cache, nullptr, nullptr));
+      SEER_RETURN_IF_ERROR(run.OutputAndMlp(layer, a, L));
+    }
+    widen(q_bf16, q_pre.data(), q_elems);
+    widen(k_bf16, k_pre.data(), k_elems);
+    AttentionTap t;
+    t.layer = layer;
+    t.seq_len = L;
+    t.q = q_pre.data();
+    t.k = k_pre.data();
+    t.target = target_host;
+    const Status s = tap(t);
+    if (!s.ok()) {
+      cudaStreamSynchronize(stream_);  // nothing of this pass may outlive its buffers
+      return s;
+    }
+  }
+  SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
+  return OkStatus();
 }
 
 StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, const PrefillOptions& options,
