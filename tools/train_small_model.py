@@ -34,6 +34,11 @@ The GPU machine reaches nothing outside it, so there are two steps:
      training.json, README.md}: the data, the steps and tokens, the
      held-out loss and a passkey check.
 
+  python3 tools/train_small_model.py gate-text --data .carry/small_model_data --out DIR [--documents 1200]
+     writes the first training documents as text files, the text the
+     committed gates (models/seer-small-gates) were trained on with
+     `seer-train --data DIR`.
+
   python3 tools/train_small_model.py passkey-example --fillers N --depth D --key K
      prints one passkey document (the same text seer-quality-eval
      --passkey-example prints; a test keeps the two in step).
@@ -573,7 +578,7 @@ def cmd_train(args) -> int:
         step += 1
         tokens += ids.shape[0] * args.seq_len
         if step % args.log_every == 0 or step == 1:
-            entry = {"step": step, "loss": float(loss), "lr": lr, "grad_norm": grad_norm,
+            entry = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": grad_norm,
                      "tokens": tokens, "seconds": round(time.time() - train_start, 1)}
             log.append(entry)
             print(json.dumps(entry), flush=True)
@@ -583,23 +588,47 @@ def cmd_train(args) -> int:
     print(f"[{time.time() - t_start:5.1f}s] held-out loss {heldout_loss:.4f} (ppl {math.exp(heldout_loss):.2f}), "
           f"passkey {passkey}", flush=True)
 
-    # Save in bf16, reload, and check the reloaded model computes the same.
-    model.to(torch.bfloat16)
-    try:
-        model.save_pretrained(args.out, safe_serialization=True)
-    except TypeError:
-        model.save_pretrained(args.out)
+    # Save in bf16, reload, and check the reloaded checkpoint computes what the
+    # trained model computed (autocast, as trained). The live model is not
+    # converted: .to(bfloat16) would also round its RoPE inv_freq buffer.
     import transformers
 
-    probe = heldout[:512].to(device)[None]
-    with torch.no_grad():
-        a = model(input_ids=probe).logits.float()
+    def load(dtype):
         try:
-            again = transformers.AutoModelForCausalLM.from_pretrained(args.out, dtype=torch.bfloat16).to(device)
+            return transformers.AutoModelForCausalLM.from_pretrained(args.out, dtype=dtype).to(device).eval()
         except TypeError:
-            again = transformers.AutoModelForCausalLM.from_pretrained(args.out, torch_dtype=torch.bfloat16).to(device)
+            return transformers.AutoModelForCausalLM.from_pretrained(args.out, torch_dtype=dtype).to(device).eval()
+
+    probe = heldout[:2048].to(device)[None]
+    model.eval()
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        a = model(input_ids=probe).logits.float()
+    state = {k: v.detach().to(torch.bfloat16) for k, v in model.state_dict().items()}
+    state.pop("lm_head.weight", None)  # tied to embed_tokens: saved once
+    model.save_pretrained(args.out, state_dict=state, safe_serialization=True)
+    again = load(torch.bfloat16)
+    with torch.no_grad():
         b = again(input_ids=probe).logits.float()
     reload_err = float((a - b).abs().max())
+    nll = lambda logits: float(F.cross_entropy(logits[0, :-1], probe[0, 1:]))
+    reload_loss = (nll(a), nll(b))
+    del again
+    if args.reference:
+        # What Hugging Face computes from the saved checkpoint in float32 (the
+        # bf16 weights are exact in float32): Seer's CPU engine, which
+        # computes in float32, is tested against it (engine test SmallModel).
+        ref = load(torch.float32)
+        ids = heldout[:args.reference_tokens].to(device)[None]
+        with torch.no_grad():
+            logits = ref(input_ids=ids).logits[0].double()
+        logp = torch.log_softmax(logits, dim=-1)
+        nll_pos = -logp[:-1].gather(1, ids[0, 1:, None])[:, 0]
+        with open(args.reference, "w", encoding="utf-8") as f:
+            json.dump({"model": "tools/train_small_model.py output", "transformers": transformers.__version__,
+                       "torch": torch.__version__, "dtype": "float32", "ids": ids[0].tolist(),
+                       "argmax": logits.argmax(-1).tolist(), "next_token_nll": nll_pos.tolist(),
+                       "last_logits": logits[-1].tolist()}, f)
+        del ref
     size = os.path.getsize(os.path.join(args.out, "model.safetensors"))
     with open(os.path.join(args.data, "sources.json"), encoding="utf-8") as f:
         sources = json.load(f)
@@ -618,6 +647,7 @@ def cmd_train(args) -> int:
                      "transformers": transformers.__version__, "log": log},
         "heldout_loss": heldout_loss, "heldout_ppl": math.exp(heldout_loss), "passkey_accuracy": passkey,
         "reload_max_abs_logit_diff": reload_err,
+        "reload_probe_nll": {"trained_autocast": reload_loss[0], "saved_bf16": reload_loss[1]},
         "date": time.strftime("%Y-%m-%d"),
     }
     with open(os.path.join(args.out, "training.json"), "w", encoding="utf-8") as f:
@@ -635,10 +665,26 @@ def cmd_train(args) -> int:
                 f"{json.dumps(passkey)}. Details in training.json.\n")
     total = time.time() - t_start
     print(f"[{total:5.1f}s] saved {args.out} ({size / 1e6:.1f} MB model.safetensors, reload max |dlogit| "
-          f"{reload_err:.2e})", flush=True)
+          f"{reload_err:.2e}, probe loss {reload_loss[0]:.4f} trained vs {reload_loss[1]:.4f} saved)", flush=True)
     if size > 24e6:
         print("train: model.safetensors is over 24 MB", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_gate_text(args) -> int:
+    """The first --documents training documents as one text file each: what
+    `seer-train --data` reads to train the model's gates."""
+    os.makedirs(args.out, exist_ok=True)
+    n = 0
+    with gzip.open(os.path.join(args.data, "train.jsonl.gz"), "rt", encoding="utf-8") as f:
+        for line in f:
+            if n >= args.documents:
+                break
+            with open(os.path.join(args.out, f"{n:05d}.txt"), "w", encoding="utf-8") as out:
+                out.write(json.loads(line)["text"])
+            n += 1
+    print(f"gate-text: wrote {n} documents to {args.out}")
     return 0
 
 
@@ -663,7 +709,7 @@ def main(argv=None) -> int:
     pp.add_argument("--linux-doc-pattern", default=r"/_sources/.*\.rst\.txt$",
                     help="regex of the files used (the packages' reStructuredText sources)")
     pp.add_argument("--python-doc-pattern", default=r"/_sources/.*\.rst\.txt$")
-    pp.add_argument("--linux-doc-mb", type=int, default=16, help="at most this much of the kernel's docs")
+    pp.add_argument("--linux-doc-mb", type=int, default=40, help="at most this much of the kernel's docs")
     pp.add_argument("--python-doc-mb", type=int, default=12)
     pp.add_argument("--seed", type=int, default=1)
     pp.set_defaults(func=cmd_prepare)
@@ -690,7 +736,16 @@ def main(argv=None) -> int:
     tp.add_argument("--log-every", type=int, default=25)
     tp.add_argument("--compile", action="store_true", help="torch.compile the model (faster, slower to start)")
     tp.add_argument("--seed", type=int, default=0)
+    tp.add_argument("--reference", default=None,
+                    help="write Hugging Face's float32 logits of the saved checkpoint on held-out text here (JSON)")
+    tp.add_argument("--reference-tokens", type=int, default=512)
     tp.set_defaults(func=cmd_train)
+
+    gp = sub.add_parser("gate-text", help="write training documents as text files for seer-train --data")
+    gp.add_argument("--data", required=True, help="the folder `prepare` wrote")
+    gp.add_argument("--out", required=True)
+    gp.add_argument("--documents", type=int, default=1200)
+    gp.set_defaults(func=cmd_gate_text)
 
     ep = sub.add_parser("passkey-example", help="print one passkey document")
     ep.add_argument("--fillers", type=int, required=True)
