@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
 # The disaggregated demo on one machine: seer-prefill and seer-decode on
 # loopback (ports picked by the kernel, read from their startup lines) with the
-# bundled model, its SeerAttention gates and its tokenizer; one `seer generate`
-# request of token ids (the tokens and time to first token), one of text, one
-# OpenAI-style /v1/completions call over HTTP; an excerpt of both servers'
-# /metrics; and the servers stopped on the way out (SIGTERM, graceful drain).
+# bundled model (models/seer-small, trained by tools/train_small_model.py), its
+# SeerAttention gates (models/seer-small-gates, trained by seer-train) and its
+# tokenizer; a passkey question through `seer generate` (a key hidden in a
+# long document, the gated prefill, the answer and the time to first token),
+# a text continuation, an OpenAI-style /v1/completions call over HTTP; an
+# excerpt of both servers' /metrics; and the servers stopped on the way out
+# (SIGTERM, graceful drain).
 #
 # Builds nothing: run it after the build (tools/quickstart.sh does both).
 #   SEER_BUILD_DIR   build directory holding bin/ (default: build)
 #   SEER_DEVICE      cpu, cuda or auto (default: auto: the GPU when there is one)
-#   SEER_PROMPT_LEN  prompt tokens (default 1000: 16 attention blocks of 64)
-#   SEER_NEW_TOKENS  tokens to generate (default 16)
+#   SEER_FILLERS     filler sentences of the passkey document (default 200: about 6,500 tokens)
+#   SEER_NEW_TOKENS  tokens to generate for the text prompts (default 24)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bin="${SEER_BUILD_DIR:-build}/bin"
 device="${SEER_DEVICE:-auto}"
-prompt_len="${SEER_PROMPT_LEN:-1000}"
-new_tokens="${SEER_NEW_TOKENS:-16}"
-model=tests/fixtures/llama
-gates=tests/fixtures/llama_gates
+fillers="${SEER_FILLERS:-200}"
+new_tokens="${SEER_NEW_TOKENS:-24}"
+model=models/seer-small
+gates=models/seer-small-gates
 
 for exe in seer seer-prefill seer-decode; do
   if [ ! -x "$bin/$exe" ]; then
@@ -79,24 +82,36 @@ read -r decode_addr decode_metrics <<<"$addrs"
 http_addr="$(grep -m1 " http on " "$work/decode.log" | awk '{print $4}')"
 grep -m1 " ready: " "$work/decode.log"
 
-# A deterministic prompt over the fixture's 128-token vocabulary.
-ids=""
-for ((i = 0; i < prompt_len; i++)); do ids+="$(((i * 37 + (i / 7) * 11 + 5) % 128)),"; done
-echo "$ids" >"$work/prompt.ids"
+# The passkey document the model was trained on and is evaluated with
+# (bench/quality_eval.cc, docs/QUALITY.md): a key hidden at a third of a long
+# run of filler sentences, then the question.
+key=$(((RANDOM % 90000) + 10000))
+doc="There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you"
+doc+=" about the important information there."
+for ((i = 0; i < fillers; i++)); do
+  if ((i == fillers / 3)); then doc+=" The pass key is $key. Remember it. $key is the pass key."; fi
+  doc+=" The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
+done
+doc+=" What is the pass key? The pass key is"
+printf '%s' "$doc" >"$work/passkey.txt"
 
-echo "== seer generate --addr $decode_addr ($prompt_len prompt tokens, $new_tokens new)"
-echo -n "tokens: "
-"$bin/seer" generate --addr "$decode_addr" --ids "@$work/prompt.ids" --max-new-tokens "$new_tokens"
+echo "== seer generate --prompt-file passkey.txt (a ${#doc}-character document hiding the key $key; gated prefill)"
+"$bin/seer" generate --addr "$decode_addr" --prompt-file "$work/passkey.txt" --max-new-tokens 8 --json |
+  tee "$work/passkey.json" | tail -n 1
+answer="$(grep -o '"text":"[^"]*"' "$work/passkey.json" | tail -n 1 || true)"
+case "$answer" in
+  *"$key"*) echo "passkey: the model answered $key, the key it was given" ;;
+  *) echo "passkey: the answer ($answer) is not the key $key" ;;
+esac
 
-# The bundled model is tiny and random: its text is gibberish, but it is the
-# text the model's tokenizer makes of the tokens it chose.
-text="one two three four five six seven eight nine ten"
+text="In the beginning God created the heaven and the earth. And the earth was without form, and void;"
 echo "== seer generate --prompt '$text' (the server tokenizes; the reply streams as text)"
 "$bin/seer" generate --addr "$decode_addr" --prompt "$text" --max-new-tokens "$new_tokens"
 
+text2="The most important thing for a startup is"
 echo "== POST http://$http_addr/v1/completions (the OpenAI API on seer-decode --http)"
 curl -s "http://$http_addr/v1/completions" -H 'Content-Type: application/json' \
-  -d "{\"model\": \"llama\", \"prompt\": \"$text\", \"max_tokens\": $new_tokens, \"temperature\": 0}"
+  -d "{\"model\": \"seer-small\", \"prompt\": \"$text2\", \"max_tokens\": $new_tokens, \"temperature\": 0}"
 echo
 
 excerpt() {
