@@ -18,26 +18,14 @@
 #include "kernels/common/gpu_test_util.h"
 #include "kernels/gate/distill_target_cpu.h"
 #include "tests/fixture_reader.h"
+#include "tests/topic_ids.h"
 
 namespace seer::train {
 namespace {
 
 std::string Model() { return fixtures::Path("llama"); }
 
-// Tokens whose 64-token blocks each draw from one of 8 three-token topics:
-// block attention with structure for a gate to learn (as in
-// gate_trainer_test.cc).
-std::vector<int32_t> TopicIds(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> topic(0, 7), member(0, 2);
-  std::vector<int32_t> ids(n);
-  int32_t t = 0;
-  for (size_t i = 0; i < n; ++i) {
-    if (i % 64 == 0) t = topic(rng);
-    ids[i] = 3 + 3 * t + member(rng);
-  }
-  return ids;
-}
+using test_data::TopicIds;
 
 struct Pass {
   std::vector<std::vector<float>> q, k, target;

@@ -21,6 +21,7 @@
 #include "engine/cpu/cpu_engine.h"
 #include "engine/model/gates.h"
 #include "tests/fixture_reader.h"
+#include "tests/topic_ids.h"
 
 namespace seer::train {
 namespace {
@@ -41,23 +42,7 @@ std::vector<int32_t> RandomIds(size_t n, uint32_t seed) {
   return ids;
 }
 
-// Text with block-level structure for a random model to show: every 64-token
-// block draws its tokens from one of 8 "topics" of 3 tokens each. The
-// fixture's attention between two blocks then depends on their topics, which
-// pooled Q and K reveal; on uniformly random tokens its block attention is
-// close to uniform and there is little for a gate to learn (the untrained,
-// near-uniform gate is already about as good as any).
-std::vector<int32_t> TopicIds(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_int_distribution<int32_t> topic(0, 7), member(0, 2);
-  std::vector<int32_t> ids(n);
-  int32_t t = 0;
-  for (size_t i = 0; i < n; ++i) {
-    if (i % 64 == 0) t = topic(rng);
-    ids[i] = 3 + 3 * t + member(rng);
-  }
-  return ids;
-}
+using test_data::TopicIds;
 
 std::string Model() { return fixtures::Path("llama"); }
 

@@ -41,6 +41,7 @@
 // owns rows ty*t.. and columns tx*t.., so a row's reduction is a shuffle over
 // 16 lanes of one warp. It scales each score before the softmax, as the CPU.
 
+#include "kernels/common/device_util.cuh"
 #include "kernels/gate/distill_target.h"
 
 #include <climits>
@@ -365,14 +366,6 @@ cudaError_t LaunchMmaHeadDim(const DistillTargetParams& p, int nb, int64_t q_str
 
 constexpr int kFp32Threads = 256;  // a 16 x 16 grid over the score tile
 constexpr int kFp32Warps = kFp32Threads / 32;
-
-template <typename T>
-__device__ __forceinline__ void Load8(const T* src, float (&f)[8]) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(src);
-  const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 8; ++i) f[i] = static_cast<float>(e[i]);
-}
 
 // Rows [0, valid) of a [kBlock, D] tile (rows `stride` elements apart) into
 // dst[D][kBlock] as float; the rows from `valid` on become 0. Consecutive

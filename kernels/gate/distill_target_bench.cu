@@ -23,6 +23,7 @@
 #include <cuda_runtime.h>
 
 #include "base/version.h"
+#include "kernels/common/device_util.cuh"
 #include "kernels/common/check.h"
 #include "kernels/gate/distill_target.h"
 
@@ -88,29 +89,8 @@ bool ParseArgs(int argc, char** argv, Options* o) {
   return true;
 }
 
-// Uniform(-1, 1) * scale from a hash of the index: random, reproducible, on the device.
-template <typename T>
-__global__ void FillRandom(T* x, int64_t n, uint32_t seed, float scale) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    uint32_t h = static_cast<uint32_t>(i) * 0x9E3779B1u ^ seed ^ static_cast<uint32_t>(i >> 32) * 0x85EBCA77u;
-    h ^= h >> 16;
-    h *= 0x7FEB352Du;
-    h ^= h >> 15;
-    h *= 0x846CA68Bu;
-    h ^= h >> 16;
-    const float u = (h >> 8) * (1.0f / 8388608.0f) - 1.0f;
-    x[i] = static_cast<T>(u * scale);
-  }
-}
-
 void Fill(void* x, int64_t n, ElemType t, uint32_t seed, float scale) {
-  if (t == ElemType::kBF16) {
-    FillRandom<<<1024, 256>>>(static_cast<__nv_bfloat16*>(x), n, seed, scale);
-  } else {
-    FillRandom<<<1024, 256>>>(static_cast<__half*>(x), n, seed, scale);
-  }
-  SEER_CUDA_CHECK(cudaGetLastError());
+  SEER_CUDA_CHECK(seer::cuda::FillUniform(x, n, t, seed, scale));
 }
 
 double MedianMs(const Options& o, const seer::cuda::DistillTargetParams& p) {

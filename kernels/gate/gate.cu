@@ -17,6 +17,7 @@
 //   lists    an exclusive scan of the counts gives the CSR offsets, and one
 //            warp per row expands its bitmap into ascending block indices.
 
+#include "kernels/common/device_util.cuh"
 #include "kernels/gate/gate.h"
 
 #include <cmath>
@@ -70,14 +71,6 @@ GateLayout MakeLayout(const GateParams& p, bool with_scores) {
   g.counts = take(sizeof(int32_t) * nb * p.num_heads);
   g.total = at;
   return g;
-}
-
-template <typename T>
-__device__ __forceinline__ void Load8(const T* src, float (&f)[8]) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(src);
-  const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-  for (int i = 0; i < 8; ++i) f[i] = static_cast<float>(e[i]);
 }
 
 // --- pool -----------------------------------------------------------------
