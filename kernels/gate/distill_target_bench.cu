@@ -23,6 +23,7 @@
 #include <cuda_runtime.h>
 
 #include "base/version.h"
+#include "kernels/common/bench_flags.h"
 #include "kernels/common/device_util.cuh"
 #include "kernels/common/check.h"
 #include "kernels/gate/distill_target.h"
@@ -46,34 +47,21 @@ struct Options {
   int iters = 5;
 };
 
-std::vector<std::string> Split(const std::string& s) {
-  std::vector<std::string> out;
-  size_t at = 0;
-  while (at <= s.size()) {
-    const size_t comma = s.find(',', at);
-    out.push_back(s.substr(at, comma == std::string::npos ? std::string::npos : comma - at));
-    if (comma == std::string::npos) break;
-    at = comma + 1;
-  }
-  return out;
-}
+using seer::bench::SplitCommas;
 
 bool ParseArgs(int argc, char** argv, Options* o) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
-    auto value = [&](const char* name) -> const char* {
-      const std::string prefix = std::string(name) + "=";
-      return a.rfind(prefix, 0) == 0 ? argv[i] + prefix.size() : nullptr;
-    };
+    auto value = [&](const char* name) { return seer::bench::FlagValue(argv[i], name); };
     if (const char* v = value("--seqs")) {
       o->seqs.clear();
-      for (const auto& s : Split(v)) o->seqs.push_back(std::atoi(s.c_str()));
+      for (const auto& s : SplitCommas(v)) o->seqs.push_back(std::atoi(s.c_str()));
     } else if (const char* v = value("--blocks")) {
       o->blocks.clear();
-      for (const auto& s : Split(v)) o->blocks.push_back(std::atoi(s.c_str()));
+      for (const auto& s : SplitCommas(v)) o->blocks.push_back(std::atoi(s.c_str()));
     } else if (const char* v = value("--dtypes")) {
       o->dtypes.clear();
-      for (const auto& s : Split(v)) o->dtypes.push_back(s == "fp16" ? ElemType::kF16 : ElemType::kBF16);
+      for (const auto& s : SplitCommas(v)) o->dtypes.push_back(s == "fp16" ? ElemType::kF16 : ElemType::kBF16);
     } else if (const char* v = value("--warmup")) {
       o->warmup = std::atoi(v);
     } else if (const char* v = value("--iters")) {
