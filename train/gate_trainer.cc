@@ -155,7 +155,17 @@ StatusOr<std::unique_ptr<GateTrainer>> GateTrainer::Create(const std::string& mo
   }
   SEER_RETURN_IF_ERROR(CheckTokenIds(data, m.vocab_size, "training data"));
 
+  std::unique_ptr<GateLossCuda> gpu_loss;
+  if (engine->device_name().starts_with("cuda")) {
+    // The teacher is on a GPU: the gates' math goes there too.
+    int index = 0;
+    if (device.starts_with("cuda")) {
+      SEER_ASSIGN_OR_RETURN(index, ParseCudaDeviceIndex(device));
+    }
+    SEER_ASSIGN_OR_RETURN(gpu_loss, GateLossCuda::Create(index));
+  }
   std::unique_ptr<GateTrainer> t(new GateTrainer(std::move(engine), host_threads, config, std::move(data)));
+  t->gpu_loss_ = std::move(gpu_loss);
   t->model_dir_ = model_dir;
   t->config_.gate_hidden = hidden;
   GateShape& s = t->shape_;
@@ -197,8 +207,13 @@ Status GateTrainer::RunSequence(std::span<const int32_t> ids, std::vector<GatePa
       target = computed.data();
     }
     const GateFeatures f = PoolGateFeatures(shape_, tap.q, tap.k, tap.seq_len, gate_rope_inv_freq_, threads);
-    const double loss = GateLoss(shape_, f, target, params_[tap.layer],
-                                 grads != nullptr ? &(*grads)[tap.layer] : nullptr, grad_scale, threads);
+    GateParams* grad = grads != nullptr ? &(*grads)[tap.layer] : nullptr;
+    double loss = 0.0;
+    if (gpu_loss_ != nullptr) {
+      SEER_ASSIGN_OR_RETURN(loss, gpu_loss_->Loss(shape_, f, target, params_[tap.layer], grad, grad_scale));
+    } else {
+      loss = GateLoss(shape_, f, target, params_[tap.layer], grad, grad_scale, threads);
+    }
     (*layer_loss)[tap.layer] += loss;
     return OkStatus();
   });

@@ -30,6 +30,7 @@
 #include "kernels/gate/selection.h"
 #include "train/adamw.h"
 #include "train/gate_grad.h"
+#include "train/gate_grad_cuda.h"
 #include "train/train_data.h"
 
 namespace seer::train {
@@ -99,6 +100,8 @@ class GateTrainer {
   const ModelConfig& model() const { return engine_->config(); }
   int64_t num_sequences() const { return order_.num_sequences(); }
   int threads() const { return threads_; }
+  // Where the gates' float64 loss and gradient run: "cpu", or the GPU.
+  std::string gate_math_device() const { return gpu_loss_ != nullptr ? engine_->device_name() : "cpu"; }
   // The teacher's device, as the engine names it.
   std::string device_name() const { return engine_->device_name(); }
   const std::string& model_dir() const { return model_dir_; }
@@ -112,6 +115,9 @@ class GateTrainer {
 
   std::unique_ptr<Engine> engine_;
   int threads_ = 1;
+  // The gates' loss and gradient on the teacher's GPU (float64, the twin of
+  // GateLoss); null when the teacher runs on the CPU.
+  std::unique_ptr<GateLossCuda> gpu_loss_;
   std::string model_dir_;
   TrainConfig config_;
   GateShape shape_;

@@ -108,7 +108,9 @@ TEST_F(GateTrainerGpuTest, CudaTeacherMatchesTheCpuTeacher) {
         for (int kb = 0; kb < nb; ++kb) {
           const float v = t[row * nb + kb];
           ASSERT_FALSE(std::isnan(v));
-          if (kb > qb) ASSERT_EQ(v, 0.0f);
+          if (kb > qb) {
+            ASSERT_EQ(v, 0.0f);
+          }
           sum += v;
         }
         ASSERT_NEAR(sum, 1.0, 1e-5);

@@ -332,8 +332,8 @@ int RunTrain(int argc, char** argv) {
                 m.architecture_name.c_str(), m.num_layers, m.num_heads, m.num_kv_heads, m.head_dim);
     const std::string dev = trainer.device_name();
     if (dev.starts_with("cuda")) {
-      std::printf("device      %s (bf16 teacher and target), gates in float64 on %d host threads\n", dev.c_str(),
-                  trainer.threads());
+      std::printf("device      %s (bf16 teacher and target; the gates' loss and gradient in float64 there too)\n",
+                  dev.c_str());
     } else {
       std::printf("device      cpu (%d threads, float32 teacher, float64 gates)\n", trainer.threads());
     }
