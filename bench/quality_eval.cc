@@ -30,6 +30,7 @@
 #include "base/flags.h"
 #include "base/json.h"
 #include "base/strings.h"
+#include "bench/passkey.h"
 #include "client/token_ids.h"
 #include "engine/engine.h"
 #include "engine/model/sparsity.h"
@@ -44,38 +45,15 @@ constexpr int kExitUsage = 2;
 constexpr int kBlock = 64;
 constexpr int kAnswerTokens = 8;  // generated after a passkey question
 
-// --- the passkey documents ---------------------------------------------------
-// The same text as tools/train_small_model.py's synthetic passkey documents
-// (the format of Mohtashami & Jaggi's landmark-attention test, used by
-// LongLoRA and others): keep the two in step.
-constexpr char kPasskeyIntro[] =
-    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
-    "I will quiz you about the important information there.";
-constexpr char kPasskeyFiller[] =
-    " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
-constexpr char kPasskeyQuestion[] = " What is the pass key? The pass key is";
-
-std::string PasskeyLine(const std::string& key) {
-  return " The pass key is " + key + ". Remember it. " + key + " is the pass key.";
-}
-
-std::string PasskeyDocument(int fillers, double depth, const std::string& key) {
-  const int before = static_cast<int>(std::lround(depth * fillers));
-  std::string doc = kPasskeyIntro;
-  for (int i = 0; i < fillers; ++i) {
-    if (i == before) doc += PasskeyLine(key);
-    doc += kPasskeyFiller;
-  }
-  if (before >= fillers) doc += PasskeyLine(key);
-  return doc + kPasskeyQuestion;
-}
+// --- the passkey documents (bench/passkey.h) -----------------------------------
+using passkey::kFiller;
 
 // The ids of the longest passkey document of at most `length` tokens.
 StatusOr<std::vector<int32_t>> PasskeyIds(const Tokenizer& tok, int length, double depth, const std::string& key) {
-  SEER_ASSIGN_OR_RETURN(std::vector<int32_t> filler, tok.Encode(kPasskeyFiller, false));
+  SEER_ASSIGN_OR_RETURN(std::vector<int32_t> filler, tok.Encode(kFiller, false));
   int fillers = std::max<int>(1, length / std::max<size_t>(1, filler.size()));
   while (fillers > 0) {
-    SEER_ASSIGN_OR_RETURN(std::vector<int32_t> ids, tok.Encode(PasskeyDocument(fillers, depth, key), true));
+    SEER_ASSIGN_OR_RETURN(std::vector<int32_t> ids, tok.Encode(passkey::Document(fillers, depth, key), true));
     if (static_cast<int>(ids.size()) <= length) return ids;
     // Step down in proportion to the overshoot, at least one filler.
     const int over = static_cast<int>(ids.size()) - length;
@@ -320,7 +298,7 @@ int Main(int argc, char** argv) {
     auto depth = ParseList("--passkey-example", f.passkey_example.substr(a + 1, b - a - 1), 0, 1, false);
     if (!fillers.ok() || fillers->size() != 1) return Usage("--passkey-example: FILLERS must be a whole number");
     if (!depth.ok() || depth->size() != 1) return Usage("--passkey-example: DEPTH must be in [0, 1]");
-    std::fputs(PasskeyDocument(static_cast<int>((*fillers)[0]), (*depth)[0], f.passkey_example.substr(b + 1)).c_str(),
+    std::fputs(passkey::Document(static_cast<int>((*fillers)[0]), (*depth)[0], f.passkey_example.substr(b + 1)).c_str(),
                stdout);
     return 0;
   }

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "base/json.h"
+#include "bench/passkey.h"
 #include "engine/engine.h"
 #include "text/tokenizer.h"
 #include "tests/fixture_reader.h"
@@ -105,26 +106,13 @@ TEST(SmallModel, MatchesHuggingFaceOnHeldOutText) {
   EXPECT_LE(worst_last, 0.02);
 }
 
-// The passkey document of bench/quality_eval.cc and train_small_model.py.
-std::string PasskeyDocument(int fillers, int before, const std::string& key) {
-  std::string doc =
-      "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you "
-      "about the important information there.";
-  const std::string line = " The pass key is " + key + ". Remember it. " + key + " is the pass key.";
-  for (int i = 0; i < fillers; ++i) {
-    if (i == before) doc += line;
-    doc += " The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
-  }
-  return doc + " What is the pass key? The pass key is";
-}
-
 TEST(SmallModel, RetrievesAPasskeyThroughItsTokenizer) {
   auto tokenizer = Tokenizer::Load(ModelDir());
   ASSERT_TRUE(tokenizer.ok()) << tokenizer.status().ToString();
   std::unique_ptr<Engine> engine = LoadModel();
   ASSERT_NE(engine, nullptr);
   const std::string keys[] = {"58213", "90417"};
-  const int depths[] = {10, 70};
+  const double depths[] = {0.125, 0.875};
 #if defined(__SANITIZE_ADDRESS__)
   // The sanitizer build runs the float32 engine unoptimised: one short document.
   const int documents = 1, fillers = 20;
@@ -132,7 +120,7 @@ TEST(SmallModel, RetrievesAPasskeyThroughItsTokenizer) {
   const int documents = 2, fillers = 80;
 #endif
   for (int i = 0; i < documents; ++i) {
-    auto ids = (*tokenizer)->Encode(PasskeyDocument(fillers, depths[i] * fillers / 80, keys[i]));
+    auto ids = (*tokenizer)->Encode(passkey::Document(fillers, depths[i], keys[i]));
     ASSERT_TRUE(ids.ok());
     auto cache = engine->NewCache(static_cast<int>(ids->size()) + 8);
     ASSERT_TRUE(cache.ok());
@@ -147,7 +135,7 @@ TEST(SmallModel, RetrievesAPasskeyThroughItsTokenizer) {
     }
     auto text = (*tokenizer)->Decode(answer, true);
     ASSERT_TRUE(text.ok());
-    std::printf("[ passkey  ] %zu tokens, key %s at filler %d: answer '%s'\n", ids->size(), keys[i].c_str(), depths[i],
+    std::printf("[ passkey  ] %zu tokens, key %s at depth %.3f: answer '%s'\n", ids->size(), keys[i].c_str(), depths[i],
                 text->c_str());
     EXPECT_EQ(text->substr(0, 6), " " + keys[i]);
   }
