@@ -16,6 +16,8 @@
 #include "kernels/paged_kv/paged_kv.h"
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -253,6 +255,233 @@ __global__ void PagedCombineKernel(const PagedAttentionParams p, const float* pa
   out[d] = static_cast<T>(l > 0.0f ? o / l : 0.0f);
 }
 
+// The same decode attention on tensor cores (mma.sync m16n8k16), for GQA
+// groups of up to 16 query heads: one CTA of kWarps warps per (sequence, KV
+// head, key split), the group's query heads the rows of the tile (rows past
+// the group are zero). A warp takes 16 keys a step (steps w, w + kWarps, ...
+// of its split); pages hold a multiple of 16 tokens, so a step never
+// straddles two pages and needs one block-table lookup. K and V go from
+// global memory straight into the MMA operands' registers, no shared memory:
+//   S = Q K^T   the head dimension is the reduction, and its order is free as
+//               long as Q and K agree on it: lane (r = lane / 4, c = lane % 4)
+//               of n-tile t loads key 8t + r, elements d = 32i + 8c .. + 7,
+//               16-byte loads, and Q is gathered in the same order;
+//   O += P V    the 16 keys are the reduction (P stays in the registers S was
+//               in, as in FlashAttention-2) and the head dimension the
+//               columns: lane r holds columns d = r * D/8 + nt of n-tile nt,
+//               so it loads D/8 consecutive elements of each of keys 2c,
+//               2c + 1, 2c + 8, 2c + 9 and pairs them up with byte permutes.
+// The instructions per byte are about a tenth of the SIMT kernel's, whose
+// shuffles and per-key softmax kept it issue-bound at large batches.
+// Softmax is online per step in float32 (exp2, the scale folded into
+// log2(e)); the warps' partials merge through shared memory, in warp order.
+template <int kHeadDim, bool kRows16, typename T>
+__global__ void __launch_bounds__(kWarps * 32, 3)
+    PagedSplitMmaKernel(const PagedAttentionParams p, float scale_log2, int max_splits, float* partial) {
+  constexpr int kD32 = kHeadDim / 32;  // 16-byte K loads per lane per key
+  constexpr int kDv = kHeadDim / 8;  // V columns per lane, and n-tiles of O
+  constexpr int kV16 = kHeadDim / 64;  // 16-byte V loads per lane per key
+  constexpr int kRows = kRows16 ? 16 : 8;
+  const int group = p.num_heads / p.num_kv_heads;
+  const int b = blockIdx.x / p.num_kv_heads;
+  const int kvh = blockIdx.x % p.num_kv_heads;
+  const int h0 = kvh * group;
+  const int split = blockIdx.y;
+  const int context = p.context_lens[b];
+  const int key_begin = split * kPagedKeysPerSplit;
+  if (key_begin >= context) return;  // past this sequence's keys
+  const int key_end = min(context, key_begin + kPagedKeysPerSplit);
+  const int splits = SplitsFor(context);
+
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int r = lane / 4;
+  const int c = lane % 4;
+
+  // Q as the A operand, k-step kk: columns 2c, 2c + 1 are elements d(4kk),
+  // d(4kk + 1) of the lane's order, columns 2c + 8, 2c + 9 elements d(4kk + 2),
+  // d(4kk + 3), where d(e) = 32 (e / 8) + 8c + e % 8.
+  uint32_t qa[kHeadDim / 16][4];
+  {
+    const T* q = static_cast<const T*>(p.q) + (static_cast<int64_t>(b) * p.num_heads + h0) * kHeadDim;
+#pragma unroll
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+      const int d = (kk / 2) * 32 + c * 8 + (kk % 2) * 4;
+      uint2 lo = make_uint2(0, 0), hi = make_uint2(0, 0);
+      if (r < group) lo = *reinterpret_cast<const uint2*>(q + static_cast<int64_t>(r) * kHeadDim + d);
+      if (kRows16 && r + 8 < group)
+        hi = *reinterpret_cast<const uint2*>(q + static_cast<int64_t>(r + 8) * kHeadDim + d);
+      qa[kk][0] = lo.x;
+      qa[kk][1] = hi.x;
+      qa[kk][2] = lo.y;
+      qa[kk][3] = hi.y;
+    }
+  }
+
+  float o[kDv][4];
+#pragma unroll
+  for (int nt = 0; nt < kDv; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY};  // rows r and r + 8, log2 domain
+  float l[2] = {0.0f, 0.0f};  // this lane's share of the rows' sums
+
+  const int32_t* table = p.block_tables + static_cast<int64_t>(b) * p.max_pages_per_seq;
+  const int steps = (key_end - key_begin + 15) / 16;
+  for (int step = warp; step < steps; step += kWarps) {
+    const int j0 = key_begin + step * 16;
+    const int valid = key_end - j0;  // keys of this step that exist, >= 1
+    const int64_t base = ((static_cast<int64_t>(table[j0 / p.page_tokens]) * p.num_kv_heads + kvh) * p.page_tokens +
+                          j0 % p.page_tokens) *
+                         kHeadDim;
+    const T* kp = static_cast<const T*>(p.k_pages) + base;
+    const T* vp = static_cast<const T*>(p.v_pages) + base;
+    // Every load is issued before any is used. Keys past the context are
+    // still inside the page (stale or never written), so they are read and
+    // zeroed; their scores are masked below.
+    uint4 kr[2][kD32];
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      const int key = t * 8 + r;
+#pragma unroll
+      for (int i = 0; i < kD32; ++i) {
+        kr[t][i] = __ldg(reinterpret_cast<const uint4*>(kp + key * kHeadDim + i * 32 + c * 8));
+        if (key >= valid) kr[t][i] = make_uint4(0, 0, 0, 0);
+      }
+    }
+    uint4 vr[4][kV16];
+#pragma unroll
+    for (int x = 0; x < 4; ++x) {
+      const int key = 2 * c + (x & 1) + (x & 2) * 4;  // 2c, 2c + 1, 2c + 8, 2c + 9
+#pragma unroll
+      for (int u = 0; u < kV16; ++u) {
+        vr[x][u] = __ldg(reinterpret_cast<const uint4*>(vp + key * kHeadDim + r * kDv + u * 8));
+        if (key >= valid) vr[x][u] = make_uint4(0, 0, 0, 0);
+      }
+    }
+
+    float s[2][4];
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+        const uint32_t* w = reinterpret_cast<const uint32_t*>(&kr[t][kk / 2]);
+        ptx::Mma16816<T>(s[t], qa[kk], w[(kk % 2) * 2], w[(kk % 2) * 2 + 1]);
+      }
+    }
+
+    // Online softmax per row; a row's 16 scores are spread over its quad.
+    float corr[2];
+#pragma unroll
+    for (int h = 0; h < (kRows16 ? 2 : 1); ++h) {
+      float mx = m[h];
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int key = t * 8 + 2 * c + e;
+          float& x = s[t][2 * h + e];
+          x = key < valid ? x * scale_log2 : -INFINITY;
+          mx = fmaxf(mx, x);
+        }
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float m_use = mx == -INFINITY ? 0.0f : mx;
+      corr[h] = ptx::Exp2(m[h] - m_use);
+      float sum = 0.0f;
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = s[t][2 * h + e];
+          x = ptx::Exp2(x - m_use);
+          sum += x;
+        }
+      }
+      l[h] = l[h] * corr[h] + sum;
+      m[h] = mx;
+    }
+    if (!kRows16) corr[1] = 1.0f;
+    uint32_t pa[4];
+    pa[0] = ptx::PackPair<T>(s[0][0], s[0][1]);
+    pa[1] = kRows16 ? ptx::PackPair<T>(s[0][2], s[0][3]) : 0u;
+    pa[2] = ptx::PackPair<T>(s[1][0], s[1][1]);
+    pa[3] = kRows16 ? ptx::PackPair<T>(s[1][2], s[1][3]) : 0u;
+
+#pragma unroll
+    for (int nt = 0; nt < kDv; ++nt) {
+      o[nt][0] *= corr[0];
+      o[nt][1] *= corr[0];
+      if (kRows16) {
+        o[nt][2] *= corr[1];
+        o[nt][3] *= corr[1];
+      }
+      const int u = nt / 8, w = (nt % 8) / 2;
+      const unsigned sel = (nt % 2) ? 0x7632u : 0x5410u;
+      const uint32_t b0 = __byte_perm(reinterpret_cast<const uint32_t*>(&vr[0][u])[w],
+                                      reinterpret_cast<const uint32_t*>(&vr[1][u])[w], sel);
+      const uint32_t b1 = __byte_perm(reinterpret_cast<const uint32_t*>(&vr[2][u])[w],
+                                      reinterpret_cast<const uint32_t*>(&vr[3][u])[w], sel);
+      ptx::Mma16816<T>(o[nt], pa, b0, b1);
+    }
+  }
+
+  // The rows' sums over their quads; then the warps' partials, in warp order.
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+    l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+  }
+  // Shared memory keeps the lanes' own order, slot j = 8 nt + 2c + e for
+  // column d = (2c + e) D/8 + nt, rows padded by 8 floats: the float2 stores
+  // below and the merge's reads are free of bank conflicts.
+  constexpr int kStride = kHeadDim + 8;
+  __shared__ float warp_o[kWarps][kRows][kStride];
+  __shared__ float warp_m[kWarps][kRows], warp_l[kWarps][kRows];
+#pragma unroll
+  for (int nt = 0; nt < kDv; ++nt) {
+    *reinterpret_cast<float2*>(&warp_o[warp][r][nt * 8 + 2 * c]) = make_float2(o[nt][0], o[nt][1]);
+    if (kRows16) *reinterpret_cast<float2*>(&warp_o[warp][r + 8][nt * 8 + 2 * c]) = make_float2(o[nt][2], o[nt][3]);
+  }
+  if (c == 0) {
+    warp_m[warp][r] = m[0];
+    warp_l[warp][r] = l[0];
+    if (kRows16) {
+      warp_m[warp][r + 8] = m[1];
+      warp_l[warp][r + 8] = l[1];
+    }
+  }
+  __syncthreads();
+  const int rows = min(group, kRows);
+  for (int i = threadIdx.x; i < rows * kHeadDim; i += kWarps * 32) {
+    const int row = i / kHeadDim, j = i % kHeadDim;
+    const int d = (j % 8) * kDv + j / 8;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, warp_m[w][row]);
+    const float m_use = mx == -INFINITY ? 0.0f : mx;
+    float sum = 0.0f, acc = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float scale = ptx::Exp2(warp_m[w][row] - m_use);
+      sum += warp_l[w][row] * scale;
+      acc += warp_o[w][row][j] * scale;
+    }
+    const int h = h0 + row;
+    if (splits == 1) {
+      static_cast<T*>(p.out)[(static_cast<int64_t>(b) * p.num_heads + h) * kHeadDim + d] =
+          static_cast<T>(sum > 0.0f ? acc / sum : 0.0f);
+      continue;
+    }
+    float* dst = partial + ((static_cast<int64_t>(b) * p.num_heads + h) * max_splits + split) * (kHeadDim + 2);
+    dst[d] = acc;
+    if (d == 0) {
+      dst[kHeadDim] = mx;
+      dst[kHeadDim + 1] = sum;
+    }
+  }
+}
+
 template <int kHeadDim, int kHeads, typename T>
 cudaError_t LaunchPaged(const PagedAttentionParams& p, cudaStream_t stream) {
   const int max_splits = SplitsFor(p.max_context);
@@ -271,10 +500,44 @@ cudaError_t LaunchPaged(const PagedAttentionParams& p, cudaStream_t stream) {
   return cudaSuccess;
 }
 
-// Heads per CTA: the whole GQA group up to kMaxHeadsPerCta.
+template <int kHeadDim, bool kRows16, typename T>
+cudaError_t LaunchPagedMma(const PagedAttentionParams& p, cudaStream_t stream) {
+  const int max_splits = SplitsFor(p.max_context);
+  const dim3 grid(p.batch * p.num_kv_heads, max_splits);
+  float* partial = static_cast<float*>(p.workspace);
+  PagedSplitMmaKernel<kHeadDim, kRows16, T><<<grid, kWarps * 32, 0, stream>>>(p, p.scale * kLog2e, max_splits, partial);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  const size_t stats_bytes = 2 * sizeof(float) * static_cast<size_t>(max_splits);
+  if (stats_bytes > 48 * 1024) {
+    SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+        PagedCombineKernel<kHeadDim, T>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(stats_bytes)));
+  }
+  PagedCombineKernel<kHeadDim, T><<<p.batch * p.num_heads, kHeadDim, stats_bytes, stream>>>(p, partial, max_splits);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return cudaSuccess;
+}
+
+// kAuto: SEER_PAGED_KERNEL=simt|mma when set (for side-by-side benchmarks),
+// else tensor cores wherever they apply.
+PagedKernel Resolve(PagedKernel k) {
+  if (k != PagedKernel::kAuto) return k;
+  static const PagedKernel from_env = [] {
+    const char* e = std::getenv("SEER_PAGED_KERNEL");
+    if (e != nullptr && std::strcmp(e, "simt") == 0) return PagedKernel::kSimt;
+    return PagedKernel::kTensorCore;
+  }();
+  return from_env;
+}
+
+// Tensor cores for GQA groups of up to 16 heads (one tile's rows); else, or
+// when asked, the SIMT kernel: heads per CTA the whole group up to
+// kMaxHeadsPerCta.
 template <int kHeadDim, typename T>
 cudaError_t DispatchGroup(const PagedAttentionParams& p, cudaStream_t stream) {
   const int group = p.num_heads / p.num_kv_heads;
+  if (Resolve(p.kernel) == PagedKernel::kTensorCore && group <= 16) {
+    return group <= 8 ? LaunchPagedMma<kHeadDim, false, T>(p, stream) : LaunchPagedMma<kHeadDim, true, T>(p, stream);
+  }
   switch (group) {
     case 1: return LaunchPaged<kHeadDim, 1, T>(p, stream);
     case 2: return LaunchPaged<kHeadDim, 2, T>(p, stream);

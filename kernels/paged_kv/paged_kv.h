@@ -26,6 +26,12 @@ namespace seer::cuda {
 // Positions one CTA of the decode attention reduces before the split merge.
 inline constexpr int kPagedKeysPerSplit = 256;
 
+// Which decode attention kernel runs. kAuto: tensor cores (mma.sync) for GQA
+// groups of up to 16 query heads, the SIMT kernel otherwise; the
+// environment variable SEER_PAGED_KERNEL=simt makes kAuto pick the SIMT
+// kernel everywhere (side-by-side benchmarks).
+enum class PagedKernel { kAuto, kSimt, kTensorCore };
+
 struct PagedAttentionParams {
   ElemType dtype = ElemType::kBF16;
   const void* q = nullptr;  // [B, Hq, D], after RoPE
@@ -45,6 +51,7 @@ struct PagedAttentionParams {
   // Split partials, at least PagedDecodeWorkspaceBytes(batch, Hq, D, max_context).
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
+  PagedKernel kernel = PagedKernel::kAuto;
 };
 
 size_t PagedDecodeWorkspaceBytes(int batch, int num_heads, int head_dim, int max_context);

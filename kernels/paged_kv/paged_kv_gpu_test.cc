@@ -1,9 +1,10 @@
 // The paged KV kernels against their CPU twins (kernels/paged_kv/paged_kv_cpu.h)
 // on random data: batches of sequences of mixed lengths (0, 1, split
 // boundaries at 255/256/257, several pages, partial last pages, up to 128k
-// positions) over shuffled pages of one pool; GQA 1/4/8/16; head dims 64 and
-// 128; page sizes 16 and 64; bf16 and fp16; outputs poisoned with NaN before
-// each run.
+// positions) over shuffled pages of one pool; GQA 1/2/4/8/16; head dims 64 and
+// 128; page sizes 16, 32 and 64; bf16 and fp16; the SIMT and the tensor-core
+// decode kernels; NaN in the pages past each context and in the outputs
+// before each run.
 #include "kernels/paged_kv/paged_kv.h"
 
 #include <gtest/gtest.h>
@@ -52,6 +53,9 @@ TEST_F(PagedKvGpuTest, DecodeAttentionMatchesTheTwin) {
       // GQA 8:1, and contexts up to 128k (the split-K partials of 512 splits).
       {32, 4, 128, 64, {8191, 33, 4096}},
       {8, 1, 128, 64, {131072, 32768, 1}},
+      // GQA 2 and 16 (a whole tensor-core tile of query heads), page 32.
+      {4, 2, 64, 32, {100, 31, 257}},
+      {32, 2, 128, 16, {300, 5, 4097}},
   };
   std::mt19937 rng(17);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
@@ -86,52 +90,70 @@ TEST_F(PagedKvGpuTest, DecodeAttentionMatchesTheTwin) {
         q[i] = ToElem(3.0f * u(rng), t);
         qf[i] = FromElem(q[i], t);
       }
-      DevBuf dk(kp.size() * 2), dv(vp.size() * 2), dq(q.size() * 2), dout(q.size() * 2);
-      DevBuf dtab(tables.size() * 4), dlen(static_cast<size_t>(B) * 4);
-      DevBuf scratch(cuda::PagedDecodeWorkspaceBytes(B, c.hq, c.d, max_context));
-      ASSERT_CUDA(dk.Upload(kp.data(), kp.size() * 2));
-      ASSERT_CUDA(dv.Upload(vp.data(), vp.size() * 2));
-      ASSERT_CUDA(dq.Upload(q.data(), q.size() * 2));
-      ASSERT_CUDA(dtab.Upload(tables.data(), tables.size() * 4));
-      ASSERT_CUDA(dlen.Upload(c.contexts.data(), static_cast<size_t>(B) * 4));
-      cuda::PagedAttentionParams p;
-      p.dtype = t;
-      p.q = dq.get();
-      p.out = dout.get();
-      p.k_pages = dk.get();
-      p.v_pages = dv.get();
-      p.block_tables = dtab.get<int32_t>();
-      p.context_lens = dlen.get<int32_t>();
-      p.batch = B;
-      p.max_pages_per_seq = max_pages;
-      p.max_context = max_context;
-      p.num_heads = c.hq;
-      p.num_kv_heads = c.hkv;
-      p.head_dim = c.d;
-      p.page_tokens = c.page;
-      p.scale = 1.0f / std::sqrt(float(c.d));
-      p.workspace = scratch.get();
-      p.workspace_bytes = cuda::PagedDecodeWorkspaceBytes(B, c.hq, c.d, max_context);
-      ASSERT_CUDA(cuda::PagedDecodeAttention(p, nullptr));
-      ASSERT_CUDA(cudaDeviceSynchronize());
-      std::vector<uint16_t> got(q.size());
-      ASSERT_CUDA(dout.Download(got.data(), got.size() * 2));
-
-      cpu::PagedShape s{c.hq, c.hkv, c.d, c.page, p.scale};
-      double num = 0.0, den = 0.0;
+      // Positions past a sequence's context in its last page hold NaN: the
+      // kernels read them (a 16-key step) and must mask them.
+      cpu::PagedShape shape{c.hq, c.hkv, c.d, c.page, 1.0f};
       for (int b = 0; b < B; ++b) {
-        std::vector<float> want(static_cast<size_t>(c.hq) * c.d);
-        cpu::PagedDecodeAttention(s, qf.data() + static_cast<size_t>(b) * c.hq * c.d, kf.data(), vf.data(),
-                                  tables.data() + b * max_pages, c.contexts[b], want.data());
-        for (size_t i = 0; i < want.size(); ++i) {
-          const float g = FromElem(got[static_cast<size_t>(b) * c.hq * c.d + i], t);
-          ASSERT_FALSE(std::isnan(g)) << "sequence " << b << " element " << i << " unwritten or NaN";
-          if (c.contexts[b] == 0) ASSERT_EQ(g, 0.0f);
-          num += (g - want[i]) * double(g - want[i]);
-          den += double(want[i]) * want[i];
+        const int ctx = c.contexts[b];
+        if (ctx % c.page == 0) continue;
+        const int32_t last = tables[b * max_pages + ctx / c.page];
+        for (int h = 0; h < c.hkv; ++h) {
+          for (int off = ctx % c.page; off < c.page; ++off) {
+            const int64_t at = cpu::PageOffset(shape, last, h, off);
+            for (int d = 0; d < c.d; ++d) kp[at + d] = vp[at + d] = ToElem(NAN, t);
+          }
         }
       }
-      EXPECT_LT(std::sqrt(num / std::max(den, 1e-30)), 1e-2);
+      for (cuda::PagedKernel kernel : {cuda::PagedKernel::kSimt, cuda::PagedKernel::kTensorCore}) {
+        SCOPED_TRACE(kernel == cuda::PagedKernel::kSimt ? "SIMT kernel" : "tensor-core kernel");
+        DevBuf dk(kp.size() * 2), dv(vp.size() * 2), dq(q.size() * 2), dout(q.size() * 2);
+        DevBuf dtab(tables.size() * 4), dlen(static_cast<size_t>(B) * 4);
+        DevBuf scratch(cuda::PagedDecodeWorkspaceBytes(B, c.hq, c.d, max_context));
+        ASSERT_CUDA(dk.Upload(kp.data(), kp.size() * 2));
+        ASSERT_CUDA(dv.Upload(vp.data(), vp.size() * 2));
+        ASSERT_CUDA(dq.Upload(q.data(), q.size() * 2));
+        ASSERT_CUDA(dtab.Upload(tables.data(), tables.size() * 4));
+        ASSERT_CUDA(dlen.Upload(c.contexts.data(), static_cast<size_t>(B) * 4));
+        cuda::PagedAttentionParams p;
+        p.dtype = t;
+        p.q = dq.get();
+        p.out = dout.get();
+        p.k_pages = dk.get();
+        p.v_pages = dv.get();
+        p.block_tables = dtab.get<int32_t>();
+        p.context_lens = dlen.get<int32_t>();
+        p.batch = B;
+        p.max_pages_per_seq = max_pages;
+        p.max_context = max_context;
+        p.num_heads = c.hq;
+        p.num_kv_heads = c.hkv;
+        p.head_dim = c.d;
+        p.page_tokens = c.page;
+        p.scale = 1.0f / std::sqrt(float(c.d));
+        p.workspace = scratch.get();
+        p.workspace_bytes = cuda::PagedDecodeWorkspaceBytes(B, c.hq, c.d, max_context);
+        p.kernel = kernel;
+        ASSERT_CUDA(cuda::PagedDecodeAttention(p, nullptr));
+        ASSERT_CUDA(cudaDeviceSynchronize());
+        std::vector<uint16_t> got(q.size());
+        ASSERT_CUDA(dout.Download(got.data(), got.size() * 2));
+
+        cpu::PagedShape s{c.hq, c.hkv, c.d, c.page, p.scale};
+        double num = 0.0, den = 0.0;
+        for (int b = 0; b < B; ++b) {
+          std::vector<float> want(static_cast<size_t>(c.hq) * c.d);
+          cpu::PagedDecodeAttention(s, qf.data() + static_cast<size_t>(b) * c.hq * c.d, kf.data(), vf.data(),
+                                    tables.data() + b * max_pages, c.contexts[b], want.data());
+          for (size_t i = 0; i < want.size(); ++i) {
+            const float g = FromElem(got[static_cast<size_t>(b) * c.hq * c.d + i], t);
+            ASSERT_FALSE(std::isnan(g)) << "sequence " << b << " element " << i << " unwritten or NaN";
+            if (c.contexts[b] == 0) ASSERT_EQ(g, 0.0f);
+            num += (g - want[i]) * double(g - want[i]);
+            den += double(want[i]) * want[i];
+          }
+        }
+        EXPECT_LT(std::sqrt(num / std::max(den, 1e-30)), 1e-2);
+      }
     }
   }
 }
