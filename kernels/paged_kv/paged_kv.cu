@@ -268,15 +268,17 @@ __global__ void PagedCombineKernel(const PagedAttentionParams p, const float* pa
 //               16-byte loads, and Q is gathered in the same order;
 //   O += P V    the 16 keys are the reduction (P stays in the registers S was
 //               in, as in FlashAttention-2) and the head dimension the
-//               columns: lane r holds columns d = r * D/8 + nt of n-tile nt,
-//               so it loads D/8 consecutive elements of each of keys 2c,
-//               2c + 1, 2c + 8, 2c + 9 and pairs them up with byte permutes.
+//               columns: lane r holds column d = 64 (nt / 8) + 8r + nt % 8
+//               of n-tile nt, so it loads elements 64u + 8r .. + 7 of each
+//               of keys 2c, 2c + 1, 2c + 8, 2c + 9 (the 8 lanes of one key
+//               read 128 contiguous bytes, whole sectors) and pairs them up
+//               with byte permutes.
 // The instructions per byte are about a tenth of the SIMT kernel's, whose
 // shuffles and per-key softmax kept it issue-bound at large batches.
 // Softmax is online per step in float32 (exp2, the scale folded into
 // log2(e)); the warps' partials merge through shared memory, in warp order.
 template <int kHeadDim, bool kRows16, typename T>
-__global__ void __launch_bounds__(kWarps * 32, 3)
+__global__ void __launch_bounds__(kWarps * 32, 4)
     PagedSplitMmaKernel(const PagedAttentionParams p, float scale_log2, int max_splits, float* partial) {
   constexpr int kD32 = kHeadDim / 32;  // 16-byte K loads per lane per key
   constexpr int kDv = kHeadDim / 8;  // V columns per lane, and n-tiles of O
@@ -353,7 +355,7 @@ __global__ void __launch_bounds__(kWarps * 32, 3)
       const int key = 2 * c + (x & 1) + (x & 2) * 4;  // 2c, 2c + 1, 2c + 8, 2c + 9
 #pragma unroll
       for (int u = 0; u < kV16; ++u) {
-        vr[x][u] = __ldg(reinterpret_cast<const uint4*>(vp + key * kHeadDim + r * kDv + u * 8));
+        vr[x][u] = __ldg(reinterpret_cast<const uint4*>(vp + key * kHeadDim + u * 64 + r * 8));
         if (key >= valid) vr[x][u] = make_uint4(0, 0, 0, 0);
       }
     }
@@ -433,7 +435,7 @@ __global__ void __launch_bounds__(kWarps * 32, 3)
     l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
   }
   // Shared memory keeps the lanes' own order, slot j = 8 nt + 2c + e for
-  // column d = (2c + e) D/8 + nt, rows padded by 8 floats: the float2 stores
+  // column d = 64 (nt / 8) + 8 (2c + e) + nt % 8, rows padded by 8 floats: the float2 stores
   // below and the merge's reads are free of bank conflicts.
   constexpr int kStride = kHeadDim + 8;
   __shared__ float warp_o[kWarps][kRows][kStride];
@@ -455,7 +457,7 @@ __global__ void __launch_bounds__(kWarps * 32, 3)
   const int rows = min(group, kRows);
   for (int i = threadIdx.x; i < rows * kHeadDim; i += kWarps * 32) {
     const int row = i / kHeadDim, j = i % kHeadDim;
-    const int d = (j % 8) * kDv + j / 8;
+    const int d = (j / 64) * 64 + (j % 8) * 8 + (j / 8) % 8;
     float mx = -INFINITY;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) mx = fmaxf(mx, warp_m[w][row]);
