@@ -26,11 +26,13 @@ namespace seer::cuda {
 // Positions one CTA of the decode attention reduces before the split merge.
 inline constexpr int kPagedKeysPerSplit = 256;
 
-// Which decode attention kernel runs. kAuto: tensor cores (mma.sync) for GQA
-// groups of up to 16 query heads, the SIMT kernel otherwise; the
-// environment variable SEER_PAGED_KERNEL=simt makes kAuto pick the SIMT
-// kernel everywhere (side-by-side benchmarks).
-enum class PagedKernel { kAuto, kSimt, kTensorCore };
+// Which decode attention kernel runs. kAuto: kTensorCore for GQA groups of
+// up to 16 query heads, kSimt otherwise. kTensorCore: mma.sync, K and V
+// through a per-warp cp.async ring in shared memory; kTensorCoreDirect: the
+// same arithmetic with K and V loaded straight into registers; kSimt: CUDA
+// cores, any group. The environment variable SEER_PAGED_KERNEL=simt|direct
+// makes kAuto pick that kernel (side-by-side benchmarks).
+enum class PagedKernel { kAuto, kSimt, kTensorCore, kTensorCoreDirect };
 
 struct PagedAttentionParams {
   ElemType dtype = ElemType::kBF16;

@@ -2,8 +2,8 @@
 // on random data: batches of sequences of mixed lengths (0, 1, split
 // boundaries at 255/256/257, several pages, partial last pages, up to 128k
 // positions) over shuffled pages of one pool; GQA 1/2/4/8/16; head dims 64 and
-// 128; page sizes 16, 32 and 64; bf16 and fp16; the SIMT and the tensor-core
-// decode kernels; NaN in the pages past each context and in the outputs
+// 128; page sizes 16, 32 and 64; bf16 and fp16; the SIMT kernel and both
+// tensor-core kernels; NaN in the pages past each context and in the outputs
 // before each run.
 #include "kernels/paged_kv/paged_kv.h"
 
@@ -104,8 +104,11 @@ TEST_F(PagedKvGpuTest, DecodeAttentionMatchesTheTwin) {
           }
         }
       }
-      for (cuda::PagedKernel kernel : {cuda::PagedKernel::kSimt, cuda::PagedKernel::kTensorCore}) {
-        SCOPED_TRACE(kernel == cuda::PagedKernel::kSimt ? "SIMT kernel" : "tensor-core kernel");
+      for (cuda::PagedKernel kernel :
+           {cuda::PagedKernel::kSimt, cuda::PagedKernel::kTensorCore, cuda::PagedKernel::kTensorCoreDirect}) {
+        SCOPED_TRACE(kernel == cuda::PagedKernel::kSimt         ? "SIMT kernel"
+                     : kernel == cuda::PagedKernel::kTensorCore ? "tensor-core kernel, shared-memory ring"
+                                                                : "tensor-core kernel, direct loads");
         DevBuf dk(kp.size() * 2), dv(vp.size() * 2), dq(q.size() * 2), dout(q.size() * 2);
         DevBuf dtab(tables.size() * 4), dlen(static_cast<size_t>(B) * 4);
         DevBuf scratch(cuda::PagedDecodeWorkspaceBytes(B, c.hq, c.d, max_context));
