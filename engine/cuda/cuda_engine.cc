@@ -618,7 +618,7 @@ Status CudaEngine::DecodeForward(int32_t token, DeviceKvCache* cache) {
   ModelRunner& run = *runner_;
   SEER_RETURN_IF_ERROR(run.Embed(std::span<const int32_t>(&token, 1), pos, a));
   for (int layer = 0; layer < config_.num_layers; ++layer) {
-    SEER_RETURN_IF_ERROR(run.AttentionInputs(layer, a, 1));
+    SEER_RETURN_IF_ERROR(run.AttentionInputs(layer, a, 1, /*fuse_qkv=*/true));
     SEER_RETURN_IF_ERROR(run.RopeAndCache(layer, a, 1, pos, cache));
     SEER_RETURN_IF_ERROR(
         run.DecodeAttention(layer, a, pos, *cache, decode_attention_scratch_.get(), decode_attention_scratch_.bytes()));
@@ -728,7 +728,7 @@ Status CudaEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int
   ModelRunner& run = *runner_;
   SEER_RETURN_IF_ERROR(run.EmbedAt(d_pos, rows, a));
   for (int layer = 0; layer < config_.num_layers; ++layer) {
-    SEER_RETURN_IF_ERROR(run.AttentionInputs(layer, a, rows));
+    SEER_RETURN_IF_ERROR(run.AttentionInputs(layer, a, rows, /*fuse_qkv=*/true));
     SEER_RETURN_IF_ERROR(run.RopeAndCachePaged(layer, a, rows, pb));
     SEER_RETURN_IF_ERROR(run.PagedAttention(layer, a, pb));
     SEER_RETURN_IF_ERROR(run.OutputAndMlp(layer, a, rows));

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "engine/cuda/cuda_status.h"
 #include "engine/cuda/gemm.h"
@@ -67,16 +69,34 @@ Status ModelRunner::EmbedAt(const int32_t* positions, int rows, const Activation
   return OkStatus();
 }
 
-Status ModelRunner::AttentionInputs(int layer, const Activations& a, int rows) {
+Status ModelRunner::AttentionInputs(int layer, const Activations& a, int rows, bool fuse_qkv) {
   const DeviceLayerWeights& w = weights_.layers[layer];
   const int hidden = config_.hidden_size;
   const int q_cols = config_.num_heads * config_.head_dim;
   const int kv_cols = config_.num_kv_heads * config_.head_dim;
   const float eps = static_cast<float>(config_.rms_norm_eps);
   SEER_RETURN_IF_CUDA_ERROR(cuda::RmsNorm(a.residual, rows, hidden, w.input_norm, eps, a.normed, stream_));
-  SEER_RETURN_IF_ERROR(Gemm(a.normed, rows, hidden, w.q_proj, q_cols, a.q, CUDA_R_16BF, 0.0f));
-  SEER_RETURN_IF_ERROR(Gemm(a.normed, rows, hidden, w.k_proj, kv_cols, a.k, CUDA_R_16BF, 0.0f));
-  SEER_RETURN_IF_ERROR(Gemm(a.normed, rows, hidden, w.v_proj, kv_cols, a.v, CUDA_R_16BF, 0.0f));
+  // Decode steps: one GEMM over the q, k and v weights, which the loader
+  // lays out back to back, into the MLP's scratch (free until the MLP), then
+  // split: at a few rows the projections are reads of the weights, and one
+  // read of 1.5x the q weights beats three GEMMs and their split-K passes.
+  const size_t hq = static_cast<size_t>(q_cols) * hidden, hkv = static_cast<size_t>(kv_cols) * hidden;
+  // SEER_FUSE_QKV=0 turns it off (side-by-side benchmarks).
+  static const bool fuse_enabled = [] {
+    const char* e = std::getenv("SEER_FUSE_QKV");
+    return e == nullptr || std::string(e) != "0";
+  }();
+  const bool fusable = fuse_enabled && fuse_qkv && w.k_proj == w.q_proj + hq && w.v_proj == w.k_proj + hkv &&
+                       rows <= a.mlp_chunk && config_.intermediate_size >= q_cols + 2 * kv_cols && q_cols % 8 == 0 &&
+                       kv_cols % 8 == 0;
+  if (fusable) {
+    SEER_RETURN_IF_ERROR(Gemm(a.normed, rows, hidden, w.q_proj, q_cols + 2 * kv_cols, a.mlp_gate, CUDA_R_16BF, 0.0f));
+    SEER_RETURN_IF_CUDA_ERROR(cuda::SplitColumns3(a.mlp_gate, rows, q_cols, kv_cols, kv_cols, a.q, a.k, a.v, stream_));
+  } else {
+    SEER_RETURN_IF_ERROR(Gemm(a.normed, rows, hidden, w.q_proj, q_cols, a.q, CUDA_R_16BF, 0.0f));
+    SEER_RETURN_IF_ERROR(Gemm(a.normed, rows, hidden, w.k_proj, kv_cols, a.k, CUDA_R_16BF, 0.0f));
+    SEER_RETURN_IF_ERROR(Gemm(a.normed, rows, hidden, w.v_proj, kv_cols, a.v, CUDA_R_16BF, 0.0f));
+  }
   if (w.q_bias != nullptr) SEER_RETURN_IF_CUDA_ERROR(cuda::AddBias(a.q, rows, q_cols, w.q_bias, stream_));
   if (w.k_bias != nullptr) SEER_RETURN_IF_CUDA_ERROR(cuda::AddBias(a.k, rows, kv_cols, w.k_bias, stream_));
   if (w.v_bias != nullptr) SEER_RETURN_IF_CUDA_ERROR(cuda::AddBias(a.v, rows, kv_cols, w.v_bias, stream_));

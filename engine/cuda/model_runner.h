@@ -96,7 +96,9 @@ class ModelRunner {
   Status Embed(std::span<const int32_t> ids, int pos0, const Activations& a);
   // `rows` ids already in a.ids, at device `positions` (a batched decode step).
   Status EmbedAt(const int32_t* positions, int rows, const Activations& a);
-  Status AttentionInputs(int layer, const Activations& a, int rows);
+  // fuse_qkv (decode steps): one GEMM for q, k and v when the weights are
+  // back to back and the MLP scratch can hold its output.
+  Status AttentionInputs(int layer, const Activations& a, int rows, bool fuse_qkv = false);
   Status Gate(int layer, const Activations& a, int rows, const SparsityConfig& selection, const GateBuffers& out);
   Status RopeAndCache(int layer, const Activations& a, int rows, int pos0, DeviceKvCache* cache);
   // The batched decode step's form: RoPE on `rows` rows, then the first

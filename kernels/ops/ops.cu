@@ -343,6 +343,39 @@ cudaError_t SwiGlu(const bf16* gate, const bf16* up, size_t n, bf16* out, cudaSt
   return cudaSuccess;
 }
 
+// One thread per 16 bytes of the source.
+__global__ void SplitColumns3Kernel(const uint4* src, int rows, int c0, int c1, int c2, uint4* d0, uint4* d1,
+                                    uint4* d2) {
+  const int per_row = c0 + c1 + c2;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= static_cast<int64_t>(rows) * per_row) return;
+  const int r = static_cast<int>(i / per_row);
+  const int c = static_cast<int>(i % per_row);
+  const uint4 v = src[i];
+  if (c < c0) {
+    d0[static_cast<int64_t>(r) * c0 + c] = v;
+  } else if (c < c0 + c1) {
+    d1[static_cast<int64_t>(r) * c1 + (c - c0)] = v;
+  } else {
+    d2[static_cast<int64_t>(r) * c2 + (c - c0 - c1)] = v;
+  }
+}
+
+cudaError_t SplitColumns3(const bf16* src, int rows, int w0, int w1, int w2, bf16* d0, bf16* d1, bf16* d2,
+                          cudaStream_t stream) {
+  if (rows < 0 || w0 < 0 || w1 < 0 || w2 < 0 || w0 % 8 != 0 || w1 % 8 != 0 || w2 % 8 != 0 || !Aligned16(src) ||
+      !Aligned16(d0) || !Aligned16(d1) || !Aligned16(d2)) {
+    return cudaErrorInvalidValue;
+  }
+  const size_t total = static_cast<size_t>(rows) * (w0 + w1 + w2) / 8;
+  if (total == 0) return cudaSuccess;
+  SplitColumns3Kernel<<<GridFor(total), kThreads, 0, stream>>>(
+      reinterpret_cast<const uint4*>(src), rows, w0 / 8, w1 / 8, w2 / 8, reinterpret_cast<uint4*>(d0),
+      reinterpret_cast<uint4*>(d1), reinterpret_cast<uint4*>(d2));
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return cudaSuccess;
+}
+
 cudaError_t AddBias(bf16* x, int rows, int cols, const float* bias, cudaStream_t stream) {
   if (rows < 0 || cols <= 0) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;

@@ -52,6 +52,13 @@ cudaError_t WriteKv(const bf16* src, int n, int kv_heads, int head_dim, bf16* ca
 // float32. `out` may alias `gate`.
 cudaError_t SwiGlu(const bf16* gate, const bf16* up, size_t n, bf16* out, cudaStream_t stream);
 
+// Copies the column blocks of src [rows, w0 + w1 + w2] (row-major) into
+// d0 [rows, w0], d1 [rows, w1] and d2 [rows, w2]: a fused q/k/v projection's
+// output into the three buffers the attention reads. Widths are multiples
+// of 8 and the pointers 16-byte aligned.
+cudaError_t SplitColumns3(const bf16* src, int rows, int w0, int w1, int w2, bf16* d0, bf16* d1, bf16* d2,
+                          cudaStream_t stream);
+
 // x[r, c] += bias[c] for x [rows, cols]; the bf16 form adds in float32 and
 // rounds once.
 cudaError_t AddBias(bf16* x, int rows, int cols, const float* bias, cudaStream_t stream);

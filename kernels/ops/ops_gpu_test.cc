@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -379,6 +380,41 @@ TEST_F(GpuOpsTest, AReportedFailureDoesNotFailTheNextLaunch) {
   EXPECT_EQ(cuda::Fill(x.get(), 1000, 2.0f, stream_), cudaSuccess) << "an unrelated launch failed";
   ASSERT_CUDA(cudaStreamSynchronize(stream_));
   for (float v : Download(x.get(), 1000)) ASSERT_EQ(v, 2.0f);
+}
+
+// SplitColumns3 against the column blocks taken on the host, bit for bit;
+// destinations poisoned, and refused shapes.
+TEST_F(GpuOpsTest, SplitColumns3CopiesEachBlockExactly) {
+  struct Shape {
+    int rows, w0, w1, w2;
+  };
+  for (Shape s : {Shape{1, 4096, 1024, 1024}, Shape{7, 64, 16, 16}, Shape{3, 8, 0, 24}, Shape{0, 8, 8, 8}}) {
+    SCOPED_TRACE("rows " + std::to_string(s.rows) + " widths " + std::to_string(s.w0) + "/" + std::to_string(s.w1) +
+                 "/" + std::to_string(s.w2));
+    const int w = s.w0 + s.w1 + s.w2;
+    const std::vector<float> src = UniformBf16(size_t(s.rows) * w, -4.0f, 4.0f);
+    std::unique_ptr<Dev<bf16>> d_src(UploadBf16(src));
+    Dev<bf16> d0(size_t(s.rows) * s.w0 + 8), d1(size_t(s.rows) * s.w1 + 8), d2(size_t(s.rows) * s.w2 + 8);
+    ASSERT_CUDA(cuda::SplitColumns3(d_src->get(), s.rows, s.w0, s.w1, s.w2, d0.get(), d1.get(), d2.get(), stream_));
+    ASSERT_CUDA(cudaStreamSynchronize(stream_));
+    const int widths[3] = {s.w0, s.w1, s.w2};
+    const Dev<bf16>* dst[3] = {&d0, &d1, &d2};
+    int col0 = 0;
+    for (int part = 0; part < 3; ++part) {
+      const std::vector<float> got = DownloadBf16(dst[part]->get(), size_t(s.rows) * widths[part] + 8);
+      for (int r = 0; r < s.rows; ++r) {
+        for (int c = 0; c < widths[part]; ++c) {
+          ASSERT_EQ(got[size_t(r) * widths[part] + c], src[size_t(r) * w + col0 + c])
+              << "part " << part << " row " << r;
+        }
+      }
+      for (size_t i = size_t(s.rows) * widths[part]; i < got.size(); ++i) ASSERT_TRUE(std::isnan(got[i]));
+      col0 += widths[part];
+    }
+  }
+  Dev<bf16> x(64);
+  EXPECT_EQ(cuda::SplitColumns3(x.get(), 1, 12, 8, 8, x.get(), x.get(), x.get(), stream_), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::SplitColumns3(x.get() + 1, 1, 8, 8, 8, x.get(), x.get(), x.get(), stream_), cudaErrorInvalidValue);
 }
 
 class GpuGemmTest : public GpuOpsTest {
