@@ -64,6 +64,18 @@ __host__ __device__ inline int SplitsFor(int context) {
   return context <= 0 ? 1 : (context + kPagedKeysPerSplit - 1) / kPagedKeysPerSplit;
 }
 
+// The keys [key_begin, key_end) of sequence b's split, and its number of
+// splits; false when the split is past the sequence's context.
+__device__ __forceinline__ bool SplitKeys(const PagedAttentionParams& p, int b, int split, int* key_begin, int* key_end,
+                                          int* splits) {
+  const int context = p.context_lens[b];
+  *key_begin = split * kPagedKeysPerSplit;
+  if (*key_begin >= context) return false;
+  *key_end = min(context, *key_begin + kPagedKeysPerSplit);
+  *splits = SplitsFor(context);
+  return true;
+}
+
 // partial: [B, Hq, max_splits, kHeadDim + 2] (O, then max and sum).
 template <int kHeadDim, int kHeads, typename T>
 __global__ void __launch_bounds__(kWarps * 32)
@@ -76,11 +88,8 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int kvh = rest / slices_per_kv;
   const int h0 = kvh * (p.num_heads / p.num_kv_heads) + (rest % slices_per_kv) * kHeads;
   const int split = blockIdx.y;
-  const int context = p.context_lens[b];
-  const int key_begin = split * kPagedKeysPerSplit;
-  if (key_begin >= context) return;  // past this sequence's keys
-  const int key_end = min(context, key_begin + kPagedKeysPerSplit);
-  const int splits = SplitsFor(context);
+  int key_begin, key_end, splits;
+  if (!SplitKeys(p, b, split, &key_begin, &key_end, &splits)) return;  // past this sequence's keys
 
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -293,11 +302,8 @@ __global__ void __launch_bounds__(kWarps * 32, kStages == 0 ? 4 : 2)
   const int kvh = blockIdx.x % p.num_kv_heads;
   const int h0 = kvh * group;
   const int split = blockIdx.y;
-  const int context = p.context_lens[b];
-  const int key_begin = split * kPagedKeysPerSplit;
-  if (key_begin >= context) return;  // past this sequence's keys
-  const int key_end = min(context, key_begin + kPagedKeysPerSplit);
-  const int splits = SplitsFor(context);
+  int key_begin, key_end, splits;
+  if (!SplitKeys(p, b, split, &key_begin, &key_end, &splits)) return;  // past this sequence's keys
 
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -556,14 +562,9 @@ __global__ void __launch_bounds__(kWarps * 32, kStages == 0 ? 4 : 2)
   }
 }
 
-template <int kHeadDim, int kHeads, typename T>
-cudaError_t LaunchPaged(const PagedAttentionParams& p, cudaStream_t stream) {
-  const int max_splits = SplitsFor(p.max_context);
-  const int slices = (p.num_heads / p.num_kv_heads) / kHeads;
-  const dim3 grid(p.batch * p.num_kv_heads * slices, max_splits);
-  float* partial = static_cast<float*>(p.workspace);
-  PagedSplitKernel<kHeadDim, kHeads, T><<<grid, kWarps * 32, 0, stream>>>(p, p.scale * kLog2e, max_splits, partial);
-  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+// The split merge after either split kernel (it also zeroes empty sequences).
+template <int kHeadDim, typename T>
+cudaError_t LaunchCombine(const PagedAttentionParams& p, const float* partial, int max_splits, cudaStream_t stream) {
   const size_t stats_bytes = 2 * sizeof(float) * static_cast<size_t>(max_splits);
   if (stats_bytes > 48 * 1024) {  // past ~1.5M positions: ask for more shared memory
     SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
@@ -572,6 +573,17 @@ cudaError_t LaunchPaged(const PagedAttentionParams& p, cudaStream_t stream) {
   PagedCombineKernel<kHeadDim, T><<<p.batch * p.num_heads, kHeadDim, stats_bytes, stream>>>(p, partial, max_splits);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return cudaSuccess;
+}
+
+template <int kHeadDim, int kHeads, typename T>
+cudaError_t LaunchPaged(const PagedAttentionParams& p, cudaStream_t stream) {
+  const int max_splits = SplitsFor(p.max_context);
+  const int slices = (p.num_heads / p.num_kv_heads) / kHeads;
+  const dim3 grid(p.batch * p.num_kv_heads * slices, max_splits);
+  float* partial = static_cast<float*>(p.workspace);
+  PagedSplitKernel<kHeadDim, kHeads, T><<<grid, kWarps * 32, 0, stream>>>(p, p.scale * kLog2e, max_splits, partial);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return LaunchCombine<kHeadDim, T>(p, partial, max_splits, stream);
 }
 
 template <int kHeadDim, bool kRows16, int kStages, typename T>
@@ -591,14 +603,7 @@ cudaError_t LaunchPagedMma(const PagedAttentionParams& p, cudaStream_t stream) {
   PagedSplitMmaKernel<kHeadDim, kRows16, kStages, T>
       <<<grid, kWarps * 32, kSmem, stream>>>(p, p.scale * kLog2e, max_splits, partial);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  const size_t stats_bytes = 2 * sizeof(float) * static_cast<size_t>(max_splits);
-  if (stats_bytes > 48 * 1024) {
-    SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
-        PagedCombineKernel<kHeadDim, T>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(stats_bytes)));
-  }
-  PagedCombineKernel<kHeadDim, T><<<p.batch * p.num_heads, kHeadDim, stats_bytes, stream>>>(p, partial, max_splits);
-  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  return cudaSuccess;
+  return LaunchCombine<kHeadDim, T>(p, partial, max_splits, stream);
 }
 
 // kAuto: SEER_PAGED_KERNEL=simt|direct|mma when set (for side-by-side
