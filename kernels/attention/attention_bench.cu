@@ -67,14 +67,11 @@ bool ParseArgs(int argc, char** argv, Options* o) {
     const std::string a = argv[i];
     auto value = [&](const char* name) { return seer::bench::FlagValue(argv[i], name); };
     if (const char* v = value("--seqs")) {
-      o->seqs.clear();
-      for (const auto& s : SplitCommas(v)) o->seqs.push_back(std::atoi(s.c_str()));
+      o->seqs = seer::bench::IntList(v);
     } else if (const char* v = value("--sparsities")) {
-      o->sparsities.clear();
-      for (const auto& s : SplitCommas(v)) o->sparsities.push_back(std::atof(s.c_str()));
+      o->sparsities = seer::bench::DoubleList(v);
     } else if (const char* v = value("--dtypes")) {
-      o->dtypes.clear();
-      for (const auto& s : SplitCommas(v)) o->dtypes.push_back(s == "fp16" ? ElemType::kF16 : ElemType::kBF16);
+      o->dtypes = seer::bench::ElemTypeList(v);
     } else if (const char* v = value("--variants")) {
       o->variants.clear();
       for (const auto& s : SplitCommas(v)) {
@@ -89,8 +86,7 @@ bool ParseArgs(int argc, char** argv, Options* o) {
     } else if (const char* v = value("--kv-heads")) {
       o->kv_heads = std::atoi(v);
     } else if (const char* v = value("--dims")) {
-      o->dims.clear();
-      for (const auto& s : SplitCommas(v)) o->dims.push_back(std::atoi(s.c_str()));
+      o->dims = seer::bench::IntList(v);
     } else if (const char* v = value("--warmup")) {
       o->warmup = std::atoi(v);
     } else if (const char* v = value("--min-seconds")) {

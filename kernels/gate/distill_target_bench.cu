@@ -47,21 +47,15 @@ struct Options {
   int iters = 5;
 };
 
-using seer::bench::SplitCommas;
-
 bool ParseArgs(int argc, char** argv, Options* o) {
   for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
     auto value = [&](const char* name) { return seer::bench::FlagValue(argv[i], name); };
     if (const char* v = value("--seqs")) {
-      o->seqs.clear();
-      for (const auto& s : SplitCommas(v)) o->seqs.push_back(std::atoi(s.c_str()));
+      o->seqs = seer::bench::IntList(v);
     } else if (const char* v = value("--blocks")) {
-      o->blocks.clear();
-      for (const auto& s : SplitCommas(v)) o->blocks.push_back(std::atoi(s.c_str()));
+      o->blocks = seer::bench::IntList(v);
     } else if (const char* v = value("--dtypes")) {
-      o->dtypes.clear();
-      for (const auto& s : SplitCommas(v)) o->dtypes.push_back(s == "fp16" ? ElemType::kF16 : ElemType::kBF16);
+      o->dtypes = seer::bench::ElemTypeList(v);
     } else if (const char* v = value("--warmup")) {
       o->warmup = std::atoi(v);
     } else if (const char* v = value("--iters")) {
