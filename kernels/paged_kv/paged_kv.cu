@@ -596,9 +596,9 @@ cudaError_t LaunchPagedMma(const PagedAttentionParams& p, cudaStream_t stream) {
   constexpr size_t kRingBytes = size_t{16} * kWarps * kStages * 2 * (16 * kHeadDim / 8);
   constexpr size_t kSmem = kRingBytes > kMergeBytes ? kRingBytes : kMergeBytes;
   if constexpr (kSmem > 48 * 1024) {
-    // Every launch, as the other kernels do: it applies to the current device.
-    SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(PagedSplitMmaKernel<kHeadDim, kRows16, kStages, T>,
-                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
+    static const cudaError_t once = cudaFuncSetAttribute(PagedSplitMmaKernel<kHeadDim, kRows16, kStages, T>,
+                                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+    SEER_CUDA_RETURN_IF_ERROR(once);
   }
   PagedSplitMmaKernel<kHeadDim, kRows16, kStages, T>
       <<<grid, kWarps * 32, kSmem, stream>>>(p, p.scale * kLog2e, max_splits, partial);
