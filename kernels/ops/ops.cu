@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "kernels/common/check.h"
+#include "kernels/ops/rope.cuh"
 
 namespace seer::cuda {
 namespace {
@@ -89,10 +90,10 @@ __global__ void RopeKernel(bf16* x, int rows, int num_heads, int head_dim, const
     const size_t r = head_row / num_heads;
     const float2 cs = table[r * half + i];
     bf16* v = x + head_row * head_dim;
-    const float lo = __bfloat162float(v[i]);
-    const float hi = __bfloat162float(v[i + half]);
-    v[i] = __float2bfloat16(lo * cs.x - hi * cs.y);
-    v[i + half] = __float2bfloat16(hi * cs.x + lo * cs.y);
+    float lo, hi;
+    RotatePair(__bfloat162float(v[i]), __bfloat162float(v[i + half]), cs, &lo, &hi);
+    v[i] = __float2bfloat16(lo);
+    v[i + half] = __float2bfloat16(hi);
   }
 }
 
@@ -133,6 +134,24 @@ __global__ void SwiGlu8Kernel(const uint4* gate, const uint4* up, size_t n8, uin
 #pragma unroll
     for (int j = 0; j < 8; ++j) o[j] = __float2bfloat16(Silu(__bfloat162float(g[j])) * __bfloat162float(u[j]));
     out[i] = o4;
+  }
+}
+
+// SwiGlu8Kernel's arithmetic on the gate half of each row of gu, in place.
+__global__ void SwiGluRowsKernel(uint4* gu, int rows, int inter8) {
+  const size_t n8 = static_cast<size_t>(rows) * inter8;
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n8;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    uint4* g4 = gu + (i / inter8) * 2 * inter8 + i % inter8;
+    const uint4 graw = *g4;
+    const uint4 uraw = g4[inter8];
+    const bf16* g = reinterpret_cast<const bf16*>(&graw);
+    const bf16* u = reinterpret_cast<const bf16*>(&uraw);
+    uint4 o4;
+    bf16* o = reinterpret_cast<bf16*>(&o4);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) o[j] = __float2bfloat16(Silu(__bfloat162float(g[j])) * __bfloat162float(u[j]));
+    *g4 = o4;
   }
 }
 
@@ -359,6 +378,15 @@ __global__ void SplitColumns3Kernel(const uint4* src, int rows, int c0, int c1, 
   } else {
     d2[static_cast<int64_t>(r) * c2 + (c - c0 - c1)] = v;
   }
+}
+
+cudaError_t SwiGluRows(bf16* gu, int rows, int inter, cudaStream_t stream) {
+  if (rows < 0 || inter <= 0 || inter % 8 != 0 || !Aligned16(gu)) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  SwiGluRowsKernel<<<GridFor(static_cast<size_t>(rows) * (inter / 8)), kThreads, 0, stream>>>(
+      reinterpret_cast<uint4*>(gu), rows, inter / 8);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return cudaSuccess;
 }
 
 cudaError_t SplitColumns3(const bf16* src, int rows, int w0, int w1, int w2, bf16* d0, bf16* d1, bf16* d2,

@@ -52,6 +52,13 @@ cudaError_t WriteKv(const bf16* src, int n, int kv_heads, int head_dim, bf16* ca
 // float32. `out` may alias `gate`.
 cudaError_t SwiGlu(const bf16* gate, const bf16* up, size_t n, bf16* out, cudaStream_t stream);
 
+// The same in place on the fused gate/up projection's output
+// gu [rows, 2 * inter] (gate columns, then up columns): row r's first inter
+// columns become bf16(silu(gate) * up), bit for bit SwiGlu's, and the down
+// projection reads them with a row stride of 2 * inter. inter % 8 == 0 and gu
+// 16-byte aligned.
+cudaError_t SwiGluRows(bf16* gu, int rows, int inter, cudaStream_t stream);
+
 // Copies the column blocks of src [rows, w0 + w1 + w2] (row-major) into
 // d0 [rows, w0], d1 [rows, w1] and d2 [rows, w2]: a fused q/k/v projection's
 // output into the three buffers the attention reads. Widths are multiples

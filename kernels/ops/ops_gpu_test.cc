@@ -417,6 +417,37 @@ TEST_F(GpuOpsTest, SplitColumns3CopiesEachBlockExactly) {
   EXPECT_EQ(cuda::SplitColumns3(x.get() + 1, 1, 8, 8, 8, x.get(), x.get(), x.get(), stream_), cudaErrorInvalidValue);
 }
 
+// SwiGluRows on [rows, 2 * inter] against SwiGlu on the two halves copied
+// apart, bit for bit; the up half is left as it was; refused shapes.
+TEST_F(GpuOpsTest, SwiGluRowsMatchesSwiGluOnTheHalvesExactly) {
+  for (auto [rows, inter] : {std::pair{1, 14336}, std::pair{5, 64}, std::pair{3, 8}}) {
+    SCOPED_TRACE("rows " + std::to_string(rows) + " inter " + std::to_string(inter));
+    const std::vector<float> gu = UniformBf16(size_t(rows) * 2 * inter, -6.0f, 6.0f);
+    std::vector<float> gate(size_t(rows) * inter), up(gate.size());
+    for (int r = 0; r < rows; ++r) {
+      for (int j = 0; j < inter; ++j) {
+        gate[size_t(r) * inter + j] = gu[size_t(r) * 2 * inter + j];
+        up[size_t(r) * inter + j] = gu[size_t(r) * 2 * inter + inter + j];
+      }
+    }
+    std::unique_ptr<Dev<bf16>> d_gu(UploadBf16(gu)), d_g(UploadBf16(gate)), d_u(UploadBf16(up));
+    ASSERT_CUDA(cuda::SwiGluRows(d_gu->get(), rows, inter, stream_));
+    ASSERT_CUDA(cuda::SwiGlu(d_g->get(), d_u->get(), gate.size(), d_g->get(), stream_));
+    ASSERT_CUDA(cudaStreamSynchronize(stream_));
+    const std::vector<float> got = DownloadBf16(d_gu->get(), gu.size());
+    const std::vector<float> want = DownloadBf16(d_g->get(), gate.size());
+    for (int r = 0; r < rows; ++r) {
+      for (int j = 0; j < inter; ++j) {
+        ASSERT_EQ(got[size_t(r) * 2 * inter + j], want[size_t(r) * inter + j]) << "row " << r << " col " << j;
+        ASSERT_EQ(got[size_t(r) * 2 * inter + inter + j], up[size_t(r) * inter + j]) << "row " << r << " col " << j;
+      }
+    }
+  }
+  Dev<bf16> x(64);
+  EXPECT_EQ(cuda::SwiGluRows(x.get(), 1, 12, stream_), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::SwiGluRows(x.get() + 1, 1, 8, stream_), cudaErrorInvalidValue);
+}
+
 class GpuGemmTest : public GpuOpsTest {
  protected:
   void SetUp() override {
@@ -464,6 +495,29 @@ TEST_F(GpuGemmTest, LinearMatchesCpuForBothOutputTypesAndTheResidualAdd) {
     EXPECT_LE(RelErr(DownloadBf16(d_yb.get(), want.size()), want), kBf16Tol);
     EXPECT_LE(RelErr(Download(d_res->get(), want.size()), want_res), kF32Tol);
   }
+}
+
+// x read with a row stride wider than its columns (ldx: the left half of a
+// fused gate/up output) gives what the same columns copied out give, to
+// float32 accumulation order (cuBLAS may pick another kernel for the stride).
+TEST_F(GpuGemmTest, LinearReadsStridedRowsAsTheirCopy) {
+  const int rows = 5, in = 256, ldx = 512, out = 384;
+  const std::vector<float> wide = UniformBf16(size_t(rows) * ldx, -1.0f, 1.0f);
+  const std::vector<float> w = UniformBf16(size_t(out) * in, -0.1f, 0.1f);
+  std::vector<float> packed(size_t(rows) * in);
+  for (int r = 0; r < rows; ++r) {
+    for (int c = 0; c < in; ++c) packed[size_t(r) * in + c] = wide[size_t(r) * ldx + c];
+  }
+  std::unique_ptr<Dev<bf16>> d_wide(UploadBf16(wide)), d_packed(UploadBf16(packed)), d_w(UploadBf16(w));
+  Dev<float> y_strided(size_t(rows) * out), y_packed(size_t(rows) * out);
+  ASSERT_TRUE(
+      LinearBf16(handle_, d_wide->get(), rows, in, d_w->get(), out, y_strided.get(), CUDA_R_32F, 0.0f, ldx).ok());
+  ASSERT_TRUE(LinearBf16(handle_, d_packed->get(), rows, in, d_w->get(), out, y_packed.get(), CUDA_R_32F, 0.0f).ok());
+  ASSERT_CUDA(cudaStreamSynchronize(stream_));
+  EXPECT_LE(RelErr(Download(y_strided.get(), size_t(rows) * out), Download(y_packed.get(), size_t(rows) * out)),
+            kF32Tol);
+  EXPECT_FALSE(
+      LinearBf16(handle_, d_wide->get(), rows, in, d_w->get(), out, y_strided.get(), CUDA_R_32F, 0.0f, in - 1).ok());
 }
 
 }  // namespace

@@ -26,6 +26,7 @@
 #include "kernels/common/check.h"
 #include "kernels/common/dispatch.h"
 #include "kernels/common/elem_type.h"
+#include "kernels/ops/rope.cuh"
 
 namespace seer::cuda {
 namespace {
@@ -34,6 +35,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kWarps = 4;
 constexpr int kMaxHeadsPerCta = 8;
 constexpr int kPagedUnroll = 4;  // key steps whose loads are in flight at once
+constexpr int kCombineSlices = 4;  // thread groups of the split merge, each over every 4th split
 
 template <typename T>
 __device__ __forceinline__ void Unpack8(const uint4& raw, float (&f)[8]) {
@@ -214,23 +216,32 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-// One CTA per (sequence, head): merges the sequence's own splits in order;
-// writes zeros for an empty sequence. A single-split sequence was written by
-// the split kernel. The splits' maxima and sums are read by all threads at
-// once into shared memory (split s by thread s mod D), so only the merge of
-// the outputs, whose loads are independent, walks the splits; the sums run
-// in split order, as a single thread would add them.
+// One CTA per (sequence, head): merges the sequence's own splits; writes
+// zeros for an empty sequence. A single-split sequence was written by the
+// split kernel. kCombineSlices groups of D threads: the splits' maxima and
+// sums go into shared memory first (split s by thread s mod the block), then
+// slice j sums the outputs of splits j, j + kCombineSlices, ... in order and
+// the slices' sums are added in slice order, so the result depends only on
+// the sequence's own splits, never on the batch. Slices shorten the chain of
+// loads one thread walks (at one sequence and 32k positions, 128 splits over
+// 32 CTAs: the combine is latency, not bandwidth).
 template <int kHeadDim, typename T>
-__global__ void PagedCombineKernel(const PagedAttentionParams p, const float* partial, int max_splits) {
+__global__ void __launch_bounds__(kHeadDim* kCombineSlices)
+    PagedCombineKernel(const PagedAttentionParams p, const float* partial, int max_splits) {
   extern __shared__ float split_stats[];  // [max_splits] scales, then [max_splits] sums
-  __shared__ float warp_max[kHeadDim / 32];
+  constexpr int kThreads = kHeadDim * kCombineSlices;
+  __shared__ float warp_max[kThreads / 32];
+  __shared__ float slice_o[kCombineSlices][kHeadDim];
+  __shared__ float slice_l[kCombineSlices];
   const int bh = blockIdx.x;
   const int b = bh / p.num_heads;
-  const int d = threadIdx.x;
+  const int t = threadIdx.x;
+  const int d = t % kHeadDim;
+  const int slice = t / kHeadDim;
   const int context = p.context_lens[b];
   T* out = static_cast<T*>(p.out) + static_cast<int64_t>(bh) * kHeadDim;
   if (context <= 0) {
-    out[d] = static_cast<T>(0.0f);
+    if (slice == 0) out[d] = static_cast<T>(0.0f);
     return;
   }
   const int splits = SplitsFor(context);
@@ -239,27 +250,38 @@ __global__ void PagedCombineKernel(const PagedAttentionParams p, const float* pa
   float* scale = split_stats;
   float* sum = split_stats + max_splits;
   float m = -INFINITY;
-  for (int s = d; s < splits; s += kHeadDim) {
+  for (int s = t; s < splits; s += kThreads) {
     scale[s] = part[s * (kHeadDim + 2) + kHeadDim];
     sum[s] = part[s * (kHeadDim + 2) + kHeadDim + 1];
     m = fmaxf(m, scale[s]);
   }
 #pragma unroll
   for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-  if (d % 32 == 0) warp_max[d / 32] = m;
+  if (t % 32 == 0) warp_max[t / 32] = m;
   __syncthreads();
 #pragma unroll
-  for (int w = 0; w < kHeadDim / 32; ++w) m = fmaxf(m, warp_max[w]);
+  for (int w = 0; w < kThreads / 32; ++w) m = fmaxf(m, warp_max[w]);
   const float m_use = m == -INFINITY ? 0.0f : m;
-  for (int s = d; s < splits; s += kHeadDim) scale[s] = ptx::Exp2(scale[s] - m_use);
+  for (int s = t; s < splits; s += kThreads) scale[s] = ptx::Exp2(scale[s] - m_use);
   __syncthreads();
   float l = 0.0f;
   float o = 0.0f;
-#pragma unroll 8
-  for (int s = 0; s < splits; ++s) {
+#pragma unroll 4
+  for (int s = slice; s < splits; s += kCombineSlices) {
     const float c = scale[s];
     l += sum[s] * c;
     o += part[s * (kHeadDim + 2) + d] * c;
+  }
+  slice_o[slice][d] = o;
+  if (d == 0) slice_l[slice] = l;
+  __syncthreads();
+  if (slice != 0) return;
+  o = 0.0f;
+  l = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kCombineSlices; ++j) {
+    o += slice_o[j][d];
+    l += slice_l[j];
   }
   out[d] = static_cast<T>(l > 0.0f ? o / l : 0.0f);
 }
@@ -566,11 +588,12 @@ __global__ void __launch_bounds__(kWarps * 32, kStages == 0 ? 4 : 2)
 template <int kHeadDim, typename T>
 cudaError_t LaunchCombine(const PagedAttentionParams& p, const float* partial, int max_splits, cudaStream_t stream) {
   const size_t stats_bytes = 2 * sizeof(float) * static_cast<size_t>(max_splits);
-  if (stats_bytes > 48 * 1024) {  // past ~1.5M positions: ask for more shared memory
+  if (stats_bytes > 40 * 1024) {  // past ~1.3M positions: ask for more shared memory
     SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
         PagedCombineKernel<kHeadDim, T>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(stats_bytes)));
   }
-  PagedCombineKernel<kHeadDim, T><<<p.batch * p.num_heads, kHeadDim, stats_bytes, stream>>>(p, partial, max_splits);
+  PagedCombineKernel<kHeadDim, T>
+      <<<p.batch * p.num_heads, kHeadDim * kCombineSlices, stats_bytes, stream>>>(p, partial, max_splits);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return cudaSuccess;
 }
@@ -674,6 +697,8 @@ bool ValidPageShape(int num_kv_heads, int head_dim, int page_tokens) {
 
 }  // namespace
 
+int PagedDecodeSplits(int max_context) { return SplitsFor(max_context); }
+
 size_t PagedDecodeWorkspaceBytes(int batch, int num_heads, int head_dim, int max_context) {
   if (batch <= 0 || num_heads <= 0 || head_dim <= 0) return 0;
   return sizeof(float) * static_cast<size_t>(batch) * num_heads * SplitsFor(max_context) * (head_dim + 2);
@@ -728,6 +753,105 @@ cudaError_t WriteKvPaged(const void* k, const void* v, const int32_t* positions,
         vp[dst] = vs[src];
       },
       stream);
+}
+
+namespace {
+
+// Eight bf16 from 16 bytes at src, each plus its bias rounded back to bf16
+// (AddBias's arithmetic) when there is one.
+__device__ __forceinline__ void LoadBiased8(const __nv_bfloat16* src, const float* bias, float (&f)[8]) {
+  Unpack8<__nv_bfloat16>(*reinterpret_cast<const uint4*>(src), f);
+  if (bias == nullptr) return;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) f[i] = __bfloat162float(__float2bfloat16(f[i] + bias[i]));
+}
+
+__device__ __forceinline__ uint4 Pack8(const float (&f)[8]) {
+  uint4 raw;
+  auto* e = reinterpret_cast<__nv_bfloat16*>(&raw);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) e[i] = __float2bfloat16(f[i]);
+  return raw;
+}
+
+// Rotates chunk c of a head (elements 8c .. 8c + 7 against D/2 + 8c ..) from
+// src into dst with the row's angles.
+__device__ __forceinline__ void RopeChunk(const __nv_bfloat16* src, const float* bias, const float2* angles, int c,
+                                          int half, __nv_bfloat16* dst) {
+  float lo[8], hi[8], lo_out[8], hi_out[8];
+  LoadBiased8(src + 8 * c, bias == nullptr ? nullptr : bias + 8 * c, lo);
+  LoadBiased8(src + half + 8 * c, bias == nullptr ? nullptr : bias + half + 8 * c, hi);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) RotatePair(lo[i], hi[i], angles[8 * c + i], &lo_out[i], &hi_out[i]);
+  *reinterpret_cast<uint4*>(dst + 8 * c) = Pack8(lo_out);
+  *reinterpret_cast<uint4*>(dst + half + 8 * c) = Pack8(hi_out);
+}
+
+// One thread per work item, in three ranges: q's rotated chunk pairs (every
+// row), k's (rows of the batch), v's 16-byte chunks (rows of the batch).
+__global__ void RopeQkvKernel(const RopeQkvParams p) {
+  const int d = p.head_dim;
+  const int half = d / 2;
+  const int pairs = half / 8;
+  const int chunks = d / 8;
+  const int width = (p.num_heads + 2 * p.num_kv_heads) * d;
+  const auto* qkv = static_cast<const __nv_bfloat16*>(p.qkv);
+  const int64_t nq = static_cast<int64_t>(p.rows) * p.num_heads * pairs;
+  const int64_t nk = static_cast<int64_t>(p.batch) * p.num_kv_heads * pairs;
+  const int64_t nv = static_cast<int64_t>(p.batch) * p.num_kv_heads * chunks;
+  int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < nq) {
+    const int c = static_cast<int>(i % pairs);
+    const int h = static_cast<int>(i / pairs % p.num_heads);
+    const int r = static_cast<int>(i / pairs / p.num_heads);
+    RopeChunk(qkv + static_cast<int64_t>(r) * width + h * d, p.q_bias == nullptr ? nullptr : p.q_bias + h * d,
+              p.rope + static_cast<int64_t>(r) * half, c, half,
+              static_cast<__nv_bfloat16*>(p.q) + (static_cast<int64_t>(r) * p.num_heads + h) * d);
+    return;
+  }
+  i -= nq;
+  const bool is_k = i < nk;
+  if (!is_k) i -= nk;
+  if (!is_k && i >= nv) return;
+  const int per_head = is_k ? pairs : chunks;
+  const int c = static_cast<int>(i % per_head);
+  const int h = static_cast<int>(i / per_head % p.num_kv_heads);
+  const int b = static_cast<int>(i / per_head / p.num_kv_heads);
+  const int pos = p.positions[b];
+  const int32_t page = p.block_tables[static_cast<int64_t>(b) * p.max_pages_per_seq + pos / p.page_tokens];
+  const int64_t at = PageElem(page, h, pos % p.page_tokens, p.num_kv_heads, p.page_tokens, d);
+  const __nv_bfloat16* src =
+      qkv + static_cast<int64_t>(b) * width + (p.num_heads + (is_k ? 0 : p.num_kv_heads)) * d + h * d;
+  if (is_k) {
+    RopeChunk(src, p.k_bias == nullptr ? nullptr : p.k_bias + h * d, p.rope + static_cast<int64_t>(b) * half, c, half,
+              static_cast<__nv_bfloat16*>(p.k_pages) + at);
+    return;
+  }
+  float f[8];
+  LoadBiased8(src + 8 * c, p.v_bias == nullptr ? nullptr : p.v_bias + h * d + 8 * c, f);
+  *reinterpret_cast<uint4*>(static_cast<__nv_bfloat16*>(p.v_pages) + at + 8 * c) = Pack8(f);
+}
+
+}  // namespace
+
+cudaError_t RopeQkvToPages(const RopeQkvParams& p, cudaStream_t stream) {
+  if (p.rows < 0 || p.batch < 0 || p.batch > p.rows || p.num_heads <= 0 || p.num_kv_heads <= 0 ||
+      p.head_dim % 16 != 0 || p.page_tokens <= 0 || p.max_pages_per_seq <= 0) {
+    return cudaErrorInvalidValue;
+  }
+  if (p.rows == 0) return cudaSuccess;
+  if (p.qkv == nullptr || p.rope == nullptr || p.q == nullptr ||
+      (p.batch > 0 &&
+       (p.positions == nullptr || p.block_tables == nullptr || p.k_pages == nullptr || p.v_pages == nullptr))) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t pairs = p.head_dim / 16;
+  const int64_t total = static_cast<int64_t>(p.rows) * p.num_heads * pairs +
+                        static_cast<int64_t>(p.batch) * p.num_kv_heads * pairs * 3;  // k pairs + v chunks
+  const int threads = 256;
+  RopeQkvKernel<<<static_cast<unsigned>((total + threads - 1) / threads), threads, 0, stream>>>(p);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return cudaSuccess;
 }
 
 cudaError_t ScatterToPages(const void* src, int t0, int n, const int32_t* table, int num_kv_heads, int head_dim,

@@ -57,6 +57,9 @@ struct PagedAttentionParams {
 };
 
 size_t PagedDecodeWorkspaceBytes(int batch, int num_heads, int head_dim, int max_context);
+// The key splits a step launches for its longest context (the grid's second
+// dimension; a recorded step replays only for the same count).
+int PagedDecodeSplits(int max_context);
 
 // One decode query per (sequence, head) over the sequence's pages. A
 // sequence with context_lens[b] == 0 gets zeros.
@@ -67,6 +70,36 @@ cudaError_t PagedDecodeAttention(const PagedAttentionParams& p, cudaStream_t str
 cudaError_t WriteKvPaged(const void* k, const void* v, const int32_t* positions, const int32_t* block_tables,
                          int max_pages_per_seq, int batch, int num_kv_heads, int head_dim, int page_tokens,
                          void* k_pages, void* v_pages, cudaStream_t stream);
+
+// A decode step's attention inputs in one pass over the fused projection's
+// output qkv [rows, (Hq + 2 Hkv) * D] (q, k and v side by side, bf16): the
+// biases (when given; added in float32 and rounded once, as AddBias), RoPE on
+// q and k with rope [rows, D/2] (as ApplyRope, bit for bit), q into
+// q [rows, Hq, D], and sequence b's k and v at positions[b] of its pages for
+// b < batch (rows past the batch are padding: their q is computed, their K/V
+// written nowhere). It stands for SplitColumns3, AddBias, ApplyRope twice and
+// WriteKvPaged, five to seven launches in a step that is mostly launches at
+// small batches. D is a multiple of 16.
+struct RopeQkvParams {
+  const void* qkv = nullptr;
+  int rows = 0;
+  int batch = 0;
+  int num_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  const float2* rope = nullptr;
+  const float* q_bias = nullptr;  // [Hq * D], or null
+  const float* k_bias = nullptr;  // [Hkv * D], or null
+  const float* v_bias = nullptr;  // [Hkv * D], or null
+  const int32_t* positions = nullptr;  // [batch]
+  const int32_t* block_tables = nullptr;  // [batch, max_pages_per_seq]
+  int max_pages_per_seq = 0;
+  int page_tokens = 0;
+  void* q = nullptr;
+  void* k_pages = nullptr;  // one layer's pool
+  void* v_pages = nullptr;
+};
+cudaError_t RopeQkvToPages(const RopeQkvParams& p, cudaStream_t stream);
 
 // Copies tokens [t0, t0 + n) of one sequence between the wire layout
 // src/dst [Hkv, n, D] and its pages (`table`, device memory, at least

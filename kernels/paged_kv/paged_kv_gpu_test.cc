@@ -4,7 +4,8 @@
 // positions) over shuffled pages of one pool; GQA 1/2/4/8/16; head dims 64 and
 // 128; page sizes 16, 32 and 64; bf16 and fp16; the SIMT kernel and both
 // tensor-core kernels; NaN in the pages past each context and in the outputs
-// before each run.
+// before each run. The decode step's fused q/k/v kernel against the chain of
+// kernels it replaces, bit for bit.
 #include "kernels/paged_kv/paged_kv.h"
 
 #include <gtest/gtest.h>
@@ -18,6 +19,7 @@
 
 #include "base/dtype.h"
 #include "kernels/common/gpu_test_util.h"
+#include "kernels/ops/ops.h"
 #include "kernels/paged_kv/paged_kv_cpu.h"
 
 namespace seer {
@@ -220,6 +222,129 @@ TEST_F(PagedKvGpuTest, PageCopiesMatchTheTwinExactly) {
       for (int i = 0; i < d; ++i) ASSERT_EQ(pages[at + i], k[(b * hkv + h) * d + i]) << b << " " << h << " " << i;
     }
   }
+}
+
+// RopeQkvToPages against SplitColumns3, AddBias, ApplyRope and WriteKvPaged
+// run on the same input: q and both page pools equal bit for bit (pages it
+// must not touch included), with and without biases; padding rows past the
+// batch; positions on both sides of page boundaries; GQA 1, 4 and 7; head
+// dims 64 and 128; page sizes 16 and 32.
+TEST_F(PagedKvGpuTest, FusedRopeQkvMatchesTheKernelsItReplacesExactly) {
+  struct Shape {
+    int hq, hkv, d, page, rows;
+    std::vector<int32_t> positions;  // one per sequence of the batch
+    bool bias;
+  };
+  const Shape shapes[] = {
+      {32, 8, 128, 16, 4, {15, 16, 0}, false},
+      {32, 8, 128, 32, 3, {31, 32, 100}, true},
+      {14, 2, 64, 16, 5, {47, 1, 63, 200}, true},
+      {8, 8, 64, 16, 1, {5}, false},
+  };
+  std::mt19937 rng(23);
+  std::uniform_real_distribution<float> u(-2.0f, 2.0f);
+  for (const Shape& s : shapes) {
+    SCOPED_TRACE("Hq=" + std::to_string(s.hq) + " Hkv=" + std::to_string(s.hkv) + " D=" + std::to_string(s.d) +
+                 " page=" + std::to_string(s.page) + " rows=" + std::to_string(s.rows) + (s.bias ? " bias" : ""));
+    const int B = static_cast<int>(s.positions.size());
+    const int qc = s.hq * s.d, kc = s.hkv * s.d, width = qc + 2 * kc;
+    const int max_pages = 16, pool_pages = B * max_pages;
+    std::vector<int32_t> tables(static_cast<size_t>(B) * max_pages);
+    std::iota(tables.begin(), tables.end(), 0);
+    std::shuffle(tables.begin(), tables.end(), rng);
+    std::vector<int32_t> positions = s.positions;
+    positions.resize(s.rows, 0);  // padding rows sit at 0, as the engine pads
+    auto random_bf16 = [&](size_t n) {
+      std::vector<uint16_t> v(n);
+      for (uint16_t& x : v) x = FloatToBf16(u(rng));
+      return v;
+    };
+    auto random_f32 = [&](size_t n) {
+      std::vector<float> v(n);
+      for (float& x : v) x = 0.1f * u(rng);
+      return v;
+    };
+    const std::vector<uint16_t> qkv = random_bf16(static_cast<size_t>(s.rows) * width);
+    const size_t pool_elems = static_cast<size_t>(pool_pages) * s.hkv * s.page * s.d;
+    const std::vector<uint16_t> k0 = random_bf16(pool_elems), v0 = random_bf16(pool_elems);
+    const std::vector<float> qb = random_f32(qc), kb = random_f32(kc), vb = random_f32(kc);
+    std::vector<float> inv_freq(s.d / 2);
+    for (int i = 0; i < s.d / 2; ++i) inv_freq[i] = std::pow(10000.0f, -2.0f * i / s.d);
+
+    DevBuf dqkv(qkv.size() * 2), dpos(positions.size() * 4), dtab(tables.size() * 4), dfreq(inv_freq.size() * 4);
+    DevBuf drope(static_cast<size_t>(s.rows) * s.d / 2 * 8), dqb(qc * 4), dkb(kc * 4), dvb(kc * 4);
+    ASSERT_CUDA(dqkv.Upload(qkv.data(), qkv.size() * 2));
+    ASSERT_CUDA(dpos.Upload(positions.data(), positions.size() * 4));
+    ASSERT_CUDA(dtab.Upload(tables.data(), tables.size() * 4));
+    ASSERT_CUDA(dfreq.Upload(inv_freq.data(), inv_freq.size() * 4));
+    ASSERT_CUDA(dqb.Upload(qb.data(), qc * 4));
+    ASSERT_CUDA(dkb.Upload(kb.data(), kc * 4));
+    ASSERT_CUDA(dvb.Upload(vb.data(), kc * 4));
+    ASSERT_CUDA(
+        cuda::RopeTableAt(dfreq.get<float>(), s.d / 2, dpos.get<int32_t>(), s.rows, drope.get<float2>(), nullptr));
+    // The chain the engine ran before: split, biases, RoPE, page writes.
+    using bf16 = __nv_bfloat16;
+    DevBuf rq(static_cast<size_t>(s.rows) * qc * 2), rk(static_cast<size_t>(s.rows) * kc * 2),
+        rv(static_cast<size_t>(s.rows) * kc * 2), rkp(pool_elems * 2), rvp(pool_elems * 2);
+    ASSERT_CUDA(rkp.Upload(k0.data(), pool_elems * 2));
+    ASSERT_CUDA(rvp.Upload(v0.data(), pool_elems * 2));
+    ASSERT_CUDA(cuda::SplitColumns3(dqkv.get<bf16>(), s.rows, qc, kc, kc, rq.get<bf16>(), rk.get<bf16>(),
+                                    rv.get<bf16>(), nullptr));
+    if (s.bias) {
+      ASSERT_CUDA(cuda::AddBias(rq.get<bf16>(), s.rows, qc, dqb.get<float>(), nullptr));
+      ASSERT_CUDA(cuda::AddBias(rk.get<bf16>(), s.rows, kc, dkb.get<float>(), nullptr));
+      ASSERT_CUDA(cuda::AddBias(rv.get<bf16>(), s.rows, kc, dvb.get<float>(), nullptr));
+    }
+    ASSERT_CUDA(cuda::ApplyRope(rq.get<bf16>(), s.rows, s.hq, s.d, drope.get<float2>(), nullptr));
+    ASSERT_CUDA(cuda::ApplyRope(rk.get<bf16>(), s.rows, s.hkv, s.d, drope.get<float2>(), nullptr));
+    ASSERT_CUDA(cuda::WriteKvPaged(rk.get(), rv.get(), dpos.get<int32_t>(), dtab.get<int32_t>(), max_pages, B, s.hkv,
+                                   s.d, s.page, rkp.get(), rvp.get(), nullptr));
+    // The fused kernel, q poisoned first.
+    DevBuf fq(static_cast<size_t>(s.rows) * qc * 2), fkp(pool_elems * 2), fvp(pool_elems * 2);
+    ASSERT_CUDA(fkp.Upload(k0.data(), pool_elems * 2));
+    ASSERT_CUDA(fvp.Upload(v0.data(), pool_elems * 2));
+    cuda::RopeQkvParams p;
+    p.qkv = dqkv.get();
+    p.rows = s.rows;
+    p.batch = B;
+    p.num_heads = s.hq;
+    p.num_kv_heads = s.hkv;
+    p.head_dim = s.d;
+    p.rope = drope.get<float2>();
+    if (s.bias) {
+      p.q_bias = dqb.get<float>();
+      p.k_bias = dkb.get<float>();
+      p.v_bias = dvb.get<float>();
+    }
+    p.positions = dpos.get<int32_t>();
+    p.block_tables = dtab.get<int32_t>();
+    p.max_pages_per_seq = max_pages;
+    p.page_tokens = s.page;
+    p.q = fq.get();
+    p.k_pages = fkp.get();
+    p.v_pages = fvp.get();
+    ASSERT_CUDA(cuda::RopeQkvToPages(p, nullptr));
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    std::vector<uint16_t> want(static_cast<size_t>(s.rows) * qc), got(want.size());
+    ASSERT_CUDA(rq.Download(want.data(), want.size() * 2));
+    ASSERT_CUDA(fq.Download(got.data(), got.size() * 2));
+    ASSERT_EQ(got, want) << "q";
+    std::vector<uint16_t> want_pages(pool_elems), got_pages(pool_elems);
+    ASSERT_CUDA(rkp.Download(want_pages.data(), pool_elems * 2));
+    ASSERT_CUDA(fkp.Download(got_pages.data(), pool_elems * 2));
+    ASSERT_EQ(got_pages, want_pages) << "k pages";
+    ASSERT_NE(got_pages, k0) << "the k pages were written";
+    ASSERT_CUDA(rvp.Download(want_pages.data(), pool_elems * 2));
+    ASSERT_CUDA(fvp.Download(got_pages.data(), pool_elems * 2));
+    ASSERT_EQ(got_pages, want_pages) << "v pages";
+  }
+  cuda::RopeQkvParams bad;
+  bad.rows = 1;
+  bad.num_heads = bad.num_kv_heads = 1;
+  bad.head_dim = 72;  // not a multiple of 16
+  bad.page_tokens = 16;
+  bad.max_pages_per_seq = 1;
+  EXPECT_EQ(cuda::RopeQkvToPages(bad, nullptr), cudaErrorInvalidValue);
 }
 
 }  // namespace
