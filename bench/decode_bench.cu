@@ -69,13 +69,15 @@ struct Row {
 int Main(int argc, char** argv) {
   std::string rows_text = "1x8192,8x8192,1x32768,8x32768,32x8192,128x2048";
   int64_t steps = 32, page_tokens = 64, layers = 32;
-  bool json = false;
+  bool json = false, cuda_graphs = true;
   FlagSet flags("seer-decode-bench [flags]", "Batched paged decode of the Llama-3.1-8B shape; prints a table.");
   flags.String("rows", &rows_text, "BATCHxCONTEXT items, comma-separated.");
   flags.Int("steps", &steps, "Timed decode steps per row (after 3 warm-up steps).");
   flags.Int("page-tokens", &page_tokens, "Positions per KV page.");
   flags.Int("layers", &layers, "Layers of the model shape (32 for Llama-3.1-8B).");
   flags.Bool("json", &json, "Print one JSON object instead of the table.");
+  flags.Bool("cuda-graphs", &cuda_graphs,
+             "Replay each step's layers as a CUDA graph (--cuda-graphs=false: launch them one by one).");
   if (Status s = flags.Parse(argc, argv); !s.ok()) {
     std::fprintf(stderr, "seer-decode-bench: %s\n", s.ToString().c_str());
     return 2;
@@ -113,6 +115,7 @@ int Main(int argc, char** argv) {
     PagedDecodeOptions po;
     po.page_tokens = static_cast<int>(page_tokens);
     po.max_batch = batch;
+    po.cuda_graphs = cuda_graphs;
     const int capacity = context + static_cast<int>(steps) + 8;
     const int64_t pages = static_cast<int64_t>(batch) * ((capacity + page_tokens - 1) / page_tokens);
     po.pool_bytes =
@@ -170,6 +173,7 @@ int Main(int argc, char** argv) {
     JsonValue out = JsonValue::Object();
     out.Set("device", JsonValue::String(prop.name));
     out.Set("copy_gbps", JsonValue::Number(copy_bw / 1e9));
+    out.Set("cuda_graphs", JsonValue::Bool(cuda_graphs));
     JsonValue list = JsonValue::Array();
     for (const Row& r : results) {
       JsonValue o = JsonValue::Object();
@@ -184,8 +188,10 @@ int Main(int argc, char** argv) {
     std::printf("%s\n", out.Dump().c_str());
     return 0;
   }
-  std::printf("\nBatched paged decode, %s, Llama-3.1-8B shape (%d layers), bf16, page %d tokens; copy %.0f GB/s\n",
-              prop.name, config.num_layers, static_cast<int>(page_tokens), copy_bw / 1e9);
+  std::printf(
+      "\nBatched paged decode, %s, Llama-3.1-8B shape (%d layers), bf16, page %d tokens, CUDA graphs %s; copy %.0f "
+      "GB/s\n",
+      prop.name, config.num_layers, static_cast<int>(page_tokens), cuda_graphs ? "on" : "off", copy_bw / 1e9);
   std::printf("| batch | context | ms/step | tokens/s | bandwidth limit ms | step / limit |\n");
   std::printf("|---|---|---|---|---|---|\n");
   for (const Row& r : results) {

@@ -159,7 +159,7 @@ Status Engine::EnablePagedDecode(const PagedDecodeOptions& o) {
     SEER_ASSIGN_OR_RETURN(page_pool_, CreatePagePool(layout, static_cast<int>(pages)));
     max_decode_batch_ = o.max_batch;
     (void)per_sequence;  // a pool smaller than one full-length sequence still serves shorter ones
-    return PreparePagedDecode(o.max_batch);
+    return PreparePagedDecode(o);
   });
 }
 
@@ -253,7 +253,9 @@ StatusOr<std::unique_ptr<PagePool>> Engine::CreatePagePool(const PageLayout&, in
   return Unimplemented(device_name() + " has no paged decode");
 }
 StatusOr<int64_t> Engine::PoolBudgetBytes(double) { return Unimplemented(device_name() + " has no paged decode"); }
-Status Engine::PreparePagedDecode(int) { return Unimplemented(device_name() + " has no paged decode"); }
+Status Engine::PreparePagedDecode(const PagedDecodeOptions&) {
+  return Unimplemented(device_name() + " has no paged decode");
+}
 Status Engine::RunDecodeBatch(std::span<const DecodeSeq>, std::span<int32_t>) {
   return Unimplemented(device_name() + " has no paged decode");
 }

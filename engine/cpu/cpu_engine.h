@@ -47,7 +47,7 @@ class CpuEngine final : public Engine {
   }
   StatusOr<std::unique_ptr<PagePool>> CreatePagePool(const PageLayout& layout, int pages) override;
   StatusOr<int64_t> PoolBudgetBytes(double fraction) override;
-  Status PreparePagedDecode(int /*max_batch*/) override { return OkStatus(); }
+  Status PreparePagedDecode(const PagedDecodeOptions& /*options*/) override { return OkStatus(); }
   Status RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int32_t> next) override;
 
  private:

@@ -1,6 +1,7 @@
 // Batched decode over the paged KV cache on the CUDA engine: each sequence
 // decodes exactly the same tokens alone and in a batch whose members join and
-// leave mid-way (greedy and sampled with a seed); its first decoded logits
+// leave mid-way (greedy and sampled with a seed), and the same whether the
+// steps replay CUDA graphs or launch their kernels; its first decoded logits
 // agree with the contiguous single-sequence path to bf16 rounding; every page
 // is back in the pool afterwards.
 #include <gtest/gtest.h>
@@ -25,7 +26,7 @@ using batched_test::MixedRequests;
 using batched_test::Request;
 using batched_test::RunBatched;
 
-std::unique_ptr<Engine> LoadCuda(const std::string& name, int max_batch) {
+std::unique_ptr<Engine> LoadCuda(const std::string& name, int max_batch, bool cuda_graphs = true) {
   EngineOptions o;
   o.model_dir = fixtures::Path(name);
   o.device = "cuda";
@@ -36,6 +37,7 @@ std::unique_ptr<Engine> LoadCuda(const std::string& name, int max_batch) {
   p.page_tokens = 16;
   p.pool_bytes = int64_t{256} << 20;
   p.max_batch = max_batch;
+  p.cuda_graphs = cuda_graphs;
   const Status s = (*e)->EnablePagedDecode(p);
   EXPECT_TRUE(s.ok()) << s.ToString();
   return std::move(e).value();
@@ -62,6 +64,23 @@ TEST_P(CudaBatchedDecode, EachSequenceDecodesTheSameTokensAloneAndInABatch) {
     EXPECT_EQ(static_cast<int>(solo[0].size()), requests[i].new_tokens);
   }
   EXPECT_EQ(e->page_pool()->free_pages(), e->page_pool()->num_pages());
+}
+
+// The steps replayed from CUDA graphs (the batch joins and leaves, so graphs
+// are recorded, replayed, updated and skipped) decode exactly the tokens of
+// the same steps launched kernel by kernel.
+TEST_P(CudaBatchedDecode, GraphReplaysDecodeTheSameTokensAsLaunches) {
+  const std::vector<Request> requests = MixedRequests();
+  std::unique_ptr<Engine> launched = LoadCuda(GetParam(), 8, /*cuda_graphs=*/false);
+  ASSERT_NE(launched, nullptr);
+  const std::vector<std::vector<int32_t>> want = RunBatched(*launched, requests);
+  launched.reset();
+  std::unique_ptr<Engine> graphed = LoadCuda(GetParam(), 8, /*cuda_graphs=*/true);
+  ASSERT_NE(graphed, nullptr);
+  EXPECT_EQ(RunBatched(*graphed, requests), want);
+  // Twice more on the same engine: its recorded graph replays for a new run.
+  EXPECT_EQ(RunBatched(*graphed, requests), want);
+  EXPECT_EQ(graphed->page_pool()->free_pages(), graphed->page_pool()->num_pages());
 }
 
 TEST_P(CudaBatchedDecode, FirstStepAgreesWithTheContiguousPath) {

@@ -6,14 +6,19 @@
 //   AttentionInputs -> [Gate -> CSR lists] -> RopeAndCache -> PrefillAttention
 //   -> OutputAndMlp
 // after Embed, then Logits on the last row (or all rows, chunked). A decode
-// step is the same loop over one row with DecodeAttention.
+// step is the same loop over one row with DecodeAttention. A batched decode
+// step (RunDecodeBatch) runs PagedAttentionInputs -> PagedAttention ->
+// OutputAndMlp on --max-batch rows, its layers replayed from a CUDA graph
+// while the batch size and the attention's key splits stay the same.
 
 #include "engine/cuda/cuda_engine.h"
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
+#include <functional>
 #include <optional>
 #include <string>
 #include <thread>
@@ -123,7 +128,7 @@ class CudaEngine final : public Engine {
   }
   StatusOr<std::unique_ptr<PagePool>> CreatePagePool(const PageLayout& layout, int pages) override;
   StatusOr<int64_t> PoolBudgetBytes(double fraction) override;
-  Status PreparePagedDecode(int max_batch) override;
+  Status PreparePagedDecode(const PagedDecodeOptions& options) override;
   // Device to device: each layer of the contiguous cache scattered into
   // the pages on the pool's stream.
   Status RunPageIn(const KvCache& src, PagedKvCache* paged) override;
@@ -138,6 +143,15 @@ class CudaEngine final : public Engine {
   // The forward pass of one decode token, leaving its logits in decode_.logits;
   // the caller sets the cache length once the step is done.
   Status DecodeForward(int32_t token, DeviceKvCache* cache);
+  // Runs `launch` (work on stream_ only, every shape fixed by (batch,
+  // splits) and every pointer by PreparePagedDecode): replayed from the
+  // graph when it was captured for this shape, captured and replayed when
+  // the previous step had this shape too, else run as it is.
+  Status RunDecodeLayers(int batch, int splits, const std::function<Status()>& launch);
+  // Records `launch` into graph_.exec (updated in place when the topology
+  // allows, else instantiated anew). A capture that fails turns graphs off
+  // for this engine, with one line on stderr: the caller runs `launch`.
+  void CaptureDecodeLayers(int batch, int splits, const std::function<Status()>& launch);
   // The cache as this engine's DeviceKvCache (the base checked its type and layout).
   static DeviceKvCache* AsDeviceCache(KvCache* cache) { return static_cast<DeviceKvCache*>(cache); }
   Status EnsureWorkspace(const PrefillPlan& plan);
@@ -178,6 +192,13 @@ class CudaEngine final : public Engine {
     int32_t* host = nullptr;  // pinned: ids, positions, context lens, next ids [max_batch], tables
     DeviceBuffer attention_scratch;
   } batch_;
+  // The batched step's layers as a CUDA graph (PagedDecodeOptions::cuda_graphs).
+  struct DecodeGraph {
+    bool enabled = false;
+    cudaGraphExec_t exec = nullptr;
+    int batch = -1, splits = -1;  // the shape `exec` replays
+    int last_batch = -1, last_splits = -1;  // the previous step's shape
+  } graph_;
   std::vector<cudaEvent_t> layer_start_, layer_end_;
   std::vector<cudaEvent_t> stage_events_;  // PrefillOptions::profile_stages, made on first use
   int64_t* kept_host_ = nullptr;  // pinned [layers, Hq], the gate's kept counts
@@ -190,6 +211,7 @@ CudaEngine::~CudaEngine() {
   for (cudaEvent_t e : stage_events_) cudaEventDestroy(e);
   if (kept_host_ != nullptr) cudaFreeHost(kept_host_);
   if (batch_.host != nullptr) cudaFreeHost(batch_.host);
+  if (graph_.exec != nullptr) cudaGraphExecDestroy(graph_.exec);
   if (cublas_ != nullptr) cublasDestroy(cublas_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
@@ -622,7 +644,7 @@ Status CudaEngine::DecodeForward(int32_t token, DeviceKvCache* cache) {
     SEER_RETURN_IF_ERROR(run.RopeAndCache(layer, a, 1, pos, cache));
     SEER_RETURN_IF_ERROR(
         run.DecodeAttention(layer, a, pos, *cache, decode_attention_scratch_.get(), decode_attention_scratch_.bytes()));
-    SEER_RETURN_IF_ERROR(run.OutputAndMlp(layer, a, 1));
+    SEER_RETURN_IF_ERROR(run.OutputAndMlp(layer, a, 1, /*fuse_gate_up=*/true));
   }
   return run.Logits(a, 0, 1);
 }
@@ -645,8 +667,12 @@ StatusOr<int64_t> CudaEngine::PoolBudgetBytes(double fraction) {
   return static_cast<int64_t>(usable * fraction);
 }
 
-Status CudaEngine::PreparePagedDecode(int max_batch) {
+Status CudaEngine::PreparePagedDecode(const PagedDecodeOptions& options) {
   SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  const int max_batch = options.max_batch;
+  if (graph_.exec != nullptr) cudaGraphExecDestroy(graph_.exec);
+  graph_ = DecodeGraph{};
+  graph_.enabled = options.cuda_graphs;
   BatchBuffers& b = batch_;
   b.max_batch = max_batch;
   b.max_pages = page_pool()->layout().PagesFor(config_.max_position_embeddings);
@@ -726,13 +752,15 @@ Status CudaEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int
   pb.workspace_bytes = b.attention_scratch.bytes();
 
   ModelRunner& run = *runner_;
-  SEER_RETURN_IF_ERROR(run.EmbedAt(d_pos, rows, a));
-  for (int layer = 0; layer < config_.num_layers; ++layer) {
-    SEER_RETURN_IF_ERROR(run.AttentionInputs(layer, a, rows, /*fuse_qkv=*/true));
-    SEER_RETURN_IF_ERROR(run.RopeAndCachePaged(layer, a, rows, pb));
-    SEER_RETURN_IF_ERROR(run.PagedAttention(layer, a, pb));
-    SEER_RETURN_IF_ERROR(run.OutputAndMlp(layer, a, rows));
-  }
+  SEER_RETURN_IF_ERROR(RunDecodeLayers(B, cuda::PagedDecodeSplits(max_context), [&]() -> Status {
+    SEER_RETURN_IF_ERROR(run.EmbedAt(d_pos, rows, a));
+    for (int layer = 0; layer < config_.num_layers; ++layer) {
+      SEER_RETURN_IF_ERROR(run.PagedAttentionInputs(layer, a, rows, pb));
+      SEER_RETURN_IF_ERROR(run.PagedAttention(layer, a, pb));
+      SEER_RETURN_IF_ERROR(run.OutputAndMlp(layer, a, rows, /*fuse_gate_up=*/true));
+    }
+    return OkStatus();
+  }));
   // Logits in chunks of rows (every row, for the same GEMM shapes); each
   // sequence's token from its own sampler: the largest logit for greedy rows
   // (ArgMaxRows), SampleToken with the row's one uniform for the others, as
@@ -759,6 +787,58 @@ Status CudaEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int
     seqs[r].cache->set_length(h_pos[r] + 1);
   }
   return OkStatus();
+}
+
+Status CudaEngine::RunDecodeLayers(int batch, int splits, const std::function<Status()>& launch) {
+  DecodeGraph& g = graph_;
+  const bool captured = g.exec != nullptr && g.batch == batch && g.splits == splits;
+  const bool repeated = g.last_batch == batch && g.last_splits == splits;
+  g.last_batch = batch;
+  g.last_splits = splits;
+  if (!g.enabled || (!captured && !repeated)) return launch();
+  if (!captured) CaptureDecodeLayers(batch, splits, launch);
+  if (!g.enabled) return launch();
+  SEER_RETURN_IF_CUDA_ERROR(cudaGraphLaunch(g.exec, stream_));
+  return OkStatus();
+}
+
+void CudaEngine::CaptureDecodeLayers(int batch, int splits, const std::function<Status()>& launch) {
+  DecodeGraph& g = graph_;
+  std::string why;
+  cudaGraph_t graph = nullptr;
+  // Thread-local: other threads' CUDA calls (page-ins, transfers) go on.
+  cudaError_t e = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal);
+  if (e == cudaSuccess) {
+    const Status recorded = launch();
+    e = cudaStreamEndCapture(stream_, &graph);
+    if (!recorded.ok()) why = recorded.ToString();
+  }
+  if (why.empty() && e != cudaSuccess) why = cudaGetErrorString(e);
+  if (why.empty() && g.exec != nullptr) {
+    cudaGraphExecUpdateResultInfo info{};
+    if (cudaGraphExecUpdate(g.exec, graph, &info) != cudaSuccess) {
+      cudaGetLastError();
+      cudaGraphExecDestroy(g.exec);
+      g.exec = nullptr;
+    }
+  }
+  if (why.empty() && g.exec == nullptr) {
+    e = cudaGraphInstantiate(&g.exec, graph, 0);
+    if (e != cudaSuccess) {
+      g.exec = nullptr;
+      why = cudaGetErrorString(e);
+    }
+  }
+  if (graph != nullptr) cudaGraphDestroy(graph);
+  if (why.empty()) {
+    g.batch = batch;
+    g.splits = splits;
+    return;
+  }
+  cudaGetLastError();
+  if (g.exec != nullptr) cudaGraphExecDestroy(g.exec);
+  g = DecodeGraph{};
+  std::fprintf(stderr, "seer: batched decode runs without CUDA graphs: capturing a step failed: %s\n", why.c_str());
 }
 
 Status CheckWeightsFit(const ModelConfig& config, const GateShape& gates, bool tied) {

@@ -48,8 +48,30 @@ ModelRunner::ModelRunner(const ModelConfig& config, const DeviceModelWeights& we
       cublas_(cublas) {}
 
 Status ModelRunner::Gemm(const bf16* x, int rows, int in, const bf16* w, int out, void* y, cudaDataType_t y_type,
-                         float beta) {
-  return LinearBf16(cublas_, x, rows, in, w, out, y, y_type, beta);
+                         float beta, int ldx) {
+  return LinearBf16(cublas_, x, rows, in, w, out, y, y_type, beta, ldx);
+}
+
+namespace {
+
+// SEER_FUSE_QKV=0 and SEER_FUSE_GATE_UP=0 turn the decode fusions off (for
+// side-by-side benchmarks).
+bool EnvEnabled(const char* name) {
+  const char* e = std::getenv(name);
+  return e == nullptr || std::string(e) != "0";
+}
+
+}  // namespace
+
+bool ModelRunner::FusesQkv(int layer, const Activations& a, int rows) const {
+  static const bool enabled = EnvEnabled("SEER_FUSE_QKV");
+  const DeviceLayerWeights& w = weights_.layers[layer];
+  const int hidden = config_.hidden_size;
+  const int q_cols = config_.num_heads * config_.head_dim;
+  const int kv_cols = config_.num_kv_heads * config_.head_dim;
+  const size_t hq = static_cast<size_t>(q_cols) * hidden, hkv = static_cast<size_t>(kv_cols) * hidden;
+  return enabled && w.k_proj == w.q_proj + hq && w.v_proj == w.k_proj + hkv && rows <= a.mlp_chunk &&
+         config_.intermediate_size >= q_cols + 2 * kv_cols && q_cols % 8 == 0 && kv_cols % 8 == 0;
 }
 
 Status ModelRunner::Embed(std::span<const int32_t> ids, int pos0, const Activations& a) {
@@ -80,16 +102,7 @@ Status ModelRunner::AttentionInputs(int layer, const Activations& a, int rows, b
   // lays out back to back, into the MLP's scratch (free until the MLP), then
   // split: at a few rows the projections are reads of the weights, and one
   // read of 1.5x the q weights beats three GEMMs and their split-K passes.
-  const size_t hq = static_cast<size_t>(q_cols) * hidden, hkv = static_cast<size_t>(kv_cols) * hidden;
-  // SEER_FUSE_QKV=0 turns it off (side-by-side benchmarks).
-  static const bool fuse_enabled = [] {
-    const char* e = std::getenv("SEER_FUSE_QKV");
-    return e == nullptr || std::string(e) != "0";
-  }();
-  const bool fusable = fuse_enabled && fuse_qkv && w.k_proj == w.q_proj + hq && w.v_proj == w.k_proj + hkv &&
-                       rows <= a.mlp_chunk && config_.intermediate_size >= q_cols + 2 * kv_cols && q_cols % 8 == 0 &&
-                       kv_cols % 8 == 0;
-  if (fusable) {
+  if (fuse_qkv && FusesQkv(layer, a, rows)) {
     SEER_RETURN_IF_ERROR(Gemm(a.normed, rows, hidden, w.q_proj, q_cols + 2 * kv_cols, a.mlp_gate, CUDA_R_16BF, 0.0f));
     SEER_RETURN_IF_CUDA_ERROR(cuda::SplitColumns3(a.mlp_gate, rows, q_cols, kv_cols, kv_cols, a.q, a.k, a.v, stream_));
   } else {
@@ -142,6 +155,39 @@ Status ModelRunner::RopeAndCachePaged(int layer, const Activations& a, int rows,
   SEER_RETURN_IF_CUDA_ERROR(cuda::WriteKvPaged(a.k, a.v, b.positions, b.block_tables, b.max_pages_per_seq, b.batch,
                                                config_.num_kv_heads, d, b.pool->layout().page_tokens, b.pool->k(layer),
                                                b.pool->v(layer), stream_));
+  return OkStatus();
+}
+
+Status ModelRunner::PagedAttentionInputs(int layer, const Activations& a, int rows, const PagedBatch& b) {
+  if (!FusesQkv(layer, a, rows) || config_.head_dim % 16 != 0) {
+    SEER_RETURN_IF_ERROR(AttentionInputs(layer, a, rows));
+    return RopeAndCachePaged(layer, a, rows, b);
+  }
+  const DeviceLayerWeights& w = weights_.layers[layer];
+  const int hidden = config_.hidden_size;
+  const int qkv_cols = (config_.num_heads + 2 * config_.num_kv_heads) * config_.head_dim;
+  SEER_RETURN_IF_CUDA_ERROR(cuda::RmsNorm(a.residual, rows, hidden, w.input_norm,
+                                          static_cast<float>(config_.rms_norm_eps), a.normed, stream_));
+  SEER_RETURN_IF_ERROR(Gemm(a.normed, rows, hidden, w.q_proj, qkv_cols, a.mlp_gate, CUDA_R_16BF, 0.0f));
+  cuda::RopeQkvParams p;
+  p.qkv = a.mlp_gate;
+  p.rows = rows;
+  p.batch = b.batch;
+  p.num_heads = config_.num_heads;
+  p.num_kv_heads = config_.num_kv_heads;
+  p.head_dim = config_.head_dim;
+  p.rope = a.rope;
+  p.q_bias = w.q_bias;
+  p.k_bias = w.k_bias;
+  p.v_bias = w.v_bias;
+  p.positions = b.positions;
+  p.block_tables = b.block_tables;
+  p.max_pages_per_seq = b.max_pages_per_seq;
+  p.page_tokens = b.pool->layout().page_tokens;
+  p.q = a.q;
+  p.k_pages = b.pool->k(layer);
+  p.v_pages = b.pool->v(layer);
+  SEER_RETURN_IF_CUDA_ERROR(cuda::RopeQkvToPages(p, stream_));
   return OkStatus();
 }
 
@@ -209,7 +255,7 @@ Status ModelRunner::DecodeAttention(int layer, const Activations& a, int pos, co
   return OkStatus();
 }
 
-Status ModelRunner::OutputAndMlp(int layer, const Activations& a, int rows) {
+Status ModelRunner::OutputAndMlp(int layer, const Activations& a, int rows, bool fuse_gate_up) {
   const DeviceLayerWeights& w = weights_.layers[layer];
   const int hidden = config_.hidden_size;
   const int inter = config_.intermediate_size;
@@ -218,6 +264,22 @@ Status ModelRunner::OutputAndMlp(int layer, const Activations& a, int rows) {
   // residual += attn . Wo^T: the residual add is the GEMM's beta = 1.
   SEER_RETURN_IF_ERROR(Gemm(a.attn, rows, q_cols, w.o_proj, hidden, a.residual, CUDA_R_32F, 1.0f));
   if (w.o_bias != nullptr) SEER_RETURN_IF_CUDA_ERROR(cuda::AddBias(a.residual, rows, hidden, w.o_bias, stream_));
+
+  // Decode steps: gate and up as one GEMM when their weights are back to back
+  // and the scratch holds [rows, 2 * inter] (mlp_up follows mlp_gate).
+  static const bool gate_up_enabled = EnvEnabled("SEER_FUSE_GATE_UP");
+  const size_t inter_elems = static_cast<size_t>(inter) * hidden;
+  if (fuse_gate_up && gate_up_enabled && rows <= a.mlp_chunk && w.up_proj == w.gate_proj + inter_elems &&
+      a.mlp_up == a.mlp_gate + static_cast<size_t>(a.mlp_chunk) * inter && w.gate_bias == nullptr &&
+      w.up_bias == nullptr && inter % 8 == 0) {
+    SEER_RETURN_IF_CUDA_ERROR(cuda::RmsNorm(a.residual, rows, hidden, w.post_attention_norm, eps, a.normed, stream_));
+    SEER_RETURN_IF_ERROR(Gemm(a.normed, rows, hidden, w.gate_proj, 2 * inter, a.mlp_gate, CUDA_R_16BF, 0.0f));
+    SEER_RETURN_IF_CUDA_ERROR(cuda::SwiGluRows(a.mlp_gate, rows, inter, stream_));
+    SEER_RETURN_IF_ERROR(Gemm(a.mlp_gate, rows, inter, w.down_proj, hidden, a.residual, CUDA_R_32F, 1.0f, 2 * inter));
+    if (w.down_bias != nullptr)
+      SEER_RETURN_IF_CUDA_ERROR(cuda::AddBias(a.residual, rows, hidden, w.down_bias, stream_));
+    return OkStatus();
+  }
 
   for (int r0 = 0; r0 < rows; r0 += a.mlp_chunk) {
     const int n = std::min(a.mlp_chunk, rows - r0);

@@ -5,6 +5,8 @@
 //   AttentionInputs  RMSNorm, q/k/v projections (+ biases)
 //   Gate             SeerAttention's gate on pre-RoPE q, k -> CSR block lists
 //   RopeAndCache     RoPE on q, k; K/V into the cache
+//   PagedAttentionInputs  a batched decode step's AttentionInputs and
+//                    RoPE/page writes, fused where the weights allow
 //   Attention        block-sparse or dense causal prefill, or one decode row
 //   OutputAndMlp     o_proj into the residual, then the MLP in row chunks
 //   Logits           final norm and lm_head
@@ -104,6 +106,10 @@ class ModelRunner {
   // The batched decode step's form: RoPE on `rows` rows, then the first
   // batch.batch rows' K/V into their pages.
   Status RopeAndCachePaged(int layer, const Activations& a, int rows, const PagedBatch& batch);
+  // AttentionInputs then RopeAndCachePaged, in three launches where the
+  // weights allow: RMSNorm, one GEMM over the back-to-back q/k/v weights, and
+  // cuda::RopeQkvToPages for the biases, RoPE, q and the page writes.
+  Status PagedAttentionInputs(int layer, const Activations& a, int rows, const PagedBatch& batch);
   // A prefill pass over positions 0 .. rows - 1 (block-sparse with lists,
   // dense causal with null offsets).
   Status PrefillAttention(int layer, const Activations& a, int rows, const DeviceKvCache& cache,
@@ -114,16 +120,22 @@ class ModelRunner {
                          size_t workspace_bytes);
   // One decode row per sequence of `batch` over its pages.
   Status PagedAttention(int layer, const Activations& a, const PagedBatch& batch);
-  Status OutputAndMlp(int layer, const Activations& a, int rows);
+  // fuse_gate_up (decode steps): one GEMM over the back-to-back gate and up
+  // weights into the MLP scratch, SwiGLU in place on its gate half, and the
+  // down projection reading that half with a row stride of 2 * inter.
+  Status OutputAndMlp(int layer, const Activations& a, int rows, bool fuse_gate_up = false);
   // Rows [r0, r0 + n) of the residual -> a.logits ([n, vocab]).
   Status Logits(const Activations& a, int r0, int n);
 
   cudaStream_t stream() const { return stream_; }
 
  private:
-  // y[rows, out] = x[rows, in] . w[out, in]^T + beta * y.
+  // y[rows, out] = x[rows, in] . w[out, in]^T + beta * y; x's rows ldx
+  // apart (0: in).
   Status Gemm(const __nv_bfloat16* x, int rows, int in, const __nv_bfloat16* w, int out, void* y, cudaDataType_t y_type,
-              float beta);
+              float beta, int ldx = 0);
+  // Whether this layer's q/k/v projection runs as one GEMM into a.mlp_gate.
+  bool FusesQkv(int layer, const Activations& a, int rows) const;
 
   const ModelConfig& config_;
   const DeviceModelWeights& weights_;

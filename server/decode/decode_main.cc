@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
   int64_t max_buffered_bytes = int64_t{256} << 20;
   double drain_seconds = 30.0, prefill_timeout = 0.0, write_stall_seconds = 20.0;
   seer::PrefillClientOptions client_options;
-  bool retry_broken = false;
+  bool retry_broken = false, cuda_graphs = true;
 #ifdef SEER_HAVE_NCCL
   std::string kv_transports = "nccl,grpc";
 #else
@@ -73,6 +73,9 @@ int main(int argc, char** argv) {
             "requests one decode step runs together (continuous batching over the KV page pool); "
             "0: no batching, each request decodes alone in its --max-concurrent slot");
   flags.Int("kv-page-tokens", &page_tokens, "positions per KV page (a multiple of 16 in [16, 1024])");
+  flags.Bool("cuda-graphs", &cuda_graphs,
+             "on the GPU, record a batched step's layers once as a CUDA graph and replay it while the batch "
+             "size and its longest context's 256-position splits stay the same (false: launch every kernel)");
   flags.String("kv-pool", &kv_pool,
                "the KV page pool: a size (24GiB, 512MiB), a share of the memory free after the weights "
                "(70%), or auto (70% of the GPU's; 256MiB on the CPU). A request reserves the pages of its "
@@ -175,6 +178,7 @@ int main(int argc, char** argv) {
   seer::PagedDecodeOptions paged;
   paged.page_tokens = static_cast<int>(page_tokens);
   paged.max_batch = static_cast<int>(max_batch);
+  paged.cuda_graphs = cuda_graphs;
   if (max_batch < 0 || max_batch > 1024 || page_tokens < 16 || page_tokens > 1024 || page_tokens % 16 != 0) {
     std::fprintf(
         stderr, "seer-decode: %s\n",
