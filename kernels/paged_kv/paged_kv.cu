@@ -619,9 +619,11 @@ cudaError_t LaunchPagedMma(const PagedAttentionParams& p, cudaStream_t stream) {
   constexpr size_t kRingBytes = size_t{16} * kWarps * kStages * 2 * (16 * kHeadDim / 8);
   constexpr size_t kSmem = kRingBytes > kMergeBytes ? kRingBytes : kMergeBytes;
   if constexpr (kSmem > 48 * 1024) {
-    static const cudaError_t once = cudaFuncSetAttribute(PagedSplitMmaKernel<kHeadDim, kRows16, kStages, T>,
-                                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-    SEER_CUDA_RETURN_IF_ERROR(once);
+    // Per launch, not once per process: the attribute belongs to the current
+    // device, and a process may launch on several. (A recorded step does not
+    // repeat it; it is a host call.)
+    SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(PagedSplitMmaKernel<kHeadDim, kRows16, kStages, T>,
+                                                   cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem));
   }
   PagedSplitMmaKernel<kHeadDim, kRows16, kStages, T>
       <<<grid, kWarps * 32, kSmem, stream>>>(p, p.scale * kLog2e, max_splits, partial);

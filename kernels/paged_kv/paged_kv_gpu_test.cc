@@ -4,8 +4,9 @@
 // positions) over shuffled pages of one pool; GQA 1/2/4/8/16; head dims 64 and
 // 128; page sizes 16, 32 and 64; bf16 and fp16; the SIMT kernel and both
 // tensor-core kernels; NaN in the pages past each context and in the outputs
-// before each run. The decode step's fused q/k/v kernel against the chain of
-// kernels it replaces, bit for bit.
+// before each run; one case again on every other visible device. The decode
+// step's fused q/k/v kernel against the chain of kernels it replaces, bit for
+// bit.
 #include "kernels/paged_kv/paged_kv.h"
 
 #include <gtest/gtest.h>
@@ -61,106 +62,116 @@ TEST_F(PagedKvGpuTest, DecodeAttentionMatchesTheTwin) {
   };
   std::mt19937 rng(17);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  for (ElemType t : {ElemType::kBF16, ElemType::kF16}) {
-    for (const Case& c : cases) {
-      const int B = static_cast<int>(c.contexts.size());
-      SCOPED_TRACE("Hq=" + std::to_string(c.hq) + " Hkv=" + std::to_string(c.hkv) + " D=" + std::to_string(c.d) +
-                   " page=" + std::to_string(c.page) + (t == ElemType::kBF16 ? " bf16" : " fp16"));
-      const int max_context = *std::max_element(c.contexts.begin(), c.contexts.end());
-      const int max_pages = std::max(1, (max_context + c.page - 1) / c.page);
-      int pool_pages = 0;
-      for (int ctx : c.contexts) pool_pages += (ctx + c.page - 1) / c.page;
-      pool_pages += 3;
-      std::vector<int32_t> order(pool_pages);
-      std::iota(order.begin(), order.end(), 0);
-      std::shuffle(order.begin(), order.end(), rng);
-      std::vector<int32_t> tables(static_cast<size_t>(B) * max_pages, 0);
-      int next = 0;
-      for (int b = 0; b < B; ++b) {
-        for (int p = 0; p < (c.contexts[b] + c.page - 1) / c.page; ++p) tables[b * max_pages + p] = order[next++];
-      }
-      const size_t page_elems = static_cast<size_t>(c.hkv) * c.page * c.d;
-      std::vector<uint16_t> kp(page_elems * pool_pages), vp(kp.size()), q(static_cast<size_t>(B) * c.hq * c.d);
-      std::vector<float> kf(kp.size()), vf(kp.size()), qf(q.size());
-      for (size_t i = 0; i < kp.size(); ++i) {
-        kp[i] = ToElem(u(rng), t);
-        vp[i] = ToElem(u(rng), t);
-        kf[i] = FromElem(kp[i], t);
-        vf[i] = FromElem(vp[i], t);
-      }
-      for (size_t i = 0; i < q.size(); ++i) {
-        q[i] = ToElem(3.0f * u(rng), t);
-        qf[i] = FromElem(q[i], t);
-      }
-      // Positions past a sequence's context in its last page hold NaN: the
-      // kernels read them (a 16-key step) and must mask them.
-      cpu::PagedShape shape{c.hq, c.hkv, c.d, c.page, 1.0f};
-      for (int b = 0; b < B; ++b) {
-        const int ctx = c.contexts[b];
-        if (ctx % c.page == 0) continue;
-        const int32_t last = tables[b * max_pages + ctx / c.page];
-        for (int h = 0; h < c.hkv; ++h) {
-          for (int off = ctx % c.page; off < c.page; ++off) {
-            const int64_t at = cpu::PageOffset(shape, last, h, off);
-            for (int d = 0; d < c.d; ++d) kp[at + d] = vp[at + d] = ToElem(NAN, t);
-          }
-        }
-      }
-      for (cuda::PagedKernel kernel :
-           {cuda::PagedKernel::kSimt, cuda::PagedKernel::kTensorCore, cuda::PagedKernel::kTensorCoreDirect}) {
-        SCOPED_TRACE(kernel == cuda::PagedKernel::kSimt         ? "SIMT kernel"
-                     : kernel == cuda::PagedKernel::kTensorCore ? "tensor-core kernel, shared-memory ring"
-                                                                : "tensor-core kernel, direct loads");
-        DevBuf dk(kp.size() * 2), dv(vp.size() * 2), dq(q.size() * 2), dout(q.size() * 2);
-        DevBuf dtab(tables.size() * 4), dlen(static_cast<size_t>(B) * 4);
-        DevBuf scratch(cuda::PagedDecodeWorkspaceBytes(B, c.hq, c.d, max_context));
-        ASSERT_CUDA(dk.Upload(kp.data(), kp.size() * 2));
-        ASSERT_CUDA(dv.Upload(vp.data(), vp.size() * 2));
-        ASSERT_CUDA(dq.Upload(q.data(), q.size() * 2));
-        ASSERT_CUDA(dtab.Upload(tables.data(), tables.size() * 4));
-        ASSERT_CUDA(dlen.Upload(c.contexts.data(), static_cast<size_t>(B) * 4));
-        cuda::PagedAttentionParams p;
-        p.dtype = t;
-        p.q = dq.get();
-        p.out = dout.get();
-        p.k_pages = dk.get();
-        p.v_pages = dv.get();
-        p.block_tables = dtab.get<int32_t>();
-        p.context_lens = dlen.get<int32_t>();
-        p.batch = B;
-        p.max_pages_per_seq = max_pages;
-        p.max_context = max_context;
-        p.num_heads = c.hq;
-        p.num_kv_heads = c.hkv;
-        p.head_dim = c.d;
-        p.page_tokens = c.page;
-        p.scale = 1.0f / std::sqrt(float(c.d));
-        p.workspace = scratch.get();
-        p.workspace_bytes = cuda::PagedDecodeWorkspaceBytes(B, c.hq, c.d, max_context);
-        p.kernel = kernel;
-        ASSERT_CUDA(cuda::PagedDecodeAttention(p, nullptr));
-        ASSERT_CUDA(cudaDeviceSynchronize());
-        std::vector<uint16_t> got(q.size());
-        ASSERT_CUDA(dout.Download(got.data(), got.size() * 2));
-
-        cpu::PagedShape s{c.hq, c.hkv, c.d, c.page, p.scale};
-        double num = 0.0, den = 0.0;
+  // Every case on device 0; one on each other device (the kernels' launch
+  // attributes belong to a device).
+  int devices = 1;
+  ASSERT_CUDA(cudaGetDeviceCount(&devices));
+  for (int dev = 0; dev < devices; ++dev) {
+    ASSERT_CUDA(cudaSetDevice(dev));
+    for (ElemType t : {ElemType::kBF16, ElemType::kF16}) {
+      for (const Case& c : cases) {
+        if (dev > 0 && (t != ElemType::kBF16 || &c != &cases[1])) continue;
+        const int B = static_cast<int>(c.contexts.size());
+        SCOPED_TRACE("device " + std::to_string(dev) + " Hq=" + std::to_string(c.hq) + " Hkv=" + std::to_string(c.hkv) +
+                     " D=" + std::to_string(c.d) + " page=" + std::to_string(c.page) +
+                     (t == ElemType::kBF16 ? " bf16" : " fp16"));
+        const int max_context = *std::max_element(c.contexts.begin(), c.contexts.end());
+        const int max_pages = std::max(1, (max_context + c.page - 1) / c.page);
+        int pool_pages = 0;
+        for (int ctx : c.contexts) pool_pages += (ctx + c.page - 1) / c.page;
+        pool_pages += 3;
+        std::vector<int32_t> order(pool_pages);
+        std::iota(order.begin(), order.end(), 0);
+        std::shuffle(order.begin(), order.end(), rng);
+        std::vector<int32_t> tables(static_cast<size_t>(B) * max_pages, 0);
+        int next = 0;
         for (int b = 0; b < B; ++b) {
-          std::vector<float> want(static_cast<size_t>(c.hq) * c.d);
-          cpu::PagedDecodeAttention(s, qf.data() + static_cast<size_t>(b) * c.hq * c.d, kf.data(), vf.data(),
-                                    tables.data() + b * max_pages, c.contexts[b], want.data());
-          for (size_t i = 0; i < want.size(); ++i) {
-            const float g = FromElem(got[static_cast<size_t>(b) * c.hq * c.d + i], t);
-            ASSERT_FALSE(std::isnan(g)) << "sequence " << b << " element " << i << " unwritten or NaN";
-            if (c.contexts[b] == 0) ASSERT_EQ(g, 0.0f);
-            num += (g - want[i]) * double(g - want[i]);
-            den += double(want[i]) * want[i];
+          for (int p = 0; p < (c.contexts[b] + c.page - 1) / c.page; ++p) tables[b * max_pages + p] = order[next++];
+        }
+        const size_t page_elems = static_cast<size_t>(c.hkv) * c.page * c.d;
+        std::vector<uint16_t> kp(page_elems * pool_pages), vp(kp.size()), q(static_cast<size_t>(B) * c.hq * c.d);
+        std::vector<float> kf(kp.size()), vf(kp.size()), qf(q.size());
+        for (size_t i = 0; i < kp.size(); ++i) {
+          kp[i] = ToElem(u(rng), t);
+          vp[i] = ToElem(u(rng), t);
+          kf[i] = FromElem(kp[i], t);
+          vf[i] = FromElem(vp[i], t);
+        }
+        for (size_t i = 0; i < q.size(); ++i) {
+          q[i] = ToElem(3.0f * u(rng), t);
+          qf[i] = FromElem(q[i], t);
+        }
+        // Positions past a sequence's context in its last page hold NaN: the
+        // kernels read them (a 16-key step) and must mask them.
+        cpu::PagedShape shape{c.hq, c.hkv, c.d, c.page, 1.0f};
+        for (int b = 0; b < B; ++b) {
+          const int ctx = c.contexts[b];
+          if (ctx % c.page == 0) continue;
+          const int32_t last = tables[b * max_pages + ctx / c.page];
+          for (int h = 0; h < c.hkv; ++h) {
+            for (int off = ctx % c.page; off < c.page; ++off) {
+              const int64_t at = cpu::PageOffset(shape, last, h, off);
+              for (int d = 0; d < c.d; ++d) kp[at + d] = vp[at + d] = ToElem(NAN, t);
+            }
           }
         }
-        EXPECT_LT(std::sqrt(num / std::max(den, 1e-30)), 1e-2);
+        for (cuda::PagedKernel kernel :
+             {cuda::PagedKernel::kSimt, cuda::PagedKernel::kTensorCore, cuda::PagedKernel::kTensorCoreDirect}) {
+          SCOPED_TRACE(kernel == cuda::PagedKernel::kSimt         ? "SIMT kernel"
+                       : kernel == cuda::PagedKernel::kTensorCore ? "tensor-core kernel, shared-memory ring"
+                                                                  : "tensor-core kernel, direct loads");
+          DevBuf dk(kp.size() * 2), dv(vp.size() * 2), dq(q.size() * 2), dout(q.size() * 2);
+          DevBuf dtab(tables.size() * 4), dlen(static_cast<size_t>(B) * 4);
+          DevBuf scratch(cuda::PagedDecodeWorkspaceBytes(B, c.hq, c.d, max_context));
+          ASSERT_CUDA(dk.Upload(kp.data(), kp.size() * 2));
+          ASSERT_CUDA(dv.Upload(vp.data(), vp.size() * 2));
+          ASSERT_CUDA(dq.Upload(q.data(), q.size() * 2));
+          ASSERT_CUDA(dtab.Upload(tables.data(), tables.size() * 4));
+          ASSERT_CUDA(dlen.Upload(c.contexts.data(), static_cast<size_t>(B) * 4));
+          cuda::PagedAttentionParams p;
+          p.dtype = t;
+          p.q = dq.get();
+          p.out = dout.get();
+          p.k_pages = dk.get();
+          p.v_pages = dv.get();
+          p.block_tables = dtab.get<int32_t>();
+          p.context_lens = dlen.get<int32_t>();
+          p.batch = B;
+          p.max_pages_per_seq = max_pages;
+          p.max_context = max_context;
+          p.num_heads = c.hq;
+          p.num_kv_heads = c.hkv;
+          p.head_dim = c.d;
+          p.page_tokens = c.page;
+          p.scale = 1.0f / std::sqrt(float(c.d));
+          p.workspace = scratch.get();
+          p.workspace_bytes = cuda::PagedDecodeWorkspaceBytes(B, c.hq, c.d, max_context);
+          p.kernel = kernel;
+          ASSERT_CUDA(cuda::PagedDecodeAttention(p, nullptr));
+          ASSERT_CUDA(cudaDeviceSynchronize());
+          std::vector<uint16_t> got(q.size());
+          ASSERT_CUDA(dout.Download(got.data(), got.size() * 2));
+
+          cpu::PagedShape s{c.hq, c.hkv, c.d, c.page, p.scale};
+          double num = 0.0, den = 0.0;
+          for (int b = 0; b < B; ++b) {
+            std::vector<float> want(static_cast<size_t>(c.hq) * c.d);
+            cpu::PagedDecodeAttention(s, qf.data() + static_cast<size_t>(b) * c.hq * c.d, kf.data(), vf.data(),
+                                      tables.data() + b * max_pages, c.contexts[b], want.data());
+            for (size_t i = 0; i < want.size(); ++i) {
+              const float g = FromElem(got[static_cast<size_t>(b) * c.hq * c.d + i], t);
+              ASSERT_FALSE(std::isnan(g)) << "sequence " << b << " element " << i << " unwritten or NaN";
+              if (c.contexts[b] == 0) ASSERT_EQ(g, 0.0f);
+              num += (g - want[i]) * double(g - want[i]);
+              den += double(want[i]) * want[i];
+            }
+          }
+          EXPECT_LT(std::sqrt(num / std::max(den, 1e-30)), 1e-2);
+        }
       }
     }
   }
+  ASSERT_CUDA(cudaSetDevice(0));
 }
 
 TEST_F(PagedKvGpuTest, PageCopiesMatchTheTwinExactly) {
