@@ -265,33 +265,32 @@ Status ModelRunner::OutputAndMlp(int layer, const Activations& a, int rows, bool
   SEER_RETURN_IF_ERROR(Gemm(a.attn, rows, q_cols, w.o_proj, hidden, a.residual, CUDA_R_32F, 1.0f));
   if (w.o_bias != nullptr) SEER_RETURN_IF_CUDA_ERROR(cuda::AddBias(a.residual, rows, hidden, w.o_bias, stream_));
 
-  // Decode steps: gate and up as one GEMM when their weights are back to back
-  // and the scratch holds [rows, 2 * inter] (mlp_up follows mlp_gate).
+  // Gate and up as one GEMM per chunk when their weights are back to back and
+  // the scratch holds [chunk, 2 * inter] (mlp_up follows mlp_gate): SwiGLU
+  // in place on the gate half, which the down projection reads with a row
+  // stride of 2 * inter.
   static const bool gate_up_enabled = EnvEnabled("SEER_FUSE_GATE_UP");
   const size_t inter_elems = static_cast<size_t>(inter) * hidden;
-  if (fuse_gate_up && gate_up_enabled && rows <= a.mlp_chunk && w.up_proj == w.gate_proj + inter_elems &&
-      a.mlp_up == a.mlp_gate + static_cast<size_t>(a.mlp_chunk) * inter && w.gate_bias == nullptr &&
-      w.up_bias == nullptr && inter % 8 == 0) {
-    SEER_RETURN_IF_CUDA_ERROR(cuda::RmsNorm(a.residual, rows, hidden, w.post_attention_norm, eps, a.normed, stream_));
-    SEER_RETURN_IF_ERROR(Gemm(a.normed, rows, hidden, w.gate_proj, 2 * inter, a.mlp_gate, CUDA_R_16BF, 0.0f));
-    SEER_RETURN_IF_CUDA_ERROR(cuda::SwiGluRows(a.mlp_gate, rows, inter, stream_));
-    SEER_RETURN_IF_ERROR(Gemm(a.mlp_gate, rows, inter, w.down_proj, hidden, a.residual, CUDA_R_32F, 1.0f, 2 * inter));
-    if (w.down_bias != nullptr)
-      SEER_RETURN_IF_CUDA_ERROR(cuda::AddBias(a.residual, rows, hidden, w.down_bias, stream_));
-    return OkStatus();
-  }
-
+  const bool fused = fuse_gate_up && gate_up_enabled && w.up_proj == w.gate_proj + inter_elems &&
+                     a.mlp_up == a.mlp_gate + static_cast<size_t>(a.mlp_chunk) * inter && w.gate_bias == nullptr &&
+                     w.up_bias == nullptr && inter % 8 == 0;
   for (int r0 = 0; r0 < rows; r0 += a.mlp_chunk) {
     const int n = std::min(a.mlp_chunk, rows - r0);
     float* res = a.residual + static_cast<size_t>(r0) * hidden;
     bf16* x = a.normed + static_cast<size_t>(r0) * hidden;
     SEER_RETURN_IF_CUDA_ERROR(cuda::RmsNorm(res, n, hidden, w.post_attention_norm, eps, x, stream_));
-    SEER_RETURN_IF_ERROR(Gemm(x, n, hidden, w.gate_proj, inter, a.mlp_gate, CUDA_R_16BF, 0.0f));
-    SEER_RETURN_IF_ERROR(Gemm(x, n, hidden, w.up_proj, inter, a.mlp_up, CUDA_R_16BF, 0.0f));
-    if (w.gate_bias != nullptr) SEER_RETURN_IF_CUDA_ERROR(cuda::AddBias(a.mlp_gate, n, inter, w.gate_bias, stream_));
-    if (w.up_bias != nullptr) SEER_RETURN_IF_CUDA_ERROR(cuda::AddBias(a.mlp_up, n, inter, w.up_bias, stream_));
-    SEER_RETURN_IF_CUDA_ERROR(cuda::SwiGlu(a.mlp_gate, a.mlp_up, static_cast<size_t>(n) * inter, a.mlp_gate, stream_));
-    SEER_RETURN_IF_ERROR(Gemm(a.mlp_gate, n, inter, w.down_proj, hidden, res, CUDA_R_32F, 1.0f));
+    if (fused) {
+      SEER_RETURN_IF_ERROR(Gemm(x, n, hidden, w.gate_proj, 2 * inter, a.mlp_gate, CUDA_R_16BF, 0.0f));
+      SEER_RETURN_IF_CUDA_ERROR(cuda::SwiGluRows(a.mlp_gate, n, inter, stream_));
+    } else {
+      SEER_RETURN_IF_ERROR(Gemm(x, n, hidden, w.gate_proj, inter, a.mlp_gate, CUDA_R_16BF, 0.0f));
+      SEER_RETURN_IF_ERROR(Gemm(x, n, hidden, w.up_proj, inter, a.mlp_up, CUDA_R_16BF, 0.0f));
+      if (w.gate_bias != nullptr) SEER_RETURN_IF_CUDA_ERROR(cuda::AddBias(a.mlp_gate, n, inter, w.gate_bias, stream_));
+      if (w.up_bias != nullptr) SEER_RETURN_IF_CUDA_ERROR(cuda::AddBias(a.mlp_up, n, inter, w.up_bias, stream_));
+      SEER_RETURN_IF_CUDA_ERROR(
+          cuda::SwiGlu(a.mlp_gate, a.mlp_up, static_cast<size_t>(n) * inter, a.mlp_gate, stream_));
+    }
+    SEER_RETURN_IF_ERROR(Gemm(a.mlp_gate, n, inter, w.down_proj, hidden, res, CUDA_R_32F, 1.0f, fused ? 2 * inter : 0));
     if (w.down_bias != nullptr) SEER_RETURN_IF_CUDA_ERROR(cuda::AddBias(res, n, hidden, w.down_bias, stream_));
   }
   return OkStatus();
