@@ -408,7 +408,14 @@ TEST(KvTransport, AKvStreamThatIsNeverReadIsCutOffAndHoldsUpNoOne) {
   options.kv_min_stream_bytes = 0;
   options.write_stall_seconds = 1.0;
   PrefillServer p(options, &engine);
-  auto channel = grpc::CreateChannel(p.server->address(), grpc::InsecureChannelCredentials());
+  // A fixed 64 KiB stream window (no BDP growth), so that the stalled
+  // stream cannot absorb a whole 8 MB layer: with windows grown by BDP
+  // probing, a run on a loaded 2-core machine (2026-11-28) saw the Prefill
+  // call end OK, the stream never cut off.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 10);
+  auto channel = grpc::CreateCustomChannel(p.server->address(), grpc::InsecureChannelCredentials(), args);
   grpc::GenericStub stub(channel);
 
   // Held until the KvStream has attached, so that it is handed layers.

@@ -150,7 +150,9 @@ class CudaEngine final : public Engine {
   Status RunDecodeLayers(int batch, int splits, const std::function<Status()>& launch);
   // Records `launch` into graph_.exec (updated in place when the topology
   // allows, else instantiated anew). A capture that fails turns graphs off
-  // for this engine, with one line on stderr: the caller runs `launch`.
+  // for the engine's lifetime (a failure here is a bug or an unsupported
+  // driver, not a passing state), with one line on stderr: the caller runs
+  // `launch`.
   void CaptureDecodeLayers(int batch, int splits, const std::function<Status()>& launch);
   // The cache as this engine's DeviceKvCache (the base checked its type and layout).
   static DeviceKvCache* AsDeviceCache(KvCache* cache) { return static_cast<DeviceKvCache*>(cache); }
@@ -809,8 +811,19 @@ void CudaEngine::CaptureDecodeLayers(int batch, int splits, const std::function<
   // Thread-local: other threads' CUDA calls (page-ins, transfers) go on.
   cudaError_t e = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal);
   if (e == cudaSuccess) {
-    const Status recorded = launch();
-    e = cudaStreamEndCapture(stream_, &graph);
+    // The capture ends on every way out of `launch`, an exception included:
+    // a stream left capturing would refuse all later work.
+    struct EndCapture {
+      cudaStream_t stream;
+      cudaGraph_t* graph;
+      cudaError_t* result;
+      ~EndCapture() { *result = cudaStreamEndCapture(stream, graph); }
+    };
+    Status recorded;
+    {
+      EndCapture end{stream_, &graph, &e};
+      recorded = launch();
+    }
     if (!recorded.ok()) why = recorded.ToString();
   }
   if (why.empty() && e != cudaSuccess) why = cudaGetErrorString(e);

@@ -160,7 +160,7 @@ Status ModelRunner::RopeAndCachePaged(int layer, const Activations& a, int rows,
 
 Status ModelRunner::PagedAttentionInputs(int layer, const Activations& a, int rows, const PagedBatch& b) {
   if (!FusesQkv(layer, a, rows) || config_.head_dim % 16 != 0) {
-    SEER_RETURN_IF_ERROR(AttentionInputs(layer, a, rows));
+    SEER_RETURN_IF_ERROR(AttentionInputs(layer, a, rows, /*fuse_qkv=*/true));
     return RopeAndCachePaged(layer, a, rows, b);
   }
   const DeviceLayerWeights& w = weights_.layers[layer];

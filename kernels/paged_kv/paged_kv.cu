@@ -837,8 +837,10 @@ __global__ void RopeQkvKernel(const RopeQkvParams p) {
 }  // namespace
 
 cudaError_t RopeQkvToPages(const RopeQkvParams& p, cudaStream_t stream) {
-  if (p.rows < 0 || p.batch < 0 || p.batch > p.rows || p.num_heads <= 0 || p.num_kv_heads <= 0 ||
-      p.head_dim % 16 != 0 || p.page_tokens <= 0 || p.max_pages_per_seq <= 0) {
+  auto aligned = [](const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+  if (p.rows < 0 || p.batch < 0 || p.batch > p.rows || p.num_heads <= 0 || p.num_kv_heads <= 0 || p.head_dim <= 0 ||
+      p.head_dim % 16 != 0 || p.page_tokens <= 0 || p.max_pages_per_seq <= 0 || !aligned(p.qkv) || !aligned(p.q) ||
+      !aligned(p.k_pages) || !aligned(p.v_pages)) {
     return cudaErrorInvalidValue;
   }
   if (p.rows == 0) return cudaSuccess;

@@ -356,6 +356,15 @@ TEST_F(PagedKvGpuTest, FusedRopeQkvMatchesTheKernelsItReplacesExactly) {
   bad.page_tokens = 16;
   bad.max_pages_per_seq = 1;
   EXPECT_EQ(cuda::RopeQkvToPages(bad, nullptr), cudaErrorInvalidValue);
+  bad.head_dim = 0;
+  EXPECT_EQ(cuda::RopeQkvToPages(bad, nullptr), cudaErrorInvalidValue);
+  // A well-formed call but for one pointer off a 16-byte boundary.
+  DevBuf buf(4096);
+  bad.head_dim = 16;
+  bad.qkv = buf.get<char>() + 2;
+  bad.rope = buf.get<float2>();
+  bad.q = buf.get();
+  EXPECT_EQ(cuda::RopeQkvToPages(bad, nullptr), cudaErrorInvalidValue);
 }
 
 }  // namespace
