@@ -442,12 +442,16 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
         sm90::FenceRegs(o);
         release(p_stage);
       }
+      // Once a row's maximum has settled its correction is exactly 1: skip
+      // the 2 D multiplies (the result is the same bits).
+      if (correction[0] != 1.0f || correction[1] != 1.0f) {
 #pragma unroll
-      for (int nt = 0; nt < kOTiles; ++nt) {
-        o[nt * 4 + 0] *= correction[0];
-        o[nt * 4 + 1] *= correction[0];
-        o[nt * 4 + 2] *= correction[1];
-        o[nt * 4 + 3] *= correction[1];
+        for (int nt = 0; nt < kOTiles; ++nt) {
+          o[nt * 4 + 0] *= correction[0];
+          o[nt * 4 + 1] *= correction[0];
+          o[nt * 4 + 2] *= correction[1];
+          o[nt * 4 + 3] *= correction[1];
+        }
       }
       // P: the C layout of two n8 tiles is the A layout of one k16 step.
 #pragma unroll
