@@ -75,8 +75,9 @@ struct Sm90Tile {
   static constexpr int kTileBytes = kBlock * kHeadDim * 2;
   static constexpr int kKSteps = kHeadDim / 16;  // k16 steps of S = Q K^T
   static constexpr int kStepsPerColBlock = kCols / 16;
-  // As many K/V stages as fit (at least 3: each consumer holds at most one
-  // while it waits, and a third keeps the producer going).
+  // As many K/V stages as fit (at least 5: each consumer holds at most two
+  // while it waits for its next queue entry, and a fifth keeps the producer
+  // going).
   static constexpr int kStages = kHeadDim == 128 ? 6 : kHeadDim == 96 ? 8 : kHeadDim == 64 ? 12 : 16;
   // Each consumer's queue of stream entries: every stage may hold one of its
   // blocks, plus the end markers of the tile it is in and of the next.
@@ -94,7 +95,7 @@ struct Sm90Tile {
   static constexpr int kSmemAlloc = kSmemBytes + 1024;  // room to align the base
   static_assert(kSmemAlloc <= 227 * 1024, "shared memory");
   static_assert(kTileBytes % 1024 == 0, "tiles must keep the swizzle period");
-  static_assert(kStages >= 3, "two held stages and one to fill");
+  static_assert(kStages >= 5, "two stages held by each consumer and one to fill");
 };
 
 struct Sm90Params {
@@ -375,7 +376,7 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
     // rescale O, and S becomes the new P. Instantiated for both cases so that
     // each is one straight run of fence + wgmmas + waits: ptxas serializes
     // wgmmas whose fences or waits it cannot match on every path.
-    auto compute_block = [&]<bool kHaveP>(int kb, int stage) {
+    auto compute_block = [&]<bool kHaveP>(int kb, int stage, auto&& while_mma_runs) {
       // --- mma: S = Q K^T, and O += P V for the held block behind it.
       float s[32];
       sm90::WgmmaFence();
@@ -390,8 +391,10 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
           sm90::WgmmaRS<kHeadDim, T>::template Run<1>(o, p_frag[ks], v_desc(p_stage, ks), 1);
         }
         sm90::WgmmaCommit();
+        while_mma_runs();
         sm90::WgmmaWait<1>();
       } else {
+        while_mma_runs();
         sm90::WgmmaWait<0>();
       }
       sm90::FenceRegs(s);
@@ -464,21 +467,32 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
     };
 
     // This consumer's blocks, in stream order, until the tile's end marker.
-    for (;;) {
+    // The next queue entry is waited for and read while this block's MMAs
+    // run, not after the block: measured 7-13% faster dense (H200,
+    // 2026-11-28; docs/KERNELS.md), though a consumer now holds two stages
+    // while it waits (hence kStages >= 5). Testing the barrier without
+    // waiting, and waiting after the block when the entry was not posted yet,
+    // was as slow as reading it after the block.
+    auto take = [&]() {
       const int slot = taken % Tile::kQueue;
       sm90::MbarWait(bar(Tile::kReady + c * Tile::kQueue + slot), (taken / Tile::kQueue) & 1);
       ++taken;
-      const int4 entry = read_shared(queue + slot);
-      if (entry.x < 0) break;
+      return read_shared(queue + slot);
+    };
+    int4 entry = take();
+    while (entry.x >= 0) {
       const int stage = entry.x;
       sm90::MbarWait(bar(Tile::kFull + stage), static_cast<uint32_t>(entry.z));
+      int4 next;
+      auto read_next = [&] { next = take(); };
       if (have_p) {
-        compute_block.template operator()<true>(entry.y, stage);
+        compute_block.template operator()<true>(entry.y, stage, read_next);
       } else {
-        compute_block.template operator()<false>(entry.y, stage);
+        compute_block.template operator()<false>(entry.y, stage, read_next);
       }
       have_p = true;
       p_stage = stage;
+      entry = next;
     }
     if (have_p) flush();
 
