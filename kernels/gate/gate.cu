@@ -10,10 +10,10 @@
 //            the rotation in float32 without contraction (as the CPU does);
 //   scores   q'.k'^T * hidden^-0.5 for the causal triangle, heads_per_pass
 //            heads at a time into an nb x nb scratch per head;
-//   select   one CTA per row: softmax (double sum), then dense / threshold /
-//            top-k by radix select (ties to the lower block index),
-//            last_block_dense, and the non-empty-row rule; the row's kept
-//            blocks become a bitmap and a count;
+//   select   one warp per row, read once into shared memory: softmax (double
+//            sum), then dense / threshold / top-k by radix select (ties to
+//            the lower block index), last_block_dense, and the non-empty-row
+//            rule; the row's kept blocks become a bitmap and a count;
 //   lists    an exclusive scan of the counts gives the CSR offsets, and one
 //            warp per row expands its bitmap into ascending block indices.
 
@@ -26,6 +26,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "kernels/arch/sm80_mma.cuh"
 #include "kernels/common/check.h"
 
 namespace seer::cuda {
@@ -155,41 +156,167 @@ __global__ void RopeTableKernel(const float* inv_freq, int nb, int half, int blo
   table[static_cast<int64_t>(nb) * half + i] = static_cast<float>(sin(static_cast<double>(angle)));
 }
 
+// --- 128 x 128 SGEMM tiles (the old gate's projection and scores) ----------
+// 256 threads. Warp w owns tile rows 32 (w / 2).. and columns 64 (w % 2)..;
+// its lane l rows 8 (l / 8).. and columns 4 (l % 8).., 32 + 4 (l % 8)..
+// (8 x 8 outputs, float4 shared-memory reads without bank conflicts). Each
+// step takes kSgemmK channels from two slabs [channel][row or column], double
+// buffered; the next step's global loads are in flight (into registers, or
+// cp.async) while this step computes: one barrier a step.
+constexpr int kSgemmTile = 128;
+constexpr int kSgemmK = 16;
+constexpr int kSgemmThreads = 256;
+constexpr int kSgemmPitch = kSgemmTile + 4;  // floats; keeps rows 16-byte aligned
+constexpr int kSgemmLoads = kSgemmTile * kSgemmK / 4 / kSgemmThreads;  // float4 loads per thread and slab
+
+using SgemmSlab = float[kSgemmK][kSgemmPitch];
+
+// src[0 .. 3], zeros from src[valid] on: one 16-byte load where kVec (src
+// 16-byte aligned, valid <= 0 or >= 4). A zero channel leaves every sum as
+// it is: fmaf(0, 0, acc) == acc, and acc, starting at +0, is never -0.
+template <bool kVec>
+__device__ __forceinline__ float4 Load4(const float* src, int valid) {
+  float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  if (kVec) return valid > 0 ? *reinterpret_cast<const float4*>(src) : v;
+  if (valid > 0) v.x = src[0];
+  if (valid > 1) v.y = src[1];
+  if (valid > 2) v.z = src[2];
+  if (valid > 3) v.w = src[3];
+  return v;
+}
+
+// A slab of kSgemmTile rows and kSgemmK channels from x (row stride ld), of
+// which `rows` rows and `channels` channels exist: float4 j of this thread
+// is row f / 4, channels 4 (f % 4).., f = threadIdx.x + j * kSgemmThreads;
+// stored transposed ([channel][row]).
+template <bool kVec>
+__device__ __forceinline__ void LoadRowSlab(const float* x, int ld, int rows, int channels, float4 (&v)[kSgemmLoads]) {
+#pragma unroll
+  for (int j = 0; j < kSgemmLoads; ++j) {
+    const int f = threadIdx.x + j * kSgemmThreads;
+    const int r = f / (kSgemmK / 4);
+    const int c = 4 * (f % (kSgemmK / 4));
+    v[j] = Load4<kVec>(x + (r * ld + c), r < rows ? channels - c : 0);
+  }
+}
+__device__ __forceinline__ void StoreRowSlab(const float4 (&v)[kSgemmLoads], SgemmSlab& s) {
+#pragma unroll
+  for (int j = 0; j < kSgemmLoads; ++j) {
+    const int f = threadIdx.x + j * kSgemmThreads;
+    const int r = f / (kSgemmK / 4);
+    const int c = 4 * (f % (kSgemmK / 4));
+    s[c][r] = v[j].x, s[c + 1][r] = v[j].y, s[c + 2][r] = v[j].z, s[c + 3][r] = v[j].w;
+  }
+}
+
+// Stores this thread's float4 j of a [channel][column] slab: channel f / 32,
+// columns 4 (f % 32).., f = threadIdx.x + j * kSgemmThreads.
+__device__ __forceinline__ void StoreColumnSlab(const float4 (&v)[kSgemmLoads], SgemmSlab& s) {
+#pragma unroll
+  for (int j = 0; j < kSgemmLoads; ++j) {
+    const int f = threadIdx.x + j * kSgemmThreads;
+    *reinterpret_cast<float4*>(&s[f / (kSgemmTile / 4)][4 * (f % (kSgemmTile / 4))]) = v[j];
+  }
+}
+
+// The tile row of this thread's acc[0][.] and the column of its acc[.][0]
+// (acc[.][4] is 32 further).
+__device__ __forceinline__ int SgemmRow0() { return 32 * (threadIdx.x / 64) + 8 * (threadIdx.x % 32 / 8); }
+__device__ __forceinline__ int SgemmCol0() { return 64 * (threadIdx.x / 32 % 2) + 4 * (threadIdx.x % 8); }
+
+// The tile's main loop over `steps` steps of kSgemmK channels, in order:
+// acc[i][j] = fmaf(a[c][row0 + i], b[c][col j], acc[i][j]). load(s, buf) puts
+// step s's global loads in flight, into registers or by cp.async into slabs
+// a[buf], b[buf] (kAsync); store(buf) writes the registers there. Warps that
+// are not `busy` only load.
+template <bool kAsync, typename Load, typename Store>
+__device__ __forceinline__ void SgemmMainLoop(int steps, bool busy, const SgemmSlab (&a)[2], const SgemmSlab (&b)[2],
+                                              Load load, Store store, float (&acc)[8][8]) {
+  const int row0 = SgemmRow0();
+  const int col0 = SgemmCol0();
+  load(0, 0);
+  store(0);
+  if (kAsync) ptx::CpAsyncWait<0>();
+  __syncthreads();
+  for (int s = 0; s < steps; ++s) {
+    const int buf = s % 2;
+    if (s + 1 < steps) load(s + 1, 1 - buf);
+    if (busy) {
+#pragma unroll
+      for (int c = 0; c < kSgemmK; ++c) {
+        const float4 a0 = *reinterpret_cast<const float4*>(&a[buf][c][row0]);
+        const float4 a1 = *reinterpret_cast<const float4*>(&a[buf][c][row0 + 4]);
+        const float4 b0 = *reinterpret_cast<const float4*>(&b[buf][c][col0]);
+        const float4 b1 = *reinterpret_cast<const float4*>(&b[buf][c][col0 + 32]);
+        const float av[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+        const float bv[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(av[i], bv[j], acc[i][j]);
+        }
+      }
+    }
+    if (s + 1 < steps) store(1 - buf);  // slabs last read in step s - 1, before the barrier
+    if (kAsync) ptx::CpAsyncWait<0>();
+    __syncthreads();
+  }
+}
+
 // --- project + rope -------------------------------------------------------
 constexpr int kGemmThreads = 256;  // 16 x 16 threads, (kTile / 16)^2 outputs each
 
-// The gate linears as one tiled GEMM per Q head: out[h] = X[h] . W[h] with
-// X [nb, in] (row stride x_row), W [in, hidden], out [Hq, nb, hidden]. grid
-// (m tiles, n tiles, Hq * linears): z < Hq makes k' for head z, z >= Hq
-// makes q' for head z - Hq (only when mask_linear_q exists). Tiles of kTile
-// x kTile, kK input channels per step: 128 x 16 for the old gate; 64 x 64 for
-// the fused one (4x the CTAs, which a short sequence needs to fill the chip,
-// and a quarter of the steps, each waiting once for its loads).
+// The operands of the gate linear that grid z computes: z < Hq makes k' for
+// head z, z >= Hq makes q' for head z - Hq (only when mask_linear_q exists).
+// out[h] = X . W with X [nb, in] (row stride x_row) and W [in, hidden].
+struct ProjectOperands {
+  bool is_k;
+  int h;
+  const float* x;
+  int64_t x_row;
+  int in;
+  const float* w;
+};
+
+__device__ __forceinline__ ProjectOperands GetProjectOperands(const GateParams& p, int z, const float* pooled_q,
+                                                              const float* pooled_k) {
+  ProjectOperands o;
+  o.is_k = z < p.num_heads;
+  o.h = o.is_k ? z : z - p.num_heads;
+  const int group = p.num_heads / p.num_kv_heads;
+  if (o.is_k) {
+    const int w_heads = p.k_weight_heads > 0 ? p.k_weight_heads : p.num_heads;
+    o.x = pooled_k + static_cast<int64_t>(o.h / group) * 3 * p.head_dim;
+    o.x_row = static_cast<int64_t>(p.num_kv_heads) * 3 * p.head_dim;
+    o.in = 3 * p.head_dim;
+    o.w = p.k_weight + static_cast<int64_t>(o.h / (p.num_heads / w_heads)) * o.in * p.hidden;
+  } else {
+    o.x = pooled_q + static_cast<int64_t>(o.h) * p.head_dim;
+    o.x_row = static_cast<int64_t>(p.num_heads) * p.head_dim;
+    o.in = p.head_dim;
+    o.w = p.q_weight + static_cast<int64_t>(o.h) * o.in * p.hidden;
+  }
+  return o;
+}
+
+// The gate linears of the fused gate as one tiled GEMM per Q head, out [Hq,
+// nb, hidden]; grid (m tiles, n tiles, Hq * linears). Tiles of kTile x kTile,
+// kGemmK input channels per step, 64 x 64 (many CTAs, which a short sequence
+// needs to fill the chip, and few steps, each waiting once for its loads).
+// The input channels are summed in order from +0, as in ProjectSgemmKernel.
 template <int kTile, int kGemmK>
 __global__ void __launch_bounds__(kGemmThreads)
     ProjectKernel(GateParams p, int nb, const float* pooled_q, const float* pooled_k, float* qp, float* kp) {
   constexpr int kPer = kTile / 16;  // outputs per thread in each direction
   constexpr int kPitch = kTile + 4;  // floats; keeps rows 16-byte aligned
-  const bool is_k = static_cast<int>(blockIdx.z) < p.num_heads;
-  const int h = is_k ? blockIdx.z : blockIdx.z - p.num_heads;
+  const ProjectOperands o = GetProjectOperands(p, blockIdx.z, pooled_q, pooled_k);
+  const bool is_k = o.is_k;
+  const int h = o.h;
   const int hidden = p.hidden;
-  const int group = p.num_heads / p.num_kv_heads;
-  const float* x;
-  int64_t x_row;
-  int in;
-  const float* w;
-  if (is_k) {
-    const int w_heads = p.k_weight_heads > 0 ? p.k_weight_heads : p.num_heads;
-    x = pooled_k + static_cast<int64_t>(h / group) * 3 * p.head_dim;
-    x_row = static_cast<int64_t>(p.num_kv_heads) * 3 * p.head_dim;
-    in = 3 * p.head_dim;
-    w = p.k_weight + static_cast<int64_t>(h / (p.num_heads / w_heads)) * in * hidden;
-  } else {
-    x = pooled_q + static_cast<int64_t>(h) * p.head_dim;
-    x_row = static_cast<int64_t>(p.num_heads) * p.head_dim;
-    in = p.head_dim;
-    w = p.q_weight + static_cast<int64_t>(h) * in * hidden;
-  }
+  const float* x = o.x;
+  const int64_t x_row = o.x_row;
+  const int in = o.in;
+  const float* w = o.w;
   __shared__ __align__(16) float xs[kGemmK][kPitch];
   __shared__ __align__(16) float ws[kGemmK][kPitch];
   const int m0 = blockIdx.x * kTile;
@@ -250,6 +377,76 @@ __global__ void __launch_bounds__(kGemmThreads)
   }
 }
 
+// The gate linears of the old gate in 128 x 128 tiles (see the SGEMM tiles
+// above), out [Hq, nb, hidden]; grid (m tiles, n tiles, Hq * linears). kVec:
+// hidden % 4 == 0 and the weights 16-byte aligned, so that w comes by
+// 16-byte cp.async (the rows of x always are aligned: in and x_row are
+// multiples of 8).
+template <bool kVec>
+__global__ void __launch_bounds__(kSgemmThreads, kVec ? 2 : 1)
+    ProjectSgemmKernel(GateParams p, int nb, const float* pooled_q, const float* pooled_k, float* qp, float* kp) {
+  const ProjectOperands o = GetProjectOperands(p, blockIdx.z, pooled_q, pooled_k);
+  const int hidden = p.hidden;
+  const int m0 = blockIdx.x * kSgemmTile;
+  const int n0 = blockIdx.y * kSgemmTile;
+  __shared__ __align__(16) SgemmSlab xs[2], ws[2];
+  const bool busy = m0 + 32 * static_cast<int>(threadIdx.x / 64) < nb;  // the warp has rows before nb
+  // This thread's loads in a step: x rows m0 + tid / 4 + 64 j at channels
+  // 4 (tid % 4).., and w channels tid / 32 + 8 j at columns n0 + 4 (tid % 32)..
+  // (the channels counted from the step's first).
+  const int tid = threadIdx.x;
+  const float* x_src = o.x + static_cast<int64_t>(m0 + tid / 4) * o.x_row + 4 * (tid % 4);
+  const int x_rows = nb - m0 - tid / 4;
+  const float* w_src = o.w + static_cast<int64_t>(tid / 32) * hidden + n0 + 4 * (tid % 32);
+  const int w_columns = hidden - n0 - 4 * (tid % 32);
+  float4 xv[kSgemmLoads], wv[kSgemmLoads];
+  float acc[8][8] = {};
+  SgemmMainLoop<kVec>((o.in + kSgemmK - 1) / kSgemmK, busy, xs, ws,
+                      [&](int s, int buf) {
+#pragma unroll
+                        for (int j = 0; j < kSgemmLoads; ++j) {
+                          const int c = s * kSgemmK;
+                          xv[j] =
+                              Load4<true>(x_src + 64 * j * o.x_row + c, 64 * j < x_rows ? o.in - c - 4 * (tid % 4) : 0);
+                          const float* src = w_src + static_cast<int64_t>(c + 8 * j) * hidden;
+                          const int valid = c + tid / 32 + 8 * j < o.in ? w_columns : 0;
+                          if (kVec) {
+                            ptx::CpAsync16ZeroFill(ptx::SmemAddr(&ws[buf][tid / 32 + 8 * j][4 * (tid % 32)]),
+                                                   valid > 0 ? src : o.w, valid > 0);
+                          } else {
+                            wv[j] = Load4<false>(src, valid);
+                          }
+                        }
+                        if (kVec) ptx::CpAsyncCommit();
+                      },
+                      [&](int buf) {
+                        StoreRowSlab(xv, xs[buf]);
+                        if (!kVec) StoreColumnSlab(wv, ws[buf]);
+                      },
+                      acc);
+  if (!busy) return;
+  float* out = (o.is_k ? kp : qp) + static_cast<int64_t>(o.h) * nb * hidden;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const int m = m0 + SgemmRow0() + i;
+    if (m >= nb) break;
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int n = n0 + SgemmCol0() + 32 * half;
+      float* dst = out + static_cast<int64_t>(m) * hidden + n;
+      const float4 v = make_float4(acc[i][4 * half], acc[i][4 * half + 1], acc[i][4 * half + 2], acc[i][4 * half + 3]);
+      if (kVec && n + 3 < hidden) {
+        *reinterpret_cast<float4*>(dst) = v;
+      } else {
+        if (n < hidden) dst[0] = v.x;
+        if (n + 1 < hidden) dst[1] = v.y;
+        if (n + 2 < hidden) dst[2] = v.z;
+        if (n + 3 < hidden) dst[3] = v.w;
+      }
+    }
+  }
+}
+
 // Block RoPE in place on q' and k' ([Hq, nb, hidden]); without mask_linear_q,
 // q' is first taken from the pooled Q. One thread per rotated pair. The
 // rotation rounds as the CPU does: four products, then a difference and a
@@ -281,77 +478,82 @@ __global__ void RopeKernel(GateParams p, int nb, const float* pooled_q, const fl
 }
 
 // --- scores ---------------------------------------------------------------
-constexpr int kScoreTile = 128;
-constexpr int kScoreK = 16;
-constexpr int kScoreThreads = 256;  // 16 x 16 threads, 8 x 8 scores each
-constexpr int kScorePitch = kScoreTile + 4;  // floats; keeps rows 16-byte aligned
-
-// grid (tiles, tiles, heads in this pass). scores[hl][qb][kb] =
-// (q'[h, qb] . k'[h, kb]) * scale for kb <= qb (above the diagonal is never
-// written nor read). Each thread owns rows 8 ty.. and columns 8 tx.. of the tile.
-__global__ void __launch_bounds__(kScoreThreads)
+// grid (tiles of the causal triangle, heads in this pass); block x is tile
+// (qt, kt), kt <= qt, numbered row by row. scores[hl][qb][kb] = (q'[h, qb] .
+// k'[h, kb]) * scale for kb <= qb (above the diagonal is never written nor
+// read), 128 x 128 SGEMM tiles: fmaf over the channels in order from +0, as
+// the CPU gate and the fused kernel. kVec: hidden % 4 == 0.
+template <bool kVec>
+__global__ void __launch_bounds__(kSgemmThreads, 2)
     ScoresKernel(const float* qp, const float* kp, int nb, int hidden, int head0, float scale, float* scores) {
-  const int qt = blockIdx.y;
-  const int kt = blockIdx.x;
-  if (kt > qt) return;
-  const int hl = blockIdx.z;
+  const int tile = blockIdx.x;
+  int qt = static_cast<int>((sqrtf(8.0f * tile + 1.0f) - 1.0f) * 0.5f);
+  while (qt * (qt + 1) / 2 > tile) --qt;
+  while ((qt + 1) * (qt + 2) / 2 <= tile) ++qt;
+  const int kt = tile - qt * (qt + 1) / 2;
+  const int hl = blockIdx.y;
   const int h = head0 + hl;
-  __shared__ __align__(16) float qs[kScoreK][kScorePitch];
-  __shared__ __align__(16) float ks[kScoreK][kScorePitch];
-  const int tx = threadIdx.x % 16;
-  const int ty = threadIdx.x / 16;
+  const int q_first = qt * kSgemmTile;
+  const int k_first = kt * kSgemmTile;
+  __shared__ __align__(16) SgemmSlab qs[2], ks[2];
+  // Warps with no score on or below the diagonal (the upper right of a
+  // diagonal tile) or none before nb only load.
+  const int warp_rows = q_first + 32 * static_cast<int>(threadIdx.x / 64);
+  const bool busy =
+      warp_rows < nb && k_first + 64 * static_cast<int>(threadIdx.x / 32 % 2) <= min(warp_rows + 31, nb - 1);
   const float* qh = qp + static_cast<int64_t>(h) * nb * hidden;
   const float* kh = kp + static_cast<int64_t>(h) * nb * hidden;
+  float4 qv[kSgemmLoads], kv[kSgemmLoads];
   float acc[8][8] = {};
-  for (int c0 = 0; c0 < hidden; c0 += kScoreK) {
-    __syncthreads();
-    for (int i = threadIdx.x; i < kScoreTile * kScoreK; i += kScoreThreads) {
-      const int r = i / kScoreK;
-      const int c = i % kScoreK;
-      const int qrow = qt * kScoreTile + r;
-      const int krow = kt * kScoreTile + r;
-      const bool in_c = c0 + c < hidden;
-      qs[c][r] = (qrow < nb && in_c) ? qh[static_cast<int64_t>(qrow) * hidden + c0 + c] : 0.0f;
-      ks[c][r] = (krow < nb && in_c) ? kh[static_cast<int64_t>(krow) * hidden + c0 + c] : 0.0f;
-    }
-    __syncthreads();
-#pragma unroll 4
-    for (int c = 0; c < kScoreK; ++c) {
-      const float4 a0 = *reinterpret_cast<const float4*>(&qs[c][8 * ty]);
-      const float4 a1 = *reinterpret_cast<const float4*>(&qs[c][8 * ty + 4]);
-      const float4 b0 = *reinterpret_cast<const float4*>(&ks[c][8 * tx]);
-      const float4 b1 = *reinterpret_cast<const float4*>(&ks[c][8 * tx + 4]);
-      const float a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-      const float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-      }
-    }
-  }
+  SgemmMainLoop<false>((hidden + kSgemmK - 1) / kSgemmK, busy, qs, ks,
+                       [&](int s, int) {
+                         LoadRowSlab<kVec>(qh + static_cast<int64_t>(q_first) * hidden + s * kSgemmK, hidden,
+                                           nb - q_first, hidden - s * kSgemmK, qv);
+                         LoadRowSlab<kVec>(kh + static_cast<int64_t>(k_first) * hidden + s * kSgemmK, hidden,
+                                           nb - k_first, hidden - s * kSgemmK, kv);
+                       },
+                       [&](int buf) {
+                         StoreRowSlab(qv, qs[buf]);
+                         StoreRowSlab(kv, ks[buf]);
+                       },
+                       acc);
+  if (!busy) return;
+
   float* out = scores + static_cast<int64_t>(hl) * nb * nb;
+  const bool vec_out = nb % 4 == 0;  // rows 16-byte aligned
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
-    const int qb = qt * kScoreTile + 8 * ty + i;
-    if (qb >= nb) continue;
+    const int qb = q_first + SgemmRow0() + i;
+    if (qb >= nb) break;
+    float* orow = out + static_cast<int64_t>(qb) * nb;
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      const int kb = kt * kScoreTile + 8 * tx + j;
-      if (kb <= qb) out[static_cast<int64_t>(qb) * nb + kb] = acc[i][j] * scale;
+    for (int half = 0; half < 2; ++half) {
+      const int kb = k_first + SgemmCol0() + 32 * half;
+      const float4 v = make_float4(acc[i][4 * half] * scale, acc[i][4 * half + 1] * scale, acc[i][4 * half + 2] * scale,
+                                   acc[i][4 * half + 3] * scale);
+      if (vec_out && kb + 3 <= qb) {
+        *reinterpret_cast<float4*>(orow + kb) = v;
+      } else {
+        if (kb <= qb) orow[kb] = v.x;
+        if (kb + 1 <= qb) orow[kb + 1] = v.y;
+        if (kb + 2 <= qb) orow[kb + 2] = v.z;
+        if (kb + 3 <= qb) orow[kb + 3] = v.w;
+      }
     }
   }
 }
 
 // --- select ---------------------------------------------------------------
-constexpr int kSelectWarpsPerCta = 8;
+constexpr int kSelectMaxWarps = 8;
+// Shared memory per select CTA that still lets three run on an SM.
+constexpr size_t kSelectSmemTarget = 72 * 1024;
 
 // Order-preserving map of float to uint32 (larger float -> larger key), NaN
 // above everything as torch.topk ranks it.
 __device__ __forceinline__ uint32_t OrderKey(float f) {
-  if (isnan(f)) return 0xffffffffu;
   const uint32_t u = __float_as_uint(f);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  const uint32_t flip = static_cast<uint32_t>(static_cast<int32_t>(u) >> 31) | 0x80000000u;  // ~u or u | 2^31
+  return isnan(f) ? 0xffffffffu : u ^ flip;
 }
 
 template <typename V, typename Op>
@@ -362,54 +564,88 @@ __device__ __forceinline__ V WarpReduce(V v, Op op) {
 }
 
 // Softmax, selection and output of one row (head h, query block qb) of
-// scores, by one warp. `row` may be global or shared memory; `hist` is the
-// warp's 257-word radix histogram in shared memory.
+// scores, by one warp. `row` (the scores' bits) and `hist` (the warp's 257
+// words) are in shared memory; top-k rows overwrite `row` with their keys.
+//
+// Top-k keeps the keys above the topk-th largest key and, of the keys equal
+// to it, the first topk - #(larger keys) by index. That key and that count
+// are found by radix select, 8 bits at a time from the top; once at most 32
+// keys share the prefix found so far, one more pass gathers them, one a
+// lane, and a ballot per bit settles the bits left.
 __device__ __forceinline__ void SelectRow(const GateParams& p, int nb, int words, int h, int qb, int64_t topk,
-                                          int first_dense_row, const float* row, uint32_t* hist, uint32_t* bitmap,
+                                          int first_dense_row, uint32_t* row, uint32_t* hist, uint32_t* bitmap,
                                           int32_t* counts, int32_t* direct_indices) {
   const int lane = threadIdx.x % 32;
+  const uint32_t lanes_below = (1u << lane) - 1u;
   const int n = qb + 1;
-  // Softmax over the causal blocks, rounded as the CPU gate does.
+  const bool all =
+      p.mode == SparsityMode::kDense || qb >= first_dense_row || (p.mode == SparsityMode::kNzRatio && topk >= n);
+  const bool radix = !all && p.mode == SparsityMode::kNzRatio;
+  const bool threshold_mode = p.mode == SparsityMode::kThreshold;
+  auto score = [&](int i) { return __uint_as_float(row[i]); };
+
+  // Softmax over the causal blocks, rounded as the CPU gate does; top-k and
+  // dense rows need it only for p.probs.
   float mx = -INFINITY;
-  for (int i = lane; i < n; i += 32) mx = fmaxf(mx, row[i]);
-  mx = WarpReduce(mx, [](float a, float b) { return fmaxf(a, b); });
-  double sum = 0.0;
-  for (int i = lane; i < n; i += 32) sum += static_cast<double>(expf(row[i] - mx));
-  sum = WarpReduce(sum, [](double a, double b) { return a + b; });
-  const float fsum = static_cast<float>(sum);
-  auto prob = [&](int i) { return expf(row[i] - mx) / fsum; };
+  float fsum = 0.0f;
+  if (p.probs != nullptr || threshold_mode) {
+#pragma unroll 4
+    for (int i = lane; i < n; i += 32) mx = fmaxf(mx, score(i));
+    mx = WarpReduce(mx, [](float a, float b) { return fmaxf(a, b); });
+    double sum = 0.0;
+#pragma unroll 4
+    for (int i = lane; i < n; i += 32) sum += static_cast<double>(expf(score(i) - mx));
+    sum = WarpReduce(sum, [](double a, double b) { return a + b; });
+    fsum = static_cast<float>(sum);
+  }
+  auto prob = [&](int i) { return expf(score(i) - mx) / fsum; };
   if (p.probs != nullptr) {
     float* prow = p.probs + (static_cast<int64_t>(h) * nb + qb) * nb;
     for (int i = lane; i < nb; i += 32) prow[i] = i < n ? prob(i) : 0.0f;
   }
 
-  const bool all =
-      p.mode == SparsityMode::kDense || qb >= first_dense_row || (p.mode == SparsityMode::kNzRatio && topk >= n);
+  // Adds bin_of(i) (256: none) of every block i to the histogram: one
+  // atomic per distinct bin of 32 blocks (scores of a row share their top
+  // bits, so few), four groups of 32 at a time so that their matches overlap.
+  auto hist_pass = [&](auto bin_of) {
+    for (int base = 0; base < n; base += 128) {
+      uint32_t bin[4];
+      uint32_t peers[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = base + 32 * u + lane;
+        bin[u] = i < n ? bin_of(i) : 256u;
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) peers[u] = __match_any_sync(0xffffffffu, bin[u]);
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        if (bin[u] != 256u && (peers[u] & lanes_below) == 0) {
+          atomicAdd(&hist[bin[u]], static_cast<uint32_t>(__popc(peers[u])));
+        }
+      }
+    }
+  };
   uint32_t kth_key = 0;  // top-k: blocks with a larger key are kept...
   int take_equal = 0;  // ...and the first take_equal (by index) with an equal key
-  if (!all && p.mode == SparsityMode::kNzRatio) {
-    // Radix select, 8 bits at a time from the top, of the topk-th largest key.
-    uint32_t prefix = 0;
+  if (radix) {
+    // The scores become keys, and the keys' top byte is histogrammed.
+    for (int i = lane; i < 257; i += 32) hist[i] = 0;
+    __syncwarp();
+    hist_pass([&](int i) {
+      const uint32_t key = OrderKey(score(i));
+      row[i] = key;
+      return key >> 24;
+    });
+    uint32_t prefix = 0;  // the topk-th largest key's bits [low, 32)
     uint32_t prefix_mask = 0;
-    int remaining = static_cast<int>(topk);
-    for (int shift = 24; shift >= 0; shift -= 8) {
-      for (int i = lane; i < 257; i += 32) hist[i] = 0;
+    int low = 32;
+    int remaining = static_cast<int>(topk);  // its rank among the keys with that prefix
+    for (;;) {
       __syncwarp();
-      // Scores of a row share their top bits, so most lanes hit the same bin:
-      // one atomic per distinct bin (bin 256 collects the rest).
-      for (int base = 0; base < n; base += 32) {
-        const int i = base + lane;
-        uint32_t bin = 256u;
-        if (i < n) {
-          const uint32_t key = OrderKey(row[i]);
-          if ((key & prefix_mask) == prefix) bin = (key >> shift) & 255u;
-        }
-        const uint32_t peers = __match_any_sync(0xffffffffu, bin);
-        if (bin != 256u && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], static_cast<uint32_t>(__popc(peers)));
-      }
-      __syncwarp();
-      // The bin, from the top, where the count reaches `remaining`: lane l
-      // holds bins 255 - 8l down to 248 - 8l.
+      // The byte below `low` of the keys with the prefix is histogrammed: the
+      // bin, from the top, where the count reaches `remaining`. Lane l holds
+      // bins 255 - 8l down to 248 - 8l.
       int c[8];
       int lane_total = 0;
 #pragma unroll
@@ -423,7 +659,7 @@ __device__ __forceinline__ void SelectRow(const GateParams& p, int nb, int words
         const int t = __shfl_up_sync(0xffffffffu, incl, off);
         if (lane >= off) incl += t;
       }
-      const int first = __ffs(__ballot_sync(0xffffffffu, incl >= remaining)) - 1;  // the total n >= remaining
+      const int first = __ffs(__ballot_sync(0xffffffffu, incl >= remaining)) - 1;  // the total >= remaining
       int above = incl - lane_total;
       int k = 0;
       for (; k < 7; ++k) {
@@ -432,9 +668,48 @@ __device__ __forceinline__ void SelectRow(const GateParams& p, int nb, int words
       }
       const int digit = __shfl_sync(0xffffffffu, 255 - 8 * lane - k, first);
       remaining -= __shfl_sync(0xffffffffu, above, first);
-      prefix |= static_cast<uint32_t>(digit) << shift;
-      prefix_mask |= 255u << shift;
+      low -= 8;
+      prefix |= static_cast<uint32_t>(digit) << low;
+      prefix_mask |= 255u << low;
+      const int in_prefix = static_cast<int>(hist[digit]);
       __syncwarp();
+      if (low == 0) break;
+      if (in_prefix <= 32) {
+        // Gather the keys with the prefix (into hist, free now), then one
+        // ballot per bit below `low`.
+        int found = 0;
+        for (int base = 0; base < n && found < in_prefix; base += 64) {
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const int i = base + 32 * half + lane;
+            const uint32_t key = i < n ? row[i] : 0u;
+            const bool match = i < n && (key & prefix_mask) == prefix;
+            const uint32_t match_bits = __ballot_sync(0xffffffffu, match);
+            if (match) hist[found + __popc(match_bits & lanes_below)] = key;
+            found += __popc(match_bits);
+          }
+        }
+        __syncwarp();
+        const bool has = lane < in_prefix;
+        const uint32_t key = has ? hist[lane] : 0u;
+        for (int bit = low - 1; bit >= 0; --bit) {
+          const uint32_t b = 1u << bit;
+          const int ones = __popc(__ballot_sync(0xffffffffu, has && (key & prefix_mask) == prefix && (key & b)));
+          if (ones >= remaining) {
+            prefix |= b;
+          } else {
+            remaining -= ones;
+          }
+          prefix_mask |= b;
+        }
+        break;
+      }
+      for (int i = lane; i < 257; i += 32) hist[i] = 0;
+      __syncwarp();
+      hist_pass([&](int i) {
+        const uint32_t key = row[i];
+        return (key & prefix_mask) == prefix ? (key >> (low - 8)) & 255u : 256u;
+      });
     }
     kth_key = prefix;
     take_equal = remaining;
@@ -447,54 +722,96 @@ __device__ __forceinline__ void SelectRow(const GateParams& p, int nb, int words
   uint32_t* out_words = bitmap != nullptr ? bitmap + (static_cast<int64_t>(h) * nb + qb) * words : nullptr;
   int equal_before = 0;
   int kept = 0;
-  for (int w = 0; w < words; ++w) {
+  const int row_words = (n + 31) / 32;
+#pragma unroll 4
+  for (int w = 0; w < row_words; ++w) {
     const int i = w * 32 + lane;
-    bool keep = false;
-    bool equal = false;
-    if (i < n) {
-      if (all) {
-        keep = true;
-      } else if (p.mode == SparsityMode::kThreshold) {
-        keep = prob(i) > threshold;
-      } else {
-        const uint32_t key = OrderKey(row[i]);
-        keep = key > kth_key;
-        equal = key == kth_key;
+    bool keep = i < n;
+    if (radix) {
+      const uint32_t key = keep ? row[i] : 0u;
+      const bool equal = keep && key == kth_key;
+      keep = keep && key > kth_key;
+      const uint32_t eq_bits = __ballot_sync(0xffffffffu, equal);
+      if (eq_bits != 0) {
+        if (equal && equal_before + __popc(eq_bits & lanes_below) < take_equal) keep = true;
+        equal_before += __popc(eq_bits);
       }
+    } else if (!all && threshold_mode) {
+      keep = keep && prob(i) > threshold;
     }
-    const uint32_t eq_bits = __ballot_sync(0xffffffffu, equal);
-    const int eq_rank = equal_before + __popc(eq_bits & ((1u << lane) - 1u));
-    if (equal && eq_rank < take_equal) keep = true;
-    equal_before += __popc(eq_bits);
     const uint32_t bits = __ballot_sync(0xffffffffu, keep);
     if (out_words != nullptr) {
       if (lane == 0) out_words[w] = bits;
     } else if (keep) {
-      direct_indices[kept + __popc(bits & ((1u << lane) - 1u))] = i;
+      direct_indices[kept + __popc(bits & lanes_below)] = i;
     }
     kept += __popc(bits);
   }
-  if (lane == 0 && out_words != nullptr) {
-    if (kept == 0) {  // never an empty row: keep the diagonal block
-      out_words[qb / 32] |= 1u << (qb % 32);
-      kept = 1;
+  if (out_words != nullptr) {
+    for (int w = row_words + lane; w < words; w += 32) out_words[w] = 0u;
+    if (lane == 0) {
+      if (kept == 0) {  // never an empty row: keep the diagonal block
+        out_words[qb / 32] |= 1u << (qb % 32);
+        kept = 1;
+      }
+      counts[static_cast<int64_t>(h) * nb + qb] = kept;
     }
-    counts[static_cast<int64_t>(h) * nb + qb] = kept;
   }
 }
 
-// One warp per row (no CTA barriers: a row is a few thousand scores at most),
-// 8 rows per CTA. grid (ceil(nb / 8), heads in this pass).
-__global__ void __launch_bounds__(32 * kSelectWarpsPerCta)
+// Words of shared memory per select warp for its row, which sits at its
+// global address mod 16 bytes (up to 3 words in front) so that cp.async can
+// copy it.
+__host__ __device__ inline int SelectRowPitch(int nb) { return (nb + 3 + 3) / 4 * 4; }
+
+size_t SelectSmemBytes(int warps, int nb) {
+  return static_cast<size_t>(warps) * sizeof(uint32_t) * (SelectRowPitch(nb) + 257);
+}
+
+// Rows per select CTA: the most, up to 8, within kSelectSmemTarget (one row
+// of 48k blocks needs 193 KB).
+int SelectWarps(int nb) {
+  int warps = kSelectMaxWarps;
+  while (warps > 1 && SelectSmemBytes(warps, nb) > kSelectSmemTarget) warps /= 2;
+  return warps;
+}
+
+// n words from global `src` to shared `dst` (the same address mod 16 bytes),
+// by one warp: the 16-byte chunks with cp.async, all in flight at once, the
+// words before the first and after the last chunk one by one.
+__device__ __forceinline__ void CopyRowToShared(const uint32_t* src, int n, uint32_t* dst) {
+  const int lane = threadIdx.x % 32;
+  const int head = min(n, static_cast<int>((16 - reinterpret_cast<uintptr_t>(src) % 16) % 16 / sizeof(uint32_t)));
+  const int chunks = (n - head) / 4;
+  const int tail = head + 4 * chunks;
+  if (lane < head) dst[lane] = src[lane];
+  for (int c = lane; c < chunks; c += 32) ptx::CpAsync16(ptx::SmemAddr(dst + head + 4 * c), src + head + 4 * c);
+  if (tail + lane < n) dst[tail + lane] = src[tail + lane];
+  ptx::CpAsyncCommit();
+  ptx::CpAsyncWait<0>();
+  __syncwarp();
+}
+
+// One warp per row (no CTA barriers), blockDim.x / 32 rows per CTA, the
+// heaviest rows first. grid (heads in this pass, ceil(nb / rows per CTA)).
+// The row is copied into shared memory once and every pass of SelectRow
+// reads it there.
+__global__ void __launch_bounds__(32 * kSelectMaxWarps)
     SelectKernel(GateParams p, int nb, int words, int head0, int64_t topk, int first_dense_row, const float* scores,
                  uint32_t* bitmap, int32_t* counts) {
-  __shared__ uint32_t hist_all[kSelectWarpsPerCta][257];
+  extern __shared__ __align__(16) uint32_t select_smem[];
+  const int warps = blockDim.x / 32;
   const int warp = threadIdx.x / 32;
-  const int qb = blockIdx.x * kSelectWarpsPerCta + warp;
+  const int qb = (gridDim.y - 1 - blockIdx.y) * warps + warp;
   if (qb >= nb) return;  // the whole warp leaves
-  const int hl = blockIdx.y;
-  const float* row = scores + (static_cast<int64_t>(hl) * nb + qb) * nb;
-  SelectRow(p, nb, words, head0 + hl, qb, topk, first_dense_row, row, hist_all[warp], bitmap, counts, nullptr);
+  const int hl = blockIdx.x;
+  const int64_t start = (static_cast<int64_t>(hl) * nb + qb) * nb;  // the row's first score
+  const uint32_t* src = reinterpret_cast<const uint32_t*>(scores) + start;
+  // scores is 16-byte aligned, so the row starts start % 4 words into a chunk.
+  uint32_t* row = select_smem + warp * SelectRowPitch(nb) + static_cast<int>(start % 4);
+  uint32_t* hist = select_smem + warps * SelectRowPitch(nb) + warp * 257;
+  CopyRowToShared(src, qb + 1, row);
+  SelectRow(p, nb, words, head0 + hl, qb, topk, first_dense_row, row, hist, bitmap, counts, nullptr);
 }
 
 // --- fused scores + select ---------------------------------------------------
@@ -626,7 +943,8 @@ __global__ void __launch_bounds__(FusedShape<kRows>::kThreads)
       }
       direct_indices = p.block_indices + offset;
     }
-    SelectRow(p, nb, words, h, qb, topk, first_dense_row, scores + static_cast<size_t>(r) * nb, hist + warp * 257,
+    SelectRow(p, nb, words, h, qb, topk, first_dense_row,
+              reinterpret_cast<uint32_t*>(scores + static_cast<size_t>(r) * nb), hist + warp * 257,
               direct ? nullptr : bitmap, counts, direct_indices);
   }
 }
@@ -866,9 +1184,11 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
         <<<dim3((nb + 63) / 64, (p.hidden + 63) / 64, p.num_heads * linears), kGemmThreads, 0, stream>>>(
             p, nb, pooled_q, pooled_k, qp, kp);
   } else {
-    ProjectKernel<128, 16>
-        <<<dim3((nb + 127) / 128, (p.hidden + 127) / 128, p.num_heads * linears), kGemmThreads, 0, stream>>>(
-            p, nb, pooled_q, pooled_k, qp, kp);
+    const dim3 grid((nb + kSgemmTile - 1) / kSgemmTile, (p.hidden + kSgemmTile - 1) / kSgemmTile,
+                    p.num_heads * linears);
+    const bool w_vec = p.hidden % 4 == 0 && Aligned16(p.k_weight) && (p.q_weight == nullptr || Aligned16(p.q_weight));
+    auto kernel = w_vec ? ProjectSgemmKernel<true> : ProjectSgemmKernel<false>;
+    kernel<<<grid, kSgemmThreads, 0, stream>>>(p, nb, pooled_q, pooled_k, qp, kp);
   }
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   const int64_t rope_threads = 2 * static_cast<int64_t>(p.num_heads) * nb * g.half;
@@ -893,13 +1213,19 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     if (p.mode != SparsityMode::kThreshold) return cudaSuccess;
   } else {
     // scores + select, heads_per_pass heads at a time
-    const int tiles = (nb + kScoreTile - 1) / kScoreTile;
+    const int tiles = (nb + kSgemmTile - 1) / kSgemmTile;
+    auto scores_kernel = p.hidden % 4 == 0 ? ScoresKernel<true> : ScoresKernel<false>;
+    const int select_warps = SelectWarps(nb);
+    const size_t select_smem = SelectSmemBytes(select_warps, nb);
+    SEER_CUDA_RETURN_IF_ERROR(
+        cudaFuncSetAttribute(SelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(select_smem)));
     for (int head0 = 0; head0 < p.num_heads; head0 += g.heads_per_pass) {
       const int heads = p.num_heads - head0 < g.heads_per_pass ? p.num_heads - head0 : g.heads_per_pass;
-      ScoresKernel<<<dim3(tiles, tiles, heads), kScoreThreads, 0, stream>>>(qp, kp, nb, p.hidden, head0, scale, scores);
+      scores_kernel<<<dim3(tiles * (tiles + 1) / 2, heads), kSgemmThreads, 0, stream>>>(qp, kp, nb, p.hidden, head0,
+                                                                                        scale, scores);
       SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-      SelectKernel<<<dim3((nb + kSelectWarpsPerCta - 1) / kSelectWarpsPerCta, heads), 32 * kSelectWarpsPerCta, 0,
-                     stream>>>(p, nb, g.words, head0, topk, first_dense_row, scores, bitmap, counts);
+      SelectKernel<<<dim3(heads, (nb + select_warps - 1) / select_warps), 32 * select_warps, select_smem, stream>>>(
+          p, nb, g.words, head0, topk, first_dense_row, scores, bitmap, counts);
       SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     }
   }

@@ -5,7 +5,9 @@
 // a partial last block, GQA ratios 1, 4 and 8, head dims 64 and 128, all
 // selection modes with and without last_block_dense, mask_linear_q (also the
 // force_double form with per-KV-head K weights), llama3 RoPE, fused QKV row
-// strides and head chunking.
+// strides and head chunking; and rows of 2k and 9k blocks (the select kernel
+// then holds 4 and 1 rows per CTA), hidden 66 (no 16-byte loads), and blocks
+// whose K is zero, so that their scores tie exactly.
 //
 // What must hold:
 //   - the CSR lists are well formed (offsets from 0, ascending causal indices,
@@ -59,6 +61,7 @@ struct GateCase {
   int heads_per_pass;
   bool fused_qkv;  // q and k rows inside one [L, (Hq + 2 Hkv) D] buffer
   ElemType dtype;
+  int zero_k_every = 0;  // > 0: K is zero in blocks b % zero_k_every == 1 (their scores are exactly 0)
 };
 
 std::string Describe(const GateCase& c) {
@@ -68,7 +71,8 @@ std::string Describe(const GateCase& c) {
                   (c.last_block_dense ? " last_block_dense" : "") + (c.q_weight ? " q_weight" : "") +
                   (c.force_double ? " force_double" : "") + (c.llama3_rope ? " llama3" : "") +
                   " heads_per_pass=" + std::to_string(c.heads_per_pass) + (c.fused_qkv ? " fused" : "") +
-                  (c.dtype == ElemType::kBF16 ? " bf16" : " fp16");
+                  (c.dtype == ElemType::kBF16 ? " bf16" : " fp16") +
+                  (c.zero_k_every > 0 ? " zero_k_every=" + std::to_string(c.zero_k_every) : "");
   return s;
 }
 
@@ -124,7 +128,9 @@ class GateGpuTest : public ::testing::Test {
       qf[i] = FromElem(qe[i], c.dtype);
     }
     for (size_t i = 0; i < kf.size(); ++i) {
-      ke[i] = ToElem(k_dir[i % k_width] + normal(rng_), c.dtype);
+      const int block = static_cast<int>(i / k_width / 64);
+      const bool zero = c.zero_k_every > 0 && block % c.zero_k_every == 1;
+      ke[i] = ToElem(zero ? 0.0f : k_dir[i % k_width] + normal(rng_), c.dtype);
       kf[i] = FromElem(ke[i], c.dtype);
     }
     GateLayerWeights w;
@@ -358,6 +364,21 @@ TEST_F(GateGpuTest, LongShapes) {
       // Long enough that the fused gate holds fewer rows per CTA (8).
       {60000, 4, 1, 128, 128, false, false, true, "nz_ratio=0.1", false, 0, false, bf},
       {60000, 4, 2, 128, 128, false, false, false, "threshold=0.002", true, 0, false, fp},
+  };
+  for (const GateCase& c : cases) Run(c);
+}
+
+// Rows longer than any the other cases have: the unfused select kernel holds
+// fewer rows per CTA in shared memory (4 at 2188 blocks, 1 at 9001); at 9001
+// blocks the score rows are not 16-byte aligned, and with hidden 66 the
+// projection and scores load channel by channel. Top-k with exact ties at
+// score 0.
+TEST_F(GateGpuTest, LongRows) {
+  const ElemType bf = ElemType::kBF16, fp = ElemType::kF16;
+  const std::vector<GateCase> cases = {
+      {140000, 2, 1, 128, 128, false, false, false, "nz_ratio=0.1", false, 0, false, bf},
+      {140000, 2, 1, 128, 128, false, false, false, "nz_ratio=0.75", false, 0, false, bf, 3},
+      {64 * 9000 + 7, 1, 1, 64, 66, true, false, false, "threshold=0.001", false, 0, false, fp},
   };
   for (const GateCase& c : cases) Run(c);
 }
