@@ -121,19 +121,23 @@ __global__ void SwiGluKernel(const bf16* gate, const bf16* up, size_t n, bf16* o
   }
 }
 
+// SwiGLU of eight bf16 pairs packed in 16 bytes each (SwiGluKernel's
+// arithmetic per element).
+__device__ __forceinline__ uint4 SwiGlu8(uint4 g4, uint4 u4) {
+  const bf16* g = reinterpret_cast<const bf16*>(&g4);
+  const bf16* u = reinterpret_cast<const bf16*>(&u4);
+  uint4 o4;
+  bf16* o = reinterpret_cast<bf16*>(&o4);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) o[j] = __float2bfloat16(Silu(__bfloat162float(g[j])) * __bfloat162float(u[j]));
+  return o4;
+}
+
 // Eight elements per thread through 16-byte loads and stores.
 __global__ void SwiGlu8Kernel(const uint4* gate, const uint4* up, size_t n8, uint4* out) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n8;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
-    const uint4 g4 = gate[i];
-    const uint4 u4 = up[i];
-    const bf16* g = reinterpret_cast<const bf16*>(&g4);
-    const bf16* u = reinterpret_cast<const bf16*>(&u4);
-    uint4 o4;
-    bf16* o = reinterpret_cast<bf16*>(&o4);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) o[j] = __float2bfloat16(Silu(__bfloat162float(g[j])) * __bfloat162float(u[j]));
-    out[i] = o4;
+    out[i] = SwiGlu8(gate[i], up[i]);
   }
 }
 
@@ -143,15 +147,7 @@ __global__ void SwiGluRowsKernel(uint4* gu, int rows, int inter8) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n8;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
     uint4* g4 = gu + (i / inter8) * 2 * inter8 + i % inter8;
-    const uint4 graw = *g4;
-    const uint4 uraw = g4[inter8];
-    const bf16* g = reinterpret_cast<const bf16*>(&graw);
-    const bf16* u = reinterpret_cast<const bf16*>(&uraw);
-    uint4 o4;
-    bf16* o = reinterpret_cast<bf16*>(&o4);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) o[j] = __float2bfloat16(Silu(__bfloat162float(g[j])) * __bfloat162float(u[j]));
-    *g4 = o4;
+    *g4 = SwiGlu8(*g4, g4[inter8]);
   }
 }
 
