@@ -14,8 +14,11 @@
 //            sum), then dense / threshold / top-k by radix select (ties to
 //            the lower block index), last_block_dense, and the non-empty-row
 //            rule; the row's kept blocks become a bitmap and a count;
-//   lists    an exclusive scan of the counts gives the CSR offsets, and one
-//            warp per row expands its bitmap into ascending block indices.
+//   lists    for nz_ratio and dense every row's length is known up front, so
+//            the select writes the row's CSR offset and ascending indices
+//            itself; threshold rows leave a bitmap and a count, an exclusive
+//            scan of the counts gives the offsets, and one warp per row
+//            expands its bitmap into ascending block indices.
 
 #include "kernels/common/device_util.cuh"
 #include "kernels/gate/gate.h"
@@ -792,6 +795,36 @@ __device__ __forceinline__ void CopyRowToShared(const uint32_t* src, int n, uint
   __syncwarp();
 }
 
+// Kept blocks in rows 0 .. qb - 1 of one head for nz_ratio (topk) or dense
+// (topk < 0): min(topk, row + 1) below first_dense_row, row + 1 from there.
+__host__ __device__ inline int64_t ListPrefix(int64_t qb, int64_t topk, int64_t first_dense_row) {
+  if (topk < 0) return qb * (qb + 1) / 2;
+  const int64_t below = qb < first_dense_row ? qb : first_dense_row;  // rows under the dense tail
+  const int64_t ramp = below < topk ? below : topk;  // rows shorter than topk
+  int64_t total = ramp * (ramp + 1) / 2 + (below - ramp) * topk;
+  if (qb > first_dense_row) total += (qb * (qb + 1) - first_dense_row * (first_dense_row + 1)) / 2;
+  return total;
+}
+
+// For nz_ratio and dense, where every row's length is known up front: row
+// (h, qb)'s offset into the CSR indices, which lane 0 writes to
+// block_offsets (with the end offset after the last row, and the head's
+// count at its first row); the row writes its indices from there.
+__device__ __forceinline__ int32_t* DirectRow(const GateParams& p, int nb, int h, int qb, int64_t topk,
+                                              int first_dense_row) {
+  const int64_t list_topk = p.mode == SparsityMode::kDense ? -1 : topk;
+  const int64_t per_head = ListPrefix(nb, list_topk, first_dense_row);
+  const int64_t offset = static_cast<int64_t>(h) * per_head + ListPrefix(qb, list_topk, first_dense_row);
+  if (threadIdx.x % 32 == 0) {
+    p.block_offsets[static_cast<int64_t>(h) * nb + qb] = static_cast<int32_t>(offset);
+    if (qb == 0 && p.kept_per_head != nullptr) p.kept_per_head[h] = per_head;
+    if (qb == nb - 1 && h == p.num_heads - 1) {
+      p.block_offsets[static_cast<int64_t>(p.num_heads) * nb] = static_cast<int32_t>(p.num_heads * per_head);
+    }
+  }
+  return p.block_indices + offset;
+}
+
 // One warp per row (no CTA barriers), blockDim.x / 32 rows per CTA, the
 // heaviest rows first. grid (heads in this pass, ceil(nb / rows per CTA)).
 // The row is copied into shared memory once and every pass of SelectRow
@@ -811,7 +844,13 @@ __global__ void __launch_bounds__(32 * kSelectMaxWarps)
   uint32_t* row = select_smem + warp * SelectRowPitch(nb) + static_cast<int>(start % 4);
   uint32_t* hist = select_smem + warps * SelectRowPitch(nb) + warp * 257;
   CopyRowToShared(src, qb + 1, row);
-  SelectRow(p, nb, words, head0 + hl, qb, topk, first_dense_row, row, hist, bitmap, counts, nullptr);
+  const int h = head0 + hl;
+  if (p.mode == SparsityMode::kThreshold) {
+    SelectRow(p, nb, words, h, qb, topk, first_dense_row, row, hist, bitmap, counts, nullptr);
+  } else {
+    SelectRow(p, nb, words, h, qb, topk, first_dense_row, row, hist, nullptr, counts,
+              DirectRow(p, nb, h, qb, topk, first_dense_row));
+  }
 }
 
 // --- fused scores + select ---------------------------------------------------
@@ -841,17 +880,6 @@ size_t FusedSmemBytes(int rows, int threads, int nb, int hidden) {
   return sizeof(float) * (static_cast<size_t>(rows) * nb + static_cast<size_t>(hidden) * rows +
                           static_cast<size_t>(kFusedC) * kFusedKPitch) +
          sizeof(uint32_t) * (threads / 32) * 257;
-}
-
-// Kept blocks in rows 0 .. qb - 1 of one head for nz_ratio (topk) or dense
-// (topk < 0): min(topk, row + 1) below first_dense_row, row + 1 from there.
-__host__ __device__ inline int64_t ListPrefix(int64_t qb, int64_t topk, int64_t first_dense_row) {
-  if (topk < 0) return qb * (qb + 1) / 2;
-  const int64_t below = qb < first_dense_row ? qb : first_dense_row;  // rows under the dense tail
-  const int64_t ramp = below < topk ? below : topk;  // rows shorter than topk
-  int64_t total = ramp * (ramp + 1) / 2 + (below - ramp) * topk;
-  if (qb > first_dense_row) total += (qb * (qb + 1) - first_dense_row * (first_dense_row + 1)) / 2;
-  return total;
 }
 
 template <int kRows>
@@ -924,25 +952,11 @@ __global__ void __launch_bounds__(FusedShape<kRows>::kThreads)
   __syncthreads();
 
   const bool direct = p.mode != SparsityMode::kThreshold;
-  const int64_t per_head = direct ? ListPrefix(nb, p.mode == SparsityMode::kDense ? -1 : topk, first_dense_row) : 0;
   const int warp = tid / 32;
-  const int lane = tid % 32;
   for (int r = warp; r < kRows; r += Shape::kWarps) {
     const int qb = qb0 + r;
     if (qb >= nb) break;
-    int32_t* direct_indices = nullptr;
-    if (direct) {
-      const int64_t offset = static_cast<int64_t>(h) * per_head +
-                             ListPrefix(qb, p.mode == SparsityMode::kDense ? -1 : topk, first_dense_row);
-      if (lane == 0) {
-        p.block_offsets[static_cast<int64_t>(h) * nb + qb] = static_cast<int32_t>(offset);
-        if (qb == 0 && p.kept_per_head != nullptr) p.kept_per_head[h] = per_head;
-        if (qb == nb - 1 && h == p.num_heads - 1) {
-          p.block_offsets[static_cast<int64_t>(p.num_heads) * nb] = static_cast<int32_t>(p.num_heads * per_head);
-        }
-      }
-      direct_indices = p.block_indices + offset;
-    }
+    int32_t* direct_indices = direct ? DirectRow(p, nb, h, qb, topk, first_dense_row) : nullptr;
     SelectRow(p, nb, words, h, qb, topk, first_dense_row,
               reinterpret_cast<uint32_t*>(scores + static_cast<size_t>(r) * nb), hist + warp * 257,
               direct ? nullptr : bitmap, counts, direct_indices);
@@ -1228,9 +1242,10 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
           p, nb, g.words, head0, topk, first_dense_row, scores, bitmap, counts);
       SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     }
+    if (p.mode != SparsityMode::kThreshold) return cudaSuccess;
   }
 
-  // lists
+  // lists (threshold rows: counts and bitmaps -> offsets and indices)
   ScanKernel<<<1, kScanThreads, 0, stream>>>(counts, rows, nb, p.num_heads, p.block_offsets, p.kept_per_head);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   FillKernel<<<(rows + 7) / 8, 256, 0, stream>>>(bitmap, p.block_offsets, rows, g.words, p.block_indices);
