@@ -13,7 +13,7 @@
 //   select   one warp per row, read once into shared memory: softmax (double
 //            sum), then dense / threshold / top-k by radix select (ties to
 //            the lower block index), last_block_dense, and the non-empty-row
-//            rule; the row's kept blocks become a bitmap and a count;
+//            rule; the kept blocks go out as `lists` says;
 //   lists    for nz_ratio and dense every row's length is known up front, so
 //            the select writes the row's CSR offset and ascending indices
 //            itself; threshold rows leave a bitmap and a count, an exclusive
