@@ -318,6 +318,7 @@ TEST_F(AttentionGpuTest, SmallShapes) {
       {37, 4, 4, 0, Lists::kDenseNull},     {64, 8, 1, 0, Lists::kOnePerRow},  {64, 8, 2, 0, Lists::kDenseNull},
       {65, 4, 4, 0, Lists::kHalf},          {65, 8, 1, 0, Lists::kDenseNull},  {200, 8, 2, 0, Lists::kHalf},
       {200, 4, 4, 0, Lists::kDiagonalOnly}, {200, 8, 1, 0, Lists::kOnePerRow}, {1000, 4, 1, 0, Lists::kStriped},
+      {130, 4, 2, 0, Lists::kDenseNull},    {256, 8, 4, 0, Lists::kDenseNull},
   };
   for (ElemType t : {ElemType::kBF16, ElemType::kF16}) {
     for (int D : {32, 64, 96, 128}) {
@@ -332,13 +333,13 @@ TEST_F(AttentionGpuTest, SmallShapes) {
 // A few shapes of each kind for compute-sanitizer (memcheck, racecheck,
 // synccheck), which slows kernels down by orders of magnitude: a length under
 // a block, an odd number of blocks with a partial last one, striped lists
-// (the sm90 consumers' flush path), every head dim, bf16.
+// (the sm90 consumers' flush path), dense causal over an odd and an even
+// number of blocks (the last tile with one query block, a partial last
+// block), every head dim, bf16.
 TEST_F(AttentionGpuTest, SanitizerShapes) {
   const std::vector<Case> cases = {
-      {37, 4, 1, 0, Lists::kDenseNull},
-      {200, 4, 2, 0, Lists::kHalf},
-      {700, 2, 2, 0, Lists::kStriped},
-      {130, 2, 2, 0, Lists::kDiagonalOnly},
+      {37, 4, 1, 0, Lists::kDenseNull},     {200, 4, 2, 0, Lists::kHalf},      {700, 2, 2, 0, Lists::kStriped},
+      {130, 2, 2, 0, Lists::kDiagonalOnly}, {200, 2, 1, 0, Lists::kDenseNull},
   };
   for (int D : {32, 64, 96, 128}) {
     for (Case c : cases) {
