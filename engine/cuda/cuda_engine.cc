@@ -17,6 +17,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <optional>
@@ -82,6 +83,17 @@ Activations ActivationsIn(const DeviceBuffer& buf, const PrefillPlan& plan) {
   a.mlp_chunk = plan.mlp_chunk;
   a.logits_chunk = plan.logits_chunk;
   return a;
+}
+
+// The rows r0.. of a prefill's attention output, residual and normed rows
+// (the MLP's chunk scratch is shared by every chunk and stays put).
+Activations RowsFrom(const Activations& a, const ModelConfig& c, int r0) {
+  Activations out = a;
+  const size_t hidden = static_cast<size_t>(c.hidden_size);
+  out.attn += static_cast<size_t>(r0) * c.num_heads * c.head_dim;
+  out.residual += static_cast<size_t>(r0) * hidden;
+  out.normed += static_cast<size_t>(r0) * hidden;
+  return out;
 }
 
 class CudaEngine final : public Engine {
@@ -181,6 +193,7 @@ class CudaEngine final : public Engine {
   DeviceBuffer decode_workspace_;
   DeviceBuffer decode_attention_scratch_;  // split-K partials of DecodeAttention
   DeviceBuffer sample_scratch_;  // cuda::SampleToken's, allocated on first use
+  DeviceBuffer last_block_lists_;  // a prefill's last layer: each head's last CSR list, the other rows empty
   Activations decode_;
   // Batched decode (PreparePagedDecode). Every step runs the GEMMs on
   // max_batch rows, whatever the batch: the same shapes give the same cuBLAS
@@ -489,6 +502,29 @@ StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, con
   }
   int64_t* kept = gated ? At<int64_t>(workspace_, plan.kept) : nullptr;
 
+  // The last layer feeds nothing but the last row's logits (unless every
+  // row's logits or the gate's outputs are asked for). Its K/V still reach
+  // the cache for every row, but its attention runs for the last query block
+  // only (each head's last list kept, every other row empty: those rows come
+  // out as zeros) and its o_proj and MLP for the last row only, as llama.cpp
+  // skips the last layer's FFN for rows whose logits nobody reads. The last
+  // row's attention is the same computation; its o_proj and MLP are GEMMs of
+  // one row instead of L, so the logits move by rounding (checked against the
+  // full path in cuda_engine_gpu_test.cc).
+  const int nb = (L + block_ - 1) / block_;
+  // SEER_TRIM_LAST_LAYER=0 runs the whole last layer, for comparison.
+  static const bool trim_enabled = [] {
+    const char* e = std::getenv("SEER_TRIM_LAST_LAYER");
+    return e == nullptr || std::string(e) != "0";
+  }();
+  const bool trim_last = trim_enabled && !options.all_logits && !options.keep_gate_outputs && nb > 1;
+  const size_t last_rows = static_cast<size_t>(config_.num_heads) * nb;
+  const size_t list_bytes = sizeof(int32_t) * (2 * last_rows + 1);  // offsets, then nb blocks per head at most
+  if (trim_last && last_block_lists_.bytes() < list_bytes) {
+    last_block_lists_.Reset();
+    SEER_ASSIGN_OR_RETURN(last_block_lists_, DeviceBuffer::Allocate(list_bytes, "the last layer's block lists"));
+  }
+
   PrefillResult result;
   result.layer_density.assign(config_.num_layers, 1.0);
   result.logits_rows = options.all_logits ? L : 1;
@@ -537,10 +573,24 @@ StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, con
     }
     SEER_RETURN_IF_ERROR(run.RopeAndCache(layer, a, L, 0, cache));
     SEER_RETURN_IF_ERROR(mark(&StageSeconds::rope_and_cache));
-    SEER_RETURN_IF_ERROR(run.PrefillAttention(layer, a, L, *cache, sparse ? gate_out.block_offsets : nullptr,
-                                              sparse ? gate_out.block_indices : nullptr));
+    const bool trim = trim_last && layer == config_.num_layers - 1;
+    const int32_t* offsets = sparse ? gate_out.block_offsets : nullptr;
+    const int32_t* indices = sparse ? gate_out.block_indices : nullptr;
+    if (trim) {
+      int32_t* last_offsets = last_block_lists_.as<int32_t>();
+      int32_t* last_indices = last_offsets + last_rows + 1;
+      SEER_RETURN_IF_CUDA_ERROR(
+          cuda::KeepLastQueryBlock(offsets, indices, config_.num_heads, nb, last_offsets, last_indices, stream_));
+      offsets = last_offsets;
+      indices = last_indices;
+    }
+    SEER_RETURN_IF_ERROR(run.PrefillAttention(layer, a, L, *cache, offsets, indices));
     SEER_RETURN_IF_ERROR(mark(&StageSeconds::attention));
-    SEER_RETURN_IF_ERROR(run.OutputAndMlp(layer, a, L));
+    if (trim) {
+      SEER_RETURN_IF_ERROR(run.OutputAndMlp(layer, RowsFrom(a, config_, L - 1), 1));
+    } else {
+      SEER_RETURN_IF_ERROR(run.OutputAndMlp(layer, a, L));
+    }
     SEER_RETURN_IF_ERROR(mark(&StageSeconds::output_and_mlp));
     SEER_RETURN_IF_CUDA_ERROR(cudaEventRecord(layer_end_[layer], stream_));
 

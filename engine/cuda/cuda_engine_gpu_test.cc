@@ -670,5 +670,61 @@ TEST_F(CudaEngineTest, RandomGatesKeepTheSelectedBlockCounts) {
   std::printf("random gates, nz_ratio=0.1 at L=%d: density %.4f (expected %.4f)\n", L, sparse.overall_density, want);
 }
 
+// Without all_logits the last layer runs attention for the last query block
+// and o_proj + MLP for the last row only. The K/V cache is the full path's
+// bit for bit, the layer densities are the same, and the last row's logits
+// equal the full path's (all_logits) to GEMM rounding, dense and with
+// random gates, with a partial last block.
+TEST_F(CudaEngineTest, LastLayerRunsOnlyTheRowsTheFirstTokenNeeds) {
+  ModelConfig c = SmallRandomConfig();
+  RandomEngineOptions o;
+  o.with_gates = true;
+  o.gate_config.hidden = 64;
+  auto engine = CreateRandomCudaEngine(c, o);
+  ASSERT_TRUE(engine.ok()) << engine.status().ToString();
+  const int L = 1000;
+  std::vector<int32_t> ids(L);
+  for (int i = 0; i < L; ++i) ids[i] = (i * 7919 + 13) % c.vocab_size;
+  SparsityConfig tenth;
+  tenth.mode = SparsityMode::kNzRatio;
+  tenth.nz_ratio = 0.1;
+  for (const SparsityConfig& sp : {SparsityConfig{}, tenth}) {
+    SCOPED_TRACE(SparsityToString(sp));
+    auto run = [&](bool all_logits, std::unique_ptr<KvCache>* cache) {
+      auto made = (*engine)->NewCache(L);
+      EXPECT_TRUE(made.ok());
+      *cache = std::move(made).value();
+      PrefillOptions opts;
+      opts.sparsity = sp;
+      opts.all_logits = all_logits;
+      auto r = (*engine)->Prefill(ids, opts, cache->get(), nullptr);
+      EXPECT_TRUE(r.ok()) << r.status().ToString();
+      return r.ok() ? std::move(r).value() : PrefillResult{};
+    };
+    std::unique_ptr<KvCache> full_cache, trimmed_cache;
+    const PrefillResult full = run(true, &full_cache);
+    const PrefillResult trimmed = run(false, &trimmed_cache);
+    ASSERT_EQ(full.logits_rows, L);
+    ASSERT_EQ(trimmed.logits_rows, 1);
+    const std::vector<float> last(full.logits.end() - c.vocab_size, full.logits.end());
+    const double err = RelErr(trimmed.logits, last);
+    EXPECT_LE(err, 1e-2);
+    EXPECT_EQ(std::max_element(trimmed.logits.begin(), trimmed.logits.end()) - trimmed.logits.begin(),
+              std::max_element(last.begin(), last.end()) - last.begin());
+    EXPECT_EQ(trimmed.layer_density, full.layer_density);
+    const KvLayout& l = trimmed_cache->layout();
+    const size_t n = static_cast<size_t>(l.num_kv_heads) * L * l.head_dim;
+    for (int layer = 0; layer < l.num_layers; ++layer) {
+      std::vector<uint16_t> k0(n), v0(n), k1(n), v1(n);
+      ASSERT_TRUE(full_cache->ReadLayer(layer, 0, L, k0.data(), v0.data()).ok());
+      ASSERT_TRUE(trimmed_cache->ReadLayer(layer, 0, L, k1.data(), v1.data()).ok());
+      EXPECT_EQ(k0, k1) << "layer " << layer;
+      EXPECT_EQ(v0, v1) << "layer " << layer;
+    }
+    std::printf("last layer trimmed (%s): last-row logits rel err %.2e against the full path\n",
+                SparsityToString(sp).c_str(), err);
+  }
+}
+
 }  // namespace
 }  // namespace seer

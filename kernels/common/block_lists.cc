@@ -49,4 +49,20 @@ BlockLists ToBlockLists(const BlockMask& mask) {
   return lists;
 }
 
+BlockLists KeepLastQueryBlock(const BlockLists& lists) {
+  BlockLists out;
+  out.num_heads = lists.num_heads;
+  out.num_blocks = lists.num_blocks;
+  const size_t nb = static_cast<size_t>(lists.num_blocks);
+  out.offsets.reserve(static_cast<size_t>(lists.num_heads) * nb + 1);
+  for (size_t h = 0; h < static_cast<size_t>(lists.num_heads); ++h) {
+    const size_t last = h * nb + nb - 1;
+    for (size_t qb = 0; qb < nb; ++qb) out.offsets.push_back(static_cast<int32_t>(out.indices.size()));
+    out.indices.insert(out.indices.end(), lists.indices.begin() + lists.offsets[last],
+                       lists.indices.begin() + lists.offsets[last + 1]);
+  }
+  out.offsets.push_back(static_cast<int32_t>(out.indices.size()));
+  return out;
+}
+
 }  // namespace seer

@@ -38,4 +38,10 @@ struct BlockLists {
 
 BlockLists ToBlockLists(const BlockMask& mask);
 
+// The lists a prefill's last layer needs: only the last query block feeds the
+// first token's logits, so each head keeps its last row's list and every
+// other row is empty. The kept rows are compacted in head order. The CPU twin
+// of seer::cuda::KeepLastQueryBlock (kernels/gate/gate.h).
+BlockLists KeepLastQueryBlock(const BlockLists& lists);
+
 }  // namespace seer

@@ -92,5 +92,25 @@ TEST(ToBlockLists, MisSizedMaskGivesEmptyRows) {
   EXPECT_TRUE(l.indices.empty());
 }
 
+TEST(KeepLastQueryBlock, KeepsEachHeadsLastRowCompacted) {
+  BlockMask m = BlockMask::Dense(3, 4 * 64, 64);
+  // Head 1's last row is empty; head 2's keeps blocks 0 and 3.
+  for (int kb = 0; kb < 4; ++kb) m.keep[(1 * 4 + 3) * 4 + kb] = 0;
+  m.keep[(2 * 4 + 3) * 4 + 1] = 0;
+  m.keep[(2 * 4 + 3) * 4 + 2] = 0;
+  BlockLists l = KeepLastQueryBlock(ToBlockLists(m));
+  EXPECT_EQ(l.num_heads, 3);
+  EXPECT_EQ(l.num_blocks, 4);
+  EXPECT_EQ(l.indices, (std::vector<int32_t>{0, 1, 2, 3, 0, 3}));
+  EXPECT_EQ(l.offsets, (std::vector<int32_t>{0, 0, 0, 0, 4, 4, 4, 4, 4, 4, 4, 4, 6}));
+}
+
+TEST(KeepLastQueryBlock, OneBlockKeepsEverything) {
+  BlockLists dense = ToBlockLists(BlockMask::Dense(2, 10, 64));
+  BlockLists l = KeepLastQueryBlock(dense);
+  EXPECT_EQ(l.offsets, dense.offsets);
+  EXPECT_EQ(l.indices, dense.indices);
+}
+
 }  // namespace
 }  // namespace seer

@@ -1075,6 +1075,32 @@ __global__ void FillKernel(const uint32_t* bitmap, const int32_t* offsets, int r
   }
 }
 
+// Block h: head h's last-row list, written after the heads before it.
+// Null offsets stand for the dense causal lists (the last row holds 0 .. nb-1).
+__global__ void KeepLastQueryBlockKernel(const int32_t* offsets, const int32_t* indices, int nb, int heads,
+                                         int32_t* out_offsets, int32_t* out_indices) {
+  const int h = blockIdx.x;
+  auto last_row_len = [&](int g) -> int32_t {
+    if (offsets == nullptr) return nb;
+    const int64_t row = static_cast<int64_t>(g) * nb + nb - 1;
+    return offsets[row + 1] - offsets[row];
+  };
+  __shared__ int32_t base_shared;
+  if (threadIdx.x == 0) {
+    int32_t base = 0;
+    for (int g = 0; g < h; ++g) base += last_row_len(g);
+    base_shared = base;
+  }
+  __syncthreads();
+  const int32_t base = base_shared;
+  const int32_t len = last_row_len(h);
+  const int64_t first_row = static_cast<int64_t>(h) * nb;
+  for (int qb = threadIdx.x; qb < nb; qb += blockDim.x) out_offsets[first_row + qb] = base;
+  const int32_t* from = offsets == nullptr ? nullptr : indices + offsets[first_row + nb - 1];
+  for (int i = threadIdx.x; i < len; i += blockDim.x) out_indices[base + i] = from == nullptr ? i : from[i];
+  if (h == heads - 1 && threadIdx.x == 0) out_offsets[static_cast<int64_t>(heads) * nb] = base + len;
+}
+
 int64_t TopK(const GateParams& p, int nb) { return NzRatioTopK(p.nz_ratio, nb); }
 
 int FirstDenseRow(const GateParams& p, int nb) { return static_cast<int>(seer::FirstDenseRow(p.last_block_dense, nb)); }
@@ -1124,6 +1150,16 @@ int64_t GateMaxIndices(const GateParams& p) {
   int64_t per_head = 0;
   for (int64_t qb = 0; qb < nb; ++qb) per_head += qb >= first_dense ? qb + 1 : (topk < qb + 1 ? topk : qb + 1);
   return per_head * p.num_heads;
+}
+
+cudaError_t KeepLastQueryBlock(const int32_t* offsets, const int32_t* indices, int num_heads, int nb,
+                               int32_t* out_offsets, int32_t* out_indices, cudaStream_t stream) {
+  if (num_heads <= 0 || nb <= 0 || nb > kMaxBlocks || out_offsets == nullptr || out_indices == nullptr ||
+      (offsets == nullptr) != (indices == nullptr)) {
+    return cudaErrorInvalidValue;
+  }
+  KeepLastQueryBlockKernel<<<num_heads, 256, 0, stream>>>(offsets, indices, nb, num_heads, out_offsets, out_indices);
+  return cudaGetLastError();
 }
 
 cudaError_t RunGateKernels(const GateParams& p, cudaStream_t stream) {

@@ -96,4 +96,15 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
 // cudaErrorInvalidValue where the rows do not fit (about 3M tokens).
 size_t GateWorkspaceBytesVariant(const GateParams& p, GateVariant variant);
 
+// The lists a prefill's last layer needs (its other rows feed nothing): each
+// head keeps its last query block's list, every other row is empty, and the
+// kept rows are compacted in head order. In: CSR lists (offsets
+// [num_heads * nb + 1], indices), or both null for the dense causal lists.
+// Out: offsets [num_heads * nb + 1] and indices (capacity num_heads * nb).
+// Device memory, on `stream`, no host synchronisation. The device twin of
+// seer::KeepLastQueryBlock (kernels/common/block_lists.h). Returns
+// cudaErrorInvalidValue for a bad shape or pointer, else the launch error.
+cudaError_t KeepLastQueryBlock(const int32_t* offsets, const int32_t* indices, int num_heads, int nb,
+                               int32_t* out_offsets, int32_t* out_indices, cudaStream_t stream);
+
 }  // namespace seer::cuda

@@ -383,6 +383,49 @@ TEST_F(GateGpuTest, LongRows) {
   for (const GateCase& c : cases) Run(c);
 }
 
+// KeepLastQueryBlock against its CPU twin (kernels/common/block_lists.h) on
+// random lists: one block, a partial head count, empty last rows, rows of
+// 2k blocks, and the dense lists (null input) against ToBlockLists(Dense).
+TEST_F(GateGpuTest, KeepLastQueryBlockMatchesTheCpuTwin) {
+  struct Shape {
+    int heads, nb, keep_one_in;  // keep_one_in 0: dense (null lists in)
+  };
+  for (const Shape& s : std::vector<Shape>{
+           {1, 1, 2}, {3, 5, 2}, {8, 17, 3}, {32, 130, 10}, {4, 2048, 9}, {5, 1, 0}, {3, 7, 0}, {32, 300, 0}}) {
+    SCOPED_TRACE("heads=" + std::to_string(s.heads) + " nb=" + std::to_string(s.nb) +
+                 " keep_one_in=" + std::to_string(s.keep_one_in) + " seed=" + std::to_string(seed_));
+    BlockMask m = BlockMask::Dense(s.heads, s.nb * 64, 64);
+    if (s.keep_one_in > 0) {
+      for (uint8_t& v : m.keep) v = v != 0 && rng_() % s.keep_one_in == 0;
+      // Head 0's last row empty, where there is a second head to follow it.
+      if (s.heads > 1) std::fill_n(m.keep.begin() + static_cast<size_t>(s.nb - 1) * s.nb, s.nb, 0);
+    }
+    const BlockLists in = ToBlockLists(m);
+    const BlockLists want = KeepLastQueryBlock(in);
+    const size_t rows = static_cast<size_t>(s.heads) * s.nb + 1;
+    DevBuf offsets(sizeof(int32_t) * rows), indices(sizeof(int32_t) * (in.indices.size() + 1));
+    DevBuf out_offsets(sizeof(int32_t) * rows), out_indices(sizeof(int32_t) * s.heads * s.nb);
+    ASSERT_CUDA(offsets.Upload(in.offsets.data(), sizeof(int32_t) * rows));
+    ASSERT_CUDA(indices.Upload(in.indices.data(), sizeof(int32_t) * in.indices.size()));
+    const bool dense = s.keep_one_in == 0;
+    ASSERT_CUDA(cuda::KeepLastQueryBlock(dense ? nullptr : offsets.get<int32_t>(),
+                                         dense ? nullptr : indices.get<int32_t>(), s.heads, s.nb,
+                                         out_offsets.get<int32_t>(), out_indices.get<int32_t>(), nullptr));
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    std::vector<int32_t> got_offsets(rows), got_indices(want.indices.size());
+    ASSERT_CUDA(out_offsets.Download(got_offsets.data(), sizeof(int32_t) * rows));
+    ASSERT_CUDA(out_indices.Download(got_indices.data(), sizeof(int32_t) * got_indices.size()));
+    EXPECT_EQ(got_offsets, want.offsets);
+    EXPECT_EQ(got_indices, want.indices);
+  }
+  EXPECT_EQ(cuda::KeepLastQueryBlock(nullptr, nullptr, 0, 4, nullptr, nullptr, nullptr), cudaErrorInvalidValue);
+  DevBuf any(64);
+  EXPECT_EQ(
+      cuda::KeepLastQueryBlock(any.get<int32_t>(), nullptr, 1, 4, any.get<int32_t>(), any.get<int32_t>(), nullptr),
+      cudaErrorInvalidValue)
+      << "offsets without indices";
+}
+
 TEST_F(GateGpuTest, RejectsBadParams) {
   cuda::GateParams p;
   p.seq_len = 100;
