@@ -139,6 +139,14 @@ Status ModelRunner::Gate(int layer, const Activations& a, int rows, const Sparsi
 
 Status ModelRunner::RopeAndCache(int layer, const Activations& a, int rows, int pos0, DeviceKvCache* cache) {
   const int d = config_.head_dim;
+  // One pass over q, k and v (SEER_FUSE_ROPE=0: the four kernels it
+  // replaces, for comparison).
+  static const bool fused = EnvEnabled("SEER_FUSE_ROPE");
+  if (fused) {
+    SEER_RETURN_IF_CUDA_ERROR(cuda::RopeToCache(a.q, a.k, a.v, rows, config_.num_heads, config_.num_kv_heads, d, a.rope,
+                                                cache->k(layer), cache->v(layer), cache->capacity(), pos0, stream_));
+    return OkStatus();
+  }
   SEER_RETURN_IF_CUDA_ERROR(cuda::ApplyRope(a.q, rows, config_.num_heads, d, a.rope, stream_));
   SEER_RETURN_IF_CUDA_ERROR(cuda::ApplyRope(a.k, rows, config_.num_kv_heads, d, a.rope, stream_));
   SEER_RETURN_IF_CUDA_ERROR(

@@ -1,5 +1,6 @@
 #include "kernels/ops/ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -64,6 +65,41 @@ __global__ void RmsNormKernel(const float* x, int dim, const float* weight, floa
   for (int i = threadIdx.x; i < dim; i += blockDim.x) outr[i] = __float2bfloat16(weight[i] * (xr[i] * inv_rms));
 }
 
+// RmsNormKernel's arithmetic with the row in registers: up to kRmsVecs
+// 16-byte loads per thread, all in flight at once, so a row is read from
+// memory once and a CTA is small enough for eight of them per SM; four bf16
+// out per 8-byte store.
+constexpr int kRmsVecs = 4;
+
+__global__ void RmsNorm4Kernel(const float4* x, int dim4, const float4* weight, float eps, uint2* out) {
+  __shared__ float scratch[32];
+  const float4* xr = x + static_cast<size_t>(blockIdx.x) * dim4;
+  float4 v[kRmsVecs];
+#pragma unroll
+  for (int u = 0; u < kRmsVecs; ++u) {
+    const int i = threadIdx.x + u * blockDim.x;
+    v[u] = i < dim4 ? xr[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  }
+  float sum_sq = 0.0f;
+#pragma unroll
+  for (int u = 0; u < kRmsVecs; ++u) sum_sq += v[u].x * v[u].x + v[u].y * v[u].y + v[u].z * v[u].z + v[u].w * v[u].w;
+  sum_sq = BlockSum(sum_sq, scratch);
+  const float inv_rms = 1.0f / sqrtf(sum_sq / static_cast<float>(4 * dim4) + eps);
+  uint2* outr = out + static_cast<size_t>(blockIdx.x) * dim4;
+#pragma unroll
+  for (int u = 0; u < kRmsVecs; ++u) {
+    const int i = threadIdx.x + u * blockDim.x;
+    if (i >= dim4) break;
+    const float4 w = weight[i];
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(w.x * (v[u].x * inv_rms), w.y * (v[u].y * inv_rms));
+    const __nv_bfloat162 hi = __floats2bfloat162_rn(w.z * (v[u].z * inv_rms), w.w * (v[u].w * inv_rms));
+    uint2 packed;
+    packed.x = *reinterpret_cast<const uint32_t*>(&lo);
+    packed.y = *reinterpret_cast<const uint32_t*>(&hi);
+    outr[i] = packed;
+  }
+}
+
 // Row r sits at positions[r], or at pos0 + r without a positions array.
 __global__ void RopeTableKernel(const float* inv_freq, int half, int pos0, const int32_t* positions, int rows,
                                 float2* table) {
@@ -109,6 +145,62 @@ __global__ void WriteKvKernel(const Vec* src, int n, int kv_heads, int vecs_per_
     const int h = static_cast<int>(th % kv_heads);
     const int t = static_cast<int>(th / kv_heads);
     cache[(static_cast<size_t>(h) * capacity + t0 + t) * vecs_per_head + d] = src[idx];
+  }
+}
+
+// Rotates eight pairs (lo[j], hi[j]) with eight (cos, sin) from `cs`, as
+// RopeKernel does one.
+__device__ __forceinline__ void Rotate8(uint4* lo4, uint4* hi4, const float4* cs) {
+  bf16* lo = reinterpret_cast<bf16*>(lo4);
+  bf16* hi = reinterpret_cast<bf16*>(hi4);
+#pragma unroll
+  for (int p = 0; p < 4; ++p) {
+    const float4 t = cs[p];
+    const float2 angle[2] = {make_float2(t.x, t.y), make_float2(t.z, t.w)};
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      const int j = 2 * p + u;
+      float a, b;
+      RotatePair(__bfloat162float(lo[j]), __bfloat162float(hi[j]), angle[u], &a, &b);
+      lo[j] = __float2bfloat16(a);
+      hi[j] = __float2bfloat16(b);
+    }
+  }
+}
+
+// One CTA per token row; a thread moves 16 bytes of v or rotates 8 pairs of
+// one q or k head (16 bytes from each half). `half8` is head_dim / 16.
+__global__ void RopeToCacheKernel(uint4* q, uint4* k, const uint4* v, int num_heads, int kv_heads, int half8,
+                                  const float4* table, uint4* k_cache, uint4* v_cache, int capacity, int t0) {
+  const int r = blockIdx.x;
+  const int q_items = num_heads * half8, k_items = kv_heads * half8, v_items = kv_heads * 2 * half8;
+  const int head_vecs = 2 * half8;
+  // The row's 8 * half8 (cos, sin) pairs, two per float4.
+  const float4* row_table = table + static_cast<size_t>(r) * half8 * 4;
+  for (int j = threadIdx.x; j < q_items + k_items + v_items; j += blockDim.x) {
+    if (j < q_items + k_items) {
+      const bool is_q = j < q_items;
+      const int jj = is_q ? j : j - q_items;
+      const int h = jj / half8, c = jj % half8;
+      const int heads = is_q ? num_heads : kv_heads;
+      const uint4* src = (is_q ? q : k) + (static_cast<size_t>(r) * heads + h) * head_vecs;
+      uint4 lo = src[c], hi = src[half8 + c];
+      Rotate8(&lo, &hi, row_table + 4 * c);
+      // In place, and k also into the cache.
+      uint4* in_place = (is_q ? q : k) + (static_cast<size_t>(r) * heads + h) * head_vecs;
+      in_place[c] = lo;
+      in_place[half8 + c] = hi;
+      if (!is_q) {
+        uint4* cached = k_cache + (static_cast<size_t>(h) * capacity + t0 + r) * head_vecs;
+        cached[c] = lo;
+        cached[half8 + c] = hi;
+      }
+    } else {
+      const int jj = j - q_items - k_items;
+      const int h = jj / head_vecs, c = jj % head_vecs;
+      v_cache[(static_cast<size_t>(h) * capacity + t0 + r) * head_vecs + c] =
+          v[(static_cast<size_t>(r) * kv_heads + h) * head_vecs + c];
+    }
   }
 }
 
@@ -294,6 +386,16 @@ cudaError_t Embedding(const bf16* table, int vocab, int dim, const int32_t* ids,
 cudaError_t RmsNorm(const float* x, int rows, int dim, const float* weight, float eps, bf16* out, cudaStream_t stream) {
   if (rows < 0 || dim <= 0) return cudaErrorInvalidValue;
   if (rows == 0) return cudaSuccess;
+  const int dim4 = dim / 4;
+  if (dim % 4 == 0 && dim4 <= kRmsVecs * 1024 && Aligned16(x) && Aligned16(weight) &&
+      reinterpret_cast<uintptr_t>(out) % 8 == 0) {
+    const int threads = std::max(32, (dim4 + kRmsVecs * 32 - 1) / (kRmsVecs * 32) * 32);
+    RmsNorm4Kernel<<<rows, threads, 0, stream>>>(reinterpret_cast<const float4*>(x), dim4,
+                                                 reinterpret_cast<const float4*>(weight), eps,
+                                                 reinterpret_cast<uint2*>(out));
+    SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    return cudaSuccess;
+  }
   const int threads = dim >= 4096 ? 1024 : (dim >= 1024 ? 512 : 128);
   // Grid y is unused; rows go on x, whose limit (2^31 - 1) exceeds any int.
   RmsNormKernel<<<rows, threads, 0, stream>>>(x, dim, weight, eps, out);
@@ -342,6 +444,32 @@ cudaError_t WriteKv(const bf16* src, int n, int kv_heads, int head_dim, bf16* ca
   } else {
     WriteKvKernel<bf16><<<GridFor(elems), kThreads, 0, stream>>>(src, n, kv_heads, head_dim, cache, capacity, t0);
   }
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return cudaSuccess;
+}
+
+cudaError_t RopeToCache(bf16* q, bf16* k, const bf16* v, int rows, int num_heads, int kv_heads, int head_dim,
+                        const float2* table, bf16* k_cache, bf16* v_cache, int capacity, int t0, cudaStream_t stream) {
+  if (rows < 0 || num_heads <= 0 || kv_heads <= 0 || head_dim <= 0 || head_dim % 2 != 0 || t0 < 0 ||
+      static_cast<int64_t>(t0) + rows > capacity) {
+    return cudaErrorInvalidValue;
+  }
+  if (rows == 0) return cudaSuccess;
+  const bool vectors = head_dim % 16 == 0 && Aligned16(q) && Aligned16(k) && Aligned16(v) && Aligned16(table) &&
+                       Aligned16(k_cache) && Aligned16(v_cache);
+  if (!vectors) {
+    SEER_CUDA_RETURN_IF_ERROR(ApplyRope(q, rows, num_heads, head_dim, table, stream));
+    SEER_CUDA_RETURN_IF_ERROR(ApplyRope(k, rows, kv_heads, head_dim, table, stream));
+    SEER_CUDA_RETURN_IF_ERROR(WriteKv(k, rows, kv_heads, head_dim, k_cache, capacity, t0, stream));
+    return WriteKv(v, rows, kv_heads, head_dim, v_cache, capacity, t0, stream);
+  }
+  const int half8 = head_dim / 16;
+  const int items = (num_heads + 3 * kv_heads) * half8;
+  const int threads = std::min(1024, (items + 31) / 32 * 32);
+  RopeToCacheKernel<<<rows, threads, 0, stream>>>(
+      reinterpret_cast<uint4*>(q), reinterpret_cast<uint4*>(k), reinterpret_cast<const uint4*>(v), num_heads, kv_heads,
+      half8, reinterpret_cast<const float4*>(table), reinterpret_cast<uint4*>(k_cache),
+      reinterpret_cast<uint4*>(v_cache), capacity, t0);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return cudaSuccess;
 }

@@ -48,6 +48,14 @@ cudaError_t ApplyRope(bf16* x, int rows, int num_heads, int head_dim, const floa
 cudaError_t WriteKv(const bf16* src, int n, int kv_heads, int head_dim, bf16* cache, int capacity, int t0,
                     cudaStream_t stream);
 
+// ApplyRope on q and k, then WriteKv of k and v into one layer's cache
+// [kv_heads, capacity, head_dim] at tokens [t0, t0 + rows), as one pass over
+// q, k and v: every output holds exactly what those four calls write. One
+// launch with 16-byte moves when head_dim % 16 == 0 and every pointer is
+// 16-byte aligned; otherwise it makes those four calls.
+cudaError_t RopeToCache(bf16* q, bf16* k, const bf16* v, int rows, int num_heads, int kv_heads, int head_dim,
+                        const float2* table, bf16* k_cache, bf16* v_cache, int capacity, int t0, cudaStream_t stream);
+
 // out[i] = bf16(silu(gate[i]) * up[i]) with silu(x) = x / (1 + exp(-x)) in
 // float32. `out` may alias `gate`.
 cudaError_t SwiGlu(const bf16* gate, const bf16* up, size_t n, bf16* out, cudaStream_t stream);

@@ -178,8 +178,10 @@ TEST_F(GpuOpsTest, RmsNormMatchesCpu) {
     int rows, dim;
     float scale;
   };
+  // 16-byte path: 64, 4096, 8192, 1000 (a partial last warp); scalar path:
+  // 130 and 6 (not a multiple of 4), 20000 (more than 4096 float4 per row).
   for (Shape s : {Shape{1, 64, 1.0f}, Shape{17, 4096, 30.0f}, Shape{333, 130, 0.01f}, Shape{5, 8192, 3.0f},
-                  Shape{64, 1000, 1.0f}}) {
+                  Shape{64, 1000, 1.0f}, Shape{3, 20000, 2.0f}, Shape{2, 6, 1.0f}}) {
     SCOPED_TRACE("seed " + std::to_string(seed_) + " rows " + std::to_string(s.rows) + " dim " + std::to_string(s.dim));
     const std::vector<float> x = Uniform(size_t(s.rows) * s.dim, -s.scale, s.scale);
     const std::vector<float> w = Uniform(s.dim, 0.5f, 1.5f);
@@ -271,6 +273,58 @@ TEST_F(GpuOpsTest, WriteKvScattersIntoTheCacheLayoutOnly) {
   // Past the capacity: refused, nothing written.
   Dev<bf16> src(8), cache(8);
   EXPECT_EQ(cuda::WriteKv(src.get(), 2, 1, 4, cache.get(), 2, 1, stream_), cudaErrorInvalidValue);
+}
+
+// The fused pass against the four calls it replaces (ApplyRope on q and k,
+// WriteKv of k and v), bit for bit: the 16-byte path (head_dim 128, 64, 80)
+// and the fallback (72), GQA 1 to 8, t0 > 0, a cache whose other tokens and
+// slack must stay as they were.
+TEST_F(GpuOpsTest, RopeToCacheEqualsRopeThenWriteKv) {
+  struct Shape {
+    int rows, heads, kv_heads, dim, capacity, t0;
+  };
+  for (Shape s : {Shape{1, 32, 8, 128, 10, 9}, Shape{333, 8, 1, 64, 400, 5}, Shape{129, 4, 4, 128, 300, 171},
+                  Shape{70, 6, 2, 80, 70, 0}, Shape{31, 4, 2, 72, 40, 3}}) {
+    SCOPED_TRACE("seed " + std::to_string(seed_) + " rows " + std::to_string(s.rows) + " heads " +
+                 std::to_string(s.heads) + "/" + std::to_string(s.kv_heads) + " dim " + std::to_string(s.dim) + " t0 " +
+                 std::to_string(s.t0));
+    const int half = s.dim / 2;
+    const std::vector<float> q = UniformBf16(size_t(s.rows) * s.heads * s.dim, -3.0f, 3.0f);
+    const std::vector<float> k = UniformBf16(size_t(s.rows) * s.kv_heads * s.dim, -3.0f, 3.0f);
+    const std::vector<float> v = UniformBf16(size_t(s.rows) * s.kv_heads * s.dim, -3.0f, 3.0f);
+    const std::vector<float> cache = UniformBf16(size_t(s.kv_heads) * s.capacity * s.dim, 10.0f, 20.0f);
+    std::vector<float> inv(half);
+    for (int i = 0; i < half; ++i) inv[i] = std::pow(10000.0f, -2.0f * i / s.dim);
+    std::unique_ptr<Dev<float>> d_inv(Upload(inv));
+    Dev<float2> d_table(size_t(s.rows) * half);
+    ASSERT_CUDA(cuda::RopeTable(d_inv->get(), half, s.t0, s.rows, d_table.get(), stream_));
+    // The reference: the four calls.
+    std::unique_ptr<Dev<bf16>> q0(UploadBf16(q)), k0(UploadBf16(k)), v0(UploadBf16(v));
+    std::unique_ptr<Dev<bf16>> kc0(UploadBf16(cache)), vc0(UploadBf16(cache));
+    ASSERT_CUDA(cuda::ApplyRope(q0->get(), s.rows, s.heads, s.dim, d_table.get(), stream_));
+    ASSERT_CUDA(cuda::ApplyRope(k0->get(), s.rows, s.kv_heads, s.dim, d_table.get(), stream_));
+    ASSERT_CUDA(cuda::WriteKv(k0->get(), s.rows, s.kv_heads, s.dim, kc0->get(), s.capacity, s.t0, stream_));
+    ASSERT_CUDA(cuda::WriteKv(v0->get(), s.rows, s.kv_heads, s.dim, vc0->get(), s.capacity, s.t0, stream_));
+    // The fused pass.
+    std::unique_ptr<Dev<bf16>> q1(UploadBf16(q)), k1(UploadBf16(k)), v1(UploadBf16(v));
+    std::unique_ptr<Dev<bf16>> kc1(UploadBf16(cache)), vc1(UploadBf16(cache));
+    ASSERT_CUDA(cuda::RopeToCache(q1->get(), k1->get(), v1->get(), s.rows, s.heads, s.kv_heads, s.dim, d_table.get(),
+                                  kc1->get(), vc1->get(), s.capacity, s.t0, stream_));
+    ASSERT_CUDA(cudaStreamSynchronize(stream_));
+    const std::vector<float> want_q = DownloadBf16(q0->get(), q.size());
+    EXPECT_EQ(DownloadBf16(q1->get(), q.size()), want_q);
+    EXPECT_NE(want_q, q) << "the rotation did nothing";
+    EXPECT_EQ(DownloadBf16(kc1->get(), cache.size()), DownloadBf16(kc0->get(), cache.size()));
+    EXPECT_EQ(DownloadBf16(vc1->get(), cache.size()), DownloadBf16(vc0->get(), cache.size()));
+    EXPECT_EQ(DownloadBf16(k1->get(), k.size()), DownloadBf16(k0->get(), k.size())) << "k rotated in place";
+    EXPECT_EQ(DownloadBf16(v1->get(), v.size()), v) << "v is read only";
+  }
+  Dev<bf16> any(64);
+  Dev<float2> table(8);
+  EXPECT_EQ(
+      cuda::RopeToCache(any.get(), any.get(), any.get(), 2, 1, 1, 16, table.get(), any.get(), any.get(), 2, 1, stream_),
+      cudaErrorInvalidValue)
+      << "past the capacity";
 }
 
 TEST_F(GpuOpsTest, SwiGluMatchesCpu) {
