@@ -6,7 +6,11 @@
 //
 // Masks: per head, exactly round(s * causal blocks) of the off-diagonal
 // causal blocks are skipped, uniformly at random from a fixed seed; the
-// diagonal is always kept. Sparsity 0 runs the dense path (null lists).
+// diagonal is always kept. --masks=topk shapes them as nz_ratio selection
+// does instead: every query row keeps the same number of blocks (the diagonal
+// and the rest uniformly at random; shorter rows keep all), the number chosen
+// so that the total matches the sparsity. Sparsity 0 runs the dense path
+// (null lists).
 // --masks-dir DIR writes every mask as DIR/mask_<seq>_<sparsity>.bin so that
 // kernels/attention/attention_peers.py runs FlexAttention on the identical masks:
 //   8 bytes "SEERMSK1", int32 seq_len, heads, num_blocks, block_size, then
@@ -57,6 +61,7 @@ struct Options {
   int min_iters = 3;  // ...and at least this many runs
   int max_iters = 50;
   std::string masks_dir;
+  bool topk_masks = false;  // --masks=topk
   bool gate = true;
 };
 
@@ -95,6 +100,12 @@ bool ParseArgs(int argc, char** argv, Options* o) {
       o->min_iters = std::atoi(v);
     } else if (const char* v = value("--max-iters")) {
       o->max_iters = std::atoi(v);
+    } else if (const char* v = value("--masks")) {
+      if (std::string(v) != "uniform" && std::string(v) != "topk") {
+        std::fprintf(stderr, "--masks takes uniform or topk, not '%s'\n", v);
+        return false;
+      }
+      o->topk_masks = std::string(v) == "topk";
     } else if (const char* v = value("--masks-dir")) {
       o->masks_dir = v;
     } else if (a == "--no-gate") {
@@ -104,7 +115,7 @@ bool ParseArgs(int argc, char** argv, Options* o) {
                    "usage: %s [--seqs=8192,32768,131072] [--sparsities=0,0.5,0.9] [--dtypes=bf16,fp16]\n"
                    "          [--variants=v2,v3 (auto,v1,v2,v3,v3s)] [--heads=32] [--kv-heads=32] [--dims=64,128]\n"
                    "          [--warmup=2] [--min-seconds=0.5] [--min-iters=3] [--max-iters=50] [--masks-dir=DIR]\n"
-                   "          [--no-gate]\n",
+                   "          [--masks=uniform|topk] [--no-gate]\n",
                    argv[0]);
       return false;
     }
@@ -139,6 +150,45 @@ seer::BlockMask RandomMask(int heads, int seq_len, double sparsity, uint32_t see
       while (static_cast<int64_t>(qb + 1) * qb / 2 <= s) ++qb;
       const int kb = static_cast<int>(s - static_cast<int64_t>(qb) * (qb - 1) / 2);
       m.keep[(static_cast<size_t>(h) * nb + qb) * nb + kb] = 0;
+    }
+  }
+  return m;
+}
+
+// Every row keeps min(qb + 1, k) blocks: the diagonal and k - 1 of the
+// blocks before it, uniformly at random (Floyd's sampling), with k the row
+// length whose total comes nearest round((1 - sparsity) * causal) per head.
+seer::BlockMask TopkMask(int heads, int seq_len, double sparsity, uint32_t seed) {
+  seer::BlockMask m = seer::BlockMask::Dense(heads, seq_len, 64);
+  const int nb = m.num_blocks;
+  const int64_t causal = static_cast<int64_t>(nb) * (nb + 1) / 2;
+  const int64_t want = std::llround((1.0 - sparsity) * static_cast<double>(causal));
+  auto total = [nb](int64_t k) {
+    int64_t t = 0;
+    for (int64_t qb = 0; qb < nb; ++qb) t += std::min(qb + 1, k);
+    return t;
+  };
+  int64_t lo = 1, hi = nb;  // the smallest k whose total reaches `want`
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) / 2;
+    if (total(mid) < want) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  const int64_t k = (lo > 1 && want - total(lo - 1) < total(lo) - want) ? lo - 1 : lo;
+  std::mt19937_64 rng(seed);
+  for (int h = 0; h < heads; ++h) {
+    for (int qb = 0; qb < nb; ++qb) {
+      if (qb + 1 <= k) continue;
+      uint8_t* row = m.keep.data() + (static_cast<size_t>(h) * nb + qb) * nb;
+      std::fill_n(row, qb, 0);
+      // k - 1 distinct blocks of [0, qb).
+      for (int64_t j = qb - (k - 1); j < qb; ++j) {
+        const int64_t t = static_cast<int64_t>(rng() % static_cast<uint64_t>(j + 1));
+        row[row[t] ? j : t] = 1;
+      }
     }
   }
   return m;
@@ -313,8 +363,8 @@ int main(int argc, char** argv) {
     for (double s : o.sparsities) {
       DevMask dm{s, static_cast<int64_t>(H) * nb * (nb + 1) / 2};
       if (s > 0.0) {
-        const seer::BlockMask m = RandomMask(
-            H, seq, s, 0x5EE5u + static_cast<uint32_t>(seq) * 31u + static_cast<uint32_t>(std::lround(s * 1000)));
+        const uint32_t seed = 0x5EE5u + static_cast<uint32_t>(seq) * 31u + static_cast<uint32_t>(std::lround(s * 1000));
+        const seer::BlockMask m = o.topk_masks ? TopkMask(H, seq, s, seed) : RandomMask(H, seq, s, seed);
         dm.kept = m.kept();
         if (!o.masks_dir.empty() && !WriteMask(m, o.masks_dir + "/" + MaskName(seq, s))) {
           std::fprintf(stderr, "cannot write %s/%s\n", o.masks_dir.c_str(), MaskName(seq, s).c_str());
