@@ -8,7 +8,13 @@
 // beside it.
 //
 //   seer-prefill-bench [--lengths 8192,32768,131072] [--modes dense,nz_ratio=0.1]
-//                      [--repeats 3] [--layers 32]
+//                      [--repeats 3] [--layers 32] [--dump-masks DIR]
+//
+// --dump-masks DIR: one more gated prefill per length of at most 65536
+// tokens, whose gate masks go to DIR/gate_<len>_<mode>_layer<NN>.bin (the
+// SEERMSK1 format of kernels/common/block_lists.h), so that
+// `seer-attention-bench --masks-from=...` times the kernel on the gate's own
+// selections.
 
 #include <algorithm>
 #include <chrono>
@@ -30,6 +36,7 @@
 #include "engine/engine.h"
 #include "engine/model/model_config.h"
 #include "engine/model/sparsity.h"
+#include "kernels/common/block_lists.h"
 #include "kernels/common/check.h"
 #include "bench/bench_util.h"
 
@@ -53,6 +60,7 @@ int Main(int argc, char** argv) {
   std::vector<std::string> modes = {"dense", "nz_ratio=0.1"};
   int repeats = 3;
   int layers = 32;
+  std::string dump_masks;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -71,10 +79,12 @@ int Main(int argc, char** argv) {
       repeats = std::max(1, std::atoi(next().c_str()));
     } else if (a == "--layers") {
       layers = std::max(1, std::atoi(next().c_str()));
+    } else if (a == "--dump-masks") {
+      dump_masks = next();
     } else {
       std::fprintf(stderr,
                    "usage: %s [--lengths 8192,32768,131072] [--modes dense,nz_ratio=0.1] [--repeats N] "
-                   "[--layers N]\n",
+                   "[--layers N] [--dump-masks DIR]\n",
                    argv[0]);
       return 2;
     }
@@ -201,6 +211,36 @@ int Main(int argc, char** argv) {
       auto r = engine->Prefill(std::span<const int32_t>(ids.data(), len), po, cache->get(), nullptr);
       if (!r.ok()) continue;
       stage_rows.push_back({len, m, r->stages, r->seconds * 1e3});
+    }
+  }
+
+  // The gate's masks, for the attention benchmark (host memory: nb^2 bytes
+  // of mask and 4 nb^2 of probabilities per head and layer, so short prompts only).
+  for (int len : lengths) {
+    if (dump_masks.empty() || len > 65536) continue;
+    for (const std::string& m : modes) {
+      const SparsityConfig sp = ParseSparsity(m).value();
+      if (sp.mode == SparsityMode::kDense) continue;
+      auto cache = engine->NewCache(len);
+      if (!cache.ok()) continue;
+      PrefillOptions po;
+      po.sparsity = sp;
+      po.keep_gate_outputs = true;
+      auto r = engine->Prefill(std::span<const int32_t>(ids.data(), len), po, cache->get(), nullptr);
+      if (!r.ok()) {
+        std::fprintf(stderr, "--dump-masks L=%d %s: %s\n", len, m.c_str(), r.status().ToString().c_str());
+        return 1;
+      }
+      for (size_t layer = 0; layer < r->gate_outputs.size(); ++layer) {
+        char name[160];
+        std::snprintf(name, sizeof(name), "/gate_%d_%s_layer%02zu.bin", len, m.c_str(), layer);
+        if (!WriteBlockMask(r->gate_outputs[layer].mask, dump_masks + name)) {
+          std::fprintf(stderr, "--dump-masks: cannot write %s%s\n", dump_masks.c_str(), name);
+          return 1;
+        }
+      }
+      std::printf("  L=%d %s: %zu gate masks written to %s\n", len, m.c_str(), r->gate_outputs.size(),
+                  dump_masks.c_str());
     }
   }
 

@@ -10,7 +10,9 @@
 // does instead: every query row keeps the same number of blocks (the diagonal
 // and the rest uniformly at random; shorter rows keep all), the number chosen
 // so that the total matches the sparsity. Sparsity 0 runs the dense path
-// (null lists).
+// (null lists). --masks-from=FILE,... also times masks read from files (the
+// format below; seer-prefill-bench --dump-masks writes the gate's), each at
+// the --seqs entry equal to its length and with --heads equal to its heads.
 // --masks-dir DIR writes every mask as DIR/mask_<seq>_<sparsity>.bin so that
 // kernels/attention/attention_peers.py runs FlexAttention on the identical masks:
 //   8 bytes "SEERMSK1", int32 seq_len, heads, num_blocks, block_size, then
@@ -62,6 +64,7 @@ struct Options {
   int max_iters = 50;
   std::string masks_dir;
   bool topk_masks = false;  // --masks=topk
+  std::vector<std::string> masks_from;  // SEERMSK1 files, timed beside the generated masks
   bool gate = true;
 };
 
@@ -106,6 +109,8 @@ bool ParseArgs(int argc, char** argv, Options* o) {
         return false;
       }
       o->topk_masks = std::string(v) == "topk";
+    } else if (const char* v = value("--masks-from")) {
+      o->masks_from = SplitCommas(v);
     } else if (const char* v = value("--masks-dir")) {
       o->masks_dir = v;
     } else if (a == "--no-gate") {
@@ -115,7 +120,7 @@ bool ParseArgs(int argc, char** argv, Options* o) {
                    "usage: %s [--seqs=8192,32768,131072] [--sparsities=0,0.5,0.9] [--dtypes=bf16,fp16]\n"
                    "          [--variants=v2,v3 (auto,v1,v2,v3,v3s)] [--heads=32] [--kv-heads=32] [--dims=64,128]\n"
                    "          [--warmup=2] [--min-seconds=0.5] [--min-iters=3] [--max-iters=50] [--masks-dir=DIR]\n"
-                   "          [--masks=uniform|topk] [--no-gate]\n",
+                   "          [--masks=uniform|topk] [--masks-from=FILE,...] [--no-gate]\n",
                    argv[0]);
       return false;
     }
@@ -192,18 +197,6 @@ seer::BlockMask TopkMask(int heads, int seq_len, double sparsity, uint32_t seed)
     }
   }
   return m;
-}
-
-bool WriteMask(const seer::BlockMask& m, const std::string& path) {
-  FILE* f = std::fopen(path.c_str(), "wb");
-  if (f == nullptr) return false;
-  const int32_t header[4] = {m.seq_len, m.num_heads, m.num_blocks, m.block_size};
-  std::vector<uint8_t> packed((m.keep.size() + 7) / 8, 0);
-  for (size_t i = 0; i < m.keep.size(); ++i) packed[i / 8] |= static_cast<uint8_t>((m.keep[i] != 0) << (i % 8));
-  bool ok = std::fwrite("SEERMSK1", 1, 8, f) == 8 && std::fwrite(header, sizeof(header), 1, f) == 1 &&
-            std::fwrite(packed.data(), 1, packed.size(), f) == packed.size();
-  ok = (std::fclose(f) == 0) && ok;
-  return ok;
 }
 
 std::string MaskName(int seq, double sparsity) {
@@ -356,26 +349,47 @@ int main(int argc, char** argv) {
     struct DevMask {
       double sparsity;
       int64_t kept;
+      std::string label;  // the file a mask came from
       int32_t* offsets = nullptr;
       int32_t* indices = nullptr;
     };
     std::vector<DevMask> masks;
+    auto upload = [](const seer::BlockMask& m, DevMask* dm) {
+      dm->kept = m.kept();
+      const seer::BlockLists lists = seer::ToBlockLists(m);
+      SEER_CUDA_CHECK(cudaMalloc(&dm->offsets, lists.offsets.size() * 4));
+      SEER_CUDA_CHECK(cudaMalloc(&dm->indices, std::max<size_t>(1, lists.indices.size()) * 4));
+      SEER_CUDA_CHECK(cudaMemcpy(dm->offsets, lists.offsets.data(), lists.offsets.size() * 4, cudaMemcpyHostToDevice));
+      SEER_CUDA_CHECK(cudaMemcpy(dm->indices, lists.indices.data(), lists.indices.size() * 4, cudaMemcpyHostToDevice));
+    };
     for (double s : o.sparsities) {
       DevMask dm{s, static_cast<int64_t>(H) * nb * (nb + 1) / 2};
       if (s > 0.0) {
         const uint32_t seed = 0x5EE5u + static_cast<uint32_t>(seq) * 31u + static_cast<uint32_t>(std::lround(s * 1000));
         const seer::BlockMask m = o.topk_masks ? TopkMask(H, seq, s, seed) : RandomMask(H, seq, s, seed);
-        dm.kept = m.kept();
-        if (!o.masks_dir.empty() && !WriteMask(m, o.masks_dir + "/" + MaskName(seq, s))) {
+        if (!o.masks_dir.empty() && !seer::WriteBlockMask(m, o.masks_dir + "/" + MaskName(seq, s))) {
           std::fprintf(stderr, "cannot write %s/%s\n", o.masks_dir.c_str(), MaskName(seq, s).c_str());
           return 1;
         }
-        const seer::BlockLists lists = seer::ToBlockLists(m);
-        SEER_CUDA_CHECK(cudaMalloc(&dm.offsets, lists.offsets.size() * 4));
-        SEER_CUDA_CHECK(cudaMalloc(&dm.indices, std::max<size_t>(1, lists.indices.size()) * 4));
-        SEER_CUDA_CHECK(cudaMemcpy(dm.offsets, lists.offsets.data(), lists.offsets.size() * 4, cudaMemcpyHostToDevice));
-        SEER_CUDA_CHECK(cudaMemcpy(dm.indices, lists.indices.data(), lists.indices.size() * 4, cudaMemcpyHostToDevice));
+        upload(m, &dm);
       }
+      masks.push_back(dm);
+    }
+    for (const std::string& path : o.masks_from) {
+      seer::BlockMask m;
+      std::string error;
+      if (!seer::ReadBlockMask(path, &m, &error)) {
+        std::fprintf(stderr, "--masks-from: %s\n", error.c_str());
+        return 2;
+      }
+      if (m.seq_len != seq) continue;
+      if (m.num_heads != H || m.block_size != 64) {
+        std::fprintf(stderr, "--masks-from: %s has %d heads of block %d; this run takes --heads=%d of block 64\n",
+                     path.c_str(), m.num_heads, m.block_size, H);
+        return 2;
+      }
+      DevMask dm{1.0 - m.density(), 0, path.substr(path.find_last_of('/') + 1)};
+      upload(m, &dm);
       masks.push_back(dm);
     }
 
@@ -415,13 +429,15 @@ int main(int argc, char** argv) {
           const double computed_flops = 4.0 * 64.0 * 64.0 * D * static_cast<double>(dm.kept);
           for (FwdVariant variant : variants) {
             const double ms = TimeMs(o, [&] { return seer::cuda::BlockSparseAttentionVariant(p, variant, nullptr); });
-            rows.push_back({tname, D, seq, dm.sparsity, std::string("seer ") + seer::cuda::FwdVariantName(variant), ms,
-                            causal_flops / (ms * 1e9), computed_flops / (ms * 1e9)});
-            std::printf("  %s d=%d seq=%d sparsity=%.2f %-18s %9.3f ms  %6.1f eff TFLOP/s  %6.1f computed TFLOP/s\n",
-                        tname, D, seq, dm.sparsity, seer::cuda::FwdVariantName(variant), ms, rows.back().eff_tflops,
+            const std::string kernel = std::string("seer ") + seer::cuda::FwdVariantName(variant) +
+                                       (dm.label.empty() ? "" : " on " + dm.label);
+            rows.push_back(
+                {tname, D, seq, dm.sparsity, kernel, ms, causal_flops / (ms * 1e9), computed_flops / (ms * 1e9)});
+            std::printf("  %s d=%d seq=%d sparsity=%.3f %-18s %9.3f ms  %6.1f eff TFLOP/s  %6.1f computed TFLOP/s\n",
+                        tname, D, seq, dm.sparsity, kernel.c_str(), ms, rows.back().eff_tflops,
                         rows.back().computed_tflops);
             std::fflush(stdout);
-            if (t == o.dtypes.front() && Near(dm.sparsity, 0.9) &&
+            if (t == o.dtypes.front() && dm.label.empty() && Near(dm.sparsity, 0.9) &&
                 variant == seer::cuda::ResolveFwdVariant(FwdVariant::kAuto)) {
               sparse_ms = ms;
             }

@@ -1,5 +1,8 @@
 #include "kernels/common/block_lists.h"
 
+#include <cstdio>
+#include <cstring>
+
 namespace seer {
 
 BlockMask BlockMask::Dense(int num_heads, int seq_len, int block_size) {
@@ -47,6 +50,58 @@ BlockLists ToBlockLists(const BlockMask& mask) {
     lists.offsets.push_back(static_cast<int32_t>(lists.indices.size()));
   }
   return lists;
+}
+
+namespace {
+constexpr char kMaskMagic[8] = {'S', 'E', 'E', 'R', 'M', 'S', 'K', '1'};
+}  // namespace
+
+bool WriteBlockMask(const BlockMask& m, const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "wb");
+  if (f == nullptr) return false;
+  const int32_t header[4] = {m.seq_len, m.num_heads, m.num_blocks, m.block_size};
+  std::vector<uint8_t> packed((m.keep.size() + 7) / 8, 0);
+  for (size_t i = 0; i < m.keep.size(); ++i) packed[i / 8] |= static_cast<uint8_t>((m.keep[i] != 0) << (i % 8));
+  bool ok = std::fwrite(kMaskMagic, 1, 8, f) == 8 && std::fwrite(header, sizeof(header), 1, f) == 1 &&
+            std::fwrite(packed.data(), 1, packed.size(), f) == packed.size();
+  ok = (std::fclose(f) == 0) && ok;
+  return ok;
+}
+
+bool ReadBlockMask(const std::string& path, BlockMask* m, std::string* error) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) {
+    *error = path + ": cannot open";
+    return false;
+  }
+  char magic[8];
+  int32_t header[4];
+  bool ok = std::fread(magic, 1, 8, f) == 8 && std::memcmp(magic, kMaskMagic, 8) == 0 &&
+            std::fread(header, sizeof(header), 1, f) == 1;
+  const int32_t seq_len = header[0], heads = header[1], nb = header[2], block = header[3];
+  // The same limits as the kernels: int32 rows, blocks that tile seq_len.
+  ok = ok && seq_len > 0 && heads > 0 && block > 0 && nb == (static_cast<int64_t>(seq_len) + block - 1) / block &&
+       static_cast<int64_t>(heads) * nb <= (int64_t{1} << 31) - 1;
+  if (!ok) {
+    std::fclose(f);
+    *error = path + ": not a SEERMSK1 mask (bad magic or header)";
+    return false;
+  }
+  const size_t n = static_cast<size_t>(heads) * nb * nb;
+  std::vector<uint8_t> packed((n + 7) / 8);
+  ok = std::fread(packed.data(), 1, packed.size(), f) == packed.size() && std::fgetc(f) == EOF;
+  std::fclose(f);
+  if (!ok) {
+    *error = path + ": " + std::to_string(packed.size()) + " bytes of mask expected after the header";
+    return false;
+  }
+  m->seq_len = seq_len;
+  m->num_heads = heads;
+  m->num_blocks = nb;
+  m->block_size = block;
+  m->keep.resize(n);
+  for (size_t i = 0; i < n; ++i) m->keep[i] = (packed[i / 8] >> (i % 8)) & 1;
+  return true;
 }
 
 BlockLists KeepLastQueryBlock(const BlockLists& lists) {

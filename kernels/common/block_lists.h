@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace seer {
@@ -37,6 +38,14 @@ struct BlockLists {
 };
 
 BlockLists ToBlockLists(const BlockMask& mask);
+
+// A mask on disk (the attention benchmark's and attention_peers.py's format):
+// 8 bytes "SEERMSK1", int32 seq_len, num_heads, num_blocks, block_size
+// (little endian), then keep[h][qb][kb] packed 8 per byte, LSB first.
+// WriteBlockMask returns false when the file cannot be written; ReadBlockMask
+// fills `error` and returns false for a missing, short or malformed file.
+bool WriteBlockMask(const BlockMask& mask, const std::string& path);
+bool ReadBlockMask(const std::string& path, BlockMask* mask, std::string* error);
 
 // The lists a prefill's last layer needs: only the last query block feeds the
 // first token's logits, so each head keeps its last row's list and every

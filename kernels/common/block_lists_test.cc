@@ -2,7 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <filesystem>
 #include <random>
+#include <string>
 
 namespace seer {
 namespace {
@@ -90,6 +93,38 @@ TEST(ToBlockLists, MisSizedMaskGivesEmptyRows) {
   BlockLists l = ToBlockLists(m);
   ASSERT_EQ(l.offsets.size(), 7u);
   EXPECT_TRUE(l.indices.empty());
+}
+
+TEST(BlockMaskFile, RoundTripsAndRejectsDamage) {
+  std::mt19937 rng(11);
+  BlockMask m = BlockMask::Dense(3, 5 * 64 - 9, 64);
+  for (uint8_t& v : m.keep) v = v != 0 && rng() % 2 == 0;
+  const std::string path = (std::filesystem::temp_directory_path() / "seer_block_mask_test.bin").string();
+  ASSERT_TRUE(WriteBlockMask(m, path));
+  BlockMask back;
+  std::string error;
+  ASSERT_TRUE(ReadBlockMask(path, &back, &error)) << error;
+  EXPECT_EQ(back.seq_len, m.seq_len);
+  EXPECT_EQ(back.num_heads, 3);
+  EXPECT_EQ(back.num_blocks, 5);
+  EXPECT_EQ(back.block_size, 64);
+  EXPECT_EQ(back.keep, m.keep);
+  // One byte short, one byte long, a wrong magic: each refused, naming the file.
+  const uintmax_t size = std::filesystem::file_size(path);
+  std::filesystem::resize_file(path, size - 1);
+  EXPECT_FALSE(ReadBlockMask(path, &back, &error));
+  EXPECT_NE(error.find(path), std::string::npos) << error;
+  std::filesystem::resize_file(path, size + 1);
+  EXPECT_FALSE(ReadBlockMask(path, &back, &error));
+  FILE* f = std::fopen(path.c_str(), "r+b");
+  ASSERT_NE(f, nullptr);
+  std::fputc('X', f);
+  std::fclose(f);
+  std::filesystem::resize_file(path, size);
+  EXPECT_FALSE(ReadBlockMask(path, &back, &error));
+  EXPECT_NE(error.find("SEERMSK1"), std::string::npos) << error;
+  std::filesystem::remove(path);
+  EXPECT_FALSE(ReadBlockMask(path, &back, &error));
 }
 
 TEST(KeepLastQueryBlock, KeepsEachHeadsLastRowCompacted) {
