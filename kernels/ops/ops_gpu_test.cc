@@ -142,6 +142,7 @@ TEST_F(GpuOpsTest, EmbeddingGathersRowsExactly) {
   struct Shape {
     int vocab, dim, n;
   };
+  // 16-byte path: 64, 4096; scalar path: 130.
   for (Shape s : {Shape{7, 64, 1}, Shape{1000, 4096, 77}, Shape{50, 130, 333}}) {
     SCOPED_TRACE("seed " + std::to_string(seed_) + " vocab " + std::to_string(s.vocab) + " dim " +
                  std::to_string(s.dim) + " n " + std::to_string(s.n));
@@ -161,16 +162,20 @@ TEST_F(GpuOpsTest, EmbeddingGathersRowsExactly) {
 }
 
 TEST_F(GpuOpsTest, EmbeddingMarksAnOutOfRangeIdWithNan) {
-  const std::vector<float> table = UniformBf16(4 * 8, -1.0f, 1.0f);
-  const std::vector<int32_t> ids = {1, 4, -1};
-  std::unique_ptr<Dev<bf16>> d_table(UploadBf16(table));
-  std::unique_ptr<Dev<int32_t>> d_ids(Upload(ids));
-  Dev<float> d_out(3 * 8);
-  ASSERT_CUDA(cuda::Embedding(d_table->get(), 4, 8, d_ids->get(), 3, d_out.get(), stream_));
-  ASSERT_CUDA(cudaStreamSynchronize(stream_));
-  const std::vector<float> out = Download(d_out.get(), 24);
-  EXPECT_EQ(out[0], table[8]);
-  for (int i = 8; i < 24; ++i) EXPECT_TRUE(std::isnan(out[i])) << i;
+  // dim 8: the 16-byte path; dim 6: the scalar one.
+  for (int dim : {8, 6}) {
+    SCOPED_TRACE("dim " + std::to_string(dim));
+    const std::vector<float> table = UniformBf16(4 * dim, -1.0f, 1.0f);
+    const std::vector<int32_t> ids = {1, 4, -1};
+    std::unique_ptr<Dev<bf16>> d_table(UploadBf16(table));
+    std::unique_ptr<Dev<int32_t>> d_ids(Upload(ids));
+    Dev<float> d_out(3 * dim);
+    ASSERT_CUDA(cuda::Embedding(d_table->get(), 4, dim, d_ids->get(), 3, d_out.get(), stream_));
+    ASSERT_CUDA(cudaStreamSynchronize(stream_));
+    const std::vector<float> out = Download(d_out.get(), 3 * dim);
+    for (int i = 0; i < dim; ++i) EXPECT_EQ(out[i], table[dim + i]) << i;
+    for (int i = dim; i < 3 * dim; ++i) EXPECT_TRUE(std::isnan(out[i])) << i;
+  }
 }
 
 TEST_F(GpuOpsTest, RmsNormMatchesCpu) {
