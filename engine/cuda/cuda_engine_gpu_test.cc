@@ -116,6 +116,15 @@ class CudaEngineTest : public ::testing::Test {
   void SetUp() override {
     if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device visible: CUDA engine tests skipped";
   }
+
+  // A random engine with random gates of hidden 64 (== the small config's
+  // head_dim: no mask_linear_q).
+  static StatusOr<std::unique_ptr<Engine>> GatedRandomEngine(const ModelConfig& c) {
+    RandomEngineOptions o;
+    o.with_gates = true;
+    o.gate_config.hidden = 64;
+    return CreateRandomCudaEngine(c, o);
+  }
 };
 
 class CudaFixtureTest : public CudaEngineTest, public ::testing::WithParamInterface<const char*> {
@@ -591,10 +600,7 @@ TEST_F(CudaEngineTest, HeadDims32And96PrefillAndDecodeAgree) {
 // cudaErrorInvalidValue from the gate after the first layer ran.
 TEST_F(CudaEngineTest, GatedRequestsTheGateCannotServeAreRefusedFirst) {
   ModelConfig c = SmallRandomConfig();
-  RandomEngineOptions o;
-  o.with_gates = true;
-  o.gate_config.hidden = 64;
-  auto engine = CreateRandomCudaEngine(c, o);
+  auto engine = GatedRandomEngine(c);
   ASSERT_TRUE(engine.ok()) << engine.status().ToString();
   std::vector<int32_t> ids(300, 5);
   PrefillOptions opts;
@@ -627,10 +633,7 @@ TEST_F(CudaEngineTest, GatedRequestsTheGateCannotServeAreRefusedFirst) {
 // equal.
 TEST_F(CudaEngineTest, RandomGatesKeepTheSelectedBlockCounts) {
   ModelConfig c = SmallRandomConfig();
-  RandomEngineOptions o;
-  o.with_gates = true;
-  o.gate_config.hidden = 64;  // == head_dim: no mask_linear_q
-  auto engine = CreateRandomCudaEngine(c, o);
+  auto engine = GatedRandomEngine(c);
   ASSERT_TRUE(engine.ok()) << engine.status().ToString();
   const int L = 1000;
   const int nb = (L + 63) / 64;
@@ -677,10 +680,7 @@ TEST_F(CudaEngineTest, RandomGatesKeepTheSelectedBlockCounts) {
 // random gates, with a partial last block.
 TEST_F(CudaEngineTest, LastLayerRunsOnlyTheRowsTheFirstTokenNeeds) {
   ModelConfig c = SmallRandomConfig();
-  RandomEngineOptions o;
-  o.with_gates = true;
-  o.gate_config.hidden = 64;
-  auto engine = CreateRandomCudaEngine(c, o);
+  auto engine = GatedRandomEngine(c);
   ASSERT_TRUE(engine.ok()) << engine.status().ToString();
   const int L = 1000;
   std::vector<int32_t> ids(L);
