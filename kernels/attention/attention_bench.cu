@@ -259,6 +259,24 @@ int main(int argc, char** argv) {
   if (seer::PrintVersionIfAsked(argc, argv, "seer-attention-bench")) return 0;
   Options o;
   if (!ParseArgs(argc, argv, &o)) return 2;
+  // Every mask file must fit this run before any is timed.
+  for (const std::string& path : o.masks_from) {
+    seer::BlockMask m;
+    std::string error;
+    if (!seer::ReadBlockMask(path, &m, &error)) {
+      std::fprintf(stderr, "--masks-from: %s\n", error.c_str());
+      return 2;
+    }
+    if (m.num_heads != o.heads || m.block_size != 64) {
+      std::fprintf(stderr, "--masks-from: %s has %d heads of block %d; this run takes --heads=%d of block 64\n",
+                   path.c_str(), m.num_heads, m.block_size, o.heads);
+      return 2;
+    }
+    if (std::find(o.seqs.begin(), o.seqs.end(), m.seq_len) == o.seqs.end()) {
+      std::fprintf(stderr, "--masks-from: %s is for %d tokens, which --seqs does not list\n", path.c_str(), m.seq_len);
+      return 2;
+    }
+  }
   cudaDeviceProp prop;
   SEER_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs, %.0f MB L2\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1048576.0);
@@ -318,11 +336,6 @@ int main(int argc, char** argv) {
         return 2;
       }
       if (m.seq_len != seq) continue;
-      if (m.num_heads != H || m.block_size != 64) {
-        std::fprintf(stderr, "--masks-from: %s has %d heads of block %d; this run takes --heads=%d of block 64\n",
-                     path.c_str(), m.num_heads, m.block_size, H);
-        return 2;
-      }
       DevMask dm{1.0 - m.density(), 0, path.substr(path.find_last_of('/') + 1)};
       upload(m, &dm);
       masks.push_back(dm);
