@@ -133,6 +133,14 @@ void Fill(void* x, int64_t n, ElemType t, uint32_t seed, float scale) {
   SEER_CUDA_CHECK(seer::cuda::FillUniform(x, n, t, seed, scale));
 }
 
+// A --masks-from file, or false after saying why.
+bool ReadMaskFile(const std::string& path, seer::BlockMask* m) {
+  std::string error;
+  if (seer::ReadBlockMask(path, m, &error)) return true;
+  std::fprintf(stderr, "--masks-from: %s\n", error.c_str());
+  return false;
+}
+
 std::string MaskName(int seq, double sparsity) {
   char buf[64];
   std::snprintf(buf, sizeof(buf), "mask_%d_%.2f.bin", seq, sparsity);
@@ -262,11 +270,7 @@ int main(int argc, char** argv) {
   // Every mask file must fit this run before any is timed.
   for (const std::string& path : o.masks_from) {
     seer::BlockMask m;
-    std::string error;
-    if (!seer::ReadBlockMask(path, &m, &error)) {
-      std::fprintf(stderr, "--masks-from: %s\n", error.c_str());
-      return 2;
-    }
+    if (!ReadMaskFile(path, &m)) return 2;
     if (m.num_heads != o.heads || m.block_size != 64) {
       std::fprintf(stderr, "--masks-from: %s has %d heads of block %d; this run takes --heads=%d of block 64\n",
                    path.c_str(), m.num_heads, m.block_size, o.heads);
@@ -330,11 +334,7 @@ int main(int argc, char** argv) {
     }
     for (const std::string& path : o.masks_from) {
       seer::BlockMask m;
-      std::string error;
-      if (!seer::ReadBlockMask(path, &m, &error)) {
-        std::fprintf(stderr, "--masks-from: %s\n", error.c_str());
-        return 2;
-      }
+      if (!ReadMaskFile(path, &m)) return 2;
       if (m.seq_len != seq) continue;
       DevMask dm{1.0 - m.density(), 0, path.substr(path.find_last_of('/') + 1)};
       upload(m, &dm);
