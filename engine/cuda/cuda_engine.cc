@@ -17,7 +17,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <optional>
@@ -513,10 +512,7 @@ StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, con
   // full path in cuda_engine_gpu_test.cc).
   const int nb = (L + block_ - 1) / block_;
   // SEER_TRIM_LAST_LAYER=0 runs the whole last layer, for comparison.
-  static const bool trim_enabled = [] {
-    const char* e = std::getenv("SEER_TRIM_LAST_LAYER");
-    return e == nullptr || std::string(e) != "0";
-  }();
+  static const bool trim_enabled = EnvEnabled("SEER_TRIM_LAST_LAYER");
   const bool trim_last = trim_enabled && !options.all_logits && !options.keep_gate_outputs && nb > 1;
   const size_t last_rows = static_cast<size_t>(config_.num_heads) * nb;
   const size_t list_bytes = sizeof(int32_t) * (2 * last_rows + 1);  // offsets, then nb blocks per head at most

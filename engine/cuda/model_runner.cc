@@ -52,16 +52,10 @@ Status ModelRunner::Gemm(const bf16* x, int rows, int in, const bf16* w, int out
   return LinearBf16(cublas_, x, rows, in, w, out, y, y_type, beta, ldx);
 }
 
-namespace {
-
-// SEER_FUSE_QKV=0 and SEER_FUSE_GATE_UP=0 turn the decode fusions off (for
-// side-by-side benchmarks).
 bool EnvEnabled(const char* name) {
   const char* e = std::getenv(name);
   return e == nullptr || std::string(e) != "0";
 }
-
-}  // namespace
 
 bool ModelRunner::FusesQkv(int layer, const Activations& a, int rows) const {
   static const bool enabled = EnvEnabled("SEER_FUSE_QKV");

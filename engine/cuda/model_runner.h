@@ -89,6 +89,10 @@ struct PagedBatch {
 cuda::GateParams MakeGateParams(const ModelConfig& config, const GateShape& gates, int block_size, int seq_len,
                                 const SparsityConfig& selection);
 
+// The engine's A/B switches (SEER_FUSE_QKV, SEER_FUSE_GATE_UP, SEER_FUSE_ROPE,
+// SEER_TRIM_LAST_LAYER; docs/GPU.md): on unless the variable is "0".
+bool EnvEnabled(const char* name);
+
 class ModelRunner {
  public:
   ModelRunner(const ModelConfig& config, const DeviceModelWeights& weights, const GateShape& gates, int gate_block_size,
