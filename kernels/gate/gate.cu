@@ -455,15 +455,17 @@ __global__ void __launch_bounds__(kSgemmThreads, kVec ? 2 : 1)
 // rotation rounds as the CPU does: four products, then a difference and a
 // sum, each rounded to float (no fused multiply-add).
 __global__ void RopeKernel(GateParams p, int nb, const float* pooled_q, const float* rope, float* qp, float* kp) {
+  // grid (ceil(pairs / 256), 2): y = 1 rotates k'. 32-bit index arithmetic
+  // (64-bit division was most of this kernel's time): pairs = Hq * nb *
+  // hidden / 2 < 2^31 (RunGateKernelsVariant checks).
   const int half = p.hidden / 2;
-  const int64_t pairs = static_cast<int64_t>(p.num_heads) * nb * half;
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= 2 * pairs) return;
-  const bool is_k = i >= pairs;
-  const int64_t j = is_k ? i - pairs : i;
-  const int f = static_cast<int>(j % half);
-  const int b = static_cast<int>((j / half) % nb);
-  const int h = static_cast<int>(j / (static_cast<int64_t>(half) * nb));
+  const int pairs = p.num_heads * nb * half;
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= pairs) return;
+  const bool is_k = blockIdx.y == 1;
+  const int f = j % half;
+  const int b = j / half % nb;
+  const int h = j / (half * nb);
   float* v = (is_k ? kp : qp) + (static_cast<int64_t>(h) * nb + b) * p.hidden;
   float x1, x2;
   if (!is_k && p.q_weight == nullptr) {
@@ -566,15 +568,150 @@ __device__ __forceinline__ V WarpReduce(V v, Op op) {
   return v;
 }
 
+// The topk-th largest key of a row, and how many of the keys equal to it
+// top-k keeps: topk - #(larger keys), the first ones by index.
+struct KthKey {
+  uint32_t key;
+  int take_equal;
+};
+
+// KthKey of row[0 .. n) (the scores' bits, overwritten with their keys), 1 <=
+// topk <= n, by one warp; hist (257 words of shared memory) is scratch. Radix
+// select over a range of keys known to hold the topk-th largest: the pass
+// that makes the keys finds the range of those of its sign, each pass after
+// it cuts the range into at most 256 bins of equal width and keeps the bin
+// that holds it, and once at most 32 keys are left in the range, one more
+// pass gathers them, one a lane, and a ballot per bit settles the bits left.
+// Not inlined: inlined, it changed how NVVM compiles the scores loop of
+// FusedSelectKernel<16> before it (64-bit addresses hoisted, 100 registers
+// instead of 64: one CTA of 512 threads per SM instead of two).
+__device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, int topk) {
+  const int lane = threadIdx.x % 32;
+  const uint32_t lanes_below = (1u << lane) - 1u;
+  // The scores become keys. A row's scores are alike, so a histogram of the
+  // keys' top byte would settle little; this pass finds the range of the
+  // keys instead, of either half of the key space apart (-0.0 and below;
+  // +0.0 and above, NaN included): one range over both would take in the
+  // small magnitudes of both signs, with bins as wide as the top byte's. The
+  // topk-th largest key is in the upper half's range when that half holds at
+  // least topk keys, else in the lower half's.
+  uint32_t lower_min = 0xffffffffu, lower_max = 0, upper_min = 0xffffffffu, upper_max = 0;
+  int upper_count = 0;
+#pragma unroll 4
+  for (int i = lane; i < n; i += 32) {
+    const uint32_t key = OrderKey(__uint_as_float(row[i]));
+    row[i] = key;
+    if (key >= 0x80000000u) {
+      upper_min = min(upper_min, key);
+      upper_max = max(upper_max, key);
+      ++upper_count;
+    } else {
+      lower_min = min(lower_min, key);
+      lower_max = max(lower_max, key);
+    }
+  }
+  upper_count = __reduce_add_sync(0xffffffffu, upper_count);
+  const bool upper = upper_count >= topk;
+  // The topk-th largest key is the remaining-th largest of the in_range
+  // keys in [base, base + span] (span < 2^31: the range is in one half).
+  uint32_t base = __reduce_min_sync(0xffffffffu, upper ? upper_min : lower_min);
+  uint32_t span = __reduce_max_sync(0xffffffffu, upper ? upper_max : lower_max) - base;
+  int in_range = upper ? upper_count : n - upper_count;
+  int remaining = upper ? topk : topk - upper_count;
+  // Each pass histograms the keys in the range by their offset from base,
+  // 2^shift offsets a bin, shift the least that needs at most 256 bins
+  // (more than 128 of them while span >= 128), and keeps the bin where the
+  // count from the top reaches `remaining`. One shared atomic per key in
+  // the range, four groups of 32 in flight: the keys spread over the bins,
+  // so a group seldom has more than two or three in one, and merging them
+  // with __match_any_sync (slow on Hopper) would cost more than it saves.
+  while (span != 0 && in_range > 32) {
+    const int shift = max(0, 24 - __clz(span));
+    for (int i = lane; i < 256; i += 32) hist[i] = 0;
+    __syncwarp();
+    for (int i0 = 0; i0 < n; i0 += 128) {
+      uint32_t off[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = i0 + 32 * u + lane;
+        off[u] = i < n ? row[i] - base : 0xffffffffu;  // keys below base wrap above span
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        if (off[u] <= span) atomicAdd(&hist[off[u] >> shift], 1u);
+      }
+    }
+    __syncwarp();
+    // Lane l holds bins 255 - 8l down to 248 - 8l (those above span >> shift
+    // are empty).
+    int c[8];
+    int lane_total = 0;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      c[k] = static_cast<int>(hist[255 - 8 * lane - k]);
+      lane_total += c[k];
+    }
+    int incl = lane_total;
+#pragma unroll
+    for (int off = 1; off < 32; off *= 2) {
+      const int t = __shfl_up_sync(0xffffffffu, incl, off);
+      if (lane >= off) incl += t;
+    }
+    const int first = __ffs(__ballot_sync(0xffffffffu, incl >= remaining)) - 1;  // the total >= remaining
+    int above = incl - lane_total;
+    int k = 0;
+    for (; k < 7; ++k) {
+      if (above + c[k] >= remaining) break;
+      above += c[k];
+    }
+    const uint32_t digit = __shfl_sync(0xffffffffu, 255 - 8 * lane - k, first);  // <= span >> shift (remaining >= 1)
+    remaining -= __shfl_sync(0xffffffffu, above, first);
+    in_range = static_cast<int>(hist[digit]);
+    base += digit << shift;
+    span = min(span - (digit << shift), (1u << shift) - 1u);
+    __syncwarp();  // hist is read before the next pass writes it
+  }
+  if (span != 0) {
+    // Gather the keys in the range (at most 32; into hist, free now), then
+    // one ballot per bit of their offsets from base.
+    int found = 0;
+    for (int i0 = 0; i0 < n && found < in_range; i0 += 64) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int i = i0 + 32 * half + lane;
+        const uint32_t key = i < n ? row[i] : 0u;
+        const bool match = i < n && key - base <= span;
+        const uint32_t match_bits = __ballot_sync(0xffffffffu, match);
+        if (match) hist[found + __popc(match_bits & lanes_below)] = key;
+        found += __popc(match_bits);
+      }
+    }
+    __syncwarp();
+    const bool has = lane < in_range;
+    const uint32_t off = has ? hist[lane] - base : 0u;
+    uint32_t prefix = 0;  // the bits settled so far of the remaining-th largest offset
+    uint32_t prefix_mask = 0;
+    for (int bit = 31 - __clz(span); bit >= 0; --bit) {
+      const uint32_t b = 1u << bit;
+      const int ones = __popc(__ballot_sync(0xffffffffu, has && (off & prefix_mask) == prefix && (off & b)));
+      if (ones >= remaining) {
+        prefix |= b;
+      } else {
+        remaining -= ones;
+      }
+      prefix_mask |= b;
+    }
+    base += prefix;
+  }
+  return {base, remaining};
+}
+
 // Softmax, selection and output of one row (head h, query block qb) of
 // scores, by one warp. `row` (the scores' bits) and `hist` (the warp's 257
 // words) are in shared memory; top-k rows overwrite `row` with their keys.
 //
 // Top-k keeps the keys above the topk-th largest key and, of the keys equal
-// to it, the first topk - #(larger keys) by index. That key and that count
-// are found by radix select, 8 bits at a time from the top; once at most 32
-// keys share the prefix found so far, one more pass gathers them, one a
-// lane, and a ballot per bit settles the bits left.
+// to it, the first topk - #(larger keys) by index (see TopKthKey).
 __device__ __forceinline__ void SelectRow(const GateParams& p, int nb, int words, int h, int qb, int64_t topk,
                                           int first_dense_row, uint32_t* row, uint32_t* hist, uint32_t* bitmap,
                                           int32_t* counts, int32_t* direct_indices) {
@@ -607,115 +744,12 @@ __device__ __forceinline__ void SelectRow(const GateParams& p, int nb, int words
     for (int i = lane; i < nb; i += 32) prow[i] = i < n ? prob(i) : 0.0f;
   }
 
-  // Adds bin_of(i) (256: none) of every block i to the histogram: one
-  // atomic per distinct bin of 32 blocks (scores of a row share their top
-  // bits, so few), four groups of 32 at a time so that their matches overlap.
-  auto hist_pass = [&](auto bin_of) {
-    for (int base = 0; base < n; base += 128) {
-      uint32_t bin[4];
-      uint32_t peers[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int i = base + 32 * u + lane;
-        bin[u] = i < n ? bin_of(i) : 256u;
-      }
-#pragma unroll
-      for (int u = 0; u < 4; ++u) peers[u] = __match_any_sync(0xffffffffu, bin[u]);
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        if (bin[u] != 256u && (peers[u] & lanes_below) == 0) {
-          atomicAdd(&hist[bin[u]], static_cast<uint32_t>(__popc(peers[u])));
-        }
-      }
-    }
-  };
   uint32_t kth_key = 0;  // top-k: blocks with a larger key are kept...
   int take_equal = 0;  // ...and the first take_equal (by index) with an equal key
   if (radix) {
-    // The scores become keys, and the keys' top byte is histogrammed.
-    for (int i = lane; i < 257; i += 32) hist[i] = 0;
-    __syncwarp();
-    hist_pass([&](int i) {
-      const uint32_t key = OrderKey(score(i));
-      row[i] = key;
-      return key >> 24;
-    });
-    uint32_t prefix = 0;  // the topk-th largest key's bits [low, 32)
-    uint32_t prefix_mask = 0;
-    int low = 32;
-    int remaining = static_cast<int>(topk);  // its rank among the keys with that prefix
-    for (;;) {
-      __syncwarp();
-      // The byte below `low` of the keys with the prefix is histogrammed: the
-      // bin, from the top, where the count reaches `remaining`. Lane l holds
-      // bins 255 - 8l down to 248 - 8l.
-      int c[8];
-      int lane_total = 0;
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        c[k] = static_cast<int>(hist[255 - 8 * lane - k]);
-        lane_total += c[k];
-      }
-      int incl = lane_total;
-#pragma unroll
-      for (int off = 1; off < 32; off *= 2) {
-        const int t = __shfl_up_sync(0xffffffffu, incl, off);
-        if (lane >= off) incl += t;
-      }
-      const int first = __ffs(__ballot_sync(0xffffffffu, incl >= remaining)) - 1;  // the total >= remaining
-      int above = incl - lane_total;
-      int k = 0;
-      for (; k < 7; ++k) {
-        if (above + c[k] >= remaining) break;
-        above += c[k];
-      }
-      const int digit = __shfl_sync(0xffffffffu, 255 - 8 * lane - k, first);
-      remaining -= __shfl_sync(0xffffffffu, above, first);
-      low -= 8;
-      prefix |= static_cast<uint32_t>(digit) << low;
-      prefix_mask |= 255u << low;
-      const int in_prefix = static_cast<int>(hist[digit]);
-      __syncwarp();
-      if (low == 0) break;
-      if (in_prefix <= 32) {
-        // Gather the keys with the prefix (into hist, free now), then one
-        // ballot per bit below `low`.
-        int found = 0;
-        for (int base = 0; base < n && found < in_prefix; base += 64) {
-#pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            const int i = base + 32 * half + lane;
-            const uint32_t key = i < n ? row[i] : 0u;
-            const bool match = i < n && (key & prefix_mask) == prefix;
-            const uint32_t match_bits = __ballot_sync(0xffffffffu, match);
-            if (match) hist[found + __popc(match_bits & lanes_below)] = key;
-            found += __popc(match_bits);
-          }
-        }
-        __syncwarp();
-        const bool has = lane < in_prefix;
-        const uint32_t key = has ? hist[lane] : 0u;
-        for (int bit = low - 1; bit >= 0; --bit) {
-          const uint32_t b = 1u << bit;
-          const int ones = __popc(__ballot_sync(0xffffffffu, has && (key & prefix_mask) == prefix && (key & b)));
-          if (ones >= remaining) {
-            prefix |= b;
-          } else {
-            remaining -= ones;
-          }
-          prefix_mask |= b;
-        }
-        break;
-      }
-      for (int i = lane; i < 257; i += 32) hist[i] = 0;
-      __syncwarp();
-      hist_pass([&](int i) {
-        const uint32_t key = row[i];
-        return (key & prefix_mask) == prefix ? (key >> (low - 8)) & 255u : 256u;
-      });
-    }
-    kth_key = prefix;
-    take_equal = remaining;
+    const KthKey kth = TopKthKey(row, hist, n, static_cast<int>(topk));  // topk < n here
+    kth_key = kth.key;
+    take_equal = kth.take_equal;
   }
   const float threshold = static_cast<float>(p.threshold);  // compared in float32, as torch does
 
@@ -1191,6 +1225,7 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   }
   const int64_t max_indices = GateMaxIndices(p);
   if (max_indices > 0x7fffffff || p.index_capacity < max_indices) return cudaErrorInvalidValue;
+  if (static_cast<int64_t>(p.num_heads) * nb * (p.hidden / 2) > 0x7fffffff) return cudaErrorInvalidValue;  // RopeKernel
   const int fused_rows = FusedRowsFor(nb, p.hidden);
   if (variant == GateVariant::kFused && fused_rows == 0) return cudaErrorInvalidValue;
   const bool fused =
@@ -1241,8 +1276,9 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     kernel<<<grid, kSgemmThreads, 0, stream>>>(p, nb, pooled_q, pooled_k, qp, kp);
   }
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  const int64_t rope_threads = 2 * static_cast<int64_t>(p.num_heads) * nb * g.half;
-  RopeKernel<<<static_cast<unsigned>((rope_threads + 255) / 256), 256, 0, stream>>>(p, nb, pooled_q, rope, qp, kp);
+  const int64_t rope_pairs = static_cast<int64_t>(p.num_heads) * nb * g.half;
+  RopeKernel<<<dim3(static_cast<unsigned>((rope_pairs + 255) / 256), 2), 256, 0, stream>>>(p, nb, pooled_q, rope, qp,
+                                                                                           kp);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
 
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(p.hidden)));

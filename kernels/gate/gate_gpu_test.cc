@@ -62,6 +62,7 @@ struct GateCase {
   bool fused_qkv;  // q and k rows inside one [L, (Hq + 2 Hkv) D] buffer
   ElemType dtype;
   int zero_k_every = 0;  // > 0: K is zero in blocks b % zero_k_every == 1 (their scores are exactly 0)
+  bool zero_q = false;  // q is zero: every score is exactly 0, so each row ties whole
 };
 
 std::string Describe(const GateCase& c) {
@@ -73,6 +74,7 @@ std::string Describe(const GateCase& c) {
                   " heads_per_pass=" + std::to_string(c.heads_per_pass) + (c.fused_qkv ? " fused" : "") +
                   (c.dtype == ElemType::kBF16 ? " bf16" : " fp16") +
                   (c.zero_k_every > 0 ? " zero_k_every=" + std::to_string(c.zero_k_every) : "");
+  if (c.zero_q) s += " zero_q";
   return s;
 }
 
@@ -126,6 +128,10 @@ class GateGpuTest : public ::testing::Test {
     for (size_t i = 0; i < qf.size(); ++i) {
       qe[i] = ToElem(q_dir[i % q_width] + normal(rng_), c.dtype);
       qf[i] = FromElem(qe[i], c.dtype);
+    }
+    if (c.zero_q) {
+      std::fill(qe.begin(), qe.end(), ToElem(0.0f, c.dtype));
+      std::fill(qf.begin(), qf.end(), 0.0f);
     }
     for (size_t i = 0; i < kf.size(); ++i) {
       const int block = static_cast<int>(i / k_width / 64);
@@ -261,6 +267,29 @@ class GateGpuTest : public ::testing::Test {
         EXPECT_EQ(kept[h], offsets[(h + 1) * nb] - offsets[h * nb]) << "kept_per_head[" << h << "]";
       }
 
+      // Exact ties, checked on the GPU's own mask (the CPU comparison below
+      // lets tied blocks differ, they sit on the boundary): blocks whose K is
+      // zero (every block, with zero q) score exactly 0 in both gates, and of
+      // them a top-k or dense row keeps the lowest indices first (a threshold
+      // row may keep its diagonal block alone).
+      if ((c.zero_k_every > 0 || c.zero_q) && sparsity.mode != SparsityMode::kThreshold) {
+        int64_t tie_errors = 0;
+        for (int h = 0; h < Hq; ++h) {
+          for (int qb = 0; qb < nb; ++qb) {
+            int dropped = -1;  // a tied block that the row does not keep
+            for (int kb = 0; kb <= qb; ++kb) {
+              if (!c.zero_q && kb % c.zero_k_every != 1) continue;
+              if (!gpu_mask.at(h, qb, kb)) {
+                dropped = dropped < 0 ? kb : dropped;
+              } else if (dropped >= 0 && ++tie_errors <= 10) {
+                ADD_FAILURE() << "tied blocks h=" << h << " qb=" << qb << ": keeps " << kb << " but not " << dropped;
+              }
+            }
+          }
+        }
+        EXPECT_EQ(tie_errors, 0) << "rows that keep a tied block above one they drop";
+      }
+
       // Probabilities (float32 path).
       double num = 0.0, den = 0.0;
       int64_t nans = 0;
@@ -379,6 +408,24 @@ TEST_F(GateGpuTest, LongRows) {
       {140000, 2, 1, 128, 128, false, false, false, "nz_ratio=0.1", false, 0, false, bf},
       {140000, 2, 1, 128, 128, false, false, false, "nz_ratio=0.75", false, 0, false, bf, 3},
       {64 * 9000 + 7, 1, 1, 64, 66, true, false, false, "threshold=0.001", false, 0, false, fp},
+  };
+  for (const GateCase& c : cases) Run(c);
+}
+
+// Top-k rows whose k-th largest score ties. Zero q: every score of a row is
+// 0, so the radix select has nothing to split and the row keeps its first
+// topk blocks. Every other block zero: the k-th largest score often is that
+// 0, which hundreds of blocks share, so the select narrows its range onto
+// them pass after pass, down to bins of one key. And nz_ratio 0.99: top-k
+// keeps nine tenths of a row, the k-th largest score at its low end.
+TEST_F(GateGpuTest, TopKTies) {
+  const ElemType bf = ElemType::kBF16, fp = ElemType::kF16;
+  GateCase equal = {4097, 4, 1, 128, 128, false, false, false, "nz_ratio=0.3", false, 0, false, bf};
+  equal.zero_q = true;
+  const std::vector<GateCase> cases = {
+      equal,
+      {20000, 4, 2, 128, 128, true, false, false, "nz_ratio=0.75", false, 0, false, fp, 2},
+      {40000, 4, 1, 64, 64, false, false, true, "nz_ratio=0.99", true, 0, false, bf},
   };
   for (const GateCase& c : cases) Run(c);
 }
