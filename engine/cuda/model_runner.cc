@@ -131,17 +131,19 @@ Status ModelRunner::Gate(int layer, const Activations& a, int rows, const Sparsi
   return OkStatus();
 }
 
-Status ModelRunner::RopeAndCache(int layer, const Activations& a, int rows, int pos0, DeviceKvCache* cache) {
+Status ModelRunner::RopeAndCache(int layer, const Activations& a, int rows, int pos0, DeviceKvCache* cache,
+                                 bool rotate_q) {
   const int d = config_.head_dim;
   // One pass over q, k and v (SEER_FUSE_ROPE=0: the four kernels it
   // replaces, for comparison).
   static const bool fused = EnvEnabled("SEER_FUSE_ROPE");
   if (fused) {
-    SEER_RETURN_IF_CUDA_ERROR(cuda::RopeToCache(a.q, a.k, a.v, rows, config_.num_heads, config_.num_kv_heads, d, a.rope,
-                                                cache->k(layer), cache->v(layer), cache->capacity(), pos0, stream_));
+    SEER_RETURN_IF_CUDA_ERROR(cuda::RopeToCache(rotate_q ? a.q : nullptr, a.k, a.v, rows, config_.num_heads,
+                                                config_.num_kv_heads, d, a.rope, cache->k(layer), cache->v(layer),
+                                                cache->capacity(), pos0, stream_));
     return OkStatus();
   }
-  SEER_RETURN_IF_CUDA_ERROR(cuda::ApplyRope(a.q, rows, config_.num_heads, d, a.rope, stream_));
+  if (rotate_q) SEER_RETURN_IF_CUDA_ERROR(cuda::ApplyRope(a.q, rows, config_.num_heads, d, a.rope, stream_));
   SEER_RETURN_IF_CUDA_ERROR(cuda::ApplyRope(a.k, rows, config_.num_kv_heads, d, a.rope, stream_));
   SEER_RETURN_IF_CUDA_ERROR(
       cuda::WriteKv(a.k, rows, config_.num_kv_heads, d, cache->k(layer), cache->capacity(), pos0, stream_));
@@ -236,9 +238,15 @@ cuda::AttentionParams AttentionOver(const ModelConfig& c, const Activations& a, 
 
 }  // namespace
 
+bool ModelRunner::AttentionRotatesQ() const {
+  static const bool enabled = EnvEnabled("SEER_ROPE_IN_ATTENTION");
+  return enabled && cuda::AttentionRotatesQ(cuda::ElemType::kBF16, config_.head_dim);
+}
+
 Status ModelRunner::PrefillAttention(int layer, const Activations& a, int rows, const DeviceKvCache& cache,
-                                     const int32_t* block_offsets, const int32_t* block_indices) {
+                                     const int32_t* block_offsets, const int32_t* block_indices, bool rotate_q) {
   cuda::AttentionParams p = AttentionOver(config_, a, cache, layer, attention_scale_);
+  p.q_rope = rotate_q ? a.rope : nullptr;
   p.seq_len = rows;
   p.block_size = gate_block_size_;
   p.block_offsets = block_offsets;

@@ -90,7 +90,7 @@ cuda::GateParams MakeGateParams(const ModelConfig& config, const GateShape& gate
                                 const SparsityConfig& selection);
 
 // The engine's A/B switches (SEER_FUSE_QKV, SEER_FUSE_GATE_UP, SEER_FUSE_ROPE,
-// SEER_TRIM_LAST_LAYER; docs/GPU.md): on unless the variable is "0".
+// SEER_TRIM_LAST_LAYER, SEER_ROPE_IN_ATTENTION; docs/GPU.md): on unless the variable is "0".
 bool EnvEnabled(const char* name);
 
 class ModelRunner {
@@ -106,7 +106,9 @@ class ModelRunner {
   // back to back and the MLP scratch can hold its output.
   Status AttentionInputs(int layer, const Activations& a, int rows, bool fuse_qkv = false);
   Status Gate(int layer, const Activations& a, int rows, const SparsityConfig& selection, const GateBuffers& out);
-  Status RopeAndCache(int layer, const Activations& a, int rows, int pos0, DeviceKvCache* cache);
+  // rotate_q false: q is left before RoPE, for a PrefillAttention that
+  // rotates it (AttentionRotatesQ).
+  Status RopeAndCache(int layer, const Activations& a, int rows, int pos0, DeviceKvCache* cache, bool rotate_q = true);
   // The batched decode step's form: RoPE on `rows` rows, then the first
   // batch.batch rows' K/V into their pages.
   Status RopeAndCachePaged(int layer, const Activations& a, int rows, const PagedBatch& batch);
@@ -116,8 +118,13 @@ class ModelRunner {
   Status PagedAttentionInputs(int layer, const Activations& a, int rows, const PagedBatch& batch);
   // A prefill pass over positions 0 .. rows - 1 (block-sparse with lists,
   // dense causal with null offsets).
+  // rotate_q: a.q is still before RoPE and the attention kernel rotates it
+  // as it loads it (a.rope's angles; one pass over q fewer).
   Status PrefillAttention(int layer, const Activations& a, int rows, const DeviceKvCache& cache,
-                          const int32_t* block_offsets, const int32_t* block_indices);
+                          const int32_t* block_offsets, const int32_t* block_indices, bool rotate_q = false);
+  // Whether PrefillAttention can rotate q on this device and model
+  // (cuda::AttentionRotatesQ) and SEER_ROPE_IN_ATTENTION is not "0".
+  bool AttentionRotatesQ() const;
   // One decode row at position `pos` (keys 0 .. pos); `workspace` holds the
   // split-K partials (cuda::DecodeWorkspaceBytes).
   Status DecodeAttention(int layer, const Activations& a, int pos, const DeviceKvCache& cache, void* workspace,

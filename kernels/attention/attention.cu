@@ -650,7 +650,12 @@ cudaError_t BlockSparseAttentionVariant(const AttentionParams& p, FwdVariant var
   const int64_t nb = (p.seq_len + kBlock - 1) / kBlock;
   if (nb * p.num_heads > 0x7fffffff) return cudaErrorInvalidValue;
   variant = ResolveFwdVariant(variant);
-  if (variant == FwdVariant::kSm90 || variant == FwdVariant::kSm90Static) {
+  const bool sm90 = variant == FwdVariant::kSm90 || variant == FwdVariant::kSm90Static;
+  if (p.q_rope != nullptr &&
+      (!sm90 || !AttentionRotatesQ(p.dtype, p.head_dim) || reinterpret_cast<uintptr_t>(p.q_rope) % 16 != 0)) {
+    return cudaErrorInvalidValue;
+  }
+  if (sm90) {
     if (!Sm90AttentionAvailable()) return cudaErrorNotSupported;
     return LaunchSm90Attention(p, variant == FwdVariant::kSm90Static ? Sm90Schedule::kStatic : Sm90Schedule::kAtomic,
                                stream);
@@ -661,6 +666,10 @@ cudaError_t BlockSparseAttentionVariant(const AttentionParams& p, FwdVariant var
                                                    : LaunchFwd<kHeadDim, 32, Elem>(p, stream);
     });
   });
+}
+
+bool AttentionRotatesQ(ElemType dtype, int head_dim) {
+  return dtype == ElemType::kBF16 && IsSupportedHeadDim(head_dim) && Sm90AttentionAvailable();
 }
 
 cudaError_t BlockSparseAttention(const AttentionParams& p, cudaStream_t stream) {

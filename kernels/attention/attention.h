@@ -30,6 +30,12 @@ struct AttentionParams {
   const int32_t* block_offsets = nullptr;  // Hq * nb + 1
   const int32_t* block_indices = nullptr;
   int block_size = 64;
+  // (cos, sin) [seq_len, head_dim / 2] as cuda::RopeTable builds them, or
+  // null. Set: q is read before RoPE and the kernel rotates it as it loads
+  // it, exactly as cuda::RopeToCache would have (the same bits), which spares
+  // the prefill a pass over q. Only where AttentionRotatesQ() says so;
+  // elsewhere cudaErrorInvalidValue.
+  const float2* q_rope = nullptr;
   // Scratch: for decode the split-K partial results (DecodeWorkspaceBytes()),
   // for prefill on Hopper the tile order and counter (PrefillWorkspaceBytes()).
   // Without it (null or too small) each call allocates its scratch from the
@@ -44,6 +50,10 @@ size_t DecodeWorkspaceBytes(int num_heads, int head_dim);
 
 // The most scratch BlockSparseAttention uses for these shapes.
 size_t PrefillWorkspaceBytes(int num_heads, int seq_len);
+
+// Whether BlockSparseAttention takes AttentionParams::q_rope for this dtype
+// and head_dim on the current device: the sm_90a kernel, bf16.
+bool AttentionRotatesQ(ElemType dtype, int head_dim);
 
 // Prefill attention. Returns cudaErrorInvalidValue for unsupported shapes.
 // On compute capability 9.0 it runs the sm_90a kernel (wgmma + TMA), else

@@ -30,6 +30,7 @@
 #include "kernels/attention/attention.h"
 #include "kernels/attention/attention_variants.h"
 #include "kernels/common/gpu_test_util.h"
+#include "kernels/ops/ops.h"
 
 namespace seer {
 namespace {
@@ -434,6 +435,88 @@ TEST_F(AttentionGpuTest, EmptyRowsAreZero) {
   }
 }
 
+// q read before RoPE and rotated by the sm90 kernel as it loads it
+// (AttentionParams::q_rope) against q rotated first by cuda::ApplyRope, the
+// prefill's old path: the outputs must be the same bits. Head dims 32, 64,
+// 96 and 128, partial last blocks and a length under one block, GQA 1, 4 and
+// 8, dense and sparse lists, both sm90 schedules. Skips where the device
+// has no sm90 kernel (AttentionRotatesQ).
+TEST_F(AttentionGpuTest, RotatesQAsRopeWould) {
+  if (!cuda::AttentionRotatesQ(ElemType::kBF16, 128)) GTEST_SKIP() << "no sm_90a attention on this device";
+  const ElemType t = ElemType::kBF16;
+  for (const Case& c : std::vector<Case>{{1, 4, 4, 32, Lists::kDenseNull},
+                                         {100, 8, 2, 64, Lists::kHalf},
+                                         {1000, 8, 1, 96, Lists::kOnePerRow},
+                                         {4097, 8, 8, 128, Lists::kDenseNull},
+                                         {4097, 16, 4, 128, Lists::kStriped},
+                                         {300, 4, 4, 128, Lists::kHalf}}) {
+    SCOPED_TRACE(Describe(c, t) + " seed=" + std::to_string(seed_));
+    const int L = c.seq_len, Hq = c.num_heads, Hkv = c.num_kv_heads, D = c.head_dim;
+    ASSERT_TRUE(cuda::AttentionRotatesQ(t, D));
+    std::vector<uint16_t> qe, ke, ve;
+    std::vector<float> qf, kf, vf;
+    Fill(static_cast<size_t>(L) * Hq * D, 1.0f, t, &qe, &qf);
+    Fill(static_cast<size_t>(Hkv) * L * D, 1.0f, t, &ke, &kf);
+    Fill(static_cast<size_t>(Hkv) * L * D, 1.0f, t, &ve, &vf);
+    const bool null_lists = c.lists == Lists::kDenseNull;
+    const BlockLists lists = ToBlockLists(MakeMask(c, rng_));
+    // Llama-3-like angles: position * theta^(-2i/D).
+    std::vector<float> inv_freq(D / 2);
+    for (int i = 0; i < D / 2; ++i) inv_freq[i] = static_cast<float>(std::pow(500000.0, -2.0 * i / D));
+    DevBuf q(qe.size() * 2), q_rot(qe.size() * 2), k(ke.size() * 2), v(ve.size() * 2), out(qe.size() * 2),
+        out_rot(qe.size() * 2), freq(inv_freq.size() * 4), table(static_cast<size_t>(L) * D / 2 * 8),
+        offsets(lists.offsets.size() * 4), indices(std::max<size_t>(1, lists.indices.size()) * 4);
+    ASSERT_CUDA(q.Upload(qe.data(), qe.size() * 2));
+    ASSERT_CUDA(q_rot.Upload(qe.data(), qe.size() * 2));
+    ASSERT_CUDA(k.Upload(ke.data(), ke.size() * 2));
+    ASSERT_CUDA(v.Upload(ve.data(), ve.size() * 2));
+    ASSERT_CUDA(freq.Upload(inv_freq.data(), inv_freq.size() * 4));
+    ASSERT_CUDA(offsets.Upload(lists.offsets.data(), lists.offsets.size() * 4));
+    ASSERT_CUDA(indices.Upload(lists.indices.data(), lists.indices.size() * 4));
+    ASSERT_CUDA(cuda::RopeTable(freq.get<float>(), D / 2, 0, L, table.get<float2>(), nullptr));
+    ASSERT_CUDA(cuda::ApplyRope(q_rot.get<__nv_bfloat16>(), L, Hq, D, table.get<float2>(), nullptr));
+
+    cuda::AttentionParams p;
+    p.dtype = t;
+    p.k = k.get();
+    p.v = v.get();
+    p.seq_len = L;
+    p.num_heads = Hq;
+    p.num_kv_heads = Hkv;
+    p.head_dim = D;
+    p.kv_stride = L;
+    p.scale = 1.0f / std::sqrt(static_cast<float>(D));
+    p.block_offsets = null_lists ? nullptr : offsets.get<int32_t>();
+    p.block_indices = null_lists ? nullptr : indices.get<int32_t>();
+    for (FwdVariant variant : {FwdVariant::kSm90, FwdVariant::kSm90Static}) {
+      SCOPED_TRACE(cuda::FwdVariantName(variant));
+      ASSERT_CUDA(cudaMemset(out.get(), 0xFF, qe.size() * 2));
+      ASSERT_CUDA(cudaMemset(out_rot.get(), 0xFF, qe.size() * 2));
+      p.q = q_rot.get();
+      p.out = out_rot.get();
+      p.q_rope = nullptr;
+      ASSERT_CUDA(cuda::BlockSparseAttentionVariant(p, variant, nullptr));
+      p.q = q.get();
+      p.out = out.get();
+      p.q_rope = table.get<float2>();
+      ASSERT_CUDA(cuda::BlockSparseAttentionVariant(p, variant, nullptr));
+      ASSERT_CUDA(cudaDeviceSynchronize());
+      std::vector<uint16_t> want(qe.size()), got(qe.size()), q_after(qe.size());
+      ASSERT_CUDA(out_rot.Download(want.data(), want.size() * 2));
+      ASSERT_CUDA(out.Download(got.data(), got.size() * 2));
+      ASSERT_CUDA(q.Download(q_after.data(), q_after.size() * 2));
+      int64_t differ = 0, nans = 0;
+      for (size_t i = 0; i < got.size(); ++i) {
+        differ += got[i] != want[i];
+        nans += std::isnan(Bf16ToFloat(got[i]));
+      }
+      EXPECT_EQ(differ, 0) << "elements that differ from attention on q rotated first";
+      EXPECT_EQ(nans, 0);
+      EXPECT_EQ(q_after, qe) << "q itself must stay unrotated";
+    }
+  }
+}
+
 TEST_F(AttentionGpuTest, RejectsUnsupportedShapes) {
   cuda::AttentionParams p;
   alignas(16) static uint16_t dummy[64];
@@ -460,6 +543,15 @@ TEST_F(AttentionGpuTest, RejectsUnsupportedShapes) {
   EXPECT_EQ(cuda::BlockSparseAttention(p, nullptr), cudaErrorInvalidValue) << "block_size 128";
   p.block_size = 64;
   EXPECT_EQ(cuda::DecodeAttention(p, 1, nullptr), cudaErrorInvalidValue) << "pos past the cache";
+  alignas(16) static float2 table[64];
+  p.q_rope = table;
+  EXPECT_EQ(cuda::BlockSparseAttentionVariant(p, FwdVariant::kRows32PerWarp, nullptr), cudaErrorInvalidValue)
+      << "q_rope on the FA2 kernel";
+  p.dtype = ElemType::kF16;
+  EXPECT_EQ(cuda::BlockSparseAttention(p, nullptr), cudaErrorInvalidValue) << "q_rope with fp16";
+  p.dtype = ElemType::kBF16;
+  p.q_rope = table + 1;
+  EXPECT_EQ(cuda::BlockSparseAttention(p, nullptr), cudaErrorInvalidValue) << "q_rope not 16-byte aligned";
 }
 
 TEST_F(AttentionGpuTest, Decode) {

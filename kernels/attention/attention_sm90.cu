@@ -37,6 +37,7 @@
 #include <atomic>
 #include <cstdint>
 #include <mutex>
+#include <type_traits>
 
 #include <cuda.h>
 #include <cudaTypedefs.h>
@@ -48,6 +49,7 @@
 #include "kernels/arch/sm90_wgmma.cuh"
 #include "kernels/common/check.h"
 #include "kernels/common/dispatch.h"
+#include "kernels/ops/rope.cuh"
 
 // The sm_80 pass of a multi-target build compiles the kernel without its
 // body (it needs sm_90a), which leaves these constants unreferenced there.
@@ -107,6 +109,7 @@ struct Sm90Params {
   const int32_t* block_indices;
   const int32_t* order;  // tile order (h * pairs + pair), or null: the dense order
   uint32_t* tile_counter;  // kAtomic: zeroed before the launch
+  const float2* q_rope;  // (cos, sin) [seq_len, D / 2]: q comes before RoPE (bf16 only), or null
   int seq_len;
   int num_heads;
   int num_kv_heads;
@@ -123,6 +126,38 @@ template <int kSwizzle>
 __device__ __forceinline__ uint32_t Swizzled(uint32_t offset) {
   constexpr uint32_t kMask = kSwizzle == 128 ? 7u : 3u;
   return offset ^ (((offset >> 7) & kMask) << 4);
+}
+
+// RoPE (HF rotate_half) on one warp's Q fragments in registers, for q read
+// before RoPE. ldmatrix.x4 gave register r of k-step ks the elements at row
+// row0 + 8 (r % 2) of the tile and columns 16 ks + 8 (r / 2) + 2 (lane % 4)
+// + {0, 1}, so the pair (i, i + D / 2) sits in register r of k-steps ks and
+// ks + kKSteps / 2 of the same thread. RotatePair's arithmetic, rounded to
+// bf16 once, as cuda::RopeToCache rotates q: the same bits. Rows at or past
+// seq_len (the tile's zero fill) are left alone.
+template <int kKSteps>
+__device__ __forceinline__ void RopeQFragments(uint32_t (&q)[kKSteps][4], const float2* table, int row0, int seq_len,
+                                               int lane) {
+  constexpr int kHalf = kKSteps * 8;  // D / 2 pairs a row
+#pragma unroll
+  for (int ks = 0; ks < kKSteps / 2; ++ks) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int t = row0 + 8 * (r % 2);
+      if (t >= seq_len) continue;
+      const int i = 16 * ks + 8 * (r / 2) + 2 * (lane % 4);
+      const float4 cs = *reinterpret_cast<const float4*>(table + static_cast<int64_t>(t) * kHalf + i);
+      const __nv_bfloat162 lo = *reinterpret_cast<const __nv_bfloat162*>(&q[ks][r]);
+      const __nv_bfloat162 hi = *reinterpret_cast<const __nv_bfloat162*>(&q[ks + kKSteps / 2][r]);
+      float lo0, hi0, lo1, hi1;
+      RotatePair(__low2float(lo), __low2float(hi), make_float2(cs.x, cs.y), &lo0, &hi0);
+      RotatePair(__high2float(lo), __high2float(hi), make_float2(cs.z, cs.w), &lo1, &hi1);
+      const __nv_bfloat162 lo_out = __floats2bfloat162_rn(lo0, lo1);
+      const __nv_bfloat162 hi_out = __floats2bfloat162_rn(hi0, hi1);
+      q[ks][r] = *reinterpret_cast<const uint32_t*>(&lo_out);
+      q[ks + kKSteps / 2][r] = *reinterpret_cast<const uint32_t*>(&hi_out);
+    }
+  }
 }
 
 // The dense order: KV head by KV head; within one, pairs from the last
@@ -347,6 +382,11 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
     __syncwarp();
     sm90::FenceProxyAsync();  // the next TMA write of this buffer comes after these reads
     if (lane == 0) sm90::MbarArrive(bar(Tile::kQEmpty + c));
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      if (valid && p.q_rope != nullptr) {
+        RopeQFragments<Tile::kKSteps>(q_frag, p.q_rope, qb * kBlock + 16 * warp + lane / 4, p.seq_len, lane);
+      }
+    }
 
     float o[kOTiles * 4];
 #pragma unroll
@@ -691,6 +731,7 @@ cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, cudaStream_t
   k.pairs = NumPairs(p.seq_len);
   k.num_tiles = p.num_heads * k.pairs;
   k.scale_log2 = p.scale * kLog2e;
+  k.q_rope = p.q_rope;
 
   // Scratch: [order: num_tiles int32][counter], only what this launch uses.
   const bool sorted = p.block_offsets != nullptr;

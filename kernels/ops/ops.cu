@@ -487,16 +487,17 @@ cudaError_t RopeToCache(bf16* q, bf16* k, const bf16* v, int rows, int num_heads
   const bool vectors = head_dim % 16 == 0 && Aligned16(q) && Aligned16(k) && Aligned16(v) && Aligned16(table) &&
                        Aligned16(k_cache) && Aligned16(v_cache);
   if (!vectors) {
-    SEER_CUDA_RETURN_IF_ERROR(ApplyRope(q, rows, num_heads, head_dim, table, stream));
+    if (q != nullptr) SEER_CUDA_RETURN_IF_ERROR(ApplyRope(q, rows, num_heads, head_dim, table, stream));
     SEER_CUDA_RETURN_IF_ERROR(ApplyRope(k, rows, kv_heads, head_dim, table, stream));
     SEER_CUDA_RETURN_IF_ERROR(WriteKv(k, rows, kv_heads, head_dim, k_cache, capacity, t0, stream));
     return WriteKv(v, rows, kv_heads, head_dim, v_cache, capacity, t0, stream);
   }
   const int half8 = head_dim / 16;
-  const int items = (num_heads + 3 * kv_heads) * half8;
+  const int q_heads = q != nullptr ? num_heads : 0;  // none: q stays as it is
+  const int items = (q_heads + 3 * kv_heads) * half8;
   const int threads = std::min(1024, (items + 31) / 32 * 32);
   RopeToCacheKernel<<<rows, threads, 0, stream>>>(
-      reinterpret_cast<uint4*>(q), reinterpret_cast<uint4*>(k), reinterpret_cast<const uint4*>(v), num_heads, kv_heads,
+      reinterpret_cast<uint4*>(q), reinterpret_cast<uint4*>(k), reinterpret_cast<const uint4*>(v), q_heads, kv_heads,
       half8, reinterpret_cast<const float4*>(table), reinterpret_cast<uint4*>(k_cache),
       reinterpret_cast<uint4*>(v_cache), capacity, t0);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());

@@ -52,7 +52,8 @@ cudaError_t WriteKv(const bf16* src, int n, int kv_heads, int head_dim, bf16* ca
 // [kv_heads, capacity, head_dim] at tokens [t0, t0 + rows), as one pass over
 // q, k and v: every output holds exactly what those four calls write. One
 // launch with 16-byte moves when head_dim % 16 == 0 and every pointer is
-// 16-byte aligned; otherwise it makes those four calls.
+// 16-byte aligned; otherwise it makes those four calls. q null: q is left
+// alone (the attention rotates it, AttentionParams::q_rope).
 cudaError_t RopeToCache(bf16* q, bf16* k, const bf16* v, int rows, int num_heads, int kv_heads, int head_dim,
                         const float2* table, bf16* k_cache, bf16* v_cache, int capacity, int t0, cudaStream_t stream);
 
