@@ -3,7 +3,11 @@
 // that prints a table (docs/STYLE.md), not a test.
 //
 // Rows:
-//   - raw TCP: N connections, each moving its share in 4 MiB send/recv calls;
+//   - raw TCP: N connections, each moving its share of a KV-sized buffer into
+//     the same place of another in 4 MiB send/recv calls, checked byte for
+//     byte; and, for comparison with earlier runs, the same connections
+//     sending from and receiving into one 4 MiB buffer each (it stays in the
+//     CPU caches, and nothing lands);
 //   - gRPC, zero-copy, N streams (docs/KV_TRANSPORT.md): a Prefill call plus
 //     N-1 KvStream calls, each on its own connection, sharing the layers out
 //     as streams become free; chunks written with rpc/kv_chunk_codec straight
@@ -13,8 +17,11 @@
 //   - today's path, 1 stream: the real PrefillService over a synthetic engine
 //     that fills each layer, read (a) as messages only and (b) through the
 //     decode worker's PrefillClient and KvAssembler into a KvCache.
-// With --json it prints one object: streams, raw_tcp_gbps and grpc_gbps (the
-// zero-copy N-stream row), best of the repeats, plus the rest.
+// Every destination (raw TCP's buffer, the zero-copy row's KvCache) is
+// allocated and touched once before the runs, as a serving process's are,
+// and poisoned before each run. With --json it prints one object: streams,
+// raw_tcp_gbps (buffer to buffer) and grpc_gbps (the zero-copy N-stream row),
+// best of the repeats, plus the rest.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -113,19 +120,28 @@ class SyntheticKvEngine final : public Engine {
   ModelConfig config_;
 };
 
-double RawTcpSecondsOne(size_t bytes, size_t block);
+double RawTcpSecondsOne(const char* src, char* dst, size_t bytes, size_t block);
 
 // Sends `bytes` over `streams` loopback TCP connections at once (each its
-// share, in `block`-sized writes, a sending and a receiving thread per
-// connection); the seconds from the first connect to the last byte received.
-double RawTcpSeconds(size_t bytes, size_t block, int streams) {
-  if (streams <= 1) return RawTcpSecondsOne(bytes, block);
+// share, in `block`-sized send and recv calls, a sending and a receiving
+// thread per connection); the seconds from the first connect to the last
+// byte received. With src and dst, stream i sends its share of src and
+// receives it into the same place in dst: a KV cache moved from one buffer
+// into another, as a byte-stream transport would. Without them (null), every
+// send and recv reuses one `block`-sized buffer that stays in the CPU's
+// caches, and the bytes land nowhere.
+double RawTcpSeconds(const char* src, char* dst, size_t bytes, size_t block, int streams) {
+  if (streams <= 1) return RawTcpSecondsOne(src, dst, bytes, block);
   std::vector<double> each(streams, -1.0);
   const auto start = Clock::now();
   std::vector<std::thread> threads;
+  size_t offset = 0;
   for (int i = 0; i < streams; ++i) {
     const size_t share = bytes / streams + (i == 0 ? bytes % streams : 0);
-    threads.emplace_back([&, i, share] { each[i] = RawTcpSecondsOne(share, block); });
+    const char* s = src != nullptr ? src + offset : nullptr;
+    char* d = dst != nullptr ? dst + offset : nullptr;
+    threads.emplace_back([&, i, s, d, share] { each[i] = RawTcpSecondsOne(s, d, share, block); });
+    offset += share;
   }
   for (auto& t : threads) t.join();
   for (double e : each)
@@ -134,7 +150,7 @@ double RawTcpSeconds(size_t bytes, size_t block, int streams) {
 }
 
 // One connection: the seconds from connect to the last byte received.
-double RawTcpSecondsOne(size_t bytes, size_t block) {
+double RawTcpSecondsOne(const char* src, char* dst, size_t bytes, size_t block) {
   int listener = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
@@ -154,20 +170,20 @@ double RawTcpSecondsOne(size_t bytes, size_t block) {
       close(s);
       return;
     }
-    std::vector<char> buf(block, 'k');
-    size_t left = bytes;
-    while (left > 0) {
-      ssize_t n = send(s, buf.data(), std::min(left, block), 0);
+    std::vector<char> ring(src != nullptr ? 0 : block, 'k');
+    size_t sent = 0;
+    while (sent < bytes) {
+      ssize_t n = send(s, src != nullptr ? src + sent : ring.data(), std::min(bytes - sent, block), 0);
       if (n <= 0) break;
-      left -= static_cast<size_t>(n);
+      sent += static_cast<size_t>(n);
     }
     close(s);
   });
   int conn = accept(listener, nullptr, nullptr);
-  std::vector<char> buf(block);
+  std::vector<char> ring(dst != nullptr ? 0 : block);
   size_t got = 0;
   while (conn >= 0 && got < bytes) {
-    ssize_t n = recv(conn, buf.data(), buf.size(), 0);
+    ssize_t n = recv(conn, dst != nullptr ? dst + got : ring.data(), std::min(bytes - got, block), 0);
     if (n <= 0) break;
     got += static_cast<size_t>(n);
   }
@@ -614,27 +630,49 @@ int Main(int argc, char** argv) {
     fill_seconds = Seconds(start, Clock::now());
   }
 
+  // Raw TCP moves a KV-sized buffer into another (both touched before the
+  // runs, as a serving process's buffers are); the zero-copy gRPC path lands
+  // into one KvCache, also allocated and touched before the runs. Both
+  // destinations are poisoned before each run and checked after it.
+  std::vector<char> tcp_src(kv_bytes), tcp_dst(kv_bytes, 0);
+  {
+    std::mt19937 rng(2);
+    for (char& c : tcp_src) c = static_cast<char>(rng());
+  }
+  HostKvCache zc_cache(layout.num_layers, layout.num_kv_heads, layout.head_dim, static_cast<int>(tokens));
+  const size_t layer_floats = static_cast<size_t>(layout.num_kv_heads) * tokens * layout.head_dim;
+
   const std::string n = std::to_string(streams);
-  Row tcp{"raw TCP, " + n + " stream(s), 4 MiB send/recv", {}};
-  Row zero_copy{"gRPC zero-copy, " + n + " stream(s) -> KvCache", {}};
-  Row read_only{"gRPC Prefill stream (today), read only", {}};
-  Row assembled{"gRPC Prefill stream (today) -> KvCache", {}};
+  Row tcp{"raw TCP, " + n + " stream(s), buffer -> buffer", {}, {}};
+  Row tcp_ring{"raw TCP, " + n + " stream(s), 4 MiB ring, lands nothing", {}, {}};
+  Row zero_copy{"gRPC zero-copy, " + n + " stream(s) -> KvCache", {}, {}};
+  Row read_only{"gRPC Prefill stream (today), read only", {}, {}};
+  Row assembled{"gRPC Prefill stream (today) -> KvCache", {}, {}};
   std::string zc_error;
-  bool zc_verified = true;
+  bool zc_verified = true, tcp_verified = true;
   for (int64_t r = 0; r < repeats; ++r) {
+    std::memset(tcp_dst.data(), 0xFF, kv_bytes);
     const double c1 = CpuSeconds();
-    tcp.seconds.push_back(RawTcpSeconds(kv_bytes, size_t{4} << 20, static_cast<int>(streams)));
+    const double tcp_sec =
+        RawTcpSeconds(tcp_src.data(), tcp_dst.data(), kv_bytes, size_t{4} << 20, static_cast<int>(streams));
     tcp.cpu.push_back(CpuSeconds() - c1);
+    tcp_verified = tcp_verified && std::memcmp(tcp_dst.data(), tcp_src.data(), kv_bytes) == 0;
+    tcp.seconds.push_back(tcp_sec >= 0 && tcp_verified ? tcp_sec : -1.0);
+    const double c2 = CpuSeconds();
+    tcp_ring.seconds.push_back(RawTcpSeconds(nullptr, nullptr, kv_bytes, size_t{4} << 20, static_cast<int>(streams)));
+    tcp_ring.cpu.push_back(CpuSeconds() - c2);
 
     {
-      HostKvCache cache(layout.num_layers, layout.num_kv_heads, layout.head_dim, static_cast<int>(tokens));
+      for (int l = 0; l < layout.num_layers; ++l) {
+        std::memset(zc_cache.k(l), 0xFF, layer_floats * 4);
+        std::memset(zc_cache.v(l), 0xFF, layer_floats * 4);
+      }
       const double c0 = CpuSeconds();
-      const double sec = ZeroCopySeconds(zc_channels, &cache, &zc_error);
+      const double sec = ZeroCopySeconds(zc_channels, &zc_cache, &zc_error);
       zero_copy.cpu.push_back(CpuSeconds() - c0);
-      const size_t layer_floats = static_cast<size_t>(layout.num_kv_heads) * tokens * layout.head_dim;
       for (int l = 0; l < layout.num_layers && sec >= 0; ++l)
-        zc_verified = zc_verified && std::memcmp(cache.k(l), source->k(l), layer_floats * 4) == 0 &&
-                      std::memcmp(cache.v(l), source->v(l), layer_floats * 4) == 0;
+        zc_verified = zc_verified && std::memcmp(zc_cache.k(l), source->k(l), layer_floats * 4) == 0 &&
+                      std::memcmp(zc_cache.v(l), source->v(l), layer_floats * 4) == 0;
       zero_copy.seconds.push_back(sec >= 0 && zc_verified ? sec : -1.0);
     }
 
@@ -665,17 +703,22 @@ int Main(int argc, char** argv) {
   }
   if (!zc_error.empty()) std::fprintf(stderr, "zero-copy gRPC: %s\n", zc_error.c_str());
   if (!zc_verified) std::fprintf(stderr, "zero-copy gRPC: the received cache differs from the source\n");
+  if (!tcp_verified) std::fprintf(stderr, "raw TCP: the received buffer differs from the source\n");
 
-  const double best_tcp = Best(tcp), best_zc = Best(zero_copy);
+  const double best_tcp = Best(tcp), best_zc = Best(zero_copy), best_ring = Best(tcp_ring);
   if (json) {
     std::printf(
         "{\"streams\": %lld, \"bytes\": %zu, \"repeats\": %lld, \"hardware_threads\": %u, "
         "\"raw_tcp_gbps\": %.4f, \"grpc_gbps\": %.4f, \"grpc_to_raw_tcp\": %.4f, "
+        "\"raw_tcp_ring_gbps\": %.4f, \"grpc_to_raw_tcp_ring\": %.4f, "
         "\"grpc_protobuf_1_stream_gbps\": %.4f, \"grpc_protobuf_read_only_gbps\": %.4f, "
-        "\"raw_tcp_cpu_s\": %.4f, \"grpc_cpu_s\": %.4f, \"grpc_verified\": %s}\n",
+        "\"raw_tcp_cpu_s\": %.4f, \"raw_tcp_ring_cpu_s\": %.4f, \"grpc_cpu_s\": %.4f, "
+        "\"raw_tcp_verified\": %s, \"grpc_verified\": %s}\n",
         static_cast<long long>(streams), kv_bytes, static_cast<long long>(repeats), std::thread::hardware_concurrency(),
         Gbps(kv_bytes, best_tcp), Gbps(kv_bytes, best_zc), best_tcp > 0 && best_zc > 0 ? best_tcp / best_zc : 0.0,
-        Gbps(kv_bytes, Best(assembled)), Gbps(kv_bytes, Best(read_only)), MinCpu(tcp), MinCpu(zero_copy),
+        Gbps(kv_bytes, best_ring), best_ring > 0 && best_zc > 0 ? best_ring / best_zc : 0.0,
+        Gbps(kv_bytes, Best(assembled)), Gbps(kv_bytes, Best(read_only)), MinCpu(tcp), MinCpu(tcp_ring),
+        MinCpu(zero_copy), tcp_verified && best_tcp > 0 ? "true" : "false",
         zc_verified && best_zc > 0 ? "true" : "false");
   } else {
     char date[32];
@@ -689,6 +732,7 @@ int Main(int argc, char** argv) {
         static_cast<long long>(tokens), mib, static_cast<long long>(chunk_bytes), static_cast<long long>(repeats));
     std::printf("%-46s %9s %9s %9s %10s %10s\n", "path", "MiB", "best s", "median s", "best GB/s", "median GB/s");
     PrintRow(tcp, mib);
+    PrintRow(tcp_ring, mib);
     PrintRow(zero_copy, mib);
     if (protobuf_rows) {
       PrintRow(read_only, mib);
@@ -699,15 +743,16 @@ int Main(int argc, char** argv) {
           fill_seconds);
     }
     std::printf(
-        "zero-copy gRPC / raw TCP with %lld stream(s): %.2f (best runs); CPU per run (both ends, least): "
-        "raw TCP %.3f s, zero-copy gRPC %.3f s\n",
-        static_cast<long long>(streams), best_tcp > 0 && best_zc > 0 ? best_tcp / best_zc : 0.0, MinCpu(tcp),
-        MinCpu(zero_copy));
+        "zero-copy gRPC / raw TCP with %lld stream(s), buffer to buffer: %.2f (best runs; against the 4 MiB ring "
+        "that lands nothing: %.2f); CPU per run (both ends, least): raw TCP %.3f s (ring %.3f s), zero-copy gRPC "
+        "%.3f s\n",
+        static_cast<long long>(streams), best_tcp > 0 && best_zc > 0 ? best_tcp / best_zc : 0.0,
+        best_ring > 0 && best_zc > 0 ? best_ring / best_zc : 0.0, MinCpu(tcp), MinCpu(tcp_ring), MinCpu(zero_copy));
   }
   zc_server->Shutdown();
   (*server)->Shutdown(5.0);
   service.Shutdown();
-  return best_zc > 0 && zc_verified ? 0 : 1;
+  return best_zc > 0 && zc_verified && tcp_verified ? 0 : 1;
 }
 
 }  // namespace
