@@ -554,9 +554,10 @@ constexpr int kSelectMaxWarps = 8;
 constexpr size_t kSelectSmemTarget = 72 * 1024;
 
 // Order-preserving map of float to uint32 (larger float -> larger key), NaN
-// above everything as torch.topk ranks it.
+// above everything as torch.topk ranks it. -0.0 and +0.0 are equal scores
+// (as the CPU gate compares them), so both take +0.0's key and tie by index.
 __device__ __forceinline__ uint32_t OrderKey(float f) {
-  const uint32_t u = __float_as_uint(f);
+  const uint32_t u = f == 0.0f ? 0u : __float_as_uint(f);
   const uint32_t flip = static_cast<uint32_t>(static_cast<int32_t>(u) >> 31) | 0x80000000u;  // ~u or u | 2^31
   return isnan(f) ? 0xffffffffu : u ^ flip;
 }
@@ -590,9 +591,9 @@ __device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, i
   const uint32_t lanes_below = (1u << lane) - 1u;
   // The scores become keys. A row's scores are alike, so a histogram of the
   // keys' top byte would settle little; this pass finds the range of the
-  // keys instead, of either half of the key space apart (-0.0 and below;
-  // +0.0 and above, NaN included): one range over both would take in the
-  // small magnitudes of both signs, with bins as wide as the top byte's. The
+  // keys instead, of either half of the key space apart (below zero; zero,
+  // either sign, and above, NaN included): one range over both would take in
+  // the small magnitudes of both signs, with bins as wide as the top byte's. The
   // topk-th largest key is in the upper half's range when that half holds at
   // least topk keys, else in the lower half's.
   uint32_t lower_min = 0xffffffffu, lower_max = 0, upper_min = 0xffffffffu, upper_max = 0;
@@ -1135,6 +1136,31 @@ __global__ void KeepLastQueryBlockKernel(const int32_t* offsets, const int32_t* 
   if (h == heads - 1 && threadIdx.x == 0) out_offsets[static_cast<int64_t>(heads) * nb] = base + len;
 }
 
+// SelectKernel on the scores of `heads` heads from head0 on ([heads, nb, nb],
+// 16-byte aligned): nz_ratio and dense rows write their lists, threshold rows
+// their bitmaps and counts (then LaunchLists).
+cudaError_t LaunchSelect(const GateParams& p, int nb, int words, int head0, int heads, int64_t topk,
+                         int first_dense_row, const float* scores, uint32_t* bitmap, int32_t* counts,
+                         cudaStream_t stream) {
+  const int select_warps = SelectWarps(nb);
+  const size_t select_smem = SelectSmemBytes(select_warps, nb);
+  SEER_CUDA_RETURN_IF_ERROR(
+      cudaFuncSetAttribute(SelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(select_smem)));
+  SelectKernel<<<dim3(heads, (nb + select_warps - 1) / select_warps), 32 * select_warps, select_smem, stream>>>(
+      p, nb, words, head0, topk, first_dense_row, scores, bitmap, counts);
+  return cudaGetLastError();
+}
+
+// Threshold rows: counts and bitmaps -> offsets, kept_per_head and indices.
+cudaError_t LaunchLists(const GateParams& p, int nb, int words, const uint32_t* bitmap, const int32_t* counts,
+                        cudaStream_t stream) {
+  const int rows = nb * p.num_heads;
+  ScanKernel<<<1, kScanThreads, 0, stream>>>(counts, rows, nb, p.num_heads, p.block_offsets, p.kept_per_head);
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  FillKernel<<<(rows + 7) / 8, 256, 0, stream>>>(bitmap, p.block_offsets, rows, words, p.block_indices);
+  return cudaGetLastError();
+}
+
 int64_t TopK(const GateParams& p, int nb) { return NzRatioTopK(p.nz_ratio, nb); }
 
 int FirstDenseRow(const GateParams& p, int nb) { return static_cast<int>(seer::FirstDenseRow(p.last_block_dense, nb)); }
@@ -1284,7 +1310,6 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(p.hidden)));
   const int64_t topk = p.mode == SparsityMode::kNzRatio ? TopK(p, nb) : 0;
   const int first_dense_row = FirstDenseRow(p, nb);
-  const int rows = nb * p.num_heads;
   if (fused) {
     // scores + select in one kernel; for nz_ratio and dense also the lists
     cudaError_t e = cudaErrorInvalidValue;
@@ -1301,28 +1326,46 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     // scores + select, heads_per_pass heads at a time
     const int tiles = (nb + kSgemmTile - 1) / kSgemmTile;
     auto scores_kernel = p.hidden % 4 == 0 ? ScoresKernel<true> : ScoresKernel<false>;
-    const int select_warps = SelectWarps(nb);
-    const size_t select_smem = SelectSmemBytes(select_warps, nb);
-    SEER_CUDA_RETURN_IF_ERROR(
-        cudaFuncSetAttribute(SelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(select_smem)));
     for (int head0 = 0; head0 < p.num_heads; head0 += g.heads_per_pass) {
       const int heads = p.num_heads - head0 < g.heads_per_pass ? p.num_heads - head0 : g.heads_per_pass;
       scores_kernel<<<dim3(tiles * (tiles + 1) / 2, heads), kSgemmThreads, 0, stream>>>(qp, kp, nb, p.hidden, head0,
                                                                                         scale, scores);
       SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-      SelectKernel<<<dim3(heads, (nb + select_warps - 1) / select_warps), 32 * select_warps, select_smem, stream>>>(
-          p, nb, g.words, head0, topk, first_dense_row, scores, bitmap, counts);
-      SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+      SEER_CUDA_RETURN_IF_ERROR(
+          LaunchSelect(p, nb, g.words, head0, heads, topk, first_dense_row, scores, bitmap, counts, stream));
     }
     if (p.mode != SparsityMode::kThreshold) return cudaSuccess;
   }
 
   // lists (threshold rows: counts and bitmaps -> offsets and indices)
-  ScanKernel<<<1, kScanThreads, 0, stream>>>(counts, rows, nb, p.num_heads, p.block_offsets, p.kept_per_head);
-  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  FillKernel<<<(rows + 7) / 8, 256, 0, stream>>>(bitmap, p.block_offsets, rows, g.words, p.block_indices);
-  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  return cudaSuccess;
+  return LaunchLists(p, nb, g.words, bitmap, counts, stream);
+}
+
+cudaError_t RunGateSelectForTest(const GateParams& p, const float* scores, cudaStream_t stream) {
+  const int nb = GateNumBlocks(p);
+  if (!ValidShapes(p) || nb < 1 || nb > kMaxBlocks || scores == nullptr || !Aligned16(scores) ||
+      p.block_offsets == nullptr || p.block_indices == nullptr || p.workspace == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  if (p.mode != SparsityMode::kDense && p.mode != SparsityMode::kNzRatio && p.mode != SparsityMode::kThreshold) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t max_indices = GateMaxIndices(p);
+  if (max_indices > 0x7fffffff || p.index_capacity < max_indices) return cudaErrorInvalidValue;
+  const GateLayout g = MakeLayout(p, /*with_scores=*/true);  // GateWorkspaceBytesVariant(p, kUnfused)
+  if (p.workspace_bytes < g.total || reinterpret_cast<uintptr_t>(p.workspace) % kAlign != 0) {
+    return cudaErrorInvalidValue;
+  }
+  unsigned char* ws = static_cast<unsigned char*>(p.workspace);
+  uint32_t* bitmap = reinterpret_cast<uint32_t*>(ws + g.bitmap);
+  int32_t* counts = reinterpret_cast<int32_t*>(ws + g.counts);
+  const int64_t topk = p.mode == SparsityMode::kNzRatio ? TopK(p, nb) : 0;
+  // All heads in one launch (head0 = 0): the scores of a later pass would
+  // start unaligned for an odd nb.
+  SEER_CUDA_RETURN_IF_ERROR(
+      LaunchSelect(p, nb, g.words, 0, p.num_heads, topk, FirstDenseRow(p, nb), scores, bitmap, counts, stream));
+  if (p.mode != SparsityMode::kThreshold) return cudaSuccess;
+  return LaunchLists(p, nb, g.words, bitmap, counts, stream);
 }
 
 }  // namespace seer::cuda

@@ -96,6 +96,22 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
 // cudaErrorInvalidValue where the rows do not fit (about 3M tokens).
 size_t GateWorkspaceBytesVariant(const GateParams& p, GateVariant variant);
 
+// TEST HOOK, for kernels/gate/gate_gpu_test.cc only: the gate's select step
+// alone, on scores the caller gives instead of the gate's own. `scores` is
+// device memory [num_heads, nb, nb] (16-byte aligned), row (h, qb) holding the
+// scores of key blocks 0 .. qb (entries above the diagonal are not read). It
+// runs the unfused gate's select kernel (then, for threshold, its scan and
+// fill kernels) on them and writes block_offsets, block_indices,
+// kept_per_head and probs (where not null) as RunGateKernels would for those
+// scores. Uses p's shapes (seq_len, block_size for nb, and the rest as
+// RunGateKernels checks them), selection and outputs; q, k, the weights and
+// heads_per_pass are not used; the workspace must hold
+// GateWorkspaceBytesVariant(p, GateVariant::kUnfused) bytes. Modes kDense,
+// kNzRatio and kThreshold. Returns cudaErrorInvalidValue for a bad shape,
+// mode, pointer, workspace or index capacity, or seq_len 0; otherwise the
+// first launch error.
+cudaError_t RunGateSelectForTest(const GateParams& p, const float* scores, cudaStream_t stream);
+
 // The lists a prefill's last layer needs (its other rows feed nothing): each
 // head keeps its last query block's list, every other row is empty, and the
 // kept rows are compacted in head order. In: CSR lists (offsets

@@ -22,9 +22,15 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstring>
 #include <iostream>
+#include <iterator>
+#include <limits>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
@@ -76,6 +82,176 @@ std::string Describe(const GateCase& c) {
                   (c.zero_k_every > 0 ? " zero_k_every=" + std::to_string(c.zero_k_every) : "");
   if (c.zero_q) s += " zero_q";
   return s;
+}
+
+// --- The select step on given scores (cuda::RunGateSelectForTest) -----------
+
+float FloatFromBits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+uint32_t BitsOf(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+// v moved |d| ulps, toward +inf for d > 0.
+float Ulps(float v, int d) {
+  for (; d > 0; --d) v = std::nextafter(v, INFINITY);
+  for (; d < 0; ++d) v = std::nextafter(v, -INFINITY);
+  return v;
+}
+
+// The score distributions of a row.
+enum class RowKind { kNormal, kFourValues, kAllEqual, kSpecials, kUlps, kZeros, kRawBits, kCount };
+
+const char* RowKindName(RowKind k) {
+  switch (k) {
+    case RowKind::kNormal: return "normal";
+    case RowKind::kFourValues: return "four values";
+    case RowKind::kAllEqual: return "all equal";
+    case RowKind::kSpecials: return "inf/NaN";
+    case RowKind::kUlps: return "ulp neighbours";
+    case RowKind::kZeros: return "zeros/denormals";
+    case RowKind::kRawBits: return "raw bits";
+    case RowKind::kCount: break;
+  }
+  return "?";
+}
+
+// n scores of one row, of the given kind.
+void FillRow(RowKind kind, std::mt19937& rng, float* s, int n) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  // 1e-30 .. 1e30
+  auto magnitude = [&] { return static_cast<float>(std::pow(10.0, static_cast<int>(rng() % 61) - 30)); };
+  const float denorm_min = std::numeric_limits<float>::denorm_min();
+  switch (kind) {
+    case RowKind::kNormal: {
+      const float m = magnitude();
+      for (int i = 0; i < n; ++i) s[i] = normal(rng) * m;
+      break;
+    }
+    case RowKind::kFourValues: {  // massive ties
+      const float m = magnitude();
+      float v[4];
+      for (float& x : v) x = normal(rng) * m;
+      if (rng() % 2 == 0) v[rng() % 4] = rng() % 2 == 0 ? 0.0f : -0.0f;
+      for (int i = 0; i < n; ++i) s[i] = v[rng() % 4];
+      break;
+    }
+    case RowKind::kAllEqual: {
+      const float choices[] = {0.0f, -0.0f, 1.0f, -2.5e-20f, 3e30f, INFINITY, -INFINITY, NAN, denorm_min};
+      const float v = rng() % 2 == 0 ? normal(rng) * magnitude() : choices[rng() % std::size(choices)];
+      std::fill_n(s, n, v);
+      break;
+    }
+    case RowKind::kSpecials: {  // +-inf and NaNs of both signs and several payloads (one signalling)
+      const float specials[] = {INFINITY,
+                                -INFINITY,
+                                FloatFromBits(0x7fc00000u),
+                                FloatFromBits(0xffc00000u),
+                                FloatFromBits(0x7f800001u),
+                                FloatFromBits(0xfff12345u)};
+      const float m = magnitude();
+      const uint32_t every = 2 + rng() % 15;
+      for (int i = 0; i < n; ++i) s[i] = rng() % every == 0 ? specials[rng() % std::size(specials)] : normal(rng) * m;
+      break;
+    }
+    case RowKind::kUlps: {
+      // Mostly within 3 ulps of a centre (zero: denormals and both zeros),
+      // some far above and below it: whatever k is, the k-th largest score
+      // tends to be one of the neighbours, with its one-ulp neighbours kept
+      // and dropped around it.
+      const float centres[] = {0.0f, FLT_MIN, -FLT_MIN, FLT_MAX, -FLT_MAX, 1.0f, -1.0f, denorm_min};
+      const float v = rng() % 2 == 0 ? normal(rng) * magnitude() : centres[rng() % std::size(centres)];
+      const float far = std::abs(v) + 1.0f;  // inf next to FLT_MAX
+      for (int i = 0; i < n; ++i) {
+        const uint32_t r = rng() % 10;
+        float x = r == 0 ? v + far : r == 1 ? v - far : Ulps(v, static_cast<int>(rng() % 7) - 3);
+        if (x == 0.0f && rng() % 2 == 0) x = -x;
+        s[i] = x;
+      }
+      break;
+    }
+    case RowKind::kZeros: {  // +-0.0 and denormals (few distinct ones, so they tie too)
+      for (int i = 0; i < n; ++i) {
+        const uint32_t sign = rng() % 2 == 0 ? 0u : 0x80000000u;
+        switch (rng() % 4) {
+          case 0: s[i] = FloatFromBits(sign); break;
+          case 1: s[i] = FloatFromBits(sign | (rng() & 0x7fffffu)); break;
+          case 2: s[i] = FloatFromBits(sign | (rng() % 4)); break;
+          default: s[i] = FloatFromBits(sign | (rng() % 2 == 0 ? 0x800000u : 0x7fffffu)); break;  // FLT_MIN, below
+        }
+      }
+      break;
+    }
+    case RowKind::kRawBits:  // any float: huge magnitudes, infs, NaNs, denormals
+      for (int i = 0; i < n; ++i) s[i] = FloatFromBits(static_cast<uint32_t>(rng()));
+      break;
+    case RowKind::kCount: break;
+  }
+}
+
+// The CPU gate's top-k order (kernels/gate/gate_cpu.cc, ScoreGreater), stated
+// apart from it: NaN above every number and all NaNs alike; numbers by value,
+// so -0.0 and +0.0 are equal; equal scores keep their index order (through
+// std::stable_sort), the lower block first.
+bool ScoreAbove(float a, float b) {
+  if (std::isnan(a) || std::isnan(b)) return std::isnan(a) && !std::isnan(b);
+  return a > b;
+}
+
+// Block indices 0 .. n - 1 of a row, best first.
+void RankRow(const float* s, int n, int32_t* order) {
+  std::iota(order, order + n, 0);
+  std::stable_sort(order, order + n, [s](int32_t i, int32_t j) { return ScoreAbove(s[i], s[j]); });
+}
+
+// The first `keep` blocks of a ranking, ascending (the lists' order).
+std::vector<int32_t> KeptAscending(const int32_t* order, int keep) {
+  std::vector<int32_t> kept(order, order + keep);
+  std::sort(kept.begin(), kept.end());
+  return kept;
+}
+
+// A threshold row as the gate selects it (prob > float(t), the probability
+// in float from float differences), or false where rounding could decide a
+// block: its exact probability within 1e-5 relative of t. NaN or +inf in the
+// row, or a row all -inf, makes every probability NaN: nothing kept.
+bool ThresholdRow(const float* s, int n, float t, std::vector<uint8_t>* keep) {
+  keep->assign(n, 0);
+  float mx = -INFINITY;
+  for (int i = 0; i < n; ++i) {
+    if (std::isnan(s[i]) || s[i] == INFINITY) return true;
+    mx = std::max(mx, s[i]);
+  }
+  if (mx == -INFINITY) return true;
+  std::vector<double> e(n);
+  double sum = 0.0;
+  for (int i = 0; i < n; ++i) sum += e[i] = std::exp(static_cast<double>(s[i] - mx));
+  for (int i = 0; i < n; ++i) {
+    const double prob = e[i] / sum;
+    if (std::abs(prob - t) <= 1e-5 * t) return false;
+    (*keep)[i] = prob > t;
+  }
+  return true;
+}
+
+// A host copy of the GPU select's key (OrderKey in kernels/gate/gate.cu):
+// larger scores have larger keys, NaN the largest; -0.0 shares +0.0's key.
+uint32_t HostOrderKey(float f) {
+  if (std::isnan(f)) return 0xffffffffu;
+  const uint32_t u = f == 0.0f ? 0u : BitsOf(f);
+  return u ^ ((u >> 31) != 0 ? 0xffffffffu : 0x80000000u);
+}
+
+std::string Hex(float f) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%08x", BitsOf(f));
+  return buf;
 }
 
 class GateGpuTest : public ::testing::Test {
@@ -428,6 +604,286 @@ TEST_F(GateGpuTest, TopKTies) {
       {40000, 4, 1, 64, 64, false, false, true, "nz_ratio=0.99", true, 0, false, bf},
   };
   for (const GateCase& c : cases) Run(c);
+}
+
+// The select step alone (cuda::RunGateSelectForTest: the unfused gate's select
+// kernel, then for threshold its scan and fill kernels) on scores the test
+// makes, so that the GPU and the reference see the same floats: top-k and
+// dense lists must equal a brute-force top-k exactly (offsets, ascending
+// indices, kept_per_head); threshold rows likewise where no probability is
+// within rounding of the threshold. Rows of 1 to 3000 blocks, 1 to 3 heads,
+// nz_ratio 0.1, 0.5 and 0.97, dense, threshold, last_block_dense on and off;
+// each row's scores one of RowKind (normal at 1e-30 .. 1e30, four values, all
+// equal, +-inf and NaNs, one-ulp neighbours, +-0.0 and denormals, raw bits),
+// random bits above the diagonal (never read), outputs poisoned with 0x7f.
+TEST_F(GateGpuTest, SelectIsExactOnGivenScores) {
+  struct Shape {
+    int nb, heads;
+  };
+  struct Select {
+    SparsityMode mode;
+    double value;  // nz_ratio or threshold
+  };
+  const std::vector<Select> selects = {{SparsityMode::kNzRatio, 0.1},     {SparsityMode::kNzRatio, 0.5},
+                                       {SparsityMode::kNzRatio, 0.97},    {SparsityMode::kDense, 0.0},
+                                       {SparsityMode::kThreshold, 0.001}, {SparsityMode::kThreshold, 0.05}};
+  constexpr int32_t kPoison = 0x7f7f7f7f;
+  int64_t threshold_rows = 0, threshold_unchecked = 0;
+  for (const Shape& shape : std::vector<Shape>{
+           {1, 2}, {2, 3}, {3, 1}, {63, 3}, {64, 2}, {65, 3}, {257, 3}, {1000, 2}, {2049, 2}, {3000, 1}}) {
+    const int nb = shape.nb, heads = shape.heads;
+    SCOPED_TRACE("nb=" + std::to_string(nb) + " heads=" + std::to_string(heads) + " seed=" + std::to_string(seed_));
+    const int rows = heads * nb;
+    const size_t triangle = static_cast<size_t>(nb) * (nb + 1) / 2;
+    std::vector<float> scores(static_cast<size_t>(rows) * nb);
+    std::vector<RowKind> kinds(rows);
+    std::vector<int32_t> order(heads * triangle);  // row r's ranking at r's first causal entry
+    auto order_of = [&](int h, int qb) { return order.data() + h * triangle + static_cast<size_t>(qb) * (qb + 1) / 2; };
+    for (int h = 0; h < heads; ++h) {
+      for (int qb = 0; qb < nb; ++qb) {
+        const int r = h * nb + qb;
+        kinds[r] = static_cast<RowKind>(rng_() % static_cast<uint32_t>(RowKind::kCount));
+        float* s = scores.data() + static_cast<size_t>(r) * nb;
+        FillRow(kinds[r], rng_, s, qb + 1);
+        for (int kb = qb + 1; kb < nb; ++kb) s[kb] = FloatFromBits(static_cast<uint32_t>(rng_()));
+        RankRow(s, qb + 1, order_of(h, qb));
+      }
+    }
+
+    cuda::GateParams p;
+    p.seq_len = nb * 64;
+    p.num_heads = heads;
+    p.num_kv_heads = 1;
+    p.head_dim = 64;
+    p.hidden = 64;
+    p.block_size = 64;
+    const size_t ws_bytes = cuda::GateWorkspaceBytesVariant(p, cuda::GateVariant::kUnfused);
+    ASSERT_GT(ws_bytes, 0u);
+    const size_t max_indices = heads * triangle;  // dense
+    DevBuf dscores(scores.size() * 4), doffsets((rows + 1) * 4), dindices(max_indices * 4), dkept(heads * 8),
+        dws(ws_bytes);
+    ASSERT_TRUE(dscores.ok() && doffsets.ok() && dindices.ok() && dkept.ok() && dws.ok());
+    ASSERT_CUDA(dscores.Upload(scores.data(), scores.size() * 4));
+    p.block_offsets = doffsets.get<int32_t>();
+    p.block_indices = dindices.get<int32_t>();
+    p.kept_per_head = dkept.get<int64_t>();
+    p.workspace = dws.get();
+    p.workspace_bytes = ws_bytes;
+
+    for (const bool last_block_dense : {false, true}) {
+      for (const Select& sel : selects) {
+        p.mode = sel.mode;
+        p.nz_ratio = sel.mode == SparsityMode::kNzRatio ? sel.value : 1.0;
+        p.threshold = sel.mode == SparsityMode::kThreshold ? sel.value : 0.0;
+        p.last_block_dense = last_block_dense;
+        const bool threshold = sel.mode == SparsityMode::kThreshold;
+        const std::string what = (sel.mode == SparsityMode::kDense     ? std::string("dense")
+                                  : sel.mode == SparsityMode::kNzRatio ? "nz_ratio=" + std::to_string(sel.value)
+                                                                       : "threshold=" + std::to_string(sel.value)) +
+                                 (last_block_dense ? " last_block_dense" : "");
+        SCOPED_TRACE(what);
+        p.index_capacity = cuda::GateMaxIndices(p);
+        ASSERT_LE(p.index_capacity, static_cast<int64_t>(max_indices));
+
+        // The reference: each row's kept blocks, ascending; `checked` false
+        // for threshold rows that rounding could decide.
+        const int64_t topk = sel.mode == SparsityMode::kNzRatio ? NzRatioTopK(sel.value, nb) : 0;
+        const int64_t first_dense = FirstDenseRow(last_block_dense, nb);
+        std::vector<int32_t> want_offsets(rows + 1, 0), want_indices;
+        std::vector<int64_t> want_kept(heads, 0);
+        std::vector<uint8_t> checked(rows, 1), keep;
+        for (int h = 0; h < heads; ++h) {
+          for (int qb = 0; qb < nb; ++qb) {
+            const int r = h * nb + qb;
+            const int n = qb + 1;
+            std::vector<int32_t> row;
+            if (sel.mode == SparsityMode::kDense || qb >= first_dense) {
+              row = KeptAscending(order_of(h, qb), n);
+            } else if (!threshold) {
+              row = KeptAscending(order_of(h, qb), static_cast<int>(std::min<int64_t>(topk, n)));
+            } else {
+              ++threshold_rows;
+              checked[r] =
+                  ThresholdRow(scores.data() + static_cast<size_t>(r) * nb, n, static_cast<float>(sel.value), &keep);
+              threshold_unchecked += checked[r] == 0;
+              for (int kb = 0; kb < n; ++kb) {
+                if (keep[kb]) row.push_back(kb);
+              }
+              if (row.empty()) row.push_back(qb);  // never an empty row
+            }
+            want_indices.insert(want_indices.end(), row.begin(), row.end());
+            want_offsets[r + 1] = static_cast<int32_t>(want_indices.size());
+            want_kept[h] += static_cast<int64_t>(row.size());
+          }
+        }
+
+        ASSERT_CUDA(cudaMemset(doffsets.get(), 0x7f, (rows + 1) * 4));
+        ASSERT_CUDA(cudaMemset(dindices.get(), 0x7f, max_indices * 4));
+        ASSERT_CUDA(cudaMemset(dkept.get(), 0x7f, heads * 8));
+        ASSERT_CUDA(cuda::RunGateSelectForTest(p, dscores.get<float>(), nullptr));
+        ASSERT_CUDA(cudaDeviceSynchronize());
+        std::vector<int32_t> offsets(rows + 1), indices(max_indices);
+        std::vector<int64_t> kept(heads);
+        ASSERT_CUDA(doffsets.Download(offsets.data(), offsets.size() * 4));
+        ASSERT_CUDA(dindices.Download(indices.data(), indices.size() * 4));
+        ASSERT_CUDA(dkept.Download(kept.data(), kept.size() * 8));
+
+        // The lists are well formed, and end where nothing more was written.
+        ASSERT_EQ(offsets[0], 0);
+        for (int r = 0; r < rows; ++r) {
+          ASSERT_LT(offsets[r], offsets[r + 1]) << "row " << r << " empty or unwritten";
+          ASSERT_LE(offsets[r + 1], p.index_capacity) << "row " << r;
+          const int qb = r % nb;
+          for (int i = offsets[r]; i < offsets[r + 1]; ++i) {
+            ASSERT_GE(indices[i], 0) << "row " << r;
+            ASSERT_LE(indices[i], qb) << "row " << r << ": non-causal or unwritten";
+            if (i > offsets[r]) {
+              ASSERT_LT(indices[i - 1], indices[i]) << "row " << r << ": not ascending";
+            }
+          }
+        }
+        for (int h = 0; h < heads; ++h) {
+          EXPECT_EQ(kept[h], offsets[(h + 1) * nb] - offsets[h * nb]) << "kept_per_head[" << h << "]";
+        }
+        int64_t overwritten = 0;
+        for (size_t i = static_cast<size_t>(offsets[rows]); i < indices.size(); ++i) {
+          overwritten += indices[i] != kPoison;
+        }
+        EXPECT_EQ(overwritten, 0) << "indices written past the lists' end";
+
+        // Exactly the reference, row by row (every row for top-k and dense,
+        // whose offsets are then equal too; threshold rows where checked).
+        if (!threshold) {
+          EXPECT_EQ(offsets, want_offsets) << "offsets";
+          EXPECT_EQ(kept, want_kept) << "kept_per_head";
+        }
+        int64_t wrong_rows = 0;
+        for (int r = 0; r < rows; ++r) {
+          if (!checked[r]) continue;
+          const std::vector<int32_t> got(indices.begin() + offsets[r], indices.begin() + offsets[r + 1]);
+          const std::vector<int32_t> want(want_indices.begin() + want_offsets[r],
+                                          want_indices.begin() + want_offsets[r + 1]);
+          if (got == want || ++wrong_rows > 5) continue;
+          // The first block the two lists disagree on, with its score.
+          std::vector<int32_t> only_got, only_want;
+          std::set_difference(got.begin(), got.end(), want.begin(), want.end(), std::back_inserter(only_got));
+          std::set_difference(want.begin(), want.end(), got.begin(), got.end(), std::back_inserter(only_want));
+          const float* s = scores.data() + static_cast<size_t>(r) * nb;
+          std::string detail;
+          for (const auto& [name, list] : {std::pair{"GPU only", &only_got}, std::pair{"reference only", &only_want}}) {
+            detail += std::string(", ") + name + ":";
+            for (size_t i = 0; i < list->size() && i < 4; ++i) {
+              detail += " " + std::to_string((*list)[i]) + " (" + Hex(s[(*list)[i]]) + ")";
+            }
+          }
+          const int qb = r % nb;
+          ADD_FAILURE() << "row h=" << r / nb << " qb=" << qb << " (" << RowKindName(kinds[r]) << "): GPU keeps "
+                        << got.size() << ", reference " << want.size() << ", topk " << topk << detail
+                        << "; reference's last kept "
+                        << (threshold ? std::string("-") : Hex(s[order_of(r / nb, qb)[want.size() - 1]]));
+        }
+        EXPECT_EQ(wrong_rows, 0) << "rows that differ from the reference";
+      }
+    }
+  }
+  std::cout << "[gate select] threshold rows " << threshold_rows
+            << ", of them unchecked (a probability within rounding of the threshold) " << threshold_unchecked << "\n";
+  EXPECT_LT(threshold_unchecked * 100, threshold_rows) << "too few threshold rows checked";
+
+  // The hook refuses what RunGateKernels would, and modes it does not run.
+  cuda::GateParams p;
+  p.seq_len = 3 * 64;
+  p.num_heads = 1;
+  p.num_kv_heads = 1;
+  p.head_dim = 64;
+  p.hidden = 64;
+  p.mode = SparsityMode::kNzRatio;
+  p.nz_ratio = 0.5;
+  DevBuf dscores(9 * 4), doffsets(4 * 4), dindices(6 * 4),
+      dws(cuda::GateWorkspaceBytesVariant(p, cuda::GateVariant::kUnfused));
+  p.block_offsets = doffsets.get<int32_t>();
+  p.block_indices = dindices.get<int32_t>();
+  p.index_capacity = cuda::GateMaxIndices(p);
+  p.workspace = dws.get();
+  p.workspace_bytes = cuda::GateWorkspaceBytesVariant(p, cuda::GateVariant::kUnfused);
+  ASSERT_CUDA(cuda::RunGateSelectForTest(p, dscores.get<float>(), nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  EXPECT_EQ(cuda::RunGateSelectForTest(p, nullptr, nullptr), cudaErrorInvalidValue) << "null scores";
+  EXPECT_EQ(cuda::RunGateSelectForTest(p, dscores.get<float>() + 1, nullptr), cudaErrorInvalidValue)
+      << "scores not 16-byte aligned";
+  cuda::GateParams bad = p;
+  bad.mode = SparsityMode::kStreaming;
+  EXPECT_EQ(cuda::RunGateSelectForTest(bad, dscores.get<float>(), nullptr), cudaErrorInvalidValue) << "streaming";
+  bad = p;
+  bad.index_capacity -= 1;
+  EXPECT_EQ(cuda::RunGateSelectForTest(bad, dscores.get<float>(), nullptr), cudaErrorInvalidValue) << "capacity";
+  bad = p;
+  bad.workspace_bytes -= 1;
+  EXPECT_EQ(cuda::RunGateSelectForTest(bad, dscores.get<float>(), nullptr), cudaErrorInvalidValue) << "workspace";
+  bad = p;
+  bad.seq_len = 0;
+  EXPECT_EQ(cuda::RunGateSelectForTest(bad, dscores.get<float>(), nullptr), cudaErrorInvalidValue) << "no blocks";
+  bad = p;
+  bad.block_offsets = nullptr;
+  EXPECT_EQ(cuda::RunGateSelectForTest(bad, dscores.get<float>(), nullptr), cudaErrorInvalidValue) << "null offsets";
+}
+
+// The reference ranking of SelectIsExactOnGivenScores (std::stable_sort by
+// ScoreAbove) against two other statements of the same order, on the CPU (no
+// GPU needed), on the same score distributions: the CPU gate's (partial_sort
+// with NaN first, then the value, then the index, as kernels/gate/gate_cpu.cc
+// ranks) and the GPU select's (the keys above the k-th largest key and, of
+// those equal to it, the first by index, as TopKthKey and SelectRow keep).
+TEST(GateSelectReference, AgreesWithTheCpuGateAndTheGpuKeys) {
+  std::mt19937 rng(20261129);
+  EXPECT_EQ(HostOrderKey(-0.0f), HostOrderKey(0.0f));
+  EXPECT_LT(HostOrderKey(-std::numeric_limits<float>::denorm_min()), HostOrderKey(-0.0f));
+  EXPECT_LT(HostOrderKey(INFINITY), HostOrderKey(NAN));
+  EXPECT_EQ(HostOrderKey(FloatFromBits(0xffc00000u)), HostOrderKey(NAN));
+  std::vector<float> s;
+  std::vector<int32_t> order, cpu_order;
+  std::vector<uint32_t> keys;
+  int64_t rows = 0;
+  for (const int n : {1, 2, 3, 5, 31, 32, 33, 100, 257}) {
+    s.resize(n);
+    order.resize(n);
+    cpu_order.resize(n);
+    keys.resize(n);
+    for (int rep = 0; rep < 30; ++rep) {
+      for (int kind = 0; kind < static_cast<int>(RowKind::kCount); ++kind) {
+        FillRow(static_cast<RowKind>(kind), rng, s.data(), n);
+        RankRow(s.data(), n, order.data());
+        std::iota(cpu_order.begin(), cpu_order.end(), 0);
+        for (int i = 0; i < n; ++i) keys[i] = HostOrderKey(s[i]);
+        std::vector<uint32_t> sorted_keys = keys;
+        std::sort(sorted_keys.begin(), sorted_keys.end(), std::greater<uint32_t>());
+        for (const int k : {1, 2, n / 3, n / 2, n - 1, n}) {
+          if (k < 1 || k > n) continue;
+          ++rows;
+          const std::vector<int32_t> want = KeptAscending(order.data(), k);
+          std::partial_sort(cpu_order.begin(), cpu_order.begin() + k, cpu_order.end(), [&](int i, int j) {
+            const float a = s[i], b = s[j];
+            const bool na = std::isnan(a), nb = std::isnan(b);
+            if (na != nb) return na;
+            if (!na && a != b) return a > b;
+            return i < j;
+          });
+          EXPECT_EQ(KeptAscending(cpu_order.data(), k), want)
+              << RowKindName(static_cast<RowKind>(kind)) << " n=" << n << " k=" << k << ": CPU gate comparator";
+          const uint32_t kth = sorted_keys[k - 1];
+          int take_equal =
+              k - static_cast<int>(std::count_if(keys.begin(), keys.end(), [&](uint32_t x) { return x > kth; }));
+          std::vector<int32_t> by_keys;
+          for (int i = 0; i < n; ++i) {
+            if (keys[i] > kth || (keys[i] == kth && take_equal-- > 0)) by_keys.push_back(i);
+          }
+          EXPECT_EQ(by_keys, want) << RowKindName(static_cast<RowKind>(kind)) << " n=" << n << " k=" << k
+                                   << ": GPU keys";
+        }
+      }
+    }
+  }
+  EXPECT_GT(rows, 0);
 }
 
 // KeepLastQueryBlock against its CPU twin (kernels/common/block_lists.h) on
