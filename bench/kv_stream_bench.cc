@@ -19,12 +19,16 @@
 //     decode worker's PrefillClient and KvAssembler into a KvCache.
 // Every destination (raw TCP's buffer, the zero-copy row's KvCache) is
 // allocated and touched once before the runs, as a serving process's are,
-// and poisoned before each run. With --json it prints one object: streams,
+// and poisoned before each run. malloc is tuned as seer-decode tunes it
+// (--malloc-tuning, server/common/malloc_tuning.h), since the gRPC rows stand
+// for its receive path; each row's CPU seconds and page faults per run are
+// printed beside its rate. With --json it prints one object: streams,
 // raw_tcp_gbps (buffer to buffer) and grpc_gbps (the zero-copy N-stream row),
 // best of the repeats, plus the rest.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -54,6 +58,7 @@
 #include "rpc/kv_wire.h"
 #include "rpc/landing/kv_landing.h"
 #include "server/common/grpc_server.h"
+#include "server/common/malloc_tuning.h"
 #include "server/common/metrics.h"
 #include "rpc/prefill_client.h"
 #include "server/prefill/prefill_service.h"
@@ -481,6 +486,7 @@ struct Row {
   std::string path;
   std::vector<double> seconds;
   std::vector<double> cpu;  // process CPU seconds (all threads, both ends) of each run
+  std::vector<long> faults;  // the process's minor page faults during each run
 };
 
 // The least CPU of any run: under contention from other processes the
@@ -495,6 +501,20 @@ double CpuSeconds() {
   timespec ts;
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
   return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+// Minor page faults of the whole process so far: a fresh page that a run
+// touches costs a fault and a cleared page, as much as a copy of it.
+long MinorFaults() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return u.ru_minflt;
+}
+
+long MinFaults(const Row& r) {
+  long m = -1;
+  for (long f : r.faults) m = m < 0 || f < m ? f : m;
+  return m;
 }
 
 double Best(const Row& r) {
@@ -525,7 +545,7 @@ void PrintRow(const Row& r, double mib) {
 int Main(int argc, char** argv) {
   int64_t layers = 32, kv_heads = 8, head_dim = 128, tokens = 1024, chunk_bytes = int64_t{4} << 20, repeats = 3;
   int64_t streams = 2;
-  bool json = false, protobuf_rows = true;
+  bool json = false, protobuf_rows = true, malloc_tuning = true;
   FlagSet flags("seer-kv-stream-bench [flags]",
                 "KV streaming throughput on loopback: gRPC (zero-copy, N streams; and today's Prefill stream) next\n"
                 "to raw TCP with the same streams, from the same run. The default shape (32 layers x 8 KV heads x\n"
@@ -539,6 +559,9 @@ int Main(int argc, char** argv) {
   flags.Int("streams", &streams, "streams (TCP connections) for the raw TCP and zero-copy gRPC rows");
   flags.Bool("protobuf-rows", &protobuf_rows, "also measure today's PrefillService path (1 stream)");
   flags.Bool("json", &json, "print one JSON object instead of the table");
+  flags.Bool("malloc-tuning", &malloc_tuning,
+             "tune malloc as seer-decode does by default (its --malloc-tuning): the gRPC rows stand for its "
+             "receive path");
   if (Status s = flags.Parse(argc, argv); !s.ok() || flags.help_requested()) {
     std::fprintf(s.ok() ? stdout : stderr, "%s%s", s.ok() ? "" : (s.ToString() + "\n\n").c_str(), flags.Help().c_str());
     return s.ok() ? 0 : 2;
@@ -547,6 +570,9 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "every size must be >= 1, and --streams at most 64\n");
     return 2;
   }
+
+  // Before any gRPC thread starts, as seer-decode does.
+  const std::string malloc_line = malloc_tuning ? TuneMallocForBulkReceive() : "malloc: glibc defaults";
 
   SyntheticKvEngine engine(static_cast<int>(layers), static_cast<int>(kv_heads), static_cast<int>(head_dim),
                            static_cast<int>(tokens));
@@ -643,19 +669,21 @@ int Main(int argc, char** argv) {
   const size_t layer_floats = static_cast<size_t>(layout.num_kv_heads) * tokens * layout.head_dim;
 
   const std::string n = std::to_string(streams);
-  Row tcp{"raw TCP, " + n + " stream(s), buffer -> buffer", {}, {}};
-  Row tcp_ring{"raw TCP, " + n + " stream(s), 4 MiB ring, lands nothing", {}, {}};
-  Row zero_copy{"gRPC zero-copy, " + n + " stream(s) -> KvCache", {}, {}};
-  Row read_only{"gRPC Prefill stream (today), read only", {}, {}};
-  Row assembled{"gRPC Prefill stream (today) -> KvCache", {}, {}};
+  Row tcp{"raw TCP, " + n + " stream(s), buffer -> buffer", {}, {}, {}};
+  Row tcp_ring{"raw TCP, " + n + " stream(s), 4 MiB ring, lands nothing", {}, {}, {}};
+  Row zero_copy{"gRPC zero-copy, " + n + " stream(s) -> KvCache", {}, {}, {}};
+  Row read_only{"gRPC Prefill stream (today), read only", {}, {}, {}};
+  Row assembled{"gRPC Prefill stream (today) -> KvCache", {}, {}, {}};
   std::string zc_error;
   bool zc_verified = true, tcp_verified = true;
   for (int64_t r = 0; r < repeats; ++r) {
     std::memset(tcp_dst.data(), 0xFF, kv_bytes);
     const double c1 = CpuSeconds();
+    const long f1 = MinorFaults();
     const double tcp_sec =
         RawTcpSeconds(tcp_src.data(), tcp_dst.data(), kv_bytes, size_t{4} << 20, static_cast<int>(streams));
     tcp.cpu.push_back(CpuSeconds() - c1);
+    tcp.faults.push_back(MinorFaults() - f1);
     tcp_verified = tcp_verified && std::memcmp(tcp_dst.data(), tcp_src.data(), kv_bytes) == 0;
     tcp.seconds.push_back(tcp_sec >= 0 && tcp_verified ? tcp_sec : -1.0);
     const double c2 = CpuSeconds();
@@ -668,8 +696,10 @@ int Main(int argc, char** argv) {
         std::memset(zc_cache.v(l), 0xFF, layer_floats * 4);
       }
       const double c0 = CpuSeconds();
+      const long f0 = MinorFaults();
       const double sec = ZeroCopySeconds(zc_channels, &zc_cache, &zc_error);
       zero_copy.cpu.push_back(CpuSeconds() - c0);
+      zero_copy.faults.push_back(MinorFaults() - f0);
       for (int l = 0; l < layout.num_layers && sec >= 0; ++l)
         zc_verified = zc_verified && std::memcmp(zc_cache.k(l), source->k(l), layer_floats * 4) == 0 &&
                       std::memcmp(zc_cache.v(l), source->v(l), layer_floats * 4) == 0;
@@ -713,18 +743,20 @@ int Main(int argc, char** argv) {
         "\"raw_tcp_ring_gbps\": %.4f, \"grpc_to_raw_tcp_ring\": %.4f, "
         "\"grpc_protobuf_1_stream_gbps\": %.4f, \"grpc_protobuf_read_only_gbps\": %.4f, "
         "\"raw_tcp_cpu_s\": %.4f, \"raw_tcp_ring_cpu_s\": %.4f, \"grpc_cpu_s\": %.4f, "
-        "\"raw_tcp_verified\": %s, \"grpc_verified\": %s}\n",
+        "\"raw_tcp_page_faults\": %ld, \"grpc_page_faults\": %ld, "
+        "\"malloc_tuning\": %s, \"raw_tcp_verified\": %s, \"grpc_verified\": %s}\n",
         static_cast<long long>(streams), kv_bytes, static_cast<long long>(repeats), std::thread::hardware_concurrency(),
         Gbps(kv_bytes, best_tcp), Gbps(kv_bytes, best_zc), best_tcp > 0 && best_zc > 0 ? best_tcp / best_zc : 0.0,
         Gbps(kv_bytes, best_ring), best_ring > 0 && best_zc > 0 ? best_ring / best_zc : 0.0,
         Gbps(kv_bytes, Best(assembled)), Gbps(kv_bytes, Best(read_only)), MinCpu(tcp), MinCpu(tcp_ring),
-        MinCpu(zero_copy), tcp_verified && best_tcp > 0 ? "true" : "false",
-        zc_verified && best_zc > 0 ? "true" : "false");
+        MinCpu(zero_copy), MinFaults(tcp), MinFaults(zero_copy), malloc_tuning ? "true" : "false",
+        tcp_verified && best_tcp > 0 ? "true" : "false", zc_verified && best_zc > 0 ? "true" : "false");
   } else {
     char date[32];
     const std::time_t now = std::time(nullptr);
     std::strftime(date, sizeof(date), "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
-    std::printf("KV streaming on loopback, %s, %u hardware threads\n", date, std::thread::hardware_concurrency());
+    std::printf("KV streaming on loopback, %s, %u hardware threads; %s\n", date, std::thread::hardware_concurrency(),
+                malloc_line.c_str());
     std::printf(
         "KV: %lld layers x %lld KV heads x %lld head_dim x %lld tokens x F32, K and V = %.1f MiB; "
         "KvChunk <= %lld bytes; %lld runs\n",
@@ -745,9 +777,10 @@ int Main(int argc, char** argv) {
     std::printf(
         "zero-copy gRPC / raw TCP with %lld stream(s), buffer to buffer: %.2f (best runs; against the 4 MiB ring "
         "that lands nothing: %.2f); CPU per run (both ends, least): raw TCP %.3f s (ring %.3f s), zero-copy gRPC "
-        "%.3f s\n",
+        "%.3f s; minor page faults per run (least): raw TCP %ld, zero-copy gRPC %ld\n",
         static_cast<long long>(streams), best_tcp > 0 && best_zc > 0 ? best_tcp / best_zc : 0.0,
-        best_ring > 0 && best_zc > 0 ? best_ring / best_zc : 0.0, MinCpu(tcp), MinCpu(tcp_ring), MinCpu(zero_copy));
+        best_ring > 0 && best_zc > 0 ? best_ring / best_zc : 0.0, MinCpu(tcp), MinCpu(tcp_ring), MinCpu(zero_copy),
+        MinFaults(tcp), MinFaults(zero_copy));
   }
   zc_server->Shutdown();
   (*server)->Shutdown(5.0);

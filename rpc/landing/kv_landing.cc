@@ -2,6 +2,10 @@
 
 #include <algorithm>
 #include <cstring>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 #include <string>
 
 #include "kernels/kv_quant/e4m3.h"
@@ -12,22 +16,54 @@ namespace {
 
 std::string I(int64_t v) { return std::to_string(v); }
 
+// memcpy with non-temporal stores: for a destination that is large and cold
+// (a host KV cache), the stores go straight to memory instead of first
+// reading every destination line into the cache. The caller fences.
+void StreamBytes(uint8_t* out, const uint8_t* in, size_t n) {
+#if defined(__SSE2__)
+  if (n >= 4096) {
+    const size_t head = (16 - reinterpret_cast<uintptr_t>(out) % 16) % 16;
+    std::memcpy(out, in, head);
+    out += head;
+    in += head;
+    n -= head;
+    for (; n >= 64; n -= 64, in += 64, out += 64) {
+      const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in));
+      const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + 16));
+      const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + 32));
+      const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + 48));
+      _mm_stream_si128(reinterpret_cast<__m128i*>(out), a);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(out + 16), b);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(out + 32), c);
+      _mm_stream_si128(reinterpret_cast<__m128i*>(out + 48), d);
+    }
+  }
+#endif
+  std::memcpy(out, in, n);
+}
+
 }  // namespace
 
-void BytePieces::CopyTo(size_t offset, size_t n, void* dst) const {
+void BytePieces::CopyTo(size_t offset, size_t n, void* dst, bool streaming) const {
   auto* out = static_cast<uint8_t*>(dst);
   for (const auto& [p, len] : pieces_) {
-    if (n == 0) return;
+    if (n == 0) break;
     if (offset >= len) {
       offset -= len;
       continue;
     }
     const size_t take = std::min(len - offset, n);
-    std::memcpy(out, p + offset, take);
+    if (streaming)
+      StreamBytes(out, p + offset, take);
+    else
+      std::memcpy(out, p + offset, take);
     out += take;
     n -= take;
     offset = 0;
   }
+#if defined(__SSE2__)
+  if (streaming) _mm_sfence();  // the streamed stores are visible before the caller says the chunk landed
+#endif
 }
 
 size_t KvWireBytes(const KvLayout& l, const KvWireFormat& w, int tokens) {
@@ -71,14 +107,16 @@ class HostKvLanding final : public KvLanding {
     auto* host = dynamic_cast<HostKvCache*>(cache_);
     const size_t n = static_cast<size_t>(l.num_kv_heads) * c.token_count * l.head_dim;
     if (host != nullptr && !wire_.fp8 && wire_.dtype == DType::kF32) {
-      // Straight from the pieces into the cache's rows: one copy.
+      // Straight from the pieces into the cache's rows: one copy, streamed
+      // (the cache is large and not read again until the decode starts).
       const size_t row = static_cast<size_t>(c.token_count) * l.head_dim;
       for (int which = 0; which < 2; ++which) {
         float* base = which == 0 ? host->k(c.layer) : host->v(c.layer);
         const BytePieces& src = which == 0 ? c.k : c.v;
         for (int h = 0; h < l.num_kv_heads; ++h)
           src.CopyTo(h * row * 4, row * 4,
-                     base + (static_cast<size_t>(h) * cache_->capacity() + c.token_start) * l.head_dim);
+                     base + (static_cast<size_t>(h) * cache_->capacity() + c.token_start) * l.head_dim,
+                     /*streaming=*/true);
       }
       return OkStatus();
     }

@@ -37,8 +37,10 @@ class BytePieces {
   }
   size_t size() const { return size_; }
   const std::vector<std::pair<const uint8_t*, size_t>>& pieces() const { return pieces_; }
-  // Copies bytes [offset, offset + n) to dst.
-  void CopyTo(size_t offset, size_t n, void* dst) const;
+  // Copies bytes [offset, offset + n) to dst; `streaming` writes with
+  // non-temporal stores (x86), for a large destination that will not be read
+  // soon.
+  void CopyTo(size_t offset, size_t n, void* dst, bool streaming = false) const;
 
  private:
   std::vector<std::pair<const uint8_t*, size_t>> pieces_;

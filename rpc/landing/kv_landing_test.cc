@@ -51,6 +51,35 @@ std::vector<float> Random(size_t n, uint32_t seed) {
 
 const int kChunkStarts[] = {0, 64, 128, 192};  // chunks of 64 tokens, the last of 8
 
+// The streaming copy (non-temporal stores from 4 KiB pieces up) gives the
+// bytes memcpy gives, for any piece sizes, read offset and length, and any
+// alignment of the destination; nothing outside [dst, dst + n) is written.
+TEST(BytePieces, StreamingCopyIsMemcpy) {
+  std::mt19937 rng(7);
+  std::vector<uint8_t> src(3 << 20);
+  for (uint8_t& b : src) b = static_cast<uint8_t>(rng());
+  for (int trial = 0; trial < 200; ++trial) {
+    BytePieces pieces;
+    size_t at = 0;
+    while (at < src.size()) {
+      // mostly large pieces (the streaming path), some small ones between
+      const size_t n = std::min<size_t>(src.size() - at, rng() % 4 == 0 ? 1 + rng() % 5000 : 1 + rng() % 400000);
+      pieces.Add(src.data() + at, n);
+      at += n;
+    }
+    const size_t offset = rng() % src.size();
+    const size_t n = rng() % (src.size() - offset + 1);
+    const size_t misalign = rng() % 64;
+    std::vector<uint8_t> got(n + 128, 0xA5), want(n + 128, 0xA5);
+    pieces.CopyTo(offset, n, got.data() + misalign, /*streaming=*/true);
+    std::memcpy(want.data() + misalign, src.data() + offset, n);
+    ASSERT_EQ(got, want) << "trial " << trial << ": offset " << offset << ", " << n << " bytes, dst + " << misalign;
+    std::vector<uint8_t> plain(n + 128, 0xA5);
+    pieces.CopyTo(offset, n, plain.data() + misalign);
+    ASSERT_EQ(plain, want) << "trial " << trial;
+  }
+}
+
 TEST(KvLanding, F32AndBf16PiecesLandLikeWriteLayer) {
   for (DType wire : {DType::kF32, DType::kBF16}) {
     HostKvCache got(kLayers, kHeads, kDim, kCapacity), want(kLayers, kHeads, kDim, kCapacity);

@@ -22,6 +22,7 @@
 #include "text/prompt.h"
 #include "text/tokenizer.h"
 #include "server/common/grpc_server.h"
+#include "server/common/malloc_tuning.h"
 #include "server/common/metrics.h"
 #include "rpc/prefill_client.h"
 #include "server/common/serve.h"
@@ -45,6 +46,7 @@ int main(int argc, char** argv) {
   std::string kv_transports = "grpc";
 #endif
   int64_t kv_grpc_streams = 8;
+  bool malloc_tuning = true;
 
   seer::FlagSet flags("seer-decode --model DIR --prefill HOST:PORT[,HOST:PORT...] [flags]",
                       "Serves seer.v1.DecodeService (and its deprecated name seer.v1.Decode): for each Generate\n"
@@ -129,6 +131,10 @@ int main(int argc, char** argv) {
                "an NCCL KV transfer whose announced layer makes no progress this long aborts its link");
   flags.Double("kv-nccl-setup-seconds", &client_options.nccl_setup_seconds,
                "an NCCL link that has not joined after this long is aborted");
+  flags.Bool("malloc-tuning", &malloc_tuning,
+             "one malloc arena, 32 MiB mmap and 1 GiB trim thresholds, so that gRPC's KV receive buffers are "
+             "reused rather than faulted in and zeroed afresh for every transfer (docs/KV_TRANSPORT.md); "
+             "MALLOC_* variables or glibc.malloc tunables in the environment take precedence");
   seer::ClientTlsOptions prefill_tls;
   flags.String("prefill-tls-ca", &prefill_tls.ca,
                "PEM CA bundle that signed the prefill servers' certificates: call them over TLS");
@@ -152,6 +158,12 @@ int main(int argc, char** argv) {
   if (seer::Status s = common.Apply("seer-decode"); !s.ok()) {
     std::fprintf(stderr, "seer-decode: %s\n", s.ToString().c_str());
     return 2;
+  }
+  // Before the prefill client starts its threads (docs/KV_TRANSPORT.md).
+  if (malloc_tuning) {
+    seer::JsonValue fields = seer::JsonValue::Object();
+    fields.Set("setting", seer::JsonValue::String(seer::TuneMallocForBulkReceive()));
+    seer::LogEvent(seer::LogLevel::kInfo, "malloc", fields);
   }
   prefill_tls.reload_seconds = common.tls.reload_seconds;
   if (seer::Status s = seer::CheckClientTls(prefill_tls, "--prefill-tls-"); !s.ok()) {
