@@ -134,7 +134,8 @@ int main(int argc, char** argv) {
   flags.Bool("malloc-tuning", &malloc_tuning,
              "one malloc arena, 32 MiB mmap and 1 GiB trim thresholds, so that gRPC's KV receive buffers are "
              "reused rather than faulted in and zeroed afresh for every transfer (docs/KV_TRANSPORT.md); "
-             "MALLOC_* variables or glibc.malloc tunables in the environment take precedence");
+             "MALLOC_ARENA_MAX, MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or glibc.malloc tunables in the "
+             "environment take precedence");
   seer::ClientTlsOptions prefill_tls;
   flags.String("prefill-tls-ca", &prefill_tls.ca,
                "PEM CA bundle that signed the prefill servers' certificates: call them over TLS");
