@@ -489,12 +489,12 @@ struct Row {
   std::vector<long> faults;  // the process's minor page faults during each run
 };
 
-// The least CPU of any run: under contention from other processes the
-// wall-clock rate wanders, the CPU a run costs much less.
-double MinCpu(const Row& r) {
-  double m = -1.0;
-  for (double c : r.cpu) m = m < 0 || c < m ? c : m;
-  return m;
+// The least of a row's per-run values (CPU seconds, page faults), -1 for
+// none: under contention from other processes the wall-clock rate wanders,
+// what a run costs much less.
+template <typename T>
+T Least(const std::vector<T>& runs) {
+  return runs.empty() ? T(-1) : *std::min_element(runs.begin(), runs.end());
 }
 
 double CpuSeconds() {
@@ -509,12 +509,6 @@ long MinorFaults() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
   return u.ru_minflt;
-}
-
-long MinFaults(const Row& r) {
-  long m = -1;
-  for (long f : r.faults) m = m < 0 || f < m ? f : m;
-  return m;
 }
 
 double Best(const Row& r) {
@@ -748,8 +742,8 @@ int Main(int argc, char** argv) {
         static_cast<long long>(streams), kv_bytes, static_cast<long long>(repeats), std::thread::hardware_concurrency(),
         Gbps(kv_bytes, best_tcp), Gbps(kv_bytes, best_zc), best_tcp > 0 && best_zc > 0 ? best_tcp / best_zc : 0.0,
         Gbps(kv_bytes, best_ring), best_ring > 0 && best_zc > 0 ? best_ring / best_zc : 0.0,
-        Gbps(kv_bytes, Best(assembled)), Gbps(kv_bytes, Best(read_only)), MinCpu(tcp), MinCpu(tcp_ring),
-        MinCpu(zero_copy), MinFaults(tcp), MinFaults(zero_copy), malloc_tuning ? "true" : "false",
+        Gbps(kv_bytes, Best(assembled)), Gbps(kv_bytes, Best(read_only)), Least(tcp.cpu), Least(tcp_ring.cpu),
+        Least(zero_copy.cpu), Least(tcp.faults), Least(zero_copy.faults), malloc_tuning ? "true" : "false",
         tcp_verified && best_tcp > 0 ? "true" : "false", zc_verified && best_zc > 0 ? "true" : "false");
   } else {
     char date[32];
@@ -779,8 +773,8 @@ int Main(int argc, char** argv) {
         "that lands nothing: %.2f); CPU per run (both ends, least): raw TCP %.3f s (ring %.3f s), zero-copy gRPC "
         "%.3f s; minor page faults per run (least): raw TCP %ld, zero-copy gRPC %ld\n",
         static_cast<long long>(streams), best_tcp > 0 && best_zc > 0 ? best_tcp / best_zc : 0.0,
-        best_ring > 0 && best_zc > 0 ? best_ring / best_zc : 0.0, MinCpu(tcp), MinCpu(tcp_ring), MinCpu(zero_copy),
-        MinFaults(tcp), MinFaults(zero_copy));
+        best_ring > 0 && best_zc > 0 ? best_ring / best_zc : 0.0, Least(tcp.cpu), Least(tcp_ring.cpu),
+        Least(zero_copy.cpu), Least(tcp.faults), Least(zero_copy.faults));
   }
   zc_server->Shutdown();
   (*server)->Shutdown(5.0);

@@ -2,11 +2,11 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
-#include <string>
 
 #include "kernels/kv_quant/e4m3.h"
 #include "kernels/kv_quant/kv_quant_cpu.h"
