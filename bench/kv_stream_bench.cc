@@ -60,6 +60,7 @@
 #include "server/common/grpc_server.h"
 #include "server/common/malloc_tuning.h"
 #include "server/common/metrics.h"
+#include "server/common/serve.h"
 #include "rpc/prefill_client.h"
 #include "server/prefill/prefill_service.h"
 
@@ -539,7 +540,7 @@ void PrintRow(const Row& r, double mib) {
 int Main(int argc, char** argv) {
   int64_t layers = 32, kv_heads = 8, head_dim = 128, tokens = 1024, chunk_bytes = int64_t{4} << 20, repeats = 3;
   int64_t streams = 2;
-  bool json = false, protobuf_rows = true, malloc_tuning = true;
+  bool json = false, protobuf_rows = true, malloc_tuning = true, lock_order_checks = false;
   FlagSet flags("seer-kv-stream-bench [flags]",
                 "KV streaming throughput on loopback: gRPC (zero-copy, N streams; and today's Prefill stream) next\n"
                 "to raw TCP with the same streams, from the same run. The default shape (32 layers x 8 KV heads x\n"
@@ -556,6 +557,9 @@ int Main(int argc, char** argv) {
   flags.Bool("malloc-tuning", &malloc_tuning,
              "tune malloc as seer-decode does by default (its --malloc-tuning): the gRPC rows stand for its "
              "receive path");
+  flags.Bool("lock-order-checks", &lock_order_checks,
+             "abseil's lock-order detector on every gRPC mutex, as seer-decode's --lock-order-checks (off there "
+             "by default, as here)");
   if (Status s = flags.Parse(argc, argv); !s.ok() || flags.help_requested()) {
     std::fprintf(s.ok() ? stdout : stderr, "%s%s", s.ok() ? "" : (s.ToString() + "\n\n").c_str(), flags.Help().c_str());
     return s.ok() ? 0 : 2;
@@ -567,6 +571,7 @@ int Main(int argc, char** argv) {
 
   // Before any gRPC thread starts, as seer-decode does.
   const std::string malloc_line = malloc_tuning ? TuneMallocForBulkReceive() : "malloc: glibc defaults";
+  const std::string lock_line = SetLockOrderChecks(lock_order_checks);
 
   SyntheticKvEngine engine(static_cast<int>(layers), static_cast<int>(kv_heads), static_cast<int>(head_dim),
                            static_cast<int>(tokens));
@@ -738,19 +743,20 @@ int Main(int argc, char** argv) {
         "\"grpc_protobuf_1_stream_gbps\": %.4f, \"grpc_protobuf_read_only_gbps\": %.4f, "
         "\"raw_tcp_cpu_s\": %.4f, \"raw_tcp_ring_cpu_s\": %.4f, \"grpc_cpu_s\": %.4f, "
         "\"raw_tcp_page_faults\": %ld, \"grpc_page_faults\": %ld, "
-        "\"malloc_tuning\": %s, \"raw_tcp_verified\": %s, \"grpc_verified\": %s}\n",
+        "\"malloc_tuning\": %s, \"lock_order_checks\": %s, \"raw_tcp_verified\": %s, \"grpc_verified\": %s}\n",
         static_cast<long long>(streams), kv_bytes, static_cast<long long>(repeats), std::thread::hardware_concurrency(),
         Gbps(kv_bytes, best_tcp), Gbps(kv_bytes, best_zc), best_tcp > 0 && best_zc > 0 ? best_tcp / best_zc : 0.0,
         Gbps(kv_bytes, best_ring), best_ring > 0 && best_zc > 0 ? best_ring / best_zc : 0.0,
         Gbps(kv_bytes, Best(assembled)), Gbps(kv_bytes, Best(read_only)), Least(tcp.cpu), Least(tcp_ring.cpu),
         Least(zero_copy.cpu), Least(tcp.faults), Least(zero_copy.faults), malloc_tuning ? "true" : "false",
-        tcp_verified && best_tcp > 0 ? "true" : "false", zc_verified && best_zc > 0 ? "true" : "false");
+        lock_order_checks ? "true" : "false", tcp_verified && best_tcp > 0 ? "true" : "false",
+        zc_verified && best_zc > 0 ? "true" : "false");
   } else {
     char date[32];
     const std::time_t now = std::time(nullptr);
     std::strftime(date, sizeof(date), "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
-    std::printf("KV streaming on loopback, %s, %u hardware threads; %s\n", date, std::thread::hardware_concurrency(),
-                malloc_line.c_str());
+    std::printf("KV streaming on loopback, %s, %u hardware threads; %s; %s\n", date,
+                std::thread::hardware_concurrency(), malloc_line.c_str(), lock_line.c_str());
     std::printf(
         "KV: %lld layers x %lld KV heads x %lld head_dim x %lld tokens x F32, K and V = %.1f MiB; "
         "KvChunk <= %lld bytes; %lld runs\n",

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <thread>
 
+#include "absl/synchronization/mutex.h"
 #include "base/version.h"
 
 namespace seer {
@@ -32,6 +33,10 @@ void CommonServerFlags::Register(FlagSet& flags) {
              "serve --metrics (and /livez, /readyz) over HTTPS with --tls-cert and --tls-key; no client "
              "certificate is asked for there, even with --tls-client-ca (probes present none)");
   flags.String("log-level", &log_level, "stderr JSON log: debug, info (one line per request), warn, error or off");
+  flags.Bool("lock-order-checks", &lock_order_checks,
+             "run abseil's lock-order (deadlock) detector on every mutex gRPC takes, reporting cycles to stderr; "
+             "off by default (Debian's abseil would otherwise run it on each lock under one global lock, and "
+             "abort on a cycle)");
   flags.Bool("version", &version, "print the version and exit");
 }
 
@@ -44,7 +49,13 @@ Status CommonServerFlags::Apply(const std::string& program) {
   SEER_RETURN_IF_ERROR(CheckServerTls(tls));
   if (metrics_tls && !tls.enabled()) return InvalidArgument("--metrics-tls needs --tls-cert and --tls-key");
   InitLogging(program, level);
+  SetLockOrderChecks(lock_order_checks);
   return OkStatus();
+}
+
+std::string SetLockOrderChecks(bool on) {
+  absl::SetMutexDeadlockDetectionMode(on ? absl::OnDeadlockCycle::kReport : absl::OnDeadlockCycle::kIgnore);
+  return on ? "abseil lock-order checks: on, cycles reported to stderr" : "abseil lock-order checks: off";
 }
 
 std::string VersionLine(const std::string& program) {

@@ -19,19 +19,29 @@
 
 namespace seer {
 
-// The flags both servers take besides their own: TLS, the log level and
-// --version.
+// The flags both servers take besides their own: TLS, the log level, the
+// lock-order checks and --version.
 struct CommonServerFlags {
   ServerTlsOptions tls;
   int64_t tls_reload_seconds = 60;
   std::string log_level = "info";
   bool metrics_tls = false;  // --metrics serves HTTPS with --tls-cert
+  bool lock_order_checks = false;  // SetLockOrderChecks
   bool version = false;
 
   void Register(FlagSet& flags);
-  // Checks them, sets up logging for `program`; INVALID_ARGUMENT naming the flag.
+  // Checks them, sets up logging for `program`, sets the lock-order checks;
+  // INVALID_ARGUMENT naming the flag.
   Status Apply(const std::string& program);
 };
+
+// abseil's lock-order (deadlock) detector, which every absl::Mutex that gRPC
+// takes goes through. Debian builds abseil without NDEBUG, and there the
+// detector is on by default in abort mode: each lock acquisition updates a
+// process-wide graph under one global spin lock, and an inverted lock order
+// anywhere kills the process. Off (what release builds of abseil do), or on
+// in report mode (stderr), for debugging. Returns a line for the startup log.
+std::string SetLockOrderChecks(bool on);
 
 // "seer-prefill 0.2.0 (commit 1a2b3c4d5e6f, CUDA 13.0)".
 std::string VersionLine(const std::string& program);
