@@ -501,6 +501,29 @@ TEST(Operations, EveryBinaryPrintsItsVersion) {
   }
 }
 
+// seer-kv-stream-bench's data paths on a small odd shape: every row checks
+// what it received byte for byte against its source and says so in --json;
+// the process fails (exit 1) when one does not match.
+TEST(Operations, KvStreamBenchMovesEveryByteOnEveryPath) {
+  CommandResult r =
+      RunCommand({Bin("seer-kv-stream-bench"), "--layers", "3", "--kv-heads", "2", "--head-dim", "64", "--tokens",
+                  "777", "--chunk-bytes", "65536", "--streams", "3", "--repeats", "2", "--json"},
+                 120s);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  StatusOr<JsonValue> j = JsonValue::Parse(r.out);
+  ASSERT_TRUE(j.ok()) << r.out;
+  EXPECT_EQ(Num(*j, "streams"), 3);
+  EXPECT_EQ(Num(*j, "bytes"), 2.0 * 3 * 2 * 64 * 777 * 4);
+  for (const char* key : {"raw_tcp_verified", "raw_tcp_via_buffers_verified", "grpc_verified", "lock_order_checks"}) {
+    const JsonValue* v = j->Find(key);
+    ASSERT_TRUE(v != nullptr && v->is_bool()) << key << " in " << r.out;
+    EXPECT_EQ(v->as_bool(), std::string(key) != "lock_order_checks") << key;
+  }
+  for (const char* key :
+       {"raw_tcp_gbps", "raw_tcp_via_buffers_gbps", "raw_tcp_ring_gbps", "grpc_gbps", "grpc_protobuf_1_stream_gbps"})
+    EXPECT_GT(Num(*j, key), 0.0) << key;
+}
+
 TEST(Operations, AGrpcPortAlreadyInUseIsRefused) {
   ServerProcess first(Bin("seer-prefill"), ServerArgs());
   ASSERT_TRUE(first.Start());
