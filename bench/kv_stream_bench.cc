@@ -63,7 +63,7 @@
 #include "server/common/grpc_server.h"
 #include "server/common/malloc_tuning.h"
 #include "server/common/metrics.h"
-#include "server/common/serve.h"
+#include "rpc/lock_order.h"
 #include "rpc/prefill_client.h"
 #include "server/prefill/prefill_service.h"
 

@@ -3,12 +3,15 @@
 #include <cstdio>
 #include <exception>
 
+#include "rpc/lock_order.h"
+
 namespace seer {
 
 int RunGenerateCommand(int argc, char** argv);  // remote_generate.cc
 int RunPrefillCommand(int argc, char** argv);  // remote_prefill.cc
 
 int RunRemoteCommand(const std::string& name, int argc, char** argv) {
+  SetLockOrderChecks(false);  // before any gRPC call, as the servers do
   // Nothing below should throw; a surprise from a library becomes a message.
   try {
     if (name == "generate") return RunGenerateCommand(argc, argv);

@@ -10,7 +10,6 @@
 #include <mutex>
 #include <thread>
 
-#include "absl/synchronization/mutex.h"
 #include "base/version.h"
 
 namespace seer {
@@ -51,11 +50,6 @@ Status CommonServerFlags::Apply(const std::string& program) {
   InitLogging(program, level);
   SetLockOrderChecks(lock_order_checks);
   return OkStatus();
-}
-
-std::string SetLockOrderChecks(bool on) {
-  absl::SetMutexDeadlockDetectionMode(on ? absl::OnDeadlockCycle::kReport : absl::OnDeadlockCycle::kIgnore);
-  return on ? "abseil lock-order checks: on, cycles reported to stderr" : "abseil lock-order checks: off";
 }
 
 std::string VersionLine(const std::string& program) {

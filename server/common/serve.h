@@ -13,6 +13,7 @@
 
 #include "base/flags.h"
 #include "base/status.h"
+#include "rpc/lock_order.h"
 #include "server/common/grpc_server.h"
 #include "server/common/logging.h"
 #include "server/common/metrics.h"
@@ -26,7 +27,7 @@ struct CommonServerFlags {
   int64_t tls_reload_seconds = 60;
   std::string log_level = "info";
   bool metrics_tls = false;  // --metrics serves HTTPS with --tls-cert
-  bool lock_order_checks = false;  // SetLockOrderChecks
+  bool lock_order_checks = false;  // SetLockOrderChecks (rpc/lock_order.h)
   bool version = false;
 
   void Register(FlagSet& flags);
@@ -34,14 +35,6 @@ struct CommonServerFlags {
   // INVALID_ARGUMENT naming the flag.
   Status Apply(const std::string& program);
 };
-
-// abseil's lock-order (deadlock) detector, which every absl::Mutex that gRPC
-// takes goes through. Debian builds abseil without NDEBUG, and there the
-// detector is on by default in abort mode: each lock acquisition updates a
-// process-wide graph under one global spin lock, and an inverted lock order
-// anywhere kills the process. Off (what release builds of abseil do), or on
-// in report mode (stderr), for debugging. Returns a line for the startup log.
-std::string SetLockOrderChecks(bool on);
 
 // "seer-prefill 0.2.0 (commit 1a2b3c4d5e6f, CUDA 13.0)".
 std::string VersionLine(const std::string& program);
