@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "base/version.h"
+#include "rpc/lock_order.h"
 
 namespace seer {
 namespace {

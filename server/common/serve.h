@@ -13,7 +13,6 @@
 
 #include "base/flags.h"
 #include "base/status.h"
-#include "rpc/lock_order.h"
 #include "server/common/grpc_server.h"
 #include "server/common/logging.h"
 #include "server/common/metrics.h"

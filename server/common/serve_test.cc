@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
+#include "rpc/lock_order.h"
 
 namespace seer {
 namespace {
