@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
@@ -36,6 +37,7 @@
 #include "engine/cuda/device_kv_cache.h"
 #include "engine/cuda/device_page_pool.h"
 #include "engine/cuda/device_weights.h"
+#include "engine/cuda/gemm_tuner.h"
 #include "engine/cuda/model_runner.h"
 #include "engine/cuda/prefill_plan.h"
 #include "engine/model/checkpoint.h"
@@ -110,6 +112,7 @@ class CudaEngine final : public Engine {
   void SetWeights(DeviceModelWeights w) {
     weights_ = std::move(w);
     runner_.emplace(config_, weights_, gate_shape_, block_, stream_, cublas_);
+    runner_->SetGemmTuner(gemm_tuner_.get());
   }
   cudaStream_t stream() const { return stream_; }
 
@@ -184,6 +187,9 @@ class CudaEngine final : public Engine {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   DeviceBuffer cublas_workspace_;
+  // The prefill's large GEMMs on the fastest cuBLAS algorithm
+  // (engine/cuda/gemm_tuner.h); null when SEER_GEMM_TUNING is "0".
+  std::unique_ptr<GemmTuner> gemm_tuner_;
   DeviceModelWeights weights_;
   std::optional<ModelRunner> runner_;
 
@@ -260,6 +266,9 @@ Status CudaEngine::Init() {
   // cuBLAS's workspace is ours, so its memory is planned and counted.
   SEER_ASSIGN_OR_RETURN(cublas_workspace_, DeviceBuffer::Allocate(kCublasWorkspaceBytes, "the cuBLAS workspace"));
   SEER_RETURN_IF_CUBLAS_ERROR(cublasSetWorkspace(cublas_, cublas_workspace_.get(), cublas_workspace_.bytes()));
+  if (EnvEnabled("SEER_GEMM_TUNING")) {
+    gemm_tuner_ = std::make_unique<GemmTuner>(cublas_, cublas_workspace_.get(), cublas_workspace_.bytes());
+  }
 
   layer_start_.assign(config_.num_layers, nullptr);
   layer_end_.assign(config_.num_layers, nullptr);

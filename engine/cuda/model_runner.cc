@@ -49,6 +49,7 @@ ModelRunner::ModelRunner(const ModelConfig& config, const DeviceModelWeights& we
 
 Status ModelRunner::Gemm(const bf16* x, int rows, int in, const bf16* w, int out, void* y, cudaDataType_t y_type,
                          float beta, int ldx) {
+  if (tuner_ != nullptr) return tuner_->Linear(stream_, x, rows, in, w, out, y, y_type, beta, ldx);
   return LinearBf16(cublas_, x, rows, in, w, out, y, y_type, beta, ldx);
 }
 

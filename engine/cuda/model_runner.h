@@ -31,6 +31,7 @@
 #include "engine/cuda/device_kv_cache.h"
 #include "engine/cuda/device_page_pool.h"
 #include "engine/cuda/device_weights.h"
+#include "engine/cuda/gemm_tuner.h"
 #include "engine/model/model_config.h"
 #include "kernels/gate/gate.h"
 #include "kernels/gate/selection.h"
@@ -98,6 +99,10 @@ class ModelRunner {
   ModelRunner(const ModelConfig& config, const DeviceModelWeights& weights, const GateShape& gates, int gate_block_size,
               cudaStream_t stream, cublasHandle_t cublas);
 
+  // GEMMs of at least GemmTuner::kMinRows rows go through `tuner` (null:
+  // every GEMM is cublasGemmEx's choice).
+  void SetGemmTuner(GemmTuner* tuner) { tuner_ = tuner; }
+
   // ids (host) for positions pos0 .. pos0 + n - 1 -> a.residual, a.rope.
   Status Embed(std::span<const int32_t> ids, int pos0, const Activations& a);
   // `rows` ids already in a.ids, at device `positions` (a batched decode step).
@@ -157,6 +162,7 @@ class ModelRunner {
   const float attention_scale_;
   cudaStream_t stream_;
   cublasHandle_t cublas_;
+  GemmTuner* tuner_ = nullptr;
 };
 
 }  // namespace seer

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -23,6 +24,7 @@
 #include "engine/cuda/cuda_engine.h"
 #include "engine/cuda/cuda_status.h"
 #include "engine/cuda/gemm.h"
+#include "engine/cuda/gemm_tuner.h"
 #include "engine/model/model_config.h"
 #include "kernels/ops/ops_cpu.h"
 #include "kernels/ops/ops.h"
@@ -577,6 +579,83 @@ TEST_F(GpuGemmTest, LinearReadsStridedRowsAsTheirCopy) {
             kF32Tol);
   EXPECT_FALSE(
       LinearBf16(handle_, d_wide->get(), rows, in, d_w->get(), out, y_strided.get(), CUDA_R_32F, 0.0f, in - 1).ok());
+}
+
+// GemmTuner (engine/cuda/gemm_tuner.h) against a float64 recomputation on
+// rows above its threshold: overwritten outputs (tuned in place), the
+// residual add (tuned in scratch: the residual must come out added exactly
+// once) and a strided x, with the fastest candidate forced (min_gain -inf)
+// and with cublasGemmEx kept (+inf), so both paths run. Each class is timed
+// once: another problem in the same row bucket tunes nothing, nor does one
+// below kMinRows.
+TEST_F(GpuGemmTest, TunedLinearMatchesFloat64AndTunesEachClassOnce) {
+  const int rows = GemmTuner::kMinRows + 77, in = 256, ldx = 384, out = 320;
+  const std::vector<float> x = UniformBf16(size_t(rows) * ldx, -1.0f, 1.0f);
+  const std::vector<float> w = UniformBf16(size_t(out) * in, -0.1f, 0.1f);
+  const std::vector<float> residual = Uniform(size_t(rows) * out, -1.0f, 1.0f);
+  std::unique_ptr<Dev<bf16>> d_x(UploadBf16(x)), d_w(UploadBf16(w));
+  const size_t ws_bytes = size_t{32} << 20;
+  Dev<char> ws(ws_bytes);
+  ASSERT_EQ(cublasSetWorkspace(handle_, ws.get(), ws_bytes), CUBLAS_STATUS_SUCCESS);
+
+  // Every 131st row and the last three: x[r, :in] . w[c, :] in double.
+  std::vector<int> sampled;
+  for (int r = 0; r < rows; r += 131) sampled.push_back(r);
+  for (int r = rows - 3; r < rows; ++r) sampled.push_back(r);
+  std::vector<float> want, want_res;
+  for (int r : sampled) {
+    for (int c = 0; c < out; ++c) {
+      double acc = 0;
+      for (int k = 0; k < in; ++k) acc += double(x[size_t(r) * ldx + k]) * double(w[size_t(c) * in + k]);
+      want.push_back(float(acc));
+      want_res.push_back(float(double(residual[size_t(r) * out + c]) + acc));
+    }
+  }
+  auto pick = [&](const std::vector<float>& all) {
+    std::vector<float> v;
+    for (int r : sampled) v.insert(v.end(), all.begin() + size_t(r) * out, all.begin() + size_t(r + 1) * out);
+    return v;
+  };
+
+  for (double gain : {-std::numeric_limits<double>::infinity(), std::numeric_limits<double>::infinity()}) {
+    SCOPED_TRACE("seed " + std::to_string(seed_) + " min_gain " + std::to_string(gain));
+    GemmTuner tuner(handle_, ws.get(), ws_bytes, gain);
+    Dev<float> yf(size_t(rows) * out);
+    Dev<bf16> yb(size_t(rows) * out);
+    std::unique_ptr<Dev<float>> d_res(Upload(residual));
+    ASSERT_TRUE(tuner.Linear(stream_, d_x->get(), rows, in, d_w->get(), out, yf.get(), CUDA_R_32F, 0.0f, ldx).ok());
+    ASSERT_TRUE(tuner.Linear(stream_, d_x->get(), rows, in, d_w->get(), out, yb.get(), CUDA_R_16BF, 0.0f, ldx).ok());
+    ASSERT_TRUE(tuner.Linear(stream_, d_x->get(), rows, in, d_w->get(), out, d_res->get(), CUDA_R_32F, 1.0f, ldx).ok());
+    ASSERT_CUDA(cudaStreamSynchronize(stream_));
+    EXPECT_LE(RelErr(pick(Download(yf.get(), size_t(rows) * out)), want), kF32Tol);
+    EXPECT_LE(RelErr(pick(DownloadBf16(yb.get(), size_t(rows) * out)), want), kBf16Tol);
+    EXPECT_LE(RelErr(pick(Download(d_res->get(), size_t(rows) * out)), want_res), kF32Tol);
+
+    ASSERT_EQ(tuner.choices().size(), 3u);
+    for (const GemmTuner::Choice& c : tuner.choices()) {
+      SCOPED_TRACE(c.Describe());
+      EXPECT_GT(c.candidates, 0);
+      EXPECT_EQ(c.uses_candidate, gain < 0);
+      EXPECT_EQ(c.tuned_rows, rows);
+      EXPECT_GT(c.default_ms, 0.0);
+      EXPECT_GT(c.best_ms, 0.0);
+    }
+    EXPECT_TRUE(tuner.choices()[2].accumulate);
+
+    // The same class at other rows of its bucket, and rows below the threshold: no timing.
+    Dev<float> y2(size_t(rows) * out);
+    ASSERT_TRUE(tuner.Linear(stream_, d_x->get(), rows - 5, in, d_w->get(), out, y2.get(), CUDA_R_32F, 0.0f, ldx).ok());
+    ASSERT_TRUE(tuner.Linear(stream_, d_x->get(), 1000, in, d_w->get(), out, y2.get(), CUDA_R_32F, 0.0f, ldx).ok());
+    ASSERT_CUDA(cudaStreamSynchronize(stream_));
+    EXPECT_EQ(tuner.choices().size(), 3u);
+    const std::vector<float> got2 = Download(y2.get(), size_t(1000) * out);
+    std::vector<float> want2, got2s;
+    for (size_t i = 0; i < sampled.size() && sampled[i] < 1000; ++i) {
+      want2.insert(want2.end(), want.begin() + i * out, want.begin() + (i + 1) * out);
+      got2s.insert(got2s.end(), got2.begin() + size_t(sampled[i]) * out, got2.begin() + size_t(sampled[i] + 1) * out);
+    }
+    EXPECT_LE(RelErr(got2s, want2), kF32Tol);
+  }
 }
 
 }  // namespace
