@@ -173,19 +173,17 @@ int Main(int argc, char** argv) {
     }
   }
 
-  // The first prefill of each length also tunes its GEMMs (engine/cuda/
-  // gemm_tuner.h, once per power-of-two bucket of rows): one run per length
-  // in the first mode, timed apart, so the rows below are what every later
-  // request of that length sees.
-  std::vector<std::pair<int, double>> first_runs;
-  for (int len : lengths) {
-    Row first;
-    if (!run_once(len, ParseSparsity(modes.front()).value(), &first)) {
-      std::fprintf(stderr, "first run L=%d: %s\n", len, first.error.c_str());
-      return 1;
-    }
-    first_runs.push_back({len, first.ms.front()});
+  // The engine times its large GEMMs once per class of problem
+  // (engine/cuda/gemm_tuner.h); Engine::WarmUp does it ahead for every
+  // length here, as seer-prefill does at startup, so the rows below are what
+  // every request sees.
+  const auto warm_start = std::chrono::steady_clock::now();
+  auto warmed = engine->WarmUp(*std::max_element(lengths.begin(), lengths.end()));
+  if (!warmed.ok()) {
+    std::fprintf(stderr, "warm-up: %s\n", warmed.status().ToString().c_str());
+    return 1;
   }
+  const double warm_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - warm_start).count();
 
   std::vector<Row> rows;
   for (int len : lengths) {
@@ -271,12 +269,8 @@ int Main(int argc, char** argv) {
     std::printf("| %d | %s | %.3f | %.1f | %zu | %.2f | %.2f |\n", row.len, row.mode.c_str(), row.density, median,
                 row.ms.size(), GiB(row.peak), GiB(row.device_used));
   }
-  std::printf("\nFirst run of each length (%s, GEMM tuning %s): ", modes.front().c_str(),
-              std::getenv("SEER_GEMM_TUNING") == nullptr || std::string(std::getenv("SEER_GEMM_TUNING")) != "0"
-                  ? "on"
-                  : "off (SEER_GEMM_TUNING=0)");
-  for (auto [len, ms] : first_runs) std::printf("L=%d %.1f ms  ", len, ms);
-  std::printf("\n");
+  std::printf("\nEngine::WarmUp (%.2f s): %s\n", warm_s,
+              warmed->empty() ? "nothing to do (SEER_GEMM_TUNING=0, or lengths under 16,384)" : warmed->c_str());
   std::printf("\nWhere the prefill's time goes (one profiled run each; ms and share of the stages' sum)\n");
   std::printf(
       "| seq | mode | GEMMs (q/k/v, o, MLP, lm_head) | attention | gate | rest (embed, RoPE, KV write) | "

@@ -273,6 +273,16 @@ Status Engine::RunForwardWithAttentionTap(std::span<const int32_t>, const Attent
   return Unimplemented("the " + device_name() + " engine has no teacher pass for gate training");
 }
 
+StatusOr<std::string> Engine::WarmUp(int max_tokens) {
+  if (max_tokens < 1 || max_tokens > config().max_position_embeddings) {
+    return InvalidArgument("WarmUp: max_tokens " + std::to_string(max_tokens) + " is out of range [1, " +
+                           std::to_string(config().max_position_embeddings) + "] (max_position_embeddings)");
+  }
+  return Exclusive([&] { return RunWarmUp(max_tokens); });
+}
+
+StatusOr<std::string> Engine::RunWarmUp(int) { return std::string(); }
+
 StatusOr<std::unique_ptr<Engine>> CreateEngine(const EngineOptions& options) {
   std::string device = options.device;
   if (device == "auto") {

@@ -197,6 +197,16 @@ class Engine {
   // pass. UNIMPLEMENTED on a backend without it.
   Status ForwardWithAttentionTap(std::span<const int32_t> ids, const AttentionTapFn& tap);
 
+  // Readies the engine for prompts of up to `max_tokens` tokens (1 to
+  // max_position_embeddings) before the first one arrives. On CUDA it times
+  // the prefill's large GEMMs for each power-of-two bucket of rows up to
+  // max_tokens (engine/cuda/gemm_tuner.h), which the first prompt of each
+  // size would otherwise wait for, and keeps the activations of the largest
+  // bucket that fits. Returns a line for the log, empty when there was
+  // nothing to do (the CPU, short limits, SEER_GEMM_TUNING=0). Holds the
+  // engine.
+  StatusOr<std::string> WarmUp(int max_tokens);
+
   // Runs `fn` with the engine to itself: the calls it makes do not interleave
   // with other threads' calls.
   template <typename Fn>
@@ -231,6 +241,8 @@ class Engine {
   virtual Status RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int32_t> next);
   // ForwardWithAttentionTap, checked. Default: UNIMPLEMENTED.
   virtual Status RunForwardWithAttentionTap(std::span<const int32_t> ids, const AttentionTapFn& tap);
+  // WarmUp, checked. Default: nothing to do ("").
+  virtual StatusOr<std::string> RunWarmUp(int max_tokens);
 
  private:
   // A cache this engine can use: non-null and with the model's layout.

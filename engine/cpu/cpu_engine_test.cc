@@ -503,6 +503,16 @@ TEST(CpuModel, BadInputsAreErrorsThatNameTheProblem) {
   EXPECT_EQ(engine->DecodeStep(s.vocab + 7, small->get(), &logits).code(), StatusCode::kInvalidArgument);
   EXPECT_EQ((*small)->length(), 0);
 
+  // WarmUp: max_tokens in [1, max_position_embeddings], and nothing to do
+  // on the CPU (the GEMM tuner is CUDA's).
+  EXPECT_EQ(engine->WarmUp(0).status().code(), StatusCode::kInvalidArgument);
+  auto warm_beyond = engine->WarmUp(129);
+  EXPECT_EQ(warm_beyond.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(warm_beyond.status().message().find("max_position_embeddings"), std::string::npos);
+  auto warmed = engine->WarmUp(128);
+  ASSERT_TRUE(warmed.ok()) << warmed.status().ToString();
+  EXPECT_EQ(*warmed, "");
+
   // A cache of another shape is refused.
   HostKvCache other(s.layers + 1, s.kv_heads, s.head_dim, 16);
   EXPECT_EQ(engine->Prefill(ids, PrefillOptions{}, &other, nullptr).status().code(), StatusCode::kInvalidArgument);

@@ -152,6 +152,7 @@ class CudaEngine final : public Engine {
   // attention reads them, widened to float32 on the host. The rest of the
   // layer runs on the GPU while `tap` works on the host.
   Status RunForwardWithAttentionTap(std::span<const int32_t> ids, const AttentionTapFn& tap) override;
+  StatusOr<std::string> RunWarmUp(int max_tokens) override;
 
  private:
   // The forward pass of one decode token, leaving its logits in decode_.logits;
@@ -365,6 +366,40 @@ StatusOr<GateOutput> CudaEngine::ReadGateOutput(const PrefillPlan& plan, int seq
   SEER_RETURN_IF_CUDA_ERROR(
       cudaMemcpy(out.probs.data(), probs.get(), sizeof(float) * out.probs.size(), cudaMemcpyDeviceToHost));
   return out;
+}
+
+// Layer 0's projections and MLP on random activations at 16,384 rows,
+// 32,768, ... up to max_tokens: the GEMM classes a prefill of each bucket
+// runs (the attention and the gate have nothing to tune). The inputs are
+// random, not zeros, so the GEMMs draw the power real ones do.
+StatusOr<std::string> CudaEngine::RunWarmUp(int max_tokens) {
+  if (gemm_tuner_ == nullptr || max_tokens < GemmTuner::kMinRows) return std::string();
+  SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  const auto start = std::chrono::steady_clock::now();
+  const size_t before = gemm_tuner_->choices().size();
+  int done = 0;
+  std::string stopped;
+  for (int64_t rows = GemmTuner::kMinRows; rows <= max_tokens; rows *= 2) {
+    const int r = static_cast<int>(rows);
+    const PrefillPlan plan = PlanPrefill(config_, GateShape{}, block_, r, false);
+    const Status room = EnsureWorkspace(plan);
+    if (!room.ok()) {
+      stopped = "; stopped before " + Str(r) + " rows: " + room.message();
+      break;
+    }
+    const Activations a = ActivationsIn(workspace_, plan);
+    SEER_RETURN_IF_CUDA_ERROR(
+        cuda::FillUniform(a.residual, static_cast<size_t>(r) * config_.hidden_size, 20261129, 1.0f, stream_));
+    SEER_RETURN_IF_ERROR(runner_->AttentionInputs(0, a, r));
+    SEER_RETURN_IF_ERROR(runner_->OutputAndMlp(0, a, r));
+    SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
+    done = r;
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  char line[160];
+  std::snprintf(line, sizeof(line), "GEMMs timed for prompts up to %d tokens: %zu classes new, %zu in all, %.2f s",
+                done, gemm_tuner_->choices().size() - before, gemm_tuner_->choices().size(), seconds);
+  return std::string(line) + stopped;
 }
 
 Status CudaEngine::RunForwardWithAttentionTap(std::span<const int32_t> ids, const AttentionTapFn& tap) {

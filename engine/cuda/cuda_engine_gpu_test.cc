@@ -726,5 +726,64 @@ TEST_F(CudaEngineTest, LastLayerRunsOnlyTheRowsTheFirstTokenNeeds) {
   }
 }
 
+// Engine::WarmUp on CUDA times the prefill's GEMM classes for each row
+// bucket up to max_tokens: a second WarmUp finds nothing new, and a prompt
+// in those buckets computes what an engine that never tunes computes
+// (SEER_GEMM_TUNING=0, the same random weights), to GEMM rounding. Below
+// the tuner's threshold, or without the tuner, there is nothing to do; out
+// of range is INVALID_ARGUMENT.
+TEST_F(CudaEngineTest, WarmUpTimesTheGemmsAheadAndChangesNothingElse) {
+  ModelConfig c = SmallRandomConfig();
+  c.max_position_embeddings = 40000;
+  auto tuned = CreateRandomCudaEngine(c, RandomEngineOptions{});
+  ASSERT_TRUE(tuned.ok()) << tuned.status().ToString();
+  ASSERT_EQ(setenv("SEER_GEMM_TUNING", "0", 1), 0);
+  auto plain = CreateRandomCudaEngine(c, RandomEngineOptions{});
+  unsetenv("SEER_GEMM_TUNING");
+  ASSERT_TRUE(plain.ok()) << plain.status().ToString();
+
+  EXPECT_EQ((*tuned)->WarmUp(0).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ((*tuned)->WarmUp(40001).status().code(), StatusCode::kInvalidArgument);
+  auto below = (*tuned)->WarmUp(1000);
+  ASSERT_TRUE(below.ok()) << below.status().ToString();
+  EXPECT_EQ(*below, "");
+  auto untuned = (*plain)->WarmUp(40000);
+  ASSERT_TRUE(untuned.ok()) << untuned.status().ToString();
+  EXPECT_EQ(*untuned, "");
+
+  auto first = (*tuned)->WarmUp(40000);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  std::printf("warm-up: %s\n", first->c_str());
+  EXPECT_NE(first->find("up to 32768 tokens"), std::string::npos) << *first;
+  EXPECT_EQ(first->find(" 0 classes new"), std::string::npos) << *first;
+  auto in_all = [](const std::string& line) {
+    const size_t end = line.find(" in all");
+    const size_t begin = line.rfind(' ', end - 1);
+    return end == std::string::npos || begin == std::string::npos ? std::string() : line.substr(begin, end - begin);
+  };
+
+  const int L = 20000;
+  std::vector<int32_t> ids(L);
+  for (int i = 0; i < L; ++i) ids[i] = (i * 7919 + 13) % c.vocab_size;
+  std::vector<float> logits[2];
+  for (int e = 0; e < 2; ++e) {
+    Engine& engine = e == 0 ? **tuned : **plain;
+    auto cache = engine.NewCache(L);
+    ASSERT_TRUE(cache.ok()) << cache.status().ToString();
+    auto r = engine.Prefill(ids, PrefillOptions{}, cache->get(), nullptr);
+    ASSERT_TRUE(r.ok()) << r.status().ToString();
+    logits[e] = r->logits;
+  }
+  const double err = RelErr(logits[0], logits[1]);
+  EXPECT_LE(err, 1e-2);
+  std::printf("a %d-token prefill after the warm-up against one without tuning: logits rel err %.2e\n", L, err);
+
+  auto again = (*tuned)->WarmUp(40000);
+  ASSERT_TRUE(again.ok()) << again.status().ToString();
+  EXPECT_NE(again->find(": 0 classes new"), std::string::npos) << *again;
+  EXPECT_FALSE(in_all(*first).empty()) << *first;
+  EXPECT_EQ(in_all(*again), in_all(*first)) << *first << " / " << *again;
+}
+
 }  // namespace
 }  // namespace seer

@@ -30,7 +30,7 @@ int main(int argc, char** argv) {
   std::string kv_transports = "grpc";
 #endif
   int64_t kv_grpc_streams = 8;
-  bool allow_kv_fp8 = false;
+  bool allow_kv_fp8 = false, warm_up = true;
   double kv_nccl_stall_seconds = 10.0, kv_nccl_setup_seconds = 30.0;
 
   seer::FlagSet flags(
@@ -55,6 +55,9 @@ int main(int argc, char** argv) {
   flags.Double("write-stall-seconds", &write_stall_seconds,
                "cancel a stream whose client reads nothing for this long (0: never)");
   flags.Int("max-tokens", &max_tokens, "longest prompt served (0: the model's max_position_embeddings)");
+  flags.Bool("warm-up", &warm_up,
+             "before serving, time the prefill's large GEMMs for prompts up to --max-tokens, so that the first "
+             "prompt of each size does not wait for it (CUDA, prompts of 16,384 tokens or more; docs/GPU.md)");
   flags.Double("drain-seconds", &drain_seconds, "on SIGTERM, how long in-flight streams get to finish");
   flags.String("kv-transports", &kv_transports,
                "KV transports offered to decode workers, grpc always among them: nccl,grpc (GPU to GPU when the "
@@ -167,13 +170,17 @@ int main(int argc, char** argv) {
     eo.device = device;
     eo.threads = static_cast<int>(threads);
     SEER_ASSIGN_OR_RETURN(engine, seer::CreateEngine(eo));
+    std::string warmed;
+    if (warm_up) {
+      SEER_ASSIGN_OR_RETURN(warmed, engine->WarmUp(static_cast<int>(limits.max_prompt_tokens)));
+    }
     SEER_RETURN_IF_ERROR(service.SetEngine(engine.get()));
     seer::AddDeviceMemoryGauges(*metrics.server.scrape_time, *engine);
     SEER_ASSIGN_OR_RETURN(std::unique_ptr<seer::KvCache> probe, engine->NewCache(1));
     metrics.server.kv_cache_capacity_bytes.Set(
         seer::KvCacheBytes(probe->layout(), max_concurrent * limits.max_prompt_tokens));
     return "model " + model + (gates.empty() ? std::string(" (dense, no gates)") : " with gates " + gates) + " on " +
-           engine->device_name();
+           engine->device_name() + (warmed.empty() ? std::string() : "; " + warmed);
   };
   config.stop = [&] { service.Shutdown(); };
   return seer::Serve(config);
