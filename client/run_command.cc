@@ -175,6 +175,7 @@ int Run(int argc, char** argv) {
   options.gates_dir = f.gates;
   options.device = f.device;
   options.threads = static_cast<int>(f.threads);
+  options.gemm_tuning = false;  // one prefill: timing the GEMMs would cost more than it saves
   StatusOr<std::unique_ptr<Engine>> engine_or = CreateEngine(options);
   if (!engine_or.ok()) return RuntimeError(engine_or.status());
   Engine& engine = **engine_or;

@@ -264,6 +264,11 @@ struct EngineOptions {
   // "cpu", "cuda" (device 0), "cuda:N", or "auto" (cuda when a GPU is present).
   std::string device = "auto";
   int threads = 0;  // CPU threads; 0 = hardware concurrency
+  // CUDA: time the prefill's large GEMMs once per class of problem and run
+  // the fastest algorithm (engine/cuda/gemm_tuner.h). A one-shot run leaves
+  // it off: the timing costs more than one prefill saves.
+  // SEER_GEMM_TUNING=0 turns it off everywhere.
+  bool gemm_tuning = true;
 };
 
 StatusOr<std::unique_ptr<Engine>> CreateEngine(const EngineOptions& options);

@@ -107,8 +107,9 @@ class CudaEngine final : public Engine {
         block_(gates_ != nullptr ? gates_->config.block_size : 64) {}
   ~CudaEngine() override;
 
-  // Everything but the weights: stream, cuBLAS, events, decode buffers.
-  Status Init();
+  // Everything but the weights: stream, cuBLAS, events, decode buffers;
+  // the GEMM tuner when `gemm_tuning` and SEER_GEMM_TUNING is not "0".
+  Status Init(bool gemm_tuning = true);
   void SetWeights(DeviceModelWeights w) {
     weights_ = std::move(w);
     runner_.emplace(config_, weights_, gate_shape_, block_, stream_, cublas_);
@@ -189,7 +190,8 @@ class CudaEngine final : public Engine {
   cublasHandle_t cublas_ = nullptr;
   DeviceBuffer cublas_workspace_;
   // The prefill's large GEMMs on the fastest cuBLAS algorithm
-  // (engine/cuda/gemm_tuner.h); null when SEER_GEMM_TUNING is "0".
+  // (engine/cuda/gemm_tuner.h); null when EngineOptions::gemm_tuning is
+  // false or SEER_GEMM_TUNING is "0".
   std::unique_ptr<GemmTuner> gemm_tuner_;
   DeviceModelWeights weights_;
   std::optional<ModelRunner> runner_;
@@ -237,7 +239,7 @@ CudaEngine::~CudaEngine() {
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
 
-Status CudaEngine::Init() {
+Status CudaEngine::Init(bool gemm_tuning) {
   SEER_RETURN_IF_CUDA_ERROR(cudaGetDevice(&device_));
   cudaDeviceProp prop{};
   SEER_RETURN_IF_CUDA_ERROR(cudaGetDeviceProperties(&prop, device_));
@@ -267,7 +269,7 @@ Status CudaEngine::Init() {
   // cuBLAS's workspace is ours, so its memory is planned and counted.
   SEER_ASSIGN_OR_RETURN(cublas_workspace_, DeviceBuffer::Allocate(kCublasWorkspaceBytes, "the cuBLAS workspace"));
   SEER_RETURN_IF_CUBLAS_ERROR(cublasSetWorkspace(cublas_, cublas_workspace_.get(), cublas_workspace_.bytes()));
-  if (EnvEnabled("SEER_GEMM_TUNING")) {
+  if (gemm_tuning && EnvEnabled("SEER_GEMM_TUNING")) {
     gemm_tuner_ = std::make_unique<GemmTuner>(cublas_, cublas_workspace_.get(), cublas_workspace_.bytes());
   }
 
@@ -1004,7 +1006,7 @@ StatusOr<std::unique_ptr<Engine>> CreateCudaEngine(const EngineOptions& options)
   }
   const GateShape shape = GateShapeOf(gates.get());
   auto engine = std::make_unique<CudaEngine>(ckpt->config(), ckpt->fingerprint(), std::move(gates), shape);
-  SEER_RETURN_IF_ERROR(engine->Init());
+  SEER_RETURN_IF_ERROR(engine->Init(options.gemm_tuning));
   const bool tied = views.lm_head.data == nullptr || views.lm_head.data == views.embed_tokens.data;
   SEER_RETURN_IF_ERROR(CheckWeightsFit(engine->config(), shape, tied));
   SEER_ASSIGN_OR_RETURN(DeviceModelWeights w,
