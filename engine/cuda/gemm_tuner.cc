@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstdint>
 #include <cstdio>
 
 #include "engine/cuda/cuda_status.h"
@@ -115,11 +116,15 @@ Status GemmTuner::RunCandidate(cudaStream_t stream, const cublasLtMatmulAlgo_t& 
 Status GemmTuner::Linear(cudaStream_t stream, const __nv_bfloat16* x, int rows, int in, const __nv_bfloat16* w, int out,
                          void* y, cudaDataType_t y_type, float beta, int ldx) {
   if (ldx == 0) ldx = in;
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  SEER_RETURN_IF_CUDA_ERROR(cudaStreamIsCapturing(stream, &capture));
-  if (rows < kMinRows || lt_ == nullptr || capture != cudaStreamCaptureStatusNone || ldx < in) {
+  // cublasLt's heuristic assumes 256-byte aligned operands (its default
+  // preference): others, and small problems, stay with cublasGemmEx.
+  auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 256 == 0; };
+  if (rows < kMinRows || lt_ == nullptr || ldx < in || !aligned(x) || !aligned(w) || !aligned(y)) {
     return LinearBf16(cublas_, x, rows, in, w, out, y, y_type, beta, ldx);
   }
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  SEER_RETURN_IF_CUDA_ERROR(cudaStreamIsCapturing(stream, &capture));
+  if (capture != cudaStreamCaptureStatusNone) return LinearBf16(cublas_, x, rows, in, w, out, y, y_type, beta, ldx);
   const Key key{in, out, ldx, static_cast<int>(y_type), beta != 0.0f, std::bit_width(static_cast<unsigned>(rows))};
   auto it = entries_.find(key);
   if (it == entries_.end()) {

@@ -8,7 +8,9 @@
 // and keeps the winner:
 //
 //   - only problems of at least kMinRows rows (below that the candidates were
-//     within 1% of each other); smaller ones go to cublasGemmEx unchanged;
+//     within 1% of each other), with 256-byte aligned operands (what the
+//     heuristic assumes), outside CUDA-graph capture; anything else goes to
+//     cublasGemmEx unchanged;
 //   - a class is (in, out, ldx, output type, accumulate or not, and the rows'
 //     power-of-two bucket), tuned at the rows of its first problem;
 //   - candidates are the heuristic's first kCandidates algorithms without a

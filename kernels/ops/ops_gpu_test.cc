@@ -587,7 +587,7 @@ TEST_F(GpuGemmTest, LinearReadsStridedRowsAsTheirCopy) {
 // once) and a strided x, with the fastest candidate forced (min_gain -inf)
 // and with cublasGemmEx kept (+inf), so both paths run. Each class is timed
 // once: another problem in the same row bucket tunes nothing, nor does one
-// below kMinRows.
+// below kMinRows or one whose operands are not 256-byte aligned.
 TEST_F(GpuGemmTest, TunedLinearMatchesFloat64AndTunesEachClassOnce) {
   const int rows = GemmTuner::kMinRows + 77, in = 256, ldx = 384, out = 320;
   const std::vector<float> x = UniformBf16(size_t(rows) * ldx, -1.0f, 1.0f);
@@ -655,6 +655,19 @@ TEST_F(GpuGemmTest, TunedLinearMatchesFloat64AndTunesEachClassOnce) {
       got2s.insert(got2s.end(), got2.begin() + size_t(sampled[i]) * out, got2.begin() + size_t(sampled[i] + 1) * out);
     }
     EXPECT_LE(RelErr(got2s, want2), kF32Tol);
+
+    // x 16 bytes off the 256-byte alignment cublasLt's heuristic assumes:
+    // cublasGemmEx, bit for bit, and no timing.
+    Dev<float> y_off(size_t(rows) * out), y_ref(size_t(rows) * out);
+    ASSERT_TRUE(
+        tuner.Linear(stream_, d_x->get() + 8, rows - 1, in, d_w->get(), out, y_off.get(), CUDA_R_32F, 0.0f, ldx).ok());
+    ASSERT_TRUE(
+        LinearBf16(handle_, d_x->get() + 8, rows - 1, in, d_w->get(), out, y_ref.get(), CUDA_R_32F, 0.0f, ldx).ok());
+    ASSERT_CUDA(cudaStreamSynchronize(stream_));
+    EXPECT_EQ(tuner.choices().size(), 3u);
+    const std::vector<float> off = Download(y_off.get(), size_t(rows - 1) * out);
+    const std::vector<float> ref = Download(y_ref.get(), size_t(rows - 1) * out);
+    EXPECT_EQ(std::memcmp(off.data(), ref.data(), off.size() * sizeof(float)), 0);
   }
 }
 
