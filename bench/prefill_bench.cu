@@ -177,13 +177,11 @@ int Main(int argc, char** argv) {
   // (engine/cuda/gemm_tuner.h); Engine::WarmUp does it ahead for every
   // length here, as seer-prefill does at startup, so the rows below are what
   // every request sees.
-  const auto warm_start = std::chrono::steady_clock::now();
   auto warmed = engine->WarmUp(*std::max_element(lengths.begin(), lengths.end()));
   if (!warmed.ok()) {
     std::fprintf(stderr, "warm-up: %s\n", warmed.status().ToString().c_str());
     return 1;
   }
-  const double warm_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - warm_start).count();
 
   std::vector<Row> rows;
   for (int len : lengths) {
@@ -269,7 +267,7 @@ int Main(int argc, char** argv) {
     std::printf("| %d | %s | %.3f | %.1f | %zu | %.2f | %.2f |\n", row.len, row.mode.c_str(), row.density, median,
                 row.ms.size(), GiB(row.peak), GiB(row.device_used));
   }
-  std::printf("\nEngine::WarmUp (%.2f s): %s\n", warm_s,
+  std::printf("\nEngine::WarmUp: %s\n",
               warmed->empty() ? "nothing to do (SEER_GEMM_TUNING=0, or lengths under 16,384)" : warmed->c_str());
   std::printf("\nWhere the prefill's time goes (one profiled run each; ms and share of the stages' sum)\n");
   std::printf(
