@@ -8,6 +8,8 @@
 //   rope     half-split RoPE at positions 0, block, 2 * block, ...; angle =
 //            float(pos) * inv_freq in float32, cos/sin in double then float,
 //            the rotation in float32 without contraction (as the CPU does);
+//            the fused gate rotates q' in the pool (no mask_linear_q) and,
+//            at hidden 128, projects and rotates in one kernel;
 //   scores   q'.k'^T * hidden^-0.5 for the causal triangle, heads_per_pass
 //            heads at a time into an nb x nb scratch per head;
 //   select   one warp per row, read once into shared memory: softmax (double
@@ -78,71 +80,136 @@ GateLayout MakeLayout(const GateParams& p, bool with_scores) {
 }
 
 // --- pool -----------------------------------------------------------------
+// A thread pools 8 channels (one 16-byte load a token) down the block's
+// tokens in order, summing in double as the CPU gate does. Q needs only the
+// average: its loop does no max/min. (Splitting a block's tokens between two
+// or four threads, or batching eight tokens' loads explicitly, measured no
+// faster or slower in the gate: docs/KERNELS.md.)
 constexpr int kPoolThreads = 128;
 
-// grid (nb, 2, splits): y = 0 pools Q ([nb, Hq, D], average), y = 1 pools K
-// ([nb, Hkv, 3D]: max, min, average); z splits the channels. Each thread owns
-// 8 channels (one 16-byte load per token).
-// The cos/sin of block b's RoPE angles (see RopeTableKernel), written by the
-// pool kernel of the fused gate to save a launch.
+// cos and sin of block b's RoPE angle for frequency f: float(b * block) *
+// inv_freq[f] in float32, cos and sin in double, then rounded to float (as
+// the CPU gate computes them).
+__device__ __forceinline__ void RopeAngle(const float* inv_freq, int block_size, int b, int f, float* c, float* s) {
+  const float angle = __fmul_rn(static_cast<float>(static_cast<int64_t>(b) * block_size), inv_freq[f]);
+  *c = static_cast<float>(cos(static_cast<double>(angle)));
+  *s = static_cast<float>(sin(static_cast<double>(angle)));
+}
+
+// Block b's row of the RoPE table (see RopeTableKernel), written by the pool
+// kernel of the fused gate to save a launch.
 __device__ __forceinline__ void RopeTableRow(const float* inv_freq, int nb, int half, int block_size, int b,
                                              float* table) {
   for (int f = threadIdx.x; f < half; f += blockDim.x) {
-    const float angle = __fmul_rn(static_cast<float>(static_cast<int64_t>(b) * block_size), inv_freq[f]);
-    table[static_cast<int64_t>(b) * half + f] = static_cast<float>(cos(static_cast<double>(angle)));
-    table[static_cast<int64_t>(nb) * half + static_cast<int64_t>(b) * half + f] =
-        static_cast<float>(sin(static_cast<double>(angle)));
+    RopeAngle(inv_freq, block_size, b, f, &table[static_cast<int64_t>(b) * half + f],
+              &table[static_cast<int64_t>(nb) * half + static_cast<int64_t>(b) * half + f]);
   }
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kPoolThreads)
-    PoolKernel(GateParams p, int64_t q_stride, int64_t k_stride, float* pooled_q, float* pooled_k, float* rope_table) {
-  const int b = blockIdx.x;
-  if (rope_table != nullptr && blockIdx.y == 0 && blockIdx.z == 0) {
-    RopeTableRow(p.rope_inv_freq, gridDim.x, p.hidden / 2, p.block_size, b, rope_table);
-  }
-  const bool is_k = blockIdx.y == 1;
-  const int heads = is_k ? p.num_kv_heads : p.num_heads;
-  const int channels = heads * p.head_dim;
-  const int64_t stride = is_k ? k_stride : q_stride;
-  const T* x = static_cast<const T*>(is_k ? p.k : p.q);
-  const int t0 = b * p.block_size;
-  const int t1 = min(p.seq_len, t0 + p.block_size);
-  const double count = t1 - t0;
-  for (int c0 = (blockIdx.z * kPoolThreads + threadIdx.x) * 8; c0 < channels; c0 += gridDim.z * kPoolThreads * 8) {
-    double sum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    float mx[8], mn[8];
-    Load8(x + t0 * stride + c0, mx);
+// The block RoPE of one rotary pair, rounded as the CPU rounds it: four
+// products, then a difference and a sum, each rounded to float (no fused
+// multiply-add).
+__device__ __forceinline__ void RotatePair(float x1, float x2, float c, float s, float* y1, float* y2) {
+  *y1 = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
+  *y2 = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
+}
+
+// Tokens [t0, t1) (t1 > t0) of 8 channels at x into sum (and max/min).
+template <typename T, bool kMinMax>
+__device__ __forceinline__ void PoolTokens(const T* x, int64_t stride, int t0, int t1, double (&sum)[8],
+                                           float (&mx)[8], float (&mn)[8]) {
+  if (kMinMax) {
+    Load8(x + t0 * stride, mx);
 #pragma unroll
     for (int i = 0; i < 8; ++i) mn[i] = mx[i];
-      // (Batching eight tokens' loads explicitly measured slower here: 41 us
-      // against 33 us at 8k tokens on an H200, docs/KERNELS.md.)
+  }
 #pragma unroll 4
-    for (int t = t0; t < t1; ++t) {
-      float v[8];
-      Load8(x + t * stride + c0, v);
+  for (int t = t0; t < t1; ++t) {
+    float v[8];
+    Load8(x + t * stride, v);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        sum[i] += v[i];
+    for (int i = 0; i < 8; ++i) {
+      sum[i] += v[i];
+      if (kMinMax) {
         if (v[i] > mx[i] || isnan(v[i])) mx[i] = v[i];  // NaN propagates, as in torch
         if (v[i] < mn[i] || isnan(v[i])) mn[i] = v[i];
       }
     }
-    if (!is_k) {
+  }
+}
+
+// grid (nb, q_ctas + k_ctas): y < q_ctas pools Q ([nb, Hq, D], average),
+// the rest K ([nb, Hkv, 3D]: max, min, average), 1024 channels a CTA.
+// rope_table (or null): the CTAs of y = 0 write the block's RoPE table row.
+// q_rotated (or null; only when 256 % D == 0 and hidden == D): q' =
+// RoPE(pooled Q) straight into [Hq, nb, D] (the rotary partner of a channel
+// is in the same warp), the block's angles computed once a CTA.
+template <typename T>
+__global__ void __launch_bounds__(kPoolThreads)
+    PoolKernel(GateParams p, int64_t q_stride, int64_t k_stride, int q_ctas, float* pooled_q, float* pooled_k,
+               float* rope_table, float* q_rotated) {
+  __shared__ float angle_cos[kMaxHeadDim / 2], angle_sin[kMaxHeadDim / 2];
+  const int b = blockIdx.x;
+  const int nb = gridDim.x;
+  if (rope_table != nullptr && blockIdx.y == 0) {
+    RopeTableRow(p.rope_inv_freq, nb, p.hidden / 2, p.block_size, b, rope_table);
+  }
+  const bool is_k = static_cast<int>(blockIdx.y) >= q_ctas;
+  const int heads = is_k ? p.num_kv_heads : p.num_heads;
+  const int channels = heads * p.head_dim;
+  const int c0 = ((is_k ? blockIdx.y - q_ctas : blockIdx.y) * kPoolThreads + threadIdx.x) * 8;
+  const int t0 = b * p.block_size;
+  const int t1 = min(p.seq_len, t0 + p.block_size);
+  const bool active = c0 < channels;
+  const double count = t1 - t0;
+  double sum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  float mx[8], mn[8];
+  if (is_k) {
+    if (!active) return;
+    PoolTokens<T, true>(static_cast<const T*>(p.k) + c0, k_stride, t0, t1, sum, mx, mn);
+    const int h = c0 / p.head_dim;
+    const int d = c0 % p.head_dim;
+    float* out = pooled_k + (static_cast<int64_t>(b) * heads + h) * 3 * p.head_dim + d;
 #pragma unroll
-      for (int i = 0; i < 8; ++i)
-        pooled_q[static_cast<int64_t>(b) * channels + c0 + i] = static_cast<float>(sum[i] / count);
+    for (int i = 0; i < 8; ++i) {
+      out[i] = mx[i];
+      out[p.head_dim + i] = mn[i];
+      out[2 * p.head_dim + i] = static_cast<float>(sum[i] / count);
+    }
+    return;
+  }
+  if (active) PoolTokens<T, false>(static_cast<const T*>(p.q) + c0, q_stride, t0, t1, sum, mx, mn);
+  float mean[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    mean[i] = static_cast<float>(sum[i] / count);
+    if (active) pooled_q[static_cast<int64_t>(b) * channels + c0 + i] = mean[i];
+  }
+  if (q_rotated == nullptr) return;
+  const int half = p.head_dim / 2;
+  for (int f = threadIdx.x; f < half; f += kPoolThreads) {
+    RopeAngle(p.rope_inv_freq, p.block_size, b, f, &angle_cos[f], &angle_sin[f]);
+  }
+  __syncthreads();
+  // Channels d and d + D/2 of a head are D/16 threads apart, in one warp; a
+  // head is active whole.
+  const int h = c0 / p.head_dim;
+  const int d0 = c0 % p.head_dim;
+  const bool first = d0 < half;
+  const int lane = threadIdx.x % 32;
+  const int partner = first ? lane + half / 8 : lane - half / 8;
+  float* out = q_rotated + (static_cast<int64_t>(h) * nb + b) * p.head_dim;
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const float other = __shfl_sync(0xffffffffu, mean[i], partner);
+    const int f = (first ? d0 : d0 - half) + i;
+    float y1, y2;
+    if (first) {
+      RotatePair(mean[i], other, angle_cos[f], angle_sin[f], &y1, &y2);
+      if (active) out[f] = y1;
     } else {
-      const int h = c0 / p.head_dim;
-      const int d = c0 % p.head_dim;
-      float* out = pooled_k + (static_cast<int64_t>(b) * heads + h) * 3 * p.head_dim + d;
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        out[i] = mx[i];
-        out[p.head_dim + i] = mn[i];
-        out[2 * p.head_dim + i] = static_cast<float>(sum[i] / count);
-      }
+      RotatePair(other, mean[i], angle_cos[f], angle_sin[f], &y1, &y2);
+      if (active) out[f + half] = y2;
     }
   }
 }
@@ -152,11 +219,8 @@ __global__ void __launch_bounds__(kPoolThreads)
 __global__ void RopeTableKernel(const float* inv_freq, int nb, int half, int block_size, float* table) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= static_cast<int64_t>(nb) * half) return;
-  const int b = static_cast<int>(i / half);
-  const int f = static_cast<int>(i % half);
-  const float angle = __fmul_rn(static_cast<float>(static_cast<int64_t>(b) * block_size), inv_freq[f]);
-  table[i] = static_cast<float>(cos(static_cast<double>(angle)));
-  table[static_cast<int64_t>(nb) * half + i] = static_cast<float>(sin(static_cast<double>(angle)));
+  RopeAngle(inv_freq, block_size, static_cast<int>(i / half), static_cast<int>(i % half), &table[i],
+            &table[static_cast<int64_t>(nb) * half + i]);
 }
 
 // --- 128 x 128 SGEMM tiles (the old gate's projection and scores) ----------
@@ -380,6 +444,136 @@ __global__ void __launch_bounds__(kGemmThreads)
   }
 }
 
+// The gate linear and the block RoPE in one kernel, for hidden = 128: a CTA
+// computes kR * kWarps rows x 128 outputs of one head (grid y as z in
+// GetProjectOperands); lane l of warp w owns rows kR w.. kR w + kR - 1 and
+// columns 4l.. 4l + 3, so the rotary partner of column f < 64 sits in lane
+// l + 16 of the same warp. x comes into shared memory whole (row-major,
+// read as float4 broadcasts), W through a ring of kPrStages slabs of 32
+// channels, all by 16-byte cp.async. Each output sums the channels in order from +0 (fmaf), as
+// ProjectKernel and ProjectSgemmKernel do, and rotates as RopeKernel does:
+// the same bits as those two kernels, one launch and one pass fewer.
+constexpr int kPrHidden = 128;
+constexpr int kPrSlab = 32;  // channels a stage
+constexpr int kPrStages = 3;
+
+size_t ProjectRopeSmemBytes(int rows, int in) {
+  return sizeof(float) * (static_cast<size_t>(rows) * (in + 4) + kPrStages * kPrSlab * kPrHidden);
+}
+
+template <int kWarps, int kR>
+__global__ void __launch_bounds__(32 * kWarps, 1)
+    ProjectRopeKernel(GateParams p, int nb, const float* pooled_q, const float* pooled_k, const float* rope,
+                      float* qp, float* kp) {
+  constexpr int kRows = kR * kWarps;
+  constexpr int kThreads = 32 * kWarps;
+  static_assert(kPrHidden == 32 * 4 && kPrSlab % kWarps == 0, "a lane's four columns; whole slab rows a warp");
+  extern __shared__ __align__(16) float pr_smem[];
+  const ProjectOperands o = GetProjectOperands(p, blockIdx.y, pooled_q, pooled_k);
+  const int in = o.in;  // D or 3D, a multiple of 8 (ValidShapes)
+  const int pitch = in + 4;
+  float* xs = pr_smem;  // [kRows][pitch]
+  float* ws = xs + kRows * pitch;  // [kPrStages][kPrSlab][128]
+  const int m0 = blockIdx.x * kRows;
+  const int tid = threadIdx.x;
+  const int x_chunks = in / 4;
+  for (int i = tid; i < kRows * x_chunks; i += kThreads) {
+    const int r = i / x_chunks;
+    const int c = i % x_chunks * 4;
+    const bool valid = m0 + r < nb;
+    ptx::CpAsync16ZeroFill(ptx::SmemAddr(xs + r * pitch + c), valid ? o.x + (m0 + r) * o.x_row + c : o.x, valid);
+  }
+  ptx::CpAsyncCommit();
+  const int slabs = (in + kPrSlab - 1) / kPrSlab;
+  // A slab is kPrSlab rows of 32 16-byte chunks: thread t copies chunk t % 32
+  // of rows t / 32, t / 32 + kWarps, ...
+  const float* w_src = o.w + static_cast<int64_t>(tid / 32) * kPrHidden + tid % 32 * 4;
+  const uint32_t w_dst = ptx::SmemAddr(ws + tid / 32 * kPrHidden + tid % 32 * 4);
+  auto load_slab = [&](int s) {
+#pragma unroll
+    for (int k = 0; k < kPrSlab / kWarps; ++k) {
+      const int channel = s * kPrSlab + tid / 32 + k * kWarps;
+      const bool valid = channel < in;
+      ptx::CpAsync16ZeroFill(
+          w_dst + sizeof(float) * (s % kPrStages * kPrSlab + k * kWarps) * kPrHidden,
+          valid ? w_src + static_cast<int64_t>(s * kPrSlab + k * kWarps) * kPrHidden : o.w, valid);
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < kPrStages - 1; ++s) {
+    if (s < slabs) load_slab(s);
+    ptx::CpAsyncCommit();
+  }
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  float acc[kR][4] = {};
+  // Channels c .. c + 3 of the slab at w (columns 4 lane..) and x (the
+  // warp's rows), in order.
+  auto step = [&](const float* x, const float* w, int c) {
+    float4 a[kR];
+#pragma unroll
+    for (int i = 0; i < kR; ++i) a[i] = *reinterpret_cast<const float4*>(x + i * pitch + c);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float4 b = *reinterpret_cast<const float4*>(w + (c + j) * kPrHidden);
+#pragma unroll
+      for (int i = 0; i < kR; ++i) {
+        const float ai = j == 0 ? a[i].x : j == 1 ? a[i].y : j == 2 ? a[i].z : a[i].w;
+        acc[i][0] = fmaf(ai, b.x, acc[i][0]);
+        acc[i][1] = fmaf(ai, b.y, acc[i][1]);
+        acc[i][2] = fmaf(ai, b.z, acc[i][2]);
+        acc[i][3] = fmaf(ai, b.w, acc[i][3]);
+      }
+    }
+  };
+  for (int s = 0; s < slabs; ++s) {
+    ptx::CpAsyncWait<kPrStages - 2>();  // x and slab s are in, for this thread
+    __syncthreads();  // ... for every thread, and slab s - 1's stage is free
+    if (s + kPrStages - 1 < slabs) load_slab(s + kPrStages - 1);
+    ptx::CpAsyncCommit();
+    const float* w = ws + s % kPrStages * kPrSlab * kPrHidden + 4 * lane;
+    const float* x = xs + kR * warp * pitch + s * kPrSlab;
+    const int cn = min(kPrSlab, in - s * kPrSlab);
+    if (cn == kPrSlab) {
+#pragma unroll
+      for (int c = 0; c < kPrSlab; c += 4) step(x, w, c);
+    } else {
+      for (int c = 0; c < cn; c += 4) step(x, w, c);
+    }
+  }
+  // RoPE at the block's position: lanes 0-15 hold x1 (columns f), lanes
+  // 16-31 x2 (columns f + 64) of the same four frequencies.
+  const bool first = lane < 16;
+  const int f0 = 4 * (lane % 16);
+  float* out = (o.is_k ? kp : qp) + static_cast<int64_t>(o.h) * nb * kPrHidden + 4 * lane;
+#pragma unroll
+  for (int i = 0; i < kR; ++i) {
+    float other[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) other[j] = __shfl_xor_sync(0xffffffffu, acc[i][j], 16);
+    const int m = m0 + kR * warp + i;
+    if (m >= nb) continue;
+    const float4 cs = *reinterpret_cast<const float4*>(rope + static_cast<int64_t>(m) * (kPrHidden / 2) + f0);
+    const float4 sn =
+        *reinterpret_cast<const float4*>(rope + static_cast<int64_t>(nb + m) * (kPrHidden / 2) + f0);
+    const float c[4] = {cs.x, cs.y, cs.z, cs.w};
+    const float sv[4] = {sn.x, sn.y, sn.z, sn.w};
+    float y[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      float y1, y2;
+      if (first) {
+        RotatePair(acc[i][j], other[j], c[j], sv[j], &y1, &y2);
+        y[j] = y1;
+      } else {
+        RotatePair(other[j], acc[i][j], c[j], sv[j], &y1, &y2);
+        y[j] = y2;
+      }
+    }
+    *reinterpret_cast<float4*>(out + static_cast<int64_t>(m) * kPrHidden) = make_float4(y[0], y[1], y[2], y[3]);
+  }
+}
+
 // The gate linears of the old gate in 128 x 128 tiles (see the SGEMM tiles
 // above), out [Hq, nb, hidden]; grid (m tiles, n tiles, Hq * linears). kVec:
 // hidden % 4 == 0 and the weights 16-byte aligned, so that w comes by
@@ -454,15 +648,17 @@ __global__ void __launch_bounds__(kSgemmThreads, kVec ? 2 : 1)
 // q' is first taken from the pooled Q. One thread per rotated pair. The
 // rotation rounds as the CPU does: four products, then a difference and a
 // sum, each rounded to float (no fused multiply-add).
-__global__ void RopeKernel(GateParams p, int nb, const float* pooled_q, const float* rope, float* qp, float* kp) {
-  // grid (ceil(pairs / 256), 2): y = 1 rotates k'. 32-bit index arithmetic
+__global__ void RopeKernel(GateParams p, int nb, const float* pooled_q, const float* rope, bool k_only, float* qp,
+                           float* kp) {
+  // grid (ceil(pairs / 256), 2): y = 1 rotates k'; grid (.., 1) with k_only
+  // only k' (the pool rotated q'). 32-bit index arithmetic
   // (64-bit division was most of this kernel's time): pairs = Hq * nb *
   // hidden / 2 < 2^31 (RunGateKernelsVariant checks).
   const int half = p.hidden / 2;
   const int pairs = p.num_heads * nb * half;
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
   if (j >= pairs) return;
-  const bool is_k = blockIdx.y == 1;
+  const bool is_k = k_only || blockIdx.y == 1;
   const int f = j % half;
   const int b = j / half % nb;
   const int h = j / (half * nb);
@@ -478,8 +674,7 @@ __global__ void RopeKernel(GateParams p, int nb, const float* pooled_q, const fl
   }
   const float c = rope[static_cast<int64_t>(b) * half + f];
   const float s = rope[static_cast<int64_t>(nb) * half + static_cast<int64_t>(b) * half + f];
-  v[f] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
-  v[f + half] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
+  RotatePair(x1, x2, c, s, &v[f], &v[f + half]);
 }
 
 // --- scores ---------------------------------------------------------------
@@ -896,32 +1091,36 @@ __global__ void __launch_bounds__(32 * kSelectMaxWarps)
 // same floats. For nz_ratio and dense the row lengths are known in advance
 // (ListPrefix), so the rows write their offsets and indices directly;
 // threshold rows write the bitmap and counts for the scan and fill kernels.
-constexpr int kFusedCols = 256;  // key blocks per step: one per thread of a row group
 constexpr int kFusedC = 32;  // hidden channels per k' tile
-constexpr int kFusedKPitch = kFusedCols + 1;
 
-template <int kRows>
+// kCols key blocks a step, one per thread of a row group: 256, or 128 where
+// the rows are at most 128 blocks long (8k tokens), so that no thread
+// computes past the last key block.
+template <int kRows, int kCols = 256>
 struct FusedShape {
   static constexpr int kThreads = kRows >= 16 ? 512 : 256;
-  static constexpr int kRowGroups = kThreads / kFusedCols;  // threads sharing a column
+  static constexpr int kRowGroups = kThreads / kCols;  // threads sharing a column
   static constexpr int kRowsPerThread = kRows / kRowGroups;  // accumulators per thread
   static constexpr int kWarps = kThreads / 32;
+  static constexpr int kPitch = kCols + 1;  // of the k' tile
   static_assert(kRowsPerThread * kRowGroups == kRows, "rows split evenly");
 };
 
 // Shared memory of the fused kernel: scores [kRows][nb], q' transposed
-// [hidden][kRows], a k' tile [kFusedC][kFusedKPitch], one radix histogram per warp.
-size_t FusedSmemBytes(int rows, int threads, int nb, int hidden) {
+// [hidden][kRows], a k' tile [kFusedC][cols + 1], one radix histogram per warp.
+size_t FusedSmemBytes(int rows, int threads, int nb, int hidden, int cols = 256) {
   return sizeof(float) * (static_cast<size_t>(rows) * nb + static_cast<size_t>(hidden) * rows +
-                          static_cast<size_t>(kFusedC) * kFusedKPitch) +
+                          static_cast<size_t>(kFusedC) * (cols + 1)) +
          sizeof(uint32_t) * (threads / 32) * 257;
 }
 
-template <int kRows>
-__global__ void __launch_bounds__(FusedShape<kRows>::kThreads)
+template <int kRows, int kCols>
+__global__ void __launch_bounds__(FusedShape<kRows, kCols>::kThreads, 2)
     FusedSelectKernel(GateParams p, int nb, int words, int64_t topk, int first_dense_row, float scale, const float* qp,
                       const float* kp, uint32_t* bitmap, int32_t* counts) {
-  using Shape = FusedShape<kRows>;
+  using Shape = FusedShape<kRows, kCols>;
+  constexpr int kFusedCols = kCols;
+  constexpr int kFusedKPitch = Shape::kPitch;
   extern __shared__ __align__(16) float fused_smem[];
   const int hidden = p.hidden;
   float* scores = fused_smem;  // [kRows][nb]
@@ -943,7 +1142,11 @@ __global__ void __launch_bounds__(FusedShape<kRows>::kThreads)
   }
   const int col = tid % kFusedCols;
   const int r0 = (tid / kFusedCols) * Shape::kRowsPerThread;
+  const int warp_col = col / 32 * 32;  // the warp's first column
+  const int last_row = min(row_end - 1, qb0 + r0 + Shape::kRowsPerThread - 1);  // the warp's last causal row
   for (int kb0 = 0; kb0 < row_end; kb0 += kFusedCols) {
+    // A warp whose columns all lie above its rows' diagonal only loads.
+    const bool busy = kb0 + warp_col <= last_row;
     float acc[Shape::kRowsPerThread];
 #pragma unroll
     for (int r = 0; r < Shape::kRowsPerThread; ++r) acc[r] = 0.0f;
@@ -971,7 +1174,7 @@ __global__ void __launch_bounds__(FusedShape<kRows>::kThreads)
         }
       }
       __syncthreads();
-      for (int c = 0; c < cn; ++c) {
+      for (int c = 0; c < (busy ? cn : 0); ++c) {
         const float b = ks[c * kFusedKPitch + col];
         const float* a = qs + (c0 + c) * kRows + r0;
 #pragma unroll
@@ -1022,12 +1225,12 @@ int FusedRowsFor(int nb, int hidden) {
   return two >= 4 ? two : FusedRows(nb, hidden, kFusedSmemMax);
 }
 
-template <int kRows>
+template <int kRows, int kCols = 256>
 cudaError_t LaunchFused(const GateParams& p, int nb, int words, int64_t topk, int first_dense_row, float scale,
                         const float* qp, const float* kp, uint32_t* bitmap, int32_t* counts, cudaStream_t stream) {
-  using Shape = FusedShape<kRows>;
-  const size_t smem = FusedSmemBytes(kRows, Shape::kThreads, nb, p.hidden);
-  auto kernel = FusedSelectKernel<kRows>;
+  using Shape = FusedShape<kRows, kCols>;
+  const size_t smem = FusedSmemBytes(kRows, Shape::kThreads, nb, p.hidden, kCols);
+  auto kernel = FusedSelectKernel<kRows, kCols>;
   SEER_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   kernel<<<dim3((nb + kRows - 1) / kRows, p.num_heads), Shape::kThreads, smem, stream>>>(
@@ -1270,16 +1473,27 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   uint32_t* bitmap = reinterpret_cast<uint32_t*>(ws + g.bitmap);
   int32_t* counts = reinterpret_cast<int32_t*>(ws + g.counts);
 
+  // The fused gate (short sequences): without mask_linear_q (hidden = D) the
+  // pool rotates q' itself where a head's channels share a warp, and at
+  // hidden 128 one kernel projects and rotates. The old gate keeps its
+  // SGEMM tiles and RoPE pass: at 128k tokens the fused kernel measured
+  // slower (288 against 205 + 72 us, H200), and the rotation in the pool
+  // cost it more than the half RoPE pass it saved (docs/KERNELS.md).
+  const int linears = p.q_weight != nullptr ? 2 : 1;
+  const bool q_in_pool = fused && p.q_weight == nullptr && 256 % p.head_dim == 0;
+  const bool project_rope = fused && p.hidden == kPrHidden && Aligned16(p.k_weight) &&
+                            (p.q_weight == nullptr || Aligned16(p.q_weight));
+
   // pool (the fused gate's pool kernel also writes the RoPE table)
-  const int pool_splits = (p.num_heads * p.head_dim / 8 + kPoolThreads - 1) / kPoolThreads;
-  const dim3 pool_grid(nb, 2, pool_splits);
+  const int pool_chunks = kPoolThreads * 8;
+  const int q_ctas = (p.num_heads * p.head_dim + pool_chunks - 1) / pool_chunks;
+  const int k_ctas = (p.num_kv_heads * p.head_dim + pool_chunks - 1) / pool_chunks;
+  const dim3 pool_grid(nb, q_ctas + k_ctas);
   float* pool_rope = fused ? rope : nullptr;
-  if (p.dtype == ElemType::kBF16) {
-    PoolKernel<__nv_bfloat16>
-        <<<pool_grid, kPoolThreads, 0, stream>>>(p, q_stride, k_stride, pooled_q, pooled_k, pool_rope);
-  } else {
-    PoolKernel<__half><<<pool_grid, kPoolThreads, 0, stream>>>(p, q_stride, k_stride, pooled_q, pooled_k, pool_rope);
-  }
+  float* q_rotated = q_in_pool ? qp : nullptr;
+  auto pool = p.dtype == ElemType::kBF16 ? PoolKernel<__nv_bfloat16> : PoolKernel<__half>;
+  pool<<<pool_grid, kPoolThreads, 0, stream>>>(p, q_stride, k_stride, q_ctas, pooled_q, pooled_k, pool_rope,
+                                               q_rotated);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
 
   // project + rope
@@ -1289,23 +1503,35 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
                                                                                     p.block_size, rope);
     SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   }
-  const int linears = p.q_weight != nullptr ? 2 : 1;
-  if (fused) {
-    ProjectKernel<64, 64>
-        <<<dim3((nb + 63) / 64, (p.hidden + 63) / 64, p.num_heads * linears), kGemmThreads, 0, stream>>>(
-            p, nb, pooled_q, pooled_k, qp, kp);
+  if (project_rope) {
+    // 4 rows a thread, 16 a CTA: warps enough on every SM at 8k tokens.
+    constexpr int kWarps = 4, kRowsPerWarp = 4, kRows = kWarps * kRowsPerWarp;
+    const size_t smem = ProjectRopeSmemBytes(kRows, 3 * p.head_dim);
+    auto kernel = ProjectRopeKernel<kWarps, kRowsPerWarp>;
+    SEER_CUDA_RETURN_IF_ERROR(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    kernel<<<dim3((nb + kRows - 1) / kRows, p.num_heads * linears), 32 * kWarps, smem, stream>>>(
+        p, nb, pooled_q, pooled_k, rope, qp, kp);
+    SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   } else {
-    const dim3 grid((nb + kSgemmTile - 1) / kSgemmTile, (p.hidden + kSgemmTile - 1) / kSgemmTile,
-                    p.num_heads * linears);
-    const bool w_vec = p.hidden % 4 == 0 && Aligned16(p.k_weight) && (p.q_weight == nullptr || Aligned16(p.q_weight));
-    auto kernel = w_vec ? ProjectSgemmKernel<true> : ProjectSgemmKernel<false>;
-    kernel<<<grid, kSgemmThreads, 0, stream>>>(p, nb, pooled_q, pooled_k, qp, kp);
+    if (fused) {
+      ProjectKernel<64, 64>
+          <<<dim3((nb + 63) / 64, (p.hidden + 63) / 64, p.num_heads * linears), kGemmThreads, 0, stream>>>(
+              p, nb, pooled_q, pooled_k, qp, kp);
+    } else {
+      const dim3 grid((nb + kSgemmTile - 1) / kSgemmTile, (p.hidden + kSgemmTile - 1) / kSgemmTile,
+                      p.num_heads * linears);
+      const bool w_vec =
+          p.hidden % 4 == 0 && Aligned16(p.k_weight) && (p.q_weight == nullptr || Aligned16(p.q_weight));
+      auto kernel = w_vec ? ProjectSgemmKernel<true> : ProjectSgemmKernel<false>;
+      kernel<<<grid, kSgemmThreads, 0, stream>>>(p, nb, pooled_q, pooled_k, qp, kp);
+    }
+    SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    const int64_t rope_pairs = static_cast<int64_t>(p.num_heads) * nb * g.half;
+    RopeKernel<<<dim3(static_cast<unsigned>((rope_pairs + 255) / 256), q_in_pool ? 1 : 2), 256, 0, stream>>>(
+        p, nb, pooled_q, rope, q_in_pool, qp, kp);
+    SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   }
-  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  const int64_t rope_pairs = static_cast<int64_t>(p.num_heads) * nb * g.half;
-  RopeKernel<<<dim3(static_cast<unsigned>((rope_pairs + 255) / 256), 2), 256, 0, stream>>>(p, nb, pooled_q, rope, qp,
-                                                                                           kp);
-  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
 
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(p.hidden)));
   const int64_t topk = p.mode == SparsityMode::kNzRatio ? TopK(p, nb) : 0;
@@ -1314,7 +1540,10 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     // scores + select in one kernel; for nz_ratio and dense also the lists
     cudaError_t e = cudaErrorInvalidValue;
     switch (fused_rows) {
-      case 16: e = LaunchFused<16>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, stream); break;
+      case 16:
+        e = nb <= 128 ? LaunchFused<16, 128>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, stream)
+                      : LaunchFused<16>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, stream);
+        break;
       case 8: e = LaunchFused<8>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, stream); break;
       case 4: e = LaunchFused<4>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, stream); break;
       case 2: e = LaunchFused<2>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, stream); break;

@@ -2,7 +2,7 @@
 // seer::RunGate (engine/model/gates.h) on the same bf16/fp16-rounded inputs and
 // the same float32 weights, fresh random data each run; and the two GPU gates
 // against each other (identical lists: they score in the same order). Shapes cover lengths under one block,
-// a partial last block, GQA ratios 1, 4 and 8, head dims 64 and 128, all
+// a partial last block, GQA ratios 1, 4 and 8, head dims 40, 64 and 128, all
 // selection modes with and without last_block_dense, mask_linear_q (also the
 // force_double form with per-KV-head K weights), llama3 RoPE, fused QKV row
 // strides and head chunking; and rows of 2k and 9k blocks (the select kernel
@@ -551,6 +551,9 @@ TEST_F(GateGpuTest, SmallShapes) {
       {64, 8, 1, 128, 128, false, false, true, "nz_ratio=0.5", false, 0, false, bf},
       {65, 4, 4, 64, 64, false, false, false, "threshold=0.005", false, 0, true, bf},
       {200, 8, 2, 128, 128, true, false, false, "nz_ratio=0.1", false, 3, false, fp},
+      // Hidden 128 with mask_linear_q and D = 40: the fused gate's projection
+      // kernel ends each linear on a partial slab (24 and 8 channels).
+      {1000, 8, 4, 40, 128, true, false, false, "threshold=0.002", true, 0, true, fp},
   };
   for (const GateCase& c : cases) Run(c);
 }
@@ -563,6 +566,9 @@ TEST_F(GateGpuTest, LongShapes) {
       {4097, 8, 2, 128, 128, false, false, true, "nz_ratio=0.3", true, 0, true, bf},
       {4097, 4, 4, 128, 64, true, false, false, "threshold=0.005", false, 0, false, bf},
       {3000, 8, 1, 64, 64, true, true, false, "nz_ratio=0.5", true, 5, false, fp},
+      // Hidden 128 with mask_linear_q: the fused gate projects and rotates
+      // both linears in one kernel (per-KV-head K weights, then per Q head).
+      {4097, 8, 2, 128, 128, true, true, true, "nz_ratio=0.1", false, 0, false, bf},
       {20000, 8, 2, 128, 128, false, false, true, "threshold=0.002", true, 4, false, bf},
       {20000, 8, 2, 128, 128, false, false, true, "nz_ratio=0.1", true, 0, false, bf},
       {5000, 8, 4, 128, 128, false, false, false, "dense", false, 0, false, bf},
