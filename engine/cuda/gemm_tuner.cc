@@ -59,7 +59,11 @@ std::string TileName(int tile) {
     case CUBLASLT_MATMUL_TILE_192x192: return "192x192";
     case CUBLASLT_MATMUL_TILE_320x128: return "320x128";
     case CUBLASLT_MATMUL_TILE_256x96: return "256x96";
-    default: return "#" + std::to_string(tile);
+    default: {
+      char id[16];  // (not "#" + std::to_string: GCC 12 warns -Wrestrict on it)
+      std::snprintf(id, sizeof(id), "#%d", tile);
+      return id;
+    }
   }
 }
 
@@ -84,11 +88,22 @@ StatusOr<double> TimeOnce(cudaStream_t stream, cudaEvent_t start, cudaEvent_t st
 
 std::string GemmTuner::Choice::Describe() const {
   char line[320];
+  if (candidates > 0 && refused == candidates) {
+    std::snprintf(line, sizeof(line),
+                  "GEMM %d x %d x %d (ldx %d, %s%s), timed on %d rows: cublasGemmEx %.3f ms, all %d cublasLt "
+                  "candidates refused to run: keeps cublasGemmEx",
+                  rows, out, in, ldx, y_type == CUDA_R_32F ? "f32" : "bf16", accumulate ? " +=" : "", tuned_rows,
+                  default_ms, candidates);
+    return line;
+  }
+  char refused_note[32] = "";
+  if (refused > 0) std::snprintf(refused_note, sizeof(refused_note), " (%d refused)", refused);
+  const std::string tile = best_tile >= 0 ? TileName(best_tile) : "-";
   std::snprintf(line, sizeof(line),
                 "GEMM %d x %d x %d (ldx %d, %s%s), timed on %d rows: cublasGemmEx %.3f ms, best of %d cublasLt "
-                "candidates %.3f ms (tile %s): %s",
+                "candidates%s %.3f ms (tile %s): %s",
                 rows, out, in, ldx, y_type == CUDA_R_32F ? "f32" : "bf16", accumulate ? " +=" : "", tuned_rows,
-                default_ms, candidates, best_ms, best_tile >= 0 ? TileName(best_tile).c_str() : "-",
+                default_ms, candidates, refused_note, best_ms, tile.c_str(),
                 uses_candidate ? "uses the candidate" : "keeps cublasGemmEx");
   return line;
 }
@@ -147,11 +162,19 @@ Status GemmTuner::Tune(cudaStream_t stream, const __nv_bfloat16* x, int rows, in
   choice.y_type = y_type;
 
   // Where the timed runs write: y itself when it is overwritten anyway,
-  // else scratch over as many rows as kScratchBytes holds.
+  // else scratch over as many rows as kScratchBytes holds (freed on every
+  // way out).
   const size_t row_bytes = static_cast<size_t>(out) * (y_type == CUDA_R_32F ? 4 : 2);
   int tuned_rows = rows;
   void* target = y;
   void* scratch = nullptr;
+  struct FreeScratch {
+    void*& ptr;
+    cudaStream_t stream;
+    ~FreeScratch() {
+      if (ptr != nullptr) (void)cudaFreeAsync(ptr, stream);
+    }
+  } free_scratch{scratch, stream};
   if (choice.accumulate) {
     tuned_rows = static_cast<int>(std::min<size_t>(rows, kScratchBytes / row_bytes));
     if (tuned_rows < kMinRows || cudaMallocAsync(&scratch, tuned_rows * row_bytes, stream) != cudaSuccess) {
@@ -189,18 +212,27 @@ Status GemmTuner::Tune(cudaStream_t stream, const __nv_bfloat16* x, int rows, in
   Status status = OkStatus();
   if (!found.empty()) {
     cudaEvent_t start = nullptr, stop = nullptr;
-    SEER_RETURN_IF_CUDA_ERROR(cudaEventCreate(&start));
-    SEER_RETURN_IF_CUDA_ERROR(cudaEventCreate(&stop));
+    if (cudaEventCreate(&start) != cudaSuccess || cudaEventCreate(&stop) != cudaSuccess) {
+      if (start != nullptr) cudaEventDestroy(start);
+      return Internal("GemmTuner: cudaEventCreate: " + std::string(cudaGetErrorString(cudaGetLastError())));
+    }
     auto run = [&](int i) -> Status {
       if (i < 0) return LinearBf16(cublas_, x, tuned_rows, in, w, out, target, y_type, beta, ldx);
+      if (refuse_for_test_ && refuse_for_test_(i)) return Internal("GemmTuner: candidate refused for a test");
       return RunCandidate(stream, found[i].algo, x, tuned_rows, in, w, out, target, y_type, beta, ldx);
     };
     const int count = static_cast<int>(found.size());
     std::vector<std::vector<double>> ms(count + 1);
+    std::vector<bool> refused(count, false);
     for (int round = 0; round <= kRounds && status.ok(); ++round) {
       for (int i = -1; i < count && status.ok(); ++i) {
+        if (i >= 0 && refused[i]) continue;
         StatusOr<double> t = TimeOnce(stream, start, stop, [&] { return run(i); });
-        if (!t.ok()) {
+        if (!t.ok() && i >= 0) {
+          (void)cudaGetLastError();  // a refused candidate drops out; cublasGemmEx still runs
+          refused[i] = true;
+          ++choice.refused;
+        } else if (!t.ok()) {
           status = t.status();
         } else if (round > 0) {  // round 0 warms up
           ms[i + 1].push_back(*t);
@@ -209,12 +241,12 @@ Status GemmTuner::Tune(cudaStream_t stream, const __nv_bfloat16* x, int rows, in
     }
     cudaEventDestroy(start);
     cudaEventDestroy(stop);
-    if (status.ok()) {
-      choice.default_ms = Median(ms[0]);
-      int best = 0;
-      for (int i = 1; i < count; ++i) {
-        if (Median(ms[i + 1]) < Median(ms[best + 1])) best = i;
-      }
+    int best = -1;
+    for (int i = 0; i < count && status.ok(); ++i) {
+      if (!refused[i] && (best < 0 || Median(ms[i + 1]) < Median(ms[best + 1]))) best = i;
+    }
+    if (status.ok()) choice.default_ms = Median(ms[0]);
+    if (best >= 0) {
       choice.best_ms = Median(ms[best + 1]);
       size_t written = 0;
       cublasLtMatmulAlgoConfigGetAttribute(&found[best].algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &choice.best_tile,
@@ -224,7 +256,11 @@ Status GemmTuner::Tune(cudaStream_t stream, const __nv_bfloat16* x, int rows, in
       entry->algo = found[best].algo;
     }
   }
-  if (scratch != nullptr) SEER_RETURN_IF_CUDA_ERROR(cudaFreeAsync(scratch, stream));
+  if (scratch != nullptr) {
+    const cudaError_t freed = cudaFreeAsync(scratch, stream);
+    scratch = nullptr;
+    SEER_RETURN_IF_CUDA_ERROR(freed);
+  }
   SEER_RETURN_IF_ERROR(status);
   log_.push_back(choice);
   std::fprintf(stderr, "seer: %s\n", choice.Describe().c_str());

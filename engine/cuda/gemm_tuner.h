@@ -19,7 +19,9 @@
 //     kRounds rounds alternate cublasGemmEx and every candidate, and each
 //     one's median counts;
 //   - a candidate replaces cublasGemmEx only when its median is at least
-//     kMinGain faster, so that noise does not pick;
+//     kMinGain faster, so that noise does not pick; a candidate cuBLAS
+//     refuses while it is timed drops out (counted in Choice::refused), and
+//     only a failure of cublasGemmEx itself fails the GEMM;
 //   - outputs that are overwritten (beta = 0) are tuned in place; an
 //     accumulating GEMM (beta != 0, the residual add) is tuned into scratch
 //     of at most kScratchBytes (stream-ordered, freed at once), on as many
@@ -33,6 +35,7 @@
 #pragma once
 
 #include <cstddef>
+#include <functional>
 #include <map>
 #include <string>
 #include <tuple>
@@ -65,6 +68,7 @@ class GemmTuner {
     double best_ms = 0;  // the fastest candidate, median
     int best_tile = -1;  // cublasLtMatmulTile_t of that candidate
     int candidates = 0;
+    int refused = 0;  // candidates that failed to run while timed (dropped)
     bool uses_candidate = false;  // false: cublasGemmEx stays
     std::string Describe() const;
   };
@@ -82,6 +86,10 @@ class GemmTuner {
                 cudaDataType_t y_type, float beta, int ldx = 0);
 
   const std::vector<Choice>& choices() const { return log_; }
+
+  // Tests: candidates for which `refuse(index)` holds fail as if cuBLAS had
+  // refused them (index in the heuristic's order, from 0).
+  void RefuseCandidatesForTest(std::function<bool(int)> refuse) { refuse_for_test_ = std::move(refuse); }
 
  private:
   struct Entry {
@@ -102,6 +110,7 @@ class GemmTuner {
   double min_gain_;
   std::map<Key, Entry> entries_;
   std::vector<Choice> log_;
+  std::function<bool(int)> refuse_for_test_;
 };
 
 }  // namespace seer

@@ -585,9 +585,12 @@ TEST_F(GpuGemmTest, LinearReadsStridedRowsAsTheirCopy) {
 // rows above its threshold: overwritten outputs (tuned in place), the
 // residual add (tuned in scratch: the residual must come out added exactly
 // once) and a strided x, with the fastest candidate forced (min_gain -inf)
-// and with cublasGemmEx kept (+inf), so both paths run. Each class is timed
-// once: another problem in the same row bucket tunes nothing, nor does one
-// below kMinRows or one whose operands are not 256-byte aligned.
+// and with cublasGemmEx kept (+inf), so both paths run; and with candidates
+// refused while they are timed (as cuBLAS may refuse one): the first one
+// (the rest compete), or all of them (cublasGemmEx stays), and the GEMM
+// still succeeds. Each class is timed once: another problem in the same row
+// bucket tunes nothing, nor does one below kMinRows or one whose operands
+// are not 256-byte aligned.
 TEST_F(GpuGemmTest, TunedLinearMatchesFloat64AndTunesEachClassOnce) {
   const int rows = GemmTuner::kMinRows + 77, in = 256, ldx = 384, out = 320;
   const std::vector<float> x = UniformBf16(size_t(rows) * ldx, -1.0f, 1.0f);
@@ -617,9 +620,14 @@ TEST_F(GpuGemmTest, TunedLinearMatchesFloat64AndTunesEachClassOnce) {
     return v;
   };
 
-  for (double gain : {-std::numeric_limits<double>::infinity(), std::numeric_limits<double>::infinity()}) {
-    SCOPED_TRACE("seed " + std::to_string(seed_) + " min_gain " + std::to_string(gain));
+  enum Refuse { kNone, kFirst, kAll };
+  const double inf = std::numeric_limits<double>::infinity();
+  for (auto [gain, refuse] :
+       {std::pair{-inf, kNone}, std::pair{inf, kNone}, std::pair{-inf, kFirst}, std::pair{-inf, kAll}}) {
+    SCOPED_TRACE("seed " + std::to_string(seed_) + " min_gain " + std::to_string(gain) + " refuse " +
+                 std::to_string(refuse));
     GemmTuner tuner(handle_, ws.get(), ws_bytes, gain);
+    if (refuse != kNone) tuner.RefuseCandidatesForTest([refuse](int i) { return refuse == kAll || i == 0; });
     Dev<float> yf(size_t(rows) * out);
     Dev<bf16> yb(size_t(rows) * out);
     std::unique_ptr<Dev<float>> d_res(Upload(residual));
@@ -634,11 +642,14 @@ TEST_F(GpuGemmTest, TunedLinearMatchesFloat64AndTunesEachClassOnce) {
     ASSERT_EQ(tuner.choices().size(), 3u);
     for (const GemmTuner::Choice& c : tuner.choices()) {
       SCOPED_TRACE(c.Describe());
-      EXPECT_GT(c.candidates, 0);
-      EXPECT_EQ(c.uses_candidate, gain < 0);
+      EXPECT_GT(c.candidates, refuse == kFirst ? 1 : 0);
+      EXPECT_EQ(c.refused, refuse == kNone ? 0 : refuse == kFirst ? 1 : c.candidates);
+      EXPECT_EQ(c.uses_candidate, gain < 0 && refuse != kAll);
       EXPECT_EQ(c.tuned_rows, rows);
       EXPECT_GT(c.default_ms, 0.0);
-      EXPECT_GT(c.best_ms, 0.0);
+      if (refuse != kAll) {
+        EXPECT_GT(c.best_ms, 0.0);
+      }
     }
     EXPECT_TRUE(tuner.choices()[2].accumulate);
 
