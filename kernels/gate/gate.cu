@@ -1104,6 +1104,7 @@ struct FusedShape {
   static constexpr int kWarps = kThreads / 32;
   static constexpr int kPitch = kCols + 1;  // of the k' tile
   static_assert(kRowsPerThread * kRowGroups == kRows, "rows split evenly");
+  static_assert(kThreads % kFusedC == 0, "a thread loads one channel of the k' tile");
 };
 
 // Shared memory of the fused kernel: scores [kRows][nb], q' transposed
@@ -1157,21 +1158,23 @@ __global__ void __launch_bounds__(FusedShape<kRows, kCols>::kThreads, 2)
       constexpr int kLoads = kFusedCols * kFusedC / Shape::kThreads;
       constexpr int kBatch = kLoads < 16 ? kLoads : 16;
       __syncthreads();  // the last tile is consumed (and qs written)
+      // Load u of this thread: channel c0 + tid % kFusedC of key row
+      // kb0 + tid / kFusedC + u * kRowStep (one base pointer, one stride).
+      constexpr int kRowStep = Shape::kThreads / kFusedC;
+      const int lc = tid % kFusedC;
+      const int lj = tid / kFusedC;
+      const float* src = kh + static_cast<int64_t>(kb0 + lj) * hidden + c0 + lc;
+      const int64_t stride = static_cast<int64_t>(kRowStep) * hidden;
+      float* dst = ks + lc * kFusedKPitch + lj;
 #pragma unroll
       for (int u0 = 0; u0 < kLoads; u0 += kBatch) {
         float kv[kBatch];
 #pragma unroll
         for (int u = 0; u < kBatch; ++u) {
-          const int i = tid + (u0 + u) * Shape::kThreads;
-          const int j = i / kFusedC;
-          const int c = i % kFusedC;
-          kv[u] = (kb0 + j < row_end && c < cn) ? kh[static_cast<int64_t>(kb0 + j) * hidden + c0 + c] : 0.0f;
+          kv[u] = (lc < cn && kb0 + lj + (u0 + u) * kRowStep < row_end) ? src[(u0 + u) * stride] : 0.0f;
         }
 #pragma unroll
-        for (int u = 0; u < kBatch; ++u) {
-          const int i = tid + (u0 + u) * Shape::kThreads;
-          ks[(i % kFusedC) * kFusedKPitch + i / kFusedC] = kv[u];
-        }
+        for (int u = 0; u < kBatch; ++u) dst[(u0 + u) * kRowStep] = kv[u];
       }
       __syncthreads();
       for (int c = 0; c < (busy ? cn : 0); ++c) {
