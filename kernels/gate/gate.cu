@@ -1177,11 +1177,19 @@ __global__ void __launch_bounds__(FusedShape<kRows, kCols>::kThreads, 2)
         for (int u = 0; u < kBatch; ++u) dst[(u0 + u) * kRowStep] = kv[u];
       }
       __syncthreads();
-      for (int c = 0; c < (busy ? cn : 0); ++c) {
-        const float b = ks[c * kFusedKPitch + col];
-        const float* a = qs + (c0 + c) * kRows + r0;
+      // Channel c of the tile into the thread's rows, in order.
+      const float* kcol = ks + col;
+      const float* qrow = qs + c0 * kRows + r0;
+      auto channel = [&](int c) {
+        const float b = kcol[c * kFusedKPitch];
 #pragma unroll
-        for (int r = 0; r < Shape::kRowsPerThread; ++r) acc[r] = fmaf(a[r], b, acc[r]);
+        for (int r = 0; r < Shape::kRowsPerThread; ++r) acc[r] = fmaf(qrow[c * kRows + r], b, acc[r]);
+      };
+      if (busy && cn == kFusedC) {
+#pragma unroll
+        for (int c = 0; c < kFusedC; ++c) channel(c);  // constant offsets, no loop arithmetic
+      } else if (busy) {
+        for (int c = 0; c < cn; ++c) channel(c);
       }
     }
     const int kb = kb0 + col;
