@@ -227,8 +227,12 @@ Status GemmTuner::Tune(cudaStream_t stream, const __nv_bfloat16* x, int rows, in
     for (int round = 0; round <= kRounds && status.ok(); ++round) {
       for (int i = -1; i < count && status.ok(); ++i) {
         if (i >= 0 && refused[i]) continue;
-        StatusOr<double> t = TimeOnce(stream, start, stop, [&] { return run(i); });
-        if (!t.ok() && i >= 0) {
+        Status ran = OkStatus();  // the GEMM's own status, apart from the events'
+        StatusOr<double> t = TimeOnce(stream, start, stop, [&] {
+          ran = run(i);
+          return ran;
+        });
+        if (!t.ok() && i >= 0 && !ran.ok()) {
           (void)cudaGetLastError();  // a refused candidate drops out; cublasGemmEx still runs
           refused[i] = true;
           ++choice.refused;

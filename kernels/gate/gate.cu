@@ -141,7 +141,8 @@ __device__ __forceinline__ void PoolTokens(const T* x, int64_t stride, int t0, i
 // grid (nb, q_ctas + k_ctas): y < q_ctas pools Q ([nb, Hq, D], average),
 // the rest K ([nb, Hkv, 3D]: max, min, average), 1024 channels a CTA.
 // rope_table (or null): the CTAs of y = 0 write the block's RoPE table row.
-// q_rotated (or null; only when 256 % D == 0 and hidden == D): q' =
+// q_rotated (or null; only when 256 % D == 0, D % 16 == 0 (a thread's 8
+// channels lie in one half of the head) and hidden == D): q' =
 // RoPE(pooled Q) straight into [Hq, nb, D] (the rotary partner of a channel
 // is in the same warp), the block's angles computed once a CTA.
 template <typename T>
@@ -1491,7 +1492,7 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   // slower (288 against 205 + 72 us, H200), and the rotation in the pool
   // cost it more than the half RoPE pass it saved (docs/KERNELS.md).
   const int linears = p.q_weight != nullptr ? 2 : 1;
-  const bool q_in_pool = fused && p.q_weight == nullptr && 256 % p.head_dim == 0;
+  const bool q_in_pool = fused && p.q_weight == nullptr && 256 % p.head_dim == 0 && p.head_dim % 16 == 0;
   const bool project_rope = fused && p.hidden == kPrHidden && Aligned16(p.k_weight) &&
                             (p.q_weight == nullptr || Aligned16(p.q_weight));
 

@@ -2,7 +2,7 @@
 // seer::RunGate (engine/model/gates.h) on the same bf16/fp16-rounded inputs and
 // the same float32 weights, fresh random data each run; and the two GPU gates
 // against each other (identical lists: they score in the same order). Shapes cover lengths under one block,
-// a partial last block, GQA ratios 1, 4 and 8, head dims 40, 64 and 128, all
+// a partial last block, GQA ratios 1, 4 and 8, head dims 8, 32, 40, 64 and 128, all
 // selection modes with and without last_block_dense, mask_linear_q (also the
 // force_double form with per-KV-head K weights), llama3 RoPE, fused QKV row
 // strides and head chunking; and rows of 2k and 9k blocks (the select kernel
@@ -554,6 +554,10 @@ TEST_F(GateGpuTest, SmallShapes) {
       // Hidden 128 with mask_linear_q and D = 40: the fused gate's projection
       // kernel ends each linear on a partial slab (24 and 8 channels).
       {1000, 8, 4, 40, 128, true, false, false, "threshold=0.002", true, 0, true, fp},
+      // Without mask_linear_q the fused pool rotates q' for D = 32 (a head
+      // is 4 lanes); D = 8 (a thread holds both halves) must not.
+      {700, 4, 2, 32, 32, false, false, false, "nz_ratio=0.3", false, 0, false, bf},
+      {300, 2, 1, 8, 8, false, false, true, "threshold=0.005", false, 0, false, fp},
   };
   for (const GateCase& c : cases) Run(c);
 }
