@@ -25,6 +25,7 @@
 #include "kernels/common/device_util.cuh"
 #include "kernels/gate/gate.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 
@@ -32,6 +33,7 @@
 #include <cuda_fp16.h>
 
 #include "kernels/arch/sm80_mma.cuh"
+#include "kernels/arch/sm90_ptx.cuh"
 #include "kernels/common/check.h"
 
 namespace seer::cuda {
@@ -80,12 +82,26 @@ GateLayout MakeLayout(const GateParams& p, bool with_scores) {
 }
 
 // --- pool -----------------------------------------------------------------
-// A thread pools 8 channels (one 16-byte load a token) down the block's
-// tokens in order, summing in double as the CPU gate does. Q needs only the
-// average: its loop does no max/min. (Splitting a block's tokens between two
-// or four threads, or batching eight tokens' loads explicitly, measured no
-// faster or slower in the gate: docs/KERNELS.md.)
+// Every pool sums a channel down the block's tokens in order, in double, as
+// the CPU gate does; Q needs only the average (no max/min).
+//
+// PoolKernel (any GPU): a thread pools 8 channels, one 16-byte load a token,
+// kPoolBatch loads in flight before it sums them. (Splitting a block's
+// tokens between two or four threads measured no faster: docs/KERNELS.md.
+// Batching 4 -> 8 loads took it from 39 to 33 us at 8k tokens under ncu,
+// H200; 16 and 32 cost occupancy and were slower.)
 constexpr int kPoolThreads = 128;
+constexpr int kPoolBatch = 8;
+// BulkPoolKernel (sm_90): the copy engine brings a block's token rows of
+// kBulkPoolChannels channels into shared memory, in kBulkPoolGroups groups
+// with a barrier each, and a thread sums 4 channels of each group as it
+// lands. In the gate (H200, CUDA events) it took 0.081 -> 0.077-0.079 ms at
+// 8k tokens, 0.321 -> 0.305 at 32k and 1.368 -> 1.337 at 128k against
+// PoolKernel; alone under ncu (caches flushed) it is no faster.
+constexpr int kBulkPoolChannels = 512;
+constexpr int kBulkPoolThreads = kBulkPoolChannels / 4;
+[[maybe_unused]] constexpr int kBulkPoolGroups = 4;
+constexpr int kBulkPoolMaxBlock = 128;  // tokens a block: 128 KB of shared memory at 2 bytes
 
 // cos and sin of block b's RoPE angle for frequency f: float(b * block) *
 // inv_freq[f] in float32, cos and sin in double, then rounded to float (as
@@ -114,51 +130,64 @@ __device__ __forceinline__ void RotatePair(float x1, float x2, float c, float s,
   *y2 = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
 }
 
-// Tokens [t0, t1) (t1 > t0) of 8 channels at x into sum (and max/min).
-template <typename T, bool kMinMax>
+// Tokens [t0, t1) (t1 > t0) of 8 channels at x into sum (and max/min), in
+// token order. A thread issues kBatch loads before it sums any.
+template <typename T, bool kMinMax, int kBatch>
 __device__ __forceinline__ void PoolTokens(const T* x, int64_t stride, int t0, int t1, double (&sum)[8],
                                            float (&mx)[8], float (&mn)[8]) {
   if (kMinMax) {
-    Load8(x + t0 * stride, mx);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) mn[i] = mx[i];
-  }
-#pragma unroll 4
-  for (int t = t0; t < t1; ++t) {
-    float v[8];
-    Load8(x + t * stride, v);
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-      sum[i] += v[i];
-      if (kMinMax) {
-        if (v[i] > mx[i] || isnan(v[i])) mx[i] = v[i];  // NaN propagates, as in torch
-        if (v[i] < mn[i] || isnan(v[i])) mn[i] = v[i];
+      mx[i] = -INFINITY;
+      mn[i] = INFINITY;
+    }
+  }
+  for (int t = t0; t < t1; t += kBatch) {
+    uint4 raw[kBatch];
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      if (t + j < t1) raw[j] = __ldg(reinterpret_cast<const uint4*>(x + (t + j) * stride));
+    }
+#pragma unroll
+    for (int j = 0; j < kBatch; ++j) {
+      if (t + j >= t1) break;
+      const T* e = reinterpret_cast<const T*>(&raw[j]);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const float v = static_cast<float>(e[i]);
+        sum[i] += v;
+        if (kMinMax) {
+          if (v > mx[i] || isnan(v)) mx[i] = v;  // NaN propagates, as in torch
+          if (v < mn[i] || isnan(v)) mn[i] = v;
+        }
       }
     }
   }
 }
 
-// grid (nb, q_ctas + k_ctas): y < q_ctas pools Q ([nb, Hq, D], average),
-// the rest K ([nb, Hkv, 3D]: max, min, average), 1024 channels a CTA.
-// rope_table (or null): the CTAs of y = 0 write the block's RoPE table row.
+// grid nb * ctas, CTA (b, y) = (x / ctas, x % ctas): y < q_ctas pools Q
+// ([nb, Hq, D], average), the rest K ([nb, Hkv, 3D]: max, min, average),
+// 1024 channels a CTA. rope_table (or null): the CTAs of y = 0 write the
+// block's RoPE table row.
 // q_rotated (or null; only when 256 % D == 0, D % 16 == 0 (a thread's 8
 // channels lie in one half of the head) and hidden == D): q' =
 // RoPE(pooled Q) straight into [Hq, nb, D] (the rotary partner of a channel
 // is in the same warp), the block's angles computed once a CTA.
 template <typename T>
 __global__ void __launch_bounds__(kPoolThreads)
-    PoolKernel(GateParams p, int64_t q_stride, int64_t k_stride, int q_ctas, float* pooled_q, float* pooled_k,
-               float* rope_table, float* q_rotated) {
+    PoolKernel(GateParams p, int64_t q_stride, int64_t k_stride, int q_ctas, int ctas, float* pooled_q,
+               float* pooled_k, float* rope_table, float* q_rotated) {
   __shared__ float angle_cos[kMaxHeadDim / 2], angle_sin[kMaxHeadDim / 2];
-  const int b = blockIdx.x;
-  const int nb = gridDim.x;
-  if (rope_table != nullptr && blockIdx.y == 0) {
+  const int b = static_cast<int>(blockIdx.x / ctas);
+  const int y = static_cast<int>(blockIdx.x % ctas);
+  const int nb = (p.seq_len + p.block_size - 1) / p.block_size;
+  if (rope_table != nullptr && y == 0) {
     RopeTableRow(p.rope_inv_freq, nb, p.hidden / 2, p.block_size, b, rope_table);
   }
-  const bool is_k = static_cast<int>(blockIdx.y) >= q_ctas;
+  const bool is_k = y >= q_ctas;
   const int heads = is_k ? p.num_kv_heads : p.num_heads;
   const int channels = heads * p.head_dim;
-  const int c0 = ((is_k ? blockIdx.y - q_ctas : blockIdx.y) * kPoolThreads + threadIdx.x) * 8;
+  const int c0 = ((is_k ? y - q_ctas : y) * kPoolThreads + threadIdx.x) * 8;
   const int t0 = b * p.block_size;
   const int t1 = min(p.seq_len, t0 + p.block_size);
   const bool active = c0 < channels;
@@ -167,7 +196,7 @@ __global__ void __launch_bounds__(kPoolThreads)
   float mx[8], mn[8];
   if (is_k) {
     if (!active) return;
-    PoolTokens<T, true>(static_cast<const T*>(p.k) + c0, k_stride, t0, t1, sum, mx, mn);
+    PoolTokens<T, true, kPoolBatch>(static_cast<const T*>(p.k) + c0, k_stride, t0, t1, sum, mx, mn);
     const int h = c0 / p.head_dim;
     const int d = c0 % p.head_dim;
     float* out = pooled_k + (static_cast<int64_t>(b) * heads + h) * 3 * p.head_dim + d;
@@ -179,7 +208,7 @@ __global__ void __launch_bounds__(kPoolThreads)
     }
     return;
   }
-  if (active) PoolTokens<T, false>(static_cast<const T*>(p.q) + c0, q_stride, t0, t1, sum, mx, mn);
+  if (active) PoolTokens<T, false, kPoolBatch>(static_cast<const T*>(p.q) + c0, q_stride, t0, t1, sum, mx, mn);
   float mean[8];
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
@@ -213,6 +242,136 @@ __global__ void __launch_bounds__(kPoolThreads)
       if (active) out[f + half] = y2;
     }
   }
+}
+
+// grid and outputs as PoolKernel's, kBulkPoolChannels channels a CTA;
+// q_rotated needs whole heads in a CTA (kBulkPoolChannels % D == 0). Shared
+// memory: block_size rows of kBulkPoolChannels elements. Rows and the
+// channel offsets are 16-byte aligned (the launch checks q, k and strides).
+template <typename T>
+__global__ void __launch_bounds__(kBulkPoolThreads)
+    BulkPoolKernel(GateParams p, int64_t q_stride, int64_t k_stride, int q_ctas, int ctas, float* pooled_q,
+                   float* pooled_k, float* rope_table, float* q_rotated) {
+#if defined(SEER_SM90A_ENABLED)
+  extern __shared__ __align__(128) unsigned char pool_smem[];
+  __shared__ __align__(8) uint64_t bars[kBulkPoolGroups];
+  __shared__ float angle_cos[kMaxHeadDim / 2], angle_sin[kMaxHeadDim / 2];
+  __shared__ float means[kBulkPoolChannels];
+  const T* tile = reinterpret_cast<const T*>(pool_smem);
+  const int b = static_cast<int>(blockIdx.x / ctas);
+  const int y = static_cast<int>(blockIdx.x % ctas);
+  const int nb = (p.seq_len + p.block_size - 1) / p.block_size;
+  const bool is_k = y >= q_ctas;
+  const int heads = is_k ? p.num_kv_heads : p.num_heads;
+  const int channels = heads * p.head_dim;
+  const int cbase = (is_k ? y - q_ctas : y) * kBulkPoolChannels;
+  const int width = min(kBulkPoolChannels, channels - cbase);  // a multiple of 8
+  const int t0 = b * p.block_size;
+  const int tokens = min(p.seq_len, t0 + p.block_size) - t0;
+  const int per_group = (tokens + kBulkPoolGroups - 1) / kBulkPoolGroups;
+  const int64_t stride = is_k ? k_stride : q_stride;
+  if (threadIdx.x == 0) {
+    for (int g = 0; g < kBulkPoolGroups; ++g) sm90::MbarInit(sm90::SmemAddr(&bars[g]), 1);
+    sm90::FenceBarrierInit();
+  }
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    const uint32_t row_bytes = static_cast<uint32_t>(width * sizeof(T));
+    if (threadIdx.x == 0) {
+      for (int g = 0; g < kBulkPoolGroups; ++g) {
+        const int n = min(tokens, (g + 1) * per_group) - min(tokens, g * per_group);
+        sm90::MbarArriveExpectTx(sm90::SmemAddr(&bars[g]), static_cast<uint32_t>(n) * row_bytes);
+      }
+    }
+    __syncwarp();
+    const T* src = static_cast<const T*>(is_k ? p.k : p.q) + t0 * stride + cbase;
+    for (int t = threadIdx.x; t < tokens; t += 32) {
+      sm90::BulkLoad(sm90::SmemAddr(tile + t * kBulkPoolChannels), src + t * stride, row_bytes,
+                     sm90::SmemAddr(&bars[t / per_group]));
+    }
+  }
+  // While the rows are on their way.
+  if (rope_table != nullptr && y == 0) {
+    RopeTableRow(p.rope_inv_freq, nb, p.hidden / 2, p.block_size, b, rope_table);
+  }
+  const int half = p.head_dim / 2;
+  if (q_rotated != nullptr && !is_k) {
+    for (int f = threadIdx.x; f < half; f += kBulkPoolThreads) {
+      RopeAngle(p.rope_inv_freq, p.block_size, b, f, &angle_cos[f], &angle_sin[f]);
+    }
+  }
+
+  const int c = threadIdx.x * 4;  // this thread's channels, from cbase
+  const bool active = c < width;
+  double sum[4] = {0, 0, 0, 0};
+  float mx[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
+  float mn[4] = {INFINITY, INFINITY, INFINITY, INFINITY};
+  for (int g = 0; g < kBulkPoolGroups; ++g) {
+    const int ta = min(tokens, g * per_group);
+    const int tb = min(tokens, ta + per_group);
+    if (ta == tb) break;
+    sm90::MbarWait(sm90::SmemAddr(&bars[g]), 0);
+    if (!active) continue;
+#pragma unroll 4
+    for (int t = ta; t < tb; ++t) {
+      const uint2 raw = *reinterpret_cast<const uint2*>(tile + t * kBulkPoolChannels + c);
+      const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float v = static_cast<float>(e[i]);
+        sum[i] += v;
+        if (is_k) {
+          if (v > mx[i] || isnan(v)) mx[i] = v;  // NaN propagates, as in torch
+          if (v < mn[i] || isnan(v)) mn[i] = v;
+        }
+      }
+    }
+  }
+  const double count = tokens;
+  const int cc = cbase + c;  // 4 channels of one head (D % 8 == 0)
+  if (is_k) {
+    if (!active) return;
+    const int h = cc / p.head_dim;
+    const int d = cc % p.head_dim;
+    float* out = pooled_k + (static_cast<int64_t>(b) * heads + h) * 3 * p.head_dim + d;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      out[i] = mx[i];
+      out[p.head_dim + i] = mn[i];
+      out[2 * p.head_dim + i] = static_cast<float>(sum[i] / count);
+    }
+    return;
+  }
+  float mean[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    mean[i] = static_cast<float>(sum[i] / count);
+    if (active) pooled_q[static_cast<int64_t>(b) * channels + cc + i] = mean[i];
+  }
+  if (q_rotated == nullptr) return;
+  // The partner of channel d is d +- D/2 of the same head, in this CTA.
+  if (active) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) means[c + i] = mean[i];
+  }
+  __syncthreads();
+  if (!active) return;
+  const int h = cc / p.head_dim;
+  const int d0 = cc % p.head_dim;
+  float* out = q_rotated + (static_cast<int64_t>(h) * nb + b) * p.head_dim;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int d = d0 + i;
+    float y1, y2;
+    if (d < half) {
+      RotatePair(mean[i], means[c + i + half], angle_cos[d], angle_sin[d], &y1, &y2);
+      out[d] = y1;
+    } else {
+      RotatePair(means[c + i - half], mean[i], angle_cos[d - half], angle_sin[d - half], &y1, &y2);
+      out[d] = y2;
+    }
+  }
+#endif
 }
 
 // --- rope table -----------------------------------------------------------
@@ -1382,6 +1541,34 @@ int FirstDenseRow(const GateParams& p, int nb) { return static_cast<int>(seer::F
 
 bool Aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
+std::atomic<bool> portable_pool_for_test{false};
+
+// Whether this device runs BulkPoolKernel's sm_90a code (an H100/H200 and a
+// binary built with sm_90a), per device, asked once.
+bool BulkPoolAvailable() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices];  // 0 unknown, 1 no, 2 yes
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0) return false;
+  if (device < kMaxDevices) {
+    const int known = cache[device].load(std::memory_order_relaxed);
+    if (known != 0) return known == 2;
+  }
+  bool yes = false;
+  int major = 0, minor = 0;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess && major == 9 &&
+      minor == 0) {
+    cudaFuncAttributes attr{};
+    yes = cudaFuncGetAttributes(&attr, BulkPoolKernel<__nv_bfloat16>) == cudaSuccess && attr.binaryVersion == 90;
+  }
+  cudaGetLastError();  // a failed query leaves nothing behind
+  if (device < kMaxDevices) cache[device].store(yes ? 2 : 1, std::memory_order_relaxed);
+  return yes;
+}
+
+bool BulkPoolRuns() { return !portable_pool_for_test.load(std::memory_order_relaxed) && BulkPoolAvailable(); }
+
 bool ValidShapes(const GateParams& p) {
   if (p.seq_len < 0 || p.num_heads <= 0 || p.num_kv_heads <= 0 || p.num_heads % p.num_kv_heads != 0) return false;
   if (p.head_dim <= 0 || p.head_dim > kMaxHeadDim || p.head_dim % 8 != 0) return false;
@@ -1492,20 +1679,34 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   // slower (288 against 205 + 72 us, H200), and the rotation in the pool
   // cost it more than the half RoPE pass it saved (docs/KERNELS.md).
   const int linears = p.q_weight != nullptr ? 2 : 1;
-  const bool q_in_pool = fused && p.q_weight == nullptr && 256 % p.head_dim == 0 && p.head_dim % 16 == 0;
+  const bool bulk_pool = p.block_size <= kBulkPoolMaxBlock && BulkPoolRuns();
+  const bool q_in_pool = fused && p.q_weight == nullptr &&
+                         (bulk_pool ? kBulkPoolChannels % p.head_dim == 0
+                                    : 256 % p.head_dim == 0 && p.head_dim % 16 == 0);
   const bool project_rope = fused && p.hidden == kPrHidden && Aligned16(p.k_weight) &&
                             (p.q_weight == nullptr || Aligned16(p.q_weight));
 
   // pool (the fused gate's pool kernel also writes the RoPE table)
-  const int pool_chunks = kPoolThreads * 8;
+  const int pool_chunks = bulk_pool ? kBulkPoolChannels : kPoolThreads * 8;
   const int q_ctas = (p.num_heads * p.head_dim + pool_chunks - 1) / pool_chunks;
   const int k_ctas = (p.num_kv_heads * p.head_dim + pool_chunks - 1) / pool_chunks;
-  const dim3 pool_grid(nb, q_ctas + k_ctas);
+  // One CTA a (block, channel chunk), the chunks of a block adjacent: the
+  // CTAs in flight read whole token rows.
+  const int pool_ctas = q_ctas + k_ctas;
+  const unsigned pool_grid = static_cast<unsigned>(nb) * pool_ctas;
   float* pool_rope = fused ? rope : nullptr;
   float* q_rotated = q_in_pool ? qp : nullptr;
-  auto pool = p.dtype == ElemType::kBF16 ? PoolKernel<__nv_bfloat16> : PoolKernel<__half>;
-  pool<<<pool_grid, kPoolThreads, 0, stream>>>(p, q_stride, k_stride, q_ctas, pooled_q, pooled_k, pool_rope,
-                                               q_rotated);
+  if (bulk_pool) {
+    auto pool = p.dtype == ElemType::kBF16 ? BulkPoolKernel<__nv_bfloat16> : BulkPoolKernel<__half>;
+    const int smem = p.block_size * kBulkPoolChannels * 2;
+    SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(pool, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    pool<<<pool_grid, kBulkPoolThreads, smem, stream>>>(p, q_stride, k_stride, q_ctas, pool_ctas, pooled_q, pooled_k,
+                                                        pool_rope, q_rotated);
+  } else {
+    auto pool = p.dtype == ElemType::kBF16 ? PoolKernel<__nv_bfloat16> : PoolKernel<__half>;
+    pool<<<pool_grid, kPoolThreads, 0, stream>>>(p, q_stride, k_stride, q_ctas, pool_ctas, pooled_q, pooled_k,
+                                                 pool_rope, q_rotated);
+  }
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
 
   // project + rope
@@ -1580,6 +1781,11 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
 
   // lists (threshold rows: counts and bitmaps -> offsets and indices)
   return LaunchLists(p, nb, g.words, bitmap, counts, stream);
+}
+
+bool UsePortablePoolForTest(bool portable) {
+  portable_pool_for_test.store(portable, std::memory_order_relaxed);
+  return BulkPoolAvailable();
 }
 
 cudaError_t RunGateSelectForTest(const GateParams& p, const float* scores, cudaStream_t stream) {

@@ -96,6 +96,13 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
 // cudaErrorInvalidValue where the rows do not fit (about 3M tokens).
 size_t GateWorkspaceBytesVariant(const GateParams& p, GateVariant variant);
 
+// TEST HOOK, for kernels/gate/gate_gpu_test.cc only: with `portable` true,
+// every later gate in the process pools with the portable kernel (16-byte
+// loads, any GPU) even where the sm_90 bulk-copy pool would run, so that a
+// Hopper GPU tests both; false restores the default. Returns whether this
+// device runs the bulk-copy pool by default.
+bool UsePortablePoolForTest(bool portable);
+
 // TEST HOOK, for kernels/gate/gate_gpu_test.cc only: the gate's select step
 // alone, on scores the caller gives instead of the gate's own. `scores` is
 // device memory [num_heads, nb, nb] (16-byte aligned), row (h, qb) holding the

@@ -423,6 +423,30 @@ class GateGpuTest : public ::testing::Test {
         ASSERT_CUDA(cudaMemcpy(indices.data(), dindices.get(), indices.size() * 4, cudaMemcpyDeviceToHost));
       }
 
+      // Where the bulk-copy pool runs (sm_90), the portable pool must give
+      // the same bits: same lists, same probabilities.
+      if (cuda::UsePortablePoolForTest(true)) {
+        ASSERT_CUDA(cudaMemset(doffsets.get(), 0xFF, (static_cast<size_t>(Hq) * nb + 1) * 4));
+        ASSERT_CUDA(cudaMemset(dprobs.get(), 0xFF, static_cast<size_t>(Hq) * nb * nb * 4));
+        const cudaError_t run = cuda::RunGateKernelsVariant(p, variant, nullptr);
+        cuda::UsePortablePoolForTest(false);
+        ASSERT_CUDA(run);
+        ASSERT_CUDA(cudaDeviceSynchronize());
+        std::vector<int32_t> offsets2(offsets.size()), indices2(indices.size());
+        std::vector<float> probs2(probs.size());
+        ASSERT_CUDA(cudaMemcpy(offsets2.data(), doffsets.get(), offsets2.size() * 4, cudaMemcpyDeviceToHost));
+        ASSERT_CUDA(cudaMemcpy(probs2.data(), dprobs.get(), probs2.size() * 4, cudaMemcpyDeviceToHost));
+        if (!indices2.empty()) {
+          ASSERT_CUDA(cudaMemcpy(indices2.data(), dindices.get(), indices2.size() * 4, cudaMemcpyDeviceToHost));
+        }
+        EXPECT_EQ(offsets2, offsets) << "offsets: portable pool vs bulk-copy pool";
+        EXPECT_EQ(indices2, indices) << "indices: portable pool vs bulk-copy pool";
+        EXPECT_EQ(std::memcmp(probs2.data(), probs.data(), probs.size() * 4), 0)
+            << "probabilities: portable pool vs bulk-copy pool, not the same bits";
+      } else {
+        cuda::UsePortablePoolForTest(false);
+      }
+
       // Well-formed lists, read back into a mask.
       BlockMask gpu_mask = BlockMask::Dense(Hq, L, 64);
       std::fill(gpu_mask.keep.begin(), gpu_mask.keep.end(), 0);
