@@ -63,6 +63,25 @@ __device__ __forceinline__ void Mma16816<__half>(float (&d)[4], const uint32_t (
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// D = A * B + D for one m16n8k8 tile of tf32 (each register a float whose
+// low 13 mantissa bits are zero); A row-major (4 regs), B col-major (2 regs).
+__device__ __forceinline__ void MmaTf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// hi is x rounded to tf32 (11 significant bits), lo the rest (x - hi, exact
+// in float) rounded to tf32: |x - hi - lo| <= about 2^-23 |x|, so three
+// products hi hi + hi lo + lo hi come within float rounding of x y.
+__device__ __forceinline__ void SplitTf32(float x, uint32_t* hi, uint32_t* lo) {
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(*hi) : "f"(x));
+  const float rest = x - __uint_as_float(*hi);
+  asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(*lo) : "f"(rest));
+}
+
 // Two floats rounded to one 32-bit register of T (lo in the low half).
 template <typename T>
 __device__ __forceinline__ uint32_t PackPair(float lo, float hi);

@@ -11,7 +11,9 @@
 //            the fused gate rotates q' in the pool (no mask_linear_q) and,
 //            at hidden 128, projects and rotates in one kernel;
 //   scores   q'.k'^T * hidden^-0.5 for the causal triangle, heads_per_pass
-//            heads at a time into an nb x nb scratch per head;
+//            heads at a time into an nb x nb scratch per head (tensor
+//            cores, three tf32 products a float product, where hidden % 4
+//            == 0; else float32 fmaf in channel order, as the fused gate);
 //   select   one warp per row, read once into shared memory: softmax (double
 //            sum), then dense / threshold / top-k by radix select (ties to
 //            the lower block index), last_block_dense, and the non-empty-row
@@ -837,6 +839,136 @@ __global__ void RopeKernel(GateParams p, int nb, const float* pooled_q, const fl
   RotatePair(x1, x2, c, s, &v[f], &v[f + half]);
 }
 
+// --- scores on tensor cores (3xTF32) ----------------------------------------
+// The tiles and outputs of ScoresKernel below (the same grid), on mma.sync
+// m16n8k8 tf32: each operand splits as hi + lo (SplitTf32) and a product is
+// hi hi + hi lo + lo hi, accumulated in float in the tensor cores' order.
+// So a score is the float32 dot product within float rounding, not the
+// SIMT kernel's fmaf chain bit for bit (docs/KERNELS.md). 256 threads, warp
+// w owns tile rows 64 (w / 4).. and columns 32 (w % 4).. (4 x 4 mma tiles);
+// kTcK channels a stage, two stages by cp.async. Needs hidden % 4 == 0 and
+// 16-byte aligned q' and k'. H200, 128k tokens, 32 heads, hidden 128 (ncu):
+// 490 us against the SIMT kernel's 577, the tensor pipe 45% busy.
+constexpr int kTcK = 32;
+constexpr int kTcPitch = kTcK + 4;  // floats a row: fragment reads hit 32 banks
+constexpr int kTcStageFloats = 2 * kSgemmTile * kTcPitch;
+constexpr size_t kTcSmemBytes = 2 * kTcStageFloats * sizeof(float);
+
+// Rows [first, first + 128) of x (row stride hidden), channels [c0, c0 + kTcK),
+// into dst [128][kTcPitch]; rows past nb and channels past hidden as zeros.
+__device__ __forceinline__ void LoadTcSlab(const float* x, int first, int nb, int hidden, int c0, float* dst) {
+#pragma unroll
+  for (int j = 0; j < kSgemmTile * kTcK / 4 / kSgemmThreads; ++j) {
+    const int f = threadIdx.x + j * kSgemmThreads;
+    const int r = f / (kTcK / 4);
+    const int c = c0 + 4 * (f % (kTcK / 4));
+    const bool valid = first + r < nb && c < hidden;
+    const float* src = valid ? x + static_cast<int64_t>(first + r) * hidden + c : x;
+    ptx::CpAsync16ZeroFill(ptx::SmemAddr(dst + r * kTcPitch + 4 * (f % (kTcK / 4))), src, valid);
+  }
+}
+
+__global__ void __launch_bounds__(kSgemmThreads, 2)
+    ScoresTf32Kernel(const float* qp, const float* kp, int nb, int hidden, int head0, float scale, float* scores) {
+  extern __shared__ __align__(16) float tc_smem[];  // [stage][q, k][128][kTcPitch]
+  const int tile = blockIdx.x;
+  int qt = static_cast<int>((sqrtf(8.0f * tile + 1.0f) - 1.0f) * 0.5f);
+  while (qt * (qt + 1) / 2 > tile) --qt;
+  while ((qt + 1) * (qt + 2) / 2 <= tile) ++qt;
+  const int kt = tile - qt * (qt + 1) / 2;
+  const int hl = blockIdx.y;
+  const int h = head0 + hl;
+  const int q_first = qt * kSgemmTile;
+  const int k_first = kt * kSgemmTile;
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int g = lane / 4;
+  const int t = lane % 4;
+  const int wr = 64 * (warp / 4);  // the warp's rows and columns in the tile
+  const int wc = 32 * (warp % 4);
+  // Warps with no score on or below the diagonal, or none before nb, only load.
+  const bool busy = q_first + wr < nb && k_first + wc <= min(q_first + wr + 63, nb - 1);
+  const float* qh = qp + static_cast<int64_t>(h) * nb * hidden;
+  const float* kh = kp + static_cast<int64_t>(h) * nb * hidden;
+
+  float acc[4][4][4] = {};
+  const int steps = (hidden + kTcK - 1) / kTcK;
+  auto load = [&](int s) {
+    float* st = tc_smem + (s % 2) * kTcStageFloats;
+    LoadTcSlab(qh, q_first, nb, hidden, s * kTcK, st);
+    LoadTcSlab(kh, k_first, nb, hidden, s * kTcK, st + kSgemmTile * kTcPitch);
+    ptx::CpAsyncCommit();
+  };
+  load(0);
+  for (int s = 0; s < steps; ++s) {
+    if (s + 1 < steps) {
+      load(s + 1);
+      ptx::CpAsyncWait<1>();
+    } else {
+      ptx::CpAsyncWait<0>();
+    }
+    __syncthreads();
+    if (busy) {
+      const float* qs = tc_smem + (s % 2) * kTcStageFloats;
+      const float* ks = qs + kSgemmTile * kTcPitch;
+#pragma unroll
+      for (int kk = 0; kk < kTcK; kk += 8) {
+        // ldmatrix on 32-bit elements: each 8 x 8 b16 matrix is 8 rows x 4
+        // floats, and lane l receives row l / 4, float l % 4 of each: the
+        // tf32 fragment layout. Lane l addresses row l % 8 of matrix l / 8.
+        const int m = lane / 8;
+        uint32_t bh[4][2], bl[4][2];
+#pragma unroll
+        for (int nt = 0; nt < 4; nt += 2) {
+          uint32_t r[4];
+          ptx::LdMatrixX4(r, ptx::SmemAddr(ks + (wc + 8 * (nt + m / 2) + lane % 8) * kTcPitch + kk + 4 * (m % 2)));
+#pragma unroll
+          for (int i = 0; i < 4; ++i) ptx::SplitTf32(__uint_as_float(r[i]), &bh[nt + i / 2][i % 2], &bl[nt + i / 2][i % 2]);
+        }
+#pragma unroll
+        for (int mt = 0; mt < 4; ++mt) {
+          uint32_t r[4], ah[4], al[4];
+          ptx::LdMatrixX4(r, ptx::SmemAddr(qs + (wr + 16 * mt + 8 * (m % 2) + lane % 8) * kTcPitch + kk + 4 * (m / 2)));
+#pragma unroll
+          for (int i = 0; i < 4; ++i) ptx::SplitTf32(__uint_as_float(r[i]), &ah[i], &al[i]);
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt) {
+            ptx::MmaTf32(acc[mt][nt], al, bh[nt][0], bh[nt][1]);
+            ptx::MmaTf32(acc[mt][nt], ah, bl[nt][0], bl[nt][1]);
+            ptx::MmaTf32(acc[mt][nt], ah, bh[nt][0], bh[nt][1]);
+          }
+        }
+      }
+    }
+    __syncthreads();  // the next iteration's load overwrites this stage
+  }
+  if (!busy) return;
+
+  float* out = scores + static_cast<int64_t>(hl) * nb * nb;
+  const bool pairs = nb % 2 == 0;  // float2 stores stay 8-byte aligned
+#pragma unroll
+  for (int mt = 0; mt < 4; ++mt) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int qb = q_first + wr + 16 * mt + g + 8 * half;
+      if (qb >= nb) continue;
+      float* orow = out + static_cast<int64_t>(qb) * nb;
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const int kb = k_first + wc + 8 * nt + 2 * t;
+        const float v0 = acc[mt][nt][2 * half] * scale;
+        const float v1 = acc[mt][nt][2 * half + 1] * scale;
+        if (pairs && kb + 1 <= qb) {
+          *reinterpret_cast<float2*>(orow + kb) = make_float2(v0, v1);
+        } else {
+          if (kb <= qb) orow[kb] = v0;
+          if (kb + 1 <= qb) orow[kb + 1] = v1;
+        }
+      }
+    }
+  }
+}
+
 // --- scores ---------------------------------------------------------------
 // grid (tiles of the causal triangle, heads in this pass); block x is tile
 // (qt, kt), kt <= qt, numbered row by row. scores[hl][qb][kb] = (q'[h, qb] .
@@ -1542,6 +1674,7 @@ int FirstDenseRow(const GateParams& p, int nb) { return static_cast<int>(seer::F
 bool Aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 std::atomic<bool> portable_pool_for_test{false};
+std::atomic<bool> simt_scores_for_test{false};
 
 // Whether this device runs BulkPoolKernel's sm_90a code (an H100/H200 and a
 // binary built with sm_90a), per device, asked once.
@@ -1768,10 +1901,19 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     // scores + select, heads_per_pass heads at a time
     const int tiles = (nb + kSgemmTile - 1) / kSgemmTile;
     auto scores_kernel = p.hidden % 4 == 0 ? ScoresKernel<true> : ScoresKernel<false>;
+    const bool tensor_cores = p.hidden % 4 == 0 && !simt_scores_for_test.load(std::memory_order_relaxed);
+    if (tensor_cores) {
+      SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(ScoresTf32Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                     static_cast<int>(kTcSmemBytes)));
+    }
     for (int head0 = 0; head0 < p.num_heads; head0 += g.heads_per_pass) {
       const int heads = p.num_heads - head0 < g.heads_per_pass ? p.num_heads - head0 : g.heads_per_pass;
-      scores_kernel<<<dim3(tiles * (tiles + 1) / 2, heads), kSgemmThreads, 0, stream>>>(qp, kp, nb, p.hidden, head0,
-                                                                                        scale, scores);
+      const dim3 grid(tiles * (tiles + 1) / 2, heads);
+      if (tensor_cores) {
+        ScoresTf32Kernel<<<grid, kSgemmThreads, kTcSmemBytes, stream>>>(qp, kp, nb, p.hidden, head0, scale, scores);
+      } else {
+        scores_kernel<<<grid, kSgemmThreads, 0, stream>>>(qp, kp, nb, p.hidden, head0, scale, scores);
+      }
       SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
       SEER_CUDA_RETURN_IF_ERROR(
           LaunchSelect(p, nb, g.words, head0, heads, topk, first_dense_row, scores, bitmap, counts, stream));
@@ -1782,6 +1924,8 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   // lists (threshold rows: counts and bitmaps -> offsets and indices)
   return LaunchLists(p, nb, g.words, bitmap, counts, stream);
 }
+
+void UseSimtScoresForTest(bool simt) { simt_scores_for_test.store(simt, std::memory_order_relaxed); }
 
 bool UsePortablePoolForTest(bool portable) {
   portable_pool_for_test.store(portable, std::memory_order_relaxed);

@@ -103,6 +103,12 @@ size_t GateWorkspaceBytesVariant(const GateParams& p, GateVariant variant);
 // device runs the bulk-copy pool by default.
 bool UsePortablePoolForTest(bool portable);
 
+// TEST HOOK, for kernels/gate/gate_gpu_test.cc only: with `simt` true, every
+// later unfused gate in the process computes its scores with the float32
+// SIMT kernel (an fmaf chain in channel order, the fused gate's bits) instead
+// of the tensor-core one; false restores the default.
+void UseSimtScoresForTest(bool simt);
+
 // TEST HOOK, for kernels/gate/gate_gpu_test.cc only: the gate's select step
 // alone, on scores the caller gives instead of the gate's own. `scores` is
 // device memory [num_heads, nb, nb] (16-byte aligned), row (h, qb) holding the
