@@ -846,24 +846,27 @@ __global__ void RopeKernel(GateParams p, int nb, const float* pooled_q, const fl
 // So a score is the float32 dot product within float rounding, not the
 // SIMT kernel's fmaf chain bit for bit (docs/KERNELS.md). 256 threads, warp
 // w owns tile rows 64 (w / 4).. and columns 32 (w % 4).. (4 x 4 mma tiles);
-// kTcK channels a stage, two stages by cp.async. Needs hidden % 4 == 0 and
+// kTcK channels a stage, kTcStages stages by cp.async. Needs hidden % 4 == 0 and
 // 16-byte aligned q' and k'. H200, 128k tokens, 32 heads, hidden 128 (ncu):
 // 490 us against the SIMT kernel's 577, the tensor pipe 45% busy.
 constexpr int kTcK = 32;
 constexpr int kTcPitch = kTcK + 4;  // floats a row: fragment reads hit 32 banks
+constexpr int kTcStages = 3;  // cp.async stages in flight: 110,592 B, two CTAs an SM
 constexpr int kTcStageFloats = 2 * kSgemmTile * kTcPitch;
-constexpr size_t kTcSmemBytes = 2 * kTcStageFloats * sizeof(float);
+constexpr size_t kTcSmemBytes = kTcStages * kTcStageFloats * sizeof(float);
 
-// Rows [first, first + 128) of x (row stride hidden), channels [c0, c0 + kTcK),
-// into dst [128][kTcPitch]; rows past nb and channels past hidden as zeros.
-__device__ __forceinline__ void LoadTcSlab(const float* x, int first, int nb, int hidden, int c0, float* dst) {
+// Rows [first, first + 128) of x (row stride ld), channels [c0, c0 + kTcK),
+// into dst [128][kTcPitch]; rows past nb and channels past `channels` as
+// zeros (x, ld and channels multiples of 4 floats).
+__device__ __forceinline__ void LoadTcSlab(const float* x, int64_t ld, int first, int nb, int channels, int c0,
+                                           float* dst) {
 #pragma unroll
   for (int j = 0; j < kSgemmTile * kTcK / 4 / kSgemmThreads; ++j) {
     const int f = threadIdx.x + j * kSgemmThreads;
     const int r = f / (kTcK / 4);
     const int c = c0 + 4 * (f % (kTcK / 4));
-    const bool valid = first + r < nb && c < hidden;
-    const float* src = valid ? x + static_cast<int64_t>(first + r) * hidden + c : x;
+    const bool valid = first + r < nb && c < channels;
+    const float* src = valid ? x + (first + r) * ld + c : x;
     ptx::CpAsync16ZeroFill(ptx::SmemAddr(dst + r * kTcPitch + 4 * (f % (kTcK / 4))), src, valid);
   }
 }
@@ -893,23 +896,21 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
 
   float acc[4][4][4] = {};
   const int steps = (hidden + kTcK - 1) / kTcK;
-  auto load = [&](int s) {
-    float* st = tc_smem + (s % 2) * kTcStageFloats;
-    LoadTcSlab(qh, q_first, nb, hidden, s * kTcK, st);
-    LoadTcSlab(kh, k_first, nb, hidden, s * kTcK, st + kSgemmTile * kTcPitch);
+  auto load = [&](int s) {  // one commit group a step, empty past the last
+    if (s < steps) {
+      float* st = tc_smem + (s % kTcStages) * kTcStageFloats;
+      LoadTcSlab(qh, hidden, q_first, nb, hidden, s * kTcK, st);
+      LoadTcSlab(kh, hidden, k_first, nb, hidden, s * kTcK, st + kSgemmTile * kTcPitch);
+    }
     ptx::CpAsyncCommit();
   };
-  load(0);
+  for (int s = 0; s < kTcStages - 1; ++s) load(s);
   for (int s = 0; s < steps; ++s) {
-    if (s + 1 < steps) {
-      load(s + 1);
-      ptx::CpAsyncWait<1>();
-    } else {
-      ptx::CpAsyncWait<0>();
-    }
-    __syncthreads();
+    ptx::CpAsyncWait<kTcStages - 2>();
+    __syncthreads();  // step s landed for every thread; step s - 1's stage is free
+    load(s + kTcStages - 1);
     if (busy) {
-      const float* qs = tc_smem + (s % 2) * kTcStageFloats;
+      const float* qs = tc_smem + (s % kTcStages) * kTcStageFloats;
       const float* ks = qs + kSgemmTile * kTcPitch;
 #pragma unroll
       for (int kk = 0; kk < kTcK; kk += 8) {
@@ -940,7 +941,6 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
         }
       }
     }
-    __syncthreads();  // the next iteration's load overwrites this stage
   }
   if (!busy) return;
 
@@ -966,6 +966,122 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
         }
       }
     }
+  }
+}
+
+// --- projection and RoPE on tensor cores (3xTF32), the unfused gate ---------
+// At hidden 128: one CTA a 128-row tile of one linear (grid (row tiles, 1,
+// Hq * linears), as ProjectSgemmKernel), all 128 output columns, products as
+// in ScoresTf32Kernel; W comes in [channel][column] slabs (kTcWPitch: the
+// fragment reads hit 32 banks). The tile then goes through shared memory so
+// that each output column f < 64 meets its rotary partner f + 64, and is
+// written rotated (RotatePair, the RoPE table's angles), so k' (and q' with
+// mask_linear_q) needs no RoPE pass. Needs the input width % 4 == 0 and
+// 16-byte aligned weights.
+constexpr int kTcWPitch = kPrHidden + 8;
+constexpr int kTcOutPitch = kPrHidden + 4;
+constexpr int kTcProjectStageFloats = kSgemmTile * kTcPitch + kTcK * kTcWPitch;
+constexpr size_t kTcProjectSmemBytes = kTcStages * kTcProjectStageFloats * sizeof(float);
+static_assert(kSgemmTile * kTcOutPitch <= kTcStages * kTcProjectStageFloats, "the output tile reuses the stages");
+
+__global__ void __launch_bounds__(kSgemmThreads, 2)
+    ProjectRopeTf32Kernel(GateParams p, int nb, const float* pooled_q, const float* pooled_k, const float* rope,
+                          float* qp, float* kp) {
+  extern __shared__ __align__(16) float tc_smem[];  // [stage][x [128][kTcPitch], w [kTcK][kTcWPitch]]
+  const ProjectOperands o = GetProjectOperands(p, blockIdx.z, pooled_q, pooled_k);
+  const int m0 = blockIdx.x * kSgemmTile;
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int g = lane / 4;
+  const int t = lane % 4;
+  const int wr = 64 * (warp / 4);
+  const int wc = 32 * (warp % 4);
+  const bool busy = m0 + wr < nb;
+
+  float acc[4][4][4] = {};
+  const int steps = (o.in + kTcK - 1) / kTcK;
+  auto load = [&](int s) {  // one commit group a step, empty past the last
+    if (s >= steps) {
+      ptx::CpAsyncCommit();
+      return;
+    }
+    float* st = tc_smem + (s % kTcStages) * kTcProjectStageFloats;
+    LoadTcSlab(o.x, o.x_row, m0, nb, o.in, s * kTcK, st);
+    float* ws = st + kSgemmTile * kTcPitch;
+#pragma unroll
+    for (int j = 0; j < kTcK * kPrHidden / 4 / kSgemmThreads; ++j) {
+      const int f = threadIdx.x + j * kSgemmThreads;
+      const int k = f / (kPrHidden / 4);
+      const int c = 4 * (f % (kPrHidden / 4));
+      const bool valid = s * kTcK + k < o.in;
+      const float* src = valid ? o.w + static_cast<int64_t>(s * kTcK + k) * kPrHidden + c : o.w;
+      ptx::CpAsync16ZeroFill(ptx::SmemAddr(ws + k * kTcWPitch + c), src, valid);
+    }
+    ptx::CpAsyncCommit();
+  };
+  for (int s = 0; s < kTcStages - 1; ++s) load(s);
+  for (int s = 0; s < steps; ++s) {
+    ptx::CpAsyncWait<kTcStages - 2>();
+    __syncthreads();  // step s landed for every thread; step s - 1's stage is free
+    load(s + kTcStages - 1);
+    if (busy) {
+      const float* xs = tc_smem + (s % kTcStages) * kTcProjectStageFloats;
+      const float* ws = xs + kSgemmTile * kTcPitch;
+      const int m = lane / 8;
+#pragma unroll
+      for (int kk = 0; kk < kTcK; kk += 8) {
+        uint32_t bh[4][2], bl[4][2];
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          const float* b = ws + (kk + t) * kTcWPitch + wc + 8 * nt + g;
+          ptx::SplitTf32(b[0], &bh[nt][0], &bl[nt][0]);
+          ptx::SplitTf32(b[4 * kTcWPitch], &bh[nt][1], &bl[nt][1]);
+        }
+#pragma unroll
+        for (int mt = 0; mt < 4; ++mt) {
+          uint32_t r[4], ah[4], al[4];
+          ptx::LdMatrixX4(r, ptx::SmemAddr(xs + (wr + 16 * mt + 8 * (m % 2) + lane % 8) * kTcPitch + kk + 4 * (m / 2)));
+#pragma unroll
+          for (int i = 0; i < 4; ++i) ptx::SplitTf32(__uint_as_float(r[i]), &ah[i], &al[i]);
+#pragma unroll
+          for (int nt = 0; nt < 4; ++nt) {
+            ptx::MmaTf32(acc[mt][nt], al, bh[nt][0], bh[nt][1]);
+            ptx::MmaTf32(acc[mt][nt], ah, bl[nt][0], bl[nt][1]);
+            ptx::MmaTf32(acc[mt][nt], ah, bh[nt][0], bh[nt][1]);
+          }
+        }
+      }
+    }
+  }
+  ptx::CpAsyncWait<0>();  // only empty groups are left; the output tile reuses the stages
+  __syncthreads();
+
+  float* tile = tc_smem;  // [128][kTcOutPitch]
+  if (busy) {
+#pragma unroll
+    for (int mt = 0; mt < 4; ++mt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        float* row = tile + (wr + 16 * mt + g + 8 * half) * kTcOutPitch + wc + 2 * t;
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          *reinterpret_cast<float2*>(row + 8 * nt) = make_float2(acc[mt][nt][2 * half], acc[mt][nt][2 * half + 1]);
+        }
+      }
+    }
+  }
+  __syncthreads();
+  constexpr int kHalf = kPrHidden / 2;
+  float* out = (o.is_k ? kp : qp) + static_cast<int64_t>(o.h) * nb * kPrHidden;
+  for (int i = threadIdx.x; i < kSgemmTile * kHalf; i += kSgemmThreads) {
+    const int r = i / kHalf;
+    const int f = i % kHalf;
+    const int b = m0 + r;
+    if (b >= nb) break;
+    const float c = rope[static_cast<int64_t>(b) * kHalf + f];
+    const float sn = rope[static_cast<int64_t>(nb) * kHalf + static_cast<int64_t>(b) * kHalf + f];
+    float* dst = out + static_cast<int64_t>(b) * kPrHidden;
+    RotatePair(tile[r * kTcOutPitch + f], tile[r * kTcOutPitch + f + kHalf], c, sn, &dst[f], &dst[f + kHalf]);
   }
 }
 
@@ -1674,7 +1790,7 @@ int FirstDenseRow(const GateParams& p, int nb) { return static_cast<int>(seer::F
 bool Aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 std::atomic<bool> portable_pool_for_test{false};
-std::atomic<bool> simt_scores_for_test{false};
+std::atomic<bool> simt_unfused_for_test{false};
 
 // Whether this device runs BulkPoolKernel's sm_90a code (an H100/H200 and a
 // binary built with sm_90a), per device, asked once.
@@ -1813,9 +1929,12 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   // cost it more than the half RoPE pass it saved (docs/KERNELS.md).
   const int linears = p.q_weight != nullptr ? 2 : 1;
   const bool bulk_pool = p.block_size <= kBulkPoolMaxBlock && BulkPoolRuns();
+  const bool simt = simt_unfused_for_test.load(std::memory_order_relaxed);
   const bool q_in_pool = fused && p.q_weight == nullptr &&
                          (bulk_pool ? kBulkPoolChannels % p.head_dim == 0
                                     : 256 % p.head_dim == 0 && p.head_dim % 16 == 0);
+  const bool tc_project = !fused && !simt && p.hidden == kPrHidden && Aligned16(p.k_weight) &&
+                          (p.q_weight == nullptr || Aligned16(p.q_weight));
   const bool project_rope = fused && p.hidden == kPrHidden && Aligned16(p.k_weight) &&
                             (p.q_weight == nullptr || Aligned16(p.q_weight));
 
@@ -1849,7 +1968,19 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
                                                                                     p.block_size, rope);
     SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   }
-  if (project_rope) {
+  if (tc_project) {
+    SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(ProjectRopeTf32Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                   static_cast<int>(kTcProjectSmemBytes)));
+    ProjectRopeTf32Kernel<<<dim3((nb + kSgemmTile - 1) / kSgemmTile, 1, p.num_heads * linears), kSgemmThreads,
+                            kTcProjectSmemBytes, stream>>>(p, nb, pooled_q, pooled_k, rope, qp, kp);
+    SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    if (p.q_weight == nullptr && !q_in_pool) {  // q' = RoPE(pooled Q)
+      const int64_t rope_pairs = static_cast<int64_t>(p.num_heads) * nb * g.half;
+      RopeKernel<<<dim3(static_cast<unsigned>((rope_pairs + 255) / 256), 1), 256, 0, stream>>>(p, nb, pooled_q, rope,
+                                                                                            false, qp, kp);
+      SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    }
+  } else if (project_rope) {
     // 4 rows a thread, 16 a CTA: warps enough on every SM at 8k tokens.
     constexpr int kWarps = 4, kRowsPerWarp = 4, kRows = kWarps * kRowsPerWarp;
     const size_t smem = ProjectRopeSmemBytes(kRows, 3 * p.head_dim);
@@ -1901,7 +2032,7 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     // scores + select, heads_per_pass heads at a time
     const int tiles = (nb + kSgemmTile - 1) / kSgemmTile;
     auto scores_kernel = p.hidden % 4 == 0 ? ScoresKernel<true> : ScoresKernel<false>;
-    const bool tensor_cores = p.hidden % 4 == 0 && !simt_scores_for_test.load(std::memory_order_relaxed);
+    const bool tensor_cores = p.hidden % 4 == 0 && !simt;
     if (tensor_cores) {
       SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(ScoresTf32Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                      static_cast<int>(kTcSmemBytes)));
@@ -1925,7 +2056,7 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   return LaunchLists(p, nb, g.words, bitmap, counts, stream);
 }
 
-void UseSimtScoresForTest(bool simt) { simt_scores_for_test.store(simt, std::memory_order_relaxed); }
+void UseSimtUnfusedGateForTest(bool simt) { simt_unfused_for_test.store(simt, std::memory_order_relaxed); }
 
 bool UsePortablePoolForTest(bool portable) {
   portable_pool_for_test.store(portable, std::memory_order_relaxed);

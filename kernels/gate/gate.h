@@ -104,10 +104,11 @@ size_t GateWorkspaceBytesVariant(const GateParams& p, GateVariant variant);
 bool UsePortablePoolForTest(bool portable);
 
 // TEST HOOK, for kernels/gate/gate_gpu_test.cc only: with `simt` true, every
-// later unfused gate in the process computes its scores with the float32
-// SIMT kernel (an fmaf chain in channel order, the fused gate's bits) instead
-// of the tensor-core one; false restores the default.
-void UseSimtScoresForTest(bool simt);
+// later unfused gate in the process projects and scores with the float32
+// SIMT kernels (fmaf chains in channel order, the fused gate's bits) and
+// rotates q' in a separate pass, instead of on tensor cores; false restores
+// the default.
+void UseSimtUnfusedGateForTest(bool simt);
 
 // TEST HOOK, for kernels/gate/gate_gpu_test.cc only: the gate's select step
 // alone, on scores the caller gives instead of the gate's own. `scores` is

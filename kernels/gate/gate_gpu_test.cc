@@ -404,7 +404,7 @@ class GateGpuTest : public ::testing::Test {
     // % 4 == 0), and the unfused gate with the SIMT scores kernel.
     struct Pass {
       cuda::GateVariant variant;
-      bool simt_scores;
+      bool simt_unfused;
       const char* name;
     };
     const Pass passes[] = {{cuda::GateVariant::kFused, false, "fused"},
@@ -413,13 +413,13 @@ class GateGpuTest : public ::testing::Test {
     for (const Pass& pass : passes) {
       const cuda::GateVariant variant = pass.variant;
       SCOPED_TRACE(pass.name);
-      cuda::UseSimtScoresForTest(pass.simt_scores);
+      cuda::UseSimtUnfusedGateForTest(pass.simt_unfused);
       ASSERT_CUDA(cudaMemset(doffsets.get(), 0xFF, (static_cast<size_t>(Hq) * nb + 1) * 4));
       ASSERT_CUDA(cudaMemset(dindices.get(), 0xFF, static_cast<size_t>(capacity) * 4));
       ASSERT_CUDA(cudaMemset(dkept.get(), 0xFF, static_cast<size_t>(Hq) * 8));
       ASSERT_CUDA(cudaMemset(dprobs.get(), 0xFF, static_cast<size_t>(Hq) * nb * nb * 4));
       const cudaError_t ran = cuda::RunGateKernelsVariant(p, variant, nullptr);
-      cuda::UseSimtScoresForTest(false);
+      cuda::UseSimtUnfusedGateForTest(false);
       ASSERT_CUDA(ran);
       ASSERT_CUDA(cudaDeviceSynchronize());
 
@@ -442,9 +442,9 @@ class GateGpuTest : public ::testing::Test {
       if (cuda::UsePortablePoolForTest(true)) {
         ASSERT_CUDA(cudaMemset(doffsets.get(), 0xFF, (static_cast<size_t>(Hq) * nb + 1) * 4));
         ASSERT_CUDA(cudaMemset(dprobs.get(), 0xFF, static_cast<size_t>(Hq) * nb * nb * 4));
-        cuda::UseSimtScoresForTest(pass.simt_scores);
+        cuda::UseSimtUnfusedGateForTest(pass.simt_unfused);
         const cudaError_t run = cuda::RunGateKernelsVariant(p, variant, nullptr);
-        cuda::UseSimtScoresForTest(false);
+        cuda::UseSimtUnfusedGateForTest(false);
         cuda::UsePortablePoolForTest(false);
         ASSERT_CUDA(run);
         ASSERT_CUDA(cudaDeviceSynchronize());
@@ -559,7 +559,7 @@ class GateGpuTest : public ::testing::Test {
       if (variant == cuda::GateVariant::kFused) {
         fused_offsets = offsets;
         fused_indices = indices;
-      } else if (pass.simt_scores || c.hidden % 4 != 0) {
+      } else if (pass.simt_unfused || c.hidden % 4 != 0) {
         EXPECT_EQ(offsets, fused_offsets) << "offsets: unfused gate vs fused gate";
         EXPECT_EQ(indices, fused_indices) << "indices: unfused gate vs fused gate";
       }
