@@ -409,7 +409,7 @@ class GateGpuTest : public ::testing::Test {
     };
     const Pass passes[] = {{cuda::GateVariant::kFused, false, "fused"},
                            {cuda::GateVariant::kUnfused, false, "unfused"},
-                           {cuda::GateVariant::kUnfused, true, "unfused, SIMT scores"}};
+                           {cuda::GateVariant::kUnfused, true, "unfused, SIMT kernels"}};
     for (const Pass& pass : passes) {
       const cuda::GateVariant variant = pass.variant;
       SCOPED_TRACE(pass.name);
