@@ -4,12 +4,13 @@
 //   pool     Q average, K max/min/average per block, summed in double and
 //            divided by the real token count (the last block may be partial);
 //   project  k' = pooledK[h / group] . Wk[h], q' = pooledQ[h] . Wq[h] (or
-//            pooledQ), float32 accumulation;
+//            pooledQ), float32 accumulation (the unfused gate at hidden
+//            128: tensor cores, three tf32 products a float product);
 //   rope     half-split RoPE at positions 0, block, 2 * block, ...; angle =
 //            float(pos) * inv_freq in float32, cos/sin in double then float,
 //            the rotation in float32 without contraction (as the CPU does);
-//            the fused gate rotates q' in the pool (no mask_linear_q) and,
-//            at hidden 128, projects and rotates in one kernel;
+//            the fused gate rotates q' in the pool (no mask_linear_q); at
+//            hidden 128 both gates project and rotate in one kernel;
 //   scores   q'.k'^T * hidden^-0.5 for the causal triangle, heads_per_pass
 //            heads at a time into an nb x nb scratch per head (tensor
 //            cores, three tf32 products a float product, where hidden % 4
