@@ -34,7 +34,6 @@
 
 #include "kernels/attention/attention_sm90.h"
 
-#include <atomic>
 #include <cstdint>
 #include <mutex>
 #include <type_traits>
@@ -45,6 +44,7 @@
 #include <cuda_fp16.h>
 
 #include "kernels/arch/sm80_mma.cuh"
+#include "kernels/arch/sm90_available.h"
 #include "kernels/arch/sm90_ptx.cuh"
 #include "kernels/arch/sm90_wgmma.cuh"
 #include "kernels/common/check.h"
@@ -779,25 +779,8 @@ cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, cudaStream_t
 }  // namespace
 
 bool Sm90AttentionAvailable() {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices];  // 0 unknown, 1 no, 2 yes
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0) return false;
-  if (device < kMaxDevices) {
-    const int known = cache[device].load(std::memory_order_relaxed);
-    if (known != 0) return known == 2;
-  }
-  bool yes = false;
-  int major = 0, minor = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess && major == 9 &&
-      minor == 0) {
-    cudaFuncAttributes attr{};
-    yes = cudaFuncGetAttributes(&attr, Sm90FwdKernel<128, __nv_bfloat16>) == cudaSuccess && attr.binaryVersion == 90;
-  }
-  cudaGetLastError();  // a failed query leaves nothing behind
-  if (device < kMaxDevices) cache[device].store(yes ? 2 : 1, std::memory_order_relaxed);
-  return yes;
+  static Sm90aAnswers answers;
+  return Sm90aCodeRuns(reinterpret_cast<const void*>(Sm90FwdKernel<128, __nv_bfloat16>), answers);
 }
 
 size_t Sm90WorkspaceBytes(int num_heads, int seq_len) {

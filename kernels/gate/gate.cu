@@ -36,6 +36,7 @@
 #include <cuda_fp16.h>
 
 #include "kernels/arch/sm80_mma.cuh"
+#include "kernels/arch/sm90_available.h"
 #include "kernels/arch/sm90_ptx.cuh"
 #include "kernels/common/check.h"
 
@@ -872,6 +873,31 @@ __device__ __forceinline__ void LoadTcSlab(const float* x, int64_t ld, int first
   }
 }
 
+// acc[mt][nt] += this warp's A rows wr + 16 mt.. ([row][kTcPitch] floats in
+// shared memory, channels kk .. kk + 7) times the B fragments (hi and lo of
+// column tiles nt), three tf32 products a float product.
+__device__ __forceinline__ void Tf32Mma4x4(const float* as, int wr, int kk, const uint32_t (&bh)[4][2],
+                                           const uint32_t (&bl)[4][2], float (&acc)[4][4][4]) {
+  // ldmatrix on 32-bit elements: each 8 x 8 b16 matrix is 8 rows x 4 floats,
+  // and lane l receives row l / 4, float l % 4 of each (the tf32 fragment
+  // layout); lane l addresses row l % 8 of matrix l / 8.
+  const int lane = threadIdx.x % 32;
+  const int m = lane / 8;
+#pragma unroll
+  for (int mt = 0; mt < 4; ++mt) {
+    uint32_t r[4], ah[4], al[4];
+    ptx::LdMatrixX4(r, ptx::SmemAddr(as + (wr + 16 * mt + 8 * (m % 2) + lane % 8) * kTcPitch + kk + 4 * (m / 2)));
+#pragma unroll
+    for (int i = 0; i < 4; ++i) ptx::SplitTf32(__uint_as_float(r[i]), &ah[i], &al[i]);
+#pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+      ptx::MmaTf32(acc[mt][nt], al, bh[nt][0], bh[nt][1]);
+      ptx::MmaTf32(acc[mt][nt], ah, bl[nt][0], bl[nt][1]);
+      ptx::MmaTf32(acc[mt][nt], ah, bh[nt][0], bh[nt][1]);
+    }
+  }
+}
+
 __global__ void __launch_bounds__(kSgemmThreads, 2)
     ScoresTf32Kernel(const float* qp, const float* kp, int nb, int hidden, int head0, float scale, float* scores) {
   extern __shared__ __align__(16) float tc_smem[];  // [stage][q, k][128][kTcPitch]
@@ -915,9 +941,7 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
       const float* ks = qs + kSgemmTile * kTcPitch;
 #pragma unroll
       for (int kk = 0; kk < kTcK; kk += 8) {
-        // ldmatrix on 32-bit elements: each 8 x 8 b16 matrix is 8 rows x 4
-        // floats, and lane l receives row l / 4, float l % 4 of each: the
-        // tf32 fragment layout. Lane l addresses row l % 8 of matrix l / 8.
+        // k' rows are the B columns: two column tiles an ldmatrix, as for A.
         const int m = lane / 8;
         uint32_t bh[4][2], bl[4][2];
 #pragma unroll
@@ -925,21 +949,11 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
           uint32_t r[4];
           ptx::LdMatrixX4(r, ptx::SmemAddr(ks + (wc + 8 * (nt + m / 2) + lane % 8) * kTcPitch + kk + 4 * (m % 2)));
 #pragma unroll
-          for (int i = 0; i < 4; ++i) ptx::SplitTf32(__uint_as_float(r[i]), &bh[nt + i / 2][i % 2], &bl[nt + i / 2][i % 2]);
-        }
-#pragma unroll
-        for (int mt = 0; mt < 4; ++mt) {
-          uint32_t r[4], ah[4], al[4];
-          ptx::LdMatrixX4(r, ptx::SmemAddr(qs + (wr + 16 * mt + 8 * (m % 2) + lane % 8) * kTcPitch + kk + 4 * (m / 2)));
-#pragma unroll
-          for (int i = 0; i < 4; ++i) ptx::SplitTf32(__uint_as_float(r[i]), &ah[i], &al[i]);
-#pragma unroll
-          for (int nt = 0; nt < 4; ++nt) {
-            ptx::MmaTf32(acc[mt][nt], al, bh[nt][0], bh[nt][1]);
-            ptx::MmaTf32(acc[mt][nt], ah, bl[nt][0], bl[nt][1]);
-            ptx::MmaTf32(acc[mt][nt], ah, bh[nt][0], bh[nt][1]);
+          for (int i = 0; i < 4; ++i) {
+            ptx::SplitTf32(__uint_as_float(r[i]), &bh[nt + i / 2][i % 2], &bl[nt + i / 2][i % 2]);
           }
         }
+        Tf32Mma4x4(qs, wr, kk, bh, bl, acc);
       }
     }
   }
@@ -1028,7 +1042,6 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
     if (busy) {
       const float* xs = tc_smem + (s % kTcStages) * kTcProjectStageFloats;
       const float* ws = xs + kSgemmTile * kTcPitch;
-      const int m = lane / 8;
 #pragma unroll
       for (int kk = 0; kk < kTcK; kk += 8) {
         uint32_t bh[4][2], bl[4][2];
@@ -1038,19 +1051,7 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
           ptx::SplitTf32(b[0], &bh[nt][0], &bl[nt][0]);
           ptx::SplitTf32(b[4 * kTcWPitch], &bh[nt][1], &bl[nt][1]);
         }
-#pragma unroll
-        for (int mt = 0; mt < 4; ++mt) {
-          uint32_t r[4], ah[4], al[4];
-          ptx::LdMatrixX4(r, ptx::SmemAddr(xs + (wr + 16 * mt + 8 * (m % 2) + lane % 8) * kTcPitch + kk + 4 * (m / 2)));
-#pragma unroll
-          for (int i = 0; i < 4; ++i) ptx::SplitTf32(__uint_as_float(r[i]), &ah[i], &al[i]);
-#pragma unroll
-          for (int nt = 0; nt < 4; ++nt) {
-            ptx::MmaTf32(acc[mt][nt], al, bh[nt][0], bh[nt][1]);
-            ptx::MmaTf32(acc[mt][nt], ah, bl[nt][0], bl[nt][1]);
-            ptx::MmaTf32(acc[mt][nt], ah, bh[nt][0], bh[nt][1]);
-          }
-        }
+        Tf32Mma4x4(xs, wr, kk, bh, bl, acc);
       }
     }
   }
@@ -1794,27 +1795,10 @@ std::atomic<bool> portable_pool_for_test{false};
 std::atomic<bool> simt_unfused_for_test{false};
 
 // Whether this device runs BulkPoolKernel's sm_90a code (an H100/H200 and a
-// binary built with sm_90a), per device, asked once.
+// binary built with sm_90a).
 bool BulkPoolAvailable() {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices];  // 0 unknown, 1 no, 2 yes
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0) return false;
-  if (device < kMaxDevices) {
-    const int known = cache[device].load(std::memory_order_relaxed);
-    if (known != 0) return known == 2;
-  }
-  bool yes = false;
-  int major = 0, minor = 0;
-  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
-      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess && major == 9 &&
-      minor == 0) {
-    cudaFuncAttributes attr{};
-    yes = cudaFuncGetAttributes(&attr, BulkPoolKernel<__nv_bfloat16>) == cudaSuccess && attr.binaryVersion == 90;
-  }
-  cudaGetLastError();  // a failed query leaves nothing behind
-  if (device < kMaxDevices) cache[device].store(yes ? 2 : 1, std::memory_order_relaxed);
-  return yes;
+  static Sm90aAnswers answers;
+  return Sm90aCodeRuns(reinterpret_cast<const void*>(BulkPoolKernel<__nv_bfloat16>), answers);
 }
 
 bool BulkPoolRuns() { return !portable_pool_for_test.load(std::memory_order_relaxed) && BulkPoolAvailable(); }
