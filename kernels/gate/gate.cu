@@ -25,7 +25,6 @@
 //            scan of the counts gives the offsets, and one warp per row
 //            expands its bitmap into ascending block indices.
 
-#include "kernels/common/device_util.cuh"
 #include "kernels/gate/gate.h"
 
 #include <atomic>
@@ -126,10 +125,11 @@ __device__ __forceinline__ void RopeTableRow(const float* inv_freq, int nb, int 
   }
 }
 
-// The block RoPE of one rotary pair, rounded as the CPU rounds it: four
+// The block RoPE of one rotary pair, rounded as the CPU gate rounds it: four
 // products, then a difference and a sum, each rounded to float (no fused
-// multiply-add).
-__device__ __forceinline__ void RotatePair(float x1, float x2, float c, float s, float* y1, float* y2) {
+// multiply-add; the model's RoPE, kernels/ops/rope.cuh's RotatePair, fuses
+// one).
+__device__ __forceinline__ void BlockRopePair(float x1, float x2, float c, float s, float* y1, float* y2) {
   *y1 = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
   *y2 = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
 }
@@ -239,10 +239,10 @@ __global__ void __launch_bounds__(kPoolThreads)
     const int f = (first ? d0 : d0 - half) + i;
     float y1, y2;
     if (first) {
-      RotatePair(mean[i], other, angle_cos[f], angle_sin[f], &y1, &y2);
+      BlockRopePair(mean[i], other, angle_cos[f], angle_sin[f], &y1, &y2);
       if (active) out[f] = y1;
     } else {
-      RotatePair(other, mean[i], angle_cos[f], angle_sin[f], &y1, &y2);
+      BlockRopePair(other, mean[i], angle_cos[f], angle_sin[f], &y1, &y2);
       if (active) out[f + half] = y2;
     }
   }
@@ -368,10 +368,10 @@ __global__ void __launch_bounds__(kBulkPoolThreads)
     const int d = d0 + i;
     float y1, y2;
     if (d < half) {
-      RotatePair(mean[i], means[c + i + half], angle_cos[d], angle_sin[d], &y1, &y2);
+      BlockRopePair(mean[i], means[c + i + half], angle_cos[d], angle_sin[d], &y1, &y2);
       out[d] = y1;
     } else {
-      RotatePair(means[c + i - half], mean[i], angle_cos[d - half], angle_sin[d - half], &y1, &y2);
+      BlockRopePair(means[c + i - half], mean[i], angle_cos[d - half], angle_sin[d - half], &y1, &y2);
       out[d] = y2;
     }
   }
@@ -727,10 +727,10 @@ __global__ void __launch_bounds__(32 * kWarps, 1)
     for (int j = 0; j < 4; ++j) {
       float y1, y2;
       if (first) {
-        RotatePair(acc[i][j], other[j], c[j], sv[j], &y1, &y2);
+        BlockRopePair(acc[i][j], other[j], c[j], sv[j], &y1, &y2);
         y[j] = y1;
       } else {
-        RotatePair(other[j], acc[i][j], c[j], sv[j], &y1, &y2);
+        BlockRopePair(other[j], acc[i][j], c[j], sv[j], &y1, &y2);
         y[j] = y2;
       }
     }
@@ -838,7 +838,7 @@ __global__ void RopeKernel(GateParams p, int nb, const float* pooled_q, const fl
   }
   const float c = rope[static_cast<int64_t>(b) * half + f];
   const float s = rope[static_cast<int64_t>(nb) * half + static_cast<int64_t>(b) * half + f];
-  RotatePair(x1, x2, c, s, &v[f], &v[f + half]);
+  BlockRopePair(x1, x2, c, s, &v[f], &v[f + half]);
 }
 
 // --- scores on tensor cores (3xTF32) ----------------------------------------
@@ -990,7 +990,7 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
 // in ScoresTf32Kernel; W comes in [channel][column] slabs (kTcWPitch: the
 // fragment reads hit 32 banks). The tile then goes through shared memory so
 // that each output column f < 64 meets its rotary partner f + 64, and is
-// written rotated (RotatePair, the RoPE table's angles), so k' (and q' with
+// written rotated (BlockRopePair, the RoPE table's angles), so k' (and q' with
 // mask_linear_q) needs no RoPE pass. Needs the input width % 4 == 0 and
 // 16-byte aligned weights.
 constexpr int kTcWPitch = kPrHidden + 8;
@@ -1083,7 +1083,7 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
     const float c = rope[static_cast<int64_t>(b) * kHalf + f];
     const float sn = rope[static_cast<int64_t>(nb) * kHalf + static_cast<int64_t>(b) * kHalf + f];
     float* dst = out + static_cast<int64_t>(b) * kPrHidden;
-    RotatePair(tile[r * kTcOutPitch + f], tile[r * kTcOutPitch + f + kHalf], c, sn, &dst[f], &dst[f + kHalf]);
+    BlockRopePair(tile[r * kTcOutPitch + f], tile[r * kTcOutPitch + f + kHalf], c, sn, &dst[f], &dst[f + kHalf]);
   }
 }
 
