@@ -37,6 +37,7 @@
 #include "kernels/arch/sm80_mma.cuh"
 #include "kernels/arch/sm90_available.h"
 #include "kernels/arch/sm90_ptx.cuh"
+#include "kernels/arch/sm90_wgmma.cuh"
 #include "kernels/common/check.h"
 
 namespace seer::cuda {
@@ -898,14 +899,21 @@ __device__ __forceinline__ void Tf32Mma4x4(const float* as, int wr, int kk, cons
   }
 }
 
+// Tile (qt, kt), kt <= qt, of the causal triangle of tiles, numbered row by
+// row: tile = qt (qt + 1) / 2 + kt.
+__device__ __forceinline__ void CausalTile(int tile, int* qt, int* kt) {
+  int q = static_cast<int>((sqrtf(8.0f * tile + 1.0f) - 1.0f) * 0.5f);
+  while (q * (q + 1) / 2 > tile) --q;
+  while ((q + 1) * (q + 2) / 2 <= tile) ++q;
+  *qt = q;
+  *kt = tile - q * (q + 1) / 2;
+}
+
 __global__ void __launch_bounds__(kSgemmThreads, 2)
     ScoresTf32Kernel(const float* qp, const float* kp, int nb, int hidden, int head0, float scale, float* scores) {
   extern __shared__ __align__(16) float tc_smem[];  // [stage][q, k][128][kTcPitch]
-  const int tile = blockIdx.x;
-  int qt = static_cast<int>((sqrtf(8.0f * tile + 1.0f) - 1.0f) * 0.5f);
-  while (qt * (qt + 1) / 2 > tile) --qt;
-  while ((qt + 1) * (qt + 2) / 2 <= tile) ++qt;
-  const int kt = tile - qt * (qt + 1) / 2;
+  int qt = 0, kt = 0;
+  CausalTile(static_cast<int>(blockIdx.x), &qt, &kt);
   const int hl = blockIdx.y;
   const int h = head0 + hl;
   const int q_first = qt * kSgemmTile;
@@ -982,6 +990,152 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
       }
     }
   }
+}
+
+// --- scores on Hopper's wgmma (3xTF32), the unfused gate ---------------------
+// The causal 128 x 128 tiles of ScoresTf32Kernel, the same products (lo.hi +
+// hi.lo + hi.hi in float), on wgmma m64n128k8 with both operands in shared
+// memory: warpgroup w takes rows 64w.. of the tile against all 128 columns.
+// A step is kWgK channels of the 128 q' and 128 k' rows, 64-byte rows in the
+// 64-byte swizzle. Each thread copies its chunks in by cp.async, then splits
+// them in place into tf32 hi and, beside it, lo, so that wgmma reads both
+// parts through descriptors. Needs hidden % kWgK == 0 and sm_90a.
+constexpr int kWgK = 16;
+constexpr int kWgStages = 3;
+constexpr int kWgPartBytes = kSgemmTile * kWgK * 4;  // 128 rows of one part: 8 KB
+constexpr int kWgStageBytes = 4 * kWgPartBytes;  // q' hi, q' lo, k' hi, k' lo
+constexpr size_t kWgSmemBytes = kWgStages * kWgStageBytes + 1024;  // + alignment to the swizzle atom
+
+#if defined(SEER_SM90A_ENABLED)  // the helpers of ScoresWgmmaKernel's sm_90a code
+// Byte offset of 16-byte chunk c (of 4) of row r in a 64-byte-swizzled part.
+__device__ __forceinline__ uint32_t Swizzle64(int r, int c) {
+  return static_cast<uint32_t>(r * 64 + ((c ^ ((r >> 1) & 3)) << 4));
+}
+
+__device__ __forceinline__ void SplitChunk(float4 v, unsigned char* hi_at, unsigned char* lo_at) {
+  uint4 hi, lo;
+  ptx::SplitTf32(v.x, &hi.x, &lo.x);
+  ptx::SplitTf32(v.y, &hi.y, &lo.y);
+  ptx::SplitTf32(v.z, &hi.z, &lo.z);
+  ptx::SplitTf32(v.w, &hi.w, &lo.w);
+  *reinterpret_cast<uint4*>(hi_at) = hi;
+  *reinterpret_cast<uint4*>(lo_at) = lo;
+}
+#endif
+
+__global__ void __launch_bounds__(kSgemmThreads, 2)
+    ScoresWgmmaKernel(const float* qp, const float* kp, int nb, int hidden, int head0, float scale, float* scores) {
+#if defined(SEER_SM90A_ENABLED)
+  extern __shared__ __align__(16) unsigned char wg_smem[];
+  const uint32_t base = sm90::SmemAddr(wg_smem);
+  const uint32_t pad = (1024u - base % 1024u) % 1024u;
+  unsigned char* smem = wg_smem + pad;
+  const uint32_t smem_addr = base + pad;
+  int qt = 0, kt = 0;
+  CausalTile(static_cast<int>(blockIdx.x), &qt, &kt);
+  const int hl = blockIdx.y;
+  const int h = head0 + hl;
+  const int q_first = qt * kSgemmTile;
+  const int k_first = kt * kSgemmTile;
+  const int wg = threadIdx.x / 128;
+  const bool wg_busy = q_first + 64 * wg < nb;  // warpgroup-uniform
+  const float* qh = qp + static_cast<int64_t>(h) * nb * hidden;
+  const float* kh = kp + static_cast<int64_t>(h) * nb * hidden;
+  const int steps = hidden / kWgK;
+  const int c = threadIdx.x % 4;  // this thread's chunk in rows r0 and r0 + 64
+  const int r0 = threadIdx.x / 4;
+
+  auto load = [&](int s) {  // one commit group a step, empty past the last
+    if (s < steps) {
+      const uint32_t st = smem_addr + (s % kWgStages) * kWgStageBytes;
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int r = r0 + 64 * j;
+        const uint32_t off = Swizzle64(r, c);
+        const bool q_valid = q_first + r < nb;
+        const bool k_valid = k_first + r < nb;
+        const int64_t col = s * kWgK + 4 * c;
+        ptx::CpAsync16ZeroFill(st + off, q_valid ? qh + static_cast<int64_t>(q_first + r) * hidden + col : qh,
+                               q_valid);
+        ptx::CpAsync16ZeroFill(st + 2 * kWgPartBytes + off,
+                               k_valid ? kh + static_cast<int64_t>(k_first + r) * hidden + col : kh, k_valid);
+      }
+    }
+    ptx::CpAsyncCommit();
+  };
+  // The chunks this thread copied: hi in place, lo in the next part.
+  auto split = [&](int s) {
+    unsigned char* st = smem + (s % kWgStages) * kWgStageBytes;
+#pragma unroll
+    for (int part = 0; part < 2; ++part) {
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        unsigned char* at = st + 2 * part * kWgPartBytes + Swizzle64(r0 + 64 * j, c);
+        SplitChunk(*reinterpret_cast<const float4*>(at), at, at + kWgPartBytes);
+      }
+    }
+  };
+
+  float acc[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+  for (int s = 0; s < kWgStages - 1; ++s) load(s);
+  for (int s = 0; s < steps; ++s) {
+    ptx::CpAsyncWait<kWgStages - 2>();  // this thread's copies of step s landed
+    split(s);
+    sm90::FenceProxyAsync();  // the split is seen by wgmma's reads
+    sm90::WgmmaWait<0>();  // step s - 1's products are done: its stage may be refilled
+    sm90::FenceRegs(acc);
+    __syncthreads();
+    load(s + kWgStages - 1);
+    if (wg_busy) {
+      const uint32_t st = smem_addr + (s % kWgStages) * kWgStageBytes;
+      const uint32_t a = st + wg * 64 * 64;  // the warpgroup's 64 rows of q'
+      const uint32_t b = st + 2 * kWgPartBytes;
+      sm90::WgmmaFence();
+#pragma unroll
+      for (int kk = 0; kk < kWgK / 8; ++kk) {
+        const uint32_t k_off = kk * 32;  // 8 tf32 channels
+        const uint64_t a_hi = sm90::MatrixDesc(a + k_off, 16, 512, 64);
+        const uint64_t a_lo = sm90::MatrixDesc(a + kWgPartBytes + k_off, 16, 512, 64);
+        const uint64_t b_hi = sm90::MatrixDesc(b + k_off, 16, 512, 64);
+        const uint64_t b_lo = sm90::MatrixDesc(b + kWgPartBytes + k_off, 16, 512, 64);
+        sm90::WgmmaSSTf32<128>::Run(acc, a_lo, b_hi, 1);
+        sm90::WgmmaSSTf32<128>::Run(acc, a_hi, b_lo, 1);
+        sm90::WgmmaSSTf32<128>::Run(acc, a_hi, b_hi, 1);
+      }
+      sm90::WgmmaCommit();
+    }
+  }
+  sm90::WgmmaWait<0>();
+  sm90::FenceRegs(acc);
+  if (!wg_busy) return;
+
+  // d[4j + 2hh + e]: row 16 (warp in the warpgroup) + g + 8hh, column 8j + 2t + e.
+  const int lane = threadIdx.x % 32;
+  const int g = lane / 4;
+  const int t = lane % 4;
+  float* out = scores + static_cast<int64_t>(hl) * nb * nb;
+  const bool pairs = nb % 2 == 0;  // float2 stores stay 8-byte aligned
+#pragma unroll
+  for (int hh = 0; hh < 2; ++hh) {
+    const int qb = q_first + 64 * wg + 16 * (threadIdx.x / 32 % 4) + g + 8 * hh;
+    if (qb >= nb) continue;
+    float* orow = out + static_cast<int64_t>(qb) * nb;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      const int kb = k_first + 8 * j + 2 * t;
+      const float v0 = acc[4 * j + 2 * hh] * scale;
+      const float v1 = acc[4 * j + 2 * hh + 1] * scale;
+      if (pairs && kb + 1 <= qb) {
+        *reinterpret_cast<float2*>(orow + kb) = make_float2(v0, v1);
+      } else {
+        if (kb <= qb) orow[kb] = v0;
+        if (kb + 1 <= qb) orow[kb + 1] = v1;
+      }
+    }
+  }
+#endif
 }
 
 // --- projection and RoPE on tensor cores (3xTF32), the unfused gate ---------
@@ -1096,11 +1250,8 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
 template <bool kVec>
 __global__ void __launch_bounds__(kSgemmThreads, 2)
     ScoresKernel(const float* qp, const float* kp, int nb, int hidden, int head0, float scale, float* scores) {
-  const int tile = blockIdx.x;
-  int qt = static_cast<int>((sqrtf(8.0f * tile + 1.0f) - 1.0f) * 0.5f);
-  while (qt * (qt + 1) / 2 > tile) --qt;
-  while ((qt + 1) * (qt + 2) / 2 <= tile) ++qt;
-  const int kt = tile - qt * (qt + 1) / 2;
+  int qt = 0, kt = 0;
+  CausalTile(static_cast<int>(blockIdx.x), &qt, &kt);
   const int hl = blockIdx.y;
   const int h = head0 + hl;
   const int q_first = qt * kSgemmTile;
@@ -1793,12 +1944,19 @@ bool Aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 =
 
 std::atomic<bool> portable_pool_for_test{false};
 std::atomic<bool> simt_unfused_for_test{false};
+std::atomic<bool> mma_sync_scores_for_test{false};
 
 // Whether this device runs BulkPoolKernel's sm_90a code (an H100/H200 and a
 // binary built with sm_90a).
 bool BulkPoolAvailable() {
   static Sm90aAnswers answers;
   return Sm90aCodeRuns(reinterpret_cast<const void*>(BulkPoolKernel<__nv_bfloat16>), answers);
+}
+
+// Whether this device runs ScoresWgmmaKernel's sm_90a code.
+bool ScoresWgmmaAvailable() {
+  static Sm90aAnswers answers;
+  return Sm90aCodeRuns(reinterpret_cast<const void*>(ScoresWgmmaKernel), answers);
 }
 
 bool BulkPoolRuns() { return !portable_pool_for_test.load(std::memory_order_relaxed) && BulkPoolAvailable(); }
@@ -1920,8 +2078,13 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
                                     : 256 % p.head_dim == 0 && p.head_dim % 16 == 0);
   const bool tc_project = !fused && !simt && p.hidden == kPrHidden && Aligned16(p.k_weight) &&
                           (p.q_weight == nullptr || Aligned16(p.q_weight));
-  const bool project_rope = fused && p.hidden == kPrHidden && Aligned16(p.k_weight) &&
-                            (p.q_weight == nullptr || Aligned16(p.q_weight));
+  const bool project_rope =
+      fused && p.hidden == kPrHidden && Aligned16(p.k_weight) && (p.q_weight == nullptr || Aligned16(p.q_weight));
+  // The unfused gate's scores: wgmma on sm_90, else mma.sync, else (hidden
+  // % 4 != 0, or the test hooks) the SIMT kernel.
+  const bool tensor_scores = !fused && p.hidden % 4 == 0 && !simt;
+  const bool wgmma = tensor_scores && p.hidden % kWgK == 0 &&
+                     !mma_sync_scores_for_test.load(std::memory_order_relaxed) && ScoresWgmmaAvailable();
 
   // pool (the fused gate's pool kernel also writes the RoPE table)
   const int pool_chunks = bulk_pool ? kBulkPoolChannels : kPoolThreads * 8;
@@ -1962,7 +2125,7 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     if (p.q_weight == nullptr && !q_in_pool) {  // q' = RoPE(pooled Q)
       const int64_t rope_pairs = static_cast<int64_t>(p.num_heads) * nb * g.half;
       RopeKernel<<<dim3(static_cast<unsigned>((rope_pairs + 255) / 256), 1), 256, 0, stream>>>(p, nb, pooled_q, rope,
-                                                                                            false, qp, kp);
+                                                                                               false, qp, kp);
       SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     }
   } else if (project_rope) {
@@ -2017,15 +2180,19 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     // scores + select, heads_per_pass heads at a time
     const int tiles = (nb + kSgemmTile - 1) / kSgemmTile;
     auto scores_kernel = p.hidden % 4 == 0 ? ScoresKernel<true> : ScoresKernel<false>;
-    const bool tensor_cores = p.hidden % 4 == 0 && !simt;
-    if (tensor_cores) {
+    if (wgmma) {
+      SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(ScoresWgmmaKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                     static_cast<int>(kWgSmemBytes)));
+    } else if (tensor_scores) {
       SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(ScoresTf32Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                      static_cast<int>(kTcSmemBytes)));
     }
     for (int head0 = 0; head0 < p.num_heads; head0 += g.heads_per_pass) {
       const int heads = p.num_heads - head0 < g.heads_per_pass ? p.num_heads - head0 : g.heads_per_pass;
       const dim3 grid(tiles * (tiles + 1) / 2, heads);
-      if (tensor_cores) {
+      if (wgmma) {
+        ScoresWgmmaKernel<<<grid, kSgemmThreads, kWgSmemBytes, stream>>>(qp, kp, nb, p.hidden, head0, scale, scores);
+      } else if (tensor_scores) {
         ScoresTf32Kernel<<<grid, kSgemmThreads, kTcSmemBytes, stream>>>(qp, kp, nb, p.hidden, head0, scale, scores);
       } else {
         scores_kernel<<<grid, kSgemmThreads, 0, stream>>>(qp, kp, nb, p.hidden, head0, scale, scores);
@@ -2042,6 +2209,11 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
 }
 
 void UseSimtUnfusedGateForTest(bool simt) { simt_unfused_for_test.store(simt, std::memory_order_relaxed); }
+
+bool UseMmaSyncScoresForTest(bool mma_sync) {
+  mma_sync_scores_for_test.store(mma_sync, std::memory_order_relaxed);
+  return ScoresWgmmaAvailable();
+}
 
 bool UsePortablePoolForTest(bool portable) {
   portable_pool_for_test.store(portable, std::memory_order_relaxed);

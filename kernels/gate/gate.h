@@ -110,6 +110,13 @@ bool UsePortablePoolForTest(bool portable);
 // the default.
 void UseSimtUnfusedGateForTest(bool simt);
 
+// TEST HOOK, for kernels/gate/gate_gpu_test.cc only: with `mma_sync` true,
+// every later unfused gate in the process scores on tensor cores with the
+// mma.sync kernel (any GPU from sm_80) even where the sm_90 wgmma kernel
+// would run; false restores the default. Returns whether this device runs
+// the wgmma scores kernel by default (where hidden % 16 == 0).
+bool UseMmaSyncScoresForTest(bool mma_sync);
+
 // TEST HOOK, for kernels/gate/gate_gpu_test.cc only: the gate's select step
 // alone, on scores the caller gives instead of the gate's own. `scores` is
 // device memory [num_heads, nb, nb] (16-byte aligned), row (h, qb) holding the

@@ -401,25 +401,37 @@ class GateGpuTest : public ::testing::Test {
     p.workspace_bytes = ws_bytes;
     std::vector<int32_t> fused_offsets, fused_indices;
     // The fused gate, the unfused gate (scores on tensor cores where hidden
-    // % 4 == 0), and the unfused gate with the SIMT scores kernel.
+    // % 4 == 0: wgmma on sm_90 where hidden % 16 == 0, else mma.sync), the
+    // unfused gate with the mma.sync scores kernel where wgmma would run, and
+    // the unfused gate with the SIMT scores kernel.
     struct Pass {
       cuda::GateVariant variant;
       bool simt_unfused;
+      bool mma_sync_scores;
       const char* name;
     };
-    const Pass passes[] = {{cuda::GateVariant::kFused, false, "fused"},
-                           {cuda::GateVariant::kUnfused, false, "unfused"},
-                           {cuda::GateVariant::kUnfused, true, "unfused, SIMT kernels"}};
+    const bool wgmma_runs = cuda::UseMmaSyncScoresForTest(false) && c.hidden % 16 == 0;
+    const Pass passes[] = {{cuda::GateVariant::kFused, false, false, "fused"},
+                           {cuda::GateVariant::kUnfused, false, false, wgmma_runs ? "unfused, wgmma" : "unfused"},
+                           {cuda::GateVariant::kUnfused, false, true, "unfused, mma.sync scores"},
+                           {cuda::GateVariant::kUnfused, true, false, "unfused, SIMT kernels"}};
     for (const Pass& pass : passes) {
+      if (pass.mma_sync_scores && !wgmma_runs) continue;  // the "unfused" pass ran these kernels
       const cuda::GateVariant variant = pass.variant;
       SCOPED_TRACE(pass.name);
-      cuda::UseSimtUnfusedGateForTest(pass.simt_unfused);
+      auto run_pass = [&] {
+        cuda::UseSimtUnfusedGateForTest(pass.simt_unfused);
+        cuda::UseMmaSyncScoresForTest(pass.mma_sync_scores);
+        const cudaError_t ran = cuda::RunGateKernelsVariant(p, variant, nullptr);
+        cuda::UseSimtUnfusedGateForTest(false);
+        cuda::UseMmaSyncScoresForTest(false);
+        return ran;
+      };
       ASSERT_CUDA(cudaMemset(doffsets.get(), 0xFF, (static_cast<size_t>(Hq) * nb + 1) * 4));
       ASSERT_CUDA(cudaMemset(dindices.get(), 0xFF, static_cast<size_t>(capacity) * 4));
       ASSERT_CUDA(cudaMemset(dkept.get(), 0xFF, static_cast<size_t>(Hq) * 8));
       ASSERT_CUDA(cudaMemset(dprobs.get(), 0xFF, static_cast<size_t>(Hq) * nb * nb * 4));
-      const cudaError_t ran = cuda::RunGateKernelsVariant(p, variant, nullptr);
-      cuda::UseSimtUnfusedGateForTest(false);
+      const cudaError_t ran = run_pass();
       ASSERT_CUDA(ran);
       ASSERT_CUDA(cudaDeviceSynchronize());
 
@@ -442,9 +454,7 @@ class GateGpuTest : public ::testing::Test {
       if (cuda::UsePortablePoolForTest(true)) {
         ASSERT_CUDA(cudaMemset(doffsets.get(), 0xFF, (static_cast<size_t>(Hq) * nb + 1) * 4));
         ASSERT_CUDA(cudaMemset(dprobs.get(), 0xFF, static_cast<size_t>(Hq) * nb * nb * 4));
-        cuda::UseSimtUnfusedGateForTest(pass.simt_unfused);
-        const cudaError_t run = cuda::RunGateKernelsVariant(p, variant, nullptr);
-        cuda::UseSimtUnfusedGateForTest(false);
+        const cudaError_t run = run_pass();
         cuda::UsePortablePoolForTest(false);
         ASSERT_CUDA(run);
         ASSERT_CUDA(cudaDeviceSynchronize());
