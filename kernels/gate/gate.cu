@@ -56,7 +56,8 @@ struct GateLayout {
   int half = 0;
   int heads_per_pass = 0;
   int words = 0;  // 32-bit bitmap words per row
-  size_t rope = 0, pooled_q = 0, pooled_k = 0, qp = 0, kp = 0, scores = 0, bitmap = 0, counts = 0, total = 0;
+  size_t rope = 0, pooled_q = 0, pooled_k = 0, qp = 0, kp = 0, qp_lo = 0, kp_lo = 0, scores = 0, bitmap = 0,
+         counts = 0, total = 0;
 };
 
 // The fused gate keeps no nb x nb scores (with_scores = false).
@@ -78,6 +79,10 @@ GateLayout MakeLayout(const GateParams& p, bool with_scores) {
   g.pooled_k = take(sizeof(float) * nb * p.num_kv_heads * 3 * p.head_dim);
   g.qp = take(sizeof(float) * nb * p.num_heads * p.hidden);
   g.kp = take(sizeof(float) * nb * p.num_heads * p.hidden);
+  // The unfused gate's wgmma scores take q' and k' split into tf32 hi (in
+  // qp, kp) and lo parts.
+  g.qp_lo = take(with_scores ? sizeof(float) * nb * p.num_heads * p.hidden : 0);
+  g.kp_lo = take(with_scores ? sizeof(float) * nb * p.num_heads * p.hidden : 0);
   g.scores = take(with_scores ? sizeof(float) * nb * nb * g.heads_per_pass : 0);
   g.bitmap = take(sizeof(uint32_t) * nb * p.num_heads * g.words);
   g.counts = take(sizeof(int32_t) * nb * p.num_heads);
@@ -809,12 +814,26 @@ __global__ void __launch_bounds__(kSgemmThreads, kVec ? 2 : 1)
   }
 }
 
+// Writes x to *dst, or, with lo not null, x's tf32 hi part to *dst and its
+// lo part to *lo (ptx::SplitTf32; the wgmma scores read both).
+__device__ __forceinline__ void StoreMaybeSplit(float x, float* dst, float* lo) {
+  if (lo == nullptr) {
+    *dst = x;
+    return;
+  }
+  uint32_t h, l;
+  ptx::SplitTf32(x, &h, &l);
+  *dst = __uint_as_float(h);
+  *lo = __uint_as_float(l);
+}
+
 // Block RoPE in place on q' and k' ([Hq, nb, hidden]); without mask_linear_q,
 // q' is first taken from the pooled Q. One thread per rotated pair. The
 // rotation rounds as the CPU does: four products, then a difference and a
 // sum, each rounded to float (no fused multiply-add).
+// With qp_lo and kp_lo not null, writes them split (StoreMaybeSplit).
 __global__ void RopeKernel(GateParams p, int nb, const float* pooled_q, const float* rope, bool k_only, float* qp,
-                           float* kp) {
+                           float* kp, float* qp_lo = nullptr, float* kp_lo = nullptr) {
   // grid (ceil(pairs / 256), 2): y = 1 rotates k'; grid (.., 1) with k_only
   // only k' (the pool rotated q'). 32-bit index arithmetic
   // (64-bit division was most of this kernel's time): pairs = Hq * nb *
@@ -827,7 +846,10 @@ __global__ void RopeKernel(GateParams p, int nb, const float* pooled_q, const fl
   const int f = j % half;
   const int b = j / half % nb;
   const int h = j / (half * nb);
-  float* v = (is_k ? kp : qp) + (static_cast<int64_t>(h) * nb + b) * p.hidden;
+  const int64_t at = (static_cast<int64_t>(h) * nb + b) * p.hidden;
+  float* v = (is_k ? kp : qp) + at;
+  float* lo = is_k ? kp_lo : qp_lo;
+  if (lo != nullptr) lo += at;
   float x1, x2;
   if (!is_k && p.q_weight == nullptr) {
     const float* src = pooled_q + (static_cast<int64_t>(b) * p.num_heads + h) * p.head_dim;
@@ -839,7 +861,10 @@ __global__ void RopeKernel(GateParams p, int nb, const float* pooled_q, const fl
   }
   const float c = rope[static_cast<int64_t>(b) * half + f];
   const float s = rope[static_cast<int64_t>(nb) * half + static_cast<int64_t>(b) * half + f];
-  BlockRopePair(x1, x2, c, s, &v[f], &v[f + half]);
+  float y1, y2;
+  BlockRopePair(x1, x2, c, s, &y1, &y2);
+  StoreMaybeSplit(y1, &v[f], lo != nullptr ? &lo[f] : nullptr);
+  StoreMaybeSplit(y2, &v[f + half], lo != nullptr ? &lo[f + half] : nullptr);
 }
 
 // --- scores on tensor cores (3xTF32) ----------------------------------------
@@ -996,10 +1021,12 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
 // The causal 128 x 128 tiles of ScoresTf32Kernel, the same products (lo.hi +
 // hi.lo + hi.hi in float), on wgmma m64n128k8 with both operands in shared
 // memory: warpgroup w takes rows 64w.. of the tile against all 128 columns.
-// A step is kWgK channels of the 128 q' and 128 k' rows, 64-byte rows in the
-// 64-byte swizzle. Each thread copies its chunks in by cp.async, then splits
-// them in place into tf32 hi and, beside it, lo, so that wgmma reads both
-// parts through descriptors. Needs hidden % kWgK == 0 and sm_90a.
+// q' and k' come split into tf32 hi and lo parts (RopeKernel and
+// ProjectRopeTf32Kernel write them so; splitting here cost a read and two
+// writes of shared memory a float, and shared memory is what wgmma's
+// operand reads are bound by). A step is kWgK channels of the 128 q' and
+// 128 k' rows, each part 64-byte rows in the 64-byte swizzle, copied in by
+// cp.async. Needs hidden % kWgK == 0 and sm_90a.
 constexpr int kWgK = 16;
 constexpr int kWgStages = 3;
 constexpr int kWgPartBytes = kSgemmTile * kWgK * 4;  // 128 rows of one part: 8 KB
@@ -1011,25 +1038,15 @@ constexpr size_t kWgSmemBytes = kWgStages * kWgStageBytes + 1024;  // + alignmen
 __device__ __forceinline__ uint32_t Swizzle64(int r, int c) {
   return static_cast<uint32_t>(r * 64 + ((c ^ ((r >> 1) & 3)) << 4));
 }
-
-__device__ __forceinline__ void SplitChunk(float4 v, unsigned char* hi_at, unsigned char* lo_at) {
-  uint4 hi, lo;
-  ptx::SplitTf32(v.x, &hi.x, &lo.x);
-  ptx::SplitTf32(v.y, &hi.y, &lo.y);
-  ptx::SplitTf32(v.z, &hi.z, &lo.z);
-  ptx::SplitTf32(v.w, &hi.w, &lo.w);
-  *reinterpret_cast<uint4*>(hi_at) = hi;
-  *reinterpret_cast<uint4*>(lo_at) = lo;
-}
 #endif
 
 __global__ void __launch_bounds__(kSgemmThreads, 2)
-    ScoresWgmmaKernel(const float* qp, const float* kp, int nb, int hidden, int head0, float scale, float* scores) {
+    ScoresWgmmaKernel(const float* qp, const float* qp_lo, const float* kp, const float* kp_lo, int nb, int hidden,
+                      int head0, float scale, float* scores) {
 #if defined(SEER_SM90A_ENABLED)
   extern __shared__ __align__(16) unsigned char wg_smem[];
   const uint32_t base = sm90::SmemAddr(wg_smem);
   const uint32_t pad = (1024u - base % 1024u) % 1024u;
-  unsigned char* smem = wg_smem + pad;
   const uint32_t smem_addr = base + pad;
   int qt = 0, kt = 0;
   CausalTile(static_cast<int>(blockIdx.x), &qt, &kt);
@@ -1039,8 +1056,8 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
   const int k_first = kt * kSgemmTile;
   const int wg = threadIdx.x / 128;
   const bool wg_busy = q_first + 64 * wg < nb;  // warpgroup-uniform
-  const float* qh = qp + static_cast<int64_t>(h) * nb * hidden;
-  const float* kh = kp + static_cast<int64_t>(h) * nb * hidden;
+  const int64_t head = static_cast<int64_t>(h) * nb * hidden;
+  const float* src[4] = {qp + head, qp_lo + head, kp + head, kp_lo + head};  // the parts, in stage order
   const int steps = hidden / kWgK;
   const int c = threadIdx.x % 4;  // this thread's chunk in rows r0 and r0 + 64
   const int r0 = threadIdx.x / 4;
@@ -1052,28 +1069,17 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
       for (int j = 0; j < 2; ++j) {
         const int r = r0 + 64 * j;
         const uint32_t off = Swizzle64(r, c);
-        const bool q_valid = q_first + r < nb;
-        const bool k_valid = k_first + r < nb;
         const int64_t col = s * kWgK + 4 * c;
-        ptx::CpAsync16ZeroFill(st + off, q_valid ? qh + static_cast<int64_t>(q_first + r) * hidden + col : qh,
-                               q_valid);
-        ptx::CpAsync16ZeroFill(st + 2 * kWgPartBytes + off,
-                               k_valid ? kh + static_cast<int64_t>(k_first + r) * hidden + col : kh, k_valid);
+#pragma unroll
+        for (int part = 0; part < 4; ++part) {
+          const int row = (part < 2 ? q_first : k_first) + r;
+          const bool valid = row < nb;
+          ptx::CpAsync16ZeroFill(st + part * kWgPartBytes + off,
+                                 valid ? src[part] + static_cast<int64_t>(row) * hidden + col : src[part], valid);
+        }
       }
     }
     ptx::CpAsyncCommit();
-  };
-  // The chunks this thread copied: hi in place, lo in the next part.
-  auto split = [&](int s) {
-    unsigned char* st = smem + (s % kWgStages) * kWgStageBytes;
-#pragma unroll
-    for (int part = 0; part < 2; ++part) {
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        unsigned char* at = st + 2 * part * kWgPartBytes + Swizzle64(r0 + 64 * j, c);
-        SplitChunk(*reinterpret_cast<const float4*>(at), at, at + kWgPartBytes);
-      }
-    }
   };
 
   float acc[64];
@@ -1082,8 +1088,7 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
   for (int s = 0; s < kWgStages - 1; ++s) load(s);
   for (int s = 0; s < steps; ++s) {
     ptx::CpAsyncWait<kWgStages - 2>();  // this thread's copies of step s landed
-    split(s);
-    sm90::FenceProxyAsync();  // the split is seen by wgmma's reads
+    sm90::FenceProxyAsync();  // and are seen by wgmma's reads
     sm90::WgmmaWait<0>();  // step s - 1's products are done: its stage may be refilled
     sm90::FenceRegs(acc);
     __syncthreads();
@@ -1155,7 +1160,7 @@ static_assert(kSgemmTile * kTcOutPitch <= kTcStages * kTcProjectStageFloats, "th
 
 __global__ void __launch_bounds__(kSgemmThreads, 2)
     ProjectRopeTf32Kernel(GateParams p, int nb, const float* pooled_q, const float* pooled_k, const float* rope,
-                          float* qp, float* kp) {
+                          float* qp, float* kp, float* qp_lo, float* kp_lo) {
   extern __shared__ __align__(16) float tc_smem[];  // [stage][x [128][kTcPitch], w [kTcK][kTcWPitch]]
   const ProjectOperands o = GetProjectOperands(p, blockIdx.z, pooled_q, pooled_k);
   const int m0 = blockIdx.x * kSgemmTile;
@@ -1229,6 +1234,8 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
   __syncthreads();
   constexpr int kHalf = kPrHidden / 2;
   float* out = (o.is_k ? kp : qp) + static_cast<int64_t>(o.h) * nb * kPrHidden;
+  float* out_lo = o.is_k ? kp_lo : qp_lo;
+  if (out_lo != nullptr) out_lo += static_cast<int64_t>(o.h) * nb * kPrHidden;
   for (int i = threadIdx.x; i < kSgemmTile * kHalf; i += kSgemmThreads) {
     const int r = i / kHalf;
     const int f = i % kHalf;
@@ -1237,7 +1244,11 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
     const float c = rope[static_cast<int64_t>(b) * kHalf + f];
     const float sn = rope[static_cast<int64_t>(nb) * kHalf + static_cast<int64_t>(b) * kHalf + f];
     float* dst = out + static_cast<int64_t>(b) * kPrHidden;
-    BlockRopePair(tile[r * kTcOutPitch + f], tile[r * kTcOutPitch + f + kHalf], c, sn, &dst[f], &dst[f + kHalf]);
+    float* lo = out_lo != nullptr ? out_lo + static_cast<int64_t>(b) * kPrHidden : nullptr;
+    float y1, y2;
+    BlockRopePair(tile[r * kTcOutPitch + f], tile[r * kTcOutPitch + f + kHalf], c, sn, &y1, &y2);
+    StoreMaybeSplit(y1, &dst[f], lo != nullptr ? &lo[f] : nullptr);
+    StoreMaybeSplit(y2, &dst[f + kHalf], lo != nullptr ? &lo[f + kHalf] : nullptr);
   }
 }
 
@@ -2060,6 +2071,8 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   float* pooled_k = reinterpret_cast<float*>(ws + g.pooled_k);
   float* qp = reinterpret_cast<float*>(ws + g.qp);
   float* kp = reinterpret_cast<float*>(ws + g.kp);
+  float* qp_lo = reinterpret_cast<float*>(ws + g.qp_lo);
+  float* kp_lo = reinterpret_cast<float*>(ws + g.kp_lo);
   float* scores = reinterpret_cast<float*>(ws + g.scores);
   uint32_t* bitmap = reinterpret_cast<uint32_t*>(ws + g.bitmap);
   int32_t* counts = reinterpret_cast<int32_t*>(ws + g.counts);
@@ -2085,6 +2098,9 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   const bool tensor_scores = !fused && p.hidden % 4 == 0 && !simt;
   const bool wgmma = tensor_scores && p.hidden % kWgK == 0 &&
                      !mma_sync_scores_for_test.load(std::memory_order_relaxed) && ScoresWgmmaAvailable();
+  // For wgmma the last writer of q' and k' (the RoPE step) splits them.
+  float* split_q = wgmma ? qp_lo : nullptr;
+  float* split_k = wgmma ? kp_lo : nullptr;
 
   // pool (the fused gate's pool kernel also writes the RoPE table)
   const int pool_chunks = bulk_pool ? kBulkPoolChannels : kPoolThreads * 8;
@@ -2120,12 +2136,12 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(ProjectRopeTf32Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                    static_cast<int>(kTcProjectSmemBytes)));
     ProjectRopeTf32Kernel<<<dim3((nb + kSgemmTile - 1) / kSgemmTile, 1, p.num_heads * linears), kSgemmThreads,
-                            kTcProjectSmemBytes, stream>>>(p, nb, pooled_q, pooled_k, rope, qp, kp);
+                            kTcProjectSmemBytes, stream>>>(p, nb, pooled_q, pooled_k, rope, qp, kp, split_q, split_k);
     SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     if (p.q_weight == nullptr && !q_in_pool) {  // q' = RoPE(pooled Q)
       const int64_t rope_pairs = static_cast<int64_t>(p.num_heads) * nb * g.half;
-      RopeKernel<<<dim3(static_cast<unsigned>((rope_pairs + 255) / 256), 1), 256, 0, stream>>>(p, nb, pooled_q, rope,
-                                                                                               false, qp, kp);
+      RopeKernel<<<dim3(static_cast<unsigned>((rope_pairs + 255) / 256), 1), 256, 0, stream>>>(
+          p, nb, pooled_q, rope, false, qp, kp, split_q, split_k);
       SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     }
   } else if (project_rope) {
@@ -2154,7 +2170,7 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     const int64_t rope_pairs = static_cast<int64_t>(p.num_heads) * nb * g.half;
     RopeKernel<<<dim3(static_cast<unsigned>((rope_pairs + 255) / 256), q_in_pool ? 1 : 2), 256, 0, stream>>>(
-        p, nb, pooled_q, rope, q_in_pool, qp, kp);
+        p, nb, pooled_q, rope, q_in_pool, qp, kp, split_q, split_k);
     SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   }
 
@@ -2191,7 +2207,8 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
       const int heads = p.num_heads - head0 < g.heads_per_pass ? p.num_heads - head0 : g.heads_per_pass;
       const dim3 grid(tiles * (tiles + 1) / 2, heads);
       if (wgmma) {
-        ScoresWgmmaKernel<<<grid, kSgemmThreads, kWgSmemBytes, stream>>>(qp, kp, nb, p.hidden, head0, scale, scores);
+        ScoresWgmmaKernel<<<grid, kSgemmThreads, kWgSmemBytes, stream>>>(qp, qp_lo, kp, kp_lo, nb, p.hidden, head0,
+                                                                         scale, scores);
       } else if (tensor_scores) {
         ScoresTf32Kernel<<<grid, kSgemmThreads, kTcSmemBytes, stream>>>(qp, kp, nb, p.hidden, head0, scale, scores);
       } else {
