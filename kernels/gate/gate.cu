@@ -1797,11 +1797,12 @@ int FusedRows(int nb, int hidden, size_t limit) {
 constexpr size_t kFusedSmemTwoPerSm = 110 * 1024;
 constexpr size_t kFusedSmemMax = 220 * 1024;
 
-// Where the fused gate runs under kAuto: measured faster than the old one at
-// 8k tokens (nb 128) and slower at 32k (nb 512) on an H200 (docs/KERNELS.md):
-// with more blocks, the k' rows re-read per CTA of few rows outweigh the
-// scores the old gate writes and reads back.
-constexpr int kFusedAutoMaxBlocks = 256;
+// Where the fused gate runs under kAuto: with the old gate's scores on
+// wgmma, measured faster than the old one up to 12k tokens (nb 192) and
+// slower from 16k (nb 256) on an H200 (docs/KERNELS.md): with more blocks,
+// the k' rows re-read per CTA of few rows outweigh the scores the old gate
+// writes and reads back.
+constexpr int kFusedAutoMaxBlocks = 192;
 
 int FusedRowsFor(int nb, int hidden) {
   const int two = FusedRows(nb, hidden, kFusedSmemTwoPerSm);

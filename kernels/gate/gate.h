@@ -87,7 +87,7 @@ cudaError_t RunGateKernels(const GateParams& p, cudaStream_t stream);
 // The gate's kernel sets, for tests and the benchmark. Both select exactly
 // the same blocks. RunGateKernels runs kAuto.
 enum class GateVariant {
-  kAuto,  // kFused up to 256 blocks (16k tokens at block 64), kUnfused beyond
+  kAuto,  // kFused up to 192 blocks (12k tokens at block 64), kUnfused beyond
   kFused,  // scores and selection in one kernel, no nb x nb scratch
   kUnfused,  // scores into an nb x nb scratch per head, then a select kernel
 };
