@@ -937,15 +937,37 @@ __device__ __forceinline__ void CausalTile(int tile, int* qt, int* kt) {
   *kt = tile - q * (q + 1) / 2;
 }
 
+// The tile a scores CTA computes: block x of the causal triangle of tiles,
+// head head0 + blockIdx.y (hl in this pass).
+struct ScoresTile {
+  int hl, h, q_first, k_first;
+};
+
+__device__ __forceinline__ ScoresTile ScoresTileOf(int head0) {
+  int qt = 0, kt = 0;
+  CausalTile(static_cast<int>(blockIdx.x), &qt, &kt);
+  return {static_cast<int>(blockIdx.y), head0 + static_cast<int>(blockIdx.y), qt * kSgemmTile, kt * kSgemmTile};
+}
+
+// Scores (qb, kb) and (qb, kb + 1), of those on or below the diagonal; one
+// 8-byte store where both are and `pairs` (nb even: rows 8-byte aligned).
+__device__ __forceinline__ void StoreScorePair(float* orow, int qb, int kb, float v0, float v1, bool pairs) {
+  if (pairs && kb + 1 <= qb) {
+    *reinterpret_cast<float2*>(orow + kb) = make_float2(v0, v1);
+  } else {
+    if (kb <= qb) orow[kb] = v0;
+    if (kb + 1 <= qb) orow[kb + 1] = v1;
+  }
+}
+
 __global__ void __launch_bounds__(kSgemmThreads, 2)
     ScoresTf32Kernel(const float* qp, const float* kp, int nb, int hidden, int head0, float scale, float* scores) {
   extern __shared__ __align__(16) float tc_smem[];  // [stage][q, k][128][kTcPitch]
-  int qt = 0, kt = 0;
-  CausalTile(static_cast<int>(blockIdx.x), &qt, &kt);
-  const int hl = blockIdx.y;
-  const int h = head0 + hl;
-  const int q_first = qt * kSgemmTile;
-  const int k_first = kt * kSgemmTile;
+  const ScoresTile tile = ScoresTileOf(head0);
+  const int hl = tile.hl;
+  const int h = tile.h;
+  const int q_first = tile.q_first;
+  const int k_first = tile.k_first;
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   const int g = lane / 4;
@@ -1009,12 +1031,7 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
         const int kb = k_first + wc + 8 * nt + 2 * t;
         const float v0 = acc[mt][nt][2 * half] * scale;
         const float v1 = acc[mt][nt][2 * half + 1] * scale;
-        if (pairs && kb + 1 <= qb) {
-          *reinterpret_cast<float2*>(orow + kb) = make_float2(v0, v1);
-        } else {
-          if (kb <= qb) orow[kb] = v0;
-          if (kb + 1 <= qb) orow[kb + 1] = v1;
-        }
+        StoreScorePair(orow, qb, kb, v0, v1, pairs);
       }
     }
   }
@@ -1051,12 +1068,11 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
   const uint32_t base = sm90::SmemAddr(wg_smem);
   const uint32_t pad = (1024u - base % 1024u) % 1024u;
   const uint32_t smem_addr = base + pad;
-  int qt = 0, kt = 0;
-  CausalTile(static_cast<int>(blockIdx.x), &qt, &kt);
-  const int hl = blockIdx.y;
-  const int h = head0 + hl;
-  const int q_first = qt * kSgemmTile;
-  const int k_first = kt * kSgemmTile;
+  const ScoresTile tile = ScoresTileOf(head0);
+  const int hl = tile.hl;
+  const int h = tile.h;
+  const int q_first = tile.q_first;
+  const int k_first = tile.k_first;
   const int wg = threadIdx.x / 128;
   const bool wg_busy = q_first + 64 * wg < nb;  // warpgroup-uniform
   const int64_t head = static_cast<int64_t>(h) * nb * hidden;
@@ -1135,12 +1151,7 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
       const int kb = k_first + 8 * j + 2 * t;
       const float v0 = acc[4 * j + 2 * hh] * scale;
       const float v1 = acc[4 * j + 2 * hh + 1] * scale;
-      if (pairs && kb + 1 <= qb) {
-        *reinterpret_cast<float2*>(orow + kb) = make_float2(v0, v1);
-      } else {
-        if (kb <= qb) orow[kb] = v0;
-        if (kb + 1 <= qb) orow[kb + 1] = v1;
-      }
+      StoreScorePair(orow, qb, kb, v0, v1, pairs);
     }
   }
 #endif
@@ -1264,12 +1275,11 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
 template <bool kVec>
 __global__ void __launch_bounds__(kSgemmThreads, 2)
     ScoresKernel(const float* qp, const float* kp, int nb, int hidden, int head0, float scale, float* scores) {
-  int qt = 0, kt = 0;
-  CausalTile(static_cast<int>(blockIdx.x), &qt, &kt);
-  const int hl = blockIdx.y;
-  const int h = head0 + hl;
-  const int q_first = qt * kSgemmTile;
-  const int k_first = kt * kSgemmTile;
+  const ScoresTile tile = ScoresTileOf(head0);
+  const int hl = tile.hl;
+  const int h = tile.h;
+  const int q_first = tile.q_first;
+  const int k_first = tile.k_first;
   __shared__ __align__(16) SgemmSlab qs[2], ks[2];
   // Warps with no score on or below the diagonal (the upper right of a
   // diagonal tile) or none before nb only load.
