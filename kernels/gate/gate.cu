@@ -59,8 +59,8 @@ struct GateLayout {
   int half = 0;
   int heads_per_pass = 0;
   int words = 0;  // 32-bit bitmap words per row
-  size_t rope = 0, pooled_q = 0, pooled_k = 0, qp = 0, kp = 0, qp_lo = 0, kp_lo = 0, scores = 0, bitmap = 0,
-         counts = 0, total = 0;
+  size_t rope = 0, pooled_q = 0, pooled_k = 0, pooled_k_lo = 0, wt = 0, qp = 0, kp = 0, qp_lo = 0, kp_lo = 0,
+         scores = 0, bitmap = 0, counts = 0, total = 0;
 };
 
 // The fused gate keeps no nb x nb scores (with_scores = false).
@@ -80,6 +80,11 @@ GateLayout MakeLayout(const GateParams& p, bool with_scores) {
   g.rope = take(sizeof(float) * 2 * nb * g.half);
   g.pooled_q = take(sizeof(float) * nb * p.num_heads * p.head_dim);
   g.pooled_k = take(sizeof(float) * nb * p.num_kv_heads * 3 * p.head_dim);
+  // The unfused gate's wgmma projection takes the pooled K split into tf32
+  // hi (in pooled_k) and lo parts, and W transposed and split (wt).
+  const size_t w_heads = p.k_weight_heads > 0 ? p.k_weight_heads : p.num_heads;
+  g.pooled_k_lo = take(with_scores ? sizeof(float) * nb * p.num_kv_heads * 3 * p.head_dim : 0);
+  g.wt = take(with_scores ? sizeof(float) * 2 * w_heads * p.hidden * 3 * p.head_dim : 0);
   g.qp = take(sizeof(float) * nb * p.num_heads * p.hidden);
   g.kp = take(sizeof(float) * nb * p.num_heads * p.hidden);
   // The unfused gate's wgmma scores take q' and k' split into tf32 hi (in
@@ -104,6 +109,37 @@ GateLayout MakeLayout(const GateParams& p, bool with_scores) {
 // H200; 16 and 32 cost occupancy and were slower.)
 constexpr int kPoolThreads = 128;
 constexpr int kPoolBatch = 8;
+
+// Writes x to *dst, or, with lo not null, x's tf32 hi part to *dst and its
+// lo part to *lo (ptx::SplitTf32; the wgmma kernels read both).
+__device__ __forceinline__ void StoreMaybeSplit(float x, float* dst, float* lo) {
+  if (lo == nullptr) {
+    *dst = x;
+    return;
+  }
+  uint32_t h, l;
+  ptx::SplitTf32(x, &h, &l);
+  *dst = __uint_as_float(h);
+  *lo = __uint_as_float(l);
+}
+
+// The pooled K of kN channels of one head from channel d: max, min and
+// average at out + d, + D + d and + 2D + d of the head's 3D values, `at` its
+// offset in pooled_k; split into pooled_k and pooled_k_lo where that is not
+// null (the wgmma projection reads both parts).
+template <int kN>
+__device__ __forceinline__ void StorePooledK(int64_t at, int head_dim, const float* mx, const float* mn,
+                                             const double* sum, double count, float* pooled_k, float* pooled_k_lo) {
+  float* lo = pooled_k_lo != nullptr ? pooled_k_lo + at : nullptr;
+  float* out = pooled_k + at;
+#pragma unroll
+  for (int i = 0; i < kN; ++i) {
+    StoreMaybeSplit(mx[i], out + i, lo != nullptr ? lo + i : nullptr);
+    StoreMaybeSplit(mn[i], out + head_dim + i, lo != nullptr ? lo + head_dim + i : nullptr);
+    StoreMaybeSplit(static_cast<float>(sum[i] / count), out + 2 * head_dim + i,
+                    lo != nullptr ? lo + 2 * head_dim + i : nullptr);
+  }
+}
 // BulkPoolKernel (sm_90): the copy engine brings a block's token rows of
 // kBulkPoolChannels channels into shared memory, in kBulkPoolGroups groups
 // with a barrier each, and a thread sums 4 channels of each group as it
@@ -189,7 +225,7 @@ __device__ __forceinline__ void PoolTokens(const T* x, int64_t stride, int t0, i
 template <typename T>
 __global__ void __launch_bounds__(kPoolThreads)
     PoolKernel(GateParams p, int64_t q_stride, int64_t k_stride, int q_ctas, int ctas, float* pooled_q,
-               float* pooled_k, float* rope_table, float* q_rotated) {
+               float* pooled_k, float* pooled_k_lo, float* rope_table, float* q_rotated) {
   __shared__ float angle_cos[kMaxHeadDim / 2], angle_sin[kMaxHeadDim / 2];
   const int b = static_cast<int>(blockIdx.x / ctas);
   const int y = static_cast<int>(blockIdx.x % ctas);
@@ -211,14 +247,8 @@ __global__ void __launch_bounds__(kPoolThreads)
     if (!active) return;
     PoolTokens<T, true, kPoolBatch>(static_cast<const T*>(p.k) + c0, k_stride, t0, t1, sum, mx, mn);
     const int h = c0 / p.head_dim;
-    const int d = c0 % p.head_dim;
-    float* out = pooled_k + (static_cast<int64_t>(b) * heads + h) * 3 * p.head_dim + d;
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      out[i] = mx[i];
-      out[p.head_dim + i] = mn[i];
-      out[2 * p.head_dim + i] = static_cast<float>(sum[i] / count);
-    }
+    const int64_t at = (static_cast<int64_t>(b) * heads + h) * 3 * p.head_dim + c0 % p.head_dim;
+    StorePooledK<8>(at, p.head_dim, mx, mn, sum, count, pooled_k, pooled_k_lo);
     return;
   }
   if (active) PoolTokens<T, false, kPoolBatch>(static_cast<const T*>(p.q) + c0, q_stride, t0, t1, sum, mx, mn);
@@ -264,7 +294,7 @@ __global__ void __launch_bounds__(kPoolThreads)
 template <typename T>
 __global__ void __launch_bounds__(kBulkPoolThreads)
     BulkPoolKernel(GateParams p, int64_t q_stride, int64_t k_stride, int q_ctas, int ctas, float* pooled_q,
-                   float* pooled_k, float* rope_table, float* q_rotated) {
+                   float* pooled_k, float* pooled_k_lo, float* rope_table, float* q_rotated) {
 #if defined(SEER_SM90A_ENABLED)
   extern __shared__ __align__(128) unsigned char pool_smem[];
   __shared__ __align__(8) uint64_t bars[kBulkPoolGroups];
@@ -345,14 +375,8 @@ __global__ void __launch_bounds__(kBulkPoolThreads)
   if (is_k) {
     if (!active) return;
     const int h = cc / p.head_dim;
-    const int d = cc % p.head_dim;
-    float* out = pooled_k + (static_cast<int64_t>(b) * heads + h) * 3 * p.head_dim + d;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      out[i] = mx[i];
-      out[p.head_dim + i] = mn[i];
-      out[2 * p.head_dim + i] = static_cast<float>(sum[i] / count);
-    }
+    const int64_t at = (static_cast<int64_t>(b) * heads + h) * 3 * p.head_dim + cc % p.head_dim;
+    StorePooledK<4>(at, p.head_dim, mx, mn, sum, count, pooled_k, pooled_k_lo);
     return;
   }
   float mean[4];
@@ -817,19 +841,6 @@ __global__ void __launch_bounds__(kSgemmThreads, kVec ? 2 : 1)
   }
 }
 
-// Writes x to *dst, or, with lo not null, x's tf32 hi part to *dst and its
-// lo part to *lo (ptx::SplitTf32; the wgmma scores read both).
-__device__ __forceinline__ void StoreMaybeSplit(float x, float* dst, float* lo) {
-  if (lo == nullptr) {
-    *dst = x;
-    return;
-  }
-  uint32_t h, l;
-  ptx::SplitTf32(x, &h, &l);
-  *dst = __uint_as_float(h);
-  *lo = __uint_as_float(l);
-}
-
 // Block RoPE in place on q' and k' ([Hq, nb, hidden]); without mask_linear_q,
 // q' is first taken from the pooled Q. One thread per rotated pair. The
 // rotation rounds as the CPU does: four products, then a difference and a
@@ -1053,10 +1064,85 @@ constexpr int kWgPartBytes = kSgemmTile * kWgK * 4;  // 128 rows of one part: 8 
 constexpr int kWgStageBytes = 4 * kWgPartBytes;  // q' hi, q' lo, k' hi, k' lo
 constexpr size_t kWgSmemBytes = kWgStages * kWgStageBytes + 1024;  // + alignment to the swizzle atom
 
-#if defined(SEER_SM90A_ENABLED)  // the helpers of ScoresWgmmaKernel's sm_90a code
+// The operands of a 128 x 128 wgmma tile, in stage order: part i (0, 1: the
+// A rows' hi and lo parts; 2, 3: the B rows') is rows first[i] .. first[i] +
+// 127 of src[i], pitch[i] floats apart, zeros from row limit[i] on.
+struct WgParts {
+  const float* src[4];
+  int64_t pitch[4];
+  int first[4];
+  int limit[4];
+};
+
+#if defined(SEER_SM90A_ENABLED)  // the helpers of the wgmma kernels' sm_90a code
 // Byte offset of 16-byte chunk c (of 4) of row r in a 64-byte-swizzled part.
 __device__ __forceinline__ uint32_t Swizzle64(int r, int c) {
   return static_cast<uint32_t>(r * 64 + ((c ^ ((r >> 1) & 3)) << 4));
+}
+
+// The main loop of the wgmma kernels (256 threads): acc = A B^T over `steps`
+// steps of kWgK channels, A and B the 128 rows of WgParts, each product lo hi
+// + hi lo + hi hi; acc as wgmma m64n128 leaves it for warpgroup wg =
+// threadIdx.x / 128 (rows 64 wg .. 64 wg + 63 of A), untouched where
+// wg_busy is false. smem_addr: kWgStages stages, 1024-byte aligned. On
+// return every wgmma is done and only empty cp.async groups are pending.
+__device__ __forceinline__ void WgmmaTf32Tile(uint32_t smem_addr, const WgParts& parts, int steps, bool wg_busy,
+                                              float (&acc)[64]) {
+  const int wg = threadIdx.x / 128;
+  const int c = threadIdx.x % 4;  // this thread's chunk in rows r0 and r0 + 64
+  const int r0 = threadIdx.x / 4;
+  auto load = [&](int s) {  // one commit group a step, empty past the last
+    if (s < steps) {
+      const uint32_t st = smem_addr + (s % kWgStages) * kWgStageBytes;
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int r = r0 + 64 * j;
+        const uint32_t off = Swizzle64(r, c);
+        const int64_t col = s * kWgK + 4 * c;
+#pragma unroll
+        for (int part = 0; part < 4; ++part) {
+          const int row = parts.first[part] + r;
+          const bool valid = row < parts.limit[part];
+          const float* src = parts.src[part];
+          ptx::CpAsync16ZeroFill(st + part * kWgPartBytes + off,
+                                 valid ? src + static_cast<int64_t>(row) * parts.pitch[part] + col : src, valid);
+        }
+      }
+    }
+    ptx::CpAsyncCommit();
+  };
+
+#pragma unroll
+  for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+  for (int s = 0; s < kWgStages - 1; ++s) load(s);
+  for (int s = 0; s < steps; ++s) {
+    ptx::CpAsyncWait<kWgStages - 2>();  // this thread's copies of step s landed
+    sm90::FenceProxyAsync();  // and are seen by wgmma's reads
+    sm90::WgmmaWait<0>();  // step s - 1's products are done: its stage may be refilled
+    sm90::FenceRegs(acc);
+    __syncthreads();
+    load(s + kWgStages - 1);
+    if (wg_busy) {
+      const uint32_t st = smem_addr + (s % kWgStages) * kWgStageBytes;
+      const uint32_t a = st + wg * 64 * 64;  // the warpgroup's 64 rows of A
+      const uint32_t b = st + 2 * kWgPartBytes;
+      sm90::WgmmaFence();
+#pragma unroll
+      for (int kk = 0; kk < kWgK / 8; ++kk) {
+        const uint32_t k_off = kk * 32;  // 8 tf32 channels
+        const uint64_t a_hi = sm90::MatrixDesc(a + k_off, 16, 512, 64);
+        const uint64_t a_lo = sm90::MatrixDesc(a + kWgPartBytes + k_off, 16, 512, 64);
+        const uint64_t b_hi = sm90::MatrixDesc(b + k_off, 16, 512, 64);
+        const uint64_t b_lo = sm90::MatrixDesc(b + kWgPartBytes + k_off, 16, 512, 64);
+        sm90::WgmmaSSTf32<128>::Run(acc, a_lo, b_hi, 1);
+        sm90::WgmmaSSTf32<128>::Run(acc, a_hi, b_lo, 1);
+        sm90::WgmmaSSTf32<128>::Run(acc, a_hi, b_hi, 1);
+      }
+      sm90::WgmmaCommit();
+    }
+  }
+  sm90::WgmmaWait<0>();
+  sm90::FenceRegs(acc);
 }
 #endif
 
@@ -1076,63 +1162,12 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
   const int wg = threadIdx.x / 128;
   const bool wg_busy = q_first + 64 * wg < nb;  // warpgroup-uniform
   const int64_t head = static_cast<int64_t>(h) * nb * hidden;
-  const float* src[4] = {qp + head, qp_lo + head, kp + head, kp_lo + head};  // the parts, in stage order
-  const int steps = hidden / kWgK;
-  const int c = threadIdx.x % 4;  // this thread's chunk in rows r0 and r0 + 64
-  const int r0 = threadIdx.x / 4;
-
-  auto load = [&](int s) {  // one commit group a step, empty past the last
-    if (s < steps) {
-      const uint32_t st = smem_addr + (s % kWgStages) * kWgStageBytes;
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int r = r0 + 64 * j;
-        const uint32_t off = Swizzle64(r, c);
-        const int64_t col = s * kWgK + 4 * c;
-#pragma unroll
-        for (int part = 0; part < 4; ++part) {
-          const int row = (part < 2 ? q_first : k_first) + r;
-          const bool valid = row < nb;
-          ptx::CpAsync16ZeroFill(st + part * kWgPartBytes + off,
-                                 valid ? src[part] + static_cast<int64_t>(row) * hidden + col : src[part], valid);
-        }
-      }
-    }
-    ptx::CpAsyncCommit();
-  };
-
+  const WgParts parts = {{qp + head, qp_lo + head, kp + head, kp_lo + head},
+                         {hidden, hidden, hidden, hidden},
+                         {q_first, q_first, k_first, k_first},
+                         {nb, nb, nb, nb}};
   float acc[64];
-#pragma unroll
-  for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
-  for (int s = 0; s < kWgStages - 1; ++s) load(s);
-  for (int s = 0; s < steps; ++s) {
-    ptx::CpAsyncWait<kWgStages - 2>();  // this thread's copies of step s landed
-    sm90::FenceProxyAsync();  // and are seen by wgmma's reads
-    sm90::WgmmaWait<0>();  // step s - 1's products are done: its stage may be refilled
-    sm90::FenceRegs(acc);
-    __syncthreads();
-    load(s + kWgStages - 1);
-    if (wg_busy) {
-      const uint32_t st = smem_addr + (s % kWgStages) * kWgStageBytes;
-      const uint32_t a = st + wg * 64 * 64;  // the warpgroup's 64 rows of q'
-      const uint32_t b = st + 2 * kWgPartBytes;
-      sm90::WgmmaFence();
-#pragma unroll
-      for (int kk = 0; kk < kWgK / 8; ++kk) {
-        const uint32_t k_off = kk * 32;  // 8 tf32 channels
-        const uint64_t a_hi = sm90::MatrixDesc(a + k_off, 16, 512, 64);
-        const uint64_t a_lo = sm90::MatrixDesc(a + kWgPartBytes + k_off, 16, 512, 64);
-        const uint64_t b_hi = sm90::MatrixDesc(b + k_off, 16, 512, 64);
-        const uint64_t b_lo = sm90::MatrixDesc(b + kWgPartBytes + k_off, 16, 512, 64);
-        sm90::WgmmaSSTf32<128>::Run(acc, a_lo, b_hi, 1);
-        sm90::WgmmaSSTf32<128>::Run(acc, a_hi, b_lo, 1);
-        sm90::WgmmaSSTf32<128>::Run(acc, a_hi, b_hi, 1);
-      }
-      sm90::WgmmaCommit();
-    }
-  }
-  sm90::WgmmaWait<0>();
-  sm90::FenceRegs(acc);
+  WgmmaTf32Tile(smem_addr, parts, hidden / kWgK, wg_busy, acc);
   if (!wg_busy) return;
 
   // d[4j + 2hh + e]: row 16 (warp in the warpgroup) + g + 8hh, column 8j + 2t + e.
@@ -1171,6 +1206,29 @@ constexpr int kTcOutPitch = kPrHidden + 4;
 constexpr int kTcProjectStageFloats = kSgemmTile * kTcPitch + kTcK * kTcWPitch;
 constexpr size_t kTcProjectSmemBytes = kTcStages * kTcProjectStageFloats * sizeof(float);
 static_assert(kSgemmTile * kTcOutPitch <= kTcStages * kTcProjectStageFloats, "the output tile reuses the stages");
+
+// Rows m0 .. m0 + 127 (those below nb) of one head's projection from `tile`
+// ([128][kTcOutPitch], shared memory) to out [nb][kPrHidden], rotated:
+// column f < 64 meets its rotary partner f + 64 here (BlockRopePair, the RoPE
+// table's angles); split into out and out_lo where that is not null.
+__device__ __forceinline__ void StoreRotatedTile(const float* tile, const float* rope, int nb, int m0, float* out,
+                                                 float* out_lo) {
+  constexpr int kHalf = kPrHidden / 2;
+  for (int i = threadIdx.x; i < kSgemmTile * kHalf; i += kSgemmThreads) {
+    const int r = i / kHalf;
+    const int f = i % kHalf;
+    const int b = m0 + r;
+    if (b >= nb) break;
+    const float c = rope[static_cast<int64_t>(b) * kHalf + f];
+    const float sn = rope[static_cast<int64_t>(nb) * kHalf + static_cast<int64_t>(b) * kHalf + f];
+    float* dst = out + static_cast<int64_t>(b) * kPrHidden;
+    float* lo = out_lo != nullptr ? out_lo + static_cast<int64_t>(b) * kPrHidden : nullptr;
+    float y1, y2;
+    BlockRopePair(tile[r * kTcOutPitch + f], tile[r * kTcOutPitch + f + kHalf], c, sn, &y1, &y2);
+    StoreMaybeSplit(y1, &dst[f], lo != nullptr ? &lo[f] : nullptr);
+    StoreMaybeSplit(y2, &dst[f + kHalf], lo != nullptr ? &lo[f + kHalf] : nullptr);
+  }
+}
 
 __global__ void __launch_bounds__(kSgemmThreads, 2)
     ProjectRopeTf32Kernel(GateParams p, int nb, const float* pooled_q, const float* pooled_k, const float* rope,
@@ -1246,23 +1304,87 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
     }
   }
   __syncthreads();
-  constexpr int kHalf = kPrHidden / 2;
-  float* out = (o.is_k ? kp : qp) + static_cast<int64_t>(o.h) * nb * kPrHidden;
   float* out_lo = o.is_k ? kp_lo : qp_lo;
-  if (out_lo != nullptr) out_lo += static_cast<int64_t>(o.h) * nb * kPrHidden;
-  for (int i = threadIdx.x; i < kSgemmTile * kHalf; i += kSgemmThreads) {
-    const int r = i / kHalf;
-    const int f = i % kHalf;
-    const int b = m0 + r;
-    if (b >= nb) break;
-    const float c = rope[static_cast<int64_t>(b) * kHalf + f];
-    const float sn = rope[static_cast<int64_t>(nb) * kHalf + static_cast<int64_t>(b) * kHalf + f];
-    float* dst = out + static_cast<int64_t>(b) * kPrHidden;
-    float* lo = out_lo != nullptr ? out_lo + static_cast<int64_t>(b) * kPrHidden : nullptr;
-    float y1, y2;
-    BlockRopePair(tile[r * kTcOutPitch + f], tile[r * kTcOutPitch + f + kHalf], c, sn, &y1, &y2);
-    StoreMaybeSplit(y1, &dst[f], lo != nullptr ? &lo[f] : nullptr);
-    StoreMaybeSplit(y2, &dst[f + kHalf], lo != nullptr ? &lo[f + kHalf] : nullptr);
+  const int64_t head = static_cast<int64_t>(o.h) * nb * kPrHidden;
+  StoreRotatedTile(tile, rope, nb, m0, (o.is_k ? kp : qp) + head, out_lo != nullptr ? out_lo + head : nullptr);
+}
+
+// --- projection and RoPE on Hopper's wgmma (3xTF32), the unfused gate -------
+// k' as ProjectRopeTf32Kernel computes it (128-row tiles, all 128 columns,
+// the same three products a float product), on ScoresWgmmaKernel's main
+// loop. tf32 wgmma reads both operands K-major and split, so A is the pooled
+// K rows, split by the pool (pooled_k, pooled_k_lo), and B is W transposed
+// to [column][channel] and split by SplitTransposeKernel. K only (no
+// mask_linear_q); needs 3D % kWgK == 0, hidden == kPrHidden and sm_90a.
+// grid (row tiles, 1, Hq).
+__global__ void __launch_bounds__(kSgemmThreads, 2)
+    ProjectRopeWgmmaKernel(GateParams p, int nb, const float* pooled_k, const float* pooled_k_lo, const float* wt,
+                           const float* rope, float* kp, float* kp_lo) {
+#if defined(SEER_SM90A_ENABLED)
+  extern __shared__ __align__(16) unsigned char wg_smem[];
+  const uint32_t base = sm90::SmemAddr(wg_smem);
+  const uint32_t smem_addr = base + (1024u - base % 1024u) % 1024u;
+  const int h = blockIdx.z;
+  const ProjectOperands o = GetProjectOperands(p, h, nullptr, pooled_k);
+  const int64_t x_at = o.x - pooled_k;
+  const int w_heads = p.k_weight_heads > 0 ? p.k_weight_heads : p.num_heads;
+  const float* w_hi = wt + static_cast<int64_t>(h / (p.num_heads / w_heads)) * 2 * kPrHidden * o.in;
+  const float* w_lo = w_hi + static_cast<int64_t>(kPrHidden) * o.in;
+  const int m0 = blockIdx.x * kSgemmTile;
+  const WgParts parts = {{o.x, pooled_k_lo + x_at, w_hi, w_lo},
+                         {o.x_row, o.x_row, o.in, o.in},
+                         {m0, m0, 0, 0},
+                         {nb, nb, kPrHidden, kPrHidden}};
+  const int wg = threadIdx.x / 128;
+  const bool wg_busy = m0 + 64 * wg < nb;  // warpgroup-uniform
+  float acc[64];
+  WgmmaTf32Tile(smem_addr, parts, o.in / kWgK, wg_busy, acc);
+  ptx::CpAsyncWait<0>();  // only empty groups are left; the output tile reuses the stages
+  __syncthreads();
+
+  // acc[4j + 2hh + e]: row 16 (warp in the warpgroup) + g + 8hh, column 8j + 2t + e.
+  float* tile = reinterpret_cast<float*>(wg_smem);  // [128][kTcOutPitch]
+  if (wg_busy) {
+    const int lane = threadIdx.x % 32;
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      float* row = tile + (64 * wg + 16 * (threadIdx.x / 32 % 4) + lane / 4 + 8 * hh) * kTcOutPitch + 2 * (lane % 4);
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        *reinterpret_cast<float2*>(row + 8 * j) = make_float2(acc[4 * j + 2 * hh], acc[4 * j + 2 * hh + 1]);
+      }
+    }
+  }
+  __syncthreads();
+  const int64_t head = static_cast<int64_t>(h) * nb * kPrHidden;
+  StoreRotatedTile(tile, rope, nb, m0, kp + head, kp_lo != nullptr ? kp_lo + head : nullptr);
+#endif
+}
+
+// W [w_heads][in][hidden] (applied as x . W) to wt [w_heads][2][hidden][in]:
+// W's columns as rows, K-major as tf32 wgmma's B operand must be, tf32 hi
+// parts then lo parts (ProjectRopeWgmmaKernel). 32 x 32 tiles through shared
+// memory; grid (ceil(in / 32), ceil(hidden / 32), w_heads), block (32, 8).
+__global__ void SplitTransposeKernel(const float* w, int in, int hidden, float* wt) {
+  __shared__ float t[32][33];
+  const float* src = w + static_cast<int64_t>(blockIdx.z) * in * hidden;
+  float* hi = wt + static_cast<int64_t>(blockIdx.z) * 2 * hidden * in;
+  float* lo = hi + static_cast<int64_t>(hidden) * in;
+  const int k0 = blockIdx.x * 32;
+  const int n0 = blockIdx.y * 32;
+  for (int i = threadIdx.y; i < 32; i += 8) {
+    const int k = k0 + i;
+    const int n = n0 + threadIdx.x;
+    if (k < in && n < hidden) t[i][threadIdx.x] = src[static_cast<int64_t>(k) * hidden + n];
+  }
+  __syncthreads();
+  for (int i = threadIdx.y; i < 32; i += 8) {
+    const int n = n0 + i;
+    const int k = k0 + threadIdx.x;
+    if (n < hidden && k < in) {
+      const int64_t at = static_cast<int64_t>(n) * in + k;
+      StoreMaybeSplit(t[threadIdx.x][i], hi + at, lo + at);
+    }
   }
 }
 
@@ -1969,7 +2091,7 @@ bool Aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 =
 
 std::atomic<bool> portable_pool_for_test{false};
 std::atomic<bool> simt_unfused_for_test{false};
-std::atomic<bool> mma_sync_scores_for_test{false};
+std::atomic<bool> mma_sync_for_test{false};
 
 // Whether this device runs BulkPoolKernel's sm_90a code (an H100/H200 and a
 // binary built with sm_90a).
@@ -2083,6 +2205,8 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   float* rope = reinterpret_cast<float*>(ws + g.rope);
   float* pooled_q = reinterpret_cast<float*>(ws + g.pooled_q);
   float* pooled_k = reinterpret_cast<float*>(ws + g.pooled_k);
+  float* pooled_k_lo = reinterpret_cast<float*>(ws + g.pooled_k_lo);
+  float* wt = reinterpret_cast<float*>(ws + g.wt);
   float* qp = reinterpret_cast<float*>(ws + g.qp);
   float* kp = reinterpret_cast<float*>(ws + g.kp);
   float* qp_lo = reinterpret_cast<float*>(ws + g.qp_lo);
@@ -2111,10 +2235,14 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   // % 4 != 0, or the test hooks) the SIMT kernel.
   const bool tensor_scores = !fused && p.hidden % 4 == 0 && !simt;
   const bool wgmma = tensor_scores && p.hidden % kWgK == 0 &&
-                     !mma_sync_scores_for_test.load(std::memory_order_relaxed) && ScoresWgmmaAvailable();
+                     !mma_sync_for_test.load(std::memory_order_relaxed) && ScoresWgmmaAvailable();
   // For wgmma the last writer of q' and k' (the RoPE step) splits them.
   float* split_q = wgmma ? qp_lo : nullptr;
   float* split_k = wgmma ? kp_lo : nullptr;
+  // k' on wgmma too where the scores are (no mask_linear_q); the pool then
+  // splits the pooled K.
+  const bool wgmma_project = tc_project && wgmma && p.q_weight == nullptr && 3 * p.head_dim % kWgK == 0;
+  float* pool_k_lo = wgmma_project ? pooled_k_lo : nullptr;
 
   // pool (the fused gate's pool kernel also writes the RoPE table)
   const int pool_chunks = bulk_pool ? kBulkPoolChannels : kPoolThreads * 8;
@@ -2131,11 +2259,11 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     const int smem = p.block_size * kBulkPoolChannels * 2;
     SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(pool, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     pool<<<pool_grid, kBulkPoolThreads, smem, stream>>>(p, q_stride, k_stride, q_ctas, pool_ctas, pooled_q, pooled_k,
-                                                        pool_rope, q_rotated);
+                                                        pool_k_lo, pool_rope, q_rotated);
   } else {
     auto pool = p.dtype == ElemType::kBF16 ? PoolKernel<__nv_bfloat16> : PoolKernel<__half>;
     pool<<<pool_grid, kPoolThreads, 0, stream>>>(p, q_stride, k_stride, q_ctas, pool_ctas, pooled_q, pooled_k,
-                                                 pool_rope, q_rotated);
+                                                 pool_k_lo, pool_rope, q_rotated);
   }
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
 
@@ -2147,10 +2275,23 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   }
   if (tc_project) {
-    SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(ProjectRopeTf32Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                   static_cast<int>(kTcProjectSmemBytes)));
-    ProjectRopeTf32Kernel<<<dim3((nb + kSgemmTile - 1) / kSgemmTile, 1, p.num_heads * linears), kSgemmThreads,
-                            kTcProjectSmemBytes, stream>>>(p, nb, pooled_q, pooled_k, rope, qp, kp, split_q, split_k);
+    const unsigned row_tiles = static_cast<unsigned>((nb + kSgemmTile - 1) / kSgemmTile);
+    if (wgmma_project) {
+      const int in = 3 * p.head_dim;
+      const int w_heads = p.k_weight_heads > 0 ? p.k_weight_heads : p.num_heads;
+      SplitTransposeKernel<<<dim3((in + 31) / 32, (p.hidden + 31) / 32, w_heads), dim3(32, 8), 0, stream>>>(
+          p.k_weight, in, p.hidden, wt);
+      SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+      SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+          ProjectRopeWgmmaKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kWgSmemBytes)));
+      ProjectRopeWgmmaKernel<<<dim3(row_tiles, 1, p.num_heads), kSgemmThreads, kWgSmemBytes, stream>>>(
+          p, nb, pooled_k, pooled_k_lo, wt, rope, kp, split_k);
+    } else {
+      SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+          ProjectRopeTf32Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kTcProjectSmemBytes)));
+      ProjectRopeTf32Kernel<<<dim3(row_tiles, 1, p.num_heads * linears), kSgemmThreads, kTcProjectSmemBytes,
+                              stream>>>(p, nb, pooled_q, pooled_k, rope, qp, kp, split_q, split_k);
+    }
     SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     if (p.q_weight == nullptr && !q_in_pool) {  // q' = RoPE(pooled Q)
       const int64_t rope_pairs = static_cast<int64_t>(p.num_heads) * nb * g.half;
@@ -2241,8 +2382,8 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
 
 void UseSimtUnfusedGateForTest(bool simt) { simt_unfused_for_test.store(simt, std::memory_order_relaxed); }
 
-bool UseMmaSyncScoresForTest(bool mma_sync) {
-  mma_sync_scores_for_test.store(mma_sync, std::memory_order_relaxed);
+bool UseMmaSyncForTest(bool mma_sync) {
+  mma_sync_for_test.store(mma_sync, std::memory_order_relaxed);
   return ScoresWgmmaAvailable();
 }
 

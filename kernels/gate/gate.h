@@ -111,11 +111,13 @@ bool UsePortablePoolForTest(bool portable);
 void UseSimtUnfusedGateForTest(bool simt);
 
 // TEST HOOK, for kernels/gate/gate_gpu_test.cc only: with `mma_sync` true,
-// every later unfused gate in the process scores on tensor cores with the
-// mma.sync kernel (any GPU from sm_80) even where the sm_90 wgmma kernel
-// would run; false restores the default. Returns whether this device runs
-// the wgmma scores kernel by default (where hidden % 16 == 0).
-bool UseMmaSyncScoresForTest(bool mma_sync);
+// every later unfused gate in the process projects and scores on tensor
+// cores with the mma.sync kernels (any GPU from sm_80) even where the sm_90
+// wgmma kernels would run; false restores the default. Returns whether this
+// device runs the wgmma kernels by default (scores where hidden % 16 == 0,
+// the projection of k' where also hidden == 128, 3 * head_dim % 16 == 0
+// and there is no mask_linear_q).
+bool UseMmaSyncForTest(bool mma_sync);
 
 // TEST HOOK, for kernels/gate/gate_gpu_test.cc only: the gate's select step
 // alone, on scores the caller gives instead of the gate's own. `scores` is

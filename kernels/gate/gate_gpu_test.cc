@@ -402,29 +402,29 @@ class GateGpuTest : public ::testing::Test {
     std::vector<int32_t> fused_offsets, fused_indices;
     // The fused gate, the unfused gate (scores on tensor cores where hidden
     // % 4 == 0: wgmma on sm_90 where hidden % 16 == 0, else mma.sync), the
-    // unfused gate with the mma.sync scores kernel where wgmma would run, and
+    // unfused gate with the mma.sync kernels where wgmma would run, and
     // the unfused gate with the SIMT scores kernel.
     struct Pass {
       cuda::GateVariant variant;
       bool simt_unfused;
-      bool mma_sync_scores;
+      bool mma_sync;
       const char* name;
     };
-    const bool wgmma_runs = cuda::UseMmaSyncScoresForTest(false) && c.hidden % 16 == 0;
+    const bool wgmma_runs = cuda::UseMmaSyncForTest(false) && c.hidden % 16 == 0;
     const Pass passes[] = {{cuda::GateVariant::kFused, false, false, "fused"},
                            {cuda::GateVariant::kUnfused, false, false, wgmma_runs ? "unfused, wgmma" : "unfused"},
-                           {cuda::GateVariant::kUnfused, false, true, "unfused, mma.sync scores"},
+                           {cuda::GateVariant::kUnfused, false, true, "unfused, mma.sync"},
                            {cuda::GateVariant::kUnfused, true, false, "unfused, SIMT kernels"}};
     for (const Pass& pass : passes) {
-      if (pass.mma_sync_scores && !wgmma_runs) continue;  // the "unfused" pass ran these kernels
+      if (pass.mma_sync && !wgmma_runs) continue;  // the "unfused" pass ran these kernels
       const cuda::GateVariant variant = pass.variant;
       SCOPED_TRACE(pass.name);
       auto run_pass = [&] {
         cuda::UseSimtUnfusedGateForTest(pass.simt_unfused);
-        cuda::UseMmaSyncScoresForTest(pass.mma_sync_scores);
+        cuda::UseMmaSyncForTest(pass.mma_sync);
         const cudaError_t ran = cuda::RunGateKernelsVariant(p, variant, nullptr);
         cuda::UseSimtUnfusedGateForTest(false);
-        cuda::UseMmaSyncScoresForTest(false);
+        cuda::UseMmaSyncForTest(false);
         return ran;
       };
       ASSERT_CUDA(cudaMemset(doffsets.get(), 0xFF, (static_cast<size_t>(Hq) * nb + 1) * 4));
