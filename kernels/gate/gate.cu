@@ -123,6 +123,55 @@ __device__ __forceinline__ void StoreMaybeSplit(float x, float* dst, float* lo) 
   *lo = __uint_as_float(l);
 }
 
+// kV consecutive floats, moved with one 16-byte access where kV == 4 (the
+// address then 16-byte aligned).
+template <int kV>
+struct Floats {
+  float v[kV];
+};
+
+template <int kV>
+__device__ __forceinline__ Floats<kV> LoadFloats(const float* src) {
+  Floats<kV> x;
+  if constexpr (kV == 4) {
+    const float4 t = *reinterpret_cast<const float4*>(src);
+    x.v[0] = t.x, x.v[1] = t.y, x.v[2] = t.z, x.v[3] = t.w;
+  } else {
+#pragma unroll
+    for (int i = 0; i < kV; ++i) x.v[i] = src[i];
+  }
+  return x;
+}
+
+template <int kV>
+__device__ __forceinline__ void StoreFloats(const Floats<kV>& x, float* dst) {
+  if constexpr (kV == 4) {
+    *reinterpret_cast<float4*>(dst) = make_float4(x.v[0], x.v[1], x.v[2], x.v[3]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < kV; ++i) dst[i] = x.v[i];
+  }
+}
+
+// StoreMaybeSplit of kV floats.
+template <int kV>
+__device__ __forceinline__ void StoreFloatsMaybeSplit(const Floats<kV>& x, float* dst, float* lo) {
+  if (lo == nullptr) {
+    StoreFloats(x, dst);
+    return;
+  }
+  Floats<kV> h, l;
+#pragma unroll
+  for (int i = 0; i < kV; ++i) {
+    uint32_t hb, lb;
+    ptx::SplitTf32(x.v[i], &hb, &lb);
+    h.v[i] = __uint_as_float(hb);
+    l.v[i] = __uint_as_float(lb);
+  }
+  StoreFloats(h, dst);
+  StoreFloats(l, lo);
+}
+
 // The pooled K of kN channels of one head from channel d: max, min and
 // average at out + d, + D + d and + 2D + d of the head's 3D values, `at` its
 // offset in pooled_k; split into pooled_k and pooled_k_lo where that is not
@@ -846,39 +895,38 @@ __global__ void __launch_bounds__(kSgemmThreads, kVec ? 2 : 1)
 // rotation rounds as the CPU does: four products, then a difference and a
 // sum, each rounded to float (no fused multiply-add).
 // With qp_lo and kp_lo not null, writes them split (StoreMaybeSplit).
+// kV pairs a thread (1, or 4 with 16-byte loads and stores: hidden % 8 ==
+// 0 and head_dim % 4 == 0).
+template <int kV>
 __global__ void RopeKernel(GateParams p, int nb, const float* pooled_q, const float* rope, bool k_only, float* qp,
-                           float* kp, float* qp_lo = nullptr, float* kp_lo = nullptr) {
-  // grid (ceil(pairs / 256), 2): y = 1 rotates k'; grid (.., 1) with k_only
-  // only k' (the pool rotated q'). 32-bit index arithmetic
+                           float* kp, float* qp_lo, float* kp_lo) {
+  // grid (ceil(pairs / kV / 256), 2): y = 1 rotates k'; grid (.., 1) with
+  // k_only only k' (the pool rotated q'). 32-bit index arithmetic
   // (64-bit division was most of this kernel's time): pairs = Hq * nb *
   // hidden / 2 < 2^31 (RunGateKernelsVariant checks).
   const int half = p.hidden / 2;
-  const int pairs = p.num_heads * nb * half;
+  const int groups = half / kV;  // of kV pairs, a row
   const int j = blockIdx.x * blockDim.x + threadIdx.x;
-  if (j >= pairs) return;
+  if (j >= p.num_heads * nb * groups) return;
   const bool is_k = k_only || blockIdx.y == 1;
-  const int f = j % half;
-  const int b = j / half % nb;
-  const int h = j / (half * nb);
+  const int f = j % groups * kV;
+  const int b = j / groups % nb;
+  const int h = j / (groups * nb);
   const int64_t at = (static_cast<int64_t>(h) * nb + b) * p.hidden;
   float* v = (is_k ? kp : qp) + at;
   float* lo = is_k ? kp_lo : qp_lo;
   if (lo != nullptr) lo += at;
-  float x1, x2;
-  if (!is_k && p.q_weight == nullptr) {
-    const float* src = pooled_q + (static_cast<int64_t>(b) * p.num_heads + h) * p.head_dim;
-    x1 = src[f];
-    x2 = src[f + half];
-  } else {
-    x1 = v[f];
-    x2 = v[f + half];
-  }
-  const float c = rope[static_cast<int64_t>(b) * half + f];
-  const float s = rope[static_cast<int64_t>(nb) * half + static_cast<int64_t>(b) * half + f];
-  float y1, y2;
-  BlockRopePair(x1, x2, c, s, &y1, &y2);
-  StoreMaybeSplit(y1, &v[f], lo != nullptr ? &lo[f] : nullptr);
-  StoreMaybeSplit(y2, &v[f + half], lo != nullptr ? &lo[f + half] : nullptr);
+  const float* x = !is_k && p.q_weight == nullptr ? pooled_q + (static_cast<int64_t>(b) * p.num_heads + h) * p.head_dim
+                                                  : v;
+  const Floats<kV> x1 = LoadFloats<kV>(x + f);
+  const Floats<kV> x2 = LoadFloats<kV>(x + f + half);
+  const Floats<kV> c = LoadFloats<kV>(rope + static_cast<int64_t>(b) * half + f);
+  const Floats<kV> sn = LoadFloats<kV>(rope + static_cast<int64_t>(nb) * half + static_cast<int64_t>(b) * half + f);
+  Floats<kV> y1, y2;
+#pragma unroll
+  for (int i = 0; i < kV; ++i) BlockRopePair(x1.v[i], x2.v[i], c.v[i], sn.v[i], &y1.v[i], &y2.v[i]);
+  StoreFloatsMaybeSplit(y1, v + f, lo != nullptr ? lo + f : nullptr);
+  StoreFloatsMaybeSplit(y2, v + f + half, lo != nullptr ? lo + f + half : nullptr);
 }
 
 // --- scores on tensor cores (3xTF32) ----------------------------------------
@@ -2061,6 +2109,22 @@ __global__ void KeepLastQueryBlockKernel(const int32_t* offsets, const int32_t* 
 // SelectKernel on the scores of `heads` heads from head0 on ([heads, nb, nb],
 // 16-byte aligned): nz_ratio and dense rows write their lists, threshold rows
 // their bitmaps and counts (then LaunchLists).
+// RopeKernel over Hq * nb rows of hidden / 2 pairs, `linears` grid rows (2:
+// q' and k', 1: q', or k' alone with k_only), four pairs a thread where the
+// rows allow 16-byte accesses.
+cudaError_t LaunchRope(const GateParams& p, int nb, const float* pooled_q, const float* rope, bool k_only, int linears,
+                       float* qp, float* kp, float* qp_lo, float* kp_lo, cudaStream_t stream) {
+  const bool vec = p.hidden % 8 == 0 && p.head_dim % 4 == 0;
+  const int64_t threads = static_cast<int64_t>(p.num_heads) * nb * (p.hidden / 2) / (vec ? 4 : 1);
+  const dim3 grid(static_cast<unsigned>((threads + 255) / 256), static_cast<unsigned>(linears));
+  if (vec) {
+    RopeKernel<4><<<grid, 256, 0, stream>>>(p, nb, pooled_q, rope, k_only, qp, kp, qp_lo, kp_lo);
+  } else {
+    RopeKernel<1><<<grid, 256, 0, stream>>>(p, nb, pooled_q, rope, k_only, qp, kp, qp_lo, kp_lo);
+  }
+  return cudaGetLastError();
+}
+
 cudaError_t LaunchSelect(const GateParams& p, int nb, int words, int head0, int heads, int64_t topk,
                          int first_dense_row, const float* scores, uint32_t* bitmap, int32_t* counts,
                          cudaStream_t stream) {
@@ -2294,10 +2358,7 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     }
     SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     if (p.q_weight == nullptr && !q_in_pool) {  // q' = RoPE(pooled Q)
-      const int64_t rope_pairs = static_cast<int64_t>(p.num_heads) * nb * g.half;
-      RopeKernel<<<dim3(static_cast<unsigned>((rope_pairs + 255) / 256), 1), 256, 0, stream>>>(
-          p, nb, pooled_q, rope, false, qp, kp, split_q, split_k);
-      SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+      SEER_CUDA_RETURN_IF_ERROR(LaunchRope(p, nb, pooled_q, rope, false, 1, qp, kp, split_q, split_k, stream));
     }
   } else if (project_rope) {
     // 4 rows a thread, 16 a CTA: warps enough on every SM at 8k tokens.
@@ -2323,10 +2384,8 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
       kernel<<<grid, kSgemmThreads, 0, stream>>>(p, nb, pooled_q, pooled_k, qp, kp);
     }
     SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-    const int64_t rope_pairs = static_cast<int64_t>(p.num_heads) * nb * g.half;
-    RopeKernel<<<dim3(static_cast<unsigned>((rope_pairs + 255) / 256), q_in_pool ? 1 : 2), 256, 0, stream>>>(
-        p, nb, pooled_q, rope, q_in_pool, qp, kp, split_q, split_k);
-    SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    SEER_CUDA_RETURN_IF_ERROR(
+        LaunchRope(p, nb, pooled_q, rope, q_in_pool, q_in_pool ? 1 : 2, qp, kp, split_q, split_k, stream));
   }
 
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(p.hidden)));
