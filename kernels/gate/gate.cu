@@ -33,6 +33,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -80,10 +81,10 @@ GateLayout MakeLayout(const GateParams& p, bool with_scores) {
   g.rope = take(sizeof(float) * 2 * nb * g.half);
   g.pooled_q = take(sizeof(float) * nb * p.num_heads * p.head_dim);
   g.pooled_k = take(sizeof(float) * nb * p.num_kv_heads * 3 * p.head_dim);
-  // The unfused gate's wgmma projection takes the pooled K split into tf32
-  // hi (in pooled_k) and lo parts, and W transposed and split (wt).
+  // The unfused gate's wgmma projection takes the pooled K's average split
+  // into tf32 hi (in pooled_k) and lo parts, and W transposed and split (wt).
   const size_t w_heads = p.k_weight_heads > 0 ? p.k_weight_heads : p.num_heads;
-  g.pooled_k_lo = take(with_scores ? sizeof(float) * nb * p.num_kv_heads * 3 * p.head_dim : 0);
+  g.pooled_k_lo = take(with_scores ? sizeof(float) * nb * p.num_kv_heads * p.head_dim : 0);
   g.wt = take(with_scores ? sizeof(float) * 2 * w_heads * p.hidden * 3 * p.head_dim : 0);
   g.qp = take(sizeof(float) * nb * p.num_heads * p.hidden);
   g.kp = take(sizeof(float) * nb * p.num_heads * p.hidden);
@@ -172,21 +173,21 @@ __device__ __forceinline__ void StoreFloatsMaybeSplit(const Floats<kV>& x, float
   StoreFloats(l, lo);
 }
 
-// The pooled K of kN channels of one head from channel d: max, min and
-// average at out + d, + D + d and + 2D + d of the head's 3D values, `at` its
-// offset in pooled_k; split into pooled_k and pooled_k_lo where that is not
-// null (the wgmma projection reads both parts).
+// The pooled K of kN channels from channel d of head row `hr` (b * Hkv +
+// h): max, min and average at d, D + d and 2D + d of the row's 3D values in
+// pooled_k. Where pooled_k_lo is not null ([nb * Hkv][D]) the average is
+// split into its tf32 hi part (in pooled_k) and lo part (there) for the
+// wgmma projection; max and min are K's bf16/fp16 values, tf32 already.
 template <int kN>
-__device__ __forceinline__ void StorePooledK(int64_t at, int head_dim, const float* mx, const float* mn,
+__device__ __forceinline__ void StorePooledK(int64_t hr, int d, int head_dim, const float* mx, const float* mn,
                                              const double* sum, double count, float* pooled_k, float* pooled_k_lo) {
-  float* lo = pooled_k_lo != nullptr ? pooled_k_lo + at : nullptr;
-  float* out = pooled_k + at;
+  float* out = pooled_k + hr * 3 * head_dim + d;
+  float* lo = pooled_k_lo != nullptr ? pooled_k_lo + hr * head_dim + d : nullptr;
 #pragma unroll
   for (int i = 0; i < kN; ++i) {
-    StoreMaybeSplit(mx[i], out + i, lo != nullptr ? lo + i : nullptr);
-    StoreMaybeSplit(mn[i], out + head_dim + i, lo != nullptr ? lo + head_dim + i : nullptr);
-    StoreMaybeSplit(static_cast<float>(sum[i] / count), out + 2 * head_dim + i,
-                    lo != nullptr ? lo + 2 * head_dim + i : nullptr);
+    out[i] = mx[i];
+    out[head_dim + i] = mn[i];
+    StoreMaybeSplit(static_cast<float>(sum[i] / count), out + 2 * head_dim + i, lo != nullptr ? lo + i : nullptr);
   }
 }
 // BulkPoolKernel (sm_90): the copy engine brings a block's token rows of
@@ -295,9 +296,8 @@ __global__ void __launch_bounds__(kPoolThreads)
   if (is_k) {
     if (!active) return;
     PoolTokens<T, true, kPoolBatch>(static_cast<const T*>(p.k) + c0, k_stride, t0, t1, sum, mx, mn);
-    const int h = c0 / p.head_dim;
-    const int64_t at = (static_cast<int64_t>(b) * heads + h) * 3 * p.head_dim + c0 % p.head_dim;
-    StorePooledK<8>(at, p.head_dim, mx, mn, sum, count, pooled_k, pooled_k_lo);
+    const int64_t hr = static_cast<int64_t>(b) * heads + c0 / p.head_dim;
+    StorePooledK<8>(hr, c0 % p.head_dim, p.head_dim, mx, mn, sum, count, pooled_k, pooled_k_lo);
     return;
   }
   if (active) PoolTokens<T, false, kPoolBatch>(static_cast<const T*>(p.q) + c0, q_stride, t0, t1, sum, mx, mn);
@@ -423,9 +423,8 @@ __global__ void __launch_bounds__(kBulkPoolThreads)
   const int cc = cbase + c;  // 4 channels of one head (D % 8 == 0)
   if (is_k) {
     if (!active) return;
-    const int h = cc / p.head_dim;
-    const int64_t at = (static_cast<int64_t>(b) * heads + h) * 3 * p.head_dim + cc % p.head_dim;
-    StorePooledK<4>(at, p.head_dim, mx, mn, sum, count, pooled_k, pooled_k_lo);
+    const int64_t hr = static_cast<int64_t>(b) * heads + cc / p.head_dim;
+    StorePooledK<4>(hr, cc % p.head_dim, p.head_dim, mx, mn, sum, count, pooled_k, pooled_k_lo);
     return;
   }
   float mean[4];
@@ -1115,11 +1114,15 @@ constexpr size_t kWgSmemBytes = kWgStages * kWgStageBytes + 1024;  // + alignmen
 // The operands of a 128 x 128 wgmma tile, in stage order: part i (0, 1: the
 // A rows' hi and lo parts; 2, 3: the B rows') is rows first[i] .. first[i] +
 // 127 of src[i], pitch[i] floats apart, zeros from row limit[i] on.
+// Before step a_lo_step A's lo part is zero (A's values there are tf32
+// already): not loaded, and its product not taken; src[1] holds A's lo
+// columns from a_lo_step * kWgK on.
 struct WgParts {
   const float* src[4];
   int64_t pitch[4];
   int first[4];
   int limit[4];
+  int a_lo_step = 0;
 };
 
 #if defined(SEER_SM90A_ENABLED)  // the helpers of the wgmma kernels' sm_90a code
@@ -1149,11 +1152,13 @@ __device__ __forceinline__ void WgmmaTf32Tile(uint32_t smem_addr, const WgParts&
         const int64_t col = s * kWgK + 4 * c;
 #pragma unroll
         for (int part = 0; part < 4; ++part) {
+          if (part == 1 && s < parts.a_lo_step) continue;
           const int row = parts.first[part] + r;
           const bool valid = row < parts.limit[part];
           const float* src = parts.src[part];
+          const int64_t at = part == 1 ? col - parts.a_lo_step * kWgK : col;
           ptx::CpAsync16ZeroFill(st + part * kWgPartBytes + off,
-                                 valid ? src + static_cast<int64_t>(row) * parts.pitch[part] + col : src, valid);
+                                 valid ? src + static_cast<int64_t>(row) * parts.pitch[part] + at : src, valid);
         }
       }
     }
@@ -1162,8 +1167,11 @@ __device__ __forceinline__ void WgmmaTf32Tile(uint32_t smem_addr, const WgParts&
 
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
-  for (int s = 0; s < kWgStages - 1; ++s) load(s);
-  for (int s = 0; s < steps; ++s) {
+  // One step; kALo: with A's lo part. The two kinds are separate straight
+  // runs of fence, wgmmas and commit (a branch between the wgmmas made
+  // ptxas serialize them).
+  auto step = [&](int s, auto a_lo_part) {
+    constexpr bool kALo = decltype(a_lo_part)::value;
     ptx::CpAsyncWait<kWgStages - 2>();  // this thread's copies of step s landed
     sm90::FenceProxyAsync();  // and are seen by wgmma's reads
     sm90::WgmmaWait<0>();  // step s - 1's products are done: its stage may be refilled
@@ -1179,16 +1187,22 @@ __device__ __forceinline__ void WgmmaTf32Tile(uint32_t smem_addr, const WgParts&
       for (int kk = 0; kk < kWgK / 8; ++kk) {
         const uint32_t k_off = kk * 32;  // 8 tf32 channels
         const uint64_t a_hi = sm90::MatrixDesc(a + k_off, 16, 512, 64);
-        const uint64_t a_lo = sm90::MatrixDesc(a + kWgPartBytes + k_off, 16, 512, 64);
         const uint64_t b_hi = sm90::MatrixDesc(b + k_off, 16, 512, 64);
         const uint64_t b_lo = sm90::MatrixDesc(b + kWgPartBytes + k_off, 16, 512, 64);
-        sm90::WgmmaSSTf32<128>::Run(acc, a_lo, b_hi, 1);
+        if constexpr (kALo) {
+          const uint64_t a_lo = sm90::MatrixDesc(a + kWgPartBytes + k_off, 16, 512, 64);
+          sm90::WgmmaSSTf32<128>::Run(acc, a_lo, b_hi, 1);
+        }
         sm90::WgmmaSSTf32<128>::Run(acc, a_hi, b_lo, 1);
         sm90::WgmmaSSTf32<128>::Run(acc, a_hi, b_hi, 1);
       }
       sm90::WgmmaCommit();
     }
-  }
+  };
+  for (int s = 0; s < kWgStages - 1; ++s) load(s);
+  int s = 0;
+  for (; s < min(parts.a_lo_step, steps); ++s) step(s, std::false_type{});
+  for (; s < steps; ++s) step(s, std::true_type{});
   sm90::WgmmaWait<0>();
   sm90::FenceRegs(acc);
 }
@@ -1374,15 +1388,17 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
   const uint32_t smem_addr = base + (1024u - base % 1024u) % 1024u;
   const int h = blockIdx.z;
   const ProjectOperands o = GetProjectOperands(p, h, nullptr, pooled_k);
-  const int64_t x_at = o.x - pooled_k;
+  const int group = p.num_heads / p.num_kv_heads;
   const int w_heads = p.k_weight_heads > 0 ? p.k_weight_heads : p.num_heads;
   const float* w_hi = wt + static_cast<int64_t>(h / (p.num_heads / w_heads)) * 2 * kPrHidden * o.in;
   const float* w_lo = w_hi + static_cast<int64_t>(kPrHidden) * o.in;
   const int m0 = blockIdx.x * kSgemmTile;
-  const WgParts parts = {{o.x, pooled_k_lo + x_at, w_hi, w_lo},
-                         {o.x_row, o.x_row, o.in, o.in},
+  // Only the average (channels 2D ..) has a lo part.
+  const WgParts parts = {{o.x, pooled_k_lo + static_cast<int64_t>(h / group) * p.head_dim, w_hi, w_lo},
+                         {o.x_row, static_cast<int64_t>(p.num_kv_heads) * p.head_dim, o.in, o.in},
                          {m0, m0, 0, 0},
-                         {nb, nb, kPrHidden, kPrHidden}};
+                         {nb, nb, kPrHidden, kPrHidden},
+                         2 * p.head_dim / kWgK};
   const int wg = threadIdx.x / 128;
   const bool wg_busy = m0 + 64 * wg < nb;  // warpgroup-uniform
   float acc[64];
