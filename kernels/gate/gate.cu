@@ -1540,6 +1540,7 @@ __device__ __forceinline__ V WarpReduce(V v, Op op) {
 struct KthKey {
   uint32_t key;
   int take_equal;
+  int equal;  // keys equal to it in the row
 };
 
 // KthKey of row[0 .. n) (the scores' bits, overwritten with their keys), 1 <=
@@ -1649,8 +1650,10 @@ __device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, i
         const uint32_t key = i < n ? row[i] : 0u;
         const bool match = i < n && key - base <= span;
         const uint32_t match_bits = __ballot_sync(0xffffffffu, match);
-        if (match) hist[found + __popc(match_bits & lanes_below)] = key;
-        found += __popc(match_bits);
+        if (match_bits != 0) {  // seldom: at most 32 keys of the row match
+          if (match) hist[found + __popc(match_bits & lanes_below)] = key;
+          found += __popc(match_bits);
+        }
       }
     }
     __syncwarp();
@@ -1668,9 +1671,10 @@ __device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, i
       }
       prefix_mask |= b;
     }
+    in_range = __popc(__ballot_sync(0xffffffffu, has && off == prefix));  // the keys equal to it
     base += prefix;
   }
-  return {base, remaining};
+  return {base, remaining, in_range};  // without the gather the range is one key, in_range times
 }
 
 // Softmax, selection and output of one row (head h, query block qb) of
@@ -1713,10 +1717,12 @@ __device__ __forceinline__ void SelectRow(const GateParams& p, int nb, int words
 
   uint32_t kth_key = 0;  // top-k: blocks with a larger key are kept...
   int take_equal = 0;  // ...and the first take_equal (by index) with an equal key
+  bool take_all_equal = false;  // (all of them)
   if (radix) {
     const KthKey kth = TopKthKey(row, hist, n, static_cast<int>(topk));  // topk < n here
     kth_key = kth.key;
     take_equal = kth.take_equal;
+    take_all_equal = kth.take_equal == kth.equal;
   }
   const float threshold = static_cast<float>(p.threshold);  // compared in float32, as torch does
 
@@ -1727,6 +1733,19 @@ __device__ __forceinline__ void SelectRow(const GateParams& p, int nb, int words
   int equal_before = 0;
   int kept = 0;
   const int row_words = (n + 31) / 32;
+  if (radix && take_all_equal && out_words == nullptr) {
+    // The common case: every key equal to the k-th is kept, so a block is
+    // kept when its key is at least that, and no ballot ranks equal keys.
+#pragma unroll 4
+    for (int w = 0; w < row_words; ++w) {
+      const int i = w * 32 + lane;
+      const bool keep = i < n && row[i] >= kth_key;
+      const uint32_t bits = __ballot_sync(0xffffffffu, keep);
+      if (keep) direct_indices[kept + __popc(bits & lanes_below)] = i;
+      kept += __popc(bits);
+    }
+    return;
+  }
 #pragma unroll 4
   for (int w = 0; w < row_words; ++w) {
     const int i = w * 32 + lane;
