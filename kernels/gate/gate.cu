@@ -64,6 +64,11 @@ struct GateLayout {
          scores = 0, bitmap = 0, counts = 0, total = 0;
 };
 
+// The heads of mask_linear_k's weights: Hq, or k_weight_heads where set.
+__host__ __device__ inline int KWeightHeads(const GateParams& p) {
+  return p.k_weight_heads > 0 ? p.k_weight_heads : p.num_heads;
+}
+
 // The fused gate keeps no nb x nb scores (with_scores = false).
 GateLayout MakeLayout(const GateParams& p, bool with_scores) {
   GateLayout g;
@@ -83,7 +88,7 @@ GateLayout MakeLayout(const GateParams& p, bool with_scores) {
   g.pooled_k = take(sizeof(float) * nb * p.num_kv_heads * 3 * p.head_dim);
   // The unfused gate's wgmma projection takes the pooled K's average split
   // into tf32 hi (in pooled_k) and lo parts, and W transposed and split (wt).
-  const size_t w_heads = p.k_weight_heads > 0 ? p.k_weight_heads : p.num_heads;
+  const size_t w_heads = KWeightHeads(p);
   g.pooled_k_lo = take(with_scores ? sizeof(float) * nb * p.num_kv_heads * p.head_dim : 0);
   g.wt = take(with_scores ? sizeof(float) * 2 * w_heads * p.hidden * 3 * p.head_dim : 0);
   g.qp = take(sizeof(float) * nb * p.num_heads * p.hidden);
@@ -597,7 +602,7 @@ __device__ __forceinline__ ProjectOperands GetProjectOperands(const GateParams& 
   o.h = o.is_k ? z : z - p.num_heads;
   const int group = p.num_heads / p.num_kv_heads;
   if (o.is_k) {
-    const int w_heads = p.k_weight_heads > 0 ? p.k_weight_heads : p.num_heads;
+    const int w_heads = KWeightHeads(p);
     o.x = pooled_k + static_cast<int64_t>(o.h / group) * 3 * p.head_dim;
     o.x_row = static_cast<int64_t>(p.num_kv_heads) * 3 * p.head_dim;
     o.in = 3 * p.head_dim;
@@ -1099,8 +1104,8 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
 // The causal 128 x 128 tiles of ScoresTf32Kernel, the same products (lo.hi +
 // hi.lo + hi.hi in float), on wgmma m64n128k8 with both operands in shared
 // memory: warpgroup w takes rows 64w.. of the tile against all 128 columns.
-// q' and k' come split into tf32 hi and lo parts (RopeKernel and
-// ProjectRopeTf32Kernel write them so; splitting here cost a read and two
+// q' and k' come split into tf32 hi and lo parts (RopeKernel and the
+// projection kernels write them so; splitting here cost a read and two
 // writes of shared memory a float, and shared memory is what wgmma's
 // operand reads are bound by). A step is kWgK channels of the 128 q' and
 // 128 k' rows, each part 64-byte rows in the 64-byte swizzle, copied in by
@@ -1389,7 +1394,7 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
   const int h = blockIdx.z;
   const ProjectOperands o = GetProjectOperands(p, h, nullptr, pooled_k);
   const int group = p.num_heads / p.num_kv_heads;
-  const int w_heads = p.k_weight_heads > 0 ? p.k_weight_heads : p.num_heads;
+  const int w_heads = KWeightHeads(p);
   const float* w_hi = wt + static_cast<int64_t>(h / (p.num_heads / w_heads)) * 2 * kPrHidden * o.in;
   const float* w_lo = w_hi + static_cast<int64_t>(kPrHidden) * o.in;
   const int m0 = blockIdx.x * kSgemmTile;
@@ -2141,9 +2146,6 @@ __global__ void KeepLastQueryBlockKernel(const int32_t* offsets, const int32_t* 
   if (h == heads - 1 && threadIdx.x == 0) out_offsets[static_cast<int64_t>(heads) * nb] = base + len;
 }
 
-// SelectKernel on the scores of `heads` heads from head0 on ([heads, nb, nb],
-// 16-byte aligned): nz_ratio and dense rows write their lists, threshold rows
-// their bitmaps and counts (then LaunchLists).
 // RopeKernel over Hq * nb rows of hidden / 2 pairs, `linears` grid rows (2:
 // q' and k', 1: q', or k' alone with k_only), four pairs a thread where the
 // rows allow 16-byte accesses.
@@ -2160,6 +2162,9 @@ cudaError_t LaunchRope(const GateParams& p, int nb, const float* pooled_q, const
   return cudaGetLastError();
 }
 
+// SelectKernel on the scores of `heads` heads from head0 on ([heads, nb, nb],
+// 16-byte aligned): nz_ratio and dense rows write their lists, threshold rows
+// their bitmaps and counts (then LaunchLists).
 cudaError_t LaunchSelect(const GateParams& p, int nb, int words, int head0, int heads, int64_t topk,
                          int first_dense_row, const float* scores, uint32_t* bitmap, int32_t* counts,
                          cudaStream_t stream) {
@@ -2377,8 +2382,7 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     const unsigned row_tiles = static_cast<unsigned>((nb + kSgemmTile - 1) / kSgemmTile);
     if (wgmma_project) {
       const int in = 3 * p.head_dim;
-      const int w_heads = p.k_weight_heads > 0 ? p.k_weight_heads : p.num_heads;
-      SplitTransposeKernel<<<dim3((in + 31) / 32, (p.hidden + 31) / 32, w_heads), dim3(32, 8), 0, stream>>>(
+      SplitTransposeKernel<<<dim3((in + 31) / 32, (p.hidden + 31) / 32, KWeightHeads(p)), dim3(32, 8), 0, stream>>>(
           p.k_weight, in, p.hidden, wt);
       SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
       SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
