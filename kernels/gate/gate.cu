@@ -21,12 +21,19 @@
 //   select   one warp per row, read once into shared memory: softmax (double
 //            sum), then dense / threshold / top-k by radix select (ties to
 //            the lower block index), last_block_dense, and the non-empty-row
-//            rule; the kept blocks go out as `lists` says;
+//            rule; the kept blocks go out as `lists` says (a top-k row
+//            from masks its last radix pass leaves, EmitKept);
 //   lists    for nz_ratio and dense every row's length is known up front, so
 //            the select writes the row's CSR offset and ascending indices
 //            itself; threshold rows leave a bitmap and a count, an exclusive
 //            scan of the counts gives the offsets, and one warp per row
 //            expands its bitmap into ascending block indices.
+//
+// On sm_90 the old gate's kernels after the first are chained (programmatic
+// dependent launch, LaunchChained): each is scheduled as the one before it
+// drains, and waits for it before touching memory. Its RoPE table and split
+// W^T come before the pool, which waits for them only once its loads are
+// in flight.
 
 #include "kernels/gate/gate.h"
 
@@ -102,6 +109,49 @@ GateLayout MakeLayout(const GateParams& p, bool with_scores) {
   g.counts = take(sizeof(int32_t) * nb * p.num_heads);
   g.total = at;
   return g;
+}
+
+// Programmatic dependent launch (sm_90): the gate's kernels after the first
+// are launched so that each can be scheduled while the one before it drains
+// (LaunchChained). Each such kernel first lets its own dependent launch and
+// then waits, before it reads or writes anything, until the kernel before
+// it has finished and its writes are visible, so the order of effects is
+// that of plain launches. Both are no-ops in a kernel launched plainly and
+// below sm_90.
+__device__ __forceinline__ void ChainedKernelLaunchDependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void ChainedKernelWait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void ChainedKernelStart() {
+  ChainedKernelLaunchDependents();
+  ChainedKernelWait();
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), where `chained` as a
+// programmatic dependent launch (the kernel must start with
+// ChainedKernelStart).
+template <typename... Params, typename... Args>
+cudaError_t LaunchChained(bool chained, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                          cudaStream_t stream, Args... args) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = &attr;
+  config.numAttrs = chained ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
 }
 
 // --- pool -----------------------------------------------------------------
@@ -281,6 +331,7 @@ template <typename T>
 __global__ void __launch_bounds__(kPoolThreads)
     PoolKernel(GateParams p, int64_t q_stride, int64_t k_stride, int q_ctas, int ctas, float* pooled_q,
                float* pooled_k, float* pooled_k_lo, float* rope_table, float* q_rotated) {
+  ChainedKernelStart();
   __shared__ float angle_cos[kMaxHeadDim / 2], angle_sin[kMaxHeadDim / 2];
   const int b = static_cast<int>(blockIdx.x / ctas);
   const int y = static_cast<int>(blockIdx.x % ctas);
@@ -350,6 +401,7 @@ __global__ void __launch_bounds__(kBulkPoolThreads)
     BulkPoolKernel(GateParams p, int64_t q_stride, int64_t k_stride, int q_ctas, int ctas, float* pooled_q,
                    float* pooled_k, float* pooled_k_lo, float* rope_table, float* q_rotated) {
 #if defined(SEER_SM90A_ENABLED)
+  ChainedKernelLaunchDependents();
   extern __shared__ __align__(128) unsigned char pool_smem[];
   __shared__ __align__(8) uint64_t bars[kBulkPoolGroups];
   __shared__ float angle_cos[kMaxHeadDim / 2], angle_sin[kMaxHeadDim / 2];
@@ -386,6 +438,11 @@ __global__ void __launch_bounds__(kBulkPoolThreads)
       sm90::BulkLoad(sm90::SmemAddr(tile + t * kBulkPoolChannels), src + t * stride, row_bytes,
                      sm90::SmemAddr(&bars[t / per_group]));
     }
+    // Chained after the RoPE table and the split W^T, which this kernel
+    // neither reads nor writes: it waits for them only here, its loads in
+    // flight, and finishes after them (what the kernels chained after it
+    // rely on).
+    ChainedKernelWait();
   }
   // While the rows are on their way.
   if (rope_table != nullptr && y == 0) {
@@ -467,6 +524,7 @@ __global__ void __launch_bounds__(kBulkPoolThreads)
 // --- rope table -----------------------------------------------------------
 // cos and sin [nb, hidden / 2] of float(b * block) * inv_freq[i].
 __global__ void RopeTableKernel(const float* inv_freq, int nb, int half, int block_size, float* table) {
+  ChainedKernelStart();
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= static_cast<int64_t>(nb) * half) return;
   RopeAngle(inv_freq, block_size, static_cast<int>(i / half), static_cast<int>(i % half), &table[i],
@@ -715,6 +773,7 @@ template <int kWarps, int kR>
 __global__ void __launch_bounds__(32 * kWarps, 1)
     ProjectRopeKernel(GateParams p, int nb, const float* pooled_q, const float* pooled_k, const float* rope,
                       float* qp, float* kp) {
+  ChainedKernelStart();
   constexpr int kRows = kR * kWarps;
   constexpr int kThreads = 32 * kWarps;
   static_assert(kPrHidden == 32 * 4 && kPrSlab % kWarps == 0, "a lane's four columns; whole slab rows a warp");
@@ -904,6 +963,7 @@ __global__ void __launch_bounds__(kSgemmThreads, kVec ? 2 : 1)
 template <int kV>
 __global__ void RopeKernel(GateParams p, int nb, const float* pooled_q, const float* rope, bool k_only, float* qp,
                            float* kp, float* qp_lo, float* kp_lo) {
+  ChainedKernelStart();
   // grid (ceil(pairs / kV / 256), 2): y = 1 rotates k'; grid (.., 1) with
   // k_only only k' (the pool rotated q'). 32-bit index arithmetic
   // (64-bit division was most of this kernel's time): pairs = Hq * nb *
@@ -1025,6 +1085,7 @@ __device__ __forceinline__ void StoreScorePair(float* orow, int qb, int kb, floa
 
 __global__ void __launch_bounds__(kSgemmThreads, 2)
     ScoresTf32Kernel(const float* qp, const float* kp, int nb, int hidden, int head0, float scale, float* scores) {
+  ChainedKernelStart();
   extern __shared__ __align__(16) float tc_smem[];  // [stage][q, k][128][kTcPitch]
   const ScoresTile tile = ScoresTileOf(head0);
   const int hl = tile.hl;
@@ -1216,6 +1277,7 @@ __device__ __forceinline__ void WgmmaTf32Tile(uint32_t smem_addr, const WgParts&
 __global__ void __launch_bounds__(kSgemmThreads, 2)
     ScoresWgmmaKernel(const float* qp, const float* qp_lo, const float* kp, const float* kp_lo, int nb, int hidden,
                       int head0, float scale, float* scores) {
+  ChainedKernelStart();
 #if defined(SEER_SM90A_ENABLED)
   extern __shared__ __align__(16) unsigned char wg_smem[];
   const uint32_t base = sm90::SmemAddr(wg_smem);
@@ -1300,6 +1362,7 @@ __device__ __forceinline__ void StoreRotatedTile(const float* tile, const float*
 __global__ void __launch_bounds__(kSgemmThreads, 2)
     ProjectRopeTf32Kernel(GateParams p, int nb, const float* pooled_q, const float* pooled_k, const float* rope,
                           float* qp, float* kp, float* qp_lo, float* kp_lo) {
+  ChainedKernelStart();
   extern __shared__ __align__(16) float tc_smem[];  // [stage][x [128][kTcPitch], w [kTcK][kTcWPitch]]
   const ProjectOperands o = GetProjectOperands(p, blockIdx.z, pooled_q, pooled_k);
   const int m0 = blockIdx.x * kSgemmTile;
@@ -1387,6 +1450,7 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
 __global__ void __launch_bounds__(kSgemmThreads, 2)
     ProjectRopeWgmmaKernel(GateParams p, int nb, const float* pooled_k, const float* pooled_k_lo, const float* wt,
                            const float* rope, float* kp, float* kp_lo) {
+  ChainedKernelStart();
 #if defined(SEER_SM90A_ENABLED)
   extern __shared__ __align__(16) unsigned char wg_smem[];
   const uint32_t base = sm90::SmemAddr(wg_smem);
@@ -1435,6 +1499,7 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
 // parts then lo parts (ProjectRopeWgmmaKernel). 32 x 32 tiles through shared
 // memory; grid (ceil(in / 32), ceil(hidden / 32), w_heads), block (32, 8).
 __global__ void SplitTransposeKernel(const float* w, int in, int hidden, float* wt) {
+  ChainedKernelStart();
   __shared__ float t[32][33];
   const float* src = w + static_cast<int64_t>(blockIdx.z) * in * hidden;
   float* hi = wt + static_cast<int64_t>(blockIdx.z) * 2 * hidden * in;
@@ -1546,6 +1611,10 @@ struct KthKey {
   uint32_t key;
   int take_equal;
   int equal;  // keys equal to it in the row
+  // With TopKthKey's `masks`, whether it left the row's kept blocks as
+  // masks (TopKthKey says where); else the row still holds the keys.
+  bool masks;
+  int gathered;  // (masks) keys of the last range, in index order
 };
 
 // KthKey of row[0 .. n) (the scores' bits, overwritten with their keys), 1 <=
@@ -1558,7 +1627,15 @@ struct KthKey {
 // Not inlined: inlined, it changed how NVVM compiles the scores loop of
 // FusedSelectKernel<16> before it (64-bit addresses hoisted, 100 registers
 // instead of 64: one CTA of 512 threads per SM instead of two).
-__device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, int topk) {
+//
+// With `masks`, the gather pass also marks the keys above the last range,
+// which top-k keeps for certain: word w of the row (row[w], its keys read
+// by then) becomes the ballot of those among keys 32w .. 32w + 31, and the
+// range's keys and their indices go to hist[0 ..) and hist[32 ..) in index
+// order (KthKey::masks, KthKey::gathered), so that the caller need not scan
+// the row again (EmitKept). Without a gather (the range narrowed to one
+// key) the row keeps its keys.
+__device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, int topk, bool masks) {
   const int lane = threadIdx.x % 32;
   const uint32_t lanes_below = (1u << lane) - 1u;
   // The scores become keys. A row's scores are alike, so a histogram of the
@@ -1644,7 +1721,30 @@ __device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, i
     span = min(span - (digit << shift), (1u << shift) - 1u);
     __syncwarp();  // hist is read before the next pass writes it
   }
-  if (span != 0) {
+  const int gathered = in_range;
+  if (span != 0 && masks) {
+    // As below, over the whole row, marking the keys above the range.
+    const uint32_t top = base + span;
+    const int words = (n + 31) / 32;
+    int found = 0;
+#pragma unroll 4
+    for (int w = 0; w < words; ++w) {
+      const int i = w * 32 + lane;
+      const uint32_t key = i < n ? row[i] : 0u;
+      const uint32_t above = __ballot_sync(0xffffffffu, i < n && key > top);
+      const bool match = i < n && key - base <= span;
+      const uint32_t match_bits = __ballot_sync(0xffffffffu, match);
+      if (match_bits != 0) {  // seldom: at most 32 keys of the row match
+        const int slot = found + __popc(match_bits & lanes_below);
+        if (match) {
+          hist[slot] = key;
+          hist[32 + slot] = static_cast<uint32_t>(i);
+        }
+        found += __popc(match_bits);
+      }
+      if (lane == 0) row[w] = above;  // keys w * 32 .. were read above (w < 32 (w + 1))
+    }
+  } else if (span != 0) {
     // Gather the keys in the range (at most 32; into hist, free now), then
     // one ballot per bit of their offsets from base.
     int found = 0;
@@ -1661,6 +1761,8 @@ __device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, i
         }
       }
     }
+  }
+  if (span != 0) {
     __syncwarp();
     const bool has = lane < in_range;
     const uint32_t off = has ? hist[lane] - base : 0u;
@@ -1679,7 +1781,43 @@ __device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, i
     in_range = __popc(__ballot_sync(0xffffffffu, has && off == prefix));  // the keys equal to it
     base += prefix;
   }
-  return {base, remaining, in_range};  // without the gather the range is one key, in_range times
+  // Without the gather the range is one key, in_range times.
+  return {base, remaining, in_range, masks && span != 0, gathered};
+}
+
+// A top-k row's ascending kept indices to `out`, from TopKthKey's masks:
+// the keys of the last range (hist) above the k-th, or equal to it and
+// among the first take_equal by index, join the masks, then each lane
+// writes the indices of its mask words. One warp.
+__device__ __forceinline__ void EmitKept(const KthKey& kth, int n, uint32_t* row, const uint32_t* hist,
+                                         int32_t* out) {
+  const int lane = threadIdx.x % 32;
+  const uint32_t lanes_below = (1u << lane) - 1u;
+  const bool has = lane < kth.gathered;
+  const uint32_t key = has ? hist[lane] : 0u;
+  const bool equal = has && key == kth.key;
+  const uint32_t eq_bits = __ballot_sync(0xffffffffu, equal);
+  if ((has && key > kth.key) || (equal && __popc(eq_bits & lanes_below) < kth.take_equal)) {
+    const uint32_t i = hist[32 + lane];
+    atomicOr(&row[i / 32], 1u << (i % 32));
+  }
+  __syncwarp();
+  const int words = (n + 31) / 32;
+  int kept = 0;
+  for (int w0 = 0; w0 < words; w0 += 32) {
+    const int w = w0 + lane;
+    uint32_t bits = w < words ? row[w] : 0u;
+    const int count = __popc(bits);
+    int incl = count;
+#pragma unroll
+    for (int off = 1; off < 32; off *= 2) {
+      const int t = __shfl_up_sync(0xffffffffu, incl, off);
+      if (lane >= off) incl += t;
+    }
+    int32_t* dst = out + kept + incl - count;
+    for (; bits != 0; bits &= bits - 1) *dst++ = w * 32 + __ffs(bits) - 1;
+    kept += __shfl_sync(0xffffffffu, incl, 31);
+  }
 }
 
 // Softmax, selection and output of one row (head h, query block qb) of
@@ -1720,21 +1858,27 @@ __device__ __forceinline__ void SelectRow(const GateParams& p, int nb, int words
     for (int i = lane; i < nb; i += 32) prow[i] = i < n ? prob(i) : 0.0f;
   }
 
+  // Output: either bitmap words and a count (then the scan and fill
+  // kernels), or, when the offsets are known up front, the ascending indices
+  // themselves at `direct_indices`.
+  uint32_t* out_words = bitmap != nullptr ? bitmap + (static_cast<int64_t>(h) * nb + qb) * words : nullptr;
   uint32_t kth_key = 0;  // top-k: blocks with a larger key are kept...
   int take_equal = 0;  // ...and the first take_equal (by index) with an equal key
   bool take_all_equal = false;  // (all of them)
   if (radix) {
-    const KthKey kth = TopKthKey(row, hist, n, static_cast<int>(topk));  // topk < n here
+    const KthKey kth = TopKthKey(row, hist, n, static_cast<int>(topk), out_words == nullptr);  // topk < n here
+    if (kth.masks) {
+      EmitKept(kth, n, row, hist, direct_indices);
+      return;
+    }
     kth_key = kth.key;
     take_equal = kth.take_equal;
     take_all_equal = kth.take_equal == kth.equal;
   }
   const float threshold = static_cast<float>(p.threshold);  // compared in float32, as torch does
 
-  // Output in index order; equal keys ranked by index. Either bitmap words
-  // and a count (then the scan and fill kernels), or, when the offsets are
-  // known up front, the ascending indices themselves at `direct_indices`.
-  uint32_t* out_words = bitmap != nullptr ? bitmap + (static_cast<int64_t>(h) * nb + qb) * words : nullptr;
+  // Output in index order; equal keys ranked by index (see above for
+  // out_words).
   int equal_before = 0;
   int kept = 0;
   const int row_words = (n + 31) / 32;
@@ -1857,6 +2001,7 @@ __device__ __forceinline__ int32_t* DirectRow(const GateParams& p, int nb, int h
 __global__ void __launch_bounds__(32 * kSelectMaxWarps)
     SelectKernel(GateParams p, int nb, int words, int head0, int64_t topk, int first_dense_row, const float* scores,
                  uint32_t* bitmap, int32_t* counts) {
+  ChainedKernelStart();
   extern __shared__ __align__(16) uint32_t select_smem[];
   const int warps = blockDim.x / 32;
   const int warp = threadIdx.x / 32;
@@ -1914,6 +2059,7 @@ template <int kRows, int kCols>
 __global__ void __launch_bounds__(FusedShape<kRows, kCols>::kThreads, 2)
     FusedSelectKernel(GateParams p, int nb, int words, int64_t topk, int first_dense_row, float scale, const float* qp,
                       const float* kp, uint32_t* bitmap, int32_t* counts) {
+  ChainedKernelStart();
   using Shape = FusedShape<kRows, kCols>;
   constexpr int kFusedCols = kCols;
   constexpr int kFusedKPitch = Shape::kPitch;
@@ -2034,16 +2180,15 @@ int FusedRowsFor(int nb, int hidden) {
 
 template <int kRows, int kCols = 256>
 cudaError_t LaunchFused(const GateParams& p, int nb, int words, int64_t topk, int first_dense_row, float scale,
-                        const float* qp, const float* kp, uint32_t* bitmap, int32_t* counts, cudaStream_t stream) {
+                        const float* qp, const float* kp, uint32_t* bitmap, int32_t* counts, bool chained,
+                        cudaStream_t stream) {
   using Shape = FusedShape<kRows, kCols>;
   const size_t smem = FusedSmemBytes(kRows, Shape::kThreads, nb, p.hidden, kCols);
   auto kernel = FusedSelectKernel<kRows, kCols>;
   SEER_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  kernel<<<dim3((nb + kRows - 1) / kRows, p.num_heads), Shape::kThreads, smem, stream>>>(
-      p, nb, words, topk, first_dense_row, scale, qp, kp, bitmap, counts);
-  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  return cudaSuccess;
+  return LaunchChained(chained, kernel, dim3((nb + kRows - 1) / kRows, p.num_heads), Shape::kThreads, smem, stream, p,
+                       nb, words, topk, first_dense_row, scale, qp, kp, bitmap, counts);
 }
 
 // --- lists ----------------------------------------------------------------
@@ -2150,31 +2295,26 @@ __global__ void KeepLastQueryBlockKernel(const int32_t* offsets, const int32_t* 
 // q' and k', 1: q', or k' alone with k_only), four pairs a thread where the
 // rows allow 16-byte accesses.
 cudaError_t LaunchRope(const GateParams& p, int nb, const float* pooled_q, const float* rope, bool k_only, int linears,
-                       float* qp, float* kp, float* qp_lo, float* kp_lo, cudaStream_t stream) {
+                       float* qp, float* kp, float* qp_lo, float* kp_lo, bool chained, cudaStream_t stream) {
   const bool vec = p.hidden % 8 == 0 && p.head_dim % 4 == 0;
   const int64_t threads = static_cast<int64_t>(p.num_heads) * nb * (p.hidden / 2) / (vec ? 4 : 1);
   const dim3 grid(static_cast<unsigned>((threads + 255) / 256), static_cast<unsigned>(linears));
-  if (vec) {
-    RopeKernel<4><<<grid, 256, 0, stream>>>(p, nb, pooled_q, rope, k_only, qp, kp, qp_lo, kp_lo);
-  } else {
-    RopeKernel<1><<<grid, 256, 0, stream>>>(p, nb, pooled_q, rope, k_only, qp, kp, qp_lo, kp_lo);
-  }
-  return cudaGetLastError();
+  return LaunchChained(chained, vec ? RopeKernel<4> : RopeKernel<1>, grid, 256, 0, stream, p, nb, pooled_q, rope,
+                       k_only, qp, kp, qp_lo, kp_lo);
 }
 
 // SelectKernel on the scores of `heads` heads from head0 on ([heads, nb, nb],
 // 16-byte aligned): nz_ratio and dense rows write their lists, threshold rows
 // their bitmaps and counts (then LaunchLists).
 cudaError_t LaunchSelect(const GateParams& p, int nb, int words, int head0, int heads, int64_t topk,
-                         int first_dense_row, const float* scores, uint32_t* bitmap, int32_t* counts,
+                         int first_dense_row, const float* scores, uint32_t* bitmap, int32_t* counts, bool chained,
                          cudaStream_t stream) {
   const int select_warps = SelectWarps(nb);
   const size_t select_smem = SelectSmemBytes(select_warps, nb);
   SEER_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(SelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(select_smem)));
-  SelectKernel<<<dim3(heads, (nb + select_warps - 1) / select_warps), 32 * select_warps, select_smem, stream>>>(
-      p, nb, words, head0, topk, first_dense_row, scores, bitmap, counts);
-  return cudaGetLastError();
+  return LaunchChained(chained, SelectKernel, dim3(heads, (nb + select_warps - 1) / select_warps), 32 * select_warps,
+                       select_smem, stream, p, nb, words, head0, topk, first_dense_row, scores, bitmap, counts);
 }
 
 // Threshold rows: counts and bitmaps -> offsets, kept_per_head and indices.
@@ -2210,6 +2350,10 @@ bool ScoresWgmmaAvailable() {
   return Sm90aCodeRuns(reinterpret_cast<const void*>(ScoresWgmmaKernel), answers);
 }
 
+// Whether the gate chains its kernels (LaunchChained): where sm_90a code
+// runs (programmatic dependent launch needs sm_90).
+bool ChainedLaunchesRun() { return BulkPoolAvailable(); }
+
 bool BulkPoolRuns() { return !portable_pool_for_test.load(std::memory_order_relaxed) && BulkPoolAvailable(); }
 
 bool ValidShapes(const GateParams& p) {
@@ -2224,6 +2368,43 @@ bool ValidShapes(const GateParams& p) {
   }
   if (p.dtype != ElemType::kBF16 && p.dtype != ElemType::kF16) return false;
   return true;
+}
+
+// q's and k's row strides in elements into *q_stride and *k_stride; false
+// where they or the pointers do not suit the pool's 16-byte loads.
+bool RowStrides(const GateParams& p, int64_t* q_stride, int64_t* k_stride) {
+  *q_stride = p.q_row_stride > 0 ? p.q_row_stride : static_cast<int64_t>(p.num_heads) * p.head_dim;
+  *k_stride = p.k_row_stride > 0 ? p.k_row_stride : static_cast<int64_t>(p.num_kv_heads) * p.head_dim;
+  return *q_stride >= static_cast<int64_t>(p.num_heads) * p.head_dim && *q_stride % 8 == 0 &&
+         *k_stride >= static_cast<int64_t>(p.num_kv_heads) * p.head_dim && *k_stride % 8 == 0 && Aligned16(p.q) &&
+         Aligned16(p.k);
+}
+
+// The pool: [nb, Hq * D] pooled Q, [nb * Hkv, 3D] pooled K (and its
+// average's tf32 lo parts where pooled_k_lo is not null), the RoPE table
+// and q' where those are not null. BulkPoolKernel where `bulk`, else
+// PoolKernel. `chained`: launched by LaunchChained.
+cudaError_t LaunchPool(const GateParams& p, int64_t q_stride, int64_t k_stride, bool bulk, float* pooled_q,
+                       float* pooled_k, float* pooled_k_lo, float* rope_table, float* q_rotated, bool chained,
+                       cudaStream_t stream) {
+  const int nb = GateNumBlocks(p);
+  const int pool_chunks = bulk ? kBulkPoolChannels : kPoolThreads * 8;
+  const int q_ctas = (p.num_heads * p.head_dim + pool_chunks - 1) / pool_chunks;
+  const int k_ctas = (p.num_kv_heads * p.head_dim + pool_chunks - 1) / pool_chunks;
+  // One CTA a (block, channel chunk), the chunks of a block adjacent: the
+  // CTAs in flight read whole token rows.
+  const int ctas = q_ctas + k_ctas;
+  const unsigned grid = static_cast<unsigned>(nb) * ctas;
+  const bool bf16 = p.dtype == ElemType::kBF16;
+  if (bulk) {
+    auto pool = bf16 ? BulkPoolKernel<__nv_bfloat16> : BulkPoolKernel<__half>;
+    const int smem = p.block_size * kBulkPoolChannels * 2;
+    SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(pool, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    return LaunchChained(chained, pool, grid, kBulkPoolThreads, smem, stream, p, q_stride, k_stride, q_ctas, ctas,
+                         pooled_q, pooled_k, pooled_k_lo, rope_table, q_rotated);
+  }
+  return LaunchChained(chained, bf16 ? PoolKernel<__nv_bfloat16> : PoolKernel<__half>, grid, kPoolThreads, 0, stream,
+                       p, q_stride, k_stride, q_ctas, ctas, pooled_q, pooled_k, pooled_k_lo, rope_table, q_rotated);
 }
 
 // Bounds the grid of the select kernel and the int32 CSR offsets.
@@ -2287,13 +2468,8 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     return cudaErrorInvalidValue;
   }
   if (nb > kMaxBlocks) return cudaErrorInvalidValue;
-  const int64_t q_stride = p.q_row_stride > 0 ? p.q_row_stride : static_cast<int64_t>(p.num_heads) * p.head_dim;
-  const int64_t k_stride = p.k_row_stride > 0 ? p.k_row_stride : static_cast<int64_t>(p.num_kv_heads) * p.head_dim;
-  if (q_stride < static_cast<int64_t>(p.num_heads) * p.head_dim || q_stride % 8 != 0 ||
-      k_stride < static_cast<int64_t>(p.num_kv_heads) * p.head_dim || k_stride % 8 != 0 || !Aligned16(p.q) ||
-      !Aligned16(p.k)) {
-    return cudaErrorInvalidValue;
-  }
+  int64_t q_stride, k_stride;
+  if (!RowStrides(p, &q_stride, &k_stride)) return cudaErrorInvalidValue;
   const int64_t max_indices = GateMaxIndices(p);
   if (max_indices > 0x7fffffff || p.index_capacity < max_indices) return cudaErrorInvalidValue;
   if (static_cast<int64_t>(p.num_heads) * nb * (p.hidden / 2) > 0x7fffffff) return cudaErrorInvalidValue;  // RopeKernel
@@ -2327,6 +2503,10 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   // cost it more than the half RoPE pass it saved (docs/KERNELS.md).
   const int linears = p.q_weight != nullptr ? 2 : 1;
   const bool bulk_pool = p.block_size <= kBulkPoolMaxBlock && BulkPoolRuns();
+  // The old gate chains its kernels after the first (programmatic dependent
+  // launch) where the sm_90a code runs. (The fused gate's few one-wave
+  // kernels measured slower chained: 0.080 against 0.077 ms at 8k.)
+  const bool chain = !fused && ChainedLaunchesRun();
   const bool simt = simt_unfused_for_test.load(std::memory_order_relaxed);
   const bool q_in_pool = fused && p.q_weight == nullptr &&
                          (bulk_pool ? kBulkPoolChannels % p.head_dim == 0
@@ -2348,56 +2528,46 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   const bool wgmma_project = tc_project && wgmma && p.q_weight == nullptr && 3 * p.head_dim % kWgK == 0;
   float* pool_k_lo = wgmma_project ? pooled_k_lo : nullptr;
 
-  // pool (the fused gate's pool kernel also writes the RoPE table)
-  const int pool_chunks = bulk_pool ? kBulkPoolChannels : kPoolThreads * 8;
-  const int q_ctas = (p.num_heads * p.head_dim + pool_chunks - 1) / pool_chunks;
-  const int k_ctas = (p.num_kv_heads * p.head_dim + pool_chunks - 1) / pool_chunks;
-  // One CTA a (block, channel chunk), the chunks of a block adjacent: the
-  // CTAs in flight read whole token rows.
-  const int pool_ctas = q_ctas + k_ctas;
-  const unsigned pool_grid = static_cast<unsigned>(nb) * pool_ctas;
-  float* pool_rope = fused ? rope : nullptr;
-  float* q_rotated = q_in_pool ? qp : nullptr;
-  if (bulk_pool) {
-    auto pool = p.dtype == ElemType::kBF16 ? BulkPoolKernel<__nv_bfloat16> : BulkPoolKernel<__half>;
-    const int smem = p.block_size * kBulkPoolChannels * 2;
-    SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(pool, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    pool<<<pool_grid, kBulkPoolThreads, smem, stream>>>(p, q_stride, k_stride, q_ctas, pool_ctas, pooled_q, pooled_k,
-                                                        pool_k_lo, pool_rope, q_rotated);
-  } else {
-    auto pool = p.dtype == ElemType::kBF16 ? PoolKernel<__nv_bfloat16> : PoolKernel<__half>;
-    pool<<<pool_grid, kPoolThreads, 0, stream>>>(p, q_stride, k_stride, q_ctas, pool_ctas, pooled_q, pooled_k,
-                                                 pool_k_lo, pool_rope, q_rotated);
-  }
-  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-
-  // project + rope
+  // The old gate's RoPE table and the split W^T come first: they read only
+  // the weights, and the pool (chained after them) waits for them only
+  // once its own loads are in flight, so they run beside its first CTAs.
+  bool first = true;  // the next launch is the gate's first (plain)
   if (!fused) {
     const int64_t table = static_cast<int64_t>(nb) * g.half;
     RopeTableKernel<<<static_cast<unsigned>((table + 255) / 256), 256, 0, stream>>>(p.rope_inv_freq, nb, g.half,
                                                                                     p.block_size, rope);
     SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    first = false;
   }
+  if (wgmma_project) {
+    const int in = 3 * p.head_dim;
+    SEER_CUDA_RETURN_IF_ERROR(LaunchChained(chain, SplitTransposeKernel,
+                                            dim3((in + 31) / 32, (p.hidden + 31) / 32, KWeightHeads(p)), dim3(32, 8),
+                                            0, stream, p.k_weight, in, p.hidden, wt));
+  }
+
+  // pool (the fused gate's pool kernel also writes the RoPE table)
+  SEER_CUDA_RETURN_IF_ERROR(LaunchPool(p, q_stride, k_stride, bulk_pool, pooled_q, pooled_k, pool_k_lo,
+                                       fused ? rope : nullptr, q_in_pool ? qp : nullptr, chain && !first, stream));
+
+  // project + rope
   if (tc_project) {
     const unsigned row_tiles = static_cast<unsigned>((nb + kSgemmTile - 1) / kSgemmTile);
     if (wgmma_project) {
-      const int in = 3 * p.head_dim;
-      SplitTransposeKernel<<<dim3((in + 31) / 32, (p.hidden + 31) / 32, KWeightHeads(p)), dim3(32, 8), 0, stream>>>(
-          p.k_weight, in, p.hidden, wt);
-      SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
       SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
           ProjectRopeWgmmaKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kWgSmemBytes)));
-      ProjectRopeWgmmaKernel<<<dim3(row_tiles, 1, p.num_heads), kSgemmThreads, kWgSmemBytes, stream>>>(
-          p, nb, pooled_k, pooled_k_lo, wt, rope, kp, split_k);
+      SEER_CUDA_RETURN_IF_ERROR(LaunchChained(chain, ProjectRopeWgmmaKernel, dim3(row_tiles, 1, p.num_heads),
+                                              kSgemmThreads, kWgSmemBytes, stream, p, nb, pooled_k, pooled_k_lo, wt,
+                                              rope, kp, split_k));
     } else {
       SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
           ProjectRopeTf32Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kTcProjectSmemBytes)));
-      ProjectRopeTf32Kernel<<<dim3(row_tiles, 1, p.num_heads * linears), kSgemmThreads, kTcProjectSmemBytes,
-                              stream>>>(p, nb, pooled_q, pooled_k, rope, qp, kp, split_q, split_k);
+      SEER_CUDA_RETURN_IF_ERROR(LaunchChained(chain, ProjectRopeTf32Kernel, dim3(row_tiles, 1, p.num_heads * linears),
+                                              kSgemmThreads, kTcProjectSmemBytes, stream, p, nb, pooled_q, pooled_k,
+                                              rope, qp, kp, split_q, split_k));
     }
-    SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     if (p.q_weight == nullptr && !q_in_pool) {  // q' = RoPE(pooled Q)
-      SEER_CUDA_RETURN_IF_ERROR(LaunchRope(p, nb, pooled_q, rope, false, 1, qp, kp, split_q, split_k, stream));
+      SEER_CUDA_RETURN_IF_ERROR(LaunchRope(p, nb, pooled_q, rope, false, 1, qp, kp, split_q, split_k, chain, stream));
     }
   } else if (project_rope) {
     // 4 rows a thread, 16 a CTA: warps enough on every SM at 8k tokens.
@@ -2406,9 +2576,8 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     auto kernel = ProjectRopeKernel<kWarps, kRowsPerWarp>;
     SEER_CUDA_RETURN_IF_ERROR(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    kernel<<<dim3((nb + kRows - 1) / kRows, p.num_heads * linears), 32 * kWarps, smem, stream>>>(
-        p, nb, pooled_q, pooled_k, rope, qp, kp);
-    SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    SEER_CUDA_RETURN_IF_ERROR(LaunchChained(chain, kernel, dim3((nb + kRows - 1) / kRows, p.num_heads * linears),
+                                            32 * kWarps, smem, stream, p, nb, pooled_q, pooled_k, rope, qp, kp));
   } else {
     if (fused) {
       ProjectKernel<64, 64>
@@ -2424,7 +2593,7 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     }
     SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     SEER_CUDA_RETURN_IF_ERROR(
-        LaunchRope(p, nb, pooled_q, rope, q_in_pool, q_in_pool ? 1 : 2, qp, kp, split_q, split_k, stream));
+        LaunchRope(p, nb, pooled_q, rope, q_in_pool, q_in_pool ? 1 : 2, qp, kp, split_q, split_k, chain, stream));
   }
 
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(p.hidden)));
@@ -2435,13 +2604,13 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     cudaError_t e = cudaErrorInvalidValue;
     switch (fused_rows) {
       case 16:
-        e = nb <= 128 ? LaunchFused<16, 128>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, stream)
-                      : LaunchFused<16>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, stream);
+        e = nb <= 128 ? LaunchFused<16, 128>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, chain, stream)
+                      : LaunchFused<16>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, chain, stream);
         break;
-      case 8: e = LaunchFused<8>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, stream); break;
-      case 4: e = LaunchFused<4>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, stream); break;
-      case 2: e = LaunchFused<2>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, stream); break;
-      case 1: e = LaunchFused<1>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, stream); break;
+      case 8: e = LaunchFused<8>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, chain, stream); break;
+      case 4: e = LaunchFused<4>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, chain, stream); break;
+      case 2: e = LaunchFused<2>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, chain, stream); break;
+      case 1: e = LaunchFused<1>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, chain, stream); break;
     }
     SEER_CUDA_RETURN_IF_ERROR(e);
     if (p.mode != SparsityMode::kThreshold) return cudaSuccess;
@@ -2460,16 +2629,17 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
       const int heads = p.num_heads - head0 < g.heads_per_pass ? p.num_heads - head0 : g.heads_per_pass;
       const dim3 grid(tiles * (tiles + 1) / 2, heads);
       if (wgmma) {
-        ScoresWgmmaKernel<<<grid, kSgemmThreads, kWgSmemBytes, stream>>>(qp, qp_lo, kp, kp_lo, nb, p.hidden, head0,
-                                                                         scale, scores);
+        SEER_CUDA_RETURN_IF_ERROR(LaunchChained(chain, ScoresWgmmaKernel, grid, kSgemmThreads, kWgSmemBytes, stream,
+                                                qp, qp_lo, kp, kp_lo, nb, p.hidden, head0, scale, scores));
       } else if (tensor_scores) {
-        ScoresTf32Kernel<<<grid, kSgemmThreads, kTcSmemBytes, stream>>>(qp, kp, nb, p.hidden, head0, scale, scores);
+        SEER_CUDA_RETURN_IF_ERROR(LaunchChained(chain, ScoresTf32Kernel, grid, kSgemmThreads, kTcSmemBytes, stream, qp,
+                                                kp, nb, p.hidden, head0, scale, scores));
       } else {
         scores_kernel<<<grid, kSgemmThreads, 0, stream>>>(qp, kp, nb, p.hidden, head0, scale, scores);
+        SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
       }
-      SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
       SEER_CUDA_RETURN_IF_ERROR(
-          LaunchSelect(p, nb, g.words, head0, heads, topk, first_dense_row, scores, bitmap, counts, stream));
+          LaunchSelect(p, nb, g.words, head0, heads, topk, first_dense_row, scores, bitmap, counts, chain, stream));
     }
     if (p.mode != SparsityMode::kThreshold) return cudaSuccess;
   }
@@ -2488,6 +2658,16 @@ bool UseMmaSyncForTest(bool mma_sync) {
 bool UsePortablePoolForTest(bool portable) {
   portable_pool_for_test.store(portable, std::memory_order_relaxed);
   return BulkPoolAvailable();
+}
+
+cudaError_t RunGatePoolForTest(const GateParams& p, float* pooled_q, float* pooled_k, cudaStream_t stream) {
+  int64_t q_stride, k_stride;
+  if (!ValidShapes(p) || GateNumBlocks(p) < 1 || p.q == nullptr || p.k == nullptr || pooled_q == nullptr ||
+      pooled_k == nullptr || !RowStrides(p, &q_stride, &k_stride)) {
+    return cudaErrorInvalidValue;
+  }
+  const bool bulk = p.block_size <= kBulkPoolMaxBlock && BulkPoolRuns();
+  return LaunchPool(p, q_stride, k_stride, bulk, pooled_q, pooled_k, nullptr, nullptr, nullptr, false, stream);
 }
 
 cudaError_t RunGateSelectForTest(const GateParams& p, const float* scores, cudaStream_t stream) {
@@ -2512,7 +2692,8 @@ cudaError_t RunGateSelectForTest(const GateParams& p, const float* scores, cudaS
   // All heads in one launch (head0 = 0): the scores of a later pass would
   // start unaligned for an odd nb.
   SEER_CUDA_RETURN_IF_ERROR(
-      LaunchSelect(p, nb, g.words, 0, p.num_heads, topk, FirstDenseRow(p, nb), scores, bitmap, counts, stream));
+      LaunchSelect(p, nb, g.words, 0, p.num_heads, topk, FirstDenseRow(p, nb), scores, bitmap, counts, false,
+                   stream));
   if (p.mode != SparsityMode::kThreshold) return cudaSuccess;
   return LaunchLists(p, nb, g.words, bitmap, counts, stream);
 }

@@ -119,6 +119,17 @@ void UseSimtUnfusedGateForTest(bool simt);
 // and there is no mask_linear_q).
 bool UseMmaSyncForTest(bool mma_sync);
 
+// TEST HOOK, for kernels/gate/gate_gpu_test.cc only: the gate's pool step
+// alone. Writes the pooled Q ([nb, num_heads * head_dim], each channel's
+// average over its block's tokens) to `pooled_q` and the pooled K ([nb *
+// num_kv_heads, 3 * head_dim]: max, min and average of each channel) to
+// `pooled_k`, both float32 device memory, with the kernel RunGateKernels
+// would run (the sm_90 bulk-copy pool, or the portable one under
+// UsePortablePoolForTest). Uses p's dtype, q, k, row strides and shapes.
+// Returns cudaErrorInvalidValue for a bad shape, pointer or stride, or
+// seq_len 0; otherwise the launch error.
+cudaError_t RunGatePoolForTest(const GateParams& p, float* pooled_q, float* pooled_k, cudaStream_t stream);
+
 // TEST HOOK, for kernels/gate/gate_gpu_test.cc only: the gate's select step
 // alone, on scores the caller gives instead of the gate's own. `scores` is
 // device memory [num_heads, nb, nb] (16-byte aligned), row (h, qb) holding the

@@ -990,6 +990,157 @@ TEST_F(GateGpuTest, KeepLastQueryBlockMatchesTheCpuTwin) {
       << "offsets without indices";
 }
 
+// The pool alone (cuda::RunGatePoolForTest), bulk-copy and portable,
+// against a float64 recomputation here: each channel's block average as the
+// sum of its elements in token order, in double, divided by the count and
+// rounded to float; K's max and min with NaN propagating. Bit for bit (any
+// NaN equals any NaN). The elements cover normals of every exponent,
+// subnormals, zeros of both signs, values near the largest finite (their
+// sums pass float's range), and in some channels an infinity or a NaN.
+TEST_F(GateGpuTest, PoolIsExactOnEveryValue) {
+  struct PoolCase {
+    int seq_len, num_heads, num_kv_heads, head_dim;
+    bool fused_qkv;
+    ElemType dtype;
+  };
+  const ElemType bf = ElemType::kBF16, fp = ElemType::kF16;
+  const PoolCase cases[] = {{1, 4, 4, 64, false, bf},    {63, 8, 2, 128, false, bf},  {130, 32, 8, 128, true, bf},
+                            {1000, 8, 1, 64, false, bf}, {200, 12, 4, 40, false, bf}, {64, 4, 4, 64, false, fp},
+                            {333, 32, 8, 128, true, fp}, {97, 8, 2, 32, false, fp}};
+  for (const PoolCase& c : cases) {
+    const bool bf16 = c.dtype == bf;
+    const int L = c.seq_len, nb = (L + 63) / 64, qw = c.num_heads * c.head_dim, kw = c.num_kv_heads * c.head_dim;
+    const int row = c.fused_qkv ? qw + 2 * kw : 0;
+    SCOPED_TRACE("L=" + std::to_string(L) + " Hq=" + std::to_string(c.num_heads) +
+                 " Hkv=" + std::to_string(c.num_kv_heads) + " D=" + std::to_string(c.head_dim) +
+                 (bf16 ? " bf16" : " fp16") + (c.fused_qkv ? " fused" : "") + " seed=" + std::to_string(seed_));
+    const int exp_bits = bf16 ? 8 : 5, man_bits = 15 - exp_bits, top_exp = (1 << exp_bits) - 2;
+    // A channel's kind: 0 normals of a few nearby exponents, 1 any exponent,
+    // 2 subnormals and zeros, 3 near the largest finite, 4 kind 0 with an
+    // infinity or a NaN at one token.
+    auto element = [&](int kind, int centre) -> uint16_t {
+      const uint32_t sign = rng_() & 0x8000u, man = rng_() & ((1u << man_bits) - 1);
+      int e = 0;
+      if (kind == 1) e = static_cast<int>(rng_() % (top_exp + 1));
+      if (kind == 0 || kind == 4) e = std::clamp(centre + static_cast<int>(rng_() % 7) - 3, 1, top_exp);
+      if (kind == 2) e = rng_() % 4 == 0 ? 1 : 0;
+      if (kind == 3) e = top_exp - static_cast<int>(rng_() % 2);
+      if (kind == 2 && rng_() % 3 == 0) return static_cast<uint16_t>(sign);  // +-0
+      return static_cast<uint16_t>(sign | static_cast<uint32_t>(e) << man_bits | man);
+    };
+    auto fill = [&](int width) {
+      std::vector<uint16_t> x(static_cast<size_t>(L) * width);
+      for (int ch = 0; ch < width; ++ch) {
+        const int kind = static_cast<int>(rng_() % 5);
+        const int centre = (1 << (exp_bits - 1)) + static_cast<int>(rng_() % 9) - 4;
+        for (int t = 0; t < L; ++t) x[static_cast<size_t>(t) * width + ch] = element(kind, centre);
+        if (kind == 4) {
+          const uint32_t special = (rng_() & 0x8000u) | (((1u << exp_bits) - 1) << man_bits) |
+                                   (rng_() % 2 == 0 ? 0u : 1u + rng_() % ((1u << man_bits) - 1));
+          x[static_cast<size_t>(rng_() % L) * width + ch] = static_cast<uint16_t>(special);
+        }
+      }
+      return x;
+    };
+    const std::vector<uint16_t> q = fill(qw), k = fill(kw);
+    auto value = [&](uint16_t e) { return bf16 ? Bf16ToFloat(e) : Fp16ToFloat(e); };
+
+    // float64 reference.
+    std::vector<float> want_q(static_cast<size_t>(nb) * qw), want_k(static_cast<size_t>(nb) * kw * 3);
+    for (int b = 0; b < nb; ++b) {
+      const int t0 = b * 64, t1 = std::min(L, t0 + 64);
+      for (int ch = 0; ch < qw; ++ch) {
+        double sum = 0.0;
+        for (int t = t0; t < t1; ++t) sum += value(q[static_cast<size_t>(t) * qw + ch]);
+        want_q[static_cast<size_t>(b) * qw + ch] = static_cast<float>(sum / (t1 - t0));
+      }
+      for (int ch = 0; ch < kw; ++ch) {
+        double sum = 0.0;
+        float mx = -INFINITY, mn = INFINITY;
+        for (int t = t0; t < t1; ++t) {
+          const float v = value(k[static_cast<size_t>(t) * kw + ch]);
+          sum += v;
+          if (v > mx || std::isnan(v)) mx = v;
+          if (v < mn || std::isnan(v)) mn = v;
+        }
+        float* out = want_k.data() + (static_cast<size_t>(b) * c.num_kv_heads + ch / c.head_dim) * 3 * c.head_dim +
+                     ch % c.head_dim;
+        out[0] = mx;
+        out[c.head_dim] = mn;
+        out[2 * c.head_dim] = static_cast<float>(sum / (t1 - t0));
+      }
+    }
+
+    std::vector<uint16_t> packed;
+    size_t k_off = 0;
+    if (c.fused_qkv) {
+      packed.assign(static_cast<size_t>(L) * row, 0x7fc0);  // V's columns (not read): NaNs
+      for (int t = 0; t < L; ++t) {
+        std::copy_n(q.data() + static_cast<size_t>(t) * qw, qw, packed.data() + static_cast<size_t>(t) * row);
+        std::copy_n(k.data() + static_cast<size_t>(t) * kw, kw, packed.data() + static_cast<size_t>(t) * row + qw);
+      }
+      k_off = qw;
+    } else {
+      packed = q;
+      packed.insert(packed.end(), k.begin(), k.end());
+      k_off = q.size();
+    }
+    DevBuf dqk(packed.size() * 2), dq(want_q.size() * 4), dk(want_k.size() * 4);
+    ASSERT_TRUE(dqk.ok() && dq.ok() && dk.ok());
+    ASSERT_CUDA(cudaMemcpy(dqk.get(), packed.data(), packed.size() * 2, cudaMemcpyHostToDevice));
+    cuda::GateParams p;
+    p.dtype = c.dtype;
+    p.q = dqk.get<uint16_t>();
+    p.k = dqk.get<uint16_t>() + k_off;
+    p.q_row_stride = row;
+    p.k_row_stride = row;
+    p.seq_len = L;
+    p.num_heads = c.num_heads;
+    p.num_kv_heads = c.num_kv_heads;
+    p.head_dim = c.head_dim;
+    p.block_size = 64;
+    p.hidden = c.head_dim;
+    const bool bulk_runs = cuda::UsePortablePoolForTest(false);
+    for (const bool portable : {false, true}) {
+      if (!portable && !bulk_runs) continue;  // the portable pool is the default here
+      SCOPED_TRACE(portable ? "portable pool" : "bulk-copy pool");
+      cuda::UsePortablePoolForTest(portable);
+      ASSERT_CUDA(cudaMemset(dq.get(), 0xFF, want_q.size() * 4));
+      ASSERT_CUDA(cudaMemset(dk.get(), 0xFF, want_k.size() * 4));
+      const cudaError_t ran = cuda::RunGatePoolForTest(p, dq.get<float>(), dk.get<float>(), nullptr);
+      cuda::UsePortablePoolForTest(false);
+      ASSERT_CUDA(ran);
+      ASSERT_CUDA(cudaDeviceSynchronize());
+      std::vector<float> got_q(want_q.size()), got_k(want_k.size());
+      ASSERT_CUDA(cudaMemcpy(got_q.data(), dq.get(), got_q.size() * 4, cudaMemcpyDeviceToHost));
+      ASSERT_CUDA(cudaMemcpy(got_k.data(), dk.get(), got_k.size() * 4, cudaMemcpyDeviceToHost));
+      auto same = [](float a, float b) { return std::isnan(a) ? std::isnan(b) : BitsOf(a) == BitsOf(b); };
+      int bad = 0, nans = 0;
+      for (size_t i = 0; i < got_q.size(); ++i) {
+        nans += std::isnan(want_q[i]);
+        if (!same(got_q[i], want_q[i]) && ++bad <= 10) {
+          ADD_FAILURE() << "pooled Q [" << i / qw << "][" << i % qw << "]: GPU " << got_q[i] << " (0x" << std::hex
+                        << BitsOf(got_q[i]) << "), float64 " << want_q[i] << " (0x" << BitsOf(want_q[i]) << std::dec
+                        << ")";
+        }
+      }
+      for (size_t i = 0; i < got_k.size(); ++i) {
+        if (!same(got_k[i], want_k[i]) && ++bad <= 10) {
+          ADD_FAILURE() << "pooled K [" << i / (3 * c.head_dim) << "][" << i % (3 * c.head_dim) << "]: GPU " << got_k[i]
+                        << " (0x" << std::hex << BitsOf(got_k[i]) << "), float64 " << want_k[i] << " (0x"
+                        << BitsOf(want_k[i]) << std::dec << ")";
+        }
+      }
+      EXPECT_EQ(bad, 0);
+      EXPECT_GT(nans, 0) << "no channel held a NaN or opposite infinities";
+    }
+  }
+  DevBuf any(64);
+  cuda::GateParams p;
+  p.seq_len = 0;
+  EXPECT_EQ(cuda::RunGatePoolForTest(p, any.get<float>(), any.get<float>(), nullptr), cudaErrorInvalidValue);
+}
+
 TEST_F(GateGpuTest, RejectsBadParams) {
   cuda::GateParams p;
   p.seq_len = 100;
