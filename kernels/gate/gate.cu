@@ -1605,6 +1605,31 @@ __device__ __forceinline__ V WarpReduce(V v, Op op) {
   return v;
 }
 
+// v summed over this lane and the lanes below it.
+__device__ __forceinline__ int WarpInclusiveSum(int v) {
+#pragma unroll
+  for (int off = 1; off < 32; off *= 2) {
+    const int t = __shfl_up_sync(0xffffffffu, v, off);
+    if (threadIdx.x % 32 >= off) v += t;
+  }
+  return v;
+}
+
+// The set bits of words[0 .. count), ascending, as indices 32 w + bit at
+// out[0 ..), by one warp (each lane writes the bits of its words).
+__device__ __forceinline__ void WriteSetBits(const uint32_t* words, int count, int32_t* out) {
+  const int lane = threadIdx.x % 32;
+  for (int w0 = 0; w0 < count; w0 += 32) {
+    const int w = w0 + lane;
+    uint32_t bits = w < count ? words[w] : 0u;
+    const int set = __popc(bits);
+    const int incl = WarpInclusiveSum(set);
+    int32_t* dst = out + incl - set;
+    for (; bits != 0; bits &= bits - 1) *dst++ = w * 32 + __ffs(bits) - 1;
+    out += __shfl_sync(0xffffffffu, incl, 31);
+  }
+}
+
 // The topk-th largest key of a row, and how many of the keys equal to it
 // top-k keeps: topk - #(larger keys), the first ones by index.
 struct KthKey {
@@ -1701,12 +1726,7 @@ __device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, i
       c[k] = static_cast<int>(hist[255 - 8 * lane - k]);
       lane_total += c[k];
     }
-    int incl = lane_total;
-#pragma unroll
-    for (int off = 1; off < 32; off *= 2) {
-      const int t = __shfl_up_sync(0xffffffffu, incl, off);
-      if (lane >= off) incl += t;
-    }
+    const int incl = WarpInclusiveSum(lane_total);
     const int first = __ffs(__ballot_sync(0xffffffffu, incl >= remaining)) - 1;  // the total >= remaining
     int above = incl - lane_total;
     int k = 0;
@@ -1802,22 +1822,7 @@ __device__ __forceinline__ void EmitKept(const KthKey& kth, int n, uint32_t* row
     atomicOr(&row[i / 32], 1u << (i % 32));
   }
   __syncwarp();
-  const int words = (n + 31) / 32;
-  int kept = 0;
-  for (int w0 = 0; w0 < words; w0 += 32) {
-    const int w = w0 + lane;
-    uint32_t bits = w < words ? row[w] : 0u;
-    const int count = __popc(bits);
-    int incl = count;
-#pragma unroll
-    for (int off = 1; off < 32; off *= 2) {
-      const int t = __shfl_up_sync(0xffffffffu, incl, off);
-      if (lane >= off) incl += t;
-    }
-    int32_t* dst = out + kept + incl - count;
-    for (; bits != 0; bits &= bits - 1) *dst++ = w * 32 + __ffs(bits) - 1;
-    kept += __shfl_sync(0xffffffffu, incl, 31);
-  }
+  WriteSetBits(row, (n + 31) / 32, out);
 }
 
 // Softmax, selection and output of one row (head h, query block qb) of
@@ -2211,12 +2216,7 @@ __global__ void __launch_bounds__(kScanThreads)
 #pragma unroll
     for (int k = 0; k < 4; ++k) v[k] = i0 + k < rows ? counts[i0 + k] : 0;
     const int32_t own = v[0] + v[1] + v[2] + v[3];
-    int32_t incl = own;
-#pragma unroll
-    for (int off = 1; off < 32; off *= 2) {
-      const int32_t t = __shfl_up_sync(0xffffffffu, incl, off);
-      if (lane >= off) incl += t;
-    }
+    const int32_t incl = WarpInclusiveSum(own);
     if (lane == 31) warp_sums[warp] = incl;
     __syncthreads();
     int32_t before = carry + incl - own;
@@ -2242,27 +2242,8 @@ __global__ void __launch_bounds__(kScanThreads)
 // One warp per row: the set bits of the row's bitmap, ascending, at offsets[row].
 __global__ void FillKernel(const uint32_t* bitmap, const int32_t* offsets, int rows, int words, int32_t* indices) {
   const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
   if (row >= rows) return;
-  const uint32_t* w = bitmap + static_cast<int64_t>(row) * words;
-  int32_t at = offsets[row];
-  for (int base = 0; base < words; base += 32) {
-    uint32_t bits = base + lane < words ? w[base + lane] : 0u;
-    const int c = __popc(bits);
-    int incl = c;
-#pragma unroll
-    for (int off = 1; off < 32; off *= 2) {
-      const int t = __shfl_up_sync(0xffffffffu, incl, off);
-      if (lane >= off) incl += t;
-    }
-    int32_t dst = at + incl - c;
-    while (bits != 0) {
-      const int bit = __ffs(bits) - 1;
-      indices[dst++] = (base + lane) * 32 + bit;
-      bits &= bits - 1;
-    }
-    at += __shfl_sync(0xffffffffu, incl, 31);
-  }
+  WriteSetBits(bitmap + static_cast<int64_t>(row) * words, words, indices + offsets[row]);
 }
 
 // Block h: head h's last-row list, written after the heads before it.
