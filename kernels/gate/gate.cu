@@ -1072,6 +1072,15 @@ __device__ __forceinline__ ScoresTile ScoresTileOf(int head0) {
   return {static_cast<int>(blockIdx.y), head0 + static_cast<int>(blockIdx.y), qt * kSgemmTile, kt * kSgemmTile};
 }
 
+// Order-preserving map of float to uint32 (larger float -> larger key), NaN
+// above everything as torch.topk ranks it. -0.0 and +0.0 are equal scores
+// (as the CPU gate compares them), so both take +0.0's key and tie by index.
+__device__ __forceinline__ uint32_t OrderKey(float f) {
+  const uint32_t u = f == 0.0f ? 0u : __float_as_uint(f);
+  const uint32_t flip = static_cast<uint32_t>(static_cast<int32_t>(u) >> 31) | 0x80000000u;  // ~u or u | 2^31
+  return isnan(f) ? 0xffffffffu : u ^ flip;
+}
+
 // Scores (qb, kb) and (qb, kb + 1), of those on or below the diagonal; one
 // 8-byte store where both are and `pairs` (nb even: rows 8-byte aligned).
 __device__ __forceinline__ void StoreScorePair(float* orow, int qb, int kb, float v0, float v1, bool pairs) {
@@ -1274,9 +1283,11 @@ __device__ __forceinline__ void WgmmaTf32Tile(uint32_t smem_addr, const WgParts&
 }
 #endif
 
+// With `keys`, writes OrderKey's key of each score (its bits as a float)
+// for a select that reads keys (SelectKernel's keys_in).
 __global__ void __launch_bounds__(kSgemmThreads, 2)
     ScoresWgmmaKernel(const float* qp, const float* qp_lo, const float* kp, const float* kp_lo, int nb, int hidden,
-                      int head0, float scale, float* scores) {
+                      int head0, float scale, bool keys, float* scores) {
   ChainedKernelStart();
 #if defined(SEER_SM90A_ENABLED)
   extern __shared__ __align__(16) unsigned char wg_smem[];
@@ -1313,8 +1324,12 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
       const int kb = k_first + 8 * j + 2 * t;
-      const float v0 = acc[4 * j + 2 * hh] * scale;
-      const float v1 = acc[4 * j + 2 * hh + 1] * scale;
+      float v0 = acc[4 * j + 2 * hh] * scale;
+      float v1 = acc[4 * j + 2 * hh + 1] * scale;
+      if (keys) {
+        v0 = __uint_as_float(OrderKey(v0));
+        v1 = __uint_as_float(OrderKey(v1));
+      }
       StoreScorePair(orow, qb, kb, v0, v1, pairs);
     }
   }
@@ -1589,15 +1604,6 @@ constexpr int kSelectMaxWarps = 8;
 // Shared memory per select CTA that still lets three run on an SM.
 constexpr size_t kSelectSmemTarget = 72 * 1024;
 
-// Order-preserving map of float to uint32 (larger float -> larger key), NaN
-// above everything as torch.topk ranks it. -0.0 and +0.0 are equal scores
-// (as the CPU gate compares them), so both take +0.0's key and tie by index.
-__device__ __forceinline__ uint32_t OrderKey(float f) {
-  const uint32_t u = f == 0.0f ? 0u : __float_as_uint(f);
-  const uint32_t flip = static_cast<uint32_t>(static_cast<int32_t>(u) >> 31) | 0x80000000u;  // ~u or u | 2^31
-  return isnan(f) ? 0xffffffffu : u ^ flip;
-}
-
 template <typename V, typename Op>
 __device__ __forceinline__ V WarpReduce(V v, Op op) {
 #pragma unroll
@@ -1653,6 +1659,9 @@ struct KthKey {
 // FusedSelectKernel<16> before it (64-bit addresses hoisted, 100 registers
 // instead of 64: one CTA of 512 threads per SM instead of two).
 //
+// With `keys_in` the row holds the keys already (OrderKey, written by the
+// scores kernel).
+//
 // With `masks`, the gather pass also marks the keys above the last range,
 // which top-k keeps for certain: word w of the row (row[w], its keys read
 // by then) becomes the ballot of those among keys 32w .. 32w + 31, and the
@@ -1660,7 +1669,7 @@ struct KthKey {
 // order (KthKey::masks, KthKey::gathered), so that the caller need not scan
 // the row again (EmitKept). Without a gather (the range narrowed to one
 // key) the row keeps its keys.
-__device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, int topk, bool masks) {
+__device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, int topk, bool masks, bool keys_in) {
   const int lane = threadIdx.x % 32;
   const uint32_t lanes_below = (1u << lane) - 1u;
   // The scores become keys. A row's scores are alike, so a histogram of the
@@ -1672,10 +1681,7 @@ __device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, i
   // least topk keys, else in the lower half's.
   uint32_t lower_min = 0xffffffffu, lower_max = 0, upper_min = 0xffffffffu, upper_max = 0;
   int upper_count = 0;
-#pragma unroll 4
-  for (int i = lane; i < n; i += 32) {
-    const uint32_t key = OrderKey(__uint_as_float(row[i]));
-    row[i] = key;
+  auto range = [&](uint32_t key) {
     if (key >= 0x80000000u) {
       upper_min = min(upper_min, key);
       upper_max = max(upper_max, key);
@@ -1683,6 +1689,17 @@ __device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, i
     } else {
       lower_min = min(lower_min, key);
       lower_max = max(lower_max, key);
+    }
+  };
+  if (keys_in) {
+#pragma unroll 4
+    for (int i = lane; i < n; i += 32) range(row[i]);
+  } else {
+#pragma unroll 4
+    for (int i = lane; i < n; i += 32) {
+      const uint32_t key = OrderKey(__uint_as_float(row[i]));
+      row[i] = key;
+      range(key);
     }
   }
   upper_count = __reduce_add_sync(0xffffffffu, upper_count);
@@ -1833,7 +1850,7 @@ __device__ __forceinline__ void EmitKept(const KthKey& kth, int n, uint32_t* row
 // to it, the first topk - #(larger keys) by index (see TopKthKey).
 __device__ __forceinline__ void SelectRow(const GateParams& p, int nb, int words, int h, int qb, int64_t topk,
                                           int first_dense_row, uint32_t* row, uint32_t* hist, uint32_t* bitmap,
-                                          int32_t* counts, int32_t* direct_indices) {
+                                          int32_t* counts, int32_t* direct_indices, bool keys_in = false) {
   const int lane = threadIdx.x % 32;
   const uint32_t lanes_below = (1u << lane) - 1u;
   const int n = qb + 1;
@@ -1871,7 +1888,7 @@ __device__ __forceinline__ void SelectRow(const GateParams& p, int nb, int words
   int take_equal = 0;  // ...and the first take_equal (by index) with an equal key
   bool take_all_equal = false;  // (all of them)
   if (radix) {
-    const KthKey kth = TopKthKey(row, hist, n, static_cast<int>(topk), out_words == nullptr);  // topk < n here
+    const KthKey kth = TopKthKey(row, hist, n, static_cast<int>(topk), out_words == nullptr, keys_in);  // topk < n
     if (kth.masks) {
       EmitKept(kth, n, row, hist, direct_indices);
       return;
@@ -2002,10 +2019,11 @@ __device__ __forceinline__ int32_t* DirectRow(const GateParams& p, int nb, int h
 // One warp per row (no CTA barriers), blockDim.x / 32 rows per CTA, the
 // heaviest rows first. grid (heads in this pass, ceil(nb / rows per CTA)).
 // The row is copied into shared memory once and every pass of SelectRow
-// reads it there.
+// reads it there. keys_in: `scores` holds OrderKey's keys (nz_ratio without
+// probs; ScoresWgmmaKernel's `keys`).
 __global__ void __launch_bounds__(32 * kSelectMaxWarps)
     SelectKernel(GateParams p, int nb, int words, int head0, int64_t topk, int first_dense_row, const float* scores,
-                 uint32_t* bitmap, int32_t* counts) {
+                 uint32_t* bitmap, int32_t* counts, bool keys_in) {
   ChainedKernelStart();
   extern __shared__ __align__(16) uint32_t select_smem[];
   const int warps = blockDim.x / 32;
@@ -2024,7 +2042,7 @@ __global__ void __launch_bounds__(32 * kSelectMaxWarps)
     SelectRow(p, nb, words, h, qb, topk, first_dense_row, row, hist, bitmap, counts, nullptr);
   } else {
     SelectRow(p, nb, words, h, qb, topk, first_dense_row, row, hist, nullptr, counts,
-              DirectRow(p, nb, h, qb, topk, first_dense_row));
+              DirectRow(p, nb, h, qb, topk, first_dense_row), keys_in);
   }
 }
 
@@ -2288,14 +2306,15 @@ cudaError_t LaunchRope(const GateParams& p, int nb, const float* pooled_q, const
 // 16-byte aligned): nz_ratio and dense rows write their lists, threshold rows
 // their bitmaps and counts (then LaunchLists).
 cudaError_t LaunchSelect(const GateParams& p, int nb, int words, int head0, int heads, int64_t topk,
-                         int first_dense_row, const float* scores, uint32_t* bitmap, int32_t* counts, bool chained,
-                         cudaStream_t stream) {
+                         int first_dense_row, const float* scores, uint32_t* bitmap, int32_t* counts, bool keys_in,
+                         bool chained, cudaStream_t stream) {
   const int select_warps = SelectWarps(nb);
   const size_t select_smem = SelectSmemBytes(select_warps, nb);
   SEER_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(SelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(select_smem)));
   return LaunchChained(chained, SelectKernel, dim3(heads, (nb + select_warps - 1) / select_warps), 32 * select_warps,
-                       select_smem, stream, p, nb, words, head0, topk, first_dense_row, scores, bitmap, counts);
+                       select_smem, stream, p, nb, words, head0, topk, first_dense_row, scores, bitmap, counts,
+                       keys_in);
 }
 
 // Threshold rows: counts and bitmaps -> offsets, kept_per_head and indices.
@@ -2501,6 +2520,9 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   const bool tensor_scores = !fused && p.hidden % 4 == 0 && !simt;
   const bool wgmma = tensor_scores && p.hidden % kWgK == 0 &&
                      !mma_sync_for_test.load(std::memory_order_relaxed) && ScoresWgmmaAvailable();
+  // Top-k rows read their scores only as OrderKey's keys where nothing reads
+  // the probabilities: the wgmma scores kernel then writes the keys.
+  const bool score_keys = wgmma && p.mode == SparsityMode::kNzRatio && p.probs == nullptr;
   // For wgmma the last writer of q' and k' (the RoPE step) splits them.
   float* split_q = wgmma ? qp_lo : nullptr;
   float* split_k = wgmma ? kp_lo : nullptr;
@@ -2611,7 +2633,7 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
       const dim3 grid(tiles * (tiles + 1) / 2, heads);
       if (wgmma) {
         SEER_CUDA_RETURN_IF_ERROR(LaunchChained(chain, ScoresWgmmaKernel, grid, kSgemmThreads, kWgSmemBytes, stream,
-                                                qp, qp_lo, kp, kp_lo, nb, p.hidden, head0, scale, scores));
+                                                qp, qp_lo, kp, kp_lo, nb, p.hidden, head0, scale, score_keys, scores));
       } else if (tensor_scores) {
         SEER_CUDA_RETURN_IF_ERROR(LaunchChained(chain, ScoresTf32Kernel, grid, kSgemmThreads, kTcSmemBytes, stream, qp,
                                                 kp, nb, p.hidden, head0, scale, scores));
@@ -2620,7 +2642,8 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
         SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
       }
       SEER_CUDA_RETURN_IF_ERROR(
-          LaunchSelect(p, nb, g.words, head0, heads, topk, first_dense_row, scores, bitmap, counts, chain, stream));
+          LaunchSelect(p, nb, g.words, head0, heads, topk, first_dense_row, scores, bitmap, counts, score_keys,
+                       chain, stream));
     }
     if (p.mode != SparsityMode::kThreshold) return cudaSuccess;
   }
@@ -2673,7 +2696,7 @@ cudaError_t RunGateSelectForTest(const GateParams& p, const float* scores, cudaS
   // All heads in one launch (head0 = 0): the scores of a later pass would
   // start unaligned for an odd nb.
   SEER_CUDA_RETURN_IF_ERROR(
-      LaunchSelect(p, nb, g.words, 0, p.num_heads, topk, FirstDenseRow(p, nb), scores, bitmap, counts, false,
+      LaunchSelect(p, nb, g.words, 0, p.num_heads, topk, FirstDenseRow(p, nb), scores, bitmap, counts, false, false,
                    stream));
   if (p.mode != SparsityMode::kThreshold) return cudaSuccess;
   return LaunchLists(p, nb, g.words, bitmap, counts, stream);

@@ -449,6 +449,27 @@ class GateGpuTest : public ::testing::Test {
         ASSERT_CUDA(cudaMemcpy(indices.data(), dindices.get(), indices.size() * 4, cudaMemcpyDeviceToHost));
       }
 
+      // Without probabilities to write (as in a prefill) the lists are the
+      // same (nz_ratio rows may then score and select on keys).
+      {
+        cuda::GateParams no_probs = p;
+        no_probs.probs = nullptr;
+        std::swap(p, no_probs);
+        ASSERT_CUDA(cudaMemset(doffsets.get(), 0xFF, (static_cast<size_t>(Hq) * nb + 1) * 4));
+        ASSERT_CUDA(cudaMemset(dindices.get(), 0xFF, static_cast<size_t>(capacity) * 4));
+        const cudaError_t run = run_pass();
+        std::swap(p, no_probs);
+        ASSERT_CUDA(run);
+        ASSERT_CUDA(cudaDeviceSynchronize());
+        std::vector<int32_t> offsets2(offsets.size()), indices2(indices.size());
+        ASSERT_CUDA(cudaMemcpy(offsets2.data(), doffsets.get(), offsets2.size() * 4, cudaMemcpyDeviceToHost));
+        if (!indices2.empty()) {
+          ASSERT_CUDA(cudaMemcpy(indices2.data(), dindices.get(), indices2.size() * 4, cudaMemcpyDeviceToHost));
+        }
+        EXPECT_EQ(offsets2, offsets) << "offsets: without probs vs with";
+        EXPECT_EQ(indices2, indices) << "indices: without probs vs with";
+      }
+
       // Where the bulk-copy pool runs (sm_90), the portable pool must give
       // the same bits: same lists, same probabilities.
       if (cuda::UsePortablePoolForTest(true)) {
