@@ -17,7 +17,9 @@
 //     threshold, or for top-k the row's k-th largest probability. The count
 //     of such blocks is reported (RecordProperty "boundary_blocks");
 //   - the probabilities match the CPU's to 1e-5 norm-wise (float32 path);
-//   - nothing is NaN; every output starts poisoned with 0xFF bytes.
+//   - nothing is NaN; every output starts poisoned with 0xFF bytes;
+//   - each pass run again without probabilities (as a prefill runs it: the
+//     wgmma scores kernel then writes top-k keys) gives the same lists.
 
 #include <gtest/gtest.h>
 
