@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <functional>
 #include <map>
 #include <chrono>
@@ -61,6 +62,7 @@
 #include "rpc/kv_wire.h"
 #include "rpc/landing/kv_landing.h"
 #include "server/common/grpc_server.h"
+#include "server/common/grpc_experiments.h"
 #include "server/common/malloc_tuning.h"
 #include "server/common/metrics.h"
 #include "rpc/lock_order.h"
@@ -556,6 +558,7 @@ int Main(int argc, char** argv) {
   int64_t layers = 32, kv_heads = 8, head_dim = 128, tokens = 1024, chunk_bytes = int64_t{4} << 20, repeats = 3;
   int64_t streams = 2;
   bool json = false, protobuf_rows = true, malloc_tuning = true, lock_order_checks = false;
+  std::string grpc_experiments = kBulkReceiveGrpcExperiments;
   FlagSet flags("seer-kv-stream-bench [flags]",
                 "KV streaming throughput on loopback: gRPC (zero-copy, N streams; and today's Prefill stream) next\n"
                 "to raw TCP with the same streams, from the same run. The default shape (32 layers x 8 KV heads x\n"
@@ -572,6 +575,9 @@ int Main(int argc, char** argv) {
   flags.Bool("malloc-tuning", &malloc_tuning,
              "tune malloc as seer-decode does by default (its --malloc-tuning): the gRPC rows stand for its "
              "receive path");
+  flags.String("grpc-experiments", &grpc_experiments,
+               "gRPC core experiments (GRPC_EXPERIMENTS; empty: none), seer-decode's --grpc-experiments default: "
+               "the gRPC rows stand for its receive path");
   flags.Bool("lock-order-checks", &lock_order_checks,
              "abseil's lock-order detector on every gRPC mutex, as seer-decode's --lock-order-checks (off there "
              "by default, as here)");
@@ -586,6 +592,14 @@ int Main(int argc, char** argv) {
 
   // Before any gRPC thread starts, as seer-decode does.
   const std::string malloc_line = malloc_tuning ? TuneMallocForBulkReceive() : "malloc: glibc defaults";
+  const std::string experiments_line = EnableGrpcExperiments(grpc_experiments);
+  // What gRPC will read (names only, for the JSON).
+  std::string experiments;
+  if (const char* e = std::getenv("GRPC_EXPERIMENTS"); e != nullptr) {
+    for (const char* c = e; *c != '\0'; ++c) {
+      if (std::isalnum(static_cast<unsigned char>(*c)) || *c == '_' || *c == ',' || *c == '-') experiments += *c;
+    }
+  }
   const std::string lock_line = SetLockOrderChecks(lock_order_checks);
 
   SyntheticKvEngine engine(static_cast<int>(layers), static_cast<int>(kv_heads), static_cast<int>(head_dim),
@@ -769,7 +783,7 @@ int Main(int argc, char** argv) {
         "\"grpc_protobuf_1_stream_gbps\": %.4f, \"grpc_protobuf_read_only_gbps\": %.4f, "
         "\"raw_tcp_cpu_s\": %.4f, \"raw_tcp_ring_cpu_s\": %.4f, \"grpc_cpu_s\": %.4f, "
         "\"raw_tcp_page_faults\": %ld, \"grpc_page_faults\": %ld, "
-        "\"malloc_tuning\": %s, \"lock_order_checks\": %s, \"raw_tcp_verified\": %s, "
+        "\"malloc_tuning\": %s, \"lock_order_checks\": %s, \"grpc_experiments\": \"%s\", \"raw_tcp_verified\": %s, "
         "\"raw_tcp_via_buffers_verified\": %s, \"grpc_verified\": %s}\n",
         static_cast<long long>(streams), kv_bytes, static_cast<long long>(repeats), std::thread::hardware_concurrency(),
         Gbps(kv_bytes, best_tcp), Gbps(kv_bytes, best_zc), best_tcp > 0 && best_zc > 0 ? best_tcp / best_zc : 0.0,
@@ -777,15 +791,15 @@ int Main(int argc, char** argv) {
         Gbps(kv_bytes, best_bounce), best_bounce > 0 && best_zc > 0 ? best_bounce / best_zc : 0.0,
         Least(tcp_bounce.cpu), Gbps(kv_bytes, Best(assembled)), Gbps(kv_bytes, Best(read_only)), Least(tcp.cpu),
         Least(tcp_ring.cpu), Least(zero_copy.cpu), Least(tcp.faults), Least(zero_copy.faults),
-        malloc_tuning ? "true" : "false", lock_order_checks ? "true" : "false",
+        malloc_tuning ? "true" : "false", lock_order_checks ? "true" : "false", experiments.c_str(),
         tcp_verified && best_tcp > 0 ? "true" : "false", bounce_verified && best_bounce > 0 ? "true" : "false",
         zc_verified && best_zc > 0 ? "true" : "false");
   } else {
     char date[32];
     const std::time_t now = std::time(nullptr);
     std::strftime(date, sizeof(date), "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
-    std::printf("KV streaming on loopback, %s, %u hardware threads; %s; %s\n", date,
-                std::thread::hardware_concurrency(), malloc_line.c_str(), lock_line.c_str());
+    std::printf("KV streaming on loopback, %s, %u hardware threads; %s; %s; %s\n", date,
+                std::thread::hardware_concurrency(), malloc_line.c_str(), lock_line.c_str(), experiments_line.c_str());
     std::printf(
         "KV: %lld layers x %lld KV heads x %lld head_dim x %lld tokens x F32, K and V = %.1f MiB; "
         "KvChunk <= %lld bytes; %lld runs\n",

@@ -22,6 +22,7 @@
 #include "text/prompt.h"
 #include "text/tokenizer.h"
 #include "server/common/grpc_server.h"
+#include "server/common/grpc_experiments.h"
 #include "server/common/malloc_tuning.h"
 #include "server/common/metrics.h"
 #include "rpc/prefill_client.h"
@@ -47,6 +48,7 @@ int main(int argc, char** argv) {
 #endif
   int64_t kv_grpc_streams = 8;
   bool malloc_tuning = true;
+  std::string grpc_experiments = seer::kBulkReceiveGrpcExperiments;
 
   seer::FlagSet flags("seer-decode --model DIR --prefill HOST:PORT[,HOST:PORT...] [flags]",
                       "Serves seer.v1.DecodeService (and its deprecated name seer.v1.Decode): for each Generate\n"
@@ -136,6 +138,10 @@ int main(int argc, char** argv) {
              "reused rather than faulted in and zeroed afresh for every transfer (docs/KV_TRANSPORT.md); "
              "MALLOC_ARENA_MAX, MALLOC_MMAP_THRESHOLD_, MALLOC_TRIM_THRESHOLD_ or glibc.malloc tunables in the "
              "environment take precedence");
+  flags.String("grpc-experiments", &grpc_experiments,
+               "gRPC core experiments to turn on (GRPC_EXPERIMENTS, comma-separated; empty: none). The default "
+               "makes a KV stream's reader wake once a frame's bytes are in rather than for every piece "
+               "(docs/KV_TRANSPORT.md); GRPC_EXPERIMENTS in the environment takes precedence");
   seer::ClientTlsOptions prefill_tls;
   flags.String("prefill-tls-ca", &prefill_tls.ca,
                "PEM CA bundle that signed the prefill servers' certificates: call them over TLS");
@@ -161,6 +167,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   // Before the prefill client starts its threads (docs/KV_TRANSPORT.md).
+  {
+    seer::JsonValue fields = seer::JsonValue::Object();
+    fields.Set("setting", seer::JsonValue::String(seer::EnableGrpcExperiments(grpc_experiments)));
+    seer::LogEvent(seer::LogLevel::kInfo, "grpc_experiments", fields);
+  }
   if (malloc_tuning) {
     seer::JsonValue fields = seer::JsonValue::Object();
     fields.Set("setting", seer::JsonValue::String(seer::TuneMallocForBulkReceive()));
