@@ -6,9 +6,10 @@
 // its experiments cut those down: tcp_frame_size_tuning lets the transport
 // tell the endpoint how many bytes the frame it is reading still needs, and
 // tcp_rcv_lowat sets SO_RCVLOWAT to that, so the kernel wakes the reader once
-// they are there. On the 2-core dev machine they took the KV stream bench's
-// gRPC / raw TCP ratio from a median of 0.59 to 0.64 (eight alternating
-// pairs); either alone did not.
+// they are there. On the 2-core dev machine they raised the KV stream
+// bench's gRPC / raw TCP ratio in most runs: 17 of 24 at or above 0.6
+// against 4 of 24 without (three sets of alternating pairs); either alone
+// measured no better (docs/KV_TRANSPORT.md, section 7).
 #pragma once
 
 #include <string>
