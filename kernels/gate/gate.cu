@@ -1642,8 +1642,8 @@ struct KthKey {
   uint32_t key;
   int take_equal;
   int equal;  // keys equal to it in the row
-  // With TopKthKey's `masks`, whether it left the row's kept blocks as
-  // masks (TopKthKey says where); else the row still holds the keys.
+  // Whether TopKthKey left the row's kept blocks as masks (it says where);
+  // else the row still holds the keys.
   bool masks;
   int gathered;  // (masks) keys of the last range, in index order
 };
@@ -1662,14 +1662,14 @@ struct KthKey {
 // With `keys_in` the row holds the keys already (OrderKey, written by the
 // scores kernel).
 //
-// With `masks`, the gather pass also marks the keys above the last range,
-// which top-k keeps for certain: word w of the row (row[w], its keys read
-// by then) becomes the ballot of those among keys 32w .. 32w + 31, and the
-// range's keys and their indices go to hist[0 ..) and hist[32 ..) in index
-// order (KthKey::masks, KthKey::gathered), so that the caller need not scan
-// the row again (EmitKept). Without a gather (the range narrowed to one
-// key) the row keeps its keys.
-__device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, int topk, bool masks, bool keys_in) {
+// The gather pass also marks the keys above the last range, which top-k
+// keeps for certain: word w of the row (row[w], its keys read by then)
+// becomes the ballot of those among keys 32w .. 32w + 31, and the range's
+// keys and their indices go to hist[0 ..) and hist[32 ..) in index order
+// (KthKey::masks, KthKey::gathered), so that the caller need not scan the
+// row again (EmitKept). Without a gather (the range narrowed to one key)
+// the row keeps its keys.
+__device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, int topk, bool keys_in) {
   const int lane = threadIdx.x % 32;
   const uint32_t lanes_below = (1u << lane) - 1u;
   // The scores become keys. A row's scores are alike, so a histogram of the
@@ -1759,8 +1759,9 @@ __device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, i
     __syncwarp();  // hist is read before the next pass writes it
   }
   const int gathered = in_range;
-  if (span != 0 && masks) {
-    // As below, over the whole row, marking the keys above the range.
+  if (span != 0) {
+    // Over the whole row: the keys in the range (at most 32) into hist, with
+    // their indices, and the marks of the keys above it.
     const uint32_t top = base + span;
     const int words = (n + 31) / 32;
     int found = 0;
@@ -1781,25 +1782,7 @@ __device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, i
       }
       if (lane == 0) row[w] = above;  // keys w * 32 .. were read above (w < 32 (w + 1))
     }
-  } else if (span != 0) {
-    // Gather the keys in the range (at most 32; into hist, free now), then
-    // one ballot per bit of their offsets from base.
-    int found = 0;
-    for (int i0 = 0; i0 < n && found < in_range; i0 += 64) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int i = i0 + 32 * half + lane;
-        const uint32_t key = i < n ? row[i] : 0u;
-        const bool match = i < n && key - base <= span;
-        const uint32_t match_bits = __ballot_sync(0xffffffffu, match);
-        if (match_bits != 0) {  // seldom: at most 32 keys of the row match
-          if (match) hist[found + __popc(match_bits & lanes_below)] = key;
-          found += __popc(match_bits);
-        }
-      }
-    }
-  }
-  if (span != 0) {
+    // Then one ballot per bit of the gathered keys' offsets from base.
     __syncwarp();
     const bool has = lane < in_range;
     const uint32_t off = has ? hist[lane] - base : 0u;
@@ -1819,7 +1802,7 @@ __device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, i
     base += prefix;
   }
   // Without the gather the range is one key, in_range times.
-  return {base, remaining, in_range, masks && span != 0, gathered};
+  return {base, remaining, in_range, span != 0, gathered};
 }
 
 // A top-k row's ascending kept indices to `out`, from TopKthKey's masks:
@@ -1888,7 +1871,9 @@ __device__ __forceinline__ void SelectRow(const GateParams& p, int nb, int words
   int take_equal = 0;  // ...and the first take_equal (by index) with an equal key
   bool take_all_equal = false;  // (all of them)
   if (radix) {
-    const KthKey kth = TopKthKey(row, hist, n, static_cast<int>(topk), out_words == nullptr, keys_in);  // topk < n
+    // Top-k rows always write indices (out_words is null): nz_ratio lists are
+    // sized up front.
+    const KthKey kth = TopKthKey(row, hist, n, static_cast<int>(topk), keys_in);  // topk < n
     if (kth.masks) {
       EmitKept(kth, n, row, hist, direct_indices);
       return;
