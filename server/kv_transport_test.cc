@@ -718,6 +718,11 @@ TEST(KvTransport, GenerateOverFourStreamsGivesTheMonolithicTokensAndReportsTheTr
   EXPECT_EQ(Series(d, "seer_kv_transfers_total{side=\"receive\",transport=\"grpc\",wire=\"f32\"}"), 1);
   EXPECT_EQ(Series(d, "seer_kv_transfer_bytes_total{side=\"receive\",transport=\"grpc\",wire=\"f32\"}"), kv);
   EXPECT_EQ(Series(d, "seer_kv_transfers_inflight{side=\"receive\",transport=\"grpc\"}"), 0);
+  // The prefill records the send's end when its reactor is done, which may
+  // come after the client's call has returned: wait for it (up to 10 s).
+  for (int i = 0; i < 1000 && Series(p.Scrape(), "seer_prefill_inflight_requests") != 0; ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
   const std::string ps = p.Scrape();
   EXPECT_EQ(Series(ps, "seer_kv_sent_bytes_total"), kv);
   EXPECT_EQ(Series(ps, "seer_kv_transfers_total{side=\"send\",transport=\"grpc\",wire=\"f32\"}"), 1);
