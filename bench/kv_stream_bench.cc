@@ -36,7 +36,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cctype>
 #include <functional>
 #include <map>
 #include <chrono>
@@ -57,6 +56,7 @@
 
 #include "base/version.h"
 #include "base/flags.h"
+#include "base/json.h"
 #include "engine/engine.h"
 #include "rpc/kv_chunk_codec.h"
 #include "rpc/kv_wire.h"
@@ -593,13 +593,9 @@ int Main(int argc, char** argv) {
   // Before any gRPC thread starts, as seer-decode does.
   const std::string malloc_line = malloc_tuning ? TuneMallocForBulkReceive() : "malloc: glibc defaults";
   const std::string experiments_line = EnableGrpcExperiments(grpc_experiments);
-  // What gRPC will read (names only, for the JSON).
-  std::string experiments;
-  if (const char* e = std::getenv("GRPC_EXPERIMENTS"); e != nullptr) {
-    for (const char* c = e; *c != '\0'; ++c) {
-      if (std::isalnum(static_cast<unsigned char>(*c)) || *c == '_' || *c == ',' || *c == '-') experiments += *c;
-    }
-  }
+  // What gRPC will read, as a JSON string.
+  const char* experiments_env = std::getenv("GRPC_EXPERIMENTS");
+  const std::string experiments = JsonValue::String(experiments_env != nullptr ? experiments_env : "").Dump();
   const std::string lock_line = SetLockOrderChecks(lock_order_checks);
 
   SyntheticKvEngine engine(static_cast<int>(layers), static_cast<int>(kv_heads), static_cast<int>(head_dim),
@@ -783,7 +779,7 @@ int Main(int argc, char** argv) {
         "\"grpc_protobuf_1_stream_gbps\": %.4f, \"grpc_protobuf_read_only_gbps\": %.4f, "
         "\"raw_tcp_cpu_s\": %.4f, \"raw_tcp_ring_cpu_s\": %.4f, \"grpc_cpu_s\": %.4f, "
         "\"raw_tcp_page_faults\": %ld, \"grpc_page_faults\": %ld, "
-        "\"malloc_tuning\": %s, \"lock_order_checks\": %s, \"grpc_experiments\": \"%s\", \"raw_tcp_verified\": %s, "
+        "\"malloc_tuning\": %s, \"lock_order_checks\": %s, \"grpc_experiments\": %s, \"raw_tcp_verified\": %s, "
         "\"raw_tcp_via_buffers_verified\": %s, \"grpc_verified\": %s}\n",
         static_cast<long long>(streams), kv_bytes, static_cast<long long>(repeats), std::thread::hardware_concurrency(),
         Gbps(kv_bytes, best_tcp), Gbps(kv_bytes, best_zc), best_tcp > 0 && best_zc > 0 ? best_tcp / best_zc : 0.0,
