@@ -91,6 +91,16 @@ __device__ __forceinline__ void TmaLoad3d(uint32_t dst, const void* tensor_map, 
       : "memory");
 }
 
+// The same for a 4-D box at (c0, c1, c2, c3).
+__device__ __forceinline__ void TmaLoad4d(uint32_t dst, const void* tensor_map, uint32_t bar, int c0, int c1, int c2,
+                                          int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "
+      "[%6];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      : "memory");
+}
+
 // Copies `bytes` (a multiple of 16, both addresses 16-byte aligned) from
 // global memory into shared memory at `dst`, completing them on `bar`.
 __device__ __forceinline__ void BulkLoad(uint32_t dst, const void* src, uint32_t bytes, uint32_t bar) {
