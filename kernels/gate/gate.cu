@@ -409,9 +409,9 @@ __global__ void __launch_bounds__(kBulkPoolThreads)
     BulkPoolKernel(GateParams p, int64_t q_stride, int64_t k_stride, int q_ctas, int y0_arg, int ctas,
                    bool last_waits_arg, float* pooled_q, float* pooled_k, float* pooled_k_lo, float* rope_table,
                    float* q_rotated) {
+#if defined(SEER_SM90A_ENABLED)
   const int y0 = kPart ? y0_arg : 0;
   const bool last_waits = kPart && last_waits_arg;
-#if defined(SEER_SM90A_ENABLED)
   ChainedKernelLaunchDependents();
   extern __shared__ __align__(128) unsigned char pool_smem[];
   __shared__ __align__(8) uint64_t bars[kBulkPoolGroups];
