@@ -319,10 +319,9 @@ __device__ __forceinline__ void PoolTokens(const T* x, int64_t stride, int t0, i
   }
 }
 
-// grid nb * ctas, CTA (b, y) = (x / ctas, y0 + x % ctas): y < q_ctas pools
-// Q ([nb, Hq, D], average), the rest K ([nb, Hkv, 3D]: max, min, average),
-// 1024 channels a CTA. A launch takes chunks y0 .. y0 + ctas - 1 of every
-// block (PoolPart). rope_table (or null): the CTAs of y = y0 write the
+// grid nb * ctas, CTA (b, y) = (x / ctas, x % ctas): y < q_ctas pools Q
+// ([nb, Hq, D], average), the rest K ([nb, Hkv, 3D]: max, min, average),
+// 1024 channels a CTA. rope_table (or null): the CTAs of y = 0 write the
 // block's RoPE table row.
 // q_rotated (or null; only when 256 % D == 0, D % 16 == 0 (a thread's 8
 // channels lie in one half of the head) and hidden == D): q' =
@@ -330,15 +329,14 @@ __device__ __forceinline__ void PoolTokens(const T* x, int64_t stride, int t0, i
 // is in the same warp), the block's angles computed once a CTA.
 template <typename T>
 __global__ void __launch_bounds__(kPoolThreads)
-    PoolKernel(GateParams p, int64_t q_stride, int64_t k_stride, int q_ctas, int y0, int ctas, bool last_waits,
-               float* pooled_q, float* pooled_k, float* pooled_k_lo, float* rope_table, float* q_rotated) {
-  ChainedKernelLaunchDependents();
-  if (!last_waits || blockIdx.x == gridDim.x - 1) ChainedKernelWait();
+    PoolKernel(GateParams p, int64_t q_stride, int64_t k_stride, int q_ctas, int ctas, float* pooled_q,
+               float* pooled_k, float* pooled_k_lo, float* rope_table, float* q_rotated) {
+  ChainedKernelStart();
   __shared__ float angle_cos[kMaxHeadDim / 2], angle_sin[kMaxHeadDim / 2];
   const int b = static_cast<int>(blockIdx.x / ctas);
-  const int y = y0 + static_cast<int>(blockIdx.x % ctas);
+  const int y = static_cast<int>(blockIdx.x % ctas);
   const int nb = (p.seq_len + p.block_size - 1) / p.block_size;
-  if (rope_table != nullptr && y == y0) {
+  if (rope_table != nullptr && y == 0) {
     RopeTableRow(p.rope_inv_freq, nb, p.hidden / 2, p.block_size, b, rope_table);
   }
   const bool is_k = y >= q_ctas;
@@ -2384,13 +2382,14 @@ enum class PoolPart { kAll, kQ, kK };
 
 // The pool: [nb, Hq * D] pooled Q, [nb * Hkv, 3D] pooled K (and its
 // average's tf32 lo parts where pooled_k_lo is not null), the RoPE table
-// and q' where those are not null; of `part` only. BulkPoolKernel where
-// `bulk`, else PoolKernel. `chained`: launched by LaunchChained, every CTA
-// waiting for the kernel before it, or with `last_waits` only the last one
-// (BulkPoolKernel).
+// and q' where those are not null; of `part` only (BulkPoolKernel; the
+// portable PoolKernel pools both). BulkPoolKernel where `bulk`, else
+// PoolKernel. `chained`: launched by LaunchChained, every CTA waiting for
+// the kernel before it, or with `last_waits` only the last one.
 cudaError_t LaunchPool(const GateParams& p, int64_t q_stride, int64_t k_stride, bool bulk, PoolPart part,
                        float* pooled_q, float* pooled_k, float* pooled_k_lo, float* rope_table, float* q_rotated,
                        bool chained, bool last_waits, cudaStream_t stream) {
+  if (!bulk && (part != PoolPart::kAll || last_waits)) return cudaErrorInvalidValue;
   const int nb = GateNumBlocks(p);
   const int pool_chunks = bulk ? kBulkPoolChannels : kPoolThreads * 8;
   const int q_ctas = (p.num_heads * p.head_dim + pool_chunks - 1) / pool_chunks;
@@ -2410,8 +2409,7 @@ cudaError_t LaunchPool(const GateParams& p, int64_t q_stride, int64_t k_stride, 
                          last_waits, pooled_q, pooled_k, pooled_k_lo, rope_table, q_rotated);
   }
   return LaunchChained(chained, bf16 ? PoolKernel<__nv_bfloat16> : PoolKernel<__half>, grid, kPoolThreads, 0, stream,
-                       p, q_stride, k_stride, q_ctas, y0, ctas, last_waits, pooled_q, pooled_k, pooled_k_lo,
-                       rope_table, q_rotated);
+                       p, q_stride, k_stride, q_ctas, ctas, pooled_q, pooled_k, pooled_k_lo, rope_table, q_rotated);
 }
 
 // Bounds the grid of the select kernel and the int32 CSR offsets.
