@@ -198,14 +198,14 @@ __device__ __forceinline__ void Producer(const Sm90Params& p, uint8_t* smem, Sm9
 
   uint32_t fills = 0;  // bit s: parity of stage s's fills so far
   int next_stage = 0;  // where the search for a free stage starts
-  int queued[2] = {0, 0};  // entries written to each consumer's queue
+  int queued[2] = {0, 0};  // each consumer's next queue slot
   uint32_t q_phase = 0;
   // Appends an entry to consumer c's queue and signals it.
   auto enqueue = [&](int c, int4 entry) {
-    const int slot = queued[c] % Tile::kQueue;
+    const int slot = queued[c];
     queue[c * Tile::kQueue + slot] = entry;
     sm90::MbarArrive(bar(Tile::kReady + c * Tile::kQueue + slot));
-    ++queued[c];
+    queued[c] = slot + 1 == Tile::kQueue ? 0 : slot + 1;
   };
 
   int t = schedule == Sm90Schedule::kAtomic ? static_cast<int>(atomicAdd(p.tile_counter, 1u))
@@ -353,15 +353,18 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
 
   // Descriptors: K is the K-major B operand of S = Q K^T, V the MN-major B
   // operand of O = P V (PTX ISA canonical layouts, 64/128-byte swizzle).
+  // Stage 0's are built once; a stage's and a k-step's offsets are added to
+  // the start address (sm90::DescAdvance), one add each where the masks and
+  // shifts of a fresh descriptor used to sit between the wgmmas.
+  const uint64_t k_desc0 = sm90::MatrixDesc(base + Tile::kStageOffset, 16, 8 * kSwizzle, kSwizzle);
+  const uint64_t v_desc0 =
+      sm90::MatrixDesc(base + Tile::kStageOffset + Tile::kTileBytes, Tile::kColBlockBytes, 8 * kSwizzle, kSwizzle);
   auto k_desc = [&](int stage, int ks) {
-    const uint32_t addr = base + Tile::kStageOffset + stage * 2 * Tile::kTileBytes +
-                          (ks / Tile::kStepsPerColBlock) * Tile::kColBlockBytes + (ks % Tile::kStepsPerColBlock) * 32;
-    return sm90::MatrixDesc(addr, 16, 8 * kSwizzle, kSwizzle);
+    return sm90::DescAdvance(k_desc0, stage * 2 * Tile::kTileBytes + (ks / Tile::kStepsPerColBlock) * Tile::kColBlockBytes +
+                                          (ks % Tile::kStepsPerColBlock) * 32);
   };
   auto v_desc = [&](int stage, int ks) {
-    const uint32_t addr =
-        base + Tile::kStageOffset + stage * 2 * Tile::kTileBytes + Tile::kTileBytes + ks * 16 * kSwizzle;
-    return sm90::MatrixDesc(addr, Tile::kColBlockBytes, 8 * kSwizzle, kSwizzle);
+    return sm90::DescAdvance(v_desc0, stage * 2 * Tile::kTileBytes + ks * 16 * kSwizzle);
   };
   auto release = [&](int stage) {
     __syncwarp();
@@ -379,7 +382,8 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
     return v;
   };
 
-  int taken = 0;  // entries taken from this consumer's queue
+  int take_slot = 0;  // this consumer's next queue slot, and the parity of its fills
+  uint32_t take_phase = 0;
   uint32_t q_phase = 0;
   for (;;) {
     sm90::MbarWait(bar(Tile::kQFull + c), q_phase);
@@ -543,9 +547,12 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
     // waiting, and waiting after the block when the entry was not posted yet,
     // was as slow as reading it after the block.
     auto take = [&]() {
-      const int slot = taken % Tile::kQueue;
-      sm90::MbarWait(bar(Tile::kReady + c * Tile::kQueue + slot), (taken / Tile::kQueue) & 1);
-      ++taken;
+      const int slot = take_slot;
+      sm90::MbarWait(bar(Tile::kReady + c * Tile::kQueue + slot), take_phase);
+      if (++take_slot == Tile::kQueue) {
+        take_slot = 0;
+        take_phase ^= 1u;
+      }
       return read_shared(queue + slot);
     };
     int4 entry = take();
