@@ -360,7 +360,8 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
   const uint64_t v_desc0 =
       sm90::MatrixDesc(base + Tile::kStageOffset + Tile::kTileBytes, Tile::kColBlockBytes, 8 * kSwizzle, kSwizzle);
   auto k_desc = [&](int stage, int ks) {
-    return sm90::DescAdvance(k_desc0, stage * 2 * Tile::kTileBytes + (ks / Tile::kStepsPerColBlock) * Tile::kColBlockBytes +
+    return sm90::DescAdvance(k_desc0, stage * 2 * Tile::kTileBytes +
+                                          (ks / Tile::kStepsPerColBlock) * Tile::kColBlockBytes +
                                           (ks % Tile::kStepsPerColBlock) * 32);
   };
   auto v_desc = [&](int stage, int ks) {
