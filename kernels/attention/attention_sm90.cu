@@ -334,7 +334,7 @@ __device__ __forceinline__ void Producer(const Sm90Params& p, uint8_t* smem, Sm9
   }
 }
 
-template <int kHeadDim, typename T>
+template <int kHeadDim, typename T, bool kDense>
 __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int c) {
   using Tile = Sm90Tile<kHeadDim>;
   constexpr int kSwizzle = Tile::kSwizzle;
@@ -501,13 +501,34 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
         correction[hf] = ptx::Exp2(row_max[hf] - m_use);
         row_max[hf] = m_new;
         float sum = 0.0f;
+        if constexpr (kDense) {
+          // All exponents first, then all exponentials: with the fence
+          // between, no MUFU.EX2 waits on the FFMA just before it (ncu put
+          // 13.5% of the dense kernel's stalls there). Same operations, same
+          // bits. Dense only: with lists it measured 3% slower at 32k, s=0.9.
 #pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
+          for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
-          for (int e = 2 * hf; e < 2 * hf + 2; ++e) {
-            const float prob = ptx::Exp2(fmaf(s[nt * 4 + e], p.scale_log2, -m_use));
-            s[nt * 4 + e] = prob;
-            sum += prob;
+            for (int e = 2 * hf; e < 2 * hf + 2; ++e) s[nt * 4 + e] = fmaf(s[nt * 4 + e], p.scale_log2, -m_use);
+          }
+          sm90::FenceRegs(s);
+#pragma unroll
+          for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+            for (int e = 2 * hf; e < 2 * hf + 2; ++e) {
+              s[nt * 4 + e] = ptx::Exp2(s[nt * 4 + e]);
+              sum += s[nt * 4 + e];
+            }
+          }
+        } else {
+#pragma unroll
+          for (int nt = 0; nt < 8; ++nt) {
+#pragma unroll
+            for (int e = 2 * hf; e < 2 * hf + 2; ++e) {
+              const float prob = ptx::Exp2(fmaf(s[nt * 4 + e], p.scale_log2, -m_use));
+              s[nt * 4 + e] = prob;
+              sum += prob;
+            }
           }
         }
         row_sum[hf] = row_sum[hf] * correction[hf] + sum;
@@ -632,7 +653,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (threadIdx.x == 0) Producer<kHeadDim, T, kDense>(p, smem, schedule);
   } else {
     sm90::SetMaxRegsInc<kConsumerRegs>();
-    Consumer<kHeadDim, T>(p, smem, warpgroup - 1);
+    Consumer<kHeadDim, T, kDense>(p, smem, warpgroup - 1);
   }
 #else
   __trap();  // launched only where Sm90AttentionAvailable()
