@@ -150,14 +150,15 @@ __device__ __forceinline__ uint64_t MatrixDesc(uint32_t smem_addr, uint32_t lbo_
          (static_cast<uint64_t>((sbo_bytes >> 4) & 0x3FFF) << 32) | (layout << 62);
 }
 
-// `desc` with its start address moved `bytes` on (a multiple of 16), in the
-// descriptor's low word alone. The start-address field (bits 0-13, address /
-// 16) cannot carry into the leading byte offset above it: shared addresses
-// stay below 2^18. So a kernel computes one descriptor per buffer and each
-// k-step's by one 32-bit add, not by the masks and shifts of MatrixDesc.
-__device__ __forceinline__ uint64_t DescAdvance(uint64_t desc, uint32_t bytes) {
-  const uint32_t lo = static_cast<uint32_t>(desc) + (bytes >> 4);
-  return (desc & 0xFFFFFFFF00000000ull) | lo;
+// A descriptor from its low word (start address / 16, leading byte offset)
+// and its high word (stride byte offset, swizzle). Kernels that keep one
+// descriptor's words and add each buffer's and k-step's start address to
+// the low word (it cannot carry: shared addresses stay below 2^18) give
+// ptxas one 32-bit add per wgmma.
+__device__ __forceinline__ uint64_t DescWords(uint32_t lo, uint32_t hi) {
+  uint64_t desc;
+  asm("mov.b64 %0, {%1, %2};" : "=l"(desc) : "r"(lo), "r"(hi));
+  return desc;
 }
 
 // --- registers ----------------------------------------------------------------

@@ -353,19 +353,25 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
 
   // Descriptors: K is the K-major B operand of S = Q K^T, V the MN-major B
   // operand of O = P V (PTX ISA canonical layouts, 64/128-byte swizzle).
-  // Stage 0's are built once; a stage's and a k-step's offsets are added to
-  // the start address (sm90::DescAdvance), one add each where the masks and
-  // shifts of a fresh descriptor used to sit between the wgmmas.
+  // Stage 0's are built once. Their high words (stride byte offset, swizzle)
+  // are the same, and a stage's and a k-step's offsets are each a constant
+  // added to the low word's start address (sm90::DescWords): one add per
+  // wgmma, where a shift, an add and two moves used to sit (ptxas could
+  // not fold the offset's shift into the sum).
   const uint64_t k_desc0 = sm90::MatrixDesc(base + Tile::kStageOffset, 16, 8 * kSwizzle, kSwizzle);
   const uint64_t v_desc0 =
       sm90::MatrixDesc(base + Tile::kStageOffset + Tile::kTileBytes, Tile::kColBlockBytes, 8 * kSwizzle, kSwizzle);
+  const uint32_t desc_hi = static_cast<uint32_t>(k_desc0 >> 32);
+  const uint32_t k_lo0 = static_cast<uint32_t>(k_desc0);
+  const uint32_t v_lo0 = static_cast<uint32_t>(v_desc0);
+  constexpr uint32_t kStageUnits = 2 * Tile::kTileBytes / 16;  // offsets in the start address's units
   auto k_desc = [&](int stage, int ks) {
-    return sm90::DescAdvance(k_desc0, stage * 2 * Tile::kTileBytes +
-                                          (ks / Tile::kStepsPerColBlock) * Tile::kColBlockBytes +
-                                          (ks % Tile::kStepsPerColBlock) * 32);
+    constexpr int kStep = Tile::kStepsPerColBlock;
+    return sm90::DescWords(k_lo0 + stage * kStageUnits + ((ks / kStep) * Tile::kColBlockBytes + (ks % kStep) * 32) / 16,
+                           desc_hi);
   };
   auto v_desc = [&](int stage, int ks) {
-    return sm90::DescAdvance(v_desc0, stage * 2 * Tile::kTileBytes + ks * 16 * kSwizzle);
+    return sm90::DescWords(v_lo0 + stage * kStageUnits + ks * kSwizzle, desc_hi);
   };
   auto release = [&](int stage) {
     __syncwarp();
