@@ -550,11 +550,14 @@ StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, con
   // The last layer feeds nothing but the last row's logits (unless every
   // row's logits or the gate's outputs are asked for). Its K/V still reach
   // the cache for every row, but its attention runs for the last query block
-  // only (each head's last list kept, every other row empty: those rows come
-  // out as zeros) and its o_proj and MLP for the last row only, as llama.cpp
-  // skips the last layer's FFN for rows whose logits nobody reads. The last
-  // row's attention is the same computation; its o_proj and MLP are GEMMs of
-  // one row instead of L, so the logits move by rounding (checked against the
+  // only and its o_proj and MLP for the last row only, as llama.cpp skips
+  // the last layer's FFN for rows whose logits nobody reads. With block
+  // lists each head's last list is kept and every other row is empty (those
+  // rows come out as zeros); dense, the kernel skips the rows before the
+  // last (AttentionParams::first_row), so the last block runs in the same
+  // tile, in the same order, as in the full pass. Either way the last row's
+  // attention is the same computation; its o_proj and MLP are GEMMs of one
+  // row instead of L, so the logits move by rounding (checked against the
   // full path in cuda_engine_gpu_test.cc).
   const int nb = (L + block_ - 1) / block_;
   // SEER_TRIM_LAST_LAYER=0 runs the whole last layer, for comparison.
@@ -562,7 +565,7 @@ StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, con
   const bool trim_last = trim_enabled && !options.all_logits && !options.keep_gate_outputs && nb > 1;
   const size_t last_rows = static_cast<size_t>(config_.num_heads) * nb;
   const size_t list_bytes = sizeof(int32_t) * (2 * last_rows + 1);  // offsets, then nb blocks per head at most
-  if (trim_last && last_block_lists_.bytes() < list_bytes) {
+  if (trim_last && sparse && last_block_lists_.bytes() < list_bytes) {
     last_block_lists_.Reset();
     SEER_ASSIGN_OR_RETURN(last_block_lists_, DeviceBuffer::Allocate(list_bytes, "the last layer's block lists"));
   }
@@ -622,7 +625,7 @@ StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, con
     const bool trim = trim_last && layer == config_.num_layers - 1;
     const int32_t* offsets = sparse ? gate_out.block_offsets : nullptr;
     const int32_t* indices = sparse ? gate_out.block_indices : nullptr;
-    if (trim) {
+    if (trim && sparse) {
       int32_t* last_offsets = last_block_lists_.as<int32_t>();
       int32_t* last_indices = last_offsets + last_rows + 1;
       SEER_RETURN_IF_CUDA_ERROR(
@@ -630,7 +633,8 @@ StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, con
       offsets = last_offsets;
       indices = last_indices;
     }
-    SEER_RETURN_IF_ERROR(run.PrefillAttention(layer, a, L, *cache, offsets, indices, rope_in_attention));
+    SEER_RETURN_IF_ERROR(
+        run.PrefillAttention(layer, a, L, *cache, offsets, indices, rope_in_attention, trim && !sparse ? L - 1 : 0));
     SEER_RETURN_IF_ERROR(mark(&StageSeconds::attention));
     if (trim) {
       SEER_RETURN_IF_ERROR(run.OutputAndMlp(layer, RowsFrom(a, config_, L - 1), 1));

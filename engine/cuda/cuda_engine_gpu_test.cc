@@ -655,7 +655,12 @@ TEST_F(CudaEngineTest, RandomGatesKeepTheSelectedBlockCounts) {
   all.nz_ratio = 1.0;
   const PrefillResult every = run(all);
   EXPECT_DOUBLE_EQ(every.overall_density, 1.0);
-  EXPECT_LE(RelErr(every.logits, dense.logits), 1e-3);
+  // Every block kept is the dense computation, but on Hopper the lists run
+  // the 64-key kernel and dense the 128-key one, which round P to bf16
+  // against different running maxima: the logits agree to that rounding
+  // (3.7e-3 on an H200, 2026-11-30), not to 1e-3 as when one kernel ran both.
+  const double every_err = RelErr(every.logits, dense.logits);
+  EXPECT_LE(every_err, 1e-2);
 
   SparsityConfig tenth = all;
   tenth.nz_ratio = 0.1;
@@ -670,7 +675,10 @@ TEST_F(CudaEngineTest, RandomGatesKeepTheSelectedBlockCounts) {
   for (double d : sparse.layer_density) EXPECT_NEAR(d, want, 1e-12);
   EXPECT_NEAR(sparse.overall_density, want, 1e-12);
   for (float x : sparse.logits) ASSERT_TRUE(std::isfinite(x));
-  std::printf("random gates, nz_ratio=0.1 at L=%d: density %.4f (expected %.4f)\n", L, sparse.overall_density, want);
+  std::printf(
+      "random gates, nz_ratio=0.1 at L=%d: density %.4f (expected %.4f); logits against dense: rel err %.3e "
+      "(nz_ratio=1: %.3e)\n",
+      L, sparse.overall_density, want, RelErr(sparse.logits, dense.logits), every_err);
 }
 
 // Without all_logits the last layer runs attention for the last query block

@@ -245,10 +245,12 @@ bool ModelRunner::AttentionRotatesQ() const {
 }
 
 Status ModelRunner::PrefillAttention(int layer, const Activations& a, int rows, const DeviceKvCache& cache,
-                                     const int32_t* block_offsets, const int32_t* block_indices, bool rotate_q) {
+                                     const int32_t* block_offsets, const int32_t* block_indices, bool rotate_q,
+                                     int first_row) {
   cuda::AttentionParams p = AttentionOver(config_, a, cache, layer, attention_scale_);
   p.q_rope = rotate_q ? a.rope : nullptr;
   p.seq_len = rows;
+  p.first_row = first_row;
   p.block_size = gate_block_size_;
   p.block_offsets = block_offsets;
   p.block_indices = block_indices;

@@ -124,9 +124,12 @@ class ModelRunner {
   // A prefill pass over positions 0 .. rows - 1 (block-sparse with lists,
   // dense causal with null offsets).
   // rotate_q: a.q is still before RoPE and the attention kernel rotates it
-  // as it loads it (a.rope's angles; one pass over q fewer).
+  // as it loads it (a.rope's angles; one pass over q fewer). first_row
+  // (dense only): only rows first_row.. are read afterwards, so the kernel
+  // may skip the query blocks before it (cuda::AttentionParams::first_row).
   Status PrefillAttention(int layer, const Activations& a, int rows, const DeviceKvCache& cache,
-                          const int32_t* block_offsets, const int32_t* block_indices, bool rotate_q = false);
+                          const int32_t* block_offsets, const int32_t* block_indices, bool rotate_q = false,
+                          int first_row = 0);
   // Whether PrefillAttention can rotate q on this device and model
   // (cuda::AttentionRotatesQ) and SEER_ROPE_IN_ATTENTION is not "0".
   bool AttentionRotatesQ() const;

@@ -131,10 +131,12 @@ __global__ void __launch_bounds__(FwdTile<kHeadDim, kRowsPerWarp>::kThreads,
   // heaviest (last) row down, the Q heads that share the KV head side by side.
   // CTAs resident together then read the same head's K/V, which keeps the
   // tiles of a sparse (random) mask in L2; the light rows come last.
+  // Dense, the query blocks before first_row's are not launched.
   const int nb = (p.seq_len + kBlock - 1) / kBlock;
+  const int live = nb - (p.block_offsets == nullptr ? p.first_row / kBlock : 0);
   const int group = p.num_heads / p.num_kv_heads;
-  const int kvh = static_cast<int>(blockIdx.x) / (nb * group);
-  const int in_kv_head = static_cast<int>(blockIdx.x) % (nb * group);
+  const int kvh = static_cast<int>(blockIdx.x) / (live * group);
+  const int in_kv_head = static_cast<int>(blockIdx.x) % (live * group);
   const int qb = nb - 1 - in_kv_head / group;
   const int h = kvh * group + in_kv_head % group;
   const int tid = threadIdx.x;
@@ -400,7 +402,8 @@ cudaError_t LaunchFwd(const AttentionParams& p, cudaStream_t stream) {
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes));
   }
   const int nb = (p.seq_len + kBlock - 1) / kBlock;
-  const unsigned grid = static_cast<unsigned>(nb) * static_cast<unsigned>(p.num_heads);
+  const int live = nb - (p.block_offsets == nullptr ? p.first_row / kBlock : 0);
+  const unsigned grid = static_cast<unsigned>(live) * static_cast<unsigned>(p.num_heads);
   kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p, p.scale * kLog2e);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return cudaSuccess;
@@ -646,6 +649,7 @@ cudaError_t BlockSparseAttentionVariant(const AttentionParams& p, FwdVariant var
     return cudaErrorInvalidValue;
   }
   if (p.block_offsets != nullptr && p.block_indices == nullptr) return cudaErrorInvalidValue;
+  if (p.first_row < 0 || (p.first_row > 0 && p.first_row >= p.seq_len)) return cudaErrorInvalidValue;
   if (p.seq_len == 0) return cudaSuccess;
   const int64_t nb = (p.seq_len + kBlock - 1) / kBlock;
   if (nb * p.num_heads > 0x7fffffff) return cudaErrorInvalidValue;

@@ -36,6 +36,11 @@ struct AttentionParams {
   // the prefill a pass over q. Only where AttentionRotatesQ() says so;
   // elsewhere cudaErrorInvalidValue.
   const float2* q_rope = nullptr;
+  // Dense (null offsets) only: the caller reads rows first_row.. alone, and
+  // the kernels may skip the query blocks before first_row's (those rows of
+  // out are then left as they were). A prefill's last layer, which feeds
+  // only the last row's logits, passes L - 1. 0 <= first_row < max(1, seq_len).
+  int first_row = 0;
   // Scratch: for decode the split-K partial results (DecodeWorkspaceBytes()),
   // for prefill on Hopper the tile order and counter (PrefillWorkspaceBytes()).
   // Without it (null or too small) each call allocates its scratch from the

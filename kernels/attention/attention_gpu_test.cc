@@ -435,6 +435,74 @@ TEST_F(AttentionGpuTest, EmptyRowsAreZero) {
   }
 }
 
+// Dense with AttentionParams::first_row (a prefill's last layer): the rows
+// from first_row on must be the bits of the full pass (the same tiles, in
+// the same order), every variant, whatever the kernel did with the rows
+// before. first_row at or past the sequence, or negative, is refused.
+TEST_F(AttentionGpuTest, FirstRowKeepsTheLaterRowsBits) {
+  const ElemType t = ElemType::kBF16;
+  struct FirstRowCase {
+    int seq_len, num_heads, num_kv_heads, head_dim, first_row;
+  };
+  for (const FirstRowCase& c : std::vector<FirstRowCase>{{1000, 4, 2, 128, 999},
+                                                         {1000, 8, 1, 64, 500},
+                                                         {4097, 4, 4, 128, 4096},
+                                                         {130, 4, 2, 96, 127},
+                                                         {130, 4, 2, 32, 128},
+                                                         {65, 2, 2, 128, 64},
+                                                         {300, 2, 1, 64, 0}}) {
+    const int L = c.seq_len, Hq = c.num_heads, Hkv = c.num_kv_heads, D = c.head_dim;
+    SCOPED_TRACE("L=" + std::to_string(L) + " Hq=" + std::to_string(Hq) + " Hkv=" + std::to_string(Hkv) + " D=" +
+                 std::to_string(D) + " first_row=" + std::to_string(c.first_row) + " seed=" + std::to_string(seed_));
+    std::vector<uint16_t> qe, ke, ve;
+    std::vector<float> qf, kf, vf;
+    Fill(static_cast<size_t>(L) * Hq * D, 1.0f, t, &qe, &qf);
+    Fill(static_cast<size_t>(Hkv) * L * D, 1.0f, t, &ke, &kf);
+    Fill(static_cast<size_t>(Hkv) * L * D, 1.0f, t, &ve, &vf);
+    const size_t n = qe.size();
+    DevBuf q(n * 2), k(ke.size() * 2), v(ve.size() * 2), out(n * 2);
+    ASSERT_TRUE(q.ok() && k.ok() && v.ok() && out.ok());
+    ASSERT_CUDA(q.Upload(qe.data(), n * 2));
+    ASSERT_CUDA(k.Upload(ke.data(), ke.size() * 2));
+    ASSERT_CUDA(v.Upload(ve.data(), ve.size() * 2));
+    cuda::AttentionParams p;
+    p.dtype = t;
+    p.q = q.get();
+    p.k = k.get();
+    p.v = v.get();
+    p.out = out.get();
+    p.seq_len = L;
+    p.num_heads = Hq;
+    p.num_kv_heads = Hkv;
+    p.head_dim = D;
+    p.kv_stride = L;
+    p.scale = 1.0f / std::sqrt(static_cast<float>(D));
+    auto run = [&](FwdVariant variant, int first_row, std::vector<uint16_t>* o) {
+      p.first_row = first_row;
+      ASSERT_CUDA(cudaMemset(out.get(), 0xFF, n * 2));
+      ASSERT_CUDA(cuda::BlockSparseAttentionVariant(p, variant, nullptr));
+      ASSERT_CUDA(cudaDeviceSynchronize());
+      o->resize(n);
+      ASSERT_CUDA(out.Download(o->data(), n * 2));
+    };
+    for (FwdVariant variant : Variants()) {
+      SCOPED_TRACE(cuda::FwdVariantName(variant));
+      std::vector<uint16_t> full, part;
+      run(variant, 0, &full);
+      run(variant, c.first_row, &part);
+      const size_t from = static_cast<size_t>(c.first_row) * Hq * D;
+      int64_t differ = 0;
+      for (size_t i = from; i < n; ++i) differ += full[i] != part[i];
+      EXPECT_EQ(differ, 0) << "elements of rows >= first_row that differ from the full pass";
+      EXPECT_LT(from, n);
+    }
+    for (int bad : {L, L + 5, -1}) {
+      p.first_row = bad;
+      EXPECT_EQ(cuda::BlockSparseAttention(p, nullptr), cudaErrorInvalidValue) << "first_row " << bad;
+    }
+  }
+}
+
 // q read before RoPE and rotated by the sm90 kernel as it loads it
 // (AttentionParams::q_rope) against q rotated first by cuda::ApplyRope, the
 // prefill's old path: the outputs must be the same bits. Head dims 32, 64,

@@ -31,6 +31,11 @@
 // query blocks first for dense; by kept-block count, sorted on the device,
 // for lists), and groups follow one another, so the CTAs in flight read the
 // same head's K/V and keep it in L2.
+//
+// Dense causal (null lists) runs Sm90WideKernel instead: the same CTA and
+// tiles, but 128 keys a step (FlashAttention-3's 128 x 128 tile) through two
+// in-order K and V rings, no queues; 8-27% faster than this kernel dense
+// (docs/KERNELS.md).
 
 #include "kernels/attention/attention_sm90.h"
 
@@ -117,6 +122,9 @@ struct Sm90Params {
   int pairs;  // tiles per head: ceil(nb / 2)
   int num_tiles;
   float scale_log2;
+  // Dense: the last live_pairs pairs of each head run, the ones before are
+  // skipped (AttentionParams::first_row).
+  int live_pairs;
   // With block lists, K and V again with the column blocks of a row as a
   // dimension of their own after the rows, (cols, L, D / cols, Hkv), box
   // (cols, 64, D / cols, 1): one copy brings a whole 64-row tile in the
@@ -180,8 +188,7 @@ __device__ __forceinline__ void DenseTile(const Sm90Params& p, int t, int* h, in
   *h = kvh * group + r % group;
 }
 
-// kDense: p.block_offsets is null.
-template <int kHeadDim, typename T, bool kDense>
+template <int kHeadDim, typename T>
 __device__ __forceinline__ void Producer(const Sm90Params& p, uint8_t* smem, Sm90Schedule schedule) {
   using Tile = Sm90Tile<kHeadDim>;
   const uint32_t bars = sm90::SmemAddr(smem) + Tile::kBarOffset;
@@ -191,8 +198,8 @@ __device__ __forceinline__ void Producer(const Sm90Params& p, uint8_t* smem, Sm9
   int4* tile_info = reinterpret_cast<int4*>(smem + Tile::kTileInfoOffset);
 
   sm90::PrefetchTensorMap(&p.tma_q);
-  sm90::PrefetchTensorMap(kDense ? &p.tma_k : &p.tma_k_tile);
-  sm90::PrefetchTensorMap(kDense ? &p.tma_v : &p.tma_v_tile);
+  sm90::PrefetchTensorMap(&p.tma_k_tile);
+  sm90::PrefetchTensorMap(&p.tma_v_tile);
   const bool dense = p.block_offsets == nullptr;
   const int group = p.num_heads / p.num_kv_heads;
 
@@ -277,8 +284,8 @@ __device__ __forceinline__ void Producer(const Sm90Params& p, uint8_t* smem, Sm9
     int i0 = n[0] - 1, i1 = n[1] - 1;
     int k0 = i0 >= 0 ? clamp(0, read(0, i0)) : -1;
     int k1 = i1 >= 0 ? clamp(1, read(1, i1)) : -1;
-    int ahead0 = !kDense && i0 >= 1 ? read(0, i0 - 1) : 0;
-    int ahead1 = !kDense && i1 >= 1 ? read(1, i1 - 1) : 0;
+    int ahead0 = i0 >= 1 ? read(0, i0 - 1) : 0;
+    int ahead1 = i1 >= 1 ? read(1, i1 - 1) : 0;
     while (k0 >= 0 || k1 >= 0) {
       const int kb = max(k0, k1);
       const int owners = (k0 == kb ? 1 : 0) | (k1 == kb ? 2 : 0);
@@ -295,37 +302,21 @@ __device__ __forceinline__ void Producer(const Sm90Params& p, uint8_t* smem, Sm9
       sm90::MbarArriveExpectTx(full, 2 * Tile::kTileBytes);
       const uint32_t k_dst = base + Tile::kStageOffset + s * 2 * Tile::kTileBytes;
       const uint32_t v_dst = k_dst + Tile::kTileBytes;
-      if constexpr (kDense) {
-#pragma unroll
-        for (int cb = 0; cb < Tile::kColBlocks; ++cb) {
-          sm90::TmaLoad3d(k_dst + cb * Tile::kColBlockBytes, &p.tma_k, full, cb * Tile::kCols, kb * kBlock, kvh);
-        }
-#pragma unroll
-        for (int cb = 0; cb < Tile::kColBlocks; ++cb) {
-          sm90::TmaLoad3d(v_dst + cb * Tile::kColBlockBytes, &p.tma_v, full, cb * Tile::kCols, kb * kBlock, kvh);
-        }
-      } else {
-        sm90::TmaLoad4d(k_dst, &p.tma_k_tile, full, 0, kb * kBlock, 0, kvh);
-        sm90::TmaLoad4d(v_dst, &p.tma_v_tile, full, 0, kb * kBlock, 0, kvh);
-      }
+      sm90::TmaLoad4d(k_dst, &p.tma_k_tile, full, 0, kb * kBlock, 0, kvh);
+      sm90::TmaLoad4d(v_dst, &p.tma_v_tile, full, 0, kb * kBlock, 0, kvh);
       // The consumer that does not use this block releases it right away
       // (its four warps' share of the count, from here).
       if (owners != 3) sm90::MbarArriveCount(bar(Tile::kEmpty + s), 4);
       for (int c = 0; c < 2; ++c) {
         if (owners & (1 << c)) enqueue(c, make_int4(s, kb, static_cast<int>(parity), 0));
       }
-      if constexpr (kDense) {
-        if (owners & 1) k0 = --i0 >= 0 ? clamp(0, read(0, i0)) : -1;
-        if (owners & 2) k1 = --i1 >= 0 ? clamp(1, read(1, i1)) : -1;
-      } else {
-        if (owners & 1) {
-          k0 = --i0 >= 0 ? clamp(0, ahead0) : -1;
-          ahead0 = i0 >= 1 ? read(0, i0 - 1) : 0;
-        }
-        if (owners & 2) {
-          k1 = --i1 >= 0 ? clamp(1, ahead1) : -1;
-          ahead1 = i1 >= 1 ? read(1, i1 - 1) : 0;
-        }
+      if (owners & 1) {
+        k0 = --i0 >= 0 ? clamp(0, ahead0) : -1;
+        ahead0 = i0 >= 1 ? read(0, i0 - 1) : 0;
+      }
+      if (owners & 2) {
+        k1 = --i1 >= 0 ? clamp(1, ahead1) : -1;
+        ahead1 = i1 >= 1 ? read(1, i1 - 1) : 0;
       }
     }
     enqueue(0, make_int4(-1, 0, 0, 0));  // end of tile
@@ -334,7 +325,7 @@ __device__ __forceinline__ void Producer(const Sm90Params& p, uint8_t* smem, Sm9
   }
 }
 
-template <int kHeadDim, typename T, bool kDense>
+template <int kHeadDim, typename T>
 __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int c) {
   using Tile = Sm90Tile<kHeadDim>;
   constexpr int kSwizzle = Tile::kSwizzle;
@@ -507,34 +498,15 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
         correction[hf] = ptx::Exp2(row_max[hf] - m_use);
         row_max[hf] = m_new;
         float sum = 0.0f;
-        if constexpr (kDense) {
-          // All exponents first, then all exponentials: with the fence
-          // between, no MUFU.EX2 waits on the FFMA just before it (ncu put
-          // 13.5% of the dense kernel's stalls there). Same operations, same
-          // bits. Dense only: with lists it measured 3% slower at 32k, s=0.9.
+        // (Exponents before exponentials, as WideConsumer does, measured 3%
+        // slower here at 32k, s = 0.9.)
 #pragma unroll
-          for (int nt = 0; nt < 8; ++nt) {
+        for (int nt = 0; nt < 8; ++nt) {
 #pragma unroll
-            for (int e = 2 * hf; e < 2 * hf + 2; ++e) s[nt * 4 + e] = fmaf(s[nt * 4 + e], p.scale_log2, -m_use);
-          }
-          sm90::FenceRegs(s);
-#pragma unroll
-          for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-            for (int e = 2 * hf; e < 2 * hf + 2; ++e) {
-              s[nt * 4 + e] = ptx::Exp2(s[nt * 4 + e]);
-              sum += s[nt * 4 + e];
-            }
-          }
-        } else {
-#pragma unroll
-          for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-            for (int e = 2 * hf; e < 2 * hf + 2; ++e) {
-              const float prob = ptx::Exp2(fmaf(s[nt * 4 + e], p.scale_log2, -m_use));
-              s[nt * 4 + e] = prob;
-              sum += prob;
-            }
+          for (int e = 2 * hf; e < 2 * hf + 2; ++e) {
+            const float prob = ptx::Exp2(fmaf(s[nt * 4 + e], p.scale_log2, -m_use));
+            s[nt * 4 + e] = prob;
+            sum += prob;
           }
         }
         row_sum[hf] = row_sum[hf] * correction[hf] + sum;
@@ -625,12 +597,8 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
 
 #endif  // SEER_SM90A_ENABLED
 
-// kDense: p.block_offsets is null. Separate kernels, so that the dense
-// one's producer keeps its code exactly (its PTX was what it was before the
-// list path got its own copies and read-ahead; versions that shared more
-// with the list path measured 1-1.5% slower dense, H200), and its consumer
-// alone takes the exponents-first softmax (Consumer).
-template <int kHeadDim, typename T, bool kDense>
+// Block lists. Dense causal (null lists) runs Sm90WideKernel below.
+template <int kHeadDim, typename T>
 __global__ void __launch_bounds__(kThreads, 1)
     Sm90FwdKernel(const __grid_constant__ Sm90Params p, Sm90Schedule schedule) {
 #if defined(SEER_SM90A_ENABLED)
@@ -657,13 +625,411 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   if (warpgroup == 0) {
     sm90::SetMaxRegsDec<kProducerRegs>();
-    if (threadIdx.x == 0) Producer<kHeadDim, T, kDense>(p, smem, schedule);
+    if (threadIdx.x == 0) Producer<kHeadDim, T>(p, smem, schedule);
   } else {
     sm90::SetMaxRegsInc<kConsumerRegs>();
-    Consumer<kHeadDim, T, kDense>(p, smem, warpgroup - 1);
+    Consumer<kHeadDim, T>(p, smem, warpgroup - 1);
   }
 #else
   __trap();  // launched only where Sm90AttentionAvailable()
+#endif
+}
+
+// --- dense causal with 128-key steps ------------------------------------------
+// Null lists (dense causal) take this kernel instead of
+// Sm90FwdKernel<D, T, true>. The CTA is the same (a producer thread, two
+// consumer warpgroups of one 64-row query block each, the tile a pair of
+// query blocks, the same tile order and schedule), but each step of a
+// consumer covers 128 keys, FlashAttention-3's tile: S = Q K^T is m64n128
+// and O += P V takes eight k16 steps, so the wgmma count, the softmax's row
+// reductions, the O rescale and the barrier round trips per key are halved.
+// Dense, both consumers read every block in the same order, so K and V are
+// two in-order rings (stage = block count mod kStages, parity from the
+// round) with no queues: a consumer frees a K stage as soon as its S is
+// done and a V stage once its P V is. The diagonal block (128 keys) holds
+// both query blocks' diagonals; the token-level mask covers it, and rows
+// past seq_len are computed on zeros and not stored.
+
+template <int kHeadDim>
+struct Sm90WideTile {
+  using QTile = Sm90Tile<kHeadDim>;  // Q's tiles, layout and k-steps
+  static constexpr int kKeys = 128;
+  static constexpr int kSwizzle = QTile::kSwizzle;
+  static constexpr int kCols = QTile::kCols;
+  static constexpr int kColBlocks = QTile::kColBlocks;
+  static constexpr int kStepsPerColBlock = QTile::kStepsPerColBlock;
+  static constexpr int kColBlockBytes = kKeys * kSwizzle;  // 128 key rows of one column block
+  static constexpr int kTileBytes = kKeys * kHeadDim * 2;
+  // K and V each; as many as fit, up to 8.
+  static constexpr int kStages = kHeadDim == 128 ? 3 : kHeadDim == 96 ? 4 : kHeadDim == 64 ? 6 : 8;
+  static constexpr int kQOffset = 0;
+  static constexpr int kKOffset = 2 * QTile::kTileBytes;
+  static constexpr int kVOffset = kKOffset + kStages * kTileBytes;
+  static constexpr int kBarOffset = kVOffset + kStages * kTileBytes;
+  // Barriers: k_full[kStages], k_empty[kStages], v_full[kStages], v_empty[kStages], q_full[2], q_empty[2].
+  static constexpr int kKFull = 0, kKEmpty = kStages, kVFull = 2 * kStages, kVEmpty = 3 * kStages, kQFull = 4 * kStages,
+                       kQEmpty = kQFull + 2, kBarriers = kQEmpty + 2;
+  static constexpr int kTileInfoOffset = (kBarOffset + kBarriers * 8 + 15) / 16 * 16;  // int4 [2]
+  static constexpr int kSmemBytes = kTileInfoOffset + 2 * 16;
+  static constexpr int kSmemAlloc = kSmemBytes + 1024;
+  static_assert(kSmemAlloc <= 227 * 1024, "shared memory");
+};
+
+#if defined(SEER_SM90A_ENABLED)
+
+// The dense order over the live pairs (AttentionParams::first_row): KV head
+// by KV head; within one, pairs from the last (heaviest) down, the GQA heads
+// of a pair side by side.
+__device__ __forceinline__ void WideTileAt(const Sm90Params& p, int t, int* h, int* pair) {
+  const int group = p.num_heads / p.num_kv_heads;
+  const int per_kv_head = group * p.live_pairs;
+  const int kvh = t / per_kv_head;
+  const int r = t % per_kv_head;
+  *pair = p.pairs - 1 - r / group;
+  *h = kvh * group + r % group;
+}
+
+// An in-order ring position: stage and the parity of its current round.
+struct RingPos {
+  int stage = 0;
+  uint32_t phase = 0;
+  template <int kStages>
+  __device__ __forceinline__ void Advance() {
+    if (++stage == kStages) {
+      stage = 0;
+      phase ^= 1u;
+    }
+  }
+};
+
+template <int kHeadDim>
+__device__ __forceinline__ void WideProducer(const Sm90Params& p, uint8_t* smem, Sm90Schedule schedule) {
+  using Tile = Sm90WideTile<kHeadDim>;
+  using QTile = typename Tile::QTile;
+  const uint32_t base = sm90::SmemAddr(smem);
+  const uint32_t bars = base + Tile::kBarOffset;
+  auto bar = [&](int i) { return bars + 8 * i; };
+  int4* tile_info = reinterpret_cast<int4*>(smem + Tile::kTileInfoOffset);
+
+  sm90::PrefetchTensorMap(&p.tma_q);
+  sm90::PrefetchTensorMap(&p.tma_k);
+  sm90::PrefetchTensorMap(&p.tma_v);
+  const int group = p.num_heads / p.num_kv_heads;
+
+  RingPos pos;
+  uint32_t q_phase = 0;
+  int t = schedule == Sm90Schedule::kAtomic ? static_cast<int>(atomicAdd(p.tile_counter, 1u))
+                                            : static_cast<int>(blockIdx.x);
+  for (;;) {
+    const bool done = t >= p.num_tiles;
+    int h = 0, pair = 0, next = 0;
+    if (!done) {
+      WideTileAt(p, t, &h, &pair);
+      next = schedule == Sm90Schedule::kAtomic ? static_cast<int>(atomicAdd(p.tile_counter, 1u))
+                                               : t + static_cast<int>(gridDim.x);
+    }
+    // Q of both rows (or the stop signal), once each consumer has started
+    // its previous tile (and so read that tile's Q).
+    const int qb[2] = {2 * pair + 1, 2 * pair};
+    for (int c = 0; c < 2; ++c) {
+      sm90::MbarWait(bar(Tile::kQEmpty + c), q_phase ^ 1);
+      if (done) {
+        tile_info[c] = make_int4(-1, 0, 0, 0);
+        sm90::MbarArrive(bar(Tile::kQFull + c));
+        continue;
+      }
+      const bool valid = qb[c] < p.nb;
+      tile_info[c] = make_int4(h, qb[c], valid ? 1 : 0, 0);
+      if (valid) {
+        sm90::MbarArriveExpectTx(bar(Tile::kQFull + c), QTile::kTileBytes);
+        const uint32_t dst = base + Tile::kQOffset + c * QTile::kTileBytes;
+#pragma unroll
+        for (int cb = 0; cb < QTile::kColBlocks; ++cb) {
+          sm90::TmaLoad3d(dst + cb * QTile::kColBlockBytes, &p.tma_q, bar(Tile::kQFull + c), cb * QTile::kCols, h,
+                          qb[c] * kBlock);
+        }
+      } else {
+        sm90::MbarArrive(bar(Tile::kQFull + c));
+      }
+    }
+    q_phase ^= 1;
+    if (done) return;
+
+    // Key blocks of 128 from the diagonal down; rows past seq_len come in as zeros.
+    const int kvh = h / group;
+    for (int j = pair; j >= 0; --j) {
+      const uint32_t k_full = bar(Tile::kKFull + pos.stage), v_full = bar(Tile::kVFull + pos.stage);
+      const uint32_t k_dst = base + Tile::kKOffset + pos.stage * Tile::kTileBytes;
+      const uint32_t v_dst = base + Tile::kVOffset + pos.stage * Tile::kTileBytes;
+      sm90::MbarWait(bar(Tile::kKEmpty + pos.stage), pos.phase ^ 1);
+      sm90::MbarArriveExpectTx(k_full, Tile::kTileBytes);
+#pragma unroll
+      for (int cb = 0; cb < Tile::kColBlocks; ++cb) {
+        sm90::TmaLoad3d(k_dst + cb * Tile::kColBlockBytes, &p.tma_k, k_full, cb * Tile::kCols, j * Tile::kKeys, kvh);
+      }
+      sm90::MbarWait(bar(Tile::kVEmpty + pos.stage), pos.phase ^ 1);
+      sm90::MbarArriveExpectTx(v_full, Tile::kTileBytes);
+#pragma unroll
+      for (int cb = 0; cb < Tile::kColBlocks; ++cb) {
+        sm90::TmaLoad3d(v_dst + cb * Tile::kColBlockBytes, &p.tma_v, v_full, cb * Tile::kCols, j * Tile::kKeys, kvh);
+      }
+      pos.template Advance<Tile::kStages>();
+    }
+    t = next;
+  }
+}
+
+template <int kHeadDim, typename T>
+__device__ __forceinline__ void WideConsumer(const Sm90Params& p, uint8_t* smem, int c) {
+  using Tile = Sm90WideTile<kHeadDim>;
+  using QTile = typename Tile::QTile;
+  constexpr int kSwizzle = Tile::kSwizzle;
+  constexpr int kOTiles = kHeadDim / 8;  // n8 tiles of O
+  constexpr int kSTiles = Tile::kKeys / 8;  // n8 tiles of S
+  constexpr int kPSteps = Tile::kKeys / 16;  // k16 steps of O += P V
+  const uint32_t base = sm90::SmemAddr(smem);
+  const uint32_t bars = base + Tile::kBarOffset;
+  auto bar = [&](int i) { return bars + 8 * i; };
+  const int4* tile_info = reinterpret_cast<const int4*>(smem + Tile::kTileInfoOffset) + c;
+  const uint32_t q_smem = base + Tile::kQOffset + c * QTile::kTileBytes;
+  const int warp = (threadIdx.x / 32) % 4;  // warp within the warpgroup: rows 16 warp .. 16 warp + 15
+  const int lane = threadIdx.x % 32;
+  const int64_t q_stride = static_cast<int64_t>(p.num_heads) * kHeadDim;
+
+  // Descriptors as in Consumer: K the K-major B operand of S, V the MN-major
+  // B operand of P V, each column block 128 rows of 128 bytes.
+  const uint64_t k_desc0 = sm90::MatrixDesc(base + Tile::kKOffset, 16, 8 * kSwizzle, kSwizzle);
+  const uint64_t v_desc0 = sm90::MatrixDesc(base + Tile::kVOffset, Tile::kColBlockBytes, 8 * kSwizzle, kSwizzle);
+  const uint32_t desc_hi = static_cast<uint32_t>(k_desc0 >> 32);
+  const uint32_t k_lo0 = static_cast<uint32_t>(k_desc0);
+  const uint32_t v_lo0 = static_cast<uint32_t>(v_desc0);
+  constexpr uint32_t kStageUnits = Tile::kTileBytes / 16;
+  auto k_desc = [&](int stage, int ks) {
+    constexpr int kStep = Tile::kStepsPerColBlock;
+    return sm90::DescWords(k_lo0 + stage * kStageUnits + ((ks / kStep) * Tile::kColBlockBytes + (ks % kStep) * 32) / 16,
+                           desc_hi);
+  };
+  auto v_desc = [&](int stage, int ks) {
+    return sm90::DescWords(v_lo0 + stage * kStageUnits + ks * kSwizzle, desc_hi);
+  };
+  auto release = [&](int i) {
+    __syncwarp();
+    if (lane == 0) sm90::MbarArrive(bar(i));
+  };
+
+  RingPos pos;
+  uint32_t q_phase = 0;
+  for (;;) {
+    sm90::MbarWait(bar(Tile::kQFull + c), q_phase);
+    q_phase ^= 1;
+    int4 info = lane == 0 ? *tile_info : make_int4(0, 0, 0, 0);
+    info.x = __shfl_sync(0xffffffffu, info.x, 0);
+    info.y = __shfl_sync(0xffffffffu, info.y, 0);
+    info.z = __shfl_sync(0xffffffffu, info.z, 0);
+    if (info.x < 0) return;
+    const int h = info.x;
+    const int qb = info.y;
+    const bool valid = info.z != 0;
+    const int pair = qb / 2;
+    const int row_base = (qb % 2) * kBlock + 16 * warp + lane / 4;  // the thread's first row within the tile
+
+    uint32_t q_frag[QTile::kKSteps][4];
+    if (valid) {
+#pragma unroll
+      for (int ks = 0; ks < QTile::kKSteps; ++ks) {
+        const int row = 16 * warp + lane % 16;
+        const int chunk = (ks % QTile::kStepsPerColBlock) * 2 + lane / 16;
+        const uint32_t offset =
+            (ks / QTile::kStepsPerColBlock) * QTile::kColBlockBytes + Swizzled<kSwizzle>(row * kSwizzle + chunk * 16);
+        ptx::LdMatrixX4(q_frag[ks], q_smem + offset);
+      }
+    } else {
+#pragma unroll
+      for (int ks = 0; ks < QTile::kKSteps; ++ks) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) q_frag[ks][r] = 0u;
+      }
+    }
+    __syncwarp();
+    sm90::FenceProxyAsync();
+    if (lane == 0) sm90::MbarArrive(bar(Tile::kQEmpty + c));
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      if (valid && p.q_rope != nullptr) {
+        RopeQFragments<QTile::kKSteps>(q_frag, p.q_rope, qb * kBlock + 16 * warp + lane / 4, p.seq_len, lane);
+      }
+    }
+
+    float o[kOTiles * 4];
+#pragma unroll
+    for (int i = 0; i < kOTiles * 4; ++i) o[i] = 0.0f;
+    float row_max[2] = {-INFINITY, -INFINITY};
+    float row_sum[2] = {0.0f, 0.0f};
+    uint32_t p_frag[kPSteps][4];
+    RingPos held;  // the block whose P V is pending
+
+    auto compute_block = [&]<bool kHaveP>(bool diagonal) {
+      sm90::MbarWait(bar(Tile::kKFull + pos.stage), pos.phase);
+      if constexpr (kHaveP) sm90::MbarWait(bar(Tile::kVFull + held.stage), held.phase);
+      float s[kSTiles * 4];
+      sm90::WgmmaFence();
+#pragma unroll
+      for (int ks = 0; ks < QTile::kKSteps; ++ks) {
+        sm90::WgmmaRS<Tile::kKeys, T>::template Run<0>(s, q_frag[ks], k_desc(pos.stage, ks), ks > 0 ? 1 : 0);
+      }
+      sm90::WgmmaCommit();
+      if constexpr (kHaveP) {
+#pragma unroll
+        for (int ks = 0; ks < kPSteps; ++ks) {
+          sm90::WgmmaRS<kHeadDim, T>::template Run<1>(o, p_frag[ks], v_desc(held.stage, ks), 1);
+        }
+        sm90::WgmmaCommit();
+        sm90::WgmmaWait<1>();
+      } else {
+        sm90::WgmmaWait<0>();
+      }
+      sm90::FenceRegs(s);
+      release(Tile::kKEmpty + pos.stage);
+
+      if (diagonal) {
+#pragma unroll
+        for (int nt = 0; nt < kSTiles; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int row = row_base + (e / 2) * 8;
+            const int col = nt * 8 + (lane % 4) * 2 + (e % 2);
+            if (col > row) s[nt * 4 + e] = -INFINITY;
+          }
+        }
+      }
+
+      float correction[2];
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int nt = 0; nt < kSTiles; ++nt) mx = fmaxf(mx, fmaxf(s[nt * 4 + 2 * hf], s[nt * 4 + 2 * hf + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(row_max[hf], mx * p.scale_log2);
+        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+        correction[hf] = ptx::Exp2(row_max[hf] - m_use);
+        row_max[hf] = m_new;
+#pragma unroll
+        for (int nt = 0; nt < kSTiles; ++nt) {
+#pragma unroll
+          for (int e = 2 * hf; e < 2 * hf + 2; ++e) s[nt * 4 + e] = fmaf(s[nt * 4 + e], p.scale_log2, -m_use);
+        }
+        sm90::FenceRegs(s);
+        float sum = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < kSTiles; ++nt) {
+#pragma unroll
+          for (int e = 2 * hf; e < 2 * hf + 2; ++e) {
+            s[nt * 4 + e] = ptx::Exp2(s[nt * 4 + e]);
+            sum += s[nt * 4 + e];
+          }
+        }
+        row_sum[hf] = row_sum[hf] * correction[hf] + sum;
+      }
+
+      if constexpr (kHaveP) {
+        sm90::WgmmaWait<0>();
+        sm90::FenceRegs(o);
+        release(Tile::kVEmpty + held.stage);
+      }
+      if (correction[0] != 1.0f || correction[1] != 1.0f) {
+#pragma unroll
+        for (int nt = 0; nt < kOTiles; ++nt) {
+          o[nt * 4 + 0] *= correction[0];
+          o[nt * 4 + 1] *= correction[0];
+          o[nt * 4 + 2] *= correction[1];
+          o[nt * 4 + 3] *= correction[1];
+        }
+      }
+#pragma unroll
+      for (int ks = 0; ks < kPSteps; ++ks) {
+        p_frag[ks][0] = ptx::PackPair<T>(s[8 * ks + 0], s[8 * ks + 1]);
+        p_frag[ks][1] = ptx::PackPair<T>(s[8 * ks + 2], s[8 * ks + 3]);
+        p_frag[ks][2] = ptx::PackPair<T>(s[8 * ks + 4], s[8 * ks + 5]);
+        p_frag[ks][3] = ptx::PackPair<T>(s[8 * ks + 6], s[8 * ks + 7]);
+      }
+      held = pos;
+      pos.template Advance<Tile::kStages>();
+    };
+
+    compute_block.template operator()<false>(true);
+    for (int j = pair - 1; j >= 0; --j) compute_block.template operator()<true>(false);
+
+    // The last block's O += P V.
+    sm90::MbarWait(bar(Tile::kVFull + held.stage), held.phase);
+    sm90::WgmmaFence();
+#pragma unroll
+    for (int ks = 0; ks < kPSteps; ++ks) {
+      sm90::WgmmaRS<kHeadDim, T>::template Run<1>(o, p_frag[ks], v_desc(held.stage, ks), 1);
+    }
+    sm90::WgmmaCommit();
+    sm90::WgmmaWait<0>();
+    sm90::FenceRegs(o);
+    release(Tile::kVEmpty + held.stage);
+
+    // --- store: O / l, rows past seq_len dropped.
+    if (!valid) continue;
+    const int q_rows = min(kBlock, p.seq_len - qb * kBlock);
+    T* out = static_cast<T*>(p.out) + static_cast<int64_t>(qb) * kBlock * q_stride + h * kHeadDim;
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      float total = row_sum[hf];
+      total += __shfl_xor_sync(0xffffffffu, total, 1);
+      total += __shfl_xor_sync(0xffffffffu, total, 2);
+      const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+      const int row = 16 * warp + lane / 4 + hf * 8;
+      if (row < q_rows) {
+        T* dst = out + row * q_stride + (lane % 4) * 2;
+#pragma unroll
+        for (int nt = 0; nt < kOTiles; ++nt) {
+          *reinterpret_cast<uint32_t*>(dst + nt * 8) =
+              ptx::PackPair<T>(o[nt * 4 + 2 * hf] * inv, o[nt * 4 + 2 * hf + 1] * inv);
+        }
+      }
+    }
+  }
+}
+
+#endif  // SEER_SM90A_ENABLED
+
+template <int kHeadDim, typename T>
+__global__ void __launch_bounds__(kThreads, 1)
+    Sm90WideKernel(const __grid_constant__ Sm90Params p, Sm90Schedule schedule) {
+#if defined(SEER_SM90A_ENABLED)
+  using Tile = Sm90WideTile<kHeadDim>;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* smem = smem_raw + ((1024 - (sm90::SmemAddr(smem_raw) & 1023)) & 1023);
+  const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x / 128), 0);
+  if (threadIdx.x == 0) {
+    const uint32_t bars = sm90::SmemAddr(smem) + Tile::kBarOffset;
+    for (int s = 0; s < Tile::kStages; ++s) {
+      sm90::MbarInit(bars + 8 * (Tile::kKFull + s), 1);
+      sm90::MbarInit(bars + 8 * (Tile::kKEmpty + s), 2 * 4);
+      sm90::MbarInit(bars + 8 * (Tile::kVFull + s), 1);
+      sm90::MbarInit(bars + 8 * (Tile::kVEmpty + s), 2 * 4);
+    }
+    for (int c = 0; c < 2; ++c) {
+      sm90::MbarInit(bars + 8 * (Tile::kQFull + c), 1);
+      sm90::MbarInit(bars + 8 * (Tile::kQEmpty + c), 4);
+    }
+    sm90::FenceBarrierInit();
+  }
+  __syncthreads();
+
+  if (warpgroup == 0) {
+    sm90::SetMaxRegsDec<kProducerRegs>();
+    if (threadIdx.x == 0) WideProducer<kHeadDim>(p, smem, schedule);
+  } else {
+    sm90::SetMaxRegsInc<kConsumerRegs>();
+    WideConsumer<kHeadDim, T>(p, smem, warpgroup - 1);
+  }
+#else
+  __trap();
 #endif
 }
 
@@ -790,10 +1156,12 @@ cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, cudaStream_t
   const cuuint64_t head_bytes = D * 2 * static_cast<cuuint64_t>(p.kv_stride);
   const cuuint64_t kv_dims[3] = {D, L, Hkv};
   const cuuint64_t kv_strides[2] = {D * 2, head_bytes};
-  const cuuint32_t kv_box[3] = {Tile::kCols, kBlock, 1};
-  SEER_CUDA_RETURN_IF_ERROR(EncodeMap<3>(&k.tma_k, p.dtype, p.k, kv_dims, kv_strides, kv_box, Tile::kSwizzle));
-  SEER_CUDA_RETURN_IF_ERROR(EncodeMap<3>(&k.tma_v, p.dtype, p.v, kv_dims, kv_strides, kv_box, Tile::kSwizzle));
-  if (p.block_offsets != nullptr) {
+  const bool sorted = p.block_offsets != nullptr;
+  if (!sorted) {  // dense: Sm90WideKernel's 128-key tiles, one copy per column block
+    const cuuint32_t kv_box[3] = {Tile::kCols, Sm90WideTile<kHeadDim>::kKeys, 1};
+    SEER_CUDA_RETURN_IF_ERROR(EncodeMap<3>(&k.tma_k, p.dtype, p.k, kv_dims, kv_strides, kv_box, Tile::kSwizzle));
+    SEER_CUDA_RETURN_IF_ERROR(EncodeMap<3>(&k.tma_v, p.dtype, p.v, kv_dims, kv_strides, kv_box, Tile::kSwizzle));
+  } else {
     const cuuint64_t cols = Tile::kCols;
     const cuuint64_t tile_dims[4] = {cols, L, D / cols, Hkv};
     const cuuint64_t tile_strides[3] = {D * 2, cols * 2, head_bytes};
@@ -811,12 +1179,12 @@ cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, cudaStream_t
   k.num_kv_heads = p.num_kv_heads;
   k.nb = (p.seq_len + kBlock - 1) / kBlock;
   k.pairs = NumPairs(p.seq_len);
-  k.num_tiles = p.num_heads * k.pairs;
+  k.live_pairs = sorted ? k.pairs : k.pairs - p.first_row / (2 * kBlock);
+  k.num_tiles = p.num_heads * k.live_pairs;
   k.scale_log2 = p.scale * kLog2e;
   k.q_rope = p.q_rope;
 
   // Scratch: [order: num_tiles int32][counter], only what this launch uses.
-  const bool sorted = p.block_offsets != nullptr;
   const bool atomic = schedule == Sm90Schedule::kAtomic;
   const size_t order_bytes = sorted ? AlignUp256(sizeof(int32_t) * k.num_tiles) : 0;
   const size_t need = order_bytes + (atomic ? 256 : 0);
@@ -841,14 +1209,15 @@ cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, cudaStream_t
     e = cudaMemsetAsync(k.tile_counter, 0, sizeof(uint32_t), stream);
   }
   if (e == cudaSuccess) {
-    auto kernel = sorted ? Sm90FwdKernel<kHeadDim, T, false> : Sm90FwdKernel<kHeadDim, T, true>;
-    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemAlloc);
+    auto kernel = sorted ? Sm90FwdKernel<kHeadDim, T> : Sm90WideKernel<kHeadDim, T>;
+    const int smem_bytes = sorted ? Tile::kSmemAlloc : Sm90WideTile<kHeadDim>::kSmemAlloc;
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
     int device = 0, sms = 0;
     if (e == cudaSuccess) e = cudaGetDevice(&device);
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
     if (e == cudaSuccess) {
       const int grid = k.num_tiles < sms ? k.num_tiles : sms;
-      kernel<<<grid, kThreads, Tile::kSmemAlloc, stream>>>(k, schedule);
+      kernel<<<grid, kThreads, smem_bytes, stream>>>(k, schedule);
       e = cudaGetLastError();
     }
   }
@@ -862,7 +1231,7 @@ cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, cudaStream_t
 
 bool Sm90AttentionAvailable() {
   static Sm90aAnswers answers;
-  return Sm90aCodeRuns(reinterpret_cast<const void*>(Sm90FwdKernel<128, __nv_bfloat16, true>), answers);
+  return Sm90aCodeRuns(reinterpret_cast<const void*>(Sm90FwdKernel<128, __nv_bfloat16>), answers);
 }
 
 size_t Sm90WorkspaceBytes(int num_heads, int seq_len) {
