@@ -34,7 +34,7 @@
 //
 // Dense causal (null lists) runs Sm90WideKernel instead: the same CTA and
 // tiles, but 128 keys a step (FlashAttention-3's 128 x 128 tile) through two
-// in-order K and V rings, no queues; 8-27% faster than this kernel dense
+// in-order K and V rings, no queues; 6-27% faster than this kernel dense
 // (docs/KERNELS.md).
 
 #include "kernels/attention/attention_sm90.h"
