@@ -168,6 +168,24 @@ class AttentionGpuTest : public ::testing::Test {
     }
   }
 
+  // Params over the device buffers, dense (no lists), the 1/sqrt(D) scale.
+  static cuda::AttentionParams Params(ElemType t, const DevBuf& q, const DevBuf& k, const DevBuf& v, const DevBuf& out,
+                                      int seq_len, int Hq, int Hkv, int D, int kv_stride) {
+    cuda::AttentionParams p;
+    p.dtype = t;
+    p.q = q.get();
+    p.k = k.get();
+    p.v = v.get();
+    p.out = out.get();
+    p.seq_len = seq_len;
+    p.num_heads = Hq;
+    p.num_kv_heads = Hkv;
+    p.head_dim = D;
+    p.kv_stride = kv_stride;
+    p.scale = 1.0f / std::sqrt(static_cast<float>(D));
+    return p;
+  }
+
   // Prefill: every variant of the kernel against cpu::BlockSparseAttention
   // (cpu::CausalAttention for null lists).
   void RunPrefill(const Case& c, ElemType t) {
@@ -209,18 +227,7 @@ class AttentionGpuTest : public ::testing::Test {
       ASSERT_CUDA(indices.Upload(lists.indices.data(), lists.indices.size() * 4));
     }
 
-    cuda::AttentionParams p;
-    p.dtype = t;
-    p.q = q.get();
-    p.k = k.get();
-    p.v = v.get();
-    p.out = out.get();
-    p.seq_len = L;
-    p.num_heads = Hq;
-    p.num_kv_heads = Hkv;
-    p.head_dim = D;
-    p.kv_stride = kv_stride;
-    p.scale = shape.scale;
+    cuda::AttentionParams p = Params(t, q, k, v, out, L, Hq, Hkv, D, kv_stride);
     if (c.lists != Lists::kDenseNull) {
       p.block_offsets = static_cast<const int32_t*>(offsets.get());
       p.block_indices = static_cast<const int32_t*>(indices.get());
@@ -266,18 +273,7 @@ class AttentionGpuTest : public ::testing::Test {
     ASSERT_CUDA(q.Upload(qe.data(), qe.size() * 2));
     ASSERT_CUDA(k.Upload(ke.data(), ke.size() * 2));
     ASSERT_CUDA(v.Upload(ve.data(), ve.size() * 2));
-    cuda::AttentionParams p;
-    p.dtype = t;
-    p.q = q.get();
-    p.k = k.get();
-    p.v = v.get();
-    p.out = out.get();
-    p.seq_len = num_keys;
-    p.num_heads = Hq;
-    p.num_kv_heads = Hkv;
-    p.head_dim = D;
-    p.kv_stride = kv_stride;
-    p.scale = shape.scale;
+    cuda::AttentionParams p = Params(t, q, k, v, out, num_keys, Hq, Hkv, D, kv_stride);
     ASSERT_CUDA(cuda::DecodeAttention(p, pos, nullptr));
     ASSERT_CUDA(cudaDeviceSynchronize());
     std::vector<uint16_t> oe(ref.size());
@@ -394,18 +390,7 @@ TEST_F(AttentionGpuTest, EmptyRowsAreZero) {
     ASSERT_CUDA(v.Upload(ve.data(), ve.size() * 2));
     ASSERT_CUDA(offsets.Upload(lists.offsets.data(), lists.offsets.size() * 4));
     ASSERT_CUDA(indices.Upload(lists.indices.data(), lists.indices.size() * 4));
-    cuda::AttentionParams p;
-    p.dtype = t;
-    p.q = q.get();
-    p.k = k.get();
-    p.v = v.get();
-    p.out = out.get();
-    p.seq_len = L;
-    p.num_heads = Hq;
-    p.num_kv_heads = Hkv;
-    p.head_dim = D;
-    p.kv_stride = L;
-    p.scale = shape.scale;
+    cuda::AttentionParams p = Params(t, q, k, v, out, L, Hq, Hkv, D, L);
     p.block_offsets = static_cast<const int32_t*>(offsets.get());
     p.block_indices = static_cast<const int32_t*>(indices.get());
     for (FwdVariant variant : Variants()) {
@@ -465,18 +450,7 @@ TEST_F(AttentionGpuTest, FirstRowKeepsTheLaterRowsBits) {
     ASSERT_CUDA(q.Upload(qe.data(), n * 2));
     ASSERT_CUDA(k.Upload(ke.data(), ke.size() * 2));
     ASSERT_CUDA(v.Upload(ve.data(), ve.size() * 2));
-    cuda::AttentionParams p;
-    p.dtype = t;
-    p.q = q.get();
-    p.k = k.get();
-    p.v = v.get();
-    p.out = out.get();
-    p.seq_len = L;
-    p.num_heads = Hq;
-    p.num_kv_heads = Hkv;
-    p.head_dim = D;
-    p.kv_stride = L;
-    p.scale = 1.0f / std::sqrt(static_cast<float>(D));
+    cuda::AttentionParams p = Params(t, q, k, v, out, L, Hq, Hkv, D, L);
     auto run = [&](FwdVariant variant, int first_row, std::vector<uint16_t>* o) {
       p.first_row = first_row;
       ASSERT_CUDA(cudaMemset(out.get(), 0xFF, n * 2));
@@ -544,16 +518,7 @@ TEST_F(AttentionGpuTest, RotatesQAsRopeWould) {
     ASSERT_CUDA(cuda::RopeTable(freq.get<float>(), D / 2, 0, L, table.get<float2>(), nullptr));
     ASSERT_CUDA(cuda::ApplyRope(q_rot.get<__nv_bfloat16>(), L, Hq, D, table.get<float2>(), nullptr));
 
-    cuda::AttentionParams p;
-    p.dtype = t;
-    p.k = k.get();
-    p.v = v.get();
-    p.seq_len = L;
-    p.num_heads = Hq;
-    p.num_kv_heads = Hkv;
-    p.head_dim = D;
-    p.kv_stride = L;
-    p.scale = 1.0f / std::sqrt(static_cast<float>(D));
+    cuda::AttentionParams p = Params(t, q, k, v, out, L, Hq, Hkv, D, L);  // q and out set per run below
     p.block_offsets = null_lists ? nullptr : offsets.get<int32_t>();
     p.block_indices = null_lists ? nullptr : indices.get<int32_t>();
     for (FwdVariant variant : {FwdVariant::kSm90, FwdVariant::kSm90Static}) {

@@ -188,6 +188,200 @@ __device__ __forceinline__ void DenseTile(const Sm90Params& p, int t, int* h, in
   *h = kvh * group + r % group;
 }
 
+// --- pieces the two kernels share ----------------------------------------------
+
+// Lane 0 reads shared words the producer overwrites once this warp has
+// arrived on a barrier after the read, and broadcasts them: only the
+// arriving thread reads, and the values are warp-uniform for the compiler
+// too (see the kernels' role split).
+__device__ __forceinline__ int4 ReadShared(const int4* src, int lane) {
+  int4 v = lane == 0 ? *src : make_int4(0, 0, 0, 0);
+  v.x = __shfl_sync(0xffffffffu, v.x, 0);
+  v.y = __shfl_sync(0xffffffffu, v.y, 0);
+  v.z = __shfl_sync(0xffffffffu, v.z, 0);
+  return v;
+}
+
+// The producer's Q step for tile (h, pair), or the stop signal when `done`:
+// once each consumer has started its previous tile (and so read that tile's
+// Q), both Q blocks by TMA into q_dst (consumer 0 takes query block 2 pair +
+// 1, consumer 1 block 2 pair) and (h, query block, valid) into tile_info.
+// q_full and q_empty are consumer 0's barriers, consumer 1's follow each.
+template <int kHeadDim>
+__device__ __forceinline__ void ProduceQ(const Sm90Params& p, uint32_t q_dst, uint32_t q_full, uint32_t q_empty,
+                                         int4* tile_info, uint32_t q_phase, bool done, int h, int pair) {
+  using Tile = Sm90Tile<kHeadDim>;
+  const int qb[2] = {2 * pair + 1, 2 * pair};
+  for (int c = 0; c < 2; ++c) {
+    sm90::MbarWait(q_empty + 8 * c, q_phase ^ 1);
+    if (done) {
+      tile_info[c] = make_int4(-1, 0, 0, 0);
+      sm90::MbarArrive(q_full + 8 * c);
+      continue;
+    }
+    const bool valid = qb[c] < p.nb;
+    tile_info[c] = make_int4(h, qb[c], valid ? 1 : 0, 0);
+    if (valid) {
+      sm90::MbarArriveExpectTx(q_full + 8 * c, Tile::kTileBytes);
+      const uint32_t dst = q_dst + c * Tile::kTileBytes;
+#pragma unroll
+      for (int cb = 0; cb < Tile::kColBlocks; ++cb) {
+        sm90::TmaLoad3d(dst + cb * Tile::kColBlockBytes, &p.tma_q, q_full + 8 * c, cb * Tile::kCols, h, qb[c] * kBlock);
+      }
+    } else {
+      sm90::MbarArrive(q_full + 8 * c);
+    }
+  }
+}
+
+// A consumer's Q fragments, the A operand of every S = Q K^T, from its
+// swizzled TMA tile into registers (ldmatrix); zeros for a query block past
+// the sequence.
+template <int kHeadDim>
+__device__ __forceinline__ void LoadQFragments(uint32_t (&q_frag)[Sm90Tile<kHeadDim>::kKSteps][4], uint32_t q_smem,
+                                               bool valid, int warp, int lane) {
+  using Tile = Sm90Tile<kHeadDim>;
+  if (valid) {
+#pragma unroll
+    for (int ks = 0; ks < Tile::kKSteps; ++ks) {
+      const int row = 16 * warp + lane % 16;
+      const int chunk = (ks % Tile::kStepsPerColBlock) * 2 + lane / 16;
+      const uint32_t offset = (ks / Tile::kStepsPerColBlock) * Tile::kColBlockBytes +
+                              Swizzled<Tile::kSwizzle>(row * Tile::kSwizzle + chunk * 16);
+      ptx::LdMatrixX4(q_frag[ks], q_smem + offset);
+    }
+  } else {
+#pragma unroll
+    for (int ks = 0; ks < Tile::kKSteps; ++ks) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) q_frag[ks][r] = 0u;
+    }
+  }
+}
+
+// The token-level causal mask of a diagonal key block: the thread's S
+// elements (kSTiles n8 tiles in the m64nN accumulator layout) whose key lies
+// right of their row, with row0 the thread's first row and both counted from
+// the block's first key.
+template <int kSTiles>
+__device__ __forceinline__ void MaskRightOfDiagonal(float (&s)[kSTiles * 4], int row0, int lane) {
+#pragma unroll
+  for (int nt = 0; nt < kSTiles; ++nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int row = row0 + (e / 2) * 8;
+      const int col = nt * 8 + (lane % 4) * 2 + (e % 2);
+      if (col > row) s[nt * 4 + e] = -INFINITY;
+    }
+  }
+}
+
+// The online softmax of row half hf of S, in the log2 domain (the 4 lanes of
+// a quad share a row): updates the row's running maximum and sum, turns its
+// elements into unnormalised probabilities in place and returns O's
+// correction factor. kExpFirst computes all the exponents, fences the
+// registers, then takes all the exponentials, so that no MUFU.EX2 waits on
+// the FFMA just before it (ncu put 13.5% of the 64-key dense kernel's stalls
+// there); the same operations, the same bits.
+template <int kSTiles, bool kExpFirst>
+__device__ __forceinline__ float SoftmaxRowHalf(float (&s)[kSTiles * 4], int hf, float scale_log2, float* row_max,
+                                                float* row_sum) {
+  float mx = -INFINITY;
+#pragma unroll
+  for (int nt = 0; nt < kSTiles; ++nt) mx = fmaxf(mx, fmaxf(s[nt * 4 + 2 * hf], s[nt * 4 + 2 * hf + 1]));
+  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+  mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+  const float m_new = fmaxf(*row_max, mx * scale_log2);
+  const float m_use = m_new == -INFINITY ? 0.0f : m_new;
+  const float correction = ptx::Exp2(*row_max - m_use);
+  *row_max = m_new;
+  float sum = 0.0f;
+  if constexpr (kExpFirst) {
+#pragma unroll
+    for (int nt = 0; nt < kSTiles; ++nt) {
+#pragma unroll
+      for (int e = 2 * hf; e < 2 * hf + 2; ++e) s[nt * 4 + e] = fmaf(s[nt * 4 + e], scale_log2, -m_use);
+    }
+    sm90::FenceRegs(s);
+#pragma unroll
+    for (int nt = 0; nt < kSTiles; ++nt) {
+#pragma unroll
+      for (int e = 2 * hf; e < 2 * hf + 2; ++e) {
+        s[nt * 4 + e] = ptx::Exp2(s[nt * 4 + e]);
+        sum += s[nt * 4 + e];
+      }
+    }
+  } else {
+#pragma unroll
+    for (int nt = 0; nt < kSTiles; ++nt) {
+#pragma unroll
+      for (int e = 2 * hf; e < 2 * hf + 2; ++e) {
+        const float prob = ptx::Exp2(fmaf(s[nt * 4 + e], scale_log2, -m_use));
+        s[nt * 4 + e] = prob;
+        sum += prob;
+      }
+    }
+  }
+  *row_sum = *row_sum * correction + sum;
+  return correction;
+}
+
+// O *= the correction of each row half. Once a row's maximum has settled its
+// correction is exactly 1: then the 2 D multiplies are skipped (the same
+// bits).
+template <int kOTiles>
+__device__ __forceinline__ void RescaleO(float (&o)[kOTiles * 4], const float (&correction)[2]) {
+  if (correction[0] != 1.0f || correction[1] != 1.0f) {
+#pragma unroll
+    for (int nt = 0; nt < kOTiles; ++nt) {
+      o[nt * 4 + 0] *= correction[0];
+      o[nt * 4 + 1] *= correction[0];
+      o[nt * 4 + 2] *= correction[1];
+      o[nt * 4 + 3] *= correction[1];
+    }
+  }
+}
+
+// P, the A operand of O += P V: the C layout of two n8 tiles of S is the A
+// layout of one k16 step.
+template <int kPSteps, typename T>
+__device__ __forceinline__ void PackP(uint32_t (&p_frag)[kPSteps][4], const float (&s)[kPSteps * 8]) {
+#pragma unroll
+  for (int ks = 0; ks < kPSteps; ++ks) {
+    p_frag[ks][0] = ptx::PackPair<T>(s[8 * ks + 0], s[8 * ks + 1]);
+    p_frag[ks][1] = ptx::PackPair<T>(s[8 * ks + 2], s[8 * ks + 3]);
+    p_frag[ks][2] = ptx::PackPair<T>(s[8 * ks + 4], s[8 * ks + 5]);
+    p_frag[ks][3] = ptx::PackPair<T>(s[8 * ks + 6], s[8 * ks + 7]);
+  }
+}
+
+// A consumer's output: O / l for its 64-row query block qb of head h, rows
+// past seq_len dropped.
+template <int kHeadDim, typename T>
+__device__ __forceinline__ void StoreRows(const Sm90Params& p, const float (&o)[kHeadDim / 2],
+                                          const float (&row_sum)[2], int h, int qb, int warp, int lane) {
+  constexpr int kOTiles = kHeadDim / 8;
+  const int64_t q_stride = static_cast<int64_t>(p.num_heads) * kHeadDim;
+  const int q_rows = min(kBlock, p.seq_len - qb * kBlock);
+  T* out = static_cast<T*>(p.out) + static_cast<int64_t>(qb) * kBlock * q_stride + h * kHeadDim;
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    float total = row_sum[hf];
+    total += __shfl_xor_sync(0xffffffffu, total, 1);
+    total += __shfl_xor_sync(0xffffffffu, total, 2);
+    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+    const int row = 16 * warp + lane / 4 + hf * 8;
+    if (row < q_rows) {
+      T* dst = out + row * q_stride + (lane % 4) * 2;
+#pragma unroll
+      for (int nt = 0; nt < kOTiles; ++nt) {
+        *reinterpret_cast<uint32_t*>(dst + nt * 8) =
+            ptx::PackPair<T>(o[nt * 4 + 2 * hf] * inv, o[nt * 4 + 2 * hf + 1] * inv);
+      }
+    }
+  }
+}
+
 template <int kHeadDim, typename T>
 __device__ __forceinline__ void Producer(const Sm90Params& p, uint8_t* smem, Sm90Schedule schedule) {
   using Tile = Sm90Tile<kHeadDim>;
@@ -236,32 +430,11 @@ __device__ __forceinline__ void Producer(const Sm90Params& p, uint8_t* smem, Sm9
                                                : t + static_cast<int>(gridDim.x);
     }
 
-    // Q of both rows (or the stop signal), once each consumer has started
-    // its previous tile (and so read that tile's Q).
-    int qb[2] = {2 * pair + 1, 2 * pair};
-    for (int c = 0; c < 2; ++c) {
-      sm90::MbarWait(bar(Tile::kQEmpty + c), q_phase ^ 1);
-      if (done) {
-        tile_info[c] = make_int4(-1, 0, 0, 0);
-        sm90::MbarArrive(bar(Tile::kQFull + c));
-        continue;
-      }
-      const bool valid = qb[c] < p.nb;
-      tile_info[c] = make_int4(h, qb[c], valid ? 1 : 0, 0);
-      if (valid) {
-        sm90::MbarArriveExpectTx(bar(Tile::kQFull + c), Tile::kTileBytes);
-        const uint32_t dst = base + Tile::kQOffset + c * Tile::kTileBytes;
-#pragma unroll
-        for (int cb = 0; cb < Tile::kColBlocks; ++cb) {
-          sm90::TmaLoad3d(dst + cb * Tile::kColBlockBytes, &p.tma_q, bar(Tile::kQFull + c), cb * Tile::kCols, h,
-                          qb[c] * kBlock);
-        }
-      } else {
-        sm90::MbarArrive(bar(Tile::kQFull + c));
-      }
-    }
+    ProduceQ<kHeadDim>(p, base + Tile::kQOffset, bar(Tile::kQFull), bar(Tile::kQEmpty), tile_info, q_phase, done, h,
+                       pair);
     q_phase ^= 1;
     if (done) return;
+    const int qb[2] = {2 * pair + 1, 2 * pair};
 
     // The union of the two rows' lists, highest block first.
     int begin[2], n[2];
@@ -340,7 +513,6 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
   const uint32_t q_smem = base + Tile::kQOffset + c * Tile::kTileBytes;
   const int warp = (threadIdx.x / 32) % 4;  // warp within the warpgroup: rows 16 warp .. 16 warp + 15
   const int lane = threadIdx.x % 32;
-  const int64_t q_stride = static_cast<int64_t>(p.num_heads) * kHeadDim;
 
   // Descriptors: K is the K-major B operand of S = Q K^T, V the MN-major B
   // operand of O = P V (PTX ISA canonical layouts, 64/128-byte swizzle).
@@ -368,17 +540,6 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
     __syncwarp();
     if (lane == 0) sm90::MbarArrive(bar(Tile::kEmpty + stage));
   };
-  // Lane 0 reads shared words the producer overwrites once this warp has
-  // arrived on a barrier after the read, and broadcasts them: only the
-  // arriving thread reads, and the values are warp-uniform for the compiler
-  // too (see the kernel's role split).
-  auto read_shared = [&](const int4* src) {
-    int4 v = lane == 0 ? *src : make_int4(0, 0, 0, 0);
-    v.x = __shfl_sync(0xffffffffu, v.x, 0);
-    v.y = __shfl_sync(0xffffffffu, v.y, 0);
-    v.z = __shfl_sync(0xffffffffu, v.z, 0);
-    return v;
-  };
 
   int take_slot = 0;  // this consumer's next queue slot, and the parity of its fills
   uint32_t take_phase = 0;
@@ -386,7 +547,7 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
   for (;;) {
     sm90::MbarWait(bar(Tile::kQFull + c), q_phase);
     q_phase ^= 1;
-    const int4 info = read_shared(tile_info);
+    const int4 info = ReadShared(tile_info, lane);
     if (info.x < 0) return;
     const int h = info.x;
     const int qb = info.y;
@@ -394,22 +555,7 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
 
     // Q fragments (the A operand of every S = Q K^T) into registers.
     uint32_t q_frag[Tile::kKSteps][4];
-    if (valid) {
-#pragma unroll
-      for (int ks = 0; ks < Tile::kKSteps; ++ks) {
-        const int row = 16 * warp + lane % 16;
-        const int chunk = (ks % Tile::kStepsPerColBlock) * 2 + lane / 16;
-        const uint32_t offset =
-            (ks / Tile::kStepsPerColBlock) * Tile::kColBlockBytes + Swizzled<kSwizzle>(row * kSwizzle + chunk * 16);
-        ptx::LdMatrixX4(q_frag[ks], q_smem + offset);
-      }
-    } else {
-#pragma unroll
-      for (int ks = 0; ks < Tile::kKSteps; ++ks) {
-#pragma unroll
-        for (int r = 0; r < 4; ++r) q_frag[ks][r] = 0u;
-      }
-    }
+    LoadQFragments<kHeadDim>(q_frag, q_smem, valid, warp, lane);
     __syncwarp();
     sm90::FenceProxyAsync();  // the next TMA write of this buffer comes after these reads
     if (lane == 0) sm90::MbarArrive(bar(Tile::kQEmpty + c));
@@ -472,44 +618,14 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
 
       // --- mask: token-level causal, only in the diagonal block (keys past
       // seq_len only occur there, right of every real query).
-      if (kb == qb) {
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int row = 16 * warp + lane / 4 + (e / 2) * 8;
-            const int col = nt * 8 + (lane % 4) * 2 + (e % 2);
-            if (col > row) s[nt * 4 + e] = -INFINITY;
-          }
-        }
-      }
+      if (kb == qb) MaskRightOfDiagonal<8>(s, 16 * warp + lane / 4, lane);
 
-      // --- softmax: online, log2 domain; the 4 lanes of a quad share a row.
+      // --- softmax (exponents before exponentials, as WideConsumer does,
+      // measured 3% slower here at 32k, s = 0.9).
       float correction[2];
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt * 4 + 2 * hf], s[nt * 4 + 2 * hf + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_new = fmaxf(row_max[hf], mx * p.scale_log2);
-        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-        correction[hf] = ptx::Exp2(row_max[hf] - m_use);
-        row_max[hf] = m_new;
-        float sum = 0.0f;
-        // (Exponents before exponentials, as WideConsumer does, measured 3%
-        // slower here at 32k, s = 0.9.)
-#pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
-#pragma unroll
-          for (int e = 2 * hf; e < 2 * hf + 2; ++e) {
-            const float prob = ptx::Exp2(fmaf(s[nt * 4 + e], p.scale_log2, -m_use));
-            s[nt * 4 + e] = prob;
-            sum += prob;
-          }
-        }
-        row_sum[hf] = row_sum[hf] * correction[hf] + sum;
+        correction[hf] = SoftmaxRowHalf<8, false>(s, hf, p.scale_log2, &row_max[hf], &row_sum[hf]);
       }
 
       // --- the held block's P V is done: free its stage, rescale O.
@@ -518,25 +634,8 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
         sm90::FenceRegs(o);
         release(p_stage);
       }
-      // Once a row's maximum has settled its correction is exactly 1: skip
-      // the 2 D multiplies (the result is the same bits).
-      if (correction[0] != 1.0f || correction[1] != 1.0f) {
-#pragma unroll
-        for (int nt = 0; nt < kOTiles; ++nt) {
-          o[nt * 4 + 0] *= correction[0];
-          o[nt * 4 + 1] *= correction[0];
-          o[nt * 4 + 2] *= correction[1];
-          o[nt * 4 + 3] *= correction[1];
-        }
-      }
-      // P: the C layout of two n8 tiles is the A layout of one k16 step.
-#pragma unroll
-      for (int ks = 0; ks < kBlock / 16; ++ks) {
-        p_frag[ks][0] = ptx::PackPair<T>(s[8 * ks + 0], s[8 * ks + 1]);
-        p_frag[ks][1] = ptx::PackPair<T>(s[8 * ks + 2], s[8 * ks + 3]);
-        p_frag[ks][2] = ptx::PackPair<T>(s[8 * ks + 4], s[8 * ks + 5]);
-        p_frag[ks][3] = ptx::PackPair<T>(s[8 * ks + 6], s[8 * ks + 7]);
-      }
+      RescaleO<kOTiles>(o, correction);
+      PackP<kBlock / 16, T>(p_frag, s);
     };
 
     // This consumer's blocks, in stream order, until the tile's end marker.
@@ -553,7 +652,7 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
         take_slot = 0;
         take_phase ^= 1u;
       }
-      return read_shared(queue + slot);
+      return ReadShared(queue + slot, lane);
     };
     int4 entry = take();
     while (entry.x >= 0) {
@@ -573,25 +672,33 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
     if (have_p) flush();
 
     // --- store: O / l, rows past seq_len dropped.
-    if (!valid) continue;
-    const int q_rows = min(kBlock, p.seq_len - qb * kBlock);
-    T* out = static_cast<T*>(p.out) + static_cast<int64_t>(qb) * kBlock * q_stride + h * kHeadDim;
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      float total = row_sum[hf];
-      total += __shfl_xor_sync(0xffffffffu, total, 1);
-      total += __shfl_xor_sync(0xffffffffu, total, 2);
-      const float inv = total > 0.0f ? 1.0f / total : 0.0f;
-      const int row = 16 * warp + lane / 4 + hf * 8;
-      if (row < q_rows) {
-        T* dst = out + row * q_stride + (lane % 4) * 2;
-#pragma unroll
-        for (int nt = 0; nt < kOTiles; ++nt) {
-          *reinterpret_cast<uint32_t*>(dst + nt * 8) =
-              ptx::PackPair<T>(o[nt * 4 + 2 * hf] * inv, o[nt * 4 + 2 * hf + 1] * inv);
-        }
-      }
-    }
+    if (valid) StoreRows<kHeadDim, T>(p, o, row_sum, h, qb, warp, lane);
+  }
+}
+
+// Both kernels' CTA: the shared memory base aligned to 1024 bytes (the
+// swizzle period), the barriers initialised by thread 0 (init_barriers(bars)),
+// then the roles. Warpgroup 0 gives registers back and its thread 0 produces;
+// warpgroups 1 and 2 take them and consume.
+template <class InitBarriers, class Produce, class Consume>
+__device__ __forceinline__ void RunCta(uint8_t* smem_raw, int bar_offset, InitBarriers&& init_barriers,
+                                       Produce&& produce, Consume&& consume) {
+  uint8_t* smem = smem_raw + ((1024 - (sm90::SmemAddr(smem_raw) & 1023)) & 1023);
+  // Broadcast from lane 0 so that ptxas knows the role is warp-uniform (a
+  // wgmma on a path it thinks divergent gets serialized).
+  const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x / 128), 0);
+  if (threadIdx.x == 0) {
+    init_barriers(sm90::SmemAddr(smem) + bar_offset);
+    sm90::FenceBarrierInit();
+  }
+  __syncthreads();
+
+  if (warpgroup == 0) {
+    sm90::SetMaxRegsDec<kProducerRegs>();
+    if (threadIdx.x == 0) produce(smem);
+  } else {
+    sm90::SetMaxRegsInc<kConsumerRegs>();
+    consume(smem, warpgroup - 1);
   }
 }
 
@@ -604,40 +711,29 @@ __global__ void __launch_bounds__(kThreads, 1)
 #if defined(SEER_SM90A_ENABLED)
   using Tile = Sm90Tile<kHeadDim>;
   extern __shared__ uint8_t smem_raw[];
-  uint8_t* smem = smem_raw + ((1024 - (sm90::SmemAddr(smem_raw) & 1023)) & 1023);
-  // Broadcast from lane 0 so that ptxas knows the role is warp-uniform (a
-  // wgmma on a path it thinks divergent gets serialized).
-  const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x / 128), 0);
-  if (threadIdx.x == 0) {
-    const uint32_t bars = sm90::SmemAddr(smem) + Tile::kBarOffset;
-    for (int s = 0; s < Tile::kStages; ++s) {
-      sm90::MbarInit(bars + 8 * (Tile::kFull + s), 1);  // the producer's arrive + the bytes
-      sm90::MbarInit(bars + 8 * (Tile::kEmpty + s), 2 * 4);  // one lane per consumer warp
-    }
-    for (int c = 0; c < 2; ++c) {
-      sm90::MbarInit(bars + 8 * (Tile::kQFull + c), 1);
-      sm90::MbarInit(bars + 8 * (Tile::kQEmpty + c), 4);
-    }
-    for (int i = 0; i < 2 * Tile::kQueue; ++i) sm90::MbarInit(bars + 8 * (Tile::kReady + i), 1);
-    sm90::FenceBarrierInit();
-  }
-  __syncthreads();
-
-  if (warpgroup == 0) {
-    sm90::SetMaxRegsDec<kProducerRegs>();
-    if (threadIdx.x == 0) Producer<kHeadDim, T>(p, smem, schedule);
-  } else {
-    sm90::SetMaxRegsInc<kConsumerRegs>();
-    Consumer<kHeadDim, T>(p, smem, warpgroup - 1);
-  }
+  RunCta(
+      smem_raw, Tile::kBarOffset,
+      [](uint32_t bars) {
+        for (int s = 0; s < Tile::kStages; ++s) {
+          sm90::MbarInit(bars + 8 * (Tile::kFull + s), 1);  // the producer's arrive + the bytes
+          sm90::MbarInit(bars + 8 * (Tile::kEmpty + s), 2 * 4);  // one lane per consumer warp
+        }
+        for (int c = 0; c < 2; ++c) {
+          sm90::MbarInit(bars + 8 * (Tile::kQFull + c), 1);
+          sm90::MbarInit(bars + 8 * (Tile::kQEmpty + c), 4);
+        }
+        for (int i = 0; i < 2 * Tile::kQueue; ++i) sm90::MbarInit(bars + 8 * (Tile::kReady + i), 1);
+      },
+      [&](uint8_t* smem) { Producer<kHeadDim, T>(p, smem, schedule); },
+      [&](uint8_t* smem, int c) { Consumer<kHeadDim, T>(p, smem, c); });
 #else
   __trap();  // launched only where Sm90AttentionAvailable()
 #endif
 }
 
 // --- dense causal with 128-key steps ------------------------------------------
-// Null lists (dense causal) take this kernel instead of
-// Sm90FwdKernel<D, T, true>. The CTA is the same (a producer thread, two
+// Null lists (dense causal) take this kernel, block lists Sm90FwdKernel.
+// The CTA is the same (a producer thread, two
 // consumer warpgroups of one 64-row query block each, the tile a pair of
 // query blocks, the same tile order and schedule), but each step of a
 // consumer covers 128 keys, FlashAttention-3's tile: S = Q K^T is m64n128
@@ -728,30 +824,8 @@ __device__ __forceinline__ void WideProducer(const Sm90Params& p, uint8_t* smem,
       next = schedule == Sm90Schedule::kAtomic ? static_cast<int>(atomicAdd(p.tile_counter, 1u))
                                                : t + static_cast<int>(gridDim.x);
     }
-    // Q of both rows (or the stop signal), once each consumer has started
-    // its previous tile (and so read that tile's Q).
-    const int qb[2] = {2 * pair + 1, 2 * pair};
-    for (int c = 0; c < 2; ++c) {
-      sm90::MbarWait(bar(Tile::kQEmpty + c), q_phase ^ 1);
-      if (done) {
-        tile_info[c] = make_int4(-1, 0, 0, 0);
-        sm90::MbarArrive(bar(Tile::kQFull + c));
-        continue;
-      }
-      const bool valid = qb[c] < p.nb;
-      tile_info[c] = make_int4(h, qb[c], valid ? 1 : 0, 0);
-      if (valid) {
-        sm90::MbarArriveExpectTx(bar(Tile::kQFull + c), QTile::kTileBytes);
-        const uint32_t dst = base + Tile::kQOffset + c * QTile::kTileBytes;
-#pragma unroll
-        for (int cb = 0; cb < QTile::kColBlocks; ++cb) {
-          sm90::TmaLoad3d(dst + cb * QTile::kColBlockBytes, &p.tma_q, bar(Tile::kQFull + c), cb * QTile::kCols, h,
-                          qb[c] * kBlock);
-        }
-      } else {
-        sm90::MbarArrive(bar(Tile::kQFull + c));
-      }
-    }
+    ProduceQ<kHeadDim>(p, base + Tile::kQOffset, bar(Tile::kQFull), bar(Tile::kQEmpty), tile_info, q_phase, done, h,
+                       pair);
     q_phase ^= 1;
     if (done) return;
 
@@ -794,7 +868,6 @@ __device__ __forceinline__ void WideConsumer(const Sm90Params& p, uint8_t* smem,
   const uint32_t q_smem = base + Tile::kQOffset + c * QTile::kTileBytes;
   const int warp = (threadIdx.x / 32) % 4;  // warp within the warpgroup: rows 16 warp .. 16 warp + 15
   const int lane = threadIdx.x % 32;
-  const int64_t q_stride = static_cast<int64_t>(p.num_heads) * kHeadDim;
 
   // Descriptors as in Consumer: K the K-major B operand of S, V the MN-major
   // B operand of P V, each column block 128 rows of 128 bytes.
@@ -822,10 +895,7 @@ __device__ __forceinline__ void WideConsumer(const Sm90Params& p, uint8_t* smem,
   for (;;) {
     sm90::MbarWait(bar(Tile::kQFull + c), q_phase);
     q_phase ^= 1;
-    int4 info = lane == 0 ? *tile_info : make_int4(0, 0, 0, 0);
-    info.x = __shfl_sync(0xffffffffu, info.x, 0);
-    info.y = __shfl_sync(0xffffffffu, info.y, 0);
-    info.z = __shfl_sync(0xffffffffu, info.z, 0);
+    const int4 info = ReadShared(tile_info, lane);
     if (info.x < 0) return;
     const int h = info.x;
     const int qb = info.y;
@@ -834,22 +904,7 @@ __device__ __forceinline__ void WideConsumer(const Sm90Params& p, uint8_t* smem,
     const int row_base = (qb % 2) * kBlock + 16 * warp + lane / 4;  // the thread's first row within the tile
 
     uint32_t q_frag[QTile::kKSteps][4];
-    if (valid) {
-#pragma unroll
-      for (int ks = 0; ks < QTile::kKSteps; ++ks) {
-        const int row = 16 * warp + lane % 16;
-        const int chunk = (ks % QTile::kStepsPerColBlock) * 2 + lane / 16;
-        const uint32_t offset =
-            (ks / QTile::kStepsPerColBlock) * QTile::kColBlockBytes + Swizzled<kSwizzle>(row * kSwizzle + chunk * 16);
-        ptx::LdMatrixX4(q_frag[ks], q_smem + offset);
-      }
-    } else {
-#pragma unroll
-      for (int ks = 0; ks < QTile::kKSteps; ++ks) {
-#pragma unroll
-        for (int r = 0; r < 4; ++r) q_frag[ks][r] = 0u;
-      }
-    }
+    LoadQFragments<kHeadDim>(q_frag, q_smem, valid, warp, lane);
     __syncwarp();
     sm90::FenceProxyAsync();
     if (lane == 0) sm90::MbarArrive(bar(Tile::kQEmpty + c));
@@ -890,46 +945,12 @@ __device__ __forceinline__ void WideConsumer(const Sm90Params& p, uint8_t* smem,
       sm90::FenceRegs(s);
       release(Tile::kKEmpty + pos.stage);
 
-      if (diagonal) {
-#pragma unroll
-        for (int nt = 0; nt < kSTiles; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int row = row_base + (e / 2) * 8;
-            const int col = nt * 8 + (lane % 4) * 2 + (e % 2);
-            if (col > row) s[nt * 4 + e] = -INFINITY;
-          }
-        }
-      }
+      if (diagonal) MaskRightOfDiagonal<kSTiles>(s, row_base, lane);
 
       float correction[2];
 #pragma unroll
       for (int hf = 0; hf < 2; ++hf) {
-        float mx = -INFINITY;
-#pragma unroll
-        for (int nt = 0; nt < kSTiles; ++nt) mx = fmaxf(mx, fmaxf(s[nt * 4 + 2 * hf], s[nt * 4 + 2 * hf + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        const float m_new = fmaxf(row_max[hf], mx * p.scale_log2);
-        const float m_use = m_new == -INFINITY ? 0.0f : m_new;
-        correction[hf] = ptx::Exp2(row_max[hf] - m_use);
-        row_max[hf] = m_new;
-#pragma unroll
-        for (int nt = 0; nt < kSTiles; ++nt) {
-#pragma unroll
-          for (int e = 2 * hf; e < 2 * hf + 2; ++e) s[nt * 4 + e] = fmaf(s[nt * 4 + e], p.scale_log2, -m_use);
-        }
-        sm90::FenceRegs(s);
-        float sum = 0.0f;
-#pragma unroll
-        for (int nt = 0; nt < kSTiles; ++nt) {
-#pragma unroll
-          for (int e = 2 * hf; e < 2 * hf + 2; ++e) {
-            s[nt * 4 + e] = ptx::Exp2(s[nt * 4 + e]);
-            sum += s[nt * 4 + e];
-          }
-        }
-        row_sum[hf] = row_sum[hf] * correction[hf] + sum;
+        correction[hf] = SoftmaxRowHalf<kSTiles, true>(s, hf, p.scale_log2, &row_max[hf], &row_sum[hf]);
       }
 
       if constexpr (kHaveP) {
@@ -937,22 +958,8 @@ __device__ __forceinline__ void WideConsumer(const Sm90Params& p, uint8_t* smem,
         sm90::FenceRegs(o);
         release(Tile::kVEmpty + held.stage);
       }
-      if (correction[0] != 1.0f || correction[1] != 1.0f) {
-#pragma unroll
-        for (int nt = 0; nt < kOTiles; ++nt) {
-          o[nt * 4 + 0] *= correction[0];
-          o[nt * 4 + 1] *= correction[0];
-          o[nt * 4 + 2] *= correction[1];
-          o[nt * 4 + 3] *= correction[1];
-        }
-      }
-#pragma unroll
-      for (int ks = 0; ks < kPSteps; ++ks) {
-        p_frag[ks][0] = ptx::PackPair<T>(s[8 * ks + 0], s[8 * ks + 1]);
-        p_frag[ks][1] = ptx::PackPair<T>(s[8 * ks + 2], s[8 * ks + 3]);
-        p_frag[ks][2] = ptx::PackPair<T>(s[8 * ks + 4], s[8 * ks + 5]);
-        p_frag[ks][3] = ptx::PackPair<T>(s[8 * ks + 6], s[8 * ks + 7]);
-      }
+      RescaleO<kOTiles>(o, correction);
+      PackP<kPSteps, T>(p_frag, s);
       held = pos;
       pos.template Advance<Tile::kStages>();
     };
@@ -973,25 +980,7 @@ __device__ __forceinline__ void WideConsumer(const Sm90Params& p, uint8_t* smem,
     release(Tile::kVEmpty + held.stage);
 
     // --- store: O / l, rows past seq_len dropped.
-    if (!valid) continue;
-    const int q_rows = min(kBlock, p.seq_len - qb * kBlock);
-    T* out = static_cast<T*>(p.out) + static_cast<int64_t>(qb) * kBlock * q_stride + h * kHeadDim;
-#pragma unroll
-    for (int hf = 0; hf < 2; ++hf) {
-      float total = row_sum[hf];
-      total += __shfl_xor_sync(0xffffffffu, total, 1);
-      total += __shfl_xor_sync(0xffffffffu, total, 2);
-      const float inv = total > 0.0f ? 1.0f / total : 0.0f;
-      const int row = 16 * warp + lane / 4 + hf * 8;
-      if (row < q_rows) {
-        T* dst = out + row * q_stride + (lane % 4) * 2;
-#pragma unroll
-        for (int nt = 0; nt < kOTiles; ++nt) {
-          *reinterpret_cast<uint32_t*>(dst + nt * 8) =
-              ptx::PackPair<T>(o[nt * 4 + 2 * hf] * inv, o[nt * 4 + 2 * hf + 1] * inv);
-        }
-      }
-    }
+    if (valid) StoreRows<kHeadDim, T>(p, o, row_sum, h, qb, warp, lane);
   }
 }
 
@@ -1003,31 +992,22 @@ __global__ void __launch_bounds__(kThreads, 1)
 #if defined(SEER_SM90A_ENABLED)
   using Tile = Sm90WideTile<kHeadDim>;
   extern __shared__ uint8_t smem_raw[];
-  uint8_t* smem = smem_raw + ((1024 - (sm90::SmemAddr(smem_raw) & 1023)) & 1023);
-  const int warpgroup = __shfl_sync(0xffffffffu, static_cast<int>(threadIdx.x / 128), 0);
-  if (threadIdx.x == 0) {
-    const uint32_t bars = sm90::SmemAddr(smem) + Tile::kBarOffset;
-    for (int s = 0; s < Tile::kStages; ++s) {
-      sm90::MbarInit(bars + 8 * (Tile::kKFull + s), 1);
-      sm90::MbarInit(bars + 8 * (Tile::kKEmpty + s), 2 * 4);
-      sm90::MbarInit(bars + 8 * (Tile::kVFull + s), 1);
-      sm90::MbarInit(bars + 8 * (Tile::kVEmpty + s), 2 * 4);
-    }
-    for (int c = 0; c < 2; ++c) {
-      sm90::MbarInit(bars + 8 * (Tile::kQFull + c), 1);
-      sm90::MbarInit(bars + 8 * (Tile::kQEmpty + c), 4);
-    }
-    sm90::FenceBarrierInit();
-  }
-  __syncthreads();
-
-  if (warpgroup == 0) {
-    sm90::SetMaxRegsDec<kProducerRegs>();
-    if (threadIdx.x == 0) WideProducer<kHeadDim>(p, smem, schedule);
-  } else {
-    sm90::SetMaxRegsInc<kConsumerRegs>();
-    WideConsumer<kHeadDim, T>(p, smem, warpgroup - 1);
-  }
+  RunCta(
+      smem_raw, Tile::kBarOffset,
+      [](uint32_t bars) {
+        for (int s = 0; s < Tile::kStages; ++s) {
+          sm90::MbarInit(bars + 8 * (Tile::kKFull + s), 1);  // the producer's arrive + the bytes
+          sm90::MbarInit(bars + 8 * (Tile::kKEmpty + s), 2 * 4);  // one lane per consumer warp
+          sm90::MbarInit(bars + 8 * (Tile::kVFull + s), 1);
+          sm90::MbarInit(bars + 8 * (Tile::kVEmpty + s), 2 * 4);
+        }
+        for (int c = 0; c < 2; ++c) {
+          sm90::MbarInit(bars + 8 * (Tile::kQFull + c), 1);
+          sm90::MbarInit(bars + 8 * (Tile::kQEmpty + c), 4);
+        }
+      },
+      [&](uint8_t* smem) { WideProducer<kHeadDim>(p, smem, schedule); },
+      [&](uint8_t* smem, int c) { WideConsumer<kHeadDim, T>(p, smem, c); });
 #else
   __trap();
 #endif
