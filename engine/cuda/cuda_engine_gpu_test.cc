@@ -658,7 +658,8 @@ TEST_F(CudaEngineTest, RandomGatesKeepTheSelectedBlockCounts) {
   // Every block kept is the dense computation, but on Hopper the lists run
   // the 64-key kernel and dense the 128-key one, which round P to bf16
   // against different running maxima: the logits agree to that rounding
-  // (3.7e-3 on an H200, 2026-11-30), not to 1e-3 as when one kernel ran both.
+  // (3.7e-3 to 3.9e-3 on an H200, 2026-11-30; nz_ratio=0.1 below differs
+  // from dense by 6.3e-2), not to 1e-3 as when one kernel ran both.
   const double every_err = RelErr(every.logits, dense.logits);
   EXPECT_LE(every_err, 1e-2);
 
