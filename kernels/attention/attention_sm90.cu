@@ -202,6 +202,39 @@ __device__ __forceinline__ int4 ReadShared(const int4* src, int lane) {
   return v;
 }
 
+// The wgmma descriptors of a kernel's K and V stages (kStageBytes apart, a
+// tile's column blocks kColBlockBytes apart): K the K-major B operand of S =
+// Q K^T, V the MN-major B operand of O = P V (PTX ISA canonical layouts,
+// 64/128-byte swizzle). Stage 0's are built once. Their high words (stride
+// byte offset, swizzle) are the same, and a stage's and a k-step's offsets
+// are each a constant added to the low word's start address
+// (sm90::DescWords): one add per wgmma, where a shift, an add and two moves
+// used to sit (ptxas could not fold the offset's shift into the sum).
+template <int kSwizzle, int kStepsPerColBlock, int kColBlockBytes, int kStageBytes>
+struct StageDescs {
+  uint32_t hi, k_lo0, v_lo0;
+
+  __device__ __forceinline__ StageDescs(uint32_t k_stage0, uint32_t v_stage0) {
+    const uint64_t k = sm90::MatrixDesc(k_stage0, 16, 8 * kSwizzle, kSwizzle);
+    const uint64_t v = sm90::MatrixDesc(v_stage0, kColBlockBytes, 8 * kSwizzle, kSwizzle);
+    hi = static_cast<uint32_t>(k >> 32);
+    k_lo0 = static_cast<uint32_t>(k);
+    v_lo0 = static_cast<uint32_t>(v);
+  }
+  // K of `stage` at k16 step ks (16 channels).
+  __device__ __forceinline__ uint64_t K(int stage, int ks) const {
+    constexpr uint32_t kStageUnits = kStageBytes / 16;  // offsets in the start address's units
+    return sm90::DescWords(
+        k_lo0 + stage * kStageUnits + ((ks / kStepsPerColBlock) * kColBlockBytes + (ks % kStepsPerColBlock) * 32) / 16,
+        hi);
+  }
+  // V of `stage` at k16 step ks (16 keys).
+  __device__ __forceinline__ uint64_t V(int stage, int ks) const {
+    constexpr uint32_t kStageUnits = kStageBytes / 16;
+    return sm90::DescWords(v_lo0 + stage * kStageUnits + ks * kSwizzle, hi);
+  }
+};
+
 // The producer's Q step for tile (h, pair), or the stop signal when `done`:
 // once each consumer has started its previous tile (and so read that tile's
 // Q), both Q blocks by TMA into q_dst (consumer 0 takes query block 2 pair +
@@ -514,28 +547,11 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
   const int warp = (threadIdx.x / 32) % 4;  // warp within the warpgroup: rows 16 warp .. 16 warp + 15
   const int lane = threadIdx.x % 32;
 
-  // Descriptors: K is the K-major B operand of S = Q K^T, V the MN-major B
-  // operand of O = P V (PTX ISA canonical layouts, 64/128-byte swizzle).
-  // Stage 0's are built once. Their high words (stride byte offset, swizzle)
-  // are the same, and a stage's and a k-step's offsets are each a constant
-  // added to the low word's start address (sm90::DescWords): one add per
-  // wgmma, where a shift, an add and two moves used to sit (ptxas could
-  // not fold the offset's shift into the sum).
-  const uint64_t k_desc0 = sm90::MatrixDesc(base + Tile::kStageOffset, 16, 8 * kSwizzle, kSwizzle);
-  const uint64_t v_desc0 =
-      sm90::MatrixDesc(base + Tile::kStageOffset + Tile::kTileBytes, Tile::kColBlockBytes, 8 * kSwizzle, kSwizzle);
-  const uint32_t desc_hi = static_cast<uint32_t>(k_desc0 >> 32);
-  const uint32_t k_lo0 = static_cast<uint32_t>(k_desc0);
-  const uint32_t v_lo0 = static_cast<uint32_t>(v_desc0);
-  constexpr uint32_t kStageUnits = 2 * Tile::kTileBytes / 16;  // offsets in the start address's units
-  auto k_desc = [&](int stage, int ks) {
-    constexpr int kStep = Tile::kStepsPerColBlock;
-    return sm90::DescWords(k_lo0 + stage * kStageUnits + ((ks / kStep) * Tile::kColBlockBytes + (ks % kStep) * 32) / 16,
-                           desc_hi);
-  };
-  auto v_desc = [&](int stage, int ks) {
-    return sm90::DescWords(v_lo0 + stage * kStageUnits + ks * kSwizzle, desc_hi);
-  };
+  // A stage is a K tile and its V tile.
+  const StageDescs<kSwizzle, Tile::kStepsPerColBlock, Tile::kColBlockBytes, 2 * Tile::kTileBytes> desc(
+      base + Tile::kStageOffset, base + Tile::kStageOffset + Tile::kTileBytes);
+  auto k_desc = [&](int stage, int ks) { return desc.K(stage, ks); };
+  auto v_desc = [&](int stage, int ks) { return desc.V(stage, ks); };
   auto release = [&](int stage) {
     __syncwarp();
     if (lane == 0) sm90::MbarArrive(bar(Tile::kEmpty + stage));
@@ -869,22 +885,11 @@ __device__ __forceinline__ void WideConsumer(const Sm90Params& p, uint8_t* smem,
   const int warp = (threadIdx.x / 32) % 4;  // warp within the warpgroup: rows 16 warp .. 16 warp + 15
   const int lane = threadIdx.x % 32;
 
-  // Descriptors as in Consumer: K the K-major B operand of S, V the MN-major
-  // B operand of P V, each column block 128 rows of 128 bytes.
-  const uint64_t k_desc0 = sm90::MatrixDesc(base + Tile::kKOffset, 16, 8 * kSwizzle, kSwizzle);
-  const uint64_t v_desc0 = sm90::MatrixDesc(base + Tile::kVOffset, Tile::kColBlockBytes, 8 * kSwizzle, kSwizzle);
-  const uint32_t desc_hi = static_cast<uint32_t>(k_desc0 >> 32);
-  const uint32_t k_lo0 = static_cast<uint32_t>(k_desc0);
-  const uint32_t v_lo0 = static_cast<uint32_t>(v_desc0);
-  constexpr uint32_t kStageUnits = Tile::kTileBytes / 16;
-  auto k_desc = [&](int stage, int ks) {
-    constexpr int kStep = Tile::kStepsPerColBlock;
-    return sm90::DescWords(k_lo0 + stage * kStageUnits + ((ks / kStep) * Tile::kColBlockBytes + (ks % kStep) * 32) / 16,
-                           desc_hi);
-  };
-  auto v_desc = [&](int stage, int ks) {
-    return sm90::DescWords(v_lo0 + stage * kStageUnits + ks * kSwizzle, desc_hi);
-  };
+  // K and V in rings of their own; a column block is 128 key rows.
+  const StageDescs<kSwizzle, Tile::kStepsPerColBlock, Tile::kColBlockBytes, Tile::kTileBytes> desc(
+      base + Tile::kKOffset, base + Tile::kVOffset);
+  auto k_desc = [&](int stage, int ks) { return desc.K(stage, ks); };
+  auto v_desc = [&](int stage, int ks) { return desc.V(stage, ks); };
   auto release = [&](int i) {
     __syncwarp();
     if (lane == 0) sm90::MbarArrive(bar(i));
