@@ -107,7 +107,7 @@ struct Sm90Tile {
 
 struct Sm90Params {
   CUtensorMap tma_q;  // [L, Hq, D] as (D, Hq, L), box (cols, 1, 64)
-  CUtensorMap tma_k;  // [Hkv, kv_stride, D] as (D, L, Hkv), box (cols, 64, 1)
+  CUtensorMap tma_k;  // dense: [Hkv, kv_stride, D] as (D, L, Hkv), box (cols, 128, 1)
   CUtensorMap tma_v;
   void* out;
   const int32_t* block_offsets;  // null: dense causal
@@ -177,11 +177,12 @@ __device__ __forceinline__ void RopeQFragments(uint32_t (&q)[kKSteps][4], const 
   }
 }
 
-// The dense order: KV head by KV head; within one, pairs from the last
-// (heaviest) down, the GQA heads of a pair side by side.
-__device__ __forceinline__ void DenseTile(const Sm90Params& p, int t, int* h, int* pair) {
+// The dense order over a head's last `live_pairs` pairs: KV head by KV
+// head; within one, pairs from the last (heaviest) down, the GQA heads of a
+// pair side by side.
+__device__ __forceinline__ void DenseTile(const Sm90Params& p, int live_pairs, int t, int* h, int* pair) {
   const int group = p.num_heads / p.num_kv_heads;
-  const int per_kv_head = group * p.pairs;
+  const int per_kv_head = group * live_pairs;
   const int kvh = t / per_kv_head;
   const int r = t % per_kv_head;
   *pair = p.pairs - 1 - r / group;
@@ -427,6 +428,10 @@ __device__ __forceinline__ void Producer(const Sm90Params& p, uint8_t* smem, Sm9
   sm90::PrefetchTensorMap(&p.tma_q);
   sm90::PrefetchTensorMap(&p.tma_k_tile);
   sm90::PrefetchTensorMap(&p.tma_v_tile);
+  // Only block lists reach this producer since dense runs Sm90WideKernel, so
+  // `dense` and the null `order` branch below are never taken; they stay
+  // until a GPU run can check the list kernels without them (their PTX is
+  // what the 2026-11-30 tables measured).
   const bool dense = p.block_offsets == nullptr;
   const int group = p.num_heads / p.num_kv_heads;
 
@@ -453,7 +458,7 @@ __device__ __forceinline__ void Producer(const Sm90Params& p, uint8_t* smem, Sm9
         h = code / p.pairs;
         pair = code % p.pairs;
       } else {
-        DenseTile(p, t, &h, &pair);
+        DenseTile(p, p.pairs, t, &h, &pair);
       }
     }
     // The next tile's index is fetched now and used a tile later.
@@ -789,18 +794,6 @@ struct Sm90WideTile {
 
 #if defined(SEER_SM90A_ENABLED)
 
-// The dense order over the live pairs (AttentionParams::first_row): KV head
-// by KV head; within one, pairs from the last (heaviest) down, the GQA heads
-// of a pair side by side.
-__device__ __forceinline__ void WideTileAt(const Sm90Params& p, int t, int* h, int* pair) {
-  const int group = p.num_heads / p.num_kv_heads;
-  const int per_kv_head = group * p.live_pairs;
-  const int kvh = t / per_kv_head;
-  const int r = t % per_kv_head;
-  *pair = p.pairs - 1 - r / group;
-  *h = kvh * group + r % group;
-}
-
 // An in-order ring position: stage and the parity of its current round.
 struct RingPos {
   int stage = 0;
@@ -836,7 +829,7 @@ __device__ __forceinline__ void WideProducer(const Sm90Params& p, uint8_t* smem,
     const bool done = t >= p.num_tiles;
     int h = 0, pair = 0, next = 0;
     if (!done) {
-      WideTileAt(p, t, &h, &pair);
+      DenseTile(p, p.live_pairs, t, &h, &pair);  // AttentionParams::first_row
       next = schedule == Sm90Schedule::kAtomic ? static_cast<int>(atomicAdd(p.tile_counter, 1u))
                                                : t + static_cast<int>(gridDim.x);
     }
