@@ -247,12 +247,18 @@ __device__ __forceinline__ void StorePooledK(int64_t hr, int d, int head_dim, co
 }
 // BulkPoolKernel (sm_90): the copy engine brings a block's token rows of
 // kBulkPoolChannels channels into shared memory, in kBulkPoolGroups groups
-// with a barrier each, and a thread sums 4 channels of each group as it
+// with a barrier each, and a thread sums 2 channels of each group as it
 // lands. In the gate (H200, CUDA events) it took 0.081 -> 0.077-0.079 ms at
 // 8k tokens, 0.321 -> 0.305 at 32k and 1.368 -> 1.337 at 128k against
-// PoolKernel; alone under ncu (caches flushed) it is no faster.
+// PoolKernel; alone under ncu (caches flushed) it is no faster. The sums,
+// not the copies, bound it: every value is converted to double (16 a clock
+// per SM on Hopper) and added in token order, so it gains from warps, not
+// from bytes in flight. 256 threads of 2 channels measured 348 -> 332 us at
+// 128k tokens under ncu and 0.073-0.076 -> 0.069-0.071 ms for the fused
+// gate at 8k, against 128 threads of 4 (2026-11-30, H200; docs/KERNELS.md).
 constexpr int kBulkPoolChannels = 512;
-constexpr int kBulkPoolThreads = kBulkPoolChannels / 4;
+constexpr int kBulkPoolPerThread = 2;  // channels a thread sums
+constexpr int kBulkPoolThreads = kBulkPoolChannels / kBulkPoolPerThread;
 [[maybe_unused]] constexpr int kBulkPoolGroups = 4;
 constexpr int kBulkPoolMaxBlock = 128;  // tokens a block: 128 KB of shared memory at 2 bytes
 
@@ -464,11 +470,12 @@ __global__ void __launch_bounds__(kBulkPoolThreads)
     }
   }
 
-  const int c = threadIdx.x * 4;  // this thread's channels, from cbase
+  constexpr int kN = kBulkPoolPerThread;
+  const int c = threadIdx.x * kN;  // this thread's channels, from cbase
   const bool active = c < width;
-  double sum[4] = {0, 0, 0, 0};
-  float mx[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};
-  float mn[4] = {INFINITY, INFINITY, INFINITY, INFINITY};
+  double sum[kN] = {0, 0};
+  float mx[kN] = {-INFINITY, -INFINITY};
+  float mn[kN] = {INFINITY, INFINITY};
   for (int g = 0; g < kBulkPoolGroups; ++g) {
     const int ta = min(tokens, g * per_group);
     const int tb = min(tokens, ta + per_group);
@@ -477,10 +484,10 @@ __global__ void __launch_bounds__(kBulkPoolThreads)
     if (!active) continue;
 #pragma unroll 4
     for (int t = ta; t < tb; ++t) {
-      const uint2 raw = *reinterpret_cast<const uint2*>(tile + t * kBulkPoolChannels + c);
+      const uint32_t raw = *reinterpret_cast<const uint32_t*>(tile + t * kBulkPoolChannels + c);
       const T* e = reinterpret_cast<const T*>(&raw);
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
+      for (int i = 0; i < kN; ++i) {
         const float v = static_cast<float>(e[i]);
         sum[i] += v;
         if (is_k) {
@@ -492,16 +499,16 @@ __global__ void __launch_bounds__(kBulkPoolThreads)
   }
   if (last_waits && blockIdx.x == gridDim.x - 1) ChainedKernelWait();
   const double count = tokens;
-  const int cc = cbase + c;  // 4 channels of one head (D % 8 == 0)
+  const int cc = cbase + c;  // kN channels of one head (D % 8 == 0)
   if (is_k) {
     if (!active) return;
     const int64_t hr = static_cast<int64_t>(b) * heads + cc / p.head_dim;
-    StorePooledK<4>(hr, cc % p.head_dim, p.head_dim, mx, mn, sum, count, pooled_k, pooled_k_lo);
+    StorePooledK<kN>(hr, cc % p.head_dim, p.head_dim, mx, mn, sum, count, pooled_k, pooled_k_lo);
     return;
   }
-  float mean[4];
+  float mean[kN];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < kN; ++i) {
     mean[i] = static_cast<float>(sum[i] / count);
     if (active) pooled_q[static_cast<int64_t>(b) * channels + cc + i] = mean[i];
   }
@@ -509,7 +516,7 @@ __global__ void __launch_bounds__(kBulkPoolThreads)
   // The partner of channel d is d +- D/2 of the same head, in this CTA.
   if (active) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) means[c + i] = mean[i];
+    for (int i = 0; i < kN; ++i) means[c + i] = mean[i];
   }
   __syncthreads();
   if (!active) return;
@@ -517,7 +524,7 @@ __global__ void __launch_bounds__(kBulkPoolThreads)
   const int d0 = cc % p.head_dim;
   float* out = q_rotated + (static_cast<int64_t>(h) * nb + b) * p.head_dim;
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < kN; ++i) {
     const int d = d0 + i;
     float y1, y2;
     if (d < half) {
