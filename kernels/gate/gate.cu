@@ -471,6 +471,7 @@ __global__ void __launch_bounds__(kBulkPoolThreads)
   }
 
   constexpr int kN = kBulkPoolPerThread;
+  static_assert(kN == 2, "the initializers and the 4-byte row load below take two channels");
   const int c = threadIdx.x * kN;  // this thread's channels, from cbase
   const bool active = c < width;
   double sum[kN] = {0, 0};
