@@ -22,7 +22,7 @@
 //            sum), then dense / threshold / top-k by radix select (ties to
 //            the lower block index), last_block_dense, and the non-empty-row
 //            rule; the kept blocks go out as `lists` says (a top-k row
-//            from masks its last radix pass leaves, EmitKept);
+//            from the masks its last radix pass leaves);
 //   lists    for nz_ratio and dense every row's length is known up front, so
 //            the select writes the row's CSR offset and ascending indices
 //            itself; threshold rows leave a bitmap and a count, an exclusive
@@ -1188,20 +1188,17 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
   }
 }
 
-// --- scores on Hopper's wgmma (3xTF32), the unfused gate ---------------------
-// The causal 128 x 128 tiles of ScoresTf32Kernel, the same products (lo.hi +
-// hi.lo + hi.hi in float), on wgmma m64n128k8 with both operands in shared
-// memory: warpgroup w takes rows 64w.. of the tile against all 128 columns.
-// q' and k' come split into tf32 hi and lo parts (RopeKernel and the
-// projection kernels write them so; splitting here cost a read and two
-// writes of shared memory a float, and shared memory is what wgmma's
-// operand reads are bound by). A step is kWgK channels of the 128 q' and
-// 128 k' rows, each part 64-byte rows in the 64-byte swizzle, copied in by
-// cp.async. Needs hidden % kWgK == 0 and sm_90a.
+// --- the wgmma main loop (3xTF32) of the unfused gate's projection ----------
+// A 128 x 128 tile of A B^T on wgmma m64n128k8, both operands in shared
+// memory, each float product as three tf32 products (lo.hi + hi.lo +
+// hi.hi): warpgroup w takes rows 64w.. of the tile against all 128 columns.
+// A step is kWgK channels of the 128 A and 128 B rows, tf32 hi and lo
+// parts, each part 64-byte rows in the 64-byte swizzle, copied in by
+// cp.async. Needs sm_90a.
 constexpr int kWgK = 16;
 constexpr int kWgStages = 3;
 constexpr int kWgPartBytes = kSgemmTile * kWgK * 4;  // 128 rows of one part: 8 KB
-constexpr int kWgStageBytes = 4 * kWgPartBytes;  // q' hi, q' lo, k' hi, k' lo
+constexpr int kWgStageBytes = 4 * kWgPartBytes;  // A hi, A lo, B hi, B lo
 constexpr size_t kWgSmemBytes = kWgStages * kWgStageBytes + 1024;  // + alignment to the swizzle atom
 
 // The operands of a 128 x 128 wgmma tile, in stage order: part i (0, 1: the
@@ -1301,32 +1298,91 @@ __device__ __forceinline__ void WgmmaTf32Tile(uint32_t smem_addr, const WgParts&
 }
 #endif
 
-// With `keys`, writes OrderKey's key of each score (its bits as a float)
-// for a select that reads keys (SelectKernel's keys_in).
-__global__ void __launch_bounds__(kSgemmThreads, 2)
-    ScoresWgmmaKernel(const float* qp, const float* qp_lo, const float* kp, const float* kp_lo, int nb, int hidden,
-                      int head0, float scale, bool keys, float* scores) {
+// --- scores on Hopper's wgmma (3xTF32), one 128-row stripe a CTA -------------
+// The causal 128 x 128 tiles of ScoresTf32Kernel, the same products (lo.hi +
+// hi.lo + hi.hi in float), on wgmma m64n128k8 with both operands in shared
+// memory (warpgroup w takes rows 64w.. of a tile against all 128 columns).
+// A CTA takes query tile qt of one head and every key tile 0 .. qt of its
+// row: its 128 q' rows (tf32 hi and lo parts, all hidden channels: 128 KB
+// at hidden 128) are copied into shared memory once, and only the k' rows
+// stream, through a ring of kStripeStages steps of kWgK channels that runs
+// on from one key tile into the next. Within a tile one step's wgmmas stay
+// in flight while the next step's are issued (a stage is refilled two steps
+// after its products were issued); a tile ends with every wgmma done (ptxas
+// serializes wgmmas left in flight across a loop's back edge), and its
+// scores go out while the next tile's first steps load. q' and k' come
+// split (RopeKernel and the projection kernels write them so: splitting
+// here would cost shared-memory bandwidth, which wgmma's operand reads are
+// bound by), each part in 64-byte rows in the 64-byte swizzle.
+//
+// With `keys`, it writes OrderKey's key of each score (its bits as a float)
+// for a select that reads keys (SelectKernel's keys_in). Grid (heads, row
+// tiles), the longest stripes (the last query tiles) of every head first.
+// One CTA an SM. kSteps = hidden / kWgK <= kStripeMaxSteps; sm_90a.
+constexpr int kStripeMaxSteps = 8;  // hidden 128
+constexpr int kStripeStages = 5;
+constexpr int kStripeAhead = kStripeStages - 2;  // steps loaded ahead of the one computed
+constexpr int kStripeABytes = kStripeMaxSteps * 2 * kWgPartBytes;  // q' hi, lo: 128 KB
+constexpr int kStripeStageBytes = 2 * kWgPartBytes;  // k' hi, lo of one step
+constexpr size_t kStripeSmemBytes = kStripeABytes + kStripeStages * kStripeStageBytes + 1024;
+
+template <int kSteps>
+__global__ void __launch_bounds__(kSgemmThreads, 1)
+    ScoresStripeKernel(const float* qp, const float* qp_lo, const float* kp, const float* kp_lo, int nb, int head0,
+                       float scale, bool keys, float* scores) {
   ChainedKernelStart();
 #if defined(SEER_SM90A_ENABLED)
+  static_assert(kSteps >= 1 && kSteps <= kStripeMaxSteps, "q' fits its shared memory");
+  constexpr int kHidden = kSteps * kWgK;
   extern __shared__ __align__(16) unsigned char wg_smem[];
   const uint32_t base = sm90::SmemAddr(wg_smem);
-  const uint32_t pad = (1024u - base % 1024u) % 1024u;
-  const uint32_t smem_addr = base + pad;
-  const ScoresTile tile = ScoresTileOf(head0);
-  const int hl = tile.hl;
-  const int h = tile.h;
-  const int q_first = tile.q_first;
-  const int k_first = tile.k_first;
+  const uint32_t a_smem = base + (1024u - base % 1024u) % 1024u;
+  const uint32_t b_smem = a_smem + kStripeABytes;
+  const int row_tiles = (nb + kSgemmTile - 1) / kSgemmTile;
+  const int qt = row_tiles - 1 - static_cast<int>(blockIdx.y);  // the longest stripes first
+  const int hl = static_cast<int>(blockIdx.x);
+  const int64_t head = static_cast<int64_t>(head0 + hl) * nb * kHidden;
+  const int q_first = qt * kSgemmTile;
+  // Both warpgroups run every step, also where all their rows are past nb
+  // (zeros, not stored): a branch around the wgmmas would make ptxas
+  // serialize them, and a second path with its own barriers is not allowed.
   const int wg = threadIdx.x / 128;
-  const bool wg_busy = q_first + 64 * wg < nb;  // warpgroup-uniform
-  const int64_t head = static_cast<int64_t>(h) * nb * hidden;
-  const WgParts parts = {{qp + head, qp_lo + head, kp + head, kp_lo + head},
-                         {hidden, hidden, hidden, hidden},
-                         {q_first, q_first, k_first, k_first},
-                         {nb, nb, nb, nb}};
-  float acc[64];
-  WgmmaTf32Tile(smem_addr, parts, hidden / kWgK, wg_busy, acc);
-  if (!wg_busy) return;
+  const int total = (qt + 1) * kSteps;  // k' steps over key tiles 0 .. qt
+  const int c = threadIdx.x % 4;  // this thread's chunk in rows r0 and r0 + 64
+  const int r0 = threadIdx.x / 4;
+
+  // Rows first .. first + 127 of src (hi) and src_lo, channels of step s,
+  // into the two parts at dst; zeros past nb.
+  auto copy_step = [&](const float* src, const float* src_lo, int first, int s, uint32_t dst) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int r = r0 + 64 * j;
+      const int row = first + r;
+      const bool valid = row < nb;
+      const int64_t at = static_cast<int64_t>(row) * kHidden + s * kWgK + 4 * c;
+      const uint32_t off = Swizzle64(r, c);
+      ptx::CpAsync16ZeroFill(dst + off, valid ? src + at : src, valid);
+      ptx::CpAsync16ZeroFill(dst + kWgPartBytes + off, valid ? src_lo + at : src_lo, valid);
+    }
+  };
+  // The q' stripe joins the first commit group.
+#pragma unroll
+  for (int s = 0; s < kSteps; ++s) copy_step(qp + head, qp_lo + head, q_first, s, a_smem + s * 2 * kWgPartBytes);
+  int load_u = 0, load_kt = 0, load_s = 0;  // the next k' step to load: step load_u = load_kt * kSteps + load_s
+  auto load_next = [&] {  // one commit group a step, empty past the last
+    if (load_u < total) {
+      copy_step(kp + head, kp_lo + head, load_kt * kSgemmTile, load_s,
+                b_smem + (load_u % kStripeStages) * kStripeStageBytes);
+      ++load_u;
+      if (++load_s == kSteps) {
+        load_s = 0;
+        ++load_kt;
+      }
+    }
+    ptx::CpAsyncCommit();
+  };
+#pragma unroll
+  for (int u = 0; u < kStripeAhead; ++u) load_next();
 
   // d[4j + 2hh + e]: row 16 (warp in the warpgroup) + g + 8hh, column 8j + 2t + e.
   const int lane = threadIdx.x % 32;
@@ -1334,24 +1390,71 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
   const int t = lane % 4;
   float* out = scores + static_cast<int64_t>(hl) * nb * nb;
   const bool pairs = nb % 2 == 0;  // float2 stores stay 8-byte aligned
+  float acc[64];
+  for (int kt = 0; kt <= qt; ++kt) {
 #pragma unroll
-  for (int hh = 0; hh < 2; ++hh) {
-    const int qb = q_first + 64 * wg + 16 * (threadIdx.x / 32 % 4) + g + 8 * hh;
-    if (qb >= nb) continue;
-    float* orow = out + static_cast<int64_t>(qb) * nb;
+    for (int s = 0; s < kSteps; ++s) {
+      const int u = kt * kSteps + s;
+      ptx::CpAsyncWait<kStripeAhead - 1>();  // this thread's copies of step u (and of q') landed
+      sm90::FenceProxyAsync();  // and are seen by wgmma's reads
+      if (s > 0) sm90::WgmmaWait<1>();  // step u - 2's products are done (the tile before ended with all done)...
+      __syncthreads();  // ...in both warpgroups, so its stage may be refilled; step u is in
+      load_next();
+      const uint32_t a = a_smem + s * 2 * kWgPartBytes + wg * 64 * 64;  // the warpgroup's 64 rows of q'
+      const uint32_t b = b_smem + (u % kStripeStages) * kStripeStageBytes;
+      sm90::WgmmaFence();
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      const int kb = k_first + 8 * j + 2 * t;
-      float v0 = acc[4 * j + 2 * hh] * scale;
-      float v1 = acc[4 * j + 2 * hh + 1] * scale;
-      if (keys) {
-        v0 = __uint_as_float(OrderKey(v0));
-        v1 = __uint_as_float(OrderKey(v1));
+      for (int kk = 0; kk < kWgK / 8; ++kk) {
+        const uint32_t k_off = kk * 32;  // 8 tf32 channels
+        const uint64_t a_hi = sm90::MatrixDesc(a + k_off, 16, 512, 64);
+        const uint64_t a_lo = sm90::MatrixDesc(a + kWgPartBytes + k_off, 16, 512, 64);
+        const uint64_t b_hi = sm90::MatrixDesc(b + k_off, 16, 512, 64);
+        const uint64_t b_lo = sm90::MatrixDesc(b + kWgPartBytes + k_off, 16, 512, 64);
+        sm90::WgmmaSSTf32<128>::Run(acc, a_lo, b_hi, s > 0 || kk > 0);  // a tile's first product starts it
+        sm90::WgmmaSSTf32<128>::Run(acc, a_hi, b_lo, 1);
+        sm90::WgmmaSSTf32<128>::Run(acc, a_hi, b_hi, 1);
       }
-      StoreScorePair(orow, qb, kb, v0, v1, pairs);
+      sm90::WgmmaCommit();
+    }
+    sm90::WgmmaWait<0>();
+    sm90::FenceRegs(acc);
+    // Key tile kt's scores out, while the next steps load.
+    const int k_first = kt * kSgemmTile;
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const int qb = q_first + 64 * wg + 16 * (threadIdx.x / 32 % 4) + g + 8 * hh;
+      if (qb >= nb) continue;
+      float* orow = out + static_cast<int64_t>(qb) * nb;
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const int kb = k_first + 8 * j + 2 * t;
+        float v0 = acc[4 * j + 2 * hh] * scale;
+        float v1 = acc[4 * j + 2 * hh + 1] * scale;
+        if (keys) {
+          v0 = __uint_as_float(OrderKey(v0));
+          v1 = __uint_as_float(OrderKey(v1));
+        }
+        StoreScorePair(orow, qb, kb, v0, v1, pairs);
+      }
     }
   }
 #endif
+}
+
+// ScoresStripeKernel for hidden = kWgK * steps, steps <= kStripeMaxSteps.
+using StripeKernelFn = void (*)(const float*, const float*, const float*, const float*, int, int, float, bool, float*);
+StripeKernelFn StripeKernelFor(int steps) {
+  switch (steps) {
+    case 1: return ScoresStripeKernel<1>;
+    case 2: return ScoresStripeKernel<2>;
+    case 3: return ScoresStripeKernel<3>;
+    case 4: return ScoresStripeKernel<4>;
+    case 5: return ScoresStripeKernel<5>;
+    case 6: return ScoresStripeKernel<6>;
+    case 7: return ScoresStripeKernel<7>;
+    case 8: return ScoresStripeKernel<8>;
+    default: return nullptr;
+  }
 }
 
 // --- projection and RoPE on tensor cores (3xTF32), the unfused gate ---------
@@ -1474,8 +1577,8 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
 
 // --- projection and RoPE on Hopper's wgmma (3xTF32), the unfused gate -------
 // k' as ProjectRopeTf32Kernel computes it (128-row tiles, all 128 columns,
-// the same three products a float product), on ScoresWgmmaKernel's main
-// loop. tf32 wgmma reads both operands K-major and split, so A is the pooled
+// the same three products a float product), on the wgmma main loop
+// (WgmmaTf32Tile). tf32 wgmma reads both operands K-major and split, so A is the pooled
 // K rows, split by the pool (pooled_k, pooled_k_lo), and B is W transposed
 // to [column][channel] and split by SplitTransposeKernel. K only (no
 // mask_linear_q); needs 3D % kWgK == 0, hidden == kPrHidden and sm_90a.
@@ -1660,10 +1763,9 @@ struct KthKey {
   uint32_t key;
   int take_equal;
   int equal;  // keys equal to it in the row
-  // Whether TopKthKey left the row's kept blocks as masks (it says where);
-  // else the row still holds the keys.
+  // Whether TopKthKey left the row as the masks of the kept blocks (then
+  // the fields above are not set); else the row still holds the keys.
   bool masks;
-  int gathered;  // (masks) keys of the last range, in index order
 };
 
 // KthKey of row[0 .. n) (the scores' bits, overwritten with their keys), 1 <=
@@ -1683,10 +1785,11 @@ struct KthKey {
 // The gather pass also marks the keys above the last range, which top-k
 // keeps for certain: word w of the row (row[w], its keys read by then)
 // becomes the ballot of those among keys 32w .. 32w + 31, and the range's
-// keys and their indices go to hist[0 ..) and hist[32 ..) in index order
-// (KthKey::masks, KthKey::gathered), so that the caller need not scan the
-// row again (EmitKept). Without a gather (the range narrowed to one key)
-// the row keeps its keys.
+// keys and their indices go to hist[0 ..) and hist[32 ..) in index order.
+// Ranked among themselves by shuffles (larger first, ties by index), the
+// first `remaining` of them join the masks, which then hold exactly the
+// kept blocks (KthKey::masks): the caller need not scan the row again.
+// Without a gather (the range narrowed to one key) the row keeps its keys.
 __device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, int topk, bool keys_in) {
   const int lane = threadIdx.x % 32;
   const uint32_t lanes_below = (1u << lane) - 1u;
@@ -1776,7 +1879,6 @@ __device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, i
     span = min(span - (digit << shift), (1u << shift) - 1u);
     __syncwarp();  // hist is read before the next pass writes it
   }
-  const int gathered = in_range;
   if (span != 0) {
     // Over the whole row: the keys in the range (at most 32) into hist, with
     // their indices, and the marks of the keys above it.
@@ -1800,47 +1902,27 @@ __device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, i
       }
       if (lane == 0) row[w] = above;  // keys w * 32 .. were read above (w < 32 (w + 1))
     }
-    // Then one ballot per bit of the gathered keys' offsets from base.
+    // Then each gathered key's rank among them: the larger ones, and the
+    // equal ones of lower index (lower lane: hist is in index order)
+    // before it. Top-k keeps the first `remaining`: their bits join the
+    // masks.
     __syncwarp();
     const bool has = lane < in_range;
-    const uint32_t off = has ? hist[lane] - base : 0u;
-    uint32_t prefix = 0;  // the bits settled so far of the remaining-th largest offset
-    uint32_t prefix_mask = 0;
-    for (int bit = 31 - __clz(span); bit >= 0; --bit) {
-      const uint32_t b = 1u << bit;
-      const int ones = __popc(__ballot_sync(0xffffffffu, has && (off & prefix_mask) == prefix && (off & b)));
-      if (ones >= remaining) {
-        prefix |= b;
-      } else {
-        remaining -= ones;
-      }
-      prefix_mask |= b;
+    const uint32_t key = has ? hist[lane] : 0u;
+    int rank = 0;
+    for (int j = 0; j < in_range; ++j) {
+      const uint32_t other = __shfl_sync(0xffffffffu, key, j);
+      rank += other > key || (other == key && j < lane);
     }
-    in_range = __popc(__ballot_sync(0xffffffffu, has && off == prefix));  // the keys equal to it
-    base += prefix;
+    if (has && rank < remaining) {
+      const uint32_t i = hist[32 + lane];
+      atomicOr(&row[i / 32], 1u << (i % 32));
+    }
+    __syncwarp();
+    return {0, 0, 0, true};
   }
   // Without the gather the range is one key, in_range times.
-  return {base, remaining, in_range, span != 0, gathered};
-}
-
-// A top-k row's ascending kept indices to `out`, from TopKthKey's masks:
-// the keys of the last range (hist) above the k-th, or equal to it and
-// among the first take_equal by index, join the masks, then each lane
-// writes the indices of its mask words. One warp.
-__device__ __forceinline__ void EmitKept(const KthKey& kth, int n, uint32_t* row, const uint32_t* hist,
-                                         int32_t* out) {
-  const int lane = threadIdx.x % 32;
-  const uint32_t lanes_below = (1u << lane) - 1u;
-  const bool has = lane < kth.gathered;
-  const uint32_t key = has ? hist[lane] : 0u;
-  const bool equal = has && key == kth.key;
-  const uint32_t eq_bits = __ballot_sync(0xffffffffu, equal);
-  if ((has && key > kth.key) || (equal && __popc(eq_bits & lanes_below) < kth.take_equal)) {
-    const uint32_t i = hist[32 + lane];
-    atomicOr(&row[i / 32], 1u << (i % 32));
-  }
-  __syncwarp();
-  WriteSetBits(row, (n + 31) / 32, out);
+  return {base, remaining, in_range, false};
 }
 
 // Softmax, selection and output of one row (head h, query block qb) of
@@ -1893,7 +1975,7 @@ __device__ __forceinline__ void SelectRow(const GateParams& p, int nb, int words
     // sized up front.
     const KthKey kth = TopKthKey(row, hist, n, static_cast<int>(topk), keys_in);  // topk < n
     if (kth.masks) {
-      EmitKept(kth, n, row, hist, direct_indices);
+      WriteSetBits(row, (n + 31) / 32, direct_indices);
       return;
     }
     kth_key = kth.key;
@@ -2023,7 +2105,7 @@ __device__ __forceinline__ int32_t* DirectRow(const GateParams& p, int nb, int h
 // heaviest rows first. grid (heads in this pass, ceil(nb / rows per CTA)).
 // The row is copied into shared memory once and every pass of SelectRow
 // reads it there. keys_in: `scores` holds OrderKey's keys (nz_ratio without
-// probs; ScoresWgmmaKernel's `keys`).
+// probs; ScoresStripeKernel's `keys`).
 __global__ void __launch_bounds__(32 * kSelectMaxWarps)
     SelectKernel(GateParams p, int nb, int words, int head0, int64_t topk, int first_dense_row, const float* scores,
                  uint32_t* bitmap, int32_t* counts, bool keys_in) {
@@ -2349,10 +2431,10 @@ bool BulkPoolAvailable() {
   return Sm90aCodeRuns(reinterpret_cast<const void*>(BulkPoolKernel<__nv_bfloat16, false>), answers);
 }
 
-// Whether this device runs ScoresWgmmaKernel's sm_90a code.
+// Whether this device runs ScoresStripeKernel's sm_90a code.
 bool ScoresWgmmaAvailable() {
   static Sm90aAnswers answers;
-  return Sm90aCodeRuns(reinterpret_cast<const void*>(ScoresWgmmaKernel), answers);
+  return Sm90aCodeRuns(reinterpret_cast<const void*>(ScoresStripeKernel<kStripeMaxSteps>), answers);
 }
 
 // Whether the gate chains its kernels (LaunchChained): where sm_90a code
@@ -2531,7 +2613,8 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   // The unfused gate's scores: wgmma on sm_90, else mma.sync, else (hidden
   // % 4 != 0, or the test hooks) the SIMT kernel.
   const bool tensor_scores = !fused && p.hidden % 4 == 0 && !simt;
-  const bool wgmma = tensor_scores && p.hidden % kWgK == 0 &&
+  // (wgmma: q' in shared memory, hidden at most kStripeMaxSteps * kWgK.)
+  const bool wgmma = tensor_scores && p.hidden % kWgK == 0 && p.hidden <= kStripeMaxSteps * kWgK &&
                      !mma_sync_for_test.load(std::memory_order_relaxed) && ScoresWgmmaAvailable();
   // Top-k rows read their scores only as OrderKey's keys where nothing reads
   // the probabilities: the wgmma scores kernel then writes the keys.
@@ -2652,9 +2735,10 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     // scores + select, heads_per_pass heads at a time
     const int tiles = (nb + kSgemmTile - 1) / kSgemmTile;
     auto scores_kernel = p.hidden % 4 == 0 ? ScoresKernel<true> : ScoresKernel<false>;
+    const StripeKernelFn stripe = wgmma ? StripeKernelFor(p.hidden / kWgK) : nullptr;
     if (wgmma) {
-      SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(ScoresWgmmaKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                     static_cast<int>(kWgSmemBytes)));
+      SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(stripe, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                     static_cast<int>(kStripeSmemBytes)));
     } else if (tensor_scores) {
       SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(ScoresTf32Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                      static_cast<int>(kTcSmemBytes)));
@@ -2663,8 +2747,8 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
       const int heads = p.num_heads - head0 < g.heads_per_pass ? p.num_heads - head0 : g.heads_per_pass;
       const dim3 grid(tiles * (tiles + 1) / 2, heads);
       if (wgmma) {
-        SEER_CUDA_RETURN_IF_ERROR(LaunchChained(chain, ScoresWgmmaKernel, grid, kSgemmThreads, kWgSmemBytes, stream,
-                                                qp, qp_lo, kp, kp_lo, nb, p.hidden, head0, scale, score_keys, scores));
+        SEER_CUDA_RETURN_IF_ERROR(LaunchChained(chain, stripe, dim3(heads, tiles), kSgemmThreads, kStripeSmemBytes,
+                                                stream, qp, qp_lo, kp, kp_lo, nb, head0, scale, score_keys, scores));
       } else if (tensor_scores) {
         SEER_CUDA_RETURN_IF_ERROR(LaunchChained(chain, ScoresTf32Kernel, grid, kSgemmThreads, kTcSmemBytes, stream, qp,
                                                 kp, nb, p.hidden, head0, scale, scores));
