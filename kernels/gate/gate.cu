@@ -14,10 +14,10 @@
 //   scores   q'.k'^T * hidden^-0.5 for the causal triangle, heads_per_pass
 //            heads at a time into an nb x nb scratch per head (tensor
 //            cores, three tf32 products a float product, where hidden % 4
-//            == 0: wgmma on sm_90 where hidden % 16 == 0, the RoPE step
-//            then writing q' and k' split into tf32 hi and lo, else
-//            mma.sync; otherwise float32 fmaf in channel order, as the
-//            fused gate);
+//            == 0: wgmma on sm_90 where hidden % 16 == 0 and hidden <= 128,
+//            one 128-row stripe of q' a CTA, the RoPE step then writing q'
+//            and k' split into tf32 hi and lo, else mma.sync; otherwise
+//            float32 fmaf in channel order, as the fused gate);
 //   select   one warp per row, read once into shared memory: softmax (double
 //            sum), then dense / threshold / top-k by radix select (ties to
 //            the lower block index), last_block_dense, and the non-empty-row

@@ -403,9 +403,9 @@ class GateGpuTest : public ::testing::Test {
     p.workspace_bytes = ws_bytes;
     std::vector<int32_t> fused_offsets, fused_indices;
     // The fused gate, the unfused gate (scores on tensor cores where hidden
-    // % 4 == 0: wgmma on sm_90 where hidden % 16 == 0, else mma.sync), the
-    // unfused gate with the mma.sync kernels where wgmma would run, and
-    // the unfused gate with the SIMT scores kernel.
+    // % 4 == 0: wgmma on sm_90 where hidden % 16 == 0 and <= 128, else
+    // mma.sync), the unfused gate with the mma.sync kernels where wgmma
+    // would run, and the unfused gate with the SIMT scores kernel.
     struct Pass {
       cuda::GateVariant variant;
       bool simt_unfused;
