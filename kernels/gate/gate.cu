@@ -1337,10 +1337,75 @@ constexpr int kStripeABytes = kStripeMaxSteps * 2 * kWgPartBytes;  // q' hi, lo:
 constexpr int kStripeStageBytes = 2 * kWgPartBytes;  // k' hi, lo of one step
 constexpr size_t kStripeSmemBytes = kStripeABytes + kStripeStages * kStripeStageBytes + 1024;
 
+#if defined(SEER_SM90A_ENABLED)
+// q' rows q_first .. q_first + 127 of head h, RoPE(pooled Q) (pooled_q [nb,
+// heads, kHidden]; the RoPE pass's arithmetic, so the same bits), split into
+// tf32 hi and lo parts at their places in a stripe (step s's hi part at
+// stripe + s * 2 * kWgPartBytes, its lo part after it, 64-byte swizzle);
+// zeros past nb. Item i is four pairs (channels f .. f + 3 and their
+// partners f + kHidden / 2 ..) of one row; a thread takes items threadIdx.x
+// + 256 k and loads kBatch of them before it uses any.
+template <int kHidden>
+__device__ __forceinline__ void RotateQStripe(const float* pooled_q, const float* rope, int heads, int h, int nb,
+                                              int q_first, unsigned char* stripe) {
+  constexpr int kHalf = kHidden / 2;
+  constexpr int kQuads = kHalf / 4;  // items a row
+  constexpr int kItems = kSgemmTile * kQuads / kSgemmThreads;  // a thread's
+  constexpr int kBatch = kItems < 4 ? kItems : 4;
+  static_assert(kHalf % 4 == 0 && kSgemmTile * kQuads % kSgemmThreads == 0, "whole items, as many a thread");
+#pragma unroll
+  for (int k0 = 0; k0 < kItems; k0 += kBatch) {
+    float4 x1[kBatch], x2[kBatch], cs[kBatch], sn[kBatch];
+#pragma unroll
+    for (int j = 0; j < kBatch && k0 + j < kItems; ++j) {
+      const int i = static_cast<int>(threadIdx.x) + (k0 + j) * kSgemmThreads;
+      const int f = 4 * (i % kQuads);
+      const int64_t b = min(q_first + i / kQuads, nb - 1);  // past nb: a row that exists, not used
+      const float* x = pooled_q + (b * heads + h) * kHidden;
+      x1[j] = *reinterpret_cast<const float4*>(x + f);
+      x2[j] = *reinterpret_cast<const float4*>(x + f + kHalf);
+      cs[j] = *reinterpret_cast<const float4*>(rope + b * kHalf + f);
+      sn[j] = *reinterpret_cast<const float4*>(rope + (nb + b) * kHalf + f);
+    }
+#pragma unroll
+    for (int j = 0; j < kBatch && k0 + j < kItems; ++j) {
+      const int i = static_cast<int>(threadIdx.x) + (k0 + j) * kSgemmThreads;
+      const int f = 4 * (i % kQuads);
+      const int r = i / kQuads;
+      const bool valid = q_first + r < nb;
+      const float a1[4] = {x1[j].x, x1[j].y, x1[j].z, x1[j].w};
+      const float a2[4] = {x2[j].x, x2[j].y, x2[j].z, x2[j].w};
+      const float c[4] = {cs[j].x, cs[j].y, cs[j].z, cs[j].w};
+      const float sv[4] = {sn[j].x, sn[j].y, sn[j].z, sn[j].w};
+      uint4 hi1, lo1, hi2, lo2;
+      uint32_t* const h1 = &hi1.x;
+      uint32_t* const l1 = &lo1.x;
+      uint32_t* const h2 = &hi2.x;
+      uint32_t* const l2 = &lo2.x;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float y1, y2;
+        BlockRopePair(a1[e], a2[e], c[e], sv[e], &y1, &y2);
+        ptx::SplitTf32(valid ? y1 : 0.0f, &h1[e], &l1[e]);
+        ptx::SplitTf32(valid ? y2 : 0.0f, &h2[e], &l2[e]);
+      }
+      // Channels f .. and f + kHalf ..: their step's parts, their 16-byte chunk.
+      const int f2 = f + kHalf;
+      unsigned char* const p1 = stripe + f / kWgK * 2 * kWgPartBytes + Swizzle64(r, f % kWgK / 4);
+      unsigned char* const p2 = stripe + f2 / kWgK * 2 * kWgPartBytes + Swizzle64(r, f2 % kWgK / 4);
+      *reinterpret_cast<uint4*>(p1) = hi1;
+      *reinterpret_cast<uint4*>(p1 + kWgPartBytes) = lo1;
+      *reinterpret_cast<uint4*>(p2) = hi2;
+      *reinterpret_cast<uint4*>(p2 + kWgPartBytes) = lo2;
+    }
+  }
+}
+#endif
+
 template <int kSteps>
 __global__ void __launch_bounds__(kSgemmThreads, 1)
-    ScoresStripeKernel(const float* qp, const float* qp_lo, const float* kp, const float* kp_lo, int nb, int head0,
-                       float scale, bool keys, float* scores) {
+    ScoresStripeKernel(const float* qp, const float* qp_lo, const float* kp, const float* kp_lo, const float* pooled_q,
+                       const float* rope, int heads, int nb, int head0, float scale, bool keys, float* scores) {
   ChainedKernelStart();
 #if defined(SEER_SM90A_ENABLED)
   static_assert(kSteps >= 1 && kSteps <= kStripeMaxSteps, "q' fits its shared memory");
@@ -1376,9 +1441,13 @@ __global__ void __launch_bounds__(kSgemmThreads, 1)
       ptx::CpAsync16ZeroFill(dst + kWgPartBytes + off, valid ? src_lo + at : src_lo, valid);
     }
   };
-  // The q' stripe joins the first commit group.
+  // The q' stripe: copied, joining the first commit group; or, with
+  // pooled_q, rotated and split here once the first k' steps are on their
+  // way (below).
+  if (pooled_q == nullptr) {
 #pragma unroll
-  for (int s = 0; s < kSteps; ++s) copy_step(qp + head, qp_lo + head, q_first, s, a_smem + s * 2 * kWgPartBytes);
+    for (int s = 0; s < kSteps; ++s) copy_step(qp + head, qp_lo + head, q_first, s, a_smem + s * 2 * kWgPartBytes);
+  }
   int load_u = 0, load_kt = 0, load_s = 0;  // the next k' step to load: step load_u = load_kt * kSteps + load_s
   auto load_next = [&] {  // one commit group a step, empty past the last
     if (load_u < total) {
@@ -1394,6 +1463,9 @@ __global__ void __launch_bounds__(kSgemmThreads, 1)
   };
 #pragma unroll
   for (int u = 0; u < kStripeAhead; ++u) load_next();
+  if (pooled_q != nullptr) {
+    RotateQStripe<kHidden>(pooled_q, rope, heads, head0 + hl, nb, q_first, wg_smem + (a_smem - base));
+  }
 
   // d[4j + 2hh + e]: row 16 (warp in the warpgroup) + g + 8hh, column 8j + 2t + e.
   const int lane = threadIdx.x % 32;
@@ -1453,7 +1525,8 @@ __global__ void __launch_bounds__(kSgemmThreads, 1)
 }
 
 // ScoresStripeKernel for hidden = kWgK * steps, steps <= kStripeMaxSteps.
-using StripeKernelFn = void (*)(const float*, const float*, const float*, const float*, int, int, float, bool, float*);
+using StripeKernelFn = void (*)(const float*, const float*, const float*, const float*, const float*, const float*, int,
+                                int, int, float, bool, float*);
 StripeKernelFn StripeKernelFor(int steps) {
   switch (steps) {
     case 1: return ScoresStripeKernel<1>;
@@ -2651,6 +2724,9 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   // k' on wgmma too where the scores are (no mask_linear_q); the pool then
   // splits the pooled K.
   const bool wgmma_project = tc_project && wgmma && p.q_weight == nullptr && p.head_dim == kPrHidden;
+  // Without mask_linear_q the wgmma scores kernel rotates and splits q'
+  // itself (q' = RoPE(pooled Q)), and no RoPE pass writes it.
+  const bool q_in_stripe = wgmma && p.q_weight == nullptr;
   float* pool_k_lo = wgmma_project ? pooled_k_lo : nullptr;
 
   // The old gate's RoPE table and the split W^T come first: they read only
@@ -2716,7 +2792,7 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
                                               kSgemmThreads, kTcProjectSmemBytes, stream, p, nb, pooled_q, pooled_k,
                                               rope, qp, kp, split_q, split_k));
     }
-    if (p.q_weight == nullptr && !q_in_pool) {  // q' = RoPE(pooled Q)
+    if (p.q_weight == nullptr && !q_in_pool && !q_in_stripe) {  // q' = RoPE(pooled Q)
       SEER_CUDA_RETURN_IF_ERROR(LaunchRope(p, nb, pooled_q, rope, false, 1, qp, kp, split_q, split_k, chain, stream));
     }
   } else if (project_rope) {
@@ -2736,7 +2812,8 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     }
     SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     SEER_CUDA_RETURN_IF_ERROR(
-        LaunchRope(p, nb, pooled_q, rope, q_in_pool, q_in_pool ? 1 : 2, qp, kp, split_q, split_k, chain, stream));
+        LaunchRope(p, nb, pooled_q, rope, q_in_pool || q_in_stripe, q_in_pool || q_in_stripe ? 1 : 2, qp, kp, split_q,
+                   split_k, chain, stream));
   }
 
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(p.hidden)));
@@ -2774,7 +2851,8 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
       const dim3 grid(tiles * (tiles + 1) / 2, heads);
       if (wgmma) {
         SEER_CUDA_RETURN_IF_ERROR(LaunchChained(chain, stripe, dim3(heads, tiles), kSgemmThreads, kStripeSmemBytes,
-                                                stream, qp, qp_lo, kp, kp_lo, nb, head0, scale, score_keys, scores));
+                                                stream, qp, qp_lo, kp, kp_lo, q_in_stripe ? pooled_q : nullptr, rope,
+                                                p.num_heads, nb, head0, scale, score_keys, scores));
       } else if (tensor_scores) {
         SEER_CUDA_RETURN_IF_ERROR(LaunchChained(chain, ScoresTf32Kernel, grid, kSgemmThreads, kTcSmemBytes, stream, qp,
                                                 kp, nb, p.hidden, head0, scale, scores));

@@ -632,6 +632,10 @@ TEST_F(GateGpuTest, SmallShapes) {
       // is 4 lanes); D = 8 (a thread holds both halves) must not.
       {700, 4, 2, 32, 32, false, false, false, "nz_ratio=0.3", false, 0, false, bf},
       {300, 2, 1, 8, 8, false, false, true, "threshold=0.005", false, 0, false, fp},
+      // Without mask_linear_q the wgmma scores kernel rotates q' itself; at
+      // D = 96 and 48 a thread's items (6 and 3) do not fill whole batches.
+      {333, 4, 2, 96, 96, false, false, false, "nz_ratio=0.2", false, 0, false, bf},
+      {150, 4, 1, 48, 48, false, false, true, "threshold=0.005", true, 0, false, fp},
   };
   for (const GateCase& c : cases) Run(c);
 }
