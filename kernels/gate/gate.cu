@@ -2811,9 +2811,8 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
       kernel<<<grid, kSgemmThreads, 0, stream>>>(p, nb, pooled_q, pooled_k, qp, kp);
     }
     SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-    SEER_CUDA_RETURN_IF_ERROR(
-        LaunchRope(p, nb, pooled_q, rope, q_in_pool || q_in_stripe, q_in_pool || q_in_stripe ? 1 : 2, qp, kp, split_q,
-                   split_k, chain, stream));
+    SEER_CUDA_RETURN_IF_ERROR(LaunchRope(p, nb, pooled_q, rope, q_in_pool || q_in_stripe,
+                                         q_in_pool || q_in_stripe ? 1 : 2, qp, kp, split_q, split_k, chain, stream));
   }
 
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(p.hidden)));
