@@ -1001,16 +1001,24 @@ TEST(Isolation, TokenBuffersAreBoundedByAdmissionAndStalledGeneratesAreCancelled
   options.max_concurrent = 2;
   options.max_new_tokens = 2000;
   options.max_buffered_bytes = 2 * GenerateStreamBytes(2000, engine->config().num_layers);
-  options.write_stall_seconds = 2.0;
+  options.write_stall_seconds = 4.0;
   DecodeHarness decode(prefill.server->address(), engine.get(), options);
 
   v1::GenerateRequest req;
   for (int i = 0; i < 10; ++i) req.add_token_ids(i * 7);
   req.set_max_new_tokens(2000);
   std::vector<std::unique_ptr<StalledGenerate>> stalled;
-  for (int i = 0; i < 3; ++i) stalled.push_back(StartStalledGenerate(decode.server->address(), req));
+  // Two are admitted and hold the whole budget; only then does the third
+  // come, so that it meets a full budget and not one a stall has already
+  // freed (on a loaded machine the three arrived far enough apart for
+  // that: the third was admitted, and no request was refused).
+  for (int i = 0; i < 2; ++i) stalled.push_back(StartStalledGenerate(decode.server->address(), req));
+  ASSERT_TRUE(WaitFor([&] { return decode.service->buffered_bytes() == options.max_buffered_bytes; }, 30s))
+      << decode.service->buffered_bytes();
+  stalled.push_back(StartStalledGenerate(decode.server->address(), req));
   ASSERT_TRUE(WaitFor(
-      [&] { return CountByCode(*decode.registry, "seer_decode_requests_total", "RESOURCE_EXHAUSTED") == 1; }, 30s));
+      [&] { return CountByCode(*decode.registry, "seer_decode_requests_total", "RESOURCE_EXHAUSTED") == 1; }, 30s))
+      << "write stalls: " << decode.metrics.write_stalls.Value();
   EXPECT_EQ(decode.service->buffered_bytes(), options.max_buffered_bytes);
   ASSERT_TRUE(WaitFor([&] { return decode.metrics.write_stalls.Value() == 2; }, 60s));
   ASSERT_TRUE(WaitFor([&] { return decode.service->buffered_bytes() == 0; }, 30s));
