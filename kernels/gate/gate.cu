@@ -2252,6 +2252,8 @@ struct FusedShape {
   static constexpr int kPitch = kCols + 1;  // of the k' tile
   static_assert(kRowsPerThread * kRowGroups == kRows, "rows split evenly");
   static_assert(kThreads % kFusedC == 0, "a thread loads one channel of the k' tile");
+  // A CTA's rows in two halves (FusedRowMap) where a thread's rows lie in one.
+  static constexpr bool kPaired = kRows >= 2 && kRowsPerThread <= kRows / 2;
 };
 
 // Shared memory of the fused kernel: scores [kRows][nb], q' transposed
@@ -2260,6 +2262,45 @@ size_t FusedSmemBytes(int rows, int threads, int nb, int hidden, int cols = 256)
   return sizeof(float) * (static_cast<size_t>(rows) * nb + static_cast<size_t>(hidden) * rows +
                           static_cast<size_t>(kFusedC) * (cols + 1)) +
          sizeof(uint32_t) * (threads / 32) * 257;
+}
+
+// The rows of a fused CTA. kPaired: half of them light (half-group x of
+// kRows / 2 rows) and half heavy (half-group G - 1 - x of G), so that every
+// CTA has about the same causal work: at 8k tokens the kernel is one wave,
+// and took as long as its heaviest CTA when a CTA held kRows consecutive
+// rows (17.5-17.8 -> 15.8-16.4 us, ncu, H200, 2026-11-30). The middle CTA
+// of an odd G has no heavy half (rows from nb on). Only where a thread's
+// rows lie in one half (else the light rows would be computed against every
+// key of the heavy ones: 1.5 -> 2.0 ms at 128k tokens and 8 rows a CTA);
+// otherwise kRows consecutive rows, the heaviest first. Rows grow with r.
+template <int kRows, bool kPaired>
+struct FusedRowMap {
+  int light, heavy;  // the first rows of the two halves (of all rows, unpaired)
+  __device__ int Row(int r) const {
+    if constexpr (!kPaired) return light + r;
+    return r < kRows / 2 ? light + r : heavy + (r - kRows / 2);
+  }
+  // One past the last row below nb.
+  __device__ int End(int nb) const {
+    if constexpr (!kPaired) return min(nb, light + kRows);
+    return min(nb, (heavy < nb ? heavy : light) + kRows / 2);
+  }
+};
+
+template <int kRows, bool kPaired>
+__device__ FusedRowMap<kRows, kPaired> FusedRowsOf(int nb) {
+  const int x = static_cast<int>(blockIdx.x);
+  if constexpr (!kPaired) return {(static_cast<int>(gridDim.x) - 1 - x) * kRows, nb};
+  const int groups = (nb + kRows / 2 - 1) / (kRows / 2);
+  const int heavy = groups - 1 - x;
+  return {x * (kRows / 2), heavy > x ? heavy * (kRows / 2) : nb};
+}
+
+// The CTAs a fused launch takes for each head.
+int FusedCtas(int nb, int rows, bool paired) {
+  if (!paired) return (nb + rows - 1) / rows;
+  const int groups = (nb + rows / 2 - 1) / (rows / 2);
+  return (groups + 1) / 2;
 }
 
 // kHidden: p.hidden where not 0 (a compile-time k' row stride: the tile's
@@ -2278,23 +2319,22 @@ __global__ void __launch_bounds__(FusedShape<kRows, kCols>::kThreads, 2)
   float* qs = scores + static_cast<size_t>(kRows) * nb;  // [hidden][kRows]
   float* ks = qs + static_cast<size_t>(hidden) * kRows;  // [kFusedC][kFusedKPitch]
   uint32_t* hist = reinterpret_cast<uint32_t*>(ks + kFusedC * kFusedKPitch);  // [warps][257]
-  // The heaviest rows (the last ones) first.
-  const int qb0 = (gridDim.x - 1 - blockIdx.x) * kRows;
+  const FusedRowMap<kRows, Shape::kPaired> rows = FusedRowsOf<kRows, Shape::kPaired>(nb);
   const int h = blockIdx.y;
   const int tid = threadIdx.x;
   const float* qh = qp + static_cast<int64_t>(h) * nb * hidden;
   const float* kh = kp + static_cast<int64_t>(h) * nb * hidden;
-  const int row_end = min(nb, qb0 + kRows);  // rows qb0 .. row_end - 1; keys 0 .. row_end - 1
+  const int row_end = rows.End(nb);  // keys 0 .. row_end - 1
 
   for (int i = tid; i < hidden * kRows; i += Shape::kThreads) {
     const int c = i / kRows;
-    const int r = i % kRows;
-    qs[i] = qb0 + r < nb ? qh[static_cast<int64_t>(qb0 + r) * hidden + c] : 0.0f;
+    const int qb = rows.Row(i % kRows);
+    qs[i] = qb < nb ? qh[static_cast<int64_t>(qb) * hidden + c] : 0.0f;
   }
   const int col = tid % kFusedCols;
   const int r0 = (tid / kFusedCols) * Shape::kRowsPerThread;
   const int warp_col = col / 32 * 32;  // the warp's first column
-  const int last_row = min(row_end - 1, qb0 + r0 + Shape::kRowsPerThread - 1);  // the warp's last causal row
+  const int last_row = min(row_end - 1, rows.Row(r0 + Shape::kRowsPerThread - 1));  // the warp's last causal row
   for (int kb0 = 0; kb0 < row_end; kb0 += kFusedCols) {
     // A warp whose columns all lie above its rows' diagonal only loads.
     const bool busy = kb0 + warp_col <= last_row;
@@ -2345,7 +2385,7 @@ __global__ void __launch_bounds__(FusedShape<kRows, kCols>::kThreads, 2)
     const int kb = kb0 + col;
 #pragma unroll
     for (int r = 0; r < Shape::kRowsPerThread; ++r) {
-      if (kb <= qb0 + r0 + r && kb < nb) scores[(r0 + r) * nb + kb] = acc[r] * scale;
+      if (kb <= rows.Row(r0 + r) && kb < nb) scores[(r0 + r) * nb + kb] = acc[r] * scale;
     }
   }
   __syncthreads();
@@ -2353,8 +2393,8 @@ __global__ void __launch_bounds__(FusedShape<kRows, kCols>::kThreads, 2)
   const bool direct = p.mode != SparsityMode::kThreshold;
   const int warp = tid / 32;
   for (int r = warp; r < kRows; r += Shape::kWarps) {
-    const int qb = qb0 + r;
-    if (qb >= nb) break;
+    const int qb = rows.Row(r);
+    if (qb >= nb) break;  // and so are the rows after it
     int32_t* direct_indices = direct ? DirectRow(p, nb, h, qb, topk, first_dense_row) : nullptr;
     SelectRow(p, nb, words, h, qb, topk, first_dense_row,
               reinterpret_cast<uint32_t*>(scores + static_cast<size_t>(r) * nb), hist + warp * 257,
@@ -2396,8 +2436,8 @@ cudaError_t LaunchFused(const GateParams& p, int nb, int words, int64_t topk, in
   SEER_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   // Plain launch: the fused gate's one-wave kernels measured slower chained.
-  return LaunchChained(false, kernel, dim3((nb + kRows - 1) / kRows, p.num_heads), Shape::kThreads, smem, stream, p,
-                       nb, words, topk, first_dense_row, scale, qp, kp, bitmap, counts);
+  return LaunchChained(false, kernel, dim3(FusedCtas(nb, kRows, Shape::kPaired), p.num_heads), Shape::kThreads, smem, stream, p, nb,
+                       words, topk, first_dense_row, scale, qp, kp, bitmap, counts);
 }
 
 // --- lists ----------------------------------------------------------------
