@@ -2436,8 +2436,8 @@ cudaError_t LaunchFused(const GateParams& p, int nb, int words, int64_t topk, in
   SEER_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   // Plain launch: the fused gate's one-wave kernels measured slower chained.
-  return LaunchChained(false, kernel, dim3(FusedCtas(nb, kRows, Shape::kPaired), p.num_heads), Shape::kThreads, smem, stream, p, nb,
-                       words, topk, first_dense_row, scale, qp, kp, bitmap, counts);
+  return LaunchChained(false, kernel, dim3(FusedCtas(nb, kRows, Shape::kPaired), p.num_heads), Shape::kThreads, smem,
+                       stream, p, nb, words, topk, first_dense_row, scale, qp, kp, bitmap, counts);
 }
 
 // --- lists ----------------------------------------------------------------
