@@ -9,14 +9,15 @@
 //   rope     half-split RoPE at positions 0, block, 2 * block, ...; angle =
 //            float(pos) * inv_freq in float32, cos/sin in double then float,
 //            the rotation in float32 without contraction (as the CPU does);
-//            the fused gate rotates q' in the pool (no mask_linear_q); at
-//            hidden 128 both gates project and rotate in one kernel;
+//            without mask_linear_q the fused gate rotates q' in the pool
+//            and the old gate's wgmma scores kernel in its q' stripe; at
+//            hidden 128 both gates project and rotate k' in one kernel;
 //   scores   q'.k'^T * hidden^-0.5 for the causal triangle, heads_per_pass
 //            heads at a time into an nb x nb scratch per head (tensor
 //            cores, three tf32 products a float product, where hidden % 4
 //            == 0: wgmma on sm_90 where hidden % 16 == 0 and hidden <= 128,
-//            one 128-row stripe of q' a CTA, the RoPE step then writing q'
-//            and k' split into tf32 hi and lo, else mma.sync; otherwise
+//            one 128-row stripe of q' a CTA, q' and k' split into tf32 hi
+//            and lo where they are made, else mma.sync; otherwise
 //            float32 fmaf in channel order, as the fused gate);
 //   select   one warp per row, read once into shared memory: softmax (double
 //            sum), then dense / threshold / top-k by radix select (ties to
