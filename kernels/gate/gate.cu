@@ -2291,10 +2291,13 @@ struct FusedRowMap {
 template <int kRows, bool kPaired>
 __device__ FusedRowMap<kRows, kPaired> FusedRowsOf(int nb) {
   const int x = static_cast<int>(blockIdx.x);
-  if constexpr (!kPaired) return {(static_cast<int>(gridDim.x) - 1 - x) * kRows, nb};
-  const int groups = (nb + kRows / 2 - 1) / (kRows / 2);
-  const int heavy = groups - 1 - x;
-  return {x * (kRows / 2), heavy > x ? heavy * (kRows / 2) : nb};
+  if constexpr (!kPaired) {
+    return {(static_cast<int>(gridDim.x) - 1 - x) * kRows, nb};
+  } else {
+    const int groups = (nb + kRows / 2 - 1) / (kRows / 2);
+    const int heavy = groups - 1 - x;
+    return {x * (kRows / 2), heavy > x ? heavy * (kRows / 2) : nb};
+  }
 }
 
 // The CTAs a fused launch takes for each head.
