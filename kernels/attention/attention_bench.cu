@@ -250,6 +250,14 @@ void BenchGate(const Options& o, int seq, int D, double attn_sparse_ms, std::vec
     rows->push_back({D, seq, name, ms, attn_sparse_ms});
     std::printf("  gate d=%d seq=%d %s: %.3f ms\n", D, seq, name, ms);
     std::fflush(stdout);
+#if defined(SEER_GATE_TRACE)
+    for (int run = 0; run < 3; ++run) {
+      SEER_CUDA_CHECK(seer::cuda::GateTraceReset());
+      SEER_CUDA_CHECK(seer::cuda::RunGateKernelsVariant(g, variant, nullptr));
+      SEER_CUDA_CHECK(cudaDeviceSynchronize());
+      SEER_CUDA_CHECK(seer::cuda::GateTracePrint(name));
+    }
+#endif
   }
   SEER_CUDA_CHECK(cudaFree(q));
   SEER_CUDA_CHECK(cudaFree(k));

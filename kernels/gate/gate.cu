@@ -42,6 +42,11 @@
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
+#if defined(SEER_GATE_TRACE)
+#include <algorithm>
+#include <cstdio>
+#include <vector>
+#endif
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -54,6 +59,46 @@
 
 namespace seer::cuda {
 namespace {
+
+#if defined(SEER_GATE_TRACE)
+// Diagnostics only (built with -DSEER_GATE_TRACE): thread 0 of every CTA of
+// the fused gate's kernels records its SM, its first globaltimer reading,
+// the reading after its wait for the kernel before it (0 where none), and
+// its last reading.
+struct GateTraceRec {
+  uint32_t kernel, cta, sm, pad;
+  uint64_t start, ready, end;
+};
+constexpr int kGateTraceCap = 1 << 15;
+__device__ GateTraceRec g_gate_trace[kGateTraceCap];
+__device__ unsigned g_gate_trace_n;
+__device__ __forceinline__ uint64_t GlobalTimer() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+struct GateTraceScope {
+  uint32_t kernel;
+  uint64_t start, ready = 0;
+  __device__ explicit GateTraceScope(uint32_t k) : kernel(k), start(threadIdx.x == 0 ? GlobalTimer() : 0) {}
+  __device__ void Ready() {
+    if (threadIdx.x == 0) ready = GlobalTimer();
+  }
+  __device__ ~GateTraceScope() {
+    if (threadIdx.x != 0) return;
+    uint32_t sm;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+    const unsigned i = atomicAdd(&g_gate_trace_n, 1u);
+    const uint32_t cta = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    if (i < kGateTraceCap) g_gate_trace[i] = {kernel, cta, sm, 0, start, ready, GlobalTimer()};
+  }
+};
+#define SEER_GATE_TRACE_CTA(id) GateTraceScope seer_gate_trace_(id)
+#define SEER_GATE_TRACE_READY() seer_gate_trace_.Ready()
+#else
+#define SEER_GATE_TRACE_CTA(id)
+#define SEER_GATE_TRACE_READY()
+#endif
 
 constexpr int kMaxHeadDim = 256;
 constexpr int kMaxHidden = 512;
@@ -417,6 +462,7 @@ __global__ void __launch_bounds__(kBulkPoolThreads)
 #if defined(SEER_SM90A_ENABLED)
   const int y0 = kPart ? y0_arg : 0;
   const bool last_waits = kPart && last_waits_arg;
+  SEER_GATE_TRACE_CTA(kPart ? (y0_arg > 0 ? 1 : 3) : 0);
   ChainedKernelLaunchDependents();
   extern __shared__ __align__(128) unsigned char pool_smem[];
   __shared__ __align__(8) uint64_t bars[kBulkPoolGroups];
@@ -459,6 +505,7 @@ __global__ void __launch_bounds__(kBulkPoolThreads)
     // flight, and finishes after them (what the kernels chained after it
     // rely on).
     if (!last_waits) ChainedKernelWait();
+    SEER_GATE_TRACE_READY();
   }
   // While the rows are on their way.
   if (rope_table != nullptr && y == y0) {
@@ -792,7 +839,9 @@ template <int kWarps, int kR>
 __global__ void __launch_bounds__(32 * kWarps, 1)
     ProjectRopeKernel(GateParams p, int nb, const float* pooled_q, const float* pooled_k, const float* rope,
                       float* qp, float* kp) {
+  SEER_GATE_TRACE_CTA(2);
   ChainedKernelStart();
+  SEER_GATE_TRACE_READY();
   constexpr int kRows = kR * kWarps;
   constexpr int kThreads = 32 * kWarps;
   static_assert(kPrHidden == 32 * 4 && kPrSlab % kWarps == 0, "a lane's four columns; whole slab rows a warp");
@@ -2313,6 +2362,7 @@ template <int kRows, int kCols, int kHidden>
 __global__ void __launch_bounds__(FusedShape<kRows, kCols>::kThreads, 2)
     FusedSelectKernel(GateParams p, int nb, int words, int64_t topk, int first_dense_row, float scale, const float* qp,
                       const float* kp, uint32_t* bitmap, int32_t* counts) {
+  SEER_GATE_TRACE_CTA(4);
   ChainedKernelStart();
   using Shape = FusedShape<kRows, kCols>;
   constexpr int kFusedCols = kCols;
@@ -2964,5 +3014,58 @@ cudaError_t RunGateSelectForTest(const GateParams& p, const float* scores, cudaS
   if (p.mode != SparsityMode::kThreshold) return cudaSuccess;
   return LaunchLists(p, nb, g.words, bitmap, counts, stream);
 }
+
+#if defined(SEER_GATE_TRACE)
+cudaError_t GateTraceReset() {
+  const unsigned zero = 0;
+  return cudaMemcpyToSymbol(g_gate_trace_n, &zero, sizeof(zero));
+}
+
+cudaError_t GateTracePrint(const char* title) {
+  unsigned n = 0;
+  SEER_CUDA_RETURN_IF_ERROR(cudaMemcpyFromSymbol(&n, g_gate_trace_n, sizeof(n)));
+  n = n < kGateTraceCap ? n : kGateTraceCap;
+  std::vector<GateTraceRec> recs(n);
+  if (n > 0) SEER_CUDA_RETURN_IF_ERROR(cudaMemcpyFromSymbol(recs.data(), g_gate_trace, sizeof(GateTraceRec) * n));
+  if (n == 0) return cudaSuccess;
+  uint64_t t0 = recs[0].start, t1 = 0;
+  for (const auto& r : recs) t0 = std::min(t0, r.start), t1 = std::max(t1, r.end);
+  auto us = [&](uint64_t t) { return (static_cast<double>(t) - static_cast<double>(t0)) / 1000.0; };
+  static const char* names[] = {"pool (all)", "K pool", "projection", "Q pool", "select"};
+  std::printf("gate trace %s: %u CTAs, %.1f us from the first CTA's start to the last one's end\n", title, n, us(t1));
+  std::printf(
+      "| kernel | CTAs | SMs | first start | last start | first ready | last ready | first end | last end |"
+      " CTA us median / max |\n|---|---|---|---|---|---|---|---|---|---|\n");
+  for (uint32_t k = 0; k < 5; ++k) {
+    std::vector<double> dur;
+    double fs = 1e30, ls = -1, fr = 1e30, lr = -1, fe = 1e30, le = -1;
+    std::vector<bool> sms(1024, false);
+    for (const auto& r : recs) {
+      if (r.kernel != k) continue;
+      dur.push_back((static_cast<double>(r.end) - static_cast<double>(r.start)) / 1000.0);
+      fs = std::min(fs, us(r.start)), ls = std::max(ls, us(r.start));
+      fe = std::min(fe, us(r.end)), le = std::max(le, us(r.end));
+      if (r.ready != 0) fr = std::min(fr, us(r.ready)), lr = std::max(lr, us(r.ready));
+      if (r.sm < sms.size()) sms[r.sm] = true;
+    }
+    if (dur.empty()) continue;
+    std::sort(dur.begin(), dur.end());
+    std::printf("| %s | %zu | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f / %.1f |\n", names[k], dur.size(),
+                static_cast<int>(std::count(sms.begin(), sms.end(), true)), fs, ls, fr < 1e29 ? fr : -1.0, lr, fe, le,
+                dur[dur.size() / 2], dur.back());
+  }
+  // CTAs of each kernel running in each 2 us bin.
+  const int bins = static_cast<int>(us(t1) / 2.0) + 1;
+  std::printf("CTAs running per 2 us (pool-all / K pool / projection / Q pool / select):\n");
+  for (int b = 0; b < bins; ++b) {
+    int c[5] = {0, 0, 0, 0, 0};
+    for (const auto& r : recs) {
+      if (us(r.start) < 2.0 * (b + 1) && us(r.end) >= 2.0 * b && r.kernel < 5) ++c[r.kernel];
+    }
+    std::printf("  %5.1f us: %4d %4d %4d %4d %4d\n", 2.0 * b, c[0], c[1], c[2], c[3], c[4]);
+  }
+  return cudaSuccess;
+}
+#endif
 
 }  // namespace seer::cuda

@@ -157,4 +157,11 @@ cudaError_t RunGateSelectForTest(const GateParams& p, const float* scores, cudaS
 cudaError_t KeepLastQueryBlock(const int32_t* offsets, const int32_t* indices, int num_heads, int nb,
                                int32_t* out_offsets, int32_t* out_indices, cudaStream_t stream);
 
+#if defined(SEER_GATE_TRACE)
+// Diagnostics only (-DSEER_GATE_TRACE): forget the fused gate's CTA records,
+// and print a summary of those since.
+cudaError_t GateTraceReset();
+cudaError_t GateTracePrint(const char* title);
+#endif
+
 }  // namespace seer::cuda
