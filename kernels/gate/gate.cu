@@ -2483,14 +2483,19 @@ int FusedRowsFor(int nb, int hidden) {
 
 template <int kRows, int kCols = 256>
 cudaError_t LaunchFused(const GateParams& p, int nb, int words, int64_t topk, int first_dense_row, float scale,
-                        const float* qp, const float* kp, uint32_t* bitmap, int32_t* counts, cudaStream_t stream) {
+                        const float* qp, const float* kp, uint32_t* bitmap, int32_t* counts, bool chained,
+                        cudaStream_t stream) {
   using Shape = FusedShape<kRows, kCols>;
   const size_t smem = FusedSmemBytes(kRows, Shape::kThreads, nb, p.hidden, kCols);
   auto kernel = p.hidden == kPrHidden ? FusedSelectKernel<kRows, kCols, kPrHidden> : FusedSelectKernel<kRows, kCols, 0>;
   SEER_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  // Plain launch: the fused gate's one-wave kernels measured slower chained.
-  return LaunchChained(false, kernel, dim3(FusedCtas(nb, kRows, Shape::kPaired), p.num_heads), Shape::kThreads, smem,
+  // Chained after the Q pool (the K-first gate), the select's CTAs take
+  // SMs as the Q pool drains and start the moment it ends: 0.063-0.065
+  // against 0.065-0.068 ms for the gate at 8k, plain (H200, 2026-11-30).
+  // (Plain elsewhere: the fused gate's one-wave kernels measured slower
+  // chained.)
+  return LaunchChained(chained, kernel, dim3(FusedCtas(nb, kRows, Shape::kPaired), p.num_heads), Shape::kThreads, smem,
                        stream, p, nb, words, topk, first_dense_row, scale, qp, kp, bitmap, counts);
 }
 
@@ -2917,13 +2922,23 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     cudaError_t e = cudaErrorInvalidValue;
     switch (fused_rows) {
       case 16:
-        e = nb <= 128 ? LaunchFused<16, 128>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, stream)
-                      : LaunchFused<16>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, stream);
+        e = nb <= 128 ? LaunchFused<16, 128>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts,
+                                             overlap, stream)
+                      : LaunchFused<16>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, overlap,
+                                        stream);
         break;
-      case 8: e = LaunchFused<8>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, stream); break;
-      case 4: e = LaunchFused<4>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, stream); break;
-      case 2: e = LaunchFused<2>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, stream); break;
-      case 1: e = LaunchFused<1>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, stream); break;
+      case 8:
+        e = LaunchFused<8>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, overlap, stream);
+        break;
+      case 4:
+        e = LaunchFused<4>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, overlap, stream);
+        break;
+      case 2:
+        e = LaunchFused<2>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, overlap, stream);
+        break;
+      case 1:
+        e = LaunchFused<1>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, overlap, stream);
+        break;
     }
     SEER_CUDA_RETURN_IF_ERROR(e);
     if (p.mode != SparsityMode::kThreshold) return cudaSuccess;
