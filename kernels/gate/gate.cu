@@ -3040,9 +3040,9 @@ cudaError_t GateTracePrint(const char* title) {
   unsigned n = 0;
   SEER_CUDA_RETURN_IF_ERROR(cudaMemcpyFromSymbol(&n, g_gate_trace_n, sizeof(n)));
   n = n < kGateTraceCap ? n : kGateTraceCap;
-  std::vector<GateTraceRec> recs(n);
-  if (n > 0) SEER_CUDA_RETURN_IF_ERROR(cudaMemcpyFromSymbol(recs.data(), g_gate_trace, sizeof(GateTraceRec) * n));
   if (n == 0) return cudaSuccess;
+  std::vector<GateTraceRec> recs(n);
+  SEER_CUDA_RETURN_IF_ERROR(cudaMemcpyFromSymbol(recs.data(), g_gate_trace, sizeof(GateTraceRec) * n));
   uint64_t t0 = recs[0].start, t1 = 0;
   for (const auto& r : recs) t0 = std::min(t0, r.start), t1 = std::max(t1, r.end);
   auto us = [&](uint64_t t) { return (static_cast<double>(t) - static_cast<double>(t0)) / 1000.0; };
