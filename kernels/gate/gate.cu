@@ -336,30 +336,33 @@ __device__ __forceinline__ void BlockRopePair(float x1, float x2, float c, float
   *y2 = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
 }
 
-// Tokens [t0, t1) (t1 > t0) of 8 channels at x into sum (and max/min), in
-// token order. A thread issues kBatch loads before it sums any.
-template <typename T, bool kMinMax, int kBatch>
-__device__ __forceinline__ void PoolTokens(const T* x, int64_t stride, int t0, int t1, double (&sum)[8],
-                                           float (&mx)[8], float (&mn)[8]) {
+// Tokens [t0, t1) (t1 > t0) of kN channels (8: one 16-byte load a token, 4:
+// one 8-byte load) at x into sum (and max/min), in token order. A thread
+// issues kBatch loads before it sums any.
+template <typename T, bool kMinMax, int kBatch, int kN = 8>
+__device__ __forceinline__ void PoolTokens(const T* x, int64_t stride, int t0, int t1, double (&sum)[kN],
+                                           float (&mx)[kN], float (&mn)[kN]) {
+  static_assert(kN == 8 || kN == 4, "one 16- or 8-byte load a token");
+  using Raw = std::conditional_t<kN == 8, uint4, uint2>;
   if (kMinMax) {
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
+    for (int i = 0; i < kN; ++i) {
       mx[i] = -INFINITY;
       mn[i] = INFINITY;
     }
   }
   for (int t = t0; t < t1; t += kBatch) {
-    uint4 raw[kBatch];
+    Raw raw[kBatch];
 #pragma unroll
     for (int j = 0; j < kBatch; ++j) {
-      if (t + j < t1) raw[j] = __ldg(reinterpret_cast<const uint4*>(x + (t + j) * stride));
+      if (t + j < t1) raw[j] = __ldg(reinterpret_cast<const Raw*>(x + (t + j) * stride));
     }
 #pragma unroll
     for (int j = 0; j < kBatch; ++j) {
       if (t + j >= t1) break;
       const T* e = reinterpret_cast<const T*>(&raw[j]);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
+      for (int i = 0; i < kN; ++i) {
         const float v = static_cast<float>(e[i]);
         sum[i] += v;
         if (kMinMax) {
@@ -1725,6 +1728,145 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
   StoreRotatedTile(tile, rope, nb, m0, (o.is_k ? kp : qp) + head, out_lo != nullptr ? out_lo + head : nullptr);
 }
 
+// --- projection and RoPE on tensor cores, the fused gate --------------------
+// The fused gate's projection at hidden 128 (ProjectRopeKernel's job) on
+// mma.sync 3xTF32, as ProjectRopeTf32Kernel computes a product, but in
+// small CTAs: 16 kMt rows of one linear and head a CTA (grid as
+// ProjectRopeKernel's), four warps. Warp w takes the column tiles 16w,
+// 16w + 8, 64 + 16w and 64 + 16w + 8, so that each output column f < 64
+// and its rotary partner f + 64 sit in the same register of one thread and
+// the rotation happens there. x and W come through a ring of kStages slabs
+// of kTcK channels by cp.async. The pooled K's max and min (channels below
+// 2D) are K's bf16/fp16 values, exact in tf32, so their lo products are
+// zero and are skipped. The products round differently from the SIMT
+// kernel's fmaf chain (a float product within float rounding), so the
+// lists can differ from the SIMT gate's at the decision boundary only.
+// One m-tile (16 rows) a CTA and four stages (three slabs in flight, 79 KB):
+// at 8k tokens (H200, 2026-11-30, gate traces) 32 rows a CTA, or six or
+// eight stages (one CTA an SM then), ended the projection no earlier.
+constexpr int kMmaProjectTiles = 1;
+constexpr int kMmaProjectStages = 4;
+
+template <int kMt, int kStages>
+struct MmaProjectShape {
+  static constexpr int kRows = 16 * kMt;
+  static constexpr int kThreads = 128;
+  static constexpr int kStageFloats = kRows * kTcPitch + kTcK * kTcWPitch;
+  static constexpr size_t kSmemBytes = sizeof(float) * kStages * kStageFloats;
+};
+
+template <int kMt, int kStages>
+__global__ void __launch_bounds__(128)
+    ProjectRopeMmaKernel(GateParams p, int nb, const float* pooled_q, const float* pooled_k, const float* rope,
+                         float* qp, float* kp) {
+  SEER_GATE_TRACE_CTA(2);
+  ChainedKernelStart();
+  SEER_GATE_TRACE_READY();
+  using Shape = MmaProjectShape<kMt, kStages>;
+  constexpr int kRows = Shape::kRows;
+  constexpr int kHalf = kPrHidden / 2;
+  extern __shared__ __align__(16) float mma_smem[];  // [stage][x [kRows][kTcPitch], w [kTcK][kTcWPitch]]
+  const ProjectOperands o = GetProjectOperands(p, blockIdx.y, pooled_q, pooled_k);
+  const int m0 = blockIdx.x * kRows;
+  const int tid = threadIdx.x;
+  const int warp = tid / 32;
+  const int lane = tid % 32;
+  const int g = lane / 4;
+  const int t = lane % 4;
+  // Column tile nt: 16 warp + 8 nt (nt < 2), its rotary partners 64 above.
+  auto col0 = [&](int nt) { return 16 * warp + 8 * (nt % 2) + kHalf * (nt / 2); };
+  // The pooled K's average (channels from 2D) has a lo part; max and min not.
+  const int lo_from = o.is_k ? 2 * p.head_dim : 0;
+  const int steps = (o.in + kTcK - 1) / kTcK;
+  auto load = [&](int s) {  // one commit group a step, empty past the last
+    if (s < steps) {
+      float* xs = mma_smem + (s % kStages) * Shape::kStageFloats;
+      float* ws = xs + kRows * kTcPitch;
+      const int c0 = s * kTcK;
+#pragma unroll
+      for (int j = 0; j < (kRows * kTcK / 4 + Shape::kThreads - 1) / Shape::kThreads; ++j) {
+        const int f = tid + j * Shape::kThreads;
+        if (kRows * kTcK / 4 % Shape::kThreads != 0 && f >= kRows * kTcK / 4) break;
+        const int r = f / (kTcK / 4);
+        const int c = 4 * (f % (kTcK / 4));
+        const bool valid = m0 + r < nb && c0 + c < o.in;
+        ptx::CpAsync16ZeroFill(ptx::SmemAddr(xs + r * kTcPitch + c), valid ? o.x + (m0 + r) * o.x_row + c0 + c : o.x,
+                               valid);
+      }
+#pragma unroll
+      for (int j = 0; j < kTcK * kPrHidden / 4 / Shape::kThreads; ++j) {
+        const int f = tid + j * Shape::kThreads;
+        const int k = f / (kPrHidden / 4);
+        const int c = 4 * (f % (kPrHidden / 4));
+        const bool valid = c0 + k < o.in;
+        ptx::CpAsync16ZeroFill(ptx::SmemAddr(ws + k * kTcWPitch + c),
+                               valid ? o.w + static_cast<int64_t>(c0 + k) * kPrHidden + c : o.w, valid);
+      }
+    }
+    ptx::CpAsyncCommit();
+  };
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) load(s);
+  float acc[kMt][4][4] = {};
+  const int m = lane / 8;  // ldmatrix: lane l addresses row l % 8 of matrix l / 8
+  for (int s = 0; s < steps; ++s) {
+    ptx::CpAsyncWait<kStages - 2>();
+    __syncthreads();  // step s landed for every thread; step s - 1's stage is free
+    load(s + kStages - 1);
+    const float* xs = mma_smem + (s % kStages) * Shape::kStageFloats;
+    const float* ws = xs + kRows * kTcPitch;
+    const bool a_lo = (s + 1) * kTcK > lo_from;  // some channel of the step has an A lo part
+#pragma unroll
+    for (int kk = 0; kk < kTcK; kk += 8) {
+      uint32_t bh[4][2], bl[4][2];
+#pragma unroll
+      for (int nt = 0; nt < 4; ++nt) {
+        const float* b = ws + (kk + t) * kTcWPitch + col0(nt) + g;
+        ptx::SplitTf32(b[0], &bh[nt][0], &bl[nt][0]);
+        ptx::SplitTf32(b[4 * kTcWPitch], &bh[nt][1], &bl[nt][1]);
+      }
+#pragma unroll
+      for (int mt = 0; mt < kMt; ++mt) {
+        uint32_t r[4], ah[4], al[4];
+        ptx::LdMatrixX4(r, ptx::SmemAddr(xs + (16 * mt + 8 * (m % 2) + lane % 8) * kTcPitch + kk + 4 * (m / 2)));
+#pragma unroll
+        for (int i = 0; i < 4; ++i) ptx::SplitTf32(__uint_as_float(r[i]), &ah[i], &al[i]);
+#pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+          if (a_lo) ptx::MmaTf32(acc[mt][nt], al, bh[nt][0], bh[nt][1]);
+          ptx::MmaTf32(acc[mt][nt], ah, bl[nt][0], bl[nt][1]);
+          ptx::MmaTf32(acc[mt][nt], ah, bh[nt][0], bh[nt][1]);
+        }
+      }
+    }
+  }
+  ptx::CpAsyncWait<0>();  // only empty groups are left
+
+  // acc[mt][nt][2 h + e]: row 16 mt + g + 8 h, column col0(nt) + 2 t + e;
+  // nt and nt + 2 hold a rotary pair.
+  float* out = (o.is_k ? kp : qp) + static_cast<int64_t>(o.h) * nb * kPrHidden;
+#pragma unroll
+  for (int mt = 0; mt < kMt; ++mt) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = m0 + 16 * mt + g + 8 * h;
+      if (row >= nb) continue;
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        const int f = col0(nt) + 2 * t;
+        const float2 cs = *reinterpret_cast<const float2*>(rope + static_cast<int64_t>(row) * kHalf + f);
+        const float2 sn = *reinterpret_cast<const float2*>(rope + static_cast<int64_t>(nb + row) * kHalf + f);
+        float y1[2], y2[2];
+        BlockRopePair(acc[mt][nt][2 * h], acc[mt][nt + 2][2 * h], cs.x, sn.x, &y1[0], &y2[0]);
+        BlockRopePair(acc[mt][nt][2 * h + 1], acc[mt][nt + 2][2 * h + 1], cs.y, sn.y, &y1[1], &y2[1]);
+        float* dst = out + static_cast<int64_t>(row) * kPrHidden + f;
+        *reinterpret_cast<float2*>(dst) = make_float2(y1[0], y1[1]);
+        *reinterpret_cast<float2*>(dst + kHalf) = make_float2(y2[0], y2[1]);
+      }
+    }
+  }
+}
+
 // --- projection and RoPE on Hopper's wgmma (3xTF32), the unfused gate -------
 // k' as ProjectRopeTf32Kernel computes it (128-row tiles, all 128 columns,
 // the same three products a float product), on the wgmma main loop
@@ -2349,6 +2491,56 @@ __device__ FusedRowMap<kRows, kPaired> FusedRowsOf(int nb) {
   }
 }
 
+// The fused select's own q' (the K-first gate at hidden = D = 128): warp w
+// pools rows w, w + warps, .. of the CTA's rows from q (lane l sums
+// channels 4l .. 4l + 3 of head h down the block's tokens, in order, in
+// double, as the pool kernels do), rotates them (the partner of channel d <
+// 64 is lane l + 16) and writes them into qs [128][kRows], zeros from nb.
+// The same bits as BulkPoolKernel's q'. Reads only q and inv_freq, so it
+// runs before the wait for the kernels the select is chained after.
+constexpr int kSelectPoolBatch = 8;  // loads a lane has in flight
+constexpr int kPoolSelectRows = 16;  // the fused shape that pools (16 warps, a row each)
+
+template <typename T, int kRows, bool kPaired>
+__device__ __forceinline__ void PoolRotatedQRows(const GateParams& p, int64_t q_stride, int nb, int h,
+                                                 const FusedRowMap<kRows, kPaired>& rows, float* qs) {
+  constexpr int kD = kPrHidden;
+  static_assert(kD == 32 * 4, "a lane's four channels");
+  const int lane = threadIdx.x % 32;
+  const int c = 4 * lane;
+  const bool first = lane < 16;
+  const int warps = blockDim.x / 32;
+  for (int r = threadIdx.x / 32; r < kRows; r += warps) {
+    const int qb = rows.Row(r);
+    float y[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (qb < nb) {  // the whole warp
+      const int t0 = qb * p.block_size;
+      const int t1 = min(p.seq_len, t0 + p.block_size);
+      double sum[4] = {0, 0, 0, 0};
+      float unused_mx[4], unused_mn[4];
+      PoolTokens<T, false, kSelectPoolBatch, 4>(static_cast<const T*>(p.q) + static_cast<int64_t>(h) * kD + c, q_stride,
+                                                t0, t1, sum, unused_mx, unused_mn);
+      const double count = t1 - t0;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float mean = static_cast<float>(sum[j] / count);
+        const float other = __shfl_xor_sync(0xffffffffu, mean, 16);
+        float cs, sn, y1, y2;
+        RopeAngle(p.rope_inv_freq, p.block_size, qb, c % (kD / 2) + j, &cs, &sn);
+        if (first) {
+          BlockRopePair(mean, other, cs, sn, &y1, &y2);
+          y[j] = y1;
+        } else {
+          BlockRopePair(other, mean, cs, sn, &y1, &y2);
+          y[j] = y2;
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) qs[(c + j) * kRows + r] = y[j];
+  }
+}
+
 // The CTAs a fused launch takes for each head.
 int FusedCtas(int nb, int rows, bool paired) {
   if (!paired) return (nb + rows - 1) / rows;
@@ -2357,13 +2549,22 @@ int FusedCtas(int nb, int rows, bool paired) {
 }
 
 // kHidden: p.hidden where not 0 (a compile-time k' row stride: the tile's
-// loads then need no address arithmetic of their own).
-template <int kRows, int kCols, int kHidden>
+// loads then need no address arithmetic of their own). TPool (bf16 or fp16,
+// with kHidden = D = 128): the kernel pools and rotates its rows' q' itself
+// (PoolRotatedQRows, before it waits for the kernel it is chained after)
+// and qp is not read; void: q' comes from qp.
+template <int kRows, int kCols, int kHidden, typename TPool = void>
 __global__ void __launch_bounds__(FusedShape<kRows, kCols>::kThreads, 2)
     FusedSelectKernel(GateParams p, int nb, int words, int64_t topk, int first_dense_row, float scale, const float* qp,
-                      const float* kp, uint32_t* bitmap, int32_t* counts) {
+                      const float* kp, uint32_t* bitmap, int32_t* counts, int64_t q_stride) {
   SEER_GATE_TRACE_CTA(4);
-  ChainedKernelStart();
+  constexpr bool kPool = !std::is_void_v<TPool>;
+  static_assert(!kPool || kHidden == kPrHidden, "the pooling select takes D = hidden = 128");
+  if constexpr (kPool) {
+    ChainedKernelLaunchDependents();
+  } else {
+    ChainedKernelStart();
+  }
   using Shape = FusedShape<kRows, kCols>;
   constexpr int kFusedCols = kCols;
   constexpr int kFusedKPitch = Shape::kPitch;
@@ -2376,15 +2577,21 @@ __global__ void __launch_bounds__(FusedShape<kRows, kCols>::kThreads, 2)
   const FusedRowMap<kRows, Shape::kPaired> rows = FusedRowsOf<kRows, Shape::kPaired>(nb);
   const int h = blockIdx.y;
   const int tid = threadIdx.x;
-  const float* qh = qp + static_cast<int64_t>(h) * nb * hidden;
   const float* kh = kp + static_cast<int64_t>(h) * nb * hidden;
   const int row_end = rows.End(nb);  // keys 0 .. row_end - 1
 
-  for (int i = tid; i < hidden * kRows; i += Shape::kThreads) {
-    const int c = i / kRows;
-    const int qb = rows.Row(i % kRows);
-    qs[i] = qb < nb ? qh[static_cast<int64_t>(qb) * hidden + c] : 0.0f;
+  if constexpr (kPool) {
+    PoolRotatedQRows<TPool>(p, q_stride, nb, h, rows, qs);
+    ChainedKernelWait();
+  } else {
+    const float* qh = qp + static_cast<int64_t>(h) * nb * hidden;
+    for (int i = tid; i < hidden * kRows; i += Shape::kThreads) {
+      const int c = i / kRows;
+      const int qb = rows.Row(i % kRows);
+      qs[i] = qb < nb ? qh[static_cast<int64_t>(qb) * hidden + c] : 0.0f;
+    }
   }
+  SEER_GATE_TRACE_READY();
   const int col = tid % kFusedCols;
   const int r0 = (tid / kFusedCols) * Shape::kRowsPerThread;
   const int warp_col = col / 32 * 32;  // the warp's first column
@@ -2481,22 +2688,34 @@ int FusedRowsFor(int nb, int hidden) {
   return two >= 4 ? two : FusedRows(nb, hidden, kFusedSmemMax);
 }
 
+// pool_q (16 rows a CTA, hidden = D = 128): the select pools and rotates
+// its q' itself from q (row stride q_stride), and qp is not read.
 template <int kRows, int kCols = 256>
 cudaError_t LaunchFused(const GateParams& p, int nb, int words, int64_t topk, int first_dense_row, float scale,
-                        const float* qp, const float* kp, uint32_t* bitmap, int32_t* counts, bool chained,
-                        cudaStream_t stream) {
+                        const float* qp, const float* kp, uint32_t* bitmap, int32_t* counts, bool chained, bool pool_q,
+                        int64_t q_stride, cudaStream_t stream) {
   using Shape = FusedShape<kRows, kCols>;
   const size_t smem = FusedSmemBytes(kRows, Shape::kThreads, nb, p.hidden, kCols);
   auto kernel = p.hidden == kPrHidden ? FusedSelectKernel<kRows, kCols, kPrHidden> : FusedSelectKernel<kRows, kCols, 0>;
+  if (pool_q) {
+    if constexpr (kRows == kPoolSelectRows) {
+      if (p.hidden != kPrHidden || p.head_dim != kPrHidden || p.q_weight != nullptr) return cudaErrorInvalidValue;
+      kernel = p.dtype == ElemType::kBF16 ? FusedSelectKernel<kRows, kCols, kPrHidden, __nv_bfloat16>
+                                          : FusedSelectKernel<kRows, kCols, kPrHidden, __half>;
+    } else {
+      return cudaErrorInvalidValue;
+    }
+  }
   SEER_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  // Chained after the Q pool (the K-first gate), the select's CTAs take
-  // SMs as the Q pool drains and start the moment it ends: 0.063-0.065
-  // against 0.065-0.068 ms for the gate at 8k, plain (H200, 2026-11-30).
+  // Chained in the K-first gate: after the Q pool, the select's CTAs take
+  // SMs as the Q pool drains and start the moment it ends (0.063-0.065
+  // against 0.065-0.068 ms for the gate at 8k, plain; H200, 2026-11-30);
+  // with pool_q, after the projection, they pool their q' beside it.
   // (Plain elsewhere: the fused gate's one-wave kernels measured slower
   // chained.)
   return LaunchChained(chained, kernel, dim3(FusedCtas(nb, kRows, Shape::kPaired), p.num_heads), Shape::kThreads, smem,
-                       stream, p, nb, words, topk, first_dense_row, scale, qp, kp, bitmap, counts);
+                       stream, p, nb, words, topk, first_dense_row, scale, qp, kp, bitmap, counts, q_stride);
 }
 
 // --- lists ----------------------------------------------------------------
@@ -2846,8 +3065,20 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
                                             0, stream, p.k_weight, in, p.hidden, wt));
   }
 
-  // The fused gate's projection and RoPE in one kernel (hidden 128).
+  // The fused gate's projection and RoPE in one kernel (hidden 128): on
+  // tensor cores (ProjectRopeMmaKernel: at 8k tokens, H200, it ended the
+  // projection 5-8 us earlier beside the pool than the SIMT kernel), or
+  // with the test hook the SIMT kernel, whose fmaf chains give the unfused
+  // SIMT kernels' bits.
   auto launch_project_rope = [&](bool chained) {
+    if (!simt) {
+      using Shape = MmaProjectShape<kMmaProjectTiles, kMmaProjectStages>;
+      auto kernel = ProjectRopeMmaKernel<kMmaProjectTiles, kMmaProjectStages>;
+      SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                     static_cast<int>(Shape::kSmemBytes)));
+      return LaunchChained(chained, kernel, dim3((nb + Shape::kRows - 1) / Shape::kRows, p.num_heads * linears),
+                           Shape::kThreads, Shape::kSmemBytes, stream, p, nb, pooled_q, pooled_k, rope, qp, kp);
+    }
     // 4 rows a thread, 16 a CTA: warps enough on every SM at 8k tokens.
     constexpr int kWarps = 4, kRowsPerWarp = 4, kRows = kWarps * kRowsPerWarp;
     const size_t smem = ProjectRopeSmemBytes(kRows, 3 * p.head_dim);
@@ -2862,12 +3093,18 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   // pool, bound by memory, share the SMs. The Q pool's last CTA waits for
   // the projection, so the select after it sees both.
   const bool overlap = fused && q_in_pool && project_rope && linears == 1 && bulk_pool && ChainedLaunchesRun();
+  // At 16 rows a CTA (up to 12k tokens at D = 128) no Q pool runs: the
+  // select, chained after the projection, pools and rotates its own rows'
+  // q' before it waits for it (PoolRotatedQRows).
+  const bool pool_in_select = overlap && fused_rows == kPoolSelectRows && p.head_dim == kPrHidden;
   if (overlap) {
     SEER_CUDA_RETURN_IF_ERROR(LaunchPool(p, q_stride, k_stride, bulk_pool, PoolPart::kK, pooled_q, pooled_k,
                                          nullptr, rope, nullptr, false, false, stream));
     SEER_CUDA_RETURN_IF_ERROR(launch_project_rope(true));
-    SEER_CUDA_RETURN_IF_ERROR(LaunchPool(p, q_stride, k_stride, bulk_pool, PoolPart::kQ, pooled_q, pooled_k,
-                                         nullptr, nullptr, qp, true, true, stream));
+    if (!pool_in_select) {
+      SEER_CUDA_RETURN_IF_ERROR(LaunchPool(p, q_stride, k_stride, bulk_pool, PoolPart::kQ, pooled_q, pooled_k, nullptr,
+                                           nullptr, qp, true, true, stream));
+    }
   } else {
     // pool (the fused gate's pool kernel also writes the RoPE table)
     SEER_CUDA_RETURN_IF_ERROR(LaunchPool(p, q_stride, k_stride, bulk_pool, PoolPart::kAll, pooled_q, pooled_k,
@@ -2919,27 +3156,17 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   const int first_dense_row = FirstDenseRow(p, nb);
   if (fused) {
     // scores + select in one kernel; for nz_ratio and dense also the lists
-    cudaError_t e = cudaErrorInvalidValue;
+    decltype(&LaunchFused<1>) launch = nullptr;
     switch (fused_rows) {
-      case 16:
-        e = nb <= 128 ? LaunchFused<16, 128>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts,
-                                             overlap, stream)
-                      : LaunchFused<16>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, overlap,
-                                        stream);
-        break;
-      case 8:
-        e = LaunchFused<8>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, overlap, stream);
-        break;
-      case 4:
-        e = LaunchFused<4>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, overlap, stream);
-        break;
-      case 2:
-        e = LaunchFused<2>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, overlap, stream);
-        break;
-      case 1:
-        e = LaunchFused<1>(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, overlap, stream);
-        break;
+      case 16: launch = nb <= 128 ? LaunchFused<16, 128> : LaunchFused<16>; break;
+      case 8: launch = LaunchFused<8>; break;
+      case 4: launch = LaunchFused<4>; break;
+      case 2: launch = LaunchFused<2>; break;
+      case 1: launch = LaunchFused<1>; break;
     }
+    if (launch == nullptr) return cudaErrorInvalidValue;
+    const cudaError_t e = launch(p, nb, g.words, topk, first_dense_row, scale, qp, kp, bitmap, counts, overlap,
+                                 pool_in_select, q_stride, stream);
     SEER_CUDA_RETURN_IF_ERROR(e);
     if (p.mode != SparsityMode::kThreshold) return cudaSuccess;
   } else {

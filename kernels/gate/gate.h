@@ -104,10 +104,10 @@ size_t GateWorkspaceBytesVariant(const GateParams& p, GateVariant variant);
 bool UsePortablePoolForTest(bool portable);
 
 // TEST HOOK, for kernels/gate/gate_gpu_test.cc only: with `simt` true, every
-// later unfused gate in the process projects and scores with the float32
-// SIMT kernels (fmaf chains in channel order, the fused gate's bits) and
-// rotates q' in a separate pass, instead of on tensor cores; false restores
-// the default.
+// later gate in the process projects with the float32 SIMT kernels (fmaf
+// chains in channel order) instead of on tensor cores; the unfused gate also
+// scores with them (the fused gate's order, so both gates give the same
+// bits) and rotates q' in a separate pass. false restores the default.
 void UseSimtUnfusedGateForTest(bool simt);
 
 // TEST HOOK, for kernels/gate/gate_gpu_test.cc only: with `mma_sync` true,

@@ -1,7 +1,8 @@
 // The GPU gate (kernels/gate/gate.h), fused and unfused, against the CPU gate
 // seer::RunGate (engine/model/gates.h) on the same bf16/fp16-rounded inputs and
-// the same float32 weights, fresh random data each run; and the two GPU gates
-// against each other (identical lists: they score in the same order). Shapes cover lengths under one block,
+// the same float32 weights, fresh random data each run; and the fused gate
+// with its SIMT projection against the unfused gate's SIMT kernels (identical
+// lists: they project and score in the same order). Shapes cover lengths under one block,
 // a partial last block, GQA ratios 1, 4 and 8, head dims 8, 32, 40, 64 and 128, all
 // selection modes with and without last_block_dense, mask_linear_q (also the
 // force_double form with per-KV-head K weights), llama3 RoPE, fused QKV row
@@ -402,10 +403,12 @@ class GateGpuTest : public ::testing::Test {
     p.workspace = dws.get();
     p.workspace_bytes = ws_bytes;
     std::vector<int32_t> fused_offsets, fused_indices;
-    // The fused gate, the unfused gate (scores on tensor cores where hidden
-    // % 4 == 0: wgmma on sm_90 where hidden % 16 == 0 and <= 128, else
-    // mma.sync), the unfused gate with the mma.sync kernels where wgmma
-    // would run, and the unfused gate with the SIMT scores kernel.
+    // The fused gate (its projection on tensor cores at hidden 128), the
+    // fused gate with its SIMT projection, the unfused gate (scores on
+    // tensor cores where hidden % 4 == 0: wgmma on sm_90 where hidden % 16
+    // == 0 and <= 128, else mma.sync), the unfused gate with the mma.sync
+    // kernels where wgmma would run, and the unfused gate with the SIMT
+    // scores kernel.
     struct Pass {
       cuda::GateVariant variant;
       bool simt_unfused;
@@ -414,6 +417,7 @@ class GateGpuTest : public ::testing::Test {
     };
     const bool wgmma_runs = cuda::UseMmaSyncForTest(false) && c.hidden % 16 == 0;
     const Pass passes[] = {{cuda::GateVariant::kFused, false, false, "fused"},
+                           {cuda::GateVariant::kFused, true, false, "fused, SIMT projection"},
                            {cuda::GateVariant::kUnfused, false, false, wgmma_runs ? "unfused, wgmma" : "unfused"},
                            {cuda::GateVariant::kUnfused, false, true, "unfused, mma.sync"},
                            {cuda::GateVariant::kUnfused, true, false, "unfused, SIMT kernels"}};
@@ -586,12 +590,15 @@ class GateGpuTest : public ::testing::Test {
         }
       }
       EXPECT_EQ(wrong, 0) << "blocks that differ from the CPU gate away from the boundary";
-      // The fused gate and the SIMT scores kernel score in the same order:
-      // their lists are identical. The tensor-core scores round differently
-      // (both are checked against the CPU gate above).
+      // The fused gate with its SIMT projection and the unfused gate's SIMT
+      // kernels project and score in the same order: their lists are
+      // identical. The tensor-core projections and scores round differently
+      // (all are checked against the CPU gate above).
       if (variant == cuda::GateVariant::kFused) {
-        fused_offsets = offsets;
-        fused_indices = indices;
+        if (pass.simt_unfused) {
+          fused_offsets = offsets;
+          fused_indices = indices;
+        }
       } else if (pass.simt_unfused || c.hidden % 4 != 0) {
         EXPECT_EQ(offsets, fused_offsets) << "offsets: unfused gate vs fused gate";
         EXPECT_EQ(indices, fused_indices) << "indices: unfused gate vs fused gate";
