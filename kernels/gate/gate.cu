@@ -1080,14 +1080,17 @@ constexpr int kTcStages = 3;  // cp.async stages in flight: 110,592 B, two CTAs 
 constexpr int kTcStageFloats = 2 * kSgemmTile * kTcPitch;
 constexpr size_t kTcSmemBytes = kTcStages * kTcStageFloats * sizeof(float);
 
-// Rows [first, first + 128) of x (row stride ld), channels [c0, c0 + kTcK),
-// into dst [128][kTcPitch]; rows past nb and channels past `channels` as
-// zeros (x, ld and channels multiples of 4 floats).
+// Rows [first, first + kRows) of x (row stride ld), channels [c0, c0 +
+// kTcK), into dst [kRows][kTcPitch] by kThreads threads; rows past nb and
+// channels past `channels` as zeros (x, ld and channels multiples of 4
+// floats).
+template <int kRows = kSgemmTile, int kThreads = kSgemmThreads>
 __device__ __forceinline__ void LoadTcSlab(const float* x, int64_t ld, int first, int nb, int channels, int c0,
                                            float* dst) {
+  static_assert(kRows * kTcK / 4 % kThreads == 0, "whole chunks a thread");
 #pragma unroll
-  for (int j = 0; j < kSgemmTile * kTcK / 4 / kSgemmThreads; ++j) {
-    const int f = threadIdx.x + j * kSgemmThreads;
+  for (int j = 0; j < kRows * kTcK / 4 / kThreads; ++j) {
+    const int f = threadIdx.x + j * kThreads;
     const int r = f / (kTcK / 4);
     const int c = c0 + 4 * (f % (kTcK / 4));
     const bool valid = first + r < nb && c < channels;
@@ -1098,23 +1101,26 @@ __device__ __forceinline__ void LoadTcSlab(const float* x, int64_t ld, int first
 
 // acc[mt][nt] += this warp's A rows wr + 16 mt.. ([row][kTcPitch] floats in
 // shared memory, channels kk .. kk + 7) times the B fragments (hi and lo of
-// column tiles nt), three tf32 products a float product.
-__device__ __forceinline__ void Tf32Mma4x4(const float* as, int wr, int kk, const uint32_t (&bh)[4][2],
-                                           const uint32_t (&bl)[4][2], float (&acc)[4][4][4]) {
+// column tiles nt), three tf32 products a float product; two where a_lo is
+// false (A's lo parts known to be zero).
+template <int kMt, int kNt>
+__device__ __forceinline__ void Tf32MmaTiles(const float* as, int wr, int kk, const uint32_t (&bh)[kNt][2],
+                                             const uint32_t (&bl)[kNt][2], float (&acc)[kMt][kNt][4],
+                                             bool a_lo = true) {
   // ldmatrix on 32-bit elements: each 8 x 8 b16 matrix is 8 rows x 4 floats,
   // and lane l receives row l / 4, float l % 4 of each (the tf32 fragment
   // layout); lane l addresses row l % 8 of matrix l / 8.
   const int lane = threadIdx.x % 32;
   const int m = lane / 8;
 #pragma unroll
-  for (int mt = 0; mt < 4; ++mt) {
+  for (int mt = 0; mt < kMt; ++mt) {
     uint32_t r[4], ah[4], al[4];
     ptx::LdMatrixX4(r, ptx::SmemAddr(as + (wr + 16 * mt + 8 * (m % 2) + lane % 8) * kTcPitch + kk + 4 * (m / 2)));
 #pragma unroll
     for (int i = 0; i < 4; ++i) ptx::SplitTf32(__uint_as_float(r[i]), &ah[i], &al[i]);
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
-      ptx::MmaTf32(acc[mt][nt], al, bh[nt][0], bh[nt][1]);
+    for (int nt = 0; nt < kNt; ++nt) {
+      if (a_lo) ptx::MmaTf32(acc[mt][nt], al, bh[nt][0], bh[nt][1]);
       ptx::MmaTf32(acc[mt][nt], ah, bl[nt][0], bl[nt][1]);
       ptx::MmaTf32(acc[mt][nt], ah, bh[nt][0], bh[nt][1]);
     }
@@ -1215,7 +1221,7 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
             ptx::SplitTf32(__uint_as_float(r[i]), &bh[nt + i / 2][i % 2], &bl[nt + i / 2][i % 2]);
           }
         }
-        Tf32Mma4x4(qs, wr, kk, bh, bl, acc);
+        Tf32MmaTiles(qs, wr, kk, bh, bl, acc);
       }
     }
   }
@@ -1605,6 +1611,22 @@ StripeKernelFn StripeKernelFor(int steps) {
 // 16-byte aligned weights.
 constexpr int kTcWPitch = kPrHidden + 8;
 constexpr int kTcOutPitch = kPrHidden + 4;
+
+// Channels [c0, c0 + kTcK) of W ([in][kPrHidden] floats) into dst
+// [kTcK][kTcWPitch] by kThreads threads; channels past `in` as zeros.
+template <int kThreads>
+__device__ __forceinline__ void LoadTcWSlab(const float* w, int in, int c0, float* dst) {
+  static_assert(kTcK * kPrHidden / 4 % kThreads == 0, "whole chunks a thread");
+#pragma unroll
+  for (int j = 0; j < kTcK * kPrHidden / 4 / kThreads; ++j) {
+    const int f = static_cast<int>(threadIdx.x) + j * kThreads;
+    const int k = f / (kPrHidden / 4);
+    const int c = 4 * (f % (kPrHidden / 4));
+    const bool valid = c0 + k < in;
+    ptx::CpAsync16ZeroFill(ptx::SmemAddr(dst + k * kTcWPitch + c),
+                           valid ? w + static_cast<int64_t>(c0 + k) * kPrHidden + c : w, valid);
+  }
+}
 constexpr int kTcProjectStageFloats = kSgemmTile * kTcPitch + kTcK * kTcWPitch;
 constexpr size_t kTcProjectSmemBytes = kTcStages * kTcProjectStageFloats * sizeof(float);
 static_assert(kSgemmTile * kTcOutPitch <= kTcStages * kTcProjectStageFloats, "the output tile reuses the stages");
@@ -1672,16 +1694,7 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
     }
     float* st = tc_smem + (s % kTcStages) * kTcProjectStageFloats;
     LoadTcSlab(o.x, o.x_row, m0, nb, o.in, s * kTcK, st);
-    float* ws = st + kSgemmTile * kTcPitch;
-#pragma unroll
-    for (int j = 0; j < kTcK * kPrHidden / 4 / kSgemmThreads; ++j) {
-      const int f = threadIdx.x + j * kSgemmThreads;
-      const int k = f / (kPrHidden / 4);
-      const int c = 4 * (f % (kPrHidden / 4));
-      const bool valid = s * kTcK + k < o.in;
-      const float* src = valid ? o.w + static_cast<int64_t>(s * kTcK + k) * kPrHidden + c : o.w;
-      ptx::CpAsync16ZeroFill(ptx::SmemAddr(ws + k * kTcWPitch + c), src, valid);
-    }
+    LoadTcWSlab<kSgemmThreads>(o.w, o.in, s * kTcK, st + kSgemmTile * kTcPitch);
     ptx::CpAsyncCommit();
   };
   for (int s = 0; s < kTcStages - 1; ++s) load(s);
@@ -1701,7 +1714,7 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
           ptx::SplitTf32(b[0], &bh[nt][0], &bl[nt][0]);
           ptx::SplitTf32(b[4 * kTcWPitch], &bh[nt][1], &bl[nt][1]);
         }
-        Tf32Mma4x4(xs, wr, kk, bh, bl, acc);
+        Tf32MmaTiles(xs, wr, kk, bh, bl, acc);
       }
     }
   }
@@ -1782,33 +1795,14 @@ __global__ void __launch_bounds__(128)
     if (s < steps) {
       float* xs = mma_smem + (s % kStages) * Shape::kStageFloats;
       float* ws = xs + kRows * kTcPitch;
-      const int c0 = s * kTcK;
-#pragma unroll
-      for (int j = 0; j < (kRows * kTcK / 4 + Shape::kThreads - 1) / Shape::kThreads; ++j) {
-        const int f = tid + j * Shape::kThreads;
-        if (kRows * kTcK / 4 % Shape::kThreads != 0 && f >= kRows * kTcK / 4) break;
-        const int r = f / (kTcK / 4);
-        const int c = 4 * (f % (kTcK / 4));
-        const bool valid = m0 + r < nb && c0 + c < o.in;
-        ptx::CpAsync16ZeroFill(ptx::SmemAddr(xs + r * kTcPitch + c), valid ? o.x + (m0 + r) * o.x_row + c0 + c : o.x,
-                               valid);
-      }
-#pragma unroll
-      for (int j = 0; j < kTcK * kPrHidden / 4 / Shape::kThreads; ++j) {
-        const int f = tid + j * Shape::kThreads;
-        const int k = f / (kPrHidden / 4);
-        const int c = 4 * (f % (kPrHidden / 4));
-        const bool valid = c0 + k < o.in;
-        ptx::CpAsync16ZeroFill(ptx::SmemAddr(ws + k * kTcWPitch + c),
-                               valid ? o.w + static_cast<int64_t>(c0 + k) * kPrHidden + c : o.w, valid);
-      }
+      LoadTcSlab<kRows, Shape::kThreads>(o.x, o.x_row, m0, nb, o.in, s * kTcK, xs);
+      LoadTcWSlab<Shape::kThreads>(o.w, o.in, s * kTcK, ws);
     }
     ptx::CpAsyncCommit();
   };
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) load(s);
   float acc[kMt][4][4] = {};
-  const int m = lane / 8;  // ldmatrix: lane l addresses row l % 8 of matrix l / 8
   for (int s = 0; s < steps; ++s) {
     ptx::CpAsyncWait<kStages - 2>();
     __syncthreads();  // step s landed for every thread; step s - 1's stage is free
@@ -1825,19 +1819,7 @@ __global__ void __launch_bounds__(128)
         ptx::SplitTf32(b[0], &bh[nt][0], &bl[nt][0]);
         ptx::SplitTf32(b[4 * kTcWPitch], &bh[nt][1], &bl[nt][1]);
       }
-#pragma unroll
-      for (int mt = 0; mt < kMt; ++mt) {
-        uint32_t r[4], ah[4], al[4];
-        ptx::LdMatrixX4(r, ptx::SmemAddr(xs + (16 * mt + 8 * (m % 2) + lane % 8) * kTcPitch + kk + 4 * (m / 2)));
-#pragma unroll
-        for (int i = 0; i < 4; ++i) ptx::SplitTf32(__uint_as_float(r[i]), &ah[i], &al[i]);
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-          if (a_lo) ptx::MmaTf32(acc[mt][nt], al, bh[nt][0], bh[nt][1]);
-          ptx::MmaTf32(acc[mt][nt], ah, bl[nt][0], bl[nt][1]);
-          ptx::MmaTf32(acc[mt][nt], ah, bh[nt][0], bh[nt][1]);
-        }
-      }
+      Tf32MmaTiles(xs, 0, kk, bh, bl, acc, a_lo);
     }
   }
   ptx::CpAsyncWait<0>();  // only empty groups are left
@@ -3096,7 +3078,7 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   // At 16 rows a CTA (up to 12k tokens at D = 128) no Q pool runs: the
   // select, chained after the projection, pools and rotates its own rows'
   // q' before it waits for it (PoolRotatedQRows).
-  const bool pool_in_select = overlap && fused_rows == kPoolSelectRows && p.head_dim == kPrHidden;
+  const bool pool_in_select = overlap && fused_rows == kPoolSelectRows;
   if (overlap) {
     SEER_CUDA_RETURN_IF_ERROR(LaunchPool(p, q_stride, k_stride, bulk_pool, PoolPart::kK, pooled_q, pooled_k,
                                          nullptr, rope, nullptr, false, false, stream));
