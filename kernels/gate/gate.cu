@@ -2503,17 +2503,31 @@ __device__ __forceinline__ void PoolRotatedQRows(const GateParams& p, int64_t q_
       PoolTokens<T, false, kSelectPoolBatch, 4>(static_cast<const T*>(p.q) + static_cast<int64_t>(h) * kD + c, q_stride,
                                                 t0, t1, sum, unused_mx, unused_mn);
       const double count = t1 - t0;
+      // Lanes l and l + 16 rotate the same four frequencies 4l % 64 ..:
+      // each computes two of the angles and takes the other two from its
+      // partner.
+      float cs[4], sn[4];
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        float own_c, own_s;
+        RopeAngle(p.rope_inv_freq, p.block_size, qb, c % (kD / 2) + (first ? u : 2 + u), &own_c, &own_s);
+        const float got_c = __shfl_xor_sync(0xffffffffu, own_c, 16);
+        const float got_s = __shfl_xor_sync(0xffffffffu, own_s, 16);
+        cs[u] = first ? own_c : got_c;
+        sn[u] = first ? own_s : got_s;
+        cs[2 + u] = first ? got_c : own_c;
+        sn[2 + u] = first ? got_s : own_s;
+      }
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const float mean = static_cast<float>(sum[j] / count);
         const float other = __shfl_xor_sync(0xffffffffu, mean, 16);
-        float cs, sn, y1, y2;
-        RopeAngle(p.rope_inv_freq, p.block_size, qb, c % (kD / 2) + j, &cs, &sn);
+        float y1, y2;
         if (first) {
-          BlockRopePair(mean, other, cs, sn, &y1, &y2);
+          BlockRopePair(mean, other, cs[j], sn[j], &y1, &y2);
           y[j] = y1;
         } else {
-          BlockRopePair(other, mean, cs, sn, &y1, &y2);
+          BlockRopePair(other, mean, cs[j], sn[j], &y1, &y2);
           y[j] = y2;
         }
       }
