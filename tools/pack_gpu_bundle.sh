@@ -5,6 +5,7 @@
 #   bin/  seer-prefill, seer-decode, seer, seer-kv-stream-bench (when gRPC is
 #         found), seer_gpu_tests, seer-prefill-bench, seer-random-checkpoint,
 #         seer-kv-wire-error, seer-kv-quant-bench, seer-l2-read-bench,
+#         seer-pool-rate-bench,
 #         seer-train, seer-quality-eval, seer-distill-target-bench,
 #         seer_nccl_gpu_tests and seer-nccl-kv-bench (when NCCL is found),
 #         seer_disagg_gpu_tests (the servers on GPUs; SEER_BIN_DIR=<bundle>/bin
@@ -26,7 +27,7 @@ jobs="${JOBS:-2}"
 
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 targets=(seer_gpu_tests seer-prefill-bench seer-decode-bench seer-attention-bench seer-random-checkpoint seer-kv-wire-error
-         seer-kv-quant-bench seer-l2-read-bench seer-train seer-quality-eval seer-distill-target-bench)
+         seer-kv-quant-bench seer-l2-read-bench seer-pool-rate-bench seer-train seer-quality-eval seer-distill-target-bench)
 server_targets=()
 # The NCCL KV link's tests and benchmark when NCCL was found; the servers and
 # the KV stream benchmark when gRPC was.
