@@ -24,6 +24,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "base/dtype.h"
 #include "base/version.h"
 #include "kernels/common/bench_flags.h"
 #include "kernels/common/check.h"
@@ -97,13 +98,6 @@ __global__ void __launch_bounds__(kThreads, 2) PoolKernel(const __nv_bfloat16* q
   }
 }
 
-float Bf16ToFloat(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -148,16 +142,13 @@ int main(int argc, char** argv) {
   uint32_t s = 1;
   for (uint16_t& v : hq) {  // bf16 values in (-1, 1)
     s = s * 1664525u + 1013904223u;
-    const float f = static_cast<float>(static_cast<int32_t>(s >> 9) - (1 << 22)) / static_cast<float>(1 << 22);
-    uint32_t u;
-    std::memcpy(&u, &f, sizeof(u));
-    v = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);  // round to nearest even
+    v = seer::FloatToBf16(static_cast<float>(static_cast<int32_t>(s >> 9) - (1 << 22)) / static_cast<float>(1 << 22));
   }
   std::vector<float> want(means), got(means);
   for (int b = 0; b < nb; ++b) {
     for (int64_t c = 0; c < stride; ++c) {
       double sum = 0;
-      for (int t = 0; t < kBlock; ++t) sum += Bf16ToFloat(hq[(static_cast<size_t>(b) * kBlock + t) * stride + c]);
+      for (int t = 0; t < kBlock; ++t) sum += seer::Bf16ToFloat(hq[(static_cast<size_t>(b) * kBlock + t) * stride + c]);
       want[static_cast<size_t>(b) * stride + c] = static_cast<float>(sum / kBlock);
     }
   }
