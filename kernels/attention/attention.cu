@@ -630,18 +630,21 @@ const char* FwdVariantName(FwdVariant v) {
     case FwdVariant::kRows32PerWarp: return "v2 32 rows/warp";
     case FwdVariant::kSm90: return "v3 sm90 atomic";
     case FwdVariant::kSm90Static: return "v3 sm90 static";
+    case FwdVariant::kSm90Rows: return "v4 sm90 own rings";
   }
   return "?";
 }
 
 bool FwdVariantAvailable(FwdVariant v) {
-  if (v == FwdVariant::kSm90 || v == FwdVariant::kSm90Static) return Sm90AttentionAvailable();
+  if (v == FwdVariant::kSm90 || v == FwdVariant::kSm90Static || v == FwdVariant::kSm90Rows) {
+    return Sm90AttentionAvailable();
+  }
   return true;
 }
 
 FwdVariant ResolveFwdVariant(FwdVariant v) {
   if (v != FwdVariant::kAuto) return v;
-  return Sm90AttentionAvailable() ? FwdVariant::kSm90 : FwdVariant::kRows32PerWarp;
+  return Sm90AttentionAvailable() ? FwdVariant::kSm90Rows : FwdVariant::kRows32PerWarp;
 }
 
 cudaError_t BlockSparseAttentionVariant(const AttentionParams& p, FwdVariant variant, cudaStream_t stream) {
@@ -654,7 +657,8 @@ cudaError_t BlockSparseAttentionVariant(const AttentionParams& p, FwdVariant var
   const int64_t nb = (p.seq_len + kBlock - 1) / kBlock;
   if (nb * p.num_heads > 0x7fffffff) return cudaErrorInvalidValue;
   variant = ResolveFwdVariant(variant);
-  const bool sm90 = variant == FwdVariant::kSm90 || variant == FwdVariant::kSm90Static;
+  const bool sm90 =
+      variant == FwdVariant::kSm90 || variant == FwdVariant::kSm90Static || variant == FwdVariant::kSm90Rows;
   if (p.q_rope != nullptr &&
       (!sm90 || !AttentionRotatesQ(p.dtype, p.head_dim) || reinterpret_cast<uintptr_t>(p.q_rope) % 16 != 0)) {
     return cudaErrorInvalidValue;
@@ -662,6 +666,7 @@ cudaError_t BlockSparseAttentionVariant(const AttentionParams& p, FwdVariant var
   if (sm90) {
     if (!Sm90AttentionAvailable()) return cudaErrorNotSupported;
     return LaunchSm90Attention(p, variant == FwdVariant::kSm90Static ? Sm90Schedule::kStatic : Sm90Schedule::kAtomic,
+                               variant == FwdVariant::kSm90Rows ? Sm90Lists::kOwnRings : Sm90Lists::kSharedStages,
                                stream);
   }
   return SEER_DISPATCH_HEAD_DIM(p.head_dim, kHeadDim, [&] {

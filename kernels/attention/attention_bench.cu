@@ -1,5 +1,5 @@
 // Attention benchmark: Seer's block-sparse kernels (by default the FA2-class
-// v2 and the sm90 v3) at 8k, 32k and 128k tokens x sparsity 0, 0.5 and 0.9
+// v2 and the sm90 v3 and v4) at 8k, 32k and 128k tokens x sparsity 0, 0.5 and 0.9
 // x head dim 64 and 128 (32 heads, 32 KV heads unless --kv-heads, causal,
 // bf16 unless --dtypes), and the GPU gate (old multi-kernel vs fused) as a
 // share of the sparse attention time. Prints tables.
@@ -55,7 +55,7 @@ struct Options {
   std::vector<int> seqs = {8192, 32768, 131072};
   std::vector<double> sparsities = {0.0, 0.5, 0.9};
   std::vector<ElemType> dtypes = {ElemType::kBF16};
-  std::vector<FwdVariant> variants = {FwdVariant::kRows32PerWarp, FwdVariant::kSm90};
+  std::vector<FwdVariant> variants = {FwdVariant::kRows32PerWarp, FwdVariant::kSm90, FwdVariant::kSm90Rows};
   std::vector<int> dims = {64, 128};
   int heads = 32;
   int kv_heads = 32;
@@ -88,6 +88,7 @@ bool ParseArgs(int argc, char** argv, Options* o) {
                               : s == "v2"  ? FwdVariant::kRows32PerWarp
                               : s == "v3"  ? FwdVariant::kSm90
                               : s == "v3s" ? FwdVariant::kSm90Static
+                              : s == "v4"  ? FwdVariant::kSm90Rows
                                            : FwdVariant::kAuto);
       }
     } else if (const char* v = value("--heads")) {
@@ -117,12 +118,13 @@ bool ParseArgs(int argc, char** argv, Options* o) {
     } else if (a == "--no-gate") {
       o->gate = false;
     } else {
-      std::fprintf(stderr,
-                   "usage: %s [--seqs=8192,32768,131072] [--sparsities=0,0.5,0.9] [--dtypes=bf16,fp16]\n"
-                   "          [--variants=v2,v3 (auto,v1,v2,v3,v3s)] [--heads=32] [--kv-heads=32] [--dims=64,128]\n"
-                   "          [--warmup=2] [--min-seconds=0.5] [--min-iters=3] [--max-iters=50] [--masks-dir=DIR]\n"
-                   "          [--masks=uniform|topk] [--masks-from=FILE,...] [--no-gate]\n",
-                   argv[0]);
+      std::fprintf(
+          stderr,
+          "usage: %s [--seqs=8192,32768,131072] [--sparsities=0,0.5,0.9] [--dtypes=bf16,fp16]\n"
+          "          [--variants=v2,v3,v4 (auto,v1,v2,v3,v3s,v4)] [--heads=32] [--kv-heads=32] [--dims=64,128]\n"
+          "          [--warmup=2] [--min-seconds=0.5] [--min-iters=3] [--max-iters=50] [--masks-dir=DIR]\n"
+          "          [--masks=uniform|topk] [--masks-from=FILE,...] [--no-gate]\n",
+          argv[0]);
       return false;
     }
   }

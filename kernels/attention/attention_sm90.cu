@@ -293,6 +293,38 @@ __device__ __forceinline__ void LoadQFragments(uint32_t (&q_frag)[Sm90Tile<kHead
   }
 }
 
+// A consumer's tile start: its Q fragments into registers (LoadQFragments),
+// the Q buffer handed back to the producer (q_empty, one arrive a warp), and
+// RoPE on the fragments when q comes before it (p.q_rope, bf16 only).
+template <int kHeadDim, typename T>
+__device__ __forceinline__ void TakeQ(const Sm90Params& p, uint32_t (&q_frag)[Sm90Tile<kHeadDim>::kKSteps][4],
+                                      uint32_t q_smem, uint32_t q_empty, bool valid, int qb, int warp, int lane) {
+  LoadQFragments<kHeadDim>(q_frag, q_smem, valid, warp, lane);
+  __syncwarp();
+  sm90::FenceProxyAsync();  // the next TMA write of this buffer comes after these reads
+  if (lane == 0) sm90::MbarArrive(q_empty);
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    if (valid && p.q_rope != nullptr) {
+      RopeQFragments<Sm90Tile<kHeadDim>::kKSteps>(q_frag, p.q_rope, qb * kBlock + 16 * warp + lane / 4, p.seq_len,
+                                                  lane);
+    }
+  }
+}
+
+// O += P V for a consumer's held block (kPSteps k16 steps of keys; v_desc(ks)
+// the V operand of step ks), waited for: the last block of a row.
+template <int kHeadDim, typename T, int kPSteps, class VDesc>
+__device__ __forceinline__ void HeldPV(float (&o)[kHeadDim / 2], const uint32_t (&p_frag)[kPSteps][4], VDesc&& v_desc) {
+  sm90::WgmmaFence();
+#pragma unroll
+  for (int ks = 0; ks < kPSteps; ++ks) {
+    sm90::WgmmaRS<kHeadDim, T>::template Run<1>(o, p_frag[ks], v_desc(ks), 1);
+  }
+  sm90::WgmmaCommit();
+  sm90::WgmmaWait<0>();
+  sm90::FenceRegs(o);
+}
+
 // The token-level causal mask of a diagonal key block: the thread's S
 // elements (kSTiles n8 tiles in the m64nN accumulator layout) whose key lies
 // right of their row, with row0 the thread's first row and both counted from
@@ -576,15 +608,7 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
 
     // Q fragments (the A operand of every S = Q K^T) into registers.
     uint32_t q_frag[Tile::kKSteps][4];
-    LoadQFragments<kHeadDim>(q_frag, q_smem, valid, warp, lane);
-    __syncwarp();
-    sm90::FenceProxyAsync();  // the next TMA write of this buffer comes after these reads
-    if (lane == 0) sm90::MbarArrive(bar(Tile::kQEmpty + c));
-    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-      if (valid && p.q_rope != nullptr) {
-        RopeQFragments<Tile::kKSteps>(q_frag, p.q_rope, qb * kBlock + 16 * warp + lane / 4, p.seq_len, lane);
-      }
-    }
+    TakeQ<kHeadDim, T>(p, q_frag, q_smem, bar(Tile::kQEmpty + c), valid, qb, warp, lane);
 
     float o[kOTiles * 4];
 #pragma unroll
@@ -597,14 +621,7 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
 
     // O += P V for the held block; waits for it and releases its stage.
     auto flush = [&]() {
-      sm90::WgmmaFence();
-#pragma unroll
-      for (int ks = 0; ks < kBlock / 16; ++ks) {
-        sm90::WgmmaRS<kHeadDim, T>::template Run<1>(o, p_frag[ks], v_desc(p_stage, ks), 1);
-      }
-      sm90::WgmmaCommit();
-      sm90::WgmmaWait<0>();
-      sm90::FenceRegs(o);
+      HeldPV<kHeadDim, T>(o, p_frag, [&](int ks) { return v_desc(p_stage, ks); });
       release(p_stage);
       have_p = false;
     };
@@ -697,11 +714,12 @@ __device__ __forceinline__ void Consumer(const Sm90Params& p, uint8_t* smem, int
   }
 }
 
-// Both kernels' CTA: the shared memory base aligned to 1024 bytes (the
+// The kernels' CTA: the shared memory base aligned to 1024 bytes (the
 // swizzle period), the barriers initialised by thread 0 (init_barriers(bars)),
-// then the roles. Warpgroup 0 gives registers back and its thread 0 produces;
-// warpgroups 1 and 2 take them and consume.
-template <class InitBarriers, class Produce, class Consume>
+// then the roles. Warpgroup 0 gives registers back and its thread 0 produces
+// (with kProducers = 2, lane 0 of warps 0 and 1, as produce(smem, c) for
+// consumer c); warpgroups 1 and 2 take them and consume.
+template <int kProducers = 1, class InitBarriers, class Produce, class Consume>
 __device__ __forceinline__ void RunCta(uint8_t* smem_raw, int bar_offset, InitBarriers&& init_barriers,
                                        Produce&& produce, Consume&& consume) {
   uint8_t* smem = smem_raw + ((1024 - (sm90::SmemAddr(smem_raw) & 1023)) & 1023);
@@ -716,7 +734,12 @@ __device__ __forceinline__ void RunCta(uint8_t* smem_raw, int bar_offset, InitBa
 
   if (warpgroup == 0) {
     sm90::SetMaxRegsDec<kProducerRegs>();
-    if (threadIdx.x == 0) produce(smem);
+    if constexpr (kProducers == 1) {
+      if (threadIdx.x == 0) produce(smem);
+    } else {
+      static_assert(kProducers == 2, "a producer per consumer");
+      if (threadIdx.x % 32 == 0 && threadIdx.x < 64) produce(smem, static_cast<int>(threadIdx.x / 32));
+    }
   } else {
     sm90::SetMaxRegsInc<kConsumerRegs>();
     consume(smem, warpgroup - 1);
@@ -807,6 +830,70 @@ struct RingPos {
   }
 };
 
+// One key block of a consumer that walks in-order K and V rings
+// (Sm90WideKernel: kKeys = 128; Sm90RowsKernel: 64). `bars` holds the
+// rings' barriers: k_full, k_empty, v_full and v_empty, kStages each. S =
+// Q K^T for the block at `pos`, with the held block's O += P V behind it
+// when kHaveP; K's slot freed as soon as S is done; the token-level mask
+// when diagonal(stage) says so (asked right after K's wait, while the slot
+// is still this consumer's); the online softmax while P V runs; then V's
+// slot freed, O rescaled, and S becomes the next P. The block becomes the
+// held one.
+template <int kKeys, int kStages, bool kExpFirst, bool kHaveP, int kHeadDim, typename T, class Descs, class Diagonal>
+__device__ __forceinline__ void RingStep(const Sm90Params& p, const uint32_t (&q_frag)[kHeadDim / 16][4],
+                                         float (&o)[kHeadDim / 2], uint32_t (&p_frag)[kKeys / 16][4],
+                                         float (&row_max)[2], float (&row_sum)[2], const Descs& desc, uint32_t bars,
+                                         RingPos& pos, RingPos& held, int row0, int lane, Diagonal&& diagonal) {
+  constexpr int kSTiles = kKeys / 8;  // n8 tiles of S
+  constexpr int kPSteps = kKeys / 16;  // k16 steps of O += P V
+  constexpr int kKFull = 0, kKEmpty = kStages, kVFull = 2 * kStages, kVEmpty = 3 * kStages;
+  auto bar = [&](int i) { return bars + 8 * i; };
+  auto release = [&](int i) {
+    __syncwarp();
+    if (lane == 0) sm90::MbarArrive(bar(i));
+  };
+  sm90::MbarWait(bar(kKFull + pos.stage), pos.phase);
+  const bool masked = diagonal(pos.stage);
+  if constexpr (kHaveP) sm90::MbarWait(bar(kVFull + held.stage), held.phase);
+  float s[kSTiles * 4];
+  sm90::WgmmaFence();
+#pragma unroll
+  for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+    sm90::WgmmaRS<kKeys, T>::template Run<0>(s, q_frag[ks], desc.K(pos.stage, ks), ks > 0 ? 1 : 0);
+  }
+  sm90::WgmmaCommit();
+  if constexpr (kHaveP) {
+#pragma unroll
+    for (int ks = 0; ks < kPSteps; ++ks) {
+      sm90::WgmmaRS<kHeadDim, T>::template Run<1>(o, p_frag[ks], desc.V(held.stage, ks), 1);
+    }
+    sm90::WgmmaCommit();
+    sm90::WgmmaWait<1>();
+  } else {
+    sm90::WgmmaWait<0>();
+  }
+  sm90::FenceRegs(s);
+  release(kKEmpty + pos.stage);
+
+  if (masked) MaskRightOfDiagonal<kSTiles>(s, row0, lane);
+
+  float correction[2];
+#pragma unroll
+  for (int hf = 0; hf < 2; ++hf) {
+    correction[hf] = SoftmaxRowHalf<kSTiles, kExpFirst>(s, hf, p.scale_log2, &row_max[hf], &row_sum[hf]);
+  }
+
+  if constexpr (kHaveP) {
+    sm90::WgmmaWait<0>();
+    sm90::FenceRegs(o);
+    release(kVEmpty + held.stage);
+  }
+  RescaleO<kHeadDim / 8>(o, correction);
+  PackP<kPSteps, T>(p_frag, s);
+  held = pos;
+  pos.template Advance<kStages>();
+}
+
 template <int kHeadDim>
 __device__ __forceinline__ void WideProducer(const Sm90Params& p, uint8_t* smem, Sm90Schedule schedule) {
   using Tile = Sm90WideTile<kHeadDim>;
@@ -868,7 +955,6 @@ __device__ __forceinline__ void WideConsumer(const Sm90Params& p, uint8_t* smem,
   using QTile = typename Tile::QTile;
   constexpr int kSwizzle = Tile::kSwizzle;
   constexpr int kOTiles = kHeadDim / 8;  // n8 tiles of O
-  constexpr int kSTiles = Tile::kKeys / 8;  // n8 tiles of S
   constexpr int kPSteps = Tile::kKeys / 16;  // k16 steps of O += P V
   const uint32_t base = sm90::SmemAddr(smem);
   const uint32_t bars = base + Tile::kBarOffset;
@@ -881,8 +967,6 @@ __device__ __forceinline__ void WideConsumer(const Sm90Params& p, uint8_t* smem,
   // K and V in rings of their own; a column block is 128 key rows.
   const StageDescs<kSwizzle, Tile::kStepsPerColBlock, Tile::kColBlockBytes, Tile::kTileBytes> desc(
       base + Tile::kKOffset, base + Tile::kVOffset);
-  auto k_desc = [&](int stage, int ks) { return desc.K(stage, ks); };
-  auto v_desc = [&](int stage, int ks) { return desc.V(stage, ks); };
   auto release = [&](int i) {
     __syncwarp();
     if (lane == 0) sm90::MbarArrive(bar(i));
@@ -902,15 +986,7 @@ __device__ __forceinline__ void WideConsumer(const Sm90Params& p, uint8_t* smem,
     const int row_base = (qb % 2) * kBlock + 16 * warp + lane / 4;  // the thread's first row within the tile
 
     uint32_t q_frag[QTile::kKSteps][4];
-    LoadQFragments<kHeadDim>(q_frag, q_smem, valid, warp, lane);
-    __syncwarp();
-    sm90::FenceProxyAsync();
-    if (lane == 0) sm90::MbarArrive(bar(Tile::kQEmpty + c));
-    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-      if (valid && p.q_rope != nullptr) {
-        RopeQFragments<QTile::kKSteps>(q_frag, p.q_rope, qb * kBlock + 16 * warp + lane / 4, p.seq_len, lane);
-      }
-    }
+    TakeQ<kHeadDim, T>(p, q_frag, q_smem, bar(Tile::kQEmpty + c), valid, qb, warp, lane);
 
     float o[kOTiles * 4];
 #pragma unroll
@@ -920,61 +996,17 @@ __device__ __forceinline__ void WideConsumer(const Sm90Params& p, uint8_t* smem,
     uint32_t p_frag[kPSteps][4];
     RingPos held;  // the block whose P V is pending
 
-    auto compute_block = [&]<bool kHaveP>(bool diagonal) {
-      sm90::MbarWait(bar(Tile::kKFull + pos.stage), pos.phase);
-      if constexpr (kHaveP) sm90::MbarWait(bar(Tile::kVFull + held.stage), held.phase);
-      float s[kSTiles * 4];
-      sm90::WgmmaFence();
-#pragma unroll
-      for (int ks = 0; ks < QTile::kKSteps; ++ks) {
-        sm90::WgmmaRS<Tile::kKeys, T>::template Run<0>(s, q_frag[ks], k_desc(pos.stage, ks), ks > 0 ? 1 : 0);
-      }
-      sm90::WgmmaCommit();
-      if constexpr (kHaveP) {
-#pragma unroll
-        for (int ks = 0; ks < kPSteps; ++ks) {
-          sm90::WgmmaRS<kHeadDim, T>::template Run<1>(o, p_frag[ks], v_desc(held.stage, ks), 1);
-        }
-        sm90::WgmmaCommit();
-        sm90::WgmmaWait<1>();
-      } else {
-        sm90::WgmmaWait<0>();
-      }
-      sm90::FenceRegs(s);
-      release(Tile::kKEmpty + pos.stage);
-
-      if (diagonal) MaskRightOfDiagonal<kSTiles>(s, row_base, lane);
-
-      float correction[2];
-#pragma unroll
-      for (int hf = 0; hf < 2; ++hf) {
-        correction[hf] = SoftmaxRowHalf<kSTiles, true>(s, hf, p.scale_log2, &row_max[hf], &row_sum[hf]);
-      }
-
-      if constexpr (kHaveP) {
-        sm90::WgmmaWait<0>();
-        sm90::FenceRegs(o);
-        release(Tile::kVEmpty + held.stage);
-      }
-      RescaleO<kOTiles>(o, correction);
-      PackP<kPSteps, T>(p_frag, s);
-      held = pos;
-      pos.template Advance<Tile::kStages>();
-    };
-
-    compute_block.template operator()<false>(true);
-    for (int j = pair - 1; j >= 0; --j) compute_block.template operator()<true>(false);
+    // The diagonal block first (both query blocks' diagonals), then the rest.
+    RingStep<Tile::kKeys, Tile::kStages, true, false, kHeadDim, T>(p, q_frag, o, p_frag, row_max, row_sum, desc, bars,
+                                                                   pos, held, row_base, lane, [](int) { return true; });
+    for (int j = pair - 1; j >= 0; --j) {
+      RingStep<Tile::kKeys, Tile::kStages, true, true, kHeadDim, T>(
+          p, q_frag, o, p_frag, row_max, row_sum, desc, bars, pos, held, row_base, lane, [](int) { return false; });
+    }
 
     // The last block's O += P V.
     sm90::MbarWait(bar(Tile::kVFull + held.stage), held.phase);
-    sm90::WgmmaFence();
-#pragma unroll
-    for (int ks = 0; ks < kPSteps; ++ks) {
-      sm90::WgmmaRS<kHeadDim, T>::template Run<1>(o, p_frag[ks], v_desc(held.stage, ks), 1);
-    }
-    sm90::WgmmaCommit();
-    sm90::WgmmaWait<0>();
-    sm90::FenceRegs(o);
+    HeldPV<kHeadDim, T>(o, p_frag, [&](int ks) { return desc.V(held.stage, ks); });
     release(Tile::kVEmpty + held.stage);
 
     // --- store: O / l, rows past seq_len dropped.
@@ -1011,10 +1043,229 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
+// --- block lists, a producer and rings per consumer ----------------------------
+// Sm90Lists::kOwnRings (FwdVariant::kSm90Rows). The CTA, the roles and the
+// consumers' arithmetic per 64-key block are Sm90FwdKernel's, but its two
+// halves share nothing but the SMs' tensor cores: consumer c has a producer
+// thread of its own (lane 0 of warp c), its own Q tile and its own in-order
+// K and V rings (as Sm90WideKernel's, 64 keys a stage), and takes its rows
+// from a tile counter of its own over the same heaviest-first order of pairs
+// (consumer 0 the upper row of each pair, consumer 1 the lower). So there is
+// no free-stage search, no queue, no end marker and no wait for the other
+// consumer's tile: a producer's block costs two waits for a ring slot, two
+// expect-tx and two copies, and a consumer frees a K slot as soon as its S =
+// Q K^T is done, so K runs up to kStages blocks ahead. The price: a block
+// both rows of a pair keep is loaded once for each (with uniform random
+// lists, about a twentieth of the loads at sparsity 0.9, a third at 0.5).
+// Each producer writes the key block of every K slot it fills beside the
+// slot (the consumer needs it for the diagonal's mask) before the arrive
+// that publishes the slot.
+
+template <int kHeadDim>
+struct Sm90RowsTile {
+  using QTile = Sm90Tile<kHeadDim>;  // Q's and K/V's tile layout, k-steps, swizzle
+  static constexpr int kTileBytes = QTile::kTileBytes;
+  // K and V each, per consumer: as many as fit.
+  static constexpr int kStages = kHeadDim == 128 ? 3 : kHeadDim == 96 ? 4 : kHeadDim == 64 ? 6 : 8;
+  // A consumer's half: its Q tile, its K ring, its V ring.
+  static constexpr int kQOffset = 0;
+  static constexpr int kKOffset = kTileBytes;
+  static constexpr int kVOffset = kKOffset + kStages * kTileBytes;
+  static constexpr int kHalfBytes = kVOffset + kStages * kTileBytes;
+  // Barriers of a half: k_full[kStages], k_empty[kStages], v_full[kStages], v_empty[kStages], q_full, q_empty.
+  static constexpr int kKFull = 0, kKEmpty = kStages, kVFull = 2 * kStages, kVEmpty = 3 * kStages, kQFull = 4 * kStages,
+                       kQEmpty = kQFull + 1, kHalfBarriers = kQEmpty + 1;
+  static constexpr int kBarOffset = 2 * kHalfBytes;
+  static constexpr int kKeyBlockOffset = kBarOffset + 2 * kHalfBarriers * 8;  // int [2][kStages]: each K slot's block
+  static constexpr int kTileInfoOffset = (kKeyBlockOffset + 2 * kStages * 4 + 15) / 16 * 16;  // int4 [2]
+  static constexpr int kSmemBytes = kTileInfoOffset + 2 * 16;
+  static constexpr int kSmemAlloc = kSmemBytes + 1024;
+  static_assert(kSmemAlloc <= 227 * 1024, "shared memory");
+  static_assert(kHalfBytes % 1024 == 0, "each half's tiles keep the swizzle period");
+  static_assert(kStages >= 2, "a consumer holds one V slot while the next is filled");
+};
+
+#if defined(SEER_SM90A_ENABLED)
+
+template <int kHeadDim>
+__device__ __forceinline__ void RowsProducer(const Sm90Params& p, uint8_t* smem, Sm90Schedule schedule, int c) {
+  using Tile = Sm90RowsTile<kHeadDim>;
+  using QTile = typename Tile::QTile;
+  const uint32_t half = sm90::SmemAddr(smem) + c * Tile::kHalfBytes;
+  const uint32_t bars = sm90::SmemAddr(smem) + Tile::kBarOffset + c * Tile::kHalfBarriers * 8;
+  auto bar = [&](int i) { return bars + 8 * i; };
+  int* key_block = reinterpret_cast<int*>(smem + Tile::kKeyBlockOffset) + c * Tile::kStages;
+  int4* tile_info = reinterpret_cast<int4*>(smem + Tile::kTileInfoOffset) + c;
+  uint32_t* counter = p.tile_counter + c;
+
+  sm90::PrefetchTensorMap(&p.tma_q);
+  sm90::PrefetchTensorMap(&p.tma_k_tile);
+  sm90::PrefetchTensorMap(&p.tma_v_tile);
+  const int group = p.num_heads / p.num_kv_heads;
+  const bool atomic = schedule == Sm90Schedule::kAtomic;
+
+  RingPos pos;
+  uint32_t q_phase = 0;
+  int t = atomic ? static_cast<int>(atomicAdd(counter, 1u)) : static_cast<int>(blockIdx.x);
+  for (;;) {
+    // This consumer's row of the next pair that has one (the last pair of
+    // an odd nb has no upper row); the index after it is fetched now.
+    int h = 0, qb = 0, next = 0;
+    bool done = true;
+    while (t < p.num_tiles) {
+      const int code = p.order[t];
+      h = code / p.pairs;
+      qb = 2 * (code % p.pairs) + 1 - c;
+      next = atomic ? static_cast<int>(atomicAdd(counter, 1u)) : t + static_cast<int>(gridDim.x);
+      if (qb < p.nb) {
+        done = false;
+        break;
+      }
+      t = next;
+    }
+    // Q, once the consumer has read the previous tile's into registers.
+    sm90::MbarWait(bar(Tile::kQEmpty), q_phase ^ 1);
+    q_phase ^= 1;
+    if (done) {
+      *tile_info = make_int4(-1, 0, 0, 0);
+      sm90::MbarArrive(bar(Tile::kQFull));
+      return;
+    }
+    const int row = h * p.nb + qb;
+    const int begin = p.block_offsets[row];
+    const int n = max(p.block_offsets[row + 1] - begin, 0);
+    *tile_info = make_int4(h, qb, n, 0);
+    sm90::MbarArriveExpectTx(bar(Tile::kQFull), Tile::kTileBytes);
+#pragma unroll
+    for (int cb = 0; cb < QTile::kColBlocks; ++cb) {
+      sm90::TmaLoad3d(half + Tile::kQOffset + cb * QTile::kColBlockBytes, &p.tma_q, bar(Tile::kQFull),
+                      cb * QTile::kCols, h, qb * kBlock);
+    }
+
+    // The list from its highest block down (the diagonal first), each next
+    // entry read a block ahead. Lists are ascending and causal; anything
+    // else is clamped so that no copy leaves the tensors.
+    const int kvh = h / group;
+    int ahead = n > 0 ? p.block_indices[begin + n - 1] : 0;
+    for (int i = n - 1; i >= 0; --i) {
+      const int kb = min(max(ahead, 0), qb);
+      if (i > 0) ahead = p.block_indices[begin + i - 1];
+      const uint32_t k_full = bar(Tile::kKFull + pos.stage), v_full = bar(Tile::kVFull + pos.stage);
+      sm90::MbarWait(bar(Tile::kKEmpty + pos.stage), pos.phase ^ 1);
+      key_block[pos.stage] = kb;  // published by the arrive below
+      sm90::MbarArriveExpectTx(k_full, Tile::kTileBytes);
+      sm90::TmaLoad4d(half + Tile::kKOffset + pos.stage * Tile::kTileBytes, &p.tma_k_tile, k_full, 0, kb * kBlock, 0,
+                      kvh);
+      sm90::MbarWait(bar(Tile::kVEmpty + pos.stage), pos.phase ^ 1);
+      sm90::MbarArriveExpectTx(v_full, Tile::kTileBytes);
+      sm90::TmaLoad4d(half + Tile::kVOffset + pos.stage * Tile::kTileBytes, &p.tma_v_tile, v_full, 0, kb * kBlock, 0,
+                      kvh);
+      pos.template Advance<Tile::kStages>();
+    }
+    t = next;
+  }
+}
+
+template <int kHeadDim, typename T>
+__device__ __forceinline__ void RowsConsumer(const Sm90Params& p, uint8_t* smem, int c) {
+  using Tile = Sm90RowsTile<kHeadDim>;
+  using QTile = typename Tile::QTile;
+  constexpr int kOTiles = kHeadDim / 8;  // n8 tiles of O
+  constexpr int kPSteps = kBlock / 16;  // k16 steps of O += P V
+  const uint32_t half = sm90::SmemAddr(smem) + c * Tile::kHalfBytes;
+  const uint32_t bars = sm90::SmemAddr(smem) + Tile::kBarOffset + c * Tile::kHalfBarriers * 8;
+  auto bar = [&](int i) { return bars + 8 * i; };
+  const int* key_block = reinterpret_cast<const int*>(smem + Tile::kKeyBlockOffset) + c * Tile::kStages;
+  const int4* tile_info = reinterpret_cast<const int4*>(smem + Tile::kTileInfoOffset) + c;
+  const int warp = (threadIdx.x / 32) % 4;  // warp within the warpgroup: rows 16 warp .. 16 warp + 15
+  const int lane = threadIdx.x % 32;
+
+  const StageDescs<QTile::kSwizzle, QTile::kStepsPerColBlock, QTile::kColBlockBytes, Tile::kTileBytes> desc(
+      half + Tile::kKOffset, half + Tile::kVOffset);
+  auto release = [&](int i) {
+    __syncwarp();
+    if (lane == 0) sm90::MbarArrive(bar(i));
+  };
+
+  RingPos pos;
+  uint32_t q_phase = 0;
+  for (;;) {
+    sm90::MbarWait(bar(Tile::kQFull), q_phase);
+    q_phase ^= 1;
+    const int4 info = ReadShared(tile_info, lane);
+    if (info.x < 0) return;
+    const int h = info.x;
+    const int qb = info.y;
+    const int n = info.z;
+
+    uint32_t q_frag[QTile::kKSteps][4];
+    TakeQ<kHeadDim, T>(p, q_frag, half + Tile::kQOffset, bar(Tile::kQEmpty), true, qb, warp, lane);
+
+    float o[kOTiles * 4];
+#pragma unroll
+    for (int i = 0; i < kOTiles * 4; ++i) o[i] = 0.0f;
+    float row_max[2] = {-INFINITY, -INFINITY};
+    float row_sum[2] = {0.0f, 0.0f};
+    uint32_t p_frag[kPSteps][4];
+    RingPos held;  // the block whose P V is pending
+
+    // The kept blocks, highest first. The diagonal is masked; the key block
+    // of a K slot is read before the slot is freed, by lane 0 only (the
+    // lane that arrives on its empty barrier), as ReadShared does.
+    auto diagonal = [&](int stage) { return __shfl_sync(0xffffffffu, lane == 0 ? key_block[stage] : 0, 0) == qb; };
+    const int row0 = 16 * warp + lane / 4;
+    if (n > 0) {
+      RingStep<kBlock, Tile::kStages, false, false, kHeadDim, T>(p, q_frag, o, p_frag, row_max, row_sum, desc, bars,
+                                                                 pos, held, row0, lane, diagonal);
+      for (int i = 1; i < n; ++i) {
+        RingStep<kBlock, Tile::kStages, false, true, kHeadDim, T>(p, q_frag, o, p_frag, row_max, row_sum, desc, bars,
+                                                                  pos, held, row0, lane, diagonal);
+      }
+      // The last block's O += P V.
+      sm90::MbarWait(bar(Tile::kVFull + held.stage), held.phase);
+      HeldPV<kHeadDim, T>(o, p_frag, [&](int ks) { return desc.V(held.stage, ks); });
+      release(Tile::kVEmpty + held.stage);
+    }
+
+    // --- store: O / l (an empty list stores zeros), rows past seq_len dropped.
+    StoreRows<kHeadDim, T>(p, o, row_sum, h, qb, warp, lane);
+  }
+}
+
+#endif  // SEER_SM90A_ENABLED
+
+template <int kHeadDim, typename T>
+__global__ void __launch_bounds__(kThreads, 1)
+    Sm90RowsKernel(const __grid_constant__ Sm90Params p, Sm90Schedule schedule) {
+#if defined(SEER_SM90A_ENABLED)
+  using Tile = Sm90RowsTile<kHeadDim>;
+  extern __shared__ uint8_t smem_raw[];
+  RunCta<2>(
+      smem_raw, Tile::kBarOffset,
+      [](uint32_t bars) {
+        for (int c = 0; c < 2; ++c) {
+          const uint32_t half = bars + c * Tile::kHalfBarriers * 8;
+          for (int s = 0; s < Tile::kStages; ++s) {
+            sm90::MbarInit(half + 8 * (Tile::kKFull + s), 1);  // the producer's arrive + the bytes
+            sm90::MbarInit(half + 8 * (Tile::kKEmpty + s), 4);  // one lane per consumer warp
+            sm90::MbarInit(half + 8 * (Tile::kVFull + s), 1);
+            sm90::MbarInit(half + 8 * (Tile::kVEmpty + s), 4);
+          }
+          sm90::MbarInit(half + 8 * Tile::kQFull, 1);
+          sm90::MbarInit(half + 8 * Tile::kQEmpty, 4);
+        }
+      },
+      [&](uint8_t* smem, int c) { RowsProducer<kHeadDim>(p, smem, schedule, c); },
+      [&](uint8_t* smem, int c) { RowsConsumer<kHeadDim, T>(p, smem, c); });
+#else
+  __trap();
+#endif
+}
+
 // --- tile order for block lists ---------------------------------------------
 // One CTA per KV head: that group's tiles by kept-block count (the two rows'
 // list lengths), heaviest first, ties in the dense order. The counting sort's
-// buckets are quantised to kOrderBuckets. CTA 0 also zeroes the tile counter.
+// buckets are quantised to kOrderBuckets. CTA 0 also zeroes the tile counters.
 constexpr int kOrderThreads = 1024;
 constexpr int kOrderBuckets = 1024;
 
@@ -1023,7 +1274,8 @@ __global__ void __launch_bounds__(kOrderThreads)
                     uint32_t* tile_counter) {
   __shared__ int32_t hist[kOrderBuckets];
   __shared__ int32_t warp_sums[kOrderThreads / 32];
-  if (blockIdx.x == 0 && threadIdx.x == 0 && tile_counter != nullptr) *tile_counter = 0;
+  // Two counters: Sm90RowsKernel's consumers take tiles from one each.
+  if (blockIdx.x == 0 && threadIdx.x < 2 && tile_counter != nullptr) tile_counter[threadIdx.x] = 0;
   const int group = num_heads / num_kv_heads;
   const int kvh = blockIdx.x;
   const int tiles = group * pairs;
@@ -1123,7 +1375,7 @@ int NumPairs(int seq_len) {
 size_t AlignUp256(size_t n) { return (n + 255) / 256 * 256; }
 
 template <int kHeadDim, typename T>
-cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, cudaStream_t stream) {
+cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, Sm90Lists lists, cudaStream_t stream) {
   using Tile = Sm90Tile<kHeadDim>;
   Sm90Params k{};
   const cuuint64_t D = kHeadDim;
@@ -1162,7 +1414,7 @@ cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, cudaStream_t
   k.scale_log2 = p.scale * kLog2e;
   k.q_rope = p.q_rope;
 
-  // Scratch: [order: num_tiles int32][counter], only what this launch uses.
+  // Scratch: [order: num_tiles int32][counters], only what this launch uses.
   const bool atomic = schedule == Sm90Schedule::kAtomic;
   const size_t order_bytes = sorted ? AlignUp256(sizeof(int32_t) * k.num_tiles) : 0;
   const size_t need = order_bytes + (atomic ? 256 : 0);
@@ -1187,8 +1439,13 @@ cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, cudaStream_t
     e = cudaMemsetAsync(k.tile_counter, 0, sizeof(uint32_t), stream);
   }
   if (e == cudaSuccess) {
-    auto kernel = sorted ? Sm90FwdKernel<kHeadDim, T> : Sm90WideKernel<kHeadDim, T>;
-    const int smem_bytes = sorted ? Tile::kSmemAlloc : Sm90WideTile<kHeadDim>::kSmemAlloc;
+    const bool own_rings = sorted && lists == Sm90Lists::kOwnRings;
+    auto kernel = !sorted     ? Sm90WideKernel<kHeadDim, T>
+                  : own_rings ? Sm90RowsKernel<kHeadDim, T>
+                              : Sm90FwdKernel<kHeadDim, T>;
+    const int smem_bytes = !sorted     ? Sm90WideTile<kHeadDim>::kSmemAlloc
+                           : own_rings ? Sm90RowsTile<kHeadDim>::kSmemAlloc
+                                       : Tile::kSmemAlloc;
     e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
     int device = 0, sms = 0;
     if (e == cudaSuccess) e = cudaGetDevice(&device);
@@ -1217,9 +1474,9 @@ size_t Sm90WorkspaceBytes(int num_heads, int seq_len) {
   return AlignUp256(sizeof(int32_t) * static_cast<size_t>(num_heads) * NumPairs(seq_len)) + 256;
 }
 
-cudaError_t LaunchSm90Attention(const AttentionParams& p, Sm90Schedule schedule, cudaStream_t stream) {
+cudaError_t LaunchSm90Attention(const AttentionParams& p, Sm90Schedule schedule, Sm90Lists lists, cudaStream_t stream) {
   return SEER_DISPATCH_HEAD_DIM(p.head_dim, kHeadDim, [&] {
-    return SEER_DISPATCH_ELEM(p.dtype, Elem, [&] { return Launch<kHeadDim, Elem>(p, schedule, stream); });
+    return SEER_DISPATCH_ELEM(p.dtype, Elem, [&] { return Launch<kHeadDim, Elem>(p, schedule, lists, stream); });
   });
 }
 

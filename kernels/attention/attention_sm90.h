@@ -17,6 +17,12 @@ enum class Sm90Schedule {
   kStatic,  // CTA c takes tiles c, c + grid, c + 2 grid, ...
 };
 
+// Which kernel runs block lists (dense causal always runs the 128-key one).
+enum class Sm90Lists {
+  kSharedStages,  // one producer for both consumers: a block both rows keep is loaded once
+  kOwnRings,  // a producer and K/V rings per consumer, rows taken independently
+};
+
 // True when the current device is compute capability 9.0 and this binary
 // holds the kernel's sm_90a code (queried once per device, then cached).
 bool Sm90AttentionAvailable();
@@ -28,6 +34,6 @@ size_t Sm90WorkspaceBytes(int num_heads, int seq_len);
 
 // Runs the kernel; the caller has checked the shapes (ValidPrefill in
 // attention.cu) and Sm90AttentionAvailable().
-cudaError_t LaunchSm90Attention(const AttentionParams& p, Sm90Schedule schedule, cudaStream_t stream);
+cudaError_t LaunchSm90Attention(const AttentionParams& p, Sm90Schedule schedule, Sm90Lists lists, cudaStream_t stream);
 
 }  // namespace seer::cuda
