@@ -1088,7 +1088,7 @@ struct Sm90RowsTile {
 #if defined(SEER_SM90A_ENABLED)
 
 template <int kHeadDim>
-__device__ __forceinline__ void RowsProducer(const Sm90Params& p, uint8_t* smem, Sm90Schedule schedule, int c) {
+__device__ __forceinline__ void RowsProducer(const Sm90Params& p, uint8_t* smem, int c) {
   using Tile = Sm90RowsTile<kHeadDim>;
   using QTile = typename Tile::QTile;
   const uint32_t half = sm90::SmemAddr(smem) + c * Tile::kHalfBytes;
@@ -1096,17 +1096,16 @@ __device__ __forceinline__ void RowsProducer(const Sm90Params& p, uint8_t* smem,
   auto bar = [&](int i) { return bars + 8 * i; };
   int* key_block = reinterpret_cast<int*>(smem + Tile::kKeyBlockOffset) + c * Tile::kStages;
   int4* tile_info = reinterpret_cast<int4*>(smem + Tile::kTileInfoOffset) + c;
-  uint32_t* counter = p.tile_counter + c;
+  uint32_t* counter = p.tile_counter + c;  // always the atomic schedule (Launch)
 
   sm90::PrefetchTensorMap(&p.tma_q);
   sm90::PrefetchTensorMap(&p.tma_k_tile);
   sm90::PrefetchTensorMap(&p.tma_v_tile);
   const int group = p.num_heads / p.num_kv_heads;
-  const bool atomic = schedule == Sm90Schedule::kAtomic;
 
   RingPos pos;
   uint32_t q_phase = 0;
-  int t = atomic ? static_cast<int>(atomicAdd(counter, 1u)) : static_cast<int>(blockIdx.x);
+  int t = static_cast<int>(atomicAdd(counter, 1u));
   for (;;) {
     // This consumer's row of the next pair that has one (the last pair of
     // an odd nb has no upper row); the index after it is fetched now.
@@ -1116,7 +1115,7 @@ __device__ __forceinline__ void RowsProducer(const Sm90Params& p, uint8_t* smem,
       const int code = p.order[t];
       h = code / p.pairs;
       qb = 2 * (code % p.pairs) + 1 - c;
-      next = atomic ? static_cast<int>(atomicAdd(counter, 1u)) : t + static_cast<int>(gridDim.x);
+      next = static_cast<int>(atomicAdd(counter, 1u));
       if (qb < p.nb) {
         done = false;
         break;
@@ -1133,7 +1132,7 @@ __device__ __forceinline__ void RowsProducer(const Sm90Params& p, uint8_t* smem,
     }
     const int row = h * p.nb + qb;
     const int begin = p.block_offsets[row];
-    const int n = max(p.block_offsets[row + 1] - begin, 0);
+    const int n = min(max(p.block_offsets[row + 1] - begin, 0), qb + 1);  // a causal list has at most qb + 1
     *tile_info = make_int4(h, qb, n, 0);
     sm90::MbarArriveExpectTx(bar(Tile::kQFull), Tile::kTileBytes);
 #pragma unroll
@@ -1236,7 +1235,7 @@ __device__ __forceinline__ void RowsConsumer(const Sm90Params& p, uint8_t* smem,
 
 template <int kHeadDim, typename T>
 __global__ void __launch_bounds__(kThreads, 1)
-    Sm90RowsKernel(const __grid_constant__ Sm90Params p, Sm90Schedule schedule) {
+    Sm90RowsKernel(const __grid_constant__ Sm90Params p, Sm90Schedule /*always kAtomic: two counters*/) {
 #if defined(SEER_SM90A_ENABLED)
   using Tile = Sm90RowsTile<kHeadDim>;
   extern __shared__ uint8_t smem_raw[];
@@ -1255,7 +1254,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           sm90::MbarInit(half + 8 * Tile::kQEmpty, 4);
         }
       },
-      [&](uint8_t* smem, int c) { RowsProducer<kHeadDim>(p, smem, schedule, c); },
+      [&](uint8_t* smem, int c) { RowsProducer<kHeadDim>(p, smem, c); },
       [&](uint8_t* smem, int c) { RowsConsumer<kHeadDim, T>(p, smem, c); });
 #else
   __trap();
@@ -1414,6 +1413,10 @@ cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, Sm90Lists li
   k.scale_log2 = p.scale * kLog2e;
   k.q_rope = p.q_rope;
 
+  // Sm90RowsKernel's consumers take their rows from two counters: it always
+  // runs the atomic schedule.
+  const bool own_rings = sorted && lists == Sm90Lists::kOwnRings;
+  if (own_rings) schedule = Sm90Schedule::kAtomic;
   // Scratch: [order: num_tiles int32][counters], only what this launch uses.
   const bool atomic = schedule == Sm90Schedule::kAtomic;
   const size_t order_bytes = sorted ? AlignUp256(sizeof(int32_t) * k.num_tiles) : 0;
@@ -1439,7 +1442,6 @@ cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, Sm90Lists li
     e = cudaMemsetAsync(k.tile_counter, 0, sizeof(uint32_t), stream);
   }
   if (e == cudaSuccess) {
-    const bool own_rings = sorted && lists == Sm90Lists::kOwnRings;
     auto kernel = !sorted     ? Sm90WideKernel<kHeadDim, T>
                   : own_rings ? Sm90RowsKernel<kHeadDim, T>
                               : Sm90FwdKernel<kHeadDim, T>;

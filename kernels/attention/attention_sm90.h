@@ -20,7 +20,7 @@ enum class Sm90Schedule {
 // Which kernel runs block lists (dense causal always runs the 128-key one).
 enum class Sm90Lists {
   kSharedStages,  // one producer for both consumers: a block both rows keep is loaded once
-  kOwnRings,  // a producer and K/V rings per consumer, rows taken independently
+  kOwnRings,  // a producer and K/V rings per consumer, rows taken independently (always kAtomic)
 };
 
 // True when the current device is compute capability 9.0 and this binary
