@@ -297,11 +297,14 @@ __device__ __forceinline__ void StorePooledK(int64_t hr, int d, int head_dim, co
 // lands. In the gate (H200, CUDA events) it took 0.081 -> 0.077-0.079 ms at
 // 8k tokens, 0.321 -> 0.305 at 32k and 1.368 -> 1.337 at 128k against
 // PoolKernel; alone under ncu (caches flushed) it is no faster. The sums,
-// not the copies, bound it: every value is converted to double (16 a clock
-// per SM on Hopper) and added in token order, so it gains from warps, not
-// from bytes in flight. 256 threads of 2 channels measured 348 -> 332 us at
+// not the copies, bound it: every value is converted to double and added in
+// token order, and the loop's instructions set its rate (summing two
+// tokens in float first, half the conversions at 12% more instructions,
+// measured 13% slower at 128k tokens), so it gains from warps, not from
+// bytes in flight. 256 threads of 2 channels measured 348 -> 332 us at
 // 128k tokens under ncu and 0.073-0.076 -> 0.069-0.071 ms for the fused
-// gate at 8k, against 128 threads of 4 (2026-11-30, H200; docs/KERNELS.md).
+// gate at 8k, against 128 threads of 4 (2026-11-30, 2026-12-01, H200;
+// docs/KERNELS.md).
 constexpr int kBulkPoolChannels = 512;
 constexpr int kBulkPoolPerThread = 2;  // channels a thread sums
 constexpr int kBulkPoolThreads = kBulkPoolChannels / kBulkPoolPerThread;
