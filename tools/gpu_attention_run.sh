@@ -31,6 +31,9 @@ BUILD_DIR="${BUILD_DIR:-build-gpu}"
 TEST_FILTER="${TEST_FILTER:-AttentionGpuTest.*:GateGpuTest.*}"
 SANITIZE_FILTER="${SANITIZE_FILTER:-AttentionGpuTest.SanitizerShapes:AttentionGpuTest.EmptyRowsAreZero:GateGpuTest.SmallShapes}"
 MASKS_DIR="${MASKS_DIR:-/tmp/seer-attention-masks}"
+# Test binaries built elsewhere (PREBUILT) look for the fixtures in the build
+# host's checkout unless told: this checkout's.
+export SEER_FIXTURES_DIR="${SEER_FIXTURES_DIR:-$PWD/tests/fixtures}"
 export PATH="/usr/local/cuda/bin:$PATH"
 status=0
 summary=()
