@@ -621,6 +621,11 @@ cudaError_t LaunchDecode(const AttentionParams& p, int pos, cudaStream_t stream)
   return cudaSuccess;
 }
 
+// The variants that run attention_sm90.cu's kernels.
+bool IsSm90Variant(FwdVariant v) {
+  return v == FwdVariant::kSm90 || v == FwdVariant::kSm90Static || v == FwdVariant::kSm90Rows;
+}
+
 }  // namespace
 
 const char* FwdVariantName(FwdVariant v) {
@@ -635,12 +640,7 @@ const char* FwdVariantName(FwdVariant v) {
   return "?";
 }
 
-bool FwdVariantAvailable(FwdVariant v) {
-  if (v == FwdVariant::kSm90 || v == FwdVariant::kSm90Static || v == FwdVariant::kSm90Rows) {
-    return Sm90AttentionAvailable();
-  }
-  return true;
-}
+bool FwdVariantAvailable(FwdVariant v) { return IsSm90Variant(v) ? Sm90AttentionAvailable() : true; }
 
 FwdVariant ResolveFwdVariant(FwdVariant v) {
   if (v != FwdVariant::kAuto) return v;
@@ -657,8 +657,7 @@ cudaError_t BlockSparseAttentionVariant(const AttentionParams& p, FwdVariant var
   const int64_t nb = (p.seq_len + kBlock - 1) / kBlock;
   if (nb * p.num_heads > 0x7fffffff) return cudaErrorInvalidValue;
   variant = ResolveFwdVariant(variant);
-  const bool sm90 =
-      variant == FwdVariant::kSm90 || variant == FwdVariant::kSm90Static || variant == FwdVariant::kSm90Rows;
+  const bool sm90 = IsSm90Variant(variant);
   if (p.q_rope != nullptr &&
       (!sm90 || !AttentionRotatesQ(p.dtype, p.head_dim) || reinterpret_cast<uintptr_t>(p.q_rope) % 16 != 0)) {
     return cudaErrorInvalidValue;
