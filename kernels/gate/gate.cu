@@ -114,13 +114,17 @@ struct GateLayout {
   int heads_per_pass = 0;
   int words = 0;  // 32-bit bitmap words per row
   size_t rope = 0, pooled_q = 0, pooled_k = 0, pooled_k_lo = 0, wt = 0, qp = 0, kp = 0, qp_lo = 0, kp_lo = 0,
-         scores = 0, bitmap = 0, counts = 0, total = 0;
+         k_shift = 0, scores = 0, bitmap = 0, counts = 0, total = 0;
 };
 
 // The heads of mask_linear_k's weights: Hq, or k_weight_heads where set.
 __host__ __device__ inline int KWeightHeads(const GateParams& p) {
   return p.k_weight_heads > 0 ? p.k_weight_heads : p.num_heads;
 }
+
+// Entries of a head's k' scale exponents: nb rounded up to whole 128-row
+// tiles, so that each tile's 512 bytes are 16-byte aligned.
+__host__ __device__ inline int64_t StripeShiftPitch(int nb) { return (static_cast<int64_t>(nb) + 127) / 128 * 128; }
 
 // The fused gate keeps no nb x nb scores (with_scores = false).
 GateLayout MakeLayout(const GateParams& p, bool with_scores) {
@@ -150,6 +154,9 @@ GateLayout MakeLayout(const GateParams& p, bool with_scores) {
   // qp, kp) and lo parts.
   g.qp_lo = take(with_scores ? sizeof(float) * nb * p.num_heads * p.hidden : 0);
   g.kp_lo = take(with_scores ? sizeof(float) * nb * p.num_heads * p.hidden : 0);
+  // The fp16 stripes' k' scale exponents (F16Split), one a row, each head's
+  // padded to whole 128-row tiles.
+  g.k_shift = take(with_scores ? sizeof(int32_t) * p.num_heads * StripeShiftPitch(g.nb) : 0);
   g.scores = take(with_scores ? sizeof(float) * nb * nb * g.heads_per_pass : 0);
   g.bitmap = take(sizeof(uint32_t) * nb * p.num_heads * g.words);
   g.counts = take(sizeof(int32_t) * nb * p.num_heads);
@@ -223,6 +230,42 @@ __device__ __forceinline__ void StoreMaybeSplit(float x, float* dst, float* lo) 
   ptx::SplitTf32(x, &h, &l);
   *dst = __uint_as_float(h);
   *lo = __uint_as_float(l);
+}
+
+// --- fp16 operands for the wgmma scores (F16Split) ----------------------------
+// fp16 has tf32's 11 significant bits and twice its wgmma rate, but not its
+// range, so a row of q' or k' is scaled by a power of two before it splits
+// into fp16 hi and lo parts: x 2^shift = hi + lo + (a rest below 2^-22 of
+// x), as tf32's hi + lo. The shift puts the row's largest |value| before
+// RoPE (m) in [2^14, 2^15): rotated values stay below 2^15.5 < 65504, and a
+// value's lo part stays a normal fp16 down to 2^-17 of m. Power-of-two
+// scales are exact, so acc 2^-(shift_q + shift_k) is the float dot product
+// of hi and lo parts as tf32's, and the scores are within float rounding
+// like the tf32 kernel's. The shift is clamped to [-kF16MaxShift,
+// kF16MaxShift], so that the scores' unscale factor 2^-(shift_q + shift_k)
+// is always a normal float: rows with m in [2^-46, 2^75) get the scale
+// above; below, their small values' lo parts lose bits (fp16 subnormals);
+// from 2^75 on, their largest values may overflow to inf. Zero, subnormal,
+// inf and NaN maxima take shift 0.
+constexpr int kF16MaxShift = 60;
+
+__device__ __forceinline__ int F16Shift(float m) {
+  const int e = static_cast<int>((__float_as_uint(m) >> 23) & 0xffu);  // m >= 0: its biased exponent
+  if (e == 0 || e == 255) return 0;
+  return max(-kF16MaxShift, min(kF16MaxShift, 14 - (e - 127)));
+}
+
+// 2^e for e in [-126, 127].
+__device__ __forceinline__ float Pow2(int e) { return __int_as_float((127 + e) << 23); }
+
+// x (scaled already) as fp16 hi + lo, packed two channels a word (channel
+// 2i in the low half).
+__device__ __forceinline__ void SplitF16Pair(float x0, float x1, uint32_t* hi, uint32_t* lo) {
+  const __half2 h = __floats2half2_rn(x0, x1);
+  const float2 hf = __half22float2(h);
+  const __half2 l = __floats2half2_rn(x0 - hf.x, x1 - hf.y);  // both differences exact in float
+  *hi = *reinterpret_cast<const uint32_t*>(&h);
+  *lo = *reinterpret_cast<const uint32_t*>(&l);
 }
 
 // kV consecutive floats, moved with one 16-byte access where kV == 4 (the
@@ -1371,115 +1414,202 @@ __device__ __forceinline__ void WgmmaTf32Tile(uint32_t smem_addr, const WgParts&
 }
 #endif
 
-// --- scores on Hopper's wgmma (3xTF32), one 128-row stripe a CTA -------------
+// --- scores on Hopper's wgmma (3xTF32 or split fp16), one 128-row stripe a CTA
 // The causal 128 x 128 tiles of ScoresTf32Kernel, the same products (lo.hi +
-// hi.lo + hi.hi in float), on wgmma m64n128k8 with both operands in shared
-// memory (warpgroup w takes rows 64w.. of a tile against all 128 columns).
-// A CTA takes query tile qt of one head and every key tile 0 .. qt of its
-// row: its 128 q' rows (tf32 hi and lo parts, all hidden channels: 128 KB
-// at hidden 128) are copied into shared memory once, and only the k' rows
-// stream, through a ring of kStripeStages steps of kWgK channels that runs
-// on from one key tile into the next. Within a tile one step's wgmmas stay
-// in flight while the next step's are issued (a stage is refilled two steps
-// after its products were issued); a tile ends with every wgmma done (ptxas
-// serializes wgmmas left in flight across a loop's back edge), and its
-// scores go out while the next tile's first steps load. q' and k' come
-// split (RopeKernel and the projection kernels write them so: splitting
-// here would cost shared-memory bandwidth, which wgmma's operand reads are
-// bound by), each part in 64-byte rows in the 64-byte swizzle.
+// hi.lo + hi.hi in float), on wgmma with both operands in shared memory
+// (warpgroup w takes rows 64w.. of a tile against all 128 columns). A CTA
+// takes query tile qt of one head and every key tile 0 .. qt of its row: its
+// 128 q' rows (hi and lo parts, all hidden channels) are put in shared
+// memory once, and only the k' rows stream, through a ring of kStages steps
+// that runs on from one key tile into the next. A step is a 64-byte row of
+// each part: 16 channels of tf32 (m64n128k8), or 32 of fp16 (m64n128k16).
+// Within a tile one step's wgmmas stay in flight while the next step's are
+// issued (a stage is refilled two steps after its products were issued); a
+// tile ends with every wgmma done (ptxas serializes wgmmas left in flight
+// across a loop's back edge), and its scores go out while the next tile's
+// first steps load. q' and k' come split (RopeKernel and the projection
+// kernels write them so: splitting here would cost shared-memory bandwidth,
+// which wgmma's operand reads are bound by), each part in 64-byte rows in
+// the 64-byte swizzle.
+//
+// TOp float: tf32 parts. TOp __half (hidden 128, q' rotated here, k' from
+// ProjectRopeWgmmaKernel; since 2026-12-01): fp16 parts of rows scaled by
+// powers of two (F16Split), half the bytes and half the wgmmas of tf32 for
+// the same products; each score is unscaled by 2^-(shift_q + shift_k)
+// (exact) before it is multiplied by `scale` as the tf32 kernel's is. The
+// k' shifts (k_shift, shift << 23 a row) come with each key tile's first
+// step into a ring of kF16ShiftSlots tiles.
 //
 // With `keys`, it writes OrderKey's key of each score (its bits as a float)
 // for a select that reads keys (SelectKernel's keys_in). Grid (heads, row
 // tiles), the longest stripes (the last query tiles) of every head first.
-// One CTA an SM. kSteps = hidden / kWgK <= kStripeMaxSteps; sm_90a.
-constexpr int kStripeMaxSteps = 8;  // hidden 128
+// One CTA an SM. kSteps * channels a step = hidden <= 128; sm_90a.
+constexpr int kStripeMaxSteps = 8;  // hidden 128 in tf32
 constexpr int kStripeStages = 5;
-constexpr int kStripeAhead = kStripeStages - 2;  // steps loaded ahead of the one computed
-constexpr int kStripeABytes = kStripeMaxSteps * 2 * kWgPartBytes;  // q' hi, lo: 128 KB
+constexpr int kStripeABytes = kStripeMaxSteps * 2 * kWgPartBytes;  // q' hi, lo: 128 KB in tf32, 64 in fp16
 constexpr int kStripeStageBytes = 2 * kWgPartBytes;  // k' hi, lo of one step
-constexpr size_t kStripeSmemBytes = kStripeABytes + kStripeStages * kStripeStageBytes + 1024;
+constexpr int kF16ShiftSlots = 2;
+constexpr int kStripeShiftBytes = (1 + kF16ShiftSlots) * kSgemmTile * 4;  // q' rows' shifts, the k' ring
+
+template <typename TOp>
+constexpr size_t StripeSmemBytes() {
+  constexpr int a_bytes = std::is_same_v<TOp, float> ? kStripeABytes : kStripeABytes / 2;
+  return a_bytes + kStripeStages * kStripeStageBytes + (std::is_same_v<TOp, float> ? 0 : kStripeShiftBytes) + 1024;
+}
 
 #if defined(SEER_SM90A_ENABLED)
-// q' rows q_first .. q_first + 127 of head h, RoPE(pooled Q) (pooled_q [nb,
-// heads, kHidden]; the RoPE pass's arithmetic, so the same bits), split into
-// tf32 hi and lo parts at their places in a stripe (step s's hi part at
-// stripe + s * 2 * kWgPartBytes, its lo part after it, 64-byte swizzle);
-// zeros past nb. Item i is four pairs (channels f .. f + 3 and their
-// partners f + kHidden / 2 ..) of one row; a thread takes items threadIdx.x
-// + 256 k and loads kBatch of them before it uses any.
+// How RotateQStripe walks a stripe's q' rows: item i is four pairs
+// (channels f .. f + 3 and their partners f + kHidden / 2 ..) of one row, a
+// row's kQuads items in adjacent lanes; a thread takes items threadIdx.x +
+// 256 k, kBatch at a time.
 template <int kHidden>
-__device__ __forceinline__ void RotateQStripe(const float* pooled_q, const float* rope, int heads, int h, int nb,
-                                              int q_first, unsigned char* stripe) {
-  constexpr int kHalf = kHidden / 2;
-  constexpr int kQuads = kHalf / 4;  // items a row
-  constexpr int kItems = kSgemmTile * kQuads / kSgemmThreads;  // a thread's
-  constexpr int kBatch = kItems < 4 ? kItems : 4;
+struct QStripeItems {
+  static constexpr int kHalf = kHidden / 2;
+  static constexpr int kQuads = kHalf / 4;  // items a row
+  static constexpr int kItems = kSgemmTile * kQuads / kSgemmThreads;  // a thread's
+  static constexpr int kBatch = kItems < 4 ? kItems : 4;
   static_assert(kHalf % 4 == 0 && kSgemmTile * kQuads % kSgemmThreads == 0, "whole items, as many a thread");
+};
+
+// q' rows q_first .. q_first + 127 of head h, RoPE(pooled Q) (pooled_q [nb,
+// heads, kHidden]; the RoPE pass's arithmetic, so the same bits), at their
+// places in a stripe (step s's hi part at stripe + s * 2 * kWgPartBytes, its
+// lo part after it, 64-byte swizzle); zeros past nb. A thread loads kBatch
+// items before it uses any, and calls put(r, f, y1, y2, m) with the rotated
+// channels f .. f + 3 (y1) and their partners (y2) of row r and the largest
+// of their eight |values| before RoPE (m; 0 past nb), every lane of the
+// warp at once.
+template <int kHidden, typename Put>
+__device__ __forceinline__ void RotateQStripe(const float* pooled_q, const float* rope, int heads, int h, int nb,
+                                              int q_first, Put put) {
+  using I = QStripeItems<kHidden>;
 #pragma unroll
-  for (int k0 = 0; k0 < kItems; k0 += kBatch) {
-    float4 x1[kBatch], x2[kBatch], cs[kBatch], sn[kBatch];
+  for (int k0 = 0; k0 < I::kItems; k0 += I::kBatch) {
+    float4 x1[I::kBatch], x2[I::kBatch], cs[I::kBatch], sn[I::kBatch];
 #pragma unroll
-    for (int j = 0; j < kBatch && k0 + j < kItems; ++j) {
+    for (int j = 0; j < I::kBatch && k0 + j < I::kItems; ++j) {
       const int i = static_cast<int>(threadIdx.x) + (k0 + j) * kSgemmThreads;
-      const int f = 4 * (i % kQuads);
-      const int64_t b = min(q_first + i / kQuads, nb - 1);  // past nb: a row that exists, not used
+      const int f = 4 * (i % I::kQuads);
+      const int64_t b = min(q_first + i / I::kQuads, nb - 1);  // past nb: a row that exists, not used
       const float* x = pooled_q + (b * heads + h) * kHidden;
       x1[j] = *reinterpret_cast<const float4*>(x + f);
-      x2[j] = *reinterpret_cast<const float4*>(x + f + kHalf);
-      cs[j] = *reinterpret_cast<const float4*>(rope + b * kHalf + f);
-      sn[j] = *reinterpret_cast<const float4*>(rope + (nb + b) * kHalf + f);
+      x2[j] = *reinterpret_cast<const float4*>(x + f + I::kHalf);
+      cs[j] = *reinterpret_cast<const float4*>(rope + b * I::kHalf + f);
+      sn[j] = *reinterpret_cast<const float4*>(rope + (nb + b) * I::kHalf + f);
     }
 #pragma unroll
-    for (int j = 0; j < kBatch && k0 + j < kItems; ++j) {
+    for (int j = 0; j < I::kBatch && k0 + j < I::kItems; ++j) {
       const int i = static_cast<int>(threadIdx.x) + (k0 + j) * kSgemmThreads;
-      const int f = 4 * (i % kQuads);
-      const int r = i / kQuads;
+      const int r = i / I::kQuads;
       const bool valid = q_first + r < nb;
       const float a1[4] = {x1[j].x, x1[j].y, x1[j].z, x1[j].w};
       const float a2[4] = {x2[j].x, x2[j].y, x2[j].z, x2[j].w};
       const float c[4] = {cs[j].x, cs[j].y, cs[j].z, cs[j].w};
       const float sv[4] = {sn[j].x, sn[j].y, sn[j].z, sn[j].w};
-      uint4 hi1, lo1, hi2, lo2;
-      uint32_t* const h1 = &hi1.x;
-      uint32_t* const l1 = &lo1.x;
-      uint32_t* const h2 = &hi2.x;
-      uint32_t* const l2 = &lo2.x;
+      float y1[4], y2[4], m = 0.0f;
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        float y1, y2;
-        BlockRopePair(a1[e], a2[e], c[e], sv[e], &y1, &y2);
-        ptx::SplitTf32(valid ? y1 : 0.0f, &h1[e], &l1[e]);
-        ptx::SplitTf32(valid ? y2 : 0.0f, &h2[e], &l2[e]);
+        BlockRopePair(a1[e], a2[e], c[e], sv[e], &y1[e], &y2[e]);
+        if (!valid) y1[e] = y2[e] = 0.0f;
+        m = fmaxf(m, fmaxf(fabsf(a1[e]), fabsf(a2[e])));
       }
-      // Channels f .. and f + kHalf ..: their step's parts, their 16-byte chunk.
-      const int f2 = f + kHalf;
-      unsigned char* const p1 = stripe + f / kWgK * 2 * kWgPartBytes + Swizzle64(r, f % kWgK / 4);
-      unsigned char* const p2 = stripe + f2 / kWgK * 2 * kWgPartBytes + Swizzle64(r, f2 % kWgK / 4);
-      *reinterpret_cast<uint4*>(p1) = hi1;
-      *reinterpret_cast<uint4*>(p1 + kWgPartBytes) = lo1;
-      *reinterpret_cast<uint4*>(p2) = hi2;
-      *reinterpret_cast<uint4*>(p2 + kWgPartBytes) = lo2;
+      put(r, 4 * (i % I::kQuads), y1, y2, valid ? m : 0.0f);
     }
   }
 }
+
+// The tf32 stripe: RotateQStripe's rows split into tf32 hi and lo parts.
+template <int kHidden>
+__device__ __forceinline__ void RotateQStripeTf32(const float* pooled_q, const float* rope, int heads, int h, int nb,
+                                                  int q_first, unsigned char* stripe) {
+  constexpr int kHalf = kHidden / 2;
+  RotateQStripe<kHidden>(
+      pooled_q, rope, heads, h, nb, q_first, [&](int r, int f, const float(&y1)[4], const float(&y2)[4], float) {
+        uint4 hi1, lo1, hi2, lo2;
+        uint32_t* const h1 = &hi1.x;
+        uint32_t* const l1 = &lo1.x;
+        uint32_t* const h2 = &hi2.x;
+        uint32_t* const l2 = &lo2.x;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          ptx::SplitTf32(y1[e], &h1[e], &l1[e]);
+          ptx::SplitTf32(y2[e], &h2[e], &l2[e]);
+        }
+        // Channels f .. and f + kHalf ..: their step's parts, their 16-byte chunk.
+        const int f2 = f + kHalf;
+        unsigned char* const p1 = stripe + f / kWgK * 2 * kWgPartBytes + Swizzle64(r, f % kWgK / 4);
+        unsigned char* const p2 = stripe + f2 / kWgK * 2 * kWgPartBytes + Swizzle64(r, f2 % kWgK / 4);
+        *reinterpret_cast<uint4*>(p1) = hi1;
+        *reinterpret_cast<uint4*>(p1 + kWgPartBytes) = lo1;
+        *reinterpret_cast<uint4*>(p2) = hi2;
+        *reinterpret_cast<uint4*>(p2 + kWgPartBytes) = lo2;
+      });
+}
+
+// The fp16 stripe: each row scaled by 2^shift (F16Split; the row's largest
+// |value| before RoPE, over the kQuads lanes that hold it) and split into
+// fp16 hi and lo parts (32 channels a step); row r's shift to q_shift[r].
+template <int kHidden>
+__device__ __forceinline__ void RotateQStripeF16(const float* pooled_q, const float* rope, int heads, int h, int nb,
+                                                 int q_first, unsigned char* stripe, int* q_shift) {
+  constexpr int kHalf = kHidden / 2;
+  constexpr int kQuads = QStripeItems<kHidden>::kQuads;
+  constexpr int kStep = 32;  // fp16 channels a step
+  static_assert(32 % kQuads == 0, "a row's items in aligned lanes of one warp");
+  RotateQStripe<kHidden>(
+      pooled_q, rope, heads, h, nb, q_first, [&](int r, int f, const float(&y1)[4], const float(&y2)[4], float m) {
+#pragma unroll
+        for (int off = kQuads / 2; off > 0; off /= 2) {
+          m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
+        }
+        const int shift = F16Shift(m);
+        const float scale = Pow2(shift);
+        if (f == 0) q_shift[r] = shift;
+        uint2 hi1, lo1, hi2, lo2;
+        SplitF16Pair(y1[0] * scale, y1[1] * scale, &hi1.x, &lo1.x);
+        SplitF16Pair(y1[2] * scale, y1[3] * scale, &hi1.y, &lo1.y);
+        SplitF16Pair(y2[0] * scale, y2[1] * scale, &hi2.x, &lo2.x);
+        SplitF16Pair(y2[2] * scale, y2[3] * scale, &hi2.y, &lo2.y);
+        // Channels f .. f + 3: half of a 16-byte chunk (8 channels).
+        const int f2 = f + kHalf;
+        unsigned char* const p1 = stripe + f / kStep * 2 * kWgPartBytes + Swizzle64(r, f % kStep / 8) + f % 8 * 2;
+        unsigned char* const p2 = stripe + f2 / kStep * 2 * kWgPartBytes + Swizzle64(r, f2 % kStep / 8) + f2 % 8 * 2;
+        *reinterpret_cast<uint2*>(p1) = hi1;
+        *reinterpret_cast<uint2*>(p1 + kWgPartBytes) = lo1;
+        *reinterpret_cast<uint2*>(p2) = hi2;
+        *reinterpret_cast<uint2*>(p2 + kWgPartBytes) = lo2;
+      });
+}
 #endif
 
-template <int kSteps>
+template <int kSteps, typename TOp = float>
 __global__ void __launch_bounds__(kSgemmThreads, 1)
-    ScoresStripeKernel(const float* qp, const float* qp_lo, const float* kp, const float* kp_lo, const float* pooled_q,
-                       const float* rope, int heads, int nb, int head0, float scale, bool keys, float* scores) {
+    ScoresStripeKernel(const TOp* qp, const TOp* qp_lo, const TOp* kp, const TOp* kp_lo, const int32_t* k_shift,
+                       const float* pooled_q, const float* rope, int heads, int nb, int head0, float scale, bool keys,
+                       float* scores) {
   ChainedKernelStart();
 #if defined(SEER_SM90A_ENABLED)
-  static_assert(kSteps >= 1 && kSteps <= kStripeMaxSteps, "q' fits its shared memory");
-  constexpr int kHidden = kSteps * kWgK;
+  constexpr bool kF16 = std::is_same_v<TOp, __half>;
+  constexpr int kStepChannels = 64 / static_cast<int>(sizeof(TOp));  // a 64-byte row of a part
+  constexpr int kChunk = 16 / static_cast<int>(sizeof(TOp));  // channels a 16-byte chunk
+  constexpr int kHidden = kSteps * kStepChannels;
+  constexpr int kStages = kStripeStages;
+  constexpr int kAhead = kStages - 2;  // steps loaded ahead of the one computed
+  static_assert(kSteps >= 1 && kHidden <= 128, "q' fits its shared memory");
+  static_assert(!kF16 || (kF16ShiftSlots - 1) * kSteps >= kAhead,
+                "a tile's k' shifts are read before the ring slot is refilled");
   extern __shared__ __align__(16) unsigned char wg_smem[];
   const uint32_t base = sm90::SmemAddr(wg_smem);
   const uint32_t a_smem = base + (1024u - base % 1024u) % 1024u;
-  const uint32_t b_smem = a_smem + kStripeABytes;
+  const uint32_t b_smem = a_smem + kSteps * 2 * kWgPartBytes;
+  const uint32_t shift_smem = b_smem + kStages * kStripeStageBytes;  // fp16: q' rows' shifts, then the k' ring
+  int* const q_shift = reinterpret_cast<int*>(wg_smem + (shift_smem - base));
+  const int* const k_shift_ring = q_shift + kSgemmTile;
   const int row_tiles = (nb + kSgemmTile - 1) / kSgemmTile;
   const int qt = row_tiles - 1 - static_cast<int>(blockIdx.y);  // the longest stripes first
   const int hl = static_cast<int>(blockIdx.x);
   const int64_t head = static_cast<int64_t>(head0 + hl) * nb * kHidden;
+  const int32_t* const head_shift = kF16 ? k_shift + (head0 + hl) * StripeShiftPitch(nb) : nullptr;
   const int q_first = qt * kSgemmTile;
   // Both warpgroups run every step, also where all their rows are past nb
   // (zeros, not stored): a branch around the wgmmas would make ptxas
@@ -1491,13 +1621,13 @@ __global__ void __launch_bounds__(kSgemmThreads, 1)
 
   // Rows first .. first + 127 of src (hi) and src_lo, channels of step s,
   // into the two parts at dst; zeros past nb.
-  auto copy_step = [&](const float* src, const float* src_lo, int first, int s, uint32_t dst) {
+  auto copy_step = [&](const TOp* src, const TOp* src_lo, int first, int s, uint32_t dst) {
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int r = r0 + 64 * j;
       const int row = first + r;
       const bool valid = row < nb;
-      const int64_t at = static_cast<int64_t>(row) * kHidden + s * kWgK + 4 * c;
+      const int64_t at = static_cast<int64_t>(row) * kHidden + s * kStepChannels + kChunk * c;
       const uint32_t off = Swizzle64(r, c);
       ptx::CpAsync16ZeroFill(dst + off, valid ? src + at : src, valid);
       ptx::CpAsync16ZeroFill(dst + kWgPartBytes + off, valid ? src_lo + at : src_lo, valid);
@@ -1506,15 +1636,24 @@ __global__ void __launch_bounds__(kSgemmThreads, 1)
   // The q' stripe: copied, joining the first commit group; or, with
   // pooled_q, rotated and split here once the first k' steps are on their
   // way (below).
-  if (pooled_q == nullptr) {
+  if constexpr (!kF16) {
+    if (pooled_q == nullptr) {
 #pragma unroll
-    for (int s = 0; s < kSteps; ++s) copy_step(qp + head, qp_lo + head, q_first, s, a_smem + s * 2 * kWgPartBytes);
+      for (int s = 0; s < kSteps; ++s) copy_step(qp + head, qp_lo + head, q_first, s, a_smem + s * 2 * kWgPartBytes);
+    }
   }
   int load_u = 0, load_kt = 0, load_s = 0;  // the next k' step to load: step load_u = load_kt * kSteps + load_s
   auto load_next = [&] {  // one commit group a step, empty past the last
     if (load_u < total) {
-      copy_step(kp + head, kp_lo + head, load_kt * kSgemmTile, load_s,
-                b_smem + (load_u % kStripeStages) * kStripeStageBytes);
+      copy_step(kp + head, kp_lo + head, load_kt * kSgemmTile, load_s, b_smem + (load_u % kStages) * kStripeStageBytes);
+      if constexpr (kF16) {
+        // The tile's 128 shifts (512 bytes) with its first step.
+        if (load_s == 0 && threadIdx.x < kSgemmTile / 4) {
+          const int row = load_kt * kSgemmTile + 4 * static_cast<int>(threadIdx.x);
+          const uint32_t dst = shift_smem + (1 + load_kt % kF16ShiftSlots) * kSgemmTile * 4 + 16 * threadIdx.x;
+          ptx::CpAsync16ZeroFill(dst, row < nb ? head_shift + row : head_shift, row < nb);
+        }
+      }
       ++load_u;
       if (++load_s == kSteps) {
         load_s = 0;
@@ -1524,9 +1663,14 @@ __global__ void __launch_bounds__(kSgemmThreads, 1)
     ptx::CpAsyncCommit();
   };
 #pragma unroll
-  for (int u = 0; u < kStripeAhead; ++u) load_next();
+  for (int u = 0; u < kAhead; ++u) load_next();
   if (pooled_q != nullptr) {
-    RotateQStripe<kHidden>(pooled_q, rope, heads, head0 + hl, nb, q_first, wg_smem + (a_smem - base));
+    unsigned char* const stripe = wg_smem + (a_smem - base);
+    if constexpr (kF16) {
+      RotateQStripeF16<kHidden>(pooled_q, rope, heads, head0 + hl, nb, q_first, stripe, q_shift);
+    } else {
+      RotateQStripeTf32<kHidden>(pooled_q, rope, heads, head0 + hl, nb, q_first, stripe);
+    }
   }
 
   // d[4j + 2hh + e]: row 16 (warp in the warpgroup) + g + 8hh, column 8j + 2t + e.
@@ -1540,24 +1684,25 @@ __global__ void __launch_bounds__(kSgemmThreads, 1)
 #pragma unroll
     for (int s = 0; s < kSteps; ++s) {
       const int u = kt * kSteps + s;
-      ptx::CpAsyncWait<kStripeAhead - 1>();  // this thread's copies of step u (and of q') landed
+      ptx::CpAsyncWait<kAhead - 1>();  // this thread's copies of step u (and of q') landed
       sm90::FenceProxyAsync();  // and are seen by wgmma's reads
       if (s > 0) sm90::WgmmaWait<1>();  // step u - 2's products are done (the tile before ended with all done)...
       __syncthreads();  // ...in both warpgroups, so its stage may be refilled; step u is in
       load_next();
       const uint32_t a = a_smem + s * 2 * kWgPartBytes + wg * 64 * 64;  // the warpgroup's 64 rows of q'
-      const uint32_t b = b_smem + (u % kStripeStages) * kStripeStageBytes;
+      const uint32_t b = b_smem + (u % kStages) * kStripeStageBytes;
       sm90::WgmmaFence();
 #pragma unroll
-      for (int kk = 0; kk < kWgK / 8; ++kk) {
-        const uint32_t k_off = kk * 32;  // 8 tf32 channels
+      for (int kk = 0; kk < 2; ++kk) {
+        const uint32_t k_off = kk * 32;  // 8 tf32 or 16 fp16 channels
         const uint64_t a_hi = sm90::MatrixDesc(a + k_off, 16, 512, 64);
         const uint64_t a_lo = sm90::MatrixDesc(a + kWgPartBytes + k_off, 16, 512, 64);
         const uint64_t b_hi = sm90::MatrixDesc(b + k_off, 16, 512, 64);
         const uint64_t b_lo = sm90::MatrixDesc(b + kWgPartBytes + k_off, 16, 512, 64);
-        sm90::WgmmaSSTf32<128>::Run(acc, a_lo, b_hi, s > 0 || kk > 0);  // a tile's first product starts it
-        sm90::WgmmaSSTf32<128>::Run(acc, a_hi, b_lo, 1);
-        sm90::WgmmaSSTf32<128>::Run(acc, a_hi, b_hi, 1);
+        using Mma = std::conditional_t<kF16, sm90::WgmmaSSF16<128>, sm90::WgmmaSSTf32<128>>;
+        Mma::Run(acc, a_lo, b_hi, s > 0 || kk > 0);  // a tile's first product starts it
+        Mma::Run(acc, a_hi, b_lo, 1);
+        Mma::Run(acc, a_hi, b_hi, 1);
       }
       sm90::WgmmaCommit();
     }
@@ -1565,16 +1710,28 @@ __global__ void __launch_bounds__(kSgemmThreads, 1)
     sm90::FenceRegs(acc);
     // Key tile kt's scores out, while the next steps load.
     const int k_first = kt * kSgemmTile;
+    const int* const tile_shift = k_shift_ring + kt % kF16ShiftSlots * kSgemmTile;
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
-      const int qb = q_first + 64 * wg + 16 * (threadIdx.x / 32 % 4) + g + 8 * hh;
+      const int r = 64 * wg + 16 * (threadIdx.x / 32 % 4) + g + 8 * hh;
+      const int qb = q_first + r;
       if (qb >= nb) continue;
+      // fp16: the exponent bits of 2^-shift_q (shift_k << 23 is subtracted
+      // per column); |shift_q + shift_k| <= 120, a normal float.
+      const int row_bits = kF16 ? (127 - q_shift[r]) << 23 : 0;
       float* orow = out + static_cast<int64_t>(qb) * nb;
 #pragma unroll
       for (int j = 0; j < 16; ++j) {
         const int kb = k_first + 8 * j + 2 * t;
-        float v0 = acc[4 * j + 2 * hh] * scale;
-        float v1 = acc[4 * j + 2 * hh + 1] * scale;
+        float a0 = acc[4 * j + 2 * hh];
+        float a1 = acc[4 * j + 2 * hh + 1];
+        if constexpr (kF16) {
+          const int2 col_bits = *reinterpret_cast<const int2*>(tile_shift + 8 * j + 2 * t);
+          a0 *= __int_as_float(row_bits - col_bits.x);  // exact: a power of two, the product normal
+          a1 *= __int_as_float(row_bits - col_bits.y);
+        }
+        float v0 = a0 * scale;
+        float v1 = a1 * scale;
         if (keys) {
           v0 = __uint_as_float(OrderKey(v0));
           v1 = __uint_as_float(OrderKey(v1));
@@ -1586,9 +1743,9 @@ __global__ void __launch_bounds__(kSgemmThreads, 1)
 #endif
 }
 
-// ScoresStripeKernel for hidden = kWgK * steps, steps <= kStripeMaxSteps.
-using StripeKernelFn = void (*)(const float*, const float*, const float*, const float*, const float*, const float*, int,
-                                int, int, float, bool, float*);
+// ScoresStripeKernel on tf32 for hidden = kWgK * steps, steps <= kStripeMaxSteps.
+using StripeKernelFn = void (*)(const float*, const float*, const float*, const float*, const int32_t*, const float*,
+                                const float*, int, int, int, float, bool, float*);
 StripeKernelFn StripeKernelFor(int steps) {
   switch (steps) {
     case 1: return ScoresStripeKernel<1>;
@@ -1635,15 +1792,15 @@ constexpr size_t kTcProjectSmemBytes = kTcStages * kTcProjectStageFloats * sizeo
 static_assert(kSgemmTile * kTcOutPitch <= kTcStages * kTcProjectStageFloats, "the output tile reuses the stages");
 
 // Rows m0 .. m0 + 127 (those below nb) of one head's projection from `tile`
-// ([128][kTcOutPitch], shared memory) to out [nb][kPrHidden], rotated:
-// column f < 64 meets its rotary partner f + 64 here (BlockRopePair, the RoPE
-// table's angles); split into out and out_lo where that is not null. A
-// thread keeps one frequency f and takes every kRowStep-th row, and loads the
-// cos and sin of kBatch rows before it uses any: one element at a time, each
+// ([128][kTcOutPitch], shared memory), rotated: column f < 64 meets its
+// rotary partner f + 64 here (BlockRopePair, the RoPE table's angles), and
+// store(r, f, y1, y2) writes tile row r's rotated columns f and f + 64. A thread
+// keeps one frequency f and takes every kRowStep-th row, and loads the cos
+// and sin of kBatch rows before it uses any: one element at a time, each
 // waiting on its two table loads, this loop was a third of the projection
 // kernel's time (ncu at 8k tokens, H200, 2026-11-30).
-__device__ __forceinline__ void StoreRotatedTile(const float* tile, const float* rope, int nb, int m0, float* out,
-                                                 float* out_lo) {
+template <typename Store>
+__device__ __forceinline__ void RotateTileRows(const float* tile, const float* rope, int nb, int m0, Store store) {
   constexpr int kHalf = kPrHidden / 2;
   constexpr int kRowStep = kSgemmThreads / kHalf;
   constexpr int kBatch = 8;
@@ -1662,15 +1819,66 @@ __device__ __forceinline__ void StoreRotatedTile(const float* tile, const float*
     for (int j = 0; j < kBatch; ++j) {
       const int r = r0 + j * kRowStep;
       if (r >= rows) break;
-      const int64_t b = m0 + r;
-      float* dst = out + b * kPrHidden;
-      float* lo = out_lo != nullptr ? out_lo + b * kPrHidden : nullptr;
       float y1, y2;
       BlockRopePair(tile[r * kTcOutPitch + f], tile[r * kTcOutPitch + f + kHalf], c[j], sn[j], &y1, &y2);
-      StoreMaybeSplit(y1, &dst[f], lo != nullptr ? &lo[f] : nullptr);
-      StoreMaybeSplit(y2, &dst[f + kHalf], lo != nullptr ? &lo[f + kHalf] : nullptr);
+      store(r, f, y1, y2);
     }
   }
+}
+
+// RotateTileRows to out [nb][kPrHidden], split into out and out_lo where
+// that is not null.
+__device__ __forceinline__ void StoreRotatedTile(const float* tile, const float* rope, int nb, int m0, float* out,
+                                                 float* out_lo) {
+  constexpr int kHalf = kPrHidden / 2;
+  RotateTileRows(tile, rope, nb, m0, [&](int r, int f, float y1, float y2) {
+    const int64_t b = m0 + r;
+    float* dst = out + b * kPrHidden;
+    float* lo = out_lo != nullptr ? out_lo + b * kPrHidden : nullptr;
+    StoreMaybeSplit(y1, &dst[f], lo != nullptr ? &lo[f] : nullptr);
+    StoreMaybeSplit(y2, &dst[f + kHalf], lo != nullptr ? &lo[f + kHalf] : nullptr);
+  });
+}
+
+// RotateTileRows as the fp16 stripes read k' (F16Split): each row scaled by
+// 2^shift, its shift from the row's largest |value| before RoPE, and split
+// into fp16 hi (out) and lo (out_lo) parts, [nb][kPrHidden] each; the row's
+// shift goes to shift_out[row] as shift << 23 (the stripes subtract it from
+// a float's exponent bits). row_shift: 128 ints of shared memory.
+__device__ __forceinline__ void StoreRotatedTileF16(const float* tile, int* row_shift, const float* rope, int nb,
+                                                    int m0, __half* out, __half* out_lo, int32_t* shift_out) {
+  constexpr int kHalf = kPrHidden / 2;
+  static_assert(kSgemmThreads == 2 * kSgemmTile, "two threads a row");
+  const int rows = min(kSgemmTile, nb - m0);
+  {
+    const int r = static_cast<int>(threadIdx.x) / 2;
+    float m = 0.0f;
+    if (r < rows) {
+      const float4* x = reinterpret_cast<const float4*>(tile + r * kTcOutPitch + kHalf * (threadIdx.x % 2));
+#pragma unroll
+      for (int i = 0; i < kHalf / 4; ++i) {
+        const float4 v = x[i];
+        m = fmaxf(m, fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w))));
+      }
+    }
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+    if (threadIdx.x % 2 == 0) {
+      const int shift = F16Shift(m);
+      row_shift[r] = shift;
+      if (r < rows) shift_out[m0 + r] = shift * (1 << 23);
+    }
+  }
+  __syncthreads();
+  RotateTileRows(tile, rope, nb, m0, [&](int r, int f, float y1, float y2) {
+    const float scale = Pow2(row_shift[r]);
+    uint32_t hi, lo;
+    SplitF16Pair(y1 * scale, y2 * scale, &hi, &lo);
+    const int64_t at = static_cast<int64_t>(m0 + r) * kPrHidden + f;
+    out[at] = __ushort_as_half(static_cast<unsigned short>(hi));
+    out[at + kHalf] = __ushort_as_half(static_cast<unsigned short>(hi >> 16));
+    out_lo[at] = __ushort_as_half(static_cast<unsigned short>(lo));
+    out_lo[at + kHalf] = __ushort_as_half(static_cast<unsigned short>(lo >> 16));
+  });
 }
 
 __global__ void __launch_bounds__(kSgemmThreads, 2)
@@ -1859,10 +2067,12 @@ __global__ void __launch_bounds__(128)
 // K rows, split by the pool (pooled_k, pooled_k_lo), and B is W transposed
 // to [column][channel] and split by SplitTransposeKernel. K only (no
 // mask_linear_q, so D == hidden == kPrHidden); needs sm_90a. grid (row
-// tiles, 1, Hq).
+// tiles, 1, Hq). With k_shift, k' goes out as the fp16 stripes read it
+// (StoreRotatedTileF16: kp and kp_lo then hold fp16 parts); else as floats,
+// split into tf32 parts where kp_lo is not null.
 __global__ void __launch_bounds__(kSgemmThreads, 1)
     ProjectRopeWgmmaKernel(GateParams p, int nb, const float* pooled_k, const float* pooled_k_lo, const float* wt,
-                           const float* rope, float* kp, float* kp_lo) {
+                           const float* rope, float* kp, float* kp_lo, int32_t* k_shift) {
   ChainedKernelStart();
 #if defined(SEER_SM90A_ENABLED)
   extern __shared__ __align__(16) unsigned char wg_smem[];
@@ -1902,7 +2112,13 @@ __global__ void __launch_bounds__(kSgemmThreads, 1)
   }
   __syncthreads();
   const int64_t head = static_cast<int64_t>(h) * nb * kPrHidden;
-  StoreRotatedTile(tile, rope, nb, m0, kp + head, kp_lo != nullptr ? kp_lo + head : nullptr);
+  if (k_shift != nullptr) {
+    StoreRotatedTileF16(tile, reinterpret_cast<int*>(tile + kSgemmTile * kTcOutPitch), rope, nb, m0,
+                        reinterpret_cast<__half*>(kp) + head, reinterpret_cast<__half*>(kp_lo) + head,
+                        k_shift + h * StripeShiftPitch(nb));
+  } else {
+    StoreRotatedTile(tile, rope, nb, m0, kp + head, kp_lo != nullptr ? kp_lo + head : nullptr);
+  }
 #endif
 }
 
@@ -3045,6 +3261,11 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   // itself (q' = RoPE(pooled Q)), and no RoPE pass writes it.
   const bool q_in_stripe = wgmma && p.q_weight == nullptr;
   float* pool_k_lo = wgmma_project ? pooled_k_lo : nullptr;
+  // Where both are (hidden = D = 128, no mask_linear_q), the scores take
+  // fp16 parts (F16Split): the projection writes k' so, the stripes rotate
+  // and split q' so.
+  const bool f16_stripes = wgmma_project && q_in_stripe;
+  int32_t* k_shift = f16_stripes ? reinterpret_cast<int32_t*>(ws + g.k_shift) : nullptr;
 
   // The old gate's RoPE table and the split W^T come first: they read only
   // the weights, and the pool (chained after them) waits for them only
@@ -3119,7 +3340,7 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
           ProjectRopeWgmmaKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kWgSmemBytes)));
       SEER_CUDA_RETURN_IF_ERROR(LaunchChained(chain, ProjectRopeWgmmaKernel, dim3(row_tiles, 1, p.num_heads),
                                               kSgemmThreads, kWgSmemBytes, stream, p, nb, pooled_k, pooled_k_lo, wt,
-                                              rope, kp, split_k));
+                                              rope, kp, split_k, k_shift));
     } else {
       SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
           ProjectRopeTf32Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kTcProjectSmemBytes)));
@@ -3172,10 +3393,16 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     // scores + select, heads_per_pass heads at a time
     const int tiles = (nb + kSgemmTile - 1) / kSgemmTile;
     auto scores_kernel = p.hidden % 4 == 0 ? ScoresKernel<true> : ScoresKernel<false>;
-    const StripeKernelFn stripe = wgmma ? StripeKernelFor(p.hidden / kWgK) : nullptr;
-    if (wgmma) {
-      SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(stripe, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                     static_cast<int>(kStripeSmemBytes)));
+    const StripeKernelFn stripe = wgmma && !f16_stripes ? StripeKernelFor(p.hidden / kWgK) : nullptr;
+    auto stripe_f16 = ScoresStripeKernel<kPrHidden / 32, __half>;
+    constexpr size_t f16_smem = StripeSmemBytes<__half>();
+    constexpr size_t tf32_smem = StripeSmemBytes<float>();
+    if (f16_stripes) {
+      SEER_CUDA_RETURN_IF_ERROR(
+          cudaFuncSetAttribute(stripe_f16, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(f16_smem)));
+    } else if (wgmma) {
+      SEER_CUDA_RETURN_IF_ERROR(
+          cudaFuncSetAttribute(stripe, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(tf32_smem)));
     } else if (tensor_scores) {
       SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(ScoresTf32Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                      static_cast<int>(kTcSmemBytes)));
@@ -3183,10 +3410,18 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     for (int head0 = 0; head0 < p.num_heads; head0 += g.heads_per_pass) {
       const int heads = p.num_heads - head0 < g.heads_per_pass ? p.num_heads - head0 : g.heads_per_pass;
       const dim3 grid(tiles * (tiles + 1) / 2, heads);
-      if (wgmma) {
-        SEER_CUDA_RETURN_IF_ERROR(LaunchChained(chain, stripe, dim3(heads, tiles), kSgemmThreads, kStripeSmemBytes,
-                                                stream, qp, qp_lo, kp, kp_lo, q_in_stripe ? pooled_q : nullptr, rope,
-                                                p.num_heads, nb, head0, scale, score_keys, scores));
+      if (f16_stripes) {
+        const __half* kp16 = reinterpret_cast<const __half*>(kp);
+        const __half* kp16_lo = reinterpret_cast<const __half*>(kp_lo);
+        SEER_CUDA_RETURN_IF_ERROR(LaunchChained(
+            chain, stripe_f16, dim3(heads, tiles), kSgemmThreads, f16_smem, stream, static_cast<const __half*>(nullptr),
+            static_cast<const __half*>(nullptr), kp16, kp16_lo, static_cast<const int32_t*>(k_shift), pooled_q, rope,
+            p.num_heads, nb, head0, scale, score_keys, scores));
+      } else if (wgmma) {
+        SEER_CUDA_RETURN_IF_ERROR(LaunchChained(chain, stripe, dim3(heads, tiles), kSgemmThreads, tf32_smem, stream, qp,
+                                                qp_lo, kp, kp_lo, static_cast<const int32_t*>(nullptr),
+                                                q_in_stripe ? pooled_q : nullptr, rope, p.num_heads, nb, head0, scale,
+                                                score_keys, scores));
       } else if (tensor_scores) {
         SEER_CUDA_RETURN_IF_ERROR(LaunchChained(chain, ScoresTf32Kernel, grid, kSgemmThreads, kTcSmemBytes, stream, qp,
                                                 kp, nb, p.hidden, head0, scale, scores));

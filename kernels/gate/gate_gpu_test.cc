@@ -72,6 +72,7 @@ struct GateCase {
   ElemType dtype;
   int zero_k_every = 0;  // > 0: K is zero in blocks b % zero_k_every == 1 (their scores are exactly 0)
   bool zero_q = false;  // q is zero: every score is exactly 0, so each row ties whole
+  int q_scale_log2 = 0;  // q times 2^this, k times 2^-this: the same scores (bf16 only)
 };
 
 std::string Describe(const GateCase& c) {
@@ -84,6 +85,7 @@ std::string Describe(const GateCase& c) {
                   (c.dtype == ElemType::kBF16 ? " bf16" : " fp16") +
                   (c.zero_k_every > 0 ? " zero_k_every=" + std::to_string(c.zero_k_every) : "");
   if (c.zero_q) s += " zero_q";
+  if (c.q_scale_log2 != 0) s += " q_scale_log2=" + std::to_string(c.q_scale_log2);
   return s;
 }
 
@@ -305,7 +307,7 @@ class GateGpuTest : public ::testing::Test {
     std::vector<float> qf(static_cast<size_t>(L) * q_width), kf(static_cast<size_t>(L) * k_width);
     std::vector<uint16_t> qe(qf.size()), ke(kf.size());
     for (size_t i = 0; i < qf.size(); ++i) {
-      qe[i] = ToElem(q_dir[i % q_width] + normal(rng_), c.dtype);
+      qe[i] = ToElem(std::ldexp(q_dir[i % q_width] + normal(rng_), c.q_scale_log2), c.dtype);
       qf[i] = FromElem(qe[i], c.dtype);
     }
     if (c.zero_q) {
@@ -315,7 +317,7 @@ class GateGpuTest : public ::testing::Test {
     for (size_t i = 0; i < kf.size(); ++i) {
       const int block = static_cast<int>(i / k_width / 64);
       const bool zero = c.zero_k_every > 0 && block % c.zero_k_every == 1;
-      ke[i] = ToElem(zero ? 0.0f : k_dir[i % k_width] + normal(rng_), c.dtype);
+      ke[i] = ToElem(zero ? 0.0f : std::ldexp(k_dir[i % k_width] + normal(rng_), -c.q_scale_log2), c.dtype);
       kf[i] = FromElem(ke[i], c.dtype);
     }
     GateLayerWeights w;
@@ -699,6 +701,22 @@ TEST_F(GateGpuTest, TopKTies) {
       {40000, 4, 1, 64, 64, false, false, true, "nz_ratio=0.99", true, 0, false, bf},
   };
   for (const GateCase& c : cases) Run(c);
+}
+
+// q and k far from 1 in opposite directions (q 2^s, k 2^-s, bf16): the CPU
+// gate's scores are those of the unscaled inputs, bit for bit, while the
+// pooled rows, q' and k' lie about 2^s and 2^-s. The fp16 stripes (hidden =
+// D = 128, no mask_linear_q) scale each q' and k' row by its own power of two
+// before they split it; these cases move those shifts far from 0 (about -28
+// and +40 at s = 40), the first across five 128-row k' tiles (the stripe's
+// ring of tile shifts wraps twice).
+TEST_F(GateGpuTest, ScaledInputs) {
+  const ElemType bf = ElemType::kBF16;
+  GateCase up = {33000, 2, 1, 128, 128, false, false, false, "nz_ratio=0.2", false, 0, false, bf};
+  up.q_scale_log2 = 40;
+  GateCase down = {9000, 4, 2, 128, 128, false, false, true, "threshold=0.005", true, 0, false, bf};
+  down.q_scale_log2 = -40;
+  for (const GateCase& c : {up, down}) Run(c);
 }
 
 // The select step alone (cuda::RunGateSelectForTest: the unfused gate's select
