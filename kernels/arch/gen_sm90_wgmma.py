@@ -37,42 +37,23 @@ struct WgmmaRS<{n}, {elem}> {{
 """
 
 
-def wrapper_ss_tf32(n):
+def wrapper_ss(name, n, k, ptx_types, imm_trans):
+    """A and B both from shared memory: tf32 (k = 8, no transpose operands)
+    or fp16 (k = 16, both K-major: imm_trans "0, 0")."""
     regs = n // 2
     d = ", ".join(f"%{i}" for i in range(regs))
     outs = ",\n        ".join(", ".join(f'"+f"(d[{i}])' for i in range(r, min(r + 8, regs))) for r in range(0, regs, 8))
+    trans = f", {imm_trans}" if imm_trans else ""
     return f"""template <>
-struct WgmmaSSTf32<{n}> {{
+struct {name}<{n}> {{
   static __device__ __forceinline__ void Run(float (&d)[{regs}], uint64_t desc_a, uint64_t desc_b, int scale_d) {{
     asm volatile(
         "{{\\n"
         ".reg .pred p;\\n"
         "setp.ne.b32 p, %{regs + 2}, 0;\\n"
-        "wgmma.mma_async.sync.aligned.m64n{n}k8.f32.tf32.tf32 "
+        "wgmma.mma_async.sync.aligned.m64n{n}k{k}.f32.{ptx_types} "
         "{{{d}}}, "
-        "%{regs}, %{regs + 1}, p, 1, 1;\\n"
-        "}}\\n"
-        : {outs}
-        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
-  }}
-}};
-"""
-
-
-def wrapper_ss_f16(n):
-    regs = n // 2
-    d = ", ".join(f"%{i}" for i in range(regs))
-    outs = ",\n        ".join(", ".join(f'"+f"(d[{i}])' for i in range(r, min(r + 8, regs))) for r in range(0, regs, 8))
-    return f"""template <>
-struct WgmmaSSF16<{n}> {{
-  static __device__ __forceinline__ void Run(float (&d)[{regs}], uint64_t desc_a, uint64_t desc_b, int scale_d) {{
-    asm volatile(
-        "{{\\n"
-        ".reg .pred p;\\n"
-        "setp.ne.b32 p, %{regs + 2}, 0;\\n"
-        "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.f16.f16 "
-        "{{{d}}}, "
-        "%{regs}, %{regs + 1}, p, 1, 1, 0, 0;\\n"
+        "%{regs}, %{regs + 1}, p, 1, 1{trans};\\n"
         "}}\\n"
         : {outs}
         : "l"(desc_a), "l"(desc_b), "r"(scale_d));
@@ -119,8 +100,8 @@ struct WgmmaSSF16;
     for n in NS:
         for elem, ptx in (("__nv_bfloat16", "bf16"), ("__half", "f16")):
             print(wrapper(n, elem, ptx))
-    print(wrapper_ss_tf32(128))
-    print(wrapper_ss_f16(128))
+    print(wrapper_ss("WgmmaSSTf32", 128, 8, "tf32.tf32", ""))
+    print(wrapper_ss("WgmmaSSF16", 128, 16, "f16.f16", "0, 0"))
     print("}  // namespace seer::cuda::sm90")
 
 
