@@ -150,8 +150,9 @@ GateLayout MakeLayout(const GateParams& p, bool with_scores) {
   g.wt = take(with_scores ? sizeof(float) * 2 * w_heads * p.hidden * 3 * p.head_dim : 0);
   g.qp = take(sizeof(float) * nb * p.num_heads * p.hidden);
   g.kp = take(sizeof(float) * nb * p.num_heads * p.hidden);
-  // The unfused gate's wgmma scores take q' and k' split into tf32 hi (in
-  // qp, kp) and lo parts.
+  // The unfused gate's wgmma scores take q' and k' split into hi (in qp,
+  // kp) and lo parts: tf32, or fp16 for the fp16 stripes (k' only; their q'
+  // is made in the stripe).
   g.qp_lo = take(with_scores ? sizeof(float) * nb * p.num_heads * p.hidden : 0);
   g.kp_lo = take(with_scores ? sizeof(float) * nb * p.num_heads * p.hidden : 0);
   // The fp16 stripes' k' scale exponents (F16Split), one a row, each head's
@@ -245,8 +246,9 @@ __device__ __forceinline__ void StoreMaybeSplit(float x, float* dst, float* lo) 
 // kF16MaxShift], so that the scores' unscale factor 2^-(shift_q + shift_k)
 // is always a normal float: rows with m in [2^-46, 2^75) get the scale
 // above; below, their small values' lo parts lose bits (fp16 subnormals);
-// from 2^75 on, their largest values may overflow to inf. Zero, subnormal,
-// inf and NaN maxima take shift 0.
+// from 2^75 on, their largest values may overflow to inf. Zero, subnormal
+// and inf maxima take shift 0; NaN values do not enter the maximum (fmaxf)
+// and stay NaN.
 constexpr int kF16MaxShift = 60;
 
 __device__ __forceinline__ int F16Shift(float m) {
@@ -1427,10 +1429,11 @@ __device__ __forceinline__ void WgmmaTf32Tile(uint32_t smem_addr, const WgParts&
 // issued (a stage is refilled two steps after its products were issued); a
 // tile ends with every wgmma done (ptxas serializes wgmmas left in flight
 // across a loop's back edge), and its scores go out while the next tile's
-// first steps load. q' and k' come split (RopeKernel and the projection
-// kernels write them so: splitting here would cost shared-memory bandwidth,
-// which wgmma's operand reads are bound by), each part in 64-byte rows in
-// the 64-byte swizzle.
+// first steps load. k' comes split (RopeKernel and the projection kernels
+// write it so: splitting here would cost shared-memory bandwidth, which
+// wgmma's operand reads are bound by), each part in 64-byte rows in the
+// 64-byte swizzle; q' comes split the same way, or (pooled_q given, and
+// always in fp16) is rotated and split here once.
 //
 // TOp float: tf32 parts. TOp __half (hidden 128, q' rotated here, k' from
 // ProjectRopeWgmmaKernel; since 2026-12-01): fp16 parts of rows scaled by
@@ -1438,7 +1441,8 @@ __device__ __forceinline__ void WgmmaTf32Tile(uint32_t smem_addr, const WgParts&
 // the same products; each score is unscaled by 2^-(shift_q + shift_k)
 // (exact) before it is multiplied by `scale` as the tf32 kernel's is. The
 // k' shifts (k_shift, shift << 23 a row) come with each key tile's first
-// step into a ring of kF16ShiftSlots tiles.
+// step into a ring of kF16ShiftSlots tiles. In fp16 q' is always made
+// here: pooled_q must be given, and qp and qp_lo are not read.
 //
 // With `keys`, it writes OrderKey's key of each score (its bits as a float)
 // for a select that reads keys (SelectKernel's keys_in). Grid (heads, row
@@ -1727,7 +1731,7 @@ __global__ void __launch_bounds__(kSgemmThreads, 1)
         float a1 = acc[4 * j + 2 * hh + 1];
         if constexpr (kF16) {
           const int2 col_bits = *reinterpret_cast<const int2*>(tile_shift + 8 * j + 2 * t);
-          a0 *= __int_as_float(row_bits - col_bits.x);  // exact: a power of two, the product normal
+          a0 *= __int_as_float(row_bits - col_bits.x);  // a power of two: exact where the score is a normal float
           a1 *= __int_as_float(row_bits - col_bits.y);
         }
         float v0 = a0 * scale;
@@ -1844,7 +1848,8 @@ __device__ __forceinline__ void StoreRotatedTile(const float* tile, const float*
 // 2^shift, its shift from the row's largest |value| before RoPE, and split
 // into fp16 hi (out) and lo (out_lo) parts, [nb][kPrHidden] each; the row's
 // shift goes to shift_out[row] as shift << 23 (the stripes subtract it from
-// a float's exponent bits). row_shift: 128 ints of shared memory.
+// a float's exponent bits), for all 128 rows of the tile (StripeShiftPitch
+// pads each head to whole tiles). row_shift: 128 ints of shared memory.
 __device__ __forceinline__ void StoreRotatedTileF16(const float* tile, int* row_shift, const float* rope, int nb,
                                                     int m0, __half* out, __half* out_lo, int32_t* shift_out) {
   constexpr int kHalf = kPrHidden / 2;
@@ -1863,9 +1868,9 @@ __device__ __forceinline__ void StoreRotatedTileF16(const float* tile, int* row_
     }
     m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
     if (threadIdx.x % 2 == 0) {
-      const int shift = F16Shift(m);
+      const int shift = F16Shift(m);  // rows past nb: 0, written too (the stripes copy whole tiles of shifts)
       row_shift[r] = shift;
-      if (r < rows) shift_out[m0 + r] = shift * (1 << 23);
+      shift_out[m0 + r] = shift * (1 << 23);
     }
   }
   __syncthreads();
@@ -2067,12 +2072,12 @@ __global__ void __launch_bounds__(128)
 // K rows, split by the pool (pooled_k, pooled_k_lo), and B is W transposed
 // to [column][channel] and split by SplitTransposeKernel. K only (no
 // mask_linear_q, so D == hidden == kPrHidden); needs sm_90a. grid (row
-// tiles, 1, Hq). With k_shift, k' goes out as the fp16 stripes read it
-// (StoreRotatedTileF16: kp and kp_lo then hold fp16 parts); else as floats,
-// split into tf32 parts where kp_lo is not null.
+// tiles, 1, Hq). k' goes out as the fp16 stripes read it
+// (StoreRotatedTileF16: fp16 hi and lo parts and each row's shift), the only
+// scores kernel that runs after this one (since 2026-12-01).
 __global__ void __launch_bounds__(kSgemmThreads, 1)
     ProjectRopeWgmmaKernel(GateParams p, int nb, const float* pooled_k, const float* pooled_k_lo, const float* wt,
-                           const float* rope, float* kp, float* kp_lo, int32_t* k_shift) {
+                           const float* rope, __half* kp, __half* kp_lo, int32_t* k_shift) {
   ChainedKernelStart();
 #if defined(SEER_SM90A_ENABLED)
   extern __shared__ __align__(16) unsigned char wg_smem[];
@@ -2112,13 +2117,8 @@ __global__ void __launch_bounds__(kSgemmThreads, 1)
   }
   __syncthreads();
   const int64_t head = static_cast<int64_t>(h) * nb * kPrHidden;
-  if (k_shift != nullptr) {
-    StoreRotatedTileF16(tile, reinterpret_cast<int*>(tile + kSgemmTile * kTcOutPitch), rope, nb, m0,
-                        reinterpret_cast<__half*>(kp) + head, reinterpret_cast<__half*>(kp_lo) + head,
-                        k_shift + h * StripeShiftPitch(nb));
-  } else {
-    StoreRotatedTile(tile, rope, nb, m0, kp + head, kp_lo != nullptr ? kp_lo + head : nullptr);
-  }
+  StoreRotatedTileF16(tile, reinterpret_cast<int*>(tile + kSgemmTile * kTcOutPitch), rope, nb, m0, kp + head,
+                      kp_lo + head, k_shift + h * StripeShiftPitch(nb));
 #endif
 }
 
@@ -3251,7 +3251,9 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   // Top-k rows read their scores only as OrderKey's keys where nothing reads
   // the probabilities: the wgmma scores kernel then writes the keys.
   const bool score_keys = wgmma && p.mode == SparsityMode::kNzRatio && p.probs == nullptr;
-  // For wgmma the last writer of q' and k' (the RoPE step) splits them.
+  // For the tf32 stripes the last writer of q' and k' (the RoPE pass or the
+  // mma.sync projection) splits them; the fp16 stripes' k' comes split from
+  // the wgmma projection, their q' is made in the stripe.
   float* split_q = wgmma ? qp_lo : nullptr;
   float* split_k = wgmma ? kp_lo : nullptr;
   // k' on wgmma too where the scores are (no mask_linear_q); the pool then
@@ -3261,10 +3263,10 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   // itself (q' = RoPE(pooled Q)), and no RoPE pass writes it.
   const bool q_in_stripe = wgmma && p.q_weight == nullptr;
   float* pool_k_lo = wgmma_project ? pooled_k_lo : nullptr;
-  // Where both are (hidden = D = 128, no mask_linear_q), the scores take
-  // fp16 parts (F16Split): the projection writes k' so, the stripes rotate
-  // and split q' so.
-  const bool f16_stripes = wgmma_project && q_in_stripe;
+  // With k' on wgmma (hidden = D = 128, no mask_linear_q, so q' is made in
+  // the stripe) the scores take fp16 parts (F16Split): the projection writes
+  // k' so, the stripes rotate and split q' so.
+  const bool f16_stripes = wgmma_project;
   int32_t* k_shift = f16_stripes ? reinterpret_cast<int32_t*>(ws + g.k_shift) : nullptr;
 
   // The old gate's RoPE table and the split W^T come first: they read only
@@ -3338,9 +3340,9 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     if (wgmma_project) {
       SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
           ProjectRopeWgmmaKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kWgSmemBytes)));
-      SEER_CUDA_RETURN_IF_ERROR(LaunchChained(chain, ProjectRopeWgmmaKernel, dim3(row_tiles, 1, p.num_heads),
-                                              kSgemmThreads, kWgSmemBytes, stream, p, nb, pooled_k, pooled_k_lo, wt,
-                                              rope, kp, split_k, k_shift));
+      SEER_CUDA_RETURN_IF_ERROR(LaunchChained(
+          chain, ProjectRopeWgmmaKernel, dim3(row_tiles, 1, p.num_heads), kSgemmThreads, kWgSmemBytes, stream, p, nb,
+          pooled_k, pooled_k_lo, wt, rope, reinterpret_cast<__half*>(kp), reinterpret_cast<__half*>(kp_lo), k_shift));
     } else {
       SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
           ProjectRopeTf32Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kTcProjectSmemBytes)));

@@ -707,9 +707,9 @@ TEST_F(GateGpuTest, TopKTies) {
 // gate's scores are those of the unscaled inputs, bit for bit, while the
 // pooled rows, q' and k' lie about 2^s and 2^-s. The fp16 stripes (hidden =
 // D = 128, no mask_linear_q) scale each q' and k' row by its own power of two
-// before they split it; these cases move those shifts far from 0 (about -28
-// and +40 at s = 40), the first across five 128-row k' tiles (the stripe's
-// ring of tile shifts wraps twice).
+// before they split it; these cases move those shifts far from 0 (about -27
+// for q' and +50 for k' at s = 40), the first across five 128-row k' tiles
+// (the stripe's ring of tile shifts wraps twice).
 TEST_F(GateGpuTest, ScaledInputs) {
   const ElemType bf = ElemType::kBF16;
   GateCase up = {33000, 2, 1, 128, 128, false, false, false, "nz_ratio=0.2", false, 0, false, bf};
