@@ -623,7 +623,8 @@ cudaError_t LaunchDecode(const AttentionParams& p, int pos, cudaStream_t stream)
 
 // The variants that run attention_sm90.cu's kernels.
 bool IsSm90Variant(FwdVariant v) {
-  return v == FwdVariant::kSm90 || v == FwdVariant::kSm90Static || v == FwdVariant::kSm90Rows;
+  return v == FwdVariant::kSm90 || v == FwdVariant::kSm90Static || v == FwdVariant::kSm90Rows ||
+         v == FwdVariant::kSm90Pairs;
 }
 
 }  // namespace
@@ -636,6 +637,7 @@ const char* FwdVariantName(FwdVariant v) {
     case FwdVariant::kSm90: return "v3 sm90 atomic";
     case FwdVariant::kSm90Static: return "v3 sm90 static";
     case FwdVariant::kSm90Rows: return "v4 sm90 own rings";
+    case FwdVariant::kSm90Pairs: return "v6 sm90 two-block steps";
   }
   return "?";
 }
@@ -644,7 +646,7 @@ bool FwdVariantAvailable(FwdVariant v) { return IsSm90Variant(v) ? Sm90Attention
 
 FwdVariant ResolveFwdVariant(FwdVariant v) {
   if (v != FwdVariant::kAuto) return v;
-  return Sm90AttentionAvailable() ? FwdVariant::kSm90Rows : FwdVariant::kRows32PerWarp;
+  return Sm90AttentionAvailable() ? FwdVariant::kSm90Pairs : FwdVariant::kRows32PerWarp;
 }
 
 cudaError_t BlockSparseAttentionVariant(const AttentionParams& p, FwdVariant variant, cudaStream_t stream) {
@@ -664,9 +666,11 @@ cudaError_t BlockSparseAttentionVariant(const AttentionParams& p, FwdVariant var
   }
   if (sm90) {
     if (!Sm90AttentionAvailable()) return cudaErrorNotSupported;
+    const Sm90Lists lists = variant == FwdVariant::kSm90Rows    ? Sm90Lists::kOwnRings
+                            : variant == FwdVariant::kSm90Pairs ? Sm90Lists::kPairSteps
+                                                                : Sm90Lists::kSharedStages;
     return LaunchSm90Attention(p, variant == FwdVariant::kSm90Static ? Sm90Schedule::kStatic : Sm90Schedule::kAtomic,
-                               variant == FwdVariant::kSm90Rows ? Sm90Lists::kOwnRings : Sm90Lists::kSharedStages,
-                               stream);
+                               lists, stream);
   }
   return SEER_DISPATCH_HEAD_DIM(p.head_dim, kHeadDim, [&] {
     return SEER_DISPATCH_ELEM(p.dtype, Elem, [&] {

@@ -55,7 +55,8 @@ struct Options {
   std::vector<int> seqs = {8192, 32768, 131072};
   std::vector<double> sparsities = {0.0, 0.5, 0.9};
   std::vector<ElemType> dtypes = {ElemType::kBF16};
-  std::vector<FwdVariant> variants = {FwdVariant::kRows32PerWarp, FwdVariant::kSm90, FwdVariant::kSm90Rows};
+  std::vector<FwdVariant> variants = {FwdVariant::kRows32PerWarp, FwdVariant::kSm90, FwdVariant::kSm90Rows,
+                                      FwdVariant::kSm90Pairs};
   std::vector<int> dims = {64, 128};
   int heads = 32;
   int kv_heads = 32;
@@ -89,6 +90,7 @@ bool ParseArgs(int argc, char** argv, Options* o) {
                               : s == "v3"  ? FwdVariant::kSm90
                               : s == "v3s" ? FwdVariant::kSm90Static
                               : s == "v4"  ? FwdVariant::kSm90Rows
+                              : s == "v6"  ? FwdVariant::kSm90Pairs
                                            : FwdVariant::kAuto);
       }
     } else if (const char* v = value("--heads")) {

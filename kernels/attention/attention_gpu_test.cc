@@ -291,7 +291,7 @@ class AttentionGpuTest : public ::testing::Test {
   static std::vector<FwdVariant> Variants() {
     std::vector<FwdVariant> out;
     for (FwdVariant v : {FwdVariant::kAuto, FwdVariant::kRows16PerWarp, FwdVariant::kRows32PerWarp, FwdVariant::kSm90,
-                         FwdVariant::kSm90Static, FwdVariant::kSm90Rows}) {
+                         FwdVariant::kSm90Static, FwdVariant::kSm90Rows, FwdVariant::kSm90Pairs}) {
       if (cuda::FwdVariantAvailable(v)) {
         out.push_back(v);
       } else {
@@ -521,7 +521,8 @@ TEST_F(AttentionGpuTest, RotatesQAsRopeWould) {
     cuda::AttentionParams p = Params(t, q, k, v, out, L, Hq, Hkv, D, L);  // q and out set per run below
     p.block_offsets = null_lists ? nullptr : offsets.get<int32_t>();
     p.block_indices = null_lists ? nullptr : indices.get<int32_t>();
-    for (FwdVariant variant : {FwdVariant::kSm90, FwdVariant::kSm90Static, FwdVariant::kSm90Rows}) {
+    for (FwdVariant variant :
+         {FwdVariant::kSm90, FwdVariant::kSm90Static, FwdVariant::kSm90Rows, FwdVariant::kSm90Pairs}) {
       SCOPED_TRACE(cuda::FwdVariantName(variant));
       ASSERT_CUDA(cudaMemset(out.get(), 0xFF, qe.size() * 2));
       ASSERT_CUDA(cudaMemset(out_rot.get(), 0xFF, qe.size() * 2));

@@ -1087,10 +1087,61 @@ struct Sm90RowsTile {
 
 #if defined(SEER_SM90A_ENABLED)
 
+// An own-rings producer's row start (Sm90RowsKernel, Sm90PairsKernel):
+// consumer c's row of the next pair that has one (the last pair of an odd
+// nb has no upper row), from ticket t (the ticket after it is fetched now
+// into t); then, once the consumer has read the previous row's Q into
+// registers (q_empty), the row's Q by TMA into q_dst and (h, qb, n) into
+// tile_info for the consumer, and the row into r: its list is n entries
+// from begin (n clamped to the qb + 1 blocks a causal list can have). When
+// the rows are done: the stop signal, and false. (Values in, one struct
+// out: the form in which both producers stay within kProducerRegs.)
+struct OwnRow {
+  int h, qb, begin, n;
+};
+
+template <int kHeadDim>
+__device__ __forceinline__ bool StartOwnRow(const Sm90Params& p, uint32_t* counter, int c, int& t, uint32_t q_dst,
+                                            uint32_t q_full, uint32_t q_empty, uint32_t& q_phase, int4* tile_info,
+                                            OwnRow& r) {
+  using QTile = Sm90Tile<kHeadDim>;
+  int h = 0, qb = 0, next = 0;
+  bool done = true;
+  while (t < p.num_tiles) {
+    const int code = p.order[t];
+    h = code / p.pairs;
+    qb = 2 * (code % p.pairs) + 1 - c;
+    next = static_cast<int>(atomicAdd(counter, 1u));
+    if (qb < p.nb) {
+      done = false;
+      break;
+    }
+    t = next;
+  }
+  sm90::MbarWait(q_empty, q_phase ^ 1);
+  q_phase ^= 1;
+  if (done) {
+    *tile_info = make_int4(-1, 0, 0, 0);
+    sm90::MbarArrive(q_full);
+    return false;
+  }
+  const int row = h * p.nb + qb;
+  const int begin = p.block_offsets[row];
+  const int n = min(max(p.block_offsets[row + 1] - begin, 0), qb + 1);
+  *tile_info = make_int4(h, qb, n, 0);
+  sm90::MbarArriveExpectTx(q_full, QTile::kTileBytes);
+#pragma unroll
+  for (int cb = 0; cb < QTile::kColBlocks; ++cb) {
+    sm90::TmaLoad3d(q_dst + cb * QTile::kColBlockBytes, &p.tma_q, q_full, cb * QTile::kCols, h, qb * kBlock);
+  }
+  t = next;
+  r = OwnRow{h, qb, begin, n};
+  return true;
+}
+
 template <int kHeadDim>
 __device__ __forceinline__ void RowsProducer(const Sm90Params& p, uint8_t* smem, int c) {
   using Tile = Sm90RowsTile<kHeadDim>;
-  using QTile = typename Tile::QTile;
   const uint32_t half = sm90::SmemAddr(smem) + c * Tile::kHalfBytes;
   const uint32_t bars = sm90::SmemAddr(smem) + Tile::kBarOffset + c * Tile::kHalfBarriers * 8;
   auto bar = [&](int i) { return bars + 8 * i; };
@@ -1107,39 +1158,12 @@ __device__ __forceinline__ void RowsProducer(const Sm90Params& p, uint8_t* smem,
   uint32_t q_phase = 0;
   int t = static_cast<int>(atomicAdd(counter, 1u));
   for (;;) {
-    // This consumer's row of the next pair that has one (the last pair of
-    // an odd nb has no upper row); the index after it is fetched now.
-    int h = 0, qb = 0, next = 0;
-    bool done = true;
-    while (t < p.num_tiles) {
-      const int code = p.order[t];
-      h = code / p.pairs;
-      qb = 2 * (code % p.pairs) + 1 - c;
-      next = static_cast<int>(atomicAdd(counter, 1u));
-      if (qb < p.nb) {
-        done = false;
-        break;
-      }
-      t = next;
-    }
-    // Q, once the consumer has read the previous tile's into registers.
-    sm90::MbarWait(bar(Tile::kQEmpty), q_phase ^ 1);
-    q_phase ^= 1;
-    if (done) {
-      *tile_info = make_int4(-1, 0, 0, 0);
-      sm90::MbarArrive(bar(Tile::kQFull));
+    OwnRow r;
+    if (!StartOwnRow<kHeadDim>(p, counter, c, t, half + Tile::kQOffset, bar(Tile::kQFull), bar(Tile::kQEmpty), q_phase,
+                               tile_info, r)) {
       return;
     }
-    const int row = h * p.nb + qb;
-    const int begin = p.block_offsets[row];
-    const int n = min(max(p.block_offsets[row + 1] - begin, 0), qb + 1);  // a causal list has at most qb + 1
-    *tile_info = make_int4(h, qb, n, 0);
-    sm90::MbarArriveExpectTx(bar(Tile::kQFull), Tile::kTileBytes);
-#pragma unroll
-    for (int cb = 0; cb < QTile::kColBlocks; ++cb) {
-      sm90::TmaLoad3d(half + Tile::kQOffset + cb * QTile::kColBlockBytes, &p.tma_q, bar(Tile::kQFull),
-                      cb * QTile::kCols, h, qb * kBlock);
-    }
+    const int h = r.h, qb = r.qb, begin = r.begin, n = r.n;
 
     // The list from its highest block down (the diagonal first), each next
     // entry read a block ahead. Lists are ascending and causal; anything
@@ -1161,7 +1185,6 @@ __device__ __forceinline__ void RowsProducer(const Sm90Params& p, uint8_t* smem,
                       kvh);
       pos.template Advance<Tile::kStages>();
     }
-    t = next;
   }
 }
 
@@ -1259,6 +1282,278 @@ __global__ void __launch_bounds__(kThreads, 1)
 #else
   __trap();
 #endif
+}
+
+// --- block lists, two kept blocks a step ------------------------------------
+// Sm90Lists::kPairSteps (FwdVariant::kSm90Pairs), head_dim 64 and 128.
+// Sm90RowsKernel's CTA, roles, counters and walk (each row's list from its
+// highest block down), but each consumer step takes the next two blocks of
+// its list: S = Q [K_a K_b]^T as two 64-key wgmma chains into one 64 x 128
+// accumulator (the m64n128 accumulator layout is the two m64n64 layouts side
+// by side), one online-softmax round over the 128 keys, and O += P [V_a;
+// V_b] in 2 x 4 k16 steps, as Sm90WideKernel does dense. So a step's
+// barrier waits, row reductions, correction and rescale serve two blocks.
+// K and V go into pair stages (two tiles, one barrier: the two copies
+// complete the same transaction count). A row of odd length ends on a
+// single block: its step scores K_a twice and masks the second half to
+// -inf, and its P V reads V_a for the second half against zero P (no
+// branch around a wgmma: ptxas serializes those), so the copy of b is all
+// it saves.
+template <int kHeadDim>
+struct Sm90PairsTile {
+  using QTile = Sm90Tile<kHeadDim>;
+  static constexpr int kTileBytes = QTile::kTileBytes;
+  static_assert(kHeadDim == 64 || kHeadDim == 128, "built for head_dim 64 and 128 (PairsDim)");
+  // Pair stages per consumer, as many as fit: K is freed once S is done, V
+  // only after the next step's P V.
+  static constexpr int kKPairs = kHeadDim == 128 ? 1 : 2;
+  static constexpr int kVPairs = kHeadDim == 128 ? 2 : 3;
+  static constexpr int kQOffset = 0;
+  static constexpr int kKOffset = kTileBytes;
+  static constexpr int kVOffset = kKOffset + 2 * kKPairs * kTileBytes;
+  static constexpr int kHalfBytes = kVOffset + 2 * kVPairs * kTileBytes;
+  static constexpr int kKFull = 0, kKEmpty = kKPairs, kVFull = 2 * kKPairs, kVEmpty = kVFull + kVPairs,
+                       kQFull = kVEmpty + kVPairs, kQEmpty = kQFull + 1, kHalfBarriers = kQEmpty + 1;
+  static constexpr int kBarOffset = 2 * kHalfBytes;
+  static constexpr int kKeyBlockOffset = kBarOffset + 2 * kHalfBarriers * 8;  // int [2][kKPairs]: block a
+  static constexpr int kTileInfoOffset = (kKeyBlockOffset + 2 * kKPairs * 4 + 15) / 16 * 16;  // int4 [2]
+  static constexpr int kSmemBytes = kTileInfoOffset + 2 * 16;
+  static constexpr int kSmemAlloc = kSmemBytes + 1024;
+  static_assert(kSmemAlloc <= 227 * 1024, "shared memory");
+  static_assert(kHalfBytes % 1024 == 0, "each half's tiles keep the swizzle period");
+  static_assert(kVPairs >= 2, "a consumer holds one V pair while the next is filled");
+};
+
+#if defined(SEER_SM90A_ENABLED)
+
+template <int kHeadDim>
+__device__ __forceinline__ void PairsProducer(const Sm90Params& p, uint8_t* smem, int c) {
+  using Tile = Sm90PairsTile<kHeadDim>;
+  const uint32_t half = sm90::SmemAddr(smem) + c * Tile::kHalfBytes;
+  const uint32_t bars = sm90::SmemAddr(smem) + Tile::kBarOffset + c * Tile::kHalfBarriers * 8;
+  auto bar = [&](int i) { return bars + 8 * i; };
+  int* key_block = reinterpret_cast<int*>(smem + Tile::kKeyBlockOffset) + c * Tile::kKPairs;
+  int4* tile_info = reinterpret_cast<int4*>(smem + Tile::kTileInfoOffset) + c;
+  uint32_t* counter = p.tile_counter + c;
+
+  sm90::PrefetchTensorMap(&p.tma_q);
+  sm90::PrefetchTensorMap(&p.tma_k_tile);
+  sm90::PrefetchTensorMap(&p.tma_v_tile);
+  const int group = p.num_heads / p.num_kv_heads;
+
+  // Steps so far: step u's K pair is stage u % kKPairs of round u / kKPairs,
+  // its V pair likewise (one counter for both rings: the producer runs
+  // within kProducerRegs).
+  uint32_t u = 0;
+  uint32_t q_phase = 0;
+  int t = static_cast<int>(atomicAdd(counter, 1u));
+  for (;;) {
+    OwnRow r;
+    if (!StartOwnRow<kHeadDim>(p, counter, c, t, half + Tile::kQOffset, bar(Tile::kQFull), bar(Tile::kQEmpty), q_phase,
+                               tile_info, r)) {
+      return;
+    }
+    const int h = r.h, qb = r.qb, begin = r.begin, n = r.n;
+
+    // The list from its highest block down, two a step, clamped as
+    // Sm90RowsKernel's; a step's entries are read before its waits.
+    const int kvh = h / group;
+    auto entry = [&](int i) { return i >= 0 ? min(max(p.block_indices[begin + i], 0), qb) : 0; };
+    for (int i = n - 1; i >= 0; i -= 2) {
+      const int ka = entry(i), kb = entry(i - 1);
+      const bool two = i > 0;
+      const uint32_t bytes = (two ? 2 : 1) * Tile::kTileBytes;
+      const int ks = static_cast<int>(u % Tile::kKPairs), vs = static_cast<int>(u % Tile::kVPairs);
+      const uint32_t k_full = bar(Tile::kKFull + ks), v_full = bar(Tile::kVFull + vs);
+      const uint32_t k_dst = half + Tile::kKOffset + 2 * ks * Tile::kTileBytes;
+      const uint32_t v_dst = half + Tile::kVOffset + 2 * vs * Tile::kTileBytes;
+      sm90::MbarWait(bar(Tile::kKEmpty + ks), ((u / Tile::kKPairs) & 1u) ^ 1u);
+      key_block[ks] = ka;  // published by the arrive below
+      sm90::MbarArriveExpectTx(k_full, bytes);
+      sm90::TmaLoad4d(k_dst, &p.tma_k_tile, k_full, 0, ka * kBlock, 0, kvh);
+      if (two) sm90::TmaLoad4d(k_dst + Tile::kTileBytes, &p.tma_k_tile, k_full, 0, kb * kBlock, 0, kvh);
+      sm90::MbarWait(bar(Tile::kVEmpty + vs), ((u / Tile::kVPairs) & 1u) ^ 1u);
+      sm90::MbarArriveExpectTx(v_full, bytes);
+      sm90::TmaLoad4d(v_dst, &p.tma_v_tile, v_full, 0, ka * kBlock, 0, kvh);
+      if (two) sm90::TmaLoad4d(v_dst + Tile::kTileBytes, &p.tma_v_tile, v_full, 0, kb * kBlock, 0, kvh);
+      ++u;
+    }
+  }
+}
+
+template <int kHeadDim, typename T>
+__device__ __forceinline__ void PairsConsumer(const Sm90Params& p, uint8_t* smem, int c) {
+  using Tile = Sm90PairsTile<kHeadDim>;
+  using QTile = typename Tile::QTile;
+  constexpr int kOTiles = kHeadDim / 8;
+  constexpr int kHalfTiles = kBlock / 8;  // n8 tiles of S per block
+  constexpr int kSTiles = 2 * kHalfTiles;
+  constexpr int kHalfSteps = kBlock / 16;  // k16 steps of O += P V per block
+  constexpr int kPSteps = 2 * kHalfSteps;
+  const uint32_t half = sm90::SmemAddr(smem) + c * Tile::kHalfBytes;
+  const uint32_t bars = sm90::SmemAddr(smem) + Tile::kBarOffset + c * Tile::kHalfBarriers * 8;
+  auto bar = [&](int i) { return bars + 8 * i; };
+  const int* key_block = reinterpret_cast<const int*>(smem + Tile::kKeyBlockOffset) + c * Tile::kKPairs;
+  const int4* tile_info = reinterpret_cast<const int4*>(smem + Tile::kTileInfoOffset) + c;
+  const int warp = (threadIdx.x / 32) % 4;
+  const int lane = threadIdx.x % 32;
+
+  const StageDescs<QTile::kSwizzle, QTile::kStepsPerColBlock, QTile::kColBlockBytes, Tile::kTileBytes> desc(
+      half + Tile::kKOffset, half + Tile::kVOffset);
+  auto release = [&](int i) {
+    __syncwarp();
+    if (lane == 0) sm90::MbarArrive(bar(i));
+  };
+
+  RingPos kpos, vpos;
+  uint32_t q_phase = 0;
+  for (;;) {
+    sm90::MbarWait(bar(Tile::kQFull), q_phase);
+    q_phase ^= 1;
+    const int4 info = ReadShared(tile_info, lane);
+    if (info.x < 0) return;
+    const int h = info.x;
+    const int qb = info.y;
+    const int n = info.z;
+
+    uint32_t q_frag[QTile::kKSteps][4];
+    TakeQ<kHeadDim, T>(p, q_frag, half + Tile::kQOffset, bar(Tile::kQEmpty), true, qb, warp, lane);
+
+    float o[kOTiles * 4];
+#pragma unroll
+    for (int i = 0; i < kOTiles * 4; ++i) o[i] = 0.0f;
+    float row_max[2] = {-INFINITY, -INFINITY};
+    float row_sum[2] = {0.0f, 0.0f};
+    uint32_t p_frag[kPSteps][4];
+    RingPos held;  // the V pair whose P V is pending
+    bool held_two = false;
+    const int row0 = 16 * warp + lane / 4;
+
+    // O += P V for the held pair: block a's four k16 steps, then b's. A
+    // single block's pair reads V_a again for b's steps, whose P is zero
+    // (no branch around a wgmma: ptxas serializes them).
+    auto issue_pv = [&] {
+      const int b_tile = 2 * held.stage + (held_two ? 1 : 0);
+#pragma unroll
+      for (int ks = 0; ks < kHalfSteps; ++ks) {
+        sm90::WgmmaRS<kHeadDim, T>::template Run<1>(o, p_frag[ks], desc.V(2 * held.stage, ks), 1);
+      }
+#pragma unroll
+      for (int ks = 0; ks < kHalfSteps; ++ks) {
+        sm90::WgmmaRS<kHeadDim, T>::template Run<1>(o, p_frag[kHalfSteps + ks], desc.V(b_tile, ks), 1);
+      }
+      sm90::WgmmaCommit();
+    };
+
+    auto step = [&]<bool kHaveP>(bool two) {
+      sm90::MbarWait(bar(Tile::kKFull + kpos.stage), kpos.phase);
+      const bool masked = __shfl_sync(0xffffffffu, lane == 0 ? key_block[kpos.stage] : 0, 0) == qb;
+      if constexpr (kHaveP) sm90::MbarWait(bar(Tile::kVFull + held.stage), held.phase);
+      float s[kSTiles * 4];
+      float(&s_a)[kHalfTiles * 4] = *reinterpret_cast<float(*)[kHalfTiles * 4]>(&s[0]);
+      float(&s_b)[kHalfTiles * 4] = *reinterpret_cast<float(*)[kHalfTiles * 4]>(&s[kHalfTiles * 4]);
+      sm90::WgmmaFence();
+#pragma unroll
+      for (int ks = 0; ks < QTile::kKSteps; ++ks) {
+        sm90::WgmmaRS<kBlock, T>::template Run<0>(s_a, q_frag[ks], desc.K(2 * kpos.stage, ks), ks > 0 ? 1 : 0);
+      }
+      // A single block's pair scores K_a again for b (masked below).
+      const int b_tile = 2 * kpos.stage + (two ? 1 : 0);
+#pragma unroll
+      for (int ks = 0; ks < QTile::kKSteps; ++ks) {
+        sm90::WgmmaRS<kBlock, T>::template Run<0>(s_b, q_frag[ks], desc.K(b_tile, ks), ks > 0 ? 1 : 0);
+      }
+      sm90::WgmmaCommit();
+      if constexpr (kHaveP) {
+        issue_pv();
+        sm90::WgmmaWait<1>();
+      } else {
+        sm90::WgmmaWait<0>();
+      }
+      sm90::FenceRegs(s);
+      release(Tile::kKEmpty + kpos.stage);
+      if (!two) {
+#pragma unroll
+        for (int i = 0; i < kHalfTiles * 4; ++i) s_b[i] = -INFINITY;
+      }
+      if (masked) MaskRightOfDiagonal<kHalfTiles>(s_a, row0, lane);
+      float correction[2];
+#pragma unroll
+      for (int hf = 0; hf < 2; ++hf) {
+        correction[hf] = SoftmaxRowHalf<kSTiles, true>(s, hf, p.scale_log2, &row_max[hf], &row_sum[hf]);
+      }
+      if constexpr (kHaveP) {
+        sm90::WgmmaWait<0>();
+        sm90::FenceRegs(o);
+        release(Tile::kVEmpty + held.stage);
+      }
+      RescaleO<kOTiles>(o, correction);
+      PackP<kPSteps, T>(p_frag, s);
+      held = vpos;
+      held_two = two;
+      kpos.template Advance<Tile::kKPairs>();
+      vpos.template Advance<Tile::kVPairs>();
+    };
+
+    if (n > 0) {
+      step.template operator()<false>(n > 1);
+      for (int i = n - 3; i >= 0; i -= 2) step.template operator()<true>(i > 0);
+      // The last pair's O += P V.
+      sm90::MbarWait(bar(Tile::kVFull + held.stage), held.phase);
+      sm90::WgmmaFence();
+      issue_pv();
+      sm90::WgmmaWait<0>();
+      sm90::FenceRegs(o);
+      release(Tile::kVEmpty + held.stage);
+    }
+    StoreRows<kHeadDim, T>(p, o, row_sum, h, qb, warp, lane);
+  }
+}
+
+#endif  // SEER_SM90A_ENABLED
+
+template <int kHeadDim, typename T>
+__global__ void __launch_bounds__(kThreads, 1)
+    Sm90PairsKernel(const __grid_constant__ Sm90Params p, Sm90Schedule /*always kAtomic: two counters*/) {
+#if defined(SEER_SM90A_ENABLED)
+  using Tile = Sm90PairsTile<kHeadDim>;
+  extern __shared__ uint8_t smem_raw[];
+  RunCta<2>(
+      smem_raw, Tile::kBarOffset,
+      [](uint32_t bars) {
+        for (int c = 0; c < 2; ++c) {
+          const uint32_t half = bars + c * Tile::kHalfBarriers * 8;
+          for (int s = 0; s < Tile::kKPairs; ++s) {
+            sm90::MbarInit(half + 8 * (Tile::kKFull + s), 1);
+            sm90::MbarInit(half + 8 * (Tile::kKEmpty + s), 4);
+          }
+          for (int s = 0; s < Tile::kVPairs; ++s) {
+            sm90::MbarInit(half + 8 * (Tile::kVFull + s), 1);
+            sm90::MbarInit(half + 8 * (Tile::kVEmpty + s), 4);
+          }
+          sm90::MbarInit(half + 8 * Tile::kQFull, 1);
+          sm90::MbarInit(half + 8 * Tile::kQEmpty, 4);
+        }
+      },
+      [&](uint8_t* smem, int c) { PairsProducer<kHeadDim>(p, smem, c); },
+      [&](uint8_t* smem, int c) { PairsConsumer<kHeadDim, T>(p, smem, c); });
+#else
+  __trap();
+#endif
+}
+
+// The head dims Sm90PairsKernel is built for: 64 and 128 (at 32 and 96 its
+// producer does not fit kProducerRegs); PairsDim maps the others to 128 so
+// that PairsKernelFor compiles for every head dim and is never taken there.
+constexpr int PairsDim(int head_dim) { return head_dim == 64 ? 64 : 128; }
+
+template <int kHeadDim, typename T>
+auto PairsKernelFor() {
+  if constexpr (PairsDim(kHeadDim) == kHeadDim) {
+    return Sm90PairsKernel<kHeadDim, T>;
+  } else {
+    return Sm90RowsKernel<kHeadDim, T>;  // same signature; Launch does not pick the pairs for this head dim
+  }
 }
 
 // --- tile order for block lists ---------------------------------------------
@@ -1415,7 +1710,10 @@ cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, Sm90Lists li
 
   // Sm90RowsKernel's consumers take their rows from two counters: it always
   // runs the atomic schedule.
-  const bool own_rings = sorted && lists == Sm90Lists::kOwnRings;
+  // kPairSteps runs Sm90PairsKernel where it is built (head_dim 64 and 128),
+  // else Sm90RowsKernel.
+  const bool pairs = sorted && lists == Sm90Lists::kPairSteps && PairsDim(kHeadDim) == kHeadDim;
+  const bool own_rings = sorted && (lists == Sm90Lists::kOwnRings || lists == Sm90Lists::kPairSteps);
   if (own_rings) schedule = Sm90Schedule::kAtomic;
   // Scratch: [order: num_tiles int32][counters], only what this launch uses.
   const bool atomic = schedule == Sm90Schedule::kAtomic;
@@ -1443,9 +1741,11 @@ cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, Sm90Lists li
   }
   if (e == cudaSuccess) {
     auto kernel = !sorted     ? Sm90WideKernel<kHeadDim, T>
+                  : pairs     ? PairsKernelFor<kHeadDim, T>()
                   : own_rings ? Sm90RowsKernel<kHeadDim, T>
                               : Sm90FwdKernel<kHeadDim, T>;
     const int smem_bytes = !sorted     ? Sm90WideTile<kHeadDim>::kSmemAlloc
+                           : pairs     ? Sm90PairsTile<PairsDim(kHeadDim)>::kSmemAlloc
                            : own_rings ? Sm90RowsTile<kHeadDim>::kSmemAlloc
                                        : Tile::kSmemAlloc;
     e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);

@@ -21,6 +21,7 @@ enum class Sm90Schedule {
 enum class Sm90Lists {
   kSharedStages,  // one producer for both consumers: a block both rows keep is loaded once
   kOwnRings,  // a producer and K/V rings per consumer, rows taken independently (always kAtomic)
+  kPairSteps,  // kOwnRings with two kept blocks a consumer step (head_dim 64 and 128; kOwnRings otherwise)
 };
 
 // True when the current device is compute capability 9.0 and this binary

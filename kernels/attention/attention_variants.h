@@ -1,6 +1,6 @@
 // The numbered versions of the prefill kernel behind BlockSparseAttention
 // (kernels/attention/attention.h), so that the benchmark and the tests can run
-// each one. BlockSparseAttention picks kAuto: kSm90Rows on compute
+// each one. BlockSparseAttention picks kAuto: kSm90Pairs on compute
 // capability 9.0, kRows32PerWarp elsewhere. A variant that cannot run on the device
 // returns cudaErrorNotSupported.
 #pragma once
@@ -27,9 +27,15 @@ enum class FwdVariant {
   kSm90Static,
   // sm_90a, block lists: each consumer warpgroup with a producer and K/V
   // rings of its own, taking its rows independently (Sm90Lists::kOwnRings);
-  // dense causal runs kSm90's kernel. kAuto's pick on compute capability 9.0
-  // (10-14% faster than kSm90 at sparsity 0.9, H200, 2026-12-01).
+  // dense causal runs kSm90's kernel (10-14% faster than kSm90 at sparsity
+  // 0.9, H200, 2026-12-01).
   kSm90Rows,
+  // kSm90Rows with two kept blocks a consumer step (Sm90Lists::kPairSteps):
+  // one softmax round and one wait per 128 keys, as the dense kernel; head
+  // dims 32 and 96 run kSm90Rows's kernel. kAuto's pick on compute
+  // capability 9.0 (3-15% faster than kSm90Rows with lists, H200,
+  // 2026-12-01).
+  kSm90Pairs,
 };
 
 const char* FwdVariantName(FwdVariant v);
