@@ -108,7 +108,7 @@ if has_step sass; then
   # The sm90 kernels' machine code: wgmma must show as HGMMA, and nothing
   # may go through local memory (LDL/STL).
   cuobjdump -sass "$BIN/seer-attention-bench" >"$OUT/bench.sass" 2>&1
-  awk '/Function : /{f=$3} /HGMMA/{h[f]++} /LDL|STL/{l[f]++} END{for (k in h) if (k ~ /Sm90(Fwd|Wide|Rows)/) printf "  %s: %d HGMMA, %d LDL/STL\n", k, h[k], l[k]+0}' \
+  awk '/Function : /{f=$3} /HGMMA/{h[f]++} /LDL|STL/{l[f]++} END{for (k in h) if (k ~ /Sm90(Fwd|Wide|Rows|Pairs)/) printf "  %s: %d HGMMA, %d LDL/STL\n", k, h[k], l[k]+0}' \
     "$OUT/bench.sass" | sort >"$OUT/sass-summary.log"
   note "sass: $(wc -l <"$OUT/sass-summary.log") sm90 kernels; HGMMA/LDL/STL per kernel in sass-summary.log"
   cat "$OUT/sass-summary.log"
