@@ -1087,6 +1087,27 @@ struct Sm90RowsTile {
 
 #if defined(SEER_SM90A_ENABLED)
 
+// The barriers of an own-rings CTA (Sm90RowsKernel, Sm90PairsKernel), for
+// each consumer's half: kK K and kV V stages, each with a full barrier (the
+// producer's arrive plus the bytes) and an empty one (one lane per consumer
+// warp), then Q's two.
+template <class Tile, int kK, int kV>
+__device__ void InitOwnRingBarriers(uint32_t bars) {
+  for (int c = 0; c < 2; ++c) {
+    const uint32_t half = bars + c * Tile::kHalfBarriers * 8;
+    for (int s = 0; s < kK; ++s) {
+      sm90::MbarInit(half + 8 * (Tile::kKFull + s), 1);
+      sm90::MbarInit(half + 8 * (Tile::kKEmpty + s), 4);
+    }
+    for (int s = 0; s < kV; ++s) {
+      sm90::MbarInit(half + 8 * (Tile::kVFull + s), 1);
+      sm90::MbarInit(half + 8 * (Tile::kVEmpty + s), 4);
+    }
+    sm90::MbarInit(half + 8 * Tile::kQFull, 1);
+    sm90::MbarInit(half + 8 * Tile::kQEmpty, 4);
+  }
+}
+
 // An own-rings producer's row start (Sm90RowsKernel, Sm90PairsKernel):
 // consumer c's row of the next pair that has one (the last pair of an odd
 // nb has no upper row), from ticket t (the ticket after it is fetched now
@@ -1263,20 +1284,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   using Tile = Sm90RowsTile<kHeadDim>;
   extern __shared__ uint8_t smem_raw[];
   RunCta<2>(
-      smem_raw, Tile::kBarOffset,
-      [](uint32_t bars) {
-        for (int c = 0; c < 2; ++c) {
-          const uint32_t half = bars + c * Tile::kHalfBarriers * 8;
-          for (int s = 0; s < Tile::kStages; ++s) {
-            sm90::MbarInit(half + 8 * (Tile::kKFull + s), 1);  // the producer's arrive + the bytes
-            sm90::MbarInit(half + 8 * (Tile::kKEmpty + s), 4);  // one lane per consumer warp
-            sm90::MbarInit(half + 8 * (Tile::kVFull + s), 1);
-            sm90::MbarInit(half + 8 * (Tile::kVEmpty + s), 4);
-          }
-          sm90::MbarInit(half + 8 * Tile::kQFull, 1);
-          sm90::MbarInit(half + 8 * Tile::kQEmpty, 4);
-        }
-      },
+      smem_raw, Tile::kBarOffset, InitOwnRingBarriers<Tile, Tile::kStages, Tile::kStages>,
       [&](uint8_t* smem, int c) { RowsProducer<kHeadDim>(p, smem, c); },
       [&](uint8_t* smem, int c) { RowsConsumer<kHeadDim, T>(p, smem, c); });
 #else
@@ -1519,22 +1527,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   using Tile = Sm90PairsTile<kHeadDim>;
   extern __shared__ uint8_t smem_raw[];
   RunCta<2>(
-      smem_raw, Tile::kBarOffset,
-      [](uint32_t bars) {
-        for (int c = 0; c < 2; ++c) {
-          const uint32_t half = bars + c * Tile::kHalfBarriers * 8;
-          for (int s = 0; s < Tile::kKPairs; ++s) {
-            sm90::MbarInit(half + 8 * (Tile::kKFull + s), 1);
-            sm90::MbarInit(half + 8 * (Tile::kKEmpty + s), 4);
-          }
-          for (int s = 0; s < Tile::kVPairs; ++s) {
-            sm90::MbarInit(half + 8 * (Tile::kVFull + s), 1);
-            sm90::MbarInit(half + 8 * (Tile::kVEmpty + s), 4);
-          }
-          sm90::MbarInit(half + 8 * Tile::kQFull, 1);
-          sm90::MbarInit(half + 8 * Tile::kQEmpty, 4);
-        }
-      },
+      smem_raw, Tile::kBarOffset, InitOwnRingBarriers<Tile, Tile::kKPairs, Tile::kVPairs>,
       [&](uint8_t* smem, int c) { PairsProducer<kHeadDim>(p, smem, c); },
       [&](uint8_t* smem, int c) { PairsConsumer<kHeadDim, T>(p, smem, c); });
 #else
