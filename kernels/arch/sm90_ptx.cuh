@@ -91,6 +91,18 @@ __device__ __forceinline__ void TmaLoad3d(uint32_t dst, const void* tensor_map, 
       : "memory");
 }
 
+// A 4-D box at (0, c1, kC2, c3) to dst + kOffset, the offset and the
+// constant coordinates immediates (no registers for them: for producers at a
+// tight setmaxnreg budget).
+template <int kOffset, int kC2>
+__device__ __forceinline__ void TmaLoad4dAt(uint32_t dst, const void* tensor_map, uint32_t bar, int c1, int c3) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0+%5], [%1, {0, %2, %6, "
+      "%3}], [%4];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(tensor_map)), "r"(c1), "r"(c3), "r"(bar), "n"(kOffset), "n"(kC2)
+      : "memory");
+}
+
 // The same for a 4-D box at (c0, c1, c2, c3).
 __device__ __forceinline__ void TmaLoad4d(uint32_t dst, const void* tensor_map, uint32_t bar, int c0, int c1, int c2,
                                           int c3) {
