@@ -107,7 +107,10 @@ struct Sm90Tile {
 
 struct Sm90Params {
   CUtensorMap tma_q;  // [L, Hq, D] as (D, Hq, L), box (cols, 1, 64)
-  CUtensorMap tma_k;  // dense: [Hkv, kv_stride, D] as (D, L, Hkv), box (cols, 128, 1)
+  // Dense: [Hkv, kv_stride, D] as (D, L, Hkv), box (cols, 128, 1). With
+  // block lists: tma_k_tile's view, box (cols, 64, 1, 1), one column block
+  // of a tile (Sm90PairsKernel at head_dim 128).
+  CUtensorMap tma_k;
   CUtensorMap tma_v;
   void* out;
   const int32_t* block_offsets;  // null: dense causal
@@ -1305,9 +1308,9 @@ __global__ void __launch_bounds__(kThreads, 1)
 // 128-key tile in the wgmma's K-major layout, column block by column block:
 // at head_dim 128 that is [a cols 0-63][b cols 0-63][a cols 64-127][b cols
 // 64-127], a copy per column block (the one-copy tile box would put a's two
-// column blocks side by side), at head_dim 64 simply [a][b]. One chain of 8
-// instead of two of 8 m64n64 steps: 0.5-1.3% faster at 32k and 128k than
-// two chains (H200, 2026-12-01). A V pair stage is two tiles, one copy
+// column blocks side by side), at head_dim 64 simply [a][b]. One chain of
+// m64n128 steps instead of two of m64n64: 0.5-1.3% faster at 32k and 128k
+// (H200, 2026-12-01). A V pair stage is two tiles, one copy
 // each. A row of odd length ends on a single block: b's K is not copied and
 // its half of S, computed from whatever the stage held, is set to -inf; its
 // P V reads V_a for the second half against zero P (no branch around a
