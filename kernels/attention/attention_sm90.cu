@@ -1357,8 +1357,7 @@ __device__ __forceinline__ void PairsProducer(const Sm90Params& p, uint8_t* smem
   constexpr bool kSplitK = QTile::kColBlocks > 1;
 
   sm90::PrefetchTensorMap(&p.tma_q);
-  sm90::PrefetchTensorMap(&p.tma_k_tile);
-  if constexpr (kSplitK) sm90::PrefetchTensorMap(&p.tma_k);
+  sm90::PrefetchTensorMap(kSplitK ? &p.tma_k : &p.tma_k_tile);
   sm90::PrefetchTensorMap(&p.tma_v_tile);
   const int group = p.num_heads / p.num_kv_heads;
 
@@ -1697,6 +1696,9 @@ cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, Sm90Lists li
   const cuuint64_t kv_dims[3] = {D, L, Hkv};
   const cuuint64_t kv_strides[2] = {D * 2, head_bytes};
   const bool sorted = p.block_offsets != nullptr;
+  // kPairSteps runs Sm90PairsKernel where it is built (head_dim 64 and 128),
+  // else Sm90RowsKernel.
+  const bool pairs = sorted && lists == Sm90Lists::kPairSteps && PairsDim(kHeadDim) == kHeadDim;
   if (!sorted) {  // dense: Sm90WideKernel's 128-key tiles, one copy per column block
     const cuuint32_t kv_box[3] = {Tile::kCols, Sm90WideTile<kHeadDim>::kKeys, 1};
     SEER_CUDA_RETURN_IF_ERROR(EncodeMap<3>(&k.tma_k, p.dtype, p.k, kv_dims, kv_strides, kv_box, Tile::kSwizzle));
@@ -1710,9 +1712,10 @@ cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, Sm90Lists li
         EncodeMap<4>(&k.tma_k_tile, p.dtype, p.k, tile_dims, tile_strides, tile_box, Tile::kSwizzle));
     SEER_CUDA_RETURN_IF_ERROR(
         EncodeMap<4>(&k.tma_v_tile, p.dtype, p.v, tile_dims, tile_strides, tile_box, Tile::kSwizzle));
-    // Sm90PairsKernel at head_dim 128: K one column block of a tile a copy.
-    const cuuint32_t cb_box[4] = {Tile::kCols, kBlock, 1, 1};
-    SEER_CUDA_RETURN_IF_ERROR(EncodeMap<4>(&k.tma_k, p.dtype, p.k, tile_dims, tile_strides, cb_box, Tile::kSwizzle));
+    if (pairs && Tile::kColBlocks > 1) {  // Sm90PairsKernel at head_dim 128: K one column block of a tile a copy
+      const cuuint32_t cb_box[4] = {Tile::kCols, kBlock, 1, 1};
+      SEER_CUDA_RETURN_IF_ERROR(EncodeMap<4>(&k.tma_k, p.dtype, p.k, tile_dims, tile_strides, cb_box, Tile::kSwizzle));
+    }
   }
   k.out = p.out;
   k.block_offsets = p.block_offsets;
@@ -1729,9 +1732,6 @@ cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, Sm90Lists li
 
   // Sm90RowsKernel's consumers take their rows from two counters: it always
   // runs the atomic schedule.
-  // kPairSteps runs Sm90PairsKernel where it is built (head_dim 64 and 128),
-  // else Sm90RowsKernel.
-  const bool pairs = sorted && lists == Sm90Lists::kPairSteps && PairsDim(kHeadDim) == kHeadDim;
   const bool own_rings = sorted && (lists == Sm90Lists::kOwnRings || lists == Sm90Lists::kPairSteps);
   if (own_rings) schedule = Sm90Schedule::kAtomic;
   // Scratch: [order: num_tiles int32][counters], only what this launch uses.
