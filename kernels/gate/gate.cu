@@ -349,11 +349,15 @@ __device__ __forceinline__ void StorePooledK(int64_t hr, int d, int head_dim, co
 // bytes in flight. 256 threads of 2 channels measured 348 -> 332 us at
 // 128k tokens under ncu and 0.073-0.076 -> 0.069-0.071 ms for the fused
 // gate at 8k, against 128 threads of 4 (2026-11-30, 2026-12-01, H200;
-// docs/KERNELS.md).
+// docs/KERNELS.md). A whole block's groups unrolled, bf16 widened with a
+// shift and a mask, and K's extremes on packed pairs (PoolRows) cut its
+// warp instructions at 128k from 196.7M to 136.0M: 414 -> 368 us at ncu's
+// base clocks, 333.8 -> 328.2 us at the GPU's own (2026-12-01, H200).
 constexpr int kBulkPoolChannels = 512;
 constexpr int kBulkPoolPerThread = 2;  // channels a thread sums
 constexpr int kBulkPoolThreads = kBulkPoolChannels / kBulkPoolPerThread;
 [[maybe_unused]] constexpr int kBulkPoolGroups = 4;
+constexpr int kBulkPoolFullGroup = 16;  // tokens a group of a 64-token block
 constexpr int kBulkPoolMaxBlock = 128;  // tokens a block: 128 KB of shared memory at 2 bytes
 
 // cos and sin of block b's RoPE angle for frequency f: float(b * block) *
@@ -495,6 +499,100 @@ __global__ void __launch_bounds__(kPoolThreads)
   }
 }
 
+// BulkPoolKernel's sums and extremes of a thread's two channels, one 4-byte
+// word of each token row in shared memory (rows kBulkPoolChannels elements
+// apart).
+//
+// A bf16's float is its bits in the upper half of a word, so the two of a
+// word take a shift and a mask (the generic conversion spends a byte
+// permute and a multiply on the upper one). Each value is added to its
+// channel's double in token order, as the CPU gate adds it.
+//
+// Max and min are taken on the packed pair (max.NaN / min.NaN, one
+// instruction for both channels): any NaN makes the result a NaN, as the
+// CPU gate's rule (a value replaces the extreme if it is greater, or NaN)
+// does. The two rules differ only on ties between zeros of opposite sign,
+// which the CPU rule settles by the first one in token order; ExactMaxMin
+// redoes a channel whose extreme is a zero.
+template <typename T>
+__device__ __forceinline__ uint32_t PackedInfinity(bool negative) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return negative ? 0xff80ff80u : 0x7f807f80u;
+  return negative ? 0xfc00fc00u : 0x7c007c00u;
+}
+
+template <typename T>
+__device__ __forceinline__ void PairToFloats(uint32_t word, float* lo, float* hi) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    *lo = __uint_as_float(word << 16);
+    *hi = __uint_as_float(word & 0xffff0000u);
+  } else {
+    const T* e = reinterpret_cast<const T*>(&word);
+    *lo = static_cast<float>(e[0]);
+    *hi = static_cast<float>(e[1]);
+  }
+}
+
+template <typename T, bool kMax>
+__device__ __forceinline__ uint32_t PairExtreme(uint32_t a, uint32_t b) {
+  uint32_t r;
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    if constexpr (kMax) {
+      asm("max.NaN.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    } else {
+      asm("min.NaN.bf16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    }
+  } else {
+    if constexpr (kMax) {
+      asm("max.NaN.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    } else {
+      asm("min.NaN.f16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+    }
+  }
+  return r;
+}
+
+// Rows [0, n) of `column`; kCount > 0: n == kCount, fully unrolled.
+template <typename T, bool kMinMax, int kCount>
+__device__ __forceinline__ void PoolRows(const T* column, int n, double (&sum)[2], uint32_t* mx2, uint32_t* mn2) {
+  auto row = [&](int t) {
+    const uint32_t word = *reinterpret_cast<const uint32_t*>(column + t * kBulkPoolChannels);
+    float lo, hi;
+    PairToFloats<T>(word, &lo, &hi);
+    sum[0] += static_cast<double>(lo);
+    sum[1] += static_cast<double>(hi);
+    if (kMinMax) {
+      *mx2 = PairExtreme<T, true>(*mx2, word);
+      *mn2 = PairExtreme<T, false>(*mn2, word);
+    }
+  };
+  if constexpr (kCount > 0) {
+#pragma unroll
+    for (int t = 0; t < kCount; ++t) row(t);
+  } else {
+#pragma unroll 4
+    for (int t = 0; t < n; ++t) row(t);
+  }
+}
+
+// The two channels' max and min as floats, by the CPU gate's rule: where
+// the packed extreme is a zero, the channel is scanned again in token order.
+template <typename T>
+__device__ __forceinline__ void ExactMaxMin(const T* column, int n, uint32_t mx2, uint32_t mn2, float* mx, float* mn) {
+  PairToFloats<T>(mx2, &mx[0], &mx[1]);
+  PairToFloats<T>(mn2, &mn[0], &mn[1]);
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    if (mx[i] != 0.0f && mn[i] != 0.0f) continue;
+    mx[i] = -INFINITY;
+    mn[i] = INFINITY;
+    for (int t = 0; t < n; ++t) {
+      const float v = static_cast<float>(column[t * kBulkPoolChannels + i]);
+      if (v > mx[i] || isnan(v)) mx[i] = v;
+      if (v < mn[i] || isnan(v)) mn[i] = v;
+    }
+  }
+}
+
 // grid and outputs as PoolKernel's, kBulkPoolChannels channels a CTA;
 // q_rotated needs whole heads in a CTA (kBulkPoolChannels % D == 0). Shared
 // memory: block_size rows of kBulkPoolChannels elements. Rows and the
@@ -570,33 +668,41 @@ __global__ void __launch_bounds__(kBulkPoolThreads)
   }
 
   constexpr int kN = kBulkPoolPerThread;
-  static_assert(kN == 2, "the initializers and the 4-byte row load below take two channels");
+  static_assert(kN == 2, "a thread's two channels are one 4-byte word of a row");
   const int c = threadIdx.x * kN;  // this thread's channels, from cbase
   const bool active = c < width;
+  const T* column = tile + c;
   double sum[kN] = {0, 0};
-  float mx[kN] = {-INFINITY, -INFINITY};
-  float mn[kN] = {INFINITY, INFINITY};
-  for (int g = 0; g < kBulkPoolGroups; ++g) {
-    const int ta = min(tokens, g * per_group);
-    const int tb = min(tokens, ta + per_group);
-    if (ta == tb) break;
-    sm90::MbarWait(sm90::SmemAddr(&bars[g]), 0);
-    if (!active) continue;
-#pragma unroll 4
-    for (int t = ta; t < tb; ++t) {
-      const uint32_t raw = *reinterpret_cast<const uint32_t*>(tile + t * kBulkPoolChannels + c);
-      const T* e = reinterpret_cast<const T*>(&raw);
-#pragma unroll
-      for (int i = 0; i < kN; ++i) {
-        const float v = static_cast<float>(e[i]);
-        sum[i] += v;
-        if (is_k) {
-          if (v > mx[i] || isnan(v)) mx[i] = v;  // NaN propagates, as in torch
-          if (v < mn[i] || isnan(v)) mn[i] = v;
-        }
+  uint32_t mx2 = PackedInfinity<T>(true), mn2 = PackedInfinity<T>(false);
+  if (tokens == kBulkPoolGroups * kBulkPoolFullGroup) {
+    // A whole 64-token block: every group's bounds known here.
+#pragma unroll 1
+    for (int g = 0; g < kBulkPoolGroups; ++g) {
+      sm90::MbarWait(sm90::SmemAddr(&bars[g]), 0);
+      if (!active) continue;
+      const T* rows = column + g * kBulkPoolFullGroup * kBulkPoolChannels;
+      if (is_k) {
+        PoolRows<T, true, kBulkPoolFullGroup>(rows, kBulkPoolFullGroup, sum, &mx2, &mn2);
+      } else {
+        PoolRows<T, false, kBulkPoolFullGroup>(rows, kBulkPoolFullGroup, sum, &mx2, &mn2);
+      }
+    }
+  } else {
+    for (int g = 0; g < kBulkPoolGroups; ++g) {
+      const int ta = min(tokens, g * per_group);
+      const int tb = min(tokens, ta + per_group);
+      if (ta == tb) break;
+      sm90::MbarWait(sm90::SmemAddr(&bars[g]), 0);
+      if (!active) continue;
+      if (is_k) {
+        PoolRows<T, true, 0>(column + ta * kBulkPoolChannels, tb - ta, sum, &mx2, &mn2);
+      } else {
+        PoolRows<T, false, 0>(column + ta * kBulkPoolChannels, tb - ta, sum, &mx2, &mn2);
       }
     }
   }
+  float mx[kN], mn[kN];
+  if (is_k && active) ExactMaxMin<T>(column, tokens, mx2, mn2, mx, mn);
   if (last_waits && blockIdx.x == gridDim.x - 1) ChainedKernelWait();
   const double count = tokens;
   const int cc = cbase + c;  // kN channels of one head (D % 8 == 0)

@@ -1045,10 +1045,13 @@ TEST_F(GateGpuTest, KeepLastQueryBlockMatchesTheCpuTwin) {
 // The pool alone (cuda::RunGatePoolForTest), bulk-copy and portable,
 // against a float64 recomputation here: each channel's block average as the
 // sum of its elements in token order, in double, divided by the count and
-// rounded to float; K's max and min with NaN propagating. Bit for bit (any
-// NaN equals any NaN). The elements cover normals of every exponent,
+// rounded to float; K's max and min with NaN propagating, and between
+// zeros of opposite sign the first in token order. Bit for bit (any NaN
+// equals any NaN). The elements cover normals of every exponent,
 // subnormals, zeros of both signs, values near the largest finite (their
-// sums pass float's range), and in some channels an infinity or a NaN.
+// sums pass float's range), in some channels an infinity or a NaN, and in
+// some only zeros of both signs and values of one sign (an extreme that is
+// a tie between zeros).
 TEST_F(GateGpuTest, PoolIsExactOnEveryValue) {
   struct PoolCase {
     int seq_len, num_heads, num_kv_heads, head_dim;
@@ -1069,9 +1072,15 @@ TEST_F(GateGpuTest, PoolIsExactOnEveryValue) {
     const int exp_bits = bf16 ? 8 : 5, man_bits = 15 - exp_bits, top_exp = (1 << exp_bits) - 2;
     // A channel's kind: 0 normals of a few nearby exponents, 1 any exponent,
     // 2 subnormals and zeros, 3 near the largest finite, 4 kind 0 with an
-    // infinity or a NaN at one token.
-    auto element = [&](int kind, int centre) -> uint16_t {
+    // infinity or a NaN at one token, 5 zeros of both signs and normals of
+    // the centre exponent and the channel's one sign.
+    auto element = [&](int kind, int centre, uint32_t channel_sign) -> uint16_t {
       const uint32_t sign = rng_() & 0x8000u, man = rng_() & ((1u << man_bits) - 1);
+      if (kind == 5) {
+        if (rng_() % 2 == 0) return static_cast<uint16_t>(sign);  // +-0
+        return static_cast<uint16_t>(channel_sign | static_cast<uint32_t>(std::clamp(centre, 1, top_exp)) << man_bits |
+                                     man);
+      }
       int e = 0;
       if (kind == 1) e = static_cast<int>(rng_() % (top_exp + 1));
       if (kind == 0 || kind == 4) e = std::clamp(centre + static_cast<int>(rng_() % 7) - 3, 1, top_exp);
@@ -1083,9 +1092,10 @@ TEST_F(GateGpuTest, PoolIsExactOnEveryValue) {
     auto fill = [&](int width) {
       std::vector<uint16_t> x(static_cast<size_t>(L) * width);
       for (int ch = 0; ch < width; ++ch) {
-        const int kind = static_cast<int>(rng_() % 5);
+        const int kind = static_cast<int>(rng_() % 6);
         const int centre = (1 << (exp_bits - 1)) + static_cast<int>(rng_() % 9) - 4;
-        for (int t = 0; t < L; ++t) x[static_cast<size_t>(t) * width + ch] = element(kind, centre);
+        const uint32_t channel_sign = rng_() & 0x8000u;
+        for (int t = 0; t < L; ++t) x[static_cast<size_t>(t) * width + ch] = element(kind, centre, channel_sign);
         if (kind == 4) {
           const uint32_t special = (rng_() & 0x8000u) | (((1u << exp_bits) - 1) << man_bits) |
                                    (rng_() % 2 == 0 ? 0u : 1u + rng_() % ((1u << man_bits) - 1));
@@ -1099,6 +1109,7 @@ TEST_F(GateGpuTest, PoolIsExactOnEveryValue) {
 
     // float64 reference.
     std::vector<float> want_q(static_cast<size_t>(nb) * qw), want_k(static_cast<size_t>(nb) * kw * 3);
+    int zero_ties = 0;  // extremes that are a zero where zeros of both signs occur
     for (int b = 0; b < nb; ++b) {
       const int t0 = b * 64, t1 = std::min(L, t0 + 64);
       for (int ch = 0; ch < qw; ++ch) {
@@ -1109,12 +1120,15 @@ TEST_F(GateGpuTest, PoolIsExactOnEveryValue) {
       for (int ch = 0; ch < kw; ++ch) {
         double sum = 0.0;
         float mx = -INFINITY, mn = INFINITY;
+        bool zero_signs[2] = {false, false};
         for (int t = t0; t < t1; ++t) {
           const float v = value(k[static_cast<size_t>(t) * kw + ch]);
           sum += v;
           if (v > mx || std::isnan(v)) mx = v;
           if (v < mn || std::isnan(v)) mn = v;
+          if (v == 0.0f) zero_signs[std::signbit(v) ? 1 : 0] = true;
         }
+        if (zero_signs[0] && zero_signs[1]) zero_ties += (mx == 0.0f) + (mn == 0.0f);
         float* out = want_k.data() + (static_cast<size_t>(b) * c.num_kv_heads + ch / c.head_dim) * 3 * c.head_dim +
                      ch % c.head_dim;
         out[0] = mx;
@@ -1185,6 +1199,7 @@ TEST_F(GateGpuTest, PoolIsExactOnEveryValue) {
       }
       EXPECT_EQ(bad, 0);
       EXPECT_GT(nans, 0) << "no channel held a NaN or opposite infinities";
+      if (L > 1) EXPECT_GT(zero_ties, 0) << "no extreme was a tie between zeros";
     }
   }
   DevBuf any(64);
