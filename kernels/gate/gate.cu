@@ -369,8 +369,9 @@ __device__ __forceinline__ void RopeAngle(const float* inv_freq, int block_size,
   *s = static_cast<float>(sin(static_cast<double>(angle)));
 }
 
-// Block b's row of the RoPE table (see RopeTableKernel), written by the pool
-// kernel of the fused gate to save a launch.
+// Block b's row of the RoPE table: cos and sin [nb, hidden / 2] of
+// float(b * block) * inv_freq[i], written by the pool kernels (the CTAs of
+// a block's first channel chunk) while their rows are on their way.
 __device__ __forceinline__ void RopeTableRow(const float* inv_freq, int nb, int half, int block_size, int b,
                                              float* table) {
   for (int f = threadIdx.x; f < half; f += blockDim.x) {
@@ -742,16 +743,6 @@ __global__ void __launch_bounds__(kBulkPoolThreads)
     }
   }
 #endif
-}
-
-// --- rope table -----------------------------------------------------------
-// cos and sin [nb, hidden / 2] of float(b * block) * inv_freq[i].
-__global__ void RopeTableKernel(const float* inv_freq, int nb, int half, int block_size, float* table) {
-  ChainedKernelStart();
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= static_cast<int64_t>(nb) * half) return;
-  RopeAngle(inv_freq, block_size, static_cast<int>(i / half), static_cast<int>(i % half), &table[i],
-            &table[static_cast<int64_t>(nb) * half + i]);
 }
 
 // --- 128 x 128 SGEMM tiles (the old gate's projection and scores) ----------
@@ -2233,7 +2224,10 @@ __global__ void __launch_bounds__(kSgemmThreads, 1)
 // parts then lo parts (ProjectRopeWgmmaKernel). 32 x 32 tiles through shared
 // memory; grid (ceil(in / 32), ceil(hidden / 32), w_heads), block (32, 8).
 __global__ void SplitTransposeKernel(const float* w, int in, int hidden, float* wt) {
-  ChainedKernelStart();
+  // Chained after the pool, which neither reads nor writes w or wt: it
+  // waits for the pool only at its end, and so finishes after it (what the
+  // kernels chained after it rely on).
+  ChainedKernelLaunchDependents();
   __shared__ float t[32][33];
   const float* src = w + static_cast<int64_t>(blockIdx.z) * in * hidden;
   float* hi = wt + static_cast<int64_t>(blockIdx.z) * 2 * hidden * in;
@@ -2254,6 +2248,7 @@ __global__ void SplitTransposeKernel(const float* w, int in, int hidden, float* 
       StoreMaybeSplit(t[threadIdx.x][i], hi + at, lo + at);
     }
   }
+  ChainedKernelWait();
 }
 
 // --- scores ---------------------------------------------------------------
@@ -3375,24 +3370,6 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
   const bool f16_stripes = wgmma_project;
   int32_t* k_shift = f16_stripes ? reinterpret_cast<int32_t*>(ws + g.k_shift) : nullptr;
 
-  // The old gate's RoPE table and the split W^T come first: they read only
-  // the weights, and the pool (chained after them) waits for them only
-  // once its own loads are in flight, so they run beside its first CTAs.
-  bool first = true;  // the next launch is the gate's first (plain)
-  if (!fused) {
-    const int64_t table = static_cast<int64_t>(nb) * g.half;
-    RopeTableKernel<<<static_cast<unsigned>((table + 255) / 256), 256, 0, stream>>>(p.rope_inv_freq, nb, g.half,
-                                                                                    p.block_size, rope);
-    SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-    first = false;
-  }
-  if (wgmma_project) {
-    const int in = 3 * p.head_dim;
-    SEER_CUDA_RETURN_IF_ERROR(LaunchChained(chain, SplitTransposeKernel,
-                                            dim3((in + 31) / 32, (p.hidden + 31) / 32, KWeightHeads(p)), dim3(32, 8),
-                                            0, stream, p.k_weight, in, p.hidden, wt));
-  }
-
   // The fused gate's projection and RoPE in one kernel (hidden 128): on
   // tensor cores (ProjectRopeMmaKernel: at 8k tokens, H200, it ended the
   // projection 5-8 us earlier beside the pool than the SIMT kernel), or
@@ -3434,10 +3411,18 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
                                            nullptr, qp, true, true, stream));
     }
   } else {
-    // pool (the fused gate's pool kernel also writes the RoPE table)
+    // pool, the gate's first kernel; it also writes the RoPE table
     SEER_CUDA_RETURN_IF_ERROR(LaunchPool(p, q_stride, k_stride, bulk_pool, PoolPart::kAll, pooled_q, pooled_k,
-                                         pool_k_lo, fused ? rope : nullptr, q_in_pool ? qp : nullptr,
-                                         chain && !first, false, stream));
+                                         pool_k_lo, rope, q_in_pool ? qp : nullptr, false, false, stream));
+  }
+  // The split W^T (old gate, k' on wgmma) reads only the weights: chained
+  // after the pool, its CTAs run in the pool's last wave and wait for the
+  // pool only at their end.
+  if (wgmma_project) {
+    const int in = 3 * p.head_dim;
+    SEER_CUDA_RETURN_IF_ERROR(LaunchChained(chain, SplitTransposeKernel,
+                                            dim3((in + 31) / 32, (p.hidden + 31) / 32, KWeightHeads(p)), dim3(32, 8), 0,
+                                            stream, p.k_weight, in, p.hidden, wt));
   }
 
   // project + rope
