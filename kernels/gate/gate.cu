@@ -62,14 +62,15 @@ namespace {
 
 #if defined(SEER_GATE_TRACE)
 // Diagnostics only (built with -DSEER_GATE_TRACE): thread 0 of every CTA of
-// the fused gate's kernels records its SM, its first globaltimer reading,
-// the reading after its wait for the kernel before it (0 where none), and
-// its last reading.
+// the fused gate's kernels and of the old gate's pool, wgmma projection,
+// fp16 or tf32 stripes and select records its SM, its first globaltimer
+// reading, the reading after its wait for the kernel before it (0 where
+// none), and its last reading.
 struct GateTraceRec {
   uint32_t kernel, cta, sm, pad;
   uint64_t start, ready, end;
 };
-constexpr int kGateTraceCap = 1 << 15;
+constexpr int kGateTraceCap = 1 << 17;
 __device__ GateTraceRec g_gate_trace[kGateTraceCap];
 __device__ unsigned g_gate_trace_n;
 __device__ __forceinline__ uint64_t GlobalTimer() {
@@ -1688,7 +1689,9 @@ __global__ void __launch_bounds__(kSgemmThreads, 1)
     ScoresStripeKernel(const TOp* qp, const TOp* qp_lo, const TOp* kp, const TOp* kp_lo, const int32_t* k_shift,
                        const float* pooled_q, const float* rope, int heads, int nb, int head0, float scale, bool keys,
                        float* scores) {
+  SEER_GATE_TRACE_CTA(5);
   ChainedKernelStart();
+  SEER_GATE_TRACE_READY();
 #if defined(SEER_SM90A_ENABLED)
   constexpr bool kF16 = std::is_same_v<TOp, __half>;
   constexpr int kStepChannels = 64 / static_cast<int>(sizeof(TOp));  // a 64-byte row of a part
@@ -2175,7 +2178,9 @@ __global__ void __launch_bounds__(128)
 __global__ void __launch_bounds__(kSgemmThreads, 1)
     ProjectRopeWgmmaKernel(GateParams p, int nb, const float* pooled_k, const float* pooled_k_lo, const float* wt,
                            const float* rope, __half* kp, __half* kp_lo, int32_t* k_shift) {
+  SEER_GATE_TRACE_CTA(2);
   ChainedKernelStart();
+  SEER_GATE_TRACE_READY();
 #if defined(SEER_SM90A_ENABLED)
   extern __shared__ __align__(16) unsigned char wg_smem[];
   const uint32_t base = sm90::SmemAddr(wg_smem);
@@ -2702,7 +2707,9 @@ __device__ __forceinline__ int32_t* DirectRow(const GateParams& p, int nb, int h
 __global__ void __launch_bounds__(32 * kSelectMaxWarps)
     SelectKernel(GateParams p, int nb, int words, int head0, int64_t topk, int first_dense_row, const float* scores,
                  uint32_t* bitmap, int32_t* counts, bool keys_in) {
+  SEER_GATE_TRACE_CTA(6);
   ChainedKernelStart();
+  SEER_GATE_TRACE_READY();
   extern __shared__ __align__(16) uint32_t select_smem[];
   const int warps = blockDim.x / 32;
   const int warp = threadIdx.x / 32;
@@ -3600,12 +3607,13 @@ cudaError_t GateTracePrint(const char* title) {
   uint64_t t0 = recs[0].start, t1 = 0;
   for (const auto& r : recs) t0 = std::min(t0, r.start), t1 = std::max(t1, r.end);
   auto us = [&](uint64_t t) { return (static_cast<double>(t) - static_cast<double>(t0)) / 1000.0; };
-  static const char* names[] = {"pool (all)", "K pool", "projection", "Q pool", "select"};
+  static const char* names[] = {"pool (all)", "K pool", "projection", "Q pool", "select", "stripes", "select (old)"};
+  constexpr uint32_t kKernels = sizeof(names) / sizeof(names[0]);
   std::printf("gate trace %s: %u CTAs, %.1f us from the first CTA's start to the last one's end\n", title, n, us(t1));
   std::printf(
       "| kernel | CTAs | SMs | first start | last start | first ready | last ready | first end | last end |"
       " CTA us median / max |\n|---|---|---|---|---|---|---|---|---|---|\n");
-  for (uint32_t k = 0; k < 5; ++k) {
+  for (uint32_t k = 0; k < kKernels; ++k) {
     std::vector<double> dur;
     double fs = 1e30, ls = -1, fr = 1e30, lr = -1, fe = 1e30, le = -1;
     std::vector<bool> sms(1024, false);
@@ -3625,13 +3633,17 @@ cudaError_t GateTracePrint(const char* title) {
   }
   // CTAs of each kernel running in each 2 us bin.
   const int bins = static_cast<int>(us(t1) / 2.0) + 1;
-  std::printf("CTAs running per 2 us (pool-all / K pool / projection / Q pool / select):\n");
+  std::printf("CTAs running per 2 us (%s", names[0]);
+  for (uint32_t k = 1; k < kKernels; ++k) std::printf(" / %s", names[k]);
+  std::printf("):\n");
   for (int b = 0; b < bins; ++b) {
-    int c[5] = {0, 0, 0, 0, 0};
+    int c[kKernels] = {};
     for (const auto& r : recs) {
-      if (us(r.start) < 2.0 * (b + 1) && us(r.end) >= 2.0 * b && r.kernel < 5) ++c[r.kernel];
+      if (us(r.start) < 2.0 * (b + 1) && us(r.end) >= 2.0 * b && r.kernel < kKernels) ++c[r.kernel];
     }
-    std::printf("  %5.1f us: %4d %4d %4d %4d %4d\n", 2.0 * b, c[0], c[1], c[2], c[3], c[4]);
+    std::printf("  %5.1f us:", 2.0 * b);
+    for (uint32_t k = 0; k < kKernels; ++k) std::printf(" %4d", c[k]);
+    std::printf("\n");
   }
   return cudaSuccess;
 }
