@@ -562,7 +562,7 @@ __device__ __forceinline__ void PoolRows(const T* column, int n, double (&sum)[2
     PairToFloats<T>(word, &lo, &hi);
     sum[0] += static_cast<double>(lo);
     sum[1] += static_cast<double>(hi);
-    if (kMinMax) {
+    if constexpr (kMinMax) {
       *mx2 = PairExtreme<T, true>(*mx2, word);
       *mn2 = PairExtreme<T, false>(*mn2, word);
     }
