@@ -2366,10 +2366,120 @@ struct KthKey {
   bool masks;
 };
 
+// The bin of hist[0 .. 255] where the count of keys from the top bin down
+// reaches `remaining` (>= 1), and the keys in the bins above it; one warp,
+// every lane gets the same answer. Unless kMayMiss, the bins hold at least
+// `remaining` keys.
+struct KthBin {
+  uint32_t digit;
+  int above;
+  bool found;  // false: the bins hold fewer than `remaining` keys (digit, above unset)
+};
+template <bool kMayMiss>
+__device__ __forceinline__ KthBin PickKthBin(const uint32_t* hist, int remaining) {
+  const int lane = threadIdx.x % 32;
+  // Lane l holds bins 255 - 8l down to 248 - 8l.
+  int c[8];
+  int lane_total = 0;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    c[k] = static_cast<int>(hist[255 - 8 * lane - k]);
+    lane_total += c[k];
+  }
+  const int incl = WarpInclusiveSum(lane_total);
+  if (kMayMiss && __shfl_sync(0xffffffffu, incl, 31) < remaining) return {0, 0, false};
+  const int first = __ffs(__ballot_sync(0xffffffffu, incl >= remaining)) - 1;
+  int above = incl - lane_total;
+  int k = 0;
+  for (; k < 7; ++k) {
+    if (above + c[k] >= remaining) break;
+    above += c[k];
+  }
+  return {static_cast<uint32_t>(__shfl_sync(0xffffffffu, 255 - 8 * lane - k, first)),
+          __shfl_sync(0xffffffffu, above, first), true};
+}
+
+// Top-k rows of keys this long or longer, keeping at most three quarters of
+// them, start TopKthKey from a sample (SampleBracket). Shorter rows do not
+// gain: sampling rows from 256 keys on made the 32k gate (rows of up to 512
+// keys) slower (docs/KERNELS.md, "A sample in place of the select's range
+// pass").
+constexpr int kSampleMinKeys = 1024;
+constexpr int kSampleAuto = -1;  // SampleBracket chooses its rank
+constexpr int kSampleOff = -2;  // every row finds its range (SelectRow's callers without keys)
+
+// The first histogram pass of TopKthKey over a bracket of keys that a sample
+// of the row suggests, in place of the pass that finds the keys' range. 32
+// keys, one a lane, evenly spaced over the row, are sorted (bitonic, largest
+// at lane 0). The bracket starts at the sample's key of rank `rank` (0 =
+// largest), chosen so that more than `rank` sampled keys above the
+// topk-th largest key is unlikely (3 standard deviations and one more, for a
+// uniform sample); its bins of equal width cover twice the distance from
+// there to the sample's largest key, and bin 256 counts every key above
+// them. Only keys in the bracket take a shared atomic, about a third of a
+// row at nz_ratio 0.1 where the range pass's bins took nearly all.
+// Returns false, having set nothing, when the topk-th largest key lies
+// outside the bins (below the bracket, or in bin 256): the caller then
+// finds the range instead, so the result never depends on the sample.
+// `rank` < 0 chooses it from topk / n (kSampleAuto). Otherwise as one pass
+// of TopKthKey's loop: on true the topk-th largest key is the
+// remaining-th largest of the in_range keys in [base, base + span].
+__device__ __forceinline__ bool SampleBracket(const uint32_t* row, uint32_t* hist, int n, int topk, int rank,
+                                              uint32_t* base, uint32_t* span, int* in_range, int* remaining) {
+  const int lane = threadIdx.x % 32;
+  uint32_t s = row[static_cast<int>((static_cast<uint32_t>(2 * lane + 1) * static_cast<uint32_t>(n)) >> 6)];
+#pragma unroll
+  for (int k = 2; k <= 32; k <<= 1) {
+#pragma unroll
+    for (int j = k >> 1; j > 0; j >>= 1) {
+      const uint32_t other = __shfl_xor_sync(0xffffffffu, s, j);
+      s = ((lane & j) == 0) == ((lane & k) == 0) ? max(s, other) : min(s, other);
+    }
+  }
+  if (rank < 0) {
+    const float share = static_cast<float>(topk) / static_cast<float>(n);
+    const float mean = 32.0f * share;
+    rank = min(31, static_cast<int>(ceilf(mean + 3.0f * sqrtf(mean * (1.0f - share)))) + 1);
+  }
+  const uint32_t lo = __shfl_sync(0xffffffffu, s, rank);
+  const uint32_t width = __shfl_sync(0xffffffffu, s, 0) - lo;
+  const uint32_t reach = width >= 0x80000000u ? 0xffffffffu : 2u * width;
+  const int shift = max(0, 24 - __clz(reach));
+  for (int i = lane; i < 257; i += 32) hist[i] = 0;
+  __syncwarp();
+  for (int i0 = 0; i0 < n; i0 += 128) {
+    uint32_t key[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int i = i0 + 32 * u + lane;
+      key[u] = i < n ? row[i] : 0u;  // OrderKey never makes 0, and lo is a key
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      if (key[u] >= lo) atomicAdd(&hist[min((key[u] - lo) >> shift, 256u)], 1u);
+    }
+  }
+  __syncwarp();
+  const int top = static_cast<int>(hist[256]);
+  const KthBin bin = top < topk ? PickKthBin<true>(hist, topk - top) : KthBin{0, 0, false};
+  if (!bin.found) {
+    __syncwarp();
+    return false;
+  }
+  *remaining = topk - top - bin.above;
+  *in_range = static_cast<int>(hist[bin.digit]);
+  *base = lo + (bin.digit << shift);
+  *span = min(~lo - (bin.digit << shift), (1u << shift) - 1u);
+  __syncwarp();  // hist is read before the next pass writes it
+  return true;
+}
+
 // KthKey of row[0 .. n) (the scores' bits, overwritten with their keys), 1 <=
 // topk <= n, by one warp; hist (257 words of shared memory) is scratch. Radix
 // select over a range of keys known to hold the topk-th largest: the pass
-// that makes the keys finds the range of those of its sign, each pass after
+// that makes the keys finds the range of those of its sign (with `keys_in`,
+// long rows first try a sample's bracket instead: SampleBracket, sample_rank
+// as there, or kSampleOff), each pass after
 // it cuts the range into at most 256 bins of equal width and keeps the bin
 // that holds it, and once at most 32 keys are left in the range, one more
 // pass gathers them, one a lane, and a ballot per bit settles the bits left.
@@ -2388,7 +2498,8 @@ struct KthKey {
 // first `remaining` of them join the masks, which then hold exactly the
 // kept blocks (KthKey::masks): the caller need not scan the row again.
 // Without a gather (the range narrowed to one key) the row keeps its keys.
-__device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, int topk, bool keys_in) {
+__device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, int topk, bool keys_in,
+                                         int sample_rank) {
   const int lane = threadIdx.x % 32;
   const uint32_t lanes_below = (1u << lane) - 1u;
   // The scores become keys. A row's scores are alike, so a histogram of the
@@ -2398,37 +2509,45 @@ __device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, i
   // the small magnitudes of both signs, with bins as wide as the top byte's. The
   // topk-th largest key is in the upper half's range when that half holds at
   // least topk keys, else in the lower half's.
-  uint32_t lower_min = 0xffffffffu, lower_max = 0, upper_min = 0xffffffffu, upper_max = 0;
-  int upper_count = 0;
-  auto range = [&](uint32_t key) {
-    if (key >= 0x80000000u) {
-      upper_min = min(upper_min, key);
-      upper_max = max(upper_max, key);
-      ++upper_count;
+  uint32_t base = 0, span = 0;
+  int in_range = 0, remaining = 0;
+  const bool sampled = keys_in && sample_rank != kSampleOff &&
+                       (sample_rank >= 0 || (n >= kSampleMinKeys && 4 * topk <= 3 * n)) &&
+                       SampleBracket(row, hist, n, topk, sample_rank, &base, &span, &in_range, &remaining);
+  if (!sampled) {
+    uint32_t lower_min = 0xffffffffu, lower_max = 0, upper_min = 0xffffffffu, upper_max = 0;
+    int upper_count = 0;
+    auto range = [&](uint32_t key) {
+      if (key >= 0x80000000u) {
+        upper_min = min(upper_min, key);
+        upper_max = max(upper_max, key);
+        ++upper_count;
+      } else {
+        lower_min = min(lower_min, key);
+        lower_max = max(lower_max, key);
+      }
+    };
+    if (keys_in) {
+#pragma unroll 4
+      for (int i = lane; i < n; i += 32) range(row[i]);
     } else {
-      lower_min = min(lower_min, key);
-      lower_max = max(lower_max, key);
-    }
-  };
-  if (keys_in) {
 #pragma unroll 4
-    for (int i = lane; i < n; i += 32) range(row[i]);
-  } else {
-#pragma unroll 4
-    for (int i = lane; i < n; i += 32) {
-      const uint32_t key = OrderKey(__uint_as_float(row[i]));
-      row[i] = key;
-      range(key);
+      for (int i = lane; i < n; i += 32) {
+        const uint32_t key = OrderKey(__uint_as_float(row[i]));
+        row[i] = key;
+        range(key);
+      }
     }
+    upper_count = __reduce_add_sync(0xffffffffu, upper_count);
+    const bool upper = upper_count >= topk;
+    // The topk-th largest key is the remaining-th largest of the in_range
+    // keys in [base, base + span] (span < 2^31: the range is in one half).
+    base = __reduce_min_sync(0xffffffffu, upper ? upper_min : lower_min);
+    span = __reduce_max_sync(0xffffffffu, upper ? upper_max : lower_max) - base;
+    in_range = upper ? upper_count : n - upper_count;
+    remaining = upper ? topk : topk - upper_count;
+    __syncwarp();  // the keys are read (and written) before a later pass writes the row
   }
-  upper_count = __reduce_add_sync(0xffffffffu, upper_count);
-  const bool upper = upper_count >= topk;
-  // The topk-th largest key is the remaining-th largest of the in_range
-  // keys in [base, base + span] (span < 2^31: the range is in one half).
-  uint32_t base = __reduce_min_sync(0xffffffffu, upper ? upper_min : lower_min);
-  uint32_t span = __reduce_max_sync(0xffffffffu, upper ? upper_max : lower_max) - base;
-  int in_range = upper ? upper_count : n - upper_count;
-  int remaining = upper ? topk : topk - upper_count;
   // Each pass histograms the keys in the range by their offset from base,
   // 2^shift offsets a bin, shift the least that needs at most 256 bins
   // (more than 128 of them while span >= 128), and keeps the bin where the
@@ -2453,25 +2572,10 @@ __device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, i
       }
     }
     __syncwarp();
-    // Lane l holds bins 255 - 8l down to 248 - 8l (those above span >> shift
-    // are empty).
-    int c[8];
-    int lane_total = 0;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      c[k] = static_cast<int>(hist[255 - 8 * lane - k]);
-      lane_total += c[k];
-    }
-    const int incl = WarpInclusiveSum(lane_total);
-    const int first = __ffs(__ballot_sync(0xffffffffu, incl >= remaining)) - 1;  // the total >= remaining
-    int above = incl - lane_total;
-    int k = 0;
-    for (; k < 7; ++k) {
-      if (above + c[k] >= remaining) break;
-      above += c[k];
-    }
-    const uint32_t digit = __shfl_sync(0xffffffffu, 255 - 8 * lane - k, first);  // <= span >> shift (remaining >= 1)
-    remaining -= __shfl_sync(0xffffffffu, above, first);
+    // (Bins above span >> shift are empty; the bins hold in_range >= remaining.)
+    const KthBin bin = PickKthBin<false>(hist, remaining);
+    const uint32_t digit = bin.digit;
+    remaining -= bin.above;
     in_range = static_cast<int>(hist[digit]);
     base += digit << shift;
     span = min(span - (digit << shift), (1u << shift) - 1u);
@@ -2531,7 +2635,8 @@ __device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, i
 // to it, the first topk - #(larger keys) by index (see TopKthKey).
 __device__ __forceinline__ void SelectRow(const GateParams& p, int nb, int words, int h, int qb, int64_t topk,
                                           int first_dense_row, uint32_t* row, uint32_t* hist, uint32_t* bitmap,
-                                          int32_t* counts, int32_t* direct_indices, bool keys_in = false) {
+                                          int32_t* counts, int32_t* direct_indices, bool keys_in = false,
+                                          int sample_rank = kSampleOff) {
   const int lane = threadIdx.x % 32;
   const uint32_t lanes_below = (1u << lane) - 1u;
   const int n = qb + 1;
@@ -2571,7 +2676,7 @@ __device__ __forceinline__ void SelectRow(const GateParams& p, int nb, int words
   if (radix) {
     // Top-k rows always write indices (out_words is null): nz_ratio lists are
     // sized up front.
-    const KthKey kth = TopKthKey(row, hist, n, static_cast<int>(topk), keys_in);  // topk < n
+    const KthKey kth = TopKthKey(row, hist, n, static_cast<int>(topk), keys_in, sample_rank);  // topk < n
     if (kth.masks) {
       WriteSetBits(row, (n + 31) / 32, direct_indices);
       return;
@@ -2703,10 +2808,12 @@ __device__ __forceinline__ int32_t* DirectRow(const GateParams& p, int nb, int h
 // heaviest rows first. grid (heads in this pass, ceil(nb / rows per CTA)).
 // The row is copied into shared memory once and every pass of SelectRow
 // reads it there. keys_in: `scores` holds OrderKey's keys (nz_ratio without
-// probs; ScoresStripeKernel's `keys`).
+// probs; ScoresStripeKernel's `keys`), and top-k rows then start from a
+// sample where they are long (sample_rank: SampleBracket's rank, or
+// kSampleAuto).
 __global__ void __launch_bounds__(32 * kSelectMaxWarps)
     SelectKernel(GateParams p, int nb, int words, int head0, int64_t topk, int first_dense_row, const float* scores,
-                 uint32_t* bitmap, int32_t* counts, bool keys_in) {
+                 uint32_t* bitmap, int32_t* counts, bool keys_in, int sample_rank) {
   SEER_GATE_TRACE_CTA(6);
   ChainedKernelStart();
   SEER_GATE_TRACE_READY();
@@ -2727,7 +2834,7 @@ __global__ void __launch_bounds__(32 * kSelectMaxWarps)
     SelectRow(p, nb, words, h, qb, topk, first_dense_row, row, hist, bitmap, counts, nullptr);
   } else {
     SelectRow(p, nb, words, h, qb, topk, first_dense_row, row, hist, nullptr, counts,
-              DirectRow(p, nb, h, qb, topk, first_dense_row), keys_in);
+              DirectRow(p, nb, h, qb, topk, first_dense_row), keys_in, sample_rank);
   }
 }
 
@@ -3129,6 +3236,10 @@ cudaError_t LaunchRope(const GateParams& p, int nb, const float* pooled_q, const
                        k_only, qp, kp, qp_lo, kp_lo);
 }
 
+// SampleBracket's rank for every later select launch (kSampleAuto, or a
+// fixed rank under SampleSelectRankForTest).
+std::atomic<int> select_sample_rank_for_test{kSampleAuto};
+
 // SelectKernel on the scores of `heads` heads from head0 on ([heads, nb, nb],
 // 16-byte aligned): nz_ratio and dense rows write their lists, threshold rows
 // their bitmaps and counts (then LaunchLists).
@@ -3140,8 +3251,8 @@ cudaError_t LaunchSelect(const GateParams& p, int nb, int words, int head0, int 
   SEER_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(SelectKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(select_smem)));
   return LaunchChained(chained, SelectKernel, dim3(heads, (nb + select_warps - 1) / select_warps), 32 * select_warps,
-                       select_smem, stream, p, nb, words, head0, topk, first_dense_row, scores, bitmap, counts,
-                       keys_in);
+                       select_smem, stream, p, nb, words, head0, topk, first_dense_row, scores, bitmap, counts, keys_in,
+                       select_sample_rank_for_test.load());
 }
 
 // Threshold rows: counts and bitmaps -> offsets, kept_per_head and indices.
@@ -3547,6 +3658,10 @@ bool UseMmaSyncForTest(bool mma_sync) {
   return ScoresWgmmaAvailable();
 }
 
+void SampleSelectRankForTest(int rank) {
+  select_sample_rank_for_test.store(rank < 0 ? kSampleAuto : rank, std::memory_order_relaxed);
+}
+
 bool UsePortablePoolForTest(bool portable) {
   portable_pool_for_test.store(portable, std::memory_order_relaxed);
   return BulkPoolAvailable();
@@ -3563,7 +3678,7 @@ cudaError_t RunGatePoolForTest(const GateParams& p, float* pooled_q, float* pool
                     false, stream);
 }
 
-cudaError_t RunGateSelectForTest(const GateParams& p, const float* scores, cudaStream_t stream) {
+cudaError_t RunGateSelectForTest(const GateParams& p, const float* scores, cudaStream_t stream, bool scores_are_keys) {
   const int nb = GateNumBlocks(p);
   if (!ValidShapes(p) || nb < 1 || nb > kMaxBlocks || scores == nullptr || !Aligned16(scores) ||
       p.block_offsets == nullptr || p.block_indices == nullptr || p.workspace == nullptr) {
@@ -3572,6 +3687,7 @@ cudaError_t RunGateSelectForTest(const GateParams& p, const float* scores, cudaS
   if (p.mode != SparsityMode::kDense && p.mode != SparsityMode::kNzRatio && p.mode != SparsityMode::kThreshold) {
     return cudaErrorInvalidValue;
   }
+  if (scores_are_keys && (p.mode == SparsityMode::kThreshold || p.probs != nullptr)) return cudaErrorInvalidValue;
   const int64_t max_indices = GateMaxIndices(p);
   if (max_indices > 0x7fffffff || p.index_capacity < max_indices) return cudaErrorInvalidValue;
   const GateLayout g = MakeLayout(p, /*with_scores=*/true);  // GateWorkspaceBytesVariant(p, kUnfused)
@@ -3584,9 +3700,8 @@ cudaError_t RunGateSelectForTest(const GateParams& p, const float* scores, cudaS
   const int64_t topk = p.mode == SparsityMode::kNzRatio ? TopK(p, nb) : 0;
   // All heads in one launch (head0 = 0): the scores of a later pass would
   // start unaligned for an odd nb.
-  SEER_CUDA_RETURN_IF_ERROR(
-      LaunchSelect(p, nb, g.words, 0, p.num_heads, topk, FirstDenseRow(p, nb), scores, bitmap, counts, false, false,
-                   stream));
+  SEER_CUDA_RETURN_IF_ERROR(LaunchSelect(p, nb, g.words, 0, p.num_heads, topk, FirstDenseRow(p, nb), scores, bitmap,
+                                         counts, scores_are_keys, false, stream));
   if (p.mode != SparsityMode::kThreshold) return cudaSuccess;
   return LaunchLists(p, nb, g.words, bitmap, counts, stream);
 }

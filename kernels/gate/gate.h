@@ -143,8 +143,23 @@ cudaError_t RunGatePoolForTest(const GateParams& p, float* pooled_q, float* pool
 // GateWorkspaceBytesVariant(p, GateVariant::kUnfused) bytes. Modes kDense,
 // kNzRatio and kThreshold. Returns cudaErrorInvalidValue for a bad shape,
 // mode, pointer, workspace or index capacity, or seq_len 0; otherwise the
-// first launch error.
-cudaError_t RunGateSelectForTest(const GateParams& p, const float* scores, cudaStream_t stream);
+// first launch error. With `scores_are_keys` (kDense and kNzRatio, probs
+// null) `scores` holds each score's order key instead, as the gate's
+// scores kernels write it where nothing reads the probabilities: the
+// float's bits, flipped so that unsigned order is the scores' order
+// (negative: all bits; else the sign bit), with -0.0 as +0.0 and every
+// NaN as 0xffffffff.
+cudaError_t RunGateSelectForTest(const GateParams& p, const float* scores, cudaStream_t stream,
+                                 bool scores_are_keys = false);
+
+// TEST HOOK, for kernels/gate/gate_gpu_test.cc only: where the select reads
+// order keys, its top-k rows of 256 blocks or more first histogram the keys
+// in a bracket that a sample of 32 of them suggests, and find the row's
+// range only when the bracket misses the kept keys' boundary. With `rank`
+// >= 0 (0 .. 31) every later select in the process brackets from that
+// sampled key (0 = the largest), in rows of any length, so that a test can
+// make the bracket miss on purpose; rank < 0 restores the default.
+void SampleSelectRankForTest(int rank);
 
 // The lists a prefill's last layer needs (its other rows feed nothing): each
 // head keeps its last query block's list, every other row is empty, and the

@@ -259,6 +259,15 @@ std::string Hex(float f) {
   return buf;
 }
 
+// Holds cuda::SampleSelectRankForTest at `rank` for its scope.
+class SampleRank {
+ public:
+  explicit SampleRank(int rank) { cuda::SampleSelectRankForTest(rank); }
+  ~SampleRank() { cuda::SampleSelectRankForTest(-1); }
+  SampleRank(const SampleRank&) = delete;
+  SampleRank& operator=(const SampleRank&) = delete;
+};
+
 class GateGpuTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -777,6 +786,16 @@ TEST_F(GateGpuTest, SelectIsExactOnGivenScores) {
         dws(ws_bytes);
     ASSERT_TRUE(dscores.ok() && doffsets.ok() && dindices.ok() && dkept.ok() && dws.ok());
     ASSERT_CUDA(dscores.Upload(scores.data(), scores.size() * 4));
+    std::vector<uint32_t> keys(scores.size());
+    for (int r = 0; r < rows; ++r) {
+      for (int kb = 0; kb < nb; ++kb) {
+        const float score = scores[static_cast<size_t>(r) * nb + kb];
+        keys[static_cast<size_t>(r) * nb + kb] = kb <= r % nb ? HostOrderKey(score) : BitsOf(score);
+      }
+    }
+    DevBuf dkeys(keys.size() * 4);
+    ASSERT_TRUE(dkeys.ok());
+    ASSERT_CUDA(dkeys.Upload(keys.data(), keys.size() * 4));
     p.block_offsets = doffsets.get<int32_t>();
     p.block_indices = dindices.get<int32_t>();
     p.kept_per_head = dkept.get<int64_t>();
@@ -830,72 +849,93 @@ TEST_F(GateGpuTest, SelectIsExactOnGivenScores) {
           }
         }
 
-        ASSERT_CUDA(cudaMemset(doffsets.get(), 0x7f, (rows + 1) * 4));
-        ASSERT_CUDA(cudaMemset(dindices.get(), 0x7f, max_indices * 4));
-        ASSERT_CUDA(cudaMemset(dkept.get(), 0x7f, heads * 8));
-        ASSERT_CUDA(cuda::RunGateSelectForTest(p, dscores.get<float>(), nullptr));
-        ASSERT_CUDA(cudaDeviceSynchronize());
-        std::vector<int32_t> offsets(rows + 1), indices(max_indices);
-        std::vector<int64_t> kept(heads);
-        ASSERT_CUDA(doffsets.Download(offsets.data(), offsets.size() * 4));
-        ASSERT_CUDA(dindices.Download(indices.data(), indices.size() * 4));
-        ASSERT_CUDA(dkept.Download(kept.data(), kept.size() * 8));
-
-        // The lists are well formed, and end where nothing more was written.
-        ASSERT_EQ(offsets[0], 0);
-        for (int r = 0; r < rows; ++r) {
-          ASSERT_LT(offsets[r], offsets[r + 1]) << "row " << r << " empty or unwritten";
-          ASSERT_LE(offsets[r + 1], p.index_capacity) << "row " << r;
-          const int qb = r % nb;
-          for (int i = offsets[r]; i < offsets[r + 1]; ++i) {
-            ASSERT_GE(indices[i], 0) << "row " << r;
-            ASSERT_LE(indices[i], qb) << "row " << r << ": non-causal or unwritten";
-            if (i > offsets[r]) {
-              ASSERT_LT(indices[i - 1], indices[i]) << "row " << r << ": not ascending";
-            }
-          }
-        }
-        for (int h = 0; h < heads; ++h) {
-          EXPECT_EQ(kept[h], offsets[(h + 1) * nb] - offsets[h * nb]) << "kept_per_head[" << h << "]";
-        }
-        int64_t overwritten = 0;
-        for (size_t i = static_cast<size_t>(offsets[rows]); i < indices.size(); ++i) {
-          overwritten += indices[i] != kPoison;
-        }
-        EXPECT_EQ(overwritten, 0) << "indices written past the lists' end";
-
-        // Exactly the reference, row by row (every row for top-k and dense,
-        // whose offsets are then equal too; threshold rows where checked).
+        // Top-k and dense again on the scores' order keys, as the gate's
+        // scores kernels hand them to the select where nothing reads the
+        // probabilities: long top-k rows then start from a sample's bracket.
+        // Sample ranks 0 and 31 (every row, any length) make the bracket miss
+        // the boundary often, on either side, so the fallback to the row's
+        // range runs too.
+        struct Pass {
+          bool keys;
+          int rank;
+          const char* name;
+        };
+        std::vector<Pass> passes = {{false, -1, "scores"}};
         if (!threshold) {
-          EXPECT_EQ(offsets, want_offsets) << "offsets";
-          EXPECT_EQ(kept, want_kept) << "kept_per_head";
+          passes.insert(passes.end(),
+                        {{true, -1, "keys"}, {true, 0, "keys, sample rank 0"}, {true, 31, "keys, sample rank 31"}});
         }
-        int64_t wrong_rows = 0;
-        for (int r = 0; r < rows; ++r) {
-          if (!checked[r]) continue;
-          const std::vector<int32_t> got(indices.begin() + offsets[r], indices.begin() + offsets[r + 1]);
-          const std::vector<int32_t> want(want_indices.begin() + want_offsets[r],
-                                          want_indices.begin() + want_offsets[r + 1]);
-          if (got == want || ++wrong_rows > 5) continue;
-          // The first block the two lists disagree on, with its score.
-          std::vector<int32_t> only_got, only_want;
-          std::set_difference(got.begin(), got.end(), want.begin(), want.end(), std::back_inserter(only_got));
-          std::set_difference(want.begin(), want.end(), got.begin(), got.end(), std::back_inserter(only_want));
-          const float* s = scores.data() + static_cast<size_t>(r) * nb;
-          std::string detail;
-          for (const auto& [name, list] : {std::pair{"GPU only", &only_got}, std::pair{"reference only", &only_want}}) {
-            detail += std::string(", ") + name + ":";
-            for (size_t i = 0; i < list->size() && i < 4; ++i) {
-              detail += " " + std::to_string((*list)[i]) + " (" + Hex(s[(*list)[i]]) + ")";
+        for (const Pass& pass : passes) {
+          SCOPED_TRACE(pass.name);
+          const SampleRank rank(pass.rank);
+          ASSERT_CUDA(cudaMemset(doffsets.get(), 0x7f, (rows + 1) * 4));
+          ASSERT_CUDA(cudaMemset(dindices.get(), 0x7f, max_indices * 4));
+          ASSERT_CUDA(cudaMemset(dkept.get(), 0x7f, heads * 8));
+          ASSERT_CUDA(cuda::RunGateSelectForTest(p, (pass.keys ? dkeys : dscores).get<float>(), nullptr, pass.keys));
+          ASSERT_CUDA(cudaDeviceSynchronize());
+          std::vector<int32_t> offsets(rows + 1), indices(max_indices);
+          std::vector<int64_t> kept(heads);
+          ASSERT_CUDA(doffsets.Download(offsets.data(), offsets.size() * 4));
+          ASSERT_CUDA(dindices.Download(indices.data(), indices.size() * 4));
+          ASSERT_CUDA(dkept.Download(kept.data(), kept.size() * 8));
+
+          // The lists are well formed, and end where nothing more was written.
+          ASSERT_EQ(offsets[0], 0);
+          for (int r = 0; r < rows; ++r) {
+            ASSERT_LT(offsets[r], offsets[r + 1]) << "row " << r << " empty or unwritten";
+            ASSERT_LE(offsets[r + 1], p.index_capacity) << "row " << r;
+            const int qb = r % nb;
+            for (int i = offsets[r]; i < offsets[r + 1]; ++i) {
+              ASSERT_GE(indices[i], 0) << "row " << r;
+              ASSERT_LE(indices[i], qb) << "row " << r << ": non-causal or unwritten";
+              if (i > offsets[r]) {
+                ASSERT_LT(indices[i - 1], indices[i]) << "row " << r << ": not ascending";
+              }
             }
           }
-          const int qb = r % nb;
-          ADD_FAILURE() << "row h=" << r / nb << " qb=" << qb << " (" << RowKindName(kinds[r]) << "): GPU keeps "
-                        << got.size() << ", reference " << want.size() << ", topk " << topk << detail
-                        << "; reference's last kept "
-                        << (threshold ? std::string("-") : Hex(s[order_of(r / nb, qb)[want.size() - 1]]));
+          for (int h = 0; h < heads; ++h) {
+            EXPECT_EQ(kept[h], offsets[(h + 1) * nb] - offsets[h * nb]) << "kept_per_head[" << h << "]";
+          }
+          int64_t overwritten = 0;
+          for (size_t i = static_cast<size_t>(offsets[rows]); i < indices.size(); ++i) {
+            overwritten += indices[i] != kPoison;
+          }
+          EXPECT_EQ(overwritten, 0) << "indices written past the lists' end";
+
+          // Exactly the reference, row by row (every row for top-k and dense,
+          // whose offsets are then equal too; threshold rows where checked).
+          if (!threshold) {
+            EXPECT_EQ(offsets, want_offsets) << "offsets";
+            EXPECT_EQ(kept, want_kept) << "kept_per_head";
+          }
+          int64_t wrong_rows = 0;
+          for (int r = 0; r < rows; ++r) {
+            if (!checked[r]) continue;
+            const std::vector<int32_t> got(indices.begin() + offsets[r], indices.begin() + offsets[r + 1]);
+            const std::vector<int32_t> want(want_indices.begin() + want_offsets[r],
+                                            want_indices.begin() + want_offsets[r + 1]);
+            if (got == want || ++wrong_rows > 5) continue;
+            // The first block the two lists disagree on, with its score.
+            std::vector<int32_t> only_got, only_want;
+            std::set_difference(got.begin(), got.end(), want.begin(), want.end(), std::back_inserter(only_got));
+            std::set_difference(want.begin(), want.end(), got.begin(), got.end(), std::back_inserter(only_want));
+            const float* s = scores.data() + static_cast<size_t>(r) * nb;
+            std::string detail;
+            for (const auto& [name, list] :
+                 {std::pair{"GPU only", &only_got}, std::pair{"reference only", &only_want}}) {
+              detail += std::string(", ") + name + ":";
+              for (size_t i = 0; i < list->size() && i < 4; ++i) {
+                detail += " " + std::to_string((*list)[i]) + " (" + Hex(s[(*list)[i]]) + ")";
+              }
+            }
+            const int qb = r % nb;
+            ADD_FAILURE() << "row h=" << r / nb << " qb=" << qb << " (" << RowKindName(kinds[r]) << "): GPU keeps "
+                          << got.size() << ", reference " << want.size() << ", topk " << topk << detail
+                          << "; reference's last kept "
+                          << (threshold ? std::string("-") : Hex(s[order_of(r / nb, qb)[want.size() - 1]]));
+          }
+          EXPECT_EQ(wrong_rows, 0) << "rows that differ from the reference";
         }
-        EXPECT_EQ(wrong_rows, 0) << "rows that differ from the reference";
       }
     }
   }
