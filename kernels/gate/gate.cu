@@ -3659,7 +3659,7 @@ bool UseMmaSyncForTest(bool mma_sync) {
 }
 
 void SampleSelectRankForTest(int rank) {
-  select_sample_rank_for_test.store(rank < 0 ? kSampleAuto : rank, std::memory_order_relaxed);
+  select_sample_rank_for_test.store(rank < 0 ? kSampleAuto : std::min(rank, 31), std::memory_order_relaxed);
 }
 
 bool UsePortablePoolForTest(bool portable) {

@@ -157,8 +157,9 @@ cudaError_t RunGateSelectForTest(const GateParams& p, const float* scores, cudaS
 // in a bracket that a sample of 32 of them suggests, and find the row's
 // range only when the bracket misses the kept keys' boundary. With `rank`
 // >= 0 (0 .. 31) every later select in the process brackets from that
-// sampled key (0 = the largest), in rows of any length, so that a test can
-// make the bracket miss on purpose; rank < 0 restores the default.
+// sampled key (0 = the largest; 31 and above: the smallest), in rows of any
+// length, so that a test can make the bracket miss on purpose; rank < 0
+// restores the default.
 void SampleSelectRankForTest(int rank);
 
 // The lists a prefill's last layer needs (its other rows feed nothing): each
