@@ -979,6 +979,16 @@ TEST_F(GateGpuTest, SelectIsExactOnGivenScores) {
   bad = p;
   bad.block_offsets = nullptr;
   EXPECT_EQ(cuda::RunGateSelectForTest(bad, dscores.get<float>(), nullptr), cudaErrorInvalidValue) << "null offsets";
+  // Order keys carry no probabilities: no threshold rows, no probs.
+  bad = p;
+  bad.mode = SparsityMode::kThreshold;
+  bad.threshold = 0.01;
+  EXPECT_EQ(cuda::RunGateSelectForTest(bad, dscores.get<float>(), nullptr, true), cudaErrorInvalidValue)
+      << "keys with threshold";
+  bad = p;
+  bad.probs = dscores.get<float>();
+  EXPECT_EQ(cuda::RunGateSelectForTest(bad, dscores.get<float>(), nullptr, true), cudaErrorInvalidValue)
+      << "keys with probs";
 }
 
 // The reference ranking of SelectIsExactOnGivenScores (std::stable_sort by
