@@ -2364,6 +2364,10 @@ struct KthKey {
   // Whether TopKthKey left the row as the masks of the kept blocks (then
   // the fields above are not set); else the row still holds the keys.
   bool masks;
+  // Not 0: TopKthKey left the gather to its caller (LaneWordsGather), for
+  // the range [key, key + span] that holds the take_equal-th largest of its
+  // `equal` keys.
+  uint32_t span = 0;
 };
 
 // The bin of hist[0 .. 255] where the count of keys from the top bin down
@@ -2474,6 +2478,79 @@ __device__ __forceinline__ bool SampleBracket(const uint32_t* row, uint32_t* his
   return true;
 }
 
+// The gather of TopKthKey for rows of at least kLaneWordsMin words of 32
+// keys that start 16-byte aligned in shared memory: as its ballot gather
+// (the keys above [base, base + span] become the row's mask words, the
+// first `remaining` of the in_range keys in the range, larger first, ties
+// by index, join them), but lane l takes words l, l + 32, .. whole. It
+// reads word w's keys four at a time, quad (l + c) % 8 at step c, so that
+// the lanes of a read spread over all the banks, and builds the masks with
+// bit 4c + t for key t of that quad, rotated left by 4l at the end: about
+// a third of the instructions of a ballot a word for each compare. The
+// keys in the range go to hist[0 ..) and their indices to hist[32 ..) in
+// no particular order, a slot a key from the counter hist[64]. Reads up to
+// the end of the row's last word of 32: only for rows with room there
+// (SelectKernel's, SelectRowPitch).
+constexpr int kLaneWordsMin = 24;
+
+__device__ __forceinline__ void LaneWordsGather(uint32_t* row, uint32_t* hist, int n, uint32_t base, uint32_t span,
+                                                int in_range, int remaining) {
+  const int lane = threadIdx.x % 32;
+  const uint32_t top = base + span;
+  const int words = (n + 31) / 32;
+  if (lane == 0) hist[64] = 0;
+  __syncwarp();
+  for (int w0 = 0; w0 < words; w0 += 32) {
+    const int w = w0 + lane;
+    uint32_t above = 0;
+    if (w < words) {
+      const uint32_t* keys = row + 32 * w;
+      uint32_t match = 0;
+#pragma unroll
+      for (int c = 0; c < 8; ++c) {
+        const uint4 quad = *reinterpret_cast<const uint4*>(keys + 4 * ((lane + c) & 7));
+        const uint32_t k[4] = {quad.x, quad.y, quad.z, quad.w};
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+          const bool is_above = k[t] > top;
+          if (is_above) above |= 1u << (4 * c + t);
+          if (!is_above && k[t] >= base) match |= 1u << (4 * c + t);
+        }
+      }
+      // Bit x is key (x + 4 lane) % 32 of the word.
+      above = __funnelshift_l(above, above, 4 * lane);
+      match = __funnelshift_l(match, match, 4 * lane);
+      const int valid = n - 32 * w;  // keys past the row's end are not its
+      if (valid < 32) {
+        above &= (1u << valid) - 1u;
+        match &= (1u << valid) - 1u;
+      }
+      for (; match != 0; match &= match - 1u) {  // seldom: at most 32 keys of the row
+        const int bit = __ffs(match) - 1;
+        const uint32_t slot = atomicAdd(&hist[64], 1u);
+        hist[slot] = keys[bit];
+        hist[32 + slot] = static_cast<uint32_t>(32 * w + bit);
+      }
+    }
+    __syncwarp();  // word w's keys are read (by lane w / 32 % 32, by now) before row[w] is written
+    if (w < words) row[w] = above;
+  }
+  __syncwarp();
+  // Each gathered key's rank among them: the larger ones, and the equal ones
+  // of lower index, before it. Top-k keeps the first `remaining`.
+  const bool has = lane < in_range;
+  const uint32_t key = has ? hist[lane] : 0u;
+  const uint32_t index = has ? hist[32 + lane] : 0u;
+  int rank = 0;
+  for (int j = 0; j < in_range; ++j) {
+    const uint32_t other = __shfl_sync(0xffffffffu, key, j);
+    const uint32_t other_index = __shfl_sync(0xffffffffu, index, j);
+    rank += other > key || (other == key && other_index < index);
+  }
+  if (has && rank < remaining) atomicOr(&row[index / 32], 1u << (index % 32));
+  __syncwarp();
+}
+
 // KthKey of row[0 .. n) (the scores' bits, overwritten with their keys), 1 <=
 // topk <= n, by one warp; hist (257 words of shared memory) is scratch. Radix
 // select over a range of keys known to hold the topk-th largest: the pass
@@ -2482,7 +2559,10 @@ __device__ __forceinline__ bool SampleBracket(const uint32_t* row, uint32_t* his
 // as there, or kSampleOff), each pass after
 // it cuts the range into at most 256 bins of equal width and keeps the bin
 // that holds it, and once at most 32 keys are left in the range, one more
-// pass gathers them, one a lane, and a ballot per bit settles the bits left.
+// pass gathers them, one a lane (or, on rows of at least kLaneWordsMin words
+// that start 16-byte aligned where `whole_words` lets them be read to the
+// end of their last word of 32, a word a lane: LaneWordsGather), and a
+// ballot per bit settles the bits left.
 // Not inlined: inlined, it changed how NVVM compiles the scores loop of
 // FusedSelectKernel<16> before it (64-bit addresses hoisted, 100 registers
 // instead of 64: one CTA of 512 threads per SM instead of two).
@@ -2498,8 +2578,8 @@ __device__ __forceinline__ bool SampleBracket(const uint32_t* row, uint32_t* his
 // first `remaining` of them join the masks, which then hold exactly the
 // kept blocks (KthKey::masks): the caller need not scan the row again.
 // Without a gather (the range narrowed to one key) the row keeps its keys.
-__device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, int topk, bool keys_in,
-                                         int sample_rank) {
+__device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, int topk, bool keys_in, int sample_rank,
+                                         bool whole_words) {
   const int lane = threadIdx.x % 32;
   const uint32_t lanes_below = (1u << lane) - 1u;
   // The scores become keys. A row's scores are alike, so a histogram of the
@@ -2581,6 +2661,9 @@ __device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, i
     span = min(span - (digit << shift), (1u << shift) - 1u);
     __syncwarp();  // hist is read before the next pass writes it
   }
+  if (span != 0 && whole_words && (n + 31) / 32 >= kLaneWordsMin && reinterpret_cast<uintptr_t>(row) % 16 == 0) {
+    return {base, remaining, in_range, false, span};  // the caller gathers (LaneWordsGather)
+  }
   if (span != 0) {
     // Over the whole row: the keys in the range (at most 32) into hist, with
     // their indices, and the marks of the keys above it.
@@ -2630,13 +2713,15 @@ __device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, i
 // Softmax, selection and output of one row (head h, query block qb) of
 // scores, by one warp. `row` (the scores' bits) and `hist` (the warp's 257
 // words) are in shared memory; top-k rows overwrite `row` with their keys.
+// whole_words: `row` may be read to the end of its last word of 32
+// (TopKthKey).
 //
 // Top-k keeps the keys above the topk-th largest key and, of the keys equal
 // to it, the first topk - #(larger keys) by index (see TopKthKey).
 __device__ __forceinline__ void SelectRow(const GateParams& p, int nb, int words, int h, int qb, int64_t topk,
                                           int first_dense_row, uint32_t* row, uint32_t* hist, uint32_t* bitmap,
                                           int32_t* counts, int32_t* direct_indices, bool keys_in = false,
-                                          int sample_rank = kSampleOff) {
+                                          int sample_rank = kSampleOff, bool whole_words = false) {
   const int lane = threadIdx.x % 32;
   const uint32_t lanes_below = (1u << lane) - 1u;
   const int n = qb + 1;
@@ -2676,7 +2761,14 @@ __device__ __forceinline__ void SelectRow(const GateParams& p, int nb, int words
   if (radix) {
     // Top-k rows always write indices (out_words is null): nz_ratio lists are
     // sized up front.
-    const KthKey kth = TopKthKey(row, hist, n, static_cast<int>(topk), keys_in, sample_rank);  // topk < n
+    const KthKey kth = TopKthKey(row, hist, n, static_cast<int>(topk), keys_in, sample_rank, whole_words);  // topk < n
+    if (whole_words && kth.span != 0) {
+      // Inlined here, not in TopKthKey: FusedSelectKernel calls that too, and
+      // its registers would grow.
+      LaneWordsGather(row, hist, n, kth.key, kth.span, kth.equal, kth.take_equal);
+      WriteSetBits(row, (n + 31) / 32, direct_indices);
+      return;
+    }
     if (kth.masks) {
       WriteSetBits(row, (n + 31) / 32, direct_indices);
       return;
@@ -2743,8 +2835,9 @@ __device__ __forceinline__ void SelectRow(const GateParams& p, int nb, int words
 
 // Words of shared memory per select warp for its row, which sits at its
 // global address mod 16 bytes (up to 3 words in front) so that cp.async can
-// copy it.
-__host__ __device__ inline int SelectRowPitch(int nb) { return (nb + 3 + 3) / 4 * 4; }
+// copy it; a row that starts 16-byte aligned may be read to the end of its
+// last word of 32 (LaneWordsGather).
+__host__ __device__ inline int SelectRowPitch(int nb) { return (nb + 31) / 32 * 32 + 4; }
 
 size_t SelectSmemBytes(int warps, int nb) {
   return static_cast<size_t>(warps) * sizeof(uint32_t) * (SelectRowPitch(nb) + 257);
@@ -2810,7 +2903,8 @@ __device__ __forceinline__ int32_t* DirectRow(const GateParams& p, int nb, int h
 // reads it there. keys_in: `scores` holds OrderKey's keys (nz_ratio without
 // probs; ScoresStripeKernel's `keys`), and top-k rows then start from a
 // sample where they are long (sample_rank: SampleBracket's rank, or
-// kSampleAuto).
+// kSampleAuto). Each warp's row has room to the end of its last word of 32
+// (SelectRowPitch).
 __global__ void __launch_bounds__(32 * kSelectMaxWarps)
     SelectKernel(GateParams p, int nb, int words, int head0, int64_t topk, int first_dense_row, const float* scores,
                  uint32_t* bitmap, int32_t* counts, bool keys_in, int sample_rank) {
@@ -2834,7 +2928,7 @@ __global__ void __launch_bounds__(32 * kSelectMaxWarps)
     SelectRow(p, nb, words, h, qb, topk, first_dense_row, row, hist, bitmap, counts, nullptr);
   } else {
     SelectRow(p, nb, words, h, qb, topk, first_dense_row, row, hist, nullptr, counts,
-              DirectRow(p, nb, h, qb, topk, first_dense_row), keys_in, sample_rank);
+              DirectRow(p, nb, h, qb, topk, first_dense_row), keys_in, sample_rank, /*whole_words=*/true);
   }
 }
 
