@@ -2486,7 +2486,8 @@ __device__ __forceinline__ bool SampleBracket(const uint32_t* row, uint32_t* his
 // reads word w's keys four at a time, quad (l + c) % 8 at step c, so that
 // the lanes of a read spread over all the banks, and builds the masks with
 // bit 4c + t for key t of that quad, rotated left by 4l at the end: about
-// a third of the instructions of a ballot a word for each compare. The
+// 0.2 warp instructions a key at 128k tokens, where the ballot gather took
+// 0.54 (docs/KERNELS.md, "A word a lane in the select's gather"). The
 // keys in the range go to hist[0 ..) and their indices to hist[32 ..) in
 // no particular order, a slot a key from the counter hist[64]. Reads up to
 // the end of the row's last word of 32: only for rows with room there
