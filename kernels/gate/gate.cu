@@ -2355,6 +2355,36 @@ __device__ __forceinline__ void WriteSetBits(const uint32_t* words, int count, i
   }
 }
 
+// WriteSetBits, except that a word of more than kHeavyWordBits bits is
+// written by the whole warp, a bit a lane: a top-k row's kept blocks crowd
+// near its diagonal, and the lane of such a word kept the others waiting
+// (one loop iteration a bit).
+constexpr int kHeavyWordBits = 8;
+
+__device__ __forceinline__ void WriteSetBitsSpread(const uint32_t* words, int count, int32_t* out) {
+  const int lane = threadIdx.x % 32;
+  const uint32_t lanes_below = (1u << lane) - 1u;
+  for (int w0 = 0; w0 < count; w0 += 32) {
+    const int w = w0 + lane;
+    uint32_t bits = w < count ? words[w] : 0u;
+    const int set = __popc(bits);
+    const int incl = WarpInclusiveSum(set);
+    const int first = incl - set;
+    for (uint32_t heavy = __ballot_sync(0xffffffffu, set > kHeavyWordBits); heavy != 0; heavy &= heavy - 1) {
+      const int owner = __ffs(heavy) - 1;
+      const uint32_t owner_bits = __shfl_sync(0xffffffffu, bits, owner);
+      const int owner_first = __shfl_sync(0xffffffffu, first, owner);
+      if ((owner_bits >> lane & 1u) != 0) {
+        out[owner_first + __popc(owner_bits & lanes_below)] = (w0 + owner) * 32 + lane;
+      }
+    }
+    if (set > kHeavyWordBits) bits = 0;
+    int32_t* dst = out + first;
+    for (; bits != 0; bits &= bits - 1) *dst++ = w * 32 + __ffs(bits) - 1;
+    out += __shfl_sync(0xffffffffu, incl, 31);
+  }
+}
+
 // The topk-th largest key of a row, and how many of the keys equal to it
 // top-k keeps: topk - #(larger keys), the first ones by index.
 struct KthKey {
@@ -2401,6 +2431,28 @@ __device__ __forceinline__ KthBin PickKthBin(const uint32_t* hist, int remaining
   }
   return {static_cast<uint32_t>(__shfl_sync(0xffffffffu, 255 - 8 * lane - k, first)),
           __shfl_sync(0xffffffffu, above, first), true};
+}
+
+// f(key) for each key of row[0 .. n), in no particular order, by one warp:
+// where the row starts 16-byte aligned, a lane takes four adjacent keys of
+// each group of 128 with one 16-byte read; the keys past the last whole
+// group, and those of other rows, one a lane.
+template <typename F>
+__device__ __forceinline__ void ForEachKey(const uint32_t* row, int n, F&& f) {
+  const int lane = threadIdx.x % 32;
+  int i0 = 0;
+  if (reinterpret_cast<uintptr_t>(row) % 16 == 0) {
+#pragma unroll 2
+    for (; i0 + 128 <= n; i0 += 128) {
+      const uint4 quad = *reinterpret_cast<const uint4*>(row + i0 + 4 * lane);
+      f(quad.x);
+      f(quad.y);
+      f(quad.z);
+      f(quad.w);
+    }
+  }
+#pragma unroll 4
+  for (int i = i0 + lane; i < n; i += 32) f(row[i]);
 }
 
 // Top-k rows of keys this long or longer, keeping at most three quarters of
@@ -2451,18 +2503,9 @@ __device__ __forceinline__ bool SampleBracket(const uint32_t* row, uint32_t* his
   const int shift = max(0, 24 - __clz(reach));
   for (int i = lane; i < 257; i += 32) hist[i] = 0;
   __syncwarp();
-  for (int i0 = 0; i0 < n; i0 += 128) {
-    uint32_t key[4];
-#pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      const int i = i0 + 32 * u + lane;
-      key[u] = i < n ? row[i] : 0u;  // OrderKey never makes 0, and lo is a key
-    }
-#pragma unroll
-    for (int u = 0; u < 4; ++u) {
-      if (key[u] >= lo) atomicAdd(&hist[min((key[u] - lo) >> shift, 256u)], 1u);
-    }
-  }
+  ForEachKey(row, n, [&](uint32_t key) {
+    if (key >= lo) atomicAdd(&hist[min((key - lo) >> shift, 256u)], 1u);
+  });
   __syncwarp();
   const int top = static_cast<int>(hist[256]);
   const KthBin bin = top < topk ? PickKthBin<true>(hist, topk - top) : KthBin{0, 0, false};
@@ -2491,11 +2534,13 @@ __device__ __forceinline__ bool SampleBracket(const uint32_t* row, uint32_t* his
 // keys in the range go to hist[0 ..) and their indices to hist[32 ..) in
 // no particular order, a slot a key from the counter hist[64]. Reads up to
 // the end of the row's last word of 32: only for rows with room there
-// (SelectKernel's, SelectRowPitch).
+// (SelectKernel's, SelectRowPitch). Then the kept blocks go to out[0 ..)
+// in index order (WriteSetBitsSpread). Not inlined, as TopKthKey: inlined in
+// SelectKernel it measured 5-7 us slower at 128k tokens (F and G in docs/KERNELS.md).
 constexpr int kLaneWordsMin = 24;
 
-__device__ __forceinline__ void LaneWordsGather(uint32_t* row, uint32_t* hist, int n, uint32_t base, uint32_t span,
-                                                int in_range, int remaining) {
+__device__ __noinline__ void LaneWordsGather(uint32_t* row, uint32_t* hist, int n, uint32_t base, uint32_t span,
+                                             int in_range, int remaining, int32_t* out) {
   const int lane = threadIdx.x % 32;
   const uint32_t top = base + span;
   const int words = (n + 31) / 32;
@@ -2550,6 +2595,7 @@ __device__ __forceinline__ void LaneWordsGather(uint32_t* row, uint32_t* hist, i
   }
   if (has && rank < remaining) atomicOr(&row[index / 32], 1u << (index % 32));
   __syncwarp();
+  WriteSetBitsSpread(row, words, out);
 }
 
 // KthKey of row[0 .. n) (the scores' bits, overwritten with their keys), 1 <=
@@ -2609,8 +2655,7 @@ __device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, i
       }
     };
     if (keys_in) {
-#pragma unroll 4
-      for (int i = lane; i < n; i += 32) range(row[i]);
+      ForEachKey(row, n, range);
     } else {
 #pragma unroll 4
       for (int i = lane; i < n; i += 32) {
@@ -2640,18 +2685,10 @@ __device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, i
     const int shift = max(0, 24 - __clz(span));
     for (int i = lane; i < 256; i += 32) hist[i] = 0;
     __syncwarp();
-    for (int i0 = 0; i0 < n; i0 += 128) {
-      uint32_t off[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int i = i0 + 32 * u + lane;
-        off[u] = i < n ? row[i] - base : 0xffffffffu;  // keys below base wrap above span
-      }
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        if (off[u] <= span) atomicAdd(&hist[off[u] >> shift], 1u);
-      }
-    }
+    ForEachKey(row, n, [&](uint32_t key) {
+      const uint32_t off = key - base;  // keys below base wrap above span
+      if (off <= span) atomicAdd(&hist[off >> shift], 1u);
+    });
     __syncwarp();
     // (Bins above span >> shift are empty; the bins hold in_range >= remaining.)
     const KthBin bin = PickKthBin<false>(hist, remaining);
@@ -2671,22 +2708,31 @@ __device__ __noinline__ KthKey TopKthKey(uint32_t* row, uint32_t* hist, int n, i
     const uint32_t top = base + span;
     const int words = (n + 31) / 32;
     int found = 0;
+    for (int w0 = 0; w0 < words; w0 += 32) {
+      const int end = min(words, w0 + 32);
+      uint32_t marks = 0;  // lane l's: those of word w0 + l
 #pragma unroll 4
-    for (int w = 0; w < words; ++w) {
-      const int i = w * 32 + lane;
-      const uint32_t key = i < n ? row[i] : 0u;
-      const uint32_t above = __ballot_sync(0xffffffffu, i < n && key > top);
-      const bool match = i < n && key - base <= span;
-      const uint32_t match_bits = __ballot_sync(0xffffffffu, match);
-      if (match_bits != 0) {  // seldom: at most 32 keys of the row match
-        const int slot = found + __popc(match_bits & lanes_below);
-        if (match) {
-          hist[slot] = key;
-          hist[32 + slot] = static_cast<uint32_t>(i);
+      for (int w = w0; w < end; ++w) {
+        const int i = w * 32 + lane;
+        const uint32_t key = i < n ? row[i] : 0u;
+        const uint32_t above = __ballot_sync(0xffffffffu, i < n && key > top);
+        const bool match = i < n && key - base <= span;
+        const uint32_t match_bits = __ballot_sync(0xffffffffu, match);
+        if (match_bits != 0) {  // seldom: at most 32 keys of the row match
+          const int slot = found + __popc(match_bits & lanes_below);
+          if (match) {
+            hist[slot] = key;
+            hist[32 + slot] = static_cast<uint32_t>(i);
+          }
+          found += __popc(match_bits);
         }
-        found += __popc(match_bits);
+        if (lane == w - w0) marks = above;
       }
-      if (lane == 0) row[w] = above;  // keys w * 32 .. were read above (w < 32 (w + 1))
+      // Keys w0 .. end - 1, which the words overwrite, were read by pass
+      // w0 / 32 (this chunk's first, at the latest); later passes read keys
+      // from 32 (w0 + 32) on.
+      __syncwarp();
+      if (w0 + lane < end) row[w0 + lane] = marks;
     }
     // Then each gathered key's rank among them: the larger ones, and the
     // equal ones of lower index (lower lane: hist is in index order)
@@ -2764,10 +2810,9 @@ __device__ __forceinline__ void SelectRow(const GateParams& p, int nb, int words
     // sized up front.
     const KthKey kth = TopKthKey(row, hist, n, static_cast<int>(topk), keys_in, sample_rank, whole_words);  // topk < n
     if (whole_words && kth.span != 0) {
-      // Inlined here, not in TopKthKey: FusedSelectKernel calls that too, and
+      // Called here, not in TopKthKey: FusedSelectKernel calls that too, and
       // its registers would grow.
-      LaneWordsGather(row, hist, n, kth.key, kth.span, kth.equal, kth.take_equal);
-      WriteSetBits(row, (n + 31) / 32, direct_indices);
+      LaneWordsGather(row, hist, n, kth.key, kth.span, kth.equal, kth.take_equal, direct_indices);
       return;
     }
     if (kth.masks) {
