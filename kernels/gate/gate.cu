@@ -2913,31 +2913,22 @@ __device__ __forceinline__ void CopyRowToShared(const uint32_t* src, int n, uint
   __syncwarp();
 }
 
-// Kept blocks in rows 0 .. qb - 1 of one head for nz_ratio (topk) or dense
-// (topk < 0): min(topk, row + 1) below first_dense_row, row + 1 from there.
-__host__ __device__ inline int64_t ListPrefix(int64_t qb, int64_t topk, int64_t first_dense_row) {
-  if (topk < 0) return qb * (qb + 1) / 2;
-  const int64_t below = qb < first_dense_row ? qb : first_dense_row;  // rows under the dense tail
-  const int64_t ramp = below < topk ? below : topk;  // rows shorter than topk
-  int64_t total = ramp * (ramp + 1) / 2 + (below - ramp) * topk;
-  if (qb > first_dense_row) total += (qb * (qb + 1) - first_dense_row * (first_dense_row + 1)) / 2;
-  return total;
-}
-
 // For nz_ratio and dense, where every row's length is known up front: row
 // (h, qb)'s offset into the CSR indices, which lane 0 writes to
 // block_offsets (with the end offset after the last row, and the head's
-// count at its first row); the row writes its indices from there.
+// count at its first row); the row writes its indices from there. In 32
+// bits: the launches refuse lists of 2^31 indices or more (GateMaxIndices).
 __device__ __forceinline__ int32_t* DirectRow(const GateParams& p, int nb, int h, int qb, int64_t topk,
                                               int first_dense_row) {
-  const int64_t list_topk = p.mode == SparsityMode::kDense ? -1 : topk;
-  const int64_t per_head = ListPrefix(nb, list_topk, first_dense_row);
-  const int64_t offset = static_cast<int64_t>(h) * per_head + ListPrefix(qb, list_topk, first_dense_row);
+  const int32_t list_topk =
+      p.mode == SparsityMode::kDense ? -1 : static_cast<int32_t>(min(topk, static_cast<int64_t>(nb)));
+  const uint32_t per_head = ListPrefix(nb, list_topk, first_dense_row);
+  const uint32_t offset = static_cast<uint32_t>(h) * per_head + ListPrefix(qb, list_topk, first_dense_row);
   if (threadIdx.x % 32 == 0) {
-    p.block_offsets[static_cast<int64_t>(h) * nb + qb] = static_cast<int32_t>(offset);
+    p.block_offsets[h * nb + qb] = static_cast<int32_t>(offset);
     if (qb == 0 && p.kept_per_head != nullptr) p.kept_per_head[h] = per_head;
     if (qb == nb - 1 && h == p.num_heads - 1) {
-      p.block_offsets[static_cast<int64_t>(p.num_heads) * nb] = static_cast<int32_t>(p.num_heads * per_head);
+      p.block_offsets[p.num_heads * nb] = static_cast<int32_t>(static_cast<uint32_t>(p.num_heads) * per_head);
     }
   }
   return p.block_indices + offset;
@@ -3495,6 +3486,7 @@ cudaError_t LaunchPool(const GateParams& p, int64_t q_stride, int64_t k_stride, 
 
 // Bounds the grid of the select kernel and the int32 CSR offsets.
 constexpr int kMaxBlocks = 48 * 1024;  // 3M tokens at block 64
+static_assert(kMaxBlocks <= 65535, "ListPrefix (selection.h) computes qb (qb + 1) in 32 bits");
 
 }  // namespace
 

@@ -95,4 +95,34 @@ inline double PlannedDensity(const SparsityConfig& s, int64_t num_blocks) {
   return static_cast<double>(kept) / (static_cast<double>(num_blocks) * static_cast<double>(num_blocks + 1) / 2.0);
 }
 
+#if defined(__CUDACC__)
+#define SEER_SELECTION_HD __host__ __device__ __forceinline__
+#else
+#define SEER_SELECTION_HD inline
+#endif
+
+// Kept blocks in rows 0 .. qb - 1 of one head for kNzRatio (topk) or kDense
+// (topk < 0): min(topk, row + 1) below first_dense_row, row + 1 from there
+// (PlannedRowBlocks summed), the CSR offset of row qb. In 32 bits, for the
+// CUDA gate's select (in 64 the products cost its kernel 57 more warp
+// instructions a row): exact while the head's whole list has fewer than 2^31
+// entries (the CUDA gate refuses longer lists) and qb (qb + 1) < 2^32 (qb <=
+// 65,535).
+SEER_SELECTION_HD uint32_t MinU32(uint32_t a, uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return min(a, b);  // the form the select was measured and tested with
+#else
+  return a < b ? a : b;
+#endif
+}
+
+SEER_SELECTION_HD uint32_t ListPrefix(uint32_t qb, int32_t topk, uint32_t first_dense_row) {
+  if (topk < 0) return qb * (qb + 1) / 2;
+  const uint32_t below = MinU32(qb, first_dense_row);  // rows under the dense tail
+  const uint32_t ramp = MinU32(below, static_cast<uint32_t>(topk));  // rows shorter than topk
+  uint32_t total = ramp * (ramp + 1) / 2 + (below - ramp) * static_cast<uint32_t>(topk);
+  if (qb > first_dense_row) total += (qb * (qb + 1) - first_dense_row * (first_dense_row + 1)) / 2;
+  return total;
+}
+
 }  // namespace seer
