@@ -2341,27 +2341,13 @@ __device__ __forceinline__ int WarpInclusiveSum(int v) {
 }
 
 // The set bits of words[0 .. count), ascending, as indices 32 w + bit at
-// out[0 ..), by one warp (each lane writes the bits of its words).
+// out[0 ..), by one warp: each lane writes the bits of its words, except
+// that a word of more than kSpreadAbove bits is written by the whole warp,
+// a bit a lane (LaneWordsGather's rows, 8: a top-k row's kept blocks crowd
+// near its diagonal, and the lane of such a word kept the others waiting,
+// one loop iteration a bit). 32: never.
+template <int kSpreadAbove = 32>
 __device__ __forceinline__ void WriteSetBits(const uint32_t* words, int count, int32_t* out) {
-  const int lane = threadIdx.x % 32;
-  for (int w0 = 0; w0 < count; w0 += 32) {
-    const int w = w0 + lane;
-    uint32_t bits = w < count ? words[w] : 0u;
-    const int set = __popc(bits);
-    const int incl = WarpInclusiveSum(set);
-    int32_t* dst = out + incl - set;
-    for (; bits != 0; bits &= bits - 1) *dst++ = w * 32 + __ffs(bits) - 1;
-    out += __shfl_sync(0xffffffffu, incl, 31);
-  }
-}
-
-// WriteSetBits, except that a word of more than kHeavyWordBits bits is
-// written by the whole warp, a bit a lane: a top-k row's kept blocks crowd
-// near its diagonal, and the lane of such a word kept the others waiting
-// (one loop iteration a bit).
-constexpr int kHeavyWordBits = 8;
-
-__device__ __forceinline__ void WriteSetBitsSpread(const uint32_t* words, int count, int32_t* out) {
   const int lane = threadIdx.x % 32;
   const uint32_t lanes_below = (1u << lane) - 1u;
   for (int w0 = 0; w0 < count; w0 += 32) {
@@ -2370,16 +2356,18 @@ __device__ __forceinline__ void WriteSetBitsSpread(const uint32_t* words, int co
     const int set = __popc(bits);
     const int incl = WarpInclusiveSum(set);
     const int first = incl - set;
-    for (uint32_t heavy = __ballot_sync(0xffffffffu, set > kHeavyWordBits); heavy != 0; heavy &= heavy - 1) {
-      const int owner = __ffs(heavy) - 1;
-      const uint32_t owner_bits = __shfl_sync(0xffffffffu, bits, owner);
-      const int owner_first = __shfl_sync(0xffffffffu, first, owner);
-      if ((owner_bits >> lane & 1u) != 0) {
-        out[owner_first + __popc(owner_bits & lanes_below)] = (w0 + owner) * 32 + lane;
+    if constexpr (kSpreadAbove < 32) {
+      for (uint32_t heavy = __ballot_sync(0xffffffffu, set > kSpreadAbove); heavy != 0; heavy &= heavy - 1) {
+        const int owner = __ffs(heavy) - 1;
+        const uint32_t owner_bits = __shfl_sync(0xffffffffu, bits, owner);
+        const int owner_first = __shfl_sync(0xffffffffu, first, owner);
+        if ((owner_bits >> lane & 1u) != 0) {
+          out[owner_first + __popc(owner_bits & lanes_below)] = (w0 + owner) * 32 + lane;
+        }
       }
+      if (set > kSpreadAbove) bits = 0;
     }
-    if (set > kHeavyWordBits) bits = 0;
-    int32_t* dst = out + first;
+    int32_t* dst = kSpreadAbove < 32 ? out + first : out + incl - set;  // one address, each form as measured
     for (; bits != 0; bits &= bits - 1) *dst++ = w * 32 + __ffs(bits) - 1;
     out += __shfl_sync(0xffffffffu, incl, 31);
   }
@@ -2535,7 +2523,8 @@ __device__ __forceinline__ bool SampleBracket(const uint32_t* row, uint32_t* his
 // no particular order, a slot a key from the counter hist[64]. Reads up to
 // the end of the row's last word of 32: only for rows with room there
 // (SelectKernel's, SelectRowPitch). Then the kept blocks go to out[0 ..)
-// in index order (WriteSetBitsSpread). Not inlined, as TopKthKey: inlined in
+// in index order (WriteSetBits, words of more than 8 bits by the whole
+// warp). Not inlined, as TopKthKey: inlined in
 // SelectKernel it measured 5-7 us slower at 128k tokens (F and G in docs/KERNELS.md).
 constexpr int kLaneWordsMin = 24;
 
@@ -2595,7 +2584,7 @@ __device__ __noinline__ void LaneWordsGather(uint32_t* row, uint32_t* hist, int 
   }
   if (has && rank < remaining) atomicOr(&row[index / 32], 1u << (index % 32));
   __syncwarp();
-  WriteSetBitsSpread(row, words, out);
+  WriteSetBits<8>(row, words, out);
 }
 
 // KthKey of row[0 .. n) (the scores' bits, overwritten with their keys), 1 <=
