@@ -451,6 +451,46 @@ __device__ __forceinline__ void StoreRows(const Sm90Params& p, const float (&o)[
   }
 }
 
+// The carry across rows. A consumer's row ends with its last block's P held
+// (O += P V not yet issued). Rather than issue that P V alone, wait for it
+// and store, the consumer takes its next row's Q and issues the next row's
+// first S with the held P V behind it, as any step does; once both are done
+// it stores the finished row and zeroes O for the new one. So the end of one
+// row and the start of the next overlap, as the blocks within a row do. Until
+// then the finished row is pending: its place and its row sums are here.
+struct PendingRow {
+  bool live = false;  // a row waits for its held P V
+  bool store = false;  // its rows are stored (false: a query block past seq_len)
+  int h = 0, qb = 0;
+  float sum[2] = {0.0f, 0.0f};
+
+  // A row done but for its held P V: (head, block) with its row sums.
+  __device__ __forceinline__ void Hold(const float (&row_sum)[2], bool stored, int head, int block) {
+    live = true;
+    sum[0] = row_sum[0];
+    sum[1] = row_sum[1];
+    store = stored;
+    h = head;
+    qb = block;
+  }
+};
+
+// The carry's end of a row: O (its held P V done) stored as `row`, then
+// zeroed for the next row.
+template <int kHeadDim, typename T>
+__device__ __forceinline__ void StoreCarried(const Sm90Params& p, float (&o)[kHeadDim / 2], const PendingRow& row,
+                                             int warp, int lane) {
+  if (row.store) StoreRows<kHeadDim, T>(p, o, row.sum, row.h, row.qb, warp, lane);
+#pragma unroll
+  for (int i = 0; i < kHeadDim / 2; ++i) o[i] = 0.0f;
+}
+
+// Not a carry: a step that starts nothing.
+struct NoCarry {
+  template <class O>
+  __device__ __forceinline__ void operator()(O&) const {}
+};
+
 template <int kHeadDim, typename T>
 __device__ __forceinline__ void Producer(const Sm90Params& p, uint8_t* smem, Sm90Schedule schedule) {
   using Tile = Sm90Tile<kHeadDim>;
@@ -842,11 +882,19 @@ struct RingPos {
 // is still this consumer's); the online softmax while P V runs; then V's
 // slot freed, O rescaled, and S becomes the next P. The block becomes the
 // held one.
-template <int kKeys, int kStages, bool kExpFirst, bool kHaveP, int kHeadDim, typename T, class Descs, class Diagonal>
+//
+// kCarry: the first block of a row whose held P is the previous row's last
+// (the carry, see PendingRow). Instead of the rescale, carry(o) stores the
+// finished previous row and zeroes O; then S becomes P. (In the other order,
+// ptxas spilled hundreds of bytes at head_dim 128.)
+template <int kKeys, int kStages, bool kExpFirst, bool kHaveP, bool kCarry, int kHeadDim, typename T, class Descs,
+          class Diagonal, class Carry>
 __device__ __forceinline__ void RingStep(const Sm90Params& p, const uint32_t (&q_frag)[kHeadDim / 16][4],
                                          float (&o)[kHeadDim / 2], uint32_t (&p_frag)[kKeys / 16][4],
                                          float (&row_max)[2], float (&row_sum)[2], const Descs& desc, uint32_t bars,
-                                         RingPos& pos, RingPos& held, int row0, int lane, Diagonal&& diagonal) {
+                                         RingPos& pos, RingPos& held, int row0, int lane, Diagonal&& diagonal,
+                                         Carry&& carry) {
+  static_assert(!kCarry || kHaveP, "a carried row has a held block");
   constexpr int kSTiles = kKeys / 8;  // n8 tiles of S
   constexpr int kPSteps = kKeys / 16;  // k16 steps of O += P V
   constexpr int kKFull = 0, kKEmpty = kStages, kVFull = 2 * kStages, kVEmpty = 3 * kStages;
@@ -891,8 +939,13 @@ __device__ __forceinline__ void RingStep(const Sm90Params& p, const uint32_t (&q
     sm90::FenceRegs(o);
     release(kVEmpty + held.stage);
   }
-  RescaleO<kHeadDim / 8>(o, correction);
-  PackP<kPSteps, T>(p_frag, s);
+  if constexpr (kCarry) {
+    carry(o);
+    PackP<kPSteps, T>(p_frag, s);
+  } else {
+    RescaleO<kHeadDim / 8>(o, correction);
+    PackP<kPSteps, T>(p_frag, s);
+  }
   held = pos;
   pos.template Advance<kStages>();
 }
@@ -977,11 +1030,23 @@ __device__ __forceinline__ void WideConsumer(const Sm90Params& p, uint8_t* smem,
 
   RingPos pos;
   uint32_t q_phase = 0;
+  float o[kOTiles * 4];
+  uint32_t p_frag[kPSteps][4];
+  RingPos held;  // the block whose P V is pending
+  PendingRow pending;
   for (;;) {
     sm90::MbarWait(bar(Tile::kQFull + c), q_phase);
     q_phase ^= 1;
     const int4 info = ReadShared(tile_info, lane);
-    if (info.x < 0) return;
+    if (info.x < 0) {
+      if (pending.live) {  // the last row's O += P V
+        sm90::MbarWait(bar(Tile::kVFull + held.stage), held.phase);
+        HeldPV<kHeadDim, T>(o, p_frag, [&](int ks) { return desc.V(held.stage, ks); });
+        release(Tile::kVEmpty + held.stage);
+        StoreCarried<kHeadDim, T>(p, o, pending, warp, lane);
+      }
+      return;
+    }
     const int h = info.x;
     const int qb = info.y;
     const bool valid = info.z != 0;
@@ -990,30 +1055,29 @@ __device__ __forceinline__ void WideConsumer(const Sm90Params& p, uint8_t* smem,
 
     uint32_t q_frag[QTile::kKSteps][4];
     TakeQ<kHeadDim, T>(p, q_frag, q_smem, bar(Tile::kQEmpty + c), valid, qb, warp, lane);
-
-    float o[kOTiles * 4];
-#pragma unroll
-    for (int i = 0; i < kOTiles * 4; ++i) o[i] = 0.0f;
     float row_max[2] = {-INFINITY, -INFINITY};
     float row_sum[2] = {0.0f, 0.0f};
-    uint32_t p_frag[kPSteps][4];
-    RingPos held;  // the block whose P V is pending
 
-    // The diagonal block first (both query blocks' diagonals), then the rest.
-    RingStep<Tile::kKeys, Tile::kStages, true, false, kHeadDim, T>(p, q_frag, o, p_frag, row_max, row_sum, desc, bars,
-                                                                   pos, held, row_base, lane, [](int) { return true; });
-    for (int j = pair - 1; j >= 0; --j) {
-      RingStep<Tile::kKeys, Tile::kStages, true, true, kHeadDim, T>(
-          p, q_frag, o, p_frag, row_max, row_sum, desc, bars, pos, held, row_base, lane, [](int) { return false; });
+    // The diagonal block first (both query blocks' diagonals), with the
+    // previous tile's last P V behind it; then the rest.
+    auto diagonal = [](int) { return true; };
+    if (pending.live) {
+      RingStep<Tile::kKeys, Tile::kStages, true, true, true, kHeadDim, T>(
+          p, q_frag, o, p_frag, row_max, row_sum, desc, bars, pos, held, row_base, lane, diagonal,
+          [&](float(&acc)[kHeadDim / 2]) { StoreCarried<kHeadDim, T>(p, acc, pending, warp, lane); });
+    } else {
+#pragma unroll
+      for (int i = 0; i < kOTiles * 4; ++i) o[i] = 0.0f;
+      RingStep<Tile::kKeys, Tile::kStages, true, false, false, kHeadDim, T>(
+          p, q_frag, o, p_frag, row_max, row_sum, desc, bars, pos, held, row_base, lane, diagonal, NoCarry{});
     }
-
-    // The last block's O += P V.
-    sm90::MbarWait(bar(Tile::kVFull + held.stage), held.phase);
-    HeldPV<kHeadDim, T>(o, p_frag, [&](int ks) { return desc.V(held.stage, ks); });
-    release(Tile::kVEmpty + held.stage);
-
-    // --- store: O / l, rows past seq_len dropped.
-    if (valid) StoreRows<kHeadDim, T>(p, o, row_sum, h, qb, warp, lane);
+    for (int j = pair - 1; j >= 0; --j) {
+      RingStep<Tile::kKeys, Tile::kStages, true, true, false, kHeadDim, T>(
+          p, q_frag, o, p_frag, row_max, row_sum, desc, bars, pos, held, row_base, lane, [](int) { return false; },
+          NoCarry{});
+    }
+    // The last block's O += P V goes behind the next tile's first S.
+    pending.Hold(row_sum, valid, h, qb);
   }
 }
 
@@ -1235,46 +1299,59 @@ __device__ __forceinline__ void RowsConsumer(const Sm90Params& p, uint8_t* smem,
 
   RingPos pos;
   uint32_t q_phase = 0;
+  float o[kOTiles * 4];
+  uint32_t p_frag[kPSteps][4];
+  RingPos held;  // the block whose P V is pending
+  PendingRow pending;
   for (;;) {
     sm90::MbarWait(bar(Tile::kQFull), q_phase);
     q_phase ^= 1;
     const int4 info = ReadShared(tile_info, lane);
-    if (info.x < 0) return;
-    const int h = info.x;
-    const int qb = info.y;
-    const int n = info.z;
-
-    uint32_t q_frag[QTile::kKSteps][4];
-    TakeQ<kHeadDim, T>(p, q_frag, half + Tile::kQOffset, bar(Tile::kQEmpty), true, qb, warp, lane);
-
-    float o[kOTiles * 4];
-#pragma unroll
-    for (int i = 0; i < kOTiles * 4; ++i) o[i] = 0.0f;
-    float row_max[2] = {-INFINITY, -INFINITY};
-    float row_sum[2] = {0.0f, 0.0f};
-    uint32_t p_frag[kPSteps][4];
-    RingPos held;  // the block whose P V is pending
-
-    // The kept blocks, highest first. The diagonal is masked; the key block
-    // of a K slot is read before the slot is freed, by lane 0 only (the
-    // lane that arrives on its empty barrier), as ReadShared does.
-    auto diagonal = [&](int stage) { return __shfl_sync(0xffffffffu, lane == 0 ? key_block[stage] : 0, 0) == qb; };
-    const int row0 = 16 * warp + lane / 4;
-    if (n > 0) {
-      RingStep<kBlock, Tile::kStages, false, false, kHeadDim, T>(p, q_frag, o, p_frag, row_max, row_sum, desc, bars,
-                                                                 pos, held, row0, lane, diagonal);
-      for (int i = 1; i < n; ++i) {
-        RingStep<kBlock, Tile::kStages, false, true, kHeadDim, T>(p, q_frag, o, p_frag, row_max, row_sum, desc, bars,
-                                                                  pos, held, row0, lane, diagonal);
-      }
-      // The last block's O += P V.
+    const int n = info.x < 0 ? 0 : info.z;
+    if (pending.live && n == 0) {  // nothing to carry the held P V: done alone
       sm90::MbarWait(bar(Tile::kVFull + held.stage), held.phase);
       HeldPV<kHeadDim, T>(o, p_frag, [&](int ks) { return desc.V(held.stage, ks); });
       release(Tile::kVEmpty + held.stage);
+      StoreCarried<kHeadDim, T>(p, o, pending, warp, lane);
+      pending.live = false;
+    }
+    if (info.x < 0) return;
+    const int h = info.x;
+    const int qb = info.y;
+
+    uint32_t q_frag[QTile::kKSteps][4];
+    TakeQ<kHeadDim, T>(p, q_frag, half + Tile::kQOffset, bar(Tile::kQEmpty), true, qb, warp, lane);
+    float row_max[2] = {-INFINITY, -INFINITY};
+    float row_sum[2] = {0.0f, 0.0f};
+    if (!pending.live) {
+#pragma unroll
+      for (int i = 0; i < kOTiles * 4; ++i) o[i] = 0.0f;
+    }
+    if (n == 0) {  // an empty list stores zeros
+      StoreRows<kHeadDim, T>(p, o, row_sum, h, qb, warp, lane);
+      continue;
     }
 
-    // --- store: O / l (an empty list stores zeros), rows past seq_len dropped.
-    StoreRows<kHeadDim, T>(p, o, row_sum, h, qb, warp, lane);
+    // The kept blocks, highest first, the first with the previous row's
+    // last P V behind it. The diagonal is masked; the key block of a K slot
+    // is read before the slot is freed, by lane 0 only (the lane that
+    // arrives on its empty barrier), as ReadShared does.
+    auto diagonal = [&](int stage) { return __shfl_sync(0xffffffffu, lane == 0 ? key_block[stage] : 0, 0) == qb; };
+    const int row0 = 16 * warp + lane / 4;
+    if (pending.live) {
+      RingStep<kBlock, Tile::kStages, false, true, true, kHeadDim, T>(
+          p, q_frag, o, p_frag, row_max, row_sum, desc, bars, pos, held, row0, lane, diagonal,
+          [&](float(&acc)[kHeadDim / 2]) { StoreCarried<kHeadDim, T>(p, acc, pending, warp, lane); });
+    } else {
+      RingStep<kBlock, Tile::kStages, false, false, false, kHeadDim, T>(
+          p, q_frag, o, p_frag, row_max, row_sum, desc, bars, pos, held, row0, lane, diagonal, NoCarry{});
+    }
+    for (int i = 1; i < n; ++i) {
+      RingStep<kBlock, Tile::kStages, false, true, false, kHeadDim, T>(
+          p, q_frag, o, p_frag, row_max, row_sum, desc, bars, pos, held, row0, lane, diagonal, NoCarry{});
+    }
+    // The last block's O += P V goes behind the next row's first S.
+    pending.Hold(row_sum, true, h, qb);
   }
 }
 
@@ -1441,45 +1518,64 @@ __device__ __forceinline__ void PairsConsumer(const Sm90Params& p, uint8_t* smem
 
   RingPos kpos, vpos;
   uint32_t q_phase = 0;
+  float o[kOTiles * 4];
+  uint32_t p_frag[kPSteps][4];
+  RingPos held;  // the V pair whose P V is pending
+  bool held_two = false;
+  PendingRow pending;
+  const int row0 = 16 * warp + lane / 4;
+
+  // O += P V for the held pair: block a's four k16 steps, then b's. A
+  // single block's pair reads V_a again for b's steps, whose P is zero
+  // (no branch around a wgmma: ptxas serializes them).
+  auto issue_pv = [&] {
+    const int b_tile = 2 * held.stage + (held_two ? 1 : 0);
+#pragma unroll
+    for (int ks = 0; ks < kHalfSteps; ++ks) {
+      sm90::WgmmaRS<kHeadDim, T>::template Run<1>(o, p_frag[ks], desc.V(2 * held.stage, ks), 1);
+    }
+#pragma unroll
+    for (int ks = 0; ks < kHalfSteps; ++ks) {
+      sm90::WgmmaRS<kHeadDim, T>::template Run<1>(o, p_frag[kHalfSteps + ks], desc.V(b_tile, ks), 1);
+    }
+    sm90::WgmmaCommit();
+  };
+
   for (;;) {
     sm90::MbarWait(bar(Tile::kQFull), q_phase);
     q_phase ^= 1;
     const int4 info = ReadShared(tile_info, lane);
+    const int n = info.x < 0 ? 0 : info.z;
+    if (pending.live && n == 0) {  // nothing to carry the held P V: done alone
+      sm90::MbarWait(bar(Tile::kVFull + held.stage), held.phase);
+      sm90::WgmmaFence();
+      issue_pv();
+      sm90::WgmmaWait<0>();
+      sm90::FenceRegs(o);
+      release(Tile::kVEmpty + held.stage);
+      StoreCarried<kHeadDim, T>(p, o, pending, warp, lane);
+      pending.live = false;
+    }
     if (info.x < 0) return;
     const int h = info.x;
     const int qb = info.y;
-    const int n = info.z;
 
     uint32_t q_frag[QTile::kKSteps][4];
     TakeQ<kHeadDim, T>(p, q_frag, half + Tile::kQOffset, bar(Tile::kQEmpty), true, qb, warp, lane);
-
-    float o[kOTiles * 4];
-#pragma unroll
-    for (int i = 0; i < kOTiles * 4; ++i) o[i] = 0.0f;
     float row_max[2] = {-INFINITY, -INFINITY};
     float row_sum[2] = {0.0f, 0.0f};
-    uint32_t p_frag[kPSteps][4];
-    RingPos held;  // the V pair whose P V is pending
-    bool held_two = false;
-    const int row0 = 16 * warp + lane / 4;
-
-    // O += P V for the held pair: block a's four k16 steps, then b's. A
-    // single block's pair reads V_a again for b's steps, whose P is zero
-    // (no branch around a wgmma: ptxas serializes them).
-    auto issue_pv = [&] {
-      const int b_tile = 2 * held.stage + (held_two ? 1 : 0);
+    if (!pending.live) {
 #pragma unroll
-      for (int ks = 0; ks < kHalfSteps; ++ks) {
-        sm90::WgmmaRS<kHeadDim, T>::template Run<1>(o, p_frag[ks], desc.V(2 * held.stage, ks), 1);
-      }
-#pragma unroll
-      for (int ks = 0; ks < kHalfSteps; ++ks) {
-        sm90::WgmmaRS<kHeadDim, T>::template Run<1>(o, p_frag[kHalfSteps + ks], desc.V(b_tile, ks), 1);
-      }
-      sm90::WgmmaCommit();
-    };
+      for (int i = 0; i < kOTiles * 4; ++i) o[i] = 0.0f;
+    }
+    if (n == 0) {  // an empty list stores zeros
+      StoreRows<kHeadDim, T>(p, o, row_sum, h, qb, warp, lane);
+      continue;
+    }
 
-    auto step = [&]<bool kHaveP>(bool two) {
+    // kCarry: the row's first step, with the previous row's last P V behind
+    // its S (PendingRow).
+    auto step = [&]<bool kHaveP, bool kCarry>(bool two) {
       sm90::MbarWait(bar(Tile::kKFull + kpos.stage), kpos.phase);
       const bool masked = __shfl_sync(0xffffffffu, lane == 0 ? key_block[kpos.stage] : 0, 0) == qb;
       if constexpr (kHaveP) sm90::MbarWait(bar(Tile::kVFull + held.stage), held.phase);
@@ -1517,26 +1613,27 @@ __device__ __forceinline__ void PairsConsumer(const Sm90Params& p, uint8_t* smem
         sm90::FenceRegs(o);
         release(Tile::kVEmpty + held.stage);
       }
-      RescaleO<kOTiles>(o, correction);
-      PackP<kPSteps, T>(p_frag, s);
+      if constexpr (kCarry) {
+        StoreCarried<kHeadDim, T>(p, o, pending, warp, lane);
+        PackP<kPSteps, T>(p_frag, s);
+      } else {
+        RescaleO<kOTiles>(o, correction);
+        PackP<kPSteps, T>(p_frag, s);
+      }
       held = vpos;
       held_two = two;
       kpos.template Advance<Tile::kKPairs>();
       vpos.template Advance<Tile::kVPairs>();
     };
 
-    if (n > 0) {
-      step.template operator()<false>(n > 1);
-      for (int i = n - 3; i >= 0; i -= 2) step.template operator()<true>(i > 0);
-      // The last pair's O += P V.
-      sm90::MbarWait(bar(Tile::kVFull + held.stage), held.phase);
-      sm90::WgmmaFence();
-      issue_pv();
-      sm90::WgmmaWait<0>();
-      sm90::FenceRegs(o);
-      release(Tile::kVEmpty + held.stage);
+    if (pending.live) {
+      step.template operator()<true, true>(n > 1);
+    } else {
+      step.template operator()<false, false>(n > 1);
     }
-    StoreRows<kHeadDim, T>(p, o, row_sum, h, qb, warp, lane);
+    for (int i = n - 3; i >= 0; i -= 2) step.template operator()<true, false>(i > 0);
+    // The last pair's O += P V goes behind the next row's first S.
+    pending.Hold(row_sum, true, h, qb);
   }
 }
 
