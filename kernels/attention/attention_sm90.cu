@@ -485,6 +485,22 @@ __device__ __forceinline__ void StoreCarried(const Sm90Params& p, float (&o)[kHe
   for (int i = 0; i < kHeadDim / 2; ++i) o[i] = 0.0f;
 }
 
+// A list row's start under the carry (Sm90RowsKernel, Sm90PairsKernel): O
+// zeroed unless a finished row still holds it (the carry step stores and
+// zeroes it then); an empty list (n = 0) stores its zeros here, and the
+// answer is true: nothing more to do for the row.
+template <int kHeadDim, typename T>
+__device__ __forceinline__ bool EmptyRowStored(const Sm90Params& p, float (&o)[kHeadDim / 2], const float (&row_sum)[2],
+                                               const PendingRow& pending, int n, int h, int qb, int warp, int lane) {
+  if (!pending.live) {
+#pragma unroll
+    for (int i = 0; i < kHeadDim / 2; ++i) o[i] = 0.0f;
+  }
+  if (n != 0) return false;
+  StoreRows<kHeadDim, T>(p, o, row_sum, h, qb, warp, lane);
+  return true;
+}
+
 // Not a carry: a step that starts nothing.
 struct NoCarry {
   template <class O>
@@ -1323,14 +1339,7 @@ __device__ __forceinline__ void RowsConsumer(const Sm90Params& p, uint8_t* smem,
     TakeQ<kHeadDim, T>(p, q_frag, half + Tile::kQOffset, bar(Tile::kQEmpty), true, qb, warp, lane);
     float row_max[2] = {-INFINITY, -INFINITY};
     float row_sum[2] = {0.0f, 0.0f};
-    if (!pending.live) {
-#pragma unroll
-      for (int i = 0; i < kOTiles * 4; ++i) o[i] = 0.0f;
-    }
-    if (n == 0) {  // an empty list stores zeros
-      StoreRows<kHeadDim, T>(p, o, row_sum, h, qb, warp, lane);
-      continue;
-    }
+    if (EmptyRowStored<kHeadDim, T>(p, o, row_sum, pending, n, h, qb, warp, lane)) continue;
 
     // The kept blocks, highest first, the first with the previous row's
     // last P V behind it. The diagonal is masked; the key block of a K slot
@@ -1564,14 +1573,7 @@ __device__ __forceinline__ void PairsConsumer(const Sm90Params& p, uint8_t* smem
     TakeQ<kHeadDim, T>(p, q_frag, half + Tile::kQOffset, bar(Tile::kQEmpty), true, qb, warp, lane);
     float row_max[2] = {-INFINITY, -INFINITY};
     float row_sum[2] = {0.0f, 0.0f};
-    if (!pending.live) {
-#pragma unroll
-      for (int i = 0; i < kOTiles * 4; ++i) o[i] = 0.0f;
-    }
-    if (n == 0) {  // an empty list stores zeros
-      StoreRows<kHeadDim, T>(p, o, row_sum, h, qb, warp, lane);
-      continue;
-    }
+    if (EmptyRowStored<kHeadDim, T>(p, o, row_sum, pending, n, h, qb, warp, lane)) continue;
 
     // kCarry: the row's first step, with the previous row's last P V behind
     // its S (PendingRow).
