@@ -358,7 +358,7 @@ constexpr int kBulkPoolChannels = 512;
 constexpr int kBulkPoolPerThread = 2;  // channels a thread sums
 constexpr int kBulkPoolThreads = kBulkPoolChannels / kBulkPoolPerThread;
 [[maybe_unused]] constexpr int kBulkPoolGroups = 4;
-constexpr int kBulkPoolFullGroup = 16;  // tokens a group of a 64-token block
+[[maybe_unused]] constexpr int kBulkPoolFullGroup = 16;  // tokens a group of a 64-token block
 constexpr int kBulkPoolMaxBlock = 128;  // tokens a block: 128 KB of shared memory at 2 bytes
 
 // cos and sin of block b's RoPE angle for frequency f: float(b * block) *
@@ -1950,8 +1950,9 @@ __device__ __forceinline__ void StoreRotatedTile(const float* tile, const float*
 // shift goes to shift_out[row] as shift << 23 (the stripes subtract it from
 // a float's exponent bits), for all 128 rows of the tile (StripeShiftPitch
 // pads each head to whole tiles). row_shift: 128 ints of shared memory.
-__device__ __forceinline__ void StoreRotatedTileF16(const float* tile, int* row_shift, const float* rope, int nb,
-                                                    int m0, __half* out, __half* out_lo, int32_t* shift_out) {
+[[maybe_unused]] __device__ __forceinline__ void StoreRotatedTileF16(const float* tile, int* row_shift,
+                                                                     const float* rope, int nb, int m0, __half* out,
+                                                                     __half* out_lo, int32_t* shift_out) {
   constexpr int kHalf = kPrHidden / 2;
   static_assert(kSgemmThreads == 2 * kSgemmTile, "two threads a row");
   const int rows = min(kSgemmTile, nb - m0);
