@@ -315,7 +315,9 @@ __device__ __forceinline__ void TakeQ(const Sm90Params& p, uint32_t (&q_frag)[Sm
 }
 
 // O += P V for a consumer's held block (kPSteps k16 steps of keys; v_desc(ks)
-// the V operand of step ks), waited for: the last block of a row.
+// the V operand of step ks), waited for: the last block of a row where
+// nothing carries it (every row in Sm90FwdKernel; in the ring kernels only
+// before an empty row and at the consumer's end, see PendingRow).
 template <int kHeadDim, typename T, int kPSteps, class VDesc>
 __device__ __forceinline__ void HeldPV(float (&o)[kHeadDim / 2], const uint32_t (&p_frag)[kPSteps][4], VDesc&& v_desc) {
   sm90::WgmmaFence();
@@ -488,7 +490,9 @@ __device__ __forceinline__ void StoreCarried(const Sm90Params& p, float (&o)[kHe
 // A list row's start under the carry (Sm90RowsKernel, Sm90PairsKernel): O
 // zeroed unless a finished row still holds it (the carry step stores and
 // zeroes it then); an empty list (n = 0) stores its zeros here, and the
-// answer is true: nothing more to do for the row.
+// answer is true: nothing more to do for the row. With n = 0 the caller has
+// finished a pending row first (pending.live false), or that row's O would
+// be stored as this one.
 template <int kHeadDim, typename T>
 __device__ __forceinline__ bool EmptyRowStored(const Sm90Params& p, float (&o)[kHeadDim / 2], const float (&row_sum)[2],
                                                const PendingRow& pending, int n, int h, int qb, int warp, int lane) {
