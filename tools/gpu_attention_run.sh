@@ -4,7 +4,9 @@
 # compute-sanitizer memcheck, racecheck and synccheck on the small attention
 # and gate tests, the sm90 kernel's SASS summary (HGMMA count, local-memory
 # traffic), the attention benchmark and its peers (torch SDPA flash/cuDNN,
-# FlexAttention on the identical masks), and one merged table. Logs go to
+# FlexAttention on the identical masks), one merged table ($OUT/table.md),
+# and issue 10's attention and gate targets judged from it
+# (kernels/attention/attention_targets.py, $OUT/targets.md). Logs go to
 # $OUT (default ./out/gpu-attention); the tables print last.
 #
 # Environment:
@@ -146,5 +148,6 @@ fi
 if [[ -f "$OUT/bench.log" && -f "$OUT/peers.log" ]]; then
   echo; echo "-- merged"
   python3 kernels/attention/attention_table.py "$OUT/bench.log" "$OUT/peers.log" | tee "$OUT/table.md"
+  echo; python3 kernels/attention/attention_targets.py "$OUT/table.md" | tee "$OUT/targets.md"
 fi
 exit $status
