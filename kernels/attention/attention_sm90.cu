@@ -961,11 +961,10 @@ __device__ __forceinline__ void RingStep(const Sm90Params& p, const uint32_t (&q
   }
   if constexpr (kCarry) {
     carry(o);
-    PackP<kPSteps, T>(p_frag, s);
   } else {
     RescaleO<kHeadDim / 8>(o, correction);
-    PackP<kPSteps, T>(p_frag, s);
   }
+  PackP<kPSteps, T>(p_frag, s);
   held = pos;
   pos.template Advance<kStages>();
 }
@@ -1621,11 +1620,10 @@ __device__ __forceinline__ void PairsConsumer(const Sm90Params& p, uint8_t* smem
       }
       if constexpr (kCarry) {
         StoreCarried<kHeadDim, T>(p, o, pending, warp, lane);
-        PackP<kPSteps, T>(p_frag, s);
       } else {
         RescaleO<kOTiles>(o, correction);
-        PackP<kPSteps, T>(p_frag, s);
       }
+      PackP<kPSteps, T>(p_frag, s);
       held = vpos;
       held_two = two;
       kpos.template Advance<Tile::kKPairs>();
