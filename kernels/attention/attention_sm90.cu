@@ -432,9 +432,11 @@ template <int kHeadDim, typename T>
 __device__ __forceinline__ void StoreRows(const Sm90Params& p, const float (&o)[kHeadDim / 2],
                                           const float (&row_sum)[2], int h, int qb, int warp, int lane) {
   constexpr int kOTiles = kHeadDim / 8;
+  static_assert(kOTiles % 4 == 0, "whole groups of four n8 tiles");
   const int64_t q_stride = static_cast<int64_t>(p.num_heads) * kHeadDim;
   const int q_rows = min(kBlock, p.seq_len - qb * kBlock);
   T* out = static_cast<T*>(p.out) + static_cast<int64_t>(qb) * kBlock * q_stride + h * kHeadDim;
+  const int t = lane % 4;  // the thread's column pair within each n8 tile
 #pragma unroll
   for (int hf = 0; hf < 2; ++hf) {
     float total = row_sum[hf];
@@ -442,13 +444,38 @@ __device__ __forceinline__ void StoreRows(const Sm90Params& p, const float (&o)[
     total += __shfl_xor_sync(0xffffffffu, total, 2);
     const float inv = total > 0.0f ? 1.0f / total : 0.0f;
     const int row = 16 * warp + lane / 4 + hf * 8;
-    if (row < q_rows) {
-      T* dst = out + row * q_stride + (lane % 4) * 2;
+    T* dst = out + row * q_stride;
 #pragma unroll
-      for (int nt = 0; nt < kOTiles; ++nt) {
-        *reinterpret_cast<uint32_t*>(dst + nt * 8) =
-            ptx::PackPair<T>(o[nt * 4 + 2 * hf] * inv, o[nt * 4 + 2 * hf + 1] * inv);
+    for (int m = 0; m < kOTiles / 4; ++m) {
+      // Word j of lane t: columns 2t, 2t + 1 of tile 4m + j. A 4 x 4
+      // transpose across the quad (two butterfly stages) leaves lane t
+      // with all eight columns of tile 4m + t: one 16-byte store a row
+      // and tile where there were four 4-byte ones, and a quad's four
+      // stores cover 64 contiguous bytes of the row.
+      uint32_t w[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int nt = 4 * m + j;
+        w[j] = ptx::PackPair<T>(o[nt * 4 + 2 * hf] * inv, o[nt * 4 + 2 * hf + 1] * inv);
       }
+#pragma unroll
+      for (int bit = 1; bit <= 2; bit <<= 1) {
+        // Words whose index differs from t in this bit trade places with
+        // the partner lane's (index ^ bit).
+        const bool high = (t & bit) != 0;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          if ((k & bit) != 0) continue;  // k: the lower index of a pair (k, k | bit)
+          const uint32_t send = high ? w[k] : w[k | bit];
+          const uint32_t got = __shfl_xor_sync(0xffffffffu, send, bit);
+          if (high) {
+            w[k] = got;
+          } else {
+            w[k | bit] = got;
+          }
+        }
+      }
+      if (row < q_rows) *reinterpret_cast<uint4*>(dst + (4 * m + t) * 8) = make_uint4(w[0], w[1], w[2], w[3]);
     }
   }
 }
