@@ -42,6 +42,7 @@
 #include "kernels/common/block_lists.h"
 #include "kernels/common/random_masks.h"
 #include "kernels/attention/attention.h"
+#include "kernels/attention/attention_sm90.h"
 #include "kernels/attention/attention_variants.h"
 #include "kernels/common/check.h"
 #include "kernels/gate/gate.h"
@@ -296,6 +297,13 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop;
   SEER_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs, %.0f MB L2\n", prop.name, prop.multiProcessorCount, prop.l2CacheSize / 1048576.0);
+  if (const int mode = seer::cuda::Sm90DecomposeMode(); mode != 0) {
+    static constexpr const char* kModes[] = {"", "no wgmma", "no copies", "neither wgmma nor copies"};
+    std::printf(
+        "DIAGNOSTIC BUILD, SEER_ATTENTION_DECOMPOSE=%d: v6 (Sm90PairsKernel) runs with %s; its outputs are "
+        "wrong and its times take the kernel apart (tools/attention_decompose.sh)\n",
+        mode, kModes[mode & 3]);
+  }
   std::printf("shape: %d heads (%d kv), causal, block 64; kAuto runs %s\n", o.heads, o.kv_heads,
               seer::cuda::FwdVariantName(seer::cuda::ResolveFwdVariant(FwdVariant::kAuto)));
   std::vector<FwdVariant> variants;

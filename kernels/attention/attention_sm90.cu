@@ -1412,6 +1412,21 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 // --- block lists, two kept blocks a step ------------------------------------
+
+// Diagnostic builds only (cmake -DSEER_ATTENTION_DECOMPOSE=N, which defines
+// the macro for this file alone; tools/attention_decompose.sh builds and runs
+// all four): they take Sm90PairsKernel apart to show what bounds it. 1: the
+// consumers issue no wgmma (S is zeros, O stays zero), so the copies, the
+// barriers and the softmax arithmetic run alone; 2: the producers copy
+// nothing (a plain arrive completes each full barrier), so the consumers
+// compute on whatever the stages hold; 3: both. The outputs of 1-3 are
+// wrong by design. 0, the default, is the kernel.
+#ifndef SEER_ATTENTION_DECOMPOSE
+#define SEER_ATTENTION_DECOMPOSE 0
+#endif
+constexpr bool kDecomposeNoMma = (SEER_ATTENTION_DECOMPOSE & 1) != 0;
+constexpr bool kDecomposeNoCopy = (SEER_ATTENTION_DECOMPOSE & 2) != 0;
+
 // Sm90Lists::kPairSteps (FwdVariant::kSm90Pairs), head_dim 64 and 128.
 // Sm90RowsKernel's CTA, roles, counters and walk (each row's list from its
 // highest block down), but each consumer step takes the next two blocks of
@@ -1505,24 +1520,32 @@ __device__ __forceinline__ void PairsProducer(const Sm90Params& p, uint8_t* smem
       const uint32_t v_dst = half + Tile::kVOffset + 2 * vs * Tile::kTileBytes;
       sm90::MbarWait(bar(Tile::kKEmpty + ks), ((u / Tile::kKPairs) & 1u) ^ 1u);
       key_block[ks] = ka;  // published by the arrive below
-      sm90::MbarArriveExpectTx(k_full, bytes);
-      if constexpr (kSplitK) {
-        static_assert(QTile::kColBlocks == 2, "kSplitK: head_dim 128");
-        constexpr int kCb = QTile::kColBlockBytes;
-        sm90::TmaLoad4dAt<0, 0>(k_dst, &p.tma_k, k_full, ka * kBlock, kvh);
-        sm90::TmaLoad4dAt<2 * kCb, 1>(k_dst, &p.tma_k, k_full, ka * kBlock, kvh);
-        if (two) {
-          sm90::TmaLoad4dAt<kCb, 0>(k_dst, &p.tma_k, k_full, kb * kBlock, kvh);
-          sm90::TmaLoad4dAt<3 * kCb, 1>(k_dst, &p.tma_k, k_full, kb * kBlock, kvh);
-        }
+      if constexpr (kDecomposeNoCopy) {
+        sm90::MbarArrive(k_full);
       } else {
-        sm90::TmaLoad4d(k_dst, &p.tma_k_tile, k_full, 0, ka * kBlock, 0, kvh);
-        if (two) sm90::TmaLoad4d(k_dst + Tile::kTileBytes, &p.tma_k_tile, k_full, 0, kb * kBlock, 0, kvh);
+        sm90::MbarArriveExpectTx(k_full, bytes);
+        if constexpr (kSplitK) {
+          static_assert(QTile::kColBlocks == 2, "kSplitK: head_dim 128");
+          constexpr int kCb = QTile::kColBlockBytes;
+          sm90::TmaLoad4dAt<0, 0>(k_dst, &p.tma_k, k_full, ka * kBlock, kvh);
+          sm90::TmaLoad4dAt<2 * kCb, 1>(k_dst, &p.tma_k, k_full, ka * kBlock, kvh);
+          if (two) {
+            sm90::TmaLoad4dAt<kCb, 0>(k_dst, &p.tma_k, k_full, kb * kBlock, kvh);
+            sm90::TmaLoad4dAt<3 * kCb, 1>(k_dst, &p.tma_k, k_full, kb * kBlock, kvh);
+          }
+        } else {
+          sm90::TmaLoad4d(k_dst, &p.tma_k_tile, k_full, 0, ka * kBlock, 0, kvh);
+          if (two) sm90::TmaLoad4d(k_dst + Tile::kTileBytes, &p.tma_k_tile, k_full, 0, kb * kBlock, 0, kvh);
+        }
       }
       sm90::MbarWait(bar(Tile::kVEmpty + vs), ((u / Tile::kVPairs) & 1u) ^ 1u);
-      sm90::MbarArriveExpectTx(v_full, bytes);
-      sm90::TmaLoad4d(v_dst, &p.tma_v_tile, v_full, 0, ka * kBlock, 0, kvh);
-      if (two) sm90::TmaLoad4d(v_dst + Tile::kTileBytes, &p.tma_v_tile, v_full, 0, kb * kBlock, 0, kvh);
+      if constexpr (kDecomposeNoCopy) {
+        sm90::MbarArrive(v_full);
+      } else {
+        sm90::MbarArriveExpectTx(v_full, bytes);
+        sm90::TmaLoad4d(v_dst, &p.tma_v_tile, v_full, 0, ka * kBlock, 0, kvh);
+        if (two) sm90::TmaLoad4d(v_dst + Tile::kTileBytes, &p.tma_v_tile, v_full, 0, kb * kBlock, 0, kvh);
+      }
       ++u;
     }
   }
@@ -1568,6 +1591,7 @@ __device__ __forceinline__ void PairsConsumer(const Sm90Params& p, uint8_t* smem
   // single block's pair reads V_a again for b's steps, whose P is zero
   // (no branch around a wgmma: ptxas serializes them).
   auto issue_pv = [&] {
+    if constexpr (kDecomposeNoMma) return;
     const int b_tile = 2 * held.stage + (held_two ? 1 : 0);
 #pragma unroll
     for (int ks = 0; ks < kHalfSteps; ++ks) {
@@ -1617,9 +1641,14 @@ __device__ __forceinline__ void PairsConsumer(const Sm90Params& p, uint8_t* smem
       sm90::WgmmaFence();
       // One m64n128 chain over the pair. A single block's b half holds
       // whatever the stage held before: masked below, never multiplied.
+      if constexpr (kDecomposeNoMma) {
 #pragma unroll
-      for (int ks = 0; ks < QTile::kKSteps; ++ks) {
-        sm90::WgmmaRS<2 * kBlock, T>::template Run<0>(s, q_frag[ks], kdesc.K(kpos.stage, ks), ks > 0 ? 1 : 0);
+        for (int i = 0; i < kSTiles * 4; ++i) s[i] = 0.0f;
+      } else {
+#pragma unroll
+        for (int ks = 0; ks < QTile::kKSteps; ++ks) {
+          sm90::WgmmaRS<2 * kBlock, T>::template Run<0>(s, q_frag[ks], kdesc.K(kpos.stage, ks), ks > 0 ? 1 : 0);
+        }
       }
       sm90::WgmmaCommit();
       if constexpr (kHaveP) {
@@ -1917,6 +1946,8 @@ bool Sm90AttentionAvailable() {
   static Sm90aAnswers answers;
   return Sm90aCodeRuns(reinterpret_cast<const void*>(Sm90FwdKernel<128, __nv_bfloat16>), answers);
 }
+
+int Sm90DecomposeMode() { return SEER_ATTENTION_DECOMPOSE; }
 
 size_t Sm90WorkspaceBytes(int num_heads, int seq_len) {
   if (num_heads <= 0 || seq_len <= 0) return 256;

@@ -33,6 +33,11 @@ bool Sm90AttentionAvailable();
 // at least this large, else it allocates from the stream's memory pool.
 size_t Sm90WorkspaceBytes(int num_heads, int seq_len);
 
+// The diagnostic mode this file was built with (SEER_ATTENTION_DECOMPOSE in
+// attention_sm90.cu): 0 for the kernel; 1-3 take Sm90PairsKernel apart and
+// give wrong outputs (1 no wgmma, 2 no copies, 3 neither).
+int Sm90DecomposeMode();
+
 // Runs the kernel; the caller has checked the shapes (ValidPrefill in
 // attention.cu) and Sm90AttentionAvailable().
 cudaError_t LaunchSm90Attention(const AttentionParams& p, Sm90Schedule schedule, Sm90Lists lists, cudaStream_t stream);
