@@ -170,12 +170,16 @@ def main(argv):
 
     masks = []
     seq_len, block = args.seq_len, 64
-    for path in args.inputs:
-        if path.endswith(".safetensors"):
-            masks += read_dump_masks(path)
-        else:
-            seq_len, block, m = read_seermsk(path)
-            masks += m
+    try:
+        for path in args.inputs:
+            if path.endswith(".safetensors"):
+                masks += read_dump_masks(path)
+            else:
+                seq_len, block, m = read_seermsk(path)
+                masks += m
+    except (OSError, ValueError) as e:
+        print(f"mask_stats.py: {e}", file=sys.stderr)
+        return 1
     nbs = {nb for _, _, nb, _ in masks}
     if (args.write_mask or args.write_uniform) and len(nbs) != 1:
         ap.error(f"--write-mask and --write-uniform need masks of one size, got block counts {sorted(nbs)}")

@@ -117,6 +117,11 @@ class MaskStatsTest(unittest.TestCase):
             write_dump(empty, [])
             with self.assertRaisesRegex(ValueError, "no block_mask tensors"):
                 ms.read_dump_masks(empty)
+            # The command line says what it could not read and exits 1, no traceback.
+            for path, message in ((bad, "not a SEERMSK1 mask"), (os.path.join(d, "missing.bin"), "No such file")):
+                with contextlib.redirect_stderr(io.StringIO()) as err:
+                    self.assertEqual(ms.main([path]), 1)
+                self.assertIn(message, err.getvalue())
 
 
 if __name__ == "__main__":
