@@ -51,6 +51,7 @@
 #include "kernels/arch/sm80_mma.cuh"
 #include "kernels/arch/sm90_available.h"
 #include "kernels/arch/sm90_ptx.cuh"
+#include "kernels/arch/tensor_map.h"
 #include "kernels/arch/sm90_wgmma.cuh"
 #include "kernels/common/check.h"
 #include "kernels/common/dispatch.h"
@@ -1803,26 +1804,12 @@ __global__ void __launch_bounds__(kOrderThreads)
 
 // --- host ---------------------------------------------------------------------
 
-PFN_cuTensorMapEncodeTiled_v12000 EncodeTiledFn() {
-  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
-    void* ptr = nullptr;
-    cudaDriverEntryPointQueryResult status;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &ptr, 12000, cudaEnableDefault, &status) !=
-            cudaSuccess ||
-        status != cudaDriverEntryPointSuccess) {
-      ptr = nullptr;
-    }
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(ptr);
-  }();
-  return fn;
-}
-
 // A kRank-D map (innermost first, kRank 3 or 4) with a (cols, box1, ...)
 // box and the swizzle.
 template <int kRank>
 cudaError_t EncodeMap(CUtensorMap* map, ElemType dtype, const void* ptr, const cuuint64_t (&dims)[kRank],
                       const cuuint64_t (&strides_bytes)[kRank - 1], const cuuint32_t (&box)[kRank], int swizzle) {
-  auto encode = EncodeTiledFn();
+  auto encode = TensorMapEncodeTiled();
   if (encode == nullptr) return cudaErrorNotSupported;
   const cuuint32_t element_strides[4] = {1, 1, 1, 1};
   const CUresult r =

@@ -55,6 +55,7 @@
 #include "kernels/arch/sm90_available.h"
 #include "kernels/arch/sm90_ptx.cuh"
 #include "kernels/arch/sm90_wgmma.cuh"
+#include "kernels/arch/tensor_map.h"
 #include "kernels/common/check.h"
 
 namespace seer::cuda {
@@ -1847,6 +1848,248 @@ __global__ void __launch_bounds__(kSgemmThreads, 1)
 #endif
 }
 
+// --- the fp16 stripes with copy-engine loads and stores (sm_90a, hidden 128) ---
+// ScoresStripeTmaKernel computes what ScoresStripeKernel<4, __half> computes,
+// with the same wgmma products in the same order (so the same scores, bit
+// for bit); the copies move to the copy engine:
+// - a producer warp (threads 256 .. 287; lane 0 works) brings each k' step
+//   (128 rows x 32 channels, hi and lo parts, 64-byte swizzle) with two TMA
+//   copies into a ring of kTmaStripeStages stages, and each key tile's 128
+//   shifts with a bulk copy into a ring of kTmaShiftSlots, all completing on
+//   the stage's full barrier; the consumers free a stage through its empty
+//   barrier (one lane a warp) once their wgmmas on it are done. No CTA
+//   barrier runs in the loop.
+// - where the score rows are 16-byte aligned (nb % 4 == 0), each consumer
+//   warpgroup writes its 64 x 128 scores of a tile into shared memory (four
+//   32-column boxes, the 128-byte swizzle) and one thread stores them with
+//   TMA: whole 128-byte lines instead of 8-byte stores from every thread.
+//   The tile on the diagonal is stored whole; the scores above the diagonal
+//   it writes are never read (the select copies a row's qb + 1 causal
+//   scores). Elsewhere the threads store their pairs, as the lockstep
+//   kernel does.
+// - the epilogue scales (and keys) a tile's 64 scores a thread in place in
+//   straight-line code, then stores them in one of three loops chosen once
+//   a tile: no branch a pair, so the 32 pairs' chains interleave. It
+//   multiplies by 2^-(shift_q + shift_k) * scale in one product (exactly
+//   the old two when the score is a normal float).
+constexpr int kTmaStripeSteps = kPrHidden / 32;  // 32 fp16 channels a step
+constexpr int kTmaStripeStages = 5;
+constexpr int kTmaShiftSlots = 3;
+constexpr int kTmaStripeThreads = kSgemmThreads + 32;
+constexpr int kTmaStripeOutBytes = 64 * kSgemmTile * 4;  // a warpgroup's 64 rows x 128 scores
+// A tile's shifts are refilled when the producer starts tile kt + slots,
+// after both warpgroups freed step 4 (kt + slots) - stages, which lies in a
+// tile after kt's (whose epilogue both have then left), when:
+static_assert(kTmaStripeSteps * (kTmaShiftSlots - 1) >= kTmaStripeStages, "shift slots outlive their tiles");
+
+struct StripeMaps {
+  CUtensorMap hi;  // k' hi parts, [heads][nb][128] fp16, box (32, 128, 1)
+  CUtensorMap lo;
+  CUtensorMap scores;  // the pass's scores, [heads][nb][nb] fp32, box (32, 64, 1); unused when !tma_store
+};
+
+constexpr size_t TmaStripeSmemBytes() {
+  return 1024 + kTmaStripeSteps * 2 * kWgPartBytes + kTmaStripeStages * kStripeStageBytes + 2 * kTmaStripeOutBytes +
+         (1 + kTmaShiftSlots) * kSgemmTile * 4 + 2 * kTmaStripeStages * 8;
+}
+
+[[maybe_unused]] __device__ __forceinline__ void NamedBarSync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+__global__ void __launch_bounds__(kTmaStripeThreads, 1)
+    ScoresStripeTmaKernel(const __grid_constant__ StripeMaps maps, const int32_t* k_shift, const float* pooled_q,
+                          const float* rope, int heads, int nb, int head0, float scale, bool keys, bool tma_store,
+                          float* scores) {
+  SEER_GATE_TRACE_CTA(5);
+  ChainedKernelStart();
+  SEER_GATE_TRACE_READY();
+#if defined(SEER_SM90A_ENABLED)
+  constexpr int kSteps = kTmaStripeSteps;
+  constexpr int kStages = kTmaStripeStages;
+  extern __shared__ __align__(16) unsigned char wg_smem[];
+  const uint32_t base = sm90::SmemAddr(wg_smem);
+  const uint32_t a_smem = base + (1024u - base % 1024u) % 1024u;  // q': hi, lo of each step
+  const uint32_t b_smem = a_smem + kSteps * 2 * kWgPartBytes;  // the k' ring
+  const uint32_t out_smem = b_smem + kStages * kStripeStageBytes;  // each warpgroup's scores of a tile
+  const uint32_t shift_smem = out_smem + 2 * kTmaStripeOutBytes;  // q' rows' shifts, then the k' shift ring
+  const uint32_t bars = shift_smem + (1 + kTmaShiftSlots) * kSgemmTile * 4;  // full[kStages], empty[kStages]
+  int* const q_shift = reinterpret_cast<int*>(wg_smem + (shift_smem - base));
+  const int* const k_shift_ring = q_shift + kSgemmTile;
+  auto full = [&](int stage) { return bars + 8 * stage; };
+  auto empty = [&](int stage) { return bars + 8 * (kStages + stage); };
+  const int row_tiles = (nb + kSgemmTile - 1) / kSgemmTile;
+  const int qt = row_tiles - 1 - static_cast<int>(blockIdx.y);  // the longest stripes first
+  const int hl = static_cast<int>(blockIdx.x);
+  const int q_first = qt * kSgemmTile;
+  const int total = (qt + 1) * kSteps;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      sm90::MbarInit(full(s), 1);  // the producer's arrive + the bytes
+      sm90::MbarInit(empty(s), 2 * 4);  // one lane per consumer warp
+    }
+    sm90::FenceBarrierInit();
+  }
+  __syncthreads();
+
+  if (threadIdx.x >= kSgemmThreads) {  // the producer warp
+    if (threadIdx.x == kSgemmThreads) {
+      sm90::PrefetchTensorMap(&maps.hi);
+      sm90::PrefetchTensorMap(&maps.lo);
+      const int32_t* const head_shift = k_shift + (head0 + hl) * StripeShiftPitch(nb);
+      for (int u = 0; u < total; ++u) {
+        const int stage = u % kStages;
+        const int kt = u / kSteps;
+        const int s = u % kSteps;
+        if (u >= kStages) sm90::MbarWait(empty(stage), (u / kStages - 1) & 1);
+        const uint32_t dst = b_smem + stage * kStripeStageBytes;
+        sm90::MbarArriveExpectTx(full(stage), kStripeStageBytes + (s == 0 ? kSgemmTile * 4 : 0));
+        sm90::TmaLoad3d(dst, &maps.hi, full(stage), s * 32, kt * kSgemmTile, head0 + hl);
+        sm90::TmaLoad3d(dst + kWgPartBytes, &maps.lo, full(stage), s * 32, kt * kSgemmTile, head0 + hl);
+        if (s == 0) {  // the tile's 128 shifts (the pitch pads each head to whole tiles)
+          sm90::BulkLoad(shift_smem + (1 + kt % kTmaShiftSlots) * kSgemmTile * 4, head_shift + kt * kSgemmTile,
+                         kSgemmTile * 4, full(stage));
+        }
+      }
+    }
+    return;
+  }
+
+  // The q' stripe, rotated and split by the 256 consumer threads.
+  RotateQStripeF16<kPrHidden>(pooled_q, rope, heads, head0 + hl, nb, q_first, wg_smem + (a_smem - base), q_shift);
+  sm90::FenceProxyAsync();  // the generic writes, before wgmma reads them
+  NamedBarSync(1, kSgemmThreads);
+
+  const int wg = threadIdx.x / 128;
+  const int lane = threadIdx.x % 32;
+  const int g = lane / 4;
+  const int t = lane % 4;
+  const bool storer = threadIdx.x % 128 == 0;  // issues the warpgroup's TMA stores
+  const int rw0 = 16 * (threadIdx.x / 32 % 4) + g;  // the thread's rows in the warpgroup's 64: rw0, rw0 + 8
+  float* out = scores + static_cast<int64_t>(hl) * nb * nb;
+  const bool pairs = nb % 2 == 0;  // float2 stores stay 8-byte aligned
+  const uint32_t a = a_smem + wg * 64 * 64;  // the warpgroup's 64 rows of q'
+  const uint32_t staged = out_smem + wg * kTmaStripeOutBytes;
+  if (tma_store && storer) sm90::PrefetchTensorMap(&maps.scores);
+  float acc[64];
+  for (int kt = 0; kt <= qt; ++kt) {
+#pragma unroll
+    for (int s = 0; s < kSteps; ++s) {
+      const int u = kt * kSteps + s;
+      const int stage = u % kStages;
+      sm90::MbarWait(full(stage), (u / kStages) & 1);
+      const uint32_t b = b_smem + stage * kStripeStageBytes;
+      sm90::WgmmaFence();
+#pragma unroll
+      for (int kk = 0; kk < 2; ++kk) {
+        const uint32_t k_off = kk * 32;  // 16 fp16 channels
+        const uint64_t a_hi = sm90::MatrixDesc(a + s * 2 * kWgPartBytes + k_off, 16, 512, 64);
+        const uint64_t a_lo = sm90::MatrixDesc(a + s * 2 * kWgPartBytes + kWgPartBytes + k_off, 16, 512, 64);
+        const uint64_t b_hi = sm90::MatrixDesc(b + k_off, 16, 512, 64);
+        const uint64_t b_lo = sm90::MatrixDesc(b + kWgPartBytes + k_off, 16, 512, 64);
+        using Mma = sm90::WgmmaSSF16<128>;
+        Mma::Run(acc, a_lo, b_hi, s > 0 || kk > 0);  // a tile's first product starts it
+        Mma::Run(acc, a_hi, b_lo, 1);
+        Mma::Run(acc, a_hi, b_hi, 1);
+      }
+      sm90::WgmmaCommit();
+      if (s > 0) {
+        sm90::WgmmaWait<1>();  // step u - 1's products are done: its stage may be refilled
+        if (lane == 0) sm90::MbarArrive(empty((u - 1) % kStages));
+      }
+    }
+    sm90::WgmmaWait<0>();
+    sm90::FenceRegs(acc);
+    if (lane == 0) sm90::MbarArrive(empty(((kt + 1) * kSteps - 1) % kStages));
+
+    // Key tile kt's scores out: first scaled (and keyed) in place, in
+    // straight-line code, then stored by one of three loops, chosen once.
+    const int k_first = kt * kSgemmTile;
+    const int* const tile_shift = k_shift_ring + kt % kTmaShiftSlots * kSgemmTile;
+    // scale * 2^-shift_q of the thread's two rows as float bits; shift_k <<
+    // 23 comes off per column (|shift_q + shift_k| <= 120: a normal float,
+    // and a * 2^-(shift_q + shift_k) * scale rounds once, as a * 2^-(...)
+    // (exact) times scale did).
+    int row_bits[2];
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) row_bits[hh] = __float_as_int(scale) - (q_shift[64 * wg + rw0 + 8 * hh] << 23);
+    auto scale_tile = [&](auto keyed) {
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        const int2 col_bits = *reinterpret_cast<const int2*>(tile_shift + 8 * j + 2 * t);
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          float v0 = acc[4 * j + 2 * hh] * __int_as_float(row_bits[hh] - col_bits.x);
+          float v1 = acc[4 * j + 2 * hh + 1] * __int_as_float(row_bits[hh] - col_bits.y);
+          if constexpr (decltype(keyed)::value) {
+            v0 = __uint_as_float(OrderKey(v0));
+            v1 = __uint_as_float(OrderKey(v1));
+          }
+          acc[4 * j + 2 * hh] = v0;
+          acc[4 * j + 2 * hh + 1] = v1;
+        }
+      }
+    };
+    if (keys) {
+      scale_tile(std::true_type{});
+    } else {
+      scale_tile(std::false_type{});
+    }
+    if (tma_store) {
+      if (kt > 0) {  // the tile before has been read out of the staging buffer
+        if (storer) sm90::BulkWaitRead<0>();
+        NamedBarSync(2 + wg, 128);
+      }
+      // Box j / 4 (columns 32 (j / 4) ..) of 128-byte rows; row rw's 16-byte
+      // chunk 2 (j % 4) + t / 2 at its swizzled place (chunk ^ rw % 8, and
+      // rw % 8 == g).
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const uint32_t row_at = staged + (rw0 + 8 * hh) * 128 + (t % 2) * 8;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+          const uint32_t at = row_at + (j / 4) * (64 * 128) + (((2 * (j % 4) + t / 2) ^ g) << 4);
+          asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(at), "f"(acc[4 * j + 2 * hh]),
+                       "f"(acc[4 * j + 2 * hh + 1])
+                       : "memory");
+        }
+      }
+      sm90::FenceProxyAsync();  // the staged scores, before the copy engine reads them
+      NamedBarSync(2 + wg, 128);
+      if (storer) {
+#pragma unroll
+        for (int box = 0; box < 4; ++box) {
+          sm90::TmaStore3d(&maps.scores, staged + box * (64 * 128), k_first + 32 * box, q_first + 64 * wg, hl);
+        }
+        sm90::BulkCommit();
+      }
+    } else {
+      const bool below = kt < qt && pairs;  // every pair of the tile is stored, 8-byte aligned
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const int qb = q_first + 64 * wg + rw0 + 8 * hh;
+        if (qb >= nb) continue;
+        float* orow = out + static_cast<int64_t>(qb) * nb + k_first + 2 * t;
+        if (below) {
+#pragma unroll
+          for (int j = 0; j < 16; ++j) {
+            *reinterpret_cast<float2*>(orow + 8 * j) = make_float2(acc[4 * j + 2 * hh], acc[4 * j + 2 * hh + 1]);
+          }
+        } else {
+#pragma unroll
+          for (int j = 0; j < 16; ++j) {
+            StoreScorePair(orow - k_first - 2 * t, qb, k_first + 8 * j + 2 * t, acc[4 * j + 2 * hh],
+                           acc[4 * j + 2 * hh + 1], pairs);
+          }
+        }
+      }
+    }
+    sm90::FenceProxyAsync();  // the shift slot's reads, before a copy refills it
+  }
+  if (tma_store && storer) sm90::BulkWait<0>();  // stored, and the staging buffer read, before the CTA ends
+#endif
+}
+
 // ScoresStripeKernel on tf32 for hidden = kWgK * steps, steps <= kStripeMaxSteps.
 using StripeKernelFn = void (*)(const float*, const float*, const float*, const float*, const int32_t*, const float*,
                                 const float*, int, int, int, float, bool, float*);
@@ -3364,6 +3607,40 @@ std::atomic<int> select_sample_rank_for_test{kSampleAuto};
 // SelectKernel on the scores of `heads` heads from head0 on ([heads, nb, nb],
 // 16-byte aligned): nz_ratio and dense rows write their lists, threshold rows
 // their bitmaps and counts (then LaunchLists).
+// ScoresStripeTmaKernel's map of k' (hi or lo parts: [heads][nb][128]
+// fp16): boxes of 32 channels (a 64-byte row, the 64-byte swizzle) of 128
+// rows of one head; rows past nb read as zeros.
+cudaError_t EncodeStripeMap(CUtensorMap* map, const void* parts, int heads, int nb) {
+  const auto encode = TensorMapEncodeTiled();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t row_bytes = kPrHidden * sizeof(__half);
+  const cuuint64_t dims[3] = {kPrHidden, static_cast<cuuint64_t>(nb), static_cast<cuuint64_t>(heads)};
+  const cuuint64_t strides[2] = {row_bytes, row_bytes * static_cast<cuuint64_t>(nb)};
+  const cuuint32_t box[3] = {32, kSgemmTile, 1};
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 3, const_cast<void*>(parts), dims, strides, box,
+                            element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_64B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+// ScoresStripeTmaKernel's map of a pass's scores ([heads][nb][nb] fp32, nb
+// % 4 == 0): boxes of 32 columns (128-byte rows, the 128-byte swizzle) of
+// 64 rows; what lies past nb is not written.
+cudaError_t EncodeScoresMap(CUtensorMap* map, float* scores, int heads, int nb) {
+  const auto encode = TensorMapEncodeTiled();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t row_bytes = static_cast<cuuint64_t>(nb) * sizeof(float);
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(nb), static_cast<cuuint64_t>(nb), static_cast<cuuint64_t>(heads)};
+  const cuuint64_t strides[2] = {row_bytes, row_bytes * static_cast<cuuint64_t>(nb)};
+  const cuuint32_t box[3] = {32, 64, 1};
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 3, scores, dims, strides, box, element_strides,
+                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
+                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
 cudaError_t LaunchSelect(const GateParams& p, int nb, int words, int head0, int heads, int64_t topk,
                          int first_dense_row, const float* scores, uint32_t* bitmap, int32_t* counts, bool keys_in,
                          bool chained, cudaStream_t stream) {
@@ -3395,6 +3672,7 @@ bool Aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 =
 std::atomic<bool> portable_pool_for_test{false};
 std::atomic<bool> simt_unfused_for_test{false};
 std::atomic<bool> mma_sync_for_test{false};
+std::atomic<bool> lockstep_stripes_for_test{false};
 
 // Whether this device runs BulkPoolKernel's sm_90a code (an H100/H200 and a
 // binary built with sm_90a).
@@ -3730,7 +4008,20 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     auto stripe_f16 = ScoresStripeKernel<kPrHidden / 32, __half>;
     constexpr size_t f16_smem = StripeSmemBytes<__half>();
     constexpr size_t tf32_smem = StripeSmemBytes<float>();
-    if (f16_stripes) {
+    // The fp16 stripes with a copy-engine producer where the driver encodes
+    // tensor maps (the lockstep kernel otherwise, and under the test hook).
+    StripeMaps stripe_maps{};
+    const bool lockstep_stripes =
+        f16_stripes && (lockstep_stripes_for_test.load(std::memory_order_relaxed) || TensorMapEncodeTiled() == nullptr);
+    // Score rows 16-byte aligned: the copy engine stores them too.
+    const bool tma_store = nb % 4 == 0;
+    if (f16_stripes && !lockstep_stripes) {
+      SEER_CUDA_RETURN_IF_ERROR(EncodeStripeMap(&stripe_maps.hi, kp, p.num_heads, nb));
+      SEER_CUDA_RETURN_IF_ERROR(EncodeStripeMap(&stripe_maps.lo, kp_lo, p.num_heads, nb));
+      if (tma_store) SEER_CUDA_RETURN_IF_ERROR(EncodeScoresMap(&stripe_maps.scores, scores, g.heads_per_pass, nb));
+      SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(ScoresStripeTmaKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                     static_cast<int>(TmaStripeSmemBytes())));
+    } else if (f16_stripes) {
       SEER_CUDA_RETURN_IF_ERROR(
           cudaFuncSetAttribute(stripe_f16, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(f16_smem)));
     } else if (wgmma) {
@@ -3743,7 +4034,12 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     for (int head0 = 0; head0 < p.num_heads; head0 += g.heads_per_pass) {
       const int heads = p.num_heads - head0 < g.heads_per_pass ? p.num_heads - head0 : g.heads_per_pass;
       const dim3 grid(tiles * (tiles + 1) / 2, heads);
-      if (f16_stripes) {
+      if (f16_stripes && !lockstep_stripes) {
+        SEER_CUDA_RETURN_IF_ERROR(LaunchChained(chain, ScoresStripeTmaKernel, dim3(heads, tiles), kTmaStripeThreads,
+                                                TmaStripeSmemBytes(), stream, stripe_maps,
+                                                static_cast<const int32_t*>(k_shift), pooled_q, rope, p.num_heads, nb,
+                                                head0, scale, score_keys, tma_store, scores));
+      } else if (f16_stripes) {
         const __half* kp16 = reinterpret_cast<const __half*>(kp);
         const __half* kp16_lo = reinterpret_cast<const __half*>(kp_lo);
         SEER_CUDA_RETURN_IF_ERROR(LaunchChained(
@@ -3771,6 +4067,11 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
 
   // lists (threshold rows: counts and bitmaps -> offsets and indices)
   return LaunchLists(p, nb, g.words, bitmap, counts, stream);
+}
+
+bool UseLockstepStripesForTest(bool lockstep) {
+  lockstep_stripes_for_test.store(lockstep, std::memory_order_relaxed);
+  return ScoresWgmmaAvailable() && TensorMapEncodeTiled() != nullptr;
 }
 
 void UseSimtUnfusedGateForTest(bool simt) { simt_unfused_for_test.store(simt, std::memory_order_relaxed); }

@@ -487,13 +487,18 @@ class GateGpuTest : public ::testing::Test {
         EXPECT_EQ(indices2, indices) << "indices: without probs vs with";
       }
 
-      // Where the bulk-copy pool runs (sm_90), the portable pool must give
-      // the same bits: same lists, same probabilities.
-      if (cuda::UsePortablePoolForTest(true)) {
+      // Reruns the pass with a test hook on (hook(true) answers whether the
+      // hook changes the kernels that run on this device) and requires the
+      // same bits: same lists, same probabilities.
+      auto expect_same_bits = [&](bool (*hook)(bool), const char* what) {
+        if (!hook(true)) {
+          hook(false);
+          return;
+        }
         ASSERT_CUDA(cudaMemset(doffsets.get(), 0xFF, (static_cast<size_t>(Hq) * nb + 1) * 4));
         ASSERT_CUDA(cudaMemset(dprobs.get(), 0xFF, static_cast<size_t>(Hq) * nb * nb * 4));
         const cudaError_t run = run_pass();
-        cuda::UsePortablePoolForTest(false);
+        hook(false);
         ASSERT_CUDA(run);
         ASSERT_CUDA(cudaDeviceSynchronize());
         std::vector<int32_t> offsets2(offsets.size()), indices2(indices.size());
@@ -503,13 +508,20 @@ class GateGpuTest : public ::testing::Test {
         if (!indices2.empty()) {
           ASSERT_CUDA(cudaMemcpy(indices2.data(), dindices.get(), indices2.size() * 4, cudaMemcpyDeviceToHost));
         }
-        EXPECT_EQ(offsets2, offsets) << "offsets: portable pool vs bulk-copy pool";
-        EXPECT_EQ(indices2, indices) << "indices: portable pool vs bulk-copy pool";
+        EXPECT_EQ(offsets2, offsets) << "offsets: " << what;
+        EXPECT_EQ(indices2, indices) << "indices: " << what;
         EXPECT_EQ(std::memcmp(probs2.data(), probs.data(), probs.size() * 4), 0)
-            << "probabilities: portable pool vs bulk-copy pool, not the same bits";
-      } else {
-        cuda::UsePortablePoolForTest(false);
+            << "probabilities: " << what << ", not the same bits";
+      };
+      // Where the bulk-copy pool runs (sm_90), the portable pool.
+      expect_same_bits(cuda::UsePortablePoolForTest, "portable pool vs bulk-copy pool");
+      // Where the fp16 stripes run with copy-engine loads and stores
+      // (sm_90a), the lockstep stripe kernel: the same wgmma products in the
+      // same order, the same scale.
+      if (variant == cuda::GateVariant::kUnfused && !pass.simt_unfused && !pass.mma_sync) {
+        expect_same_bits(cuda::UseLockstepStripesForTest, "lockstep stripes vs copy-engine stripes");
       }
+      if (HasFatalFailure()) return;
 
       // Well-formed lists, read back into a mask.
       BlockMask gpu_mask = BlockMask::Dense(Hq, L, 64);
@@ -675,6 +687,11 @@ TEST_F(GateGpuTest, LongShapes) {
       // Long enough that the fused gate holds fewer rows per CTA (8).
       {60000, 4, 1, 128, 128, false, false, true, "nz_ratio=0.1", false, 0, false, bf},
       {60000, 4, 2, 128, 128, false, false, false, "threshold=0.002", true, 0, false, fp},
+      // Score rows 16-byte aligned (nb % 4 == 0) over several stripes, the
+      // last one partial, one of them in passes of 3 heads: the fp16
+      // stripes store through the copy engine (sm_90a).
+      {64 * 300 - 5, 4, 2, 128, 128, false, false, false, "nz_ratio=0.1", false, 0, false, bf},
+      {64 * 512, 8, 2, 128, 128, false, false, true, "threshold=0.002", true, 3, false, fp},
   };
   for (const GateCase& c : cases) Run(c);
 }
