@@ -122,9 +122,9 @@ bool UseMmaSyncForTest(bool mma_sync);
 // TEST HOOK, for kernels/gate/gate_gpu_test.cc only: with `lockstep` true,
 // every later unfused gate in the process scores its fp16 stripes with the
 // lockstep kernel (all threads copy, a CTA barrier a step) instead of the
-// one with a copy-engine producer and alternating warpgroups; false
-// restores the default. Returns whether this device runs the latter by
-// default where the stripes are fp16 (the two must give the same bits).
+// one whose loads and stores go through the copy engine; false restores
+// the default. Returns whether this device runs the latter by default
+// where the stripes are fp16 (the two must give the same bits).
 bool UseLockstepStripesForTest(bool lockstep);
 
 // TEST HOOK, for kernels/gate/gate_gpu_test.cc only: the gate's pool step
