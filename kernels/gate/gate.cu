@@ -3604,9 +3604,6 @@ cudaError_t LaunchRope(const GateParams& p, int nb, const float* pooled_q, const
 // fixed rank under SampleSelectRankForTest).
 std::atomic<int> select_sample_rank_for_test{kSampleAuto};
 
-// SelectKernel on the scores of `heads` heads from head0 on ([heads, nb, nb],
-// 16-byte aligned): nz_ratio and dense rows write their lists, threshold rows
-// their bitmaps and counts (then LaunchLists).
 // ScoresStripeTmaKernel's map of k' (hi or lo parts: [heads][nb][128]
 // fp16): boxes of 32 channels (a 64-byte row, the 64-byte swizzle) of 128
 // rows of one head; rows past nb read as zeros.
@@ -3641,6 +3638,9 @@ cudaError_t EncodeScoresMap(CUtensorMap* map, float* scores, int heads, int nb) 
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
+// SelectKernel on the scores of `heads` heads from head0 on ([heads, nb, nb],
+// 16-byte aligned): nz_ratio and dense rows write their lists, threshold rows
+// their bitmaps and counts (then LaunchLists).
 cudaError_t LaunchSelect(const GateParams& p, int nb, int words, int head0, int heads, int64_t topk,
                          int first_dense_row, const float* scores, uint32_t* bitmap, int32_t* counts, bool keys_in,
                          bool chained, cudaStream_t stream) {
