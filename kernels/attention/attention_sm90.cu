@@ -1809,15 +1809,10 @@ __global__ void __launch_bounds__(kOrderThreads)
 template <int kRank>
 cudaError_t EncodeMap(CUtensorMap* map, ElemType dtype, const void* ptr, const cuuint64_t (&dims)[kRank],
                       const cuuint64_t (&strides_bytes)[kRank - 1], const cuuint32_t (&box)[kRank], int swizzle) {
-  auto encode = TensorMapEncodeTiled();
-  if (encode == nullptr) return cudaErrorNotSupported;
-  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
-  const CUresult r =
-      encode(map, dtype == ElemType::kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, kRank,
-             const_cast<void*>(ptr), dims, strides_bytes, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-             swizzle == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
-             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+  return EncodeTiledMap<kRank>(
+      map, dtype == ElemType::kBF16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, ptr, dims,
+      strides_bytes, box, swizzle == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
+      CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
 }
 
 int NumPairs(int seq_len) {

@@ -3675,51 +3675,33 @@ std::atomic<int> select_sample_rank_for_test{kSampleAuto};
 // fp16): boxes of 32 channels (a 64-byte row, the 64-byte swizzle) of 128
 // rows of one head; rows past nb read as zeros.
 cudaError_t EncodeStripeMap(CUtensorMap* map, const void* parts, int heads, int nb) {
-  const auto encode = TensorMapEncodeTiled();
-  if (encode == nullptr) return cudaErrorNotSupported;
   const cuuint64_t row_bytes = kPrHidden * sizeof(__half);
-  const cuuint64_t dims[3] = {kPrHidden, static_cast<cuuint64_t>(nb), static_cast<cuuint64_t>(heads)};
-  const cuuint64_t strides[2] = {row_bytes, row_bytes * static_cast<cuuint64_t>(nb)};
-  const cuuint32_t box[3] = {32, kSgemmTile, 1};
-  const cuuint32_t element_strides[3] = {1, 1, 1};
-  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 3, const_cast<void*>(parts), dims, strides, box,
-                            element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_64B,
-                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+  return EncodeTiledMap<3>(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, parts,
+                           {kPrHidden, static_cast<cuuint64_t>(nb), static_cast<cuuint64_t>(heads)},
+                           {row_bytes, row_bytes * static_cast<cuuint64_t>(nb)}, {32, kSgemmTile, 1},
+                           CU_TENSOR_MAP_SWIZZLE_64B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
 }
 
 // ScoresStripeTmaKernel's map of the pooled Q ([nb][heads][128] fp32):
 // boxes of one head's 128 rows (a stripe's), whole rows; rows past nb read
 // as zeros.
 cudaError_t EncodeQStripeMap(CUtensorMap* map, const float* pooled_q, int heads, int nb) {
-  const auto encode = TensorMapEncodeTiled();
-  if (encode == nullptr) return cudaErrorNotSupported;
   const cuuint64_t row_bytes = kPrHidden * sizeof(float);
-  const cuuint64_t dims[3] = {kPrHidden, static_cast<cuuint64_t>(heads), static_cast<cuuint64_t>(nb)};
-  const cuuint64_t strides[2] = {row_bytes, row_bytes * static_cast<cuuint64_t>(heads)};
-  const cuuint32_t box[3] = {kPrHidden, 1, kSgemmTile};
-  const cuuint32_t element_strides[3] = {1, 1, 1};
-  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 3, const_cast<float*>(pooled_q), dims, strides, box,
-                            element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
-                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+  return EncodeTiledMap<3>(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, pooled_q,
+                           {kPrHidden, static_cast<cuuint64_t>(heads), static_cast<cuuint64_t>(nb)},
+                           {row_bytes, row_bytes * static_cast<cuuint64_t>(heads)}, {kPrHidden, 1, kSgemmTile},
+                           CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
 }
 
 // ScoresStripeTmaKernel's map of a pass's scores ([heads][nb][nb] fp32, nb
 // % 4 == 0): boxes of 32 columns (128-byte rows, the 128-byte swizzle) of
 // 64 rows; what lies past nb is not written.
 cudaError_t EncodeScoresMap(CUtensorMap* map, float* scores, int heads, int nb) {
-  const auto encode = TensorMapEncodeTiled();
-  if (encode == nullptr) return cudaErrorNotSupported;
   const cuuint64_t row_bytes = static_cast<cuuint64_t>(nb) * sizeof(float);
-  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(nb), static_cast<cuuint64_t>(nb), static_cast<cuuint64_t>(heads)};
-  const cuuint64_t strides[2] = {row_bytes, row_bytes * static_cast<cuuint64_t>(nb)};
-  const cuuint32_t box[3] = {32, 64, 1};
-  const cuuint32_t element_strides[3] = {1, 1, 1};
-  const CUresult r = encode(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, 3, scores, dims, strides, box, element_strides,
-                            CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE,
-                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+  return EncodeTiledMap<3>(map, CU_TENSOR_MAP_DATA_TYPE_FLOAT32, scores,
+                           {static_cast<cuuint64_t>(nb), static_cast<cuuint64_t>(nb), static_cast<cuuint64_t>(heads)},
+                           {row_bytes, row_bytes * static_cast<cuuint64_t>(nb)}, {32, 64, 1},
+                           CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE);
 }
 
 // SelectKernel on the scores of `heads` heads from head0 on ([heads, nb, nb],
