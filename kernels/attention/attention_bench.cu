@@ -19,7 +19,11 @@
 //   keep[h][qb][kb] (nb x nb per head) packed 8 per byte, LSB first.
 //
 // Timing: CUDA events around each launch, after warm-up; the median of the
-// timed runs. Inputs are random (never zeros). FLOPs: effective = 4 S^2 D H / 2
+// timed runs. The GPU is idle when the start event is recorded, so a time
+// includes the host's launch latency, as the peers' times do (their script
+// times the same way). --queued instead runs a 200 us spin kernel before the
+// start event, so that the host has queued the launches before the GPU
+// reaches it: the GPU's time alone, as in a pipeline that runs ahead. Inputs are random (never zeros). FLOPs: effective = 4 S^2 D H / 2
 // (causal); "computed" counts 4 * 64 * 64 * D per block actually computed.
 
 #include <algorithm>
@@ -69,6 +73,7 @@ struct Options {
   bool topk_masks = false;  // --masks=topk
   std::vector<std::string> masks_from;  // SEERMSK1 files, timed beside the generated masks
   bool gate = true;
+  bool queued = false;  // --queued: the launches queued behind a spin kernel
 };
 
 using seer::bench::SplitCommas;
@@ -120,13 +125,15 @@ bool ParseArgs(int argc, char** argv, Options* o) {
       o->masks_dir = v;
     } else if (a == "--no-gate") {
       o->gate = false;
+    } else if (a == "--queued") {
+      o->queued = true;
     } else {
       std::fprintf(
           stderr,
           "usage: %s [--seqs=8192,32768,131072] [--sparsities=0,0.5,0.9] [--dtypes=bf16,fp16]\n"
           "          [--variants=v2,v3,v4 (auto,v1,v2,v3,v3s,v4)] [--heads=32] [--kv-heads=32] [--dims=64,128]\n"
           "          [--warmup=2] [--min-seconds=0.5] [--min-iters=3] [--max-iters=50] [--masks-dir=DIR]\n"
-          "          [--masks=uniform|topk] [--masks-from=FILE,...] [--no-gate]\n",
+          "          [--masks=uniform|topk] [--masks-from=FILE,...] [--no-gate] [--queued]\n",
           argv[0]);
       return false;
     }
@@ -152,6 +159,15 @@ std::string MaskName(int seq, double sparsity) {
   return buf;
 }
 
+// Holds the stream for `ns` nanoseconds of the GPU's clock (--queued).
+__global__ void SpinKernel(uint64_t ns) {
+  uint64_t t0, t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  do {
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  } while (t - t0 < ns);
+}
+
 // Median milliseconds of `launch` (which returns cudaError_t).
 template <typename Fn>
 double TimeMs(const Options& o, Fn launch) {
@@ -164,6 +180,10 @@ double TimeMs(const Options& o, Fn launch) {
   double total = 0.0;
   while (static_cast<int>(ms.size()) < o.max_iters &&
          (static_cast<int>(ms.size()) < o.min_iters || total < o.min_seconds * 1e3)) {
+    if (o.queued) {
+      SpinKernel<<<1, 1>>>(200000);
+      SEER_CUDA_CHECK(cudaGetLastError());
+    }
     SEER_CUDA_CHECK(cudaEventRecord(start));
     SEER_CUDA_CHECK(launch());
     SEER_CUDA_CHECK(cudaEventRecord(stop));
