@@ -1,5 +1,5 @@
 // Attention benchmark: Seer's block-sparse kernels (by default the FA2-class
-// v2 and the sm90 v3 and v4) at 8k, 32k and 128k tokens x sparsity 0, 0.5 and 0.9
+// v2 and the sm90 v3, v4 and v6) at 8k, 32k and 128k tokens x sparsity 0, 0.5 and 0.9
 // x head dim 64 and 128 (32 heads, 32 KV heads unless --kv-heads, causal,
 // bf16 unless --dtypes), and the GPU gate (old multi-kernel vs fused) as a
 // share of the sparse attention time. Prints tables.
@@ -32,8 +32,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <cuda_bf16.h>
@@ -91,13 +93,18 @@ bool ParseArgs(int argc, char** argv, Options* o) {
     } else if (const char* v = value("--variants")) {
       o->variants.clear();
       for (const auto& s : SplitCommas(v)) {
-        o->variants.push_back(s == "v1"    ? FwdVariant::kRows16PerWarp
-                              : s == "v2"  ? FwdVariant::kRows32PerWarp
-                              : s == "v3"  ? FwdVariant::kSm90
-                              : s == "v3s" ? FwdVariant::kSm90Static
-                              : s == "v4"  ? FwdVariant::kSm90Rows
-                              : s == "v6"  ? FwdVariant::kSm90Pairs
-                                           : FwdVariant::kAuto);
+        static const std::pair<const char*, FwdVariant> kNames[] = {
+            {"auto", FwdVariant::kAuto},    {"v1", FwdVariant::kRows16PerWarp}, {"v2", FwdVariant::kRows32PerWarp},
+            {"v3", FwdVariant::kSm90},      {"v3s", FwdVariant::kSm90Static},   {"v4", FwdVariant::kSm90Rows},
+            {"v6", FwdVariant::kSm90Pairs},
+        };
+        const auto* it =
+            std::find_if(std::begin(kNames), std::end(kNames), [&](const auto& n) { return s == n.first; });
+        if (it == std::end(kNames)) {
+          std::fprintf(stderr, "--variants: unknown variant '%s' (auto, v1, v2, v3, v3s, v4, v6)\n", s.c_str());
+          return false;
+        }
+        o->variants.push_back(it->second);
       }
     } else if (const char* v = value("--heads")) {
       o->heads = std::atoi(v);
@@ -131,7 +138,7 @@ bool ParseArgs(int argc, char** argv, Options* o) {
       std::fprintf(
           stderr,
           "usage: %s [--seqs=8192,32768,131072] [--sparsities=0,0.5,0.9] [--dtypes=bf16,fp16]\n"
-          "          [--variants=v2,v3,v4 (auto,v1,v2,v3,v3s,v4)] [--heads=32] [--kv-heads=32] [--dims=64,128]\n"
+          "          [--variants=v2,v3,v4,v6 (auto,v1,v2,v3,v3s,v4,v6)] [--heads=32] [--kv-heads=32] [--dims=64,128]\n"
           "          [--warmup=2] [--min-seconds=0.5] [--min-iters=3] [--max-iters=50] [--masks-dir=DIR]\n"
           "          [--masks=uniform|topk] [--masks-from=FILE,...] [--no-gate] [--queued]\n",
           argv[0]);
