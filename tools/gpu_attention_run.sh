@@ -133,7 +133,7 @@ if has_step peers; then
   PYTHONUNBUFFERED=1 timeout "$STEP_TIMEOUT" python3 kernels/attention/attention_peers.py --masks-dir "$MASKS_DIR" \
     ${PEERS_ARGS:-} >"$OUT/peers.log" 2>&1
   rc=$?
-  note "bench_attention_peers.py rc=$rc ($((SECONDS - t0)) s)"
+  note "attention_peers.py rc=$rc ($((SECONDS - t0)) s)"
   [[ $rc -ne 0 ]] && { tail -20 "$OUT/peers.log"; status=1; }
 fi
 

@@ -5,7 +5,7 @@
 #   bin/  seer-prefill, seer-decode, seer, seer-kv-stream-bench (when gRPC is
 #         found), seer_gpu_tests, seer-prefill-bench, seer-random-checkpoint,
 #         seer-kv-wire-error, seer-kv-quant-bench, seer-l2-read-bench,
-#         seer-pool-rate-bench,
+#         seer-pool-rate-bench, seer-attention-bench, seer-decode-bench,
 #         seer-train, seer-quality-eval, seer-distill-target-bench,
 #         seer_nccl_gpu_tests and seer-nccl-kv-bench (when NCCL is found),
 #         seer_disagg_gpu_tests (the servers on GPUs; SEER_BIN_DIR=<bundle>/bin

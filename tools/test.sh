@@ -16,13 +16,13 @@ cd "$(dirname "$0")/.."
 bash tools/install-deps.sh
 
 jobs=$(nproc)
-echo "== [1/3] release build + tests"
+echo "== [1/4] release build + tests"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
 cmake --build build -j "$jobs"
 logs="$(mktemp -d)"
 ctest --test-dir build --output-on-failure -j "$jobs" 2>&1 | tee "$logs/release.log"
 
-echo "== [ops] deploy/: Prometheus, promtool, manifests, Dockerfile; the OpenAI API with the openai client"
+echo "== [2/4] deploy/: Prometheus, promtool, manifests, Dockerfile; the OpenAI API with the openai client"
 # Pinned by tests/ops/package-lock.json (no registry addresses in it).
 (cd tests/ops && npm ci --no-audit --no-fund --loglevel=error)
 node tests/ops/check_observability.mjs build/bin
@@ -30,7 +30,7 @@ node tests/ops/check_openai.mjs build/bin
 node tests/ops/check_manifests.mjs
 
 if [ "${SEER_SKIP_SANITIZE:-0}" != 1 ]; then
-  echo "== [2/3] engine tests under ASan + UBSan"
+  echo "== [3/4] engine tests under ASan + UBSan"
   cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DSEER_SANITIZE=ON \
         -DSEER_ENABLE_SERVER=OFF -DSEER_ENABLE_CUDA=OFF
   cmake --build build-asan -j "$jobs" --target seer_engine_tests seer
@@ -39,7 +39,7 @@ if [ "${SEER_SKIP_SANITIZE:-0}" != 1 ]; then
 fi
 
 if [ "${SEER_SKIP_FUZZ:-0}" != 1 ]; then
-  echo "== [3/3] libFuzzer on the file parsers"
+  echo "== [4/4] libFuzzer on the file parsers, tokenizer and chat templates"
   CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         -DSEER_FUZZ=ON -DSEER_ENABLE_TESTS=ON -DSEER_ENABLE_SERVER=OFF -DSEER_ENABLE_CUDA=OFF
   fuzzers=()
