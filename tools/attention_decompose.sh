@@ -3,9 +3,9 @@
 # what bounds its rate on the blocks it computes: the kernel as built (mode
 # 0), without its wgmma (1: the K/V copies, barriers and softmax arithmetic
 # alone), without its copies (2: the consumers compute on whatever the
-# stages hold) and without both (3). Each runs for a few seconds while
-# nvidia-smi samples the SM clock and the board power, since under the 700 W
-# cap the clock is part of the answer. Modes 1-3 give wrong outputs by
+# stages hold) and without both (3). Each runs for a few seconds with the
+# benchmark's --power, since under the 700 W cap the clock is part of the
+# answer. Modes 1-3 give wrong outputs by
 # design (SEER_ATTENTION_DECOMPOSE in kernels/attention/attention_sm90.cu).
 #
 #   tools/attention_decompose.sh build DIR   # host with nvcc: four seer-attention-bench builds into DIR
@@ -14,11 +14,18 @@
 # Environment: BUILD_DIR (build, default build-decompose); SEQS (default
 # 32768,131072), SPARSITIES (default 0.5,0.9), DIM (default 128), RUN_SECONDS
 # (per run, default 3) for run.
+#
+# Each row's clock and power come from the benchmark's --power (NVML, over
+# the timed runs only): the mean SM clock, the mean board power from the
+# energy counter, the energy per computed TFLOP (that power over the
+# computed rate; for the diagnostic builds a rate of FLOPs they skip or
+# fake), and the share of samples in which the software power cap held
+# the clock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
   exit 2
 }
 [[ $# -eq 2 ]] || usage
@@ -49,54 +56,51 @@ case "$cmd" in
       [[ -x "$dir/seer-attention-bench-$mode" ]] || { echo "missing $dir/seer-attention-bench-$mode" >&2; exit 1; }
     done
     nvidia-smi --query-gpu=name,driver_version,power.limit,clocks.max.sm --format=csv,noheader
-    smi_log="$(mktemp)"
-    trap 'rm -f "$smi_log"' EXIT
-    # One run: prints "ms computed_tflops mhz watts samples".
+    # One run: prints "ms computed_tflops mhz watts joules_per_tflop cap_percent"
+    # ("-" for each field the line lacks).
     one() {
-      local mode="$1" seq="$2" sparsity="$3" pid line
-      nvidia-smi --query-gpu=clocks.sm,power.draw --format=csv,noheader,nounits -lms 100 >"$smi_log" &
-      pid=$!
+      local mode="$1" seq="$2" sparsity="$3" line
       line=$("$dir/seer-attention-bench-$mode" --seqs="$seq" --sparsities="$sparsity" --variants=v6 --dims="$dim" \
-        --dtypes=bf16 --no-gate --warmup=2 --min-seconds="$seconds" --min-iters=3 --max-iters=1000000 2>&1 |
+        --dtypes=bf16 --no-gate --power --warmup=2 --min-seconds="$seconds" --min-iters=3 --max-iters=1000000 2>&1 |
         grep -E '^  bf16 d=' | head -1 || true)
-      kill "$pid" 2>/dev/null || true
-      wait "$pid" 2>/dev/null || true
-      # The kernel's own samples: the board above 150 W (idle is about 80).
-      awk -v line="$line" -F', ' '
-        $2 > 150 { n++; c += $1; p += $2 }
-        END {
-          split(line, f, " ")
-          ms = ""; tf = ""
-          for (i = 1; i <= length(f); i++) {
-            if (f[i] == "ms") ms = f[i - 1]
-            if (f[i] == "computed") tf = f[i - 1]
-          }
-          if (ms == "") { print "- - - - 0"; exit }
-          if (n) printf "%s %s %.0f %.0f %d\n", ms, tf, c / n, p / n, n
-          else printf "%s %s - - 0\n", ms, tf
-        }' "$smi_log"
+      awk -v line="$line" 'BEGIN {
+        n = split(line, f, " ")
+        ms = tf = mhz = w = j = cap = "-"
+        for (i = 2; i <= n; i++) {
+          if (f[i] == "ms") ms = f[i - 1]
+          if (f[i] == "computed") tf = f[i - 1]
+          if (f[i] == "MHz") mhz = f[i - 1]
+          if (f[i] == "W") w = f[i - 1]
+          if (f[i] == "J/TFLOP") j = f[i - 1]
+          if (f[i - 1] == "cap") cap = f[i]
+        }
+        print ms, tf, mhz, w, j, cap
+      }'
     }
     names=("the kernel" "no wgmma (copies)" "no copies (wgmma)" "neither")
     echo
     echo "v6 taken apart, d = $dim, bf16, 32 heads, 32 KV heads, uniform random masks (diagonal kept), ${seconds} s a run"
     echo
-    echo "| seq | sparsity | build | ms | computed TFLOP/s | / dense | / 0.9x-dense time | SM MHz | board W | samples |"
-    echo "|---|---|---|---|---|---|---|---|---|---|"
+    echo "| seq | sparsity | build | ms | computed TFLOP/s | / dense | / 0.9x-dense time | SM MHz | board W | J / computed TFLOP | power cap |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
     IFS=, read -ra seq_list <<<"$seqs"
     IFS=, read -ra sp_list <<<"$sparsities"
     for seq in "${seq_list[@]}"; do
-      read -r dms dtf dmhz dw dn <<<"$(one 0 "$seq" 0)"
-      echo "| $seq | 0 | the kernel | $dms | $dtf | 1 | - | $dmhz | $dw | $dn |"
+      read -r dms dtf dmhz dw dj dcap <<<"$(one 0 "$seq" 0)"
+      echo "| $seq | 0 | the kernel | $dms | $dtf | 1 | - | $dmhz | $dw | $dj | $dcap |"
       for sp in "${sp_list[@]}"; do
         for mode in 0 1 2 3; do
-          read -r ms tf mhz w n <<<"$(one "$mode" "$seq" "$sp")"
+          read -r ms tf mhz w j cap <<<"$(one "$mode" "$seq" "$sp")"
           # The cell's target time: its computed FLOPs at 0.9x the dense rate.
           awk -v seq="$seq" -v sp="$sp" -v name="${names[$mode]}" -v ms="$ms" -v tf="$tf" -v dtf="$dtf" \
-            -v mhz="$mhz" -v w="$w" -v n="$n" 'BEGIN {
-              if (ms == "-" || dtf == "-") { printf "| %s | %s | %s | - | - | - | - | - | - | 0 |\n", seq, sp, name; exit }
+            -v mhz="$mhz" -v w="$w" -v j="$j" -v cap="$cap" 'BEGIN {
+              if (ms == "-" || tf == "-" || dtf == "-") {
+                printf "| %s | %s | %s | - | - | - | - | - | - | - | - |\n", seq, sp, name
+                exit
+              }
               target = ms * tf / (0.9 * dtf)
-              printf "| %s | %s | %s | %s | %s | %.3f | %.2f | %s | %s | %s |\n", seq, sp, name, ms, tf, tf / dtf,
-                     ms / target, mhz, w, n
+              printf "| %s | %s | %s | %s | %s | %.3f | %.2f | %s | %s | %s | %s |\n", seq, sp, name, ms, tf,
+                     tf / dtf, ms / target, mhz, w, j, cap
             }'
         done
       done

@@ -23,8 +23,16 @@
 // includes the host's launch latency, as the peers' times do (their script
 // times the same way). --queued instead runs a 200 us spin kernel before the
 // start event, so that the host has queued the launches before the GPU
-// reaches it: the GPU's time alone, as in a pipeline that runs ahead. Inputs are random (never zeros). FLOPs: effective = 4 S^2 D H / 2
+// reaches it: the GPU's time alone, as in a pipeline that runs ahead.
+// Inputs are random (never zeros). FLOPs: effective = 4 S^2 D H / 2
 // (causal); "computed" counts 4 * 64 * 64 * D per block actually computed.
+//
+// --power adds, for each attention row, what the board did during its timed
+// runs (NVML, kernels/common/power_sampler.h): the mean SM clock, the mean
+// power from the energy counter, the energy per computed TFLOP, and the
+// share of 5 ms samples in which the software power cap held the clock. The
+// window holds the timed runs and the host's gaps between them (a launch,
+// an event wait), so use --min-seconds of a few seconds.
 
 #include <algorithm>
 #include <cmath>
@@ -33,6 +41,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iterator>
+#include <memory>
 #include <random>
 #include <string>
 #include <utility>
@@ -51,6 +60,7 @@
 #include "kernels/attention/attention_sm90.h"
 #include "kernels/attention/attention_variants.h"
 #include "kernels/common/check.h"
+#include "kernels/common/power_sampler.h"
 #include "kernels/gate/gate.h"
 
 namespace {
@@ -76,6 +86,7 @@ struct Options {
   std::vector<std::string> masks_from;  // SEERMSK1 files, timed beside the generated masks
   bool gate = true;
   bool queued = false;  // --queued: the launches queued behind a spin kernel
+  bool power = false;  // --power: clock, power and energy per attention row (NVML)
 };
 
 using seer::bench::SplitCommas;
@@ -134,13 +145,15 @@ bool ParseArgs(int argc, char** argv, Options* o) {
       o->gate = false;
     } else if (a == "--queued") {
       o->queued = true;
+    } else if (a == "--power") {
+      o->power = true;
     } else {
       std::fprintf(
           stderr,
           "usage: %s [--seqs=8192,32768,131072] [--sparsities=0,0.5,0.9] [--dtypes=bf16,fp16]\n"
           "          [--variants=v2,v3,v4,v6 (auto,v1,v2,v3,v3s,v4,v6)] [--heads=32] [--kv-heads=32] [--dims=64,128]\n"
           "          [--warmup=2] [--min-seconds=0.5] [--min-iters=3] [--max-iters=50] [--masks-dir=DIR]\n"
-          "          [--masks=uniform|topk] [--masks-from=FILE,...] [--no-gate] [--queued]\n",
+          "          [--masks=uniform|topk] [--masks-from=FILE,...] [--no-gate] [--queued] [--power]\n",
           argv[0]);
       return false;
     }
@@ -175,9 +188,11 @@ __global__ void SpinKernel(uint64_t ns) {
   } while (t - t0 < ns);
 }
 
-// Median milliseconds of `launch` (which returns cudaError_t).
+// Median milliseconds of `launch` (which returns cudaError_t); with a
+// sampler, what the board did over the timed runs into *power.
 template <typename Fn>
-double TimeMs(const Options& o, Fn launch) {
+double TimeMs(const Options& o, Fn launch, seer::bench::PowerSampler* sampler = nullptr,
+              seer::bench::PowerSummary* power = nullptr) {
   cudaEvent_t start, stop;
   SEER_CUDA_CHECK(cudaEventCreate(&start));
   SEER_CUDA_CHECK(cudaEventCreate(&stop));
@@ -185,6 +200,7 @@ double TimeMs(const Options& o, Fn launch) {
   SEER_CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<double> ms;
   double total = 0.0;
+  if (sampler != nullptr) sampler->Start();
   while (static_cast<int>(ms.size()) < o.max_iters &&
          (static_cast<int>(ms.size()) < o.min_iters || total < o.min_seconds * 1e3)) {
     if (o.queued) {
@@ -200,6 +216,7 @@ double TimeMs(const Options& o, Fn launch) {
     ms.push_back(t);
     total += t;
   }
+  if (sampler != nullptr) *power = sampler->Stop();
   SEER_CUDA_CHECK(cudaEventDestroy(start));
   SEER_CUDA_CHECK(cudaEventDestroy(stop));
   std::sort(ms.begin(), ms.end());
@@ -215,6 +232,7 @@ struct Row {
   double ms = 0.0;
   double eff_tflops = 0.0;
   double computed_tflops = 0.0;
+  seer::bench::PowerSummary power;  // --power only
 };
 
 struct GateRow {
@@ -333,6 +351,17 @@ int main(int argc, char** argv) {
   }
   std::printf("shape: %d heads (%d kv), causal, block 64; kAuto runs %s\n", o.heads, o.kv_heads,
               seer::cuda::FwdVariantName(seer::cuda::ResolveFwdVariant(FwdVariant::kAuto)));
+  std::unique_ptr<seer::bench::PowerSampler> sampler;
+  if (o.power) {
+    char bus[32] = {};
+    SEER_CUDA_CHECK(cudaDeviceGetPCIBusId(bus, sizeof(bus), 0));
+    std::string why;
+    sampler = seer::bench::PowerSampler::Open(bus, 5, &why);
+    if (sampler == nullptr) {
+      std::fprintf(stderr, "--power: %s\n", why.c_str());
+      return 1;
+    }
+  }
   std::vector<FwdVariant> variants;
   for (FwdVariant v : o.variants) {
     if (seer::cuda::FwdVariantAvailable(v)) {
@@ -423,14 +452,22 @@ int main(int argc, char** argv) {
           p.block_indices = dm.indices;
           const double computed_flops = 4.0 * 64.0 * 64.0 * D * static_cast<double>(dm.kept);
           for (FwdVariant variant : variants) {
-            const double ms = TimeMs(o, [&] { return seer::cuda::BlockSparseAttentionVariant(p, variant, nullptr); });
+            seer::bench::PowerSummary power;
+            const double ms = TimeMs(
+                o, [&] { return seer::cuda::BlockSparseAttentionVariant(p, variant, nullptr); }, sampler.get(), &power);
             const std::string kernel = std::string("seer ") + seer::cuda::FwdVariantName(variant) +
                                        (dm.label.empty() ? "" : " on " + dm.label);
-            rows.push_back(
-                {tname, D, seq, dm.sparsity, kernel, ms, causal_flops / (ms * 1e9), computed_flops / (ms * 1e9)});
-            std::printf("  %s d=%d seq=%d sparsity=%.3f %-18s %9.3f ms  %6.1f eff TFLOP/s  %6.1f computed TFLOP/s\n",
+            rows.push_back({tname, D, seq, dm.sparsity, kernel, ms, causal_flops / (ms * 1e9),
+                            computed_flops / (ms * 1e9), power});
+            std::printf("  %s d=%d seq=%d sparsity=%.3f %-18s %9.3f ms  %6.1f eff TFLOP/s  %6.1f computed TFLOP/s",
                         tname, D, seq, dm.sparsity, kernel.c_str(), ms, rows.back().eff_tflops,
                         rows.back().computed_tflops);
+            if (sampler != nullptr) {
+              std::printf("  %6.0f MHz  %5.0f W  %.3f J/TFLOP  cap %3.0f%%  slowdown %3.0f%%  (%d samples, %.1f s)",
+                          power.sm_mhz, power.watts, power.watts / rows.back().computed_tflops,
+                          100.0 * power.power_cap_share, 100.0 * power.slowdown_share, power.samples, power.seconds);
+            }
+            std::printf("\n");
             std::fflush(stdout);
             if (t == o.dtypes.front() && dm.label.empty() && Near(dm.sparsity, 0.9) &&
                 variant == seer::cuda::ResolveFwdVariant(FwdVariant::kAuto)) {
@@ -452,11 +489,17 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::printf("\n| dtype | d | seq | sparsity | kernel | ms | effective TFLOP/s | computed TFLOP/s |\n");
-  std::printf("|---|---|---|---|---|---|---|---|\n");
+  std::printf("\n| dtype | d | seq | sparsity | kernel | ms | effective TFLOP/s | computed TFLOP/s |%s\n",
+              o.power ? " SM MHz | board W | J / computed TFLOP | power cap | slowdown |" : "");
+  std::printf("|---|---|---|---|---|---|---|---|%s\n", o.power ? "---|---|---|---|---|" : "");
   for (const Row& r : rows) {
-    std::printf("| %s | %d | %d | %.2f | %s | %.3f | %.1f | %.1f |\n", r.dtype.c_str(), r.dim, r.seq, r.sparsity,
+    std::printf("| %s | %d | %d | %.2f | %s | %.3f | %.1f | %.1f |", r.dtype.c_str(), r.dim, r.seq, r.sparsity,
                 r.kernel.c_str(), r.ms, r.eff_tflops, r.computed_tflops);
+    if (o.power) {
+      std::printf(" %.0f | %.0f | %.3f | %.0f%% | %.0f%% |", r.power.sm_mhz, r.power.watts,
+                  r.power.watts / r.computed_tflops, 100.0 * r.power.power_cap_share, 100.0 * r.power.slowdown_share);
+    }
+    std::printf("\n");
   }
   if (!gate_rows.empty()) {
     std::printf("\n| d | seq | gate (nz_ratio=0.1, %d q heads, 8 kv) | ms | %% of attention at 0.9 sparsity (%s) |\n",
