@@ -78,7 +78,8 @@ def main():
 // D = A B + (scale_d ? D : 0) in the same register layout.
 //
 // WgmmaSSF16<N>: m64nNk16 on fp16 with A (64 x 16) and B (N x 16) both from
-// shared memory, both K-major, likewise. sm_90a only.
+// shared memory, both K-major, likewise. WgmmaSSBf16<N>: the same on bf16
+// (the GEMM, kernels/gemm). sm_90a only.
 #pragma once
 
 #include <cstdint>
@@ -96,12 +97,16 @@ struct WgmmaSSTf32;
 
 template <int kN>
 struct WgmmaSSF16;
+
+template <int kN>
+struct WgmmaSSBf16;
 """)
     for n in NS:
         for elem, ptx in (("__nv_bfloat16", "bf16"), ("__half", "f16")):
             print(wrapper(n, elem, ptx))
     print(wrapper_ss("WgmmaSSTf32", 128, 8, "tf32.tf32", ""))
     print(wrapper_ss("WgmmaSSF16", 128, 16, "f16.f16", "0, 0"))
+    print(wrapper_ss("WgmmaSSBf16", 256, 16, "bf16.bf16", "0, 0"))
     print("}  // namespace seer::cuda::sm90")
 
 
