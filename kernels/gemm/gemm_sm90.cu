@@ -27,6 +27,13 @@ constexpr int kGroupM = 8;  // M tiles a raster group walks before the next N ti
 constexpr int kThreads = 384;  // a producer warpgroup and two consumer warpgroups
 constexpr int kProducerRegs = 56;  // the pool warps live on it too
 constexpr int kConsumerRegs = 224;
+// The launch gives each thread 168 registers (65,536 / 384, in steps of 8).
+// setmaxnreg.inc waits until the CTA has the registers free, so the
+// producer warpgroup must give back at least what the consumers take: with
+// 64 for the producer (13,312 freed, 14,336 asked) the kernel hung.
+constexpr int kLaunchRegs = 65536 / kThreads / 8 * 8;
+static_assert((kLaunchRegs - kProducerRegs) * 128 >= (kConsumerRegs - kLaunchRegs) * 256,
+              "the consumers' setmaxnreg.inc would wait forever");
 constexpr int kPoolBlock = 64;
 
 constexpr int kABytes = kBM * kBK * 2;
