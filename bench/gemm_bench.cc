@@ -70,8 +70,23 @@ float BestMs(F&& launch, int repeats, cudaStream_t stream) {
   return best;
 }
 
+constexpr char kUsage[] = "usage: seer-gemm-bench [--rows 131072] [--mlp-chunk 18688] [--repeats 5] [--clusters]\n";
+
+constexpr char kHelp[] =
+    "usage: seer-gemm-bench [--rows 131072] [--mlp-chunk 18688] [--repeats 5] [--clusters]\n"
+    "\n"
+    "The prefill's GEMMs at the Llama-3.1-8B shape: the engine's call (cublasGemmEx) beside\n"
+    "every candidate cublasLt's heuristic offers and the engine's GemmTuner pick; best of the\n"
+    "repeats, then the engine's call and the fastest candidate re-timed alternately.\n"
+    "\n"
+    "  --rows N        the prompt's tokens (the q, k, v and o projections over every row)\n"
+    "  --mlp-chunk N   the rows of one MLP pass (the engine's: at most 1 GiB of intermediates)\n"
+    "  --repeats N     launches per candidate\n"
+    "  --clusters      also time the fastest candidate with thread-block cluster shapes\n";
+
 int Main(int argc, char** argv) {
   if (PrintVersionIfAsked(argc, argv, "seer-gemm-bench")) return 0;
+  if (PrintHelpIfAsked(argc, argv, kHelp)) return 0;
   int rows = 131072, chunk = 18688, repeats = 5;
   bool clusters = false;
   for (int i = 1; i < argc; ++i) {
@@ -86,8 +101,8 @@ int Main(int argc, char** argv) {
     } else if (a == "--clusters") {
       clusters = true;
     } else {
-      std::fprintf(stderr, "usage: %s [--rows 131072] [--mlp-chunk 18688] [--repeats 5] [--clusters]\n", argv[0]);
-      return a == "--help" ? 0 : 2;
+      std::fprintf(stderr, "%sunknown flag: %s (--help explains)\n", kUsage, a.c_str());
+      return 2;
     }
   }
   if (rows < 1 || chunk < 1 || repeats < 1) {

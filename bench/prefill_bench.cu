@@ -55,6 +55,24 @@ struct Row {
   std::string error;
 };
 
+constexpr char kUsage[] =
+    "usage: seer-prefill-bench [--lengths 8192,32768,131072] [--modes dense,nz_ratio=0.1] [--repeats 3]\n"
+    "                          [--layers 32] [--dump-masks DIR]\n";
+
+constexpr char kHelp[] =
+    "\n"
+    "Time to first token of a Llama-3.1-8B-shaped model on the GPU (random bf16 weights drawn\n"
+    "on the device, random SeerAttention gates): Engine::Prefill, ids in and last-row logits\n"
+    "out, for each length and mode, with the peak device memory and the time by stage\n"
+    "(GEMMs, attention, gate, rest) from one profiled run.\n"
+    "\n"
+    "  --lengths LIST    prompt lengths in tokens\n"
+    "  --modes LIST      sparsity modes as requests name them: dense, nz_ratio=R, threshold=T\n"
+    "  --repeats N       timed prefills per cell; the median is reported\n"
+    "  --layers N        decoder layers (32 is the 8B shape)\n"
+    "  --dump-masks DIR  one more gated prefill per length up to 65536 tokens, writing each\n"
+    "                    layer's gate masks (SEERMSK1) for seer-attention-bench --masks-from\n";
+
 int Main(int argc, char** argv) {
   std::vector<int> lengths = {8192, 32768, 131072};
   std::vector<std::string> modes = {"dense", "nz_ratio=0.1"};
@@ -82,10 +100,7 @@ int Main(int argc, char** argv) {
     } else if (a == "--dump-masks") {
       dump_masks = next();
     } else {
-      std::fprintf(stderr,
-                   "usage: %s [--lengths 8192,32768,131072] [--modes dense,nz_ratio=0.1] [--repeats N] "
-                   "[--layers N] [--dump-masks DIR]\n",
-                   argv[0]);
+      std::fprintf(stderr, "%sunknown flag: %s (--help explains)\n", kUsage, argv[i]);
       return 2;
     }
   }
@@ -294,5 +309,6 @@ int Main(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   if (seer::PrintVersionIfAsked(argc, argv, "seer-prefill-bench")) return 0;
+  if (seer::PrintHelpIfAsked(argc, argv, (std::string(seer::kUsage) + seer::kHelp).c_str())) return 0;
   return seer::Main(argc, argv);
 }

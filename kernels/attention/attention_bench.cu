@@ -91,6 +91,31 @@ struct Options {
 
 using seer::bench::SplitCommas;
 
+constexpr char kUsage[] =
+    "usage: seer-attention-bench [--seqs=8192,32768,131072] [--sparsities=0,0.5,0.9] [--dtypes=bf16,fp16]\n"
+    "          [--variants=v2,v3,v4,v6 (auto,v1,v2,v3,v3s,v4,v6)] [--heads=32] [--kv-heads=32] [--dims=64,128]\n"
+    "          [--warmup=2] [--min-seconds=0.5] [--min-iters=3] [--max-iters=50] [--masks-dir=DIR]\n"
+    "          [--masks=uniform|topk] [--masks-from=FILE,...] [--no-gate] [--queued] [--power]\n";
+
+constexpr char kHelp[] =
+    "\n"
+    "Times Seer's block-sparse attention kernels (causal) at each length, sparsity, head dim\n"
+    "and dtype, and the GPU gate (nz_ratio = 0.1, the multi-kernel and the fused one) as a\n"
+    "share of the attention at sparsity 0.9. Prints markdown tables.\n"
+    "\n"
+    "  --seqs, --sparsities, --dims, --dtypes   the grid (sparsity 0 runs the dense path)\n"
+    "  --variants       kernels to time: v2 (FA2-class, sm80), v3/v3s/v4/v6 (sm90), auto\n"
+    "  --heads, --kv-heads   query and KV heads (GQA when they differ)\n"
+    "  --warmup, --min-seconds, --min-iters, --max-iters   how long each cell is timed;\n"
+    "                   the median run is reported\n"
+    "  --masks=uniform  each head skips round(s x causal blocks) off-diagonal blocks at\n"
+    "                   random (the default); topk: every row keeps the same count\n"
+    "  --masks-from     also time SEERMSK1 mask files (seer-prefill-bench --dump-masks)\n"
+    "  --masks-dir=DIR  write every mask there, for attention_peers.py (FlexAttention)\n"
+    "  --no-gate        skip the gate\n"
+    "  --queued         start the clock after a 200 us spin kernel: the GPU's time alone\n"
+    "  --power          add the mean SM clock, board power and power-cap share (NVML)\n";
+
 bool ParseArgs(int argc, char** argv, Options* o) {
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -148,13 +173,7 @@ bool ParseArgs(int argc, char** argv, Options* o) {
     } else if (a == "--power") {
       o->power = true;
     } else {
-      std::fprintf(
-          stderr,
-          "usage: %s [--seqs=8192,32768,131072] [--sparsities=0,0.5,0.9] [--dtypes=bf16,fp16]\n"
-          "          [--variants=v2,v3,v4,v6 (auto,v1,v2,v3,v3s,v4,v6)] [--heads=32] [--kv-heads=32] [--dims=64,128]\n"
-          "          [--warmup=2] [--min-seconds=0.5] [--min-iters=3] [--max-iters=50] [--masks-dir=DIR]\n"
-          "          [--masks=uniform|topk] [--masks-from=FILE,...] [--no-gate] [--queued] [--power]\n",
-          argv[0]);
+      std::fprintf(stderr, "%sunknown flag: %s (--help explains)\n", kUsage, argv[i]);
       return false;
     }
   }
@@ -241,14 +260,17 @@ struct GateRow {
   std::string kernels;
   double ms = 0.0;
   double attn_sparse_ms = 0.0;  // the default kernel at sparsity 0.9, bf16
+  seer::bench::PowerSummary power;  // --power only
 };
 
 bool Near(double a, double b) { return std::abs(a - b) < 1e-9; }
 
 // The gate of one layer in the Llama-3.1-8B shape of this benchmark: q
 // [L, H, D], k [L, 8 kv heads, D], hidden = D, nz_ratio = 0.1; the old
-// multi-kernel gate and the fused one.
-void BenchGate(const Options& o, int seq, int D, double attn_sparse_ms, std::vector<GateRow>* rows) {
+// multi-kernel gate and the fused one. With a sampler (--power), what the
+// board did over each gate's timed runs.
+void BenchGate(const Options& o, int seq, int D, double attn_sparse_ms, std::vector<GateRow>* rows,
+               seer::bench::PowerSampler* sampler) {
   const int H = o.heads;
   const int nb = (seq + 63) / 64;
   const int gate_kv = 8 <= H && H % 8 == 0 ? 8 : H;
@@ -296,9 +318,16 @@ void BenchGate(const Options& o, int seq, int D, double attn_sparse_ms, std::vec
   SEER_CUDA_CHECK(cudaMalloc(&g.workspace, g.workspace_bytes));
   for (auto [variant, name] : {std::pair{seer::cuda::GateVariant::kUnfused, "unfused (old)"},
                                std::pair{seer::cuda::GateVariant::kFused, "fused"}}) {
-    const double ms = TimeMs(o, [&] { return seer::cuda::RunGateKernelsVariant(g, variant, nullptr); });
-    rows->push_back({D, seq, name, ms, attn_sparse_ms});
-    std::printf("  gate d=%d seq=%d %s: %.3f ms\n", D, seq, name, ms);
+    seer::bench::PowerSummary power;
+    const double ms = TimeMs(
+        o, [&] { return seer::cuda::RunGateKernelsVariant(g, variant, nullptr); }, sampler, &power);
+    rows->push_back({D, seq, name, ms, attn_sparse_ms, power});
+    std::printf("  gate d=%d seq=%d %s: %.3f ms", D, seq, name, ms);
+    if (sampler != nullptr) {
+      std::printf("  %.0f MHz  %.0f W  cap %.0f%%  (%d samples, %.2f s)", power.sm_mhz, power.watts,
+                  100.0 * power.power_cap_share, power.samples, power.seconds);
+    }
+    std::printf("\n");
     std::fflush(stdout);
 #if defined(SEER_GATE_TRACE)
     for (int run = 0; run < 3; ++run) {
@@ -323,6 +352,7 @@ void BenchGate(const Options& o, int seq, int D, double attn_sparse_ms, std::vec
 
 int main(int argc, char** argv) {
   if (seer::PrintVersionIfAsked(argc, argv, "seer-attention-bench")) return 0;
+  if (seer::PrintHelpIfAsked(argc, argv, (std::string(kUsage) + kHelp).c_str())) return 0;
   Options o;
   if (!ParseArgs(argc, argv, &o)) return 2;
   // Every mask file must fit this run before any is timed.
@@ -481,7 +511,7 @@ int main(int argc, char** argv) {
         SEER_CUDA_CHECK(cudaFree(out));
         SEER_CUDA_CHECK(cudaFree(p.workspace));
       }
-      if (o.gate && D == o.dims.back()) BenchGate(o, seq, D, sparse_ms, &gate_rows);
+      if (o.gate && D == o.dims.back()) BenchGate(o, seq, D, sparse_ms, &gate_rows, sampler.get());
     }
     for (DevMask& dm : masks) {
       SEER_CUDA_CHECK(cudaFree(dm.offsets));
@@ -502,16 +532,21 @@ int main(int argc, char** argv) {
     std::printf("\n");
   }
   if (!gate_rows.empty()) {
-    std::printf("\n| d | seq | gate (nz_ratio=0.1, %d q heads, 8 kv) | ms | %% of attention at 0.9 sparsity (%s) |\n",
-                H, seer::cuda::FwdVariantName(seer::cuda::ResolveFwdVariant(FwdVariant::kAuto)));
-    std::printf("|---|---|---|---|---|\n");
+    std::printf("\n| d | seq | gate (nz_ratio=0.1, %d q heads, 8 kv) | ms | %% of attention at 0.9 sparsity (%s) |%s\n",
+                H, seer::cuda::FwdVariantName(seer::cuda::ResolveFwdVariant(FwdVariant::kAuto)),
+                o.power ? " SM MHz | board W | power cap |" : "");
+    std::printf("|---|---|---|---|---|%s\n", o.power ? "---|---|---|" : "");
     for (const GateRow& g : gate_rows) {
       std::printf("| %d | %d | %s | %.3f | ", g.dim, g.seq, g.kernels.c_str(), g.ms);
       if (g.attn_sparse_ms > 0) {
-        std::printf("%.1f%% |\n", 100.0 * g.ms / g.attn_sparse_ms);
+        std::printf("%.1f%% |", 100.0 * g.ms / g.attn_sparse_ms);
       } else {
-        std::printf("- |\n");
+        std::printf("- |");
       }
+      if (o.power) {
+        std::printf(" %.0f | %.0f | %.0f%% |", g.power.sm_mhz, g.power.watts, 100.0 * g.power.power_cap_share);
+      }
+      std::printf("\n");
     }
   }
   return 0;

@@ -68,10 +68,32 @@ __global__ void __launch_bounds__(32, 1)
 #endif
 }
 
+constexpr char kUsage[] =
+    "usage: seer-l2-read-bench [--buffers-mb=16,40,2048] [--stages=1,2,4,6] [--tile-kb=32] [--copies=4]\n"
+    "                          [--tiles-per-sm=4096]\n";
+
+constexpr char kHelp[] =
+    "usage: seer-l2-read-bench [--buffers-mb=16,40,2048] [--stages=1,2,4,6] [--tile-kb=32] [--copies=4]\n"
+    "                          [--tiles-per-sm=4096]\n"
+    "\n"
+    "How fast the SMs pull tiles from random tile-aligned offsets of a buffer into shared\n"
+    "memory with the sm90 attention kernel's machinery: bulk copies on mbarriers, one thread\n"
+    "issuing them, one persistent CTA per SM. A buffer that fits in L2 gives the L2 -> SM\n"
+    "rate; a large one gives DRAM's. Needs an sm_90a GPU.\n"
+    "\n"
+    "  --buffers-mb=LIST   buffer sizes in MB\n"
+    "  --stages=LIST       tiles in flight per SM\n"
+    "  --tile-kb=N         tile size (32 KB: one K+V block at head_dim 128)\n"
+    "  --copies=N          bulk copies a tile is split into (each a multiple of 16 bytes)\n"
+    "  --tiles-per-sm=N    tiles each SM reads per launch\n"
+    "\n"
+    "Prints one row per (buffer, stages): GB/s, the best of 5 launches after a warm-up.\n";
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (seer::PrintVersionIfAsked(argc, argv, "seer-l2-read-bench")) return 0;
+  if (seer::PrintHelpIfAsked(argc, argv, kHelp)) return 0;
   std::vector<int> buffers_mb = {16, 40, 2048}, stage_counts = {1, 2, 4, 6};
   int tile_kb = 32, copies = 4, per_sm = 4096;
   for (int i = 1; i < argc; ++i) {
@@ -86,10 +108,7 @@ int main(int argc, char** argv) {
     } else if (const char* v = seer::bench::FlagValue(argv[i], "--tiles-per-sm")) {
       per_sm = std::atoi(v);
     } else {
-      std::fprintf(stderr,
-                   "usage: %s [--buffers-mb=16,40,2048] [--stages=1,2,4,6] [--tile-kb=32] [--copies=4]\n"
-                   "          [--tiles-per-sm=4096]\n",
-                   argv[0]);
+      std::fprintf(stderr, "%sunknown flag: %s (--help explains)\n", kUsage, argv[i]);
       return 2;
     }
   }

@@ -47,6 +47,23 @@ struct Options {
   int iters = 5;
 };
 
+constexpr char kUsage[] =
+    "usage: seer-distill-target-bench [--seqs=4096,16384,32768] [--blocks=64 (64,32,16)]\n"
+    "                                 [--dtypes=bf16 (bf16,fp16)] [--warmup=1] [--iters=5]\n";
+
+constexpr char kHelp[] =
+    "usage: seer-distill-target-bench [--seqs=4096,16384,32768] [--blocks=64 (64,32,16)]\n"
+    "                                 [--dtypes=bf16 (bf16,fp16)] [--warmup=1] [--iters=5]\n"
+    "\n"
+    "Times one layer's gate-distillation target (the block-pooled attention map the gates\n"
+    "are trained against) for the Llama-3.1-8B attention shape and a small one.\n"
+    "\n"
+    "  --seqs=LIST     prompt lengths\n"
+    "  --blocks=LIST   pooling block sizes: 64 runs the tensor-core kernel, 32 and 16 the\n"
+    "                  float32 CUDA-core one\n"
+    "  --dtypes=LIST   bf16, fp16\n"
+    "  --warmup=N, --iters=N   untimed and timed launches; the median is reported\n";
+
 bool ParseArgs(int argc, char** argv, Options* o) {
   for (int i = 1; i < argc; ++i) {
     auto value = [&](const char* name) { return seer::bench::FlagValue(argv[i], name); };
@@ -61,10 +78,7 @@ bool ParseArgs(int argc, char** argv, Options* o) {
     } else if (const char* v = value("--iters")) {
       o->iters = std::max(1, std::atoi(v));
     } else {
-      std::fprintf(stderr,
-                   "usage: %s [--seqs=4096,16384,32768] [--blocks=64 (64,32,16)] [--dtypes=bf16 (bf16,fp16)]\n"
-                   "          [--warmup=1] [--iters=5]\n",
-                   argv[0]);
+      std::fprintf(stderr, "%sunknown flag: %s (--help explains)\n", kUsage, argv[i]);
       return false;
     }
   }
@@ -101,6 +115,7 @@ double MedianMs(const Options& o, const seer::cuda::DistillTargetParams& p) {
 
 int main(int argc, char** argv) {
   if (seer::PrintVersionIfAsked(argc, argv, "seer-distill-target-bench")) return 0;
+  if (seer::PrintHelpIfAsked(argc, argv, kHelp)) return 0;
   Options o;
   if (!ParseArgs(argc, argv, &o)) return 2;
   cudaDeviceProp prop;

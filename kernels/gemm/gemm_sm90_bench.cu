@@ -92,6 +92,27 @@ __global__ void FillKernel(__nv_bfloat16* x, size_t n, uint32_t seed) {
   }
 }
 
+constexpr char kUsage[] =
+    "usage: seer-gemm-sm90-bench [--rows=8192,32768,131072] [--shapes=4096x4096,1024x4096]\n"
+    "                            [--repeats=20] [--groups=8,16] [--profile=none|mean|mmm]\n";
+
+constexpr char kHelp[] =
+    "Our Hopper bf16 GEMM (C = A B^T, kernels/gemm/gemm_sm90.cu) beside cuBLAS on the\n"
+    "prefill's q and k projections, with and without the gate's block pools in its\n"
+    "epilogue. Needs an sm_90a GPU; prints one markdown table.\n"
+    "\n"
+    "  --rows=LIST      token counts (A's rows), default 8192,32768,131072\n"
+    "  --shapes=LIST    n x k of B (out x in), default 4096x4096 (q_proj), 1024x4096 (k_proj)\n"
+    "  --repeats=N      launches timed per cell; the median is reported (default 20)\n"
+    "  --groups=LIST    raster groups of M tiles to try; the fastest is kept (default 8,16)\n"
+    "  --profile=KIND   one warm-up and one launch of ours with that pool (none, mean, mmm)\n"
+    "                   on the first --rows and --shapes, then exit: for ncu\n"
+    "\n"
+    "Columns: cublasGemmEx as the engine calls it, the fastest of cublasLt's first 8\n"
+    "heuristic algorithms, ours (ms, TFLOP/s, over the best cuBLAS), the mean pool's and\n"
+    "the max/min/mean pool's cost over our plain kernel, the largest relative difference\n"
+    "from cuBLAS, and the mean SM clock with the share of samples the power cap held it.\n";
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -101,6 +122,7 @@ int main(int argc, char** argv) {
   std::vector<int> groups = {8, 16};
   std::string profile;  // a pool kind: one launch of ours, for ncu
   if (seer::PrintVersionIfAsked(argc, argv, "seer-gemm-sm90-bench")) return 0;
+  if (seer::PrintHelpIfAsked(argc, argv, (std::string(kUsage) + "\n" + kHelp).c_str())) return 0;
   for (int i = 1; i < argc; ++i) {
     if (const char* v = seer::bench::FlagValue(argv[i], "--rows"))
       rows = seer::bench::IntList(v);
@@ -113,10 +135,7 @@ int main(int argc, char** argv) {
     else if (const char* v = seer::bench::FlagValue(argv[i], "--profile"))
       profile = v;
     else {
-      std::fprintf(stderr,
-                   "usage: seer-gemm-sm90-bench [--rows=8192,32768,131072] [--shapes=4096x4096,1024x4096] "
-                   "[--repeats=20] [--groups=8,16] [--profile=none|mean|mmm]\nunknown flag: %s\n",
-                   argv[i]);
+      std::fprintf(stderr, "%sunknown flag: %s (--help explains)\n", kUsage, argv[i]);
       return 2;
     }
   }

@@ -187,29 +187,51 @@ int PrefillOverlap(const std::string& spec, int layers) {
   return 0;
 }
 
+constexpr char kUsage[] =
+    "usage: seer-nccl-kv-bench [--lengths 8192,32768,131072] [--layers 32] [--repeats 3]\n"
+    "                          [--prefill LEN:MODE,...] [--transport 0|1]\n";
+
+constexpr char kHelp[] =
+    "\n"
+    "How fast the NCCL KV link moves a Llama-3.1-8B-shaped KV cache (8 KV heads x head_dim\n"
+    "128, bf16) from GPU 0 to a child process on GPU 1, every transfer checked element by\n"
+    "element at the receiver. Needs two GPUs.\n"
+    "\n"
+    "  --lengths LIST        prompt lengths for the transport table\n"
+    "  --layers N            layers (32 is the 8B shape)\n"
+    "  --repeats N           transfers per cell; the best is reported\n"
+    "  --prefill LEN:MODE,.  also run the CUDA engine's prefill on GPU 0 and send each layer\n"
+    "                        as it is made: prefill start to last layer delivered, beside the\n"
+    "                        same prefill without sending (MODE: dense, nz_ratio=R, ...)\n"
+    "  --transport 0|1       the transport table (default 1)\n";
+
 int Main(int argc, char** argv) {
   std::vector<int> lengths = {8192, 32768, 131072};
   int layers = 32, repeats = 3;
   std::string prefill;
   bool transport = true;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--lengths"))
-      lengths = Ints(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--layers"))
-      layers = std::atoi(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--repeats"))
-      repeats = std::atoi(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--prefill"))
-      prefill = argv[i + 1];
-    else if (!std::strcmp(argv[i], "--transport"))
-      transport = std::atoi(argv[i + 1]) != 0;
-    else {
-      std::fprintf(stderr,
-                   "usage: %s [--lengths 8192,32768,131072] [--layers 32] [--repeats 3] "
-                   "[--prefill LEN:MODE,...] [--transport 0|1]\n",
-                   argv[0]);
+  for (int i = 1; i < argc; i += 2) {
+    const std::string flag = argv[i];
+    if (flag != "--lengths" && flag != "--layers" && flag != "--repeats" && flag != "--prefill" &&
+        flag != "--transport") {
+      std::fprintf(stderr, "%sunknown flag: %s (--help explains)\n", kUsage, flag.c_str());
       return 2;
     }
+    if (i + 1 == argc) {
+      std::fprintf(stderr, "%s%s needs a value (--help explains)\n", kUsage, flag.c_str());
+      return 2;
+    }
+    const char* value = argv[i + 1];
+    if (flag == "--lengths")
+      lengths = Ints(value);
+    else if (flag == "--layers")
+      layers = std::atoi(value);
+    else if (flag == "--repeats")
+      repeats = std::atoi(value);
+    else if (flag == "--prefill")
+      prefill = value;
+    else
+      transport = std::atoi(value) != 0;
   }
   int gpus = 0;
   if (cudaGetDeviceCount(&gpus) != cudaSuccess || gpus < 2) {
@@ -306,6 +328,7 @@ int Main(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   if (seer::PrintVersionIfAsked(argc, argv, "seer-nccl-kv-bench")) return 0;
+  if (seer::PrintHelpIfAsked(argc, argv, (std::string(seer::kUsage) + seer::kHelp).c_str())) return 0;
   if (argc > 1 && std::string(argv[1]) == "--nccl-peer") return seer::nccl_test::RunPeer(argc, argv);
   setenv("NCCL_NVLS_ENABLE", "0", 1);
   return seer::Main(argc, argv);

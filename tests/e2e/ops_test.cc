@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <chrono>
@@ -499,6 +500,46 @@ TEST(Operations, EveryBinaryPrintsItsVersion) {
     EXPECT_EQ(t.out.rfind(std::string(bin) + " ", 0), 0u) << t.out;
     EXPECT_NE(t.out.find("commit "), std::string::npos) << t.out;
   }
+}
+
+// Every benchmark says what it does and what its flags mean on --help (exit
+// 0), and refuses a flag it does not know (exit 2, pointing at --help)
+// before it touches a GPU. The CUDA ones exist only in builds with CUDA,
+// where they must.
+TEST(Operations, EveryBenchmarkExplainsItsFlags) {
+  struct Bench {
+    const char* name;
+    bool cuda;
+  };
+  const Bench benches[] = {
+      {"seer-kv-stream-bench", false}, {"seer-prefill-bench", true},   {"seer-decode-bench", true},
+      {"seer-gemm-bench", true},       {"seer-attention-bench", true}, {"seer-gemm-sm90-bench", true},
+      {"seer-l2-read-bench", true},    {"seer-pool-rate-bench", true}, {"seer-distill-target-bench", true},
+      {"seer-kv-quant-bench", true},   {"seer-nccl-kv-bench", true},
+  };
+  int checked = 0;
+  for (const Bench& b : benches) {
+    if (!std::filesystem::exists(Bin(b.name))) {
+#if defined(SEER_TEST_CUDA_BENCHES)
+      // seer-nccl-kv-bench needs NCCL as well as CUDA.
+      EXPECT_TRUE(!b.cuda || std::string(b.name) == "seer-nccl-kv-bench") << b.name << " was not built";
+#else
+      EXPECT_TRUE(b.cuda) << b.name << " was not built";
+#endif
+      continue;
+    }
+    CommandResult help = RunCommand({Bin(b.name), "--help"});
+    EXPECT_EQ(help.exit_code, 0) << b.name << ": " << help.err;
+    const std::string out = help.out;
+    const bool usage = out.rfind("usage: " + std::string(b.name), 0) == 0 || out.rfind("Usage: ", 0) == 0;
+    EXPECT_TRUE(usage) << b.name << " --help printed:\n" << out;
+    EXPECT_GT(std::count(out.begin(), out.end(), '\n'), 4) << b.name << " --help explains nothing:\n" << out;
+    CommandResult bad = RunCommand({Bin(b.name), "--no-such-flag"});
+    EXPECT_EQ(bad.exit_code, 2) << b.name << ": " << bad.out << bad.err;
+    EXPECT_NE(bad.err.find("no-such-flag"), std::string::npos) << b.name << ": " << bad.err;
+    ++checked;
+  }
+  EXPECT_GE(checked, 1);
 }
 
 // seer-kv-stream-bench's data paths on a small odd shape: every row checks
