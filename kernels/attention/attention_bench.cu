@@ -27,12 +27,13 @@
 // Inputs are random (never zeros). FLOPs: effective = 4 S^2 D H / 2
 // (causal); "computed" counts 4 * 64 * 64 * D per block actually computed.
 //
-// --power adds, for each attention row, what the board did during its timed
-// runs (NVML, kernels/common/power_sampler.h): the mean SM clock, the mean
-// power from the energy counter, the energy per computed TFLOP, and the
-// share of 5 ms samples in which the software power cap held the clock. The
-// window holds the timed runs and the host's gaps between them (a launch,
-// an event wait), so use --min-seconds of a few seconds.
+// --power adds, for each attention and gate row, what the board did during
+// its timed runs (NVML, kernels/common/power_sampler.h): the mean SM clock,
+// the mean power from the energy counter, the energy per computed TFLOP
+// (attention), and the share of 5 ms samples in which the software power
+// cap held the clock. The window holds the timed runs and the host's gaps
+// between them (a launch, an event wait), so use --min-seconds of a few
+// seconds; power and energy print as "-" for windows under a second.
 
 #include <algorithm>
 #include <cmath>
@@ -114,7 +115,8 @@ constexpr char kHelp[] =
     "  --masks-dir=DIR  write every mask there, for attention_peers.py (FlexAttention)\n"
     "  --no-gate        skip the gate\n"
     "  --queued         start the clock after a 200 us spin kernel: the GPU's time alone\n"
-    "  --power          add the mean SM clock, board power and power-cap share (NVML)\n";
+    "  --power          add the mean SM clock, board power and power-cap share (NVML);\n"
+    "                   power needs windows of a second or more (--min-seconds)\n";
 
 bool ParseArgs(int argc, char** argv, Options* o) {
   for (int i = 1; i < argc; ++i) {
@@ -265,6 +267,20 @@ struct GateRow {
 
 bool Near(double a, double b) { return std::abs(a - b) < 1e-9; }
 
+// A window's mean power (and, given the computed TFLOP/s, its energy per
+// computed TFLOP), or "-" for a window under a second (the default
+// --min-seconds), whose energy-counter steps make it meaningless.
+std::string WattsText(const seer::bench::PowerSummary& power, double tflops = 0.0) {
+  if (power.seconds < 1.0) return "-";
+  char buf[32];
+  if (tflops > 0.0) {
+    std::snprintf(buf, sizeof(buf), "%.3f", power.watts / tflops);
+  } else {
+    std::snprintf(buf, sizeof(buf), "%.0f", power.watts);
+  }
+  return buf;
+}
+
 // The gate of one layer in the Llama-3.1-8B shape of this benchmark: q
 // [L, H, D], k [L, 8 kv heads, D], hidden = D, nz_ratio = 0.1; the old
 // multi-kernel gate and the fused one. With a sampler (--power), what the
@@ -324,7 +340,9 @@ void BenchGate(const Options& o, int seq, int D, double attn_sparse_ms, std::vec
     rows->push_back({D, seq, name, ms, attn_sparse_ms, power});
     std::printf("  gate d=%d seq=%d %s: %.3f ms", D, seq, name, ms);
     if (sampler != nullptr) {
-      std::printf("  %.0f MHz  %.0f W  cap %.0f%%  (%d samples, %.2f s)", power.sm_mhz, power.watts,
+      // (The energy counter moves in steps too coarse for a window under a
+      // second: its power is left out there.)
+      std::printf("  %.0f MHz  %s W  cap %.0f%%  (%d samples, %.2f s)", power.sm_mhz, WattsText(power).c_str(),
                   100.0 * power.power_cap_share, power.samples, power.seconds);
     }
     std::printf("\n");
@@ -493,8 +511,8 @@ int main(int argc, char** argv) {
                         tname, D, seq, dm.sparsity, kernel.c_str(), ms, rows.back().eff_tflops,
                         rows.back().computed_tflops);
             if (sampler != nullptr) {
-              std::printf("  %6.0f MHz  %5.0f W  %.3f J/TFLOP  cap %3.0f%%  slowdown %3.0f%%  (%d samples, %.1f s)",
-                          power.sm_mhz, power.watts, power.watts / rows.back().computed_tflops,
+              std::printf("  %6.0f MHz  %5s W  %s J/TFLOP  cap %3.0f%%  slowdown %3.0f%%  (%d samples, %.1f s)",
+                          power.sm_mhz, WattsText(power).c_str(), WattsText(power, rows.back().computed_tflops).c_str(),
                           100.0 * power.power_cap_share, 100.0 * power.slowdown_share, power.samples, power.seconds);
             }
             std::printf("\n");
@@ -526,8 +544,9 @@ int main(int argc, char** argv) {
     std::printf("| %s | %d | %d | %.2f | %s | %.3f | %.1f | %.1f |", r.dtype.c_str(), r.dim, r.seq, r.sparsity,
                 r.kernel.c_str(), r.ms, r.eff_tflops, r.computed_tflops);
     if (o.power) {
-      std::printf(" %.0f | %.0f | %.3f | %.0f%% | %.0f%% |", r.power.sm_mhz, r.power.watts,
-                  r.power.watts / r.computed_tflops, 100.0 * r.power.power_cap_share, 100.0 * r.power.slowdown_share);
+      std::printf(" %.0f | %s | %s | %.0f%% | %.0f%% |", r.power.sm_mhz, WattsText(r.power).c_str(),
+                  WattsText(r.power, r.computed_tflops).c_str(), 100.0 * r.power.power_cap_share,
+                  100.0 * r.power.slowdown_share);
     }
     std::printf("\n");
   }
@@ -544,7 +563,8 @@ int main(int argc, char** argv) {
         std::printf("- |");
       }
       if (o.power) {
-        std::printf(" %.0f | %.0f | %.0f%% |", g.power.sm_mhz, g.power.watts, 100.0 * g.power.power_cap_share);
+        std::printf(" %.0f | %s | %.0f%% |", g.power.sm_mhz, WattsText(g.power).c_str(),
+                    100.0 * g.power.power_cap_share);
       }
       std::printf("\n");
     }
