@@ -73,8 +73,6 @@ float BestMs(F&& launch, int repeats, cudaStream_t stream) {
 constexpr char kUsage[] = "usage: seer-gemm-bench [--rows 131072] [--mlp-chunk 18688] [--repeats 5] [--clusters]\n";
 
 constexpr char kHelp[] =
-    "usage: seer-gemm-bench [--rows 131072] [--mlp-chunk 18688] [--repeats 5] [--clusters]\n"
-    "\n"
     "The prefill's GEMMs at the Llama-3.1-8B shape: the engine's call (cublasGemmEx) beside\n"
     "every candidate cublasLt's heuristic offers and the engine's GemmTuner pick; best of the\n"
     "repeats, then the engine's call and the fastest candidate re-timed alternately.\n"
@@ -86,7 +84,7 @@ constexpr char kHelp[] =
 
 int Main(int argc, char** argv) {
   if (PrintVersionIfAsked(argc, argv, "seer-gemm-bench")) return 0;
-  if (PrintHelpIfAsked(argc, argv, kHelp)) return 0;
+  if (PrintHelpIfAsked(argc, argv, kUsage, kHelp)) return 0;
   int rows = 131072, chunk = 18688, repeats = 5;
   bool clusters = false;
   for (int i = 1; i < argc; ++i) {

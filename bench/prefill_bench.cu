@@ -60,7 +60,6 @@ constexpr char kUsage[] =
     "                          [--layers 32] [--dump-masks DIR]\n";
 
 constexpr char kHelp[] =
-    "\n"
     "Time to first token of a Llama-3.1-8B-shaped model on the GPU (random bf16 weights drawn\n"
     "on the device, random SeerAttention gates): Engine::Prefill, ids in and last-row logits\n"
     "out, for each length and mode, with the peak device memory and the time by stage\n"
@@ -309,6 +308,6 @@ int Main(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   if (seer::PrintVersionIfAsked(argc, argv, "seer-prefill-bench")) return 0;
-  if (seer::PrintHelpIfAsked(argc, argv, (std::string(seer::kUsage) + seer::kHelp).c_str())) return 0;
+  if (seer::PrintHelpIfAsked(argc, argv, seer::kUsage, seer::kHelp)) return 0;
   return seer::Main(argc, argv);
 }

@@ -99,7 +99,6 @@ constexpr char kUsage[] =
     "          [--masks=uniform|topk] [--masks-from=FILE,...] [--no-gate] [--queued] [--power]\n";
 
 constexpr char kHelp[] =
-    "\n"
     "Times Seer's block-sparse attention kernels (causal) at each length, sparsity, head dim\n"
     "and dtype, and the GPU gate (nz_ratio = 0.1, the multi-kernel and the fused one) as a\n"
     "share of the attention at sparsity 0.9. Prints markdown tables.\n"
@@ -370,7 +369,7 @@ void BenchGate(const Options& o, int seq, int D, double attn_sparse_ms, std::vec
 
 int main(int argc, char** argv) {
   if (seer::PrintVersionIfAsked(argc, argv, "seer-attention-bench")) return 0;
-  if (seer::PrintHelpIfAsked(argc, argv, (std::string(kUsage) + kHelp).c_str())) return 0;
+  if (seer::PrintHelpIfAsked(argc, argv, kUsage, kHelp)) return 0;
   Options o;
   if (!ParseArgs(argc, argv, &o)) return 2;
   // Every mask file must fit this run before any is timed.

@@ -73,9 +73,6 @@ constexpr char kUsage[] =
     "                          [--tiles-per-sm=4096]\n";
 
 constexpr char kHelp[] =
-    "usage: seer-l2-read-bench [--buffers-mb=16,40,2048] [--stages=1,2,4,6] [--tile-kb=32] [--copies=4]\n"
-    "                          [--tiles-per-sm=4096]\n"
-    "\n"
     "How fast the SMs pull tiles from random tile-aligned offsets of a buffer into shared\n"
     "memory with the sm90 attention kernel's machinery: bulk copies on mbarriers, one thread\n"
     "issuing them, one persistent CTA per SM. A buffer that fits in L2 gives the L2 -> SM\n"
@@ -93,7 +90,7 @@ constexpr char kHelp[] =
 
 int main(int argc, char** argv) {
   if (seer::PrintVersionIfAsked(argc, argv, "seer-l2-read-bench")) return 0;
-  if (seer::PrintHelpIfAsked(argc, argv, kHelp)) return 0;
+  if (seer::PrintHelpIfAsked(argc, argv, kUsage, kHelp)) return 0;
   std::vector<int> buffers_mb = {16, 40, 2048}, stage_counts = {1, 2, 4, 6};
   int tile_kb = 32, copies = 4, per_sm = 4096;
   for (int i = 1; i < argc; ++i) {

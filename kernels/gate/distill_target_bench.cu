@@ -52,9 +52,6 @@ constexpr char kUsage[] =
     "                                 [--dtypes=bf16 (bf16,fp16)] [--warmup=1] [--iters=5]\n";
 
 constexpr char kHelp[] =
-    "usage: seer-distill-target-bench [--seqs=4096,16384,32768] [--blocks=64 (64,32,16)]\n"
-    "                                 [--dtypes=bf16 (bf16,fp16)] [--warmup=1] [--iters=5]\n"
-    "\n"
     "Times one layer's gate-distillation target (the block-pooled attention map the gates\n"
     "are trained against) for the Llama-3.1-8B attention shape and a small one.\n"
     "\n"
@@ -115,7 +112,7 @@ double MedianMs(const Options& o, const seer::cuda::DistillTargetParams& p) {
 
 int main(int argc, char** argv) {
   if (seer::PrintVersionIfAsked(argc, argv, "seer-distill-target-bench")) return 0;
-  if (seer::PrintHelpIfAsked(argc, argv, kHelp)) return 0;
+  if (seer::PrintHelpIfAsked(argc, argv, kUsage, kHelp)) return 0;
   Options o;
   if (!ParseArgs(argc, argv, &o)) return 2;
   cudaDeviceProp prop;

@@ -101,8 +101,6 @@ __global__ void __launch_bounds__(kThreads, 2) PoolKernel(const __nv_bfloat16* q
 constexpr char kUsage[] = "usage: seer-pool-rate-bench [--seq=8192] [--heads=32] [--repeats=30]\n";
 
 constexpr char kHelp[] =
-    "usage: seer-pool-rate-bench [--seq=8192] [--heads=32] [--repeats=30]\n"
-    "\n"
     "How fast the GPU pools q [seq, heads, 128] (bf16) into the gate's 64-token block means\n"
     "(token-order double sums, the fused gate's loop), alone on the GPU, against a plain read\n"
     "of the same bytes.\n"
@@ -118,7 +116,7 @@ constexpr char kHelp[] =
 
 int main(int argc, char** argv) {
   if (seer::PrintVersionIfAsked(argc, argv, "seer-pool-rate-bench")) return 0;
-  if (seer::PrintHelpIfAsked(argc, argv, kHelp)) return 0;
+  if (seer::PrintHelpIfAsked(argc, argv, kUsage, kHelp)) return 0;
   int seq = 8192, heads = 32, repeats = 30;
   for (int i = 1; i < argc; ++i) {
     if (const char* v = seer::bench::FlagValue(argv[i], "--seq")) {

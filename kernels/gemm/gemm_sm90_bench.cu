@@ -122,7 +122,7 @@ int main(int argc, char** argv) {
   std::vector<int> groups = {8, 16};
   std::string profile;  // a pool kind: one launch of ours, for ncu
   if (seer::PrintVersionIfAsked(argc, argv, "seer-gemm-sm90-bench")) return 0;
-  if (seer::PrintHelpIfAsked(argc, argv, (std::string(kUsage) + "\n" + kHelp).c_str())) return 0;
+  if (seer::PrintHelpIfAsked(argc, argv, kUsage, kHelp)) return 0;
   for (int i = 1; i < argc; ++i) {
     if (const char* v = seer::bench::FlagValue(argv[i], "--rows"))
       rows = seer::bench::IntList(v);

@@ -17,21 +17,22 @@
 #include "kernels/kv_quant/kv_quant.h"
 #include "kernels/kv_quant/kv_quant_cpu.h"
 
+constexpr char kUsage[] = "usage: seer-kv-quant-bench [tokens ...]      (default 8192 32768 131072)\n";
+
 constexpr char kHelp[] =
-    "usage: seer-kv-quant-bench [tokens ...]      (default 8192 32768 131072)\n"
-    "\n"
     "Throughput of the fp8 KV-cache kernels (Quantize, Dequantize) on one layer of an\n"
     "8B-shaped KV cache (8 KV heads x head_dim 128, bf16) at each prompt length. GB/s counts\n"
     "the bytes each kernel moves.\n";
 
 int main(int argc, char** argv) {
   if (seer::PrintVersionIfAsked(argc, argv, "seer-kv-quant-bench")) return 0;
-  if (seer::PrintHelpIfAsked(argc, argv, kHelp)) return 0;
+  if (seer::PrintHelpIfAsked(argc, argv, kUsage, kHelp)) return 0;
   std::vector<int> lengths;
   for (int i = 1; i < argc; ++i) {
     const int tokens = std::atoi(argv[i]);
     if (tokens <= 0) {
-      std::fprintf(stderr, "seer-kv-quant-bench: '%s' is not a positive token count (--help explains)\n", argv[i]);
+      std::fprintf(stderr, "%sseer-kv-quant-bench: '%s' is not a positive token count (--help explains)\n", kUsage,
+                   argv[i]);
       return 2;
     }
     lengths.push_back(tokens);

@@ -192,7 +192,6 @@ constexpr char kUsage[] =
     "                          [--prefill LEN:MODE,...] [--transport 0|1]\n";
 
 constexpr char kHelp[] =
-    "\n"
     "How fast the NCCL KV link moves a Llama-3.1-8B-shaped KV cache (8 KV heads x head_dim\n"
     "128, bf16) from GPU 0 to a child process on GPU 1, every transfer checked element by\n"
     "element at the receiver. Needs two GPUs.\n"
@@ -328,7 +327,7 @@ int Main(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   if (seer::PrintVersionIfAsked(argc, argv, "seer-nccl-kv-bench")) return 0;
-  if (seer::PrintHelpIfAsked(argc, argv, (std::string(seer::kUsage) + seer::kHelp).c_str())) return 0;
+  if (seer::PrintHelpIfAsked(argc, argv, seer::kUsage, seer::kHelp)) return 0;
   if (argc > 1 && std::string(argv[1]) == "--nccl-peer") return seer::nccl_test::RunPeer(argc, argv);
   setenv("NCCL_NVLS_ENABLE", "0", 1);
   return seer::Main(argc, argv);
