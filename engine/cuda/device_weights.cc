@@ -6,6 +6,7 @@
 #include <string>
 
 #include "engine/cuda/cuda_status.h"
+#include "kernels/gate/gate.h"
 #include "kernels/ops/ops.h"
 
 namespace seer {
@@ -32,7 +33,8 @@ class Carver {
   size_t offset_ = 0;
 };
 
-enum class Init { kUniform, kOnes, kRopeFreq, kGateRopeFreq };
+// kUniformBf16: uniform draws rounded to bf16, kept as float32 (the gates).
+enum class Init { kUniform, kUniformBf16, kOnes, kRopeFreq, kGateRopeFreq };
 
 // One tensor of the device copy: where it goes, its element count, and where
 // its values come from (a checkpoint view, host floats, or a random draw).
@@ -132,14 +134,14 @@ std::vector<Slot> Layout(const LayoutInputs& in, Carver& carver, DeviceModelWeig
       const size_t gh = in.gates.gate_hidden;
       const size_t d = c.head_dim;
       const GateLayerWeights* gw = in.gate_weights ? &in.gate_weights->layers[i] : nullptr;
-      L.gate_k_weight = vec(p + "self_attn.attn_gate.mask_linear_k.weight", c.num_heads * 3 * d * gh, Init::kUniform,
-                            nullptr, uniform(3 * d));
+      L.gate_k_weight = vec(p + "self_attn.attn_gate.mask_linear_k.weight", c.num_heads * 3 * d * gh,
+                            Init::kUniformBf16, nullptr, uniform(3 * d));
       if (gw != nullptr) {
         slots.back().host = &gw->k_weight;
         slots.back().host_heads = static_cast<int>(gw->k_weight.size() / (3 * d * gh));
       }
       if (in.gates.has_q) {
-        L.gate_q_weight = vec(p + "self_attn.attn_gate.mask_linear_q.weight", c.num_heads * d * gh, Init::kUniform,
+        L.gate_q_weight = vec(p + "self_attn.attn_gate.mask_linear_q.weight", c.num_heads * d * gh, Init::kUniformBf16,
                               nullptr, uniform(d));
         if (gw != nullptr) {
           slots.back().host = &gw->q_weight;
@@ -243,6 +245,10 @@ Status FillSlot(const Slot& s, const ModelConfig& c, const GateShape& g, uint64_
     case Init::kOnes:
       SEER_RETURN_IF_CUDA_ERROR(cuda::Fill(static_cast<float*>(s.dst), s.count, 1.0f, stream));
       return OkStatus();
+    case Init::kUniformBf16:
+      SEER_RETURN_IF_CUDA_ERROR(
+          cuda::FillUniform(static_cast<float*>(s.dst), s.count, seed, s.scale, stream, /*bf16_values=*/true));
+      return OkStatus();
     case Init::kUniform:
       if (s.bf16) {
         SEER_RETURN_IF_CUDA_ERROR(
@@ -318,6 +324,13 @@ StatusOr<DeviceModelWeights> UploadModelWeights(const ModelConfig& config, const
       SEER_RETURN_IF_ERROR(FillSlot(s, config, g, 0, stream));
     }
   }
+  if (gates != nullptr) {
+    for (int i = 0; i < config.num_layers; ++i) {
+      const GateLayerWeights& l = gates->layers[i];
+      w.layers[i].gate_weights_tf32 = cuda::WeightsAreTf32(l.k_weight.data(), l.k_weight.size()) &&
+                                      cuda::WeightsAreTf32(l.q_weight.data(), l.q_weight.size());
+    }
+  }
   SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream));
   return w;
 }
@@ -332,6 +345,7 @@ StatusOr<DeviceModelWeights> RandomModelWeights(const ModelConfig& config, const
   for (const Slot& s : slots) {
     SEER_RETURN_IF_ERROR(FillSlot(s, config, gates, ++tensor_seed, stream));
   }
+  for (DeviceLayerWeights& l : w.layers) l.gate_weights_tf32 = gates.gate_hidden > 0;  // drawn as bf16 values
   SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream));
   return w;
 }

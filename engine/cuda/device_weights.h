@@ -35,6 +35,10 @@ struct DeviceLayerWeights {
   float* down_bias = nullptr;
   float* gate_k_weight = nullptr;  // mask_linear_k [Hq, 3 * head_dim, gate hidden]; null without gates
   float* gate_q_weight = nullptr;  // mask_linear_q [Hq, head_dim, gate hidden] or null
+  // Every gate weight is a tf32 value (cuda::GateParams::weights_tf32): true
+  // for BF16 and F16 checkpoints and for random gates, which are drawn as
+  // bf16 values like the checkpoints SeerAttention trains.
+  bool gate_weights_tf32 = false;
 };
 
 struct DeviceModelWeights {

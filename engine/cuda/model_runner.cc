@@ -119,6 +119,7 @@ Status ModelRunner::Gate(int layer, const Activations& a, int rows, const Sparsi
   g.k = a.k;
   g.k_weight = w.gate_k_weight;
   g.q_weight = w.gate_q_weight;
+  g.weights_tf32 = w.gate_weights_tf32;
   g.rope_inv_freq = weights_.gate_rope_inv_freq;
   g.block_offsets = out.block_offsets;
   g.block_indices = out.block_indices;

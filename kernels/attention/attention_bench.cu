@@ -86,6 +86,7 @@ struct Options {
   bool topk_masks = false;  // --masks=topk
   std::vector<std::string> masks_from;  // SEERMSK1 files, timed beside the generated masks
   bool gate = true;
+  std::vector<std::string> gate_weights = {"bf16"};  // --gate-weights: bf16 and/or f32
   bool queued = false;  // --queued: the launches queued behind a spin kernel
   bool power = false;  // --power: clock, power and energy per attention row (NVML)
 };
@@ -96,7 +97,8 @@ constexpr char kUsage[] =
     "usage: seer-attention-bench [--seqs=8192,32768,131072] [--sparsities=0,0.5,0.9] [--dtypes=bf16,fp16]\n"
     "          [--variants=v2,v3,v4,v6 (auto,v1,v2,v3,v3s,v4,v6)] [--heads=32] [--kv-heads=32] [--dims=64,128]\n"
     "          [--warmup=2] [--min-seconds=0.5] [--min-iters=3] [--max-iters=50] [--masks-dir=DIR]\n"
-    "          [--masks=uniform|topk] [--masks-from=FILE,...] [--no-gate] [--queued] [--power]\n";
+    "          [--masks=uniform|topk] [--masks-from=FILE,...] [--no-gate] [--gate-weights=bf16,f32]\n"
+    "          [--queued] [--power]\n";
 
 constexpr char kHelp[] =
     "Times Seer's block-sparse attention kernels (causal) at each length, sparsity, head dim\n"
@@ -113,6 +115,9 @@ constexpr char kHelp[] =
     "  --masks-from     also time SEERMSK1 mask files (seer-prefill-bench --dump-masks)\n"
     "  --masks-dir=DIR  write every mask there, for attention_peers.py (FlexAttention)\n"
     "  --no-gate        skip the gate\n"
+    "  --gate-weights   the gate's weight values: bf16 (the default: SeerAttention's gates are\n"
+    "                   stored in bf16, so the projection skips the weights' tf32 lo parts) and/or\n"
+    "                   f32 (full float32 values, every product taken); rows say f32 where used\n"
     "  --queued         start the clock after a 200 us spin kernel: the GPU's time alone\n"
     "  --power          add the mean SM clock, board power and power-cap share (NVML);\n"
     "                   power needs windows of a second or more (--min-seconds)\n";
@@ -167,6 +172,14 @@ bool ParseArgs(int argc, char** argv, Options* o) {
       o->masks_from = SplitCommas(v);
     } else if (const char* v = value("--masks-dir")) {
       o->masks_dir = v;
+    } else if (const char* v = value("--gate-weights")) {
+      o->gate_weights = SplitCommas(v);
+      for (const std::string& w : o->gate_weights) {
+        if (w != "bf16" && w != "f32") {
+          std::fprintf(stderr, "--gate-weights: unknown kind '%s' (bf16, f32)\n", w.c_str());
+          return false;
+        }
+      }
     } else if (a == "--no-gate") {
       o->gate = false;
     } else if (a == "--queued") {
@@ -297,11 +310,6 @@ void BenchGate(const Options& o, int seq, int D, double attn_sparse_ms, std::vec
   SEER_CUDA_CHECK(cudaMalloc(&freq, static_cast<size_t>(D / 2) * 4));
   Fill(q, static_cast<int64_t>(seq) * H * D, ElemType::kBF16, 4u, 1.0f);
   Fill(k, static_cast<int64_t>(seq) * gate_kv * D, ElemType::kBF16, 5u, 1.0f);
-  std::vector<float> w(static_cast<size_t>(H) * 3 * D * D);
-  std::mt19937 rng(7);
-  std::normal_distribution<float> normal(0.0f, 0.05f);
-  for (float& x : w) x = normal(rng);
-  SEER_CUDA_CHECK(cudaMemcpy(wk, w.data(), w.size() * 4, cudaMemcpyHostToDevice));
   // Plain RoPE frequencies (theta 500000): the values do not change the timing.
   std::vector<float> ff(D / 2);
   for (int i = 0; i < D / 2; ++i) ff[i] = static_cast<float>(std::pow(500000.0, -2.0 * i / D));
@@ -331,29 +339,40 @@ void BenchGate(const Options& o, int seq, int D, double attn_sparse_ms, std::vec
   g.workspace_bytes = std::max(seer::cuda::GateWorkspaceBytesVariant(g, seer::cuda::GateVariant::kUnfused),
                                seer::cuda::GateWorkspaceBytesVariant(g, seer::cuda::GateVariant::kFused));
   SEER_CUDA_CHECK(cudaMalloc(&g.workspace, g.workspace_bytes));
-  for (auto [variant, name] : {std::pair{seer::cuda::GateVariant::kUnfused, "unfused (old)"},
-                               std::pair{seer::cuda::GateVariant::kFused, "fused"}}) {
-    seer::bench::PowerSummary power;
-    const double ms = TimeMs(
-        o, [&] { return seer::cuda::RunGateKernelsVariant(g, variant, nullptr); }, sampler, &power);
-    rows->push_back({D, seq, name, ms, attn_sparse_ms, power});
-    std::printf("  gate d=%d seq=%d %s: %.3f ms", D, seq, name, ms);
-    if (sampler != nullptr) {
-      // (The energy counter moves in steps too coarse for a window under a
-      // second: its power is left out there.)
-      std::printf("  %.0f MHz  %s W  cap %.0f%%  (%d samples, %.2f s)", power.sm_mhz, WattsText(power).c_str(),
-                  100.0 * power.power_cap_share, power.samples, power.seconds);
-    }
-    std::printf("\n");
-    std::fflush(stdout);
+  for (const std::string& weights : o.gate_weights) {
+    // The same draws either way; bf16: rounded to bf16 values, as a BF16
+    // checkpoint's weights are, so that the projection skips their lo parts.
+    std::vector<float> w(static_cast<size_t>(H) * 3 * D * D);
+    std::mt19937 rng(7);
+    std::normal_distribution<float> normal(0.0f, 0.05f);
+    for (float& x : w) x = weights == "bf16" ? __bfloat162float(__float2bfloat16_rn(normal(rng))) : normal(rng);
+    SEER_CUDA_CHECK(cudaMemcpy(wk, w.data(), w.size() * 4, cudaMemcpyHostToDevice));
+    g.weights_tf32 = seer::cuda::WeightsAreTf32(w.data(), w.size());
+    for (auto [variant, kernels] : {std::pair{seer::cuda::GateVariant::kUnfused, "unfused (old)"},
+                                    std::pair{seer::cuda::GateVariant::kFused, "fused"}}) {
+      const std::string name = std::string(kernels) + (weights == "f32" ? ", f32 weights" : "");
+      seer::bench::PowerSummary power;
+      const double ms = TimeMs(
+          o, [&] { return seer::cuda::RunGateKernelsVariant(g, variant, nullptr); }, sampler, &power);
+      rows->push_back({D, seq, name, ms, attn_sparse_ms, power});
+      std::printf("  gate d=%d seq=%d %s: %.3f ms", D, seq, name.c_str(), ms);
+      if (sampler != nullptr) {
+        // (The energy counter moves in steps too coarse for a window under a
+        // second: its power is left out there.)
+        std::printf("  %.0f MHz  %s W  cap %.0f%%  (%d samples, %.2f s)", power.sm_mhz, WattsText(power).c_str(),
+                    100.0 * power.power_cap_share, power.samples, power.seconds);
+      }
+      std::printf("\n");
+      std::fflush(stdout);
 #if defined(SEER_GATE_TRACE)
-    for (int run = 0; run < 3; ++run) {
-      SEER_CUDA_CHECK(seer::cuda::GateTraceReset());
-      SEER_CUDA_CHECK(seer::cuda::RunGateKernelsVariant(g, variant, nullptr));
-      SEER_CUDA_CHECK(cudaDeviceSynchronize());
-      SEER_CUDA_CHECK(seer::cuda::GateTracePrint(name));
-    }
+      for (int run = 0; run < 3; ++run) {
+        SEER_CUDA_CHECK(seer::cuda::GateTraceReset());
+        SEER_CUDA_CHECK(seer::cuda::RunGateKernelsVariant(g, variant, nullptr));
+        SEER_CUDA_CHECK(cudaDeviceSynchronize());
+        SEER_CUDA_CHECK(seer::cuda::GateTracePrint(name.c_str()));
+      }
 #endif
+    }
   }
   SEER_CUDA_CHECK(cudaFree(q));
   SEER_CUDA_CHECK(cudaFree(k));
@@ -550,9 +569,11 @@ int main(int argc, char** argv) {
     std::printf("\n");
   }
   if (!gate_rows.empty()) {
-    std::printf("\n| d | seq | gate (nz_ratio=0.1, %d q heads, 8 kv) | ms | %% of attention at 0.9 sparsity (%s) |%s\n",
-                H, seer::cuda::FwdVariantName(seer::cuda::ResolveFwdVariant(FwdVariant::kAuto)),
-                o.power ? " SM MHz | board W | power cap |" : "");
+    std::printf(
+        "\n| d | seq | gate (nz_ratio=0.1, %d q heads, 8 kv; bf16 weights unless named) | ms | %% of attention at "
+        "0.9 sparsity (%s) |%s\n",
+        H, seer::cuda::FwdVariantName(seer::cuda::ResolveFwdVariant(FwdVariant::kAuto)),
+        o.power ? " SM MHz | board W | power cap |" : "");
     std::printf("|---|---|---|---|---|%s\n", o.power ? "---|---|---|" : "");
     for (const GateRow& g : gate_rows) {
       std::printf("| %d | %d | %s | %.3f | ", g.dim, g.seq, g.kernels.c_str(), g.ms);

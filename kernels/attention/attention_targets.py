@@ -58,6 +58,10 @@ def read_table(path):
                     pass
             elif len(c) == 5 and c[0].isdigit():
                 variant = "fused" if c[2].startswith("fused") else "unfused"
+                # Rows of full float32 gate weights (--gate-weights=f32) are
+                # shown, not judged: SeerAttention's gates are bf16 values.
+                if "f32 weights" in c[2]:
+                    variant += " f32"
                 try:
                     gates[(int(c[0]), int(c[1]), variant)] = float(c[3])
                 except ValueError:

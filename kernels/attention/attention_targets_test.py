@@ -121,6 +121,20 @@ class TargetsTest(unittest.TestCase):
             rate = rate.replace(old, "| 560.0 |")
         self.assertEqual(self.verdicts(rate)["sparse computed TFLOP/s >= 0.9x own dense, 32k and 128k"][1], "met")
 
+    def test_rows_of_f32_gate_weights_are_not_judged(self):
+        # --gate-weights=bf16,f32: the f32 rows come after the bf16 ones and
+        # must not take their place.
+        f32 = TABLE.replace("| 128 | 131072 | fused | 2.038 | 7.4% |\n",
+                            "| 128 | 131072 | fused | 2.038 | 7.4% |\n"
+                            "| 128 | 131072 | unfused (old), f32 weights | 0.850 | 3.1% |\n"
+                            "| 128 | 8192 | fused, f32 weights | 0.070 | 40.0% |\n")
+        self.assertNotEqual(f32, TABLE)
+        rows = self.verdicts(f32)
+        self.assertEqual(rows["gate <= 3% of attention at 128k, s = 0.9"],
+                         ("unfused 0.800 / 27.681 ms = 2.9%", "met"))
+        self.assertEqual(rows["gate <= 25% of attention at 8k, s = 0.9"],
+                         ("fused 0.062 / 0.175 ms = 35.4%", "missed"))
+
     def test_missing_rows_are_never_met(self):
         no_cudnn = "\n".join(line for line in TABLE.splitlines() if "8192 | 0.00 | sdpa cudnn" not in line)
         self.assertEqual(self.verdicts(no_cudnn)["dense <= SDPA cuDNN at 8k / 32k / 128k"][1],

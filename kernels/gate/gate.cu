@@ -41,6 +41,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #if defined(SEER_GATE_TRACE)
 #include <algorithm>
@@ -1248,12 +1249,13 @@ __device__ __forceinline__ void LoadTcSlab(const float* x, int64_t ld, int first
 
 // acc[mt][nt] += this warp's A rows wr + 16 mt.. ([row][kTcPitch] floats in
 // shared memory, channels kk .. kk + 7) times the B fragments (hi and lo of
-// column tiles nt), three tf32 products a float product; two where a_lo is
-// false (A's lo parts known to be zero).
+// column tiles nt), three tf32 products a float product; one fewer where
+// a_lo or b_lo is false (A's or B's lo parts known to be zero: a product
+// of zeros leaves the accumulator's bits as they are).
 template <int kMt, int kNt>
 __device__ __forceinline__ void Tf32MmaTiles(const float* as, int wr, int kk, const uint32_t (&bh)[kNt][2],
-                                             const uint32_t (&bl)[kNt][2], float (&acc)[kMt][kNt][4],
-                                             bool a_lo = true) {
+                                             const uint32_t (&bl)[kNt][2], float (&acc)[kMt][kNt][4], bool a_lo = true,
+                                             bool b_lo = true) {
   // ldmatrix on 32-bit elements: each 8 x 8 b16 matrix is 8 rows x 4 floats,
   // and lane l receives row l / 4, float l % 4 of each (the tf32 fragment
   // layout); lane l addresses row l % 8 of matrix l / 8.
@@ -1268,7 +1270,7 @@ __device__ __forceinline__ void Tf32MmaTiles(const float* as, int wr, int kk, co
 #pragma unroll
     for (int nt = 0; nt < kNt; ++nt) {
       if (a_lo) ptx::MmaTf32(acc[mt][nt], al, bh[nt][0], bh[nt][1]);
-      ptx::MmaTf32(acc[mt][nt], ah, bl[nt][0], bl[nt][1]);
+      if (b_lo) ptx::MmaTf32(acc[mt][nt], ah, bl[nt][0], bl[nt][1]);
       ptx::MmaTf32(acc[mt][nt], ah, bh[nt][0], bh[nt][1]);
     }
   }
@@ -1438,10 +1440,12 @@ __device__ __forceinline__ uint32_t Swizzle64(int r, int c) {
 // serializes wgmmas left in flight across a loop's back edge or a branch);
 // a stage is refilled kWgStages - 2 steps ahead, once the products of the
 // step that read it are done. Until 2026-11-30 a runtime loop waited for
-// each step's products before it issued the next step's. smem_addr:
-// kWgStages stages, 1024-byte aligned. On return every wgmma is done and
-// only empty cp.async groups are pending.
-template <int kSteps, int kALoStep>
+// each step's products before it issued the next step's. Without kBLo, B's
+// lo part is zero throughout (B's values are tf32, GateParams::weights_tf32):
+// it is not loaded and its product not taken, which leaves acc's bits as
+// they would be. smem_addr: kWgStages stages, 1024-byte aligned. On return
+// every wgmma is done and only empty cp.async groups are pending.
+template <int kSteps, int kALoStep, bool kBLo = true>
 __device__ __forceinline__ void WgmmaTf32Tile(uint32_t smem_addr, const WgParts& parts, float (&acc)[64]) {
   static_assert(kWgStages >= 3 && kALoStep <= kSteps, "a stage refilled only once its products are done");
   constexpr int kAhead = kWgStages - 2;  // steps loaded ahead of the one computed
@@ -1471,7 +1475,7 @@ __device__ __forceinline__ void WgmmaTf32Tile(uint32_t smem_addr, const WgParts&
       for (int j = 0; j < 2; ++j) {
 #pragma unroll
         for (int part = 0; part < 4; ++part) {
-          if (part == 1 && s < kALoStep) continue;
+          if ((part == 1 && s < kALoStep) || (part == 3 && !kBLo)) continue;
           const int at = (part == 1 ? s - kALoStep : s) * kWgK;  // a constant once unrolled
           ptx::CpAsync16ZeroFill(st + part * kWgPartBytes + row_off[j], row_src[j][part] + at, row_valid[j][part]);
         }
@@ -1505,7 +1509,7 @@ __device__ __forceinline__ void WgmmaTf32Tile(uint32_t smem_addr, const WgParts&
         const uint64_t a_lo = sm90::MatrixDesc(a + kWgPartBytes + k_off, 16, 512, 64);
         sm90::WgmmaSSTf32<128>::Run(acc, a_lo, b_hi, 1);
       }
-      sm90::WgmmaSSTf32<128>::Run(acc, a_hi, b_lo, 1);
+      if constexpr (kBLo) sm90::WgmmaSSTf32<128>::Run(acc, a_hi, b_lo, 1);
       sm90::WgmmaSSTf32<128>::Run(acc, a_hi, b_hi, 1);
     }
     sm90::WgmmaCommit();
@@ -2297,6 +2301,10 @@ __device__ __forceinline__ void StoreRotatedTile(const float* tile, const float*
   });
 }
 
+// Without kWLo the weights are tf32 (GateParams::weights_tf32): their lo
+// products are skipped (a template argument: as a runtime flag it cost
+// ptxas 20 more bytes of spills).
+template <bool kWLo>
 __global__ void __launch_bounds__(kSgemmThreads, 2)
     ProjectRopeTf32Kernel(GateParams p, int nb, const float* pooled_q, const float* pooled_k, const float* rope,
                           float* qp, float* kp, float* qp_lo, float* kp_lo) {
@@ -2341,7 +2349,7 @@ __global__ void __launch_bounds__(kSgemmThreads, 2)
           ptx::SplitTf32(b[0], &bh[nt][0], &bl[nt][0]);
           ptx::SplitTf32(b[4 * kTcWPitch], &bh[nt][1], &bl[nt][1]);
         }
-        Tf32MmaTiles(xs, wr, kk, bh, bl, acc);
+        Tf32MmaTiles(xs, wr, kk, bh, bl, acc, true, kWLo);
       }
     }
   }
@@ -2446,7 +2454,7 @@ __global__ void __launch_bounds__(128)
         ptx::SplitTf32(b[0], &bh[nt][0], &bl[nt][0]);
         ptx::SplitTf32(b[4 * kTcWPitch], &bh[nt][1], &bl[nt][1]);
       }
-      Tf32MmaTiles(xs, 0, kk, bh, bl, acc, a_lo);
+      Tf32MmaTiles(xs, 0, kk, bh, bl, acc, a_lo, !p.weights_tf32);
     }
   }
   ptx::CpAsyncWait<0>();  // only empty groups are left
@@ -2485,7 +2493,10 @@ __global__ void __launch_bounds__(128)
 // mask_linear_q, so D == hidden == kPrHidden); needs sm_90a. grid (row
 // tiles, 1, Hq). k' goes out as the fp16 stripes read it
 // (StoreRotatedTileF16: fp16 hi and lo parts and each row's shift), the only
-// scores kernel that runs after this one (since 2026-12-01).
+// scores kernel that runs after this one (since 2026-12-01). Without kWLo
+// the weights are tf32 (GateParams::weights_tf32): W's lo part is neither
+// read nor multiplied.
+template <bool kWLo>
 __global__ void __launch_bounds__(kSgemmThreads, 1)
     ProjectRopeWgmmaKernel(GateParams p, int nb, const float* pooled_k, const float* pooled_k_lo, const float* wt,
                            const float* rope, __half* kp, __half* kp_lo, int32_t* k_shift) {
@@ -2511,7 +2522,7 @@ __global__ void __launch_bounds__(kSgemmThreads, 1)
   const int wg = threadIdx.x / 128;
   const bool wg_busy = m0 + 64 * wg < nb;  // warpgroup-uniform
   float acc[64];
-  WgmmaTf32Tile<3 * kPrHidden / kWgK, 2 * kPrHidden / kWgK>(smem_addr, parts, acc);
+  WgmmaTf32Tile<3 * kPrHidden / kWgK, 2 * kPrHidden / kWgK, kWLo>(smem_addr, parts, acc);
   ptx::CpAsyncWait<0>();  // only empty groups are left; the output tile reuses the stages
   __syncthreads();
 
@@ -2537,9 +2548,11 @@ __global__ void __launch_bounds__(kSgemmThreads, 1)
 
 // W [w_heads][in][hidden] (applied as x . W) to wt [w_heads][2][hidden][in]:
 // W's columns as rows, K-major as tf32 wgmma's B operand must be, tf32 hi
-// parts then lo parts (ProjectRopeWgmmaKernel). 32 x 32 tiles through shared
-// memory; grid (ceil(in / 32), ceil(hidden / 32), w_heads), block (32, 8).
-__global__ void SplitTransposeKernel(const float* w, int in, int hidden, float* wt) {
+// parts then lo parts (ProjectRopeWgmmaKernel); without lo_parts (the
+// weights are tf32) the values alone, as the hi parts, and no lo parts.
+// 32 x 32 tiles through shared memory; grid (ceil(in / 32), ceil(hidden /
+// 32), w_heads), block (32, 8).
+__global__ void SplitTransposeKernel(const float* w, int in, int hidden, bool lo_parts, float* wt) {
   // Chained after the pool, which neither reads nor writes w or wt: it
   // waits for the pool only at its end, and so finishes after it (what the
   // kernels chained after it rely on).
@@ -2561,7 +2574,7 @@ __global__ void SplitTransposeKernel(const float* w, int in, int hidden, float* 
     const int k = k0 + threadIdx.x;
     if (n < hidden && k < in) {
       const int64_t at = static_cast<int64_t>(n) * in + k;
-      StoreMaybeSplit(t[threadIdx.x][i], hi + at, lo + at);
+      StoreMaybeSplit(t[threadIdx.x][i], hi + at, lo_parts ? lo + at : nullptr);
     }
   }
   ChainedKernelWait();
@@ -3824,6 +3837,17 @@ static_assert(kMaxBlocks <= 65535, "ListPrefix (selection.h) computes qb (qb + 1
 
 }  // namespace
 
+bool WeightsAreTf32(const float* host, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, host + i, sizeof u);
+    // Finite (an exponent not all ones) and the low 13 significand bits zero:
+    // ptx::SplitTf32 then gives the value itself and a lo part of zero.
+    if ((u & 0x7f800000u) == 0x7f800000u || (u & 0x1fffu) != 0) return false;
+  }
+  return true;
+}
+
 int GateNumBlocks(const GateParams& p) {
   if (p.seq_len < 0 || p.block_size <= 0) return 0;
   return static_cast<int>((static_cast<int64_t>(p.seq_len) + p.block_size - 1) / p.block_size);
@@ -4006,24 +4030,26 @@ cudaError_t RunGateKernelsVariant(const GateParams& p, GateVariant variant, cuda
     const int in = 3 * p.head_dim;
     SEER_CUDA_RETURN_IF_ERROR(LaunchChained(chain, SplitTransposeKernel,
                                             dim3((in + 31) / 32, (p.hidden + 31) / 32, KWeightHeads(p)), dim3(32, 8), 0,
-                                            stream, p.k_weight, in, p.hidden, wt));
+                                            stream, p.k_weight, in, p.hidden, !p.weights_tf32, wt));
   }
 
   // project + rope
   if (tc_project) {
     const unsigned row_tiles = static_cast<unsigned>((nb + kSgemmTile - 1) / kSgemmTile);
     if (wgmma_project) {
-      SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
-          ProjectRopeWgmmaKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kWgSmemBytes)));
+      auto* const project = p.weights_tf32 ? ProjectRopeWgmmaKernel<false> : ProjectRopeWgmmaKernel<true>;
+      SEER_CUDA_RETURN_IF_ERROR(
+          cudaFuncSetAttribute(project, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kWgSmemBytes)));
       SEER_CUDA_RETURN_IF_ERROR(LaunchChained(
-          chain, ProjectRopeWgmmaKernel, dim3(row_tiles, 1, p.num_heads), kSgemmThreads, kWgSmemBytes, stream, p, nb,
-          pooled_k, pooled_k_lo, wt, rope, reinterpret_cast<__half*>(kp), reinterpret_cast<__half*>(kp_lo), k_shift));
+          chain, project, dim3(row_tiles, 1, p.num_heads), kSgemmThreads, kWgSmemBytes, stream, p, nb, pooled_k,
+          pooled_k_lo, wt, rope, reinterpret_cast<__half*>(kp), reinterpret_cast<__half*>(kp_lo), k_shift));
     } else {
-      SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
-          ProjectRopeTf32Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kTcProjectSmemBytes)));
-      SEER_CUDA_RETURN_IF_ERROR(LaunchChained(chain, ProjectRopeTf32Kernel, dim3(row_tiles, 1, p.num_heads * linears),
-                                              kSgemmThreads, kTcProjectSmemBytes, stream, p, nb, pooled_q, pooled_k,
-                                              rope, qp, kp, split_q, split_k));
+      auto* const project = p.weights_tf32 ? ProjectRopeTf32Kernel<false> : ProjectRopeTf32Kernel<true>;
+      SEER_CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(project, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                     static_cast<int>(kTcProjectSmemBytes)));
+      SEER_CUDA_RETURN_IF_ERROR(LaunchChained(chain, project, dim3(row_tiles, 1, p.num_heads * linears), kSgemmThreads,
+                                              kTcProjectSmemBytes, stream, p, nb, pooled_q, pooled_k, rope, qp, kp,
+                                              split_q, split_k));
     }
     if (p.q_weight == nullptr && !q_in_pool && !q_in_stripe) {  // q' = RoPE(pooled Q)
       SEER_CUDA_RETURN_IF_ERROR(LaunchRope(p, nb, pooled_q, rope, false, 1, qp, kp, split_q, split_k, chain, stream));

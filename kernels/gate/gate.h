@@ -41,6 +41,15 @@ struct GateParams {
   const float* k_weight = nullptr;
   const float* q_weight = nullptr;
   int k_weight_heads = 0;  // 0 = Hq; Hkv for force_double gates (with q_weight)
+  // True only when every value of k_weight and q_weight is exactly a tf32
+  // value (its low 13 significand bits zero), as every weight loaded from
+  // BF16 or F16 is (WeightsAreTf32 tells). The tensor-core projections
+  // split each float32 operand into tf32 hi and lo parts and take three
+  // products; a weight's lo part is then zero, so they skip its product and
+  // its loads. The scores and lists are the same bits either way. Set on
+  // weights that are not tf32, the projections drop the weights' lo parts:
+  // close, but no longer the CPU gate's products.
+  bool weights_tf32 = false;
   // RoPE inverse frequencies for rotary dim = hidden: hidden / 2 floats
   // (seer::RopeInvFreq cast to float, llama3 scaling applied). Angles are
   // float(position) * inv_freq[i] in float32, like HF and the CPU gate.
@@ -68,6 +77,10 @@ struct GateParams {
   // Heads whose nb x nb scores are held at once; 0 = all heads.
   int heads_per_pass = 0;
 };
+
+// Whether every one of the n host floats is exactly a tf32 value (for
+// GateParams::weights_tf32).
+bool WeightsAreTf32(const float* host, size_t n);
 
 // nb = ceil(seq_len / block_size); 0 for a bad shape.
 int GateNumBlocks(const GateParams& p);

@@ -73,6 +73,7 @@ struct GateCase {
   int zero_k_every = 0;  // > 0: K is zero in blocks b % zero_k_every == 1 (their scores are exactly 0)
   bool zero_q = false;  // q is zero: every score is exactly 0, so each row ties whole
   int q_scale_log2 = 0;  // q times 2^this, k times 2^-this: the same scores (bf16 only)
+  bool f32_weights = false;  // full float32 gate weights (else bf16 values, as checkpoints hold)
 };
 
 std::string Describe(const GateCase& c) {
@@ -86,6 +87,7 @@ std::string Describe(const GateCase& c) {
                   (c.zero_k_every > 0 ? " zero_k_every=" + std::to_string(c.zero_k_every) : "");
   if (c.zero_q) s += " zero_q";
   if (c.q_scale_log2 != 0) s += " q_scale_log2=" + std::to_string(c.q_scale_log2);
+  if (c.f32_weights) s += " f32_weights";
   return s;
 }
 
@@ -333,13 +335,22 @@ class GateGpuTest : public ::testing::Test {
     const int k_heads = c.force_double ? Hkv : Hq;
     w.k_weight.resize(static_cast<size_t>(k_heads) * 3 * D * c.hidden);
     const float wk_scale = 1.0f / std::sqrt(3.0f * D);
-    for (float& x : w.k_weight) x = Bf16ToFloat(FloatToBf16(wk_scale * normal(rng_)));
+    auto weight = [&](float scale) {
+      const float x = scale * normal(rng_);
+      return c.f32_weights ? x : Bf16ToFloat(FloatToBf16(x));
+    };
+    for (float& x : w.k_weight) x = weight(wk_scale);
     if (c.q_weight) {
       w.q_in = D;
       w.q_weight.resize(static_cast<size_t>(Hq) * D * c.hidden);
       const float wq_scale = 1.0f / std::sqrt(static_cast<float>(D));
-      for (float& x : w.q_weight) x = Bf16ToFloat(FloatToBf16(wq_scale * normal(rng_)));
+      for (float& x : w.q_weight) x = weight(wq_scale);
     }
+    // bf16 values are tf32 values; normal float32 draws are not (one of
+    // thousands could be by chance, not all).
+    const bool weights_tf32 = cuda::WeightsAreTf32(w.k_weight.data(), w.k_weight.size()) &&
+                              cuda::WeightsAreTf32(w.q_weight.data(), w.q_weight.size());
+    ASSERT_EQ(weights_tf32, !c.f32_weights);
 
     // CPU gate.
     auto cpu_or = RunGate(w, gc, model, qf.data(), kf.data(), L, sparsity);
@@ -390,6 +401,7 @@ class GateGpuTest : public ::testing::Test {
     p.k_weight = dwk.get<float>();
     p.q_weight = c.q_weight ? dwq.get<float>() : nullptr;
     p.k_weight_heads = c.force_double ? Hkv : 0;
+    p.weights_tf32 = weights_tf32;  // as the engine sets it
     p.rope_inv_freq = dfreq.get<float>();
     p.mode = sparsity.mode;
     p.threshold = sparsity.threshold;
@@ -490,7 +502,7 @@ class GateGpuTest : public ::testing::Test {
       // Reruns the pass with a test hook on (hook(true) answers whether the
       // hook changes the kernels that run on this device) and requires the
       // same bits: same lists, same probabilities.
-      auto expect_same_bits = [&](bool (*hook)(bool), const char* what) {
+      auto expect_same_bits = [&](auto hook, const char* what) {
         if (!hook(true)) {
           hook(false);
           return;
@@ -515,6 +527,14 @@ class GateGpuTest : public ::testing::Test {
       };
       // Where the bulk-copy pool runs (sm_90), the portable pool.
       expect_same_bits(cuda::UsePortablePoolForTest, "portable pool vs bulk-copy pool");
+      // With tf32 weights, every product taken as for float32 weights (their
+      // lo parts are zero, so skipping them must leave the same bits).
+      expect_same_bits(
+          [&](bool on) {
+            p.weights_tf32 = weights_tf32 && !on;
+            return weights_tf32;
+          },
+          "every product vs the weights' lo products skipped");
       // Where the fp16 stripes run with copy-engine loads and stores
       // (sm_90a), the lockstep stripe kernel: the same wgmma products in the
       // same order, the same scale.
@@ -694,6 +714,26 @@ TEST_F(GateGpuTest, LongShapes) {
       {64 * 512, 8, 2, 128, 128, false, false, true, "threshold=0.002", true, 3, false, fp},
   };
   for (const GateCase& c : cases) Run(c);
+}
+
+// Full float32 gate weights (checkpoints in F32): the tensor-core
+// projections take the weights' lo products (weights_tf32 false). The
+// mma.sync projections of the fused gate (with and without mask_linear_q,
+// per-KV-head K weights) and of the unfused gate, and the wgmma projection
+// (hidden = D = 128, no mask_linear_q) at one and several row tiles.
+TEST_F(GateGpuTest, Float32Weights) {
+  const ElemType bf = ElemType::kBF16, fp = ElemType::kF16;
+  std::vector<GateCase> cases = {
+      {200, 8, 2, 128, 128, true, false, false, "nz_ratio=0.1", false, 3, false, fp},
+      {1000, 8, 4, 40, 128, true, false, false, "threshold=0.002", true, 0, true, fp},
+      {3000, 8, 1, 64, 64, true, true, false, "nz_ratio=0.5", true, 5, false, fp},
+      {4097, 8, 2, 128, 128, false, false, true, "nz_ratio=0.3", true, 0, true, bf},
+      {20000, 8, 2, 128, 128, false, false, true, "nz_ratio=0.1", true, 0, false, bf},
+  };
+  for (GateCase& c : cases) {
+    c.f32_weights = true;
+    Run(c);
+  }
 }
 
 // Rows longer than any the other cases have: the unfused select kernel holds
@@ -1014,6 +1054,21 @@ TEST_F(GateGpuTest, SelectIsExactOnGivenScores) {
 // with NaN first, then the value, then the index, as kernels/gate/gate_cpu.cc
 // ranks) and the GPU select's (the keys above the k-th largest key and, of
 // those equal to it, the first by index, as TopKthKey and SelectRow keep).
+// The host check behind GateParams::weights_tf32 (no GPU needed).
+TEST(WeightsAreTf32, TakesExactlyTheValuesWhoseLoPartIsZero) {
+  auto tf32 = [](std::vector<float> v) { return cuda::WeightsAreTf32(v.data(), v.size()); };
+  EXPECT_TRUE(tf32({}));
+  EXPECT_TRUE(tf32({0.0f, -0.0f, 1.0f, -3.5f, Bf16ToFloat(FloatToBf16(0.1f)), 0x1.ffcp+127f}));
+  EXPECT_TRUE(tf32({1.0f + 0x1p-10f}));  // tf32's last significand bit
+  EXPECT_FALSE(tf32({1.0f, 1.0f + 0x1p-11f}));  // one bit past it
+  EXPECT_FALSE(tf32({0.1f}));
+  EXPECT_TRUE(tf32({FloatFromBits(0x00002000u)}));  // a denormal with the low 13 bits clear
+  EXPECT_FALSE(tf32({FloatFromBits(0x00000001u)}));
+  EXPECT_FALSE(tf32({INFINITY}));
+  EXPECT_FALSE(tf32({-INFINITY}));
+  EXPECT_FALSE(tf32({NAN}));
+}
+
 TEST(GateSelectReference, AgreesWithTheCpuGateAndTheGpuKeys) {
   std::mt19937 rng(20261129);
   EXPECT_EQ(HostOrderKey(-0.0f), HostOrderKey(0.0f));

@@ -376,14 +376,19 @@ __device__ __forceinline__ uint64_t Mix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 
-template <typename T>
+template <typename T, bool kBf16Values = false>
 __global__ void FillUniformKernel(T* x, size_t n, uint64_t seed, float scale) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
     const uint64_t bits = Mix64(seed ^ Mix64(i));
     // 24 random bits -> [0, 1), then [-1, 1).
     const float u = static_cast<float>(bits >> 40) * (1.0f / 16777216.0f);
-    x[i] = FromFloat<T>((2.0f * u - 1.0f) * scale);
+    const float v = (2.0f * u - 1.0f) * scale;
+    if constexpr (kBf16Values) {
+      x[i] = __bfloat162float(__float2bfloat16_rn(v));
+    } else {
+      x[i] = FromFloat<T>(v);
+    }
   }
 }
 
@@ -589,9 +594,13 @@ cudaError_t FillUniform(bf16* x, size_t n, uint64_t seed, float scale, cudaStrea
   return cudaSuccess;
 }
 
-cudaError_t FillUniform(float* x, size_t n, uint64_t seed, float scale, cudaStream_t stream) {
+cudaError_t FillUniform(float* x, size_t n, uint64_t seed, float scale, cudaStream_t stream, bool bf16_values) {
   if (n == 0) return cudaSuccess;
-  FillUniformKernel<float><<<GridFor(n), kThreads, 0, stream>>>(x, n, seed, scale);
+  if (bf16_values) {
+    FillUniformKernel<float, true><<<GridFor(n), kThreads, 0, stream>>>(x, n, seed, scale);
+  } else {
+    FillUniformKernel<float><<<GridFor(n), kThreads, 0, stream>>>(x, n, seed, scale);
+  }
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return cudaSuccess;
 }

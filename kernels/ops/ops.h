@@ -86,8 +86,10 @@ cudaError_t ArgMaxRows(const float* x, int rows, int n, int32_t* out, cudaStream
 
 // Fills x[0, n) with values drawn uniformly from [-scale, scale), a pure
 // function of (seed, index): the same seed gives the same tensor on any GPU.
+// With bf16_values, each float is the draw rounded to bf16 (as weights
+// loaded from a BF16 checkpoint are).
 cudaError_t FillUniform(bf16* x, size_t n, uint64_t seed, float scale, cudaStream_t stream);
-cudaError_t FillUniform(float* x, size_t n, uint64_t seed, float scale, cudaStream_t stream);
+cudaError_t FillUniform(float* x, size_t n, uint64_t seed, float scale, cudaStream_t stream, bool bf16_values = false);
 // x[0, n) = value.
 cudaError_t Fill(float* x, size_t n, float value, cudaStream_t stream);
 
