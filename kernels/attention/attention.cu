@@ -656,6 +656,7 @@ cudaError_t BlockSparseAttentionVariant(const AttentionParams& p, FwdVariant var
   }
   if (p.block_offsets != nullptr && p.block_indices == nullptr) return cudaErrorInvalidValue;
   if (p.first_row < 0 || (p.first_row > 0 && p.first_row >= p.seq_len)) return cudaErrorInvalidValue;
+  if (p.kv_heads_per_pass < 0) return cudaErrorInvalidValue;
   if (p.seq_len == 0) return cudaSuccess;
   const int64_t nb = (p.seq_len + kBlock - 1) / kBlock;
   if (nb * p.num_heads > 0x7fffffff) return cudaErrorInvalidValue;

@@ -87,6 +87,7 @@ struct Options {
   std::vector<std::string> masks_from;  // SEERMSK1 files, timed beside the generated masks
   bool gate = true;
   std::vector<std::string> gate_weights = {"bf16"};  // --gate-weights: bf16 and/or f32
+  std::vector<int> kv_heads_per_pass = {0};  // AttentionParams::kv_heads_per_pass; 0: the kernel's choice
   bool queued = false;  // --queued: the launches queued behind a spin kernel
   bool power = false;  // --power: clock, power and energy per attention row (NVML)
 };
@@ -98,7 +99,7 @@ constexpr char kUsage[] =
     "          [--variants=v2,v3,v4,v6 (auto,v1,v2,v3,v3s,v4,v6)] [--heads=32] [--kv-heads=32] [--dims=64,128]\n"
     "          [--warmup=2] [--min-seconds=0.5] [--min-iters=3] [--max-iters=50] [--masks-dir=DIR]\n"
     "          [--masks=uniform|topk] [--masks-from=FILE,...] [--no-gate] [--gate-weights=bf16,f32]\n"
-    "          [--queued] [--power]\n";
+    "          [--kv-heads-per-pass=0,1] [--queued] [--power]\n";
 
 constexpr char kHelp[] =
     "Times Seer's block-sparse attention kernels (causal) at each length, sparsity, head dim\n"
@@ -118,6 +119,10 @@ constexpr char kHelp[] =
     "  --gate-weights   the gate's weight values: bf16 (the default: SeerAttention's gates are\n"
     "                   stored in bf16, so the projection skips the weights' tf32 lo parts) and/or\n"
     "                   f32 (full float32 values, every product taken); rows say f32 where used\n"
+    "  --kv-heads-per-pass  the Hopper scheduler's tile order: passes over this many KV heads\n"
+    "                   at a time, heaviest tiles first across a pass; 0 (the default) lets the\n"
+    "                   kernel choose (as many as half the L2 holds K and V of); a list times\n"
+    "                   each, and rows other than 0 name theirs\n"
     "  --queued         start the clock after a 200 us spin kernel: the GPU's time alone\n"
     "  --power          add the mean SM clock, board power and power-cap share (NVML);\n"
     "                   power needs windows of a second or more (--min-seconds)\n";
@@ -177,6 +182,14 @@ bool ParseArgs(int argc, char** argv, Options* o) {
       for (const std::string& w : o->gate_weights) {
         if (w != "bf16" && w != "f32") {
           std::fprintf(stderr, "--gate-weights: unknown kind '%s' (bf16, f32)\n", w.c_str());
+          return false;
+        }
+      }
+    } else if (const char* v = value("--kv-heads-per-pass")) {
+      o->kv_heads_per_pass = seer::bench::IntList(v);
+      for (int n : o->kv_heads_per_pass) {
+        if (n < 0) {
+          std::fprintf(stderr, "--kv-heads-per-pass: %d is negative (0 lets the kernel choose)\n", n);
           return false;
         }
       }
@@ -518,26 +531,33 @@ int main(int argc, char** argv) {
           p.block_indices = dm.indices;
           const double computed_flops = 4.0 * 64.0 * 64.0 * D * static_cast<double>(dm.kept);
           for (FwdVariant variant : variants) {
-            seer::bench::PowerSummary power;
-            const double ms = TimeMs(
-                o, [&] { return seer::cuda::BlockSparseAttentionVariant(p, variant, nullptr); }, sampler.get(), &power);
-            const std::string kernel = std::string("seer ") + seer::cuda::FwdVariantName(variant) +
-                                       (dm.label.empty() ? "" : " on " + dm.label);
-            rows.push_back({tname, D, seq, dm.sparsity, kernel, ms, causal_flops / (ms * 1e9),
-                            computed_flops / (ms * 1e9), power});
-            std::printf("  %s d=%d seq=%d sparsity=%.3f %-18s %9.3f ms  %6.1f eff TFLOP/s  %6.1f computed TFLOP/s",
-                        tname, D, seq, dm.sparsity, kernel.c_str(), ms, rows.back().eff_tflops,
-                        rows.back().computed_tflops);
-            if (sampler != nullptr) {
-              std::printf("  %6.0f MHz  %5s W  %s J/TFLOP  cap %3.0f%%  slowdown %3.0f%%  (%d samples, %.1f s)",
-                          power.sm_mhz, WattsText(power).c_str(), WattsText(power, rows.back().computed_tflops).c_str(),
-                          100.0 * power.power_cap_share, 100.0 * power.slowdown_share, power.samples, power.seconds);
-            }
-            std::printf("\n");
-            std::fflush(stdout);
-            if (t == o.dtypes.front() && dm.label.empty() && Near(dm.sparsity, 0.9) &&
-                variant == seer::cuda::ResolveFwdVariant(FwdVariant::kAuto)) {
-              sparse_ms = ms;
+            for (int per_pass : o.kv_heads_per_pass) {
+              p.kv_heads_per_pass = per_pass;
+              seer::bench::PowerSummary power;
+              const double ms = TimeMs(
+                  o, [&] { return seer::cuda::BlockSparseAttentionVariant(p, variant, nullptr); }, sampler.get(),
+                  &power);
+              const std::string kernel = std::string("seer ") + seer::cuda::FwdVariantName(variant) +
+                                         (per_pass == 0 ? "" : " (" + std::to_string(per_pass) + " KV heads a pass)") +
+                                         (dm.label.empty() ? "" : " on " + dm.label);
+              rows.push_back({tname, D, seq, dm.sparsity, kernel, ms, causal_flops / (ms * 1e9),
+                              computed_flops / (ms * 1e9), power});
+              std::printf("  %s d=%d seq=%d sparsity=%.3f %-18s %9.3f ms  %6.1f eff TFLOP/s  %6.1f computed TFLOP/s",
+                          tname, D, seq, dm.sparsity, kernel.c_str(), ms, rows.back().eff_tflops,
+                          rows.back().computed_tflops);
+              if (sampler != nullptr) {
+                std::printf("  %6.0f MHz  %5s W  %s J/TFLOP  cap %3.0f%%  slowdown %3.0f%%  (%d samples, %.1f s)",
+                            power.sm_mhz, WattsText(power).c_str(),
+                            WattsText(power, rows.back().computed_tflops).c_str(), 100.0 * power.power_cap_share,
+                            100.0 * power.slowdown_share, power.samples, power.seconds);
+              }
+              std::printf("\n");
+              std::fflush(stdout);
+              if (t == o.dtypes.front() && dm.label.empty() && Near(dm.sparsity, 0.9) &&
+                  per_pass == o.kv_heads_per_pass.front() &&
+                  variant == seer::cuda::ResolveFwdVariant(FwdVariant::kAuto)) {
+                sparse_ms = ms;
+              }
             }
           }
         }

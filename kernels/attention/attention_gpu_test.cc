@@ -477,6 +477,91 @@ TEST_F(AttentionGpuTest, FirstRowKeepsTheLaterRowsBits) {
   }
 }
 
+// AttentionParams::kv_heads_per_pass reorders the Hopper kernels' tiles
+// (passes over 1, 2, 3 or all KV heads, and the automatic choice), which
+// must change no output bit: every variant's output is compared bit for bit
+// with its one-head-a-pass run, which is checked against the CPU reference.
+// Odd KV head counts split into passes of unequal length; dense (null
+// lists, the 128-key kernel) and lists (the sorted order). A negative count
+// is refused.
+TEST_F(AttentionGpuTest, TileOrderChangesNoBit) {
+  struct OrderCase {
+    Case c;
+    ElemType t;
+  };
+  const std::vector<OrderCase> cases = {
+      {{700, 5, 5, 128, Lists::kDenseNull}, ElemType::kBF16}, {{700, 5, 5, 128, Lists::kHalf}, ElemType::kBF16},
+      {{1000, 12, 3, 64, Lists::kDenseNull}, ElemType::kF16}, {{1000, 12, 3, 64, Lists::kStriped}, ElemType::kF16},
+      {{333, 16, 8, 96, Lists::kHalf}, ElemType::kBF16},      {{333, 16, 8, 32, Lists::kDenseNull}, ElemType::kBF16},
+      {{129, 8, 8, 128, Lists::kOnePerRow}, ElemType::kBF16}, {{2048, 4, 4, 128, Lists::kHalf}, ElemType::kBF16},
+  };
+  for (const OrderCase& oc : cases) {
+    const Case& c = oc.c;
+    const ElemType t = oc.t;
+    SCOPED_TRACE(Describe(c, t) + " seed=" + std::to_string(seed_));
+    const int L = c.seq_len, Hq = c.num_heads, Hkv = c.num_kv_heads, D = c.head_dim;
+    std::vector<uint16_t> qe, ke, ve;
+    std::vector<float> qf, kf, vf;
+    Fill(static_cast<size_t>(L) * Hq * D, 1.0f, t, &qe, &qf);
+    Fill(static_cast<size_t>(Hkv) * L * D, 1.0f, t, &ke, &kf);
+    Fill(static_cast<size_t>(Hkv) * L * D, 1.0f, t, &ve, &vf);
+    const BlockLists lists = ToBlockLists(MakeMask(c, rng_));
+    cpu::AttentionShape shape{L, Hq, Hkv, D, L, 1.0f / std::sqrt(static_cast<float>(D))};
+    std::vector<float> ref(qf.size());
+    const int threads = std::max(1u, std::thread::hardware_concurrency());
+    if (c.lists == Lists::kDenseNull) {
+      cpu::CausalAttention(shape, qf.data(), kf.data(), vf.data(), ref.data(), threads);
+    } else {
+      cpu::BlockSparseAttention(shape, 64, lists.offsets.data(), lists.indices.data(), qf.data(), kf.data(), vf.data(),
+                                ref.data(), threads);
+    }
+    const size_t n = qe.size();
+    DevBuf q(n * 2), k(ke.size() * 2), v(ve.size() * 2), out(n * 2);
+    DevBuf offsets(lists.offsets.size() * 4), indices(std::max<size_t>(1, lists.indices.size()) * 4);
+    ASSERT_TRUE(q.ok() && k.ok() && v.ok() && out.ok() && offsets.ok() && indices.ok());
+    ASSERT_CUDA(q.Upload(qe.data(), n * 2));
+    ASSERT_CUDA(k.Upload(ke.data(), ke.size() * 2));
+    ASSERT_CUDA(v.Upload(ve.data(), ve.size() * 2));
+    ASSERT_CUDA(offsets.Upload(lists.offsets.data(), lists.offsets.size() * 4));
+    if (!lists.indices.empty()) {
+      ASSERT_CUDA(indices.Upload(lists.indices.data(), lists.indices.size() * 4));
+    }
+    cuda::AttentionParams p = Params(t, q, k, v, out, L, Hq, Hkv, D, L);
+    if (c.lists != Lists::kDenseNull) {
+      p.block_offsets = static_cast<const int32_t*>(offsets.get());
+      p.block_indices = static_cast<const int32_t*>(indices.get());
+    }
+    auto run = [&](FwdVariant variant, int per_pass, std::vector<uint16_t>* o) {
+      p.kv_heads_per_pass = per_pass;
+      ASSERT_CUDA(cudaMemset(out.get(), 0xFF, n * 2));
+      ASSERT_CUDA(cuda::BlockSparseAttentionVariant(p, variant, nullptr));
+      ASSERT_CUDA(cudaDeviceSynchronize());
+      o->resize(n);
+      ASSERT_CUDA(out.Download(o->data(), n * 2));
+    };
+    for (FwdVariant variant : Variants()) {
+      SCOPED_TRACE(cuda::FwdVariantName(variant));
+      std::vector<uint16_t> one;
+      run(variant, 1, &one);
+      std::vector<float> of(n);
+      for (size_t i = 0; i < n; ++i) of[i] = FromElem(one[i], t);
+      const Comparison cmp = Compare(of, ref, static_cast<int64_t>(L) * Hq, D);
+      EXPECT_EQ(cmp.nans, 0) << "NaN/Inf in the output (unwritten or wrong)";
+      EXPECT_LE(cmp.rel, 1e-2) << "norm-wise relative error";
+      EXPECT_LE(cmp.worst_row, 3e-2) << "worst row: token " << cmp.worst_index / Hq << " head " << cmp.worst_index % Hq;
+      for (int per_pass : {2, 3, 0, Hkv, 100}) {
+        std::vector<uint16_t> other;
+        run(variant, per_pass, &other);
+        int64_t differ = 0;
+        for (size_t i = 0; i < n; ++i) differ += one[i] != other[i];
+        EXPECT_EQ(differ, 0) << "elements that differ from one KV head a pass, kv_heads_per_pass=" << per_pass;
+      }
+    }
+    p.kv_heads_per_pass = -1;
+    EXPECT_EQ(cuda::BlockSparseAttention(p, nullptr), cudaErrorInvalidValue) << "kv_heads_per_pass -1";
+  }
+}
+
 // q read before RoPE and rotated by the sm90 kernel as it loads it
 // (AttentionParams::q_rope) against q rotated first by cuda::ApplyRope, the
 // prefill's old path: the outputs must be the same bits. Head dims 32, 64,

@@ -27,10 +27,10 @@
 //             (Ping-pong turns between the two consumers, FlashAttention-3's
 //             other overlap, measured slower here: docs/KERNELS.md.)
 //
-// Tiles are ordered heaviest first within each KV head's GQA group (later
-// query blocks first for dense; by kept-block count, sorted on the device,
-// for lists), and groups follow one another, so the CTAs in flight read the
-// same head's K/V and keep it in L2.
+// Tiles are ordered heaviest first within a pass over a few KV heads' GQA
+// groups (later query blocks first for dense; by kept-block count, sorted on
+// the device, for lists), and passes follow one another, so the CTAs in
+// flight read K/V that stays in L2 (kernels/attention/tile_order.h).
 //
 // Dense causal (null lists) runs Sm90WideKernel instead: the same CTA and
 // tiles, but 128 keys a step (FlashAttention-3's 128 x 128 tile) through two
@@ -53,6 +53,7 @@
 #include "kernels/arch/sm90_ptx.cuh"
 #include "kernels/arch/sm90_wgmma.cuh"
 #include "kernels/arch/tensor_map.h"
+#include "kernels/attention/tile_order.h"
 #include "kernels/common/check.h"
 #include "kernels/common/dispatch.h"
 #include "kernels/ops/rope.cuh"
@@ -129,6 +130,8 @@ struct Sm90Params {
   // Dense: the last live_pairs pairs of each head run, the ones before are
   // skipped (AttentionParams::first_row).
   int live_pairs;
+  // The tile order's passes over the KV heads (tile_order.h).
+  int kv_passes;
   // With block lists, K and V again with the column blocks of a row as a
   // dimension of their own after the rows, (cols, L, D / cols, Hkv), box
   // (cols, 64, D / cols, 1): one copy brings a whole 64-row tile in the
@@ -181,16 +184,10 @@ __device__ __forceinline__ void RopeQFragments(uint32_t (&q)[kKSteps][4], const 
   }
 }
 
-// The dense order over a head's last `live_pairs` pairs: KV head by KV
-// head; within one, pairs from the last (heaviest) down, the GQA heads of a
-// pair side by side.
+// The dense order (kernels/attention/tile_order.h) over a head's last
+// `live_pairs` pairs.
 __device__ __forceinline__ void DenseTile(const Sm90Params& p, int live_pairs, int t, int* h, int* pair) {
-  const int group = p.num_heads / p.num_kv_heads;
-  const int per_kv_head = group * live_pairs;
-  const int kvh = t / per_kv_head;
-  const int r = t % per_kv_head;
-  *pair = p.pairs - 1 - r / group;
-  *h = kvh * group + r % group;
+  DenseOrderTile(p.num_heads, p.num_kv_heads, p.kv_passes, p.pairs, live_pairs, t, h, pair);
 }
 
 // --- pieces the two kernels share ----------------------------------------------
@@ -1730,28 +1727,30 @@ auto PairsKernelFor() {
 }
 
 // --- tile order for block lists ---------------------------------------------
-// One CTA per KV head: that group's tiles by kept-block count (the two rows'
-// list lengths), heaviest first, ties in the dense order. The counting sort's
+// One CTA per pass of KV heads (HeadPass): that pass's tiles by kept-block
+// count (the two rows' list lengths), heaviest first. The counting sort's
 // buckets are quantised to kOrderBuckets. CTA 0 also zeroes the tile counters.
 constexpr int kOrderThreads = 1024;
 constexpr int kOrderBuckets = 1024;
 
 __global__ void __launch_bounds__(kOrderThreads)
-    TileOrderKernel(const int32_t* offsets, int num_heads, int num_kv_heads, int nb, int pairs, int32_t* order,
-                    uint32_t* tile_counter) {
+    TileOrderKernel(const int32_t* offsets, int num_heads, int num_kv_heads, int kv_passes, int nb, int pairs,
+                    int32_t* order, uint32_t* tile_counter) {
   __shared__ int32_t hist[kOrderBuckets];
   __shared__ int32_t warp_sums[kOrderThreads / 32];
   // Two counters: Sm90RowsKernel's consumers take tiles from one each.
   if (blockIdx.x == 0 && threadIdx.x < 2 && tile_counter != nullptr) tile_counter[threadIdx.x] = 0;
   const int group = num_heads / num_kv_heads;
-  const int kvh = blockIdx.x;
-  const int tiles = group * pairs;
+  const HeadPassRange pass = HeadPass(num_kv_heads, kv_passes, blockIdx.x);
+  const int first = pass.first;
+  const int width = pass.count * group;  // the pass's Q heads
+  const int tiles = width * pairs;
   const int max_cost = 2 * nb;
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
-  auto tile_of = [&](int r, int* h, int* pair) {  // r-th tile of the group in the dense order
-    *pair = pairs - 1 - r / group;
-    *h = kvh * group + r % group;
+  auto tile_of = [&](int r, int* h, int* pair) {  // r-th tile of the pass in the dense order
+    *pair = pairs - 1 - r / width;
+    *h = first * group + r % width;
   };
   auto bucket = [&](int r) {
     int h, pair;
@@ -1785,7 +1784,7 @@ __global__ void __launch_bounds__(kOrderThreads)
   __syncthreads();
   // Scatter: each warp takes 32 consecutive tiles; equal buckets within a
   // warp keep their order.
-  int32_t* out = order + static_cast<int64_t>(kvh) * tiles;
+  int32_t* out = order + static_cast<int64_t>(first) * group * pairs;
   for (int r0 = warp * 32; r0 < tiles; r0 += kOrderThreads) {
     const int r = r0 + lane;
     const int b = r < tiles ? bucket(r) : -1;
@@ -1868,6 +1867,11 @@ cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, Sm90Lists li
   k.num_tiles = p.num_heads * k.live_pairs;
   k.scale_log2 = p.scale * kLog2e;
   k.q_rope = p.q_rope;
+  int device = 0, sms = 0, l2_bytes = 0;
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  SEER_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  SEER_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
+  k.kv_passes = KvPasses(p.seq_len, kHeadDim, p.num_kv_heads, p.kv_heads_per_pass, l2_bytes);
 
   // Sm90RowsKernel's consumers take their rows from two counters: it always
   // runs the atomic schedule.
@@ -1891,8 +1895,9 @@ cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, Sm90Lists li
 
   cudaError_t e = cudaSuccess;
   if (sorted) {
-    TileOrderKernel<<<p.num_kv_heads, kOrderThreads, 0, stream>>>(
-        p.block_offsets, p.num_heads, p.num_kv_heads, k.nb, k.pairs, static_cast<int32_t*>(scratch), k.tile_counter);
+    TileOrderKernel<<<k.kv_passes, kOrderThreads, 0, stream>>>(p.block_offsets, p.num_heads, p.num_kv_heads,
+                                                               k.kv_passes, k.nb, k.pairs,
+                                                               static_cast<int32_t*>(scratch), k.tile_counter);
     e = cudaGetLastError();
   } else if (atomic) {
     e = cudaMemsetAsync(k.tile_counter, 0, sizeof(uint32_t), stream);
@@ -1907,9 +1912,6 @@ cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, Sm90Lists li
                            : own_rings ? Sm90RowsTile<kHeadDim>::kSmemAlloc
                                        : Tile::kSmemAlloc;
     e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
-    int device = 0, sms = 0;
-    if (e == cudaSuccess) e = cudaGetDevice(&device);
-    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
     if (e == cudaSuccess) {
       const int grid = k.num_tiles < sms ? k.num_tiles : sms;
       kernel<<<grid, kThreads, smem_bytes, stream>>>(k, schedule);
