@@ -9,7 +9,7 @@
 // holds K and V of, so the CTAs in flight read K/V that stays in L2. One
 // head a pass, the order before 2026-12-04, left the last head's heaviest
 // tiles to start when the other SMs were nearly done: at 8k tokens a tail
-// of 3-10% of the launch (docs/KERNELS.md, "The tile order in passes").
+// of 3-9% of the launch (docs/KERNELS.md, "The tile order in passes").
 // The order changes which SM computes a tile and when, never how: no output
 // bit depends on it.
 
