@@ -187,8 +187,11 @@ class AttentionGpuTest : public ::testing::Test {
   }
 
   // Prefill: every variant of the kernel against cpu::BlockSparseAttention
-  // (cpu::CausalAttention for null lists).
-  void RunPrefill(const Case& c, ElemType t) {
+  // (cpu::CausalAttention for null lists). With `orders`, each variant runs
+  // with one KV head a pass (AttentionParams::kv_heads_per_pass = 1) for
+  // the comparison, then with each count in `orders`, whose outputs must be
+  // the same bits.
+  void RunPrefill(const Case& c, ElemType t, const std::vector<int>& orders = {}) {
     SCOPED_TRACE(Describe(c, t) + " seed=" + std::to_string(seed_));
     const int L = c.seq_len, Hq = c.num_heads, Hkv = c.num_kv_heads, D = c.head_dim;
     const int kv_stride = L + 11;  // cache slack past the sequence, poisoned
@@ -232,19 +235,31 @@ class AttentionGpuTest : public ::testing::Test {
       p.block_offsets = static_cast<const int32_t*>(offsets.get());
       p.block_indices = static_cast<const int32_t*>(indices.get());
     }
-    for (FwdVariant variant : Variants()) {
-      SCOPED_TRACE(cuda::FwdVariantName(variant));
+    auto run = [&](FwdVariant variant, int per_pass, std::vector<uint16_t>* oe) {
+      p.kv_heads_per_pass = per_pass;
       ASSERT_CUDA(cudaMemset(out.get(), 0xFF, ref.size() * 2));
       ASSERT_CUDA(cuda::BlockSparseAttentionVariant(p, variant, nullptr));
       ASSERT_CUDA(cudaDeviceSynchronize());
-      std::vector<uint16_t> oe(ref.size());
-      ASSERT_CUDA(out.Download(oe.data(), oe.size() * 2));
+      oe->resize(ref.size());
+      ASSERT_CUDA(out.Download(oe->data(), oe->size() * 2));
+    };
+    for (FwdVariant variant : Variants()) {
+      SCOPED_TRACE(cuda::FwdVariantName(variant));
+      std::vector<uint16_t> oe;
+      run(variant, orders.empty() ? 0 : 1, &oe);
       std::vector<float> of(oe.size());
       for (size_t i = 0; i < oe.size(); ++i) of[i] = FromElem(oe[i], t);
       const Comparison cmp = Compare(of, ref, static_cast<int64_t>(L) * Hq, D);
       EXPECT_EQ(cmp.nans, 0) << "NaN/Inf in the output (unwritten or wrong)";
       EXPECT_LE(cmp.rel, 1e-2) << "norm-wise relative error";
       EXPECT_LE(cmp.worst_row, 3e-2) << "worst row: token " << cmp.worst_index / Hq << " head " << cmp.worst_index % Hq;
+      for (int per_pass : orders) {
+        std::vector<uint16_t> other;
+        run(variant, per_pass, &other);
+        int64_t differ = 0;
+        for (size_t i = 0; i < oe.size(); ++i) differ += oe[i] != other[i];
+        EXPECT_EQ(differ, 0) << "elements that differ from one KV head a pass, kv_heads_per_pass=" << per_pass;
+      }
     }
   }
 
@@ -482,8 +497,7 @@ TEST_F(AttentionGpuTest, FirstRowKeepsTheLaterRowsBits) {
 // must change no output bit: every variant's output is compared bit for bit
 // with its one-head-a-pass run, which is checked against the CPU reference.
 // Odd KV head counts split into passes of unequal length; dense (null
-// lists, the 128-key kernel) and lists (the sorted order). A negative count
-// is refused.
+// lists, the 128-key kernel) and lists (the sorted order).
 TEST_F(AttentionGpuTest, TileOrderChangesNoBit) {
   struct OrderCase {
     Case c;
@@ -495,71 +509,7 @@ TEST_F(AttentionGpuTest, TileOrderChangesNoBit) {
       {{333, 16, 8, 96, Lists::kHalf}, ElemType::kBF16},      {{333, 16, 8, 32, Lists::kDenseNull}, ElemType::kBF16},
       {{129, 8, 8, 128, Lists::kOnePerRow}, ElemType::kBF16}, {{2048, 4, 4, 128, Lists::kHalf}, ElemType::kBF16},
   };
-  for (const OrderCase& oc : cases) {
-    const Case& c = oc.c;
-    const ElemType t = oc.t;
-    SCOPED_TRACE(Describe(c, t) + " seed=" + std::to_string(seed_));
-    const int L = c.seq_len, Hq = c.num_heads, Hkv = c.num_kv_heads, D = c.head_dim;
-    std::vector<uint16_t> qe, ke, ve;
-    std::vector<float> qf, kf, vf;
-    Fill(static_cast<size_t>(L) * Hq * D, 1.0f, t, &qe, &qf);
-    Fill(static_cast<size_t>(Hkv) * L * D, 1.0f, t, &ke, &kf);
-    Fill(static_cast<size_t>(Hkv) * L * D, 1.0f, t, &ve, &vf);
-    const BlockLists lists = ToBlockLists(MakeMask(c, rng_));
-    cpu::AttentionShape shape{L, Hq, Hkv, D, L, 1.0f / std::sqrt(static_cast<float>(D))};
-    std::vector<float> ref(qf.size());
-    const int threads = std::max(1u, std::thread::hardware_concurrency());
-    if (c.lists == Lists::kDenseNull) {
-      cpu::CausalAttention(shape, qf.data(), kf.data(), vf.data(), ref.data(), threads);
-    } else {
-      cpu::BlockSparseAttention(shape, 64, lists.offsets.data(), lists.indices.data(), qf.data(), kf.data(), vf.data(),
-                                ref.data(), threads);
-    }
-    const size_t n = qe.size();
-    DevBuf q(n * 2), k(ke.size() * 2), v(ve.size() * 2), out(n * 2);
-    DevBuf offsets(lists.offsets.size() * 4), indices(std::max<size_t>(1, lists.indices.size()) * 4);
-    ASSERT_TRUE(q.ok() && k.ok() && v.ok() && out.ok() && offsets.ok() && indices.ok());
-    ASSERT_CUDA(q.Upload(qe.data(), n * 2));
-    ASSERT_CUDA(k.Upload(ke.data(), ke.size() * 2));
-    ASSERT_CUDA(v.Upload(ve.data(), ve.size() * 2));
-    ASSERT_CUDA(offsets.Upload(lists.offsets.data(), lists.offsets.size() * 4));
-    if (!lists.indices.empty()) {
-      ASSERT_CUDA(indices.Upload(lists.indices.data(), lists.indices.size() * 4));
-    }
-    cuda::AttentionParams p = Params(t, q, k, v, out, L, Hq, Hkv, D, L);
-    if (c.lists != Lists::kDenseNull) {
-      p.block_offsets = static_cast<const int32_t*>(offsets.get());
-      p.block_indices = static_cast<const int32_t*>(indices.get());
-    }
-    auto run = [&](FwdVariant variant, int per_pass, std::vector<uint16_t>* o) {
-      p.kv_heads_per_pass = per_pass;
-      ASSERT_CUDA(cudaMemset(out.get(), 0xFF, n * 2));
-      ASSERT_CUDA(cuda::BlockSparseAttentionVariant(p, variant, nullptr));
-      ASSERT_CUDA(cudaDeviceSynchronize());
-      o->resize(n);
-      ASSERT_CUDA(out.Download(o->data(), n * 2));
-    };
-    for (FwdVariant variant : Variants()) {
-      SCOPED_TRACE(cuda::FwdVariantName(variant));
-      std::vector<uint16_t> one;
-      run(variant, 1, &one);
-      std::vector<float> of(n);
-      for (size_t i = 0; i < n; ++i) of[i] = FromElem(one[i], t);
-      const Comparison cmp = Compare(of, ref, static_cast<int64_t>(L) * Hq, D);
-      EXPECT_EQ(cmp.nans, 0) << "NaN/Inf in the output (unwritten or wrong)";
-      EXPECT_LE(cmp.rel, 1e-2) << "norm-wise relative error";
-      EXPECT_LE(cmp.worst_row, 3e-2) << "worst row: token " << cmp.worst_index / Hq << " head " << cmp.worst_index % Hq;
-      for (int per_pass : {2, 3, 0, Hkv, 100}) {
-        std::vector<uint16_t> other;
-        run(variant, per_pass, &other);
-        int64_t differ = 0;
-        for (size_t i = 0; i < n; ++i) differ += one[i] != other[i];
-        EXPECT_EQ(differ, 0) << "elements that differ from one KV head a pass, kv_heads_per_pass=" << per_pass;
-      }
-    }
-    p.kv_heads_per_pass = -1;
-    EXPECT_EQ(cuda::BlockSparseAttention(p, nullptr), cudaErrorInvalidValue) << "kv_heads_per_pass -1";
-  }
+  for (const OrderCase& oc : cases) RunPrefill(oc.c, oc.t, {2, 3, 0, oc.c.num_kv_heads, 100});
 }
 
 // q read before RoPE and rotated by the sm90 kernel as it loads it
@@ -661,6 +611,9 @@ TEST_F(AttentionGpuTest, RejectsUnsupportedShapes) {
   p.block_size = 128;
   EXPECT_EQ(cuda::BlockSparseAttention(p, nullptr), cudaErrorInvalidValue) << "block_size 128";
   p.block_size = 64;
+  p.kv_heads_per_pass = -1;
+  EXPECT_EQ(cuda::BlockSparseAttention(p, nullptr), cudaErrorInvalidValue) << "kv_heads_per_pass -1";
+  p.kv_heads_per_pass = 0;
   EXPECT_EQ(cuda::DecodeAttention(p, 1, nullptr), cudaErrorInvalidValue) << "pos past the cache";
   alignas(16) static float2 table[64];
   p.q_rope = table;
