@@ -27,7 +27,9 @@ TEST(TileOrder, PassesSplitTheHeadsEvenly) {
         const HeadPassRange pass = HeadPass(kv_heads, passes, c);
         ASSERT_EQ(pass.first, next) << "pass " << c;
         ASSERT_GE(pass.count, 1) << "pass " << c;
-        if (c > 0) EXPECT_LE(pass.count, HeadPass(kv_heads, passes, c - 1).count) << "longer passes first";
+        if (c > 0) {
+          EXPECT_LE(pass.count, HeadPass(kv_heads, passes, c - 1).count) << "longer passes first";
+        }
         smallest = std::min(smallest, pass.count);
         largest = std::max(largest, pass.count);
         for (int kvh = pass.first; kvh < pass.first + pass.count; ++kvh) {
