@@ -12,9 +12,10 @@
 //   softmax online, fp32, exp2 with the scale folded into log2(e);
 //   mma    O += P V, P straight from the S registers;
 //   store  O / l.
-// CTAs are launched KV head by KV head, heaviest row first (query blocks in
-// reverse) and the GQA heads of one KV head side by side, so that resident
-// CTAs share K/V tiles in L2.
+// CTAs are launched in passes over a few KV heads (kernels/attention/
+// tile_order.h), heaviest row first across a pass (query blocks in reverse)
+// and the GQA heads of one KV head side by side, so that resident CTAs share
+// K/V tiles in L2.
 
 #include <cmath>
 #include <cstdint>
@@ -22,6 +23,7 @@
 #include "kernels/attention/attention.h"
 #include "kernels/attention/attention_sm90.h"
 #include "kernels/attention/attention_variants.h"
+#include "kernels/attention/tile_order.h"
 #include "kernels/common/check.h"
 #include "kernels/common/dispatch.h"
 #include "kernels/arch/sm80_mma.cuh"
@@ -117,7 +119,7 @@ __device__ __forceinline__ void LoadTile(T* smem, const T* src, int64_t row_stri
 template <int kHeadDim, int kRowsPerWarp, typename T>
 __global__ void __launch_bounds__(FwdTile<kHeadDim, kRowsPerWarp>::kThreads,
                                   FwdTile<kHeadDim, kRowsPerWarp>::kMinBlocks)
-    BlockSparseFwdKernel(const AttentionParams p, float scale_log2) {
+    BlockSparseFwdKernel(const AttentionParams p, float scale_log2, int kv_passes) {
   using Tile = FwdTile<kHeadDim, kRowsPerWarp>;
   constexpr int kMTiles = Tile::kMTiles;
   constexpr int kThreads = Tile::kThreads;
@@ -127,18 +129,17 @@ __global__ void __launch_bounds__(FwdTile<kHeadDim, kRowsPerWarp>::kThreads,
   T* sK = sQ + Tile::kTileElems;
   T* sV = sK + Tile::kTileElems;
 
-  // Launch order: KV head by KV head, and within one, query blocks from the
-  // heaviest (last) row down, the Q heads that share the KV head side by side.
-  // CTAs resident together then read the same head's K/V, which keeps the
-  // tiles of a sparse (random) mask in L2; the light rows come last.
-  // Dense, the query blocks before first_row's are not launched.
+  // Launch order: the Hopper kernels' dense order (tile_order.h) with query
+  // blocks for pairs: pass by pass over a few KV heads, and within a pass
+  // query blocks from the heaviest (last) row down, the pass's Q heads side
+  // by side. CTAs resident together then read K/V that stays in L2, which
+  // keeps the tiles of a sparse (random) mask there; the light rows come
+  // last. Dense, the query blocks before first_row's are not launched.
   const int nb = (p.seq_len + kBlock - 1) / kBlock;
   const int live = nb - (p.block_offsets == nullptr ? p.first_row / kBlock : 0);
-  const int group = p.num_heads / p.num_kv_heads;
-  const int kvh = static_cast<int>(blockIdx.x) / (live * group);
-  const int in_kv_head = static_cast<int>(blockIdx.x) % (live * group);
-  const int qb = nb - 1 - in_kv_head / group;
-  const int h = kvh * group + in_kv_head % group;
+  int h, qb;
+  DenseOrderTile(p.num_heads, p.num_kv_heads, kv_passes, nb, live, static_cast<int>(blockIdx.x), &h, &qb);
+  const int kvh = h / (p.num_heads / p.num_kv_heads);
   const int tid = threadIdx.x;
   const int warp = tid / 32;
   const int lane = tid % 32;
@@ -405,7 +406,11 @@ cudaError_t LaunchFwd(const AttentionParams& p, cudaStream_t stream) {
   const int nb = (p.seq_len + kBlock - 1) / kBlock;
   const int live = nb - (p.block_offsets == nullptr ? p.first_row / kBlock : 0);
   const unsigned grid = static_cast<unsigned>(live) * static_cast<unsigned>(p.num_heads);
-  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p, p.scale * kLog2e);
+  int device = 0, l2_bytes = 0;
+  SEER_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
+  SEER_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
+  const int kv_passes = KvPasses(p.seq_len, kHeadDim, p.num_kv_heads, p.kv_heads_per_pass, l2_bytes);
+  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p, p.scale * kLog2e, kv_passes);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return cudaSuccess;
 }

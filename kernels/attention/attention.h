@@ -41,10 +41,10 @@ struct AttentionParams {
   // out are then left as they were). A prefill's last layer, which feeds
   // only the last row's logits, passes L - 1. 0 <= first_row < max(1, seq_len).
   int first_row = 0;
-  // Hopper's persistent scheduler only (elsewhere ignored): its tile order
-  // runs in passes over this many KV heads at a time, heaviest tiles first
-  // across each pass; 0 picks as many as half the L2 holds K and V of. The
-  // order changes no output bit. >= 0.
+  // The prefill kernels' tile order (kernels/attention/tile_order.h): passes
+  // over this many KV heads at a time, heaviest tiles first across each
+  // pass; 0 picks as many as half the L2 holds K and V of. The order changes
+  // no output bit. >= 0.
   int kv_heads_per_pass = 0;
   // Scratch: for decode the split-K partial results (DecodeWorkspaceBytes()),
   // for prefill on Hopper the tile order and counter (PrefillWorkspaceBytes()).

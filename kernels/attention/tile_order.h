@@ -1,5 +1,7 @@
 // The order in which the Hopper attention kernels' persistent CTAs take their
 // tiles (a tile: a pair of 64-row query blocks of one head), host and device.
+// The FA2-class kernel (attention.cu) launches its CTAs, one a query block,
+// in the same dense order, with query blocks for pairs.
 //
 // The KV heads are taken in passes of consecutive heads, pass after pass.
 // Within a pass the tiles go heaviest first across all of its heads: dense,
