@@ -247,6 +247,7 @@ class AttentionGpuTest : public ::testing::Test {
       SCOPED_TRACE(cuda::FwdVariantName(variant));
       std::vector<uint16_t> oe;
       run(variant, orders.empty() ? 0 : 1, &oe);
+      ASSERT_FALSE(HasFatalFailure()) << "the run failed; nothing to compare";
       std::vector<float> of(oe.size());
       for (size_t i = 0; i < oe.size(); ++i) of[i] = FromElem(oe[i], t);
       const Comparison cmp = Compare(of, ref, static_cast<int64_t>(L) * Hq, D);
@@ -256,6 +257,7 @@ class AttentionGpuTest : public ::testing::Test {
       for (int per_pass : orders) {
         std::vector<uint16_t> other;
         run(variant, per_pass, &other);
+        ASSERT_FALSE(HasFatalFailure()) << "the run failed; nothing to compare";
         int64_t differ = 0;
         for (size_t i = 0; i < oe.size(); ++i) differ += oe[i] != other[i];
         EXPECT_EQ(differ, 0) << "elements that differ from one KV head a pass, kv_heads_per_pass=" << per_pass;
@@ -479,6 +481,7 @@ TEST_F(AttentionGpuTest, FirstRowKeepsTheLaterRowsBits) {
       std::vector<uint16_t> full, part;
       run(variant, 0, &full);
       run(variant, c.first_row, &part);
+      ASSERT_FALSE(HasFatalFailure()) << "a run failed; nothing to compare";
       const size_t from = static_cast<size_t>(c.first_row) * Hq * D;
       int64_t differ = 0;
       for (size_t i = from; i < n; ++i) differ += full[i] != part[i];
