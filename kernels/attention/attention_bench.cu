@@ -27,6 +27,12 @@
 // Inputs are random (never zeros). FLOPs: effective = 4 S^2 D H / 2
 // (causal); "computed" counts 4 * 64 * 64 * D per block actually computed.
 //
+// --key-splits=N (a diagnostic) also times each sparse mask as N launches,
+// launch j keeping only the key blocks of the j-th of N equal key ranges:
+// the sum of their times is what the same work costs when a pass touches
+// 1/N of a head's K and V (the outputs are overwritten, so only the time
+// means anything).
+//
 // --power adds, for each attention and gate row, what the board did during
 // its timed runs (NVML, kernels/common/power_sampler.h): the mean SM clock,
 // the mean power from the energy counter, the energy per computed TFLOP
@@ -90,6 +96,7 @@ struct Options {
   std::vector<int> kv_heads_per_pass = {0};  // AttentionParams::kv_heads_per_pass; 0: the kernel's choice
   bool queued = false;  // --queued: the launches queued behind a spin kernel
   bool power = false;  // --power: clock, power and energy per attention row (NVML)
+  std::vector<int> key_splits;  // --key-splits: also time each mask as N launches over key ranges
 };
 
 using seer::bench::SplitCommas;
@@ -99,7 +106,7 @@ constexpr char kUsage[] =
     "          [--variants=v2,v3,v4,v6 (auto,v1,v2,v3,v3s,v4,v6)] [--heads=32] [--kv-heads=32] [--dims=64,128]\n"
     "          [--warmup=2] [--min-seconds=0.5] [--min-iters=3] [--max-iters=50] [--masks-dir=DIR]\n"
     "          [--masks=uniform|topk] [--masks-from=FILE,...] [--no-gate] [--gate-weights=bf16,f32]\n"
-    "          [--kv-heads-per-pass=0,1] [--queued] [--power]\n";
+    "          [--kv-heads-per-pass=0,1] [--queued] [--power] [--key-splits=2,4]\n";
 
 constexpr char kHelp[] =
     "Times Seer's block-sparse attention kernels (causal) at each length, sparsity, head dim\n"
@@ -125,7 +132,11 @@ constexpr char kHelp[] =
     "                   each, and rows other than 0 name theirs\n"
     "  --queued         start the clock after a 200 us spin kernel: the GPU's time alone\n"
     "  --power          add the mean SM clock, board power and power-cap share (NVML);\n"
-    "                   power needs windows of a second or more (--min-seconds)\n";
+    "                   power needs windows of a second or more (--min-seconds)\n"
+    "  --key-splits=N,...  diagnostic: also time each sparse mask as N launches, launch j\n"
+    "                   keeping only the key blocks of the j-th of N equal key ranges (each\n"
+    "                   launch overwrites the output, so only the summed time means\n"
+    "                   anything: what a working set of 1/N of a head's K and V costs)\n";
 
 bool ParseArgs(int argc, char** argv, Options* o) {
   for (int i = 1; i < argc; ++i) {
@@ -190,6 +201,14 @@ bool ParseArgs(int argc, char** argv, Options* o) {
       for (int n : o->kv_heads_per_pass) {
         if (n < 0) {
           std::fprintf(stderr, "--kv-heads-per-pass: %d is negative (0 lets the kernel choose)\n", n);
+          return false;
+        }
+      }
+    } else if (const char* v = value("--key-splits")) {
+      o->key_splits = seer::bench::IntList(v);
+      for (int n : o->key_splits) {
+        if (n < 2) {
+          std::fprintf(stderr, "--key-splits: %d is not a split (2 or more)\n", n);
           return false;
         }
       }
@@ -463,8 +482,11 @@ int main(int argc, char** argv) {
       std::string label;  // the file a mask came from
       int32_t* offsets = nullptr;
       int32_t* indices = nullptr;
+      // --key-splits: the lists of each key range, timed one launch each.
+      std::vector<std::pair<int32_t*, int32_t*>> parts;
     };
     std::vector<DevMask> masks;
+    std::vector<DevMask> split_masks;  // --key-splits, timed after the whole masks
     auto upload = [](const seer::BlockMask& m, DevMask* dm) {
       dm->kept = m.kept();
       const seer::BlockLists lists = seer::ToBlockLists(m);
@@ -484,9 +506,26 @@ int main(int argc, char** argv) {
           return 1;
         }
         upload(m, &dm);
+        for (int n : o.key_splits) {
+          DevMask split{s, m.kept(), "keys in " + std::to_string(n) + " launches"};
+          for (int j = 0; j < n; ++j) {
+            const int lo = static_cast<int>(static_cast<int64_t>(nb) * j / n);
+            const int hi = static_cast<int>(static_cast<int64_t>(nb) * (j + 1) / n);
+            seer::BlockMask part = m;
+            for (size_t i = 0; i < part.keep.size(); ++i) {
+              const int kb = static_cast<int>(i % static_cast<size_t>(nb));
+              if (kb < lo || kb >= hi) part.keep[i] = 0;
+            }
+            DevMask d{s, 0};
+            upload(part, &d);
+            split.parts.emplace_back(d.offsets, d.indices);
+          }
+          split_masks.push_back(split);
+        }
       }
       masks.push_back(dm);
     }
+    masks.insert(masks.end(), split_masks.begin(), split_masks.end());
     for (const std::string& path : o.masks_from) {
       seer::BlockMask m;
       if (!ReadMaskFile(path, &m)) return 2;
@@ -534,9 +573,18 @@ int main(int argc, char** argv) {
             for (int per_pass : o.kv_heads_per_pass) {
               p.kv_heads_per_pass = per_pass;
               seer::bench::PowerSummary power;
-              const double ms = TimeMs(
-                  o, [&] { return seer::cuda::BlockSparseAttentionVariant(p, variant, nullptr); }, sampler.get(),
-                  &power);
+              double ms = 0.0;
+              if (dm.parts.empty()) {
+                ms = TimeMs(
+                    o, [&] { return seer::cuda::BlockSparseAttentionVariant(p, variant, nullptr); }, sampler.get(),
+                    &power);
+              } else {
+                for (const auto& [offsets, indices] : dm.parts) {
+                  p.block_offsets = offsets;
+                  p.block_indices = indices;
+                  ms += TimeMs(o, [&] { return seer::cuda::BlockSparseAttentionVariant(p, variant, nullptr); });
+                }
+              }
               const std::string kernel = std::string("seer ") + seer::cuda::FwdVariantName(variant) +
                                          (per_pass == 0 ? "" : " (" + std::to_string(per_pass) + " KV heads a pass)") +
                                          (dm.label.empty() ? "" : " on " + dm.label);
@@ -572,6 +620,10 @@ int main(int argc, char** argv) {
     for (DevMask& dm : masks) {
       SEER_CUDA_CHECK(cudaFree(dm.offsets));
       SEER_CUDA_CHECK(cudaFree(dm.indices));
+      for (auto& [offsets, indices] : dm.parts) {
+        SEER_CUDA_CHECK(cudaFree(offsets));
+        SEER_CUDA_CHECK(cudaFree(indices));
+      }
     }
   }
 
