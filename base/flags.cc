@@ -1,8 +1,10 @@
 #include "base/flags.h"
 
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <sstream>
+#include <string>
 
 namespace seer {
 
@@ -19,6 +21,15 @@ void FlagSet::Double(const std::string& name, double* target, const std::string&
   std::ostringstream os;
   os << *target;
   flags_.push_back({name, Kind::kDouble, target, help, os.str()});
+}
+void FlagSet::Seconds(const std::string& name, double* target, const std::string& help) {
+  std::ostringstream os;
+  os << *target;
+  flags_.push_back({name, Kind::kSeconds, target, help, os.str()});
+}
+Status FlagSet::RefusePositional() const {
+  if (positional_.empty()) return OkStatus();
+  return InvalidArgument("unexpected argument '" + positional_.front() + "' (flags are --name VALUE)");
 }
 void FlagSet::Bool(const std::string& name, bool* target, const std::string& help) {
   flags_.push_back({name, Kind::kBool, target, help, *target ? "true" : "false"});
@@ -49,12 +60,17 @@ Status FlagSet::Assign(Flag& f, const std::string& value) {
       *static_cast<int64_t*>(f.target) = v;
       return OkStatus();
     }
-    case Kind::kDouble: {
+    case Kind::kDouble:
+    case Kind::kSeconds: {
       errno = 0;
       char* end = nullptr;
       double v = std::strtod(value.c_str(), &end);
-      if (value.empty() || *end != '\0' || errno == ERANGE)
-        return InvalidArgument("--" + f.name + ": expected a number, got '" + value + "'");
+      if (value.empty() || *end != '\0' || errno == ERANGE || !std::isfinite(v))
+        return InvalidArgument("--" + f.name + ": expected a finite number, got '" + value + "'");
+      if (f.kind == Kind::kSeconds && !(v >= 0.0 && v <= kMaxFlagSeconds)) {
+        return InvalidArgument("--" + f.name + ": " + value + " seconds is out of range [0, " +
+                               std::to_string(static_cast<int64_t>(kMaxFlagSeconds)) + "]");
+      }
       *static_cast<double*>(f.target) = v;
       return OkStatus();
     }
@@ -118,6 +134,7 @@ std::string FlagSet::Help() const {
       case Kind::kString: os << " STRING"; break;
       case Kind::kInt: os << " INT"; break;
       case Kind::kDouble: os << " NUMBER"; break;
+      case Kind::kSeconds: os << " SECONDS"; break;
       case Kind::kBool: os << " [true|false]"; break;
     }
     os << "\n      " << f.help;

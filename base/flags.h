@@ -19,22 +19,30 @@ class FlagSet {
 
   void String(const std::string& name, std::string* target, const std::string& help);
   void Int(const std::string& name, int64_t* target, const std::string& help);
+  // A finite number (inf and nan are refused).
   void Double(const std::string& name, double* target, const std::string& help);
+  // A duration: a finite number of seconds in [0, kMaxFlagSeconds], so that
+  // it converts to milliseconds or microseconds without overflow.
+  void Seconds(const std::string& name, double* target, const std::string& help);
+  static constexpr double kMaxFlagSeconds = 30.0 * 24 * 3600;
   void Bool(const std::string& name, bool* target, const std::string& help);
 
   // Parses argv[begin..argc). Returns INVALID_ARGUMENT naming the flag on a
   // bad flag. Sets help_requested() for -h / --help (and returns OK).
   Status Parse(int argc, char** argv, int begin = 1);
   bool help_requested() const { return help_requested_; }
-  // Arguments that are not flags, in order.
+  // Arguments that are not flags, in order. Programs that take none refuse
+  // them with RefusePositional.
   const std::vector<std::string>& positional() const { return positional_; }
   // Whether --name appeared on the command line.
   bool WasSet(const std::string& name) const;
+  // INVALID_ARGUMENT naming the first argument that is not a flag, if any.
+  Status RefusePositional() const;
 
   std::string Help() const;
 
  private:
-  enum class Kind { kString, kInt, kDouble, kBool };
+  enum class Kind { kString, kInt, kDouble, kSeconds, kBool };
   struct Flag {
     std::string name;
     Kind kind;

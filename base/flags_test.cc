@@ -49,5 +49,43 @@ TEST(Flags, UnknownFlagsAndMissingValuesAreErrors) {
   EXPECT_FALSE(ParseArgs(flags, {"--n", "x"}).ok());
 }
 
+TEST(Flags, NumbersAreFiniteAndSecondsInRange) {
+  double x = 1.0, t = 30.0;
+  FlagSet flags("prog", "test");
+  flags.Double("x", &x, "");
+  flags.Seconds("drain-seconds", &t, "");
+  ASSERT_TRUE(ParseArgs(flags, {"--x", "-2.5", "--drain-seconds", "0.25"}).ok());
+  EXPECT_EQ(x, -2.5);
+  EXPECT_EQ(t, 0.25);
+  for (const char* bad : {"inf", "nan", "-inf", "1e999"}) {
+    const Status s = ParseArgs(flags, {"--x", bad});
+    EXPECT_FALSE(s.ok()) << bad;
+    EXPECT_NE(s.message().find("--x: expected a finite number"), std::string::npos) << s.message();
+  }
+  for (const char* bad : {"-1", "1e300", "2592001"}) {
+    const Status s = ParseArgs(flags, {"--drain-seconds", bad});
+    EXPECT_FALSE(s.ok()) << bad;
+    EXPECT_NE(s.message().find("--drain-seconds: " + std::string(bad) + " seconds is out of range [0, 2592000]"),
+              std::string::npos)
+        << s.message();
+  }
+  EXPECT_TRUE(ParseArgs(flags, {"--drain-seconds", "2592000"}).ok());
+  EXPECT_NE(flags.Help().find("--drain-seconds SECONDS"), std::string::npos) << flags.Help();
+}
+
+TEST(Flags, PositionalArgumentsCanBeRefused) {
+  int64_t n = 0;
+  FlagSet flags("prog", "test");
+  flags.Int("n", &n, "");
+  ASSERT_TRUE(ParseArgs(flags, {"--n", "3"}).ok());
+  EXPECT_TRUE(flags.RefusePositional().ok());
+  FlagSet stray("prog", "test");
+  stray.Int("n", &n, "");
+  ASSERT_TRUE(ParseArgs(stray, {"--n", "3", "extra"}).ok());
+  const Status s = stray.RefusePositional();
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("'extra'"), std::string::npos) << s.message();
+}
+
 }  // namespace
 }  // namespace seer

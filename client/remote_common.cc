@@ -19,7 +19,7 @@ void CommonFlags::Register(FlagSet& flags, const std::string& server) {
   flags.String("ids", &ids, "prompt token ids: \"1,2,3\" (commas and/or whitespace) or @FILE. Required.");
   sparsity.Register(flags, "the prefill server's gates (sent only when given)");
   flags.String("request-id", &request_id, "request id for the servers' logs");
-  flags.Double("timeout", &timeout, "deadline of the whole call, seconds (0: none)");
+  flags.Seconds("timeout", &timeout, "deadline of the whole call, seconds (0: none)");
   flags.Bool("json", &json, "print one JSON object");
   flags.String("tls-ca", &tls.ca, "PEM CA bundle that signed the server's certificate: connect over TLS");
   flags.String("tls-cert", &tls.cert, "PEM client certificate (mutual TLS), with --tls-key");

@@ -5,6 +5,13 @@
 #include <chrono>
 #include <fstream>
 #include <iterator>
+#include <memory>
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include <grpc/compression.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
@@ -25,6 +32,34 @@ Status CheckPemFile(const std::string& path, const std::string& flag, const std:
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (text.find("-----BEGIN ") == std::string::npos || text.find(what) == std::string::npos)
     return InvalidArgument(flag + ": '" + path + "' holds no PEM " + what);
+  return OkStatus();
+}
+
+// The key must be the certificate's: gRPC would otherwise log "Invalid
+// private key" and fail every handshake while the server reports ready.
+Status CheckKeyMatchesCertificate(const std::string& cert_path, const std::string& key_path) {
+  std::unique_ptr<BIO, decltype(&BIO_free)> cert_bio(BIO_new_file(cert_path.c_str(), "r"), &BIO_free);
+  std::unique_ptr<BIO, decltype(&BIO_free)> key_bio(BIO_new_file(key_path.c_str(), "r"), &BIO_free);
+  if (cert_bio == nullptr) return InvalidArgument("--tls-cert: cannot read '" + cert_path + "'");
+  if (key_bio == nullptr) return InvalidArgument("--tls-key: cannot read '" + key_path + "'");
+  std::unique_ptr<X509, decltype(&X509_free)> cert(PEM_read_bio_X509(cert_bio.get(), nullptr, nullptr, nullptr),
+                                                   &X509_free);
+  if (cert == nullptr) return InvalidArgument("--tls-cert: '" + cert_path + "' holds no certificate OpenSSL can read");
+  // No passphrase callback: an encrypted key fails here, as it would in gRPC.
+  auto no_passphrase = [](char*, int, int, void*) { return 0; };
+  std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)> key(
+      PEM_read_bio_PrivateKey(key_bio.get(), nullptr, no_passphrase, nullptr), &EVP_PKEY_free);
+  ERR_clear_error();
+  if (key == nullptr) {
+    return InvalidArgument("--tls-key: '" + key_path +
+                           "' holds no private key OpenSSL can read (it must not be "
+                           "encrypted)");
+  }
+  if (X509_check_private_key(cert.get(), key.get()) != 1) {
+    ERR_clear_error();
+    return InvalidArgument("--tls-key: '" + key_path + "' is not the private key of --tls-cert's certificate '" +
+                           cert_path + "'");
+  }
   return OkStatus();
 }
 
@@ -56,6 +91,7 @@ Status CheckServerTls(const ServerTlsOptions& tls) {
   if (tls.reload_seconds < 1) return InvalidArgument("--tls-reload-seconds: must be at least 1");
   SEER_RETURN_IF_ERROR(CheckPemFile(tls.cert, "--tls-cert", "CERTIFICATE"));
   SEER_RETURN_IF_ERROR(CheckPemFile(tls.key, "--tls-key", "PRIVATE KEY"));
+  SEER_RETURN_IF_ERROR(CheckKeyMatchesCertificate(tls.cert, tls.key));
   if (!tls.client_ca.empty()) SEER_RETURN_IF_ERROR(CheckPemFile(tls.client_ca, "--tls-client-ca", "CERTIFICATE"));
   return OkStatus();
 }

@@ -142,6 +142,8 @@ class CallInterceptor final : public grpc::experimental::Interceptor {
       if (r->has_summary()) {
         const v1::GenerateSummary& s = r->summary();
         summary_ = JsonValue::Object();
+        // A text or chat prompt's ids are known only after the tokenizer.
+        if (s.prompt_tokens() > 0) prompt_tokens_ = s.prompt_tokens();
         summary_.Set("generated_tokens", JsonValue::Int(s.generated_tokens()));
         summary_.Set("finish_reason", JsonValue::String(s.finish_reason()));
         summary_.Set("ttft_ms", JsonValue::Number(Ms(s.ttft_seconds())));

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -184,7 +185,12 @@ int Serve(const ServeConfig& config) {
   LogEvent(LogLevel::kInfo, "draining",
            Fields({{"signal", JsonValue::String(sig == SIGTERM ? "SIGTERM" : "SIGINT")},
                    {"drain_seconds", JsonValue::Number(config.drain_seconds)}}));
-  (*server)->Shutdown(config.drain_seconds);
+  const auto drain_deadline =
+      std::chrono::steady_clock::now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                             std::chrono::duration<double>(config.drain_seconds));
+  if (config.drain_first) config.drain_first(drain_deadline);
+  (*server)->Shutdown(
+      std::max(0.0, std::chrono::duration<double>(drain_deadline - std::chrono::steady_clock::now()).count()));
   if (!loaded) {
     // Still loading: nothing was served, and the load cannot be interrupted.
     LogEvent(LogLevel::kInfo, "stopped while loading the model");

@@ -3,6 +3,7 @@
 // says NOT_SERVING, serve, and on SIGTERM drain and exit.
 #pragma once
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -65,6 +66,12 @@ struct ServeConfig {
   // while the server already answers health checks. Returns a one-line
   // description of what was loaded.
   std::function<StatusOr<std::string>()> load;
+  // On SIGTERM, before the gRPC server stops taking calls: front ends that
+  // call it in process (the HTTP API) stop taking requests and wait, until
+  // `deadline` at most, for the ones in flight; the gRPC server then drains
+  // for what is left of --drain-seconds. (Shutting the gRPC server down ends
+  // its in-process calls at once, unlike calls over the network.)
+  std::function<void(std::chrono::steady_clock::time_point deadline)> drain_first;
   // Stops the services' workers; called after the gRPC server has drained.
   std::function<void()> stop;
   // Optional, once the model has loaded: given a function that takes health

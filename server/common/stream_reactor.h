@@ -24,6 +24,7 @@
 // under any of them.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdio>
 #include <deque>
@@ -349,8 +350,7 @@ class StreamReactor : public grpc::ServerWriteReactor<Response>, public WorkQueu
       writing_ = false;
       pump_busy_ = false;
       if (!ok) {
-        newly_cancelled =
-            CancelLocked(grpc::Status(grpc::StatusCode::CANCELLED, "the stream broke: a write failed"), &dropped);
+        newly_cancelled = CancelLocked(Broken("the stream broke: a write failed"), &dropped);
       }
       pump = TakePumpLocked();
       finish = !pump && ShouldFinishLocked(&final_status);
@@ -362,6 +362,19 @@ class StreamReactor : public grpc::ServerWriteReactor<Response>, public WorkQueu
     if (finish) this->Finish(final_status);
   }
 
+  // Why a stream ended early from the client's side: its deadline, when
+  // that has passed, else `what`. gRPC ends such a call as it ends a
+  // cancelled one (a failed write, OnCancel), and the server's copy of the
+  // deadline runs a little behind the client's (it counts from the call's
+  // arrival), so a call ended within kDeadlineSlack of it counts as expired.
+  grpc::Status Broken(const char* what) const {
+    constexpr auto kDeadlineSlack = std::chrono::milliseconds(200);
+    if (context_->deadline() <= std::chrono::system_clock::now() + kDeadlineSlack) {
+      return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "the client's deadline passed");
+    }
+    return grpc::Status(grpc::StatusCode::CANCELLED, what);
+  }
+
   void OnCancel() override {
     grpc::Status final_status;
     bool finish = false, newly_cancelled = false;
@@ -369,8 +382,7 @@ class StreamReactor : public grpc::ServerWriteReactor<Response>, public WorkQueu
     {
       std::lock_guard<std::mutex> lock(mu_);
       if (finish_called_) return;
-      newly_cancelled =
-          CancelLocked(grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the stream"), &dropped);
+      newly_cancelled = CancelLocked(Broken("the client cancelled the stream"), &dropped);
       finish = ShouldFinishLocked(&final_status);
     }
     dropped.clear();

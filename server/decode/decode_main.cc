@@ -99,29 +99,29 @@ int main(int argc, char** argv) {
   flags.Int("max-buffered-bytes", &max_buffered_bytes,
             "tokens all admitted streams may hold for their clients (each reserves max_new_tokens x 128 bytes); "
             "a request that would exceed it is RESOURCE_EXHAUSTED before any work");
-  flags.Double("write-stall-seconds", &write_stall_seconds,
-               "cancel a stream whose client reads nothing for this long (0: never)");
+  flags.Seconds("write-stall-seconds", &write_stall_seconds,
+                "cancel a stream whose client reads nothing for this long (0: never)");
   flags.Int("prefill-attempts", &attempts,
             "Prefill calls per request when endpoints are UNAVAILABLE (0: one per endpoint, +2 per dns name)");
-  flags.Double("prefill-timeout", &prefill_timeout, "deadline of one Prefill call, seconds (0: none)");
+  flags.Seconds("prefill-timeout", &prefill_timeout, "deadline of one Prefill call, seconds (0: none)");
   flags.Bool("prefill-retry-broken", &retry_broken,
              "when a prefill stream breaks (UNAVAILABLE) after it started, redo the prefill on another "
              "endpoint instead of failing the request");
-  flags.Double("prefill-connect-timeout", &client_options.connect_timeout_seconds,
-               "seconds a connection attempt to a prefill endpoint (TCP and HTTP/2 handshake) may take");
-  flags.Double("prefill-first-byte-timeout", &client_options.first_byte_timeout_seconds,
-               "seconds a Prefill call may wait for its first message (the header, sent on admission) before the "
-               "next endpoint is tried (0: no limit)");
-  flags.Double("prefill-keepalive", &client_options.keepalive_seconds,
-               "seconds between keepalive pings to a prefill endpoint while calls wait on it");
-  flags.Double("prefill-keepalive-timeout", &client_options.keepalive_timeout_seconds,
-               "seconds a keepalive ping may go unanswered before the connection is dropped");
-  flags.Double("prefill-health-interval", &client_options.health_interval_seconds,
-               "seconds between health checks of every prefill endpoint; health is NOT_SERVING while none "
-               "serves (0: no checks)");
-  flags.Double("prefill-health-timeout", &client_options.health_timeout_seconds,
-               "seconds a prefill health check may take");
-  flags.Double("drain-seconds", &drain_seconds, "on SIGTERM, how long in-flight streams get to finish");
+  flags.Seconds("prefill-connect-timeout", &client_options.connect_timeout_seconds,
+                "seconds a connection attempt to a prefill endpoint (TCP and HTTP/2 handshake) may take");
+  flags.Seconds("prefill-first-byte-timeout", &client_options.first_byte_timeout_seconds,
+                "seconds a Prefill call may wait for its first message (the header, sent on admission) before the "
+                "next endpoint is tried (0: no limit)");
+  flags.Seconds("prefill-keepalive", &client_options.keepalive_seconds,
+                "seconds between keepalive pings to a prefill endpoint while calls wait on it");
+  flags.Seconds("prefill-keepalive-timeout", &client_options.keepalive_timeout_seconds,
+                "seconds a keepalive ping may go unanswered before the connection is dropped");
+  flags.Seconds("prefill-health-interval", &client_options.health_interval_seconds,
+                "seconds between health checks of every prefill endpoint; health is NOT_SERVING while none "
+                "serves (0: no checks)");
+  flags.Seconds("prefill-health-timeout", &client_options.health_timeout_seconds,
+                "seconds a prefill health check may take");
+  flags.Seconds("drain-seconds", &drain_seconds, "on SIGTERM, how long in-flight streams get to finish");
   flags.String("kv-transports", &kv_transports,
                "KV transports offered to the prefill servers, grpc always among them: nccl,grpc (GPU to GPU when "
                "this worker's engine is CUDA and a prefill is CUDA on another GPU of this host; needs an NCCL "
@@ -129,10 +129,10 @@ int main(int argc, char** argv) {
   flags.Int("kv-grpc-streams", &kv_grpc_streams,
             "gRPC streams read per request, the Prefill call and KvStream calls, each on a connection of its "
             "own (1 to 16; the prefill's --kv-grpc-streams caps it)");
-  flags.Double("kv-nccl-stall-seconds", &client_options.nccl_stall_seconds,
-               "an NCCL KV transfer whose announced layer makes no progress this long aborts its link");
-  flags.Double("kv-nccl-setup-seconds", &client_options.nccl_setup_seconds,
-               "an NCCL link that has not joined after this long is aborted");
+  flags.Seconds("kv-nccl-stall-seconds", &client_options.nccl_stall_seconds,
+                "an NCCL KV transfer whose announced layer makes no progress this long aborts its link");
+  flags.Seconds("kv-nccl-setup-seconds", &client_options.nccl_setup_seconds,
+                "an NCCL link that has not joined after this long is aborted");
   flags.Bool("malloc-tuning", &malloc_tuning,
              "one malloc arena, 32 MiB mmap and 1 GiB trim thresholds, so that gRPC's KV receive buffers are "
              "reused rather than faulted in and zeroed afresh for every transfer (docs/KV_TRANSPORT.md); "
@@ -157,6 +157,10 @@ int main(int argc, char** argv) {
   if (flags.help_requested()) {
     std::printf("%s", flags.Help().c_str());
     return 0;
+  }
+  if (seer::Status s = flags.RefusePositional(); !s.ok()) {
+    std::fprintf(stderr, "%s: %s (--help lists the flags)\n", "seer-decode", s.message().c_str());
+    return 2;
   }
   if (common.version) {
     std::printf("%s\n", seer::VersionLine("seer-decode").c_str());
@@ -371,6 +375,11 @@ int main(int argc, char** argv) {
       return seer::OkStatus();
     };
   }
+  config.drain_first = [&](std::chrono::steady_clock::time_point deadline) {
+    if (http_server != nullptr && !http_server->Drain(deadline)) {
+      std::fprintf(stderr, "seer-decode: --drain-seconds passed with HTTP requests still running; they end now\n");
+    }
+  };
   config.stop = [&] {
     service.Shutdown();
     http_server.reset();

@@ -88,19 +88,24 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     }
     call_ = std::move(call).value();
     const bool text_prompt = !call_.text.empty() || !call_.messages.empty();
-    if ((text_prompt || !call_.stop.empty()) && service->tokenizer_ == nullptr) {
+    // A text reply: the text APIs' answer (text, and an end at end-of-text).
+    const bool text_reply = text_prompt || request.text_reply();
+    if ((text_reply || !call_.stop.empty()) && service->tokenizer_ == nullptr) {
+      const char* field = text_prompt            ? (call_.text.empty() ? "messages" : "text")
+                          : request.text_reply() ? "text_reply"
+                                                 : "stop";
       FinishNow(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                             std::string(text_prompt ? (call_.text.empty() ? "messages" : "text") : "stop") +
+                             std::string(field) +
                                  ": seer-decode has no tokenizer (--tokenizer), so it takes token_ids and "
                                  "stop_token_ids only"));
       return;
     }
-    if (service->tokenizer_ != nullptr && (text_prompt || !call_.stop.empty())) {
+    if (service->tokenizer_ != nullptr && (text_reply || !call_.stop.empty())) {
       text_ = std::make_unique<TextStream>(*service->tokenizer_, call_.stop);
     }
     // A text request ends at an end-of-text id too, as the text APIs do.
     stop_tokens_ = call_.stop_token_ids;
-    if (text_prompt) {
+    if (text_reply) {
       stop_tokens_.insert(stop_tokens_.end(), service->end_of_text_ids_.begin(), service->end_of_text_ids_.end());
     }
     request_id_ = call_.request_id.empty() ? "generate-" + std::to_string(service->next_request_number_.fetch_add(1))

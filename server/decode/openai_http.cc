@@ -1,10 +1,19 @@
 #include "server/decode/openai_http.h"
 
+#include <arpa/inet.h>
 #include <civetweb.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <atomic>
+#include <cfloat>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <string>
@@ -91,6 +100,40 @@ HttpError FromGrpc(const grpc::Status& s) {
   return e;
 }
 
+// A Generate error in the HTTP request's own terms: the gRPC field a message
+// names becomes the OpenAI field it came from ("sampling.top_p" is "top_p",
+// "token_ids" is "prompt" or "messages", "max_new_tokens" is the max_tokens
+// key the request used), and a prompt that does not fit the context gets
+// OpenAI's code for it.
+void InOpenAiTerms(bool chat, const std::string& max_key, HttpError* e) {
+  const std::string field = e->param;
+  if (field.empty()) return;
+  std::string name = field;
+  if (field == "max_new_tokens") {
+    name = max_key;
+  } else if (field == "token_ids" || field == "text" || field == "text_reply") {
+    name = chat ? "messages" : "prompt";
+  } else if (field.rfind("sampling.", 0) == 0) {
+    name = field.substr(9);
+  } else if (field.rfind("sparsity.", 0) == 0) {
+    name = "seer_sparsity";
+  } else if (field.rfind("stop[", 0) == 0) {
+    name = "stop";
+  } else if (field == "request_id") {
+    name = "user";
+  }
+  const bool too_long = ((field == "token_ids" || field == "text" || field == "messages") &&
+                         e->message.find(" exceed") != std::string::npos) ||
+                        (field == "max_new_tokens" && e->message.find("max_position_embeddings") != std::string::npos);
+  if (too_long) e->code = "context_length_exceeded";
+  e->message = name + e->message.substr(field.size());
+  // (Over gRPC, 0 takes the server's default; over HTTP, 0 is refused.)
+  if (const size_t at = e->message.find("; 0 takes its default"); at != std::string::npos) {
+    e->message.erase(at, std::strlen("; 0 takes its default"));
+  }
+  e->param = name;
+}
+
 const char* Reason(int code) {
   switch (code) {
     case 200: return "OK";
@@ -122,6 +165,8 @@ bool SendEvent(mg_connection* conn, const std::string& data) {
   return mg_send_chunk(conn, event.data(), static_cast<unsigned int>(event.size())) > 0;
 }
 
+// The request body, whole: a body larger than the limit is refused (413),
+// and so is one that ends before its Content-Length (400).
 StatusOr<std::string> ReadBody(mg_connection* conn) {
   const mg_request_info* info = mg_get_request_info(conn);
   if (info->content_length > static_cast<long long>(kMaxBodyBytes)) {
@@ -139,7 +184,64 @@ StatusOr<std::string> ReadBody(mg_connection* conn) {
                                " bytes");
     }
   }
+  if (info->content_length >= 0 && static_cast<long long>(body.size()) < info->content_length) {
+    return InvalidArgument("the request body ended after " + std::to_string(body.size()) + " of the " +
+                           std::to_string(info->content_length) + " bytes its Content-Length announced");
+  }
   return body;
+}
+
+// The socket of this connection: civetweb does not hand it out, so it is the
+// one open socket whose two ends are the request's (the connection is this
+// thread's until the handler returns, so the descriptor stays valid). -1
+// when none matches.
+int ClientSocket(const mg_request_info* info, int server_port) {
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return -1;
+  int found = -1;
+  while (const dirent* entry = readdir(dir)) {
+    char* end = nullptr;
+    const long fd = std::strtol(entry->d_name, &end, 10);
+    if (end == entry->d_name || *end != '\0' || fd == dirfd(dir)) continue;
+    struct stat st;
+    if (fstat(static_cast<int>(fd), &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
+    sockaddr_storage local{}, peer{};
+    socklen_t local_len = sizeof(local), peer_len = sizeof(peer);
+    if (getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&local), &local_len) != 0 ||
+        getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0) {
+      continue;
+    }
+    char host[INET6_ADDRSTRLEN] = {};
+    int local_port = 0, peer_port = 0;
+    if (peer.ss_family == AF_INET) {
+      const auto* p = reinterpret_cast<const sockaddr_in*>(&peer);
+      inet_ntop(AF_INET, &p->sin_addr, host, sizeof(host));
+      peer_port = ntohs(p->sin_port);
+      local_port = ntohs(reinterpret_cast<const sockaddr_in*>(&local)->sin_port);
+    } else if (peer.ss_family == AF_INET6) {
+      const auto* p = reinterpret_cast<const sockaddr_in6*>(&peer);
+      inet_ntop(AF_INET6, &p->sin6_addr, host, sizeof(host));
+      peer_port = ntohs(p->sin6_port);
+      local_port = ntohs(reinterpret_cast<const sockaddr_in6*>(&local)->sin6_port);
+    } else {
+      continue;
+    }
+    if (local_port == server_port && peer_port == info->remote_port && std::strcmp(host, info->remote_addr) == 0) {
+      found = static_cast<int>(fd);
+      break;
+    }
+  }
+  closedir(dir);
+  return found;
+}
+
+// Whether the client has closed its end (or the connection broke). As in
+// other HTTP servers, a client that shuts down its sending side while its
+// request runs counts as gone.
+bool ClientClosed(int fd) {
+  if (fd < 0) return false;
+  pollfd p{fd, POLLRDHUP, 0};
+  return poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
 }
 
 // The parts of an OpenAI request that become a GenerateRequest.
@@ -148,7 +250,16 @@ struct ParsedRequest {
   bool stream = false;
   bool include_usage = false;
   std::string model;
+  std::string max_key = "max_tokens";  // or max_completion_tokens: the limit's name in errors
 };
+
+// A JSON number as a float; beyond float's range, infinite (which the
+// request checks then refuse by name).
+float ToFloat(double v) {
+  if (v > FLT_MAX) return INFINITY;
+  if (v < -FLT_MAX) return -INFINITY;
+  return static_cast<float>(v);
+}
 
 std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int default_max_tokens, ParsedRequest* out) {
   v1::GenerateRequest& g = out->generate;
@@ -169,26 +280,37 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
     out->model = model->as_string();
   }
   // Completions default to OpenAI's 16 tokens; a chat without a limit gets
-  // the server's --default-max-new-tokens (0 on the wire).
-  const char* max_key = chat && root.Find("max_completion_tokens") != nullptr ? "max_completion_tokens" : "max_tokens";
+  // the server's --default-max-new-tokens (0 on the wire). A chat's
+  // max_completion_tokens, when set, wins over its older max_tokens.
+  const JsonValue* completion_max = root.Find("max_completion_tokens");
+  out->max_key =
+      chat && completion_max != nullptr && !completion_max->is_null() ? "max_completion_tokens" : "max_tokens";
+  const char* max_key = out->max_key.c_str();
   const JsonValue* max_field = root.Find(max_key);
   if (chat && (max_field == nullptr || max_field->is_null())) {
     g.set_max_new_tokens(0);
   } else {
     double max_tokens = default_max_tokens;
     if (auto e = number(max_key, default_max_tokens, &max_tokens)) return e;
-    if (max_tokens != static_cast<int>(max_tokens) || max_tokens < 1 || max_tokens > (1 << 24)) {
-      return Invalid(max_key, std::string(max_key) + ": must be a positive integer");
+    if (!(max_tokens >= 1) || max_tokens != std::floor(max_tokens)) {
+      return Invalid(max_key, std::string(max_key) + ": must be a positive integer, got " + max_field->Dump());
     }
-    g.set_max_new_tokens(static_cast<int32_t>(max_tokens));
+    // The server's --max-new-tokens refuses what is too large, by name.
+    g.set_max_new_tokens(max_tokens > INT32_MAX ? INT32_MAX : static_cast<int32_t>(max_tokens));
   }
   double temperature = 1.0, top_p = 1.0, n = 1.0;
   if (auto e = number("temperature", 1.0, &temperature)) return e;
   if (auto e = number("top_p", 1.0, &top_p)) return e;
   if (auto e = number("n", 1.0, &n)) return e;
   if (n != 1.0) return Invalid("n", "n: only 1 is supported");
-  g.mutable_sampling()->set_temperature(static_cast<float>(temperature));
-  g.mutable_sampling()->set_top_p(static_cast<float>(top_p));
+  g.mutable_sampling()->set_temperature(ToFloat(temperature));
+  // On the wire top_p 0 means 1 (no cut); OpenAI's top_p 0 keeps the most
+  // likely token, as the smallest positive value does here.
+  float wire_top_p = ToFloat(top_p);
+  if (top_p >= 0.0 && top_p <= 1.0 && wire_top_p == 0.0f) wire_top_p = FLT_MIN;
+  g.mutable_sampling()->set_top_p(wire_top_p);
+  // The reply is text, whatever form the prompt has.
+  g.set_text_reply(true);
   if (const JsonValue* seed = root.Find("seed"); seed != nullptr && !seed->is_null()) {
     if (!seed->is_integer()) return Invalid("seed", "seed: must be an integer");
     g.mutable_sampling()->set_seed(static_cast<uint64_t>(seed->as_int64()));
@@ -370,6 +492,7 @@ StatusOr<std::unique_ptr<OpenAiHttpServer>> OpenAiHttpServer::Start(const OpenAi
   const int n = mg_get_server_ports(server->ctx_, 4, bound);
   if (n < 1) return Internal("--http " + options.listen + ": no bound port");
   server->port_ = bound[0].port;
+  server->port_civetweb_ = bound[0].port;
   if (options.tls.enabled()) {
     TlsFrontOptions front;
     front.listen = options.listen;
@@ -392,7 +515,29 @@ int OpenAiHttpServer::Handle(mg_connection* conn, void* self) {
   return 1;
 }
 
+bool OpenAiHttpServer::Drain(std::chrono::steady_clock::time_point deadline) {
+  std::unique_lock<std::mutex> lock(mu_);
+  draining_ = true;
+  return idle_.wait_until(lock, deadline, [this] { return active_ == 0; });
+}
+
 void OpenAiHttpServer::Serve(mg_connection* conn) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (draining_) {
+      HttpError e{503, "seer-decode is shutting down; retry on another replica"};
+      e.type = "server_error";
+      e.code = "service_unavailable";
+      return SendError(conn, e);
+    }
+    ++active_;
+  }
+  Respond(conn);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (--active_ == 0) idle_.notify_all();
+}
+
+void OpenAiHttpServer::Respond(mg_connection* conn) {
   const mg_request_info* info = mg_get_request_info(conn);
   const std::string method = info->request_method != nullptr ? info->request_method : "";
   std::string path = info->local_uri != nullptr ? info->local_uri : "";
@@ -422,7 +567,10 @@ void OpenAiHttpServer::Serve(mg_connection* conn) {
   if (method != "POST") return SendError(conn, HttpError{405, "use POST " + path});
 
   StatusOr<std::string> body = ReadBody(conn);
-  if (!body.ok()) return SendError(conn, HttpError{413, body.status().message()});
+  if (!body.ok()) {
+    return SendError(
+        conn, HttpError{body.status().code() == StatusCode::kResourceExhausted ? 413 : 400, body.status().message()});
+  }
   StatusOr<JsonValue> root = JsonValue::Parse(*body);
   if (!root.ok()) return SendError(conn, Invalid("", "the body is not valid JSON: " + root.status().message()));
   if (!root->is_object()) return SendError(conn, Invalid("", "the body must be a JSON object"));
@@ -468,6 +616,9 @@ void OpenAiHttpServer::Serve(mg_connection* conn) {
   v1::GenerateSummary summary;
   bool headers_sent = false;
   bool client_gone = false;
+  // A client that leaves is noticed at its next token, streaming or not, and
+  // its call cancelled (a non-streaming one writes nothing until the end).
+  const int client_fd = ClientSocket(info, port_civetweb_);
   auto start_stream = [&]() {
     if (headers_sent) return;
     headers_sent = true;
@@ -485,6 +636,10 @@ void OpenAiHttpServer::Serve(mg_connection* conn) {
   const grpc::Status status = backend_->Generate(req.generate, [&](const v1::GenerateResponse& r) {
     // The summary may carry text too: what the server held back at the end.
     if (r.has_summary()) summary = r.summary();
+    if (ClientClosed(client_fd)) {
+      client_gone = true;
+      return false;
+    }
     if (!req.stream) {
       text += r.text();
       return true;
@@ -501,7 +656,8 @@ void OpenAiHttpServer::Serve(mg_connection* conn) {
   });
   if (client_gone) return;
   if (!status.ok()) {
-    const HttpError e = FromGrpc(status);
+    HttpError e = FromGrpc(status);
+    InOpenAiTerms(chat, req.max_key, &e);
     if (!headers_sent) return SendError(conn, e);
     SendEvent(conn, ErrorJson(e));
     SendEvent(conn, "[DONE]");

@@ -15,13 +15,22 @@
 // the gRPC status maps to (400, 404, 429, 503, 500).
 //
 // The front door holds no model: each request becomes one Decode.Generate
-// call on a GenerateBackend (in seer-decode, the server's own gRPC port over
-// loopback), so the HTTP API and gRPC share every check, limit and metric.
+// call on a GenerateBackend (in seer-decode, the server's own gRPC service
+// over an in-process channel), so the HTTP API and gRPC share every check,
+// limit and metric. Every call asks for a text reply (text_reply), for
+// prompts of token ids too; errors name the OpenAI field ("max_tokens",
+// "prompt", "top_p"), and a prompt too long for the context has the code
+// context_length_exceeded. A client that closes its connection has its call
+// cancelled at the next token, streaming or not. Drain() stops the front
+// door gracefully, before the gRPC server's own drain.
 #pragma once
 
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include <grpcpp/grpcpp.h>
@@ -44,7 +53,7 @@ class GenerateBackend {
                                 const std::function<bool(const v1::GenerateResponse&)>& on_response) = 0;
 };
 
-// Generate over a gRPC channel (seer-decode's own port, on loopback).
+// Generate over a gRPC channel (seer-decode's own service, in process).
 std::unique_ptr<GenerateBackend> MakeGrpcGenerateBackend(std::shared_ptr<grpc::Channel> channel);
 
 struct OpenAiHttpOptions {
@@ -64,18 +73,28 @@ class OpenAiHttpServer {
   static StatusOr<std::unique_ptr<OpenAiHttpServer>> Start(const OpenAiHttpOptions& options, GenerateBackend* backend);
   ~OpenAiHttpServer();
   int port() const { return port_; }
+  // For a graceful stop, before the backend stops: from now on requests are
+  // refused (503), and this waits until the ones in flight have answered or
+  // `deadline` has passed. True when none is left.
+  bool Drain(std::chrono::steady_clock::time_point deadline);
 
  private:
   OpenAiHttpServer(OpenAiHttpOptions options, GenerateBackend* backend)
       : options_(std::move(options)), backend_(backend) {}
   static int Handle(mg_connection* conn, void* self);
-  void Serve(mg_connection* conn);
+  void Serve(mg_connection* conn);  // counts the request in flight around Respond
+  void Respond(mg_connection* conn);
 
   const OpenAiHttpOptions options_;
   GenerateBackend* const backend_;
   mg_context* ctx_ = nullptr;
   std::unique_ptr<TlsFront> tls_front_;
-  int port_ = 0;
+  int port_ = 0;  // what clients reach (the TLS front's, with TLS)
+  int port_civetweb_ = 0;  // civetweb's own
+  std::mutex mu_;
+  std::condition_variable idle_;
+  int active_ = 0;  // requests in Respond
+  bool draining_ = false;
 };
 
 }  // namespace seer

@@ -11,9 +11,15 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <cfloat>
+#include <chrono>
+#include <climits>
+#include <future>
 #include <map>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "base/json.h"
@@ -29,6 +35,10 @@ class ScriptedBackend final : public GenerateBackend {
   std::string finish = "length";
   std::string rest;  // text the summary message carries (held back to the end)
   grpc::Status error = grpc::Status::OK;
+  std::chrono::milliseconds token_delay{0};  // before each token, as a decode step takes
+  std::atomic<int> calls{0};  // Generate calls begun
+  std::atomic<int> cancelled{0};  // calls whose on_response said the client had gone
+  std::atomic<int> finished{0};  // calls that sent their summary
 
   grpc::Status Generate(const v1::GenerateRequest& request,
                         const std::function<bool(const v1::GenerateResponse&)>& on_response) override {
@@ -36,13 +46,18 @@ class ScriptedBackend final : public GenerateBackend {
       std::lock_guard<std::mutex> lock(mu);
       last = request;
     }
+    ++calls;
     if (!error.ok()) return error;
     int32_t id = 100;
     for (const std::string& t : texts) {
+      std::this_thread::sleep_for(token_delay);
       v1::GenerateResponse r;
       r.set_token(id++);
       r.set_text(t);
-      if (!on_response(r)) return grpc::Status(grpc::StatusCode::CANCELLED, "client gone");
+      if (!on_response(r)) {
+        ++cancelled;
+        return grpc::Status(grpc::StatusCode::CANCELLED, "client gone");
+      }
     }
     v1::GenerateResponse s;
     s.mutable_summary()->set_prompt_tokens(7);
@@ -50,6 +65,7 @@ class ScriptedBackend final : public GenerateBackend {
     s.mutable_summary()->set_finish_reason(finish);
     s.set_text(rest);
     on_response(s);
+    ++finished;
     return grpc::Status::OK;
   }
 
@@ -69,9 +85,8 @@ struct HttpReply {
   std::string body;  // de-chunked
 };
 
-// A minimal HTTP/1.1 exchange on loopback (Connection: close).
-HttpReply Exchange(int port, const std::string& method, const std::string& path, const std::string& body = "") {
-  HttpReply reply;
+// A loopback connection with `request` sent whole; -1 when it cannot connect.
+int SendRequest(int port, const std::string& request) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
@@ -79,18 +94,38 @@ HttpReply Exchange(int port, const std::string& method, const std::string& path,
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
     close(fd);
-    return reply;
+    return -1;
   }
+  for (size_t sent = 0; sent < request.size();) {
+    const ssize_t n = send(fd, request.data() + sent, request.size() - sent, 0);
+    if (n <= 0) break;
+    sent += static_cast<size_t>(n);
+  }
+  return fd;
+}
+
+std::string PostRequest(const std::string& path, const std::string& body) {
+  return "POST " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\n" +
+         "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+HttpReply ReadReply(int fd);
+
+// A minimal HTTP/1.1 exchange on loopback (Connection: close).
+HttpReply Exchange(int port, const std::string& method, const std::string& path, const std::string& body = "") {
   std::string req = method + " " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n";
   if (!body.empty() || method == "POST") {
     req += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
   }
   req += "\r\n" + body;
-  for (size_t sent = 0; sent < req.size();) {
-    const ssize_t n = send(fd, req.data() + sent, req.size() - sent, 0);
-    if (n <= 0) break;
-    sent += static_cast<size_t>(n);
-  }
+  const int fd = SendRequest(port, req);
+  if (fd < 0) return HttpReply{};
+  return ReadReply(fd);
+}
+
+// The reply on `fd`, read to the end; closes fd.
+HttpReply ReadReply(int fd) {
+  HttpReply reply;
   std::string raw;
   char buf[8192];
   for (;;) {
@@ -310,9 +345,151 @@ TEST_F(OpenAiHttp, ErrorsHaveOpenAisShapeAndCodes) {
   backend.error = grpc::Status(grpc::StatusCode::UNAVAILABLE, "no prefill endpoint");
   expect_error(PostJson("/v1/completions", R"({"prompt": "x"})", 503), "server_error", "");
   backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "sampling.top_p: 1.5 is out of range [0, 1]");
-  expect_error(PostJson("/v1/completions", R"({"prompt": "x"})", 400), "invalid_request_error", "sampling.top_p");
+  expect_error(PostJson("/v1/completions", R"({"prompt": "x"})", 400), "invalid_request_error", "top_p");
   // Mid-stream failures cannot change the status line: an error event, then [DONE].
   backend.error = grpc::Status::OK;
+}
+
+// What OpenAI's fields mean reaches the wire as that meaning: every call asks
+// for a text reply, top_p 0 keeps the likeliest token (on the wire 0 means no
+// cut), a null max_completion_tokens leaves max_tokens in force.
+TEST_F(OpenAiHttp, TheWireCarriesOpenAisMeanings) {
+  PostJson("/v1/completions", R"({"prompt": [1, 2, 3]})", 200);
+  EXPECT_TRUE(backend.Last().text_reply()) << "a prompt of ids is answered in text too";
+  PostJson("/v1/completions", R"({"prompt": "x"})", 200);
+  EXPECT_TRUE(backend.Last().text_reply());
+  EXPECT_EQ(backend.Last().sampling().top_p(), 1.0f);
+  for (const char* zero : {"0", "0.0", "1e-50"}) {
+    PostJson("/v1/completions", std::string(R"({"prompt": "x", "top_p": )") + zero + "}", 200);
+    EXPECT_EQ(backend.Last().sampling().top_p(), FLT_MIN) << zero;
+  }
+  PostJson("/v1/completions", R"({"prompt": "x", "top_p": 0.25})", 200);
+  EXPECT_EQ(backend.Last().sampling().top_p(), 0.25f);
+  PostJson("/v1/chat/completions",
+           R"({"messages": [{"role": "user", "content": "Hi"}], "max_completion_tokens": null, "max_tokens": 3})", 200);
+  EXPECT_EQ(backend.Last().max_new_tokens(), 3);
+  PostJson("/v1/chat/completions",
+           R"({"messages": [{"role": "user", "content": "Hi"}], "max_completion_tokens": 4, "max_tokens": 3})", 200);
+  EXPECT_EQ(backend.Last().max_new_tokens(), 4);
+  // Too large for the wire: the largest it holds, which the server's own
+  // --max-new-tokens then refuses by name.
+  PostJson("/v1/completions", R"({"prompt": "x", "max_tokens": 1e300})", 200);
+  EXPECT_EQ(backend.Last().max_new_tokens(), INT32_MAX);
+  const JsonValue fraction = PostJson("/v1/completions", R"({"prompt": "x", "max_tokens": 2.5})", 400);
+  EXPECT_EQ(fraction.Find("error")->Find("param")->as_string(), "max_tokens");
+  EXPECT_NE(fraction.Find("error")->Find("message")->as_string().find("2.5"), std::string::npos);
+  PostJson("/v1/completions", R"({"prompt": "x", "max_tokens": 0})", 400);
+}
+
+// Generate's errors name the gRPC fields; over HTTP they name the request's.
+TEST_F(OpenAiHttp, GenerateErrorsNameTheRequestsOwnFields) {
+  auto error_of = [&](const std::string& path, const std::string& body) {
+    const JsonValue j = PostJson(path, body, 400);
+    const JsonValue* e = j.Find("error");
+    return e != nullptr ? *e : JsonValue::Object();
+  };
+  const std::string completion = R"({"prompt": "x"})";
+  const std::string chat = R"({"messages": [{"role": "user", "content": "Hi"}], "max_completion_tokens": 5})";
+  backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                               "max_new_tokens: 5000 is out of range [1, 4096] (the server's --max-new-tokens; 0 "
+                               "takes its default)");
+  JsonValue e = error_of("/v1/completions", completion);
+  EXPECT_EQ(e.Find("param")->as_string(), "max_tokens");
+  EXPECT_EQ(e.Find("message")->as_string(),
+            "max_tokens: 5000 is out of range [1, 4096] (the server's --max-new-tokens)");
+  EXPECT_TRUE(e.Find("code")->is_null());
+  EXPECT_EQ(error_of("/v1/chat/completions", chat).Find("param")->as_string(), "max_completion_tokens");
+
+  backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                               "token_ids: 8321 tokens exceed the limit of 8192 (the model's max_position_embeddings)");
+  e = error_of("/v1/completions", completion);
+  EXPECT_EQ(e.Find("param")->as_string(), "prompt");
+  EXPECT_EQ(e.Find("code")->as_string(), "context_length_exceeded");
+  EXPECT_EQ(e.Find("message")->as_string().rfind("prompt: 8321 tokens exceed", 0), 0u);
+  e = error_of("/v1/chat/completions", chat);
+  EXPECT_EQ(e.Find("param")->as_string(), "messages");
+  EXPECT_EQ(e.Find("code")->as_string(), "context_length_exceeded");
+
+  backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                               "max_new_tokens: 200 new tokens after 8100 prompt tokens exceed the model's "
+                               "max_position_embeddings 8192");
+  EXPECT_EQ(error_of("/v1/completions", completion).Find("code")->as_string(), "context_length_exceeded");
+  backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "stop[1]: 300 bytes, need 1 to 256");
+  EXPECT_EQ(error_of("/v1/completions", completion).Find("param")->as_string(), "stop");
+  backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "sparsity.nz_ratio: 2 is out of range");
+  EXPECT_EQ(error_of("/v1/completions", completion).Find("param")->as_string(), "seer_sparsity");
+  backend.error = grpc::Status::OK;
+}
+
+TEST_F(OpenAiHttp, ABodyShorterThanItsContentLengthIsRefused) {
+  const std::string body = R"({"prompt": "hi"})";
+  const int fd = SendRequest(server->port(),
+                             "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                             "Content-Length: 100\r\n\r\n" +
+                                 body);
+  ASSERT_GE(fd, 0);
+  shutdown(fd, SHUT_WR);
+  const HttpReply r = ReadReply(fd);
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_NE(r.body.find("Content-Length"), std::string::npos) << r.body;
+  EXPECT_EQ(backend.calls.load(), 0);
+}
+
+// A client that closes its connection has its call cancelled at the next
+// token, whether it asked for a stream or for the whole answer (which
+// writes nothing before the end, so only the socket can tell).
+TEST_F(OpenAiHttp, AClientThatLeavesHasItsCallCancelled) {
+  backend.texts.assign(1000, "x");
+  backend.token_delay = std::chrono::milliseconds(5);  // 5 s if nobody stops it
+  int want_cancelled = 0;
+  for (const char* stream : {"false", "true"}) {
+    const int fd = SendRequest(
+        server->port(), PostRequest("/v1/completions",
+                                    std::string(R"({"prompt": "x", "max_tokens": 1000, "stream": )") + stream + "}"));
+    ASSERT_GE(fd, 0);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+    while (backend.calls.load() <= want_cancelled && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    close(fd);
+    ++want_cancelled;
+    while (backend.cancelled.load() < want_cancelled && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    EXPECT_EQ(backend.cancelled.load(), want_cancelled) << "stream: " << stream;
+  }
+  // The server goes on serving.
+  backend.texts = {"ok"};
+  backend.token_delay = std::chrono::milliseconds(0);
+  const JsonValue out = PostJson("/v1/completions", R"({"prompt": "x"})", 200);
+  EXPECT_EQ(out.Find("choices")->as_array()[0].Find("text")->as_string(), "ok");
+}
+
+// Drain: requests in flight answer in full, new ones are refused (503), and
+// it returns once none is left, or false at its deadline.
+TEST_F(OpenAiHttp, DrainLetsRequestsInFlightFinishAndRefusesNewOnes) {
+  backend.texts.assign(40, "y");
+  backend.token_delay = std::chrono::milliseconds(25);  // 1 s
+  std::future<HttpReply> in_flight = std::async(std::launch::async, [&] {
+    return Exchange(server->port(), "POST", "/v1/completions", R"({"prompt": "x", "max_tokens": 40})");
+  });
+  const auto started = std::chrono::steady_clock::now();
+  while (backend.calls.load() == 0 && std::chrono::steady_clock::now() - started < std::chrono::seconds(3)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ASSERT_EQ(backend.calls.load(), 1);
+  // A deadline that passes first: false, with the request still running.
+  EXPECT_FALSE(server->Drain(std::chrono::steady_clock::now() + std::chrono::milliseconds(20)));
+  HttpReply refused = Exchange(server->port(), "POST", "/v1/completions", R"({"prompt": "x"})");
+  EXPECT_EQ(refused.status, 503) << refused.body;
+  EXPECT_NE(refused.body.find("shutting down"), std::string::npos) << refused.body;
+  EXPECT_EQ(backend.calls.load(), 1);
+  EXPECT_TRUE(server->Drain(std::chrono::steady_clock::now() + std::chrono::seconds(10)));
+  EXPECT_EQ(backend.finished.load(), 1) << "Drain returned before the request in flight had answered";
+  const HttpReply done = in_flight.get();
+  EXPECT_EQ(done.status, 200) << done.body;
+  EXPECT_NE(done.body.find(std::string(40, 'y')), std::string::npos) << done.body;
 }
 
 }  // namespace

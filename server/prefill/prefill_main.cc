@@ -52,13 +52,13 @@ int main(int argc, char** argv) {
   flags.Int("max-buffered-bytes", &max_buffered_bytes,
             "KV all admitted streams may hold for their clients (KV caches and messages); a request that would "
             "exceed it is RESOURCE_EXHAUSTED before any work");
-  flags.Double("write-stall-seconds", &write_stall_seconds,
-               "cancel a stream whose client reads nothing for this long (0: never)");
+  flags.Seconds("write-stall-seconds", &write_stall_seconds,
+                "cancel a stream whose client reads nothing for this long (0: never)");
   flags.Int("max-tokens", &max_tokens, "longest prompt served (0: the model's max_position_embeddings)");
   flags.Bool("warm-up", &warm_up,
              "before serving, time the prefill's large GEMMs for prompts up to --max-tokens, so that the first "
              "prompt of each size does not wait for it (CUDA, prompts of 16,384 tokens or more; docs/GPU.md)");
-  flags.Double("drain-seconds", &drain_seconds, "on SIGTERM, how long in-flight streams get to finish");
+  flags.Seconds("drain-seconds", &drain_seconds, "on SIGTERM, how long in-flight streams get to finish");
   flags.String("kv-transports", &kv_transports,
                "KV transports offered to decode workers, grpc always among them: nccl,grpc (GPU to GPU when the "
                "decode worker is CUDA on another GPU of this host; needs an NCCL build and a CUDA engine, else "
@@ -69,10 +69,10 @@ int main(int argc, char** argv) {
   flags.Bool("allow-kv-fp8", &allow_kv_fp8,
              "send K/V as fp8 E4M3 with a scale per 64 tokens when a request asks (kv_wire); off: such requests "
              "get the cache's own type, and the reason in their summary");
-  flags.Double("kv-nccl-stall-seconds", &kv_nccl_stall_seconds,
-               "an NCCL KV transfer whose next layer makes no progress this long aborts its link");
-  flags.Double("kv-nccl-setup-seconds", &kv_nccl_setup_seconds,
-               "an NCCL link that has not joined after this long is aborted (the next offer starts another)");
+  flags.Seconds("kv-nccl-stall-seconds", &kv_nccl_stall_seconds,
+                "an NCCL KV transfer whose next layer makes no progress this long aborts its link");
+  flags.Seconds("kv-nccl-setup-seconds", &kv_nccl_setup_seconds,
+                "an NCCL link that has not joined after this long is aborted (the next offer starts another)");
   seer::CommonServerFlags common;
   common.Register(flags);
   if (seer::Status s = flags.Parse(argc, argv); !s.ok()) {
@@ -82,6 +82,10 @@ int main(int argc, char** argv) {
   if (flags.help_requested()) {
     std::printf("%s", flags.Help().c_str());
     return 0;
+  }
+  if (seer::Status s = flags.RefusePositional(); !s.ok()) {
+    std::fprintf(stderr, "%s: %s (--help lists the flags)\n", "seer-prefill", s.message().c_str());
+    return 2;
   }
   if (common.version) {
     std::printf("%s\n", seer::VersionLine("seer-prefill").c_str());

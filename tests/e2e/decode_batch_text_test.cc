@@ -4,6 +4,12 @@
 // one), `seer run` (the offline contiguous path, which tokenizes, renders
 // chats and detokenizes on its own), and the page pool's own accounting
 // read through /metrics.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -277,6 +283,29 @@ TEST(TextGenerate, TextInTextOutEqualsSeerRun) {
   EXPECT_EQ(eos.tokens, std::vector<int32_t>{2});
   EXPECT_EQ(eos.text, "");
   EXPECT_EQ(eos.summary.finish_reason(), "stop");
+
+  // Both prompts as token ids with text_reply: the text prompt's answers,
+  // its end at the end-of-text id included. Without text_reply the ids get
+  // no text and run past that id.
+  for (const std::string& p : {prompt, eos_prompt}) {
+    CommandResult tokenized = RunCommand({Bin("seer"), "tokenize", "--tokenizer", Path("llama"), "--text", p});
+    ASSERT_EQ(tokenized.exit_code, 0) << tokenized.err;
+    v1::GenerateRequest by_ids;
+    std::istringstream in(tokenized.out);
+    for (std::string id; std::getline(in, id, ',');) by_ids.add_token_ids(std::stoi(id));
+    by_ids.set_max_new_tokens(24);
+    by_ids.set_text_reply(true);
+    Reply as_text = Call(s.stub.get(), by_ids);
+    ASSERT_TRUE(as_text.status.ok()) << as_text.status.error_message();
+    const JsonValue& want = p == prompt ? ref : eos_ref;
+    EXPECT_EQ(as_text.tokens, TokensOf(want)) << p;
+    EXPECT_EQ(as_text.text, TextOf(want)) << p;
+    by_ids.set_text_reply(false);
+    Reply bare = Call(s.stub.get(), by_ids);
+    ASSERT_TRUE(bare.status.ok()) << bare.status.error_message();
+    EXPECT_EQ(bare.text, "");
+    EXPECT_EQ(bare.tokens.size(), 24u) << p;
+  }
 }
 
 TEST(TextGenerate, AStopStringCutsTheTextAndEndsTheStream) {
@@ -377,6 +406,111 @@ TEST(TextGenerate, CurlGetsTheOpenAiApisTextAsSeerRunMakesIt) {
   ASSERT_TRUE(c.ok()) << completion.out;
   EXPECT_EQ(c->Find("choices")->as_array()[0].Find("text")->as_string(), TextOf(ref));
   EXPECT_EQ(c->Find("usage")->Find("completion_tokens")->as_int64(), static_cast<int64_t>(TokensOf(ref).size()));
+
+  // The same prompt as token ids (`seer tokenize`'s, BOS included, as the
+  // text path encodes it): the same reply, as text too.
+  CommandResult tokenized =
+      RunCommand({Bin("seer"), "tokenize", "--tokenizer", Path("llama"), "--text", prompt, "--json"});
+  ASSERT_EQ(tokenized.exit_code, 0) << tokenized.err;
+  StatusOr<JsonValue> ids = JsonValue::Parse(tokenized.out);
+  ASSERT_TRUE(ids.ok()) << tokenized.out;
+  CommandResult by_ids = post("/v1/completions", R"({"model": "llama", "prompt": )" + ids->Find("ids")->Dump() +
+                                                     R"(, "max_tokens": 24, "temperature": 0})");
+  ASSERT_EQ(by_ids.exit_code, 0) << by_ids.err;
+  StatusOr<JsonValue> ci = JsonValue::Parse(by_ids.out);
+  ASSERT_TRUE(ci.ok()) << by_ids.out;
+  EXPECT_EQ(ci->Find("choices")->as_array()[0].Find("text")->as_string(), TextOf(ref)) << by_ids.out;
+  EXPECT_EQ(ci->Find("usage")->Find("completion_tokens")->as_int64(), static_cast<int64_t>(TokensOf(ref).size()));
+}
+
+// SIGTERM while an OpenAI stream runs: the HTTP API drains before the gRPC
+// server stops (which would end its in-process calls at once), so the stream
+// runs to its end and the process exits 0. The bundled model, whose CPU
+// decode is slow enough to be caught mid-stream.
+TEST(TextGenerate, SigtermLetsAnHttpStreamInFlightFinish) {
+  const std::string model = std::string(SEER_SOURCE_DIR) + "/models/seer-small";
+  ServerProcess prefill(Bin("seer-prefill"),
+                        {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", model, "--device", "cpu"});
+  ASSERT_TRUE(prefill.Start());
+  ServerProcess decode(Bin("seer-decode"),
+                       {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", model, "--prefill",
+                        prefill.grpc_address(), "--device", "cpu", "--http", "127.0.0.1:0", "--drain-seconds", "60"});
+  ASSERT_TRUE(decode.Start());
+  std::optional<std::string> line = decode.WaitForLine(" http on ", 5s);
+  ASSERT_TRUE(line) << decode.Output();
+  const size_t at = line->find("127.0.0.1:");
+  const int port = std::stoi(line->substr(at + 10));
+
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  const std::string body = R"({"prompt": "The sky is", "max_tokens": 400, "temperature": 0, "stream": true})";
+  const std::string request =
+      "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+      "Content-Type: application/json\r\nContent-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n" + body;
+  ASSERT_EQ(send(fd, request.data(), request.size(), 0), static_cast<ssize_t>(request.size()));
+  std::string raw;
+  char buf[4096];
+  // Read until the first token's event, then stop the server.
+  while (raw.find("\"text\":\"") == std::string::npos) {
+    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    ASSERT_GT(n, 0) << raw;
+    raw.append(buf, static_cast<size_t>(n));
+  }
+  ASSERT_EQ(raw.find("[DONE]"), std::string::npos) << "the stream ended before the signal: nothing to drain";
+  decode.Signal(SIGTERM);
+  const size_t before = raw.size();
+  for (;;) {
+    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n <= 0) break;
+    raw.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  EXPECT_GT(raw.size(), before) << "nothing came after the signal";
+  EXPECT_EQ(raw.find("\"error\""), std::string::npos) << raw.substr(before);
+  EXPECT_NE(raw.find("\"finish_reason\":\""), std::string::npos) << raw.substr(before);
+  EXPECT_NE(raw.find("data: [DONE]"), std::string::npos) << raw.substr(before);
+  EXPECT_EQ(decode.Wait(), 0) << decode.Output();
+}
+
+// A Generate whose client deadline passes mid-stream is logged and counted
+// as DEADLINE_EXCEEDED, not as a cancellation by the client.
+TEST(TextGenerate, APassedDeadlineIsCountedAsOne) {
+  const std::string model = std::string(SEER_SOURCE_DIR) + "/models/seer-small";
+  ServerProcess prefill(Bin("seer-prefill"),
+                        {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", model, "--device", "cpu"});
+  ASSERT_TRUE(prefill.Start());
+  ServerProcess decode(Bin("seer-decode"), {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", model,
+                                            "--prefill", prefill.grpc_address(), "--device", "cpu"});
+  ASSERT_TRUE(decode.Start());
+  auto stub =
+      v1::DecodeService::NewStub(grpc::CreateChannel(decode.grpc_address(), grpc::InsecureChannelCredentials()));
+  v1::GenerateRequest req;
+  req.set_text("The sky is");
+  req.set_max_new_tokens(4000);
+  req.mutable_sampling()->set_temperature(0.0f);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 1500ms);
+  auto reader = stub->Generate(&ctx, req);
+  v1::GenerateResponse msg;
+  int tokens = 0;
+  while (reader->Read(&msg)) tokens += msg.event_case() == v1::GenerateResponse::kToken ? 1 : 0;
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << tokens << " tokens";
+  std::map<std::string, double> m;
+  for (int i = 0; i < 500; ++i) {
+    auto scraped = seer::testing::Scrape(decode.metrics_address());
+    if (scraped.ok() && Metric(*scraped, "seer_decode_inflight_requests") == 0) {
+      m = *scraped;
+      break;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_EQ(Metric(m, "seer_decode_requests_total{code=\"DEADLINE_EXCEEDED\"}"), 1);
+  EXPECT_LE(Metric(m, "seer_decode_requests_total{code=\"CANCELLED\"}"), 0);
 }
 
 TEST(TextGenerate, WithoutATokenizerTextIsRefusedAndIdsStillWork) {
@@ -391,6 +525,13 @@ TEST(TextGenerate, WithoutATokenizerTextIsRefusedAndIdsStillWork) {
   Reply ids = Call(s.stub.get(), IdsRequest(20, 4, 9, false));
   EXPECT_TRUE(ids.status.ok()) << ids.status.error_message();
   EXPECT_TRUE(ids.text.empty()) << "a token-ids request without a tokenizer gets no text";
+  // A text reply needs the tokenizer too, and says so by name.
+  v1::GenerateRequest text_reply = IdsRequest(20, 4, 9, false);
+  text_reply.set_text_reply(true);
+  Reply refused = Call(s.stub.get(), text_reply);
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(refused.status.error_message().find("text_reply: seer-decode has no tokenizer"), std::string::npos)
+      << refused.status.error_message();
 }
 
 }  // namespace

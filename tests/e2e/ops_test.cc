@@ -331,6 +331,39 @@ TEST(Operations, ARenewedCertificateIsServedWithoutARestart) {
   EXPECT_EQ(Prefill(addr, {"--tls-ca", pki.F("a-ca.crt")}).exit_code, 1);
 }
 
+// Bad values of the servers' flags stop them at once (exit 2), naming the
+// flag: a duration that is not a finite number of seconds in range, an
+// argument that is not a flag.
+TEST(Operations, ServerFlagsAreChecked) {
+  struct Case {
+    std::vector<std::string> args;
+    std::string says;
+  };
+  const std::vector<Case> cases = {
+      {{"--drain-seconds", "inf"}, "--drain-seconds: expected a finite number, got 'inf'"},
+      {{"--drain-seconds", "-5"}, "--drain-seconds: -5 seconds is out of range"},
+      {{"--write-stall-seconds", "1e300"}, "--write-stall-seconds: 1e300 seconds is out of range"},
+      {{"stray"}, "unexpected argument 'stray'"},
+  };
+  for (const char* server : {"seer-prefill", "seer-decode"}) {
+    for (const Case& c : cases) {
+      std::vector<std::string> cmd = {Bin(server), "--model", Path("llama")};
+      cmd.insert(cmd.end(), c.args.begin(), c.args.end());
+      CommandResult r = RunCommand(cmd);
+      EXPECT_EQ(r.exit_code, 2) << server << " " << c.args[0] << ": " << r.err;
+      EXPECT_NE(r.err.find(c.says), std::string::npos) << server << ": " << r.err;
+    }
+  }
+  CommandResult timeout = RunCommand(
+      {Bin("seer-decode"), "--model", Path("llama"), "--prefill", "127.0.0.1:1", "--prefill-timeout", "nan"});
+  EXPECT_EQ(timeout.exit_code, 2) << timeout.err;
+  EXPECT_NE(timeout.err.find("--prefill-timeout: expected a finite number"), std::string::npos) << timeout.err;
+  CommandResult client =
+      RunCommand({Bin("seer"), "generate", "--addr", "127.0.0.1:1", "--ids", "1", "--timeout", "-1"});
+  EXPECT_EQ(client.exit_code, 2) << client.err;
+  EXPECT_NE(client.err.find("--timeout: -1 seconds is out of range"), std::string::npos) << client.err;
+}
+
 TEST(Operations, TlsFlagsAreChecked) {
   Pki pki("tls_flags");
   CommandResult half = RunCommand({Bin("seer-prefill"), "--model", Path("llama"), "--tls-cert", pki.F("a-server.crt")});
@@ -340,6 +373,14 @@ TEST(Operations, TlsFlagsAreChecked) {
                                       "--tls-key", pki.F("a-server.key")});
   EXPECT_EQ(missing.exit_code, 2);
   EXPECT_NE(missing.err.find("--tls-cert"), std::string::npos) << missing.err;
+  // A key of another pair: refused at start, not "ready" with every
+  // handshake failing.
+  CommandResult mismatched = RunCommand({Bin("seer-prefill"), "--model", Path("llama"), "--tls-cert",
+                                         pki.F("a-server.crt"), "--tls-key", pki.F("a-client.key")});
+  EXPECT_EQ(mismatched.exit_code, 2);
+  EXPECT_NE(mismatched.err.find("--tls-key: '" + pki.F("a-client.key") + "' is not the private key of --tls-cert"),
+            std::string::npos)
+      << mismatched.err;
   CommandResult client = RunCommand({Bin("seer"), "prefill", "--addr", "127.0.0.1:1", "--ids", "1", "--tls-cert",
                                      pki.F("a-client.crt"), "--tls-key", pki.F("a-client.key")});
   EXPECT_EQ(client.exit_code, 2);

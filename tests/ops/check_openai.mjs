@@ -121,6 +121,14 @@ same('streamed completion text equals seer run', streamed, ref.text);
 same('streamed completion finish_reason', finish, done);
 same('streamed completion usage', usage?.completion_tokens, ref.tokens.length);
 
+// The same prompt as token ids (`seer tokenize`'s, as the server encodes
+// the text): the same reply, in text too.
+const ids = JSON.parse(execFileSync(join(bin, 'seer'), ['tokenize', '--tokenizer', model, '--text', prompt, '--json'])
+  .toString()).ids;
+const byIds = await client.completions.create({ model: name, prompt: ids, max_tokens: 24, temperature: 0 });
+same('a prompt of token ids is answered in text', byIds.choices[0].text, ref.text);
+same('token-id completion usage.completion_tokens', byIds.usage.completion_tokens, ref.tokens.length);
+
 // A stop string from the middle of the reference reply cuts the text there.
 if (ref.text.length >= 8) {
   const stop = ref.text.slice(Math.floor(ref.text.length / 2), Math.floor(ref.text.length / 2) + 2);
@@ -161,9 +169,12 @@ await expectError('an unknown model is NotFoundError 404',
 await expectError('n = 2 is BadRequestError 400 naming n',
                   () => client.completions.create({ model: name, prompt, max_tokens: 4, n: 2 }),
                   OpenAI.BadRequestError, 400, 'n');
-await expectError('max_tokens past the server limit is BadRequestError 400',
+await expectError('max_tokens past the server limit is BadRequestError 400 naming max_tokens',
                   () => client.completions.create({ model: name, prompt, max_tokens: 10000000 }),
-                  OpenAI.BadRequestError, 400);
+                  OpenAI.BadRequestError, 400, 'max_tokens');
+await expectError('a prompt past the context is BadRequestError 400 naming prompt',
+                  () => client.completions.create({ model: name, prompt: Array(2100).fill(1), max_tokens: 4 }),
+                  OpenAI.BadRequestError, 400, 'prompt');
 
 // HTTPS: seer-decode serves the API with a certificate from a CA made here
 // (the gRPC port's --tls-cert). The client trusts the CA as an operator's
