@@ -4,8 +4,6 @@
 // one), `seer run` (the offline contiguous path, which tokenizes, renders
 // chats and detokenizes on its own), and the page pool's own accounting
 // read through /metrics.
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -439,14 +437,9 @@ TEST(TextGenerate, SigtermLetsAnHttpStreamInFlightFinish) {
   std::optional<std::string> line = decode.WaitForLine(" http on ", 5s);
   ASSERT_TRUE(line) << decode.Output();
   const size_t at = line->find("127.0.0.1:");
-  const int port = std::stoi(line->substr(at + 10));
-
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  StatusOr<int> connected = seer::testing::ConnectTcp(line->substr(at, line->find(' ', at) - at));
+  ASSERT_TRUE(connected.ok()) << connected.status().ToString();
+  const int fd = *connected;
   const std::string body = R"({"prompt": "The sky is", "max_tokens": 400, "temperature": 0, "stream": true})";
   const std::string request =
       "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
