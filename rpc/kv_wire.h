@@ -18,6 +18,10 @@ inline constexpr int64_t kKvChunkOverheadBytes = 256;
 
 // The smallest --chunk-bytes / max_chunk_bytes accepted.
 inline constexpr int64_t kMinChunkBytes = 64 * 1024;
+// The largest --chunk-bytes: what a decode worker accepts in one message
+// (PrefillClientOptions::max_receive_bytes), so that no prefill server can
+// be set to send chunks its decode workers refuse.
+inline constexpr int64_t kMaxChunkBytes = int64_t{64} << 20;
 
 // KV_DTYPE_* for an engine element type; nullopt for a type the wire does not carry.
 std::optional<v1::KvDtype> ToWireDtype(DType t);

@@ -46,6 +46,7 @@
 #include "engine/kv/kv_cache.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "rpc/kv_assembler.h"
+#include "rpc/kv_wire.h"
 #include "seer/v1/seer.grpc.pb.h"
 
 namespace seer {
@@ -70,8 +71,9 @@ struct PrefillClientOptions {
   int attempts = 0;
   // Deadline of one Prefill call; 0: none.
   double timeout_seconds = 0.0;
-  // Largest message accepted from a prefill server.
-  int64_t max_receive_bytes = int64_t{64} << 20;
+  // Largest message accepted from a prefill server: any chunk a server's
+  // --chunk-bytes allows (kMaxChunkBytes), and room for the summary.
+  int64_t max_receive_bytes = kMaxChunkBytes + (int64_t{1} << 20);
   // Also retry elsewhere when a stream breaks (UNAVAILABLE) after its first
   // KV chunk: the prefill restarts from scratch on the next endpoint, which
   // costs its whole compute again. Off: such a request ends UNAVAILABLE.

@@ -46,7 +46,8 @@ int main(int argc, char** argv) {
   flags.Int("threads", &threads, "CPU engine threads (0: all cores)");
   flags.Int("max-concurrent", &max_concurrent, "prefills computing at once");
   flags.Int("max-queue", &max_queue, "prefills waiting for a slot; beyond that RESOURCE_EXHAUSTED");
-  flags.Int("chunk-bytes", &chunk_bytes, "largest KvChunk message, bytes (at least 65536)");
+  flags.Int("chunk-bytes", &chunk_bytes,
+            "largest KvChunk message, bytes (65536 to 67108864, the largest message a decode worker accepts)");
   flags.Int("stream-buffer-bytes", &stream_buffer_bytes,
             "KV bytes a stream keeps copied into messages ahead of the network; the rest waits in its KV cache");
   flags.Int("max-buffered-bytes", &max_buffered_bytes,

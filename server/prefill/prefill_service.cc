@@ -928,9 +928,10 @@ Status PrefillService::CheckOptions(const PrefillServiceOptions& o) {
     return InvalidArgument("--max-concurrent: " + std::to_string(o.max_concurrent) + " is out of range [1, 1024]");
   if (o.max_queue < 0 || o.max_queue > 100000)
     return InvalidArgument("--max-queue: " + std::to_string(o.max_queue) + " is out of range [0, 100000]");
-  if (o.chunk_bytes < kMinChunkBytes || o.chunk_bytes > (int64_t{1} << 30))
+  if (o.chunk_bytes < kMinChunkBytes || o.chunk_bytes > kMaxChunkBytes)
     return InvalidArgument("--chunk-bytes: " + std::to_string(o.chunk_bytes) + " is out of range [" +
-                           std::to_string(kMinChunkBytes) + ", 1 GiB]");
+                           std::to_string(kMinChunkBytes) + ", " + std::to_string(kMaxChunkBytes) +
+                           "] (the largest message a decode worker accepts)");
   if (o.stream_buffer_bytes < o.chunk_bytes)
     return InvalidArgument("--stream-buffer-bytes: " + std::to_string(o.stream_buffer_bytes) +
                            " must be at least --chunk-bytes (" + std::to_string(o.chunk_bytes) + ")");

@@ -354,6 +354,11 @@ TEST(Operations, ServerFlagsAreChecked) {
       EXPECT_NE(r.err.find(c.says), std::string::npos) << server << ": " << r.err;
     }
   }
+  // Chunks larger than a decode worker accepts would fail every request.
+  CommandResult chunks = RunCommand({Bin("seer-prefill"), "--model", Path("llama"), "--chunk-bytes", "134217728"});
+  EXPECT_EQ(chunks.exit_code, 2) << chunks.err;
+  EXPECT_NE(chunks.err.find("--chunk-bytes: 134217728 is out of range [65536, 67108864]"), std::string::npos)
+      << chunks.err;
   CommandResult timeout = RunCommand(
       {Bin("seer-decode"), "--model", Path("llama"), "--prefill", "127.0.0.1:1", "--prefill-timeout", "nan"});
   EXPECT_EQ(timeout.exit_code, 2) << timeout.err;
