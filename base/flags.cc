@@ -17,6 +17,11 @@ void FlagSet::String(const std::string& name, std::string* target, const std::st
 void FlagSet::Int(const std::string& name, int64_t* target, const std::string& help) {
   flags_.push_back({name, Kind::kInt, target, help, std::to_string(*target)});
 }
+void FlagSet::Int(const std::string& name, int64_t* target, const std::string& help, int64_t min, int64_t max) {
+  Int(name, target, help);
+  flags_.back().min = min;
+  flags_.back().max = max;
+}
 void FlagSet::Double(const std::string& name, double* target, const std::string& help) {
   std::ostringstream os;
   os << *target;
@@ -57,6 +62,10 @@ Status FlagSet::Assign(Flag& f, const std::string& value) {
       long long v = std::strtoll(value.c_str(), &end, 10);
       if (value.empty() || *end != '\0' || errno == ERANGE)
         return InvalidArgument("--" + f.name + ": expected an integer, got '" + value + "'");
+      if (v < f.min || v > f.max) {
+        return InvalidArgument("--" + f.name + ": " + value + " is out of range [" + std::to_string(f.min) + ", " +
+                               std::to_string(f.max) + "]");
+      }
       *static_cast<int64_t*>(f.target) = v;
       return OkStatus();
     }

@@ -19,6 +19,9 @@ class FlagSet {
 
   void String(const std::string& name, std::string* target, const std::string& help);
   void Int(const std::string& name, int64_t* target, const std::string& help);
+  // An integer that must lie in [min, max]; a value outside is an error
+  // naming the flag and the range (so that it is never narrowed silently).
+  void Int(const std::string& name, int64_t* target, const std::string& help, int64_t min, int64_t max);
   // A finite number (inf and nan are refused).
   void Double(const std::string& name, double* target, const std::string& help);
   // A duration: a finite number of seconds in [0, kMaxFlagSeconds], so that
@@ -50,6 +53,7 @@ class FlagSet {
     std::string help;
     std::string default_text;
     bool set = false;
+    int64_t min = INT64_MIN, max = INT64_MAX;  // kInt
   };
   Flag* Find(const std::string& name);
   Status Assign(Flag& f, const std::string& value);

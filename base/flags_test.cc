@@ -73,6 +73,21 @@ TEST(Flags, NumbersAreFiniteAndSecondsInRange) {
   EXPECT_NE(flags.Help().find("--drain-seconds SECONDS"), std::string::npos) << flags.Help();
 }
 
+TEST(Flags, BoundedIntegersAreNeverNarrowed) {
+  int64_t queue = 8;
+  FlagSet flags("prog", "test");
+  flags.Int("max-queue", &queue, "", 0, 100000);
+  ASSERT_TRUE(ParseArgs(flags, {"--max-queue", "100000"}).ok());
+  EXPECT_EQ(queue, 100000);
+  for (const char* bad : {"4294967296", "-1", "100001"}) {
+    const Status s = ParseArgs(flags, {"--max-queue", bad});
+    EXPECT_FALSE(s.ok()) << bad;
+    EXPECT_NE(s.message().find("--max-queue: " + std::string(bad) + " is out of range [0, 100000]"), std::string::npos)
+        << s.message();
+  }
+  EXPECT_EQ(queue, 100000) << "a refused value is not stored";
+}
+
 TEST(Flags, PositionalArgumentsCanBeRefused) {
   int64_t n = 0;
   FlagSet flags("prog", "test");

@@ -66,17 +66,19 @@ int main(int argc, char** argv) {
                "prefill endpoints: host:port[,host:port...] or dns:///name:port (required); picked "
                "round-robin, the next one tried when one is UNAVAILABLE");
   flags.String("device", &device, "cpu, cuda or auto (cuda when a GPU is present)");
-  flags.Int("threads", &threads, "CPU engine threads (0: all cores)");
+  flags.Int("threads", &threads, "CPU engine threads (0: all cores)", 0, 4096);
   flags.Int("max-concurrent", &max_concurrent,
             "requests being prepared at once (tokenized, waiting for KV pages, fetching their KV); with "
-            "--max-batch 0, requests decoding at once");
-  flags.Int("max-queue", &max_queue, "requests waiting for a slot; beyond that RESOURCE_EXHAUSTED");
-  flags.Int("max-new-tokens", &max_new_tokens, "largest max_new_tokens a request may ask for");
-  flags.Int("default-max-new-tokens", &default_new_tokens, "max_new_tokens of a request that gives none");
+            "--max-batch 0, requests decoding at once",
+            1, 1024);
+  flags.Int("max-queue", &max_queue, "requests waiting for a slot; beyond that RESOURCE_EXHAUSTED", 0, 100000);
+  flags.Int("max-new-tokens", &max_new_tokens, "largest max_new_tokens a request may ask for", 1, 1 << 20);
+  flags.Int("default-max-new-tokens", &default_new_tokens, "max_new_tokens of a request that gives none", 1, 1 << 20);
   flags.Int("max-batch", &max_batch,
             "requests one decode step runs together (continuous batching over the KV page pool); "
-            "0: no batching, each request decodes alone in its --max-concurrent slot");
-  flags.Int("kv-page-tokens", &page_tokens, "positions per KV page (a multiple of 16 in [16, 1024])");
+            "0: no batching, each request decodes alone in its --max-concurrent slot",
+            0, 1024);
+  flags.Int("kv-page-tokens", &page_tokens, "positions per KV page (a multiple of 16 in [16, 1024])", 16, 1024);
   flags.Bool("cuda-graphs", &cuda_graphs,
              "on the GPU, record a batched step's layers once as a CUDA graph and replay it while the batch "
              "size and its longest context's 256-position splits stay the same (false: launch every kernel)");
@@ -102,7 +104,7 @@ int main(int argc, char** argv) {
   flags.Seconds("write-stall-seconds", &write_stall_seconds,
                 "cancel a stream whose client reads nothing for this long (0: never)");
   flags.Int("prefill-attempts", &attempts,
-            "Prefill calls per request when endpoints are UNAVAILABLE (0: one per endpoint, +2 per dns name)");
+            "Prefill calls per request when endpoints are UNAVAILABLE (0: one per endpoint, +2 per dns name)", 0, 1000);
   flags.Seconds("prefill-timeout", &prefill_timeout, "deadline of one Prefill call, seconds (0: none)");
   flags.Bool("prefill-retry-broken", &retry_broken,
              "when a prefill stream breaks (UNAVAILABLE) after it started, redo the prefill on another "

@@ -43,9 +43,9 @@ int main(int argc, char** argv) {
   flags.String("model", &model, "Hugging Face checkpoint directory (required)");
   flags.String("gates", &gates, "SeerAttention gate directory; without it every prefill is dense");
   flags.String("device", &device, "cpu, cuda or auto (cuda when a GPU is present)");
-  flags.Int("threads", &threads, "CPU engine threads (0: all cores)");
-  flags.Int("max-concurrent", &max_concurrent, "prefills computing at once");
-  flags.Int("max-queue", &max_queue, "prefills waiting for a slot; beyond that RESOURCE_EXHAUSTED");
+  flags.Int("threads", &threads, "CPU engine threads (0: all cores)", 0, 4096);
+  flags.Int("max-concurrent", &max_concurrent, "prefills computing at once", 1, 1024);
+  flags.Int("max-queue", &max_queue, "prefills waiting for a slot; beyond that RESOURCE_EXHAUSTED", 0, 100000);
   flags.Int("chunk-bytes", &chunk_bytes,
             "largest KvChunk message, bytes (65536 to 67108864, the largest message a decode worker accepts)");
   flags.Int("stream-buffer-bytes", &stream_buffer_bytes,

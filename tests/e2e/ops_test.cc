@@ -344,6 +344,8 @@ TEST(Operations, ServerFlagsAreChecked) {
       {{"--drain-seconds", "-5"}, "--drain-seconds: -5 seconds is out of range"},
       {{"--write-stall-seconds", "1e300"}, "--write-stall-seconds: 1e300 seconds is out of range"},
       {{"stray"}, "unexpected argument 'stray'"},
+      {{"--max-queue", "4294967296"}, "--max-queue: 4294967296 is out of range [0, 100000]"},
+      {{"--threads", "100000"}, "--threads: 100000 is out of range [0, 4096]"},
   };
   for (const char* server : {"seer-prefill", "seer-decode"}) {
     for (const Case& c : cases) {
