@@ -400,6 +400,21 @@ inline grpc::health::v1::HealthCheckResponse::ServingStatus Health(const std::st
 }
 
 // Resident memory of a process, bytes.
+// The process's thread count (/proc), or -1.
+inline int ThreadCount(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string key;
+  while (in >> key) {
+    if (key == "Threads:") {
+      int n = -1;
+      in >> n;
+      return n;
+    }
+    in.ignore(1 << 20, '\n');
+  }
+  return -1;
+}
+
 inline int64_t RssBytes(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
   std::string key;

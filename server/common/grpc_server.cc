@@ -18,6 +18,7 @@
 
 #include "server/common/reflection_v1.h"
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
 #include <grpcpp/security/tls_certificate_provider.h>
 #include <grpcpp/security/tls_credentials_options.h>
 
@@ -160,6 +161,14 @@ StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(GrpcServerOptions o) {
   // receive limit against the compressed size, so a small gzip body could
   // inflate far past it; no valid request is big enough to gain from it.
   builder.SetMaxReceiveMessageSize(o.max_receive_bytes);
+  // Synchronous handlers (reflection: ours and gRPC's v1alpha) hold a thread
+  // for as long as their stream stays open, so one client could open
+  // thousands; the quota bounds those threads, and past it gRPC refuses a
+  // new synchronous call (RESOURCE_EXHAUSTED). The services themselves use
+  // the callback API and take no thread of this pool.
+  grpc::ResourceQuota quota("seer-grpc-server");
+  quota.SetMaxThreads(kMaxSyncHandlerThreads);
+  builder.SetResourceQuota(quota);
   builder.AddChannelArgument(GRPC_ARG_MAX_METADATA_SIZE, kMaxMetadataBytes);
   builder.AddChannelArgument(GRPC_COMPRESSION_CHANNEL_ENABLED_ALGORITHMS_BITSET, 1 << GRPC_COMPRESS_NONE);
   // Decode workers ping every few seconds while they wait on a stream, to

@@ -48,6 +48,9 @@ struct GrpcServerOptions {
 inline constexpr int kReceiveMarginBytes = 16 << 10;
 // Request metadata (headers) a call may carry; more is refused.
 inline constexpr int kMaxMetadataBytes = 16 << 10;
+// Threads for synchronous handlers (server reflection) at once; each open
+// reflection stream holds one.
+inline constexpr int kMaxSyncHandlerThreads = 64;
 
 class GrpcServer {
  public:

@@ -29,6 +29,7 @@
 #include "rpc/load_metadata.h"
 #include "rpc/requests.h"
 #include "seer/v1/seer.grpc.pb.h"
+#include "server/common/grpc_server.h"
 #include "tests/server_test_util.h"
 #include "tests/tls_test_util.h"
 
@@ -753,6 +754,56 @@ TEST(EdgeLimits, IdleConnectionsDoNotBlockScrapes) {
   EXPECT_TRUE(scraped.ok()) << scraped.status().ToString();
   EXPECT_LT(seconds, 2.0) << "a scrape behind 8 idle connections took " << seconds << " s";
   for (int fd : idle) close(fd);
+}
+
+// Each open server-reflection stream holds a server thread (a synchronous
+// handler): one client opening hundreds of them, and sending nothing, must
+// not make hundreds of threads, and the server must go on serving.
+TEST(Operations, OpenReflectionStreamsHoldABoundedNumberOfThreads) {
+  ServerProcess prefill(Bin("seer-prefill"), ServerArgs());
+  ASSERT_TRUE(prefill.Start());
+  const int before = seer::testing::ThreadCount(prefill.pid());
+  ASSERT_GT(before, 0);
+  auto channel = grpc::CreateChannel(prefill.grpc_address(), grpc::InsecureChannelCredentials());
+  grpc::GenericStub stub(channel);
+  grpc::CompletionQueue cq;
+  constexpr int kStreams = 300;
+  std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
+  std::vector<std::unique_ptr<grpc::GenericClientAsyncReaderWriter>> calls;
+  for (int i = 0; i < kStreams; ++i) {
+    contexts.push_back(std::make_unique<grpc::ClientContext>());
+    calls.push_back(
+        stub.PrepareCall(contexts.back().get(), "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", &cq));
+    calls.back()->StartCall(reinterpret_cast<void*>(static_cast<intptr_t>(i + 1)));
+  }
+  for (int i = 0; i < kStreams; ++i) {
+    void* tag = nullptr;
+    bool ok = false;
+    ASSERT_TRUE(cq.Next(&tag, &ok));
+  }
+  // The server takes the streams as they arrive; give it time to.
+  int during = 0;
+  for (int i = 0; i < 20; ++i) {
+    std::this_thread::sleep_for(100ms);
+    during = std::max(during, seer::testing::ThreadCount(prefill.pid()));
+  }
+  EXPECT_LE(during, before + kMaxSyncHandlerThreads + 8) << before << " threads before the streams";
+  CommandResult served = RunCommand({Bin("seer"), "prefill", "--addr", prefill.grpc_address(), "--ids", "1,2,3"});
+  EXPECT_EQ(served.exit_code, 0) << served.err;
+  std::vector<grpc::Status> statuses(kStreams);
+  for (int i = 0; i < kStreams; ++i) {
+    contexts[i]->TryCancel();
+    calls[i]->Finish(&statuses[i], reinterpret_cast<void*>(static_cast<intptr_t>(i + 1)));
+  }
+  for (int i = 0; i < kStreams; ++i) {
+    void* tag = nullptr;
+    bool ok = false;
+    ASSERT_TRUE(cq.Next(&tag, &ok));
+  }
+  cq.Shutdown();
+  void* tag = nullptr;
+  bool ok = false;
+  while (cq.Next(&tag, &ok)) {}
 }
 
 }  // namespace
