@@ -37,8 +37,10 @@ StatusOr<std::vector<int32_t>> PagePool::Allocate(int n) {
 
 StatusOr<std::vector<int32_t>> PagePool::AllocateWhenFree(int n, const std::function<Status()>& cancelled) {
   if (n < 0 || n > num_pages_) {
-    return ResourceExhausted("KV pages: " + Str(n) + " wanted, but the pool holds " + Str(num_pages_) +
-                             " pages in all (--kv-pool)");
+    // No wait makes room for it: not worth a retry here (OUT_OF_RANGE, not
+    // RESOURCE_EXHAUSTED, which clients retry).
+    return OutOfRange("KV pages: " + Str(n) + " wanted for the prompt and max_new_tokens, but the pool holds " +
+                      Str(num_pages_) + " pages in all (--kv-pool); ask for fewer tokens");
   }
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
