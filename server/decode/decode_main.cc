@@ -369,6 +369,7 @@ int main(int argc, char** argv) {
       ho.listen = http;
       ho.model_name = served_model_name;
       if (!http_plaintext_with_tls) ho.tls = common.tls;
+      ho.registry = registry.get();
       SEER_ASSIGN_OR_RETURN(http_server, seer::OpenAiHttpServer::Start(ho, http_backend.get()));
       std::string host = http.substr(0, http.rfind(':'));
       std::printf("seer-decode http on %s:%d (OpenAI API%s, model \"%s\")\n", host.c_str(), http_server->port(),

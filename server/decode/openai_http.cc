@@ -20,6 +20,10 @@
 #include <string_view>
 #include <vector>
 
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/registry.h>
+
 #include "base/json.h"
 #include "engine/model/sparsity.h"
 #include "rpc/grpc_status.h"
@@ -32,6 +36,10 @@ constexpr size_t kMaxBodyBytes = size_t{4} << 20;
 constexpr int kMaxStopStrings = 16;
 
 std::atomic<uint64_t> g_next_id{1};
+
+// The HTTP status of the answer this thread is writing (a civetweb worker
+// serves one request at a time), for the request counter.
+thread_local int t_http_status = 0;
 
 // An error as OpenAI's API writes it, with the HTTP code.
 struct HttpError {
@@ -150,6 +158,7 @@ const char* Reason(int code) {
 }
 
 void SendJson(mg_connection* conn, int code, const std::string& body) {
+  t_http_status = code;
   mg_printf(conn,
             "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
             "Cache-Control: no-store\r\n\r\n",
@@ -487,6 +496,14 @@ StatusOr<std::unique_ptr<OpenAiHttpServer>> OpenAiHttpServer::Start(const OpenAi
   if (server->ctx_ == nullptr) {
     return Unavailable("--http " + options.listen + ": cannot listen (address in use or invalid)");
   }
+  if (options.registry != nullptr) {
+    server->requests_ = &prometheus::BuildCounter()
+                             .Name("seer_http_requests_total")
+                             .Help(
+                                 "OpenAI API (--http) answers by endpoint and HTTP status, the HTTP layer's own "
+                                 "refusals included")
+                             .Register(*options.registry);
+  }
   mg_set_request_handler(server->ctx_, "/v1", &OpenAiHttpServer::Handle, server.get());
   mg_server_port bound[4] = {};
   const int n = mg_get_server_ports(server->ctx_, 4, bound);
@@ -522,17 +539,33 @@ bool OpenAiHttpServer::Drain(std::chrono::steady_clock::time_point deadline) {
 }
 
 void OpenAiHttpServer::Serve(mg_connection* conn) {
+  t_http_status = 0;
+  bool draining = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (draining_) {
-      HttpError e{503, "seer-decode is shutting down; retry on another replica"};
-      e.type = "server_error";
-      e.code = "service_unavailable";
-      return SendError(conn, e);
-    }
-    ++active_;
+    draining = draining_;
+    if (!draining) ++active_;
   }
-  Respond(conn);
+  if (draining) {
+    HttpError e{503, "seer-decode is shutting down; retry on another replica"};
+    e.type = "server_error";
+    e.code = "service_unavailable";
+    SendError(conn, e);
+  } else {
+    Respond(conn);
+  }
+  if (requests_ != nullptr && t_http_status != 0) {
+    // The endpoint as a fixed label set: unknown paths are "other".
+    const mg_request_info* info = mg_get_request_info(conn);
+    std::string path = info->local_uri != nullptr ? info->local_uri : "";
+    while (path.size() > 1 && path.back() == '/') path.pop_back();
+    const char* endpoint = path == "/v1/completions"        ? "completions"
+                           : path == "/v1/chat/completions" ? "chat_completions"
+                           : path == "/v1/models"           ? "models"
+                                                            : "other";
+    requests_->Add({{"endpoint", endpoint}, {"code", std::to_string(t_http_status)}}).Increment();
+  }
+  if (draining) return;
   std::lock_guard<std::mutex> lock(mu_);
   if (--active_ == 0) idle_.notify_all();
 }
@@ -622,6 +655,7 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
   auto start_stream = [&]() {
     if (headers_sent) return;
     headers_sent = true;
+    t_http_status = 200;
     mg_printf(conn,
               "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
               "Transfer-Encoding: chunked\r\n\r\n");
@@ -654,7 +688,10 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     }
     return !client_gone;
   });
-  if (client_gone) return;
+  if (client_gone) {
+    if (!headers_sent) t_http_status = 499;  // nginx's "client closed request": nothing was answered
+    return;
+  }
   if (!status.ok()) {
     HttpError e = FromGrpc(status);
     InOpenAiTerms(chat, req.max_key, &e);

@@ -42,6 +42,13 @@
 struct mg_context;
 struct mg_connection;
 
+namespace prometheus {
+class Registry;
+template <typename T>
+class Family;
+class Counter;
+}  // namespace prometheus
+
 namespace seer {
 
 class GenerateBackend {
@@ -66,6 +73,11 @@ struct OpenAiHttpOptions {
   // Enabled: the API is HTTPS with these files (TlsFront; mutual TLS with
   // client_ca), and civetweb listens on loopback behind it.
   ServerTlsOptions tls;
+  // Given: seer_http_requests_total{endpoint, code} counts every answer by
+  // its HTTP status, refusals of the HTTP layer itself included (bad JSON,
+  // unsupported fields, unknown models), which never reach Generate's own
+  // metrics; 499 is a client that left before any answer was written.
+  prometheus::Registry* registry = nullptr;
 };
 
 class OpenAiHttpServer {
@@ -95,6 +107,7 @@ class OpenAiHttpServer {
   std::condition_variable idle_;
   int active_ = 0;  // requests in Respond
   bool draining_ = false;
+  prometheus::Family<prometheus::Counter>* requests_ = nullptr;  // with options_.registry
 };
 
 }  // namespace seer

@@ -22,6 +22,9 @@
 #include <thread>
 #include <vector>
 
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
 #include "base/json.h"
 
 namespace seer {
@@ -185,6 +188,7 @@ class OpenAiHttp : public ::testing::Test {
     OpenAiHttpOptions o;
     o.listen = "127.0.0.1:0";
     o.model_name = "tiny-llama";
+    o.registry = &registry;
     auto s = OpenAiHttpServer::Start(o, &backend);
     ASSERT_TRUE(s.ok()) << s.status().ToString();
     server = std::move(s).value();
@@ -197,7 +201,14 @@ class OpenAiHttp : public ::testing::Test {
     EXPECT_TRUE(j.ok()) << r.body;
     return j.ok() ? *j : JsonValue();
   }
+  // The value of one sample of the registry's text exposition, or -1.
+  double Sample(const std::string& series) {
+    const std::string text = prometheus::TextSerializer().Serialize(registry.Collect());
+    const size_t at = text.find("\n" + series + " ");
+    return at == std::string::npos ? -1.0 : std::stod(text.substr(at + series.size() + 2));
+  }
   ScriptedBackend backend;
+  prometheus::Registry registry;
   std::unique_ptr<OpenAiHttpServer> server;
 };
 
@@ -490,6 +501,42 @@ TEST_F(OpenAiHttp, DrainLetsRequestsInFlightFinishAndRefusesNewOnes) {
   const HttpReply done = in_flight.get();
   EXPECT_EQ(done.status, 200) << done.body;
   EXPECT_NE(done.body.find(std::string(40, 'y')), std::string::npos) << done.body;
+}
+
+// Every answer is counted by endpoint and status, the HTTP layer's own
+// refusals (which never reach Generate) and clients that left included.
+TEST_F(OpenAiHttp, AnswersAreCountedByEndpointAndStatus) {
+  PostJson("/v1/completions", R"({"prompt": "x"})", 200);
+  PostJson("/v1/completions", R"({"prompt": "x"})", 200);
+  PostJson("/v1/completions", "{not json", 400);
+  PostJson("/v1/chat/completions", R"({"messages": []})", 400);
+  PostJson("/v1/completions", R"({"model": "gpt-4", "prompt": "x"})", 404);
+  Exchange(server->port(), "GET", "/v1/models");
+  Exchange(server->port(), "POST", "/v1/embeddings", "{}");
+  backend.error = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, "seer-decode: the queue is full");
+  PostJson("/v1/completions", R"({"prompt": "x"})", 429);
+  backend.error = grpc::Status::OK;
+  EXPECT_EQ(Sample(R"(seer_http_requests_total{code="200",endpoint="completions"})"), 2);
+  EXPECT_EQ(Sample(R"(seer_http_requests_total{code="400",endpoint="completions"})"), 1);
+  EXPECT_EQ(Sample(R"(seer_http_requests_total{code="400",endpoint="chat_completions"})"), 1);
+  EXPECT_EQ(Sample(R"(seer_http_requests_total{code="404",endpoint="completions"})"), 1);
+  EXPECT_EQ(Sample(R"(seer_http_requests_total{code="200",endpoint="models"})"), 1);
+  EXPECT_EQ(Sample(R"(seer_http_requests_total{code="404",endpoint="other"})"), 1);
+  EXPECT_EQ(Sample(R"(seer_http_requests_total{code="429",endpoint="completions"})"), 1);
+
+  // A client that leaves a whole answer before it is written: 499.
+  backend.texts.assign(1000, "x");
+  backend.token_delay = std::chrono::milliseconds(5);
+  const int fd = SendRequest(server->port(), PostRequest("/v1/completions", R"({"prompt": "x", "max_tokens": 1000})"));
+  ASSERT_GE(fd, 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  close(fd);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  while (Sample(R"(seer_http_requests_total{code="499",endpoint="completions"})") != 1 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(Sample(R"(seer_http_requests_total{code="499",endpoint="completions"})"), 1);
 }
 
 }  // namespace
