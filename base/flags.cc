@@ -32,6 +32,9 @@ void FlagSet::Seconds(const std::string& name, double* target, const std::string
   os << *target;
   flags_.push_back({name, Kind::kSeconds, target, help, os.str()});
 }
+void FlagSet::SetDefaultText(const std::string& name, std::string text) {
+  if (Flag* f = Find(name)) f->default_text = std::move(text);
+}
 Status FlagSet::RefusePositional() const {
   if (positional_.empty()) return OkStatus();
   return InvalidArgument("unexpected argument '" + positional_.front() + "' (flags are --name VALUE)");

@@ -39,6 +39,9 @@ class FlagSet {
   const std::vector<std::string>& positional() const { return positional_; }
   // Whether --name appeared on the command line.
   bool WasSet(const std::string& name) const;
+  // Replaces what --help prints as a flag's default ("" prints none), for a
+  // default that is not the target's initial value (the server's, a file's).
+  void SetDefaultText(const std::string& name, std::string text);
   // INVALID_ARGUMENT naming the first argument that is not a flag, if any.
   Status RefusePositional() const;
 

@@ -88,6 +88,19 @@ TEST(Flags, BoundedIntegersAreNeverNarrowed) {
   EXPECT_EQ(queue, 100000) << "a refused value is not stored";
 }
 
+TEST(Flags, ADefaultTextCanBeReplacedOrDropped) {
+  bool dense = true;
+  int64_t n = 3;
+  FlagSet flags("prog", "test");
+  flags.Bool("last-block-dense", &dense, "Default: the server's.");
+  flags.Int("n", &n, "");
+  flags.SetDefaultText("last-block-dense", "");
+  flags.SetDefaultText("n", "the file's");
+  const std::string help = flags.Help();
+  EXPECT_EQ(help.find("(default: true)"), std::string::npos) << help;
+  EXPECT_NE(help.find("(default: the file's)"), std::string::npos) << help;
+}
+
 TEST(Flags, PositionalArgumentsCanBeRefused) {
   int64_t n = 0;
   FlagSet flags("prog", "test");

@@ -16,7 +16,9 @@ namespace seer::remote {
 
 void CommonFlags::Register(FlagSet& flags, const std::string& server) {
   flags.String("addr", &addr, server + " address, host:port. Required.");
-  flags.String("ids", &ids, "prompt token ids: \"1,2,3\" (commas and/or whitespace) or @FILE. Required.");
+  flags.String("ids", &ids,
+               std::string("prompt token ids: \"1,2,3\" (commas and/or whitespace) or @FILE. ") +
+                   (ids_required ? "Required." : "Or a prompt as text: --prompt, --prompt-file or --chat."));
   sparsity.Register(flags, "the prefill server's gates (sent only when given)");
   flags.String("request-id", &request_id, "request id for the servers' logs");
   flags.Seconds("timeout", &timeout, "deadline of the whole call, seconds (0: none)");

@@ -24,7 +24,7 @@ int RunGenerateCommand(int argc, char** argv) {
   int64_t max_new_tokens = 16, top_k = 0, seed = 0;
   double temperature = 0.0, top_p = 0.0;
   FlagSet flags("seer generate --addr HOST:PORT (--ids IDS | --prompt TEXT | --prompt-file F | --chat F) [flags]",
-                "Sends a prompt to a seer-decode server (seer.v1.Decode/Generate) and prints the tokens as\n"
+                "Sends a prompt to a seer-decode server (seer.v1.DecodeService/Generate) and prints the tokens as\n"
                 "they stream back (their text, for a text or chat prompt), then the time to first token.\n"
                 "A text prompt is tokenized by the server, with the model's tokenizer; a chat goes through\n"
                 "the model's chat template. Greedy unless --temperature is set.\n"

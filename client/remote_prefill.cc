@@ -55,7 +55,7 @@ int RunPrefillCommand(int argc, char** argv) {
   std::string dump;
   int64_t max_chunk_bytes = 0;
   FlagSet flags("seer prefill --addr HOST:PORT --ids IDS [--dump OUT.safetensors] [flags]",
-                "Calls seer.v1.Prefill/Prefill on a seer-prefill server, checks and assembles the KV stream,\n"
+                "Calls seer.v1.PrefillService/Prefill on a seer-prefill server, checks and assembles the KV stream,\n"
                 "and prints its size, speed and density. --dump writes the KV cache with the tensor names of\n"
                 "`seer run --dump`: layers.{i}.k / layers.{i}.v F32 [kv_heads, L, head_dim] (K after RoPE),\n"
                 "and logits F32 [1, vocab] (the last position).\n"

@@ -13,6 +13,7 @@ void SparsityFlags::Register(FlagSet& flags, const std::string& whose_default) {
   flags.String("sparsity", &sparsity, modes + ". Default: " + whose_default + ".");
   flags.Bool("last-block-dense", &last_block_dense,
              "Compute the last two query-block rows densely (true or false). Default: " + whose_default + ".");
+  flags.SetDefaultText("last-block-dense", "");  // the help says whose default it is
 }
 
 StatusOr<SparsityRequest> SparsityFlags::ToRequest(const FlagSet& flags) const {
