@@ -28,9 +28,8 @@ void FlagSet::Double(const std::string& name, double* target, const std::string&
   flags_.push_back({name, Kind::kDouble, target, help, os.str()});
 }
 void FlagSet::Seconds(const std::string& name, double* target, const std::string& help) {
-  std::ostringstream os;
-  os << *target;
-  flags_.push_back({name, Kind::kSeconds, target, help, os.str()});
+  Double(name, target, help);
+  flags_.back().kind = Kind::kSeconds;
 }
 void FlagSet::SetDefaultText(const std::string& name, std::string text) {
   if (Flag* f = Find(name)) f->default_text = std::move(text);

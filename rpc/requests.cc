@@ -235,6 +235,7 @@ StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& r, const 
                              " bytes, need 1 to " + Int(kMaxStopStringBytes));
     call.stop.push_back(r.stop(i));
   }
+  call.text_reply = r.text_reply();
   SEER_ASSIGN_OR_RETURN(call.sampling, ParseSampling(r.sampling(), limits.vocab_size, fresh_seed));
   SEER_ASSIGN_OR_RETURN(call.sparsity, SparsityFromProto(r.sparsity()));
   if (r.stop_token_ids_size() > kMaxStopTokens)

@@ -58,6 +58,7 @@ struct GenerateCall {
   std::string text;
   std::vector<std::pair<std::string, std::string>> messages;  // (role, content)
   std::vector<std::string> stop;  // stop strings
+  bool text_reply = false;  // answer in text, as for a text prompt
   int max_new_tokens = 0;
   SamplingParams sampling;  // the request's seed, or the fresh one it lacked
   SparsityRequest sparsity;

@@ -89,11 +89,11 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     call_ = std::move(call).value();
     const bool text_prompt = !call_.text.empty() || !call_.messages.empty();
     // A text reply: the text APIs' answer (text, and an end at end-of-text).
-    const bool text_reply = text_prompt || request.text_reply();
+    const bool text_reply = text_prompt || call_.text_reply;
     if ((text_reply || !call_.stop.empty()) && service->tokenizer_ == nullptr) {
-      const char* field = text_prompt            ? (call_.text.empty() ? "messages" : "text")
-                          : request.text_reply() ? "text_reply"
-                                                 : "stop";
+      const char* field = text_prompt        ? (call_.text.empty() ? "messages" : "text")
+                          : call_.text_reply ? "text_reply"
+                                             : "stop";
       FinishNow(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                              std::string(field) +
                                  ": seer-decode has no tokenizer (--tokenizer), so it takes token_ids and "
