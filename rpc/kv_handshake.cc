@@ -177,6 +177,10 @@ std::string KvWireLabel(DType dtype, bool fp8) {
 
 StatusOr<int> TokensPerWireChunk(const KvLayout& layout, bool fp8, int64_t max_message_bytes) {
   if (!fp8) return TokensPerChunk(layout, max_message_bytes);
+  // The codes of a token sit between float scales in the chunk's bytes,
+  // which the receiver reads in place.
+  if (layout.head_dim % 4 != 0)
+    return InvalidArgument("head_dim: fp8 chunks need a multiple of 4; this model's is " + I(layout.head_dim));
   // Per token: one byte per element of K and V; per block: a float per head
   // for K and for V.
   const int64_t per_token = 2 * int64_t{layout.num_kv_heads} * layout.head_dim;

@@ -192,6 +192,14 @@ TEST(KvHandshake, Fp8ChunksAreWholeBlocksWithinTheBound) {
     EXPECT_GT(size(*n + 64), bound);
   }
   EXPECT_FALSE(TokensPerWireChunk(layout, true, 64 * 1024).ok());  // one block is 128 KiB of codes
+  // The chunk source reads a token's codes in place between float scales:
+  // a head_dim that is not a multiple of 4 is refused (the prefill server
+  // then sends the cache's own type, with the reason), not failed later.
+  const StatusOr<int> odd = TokensPerWireChunk(KvLayout{2, 1, 6, DType::kF32}, true, int64_t{1} << 20);
+  ASSERT_FALSE(odd.ok());
+  EXPECT_NE(odd.status().message().find("head_dim"), std::string::npos) << odd.status().message();
+  EXPECT_TRUE(TokensPerWireChunk(KvLayout{2, 1, 6, DType::kF32}, false, int64_t{1} << 20).ok());
+  EXPECT_TRUE(TokensPerWireChunk(KvLayout{2, 1, 8, DType::kF32}, true, int64_t{1} << 20).ok());
   EXPECT_EQ(TokensPerWireChunk(layout, false, int64_t{4} << 20).value(),
             TokensPerChunk(layout, int64_t{4} << 20).value());
 }

@@ -323,10 +323,12 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
         } else {
           fp8 = false;
           choice->wire = v1::KV_WIRE_UNSPECIFIED;
-          choice->fallback_reason += std::string(choice->fallback_reason.empty() ? "" : "; ") +
-                                     "fp8: max_chunk_bytes " + std::to_string(chunk_bytes_) +
-                                     " is too small for one 64-token block";
-          choice->fp8_fallback = "chunk_bytes";
+          const bool head_dim = layout.head_dim % 4 != 0;
+          choice->fallback_reason +=
+              std::string(choice->fallback_reason.empty() ? "" : "; ") + "fp8: " +
+              (head_dim ? std::string(per_chunk.status().message())
+                        : "max_chunk_bytes " + std::to_string(chunk_bytes_) + " is too small for one 64-token block");
+          choice->fp8_fallback = head_dim ? "head_dim" : "chunk_bytes";
         }
       }
       grpc_ = std::make_shared<GrpcKvTransfer>(layout.num_layers, choice->grpc_streams, &service_->nccl_->executor,
