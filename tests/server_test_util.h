@@ -342,10 +342,32 @@ inline StatusOr<int> ConnectTcp(const std::string& host_port) {
   return fd;
 }
 
-// GET http://host:port/path with a plain socket; the body.
-inline StatusOr<std::string> HttpGet(const std::string& host_port, const std::string& path) {
+// The local port of a connected socket (what the server sees as its peer's).
+inline int LocalPort(int fd) {
+  sockaddr_storage local{};
+  socklen_t len = sizeof(local);
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) != 0) return 0;
+  return ntohs(local.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&local)->sin6_port
+                                           : reinterpret_cast<sockaddr_in*>(&local)->sin_port);
+}
+
+// An HTTP/1.0 request line, host header and (for a body) a JSON body.
+inline std::string HttpRequestText(const std::string& host_port, const std::string& method, const std::string& path,
+                                   const std::string& body) {
+  std::string req = method + " " + path + " HTTP/1.0\r\nHost: " + host_port + "\r\n";
+  if (!body.empty() || method == "POST")
+    req += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
+  return req + "\r\n" + body;
+}
+
+// GET (or another method, with `body`) http://host:port/path with a plain
+// socket; the body on 200. `local_port`: the port the request came from.
+inline StatusOr<std::string> HttpRequest(const std::string& host_port, const std::string& method,
+                                         const std::string& path, const std::string& body = "",
+                                         int* local_port = nullptr) {
   SEER_ASSIGN_OR_RETURN(const int fd, ConnectTcp(host_port));
-  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: " + host_port + "\r\n\r\n";
+  if (local_port != nullptr) *local_port = LocalPort(fd);
+  const std::string req = HttpRequestText(host_port, method, path, body);
   if (write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
     close(fd);
     return Unavailable("write");
@@ -355,10 +377,15 @@ inline StatusOr<std::string> HttpGet(const std::string& host_port, const std::st
   ssize_t n;
   while ((n = read(fd, buf, sizeof(buf))) > 0) resp.append(buf, static_cast<size_t>(n));
   close(fd);
-  const size_t body = resp.find("\r\n\r\n");
-  if (resp.rfind("HTTP/1.", 0) != 0 || body == std::string::npos) return DataLoss("not HTTP: " + resp.substr(0, 80));
+  const size_t head_end = resp.find("\r\n\r\n");
+  if (resp.rfind("HTTP/1.", 0) != 0 || head_end == std::string::npos)
+    return DataLoss("not HTTP: " + resp.substr(0, 80));
   if (resp.find(" 200 ") == std::string::npos) return Unavailable("HTTP status: " + resp.substr(0, resp.find('\r')));
-  return resp.substr(body + 4);
+  return resp.substr(head_end + 4);
+}
+
+inline StatusOr<std::string> HttpGet(const std::string& host_port, const std::string& path) {
+  return HttpRequest(host_port, "GET", path);
 }
 
 // Prometheus text format: "name{labels} value" lines, keyed by everything

@@ -41,12 +41,13 @@ struct TlsClientFiles {
   std::string cert, key;  // optional client certificate
 };
 
-// GET https://host:port/path (HTTP/1.0), verifying the server's certificate
+// GET (or another method, with `body`) https://host:port/path (HTTP/1.0), verifying the server's certificate
 // against files.ca and its name against `host` (an IP address or a DNS
 // name). The body on 200; UNAVAILABLE naming the handshake or the status
 // otherwise.
-inline StatusOr<std::string> HttpsGet(const std::string& host_port, const std::string& path,
-                                      const TlsClientFiles& files) {
+inline StatusOr<std::string> HttpsRequest(const std::string& host_port, const std::string& method,
+                                          const std::string& path, const std::string& body, const TlsClientFiles& files,
+                                          int* local_port = nullptr) {
   const std::string host = host_port.substr(0, host_port.rfind(':'));
   auto ssl_errors = [] {
     std::string out;
@@ -67,6 +68,7 @@ inline StatusOr<std::string> HttpsGet(const std::string& host_port, const std::s
     return InvalidArgument("client cert " + files.cert + ": " + ssl_errors());
   }
   SEER_ASSIGN_OR_RETURN(const int fd, ConnectTcp(host_port));
+  if (local_port != nullptr) *local_port = LocalPort(fd);
   std::unique_ptr<SSL, decltype(&SSL_free)> ssl(SSL_new(ctx.get()), &SSL_free);
   SSL_set_fd(ssl.get(), fd);
   X509_VERIFY_PARAM* param = SSL_get0_param(ssl.get());
@@ -83,7 +85,7 @@ inline StatusOr<std::string> HttpsGet(const std::string& host_port, const std::s
     return Unavailable(why);
   };
   if (SSL_connect(ssl.get()) != 1) return fail("TLS handshake with " + host_port);
-  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: " + host_port + "\r\n\r\n";
+  const std::string req = HttpRequestText(host_port, method, path, body);
   if (SSL_write(ssl.get(), req.data(), static_cast<int>(req.size())) != static_cast<int>(req.size()))
     return fail("TLS write");
   std::string resp;
@@ -92,10 +94,16 @@ inline StatusOr<std::string> HttpsGet(const std::string& host_port, const std::s
   while ((n = SSL_read(ssl.get(), buf, sizeof(buf))) > 0) resp.append(buf, static_cast<size_t>(n));
   if (resp.empty()) return fail("TLS read");  // TLS 1.3 reports a refused client certificate here
   close(fd);
-  const size_t body = resp.find("\r\n\r\n");
-  if (resp.rfind("HTTP/1.", 0) != 0 || body == std::string::npos) return DataLoss("not HTTP: " + resp.substr(0, 80));
+  const size_t head_end = resp.find("\r\n\r\n");
+  if (resp.rfind("HTTP/1.", 0) != 0 || head_end == std::string::npos)
+    return DataLoss("not HTTP: " + resp.substr(0, 80));
   if (resp.find(" 200 ") == std::string::npos) return Unavailable("HTTP status: " + resp.substr(0, resp.find('\r')));
-  return resp.substr(body + 4);
+  return resp.substr(head_end + 4);
+}
+
+inline StatusOr<std::string> HttpsGet(const std::string& host_port, const std::string& path,
+                                      const TlsClientFiles& files) {
+  return HttpsRequest(host_port, "GET", path, "", files);
 }
 
 }  // namespace seer::testing

@@ -56,4 +56,29 @@ StatusOr<ListenSocket> ListenTcp(const std::string& address, const std::string& 
   return s;
 }
 
+std::string PeerName(const std::string& host, int port) {
+  const std::string p = std::to_string(port);
+  if (host.find(':') == std::string::npos) return "ipv4:" + host + ":" + p;
+  if (host.rfind("::ffff:", 0) == 0 && host.find('.') != std::string::npos) return "ipv4:" + host.substr(7) + ":" + p;
+  return "ipv6:[" + host + "]:" + p;
+}
+
+std::string SocketPeerName(int fd) {
+  sockaddr_storage peer{};
+  socklen_t len = sizeof(peer);
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &len) != 0) return "";
+  char host[INET6_ADDRSTRLEN] = {};
+  if (peer.ss_family == AF_INET) {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(&peer);
+    inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+    return PeerName(host, ntohs(a->sin_port));
+  }
+  if (peer.ss_family == AF_INET6) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(&peer);
+    inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+    return PeerName(host, ntohs(a->sin6_port));
+  }
+  return "";
+}
+
 }  // namespace seer

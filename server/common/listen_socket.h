@@ -22,4 +22,10 @@ StatusOr<ListenSocket> ListenTcp(const std::string& address, const std::string& 
 
 bool SetNonBlocking(int fd);
 
+// A TCP peer named as gRPC names its peers: "ipv4:10.0.0.7:51234",
+// "ipv6:[fd00::7]:51234" (an IPv4-mapped IPv6 address as its IPv4 form).
+std::string PeerName(const std::string& host, int port);
+// The peer of a connected socket, named so; "" when it has none.
+std::string SocketPeerName(int fd);
+
 }  // namespace seer

@@ -159,8 +159,10 @@ std::vector<prometheus::MetricFamily> ScrapeTimeMetrics::Collect() const {
 ServerMetrics::ServerMetrics(prometheus::Registry& r)
     : kv_cache_bytes(AddGauge(r, "seer_kv_cache_bytes", "Bytes of KV caches allocated for requests right now.")),
       kv_cache_capacity_bytes(AddGauge(r, "seer_kv_cache_capacity_bytes",
-                                       "The most KV cache bytes the server allocates at once: --max-concurrent "
-                                       "requests of the longest prompt (plus new tokens on seer-decode).")) {
+                                       "The most KV cache bytes the server holds at once. seer-prefill: "
+                                       "--max-buffered-bytes, which every stream's KV cache is charged against "
+                                       "until its client has read it; seer-decode: its KV page pool (with "
+                                       "--max-batch 0, --max-concurrent requests of the longest context).")) {
   prometheus::BuildGauge()
       .Name("seer_build_info")
       .Help("Always 1; the labels say which build serves.")

@@ -39,6 +39,17 @@ LogLevel LevelFor(grpc::StatusCode code) {
 // Milliseconds to the microsecond.
 double Ms(double seconds) { return std::round(seconds * 1e6) / 1e3; }
 
+// This process's token for kHttpClientMetadata: 128 random bits, made once.
+const std::string& ProcessToken() {
+  static const std::string token = [] {
+    std::random_device rd;
+    char buf[33];
+    std::snprintf(buf, sizeof(buf), "%08x%08x%08x%08x", rd(), rd(), rd(), rd());
+    return std::string(buf);
+  }();
+  return token;
+}
+
 class CallInterceptor final : public grpc::experimental::Interceptor {
  public:
   CallInterceptor(grpc::experimental::ServerRpcInfo* info, Rpc rpc, bool raw, const CallHooks* hooks,
@@ -172,7 +183,9 @@ class CallInterceptor final : public grpc::experimental::Interceptor {
     JsonValue f = JsonValue::Object();
     f.Set("request_id", JsonValue::String(request_id_));
     f.Set("method", JsonValue::String(info_->method()));
-    f.Set("peer", JsonValue::String(info_->server_context()->peer()));
+    bool via_http = false;
+    f.Set("peer", JsonValue::String(CallPeer(*info_->server_context(), &via_http)));
+    if (via_http) f.Set("via", JsonValue::String("http"));
     f.Set("code", JsonValue::String(std::string(GrpcCodeName(status.error_code()))));
     if (!status.ok()) f.Set("error", JsonValue::String(status.error_message()));
     f.Set("prompt_tokens", JsonValue::Int(prompt_tokens_));
@@ -230,6 +243,25 @@ class CallInterceptorFactory final : public grpc::experimental::ServerIntercepto
 };
 
 }  // namespace
+
+std::string HttpClientMetadataValue(std::string_view client_address) {
+  return ProcessToken() + " " + std::string(client_address);
+}
+
+std::string CallPeer(const grpc::ServerContextBase& context, bool* via_http) {
+  if (via_http != nullptr) *via_http = false;
+  const auto& md = context.client_metadata();
+  const auto it = md.find(kHttpClientMetadata);
+  if (it != md.end()) {
+    const std::string_view value(it->second.data(), it->second.size());
+    const std::string& token = ProcessToken();
+    if (value.size() > token.size() + 1 && value.substr(0, token.size()) == token && value[token.size()] == ' ') {
+      if (via_http != nullptr) *via_http = true;
+      return std::string(value.substr(token.size() + 1));
+    }
+  }
+  return context.peer();
+}
 
 grpc::Status UnparsedRequestStatus(std::string_view method) {
   const std::string type = EndsWith(method, "/Prefill") ? "seer.v1.PrefillRequest" : "seer.v1.GenerateRequest";

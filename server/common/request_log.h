@@ -20,6 +20,7 @@
 #include <string_view>
 #include <vector>
 
+#include <grpcpp/server_context.h>
 #include <grpcpp/support/server_interceptor.h>
 #include <grpcpp/support/status.h>
 
@@ -44,6 +45,20 @@ struct CallHooks {
   // requests and responses are read as bytes. GrpcServer fills this in.
   std::set<std::string> raw_methods;
 };
+
+// A call this process makes to its own gRPC server on behalf of an HTTP
+// client (seer-decode's OpenAI API) names that client in this metadata, as
+// "<token> <address>"; the token is this process's own (random, never sent
+// off the host), so a remote gRPC client cannot pass for someone else. The
+// request log and the services' log lines then name the HTTP client as the
+// call's peer.
+inline constexpr char kHttpClientMetadata[] = "seer-http-client";
+std::string HttpClientMetadataValue(std::string_view client_address);
+
+// Who sent the call: the HTTP client a call made for it names (above), else
+// gRPC's peer ("ipv4:10.0.0.7:51234"). `via_http` (optional) is set when the
+// call came through the HTTP API.
+std::string CallPeer(const grpc::ServerContextBase& context, bool* via_http = nullptr);
 
 // A service that serves some seer.v1 methods with the generated
 // WithRawCallbackMethod_* (ByteBuffers instead of messages) names them, so

@@ -154,6 +154,12 @@ TlsFront::~TlsFront() {
   }
 }
 
+std::string TlsFront::ClientBehind(int backend_peer_port) const {
+  std::lock_guard<std::mutex> lock(clients_mu_);
+  const auto it = clients_.find(backend_peer_port);
+  return it == clients_.end() ? std::string() : it->second;
+}
+
 std::shared_ptr<TlsFront::Context> TlsFront::CurrentContext() {
   std::lock_guard<std::mutex> lock(context_mu_);
   return context_;
@@ -221,8 +227,13 @@ void TlsFront::AcceptLoop() {
 void TlsFront::Serve(int client_fd, std::shared_ptr<Context> context, Worker* self) {
   SSL* ssl = SSL_new(context->ctx.get());
   int backend_fd = -1;
+  int backend_port = 0;  // the backend connection's local port, while listed in clients_
   bool ssl_broken = false;  // after a fatal error SSL_shutdown must not run
   auto finish = [&] {
+    if (backend_port != 0) {
+      std::lock_guard<std::mutex> lock(clients_mu_);
+      clients_.erase(backend_port);
+    }
     if (ssl != nullptr) {
       if (!ssl_broken) SSL_shutdown(ssl);
       SSL_free(ssl);
@@ -300,6 +311,15 @@ void TlsFront::Serve(int client_fd, std::shared_ptr<Context> context, Worker* se
   }
   const int one = 1;
   setsockopt(backend_fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  // Listed before any byte reaches the backend, so a request it serves can
+  // always name its client.
+  sockaddr_in local{};
+  socklen_t local_len = sizeof(local);
+  if (getsockname(backend_fd, reinterpret_cast<sockaddr*>(&local), &local_len) == 0) {
+    backend_port = ntohs(local.sin_port);
+    std::lock_guard<std::mutex> lock(clients_mu_);
+    clients_[backend_port] = SocketPeerName(client_fd);
+  }
 
   // Relay until either side is done. `up` holds decrypted client bytes on
   // their way to the backend, `down` backend bytes on their way to the

@@ -19,6 +19,7 @@
 
 #include <atomic>
 #include <list>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -48,6 +49,11 @@ class TlsFront {
   ~TlsFront();
 
   int port() const { return port_; }
+  // The client a connection to the plaintext server comes from: its local
+  // (loopback) port is `backend_peer_port`, the port the plaintext server
+  // sees as its peer's. gRPC's form ("ipv4:10.0.0.7:51234"); "" when no
+  // connection of the front has that port.
+  std::string ClientBehind(int backend_peer_port) const;
   // Counters, for tests and logs.
   int64_t handshakes_failed() const { return handshakes_failed_.load(); }
   int64_t reloads() const { return reloads_.load(); }
@@ -73,6 +79,8 @@ class TlsFront {
   std::list<Worker> workers_;  // accept thread only
   std::mutex context_mu_;
   std::shared_ptr<Context> context_;
+  mutable std::mutex clients_mu_;
+  std::map<int, std::string> clients_;  // backend connection's local port -> client
   std::atomic<int64_t> handshakes_failed_{0};
   std::atomic<int64_t> reloads_{0};
 };

@@ -11,6 +11,7 @@
 #include "base/json.h"
 #include "kernels/sampling/sampler.h"
 #include "rpc/grpc_status.h"
+#include "server/common/request_log.h"
 #include "server/common/stream_reactor.h"
 #include "text/prompt.h"
 #include "text/text_stream.h"
@@ -74,7 +75,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
       : StreamReactor(context, &service->watchdog_),
         service_(service),
         metrics_(service->metrics_),
-        peer_(context->peer()),
+        peer_(CallPeer(*context)),
         arrived_(Clock::now()) {
     engine_ = service->engine_.load(std::memory_order_acquire);
     if (engine_ == nullptr) {

@@ -28,6 +28,8 @@
 #include "engine/model/sparsity.h"
 #include "rpc/grpc_status.h"
 #include "rpc/requests.h"
+#include "server/common/listen_socket.h"
+#include "server/common/request_log.h"
 
 namespace seer {
 namespace {
@@ -444,9 +446,10 @@ class GrpcGenerateBackend final : public GenerateBackend {
  public:
   explicit GrpcGenerateBackend(std::shared_ptr<grpc::Channel> channel) : stub_(v1::DecodeService::NewStub(channel)) {}
 
-  grpc::Status Generate(const v1::GenerateRequest& request,
+  grpc::Status Generate(const v1::GenerateRequest& request, const std::string& client,
                         const std::function<bool(const v1::GenerateResponse&)>& on_response) override {
     grpc::ClientContext context;
+    if (!client.empty()) context.AddMetadata(kHttpClientMetadata, HttpClientMetadataValue(client));
     std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(&context, request);
     v1::GenerateResponse response;
     while (reader->Read(&response)) {
@@ -467,6 +470,14 @@ class GrpcGenerateBackend final : public GenerateBackend {
 
 std::unique_ptr<GenerateBackend> MakeGrpcGenerateBackend(std::shared_ptr<grpc::Channel> channel) {
   return std::make_unique<GrpcGenerateBackend>(std::move(channel));
+}
+
+std::string OpenAiHttpServer::ClientAddress(const mg_request_info* info) const {
+  if (tls_front_ != nullptr) {
+    std::string client = tls_front_->ClientBehind(info->remote_port);
+    if (!client.empty()) return client;
+  }
+  return PeerName(info->remote_addr, info->remote_port);
 }
 
 StatusOr<std::unique_ptr<OpenAiHttpServer>> OpenAiHttpServer::Start(const OpenAiHttpOptions& options,
@@ -667,7 +678,7 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
       client_gone = !SendEvent(conn, first.Dump());
     }
   };
-  const grpc::Status status = backend_->Generate(req.generate, [&](const v1::GenerateResponse& r) {
+  const grpc::Status status = backend_->Generate(req.generate, ClientAddress(info), [&](const v1::GenerateResponse& r) {
     // The summary may carry text too: what the server held back at the end.
     if (r.has_summary()) summary = r.summary();
     if (ClientClosed(client_fd)) {

@@ -41,6 +41,7 @@
 
 struct mg_context;
 struct mg_connection;
+struct mg_request_info;
 
 namespace prometheus {
 class Registry;
@@ -54,13 +55,16 @@ namespace seer {
 class GenerateBackend {
  public:
   virtual ~GenerateBackend() = default;
-  // Runs one Generate call. `on_response` gets each response in order and
-  // returns false when the HTTP client has gone (the call is then cancelled).
-  virtual grpc::Status Generate(const v1::GenerateRequest& request,
+  // Runs one Generate call for the HTTP client at `client` ("ipv4:a.b.c.d:port",
+  // what the request log names as its peer). `on_response` gets each
+  // response in order and returns false when the HTTP client has gone (the
+  // call is then cancelled).
+  virtual grpc::Status Generate(const v1::GenerateRequest& request, const std::string& client,
                                 const std::function<bool(const v1::GenerateResponse&)>& on_response) = 0;
 };
 
-// Generate over a gRPC channel (seer-decode's own service, in process).
+// Generate over a gRPC channel (seer-decode's own service, in process); the
+// call names the HTTP client in kHttpClientMetadata.
 std::unique_ptr<GenerateBackend> MakeGrpcGenerateBackend(std::shared_ptr<grpc::Channel> channel);
 
 struct OpenAiHttpOptions {
@@ -96,6 +100,8 @@ class OpenAiHttpServer {
   static int Handle(mg_connection* conn, void* self);
   void Serve(mg_connection* conn);  // counts the request in flight around Respond
   void Respond(mg_connection* conn);
+  // The HTTP client of a request (behind the TLS front: the front's client).
+  std::string ClientAddress(const mg_request_info* info) const;
 
   const OpenAiHttpOptions options_;
   GenerateBackend* const backend_;

@@ -43,11 +43,12 @@ class ScriptedBackend final : public GenerateBackend {
   std::atomic<int> cancelled{0};  // calls whose on_response said the client had gone
   std::atomic<int> finished{0};  // calls that sent their summary
 
-  grpc::Status Generate(const v1::GenerateRequest& request,
+  grpc::Status Generate(const v1::GenerateRequest& request, const std::string& client,
                         const std::function<bool(const v1::GenerateResponse&)>& on_response) override {
     {
       std::lock_guard<std::mutex> lock(mu);
       last = request;
+      last_client = client;
     }
     ++calls;
     if (!error.ok()) return error;
@@ -76,10 +77,15 @@ class ScriptedBackend final : public GenerateBackend {
     std::lock_guard<std::mutex> lock(mu);
     return last;
   }
+  std::string LastClient() {
+    std::lock_guard<std::mutex> lock(mu);
+    return last_client;
+  }
 
  private:
   std::mutex mu;
   v1::GenerateRequest last;
+  std::string last_client;
 };
 
 struct HttpReply {
@@ -247,6 +253,18 @@ TEST_F(OpenAiHttp, CompletionMapsTheRequestAndAnswersInOpenAisShape) {
   EXPECT_EQ(backend.Last().max_new_tokens(), 16);
   EXPECT_EQ(backend.Last().sampling().temperature(), 1.0f);
   EXPECT_EQ(backend.Last().token_ids_size(), 3);
+}
+
+// The backend is told who the HTTP client is (the request log names it):
+// the address and port of the test's own socket.
+TEST_F(OpenAiHttp, TheBackendIsToldTheHttpClientsAddress) {
+  const int fd = SendRequest(server->port(), PostRequest("/v1/completions", R"({"prompt": "Hi"})"));
+  ASSERT_GE(fd, 0);
+  sockaddr_in local{};
+  socklen_t len = sizeof(local);
+  ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len), 0);
+  EXPECT_EQ(ReadReply(fd).status, 200);
+  EXPECT_EQ(backend.LastClient(), "ipv4:127.0.0.1:" + std::to_string(ntohs(local.sin_port)));
 }
 
 TEST_F(OpenAiHttp, StreamedCompletionIsServerSentEventsEndingWithDone) {

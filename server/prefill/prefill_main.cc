@@ -181,9 +181,9 @@ int main(int argc, char** argv) {
     }
     SEER_RETURN_IF_ERROR(service.SetEngine(engine.get()));
     seer::AddDeviceMemoryGauges(*metrics.server.scrape_time, *engine);
-    SEER_ASSIGN_OR_RETURN(std::unique_ptr<seer::KvCache> probe, engine->NewCache(1));
-    metrics.server.kv_cache_capacity_bytes.Set(
-        seer::KvCacheBytes(probe->layout(), max_concurrent * limits.max_prompt_tokens));
+    // A stream's KV cache outlives its --max-concurrent slot until its client
+    // has read it; what bounds them all is the streams' budget.
+    metrics.server.kv_cache_capacity_bytes.Set(static_cast<double>(max_buffered_bytes));
     return "model " + model + (gates.empty() ? std::string(" (dense, no gates)") : " with gates " + gates) + " on " +
            engine->device_name() + (warmed.empty() ? std::string() : "; " + warmed);
   };

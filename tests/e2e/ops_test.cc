@@ -30,6 +30,7 @@
 #include "rpc/requests.h"
 #include "seer/v1/seer.grpc.pb.h"
 #include "server/common/grpc_server.h"
+#include "server/common/request_log.h"
 #include "tests/server_test_util.h"
 #include "tests/tls_test_util.h"
 
@@ -200,6 +201,41 @@ TEST(Operations, EachRequestLogsOneJsonLineOnEachServer) {
   const std::string id = Str(d[2], "request_id");
   EXPECT_EQ(id.rfind("generate-", 0), 0u) << id;
   EXPECT_EQ(Str(p[1], "request_id"), id);
+}
+
+// A request through the OpenAI HTTP API names its HTTP client as the peer on
+// the request's log line, marked "via": "http"; a gRPC client that sends the
+// same metadata without this process's token keeps its own peer. Reference:
+// the port the test's own socket connected from.
+TEST(Operations, HttpRequestsLogTheirHttpClientAsPeer) {
+  ServerProcess prefill(Bin("seer-prefill"), ServerArgs());
+  ASSERT_TRUE(prefill.Start());
+  ServerProcess decode(Bin("seer-decode"), ServerArgs({"--prefill", prefill.grpc_address(), "--http", "127.0.0.1:0"}));
+  ASSERT_TRUE(decode.Start());
+  int port = 0;
+  StatusOr<std::string> answer =
+      seer::testing::HttpRequest(decode.http_address(), "POST", "/v1/completions",
+                                 R"({"prompt": [1, 2, 3], "max_tokens": 2, "user": "via-http"})", &port);
+  ASSERT_TRUE(answer.ok()) << answer.status().ToString();
+  ASSERT_GT(port, 0);
+
+  v1::GenerateRequest spoof;
+  spoof.set_request_id("spoofed");
+  spoof.add_token_ids(1);
+  spoof.set_max_new_tokens(1);
+  const grpc::Status s = RawCall(decode.grpc_address(), "/seer.v1.DecodeService/Generate", Bytes(Serialized(spoof)),
+                                 false, {{seer::kHttpClientMetadata, std::string(32, '0') + " ipv4:6.6.6.6:1"}});
+  EXPECT_TRUE(s.ok()) << s.error_message();
+
+  ASSERT_TRUE(decode.WaitForErrLines({"\"msg\":\"request\""}, 2, 10s)) << decode.Output();
+  const std::vector<JsonValue> lines = LogLines(decode, "request");
+  ASSERT_EQ(lines.size(), 2u) << decode.Output();
+  EXPECT_EQ(Str(lines[0], "request_id"), "via-http");
+  EXPECT_EQ(Str(lines[0], "peer"), "ipv4:127.0.0.1:" + std::to_string(port));
+  EXPECT_EQ(Str(lines[0], "via"), "http");
+  EXPECT_EQ(Str(lines[1], "request_id"), "spoofed");
+  EXPECT_EQ(Str(lines[1], "peer").rfind("ipv4:127.0.0.1:", 0), 0u) << Str(lines[1], "peer");
+  EXPECT_EQ(Str(lines[1], "via"), "<absent>");
 }
 
 TEST(Operations, LogLevelWarnKeepsOnlyFailedRequests) {
@@ -438,6 +474,18 @@ TEST(Operations, MetricsAndTheHttpApiServeTheGrpcCertificate) {
   ASSERT_TRUE(models.ok()) << models.status().ToString();
   EXPECT_NE(models->find("\"id\":\"llama\""), std::string::npos) << *models;
   EXPECT_FALSE(seer::testing::HttpsGet(http, "/v1/models", trust_a).ok());  // no client certificate
+  // Behind the TLS front the request log still names the HTTPS client.
+  int client_port = 0;
+  StatusOr<std::string> completion = seer::testing::HttpsRequest(
+      http, "POST", "/v1/completions", R"({"prompt": [1, 2], "max_tokens": 1, "user": "via-https"})",
+      {pki.F("a-ca.crt"), pki.F("a-client.crt"), pki.F("a-client.key")}, &client_port);
+  ASSERT_TRUE(completion.ok()) << completion.status().ToString();
+  ASSERT_TRUE(decode.WaitForErrLines({"\"request_id\":\"via-https\""}, 1, 10s)) << decode.Output();
+  for (const JsonValue& line : LogLines(decode, "request")) {
+    if (Str(line, "request_id") != "via-https") continue;
+    EXPECT_EQ(Str(line, "peer"), "ipv4:127.0.0.1:" + std::to_string(client_port));
+    EXPECT_EQ(Str(line, "via"), "http");
+  }
   EXPECT_EQ(Probe(decode.metrics_address(), "/livez"), "ok\n");
 
   // --http-plaintext-with-tls: TLS ends in front of the HTTP port.
@@ -457,7 +505,8 @@ TEST(Operations, MetricsAndTheHttpApiServeTheGrpcCertificate) {
 // --- metrics, version, ports -------------------------------------------------
 
 TEST(Operations, MetricsHaveLoadMemoryProcessAndBuildSeriesFromTheStart) {
-  ServerProcess prefill(Bin("seer-prefill"), ServerArgs({"--max-concurrent", "2"}));
+  ServerProcess prefill(Bin("seer-prefill"),
+                        ServerArgs({"--max-concurrent", "2", "--max-buffered-bytes", "100000000"}));
   ASSERT_TRUE(prefill.Start());
   ServerProcess decode(Bin("seer-decode"), ServerArgs({"--prefill", prefill.grpc_address()}));
   ASSERT_TRUE(decode.Start());
@@ -480,10 +529,12 @@ TEST(Operations, MetricsHaveLoadMemoryProcessAndBuildSeriesFromTheStart) {
       build_info = build_info || (key.rfind("seer_build_info{", 0) == 0 && value == 1);
     EXPECT_TRUE(build_info);
   }
-  // The prefill: 2 layers x K and V x 1 KV head x 64 x 4 bytes x 2048
-  // tokens, times --max-concurrent 2. The decode worker: its KV page pool,
-  // 256 MiB on the CPU, in pages of 64 positions of that layout.
-  EXPECT_EQ(Metric(*p, "seer_kv_cache_capacity_bytes"), 2.0 * 2 * 2 * 64 * 4 * 2048);
+  // The prefill: --max-buffered-bytes, which its streams' KV caches are
+  // charged against (they outlive their --max-concurrent slots while their
+  // clients read them). The decode worker: its KV page pool, 256 MiB on the
+  // CPU, in pages of 64 positions of the fixture's layout (2 layers x K and V
+  // x 1 KV head x 64 x 4 bytes a position).
+  EXPECT_EQ(Metric(*p, "seer_kv_cache_capacity_bytes"), 100000000);
   const double page_bytes = 2.0 * 2 * 64 * 4 * 64;
   EXPECT_EQ(Metric(*d, "seer_kv_pages_total"), std::floor((256 << 20) / page_bytes));
   EXPECT_EQ(Metric(*d, "seer_kv_pages_used"), 0);
