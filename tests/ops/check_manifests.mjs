@@ -31,7 +31,9 @@ async function model(apiVersion, kind) {
 // What the servers would refuse, or what could never pass, once rendered:
 // --metrics-tls needs --tls-cert (the servers exit at start otherwise); a
 // probe on the metrics port must speak what it serves (HTTPS with
-// --metrics-tls, else HTTP); kubelet's gRPC probes cannot speak TLS.
+// --metrics-tls, else HTTP); kubelet's gRPC probes cannot speak TLS; the
+// liveness probe asks the process itself (GET /livez on the metrics port: a
+// TCP connect succeeds for a stopped process, completed from the backlog).
 function checkServerFlags(where, pod) {
   for (const c of pod.containers ?? []) {
     const args = [...(c.command ?? []), ...(c.args ?? [])];
@@ -39,6 +41,9 @@ function checkServerFlags(where, pod) {
     const tls = has('--tls-cert');
     const metricsTls = has('--metrics-tls');
     if (metricsTls && !tls) fail(where, `${c.name}: --metrics-tls needs --tls-cert (the server refuses it otherwise)`);
+    const live = c.livenessProbe?.httpGet;
+    if (!live || live.path !== '/livez' || live.port !== 'metrics')
+      fail(where, `${c.name}: livenessProbe is not GET /livez on the metrics port`);
     for (const p of ['startupProbe', 'readinessProbe', 'livenessProbe']) {
       if (tls && c[p]?.grpc) fail(where, `${c.name}: ${p} is a gRPC probe on a TLS port (kubelet's gRPC probe has no TLS)`);
       const get = c[p]?.httpGet;
