@@ -3,9 +3,12 @@
 #include <signal.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <fstream>
 #include <iterator>
 #include <memory>
+#include <mutex>
+#include <thread>
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
@@ -218,14 +221,34 @@ void GrpcServer::SetServing(bool serving) {
   for (const std::string& name : service_names_) health->SetServingStatus(name, serving);
 }
 
-void GrpcServer::Shutdown(double drain_seconds) {
+void GrpcServer::Shutdown(double drain_seconds, std::function<void()> drain_expired) {
   if (shut_down_ || !server_) return;
   shut_down_ = true;
   SetServing(false);
-  const auto deadline =
-      std::chrono::system_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(drain_seconds * 1000));
+  const auto drain = std::chrono::milliseconds(static_cast<int64_t>(drain_seconds * 1000));
+  const auto deadline = std::chrono::system_clock::now() + drain;
+  // The hook runs a little ahead of gRPC's own timer, so that the calls it
+  // cancels find it done.
+  std::mutex mu;
+  std::condition_variable cv;
+  bool drained = false;
+  std::thread timer;
+  if (drain_expired) {
+    timer = std::thread([&, expiry = std::chrono::steady_clock::now() + drain - std::chrono::milliseconds(20)] {
+      std::unique_lock<std::mutex> lock(mu);
+      if (!cv.wait_until(lock, expiry, [&] { return drained; })) drain_expired();
+    });
+  }
   server_->Shutdown(deadline);
   server_->Wait();
+  if (timer.joinable()) {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      drained = true;
+    }
+    cv.notify_all();
+    timer.join();
+  }
 }
 
 void BlockTerminationSignals() {

@@ -5,6 +5,7 @@
 // shutdown.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -76,7 +77,9 @@ class GrpcServer {
   // Health goes to NOT_SERVING, new calls are refused, in-flight calls get up
   // to `drain_seconds` to finish, then the rest are cancelled. Returns once
   // every call is done.
-  void Shutdown(double drain_seconds);
+  // `drain_expired`, if given, runs (on another thread) when the drain time
+  // runs out with calls still open, just before gRPC cancels them.
+  void Shutdown(double drain_seconds, std::function<void()> drain_expired = nullptr);
 
  private:
   GrpcServer() = default;

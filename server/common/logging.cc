@@ -1,5 +1,6 @@
 #include "server/common/logging.h"
 
+#include <cmath>
 #include <memory>
 #include <mutex>
 
@@ -90,6 +91,17 @@ bool LogEnabled(LogLevel level) {
 void LogEvent(LogLevel level, const std::string& msg, const JsonValue& fields) {
   if (!LogEnabled(level)) return;
   Logger()->log(ToSpdlog(level), "\"msg\":{}{}", JsonValue::String(msg).Dump(), Members(fields));
+}
+
+void LogWriteStall(const std::string& request_id, const std::string& peer, double stall_seconds,
+                   double stream_seconds) {
+  JsonValue f = JsonValue::Object();
+  f.Set("request_id", JsonValue::String(request_id));
+  f.Set("peer", JsonValue::String(peer));
+  f.Set("stall_seconds", JsonValue::Number(stall_seconds));
+  if (stream_seconds >= 0) f.Set("stream_seconds", JsonValue::Number(std::round(stream_seconds * 1e3) / 1e3));
+  f.Set("error", JsonValue::String("the client read nothing for --write-stall-seconds: stream cancelled"));
+  LogEvent(LogLevel::kWarn, "write stall", f);
 }
 
 }  // namespace seer

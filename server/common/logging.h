@@ -24,4 +24,10 @@ bool LogEnabled(LogLevel level);
 // Writes one line: `msg` plus the members of `fields` (an object, or null).
 void LogEvent(LogLevel level, const std::string& msg, const JsonValue& fields = JsonValue());
 
+// The warning for a stream cancelled because its client read nothing for
+// --write-stall-seconds: "write stall", with the request, the peer, the
+// stall and (when >= 0) how long the stream had run.
+void LogWriteStall(const std::string& request_id, const std::string& peer, double stall_seconds,
+                   double stream_seconds);
+
 }  // namespace seer

@@ -58,6 +58,10 @@ class CallInterceptor final : public grpc::experimental::Interceptor {
 
   void Intercept(grpc::experimental::InterceptorBatchMethods* m) override {
     using grpc::experimental::InterceptionHookPoints;
+    // The peer while the call is alive: once a call is cancelled gRPC no
+    // longer knows it ("unknown").
+    if (m->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_INITIAL_METADATA))
+      peer_ = CallPeer(*info_->server_context(), &via_http_);
     if (m->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_MESSAGE)) OnRequest(m->GetRecvMessage());
     if (m->QueryInterceptionHookPoint(InterceptionHookPoints::PRE_SEND_INITIAL_METADATA) && hooks_->load) {
       const ServerLoad load = hooks_->load();
@@ -183,9 +187,9 @@ class CallInterceptor final : public grpc::experimental::Interceptor {
     JsonValue f = JsonValue::Object();
     f.Set("request_id", JsonValue::String(request_id_));
     f.Set("method", JsonValue::String(info_->method()));
-    bool via_http = false;
-    f.Set("peer", JsonValue::String(CallPeer(*info_->server_context(), &via_http)));
-    if (via_http) f.Set("via", JsonValue::String("http"));
+    if (peer_.empty()) peer_ = CallPeer(*info_->server_context(), &via_http_);
+    f.Set("peer", JsonValue::String(peer_));
+    if (via_http_) f.Set("via", JsonValue::String("http"));
     f.Set("code", JsonValue::String(std::string(GrpcCodeName(status.error_code()))));
     if (!status.ok()) f.Set("error", JsonValue::String(status.error_message()));
     f.Set("prompt_tokens", JsonValue::Int(prompt_tokens_));
@@ -207,6 +211,8 @@ class CallInterceptor final : public grpc::experimental::Interceptor {
   const Clock::time_point start_;
   // gRPC runs one call's interception batches one after another.
   bool unparsed_ = false;
+  std::string peer_;
+  bool via_http_ = false;
   std::string request_id_;
   int64_t prompt_tokens_ = 0, max_new_tokens_ = 0, bytes_in_ = 0, bytes_out_ = 0, messages_out_ = 0;
   JsonValue summary_;

@@ -190,7 +190,8 @@ int Serve(const ServeConfig& config) {
                                              std::chrono::duration<double>(config.drain_seconds));
   if (config.drain_first) config.drain_first(drain_deadline);
   (*server)->Shutdown(
-      std::max(0.0, std::chrono::duration<double>(drain_deadline - std::chrono::steady_clock::now()).count()));
+      std::max(0.0, std::chrono::duration<double>(drain_deadline - std::chrono::steady_clock::now()).count()),
+      config.drain_expired);
   if (!loaded) {
     // Still loading: nothing was served, and the load cannot be interrupted.
     LogEvent(LogLevel::kInfo, "stopped while loading the model");

@@ -74,6 +74,9 @@ struct ServeConfig {
   std::function<void(std::chrono::steady_clock::time_point deadline)> drain_first;
   // Stops the services' workers; called after the gRPC server has drained.
   std::function<void()> stop;
+  // Optional: --drain-seconds ran out with calls still open; gRPC cancels
+  // them right after (the services then report them UNAVAILABLE).
+  std::function<void()> drain_expired;
   // Optional, once the model has loaded: given a function that takes health
   // to NOT_SERVING (false) and back (true) while the process cannot serve
   // for want of something else (seer-decode: no prefill endpoint reachable).

@@ -362,12 +362,17 @@ class StreamReactor : public grpc::ServerWriteReactor<Response>, public WorkQueu
     if (finish) this->Finish(final_status);
   }
 
-  // Why a stream ended early from the client's side: its deadline, when
-  // that has passed, else `what`. gRPC ends such a call as it ends a
+  // Why a stream ended early: the server stopping at the end of its drain;
+  // else, from the client's side, its deadline, when that has passed, else
+  // `what`. gRPC ends such a call as it ends a
   // cancelled one (a failed write, OnCancel), and the server's copy of the
   // deadline runs a little behind the client's (it counts from the call's
   // arrival), so a call ended within kDeadlineSlack of it counts as expired.
   grpc::Status Broken(const char* what) const {
+    if (watchdog_->server_stopping()) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                          "the server stopped before the stream ended (its --drain-seconds ran out)");
+    }
     constexpr auto kDeadlineSlack = std::chrono::milliseconds(200);
     if (context_->deadline() <= std::chrono::system_clock::now() + kDeadlineSlack) {
       return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "the client's deadline passed");

@@ -6,6 +6,7 @@
 // --write-stall-seconds (server/common/stream_reactor.h does the cancelling).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -40,6 +41,13 @@ class StreamWatchdog {
 
   double stall_seconds() const { return stall_seconds_; }
 
+  // The server's --drain-seconds ran out with streams still open: gRPC now
+  // cancels them, and a stream that ends so ended because the server
+  // stopped, not because its client left (StreamReactor reports it
+  // UNAVAILABLE, not CANCELLED).
+  void MarkServerStopping() { server_stopping_.store(true, std::memory_order_release); }
+  bool server_stopping() const { return server_stopping_.load(std::memory_order_acquire); }
+
   // A stream is watched from admission until its last callback; Forget
   // returns once no scan looks at it any more.
   void Watch(Stream* stream);
@@ -49,6 +57,7 @@ class StreamWatchdog {
   void Loop();
 
   const double stall_seconds_;
+  std::atomic<bool> server_stopping_{false};
   std::mutex mu_;
   std::condition_variable wake_;
   std::set<Stream*> streams_;

@@ -26,7 +26,18 @@
 #include "server/common/malloc_tuning.h"
 #include "server/common/metrics.h"
 #include "rpc/prefill_client.h"
+#include "server/common/logging.h"
 #include "server/common/serve.h"
+
+namespace {
+
+seer::JsonValue ReasonField(const std::string& why) {
+  seer::JsonValue f = seer::JsonValue::Object();
+  f.Set("reason", seer::JsonValue::String(why));
+  return f;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   seer::BlockTerminationSignals();
@@ -380,22 +391,25 @@ int main(int argc, char** argv) {
   }
   config.drain_first = [&](std::chrono::steady_clock::time_point deadline) {
     if (http_server != nullptr && !http_server->Drain(deadline)) {
-      std::fprintf(stderr, "seer-decode: --drain-seconds passed with HTTP requests still running; they end now\n");
+      seer::LogEvent(seer::LogLevel::kWarn, "drain: --drain-seconds passed with HTTP requests still running; they end now");
     }
   };
   config.stop = [&] {
     service.Shutdown();
     http_server.reset();
   };
+  config.drain_expired = [&] { service.DrainExpired(); };
   if (client_options.health_interval_seconds > 0) {
     seer::PrefillClient* prefill_client = client->get();
     config.watch_health = [prefill_client](std::function<void(bool)> set_serving) {
       auto was_serving = std::make_shared<bool>(true);
       prefill_client->WatchHealth([set_serving, was_serving](bool any, const std::string& why) {
         if (!any) {
-          std::fprintf(stderr, "seer-decode: no prefill endpoint can serve (%s): health NOT_SERVING\n", why.c_str());
+          seer::LogEvent(seer::LogLevel::kError, "no prefill endpoint can serve: health NOT_SERVING",
+                         ReasonField(why));
         } else if (!*was_serving) {
-          std::fprintf(stderr, "seer-decode: a prefill endpoint serves again (%s): health SERVING\n", why.c_str());
+          seer::LogEvent(seer::LogLevel::kInfo, "a prefill endpoint serves again: health SERVING",
+                         ReasonField(why));
         }
         *was_serving = any;
         set_serving(any);

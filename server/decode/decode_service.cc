@@ -12,6 +12,7 @@
 #include "kernels/sampling/sampler.h"
 #include "rpc/grpc_status.h"
 #include "server/common/request_log.h"
+#include "server/common/logging.h"
 #include "server/common/stream_reactor.h"
 #include "text/prompt.h"
 #include "text/text_stream.h"
@@ -352,10 +353,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
 
   void OnWriteStall(double stall_seconds) override {
     metrics_->write_stalls.Increment();
-    std::fprintf(stderr,
-                 "seer-decode: request %s from %s: the client read nothing for %.3g s (--write-stall-seconds); "
-                 "stream cancelled after %.1f s\n",
-                 request_id_.c_str(), peer_.c_str(), stall_seconds, Seconds(Clock::now() - arrived_));
+    LogWriteStall(request_id_, peer_, stall_seconds, Seconds(Clock::now() - arrived_));
   }
 
   void OnStreamDone(const grpc::Status& status) override {

@@ -93,6 +93,9 @@ class DecodeService final : public v1::DecodeService::CallbackService {
   // has paged decode enabled. Until then every call gets UNAVAILABLE.
   Status SetEngine(Engine* engine);
   void Shutdown();
+  // The server's drain time ran out: streams gRPC cancels from now on are
+  // reported UNAVAILABLE (the server stopped), not CANCELLED.
+  void DrainExpired() { watchdog_.MarkServerStopping(); }
 
   // Admission's state, for the load gauges and load metadata.
   const WorkQueue& queue() const { return queue_; }

@@ -29,6 +29,7 @@
 #include "rpc/grpc_status.h"
 #include "rpc/requests.h"
 #include "server/common/listen_socket.h"
+#include "server/common/logging.h"
 #include "server/common/request_log.h"
 
 namespace seer {
@@ -500,7 +501,9 @@ StatusOr<std::unique_ptr<OpenAiHttpServer>> OpenAiHttpServer::Start(const OpenAi
   mg_callbacks callbacks{};
   // civetweb's own errors (a malformed request, a failed write) go to stderr.
   callbacks.log_message = [](const mg_connection*, const char* message) {
-    std::fprintf(stderr, "seer-decode http: %s\n", message);
+    JsonValue f = JsonValue::Object();
+    f.Set("error", JsonValue::String(message));
+    LogEvent(LogLevel::kWarn, "http", f);
     return 1;
   };
   server->ctx_ = mg_start(&callbacks, server.get(), opts);

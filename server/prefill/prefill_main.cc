@@ -188,5 +188,6 @@ int main(int argc, char** argv) {
            engine->device_name() + (warmed.empty() ? std::string() : "; " + warmed);
   };
   config.stop = [&] { service.Shutdown(); };
+  config.drain_expired = [&] { service.DrainExpired(); };
   return seer::Serve(config);
 }

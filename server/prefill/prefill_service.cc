@@ -16,6 +16,7 @@
 #include "rpc/kv_chunk_codec.h"
 #include "rpc/kv_chunk_source.h"
 #include "rpc/kv_wire.h"
+#include "server/common/logging.h"
 #include "server/common/stream_reactor.h"
 #include "server/prefill/layer_dispatcher.h"
 
@@ -697,10 +698,7 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
 
   void OnWriteStall(double stall_seconds) override {
     metrics_->write_stalls.Increment();
-    std::fprintf(stderr,
-                 "seer-prefill: request %s from %s: the client read nothing for %.3g s (--write-stall-seconds); "
-                 "stream cancelled after %.1f s\n",
-                 request_id_.c_str(), peer_.c_str(), stall_seconds, SecondsSince(arrived_));
+    LogWriteStall(request_id_, peer_, stall_seconds, SecondsSince(arrived_));
   }
 
   void OnStreamDone(const grpc::Status& status) override {
@@ -785,7 +783,10 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
 class KvStreamWriter final : public StreamReactor<grpc::ByteBuffer> {
  public:
   KvStreamWriter(PrefillService* service, grpc::CallbackServerContext* context, const grpc::ByteBuffer* raw)
-      : StreamReactor(context, &service->watchdog_), service_(service), anchor_(std::make_shared<Anchor>()) {
+      : StreamReactor(context, &service->watchdog_),
+        service_(service),
+        peer_(context->peer()),
+        anchor_(std::make_shared<Anchor>()) {
     anchor_->writer = this;
     v1::KvStreamRequest request;
     if (raw == nullptr || !DecodeMessage(*raw, &request).ok()) {
@@ -887,10 +888,9 @@ class KvStreamWriter final : public StreamReactor<grpc::ByteBuffer> {
   // stream of the same transfer.
   void OnWriteStall(double stall_seconds) override {
     service_->metrics_->write_stalls.Increment();
-    std::fprintf(stderr,
-                 "seer-prefill: KvStream %d of transfer %llu: the client read nothing for %.3g s "
-                 "(--write-stall-seconds); stream cancelled\n",
-                 index_, static_cast<unsigned long long>(transfer_ != nullptr ? transfer_->id : 0), stall_seconds);
+    LogWriteStall("kv-stream " + std::to_string(index_) + " of transfer " +
+                      std::to_string(transfer_ != nullptr ? transfer_->id : 0),
+                  peer_, stall_seconds, -1);
   }
 
   void OnStreamDone(const grpc::Status& /*status*/) override {
@@ -900,6 +900,7 @@ class KvStreamWriter final : public StreamReactor<grpc::ByteBuffer> {
   }
 
   PrefillService* const service_;
+  const std::string peer_;
   const std::shared_ptr<Anchor> anchor_;
   std::shared_ptr<GrpcKvTransfer> transfer_;
   int index_ = 0;

@@ -109,6 +109,9 @@ class PrefillService final
   // Stops the workers after running what was admitted. Call after the gRPC
   // server has shut down.
   void Shutdown();
+  // The server's drain time ran out: streams gRPC cancels from now on are
+  // reported UNAVAILABLE (the server stopped), not CANCELLED.
+  void DrainExpired() { watchdog_.MarkServerStopping(); }
 
   // Admission's state, for the load gauges and load metadata.
   const WorkQueue& queue() const { return queue_; }

@@ -507,6 +507,44 @@ TEST(TextGenerate, APassedDeadlineIsCountedAsOne) {
   EXPECT_LE(Metric(m, "seer_decode_requests_total{code=\"CANCELLED\"}"), 0);
 }
 
+// A stream still running when --drain-seconds runs out is ended by the
+// server: its request line says UNAVAILABLE with the reason, not CANCELLED
+// ("the client cancelled"), which the error-ratio alert leaves out.
+TEST(TextGenerate, AStreamCutByTheEndOfTheDrainIsTheServersDoing) {
+  const std::string model = std::string(SEER_SOURCE_DIR) + "/models/seer-small";
+  ServerProcess prefill(Bin("seer-prefill"),
+                        {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", model, "--device", "cpu"});
+  ASSERT_TRUE(prefill.Start());
+  ServerProcess decode(Bin("seer-decode"),
+                       {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", model, "--prefill",
+                        prefill.grpc_address(), "--device", "cpu", "--drain-seconds", "1"});
+  ASSERT_TRUE(decode.Start());
+  auto stub =
+      v1::DecodeService::NewStub(grpc::CreateChannel(decode.grpc_address(), grpc::InsecureChannelCredentials()));
+  v1::GenerateRequest req;
+  req.set_text("The sky is");
+  req.set_max_new_tokens(4000);
+  req.set_request_id("cut-by-drain");
+  req.mutable_sampling()->set_temperature(0.0f);
+  grpc::ClientContext ctx;
+  auto reader = stub->Generate(&ctx, req);
+  v1::GenerateResponse msg;
+  ASSERT_TRUE(reader->Read(&msg));
+  decode.Signal(SIGTERM);
+  int more = 0;
+  while (reader->Read(&msg)) ++more;
+  EXPECT_FALSE(reader->Finish().ok()) << more << " messages after the signal";
+  EXPECT_EQ(decode.Wait(), 0) << decode.Output();
+  bool found = false;
+  for (const std::string& line : decode.ErrLines()) {
+    if (line.find("\"request_id\":\"cut-by-drain\"") == std::string::npos) continue;
+    found = true;
+    EXPECT_NE(line.find("\"code\":\"UNAVAILABLE\""), std::string::npos) << line;
+    EXPECT_NE(line.find("--drain-seconds"), std::string::npos) << line;
+  }
+  EXPECT_TRUE(found) << decode.Output();
+}
+
 TEST(TextGenerate, WithoutATokenizerTextIsRefusedAndIdsStillWork) {
   Servers s;
   ASSERT_TRUE(s.Start({"--tokenizer", "none"}));

@@ -196,6 +196,16 @@ TEST(Robustness, ClientsThatNeverReadCannotGrowThePrefillPastItsBudget) {
   const int64_t bound = rss_before + kBudget + (int64_t{48} << 20);
   for (int64_t rss : {first.rss_held, first.rss_after, second.rss_held, second.rss_after}) EXPECT_LT(rss, bound);
   EXPECT_EQ(MetricOf(prefill, "seer_prefill_requests_total{code=\"CANCELLED\"}"), first.admitted + second.admitted);
+  // Their request log lines name the client, though gRPC forgets the peer of
+  // a cancelled call (the log took it while the call was alive).
+  int cancelled_lines = 0;
+  for (const std::string& line : prefill.ErrLines()) {
+    if (line.find("\"msg\":\"request\"") == std::string::npos || line.find("\"code\":\"CANCELLED\"") == std::string::npos)
+      continue;
+    ++cancelled_lines;
+    EXPECT_NE(line.find("\"peer\":\"ipv4:127.0.0.1:"), std::string::npos) << line;
+  }
+  EXPECT_EQ(cancelled_lines, first.admitted + second.admitted);
   // Still serving those who read.
   EXPECT_TRUE(ReadAll(stub.get(), PrefillOf(1024, 999)).ok());
   prefill.Signal(SIGTERM);
