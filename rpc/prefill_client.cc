@@ -911,6 +911,17 @@ Status PrefillClient::FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& re
 
   const std::string where = "prefill endpoint " + endpoint.target;
   if (!protocol.ok()) {
+    if (protocol.code() == StatusCode::kFailedPrecondition && !canceller->cancelled()) {
+      // The endpoint serves another model, or a layout this worker cannot
+      // read: a fault of the deployment, not of the request. Another
+      // endpoint may serve it; if none does the request ends UNAVAILABLE.
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        endpoint.avoid_until = Clock::now() + kAvoidAfterRefusal;
+      }
+      *outcome = Outcome::kRetry;
+      return protocol.WithContext(where);
+    }
     // A KvStream that broke mid-transfer is a broken stream like stream 0's.
     if (protocol.code() == StatusCode::kUnavailable && options_.retry_broken_streams && !canceller->cancelled())
       *outcome = Outcome::kRetry;
@@ -938,6 +949,17 @@ Status PrefillClient::FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& re
 }
 
 // --- health ------------------------------------------------------------------
+
+std::string PrefillModelHealthName(uint64_t fingerprint) {
+  char hex[17];
+  std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(fingerprint));
+  return std::string("seer.v1.PrefillService/model/") + hex;
+}
+
+void PrefillClient::ExpectModel(uint64_t fingerprint) {
+  std::lock_guard<std::mutex> lock(mu_);
+  health_service_ = PrefillModelHealthName(fingerprint);
+}
 
 bool PrefillClient::AnyUpLocked(std::string* why) const {
   bool any = false;
@@ -975,6 +997,7 @@ void PrefillClient::HealthLoop() {
   };
   std::unique_lock<std::mutex> lock(mu_);
   while (!stopping_) {
+    const std::string service = health_service_;
     lock.unlock();
     // One round: every endpoint at once, each within the timeout.
     std::vector<std::unique_ptr<Check>> checks;
@@ -984,7 +1007,7 @@ void PrefillClient::HealthLoop() {
     for (const auto& e : endpoints_) {
       auto c = std::make_unique<Check>();
       c->context.set_deadline(std::chrono::system_clock::now() + timeout);
-      c->request.set_service("seer.v1.PrefillService");
+      c->request.set_service(service);
       Check* raw = c.get();
       checks.push_back(std::move(c));
       e->health->async()->Check(&raw->context, &raw->request, &raw->response, [&, raw](grpc::Status s) {
@@ -1009,9 +1032,14 @@ void PrefillClient::HealthLoop() {
         e.health_state = "SERVING";
       } else {
         ++e.failed_checks;
-        e.health_state = c.status.ok()
-                             ? "NOT_SERVING"
-                             : std::string(GrpcCodeName(c.status.error_code())) + " (" + c.status.error_message() + ")";
+        if (c.status.ok()) {
+          e.health_state = "NOT_SERVING";
+        } else if (c.status.error_code() == grpc::StatusCode::NOT_FOUND && service != "seer.v1.PrefillService") {
+          e.health_state = "serves another model (no " + service + ")";
+        } else {
+          e.health_state =
+              std::string(GrpcCodeName(c.status.error_code())) + " (" + c.status.error_message() + ")";
+        }
         if (e.failed_checks >= kFailedChecksForDown) {
           e.down = true;
           e.health_state += ", " + std::to_string(e.failed_checks) + " checks in a row";

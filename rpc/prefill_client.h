@@ -160,6 +160,12 @@ class PrefillClient {
   // `why` names each endpoint's state. Needs health_interval_seconds > 0.
   void WatchHealth(std::function<void(bool any_reachable, const std::string& why)> on_change);
 
+  // From now on the health checks ask for this model's name
+  // (PrefillModelHealthName): an endpoint that serves another checkpoint
+  // answers NOT_FOUND and counts as down, so a worker whose prefill servers
+  // all serve another model is NOT_SERVING instead of failing every request.
+  void ExpectModel(uint64_t fingerprint);
+
   const std::vector<std::string>& targets() const { return targets_; }
 
   // Reports transfers to `observer` (not owned; outlives the client). Set
@@ -224,8 +230,14 @@ class PrefillClient {
   bool stopping_ = false;
   std::function<void(bool, const std::string&)> on_health_;
   bool health_known_ = false, any_up_ = true;
+  std::string health_service_ = "seer.v1.PrefillService";  // what the checks ask for
   std::thread health_thread_;
 };
+
+// The grpc.health.v1 service name a prefill server serving the checkpoint
+// with this fingerprint (Engine::fingerprint) reports SERVING under, beside
+// "seer.v1.PrefillService": "seer.v1.PrefillService/model/0123456789abcdef".
+std::string PrefillModelHealthName(uint64_t fingerprint);
 
 // Splits and checks a --prefill list.
 StatusOr<std::vector<std::string>> ParsePrefillTargets(const std::string& targets);

@@ -1,7 +1,7 @@
 // The services in this process, on loopback port 0: health before and after
 // the model loads, reflection, field validation (INVALID_ARGUMENT naming the
 // field), the admission queue (RESOURCE_EXHAUSTED at once when full), a
-// layout mismatch (FAILED_PRECONDITION), endpoint fail-over, and a cancelled
+// layout mismatch (UNAVAILABLE: the deployment's fault), endpoint fail-over, and a cancelled
 // stream stopping the engine. The engines are the real CPU engine, wrapped
 // where a test needs to hold or count its work.
 #include <gtest/gtest.h>
@@ -583,9 +583,11 @@ TEST(Service, APrefillCancelledWhileWaitingForTheEngineNeverRunsIt) {
   EXPECT_EQ(engine.entered(), 1) << "the cancelled prefill still ran the engine";
 }
 
-TEST(Service, LayoutMismatchIsFailedPrecondition) {
+TEST(Service, LayoutMismatchIsUnavailableNamingTheFingerprints) {
   // Same KV shapes (2 layers, 1 KV head, head_dim 64, vocab 128), different
-  // checkpoints: only the fingerprint tells them apart.
+  // checkpoints: only the fingerprint tells them apart. A prefill of another
+  // model is the deployment's fault: UNAVAILABLE (retryable elsewhere), with
+  // the endpoint's FAILED_PRECONDITION in the message.
   std::unique_ptr<Engine> llama = LoadEngine(Path("llama"));
   std::unique_ptr<Engine> qwen = LoadEngine(Path("qwen2"));
   ASSERT_TRUE(llama && qwen);
@@ -595,7 +597,8 @@ TEST(Service, LayoutMismatchIsFailedPrecondition) {
   for (int i = 0; i < 20; ++i) req.add_token_ids(i);
   req.set_max_new_tokens(3);
   grpc::Status s = CallGenerate(decode.Stub().get(), req);
-  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+  EXPECT_NE(s.error_message().find("FAILED_PRECONDITION"), std::string::npos) << s.error_message();
   EXPECT_NE(s.error_message().find("model_fingerprint"), std::string::npos) << s.error_message();
   EXPECT_NE(s.error_message().find(prefill.server->address()), std::string::npos) << s.error_message();
 }

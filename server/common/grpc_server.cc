@@ -217,8 +217,17 @@ std::shared_ptr<grpc::Channel> GrpcServer::InProcessChannel() const {
 void GrpcServer::SetServing(bool serving) {
   grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
   if (health == nullptr) return;
+  std::lock_guard<std::mutex> lock(names_mu_);
   health->SetServingStatus("", serving);
   for (const std::string& name : service_names_) health->SetServingStatus(name, serving);
+}
+
+void GrpcServer::AddHealthName(const std::string& name) {
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  if (health == nullptr) return;
+  std::lock_guard<std::mutex> lock(names_mu_);
+  service_names_.push_back(name);
+  health->SetServingStatus(name, false);
 }
 
 void GrpcServer::Shutdown(double drain_seconds, std::function<void()> drain_expired) {

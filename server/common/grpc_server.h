@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -74,6 +75,10 @@ class GrpcServer {
 
   // Health of "" and of every service name.
   void SetServing(bool serving);
+  // One more name whose health follows the others' (from the next
+  // SetServing; NOT_SERVING until then): seer-prefill's
+  // PrefillModelHealthName once its model has loaded.
+  void AddHealthName(const std::string& name);
   // Health goes to NOT_SERVING, new calls are refused, in-flight calls get up
   // to `drain_seconds` to finish, then the rest are cancelled. Returns once
   // every call is done.
@@ -85,6 +90,7 @@ class GrpcServer {
   GrpcServer() = default;
   std::unique_ptr<grpc::Service> reflection_v1_;  // outlives server_ (declared first)
   std::unique_ptr<grpc::Server> server_;
+  std::mutex names_mu_;  // service_names_ and the health statuses set from them
   std::vector<std::string> service_names_;
   std::string address_;
   int port_ = 0;

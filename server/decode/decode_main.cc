@@ -350,6 +350,8 @@ int main(int argc, char** argv) {
       }
     }
     SEER_RETURN_IF_ERROR(service.SetEngine(engine.get()));
+    // Prefill servers of another checkpoint count as down from now on.
+    (*client)->ExpectModel(engine->fingerprint());
     seer::AddDeviceMemoryGauges(*metrics.server.scrape_time, *engine);
     std::string batching = "decode unbatched (--max-batch 0)";
     if (const seer::PagePool* pool = engine->page_pool()) {

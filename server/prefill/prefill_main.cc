@@ -8,6 +8,7 @@
 #include "base/flags.h"
 #include "engine/engine.h"
 #include "engine/model/model_config.h"
+#include "rpc/prefill_client.h"
 #include "rpc/requests.h"
 #include "server/common/grpc_server.h"
 #include "server/common/metrics.h"
@@ -168,6 +169,11 @@ int main(int argc, char** argv) {
                                        [&queue] { return queue.max_waiting(); });
   metrics.server.scrape_time->AddGauge("seer_prefill_max_concurrent", "--max-concurrent: slots.", {},
                                        [&queue] { return queue.workers(); });
+  seer::GrpcServer* grpc_server = nullptr;
+  config.started = [&](seer::GrpcServer& server) {
+    grpc_server = &server;
+    return seer::OkStatus();
+  };
   config.load = [&]() -> seer::StatusOr<std::string> {
     seer::EngineOptions eo;
     eo.model_dir = model;
@@ -180,6 +186,9 @@ int main(int argc, char** argv) {
       SEER_ASSIGN_OR_RETURN(warmed, engine->WarmUp(static_cast<int>(limits.max_prompt_tokens)));
     }
     SEER_RETURN_IF_ERROR(service.SetEngine(engine.get()));
+    // Decode workers check that this server serves their checkpoint by
+    // asking for its health under the model's name.
+    if (grpc_server != nullptr) grpc_server->AddHealthName(seer::PrefillModelHealthName(engine->fingerprint()));
     seer::AddDeviceMemoryGauges(*metrics.server.scrape_time, *engine);
     // A stream's KV cache outlives its --max-concurrent slot until its client
     // has read it; what bounds them all is the streams' budget.

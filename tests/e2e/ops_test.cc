@@ -502,6 +502,52 @@ TEST(Operations, MetricsAndTheHttpApiServeTheGrpcCertificate) {
   EXPECT_EQ(without_created(*plain_models), without_created(*models));
 }
 
+// A prefill server of another checkpoint (here: the fixture with one weight
+// byte changed) is a deployment fault, not the caller's: the decode worker's
+// health asks for its own model's name, so it turns NOT_SERVING (/readyz
+// 503) with the reason, and a request still sent ends UNAVAILABLE (retryable
+// elsewhere, counted by the error-ratio alert) naming the fingerprints, not
+// FAILED_PRECONDITION (HTTP 400, "your request is wrong"). Reference: the same
+// pair on the unchanged fixture serves (the other tests).
+TEST(Operations, APrefillOfAnotherModelMakesTheDecodeWorkerUnready) {
+  const std::string other = seer::testing::TempDir("other_model");
+  std::filesystem::copy(Path("llama"), other, std::filesystem::copy_options::recursive);
+  {
+    std::fstream f(other + "/model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(-7, std::ios::end);
+    char c = 0;
+    f.read(&c, 1);
+    f.seekp(-7, std::ios::end);
+    c = static_cast<char>(c ^ 0x01);
+    f.write(&c, 1);
+  }
+  std::vector<std::string> prefill_args = ServerArgs();
+  prefill_args[5] = other;  // --model
+  ServerProcess prefill(Bin("seer-prefill"), prefill_args);
+  ASSERT_TRUE(prefill.Start());
+  ServerProcess decode(Bin("seer-decode"),
+                       ServerArgs({"--prefill", prefill.grpc_address(), "--http", "127.0.0.1:0"}));
+  ASSERT_TRUE(decode.Start());
+  std::string readyz;
+  for (int i = 0; i < 100 && (readyz = Probe(decode.metrics_address(), "/readyz")).find(" 503 ") == std::string::npos;
+       ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_NE(readyz.find("HTTP/1.1 503"), std::string::npos) << readyz;
+  EXPECT_TRUE(decode.WaitForErrLines({"no prefill endpoint can serve", "serves another model"}, 1, 5s))
+      << decode.Output();
+  CommandResult refused = RunCommand({Bin("seer"), "generate", "--addr", decode.grpc_address(), "--ids", "5,6",
+                                      "--max-new-tokens", "2", "--timeout", "20"});
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_NE(refused.err.find("UNAVAILABLE"), std::string::npos) << refused.err;
+  EXPECT_NE(refused.err.find("model_fingerprint"), std::string::npos) << refused.err;
+  StatusOr<std::string> http = seer::testing::HttpRequest(decode.http_address(), "POST", "/v1/completions",
+                                                          R"({"prompt": [5, 6], "max_tokens": 2})");
+  ASSERT_FALSE(http.ok());
+  EXPECT_NE(http.status().message().find(" 503 "), std::string::npos) << http.status().ToString();
+  std::filesystem::remove_all(other);
+}
+
 // --- metrics, version, ports -------------------------------------------------
 
 TEST(Operations, MetricsHaveLoadMemoryProcessAndBuildSeriesFromTheStart) {
