@@ -151,6 +151,31 @@ for (const g of rules.groups)
     }
   }
 
+// The Prometheus Adapter's rules, as the adapter would run them for one pod
+// (here the labels the scrape has: no namespace or pod, so the matchers are
+// the job's), and every Pods metric the HPAs scale on is one they serve.
+const yamlLib = await import('yaml');
+const adapter = yamlLib.parse(readFileSync(join(root, 'deploy/observability/prometheus-adapter-rules.yaml'), 'utf8'));
+const served = new Set();
+for (const rule of adapter.rules.custom) {
+  const selector = rule.seriesQuery.replace(/,?\s*(namespace|pod)!=""/g, '');
+  const names = [...new Set((await query(`count by (__name__) (${selector})`)).map((r) => r.metric.__name__))];
+  if (names.length === 0) exprs.push({ from: `adapter seriesQuery ${rule.seriesQuery}`, expr: selector });
+  for (const name of names) {
+    const as = rule.name.as.replace('${1}', name.match(new RegExp(rule.name.matches ?? '^(.*)$'))?.[1] ?? name);
+    served.add(as);
+    exprs.push({ from: `adapter metric ${as}`,
+                 expr: rule.metricsQuery.replaceAll('<<.Series>>', name)
+                   .replaceAll('<<.LabelMatchers>>', 'job!=""').replaceAll('<<.GroupBy>>', 'job') });
+  }
+}
+for (const hpa of yamlLib.parseAllDocuments(readFileSync(join(root, 'deploy/base/hpa.yaml'), 'utf8')).map((d) => d.toJS()))
+  for (const m of hpa.spec.metrics)
+    if (m.type === 'Pods' && !served.has(m.pods.metric.name)) {
+      console.error(`HPA ${hpa.metadata.name} scales on ${m.pods.metric.name}, which no adapter rule serves`);
+      process.exit(1);
+    }
+
 const empty = [];
 for (const e of exprs) {
   let n = 0;
