@@ -10,7 +10,7 @@
 //   transport  "grpc" | "nccl"                 (KvTransportLabel)
 //   wire       "bf16" | "f32" | "f16" | "fp8"  (the encoding on the wire)
 //   side       "send" (seer-prefill) | "receive" (seer-decode)
-//   reason     (failures) "peer_lost" | "timeout" | "aborted" | "setup" | "protocol" | "cancelled"
+//   reason     (failures) "peer_lost" | "timeout" | "aborted" | "protocol" | "cancelled"
 //   offered    (fallbacks) the transport asked for and not used
 #pragma once
 

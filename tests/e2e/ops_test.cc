@@ -581,6 +581,10 @@ TEST(Operations, MetricsHaveLoadMemoryProcessAndBuildSeriesFromTheStart) {
   // CPU, in pages of 64 positions of the fixture's layout (2 layers x K and V
   // x 1 KV head x 64 x 4 bytes a position).
   EXPECT_EQ(Metric(*p, "seer_kv_cache_capacity_bytes"), 100000000);
+  EXPECT_EQ(Metric(*p, "seer_stream_max_buffered_bytes"), 100000000);
+  EXPECT_EQ(Metric(*d, "seer_stream_max_buffered_bytes"), 256 << 20);  // seer-decode's default
+  EXPECT_EQ(Metric(*p, "seer_stream_buffered_bytes"), 0);
+  EXPECT_EQ(Metric(*d, "seer_stream_buffered_bytes"), 0);
   const double page_bytes = 2.0 * 2 * 64 * 4 * 64;
   EXPECT_EQ(Metric(*d, "seer_kv_pages_total"), std::floor((256 << 20) / page_bytes));
   EXPECT_EQ(Metric(*d, "seer_kv_pages_used"), 0);

@@ -44,7 +44,7 @@ const startServer = (name, extra) =>
   start(join(bin, name), ['--listen', '127.0.0.1:0', '--metrics', '127.0.0.1:0', '--model', join(fixtures, 'llama'),
                           '--device', 'cpu', ...extra], (out) => {
     const m = out.match(/listening on (\S+) metrics on (\S+)/);
-    return m && out.includes(' ready: ') ? { grpc: m[1], metrics: m[2] } : null;
+    return m && out.includes(' ready: ') ? { grpc: m[1], metrics: m[2], http: out.match(/ http on (\S+)/)?.[1] } : null;
   });
 
 function freePort() {
@@ -69,7 +69,7 @@ execFileSync('bash', [join(root, 'tests/ops/make_test_pki.sh'), dir, 'obs']);
 const prefill = await startServer('seer-prefill', ['--gates', join(fixtures, 'llama_gates'),
   '--tls-cert', join(dir, 'obs-server.crt'), '--tls-key', join(dir, 'obs-server.key'), '--metrics-tls']);
 const decode = await startServer('seer-decode', ['--prefill', prefill.grpc,
-  '--prefill-tls-ca', join(dir, 'obs-ca.crt')]);
+  '--prefill-tls-ca', join(dir, 'obs-ca.crt'), '--http', '127.0.0.1:0']);
 // Recording rules every second here (30 s in the cluster).
 writeFileSync(join(dir, 'seer-rules-ci.yaml'), rulesFile('1s'));
 writeFileSync(join(dir, 'prometheus.yml'), `global:
@@ -122,6 +122,10 @@ for (let i = 0; i < 6; ++i) {
 // fp8 asked of a prefill without --allow-kv-fp8: served in bf16, counted as a fallback.
 if (seer(['--ids', '5,6,7,8,9', '--max-new-tokens', '2', '--kv-wire', 'fp8']) !== 0) throw new Error('the fp8 request failed');
 if (seer(['--ids', '1,2,999', '--max-new-tokens', '2']) !== 1) throw new Error('the bad request did not fail');
+// One answer of the OpenAI HTTP API (seer_http_requests_total).
+const completion = await fetch(`http://${decode.http}/v1/completions`, {
+  method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ prompt: [5, 6, 7], max_tokens: 2 }) });
+if (completion.status !== 200) throw new Error(`the HTTP completion failed: ${completion.status} ${await completion.text()}`);
 await waitFor('the requests scraped',
               async () => (await query('sum(seer_decode_requests_total) >= 8 and sum(seer_prefill_requests_total) >= 7')).length > 0);
 
