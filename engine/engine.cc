@@ -283,6 +283,21 @@ StatusOr<std::string> Engine::WarmUp(int max_tokens) {
 
 StatusOr<std::string> Engine::RunWarmUp(int) { return std::string(); }
 
+Status CheckDeviceName(std::string_view device) {
+  if (device == "cpu" || device == "auto") return OkStatus();
+  if (device == "cuda" || device.rfind("cuda:", 0) == 0) {
+    SEER_ASSIGN_OR_RETURN(const int index, ParseCudaDeviceIndex(device));
+    (void)index;
+#ifdef SEER_HAVE_CUDA
+    return OkStatus();
+#else
+    return Unimplemented("device '" + std::string(device) +
+                         "': this build has no CUDA backend (configure on a host with nvcc); use --device cpu");
+#endif
+  }
+  return InvalidArgument("device: expected cpu, cuda, cuda:N or auto, got '" + std::string(device) + "'");
+}
+
 StatusOr<std::unique_ptr<Engine>> CreateEngine(const EngineOptions& options) {
   std::string device = options.device;
   if (device == "auto") {

@@ -276,4 +276,9 @@ StatusOr<std::unique_ptr<Engine>> CreateEngine(const EngineOptions& options);
 // "cuda" -> 0, "cuda:N" -> N; INVALID_ARGUMENT for anything else.
 StatusOr<int> ParseCudaDeviceIndex(std::string_view device);
 
+// Whether CreateEngine can take `device` in this build, before any model is
+// read: cpu, auto, or (with a CUDA backend) cuda / cuda:N. INVALID_ARGUMENT
+// naming the accepted values, or UNIMPLEMENTED for cuda without CUDA.
+Status CheckDeviceName(std::string_view device);
+
 }  // namespace seer

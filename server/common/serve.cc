@@ -75,7 +75,8 @@ int Serve(const ServeConfig& config) {
   StatusOr<std::unique_ptr<GrpcServer>> server = GrpcServer::Start(std::move(options));
   if (!server.ok()) {
     LogEvent(LogLevel::kError, "cannot start", Fields({{"error", JsonValue::String(server.status().ToString())}}));
-    return 1;
+    // A malformed --listen is a usage error; a port that cannot be bound is not.
+    return server.status().code() == StatusCode::kInvalidArgument ? 2 : 1;
   }
   // Health is SERVING once the model has loaded, while what watch_health
   // watches is fine, until the drain starts. The watcher may outlive this

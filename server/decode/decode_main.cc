@@ -203,6 +203,24 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "seer-decode: --model and --prefill are required\n\n%s", flags.Help().c_str());
     return 2;
   }
+  // What can be refused before the ports bind is refused now, with exit 2.
+  if (std::string host; !http.empty()) {
+    int port = 0;
+    if (seer::Status s = seer::SplitHostPort(http, "--http", &host, &port); !s.ok()) {
+      std::fprintf(stderr, "seer-decode: %s\n", s.message().c_str());
+      return 2;
+    }
+  }
+  if (seer::Status s = seer::CheckDeviceName(device); !s.ok()) {
+    std::fprintf(stderr, "seer-decode: --%s\n", s.message().c_str());
+    return 2;
+  }
+  if (std::error_code ec;
+      !tokenizer_path.empty() && tokenizer_path != "none" && !std::filesystem::exists(tokenizer_path, ec)) {
+    std::fprintf(stderr, "seer-decode: --tokenizer: '%s' does not exist (\"none\": no tokenizer)\n",
+                 tokenizer_path.c_str());
+    return 2;
+  }
   seer::DecodeServiceOptions options;
   options.max_concurrent = static_cast<int>(max_concurrent);
   options.max_queue = static_cast<int>(max_queue);

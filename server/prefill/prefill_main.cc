@@ -2,6 +2,7 @@
 // streaming each prompt's KV cache layer by layer (docs/SERVICE.md).
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -99,6 +100,15 @@ int main(int argc, char** argv) {
   }
   if (model.empty()) {
     std::fprintf(stderr, "seer-prefill: --model is required\n\n%s", flags.Help().c_str());
+    return 2;
+  }
+  // What can be refused before the ports bind is refused now, with exit 2.
+  if (seer::Status s = seer::CheckDeviceName(device); !s.ok()) {
+    std::fprintf(stderr, "seer-prefill: --%s\n", s.message().c_str());
+    return 2;
+  }
+  if (std::error_code ec; !gates.empty() && !std::filesystem::is_directory(gates, ec)) {
+    std::fprintf(stderr, "seer-prefill: --gates: '%s' is not a directory\n", gates.c_str());
     return 2;
   }
   seer::PrefillServiceOptions options;

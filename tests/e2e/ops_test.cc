@@ -402,6 +402,24 @@ TEST(Operations, ServerFlagsAreChecked) {
       {Bin("seer-decode"), "--model", Path("llama"), "--prefill", "127.0.0.1:1", "--prefill-timeout", "nan"});
   EXPECT_EQ(timeout.exit_code, 2) << timeout.err;
   EXPECT_NE(timeout.err.find("--prefill-timeout: expected a finite number"), std::string::npos) << timeout.err;
+  // Refused before the ports bind, as usage errors (exit 2), not after them
+  // as a failed start (exit 1).
+  const std::vector<std::pair<std::vector<std::string>, std::string>> early = {
+      {{Bin("seer-prefill"), "--model", Path("llama"), "--device", "gpu"}, "--device: expected cpu, cuda"},
+      {{Bin("seer-decode"), "--model", Path("llama"), "--prefill", "127.0.0.1:1", "--device", "gpu"},
+       "--device: expected cpu, cuda"},
+      {{Bin("seer-prefill"), "--model", Path("llama"), "--gates", "/nonexistent"}, "--gates: '/nonexistent'"},
+      {{Bin("seer-decode"), "--model", Path("llama"), "--prefill", "127.0.0.1:1", "--tokenizer", "/nonexistent"},
+       "--tokenizer: '/nonexistent' does not exist"},
+      {{Bin("seer-prefill"), "--model", Path("llama"), "--listen", "127.0.0.1:99999"}, "--listen"},
+      {{Bin("seer-decode"), "--model", Path("llama"), "--prefill", "127.0.0.1:1", "--http", "127.0.0.1:99999"},
+       "--http"},
+  };
+  for (const auto& [cmd, says] : early) {
+    CommandResult r = RunCommand(cmd);
+    EXPECT_EQ(r.exit_code, 2) << cmd[0] << " " << says << ": " << r.err;
+    EXPECT_NE(r.err.find(says), std::string::npos) << r.err;
+  }
   CommandResult client =
       RunCommand({Bin("seer"), "generate", "--addr", "127.0.0.1:1", "--ids", "1", "--timeout", "-1"});
   EXPECT_EQ(client.exit_code, 2) << client.err;
