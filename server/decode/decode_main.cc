@@ -407,6 +407,7 @@ int main(int argc, char** argv) {
       seer::OpenAiHttpOptions ho;
       ho.listen = http;
       ho.model_name = served_model_name;
+      ho.max_request_bytes = static_cast<size_t>(config.max_receive_bytes);
       if (!http_plaintext_with_tls) ho.tls = common.tls;
       ho.registry = registry.get();
       SEER_ASSIGN_OR_RETURN(http_server, seer::OpenAiHttpServer::Start(ho, http_backend.get()));

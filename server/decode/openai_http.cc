@@ -124,12 +124,14 @@ void InOpenAiTerms(bool chat, const std::string& max_key, HttpError* e) {
     name = max_key;
   } else if (field == "token_ids" || field == "text" || field == "text_reply") {
     name = chat ? "messages" : "prompt";
+  } else if (field.rfind("token_ids[", 0) == 0) {
+    name = chat ? "messages" : "prompt" + field.substr(9);  // prompt[3]: the id the request sent
   } else if (field.rfind("sampling.", 0) == 0) {
     name = field.substr(9);
   } else if (field.rfind("sparsity.", 0) == 0) {
     name = "seer_sparsity";
   } else if (field.rfind("stop[", 0) == 0) {
-    name = "stop";
+    name = field;  // stop[1]: the request's own index
   } else if (field == "request_id") {
     name = "user";
   }
@@ -308,13 +310,19 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
       return Invalid(max_key, std::string(max_key) + ": must be a positive integer, got " + max_field->Dump());
     }
     // The server's --max-new-tokens refuses what is too large, by name.
-    g.set_max_new_tokens(max_tokens > INT32_MAX ? INT32_MAX : static_cast<int32_t>(max_tokens));
+    if (max_tokens > INT32_MAX) {
+      return Invalid(max_key, std::string(max_key) + ": " + max_field->Dump() + " is more than this server takes");
+    }
+    g.set_max_new_tokens(static_cast<int32_t>(max_tokens));
   }
   double temperature = 1.0, top_p = 1.0, n = 1.0;
   if (auto e = number("temperature", 1.0, &temperature)) return e;
   if (auto e = number("top_p", 1.0, &top_p)) return e;
   if (auto e = number("n", 1.0, &n)) return e;
   if (n != 1.0) return Invalid("n", "n: only 1 is supported");
+  if (!(top_p >= 0.0 && top_p <= 1.0)) {
+    return Invalid("top_p", "top_p: " + root.Find("top_p")->Dump() + " is out of range [0, 1]");
+  }
   g.mutable_sampling()->set_temperature(ToFloat(temperature));
   // On the wire top_p 0 means 1 (no cut); OpenAI's top_p 0 keeps the most
   // likely token, as the smallest positive value does here.
@@ -625,6 +633,15 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
   std::optional<HttpError> bad = chat ? ParseChat(*root, options_.default_max_tokens, &req)
                                       : ParseCompletion(*root, options_.default_max_tokens, &req);
   if (bad) return SendError(conn, *bad);
+  if (const size_t bytes = req.generate.ByteSizeLong();
+      options_.max_request_bytes > 0 && bytes > options_.max_request_bytes) {
+    const char* field = chat ? "messages" : "prompt";
+    HttpError e = Invalid(field, std::string(field) + ": " + std::to_string(bytes) +
+                                     " bytes of request, more than the longest prompt this model takes can be (" +
+                                     std::to_string(options_.max_request_bytes) + ")");
+    e.code = "context_length_exceeded";
+    return SendError(conn, e);
+  }
   if (!req.model.empty() && req.model != options_.model_name) {
     HttpError e{404, "The model `" + req.model + "` does not exist; this server serves `" + options_.model_name + "`"};
     e.param = "model";

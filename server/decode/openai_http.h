@@ -74,6 +74,10 @@ struct OpenAiHttpOptions {
   // OpenAI's default for completions; a chat without a limit gets the
   // server's --default-max-new-tokens.
   int default_max_tokens = 16;
+  // The gRPC server's receive limit (the largest valid request and a
+  // margin); a request larger than it is refused here as a prompt too long
+  // for the model (400, context_length_exceeded). 0: no check.
+  size_t max_request_bytes = 0;
   // Enabled: the API is HTTPS with these files (TlsFront; mutual TLS with
   // client_ca), and civetweb listens on loopback behind it.
   ServerTlsOptions tls;

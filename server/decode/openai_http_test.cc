@@ -20,6 +20,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include <prometheus/registry.h>
@@ -400,10 +401,11 @@ TEST_F(OpenAiHttp, TheWireCarriesOpenAisMeanings) {
   PostJson("/v1/chat/completions",
            R"({"messages": [{"role": "user", "content": "Hi"}], "max_completion_tokens": 4, "max_tokens": 3})", 200);
   EXPECT_EQ(backend.Last().max_new_tokens(), 4);
-  // Too large for the wire: the largest it holds, which the server's own
-  // --max-new-tokens then refuses by name.
-  PostJson("/v1/completions", R"({"prompt": "x", "max_tokens": 1e300})", 200);
-  EXPECT_EQ(backend.Last().max_new_tokens(), INT32_MAX);
+  // Too large for the wire: refused here, naming the value as sent (not
+  // clamped to a number the client never sent).
+  const JsonValue huge = PostJson("/v1/completions", R"({"prompt": "x", "max_tokens": 1e300})", 400);
+  EXPECT_EQ(huge.Find("error")->Find("param")->as_string(), "max_tokens");
+  EXPECT_NE(huge.Find("error")->Find("message")->as_string().find("1e+300"), std::string::npos) << huge.Dump();
   const JsonValue fraction = PostJson("/v1/completions", R"({"prompt": "x", "max_tokens": 2.5})", 400);
   EXPECT_EQ(fraction.Find("error")->Find("param")->as_string(), "max_tokens");
   EXPECT_NE(fraction.Find("error")->Find("message")->as_string().find("2.5"), std::string::npos);
@@ -444,10 +446,63 @@ TEST_F(OpenAiHttp, GenerateErrorsNameTheRequestsOwnFields) {
                                "max_position_embeddings 8192");
   EXPECT_EQ(error_of("/v1/completions", completion).Find("code")->as_string(), "context_length_exceeded");
   backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "stop[1]: 300 bytes, need 1 to 256");
-  EXPECT_EQ(error_of("/v1/completions", completion).Find("param")->as_string(), "stop");
+  EXPECT_EQ(error_of("/v1/completions", completion).Find("param")->as_string(), "stop[1]");
+  // A token id out of the vocabulary is named by its place in the prompt.
+  backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "token_ids[2]: 5000 is out of range [0, 128)");
+  e = error_of("/v1/completions", R"({"prompt": [1, 2, 5000]})");
+  EXPECT_EQ(e.Find("param")->as_string(), "prompt[2]");
+  EXPECT_EQ(e.Find("message")->as_string(), "prompt[2]: 5000 is out of range [0, 128)");
   backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "sparsity.nz_ratio: 2 is out of range");
   EXPECT_EQ(error_of("/v1/completions", completion).Find("param")->as_string(), "seer_sparsity");
   backend.error = grpc::Status::OK;
+}
+
+// Values the HTTP layer refuses itself, in OpenAI's meanings: top_p outside
+// [0, 1] (over gRPC 0 would mean 1, which the message must not say), a
+// max_tokens no int32 holds (named as sent, not clamped), and a prompt larger
+// than the gRPC server's receive limit: a prompt too long for the model (400,
+// context_length_exceeded), not gRPC's "Received message larger than max"
+// as a 429 that clients would retry.
+TEST_F(OpenAiHttp, OutOfRangeValuesAndOversizePromptsAreTheRequestsFault) {
+  auto error_of = [&](const std::string& body) {
+    const JsonValue j = PostJson("/v1/completions", body, 400);
+    const JsonValue* e = j.Find("error");
+    JsonValue out = JsonValue::Object();
+    if (e != nullptr) out = *e;
+    if (out.Find("param") == nullptr) out.Set("param", JsonValue::String("<none>"));
+    if (out.Find("message") == nullptr) out.Set("message", JsonValue::String("<none>"));
+    return out;
+  };
+  JsonValue e = error_of(R"({"prompt": "x", "top_p": 2})");
+  EXPECT_EQ(e.Find("param")->as_string(), "top_p");
+  EXPECT_EQ(e.Find("message")->as_string(), "top_p: 2 is out of range [0, 1]");
+  e = error_of(R"({"prompt": "x", "max_tokens": 1e12})");
+  EXPECT_EQ(e.Find("param")->as_string(), "max_tokens");
+  EXPECT_NE(e.Find("message")->as_string().find("1e+12"), std::string::npos) << e.Dump();
+  const int calls = backend.calls.load();
+
+  OpenAiHttpOptions o;
+  o.listen = "127.0.0.1:0";
+  o.model_name = "tiny-llama";
+  o.max_request_bytes = 1000;
+  auto small = OpenAiHttpServer::Start(o, &backend);
+  ASSERT_TRUE(small.ok()) << small.status().ToString();
+  const std::string long_prompt = std::string(2000, 'a');
+  const std::string completion_body = R"({"prompt": ")" + long_prompt + R"("})";
+  const std::string chat_body = R"({"messages": [{"role": "user", "content": ")" + long_prompt + R"("}]})";
+  for (const auto& [path, body, field] :
+       {std::tuple<std::string, std::string, std::string>{"/v1/completions", completion_body, "prompt"},
+        {"/v1/chat/completions", chat_body, "messages"}}) {
+    HttpReply r = Exchange((*small)->port(), "POST", path, body);
+    EXPECT_EQ(r.status, 400) << r.body;
+    StatusOr<JsonValue> j = JsonValue::Parse(r.body);
+    ASSERT_TRUE(j.ok()) << r.body;
+    ASSERT_TRUE(j->Find("error") && j->Find("error")->Find("param") && j->Find("error")->Find("code")) << r.body;
+    EXPECT_EQ(j->Find("error")->Find("param")->as_string(), field);
+    EXPECT_EQ(j->Find("error")->Find("code")->as_string(), "context_length_exceeded");
+  }
+  EXPECT_EQ(Exchange((*small)->port(), "POST", "/v1/completions", R"({"prompt": "short"})").status, 200);
+  EXPECT_EQ(backend.calls.load(), calls + 1) << "the oversize prompts never reached Generate";
 }
 
 TEST_F(OpenAiHttp, ABodyShorterThanItsContentLengthIsRefused) {
