@@ -290,6 +290,16 @@ StatusOr<ModelWeightViews> BindModelWeights(const Checkpoint& ckpt) {
       SEER_ASSIGN_OR_RETURN(l.down_bias, ckpt.Get(p + "mlp.down_proj.bias", {hidden}));
     }
   }
+  // A checkpoint with more layers than config.json says would load and run
+  // a truncated model: refuse it, as Hugging Face's loader at least warns.
+  const std::string next = "model.layers." + std::to_string(c.num_layers) + ".";
+  for (const char* tensor : {"input_layernorm.weight", "self_attn.q_proj.weight", "mlp.down_proj.weight"}) {
+    if (ckpt.Has(next + tensor)) {
+      return InvalidArgument(ckpt.dir() + ": the checkpoint has tensors of layer " + std::to_string(c.num_layers) +
+                             " ('" + next + tensor + "'), but config.json has num_hidden_layers " +
+                             std::to_string(c.num_layers) + "; a model cut short would run");
+    }
+  }
   return w;
 }
 

@@ -433,6 +433,18 @@ TEST_F(CheckpointTest, ConfigClaimsMoreLayersThanTheWeights) {
   ExpectError(StatusCode::kNotFound, {"missing tensor 'model.layers.2.input_layernorm.weight'"});
 }
 
+// The other way round: tensors of more layers than config.json says would
+// load a model cut short and run it; refused, naming the first extra layer.
+TEST_F(CheckpointTest, WeightsOfMoreLayersThanTheConfigAreRefused) {
+  TinyShape s;
+  s.layers = 3;
+  const auto model = TinyModel(s);
+  s.layers = 2;
+  WriteCheckpoint(s, model);
+  ExpectError(StatusCode::kInvalidArgument,
+              {"tensors of layer 2", "'model.layers.2.input_layernorm.weight'", "num_hidden_layers 2"});
+}
+
 TEST_F(CheckpointTest, UnsupportedDtype) {
   TinyShape s;
   auto model = TinyModel(s);
