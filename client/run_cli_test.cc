@@ -247,6 +247,36 @@ TEST(RunCliErrors, RuntimeErrorsExitWithOneAndNameThePath) {
   EXPECT_NE(g.err.find("/nonexistent/gates-dir"), std::string::npos) << g.err;
 }
 
+// With --ids the tokenizer only turns the answer into text: a model whose
+// tokenizer.json does not load still answers in ids (the same ids as with
+// the good one), with a warning; --tokenizer given, or a text prompt, still
+// fail on it. A missing model directory is named as --model.
+TEST(RunCliErrors, ABrokenTokenizerDoesNotStopAnIdsRun) {
+  RunOutput missing = RunSeer({"run", "--model", "/nonexistent/model-dir", "--ids", "1,2", "--device", "cpu"});
+  EXPECT_NE(missing.err.find("--model: '/nonexistent/model-dir'"), std::string::npos) << missing.err;
+  const std::string dir = TempPath("broken_tokenizer");
+  std::filesystem::remove_all(dir);
+  std::filesystem::copy(fixtures::Path("llama"), dir, std::filesystem::copy_options::recursive);
+  std::filesystem::resize_file(dir + "/tokenizer.json", 100);
+  const std::vector<std::string> ids = {"run",    "--ids",    "5,6,7", "--max-new-tokens", "3",
+                                        "--json", "--device", "cpu",   "--model"};
+  std::vector<std::string> good = ids, broken = ids;
+  good.push_back(fixtures::Path("llama"));
+  broken.push_back(dir);
+  RunOutput g = RunSeer(good), b = RunSeer(broken);
+  ASSERT_EQ(g.exit_code, 0) << g.err;
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  EXPECT_NE(b.err.find("tokenizer.json does not load"), std::string::npos) << b.err;
+  StatusOr<JsonValue> gj = JsonValue::Parse(g.out), bj = JsonValue::Parse(b.out);
+  ASSERT_TRUE(gj.ok() && bj.ok()) << g.out << b.out;
+  ASSERT_TRUE(gj->Find("tokens") && bj->Find("tokens"));
+  EXPECT_EQ(gj->Find("tokens")->Dump(), bj->Find("tokens")->Dump());
+  RunOutput text = RunSeer({"run", "--model", dir, "--prompt", "hi", "--device", "cpu"});
+  EXPECT_EQ(text.exit_code, 1) << text.err;
+  EXPECT_NE(text.err.find("tokenizer.json"), std::string::npos) << text.err;
+  std::filesystem::remove_all(dir);
+}
+
 TEST(RunCliErrors, HelpListsCommandsAndFlags) {
   RunOutput top = RunSeer({"--help"});
   EXPECT_EQ(top.exit_code, 0);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <filesystem>
 #include <exception>
 #include <fstream>
 #include <limits>
@@ -156,10 +157,23 @@ int Run(int argc, char** argv) {
     StatusOr<std::vector<int32_t>> syntax = f.prompt.Ids(flags, nullptr);
     if (!syntax.ok()) return UsageError(syntax.status().message());
   }
+  if (std::error_code ec; !std::filesystem::is_directory(f.model, ec)) {
+    return RuntimeError(NotFound("--model: '" + f.model + "' is not a directory"));
+  }
   // The tokenizer: --tokenizer, else the model directory's when it has one.
+  // With --ids it only turns the answer into text: one of the model's own
+  // that does not load leaves the answer as ids, with a warning.
   StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
       LoadTokenizerAt(flags.WasSet("tokenizer") ? f.prompt.tokenizer : f.model, flags.WasSet("tokenizer"));
-  if (!tokenizer.ok()) return RuntimeError(tokenizer.status().WithContext("--tokenizer"));
+  if (!tokenizer.ok()) {
+    if (flags.WasSet("tokenizer") || !flags.WasSet("ids")) {
+      return RuntimeError(
+          tokenizer.status().WithContext(flags.WasSet("tokenizer") ? "--tokenizer" : "the model's tokenizer.json"));
+    }
+    std::fprintf(stderr, "seer run: the model's tokenizer.json does not load (%s); the answer is token ids only\n",
+                 tokenizer.status().ToString().c_str());
+    tokenizer = std::unique_ptr<Tokenizer>();
+  }
   StatusOr<std::vector<int32_t>> ids_or = f.prompt.Ids(flags, tokenizer->get());
   if (!ids_or.ok()) {
     if (ids_or.status().code() == StatusCode::kInvalidArgument ||
