@@ -163,6 +163,12 @@ size_t MaxRequestBytes(const RequestLimits& limits) {
          static_cast<size_t>(kMaxStopStrings) * (kMaxStopStringBytes + 8) + kMaxTransportOfferBytes;
 }
 
+void FitDefaultNewTokens(int64_t prompt_tokens, const RequestLimits& limits, GenerateCall* call) {
+  if (!call->default_new_tokens) return;
+  const int64_t left = limits.max_positions - prompt_tokens;
+  if (left >= 1 && left < call->max_new_tokens) call->max_new_tokens = static_cast<int>(left);
+}
+
 Status CheckPromptFits(int64_t prompt_tokens, int max_new_tokens, const RequestLimits& limits) {
   if (prompt_tokens > limits.max_prompt_tokens) {
     return InvalidArgument("token_ids: " + Int(prompt_tokens) + " tokens exceed the limit of " +
@@ -206,6 +212,7 @@ StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& r, const 
     return InvalidArgument("max_new_tokens: " + Int(r.max_new_tokens()) + " is out of range [1, " +
                            Int(limits.max_new_tokens) + "] (the server's --max-new-tokens; 0 takes its default)");
   call.max_new_tokens = max_new;
+  call.default_new_tokens = r.max_new_tokens() == 0;
   if (!r.text().empty() || r.messages_size() > 0) {
     const size_t max_text = limits.max_prompt_tokens * kMaxTextBytesPerToken;
     size_t bytes = r.text().size();
@@ -225,6 +232,7 @@ StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& r, const 
     call.text = r.text();
   } else {
     SEER_ASSIGN_OR_RETURN(call.ids, ParsePrompt(r.token_ids(), limits));
+    FitDefaultNewTokens(static_cast<int64_t>(call.ids.size()), limits, &call);
     SEER_RETURN_IF_ERROR(CheckPromptFits(static_cast<int64_t>(call.ids.size()), call.max_new_tokens, limits));
   }
   if (r.stop_size() > kMaxStopStrings)

@@ -60,6 +60,9 @@ struct GenerateCall {
   std::vector<std::string> stop;  // stop strings
   bool text_reply = false;  // answer in text, as for a text prompt
   int max_new_tokens = 0;
+  // The request left max_new_tokens to the server (0): the default then
+  // shrinks to the context left after the prompt (FitDefaultNewTokens).
+  bool default_new_tokens = false;
   SamplingParams sampling;  // the request's seed, or the fresh one it lacked
   SparsityRequest sparsity;
   std::vector<int32_t> stop_token_ids;
@@ -70,6 +73,11 @@ StatusOr<PrefillCall> ParsePrefillRequest(const v1::PrefillRequest& request, con
 // `fresh_seed` seeds requests that carry none.
 StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& request, const RequestLimits& limits,
                                             uint64_t fresh_seed);
+
+// A call whose max_new_tokens is the server's default asks for no more than
+// the context has left after `prompt_tokens` (at least 1), as OpenAI-style
+// servers cap a default; an explicit max_new_tokens is left as asked.
+void FitDefaultNewTokens(int64_t prompt_tokens, const RequestLimits& limits, GenerateCall* call);
 
 // A prompt of `prompt_tokens` (from text or messages) against the limits:
 // the server's prompt limit, and room for the new tokens.

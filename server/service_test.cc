@@ -727,6 +727,24 @@ TEST(Service, AGenerateWithoutMaxNewTokensGetsTheServersDefault) {
   tokens.clear();
   ASSERT_TRUE(CallGenerate(capped.Stub().get(), g, &tokens).ok());
   EXPECT_EQ(tokens.size(), 5u);
+
+  // Near the context's end the default shrinks to the room left (2048
+  // positions, 2040 of them prompt: 8 new tokens), as OpenAI-style servers
+  // cap a default; an explicit max_new_tokens is refused as asked.
+  options.default_new_tokens = 500;
+  options.max_new_tokens = 4096;
+  DecodeHarness near_end(prefill.server->address(), engine.get(), options);
+  v1::GenerateRequest full;
+  for (int t = 0; t < 2040; ++t) full.add_token_ids((t * 5) % 128);
+  tokens.clear();
+  ASSERT_TRUE(CallGenerate(near_end.Stub().get(), full, &tokens, &summary).ok());
+  EXPECT_EQ(tokens.size(), 8u);
+  EXPECT_EQ(summary.finish_reason(), "length");
+  full.set_max_new_tokens(500);
+  const grpc::Status explicit_too_many = CallGenerate(near_end.Stub().get(), full);
+  EXPECT_EQ(explicit_too_many.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << explicit_too_many.error_message();
+  EXPECT_NE(explicit_too_many.error_message().find("max_new_tokens: 500"), std::string::npos)
+      << explicit_too_many.error_message();
 }
 
 TEST(PrefillTargets, ParsesListsAndNames) {

@@ -175,6 +175,8 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
       return Status(StatusCode::kFailedPrecondition, std::string(field) + ": " + ids.status().message());
     }
     SEER_RETURN_IF_ERROR(CheckTokenIds(*ids, engine_->config().vocab_size, call_.text.empty() ? "messages" : "text"));
+    FitDefaultNewTokens(static_cast<int64_t>(ids->size()), service_->limits_, &call_);
+    max_new_tokens_ = call_.max_new_tokens;
     SEER_RETURN_IF_ERROR(CheckPromptFits(static_cast<int64_t>(ids->size()), max_new_tokens_, service_->limits_));
     return ids;
   }
