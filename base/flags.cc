@@ -11,6 +11,10 @@ namespace seer {
 FlagSet::FlagSet(std::string usage, std::string description)
     : usage_(std::move(usage)), description_(std::move(description)) {}
 
+void FlagSet::Strings(const std::string& name, std::vector<std::string>* target, const std::string& help) {
+  flags_.push_back({name, Kind::kStrings, target, help, ""});
+}
+
 void FlagSet::String(const std::string& name, std::string* target, const std::string& help) {
   flags_.push_back({name, Kind::kString, target, help, target->empty() ? "" : *target});
 }
@@ -55,9 +59,16 @@ bool FlagSet::WasSet(const std::string& name) const {
 }
 
 Status FlagSet::Assign(Flag& f, const std::string& value) {
+  const bool first = !f.set;
   f.set = true;
   switch (f.kind) {
     case Kind::kString: *static_cast<std::string*>(f.target) = value; return OkStatus();
+    case Kind::kStrings: {
+      auto* list = static_cast<std::vector<std::string>*>(f.target);
+      if (first) list->clear();
+      list->push_back(value);
+      return OkStatus();
+    }
     case Kind::kInt: {
       errno = 0;
       char* end = nullptr;
@@ -143,6 +154,7 @@ std::string FlagSet::Help() const {
     os << "  --" << f.name;
     switch (f.kind) {
       case Kind::kString: os << " STRING"; break;
+      case Kind::kStrings: os << " STRING (repeatable)"; break;
       case Kind::kInt: os << " INT"; break;
       case Kind::kDouble: os << " NUMBER"; break;
       case Kind::kSeconds: os << " SECONDS"; break;

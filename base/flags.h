@@ -18,6 +18,9 @@ class FlagSet {
   FlagSet(std::string usage, std::string description);
 
   void String(const std::string& name, std::string* target, const std::string& help);
+  // A flag that may be given more than once; each occurrence appends its
+  // value (the target's initial contents are dropped at the first).
+  void Strings(const std::string& name, std::vector<std::string>* target, const std::string& help);
   void Int(const std::string& name, int64_t* target, const std::string& help);
   // An integer that must lie in [min, max]; a value outside is an error
   // naming the flag and the range (so that it is never narrowed silently).
@@ -48,7 +51,7 @@ class FlagSet {
   std::string Help() const;
 
  private:
-  enum class Kind { kString, kInt, kDouble, kSeconds, kBool };
+  enum class Kind { kString, kStrings, kInt, kDouble, kSeconds, kBool };
   struct Flag {
     std::string name;
     Kind kind;

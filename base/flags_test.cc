@@ -115,5 +115,25 @@ TEST(Flags, PositionalArgumentsCanBeRefused) {
   EXPECT_NE(s.message().find("'extra'"), std::string::npos) << s.message();
 }
 
+// A repeatable flag keeps every value in order (a plain String keeps the
+// last), replaces its initial contents, and says so in --help.
+TEST(Flags, RepeatableStringsKeepEveryValue) {
+  std::vector<std::string> stops = {"default"};
+  std::string last;
+  FlagSet flags("prog", "test");
+  flags.Strings("stop", &stops, "a stop string");
+  flags.String("one", &last, "");
+  ASSERT_TRUE(ParseArgs(flags, {"--stop", "ol", "--one", "a", "--stop=zz", "--one", "b", "--stop", ""}).ok());
+  EXPECT_EQ(stops, (std::vector<std::string>{"ol", "zz", ""}));
+  EXPECT_EQ(last, "b");
+  EXPECT_TRUE(flags.WasSet("stop"));
+  EXPECT_NE(flags.Help().find("--stop STRING (repeatable)"), std::string::npos) << flags.Help();
+  std::vector<std::string> untouched = {"kept"};
+  FlagSet none("prog", "test");
+  none.Strings("stop", &untouched, "");
+  ASSERT_TRUE(ParseArgs(none, {}).ok());
+  EXPECT_EQ(untouched, (std::vector<std::string>{"kept"}));
+}
+
 }  // namespace
 }  // namespace seer

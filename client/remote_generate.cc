@@ -20,7 +20,8 @@ int RunGenerateCommand(int argc, char** argv) {
   const char* cmd = "generate";
   CommonFlags common;
   common.ids_required = false;
-  std::string stop, stop_string, kv_wire = "auto", prompt, prompt_file, chat;
+  std::string stop, kv_wire = "auto", prompt, prompt_file, chat;
+  std::vector<std::string> stop_strings;
   int64_t max_new_tokens = 16, top_k = 0, seed = 0;
   double temperature = 0.0, top_p = 0.0;
   FlagSet flags("seer generate --addr HOST:PORT (--ids IDS | --prompt TEXT | --prompt-file F | --chat F) [flags]",
@@ -40,7 +41,8 @@ int RunGenerateCommand(int argc, char** argv) {
   flags.String("prompt-file", &prompt_file, "the prompt as text, from a file");
   flags.String("chat", &chat, "a JSON file of chat messages, [{\"role\": ..., \"content\": ...}, ...]");
   flags.String("stop", &stop, "stop after any of these token ids (\"2,7\")");
-  flags.String("stop-string", &stop_string, "stop before this text appears in the reply (the API takes up to 16)");
+  flags.Strings("stop-string", &stop_strings,
+                "stop before this text appears in the reply; give it once per string (the API takes up to 16)");
   flags.String("kv-wire", &kv_wire,
                "KV encoding asked of the prefill: auto (its cache's type) or fp8 (E4M3 with a scale per 64-token "
                "block; applied when the prefill allows it, docs/KV_TRANSPORT.md)");
@@ -78,7 +80,7 @@ int RunGenerateCommand(int argc, char** argv) {
     }
   }
   const bool text_reply = !request.text().empty() || request.messages_size() > 0;
-  if (flags.WasSet("stop-string")) request.add_stop(stop_string);
+  for (const std::string& s : stop_strings) request.add_stop(s);
   *request.mutable_sparsity() = common_request.sparsity;
   if (!stop.empty()) {
     StatusOr<std::vector<int32_t>> stops = ParseTokenIds(stop, "--stop");
