@@ -258,6 +258,15 @@ StatusOr<std::unique_ptr<MetricsEndpoint>> MetricsEndpoint::Start(const std::str
   return m;
 }
 
+void AddStreamBudgetGauges(ScrapeTimeMetrics& metrics, std::function<int64_t()> used, int64_t limit) {
+  metrics.AddGauge("seer_stream_buffered_bytes",
+                   "Bytes of --max-buffered-bytes that admitted streams hold now (KV caches and messages their "
+                   "clients have not read yet).",
+                   {}, [used = std::move(used)] { return static_cast<double>(used()); });
+  metrics.AddGauge("seer_stream_max_buffered_bytes", "--max-buffered-bytes.", {},
+                   [v = static_cast<double>(limit)] { return v; });
+}
+
 void AddDeviceMemoryGauges(ScrapeTimeMetrics& metrics, const Engine& engine) {
   if (!engine.device_memory()) return;
   const prometheus::Labels labels = {{"device", engine.device_name()}};

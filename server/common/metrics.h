@@ -73,6 +73,11 @@ class ScrapeTimeMetrics final : public prometheus::Collectable {
 // read at scrape time (nothing for a CPU engine).
 void AddDeviceMemoryGauges(ScrapeTimeMetrics& metrics, const Engine& engine);
 
+// Admission's byte budget: seer_stream_buffered_bytes (what admitted streams
+// hold for clients that have not read it, read by `used` at scrape time) and
+// seer_stream_max_buffered_bytes (--max-buffered-bytes, `limit`).
+void AddStreamBudgetGauges(ScrapeTimeMetrics& metrics, std::function<int64_t()> used, int64_t limit);
+
 // What both servers export: seer_build_info, the process_* metrics and the
 // scrape-time gauges. Register `scrape_time` with the same registry's
 // Exposer (MetricsEndpoint does).

@@ -325,14 +325,8 @@ int main(int argc, char** argv) {
                             queue.max_waiting()};
   };
   config.hooks.count_unserved = [&metrics](grpc::StatusCode code) { metrics.CountRequest(code); };
-  // Admission's byte budget (--max-buffered-bytes): what admitted streams
-  // hold for clients that have not read it yet.
-  metrics.server.scrape_time->AddGauge("seer_stream_buffered_bytes",
-                                       "Bytes of --max-buffered-bytes that admitted streams hold now (KV caches and "
-                                       "messages their clients have not read yet).",
-                                       {}, [&service] { return static_cast<double>(service.buffered_bytes()); });
-  metrics.server.scrape_time->AddGauge("seer_stream_max_buffered_bytes", "--max-buffered-bytes.", {},
-                                       [v = static_cast<double>(max_buffered_bytes)] { return v; });
+  seer::AddStreamBudgetGauges(
+      *metrics.server.scrape_time, [&service] { return service.buffered_bytes(); }, max_buffered_bytes);
   metrics.server.scrape_time->AddGauge("seer_decode_queued_requests",
                                        "Generate requests admitted and waiting for a slot (--max-queue bounds it).", {},
                                        [&queue] { return queue.waiting(); });

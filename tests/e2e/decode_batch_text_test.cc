@@ -422,18 +422,25 @@ TEST(TextGenerate, CurlGetsTheOpenAiApisTextAsSeerRunMakesIt) {
   EXPECT_EQ(ci->Find("usage")->Find("completion_tokens")->as_int64(), static_cast<int64_t>(TokensOf(ref).size()));
 }
 
+// Server arguments on the bundled model (models/seer-small), on loopback,
+// on the CPU, then `extra`.
+std::vector<std::string> BundledModelArgs(std::vector<std::string> extra = {}) {
+  std::vector<std::string> a = {"--listen",    "127.0.0.1:0", "--metrics",
+                                "127.0.0.1:0", "--model",     std::string(SEER_SOURCE_DIR) + "/models/seer-small",
+                                "--device",    "cpu"};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
 // SIGTERM while an OpenAI stream runs: the HTTP API drains before the gRPC
 // server stops (which would end its in-process calls at once), so the stream
 // runs to its end and the process exits 0. The bundled model, whose CPU
 // decode is slow enough to be caught mid-stream.
 TEST(TextGenerate, SigtermLetsAnHttpStreamInFlightFinish) {
-  const std::string model = std::string(SEER_SOURCE_DIR) + "/models/seer-small";
-  ServerProcess prefill(Bin("seer-prefill"),
-                        {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", model, "--device", "cpu"});
+  ServerProcess prefill(Bin("seer-prefill"), BundledModelArgs());
   ASSERT_TRUE(prefill.Start());
-  ServerProcess decode(Bin("seer-decode"),
-                       {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", model, "--prefill",
-                        prefill.grpc_address(), "--device", "cpu", "--http", "127.0.0.1:0", "--drain-seconds", "60"});
+  ServerProcess decode(Bin("seer-decode"), BundledModelArgs({"--prefill", prefill.grpc_address(), "--http",
+                                                             "127.0.0.1:0", "--drain-seconds", "60"}));
   ASSERT_TRUE(decode.Start());
   std::optional<std::string> line = decode.WaitForLine(" http on ", 5s);
   ASSERT_TRUE(line) << decode.Output();
@@ -474,12 +481,9 @@ TEST(TextGenerate, SigtermLetsAnHttpStreamInFlightFinish) {
 // A Generate whose client deadline passes mid-stream is logged and counted
 // as DEADLINE_EXCEEDED, not as a cancellation by the client.
 TEST(TextGenerate, APassedDeadlineIsCountedAsOne) {
-  const std::string model = std::string(SEER_SOURCE_DIR) + "/models/seer-small";
-  ServerProcess prefill(Bin("seer-prefill"),
-                        {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", model, "--device", "cpu"});
+  ServerProcess prefill(Bin("seer-prefill"), BundledModelArgs());
   ASSERT_TRUE(prefill.Start());
-  ServerProcess decode(Bin("seer-decode"), {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", model,
-                                            "--prefill", prefill.grpc_address(), "--device", "cpu"});
+  ServerProcess decode(Bin("seer-decode"), BundledModelArgs({"--prefill", prefill.grpc_address()}));
   ASSERT_TRUE(decode.Start());
   auto stub =
       v1::DecodeService::NewStub(grpc::CreateChannel(decode.grpc_address(), grpc::InsecureChannelCredentials()));
@@ -511,13 +515,10 @@ TEST(TextGenerate, APassedDeadlineIsCountedAsOne) {
 // server: its request line says UNAVAILABLE with the reason, not CANCELLED
 // ("the client cancelled"), which the error-ratio alert leaves out.
 TEST(TextGenerate, AStreamCutByTheEndOfTheDrainIsTheServersDoing) {
-  const std::string model = std::string(SEER_SOURCE_DIR) + "/models/seer-small";
-  ServerProcess prefill(Bin("seer-prefill"),
-                        {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", model, "--device", "cpu"});
+  ServerProcess prefill(Bin("seer-prefill"), BundledModelArgs());
   ASSERT_TRUE(prefill.Start());
   ServerProcess decode(Bin("seer-decode"),
-                       {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", model, "--prefill",
-                        prefill.grpc_address(), "--device", "cpu", "--drain-seconds", "1"});
+                       BundledModelArgs({"--prefill", prefill.grpc_address(), "--drain-seconds", "1"}));
   ASSERT_TRUE(decode.Start());
   auto stub =
       v1::DecodeService::NewStub(grpc::CreateChannel(decode.grpc_address(), grpc::InsecureChannelCredentials()));
