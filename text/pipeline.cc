@@ -757,6 +757,14 @@ StatusOr<std::unique_ptr<Decoder>> DecoderFromJson(const JsonValue& j, const std
         stop->as_int64() < 0) {
       return InvalidArgument(where + ": start and stop must be non-negative integers");
     }
+    // Real tokenizers strip a character or two; a count past any token's
+    // length is refused rather than narrowed (the incremental decoder keeps
+    // it in an int).
+    constexpr int64_t kMaxStrip = 1 << 16;
+    if (start->as_int64() > kMaxStrip || stop->as_int64() > kMaxStrip) {
+      return InvalidArgument(where + ": start " + std::to_string(start->as_int64()) + " and stop " +
+                             std::to_string(stop->as_int64()) + " must be at most " + std::to_string(kMaxStrip));
+    }
     return std::unique_ptr<Decoder>(
         new StripDecoder(content, static_cast<size_t>(start->as_int64()), static_cast<size_t>(stop->as_int64())));
   }

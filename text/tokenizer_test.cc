@@ -94,6 +94,16 @@ TEST(Tokenizer, UnknownComponentsAreRefusedByName) {
           .find("anchor \\b"),
       std::string::npos);
   EXPECT_NE(LoadError("{not json").find("tokenizer.json: line 1"), std::string::npos);
+  // A Strip decoder's counts past any token (the fuzzer's 2.2e16, which the
+  // incremental decoder narrowed to a wrong int) are refused by name.
+  const std::string strip = R"("decoder": {"type": "Strip", "content": " ", "start": 1, "stop": 22222000689855304})";
+  EXPECT_NE(
+      LoadError(
+          TinyJson(
+              R"("decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true})",
+              strip))
+          .find("stop 22222000689855304 must be at most 65536"),
+      std::string::npos);
 }
 
 TEST(Tokenizer, LegacyMergeStringsAndEmptyPrefixAreAccepted) {
