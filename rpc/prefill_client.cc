@@ -953,7 +953,7 @@ Status PrefillClient::FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& re
 std::string PrefillModelHealthName(uint64_t fingerprint) {
   char hex[17];
   std::snprintf(hex, sizeof(hex), "%016llx", static_cast<unsigned long long>(fingerprint));
-  return std::string("seer.v1.PrefillService/model/") + hex;
+  return std::string(kPrefillHealthService) + "/model/" + hex;
 }
 
 void PrefillClient::ExpectModel(uint64_t fingerprint) {
@@ -1034,7 +1034,7 @@ void PrefillClient::HealthLoop() {
         ++e.failed_checks;
         if (c.status.ok()) {
           e.health_state = "NOT_SERVING";
-        } else if (c.status.error_code() == grpc::StatusCode::NOT_FOUND && service != "seer.v1.PrefillService") {
+        } else if (c.status.error_code() == grpc::StatusCode::NOT_FOUND && service != kPrefillHealthService) {
           e.health_state = "serves another model (no " + service + ")";
         } else {
           e.health_state =

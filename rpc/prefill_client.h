@@ -136,6 +136,9 @@ struct FetchedKv {
   std::vector<int> chunks_per_stream;
 };
 
+// The grpc.health.v1 name every prefill server reports under.
+inline constexpr char kPrefillHealthService[] = "seer.v1.PrefillService";
+
 class PrefillClient {
  public:
   // `targets`: "host:port[,host:port...]" or dns:/// names. INVALID_ARGUMENT
@@ -230,7 +233,7 @@ class PrefillClient {
   bool stopping_ = false;
   std::function<void(bool, const std::string&)> on_health_;
   bool health_known_ = false, any_up_ = true;
-  std::string health_service_ = "seer.v1.PrefillService";  // what the checks ask for
+  std::string health_service_ = kPrefillHealthService;  // what the checks ask for
   std::thread health_thread_;
 };
 

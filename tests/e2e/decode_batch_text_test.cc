@@ -432,6 +432,16 @@ std::vector<std::string> BundledModelArgs(std::vector<std::string> extra = {}) {
   return a;
 }
 
+// A greedy Generate of a short text prompt asking for 4,000 tokens: on the
+// bundled model's CPU decode it runs for many seconds.
+v1::GenerateRequest LongGreedyGenerate() {
+  v1::GenerateRequest req;
+  req.set_text("The sky is");
+  req.set_max_new_tokens(4000);
+  req.mutable_sampling()->set_temperature(0.0f);
+  return req;
+}
+
 // SIGTERM while an OpenAI stream runs: the HTTP API drains before the gRPC
 // server stops (which would end its in-process calls at once), so the stream
 // runs to its end and the process exits 0. The bundled model, whose CPU
@@ -487,10 +497,7 @@ TEST(TextGenerate, APassedDeadlineIsCountedAsOne) {
   ASSERT_TRUE(decode.Start());
   auto stub =
       v1::DecodeService::NewStub(grpc::CreateChannel(decode.grpc_address(), grpc::InsecureChannelCredentials()));
-  v1::GenerateRequest req;
-  req.set_text("The sky is");
-  req.set_max_new_tokens(4000);
-  req.mutable_sampling()->set_temperature(0.0f);
+  v1::GenerateRequest req = LongGreedyGenerate();
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + 1500ms);
   auto reader = stub->Generate(&ctx, req);
@@ -522,11 +529,8 @@ TEST(TextGenerate, AStreamCutByTheEndOfTheDrainIsTheServersDoing) {
   ASSERT_TRUE(decode.Start());
   auto stub =
       v1::DecodeService::NewStub(grpc::CreateChannel(decode.grpc_address(), grpc::InsecureChannelCredentials()));
-  v1::GenerateRequest req;
-  req.set_text("The sky is");
-  req.set_max_new_tokens(4000);
+  v1::GenerateRequest req = LongGreedyGenerate();
   req.set_request_id("cut-by-drain");
-  req.mutable_sampling()->set_temperature(0.0f);
   grpc::ClientContext ctx;
   auto reader = stub->Generate(&ctx, req);
   v1::GenerateResponse msg;

@@ -286,6 +286,16 @@ std::string Probe(const std::string& metrics_address, const std::string& path) {
   return body.ok() ? *body : body.status().ToString();
 }
 
+// GET /readyz until it answers 503 (health checks fail twice before an
+// endpoint is down), for up to 10 s; the last answer.
+std::string ReadyzOnceNotReady(const std::string& metrics_address) {
+  std::string readyz;
+  for (int i = 0; i < 100 && (readyz = Probe(metrics_address, "/readyz")).find(" 503 ") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return readyz;
+}
+
 TEST(Operations, MutualTlsNeedsAClientCertificateFromItsCa) {
   Pki pki("mtls");
   ServerProcess prefill(Bin("seer-prefill"), ServerArgs({"--tls-cert", pki.F("a-server.crt"), "--tls-key",
@@ -330,11 +340,7 @@ TEST(Operations, MutualTlsNeedsAClientCertificateFromItsCa) {
   // its health, and so /readyz, turns NOT_SERVING after the failed checks.
   ServerProcess no_mtls(Bin("seer-decode"), ServerArgs({"--prefill", addr, "--prefill-tls-ca", pki.F("a-ca.crt")}));
   ASSERT_TRUE(no_mtls.Start());
-  std::string readyz;
-  for (int i = 0; i < 100 && (readyz = Probe(no_mtls.metrics_address(), "/readyz")).find(" 503 ") == std::string::npos;
-       ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+  const std::string readyz = ReadyzOnceNotReady(no_mtls.metrics_address());
   EXPECT_NE(readyz.find("HTTP/1.1 503"), std::string::npos) << readyz;
   EXPECT_EQ(Probe(no_mtls.metrics_address(), "/livez"), "ok\n");
   CommandResult refused = RunCommand({Bin("seer"), "generate", "--addr", no_mtls.grpc_address(), "--ids", "5,6",
@@ -546,11 +552,7 @@ TEST(Operations, APrefillOfAnotherModelMakesTheDecodeWorkerUnready) {
   ServerProcess decode(Bin("seer-decode"),
                        ServerArgs({"--prefill", prefill.grpc_address(), "--http", "127.0.0.1:0"}));
   ASSERT_TRUE(decode.Start());
-  std::string readyz;
-  for (int i = 0; i < 100 && (readyz = Probe(decode.metrics_address(), "/readyz")).find(" 503 ") == std::string::npos;
-       ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+  const std::string readyz = ReadyzOnceNotReady(decode.metrics_address());
   EXPECT_NE(readyz.find("HTTP/1.1 503"), std::string::npos) << readyz;
   EXPECT_TRUE(decode.WaitForErrLines({"no prefill endpoint can serve", "serves another model"}, 1, 5s))
       << decode.Output();
