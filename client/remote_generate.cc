@@ -1,6 +1,9 @@
 // `seer generate`: sends a prompt (token ids, text or chat messages) to
 // seer-decode and prints the tokens, or their text, as they stream back.
 #include <chrono>
+#include <climits>
+#include <cmath>
+#include <cstdlib>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -21,9 +24,9 @@ int RunGenerateCommand(int argc, char** argv) {
   CommonFlags common;
   common.ids_required = false;
   std::string stop, kv_wire = "auto", prompt, prompt_file, chat;
-  std::vector<std::string> stop_strings;
+  std::vector<std::string> stop_strings, logit_bias;
   int64_t max_new_tokens = 16, top_k = 0, seed = 0;
-  double temperature = 0.0, top_p = 0.0;
+  double temperature = 0.0, top_p = 0.0, presence_penalty = 0.0, frequency_penalty = 0.0;
   FlagSet flags("seer generate --addr HOST:PORT (--ids IDS | --prompt TEXT | --prompt-file F | --chat F) [flags]",
                 "Sends a prompt to a seer-decode server (seer.v1.DecodeService/Generate) and prints the tokens as\n"
                 "they stream back (their text, for a text or chat prompt), then the time to first token.\n"
@@ -36,6 +39,13 @@ int RunGenerateCommand(int argc, char** argv) {
   flags.Double("temperature", &temperature, "sampling temperature; 0 is greedy");
   flags.Int("top-k", &top_k, "sample among the k most likely tokens (0: all)");
   flags.Double("top-p", &top_p, "nucleus sampling mass (0 or 1: no cut)");
+  flags.Double("presence-penalty", &presence_penalty,
+               "subtracted from the logit of every token the reply already has, in [-2, 2] (OpenAI's)");
+  flags.Double("frequency-penalty", &frequency_penalty,
+               "subtracted from a token's logit once per time the reply already has it, in [-2, 2] (OpenAI's)");
+  flags.Strings("logit-bias", &logit_bias,
+                "ID:BIAS, added to that token's logit before every choice, BIAS in [-100, 100]; give it once per "
+                "token (up to 1,024)");
   flags.Int("seed", &seed, "seed of the sampling stream; sent only when given (else a fresh random seed)");
   flags.String("prompt", &prompt, "the prompt as text (the server tokenizes it)");
   flags.String("prompt-file", &prompt_file, "the prompt as text, from a file");
@@ -98,6 +108,21 @@ int RunGenerateCommand(int argc, char** argv) {
   sampling->set_top_k(static_cast<int32_t>(top_k));
   sampling->set_top_p(static_cast<float>(top_p));
   if (flags.WasSet("seed")) sampling->set_seed(static_cast<uint64_t>(seed));
+  sampling->set_presence_penalty(static_cast<float>(presence_penalty));
+  sampling->set_frequency_penalty(static_cast<float>(frequency_penalty));
+  for (const std::string& entry : logit_bias) {
+    // ID:BIAS; the server checks the id against the vocabulary and the range.
+    const size_t colon = entry.find(':');
+    char* end = nullptr;
+    const long long id = colon == std::string::npos ? -1 : std::strtoll(entry.c_str(), &end, 10);
+    const bool id_ok =
+        colon != std::string::npos && colon > 0 && end == entry.c_str() + colon && id >= 0 && id <= INT32_MAX;
+    const double bias = id_ok ? std::strtod(entry.c_str() + colon + 1, &end) : 0.0;
+    if (!id_ok || colon + 1 == entry.size() || *end != '\0' || !std::isfinite(bias)) {
+      return ReportUsage(cmd, "--logit-bias: expected ID:BIAS (\"123:-100\"), got '" + entry + "'");
+    }
+    (*sampling->mutable_logit_bias())[static_cast<int32_t>(id)] = static_cast<float>(bias);
+  }
   if (kv_wire == "fp8") {
     request.set_kv_wire(v1::KV_WIRE_FP8_E4M3);
   } else if (kv_wire != "auto") {

@@ -58,6 +58,28 @@ StatusOr<SamplingParams> ParseSampling(const v1::Sampling& s, int vocab_size, ui
                            "] (0 keeps every token; the limit is the model's vocab_size)");
   if (!std::isfinite(s.top_p()) || s.top_p() < 0.0f || s.top_p() > 1.0f)
     return InvalidArgument("sampling.top_p: " + Num(s.top_p()) + " is out of range [0, 1] (0 means 1)");
+  for (const auto& [field, value] : {std::pair<const char*, float>{"presence_penalty", s.presence_penalty()},
+                                     std::pair<const char*, float>{"frequency_penalty", s.frequency_penalty()}}) {
+    if (!std::isfinite(value) || value < -kMaxPenalty || value > kMaxPenalty)
+      return InvalidArgument("sampling." + std::string(field) + ": " + Num(value) + " is out of range [" +
+                             Num(-kMaxPenalty) + ", " + Num(kMaxPenalty) + "]");
+  }
+  if (s.logit_bias_size() > kMaxLogitBias)
+    return InvalidArgument("sampling.logit_bias: " + Int(s.logit_bias_size()) + " entries exceed the limit of " +
+                           Int(kMaxLogitBias));
+  for (const auto& [id, bias] : s.logit_bias()) {
+    if (id < 0 || id >= vocab_size)
+      return InvalidArgument("sampling.logit_bias: token id " + Int(id) + " is out of range [0, " + Int(vocab_size) +
+                             ") (the model's vocab_size)");
+    if (!std::isfinite(bias) || bias < -kMaxLogitBiasValue || bias > kMaxLogitBiasValue)
+      return InvalidArgument("sampling.logit_bias[" + Int(id) + "]: " + Num(bias) + " is out of range [" +
+                             Num(-kMaxLogitBiasValue) + ", " + Num(kMaxLogitBiasValue) + "]");
+    p.logit_bias.push_back({id, bias});
+  }
+  // The map's order is unspecified; the sampler's is by id.
+  std::sort(p.logit_bias.begin(), p.logit_bias.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
+  p.presence_penalty = s.presence_penalty();
+  p.frequency_penalty = s.frequency_penalty();
   p.temperature = s.temperature();
   p.top_k = s.top_k();
   p.top_p = s.top_p() == 0.0f ? 1.0 : s.top_p();

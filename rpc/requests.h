@@ -20,6 +20,10 @@ namespace seer {
 inline constexpr size_t kMaxRequestIdBytes = 128;
 inline constexpr int kMaxStopTokens = 64;
 inline constexpr double kMaxTemperature = 100.0;
+// OpenAI's ranges: penalties in [-2, 2], biases in [-100, 100].
+inline constexpr double kMaxPenalty = 2.0;
+inline constexpr double kMaxLogitBiasValue = 100.0;
+inline constexpr int kMaxLogitBias = 1024;
 inline constexpr int kMaxStopStrings = 16;
 inline constexpr size_t kMaxStopStringBytes = 256;
 inline constexpr int kMaxChatMessages = 1024;

@@ -669,18 +669,8 @@ TEST(KvTransport, GenerateOverFourStreamsGivesTheMonolithicTokensAndReportsTheTr
   constexpr int kNew = 12;
   const std::vector<int32_t> ids = seer::testing::RandomIds(900, 128, 6);
   // The monolithic engine: prefill, then greedy decode steps.
-  std::vector<int32_t> want;
-  {
-    std::unique_ptr<KvCache> cache = engine->NewCache(static_cast<int>(ids.size()) + kNew).value();
-    StatusOr<PrefillResult> r = engine->Prefill(ids, PrefillOptions{}, cache.get(), nullptr);
-    ASSERT_TRUE(r.ok());
-    const int vocab = engine->config().vocab_size;
-    std::vector<float> logits(r->logits.end() - vocab, r->logits.end());
-    for (int i = 0; i < kNew; ++i) {
-      want.push_back(ArgMax(std::span<const float>(logits)));
-      if (i + 1 < kNew) ASSERT_TRUE(engine->DecodeStep(want.back(), cache.get(), &logits).ok());
-    }
-  }
+  const std::vector<int32_t> want = seer::testing::MonolithicTokens(
+      *engine, ids, kNew, [](const std::vector<float>& l) { return ArgMax(std::span<const float>(l)); });
 
   auto stub = v1::DecodeService::NewStub(grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials()));
   v1::GenerateRequest g;

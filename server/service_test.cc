@@ -11,6 +11,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <future>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -355,6 +356,20 @@ TEST(Service, EveryBadFieldIsInvalidArgumentNamingIt) {
        "sampling.temperature"},
       {"top_p above 1", [](v1::GenerateRequest* r) { r->mutable_sampling()->set_top_p(1.5f); }, "sampling.top_p"},
       {"top_k above vocab", [](v1::GenerateRequest* r) { r->mutable_sampling()->set_top_k(129); }, "sampling.top_k"},
+      {"presence_penalty above 2", [](v1::GenerateRequest* r) { r->mutable_sampling()->set_presence_penalty(2.5f); },
+       "sampling.presence_penalty"},
+      {"frequency_penalty NaN", [](v1::GenerateRequest* r) { r->mutable_sampling()->set_frequency_penalty(NAN); },
+       "sampling.frequency_penalty"},
+      {"logit_bias id >= vocab",
+       [](v1::GenerateRequest* r) { (*r->mutable_sampling()->mutable_logit_bias())[128] = 1; }, "sampling.logit_bias"},
+      {"logit_bias below -100",
+       [](v1::GenerateRequest* r) { (*r->mutable_sampling()->mutable_logit_bias())[5] = -101; },
+       "sampling.logit_bias[5]"},
+      {"too many logit_bias entries",
+       [](v1::GenerateRequest* r) {
+         for (int i = 0; i < 1025; ++i) (*r->mutable_sampling()->mutable_logit_bias())[i] = 1;
+       },
+       "sampling.logit_bias"},
       {"stop token >= vocab", [](v1::GenerateRequest* r) { r->add_stop_token_ids(500); }, "stop_token_ids[0]"},
       {"oversize request_id", [](v1::GenerateRequest* r) { r->set_request_id(std::string(1 << 20, 'x')); },
        "request_id"},
@@ -745,6 +760,109 @@ TEST(Service, AGenerateWithoutMaxNewTokensGetsTheServersDefault) {
   EXPECT_EQ(explicit_too_many.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << explicit_too_many.error_message();
   EXPECT_NE(explicit_too_many.error_message().find("max_new_tokens: 500"), std::string::npos)
       << explicit_too_many.error_message();
+}
+
+// Greedy decoding of `ids` on the monolithic engine with OpenAI's logit
+// adjustments written out in double: logit + bias - (c * frequency +
+// presence) for a token generated c > 0 times; the largest wins, the lowest
+// id on ties.
+std::vector<int32_t> AdjustedGreedy(Engine& engine, const std::vector<int32_t>& ids, int n, double presence,
+                                    double frequency, const std::map<int32_t, double>& bias) {
+  std::map<int32_t, int> count;
+  return seer::testing::MonolithicTokens(engine, ids, n, [&](const std::vector<float>& logits) {
+    int32_t best = -1;
+    double best_value = 0.0;
+    for (int32_t j = 0; j < static_cast<int32_t>(logits.size()); ++j) {
+      double x = logits[j];
+      if (auto b = bias.find(j); b != bias.end()) x += b->second;
+      if (auto c = count.find(j); c != count.end()) x -= c->second * frequency + presence;
+      if (best < 0 || x > best_value) best = j, best_value = x;
+    }
+    ++count[best];
+    return best;
+  });
+}
+
+// presence_penalty, frequency_penalty and logit_bias through both services,
+// on the decode worker's two paths (alone, and in the paged batch): the
+// tokens of OpenAI's formula applied by the test to the monolithic engine's
+// logits. A sampled request with a seed gives what a local Sampler with the
+// same parameters draws from the same logits, so the servers count each
+// generated token exactly once.
+TEST(Service, PenaltiesAndLogitBiasGiveOpenAisTokens) {
+  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"));
+  ASSERT_TRUE(engine);
+  std::unique_ptr<Engine> paged = LoadEngine(Path("llama"));
+  ASSERT_TRUE(paged);
+  PagedDecodeOptions po;
+  po.page_tokens = 16;
+  po.pool_bytes = int64_t{64} << 20;
+  po.max_batch = 4;
+  ASSERT_TRUE(paged->EnablePagedDecode(po).ok());
+  PrefillHarness prefill({}, engine.get());
+  DecodeHarness alone(prefill.server->address(), engine.get());
+  DecodeHarness batched(prefill.server->address(), paged.get());
+
+  constexpr int kNew = 24;
+  const std::vector<int32_t> ids = seer::testing::RandomIds(70, 128, 11);
+  const std::vector<int32_t> plain = AdjustedGreedy(*engine, ids, kNew, 0, 0, {});
+  struct Case {
+    double presence, frequency;
+    std::map<int32_t, double> bias;
+  };
+  const Case cases[] = {
+      {1.5, 0.0, {}},
+      {0.0, 2.0, {}},
+      {0.5, 0.75, {{plain[0], -100.0}, {3, 2.0}, {64, 1.5}}},
+      {-2.0, 0.0, {{plain[1], -1.0}}},
+      {0.0, 0.0, {{42, 100.0}}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE("presence " + std::to_string(c.presence) + " frequency " + std::to_string(c.frequency));
+    const std::vector<int32_t> want = AdjustedGreedy(*engine, ids, kNew, c.presence, c.frequency, c.bias);
+    EXPECT_NE(want, plain) << "the case must change the greedy reply";
+    v1::GenerateRequest g;
+    for (int32_t id : ids) g.add_token_ids(id);
+    g.set_max_new_tokens(kNew);
+    g.mutable_sampling()->set_presence_penalty(static_cast<float>(c.presence));
+    g.mutable_sampling()->set_frequency_penalty(static_cast<float>(c.frequency));
+    for (const auto& [id, b] : c.bias) (*g.mutable_sampling()->mutable_logit_bias())[id] = static_cast<float>(b);
+    for (DecodeHarness* h : {&alone, &batched}) {
+      std::vector<int32_t> got;
+      const grpc::Status s = CallGenerate(h->Stub().get(), g, &got);
+      ASSERT_TRUE(s.ok()) << s.error_message();
+      EXPECT_EQ(got, want) << (h == &alone ? "alone" : "batched");
+    }
+  }
+  EXPECT_EQ(AdjustedGreedy(*engine, ids, 6, 0, 0, {{42, 100.0}}), std::vector<int32_t>(6, 42));
+
+  // Sampled, with a seed: a local Sampler on the same logits.
+  SamplingParams sp;
+  sp.temperature = 0.9;
+  sp.top_k = 40;
+  sp.seed = 2024;
+  sp.presence_penalty = 0.7;
+  sp.frequency_penalty = 1.1;
+  sp.logit_bias = {{plain[0], -3.0f}, {17, 2.0f}};
+  Sampler local(sp);
+  const std::vector<int32_t> want =
+      seer::testing::MonolithicTokens(*engine, ids, kNew, [&](const std::vector<float>& l) { return local.Sample(l); });
+  v1::GenerateRequest g;
+  for (int32_t id : ids) g.add_token_ids(id);
+  g.set_max_new_tokens(kNew);
+  v1::Sampling* s = g.mutable_sampling();
+  s->set_temperature(0.9f);
+  s->set_top_k(40);
+  s->set_seed(2024);
+  s->set_presence_penalty(0.7f);
+  s->set_frequency_penalty(1.1f);
+  (*s->mutable_logit_bias())[plain[0]] = -3.0f;
+  (*s->mutable_logit_bias())[17] = 2.0f;
+  for (DecodeHarness* h : {&alone, &batched}) {
+    std::vector<int32_t> got;
+    ASSERT_TRUE(CallGenerate(h->Stub().get(), g, &got).ok());
+    EXPECT_EQ(got, want) << (h == &alone ? "alone" : "batched");
+  }
 }
 
 TEST(PrefillTargets, ParsesListsAndNames) {

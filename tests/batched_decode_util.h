@@ -116,9 +116,38 @@ inline std::vector<Request> MixedRequests() {
       r.sampling.top_k = 20;
       r.sampling.seed = 1000 + i;
     }
+    // Logit adjustments, greedy and sampled: each sequence's own counts.
+    if (i == 2) {
+      r.sampling.presence_penalty = 1.5;
+      r.sampling.frequency_penalty = 0.75;
+      r.sampling.logit_bias = {{5, 3.0f}, {9, -100.0f}};
+    }
+    if (i == 3) {
+      r.sampling.frequency_penalty = 1.0;
+      r.sampling.logit_bias = {{17, 2.5f}};
+    }
     rs.push_back(r);
   }
   return rs;
+}
+
+// MixedRequests, each with a +100 bias on its own token (30 + i): every
+// token of request i is 30 + i, whichever row of the batch it decodes in.
+inline std::vector<Request> ForcedRequests() {
+  std::vector<Request> rs = MixedRequests();
+  for (size_t i = 0; i < rs.size(); ++i) {
+    rs[i].sampling.presence_penalty = 0.0;
+    rs[i].sampling.frequency_penalty = 0.0;
+    rs[i].sampling.logit_bias = {{static_cast<int32_t>(30 + i), 100.0f}};
+  }
+  return rs;
+}
+
+inline void ExpectForcedTokens(const std::vector<std::vector<int32_t>>& got, const std::vector<Request>& requests) {
+  ASSERT_EQ(got.size(), requests.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i], std::vector<int32_t>(requests[i].new_tokens, static_cast<int32_t>(30 + i))) << "request " << i;
+  }
 }
 
 }  // namespace seer::batched_test

@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -35,6 +36,7 @@
 #include <gtest/gtest.h>
 
 #include "base/status.h"
+#include "engine/engine.h"
 #include "formats/safetensors.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "tests/fixture_reader.h"
@@ -512,6 +514,29 @@ inline std::string WriteRandomLlama(const std::string& dir, const RandomLlamaSpe
       << ", \"rms_norm_eps\": 1e-05, \"rope_theta\": 10000.0, \"hidden_act\": \"silu\", \"attention_bias\": false,"
       << " \"tie_word_embeddings\": false, \"torch_dtype\": \"float32\"}\n";
   return dir;
+}
+
+// The monolithic engine's reply to `ids`: a prefill (dense), then n times
+// `pick` on the last logits and, but for the last, a decode step of what it
+// picked. The reference the services' replies are compared with.
+inline std::vector<int32_t> MonolithicTokens(Engine& engine, const std::vector<int32_t>& ids, int n,
+                                             const std::function<int32_t(const std::vector<float>&)>& pick) {
+  std::vector<int32_t> out;
+  std::unique_ptr<KvCache> cache = engine.NewCache(static_cast<int>(ids.size()) + n).value();
+  StatusOr<PrefillResult> r = engine.Prefill(ids, PrefillOptions{}, cache.get(), nullptr);
+  EXPECT_TRUE(r.ok()) << r.status().ToString();
+  if (!r.ok()) return out;
+  const int vocab = engine.config().vocab_size;
+  std::vector<float> logits(r->logits.end() - vocab, r->logits.end());
+  for (int i = 0; i < n; ++i) {
+    out.push_back(pick(logits));
+    if (i + 1 < n) {
+      const Status s = engine.DecodeStep(out.back(), cache.get(), &logits);
+      EXPECT_TRUE(s.ok()) << s.ToString();
+      if (!s.ok()) break;
+    }
+  }
+  return out;
 }
 
 inline std::vector<int32_t> RandomIds(int n, int vocab, uint32_t seed) {

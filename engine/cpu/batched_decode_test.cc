@@ -56,6 +56,15 @@ TEST_P(BatchedDecode, EachSequenceDecodesTheSameTokensAloneAndInABatch) {
   EXPECT_EQ(e->page_pool()->free_pages(), e->page_pool()->num_pages());
 }
 
+// Logit adjustments are each row's own: a +100 bias forces every token of
+// its request, in whichever row the request decodes.
+TEST_P(BatchedDecode, EachRowTakesItsOwnLogitBias) {
+  std::unique_ptr<Engine> e = LoadCpu(GetParam(), 16, 8);
+  ASSERT_NE(e, nullptr);
+  const std::vector<Request> requests = batched_test::ForcedRequests();
+  batched_test::ExpectForcedTokens(RunBatched(*e, requests), requests);
+}
+
 TEST_P(BatchedDecode, GreedyTokensMatchTheContiguousDecodePath) {
   std::unique_ptr<Engine> e = LoadCpu(GetParam(), 16, 4);
   ASSERT_NE(e, nullptr);

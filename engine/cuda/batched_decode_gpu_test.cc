@@ -66,6 +66,15 @@ TEST_P(CudaBatchedDecode, EachSequenceDecodesTheSameTokensAloneAndInABatch) {
   EXPECT_EQ(e->page_pool()->free_pages(), e->page_pool()->num_pages());
 }
 
+// Logit adjustments are each row's own: a +100 bias forces every token of
+// its request, in whichever row the request decodes.
+TEST_P(CudaBatchedDecode, EachRowTakesItsOwnLogitBias) {
+  std::unique_ptr<Engine> e = LoadCuda(GetParam(), 8);
+  ASSERT_NE(e, nullptr);
+  const std::vector<Request> requests = batched_test::ForcedRequests();
+  batched_test::ExpectForcedTokens(RunBatched(*e, requests), requests);
+}
+
 // The steps replayed from CUDA graphs (the batch joins and leaves, so graphs
 // are recorded, replayed, updated and skipped) decode exactly the tokens of
 // the same steps launched kernel by kernel.

@@ -170,6 +170,10 @@ class CudaEngine final : public Engine {
   // driver, not a passing state), with one line on stderr: the caller runs
   // `launch`.
   void CaptureDecodeLayers(int batch, int splits, const std::function<Status()>& launch);
+  // Adds each sequence's sampler adjustments (Sampler::Adjustments) to its
+  // row of `logits` ([seqs.size(), vocab]) on stream_; nothing when no
+  // sampler adjusts.
+  Status AdjustLogitRows(float* logits, std::span<Sampler* const> samplers);
   // The cache as this engine's DeviceKvCache (the base checked its type and layout).
   static DeviceKvCache* AsDeviceCache(KvCache* cache) { return static_cast<DeviceKvCache*>(cache); }
   Status EnsureWorkspace(const PrefillPlan& plan);
@@ -201,6 +205,8 @@ class CudaEngine final : public Engine {
   DeviceBuffer decode_workspace_;
   DeviceBuffer decode_attention_scratch_;  // split-K partials of DecodeAttention
   DeviceBuffer sample_scratch_;  // cuda::SampleToken's, allocated on first use
+  std::vector<cuda::RowLogitAdjustment> adjust_host_;  // AdjustLogitRows' staging
+  DeviceBuffer adjust_device_;  // grown on demand
   DeviceBuffer last_block_lists_;  // a prefill's last layer: each head's last CSR list, the other rows empty
   Activations decode_;
   // Batched decode (PreparePagedDecode). Every step runs the GEMMs on
@@ -722,6 +728,8 @@ StatusOr<int32_t> CudaEngine::RunDecodeAndSample(int32_t token, KvCache* cache_i
                                                                   "decode: sampling scratch"));
   }
   SEER_RETURN_IF_ERROR(DecodeForward(token, cache));
+  Sampler* const one[] = {sampler};
+  SEER_RETURN_IF_ERROR(AdjustLogitRows(decode_.logits, one));
   // One uniform per sampled token, none when greedy, as Sampler::Sample.
   const double u = sp.temperature > 0.0 ? sampler->NextUniform() : 0.0;
   // decode_.ids held this step's token; the sampled one overwrites it.
@@ -732,7 +740,31 @@ StatusOr<int32_t> CudaEngine::RunDecodeAndSample(int32_t token, KvCache* cache_i
   SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(&next, decode_.ids, sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
   SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
   cache->set_length(cache->length() + 1);
+  sampler->Record(next);
   return next;
+}
+
+Status CudaEngine::AdjustLogitRows(float* logits, std::span<Sampler* const> samplers) {
+  adjust_host_.clear();
+  for (size_t r = 0; r < samplers.size(); ++r) {
+    for (const LogitAdjustment& a : samplers[r]->Adjustments()) {
+      adjust_host_.push_back({static_cast<int32_t>(r), a.id, a.delta});
+    }
+  }
+  if (adjust_host_.empty()) return OkStatus();
+  const size_t bytes = sizeof(cuda::RowLogitAdjustment) * adjust_host_.size();
+  if (adjust_device_.bytes() < bytes) {
+    // cudaFree, in the old buffer's destructor, waits for the kernels reading it.
+    SEER_ASSIGN_OR_RETURN(adjust_device_, DeviceBuffer::Allocate(std::max<size_t>(2 * bytes, 4096),
+                                                                 "decode: the samplers' logit adjustments"));
+  }
+  // From pageable memory: the copy is staged before cudaMemcpyAsync returns.
+  SEER_RETURN_IF_CUDA_ERROR(
+      cudaMemcpyAsync(adjust_device_.get(), adjust_host_.data(), bytes, cudaMemcpyHostToDevice, stream_));
+  SEER_RETURN_IF_CUDA_ERROR(cuda::AdjustLogits(logits, config_.vocab_size,
+                                               adjust_device_.as<cuda::RowLogitAdjustment>(),
+                                               static_cast<int>(adjust_host_.size()), stream_));
+  return OkStatus();
 }
 
 Status CudaEngine::DecodeForward(int32_t token, DeviceKvCache* cache) {
@@ -872,6 +904,9 @@ Status CudaEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int
     const int n = std::min(a.logits_chunk, rows - r0);
     SEER_RETURN_IF_ERROR(run.Logits(a, r0, n));
     if (r0 >= B) continue;
+    std::vector<Sampler*> samplers;
+    for (int r = r0; r < std::min(r0 + n, B); ++r) samplers.push_back(seqs[r].sampler);
+    SEER_RETURN_IF_ERROR(AdjustLogitRows(a.logits, samplers));
     SEER_RETURN_IF_CUDA_ERROR(cuda::ArgMaxRows(a.logits, std::min(n, B - r0), vocab, d_next + r0, stream_));
     for (int r = r0; r < std::min(r0 + n, B); ++r) {
       const SamplingParams& sp = seqs[r].sampler->params();
@@ -887,6 +922,7 @@ Status CudaEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int
   for (int r = 0; r < B; ++r) {
     next[r] = h_next[r];
     seqs[r].cache->set_length(h_pos[r] + 1);
+    seqs[r].sampler->Record(next[r]);
   }
   return OkStatus();
 }

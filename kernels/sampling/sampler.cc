@@ -15,11 +15,68 @@ int32_t ArgMax(std::span<const float> values) {
   return best < 0 ? 0 : best;
 }
 
-Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {}
+Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {
+  penalised_ = params.presence_penalty != 0.0 || params.frequency_penalty != 0.0;
+  std::vector<LogitAdjustment> bias = params.logit_bias;
+  std::stable_sort(bias.begin(), bias.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
+  for (const LogitAdjustment& b : bias) {
+    if (b.delta == 0.0f) continue;
+    if (!adjustments_.empty() && adjustments_.back().id == b.id) {
+      bias_.back() += b.delta;  // the contract is one entry per id; a repeat adds
+      adjustments_.back().delta = static_cast<float>(bias_.back());
+      continue;
+    }
+    adjustments_.push_back(b);
+    bias_.push_back(b.delta);
+    counts_.push_back(0);
+  }
+}
+
+void Sampler::Record(int32_t token) {
+  if (!penalised_ || token < 0) return;
+  auto it = std::lower_bound(adjustments_.begin(), adjustments_.end(), token,
+                             [](const LogitAdjustment& a, int32_t id) { return a.id < id; });
+  const size_t i = static_cast<size_t>(it - adjustments_.begin());
+  if (it == adjustments_.end() || it->id != token) {
+    adjustments_.insert(it, LogitAdjustment{token, 0.0f});
+    bias_.insert(bias_.begin() + static_cast<std::ptrdiff_t>(i), 0.0);
+    counts_.insert(counts_.begin() + static_cast<std::ptrdiff_t>(i), 0);
+  }
+  const int64_t c = ++counts_[i];
+  // In double, rounded once: every backend adds the same float.
+  adjustments_[i].delta =
+      static_cast<float>(bias_[i] - (static_cast<double>(c) * params_.frequency_penalty + params_.presence_penalty));
+}
+
+std::vector<float> Sampler::Adjusted(std::span<const float> logits) const {
+  std::vector<float> out(logits.begin(), logits.end());
+  for (const LogitAdjustment& a : adjustments_) {
+    if (static_cast<size_t>(a.id) < out.size()) out[a.id] += a.delta;
+  }
+  return out;
+}
 
 double Sampler::NextUniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
 
 std::vector<double> Sampler::Distribution(std::span<const float> logits) const {
+  if (adjustments_.empty()) return DistributionOf(logits);
+  const std::vector<float> adjusted = Adjusted(logits);
+  return DistributionOf(adjusted);
+}
+
+int32_t Sampler::Sample(std::span<const float> logits) {
+  int32_t token = 0;
+  if (adjustments_.empty()) {
+    token = Choose(logits);
+  } else {
+    const std::vector<float> adjusted = Adjusted(logits);
+    token = Choose(adjusted);
+  }
+  Record(token);
+  return token;
+}
+
+std::vector<double> Sampler::DistributionOf(std::span<const float> logits) const {
   if (params_.temperature <= 0.0 || logits.empty()) return {};
   const size_t vocab = logits.size();
 
@@ -68,9 +125,9 @@ std::vector<double> Sampler::Distribution(std::span<const float> logits) const {
   return dist;
 }
 
-int32_t Sampler::Sample(std::span<const float> logits) {
+int32_t Sampler::Choose(std::span<const float> logits) {
   if (params_.temperature <= 0.0) return ArgMax(logits);
-  const std::vector<double> dist = Distribution(logits);
+  const std::vector<double> dist = DistributionOf(logits);
   const double u = NextUniform();
   double cum = 0.0;
   int32_t last_kept = -1;

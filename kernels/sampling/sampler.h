@@ -1,6 +1,8 @@
 // Token sampling for the decode worker: greedy by default, or temperature
 // with optional top-k and top-p (nucleus) cuts, from a seeded random stream
-// so that a request with a seed is reproducible.
+// so that a request with a seed is reproducible. Before either, OpenAI's
+// logit adjustments: a fixed bias per token id, and presence and frequency
+// penalties on the tokens this sampler has already produced.
 #pragma once
 
 #include <cstdint>
@@ -10,27 +12,54 @@
 
 namespace seer {
 
+// One token's logit moved by `delta` (added in float) before sampling.
+struct LogitAdjustment {
+  int32_t id = 0;
+  float delta = 0.0f;
+  bool operator==(const LogitAdjustment&) const = default;
+};
+
 struct SamplingParams {
   double temperature = 0.0;  // 0: greedy
   int top_k = 0;  // 0: no cut
   double top_p = 1.0;  // 1: no cut
   uint64_t seed = 0;
+  // OpenAI's penalties: a token already produced c > 0 times by this sampler
+  // loses c * frequency_penalty + presence_penalty from its logit. The
+  // prompt's tokens do not count.
+  double presence_penalty = 0.0;
+  double frequency_penalty = 0.0;
+  // Added to a token's logit at every step: ids ascending, each once.
+  std::vector<LogitAdjustment> logit_bias;
 };
 
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
 
-  // The next token for `logits` ([vocab]). Greedy picks the largest logit
-  // (the lowest id on ties). Otherwise, in order: keep the top_k largest
-  // logits, softmax of logit / temperature, keep the smallest prefix (by
-  // descending probability) whose mass reaches top_p, renormalise, and draw.
-  // NaN logits are never picked.
+  // The next token for `logits` ([vocab]), which it then records. First the
+  // adjustments (Adjustments()) are added to their logits, in float. Greedy
+  // then picks the largest logit (the lowest id on ties). Otherwise, in order:
+  // keep the top_k largest logits, softmax of logit / temperature, keep the
+  // smallest prefix (by descending probability) whose mass reaches top_p,
+  // renormalise, and draw. NaN logits are never picked.
   int32_t Sample(std::span<const float> logits);
 
   // The distribution Sample draws from, [vocab], zero outside the kept set
   // (empty for greedy). Exposed for tests and for diagnostics.
   std::vector<double> Distribution(std::span<const float> logits) const;
+
+  // Notes that `token` was produced, for the penalties. Sample does it; a
+  // backend that samples on its own device calls it with the token it drew.
+  void Record(int32_t token);
+
+  // What is added to the logits before the next token is chosen, ids
+  // ascending: the bias, less the penalties of the tokens recorded so far.
+  // Empty when the parameters adjust nothing.
+  std::span<const LogitAdjustment> Adjustments() const { return adjustments_; }
+
+  // `logits` with Adjustments() applied (ids past the end are ignored).
+  std::vector<float> Adjusted(std::span<const float> logits) const;
 
   const SamplingParams& params() const { return params_; }
 
@@ -42,8 +71,16 @@ class Sampler {
   double NextUniform();
 
  private:
+  // Distribution and Sample on logits already adjusted.
+  std::vector<double> DistributionOf(std::span<const float> logits) const;
+  int32_t Choose(std::span<const float> logits);
+
   SamplingParams params_;
   std::mt19937_64 rng_;
+  bool penalised_ = false;  // a penalty is not zero
+  std::vector<LogitAdjustment> adjustments_;  // ascending ids
+  std::vector<double> bias_;  // per entry of adjustments_
+  std::vector<int64_t> counts_;  // per entry of adjustments_: times recorded
 };
 
 // Index of the largest value, the lowest index on ties, skipping NaN; 0 when

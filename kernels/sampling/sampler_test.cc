@@ -1,10 +1,12 @@
 // The decode worker's sampler against a float64 recomputation of the
-// distribution it should draw from (temperature, top-k, top-p), and the
-// empirical frequencies of its draws against that distribution.
+// distribution it should draw from (temperature, top-k, top-p, OpenAI's logit
+// bias and presence/frequency penalties), and the empirical frequencies of
+// its draws against that distribution.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <numeric>
 #include <vector>
 
@@ -12,6 +14,16 @@
 
 namespace seer {
 namespace {
+
+// Temperature, top_k, top_p and seed; no logit adjustments.
+SamplingParams P(double temperature, int top_k, double top_p, uint64_t seed) {
+  SamplingParams p;
+  p.temperature = temperature;
+  p.top_k = top_k;
+  p.top_p = top_p;
+  p.seed = seed;
+  return p;
+}
 
 // Softmax(logits / t) restricted to `keep`, in float64, written directly from
 // the definitions.
@@ -34,7 +46,7 @@ TEST(Sampling, GreedyIsArgmaxWithLowestIdOnTies) {
 TEST(Sampling, TemperatureDistributionMatchesFloat64Softmax) {
   const std::vector<float> logits = {1.0f, 2.5f, -0.5f, 0.0f, 2.0f};
   for (double t : {0.5, 1.0, 2.0}) {
-    Sampler s({t, 0, 1.0, 42});
+    Sampler s(P(t, 0, 1.0, 42));
     const std::vector<double> got = s.Distribution(logits);
     const std::vector<double> want = Reference(logits, t, {0, 1, 2, 3, 4});
     ASSERT_EQ(got.size(), want.size());
@@ -44,13 +56,13 @@ TEST(Sampling, TemperatureDistributionMatchesFloat64Softmax) {
 
 TEST(Sampling, TopKKeepsTheKLargest) {
   const std::vector<float> logits = {0.3f, 1.9f, -2.0f, 1.2f, 0.9f, 1.9f};
-  Sampler s({1.0, 3, 1.0, 1});
+  Sampler s(P(1.0, 3, 1.0, 1));
   // The three largest: 1.9 (ids 1 and 5) and 1.2 (id 3).
   const std::vector<double> want = Reference(logits, 1.0, {1, 3, 5});
   const std::vector<double> got = s.Distribution(logits);
   for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-12) << i;
   // top_k = 1 is greedy at any temperature.
-  Sampler one({5.0, 1, 1.0, 3});
+  Sampler one(P(5.0, 1, 1.0, 3));
   for (int i = 0; i < 200; ++i) ASSERT_EQ(one.Sample(logits), 1);
 }
 
@@ -59,20 +71,20 @@ TEST(Sampling, TopPKeepsTheSmallestPrefixReachingP) {
   const std::vector<float> logits = {float(std::log(0.15)), float(std::log(0.5)), float(std::log(0.05)),
                                      float(std::log(0.3))};
   {
-    Sampler s({1.0, 0, 0.75, 9});  // 0.5 < 0.75 <= 0.5 + 0.3
+    Sampler s(P(1.0, 0, 0.75, 9));  // 0.5 < 0.75 <= 0.5 + 0.3
     const std::vector<double> want = Reference(logits, 1.0, {1, 3});
     const std::vector<double> got = s.Distribution(logits);
     for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-9) << i;
     EXPECT_NEAR(got[1], 0.625, 1e-6);  // 0.5 / 0.8, up to the float32 logits
   }
   {
-    Sampler s({1.0, 0, 0.45, 9});  // the first token alone (0.5) reaches 0.45
+    Sampler s(P(1.0, 0, 0.45, 9));  // the first token alone (0.5) reaches 0.45
     const std::vector<double> got = s.Distribution(logits);
     EXPECT_NEAR(got[1], 1.0, 1e-12);
     EXPECT_EQ(got[0] + got[2] + got[3], 0.0);
   }
   {
-    Sampler s({1.0, 0, 0.96, 9});  // needs all four (0.95 < 0.96)
+    Sampler s(P(1.0, 0, 0.96, 9));  // needs all four (0.95 < 0.96)
     const std::vector<double> got = s.Distribution(logits);
     EXPECT_GT(got[2], 0.0);
   }
@@ -80,7 +92,7 @@ TEST(Sampling, TopPKeepsTheSmallestPrefixReachingP) {
 
 TEST(Sampling, DrawsFollowTheDistribution) {
   const std::vector<float> logits = {0.2f, 1.4f, -0.3f, 0.9f, 1.1f, -1.5f, 0.0f, 0.6f};
-  Sampler s({0.8, 6, 0.9, 12345});
+  Sampler s(P(0.8, 6, 0.9, 12345));
   const std::vector<double> p = s.Distribution(logits);
   const int n = 40000;
   std::vector<int> count(logits.size(), 0);
@@ -100,7 +112,7 @@ TEST(Sampling, DrawsFollowTheDistribution) {
 TEST(Sampling, SeedMakesDrawsReproducible) {
   std::vector<float> logits(50);
   for (size_t i = 0; i < logits.size(); ++i) logits[i] = float(std::sin(double(i)));
-  Sampler a({1.0, 0, 1.0, 77}), b({1.0, 0, 1.0, 77}), c({1.0, 0, 1.0, 78});
+  Sampler a(P(1.0, 0, 1.0, 77)), b(P(1.0, 0, 1.0, 77)), c(P(1.0, 0, 1.0, 78));
   std::vector<int> ta, tb, tc;
   for (int i = 0; i < 64; ++i) {
     ta.push_back(a.Sample(logits));
@@ -109,6 +121,114 @@ TEST(Sampling, SeedMakesDrawsReproducible) {
   }
   EXPECT_EQ(ta, tb);
   EXPECT_NE(ta, tc);
+}
+
+// OpenAI's formula, written out: logit + bias - (c * frequency + presence
+// when c > 0), where c counts the token in `produced`.
+std::vector<float> OpenAiAdjusted(const std::vector<float>& logits, const std::map<int, double>& bias,
+                                  const std::vector<int>& produced, double presence, double frequency) {
+  std::vector<float> out(logits.size());
+  for (size_t j = 0; j < logits.size(); ++j) {
+    const auto c = std::count(produced.begin(), produced.end(), static_cast<int>(j));
+    const auto b = bias.find(static_cast<int>(j));
+    double x = logits[j] + (b == bias.end() ? 0.0 : b->second);
+    if (c > 0) x -= static_cast<double>(c) * frequency + presence;
+    out[j] = static_cast<float>(x);
+  }
+  return out;
+}
+
+TEST(Sampling, FrequencyPenaltyAlternatesGreedyTokensAsComputedByHand) {
+  // Logits 3, 2.5, 0 and a frequency penalty of 1: token 0 (3 > 2.5), then 1
+  // (2 < 2.5), 0 (2 > 1.5), 1 (1 < 1.5), 0 (1 > 0.5), 1 (0 < 0.5), then 0
+  // (0 ties with token 2 and is the lower id), then 2 (-1, -0.5 < 0).
+  SamplingParams p;
+  p.frequency_penalty = 1.0;
+  Sampler s(p);
+  const std::vector<float> logits = {3.0f, 2.5f, 0.0f};
+  std::vector<int32_t> got;
+  for (int i = 0; i < 8; ++i) got.push_back(s.Sample(logits));
+  EXPECT_EQ(got, (std::vector<int32_t>{0, 1, 0, 1, 0, 1, 0, 2}));
+  // A presence penalty does not grow: 0, then 1 (1.5 < 2.5), then 0
+  // (1.5 > 1.0) and 0 again.
+  SamplingParams q;
+  q.presence_penalty = 1.5;
+  Sampler t(q);
+  got.clear();
+  for (int i = 0; i < 4; ++i) got.push_back(t.Sample(logits));
+  EXPECT_EQ(got, (std::vector<int32_t>{0, 1, 0, 0}));
+}
+
+TEST(Sampling, LogitBiasForcesAndBansTokens) {
+  const std::vector<float> logits = {0.5f, 4.0f, 1.0f, -3.0f};
+  SamplingParams p;
+  p.logit_bias = {{3, 100.0f}, {1, -100.0f}};  // unsorted on purpose
+  Sampler forced(p);
+  for (int i = 0; i < 5; ++i) ASSERT_EQ(forced.Sample(logits), 3);
+  p.logit_bias = {{1, -100.0f}};
+  p.temperature = 1.0;
+  p.seed = 5;
+  Sampler banned(p);
+  for (int i = 0; i < 2000; ++i) ASSERT_NE(banned.Sample(logits), 1);
+  // Zero biases and no penalties adjust nothing.
+  p.logit_bias = {{2, 0.0f}};
+  EXPECT_TRUE(Sampler(p).Adjustments().empty());
+}
+
+TEST(Sampling, AdjustedDistributionMatchesFloat64Reference) {
+  std::vector<float> logits(40);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = float(2.0 * std::sin(3.7 * double(i)));
+  const std::map<int, double> bias = {{0, 1.25}, {7, -2.5}, {13, 4.0}, {39, -100.0}};
+  for (double presence : {0.0, 0.8, -1.0}) {
+    for (double frequency : {0.0, 0.6, 2.0}) {
+      SCOPED_TRACE("presence " + std::to_string(presence) + " frequency " + std::to_string(frequency));
+      SamplingParams p = P(0.7, 0, 0.95, 31);
+      p.presence_penalty = presence;
+      p.frequency_penalty = frequency;
+      for (const auto& [id, b] : bias) p.logit_bias.push_back({id, static_cast<float>(b)});
+      Sampler s(p);
+      std::vector<int> produced;
+      for (int step = 0; step < 30; ++step) {
+        // The reference distribution: the sampler's own top-p and softmax
+        // rules (tested above) on logits adjusted by the written-out formula.
+        Sampler plain(P(0.7, 0, 0.95, 31));
+        const std::vector<double> want =
+            plain.Distribution(OpenAiAdjusted(logits, bias, produced, presence, frequency));
+        const std::vector<double> got = s.Distribution(logits);
+        ASSERT_EQ(got.size(), want.size());
+        for (size_t j = 0; j < want.size(); ++j) ASSERT_NEAR(got[j], want[j], 1e-6) << "step " << step << " id " << j;
+        produced.push_back(s.Sample(logits));
+      }
+      // Penalties make the draws spread: without them 30 draws at T = 0.7
+      // keep returning to the few largest logits.
+      if (frequency >= 2.0) {
+        std::vector<int> distinct = produced;
+        std::sort(distinct.begin(), distinct.end());
+        distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+        EXPECT_GE(distinct.size(), 10u);
+      }
+    }
+  }
+}
+
+// A backend that samples on its device: Adjusted logits, its own choice,
+// then Record. The same tokens as Sample, and the same adjustments after.
+TEST(Sampling, RecordAfterADeviceChoiceKeepsTheSamplersInStep) {
+  std::vector<float> logits(64);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = float(std::cos(1.3 * double(i)));
+  SamplingParams p;
+  p.presence_penalty = 0.4;
+  p.frequency_penalty = 0.3;
+  p.logit_bias = {{2, 1.0f}, {50, -0.5f}};
+  Sampler host(p), device(p);
+  for (int step = 0; step < 40; ++step) {
+    const int32_t want = host.Sample(logits);
+    const int32_t got = ArgMax(device.Adjusted(logits));
+    device.Record(got);
+    ASSERT_EQ(got, want) << step;
+    ASSERT_TRUE(std::ranges::equal(host.Adjustments(), device.Adjustments())) << step;
+  }
+  EXPECT_GT(host.Adjustments().size(), 2u);
 }
 
 }  // namespace

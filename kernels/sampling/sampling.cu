@@ -45,6 +45,15 @@ __device__ __forceinline__ double Weight(float logit, double top, double tempera
   return exp((l - top) / temperature);
 }
 
+__global__ void AdjustLogitsKernel(float* logits, int vocab, const RowLogitAdjustment* entries, int n) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    const RowLogitAdjustment e = entries[i];
+    if (e.id < 0 || e.id >= vocab || e.row < 0) continue;
+    float* x = logits + static_cast<size_t>(e.row) * static_cast<size_t>(vocab) + e.id;
+    *x = *x + e.delta;
+  }
+}
+
 __global__ void CandidateKeysKernel(const float* logits, int vocab, uint64_t* keys) {
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < vocab; i += gridDim.x * blockDim.x) {
     keys[i] = CandidateKey(logits[i], i);
@@ -205,6 +214,14 @@ size_t SampleScratchBytes(int vocab) {
   if (vocab <= 0) return 0;
   const size_t keys = AlignUp(sizeof(uint64_t) * static_cast<size_t>(vocab));
   return 2 * keys + AlignUp(SortTempBytes(vocab));
+}
+
+cudaError_t AdjustLogits(float* logits, int vocab, const RowLogitAdjustment* entries, int n, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  if (n < 0 || vocab <= 0 || logits == nullptr || entries == nullptr) return cudaErrorInvalidValue;
+  const int blocks = (n + kKeyThreads - 1) / kKeyThreads;
+  AdjustLogitsKernel < <<blocks<1024 ? blocks : 1024, kKeyThreads, 0, stream>>>(logits, vocab, entries, n);
+  return cudaGetLastError();
 }
 
 cudaError_t SampleToken(const float* logits, int vocab, double temperature, int top_k, double top_p, double u,

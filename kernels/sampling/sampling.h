@@ -27,4 +27,17 @@ size_t SampleScratchBytes(int vocab);
 cudaError_t SampleToken(const float* logits, int vocab, double temperature, int top_k, double top_p, double u,
                         void* scratch, size_t scratch_bytes, int32_t* out, cudaStream_t stream);
 
+// One entry of AdjustLogits: logits[row * vocab + id] += delta.
+struct RowLogitAdjustment {
+  int32_t row;
+  int32_t id;
+  float delta;
+};
+
+// The device twin of Sampler::Adjusted for rows of logits [rows, vocab]:
+// adds each entry's delta to its logit, in float (an (row, id) pair at most
+// once; ids outside [0, vocab) are skipped). `entries` is device memory, n of
+// them; n = 0 launches nothing.
+cudaError_t AdjustLogits(float* logits, int vocab, const RowLogitAdjustment* entries, int n, cudaStream_t stream);
+
 }  // namespace seer::cuda

@@ -6,9 +6,12 @@
 //     the same u. A mismatch is allowed only when u lies within 1e-9 of a
 //     cumulative-mass boundary (double rounding of the sums); they are
 //     counted and printed. Greedy equals ArgMax exactly.
+//   - AdjustLogits (OpenAI's logit bias and penalties) on rows of random
+//     logits: bit for bit Sampler::Adjusted's, row by row.
 //   - the CUDA engine's DecodeAndSample on the llama fixture: at every step
 //     the token equals the host Sampler's draw from DecodeStep's logits of
-//     the same position, with an identically seeded Sampler.
+//     the same position, with an identically seeded Sampler, with and
+//     without logit adjustments.
 // Without a GPU every test skips.
 
 #include <gtest/gtest.h>
@@ -22,7 +25,9 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <span>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "engine/cuda/cuda_engine.h"
@@ -255,6 +260,53 @@ TEST_F(SamplingKernelTest, Vocab128kTakesWellUnderAMillisecond) {
   EXPECT_LT(per, 1.0);
 }
 
+TEST_F(SamplingKernelTest, AdjustLogitsIsSamplerAdjustedBitForBit) {
+  const int vocab = 1000, rows = 3;
+  std::vector<float> logits;
+  for (int r = 0; r < rows; ++r) {
+    const std::vector<float> row = RandomLogits(vocab, 50 + r, r == 1, r == 2);
+    logits.insert(logits.end(), row.begin(), row.end());
+  }
+  // Each row its own sampler: biases, then penalties on tokens it produced.
+  std::mt19937_64 rng(9);
+  std::vector<Sampler> samplers;
+  std::vector<cuda::RowLogitAdjustment> entries;
+  for (int r = 0; r < rows; ++r) {
+    SamplingParams p;
+    p.presence_penalty = 0.25 * (r + 1);
+    p.frequency_penalty = r == 1 ? -0.75 : 1.3;
+    for (int id = r; id < vocab; id += 37)
+      p.logit_bias.push_back({id, static_cast<float>(rng() % 2001) / 10.0f - 100.0f});
+    samplers.emplace_back(p);
+    for (int k = 0; k < 60; ++k) samplers.back().Record(static_cast<int32_t>(rng() % vocab));
+    for (const LogitAdjustment& a : samplers.back().Adjustments()) entries.push_back({r, a.id, a.delta});
+  }
+  DevBuf d_logits(sizeof(float) * logits.size()), d_entries(sizeof(cuda::RowLogitAdjustment) * entries.size());
+  ASSERT_TRUE(d_logits.ok() && d_entries.ok());
+  ASSERT_EQ(d_logits.Upload(logits.data(), sizeof(float) * logits.size()), cudaSuccess);
+  ASSERT_EQ(d_entries.Upload(entries.data(), sizeof(cuda::RowLogitAdjustment) * entries.size()), cudaSuccess);
+  ASSERT_EQ(cuda::AdjustLogits(d_logits.get<float>(), vocab, d_entries.get<cuda::RowLogitAdjustment>(),
+                               static_cast<int>(entries.size()), nullptr),
+            cudaSuccess);
+  std::vector<float> got(logits.size());
+  ASSERT_EQ(d_logits.Download(got.data(), sizeof(float) * got.size()), cudaSuccess);
+  for (int r = 0; r < rows; ++r) {
+    const std::vector<float> want =
+        samplers[r].Adjusted(std::span<const float>(logits.data() + static_cast<size_t>(r) * vocab, vocab));
+    // Bit for bit, but a NaN is any NaN: the GPU's arithmetic returns its
+    // canonical NaN, the host's keeps the operand's payload; neither is ever
+    // sampled.
+    int differ = 0;
+    for (int j = 0; j < vocab; ++j) {
+      const float g = got[static_cast<size_t>(r) * vocab + j];
+      if (std::isnan(want[j]) ? !std::isnan(g) : std::memcmp(&want[j], &g, sizeof(float)) != 0) ++differ;
+    }
+    EXPECT_EQ(differ, 0) << "row " << r;
+  }
+  EXPECT_EQ(cuda::AdjustLogits(d_logits.get<float>(), vocab, nullptr, 0, nullptr), cudaSuccess) << "nothing to do";
+  EXPECT_EQ(cuda::AdjustLogits(d_logits.get<float>(), vocab, nullptr, 3, nullptr), cudaErrorInvalidValue);
+}
+
 // --- the engine ------------------------------------------------------------
 
 std::string Fixture(const std::string& name) {
@@ -262,7 +314,8 @@ std::string Fixture(const std::string& name) {
   return std::string(env != nullptr && *env != '\0' ? env : SEER_FIXTURES_DIR) + "/" + name;
 }
 
-class CudaDecodeAndSampleTest : public ::testing::TestWithParam<double> {
+// (temperature, with logit adjustments)
+class CudaDecodeAndSampleTest : public ::testing::TestWithParam<std::tuple<double, bool>> {
  protected:
   void SetUp() override {
     if (!CudaDeviceAvailable()) GTEST_SKIP() << "no CUDA device visible: CUDA engine tests skipped";
@@ -296,11 +349,18 @@ TEST_P(CudaDecodeAndSampleTest, LlamaTokensEqualHostSamplerOnDecodeStepLogits) {
   auto pre = engine->Prefill(ids, PrefillOptions{}, cache->get(), nullptr);
   ASSERT_TRUE(pre.ok()) << pre.status().ToString();
 
+  const auto [temperature, adjusted] = GetParam();
   SamplingParams sp;
-  sp.temperature = GetParam();
-  sp.top_k = GetParam() > 1.0 ? 0 : 40;
-  sp.top_p = GetParam() > 1.0 ? 0.95 : 1.0;
+  sp.temperature = temperature;
+  sp.top_k = temperature > 1.0 ? 0 : 40;
+  sp.top_p = temperature > 1.0 ? 0.95 : 1.0;
   sp.seed = 2024;
+  if (adjusted) {
+    sp.presence_penalty = 0.6;
+    sp.frequency_penalty = 0.9;
+    sp.logit_bias = {{7, -100.0f}, {30, 3.0f}, {ids[0], 1.5f}};
+    std::sort(sp.logit_bias.begin(), sp.logit_bias.end(), [](auto& a, auto& b) { return a.id < b.id; });
+  }
   Sampler host(sp), device(sp);
   int32_t token = host.Sample(pre->logits);
   ASSERT_EQ(device.Sample(pre->logits), token);
@@ -318,10 +378,12 @@ TEST_P(CudaDecodeAndSampleTest, LlamaTokensEqualHostSamplerOnDecodeStepLogits) {
     tokens.push_back(want);
     token = want;
   }
-  // Both streams consumed the same number of uniforms.
+  // Both streams consumed the same number of uniforms, and counted the same tokens.
   EXPECT_EQ(host.NextUniform(), device.NextUniform());
-  std::printf("[llama] DecodeAndSample, temperature %.2f: %d tokens equal to the host Sampler's; distinct %zu\n",
-              sp.temperature, steps, [&] {
+  EXPECT_TRUE(std::ranges::equal(host.Adjustments(), device.Adjustments()));
+  if (adjusted) EXPECT_EQ(std::count(tokens.begin(), tokens.end(), 7), 0) << "token 7 is banned";
+  std::printf("[llama] DecodeAndSample, temperature %.2f%s: %d tokens equal to the host Sampler's; distinct %zu\n",
+              sp.temperature, adjusted ? " with logit adjustments" : "", steps, [&] {
                 std::vector<int32_t> s = tokens;
                 std::sort(s.begin(), s.end());
                 return static_cast<size_t>(std::unique(s.begin(), s.end()) - s.begin());
@@ -347,7 +409,8 @@ TEST_P(CudaDecodeAndSampleTest, LlamaTokensEqualHostSamplerOnDecodeStepLogits) {
   EXPECT_EQ(*got, want);
 }
 
-INSTANTIATE_TEST_SUITE_P(Temperatures, CudaDecodeAndSampleTest, ::testing::Values(0.0, 0.7, 1.5));
+INSTANTIATE_TEST_SUITE_P(Temperatures, CudaDecodeAndSampleTest,
+                         ::testing::Combine(::testing::Values(0.0, 0.7, 1.5), ::testing::Bool()));
 
 }  // namespace
 }  // namespace seer

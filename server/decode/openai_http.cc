@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cfloat>
 #include <chrono>
@@ -329,6 +330,41 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
   float wire_top_p = ToFloat(top_p);
   if (top_p >= 0.0 && top_p <= 1.0 && wire_top_p == 0.0f) wire_top_p = FLT_MIN;
   g.mutable_sampling()->set_top_p(wire_top_p);
+  for (const char* key : {"presence_penalty", "frequency_penalty"}) {
+    double penalty = 0.0;
+    if (auto e = number(key, 0.0, &penalty)) return e;
+    if (!(penalty >= -kMaxPenalty && penalty <= kMaxPenalty)) {
+      return Invalid(key, std::string(key) + ": " + root.Find(key)->Dump() + " is out of range [-2, 2]");
+    }
+    if (key[0] == 'p') {
+      g.mutable_sampling()->set_presence_penalty(ToFloat(penalty));
+    } else {
+      g.mutable_sampling()->set_frequency_penalty(ToFloat(penalty));
+    }
+  }
+  if (const JsonValue* bias = root.Find("logit_bias"); bias != nullptr && !bias->is_null()) {
+    if (!bias->is_object()) return Invalid("logit_bias", "logit_bias: must be an object of token id to bias");
+    if (bias->as_object().size() > static_cast<size_t>(kMaxLogitBias)) {
+      return Invalid("logit_bias", "logit_bias: " + std::to_string(bias->as_object().size()) +
+                                       " entries exceed the limit of " + std::to_string(kMaxLogitBias));
+    }
+    auto& map = *g.mutable_sampling()->mutable_logit_bias();
+    for (const auto& [key, value] : bias->as_object()) {
+      // OpenAI's keys are token ids written as decimal strings.
+      const bool digits = !key.empty() && key.size() <= 10 &&
+                          std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; });
+      const int64_t id = digits ? std::stoll(key) : -1;
+      if (!digits || id > INT32_MAX) {
+        return Invalid("logit_bias", "logit_bias: key \"" + key.substr(0, 32) + "\" is not a token id");
+      }
+      if (!value.is_number() ||
+          !(value.as_double() >= -kMaxLogitBiasValue && value.as_double() <= kMaxLogitBiasValue)) {
+        return Invalid("logit_bias",
+                       "logit_bias[" + key + "]: " + value.Dump().substr(0, 32) + " is not a number in [-100, 100]");
+      }
+      map[static_cast<int32_t>(id)] = ToFloat(value.as_double());
+    }
+  }
   // The reply is text, whatever form the prompt has.
   g.set_text_reply(true);
   if (const JsonValue* seed = root.Find("seed"); seed != nullptr && !seed->is_null()) {

@@ -412,6 +412,53 @@ TEST_F(OpenAiHttp, TheWireCarriesOpenAisMeanings) {
   PostJson("/v1/completions", R"({"prompt": "x", "max_tokens": 0})", 400);
 }
 
+// OpenAI's logit adjustments reach the wire as sent; what is malformed or out
+// of OpenAI's ranges is refused here, naming the field (and the key).
+TEST_F(OpenAiHttp, PenaltiesAndLogitBiasReachTheWire) {
+  PostJson("/v1/completions",
+           R"({"prompt": "x", "presence_penalty": 0.5, "frequency_penalty": -1.25,
+               "logit_bias": {"7": -100, "12": 2.5, "0": 100}})",
+           200);
+  const v1::GenerateRequest last = backend.Last();
+  const v1::Sampling& s = last.sampling();
+  EXPECT_EQ(s.presence_penalty(), 0.5f);
+  EXPECT_EQ(s.frequency_penalty(), -1.25f);
+  ASSERT_EQ(s.logit_bias_size(), 3);
+  EXPECT_EQ(s.logit_bias().at(7), -100.0f);
+  EXPECT_EQ(s.logit_bias().at(12), 2.5f);
+  EXPECT_EQ(s.logit_bias().at(0), 100.0f);
+  PostJson("/v1/chat/completions",
+           R"({"messages": [{"role": "user", "content": "Hi"}], "presence_penalty": null, "logit_bias": null})", 200);
+  EXPECT_EQ(backend.Last().sampling().presence_penalty(), 0.0f);
+  EXPECT_EQ(backend.Last().sampling().logit_bias_size(), 0);
+
+  auto refused = [&](const std::string& fields, const std::string& param, const std::string& says) {
+    const JsonValue j = PostJson("/v1/completions", R"({"prompt": "x", )" + fields + "}", 400);
+    const JsonValue* e = j.Find("error");
+    ASSERT_TRUE(e != nullptr && e->Find("param") != nullptr && e->Find("message") != nullptr) << j.Dump();
+    EXPECT_EQ(e->Find("param")->as_string(), param) << fields;
+    EXPECT_NE(e->Find("message")->as_string().find(says), std::string::npos) << e->Dump();
+  };
+  const int calls = backend.calls.load();
+  refused(R"("presence_penalty": 2.5)", "presence_penalty", "2.5 is out of range [-2, 2]");
+  refused(R"("frequency_penalty": "high")", "frequency_penalty", "must be a number");
+  refused(R"("logit_bias": [1, 2])", "logit_bias", "must be an object");
+  refused(R"("logit_bias": {"abc": 1})", "logit_bias", "\"abc\" is not a token id");
+  refused(R"("logit_bias": {"-3": 1})", "logit_bias", "is not a token id");
+  refused(R"("logit_bias": {"99999999999": 1})", "logit_bias", "is not a token id");
+  refused(R"("logit_bias": {"5": 101})", "logit_bias", "logit_bias[5]: 101 is not a number in [-100, 100]");
+  refused(R"("logit_bias": {"5": "up"})", "logit_bias", "logit_bias[5]");
+  std::string many = R"("logit_bias": {)";
+  for (int i = 0; i < 1025; ++i) many += (i ? ", \"" : "\"") + std::to_string(i) + "\": 1";
+  refused(many + "}", "logit_bias", "1025 entries exceed the limit of 1024");
+  EXPECT_EQ(backend.calls.load(), calls) << "refused before Generate";
+  // The server's own checks (the vocabulary) come back in the request's terms.
+  backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                               "sampling.logit_bias: token id 500 is out of range [0, 128) (the model's vocab_size)");
+  refused(R"("logit_bias": {"500": 1})", "logit_bias", "logit_bias: token id 500");
+  backend.error = grpc::Status::OK;
+}
+
 // Generate's errors name the gRPC fields; over HTTP they name the request's.
 TEST_F(OpenAiHttp, GenerateErrorsNameTheRequestsOwnFields) {
   auto error_of = [&](const std::string& path, const std::string& body) {

@@ -550,6 +550,33 @@ TEST(EndToEnd, CliErrorsCarryTheStatusCodeName) {
   EXPECT_NE(bad_id.err.find("INVALID_ARGUMENT"), std::string::npos) << bad_id.err;
   EXPECT_NE(bad_id.err.find("token_ids[2]"), std::string::npos) << bad_id.err;
 
+  // --logit-bias: ID:BIAS, checked as far as the client can; the server
+  // names what only it knows (the vocabulary, the range).
+  for (const char* malformed : {"5", "x:1", ":1", "5:", "5:1x", "-3:1", "5:nan"}) {
+    CommandResult r = RunCommand(
+        {Bin("seer"), "generate", "--addr", servers.decode->grpc_address(), "--ids", "1,2", "--logit-bias", malformed});
+    EXPECT_EQ(r.exit_code, 2) << malformed;
+    EXPECT_NE(r.err.find("--logit-bias: expected ID:BIAS"), std::string::npos) << r.err;
+  }
+  CommandResult out_of_vocab = RunCommand(
+      {Bin("seer"), "generate", "--addr", servers.decode->grpc_address(), "--ids", "1,2", "--logit-bias", "999:1"});
+  EXPECT_EQ(out_of_vocab.exit_code, 1);
+  EXPECT_NE(out_of_vocab.err.find("sampling.logit_bias: token id 999"), std::string::npos) << out_of_vocab.err;
+  CommandResult penalty = RunCommand({Bin("seer"), "generate", "--addr", servers.decode->grpc_address(), "--ids", "1,2",
+                                      "--presence-penalty", "-2.5"});
+  EXPECT_EQ(penalty.exit_code, 1);
+  EXPECT_NE(penalty.err.find("sampling.presence_penalty"), std::string::npos) << penalty.err;
+  // Two biases, one forcing: every token is the forced one.
+  CommandResult forced = RunCommand({Bin("seer"), "generate", "--addr", servers.decode->grpc_address(), "--ids",
+                                     "1,2,3", "--max-new-tokens", "5", "--logit-bias", "77:100", "--logit-bias",
+                                     "12:-100", "--frequency-penalty", "0.5", "--json"});
+  ASSERT_EQ(forced.exit_code, 0) << forced.err;
+  StatusOr<JsonValue> forced_json = JsonValue::Parse(forced.out);
+  ASSERT_TRUE(forced_json.ok()) << forced.out;
+  std::vector<int64_t> forced_tokens;
+  for (const JsonValue& t : forced_json->Find("tokens")->as_array()) forced_tokens.push_back(t.as_int64());
+  EXPECT_EQ(forced_tokens, std::vector<int64_t>(5, 77));
+
   CommandResult nobody =
       RunCommand({Bin("seer"), "prefill", "--addr", "127.0.0.1:1", "--ids", "1,2", "--timeout", "5"});
   EXPECT_EQ(nobody.exit_code, 1);

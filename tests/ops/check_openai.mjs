@@ -139,6 +139,34 @@ if (ref.text.length >= 8) {
   check('the reference reply is long enough to cut', false, JSON.stringify(ref.text));
 }
 
+// OpenAI's logit adjustments, as the official client sends them. ByteLevel
+// text is the concatenation of its tokens' texts, so a +100 bias on the
+// first greedy token repeats that token's text; -100 bans it.
+{
+  const first = ref.tokens[0];
+  const one = await client.completions.create({ model: name, prompt, max_tokens: 1, temperature: 0 });
+  check('the first greedy token has text', one.choices[0].text.length > 0, JSON.stringify(one.choices[0]));
+  const forced = await client.completions.create({
+    model: name, prompt, max_tokens: 3, temperature: 0, logit_bias: { [first]: 100 },
+  });
+  same('logit_bias +100 repeats its token', forced.choices[0].text, one.choices[0].text.repeat(3));
+  const banned = await client.completions.create({
+    model: name, prompt, max_tokens: 1, temperature: 0, logit_bias: { [first]: -100 },
+  });
+  check('logit_bias -100 bans the greedy token', banned.choices[0].text !== one.choices[0].text,
+        JSON.stringify(banned.choices[0].text));
+  const penalised = await client.completions.create({
+    model: name, prompt, max_tokens: 24, temperature: 0, presence_penalty: 2, frequency_penalty: 2,
+  });
+  check('penalties change the greedy reply', penalised.choices[0].text !== ref.text, JSON.stringify(penalised));
+  try {
+    await client.completions.create({ model: name, prompt, max_tokens: 2, presence_penalty: 3 });
+    check('presence_penalty 3 is refused', false, 'it was answered');
+  } catch (e) {
+    same('presence_penalty 3 is a 400 naming it', [e.status, e.param], [400, 'presence_penalty']);
+  }
+}
+
 // Chat, whole and streamed, through the model's chat template.
 const messages = [{ role: 'system', content: 'be brief' }, { role: 'user', content: 'name three colours' }];
 writeFileSync(join(dir, 'chat.json'), JSON.stringify(messages));
