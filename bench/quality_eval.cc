@@ -279,7 +279,7 @@ int Main(int argc, char** argv) {
   flags.Int("passkey-trials", &f.trials, "Documents (random 5-digit keys) per length and depth.");
   flags.String("nz-ratios", &f.nz_ratios, "Gate rows at nz_ratio=R, and the baselines matched to their densities.");
   flags.String("thresholds", &f.thresholds, "Gate rows at threshold=T.");
-  flags.String("device", &f.device, "cpu, cuda or auto. The baselines are CPU-only.");
+  flags.String("device", &f.device, "cpu, cuda, cuda:N or auto. The baselines are CPU-only.");
   flags.Int("threads", &f.threads, "CPU threads; 0 uses every core.");
   flags.Int("seed", &f.seed, "Seed of the passkeys.");
   flags.Bool("json", &f.json, "Print one JSON object instead of tables.");
@@ -324,6 +324,10 @@ int Main(int argc, char** argv) {
     if (!l->ok()) return Usage(l->status().message());
   }
   if (!passkey_lengths->empty() && depths->empty()) return Usage("--passkey-depths: give at least one depth");
+  if (ppl_lengths->empty() && passkey_lengths->empty()) {
+    return Usage("nothing to measure: --ppl-lengths and --passkey-lengths are both empty");
+  }
+  if (Status s = CheckDeviceName(f.device); !s.ok()) return Usage("--" + s.message());
 
   EngineOptions options;
   options.model_dir = f.model;
@@ -359,6 +363,42 @@ int Main(int argc, char** argv) {
   }
   if (Status s = CheckTokenIds(held_out, engine.config().vocab_size, "held-out ids"); !s.ok()) {
     return Usage(s.message());
+  }
+
+  // Every passkey document, before anything is measured: a length too short
+  // for one is a usage error now, not after the perplexity has run.
+  struct PasskeySet {
+    int length = 0;
+    std::string skipped;
+    std::vector<std::vector<std::vector<int32_t>>> docs;  // [depth][trial]
+    std::vector<std::vector<std::string>> keys;
+    int doc_len = 0;
+  };
+  std::vector<PasskeySet> passkey_sets;
+  if (tokenizer) {
+    std::mt19937 rng(static_cast<uint32_t>(f.seed));
+    std::uniform_int_distribution<int> digits(10000, 99999);
+    for (double len_d : *passkey_lengths) {
+      PasskeySet set;
+      set.length = static_cast<int>(len_d);
+      if (set.length + kAnswerTokens > engine.config().max_position_embeddings) {
+        set.skipped = "beyond max_position_embeddings " + std::to_string(engine.config().max_position_embeddings);
+        passkey_sets.push_back(std::move(set));
+        continue;
+      }
+      set.docs.resize(depths->size());
+      set.keys.resize(depths->size());
+      for (size_t d = 0; d < depths->size(); ++d) {
+        for (int t = 0; t < f.trials; ++t) {
+          set.keys[d].push_back(std::to_string(digits(rng)));
+          auto ids = PasskeyIds(*tokenizer, set.length, (*depths)[d], set.keys[d].back());
+          if (!ids.ok()) return Usage(ids.status().message());
+          set.doc_len = std::max(set.doc_len, static_cast<int>(ids->size()));
+          set.docs[d].push_back(std::move(*ids));
+        }
+      }
+      passkey_sets.push_back(std::move(set));
+    }
   }
 
   // The rows: dense and the gates; the baselines follow each nz_ratio row.
@@ -425,6 +465,18 @@ int Main(int argc, char** argv) {
   json.Set("held_out_tokens", JsonValue::Int(static_cast<int64_t>(held_out.size())));
   std::ostringstream md;
   md << "model " << f.model << ", gates " << f.gates << ", device " << engine.device_name() << "\n";
+  // Each table is printed when it is complete (an error or an interrupt later
+  // keeps what was measured); --json prints one object at the end.
+  auto flush_md = [&] {
+    if (f.json) return;
+    std::fputs(md.str().c_str(), stdout);
+    std::fflush(stdout);
+    md.str("");
+  };
+  auto progress = [&](const std::string& what, Clock::time_point start) {
+    std::fprintf(stderr, "seer-quality-eval: %s: %zu rows in %.1f s\n", what.c_str(), rows.size(), SecondsSince(start));
+  };
+  flush_md();
 
   // Perplexity.
   JsonValue ppl_json = JsonValue::Array();
@@ -450,8 +502,10 @@ int Main(int argc, char** argv) {
     for (int w = 0; w < f.windows; ++w) {
       windows.emplace_back(held_out.begin() + int64_t{w} * len, held_out.begin() + int64_t{w + 1} * len);
     }
+    const Clock::time_point start = Clock::now();
     auto results = run_rows(len, [&](const SparsityConfig& sp) { return eval.Perplexity(windows, sp); });
     if (!results.ok()) return Runtime(results.status().WithContext("perplexity at " + std::to_string(len)));
+    progress("perplexity at " + std::to_string(len) + " tokens", start);
     JsonValue jrows = JsonValue::Array();
     for (size_t i = 0; i < rows.size(); ++i) {
       JsonValue r = MeasureJson((*results)[i]);
@@ -486,6 +540,7 @@ int Main(int argc, char** argv) {
     md << "\nBaseline rows run at the density their gate row ran at (streaming=1,WINDOW and oracle=R chosen per "
           "length; the exact settings are in --json).\n";
   }
+  flush_md();
 
   // Passkey retrieval.
   JsonValue pk_json = JsonValue::Array();
@@ -493,32 +548,21 @@ int Main(int argc, char** argv) {
     md << "\npasskey: skipped (" << f.model << " has no tokenizer.json)\n";
     json.Set("passkey_skipped", JsonValue::String("no tokenizer.json"));
   } else {
-    std::mt19937 rng(static_cast<uint32_t>(f.seed));
-    std::uniform_int_distribution<int> digits(10000, 99999);
-    for (double len_d : *passkey_lengths) {
-      const int len = static_cast<int>(len_d);
+    for (const PasskeySet& set : passkey_sets) {
+      const int len = set.length;
       JsonValue entry = JsonValue::Object();
       entry.Set("length", JsonValue::Int(len));
-      if (len + kAnswerTokens > max_pos) {
-        entry.Set("skipped", JsonValue::String("beyond max_position_embeddings"));
-        md << "\npasskey at " << len << ": skipped (beyond max_position_embeddings " << max_pos << ")\n";
+      if (!set.skipped.empty()) {
+        entry.Set("skipped", JsonValue::String(set.skipped));
+        md << "\npasskey at " << len << ": skipped (" << set.skipped << ")\n";
         pk_json.Append(std::move(entry));
         continue;
       }
-      std::vector<std::vector<std::vector<int32_t>>> docs(depths->size());
-      std::vector<std::vector<std::string>> keys(depths->size());
-      int doc_len = 0;
-      for (size_t d = 0; d < depths->size(); ++d) {
-        for (int t = 0; t < f.trials; ++t) {
-          keys[d].push_back(std::to_string(digits(rng)));
-          auto ids = PasskeyIds(*tokenizer, len, (*depths)[d], keys[d].back());
-          if (!ids.ok()) return Usage(ids.status().message());
-          doc_len = std::max(doc_len, static_cast<int>(ids->size()));
-          docs[d].push_back(std::move(*ids));
-        }
-      }
-      auto results = run_rows(doc_len, [&](const SparsityConfig& sp) { return eval.Passkey(docs, keys, sp); });
+      const Clock::time_point start = Clock::now();
+      auto results =
+          run_rows(set.doc_len, [&](const SparsityConfig& sp) { return eval.Passkey(set.docs, set.keys, sp); });
       if (!results.ok()) return Runtime(results.status().WithContext("passkey at " + std::to_string(len)));
+      progress("passkey at " + std::to_string(len) + " tokens", start);
       JsonValue jrows = JsonValue::Array();
       md << "\n### Passkey retrieval, " << len << " tokens (" << f.trials << " keys per depth)\n\n| row |";
       for (double d : *depths) md << " depth " << ShortestDouble(d) << " |";
@@ -546,15 +590,13 @@ int Main(int argc, char** argv) {
       entry.Set("depths", std::move(jd));
       entry.Set("trials", JsonValue::Int(f.trials));
       pk_json.Append(std::move(entry));
+      flush_md();
     }
   }
   json.Set("passkey", std::move(pk_json));
 
-  if (f.json) {
-    std::printf("%s\n", json.Dump().c_str());
-  } else {
-    std::fputs(md.str().c_str(), stdout);
-  }
+  if (f.json) std::printf("%s\n", json.Dump().c_str());
+  flush_md();
   return 0;
 }
 

@@ -160,11 +160,18 @@ TEST(QualityEval, UsageErrorsNameTheFlag) {
       {{"--model", m, "--gates", g, "--text-ids", "1,2", "--nz-ratios", "1.5"}, "--nz-ratios: '1.5'"},
       {{"--model", m, "--gates", g, "--text-ids", "1,2", "--passkey-depths", "2"}, "--passkey-depths: '2'"},
       {{"--model", m, "--gates", g, "--text-ids", "1,999"}, "held-out ids[1]: 999 is out of range"},
+      {{"--model", m, "--gates", g, "--text-ids", "1,2", "--device", "gpu"}, "--device"},
+      {{"--model", m, "--gates", g, "--text-ids", "1,2", "--ppl-lengths", "", "--passkey-lengths", ""},
+       "nothing to measure"},
+      // Too short for a passkey document: refused before the perplexity runs.
+      {{"--model", m, "--gates", g, "--text-ids", "1,2", "--ppl-lengths", "2", "--passkey-lengths", "40"},
+       "40 tokens cannot hold a passkey document"},
   };
   for (const Case& c : cases) {
     RunOutput r = RunEval(c.args);
     EXPECT_EQ(r.exit_code, 2) << c.mention << "\n" << r.err;
     EXPECT_NE(r.err.find(c.mention), std::string::npos) << r.err;
+    EXPECT_EQ(r.out.find("Perplexity"), std::string::npos) << "nothing is measured before a usage error: " << r.out;
   }
 }
 

@@ -158,15 +158,31 @@ int Main(int argc, char** argv) {
     std::fprintf(s.ok() ? stdout : stderr, "%s%s", s.ok() ? "" : (s.ToString() + "\n\n").c_str(), flags.Help().c_str());
     return s.ok() ? 0 : 2;
   }
-  if (out.empty() || (shape_name != "llama-3.1-8b" && shape_name != "tiny") || layers < 0 || shard_mb < 1) {
-    std::fprintf(stderr, "seer-random-checkpoint: --out is required; --shape is llama-3.1-8b or tiny\n");
+  auto usage = [](const std::string& message) {
+    std::fprintf(stderr, "seer-random-checkpoint: %s (see --help)\n", message.c_str());
     return 2;
+  };
+  if (out.empty()) return usage("--out is required");
+  if (shape_name != "llama-3.1-8b" && shape_name != "tiny") {
+    return usage("--shape: expected llama-3.1-8b or tiny, got '" + shape_name + "'");
   }
+  if (layers < 0 || layers > 1024) return usage("--layers: " + std::to_string(layers) + " is outside [0, 1024]");
+  if (shard_mb < 1 || shard_mb > 1000000) {
+    return usage("--shard-mb: " + std::to_string(shard_mb) + " is outside [1, 1000000]");
+  }
+  if (threads < 0 || threads > 4096) return usage("--threads: " + std::to_string(threads) + " is outside [0, 4096]");
   const Shape s = ShapeNamed(shape_name, layers);
   const int nthreads = threads > 0 ? static_cast<int>(threads) : std::max(1u, std::thread::hardware_concurrency());
-  const std::string stamp = "{\"shape\": \"" + s.name + "\", \"layers\": " + std::to_string(s.layers) +
-                            ", \"seed\": " + std::to_string(seed) +
-                            ", \"gates\": " + (gates_out.empty() ? "false" : "true") + "}\n";
+  // What makes a written directory this one: a run that differs in any of it
+  // writes again (the gates' directory, too: the stamp names it).
+  JsonValue stamp_json = JsonValue::Object();
+  stamp_json.Set("shape", JsonValue::String(s.name));
+  stamp_json.Set("layers", JsonValue::Int(s.layers));
+  stamp_json.Set("seed", JsonValue::Int(seed));
+  stamp_json.Set("shard_mb", JsonValue::Int(shard_mb));
+  stamp_json.Set("gates",
+                 gates_out.empty() ? JsonValue() : JsonValue::String(std::filesystem::absolute(gates_out).string()));
+  const std::string stamp = stamp_json.Dump() + "\n";
   const std::string stamp_path = out + "/seer_random_checkpoint.json";
   if (!force) {
     std::ifstream f(stamp_path);
@@ -180,6 +196,11 @@ int Main(int argc, char** argv) {
   std::error_code ec;
   std::filesystem::create_directories(out, ec);
   std::filesystem::remove(stamp_path, ec);
+  // Shards of an earlier layout would be left beside the new ones.
+  for (const auto& e : std::filesystem::directory_iterator(out, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.starts_with("model-") && name.ends_with(".safetensors")) std::filesystem::remove(e.path(), ec);
+  }
 
   // Shards planned from the shapes, then drawn and written one at a time.
   const std::vector<Tensor> tensors = ModelTensors(s);

@@ -294,16 +294,26 @@ Status GateTrainer::WriteGates(const std::string& dir, const SparsityConfig& def
 
   SafetensorsWriter writer;
   writer.SetMetadata("format", "pt");
-  auto add_bf16 = [&](const std::string& name, std::vector<int64_t> shape, const std::vector<double>& v) {
+  auto add_bf16 = [&](const std::string& name, std::vector<int64_t> shape, const std::vector<double>& v) -> Status {
     std::vector<uint16_t> bits(v.size());
-    for (size_t i = 0; i < v.size(); ++i) bits[i] = FloatToBf16(static_cast<float>(v[i]));
+    for (size_t i = 0; i < v.size(); ++i) {
+      bits[i] = FloatToBf16(static_cast<float>(v[i]));
+      // A weight past bf16's range (or already not finite) is a diverged run:
+      // gates of inf select nothing useful and must not look trained.
+      if (!std::isfinite(Bf16ToFloat(bits[i]))) {
+        return FailedPrecondition(name + "[" + std::to_string(i) + "] is " + std::to_string(v[i]) +
+                                  ", not a finite bf16: the training diverged (lower --lr); nothing was written");
+      }
+    }
     writer.Add(name, DType::kBF16, std::move(shape), bits.data(), bits.size() * sizeof(uint16_t));
+    return OkStatus();
   };
   for (int layer = 0; layer < m.num_layers; ++layer) {
-    add_bf16(GateKey(layer, "mask_linear_k"), {shape_.k_weight_heads, 3 * shape_.head_dim, shape_.hidden},
-             params_[layer].k);
+    SEER_RETURN_IF_ERROR(add_bf16(GateKey(layer, "mask_linear_k"),
+                                  {shape_.k_weight_heads, 3 * shape_.head_dim, shape_.hidden}, params_[layer].k));
     if (shape_.has_q_weight) {
-      add_bf16(GateKey(layer, "mask_linear_q"), {shape_.num_heads, shape_.head_dim, shape_.hidden}, params_[layer].q);
+      SEER_RETURN_IF_ERROR(add_bf16(GateKey(layer, "mask_linear_q"), {shape_.num_heads, shape_.head_dim, shape_.hidden},
+                                    params_[layer].q));
     }
   }
   SEER_RETURN_IF_ERROR(writer.WriteFile((fs::path(dir) / kWeightsName).string()));
@@ -343,6 +353,12 @@ std::string FlagOf(const std::string& field) {
 
 }  // namespace
 
+std::string GateTrainer::TensorsName(int64_t step) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "trainer_state-%09lld.safetensors", static_cast<long long>(step));
+  return buf;
+}
+
 Status GateTrainer::SaveCheckpoint(const std::string& dir) const {
   SEER_RETURN_IF_ERROR(EnsureDir(dir));
   SafetensorsWriter writer;
@@ -362,7 +378,11 @@ Status GateTrainer::SaveCheckpoint(const std::string& dir) const {
       add(prefix + part + ".exp_avg_sq", *v);
     }
   }
-  SEER_RETURN_IF_ERROR(writer.WriteFile((fs::path(dir) / "trainer_state.safetensors").string()));
+  // The tensors go to a file of their step, and the .json, renamed into
+  // place last, names it: a save interrupted anywhere leaves the previous
+  // .json naming the previous file, which is deleted only after the rename.
+  const std::string tensors = TensorsName(step_);
+  SEER_RETURN_IF_ERROR(writer.WriteFile((fs::path(dir) / tensors).string()));
   JsonValue state = JsonValue::Object();
   state.Set("format", JsonValue::String(std::string(kCheckpointFormat)));
   state.Set("step", JsonValue::Int(step_));
@@ -371,13 +391,21 @@ Status GateTrainer::SaveCheckpoint(const std::string& dir) const {
   state.Set("data_fingerprint", JsonValue::String(Hex(data_fingerprint_)));
   state.Set("data_tokens", JsonValue::Int(static_cast<int64_t>(data_.size())));
   state.Set("config", ConfigJson(config_));
-  // Written last: the .json names the step the .safetensors must hold.
-  return WriteText((fs::path(dir) / "trainer_state.json").string(), state.Dump() + "\n");
+  state.Set("tensors", JsonValue::String(tensors));
+  SEER_RETURN_IF_ERROR(WriteText((fs::path(dir) / "trainer_state.json").string(), state.Dump() + "\n"));
+  // Now the older steps' tensors (and a pre-step-name file) can go.
+  std::error_code ec;
+  for (const fs::directory_entry& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name != tensors && name.starts_with("trainer_state") && name.find(".safetensors") != std::string::npos) {
+      fs::remove(e.path(), ec);
+    }
+  }
+  return OkStatus();
 }
 
 Status GateTrainer::LoadCheckpoint(const std::string& dir) {
   const std::string json_path = (fs::path(dir) / "trainer_state.json").string();
-  const std::string st_path = (fs::path(dir) / "trainer_state.safetensors").string();
   std::error_code ec;
   if (!fs::exists(json_path, ec)) {
     return NotFound("--resume: no checkpoint in " + dir + " (trainer_state.json is missing)");
@@ -389,6 +417,12 @@ Status GateTrainer::LoadCheckpoint(const std::string& dir) {
     return r.Error("format", "is " + Quoted(format) + "; this seer-train reads " + Quoted(kCheckpointFormat));
   }
   SEER_ASSIGN_OR_RETURN(const int64_t step, r.Int("step", 0, int64_t{1} << 62, std::nullopt));
+  // Checkpoints before step-named tensors kept them in trainer_state.safetensors.
+  SEER_ASSIGN_OR_RETURN(const std::string tensors, r.String("tensors", "trainer_state.safetensors"));
+  if (tensors.find('/') != std::string::npos || !tensors.starts_with("trainer_state")) {
+    return r.Error("tensors", "is " + Quoted(tensors) + ", not a trainer_state file of this directory");
+  }
+  const std::string st_path = (fs::path(dir) / tensors).string();
   SEER_ASSIGN_OR_RETURN(const std::string model_fp, r.String("model_fingerprint", std::nullopt));
   SEER_ASSIGN_OR_RETURN(const std::string data_fp, r.String("data_fingerprint", std::nullopt));
   if (model_fp != Hex(engine_->fingerprint())) {

@@ -81,13 +81,19 @@ class GateTrainer {
   // the seerattn_* fields, with `default_sparsity`, a threshold or nz_ratio,
   // as the gates' default) and attn_gate_weights.safetensors (BF16, as the
   // released gates are). `training_note` goes into config.json as
-  // "seerattn_training".
+  // "seerattn_training". A weight that is not a finite bf16 (a diverged run)
+  // is FAILED_PRECONDITION, and nothing is written.
   Status WriteGates(const std::string& dir, const SparsityConfig& default_sparsity,
                     const JsonValue& training_note) const;
   // Everything a resumed run needs (weights, AdamW moments and the step, in
   // float64; the configuration and the fingerprints of the model and the
-  // data), as dir/trainer_state.{json,safetensors}.
+  // data): dir/trainer_state.json, which names the step's tensor file
+  // (TensorsName). The .json is renamed into place last and the older
+  // tensor files are deleted after it, so an interrupted save leaves the
+  // previous checkpoint whole.
   Status SaveCheckpoint(const std::string& dir) const;
+  // "trainer_state-000000042.safetensors" for step 42.
+  static std::string TensorsName(int64_t step);
   // Restores a checkpoint saved by a run with the same model, data and
   // configuration (steps may differ: the schedule then follows the new
   // length); a difference is FAILED_PRECONDITION naming the field.

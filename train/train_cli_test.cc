@@ -49,6 +49,17 @@ std::string WriteIds(const std::string& name, const std::vector<int32_t>& ids) {
 
 std::string Model() { return fixtures::Path("llama"); }
 
+// A CPU training run of 256-token sequences from the ids in `ids_file`, with
+// --json; `extra` last. (--seq-len's value is args[5].)
+std::vector<std::string> TrainArgs(const std::string& ids_file, int steps, int warmup,
+                                   const std::vector<std::string>& extra) {
+  std::vector<std::string> args = {"--model",  Model(),     "--data-ids", "@" + ids_file, "--seq-len",
+                                   "256",      "--steps",   std::to_string(steps), "--warmup", std::to_string(warmup),
+                                   "--json",   "--threads", "2",          "--device",     "cpu"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  return args;
+}
+
 // Every stdout line as JSON.
 std::vector<JsonValue> JsonLines(const std::string& out) {
   std::vector<JsonValue> lines;
@@ -106,14 +117,7 @@ TEST(SeerTrainCli, TrainsFromTextAndSeerRunsTheGates) {
 TEST(SeerTrainCli, ResumePicksUpWhereStopAtLeftOff) {
   const std::string ids = WriteIds("train_ids", RandomIds(6 * 256, 2));
   const std::string a = TempPath("straight"), b = TempPath("split");
-  const std::vector<std::string> common = {"--model", Model(),     "--data-ids", "@" + ids,  "--seq-len",
-                                           "256",     "--steps",   "6",          "--warmup", "2",
-                                           "--json",  "--threads", "2",          "--device", "cpu"};
-  auto with = [&](std::vector<std::string> extra) {
-    std::vector<std::string> args = common;
-    args.insert(args.end(), extra.begin(), extra.end());
-    return args;
-  };
+  auto with = [&](const std::vector<std::string>& extra) { return TrainArgs(ids, 6, 2, extra); };
   RunOutput straight = RunBinary("seer-train", with({"--out", a}));
   ASSERT_EQ(straight.exit_code, 0) << straight.err;
   RunOutput first = RunBinary("seer-train", with({"--out", b, "--stop-at", "3"}));
@@ -139,6 +143,130 @@ TEST(SeerTrainCli, ResumePicksUpWhereStopAtLeftOff) {
   EXPECT_NE(refused.err.find("--seq-len 256, this run has 128"), std::string::npos) << refused.err;
   fs::remove_all(a);
   fs::remove_all(b);
+  fs::remove(ids);
+}
+
+int64_t CheckpointStep(const std::string& out) {
+  auto j = ReadJsonFile(out + "/checkpoint/trainer_state.json");
+  return j.ok() && j->Find("step") != nullptr ? j->Find("step")->as_int64() : -1;
+}
+
+// --out is checked before the data is read or a step runs; an earlier run's
+// output is continued or replaced only when asked; a resume with nothing to
+// do changes nothing.
+TEST(SeerTrainCli, TheOutputIsCheckedFirstAndNeverSilentlyReplaced) {
+  const std::string ids = WriteIds("out_ids", RandomIds(4 * 256, 5)), out = TempPath("out_checks");
+  auto run = [&](const std::string& to, std::vector<std::string> extra) {
+    extra.insert(extra.begin(), {"--out", to});
+    return RunBinary("seer-train", TrainArgs(ids, 4, 1, extra));
+  };
+  RunOutput first = run(out, {"--stop-at", "2"});
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  ASSERT_EQ(CheckpointStep(out), 2);
+  const std::string gates_before = Slurp(out + "/attn_gate_weights.safetensors");
+  const std::string config_before = Slurp(out + "/config.json");
+
+  // Forgetting --resume: refused, nothing trained or written.
+  RunOutput again = run(out, {});
+  EXPECT_EQ(again.exit_code, 2) << again.err;
+  EXPECT_NE(again.err.find("holds a training checkpoint at step 2"), std::string::npos) << again.err;
+  EXPECT_NE(again.err.find("--resume"), std::string::npos) << again.err;
+  EXPECT_EQ(again.out.find("\"step\""), std::string::npos) << "no step may run: " << again.out;
+  // A resume with nothing left to do: refused, the output unchanged.
+  RunOutput nothing = run(out, {"--resume", "--stop-at", "2"});
+  EXPECT_EQ(nothing.exit_code, 2);
+  EXPECT_NE(nothing.err.find("--stop-at 2 is not past the checkpoint's step 2"), std::string::npos) << nothing.err;
+  EXPECT_EQ(Slurp(out + "/attn_gate_weights.safetensors"), gates_before);
+  EXPECT_EQ(Slurp(out + "/config.json"), config_before);
+  EXPECT_EQ(CheckpointStep(out), 2);
+  // --overwrite starts again from step 0 (the first two losses repeat).
+  RunOutput fresh = run(out, {"--overwrite", "--stop-at", "1"});
+  ASSERT_EQ(fresh.exit_code, 0) << fresh.err;
+  EXPECT_EQ(CheckpointStep(out), 1);
+  EXPECT_EQ(JsonLines(fresh.out)[0].Find("loss")->Dump(), JsonLines(first.out)[0].Find("loss")->Dump());
+  EXPECT_EQ(run(out, {"--overwrite", "--resume"}).exit_code, 2);
+
+  // Outputs that cannot take the gates: refused at once, exit 2.
+  const std::string data_dir = TempPath("out_data"), file = TempPath("out_file"), other = TempPath("out_other");
+  fs::create_directories(data_dir);
+  std::ofstream(data_dir + "/a.txt") << "some text for the data directory\n";
+  std::ofstream(file) << "x";
+  fs::create_directories(other);
+  std::ofstream(other + "/model.safetensors") << "x";
+  struct Case {
+    std::string out;
+    std::vector<std::string> extra;
+    std::string mention;
+  };
+  const std::vector<Case> cases = {
+      {Model(), {}, "is the --model directory"},
+      {file, {}, "exists and is not a directory"},
+      {other, {}, "holds model.safetensors, which LoadGates would read"},
+      {"/proc/seer-train-out", {}, "--out: cannot create"},
+  };
+  for (const Case& c : cases) {
+    RunOutput r = run(c.out, c.extra);
+    EXPECT_EQ(r.exit_code, 2) << c.mention << "\n" << r.err;
+    EXPECT_NE(r.err.find(c.mention), std::string::npos) << r.err;
+    EXPECT_EQ(r.out.find("\"step\""), std::string::npos) << r.out;
+  }
+  RunOutput inside = RunBinary("seer-train", {"--model", Model(), "--data", data_dir, "--seq-len", "128", "--steps",
+                                              "1", "--out", data_dir + "/gates", "--device", "cpu"});
+  EXPECT_EQ(inside.exit_code, 2);
+  EXPECT_NE(inside.err.find("is inside --data"), std::string::npos) << inside.err;
+  EXPECT_FALSE(fs::exists(Model() + "/attn_gate_weights.safetensors"));
+  fs::remove_all(out);
+  fs::remove_all(data_dir);
+  fs::remove_all(other);
+  fs::remove(file);
+  fs::remove(ids);
+}
+
+// A run that diverges stops with exit 1 and writes nothing that would load as
+// gates; the last good save stays.
+TEST(SeerTrainCli, ADivergedRunSavesNothing) {
+  const std::string ids = WriteIds("diverge_ids", RandomIds(3 * 256, 6)), out = TempPath("diverged");
+  RunOutput r =
+      RunBinary("seer-train", {"--model",   Model(), "--data-ids", "@" + ids, "--seq-len",       "256", "--steps", "3",
+                               "--warmup",  "0",     "--lr",       "1e60",    "--max-grad-norm", "0",   "--out",   out,
+                               "--threads", "2",     "--device",   "cpu"});
+  EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
+  EXPECT_TRUE(r.err.find("diverged") != std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(out + "/attn_gate_weights.safetensors"));
+  EXPECT_FALSE(fs::exists(out + "/checkpoint/trainer_state.json"));
+  fs::remove_all(out);
+  fs::remove(ids);
+}
+
+// A save interrupted between writing its tensors and renaming its .json
+// leaves the previous .json naming the previous tensors, which are still
+// there: --resume continues from that step, exactly.
+TEST(SeerTrainCli, AnInterruptedSaveLeavesThePreviousCheckpointWhole) {
+  const std::string ids = WriteIds("interrupt_ids", RandomIds(4 * 256, 7));
+  const std::string straight = TempPath("interrupt_straight"), out = TempPath("interrupt"),
+                    side = TempPath("interrupt_side");
+  auto with = [&](const std::vector<std::string>& extra) { return TrainArgs(ids, 4, 1, extra); };
+  RunOutput s = RunBinary("seer-train", with({"--out", straight}));
+  ASSERT_EQ(s.exit_code, 0) << s.err;
+  ASSERT_EQ(RunBinary("seer-train", with({"--out", out, "--stop-at", "1"})).exit_code, 0);
+  fs::create_directories(side);
+  fs::copy(out + "/checkpoint", side, fs::copy_options::recursive);
+  ASSERT_EQ(RunBinary("seer-train", with({"--out", out, "--resume", "--stop-at", "2"})).exit_code, 0);
+  EXPECT_TRUE(fs::exists(out + "/checkpoint/" + GateTrainer::TensorsName(2)));
+  EXPECT_FALSE(fs::exists(out + "/checkpoint/" + GateTrainer::TensorsName(1))) << "deleted once step 2 was saved";
+  // The moment before step 2's .json was renamed: step 1's .json and tensors
+  // beside step 2's tensors.
+  fs::copy(side, out + "/checkpoint", fs::copy_options::overwrite_existing | fs::copy_options::recursive);
+  ASSERT_EQ(CheckpointStep(out), 1);
+  RunOutput resumed = RunBinary("seer-train", with({"--out", out, "--resume"}));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  const std::vector<JsonValue> want = JsonLines(s.out), got = JsonLines(resumed.out);
+  ASSERT_EQ(got.size(), 4u);  // steps 2, 3, 4, then the save
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(got[i].Find("loss")->Dump(), want[i + 1].Find("loss")->Dump()) << i;
+  EXPECT_EQ(Slurp(out + "/attn_gate_weights.safetensors"), Slurp(straight + "/attn_gate_weights.safetensors"));
+  fs::remove_all(straight);
+  fs::remove_all(out);
+  fs::remove_all(side);
   fs::remove(ids);
 }
 

@@ -5,8 +5,12 @@
 // Exit codes: 0 success, 1 runtime error, 2 usage error.
 
 #include <algorithm>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <filesystem>
 #include <memory>
@@ -33,8 +37,7 @@ constexpr int kExitRuntime = 1;
 constexpr int kExitUsage = 2;
 constexpr char kDeviceHelp[] =
     "cpu, cuda (device 0), cuda:N, or auto (cuda when this build has it and a GPU is present): where the frozen "
-    "teacher runs and the distillation target is computed. The gates' own math runs on the host in float64 "
-    "either way.";
+    "teacher runs and the distillation target is computed.";
 
 int UsageError(const std::string& command, const std::string& message) {
   std::fprintf(stderr, "%s: %s (see %s --help)\n", command.c_str(), message.c_str(), command.c_str());
@@ -138,13 +141,88 @@ int RunTarget(int argc, char** argv) {
 
 // --- seer-train -------------------------------------------------------------
 
+namespace fs = std::filesystem;
+
+// The absolute form of `p`, symlinks resolved as far as it exists.
+fs::path Resolved(const std::string& p) {
+  std::error_code ec;
+  fs::path r = fs::weakly_canonical(fs::absolute(p, ec), ec);
+  return ec ? fs::path(p).lexically_normal() : r;
+}
+
+bool Inside(const fs::path& child, const fs::path& parent) {
+  auto c = child.begin();
+  for (auto p = parent.begin(); p != parent.end(); ++p, ++c) {
+    if (c == child.end() || *p != *c) return false;
+  }
+  return true;
+}
+
+// What --out may be, checked before any data is read or step run, so that a
+// run never ends by failing to save: a directory (made here) that is
+// writable, not the model's or inside the training text's, with no other
+// weights LoadGates would read. A previous run's output is continued with
+// --resume or replaced with --overwrite (which deletes its checkpoint now).
+Status CheckOut(const std::string& out, const std::string& model, const std::string& data, bool resume,
+                bool overwrite) {
+  const fs::path out_path = Resolved(out);
+  if (out_path == Resolved(model)) {
+    return InvalidArgument("--out: '" + out + "' is the --model directory; the gates need a directory of their own");
+  }
+  std::error_code ec;
+  if (!data.empty() && fs::is_directory(data, ec) && Inside(out_path, Resolved(data))) {
+    return InvalidArgument("--out: '" + out + "' is inside --data '" + data +
+                           "'; its files would be read as training text (and change the data on --resume)");
+  }
+  if (fs::exists(out, ec) && !fs::is_directory(out, ec)) {
+    return InvalidArgument("--out: '" + out + "' exists and is not a directory");
+  }
+  fs::create_directories(out, ec);
+  if (ec) return InvalidArgument("--out: cannot create '" + out + "': " + ec.message());
+  const fs::path probe = fs::path(out) / (".seer-train-probe-" + std::to_string(::getpid()));
+  {
+    std::FILE* f = std::fopen(probe.c_str(), "wb");
+    if (f == nullptr) return InvalidArgument("--out: '" + out + "' is not writable: " + std::strerror(errno));
+    std::fclose(f);
+    fs::remove(probe, ec);
+  }
+  bool gates = false;
+  for (const fs::directory_entry& e : fs::directory_iterator(out, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name == "attn_gate_weights.safetensors") {
+      gates = true;
+    } else if (name == "attn_gate_weights.pth" || name.ends_with(".safetensors")) {
+      return InvalidArgument("--out: '" + out + "' holds " + name +
+                             ", which LoadGates would read beside the trained gates; use another --out");
+    }
+  }
+  const fs::path state = fs::path(out) / "checkpoint" / "trainer_state.json";
+  const bool checkpoint = fs::exists(state, ec);
+  if (resume || (!checkpoint && !gates)) return OkStatus();
+  if (!overwrite) {
+    std::string what = "gates";
+    if (checkpoint) {
+      StatusOr<JsonValue> json = ReadJsonFile(state.string());
+      const JsonValue* step = json.ok() ? json->Find("step") : nullptr;
+      what = "a training checkpoint" +
+             (step != nullptr && step->is_integer() ? " at step " + std::to_string(step->as_int64()) : std::string());
+    }
+    return InvalidArgument("--out: '" + out + "' holds " + what +
+                           " from an earlier run: pass --resume to continue it, --overwrite to start again, or "
+                           "choose another --out");
+  }
+  fs::remove_all(fs::path(out) / "checkpoint", ec);
+  if (ec) return InvalidArgument("--out: cannot remove the old checkpoint: " + ec.message());
+  return OkStatus();
+}
+
 struct Flags {
   std::string model, data, data_ids, out, device = "auto", gate_sparsity = "threshold=0.002";
   int64_t seq_len = 0, steps = 0, batch = 1, warmup = 20, seed = 0, threads = 0, save_every = 0, log_every = 1;
   int64_t stop_at = 0;
   int64_t gate_hidden = 0;
   double lr = 1e-3, loss_scale = 10.0, max_grad_norm = 1.0, weight_decay = 0.0;
-  bool json = false, resume = false;
+  bool json = false, resume = false, overwrite = false;
 };
 
 JsonValue StepJson(const StepReport& r, int64_t steps) {
@@ -195,7 +273,9 @@ int RunTrain(int argc, char** argv) {
   flags.Int("seq-len", &f.seq_len, "Tokens per training sequence (the data is packed into these). Required.");
   flags.Int("steps", &f.steps, "Optimizer steps (the cosine schedule's length). Required.");
   flags.String("out", &f.out, "Output gate directory (config.json + attn_gate_weights.safetensors). Required.");
-  flags.String("device", &f.device, kDeviceHelp);
+  flags.String("device", &f.device,
+               std::string(kDeviceHelp) +
+                   " The gates' loss and gradient run in float64 on the same device, the optimizer on the host.");
   flags.Bool("json", &f.json, "One JSON object per line: step, loss, layer_loss, lr, grad_norm, tokens_per_s, ...");
   flags.Int("batch", &f.batch, "Sequences per optimizer step (the reference uses 16 of 64k tokens).");
   flags.Double("lr", &f.lr, "Peak learning rate.");
@@ -213,6 +293,9 @@ int RunTrain(int argc, char** argv) {
                "The default selection written into the gates' config.json: threshold=T or nz_ratio=R "
                "(a request's --sparsity overrides it).");
   flags.Bool("resume", &f.resume, "Continue from OUT/checkpoint (same model, data and flags; --steps may change).");
+  flags.Bool("overwrite", &f.overwrite,
+             "Start again in an --out that holds an earlier run's gates or checkpoint (deleting that checkpoint). "
+             "Without it (or --resume) such an --out is refused.");
   flags.Int("save-every", &f.save_every, "Also save the gates and the checkpoint every N steps (0: only at the end).");
   flags.Int("stop-at", &f.stop_at,
             "Stop (saving gates and checkpoint) once this many steps are done, before --steps; a later --resume "
@@ -266,6 +349,11 @@ int RunTrain(int argc, char** argv) {
       return UsageError(cmd, std::string(r.flag) + ": " + ShortestDouble(r.value) + " must be a finite number " +
                                  (r.positive ? "above 0" : "of at least 0"));
     }
+  }
+  if (f.resume && f.overwrite) return UsageError(cmd, "give at most one of --resume and --overwrite");
+  if (Status s = CheckOut(f.out, f.model, flags.WasSet("data") ? f.data : std::string(), f.resume, f.overwrite);
+      !s.ok()) {
+    return UsageError(cmd, s.message());
   }
   StatusOr<SparsityConfig> gate_sparsity = ParseSparsity(f.gate_sparsity);
   if (!gate_sparsity.ok()) return UsageError(cmd, gate_sparsity.status().WithContext("--gate-sparsity").message());
@@ -321,8 +409,14 @@ int RunTrain(int argc, char** argv) {
   }
   GateTrainer& trainer = **trainer_or;
   const std::string checkpoint = (std::filesystem::path(f.out) / "checkpoint").string();
+  const int64_t last_step = f.stop_at > 0 && f.stop_at < f.steps ? f.stop_at : f.steps;
   if (f.resume) {
     if (Status s = trainer.LoadCheckpoint(checkpoint); !s.ok()) return RuntimeError(cmd, s);
+    if (trainer.step() >= last_step) {
+      return UsageError(cmd, std::string(last_step == f.steps ? "--steps " : "--stop-at ") + std::to_string(last_step) +
+                                 " is not past the checkpoint's step " + std::to_string(trainer.step()) +
+                                 ": nothing to train (the output is unchanged)");
+    }
   }
 
   const ModelConfig& m = trainer.model();
@@ -369,10 +463,21 @@ int RunTrain(int argc, char** argv) {
   double last_loss = NAN;
   const Clock::time_point train_start = Clock::now();
   int64_t tokens = 0;
-  const int64_t last_step = f.stop_at > 0 && f.stop_at < f.steps ? f.stop_at : f.steps;
+  int64_t saved_step = f.resume ? trainer.step() : 0;
   while (trainer.step() < last_step) {
     StatusOr<StepReport> r = trainer.Step();
     if (!r.ok()) return RuntimeError(cmd, r.status());
+    if (!std::isfinite(r->loss) || !std::isfinite(r->grad_norm)) {
+      std::printf("%s\n", f.json ? StepJson(*r, f.steps).Dump().c_str() : StepLine(*r, f.steps).c_str());
+      return RuntimeError(
+          cmd, FailedPrecondition("step " + std::to_string(r->step) + ": the loss (" + ShortestDouble(r->loss) +
+                                  ") or the gradient norm (" + ShortestDouble(r->grad_norm) +
+                                  ") is not finite: the training diverged (lower --lr or "
+                                  "--loss-scale); " +
+                                  (saved_step > 0
+                                       ? "the save of step " + std::to_string(saved_step) + " in " + f.out + " is kept"
+                                       : std::string("nothing was saved"))));
+    }
     last_loss = r->loss;
     tokens += r->tokens;
     if (r->step % f.log_every == 0 || r->step == last_step) {
@@ -381,6 +486,7 @@ int RunTrain(int argc, char** argv) {
     }
     if (f.save_every > 0 && r->step % f.save_every == 0 && r->step < last_step) {
       if (Status s = save(last_loss); !s.ok()) return RuntimeError(cmd, s);
+      saved_step = r->step;
     }
   }
   if (Status s = save(last_loss); !s.ok()) return RuntimeError(cmd, s);

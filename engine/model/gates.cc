@@ -197,6 +197,14 @@ Status AddTensor(std::map<std::string, LoadedTensor>* all, const std::string& na
   if (all->count(name)) {
     return InvalidArgument(t.file + ": key " + Quoted(name) + " also appears in " + (*all)[name].file);
   }
+  // An inf or NaN weight (a diverged training run) would make every score
+  // of its heads inf or NaN and the selection meaningless.
+  for (size_t i = 0; i < t.values.size(); ++i) {
+    if (!std::isfinite(t.values[i])) {
+      return InvalidArgument(t.file + ": key " + Quoted(name) + ": element " + std::to_string(i) + " is " +
+                             (std::isnan(t.values[i]) ? "NaN" : "infinite") + "; gate weights must be finite");
+    }
+  }
   (*all)[name] = std::move(t);
   return OkStatus();
 }

@@ -269,6 +269,24 @@ TEST(LoadGates, WrongDtype) {
   ExpectError(LoadGates(st.path(), m), StatusCode::kInvalidArgument, "has dtype I32");
 }
 
+// A diverged training run's inf or NaN weights are refused, naming the key
+// and the element, in both file formats.
+TEST(LoadGates, NonFiniteWeightsAreRefused) {
+  const ModelConfig m = TinyModel();
+  for (const float bad : {INFINITY, -INFINITY, NAN}) {
+    auto ts = ReleasedLayout(m);
+    ts[1].values[77] = bad;
+    GateDir st("nonfinite_st");
+    st.Write("config.json", ConfigJson());
+    st.WriteSafetensors(ts, "gates.safetensors");
+    ExpectError(LoadGates(st.path(), m), StatusCode::kInvalidArgument, "element 77 is");
+    GateDir pth("nonfinite_pth");
+    pth.Write("config.json", ConfigJson());
+    pth.WritePth(ts);
+    ExpectError(LoadGates(pth.path(), m), StatusCode::kInvalidArgument, "gate weights must be finite");
+  }
+}
+
 TEST(LoadGates, HostilePthIsRefused) {
   const ModelConfig m = TinyModel();
   GateDir dir("hostile");

@@ -672,6 +672,48 @@ TEST(Operations, EveryBinaryPrintsItsVersion) {
   }
 }
 
+// seer-random-checkpoint: a bad flag is named; a directory is kept only when
+// everything that made it (gates directory and shard size included) is the
+// same, and a rewrite leaves no shard of the earlier layout behind.
+TEST(Operations, TheRandomCheckpointKeepsOnlyWhatItWouldWrite) {
+  for (const auto& [flag, value] : {std::pair<const char*, const char*>{"--layers", "-1"},
+                                    {"--shape", "small"},
+                                    {"--shard-mb", "0"},
+                                    {"--threads", "-2"}}) {
+    CommandResult r = RunCommand({Bin("seer-random-checkpoint"), "--out", "/tmp/unused", flag, value});
+    EXPECT_EQ(r.exit_code, 2) << flag;
+    EXPECT_NE(r.err.find(std::string(flag) + ":"), std::string::npos) << r.err;
+  }
+  const std::string dir = seer::testing::TempDir("random_checkpoint");
+  const std::string model = dir + "/model", a = dir + "/gates_a", b = dir + "/gates_b";
+  auto make = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {Bin("seer-random-checkpoint"), "--out", model, "--shape", "tiny"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return RunCommand(args);
+  };
+  CommandResult first = make({"--gates-out", a});
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  EXPECT_NE(make({"--gates-out", a}).out.find("kept"), std::string::npos) << "the same run keeps the directory";
+  CommandResult other = make({"--gates-out", b});
+  ASSERT_EQ(other.exit_code, 0) << other.err;
+  EXPECT_EQ(other.out.find("kept"), std::string::npos) << "another gates directory is written: " << other.out;
+  EXPECT_TRUE(std::filesystem::exists(b + "/attn_gate_weights.safetensors"));
+  CommandResult sharded = make({"--shard-mb", "1"});
+  ASSERT_EQ(sharded.exit_code, 0) << sharded.err;
+  int shards = 0;
+  for (const auto& e : std::filesystem::directory_iterator(model)) {
+    const std::string name = e.path().filename().string();
+    if (name.starts_with("model-")) {
+      ++shards;
+      EXPECT_EQ(name.find("-of-00001"), std::string::npos) << "a shard of the one-file layout is left: " << name;
+    }
+  }
+  EXPECT_GT(shards, 1);
+  CommandResult run = RunCommand({Bin("seer"), "run", "--model", model, "--ids", "1,2,3", "--max-new-tokens", "2"});
+  EXPECT_EQ(run.exit_code, 0) << run.err;
+  std::filesystem::remove_all(dir);
+}
+
 // Every benchmark says what it does and what its flags mean on --help (exit
 // 0), and refuses a flag it does not know (exit 2, pointing at --help)
 // before it touches a GPU. The CUDA ones exist only in builds with CUDA,
