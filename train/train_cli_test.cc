@@ -29,6 +29,7 @@ namespace fs = std::filesystem;
 
 using seer::testing::RunBinary;
 using seer::testing::RunOutput;
+using seer::testing::ShellQuote;
 using seer::testing::Slurp;
 using seer::testing::TempPath;
 
@@ -268,6 +269,38 @@ TEST(SeerTrainCli, AnInterruptedSaveLeavesThePreviousCheckpointWhole) {
   fs::remove_all(out);
   fs::remove_all(side);
   fs::remove(ids);
+}
+
+// SIGTERM (a batch scheduler's time limit) saves after the step in progress
+// and exits 143; --resume then continues exactly as an uninterrupted run.
+TEST(SeerTrainCli, SigtermSavesTheStepInProgressAndResumeContinues) {
+  const std::string ids = WriteIds("sigterm_ids", RandomIds(4 * 256, 8));
+  const std::string out = TempPath("sigterm"), straight = TempPath("sigterm_straight");
+  const std::string log = TempPath("sigterm_out"), err = TempPath("sigterm_err"), rc = TempPath("sigterm_rc");
+  std::string cmd = ShellQuote(std::string(SEER_BIN_DIR) + "/seer-train");
+  for (const std::string& a : TrainArgs(ids, 100000, 1, {"--out", out})) cmd += " " + ShellQuote(a);
+  // Start it, wait for its first step, SIGTERM it, keep its exit status.
+  const std::string script = cmd + " >" + ShellQuote(log) + " 2>" + ShellQuote(err) +
+                             " & pid=$!; for i in $(seq 1200); do grep -q '\"step\"' " + ShellQuote(log) +
+                             " && break; sleep 0.05; done; kill -TERM $pid; wait $pid; echo $? >" + ShellQuote(rc);
+  ASSERT_EQ(std::system(("bash -c " + ShellQuote(script)).c_str()), 0);
+  EXPECT_EQ(Slurp(rc), "143\n") << Slurp(err);
+  EXPECT_NE(Slurp(err).find("SIGTERM at step"), std::string::npos) << Slurp(err);
+  const std::vector<JsonValue> done = JsonLines(Slurp(log));
+  ASSERT_GE(done.size(), 1u);
+  const int64_t step = CheckpointStep(out);
+  EXPECT_EQ(step, done.back().Find("step")->as_int64()) << "the last step printed is the one saved";
+  ASSERT_TRUE(fs::exists(out + "/attn_gate_weights.safetensors"));
+
+  RunOutput resumed = RunBinary(
+      "seer-train", TrainArgs(ids, 100000, 1, {"--out", out, "--resume", "--stop-at", std::to_string(step + 1)}));
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  RunOutput whole =
+      RunBinary("seer-train", TrainArgs(ids, 100000, 1, {"--out", straight, "--stop-at", std::to_string(step + 1)}));
+  ASSERT_EQ(whole.exit_code, 0) << whole.err;
+  EXPECT_EQ(JsonLines(resumed.out)[0].Find("loss")->Dump(), JsonLines(whole.out)[step].Find("loss")->Dump());
+  EXPECT_EQ(Slurp(out + "/attn_gate_weights.safetensors"), Slurp(straight + "/attn_gate_weights.safetensors"));
+  for (const std::string& p : {out, straight, log, err, rc, ids}) fs::remove_all(p);
 }
 
 TEST(SeerTrainCli, TargetDumpsTheWholeBlockPrefix) {

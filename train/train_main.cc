@@ -2,12 +2,15 @@
 // loads (docs/TRAINING.md), and `seer-train target`, the distillation target
 // of a prompt as a safetensors file (for tests and inspection).
 //
-// Exit codes: 0 success, 1 runtime error, 2 usage error.
+// Exit codes: 0 success, 1 runtime error, 2 usage error; 143 / 130 after
+// SIGTERM / SIGINT, once the step in progress is saved.
 
 #include <algorithm>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -141,6 +144,22 @@ int RunTarget(int argc, char** argv) {
 
 // --- seer-train -------------------------------------------------------------
 
+// The first SIGTERM or SIGINT asks the loop to save after the step in
+// progress and exit (a batch scheduler's time limit, a Ctrl-C); a second one
+// kills as usual (the handler resets itself).
+volatile std::sig_atomic_t g_stop_signal = 0;
+
+void OnStopSignal(int sig) { g_stop_signal = sig; }
+
+void InstallStopHandlers() {
+  struct sigaction sa = {};
+  sa.sa_handler = OnStopSignal;
+  sa.sa_flags = SA_RESETHAND;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+}
+
 namespace fs = std::filesystem;
 
 // The absolute form of `p`, symlinks resolved as far as it exists.
@@ -263,8 +282,9 @@ int RunTrain(int argc, char** argv) {
       "frozen and runs densely; each layer's gate learns, from that one pass, to predict the block max of\n"
       "the layer's true attention (KL divergence, the first quarter of query-block rows dropped, summed\n"
       "over layers). AdamW, cosine schedule with warm-up. Writes a gate directory Seer loads (--gates OUT)\n"
-      "and a checkpoint in OUT/checkpoint that --resume continues exactly.\n"
-      "Exit codes: 0 success, 1 runtime error, 2 usage error.");
+      "and a checkpoint in OUT/checkpoint that --resume continues exactly. SIGTERM or SIGINT saves after\n"
+      "the step in progress and exits (a second one kills at once).\n"
+      "Exit codes: 0 success, 1 runtime error, 2 usage error, 143/130 saved after SIGTERM/SIGINT.");
   flags.String("model", &f.model, "Hugging Face checkpoint directory. Required.");
   flags.String("data", &f.data,
                "Training text: a file, or a directory of files (each one document), tokenized with the model's "
@@ -464,7 +484,16 @@ int RunTrain(int argc, char** argv) {
   const Clock::time_point train_start = Clock::now();
   int64_t tokens = 0;
   int64_t saved_step = f.resume ? trainer.step() : 0;
+  InstallStopHandlers();
   while (trainer.step() < last_step) {
+    if (g_stop_signal != 0) {
+      const int sig = g_stop_signal;
+      if (Status s = save(last_loss); !s.ok()) return RuntimeError(cmd, s);
+      std::fprintf(stderr, "%s: %s at step %lld of %lld: saved %s and its checkpoint; --resume continues from here\n",
+                   cmd.c_str(), sig == SIGTERM ? "SIGTERM" : "SIGINT", static_cast<long long>(trainer.step()),
+                   static_cast<long long>(f.steps), f.out.c_str());
+      return 128 + sig;
+    }
     StatusOr<StepReport> r = trainer.Step();
     if (!r.ok()) return RuntimeError(cmd, r.status());
     if (!std::isfinite(r->loss) || !std::isfinite(r->grad_norm)) {
