@@ -220,7 +220,8 @@ cudaError_t AdjustLogits(float* logits, int vocab, const RowLogitAdjustment* ent
   if (n == 0) return cudaSuccess;
   if (n < 0 || vocab <= 0 || logits == nullptr || entries == nullptr) return cudaErrorInvalidValue;
   const int blocks = (n + kKeyThreads - 1) / kKeyThreads;
-  AdjustLogitsKernel < <<blocks<1024 ? blocks : 1024, kKeyThreads, 0, stream>>>(logits, vocab, entries, n);
+  const int grid = blocks < 1024 ? blocks : 1024;
+  AdjustLogitsKernel<<<grid, kKeyThreads, 0, stream>>>(logits, vocab, entries, n);
   return cudaGetLastError();
 }
 
