@@ -35,7 +35,7 @@ int RunGenerateCommand(int argc, char** argv) {
                 "--json prints one object: tokens, text, ttft_ms, density {overall, layers}, timings.\n"
                 "Exit codes: 0 success, 1 the call failed (the message has the gRPC status code), 2 usage.");
   common.Register(flags, "seer-decode");
-  flags.Int("max-new-tokens", &max_new_tokens, "tokens to generate");
+  flags.Int("max-new-tokens", &max_new_tokens, "tokens to generate; 0 takes the server's --default-max-new-tokens");
   flags.Double("temperature", &temperature, "sampling temperature; 0 is greedy");
   flags.Int("top-k", &top_k, "sample among the k most likely tokens (0: all)");
   flags.Double("top-p", &top_p, "nucleus sampling mass (0 or 1: no cut)");
@@ -89,7 +89,7 @@ int RunGenerateCommand(int argc, char** argv) {
       msg->set_content(content->as_string());
     }
   }
-  const bool text_reply = !request.text().empty() || request.messages_size() > 0;
+  const bool text_reply = request.has_text() || request.messages_size() > 0;
   for (const std::string& s : stop_strings) request.add_stop(s);
   *request.mutable_sparsity() = common_request.sparsity;
   if (!stop.empty()) {

@@ -225,7 +225,7 @@ StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& r, const 
   GenerateCall call;
   SEER_RETURN_IF_ERROR(CheckRequestId(r.request_id()));
   call.request_id = r.request_id();
-  const int prompts = (r.token_ids_size() > 0 ? 1 : 0) + (r.text().empty() ? 0 : 1) + (r.messages_size() > 0 ? 1 : 0);
+  const int prompts = (r.token_ids_size() > 0 ? 1 : 0) + (r.has_text() ? 1 : 0) + (r.messages_size() > 0 ? 1 : 0);
   if (prompts > 1) return InvalidArgument("token_ids: give exactly one of token_ids, text and messages");
   // 0 asks for the server's default (--default-max-new-tokens).
   const int max_new =
@@ -235,7 +235,7 @@ StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& r, const 
                            Int(limits.max_new_tokens) + "] (the server's --max-new-tokens; 0 takes its default)");
   call.max_new_tokens = max_new;
   call.default_new_tokens = r.max_new_tokens() == 0;
-  if (!r.text().empty() || r.messages_size() > 0) {
+  if (r.has_text() || r.messages_size() > 0) {
     const size_t max_text = limits.max_prompt_tokens * kMaxTextBytesPerToken;
     size_t bytes = r.text().size();
     if (r.messages_size() > kMaxChatMessages)
@@ -247,11 +247,11 @@ StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& r, const 
       call.messages.emplace_back(m.role(), m.content());
     }
     if (bytes > max_text)
-      return InvalidArgument(std::string(r.text().empty() ? "messages" : "text") + ": " +
-                             Int(static_cast<int64_t>(bytes)) + " bytes exceed the limit of " +
-                             Int(static_cast<int64_t>(max_text)) + " (" + Int(kMaxTextBytesPerToken) +
-                             " per token of " + limits.max_prompt_source + ")");
+      return InvalidArgument(std::string(r.has_text() ? "text" : "messages") + ": " + Int(static_cast<int64_t>(bytes)) +
+                             " bytes exceed the limit of " + Int(static_cast<int64_t>(max_text)) + " (" +
+                             Int(kMaxTextBytesPerToken) + " per token of " + limits.max_prompt_source + ")");
     call.text = r.text();
+    call.has_text = r.has_text();
   } else {
     SEER_ASSIGN_OR_RETURN(call.ids, ParsePrompt(r.token_ids(), limits));
     FitDefaultNewTokens(static_cast<int64_t>(call.ids.size()), limits, &call);

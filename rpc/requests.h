@@ -60,6 +60,7 @@ struct GenerateCall {
   std::string request_id;
   std::vector<int32_t> ids;
   std::string text;
+  bool has_text = false;  // a text prompt, maybe empty
   std::vector<std::pair<std::string, std::string>> messages;  // (role, content)
   std::vector<std::string> stop;  // stop strings
   bool text_reply = false;  // answer in text, as for a text prompt

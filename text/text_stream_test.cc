@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -103,6 +104,40 @@ TEST(TextStream, HoldsBackAPossibleStartOfAStopAndReleasesItAtTheEnd) {
   // The earliest of several stops wins; a stop at the very start gives nothing.
   EXPECT_EQ(Stream(*tok, *ids, {"orld", "lo,"}).first, "Hel");
   EXPECT_EQ(Stream(*tok, *ids, {"Hello"}).first, "");
+}
+
+// Text the decoder holds until the end (bytes that never complete a UTF-8
+// character, released by Finish as U+FFFD) can hold a stop string: Finish
+// cuts before it and the stream reports stopped(), so the reply ends for a
+// "stop", not for its length.
+TEST(TextStream, AStopStringThatOnlyFinishReleasesStillStops) {
+  std::unique_ptr<Tokenizer> tok = Load("llama2");
+  ASSERT_NE(tok, nullptr);
+  auto ids = tok->Encode("ab", false);
+  ASSERT_TRUE(ids.ok());
+  // The first three bytes of U+1F469 as byte-fallback tokens: the character
+  // is never completed.
+  for (const char* byte : {"<0xF0>", "<0x9F>", "<0x91>"}) {
+    const std::optional<int32_t> id = tok->TokenToId(byte);
+    ASSERT_TRUE(id.has_value()) << byte;
+    ids->push_back(*id);
+  }
+  const std::string whole = *tok->Decode(*ids, true);
+  const size_t bad = whole.find("\xEF\xBF\xBD");
+  ASSERT_NE(bad, std::string::npos) << "the decode ends in U+FFFD: " << whole;
+  TextStream s(*tok, {"\xEF\xBF\xBD"});
+  std::string out;
+  for (int32_t id : *ids) {
+    auto p = s.Push(id);
+    ASSERT_TRUE(p.ok());
+    EXPECT_FALSE(p->stopped) << "the bytes are held until the end";
+    out += p->text;
+  }
+  EXPECT_FALSE(s.stopped());
+  auto rest = s.Finish();
+  ASSERT_TRUE(rest.ok());
+  EXPECT_TRUE(s.stopped());
+  EXPECT_EQ(out + *rest, whole.substr(0, bad));
 }
 
 }  // namespace

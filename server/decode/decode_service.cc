@@ -89,11 +89,11 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
       return;
     }
     call_ = std::move(call).value();
-    const bool text_prompt = !call_.text.empty() || !call_.messages.empty();
+    const bool text_prompt = call_.has_text || !call_.messages.empty();
     // A text reply: the text APIs' answer (text, and an end at end-of-text).
     const bool text_reply = text_prompt || call_.text_reply;
     if ((text_reply || !call_.stop.empty()) && service->tokenizer_ == nullptr) {
-      const char* field = text_prompt        ? (call_.text.empty() ? "messages" : "text")
+      const char* field = text_prompt        ? (call_.has_text ? "text" : "messages")
                           : call_.text_reply ? "text_reply"
                                              : "stop";
       FinishNow(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
@@ -154,10 +154,10 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
 
   // The prompt as ids: as given, or tokenized.
   StatusOr<std::vector<int32_t>> PromptIds() {
-    if (call_.text.empty() && call_.messages.empty()) return std::move(call_.ids);
+    if (!call_.has_text && call_.messages.empty()) return std::move(call_.ids);
     const Tokenizer& tokenizer = *service_->tokenizer_;
     StatusOr<std::vector<int32_t>> ids = [&]() -> StatusOr<std::vector<int32_t>> {
-      if (!call_.text.empty()) return EncodeTextPrompt(tokenizer, call_.text);
+      if (call_.has_text) return EncodeTextPrompt(tokenizer, call_.text);
       JsonValue messages = JsonValue::Array();
       for (const auto& [role, content] : call_.messages) {
         JsonValue m = JsonValue::Object();
@@ -168,13 +168,13 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
       return EncodeChatPrompt(tokenizer, messages);
     }();
     if (!ids.ok()) {
-      const char* field = call_.text.empty() ? "messages" : "text";
+      const char* field = call_.has_text ? "text" : "messages";
       // A template's raise_exception and an empty prompt are the request's
       // fault; anything else the server's.
       if (ids.status().code() == StatusCode::kInvalidArgument) return ids.status().WithContext(field);
       return Status(StatusCode::kFailedPrecondition, std::string(field) + ": " + ids.status().message());
     }
-    SEER_RETURN_IF_ERROR(CheckTokenIds(*ids, engine_->config().vocab_size, call_.text.empty() ? "messages" : "text"));
+    SEER_RETURN_IF_ERROR(CheckTokenIds(*ids, engine_->config().vocab_size, call_.has_text ? "text" : "messages"));
     FitDefaultNewTokens(static_cast<int64_t>(ids->size()), service_->limits_, &call_);
     max_new_tokens_ = call_.max_new_tokens;
     SEER_RETURN_IF_ERROR(CheckPromptFits(static_cast<int64_t>(ids->size()), max_new_tokens_, service_->limits_));
@@ -312,6 +312,9 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
       // start of a stop string that never came).
       StatusOr<std::string> rest = text_->Finish();
       if (rest.ok()) msg->set_text(std::move(*rest));
+      // A stop string in text the decoder held to the end (bytes that never
+      // made a character) ends the reply too.
+      if (text_->stopped()) finish_reason_ = "stop";
     }
     const v1::PrefillSummary& ps = fetched_.summary;
     v1::GenerateSummary* s = msg->mutable_summary();

@@ -256,6 +256,25 @@ TEST(TextGenerate, TextInTextOutEqualsSeerRun) {
   EXPECT_EQ(r.summary.finish_reason(), "length");
   EXPECT_EQ(r.tokens.size(), 24u);
 
+  // An empty text is a prompt too (the tokenizer's BOS alone), as in seer run
+  // --prompt "" and OpenAI's API: set but empty is not unset.
+  const JsonValue empty_ref = SeerRun({"--prompt", ""}, 8);
+  ASSERT_FALSE(TokensOf(empty_ref).empty());
+  v1::GenerateRequest empty;
+  empty.set_text("");
+  empty.set_max_new_tokens(8);
+  Reply e = Call(s.stub.get(), empty);
+  ASSERT_TRUE(e.status.ok()) << e.status.error_message();
+  EXPECT_EQ(e.tokens, TokensOf(empty_ref));
+  EXPECT_EQ(e.text, TextOf(empty_ref));
+  EXPECT_EQ(e.summary.prompt_tokens(), 1);
+  CommandResult g_empty = RunCommand(
+      {Bin("seer"), "generate", "--addr", s.decode->grpc_address(), "--prompt", "", "--max-new-tokens", "8", "--json"});
+  ASSERT_EQ(g_empty.exit_code, 0) << g_empty.err;
+  StatusOr<JsonValue> gej = JsonValue::Parse(g_empty.out);
+  ASSERT_TRUE(gej.ok()) << g_empty.out;
+  EXPECT_EQ(TextOf(*gej), TextOf(empty_ref));
+
   // The CLI's text mode: the same reply, as JSON and as printed text.
   CommandResult g = RunCommand({Bin("seer"), "generate", "--addr", s.decode->grpc_address(), "--prompt", prompt,
                                 "--max-new-tokens", "24", "--json"});

@@ -121,6 +121,11 @@ same('streamed completion text equals seer run', streamed, ref.text);
 same('streamed completion finish_reason', finish, done);
 same('streamed completion usage', usage?.completion_tokens, ref.tokens.length);
 
+// An empty prompt is the BOS alone, as `seer run --prompt ""`.
+const emptyRef = seerRun(['--prompt', ''], 8);
+const emptyReply = await client.completions.create({ model: name, prompt: '', max_tokens: 8, temperature: 0 });
+same('an empty prompt is answered as seer run --prompt ""', emptyReply.choices[0].text, emptyRef.text);
+
 // The same prompt as token ids (`seer tokenize`'s, as the server encodes
 // the text): the same reply, in text too.
 const ids = JSON.parse(execFileSync(join(bin, 'seer'), ['tokenize', '--tokenizer', model, '--text', prompt, '--json'])
