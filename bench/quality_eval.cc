@@ -296,7 +296,8 @@ int Main(int argc, char** argv) {
     if (a == std::string::npos || b == std::string::npos) return Usage("--passkey-example: expected FILLERS,DEPTH,KEY");
     auto fillers = ParseList("--passkey-example", f.passkey_example.substr(0, a), 0, 1 << 20, true);
     auto depth = ParseList("--passkey-example", f.passkey_example.substr(a + 1, b - a - 1), 0, 1, false);
-    if (!fillers.ok() || fillers->size() != 1) return Usage("--passkey-example: FILLERS must be a whole number");
+    if (!fillers.ok() || fillers->size() != 1)
+      return Usage("--passkey-example: FILLERS must be a whole number in [0, 1048576]");
     if (!depth.ok() || depth->size() != 1) return Usage("--passkey-example: DEPTH must be in [0, 1]");
     std::fputs(passkey::Document(static_cast<int>((*fillers)[0]), (*depth)[0], f.passkey_example.substr(b + 1)).c_str(),
                stdout);

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "kernels/common/parallel.h"
 
@@ -22,11 +23,20 @@ StatusOr<std::vector<std::string>> ListDocuments(const std::string& path) {
   if (fs::is_regular_file(st)) return std::vector<std::string>{path};
   if (!fs::is_directory(st)) return InvalidArgument("--data: '" + path + "' is neither a file nor a directory");
   std::vector<std::string> files;
-  fs::recursive_directory_iterator it(path, fs::directory_options::skip_permission_denied, ec), end;
-  for (; !ec && it != end; it.increment(ec)) {
+  // Links are followed, to files and directories alike; a directory reached
+  // twice (a link cycle, or two links to one place) is read once.
+  std::set<fs::path> seen = {fs::canonical(path, ec)};
+  fs::recursive_directory_iterator it(
+      path, fs::directory_options::skip_permission_denied | fs::directory_options::follow_directory_symlink, ec);
+  for (const fs::recursive_directory_iterator end; !ec && it != end; it.increment(ec)) {
     const std::string name = it->path().filename().string();
     if (!name.empty() && name[0] == '.') {
       if (it->is_directory(ec)) it.disable_recursion_pending();
+      continue;
+    }
+    if (it->is_directory(ec)) {
+      std::error_code canonical_ec;
+      if (!seen.insert(fs::canonical(it->path(), canonical_ec)).second) it.disable_recursion_pending();
       continue;
     }
     if (it->is_regular_file(ec)) files.push_back(it->path().string());

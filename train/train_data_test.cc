@@ -88,6 +88,23 @@ TEST(TokenizeText, ASingleFileIsOneDocument) {
   EXPECT_EQ(s->ids, *ids);
 }
 
+// Links are followed, to directories as to files; a directory reached twice
+// (here a link cycle, and a second link to the same place) is read once.
+TEST(TokenizeText, LinkedDirectoriesAreReadOnceAndCyclesEnd) {
+  auto tok = FixtureTokenizer();
+  ASSERT_NE(tok, nullptr);
+  TempDir outside("linked_outside");
+  outside.Write("x.txt", "a linked document");
+  TempDir dir("linked");
+  dir.Write("a.txt", "the quick brown fox");
+  std::filesystem::create_directory_symlink(outside.path(), dir.path() + "/b_link");
+  std::filesystem::create_directory_symlink(outside.path(), dir.path() + "/c_again");
+  std::filesystem::create_directory_symlink(dir.path(), dir.path() + "/d_cycle");
+  auto s = TokenizeText(dir.path(), *tok, 1);
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  EXPECT_EQ(s->documents, 2);
+}
+
 TEST(TokenizeText, RefusesWhatIsNotText) {
   auto tok = FixtureTokenizer();
   ASSERT_NE(tok, nullptr);
