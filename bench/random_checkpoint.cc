@@ -194,12 +194,20 @@ int Main(int argc, char** argv) {
     }
   }
   std::error_code ec;
+  // Only a directory this tool wrote (its stamp is there) has its old shards
+  // cleared; any other non-empty directory, a real checkpoint perhaps, is
+  // refused unless --force.
+  const bool ours = std::filesystem::exists(stamp_path, ec);
+  if (!ours && !force && std::filesystem::is_directory(out, ec) && !std::filesystem::is_empty(out, ec)) {
+    return usage("--out: '" + out +
+                 "' is not empty and was not written by seer-random-checkpoint; --force writes into it anyway");
+  }
   std::filesystem::create_directories(out, ec);
   std::filesystem::remove(stamp_path, ec);
   // Shards of an earlier layout would be left beside the new ones.
   for (const auto& e : std::filesystem::directory_iterator(out, ec)) {
     const std::string name = e.path().filename().string();
-    if (name.starts_with("model-") && name.ends_with(".safetensors")) std::filesystem::remove(e.path(), ec);
+    if (ours && name.starts_with("model-") && name.ends_with(".safetensors")) std::filesystem::remove(e.path(), ec);
   }
 
   // Shards planned from the shapes, then drawn and written one at a time.

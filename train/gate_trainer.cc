@@ -22,7 +22,10 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr int kBlockSize = 64;  // the only gate block size Seer runs
-constexpr std::string_view kCheckpointFormat = "seer-train-checkpoint/1";
+// 2: the tensors in a file named by their step (trainer_state.json's
+// "tensors"); 1 kept them in trainer_state.safetensors, still read.
+constexpr std::string_view kCheckpointFormat = "seer-train-checkpoint/2";
+constexpr std::string_view kCheckpointFormatV1 = "seer-train-checkpoint/1";
 constexpr std::string_view kWeightsName = "attn_gate_weights.safetensors";
 
 std::string Hex(uint64_t v) {
@@ -263,6 +266,21 @@ StatusOr<std::vector<double>> GateTrainer::Evaluate(std::span<const int32_t> ids
   return layer_loss;
 }
 
+std::optional<std::string> GateTrainer::WeightPastBf16() const {
+  for (size_t layer = 0; layer < params_.size(); ++layer) {
+    for (const auto& [part, v] :
+         {std::pair{"mask_linear_k", &params_[layer].k}, std::pair{"mask_linear_q", &params_[layer].q}}) {
+      for (size_t i = 0; i < v->size(); ++i) {
+        if (!std::isfinite(Bf16ToFloat(FloatToBf16(static_cast<float>((*v)[i]))))) {
+          return "layer " + std::to_string(layer) + " " + part + "[" + std::to_string(i) + "] is " +
+                 ShortestDouble((*v)[i]) + ", past bf16's range";
+        }
+      }
+    }
+  }
+  return std::nullopt;
+}
+
 Status GateTrainer::WriteGates(const std::string& dir, const SparsityConfig& default_sparsity,
                                const JsonValue& training_note) const {
   if (default_sparsity.mode != SparsityMode::kThreshold && default_sparsity.mode != SparsityMode::kNzRatio) {
@@ -301,7 +319,7 @@ Status GateTrainer::WriteGates(const std::string& dir, const SparsityConfig& def
       // A weight past bf16's range (or already not finite) is a diverged run:
       // gates of inf select nothing useful and must not look trained.
       if (!std::isfinite(Bf16ToFloat(bits[i]))) {
-        return FailedPrecondition(name + "[" + std::to_string(i) + "] is " + std::to_string(v[i]) +
+        return FailedPrecondition(name + "[" + std::to_string(i) + "] is " + ShortestDouble(v[i]) +
                                   ", not a finite bf16: the training diverged (lower --lr); nothing was written");
       }
     }
@@ -413,7 +431,7 @@ Status GateTrainer::LoadCheckpoint(const std::string& dir) {
   SEER_ASSIGN_OR_RETURN(JsonValue state, ReadJsonFile(json_path));
   const JsonFieldReader r(state, json_path);
   SEER_ASSIGN_OR_RETURN(const std::string format, r.String("format", std::nullopt));
-  if (format != kCheckpointFormat) {
+  if (format != kCheckpointFormat && format != kCheckpointFormatV1) {
     return r.Error("format", "is " + Quoted(format) + "; this seer-train reads " + Quoted(kCheckpointFormat));
   }
   SEER_ASSIGN_OR_RETURN(const int64_t step, r.Int("step", 0, int64_t{1} << 62, std::nullopt));

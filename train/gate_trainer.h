@@ -20,6 +20,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -98,6 +99,10 @@ class GateTrainer {
   // configuration (steps may differ: the schedule then follows the new
   // length); a difference is FAILED_PRECONDITION naming the field.
   Status LoadCheckpoint(const std::string& dir);
+
+  // The first weight whose bf16 (what WriteGates writes) is not finite,
+  // named with its value; nullopt when every one fits.
+  std::optional<std::string> WeightPastBf16() const;
 
   int64_t step() const { return step_; }
   const TrainConfig& config() const { return config_; }

@@ -180,6 +180,11 @@ TEST(SeerTrainCli, TheOutputIsCheckedFirstAndNeverSilentlyReplaced) {
   EXPECT_EQ(Slurp(out + "/attn_gate_weights.safetensors"), gates_before);
   EXPECT_EQ(Slurp(out + "/config.json"), config_before);
   EXPECT_EQ(CheckpointStep(out), 2);
+  // --overwrite that fails a later check deletes nothing.
+  RunOutput bad_overwrite = run(out, {"--overwrite", "--gate-sparsity", "dense"});
+  EXPECT_EQ(bad_overwrite.exit_code, 2) << bad_overwrite.err;
+  EXPECT_EQ(CheckpointStep(out), 2);
+  EXPECT_EQ(Slurp(out + "/attn_gate_weights.safetensors"), gates_before);
   // --overwrite starts again from step 0 (the first two losses repeat).
   RunOutput fresh = run(out, {"--overwrite", "--stop-at", "1"});
   ASSERT_EQ(fresh.exit_code, 0) << fresh.err;
@@ -227,12 +232,16 @@ TEST(SeerTrainCli, TheOutputIsCheckedFirstAndNeverSilentlyReplaced) {
 // gates; the last good save stays.
 TEST(SeerTrainCli, ADivergedRunSavesNothing) {
   const std::string ids = WriteIds("diverge_ids", RandomIds(3 * 256, 6)), out = TempPath("diverged");
+  // lr 1e300: the loss stays finite while the weights leave bf16's range;
+  // the run stops at that step, not at its save.
   RunOutput r =
-      RunBinary("seer-train", {"--model",   Model(), "--data-ids", "@" + ids, "--seq-len",       "256", "--steps", "3",
-                               "--warmup",  "0",     "--lr",       "1e60",    "--max-grad-norm", "0",   "--out",   out,
-                               "--threads", "2",     "--device",   "cpu"});
+      RunBinary("seer-train", {"--model",   Model(), "--data-ids", "@" + ids, "--seq-len",       "256", "--steps", "6",
+                               "--warmup",  "0",     "--lr",       "1e300",   "--max-grad-norm", "0",   "--out",   out,
+                               "--threads", "2",     "--device",   "cpu",     "--json"});
   EXPECT_EQ(r.exit_code, 1) << r.out << r.err;
-  EXPECT_TRUE(r.err.find("diverged") != std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("the training diverged"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("past bf16's range"), std::string::npos) << r.err;
+  EXPECT_LT(JsonLines(r.out).size(), 6u) << "stopped before the last step: " << r.out;
   EXPECT_FALSE(fs::exists(out + "/attn_gate_weights.safetensors"));
   EXPECT_FALSE(fs::exists(out + "/checkpoint/trainer_state.json"));
   fs::remove_all(out);

@@ -16,6 +16,39 @@ namespace fs = std::filesystem;
 // A whole corpus is read into memory; past this it is an error, not a swap storm.
 constexpr uint64_t kMaxCorpusBytes = uint64_t{4} << 30;
 
+// Appends the files under `dir` in path order (names sorted at each level,
+// so the same tree lists the same way on any file system), following links;
+// `ancestors` (canonical) breaks link cycles; a file reached twice (through
+// two links) is listed once, at its first path in that order.
+Status Walk(const fs::path& dir, std::vector<fs::path>* ancestors, std::set<fs::path>* seen_files,
+            std::vector<std::string>* files) {
+  std::error_code ec;
+  std::vector<fs::path> entries;
+  for (fs::directory_iterator it(dir, fs::directory_options::skip_permission_denied, ec), end; !ec && it != end;
+       it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (!name.empty() && name[0] != '.') entries.push_back(it->path());
+  }
+  if (ec) return NotFound("--data: cannot list '" + dir.string() + "': " + ec.message());
+  std::sort(entries.begin(), entries.end());
+  for (const fs::path& e : entries) {
+    std::error_code sec;
+    const fs::file_status st = fs::status(e, sec);  // through links
+    if (sec) continue;  // a dangling link
+    const fs::path canonical = fs::canonical(e, sec);
+    if (sec) continue;
+    if (fs::is_directory(st)) {
+      if (std::find(ancestors->begin(), ancestors->end(), canonical) != ancestors->end()) continue;  // a cycle
+      ancestors->push_back(canonical);
+      SEER_RETURN_IF_ERROR(Walk(e, ancestors, seen_files, files));
+      ancestors->pop_back();
+    } else if (fs::is_regular_file(st) && seen_files->insert(canonical).second) {
+      files->push_back(e.string());
+    }
+  }
+  return OkStatus();
+}
+
 StatusOr<std::vector<std::string>> ListDocuments(const std::string& path) {
   std::error_code ec;
   const fs::file_status st = fs::status(path, ec);
@@ -23,27 +56,10 @@ StatusOr<std::vector<std::string>> ListDocuments(const std::string& path) {
   if (fs::is_regular_file(st)) return std::vector<std::string>{path};
   if (!fs::is_directory(st)) return InvalidArgument("--data: '" + path + "' is neither a file nor a directory");
   std::vector<std::string> files;
-  // Links are followed, to files and directories alike; a directory reached
-  // twice (a link cycle, or two links to one place) is read once.
-  std::set<fs::path> seen = {fs::canonical(path, ec)};
-  fs::recursive_directory_iterator it(
-      path, fs::directory_options::skip_permission_denied | fs::directory_options::follow_directory_symlink, ec);
-  for (const fs::recursive_directory_iterator end; !ec && it != end; it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    if (!name.empty() && name[0] == '.') {
-      if (it->is_directory(ec)) it.disable_recursion_pending();
-      continue;
-    }
-    if (it->is_directory(ec)) {
-      std::error_code canonical_ec;
-      if (!seen.insert(fs::canonical(it->path(), canonical_ec)).second) it.disable_recursion_pending();
-      continue;
-    }
-    if (it->is_regular_file(ec)) files.push_back(it->path().string());
-  }
-  if (ec) return NotFound("--data: cannot list '" + path + "': " + ec.message());
+  std::vector<fs::path> ancestors = {fs::canonical(path, ec)};
+  std::set<fs::path> seen_files;
+  SEER_RETURN_IF_ERROR(Walk(path, &ancestors, &seen_files, &files));
   if (files.empty()) return NotFound("--data: '" + path + "' holds no files");
-  std::sort(files.begin(), files.end());
   return files;
 }
 

@@ -88,8 +88,9 @@ TEST(TokenizeText, ASingleFileIsOneDocument) {
   EXPECT_EQ(s->ids, *ids);
 }
 
-// Links are followed, to directories as to files; a directory reached twice
-// (here a link cycle, and a second link to the same place) is read once.
+// Links are followed, to directories as to files; a file reached twice
+// (here through two links to one directory, and a file link) is read once,
+// at its first path in sorted order; a link cycle ends.
 TEST(TokenizeText, LinkedDirectoriesAreReadOnceAndCyclesEnd) {
   auto tok = FixtureTokenizer();
   ASSERT_NE(tok, nullptr);
@@ -100,9 +101,17 @@ TEST(TokenizeText, LinkedDirectoriesAreReadOnceAndCyclesEnd) {
   std::filesystem::create_directory_symlink(outside.path(), dir.path() + "/b_link");
   std::filesystem::create_directory_symlink(outside.path(), dir.path() + "/c_again");
   std::filesystem::create_directory_symlink(dir.path(), dir.path() + "/d_cycle");
+  std::filesystem::create_symlink(outside.path() + "/x.txt", dir.path() + "/e_file_link.txt");
   auto s = TokenizeText(dir.path(), *tok, 1);
   ASSERT_TRUE(s.ok()) << s.status().ToString();
   EXPECT_EQ(s->documents, 2);
+  // The same documents in the same order as the files without the links.
+  TempDir plain("linked_plain");
+  plain.Write("a.txt", "the quick brown fox");
+  plain.Write("b/x.txt", "a linked document");
+  auto want = TokenizeText(plain.path(), *tok, 1);
+  ASSERT_TRUE(want.ok());
+  EXPECT_EQ(s->ids, want->ids);
 }
 
 TEST(TokenizeText, RefusesWhatIsNotText) {

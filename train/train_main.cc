@@ -17,6 +17,7 @@
 #include <exception>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -149,12 +150,17 @@ int RunTarget(int argc, char** argv) {
 // kills as usual (the handler resets itself).
 volatile std::sig_atomic_t g_stop_signal = 0;
 
-void OnStopSignal(int sig) { g_stop_signal = sig; }
+void OnStopSignal(int sig) {
+  g_stop_signal = sig;
+  // Either signal, next time, kills (signal() is async-signal-safe).
+  std::signal(SIGTERM, SIG_DFL);
+  std::signal(SIGINT, SIG_DFL);
+}
 
 void InstallStopHandlers() {
   struct sigaction sa = {};
   sa.sa_handler = OnStopSignal;
-  sa.sa_flags = SA_RESETHAND;
+  sa.sa_flags = 0;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
@@ -181,7 +187,8 @@ bool Inside(const fs::path& child, const fs::path& parent) {
 // run never ends by failing to save: a directory (made here) that is
 // writable, not the model's or inside the training text's, with no other
 // weights LoadGates would read. A previous run's output is continued with
-// --resume or replaced with --overwrite (which deletes its checkpoint now).
+// --resume or replaced with --overwrite (whose old files are deleted only
+// once the new run has passed every check, just before its first step).
 Status CheckOut(const std::string& out, const std::string& model, const std::string& data, bool resume,
                 bool overwrite) {
   const fs::path out_path = Resolved(out);
@@ -217,21 +224,29 @@ Status CheckOut(const std::string& out, const std::string& model, const std::str
   }
   const fs::path state = fs::path(out) / "checkpoint" / "trainer_state.json";
   const bool checkpoint = fs::exists(state, ec);
-  if (resume || (!checkpoint && !gates)) return OkStatus();
-  if (!overwrite) {
-    std::string what = "gates";
-    if (checkpoint) {
-      StatusOr<JsonValue> json = ReadJsonFile(state.string());
-      const JsonValue* step = json.ok() ? json->Find("step") : nullptr;
-      what = "a training checkpoint" +
-             (step != nullptr && step->is_integer() ? " at step " + std::to_string(step->as_int64()) : std::string());
-    }
-    return InvalidArgument("--out: '" + out + "' holds " + what +
-                           " from an earlier run: pass --resume to continue it, --overwrite to start again, or "
-                           "choose another --out");
+  if (resume || overwrite || (!checkpoint && !gates)) return OkStatus();
+  std::string what = "gates";
+  if (checkpoint) {
+    StatusOr<JsonValue> json = ReadJsonFile(state.string());
+    const JsonValue* step = json.ok() ? json->Find("step") : nullptr;
+    what = "a training checkpoint" +
+           (step != nullptr && step->is_integer() ? " at step " + std::to_string(step->as_int64()) : std::string());
+  }
+  return InvalidArgument("--out: '" + out + "' holds " + what +
+                         " from an earlier run: pass --resume to continue it, --overwrite to start again, or "
+                         "choose another --out");
+}
+
+// --overwrite, once the run is ready to start: the earlier run's gates and
+// checkpoint go, so that nothing of it is left to be taken for this run's.
+Status RemoveEarlierRun(const std::string& out) {
+  std::error_code ec;
+  for (const char* name : {"attn_gate_weights.safetensors", "config.json"}) {
+    fs::remove(fs::path(out) / name, ec);
+    if (ec) return Internal("--overwrite: cannot remove " + (fs::path(out) / name).string() + ": " + ec.message());
   }
   fs::remove_all(fs::path(out) / "checkpoint", ec);
-  if (ec) return InvalidArgument("--out: cannot remove the old checkpoint: " + ec.message());
+  if (ec) return Internal("--overwrite: cannot remove " + out + "/checkpoint: " + ec.message());
   return OkStatus();
 }
 
@@ -484,6 +499,9 @@ int RunTrain(int argc, char** argv) {
   const Clock::time_point train_start = Clock::now();
   int64_t tokens = 0;
   int64_t saved_step = f.resume ? trainer.step() : 0;
+  if (f.overwrite) {
+    if (Status s = RemoveEarlierRun(f.out); !s.ok()) return RuntimeError(cmd, s);
+  }
   InstallStopHandlers();
   while (trainer.step() < last_step) {
     if (g_stop_signal != 0) {
@@ -496,16 +514,23 @@ int RunTrain(int argc, char** argv) {
     }
     StatusOr<StepReport> r = trainer.Step();
     if (!r.ok()) return RuntimeError(cmd, r.status());
+    // Diverged: a loss or gradient that is not finite, or a weight that no
+    // longer fits in bf16 (the gates are written in bf16). Checked every
+    // step: a run never trains on only to fail at its save.
+    std::string diverged;
     if (!std::isfinite(r->loss) || !std::isfinite(r->grad_norm)) {
+      diverged = "the loss (" + ShortestDouble(r->loss) + ") or the gradient norm (" + ShortestDouble(r->grad_norm) +
+                 ") is not finite";
+    } else if (std::optional<std::string> w = trainer.WeightPastBf16(); w.has_value()) {
+      diverged = *w;
+    }
+    if (!diverged.empty()) {
       std::printf("%s\n", f.json ? StepJson(*r, f.steps).Dump().c_str() : StepLine(*r, f.steps).c_str());
-      return RuntimeError(
-          cmd, FailedPrecondition("step " + std::to_string(r->step) + ": the loss (" + ShortestDouble(r->loss) +
-                                  ") or the gradient norm (" + ShortestDouble(r->grad_norm) +
-                                  ") is not finite: the training diverged (lower --lr or "
-                                  "--loss-scale); " +
-                                  (saved_step > 0
-                                       ? "the save of step " + std::to_string(saved_step) + " in " + f.out + " is kept"
-                                       : std::string("nothing was saved"))));
+      const std::string kept = saved_step > 0
+                                   ? "the save of step " + std::to_string(saved_step) + " in " + f.out + " is kept"
+                                   : std::string("nothing was saved");
+      return RuntimeError(cmd, FailedPrecondition("step " + std::to_string(r->step) + ": " + diverged +
+                                                  ": the training diverged (lower --lr or --loss-scale); " + kept));
     }
     last_loss = r->loss;
     tokens += r->tokens;

@@ -170,10 +170,14 @@ class CudaEngine final : public Engine {
   // driver, not a passing state), with one line on stderr: the caller runs
   // `launch`.
   void CaptureDecodeLayers(int batch, int splits, const std::function<Status()>& launch);
-  // Adds each sequence's sampler adjustments (Sampler::Adjustments) to its
-  // row of `logits` ([seqs.size(), vocab]) on stream_; nothing when no
-  // sampler adjusts.
-  Status AdjustLogitRows(float* logits, std::span<Sampler* const> samplers);
+  // The samplers' adjustments (Sampler::Adjustments), row r for
+  // samplers[r], staged in pinned memory and copied to the device once per
+  // step on stream_: the entries of row r are [offsets[r], offsets[r + 1])
+  // of adjust_device_. False when no sampler adjusts.
+  StatusOr<bool> StageAdjustments(std::span<Sampler* const> samplers, std::vector<int>* offsets);
+  // Adds the staged adjustments of rows [first, first + count) to `logits`
+  // (those rows, [count, vocab]) on stream_.
+  Status AdjustRows(float* logits, const std::vector<int>& offsets, int first, int count);
   // The cache as this engine's DeviceKvCache (the base checked its type and layout).
   static DeviceKvCache* AsDeviceCache(KvCache* cache) { return static_cast<DeviceKvCache*>(cache); }
   Status EnsureWorkspace(const PrefillPlan& plan);
@@ -205,8 +209,11 @@ class CudaEngine final : public Engine {
   DeviceBuffer decode_workspace_;
   DeviceBuffer decode_attention_scratch_;  // split-K partials of DecodeAttention
   DeviceBuffer sample_scratch_;  // cuda::SampleToken's, allocated on first use
-  std::vector<cuda::RowLogitAdjustment> adjust_host_;  // AdjustLogitRows' staging
-  DeviceBuffer adjust_device_;  // grown on demand
+  // StageAdjustments': pinned staging (written once per step, after the
+  // previous step's synchronise) and its device copy, both grown on demand.
+  cuda::RowLogitAdjustment* adjust_pinned_ = nullptr;
+  size_t adjust_capacity_ = 0;  // entries
+  DeviceBuffer adjust_device_;
   DeviceBuffer last_block_lists_;  // a prefill's last layer: each head's last CSR list, the other rows empty
   Activations decode_;
   // Batched decode (PreparePagedDecode). Every step runs the GEMMs on
@@ -240,6 +247,7 @@ CudaEngine::~CudaEngine() {
   for (cudaEvent_t e : stage_events_) cudaEventDestroy(e);
   if (kept_host_ != nullptr) cudaFreeHost(kept_host_);
   if (batch_.host != nullptr) cudaFreeHost(batch_.host);
+  if (adjust_pinned_ != nullptr) cudaFreeHost(adjust_pinned_);
   if (graph_.exec != nullptr) cudaGraphExecDestroy(graph_.exec);
   if (cublas_ != nullptr) cublasDestroy(cublas_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
@@ -729,7 +737,9 @@ StatusOr<int32_t> CudaEngine::RunDecodeAndSample(int32_t token, KvCache* cache_i
   }
   SEER_RETURN_IF_ERROR(DecodeForward(token, cache));
   Sampler* const one[] = {sampler};
-  SEER_RETURN_IF_ERROR(AdjustLogitRows(decode_.logits, one));
+  std::vector<int> offsets;
+  SEER_ASSIGN_OR_RETURN(const bool adjusted, StageAdjustments(one, &offsets));
+  if (adjusted) SEER_RETURN_IF_ERROR(AdjustRows(decode_.logits, offsets, 0, 1));
   // One uniform per sampled token, none when greedy, as Sampler::Sample.
   const double u = sp.temperature > 0.0 ? sampler->NextUniform() : 0.0;
   // decode_.ids held this step's token; the sampled one overwrites it.
@@ -744,26 +754,41 @@ StatusOr<int32_t> CudaEngine::RunDecodeAndSample(int32_t token, KvCache* cache_i
   return next;
 }
 
-Status CudaEngine::AdjustLogitRows(float* logits, std::span<Sampler* const> samplers) {
-  adjust_host_.clear();
+StatusOr<bool> CudaEngine::StageAdjustments(std::span<Sampler* const> samplers, std::vector<int>* offsets) {
+  offsets->assign(1, 0);
+  size_t total = 0;
+  for (Sampler* s : samplers) {
+    total += s->Adjustments().size();
+    offsets->push_back(static_cast<int>(total));
+  }
+  if (total == 0) return false;
+  if (total > adjust_capacity_) {
+    // The previous step synchronised: nothing reads the old buffers.
+    const size_t capacity = std::max<size_t>(2 * total, 1024);
+    if (adjust_pinned_ != nullptr) cudaFreeHost(adjust_pinned_);
+    adjust_pinned_ = nullptr;
+    adjust_capacity_ = 0;
+    SEER_RETURN_IF_CUDA_ERROR(
+        cudaMallocHost(reinterpret_cast<void**>(&adjust_pinned_), sizeof(cuda::RowLogitAdjustment) * capacity));
+    SEER_ASSIGN_OR_RETURN(adjust_device_, DeviceBuffer::Allocate(sizeof(cuda::RowLogitAdjustment) * capacity,
+                                                                 "decode: the samplers' logit adjustments"));
+    adjust_capacity_ = capacity;
+  }
+  size_t i = 0;
   for (size_t r = 0; r < samplers.size(); ++r) {
     for (const LogitAdjustment& a : samplers[r]->Adjustments()) {
-      adjust_host_.push_back({static_cast<int32_t>(r), a.id, a.delta});
+      adjust_pinned_[i++] = {static_cast<int32_t>(r), a.id, a.delta};
     }
   }
-  if (adjust_host_.empty()) return OkStatus();
-  const size_t bytes = sizeof(cuda::RowLogitAdjustment) * adjust_host_.size();
-  if (adjust_device_.bytes() < bytes) {
-    // cudaFree, in the old buffer's destructor, waits for the kernels reading it.
-    SEER_ASSIGN_OR_RETURN(adjust_device_, DeviceBuffer::Allocate(std::max<size_t>(2 * bytes, 4096),
-                                                                 "decode: the samplers' logit adjustments"));
-  }
-  // From pageable memory: the copy is staged before cudaMemcpyAsync returns.
-  SEER_RETURN_IF_CUDA_ERROR(
-      cudaMemcpyAsync(adjust_device_.get(), adjust_host_.data(), bytes, cudaMemcpyHostToDevice, stream_));
-  SEER_RETURN_IF_CUDA_ERROR(cuda::AdjustLogits(logits, config_.vocab_size,
-                                               adjust_device_.as<cuda::RowLogitAdjustment>(),
-                                               static_cast<int>(adjust_host_.size()), stream_));
+  SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(adjust_device_.get(), adjust_pinned_,
+                                            sizeof(cuda::RowLogitAdjustment) * total, cudaMemcpyHostToDevice, stream_));
+  return true;
+}
+
+Status CudaEngine::AdjustRows(float* logits, const std::vector<int>& offsets, int first, int count) {
+  const int begin = offsets[first], end = offsets[first + count];
+  SEER_RETURN_IF_CUDA_ERROR(cuda::AdjustLogits(
+      logits, config_.vocab_size, adjust_device_.as<cuda::RowLogitAdjustment>() + begin, end - begin, first, stream_));
   return OkStatus();
 }
 
@@ -900,13 +925,15 @@ Status CudaEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int
   // (ArgMaxRows), SampleToken with the row's one uniform for the others, as
   // DecodeAndSample would.
   const int vocab = config_.vocab_size;
+  std::vector<Sampler*> samplers;
+  for (int r = 0; r < B; ++r) samplers.push_back(seqs[r].sampler);
+  std::vector<int> offsets;
+  SEER_ASSIGN_OR_RETURN(const bool adjusted, StageAdjustments(samplers, &offsets));
   for (int r0 = 0; r0 < rows; r0 += a.logits_chunk) {
     const int n = std::min(a.logits_chunk, rows - r0);
     SEER_RETURN_IF_ERROR(run.Logits(a, r0, n));
     if (r0 >= B) continue;
-    std::vector<Sampler*> samplers;
-    for (int r = r0; r < std::min(r0 + n, B); ++r) samplers.push_back(seqs[r].sampler);
-    SEER_RETURN_IF_ERROR(AdjustLogitRows(a.logits, samplers));
+    if (adjusted) SEER_RETURN_IF_ERROR(AdjustRows(a.logits, offsets, r0, std::min(n, B - r0)));
     SEER_RETURN_IF_CUDA_ERROR(cuda::ArgMaxRows(a.logits, std::min(n, B - r0), vocab, d_next + r0, stream_));
     for (int r = r0; r < std::min(r0 + n, B); ++r) {
       const SamplingParams& sp = seqs[r].sampler->params();

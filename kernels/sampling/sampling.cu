@@ -45,11 +45,13 @@ __device__ __forceinline__ double Weight(float logit, double top, double tempera
   return exp((l - top) / temperature);
 }
 
-__global__ void AdjustLogitsKernel(float* logits, int vocab, const RowLogitAdjustment* entries, int n) {
+__global__ void AdjustLogitsKernel(float* logits, int vocab, const RowLogitAdjustment* entries, int n,
+                                   int first_row) {
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
     const RowLogitAdjustment e = entries[i];
-    if (e.id < 0 || e.id >= vocab || e.row < 0) continue;
-    float* x = logits + static_cast<size_t>(e.row) * static_cast<size_t>(vocab) + e.id;
+    const int row = e.row - first_row;
+    if (e.id < 0 || e.id >= vocab || row < 0) continue;
+    float* x = logits + static_cast<size_t>(row) * static_cast<size_t>(vocab) + e.id;
     *x = *x + e.delta;
   }
 }
@@ -216,12 +218,13 @@ size_t SampleScratchBytes(int vocab) {
   return 2 * keys + AlignUp(SortTempBytes(vocab));
 }
 
-cudaError_t AdjustLogits(float* logits, int vocab, const RowLogitAdjustment* entries, int n, cudaStream_t stream) {
+cudaError_t AdjustLogits(float* logits, int vocab, const RowLogitAdjustment* entries, int n, int first_row,
+                         cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   if (n < 0 || vocab <= 0 || logits == nullptr || entries == nullptr) return cudaErrorInvalidValue;
   const int blocks = (n + kKeyThreads - 1) / kKeyThreads;
   const int grid = blocks < 1024 ? blocks : 1024;
-  AdjustLogitsKernel<<<grid, kKeyThreads, 0, stream>>>(logits, vocab, entries, n);
+  AdjustLogitsKernel<<<grid, kKeyThreads, 0, stream>>>(logits, vocab, entries, n, first_row);
   return cudaGetLastError();
 }
 

@@ -34,10 +34,13 @@ struct RowLogitAdjustment {
   float delta;
 };
 
-// The device twin of Sampler::Adjusted for rows of logits [rows, vocab]:
-// adds each entry's delta to its logit, in float (an (row, id) pair at most
-// once; ids outside [0, vocab) are skipped). `entries` is device memory, n of
-// them; n = 0 launches nothing.
-cudaError_t AdjustLogits(float* logits, int vocab, const RowLogitAdjustment* entries, int n, cudaStream_t stream);
+// The device twin of Sampler::Adjusted for rows of logits [rows, vocab]
+// whose first row is row `first_row` of the entries' numbering: adds each
+// entry's delta to logits[(row - first_row) * vocab + id], in float (a (row,
+// id) pair at most once; ids outside [0, vocab) and rows before first_row
+// are skipped). `entries` is device memory, n of them; n = 0 launches
+// nothing.
+cudaError_t AdjustLogits(float* logits, int vocab, const RowLogitAdjustment* entries, int n, int first_row,
+                         cudaStream_t stream);
 
 }  // namespace seer::cuda

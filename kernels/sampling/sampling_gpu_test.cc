@@ -285,8 +285,14 @@ TEST_F(SamplingKernelTest, AdjustLogitsIsSamplerAdjustedBitForBit) {
   ASSERT_TRUE(d_logits.ok() && d_entries.ok());
   ASSERT_EQ(d_logits.Upload(logits.data(), sizeof(float) * logits.size()), cudaSuccess);
   ASSERT_EQ(d_entries.Upload(entries.data(), sizeof(cuda::RowLogitAdjustment) * entries.size()), cudaSuccess);
+  // Rows 1 and 2 first, as their own chunk (first_row 1), then row 0.
+  const size_t row0 =
+      static_cast<size_t>(std::count_if(entries.begin(), entries.end(), [](const auto& e) { return e.row == 0; }));
+  ASSERT_EQ(cuda::AdjustLogits(d_logits.get<float>() + vocab, vocab, d_entries.get<cuda::RowLogitAdjustment>() + row0,
+                               static_cast<int>(entries.size() - row0), 1, nullptr),
+            cudaSuccess);
   ASSERT_EQ(cuda::AdjustLogits(d_logits.get<float>(), vocab, d_entries.get<cuda::RowLogitAdjustment>(),
-                               static_cast<int>(entries.size()), nullptr),
+                               static_cast<int>(row0), 0, nullptr),
             cudaSuccess);
   std::vector<float> got(logits.size());
   ASSERT_EQ(d_logits.Download(got.data(), sizeof(float) * got.size()), cudaSuccess);
@@ -303,8 +309,8 @@ TEST_F(SamplingKernelTest, AdjustLogitsIsSamplerAdjustedBitForBit) {
     }
     EXPECT_EQ(differ, 0) << "row " << r;
   }
-  EXPECT_EQ(cuda::AdjustLogits(d_logits.get<float>(), vocab, nullptr, 0, nullptr), cudaSuccess) << "nothing to do";
-  EXPECT_EQ(cuda::AdjustLogits(d_logits.get<float>(), vocab, nullptr, 3, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::AdjustLogits(d_logits.get<float>(), vocab, nullptr, 0, 0, nullptr), cudaSuccess) << "nothing to do";
+  EXPECT_EQ(cuda::AdjustLogits(d_logits.get<float>(), vocab, nullptr, 3, 0, nullptr), cudaErrorInvalidValue);
 }
 
 // --- the engine ------------------------------------------------------------

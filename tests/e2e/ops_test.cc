@@ -711,6 +711,14 @@ TEST(Operations, TheRandomCheckpointKeepsOnlyWhatItWouldWrite) {
   EXPECT_GT(shards, 1);
   CommandResult run = RunCommand({Bin("seer"), "run", "--model", model, "--ids", "1,2,3", "--max-new-tokens", "2"});
   EXPECT_EQ(run.exit_code, 0) << run.err;
+  // A directory it did not write (a real checkpoint, say) is refused, untouched.
+  const std::string foreign = dir + "/foreign";
+  std::filesystem::create_directories(foreign);
+  std::ofstream(foreign + "/model-00001-of-00002.safetensors") << "x";
+  CommandResult refused = RunCommand({Bin("seer-random-checkpoint"), "--out", foreign, "--shape", "tiny"});
+  EXPECT_EQ(refused.exit_code, 2);
+  EXPECT_NE(refused.err.find("was not written by seer-random-checkpoint"), std::string::npos) << refused.err;
+  EXPECT_TRUE(std::filesystem::exists(foreign + "/model-00001-of-00002.safetensors"));
   std::filesystem::remove_all(dir);
 }
 
