@@ -68,13 +68,16 @@ struct Row {
 
 int Main(int argc, char** argv) {
   std::string rows_text = "1x8192,8x8192,1x32768,8x32768,32x8192,128x2048";
-  int64_t steps = 32, page_tokens = 64, layers = 32;
+  int64_t steps = 32, page_tokens = 64, layers = 32, adjust = 0;
   bool json = false, cuda_graphs = true;
   FlagSet flags("seer-decode-bench [flags]", "Batched paged decode of the Llama-3.1-8B shape; prints a table.");
   flags.String("rows", &rows_text, "BATCHxCONTEXT items, comma-separated.");
   flags.Int("steps", &steps, "Timed decode steps per row (after 3 warm-up steps).");
   flags.Int("page-tokens", &page_tokens, "Positions per KV page.");
   flags.Int("layers", &layers, "Layers of the model shape (32 for Llama-3.1-8B).");
+  flags.Int("adjust", &adjust,
+            "Give every sequence this many adjusted tokens (OpenAI's logit_bias and presence/frequency "
+            "penalties: half biased ids, half ids already generated), as a long penalised reply has; 0: none.");
   flags.Bool("json", &json, "Print one JSON object instead of the table.");
   flags.Bool("cuda-graphs", &cuda_graphs,
              "Replay each step's layers as a CUDA graph (--cuda-graphs=false: launch them one by one).");
@@ -85,6 +88,10 @@ int Main(int argc, char** argv) {
   if (flags.help_requested()) {
     std::fputs(flags.Help().c_str(), stdout);
     return 0;
+  }
+  if (adjust < 0 || adjust > 65536) {
+    std::fprintf(stderr, "seer-decode-bench: --adjust: %lld is outside [0, 65536]\n", static_cast<long long>(adjust));
+    return 2;
   }
   std::vector<std::pair<int, int>> rows;
   for (const std::string& item : Split(rows_text)) {
@@ -144,7 +151,20 @@ int Main(int argc, char** argv) {
       }
       (*c)->set_length(context);
       caches.push_back(std::move(c).value());
-      samplers.push_back(std::make_unique<Sampler>(SamplingParams{}));
+      SamplingParams sp;
+      if (adjust > 0) {
+        sp.presence_penalty = 0.5;
+        sp.frequency_penalty = 0.5;
+        for (int64_t i = 0; i < adjust / 2; ++i) {
+          sp.logit_bias.push_back({static_cast<int32_t>((2 * i * 7 + b) % config.vocab_size), 0.25f});
+        }
+      }
+      samplers.push_back(std::make_unique<Sampler>(sp));
+      // The other half: tokens this sequence has generated (odd ids, distinct
+      // from the biased even ones while 2 * adjust < vocab).
+      for (int64_t i = 0; adjust > 0 && i < adjust - adjust / 2; ++i) {
+        samplers.back()->Record(static_cast<int32_t>((2 * i + 1) % config.vocab_size));
+      }
       seqs.push_back({caches.back().get(), (b * 7919) % config.vocab_size, samplers.back().get()});
     }
     std::vector<int32_t> next(batch);
@@ -174,6 +194,7 @@ int Main(int argc, char** argv) {
     out.Set("device", JsonValue::String(prop.name));
     out.Set("copy_gbps", JsonValue::Number(copy_bw / 1e9));
     out.Set("cuda_graphs", JsonValue::Bool(cuda_graphs));
+    out.Set("adjusted_tokens_per_sequence", JsonValue::Int(adjust));
     JsonValue list = JsonValue::Array();
     for (const Row& r : results) {
       JsonValue o = JsonValue::Object();
@@ -190,8 +211,9 @@ int Main(int argc, char** argv) {
   }
   std::printf(
       "\nBatched paged decode, %s, Llama-3.1-8B shape (%d layers), bf16, page %d tokens, CUDA graphs %s; copy %.0f "
-      "GB/s\n",
-      prop.name, config.num_layers, static_cast<int>(page_tokens), cuda_graphs ? "on" : "off", copy_bw / 1e9);
+      "GB/s; %lld adjusted tokens per sequence\n",
+      prop.name, config.num_layers, static_cast<int>(page_tokens), cuda_graphs ? "on" : "off", copy_bw / 1e9,
+      static_cast<long long>(adjust));
   std::printf("| batch | context | ms/step | tokens/s | bandwidth limit ms | step / limit |\n");
   std::printf("|---|---|---|---|---|---|\n");
   for (const Row& r : results) {
