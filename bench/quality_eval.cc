@@ -339,6 +339,7 @@ int Main(int argc, char** argv) {
   if (!engine_or.ok()) return Runtime(engine_or.status());
   Engine& engine = **engine_or;
   const bool cpu = engine.device_name().rfind("cpu", 0) == 0;
+  const int max_pos = engine.config().max_position_embeddings;
   std::unique_ptr<Tokenizer> tokenizer;
   std::error_code ec;
   if (std::filesystem::exists(std::filesystem::path(f.model) / "tokenizer.json", ec)) {
@@ -382,8 +383,8 @@ int Main(int argc, char** argv) {
     for (double len_d : *passkey_lengths) {
       PasskeySet set;
       set.length = static_cast<int>(len_d);
-      if (set.length + kAnswerTokens > engine.config().max_position_embeddings) {
-        set.skipped = "beyond max_position_embeddings " + std::to_string(engine.config().max_position_embeddings);
+      if (set.length + kAnswerTokens > max_pos) {
+        set.skipped = "beyond max_position_embeddings " + std::to_string(max_pos);
         passkey_sets.push_back(std::move(set));
         continue;
       }
@@ -432,7 +433,6 @@ int Main(int argc, char** argv) {
   };
 
   Evaluator eval(engine, tokenizer.get());
-  const int max_pos = engine.config().max_position_embeddings;
   // Runs every row at one length with `measure`; baselines at the density
   // their gate row ran at.
   auto run_rows = [&](int length, auto&& measure) -> StatusOr<std::vector<Measure>> {

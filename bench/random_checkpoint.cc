@@ -205,9 +205,11 @@ int Main(int argc, char** argv) {
   std::filesystem::create_directories(out, ec);
   std::filesystem::remove(stamp_path, ec);
   // Shards of an earlier layout would be left beside the new ones.
-  for (const auto& e : std::filesystem::directory_iterator(out, ec)) {
-    const std::string name = e.path().filename().string();
-    if (ours && name.starts_with("model-") && name.ends_with(".safetensors")) std::filesystem::remove(e.path(), ec);
+  if (ours) {
+    for (const auto& e : std::filesystem::directory_iterator(out, ec)) {
+      const std::string name = e.path().filename().string();
+      if (name.starts_with("model-") && name.ends_with(".safetensors")) std::filesystem::remove(e.path(), ec);
+    }
   }
 
   // Shards planned from the shapes, then drawn and written one at a time.

@@ -74,10 +74,8 @@ StatusOr<SamplingParams> ParseSampling(const v1::Sampling& s, int vocab_size, ui
     if (!std::isfinite(bias) || bias < -kMaxLogitBiasValue || bias > kMaxLogitBiasValue)
       return InvalidArgument("sampling.logit_bias[" + Int(id) + "]: " + Num(bias) + " is out of range [" +
                              Num(-kMaxLogitBiasValue) + ", " + Num(kMaxLogitBiasValue) + "]");
-    p.logit_bias.push_back({id, bias});
+    p.logit_bias.push_back({id, bias});  // in the map's order; the Sampler sorts them
   }
-  // The map's order is unspecified; the sampler's is by id.
-  std::sort(p.logit_bias.begin(), p.logit_bias.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
   p.presence_penalty = s.presence_penalty();
   p.frequency_penalty = s.frequency_penalty();
   p.temperature = s.temperature();

@@ -22,7 +22,7 @@ Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.se
   for (const LogitAdjustment& b : bias) {
     if (b.delta == 0.0f) continue;
     if (!adjustments_.empty() && adjustments_.back().id == b.id) {
-      bias_.back() += b.delta;  // the contract is one entry per id; a repeat adds
+      bias_.back() += b.delta;  // an id given twice adds
       adjustments_.back().delta = static_cast<float>(bias_.back());
       continue;
     }

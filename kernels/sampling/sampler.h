@@ -29,7 +29,8 @@ struct SamplingParams {
   // prompt's tokens do not count.
   double presence_penalty = 0.0;
   double frequency_penalty = 0.0;
-  // Added to a token's logit at every step: ids ascending, each once.
+  // Added to a token's logit at every step; in any order (an id given twice
+  // adds its biases).
   std::vector<LogitAdjustment> logit_bias;
 };
 
