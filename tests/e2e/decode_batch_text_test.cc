@@ -64,6 +64,7 @@ struct Reply {
   grpc::Status status;
   std::vector<int32_t> tokens;
   std::string text;  // every delta, the summary's rest included
+  std::string summary_text;  // the rest, released with the summary
   v1::GenerateSummary summary;
 };
 
@@ -76,7 +77,10 @@ Reply Call(v1::DecodeService::Stub* stub, const v1::GenerateRequest& req, int ca
   v1::GenerateResponse msg;
   while (reader->Read(&msg)) {
     r.text += msg.text();
-    if (msg.has_summary()) r.summary = msg.summary();
+    if (msg.has_summary()) {
+      r.summary = msg.summary();
+      r.summary_text = msg.text();
+    }
     if (msg.event_case() != v1::GenerateResponse::kToken) continue;
     r.tokens.push_back(msg.token());
     if (cancel_after > 0 && static_cast<int>(r.tokens.size()) == cancel_after) ctx.TryCancel();
@@ -505,6 +509,51 @@ TEST(TextGenerate, SigtermLetsAnHttpStreamInFlightFinish) {
   EXPECT_NE(raw.find("\"finish_reason\":\""), std::string::npos) << raw.substr(before);
   EXPECT_NE(raw.find("data: [DONE]"), std::string::npos) << raw.substr(before);
   EXPECT_EQ(decode.Wait(), 0) << decode.Output();
+}
+
+// A stop string in text the decoder holds to the very end. The bundled
+// model's byte-level tokenizer has a token for the lone byte 0xF0, the lead
+// byte of a four-byte character; a logit_bias of +100 forces it as the only
+// token of the reply. That byte never completes a character, so the text
+// stream holds it until the reply ends and then releases it as U+FFFD. With
+// U+FFFD as a stop string the reply must end for a "stop", with no text; the
+// same request without the stop shows that the byte really did come out
+// only at the end, as U+FFFD, for its "length".
+TEST(TextGenerate, AStopStringInTextHeldToTheEndIsAStop) {
+  ServerProcess prefill(Bin("seer-prefill"), BundledModelArgs());
+  ASSERT_TRUE(prefill.Start());
+  ServerProcess decode(Bin("seer-decode"), BundledModelArgs({"--prefill", prefill.grpc_address()}));
+  ASSERT_TRUE(decode.Start());
+  auto stub =
+      v1::DecodeService::NewStub(grpc::CreateChannel(decode.grpc_address(), grpc::InsecureChannelCredentials()));
+  // "ð" is how a byte-level vocabulary spells the byte 0xF0.
+  std::ifstream tokenizer_file(std::string(SEER_SOURCE_DIR) + "/models/seer-small/tokenizer.json");
+  std::stringstream tokenizer_json;
+  tokenizer_json << tokenizer_file.rdbuf();
+  StatusOr<JsonValue> tokenizer = JsonValue::Parse(tokenizer_json.str());
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status().ToString();
+  const JsonValue* lead_byte = tokenizer->Find("model")->Find("vocab")->Find("\xC3\xB0");
+  ASSERT_NE(lead_byte, nullptr) << "the bundled tokenizer has no token for the byte 0xF0";
+  const int32_t id = static_cast<int32_t>(lead_byte->as_int64());
+
+  const std::string kReplacement = "\xEF\xBF\xBD";  // U+FFFD
+  v1::GenerateRequest req;
+  req.set_text("The sky is");
+  req.set_max_new_tokens(1);
+  (*req.mutable_sampling()->mutable_logit_bias())[id] = 100.0f;
+  Reply plain = Call(stub.get(), req);
+  ASSERT_TRUE(plain.status.ok()) << plain.status.error_message();
+  ASSERT_EQ(plain.tokens, std::vector<int32_t>{id});
+  EXPECT_EQ(plain.text, kReplacement) << "the lone lead byte is released at the end as U+FFFD";
+  EXPECT_EQ(plain.summary_text, kReplacement) << "and only at the end, in the summary message";
+  EXPECT_EQ(plain.summary.finish_reason(), "length");
+
+  req.add_stop(kReplacement);
+  Reply stopped = Call(stub.get(), req);
+  ASSERT_TRUE(stopped.status.ok()) << stopped.status.error_message();
+  EXPECT_EQ(stopped.tokens, std::vector<int32_t>{id});
+  EXPECT_EQ(stopped.text, "");
+  EXPECT_EQ(stopped.summary.finish_reason(), "stop");
 }
 
 // A Generate whose client deadline passes mid-stream is logged and counted
