@@ -55,17 +55,9 @@ StatusOr<JsonValue> PromptFlags::Messages() const {
   SEER_ASSIGN_OR_RETURN(std::string text, ReadInputFile("--chat", chat));
   StatusOr<JsonValue> messages = JsonValue::Parse(text);
   if (!messages.ok()) return InvalidArgument("--chat: " + chat + ": " + messages.status().message());
-  if (!messages->is_array() || messages->as_array().empty()) {
-    return InvalidArgument("--chat: " + chat + ": expected a non-empty JSON array of {\"role\", \"content\"} messages");
-  }
-  for (const JsonValue& m : messages->as_array()) {
-    const JsonValue* role = m.Find("role");
-    const JsonValue* content = m.Find("content");
-    if (role == nullptr || !role->is_string() || content == nullptr || !content->is_string()) {
-      return InvalidArgument("--chat: " + chat + ": every message needs a string \"role\" and \"content\"");
-    }
-  }
-  return messages;
+  StatusOr<std::vector<ChatTurn>> turns = ParseChatMessages(*messages);
+  if (!turns.ok()) return InvalidArgument("--chat: " + chat + ": " + std::string(turns.status().message()));
+  return ChatTurnsJson(*turns);
 }
 
 StatusOr<std::vector<int32_t>> PromptFlags::Ids(const FlagSet& flags, const Tokenizer* tok) const {

@@ -15,6 +15,7 @@
 #include "base/flags.h"
 #include "base/json.h"
 #include "seer/v1/seer.grpc.pb.h"
+#include "text/prompt.h"
 
 namespace seer {
 
@@ -75,18 +76,13 @@ int RunGenerateCommand(int argc, char** argv) {
     StatusOr<std::string> text = ReadInputFile("--chat", chat);
     if (!text.ok()) return ReportUsage(cmd, text.status().message());
     StatusOr<JsonValue> messages = JsonValue::Parse(*text);
-    if (!messages.ok() || !messages->is_array() || messages->as_array().empty()) {
-      return ReportUsage(cmd, "--chat: expected a JSON array of {\"role\", \"content\"} objects");
-    }
-    for (const JsonValue& m : messages->as_array()) {
-      const JsonValue* role = m.Find("role");
-      const JsonValue* content = m.Find("content");
-      if (role == nullptr || !role->is_string() || content == nullptr || !content->is_string()) {
-        return ReportUsage(cmd, "--chat: every message needs a string \"role\" and \"content\"");
-      }
+    if (!messages.ok()) return ReportUsage(cmd, "--chat: " + chat + ": " + std::string(messages.status().message()));
+    StatusOr<std::vector<ChatTurn>> turns = ParseChatMessages(*messages);
+    if (!turns.ok()) return ReportUsage(cmd, "--chat: " + chat + ": " + std::string(turns.status().message()));
+    for (ChatTurn& t : *turns) {
       v1::ChatMessage* msg = request.add_messages();
-      msg->set_role(role->as_string());
-      msg->set_content(content->as_string());
+      msg->set_role(std::move(t.role));
+      msg->set_content(std::move(t.content));
     }
   }
   const bool text_reply = request.has_text() || request.messages_size() > 0;

@@ -341,6 +341,47 @@ TEST(RunCliText, PromptsAreTokenizedAndAnswersDecodedWithTheModelsTokenizer) {
   EXPECT_EQ(JsonValue::Parse(by_chat.out)->Find("seq_len")->as_int64(),
             static_cast<int64_t>(r->Find("ids")->as_array().size()));
 
+  // OpenAI's other content forms, as the HTTP API takes them: text parts are
+  // joined and a null content (an assistant turn that called a tool) is "".
+  // The reference is the same chat written with plain strings.
+  const std::string openai_chat = TempPath("openai_chat.json"), plain_chat = TempPath("plain_chat.json");
+  std::ofstream(openai_chat) << R"([{"role": "system", "content": [{"type": "text", "text": "Be"},
+                                    {"type": "text", "text": " brief."}]},
+                                   {"role": "user", "content": "Hi"},
+                                   {"role": "assistant", "content": null, "tool_calls": []},
+                                   {"role": "user", "content": "And?"}])";
+  std::ofstream(plain_chat) << R"([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                                  {"role": "assistant", "content": ""}, {"role": "user", "content": "And?"}])";
+  RunOutput by_openai =
+      RunSeer({"run", "--model", model, "--chat", openai_chat, "--max-new-tokens", "3", "--device", "cpu", "--json"});
+  RunOutput by_plain =
+      RunSeer({"run", "--model", model, "--chat", plain_chat, "--max-new-tokens", "3", "--device", "cpu", "--json"});
+  RunOutput plain_ids = RunSeer({"tokenize", "--tokenizer", model, "--chat", plain_chat, "--json"});
+  ASSERT_EQ(by_openai.exit_code, 0) << by_openai.err;
+  ASSERT_EQ(by_plain.exit_code, 0) << by_plain.err;
+  ASSERT_EQ(plain_ids.exit_code, 0) << plain_ids.err;
+  auto o = JsonValue::Parse(by_openai.out), p = JsonValue::Parse(by_plain.out), pi = JsonValue::Parse(plain_ids.out);
+  ASSERT_TRUE(o.ok() && p.ok() && pi.ok());
+  EXPECT_EQ(o->Find("tokens")->Dump(), p->Find("tokens")->Dump());
+  EXPECT_EQ(o->Find("seq_len")->as_int64(), static_cast<int64_t>(pi->Find("ids")->as_array().size()));
+  // `seer tokenize --chat --as-served` shows that prompt; without the flag
+  // the messages go to the template as transformers passes them.
+  RunOutput served = RunSeer({"tokenize", "--tokenizer", model, "--chat", openai_chat, "--as-served", "--json"});
+  ASSERT_EQ(served.exit_code, 0) << served.err;
+  EXPECT_EQ(JsonValue::Parse(served.out)->Find("ids")->Dump(), pi->Find("ids")->Dump());
+  RunOutput as_given = RunSeer({"tokenize", "--tokenizer", model, "--chat", openai_chat, "--json"});
+  ASSERT_EQ(as_given.exit_code, 0) << as_given.err;
+  EXPECT_NE(JsonValue::Parse(as_given.out)->Find("text")->as_string(),
+            JsonValue::Parse(served.out)->Find("text")->as_string());
+  // A part that is not text is refused by name, before the model loads.
+  std::ofstream(openai_chat) << R"([{"role": "user", "content": "Hi"},
+                                   {"role": "user", "content": [{"type": "image_url", "image_url": {}}]}])";
+  RunOutput image = RunSeer({"run", "--model", model, "--chat", openai_chat, "--device", "cpu"});
+  fs::remove(openai_chat);
+  fs::remove(plain_chat);
+  EXPECT_EQ(image.exit_code, 2) << image.err;
+  EXPECT_NE(image.err.find("messages[1].content: part 0: only text parts"), std::string::npos) << image.err;
+
   // No tokenizer, no text: a usage error that says what to do.
   RunOutput none = RunSeer({"run", "--model", fixtures::Path("qwen2"), "--prompt", "Hi", "--device", "cpu"});
   EXPECT_EQ(none.exit_code, 2);

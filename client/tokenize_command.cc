@@ -11,6 +11,7 @@
 #include "client/prompt_flags.h"
 #include "client/token_ids.h"
 #include "text/chat_template.h"
+#include "text/prompt.h"
 #include "text/tokenizer.h"
 
 namespace seer {
@@ -51,7 +52,7 @@ JsonValue IdsJson(const std::vector<int32_t>& ids) {
 int RunTokenizeCommand(int argc, char** argv) {
   const char* kCmd = "tokenize";
   std::string tokenizer, text, text_file, chat, chat_template;
-  bool add_special_tokens = true, add_generation_prompt = true, json = false;
+  bool add_special_tokens = true, add_generation_prompt = true, json = false, as_served = false;
   FlagSet flags("seer tokenize --tokenizer PATH (--text STR | --text-file F | --chat MESSAGES.json) [flags]",
                 "Encodes text with a checkpoint's Hugging Face tokenizer and prints the token ids (comma-separated,\n"
                 "ready for seer run --ids), exactly as Hugging Face tokenizers would. With --chat, renders the\n"
@@ -65,7 +66,11 @@ int RunTokenizeCommand(int argc, char** argv) {
   flags.String("text-file", &text_file, "Read the text to encode from this file (UTF-8, bytes as they are).");
   flags.String("chat", &chat,
                "A JSON file with the conversation: [{\"role\": \"system\"|\"user\"|\"assistant\"|..., \"content\": "
-               "\"...\"}, ...].");
+               "\"...\"}, ...]. The messages go to the template as given, as transformers does; see --as-served.");
+  flags.Bool("as-served", &as_served,
+             "With --chat: read the messages as seer run --chat, seer generate --chat and the servers do (OpenAI's "
+             "forms: a null or missing content is \"\", text parts are joined, members other than role and content "
+             "are dropped), to see the prompt a request is served with.");
   flags.String("chat-template", &chat_template,
                "With --chat: use this Jinja file instead of the checkpoint's chat template.");
   flags.Bool("add-special-tokens", &add_special_tokens,
@@ -83,8 +88,9 @@ int RunTokenizeCommand(int argc, char** argv) {
   if (tokenizer.empty()) return UsageError(kCmd, "--tokenizer is required (a tokenizer.json or checkpoint directory)");
   const int inputs = flags.WasSet("text") + flags.WasSet("text-file") + flags.WasSet("chat");
   if (inputs != 1) return UsageError(kCmd, "give exactly one of --text, --text-file and --chat");
-  if (!flags.WasSet("chat") && (flags.WasSet("chat-template") || flags.WasSet("add-generation-prompt"))) {
-    return UsageError(kCmd, "--chat-template and --add-generation-prompt need --chat");
+  if (!flags.WasSet("chat") &&
+      (flags.WasSet("chat-template") || flags.WasSet("add-generation-prompt") || flags.WasSet("as-served"))) {
+    return UsageError(kCmd, "--chat-template, --add-generation-prompt and --as-served need --chat");
   }
   if (flags.WasSet("chat") && flags.WasSet("add-special-tokens")) {
     return UsageError(kCmd, "--add-special-tokens does not apply to --chat (the template adds the special tokens)");
@@ -115,6 +121,11 @@ int RunTokenizeCommand(int argc, char** argv) {
   StatusOr<JsonValue> messages = JsonValue::Parse(*chat_text);
   if (!messages.ok()) return UsageError(kCmd, "--chat: " + chat + ": " + messages.status().message());
   if (!messages->is_array()) return UsageError(kCmd, "--chat: " + chat + ": expected a JSON array of messages");
+  if (as_served) {
+    StatusOr<std::vector<ChatTurn>> turns = ParseChatMessages(*messages);
+    if (!turns.ok()) return UsageError(kCmd, "--chat: " + chat + ": " + std::string(turns.status().message()));
+    *messages = ChatTurnsJson(*turns);
+  }
   ChatTemplateOptions options;
   options.add_generation_prompt = add_generation_prompt;
   StatusOr<std::string> prompt = Status(StatusCode::kInternal, "unset");

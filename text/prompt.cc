@@ -13,6 +13,59 @@ StatusOr<std::vector<int32_t>> EncodeTextPrompt(const Tokenizer& tokenizer, std:
   return ids;
 }
 
+StatusOr<std::vector<ChatTurn>> ParseChatMessages(const JsonValue& messages, std::string* field) {
+  auto refuse = [&](const std::string& where, const std::string& what) -> Status {
+    if (field != nullptr) *field = where;
+    return InvalidArgument(where + ": " + what);
+  };
+  if (!messages.is_array() || messages.as_array().empty()) {
+    return refuse("messages", "a non-empty array of {role, content} is required");
+  }
+  std::vector<ChatTurn> turns;
+  for (size_t i = 0; i < messages.as_array().size(); ++i) {
+    const JsonValue& m = messages.as_array()[i];
+    const std::string where = "messages[" + std::to_string(i) + "]";
+    if (!m.is_object()) return refuse(where, "must be an object with a role and a content");
+    const JsonValue* role = m.Find("role");
+    if (role == nullptr || !role->is_string()) return refuse(where + ".role", "must be a string");
+    ChatTurn turn{role->as_string(), ""};
+    const JsonValue* content = m.Find("content");
+    if (content == nullptr || content->is_null()) {
+      // An assistant turn that only called a tool has no content.
+    } else if (content->is_string()) {
+      turn.content = content->as_string();
+    } else if (content->is_array()) {
+      for (size_t p = 0; p < content->as_array().size(); ++p) {
+        const JsonValue& part = content->as_array()[p];
+        const JsonValue* type = part.is_object() ? part.Find("type") : nullptr;
+        const JsonValue* text = part.is_object() ? part.Find("text") : nullptr;
+        if (type == nullptr || !type->is_string() || type->as_string() != "text" || text == nullptr ||
+            !text->is_string()) {
+          return refuse(where + ".content", "part " + std::to_string(p) +
+                                                ": only text parts ({\"type\": \"text\", \"text\": ...}) "
+                                                "are supported");
+        }
+        turn.content += text->as_string();
+      }
+    } else {
+      return refuse(where + ".content", "must be a string, null or an array of text parts");
+    }
+    turns.push_back(std::move(turn));
+  }
+  return turns;
+}
+
+JsonValue ChatTurnsJson(const std::vector<ChatTurn>& turns) {
+  JsonValue out = JsonValue::Array();
+  for (const ChatTurn& t : turns) {
+    JsonValue m = JsonValue::Object();
+    m.Set("role", JsonValue::String(t.role));
+    m.Set("content", JsonValue::String(t.content));
+    out.Append(std::move(m));
+  }
+  return out;
+}
+
 StatusOr<std::vector<int32_t>> EncodeChatPrompt(const Tokenizer& tokenizer, const JsonValue& messages) {
   SEER_ASSIGN_OR_RETURN(std::string rendered, RenderChat(tokenizer, messages));
   SEER_ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer.Encode(rendered, /*add_special_tokens=*/false));

@@ -16,6 +16,23 @@
 
 namespace seer {
 
+// One turn of a chat, as every Seer front end passes it to the template.
+struct ChatTurn {
+  std::string role;
+  std::string content;
+};
+
+// Chat messages in OpenAI's form, read the same way by `seer run --chat`,
+// `seer generate --chat` and the HTTP API: a non-empty JSON array of
+// objects, each with a string "role"; "content" is a string, null or absent
+// (the empty string: an assistant turn that only called a tool), or an array
+// of text parts ([{"type": "text", "text": ...}], joined). Other members
+// (tool_calls, name) are not passed on. An error's message starts with the
+// member at fault ("messages[2].content: ..."), which `*field` also gets.
+StatusOr<std::vector<ChatTurn>> ParseChatMessages(const JsonValue& messages, std::string* field = nullptr);
+// The turns as the JSON array the chat template renders.
+JsonValue ChatTurnsJson(const std::vector<ChatTurn>& turns);
+
 // INVALID_ARGUMENT when the text makes no tokens.
 StatusOr<std::vector<int32_t>> EncodeTextPrompt(const Tokenizer& tokenizer, std::string_view text);
 // `messages`: a JSON array of {"role", "content"} objects.

@@ -158,14 +158,9 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     const Tokenizer& tokenizer = *service_->tokenizer_;
     StatusOr<std::vector<int32_t>> ids = [&]() -> StatusOr<std::vector<int32_t>> {
       if (call_.has_text) return EncodeTextPrompt(tokenizer, call_.text);
-      JsonValue messages = JsonValue::Array();
-      for (const auto& [role, content] : call_.messages) {
-        JsonValue m = JsonValue::Object();
-        m.Set("role", JsonValue::String(role));
-        m.Set("content", JsonValue::String(content));
-        messages.Append(std::move(m));
-      }
-      return EncodeChatPrompt(tokenizer, messages);
+      std::vector<ChatTurn> turns;
+      for (const auto& [role, content] : call_.messages) turns.push_back({role, content});
+      return EncodeChatPrompt(tokenizer, ChatTurnsJson(turns));
     }();
     if (!ids.ok()) {
       const char* field = call_.has_text ? "text" : "messages";

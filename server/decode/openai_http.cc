@@ -32,6 +32,7 @@
 #include "server/common/listen_socket.h"
 #include "server/common/logging.h"
 #include "server/common/request_log.h"
+#include "text/prompt.h"
 
 namespace seer {
 namespace {
@@ -446,35 +447,13 @@ std::optional<HttpError> ParseCompletion(const JsonValue& root, int default_max_
 std::optional<HttpError> ParseChat(const JsonValue& root, int default_max_tokens, ParsedRequest* out) {
   if (auto e = ParseCommon(root, true, default_max_tokens, out)) return e;
   const JsonValue* messages = root.Find("messages");
-  if (messages == nullptr || !messages->is_array() || messages->as_array().empty()) {
-    return Invalid("messages", "messages: a non-empty array of {role, content} is required");
-  }
-  for (size_t i = 0; i < messages->as_array().size(); ++i) {
-    const JsonValue& m = messages->as_array()[i];
-    const std::string where = "messages[" + std::to_string(i) + "]";
-    const JsonValue* role = m.Find("role");
-    const JsonValue* content = m.Find("content");
-    if (role == nullptr || !role->is_string()) return Invalid(where + ".role", where + ".role: must be a string");
+  std::string field;
+  StatusOr<std::vector<ChatTurn>> turns = ParseChatMessages(messages != nullptr ? *messages : JsonValue(), &field);
+  if (!turns.ok()) return Invalid(field, std::string(turns.status().message()));
+  for (ChatTurn& t : *turns) {
     v1::ChatMessage* msg = out->generate.add_messages();
-    msg->set_role(role->as_string());
-    if (content == nullptr || content->is_null()) continue;
-    if (content->is_string()) {
-      msg->set_content(content->as_string());
-    } else if (content->is_array()) {
-      // The parts form: [{"type": "text", "text": ...}, ...]; text parts only.
-      std::string text;
-      for (const JsonValue& part : content->as_array()) {
-        const JsonValue* type = part.Find("type");
-        const JsonValue* t = part.Find("text");
-        if (type == nullptr || !type->is_string() || type->as_string() != "text" || t == nullptr || !t->is_string()) {
-          return Invalid(where + ".content", where + ".content: only text parts are supported");
-        }
-        text += t->as_string();
-      }
-      msg->set_content(text);
-    } else {
-      return Invalid(where + ".content", where + ".content: must be a string or an array of text parts");
-    }
+    msg->set_role(std::move(t.role));
+    msg->set_content(std::move(t.content));
   }
   return std::nullopt;
 }
