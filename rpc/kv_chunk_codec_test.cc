@@ -10,7 +10,9 @@
 //   - over loopback: a plain generated protobuf client reads a stream written
 //     with EncodeKvChunk, byte for byte, and gRPC releases every referenced
 //     slice afterwards; RawStreamCall (GenericStub) reads a plain protobuf
-//     server's stream.
+//     server's stream;
+//   - a host cache's chunk, made without a copy, outlives the cache and holds
+//     only its own layer (the values it carries are the ones written).
 #include "rpc/kv_chunk_codec.h"
 
 #include <gtest/gtest.h>
@@ -18,11 +20,15 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "engine/kv/kv_cache.h"
+#include "rpc/kv_chunk_source.h"
 #include "seer/v1/seer.grpc.pb.h"
 
 namespace seer {
@@ -351,6 +357,62 @@ TEST(KvChunkCodec, TheRawClientReadsAPlainProtobufServer) {
   EXPECT_GT(got[1].chunk.k.pieces().size(), 1u) << "K should arrive as several slices, read in place";
   EXPECT_EQ(got[2].message.summary().first_token(), 42);
   server->Shutdown();
+}
+
+// A chunk of the CPU engine's cache references the cache's memory (no
+// copy). gRPC may hold such a message long after its stream ended (a write
+// stuck in the socket of a client that stopped reading), so the message
+// holds its own layer only: once the source and the cache are dropped the
+// cache is gone, every other layer with it, and the chunk still reads the
+// values that were written (under ASan a dangling slice would fail here).
+TEST(KvChunkSource, AHostChunkOutlivesItsCacheAndHoldsOnlyItsLayer) {
+  constexpr int kLayers = 3, kHeads = 2, kDim = 8, kCapacity = 11, kT0 = 3, kN = 5;
+  auto cache = std::make_shared<HostKvCache>(kLayers, kHeads, kDim, kCapacity);
+  // Every element a distinct value: layer, K or V, head, token, dim.
+  auto value = [](int layer, int which, int h, int t, int d) {
+    return static_cast<float>(((layer * 2 + which) * kHeads + h) * 1000 + t * kDim + d);
+  };
+  for (int l = 0; l < kLayers; ++l) {
+    std::vector<float> k(kHeads * kCapacity * kDim), v(k.size());
+    for (int h = 0; h < kHeads; ++h)
+      for (int t = 0; t < kCapacity; ++t)
+        for (int d = 0; d < kDim; ++d) {
+          k[(h * kCapacity + t) * kDim + d] = value(l, 0, h, t, d);
+          v[(h * kCapacity + t) * kDim + d] = value(l, 1, h, t, d);
+        }
+    ASSERT_TRUE(cache->WriteLayer(l, 0, kCapacity, DType::kF32, k.data(), v.data()).ok());
+  }
+  cache->set_length(kCapacity);
+  StatusOr<std::shared_ptr<KvChunkSource>> source = KvChunkSource::Create(cache, /*fp8=*/false);
+  ASSERT_TRUE(source.ok()) << source.status().ToString();
+  StatusOr<grpc::ByteBuffer> chunk = (*source)->Make(1, kT0, kN);
+  ASSERT_TRUE(chunk.ok()) << chunk.status().ToString();
+
+  const std::weak_ptr<const KvCache> watch = cache;
+  source->reset();
+  cache.reset();
+  EXPECT_TRUE(watch.expired()) << "the chunk kept the whole cache alive";
+
+  v1::PrefillResponse parsed;
+  ASSERT_TRUE(parsed.ParseFromString(Flatten(*chunk)));
+  ASSERT_TRUE(parsed.has_chunk());
+  const v1::KvChunk& c = parsed.chunk();
+  EXPECT_EQ(c.layer(), 1);
+  EXPECT_EQ(c.token_start(), kT0);
+  EXPECT_EQ(c.token_count(), kN);
+  const size_t floats = static_cast<size_t>(kHeads) * kN * kDim;
+  ASSERT_EQ(c.k().size(), floats * sizeof(float));
+  ASSERT_EQ(c.v().size(), floats * sizeof(float));
+  std::vector<float> k(floats), v(floats);
+  std::memcpy(k.data(), c.k().data(), c.k().size());
+  std::memcpy(v.data(), c.v().data(), c.v().size());
+  for (int h = 0; h < kHeads; ++h)
+    for (int t = 0; t < kN; ++t)
+      for (int d = 0; d < kDim; ++d) {
+        const size_t i = (static_cast<size_t>(h) * kN + t) * kDim + d;
+        ASSERT_EQ(k[i], value(1, 0, h, kT0 + t, d)) << h << " " << t << " " << d;
+        ASSERT_EQ(v[i], value(1, 1, h, kT0 + t, d)) << h << " " << t << " " << d;
+      }
 }
 
 }  // namespace

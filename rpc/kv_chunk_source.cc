@@ -47,7 +47,9 @@ class HostChunkSource final : public KvChunkSource {
         c.k.Add(host_->k(layer) + at, row);
         c.v.Add(host_->v(layer) + at, row);
       }
-      return EncodeKvChunk(c, cache_);
+      // The chunk holds its layer, not the cache: a stream cancelled with a
+      // write stuck in its socket frees every other layer at once.
+      return EncodeKvChunk(c, host_->LayerStorage(layer));
     }
     const size_t elems = static_cast<size_t>(l.num_kv_heads) * n * l.head_dim;
     auto codes = std::make_shared<std::vector<uint8_t>>(2 * elems);

@@ -3,8 +3,8 @@
 // wire encoding the handshake chose (docs/KV_TRANSPORT.md, section 4).
 //
 //   - The CPU engine's float32 cache: K and V are referenced where they are,
-//     head by head (no copy); the message keeps the cache alive until gRPC
-//     has sent it. fp8: quantised with the CPU twin (kernels/kv_quant).
+//     head by head (no copy); the message keeps its layer's storage alive
+//     (not the whole cache) until gRPC lets it go. fp8: quantised with the CPU twin (kernels/kv_quant).
 //   - The CUDA engine's cache: copied into a pinned buffer from a pool shared
 //     by the process (one cudaMemcpy2DAsync per tensor), which goes back to
 //     the pool once gRPC has sent the message. fp8: quantised on the GPU from
@@ -29,7 +29,8 @@ namespace seer {
 class KvChunkSource {
  public:
   // fp8: E4M3 codes with a float32 scale per (head, kFp8ScaleBlockTokens
-  // tokens). `cache` is kept alive by the source and by every message made.
+  // tokens). `cache` is kept alive by the source; a message made keeps alive
+  // only what it references (a host cache's layer, a pinned copy).
   static StatusOr<std::shared_ptr<KvChunkSource>> Create(std::shared_ptr<const KvCache> cache, bool fp8);
   virtual ~KvChunkSource() = default;
 

@@ -24,9 +24,12 @@ Status CheckRange(const char* op, const KvLayout& layout, int capacity, int laye
 }  // namespace
 
 HostKvCache::HostKvCache(int num_layers, int num_kv_heads, int head_dim, int capacity)
-    : KvCache(KvLayout{num_layers, num_kv_heads, head_dim, DType::kF32}, capacity),
-      k_(num_layers, std::vector<float>(static_cast<size_t>(num_kv_heads) * capacity * head_dim)),
-      v_(num_layers, std::vector<float>(static_cast<size_t>(num_kv_heads) * capacity * head_dim)) {}
+    : KvCache(KvLayout{num_layers, num_kv_heads, head_dim, DType::kF32}, capacity) {
+  const size_t elems = static_cast<size_t>(num_kv_heads) * capacity * head_dim;
+  layers_.reserve(num_layers);
+  for (int l = 0; l < num_layers; ++l)
+    layers_.push_back(std::make_shared<Layer>(Layer{std::vector<float>(elems), std::vector<float>(elems)}));
+}
 
 Status HostKvCache::ReadLayer(int layer, int t0, int n, void* k_out, void* v_out) const {
   SEER_RETURN_IF_ERROR(CheckRange("ReadLayer", layout_, capacity_, layer, t0, n));
@@ -36,8 +39,8 @@ Status HostKvCache::ReadLayer(int layer, int t0, int n, void* k_out, void* v_out
   for (int h = 0; h < layout_.num_kv_heads; ++h) {
     const size_t src = (static_cast<size_t>(h) * capacity_ + t0) * D;
     const size_t dst = static_cast<size_t>(h) * n * D;
-    std::memcpy(static_cast<float*>(k_out) + dst, k_[layer].data() + src, row_bytes);
-    std::memcpy(static_cast<float*>(v_out) + dst, v_[layer].data() + src, row_bytes);
+    std::memcpy(static_cast<float*>(k_out) + dst, k(layer) + src, row_bytes);
+    std::memcpy(static_cast<float*>(v_out) + dst, v(layer) + src, row_bytes);
   }
   return OkStatus();
 }
@@ -55,8 +58,8 @@ Status HostKvCache::WriteLayer(int layer, int t0, int n, DType src, const void* 
   for (int h = 0; h < layout_.num_kv_heads; ++h) {
     const size_t dst = (static_cast<size_t>(h) * capacity_ + t0) * D;
     const size_t offset = static_cast<size_t>(h) * row_elems * src_elem;
-    ConvertToFloat(src, static_cast<const uint8_t*>(k) + offset, row_elems, k_[layer].data() + dst);
-    ConvertToFloat(src, static_cast<const uint8_t*>(v) + offset, row_elems, v_[layer].data() + dst);
+    ConvertToFloat(src, static_cast<const uint8_t*>(k) + offset, row_elems, this->k(layer) + dst);
+    ConvertToFloat(src, static_cast<const uint8_t*>(v) + offset, row_elems, this->v(layer) + dst);
   }
   return OkStatus();
 }

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "base/dtype.h"
@@ -52,20 +53,28 @@ class KvCache {
 };
 
 // Host storage in float32: what the CPU reference model reads and writes.
+// Each layer is its own allocation, which LayerStorage can keep alive on its
+// own: a KV chunk handed to gRPC holds its layer, not the whole cache, so a
+// cancelled stream whose last write is stuck in a socket frees the rest.
 class HostKvCache final : public KvCache {
  public:
   HostKvCache(int num_layers, int num_kv_heads, int head_dim, int capacity);
 
-  float* k(int layer) { return k_[layer].data(); }
-  float* v(int layer) { return v_[layer].data(); }
-  const float* k(int layer) const { return k_[layer].data(); }
-  const float* v(int layer) const { return v_[layer].data(); }
+  float* k(int layer) { return layers_[layer]->k.data(); }
+  float* v(int layer) { return layers_[layer]->v.data(); }
+  const float* k(int layer) const { return layers_[layer]->k.data(); }
+  const float* v(int layer) const { return layers_[layer]->v.data(); }
+  // Keeps `layer`'s K and V alive, whatever becomes of the cache.
+  std::shared_ptr<const void> LayerStorage(int layer) const { return layers_[layer]; }
 
   Status ReadLayer(int layer, int t0, int n, void* k_out, void* v_out) const override;
   Status WriteLayer(int layer, int t0, int n, DType src, const void* k, const void* v) override;
 
  private:
-  std::vector<std::vector<float>> k_, v_;
+  struct Layer {
+    std::vector<float> k, v;
+  };
+  std::vector<std::shared_ptr<Layer>> layers_;
 };
 
 }  // namespace seer
