@@ -385,11 +385,60 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
                      "stop: must be a string or an array of at most " + std::to_string(kMaxStopStrings) + " strings");
     }
   }
-  for (const char* refused : {"logprobs", "top_logprobs", "echo", "tools", "functions", "suffix"}) {
+  // vLLM's and SGLang's extensions that the wire carries: top_k (-1 or 0:
+  // no cut) and stop_token_ids.
+  if (const JsonValue* top_k = root.Find("top_k"); top_k != nullptr && !top_k->is_null()) {
+    if (!top_k->is_integer() || top_k->as_int64() < -1 || top_k->as_int64() > INT32_MAX) {
+      return Invalid("top_k", "top_k: must be an integer, -1 or 0 for no cut, got " + top_k->Dump().substr(0, 32));
+    }
+    g.mutable_sampling()->set_top_k(static_cast<int32_t>(std::max<int64_t>(top_k->as_int64(), 0)));
+  }
+  if (const JsonValue* ids = root.Find("stop_token_ids"); ids != nullptr && !ids->is_null()) {
+    if (!ids->is_array() || static_cast<int>(ids->as_array().size()) > kMaxStopTokens) {
+      return Invalid("stop_token_ids",
+                     "stop_token_ids: must be an array of at most " + std::to_string(kMaxStopTokens) + " token ids");
+    }
+    for (size_t i = 0; i < ids->as_array().size(); ++i) {
+      const JsonValue& id = ids->as_array()[i];
+      if (!id.is_integer() || id.as_int64() < 0 || id.as_int64() > INT32_MAX) {
+        const std::string where = "stop_token_ids[" + std::to_string(i) + "]";
+        return Invalid(where, where + ": " + id.Dump().substr(0, 32) + " is not a token id");
+      }
+      g.add_stop_token_ids(static_cast<int32_t>(id.as_int64()));
+    }
+  }
+  // What Seer cannot do is refused, not ignored: the client would get other
+  // text than it asked for. Each field passes at its neutral value (false,
+  // 0, an empty list; min_p 0, repetition_penalty 1).
+  for (const char* refused : {"logprobs", "top_logprobs", "echo", "tools", "functions", "suffix", "ignore_eos",
+                              "use_beam_search", "include_stop_str_in_output", "guided_json", "guided_regex",
+                              "guided_choice", "guided_grammar", "min_tokens", "min_p"}) {
     const JsonValue* f = root.Find(refused);
     if (f != nullptr && !f->is_null() && !(f->is_bool() && !f->as_bool()) &&
-        !(f->is_array() && f->as_array().empty())) {
+        !(f->is_array() && f->as_array().empty()) && !(f->is_number() && f->as_double() == 0.0)) {
       return Invalid(refused, std::string(refused) + ": not supported by this server");
+    }
+  }
+  if (const JsonValue* f = root.Find("repetition_penalty");
+      f != nullptr && !f->is_null() && !(f->is_number() && f->as_double() == 1.0)) {
+    return Invalid("repetition_penalty",
+                   "repetition_penalty: not supported by this server (presence_penalty and frequency_penalty are)");
+  }
+  if (const JsonValue* f = root.Find("skip_special_tokens"); f != nullptr && !f->is_null() && !f->is_bool()) {
+    return Invalid("skip_special_tokens", "skip_special_tokens: must be true or false");
+  } else if (f != nullptr && f->is_bool() && !f->as_bool()) {
+    return Invalid("skip_special_tokens", "skip_special_tokens: only true is supported (the text leaves them out)");
+  }
+  if (const JsonValue* f = root.Find("response_format"); f != nullptr && !f->is_null()) {
+    const JsonValue* type = f->Find("type");
+    if (type == nullptr || !type->is_string() || type->as_string() != "text") {
+      return Invalid("response_format",
+                     "response_format: only {\"type\": \"text\"} is supported (no JSON mode or schema)");
+    }
+  }
+  if (const JsonValue* f = root.Find("tool_choice"); f != nullptr && !f->is_null()) {
+    if (!f->is_string() || (f->as_string() != "none" && f->as_string() != "auto")) {
+      return Invalid("tool_choice", "tool_choice: not supported by this server (no tools)");
     }
   }
   if (const JsonValue* best_of = root.Find("best_of");

@@ -459,6 +459,67 @@ TEST_F(OpenAiHttp, PenaltiesAndLogitBiasReachTheWire) {
   backend.error = grpc::Status::OK;
 }
 
+// vLLM's and SGLang's extensions: top_k and stop_token_ids reach the wire;
+// the sampling controls Seer lacks are refused by name unless they ask for
+// nothing, so a client never silently gets other text than it asked for.
+TEST_F(OpenAiHttp, VllmsExtensionsReachTheWireOrAreRefused) {
+  PostJson("/v1/completions", R"({"prompt": "x", "top_k": 40, "stop_token_ids": [7, 0, 2]})", 200);
+  const v1::GenerateRequest with_ids = backend.Last();
+  EXPECT_EQ(with_ids.sampling().top_k(), 40);
+  EXPECT_EQ(std::vector<int32_t>(with_ids.stop_token_ids().begin(), with_ids.stop_token_ids().end()),
+            (std::vector<int32_t>{7, 0, 2}));
+  for (const char* none : {"-1", "0", "null"}) {
+    PostJson("/v1/completions", std::string(R"({"prompt": "x", "top_k": )") + none + "}", 200);
+    EXPECT_EQ(backend.Last().sampling().top_k(), 0) << none;
+  }
+  // Neutral values pass: they ask for nothing Seer does not do.
+  const int before = backend.calls.load();
+  PostJson("/v1/chat/completions",
+           R"({"messages": [{"role": "user", "content": "Hi"}], "min_p": 0, "repetition_penalty": 1.0,
+               "min_tokens": 0, "ignore_eos": false, "use_beam_search": false, "skip_special_tokens": true,
+               "include_stop_str_in_output": false, "top_logprobs": 0, "logprobs": false,
+               "response_format": {"type": "text"}, "tool_choice": "none", "guided_json": null, "stop_token_ids": []})",
+           200);
+  EXPECT_EQ(backend.calls.load(), before + 1);
+
+  auto refused = [&](const std::string& fields, const std::string& param, const std::string& says) {
+    const JsonValue j = PostJson("/v1/completions", R"({"prompt": "x", )" + fields + "}", 400);
+    const JsonValue* e = j.Find("error");
+    ASSERT_TRUE(e != nullptr && e->Find("param") != nullptr && e->Find("message") != nullptr) << j.Dump();
+    EXPECT_EQ(e->Find("param")->as_string(), param) << fields;
+    EXPECT_NE(e->Find("message")->as_string().find(says), std::string::npos) << e->Dump();
+  };
+  const int calls = backend.calls.load();
+  refused(R"("top_k": 2.5)", "top_k", "must be an integer");
+  refused(R"("top_k": -2)", "top_k", "-1 or 0 for no cut");
+  refused(R"("top_k": "40")", "top_k", "must be an integer");
+  refused(R"("stop_token_ids": 7)", "stop_token_ids", "an array of at most 64");
+  refused(R"("stop_token_ids": [1, -1])", "stop_token_ids[1]", "-1 is not a token id");
+  refused(R"("stop_token_ids": [1, "2"])", "stop_token_ids[1]", "is not a token id");
+  std::string many = R"("stop_token_ids": [0)";
+  for (int i = 1; i < 65; ++i) many += ", " + std::to_string(i);
+  refused(many + "]", "stop_token_ids", "at most 64");
+  refused(R"("min_p": 0.05)", "min_p", "not supported");
+  refused(R"("min_tokens": 3)", "min_tokens", "not supported");
+  refused(R"("ignore_eos": true)", "ignore_eos", "not supported");
+  refused(R"("use_beam_search": true)", "use_beam_search", "not supported");
+  refused(R"("guided_json": {"type": "object"})", "guided_json", "not supported");
+  refused(R"("guided_choice": ["yes", "no"])", "guided_choice", "not supported");
+  refused(R"("top_logprobs": 2)", "top_logprobs", "not supported");
+  refused(R"("repetition_penalty": 1.1)", "repetition_penalty", "presence_penalty and frequency_penalty are");
+  refused(R"("skip_special_tokens": false)", "skip_special_tokens", "only true");
+  refused(R"("response_format": {"type": "json_object"})", "response_format", "no JSON mode");
+  refused(R"("response_format": {"type": "json_schema", "json_schema": {}})", "response_format", "no JSON mode");
+  refused(R"("tool_choice": "required")", "tool_choice", "no tools");
+  EXPECT_EQ(backend.calls.load(), calls) << "refused before Generate";
+  // The server's own checks come back in the request's terms.
+  backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "sampling.top_k: 500 is out of range [0, 128]");
+  refused(R"("top_k": 500)", "top_k", "top_k: 500 is out of range");
+  backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "stop_token_ids[0]: 900 is out of range [0, 128)");
+  refused(R"("stop_token_ids": [900])", "stop_token_ids[0]", "stop_token_ids[0]: 900");
+  backend.error = grpc::Status::OK;
+}
+
 // Generate's errors name the gRPC fields; over HTTP they name the request's.
 TEST_F(OpenAiHttp, GenerateErrorsNameTheRequestsOwnFields) {
   auto error_of = [&](const std::string& path, const std::string& body) {

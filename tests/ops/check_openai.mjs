@@ -172,6 +172,37 @@ if (ref.text.length >= 8) {
   }
 }
 
+// vLLM's extensions, as clients written for vLLM send them through the
+// official client: top_k 1 samples the greedy reply; stop_token_ids ends the
+// reply after that token (its text included, as vLLM does for a token that
+// is not special); a sampling control Seer lacks is a 400 naming it.
+{
+  const topK = await client.completions.create({
+    model: name, prompt, max_tokens: 24, temperature: 1, seed: 7, top_k: 1,
+  });
+  same('top_k 1 samples the greedy reply', topK.choices[0].text, ref.text);
+  const k = ref.tokens.findIndex((t, i) => i >= 1 && !ref.tokens.slice(0, i).includes(t));
+  if (k >= 1 && k < ref.tokens.length - 1) {
+    const head = JSON.parse(execFileSync(join(bin, 'seer'), ['detokenize', '--tokenizer', model, '--ids',
+      ref.tokens.slice(0, k + 1).join(','), '--skip-special-tokens', '--json']).toString()).text;
+    const stopped = await client.completions.create({
+      model: name, prompt, max_tokens: 24, temperature: 0, stop_token_ids: [ref.tokens[k]],
+    });
+    same('stop_token_ids ends the reply after that token', [stopped.choices[0].text, stopped.choices[0].finish_reason],
+         [head, 'stop']);
+  } else {
+    check('the reference reply has a token to stop at', false, JSON.stringify(ref.tokens));
+  }
+  for (const [field, value] of [['min_p', 0.1], ['response_format', { type: 'json_object' }]]) {
+    try {
+      await client.completions.create({ model: name, prompt, max_tokens: 2, [field]: value });
+      check(`${field} is refused`, false, 'it was answered');
+    } catch (e) {
+      same(`${field} ${JSON.stringify(value)} is a 400 naming it`, [e.status, e.param], [400, field]);
+    }
+  }
+}
+
 // Chat, whole and streamed, through the model's chat template.
 const messages = [{ role: 'system', content: 'be brief' }, { role: 'user', content: 'name three colours' }];
 writeFileSync(join(dir, 'chat.json'), JSON.stringify(messages));
