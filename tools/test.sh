@@ -2,14 +2,16 @@
 # The README's test command: installs dependencies, builds everything, and
 # runs every test suite. GPU tests skip cleanly without a GPU.
 #   1. Release build of everything (CUDA too when nvcc is present) + ctest.
-#   2. The engine tests again under AddressSanitizer + UndefinedBehaviorSanitizer.
-#   3. The checkpoint and gate-file parsers under libFuzzer, for a bounded time.
-#   4. deploy/ (tests/ops): every dashboard, recording-rule and alert expression
+#   2. deploy/ (tests/ops): every dashboard, recording-rule and alert expression
 #      on a real Prometheus scraping the real servers, promtool check/test
 #      rules, the rendered manifests against the Kubernetes schemas, and the
 #      Dockerfile's lint; and seer-decode's OpenAI API through the official
 #      `openai` npm client, against `seer run`.
-# SEER_SKIP_SANITIZE=1 / SEER_SKIP_FUZZ=1 skip stages 2 / 3 (for quick local runs).
+#   3. The engine tests again under AddressSanitizer + UndefinedBehaviorSanitizer.
+#   4. Every *_fuzz.cc under libFuzzer for a bounded time (the checkpoint and
+#      gate-file parsers, JSON, the tokenizer's loader and encoder, chat
+#      templates).
+# SEER_SKIP_SANITIZE=1 / SEER_SKIP_FUZZ=1 skip stages 3 / 4 (for quick local runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
