@@ -208,6 +208,15 @@ class OpenAiHttp : public ::testing::Test {
     EXPECT_TRUE(j.ok()) << r.body;
     return j.ok() ? *j : JsonValue();
   }
+  // A completion with `fields` added is a 400 whose param is `param` and
+  // whose message holds `says`.
+  void Refused(const std::string& fields, const std::string& param, const std::string& says) {
+    const JsonValue j = PostJson("/v1/completions", R"({"prompt": "x", )" + fields + "}", 400);
+    const JsonValue* e = j.Find("error");
+    ASSERT_TRUE(e != nullptr && e->Find("param") != nullptr && e->Find("message") != nullptr) << j.Dump();
+    EXPECT_EQ(e->Find("param")->as_string(), param) << fields;
+    EXPECT_NE(e->Find("message")->as_string().find(says), std::string::npos) << e->Dump();
+  }
   // The value of one sample of the registry's text exposition, or -1.
   double Sample(const std::string& series) {
     const std::string text = prometheus::TextSerializer().Serialize(registry.Collect());
@@ -432,30 +441,23 @@ TEST_F(OpenAiHttp, PenaltiesAndLogitBiasReachTheWire) {
   EXPECT_EQ(backend.Last().sampling().presence_penalty(), 0.0f);
   EXPECT_EQ(backend.Last().sampling().logit_bias_size(), 0);
 
-  auto refused = [&](const std::string& fields, const std::string& param, const std::string& says) {
-    const JsonValue j = PostJson("/v1/completions", R"({"prompt": "x", )" + fields + "}", 400);
-    const JsonValue* e = j.Find("error");
-    ASSERT_TRUE(e != nullptr && e->Find("param") != nullptr && e->Find("message") != nullptr) << j.Dump();
-    EXPECT_EQ(e->Find("param")->as_string(), param) << fields;
-    EXPECT_NE(e->Find("message")->as_string().find(says), std::string::npos) << e->Dump();
-  };
   const int calls = backend.calls.load();
-  refused(R"("presence_penalty": 2.5)", "presence_penalty", "2.5 is out of range [-2, 2]");
-  refused(R"("frequency_penalty": "high")", "frequency_penalty", "must be a number");
-  refused(R"("logit_bias": [1, 2])", "logit_bias", "must be an object");
-  refused(R"("logit_bias": {"abc": 1})", "logit_bias", "\"abc\" is not a token id");
-  refused(R"("logit_bias": {"-3": 1})", "logit_bias", "is not a token id");
-  refused(R"("logit_bias": {"99999999999": 1})", "logit_bias", "is not a token id");
-  refused(R"("logit_bias": {"5": 101})", "logit_bias", "logit_bias[5]: 101 is not a number in [-100, 100]");
-  refused(R"("logit_bias": {"5": "up"})", "logit_bias", "logit_bias[5]");
+  Refused(R"("presence_penalty": 2.5)", "presence_penalty", "2.5 is out of range [-2, 2]");
+  Refused(R"("frequency_penalty": "high")", "frequency_penalty", "must be a number");
+  Refused(R"("logit_bias": [1, 2])", "logit_bias", "must be an object");
+  Refused(R"("logit_bias": {"abc": 1})", "logit_bias", "\"abc\" is not a token id");
+  Refused(R"("logit_bias": {"-3": 1})", "logit_bias", "is not a token id");
+  Refused(R"("logit_bias": {"99999999999": 1})", "logit_bias", "is not a token id");
+  Refused(R"("logit_bias": {"5": 101})", "logit_bias", "logit_bias[5]: 101 is not a number in [-100, 100]");
+  Refused(R"("logit_bias": {"5": "up"})", "logit_bias", "logit_bias[5]");
   std::string many = R"("logit_bias": {)";
   for (int i = 0; i < 1025; ++i) many += (i ? ", \"" : "\"") + std::to_string(i) + "\": 1";
-  refused(many + "}", "logit_bias", "1025 entries exceed the limit of 1024");
+  Refused(many + "}", "logit_bias", "1025 entries exceed the limit of 1024");
   EXPECT_EQ(backend.calls.load(), calls) << "refused before Generate";
   // The server's own checks (the vocabulary) come back in the request's terms.
   backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                                "sampling.logit_bias: token id 500 is out of range [0, 128) (the model's vocab_size)");
-  refused(R"("logit_bias": {"500": 1})", "logit_bias", "logit_bias: token id 500");
+  Refused(R"("logit_bias": {"500": 1})", "logit_bias", "logit_bias: token id 500");
   backend.error = grpc::Status::OK;
 }
 
@@ -482,41 +484,34 @@ TEST_F(OpenAiHttp, VllmsExtensionsReachTheWireOrAreRefused) {
            200);
   EXPECT_EQ(backend.calls.load(), before + 1);
 
-  auto refused = [&](const std::string& fields, const std::string& param, const std::string& says) {
-    const JsonValue j = PostJson("/v1/completions", R"({"prompt": "x", )" + fields + "}", 400);
-    const JsonValue* e = j.Find("error");
-    ASSERT_TRUE(e != nullptr && e->Find("param") != nullptr && e->Find("message") != nullptr) << j.Dump();
-    EXPECT_EQ(e->Find("param")->as_string(), param) << fields;
-    EXPECT_NE(e->Find("message")->as_string().find(says), std::string::npos) << e->Dump();
-  };
   const int calls = backend.calls.load();
-  refused(R"("top_k": 2.5)", "top_k", "must be an integer");
-  refused(R"("top_k": -2)", "top_k", "-1 or 0 for no cut");
-  refused(R"("top_k": "40")", "top_k", "must be an integer");
-  refused(R"("stop_token_ids": 7)", "stop_token_ids", "an array of at most 64");
-  refused(R"("stop_token_ids": [1, -1])", "stop_token_ids[1]", "-1 is not a token id");
-  refused(R"("stop_token_ids": [1, "2"])", "stop_token_ids[1]", "is not a token id");
+  Refused(R"("top_k": 2.5)", "top_k", "must be an integer");
+  Refused(R"("top_k": -2)", "top_k", "-1 or 0 for no cut");
+  Refused(R"("top_k": "40")", "top_k", "must be an integer");
+  Refused(R"("stop_token_ids": 7)", "stop_token_ids", "an array of at most 64");
+  Refused(R"("stop_token_ids": [1, -1])", "stop_token_ids[1]", "-1 is not a token id");
+  Refused(R"("stop_token_ids": [1, "2"])", "stop_token_ids[1]", "is not a token id");
   std::string many = R"("stop_token_ids": [0)";
   for (int i = 1; i < 65; ++i) many += ", " + std::to_string(i);
-  refused(many + "]", "stop_token_ids", "at most 64");
-  refused(R"("min_p": 0.05)", "min_p", "not supported");
-  refused(R"("min_tokens": 3)", "min_tokens", "not supported");
-  refused(R"("ignore_eos": true)", "ignore_eos", "not supported");
-  refused(R"("use_beam_search": true)", "use_beam_search", "not supported");
-  refused(R"("guided_json": {"type": "object"})", "guided_json", "not supported");
-  refused(R"("guided_choice": ["yes", "no"])", "guided_choice", "not supported");
-  refused(R"("top_logprobs": 2)", "top_logprobs", "not supported");
-  refused(R"("repetition_penalty": 1.1)", "repetition_penalty", "presence_penalty and frequency_penalty are");
-  refused(R"("skip_special_tokens": false)", "skip_special_tokens", "only true");
-  refused(R"("response_format": {"type": "json_object"})", "response_format", "no JSON mode");
-  refused(R"("response_format": {"type": "json_schema", "json_schema": {}})", "response_format", "no JSON mode");
-  refused(R"("tool_choice": "required")", "tool_choice", "no tools");
+  Refused(many + "]", "stop_token_ids", "at most 64");
+  Refused(R"("min_p": 0.05)", "min_p", "not supported");
+  Refused(R"("min_tokens": 3)", "min_tokens", "not supported");
+  Refused(R"("ignore_eos": true)", "ignore_eos", "not supported");
+  Refused(R"("use_beam_search": true)", "use_beam_search", "not supported");
+  Refused(R"("guided_json": {"type": "object"})", "guided_json", "not supported");
+  Refused(R"("guided_choice": ["yes", "no"])", "guided_choice", "not supported");
+  Refused(R"("top_logprobs": 2)", "top_logprobs", "not supported");
+  Refused(R"("repetition_penalty": 1.1)", "repetition_penalty", "presence_penalty and frequency_penalty are");
+  Refused(R"("skip_special_tokens": false)", "skip_special_tokens", "only true");
+  Refused(R"("response_format": {"type": "json_object"})", "response_format", "no JSON mode");
+  Refused(R"("response_format": {"type": "json_schema", "json_schema": {}})", "response_format", "no JSON mode");
+  Refused(R"("tool_choice": "required")", "tool_choice", "no tools");
   EXPECT_EQ(backend.calls.load(), calls) << "refused before Generate";
   // The server's own checks come back in the request's terms.
   backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "sampling.top_k: 500 is out of range [0, 128]");
-  refused(R"("top_k": 500)", "top_k", "top_k: 500 is out of range");
+  Refused(R"("top_k": 500)", "top_k", "top_k: 500 is out of range");
   backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "stop_token_ids[0]: 900 is out of range [0, 128)");
-  refused(R"("stop_token_ids": [900])", "stop_token_ids[0]", "stop_token_ids[0]: 900");
+  Refused(R"("stop_token_ids": [900])", "stop_token_ids[0]", "stop_token_ids[0]: 900");
   backend.error = grpc::Status::OK;
 }
 

@@ -455,6 +455,21 @@ std::vector<std::string> BundledModelArgs(std::vector<std::string> extra = {}) {
   return a;
 }
 
+// seer-prefill and seer-decode on the bundled model, and a stub.
+struct BundledServers {
+  ServerProcess prefill{Bin("seer-prefill"), BundledModelArgs()};
+  std::unique_ptr<ServerProcess> decode;
+  std::unique_ptr<v1::DecodeService::Stub> stub;
+
+  ::testing::AssertionResult Start() {
+    if (auto r = prefill.Start(); !r) return r;
+    decode = std::make_unique<ServerProcess>(Bin("seer-decode"), BundledModelArgs({"--prefill", prefill.grpc_address()}));
+    if (auto r = decode->Start(); !r) return r;
+    stub = v1::DecodeService::NewStub(grpc::CreateChannel(decode->grpc_address(), grpc::InsecureChannelCredentials()));
+    return ::testing::AssertionSuccess();
+  }
+};
+
 // A greedy Generate of a short text prompt asking for 4,000 tokens: on the
 // bundled model's CPU decode it runs for many seconds.
 v1::GenerateRequest LongGreedyGenerate() {
@@ -520,12 +535,8 @@ TEST(TextGenerate, SigtermLetsAnHttpStreamInFlightFinish) {
 // same request without the stop shows that the byte really did come out
 // only at the end, as U+FFFD, for its "length".
 TEST(TextGenerate, AStopStringInTextHeldToTheEndIsAStop) {
-  ServerProcess prefill(Bin("seer-prefill"), BundledModelArgs());
-  ASSERT_TRUE(prefill.Start());
-  ServerProcess decode(Bin("seer-decode"), BundledModelArgs({"--prefill", prefill.grpc_address()}));
-  ASSERT_TRUE(decode.Start());
-  auto stub =
-      v1::DecodeService::NewStub(grpc::CreateChannel(decode.grpc_address(), grpc::InsecureChannelCredentials()));
+  BundledServers s;
+  ASSERT_TRUE(s.Start());
   // "ð" is how a byte-level vocabulary spells the byte 0xF0.
   std::ifstream tokenizer_file(std::string(SEER_SOURCE_DIR) + "/models/seer-small/tokenizer.json");
   std::stringstream tokenizer_json;
@@ -541,7 +552,7 @@ TEST(TextGenerate, AStopStringInTextHeldToTheEndIsAStop) {
   req.set_text("The sky is");
   req.set_max_new_tokens(1);
   (*req.mutable_sampling()->mutable_logit_bias())[id] = 100.0f;
-  Reply plain = Call(stub.get(), req);
+  Reply plain = Call(s.stub.get(), req);
   ASSERT_TRUE(plain.status.ok()) << plain.status.error_message();
   ASSERT_EQ(plain.tokens, std::vector<int32_t>{id});
   EXPECT_EQ(plain.text, kReplacement) << "the lone lead byte is released at the end as U+FFFD";
@@ -549,7 +560,7 @@ TEST(TextGenerate, AStopStringInTextHeldToTheEndIsAStop) {
   EXPECT_EQ(plain.summary.finish_reason(), "length");
 
   req.add_stop(kReplacement);
-  Reply stopped = Call(stub.get(), req);
+  Reply stopped = Call(s.stub.get(), req);
   ASSERT_TRUE(stopped.status.ok()) << stopped.status.error_message();
   EXPECT_EQ(stopped.tokens, std::vector<int32_t>{id});
   EXPECT_EQ(stopped.text, "");
@@ -559,23 +570,19 @@ TEST(TextGenerate, AStopStringInTextHeldToTheEndIsAStop) {
 // A Generate whose client deadline passes mid-stream is logged and counted
 // as DEADLINE_EXCEEDED, not as a cancellation by the client.
 TEST(TextGenerate, APassedDeadlineIsCountedAsOne) {
-  ServerProcess prefill(Bin("seer-prefill"), BundledModelArgs());
-  ASSERT_TRUE(prefill.Start());
-  ServerProcess decode(Bin("seer-decode"), BundledModelArgs({"--prefill", prefill.grpc_address()}));
-  ASSERT_TRUE(decode.Start());
-  auto stub =
-      v1::DecodeService::NewStub(grpc::CreateChannel(decode.grpc_address(), grpc::InsecureChannelCredentials()));
+  BundledServers s;
+  ASSERT_TRUE(s.Start());
   v1::GenerateRequest req = LongGreedyGenerate();
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + 1500ms);
-  auto reader = stub->Generate(&ctx, req);
+  auto reader = s.stub->Generate(&ctx, req);
   v1::GenerateResponse msg;
   int tokens = 0;
   while (reader->Read(&msg)) tokens += msg.event_case() == v1::GenerateResponse::kToken ? 1 : 0;
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << tokens << " tokens";
   std::map<std::string, double> m;
   for (int i = 0; i < 500; ++i) {
-    auto scraped = seer::testing::Scrape(decode.metrics_address());
+    auto scraped = seer::testing::Scrape(s.decode->metrics_address());
     if (scraped.ok() && Metric(*scraped, "seer_decode_inflight_requests") == 0) {
       m = *scraped;
       break;
