@@ -33,8 +33,9 @@ void PromptFlags::Register(FlagSet& flags, const std::string& tokenizer_help) {
   flags.String("prompt", &prompt, "Prompt text (tokenized with the model's tokenizer, its BOS included).");
   flags.String("prompt-file", &prompt_file, "A file whose whole content is the prompt text.");
   flags.String("chat", &chat,
-               "A JSON file of chat messages, [{\"role\": ..., \"content\": ...}, ...], rendered with the "
-               "model's chat template and its generation prompt.");
+               "A JSON file of chat messages, [{\"role\": ..., \"content\": ...}, ...], as OpenAI's API takes them "
+               "(a content may be null or an array of text parts), rendered with the model's chat template and its "
+               "generation prompt.");
   flags.String("tokenizer", &tokenizer,
                "A tokenizer.json or a directory holding one. Default: " + tokenizer_help + ".");
 }

@@ -50,7 +50,9 @@ int RunGenerateCommand(int argc, char** argv) {
   flags.Int("seed", &seed, "seed of the sampling stream; sent only when given (else a fresh random seed)");
   flags.String("prompt", &prompt, "the prompt as text (the server tokenizes it)");
   flags.String("prompt-file", &prompt_file, "the prompt as text, from a file");
-  flags.String("chat", &chat, "a JSON file of chat messages, [{\"role\": ..., \"content\": ...}, ...]");
+  flags.String("chat", &chat,
+               "a JSON file of chat messages, [{\"role\": ..., \"content\": ...}, ...], as OpenAI's API takes them "
+               "(a content may be null or an array of text parts)");
   flags.String("stop", &stop, "stop after any of these token ids (\"2,7\")");
   flags.Strings("stop-string", &stop_strings,
                 "stop before this text appears in the reply; give it once per string (the API takes up to 16)");

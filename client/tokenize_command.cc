@@ -69,8 +69,8 @@ int RunTokenizeCommand(int argc, char** argv) {
                "\"...\"}, ...]. The messages go to the template as given, as transformers does; see --as-served.");
   flags.Bool("as-served", &as_served,
              "With --chat: read the messages as seer run --chat, seer generate --chat and the servers do (OpenAI's "
-             "forms: a null or missing content is \"\", text parts are joined, members other than role and content "
-             "are dropped), to see the prompt a request is served with.");
+             "forms: a null or missing content is \"\", text parts are joined, a turn with tool calls is refused, "
+             "other members are dropped), to see the prompt a request is served with.");
   flags.String("chat-template", &chat_template,
                "With --chat: use this Jinja file instead of the checkpoint's chat template.");
   flags.Bool("add-special-tokens", &add_special_tokens,

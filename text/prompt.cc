@@ -29,6 +29,13 @@ StatusOr<std::vector<ChatTurn>> ParseChatMessages(const JsonValue& messages, std
     const JsonValue* role = m.Find("role");
     if (role == nullptr || !role->is_string()) return refuse(where + ".role", "must be a string");
     ChatTurn turn{role->as_string(), ""};
+    // A turn that called tools cannot be passed on without its calls.
+    for (const char* calls : {"tool_calls", "function_call"}) {
+      const JsonValue* c = m.Find(calls);
+      if (c != nullptr && !c->is_null() && !(c->is_array() && c->as_array().empty())) {
+        return refuse(where + "." + calls, "tool calls are not supported");
+      }
+    }
     const JsonValue* content = m.Find("content");
     if (content == nullptr || content->is_null()) {
       // An assistant turn that only called a tool has no content.

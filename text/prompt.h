@@ -25,9 +25,10 @@ struct ChatTurn {
 // Chat messages in OpenAI's form, read the same way by `seer run --chat`,
 // `seer generate --chat` and the HTTP API: a non-empty JSON array of
 // objects, each with a string "role"; "content" is a string, null or absent
-// (the empty string: an assistant turn that only called a tool), or an array
-// of text parts ([{"type": "text", "text": ...}], joined). Other members
-// (tool_calls, name) are not passed on. An error's message starts with the
+// (the empty string), or an array of text parts ([{"type": "text", "text":
+// ...}], joined). A turn with tool calls (a non-empty "tool_calls", or a
+// "function_call") is refused; other members (name, tool_call_id) are not
+// passed on. An error's message starts with the
 // member at fault ("messages[2].content: ..."), which `*field` also gets.
 StatusOr<std::vector<ChatTurn>> ParseChatMessages(const JsonValue& messages, std::string* field = nullptr);
 // The turns as the JSON array the chat template renders.

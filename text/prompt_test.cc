@@ -24,7 +24,7 @@ TEST(ChatMessages, EveryContentFormOpenAiSendsBecomesText) {
   const std::vector<ChatTurn> turns = Parse(R"([
       {"role": "system", "content": "Be brief."},
       {"role": "user", "content": [{"type": "text", "text": "Hello, "}, {"type": "text", "text": "world"}]},
-      {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function"}]},
+      {"role": "assistant", "content": null, "tool_calls": []},
       {"role": "tool", "tool_call_id": "call_1", "content": "42"},
       {"role": "assistant"},
       {"role": "user", "content": []}])");
@@ -62,6 +62,12 @@ TEST(ChatMessages, RefusalsNameTheMemberAtFault) {
        "messages[0].content", "part 1: only text parts"},
       {R"([{"role": "user", "content": [{"type": "text"}]}])", "messages[0].content", "part 0: only text parts"},
       {R"([{"role": "user", "content": ["Hi"]}])", "messages[0].content", "part 0: only text parts"},
+      // A turn with tool calls cannot be passed on without them.
+      {R"([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": null,
+           "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}])",
+       "messages[1].tool_calls", "tool calls are not supported"},
+      {R"([{"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}}])", "messages[0].function_call",
+       "tool calls are not supported"},
   };
   for (const auto& c : cases) {
     StatusOr<JsonValue> v = JsonValue::Parse(c.json);

@@ -281,7 +281,9 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     auto msg = std::make_unique<v1::GenerateResponse>();
     msg->set_token(token);
     bool stop = std::find(stop_tokens_.begin(), stop_tokens_.end(), token) != stop_tokens_.end();
-    if (text_ != nullptr) {
+    // A stop token is sent, but its text is not part of the reply (as vLLM
+    // leaves out a stop token's text; an end-of-text id has none anyway).
+    if (text_ != nullptr && !stop) {
       // An id the tokenizer does not know (a model vocabulary padded past
       // the tokenizer's) adds no text.
       StatusOr<TextStream::Piece> piece = text_->Push(token);

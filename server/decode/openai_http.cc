@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <ctime>
 #include <string>
 #include <string_view>
@@ -387,11 +388,20 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
   }
   // vLLM's and SGLang's extensions that the wire carries: top_k (-1 or 0:
   // no cut) and stop_token_ids.
-  if (const JsonValue* top_k = root.Find("top_k"); top_k != nullptr && !top_k->is_null()) {
-    if (!top_k->is_integer() || top_k->as_int64() < -1 || top_k->as_int64() > INT32_MAX) {
-      return Invalid("top_k", "top_k: must be an integer, -1 or 0 for no cut, got " + top_k->Dump().substr(0, 32));
+  // A whole number in [lo, INT32_MAX] (40 and 40.0 alike, as vLLM's
+  // pydantic takes them), or nullopt.
+  auto whole = [](const JsonValue& v, double lo) -> std::optional<int32_t> {
+    if (!v.is_number() || !(v.as_double() >= lo && v.as_double() <= INT32_MAX) ||
+        v.as_double() != std::floor(v.as_double())) {
+      return std::nullopt;
     }
-    g.mutable_sampling()->set_top_k(static_cast<int32_t>(std::max<int64_t>(top_k->as_int64(), 0)));
+    return static_cast<int32_t>(v.as_double());
+  };
+  if (const JsonValue* top_k = root.Find("top_k"); top_k != nullptr && !top_k->is_null()) {
+    const std::optional<int32_t> k = whole(*top_k, -1);
+    if (!k)
+      return Invalid("top_k", "top_k: must be a whole number, -1 or 0 for no cut, got " + top_k->Dump().substr(0, 32));
+    g.mutable_sampling()->set_top_k(std::max(*k, 0));
   }
   if (const JsonValue* ids = root.Find("stop_token_ids"); ids != nullptr && !ids->is_null()) {
     if (!ids->is_array() || static_cast<int>(ids->as_array().size()) > kMaxStopTokens) {
@@ -399,23 +409,27 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
                      "stop_token_ids: must be an array of at most " + std::to_string(kMaxStopTokens) + " token ids");
     }
     for (size_t i = 0; i < ids->as_array().size(); ++i) {
-      const JsonValue& id = ids->as_array()[i];
-      if (!id.is_integer() || id.as_int64() < 0 || id.as_int64() > INT32_MAX) {
+      const std::optional<int32_t> id = whole(ids->as_array()[i], 0);
+      if (!id) {
         const std::string where = "stop_token_ids[" + std::to_string(i) + "]";
-        return Invalid(where, where + ": " + id.Dump().substr(0, 32) + " is not a token id");
+        return Invalid(where, where + ": " + ids->as_array()[i].Dump().substr(0, 32) + " is not a token id");
       }
-      g.add_stop_token_ids(static_cast<int32_t>(id.as_int64()));
+      g.add_stop_token_ids(*id);
     }
   }
   // What Seer cannot do is refused, not ignored: the client would get other
-  // text than it asked for. Each field passes at its neutral value (false,
-  // 0, an empty list; min_p 0, repetition_penalty 1).
-  for (const char* refused : {"logprobs", "top_logprobs", "echo", "tools", "functions", "suffix", "ignore_eos",
-                              "use_beam_search", "include_stop_str_in_output", "guided_json", "guided_regex",
-                              "guided_choice", "guided_grammar", "min_tokens", "min_p"}) {
+  // text than it asked for. Each field passes at its neutral value: null,
+  // false, an empty list, and 0 where 0 asks for nothing (min_p, min_tokens,
+  // top_logprobs; a completion's logprobs 0 asks for the chosen token's).
+  for (const char* refused :
+       {"logprobs", "top_logprobs", "echo", "tools", "functions", "function_call", "suffix", "ignore_eos",
+        "use_beam_search", "include_stop_str_in_output", "guided_json", "guided_regex", "guided_choice",
+        "guided_grammar", "structured_outputs", "allowed_token_ids", "bad_words", "min_tokens", "min_p"}) {
     const JsonValue* f = root.Find(refused);
+    const bool zero_is_neutral = std::strcmp(refused, "min_p") == 0 || std::strcmp(refused, "min_tokens") == 0 ||
+                                 std::strcmp(refused, "top_logprobs") == 0;
     if (f != nullptr && !f->is_null() && !(f->is_bool() && !f->as_bool()) &&
-        !(f->is_array() && f->as_array().empty()) && !(f->is_number() && f->as_double() == 0.0)) {
+        !(f->is_array() && f->as_array().empty()) && !(zero_is_neutral && f->is_number() && f->as_double() == 0.0)) {
       return Invalid(refused, std::string(refused) + ": not supported by this server");
     }
   }

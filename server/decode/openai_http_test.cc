@@ -470,10 +470,16 @@ TEST_F(OpenAiHttp, VllmsExtensionsReachTheWireOrAreRefused) {
   EXPECT_EQ(with_ids.sampling().top_k(), 40);
   EXPECT_EQ(std::vector<int32_t>(with_ids.stop_token_ids().begin(), with_ids.stop_token_ids().end()),
             (std::vector<int32_t>{7, 0, 2}));
-  for (const char* none : {"-1", "0", "null"}) {
+  for (const char* none : {"-1", "0", "null", "-1.0"}) {
     PostJson("/v1/completions", std::string(R"({"prompt": "x", "top_k": )") + none + "}", 200);
     EXPECT_EQ(backend.Last().sampling().top_k(), 0) << none;
   }
+  // Whole numbers written as floats are whole numbers (vLLM's pydantic takes them).
+  PostJson("/v1/completions", R"({"prompt": "x", "top_k": 40.0, "stop_token_ids": [1e2]})", 200);
+  const v1::GenerateRequest floats = backend.Last();
+  EXPECT_EQ(floats.sampling().top_k(), 40);
+  ASSERT_EQ(floats.stop_token_ids_size(), 1);
+  EXPECT_EQ(floats.stop_token_ids(0), 100);
   // Neutral values pass: they ask for nothing Seer does not do.
   const int before = backend.calls.load();
   PostJson("/v1/chat/completions",
@@ -485,9 +491,10 @@ TEST_F(OpenAiHttp, VllmsExtensionsReachTheWireOrAreRefused) {
   EXPECT_EQ(backend.calls.load(), before + 1);
 
   const int calls = backend.calls.load();
-  Refused(R"("top_k": 2.5)", "top_k", "must be an integer");
+  Refused(R"("top_k": 2.5)", "top_k", "must be a whole number");
   Refused(R"("top_k": -2)", "top_k", "-1 or 0 for no cut");
-  Refused(R"("top_k": "40")", "top_k", "must be an integer");
+  Refused(R"("top_k": "40")", "top_k", "must be a whole number");
+  Refused(R"("top_k": 1e300)", "top_k", "must be a whole number");
   Refused(R"("stop_token_ids": 7)", "stop_token_ids", "an array of at most 64");
   Refused(R"("stop_token_ids": [1, -1])", "stop_token_ids[1]", "-1 is not a token id");
   Refused(R"("stop_token_ids": [1, "2"])", "stop_token_ids[1]", "is not a token id");
@@ -501,11 +508,23 @@ TEST_F(OpenAiHttp, VllmsExtensionsReachTheWireOrAreRefused) {
   Refused(R"("guided_json": {"type": "object"})", "guided_json", "not supported");
   Refused(R"("guided_choice": ["yes", "no"])", "guided_choice", "not supported");
   Refused(R"("top_logprobs": 2)", "top_logprobs", "not supported");
+  // A completion's logprobs 0 asks for the chosen token's logprob: not neutral.
+  Refused(R"("logprobs": 0)", "logprobs", "not supported");
+  Refused(R"("structured_outputs": {"json": {}})", "structured_outputs", "not supported");
+  Refused(R"("allowed_token_ids": [1, 2])", "allowed_token_ids", "not supported");
+  Refused(R"("bad_words": ["no"])", "bad_words", "not supported");
+  Refused(R"("function_call": "auto")", "function_call", "not supported");
   Refused(R"("repetition_penalty": 1.1)", "repetition_penalty", "presence_penalty and frequency_penalty are");
   Refused(R"("skip_special_tokens": false)", "skip_special_tokens", "only true");
   Refused(R"("response_format": {"type": "json_object"})", "response_format", "no JSON mode");
   Refused(R"("response_format": {"type": "json_schema", "json_schema": {}})", "response_format", "no JSON mode");
   Refused(R"("tool_choice": "required")", "tool_choice", "no tools");
+  // A conversation with tool calls cannot be passed on without them.
+  const JsonValue tool_turn = PostJson("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "Hi"},
+      {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function",
+       "function": {"name": "f", "arguments": "{}"}}]}, {"role": "tool", "tool_call_id": "c", "content": "4"}]})",
+                                       400);
+  EXPECT_EQ(tool_turn.Find("error")->Find("param")->as_string(), "messages[1].tool_calls") << tool_turn.Dump();
   EXPECT_EQ(backend.calls.load(), calls) << "refused before Generate";
   // The server's own checks come back in the request's terms.
   backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "sampling.top_k: 500 is out of range [0, 128]");

@@ -82,8 +82,9 @@ uint64_t RandomId() {
 
 // A KV cache, the share of the budget it takes and its bytes on
 // seer_kv_cache_bytes: the share and the bytes go back when the last holder
-// (the worker, a transfer, or a chunk still waiting to be written) lets the
-// cache go.
+// (the worker, a transfer, or a chunk still queued to be made) lets the
+// cache go. A chunk already handed to gRPC holds only its own memory (its
+// layer, or its copy), not the cache (docs/KV_TRANSPORT.md, section 4).
 std::shared_ptr<KvCache> ChargedCache(std::unique_ptr<KvCache> cache, ByteBudget::Reservation charge,
                                       prometheus::Gauge* cache_bytes) {
   struct Holder {

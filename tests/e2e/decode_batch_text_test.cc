@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <future>
@@ -351,6 +352,42 @@ TEST(TextGenerate, AStopStringCutsTheTextAndEndsTheStream) {
   const std::vector<int32_t> ref_tokens = TokensOf(ref);
   ASSERT_LE(r.tokens.size(), ref_tokens.size());
   EXPECT_EQ(r.tokens, std::vector<int32_t>(ref_tokens.begin(), ref_tokens.begin() + r.tokens.size()));
+}
+
+// A stop token ends the reply: its id is the last token sent, and its text
+// is not part of the reply (vLLM leaves it out too). The reference is
+// `seer run`'s greedy reply cut at that token, and `seer detokenize` of the
+// tokens before it.
+TEST(TextGenerate, AStopTokenEndsTheReplyWithoutItsText) {
+  Servers s;
+  ASSERT_TRUE(s.Start());
+  const std::string prompt = "one two three four five six seven eight nine ten";
+  const std::vector<int32_t> ref = TokensOf(SeerRun({"--prompt", prompt}, 24));
+  // The first token after the first that has not come before: the stop.
+  size_t k = 1;
+  while (k < ref.size() && std::find(ref.begin(), ref.begin() + k, ref[k]) != ref.begin() + k) ++k;
+  ASSERT_LT(k, ref.size()) << "no token of the reference reply is new";
+  auto text_of = [&](size_t n) {
+    std::string ids;
+    for (size_t i = 0; i < n; ++i) ids += (i ? "," : "") + std::to_string(ref[i]);
+    CommandResult d = RunCommand(
+        {Bin("seer"), "detokenize", "--tokenizer", Path("llama"), "--ids", ids, "--skip-special-tokens", "--json"});
+    EXPECT_EQ(d.exit_code, 0) << d.err;
+    StatusOr<JsonValue> j = JsonValue::Parse(d.out);
+    return j.ok() ? TextOf(*j) : "<" + d.out + ">";
+  };
+  const std::string before = text_of(k);
+  ASSERT_NE(text_of(k + 1), before) << "the stop token must have text of its own";
+  v1::GenerateRequest req;
+  req.set_text(prompt);
+  req.set_max_new_tokens(24);
+  req.add_stop_token_ids(ref[k]);
+  Reply r = Call(s.stub.get(), req);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.tokens, std::vector<int32_t>(ref.begin(), ref.begin() + k + 1));
+  EXPECT_EQ(r.text, before);
+  EXPECT_EQ(r.summary.finish_reason(), "stop");
+  EXPECT_EQ(r.summary.generated_tokens(), static_cast<int>(k) + 1);
 }
 
 TEST(TextGenerate, ChatMessagesGoThroughTheModelsTemplateAsSeerRunDoes) {

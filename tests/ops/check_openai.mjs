@@ -174,8 +174,8 @@ if (ref.text.length >= 8) {
 
 // vLLM's extensions, as clients written for vLLM send them through the
 // official client: top_k 1 samples the greedy reply; stop_token_ids ends the
-// reply after that token (its text included, as vLLM does for a token that
-// is not special); a sampling control Seer lacks is a 400 naming it.
+// reply at that token, leaving its text out (as vLLM does); a sampling
+// control Seer lacks is a 400 naming it.
 {
   const topK = await client.completions.create({
     model: name, prompt, max_tokens: 24, temperature: 1, seed: 7, top_k: 1,
@@ -184,12 +184,13 @@ if (ref.text.length >= 8) {
   const k = ref.tokens.findIndex((t, i) => i >= 1 && !ref.tokens.slice(0, i).includes(t));
   if (k >= 1 && k < ref.tokens.length - 1) {
     const head = JSON.parse(execFileSync(join(bin, 'seer'), ['detokenize', '--tokenizer', model, '--ids',
-      ref.tokens.slice(0, k + 1).join(','), '--skip-special-tokens', '--json']).toString()).text;
+      ref.tokens.slice(0, k).join(','), '--skip-special-tokens', '--json']).toString()).text;
     const stopped = await client.completions.create({
       model: name, prompt, max_tokens: 24, temperature: 0, stop_token_ids: [ref.tokens[k]],
     });
-    same('stop_token_ids ends the reply after that token', [stopped.choices[0].text, stopped.choices[0].finish_reason],
-         [head, 'stop']);
+    same('stop_token_ids ends the reply at that token, without its text',
+         [stopped.choices[0].text, stopped.choices[0].finish_reason, stopped.usage.completion_tokens],
+         [head, 'stop', k + 1]);
   } else {
     check('the reference reply has a token to stop at', false, JSON.stringify(ref.tokens));
   }
