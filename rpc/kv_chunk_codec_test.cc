@@ -365,6 +365,8 @@ TEST(KvChunkCodec, TheRawClientReadsAPlainProtobufServer) {
 // holds its own layer only: once the source and the cache are dropped the
 // cache is gone, every other layer with it, and the chunk still reads the
 // values that were written (under ASan a dangling slice would fail here).
+// What the server charged for the cache's memory (`with_cache_memory`)
+// stays held by the chunk until the chunk goes.
 TEST(KvChunkSource, AHostChunkOutlivesItsCacheAndHoldsOnlyItsLayer) {
   constexpr int kLayers = 3, kHeads = 2, kDim = 8, kCapacity = 11, kT0 = 3, kN = 5;
   auto cache = std::make_shared<HostKvCache>(kLayers, kHeads, kDim, kCapacity);
@@ -383,18 +385,22 @@ TEST(KvChunkSource, AHostChunkOutlivesItsCacheAndHoldsOnlyItsLayer) {
     ASSERT_TRUE(cache->WriteLayer(l, 0, kCapacity, DType::kF32, k.data(), v.data()).ok());
   }
   cache->set_length(kCapacity);
-  StatusOr<std::shared_ptr<KvChunkSource>> source = KvChunkSource::Create(cache, /*fp8=*/false);
+  auto charge = std::make_shared<int>(7);
+  const std::weak_ptr<int> watch_charge = charge;
+  StatusOr<std::shared_ptr<KvChunkSource>> source = KvChunkSource::Create(cache, /*fp8=*/false, charge);
+  charge.reset();
   ASSERT_TRUE(source.ok()) << source.status().ToString();
-  StatusOr<grpc::ByteBuffer> chunk = (*source)->Make(1, kT0, kN);
-  ASSERT_TRUE(chunk.ok()) << chunk.status().ToString();
+  auto chunk = std::make_unique<StatusOr<grpc::ByteBuffer>>((*source)->Make(1, kT0, kN));
+  ASSERT_TRUE(chunk->ok()) << chunk->status().ToString();
 
   const std::weak_ptr<const KvCache> watch = cache;
   source->reset();
   cache.reset();
   EXPECT_TRUE(watch.expired()) << "the chunk kept the whole cache alive";
+  EXPECT_FALSE(watch_charge.expired()) << "the chunk let the charge for its memory go";
 
   v1::PrefillResponse parsed;
-  ASSERT_TRUE(parsed.ParseFromString(Flatten(*chunk)));
+  ASSERT_TRUE(parsed.ParseFromString(Flatten(**chunk)));
   ASSERT_TRUE(parsed.has_chunk());
   const v1::KvChunk& c = parsed.chunk();
   EXPECT_EQ(c.layer(), 1);
@@ -413,6 +419,8 @@ TEST(KvChunkSource, AHostChunkOutlivesItsCacheAndHoldsOnlyItsLayer) {
         ASSERT_EQ(k[i], value(1, 0, h, kT0 + t, d)) << h << " " << t << " " << d;
         ASSERT_EQ(v[i], value(1, 1, h, kT0 + t, d)) << h << " " << t << " " << d;
       }
+  chunk.reset();
+  EXPECT_TRUE(watch_charge.expired()) << "the charge outlived the last chunk";
 }
 
 }  // namespace

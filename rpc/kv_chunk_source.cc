@@ -48,8 +48,15 @@ class HostChunkSource final : public KvChunkSource {
         c.v.Add(host_->v(layer) + at, row);
       }
       // The chunk holds its layer, not the cache: a stream cancelled with a
-      // write stuck in its socket frees every other layer at once.
-      return EncodeKvChunk(c, host_->LayerStorage(layer));
+      // write stuck in its socket frees every other layer at once. The
+      // layer is still the cache's memory, so what is charged for it stays
+      // charged with it.
+      std::shared_ptr<const void> keep = host_->LayerStorage(layer);
+      if (with_cache_memory_ != nullptr) {
+        keep = std::make_shared<std::pair<std::shared_ptr<const void>, std::shared_ptr<const void>>>(
+            std::move(keep), with_cache_memory_);
+      }
+      return EncodeKvChunk(c, std::move(keep));
     }
     const size_t elems = static_cast<size_t>(l.num_kv_heads) * n * l.head_dim;
     auto codes = std::make_shared<std::vector<uint8_t>>(2 * elems);
@@ -268,7 +275,8 @@ class DeviceChunkSource final : public KvChunkSource {
 
 }  // namespace
 
-StatusOr<std::shared_ptr<KvChunkSource>> KvChunkSource::Create(std::shared_ptr<const KvCache> cache, bool fp8) {
+StatusOr<std::shared_ptr<KvChunkSource>> KvChunkSource::Create(std::shared_ptr<const KvCache> cache, bool fp8,
+                                                               std::shared_ptr<const void> with_cache_memory) {
   if (cache == nullptr) return InvalidArgument("KV chunk source: null cache");
   KvWireFormat wire;
   wire.dtype = cache->layout().dtype;
@@ -284,8 +292,11 @@ StatusOr<std::shared_ptr<KvChunkSource>> KvChunkSource::Create(std::shared_ptr<c
     return std::shared_ptr<KvChunkSource>(std::move(source));
   }
 #endif
-  if (dynamic_cast<const HostKvCache*>(cache.get()) != nullptr && cache->layout().dtype == DType::kF32)
-    return std::shared_ptr<KvChunkSource>(std::make_shared<HostChunkSource>(std::move(cache), wire));
+  if (dynamic_cast<const HostKvCache*>(cache.get()) != nullptr && cache->layout().dtype == DType::kF32) {
+    auto source = std::make_shared<HostChunkSource>(std::move(cache), wire);
+    source->with_cache_memory_ = std::move(with_cache_memory);
+    return std::shared_ptr<KvChunkSource>(std::move(source));
+  }
   return std::shared_ptr<KvChunkSource>(std::make_shared<ReadLayerChunkSource>(std::move(cache), wire));
 }
 

@@ -30,8 +30,12 @@ class KvChunkSource {
  public:
   // fp8: E4M3 codes with a float32 scale per (head, kFp8ScaleBlockTokens
   // tokens). `cache` is kept alive by the source; a message made keeps alive
-  // only what it references (a host cache's layer, a pinned copy).
-  static StatusOr<std::shared_ptr<KvChunkSource>> Create(std::shared_ptr<const KvCache> cache, bool fp8);
+  // only what it references (a host cache's layer, a pinned copy). A message
+  // that references the cache's own memory (a host cache's layer) also holds
+  // `with_cache_memory` (the server's budget share for the cache) until gRPC
+  // lets it go.
+  static StatusOr<std::shared_ptr<KvChunkSource>> Create(std::shared_ptr<const KvCache> cache, bool fp8,
+                                                         std::shared_ptr<const void> with_cache_memory = nullptr);
   virtual ~KvChunkSource() = default;
 
   // PrefillResponse{chunk} of tokens [t0, t0 + n) of `layer` (fp8: t0 a
@@ -49,6 +53,7 @@ class KvChunkSource {
       : cache_(std::move(cache)), wire_(wire) {}
   std::shared_ptr<const KvCache> cache_;
   KvWireFormat wire_;
+  std::shared_ptr<const void> with_cache_memory_;
 };
 
 }  // namespace seer

@@ -80,22 +80,28 @@ uint64_t RandomId() {
   return v;
 }
 
-// A KV cache, the share of the budget it takes and its bytes on
-// seer_kv_cache_bytes: the share and the bytes go back when the last holder
-// (the worker, a transfer, or a chunk still queued to be made) lets the
-// cache go. A chunk already handed to gRPC holds only its own memory (its
-// layer, or its copy), not the cache (docs/KV_TRANSPORT.md, section 4).
-std::shared_ptr<KvCache> ChargedCache(std::unique_ptr<KvCache> cache, ByteBudget::Reservation charge,
-                                      prometheus::Gauge* cache_bytes) {
+// A KV cache, with the share of the budget it takes and its bytes on
+// seer_kv_cache_bytes. The bytes go back when the last holder of the cache
+// (the worker, a transfer, or a chunk still queued to be made) lets it go.
+// The share goes back when, besides, no chunk handed to gRPC still holds the
+// cache's memory: a CPU chunk holds its layer, not the cache, and `share`
+// (docs/KV_TRANSPORT.md, section 4).
+struct ChargedCache {
+  std::shared_ptr<KvCache> cache;
+  std::shared_ptr<const void> share;
+};
+
+ChargedCache Charge(std::unique_ptr<KvCache> cache, ByteBudget::Reservation charge, prometheus::Gauge* cache_bytes) {
   struct Holder {
-    ByteBudget::Reservation charge;  // released after the cache is freed
+    std::shared_ptr<const void> share;  // let go after the cache is freed
     std::unique_ptr<GaugeHold> counted;
     std::unique_ptr<KvCache> cache;
   };
+  auto share = std::make_shared<ByteBudget::Reservation>(std::move(charge));
   auto counted = std::make_unique<GaugeHold>(cache_bytes, KvCacheBytes(cache->layout(), cache->capacity()));
-  auto holder = std::make_shared<Holder>(Holder{std::move(charge), std::move(counted), std::move(cache)});
+  auto holder = std::make_shared<Holder>(Holder{share, std::move(counted), std::move(cache)});
   KvCache* raw = holder->cache.get();
-  return std::shared_ptr<KvCache>(std::move(holder), raw);
+  return {std::shared_ptr<KvCache>(std::move(holder), raw), std::move(share)};
 }
 
 std::unique_ptr<grpc::ByteBuffer> Encoded(const v1::PrefillResponse& msg) {
@@ -116,8 +122,25 @@ struct GrpcKvTransfer {
   const int tokens_per_chunk;
   const bool fp8;
   uint64_t id = 0;  // transfer_id, with more than one stream
-  // Set before the first layer is ready; a stream reads it only after it
-  // took a layer (the dispatcher's lock orders the two).
+  // Set before the first layer is ready; let go when a stream of the
+  // transfer is cancelled, so that the cache is freed then, not when the
+  // last stuck write ends (a chunk in gRPC's hands holds only its layer).
+  std::shared_ptr<KvChunkSource> Source() const {
+    std::lock_guard<std::mutex> lock(source_mu);
+    return source;
+  }
+  void SetSource(std::shared_ptr<KvChunkSource> s) {
+    std::lock_guard<std::mutex> lock(source_mu);
+    source = std::move(s);
+  }
+  void DropSource() {
+    std::shared_ptr<KvChunkSource> gone;  // freed outside the lock
+    {
+      std::lock_guard<std::mutex> lock(source_mu);
+      gone = std::move(source);
+    }
+  }
+  mutable std::mutex source_mu;
   std::shared_ptr<KvChunkSource> source;
 
   // What the streams queued: every chunk of a layer taken is queued.
@@ -131,15 +154,19 @@ struct GrpcKvTransfer {
   std::vector<std::pair<StreamReactor<grpc::ByteBuffer>::Deferred, size_t>> LayerChunks(
       const std::shared_ptr<GrpcKvTransfer>& self, int layer) {
     std::vector<std::pair<StreamReactor<grpc::ByteBuffer>::Deferred, size_t>> out;
+    const std::shared_ptr<KvChunkSource> src = Source();
+    if (src == nullptr) return out;  // cancelled
     for (int t0 = 0; t0 < seq_len; t0 += tokens_per_chunk) {
       const int n = std::min(tokens_per_chunk, seq_len - t0);
-      const size_t kv = source->KvBytes(n);
+      const size_t kv = src->KvBytes(n);
       kv_bytes += static_cast<int64_t>(kv);
-      bytes += static_cast<int64_t>(kv + source->ScaleBytes(n));
+      bytes += static_cast<int64_t>(kv + src->ScaleBytes(n));
       ++chunks;
       out.emplace_back(
           [self, layer, t0, n]() -> StatusOr<std::unique_ptr<grpc::ByteBuffer>> {
-            SEER_ASSIGN_OR_RETURN(grpc::ByteBuffer b, self->source->Make(layer, t0, n));
+            const std::shared_ptr<KvChunkSource> source = self->Source();
+            if (source == nullptr) return seer::Cancelled("the KV transfer was cancelled");
+            SEER_ASSIGN_OR_RETURN(grpc::ByteBuffer b, source->Make(layer, t0, n));
             return std::make_unique<grpc::ByteBuffer>(std::move(b));
           },
           kv);
@@ -476,16 +503,17 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
       const Clock::time_point start = Clock::now();
       StatusOr<std::unique_ptr<KvCache>> made = engine_->NewCache(seq_len);
       if (!made.ok()) return ToGrpcStatus(made.status().WithContext("seer-prefill: KV cache"));
-      std::shared_ptr<KvCache> cache =
-          ChargedCache(std::move(made).value(), std::move(cache_charge_), &metrics_->server.kv_cache_bytes);
+      ChargedCache charged =
+          Charge(std::move(made).value(), std::move(cache_charge_), &metrics_->server.kv_cache_bytes);
+      std::shared_ptr<KvCache> cache = std::move(charged.cache);
       if (header_in_turn_) {
         const grpc::Status chosen = ChooseInTurn(cache);
         if (!chosen.ok()) return chosen;
       }
       if (grpc_ != nullptr) {
-        StatusOr<std::shared_ptr<KvChunkSource>> source = KvChunkSource::Create(cache, grpc_->fp8);
+        StatusOr<std::shared_ptr<KvChunkSource>> source = KvChunkSource::Create(cache, grpc_->fp8, charged.share);
         if (!source.ok()) return ToGrpcStatus(source.status().WithContext("seer-prefill"));
-        grpc_->source = std::move(source).value();
+        grpc_->SetSource(std::move(source).value());
       } else {
         held = cache;
       }
@@ -690,7 +718,10 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
 
   void OnStreamCancelled() override {
     std::lock_guard<std::recursive_mutex> guard(guard_);
-    if (grpc_ != nullptr) grpc_->dispatcher.Fail(seer::Cancelled("the Prefill stream was cancelled or broke"));
+    if (grpc_ != nullptr) {
+      grpc_->dispatcher.Fail(seer::Cancelled("the Prefill stream was cancelled or broke"));
+      grpc_->DropSource();
+    }
 #ifdef SEER_HAVE_NCCL
     std::lock_guard<std::mutex> lock(link_mu_);
     if (nccl_link_ != nullptr) nccl_link_->Abort("the Prefill stream to " + peer_ + " broke");
