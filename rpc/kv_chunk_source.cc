@@ -33,8 +33,11 @@ KvChunkRef ChunkHeader(int layer, int t0, int n) {
 // The CPU engine's float32 cache: K and V referenced in place, head by head.
 class HostChunkSource final : public KvChunkSource {
  public:
-  HostChunkSource(std::shared_ptr<const KvCache> cache, const KvWireFormat& wire)
-      : KvChunkSource(std::move(cache), wire), host_(static_cast<const HostKvCache*>(cache_.get())) {}
+  HostChunkSource(std::shared_ptr<const KvCache> cache, const KvWireFormat& wire,
+                  std::shared_ptr<const void> with_cache_memory)
+      : KvChunkSource(std::move(cache), wire),
+        host_(static_cast<const HostKvCache*>(cache_.get())),
+        with_cache_memory_(std::move(with_cache_memory)) {}
 
   StatusOr<grpc::ByteBuffer> Make(int layer, int t0, int n) const override {
     const KvLayout& l = layout();
@@ -75,6 +78,7 @@ class HostChunkSource final : public KvChunkSource {
 
  private:
   const HostKvCache* host_;
+  const std::shared_ptr<const void> with_cache_memory_;  // held by every chunk too
 };
 
 // Any other cache: ReadLayer into a heap buffer (fp8 through float32).
@@ -293,9 +297,8 @@ StatusOr<std::shared_ptr<KvChunkSource>> KvChunkSource::Create(std::shared_ptr<c
   }
 #endif
   if (dynamic_cast<const HostKvCache*>(cache.get()) != nullptr && cache->layout().dtype == DType::kF32) {
-    auto source = std::make_shared<HostChunkSource>(std::move(cache), wire);
-    source->with_cache_memory_ = std::move(with_cache_memory);
-    return std::shared_ptr<KvChunkSource>(std::move(source));
+    return std::shared_ptr<KvChunkSource>(
+        std::make_shared<HostChunkSource>(std::move(cache), wire, std::move(with_cache_memory)));
   }
   return std::shared_ptr<KvChunkSource>(std::make_shared<ReadLayerChunkSource>(std::move(cache), wire));
 }

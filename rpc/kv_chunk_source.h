@@ -3,8 +3,9 @@
 // wire encoding the handshake chose (docs/KV_TRANSPORT.md, section 4).
 //
 //   - The CPU engine's float32 cache: K and V are referenced where they are,
-//     head by head (no copy); the message keeps its layer's storage alive
-//     (not the whole cache) until gRPC lets it go. fp8: quantised with the CPU twin (kernels/kv_quant).
+//     head by head (no copy); the message keeps its layer's storage (not
+//     the whole cache) and the cache's budget share alive until gRPC lets it
+//     go. fp8: quantised with the CPU twin (kernels/kv_quant).
 //   - The CUDA engine's cache: copied into a pinned buffer from a pool shared
 //     by the process (one cudaMemcpy2DAsync per tensor), which goes back to
 //     the pool once gRPC has sent the message. fp8: quantised on the GPU from
@@ -53,7 +54,6 @@ class KvChunkSource {
       : cache_(std::move(cache)), wire_(wire) {}
   std::shared_ptr<const KvCache> cache_;
   KvWireFormat wire_;
-  std::shared_ptr<const void> with_cache_memory_;
 };
 
 }  // namespace seer
