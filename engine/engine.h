@@ -258,6 +258,16 @@ class Engine {
   int max_decode_batch_ = 0;
 };
 
+// CUDA: the largest buffers that rows go through in chunks: a prefill's
+// MLP intermediates (both, with the fused QKV output), and the float logits
+// of an all-logits prefill or a batched decode step. 0 keeps the default
+// (1 GiB, 256 MiB); the CPU engine ignores them. Tests shrink them to run
+// the chunked paths on small models.
+struct ChunkLimits {
+  int64_t mlp_bytes = 0;
+  int64_t logits_bytes = 0;
+};
+
 struct EngineOptions {
   std::string model_dir;
   std::string gates_dir;  // empty: no gates, dense prefill
@@ -269,6 +279,7 @@ struct EngineOptions {
   // it off: the timing costs more than one prefill saves.
   // SEER_GEMM_TUNING=0 turns it off everywhere.
   bool gemm_tuning = true;
+  ChunkLimits chunk_limits;
 };
 
 StatusOr<std::unique_ptr<Engine>> CreateEngine(const EngineOptions& options);

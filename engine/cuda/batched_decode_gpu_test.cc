@@ -1,7 +1,8 @@
 // Batched decode over the paged KV cache on the CUDA engine: each sequence
 // decodes exactly the same tokens alone and in a batch whose members join and
 // leave mid-way (greedy and sampled with a seed), and the same whether the
-// steps replay CUDA graphs or launch their kernels; its first decoded logits
+// steps replay CUDA graphs or launch their kernels, and whether the logits go
+// through in one pass or in chunks; its first decoded logits
 // agree with the contiguous single-sequence path to bf16 rounding; every page
 // is back in the pool afterwards.
 #include <gtest/gtest.h>
@@ -26,10 +27,12 @@ using batched_test::MixedRequests;
 using batched_test::Request;
 using batched_test::RunBatched;
 
-std::unique_ptr<Engine> LoadCuda(const std::string& name, int max_batch, bool cuda_graphs = true) {
+std::unique_ptr<Engine> LoadCuda(const std::string& name, int max_batch, bool cuda_graphs = true,
+                                 int64_t logits_bytes = 0) {
   EngineOptions o;
   o.model_dir = fixtures::Path(name);
   o.device = "cuda";
+  o.chunk_limits.logits_bytes = logits_bytes;
   StatusOr<std::unique_ptr<Engine>> e = CreateEngine(o);
   EXPECT_TRUE(e.ok()) << e.status().ToString();
   if (!e.ok()) return nullptr;
@@ -73,6 +76,26 @@ TEST_P(CudaBatchedDecode, EachRowTakesItsOwnLogitBias) {
   ASSERT_NE(e, nullptr);
   const std::vector<Request> requests = batched_test::ForcedRequests();
   batched_test::ExpectForcedTokens(RunBatched(*e, requests), requests);
+}
+
+// With the logits buffer shrunk to 3 rows, a step's 8 rows go through the
+// lm_head, the logit adjustments and the samplers in chunks of 3, 3 and 2
+// (at the default 256 MiB that takes over 512 rows of a 128k vocabulary).
+// Each request still gets its forced tokens in whichever row it decodes,
+// and the greedy and seeded requests decode what one pass decodes.
+TEST_P(CudaBatchedDecode, LogitsInChunksDecodeWhatOnePassDecodes) {
+  const std::vector<Request> mixed = MixedRequests();
+  std::unique_ptr<Engine> whole = LoadCuda(GetParam(), 8);
+  ASSERT_NE(whole, nullptr);
+  const std::vector<std::vector<int32_t>> want = RunBatched(*whole, mixed);
+  const int64_t row_bytes = int64_t{4} * whole->config().vocab_size;
+  whole.reset();
+  std::unique_ptr<Engine> chunked = LoadCuda(GetParam(), 8, /*cuda_graphs=*/true, 3 * row_bytes);
+  ASSERT_NE(chunked, nullptr);
+  EXPECT_EQ(RunBatched(*chunked, mixed), want);
+  const std::vector<Request> forced = batched_test::ForcedRequests();
+  batched_test::ExpectForcedTokens(RunBatched(*chunked, forced), forced);
+  EXPECT_EQ(chunked->page_pool()->free_pages(), chunked->page_pool()->num_pages());
 }
 
 // The steps replayed from CUDA graphs (the batch joins and leaves, so graphs

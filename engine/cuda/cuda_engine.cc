@@ -109,7 +109,8 @@ class CudaEngine final : public Engine {
 
   // Everything but the weights: stream, cuBLAS, events, decode buffers;
   // the GEMM tuner when `gemm_tuning` and SEER_GEMM_TUNING is not "0".
-  Status Init(bool gemm_tuning = true);
+  // `chunk_limits` bound every plan's chunked buffers (0: the default).
+  Status Init(bool gemm_tuning, const ChunkLimits& chunk_limits);
   void SetWeights(DeviceModelWeights w) {
     weights_ = std::move(w);
     runner_.emplace(config_, weights_, gate_shape_, block_, stream_, cublas_);
@@ -203,6 +204,7 @@ class CudaEngine final : public Engine {
   std::unique_ptr<GemmTuner> gemm_tuner_;
   DeviceModelWeights weights_;
   std::optional<ModelRunner> runner_;
+  PlanLimits limits_;  // every PlanPrefill's
 
   // One forward pass at a time (Engine serialises the calls): they share these.
   DeviceBuffer workspace_;
@@ -253,7 +255,13 @@ CudaEngine::~CudaEngine() {
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
 }
 
-Status CudaEngine::Init(bool gemm_tuning) {
+Status CudaEngine::Init(bool gemm_tuning, const ChunkLimits& chunk_limits) {
+  for (const auto& [bytes, name] :
+       {std::pair{chunk_limits.mlp_bytes, "mlp_bytes"}, std::pair{chunk_limits.logits_bytes, "logits_bytes"}}) {
+    if (bytes < 0) return InvalidArgument(std::string("chunk_limits.") + name + " must be >= 0, got " + Str(bytes));
+  }
+  if (chunk_limits.mlp_bytes > 0) limits_.mlp_bytes = static_cast<size_t>(chunk_limits.mlp_bytes);
+  if (chunk_limits.logits_bytes > 0) limits_.logits_bytes = static_cast<size_t>(chunk_limits.logits_bytes);
   SEER_RETURN_IF_CUDA_ERROR(cudaGetDevice(&device_));
   cudaDeviceProp prop{};
   SEER_RETURN_IF_CUDA_ERROR(cudaGetDeviceProperties(&prop, device_));
@@ -269,7 +277,7 @@ Status CudaEngine::Init(bool gemm_tuning) {
   }
 
   if (gates_ != nullptr) {
-    const PrefillPlan probe = PlanPrefill(config_, gate_shape_, block_, 64, false);
+    const PrefillPlan probe = PlanPrefill(config_, gate_shape_, block_, 64, false, limits_);
     if (probe.gate_scratch_bytes == 0) {
       return Unimplemented("the CUDA gate does not take this shape (head_dim " + Str(config_.head_dim) +
                            ", gate hidden " + Str(gate_shape_.gate_hidden) + ", block " + Str(block_) +
@@ -298,7 +306,7 @@ Status CudaEngine::Init(bool gemm_tuning) {
 
   // Decode works on one row: its buffers are small and held for good, so a
   // decode step never competes with a prefill for memory.
-  const PrefillPlan one = PlanPrefill(config_, GateShape{}, 64, 1, false);
+  const PrefillPlan one = PlanPrefill(config_, GateShape{}, 64, 1, false, limits_);
   SEER_ASSIGN_OR_RETURN(decode_workspace_, DeviceBuffer::Allocate(one.total_bytes, "the decode buffers"));
   decode_ = ActivationsIn(decode_workspace_, one);
   const size_t scratch = cuda::DecodeWorkspaceBytes(config_.num_heads, config_.head_dim);
@@ -397,7 +405,7 @@ StatusOr<std::string> CudaEngine::RunWarmUp(int max_tokens) {
   std::string stopped;
   for (int64_t rows = GemmTuner::kMinRows; rows <= max_tokens; rows *= 2) {
     const int r = static_cast<int>(rows);
-    const PrefillPlan plan = PlanPrefill(config_, GateShape{}, block_, r, false);
+    const PrefillPlan plan = PlanPrefill(config_, GateShape{}, block_, r, false, limits_);
     const Status room = EnsureWorkspace(plan);
     if (!room.ok()) {
       stopped = "; stopped before " + Str(r) + " rows: " + room.message();
@@ -426,7 +434,7 @@ Status CudaEngine::RunForwardWithAttentionTap(std::span<const int32_t> ids, cons
   const int nb = (L + kTargetBlock - 1) / kTargetBlock;
   SEER_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache_owner, AllocateCache(L));
   DeviceKvCache* cache = AsDeviceCache(cache_owner.get());
-  const PrefillPlan plan = PlanPrefill(config_, GateShape{}, block_, L, false);
+  const PrefillPlan plan = PlanPrefill(config_, GateShape{}, block_, L, false, limits_);
   SEER_RETURN_IF_ERROR(EnsureWorkspace(plan));
   const Activations a = ActivationsIn(workspace_, plan);
   const size_t q_elems = static_cast<size_t>(L) * hq * d, k_elems = static_cast<size_t>(L) * hkv * d;
@@ -541,7 +549,8 @@ StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, con
                                "prompt or a smaller nz_ratio");
     }
   }
-  const PrefillPlan plan = PlanPrefill(config_, gated ? gate_shape_ : GateShape{}, block_, L, options.all_logits);
+  const PrefillPlan plan =
+      PlanPrefill(config_, gated ? gate_shape_ : GateShape{}, block_, L, options.all_logits, limits_);
   SEER_RETURN_IF_ERROR(EnsureWorkspace(plan));
   DeviceBuffer probs;
   if (gated && options.keep_gate_outputs) {
@@ -835,7 +844,7 @@ Status CudaEngine::PreparePagedDecode(const PagedDecodeOptions& options) {
   BatchBuffers& b = batch_;
   b.max_batch = max_batch;
   b.max_pages = page_pool()->layout().PagesFor(config_.max_position_embeddings);
-  const PrefillPlan plan = PlanPrefill(config_, GateShape{}, 64, max_batch, /*all_logits=*/true);
+  const PrefillPlan plan = PlanPrefill(config_, GateShape{}, 64, max_batch, /*all_logits=*/true, limits_);
   SEER_ASSIGN_OR_RETURN(b.workspace, DeviceBuffer::Allocate(plan.total_bytes, "the batched decode buffers"));
   // Rows past the batch are computed and ignored; they start as zeros.
   SEER_RETURN_IF_CUDA_ERROR(cudaMemset(b.workspace.get(), 0, b.workspace.bytes()));
@@ -1073,7 +1082,7 @@ StatusOr<std::unique_ptr<Engine>> CreateCudaEngine(const EngineOptions& options)
   }
   const GateShape shape = GateShapeOf(gates.get());
   auto engine = std::make_unique<CudaEngine>(ckpt->config(), ckpt->fingerprint(), std::move(gates), shape);
-  SEER_RETURN_IF_ERROR(engine->Init(options.gemm_tuning));
+  SEER_RETURN_IF_ERROR(engine->Init(options.gemm_tuning, options.chunk_limits));
   const bool tied = views.lm_head.data == nullptr || views.lm_head.data == views.embed_tokens.data;
   SEER_RETURN_IF_ERROR(CheckWeightsFit(engine->config(), shape, tied));
   SEER_ASSIGN_OR_RETURN(DeviceModelWeights w,
@@ -1104,7 +1113,7 @@ StatusOr<std::unique_ptr<Engine>> CreateRandomCudaEngine(const ModelConfig& conf
     mix(static_cast<uint64_t>(v));
   }
   auto engine = std::make_unique<CudaEngine>(config, fp, std::move(gates), shape);
-  SEER_RETURN_IF_ERROR(engine->Init());
+  SEER_RETURN_IF_ERROR(engine->Init(/*gemm_tuning=*/true, options.chunk_limits));
   SEER_RETURN_IF_ERROR(CheckWeightsFit(config, shape, config.tie_word_embeddings));
   SEER_ASSIGN_OR_RETURN(DeviceModelWeights w, RandomModelWeights(config, shape, options.seed, engine->stream()));
   engine->SetWeights(std::move(w));

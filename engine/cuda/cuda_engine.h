@@ -26,6 +26,7 @@ struct RandomEngineOptions {
   // GPU only).
   bool with_gates = false;
   GateConfig gate_config;
+  ChunkLimits chunk_limits;
 };
 StatusOr<std::unique_ptr<Engine>> CreateRandomCudaEngine(const ModelConfig& config, const RandomEngineOptions& options);
 

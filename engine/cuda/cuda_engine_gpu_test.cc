@@ -119,11 +119,42 @@ class CudaEngineTest : public ::testing::Test {
 
   // A random engine with random gates of hidden 64 (== the small config's
   // head_dim: no mask_linear_q).
-  static StatusOr<std::unique_ptr<Engine>> GatedRandomEngine(const ModelConfig& c) {
+  static StatusOr<std::unique_ptr<Engine>> GatedRandomEngine(const ModelConfig& c, const ChunkLimits& limits = {}) {
     RandomEngineOptions o;
     o.with_gates = true;
     o.gate_config.hidden = 64;
+    o.chunk_limits = limits;
     return CreateRandomCudaEngine(c, o);
+  }
+
+  // `length` ids spread over the vocabulary.
+  static std::vector<int32_t> SpreadIds(int length, int vocab) {
+    std::vector<int32_t> ids(length);
+    for (int i = 0; i < length; ++i) ids[i] = (i * 7919 + 13) % vocab;
+    return ids;
+  }
+
+  // Dense, then the gates at nz_ratio = 0.1.
+  static std::vector<SparsityConfig> DenseAndATenth() {
+    SparsityConfig tenth;
+    tenth.mode = SparsityMode::kNzRatio;
+    tenth.nz_ratio = 0.1;
+    return {SparsityConfig{}, tenth};
+  }
+
+  // A prefill of `ids` into a new cache of their length, left in `cache`.
+  static PrefillResult PrefillIntoNewCache(Engine& e, const std::vector<int32_t>& ids, const SparsityConfig& sp,
+                                           bool all_logits, std::unique_ptr<KvCache>* cache) {
+    auto made = e.NewCache(static_cast<int>(ids.size()));
+    EXPECT_TRUE(made.ok()) << made.status().ToString();
+    if (!made.ok()) return PrefillResult{};
+    *cache = std::move(made).value();
+    PrefillOptions opts;
+    opts.sparsity = sp;
+    opts.all_logits = all_logits;
+    auto r = e.Prefill(ids, opts, cache->get(), nullptr);
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return r.ok() ? std::move(r).value() : PrefillResult{};
   }
 };
 
@@ -692,27 +723,12 @@ TEST_F(CudaEngineTest, LastLayerRunsOnlyTheRowsTheFirstTokenNeeds) {
   auto engine = GatedRandomEngine(c);
   ASSERT_TRUE(engine.ok()) << engine.status().ToString();
   const int L = 1000;
-  std::vector<int32_t> ids(L);
-  for (int i = 0; i < L; ++i) ids[i] = (i * 7919 + 13) % c.vocab_size;
-  SparsityConfig tenth;
-  tenth.mode = SparsityMode::kNzRatio;
-  tenth.nz_ratio = 0.1;
-  for (const SparsityConfig& sp : {SparsityConfig{}, tenth}) {
+  const std::vector<int32_t> ids = SpreadIds(L, c.vocab_size);
+  for (const SparsityConfig& sp : DenseAndATenth()) {
     SCOPED_TRACE(SparsityToString(sp));
-    auto run = [&](bool all_logits, std::unique_ptr<KvCache>* cache) {
-      auto made = (*engine)->NewCache(L);
-      EXPECT_TRUE(made.ok());
-      *cache = std::move(made).value();
-      PrefillOptions opts;
-      opts.sparsity = sp;
-      opts.all_logits = all_logits;
-      auto r = (*engine)->Prefill(ids, opts, cache->get(), nullptr);
-      EXPECT_TRUE(r.ok()) << r.status().ToString();
-      return r.ok() ? std::move(r).value() : PrefillResult{};
-    };
     std::unique_ptr<KvCache> full_cache, trimmed_cache;
-    const PrefillResult full = run(true, &full_cache);
-    const PrefillResult trimmed = run(false, &trimmed_cache);
+    const PrefillResult full = PrefillIntoNewCache(**engine, ids, sp, /*all_logits=*/true, &full_cache);
+    const PrefillResult trimmed = PrefillIntoNewCache(**engine, ids, sp, /*all_logits=*/false, &trimmed_cache);
     ASSERT_EQ(full.logits_rows, L);
     ASSERT_EQ(trimmed.logits_rows, 1);
     const std::vector<float> last(full.logits.end() - c.vocab_size, full.logits.end());
@@ -733,6 +749,67 @@ TEST_F(CudaEngineTest, LastLayerRunsOnlyTheRowsTheFirstTokenNeeds) {
     std::printf("last layer trimmed (%s): last-row logits rel err %.2e against the full path\n",
                 SparsityToString(sp).c_str(), err);
   }
+}
+
+// The chunked paths that only long prompts of large models reach: with
+// ChunkLimits shrunk, a 1,000-token prefill runs its MLP in chunks of 37
+// rows (and so its Q/K/V GEMMs unfused) and its logits in chunks of 29. It
+// computes what one pass computes, to GEMM rounding (the GEMMs run at other
+// shapes): every layer's K/V and every row's logits, dense and with random
+// gates. Limits below zero are refused.
+TEST_F(CudaEngineTest, ChunkedMlpAndLogitsComputeWhatOnePassComputes) {
+  ModelConfig c = SmallRandomConfig();
+  auto whole = GatedRandomEngine(c);
+  ASSERT_TRUE(whole.ok()) << whole.status().ToString();
+  ChunkLimits limits;
+  limits.mlp_bytes = int64_t{37} * 2 * 2 * c.intermediate_size;
+  limits.logits_bytes = int64_t{29} * 4 * c.vocab_size;
+  auto chunked = GatedRandomEngine(c, limits);
+  ASSERT_TRUE(chunked.ok()) << chunked.status().ToString();
+  const int L = 1000;
+  const std::vector<int32_t> ids = SpreadIds(L, c.vocab_size);
+  for (const SparsityConfig& sp : DenseAndATenth()) {
+    SCOPED_TRACE(SparsityToString(sp));
+    std::unique_ptr<KvCache> one_cache, chunked_cache;
+    const PrefillResult one = PrefillIntoNewCache(**whole, ids, sp, /*all_logits=*/true, &one_cache);
+    const PrefillResult parts = PrefillIntoNewCache(**chunked, ids, sp, /*all_logits=*/true, &chunked_cache);
+    ASSERT_EQ(parts.logits_rows, L);
+    ASSERT_EQ(parts.logits.size(), one.logits.size());
+    const double err = RelErr(parts.logits, one.logits);
+    EXPECT_LE(err, 1e-2);
+    // Every row's logits, not only the whole's norm: a chunk written to the
+    // wrong rows would leave most rows right.
+    double worst_row = 0.0;
+    for (int r = 0; r < L; ++r) {
+      const size_t at = static_cast<size_t>(r) * c.vocab_size;
+      worst_row = std::max(worst_row, RelErr(parts.logits.data() + at, one.logits.data() + at, c.vocab_size));
+    }
+    EXPECT_LE(worst_row, 2e-2);
+    const KvLayout& l = one_cache->layout();
+    const size_t n = static_cast<size_t>(l.num_kv_heads) * L * l.head_dim;
+    for (int layer = 0; layer < l.num_layers; ++layer) {
+      std::vector<uint16_t> k0(n), v0(n), k1(n), v1(n);
+      ASSERT_TRUE(one_cache->ReadLayer(layer, 0, L, k0.data(), v0.data()).ok());
+      ASSERT_TRUE(chunked_cache->ReadLayer(layer, 0, L, k1.data(), v1.data()).ok());
+      std::vector<float> ka(n), kb(n), va(n), vb(n);
+      for (size_t i = 0; i < n; ++i) {
+        ka[i] = Bf16ToFloat(k0[i]);
+        kb[i] = Bf16ToFloat(k1[i]);
+        va[i] = Bf16ToFloat(v0[i]);
+        vb[i] = Bf16ToFloat(v1[i]);
+      }
+      EXPECT_LE(RelErr(kb, ka), 1e-2) << "layer " << layer << " K";
+      EXPECT_LE(RelErr(vb, va), 1e-2) << "layer " << layer << " V";
+    }
+    std::printf("chunked MLP (37 rows) and logits (29 rows), %s: logits rel err %.2e, worst row %.2e\n",
+                SparsityToString(sp).c_str(), err, worst_row);
+  }
+  RandomEngineOptions bad;
+  bad.chunk_limits.logits_bytes = -1;
+  const auto refused = CreateRandomCudaEngine(c, bad);
+  EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("chunk_limits.logits_bytes"), std::string::npos)
+      << refused.status().ToString();
 }
 
 // Engine::WarmUp on CUDA times the prefill's GEMM classes for each row

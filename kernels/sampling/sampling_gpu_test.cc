@@ -387,7 +387,9 @@ TEST_P(CudaDecodeAndSampleTest, LlamaTokensEqualHostSamplerOnDecodeStepLogits) {
   // Both streams consumed the same number of uniforms, and counted the same tokens.
   EXPECT_EQ(host.NextUniform(), device.NextUniform());
   EXPECT_TRUE(std::ranges::equal(host.Adjustments(), device.Adjustments()));
-  if (adjusted) EXPECT_EQ(std::count(tokens.begin(), tokens.end(), 7), 0) << "token 7 is banned";
+  if (adjusted) {
+    EXPECT_EQ(std::count(tokens.begin(), tokens.end(), 7), 0) << "token 7 is banned";
+  }
   std::printf("[llama] DecodeAndSample, temperature %.2f%s: %d tokens equal to the host Sampler's; distinct %zu\n",
               sp.temperature, adjusted ? " with logit adjustments" : "", steps, [&] {
                 std::vector<int32_t> s = tokens;
