@@ -16,6 +16,8 @@
 # the machine's load. On an idle 2-core machine the writes mostly wait for
 # flow control; with two busy loops beside it (`yes > /dev/null &`, twice)
 # they got stuck in every run (docs/KV_TRANSPORT.md, section 4, has a table).
+# The test that always gets a write stuck uses a hand-written HTTP/2 client
+# instead (Robustness.AStallCancelFreesTheKvCacheWhileAWriteIsStuckInTheSocket).
 #
 #   tools/stalled_client_kv.sh [--bin DIR]   (default: build/bin)
 set -euo pipefail

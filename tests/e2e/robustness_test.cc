@@ -1,16 +1,23 @@
 // One bad client must not hurt anyone else (issue 15), with the real
 // binaries on loopback (port 0): the memory that clients that never read can
-// make seer-prefill hold is bounded by --max-buffered-bytes, a stopped
+// make seer-prefill hold is bounded by --max-buffered-bytes, a stream
+// cancelled with a write stuck in its socket frees its KV cache at the
+// cancel, a stopped
 // (SIGSTOP) prefill server is noticed in seconds and its request redone
 // elsewhere, and seer-decode's health says NOT_SERVING while no prefill
 // endpoint serves. The in-process twins of these are in server/service_test.cc
 // (Isolation.*, Detection.*, Routing.*).
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <future>
 #include <memory>
 #include <string>
@@ -208,6 +215,118 @@ TEST(Robustness, ClientsThatNeverReadCannotGrowThePrefillPastItsBudget) {
   EXPECT_EQ(cancelled_lines, first.admitted + second.admitted);
   // Still serving those who read.
   EXPECT_TRUE(ReadAll(stub.get(), PrefillOf(1024, 999)).ok());
+  prefill.Signal(SIGTERM);
+  EXPECT_EQ(prefill.Wait(), 0);
+}
+
+// One Prefill call over HTTP/2 written by hand, on a socket that is never
+// read. Its windows are 2^31 - 1 bytes, so HTTP/2 flow control never holds
+// the server back: the server's writes fill the socket's buffers (the
+// receive buffer is set small) and then stay stuck in the socket, which a
+// gRPC client cannot be made to do reliably (its window is what it has read
+// so far, and a stopped client process leaves it to timing).
+class UnreadPrefillCall {
+ public:
+  ~UnreadPrefillCall() { Close(); }
+
+  // Connects to `address` (IPv4 "HOST:PORT") and sends the call; false on a
+  // socket error.
+  bool Start(const std::string& address, const v1::PrefillRequest& req) {
+    const size_t colon = address.rfind(':');
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_port = htons(static_cast<uint16_t>(std::stoi(address.substr(colon + 1))));
+    if (inet_pton(AF_INET, address.substr(0, colon).c_str(), &to.sin_addr) != 1) return false;
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    const int small = 16 << 10;
+    if (fd_ < 0 || setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)) != 0 ||
+        connect(fd_, reinterpret_cast<const sockaddr*>(&to), sizeof(to)) != 0) {
+      return false;
+    }
+    std::string out = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    // SETTINGS: no push, streams' initial window 2^31 - 1.
+    out += Frame(0x4, 0, 0, Setting(0x2, 0) + Setting(0x4, 0x7fffffff));
+    // WINDOW_UPDATE on the connection, up to 2^31 - 1.
+    out += Frame(0x8, 0, 0, Be32(0x7fffffff - 65535));
+    std::string headers;
+    for (const auto& [name, value] : {std::pair<std::string, std::string>{":method", "POST"},
+                                      {":scheme", "http"},
+                                      {":path", "/seer.v1.PrefillService/Prefill"},
+                                      {":authority", address},
+                                      {"content-type", "application/grpc"},
+                                      {"te", "trailers"}}) {
+      // HPACK: a literal field without indexing, new name, no Huffman.
+      headers += '\0';
+      headers += static_cast<char>(name.size()) + name;
+      headers += static_cast<char>(value.size()) + value;
+    }
+    out += Frame(0x1, 0x4, 1, headers);  // HEADERS, END_HEADERS
+    const std::string message = req.SerializeAsString();
+    out += Frame(0x0, 0x1, 1, std::string(1, '\0') + Be32(static_cast<uint32_t>(message.size())) + message);
+    for (size_t sent = 0; sent < out.size();) {
+      const ssize_t n = send(fd_, out.data() + sent, out.size() - sent, MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      sent += static_cast<size_t>(n);
+    }
+    return true;
+  }
+
+  void Close() {
+    if (fd_ >= 0) close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  static std::string Be32(uint32_t v) {
+    return {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8), static_cast<char>(v)};
+  }
+  static std::string Setting(uint16_t id, uint32_t value) {
+    return std::string{static_cast<char>(id >> 8), static_cast<char>(id)} + Be32(value);
+  }
+  static std::string Frame(uint8_t type, uint8_t flags, uint32_t stream, const std::string& payload) {
+    const uint32_t n = static_cast<uint32_t>(payload.size());  // < 16 KiB, the smallest frame limit
+    return std::string{static_cast<char>(n >> 16), static_cast<char>(n >> 8), static_cast<char>(n),
+                       static_cast<char>(type), static_cast<char>(flags)} +
+           Be32(stream) + payload;
+  }
+
+  int fd_ = -1;
+};
+
+// A stream cancelled for a write stall, with a write stuck in its socket,
+// lets its KV cache go at the cancel. gRPC ends such a call (OnDone) only
+// when the stuck write ends, at the connection's close; before the fix the
+// transfer's chunk source, and a chunk in gRPC's hands, held the whole cache
+// until then (docs/KV_TRANSPORT.md, section 4). The request is still in
+// flight when its cache is freed, which shows the write was stuck; it ends
+// when the connection closes, and the server serves on.
+TEST(Robustness, AStallCancelFreesTheKvCacheWhileAWriteIsStuckInTheSocket) {
+  ServerProcess prefill(Bin("seer-prefill"),
+                        {"--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--model", SlowModel(), "--device",
+                         "cpu", "--threads", "1", "--chunk-bytes", "1048576", "--write-stall-seconds", "2"});
+  ASSERT_TRUE(prefill.Start());
+  auto stub =
+      v1::PrefillService::NewStub(grpc::CreateChannel(prefill.grpc_address(), grpc::InsecureChannelCredentials()));
+  ASSERT_TRUE(ReadAll(stub.get(), PrefillOf(1024, 7)).ok());
+  ASSERT_TRUE(WaitFor([&] { return MetricOf(prefill, "seer_kv_cache_bytes") == 0; }, 10s));
+
+  UnreadPrefillCall call;
+  ASSERT_TRUE(call.Start(prefill.grpc_address(), PrefillOf(1024, 8)));
+  ASSERT_TRUE(WaitFor([&] { return MetricOf(prefill, "seer_kv_cache_bytes") > 0; }, 60s)) << "the call never began";
+  ASSERT_TRUE(WaitFor([&] { return MetricOf(prefill, "seer_stream_write_stalls_total") >= 1; }, 60s))
+      << "the stream was never cancelled for a write stall";
+  const auto cancelled = std::chrono::steady_clock::now();
+  const bool freed = WaitFor([&] { return MetricOf(prefill, "seer_kv_cache_bytes") == 0; }, 5s);
+  const double freed_after = SecondsSince(cancelled);
+  const double in_flight = MetricOf(prefill, "seer_prefill_inflight_requests");
+  EXPECT_TRUE(freed) << "the KV cache is still held " << freed_after << " s after the stall cancel";
+  EXPECT_EQ(in_flight, 1.0) << "the call ended at the cancel: no write was stuck, so this tested nothing";
+  std::printf("[ info     ] KV cache %s %.2f s after the stall cancel, the call %s\n", freed ? "freed" : "still held",
+              freed_after, in_flight == 1.0 ? "still in flight" : "ended");
+
+  call.Close();
+  EXPECT_TRUE(WaitFor([&] { return MetricOf(prefill, "seer_prefill_inflight_requests") == 0; }, 30s));
+  EXPECT_TRUE(ReadAll(stub.get(), PrefillOf(1024, 9)).ok());
   prefill.Signal(SIGTERM);
   EXPECT_EQ(prefill.Wait(), 0);
 }
