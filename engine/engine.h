@@ -258,11 +258,15 @@ class Engine {
   int max_decode_batch_ = 0;
 };
 
-// CUDA: the largest buffers that rows go through in chunks: a prefill's
-// MLP intermediates (both, with the fused QKV output), and the float logits
-// of an all-logits prefill or a batched decode step. 0 keeps the default
-// (1 GiB, 256 MiB); the CPU engine ignores them. Tests shrink them to run
-// the chunked paths on small models.
+// CUDA: the largest buffers that rows go through in chunks: the MLP's two
+// intermediates (a prefill's, and a batched decode step's, whose fused Q/K/V
+// output shares them), and the float logits of an all-logits prefill or a
+// batched decode step. 0 keeps the default (1 GiB, 256 MiB); a chunk is at
+// least one row whatever the limit. The CPU engine ignores them. Tests
+// shrink them to run the chunked paths on small models; a batched decode
+// whose --max-batch rows exceed one MLP chunk (never at the default) runs
+// its Q/K/V GEMMs unfused, and a sequence's tokens may then depend on the
+// rest of the batch by GEMM rounding.
 struct ChunkLimits {
   int64_t mlp_bytes = 0;
   int64_t logits_bytes = 0;

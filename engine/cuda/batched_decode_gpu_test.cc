@@ -1,10 +1,9 @@
 // Batched decode over the paged KV cache on the CUDA engine: each sequence
 // decodes exactly the same tokens alone and in a batch whose members join and
 // leave mid-way (greedy and sampled with a seed), and the same whether the
-// steps replay CUDA graphs or launch their kernels, and whether the logits go
-// through in one pass or in chunks; its first decoded logits
-// agree with the contiguous single-sequence path to bf16 rounding; every page
-// is back in the pool afterwards.
+// steps replay CUDA graphs or launch their kernels, and with the logits in
+// chunks; its first decoded logits agree with the contiguous single-sequence
+// path to bf16 rounding; every page is back in the pool afterwards.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -15,6 +14,7 @@
 
 #include "base/dtype.h"
 #include "engine/cuda/cuda_engine.h"
+#include "engine/cuda/device_buffer.h"
 #include "engine/engine.h"
 #include "kernels/common/gpu_test_util.h"
 #include "tests/batched_decode_util.h"
@@ -46,6 +46,18 @@ std::unique_ptr<Engine> LoadCuda(const std::string& name, int max_batch, bool cu
   return std::move(e).value();
 }
 
+// Each request decodes in the batch exactly the tokens it decodes alone.
+void ExpectEachDecodesAsAlone(Engine& e, const std::vector<Request>& requests) {
+  const std::vector<std::vector<int32_t>> together = RunBatched(e, requests);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    Request alone = requests[i];
+    alone.join_step = 0;
+    const std::vector<std::vector<int32_t>> solo = RunBatched(e, {alone});
+    EXPECT_EQ(together[i], solo[0]) << "request " << i;
+    EXPECT_EQ(static_cast<int>(solo[0].size()), requests[i].new_tokens);
+  }
+}
+
 class CudaBatchedDecode : public ::testing::TestWithParam<const char*> {
  protected:
   void SetUp() override {
@@ -57,15 +69,7 @@ class CudaBatchedDecode : public ::testing::TestWithParam<const char*> {
 TEST_P(CudaBatchedDecode, EachSequenceDecodesTheSameTokensAloneAndInABatch) {
   std::unique_ptr<Engine> e = LoadCuda(GetParam(), 8);
   ASSERT_NE(e, nullptr);
-  const std::vector<Request> requests = MixedRequests();
-  const std::vector<std::vector<int32_t>> together = RunBatched(*e, requests);
-  for (size_t i = 0; i < requests.size(); ++i) {
-    Request alone = requests[i];
-    alone.join_step = 0;
-    const std::vector<std::vector<int32_t>> solo = RunBatched(*e, {alone});
-    EXPECT_EQ(together[i], solo[0]) << "request " << i;
-    EXPECT_EQ(static_cast<int>(solo[0].size()), requests[i].new_tokens);
-  }
+  ExpectEachDecodesAsAlone(*e, MixedRequests());
   EXPECT_EQ(e->page_pool()->free_pages(), e->page_pool()->num_pages());
 }
 
@@ -78,21 +82,29 @@ TEST_P(CudaBatchedDecode, EachRowTakesItsOwnLogitBias) {
   batched_test::ExpectForcedTokens(RunBatched(*e, requests), requests);
 }
 
-// With the logits buffer shrunk to 3 rows, a step's 8 rows go through the
-// lm_head, the logit adjustments and the samplers in chunks of 3, 3 and 2
-// (at the default 256 MiB that takes over 512 rows of a 128k vocabulary).
-// Each request still gets its forced tokens in whichever row it decodes,
-// and the greedy and seeded requests decode what one pass decodes.
-TEST_P(CudaBatchedDecode, LogitsInChunksDecodeWhatOnePassDecodes) {
-  const std::vector<Request> mixed = MixedRequests();
-  std::unique_ptr<Engine> whole = LoadCuda(GetParam(), 8);
+// With the logits buffer shrunk to 4 rows of --max-batch 7, a step's rows
+// go through the lm_head, the logit adjustments and the samplers in two
+// chunks of 4 (at the default 256 MiB that takes over 512 rows of a 128k
+// vocabulary), the second starting early, at row 3, so that every lm_head
+// GEMM has the same shape: the engine holds 3 rows' logits fewer than with
+// one chunk, each request still decodes exactly its tokens alone, and gets
+// its forced tokens in whichever row it decodes (the batch reaches 5 and 6
+// rows for 10 of its steps).
+TEST_P(CudaBatchedDecode, LogitsInChunksDecodeEachSequenceAsAlone) {
+  const size_t at_start = GetDeviceMemoryStats().current_bytes;
+  std::unique_ptr<Engine> whole = LoadCuda(GetParam(), 7);
   ASSERT_NE(whole, nullptr);
-  const std::vector<std::vector<int32_t>> want = RunBatched(*whole, mixed);
+  const double whole_bytes = static_cast<double>(GetDeviceMemoryStats().current_bytes - at_start);
   const int64_t row_bytes = int64_t{4} * whole->config().vocab_size;
   whole.reset();
-  std::unique_ptr<Engine> chunked = LoadCuda(GetParam(), 8, /*cuda_graphs=*/true, 3 * row_bytes);
+  const size_t before = GetDeviceMemoryStats().current_bytes;
+  std::unique_ptr<Engine> chunked = LoadCuda(GetParam(), 7, /*cuda_graphs=*/true, 4 * row_bytes);
   ASSERT_NE(chunked, nullptr);
-  EXPECT_EQ(RunBatched(*chunked, mixed), want);
+  const double chunked_bytes = static_cast<double>(GetDeviceMemoryStats().current_bytes - before);
+  EXPECT_NEAR(whole_bytes - chunked_bytes, 3.0 * static_cast<double>(row_bytes), 512.0)
+      << "the logits buffer is not 4 rows: the limit is not in effect";
+
+  ExpectEachDecodesAsAlone(*chunked, MixedRequests());
   const std::vector<Request> forced = batched_test::ForcedRequests();
   batched_test::ExpectForcedTokens(RunBatched(*chunked, forced), forced);
   EXPECT_EQ(chunked->page_pool()->free_pages(), chunked->page_pool()->num_pages());

@@ -219,8 +219,11 @@ class CudaEngine final : public Engine {
   DeviceBuffer last_block_lists_;  // a prefill's last layer: each head's last CSR list, the other rows empty
   Activations decode_;
   // Batched decode (PreparePagedDecode). Every step runs the GEMMs on
-  // max_batch rows, whatever the batch: the same shapes give the same cuBLAS
-  // kernels, so a sequence's tokens never depend on the rest of the batch.
+  // max_batch rows, whatever the batch, and the lm_head on chunks of
+  // logits_chunk rows: the same shapes give the same cuBLAS kernels, so a
+  // sequence's tokens never depend on the rest of the batch. (An MLP chunk
+  // smaller than max_batch, which only a ChunkLimits far below the default
+  // gives, would break this: its last chunk is shorter.)
   struct BatchBuffers {
     int max_batch = 0;
     int max_pages = 0;  // block table entries per sequence
@@ -849,6 +852,12 @@ Status CudaEngine::PreparePagedDecode(const PagedDecodeOptions& options) {
   // Rows past the batch are computed and ignored; they start as zeros.
   SEER_RETURN_IF_CUDA_ERROR(cudaMemset(b.workspace.get(), 0, b.workspace.bytes()));
   b.a = ActivationsIn(b.workspace, plan);
+  // The lm_head's rows in as few chunks as the logits buffer allows, each
+  // as small as that number of chunks allows (600 rows: two of 300), so
+  // that the last chunk, which starts early over rows already done,
+  // computes the fewest rows twice.
+  const int chunks = (max_batch + plan.logits_chunk - 1) / plan.logits_chunk;
+  b.a.logits_chunk = (max_batch + chunks - 1) / chunks;
   const size_t meta = 3 * static_cast<size_t>(max_batch) + static_cast<size_t>(max_batch) * b.max_pages;
   SEER_ASSIGN_OR_RETURN(b.meta, DeviceBuffer::Allocate(sizeof(int32_t) * meta, "the batched decode tables"));
   SEER_RETURN_IF_CUDA_ERROR(cudaMemset(b.meta.get(), 0, b.meta.bytes()));
@@ -932,23 +941,28 @@ Status CudaEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int
   // Logits in chunks of rows (every row, for the same GEMM shapes); each
   // sequence's token from its own sampler: the largest logit for greedy rows
   // (ArgMaxRows), SampleToken with the row's one uniform for the others, as
-  // DecodeAndSample would.
+  // DecodeAndSample would. Every chunk is logits_chunk rows: the last one
+  // starts early, over rows already done (computed again, not sampled
+  // again), so that a row's lm_head GEMM has the same shape wherever the row
+  // sits in the batch.
   const int vocab = config_.vocab_size;
+  const int chunk = a.logits_chunk;  // <= rows
   std::vector<Sampler*> samplers;
   for (int r = 0; r < B; ++r) samplers.push_back(seqs[r].sampler);
   std::vector<int> offsets;
   SEER_ASSIGN_OR_RETURN(const bool adjusted, StageAdjustments(samplers, &offsets));
-  for (int r0 = 0; r0 < rows; r0 += a.logits_chunk) {
-    const int n = std::min(a.logits_chunk, rows - r0);
-    SEER_RETURN_IF_ERROR(run.Logits(a, r0, n));
-    if (r0 >= B) continue;
-    if (adjusted) SEER_RETURN_IF_ERROR(AdjustRows(a.logits, offsets, r0, std::min(n, B - r0)));
-    SEER_RETURN_IF_CUDA_ERROR(cuda::ArgMaxRows(a.logits, std::min(n, B - r0), vocab, d_next + r0, stream_));
-    for (int r = r0; r < std::min(r0 + n, B); ++r) {
+  for (int r0 = 0; r0 < B; r0 += chunk) {
+    const int start = std::min(r0, rows - chunk);
+    SEER_RETURN_IF_ERROR(run.Logits(a, start, chunk));
+    float* logits = a.logits + static_cast<size_t>(r0 - start) * vocab;  // row r0's
+    const int n = std::min(start + chunk, B) - r0;  // rows r0 .. r0 + n - 1 are new here
+    if (adjusted) SEER_RETURN_IF_ERROR(AdjustRows(logits, offsets, r0, n));
+    SEER_RETURN_IF_CUDA_ERROR(cuda::ArgMaxRows(logits, n, vocab, d_next + r0, stream_));
+    for (int r = r0; r < r0 + n; ++r) {
       const SamplingParams& sp = seqs[r].sampler->params();
       if (sp.temperature <= 0.0) continue;
       const double u = seqs[r].sampler->NextUniform();
-      SEER_RETURN_IF_CUDA_ERROR(cuda::SampleToken(a.logits + static_cast<size_t>(r - r0) * vocab, vocab, sp.temperature,
+      SEER_RETURN_IF_CUDA_ERROR(cuda::SampleToken(logits + static_cast<size_t>(r - r0) * vocab, vocab, sp.temperature,
                                                   sp.top_k > 0 ? sp.top_k : 0, sp.top_p, u, sample_scratch_.get(),
                                                   sample_scratch_.bytes(), d_next + r, stream_));
     }

@@ -29,6 +29,7 @@
 
 #include "base/dtype.h"
 #include "engine/cuda/cuda_engine.h"
+#include "engine/cuda/device_buffer.h"
 #include "engine/engine.h"
 #include "engine/kv/kv_cache.h"
 #include "formats/safetensors.h"
@@ -753,10 +754,10 @@ TEST_F(CudaEngineTest, LastLayerRunsOnlyTheRowsTheFirstTokenNeeds) {
 
 // The chunked paths that only long prompts of large models reach: with
 // ChunkLimits shrunk, a 1,000-token prefill runs its MLP in chunks of 37
-// rows (and so its Q/K/V GEMMs unfused) and its logits in chunks of 29. It
-// computes what one pass computes, to GEMM rounding (the GEMMs run at other
-// shapes): every layer's K/V and every row's logits, dense and with random
-// gates. Limits below zero are refused.
+// rows and its logits in chunks of 29, and its buffers are that much
+// smaller. It computes what one pass computes, to GEMM rounding (the GEMMs
+// run at other shapes): every layer's K/V and every row's logits, dense and
+// with random gates. Limits below zero are refused.
 TEST_F(CudaEngineTest, ChunkedMlpAndLogitsComputeWhatOnePassComputes) {
   ModelConfig c = SmallRandomConfig();
   auto whole = GatedRandomEngine(c);
@@ -768,6 +769,17 @@ TEST_F(CudaEngineTest, ChunkedMlpAndLogitsComputeWhatOnePassComputes) {
   ASSERT_TRUE(chunked.ok()) << chunked.status().ToString();
   const int L = 1000;
   const std::vector<int32_t> ids = SpreadIds(L, c.vocab_size);
+  // What each engine's first (dense) prefill adds to its held memory: the
+  // same cache, and its buffers, kept for the next prefill.
+  auto held_by_first_prefill = [&](Engine& e) {
+    std::unique_ptr<KvCache> cache;
+    const size_t before = GetDeviceMemoryStats().current_bytes;
+    PrefillIntoNewCache(e, ids, SparsityConfig{}, /*all_logits=*/true, &cache);
+    return static_cast<double>(GetDeviceMemoryStats().current_bytes - before);
+  };
+  const double saved = held_by_first_prefill(**whole) - held_by_first_prefill(**chunked);
+  const double rows_saved = (L - 37.0) * 2 * 2 * c.intermediate_size + (L - 29.0) * 4 * c.vocab_size;
+  EXPECT_NEAR(saved, rows_saved, 1024.0) << "the MLP and logits buffers are not 37 and 29 rows";
   for (const SparsityConfig& sp : DenseAndATenth()) {
     SCOPED_TRACE(SparsityToString(sp));
     std::unique_ptr<KvCache> one_cache, chunked_cache;

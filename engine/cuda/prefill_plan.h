@@ -50,6 +50,6 @@ struct PlanLimits {
 // `gates.gate_hidden == 0`: no gate buffers. `all_logits` sizes the lm_head
 // chunk for every row rather than the last one.
 PrefillPlan PlanPrefill(const ModelConfig& config, const GateShape& gates, int gate_block_size, int seq_len,
-                        bool all_logits, const PlanLimits& limits = {});
+                        bool all_logits, const PlanLimits& limits);
 
 }  // namespace seer

@@ -237,7 +237,7 @@ class UnreadPrefillCall {
     to.sin_family = AF_INET;
     to.sin_port = htons(static_cast<uint16_t>(std::stoi(address.substr(colon + 1))));
     if (inet_pton(AF_INET, address.substr(0, colon).c_str(), &to.sin_addr) != 1) return false;
-    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     const int small = 16 << 10;
     if (fd_ < 0 || setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)) != 0 ||
         connect(fd_, reinterpret_cast<const sockaddr*>(&to), sizeof(to)) != 0) {
@@ -255,7 +255,10 @@ class UnreadPrefillCall {
                                       {":authority", address},
                                       {"content-type", "application/grpc"},
                                       {"te", "trailers"}}) {
-      // HPACK: a literal field without indexing, new name, no Huffman.
+      // HPACK: a literal field without indexing, new name, no Huffman; the
+      // lengths fit the 7-bit prefix.
+      EXPECT_LT(name.size(), 127u);
+      EXPECT_LT(value.size(), 127u);
       headers += '\0';
       headers += static_cast<char>(name.size()) + name;
       headers += static_cast<char>(value.size()) + value;
@@ -284,7 +287,8 @@ class UnreadPrefillCall {
     return std::string{static_cast<char>(id >> 8), static_cast<char>(id)} + Be32(value);
   }
   static std::string Frame(uint8_t type, uint8_t flags, uint32_t stream, const std::string& payload) {
-    const uint32_t n = static_cast<uint32_t>(payload.size());  // < 16 KiB, the smallest frame limit
+    const uint32_t n = static_cast<uint32_t>(payload.size());
+    EXPECT_LE(n, 16384u) << "HTTP/2's smallest frame size limit";
     return std::string{static_cast<char>(n >> 16), static_cast<char>(n >> 8), static_cast<char>(n),
                        static_cast<char>(type), static_cast<char>(flags)} +
            Be32(stream) + payload;
