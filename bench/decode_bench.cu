@@ -1,10 +1,15 @@
 // Batched decode of the Llama-3.1-8B shape (random bf16 weights on the GPU)
 // over the paged KV cache: for each row (batch B at context C) the median
-// step time, tokens per second, and the step's memory-bandwidth limit: the
-// weights plus every running sequence's KV, read once per step, at the
-// device-to-device copy bandwidth measured in the same run (bytes read plus
-// bytes written over time). The KV is written straight into the pages (no
-// prefill); its values are random.
+// step time, tokens per second, and the least time the step can take. A
+// step has two phases, each bound by its bytes or its FLOPs, whichever take
+// longer: the projections and the lm_head (their weights read once; 2 FLOPs
+// per weight and row) and the attention (every running sequence's K and V
+// read once; 4 FLOPs per query head, head dimension and context token).
+// Bytes go at the device-to-device copy bandwidth and FLOPs at the rate of a
+// large bf16 GEMM, both measured in the same run. The limit is the two
+// phases' sum. Small batches are bound by bytes in both phases; at hundreds
+// of rows the projections are bound by FLOPs. The KV is written straight
+// into the pages (no prefill); its values are random.
 //
 //   seer-decode-bench [--rows 1x8192,8x8192,1x32768,8x32768,32x8192,128x2048]
 //                     [--steps 32] [--page-tokens 64] [--layers 32] [--json]
@@ -17,6 +22,8 @@
 #include <string>
 #include <vector>
 
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include "base/version.h"
@@ -24,8 +31,10 @@
 #include "base/json.h"
 #include "bench/bench_util.h"
 #include "engine/cuda/cuda_engine.h"
+#include "engine/cuda/device_buffer.h"
 #include "engine/cuda/device_page_pool.h"
 #include "engine/cuda/device_weights.h"
+#include "engine/cuda/gemm.h"
 #include "engine/engine.h"
 #include "kernels/common/check.h"
 #include "kernels/ops/ops.h"
@@ -60,9 +69,47 @@ double CopyBandwidth() {
   return 2.0 * static_cast<double>(bytes) / (ms[ms.size() / 2] * 1e-3);
 }
 
+// FLOP/s of a large bf16 GEMM (8192 x 8192 x 8192, float32 accumulate)
+// through the engine's own GEMM call, timed over 200 runs (about 0.3 s)
+// after 200 to warm up, so that the clock has settled under the power cap:
+// the ceiling a compute-bound phase can reach on this device. 0 on failure.
+double GemmRate() {
+  constexpr int n = 8192;
+  const size_t elems = size_t{n} * n;
+  auto x = DeviceBuffer::Allocate(elems * 2, "GEMM rate x");
+  auto w = DeviceBuffer::Allocate(elems * 2, "GEMM rate w");
+  auto y = DeviceBuffer::Allocate(elems * 2, "GEMM rate y");
+  if (!x.ok() || !w.ok() || !y.ok()) return 0.0;
+  SEER_CUDA_CHECK(cuda::FillUniform(x->as<__nv_bfloat16>(), elems, 1, 1.0f, nullptr));
+  SEER_CUDA_CHECK(cuda::FillUniform(w->as<__nv_bfloat16>(), elems, 2, 1.0f, nullptr));
+  cublasHandle_t handle = nullptr;
+  if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) return 0.0;
+  constexpr int kWarm = 200, kTimed = 200;
+  cudaEvent_t e0, e1;
+  SEER_CUDA_CHECK(cudaEventCreate(&e0));
+  SEER_CUDA_CHECK(cudaEventCreate(&e1));
+  bool ok = true;
+  for (int i = 0; i < kWarm + kTimed && ok; ++i) {
+    if (i == kWarm) SEER_CUDA_CHECK(cudaEventRecord(e0));
+    ok = LinearBf16(handle, x->as<__nv_bfloat16>(), n, n, w->as<__nv_bfloat16>(), n, y->get(), CUDA_R_16BF, 0.0f)
+             .ok();
+  }
+  SEER_CUDA_CHECK(cudaEventRecord(e1));
+  SEER_CUDA_CHECK(cudaEventSynchronize(e1));
+  float ms = 0;
+  SEER_CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+  SEER_CUDA_CHECK(cudaEventDestroy(e0));
+  SEER_CUDA_CHECK(cudaEventDestroy(e1));
+  cublasDestroy(handle);
+  return ok ? 2.0 * n * double{n} * n * kTimed / (ms * 1e-3) : 0.0;
+}
+
 struct Row {
   int batch = 0, context = 0;
-  double step_ms = 0.0, limit_ms = 0.0;
+  double step_ms = 0.0;
+  // Each phase's time at the copy bandwidth and at the GEMM rate.
+  double weights_ms = 0.0, gemm_ms = 0.0, kv_ms = 0.0, attention_ms = 0.0;
+  double limit_ms() const { return std::max(weights_ms, gemm_ms) + std::max(kv_ms, attention_ms); }
   double tokens_per_s() const { return batch / (step_ms * 1e-3); }
 };
 
@@ -107,7 +154,24 @@ int Main(int argc, char** argv) {
   cudaDeviceProp prop{};
   SEER_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   const double copy_bw = CopyBandwidth();
-  const double weight_bytes = static_cast<double>(ModelWeightBytes(config, GateShape{}, false));
+  const double gemm_rate = GemmRate();
+  if (gemm_rate <= 0.0) {
+    std::fprintf(stderr, "seer-decode-bench: timing the GEMM rate failed\n");
+    return 1;
+  }
+  // Bytes read once a step: every weight but the embedding table, of which
+  // a step reads only its rows' (a lookup; Llama-3.1-8B does not tie it to
+  // the lm_head).
+  const double weight_bytes = static_cast<double>(ModelWeightBytes(config, GateShape{}, false)) -
+                              2.0 * config.vocab_size * config.hidden_size;
+  // Multiply-adds per row and step: q/o, k/v, the MLP's three and the
+  // lm_head; and per token of context the attention's QK^T and PV over all
+  // query heads.
+  const double h = config.hidden_size, hq = config.num_heads, hkv = config.num_kv_heads, d = config.head_dim;
+  const double row_macs =
+      config.num_layers * (h * hq * d * 2 + h * hkv * d * 2 + 3 * h * config.intermediate_size) +
+      h * config.vocab_size;
+  const double attention_macs_per_token = config.num_layers * hq * d * 2;
   const double kv_per_token = 2.0 * config.num_layers * config.num_kv_heads * config.head_dim * 2;
 
   std::vector<Row> results;
@@ -184,7 +248,13 @@ int Main(int argc, char** argv) {
     r.batch = batch;
     r.context = context;
     r.step_ms = ms[ms.size() / 2];
-    r.limit_ms = (weight_bytes + batch * (context + steps / 2.0) * kv_per_token) / copy_bw * 1e3;
+    // The timed steps come after 3 warm-up steps: contexts context + 4 to
+    // context + 3 + steps.
+    const double mean_context = context + 3.0 + (steps + 1) / 2.0;
+    r.weights_ms = weight_bytes / copy_bw * 1e3;
+    r.gemm_ms = 2.0 * batch * row_macs / gemm_rate * 1e3;
+    r.kv_ms = batch * mean_context * kv_per_token / copy_bw * 1e3;
+    r.attention_ms = 2.0 * batch * mean_context * attention_macs_per_token / gemm_rate * 1e3;
     results.push_back(r);
     std::fprintf(stderr, "  %dx%d: %.2f ms/step\n", batch, context, r.step_ms);
   }
@@ -193,6 +263,7 @@ int Main(int argc, char** argv) {
     JsonValue out = JsonValue::Object();
     out.Set("device", JsonValue::String(prop.name));
     out.Set("copy_gbps", JsonValue::Number(copy_bw / 1e9));
+    out.Set("gemm_tflops", JsonValue::Number(gemm_rate / 1e12));
     out.Set("cuda_graphs", JsonValue::Bool(cuda_graphs));
     out.Set("adjusted_tokens_per_sequence", JsonValue::Int(adjust));
     JsonValue list = JsonValue::Array();
@@ -202,7 +273,11 @@ int Main(int argc, char** argv) {
       o.Set("context", JsonValue::Int(r.context));
       o.Set("step_ms", JsonValue::Number(r.step_ms));
       o.Set("tokens_per_s", JsonValue::Number(r.tokens_per_s()));
-      o.Set("limit_ms", JsonValue::Number(r.limit_ms));
+      o.Set("weights_read_ms", JsonValue::Number(r.weights_ms));
+      o.Set("gemm_compute_ms", JsonValue::Number(r.gemm_ms));
+      o.Set("kv_read_ms", JsonValue::Number(r.kv_ms));
+      o.Set("attention_compute_ms", JsonValue::Number(r.attention_ms));
+      o.Set("limit_ms", JsonValue::Number(r.limit_ms()));
       list.Append(std::move(o));
     }
     out.Set("rows", std::move(list));
@@ -211,14 +286,17 @@ int Main(int argc, char** argv) {
   }
   std::printf(
       "\nBatched paged decode, %s, Llama-3.1-8B shape (%d layers), bf16, page %d tokens, CUDA graphs %s; copy %.0f "
-      "GB/s; %lld adjusted tokens per sequence\n",
+      "GB/s, GEMM %.0f TFLOP/s; %lld adjusted tokens per sequence\n",
       prop.name, config.num_layers, static_cast<int>(page_tokens), cuda_graphs ? "on" : "off", copy_bw / 1e9,
-      static_cast<long long>(adjust));
-  std::printf("| batch | context | ms/step | tokens/s | bandwidth limit ms | step / limit |\n");
-  std::printf("|---|---|---|---|---|---|\n");
+      gemm_rate / 1e12, static_cast<long long>(adjust));
+  std::printf(
+      "| batch | context | ms/step | tokens/s | weights read / GEMMs ms | KV read / attention ms | limit ms | step / "
+      "limit |\n");
+  std::printf("|---|---|---|---|---|---|---|---|\n");
   for (const Row& r : results) {
-    std::printf("| %d | %d | %.2f | %.0f | %.2f | %.2f |\n", r.batch, r.context, r.step_ms, r.tokens_per_s(),
-                r.limit_ms, r.step_ms / r.limit_ms);
+    std::printf("| %d | %d | %.2f | %.0f | %.2f / %.2f | %.2f / %.2f | %.2f | %.2f |\n", r.batch, r.context,
+                r.step_ms, r.tokens_per_s(), r.weights_ms, r.gemm_ms, r.kv_ms, r.attention_ms, r.limit_ms(),
+                r.step_ms / r.limit_ms());
   }
   return 0;
 }
