@@ -938,9 +938,9 @@ Status CudaEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int
     }
     return OkStatus();
   }));
-  // Logits in chunks of rows (every row, for the same GEMM shapes); each
-  // sequence's token from its own sampler: the largest logit for greedy rows
-  // (ArgMaxRows), SampleToken with the row's one uniform for the others, as
+  // Logits in chunks of rows, up to the batch's last; each sequence's token
+  // from its own sampler: the largest logit for greedy rows (ArgMaxRows),
+  // SampleToken with the row's one uniform for the others, as
   // DecodeAndSample would. Every chunk is logits_chunk rows: the last one
   // starts early, over rows already done (computed again, not sampled
   // again), so that a row's lm_head GEMM has the same shape wherever the row
