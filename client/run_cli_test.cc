@@ -7,6 +7,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -92,6 +94,53 @@ TEST_P(RunCli, JsonTokensEqualTransformersGreedy) {
   ASSERT_NE(one_json->Find("tokens"), nullptr);
   ASSERT_EQ(one_json->Find("tokens")->as_array().size(), 1u);
   EXPECT_EQ(one_json->Find("tokens")->as_array()[0].as_int64(), (*greedy)[0]);
+}
+
+// --logprobs against Hugging Face: the next token's log-probability and its
+// 5 alternatives are log_softmax (in long double here) of transformers'
+// logits at the prompt's last position; every generated token's logprob is
+// its own top entry (greedy).
+TEST_P(RunCli, LogprobsAreLogSoftmaxOfTransformersLogits) {
+  auto want_logits = fixtures::F32(*expected_, "logits");
+  ASSERT_TRUE(want_logits.ok()) << want_logits.status().ToString();
+  const size_t vocab = want_logits->size() / ids_.size();
+  const std::vector<float> last(want_logits->end() - static_cast<std::ptrdiff_t>(vocab), want_logits->end());
+  RunOutput r = RunSeer({"run", "--model", model(), "--ids", JoinIds(ids_, ","), "--device", "cpu", "--max-new-tokens",
+                         "4", "--logprobs", "5", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto json = JsonValue::Parse(r.out);
+  ASSERT_TRUE(json.ok()) << r.out;
+  const JsonValue* logprobs = json->Find("logprobs");
+  ASSERT_TRUE(logprobs != nullptr && logprobs->is_array()) << r.out;
+  ASSERT_EQ(logprobs->as_array().size(), 4u);
+  long double total = 0.0L;
+  for (float v : last) total += std::exp(static_cast<long double>(v));
+  auto hf = [&](int64_t id) {
+    return static_cast<double>(std::log(std::exp(static_cast<long double>(last[id])) / total));
+  };
+  std::vector<int64_t> order(vocab);
+  for (size_t i = 0; i < vocab; ++i) order[i] = static_cast<int64_t>(i);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return last[a] > last[b]; });
+  const JsonValue& first = logprobs->as_array()[0];
+  EXPECT_EQ(first.Find("token")->as_int64(), order[0]);
+  EXPECT_NEAR(first.Find("logprob")->as_double(), hf(order[0]), 1e-4);
+  const auto& top = first.Find("top")->as_array();
+  ASSERT_EQ(top.size(), 5u);
+  for (size_t k = 0; k < top.size(); ++k) {
+    EXPECT_EQ(top[k].Find("token")->as_int64(), order[k]) << k;
+    EXPECT_NEAR(top[k].Find("logprob")->as_double(), hf(order[k]), 1e-4) << k;
+  }
+  const auto& tokens = json->Find("tokens")->as_array();
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const JsonValue& e = logprobs->as_array()[i];
+    EXPECT_EQ(e.Find("token")->as_int64(), tokens[i].as_int64()) << i;
+    EXPECT_EQ(e.Find("top")->as_array()[0].Find("token")->as_int64(), tokens[i].as_int64()) << i;
+    EXPECT_EQ(e.Find("top")->as_array()[0].Find("logprob")->as_double(), e.Find("logprob")->as_double()) << i;
+    EXPECT_LT(e.Find("logprob")->as_double(), 0.0) << i;
+  }
+  RunOutput bad = RunSeer({"run", "--model", model(), "--ids", "1,2", "--logprobs", "21"});
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.err.find("--logprobs"), std::string::npos) << bad.err;
 }
 
 TEST_P(RunCli, DumpEqualsTransformersLogitsAndKv) {

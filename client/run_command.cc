@@ -46,6 +46,7 @@ struct RunFlags {
   std::string dump;
   bool json = false;
   int64_t threads = 0;
+  int64_t logprobs = -1;
 };
 
 int UsageError(const std::string& message) {
@@ -127,6 +128,10 @@ int Run(int argc, char** argv) {
              "Print one JSON object: tokens, next_token, density {overall, layers}, prefill_ms, decode_ms, "
              "device, seq_len, sparsity.");
   flags.Int("threads", &f.threads, "CPU threads for the cpu device; 0 uses every core.");
+  flags.Int("logprobs", &f.logprobs,
+            "Also print each token's log-probability under the model (log_softmax of its logits) and its N most "
+            "likely alternatives, 0 to " +
+                std::to_string(kMaxTopLogprobs) + "; -1 prints none. As seer-decode reports them.");
 
   Status parsed = flags.Parse(argc, argv, 1);
   if (!parsed.ok()) return UsageError(parsed.message());
@@ -136,6 +141,10 @@ int Run(int argc, char** argv) {
   }
   if (!flags.positional().empty()) return UsageError("unexpected argument '" + flags.positional()[0] + "'");
   if (f.model.empty()) return UsageError("--model is required (a checkpoint directory)");
+  if (f.logprobs < -1 || f.logprobs > kMaxTopLogprobs) {
+    return UsageError("--logprobs: " + std::to_string(f.logprobs) + " is out of range [-1, " +
+                      std::to_string(kMaxTopLogprobs) + "]");
+  }
   if (Status s = f.prompt.CheckOne(flags); !s.ok()) return UsageError(s.message());
   const bool text_mode = f.prompt.is_text(flags);
   if (text_mode && !flags.WasSet("max-new-tokens")) f.max_new_tokens = kDefaultTextTokens;
@@ -230,10 +239,14 @@ int Run(int argc, char** argv) {
 
   // Greedy decoding from the last prompt position, through the sampler the
   // servers use (DecodeAndSample samples where the engine keeps the logits).
-  Sampler sampler(SamplingParams{});
+  SamplingParams greedy;
+  greedy.logprobs = static_cast<int>(f.logprobs);
+  Sampler sampler(greedy);
   const float* last = result.logits.data() + static_cast<size_t>(result.logits_rows - 1) * config.vocab_size;
   const int32_t next_token = sampler.Sample(std::span<const float>(last, static_cast<size_t>(config.vocab_size)));
   std::vector<int32_t> tokens = {next_token};
+  std::vector<TokenLogprobs> logprobs;
+  if (sampler.wants_logprobs()) logprobs.push_back(sampler.last_logprobs());
   // A text prompt's answer ends at an end-of-text id (the tokenizer's EOS,
   // generation_config.json's eos_token_id), as seer-decode's does.
   std::vector<int32_t> end_ids;
@@ -248,6 +261,7 @@ int Run(int argc, char** argv) {
     StatusOr<int32_t> next = engine.DecodeAndSample(tokens.back(), &cache, &sampler);
     if (!next.ok()) return RuntimeError(next.status());
     tokens.push_back(*next);
+    if (sampler.wants_logprobs()) logprobs.push_back(sampler.last_logprobs());
   }
   std::string text;
   if (text_mode && generate > 0) {
@@ -265,6 +279,24 @@ int Run(int argc, char** argv) {
     for (int32_t t : tokens) token_list.Append(JsonValue::Int(t));
     out.Set("tokens", std::move(token_list));
     out.Set("next_token", JsonValue::Int(next_token));
+    if (sampler.wants_logprobs()) {
+      // [{token, logprob, top: [{token, logprob}]}] per token; -inf as null.
+      auto entry = [](const TokenLogprob& t) {
+        JsonValue e = JsonValue::Object();
+        e.Set("token", JsonValue::Int(t.id));
+        e.Set("logprob", std::isfinite(t.logprob) ? JsonValue::Number(t.logprob) : JsonValue());
+        return e;
+      };
+      JsonValue list = JsonValue::Array();
+      for (const TokenLogprobs& lp : logprobs) {
+        JsonValue e = entry(lp.chosen);
+        JsonValue top = JsonValue::Array();
+        for (const TokenLogprob& t : lp.top) top.Append(entry(t));
+        e.Set("top", std::move(top));
+        list.Append(std::move(e));
+      }
+      out.Set("logprobs", std::move(list));
+    }
     if (text_mode) out.Set("text", JsonValue::String(text));
     JsonValue density = JsonValue::Object();
     density.Set("overall", JsonValue::Number(result.overall_density));
@@ -303,6 +335,16 @@ int Run(int argc, char** argv) {
     for (int32_t t : tokens) os << " " << t;
     os << "\n            (" << tokens.size() << " tokens, " << FormatDouble(decode_ms, 2) << " ms decoding)\n";
     if (text_mode) os << "text        " << text << "\n";
+  }
+  for (size_t i = 0; i < logprobs.size(); ++i) {
+    os << "logprob " << i
+       << (i < 10    ? "   "
+           : i < 100 ? "  "
+                     : " ")
+       << logprobs[i].chosen.id << " " << FormatDouble(logprobs[i].chosen.logprob, 4);
+    if (!logprobs[i].top.empty()) os << "  (top:";
+    for (const TokenLogprob& t : logprobs[i].top) os << " " << t.id << " " << FormatDouble(t.logprob, 4);
+    os << (logprobs[i].top.empty() ? "\n" : ")\n");
   }
   os << "density     overall " << FormatDouble(result.overall_density, 4) << "\n";
   for (size_t i = 0; i < result.layer_density.size(); ++i) {

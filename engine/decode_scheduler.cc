@@ -67,7 +67,8 @@ void DecodeScheduler::Retire(std::unique_ptr<Slot> slot, Finish finish, const St
 bool DecodeScheduler::Deliver(Slot& slot, Finish* finish) {
   size_t taken = 0;
   for (; taken < slot.pending.size(); ++taken) {
-    const SinkResult r = slot.seq.on_token(slot.pending[taken]);
+    const SinkResult r =
+        slot.seq.on_token(slot.pending[taken], slot.pending_logprobs.empty() ? nullptr : &slot.pending_logprobs[taken]);
     if (r == SinkResult::kBusy) break;
     if (r == SinkResult::kStop) {
       *finish = Finish::kStopped;
@@ -75,6 +76,10 @@ bool DecodeScheduler::Deliver(Slot& slot, Finish* finish) {
     }
   }
   slot.pending.erase(slot.pending.begin(), slot.pending.begin() + static_cast<std::ptrdiff_t>(taken));
+  if (!slot.pending_logprobs.empty()) {
+    slot.pending_logprobs.erase(slot.pending_logprobs.begin(),
+                                slot.pending_logprobs.begin() + static_cast<std::ptrdiff_t>(taken));
+  }
   return true;
 }
 
@@ -147,6 +152,7 @@ void DecodeScheduler::Loop() {
     for (size_t j = 0; j < batch.size(); ++j) {
       Slot& s = *batch[j];
       s.pending.push_back(next[j]);
+      if (s.seq.sampler->wants_logprobs()) s.pending_logprobs.push_back(s.seq.sampler->last_logprobs());
       s.seq.next_token = next[j];
       --s.seq.remaining;
       const auto& stops = s.seq.stop_token_ids;

@@ -36,8 +36,9 @@ class DecodeScheduler {
     std::unique_ptr<Sampler> sampler;
     int remaining = 0;  // tokens still to generate
     std::vector<int32_t> stop_token_ids;
-    // On the scheduler thread, for each generated token, in order.
-    std::function<SinkResult(int32_t token)> on_token;
+    // On the scheduler thread, for each generated token, in order, with its
+    // logprobs when the sampler wants them (else null).
+    std::function<SinkResult(int32_t token, const TokenLogprobs* logprobs)> on_token;
     // Once, on the scheduler thread, when the sequence leaves; the cache is
     // freed (its pages back in the pool) before this runs.
     std::function<void(Finish finish, const Status& status)> on_done;
@@ -67,6 +68,7 @@ class DecodeScheduler {
   struct Slot {
     Sequence seq;
     std::vector<int32_t> pending;  // tokens generated but not yet taken by the sink
+    std::vector<TokenLogprobs> pending_logprobs;  // theirs, when the sampler wants them
     bool stopped_by_token = false;
   };
   void Loop();

@@ -47,6 +47,7 @@ struct Outcome {
   std::mutex mu;
   std::condition_variable cv;
   std::vector<int32_t> tokens;
+  std::vector<TokenLogprobs> logprobs;  // when the sampler wants them
   bool done = false;
   DecodeScheduler::Finish finish = DecodeScheduler::Finish::kError;
   Status status;
@@ -65,13 +66,15 @@ DecodeScheduler::Sequence ToSequence(Running run, Outcome* out,
   s.sampler = std::move(run.sampler);
   s.remaining = run.remaining;
   out->tokens = run.tokens;
-  s.on_token = [out, gate](int32_t t) {
+  out->logprobs = run.logprobs;
+  s.on_token = [out, gate](int32_t t, const TokenLogprobs* logprobs) {
     if (gate) {
       const DecodeScheduler::SinkResult r = gate(t);
       if (r != DecodeScheduler::SinkResult::kAccepted) return r;
     }
     std::lock_guard<std::mutex> lock(out->mu);
     out->tokens.push_back(t);
+    if (logprobs != nullptr) out->logprobs.push_back(*logprobs);
     return DecodeScheduler::SinkResult::kAccepted;
   };
   s.on_done = [out](DecodeScheduler::Finish f, const Status& st) {
@@ -150,6 +153,37 @@ TEST(DecodeScheduler, ASinkThatCannotTakeTokensHoldsUpOnlyItsOwnSequence) {
   slow.Wait();
   EXPECT_EQ(slow.tokens, slow_solo);
   EXPECT_EQ(e->page_pool()->free_pages(), e->page_pool()->num_pages());
+}
+
+// Logprobs travel with their tokens, through tokens held while a sink is
+// busy too: each sequence that asks gets, per token, the model's logprobs
+// (batched_test::ExpectModelLogprobs), and one that does not gets none.
+TEST(DecodeScheduler, EachTokenCarriesItsOwnLogprobsThroughABusySink) {
+  std::unique_ptr<Engine> e = LoadCpu(4);
+  const std::vector<Request> requests = batched_test::LogprobRequests(3);
+  DecodeScheduler scheduler(e.get());
+  std::atomic<bool> open{false};
+  std::vector<std::unique_ptr<Outcome>> outcomes;
+  for (size_t i = 0; i < 4; ++i) {
+    outcomes.push_back(std::make_unique<Outcome>());
+    auto gate = [&open, i](int32_t) {
+      return open || i != 0 ? DecodeScheduler::SinkResult::kAccepted : DecodeScheduler::SinkResult::kBusy;
+    };
+    ASSERT_TRUE(scheduler.Submit(ToSequence(Start(*e, requests[i]), outcomes[i].get(), gate)).ok());
+  }
+  outcomes[2]->Wait();
+  open = true;
+  for (size_t i = 0; i < 4; ++i) {
+    SCOPED_TRACE("request " + std::to_string(i));
+    outcomes[i]->Wait();
+    ASSERT_EQ(static_cast<int>(outcomes[i]->tokens.size()), requests[i].new_tokens);
+    if (requests[i].sampling.logprobs < 0) {
+      EXPECT_TRUE(outcomes[i]->logprobs.empty());
+      continue;
+    }
+    batched_test::ExpectModelLogprobs(*e, requests[i], outcomes[i]->tokens, outcomes[i]->logprobs,
+                                      requests[i].sampling.logprobs, 1e-4);
+  }
 }
 
 TEST(DecodeScheduler, StoppedSequencesAndStopTokensLeaveAtOnce) {

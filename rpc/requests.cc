@@ -264,7 +264,13 @@ StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& r, const 
     call.stop.push_back(r.stop(i));
   }
   call.text_reply = r.text_reply();
+  if (r.has_logprobs()) {
+    if (r.logprobs() < 0 || r.logprobs() > kMaxTopLogprobs)
+      return InvalidArgument("logprobs: " + Int(r.logprobs()) + " is out of range [0, " + Int(kMaxTopLogprobs) +
+                             "] (the alternatives listed with each token's logprob)");
+  }
   SEER_ASSIGN_OR_RETURN(call.sampling, ParseSampling(r.sampling(), limits.vocab_size, fresh_seed));
+  call.sampling.logprobs = r.has_logprobs() ? r.logprobs() : -1;
   SEER_ASSIGN_OR_RETURN(call.sparsity, SparsityFromProto(r.sparsity()));
   if (r.stop_token_ids_size() > kMaxStopTokens)
     return InvalidArgument("stop_token_ids: " + Int(r.stop_token_ids_size()) + " entries exceed the limit of " +

@@ -34,6 +34,7 @@
 #include "rpc/prefill_client.h"
 #include "server/prefill/prefill_service.h"
 #include "server/common/work_queue.h"
+#include "tests/batched_decode_util.h"
 #include "tests/server_test_util.h"
 
 namespace seer {
@@ -371,6 +372,8 @@ TEST(Service, EveryBadFieldIsInvalidArgumentNamingIt) {
        },
        "sampling.logit_bias"},
       {"stop token >= vocab", [](v1::GenerateRequest* r) { r->add_stop_token_ids(500); }, "stop_token_ids[0]"},
+      {"logprobs above 20", [](v1::GenerateRequest* r) { r->set_logprobs(21); }, "logprobs"},
+      {"logprobs negative", [](v1::GenerateRequest* r) { r->set_logprobs(-1); }, "logprobs"},
       {"oversize request_id", [](v1::GenerateRequest* r) { r->set_request_id(std::string(1 << 20, 'x')); },
        "request_id"},
       {"control byte in request_id", [](v1::GenerateRequest* r) { r->set_request_id("a\nb"); }, "request_id"},
@@ -783,6 +786,40 @@ std::vector<int32_t> AdjustedGreedy(Engine& engine, const std::vector<int32_t>& 
   });
 }
 
+// A prefill server and two decode workers on the fixture Llama: one that
+// decodes each request alone, and one with paged decode (a batch of 4).
+struct AloneAndBatched {
+  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"));
+  std::unique_ptr<Engine> paged = EnablePaged(LoadEngine(Path("llama")));
+  PrefillHarness prefill{{}, engine.get()};
+  DecodeHarness alone{prefill.server->address(), engine.get()};
+  DecodeHarness batched{prefill.server->address(), paged.get()};
+
+  static std::unique_ptr<Engine> EnablePaged(std::unique_ptr<Engine> e) {
+    PagedDecodeOptions po;
+    po.page_tokens = 16;
+    po.pool_bytes = int64_t{64} << 20;
+    po.max_batch = 4;
+    EXPECT_TRUE(e->EnablePagedDecode(po).ok());
+    return e;
+  }
+};
+
+// A Generate request of `ids` asking for `n` tokens sampled as `sp` says.
+v1::GenerateRequest SampledRequest(const std::vector<int32_t>& ids, int n, const SamplingParams& sp) {
+  v1::GenerateRequest g;
+  for (int32_t id : ids) g.add_token_ids(id);
+  g.set_max_new_tokens(n);
+  v1::Sampling* s = g.mutable_sampling();
+  s->set_temperature(static_cast<float>(sp.temperature));
+  s->set_top_k(sp.top_k);
+  s->set_seed(sp.seed);
+  s->set_presence_penalty(static_cast<float>(sp.presence_penalty));
+  s->set_frequency_penalty(static_cast<float>(sp.frequency_penalty));
+  for (const LogitAdjustment& b : sp.logit_bias) (*s->mutable_logit_bias())[b.id] = b.delta;
+  return g;
+}
+
 // presence_penalty, frequency_penalty and logit_bias through both services,
 // on the decode worker's two paths (alone, and in the paged batch): the
 // tokens of OpenAI's formula applied by the test to the monolithic engine's
@@ -790,22 +827,11 @@ std::vector<int32_t> AdjustedGreedy(Engine& engine, const std::vector<int32_t>& 
 // same parameters draws from the same logits, so the servers count each
 // generated token exactly once.
 TEST(Service, PenaltiesAndLogitBiasGiveOpenAisTokens) {
-  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"));
-  ASSERT_TRUE(engine);
-  std::unique_ptr<Engine> paged = LoadEngine(Path("llama"));
-  ASSERT_TRUE(paged);
-  PagedDecodeOptions po;
-  po.page_tokens = 16;
-  po.pool_bytes = int64_t{64} << 20;
-  po.max_batch = 4;
-  ASSERT_TRUE(paged->EnablePagedDecode(po).ok());
-  PrefillHarness prefill({}, engine.get());
-  DecodeHarness alone(prefill.server->address(), engine.get());
-  DecodeHarness batched(prefill.server->address(), paged.get());
+  AloneAndBatched servers;
 
   constexpr int kNew = 24;
   const std::vector<int32_t> ids = seer::testing::RandomIds(70, 128, 11);
-  const std::vector<int32_t> plain = AdjustedGreedy(*engine, ids, kNew, 0, 0, {});
+  const std::vector<int32_t> plain = AdjustedGreedy(*servers.engine, ids, kNew, 0, 0, {});
   struct Case {
     double presence, frequency;
     std::map<int32_t, double> bias;
@@ -819,7 +845,7 @@ TEST(Service, PenaltiesAndLogitBiasGiveOpenAisTokens) {
   };
   for (const Case& c : cases) {
     SCOPED_TRACE("presence " + std::to_string(c.presence) + " frequency " + std::to_string(c.frequency));
-    const std::vector<int32_t> want = AdjustedGreedy(*engine, ids, kNew, c.presence, c.frequency, c.bias);
+    const std::vector<int32_t> want = AdjustedGreedy(*servers.engine, ids, kNew, c.presence, c.frequency, c.bias);
     EXPECT_NE(want, plain) << "the case must change the greedy reply";
     v1::GenerateRequest g;
     for (int32_t id : ids) g.add_token_ids(id);
@@ -827,14 +853,14 @@ TEST(Service, PenaltiesAndLogitBiasGiveOpenAisTokens) {
     g.mutable_sampling()->set_presence_penalty(static_cast<float>(c.presence));
     g.mutable_sampling()->set_frequency_penalty(static_cast<float>(c.frequency));
     for (const auto& [id, b] : c.bias) (*g.mutable_sampling()->mutable_logit_bias())[id] = static_cast<float>(b);
-    for (DecodeHarness* h : {&alone, &batched}) {
+    for (DecodeHarness* h : {&servers.alone, &servers.batched}) {
       std::vector<int32_t> got;
       const grpc::Status s = CallGenerate(h->Stub().get(), g, &got);
       ASSERT_TRUE(s.ok()) << s.error_message();
-      EXPECT_EQ(got, want) << (h == &alone ? "alone" : "batched");
+      EXPECT_EQ(got, want) << (h == &servers.alone ? "alone" : "batched");
     }
   }
-  EXPECT_EQ(AdjustedGreedy(*engine, ids, 6, 0, 0, {{42, 100.0}}), std::vector<int32_t>(6, 42));
+  EXPECT_EQ(AdjustedGreedy(*servers.engine, ids, 6, 0, 0, {{42, 100.0}}), std::vector<int32_t>(6, 42));
 
   // Sampled, with a seed: a local Sampler on the same logits.
   SamplingParams sp;
@@ -846,22 +872,71 @@ TEST(Service, PenaltiesAndLogitBiasGiveOpenAisTokens) {
   sp.logit_bias = {{plain[0], -3.0f}, {17, 2.0f}};
   Sampler local(sp);
   const std::vector<int32_t> want =
-      seer::testing::MonolithicTokens(*engine, ids, kNew, [&](const std::vector<float>& l) { return local.Sample(l); });
-  v1::GenerateRequest g;
-  for (int32_t id : ids) g.add_token_ids(id);
-  g.set_max_new_tokens(kNew);
-  v1::Sampling* s = g.mutable_sampling();
-  s->set_temperature(0.9f);
-  s->set_top_k(40);
-  s->set_seed(2024);
-  s->set_presence_penalty(0.7f);
-  s->set_frequency_penalty(1.1f);
-  (*s->mutable_logit_bias())[plain[0]] = -3.0f;
-  (*s->mutable_logit_bias())[17] = 2.0f;
-  for (DecodeHarness* h : {&alone, &batched}) {
+      seer::testing::MonolithicTokens(*servers.engine, ids, kNew, [&](const std::vector<float>& l) { return local.Sample(l); });
+  const v1::GenerateRequest g = SampledRequest(ids, kNew, sp);
+  for (DecodeHarness* h : {&servers.alone, &servers.batched}) {
     std::vector<int32_t> got;
     ASSERT_TRUE(CallGenerate(h->Stub().get(), g, &got).ok());
-    EXPECT_EQ(got, want) << (h == &alone ? "alone" : "batched");
+    EXPECT_EQ(got, want) << (h == &servers.alone ? "alone" : "batched");
+  }
+}
+
+// Logprobs over gRPC, alone and batched: with each token, the model's
+// log-probability of it and its 4 most likely alternatives, from the raw
+// logits whatever the sampling (seeded, with penalties and a bias), against
+// log_softmax in long double of the monolithic engine's logits; the tokens
+// are those of the same request without logprobs.
+TEST(Service, LogprobsComeWithEachTokenAsTheModelGivesThem) {
+  AloneAndBatched servers;
+
+  constexpr int kNew = 12;
+  constexpr int kTop = 4;
+  const std::vector<int32_t> ids = seer::testing::RandomIds(40, 128, 5);
+  SamplingParams sp;
+  sp.temperature = 0.8;
+  sp.seed = 77;
+  sp.presence_penalty = 0.5;
+  sp.logit_bias = {{9, 5.0f}};
+  Sampler local(sp);
+  std::vector<std::vector<float>> logits;  // each step's, as the monolithic engine gives them
+  const std::vector<int32_t> want =
+      seer::testing::MonolithicTokens(*servers.engine, ids, kNew, [&](const std::vector<float>& l) {
+        logits.push_back(l);
+        return local.Sample(l);
+      });
+  v1::GenerateRequest g = SampledRequest(ids, kNew, sp);
+  g.set_logprobs(kTop);
+  for (DecodeHarness* h : {&servers.alone, &servers.batched}) {
+    SCOPED_TRACE(h == &servers.alone ? "alone" : "batched");
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 60s);
+    auto reader = h->Stub()->Generate(&ctx, g);
+    std::vector<int32_t> got;
+    v1::GenerateResponse msg;
+    while (reader->Read(&msg)) {
+      if (msg.event_case() != v1::GenerateResponse::kToken) {
+        EXPECT_FALSE(msg.has_logprobs());
+        continue;
+      }
+      const size_t i = got.size();
+      got.push_back(msg.token());
+      ASSERT_LT(i, logits.size());
+      ASSERT_TRUE(msg.has_logprobs()) << "token " << i;
+      const v1::TokenLogprobs& lp = msg.logprobs();
+      EXPECT_EQ(lp.chosen().token_id(), msg.token());
+      EXPECT_NEAR(lp.chosen().logprob(), batched_test::ReferenceLogprob(logits[i], msg.token()), 1e-4) << i;
+      EXPECT_TRUE(lp.chosen().text().empty()) << "no tokenizer here";
+      std::vector<int32_t> order(logits[i].size());
+      for (size_t j = 0; j < order.size(); ++j) order[j] = static_cast<int32_t>(j);
+      std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logits[i][a] > logits[i][b]; });
+      ASSERT_EQ(lp.top_size(), kTop);
+      for (int k = 0; k < kTop; ++k) {
+        EXPECT_EQ(lp.top(k).token_id(), order[k]) << i << " " << k;
+        EXPECT_NEAR(lp.top(k).logprob(), batched_test::ReferenceLogprob(logits[i], order[k]), 1e-4) << i << " " << k;
+      }
+    }
+    ASSERT_TRUE(reader->Finish().ok());
+    EXPECT_EQ(got, want);
   }
 }
 

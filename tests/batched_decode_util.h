@@ -5,8 +5,10 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -30,6 +32,7 @@ struct Running {
   std::unique_ptr<KvCache> cache;
   std::unique_ptr<Sampler> sampler;
   std::vector<int32_t> tokens;
+  std::vector<TokenLogprobs> logprobs;  // each token's, when the sampler wants them
   int remaining = 0;
 };
 
@@ -53,13 +56,16 @@ inline Running Start(Engine& e, const Request& r) {
   run.sampler = std::make_unique<Sampler>(r.sampling);
   const int vocab = e.config().vocab_size;
   run.tokens.push_back(run.sampler->Sample(std::span<const float>(prefill->logits.data(), vocab)));
+  if (run.sampler->wants_logprobs()) run.logprobs.push_back(run.sampler->last_logprobs());
   run.remaining = r.new_tokens - 1;
   return run;
 }
 
 // Steps the batch until every request has its tokens; requests join at their
-// join_step and leave when done.
-inline std::vector<std::vector<int32_t>> RunBatched(Engine& e, const std::vector<Request>& requests) {
+// join_step and leave when done. `logprobs` (optional) gets each request's
+// tokens' logprobs (empty for those that do not ask).
+inline std::vector<std::vector<int32_t>> RunBatched(Engine& e, const std::vector<Request>& requests,
+                                                    std::vector<std::vector<TokenLogprobs>>* logprobs = nullptr) {
   std::vector<Running> runs(requests.size());
   std::vector<bool> started(requests.size(), false), done(requests.size(), false);
   for (int step = 0;; ++step) {
@@ -90,6 +96,7 @@ inline std::vector<std::vector<int32_t>> RunBatched(Engine& e, const std::vector
     for (size_t j = 0; j < who.size(); ++j) {
       Running& r = runs[who[j]];
       r.tokens.push_back(next[j]);
+      if (r.sampler->wants_logprobs()) r.logprobs.push_back(r.sampler->last_logprobs());
       if (--r.remaining == 0) {
         done[who[j]] = true;
         r.cache.reset();  // leaves: its pages go back at once
@@ -98,6 +105,10 @@ inline std::vector<std::vector<int32_t>> RunBatched(Engine& e, const std::vector
   }
   std::vector<std::vector<int32_t>> out;
   for (Running& r : runs) out.push_back(r.tokens);
+  if (logprobs != nullptr) {
+    logprobs->clear();
+    for (Running& r : runs) logprobs->push_back(r.logprobs);
+  }
   return out;
 }
 
@@ -147,6 +158,73 @@ inline void ExpectForcedTokens(const std::vector<std::vector<int32_t>>& got, con
   ASSERT_EQ(got.size(), requests.size());
   for (size_t i = 0; i < got.size(); ++i) {
     EXPECT_EQ(got[i], std::vector<int32_t>(requests[i].new_tokens, static_cast<int32_t>(30 + i))) << "request " << i;
+  }
+}
+
+// The model's log-probability of id i after `logits`, from the definition in
+// long double: log(e^x_i / sum_j e^x_j).
+inline double ReferenceLogprob(std::span<const float> logits, int32_t i) {
+  long double total = 0.0L;
+  for (float v : logits) total += std::exp(static_cast<long double>(v));
+  return static_cast<double>(std::log(std::exp(static_cast<long double>(logits[i])) / total));
+}
+
+// Each of `tokens`' logprobs as a batch reported them (`got`, top_n
+// alternatives each) against the model's own: the prompt and the same tokens
+// run through a contiguous cache (Prefill, then DecodeStep, which return the
+// logits), and log_softmax of those raw logits in long double. Alternatives
+// are checked by value, and by id where their neighbours are more than `tol`
+// away (rounding may swap near-ties on a GPU).
+inline void ExpectModelLogprobs(Engine& e, const Request& r, const std::vector<int32_t>& tokens,
+                                const std::vector<TokenLogprobs>& got, int top_n, double tol) {
+  ASSERT_EQ(got.size(), tokens.size());
+  auto cache = e.NewCache(static_cast<int>(r.prompt.size() + tokens.size()));
+  ASSERT_TRUE(cache.ok());
+  auto prefill = e.Prefill(r.prompt, PrefillOptions{}, cache->get(), nullptr);
+  ASSERT_TRUE(prefill.ok()) << prefill.status().ToString();
+  std::vector<float> logits = prefill->logits;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    SCOPED_TRACE("token " + std::to_string(i));
+    std::vector<int32_t> order(logits.size());
+    for (size_t j = 0; j < order.size(); ++j) order[j] = static_cast<int32_t>(j);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+    EXPECT_EQ(got[i].chosen.id, tokens[i]);
+    EXPECT_NEAR(got[i].chosen.logprob, ReferenceLogprob(logits, tokens[i]), tol);
+    ASSERT_EQ(got[i].top.size(), static_cast<size_t>(top_n));
+    for (int k = 0; k < top_n; ++k) {
+      EXPECT_NEAR(got[i].top[k].logprob, ReferenceLogprob(logits, order[k]), tol) << "alternative " << k;
+      const bool clear = (k == 0 || logits[order[k - 1]] - logits[order[k]] > tol) &&
+                         (k + 1 == static_cast<int>(order.size()) || logits[order[k]] - logits[order[k + 1]] > tol);
+      if (clear) EXPECT_EQ(got[i].top[k].id, order[k]) << "alternative " << k;
+    }
+    if (i + 1 < tokens.size()) ASSERT_TRUE(e.DecodeStep(tokens[i], cache->get(), &logits).ok());
+  }
+}
+
+// MixedRequests in which some requests ask for `top_n` alternatives, one for
+// the chosen token's logprob alone, and the rest for nothing.
+inline std::vector<Request> LogprobRequests(int top_n) {
+  std::vector<Request> rs = MixedRequests();
+  for (size_t i = 0; i < rs.size(); i += 2) rs[i].sampling.logprobs = top_n;
+  rs[1].sampling.logprobs = 0;
+  return rs;
+}
+
+// RunBatched of LogprobRequests: the tokens of MixedRequests (asking changes
+// no draw), and every logprob asked for the model's (ExpectModelLogprobs),
+// whatever the sampling and adjustments of the request.
+inline void ExpectBatchedLogprobs(Engine& e, double tol) {
+  const std::vector<Request> requests = LogprobRequests(5);
+  std::vector<std::vector<TokenLogprobs>> logprobs;
+  const std::vector<std::vector<int32_t>> got = RunBatched(e, requests, &logprobs);
+  EXPECT_EQ(got, RunBatched(e, MixedRequests()));
+  for (size_t i = 0; i < requests.size(); ++i) {
+    SCOPED_TRACE("request " + std::to_string(i));
+    if (requests[i].sampling.logprobs < 0) {
+      EXPECT_TRUE(logprobs[i].empty());
+      continue;
+    }
+    ExpectModelLogprobs(e, requests[i], got[i], logprobs[i], requests[i].sampling.logprobs, tol);
   }
 }
 

@@ -65,6 +65,16 @@ TEST_P(BatchedDecode, EachRowTakesItsOwnLogitBias) {
   batched_test::ExpectForcedTokens(RunBatched(*e, requests), requests);
 }
 
+// OpenAI's logprobs: each token's log-probability and top alternatives, for
+// the rows that ask, are log_softmax of the model's raw logits (the same
+// tokens through the contiguous path, in long double), whatever the row's
+// sampling and adjustments; asking changes no token.
+TEST_P(BatchedDecode, LogprobsAreTheModelsWhateverTheSampling) {
+  std::unique_ptr<Engine> e = LoadCpu(GetParam(), 16, 8);
+  ASSERT_NE(e, nullptr);
+  batched_test::ExpectBatchedLogprobs(*e, 1e-4);
+}
+
 TEST_P(BatchedDecode, GreedyTokensMatchTheContiguousDecodePath) {
   std::unique_ptr<Engine> e = LoadCpu(GetParam(), 16, 4);
   ASSERT_NE(e, nullptr);

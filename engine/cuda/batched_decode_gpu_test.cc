@@ -82,6 +82,43 @@ TEST_P(CudaBatchedDecode, EachRowTakesItsOwnLogitBias) {
   batched_test::ExpectForcedTokens(RunBatched(*e, requests), requests);
 }
 
+// OpenAI's logprobs, from the raw logits each row copies back before its
+// adjustments: for the rows that ask, log_softmax of the model's own logits
+// (the same tokens through the contiguous DecodeStep path, in long double;
+// the two paths' bf16 GEMMs differ by rounding), whatever the row's sampling
+// and adjustments; asking changes no token. Then the same through chunks of
+// the logits buffer (4 rows of 7, the second chunk starting at row 3), and
+// through DecodeAndSample, which samples alone on the device.
+TEST_P(CudaBatchedDecode, LogprobsAreTheModelsWhateverTheSamplingAndChunks) {
+  std::unique_ptr<Engine> e = LoadCuda(GetParam(), 8);
+  ASSERT_NE(e, nullptr);
+  batched_test::ExpectBatchedLogprobs(*e, 3e-2);
+  const int64_t four_rows = int64_t{4} * 4 * e->config().vocab_size;
+  e.reset();
+  std::unique_ptr<Engine> chunked = LoadCuda(GetParam(), 7, true, four_rows);
+  ASSERT_NE(chunked, nullptr);
+  batched_test::ExpectBatchedLogprobs(*chunked, 3e-2);
+
+  // Alone: DecodeAndSample on a contiguous cache, sampled with adjustments.
+  for (const Request& r : batched_test::LogprobRequests(5)) {
+    if (r.sampling.logprobs < 0) continue;
+    auto cache = chunked->NewCache(static_cast<int>(r.prompt.size()) + r.new_tokens);
+    ASSERT_TRUE(cache.ok());
+    auto prefill = chunked->Prefill(r.prompt, PrefillOptions{}, cache->get(), nullptr);
+    ASSERT_TRUE(prefill.ok());
+    Sampler sampler(r.sampling);
+    std::vector<int32_t> tokens = {sampler.Sample(prefill->logits)};
+    std::vector<TokenLogprobs> logprobs = {sampler.last_logprobs()};
+    while (static_cast<int>(tokens.size()) < r.new_tokens) {
+      auto next = chunked->DecodeAndSample(tokens.back(), cache->get(), &sampler);
+      ASSERT_TRUE(next.ok()) << next.status().ToString();
+      tokens.push_back(*next);
+      logprobs.push_back(sampler.last_logprobs());
+    }
+    batched_test::ExpectModelLogprobs(*chunked, r, tokens, logprobs, r.sampling.logprobs, 3e-2);
+  }
+}
+
 // With the logits buffer shrunk to 4 rows of --max-batch 7, a step's rows
 // go through the lm_head, the logit adjustments and the samplers in two
 // chunks of 4 (at the default 256 MiB that takes over 512 rows of a 128k

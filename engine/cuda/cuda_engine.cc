@@ -211,6 +211,10 @@ class CudaEngine final : public Engine {
   DeviceBuffer decode_workspace_;
   DeviceBuffer decode_attention_scratch_;  // split-K partials of DecodeAttention
   DeviceBuffer sample_scratch_;  // cuda::SampleToken's, allocated on first use
+  // The raw logits of the rows whose samplers want logprobs, copied back
+  // before the adjustments; the logprobs are then computed on the host
+  // (Sampler::NoteLogprobs). Only such rows cost the copy.
+  std::vector<float> logprob_rows_;
   // StageAdjustments': pinned staging (written once per step, after the
   // previous step's synchronise) and its device copy, both grown on demand.
   cuda::RowLogitAdjustment* adjust_pinned_ = nullptr;
@@ -748,6 +752,13 @@ StatusOr<int32_t> CudaEngine::RunDecodeAndSample(int32_t token, KvCache* cache_i
                                                                   "decode: sampling scratch"));
   }
   SEER_RETURN_IF_ERROR(DecodeForward(token, cache));
+  const int vocab = config_.vocab_size;
+  if (sampler->wants_logprobs()) {
+    // Pageable memory: the copy is done when the call returns.
+    logprob_rows_.resize(static_cast<size_t>(vocab));
+    SEER_RETURN_IF_CUDA_ERROR(
+        cudaMemcpyAsync(logprob_rows_.data(), decode_.logits, sizeof(float) * vocab, cudaMemcpyDeviceToHost, stream_));
+  }
   Sampler* const one[] = {sampler};
   std::vector<int> offsets;
   SEER_ASSIGN_OR_RETURN(const bool adjusted, StageAdjustments(one, &offsets));
@@ -763,6 +774,7 @@ StatusOr<int32_t> CudaEngine::RunDecodeAndSample(int32_t token, KvCache* cache_i
   SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
   cache->set_length(cache->length() + 1);
   sampler->Record(next);
+  if (sampler->wants_logprobs()) sampler->NoteLogprobs(std::span<const float>(logprob_rows_.data(), vocab), next);
   return next;
 }
 
@@ -951,11 +963,25 @@ Status CudaEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int
   for (int r = 0; r < B; ++r) samplers.push_back(seqs[r].sampler);
   std::vector<int> offsets;
   SEER_ASSIGN_OR_RETURN(const bool adjusted, StageAdjustments(samplers, &offsets));
+  // Row r's raw logits, when its sampler wants logprobs, at logprob_row[r] * vocab.
+  std::vector<int> logprob_row(B, -1);
+  int logprob_rows = 0;
+  for (int r = 0; r < B; ++r)
+    if (seqs[r].sampler->wants_logprobs()) logprob_row[r] = logprob_rows++;
+  logprob_rows_.resize(static_cast<size_t>(logprob_rows) * vocab);
   for (int r0 = 0; r0 < B; r0 += chunk) {
     const int start = std::min(r0, rows - chunk);
     SEER_RETURN_IF_ERROR(run.Logits(a, start, chunk));
     float* logits = a.logits + static_cast<size_t>(r0 - start) * vocab;  // row r0's
     const int n = std::min(start + chunk, B) - r0;  // rows r0 .. r0 + n - 1 are new here
+    for (int r = r0; r < r0 + n; ++r) {
+      if (logprob_row[r] < 0) continue;
+      // Pageable memory: the copy is done (before the next chunk's GEMM
+      // overwrites the buffer) when the call returns.
+      SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(logprob_rows_.data() + static_cast<size_t>(logprob_row[r]) * vocab,
+                                                logits + static_cast<size_t>(r - r0) * vocab, sizeof(float) * vocab,
+                                                cudaMemcpyDeviceToHost, stream_));
+    }
     if (adjusted) SEER_RETURN_IF_ERROR(AdjustRows(logits, offsets, r0, n));
     SEER_RETURN_IF_CUDA_ERROR(cuda::ArgMaxRows(logits, n, vocab, d_next + r0, stream_));
     for (int r = r0; r < r0 + n; ++r) {
@@ -973,6 +999,10 @@ Status CudaEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int
     next[r] = h_next[r];
     seqs[r].cache->set_length(h_pos[r] + 1);
     seqs[r].sampler->Record(next[r]);
+    if (logprob_row[r] >= 0) {
+      seqs[r].sampler->NoteLogprobs(
+          std::span<const float>(logprob_rows_.data() + static_cast<size_t>(logprob_row[r]) * vocab, vocab), next[r]);
+    }
   }
   return OkStatus();
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 namespace seer {
@@ -73,7 +74,51 @@ int32_t Sampler::Sample(std::span<const float> logits) {
     token = Choose(adjusted);
   }
   Record(token);
+  if (wants_logprobs()) NoteLogprobs(logits, token);
   return token;
+}
+
+void Sampler::NoteLogprobs(std::span<const float> raw_logits, int32_t token) {
+  last_logprobs_ = LogprobsOf(raw_logits, token, params_.logprobs);
+}
+
+TokenLogprobs LogprobsOf(std::span<const float> logits, int32_t token, int top_n) {
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  const size_t vocab = logits.size();
+  double max = -kInf;
+  for (float v : logits)
+    if (v > max) max = v;  // NaN compares false
+  // log_z = log(sum exp(x)) over the non-NaN x, as max + log(sum exp(x - max)).
+  // When some logits are +inf they share all the mass.
+  double log_z = kInf;
+  if (std::isfinite(max)) {
+    double sum = 0.0;
+    for (float v : logits)
+      if (!std::isnan(v)) sum += std::exp(static_cast<double>(v) - max);
+    log_z = max + std::log(sum);
+  } else if (max > 0.0) {
+    const auto inf = std::count(logits.begin(), logits.end(), std::numeric_limits<float>::infinity());
+    log_z = std::log(static_cast<double>(inf));
+  }
+  auto logprob = [&](size_t i) -> float {
+    const double v = logits[i];
+    if (std::isnan(v) || log_z == kInf) return -std::numeric_limits<float>::infinity();
+    if (max == kInf) return v == kInf ? static_cast<float>(-log_z) : -std::numeric_limits<float>::infinity();
+    return static_cast<float>(v - log_z);
+  };
+  TokenLogprobs out;
+  out.chosen.id = token;
+  out.chosen.logprob = token >= 0 && static_cast<size_t>(token) < vocab ? logprob(static_cast<size_t>(token))
+                                                                        : -std::numeric_limits<float>::infinity();
+  std::vector<int32_t> order;
+  order.reserve(vocab);
+  for (size_t i = 0; i < vocab; ++i)
+    if (!std::isnan(logits[i])) order.push_back(static_cast<int32_t>(i));
+  const size_t n = std::min(order.size(), static_cast<size_t>(std::max(top_n, 0)));
+  std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(n), order.end(),
+                    [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+  for (size_t i = 0; i < n; ++i) out.top.push_back(TokenLogprob{order[i], logprob(static_cast<size_t>(order[i]))});
+  return out;
 }
 
 std::vector<double> Sampler::DistributionOf(std::span<const float> logits) const {

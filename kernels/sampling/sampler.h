@@ -2,7 +2,9 @@
 // with optional top-k and top-p (nucleus) cuts, from a seeded random stream
 // so that a request with a seed is reproducible. Before either, OpenAI's
 // logit adjustments: a fixed bias per token id, and presence and frequency
-// penalties on the tokens this sampler has already produced.
+// penalties on the tokens this sampler has already produced. On request, each
+// token's log-probability and the most likely alternatives (OpenAI's
+// logprobs), from the model's own logits.
 #pragma once
 
 #include <cstdint>
@@ -32,7 +34,37 @@ struct SamplingParams {
   // Added to a token's logit at every step; in any order (an id given twice
   // adds its biases).
   std::vector<LogitAdjustment> logit_bias;
+  // -1: none. 0 to kMaxTopLogprobs: after each token, last_logprobs() holds
+  // its log-probability and this many most likely alternatives.
+  int logprobs = -1;
 };
+
+// The most alternatives a token's logprobs may list (vLLM's default limit;
+// OpenAI's chat API allows 20 too).
+inline constexpr int kMaxTopLogprobs = 20;
+
+struct TokenLogprob {
+  int32_t id = 0;
+  float logprob = 0.0f;
+  bool operator==(const TokenLogprob&) const = default;
+};
+
+// A sampled token's log-probability under the model's own distribution: the
+// softmax of the raw logits, before the bias, penalties, temperature and
+// cuts (as vLLM's default, raw_logprobs), so that it is the model's
+// likelihood whatever the sampling. top: the `top_n` most likely ids, most
+// likely first, the lowest id among equals.
+struct TokenLogprobs {
+  TokenLogprob chosen;
+  std::vector<TokenLogprob> top;
+};
+
+// log_softmax(logits)[token] and the top_n (0 to the vocabulary) largest,
+// in double, rounded to float once. NaN logits have probability 0 and are
+// never listed; +inf logits (when any) share all the mass; every token has
+// probability 0 when no logit is a number above -inf. A token of probability
+// 0 (or outside the vocabulary) has logprob -inf.
+TokenLogprobs LogprobsOf(std::span<const float> logits, int32_t token, int top_n);
 
 class Sampler {
  public:
@@ -43,8 +75,17 @@ class Sampler {
   // then picks the largest logit (the lowest id on ties). Otherwise, in order:
   // keep the top_k largest logits, softmax of logit / temperature, keep the
   // smallest prefix (by descending probability) whose mass reaches top_p,
-  // renormalise, and draw. NaN logits are never picked.
+  // renormalise, and draw. NaN logits are never picked. With
+  // params().logprobs >= 0, also sets last_logprobs() from `logits` as given.
   int32_t Sample(std::span<const float> logits);
+
+  // Whether each token's logprobs are asked for (params().logprobs >= 0).
+  bool wants_logprobs() const { return params_.logprobs >= 0; }
+  // For a backend that samples on its own device: sets last_logprobs() for
+  // `token` from the raw logits ([vocab], before Adjustments()).
+  void NoteLogprobs(std::span<const float> raw_logits, int32_t token);
+  // The last token's, when wants_logprobs().
+  const TokenLogprobs& last_logprobs() const { return last_logprobs_; }
 
   // The distribution Sample draws from, [vocab], zero outside the kept set
   // (empty for greedy). Exposed for tests and for diagnostics.
@@ -82,6 +123,7 @@ class Sampler {
   std::vector<LogitAdjustment> adjustments_;  // ascending ids
   std::vector<double> bias_;  // per entry of adjustments_
   std::vector<int64_t> counts_;  // per entry of adjustments_: times recorded
+  TokenLogprobs last_logprobs_;
 };
 
 // Index of the largest value, the lowest index on ties, skipping NaN; 0 when

@@ -7,7 +7,9 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <limits>
 #include <numeric>
+#include <random>
 #include <vector>
 
 #include "kernels/sampling/sampler.h"
@@ -229,6 +231,96 @@ TEST(Sampling, RecordAfterADeviceChoiceKeepsTheSamplersInStep) {
     ASSERT_TRUE(std::ranges::equal(host.Adjustments(), device.Adjustments())) << step;
   }
   EXPECT_GT(host.Adjustments().size(), 2u);
+}
+
+// log_softmax in long double straight from its definition: log(e^x_i / sum_j e^x_j).
+long double ReferenceLogprob(const std::vector<float>& logits, int i) {
+  long double total = 0.0L;
+  for (float v : logits) total += std::exp(static_cast<long double>(v));
+  return std::log(std::exp(static_cast<long double>(logits[i])) / total);
+}
+
+TEST(Logprobs, MatchALongDoubleLogSoftmaxAndListTheMostLikelyFirst) {
+  std::mt19937 rng(7);
+  for (int vocab : {1, 2, 5, 97, 1000}) {
+    for (float scale : {0.1f, 3.0f, 20.0f}) {
+      std::normal_distribution<float> normal(0.0f, scale);
+      std::vector<float> logits(vocab);
+      for (float& v : logits) v = normal(rng);
+      if (vocab > 4) logits[3] = logits[1];  // a tie: the lower id first
+      for (int top_n : {0, 1, 5, 20}) {
+        const int token = vocab / 2;
+        const TokenLogprobs got = LogprobsOf(logits, token, top_n);
+        SCOPED_TRACE("vocab " + std::to_string(vocab) + " scale " + std::to_string(scale) + " top " +
+                     std::to_string(top_n));
+        EXPECT_EQ(got.chosen.id, token);
+        EXPECT_NEAR(got.chosen.logprob, static_cast<double>(ReferenceLogprob(logits, token)), 1e-5);
+        // The reference order: every id sorted by logit, descending, ties by id.
+        std::vector<int> order(vocab);
+        std::iota(order.begin(), order.end(), 0);
+        std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return logits[a] > logits[b]; });
+        ASSERT_EQ(got.top.size(), static_cast<size_t>(std::min(top_n, vocab)));
+        for (size_t k = 0; k < got.top.size(); ++k) {
+          EXPECT_EQ(got.top[k].id, order[k]) << k;
+          EXPECT_NEAR(got.top[k].logprob, static_cast<double>(ReferenceLogprob(logits, order[k])), 1e-5) << k;
+        }
+      }
+    }
+  }
+}
+
+TEST(Logprobs, NanAndInfiniteLogits) {
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  // NaN has probability 0 and is never listed; the rest share the mass.
+  TokenLogprobs lp = LogprobsOf(std::vector<float>{NAN, 0.0f, NAN, 0.0f}, 0, 4);
+  EXPECT_EQ(lp.chosen.logprob, -kInf);
+  ASSERT_EQ(lp.top.size(), 2u);
+  EXPECT_EQ(lp.top[0], (TokenLogprob{1, static_cast<float>(std::log(0.5))}));
+  EXPECT_EQ(lp.top[1], (TokenLogprob{3, static_cast<float>(std::log(0.5))}));
+  // -inf: probability 0, still listed in its place.
+  lp = LogprobsOf(std::vector<float>{-kInf, 2.0f}, 0, 2);
+  EXPECT_EQ(lp.chosen.logprob, -kInf);
+  EXPECT_EQ(lp.top[0], (TokenLogprob{1, 0.0f}));
+  EXPECT_EQ(lp.top[1], (TokenLogprob{0, -kInf}));
+  // +inf logits take all the mass.
+  lp = LogprobsOf(std::vector<float>{kInf, 5.0f, kInf}, 2, 1);
+  EXPECT_EQ(lp.chosen.logprob, static_cast<float>(-std::log(2.0)));
+  EXPECT_EQ(lp.top[0], (TokenLogprob{0, static_cast<float>(-std::log(2.0))}));
+  // Nothing above -inf: every token has probability 0.
+  lp = LogprobsOf(std::vector<float>{NAN, -kInf}, 1, 2);
+  EXPECT_EQ(lp.chosen.logprob, -kInf);
+  ASSERT_EQ(lp.top.size(), 1u);
+  EXPECT_EQ(lp.top[0], (TokenLogprob{1, -kInf}));
+  // A token outside the vocabulary.
+  EXPECT_EQ(LogprobsOf(std::vector<float>{1.0f}, 1, 0).chosen.logprob, -kInf);
+}
+
+// The logprobs are the model's, from the raw logits: the bias, the penalties
+// and the temperature change the draw, not what is reported.
+TEST(Logprobs, SampleReportsTheRawLogitsWhateverTheAdjustments) {
+  std::vector<float> logits(50);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = float(1.5 * std::sin(2.1 * double(i)));
+  SamplingParams p = P(0.8, 10, 0.9, 5);
+  p.presence_penalty = 0.7;
+  p.frequency_penalty = 0.2;
+  p.logit_bias = {{4, 6.0f}, {9, -3.0f}};
+  p.logprobs = 3;
+  Sampler s(p);
+  SamplingParams quiet = p;
+  quiet.logprobs = -1;
+  Sampler twin(quiet);  // the same draws without logprobs
+  EXPECT_TRUE(s.wants_logprobs());
+  EXPECT_FALSE(twin.wants_logprobs());
+  for (int step = 0; step < 20; ++step) {
+    const int32_t token = s.Sample(logits);
+    ASSERT_EQ(token, twin.Sample(logits)) << step;  // asking for logprobs changes no draw
+    const TokenLogprobs& lp = s.last_logprobs();
+    EXPECT_EQ(lp.chosen.id, token);
+    EXPECT_NEAR(lp.chosen.logprob, static_cast<double>(ReferenceLogprob(logits, token)), 1e-5) << step;
+    ASSERT_EQ(lp.top.size(), 3u);
+    EXPECT_EQ(lp.top[0].id, ArgMax(logits));  // the raw argmax, not the biased one (4)
+  }
+  EXPECT_TRUE(twin.last_logprobs().top.empty());
 }
 
 }  // namespace

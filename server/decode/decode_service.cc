@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <optional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,6 +17,8 @@
 #include "server/common/stream_reactor.h"
 #include "text/prompt.h"
 #include "text/text_stream.h"
+#include "text/tokenizer.h"
+#include "text/unicode.h"
 
 namespace seer {
 namespace {
@@ -24,8 +27,6 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-// What a queued token takes: the message on the heap and its outbox entry.
-constexpr size_t kTokenMessageBytes = 128;
 constexpr size_t kSummaryBytes = 4096;
 
 std::string Mib(int64_t bytes) {
@@ -57,8 +58,10 @@ class KvTransferMetricsObserver final : public KvTransferObserver {
 
 }  // namespace
 
-int64_t GenerateStreamBytes(int max_new_tokens, int num_layers) {
-  return static_cast<int64_t>(max_new_tokens) * kTokenMessageBytes + kSummaryBytes +
+size_t TokenMessageBytes(int logprobs) { return 128 + (logprobs < 0 ? 0 : 64 * static_cast<size_t>(logprobs + 1)); }
+
+int64_t GenerateStreamBytes(int max_new_tokens, int num_layers, int logprobs) {
+  return static_cast<int64_t>(max_new_tokens) * static_cast<int64_t>(TokenMessageBytes(logprobs)) + kSummaryBytes +
          static_cast<int64_t>(num_layers) * sizeof(double);
 }
 
@@ -114,7 +117,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
                                            : call_.request_id;
     max_new_tokens_ = call_.max_new_tokens;
     ByteBudget& budget = service->budget_;
-    const int64_t need = GenerateStreamBytes(max_new_tokens_, engine_->config().num_layers);
+    const int64_t need = GenerateStreamBytes(max_new_tokens_, engine_->config().num_layers, call_.sampling.logprobs);
     std::optional<ByteBudget::Reservation> charge = budget.TryReserve(need);
     if (!charge) {
       FinishNow(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -217,7 +220,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     const v1::PrefillSummary& ps = fetched_.summary;
     const std::vector<float> first_logits(ps.last_logits().begin(), ps.last_logits().end());
     const int32_t first = sampler_->Sample(first_logits);
-    if (!Emit(first)) return StreamGone();
+    if (!Emit(first, sampler_->wants_logprobs() ? &sampler_->last_logprobs() : nullptr)) return StreamGone();
     if (finished_) {
       cache.reset();
       return FinishWithSummary();
@@ -231,8 +234,8 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
       seq.remaining = max_new_tokens_ - generated_;
       // Stop tokens and strings are this stream's to judge (Emit): the
       // scheduler only counts.
-      seq.on_token = [this](int32_t token) {
-        if (!Emit(token)) {
+      seq.on_token = [this](int32_t token, const TokenLogprobs* logprobs) {
+        if (!Emit(token, logprobs)) {
           gone_ = true;
           return DecodeScheduler::SinkResult::kStop;
         }
@@ -266,20 +269,25 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
         return ToGrpcStatus(next.status().WithContext("seer-decode: decode step " + std::to_string(generated_)));
       }
       token = *next;
-      if (!Emit(token)) return StreamGone();
+      if (!Emit(token, sampler_->wants_logprobs() ? &sampler_->last_logprobs() : nullptr)) return StreamGone();
     }
     cache.reset();
     cache_counted_.reset();
     return FinishWithSummary();
   }
 
-  // Sends a generated token (and the text it adds) and judges whether the
-  // stream is finished: a stop token, a stop string, or max_new_tokens.
-  // False when the stream is gone.
-  bool Emit(int32_t token) {
+  // Sends a generated token (the text it adds, its logprobs when asked) and
+  // judges whether the stream is finished: a stop token, a stop string, or
+  // max_new_tokens. False when the stream is gone.
+  bool Emit(int32_t token, const TokenLogprobs* logprobs) {
     ++generated_;
     auto msg = std::make_unique<v1::GenerateResponse>();
     msg->set_token(token);
+    if (logprobs != nullptr) {
+      v1::TokenLogprobs* out = msg->mutable_logprobs();
+      SetLogprob(logprobs->chosen, out->mutable_chosen());
+      for (const TokenLogprob& t : logprobs->top) SetLogprob(t, out->add_top());
+    }
     bool stop = std::find(stop_tokens_.begin(), stop_tokens_.end(), token) != stop_tokens_.end();
     // A stop token is sent, but its text is not part of the reply (as vLLM
     // leaves out a stop token's text; an end-of-text id has none anyway).
@@ -292,7 +300,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
         stop = stop || piece->stopped;
       }
     }
-    if (!Send(std::move(msg), kTokenMessageBytes)) return false;
+    if (!Send(std::move(msg), TokenMessageBytes(call_.sampling.logprobs))) return false;
     if (stop) {
       finish_reason_ = "stop";
       finished_ = true;
@@ -300,6 +308,17 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
       finished_ = true;
     }
     return true;
+  }
+
+  // A logprob and the token's text alone (none without a tokenizer; an id
+  // past the tokenizer's vocabulary has none either).
+  void SetLogprob(const TokenLogprob& t, v1::TokenLogprob* out) const {
+    out->set_token_id(t.id);
+    out->set_logprob(t.logprob);
+    if (service_->tokenizer_ == nullptr) return;
+    const int32_t id = t.id;
+    StatusOr<std::string> text = service_->tokenizer_->Decode(std::span<const int32_t>(&id, 1));
+    if (text.ok()) out->set_text(unicode::Utf8Lossy(*text));
   }
 
   grpc::Status FinishWithSummary() {

@@ -59,9 +59,13 @@ struct DecodeServiceOptions {
   double write_stall_seconds = 20.0;
 };
 
+// What a queued token message is counted as: the message on the heap and its
+// outbox entry, and with `logprobs` alternatives (-1: none) its logprobs (a
+// token's text counted at 40 bytes; longer ones are rare).
+size_t TokenMessageBytes(int logprobs);
 // The share of --max-buffered-bytes a Generate stream reserves: every token
 // message it may queue, and its summary.
-int64_t GenerateStreamBytes(int max_new_tokens, int num_layers);
+int64_t GenerateStreamBytes(int max_new_tokens, int num_layers, int logprobs = -1);
 
 class DecodeService;
 

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cfloat>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -19,6 +20,7 @@
 #include <optional>
 #include <ctime>
 #include <string>
+#include <system_error>
 #include <string_view>
 #include <vector>
 
@@ -268,6 +270,7 @@ struct ParsedRequest {
   bool include_usage = false;
   std::string model;
   std::string max_key = "max_tokens";  // or max_completion_tokens: the limit's name in errors
+  bool logprobs = false;  // each token's logprobs are asked for
 };
 
 // A JSON number as a float; beyond float's range, infinite (which the
@@ -276,6 +279,44 @@ float ToFloat(double v) {
   if (v > FLT_MAX) return INFINITY;
   if (v < -FLT_MAX) return -INFINITY;
   return static_cast<float>(v);
+}
+
+// OpenAI's logprobs. A completion's `logprobs` is the number of alternatives
+// (0 to 20: 0 gives the chosen token's alone); a chat's is true or false,
+// with `top_logprobs` (0 to 20) alternatives, which needs logprobs true.
+std::optional<HttpError> ParseLogprobs(const JsonValue& root, bool chat, ParsedRequest* out) {
+  const JsonValue* logprobs = root.Find("logprobs");
+  const JsonValue* top = root.Find("top_logprobs");
+  const bool has_top = top != nullptr && !top->is_null();
+  const bool top_neutral = !has_top || (top->is_number() && top->as_double() == 0.0);
+  const std::string range = "an integer from 0 to " + std::to_string(kMaxTopLogprobs);
+  auto count = [&](const char* key, const JsonValue& v) -> std::optional<HttpError> {
+    if (!v.is_integer() || v.as_int64() < 0 || v.as_int64() > kMaxTopLogprobs) {
+      return Invalid(key, std::string(key) + ": must be " + range + ", got " + v.Dump().substr(0, 32));
+    }
+    out->generate.set_logprobs(static_cast<int32_t>(v.as_int64()));
+    out->logprobs = true;
+    return std::nullopt;
+  };
+  if (!chat) {
+    // Not a completions field: refused unless neutral, as the others are.
+    if (!top_neutral) {
+      return Invalid("top_logprobs", "top_logprobs: not a completions field (logprobs gives the alternatives)");
+    }
+    if (logprobs == nullptr || logprobs->is_null()) return std::nullopt;
+    return count("logprobs", *logprobs);
+  }
+  if (logprobs != nullptr && !logprobs->is_null() && !logprobs->is_bool()) {
+    return Invalid("logprobs", "logprobs: must be true or false (top_logprobs gives the number of alternatives)");
+  }
+  const bool on = logprobs != nullptr && logprobs->is_bool() && logprobs->as_bool();
+  if (!on) {
+    if (!top_neutral) return Invalid("top_logprobs", "top_logprobs: needs logprobs set to true");
+    return std::nullopt;
+  }
+  out->generate.set_logprobs(0);
+  out->logprobs = true;
+  return has_top ? count("top_logprobs", *top) : std::nullopt;
 }
 
 std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int default_max_tokens, ParsedRequest* out) {
@@ -417,17 +458,16 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
       g.add_stop_token_ids(*id);
     }
   }
+  if (auto e = ParseLogprobs(root, chat, out)) return e;
   // What Seer cannot do is refused, not ignored: the client would get other
   // text than it asked for. Each field passes at its neutral value: null,
-  // false, an empty list, and 0 where 0 asks for nothing (min_p, min_tokens,
-  // top_logprobs; a completion's logprobs 0 asks for the chosen token's).
+  // false, an empty list, and 0 where 0 asks for nothing (min_p, min_tokens).
   for (const char* refused :
-       {"logprobs", "top_logprobs", "echo", "tools", "functions", "function_call", "suffix", "ignore_eos",
-        "use_beam_search", "include_stop_str_in_output", "guided_json", "guided_regex", "guided_choice",
-        "guided_grammar", "structured_outputs", "allowed_token_ids", "bad_words", "min_tokens", "min_p"}) {
+       {"echo", "tools", "functions", "function_call", "suffix", "ignore_eos", "use_beam_search",
+        "include_stop_str_in_output", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
+        "structured_outputs", "allowed_token_ids", "bad_words", "min_tokens", "min_p"}) {
     const JsonValue* f = root.Find(refused);
-    const bool zero_is_neutral = std::strcmp(refused, "min_p") == 0 || std::strcmp(refused, "min_tokens") == 0 ||
-                                 std::strcmp(refused, "top_logprobs") == 0;
+    const bool zero_is_neutral = std::strcmp(refused, "min_p") == 0 || std::strcmp(refused, "min_tokens") == 0;
     if (f != nullptr && !f->is_null() && !(f->is_bool() && !f->as_bool()) &&
         !(f->is_array() && f->as_array().empty()) && !(zero_is_neutral && f->is_number() && f->as_double() == 0.0)) {
       return Invalid(refused, std::string(refused) + ": not supported by this server");
@@ -527,6 +567,76 @@ JsonValue Usage(const v1::GenerateSummary& s) {
   u.Set("completion_tokens", JsonValue::Int(s.generated_tokens()));
   u.Set("total_tokens", JsonValue::Int(int64_t{s.prompt_tokens()} + s.generated_tokens()));
   return u;
+}
+
+// A logprob as JSON, in the fewest digits that give the float back (-0.1,
+// not -0.10000000149011612); -inf (a token the model gives probability 0)
+// as -9999, as vLLM sends it, since JSON has no infinity.
+JsonValue LogprobJson(float logprob) {
+  if (!(logprob > -9999.0f)) return JsonValue::Number(-9999.0);
+  char digits[32];
+  const auto [end, ec] = std::to_chars(digits, digits + sizeof(digits), logprob);
+  return JsonValue::Number(ec == std::errc() ? std::strtod(std::string(digits, end).c_str(), nullptr) : logprob);
+}
+
+JsonValue Utf8Bytes(const std::string& text) {
+  JsonValue bytes = JsonValue::Array();
+  for (unsigned char c : text) bytes.Append(JsonValue::Int(c));
+  return bytes;
+}
+
+// Code points, as OpenAI counts a text_offset.
+int64_t CodePoints(const std::string& text) {
+  int64_t n = 0;
+  for (unsigned char c : text) n += (c & 0xC0) != 0x80;
+  return n;
+}
+
+// The logprobs of a run of tokens, in the shape of a choice's "logprobs":
+// a chat's {"content": [{token, logprob, bytes, top_logprobs}], "refusal"},
+// or a completion's {tokens, token_logprobs, top_logprobs (a map from token
+// text to logprob, the chosen token's among them, as OpenAI's), text_offset}.
+// `offset` is the text offset of the first token (a completion's), advanced
+// past the run.
+JsonValue LogprobsJson(bool chat, const std::vector<v1::TokenLogprobs>& run, int64_t* offset) {
+  JsonValue out = JsonValue::Object();
+  if (chat) {
+    JsonValue content = JsonValue::Array();
+    auto entry = [](const v1::TokenLogprob& t) {
+      JsonValue e = JsonValue::Object();
+      e.Set("token", JsonValue::String(t.text()));
+      e.Set("logprob", LogprobJson(t.logprob()));
+      e.Set("bytes", Utf8Bytes(t.text()));
+      return e;
+    };
+    for (const v1::TokenLogprobs& lp : run) {
+      JsonValue e = entry(lp.chosen());
+      JsonValue top = JsonValue::Array();
+      for (const v1::TokenLogprob& t : lp.top()) top.Append(entry(t));
+      e.Set("top_logprobs", std::move(top));
+      content.Append(std::move(e));
+    }
+    out.Set("content", std::move(content));
+    out.Set("refusal", JsonValue());
+    return out;
+  }
+  JsonValue tokens = JsonValue::Array(), token_logprobs = JsonValue::Array(), top_logprobs = JsonValue::Array(),
+            text_offset = JsonValue::Array();
+  for (const v1::TokenLogprobs& lp : run) {
+    tokens.Append(JsonValue::String(lp.chosen().text()));
+    token_logprobs.Append(LogprobJson(lp.chosen().logprob()));
+    JsonValue top = JsonValue::Object();
+    for (const v1::TokenLogprob& t : lp.top()) top.Set(t.text(), LogprobJson(t.logprob()));
+    top.Set(lp.chosen().text(), LogprobJson(lp.chosen().logprob()));
+    top_logprobs.Append(std::move(top));
+    text_offset.Append(JsonValue::Int(*offset));
+    *offset += CodePoints(lp.chosen().text());
+  }
+  out.Set("tokens", std::move(tokens));
+  out.Set("token_logprobs", std::move(token_logprobs));
+  out.Set("top_logprobs", std::move(top_logprobs));
+  out.Set("text_offset", std::move(text_offset));
+  return out;
 }
 
 class GrpcGenerateBackend final : public GenerateBackend {
@@ -737,7 +847,10 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     o.Set("model", JsonValue::String(options_.model_name));
     return o;
   };
-  // One choice of a chunk (stream) or of the whole answer.
+  // One choice of a chunk (stream) or of the whole answer, with the logprobs
+  // of the tokens not yet sent (when asked for), which it takes.
+  std::vector<v1::TokenLogprobs> unsent_logprobs;
+  int64_t text_offset = 0;
   auto choice = [&](const std::string& text, const std::string& finish, bool first) {
     JsonValue c = JsonValue::Object();
     c.Set("index", JsonValue::Int(0));
@@ -749,7 +862,12 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     } else {
       c.Set("text", JsonValue::String(text));
     }
-    c.Set("logprobs", JsonValue());
+    if (req.logprobs && !first) {
+      c.Set("logprobs", LogprobsJson(chat, unsent_logprobs, &text_offset));
+      unsent_logprobs.clear();
+    } else {
+      c.Set("logprobs", JsonValue());
+    }
     c.Set("finish_reason", finish.empty() ? JsonValue() : JsonValue::String(finish));
     return c;
   };
@@ -779,6 +897,7 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
   const grpc::Status status = backend_->Generate(req.generate, ClientAddress(info), [&](const v1::GenerateResponse& r) {
     // The summary may carry text too: what the server held back at the end.
     if (r.has_summary()) summary = r.summary();
+    if (r.has_logprobs()) unsent_logprobs.push_back(r.logprobs());
     if (ClientClosed(client_fd)) {
       client_gone = true;
       return false;

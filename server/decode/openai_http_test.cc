@@ -57,6 +57,7 @@ class ScriptedBackend final : public GenerateBackend {
     for (const std::string& t : texts) {
       std::this_thread::sleep_for(token_delay);
       v1::GenerateResponse r;
+      if (request.has_logprobs()) *r.mutable_logprobs() = Logprobs(id, t, request.logprobs());
       r.set_token(id++);
       r.set_text(t);
       if (!on_response(r)) {
@@ -72,6 +73,23 @@ class ScriptedBackend final : public GenerateBackend {
     on_response(s);
     ++finished;
     return grpc::Status::OK;
+  }
+
+  // Token `id`'s logprobs (when asked): its own -0.25 per token so far, but
+  // -inf for the fourth (a token of probability 0), with `top` alternatives
+  // "alt0", "alt1", ... (ids 200, 201, ...) at -0.1, -1.1, ...
+  static v1::TokenLogprobs Logprobs(int32_t id, const std::string& text, int top) {
+    v1::TokenLogprobs lp;
+    lp.mutable_chosen()->set_token_id(id);
+    lp.mutable_chosen()->set_logprob(id == 103 ? -INFINITY : -0.25f * static_cast<float>(id - 99));
+    lp.mutable_chosen()->set_text(text);
+    for (int k = 0; k < top; ++k) {
+      v1::TokenLogprob* t = lp.add_top();
+      t->set_token_id(200 + k);
+      t->set_logprob(-0.1f - static_cast<float>(k));
+      t->set_text("alt" + std::to_string(k));
+    }
+    return lp;
   }
 
   v1::GenerateRequest Last() {
@@ -344,6 +362,108 @@ TEST_F(OpenAiHttp, ChatCompletionsTakeMessagesAndStreamDeltas) {
   EXPECT_EQ(text, "Hello, world");
 }
 
+// OpenAI's logprobs, both endpoints: the wire asks for the alternatives; a
+// completion answers {tokens, token_logprobs, top_logprobs (the chosen
+// token's among them), text_offset}, a chat {"content": [{token, logprob,
+// bytes, top_logprobs}]}; -inf goes out as -9999; a stream's chunks carry
+// the logprobs of their tokens, a token without text of its own going with
+// the next chunk; and without logprobs, "logprobs" is null.
+TEST_F(OpenAiHttp, LogprobsHaveOpenAisShapeOnBothEndpoints) {
+  JsonValue out = PostJson("/v1/completions", R"({"prompt": "x", "logprobs": 2})", 200);
+  EXPECT_EQ(backend.Last().logprobs(), 2);
+  const JsonValue* lp = out.Find("choices")->as_array()[0].Find("logprobs");
+  ASSERT_TRUE(lp != nullptr && lp->is_object()) << out.Dump();
+  EXPECT_EQ(lp->Find("tokens")->Dump(), R"(["Hel","lo","",", world"])");
+  EXPECT_EQ(lp->Find("token_logprobs")->Dump(), "[-0.25,-0.5,-0.75,-9999]");
+  EXPECT_EQ(lp->Find("text_offset")->Dump(), "[0,3,5,5]");
+  ASSERT_EQ(lp->Find("top_logprobs")->as_array().size(), 4u);
+  EXPECT_EQ(lp->Find("top_logprobs")->as_array()[1].Dump(), R"({"alt0":-0.1,"alt1":-1.1,"lo":-0.5})");
+
+  PostJson("/v1/completions", R"({"prompt": "x", "logprobs": 0})", 200);
+  EXPECT_EQ(backend.Last().logprobs(), 0);
+  out = PostJson("/v1/completions", R"({"prompt": "x", "logprobs": null})", 200);
+  EXPECT_FALSE(backend.Last().has_logprobs());
+  EXPECT_TRUE(out.Find("choices")->as_array()[0].Find("logprobs")->is_null());
+
+  out = PostJson("/v1/chat/completions",
+                 R"({"messages": [{"role": "user", "content": "Hi"}], "logprobs": true, "top_logprobs": 3})", 200);
+  EXPECT_EQ(backend.Last().logprobs(), 3);
+  lp = out.Find("choices")->as_array()[0].Find("logprobs");
+  ASSERT_TRUE(lp != nullptr && lp->is_object()) << out.Dump();
+  const auto& content = lp->Find("content")->as_array();
+  ASSERT_EQ(content.size(), 4u);
+  EXPECT_EQ(content[0].Dump(), R"({"token":"Hel","logprob":-0.25,"bytes":[72,101,108],"top_logprobs":[)"
+                               R"({"token":"alt0","logprob":-0.1,"bytes":[97,108,116,48]},)"
+                               R"({"token":"alt1","logprob":-1.1,"bytes":[97,108,116,49]},)"
+                               R"({"token":"alt2","logprob":-2.1,"bytes":[97,108,116,50]}]})");
+  EXPECT_EQ(content[3].Find("logprob")->Dump(), "-9999");
+  PostJson("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "Hi"}], "logprobs": true})", 200);
+  EXPECT_EQ(backend.Last().logprobs(), 0);
+  out = PostJson("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "Hi"}]})", 200);
+  EXPECT_FALSE(backend.Last().has_logprobs());
+  EXPECT_TRUE(out.Find("choices")->as_array()[0].Find("logprobs")->is_null());
+
+  // Streams: every token's entry once, in order, with the text it came with.
+  for (const bool chat : {false, true}) {
+    SCOPED_TRACE(chat ? "chat" : "completion");
+    HttpReply r = Exchange(server->port(), "POST", chat ? "/v1/chat/completions" : "/v1/completions",
+                           chat ? R"({"messages": [{"role": "user", "content": "Hi"}], "stream": true,
+                                      "logprobs": true, "top_logprobs": 1})"
+                                : R"({"prompt": "x", "stream": true, "logprobs": 1})");
+    ASSERT_EQ(r.status, 200);
+    const std::vector<std::string> events = Events(r.body);
+    std::vector<std::string> tokens, texts;
+    std::vector<int64_t> offsets;
+    for (size_t i = 0; i + 1 < events.size(); ++i) {
+      auto e = JsonValue::Parse(events[i]);
+      ASSERT_TRUE(e.ok()) << events[i];
+      const JsonValue& c = e->Find("choices")->as_array()[0];
+      const JsonValue* l = c.Find("logprobs");
+      const std::string text =
+          chat ? (c.Find("delta")->Find("content") != nullptr ? c.Find("delta")->Find("content")->as_string() : "")
+               : c.Find("text")->as_string();
+      if (l->is_null()) {
+        EXPECT_TRUE(text.empty()) << events[i];  // the chat's opening chunk
+        continue;
+      }
+      std::string joined;
+      if (chat) {
+        for (const JsonValue& entry : l->Find("content")->as_array()) {
+          tokens.push_back(entry.Find("token")->as_string());
+          joined += tokens.back();
+          EXPECT_EQ(entry.Find("top_logprobs")->as_array().size(), 1u);
+        }
+      } else {
+        for (const JsonValue& t : l->Find("tokens")->as_array()) {
+          tokens.push_back(t.as_string());
+          joined += tokens.back();
+        }
+        for (const JsonValue& o : l->Find("text_offset")->as_array()) offsets.push_back(o.as_int64());
+      }
+      EXPECT_EQ(joined, text) << "a chunk's logprobs are those of its text";
+      texts.push_back(text);
+    }
+    EXPECT_EQ(tokens, (std::vector<std::string>{"Hel", "lo", "", ", world"}));
+    if (!chat) EXPECT_EQ(offsets, (std::vector<int64_t>{0, 3, 5, 5}));
+  }
+
+  Refused(R"("logprobs": 21)", "logprobs", "an integer from 0 to 20");
+  Refused(R"("logprobs": -1)", "logprobs", "an integer from 0 to 20");
+  Refused(R"("logprobs": 1.5)", "logprobs", "an integer from 0 to 20");
+  Refused(R"("logprobs": true)", "logprobs", "an integer from 0 to 20");
+  auto chat_refused = [&](const std::string& fields, const std::string& param, const std::string& says) {
+    const JsonValue j =
+        PostJson("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "Hi"}], )" + fields + "}", 400);
+    EXPECT_EQ(j.Find("error")->Find("param")->as_string(), param) << fields;
+    EXPECT_NE(j.Find("error")->Find("message")->as_string().find(says), std::string::npos) << j.Dump();
+  };
+  chat_refused(R"("logprobs": 2)", "logprobs", "must be true or false");
+  chat_refused(R"("top_logprobs": 2)", "top_logprobs", "needs logprobs set to true");
+  chat_refused(R"("logprobs": false, "top_logprobs": 2)", "top_logprobs", "needs logprobs set to true");
+  chat_refused(R"("logprobs": true, "top_logprobs": 21)", "top_logprobs", "an integer from 0 to 20");
+  chat_refused(R"("logprobs": true, "top_logprobs": "3")", "top_logprobs", "an integer from 0 to 20");
+}
+
 TEST_F(OpenAiHttp, ModelsListsTheServedModel) {
   HttpReply r = Exchange(server->port(), "GET", "/v1/models");
   ASSERT_EQ(r.status, 200);
@@ -367,7 +487,7 @@ TEST_F(OpenAiHttp, ErrorsHaveOpenAisShapeAndCodes) {
   };
   expect_error(PostJson("/v1/completions", "{not json", 400), "invalid_request_error", "");
   expect_error(PostJson("/v1/completions", R"({"prompt": "x", "n": 2})", 400), "invalid_request_error", "n");
-  expect_error(PostJson("/v1/completions", R"({"prompt": "x", "logprobs": 3})", 400), "invalid_request_error",
+  expect_error(PostJson("/v1/completions", R"({"prompt": "x", "logprobs": 21})", 400), "invalid_request_error",
                "logprobs");
   expect_error(PostJson("/v1/completions", R"({"prompt": "x", "seer_sparsity": "threshold=2"})", 400),
                "invalid_request_error", "seer_sparsity");
@@ -507,9 +627,7 @@ TEST_F(OpenAiHttp, VllmsExtensionsReachTheWireOrAreRefused) {
   Refused(R"("use_beam_search": true)", "use_beam_search", "not supported");
   Refused(R"("guided_json": {"type": "object"})", "guided_json", "not supported");
   Refused(R"("guided_choice": ["yes", "no"])", "guided_choice", "not supported");
-  Refused(R"("top_logprobs": 2)", "top_logprobs", "not supported");
-  // A completion's logprobs 0 asks for the chosen token's logprob: not neutral.
-  Refused(R"("logprobs": 0)", "logprobs", "not supported");
+  Refused(R"("top_logprobs": 2)", "top_logprobs", "not a completions field");
   Refused(R"("structured_outputs": {"json": {}})", "structured_outputs", "not supported");
   Refused(R"("allowed_token_ids": [1, 2])", "allowed_token_ids", "not supported");
   Refused(R"("bad_words": ["no"])", "bad_words", "not supported");

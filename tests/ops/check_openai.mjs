@@ -241,6 +241,64 @@ await expectError('a prompt past the context is BadRequestError 400 naming promp
                   () => client.completions.create({ model: name, prompt: Array(2100).fill(1), max_tokens: 4 }),
                   OpenAI.BadRequestError, 400, 'prompt');
 
+// Logprobs, as the official client asks for them, against `seer run
+// --logprobs` (the offline path, the same model and gates): each token's
+// logprob and its alternatives' values, for completions and chat, whole and
+// streamed. They are the model's own: banning the greedy token with a -100
+// bias gives the second most likely token, reported at its unbiased logprob.
+{
+  const close = (a, b) => a.length === b.length && a.every((x, i) => Math.abs(x - b[i]) < 1e-4);
+  const lpRef = seerRun(['--prompt', prompt, '--logprobs', '3'], 24);
+  const lp = await client.completions.create({ model: name, prompt, max_tokens: 24, temperature: 0, logprobs: 3 });
+  const got = lp.choices[0].logprobs;
+  check('completion logprobs equal seer run --logprobs',
+        close(got.token_logprobs, lpRef.logprobs.map((e) => e.logprob)),
+        `got ${JSON.stringify(got.token_logprobs)}, want ${JSON.stringify(lpRef.logprobs.map((e) => e.logprob))}`);
+  same('completion logprobs.tokens join to the text', got.tokens.join(''), lp.choices[0].text);
+  const alternatives = got.top_logprobs.map((m) => Object.values(m).sort((a, b) => b - a));
+  const refAlternatives = lpRef.logprobs.map((e) => e.top.map((t) => t.logprob));
+  check('completion top_logprobs equal seer run\'s alternatives',
+        alternatives.length === refAlternatives.length &&
+          alternatives.every((a, i) => close(a.slice(0, 3), refAlternatives[i])),
+        `got ${JSON.stringify(alternatives)}, want ${JSON.stringify(refAlternatives)}`);
+  let streamedTokens = [];
+  const lpStream = await client.completions.create({
+    model: name, prompt, max_tokens: 24, temperature: 0, logprobs: 3, stream: true,
+  });
+  for await (const chunk of lpStream) streamedTokens.push(...(chunk.choices[0]?.logprobs?.token_logprobs ?? []));
+  check('streamed completion logprobs equal seer run --logprobs',
+        close(streamedTokens, lpRef.logprobs.map((e) => e.logprob)), JSON.stringify(streamedTokens));
+
+  const banned = await client.completions.create({
+    model: name, prompt, max_tokens: 1, temperature: 0, logprobs: 0, logit_bias: { [lpRef.tokens[0]]: -100 },
+  });
+  check('a banned greedy token leaves the second most likely, at its own logprob',
+        close(banned.choices[0].logprobs.token_logprobs, [lpRef.logprobs[0].top[1].logprob]),
+        `${JSON.stringify(banned.choices[0].logprobs)} vs ${JSON.stringify(lpRef.logprobs[0])}`);
+
+  const chatLpRef = seerRun(['--chat', join(dir, 'chat.json'), '--logprobs', '2'], 12);
+  const chatLp = await client.chat.completions.create({
+    model: name, messages, max_tokens: 12, temperature: 0, logprobs: true, top_logprobs: 2,
+  });
+  const content = chatLp.choices[0].logprobs.content;
+  check('chat logprobs.content equals seer run --logprobs',
+        close(content.map((e) => e.logprob), chatLpRef.logprobs.map((e) => e.logprob)) &&
+          content.every((e, i) => close(e.top_logprobs.map((t) => t.logprob), chatLpRef.logprobs[i].top.map((t) => t.logprob))),
+        `got ${JSON.stringify(content)}, want ${JSON.stringify(chatLpRef.logprobs)}`);
+  check('chat logprobs bytes are each token\'s UTF-8',
+        content.every((e) => JSON.stringify(e.bytes) === JSON.stringify([...Buffer.from(e.token, 'utf8')])),
+        JSON.stringify(content[0]));
+  const streamedContent = [];
+  const chatLpStream = await client.chat.completions.create({
+    model: name, messages, max_tokens: 12, temperature: 0, logprobs: true, top_logprobs: 2, stream: true,
+  });
+  for await (const chunk of chatLpStream) streamedContent.push(...(chunk.choices[0]?.logprobs?.content ?? []));
+  same('streamed chat logprobs equal the whole reply\'s', streamedContent, content);
+  await expectError('top_logprobs without logprobs is BadRequestError 400 naming it',
+                    () => client.chat.completions.create({ model: name, messages, max_tokens: 2, top_logprobs: 2 }),
+                    OpenAI.BadRequestError, 400, 'top_logprobs');
+}
+
 // HTTPS: seer-decode serves the API with a certificate from a CA made here
 // (the gRPC port's --tls-cert). The client trusts the CA as an operator's
 // node client would, through NODE_EXTRA_CA_CERTS, which node reads when it
