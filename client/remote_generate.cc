@@ -1,11 +1,13 @@
 // `seer generate`: sends a prompt (token ids, text or chat messages) to
 // seer-decode and prints the tokens, or their text, as they stream back.
+#include <algorithm>
 #include <chrono>
 #include <climits>
 #include <cmath>
 #include <cstdlib>
 #include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "client/prompt_flags.h"
@@ -19,6 +21,31 @@
 
 namespace seer {
 
+namespace {
+
+// [{token, logprob, text, top: [{token, logprob, text}]}]; a logprob that is
+// not a number (-inf, or NaN for a prompt's first token) as null.
+JsonValue LogprobsJson(const std::vector<v1::TokenLogprobs>& entries) {
+  auto entry = [](const v1::TokenLogprob& t) {
+    JsonValue e = JsonValue::Object();
+    e.Set("token", JsonValue::Int(t.token_id()));
+    e.Set("logprob", std::isfinite(t.logprob()) ? JsonValue::Number(t.logprob()) : JsonValue());
+    e.Set("text", JsonValue::String(t.text()));
+    return e;
+  };
+  JsonValue list = JsonValue::Array();
+  for (const v1::TokenLogprobs& lp : entries) {
+    JsonValue e = entry(lp.chosen());
+    JsonValue top = JsonValue::Array();
+    for (const v1::TokenLogprob& t : lp.top()) top.Append(entry(t));
+    e.Set("top", std::move(top));
+    list.Append(std::move(e));
+  }
+  return list;
+}
+
+}  // namespace
+
 int RunGenerateCommand(int argc, char** argv) {
   using namespace remote;
   const char* cmd = "generate";
@@ -26,14 +53,15 @@ int RunGenerateCommand(int argc, char** argv) {
   common.ids_required = false;
   std::string stop, kv_wire = "auto", prompt, prompt_file, chat;
   std::vector<std::string> stop_strings, logit_bias;
-  int64_t max_new_tokens = 16, top_k = 0, seed = 0;
+  int64_t max_new_tokens = 16, top_k = 0, seed = 0, logprobs = -1, prompt_logprobs = -1;
   double temperature = 0.0, top_p = 0.0, presence_penalty = 0.0, frequency_penalty = 0.0;
   FlagSet flags("seer generate --addr HOST:PORT (--ids IDS | --prompt TEXT | --prompt-file F | --chat F) [flags]",
                 "Sends a prompt to a seer-decode server (seer.v1.DecodeService/Generate) and prints the tokens as\n"
                 "they stream back (their text, for a text or chat prompt), then the time to first token.\n"
                 "A text prompt is tokenized by the server, with the model's tokenizer; a chat goes through\n"
                 "the model's chat template. Greedy unless --temperature is set.\n"
-                "--json prints one object: tokens, text, ttft_ms, density {overall, layers}, timings.\n"
+                "--json prints one object: tokens, text, ttft_ms, density {overall, layers}, timings, and\n"
+                "with --logprobs / --prompt-logprobs the logprobs [{token, logprob, text, top}].\n"
                 "Exit codes: 0 success, 1 the call failed (the message has the gRPC status code), 2 usage.");
   common.Register(flags, "seer-decode");
   flags.Int("max-new-tokens", &max_new_tokens, "tokens to generate; 0 takes the server's --default-max-new-tokens");
@@ -56,6 +84,12 @@ int RunGenerateCommand(int argc, char** argv) {
   flags.String("stop", &stop, "stop after any of these token ids (\"2,7\")");
   flags.Strings("stop-string", &stop_strings,
                 "stop before this text appears in the reply; give it once per string (the API takes up to 16)");
+  flags.Int("logprobs", &logprobs,
+            "also each generated token's log-probability under the model and its N most likely alternatives "
+            "(0 to 20; -1: none)");
+  flags.Int("prompt-logprobs", &prompt_logprobs,
+            "also each prompt token's log-probability given the ones before it, with N alternatives (0 to 20; "
+            "-1: none; the first token has none)");
   flags.String("kv-wire", &kv_wire,
                "KV encoding asked of the prefill: auto (its cache's type) or fp8 (E4M3 with a scale per 64-token "
                "block; applied when the prefill allows it, docs/KV_TRANSPORT.md)");
@@ -121,6 +155,11 @@ int RunGenerateCommand(int argc, char** argv) {
     }
     (*sampling->mutable_logit_bias())[static_cast<int32_t>(id)] = static_cast<float>(bias);
   }
+  // The server checks the ranges and names the field.
+  if (logprobs >= 0) request.set_logprobs(static_cast<int32_t>(std::min<int64_t>(logprobs, INT32_MAX)));
+  if (prompt_logprobs >= 0) {
+    request.set_prompt_logprobs(static_cast<int32_t>(std::min<int64_t>(prompt_logprobs, INT32_MAX)));
+  }
   if (kv_wire == "fp8") {
     request.set_kv_wire(v1::KV_WIRE_FP8_E4M3);
   } else if (kv_wire != "auto") {
@@ -134,6 +173,7 @@ int RunGenerateCommand(int argc, char** argv) {
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub->Generate(&context, request);
 
   std::vector<int32_t> tokens;
+  std::vector<v1::TokenLogprobs> token_logprobs, prompt_entries;
   std::string text;
   double ttft_ms = -1.0;
   v1::GenerateSummary summary;
@@ -144,6 +184,11 @@ int RunGenerateCommand(int argc, char** argv) {
     if (text_reply && !json && !msg.text().empty()) {
       std::fputs(msg.text().c_str(), stdout);
       std::fflush(stdout);
+    }
+    if (msg.has_logprobs()) token_logprobs.push_back(msg.logprobs());
+    if (msg.has_prompt_logprobs()) {
+      prompt_entries.insert(prompt_entries.end(), msg.prompt_logprobs().tokens().begin(),
+                            msg.prompt_logprobs().tokens().end());
     }
     if (msg.event_case() == v1::GenerateResponse::kToken) {
       if (tokens.empty()) ttft_ms = SecondsSince(start) * 1e3;
@@ -170,6 +215,8 @@ int RunGenerateCommand(int argc, char** argv) {
     for (int32_t t : tokens) list.Append(JsonValue::Int(t));
     out.Set("tokens", std::move(list));
     if (text_reply || !text.empty()) out.Set("text", JsonValue::String(text));
+    if (request.has_logprobs()) out.Set("logprobs", LogprobsJson(token_logprobs));
+    if (request.has_prompt_logprobs()) out.Set("prompt_logprobs", LogprobsJson(prompt_entries));
     out.Set("ttft_ms", JsonValue::Number(ttft_ms));
     JsonValue density = JsonValue::Object();
     density.Set("overall", JsonValue::Number(summary.overall_density()));
@@ -202,6 +249,16 @@ int RunGenerateCommand(int argc, char** argv) {
     }
     std::printf("%s\n", out.Dump().c_str());
     return kExitOk;
+  }
+  for (const auto& [name, entries] :
+       {std::pair<const char*, const std::vector<v1::TokenLogprobs>*>{"prompt", &prompt_entries},
+        std::pair<const char*, const std::vector<v1::TokenLogprobs>*>{"token", &token_logprobs}}) {
+    for (size_t i = 0; i < entries->size(); ++i) {
+      const v1::TokenLogprobs& e = (*entries)[i];
+      std::printf("%s %zu: %d %.4f", name, i, e.chosen().token_id(), e.chosen().logprob());
+      for (const v1::TokenLogprob& t : e.top()) std::printf(" | %d %.4f", t.token_id(), t.logprob());
+      std::printf("\n");
+    }
   }
   std::printf(
       "ttft %.2f ms (server %.2f ms: prefill %.2f ms, KV %.2f MB in %.2f ms) | %zu tokens in %.2f ms, %s"

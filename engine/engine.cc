@@ -85,6 +85,10 @@ StatusOr<PrefillResult> Engine::Prefill(std::span<const int32_t> ids, const Pref
     return FailedPrecondition("prefill: the KV cache already holds " + Str(cache->length()) +
                               " tokens; Prefill needs an empty cache");
   }
+  if (options.prompt_logprobs < -1 || options.prompt_logprobs > kMaxTopLogprobs) {
+    return InvalidArgument("prompt_logprobs: " + Str(options.prompt_logprobs) + " is out of range [-1, " +
+                           Str(kMaxTopLogprobs) + "]");
+  }
   // Valid by construction (engine/model/sparsity.h); not checked again here.
   assert(SparsityValueInRange(SparsityMode::kThreshold, options.sparsity.threshold));
   assert(SparsityValueInRange(SparsityMode::kNzRatio, options.sparsity.nz_ratio));

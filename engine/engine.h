@@ -36,6 +36,12 @@ struct PrefillOptions {
   SparsityConfig sparsity;
   // Return logits for every position ([L, vocab]) rather than the last only.
   bool all_logits = false;
+  // -1: none. 0 to kMaxTopLogprobs: PrefillResult::prompt_logprobs holds,
+  // for each prompt token after the first, its logprobs given the tokens
+  // before it, with this many alternatives (log_softmax of the raw logits,
+  // as Sampler reports a generated token's). The rows' logits are computed
+  // in chunks and not kept: the result's logits stay as all_logits says.
+  int prompt_logprobs = -1;
   // Keep each layer's gate output (mask and probabilities) for dumps.
   bool keep_gate_outputs = false;
   // Time each stage (PrefillResult::stages): events between the stages on the
@@ -76,6 +82,8 @@ struct PrefillResult {
   std::vector<double> layer_density;
   double overall_density = 1.0;  // kept / causal blocks over all layers and heads
   std::vector<GateOutput> gate_outputs;  // per layer, when keep_gate_outputs and gated
+  // When options.prompt_logprobs >= 0: L - 1 entries, entry i for ids[i + 1].
+  std::vector<TokenLogprobs> prompt_logprobs;
   double seconds = 0.0;
   StageSeconds stages;  // when profile_stages
 };

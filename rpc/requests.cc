@@ -200,6 +200,18 @@ Status CheckPromptFits(int64_t prompt_tokens, int max_new_tokens, const RequestL
   return OkStatus();
 }
 
+Status CheckPromptLogprobs(int prompt_logprobs, int64_t tokens, std::string_view field) {
+  if (prompt_logprobs < 0 || prompt_logprobs > kMaxTopLogprobs)
+    return InvalidArgument(std::string(field) + ": " + Int(prompt_logprobs) + " is out of range [0, " +
+                           Int(kMaxTopLogprobs) + "] (the alternatives listed with each prompt token)");
+  const int64_t entries = std::max<int64_t>(tokens - 1, 0) * (prompt_logprobs + 1);
+  if (entries > kMaxPromptLogprobEntries)
+    return InvalidArgument(std::string(field) + ": " + Int(tokens) + " prompt tokens with " + Int(prompt_logprobs) +
+                           " alternatives are " + Int(entries) + " entries, more than the limit of " +
+                           Int(kMaxPromptLogprobEntries) + "; ask for fewer alternatives or a shorter prompt");
+  return OkStatus();
+}
+
 StatusOr<PrefillCall> ParsePrefillRequest(const v1::PrefillRequest& r, const RequestLimits& limits) {
   PrefillCall call;
   SEER_RETURN_IF_ERROR(CheckRequestId(r.request_id()));
@@ -214,6 +226,11 @@ StatusOr<PrefillCall> ParsePrefillRequest(const v1::PrefillRequest& r, const Req
   SEER_RETURN_IF_ERROR(CheckTransportOffer(r.transport_offer()));
   call.transport_offer = r.transport_offer();
   SEER_ASSIGN_OR_RETURN(call.kv_wire, ParseKvWire(r.kv_wire()));
+  if (r.has_prompt_logprobs()) {
+    SEER_RETURN_IF_ERROR(
+        CheckPromptLogprobs(r.prompt_logprobs(), static_cast<int64_t>(call.ids.size()), "prompt_logprobs"));
+    call.prompt_logprobs = r.prompt_logprobs();
+  }
   SEER_RETURN_IF_ERROR(CheckRequestSize(r, limits));
   return call;
 }
@@ -271,6 +288,11 @@ StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& r, const 
   }
   SEER_ASSIGN_OR_RETURN(call.sampling, ParseSampling(r.sampling(), limits.vocab_size, fresh_seed));
   call.sampling.logprobs = r.has_logprobs() ? r.logprobs() : -1;
+  if (r.has_prompt_logprobs()) {
+    // The prompt's length is checked once text becomes ids (the worker).
+    SEER_RETURN_IF_ERROR(CheckPromptLogprobs(r.prompt_logprobs(), 1, "prompt_logprobs"));
+    call.prompt_logprobs = r.prompt_logprobs();
+  }
   SEER_ASSIGN_OR_RETURN(call.sparsity, SparsityFromProto(r.sparsity()));
   if (r.stop_token_ids_size() > kMaxStopTokens)
     return InvalidArgument("stop_token_ids: " + Int(r.stop_token_ids_size()) + " entries exceed the limit of " +

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "base/status.h"
@@ -29,6 +30,14 @@ inline constexpr size_t kMaxStopStringBytes = 256;
 inline constexpr int kMaxChatMessages = 1024;
 // A text prompt may have this many bytes per token the server takes.
 inline constexpr size_t kMaxTextBytesPerToken = 32;
+// A prompt's logprobs: at most this many entries, (tokens - 1) *
+// (alternatives + 1), so that a prefill summary stays far below the
+// 64 MiB a decode worker receives.
+inline constexpr int64_t kMaxPromptLogprobEntries = int64_t{1} << 22;
+
+// A prompt_logprobs for a prompt of `tokens`: INVALID_ARGUMENT naming
+// `field` when out of [0, kMaxTopLogprobs] or over kMaxPromptLogprobEntries.
+Status CheckPromptLogprobs(int prompt_logprobs, int64_t tokens, std::string_view field);
 
 // What the serving model and the server's flags allow.
 struct RequestLimits {
@@ -51,6 +60,7 @@ struct PrefillCall {
   // K/V encoding it asks for.
   v1::KvTransportOffer transport_offer;
   v1::KvWire kv_wire = v1::KV_WIRE_UNSPECIFIED;
+  int prompt_logprobs = -1;  // -1: none
 };
 
 // A Generate request, checked. The prompt is `ids`, or `text`, or
@@ -72,6 +82,7 @@ struct GenerateCall {
   SparsityRequest sparsity;
   std::vector<int32_t> stop_token_ids;
   v1::KvWire kv_wire = v1::KV_WIRE_UNSPECIFIED;  // asked of the prefill
+  int prompt_logprobs = -1;  // -1: none; checked against the prompt's length once it is known
 };
 
 StatusOr<PrefillCall> ParsePrefillRequest(const v1::PrefillRequest& request, const RequestLimits& limits);

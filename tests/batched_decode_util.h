@@ -15,6 +15,7 @@
 
 #include "engine/engine.h"
 #include "engine/kv/page_pool.h"
+#include "tests/logprobs_util.h"
 
 namespace seer::batched_test {
 
@@ -161,20 +162,11 @@ inline void ExpectForcedTokens(const std::vector<std::vector<int32_t>>& got, con
   }
 }
 
-// The model's log-probability of id i after `logits`, from the definition in
-// long double: log(e^x_i / sum_j e^x_j).
-inline double ReferenceLogprob(std::span<const float> logits, int32_t i) {
-  long double total = 0.0L;
-  for (float v : logits) total += std::exp(static_cast<long double>(v));
-  return static_cast<double>(std::log(std::exp(static_cast<long double>(logits[i])) / total));
-}
-
 // Each of `tokens`' logprobs as a batch reported them (`got`, top_n
 // alternatives each) against the model's own: the prompt and the same tokens
 // run through a contiguous cache (Prefill, then DecodeStep, which return the
-// logits), and log_softmax of those raw logits in long double. Alternatives
-// are checked by value, and by id where their neighbours are more than `tol`
-// away (rounding may swap near-ties on a GPU).
+// logits), and log_softmax of those raw logits in long double
+// (logprobs_test::ExpectLogprobsOf).
 inline void ExpectModelLogprobs(Engine& e, const Request& r, const std::vector<int32_t>& tokens,
                                 const std::vector<TokenLogprobs>& got, int top_n, double tol) {
   ASSERT_EQ(got.size(), tokens.size());
@@ -185,18 +177,7 @@ inline void ExpectModelLogprobs(Engine& e, const Request& r, const std::vector<i
   std::vector<float> logits = prefill->logits;
   for (size_t i = 0; i < tokens.size(); ++i) {
     SCOPED_TRACE("token " + std::to_string(i));
-    std::vector<int32_t> order(logits.size());
-    for (size_t j = 0; j < order.size(); ++j) order[j] = static_cast<int32_t>(j);
-    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
-    EXPECT_EQ(got[i].chosen.id, tokens[i]);
-    EXPECT_NEAR(got[i].chosen.logprob, ReferenceLogprob(logits, tokens[i]), tol);
-    ASSERT_EQ(got[i].top.size(), static_cast<size_t>(top_n));
-    for (int k = 0; k < top_n; ++k) {
-      EXPECT_NEAR(got[i].top[k].logprob, ReferenceLogprob(logits, order[k]), tol) << "alternative " << k;
-      const bool clear = (k == 0 || logits[order[k - 1]] - logits[order[k]] > tol) &&
-                         (k + 1 == static_cast<int>(order.size()) || logits[order[k]] - logits[order[k + 1]] > tol);
-      if (clear) EXPECT_EQ(got[i].top[k].id, order[k]) << "alternative " << k;
-    }
+    logprobs_test::ExpectLogprobsOf(logits, tokens[i], got[i], top_n, tol);
     if (i + 1 < tokens.size()) ASSERT_TRUE(e.DecodeStep(tokens[i], cache->get(), &logits).ok());
   }
 }

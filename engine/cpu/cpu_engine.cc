@@ -262,9 +262,9 @@ void CpuEngine::OutputAndMlp(int layer, Activations& a) const {
   cpu::AddInPlace(a.x.data(), a.normed.data(), n);
 }
 
-void CpuEngine::Logits(const Activations& a, int rows, float* out) const {
+void CpuEngine::Logits(const Activations& a, int first, int rows, float* out) const {
   const int H = config_.hidden_size;
-  const float* last = a.x.data() + static_cast<size_t>(a.rows - rows) * H;
+  const float* last = a.x.data() + static_cast<size_t>(first) * H;
   std::vector<float> normed(static_cast<size_t>(rows) * H);
   cpu::RmsNorm(last, rows, H, final_norm_.data(), static_cast<float>(config_.rms_norm_eps), normed.data());
   cpu::Linear(normed.data(), rows, H, lm_head_t_.data(), config_.vocab_size, nullptr, out, threads_);
@@ -340,7 +340,19 @@ StatusOr<PrefillResult> CpuEngine::RunPrefill(std::span<const int32_t> ids, cons
   } catch (const std::bad_alloc&) {
     return ResourceExhausted("ids: not enough host memory for " + std::to_string(L) + " rows of logits");
   }
-  Logits(a, result.logits_rows, result.logits.data());
+  Logits(a, L - result.logits_rows, result.logits_rows, result.logits.data());
+  if (options.prompt_logprobs >= 0) {
+    // In chunks of 64 rows: row r's logits give ids[r + 1]'s logprobs.
+    constexpr int kChunk = 64;
+    const size_t vocab = static_cast<size_t>(config_.vocab_size);
+    std::vector<float> rows(kChunk * vocab);
+    for (int r0 = 0; r0 < L - 1; r0 += kChunk) {
+      const int n = std::min(kChunk, L - 1 - r0);
+      Logits(a, r0, n, rows.data());
+      AppendLogprobsOfRows(rows.data(), n, static_cast<int>(vocab), ids.data() + r0 + 1, options.prompt_logprobs,
+                           threads_, &result.prompt_logprobs);
+    }
+  }
   mark(&StageSeconds::logits);
   kv->set_length(L);
   result.seconds = SecondsSince(start);
@@ -396,7 +408,7 @@ Status CpuEngine::RunDecodeStep(int32_t token, KvCache* cache, std::vector<float
     OutputAndMlp(layer, a);
   }
   logits->resize(config_.vocab_size);
-  Logits(a, 1, logits->data());
+  Logits(a, 0, 1, logits->data());
   kv->set_length(pos + 1);
   return OkStatus();
 }
@@ -429,7 +441,7 @@ Status CpuEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int3
     OutputAndMlp(layer, a);
   }
   std::vector<float> logits(static_cast<size_t>(B) * config_.vocab_size);
-  Logits(a, B, logits.data());
+  Logits(a, a.rows - B, B, logits.data());
   for (int r = 0; r < B; ++r) {
     next[r] = seqs[r].sampler->Sample(
         std::span<const float>(logits.data() + static_cast<size_t>(r) * config_.vocab_size, config_.vocab_size));

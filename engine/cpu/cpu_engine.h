@@ -90,7 +90,8 @@ class CpuEngine final : public Engine {
   // o_proj, residual, post-attention norm, SwiGLU MLP, residual: a.attn -> a.x.
   void OutputAndMlp(int layer, Activations& a) const;
   // Final norm and lm_head for the last `rows` rows of a.x.
-  void Logits(const Activations& a, int rows, float* out) const;
+  // Logits of rows [first, first + rows) into out ([rows, vocab]).
+  void Logits(const Activations& a, int first, int rows, float* out) const;
 
   ModelConfig config_;
   uint64_t fingerprint_ = 0;

@@ -20,6 +20,7 @@
 #include "engine/cpu/cpu_engine.h"
 #include "engine/engine.h"
 #include "formats/safetensors.h"
+#include "tests/logprobs_util.h"
 
 namespace seer {
 namespace {
@@ -400,6 +401,31 @@ TEST(CpuModel, LastRowLogitsEqualLastRowOfAll) {
   ASSERT_EQ(r_last->logits.size(), size_t(s.vocab));
   std::vector<double> want(r_all->logits.end() - s.vocab, r_all->logits.end());
   EXPECT_LT(RelError(r_last->logits.data(), want.data(), s.vocab), 1e-6);
+  fs::remove_all(m.dir);
+}
+
+// Prompt logprobs over more rows than one chunk (64): each entry against the
+// same engine's every-row logits (all_logits), in long double; asking for
+// them changes neither the last row's logits nor the cache.
+TEST(CpuModel, PromptLogprobsInChunksAreThoseOfEveryRowsLogits) {
+  TinySpec s;
+  TinyModel m = WriteTinyModel(s, TempDir("promptlp"));
+  auto engine = MustCreate(m.dir);
+  const int L = 150;
+  auto ids = RandomIds(L, s.vocab, 21);
+  auto c1 = engine->NewCache(L);
+  auto c2 = engine->NewCache(L);
+  PrefillOptions all;
+  all.all_logits = true;
+  PrefillOptions asked;
+  asked.prompt_logprobs = 2;
+  auto r_all = engine->Prefill(ids, all, c1->get(), nullptr);
+  auto r_asked = engine->Prefill(ids, asked, c2->get(), nullptr);
+  ASSERT_TRUE(r_all.ok() && r_asked.ok());
+  EXPECT_TRUE(r_all->prompt_logprobs.empty());
+  ASSERT_EQ(r_asked->logits_rows, 1);
+  EXPECT_TRUE(std::equal(r_asked->logits.begin(), r_asked->logits.end(), r_all->logits.end() - s.vocab));
+  logprobs_test::ExpectPromptLogprobs(r_all->logits, ids, r_asked->prompt_logprobs, 2, 1e-5);
   fs::remove_all(m.dir);
 }
 

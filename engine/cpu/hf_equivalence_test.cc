@@ -12,6 +12,7 @@
 #include "engine/engine.h"
 #include "kernels/ops/ops_cpu.h"
 #include "tests/fixture_reader.h"
+#include "tests/logprobs_util.h"
 
 namespace seer {
 namespace {
@@ -72,6 +73,43 @@ TEST_P(HfEquivalence, LogitsAndKvCacheMatchTransformers) {
     EXPECT_LE(k_err, kTolerance) << "layer " << layer;
     EXPECT_LE(v_err, kTolerance) << "layer " << layer;
   }
+}
+
+// Prompt logprobs against Hugging Face: entry i is ids[i + 1]'s
+// log-probability and 3 alternatives, log_softmax (long double) of
+// transformers' logits at position i. The result keeps the last row's
+// logits only, as without them.
+TEST_P(HfEquivalence, PromptLogprobsAreLogSoftmaxOfTransformersLogits) {
+  const std::string name = GetParam();
+  auto expected = fixtures::Open(name + "/expected.safetensors");
+  ASSERT_TRUE(expected.ok()) << expected.status().ToString();
+  EngineOptions options;
+  options.model_dir = fixtures::Path(name);
+  options.device = "cpu";
+  auto engine = CreateEngine(options);
+  ASSERT_TRUE(engine.ok()) << engine.status().ToString();
+  auto ids = fixtures::I32(**expected, "input_ids");
+  ASSERT_TRUE(ids.ok());
+  const int L = static_cast<int>(ids->size());
+  const int vocab = (*engine)->config().vocab_size;
+  auto logits = fixtures::F32(**expected, "logits", {L, vocab});
+  ASSERT_TRUE(logits.ok()) << logits.status().ToString();
+  auto cache = (*engine)->NewCache(L);
+  ASSERT_TRUE(cache.ok());
+  PrefillOptions opts;
+  opts.prompt_logprobs = 3;
+  auto result = (*engine)->Prefill(*ids, opts, cache->get(), nullptr);
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  EXPECT_EQ(result->logits_rows, 1);
+  EXPECT_LE(fixtures::RelError(result->logits.data(), logits->data() + size_t(L - 1) * vocab, vocab), kTolerance);
+  logprobs_test::ExpectPromptLogprobs(*logits, *ids, result->prompt_logprobs, 3, 1e-4);
+
+  // Out of range: refused, naming the field.
+  auto again = (*engine)->NewCache(L);
+  opts.prompt_logprobs = kMaxTopLogprobs + 1;
+  auto refused = (*engine)->Prefill(*ids, opts, again->get(), nullptr);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("prompt_logprobs"), std::string::npos);
 }
 
 TEST_P(HfEquivalence, GreedyTokensMatchTransformersGenerate) {

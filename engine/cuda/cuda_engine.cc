@@ -211,9 +211,10 @@ class CudaEngine final : public Engine {
   DeviceBuffer decode_workspace_;
   DeviceBuffer decode_attention_scratch_;  // split-K partials of DecodeAttention
   DeviceBuffer sample_scratch_;  // cuda::SampleToken's, allocated on first use
-  // The raw logits of the rows whose samplers want logprobs, copied back
-  // before the adjustments; the logprobs are then computed on the host
-  // (Sampler::NoteLogprobs). Only such rows cost the copy.
+  // The raw logits of the decode rows whose samplers want logprobs, copied
+  // back before the adjustments; the logprobs are then computed on the host
+  // (Sampler::NoteLogprobs). Only such rows cost the copy. A prefill's
+  // prompt logprobs use it for each chunk of rows.
   std::vector<float> logprob_rows_;
   // StageAdjustments': pinned staging (written once per step, after the
   // previous step's synchronise) and its device copy, both grown on demand.
@@ -556,8 +557,10 @@ StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, con
                                "prompt or a smaller nz_ratio");
     }
   }
-  const PrefillPlan plan =
-      PlanPrefill(config_, gated ? gate_shape_ : GateShape{}, block_, L, options.all_logits, limits_);
+  // Every row's logits are computed for all_logits and for the prompt's
+  // logprobs (which keep none of them).
+  const bool every_row = options.all_logits || options.prompt_logprobs >= 0;
+  const PrefillPlan plan = PlanPrefill(config_, gated ? gate_shape_ : GateShape{}, block_, L, every_row, limits_);
   SEER_RETURN_IF_ERROR(EnsureWorkspace(plan));
   DeviceBuffer probs;
   if (gated && options.keep_gate_outputs) {
@@ -592,7 +595,7 @@ StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, con
   const int nb = (L + block_ - 1) / block_;
   // SEER_TRIM_LAST_LAYER=0 runs the whole last layer, for comparison.
   static const bool trim_enabled = EnvEnabled("SEER_TRIM_LAST_LAYER");
-  const bool trim_last = trim_enabled && !options.all_logits && !options.keep_gate_outputs && nb > 1;
+  const bool trim_last = trim_enabled && !every_row && !options.keep_gate_outputs && nb > 1;
   const size_t last_rows = static_cast<size_t>(config_.num_heads) * nb;
   const size_t list_bytes = sizeof(int32_t) * (2 * last_rows + 1);  // offsets, then nb blocks per head at most
   if (trim_last && sparse && last_block_lists_.bytes() < list_bytes) {
@@ -694,16 +697,34 @@ StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, con
   }
 
   // Logits: the last row, or every row in chunks through the bounded buffer.
+  // A chunk lands in the result when the result keeps it (all_logits, or
+  // the last row alone), else in host scratch, where the prompt's logprobs
+  // are computed from it (row r's logits give ids[r + 1]'s) and only the
+  // last row is kept.
   const int vocab = config_.vocab_size;
-  const int first_row = options.all_logits ? 0 : L - 1;
+  const int first_row = every_row ? 0 : L - 1;
+  const bool to_result = options.all_logits || !every_row;
   for (int r0 = first_row; r0 < L; r0 += a.logits_chunk) {
     const int n = std::min(a.logits_chunk, L - r0);
     SEER_RETURN_IF_ERROR(run.Logits(a, r0, n));
-    SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(result.logits.data() + static_cast<size_t>(r0 - first_row) * vocab,
-                                              a.logits, sizeof(float) * n * vocab, cudaMemcpyDeviceToHost, stream_));
+    float* host = nullptr;
+    if (to_result) {
+      host = result.logits.data() + static_cast<size_t>(r0 - first_row) * vocab;
+    } else {
+      logprob_rows_.resize(static_cast<size_t>(n) * vocab);
+      host = logprob_rows_.data();
+    }
+    SEER_RETURN_IF_CUDA_ERROR(
+        cudaMemcpyAsync(host, a.logits, sizeof(float) * n * vocab, cudaMemcpyDeviceToHost, stream_));
     // The next chunk reuses the device buffer; pageable copies complete
     // before the call returns, but say so explicitly.
     SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
+    if (options.prompt_logprobs < 0) continue;
+    AppendLogprobsOfRows(host, std::min(n, L - 1 - r0), vocab, ids.data() + r0 + 1, options.prompt_logprobs,
+                         static_cast<int>(std::thread::hardware_concurrency()), &result.prompt_logprobs);
+    if (!to_result && r0 + n == L) {
+      std::copy_n(host + static_cast<size_t>(n - 1) * vocab, vocab, result.logits.data());
+    }
   }
   SEER_RETURN_IF_ERROR(mark(&StageSeconds::logits));
   if (options.profile_stages) {

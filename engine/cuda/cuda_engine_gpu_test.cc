@@ -34,6 +34,7 @@
 #include "engine/kv/kv_cache.h"
 #include "formats/safetensors.h"
 #include "engine/model/sparsity.h"
+#include "tests/logprobs_util.h"
 
 namespace seer {
 namespace {
@@ -822,6 +823,36 @@ TEST_F(CudaEngineTest, ChunkedMlpAndLogitsComputeWhatOnePassComputes) {
   EXPECT_EQ(refused.status().code(), StatusCode::kInvalidArgument);
   EXPECT_NE(refused.status().message().find("chunk_limits.logits_bytes"), std::string::npos)
       << refused.status().ToString();
+}
+
+// Prompt logprobs through 29-row chunks of the logits buffer (35 chunks of
+// a 1,000-token prompt, dense and gated): each entry against the same
+// engine's every-row logits (all_logits), log_softmax in long double; the
+// result keeps the last row's logits alone, equal to that run's last row.
+TEST_F(CudaEngineTest, PromptLogprobsInChunksAreThoseOfEveryRowsLogits) {
+  ModelConfig c = SmallRandomConfig();
+  ChunkLimits limits;
+  limits.logits_bytes = int64_t{29} * 4 * c.vocab_size;
+  auto engine = GatedRandomEngine(c, limits);
+  ASSERT_TRUE(engine.ok()) << engine.status().ToString();
+  const int L = 1000;
+  const std::vector<int32_t> ids = SpreadIds(L, c.vocab_size);
+  for (const SparsityConfig& sp : DenseAndATenth()) {
+    SCOPED_TRACE(SparsityToString(sp));
+    std::unique_ptr<KvCache> all_cache;
+    const PrefillResult all = PrefillIntoNewCache(**engine, ids, sp, /*all_logits=*/true, &all_cache);
+    auto cache = (*engine)->NewCache(L);
+    ASSERT_TRUE(cache.ok());
+    PrefillOptions opts;
+    opts.sparsity = sp;
+    opts.prompt_logprobs = 3;
+    auto asked = (*engine)->Prefill(ids, opts, cache->get(), nullptr);
+    ASSERT_TRUE(asked.ok()) << asked.status().ToString();
+    ASSERT_EQ(asked->logits_rows, 1);
+    EXPECT_LE(RelErr(asked->logits.data(), all.logits.data() + static_cast<size_t>(L - 1) * c.vocab_size, c.vocab_size),
+              1e-6);
+    logprobs_test::ExpectPromptLogprobs(all.logits, ids, asked->prompt_logprobs, 3, 1e-5);
+  }
 }
 
 // Engine::WarmUp on CUDA times the prefill's GEMM classes for each row

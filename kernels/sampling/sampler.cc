@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <thread>
 
 namespace seer {
 
@@ -85,39 +86,50 @@ void Sampler::NoteLogprobs(std::span<const float> raw_logits, int32_t token) {
 TokenLogprobs LogprobsOf(std::span<const float> logits, int32_t token, int top_n) {
   constexpr double kInf = std::numeric_limits<double>::infinity();
   const size_t vocab = logits.size();
-  double max = -kInf;
+  float max = -std::numeric_limits<float>::infinity();
   for (float v : logits)
     if (v > max) max = v;  // NaN compares false
-  // log_z = log(sum exp(x)) over the non-NaN x, as max + log(sum exp(x - max)).
-  // When some logits are +inf they share all the mass.
+  // log_z = log(sum exp(x)) over the non-NaN x, as max + log(sum exp(x -
+  // max)): each term exp(x - max) <= 1 in float (to 2^-24 of itself, far
+  // below the float the result is rounded to), summed in double. When some
+  // logits are +inf they share all the mass.
   double log_z = kInf;
   if (std::isfinite(max)) {
     double sum = 0.0;
     for (float v : logits)
-      if (!std::isnan(v)) sum += std::exp(static_cast<double>(v) - max);
-    log_z = max + std::log(sum);
-  } else if (max > 0.0) {
+      if (!std::isnan(v)) sum += std::exp(v - max);
+    log_z = static_cast<double>(max) + std::log(sum);
+  } else if (max > 0.0f) {
     const auto inf = std::count(logits.begin(), logits.end(), std::numeric_limits<float>::infinity());
     log_z = std::log(static_cast<double>(inf));
   }
   auto logprob = [&](size_t i) -> float {
     const double v = logits[i];
     if (std::isnan(v) || log_z == kInf) return -std::numeric_limits<float>::infinity();
-    if (max == kInf) return v == kInf ? static_cast<float>(-log_z) : -std::numeric_limits<float>::infinity();
+    if (max == std::numeric_limits<float>::infinity()) {
+      return v == kInf ? static_cast<float>(-log_z) : -std::numeric_limits<float>::infinity();
+    }
     return static_cast<float>(v - log_z);
   };
   TokenLogprobs out;
   out.chosen.id = token;
   out.chosen.logprob = token >= 0 && static_cast<size_t>(token) < vocab ? logprob(static_cast<size_t>(token))
                                                                         : -std::numeric_limits<float>::infinity();
-  std::vector<int32_t> order;
-  order.reserve(vocab);
-  for (size_t i = 0; i < vocab; ++i)
-    if (!std::isnan(logits[i])) order.push_back(static_cast<int32_t>(i));
-  const size_t n = std::min(order.size(), static_cast<size_t>(std::max(top_n, 0)));
-  std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(n), order.end(),
-                    [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
-  for (size_t i = 0; i < n; ++i) out.top.push_back(TokenLogprob{order[i], logprob(static_cast<size_t>(order[i]))});
+  // The top_n in one pass: a list kept sorted, most likely first (the lower
+  // id among equals, which the scan in id order gives by inserting after
+  // equals).
+  const size_t n = std::min(vocab, static_cast<size_t>(std::max(top_n, 0)));
+  std::vector<int32_t> top;
+  top.reserve(n + 1);
+  for (size_t i = 0; i < vocab && n > 0; ++i) {
+    const float v = logits[i];
+    if (std::isnan(v)) continue;
+    if (top.size() == n && !(v > logits[top.back()])) continue;
+    auto at = std::upper_bound(top.begin(), top.end(), v, [&](float x, int32_t id) { return x > logits[id]; });
+    top.insert(at, static_cast<int32_t>(i));
+    if (top.size() > n) top.pop_back();
+  }
+  for (int32_t id : top) out.top.push_back(TokenLogprob{id, logprob(static_cast<size_t>(id))});
   return out;
 }
 
@@ -184,6 +196,23 @@ int32_t Sampler::Choose(std::span<const float> logits) {
   }
   // Rounding left u above the last cumulative sum: the last kept token.
   return last_kept < 0 ? ArgMax(logits) : last_kept;
+}
+
+void AppendLogprobsOfRows(const float* logits, int rows, int vocab, const int32_t* tokens, int top_n, int threads,
+                          std::vector<TokenLogprobs>* out) {
+  const size_t base = out->size();
+  out->resize(base + static_cast<size_t>(std::max(rows, 0)));
+  auto run = [&](int begin, int end) {
+    for (int r = begin; r < end; ++r) {
+      (*out)[base + r] =
+          LogprobsOf(std::span<const float>(logits + static_cast<size_t>(r) * vocab, vocab), tokens[r], top_n);
+    }
+  };
+  const int n = std::clamp(std::min(threads, rows / 4), 1, 64);  // a thread is worth a few rows
+  std::vector<std::thread> pool;
+  for (int t = 1; t < n; ++t) pool.emplace_back(run, rows * t / n, rows * (t + 1) / n);
+  run(0, rows / n);
+  for (std::thread& th : pool) th.join();
 }
 
 }  // namespace seer

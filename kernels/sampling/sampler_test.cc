@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kernels/sampling/sampler.h"
+#include "tests/logprobs_util.h"
 
 namespace seer {
 namespace {
@@ -233,12 +234,7 @@ TEST(Sampling, RecordAfterADeviceChoiceKeepsTheSamplersInStep) {
   EXPECT_GT(host.Adjustments().size(), 2u);
 }
 
-// log_softmax in long double straight from its definition: log(e^x_i / sum_j e^x_j).
-long double ReferenceLogprob(const std::vector<float>& logits, int i) {
-  long double total = 0.0L;
-  for (float v : logits) total += std::exp(static_cast<long double>(v));
-  return std::log(std::exp(static_cast<long double>(logits[i])) / total);
-}
+using logprobs_test::ReferenceLogprob;
 
 TEST(Logprobs, MatchALongDoubleLogSoftmaxAndListTheMostLikelyFirst) {
   std::mt19937 rng(7);
@@ -254,7 +250,7 @@ TEST(Logprobs, MatchALongDoubleLogSoftmaxAndListTheMostLikelyFirst) {
         SCOPED_TRACE("vocab " + std::to_string(vocab) + " scale " + std::to_string(scale) + " top " +
                      std::to_string(top_n));
         EXPECT_EQ(got.chosen.id, token);
-        EXPECT_NEAR(got.chosen.logprob, static_cast<double>(ReferenceLogprob(logits, token)), 1e-5);
+        EXPECT_NEAR(got.chosen.logprob, ReferenceLogprob(logits, token), 1e-5);
         // The reference order: every id sorted by logit, descending, ties by id.
         std::vector<int> order(vocab);
         std::iota(order.begin(), order.end(), 0);
@@ -262,7 +258,7 @@ TEST(Logprobs, MatchALongDoubleLogSoftmaxAndListTheMostLikelyFirst) {
         ASSERT_EQ(got.top.size(), static_cast<size_t>(std::min(top_n, vocab)));
         for (size_t k = 0; k < got.top.size(); ++k) {
           EXPECT_EQ(got.top[k].id, order[k]) << k;
-          EXPECT_NEAR(got.top[k].logprob, static_cast<double>(ReferenceLogprob(logits, order[k])), 1e-5) << k;
+          EXPECT_NEAR(got.top[k].logprob, ReferenceLogprob(logits, order[k]), 1e-5) << k;
         }
       }
     }
@@ -316,7 +312,7 @@ TEST(Logprobs, SampleReportsTheRawLogitsWhateverTheAdjustments) {
     ASSERT_EQ(token, twin.Sample(logits)) << step;  // asking for logprobs changes no draw
     const TokenLogprobs& lp = s.last_logprobs();
     EXPECT_EQ(lp.chosen.id, token);
-    EXPECT_NEAR(lp.chosen.logprob, static_cast<double>(ReferenceLogprob(logits, token)), 1e-5) << step;
+    EXPECT_NEAR(lp.chosen.logprob, ReferenceLogprob(logits, token), 1e-5) << step;
     ASSERT_EQ(lp.top.size(), 3u);
     EXPECT_EQ(lp.top[0].id, ArgMax(logits));  // the raw argmax, not the biased one (4)
   }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <limits>
 #include <optional>
 #include <span>
 #include <string>
@@ -184,11 +185,27 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     StatusOr<std::vector<int32_t>> ids = PromptIds();
     if (!ids.ok()) return ToGrpcStatus(ids.status());
     prompt_tokens_ = static_cast<int>(ids->size());
+    if (call_.prompt_logprobs >= 0) {
+      if (Status s = CheckPromptLogprobs(call_.prompt_logprobs, prompt_tokens_, "prompt_logprobs"); !s.ok()) {
+        return ToGrpcStatus(s);
+      }
+      // Their messages wait for the client as the tokens' do.
+      ByteBudget& budget = service_->budget_;
+      const int64_t need = int64_t{prompt_tokens_} * static_cast<int64_t>(TokenMessageBytes(call_.prompt_logprobs));
+      prompt_logprobs_charge_ = budget.TryReserve(need);
+      if (!prompt_logprobs_charge_) {
+        return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                            "seer-decode: admitted streams hold " + Mib(budget.used()) + " of --max-buffered-bytes " +
+                                Mib(budget.limit()) + "; the prompt's logprobs need " + Mib(need) +
+                                " more; retry later or elsewhere");
+      }
+    }
     v1::PrefillRequest prefill_request;
     prefill_request.set_request_id(request_id_);
     prefill_request.mutable_token_ids()->Assign(ids->begin(), ids->end());
     *prefill_request.mutable_sparsity() = SparsityToProto(call_.sparsity);
     prefill_request.set_kv_wire(call_.kv_wire);
+    if (call_.prompt_logprobs >= 0) prefill_request.set_prompt_logprobs(call_.prompt_logprobs);
 
     // Every page (or the whole cache) the request will need, before any KV
     // moves: an admitted request never fails for lack of room later.
@@ -215,6 +232,9 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     }
     fetched_ = std::move(fetched).value();
 
+    if (call_.prompt_logprobs >= 0) {
+      if (std::optional<grpc::Status> failed = SendPromptLogprobs(*ids)) return *failed;
+    }
     // The first token from the prefill's logits.
     sampler_ = std::make_unique<Sampler>(call_.sampling);
     const v1::PrefillSummary& ps = fetched_.summary;
@@ -310,6 +330,41 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     return true;
   }
 
+  // The prompt's logprobs from the prefill's summary, with their texts, in
+  // messages of up to 1024 tokens; position 0 has none (NaN). The call's
+  // end when it cannot go on: the stream gone, or a summary without them
+  // (DATA_LOSS).
+  std::optional<grpc::Status> SendPromptLogprobs(const std::vector<int32_t>& ids) {
+    constexpr int kPerMessage = 1024;
+    const auto& got = fetched_.summary.prompt_logprobs();
+    if (got.size() != static_cast<int>(ids.size()) - 1) {
+      return grpc::Status(grpc::StatusCode::DATA_LOSS, "seer-decode: the prefill sent " + std::to_string(got.size()) +
+                                                           " prompt logprobs for " + std::to_string(ids.size()) +
+                                                           " prompt tokens");
+    }
+    for (int first = 0; first < static_cast<int>(ids.size()); first += kPerMessage) {
+      auto msg = std::make_unique<v1::GenerateResponse>();
+      v1::PromptLogprobs* out = msg->mutable_prompt_logprobs();
+      out->set_first(first);
+      const int end = std::min<int>(first + kPerMessage, static_cast<int>(ids.size()));
+      for (int i = first; i < end; ++i) {
+        if (i == 0) {
+          SetLogprob(TokenLogprob{ids[0], std::numeric_limits<float>::quiet_NaN()},
+                     out->add_tokens()->mutable_chosen());
+          continue;
+        }
+        const v1::TokenLogprobs& lp = got[i - 1];
+        v1::TokenLogprobs* t = out->add_tokens();
+        SetLogprob(TokenLogprob{lp.chosen().token_id(), lp.chosen().logprob()}, t->mutable_chosen());
+        for (const v1::TokenLogprob& alt : lp.top())
+          SetLogprob(TokenLogprob{alt.token_id(), alt.logprob()}, t->add_top());
+      }
+      const size_t bytes = static_cast<size_t>(end - first) * TokenMessageBytes(call_.prompt_logprobs);
+      if (!Send(std::move(msg), bytes)) return StreamGone();
+    }
+    return std::nullopt;
+  }
+
   // A logprob and the token's text alone (none without a tokenizer; an id
   // past the tokenizer's vocabulary has none either).
   void SetLogprob(const TokenLogprob& t, v1::TokenLogprob* out) const {
@@ -400,6 +455,8 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
   std::unique_ptr<TextStream> text_;
   int prompt_tokens_ = 0;
   FetchedKv fetched_;
+  // The share of --max-buffered-bytes the prompt's logprobs take, when asked.
+  std::optional<ByteBudget::Reservation> prompt_logprobs_charge_;
   std::unique_ptr<Sampler> sampler_;
   std::optional<GaugeHold> cache_counted_;
   int generated_ = 0;

@@ -271,6 +271,10 @@ struct ParsedRequest {
   std::string model;
   std::string max_key = "max_tokens";  // or max_completion_tokens: the limit's name in errors
   bool logprobs = false;  // each token's logprobs are asked for
+  // A completion's echo: the reply starts with the prompt (and its tokens'
+  // logprobs when logprobs asks); prompt_text is the prompt when it was text.
+  bool echo = false;
+  std::optional<std::string> prompt_text;
 };
 
 // A JSON number as a float; beyond float's range, infinite (which the
@@ -459,13 +463,22 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
     }
   }
   if (auto e = ParseLogprobs(root, chat, out)) return e;
+  if (const JsonValue* echo = root.Find("echo"); echo != nullptr && !echo->is_null()) {
+    if (!echo->is_bool()) return Invalid("echo", "echo: must be true or false");
+    if (chat && echo->as_bool())
+      return Invalid("echo", "echo: not supported by this server for chat (a completions field)");
+    // The prompt's tokens come back with their texts (and logprobs) from
+    // the prefill, whether or not their logprobs are shown.
+    out->echo = echo->as_bool();
+    if (out->echo) out->generate.set_prompt_logprobs(out->logprobs ? out->generate.logprobs() : 0);
+  }
   // What Seer cannot do is refused, not ignored: the client would get other
   // text than it asked for. Each field passes at its neutral value: null,
   // false, an empty list, and 0 where 0 asks for nothing (min_p, min_tokens).
   for (const char* refused :
-       {"echo", "tools", "functions", "function_call", "suffix", "ignore_eos", "use_beam_search",
-        "include_stop_str_in_output", "guided_json", "guided_regex", "guided_choice", "guided_grammar",
-        "structured_outputs", "allowed_token_ids", "bad_words", "min_tokens", "min_p"}) {
+       {"tools", "functions", "function_call", "suffix", "ignore_eos", "use_beam_search", "include_stop_str_in_output",
+        "guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs", "allowed_token_ids",
+        "bad_words", "min_tokens", "min_p"}) {
     const JsonValue* f = root.Find(refused);
     const bool zero_is_neutral = std::strcmp(refused, "min_p") == 0 || std::strcmp(refused, "min_tokens") == 0;
     if (f != nullptr && !f->is_null() && !(f->is_bool() && !f->as_bool()) &&
@@ -529,11 +542,17 @@ std::optional<HttpError> ParseCompletion(const JsonValue& root, int default_max_
   if (prompt == nullptr || prompt->is_null()) return Invalid("prompt", "prompt: required");
   if (prompt->is_string()) {
     out->generate.set_text(prompt->as_string());
+    out->prompt_text = prompt->as_string();
     return std::nullopt;
   }
   if (prompt->is_array() && prompt->as_array().size() == 1 && prompt->as_array()[0].is_string()) {
     out->generate.set_text(prompt->as_array()[0].as_string());
+    out->prompt_text = prompt->as_array()[0].as_string();
     return std::nullopt;
+  }
+  // A batch of one prompt of token ids (as lm-evaluation-harness sends it).
+  if (prompt->is_array() && prompt->as_array().size() == 1 && prompt->as_array()[0].is_array()) {
+    prompt = &prompt->as_array()[0];
   }
   if (prompt->is_array() && !prompt->as_array().empty()) {
     for (const JsonValue& id : prompt->as_array()) {
@@ -624,13 +643,18 @@ JsonValue LogprobsJson(bool chat, const std::vector<v1::TokenLogprobs>& run, int
             text_offset = JsonValue::Array();
   for (const v1::TokenLogprobs& lp : run) {
     tokens.Append(JsonValue::String(lp.chosen().text()));
+    text_offset.Append(JsonValue::Int(*offset));
+    *offset += CodePoints(lp.chosen().text());
+    if (std::isnan(lp.chosen().logprob())) {  // an echoed prompt's first token: nothing before it
+      token_logprobs.Append(JsonValue());
+      top_logprobs.Append(JsonValue());
+      continue;
+    }
     token_logprobs.Append(LogprobJson(lp.chosen().logprob()));
     JsonValue top = JsonValue::Object();
     for (const v1::TokenLogprob& t : lp.top()) top.Set(t.text(), LogprobJson(t.logprob()));
     top.Set(lp.chosen().text(), LogprobJson(lp.chosen().logprob()));
     top_logprobs.Append(std::move(top));
-    text_offset.Append(JsonValue::Int(*offset));
-    *offset += CodePoints(lp.chosen().text());
   }
   out.Set("tokens", std::move(tokens));
   out.Set("token_logprobs", std::move(token_logprobs));
@@ -851,6 +875,23 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
   // of the tokens not yet sent (when asked for), which it takes.
   std::vector<v1::TokenLogprobs> unsent_logprobs;
   int64_t text_offset = 0;
+  // echo: the prompt's tokens (texts, and logprobs when asked), until the
+  // reply starts with them at the first token.
+  std::vector<v1::TokenLogprobs> prompt_tokens;
+  bool echo_pending = req.echo;
+  // The echoed prompt: the text as given, or a prompt of ids as its tokens' texts.
+  auto take_echo = [&]() {
+    echo_pending = false;
+    std::string echoed;
+    if (req.prompt_text) {
+      echoed = *req.prompt_text;
+    } else {
+      for (const v1::TokenLogprobs& t : prompt_tokens) echoed += t.chosen().text();
+    }
+    if (req.logprobs) unsent_logprobs.insert(unsent_logprobs.begin(), prompt_tokens.begin(), prompt_tokens.end());
+    prompt_tokens.clear();
+    return echoed;
+  };
   auto choice = [&](const std::string& text, const std::string& finish, bool first) {
     JsonValue c = JsonValue::Object();
     c.Set("index", JsonValue::Int(0));
@@ -897,10 +938,36 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
   const grpc::Status status = backend_->Generate(req.generate, ClientAddress(info), [&](const v1::GenerateResponse& r) {
     // The summary may carry text too: what the server held back at the end.
     if (r.has_summary()) summary = r.summary();
+    if (r.has_prompt_logprobs()) {
+      prompt_tokens.insert(prompt_tokens.end(), r.prompt_logprobs().tokens().begin(),
+                           r.prompt_logprobs().tokens().end());
+    }
     if (r.has_logprobs()) unsent_logprobs.push_back(r.logprobs());
     if (ClientClosed(client_fd)) {
       client_gone = true;
       return false;
+    }
+    if (echo_pending && !r.has_prompt_logprobs()) {
+      // The first token (or the end): the reply starts with the prompt,
+      // whose logprobs go before this token's.
+      std::optional<v1::TokenLogprobs> current;
+      if (r.has_logprobs()) {
+        current = unsent_logprobs.back();
+        unsent_logprobs.pop_back();
+      }
+      const std::string echoed = take_echo();
+      if (req.stream) {
+        start_stream();
+        JsonValue chunk = envelope();
+        JsonValue choices = JsonValue::Array();
+        choices.Append(choice(echoed, "", false));
+        chunk.Set("choices", std::move(choices));
+        client_gone = !SendEvent(conn, chunk.Dump());
+      } else {
+        text += echoed;
+      }
+      if (current) unsent_logprobs.push_back(*current);
+      if (client_gone) return false;
     }
     if (!req.stream) {
       text += r.text();

@@ -9,10 +9,12 @@
 // max_completion_tokens, temperature, top_p, seed, stop, presence_penalty,
 // frequency_penalty, logit_bias, n = 1, stream_options.include_usage,
 // logprobs (a completion's count, a chat's flag with top_logprobs, up to 20
-// alternatives: the model's own, from its raw logits); vLLM's top_k and
-// stop_token_ids) plus Seer's own `seer_sparsity` ("dense", "threshold=T",
-// "nz_ratio=R"); fields that ask for what Seer cannot do
-// (n > 1, echo, best_of > 1, tools, a JSON response_format,
+// alternatives: the model's own, from its raw logits), a completion's echo
+// (the prompt, with its tokens' logprobs when asked, as
+// lm-evaluation-harness scores text; a prompt may be a batch of one list of
+// ids); vLLM's top_k and stop_token_ids) plus Seer's own `seer_sparsity`
+// ("dense", "threshold=T", "nz_ratio=R"); fields that ask for what Seer
+// cannot do (n > 1, best_of > 1, tools, a JSON response_format,
 // vLLM's min_p, repetition_penalty, guided decoding, ...) are refused unless
 // they hold their neutral value, other fields are ignored as OpenAI's
 // servers ignore unknown ones. Errors use OpenAI's JSON

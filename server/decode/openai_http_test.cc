@@ -53,6 +53,18 @@ class ScriptedBackend final : public GenerateBackend {
     }
     ++calls;
     if (!error.ok()) return error;
+    if (request.has_prompt_logprobs()) {
+      // A prompt of three tokens, "<s>", "Say", " hi" (ids 1 to 3), in one message.
+      v1::GenerateResponse p;
+      p.mutable_prompt_logprobs()->set_first(0);
+      const char* texts[] = {"<s>", "Say", " hi"};
+      for (int32_t i = 0; i < 3; ++i) {
+        v1::TokenLogprobs lp = Logprobs(1 + i, texts[i], i == 0 ? 0 : request.prompt_logprobs());
+        lp.mutable_chosen()->set_logprob(i == 0 ? NAN : -1.0f - static_cast<float>(i));
+        *p.mutable_prompt_logprobs()->add_tokens() = lp;
+      }
+      if (!on_response(p)) return grpc::Status(grpc::StatusCode::CANCELLED, "client gone");
+    }
     int32_t id = 100;
     for (const std::string& t : texts) {
       std::this_thread::sleep_for(token_delay);
@@ -462,6 +474,61 @@ TEST_F(OpenAiHttp, LogprobsHaveOpenAisShapeOnBothEndpoints) {
   chat_refused(R"("logprobs": false, "top_logprobs": 2)", "top_logprobs", "needs logprobs set to true");
   chat_refused(R"("logprobs": true, "top_logprobs": 21)", "top_logprobs", "an integer from 0 to 20");
   chat_refused(R"("logprobs": true, "top_logprobs": "3")", "top_logprobs", "an integer from 0 to 20");
+}
+
+// A completion's echo: the reply starts with the prompt (as given, or a
+// prompt of ids as its tokens' texts), and with logprobs the prompt's tokens
+// lead the logprobs, the first with null (nothing before it); streamed, the
+// prompt is the first chunk. Echo asks the wire for the prompt's logprobs
+// (0 alternatives without logprobs, whose texts it needs for ids).
+TEST_F(OpenAiHttp, EchoStartsTheReplyWithThePromptAndItsLogprobs) {
+  JsonValue out = PostJson("/v1/completions", R"({"prompt": "Say hi", "echo": true, "logprobs": 1})", 200);
+  EXPECT_EQ(backend.Last().prompt_logprobs(), 1);
+  const JsonValue& c = out.Find("choices")->as_array()[0];
+  EXPECT_EQ(c.Find("text")->as_string(), "Say hiHello, world");
+  const JsonValue* lp = c.Find("logprobs");
+  EXPECT_EQ(lp->Find("tokens")->Dump(), R"(["<s>","Say"," hi","Hel","lo","",", world"])");
+  EXPECT_EQ(lp->Find("token_logprobs")->Dump(), "[null,-2,-3,-0.25,-0.5,-0.75,-9999]");
+  EXPECT_TRUE(lp->Find("top_logprobs")->as_array()[0].is_null());
+  EXPECT_EQ(lp->Find("top_logprobs")->as_array()[1].Dump(), R"({"alt0":-0.1,"Say":-2})");
+  EXPECT_EQ(lp->Find("text_offset")->Dump(), "[0,3,6,9,12,14,14]");
+
+  out = PostJson("/v1/completions", R"({"prompt": "Say hi", "echo": true})", 200);
+  EXPECT_EQ(backend.Last().prompt_logprobs(), 0);
+  EXPECT_EQ(out.Find("choices")->as_array()[0].Find("text")->as_string(), "Say hiHello, world");
+  EXPECT_TRUE(out.Find("choices")->as_array()[0].Find("logprobs")->is_null());
+
+  out = PostJson("/v1/completions", R"({"prompt": [[1, 2, 3]], "echo": true, "max_tokens": 1})", 200);
+  const v1::GenerateRequest ids = backend.Last();
+  EXPECT_EQ(std::vector<int32_t>(ids.token_ids().begin(), ids.token_ids().end()), (std::vector<int32_t>{1, 2, 3}));
+  EXPECT_EQ(out.Find("choices")->as_array()[0].Find("text")->as_string(), "<s>Say hiHello, world");
+
+  out = PostJson("/v1/completions", R"({"prompt": "Say hi", "echo": false, "logprobs": 0})", 200);
+  EXPECT_FALSE(backend.Last().has_prompt_logprobs());
+  EXPECT_EQ(out.Find("choices")->as_array()[0].Find("text")->as_string(), "Hello, world");
+
+  HttpReply r = Exchange(server->port(), "POST", "/v1/completions",
+                         R"({"prompt": "Say hi", "echo": true, "logprobs": 1, "stream": true})");
+  ASSERT_EQ(r.status, 200);
+  const std::vector<std::string> events = Events(r.body);
+  ASSERT_GE(events.size(), 2u);
+  auto first = JsonValue::Parse(events[0]);
+  ASSERT_TRUE(first.ok()) << events[0];
+  const JsonValue& fc = first->Find("choices")->as_array()[0];
+  EXPECT_EQ(fc.Find("text")->as_string(), "Say hi");
+  EXPECT_EQ(fc.Find("logprobs")->Find("tokens")->Dump(), R"(["<s>","Say"," hi"])");
+  std::string text;
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    auto e = JsonValue::Parse(events[i]);
+    text += e->Find("choices")->as_array()[0].Find("text")->as_string();
+  }
+  EXPECT_EQ(text, "Say hiHello, world");
+
+  Refused(R"("echo": "yes")", "echo", "true or false");
+  const JsonValue chat =
+      PostJson("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "Hi"}], "echo": true})", 400);
+  EXPECT_EQ(chat.Find("error")->Find("param")->as_string(), "echo");
+  PostJson("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "Hi"}], "echo": false})", 200);
 }
 
 TEST_F(OpenAiHttp, ModelsListsTheServedModel) {

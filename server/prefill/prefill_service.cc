@@ -236,6 +236,7 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
       return;
     }
     options_.sparsity = *sparsity;
+    options_.prompt_logprobs = call->prompt_logprobs;
     chunk_bytes_ = call->max_chunk_bytes != 0 ? call->max_chunk_bytes : service->options_.chunk_bytes;
     StatusOr<int> per_chunk = TokensPerChunk(service->layout_, chunk_bytes_);
     if (!per_chunk.ok()) {
@@ -574,6 +575,16 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
     summary->set_first_token(ArgMax(std::span<const float>(last, static_cast<size_t>(vocab))));
     for (double d : result->layer_density) summary->add_layer_density(d);
     summary->set_overall_density(result->overall_density);
+    for (const TokenLogprobs& lp : result->prompt_logprobs) {
+      v1::TokenLogprobs* out = summary->add_prompt_logprobs();
+      out->mutable_chosen()->set_token_id(lp.chosen.id);
+      out->mutable_chosen()->set_logprob(lp.chosen.logprob);
+      for (const TokenLogprob& t : lp.top) {
+        v1::TokenLogprob* alt = out->add_top();
+        alt->set_token_id(t.id);
+        alt->set_logprob(t.logprob);
+      }
+    }
     summary->set_sparsity(SparsityToString(options_.sparsity));
     v1::PrefillTimings* t = summary->mutable_timings();
     t->set_queue_seconds(queue_seconds_);

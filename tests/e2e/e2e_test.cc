@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -19,6 +20,7 @@
 #include "base/json.h"
 #include "formats/safetensors.h"
 #include "seer/v1/seer.grpc.pb.h"
+#include "tests/logprobs_util.h"
 #include "tests/server_test_util.h"
 
 namespace seer {
@@ -56,6 +58,23 @@ std::vector<int32_t> Tokens(const JsonValue& j) {
   std::vector<int32_t> out;
   if (const JsonValue* t = j.Find("tokens"))
     for (const JsonValue& v : t->as_array()) out.push_back(static_cast<int32_t>(v.as_int64()));
+  return out;
+}
+
+// The "logprobs" (or `key`) list of seer run's or seer generate's --json:
+// each entry's token and logprob, then its alternatives', in one flat list.
+std::vector<double> LogprobValues(const JsonValue& j, const std::string& key = "logprobs") {
+  std::vector<double> out;
+  if (const JsonValue* list = j.Find(key)) {
+    for (const JsonValue& e : list->as_array()) {
+      out.push_back(static_cast<double>(e.Find("token")->as_int64()));
+      out.push_back(e.Find("logprob")->is_null() ? NAN : e.Find("logprob")->as_double());
+      for (const JsonValue& t : e.Find("top")->as_array()) {
+        out.push_back(static_cast<double>(t.Find("token")->as_int64()));
+        out.push_back(t.Find("logprob")->as_double());
+      }
+    }
+  }
   return out;
 }
 
@@ -98,12 +117,20 @@ TEST(EndToEnd, DisaggregatedGenerateEqualsSeerRun) {
       {prompt, ""}, {prompt, "threshold=0.3628"}, {prompt, "nz_ratio=0.3"}, {prompt, "dense"}, {short_prompt, ""}};
   for (const Case& c : cases) {
     SCOPED_TRACE(c.ids + " " + c.sparsity);
-    std::vector<std::string> gen = {Bin("seer"), "generate",  "--addr",           servers.decode->grpc_address(),
-                                    "--ids",     "@" + c.ids, "--max-new-tokens", "8",
-                                    "--json"};
+    std::vector<std::string> gen = {Bin("seer"),
+                                    "generate",
+                                    "--addr",
+                                    servers.decode->grpc_address(),
+                                    "--ids",
+                                    "@" + c.ids,
+                                    "--max-new-tokens",
+                                    "8",
+                                    "--json",
+                                    "--logprobs",
+                                    "3"};
     std::vector<std::string> run = {
         Bin("seer"),        "run", "--model", Path("llama"), "--gates", Path("llama_gates"), "--ids", "@" + c.ids,
-        "--max-new-tokens", "8",   "--json",  "--device",    "cpu"};
+        "--max-new-tokens", "8",   "--json",  "--device",    "cpu",     "--logprobs",        "3"};
     if (!c.sparsity.empty()) {
       gen.insert(gen.end(), {"--sparsity", c.sparsity});
       run.insert(run.end(), {"--sparsity", c.sparsity});
@@ -115,15 +142,44 @@ TEST(EndToEnd, DisaggregatedGenerateEqualsSeerRun) {
     EXPECT_EQ(Tokens(gj).size(), 8u);
     EXPECT_EQ(Tokens(gj), Tokens(rj));
     EXPECT_EQ(LayerDensity(gj), LayerDensity(rj));
+    // Each token's logprobs and 3 alternatives (ids, then values), as seer run's.
+    const std::vector<double> glp = LogprobValues(gj), rlp = LogprobValues(rj);
+    ASSERT_EQ(glp.size(), 8u * 8u);
+    ASSERT_EQ(glp.size(), rlp.size());
+    for (size_t i = 0; i < glp.size(); ++i) EXPECT_NEAR(glp[i], rlp[i], 1e-4) << "logprobs[" << i / 8 << "]";
     ASSERT_NE(gj.Find("ttft_ms"), nullptr);
     EXPECT_GT(gj.Find("ttft_ms")->as_double(), 0.0);
   }
 
-  // Dense, against Hugging Face's own greedy generation from the same prompt.
-  CommandResult g = RunCommand({Bin("seer"), "generate", "--addr", servers.decode->grpc_address(), "--ids",
-                                "@" + prompt, "--max-new-tokens", "8", "--sparsity", "dense", "--json"});
+  // Dense, against Hugging Face's own greedy generation from the same
+  // prompt, and the prompt's logprobs (the prefill's, through both servers)
+  // against log_softmax of transformers' logits at each position.
+  CommandResult g =
+      RunCommand({Bin("seer"), "generate", "--addr", servers.decode->grpc_address(), "--ids", "@" + prompt,
+                  "--max-new-tokens", "8", "--sparsity", "dense", "--json", "--prompt-logprobs", "2"});
   ASSERT_EQ(g.exit_code, 0) << g.err;
-  EXPECT_EQ(Tokens(ParseJson(g)), FixtureIds("llama", "greedy_tokens"));
+  const JsonValue gj = ParseJson(g);
+  EXPECT_EQ(Tokens(gj), FixtureIds("llama", "greedy_tokens"));
+  const std::vector<int32_t> ids = FixtureIds("llama", "input_ids");
+  auto expected = fixtures::Open("llama/expected.safetensors");
+  ASSERT_TRUE(expected.ok());
+  auto hf_logits = fixtures::F32(**expected, "logits");
+  ASSERT_TRUE(hf_logits.ok());
+  const JsonValue* prompt_lp = gj.Find("prompt_logprobs");
+  ASSERT_TRUE(prompt_lp != nullptr && prompt_lp->as_array().size() == ids.size()) << g.out;
+  EXPECT_TRUE(prompt_lp->as_array()[0].Find("logprob")->is_null());
+  std::vector<TokenLogprobs> got;
+  for (size_t i = 1; i < ids.size(); ++i) {
+    const JsonValue& e = prompt_lp->as_array()[i];
+    TokenLogprobs lp{
+        {static_cast<int32_t>(e.Find("token")->as_int64()), static_cast<float>(e.Find("logprob")->as_double())}, {}};
+    for (const JsonValue& t : e.Find("top")->as_array()) {
+      lp.top.push_back(
+          {static_cast<int32_t>(t.Find("token")->as_int64()), static_cast<float>(t.Find("logprob")->as_double())});
+    }
+    got.push_back(lp);
+  }
+  logprobs_test::ExpectPromptLogprobs(*hf_logits, ids, got, 2, 1e-4);
 }
 
 std::vector<int32_t> Generate(v1::DecodeService::Stub* stub, const v1::GenerateRequest& req, grpc::Status* status) {

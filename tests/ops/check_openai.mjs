@@ -299,6 +299,35 @@ await expectError('a prompt past the context is BadRequestError 400 naming promp
                     OpenAI.BadRequestError, 400, 'top_logprobs');
 }
 
+// Echo with logprobs, as lm-evaluation-harness scores a continuation: a
+// batch of one prompt of token ids (the prompt and 5 greedy tokens), echo,
+// logprobs 1, max_tokens 1. The prompt's logprobs (dense, from the prefill's
+// every-row logits) at the 5 tokens equal their logprobs as decoded one by
+// one (`seer run --sparsity dense --logprobs`, the KV through decode steps),
+// and each is its position's most likely token (lm-eval's is_greedy); the
+// first token has none; the one new token has the 6th greedy one's.
+{
+  const close = (a, b) => a.length === b.length && a.every((x, i) => Math.abs(x - b[i]) < 1e-4);
+  const greedy = seerRun(['--ids', ids.join(','), '--sparsity', 'dense', '--logprobs', '1'], 6);
+  const scored = await client.completions.create({
+    model: name, prompt: [ids.concat(greedy.tokens.slice(0, 5))], echo: true, logprobs: 1, max_tokens: 1,
+    temperature: 0, seer_sparsity: 'dense',
+  });
+  const lp = scored.choices[0].logprobs;
+  same('echo lists every prompt token and the new one', lp.token_logprobs.length, ids.length + 6);
+  same('the first prompt token has no logprob', [lp.token_logprobs[0], lp.top_logprobs[0]], [null, null]);
+  check('echoed prompt logprobs equal the decoded tokens\' logprobs',
+        close(lp.token_logprobs.slice(ids.length), greedy.logprobs.map((e) => e.logprob)),
+        `got ${JSON.stringify(lp.token_logprobs.slice(ids.length))}, want ${JSON.stringify(greedy.logprobs)}`);
+  const isGreedy = lp.tokens.slice(ids.length).every((t, i) => {
+    const top = lp.top_logprobs[ids.length + i];
+    return Object.keys(top).reduce((a, b) => (top[a] >= top[b] ? a : b)) === t;
+  });
+  check('each continuation token is its position\'s most likely (is_greedy)', isGreedy, JSON.stringify(lp.top_logprobs));
+  check('the echoed text starts with the prompt\'s tokens\' texts',
+        scored.choices[0].text === lp.tokens.join(''), JSON.stringify([scored.choices[0].text, lp.tokens]));
+}
+
 // HTTPS: seer-decode serves the API with a certificate from a CA made here
 // (the gRPC port's --tls-cert). The client trusts the CA as an operator's
 // node client would, through NODE_EXTRA_CA_CERTS, which node reads when it
