@@ -106,6 +106,7 @@ TEST_P(HfEquivalence, PromptLogprobsAreLogSoftmaxOfTransformersLogits) {
 
   // Out of range: refused, naming the field.
   auto again = (*engine)->NewCache(L);
+  ASSERT_TRUE(again.ok());
   opts.prompt_logprobs = kMaxTopLogprobs + 1;
   auto refused = (*engine)->Prefill(*ids, opts, again->get(), nullptr);
   ASSERT_FALSE(refused.ok());

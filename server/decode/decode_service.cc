@@ -372,7 +372,9 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     out->set_logprob(t.logprob);
     if (service_->tokenizer_ == nullptr) return;
     const int32_t id = t.id;
-    StatusOr<std::string> text = service_->tokenizer_->Decode(std::span<const int32_t>(&id, 1));
+    // Special tokens show as nothing, as in the reply's text (vLLM's way).
+    StatusOr<std::string> text =
+        service_->tokenizer_->Decode(std::span<const int32_t>(&id, 1), /*skip_special_tokens=*/true);
     if (text.ok()) out->set_text(unicode::Utf8Lossy(*text));
   }
 

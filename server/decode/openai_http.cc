@@ -467,10 +467,7 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
     if (!echo->is_bool()) return Invalid("echo", "echo: must be true or false");
     if (chat && echo->as_bool())
       return Invalid("echo", "echo: not supported by this server for chat (a completions field)");
-    // The prompt's tokens come back with their texts (and logprobs) from
-    // the prefill, whether or not their logprobs are shown.
     out->echo = echo->as_bool();
-    if (out->echo) out->generate.set_prompt_logprobs(out->logprobs ? out->generate.logprobs() : 0);
   }
   // What Seer cannot do is refused, not ignored: the client would get other
   // text than it asked for. Each field passes at its neutral value: null,
@@ -543,11 +540,13 @@ std::optional<HttpError> ParseCompletion(const JsonValue& root, int default_max_
   if (prompt->is_string()) {
     out->generate.set_text(prompt->as_string());
     out->prompt_text = prompt->as_string();
+    if (out->echo && out->logprobs) out->generate.set_prompt_logprobs(out->generate.logprobs());
     return std::nullopt;
   }
   if (prompt->is_array() && prompt->as_array().size() == 1 && prompt->as_array()[0].is_string()) {
     out->generate.set_text(prompt->as_array()[0].as_string());
     out->prompt_text = prompt->as_array()[0].as_string();
+    if (out->echo && out->logprobs) out->generate.set_prompt_logprobs(out->generate.logprobs());
     return std::nullopt;
   }
   // A batch of one prompt of token ids (as lm-evaluation-harness sends it).
@@ -555,6 +554,8 @@ std::optional<HttpError> ParseCompletion(const JsonValue& root, int default_max_
     prompt = &prompt->as_array()[0];
   }
   if (prompt->is_array() && !prompt->as_array().empty()) {
+    // Echoing ids needs their texts, which come with the prompt's logprobs.
+    if (out->echo) out->generate.set_prompt_logprobs(out->logprobs ? out->generate.logprobs() : 0);
     for (const JsonValue& id : prompt->as_array()) {
       if (!id.is_integer() || id.as_int64() < 0 || id.as_int64() > INT32_MAX) {
         return Invalid("prompt", "prompt: must be a string, an array of one string, or an array of token ids");
@@ -652,8 +653,12 @@ JsonValue LogprobsJson(bool chat, const std::vector<v1::TokenLogprobs>& run, int
     }
     token_logprobs.Append(LogprobJson(lp.chosen().logprob()));
     JsonValue top = JsonValue::Object();
-    for (const v1::TokenLogprob& t : lp.top()) top.Set(t.text(), LogprobJson(t.logprob()));
-    top.Set(lp.chosen().text(), LogprobJson(lp.chosen().logprob()));
+    for (const v1::TokenLogprob& t : lp.top()) {
+      if (top.Find(t.text()) == nullptr) top.Set(t.text(), LogprobJson(t.logprob()));
+    }
+    // Two tokens may share a text (bytes that show as U+FFFD): the more
+    // likely one's logprob stays.
+    if (top.Find(lp.chosen().text()) == nullptr) top.Set(lp.chosen().text(), LogprobJson(lp.chosen().logprob()));
     top_logprobs.Append(std::move(top));
   }
   out.Set("tokens", std::move(tokens));

@@ -480,7 +480,8 @@ TEST_F(OpenAiHttp, LogprobsHaveOpenAisShapeOnBothEndpoints) {
 // prompt of ids as its tokens' texts), and with logprobs the prompt's tokens
 // lead the logprobs, the first with null (nothing before it); streamed, the
 // prompt is the first chunk. Echo asks the wire for the prompt's logprobs
-// (0 alternatives without logprobs, whose texts it needs for ids).
+// (for a prompt of ids without logprobs, 0 alternatives: their texts; a text
+// prompt without logprobs asks nothing).
 TEST_F(OpenAiHttp, EchoStartsTheReplyWithThePromptAndItsLogprobs) {
   JsonValue out = PostJson("/v1/completions", R"({"prompt": "Say hi", "echo": true, "logprobs": 1})", 200);
   EXPECT_EQ(backend.Last().prompt_logprobs(), 1);
@@ -494,12 +495,13 @@ TEST_F(OpenAiHttp, EchoStartsTheReplyWithThePromptAndItsLogprobs) {
   EXPECT_EQ(lp->Find("text_offset")->Dump(), "[0,3,6,9,12,14,14]");
 
   out = PostJson("/v1/completions", R"({"prompt": "Say hi", "echo": true})", 200);
-  EXPECT_EQ(backend.Last().prompt_logprobs(), 0);
+  EXPECT_FALSE(backend.Last().has_prompt_logprobs()) << "a text prompt echoes as given";
   EXPECT_EQ(out.Find("choices")->as_array()[0].Find("text")->as_string(), "Say hiHello, world");
   EXPECT_TRUE(out.Find("choices")->as_array()[0].Find("logprobs")->is_null());
 
   out = PostJson("/v1/completions", R"({"prompt": [[1, 2, 3]], "echo": true, "max_tokens": 1})", 200);
   const v1::GenerateRequest ids = backend.Last();
+  EXPECT_EQ(ids.prompt_logprobs(), 0) << "echoed ids need their texts";
   EXPECT_EQ(std::vector<int32_t>(ids.token_ids().begin(), ids.token_ids().end()), (std::vector<int32_t>{1, 2, 3}));
   EXPECT_EQ(out.Find("choices")->as_array()[0].Find("text")->as_string(), "<s>Say hiHello, world");
 

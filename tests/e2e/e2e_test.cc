@@ -71,7 +71,7 @@ std::vector<double> LogprobValues(const JsonValue& j, const std::string& key = "
       out.push_back(e.Find("logprob")->is_null() ? NAN : e.Find("logprob")->as_double());
       for (const JsonValue& t : e.Find("top")->as_array()) {
         out.push_back(static_cast<double>(t.Find("token")->as_int64()));
-        out.push_back(t.Find("logprob")->as_double());
+        out.push_back(t.Find("logprob")->is_null() ? NAN : t.Find("logprob")->as_double());
       }
     }
   }
