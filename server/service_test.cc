@@ -1263,6 +1263,21 @@ TEST(Isolation, BufferedKvIsBoundedByAdmissionAndStalledStreamsAreCancelled) {
   EXPECT_EQ(exhausted, 3) << "a refused client learns why, naming the flag";
   // And a reader is served.
   EXPECT_TRUE(CallPrefill(h.Stub().get(), PrefillOf(1024, 30)).ok());
+
+  // The summary's prompt logprobs count too: a budget with room for one
+  // stream's KV and messages (16 MiB and about 200 KiB) and 400 KiB more
+  // serves the prompt, but not with 20 alternatives a position (1,023 x 344
+  // bytes more), which it refuses naming them.
+  options.max_buffered_bytes = kKv + (400 << 10);
+  PrefillHarness small(options, engine.get());
+  v1::PrefillRequest asked = PrefillOf(1024, 31);
+  EXPECT_TRUE(CallPrefill(small.Stub().get(), asked).ok());
+  asked.set_prompt_logprobs(20);
+  const grpc::Status s = CallPrefill(small.Stub().get(), asked);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  EXPECT_NE(s.error_message().find("its prompt logprobs"), std::string::npos) << s.error_message();
+  asked.set_prompt_logprobs(1);  // 1,023 x 40 bytes fit
+  EXPECT_TRUE(CallPrefill(small.Stub().get(), asked).ok());
 }
 
 // The same for token streams: each Generate stream reserves its tokens'
@@ -1319,6 +1334,27 @@ TEST(Isolation, TokenBuffersAreBoundedByAdmissionAndStalledGeneratesAreCancelled
   req.set_max_new_tokens(8);
   EXPECT_TRUE(CallGenerate(decode.Stub().get(), req, &tokens).ok());
   EXPECT_EQ(tokens.size(), 8u);
+  // A request that could never fit the budget, however empty, is refused as
+  // too large by the field that makes it so, not told to retry: 2000 tokens
+  // with 20 alternatives each, or a prompt whose logprobs alone need more.
+  v1::GenerateRequest big = req;
+  big.set_max_new_tokens(2000);
+  big.set_logprobs(20);
+  grpc::Status s = CallGenerate(decode.Stub().get(), big, &tokens);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_EQ(s.error_message().rfind("max_new_tokens: 2000 tokens with logprobs 20 may buffer", 0), 0u)
+      << s.error_message();
+  EXPECT_NE(s.error_message().find("--max-buffered-bytes"), std::string::npos) << s.error_message();
+  v1::GenerateRequest echo;
+  for (int i = 0; i < 400; ++i) echo.add_token_ids((i * 13) % 100);
+  echo.set_max_new_tokens(8);
+  echo.set_prompt_logprobs(20);
+  s = CallGenerate(decode.Stub().get(), echo, &tokens);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+  EXPECT_EQ(s.error_message().rfind("prompt_logprobs: the prompt's 400 positions with 20 alternatives", 0), 0u)
+      << s.error_message();
+  // Nothing stays reserved (the served reader's share goes once its stream is done).
+  EXPECT_TRUE(WaitFor([&] { return decode.service->buffered_bytes() == 0; }, 10s)) << decode.service->buffered_bytes();
 }
 
 // A client that reads only after the prefill has finished gets its chunks

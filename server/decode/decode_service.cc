@@ -119,6 +119,17 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     max_new_tokens_ = call_.max_new_tokens;
     ByteBudget& budget = service->budget_;
     const int64_t need = GenerateStreamBytes(max_new_tokens_, engine_->config().num_layers, call_.sampling.logprobs);
+    if (need > budget.limit()) {
+      // It would never fit: not a retry, a smaller request.
+      const bool lp = call_.sampling.logprobs >= 0;
+      FinishNow(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                             "max_new_tokens: " + std::to_string(max_new_tokens_) + " tokens" +
+                                 (lp ? " with logprobs " + std::to_string(call_.sampling.logprobs) : std::string()) +
+                                 " may buffer " + Mib(need) + " for a slow client, more than this worker's " +
+                                 "--max-buffered-bytes (" + Mib(budget.limit()) + ") holds; ask for fewer tokens" +
+                                 (lp ? " or alternatives" : "")));
+      return;
+    }
     std::optional<ByteBudget::Reservation> charge = budget.TryReserve(need);
     if (!charge) {
       FinishNow(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -192,6 +203,15 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
       // Their messages wait for the client as the tokens' do.
       ByteBudget& budget = service_->budget_;
       const int64_t need = int64_t{prompt_tokens_} * static_cast<int64_t>(TokenMessageBytes(call_.prompt_logprobs));
+      const int64_t own = GenerateStreamBytes(max_new_tokens_, engine_->config().num_layers, call_.sampling.logprobs);
+      if (need > budget.limit() - own) {
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            "prompt_logprobs: the prompt's " + std::to_string(prompt_tokens_) + " positions with " +
+                                std::to_string(call_.prompt_logprobs) + " alternatives may buffer " + Mib(need) +
+                                " for a slow client, beside the reply's " + Mib(own) + "; this worker's " +
+                                "--max-buffered-bytes (" + Mib(budget.limit()) + ") holds less; ask for fewer " +
+                                "alternatives or a shorter prompt");
+      }
       prompt_logprobs_charge_ = budget.TryReserve(need);
       if (!prompt_logprobs_charge_) {
         return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,

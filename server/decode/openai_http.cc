@@ -139,6 +139,10 @@ void InOpenAiTerms(bool chat, const std::string& max_key, HttpError* e) {
     name = field;  // stop[1]: the request's own index
   } else if (field == "request_id") {
     name = "user";
+  } else if (field == "logprobs") {
+    name = chat ? "top_logprobs" : "logprobs";
+  } else if (field == "prompt_logprobs") {
+    name = "echo";  // only a completion's echo asks for them
   }
   const bool too_long = ((field == "token_ids" || field == "text" || field == "messages") &&
                          e->message.find(" exceed") != std::string::npos) ||
@@ -275,6 +279,9 @@ struct ParsedRequest {
   // logprobs when logprobs asks); prompt_text is the prompt when it was text.
   bool echo = false;
   std::optional<std::string> prompt_text;
+  // max_tokens 0 with echo (scoring a text, as vLLM allows): the reply is the
+  // prompt alone. The wire asks for one token, which is not shown.
+  bool prompt_only = false;
 };
 
 // A JSON number as a float; beyond float's range, infinite (which the
@@ -354,9 +361,12 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
   } else {
     double max_tokens = default_max_tokens;
     if (auto e = number(max_key, default_max_tokens, &max_tokens)) return e;
-    if (!(max_tokens >= 1) || max_tokens != std::floor(max_tokens)) {
+    // 0 only with a completion's echo (checked below, once echo is read).
+    if (!(max_tokens >= (chat ? 1 : 0)) || max_tokens != std::floor(max_tokens)) {
       return Invalid(max_key, std::string(max_key) + ": must be a positive integer, got " + max_field->Dump());
     }
+    out->prompt_only = max_tokens == 0;
+    if (out->prompt_only) max_tokens = 1;
     // The server's --max-new-tokens refuses what is too large, by name.
     if (max_tokens > INT32_MAX) {
       return Invalid(max_key, std::string(max_key) + ": " + max_field->Dump() + " is more than this server takes");
@@ -468,6 +478,11 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
     if (chat && echo->as_bool())
       return Invalid("echo", "echo: not supported by this server for chat (a completions field)");
     out->echo = echo->as_bool();
+  }
+  if (out->prompt_only && !out->echo) {
+    return Invalid(max_key, std::string(max_key) +
+                                ": must be a positive integer, got 0 (0 is taken with echo: the prompt alone, "
+                                "scored)");
   }
   // What Seer cannot do is refused, not ignored: the client would get other
   // text than it asked for. Each field passes at its neutral value: null,
@@ -581,11 +596,14 @@ std::optional<HttpError> ParseChat(const JsonValue& root, int default_max_tokens
   return std::nullopt;
 }
 
-JsonValue Usage(const v1::GenerateSummary& s) {
+// The reply's token counts; a prompt-only reply (ParsedRequest::prompt_only)
+// shows none of the token the wire made.
+JsonValue Usage(const v1::GenerateSummary& s, bool prompt_only) {
+  const int64_t completion = prompt_only ? 0 : s.generated_tokens();
   JsonValue u = JsonValue::Object();
   u.Set("prompt_tokens", JsonValue::Int(s.prompt_tokens()));
-  u.Set("completion_tokens", JsonValue::Int(s.generated_tokens()));
-  u.Set("total_tokens", JsonValue::Int(int64_t{s.prompt_tokens()} + s.generated_tokens()));
+  u.Set("completion_tokens", JsonValue::Int(completion));
+  u.Set("total_tokens", JsonValue::Int(int64_t{s.prompt_tokens()} + completion));
   return u;
 }
 
@@ -947,7 +965,7 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
       prompt_tokens.insert(prompt_tokens.end(), r.prompt_logprobs().tokens().begin(),
                            r.prompt_logprobs().tokens().end());
     }
-    if (r.has_logprobs()) unsent_logprobs.push_back(r.logprobs());
+    if (r.has_logprobs() && !req.prompt_only) unsent_logprobs.push_back(r.logprobs());
     if (ClientClosed(client_fd)) {
       client_gone = true;
       return false;
@@ -956,7 +974,7 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
       // The first token (or the end): the reply starts with the prompt,
       // whose logprobs go before this token's.
       std::optional<v1::TokenLogprobs> current;
-      if (r.has_logprobs()) {
+      if (r.has_logprobs() && !req.prompt_only) {
         current = unsent_logprobs.back();
         unsent_logprobs.pop_back();
       }
@@ -974,6 +992,7 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
       if (current) unsent_logprobs.push_back(*current);
       if (client_gone) return false;
     }
+    if (req.prompt_only) return true;  // the token the wire made is not shown
     if (!req.stream) {
       text += r.text();
       return true;
@@ -1001,24 +1020,26 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     mg_send_chunk(conn, "", 0);
     return;
   }
+  // A prompt-only reply stops at its length, 0 tokens (as vLLM's does).
+  const std::string finish = req.prompt_only ? "length" : summary.finish_reason();
   if (!req.stream) {
     JsonValue out = envelope();
     JsonValue choices = JsonValue::Array();
-    choices.Append(choice(text, summary.finish_reason(), false));
+    choices.Append(choice(text, finish, false));
     out.Set("choices", std::move(choices));
-    out.Set("usage", Usage(summary));
+    out.Set("usage", Usage(summary, req.prompt_only));
     return SendJson(conn, 200, out.Dump());
   }
   start_stream();
   JsonValue last = envelope();
   JsonValue choices = JsonValue::Array();
-  choices.Append(choice("", summary.finish_reason(), false));
+  choices.Append(choice("", finish, false));
   last.Set("choices", std::move(choices));
   SendEvent(conn, last.Dump());
   if (req.include_usage) {
     JsonValue usage = envelope();
     usage.Set("choices", JsonValue::Array());
-    usage.Set("usage", Usage(summary));
+    usage.Set("usage", Usage(summary, req.prompt_only));
     SendEvent(conn, usage.Dump());
   }
   SendEvent(conn, "[DONE]");

@@ -526,6 +526,36 @@ TEST_F(OpenAiHttp, EchoStartsTheReplyWithThePromptAndItsLogprobs) {
   }
   EXPECT_EQ(text, "Say hiHello, world");
 
+  // max_tokens 0 with echo scores the prompt alone (as vLLM allows): the wire
+  // makes one token, which the reply leaves out of its text, logprobs and
+  // usage; whole and streamed.
+  out = PostJson("/v1/completions", R"({"prompt": "Say hi", "echo": true, "logprobs": 1, "max_tokens": 0})", 200);
+  EXPECT_EQ(backend.Last().max_new_tokens(), 1);
+  EXPECT_EQ(backend.Last().prompt_logprobs(), 1);
+  const JsonValue& only = out.Find("choices")->as_array()[0];
+  EXPECT_EQ(only.Find("text")->as_string(), "Say hi");
+  EXPECT_EQ(only.Find("finish_reason")->as_string(), "length");
+  EXPECT_EQ(only.Find("logprobs")->Find("tokens")->Dump(), R"(["<s>","Say"," hi"])");
+  EXPECT_EQ(only.Find("logprobs")->Find("token_logprobs")->Dump(), "[null,-2,-3]");
+  EXPECT_EQ(out.Find("usage")->Find("completion_tokens")->as_int64(), 0);
+  EXPECT_EQ(out.Find("usage")->Find("total_tokens")->as_int64(), out.Find("usage")->Find("prompt_tokens")->as_int64());
+  r = Exchange(server->port(), "POST", "/v1/completions",
+               R"({"prompt": "Say hi", "echo": true, "max_tokens": 0, "stream": true})");
+  ASSERT_EQ(r.status, 200);
+  text.clear();
+  std::string finish;
+  for (const std::string& event : Events(r.body)) {
+    auto e = JsonValue::Parse(event);
+    if (!e.ok()) continue;  // [DONE]
+    const JsonValue& c0 = e->Find("choices")->as_array()[0];
+    text += c0.Find("text")->as_string();
+    if (!c0.Find("finish_reason")->is_null()) finish = c0.Find("finish_reason")->as_string();
+  }
+  EXPECT_EQ(text, "Say hi");
+  EXPECT_EQ(finish, "length");
+  Refused(R"("max_tokens": 0)", "max_tokens", "0 is taken with echo");
+  Refused(R"("max_tokens": -1, "echo": true)", "max_tokens", "positive integer");
+
   Refused(R"("echo": "yes")", "echo", "true or false");
   const JsonValue chat =
       PostJson("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "Hi"}], "echo": true})", 400);
@@ -763,6 +793,18 @@ TEST_F(OpenAiHttp, GenerateErrorsNameTheRequestsOwnFields) {
   EXPECT_EQ(e.Find("message")->as_string(), "prompt[2]: 5000 is out of range [0, 128)");
   backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "sparsity.nz_ratio: 2 is out of range");
   EXPECT_EQ(error_of("/v1/completions", completion).Find("param")->as_string(), "seer_sparsity");
+  // The alternatives are a completion's logprobs and a chat's top_logprobs;
+  // the prompt's logprobs come only from a completion's echo.
+  backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "logprobs: 21 is out of range [0, 20]");
+  EXPECT_EQ(error_of("/v1/completions", completion).Find("param")->as_string(), "logprobs");
+  e = error_of("/v1/chat/completions", chat);
+  EXPECT_EQ(e.Find("param")->as_string(), "top_logprobs");
+  EXPECT_EQ(e.Find("message")->as_string(), "top_logprobs: 21 is out of range [0, 20]");
+  backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                               "prompt_logprobs: the prompt's 5000 positions with 1 alternatives may buffer 1.2 MiB");
+  e = error_of("/v1/completions", completion);
+  EXPECT_EQ(e.Find("param")->as_string(), "echo");
+  EXPECT_EQ(e.Find("message")->as_string().rfind("echo: the prompt's 5000 positions", 0), 0u);
   backend.error = grpc::Status::OK;
 }
 

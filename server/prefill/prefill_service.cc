@@ -259,14 +259,21 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
     const int seq_len = static_cast<int>(ids_.size());
     const int64_t kv_bytes = 2 * static_cast<int64_t>(layout.num_layers) * layout.LayerBytes(seq_len);
     const int64_t messages = std::min<int64_t>(service->options_.stream_buffer_bytes + 2 * chunk_bytes_, kv_bytes);
-    const int64_t need =
-        kv_bytes + messages + static_cast<int64_t>(kHeaderBytes + SummaryBytes(engine->config().vocab_size));
+    // The summary carries the prompt's logprobs when asked: at most 16
+    // bytes an entry on the wire (an id and a float, framed), 1 + n entries
+    // a position after the first.
+    const int64_t prompt_logprob_bytes =
+        options_.prompt_logprobs < 0 ? 0 : int64_t{seq_len - 1} * (16 * (1 + options_.prompt_logprobs) + 8);
+    const int64_t need = kv_bytes + messages + prompt_logprob_bytes +
+                         static_cast<int64_t>(kHeaderBytes + SummaryBytes(engine->config().vocab_size));
     ByteBudget& budget = service->budget_;
     if (need > budget.limit()) {
-      FinishNow(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                             "seer-prefill: this request needs " + Mib(need) + " for its KV cache (" + Mib(kv_bytes) +
-                                 ") and messages, more than --max-buffered-bytes " + std::to_string(budget.limit()) +
-                                 " (" + Mib(budget.limit()) + ") allows"));
+      FinishNow(grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          "seer-prefill: this request needs " + Mib(need) + " for its KV cache (" + Mib(kv_bytes) + ")" +
+              (prompt_logprob_bytes > 0 ? ", its prompt logprobs (" + Mib(prompt_logprob_bytes) + ")" : std::string()) +
+              " and messages, more than --max-buffered-bytes " + std::to_string(budget.limit()) + " (" +
+              Mib(budget.limit()) + ") allows"));
       return;
     }
     std::optional<ByteBudget::Reservation> charge = budget.TryReserve(need);

@@ -326,6 +326,16 @@ await expectError('a prompt past the context is BadRequestError 400 naming promp
   check('each continuation token is its position\'s most likely (is_greedy)', isGreedy, JSON.stringify(lp.top_logprobs));
   check('the echoed text starts with the prompt\'s tokens\' texts',
         scored.choices[0].text === lp.tokens.join(''), JSON.stringify([scored.choices[0].text, lp.tokens]));
+  // max_tokens 0 with echo scores the prompt alone: the same prompt
+  // logprobs, no new token, 0 completion tokens.
+  const only = await client.completions.create({
+    model: name, prompt: [ids.concat(greedy.tokens.slice(0, 5))], echo: true, logprobs: 1, max_tokens: 0,
+    temperature: 0, seer_sparsity: 'dense',
+  });
+  const olp = only.choices[0].logprobs;
+  same('max_tokens 0 with echo lists the prompt\'s tokens alone', olp.tokens, lp.tokens.slice(0, ids.length + 5));
+  same('... with the same logprobs', olp.token_logprobs, lp.token_logprobs.slice(0, ids.length + 5));
+  same('... and no completion tokens', [only.usage.completion_tokens, only.choices[0].finish_reason], [0, 'length']);
 }
 
 // HTTPS: seer-decode serves the API with a certificate from a CA made here
