@@ -351,8 +351,12 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
   }
 
   // The prompt's logprobs from the prefill's summary, with their texts, in
-  // messages of up to 1024 tokens; position 0 has none (NaN). The call's
-  // end when it cannot go on: the stream gone, or a summary without them
+  // messages of up to 1024 tokens; position 0 has none (NaN). A prompt
+  // token's text is what it adds to the prompt's text (decoded
+  // incrementally, as the reply's tokens are, and as vLLM does), so that the
+  // texts joined are the prompt decoded whole, a character split over tokens
+  // included; an alternative's is its token decoded alone. The call's end
+  // when it cannot go on: the stream gone, or a summary without them
   // (DATA_LOSS).
   std::optional<grpc::Status> SendPromptLogprobs(const std::vector<int32_t>& ids) {
     constexpr int kPerMessage = 1024;
@@ -362,22 +366,34 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
                                                            " prompt logprobs for " + std::to_string(ids.size()) +
                                                            " prompt tokens");
     }
-    for (int first = 0; first < static_cast<int>(ids.size()); first += kPerMessage) {
+    std::optional<IncrementalDecoder> decoder;
+    if (service_->tokenizer_ != nullptr) decoder.emplace(*service_->tokenizer_, /*skip_special_tokens=*/true);
+    const int n = static_cast<int>(ids.size());
+    for (int first = 0; first < n; first += kPerMessage) {
       auto msg = std::make_unique<v1::GenerateResponse>();
       v1::PromptLogprobs* out = msg->mutable_prompt_logprobs();
       out->set_first(first);
-      const int end = std::min<int>(first + kPerMessage, static_cast<int>(ids.size()));
+      const int end = std::min(first + kPerMessage, n);
       for (int i = first; i < end; ++i) {
-        if (i == 0) {
-          SetLogprob(TokenLogprob{ids[0], std::numeric_limits<float>::quiet_NaN()},
-                     out->add_tokens()->mutable_chosen());
-          continue;
-        }
-        const v1::TokenLogprobs& lp = got[i - 1];
         v1::TokenLogprobs* t = out->add_tokens();
-        SetLogprob(TokenLogprob{lp.chosen().token_id(), lp.chosen().logprob()}, t->mutable_chosen());
-        for (const v1::TokenLogprob& alt : lp.top())
-          SetLogprob(TokenLogprob{alt.token_id(), alt.logprob()}, t->add_top());
+        if (i == 0) {
+          t->mutable_chosen()->set_token_id(ids[0]);
+          t->mutable_chosen()->set_logprob(std::numeric_limits<float>::quiet_NaN());
+        } else {
+          const v1::TokenLogprobs& lp = got[i - 1];
+          t->mutable_chosen()->set_token_id(lp.chosen().token_id());
+          t->mutable_chosen()->set_logprob(lp.chosen().logprob());
+          for (const v1::TokenLogprob& alt : lp.top())
+            SetLogprob(TokenLogprob{alt.token_id(), alt.logprob()}, t->add_top());
+        }
+        if (!decoder) continue;
+        StatusOr<std::string> piece = decoder->Step(ids[i]);
+        std::string text = piece.ok() ? *std::move(piece) : std::string();
+        if (i + 1 == n) {
+          StatusOr<std::string> rest = decoder->Finish();
+          if (rest.ok()) text += *rest;
+        }
+        t->mutable_chosen()->set_text(unicode::Utf8Lossy(text));
       }
       const size_t bytes = static_cast<size_t>(end - first) * TokenMessageBytes(call_.prompt_logprobs);
       if (!Send(std::move(msg), bytes)) return StreamGone();

@@ -336,6 +336,27 @@ await expectError('a prompt past the context is BadRequestError 400 naming promp
   same('max_tokens 0 with echo lists the prompt\'s tokens alone', olp.tokens, lp.tokens.slice(0, ids.length + 5));
   same('... with the same logprobs', olp.token_logprobs, lp.token_logprobs.slice(0, ids.length + 5));
   same('... and no completion tokens', [only.usage.completion_tokens, only.choices[0].finish_reason], [0, 'length']);
+  // A prompt token's text is what it adds to the prompt's text (decoded
+  // incrementally), so the texts joined are the prompt decoded whole, and
+  // so is the echo of a prompt of ids. This tokenizer's decoder strips the
+  // text's first space (SentencePiece's way): decoded one by one, every
+  // word's token would lose its space. text_offset walks the echo.
+  const wide = 'naïve café, 日本語 😀! and then some words';
+  const wideIds = JSON.parse(execFileSync(join(bin, 'seer'), ['tokenize', '--tokenizer', model, '--text', wide,
+    '--json']).toString()).ids;
+  const wideText = JSON.parse(execFileSync(join(bin, 'seer'), ['detokenize', '--tokenizer', model, '--ids',
+    wideIds.join(','), '--skip-special-tokens', '--json']).toString()).text;
+  const scoredWide = await client.completions.create({
+    model: name, prompt: wide, echo: true, logprobs: 0, max_tokens: 0, temperature: 0,
+  });
+  const wlp = scoredWide.choices[0].logprobs;
+  same('prompt token texts joined are the prompt decoded whole', wlp.tokens.join(''), wideText);
+  same('text_offset walks the echoed prompt', wlp.text_offset,
+       wlp.tokens.map((_, i) => [...wlp.tokens.slice(0, i).join('')].length));
+  const echoedIds = await client.completions.create({
+    model: name, prompt: [wideIds], echo: true, max_tokens: 0, temperature: 0,
+  });
+  same('a prompt of ids echoes as it decodes whole', echoedIds.choices[0].text, wideText);
 }
 
 // HTTPS: seer-decode serves the API with a certificate from a CA made here
