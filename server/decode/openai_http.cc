@@ -19,9 +19,12 @@
 #include <cstring>
 #include <optional>
 #include <ctime>
+#include <functional>
+#include <mutex>
 #include <string>
 #include <system_error>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include <prometheus/counter.h>
@@ -282,6 +285,7 @@ struct ParsedRequest {
   // max_tokens 0 with echo (scoring a text, as vLLM allows): the reply is the
   // prompt alone. The wire asks for one token, which is not shown.
   bool prompt_only = false;
+  int n = 1;  // choices, each its own Generate call
 };
 
 // A JSON number as a float; beyond float's range, infinite (which the
@@ -291,6 +295,10 @@ float ToFloat(double v) {
   if (v < -FLT_MAX) return -INFINITY;
   return static_cast<float>(v);
 }
+
+// The most choices (`n`) a request may ask for; each is a Generate call of
+// its own, prefilled apart.
+constexpr int kMaxChoices = 16;
 
 // OpenAI's logprobs. A completion's `logprobs` is the number of alternatives
 // (0 to 20: 0 gives the chosen token's alone); a chat's is true or false,
@@ -377,7 +385,11 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
   if (auto e = number("temperature", 1.0, &temperature)) return e;
   if (auto e = number("top_p", 1.0, &top_p)) return e;
   if (auto e = number("n", 1.0, &n)) return e;
-  if (n != 1.0) return Invalid("n", "n: only 1 is supported");
+  if (!(n >= 1 && n <= kMaxChoices) || n != std::floor(n)) {
+    return Invalid("n", "n: " + root.Find("n")->Dump() + " is out of range: an integer from 1 to " +
+                            std::to_string(kMaxChoices) + " (this server's limit)");
+  }
+  out->n = static_cast<int>(n);
   if (!(top_p >= 0.0 && top_p <= 1.0)) {
     return Invalid("top_p", "top_p: " + root.Find("top_p")->Dump() + " is out of range [0, 1]");
   }
@@ -594,17 +606,6 @@ std::optional<HttpError> ParseChat(const JsonValue& root, int default_max_tokens
     msg->set_content(std::move(t.content));
   }
   return std::nullopt;
-}
-
-// The reply's token counts; a prompt-only reply (ParsedRequest::prompt_only)
-// shows none of the token the wire made.
-JsonValue Usage(const v1::GenerateSummary& s, bool prompt_only) {
-  const int64_t completion = prompt_only ? 0 : s.generated_tokens();
-  JsonValue u = JsonValue::Object();
-  u.Set("prompt_tokens", JsonValue::Int(s.prompt_tokens()));
-  u.Set("completion_tokens", JsonValue::Int(completion));
-  u.Set("total_tokens", JsonValue::Int(int64_t{s.prompt_tokens()} + completion));
-  return u;
 }
 
 // A logprob as JSON, in the fewest digits that give the float back (-0.1,
@@ -894,30 +895,56 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     o.Set("model", JsonValue::String(options_.model_name));
     return o;
   };
-  // One choice of a chunk (stream) or of the whole answer, with the logprobs
-  // of the tokens not yet sent (when asked for), which it takes.
-  std::vector<v1::TokenLogprobs> unsent_logprobs;
-  int64_t text_offset = 0;
-  // echo: the prompt's tokens (texts, and logprobs when asked), until the
-  // reply starts with them at the first token.
-  std::vector<v1::TokenLogprobs> prompt_tokens;
-  bool echo_pending = req.echo;
+
+  // Each of the n choices is a Generate call of its own (choice i with seed
+  // + i when the request has a seed), run side by side: choice 0 on this
+  // thread, the others on threads of their own. A streamed choice writes
+  // its chunks as they come, one writer at a time.
+  struct Choice {
+    int index = 0;
+    v1::GenerateRequest generate;
+    // The logprobs of the tokens not yet sent (when asked for), which the
+    // next chunk takes.
+    std::vector<v1::TokenLogprobs> unsent_logprobs;
+    int64_t text_offset = 0;
+    // echo: the prompt's tokens (texts, and logprobs when asked), until the
+    // reply starts with them at the first token.
+    std::vector<v1::TokenLogprobs> prompt_tokens;
+    bool echo_pending = false;
+    bool started = false;  // a streamed chat choice's first chunk (the role) is out
+    std::string text;  // the whole reply, when not streamed
+    v1::GenerateSummary summary;
+    grpc::Status status;
+  };
+  std::vector<Choice> choices(static_cast<size_t>(req.n));
+  for (int i = 0; i < req.n; ++i) {
+    Choice& c = choices[static_cast<size_t>(i)];
+    c.index = i;
+    c.generate = req.generate;
+    if (i > 0 && c.generate.sampling().has_seed()) {
+      c.generate.mutable_sampling()->set_seed(c.generate.sampling().seed() + static_cast<uint64_t>(i));
+    }
+    c.echo_pending = req.echo;
+  }
   // The echoed prompt: the text as given, or a prompt of ids as its tokens' texts.
-  auto take_echo = [&]() {
-    echo_pending = false;
+  auto take_echo = [&](Choice& c) {
+    c.echo_pending = false;
     std::string echoed;
     if (req.prompt_text) {
       echoed = *req.prompt_text;
     } else {
-      for (const v1::TokenLogprobs& t : prompt_tokens) echoed += t.chosen().text();
+      for (const v1::TokenLogprobs& t : c.prompt_tokens) echoed += t.chosen().text();
     }
-    if (req.logprobs) unsent_logprobs.insert(unsent_logprobs.begin(), prompt_tokens.begin(), prompt_tokens.end());
-    prompt_tokens.clear();
+    if (req.logprobs)
+      c.unsent_logprobs.insert(c.unsent_logprobs.begin(), c.prompt_tokens.begin(), c.prompt_tokens.end());
+    c.prompt_tokens.clear();
     return echoed;
   };
-  auto choice = [&](const std::string& text, const std::string& finish, bool first) {
+  // One choice of a chunk (stream) or of the whole answer, with the logprobs
+  // of the tokens not yet sent (when asked for), which it takes.
+  auto choice_json = [&](Choice& ch, const std::string& text, const std::string& finish, bool first) {
     JsonValue c = JsonValue::Object();
-    c.Set("index", JsonValue::Int(0));
+    c.Set("index", JsonValue::Int(ch.index));
     if (chat) {
       JsonValue m = JsonValue::Object();
       if (!req.stream || first) m.Set("role", JsonValue::String("assistant"));
@@ -927,8 +954,8 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
       c.Set("text", JsonValue::String(text));
     }
     if (req.logprobs && !first) {
-      c.Set("logprobs", LogprobsJson(chat, unsent_logprobs, &text_offset));
-      unsent_logprobs.clear();
+      c.Set("logprobs", LogprobsJson(chat, ch.unsent_logprobs, &ch.text_offset));
+      ch.unsent_logprobs.clear();
     } else {
       c.Set("logprobs", JsonValue());
     }
@@ -936,83 +963,114 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     return c;
   };
 
-  std::string text;
-  v1::GenerateSummary summary;
-  bool headers_sent = false;
-  bool client_gone = false;
+  // The connection, shared by the choices' threads.
+  std::mutex conn_mu;
+  bool headers_sent = false;  // under conn_mu
+  std::atomic<bool> client_gone{false};
+  std::atomic<bool> failed{false};  // a choice's call failed: the others stop
   // A client that leaves is noticed at its next token, streaming or not, and
-  // its call cancelled (a non-streaming one writes nothing until the end).
+  // its calls cancelled (a non-streaming one writes nothing until the end).
   const int client_fd = ClientSocket(info, port_civetweb_);
-  auto start_stream = [&]() {
-    if (headers_sent) return;
-    headers_sent = true;
-    t_http_status = 200;
-    mg_printf(conn,
-              "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-              "Transfer-Encoding: chunked\r\n\r\n");
-    if (chat) {
+  // Streams: the headers once, and a chat choice's first chunk (its role)
+  // before its first text. Under conn_mu.
+  auto start_stream = [&](Choice& c) {
+    if (!headers_sent) {
+      headers_sent = true;
+      mg_printf(conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n");
+    }
+    if (chat && !c.started) {
+      c.started = true;
       JsonValue first = envelope();
-      JsonValue choices = JsonValue::Array();
-      choices.Append(choice("", "", true));
-      first.Set("choices", std::move(choices));
-      client_gone = !SendEvent(conn, first.Dump());
+      JsonValue list = JsonValue::Array();
+      list.Append(choice_json(c, "", "", true));
+      first.Set("choices", std::move(list));
+      if (!SendEvent(conn, first.Dump())) client_gone = true;
     }
   };
-  const grpc::Status status = backend_->Generate(req.generate, ClientAddress(info), [&](const v1::GenerateResponse& r) {
-    // The summary may carry text too: what the server held back at the end.
-    if (r.has_summary()) summary = r.summary();
-    if (r.has_prompt_logprobs()) {
-      prompt_tokens.insert(prompt_tokens.end(), r.prompt_logprobs().tokens().begin(),
-                           r.prompt_logprobs().tokens().end());
-    }
-    if (r.has_logprobs() && !req.prompt_only) unsent_logprobs.push_back(r.logprobs());
-    if (ClientClosed(client_fd)) {
-      client_gone = true;
-      return false;
-    }
-    if (echo_pending && !r.has_prompt_logprobs()) {
-      // The first token (or the end): the reply starts with the prompt,
-      // whose logprobs go before this token's.
-      std::optional<v1::TokenLogprobs> current;
-      if (r.has_logprobs() && !req.prompt_only) {
-        current = unsent_logprobs.back();
-        unsent_logprobs.pop_back();
+  // A chunk of one choice. Under conn_mu.
+  auto send_chunk = [&](Choice& c, const std::string& text, const std::string& finish) {
+    start_stream(c);
+    if (client_gone) return;
+    JsonValue chunk = envelope();
+    JsonValue list = JsonValue::Array();
+    list.Append(choice_json(c, text, finish, false));
+    chunk.Set("choices", std::move(list));
+    if (!SendEvent(conn, chunk.Dump())) client_gone = true;
+  };
+  const std::string client = ClientAddress(info);
+  auto run = [&](Choice& c) {
+    c.status = backend_->Generate(c.generate, client, [&](const v1::GenerateResponse& r) {
+      // The summary may carry text too: what the server held back at the end.
+      if (r.has_summary()) c.summary = r.summary();
+      if (r.has_prompt_logprobs()) {
+        c.prompt_tokens.insert(c.prompt_tokens.end(), r.prompt_logprobs().tokens().begin(),
+                               r.prompt_logprobs().tokens().end());
       }
-      const std::string echoed = take_echo();
-      if (req.stream) {
-        start_stream();
-        JsonValue chunk = envelope();
-        JsonValue choices = JsonValue::Array();
-        choices.Append(choice(echoed, "", false));
-        chunk.Set("choices", std::move(choices));
-        client_gone = !SendEvent(conn, chunk.Dump());
+      if (r.has_logprobs() && !req.prompt_only) c.unsent_logprobs.push_back(r.logprobs());
+      if (ClientClosed(client_fd)) client_gone = true;
+      if (client_gone || failed) return false;
+      if (c.echo_pending && !r.has_prompt_logprobs()) {
+        // The first token (or the end): the reply starts with the prompt,
+        // whose logprobs go before this token's.
+        std::optional<v1::TokenLogprobs> current;
+        if (r.has_logprobs() && !req.prompt_only) {
+          current = c.unsent_logprobs.back();
+          c.unsent_logprobs.pop_back();
+        }
+        const std::string echoed = take_echo(c);
+        if (req.stream) {
+          std::lock_guard<std::mutex> lock(conn_mu);
+          send_chunk(c, echoed, "");
+        } else {
+          c.text += echoed;
+        }
+        if (current) c.unsent_logprobs.push_back(*current);
+        if (client_gone) return false;
+      }
+      if (req.prompt_only) return true;  // the token the wire made is not shown
+      if (!req.stream) {
+        c.text += r.text();
+        return true;
+      }
+      std::lock_guard<std::mutex> lock(conn_mu);
+      if (!r.text().empty()) {
+        send_chunk(c, r.text(), "");
       } else {
-        text += echoed;
+        start_stream(c);
       }
-      if (current) unsent_logprobs.push_back(*current);
-      if (client_gone) return false;
+      return !client_gone;
+    });
+    if (c.status.ok() && req.stream && !client_gone && !failed) {
+      // A prompt-only reply stops at its length, 0 tokens (as vLLM's does).
+      std::lock_guard<std::mutex> lock(conn_mu);
+      send_chunk(c, "", req.prompt_only ? "length" : c.summary.finish_reason());
     }
-    if (req.prompt_only) return true;  // the token the wire made is not shown
-    if (!req.stream) {
-      text += r.text();
-      return true;
-    }
-    start_stream();
-    if (!r.text().empty() && !client_gone) {
-      JsonValue chunk = envelope();
-      JsonValue choices = JsonValue::Array();
-      choices.Append(choice(r.text(), "", false));
-      chunk.Set("choices", std::move(choices));
-      client_gone = !SendEvent(conn, chunk.Dump());
-    }
-    return !client_gone;
-  });
+    if (!c.status.ok()) failed = true;
+  };
+  std::vector<std::thread> others;
+  for (size_t i = 1; i < choices.size(); ++i) others.emplace_back(run, std::ref(choices[i]));
+  run(choices[0]);
+  for (std::thread& t : others) t.join();
+
+  if (headers_sent) t_http_status = 200;
   if (client_gone) {
     if (!headers_sent) t_http_status = 499;  // nginx's "client closed request": nothing was answered
     return;
   }
-  if (!status.ok()) {
-    HttpError e = FromGrpc(status);
+  // The first choice that failed for a reason of its own (the others, which
+  // it stopped, were cancelled).
+  const Choice* failure = nullptr;
+  for (const Choice& c : choices) {
+    if (c.status.ok()) continue;
+    if (failure == nullptr || (failure->status.error_code() == grpc::StatusCode::CANCELLED &&
+                               c.status.error_code() != grpc::StatusCode::CANCELLED)) {
+      failure = &c;
+    }
+  }
+  if (failure != nullptr) {
+    HttpError e = FromGrpc(failure->status);
     InOpenAiTerms(chat, req.max_key, &e);
     if (!headers_sent) return SendError(conn, e);
     SendEvent(conn, ErrorJson(e));
@@ -1020,27 +1078,27 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     mg_send_chunk(conn, "", 0);
     return;
   }
-  // A prompt-only reply stops at its length, 0 tokens (as vLLM's does).
-  const std::string finish = req.prompt_only ? "length" : summary.finish_reason();
+  // Usage: the prompt once, the completion tokens of every choice.
+  int64_t prompt_tokens = choices[0].summary.prompt_tokens(), completion_tokens = 0;
+  for (const Choice& c : choices) completion_tokens += req.prompt_only ? 0 : c.summary.generated_tokens();
+  JsonValue usage = JsonValue::Object();
+  usage.Set("prompt_tokens", JsonValue::Int(prompt_tokens));
+  usage.Set("completion_tokens", JsonValue::Int(completion_tokens));
+  usage.Set("total_tokens", JsonValue::Int(prompt_tokens + completion_tokens));
   if (!req.stream) {
     JsonValue out = envelope();
-    JsonValue choices = JsonValue::Array();
-    choices.Append(choice(text, finish, false));
-    out.Set("choices", std::move(choices));
-    out.Set("usage", Usage(summary, req.prompt_only));
+    JsonValue list = JsonValue::Array();
+    for (Choice& c : choices)
+      list.Append(choice_json(c, c.text, req.prompt_only ? "length" : c.summary.finish_reason(), false));
+    out.Set("choices", std::move(list));
+    out.Set("usage", std::move(usage));
     return SendJson(conn, 200, out.Dump());
   }
-  start_stream();
-  JsonValue last = envelope();
-  JsonValue choices = JsonValue::Array();
-  choices.Append(choice("", finish, false));
-  last.Set("choices", std::move(choices));
-  SendEvent(conn, last.Dump());
   if (req.include_usage) {
-    JsonValue usage = envelope();
-    usage.Set("choices", JsonValue::Array());
-    usage.Set("usage", Usage(summary, req.prompt_only));
-    SendEvent(conn, usage.Dump());
+    JsonValue last = envelope();
+    last.Set("choices", JsonValue::Array());
+    last.Set("usage", std::move(usage));
+    SendEvent(conn, last.Dump());
   }
   SendEvent(conn, "[DONE]");
   mg_send_chunk(conn, "", 0);

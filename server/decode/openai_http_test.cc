@@ -16,6 +16,7 @@
 #include <chrono>
 #include <climits>
 #include <future>
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <string>
@@ -39,6 +40,7 @@ class ScriptedBackend final : public GenerateBackend {
   std::string finish = "length";
   std::string rest;  // text the summary message carries (held back to the end)
   grpc::Status error = grpc::Status::OK;
+  uint64_t fail_seed = ~uint64_t{0};  // a call with this seed fails (INVALID_ARGUMENT)
   std::chrono::milliseconds token_delay{0};  // before each token, as a decode step takes
   std::atomic<int> calls{0};  // Generate calls begun
   std::atomic<int> cancelled{0};  // calls whose on_response said the client had gone
@@ -50,9 +52,13 @@ class ScriptedBackend final : public GenerateBackend {
       std::lock_guard<std::mutex> lock(mu);
       last = request;
       last_client = client;
+      seeds.push_back(request.sampling().has_seed() ? static_cast<int64_t>(request.sampling().seed()) : -1);
     }
     ++calls;
     if (!error.ok()) return error;
+    if (request.sampling().has_seed() && request.sampling().seed() == fail_seed) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "sampling.top_p: this seed's call fails");
+    }
     if (request.has_prompt_logprobs()) {
       // A prompt of three tokens, "<s>", "Say", " hi" (ids 1 to 3), in one message.
       v1::GenerateResponse p;
@@ -112,11 +118,20 @@ class ScriptedBackend final : public GenerateBackend {
     std::lock_guard<std::mutex> lock(mu);
     return last_client;
   }
+  // Each call's seed (-1: none), in the order the calls began; cleared.
+  std::vector<int64_t> TakeSeeds() {
+    std::lock_guard<std::mutex> lock(mu);
+    std::vector<int64_t> out = std::move(seeds);
+    seeds.clear();
+    std::sort(out.begin(), out.end());
+    return out;
+  }
 
  private:
   std::mutex mu;
   v1::GenerateRequest last;
   std::string last_client;
+  std::vector<int64_t> seeds;
 };
 
 struct HttpReply {
@@ -563,6 +578,72 @@ TEST_F(OpenAiHttp, EchoStartsTheReplyWithThePromptAndItsLogprobs) {
   PostJson("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "Hi"}], "echo": false})", 200);
 }
 
+// n choices are n Generate calls side by side, choice i with the request's
+// seed + i (none without one), each its own text, logprobs and finish; the
+// usage counts the prompt once and every choice's tokens. Streamed, each
+// choice's chunks carry its index (a chat choice starts with its role) and
+// one [DONE] ends them all. A choice that fails fails the request.
+TEST_F(OpenAiHttp, ChoicesAreGenerateCallsOfTheirOwn) {
+  backend.TakeSeeds();
+  JsonValue out = PostJson("/v1/completions", R"({"prompt": "x", "n": 3, "seed": 5, "logprobs": 1})", 200);
+  EXPECT_EQ(backend.TakeSeeds(), (std::vector<int64_t>{5, 6, 7}));
+  const auto& list = out.Find("choices")->as_array();
+  ASSERT_EQ(list.size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(list[i].Find("index")->as_int64(), i);
+    EXPECT_EQ(list[i].Find("text")->as_string(), "Hello, world");
+    EXPECT_EQ(list[i].Find("finish_reason")->as_string(), "length");
+    EXPECT_EQ(list[i].Find("logprobs")->Find("tokens")->as_array().size(), 4u);
+  }
+  EXPECT_EQ(out.Find("usage")->Find("prompt_tokens")->as_int64(), 7);
+  EXPECT_EQ(out.Find("usage")->Find("completion_tokens")->as_int64(), 12);
+  EXPECT_EQ(out.Find("usage")->Find("total_tokens")->as_int64(), 19);
+  PostJson("/v1/completions", R"({"prompt": "x", "n": 2})", 200);
+  EXPECT_EQ(backend.TakeSeeds(), (std::vector<int64_t>{-1, -1})) << "no seed: each call gets the server's fresh one";
+
+  backend.token_delay = std::chrono::milliseconds(5);  // the two streams interleave
+  HttpReply r = Exchange(server->port(), "POST", "/v1/chat/completions",
+                         R"({"messages": [{"role": "user", "content": "Hi"}], "n": 2, "stream": true,
+                             "stream_options": {"include_usage": true}})");
+  backend.token_delay = std::chrono::milliseconds(0);
+  ASSERT_EQ(r.status, 200);
+  const std::vector<std::string> events = Events(r.body);
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.back(), "[DONE]");
+  std::map<int64_t, std::string> content, finish;
+  std::map<int64_t, int> roles;
+  int64_t completion_tokens = -1;
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    auto e = JsonValue::Parse(events[i]);
+    ASSERT_TRUE(e.ok()) << events[i];
+    if (const JsonValue* u = e->Find("usage"); u != nullptr && !u->is_null()) {
+      completion_tokens = u->Find("completion_tokens")->as_int64();
+      continue;
+    }
+    const JsonValue& c = e->Find("choices")->as_array()[0];
+    const int64_t index = c.Find("index")->as_int64();
+    const JsonValue* delta = c.Find("delta");
+    if (delta->Find("role") != nullptr) {
+      EXPECT_TRUE(content[index].empty()) << "a choice's role comes first";
+      ++roles[index];
+    }
+    if (const JsonValue* t = delta->Find("content"); t != nullptr) content[index] += t->as_string();
+    if (!c.Find("finish_reason")->is_null()) finish[index] = c.Find("finish_reason")->as_string();
+  }
+  EXPECT_EQ(content, (std::map<int64_t, std::string>{{0, "Hello, world"}, {1, "Hello, world"}}));
+  EXPECT_EQ(finish, (std::map<int64_t, std::string>{{0, "length"}, {1, "length"}}));
+  EXPECT_EQ(roles, (std::map<int64_t, int>{{0, 1}, {1, 1}}));
+  EXPECT_EQ(completion_tokens, 8);
+
+  // The second choice's call fails: the request answers its error.
+  backend.fail_seed = 6;
+  const JsonValue failed = PostJson("/v1/completions", R"({"prompt": "x", "n": 2, "seed": 5})", 400);
+  backend.fail_seed = ~uint64_t{0};
+  EXPECT_EQ(failed.Find("error")->Find("param")->as_string(), "top_p");
+  Refused(R"("n": 0)", "n", "from 1 to 16");
+  Refused(R"("n": 1.5)", "n", "from 1 to 16");
+}
+
 TEST_F(OpenAiHttp, ModelsListsTheServedModel) {
   HttpReply r = Exchange(server->port(), "GET", "/v1/models");
   ASSERT_EQ(r.status, 200);
@@ -585,7 +666,7 @@ TEST_F(OpenAiHttp, ErrorsHaveOpenAisShapeAndCodes) {
     }
   };
   expect_error(PostJson("/v1/completions", "{not json", 400), "invalid_request_error", "");
-  expect_error(PostJson("/v1/completions", R"({"prompt": "x", "n": 2})", 400), "invalid_request_error", "n");
+  expect_error(PostJson("/v1/completions", R"({"prompt": "x", "n": 17})", 400), "invalid_request_error", "n");
   expect_error(PostJson("/v1/completions", R"({"prompt": "x", "logprobs": 21})", 400), "invalid_request_error",
                "logprobs");
   expect_error(PostJson("/v1/completions", R"({"prompt": "x", "seer_sparsity": "threshold=2"})", 400),

@@ -134,6 +134,32 @@ const byIds = await client.completions.create({ model: name, prompt: ids, max_to
 same('a prompt of token ids is answered in text', byIds.choices[0].text, ref.text);
 same('token-id completion usage.completion_tokens', byIds.usage.completion_tokens, ref.tokens.length);
 
+// n choices: choice i samples with seed + i, so it is the single reply of
+// that seed; greedy choices are all the greedy reply; streamed choices
+// come apart by index. Usage counts the prompt once.
+{
+  const sampled = { model: name, prompt, max_tokens: 12, temperature: 1, top_p: 0.9 };
+  const three = await client.completions.create({ ...sampled, n: 3, seed: 40 });
+  const alone = [];
+  for (let i = 0; i < 3; ++i) alone.push(await client.completions.create({ ...sampled, seed: 40 + i }));
+  same('n = 3 with seed s: choice i is the reply of seed s + i',
+       three.choices.map((x) => [x.index, x.text, x.finish_reason]),
+       alone.map((x, i) => [i, x.choices[0].text, x.choices[0].finish_reason]));
+  same('n = 3 usage: the prompt once, every choice\'s tokens',
+       [three.usage.prompt_tokens, three.usage.completion_tokens],
+       [c.usage.prompt_tokens, alone.reduce((sum, x) => sum + x.usage.completion_tokens, 0)]);
+  check('the seeds give different replies', new Set(three.choices.map((x) => x.text)).size > 1,
+        JSON.stringify(three.choices.map((x) => x.text)));
+  const greedyTwo = await client.chat.completions.create({ model: name, messages: [{ role: 'user', content: prompt }],
+    max_tokens: 8, temperature: 0, n: 2 });
+  same('greedy n = 2 chat choices are the same reply', greedyTwo.choices[0].message.content,
+       greedyTwo.choices[1].message.content);
+  const byIndex = ['', '', ''];
+  const stream = await client.completions.create({ ...sampled, n: 3, seed: 40, stream: true });
+  for await (const chunk of stream) for (const c of chunk.choices) byIndex[c.index] += c.text;
+  same('streamed n = 3 choices equal the whole ones', byIndex, three.choices.map((c) => c.text));
+}
+
 // A stop string from the middle of the reference reply cuts the text there.
 if (ref.text.length >= 8) {
   const stop = ref.text.slice(Math.floor(ref.text.length / 2), Math.floor(ref.text.length / 2) + 2);
@@ -231,8 +257,8 @@ async function expectError(what, call, Type, status, param) {
 }
 await expectError('an unknown model is NotFoundError 404',
                   () => client.completions.create({ model: 'gpt-4', prompt, max_tokens: 4 }), OpenAI.NotFoundError, 404);
-await expectError('n = 2 is BadRequestError 400 naming n',
-                  () => client.completions.create({ model: name, prompt, max_tokens: 4, n: 2 }),
+await expectError('n = 17 is BadRequestError 400 naming n',
+                  () => client.completions.create({ model: name, prompt, max_tokens: 4, n: 17 }),
                   OpenAI.BadRequestError, 400, 'n');
 await expectError('max_tokens past the server limit is BadRequestError 400 naming max_tokens',
                   () => client.completions.create({ model: name, prompt, max_tokens: 10000000 }),
