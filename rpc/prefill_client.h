@@ -44,27 +44,13 @@
 
 #include "base/status.h"
 #include "engine/kv/kv_cache.h"
+#include "rpc/call_canceller.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "rpc/kv_assembler.h"
 #include "rpc/kv_wire.h"
 #include "seer/v1/seer.grpc.pb.h"
 
 namespace seer {
-
-// Lets another thread cancel the client call a worker is blocked in.
-class CallCanceller {
- public:
-  // False when Cancel came first: do not start the call.
-  bool Bind(grpc::ClientContext* context);
-  void Unbind();
-  void Cancel();
-  bool cancelled() const;
-
- private:
-  mutable std::mutex mu_;
-  grpc::ClientContext* context_ = nullptr;
-  bool cancelled_ = false;
-};
 
 struct PrefillClientOptions {
   // Calls per request: 0 is one per endpoint, plus 2 for each dns:/// target.

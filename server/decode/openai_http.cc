@@ -692,9 +692,13 @@ class GrpcGenerateBackend final : public GenerateBackend {
   explicit GrpcGenerateBackend(std::shared_ptr<grpc::Channel> channel) : stub_(v1::DecodeService::NewStub(channel)) {}
 
   grpc::Status Generate(const v1::GenerateRequest& request, const std::string& client,
-                        const std::function<bool(const v1::GenerateResponse&)>& on_response) override {
+                        const std::function<bool(const v1::GenerateResponse&)>& on_response,
+                        CallCanceller* cancel) override {
     grpc::ClientContext context;
     if (!client.empty()) context.AddMetadata(kHttpClientMetadata, HttpClientMetadataValue(client));
+    if (cancel != nullptr && !cancel->Bind(&context)) {
+      return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled before it started");
+    }
     std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(&context, request);
     v1::GenerateResponse response;
     while (reader->Read(&response)) {
@@ -704,7 +708,9 @@ class GrpcGenerateBackend final : public GenerateBackend {
         break;
       }
     }
-    return reader->Finish();
+    grpc::Status status = reader->Finish();
+    if (cancel != nullptr) cancel->Unbind();
+    return status;
   }
 
  private:
@@ -915,6 +921,7 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     std::string text;  // the whole reply, when not streamed
     v1::GenerateSummary summary;
     grpc::Status status;
+    CallCanceller cancel;
   };
   std::vector<Choice> choices(static_cast<size_t>(req.n));
   for (int i = 0; i < req.n; ++i) {
@@ -923,6 +930,10 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     c.generate = req.generate;
     if (i > 0 && c.generate.sampling().has_seed()) {
       c.generate.mutable_sampling()->set_seed(c.generate.sampling().seed() + static_cast<uint64_t>(i));
+    }
+    // The logs tell the choices apart ("user/2").
+    if (req.n > 1 && !c.generate.request_id().empty()) {
+      c.generate.set_request_id(c.generate.request_id() + "/" + std::to_string(i));
     }
     c.echo_pending = req.echo;
   }
@@ -1000,57 +1011,78 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     if (!SendEvent(conn, chunk.Dump())) client_gone = true;
   };
   const std::string client = ClientAddress(info);
+  // Ends every choice's call now: one failed, or the client left.
+  auto stop_all = [&] {
+    failed = true;
+    for (Choice& other : choices) other.cancel.Cancel();
+  };
   auto run = [&](Choice& c) {
-    c.status = backend_->Generate(c.generate, client, [&](const v1::GenerateResponse& r) {
-      // The summary may carry text too: what the server held back at the end.
-      if (r.has_summary()) c.summary = r.summary();
-      if (r.has_prompt_logprobs()) {
-        c.prompt_tokens.insert(c.prompt_tokens.end(), r.prompt_logprobs().tokens().begin(),
-                               r.prompt_logprobs().tokens().end());
-      }
-      if (r.has_logprobs() && !req.prompt_only) c.unsent_logprobs.push_back(r.logprobs());
-      if (ClientClosed(client_fd)) client_gone = true;
-      if (client_gone || failed) return false;
-      if (c.echo_pending && !r.has_prompt_logprobs()) {
-        // The first token (or the end): the reply starts with the prompt,
-        // whose logprobs go before this token's.
-        std::optional<v1::TokenLogprobs> current;
-        if (r.has_logprobs() && !req.prompt_only) {
-          current = c.unsent_logprobs.back();
-          c.unsent_logprobs.pop_back();
-        }
-        const std::string echoed = take_echo(c);
-        if (req.stream) {
+    c.status = backend_->Generate(
+        c.generate, client,
+        [&](const v1::GenerateResponse& r) {
+          // The summary may carry text too: what the server held back at the end.
+          if (r.has_summary()) c.summary = r.summary();
+          if (r.has_prompt_logprobs()) {
+            c.prompt_tokens.insert(c.prompt_tokens.end(), r.prompt_logprobs().tokens().begin(),
+                                   r.prompt_logprobs().tokens().end());
+          }
+          if (r.has_logprobs() && !req.prompt_only) c.unsent_logprobs.push_back(r.logprobs());
+          if (ClientClosed(client_fd)) client_gone = true;
+          if (client_gone) stop_all();
+          if (client_gone || failed) return false;
+          if (c.echo_pending && !r.has_prompt_logprobs()) {
+            // The first token (or the end): the reply starts with the prompt,
+            // whose logprobs go before this token's.
+            std::optional<v1::TokenLogprobs> current;
+            if (r.has_logprobs() && !req.prompt_only) {
+              current = c.unsent_logprobs.back();
+              c.unsent_logprobs.pop_back();
+            }
+            const std::string echoed = take_echo(c);
+            if (req.stream) {
+              std::lock_guard<std::mutex> lock(conn_mu);
+              send_chunk(c, echoed, "");
+            } else {
+              c.text += echoed;
+            }
+            if (current) c.unsent_logprobs.push_back(*current);
+            if (client_gone) return false;
+          }
+          if (req.prompt_only) return true;  // the token the wire made is not shown
+          if (!req.stream) {
+            c.text += r.text();
+            return true;
+          }
           std::lock_guard<std::mutex> lock(conn_mu);
-          send_chunk(c, echoed, "");
-        } else {
-          c.text += echoed;
-        }
-        if (current) c.unsent_logprobs.push_back(*current);
-        if (client_gone) return false;
-      }
-      if (req.prompt_only) return true;  // the token the wire made is not shown
-      if (!req.stream) {
-        c.text += r.text();
-        return true;
-      }
-      std::lock_guard<std::mutex> lock(conn_mu);
-      if (!r.text().empty()) {
-        send_chunk(c, r.text(), "");
-      } else {
-        start_stream(c);
-      }
-      return !client_gone;
-    });
+          if (!r.text().empty()) {
+            send_chunk(c, r.text(), "");
+          } else {
+            start_stream(c);
+          }
+          return !client_gone;
+        },
+        &c.cancel);
     if (c.status.ok() && req.stream && !client_gone && !failed) {
       // A prompt-only reply stops at its length, 0 tokens (as vLLM's does).
       std::lock_guard<std::mutex> lock(conn_mu);
       send_chunk(c, "", req.prompt_only ? "length" : c.summary.finish_reason());
     }
-    if (!c.status.ok()) failed = true;
+    if (!c.status.ok()) stop_all();
   };
   std::vector<std::thread> others;
-  for (size_t i = 1; i < choices.size(); ++i) others.emplace_back(run, std::ref(choices[i]));
+  others.reserve(choices.size());
+  for (size_t i = 1; i < choices.size(); ++i) {
+    try {
+      others.emplace_back(run, std::ref(choices[i]));
+    } catch (const std::system_error& e) {
+      // No thread (a process limit): this choice fails, the others stop.
+      choices[i].status = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                                       std::string("seer-decode: no thread for choice ") + std::to_string(i) +
+                                           " of n: " + e.what() + "; retry later or with a smaller n");
+      stop_all();
+      break;
+    }
+  }
   run(choices[0]);
   for (std::thread& t : others) t.join();
 

@@ -37,12 +37,12 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 
 #include <grpcpp/grpcpp.h>
 
 #include "base/status.h"
+#include "rpc/call_canceller.h"
 #include "seer/v1/seer.grpc.pb.h"
 #include "server/common/tls_front.h"
 
@@ -65,9 +65,12 @@ class GenerateBackend {
   // Runs one Generate call for the HTTP client at `client` ("ipv4:a.b.c.d:port",
   // what the request log names as its peer). `on_response` gets each
   // response in order and returns false when the HTTP client has gone (the
-  // call is then cancelled).
+  // call is then cancelled). `cancel` (may be null) ends the call from
+  // another thread, even before its first response; its status is then
+  // CANCELLED.
   virtual grpc::Status Generate(const v1::GenerateRequest& request, const std::string& client,
-                                const std::function<bool(const v1::GenerateResponse&)>& on_response) = 0;
+                                const std::function<bool(const v1::GenerateResponse&)>& on_response,
+                                CallCanceller* cancel = nullptr) = 0;
 };
 
 // Generate over a gRPC channel (seer-decode's own service, in process); the

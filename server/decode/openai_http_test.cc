@@ -40,14 +40,29 @@ class ScriptedBackend final : public GenerateBackend {
   std::string finish = "length";
   std::string rest;  // text the summary message carries (held back to the end)
   grpc::Status error = grpc::Status::OK;
-  uint64_t fail_seed = ~uint64_t{0};  // a call with this seed fails (INVALID_ARGUMENT)
+  uint64_t fail_seed = ~uint64_t{0};  // a call with this seed fails (INVALID_ARGUMENT)...
+  std::chrono::milliseconds fail_delay{0};  // ... after this long
+  std::chrono::milliseconds start_delay{0};  // before a call's first response
+  bool seed_in_text = false;
+  std::atomic<int> running{0}, peak{0};  // calls at once, now and at most
   std::chrono::milliseconds token_delay{0};  // before each token, as a decode step takes
   std::atomic<int> calls{0};  // Generate calls begun
-  std::atomic<int> cancelled{0};  // calls whose on_response said the client had gone
+  std::atomic<int> cancelled{0};  // calls that ended CANCELLED (the client gone, or cancelled)
   std::atomic<int> finished{0};  // calls that sent their summary
 
   grpc::Status Generate(const v1::GenerateRequest& request, const std::string& client,
-                        const std::function<bool(const v1::GenerateResponse&)>& on_response) override {
+                        const std::function<bool(const v1::GenerateResponse&)>& on_response,
+                        CallCanceller* cancel) override {
+    const int now = ++running;
+    for (int seen = peak.load(); now > seen && !peak.compare_exchange_weak(seen, now);) {}
+    grpc::Status status = Run(request, client, on_response, cancel);
+    --running;
+    if (status.error_code() == grpc::StatusCode::CANCELLED) ++cancelled;
+    return status;
+  }
+
+  grpc::Status Run(const v1::GenerateRequest& request, const std::string& client,
+                   const std::function<bool(const v1::GenerateResponse&)>& on_response, CallCanceller* cancel) {
     {
       std::lock_guard<std::mutex> lock(mu);
       last = request;
@@ -56,9 +71,22 @@ class ScriptedBackend final : public GenerateBackend {
     }
     ++calls;
     if (!error.ok()) return error;
-    if (request.sampling().has_seed() && request.sampling().seed() == fail_seed) {
+    const bool seeded = request.sampling().has_seed();
+    // The failing call fails after the others have begun (a choice queued
+    // behind the others, say).
+    if (seeded && request.sampling().seed() == fail_seed) {
+      std::this_thread::sleep_for(fail_delay);
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "sampling.top_p: this seed's call fails");
     }
+    // Waits in slices, ending early when cancelled from another thread.
+    auto wait = [&](std::chrono::milliseconds d) {
+      for (auto end = std::chrono::steady_clock::now() + d; std::chrono::steady_clock::now() < end;) {
+        if (cancel != nullptr && cancel->cancelled()) return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+      return cancel == nullptr || !cancel->cancelled();
+    };
+    if (!wait(start_delay)) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled while queued");
     if (request.has_prompt_logprobs()) {
       // A prompt of three tokens, "<s>", "Say", " hi" (ids 1 to 3), in one message.
       v1::GenerateResponse p;
@@ -72,16 +100,17 @@ class ScriptedBackend final : public GenerateBackend {
       if (!on_response(p)) return grpc::Status(grpc::StatusCode::CANCELLED, "client gone");
     }
     int32_t id = 100;
-    for (const std::string& t : texts) {
-      std::this_thread::sleep_for(token_delay);
+    for (size_t k = 0; k < texts.size(); ++k) {
+      if (!wait(token_delay)) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
+      // With seed_in_text, the first token says which seed the call had.
+      const std::string t = k == 0 && seed_in_text && seeded
+                                ? "s" + std::to_string(request.sampling().seed()) + ":" + texts[k]
+                                : texts[k];
       v1::GenerateResponse r;
       if (request.has_logprobs()) *r.mutable_logprobs() = Logprobs(id, t, request.logprobs());
       r.set_token(id++);
       r.set_text(t);
-      if (!on_response(r)) {
-        ++cancelled;
-        return grpc::Status(grpc::StatusCode::CANCELLED, "client gone");
-      }
+      if (!on_response(r)) return grpc::Status(grpc::StatusCode::CANCELLED, "client gone");
     }
     v1::GenerateResponse s;
     s.mutable_summary()->set_prompt_tokens(7);
@@ -585,13 +614,17 @@ TEST_F(OpenAiHttp, EchoStartsTheReplyWithThePromptAndItsLogprobs) {
 // one [DONE] ends them all. A choice that fails fails the request.
 TEST_F(OpenAiHttp, ChoicesAreGenerateCallsOfTheirOwn) {
   backend.TakeSeeds();
+  backend.seed_in_text = true;  // "s5:Hello, world": the seed of the call a choice came from
+  backend.token_delay = std::chrono::milliseconds(20);
+  backend.peak = 0;
   JsonValue out = PostJson("/v1/completions", R"({"prompt": "x", "n": 3, "seed": 5, "logprobs": 1})", 200);
+  EXPECT_EQ(backend.peak.load(), 3) << "the choices' calls run at once";
   EXPECT_EQ(backend.TakeSeeds(), (std::vector<int64_t>{5, 6, 7}));
   const auto& list = out.Find("choices")->as_array();
   ASSERT_EQ(list.size(), 3u);
   for (int i = 0; i < 3; ++i) {
     EXPECT_EQ(list[i].Find("index")->as_int64(), i);
-    EXPECT_EQ(list[i].Find("text")->as_string(), "Hello, world");
+    EXPECT_EQ(list[i].Find("text")->as_string(), "s" + std::to_string(5 + i) + ":Hello, world");
     EXPECT_EQ(list[i].Find("finish_reason")->as_string(), "length");
     EXPECT_EQ(list[i].Find("logprobs")->Find("tokens")->as_array().size(), 4u);
   }
@@ -600,6 +633,7 @@ TEST_F(OpenAiHttp, ChoicesAreGenerateCallsOfTheirOwn) {
   EXPECT_EQ(out.Find("usage")->Find("total_tokens")->as_int64(), 19);
   PostJson("/v1/completions", R"({"prompt": "x", "n": 2})", 200);
   EXPECT_EQ(backend.TakeSeeds(), (std::vector<int64_t>{-1, -1})) << "no seed: each call gets the server's fresh one";
+  backend.seed_in_text = false;
 
   backend.token_delay = std::chrono::milliseconds(5);  // the two streams interleave
   HttpReply r = Exchange(server->port(), "POST", "/v1/chat/completions",
@@ -635,11 +669,21 @@ TEST_F(OpenAiHttp, ChoicesAreGenerateCallsOfTheirOwn) {
   EXPECT_EQ(roles, (std::map<int64_t, int>{{0, 1}, {1, 1}}));
   EXPECT_EQ(completion_tokens, 8);
 
-  // The second choice's call fails: the request answers its error.
+  // The second choice's call fails while the others still wait for their
+  // first response (5 s): the request answers its error at once, and the
+  // others' calls are cancelled.
   backend.fail_seed = 6;
-  const JsonValue failed = PostJson("/v1/completions", R"({"prompt": "x", "n": 2, "seed": 5})", 400);
+  backend.fail_delay = std::chrono::milliseconds(50);
+  backend.start_delay = std::chrono::seconds(5);
+  const int cancelled_before = backend.cancelled.load();
+  const auto t0 = std::chrono::steady_clock::now();
+  const JsonValue failed = PostJson("/v1/completions", R"({"prompt": "x", "n": 3, "seed": 5})", 400);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   backend.fail_seed = ~uint64_t{0};
+  backend.start_delay = std::chrono::milliseconds(0);
   EXPECT_EQ(failed.Find("error")->Find("param")->as_string(), "top_p");
+  EXPECT_LT(seconds, 4.0) << "the other choices were not cancelled while queued";
+  EXPECT_EQ(backend.cancelled.load() - cancelled_before, 2);
   Refused(R"("n": 0)", "n", "from 1 to 16");
   Refused(R"("n": 1.5)", "n", "from 1 to 16");
 }
