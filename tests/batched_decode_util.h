@@ -178,7 +178,9 @@ inline void ExpectModelLogprobs(Engine& e, const Request& r, const std::vector<i
   for (size_t i = 0; i < tokens.size(); ++i) {
     SCOPED_TRACE("token " + std::to_string(i));
     logprobs_test::ExpectLogprobsOf(logits, tokens[i], got[i], top_n, tol);
-    if (i + 1 < tokens.size()) ASSERT_TRUE(e.DecodeStep(tokens[i], cache->get(), &logits).ok());
+    if (i + 1 < tokens.size()) {
+      ASSERT_TRUE(e.DecodeStep(tokens[i], cache->get(), &logits).ok());
+    }
   }
 }
 

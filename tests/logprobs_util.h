@@ -38,7 +38,9 @@ inline void ExpectLogprobsOf(std::span<const float> logits, int32_t token, const
     EXPECT_NEAR(got.top[k].logprob, ReferenceLogprob(logits, order[k]), tol) << "alternative " << k;
     const bool clear = (k == 0 || logits[order[k - 1]] - logits[order[k]] > tol) &&
                        (k + 1 == static_cast<int>(order.size()) || logits[order[k]] - logits[order[k + 1]] > tol);
-    if (clear) EXPECT_EQ(got.top[k].id, order[k]) << "alternative " << k;
+    if (clear) {
+      EXPECT_EQ(got.top[k].id, order[k]) << "alternative " << k;
+    }
   }
 }
 
