@@ -38,6 +38,7 @@
 #include "engine/engine.h"
 #include "kernels/common/check.h"
 #include "kernels/ops/ops.h"
+#include "kernels/sampling/sampler.h"
 
 namespace seer {
 namespace {
@@ -115,7 +116,7 @@ struct Row {
 
 int Main(int argc, char** argv) {
   std::string rows_text = "1x8192,8x8192,1x32768,8x32768,32x8192,128x2048";
-  int64_t steps = 32, page_tokens = 64, layers = 32, adjust = 0;
+  int64_t steps = 32, page_tokens = 64, layers = 32, adjust = 0, logprobs = -1;
   bool json = false, cuda_graphs = true;
   FlagSet flags("seer-decode-bench [flags]", "Batched paged decode of the Llama-3.1-8B shape; prints a table.");
   flags.String("rows", &rows_text, "BATCHxCONTEXT items, comma-separated.");
@@ -125,6 +126,9 @@ int Main(int argc, char** argv) {
   flags.Int("adjust", &adjust,
             "Give every sequence this many adjusted tokens (OpenAI's logit_bias and presence/frequency "
             "penalties: half biased ids, half ids already generated), as a long penalised reply has; 0: none.");
+  flags.Int("logprobs", &logprobs,
+            "Every sequence asks for each token's logprob and this many alternatives (OpenAI's logprobs, "
+            "computed on the GPU from the raw logits); -1: none.");
   flags.Bool("json", &json, "Print one JSON object instead of the table.");
   flags.Bool("cuda-graphs", &cuda_graphs,
              "Replay each step's layers as a CUDA graph (--cuda-graphs=false: launch them one by one).");
@@ -138,6 +142,11 @@ int Main(int argc, char** argv) {
   }
   if (adjust < 0 || adjust > 65536) {
     std::fprintf(stderr, "seer-decode-bench: --adjust: %lld is outside [0, 65536]\n", static_cast<long long>(adjust));
+    return 2;
+  }
+  if (logprobs < -1 || logprobs > kMaxTopLogprobs) {
+    std::fprintf(stderr, "seer-decode-bench: --logprobs: %lld is outside [-1, %d]\n", static_cast<long long>(logprobs),
+                 kMaxTopLogprobs);
     return 2;
   }
   std::vector<std::pair<int, int>> rows;
@@ -216,6 +225,7 @@ int Main(int argc, char** argv) {
       (*c)->set_length(context);
       caches.push_back(std::move(c).value());
       SamplingParams sp;
+      sp.logprobs = static_cast<int>(logprobs);
       if (adjust > 0) {
         sp.presence_penalty = 0.5;
         sp.frequency_penalty = 0.5;
@@ -266,6 +276,7 @@ int Main(int argc, char** argv) {
     out.Set("gemm_tflops", JsonValue::Number(gemm_rate / 1e12));
     out.Set("cuda_graphs", JsonValue::Bool(cuda_graphs));
     out.Set("adjusted_tokens_per_sequence", JsonValue::Int(adjust));
+    out.Set("logprobs", JsonValue::Int(logprobs));
     JsonValue list = JsonValue::Array();
     for (const Row& r : results) {
       JsonValue o = JsonValue::Object();
@@ -286,9 +297,9 @@ int Main(int argc, char** argv) {
   }
   std::printf(
       "\nBatched paged decode, %s, Llama-3.1-8B shape (%d layers), bf16, page %d tokens, CUDA graphs %s; copy %.0f "
-      "GB/s, GEMM %.0f TFLOP/s; %lld adjusted tokens per sequence\n",
+      "GB/s, GEMM %.0f TFLOP/s; %lld adjusted tokens per sequence; logprobs %lld\n",
       prop.name, config.num_layers, static_cast<int>(page_tokens), cuda_graphs ? "on" : "off", copy_bw / 1e9,
-      gemm_rate / 1e12, static_cast<long long>(adjust));
+      gemm_rate / 1e12, static_cast<long long>(adjust), static_cast<long long>(logprobs));
   std::printf(
       "| batch | context | ms/step | tokens/s | weights read / GEMMs ms | KV read / attention ms | limit ms | step / "
       "limit |\n");

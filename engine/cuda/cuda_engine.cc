@@ -177,8 +177,29 @@ class CudaEngine final : public Engine {
   // of adjust_device_. False when no sampler adjusts.
   StatusOr<bool> StageAdjustments(std::span<Sampler* const> samplers, std::vector<int>* offsets);
   // Adds the staged adjustments of rows [first, first + count) to `logits`
-  // (those rows, [count, vocab]) on stream_.
+  // (those rows, [count, vocab]) on stream_, keeping each entry's raw logit
+  // in adjust_saved_.
   Status AdjustRows(float* logits, const std::vector<int>& offsets, int first, int count);
+  // Device logprobs (cuda::LogprobRows): row r of a call goes to place
+  // places[r], whose 1 + top_n entries and norm are at entries[place * (1 +
+  // top_n)] and norms[place].
+  struct LogprobScratch {
+    int32_t* places = nullptr;
+    int32_t* host_places = nullptr;  // pinned staging for `places`
+    cuda::DeviceLogprob* entries = nullptr;
+    cuda::LogprobNorm* norms = nullptr;
+  };
+  // Room for `rows` places of kMaxTopLogprobs alternatives, grown on demand
+  // (the previous step synchronised: nothing reads the old buffer).
+  StatusOr<LogprobScratch> EnsureLogprobScratch(int rows);
+  // Entry 0 of the places of rows [first, first + count) of a decode step,
+  // whose logits ([count, vocab], adjusted when `adjusted`) gave the tokens
+  // `tokens` (device, [count]); LogprobRows saw them raw.
+  Status ChosenLogprobs(const float* logits, bool adjusted, const std::vector<int>& offsets, int first, int count,
+                        const int32_t* places, const int32_t* tokens, int top_n, const LogprobScratch& lp);
+  // Place `place`'s logprobs from logprob_host_ (entries of 1 + top_n), the
+  // alternatives cut to the first `n`.
+  TokenLogprobs HostLogprobs(int place, int top_n, int n) const;
   // The cache as this engine's DeviceKvCache (the base checked its type and layout).
   static DeviceKvCache* AsDeviceCache(KvCache* cache) { return static_cast<DeviceKvCache*>(cache); }
   Status EnsureWorkspace(const PrefillPlan& plan);
@@ -211,16 +232,20 @@ class CudaEngine final : public Engine {
   DeviceBuffer decode_workspace_;
   DeviceBuffer decode_attention_scratch_;  // split-K partials of DecodeAttention
   DeviceBuffer sample_scratch_;  // cuda::SampleToken's, allocated on first use
-  // The raw logits of the decode rows whose samplers want logprobs, copied
-  // back before the adjustments; the logprobs are then computed on the host
-  // (Sampler::NoteLogprobs). Only such rows cost the copy. A prefill's
-  // prompt logprobs use it for each chunk of rows.
-  std::vector<float> logprob_rows_;
+  // Logprobs are computed on the device (cuda::LogprobRows on the raw
+  // logits, before the adjustments; cuda::LogprobChosen once the token is
+  // drawn) and only their entries come back, to logprob_host_. Rows that do
+  // not ask cost nothing.
+  DeviceBuffer logprob_device_;
+  int32_t* logprob_pinned_ = nullptr;  // [logprob_capacity_]: places staged for the device
+  int logprob_capacity_ = 0;  // places
+  std::vector<cuda::DeviceLogprob> logprob_host_;
   // StageAdjustments': pinned staging (written once per step, after the
   // previous step's synchronise) and its device copy, both grown on demand.
   cuda::RowLogitAdjustment* adjust_pinned_ = nullptr;
   size_t adjust_capacity_ = 0;  // entries
   DeviceBuffer adjust_device_;
+  DeviceBuffer adjust_saved_;  // float [adjust_capacity_]: each entry's raw logit (AdjustRows)
   DeviceBuffer last_block_lists_;  // a prefill's last layer: each head's last CSR list, the other rows empty
   Activations decode_;
   // Batched decode (PreparePagedDecode). Every step runs the GEMMs on
@@ -258,6 +283,7 @@ CudaEngine::~CudaEngine() {
   if (kept_host_ != nullptr) cudaFreeHost(kept_host_);
   if (batch_.host != nullptr) cudaFreeHost(batch_.host);
   if (adjust_pinned_ != nullptr) cudaFreeHost(adjust_pinned_);
+  if (logprob_pinned_ != nullptr) cudaFreeHost(logprob_pinned_);
   if (graph_.exec != nullptr) cudaGraphExecDestroy(graph_.exec);
   if (cublas_ != nullptr) cublasDestroy(cublas_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
@@ -697,34 +723,41 @@ StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, con
   }
 
   // Logits: the last row, or every row in chunks through the bounded buffer.
-  // A chunk lands in the result when the result keeps it (all_logits, or
-  // the last row alone), else in host scratch, where the prompt's logprobs
-  // are computed from it (row r's logits give ids[r + 1]'s) and only the
-  // last row is kept.
+  // The result keeps every row for all_logits, else the last row. The
+  // prompt's logprobs are computed on the device from each chunk (row r's
+  // logits give ids[r + 1]'s, which a.ids holds) and only their entries
+  // come back.
   const int vocab = config_.vocab_size;
   const int first_row = every_row ? 0 : L - 1;
-  const bool to_result = options.all_logits || !every_row;
+  const int top_n = options.prompt_logprobs;  // -1: none
+  LogprobScratch lp;
+  if (top_n >= 0) {
+    SEER_ASSIGN_OR_RETURN(lp, EnsureLogprobScratch(a.logits_chunk));
+    result.prompt_logprobs.reserve(static_cast<size_t>(L - 1));
+  }
   for (int r0 = first_row; r0 < L; r0 += a.logits_chunk) {
     const int n = std::min(a.logits_chunk, L - r0);
     SEER_RETURN_IF_ERROR(run.Logits(a, r0, n));
-    float* host = nullptr;
-    if (to_result) {
-      host = result.logits.data() + static_cast<size_t>(r0 - first_row) * vocab;
-    } else {
-      logprob_rows_.resize(static_cast<size_t>(n) * vocab);
-      host = logprob_rows_.data();
+    if (options.all_logits || !every_row) {
+      SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(result.logits.data() + static_cast<size_t>(r0 - first_row) * vocab,
+                                                a.logits, sizeof(float) * n * vocab, cudaMemcpyDeviceToHost, stream_));
+    } else if (r0 + n == L) {
+      SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(result.logits.data(), a.logits + static_cast<size_t>(n - 1) * vocab,
+                                                sizeof(float) * vocab, cudaMemcpyDeviceToHost, stream_));
     }
-    SEER_RETURN_IF_CUDA_ERROR(
-        cudaMemcpyAsync(host, a.logits, sizeof(float) * n * vocab, cudaMemcpyDeviceToHost, stream_));
-    // The next chunk reuses the device buffer; pageable copies complete
+    const int asked = top_n >= 0 ? std::min(n, L - 1 - r0) : 0;  // the last row has no next token
+    if (asked > 0) {
+      SEER_RETURN_IF_CUDA_ERROR(
+          cuda::LogprobRows(a.logits, asked, vocab, nullptr, a.ids + r0 + 1, top_n, lp.entries, nullptr, stream_));
+      logprob_host_.resize(static_cast<size_t>(asked) * (1 + top_n));
+      SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(logprob_host_.data(), lp.entries,
+                                                sizeof(cuda::DeviceLogprob) * logprob_host_.size(),
+                                                cudaMemcpyDeviceToHost, stream_));
+    }
+    // The next chunk reuses the device buffers; pageable copies complete
     // before the call returns, but say so explicitly.
     SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
-    if (options.prompt_logprobs < 0) continue;
-    AppendLogprobsOfRows(host, std::min(n, L - 1 - r0), vocab, ids.data() + r0 + 1, options.prompt_logprobs,
-                         static_cast<int>(std::thread::hardware_concurrency()), &result.prompt_logprobs);
-    if (!to_result && r0 + n == L) {
-      std::copy_n(host + static_cast<size_t>(n - 1) * vocab, vocab, result.logits.data());
-    }
+    for (int r = 0; r < asked; ++r) result.prompt_logprobs.push_back(HostLogprobs(r, top_n, top_n));
   }
   SEER_RETURN_IF_ERROR(mark(&StageSeconds::logits));
   if (options.profile_stages) {
@@ -774,11 +807,12 @@ StatusOr<int32_t> CudaEngine::RunDecodeAndSample(int32_t token, KvCache* cache_i
   }
   SEER_RETURN_IF_ERROR(DecodeForward(token, cache));
   const int vocab = config_.vocab_size;
-  if (sampler->wants_logprobs()) {
-    // Pageable memory: the copy is done when the call returns.
-    logprob_rows_.resize(static_cast<size_t>(vocab));
+  const int top_n = sp.logprobs;  // -1: none
+  LogprobScratch lp;
+  if (top_n >= 0) {
+    SEER_ASSIGN_OR_RETURN(lp, EnsureLogprobScratch(1));
     SEER_RETURN_IF_CUDA_ERROR(
-        cudaMemcpyAsync(logprob_rows_.data(), decode_.logits, sizeof(float) * vocab, cudaMemcpyDeviceToHost, stream_));
+        cuda::LogprobRows(decode_.logits, 1, vocab, nullptr, nullptr, top_n, lp.entries, lp.norms, stream_));
   }
   Sampler* const one[] = {sampler};
   std::vector<int> offsets;
@@ -788,14 +822,21 @@ StatusOr<int32_t> CudaEngine::RunDecodeAndSample(int32_t token, KvCache* cache_i
   const double u = sp.temperature > 0.0 ? sampler->NextUniform() : 0.0;
   // decode_.ids held this step's token; the sampled one overwrites it.
   const int top_k = sp.top_k > 0 ? sp.top_k : 0;
-  SEER_RETURN_IF_CUDA_ERROR(cuda::SampleToken(decode_.logits, config_.vocab_size, sp.temperature, top_k, sp.top_p, u,
+  SEER_RETURN_IF_CUDA_ERROR(cuda::SampleToken(decode_.logits, vocab, sp.temperature, top_k, sp.top_p, u,
                                               sample_scratch_.get(), sample_scratch_.bytes(), decode_.ids, stream_));
+  if (top_n >= 0) {
+    SEER_RETURN_IF_ERROR(ChosenLogprobs(decode_.logits, adjusted, offsets, 0, 1, nullptr, decode_.ids, top_n, lp));
+    logprob_host_.resize(static_cast<size_t>(1 + top_n));
+    SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(logprob_host_.data(), lp.entries,
+                                              sizeof(cuda::DeviceLogprob) * logprob_host_.size(),
+                                              cudaMemcpyDeviceToHost, stream_));
+  }
   int32_t next = 0;
   SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(&next, decode_.ids, sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
   SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
   cache->set_length(cache->length() + 1);
   sampler->Record(next);
-  if (sampler->wants_logprobs()) sampler->NoteLogprobs(std::span<const float>(logprob_rows_.data(), vocab), next);
+  if (top_n >= 0) sampler->SetLastLogprobs(HostLogprobs(0, top_n, top_n));
   return next;
 }
 
@@ -817,6 +858,8 @@ StatusOr<bool> CudaEngine::StageAdjustments(std::span<Sampler* const> samplers, 
         cudaMallocHost(reinterpret_cast<void**>(&adjust_pinned_), sizeof(cuda::RowLogitAdjustment) * capacity));
     SEER_ASSIGN_OR_RETURN(adjust_device_, DeviceBuffer::Allocate(sizeof(cuda::RowLogitAdjustment) * capacity,
                                                                  "decode: the samplers' logit adjustments"));
+    SEER_ASSIGN_OR_RETURN(adjust_saved_,
+                          DeviceBuffer::Allocate(sizeof(float) * capacity, "decode: the adjusted tokens' raw logits"));
     adjust_capacity_ = capacity;
   }
   size_t i = 0;
@@ -832,9 +875,55 @@ StatusOr<bool> CudaEngine::StageAdjustments(std::span<Sampler* const> samplers, 
 
 Status CudaEngine::AdjustRows(float* logits, const std::vector<int>& offsets, int first, int count) {
   const int begin = offsets[first], end = offsets[first + count];
-  SEER_RETURN_IF_CUDA_ERROR(cuda::AdjustLogits(
-      logits, config_.vocab_size, adjust_device_.as<cuda::RowLogitAdjustment>() + begin, end - begin, first, stream_));
+  SEER_RETURN_IF_CUDA_ERROR(cuda::AdjustLogits(logits, config_.vocab_size,
+                                               adjust_device_.as<cuda::RowLogitAdjustment>() + begin, end - begin,
+                                               first, stream_, adjust_saved_.as<float>() + begin));
   return OkStatus();
+}
+
+StatusOr<CudaEngine::LogprobScratch> CudaEngine::EnsureLogprobScratch(int rows) {
+  static_assert(cuda::kMaxDeviceTopLogprobs == kMaxTopLogprobs);
+  constexpr size_t kAlign = 256;
+  auto align = [](size_t n) { return (n + kAlign - 1) / kAlign * kAlign; };
+  const size_t places_bytes = align(sizeof(int32_t) * rows);
+  const size_t entries_bytes = align(sizeof(cuda::DeviceLogprob) * rows * (1 + kMaxTopLogprobs));
+  if (rows > logprob_capacity_) {
+    logprob_capacity_ = 0;
+    if (logprob_pinned_ != nullptr) cudaFreeHost(logprob_pinned_);
+    logprob_pinned_ = nullptr;
+    SEER_RETURN_IF_CUDA_ERROR(cudaMallocHost(reinterpret_cast<void**>(&logprob_pinned_), sizeof(int32_t) * rows));
+    SEER_ASSIGN_OR_RETURN(logprob_device_,
+                          DeviceBuffer::Allocate(places_bytes + entries_bytes + sizeof(cuda::LogprobNorm) * rows,
+                                                 "logprobs: the device's entries"));
+    logprob_capacity_ = rows;
+  }
+  auto* base = static_cast<char*>(logprob_device_.get());
+  LogprobScratch lp;
+  lp.host_places = logprob_pinned_;
+  lp.places = reinterpret_cast<int32_t*>(base);
+  lp.entries = reinterpret_cast<cuda::DeviceLogprob*>(base + places_bytes);
+  lp.norms = reinterpret_cast<cuda::LogprobNorm*>(base + places_bytes + entries_bytes);
+  return lp;
+}
+
+Status CudaEngine::ChosenLogprobs(const float* logits, bool adjusted, const std::vector<int>& offsets, int first,
+                                  int count, const int32_t* places, const int32_t* tokens, int top_n,
+                                  const LogprobScratch& lp) {
+  const int begin = adjusted ? offsets[first] : 0;
+  const int end = adjusted ? offsets[first + count] : 0;
+  SEER_RETURN_IF_CUDA_ERROR(cuda::LogprobChosen(
+      logits, count, config_.vocab_size, places, tokens, adjust_device_.as<cuda::RowLogitAdjustment>() + begin,
+      adjust_saved_.as<float>() + begin, end - begin, first, lp.norms, top_n, lp.entries, stream_));
+  return OkStatus();
+}
+
+TokenLogprobs CudaEngine::HostLogprobs(int place, int top_n, int n) const {
+  const cuda::DeviceLogprob* e = logprob_host_.data() + static_cast<size_t>(place) * (1 + top_n);
+  TokenLogprobs out;
+  out.chosen = {e[0].id, e[0].logprob};
+  for (int j = 1; j <= n; ++j)
+    if (e[j].id >= 0) out.top.push_back({e[j].id, e[j].logprob});
+  return out;
 }
 
 Status CudaEngine::DecodeForward(int32_t token, DeviceKvCache* cache) {
@@ -984,24 +1073,30 @@ Status CudaEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int
   for (int r = 0; r < B; ++r) samplers.push_back(seqs[r].sampler);
   std::vector<int> offsets;
   SEER_ASSIGN_OR_RETURN(const bool adjusted, StageAdjustments(samplers, &offsets));
-  // Row r's raw logits, when its sampler wants logprobs, at logprob_row[r] * vocab.
-  std::vector<int> logprob_row(B, -1);
-  int logprob_rows = 0;
-  for (int r = 0; r < B; ++r)
-    if (seqs[r].sampler->wants_logprobs()) logprob_row[r] = logprob_rows++;
-  logprob_rows_.resize(static_cast<size_t>(logprob_rows) * vocab);
+  // Logprobs: row r's at place logprob_place[r] (-1: none asked), with the
+  // most alternatives any row asks for (each row's cut to its own).
+  std::vector<int32_t> logprob_place(B, -1);
+  int places = 0, top_n = -1;
+  for (int r = 0; r < B; ++r) {
+    if (!seqs[r].sampler->wants_logprobs()) continue;
+    logprob_place[r] = places++;
+    top_n = std::max(top_n, seqs[r].sampler->params().logprobs);
+  }
+  LogprobScratch lp;
+  if (places > 0) {
+    SEER_ASSIGN_OR_RETURN(lp, EnsureLogprobScratch(B));  // room for B places, and B rows' place numbers
+    std::copy(logprob_place.begin(), logprob_place.end(), lp.host_places);
+    SEER_RETURN_IF_CUDA_ERROR(
+        cudaMemcpyAsync(lp.places, lp.host_places, sizeof(int32_t) * B, cudaMemcpyHostToDevice, stream_));
+  }
   for (int r0 = 0; r0 < B; r0 += chunk) {
     const int start = std::min(r0, rows - chunk);
     SEER_RETURN_IF_ERROR(run.Logits(a, start, chunk));
     float* logits = a.logits + static_cast<size_t>(r0 - start) * vocab;  // row r0's
     const int n = std::min(start + chunk, B) - r0;  // rows r0 .. r0 + n - 1 are new here
-    for (int r = r0; r < r0 + n; ++r) {
-      if (logprob_row[r] < 0) continue;
-      // Pageable memory: the copy is done (before the next chunk's GEMM
-      // overwrites the buffer) when the call returns.
-      SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(logprob_rows_.data() + static_cast<size_t>(logprob_row[r]) * vocab,
-                                                logits + static_cast<size_t>(r - r0) * vocab, sizeof(float) * vocab,
-                                                cudaMemcpyDeviceToHost, stream_));
+    if (places > 0) {
+      SEER_RETURN_IF_CUDA_ERROR(
+          cuda::LogprobRows(logits, n, vocab, lp.places + r0, nullptr, top_n, lp.entries, lp.norms, stream_));
     }
     if (adjusted) SEER_RETURN_IF_ERROR(AdjustRows(logits, offsets, r0, n));
     SEER_RETURN_IF_CUDA_ERROR(cuda::ArgMaxRows(logits, n, vocab, d_next + r0, stream_));
@@ -1013,16 +1108,24 @@ Status CudaEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int
                                                   sp.top_k > 0 ? sp.top_k : 0, sp.top_p, u, sample_scratch_.get(),
                                                   sample_scratch_.bytes(), d_next + r, stream_));
     }
+    if (places > 0) {
+      SEER_RETURN_IF_ERROR(ChosenLogprobs(logits, adjusted, offsets, r0, n, lp.places + r0, d_next + r0, top_n, lp));
+    }
   }
   SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(h_next, d_next, sizeof(int32_t) * B, cudaMemcpyDeviceToHost, stream_));
+  if (places > 0) {
+    logprob_host_.resize(static_cast<size_t>(places) * (1 + top_n));
+    SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(logprob_host_.data(), lp.entries,
+                                              sizeof(cuda::DeviceLogprob) * logprob_host_.size(),
+                                              cudaMemcpyDeviceToHost, stream_));
+  }
   SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
   for (int r = 0; r < B; ++r) {
     next[r] = h_next[r];
     seqs[r].cache->set_length(h_pos[r] + 1);
     seqs[r].sampler->Record(next[r]);
-    if (logprob_row[r] >= 0) {
-      seqs[r].sampler->NoteLogprobs(
-          std::span<const float>(logprob_rows_.data() + static_cast<size_t>(logprob_row[r]) * vocab, vocab), next[r]);
+    if (logprob_place[r] >= 0) {
+      seqs[r].sampler->SetLastLogprobs(HostLogprobs(logprob_place[r], top_n, seqs[r].sampler->params().logprobs));
     }
   }
   return OkStatus();

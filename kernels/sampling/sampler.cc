@@ -75,12 +75,8 @@ int32_t Sampler::Sample(std::span<const float> logits) {
     token = Choose(adjusted);
   }
   Record(token);
-  if (wants_logprobs()) NoteLogprobs(logits, token);
+  if (wants_logprobs()) last_logprobs_ = LogprobsOf(logits, token, params_.logprobs);
   return token;
-}
-
-void Sampler::NoteLogprobs(std::span<const float> raw_logits, int32_t token) {
-  last_logprobs_ = LogprobsOf(raw_logits, token, params_.logprobs);
 }
 
 TokenLogprobs LogprobsOf(std::span<const float> logits, int32_t token, int top_n) {

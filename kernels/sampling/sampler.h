@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <random>
 #include <span>
+#include <utility>
 #include <vector>
 
 namespace seer {
@@ -88,9 +89,9 @@ class Sampler {
 
   // Whether each token's logprobs are asked for (params().logprobs >= 0).
   bool wants_logprobs() const { return params_.logprobs >= 0; }
-  // For a backend that samples on its own device: sets last_logprobs() for
-  // `token` from the raw logits ([vocab], before Adjustments()).
-  void NoteLogprobs(std::span<const float> raw_logits, int32_t token);
+  // For a backend that samples on its own device and computes the logprobs
+  // there (LogprobsOf's twin on the raw logits, before Adjustments()).
+  void SetLastLogprobs(TokenLogprobs logprobs) { last_logprobs_ = std::move(logprobs); }
   // The last token's, when wants_logprobs().
   const TokenLogprobs& last_logprobs() const { return last_logprobs_; }
 

@@ -45,15 +45,161 @@ __device__ __forceinline__ double Weight(float logit, double top, double tempera
   return exp((l - top) / temperature);
 }
 
-__global__ void AdjustLogitsKernel(float* logits, int vocab, const RowLogitAdjustment* entries, int n,
-                                   int first_row) {
+__global__ void AdjustLogitsKernel(float* logits, int vocab, const RowLogitAdjustment* entries, int n, int first_row,
+                                   float* saved) {
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
     const RowLogitAdjustment e = entries[i];
     const int row = e.row - first_row;
     if (e.id < 0 || e.id >= vocab || row < 0) continue;
     float* x = logits + static_cast<size_t>(row) * static_cast<size_t>(vocab) + e.id;
-    *x = *x + e.delta;
+    const float raw = *x;
+    if (saved != nullptr) saved[i] = raw;
+    *x = raw + e.delta;
   }
+}
+
+// --- logprobs ----------------------------------------------------------------
+
+constexpr int kLogprobThreads = 256;
+constexpr int kLogprobWarps = kLogprobThreads / 32;
+
+// A value of every thread of the block combined with `op`, handed to every
+// thread; `slots` holds one value a warp.
+template <typename T, typename Op>
+__device__ T BlockAll(T v, Op op, T* slots) {
+  for (int offset = 16; offset > 0; offset >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  __syncthreads();  // the previous call's readers are done with `slots`
+  if ((threadIdx.x & 31) == 0) slots[threadIdx.x >> 5] = v;
+  __syncthreads();
+  T all = slots[0];
+  for (int w = 1; w < kLogprobWarps; ++w) all = op(all, slots[w]);
+  return all;
+}
+
+struct MaxU64 {
+  __device__ unsigned long long operator()(unsigned long long a, unsigned long long b) const { return a > b ? a : b; }
+};
+struct SumD {
+  __device__ double operator()(double a, double b) const { return a + b; }
+};
+struct SumI {
+  __device__ int operator()(int a, int b) const { return a + b; }
+};
+
+// LogprobsOf's value of one logit under the row's normaliser.
+__device__ __forceinline__ float LogprobUnder(float v, const LogprobNorm& n) {
+  if (isnan(v) || n.log_z == HUGE_VAL) return -HUGE_VALF;
+  if (n.max == HUGE_VALF) return v == HUGE_VALF ? static_cast<float>(-n.log_z) : -HUGE_VALF;
+  return static_cast<float>(static_cast<double>(v) - n.log_z);
+}
+
+// One block a row. Pass 1 keeps, per thread, the top_n largest candidate
+// keys of its strided slice (ascending ids, so an equal logit goes after
+// the ones it ties with, as LogprobsOf's insertion does) in a descending
+// column of shared memory, and the largest key; the block's top_n are then
+// merged from the columns' heads, one a round (keys are unique, so exactly
+// one thread owns each winner). Pass 2 sums exp(x - max).
+__global__ void __launch_bounds__(kLogprobThreads)
+    LogprobRowsKernel(const float* logits, int vocab, const int32_t* places, const int32_t* tokens, int top_n,
+                      DeviceLogprob* out, LogprobNorm* norms) {
+  __shared__ unsigned long long lists[kMaxDeviceTopLogprobs][kLogprobThreads];
+  __shared__ unsigned long long top[kMaxDeviceTopLogprobs];
+  __shared__ unsigned long long slots_u[kLogprobWarps];
+  __shared__ double slots_d[kLogprobWarps];
+  __shared__ int slots_i[kLogprobWarps];
+  const int row = static_cast<int>(blockIdx.x);
+  const int place = places != nullptr ? places[row] : row;
+  if (place < 0) return;
+  const int tid = static_cast<int>(threadIdx.x);
+  const float* x = logits + static_cast<size_t>(row) * static_cast<size_t>(vocab);
+
+  unsigned long long best = 0;
+  int count = 0;
+  unsigned long long tail = 0;  // the column's smallest key once it holds top_n
+  for (int i = tid; i < vocab; i += kLogprobThreads) {
+    const unsigned long long key = CandidateKey(x[i], i);
+    if (key > best) best = key;
+    if (key == 0 || top_n == 0 || (count == top_n && key <= tail)) continue;
+    int j = count < top_n ? count++ : top_n - 1;
+    while (j > 0 && lists[j - 1][tid] < key) {
+      lists[j][tid] = lists[j - 1][tid];
+      --j;
+    }
+    lists[j][tid] = key;
+    tail = lists[count - 1][tid];
+  }
+  best = BlockAll(best, MaxU64(), slots_u);
+  int head = 0;
+  for (int j = 0; j < top_n; ++j) {
+    const unsigned long long offer = head < count ? lists[head][tid] : 0ull;
+    const unsigned long long win = BlockAll(offer, MaxU64(), slots_u);
+    if (offer == win && win != 0) ++head;
+    if (tid == 0) top[j] = win;
+  }
+
+  LogprobNorm norm;
+  norm.max = best != 0 ? x[KeyId(best)] : -HUGE_VALF;
+  if (isfinite(norm.max)) {
+    double sum = 0.0;
+    for (int i = tid; i < vocab; i += kLogprobThreads) {
+      const float v = x[i];
+      if (!isnan(v)) sum += static_cast<double>(expf(v - norm.max));
+    }
+    sum = BlockAll(sum, SumD(), slots_d);
+    norm.log_z = static_cast<double>(norm.max) + log(sum);
+  } else if (norm.max > 0.0f) {
+    int inf = 0;
+    for (int i = tid; i < vocab; i += kLogprobThreads) inf += x[i] == HUGE_VALF ? 1 : 0;
+    inf = BlockAll(inf, SumI(), slots_i);
+    norm.log_z = log(static_cast<double>(inf));
+  } else {
+    norm.log_z = HUGE_VAL;
+  }
+  __syncthreads();  // top[] written by thread 0
+  DeviceLogprob* entries = out + static_cast<size_t>(place) * static_cast<size_t>(1 + top_n);
+  for (int j = tid; j < top_n; j += kLogprobThreads) {
+    const unsigned long long key = top[j];
+    DeviceLogprob e{-1, -HUGE_VALF};
+    if (key != 0) {
+      e.id = KeyId(key);
+      e.logprob = LogprobUnder(x[e.id], norm);
+    }
+    entries[1 + j] = e;
+  }
+  if (tid == 0) {
+    if (norms != nullptr) norms[place] = norm;
+    if (tokens != nullptr) {
+      const int32_t t = tokens[row];
+      entries[0] = {t, t >= 0 && t < vocab ? LogprobUnder(x[t], norm) : -HUGE_VALF};
+    }
+  }
+}
+
+// One block a row: the entry of (first_row + row, token), if any, holds the
+// token's raw logit.
+__global__ void __launch_bounds__(kLogprobThreads)
+    LogprobChosenKernel(const float* logits, int vocab, const int32_t* places, const int32_t* tokens,
+                        const RowLogitAdjustment* entries, const float* saved, int n_entries, int first_row,
+                        const LogprobNorm* norms, int top_n, DeviceLogprob* out) {
+  __shared__ int found;
+  const int row = static_cast<int>(blockIdx.x);
+  const int place = places != nullptr ? places[row] : row;
+  if (place < 0) return;
+  const int32_t t = tokens[row];
+  if (threadIdx.x == 0) found = -1;
+  __syncthreads();
+  for (int i = static_cast<int>(threadIdx.x); i < n_entries; i += kLogprobThreads) {
+    const RowLogitAdjustment e = entries[i];
+    if (e.row - first_row == row && e.id == t) found = i;  // one (row, id) entry at most
+  }
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  float lp = -HUGE_VALF;
+  if (t >= 0 && t < vocab) {
+    const float raw = found >= 0 ? saved[found] : logits[static_cast<size_t>(row) * static_cast<size_t>(vocab) + t];
+    lp = LogprobUnder(raw, norms[place]);
+  }
+  out[static_cast<size_t>(place) * static_cast<size_t>(1 + top_n)] = {t, lp};
 }
 
 __global__ void CandidateKeysKernel(const float* logits, int vocab, uint64_t* keys) {
@@ -219,12 +365,36 @@ size_t SampleScratchBytes(int vocab) {
 }
 
 cudaError_t AdjustLogits(float* logits, int vocab, const RowLogitAdjustment* entries, int n, int first_row,
-                         cudaStream_t stream) {
+                         cudaStream_t stream, float* saved) {
   if (n == 0) return cudaSuccess;
   if (n < 0 || vocab <= 0 || logits == nullptr || entries == nullptr) return cudaErrorInvalidValue;
   const int blocks = (n + kKeyThreads - 1) / kKeyThreads;
   const int grid = blocks < 1024 ? blocks : 1024;
-  AdjustLogitsKernel<<<grid, kKeyThreads, 0, stream>>>(logits, vocab, entries, n, first_row);
+  AdjustLogitsKernel<<<grid, kKeyThreads, 0, stream>>>(logits, vocab, entries, n, first_row, saved);
+  return cudaGetLastError();
+}
+
+cudaError_t LogprobRows(const float* logits, int rows, int vocab, const int32_t* places, const int32_t* tokens,
+                        int top_n, DeviceLogprob* out, LogprobNorm* norms, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  if (rows < 0 || vocab <= 0 || top_n < 0 || top_n > kMaxDeviceTopLogprobs || logits == nullptr || out == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  LogprobRowsKernel<<<rows, kLogprobThreads, 0, stream>>>(logits, vocab, places, tokens, top_n, out, norms);
+  return cudaGetLastError();
+}
+
+cudaError_t LogprobChosen(const float* logits, int rows, int vocab, const int32_t* places, const int32_t* tokens,
+                          const RowLogitAdjustment* entries, const float* saved, int n_entries, int first_row,
+                          const LogprobNorm* norms, int top_n, DeviceLogprob* out, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  if (rows < 0 || vocab <= 0 || top_n < 0 || top_n > kMaxDeviceTopLogprobs || n_entries < 0 || logits == nullptr ||
+      tokens == nullptr || norms == nullptr || out == nullptr ||
+      (n_entries > 0 && (entries == nullptr || saved == nullptr))) {
+    return cudaErrorInvalidValue;
+  }
+  LogprobChosenKernel<<<rows, kLogprobThreads, 0, stream>>>(logits, vocab, places, tokens, entries, saved, n_entries,
+                                                            first_row, norms, top_n, out);
   return cudaGetLastError();
 }
 

@@ -39,8 +39,54 @@ struct RowLogitAdjustment {
 // entry's delta to logits[(row - first_row) * vocab + id], in float (a (row,
 // id) pair at most once; ids outside [0, vocab) and rows before first_row
 // are skipped). `entries` is device memory, n of them; n = 0 launches
-// nothing.
+// nothing. When `saved` (device, [n]) is given, saved[i] receives entry i's
+// logit as it was before the add (entries skipped leave theirs alone), so
+// that LogprobChosen can find a token's raw logit afterwards.
 cudaError_t AdjustLogits(float* logits, int vocab, const RowLogitAdjustment* entries, int n, int first_row,
-                         cudaStream_t stream);
+                         cudaStream_t stream, float* saved = nullptr);
+
+// --- Logprobs: the device twin of seer::LogprobsOf -------------------------
+//
+// A row's logprobs are computed on the device and only (1 + top_n) entries
+// of 8 bytes leave it, instead of the row (vocab floats) and a millisecond
+// of a host core per row at a 128k vocabulary.
+
+// One token's log-probability; id -1 marks a place past the listable tokens
+// (a row with fewer non-NaN logits than top_n).
+struct DeviceLogprob {
+  int32_t id;
+  float logprob;
+};
+
+// A row's normaliser, as LogprobsOf computes it: log_z = max + log(sum of
+// exp(x - max) over the non-NaN x, each term in float, summed in double);
+// log(the number of +inf logits) when max is +inf; +inf when no logit is a
+// number above -inf (then every token has logprob -inf).
+struct LogprobNorm {
+  double log_z;
+  float max;
+};
+
+// Rows [0, rows) of logits [rows, vocab] (fp32, device). Row r goes to place
+// p = places[r] (places null: p = r; rows with p < 0 are skipped), whose
+// entries are out[p * (1 + top_n) ...]: entry 0 the chosen token's (tokens[r];
+// left alone when tokens is null, for LogprobChosen to fill once the token is
+// drawn), entries 1..top_n the top_n most likely tokens, most likely first,
+// the lower id among equals, NaN never listed (LogprobsOf's order), and
+// norms[p] the row's normaliser (norms may be null). top_n in [0,
+// kMaxDeviceTopLogprobs]. One block per row; launches on `stream`.
+inline constexpr int kMaxDeviceTopLogprobs = 20;
+cudaError_t LogprobRows(const float* logits, int rows, int vocab, const int32_t* places, const int32_t* tokens,
+                        int top_n, DeviceLogprob* out, LogprobNorm* norms, cudaStream_t stream);
+
+// Entry 0 of each place for rows whose logits LogprobRows saw raw and
+// AdjustLogits then changed (with `saved`, the same `entries`, n_entries and
+// first_row): the raw logit of tokens[r] is saved[i] for the entry i of
+// (first_row + r, tokens[r]) when there is one, else logits[r * vocab +
+// tokens[r]] (never adjusted). places, top_n and out as LogprobRows';
+// norms from it.
+cudaError_t LogprobChosen(const float* logits, int rows, int vocab, const int32_t* places, const int32_t* tokens,
+                          const RowLogitAdjustment* entries, const float* saved, int n_entries, int first_row,
+                          const LogprobNorm* norms, int top_n, DeviceLogprob* out, cudaStream_t stream);
 
 }  // namespace seer::cuda

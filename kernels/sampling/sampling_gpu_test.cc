@@ -8,6 +8,9 @@
 //     counted and printed. Greedy equals ArgMax exactly.
 //   - AdjustLogits (OpenAI's logit bias and penalties) on rows of random
 //     logits: bit for bit Sampler::Adjusted's, row by row.
+//   - LogprobRows and LogprobChosen (OpenAI's logprobs on the device)
+//     against LogprobsOf, row by row: the same ids in the same order, the
+//     logprobs to float rounding; after AdjustLogits, the raw logits' values.
 //   - the CUDA engine's DecodeAndSample on the llama fixture: at every step
 //     the token equals the host Sampler's draw from DecodeStep's logits of
 //     the same position, with an identically seeded Sampler, with and
@@ -23,6 +26,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <random>
 #include <span>
@@ -75,6 +79,35 @@ std::vector<float> RandomLogits(int vocab, uint64_t seed, bool with_neg_inf, boo
     l[vocab - 1] = std::numeric_limits<float>::infinity();
   }
   return l;
+}
+
+// `rows` rows of RandomLogits, row r from seed + r; row neg_inf_row has a
+// -inf and row pos_inf_row two +inf (-1: none).
+std::vector<float> RandomRows(int rows, int vocab, uint64_t seed, int neg_inf_row = -1, int pos_inf_row = -1) {
+  std::vector<float> logits;
+  for (int r = 0; r < rows; ++r) {
+    const std::vector<float> row = RandomLogits(vocab, seed + r, r == neg_inf_row, r == pos_inf_row);
+    logits.insert(logits.end(), row.begin(), row.end());
+  }
+  return logits;
+}
+
+// Milliseconds per call of `call(i)`, i = 0 .. reps - 1, timed with events
+// on the default stream after `warmups` calls (i < 0); -1 when a call or
+// the timing fails.
+double MsPerCall(int warmups, int reps, const std::function<cudaError_t(int)>& call) {
+  for (int w = 0; w < warmups; ++w)
+    if (call(-1 - w) != cudaSuccess) return -1.0;
+  cudaEvent_t start = nullptr, stop = nullptr;
+  float ms = -1.0f;
+  bool ok = cudaEventCreate(&start) == cudaSuccess && cudaEventCreate(&stop) == cudaSuccess &&
+            cudaEventRecord(start) == cudaSuccess;
+  for (int i = 0; ok && i < reps; ++i) ok = call(i) == cudaSuccess;
+  ok = ok && cudaEventRecord(stop) == cudaSuccess && cudaEventSynchronize(stop) == cudaSuccess &&
+       cudaEventElapsedTime(&ms, start, stop) == cudaSuccess;
+  if (start != nullptr) cudaEventDestroy(start);
+  if (stop != nullptr) cudaEventDestroy(stop);
+  return ok ? static_cast<double>(ms) / reps : -1.0;
 }
 
 struct Reference {
@@ -236,37 +269,19 @@ TEST_F(SamplingKernelTest, Vocab128kTakesWellUnderAMillisecond) {
   ASSERT_CUDA(d_logits.Upload(logits.data(), sizeof(float) * vocab));
   const size_t scratch_bytes = cuda::SampleScratchBytes(vocab);
   DevBuf scratch(scratch_bytes), token(sizeof(int32_t));
-  cudaEvent_t start, stop;
-  ASSERT_CUDA(cudaEventCreate(&start));
-  ASSERT_CUDA(cudaEventCreate(&stop));
   const int reps = 50;
-  for (int warm = 0; warm < 3; ++warm) {
-    ASSERT_CUDA(cuda::SampleToken(d_logits.get<float>(), vocab, 1.0, 0, 0.9, 0.5, scratch.get(), scratch_bytes,
-                                  token.get<int32_t>(), nullptr));
-  }
-  ASSERT_CUDA(cudaEventRecord(start));
-  for (int r = 0; r < reps; ++r) {
-    ASSERT_CUDA(cuda::SampleToken(d_logits.get<float>(), vocab, 1.0, 0, 0.9, (r + 0.5) / reps, scratch.get(),
-                                  scratch_bytes, token.get<int32_t>(), nullptr));
-  }
-  ASSERT_CUDA(cudaEventRecord(stop));
-  ASSERT_CUDA(cudaEventSynchronize(stop));
-  float ms = 0.0f;
-  ASSERT_CUDA(cudaEventElapsedTime(&ms, start, stop));
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  const double per = ms / reps;
+  const double per = MsPerCall(3, reps, [&](int r) {
+    return cuda::SampleToken(d_logits.get<float>(), vocab, 1.0, 0, 0.9, r < 0 ? 0.5 : (r + 0.5) / reps, scratch.get(),
+                             scratch_bytes, token.get<int32_t>(), nullptr);
+  });
+  ASSERT_GT(per, 0.0) << "a launch or the timing failed";
   std::printf("sampling kernel, vocab %d, top_p 0.9: %.3f ms per token\n", vocab, per);
   EXPECT_LT(per, 1.0);
 }
 
 TEST_F(SamplingKernelTest, AdjustLogitsIsSamplerAdjustedBitForBit) {
   const int vocab = 1000, rows = 3;
-  std::vector<float> logits;
-  for (int r = 0; r < rows; ++r) {
-    const std::vector<float> row = RandomLogits(vocab, 50 + r, r == 1, r == 2);
-    logits.insert(logits.end(), row.begin(), row.end());
-  }
+  const std::vector<float> logits = RandomRows(rows, vocab, 50, 1, 2);
   // Each row its own sampler: biases, then penalties on tokens it produced.
   std::mt19937_64 rng(9);
   std::vector<Sampler> samplers;
@@ -311,6 +326,199 @@ TEST_F(SamplingKernelTest, AdjustLogitsIsSamplerAdjustedBitForBit) {
   }
   EXPECT_EQ(cuda::AdjustLogits(d_logits.get<float>(), vocab, nullptr, 0, 0, nullptr), cudaSuccess) << "nothing to do";
   EXPECT_EQ(cuda::AdjustLogits(d_logits.get<float>(), vocab, nullptr, 3, 0, nullptr), cudaErrorInvalidValue);
+}
+
+// --- logprobs ----------------------------------------------------------------
+
+// Entry `got` against LogprobsOf's `want`: the same id, and the same logprob
+// up to the float rounding of a normaliser summed in another order with
+// another exp (exactly, when either is infinite).
+void ExpectLogprobNear(const cuda::DeviceLogprob& got, const TokenLogprob& want, const std::string& where) {
+  EXPECT_EQ(got.id, want.id) << where;
+  if (std::isinf(want.logprob) || std::isinf(got.logprob)) {
+    EXPECT_EQ(got.logprob, want.logprob) << where;
+  } else {
+    EXPECT_NEAR(got.logprob, want.logprob, 1e-6 + 4e-7 * std::fabs(want.logprob)) << where;
+  }
+}
+
+// LogprobRows on rows of many kinds, against LogprobsOf row by row: random
+// logits with ties, NaN, +-0 and +-inf; a row of NaN; a row of -inf and NaN;
+// a row with +inf; rows with fewer non-NaN logits than top_n; vocabularies
+// from 1 to Llama-3's; every top_n; rows scattered to places, some skipped;
+// tokens inside and outside the vocabulary.
+TEST_F(SamplingKernelTest, LogprobRowsAreLogprobsOf) {
+  const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+  int checked = 0;
+  for (int vocab : {1, 2, 7, 255, 256, 257, 1000, 4097, 32000, 128256}) {
+    for (int top_n : {0, 1, 5, 20}) {
+      const int rows = 9;
+      std::vector<float> logits;
+      for (int r = 0; r < rows; ++r) {
+        std::vector<float> row = RandomLogits(vocab, 1000 * vocab + 10 * top_n + r, r % 3 == 1, r == 5);
+        if (r == 2) std::fill(row.begin(), row.end(), nan);
+        if (r == 3) {
+          for (int i = 0; i < vocab; ++i) row[i] = i % 2 == 0 ? -inf : nan;
+        }
+        if (r == 4) {  // fewer numbers than top_n
+          std::fill(row.begin(), row.end(), nan);
+          for (int i = 0; i < 3; ++i) row[std::max(0, vocab - 1 - 2 * i)] = 0.5f * i;
+        }
+        if (r == 6) {  // one value everywhere: every place a tie
+          std::fill(row.begin(), row.end(), -2.25f);
+        }
+        logits.insert(logits.end(), row.begin(), row.end());
+      }
+      // Places: rows in reverse order, row 7 skipped.
+      std::vector<int32_t> places(rows), tokens(rows);
+      for (int r = 0; r < rows; ++r) places[r] = r == 7 ? -1 : (rows - 1 - r);
+      for (int r = 0; r < rows; ++r) tokens[r] = r == 0 ? -1 : (r == 1 ? vocab : (r * 7919) % vocab);
+      const int stride = 1 + top_n;
+      DevBuf d_logits(sizeof(float) * logits.size()), d_places(sizeof(int32_t) * rows),
+          d_tokens(sizeof(int32_t) * rows), d_out(sizeof(cuda::DeviceLogprob) * rows * stride),
+          d_norms(sizeof(cuda::LogprobNorm) * rows);
+      ASSERT_CUDA(d_logits.Upload(logits.data(), sizeof(float) * logits.size()));
+      ASSERT_CUDA(d_places.Upload(places.data(), sizeof(int32_t) * rows));
+      ASSERT_CUDA(d_tokens.Upload(tokens.data(), sizeof(int32_t) * rows));
+      ASSERT_CUDA(cudaMemset(d_out.get(), 0x7f, sizeof(cuda::DeviceLogprob) * rows * stride));  // poison
+      ASSERT_CUDA(cuda::LogprobRows(d_logits.get<float>(), rows, vocab, d_places.get<int32_t>(),
+                                    d_tokens.get<int32_t>(), top_n, d_out.get<cuda::DeviceLogprob>(),
+                                    d_norms.get<cuda::LogprobNorm>(), nullptr));
+      std::vector<cuda::DeviceLogprob> got(static_cast<size_t>(rows) * stride);
+      ASSERT_CUDA(d_out.Download(got.data(), sizeof(cuda::DeviceLogprob) * got.size()));
+      for (int r = 0; r < rows; ++r) {
+        const std::string where =
+            "vocab " + std::to_string(vocab) + ", top_n " + std::to_string(top_n) + ", row " + std::to_string(r);
+        const cuda::DeviceLogprob* e = got.data() + static_cast<size_t>(rows - 1 - r) * stride;
+        if (places[r] < 0) {  // skipped: place 1's entries stay poisoned
+          EXPECT_EQ(e[0].id, 0x7f7f7f7f) << where;
+          continue;
+        }
+        const TokenLogprobs want =
+            LogprobsOf(std::span<const float>(logits.data() + static_cast<size_t>(r) * vocab, vocab), tokens[r], top_n);
+        ExpectLogprobNear(e[0], want.chosen, where + ", chosen");
+        for (int j = 0; j < top_n; ++j) {
+          if (j < static_cast<int>(want.top.size())) {
+            ExpectLogprobNear(e[1 + j], want.top[j], where + ", top " + std::to_string(j));
+          } else {
+            EXPECT_EQ(e[1 + j].id, -1) << where << ", past the listable, place " << j;
+          }
+        }
+        ++checked;
+      }
+    }
+  }
+  EXPECT_EQ(checked, 10 * 4 * 8);
+  DevBuf out(sizeof(cuda::DeviceLogprob) * 64);
+  EXPECT_EQ(cuda::LogprobRows(nullptr, 0, 10, nullptr, nullptr, 1, out.get<cuda::DeviceLogprob>(), nullptr, nullptr),
+            cudaSuccess)
+      << "no rows, nothing to do";
+  DevBuf one(sizeof(float) * 10);
+  EXPECT_EQ(cuda::LogprobRows(one.get<float>(), 1, 10, nullptr, nullptr, kMaxTopLogprobs + 1,
+                              out.get<cuda::DeviceLogprob>(), nullptr, nullptr),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::LogprobRows(one.get<float>(), 1, 10, nullptr, nullptr, -1, out.get<cuda::DeviceLogprob>(), nullptr,
+                              nullptr),
+            cudaErrorInvalidValue);
+}
+
+// A decode step's order: LogprobRows on the raw logits (no token yet),
+// AdjustLogits saving the raw values, a token per row (here chosen to be an
+// adjusted id on some rows and not on others), then LogprobChosen: entry 0
+// is LogprobsOf's chosen on the raw row, and the alternatives are the raw
+// row's, whatever the adjustments did.
+TEST_F(SamplingKernelTest, LogprobChosenAfterAdjustmentsIsTheRawLogitsOne) {
+  const int vocab = 5000, rows = 6;
+  const std::vector<float> logits = RandomRows(rows, vocab, 70, 1, 4);
+  std::mt19937_64 rng(11);
+  std::vector<cuda::RowLogitAdjustment> entries;
+  std::vector<int32_t> tokens(rows);
+  for (int r = 0; r < rows; ++r) {
+    SamplingParams p;
+    p.presence_penalty = 1.5;
+    for (int id = r; id < vocab; id += 13) p.logit_bias.push_back({id, 50.0f});  // large: it moves the top
+    Sampler sampler(p);
+    for (int k = 0; k < 40; ++k) sampler.Record(static_cast<int32_t>(rng() % vocab));
+    const std::span<const LogitAdjustment> adjustments = sampler.Adjustments();
+    for (const LogitAdjustment& a : adjustments) entries.push_back({r, a.id, a.delta});
+    // Even rows draw an adjusted id, odd rows one that is not; either with
+    // a finite raw logit, so that the adjustment shows.
+    const float* raw = logits.data() + static_cast<size_t>(r) * vocab;
+    auto adjusted = [&](int id) {
+      return std::any_of(adjustments.begin(), adjustments.end(), [&](const LogitAdjustment& a) { return a.id == id; });
+    };
+    tokens[r] = -1;
+    for (int id = 100 + r; id < vocab && tokens[r] < 0; ++id) {
+      if (std::isfinite(raw[id]) && adjusted(id) == (r % 2 == 0)) tokens[r] = id;
+    }
+    ASSERT_GE(tokens[r], 0);
+  }
+  const int top_n = 7, stride = 1 + top_n;
+  DevBuf d_logits(sizeof(float) * logits.size()), d_entries(sizeof(cuda::RowLogitAdjustment) * entries.size()),
+      d_saved(sizeof(float) * entries.size()), d_tokens(sizeof(int32_t) * rows),
+      d_out(sizeof(cuda::DeviceLogprob) * rows * stride), d_norms(sizeof(cuda::LogprobNorm) * rows);
+  ASSERT_CUDA(d_logits.Upload(logits.data(), sizeof(float) * logits.size()));
+  ASSERT_CUDA(d_entries.Upload(entries.data(), sizeof(cuda::RowLogitAdjustment) * entries.size()));
+  ASSERT_CUDA(d_tokens.Upload(tokens.data(), sizeof(int32_t) * rows));
+  // Rows 2.. as a chunk of their own (first_row 2), then rows 0 and 1, as a
+  // decode step's logits chunks go.
+  const size_t split =
+      static_cast<size_t>(std::count_if(entries.begin(), entries.end(), [](const auto& e) { return e.row < 2; }));
+  struct Chunk {
+    int first, count;
+    size_t begin, end;
+  };
+  for (const Chunk& c : {Chunk{2, rows - 2, split, entries.size()}, Chunk{0, 2, 0, split}}) {
+    float* chunk = d_logits.get<float>() + static_cast<size_t>(c.first) * vocab;
+    ASSERT_CUDA(cuda::LogprobRows(chunk, c.count, vocab, nullptr, nullptr, top_n,
+                                  d_out.get<cuda::DeviceLogprob>() + static_cast<size_t>(c.first) * stride,
+                                  d_norms.get<cuda::LogprobNorm>() + c.first, nullptr));
+    ASSERT_CUDA(cuda::AdjustLogits(chunk, vocab, d_entries.get<cuda::RowLogitAdjustment>() + c.begin,
+                                   static_cast<int>(c.end - c.begin), c.first, nullptr,
+                                   d_saved.get<float>() + c.begin));
+    ASSERT_CUDA(cuda::LogprobChosen(chunk, c.count, vocab, nullptr, d_tokens.get<int32_t>() + c.first,
+                                    d_entries.get<cuda::RowLogitAdjustment>() + c.begin, d_saved.get<float>() + c.begin,
+                                    static_cast<int>(c.end - c.begin), c.first,
+                                    d_norms.get<cuda::LogprobNorm>() + c.first, top_n,
+                                    d_out.get<cuda::DeviceLogprob>() + static_cast<size_t>(c.first) * stride, nullptr));
+  }
+  std::vector<cuda::DeviceLogprob> got(static_cast<size_t>(rows) * stride);
+  ASSERT_CUDA(d_out.Download(got.data(), sizeof(cuda::DeviceLogprob) * got.size()));
+  std::vector<float> adjusted(logits.size());
+  ASSERT_CUDA(d_logits.Download(adjusted.data(), sizeof(float) * adjusted.size()));
+  int adjusted_tokens = 0;
+  for (int r = 0; r < rows; ++r) {
+    const std::span<const float> raw(logits.data() + static_cast<size_t>(r) * vocab, vocab);
+    const TokenLogprobs want = LogprobsOf(raw, tokens[r], top_n);
+    const std::string where = "row " + std::to_string(r);
+    const float now = adjusted[static_cast<size_t>(r) * vocab + tokens[r]];
+    if (!(std::isnan(now) && std::isnan(raw[tokens[r]])) && now != raw[tokens[r]]) ++adjusted_tokens;
+    ExpectLogprobNear(got[static_cast<size_t>(r) * stride], want.chosen, where + ", chosen");
+    for (int j = 0; j < static_cast<int>(want.top.size()); ++j) {
+      ExpectLogprobNear(got[static_cast<size_t>(r) * stride + 1 + j], want.top[j],
+                        where + ", top " + std::to_string(j));
+    }
+  }
+  EXPECT_EQ(adjusted_tokens, rows / 2) << "the even rows' tokens were adjusted, the odd rows' not";
+}
+
+// Time of LogprobRows on rows of Llama-3's vocabulary (printed; the bound is
+// loose, the host did a row in about a millisecond of a core).
+TEST_F(SamplingKernelTest, LogprobRowsOfAVocab128kTakeMicroseconds) {
+  const int vocab = 128256;
+  for (int rows : {1, 64, 256}) {
+    const std::vector<float> logits = RandomRows(rows, vocab, 500);
+    DevBuf d_logits(sizeof(float) * logits.size()), d_out(sizeof(cuda::DeviceLogprob) * rows * (1 + kMaxTopLogprobs)),
+        d_norms(sizeof(cuda::LogprobNorm) * rows);
+    ASSERT_CUDA(d_logits.Upload(logits.data(), sizeof(float) * logits.size()));
+    const double ms = MsPerCall(1, 20, [&](int) {
+      return cuda::LogprobRows(d_logits.get<float>(), rows, vocab, nullptr, nullptr, kMaxTopLogprobs,
+                               d_out.get<cuda::DeviceLogprob>(), d_norms.get<cuda::LogprobNorm>(), nullptr);
+    });
+    ASSERT_GT(ms, 0.0) << "a launch or the timing failed";
+    std::printf("LogprobRows, vocab %d, top 20, %d rows: %.1f us per launch\n", vocab, rows, 1e3 * ms);
+    EXPECT_LT(ms, 0.1 * rows);
+  }
 }
 
 // --- the engine ------------------------------------------------------------
