@@ -191,6 +191,18 @@ StatusOr<std::unique_ptr<KvCache>> Engine::NewPagedCacheWhenFree(int capacity,
   return std::unique_ptr<KvCache>(std::move(cache));
 }
 
+StatusOr<std::vector<std::unique_ptr<PagedKvCache>>> Engine::NewPagedCacheGroupWhenFree(
+    int prefix, int capacity, int count, const std::function<Status()>& cancelled) {
+  if (page_pool_ == nullptr) return FailedPrecondition("paged decode is not enabled on this engine");
+  const int max_positions = config().max_position_embeddings;
+  if (capacity < 1 || capacity > max_positions) {
+    return InvalidArgument("KV cache capacity " + Str(capacity) + " is out of range [1, " + Str(max_positions) +
+                           "] (the model's max_position_embeddings)");
+  }
+  if (count < 1 || count > 64) return InvalidArgument("KV cache group: " + Str(count) + " caches, need 1 to 64");
+  return PagedKvCache::CreateGroupWhenFree(page_pool_.get(), prefix, capacity, count, cancelled);
+}
+
 Status Engine::DecodeBatch(std::span<const DecodeSeq> seqs, std::span<int32_t> next) {
   if (page_pool_ == nullptr) return FailedPrecondition("decode batch: paged decode is not enabled on this engine");
   if (seqs.empty() || static_cast<int>(seqs.size()) > max_decode_batch_) {

@@ -184,6 +184,13 @@ class Engine {
   // them (until `cancelled` returns an error).
   StatusOr<std::unique_ptr<KvCache>> NewPagedCache(int capacity);
   StatusOr<std::unique_ptr<KvCache>> NewPagedCacheWhenFree(int capacity, const std::function<Status()>& cancelled);
+  // The caches of a request's `count` choices (1 to 64), each for
+  // `capacity` positions, sharing the whole pages of their first `prefix`
+  // positions, the prompt (PagedKvCache::CreateGroupWhenFree): the prompt's
+  // KV goes into the first, and each other one takes it with
+  // PagedKvCache::AdoptPrefix. Waits for the pages as NewPagedCacheWhenFree.
+  StatusOr<std::vector<std::unique_ptr<PagedKvCache>>> NewPagedCacheGroupWhenFree(
+      int prefix, int capacity, int count, const std::function<Status()>& cancelled);
 
   // Copies the prompt KV in `src` (a cache from NewCache: positions
   // [0, src.length())) into the empty paged cache `paged` (from

@@ -246,6 +246,78 @@ TEST_P(CudaBatchedDecode, PageInCopiesTheContiguousCacheBitForBit) {
   }
 }
 
+// The caches of a request's choices on the device: the prompt paged into
+// the first, the others adopt it (its partial last page copied on the
+// device), and each reads the prompt bit for bit; decoding them together,
+// each with its own seed, gives each choice exactly the tokens of its own
+// cache alone; every page is back afterwards.
+TEST_P(CudaBatchedDecode, AGroupsChoicesShareThePromptAndDecodeAsEachAlone) {
+  std::unique_ptr<Engine> e = LoadCuda(GetParam(), 4);
+  ASSERT_NE(e, nullptr);
+  constexpr int kNew = 12, kChoices = 3;
+  for (const int length : {37, 48}) {
+    SCOPED_TRACE("prompt " + std::to_string(length));
+    std::vector<int32_t> prompt;
+    for (int t = 0; t < length; ++t) prompt.push_back((3 * t + 5) % 90 + 1);
+    auto landed = e->NewCache(length);
+    ASSERT_TRUE(landed.ok());
+    ASSERT_TRUE(e->Prefill(prompt, PrefillOptions{}, landed->get(), nullptr).ok());
+    // Each choice alone: its own cache and seed.
+    std::vector<std::vector<int32_t>> alone(kChoices);
+    for (int i = 0; i < kChoices; ++i) {
+      auto own = e->NewPagedCache(length + kNew);
+      ASSERT_TRUE(own.ok());
+      ASSERT_TRUE(e->PageIn(**landed, own->get()).ok());
+      SamplingParams sp;
+      sp.temperature = 1.2f;
+      sp.seed = 70 + static_cast<uint64_t>(i);
+      Sampler sampler(sp);
+      int32_t token = 11;
+      for (int step = 0; step < kNew; ++step) {
+        std::vector<DecodeSeq> one = {{own->get(), token, &sampler}};
+        std::vector<int32_t> next(1);
+        ASSERT_TRUE(e->DecodeBatch(one, next).ok());
+        token = next[0];
+        alone[i].push_back(token);
+      }
+    }
+    auto group = e->NewPagedCacheGroupWhenFree(length, length + kNew, kChoices, nullptr);
+    ASSERT_TRUE(group.ok()) << group.status().ToString();
+    ASSERT_TRUE(e->PageIn(**landed, (*group)[0].get()).ok());
+    const KvLayout& l = (*landed)->layout();
+    std::vector<uint16_t> k0(l.LayerBytes(length) / 2), v0(k0.size()), k1(k0.size()), v1(k0.size());
+    for (int i = 1; i < kChoices; ++i) {
+      const Status adopted = (*group)[i]->AdoptPrefix(*(*group)[0]);
+      ASSERT_TRUE(adopted.ok()) << adopted.ToString();
+      for (int layer = 0; layer < l.num_layers; ++layer) {
+        ASSERT_TRUE((*landed)->ReadLayer(layer, 0, length, k0.data(), v0.data()).ok());
+        ASSERT_TRUE((*group)[i]->ReadLayer(layer, 0, length, k1.data(), v1.data()).ok());
+        ASSERT_EQ(k0, k1) << "choice " << i << " layer " << layer;
+        ASSERT_EQ(v0, v1) << "choice " << i << " layer " << layer;
+      }
+    }
+    std::vector<std::unique_ptr<Sampler>> samplers;
+    std::vector<int32_t> tokens(kChoices, 11);
+    std::vector<std::vector<int32_t>> together(kChoices);
+    for (int i = 0; i < kChoices; ++i) {
+      SamplingParams sp;
+      sp.temperature = 1.2f;
+      sp.seed = 70 + static_cast<uint64_t>(i);
+      samplers.push_back(std::make_unique<Sampler>(sp));
+    }
+    for (int step = 0; step < kNew; ++step) {
+      std::vector<DecodeSeq> seqs;
+      for (int i = 0; i < kChoices; ++i) seqs.push_back({(*group)[i].get(), tokens[i], samplers[i].get()});
+      ASSERT_TRUE(e->DecodeBatch(seqs, tokens).ok());
+      for (int i = 0; i < kChoices; ++i) together[i].push_back(tokens[i]);
+    }
+    EXPECT_EQ(together, alone);
+    EXPECT_NE(together[0], together[1]) << "the seeds must give different replies";
+    group->clear();
+  }
+  EXPECT_EQ(e->page_pool()->free_pages(), e->page_pool()->num_pages());
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaBatchedDecode, ::testing::Values("llama", "qwen2"),
                          [](const ::testing::TestParamInfo<const char*>& i) { return std::string(i.param); });
 

@@ -132,6 +132,23 @@ Status DevicePagePool::WriteTokensFromDevice(int layer, std::span<const int32_t>
   return OkStatus();
 }
 
+Status DevicePagePool::CopyPage(int32_t from, int32_t to) {
+  if (from == to) return OkStatus();
+  SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  const KvLayout& kv = layout().kv;
+  const size_t page = static_cast<size_t>(kv.num_kv_heads) * layout().page_tokens * kv.head_dim;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (int layer = 0; layer < kv.num_layers; ++layer) {
+    for (__nv_bfloat16* base : {k(layer), v(layer)}) {
+      SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(base + static_cast<size_t>(to) * page,
+                                                base + static_cast<size_t>(from) * page, page * sizeof(__nv_bfloat16),
+                                                cudaMemcpyDeviceToDevice, stream_));
+    }
+  }
+  SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
+  return OkStatus();
+}
+
 Status DevicePagePool::Synchronize() const {
   SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
   SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));

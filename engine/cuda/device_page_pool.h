@@ -30,6 +30,8 @@ class DevicePagePool final : public PagePool {
   Status WriteTokens(int layer, std::span<const int32_t> table, int t0, int n, DType src, const void* k,
                      const void* v) override;
   Status ReadTokens(int layer, std::span<const int32_t> table, int t0, int n, void* k, void* v) const override;
+  // Device to device on the pool's stream, waited for.
+  Status CopyPage(int32_t from, int32_t to) override;
   // Positions [0, n) of one layer from device memory laid out
   // [Hkv, stride, D] (a DeviceKvCache's layer, stride its capacity) into the
   // pages of `table`, on the pool's stream; Synchronize waits for it.

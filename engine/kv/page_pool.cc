@@ -14,7 +14,8 @@ std::string Str(int64_t v) { return std::to_string(v); }
 
 }  // namespace
 
-PagePool::PagePool(const PageLayout& layout, int num_pages) : layout_(layout), num_pages_(num_pages) {
+PagePool::PagePool(const PageLayout& layout, int num_pages)
+    : layout_(layout), num_pages_(num_pages), refs_(static_cast<size_t>(num_pages), 0) {
   free_.reserve(num_pages);
   for (int p = num_pages - 1; p >= 0; --p) free_.push_back(p);
 }
@@ -32,6 +33,7 @@ StatusOr<std::vector<int32_t>> PagePool::Allocate(int n) {
   }
   std::vector<int32_t> out(free_.end() - n, free_.end());
   free_.resize(free_.size() - n);
+  for (int32_t p : out) refs_[p] = 1;
   return out;
 }
 
@@ -47,6 +49,7 @@ StatusOr<std::vector<int32_t>> PagePool::AllocateWhenFree(int n, const std::func
     if (static_cast<int>(free_.size()) >= n) {
       std::vector<int32_t> out(free_.end() - n, free_.end());
       free_.resize(free_.size() - n);
+      for (int32_t p : out) refs_[p] = 1;
       return out;
     }
     if (cancelled) {
@@ -60,11 +63,21 @@ StatusOr<std::vector<int32_t>> PagePool::AllocateWhenFree(int n, const std::func
 }
 
 void PagePool::Release(std::span<const int32_t> pages) {
+  bool freed = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    free_.insert(free_.end(), pages.begin(), pages.end());
+    for (int32_t p : pages) {
+      if (--refs_[p] > 0) continue;
+      free_.push_back(p);
+      freed = true;
+    }
   }
-  freed_.notify_all();
+  if (freed) freed_.notify_all();
+}
+
+void PagePool::Share(std::span<const int32_t> pages) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (int32_t p : pages) ++refs_[p];
 }
 
 StatusOr<std::unique_ptr<HostPagePool>> HostPagePool::Create(const PageLayout& layout, int num_pages) {
@@ -120,6 +133,19 @@ Status HostPagePool::ReadTokens(int layer, std::span<const int32_t> table, int t
   return OkStatus();
 }
 
+Status HostPagePool::CopyPage(int32_t from, int32_t to) {
+  if (from == to) return OkStatus();
+  const KvLayout& kv = layout().kv;
+  const size_t page = static_cast<size_t>(kv.num_kv_heads) * layout().page_tokens * kv.head_dim;
+  for (int layer = 0; layer < kv.num_layers; ++layer) {
+    for (std::vector<float>* which : {&k_[layer], &v_[layer]}) {
+      float* base = which->data();
+      std::copy_n(base + static_cast<size_t>(from) * page, page, base + static_cast<size_t>(to) * page);
+    }
+  }
+  return OkStatus();
+}
+
 StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::Create(PagePool* pool, int capacity) {
   if (capacity <= 0) return InvalidArgument("paged KV cache: capacity " + Str(capacity) + " must be positive");
   SEER_ASSIGN_OR_RETURN(std::vector<int32_t> pages, pool->Allocate(pool->layout().PagesFor(capacity)));
@@ -132,6 +158,54 @@ StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::CreateWhenFree(PagePool* p
   SEER_ASSIGN_OR_RETURN(std::vector<int32_t> pages,
                         pool->AllocateWhenFree(pool->layout().PagesFor(capacity), cancelled));
   return std::unique_ptr<PagedKvCache>(new PagedKvCache(pool, capacity, std::move(pages)));
+}
+
+StatusOr<std::vector<std::unique_ptr<PagedKvCache>>> PagedKvCache::CreateGroupWhenFree(
+    PagePool* pool, int prefix, int capacity, int count, const std::function<Status()>& cancelled) {
+  if (capacity <= 0 || prefix < 1 || prefix > capacity || count < 1) {
+    return InvalidArgument("paged KV cache group: capacity " + Str(capacity) + ", prefix " + Str(prefix) +
+                           " and count " + Str(count) + " must have 1 <= prefix <= capacity and count >= 1");
+  }
+  const PageLayout& layout = pool->layout();
+  const int per_cache = layout.PagesFor(capacity);
+  // Only whole pages are shared: the decode's first token of each choice
+  // goes into the prefix's last page when it is partial.
+  const int shared = count > 1 ? prefix / layout.page_tokens : 0;
+  const int64_t total = shared + static_cast<int64_t>(count) * (per_cache - shared);
+  if (total > pool->num_pages()) {
+    return OutOfRange("KV pages: " + Str(total) + " wanted for the prompt and " + Str(count) + " choices of " +
+                      Str(capacity - prefix) + " new tokens, but the pool holds " + Str(pool->num_pages()) +
+                      " pages in all (--kv-pool); ask for fewer tokens or choices");
+  }
+  SEER_ASSIGN_OR_RETURN(std::vector<int32_t> pages, pool->AllocateWhenFree(static_cast<int>(total), cancelled));
+  const std::span<const int32_t> prefix_pages(pages.data(), static_cast<size_t>(shared));
+  for (int i = 1; i < count; ++i) pool->Share(prefix_pages);
+  std::vector<std::unique_ptr<PagedKvCache>> group;
+  group.reserve(count);
+  auto own = pages.begin() + shared;
+  for (int i = 0; i < count; ++i, own += per_cache - shared) {
+    std::vector<int32_t> table(prefix_pages.begin(), prefix_pages.end());
+    table.insert(table.end(), own, own + (per_cache - shared));
+    group.push_back(
+        std::unique_ptr<PagedKvCache>(new PagedKvCache(pool, capacity, std::move(table), shared, i == 0 ? 0 : prefix)));
+  }
+  return group;
+}
+
+Status PagedKvCache::AdoptPrefix(const PagedKvCache& first) {
+  if (prefix_ == 0 || first.pool_ != pool_ || first.prefix_ != 0 || first.length() != prefix_ ||
+      first.shared_pages_ != shared_pages_ || first.capacity() != capacity_) {
+    return FailedPrecondition("paged KV cache: AdoptPrefix needs a group's later cache and its first, holding the " +
+                              Str(prefix_) + "-position prefix (it holds " + Str(first.length()) + ")");
+  }
+  if (length() != 0) return FailedPrecondition("paged KV cache: the prefix is already adopted");
+  const int page_tokens = pool_->layout().page_tokens;
+  if (prefix_ % page_tokens != 0) {
+    const size_t last = static_cast<size_t>(prefix_ / page_tokens);
+    SEER_RETURN_IF_ERROR(pool_->CopyPage(first.pages_[last], pages_[last]));
+  }
+  set_length(prefix_);
+  return OkStatus();
 }
 
 PagedKvCache::~PagedKvCache() { pool_->Release(pages_); }
@@ -157,6 +231,10 @@ Status PagedKvCache::ReadLayer(int layer, int t0, int n, void* k_out, void* v_ou
 
 Status PagedKvCache::WriteLayer(int layer, int t0, int n, DType src, const void* k, const void* v) {
   SEER_RETURN_IF_ERROR(CheckRange("WriteLayer", layer, t0, n));
+  if (prefix_ > 0 && t0 < shared_positions() && n > 0) {
+    return FailedPrecondition("WriteLayer: tokens [" + Str(t0) + ", " + Str(static_cast<int64_t>(t0) + n) +
+                              ") are in pages this cache shares with its group's first cache, which writes them");
+  }
   if (n == 0) return OkStatus();
   if (k == nullptr || v == nullptr) return InvalidArgument("WriteLayer: null input buffer");
   return pool_->WriteTokens(layer, pages_, t0, n, src, k, v);

@@ -2,6 +2,11 @@
 // by every request, a block table per request, pages back in the pool the
 // moment a request's cache is destroyed (finished, cancelled or failed).
 //
+// A page may belong to several caches at once: the caches of one request's
+// choices share the prompt's whole pages (PagedKvCache::CreateGroupWhenFree),
+// so the pool counts references, and a page goes back when its last cache
+// does.
+//
 // Per layer the pool holds K pages and V pages laid out
 // [num_pages, Hkv, page_tokens, D] (kernels/paged_kv/paged_kv.h); position t
 // of a request lives in page table[t / page_tokens] at offset
@@ -51,7 +56,15 @@ class PagePool {
   // `cancelled()`'s status (polled at least every 50 ms) and at once with
   // RESOURCE_EXHAUSTED when `n` exceeds the whole pool.
   StatusOr<std::vector<int32_t>> AllocateWhenFree(int n, const std::function<Status()>& cancelled);
+  // Drops one reference to each page; a page whose last reference goes is
+  // free again.
   void Release(std::span<const int32_t> pages);
+  // One more reference to each page (each must be held): another cache now
+  // reads it too.
+  void Share(std::span<const int32_t> pages);
+
+  // Copies page `from` (K and V of every layer) over page `to`.
+  virtual Status CopyPage(int32_t from, int32_t to) = 0;
 
   // Copies tokens [t0, t0 + n) of one layer between the wire layout
   // [Hkv, n, head_dim] and the pages of `table`. `src` is the element type
@@ -69,6 +82,7 @@ class PagePool {
   mutable std::mutex mu_;
   std::condition_variable freed_;
   std::vector<int32_t> free_;  // a stack: the last released page is reused first
+  std::vector<int32_t> refs_;  // the caches holding each page (0: free)
 };
 
 // Host pages in float32: the CPU engine's pool.
@@ -84,6 +98,7 @@ class HostPagePool final : public PagePool {
   Status WriteTokens(int layer, std::span<const int32_t> table, int t0, int n, DType src, const void* k,
                      const void* v) override;
   Status ReadTokens(int layer, std::span<const int32_t> table, int t0, int n, void* k, void* v) const override;
+  Status CopyPage(int32_t from, int32_t to) override;
 
  private:
   HostPagePool(const PageLayout& layout, int num_pages) : PagePool(layout, num_pages) {}
@@ -101,6 +116,23 @@ class PagedKvCache final : public KvCache {
   // Waits for the pages (PagePool::AllocateWhenFree).
   static StatusOr<std::unique_ptr<PagedKvCache>> CreateWhenFree(PagePool* pool, int capacity,
                                                                 const std::function<Status()>& cancelled);
+  // `count` caches of `capacity` positions each for the choices of one
+  // request, whose first `prefix` positions (the prompt, 1 <= prefix <=
+  // capacity) are written once, into the first cache: the whole pages of the
+  // prefix are the same pages in every cache, and each cache has its own
+  // pages from the prefix's last partial page on. Every page is reserved
+  // now, waiting for them as CreateWhenFree does: the prefix's whole pages
+  // once, the rest `count` times. Once the first cache holds the prefix,
+  // each other one takes it with AdoptPrefix.
+  static StatusOr<std::vector<std::unique_ptr<PagedKvCache>>> CreateGroupWhenFree(
+      PagePool* pool, int prefix, int capacity, int count, const std::function<Status()>& cancelled);
+  // For a cache of a group other than the first: copies the prefix's last
+  // partial page from `first` (the group's first cache, its length the
+  // prefix) and sets this cache's length to the prefix.
+  Status AdoptPrefix(const PagedKvCache& first);
+  // Positions at the start of the cache held in pages its group shares (0
+  // for a cache alone).
+  int shared_positions() const { return shared_pages_ * pool_->layout().page_tokens; }
   ~PagedKvCache() override;
 
   PagePool* pool() const { return pool_; }
@@ -110,12 +142,21 @@ class PagedKvCache final : public KvCache {
   Status WriteLayer(int layer, int t0, int n, DType src, const void* k, const void* v) override;
 
  private:
-  PagedKvCache(PagePool* pool, int capacity, std::vector<int32_t> pages)
-      : KvCache(pool->layout().kv, capacity), pool_(pool), pages_(std::move(pages)) {}
+  PagedKvCache(PagePool* pool, int capacity, std::vector<int32_t> pages, int shared_pages = 0, int prefix = 0)
+      : KvCache(pool->layout().kv, capacity),
+        pool_(pool),
+        pages_(std::move(pages)),
+        shared_pages_(shared_pages),
+        prefix_(prefix) {}
   Status CheckRange(const char* op, int layer, int t0, int n) const;
 
   PagePool* const pool_;
   const std::vector<int32_t> pages_;
+  // In a group: the leading pages every cache of the group holds; and for a
+  // cache other than the first, the prefix it takes from the first
+  // (AdoptPrefix), which it never writes itself.
+  const int shared_pages_;
+  const int prefix_;
 };
 
 }  // namespace seer

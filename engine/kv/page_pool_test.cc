@@ -96,5 +96,127 @@ TEST(PagedKvCache, RoundTripsTheWireLayoutAsTheContiguousCacheDoes) {
   EXPECT_EQ((*pool)->free_pages(), before + 3);
 }
 
+// Random K and V for positions [t0, t0 + n) of every layer, written into
+// `cache`; returns them, layer by layer, K then V, in the wire layout.
+std::vector<std::vector<float>> WriteRandom(KvCache* cache, int t0, int n, std::mt19937* rng) {
+  const KvLayout& l = cache->layout();
+  std::uniform_real_distribution<float> u(-1, 1);
+  std::vector<std::vector<float>> out;
+  for (int layer = 0; layer < l.num_layers; ++layer) {
+    std::vector<float> k(static_cast<size_t>(l.num_kv_heads) * n * l.head_dim), v(k.size());
+    for (float& x : k) x = u(*rng);
+    for (float& x : v) x = u(*rng);
+    EXPECT_TRUE(cache->WriteLayer(layer, t0, n, DType::kF32, k.data(), v.data()).ok());
+    out.push_back(std::move(k));
+    out.push_back(std::move(v));
+  }
+  return out;
+}
+
+std::vector<std::vector<float>> ReadAll(const KvCache& cache, int t0, int n) {
+  const KvLayout& l = cache.layout();
+  std::vector<std::vector<float>> out;
+  for (int layer = 0; layer < l.num_layers; ++layer) {
+    std::vector<float> k(static_cast<size_t>(l.num_kv_heads) * n * l.head_dim), v(k.size());
+    EXPECT_TRUE(cache.ReadLayer(layer, t0, n, k.data(), v.data()).ok());
+    out.push_back(std::move(k));
+    out.push_back(std::move(v));
+  }
+  return out;
+}
+
+// A request's choices: the prompt's whole pages are one set of pages in
+// every cache, reserved once; each cache's own pages start at the prompt's
+// partial last page, which AdoptPrefix copies; what one choice writes after
+// the prompt no other sees; pages go back only with their last cache.
+TEST(PagedKvCache, AGroupSharesThePromptsWholePagesAndCopiesItsPartialOne) {
+  for (const int prompt : {1, 15, 16, 17, 40, 48}) {
+    SCOPED_TRACE("prompt " + std::to_string(prompt));
+    auto pool = HostPagePool::Create(SmallLayout(16), 40);
+    ASSERT_TRUE(pool.ok());
+    const int capacity = prompt + 20, count = 3;
+    const int per_cache = (capacity + 15) / 16, shared = prompt / 16;
+    auto group = PagedKvCache::CreateGroupWhenFree(pool->get(), prompt, capacity, count, nullptr);
+    ASSERT_TRUE(group.ok()) << group.status().ToString();
+    ASSERT_EQ(group->size(), 3u);
+    EXPECT_EQ((*pool)->used_pages(), shared + count * (per_cache - shared)) << "the whole prompt pages once";
+    for (int i = 0; i < count; ++i) {
+      const std::vector<int32_t>& t = (*group)[i]->pages();
+      ASSERT_EQ(static_cast<int>(t.size()), per_cache);
+      EXPECT_EQ((*group)[i]->shared_positions(), shared * 16);
+      for (int p = 0; p < per_cache; ++p) {
+        if (p < shared) {
+          EXPECT_EQ(t[p], (*group)[0]->pages()[p]);
+        } else {
+          for (int j = 0; j < i; ++j) EXPECT_NE(t[p], (*group)[j]->pages()[p]) << "page " << p << " is its own";
+        }
+      }
+    }
+    std::mt19937 rng(prompt);
+    PagedKvCache& first = *(*group)[0];
+    const auto prompt_kv = WriteRandom(&first, 0, prompt, &rng);
+    first.set_length(prompt);
+    for (int i = 1; i < count; ++i) {
+      PagedKvCache& later = *(*group)[i];
+      EXPECT_EQ(later.AdoptPrefix(later).code(), StatusCode::kFailedPrecondition) << "not from the first";
+      ASSERT_TRUE(later.AdoptPrefix(first).ok());
+      EXPECT_EQ(later.length(), prompt);
+      EXPECT_EQ(later.AdoptPrefix(first).code(), StatusCode::kFailedPrecondition) << "twice";
+      if (shared > 0) {
+        std::vector<float> one(2 * 8);
+        EXPECT_EQ(later.WriteLayer(0, shared * 16 - 1, 1, DType::kF32, one.data(), one.data()).code(),
+                  StatusCode::kFailedPrecondition)
+            << "a later cache never writes the shared pages";
+      }
+    }
+    // Each choice writes its own tokens after the prompt.
+    std::vector<std::vector<std::vector<float>>> own;
+    for (int i = 0; i < count; ++i) own.push_back(WriteRandom((*group)[i].get(), prompt, 20, &rng));
+    for (int i = 0; i < count; ++i) {
+      EXPECT_EQ(ReadAll(*(*group)[i], 0, prompt), prompt_kv) << "cache " << i << " reads the prompt";
+      EXPECT_EQ(ReadAll(*(*group)[i], prompt, 20), own[i]) << "cache " << i << " reads its own tokens";
+    }
+    const int all = (*pool)->used_pages();
+    group->erase(group->begin());  // the first goes first: the shared pages stay
+    EXPECT_EQ((*pool)->used_pages(), all - (per_cache - shared));
+    EXPECT_EQ(ReadAll(*(*group)[1], 0, prompt), prompt_kv);
+    group->clear();
+    EXPECT_EQ((*pool)->free_pages(), 40);
+  }
+}
+
+TEST(PagedKvCache, AGroupReservesAllOrWaitsAndNamesWhatCannotFit) {
+  auto pool = HostPagePool::Create(SmallLayout(16), 10);
+  ASSERT_TRUE(pool.ok());
+  // 64 prompt positions shared (4 pages) and 3 x 2 own pages: 10.
+  auto fits = PagedKvCache::CreateGroupWhenFree(pool->get(), 64, 96, 3, nullptr);
+  ASSERT_TRUE(fits.ok()) << fits.status().ToString();
+  EXPECT_EQ((*pool)->free_pages(), 0);
+  fits->clear();
+  auto too_many = PagedKvCache::CreateGroupWhenFree(pool->get(), 64, 96, 4, nullptr);
+  EXPECT_EQ(too_many.status().code(), StatusCode::kOutOfRange);
+  EXPECT_NE(too_many.status().message().find("4 choices"), std::string::npos) << too_many.status().ToString();
+  EXPECT_EQ(PagedKvCache::CreateGroupWhenFree(pool->get(), 0, 96, 2, nullptr).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(PagedKvCache::CreateGroupWhenFree(pool->get(), 97, 96, 2, nullptr).status().code(),
+            StatusCode::kInvalidArgument);
+  // A group waits for its pages like a single cache.
+  auto held = (*pool)->Allocate(4);
+  ASSERT_TRUE(held.ok());
+  std::thread releaser([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    (*pool)->Release(*held);
+  });
+  auto waited = PagedKvCache::CreateGroupWhenFree(pool->get(), 64, 96, 3, [] { return OkStatus(); });
+  releaser.join();
+  ASSERT_TRUE(waited.ok()) << waited.status().ToString();
+  // One cache alone shares nothing.
+  waited->clear();
+  auto alone = PagedKvCache::CreateGroupWhenFree(pool->get(), 64, 96, 1, nullptr);
+  ASSERT_TRUE(alone.ok());
+  EXPECT_EQ((*alone)[0]->shared_positions(), 0);
+  EXPECT_EQ((*pool)->used_pages(), 6);
+}
+
 }  // namespace
 }  // namespace seer
