@@ -53,7 +53,7 @@ int RunGenerateCommand(int argc, char** argv) {
   common.ids_required = false;
   std::string stop, kv_wire = "auto", prompt, prompt_file, chat;
   std::vector<std::string> stop_strings, logit_bias;
-  int64_t max_new_tokens = 16, top_k = 0, seed = 0, logprobs = -1, prompt_logprobs = -1;
+  int64_t max_new_tokens = 16, top_k = 0, seed = 0, logprobs = -1, prompt_logprobs = -1, n = 1;
   double temperature = 0.0, top_p = 0.0, presence_penalty = 0.0, frequency_penalty = 0.0;
   FlagSet flags("seer generate --addr HOST:PORT (--ids IDS | --prompt TEXT | --prompt-file F | --chat F) [flags]",
                 "Sends a prompt to a seer-decode server (seer.v1.DecodeService/Generate) and prints the tokens as\n"
@@ -62,6 +62,8 @@ int RunGenerateCommand(int argc, char** argv) {
                 "the model's chat template. Greedy unless --temperature is set.\n"
                 "--json prints one object: tokens, text, ttft_ms, density {overall, layers}, timings, and\n"
                 "with --logprobs / --prompt-logprobs the logprobs [{token, logprob, text, top}].\n"
+                "With --n above 1 the replies are printed whole as they finish, each after \"[choice I]\", and\n"
+                "--json adds choices [{tokens, text, logprobs, finish_reason}] (the top level is choice 0's).\n"
                 "Exit codes: 0 success, 1 the call failed (the message has the gRPC status code), 2 usage.");
   common.Register(flags, "seer-decode");
   flags.Int("max-new-tokens", &max_new_tokens, "tokens to generate; 0 takes the server's --default-max-new-tokens");
@@ -76,6 +78,7 @@ int RunGenerateCommand(int argc, char** argv) {
                 "ID:BIAS, added to that token's logit before every choice, BIAS in [-100, 100]; give it once per "
                 "token (up to 1,024)");
   flags.Int("seed", &seed, "seed of the sampling stream; sent only when given (else a fresh random seed)");
+  flags.Int("n", &n, "replies to sample from the one prefill (1 to 16; reply I with --seed + I; greedy replies agree)");
   flags.String("prompt", &prompt, "the prompt as text (the server tokenizes it)");
   flags.String("prompt-file", &prompt_file, "the prompt as text, from a file");
   flags.String("chat", &chat,
@@ -134,6 +137,8 @@ int RunGenerateCommand(int argc, char** argv) {
   if (max_new_tokens < 0 || max_new_tokens > INT32_MAX) return ReportUsage(cmd, "--max-new-tokens: out of range");
   if (top_k < 0 || top_k > INT32_MAX) return ReportUsage(cmd, "--top-k: out of range");
   request.set_max_new_tokens(static_cast<int32_t>(max_new_tokens));
+  if (n < 0 || n > INT32_MAX) return ReportUsage(cmd, "--n: out of range");
+  if (n != 1) request.set_n(static_cast<int32_t>(n));
   request.set_request_id(common.request_id);
   v1::Sampling* sampling = request.mutable_sampling();
   sampling->set_temperature(static_cast<float>(temperature));
@@ -172,42 +177,75 @@ int RunGenerateCommand(int argc, char** argv) {
   SetDeadline(context, common.timeout);
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub->Generate(&context, request);
 
-  std::vector<int32_t> tokens;
-  std::vector<v1::TokenLogprobs> token_logprobs, prompt_entries;
-  std::string text;
+  // Each reply (choice), as its messages come.
+  struct Reply {
+    std::vector<int32_t> tokens;
+    std::vector<v1::TokenLogprobs> logprobs;
+    std::string text;
+    v1::GenerateSummary summary;
+    bool done = false;
+  };
+  const bool many = n > 1;
+  std::vector<Reply> replies(static_cast<size_t>(std::max<int64_t>(1, n)));
+  std::vector<v1::TokenLogprobs> prompt_entries;
   double ttft_ms = -1.0;
-  v1::GenerateSummary summary;
-  bool have_summary = false;
+  int64_t all_tokens = 0;
   v1::GenerateResponse msg;
   while (reader->Read(&msg)) {
-    text += msg.text();
-    if (text_reply && !json && !msg.text().empty()) {
-      std::fputs(msg.text().c_str(), stdout);
-      std::fflush(stdout);
-    }
-    if (msg.has_logprobs()) token_logprobs.push_back(msg.logprobs());
     if (msg.has_prompt_logprobs()) {
       prompt_entries.insert(prompt_entries.end(), msg.prompt_logprobs().tokens().begin(),
                             msg.prompt_logprobs().tokens().end());
+      continue;
     }
+    if (msg.choice() < 0 || msg.choice() >= static_cast<int>(replies.size())) {
+      context.TryCancel();
+      return ReportRpcError(
+          cmd, grpc::Status(grpc::StatusCode::DATA_LOSS, "a message of choice " + std::to_string(msg.choice()) +
+                                                             " for n = " + std::to_string(replies.size())));
+    }
+    Reply& r = replies[static_cast<size_t>(msg.choice())];
+    r.text += msg.text();
+    if (!many && text_reply && !json && !msg.text().empty()) {
+      std::fputs(msg.text().c_str(), stdout);
+      std::fflush(stdout);
+    }
+    if (msg.has_logprobs()) r.logprobs.push_back(msg.logprobs());
     if (msg.event_case() == v1::GenerateResponse::kToken) {
-      if (tokens.empty()) ttft_ms = SecondsSince(start) * 1e3;
-      tokens.push_back(msg.token());
-      if (!json && !text_reply) {
-        std::printf(tokens.size() == 1 ? "%d" : " %d", msg.token());
+      if (all_tokens++ == 0) ttft_ms = SecondsSince(start) * 1e3;
+      r.tokens.push_back(msg.token());
+      if (!many && !json && !text_reply) {
+        std::printf(r.tokens.size() == 1 ? "%d" : " %d", msg.token());
         std::fflush(stdout);
       }
     } else if (msg.event_case() == v1::GenerateResponse::kSummary) {
-      summary = msg.summary();
-      have_summary = true;
+      r.summary = msg.summary();
+      r.done = true;
+      if (many && !json) {
+        // A reply whole, as it finishes.
+        std::printf("[choice %d] ", msg.choice());
+        if (text_reply) {
+          std::fputs(r.text.c_str(), stdout);
+        } else {
+          for (size_t i = 0; i < r.tokens.size(); ++i) std::printf(i == 0 ? "%d" : " %d", r.tokens[i]);
+        }
+        std::printf(" (%s)\n", r.summary.finish_reason().c_str());
+        std::fflush(stdout);
+      }
     }
   }
   const grpc::Status status = reader->Finish();
   const double total_ms = SecondsSince(start) * 1e3;
-  if (!json && (!tokens.empty() || !text.empty())) std::printf("\n");
+  const Reply& first = replies[0];
+  if (!json && !many && (!first.tokens.empty() || !first.text.empty())) std::printf("\n");
   if (!status.ok()) return ReportRpcError(cmd, status);
-  if (!have_summary)
-    return ReportRpcError(cmd, grpc::Status(grpc::StatusCode::DATA_LOSS, "the stream ended without a summary"));
+  for (const Reply& r : replies) {
+    if (!r.done)
+      return ReportRpcError(cmd, grpc::Status(grpc::StatusCode::DATA_LOSS, "the stream ended without a summary"));
+  }
+  const std::vector<int32_t>& tokens = first.tokens;
+  const std::vector<v1::TokenLogprobs>& token_logprobs = first.logprobs;
+  const std::string& text = first.text;
+  const v1::GenerateSummary& summary = first.summary;
 
   if (json) {
     JsonValue out = JsonValue::Object();
@@ -217,6 +255,20 @@ int RunGenerateCommand(int argc, char** argv) {
     if (text_reply || !text.empty()) out.Set("text", JsonValue::String(text));
     if (request.has_logprobs()) out.Set("logprobs", LogprobsJson(token_logprobs));
     if (request.has_prompt_logprobs()) out.Set("prompt_logprobs", LogprobsJson(prompt_entries));
+    if (many) {
+      JsonValue choices = JsonValue::Array();
+      for (const Reply& r : replies) {
+        JsonValue c = JsonValue::Object();
+        JsonValue ids = JsonValue::Array();
+        for (int32_t t : r.tokens) ids.Append(JsonValue::Int(t));
+        c.Set("tokens", std::move(ids));
+        if (text_reply || !r.text.empty()) c.Set("text", JsonValue::String(r.text));
+        if (request.has_logprobs()) c.Set("logprobs", LogprobsJson(r.logprobs));
+        c.Set("finish_reason", JsonValue::String(r.summary.finish_reason()));
+        choices.Append(std::move(c));
+      }
+      out.Set("choices", std::move(choices));
+    }
     out.Set("ttft_ms", JsonValue::Number(ttft_ms));
     JsonValue density = JsonValue::Object();
     density.Set("overall", JsonValue::Number(summary.overall_density()));
@@ -264,9 +316,9 @@ int RunGenerateCommand(int argc, char** argv) {
       "ttft %.2f ms (server %.2f ms: prefill %.2f ms, KV %.2f MB in %.2f ms) | %zu tokens in %.2f ms, %s"
       " | prompt %d tokens, %s, density %.4f | prefill %s\n",
       ttft_ms, summary.ttft_seconds() * 1e3, summary.prefill_seconds() * 1e3,
-      static_cast<double>(summary.kv_bytes()) / 1e6, summary.kv_transfer_seconds() * 1e3, tokens.size(), total_ms,
-      summary.finish_reason().c_str(), summary.prompt_tokens(), summary.sparsity().c_str(), summary.overall_density(),
-      summary.prefill_endpoint().c_str());
+      static_cast<double>(summary.kv_bytes()) / 1e6, summary.kv_transfer_seconds() * 1e3,
+      static_cast<size_t>(all_tokens), total_ms, summary.finish_reason().c_str(), summary.prompt_tokens(),
+      summary.sparsity().c_str(), summary.overall_density(), summary.prefill_endpoint().c_str());
   return kExitOk;
 }
 

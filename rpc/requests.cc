@@ -300,6 +300,9 @@ StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& r, const 
   call.stop_token_ids.assign(r.stop_token_ids().begin(), r.stop_token_ids().end());
   SEER_RETURN_IF_ERROR(CheckTokenIds(call.stop_token_ids, limits.vocab_size, "stop_token_ids"));
   SEER_ASSIGN_OR_RETURN(call.kv_wire, ParseKvWire(r.kv_wire()));
+  if (r.n() < 0 || r.n() > kMaxChoices)
+    return InvalidArgument("n: " + Int(r.n()) + " is out of range [1, " + Int(kMaxChoices) + "] (0 means 1)");
+  call.choices = std::max(1, r.n());
   SEER_RETURN_IF_ERROR(CheckRequestSize(r, limits));
   return call;
 }

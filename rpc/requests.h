@@ -28,6 +28,8 @@ inline constexpr int kMaxLogitBias = 1024;
 inline constexpr int kMaxStopStrings = 16;
 inline constexpr size_t kMaxStopStringBytes = 256;
 inline constexpr int kMaxChatMessages = 1024;
+// The most choices (GenerateRequest.n) one request may ask for.
+inline constexpr int kMaxChoices = 16;
 // A text prompt may have this many bytes per token the server takes.
 inline constexpr size_t kMaxTextBytesPerToken = 32;
 // A prompt's logprobs: at most this many entries, (tokens - 1) *
@@ -83,6 +85,7 @@ struct GenerateCall {
   std::vector<int32_t> stop_token_ids;
   v1::KvWire kv_wire = v1::KV_WIRE_UNSPECIFIED;  // asked of the prefill
   int prompt_logprobs = -1;  // -1: none; checked against the prompt's length once it is known
+  int choices = 1;  // n; choice i samples with sampling.seed + i
 };
 
 StatusOr<PrefillCall> ParsePrefillRequest(const v1::PrefillRequest& request, const RequestLimits& limits);

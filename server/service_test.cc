@@ -1073,6 +1073,121 @@ double CountByCode(prometheus::Registry& registry, const std::string& family, co
   return 0.0;
 }
 
+// n choices over gRPC, alone and batched: one Prefill call for the request,
+// and choice i's tokens are what a local Sampler seeded with seed + i draws
+// from the monolithic engine's logits, each choice ending on its own (a stop
+// token ends one, max_new_tokens the others) with a summary of its own;
+// the same request alone with seed + i gives choice i's tokens and
+// logprobs bit for bit. Prompts of a partial last page (70 = 4 x 16 + 6)
+// and of whole pages (64) both leave every KV page back in the pool.
+TEST(Service, ChoicesShareOnePrefillAndEachIsItsSeedsReply) {
+  AloneAndBatched servers;
+  constexpr int kNew = 14, kChoices = 4;
+  for (const int prompt : {70, 64}) {
+    SCOPED_TRACE("prompt " + std::to_string(prompt));
+    const std::vector<int32_t> ids = seer::testing::RandomIds(prompt, 128, prompt);
+    SamplingParams sp;
+    sp.temperature = 1.3;
+    sp.top_k = 50;
+    sp.seed = 900;
+    std::vector<std::vector<int32_t>> want;
+    for (int i = 0; i < kChoices; ++i) {
+      SamplingParams own = sp;
+      own.seed += static_cast<uint64_t>(i);
+      Sampler local(own);
+      want.push_back(seer::testing::MonolithicTokens(*servers.engine, ids, kNew,
+                                                     [&](const std::vector<float>& l) { return local.Sample(l); }));
+    }
+    ASSERT_NE(want[0], want[1]) << "the seeds must give different replies";
+    // A token of choice 1's reply that choice 0 never draws ends choice 1
+    // there (and any other choice that draws it).
+    int32_t stop = -1;
+    for (int k = 2; k < kNew && stop < 0; ++k) {
+      if (std::find(want[0].begin(), want[0].end(), want[1][k]) == want[0].end()) stop = want[1][k];
+    }
+    ASSERT_GE(stop, 0);
+    std::vector<std::string> finish(kChoices, "length");
+    for (int i = 0; i < kChoices; ++i) {
+      auto at = std::find(want[i].begin(), want[i].end(), stop);
+      if (at != want[i].end()) {
+        want[i].erase(at + 1, want[i].end());
+        finish[i] = "stop";
+      }
+    }
+    v1::GenerateRequest g = SampledRequest(ids, kNew, sp);
+    g.add_stop_token_ids(stop);
+    g.set_logprobs(2);
+    g.set_n(kChoices);
+    for (DecodeHarness* h : {&servers.alone, &servers.batched}) {
+      SCOPED_TRACE(h == &servers.alone ? "alone" : "batched");
+      const double prefills = CountByCode(*servers.prefill.registry, "seer_prefill_requests_total", "OK");
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + 60s);
+      auto reader = h->Stub()->Generate(&ctx, g);
+      std::vector<std::vector<int32_t>> got(kChoices);
+      std::vector<std::vector<std::string>> logprobs(kChoices);
+      std::vector<int> summaries(kChoices, 0);
+      v1::GenerateResponse msg;
+      while (reader->Read(&msg)) {
+        ASSERT_GE(msg.choice(), 0);
+        ASSERT_LT(msg.choice(), kChoices);
+        const size_t c = static_cast<size_t>(msg.choice());
+        EXPECT_EQ(summaries[c], 0) << "choice " << c << " went on after its summary";
+        if (msg.has_summary()) {
+          ++summaries[c];
+          EXPECT_EQ(msg.summary().generated_tokens(), static_cast<int>(want[c].size()));
+          EXPECT_EQ(msg.summary().finish_reason(), finish[c]) << "choice " << c;
+          EXPECT_EQ(msg.summary().prompt_tokens(), prompt);
+          continue;
+        }
+        got[c].push_back(msg.token());
+        logprobs[c].push_back(msg.logprobs().SerializeAsString());
+      }
+      ASSERT_TRUE(reader->Finish().ok());
+      EXPECT_EQ(summaries, std::vector<int>(kChoices, 1));
+      EXPECT_EQ(got, want);
+      EXPECT_EQ(CountByCode(*servers.prefill.registry, "seer_prefill_requests_total", "OK") - prefills, 1.0)
+          << "one prefill for every choice";
+      EXPECT_TRUE(WaitFor([&] { return h->metrics.server.kv_cache_bytes.Value() == 0; }, 5s))
+          << "seer_kv_cache_bytes: " << h->metrics.server.kv_cache_bytes.Value();
+      // Choice i is the request alone with seed + i, logprobs included.
+      for (int i = 0; i < kChoices; ++i) {
+        v1::GenerateRequest one = g;
+        one.set_n(1);
+        one.mutable_sampling()->set_seed(sp.seed + static_cast<uint64_t>(i));
+        grpc::ClientContext one_ctx;
+        one_ctx.set_deadline(std::chrono::system_clock::now() + 60s);
+        auto one_reader = h->Stub()->Generate(&one_ctx, one);
+        std::vector<std::string> alone_logprobs;
+        while (one_reader->Read(&msg)) {
+          EXPECT_EQ(msg.choice(), 0);
+          if (msg.event_case() == v1::GenerateResponse::kToken) {
+            alone_logprobs.push_back(msg.logprobs().SerializeAsString());
+          }
+        }
+        ASSERT_TRUE(one_reader->Finish().ok());
+        EXPECT_EQ(alone_logprobs, logprobs[i]) << "choice " << i;
+      }
+    }
+    PagePool* pool = servers.paged->page_pool();
+    EXPECT_TRUE(WaitFor([&] { return pool->free_pages() == pool->num_pages(); }, 5s)) << "every page back";
+  }
+
+  // Every choice done at its first token; and n out of range.
+  v1::GenerateRequest first_only = SampledRequest(seer::testing::RandomIds(33, 128, 3), 1, SamplingParams{});
+  first_only.set_n(3);
+  for (DecodeHarness* h : {&servers.alone, &servers.batched}) {
+    std::vector<int32_t> tokens;
+    ASSERT_TRUE(CallGenerate(h->Stub().get(), first_only, &tokens).ok());
+    EXPECT_EQ(tokens.size(), 3u);
+    EXPECT_TRUE(tokens[0] == tokens[1] && tokens[1] == tokens[2]) << "greedy choices agree";
+  }
+  first_only.set_n(17);
+  ExpectInvalid(CallGenerate(servers.batched.Stub().get(), first_only), "n: 17");
+  first_only.set_n(-1);
+  ExpectInvalid(CallGenerate(servers.batched.Stub().get(), first_only), "n: -1");
+}
+
 // A client that never reads: its HTTP/2 window is 1 KiB and never grows (no
 // BDP probing), so the server can write almost nothing to it, and each
 // channel has a connection of its own (a shared one would stall the others'

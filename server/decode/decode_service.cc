@@ -106,8 +106,13 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
                                  "stop_token_ids only"));
       return;
     }
-    if (service->tokenizer_ != nullptr && (text_reply || !call_.stop.empty())) {
-      text_ = std::make_unique<TextStream>(*service->tokenizer_, call_.stop);
+    choices_ = std::vector<Choice>(static_cast<size_t>(call_.choices));
+    for (size_t i = 0; i < choices_.size(); ++i) {
+      Choice& c = choices_[i];
+      c.index = static_cast<int>(i);
+      if (service->tokenizer_ != nullptr && (text_reply || !call_.stop.empty())) {
+        c.text = std::make_unique<TextStream>(*service->tokenizer_, call_.stop);
+      }
     }
     // A text request ends at an end-of-text id too, as the text APIs do.
     stop_tokens_ = call_.stop_token_ids;
@@ -118,16 +123,19 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
                                            : call_.request_id;
     max_new_tokens_ = call_.max_new_tokens;
     ByteBudget& budget = service->budget_;
-    const int64_t need = GenerateStreamBytes(max_new_tokens_, engine_->config().num_layers, call_.sampling.logprobs);
+    const int64_t need = ReplyBytes();
     if (need > budget.limit()) {
       // It would never fit: not a retry, a smaller request.
       const bool lp = call_.sampling.logprobs >= 0;
-      FinishNow(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                             "max_new_tokens: " + std::to_string(max_new_tokens_) + " tokens" +
-                                 (lp ? " with logprobs " + std::to_string(call_.sampling.logprobs) : std::string()) +
-                                 " may buffer " + Mib(need) + " for a slow client, more than this worker's " +
-                                 "--max-buffered-bytes (" + Mib(budget.limit()) + ") holds; ask for fewer tokens" +
-                                 (lp ? " or alternatives" : "")));
+      const bool n = call_.choices > 1;
+      FinishNow(
+          grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                       "max_new_tokens: " + std::to_string(max_new_tokens_) + " tokens" +
+                           (lp ? " with logprobs " + std::to_string(call_.sampling.logprobs) : std::string()) +
+                           (n ? " for each of n = " + std::to_string(call_.choices) + " choices" : std::string()) +
+                           " may buffer " + Mib(need) + " for a slow client, more than this worker's " +
+                           "--max-buffered-bytes (" + Mib(budget.limit()) + ") holds; ask for fewer tokens" +
+                           (lp ? ", alternatives" : "") + (n ? ", choices" : "")));
       return;
     }
     std::optional<ByteBudget::Reservation> charge = budget.TryReserve(need);
@@ -158,11 +166,32 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     // Empty when the scheduler took the request: it finishes the stream.
     std::optional<grpc::Status> done = Prepare();
     if (!done) return;
-    cache_counted_.reset();  // the cache went with Prepare's frame
+    for (Choice& c : choices_) c.cache_counted.reset();  // the caches went with Prepare's frame
+    shared_counted_.reset();
     FinishWork(*done);
   }
 
  private:
+  // One reply of the n the request asked for: its own sampler (seed + its
+  // index), text, count and end. Set up in the constructor and Prepare, then
+  // the scheduler thread's.
+  struct Choice {
+    int index = 0;
+    std::unique_ptr<Sampler> sampler;
+    std::unique_ptr<TextStream> text;
+    int generated = 0;
+    bool finished = false;
+    std::string finish_reason = "length";
+    std::optional<GaugeHold> cache_counted;  // the KV pages it holds alone (the first: the prompt's too)
+    std::optional<Clock::time_point> last_token;  // write hooks only
+  };
+
+  // What the reply's messages may buffer for a slow client: every token of
+  // every choice, and their summaries.
+  int64_t ReplyBytes() const {
+    return call_.choices * GenerateStreamBytes(max_new_tokens_, engine_->config().num_layers, call_.sampling.logprobs);
+  }
+
   grpc::Status StreamGone() const {
     return grpc::Status(grpc::StatusCode::CANCELLED, "the Generate stream was cancelled");
   }
@@ -203,7 +232,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
       // Their messages wait for the client as the tokens' do.
       ByteBudget& budget = service_->budget_;
       const int64_t need = int64_t{prompt_tokens_} * static_cast<int64_t>(TokenMessageBytes(call_.prompt_logprobs));
-      const int64_t own = GenerateStreamBytes(max_new_tokens_, engine_->config().num_layers, call_.sampling.logprobs);
+      const int64_t own = ReplyBytes();
       if (need > budget.limit() - own) {
         return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                             "prompt_logprobs: the prompt's " + std::to_string(prompt_tokens_) + " positions with " +
@@ -228,101 +257,197 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     if (call_.prompt_logprobs >= 0) prefill_request.set_prompt_logprobs(call_.prompt_logprobs);
 
     // Every page (or the whole cache) the request will need, before any KV
-    // moves: an admitted request never fails for lack of room later.
+    // moves: an admitted request never fails for lack of room later. The
+    // choices share the prompt's whole pages; without paged decode they
+    // decode one after the other in one cache, each from the prompt's end.
     const int capacity = prompt_tokens_ + max_new_tokens_;
     const bool batched = service_->scheduler_ != nullptr;
-    StatusOr<std::unique_ptr<KvCache>> made =
-        batched ? engine_->NewPagedCacheWhenFree(
-                      capacity,
-                      [this] { return cancelled() ? Cancelled("cancelled while waiting for KV pages") : OkStatus(); })
-                : engine_->NewCache(capacity);
-    if (!made.ok()) {
-      if (cancelled()) return StreamGone();
-      return ToGrpcStatus(made.status().WithContext(batched ? "seer-decode: KV pages" : "seer-decode: KV cache"));
+    const int n = static_cast<int>(choices_.size());
+    std::vector<std::unique_ptr<KvCache>> caches;
+    if (batched) {
+      StatusOr<std::vector<std::unique_ptr<PagedKvCache>>> group = engine_->NewPagedCacheGroupWhenFree(
+          prompt_tokens_, capacity, n,
+          [this] { return cancelled() ? Cancelled("cancelled while waiting for KV pages") : OkStatus(); });
+      if (!group.ok()) {
+        if (cancelled()) return StreamGone();
+        return ToGrpcStatus(group.status().WithContext("seer-decode: KV pages"));
+      }
+      for (std::unique_ptr<PagedKvCache>& c : *group) caches.push_back(std::move(c));
+    } else {
+      StatusOr<std::unique_ptr<KvCache>> made = engine_->NewCache(capacity);
+      if (!made.ok()) return ToGrpcStatus(made.status().WithContext("seer-decode: KV cache"));
+      caches.push_back(std::move(made).value());
     }
-    std::unique_ptr<KvCache> cache = std::move(made).value();
-    cache_counted_.emplace(&metrics_->server.kv_cache_bytes, KvCacheBytes(cache->layout(), cache->capacity()));
+    // The shared pages count once, for as long as any choice holds them.
+    const int shared = batched ? static_cast<const PagedKvCache&>(*caches[0]).shared_positions() : 0;
+    if (shared > 0)
+      shared_counted_.emplace(&metrics_->server.kv_cache_bytes, KvCacheBytes(caches[0]->layout(), shared));
+    for (size_t i = 0; i < caches.size(); ++i) {
+      choices_[i].cache_counted.emplace(&metrics_->server.kv_cache_bytes,
+                                        KvCacheBytes(caches[i]->layout(), caches[i]->capacity() - shared));
+    }
 
     StatusOr<FetchedKv> fetched = service_->prefill_->Fetch(
-        prefill_request, service_->expected_, cache.get(), &canceller_,
+        prefill_request, service_->expected_, caches[0].get(), &canceller_,
         [this](int64_t bytes) { metrics_->kv_received_bytes.Increment(static_cast<double>(bytes)); });
     if (!fetched.ok()) {
       if (cancelled()) return StreamGone();
       return ToGrpcStatus(fetched.status());
     }
     fetched_ = std::move(fetched).value();
+    for (size_t i = 1; i < caches.size(); ++i) {
+      const auto& first = static_cast<const PagedKvCache&>(*caches[0]);
+      if (Status s = static_cast<PagedKvCache&>(*caches[i]).AdoptPrefix(first); !s.ok()) {
+        return ToGrpcStatus(s.WithContext("seer-decode: choice " + std::to_string(i) + "'s KV"));
+      }
+    }
 
     if (call_.prompt_logprobs >= 0) {
       if (std::optional<grpc::Status> failed = SendPromptLogprobs(*ids)) return *failed;
     }
-    // The first token from the prefill's logits.
-    sampler_ = std::make_unique<Sampler>(call_.sampling);
+    // Each choice's first token from the prefill's logits, with its own
+    // random stream.
     const v1::PrefillSummary& ps = fetched_.summary;
     const std::vector<float> first_logits(ps.last_logits().begin(), ps.last_logits().end());
-    const int32_t first = sampler_->Sample(first_logits);
-    if (!Emit(first, sampler_->wants_logprobs() ? &sampler_->last_logprobs() : nullptr)) return StreamGone();
-    if (finished_) {
-      cache.reset();
-      return FinishWithSummary();
-    }
-
-    if (batched) {
-      DecodeScheduler::Sequence seq;
-      seq.cache = std::move(cache);
-      seq.next_token = first;
-      seq.sampler = std::move(sampler_);
-      seq.remaining = max_new_tokens_ - generated_;
-      // Stop tokens and strings are this stream's to judge (Emit): the
-      // scheduler only counts.
-      seq.on_token = [this](int32_t token, const TokenLogprobs* logprobs) {
-        if (!Emit(token, logprobs)) {
-          gone_ = true;
-          return DecodeScheduler::SinkResult::kStop;
-        }
-        return finished_ ? DecodeScheduler::SinkResult::kStop : DecodeScheduler::SinkResult::kAccepted;
-      };
-      // The last touch of this stream by the scheduler: FinishWork may end
-      // (and delete) it.
-      seq.on_done = [this](DecodeScheduler::Finish finish, const Status& status) {
-        cache_counted_.reset();
-        if (gone_) return FinishWork(StreamGone());
-        if (!status.ok()) {
-          return FinishWork(
-              ToGrpcStatus(finish == DecodeScheduler::Finish::kError
-                               ? status.WithContext("seer-decode: decode step " + std::to_string(generated_))
-                               : Status(StatusCode::kUnavailable, "seer-decode: the server is shutting down")));
-        }
-        FinishWork(FinishWithSummary());
-      };
-      if (Status s = service_->scheduler_->Submit(std::move(seq)); !s.ok()) {
-        cache_counted_.reset();
-        return grpc::Status(grpc::StatusCode::UNAVAILABLE, "seer-decode: the server is shutting down");
+    std::vector<int32_t> first(choices_.size());
+    for (Choice& c : choices_) {
+      SamplingParams sampling = call_.sampling;
+      sampling.seed += static_cast<uint64_t>(c.index);
+      c.sampler = std::make_unique<Sampler>(sampling);
+      first[c.index] = c.sampler->Sample(first_logits);
+      if (!Emit(c, first[c.index], c.sampler->wants_logprobs() ? &c.sampler->last_logprobs() : nullptr)) {
+        return StreamGone();
       }
-      return std::nullopt;
     }
-
-    // Alone: concurrent streams take turns on the engine, one step at a time.
-    int32_t token = first;
-    while (!finished_) {
-      StatusOr<int32_t> next = engine_->DecodeAndSample(token, cache.get(), sampler_.get());
-      if (!next.ok()) {
-        return ToGrpcStatus(next.status().WithContext("seer-decode: decode step " + std::to_string(generated_)));
+    // The choices done at their first token end here.
+    int running = 0;
+    for (Choice& c : choices_) {
+      if (!c.finished) {
+        ++running;
+        continue;
       }
-      token = *next;
-      if (!Emit(token, sampler_->wants_logprobs() ? &sampler_->last_logprobs() : nullptr)) return StreamGone();
+      if (batched) {
+        caches[c.index].reset();
+        c.cache_counted.reset();
+      }
+      if (grpc::Status done = FinishWithSummary(c); !done.ok()) return done;
     }
-    cache.reset();
-    cache_counted_.reset();
-    return FinishWithSummary();
+    if (running == 0) return grpc::Status::OK;
+
+    if (batched) return SubmitChoices(std::move(caches), first, running);
+
+    // Alone: concurrent streams take turns on the engine, one step at a time,
+    // and the choices one after the other, each from the prompt's end.
+    KvCache* cache = caches[0].get();
+    for (Choice& c : choices_) {
+      if (c.finished) continue;
+      cache->set_length(prompt_tokens_);
+      int32_t token = first[c.index];
+      while (!c.finished) {
+        StatusOr<int32_t> next = engine_->DecodeAndSample(token, cache, c.sampler.get());
+        if (!next.ok()) {
+          return ToGrpcStatus(next.status().WithContext(StepContext(c)));
+        }
+        token = *next;
+        if (!Emit(c, token, c.sampler->wants_logprobs() ? &c.sampler->last_logprobs() : nullptr)) return StreamGone();
+      }
+      if (grpc::Status done = FinishWithSummary(c); !done.ok()) return done;
+    }
+    return grpc::Status::OK;
   }
 
-  // Sends a generated token (the text it adds, its logprobs when asked) and
-  // judges whether the stream is finished: a stop token, a stop string, or
-  // max_new_tokens. False when the stream is gone.
-  bool Emit(int32_t token, const TokenLogprobs* logprobs) {
-    ++generated_;
+  std::string StepContext(const Choice& c) const {
+    return "seer-decode: decode step " + std::to_string(c.generated) +
+           (choices_.size() > 1 ? " of choice " + std::to_string(c.index) : std::string());
+  }
+
+  // Hands the `running` unfinished choices to the scheduler's batch; they
+  // end the call (ChoiceDone) as they leave it. Always nullopt: from here
+  // the choices finish the stream.
+  std::optional<grpc::Status> SubmitChoices(std::vector<std::unique_ptr<KvCache>> caches,
+                                            const std::vector<int32_t>& first, int running) {
+    {
+      std::lock_guard<std::mutex> lock(done_mu_);
+      choices_left_ = running;
+    }
+    std::vector<std::pair<Choice*, DecodeScheduler::Sequence>> seqs;
+    for (Choice& c : choices_) {
+      if (c.finished) continue;
+      DecodeScheduler::Sequence seq;
+      seq.cache = std::move(caches[c.index]);
+      seq.next_token = first[c.index];
+      seq.sampler = std::move(c.sampler);
+      seq.remaining = max_new_tokens_ - c.generated;
+      // Stop tokens and strings are this stream's to judge (Emit): the
+      // scheduler only counts.
+      seq.on_token = [this, &c](int32_t token, const TokenLogprobs* logprobs) {
+        if (abandoned_) return DecodeScheduler::SinkResult::kStop;
+        if (!Emit(c, token, logprobs)) {
+          gone_ = true;
+          abandoned_ = true;
+          return DecodeScheduler::SinkResult::kStop;
+        }
+        return c.finished ? DecodeScheduler::SinkResult::kStop : DecodeScheduler::SinkResult::kAccepted;
+      };
+      // The scheduler's last touch of this choice: the last ChoiceDone may
+      // end (and delete) the stream.
+      seq.on_done = [this, &c](DecodeScheduler::Finish finish, const Status& status) {
+        c.cache_counted.reset();
+        if (gone_) return ChoiceDone(StreamGone(), 1);
+        if (!status.ok()) {
+          // A failed choice fails the call: the others stop at their next token.
+          abandoned_ = true;
+          return ChoiceDone(
+              ToGrpcStatus(finish == DecodeScheduler::Finish::kError
+                               ? status.WithContext(StepContext(c))
+                               : Status(StatusCode::kUnavailable, "seer-decode: the server is shutting down")),
+              1);
+        }
+        if (abandoned_) return ChoiceDone(grpc::Status(grpc::StatusCode::ABORTED, "another choice failed"), 1);
+        ChoiceDone(FinishWithSummary(c), 1);
+      };
+      seqs.emplace_back(&c, std::move(seq));
+    }
+    // Once the last one is in, the stream may finish at any moment: nothing
+    // here touches it after that.
+    for (size_t k = 0; k < seqs.size(); ++k) {
+      if (Status s = service_->scheduler_->Submit(std::move(seqs[k].second)); !s.ok()) {
+        // This choice and the ones after it never ran (their caches are
+        // gone with the sequences); they still count, so the stream lives.
+        abandoned_ = true;
+        for (size_t j = k; j < seqs.size(); ++j) seqs[j].first->cache_counted.reset();
+        const int never = static_cast<int>(seqs.size() - k);
+        seqs.clear();
+        ChoiceDone(grpc::Status(grpc::StatusCode::UNAVAILABLE, "seer-decode: the server is shutting down"), never);
+        return std::nullopt;
+      }
+    }
+    return std::nullopt;
+  }
+
+  // `count` choices have left (`status`: how the first of them ended); the
+  // last one out finishes the stream with the first failure, or OK.
+  void ChoiceDone(const grpc::Status& status, int count) {
+    grpc::Status outcome;
+    {
+      std::lock_guard<std::mutex> lock(done_mu_);
+      if (!status.ok() && outcome_.ok()) outcome_ = status;
+      choices_left_ -= count;
+      if (choices_left_ > 0) return;
+      outcome = outcome_;
+    }
+    shared_counted_.reset();  // the last choice's pages, the shared ones too, are back
+    FinishWork(outcome);
+  }
+
+  // Sends a generated token of choice `c` (the text it adds, its logprobs
+  // when asked) and judges whether the choice is finished: a stop token, a
+  // stop string, or max_new_tokens. False when the stream is gone.
+  bool Emit(Choice& c, int32_t token, const TokenLogprobs* logprobs) {
+    ++c.generated;
     auto msg = std::make_unique<v1::GenerateResponse>();
     msg->set_token(token);
+    msg->set_choice(c.index);
     if (logprobs != nullptr) {
       v1::TokenLogprobs* out = msg->mutable_logprobs();
       SetLogprob(logprobs->chosen, out->mutable_chosen());
@@ -331,10 +456,10 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     bool stop = std::find(stop_tokens_.begin(), stop_tokens_.end(), token) != stop_tokens_.end();
     // A stop token is sent, but its text is not part of the reply (as vLLM
     // leaves out a stop token's text; an end-of-text id has none anyway).
-    if (text_ != nullptr && !stop) {
+    if (c.text != nullptr && !stop) {
       // An id the tokenizer does not know (a model vocabulary padded past
       // the tokenizer's) adds no text.
-      StatusOr<TextStream::Piece> piece = text_->Push(token);
+      StatusOr<TextStream::Piece> piece = c.text->Push(token);
       if (piece.ok()) {
         msg->set_text(std::move(piece->text));
         stop = stop || piece->stopped;
@@ -342,10 +467,10 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     }
     if (!Send(std::move(msg), TokenMessageBytes(call_.sampling.logprobs))) return false;
     if (stop) {
-      finish_reason_ = "stop";
-      finished_ = true;
-    } else if (generated_ >= max_new_tokens_) {
-      finished_ = true;
+      c.finish_reason = "stop";
+      c.finished = true;
+    } else if (c.generated >= max_new_tokens_) {
+      c.finished = true;
     }
     return true;
   }
@@ -414,22 +539,24 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     if (text.ok()) out->set_text(unicode::Utf8Lossy(*text));
   }
 
-  grpc::Status FinishWithSummary() {
+  // Choice `c`'s last message.
+  grpc::Status FinishWithSummary(Choice& c) {
     auto msg = std::make_unique<v1::GenerateResponse>();
-    if (text_ != nullptr && !text_->stopped()) {
+    msg->set_choice(c.index);
+    if (c.text != nullptr && !c.text->stopped()) {
       // The text held back at the end (a partial character, a possible
       // start of a stop string that never came).
-      StatusOr<std::string> rest = text_->Finish();
+      StatusOr<std::string> rest = c.text->Finish();
       if (rest.ok()) msg->set_text(std::move(*rest));
       // A stop string in text the decoder held to the end (bytes that never
       // made a character) ends the reply too.
-      if (text_->stopped()) finish_reason_ = "stop";
+      if (c.text->stopped()) c.finish_reason = "stop";
     }
     const v1::PrefillSummary& ps = fetched_.summary;
     v1::GenerateSummary* s = msg->mutable_summary();
     s->set_prompt_tokens(prompt_tokens_);
-    s->set_generated_tokens(generated_);
-    s->set_finish_reason(finish_reason_);
+    s->set_generated_tokens(c.generated);
+    s->set_finish_reason(c.finish_reason);
     s->set_prefill_seconds(ps.timings().prefill_seconds());
     s->set_kv_transfer_seconds(fetched_.seconds);
     s->set_kv_bytes(fetched_.kv_bytes);
@@ -442,7 +569,8 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     return grpc::Status::OK;
   }
 
-  // Hooks: one at a time, in write order.
+  // Hooks: one at a time, in write order. The time to the first token is the
+  // stream's (its first choice's); the time between tokens is each choice's.
   void BeforeWrite(v1::GenerateResponse* msg) override {
     const Clock::time_point now = Clock::now();
     if (msg->has_summary()) {
@@ -450,13 +578,14 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
       msg->mutable_summary()->set_total_seconds(Seconds(now - arrived_));
       return;
     }
+    if (msg->event_case() != v1::GenerateResponse::kToken) return;
     if (!first_token_) {
       first_token_ = now;
       metrics_->ttft.Observe(Seconds(now - arrived_));
-    } else {
-      metrics_->inter_token.Observe(Seconds(now - last_token_));
     }
-    last_token_ = now;
+    std::optional<Clock::time_point>& last = choices_[static_cast<size_t>(msg->choice())].last_token;
+    if (last) metrics_->inter_token.Observe(Seconds(now - *last));
+    last = now;
   }
 
   void AfterWrite(const v1::GenerateResponse& msg, size_t /*bytes*/) override {
@@ -490,21 +619,21 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
   std::string request_id_;
   int max_new_tokens_ = 0;
   std::vector<int32_t> stop_tokens_;
-  std::unique_ptr<TextStream> text_;
+  std::vector<Choice> choices_;  // never resized after the constructor
   int prompt_tokens_ = 0;
   FetchedKv fetched_;
   // The share of --max-buffered-bytes the prompt's logprobs take, when asked.
   std::optional<ByteBudget::Reservation> prompt_logprobs_charge_;
-  std::unique_ptr<Sampler> sampler_;
-  std::optional<GaugeHold> cache_counted_;
-  int generated_ = 0;
-  bool finished_ = false;
-  bool gone_ = false;
-  std::string finish_reason_ = "length";
+  std::optional<GaugeHold> shared_counted_;  // the prompt's pages the choices share
+  std::atomic<bool> gone_{false};  // the client left: every choice stops
+  std::atomic<bool> abandoned_{false};  // the call is ending: every choice stops
+  // The choices in the scheduler's batch, and the first failure among them.
+  std::mutex done_mu_;
+  int choices_left_ = 0;
+  grpc::Status outcome_;
 
   // Write hooks only.
   std::optional<Clock::time_point> first_token_;
-  Clock::time_point last_token_;
 };
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* LegacyDecodeService::Generate(grpc::CallbackServerContext* context,

@@ -22,9 +22,7 @@
 #include <functional>
 #include <mutex>
 #include <string>
-#include <system_error>
 #include <string_view>
-#include <thread>
 #include <vector>
 
 #include <prometheus/counter.h>
@@ -285,7 +283,7 @@ struct ParsedRequest {
   // max_tokens 0 with echo (scoring a text, as vLLM allows): the reply is the
   // prompt alone. The wire asks for one token, which is not shown.
   bool prompt_only = false;
-  int n = 1;  // choices, each its own Generate call
+  int n = 1;  // choices: GenerateRequest.n, one call
 };
 
 // A JSON number as a float; beyond float's range, infinite (which the
@@ -295,10 +293,6 @@ float ToFloat(double v) {
   if (v < -FLT_MAX) return -INFINITY;
   return static_cast<float>(v);
 }
-
-// The most choices (`n`) a request may ask for; each is a Generate call of
-// its own, prefilled apart.
-constexpr int kMaxChoices = 16;
 
 // OpenAI's logprobs. A completion's `logprobs` is the number of alternatives
 // (0 to 20: 0 gives the chosen token's alone); a chat's is true or false,
@@ -692,13 +686,9 @@ class GrpcGenerateBackend final : public GenerateBackend {
   explicit GrpcGenerateBackend(std::shared_ptr<grpc::Channel> channel) : stub_(v1::DecodeService::NewStub(channel)) {}
 
   grpc::Status Generate(const v1::GenerateRequest& request, const std::string& client,
-                        const std::function<bool(const v1::GenerateResponse&)>& on_response,
-                        CallCanceller* cancel) override {
+                        const std::function<bool(const v1::GenerateResponse&)>& on_response) override {
     grpc::ClientContext context;
     if (!client.empty()) context.AddMetadata(kHttpClientMetadata, HttpClientMetadataValue(client));
-    if (cancel != nullptr && !cancel->Bind(&context)) {
-      return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled before it started");
-    }
     std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub_->Generate(&context, request);
     v1::GenerateResponse response;
     while (reader->Read(&response)) {
@@ -708,9 +698,7 @@ class GrpcGenerateBackend final : public GenerateBackend {
         break;
       }
     }
-    grpc::Status status = reader->Finish();
-    if (cancel != nullptr) cancel->Unbind();
-    return status;
+    return reader->Finish();
   }
 
  private:
@@ -902,13 +890,11 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     return o;
   };
 
-  // Each of the n choices is a Generate call of its own (choice i with seed
-  // + i when the request has a seed), run side by side: choice 0 on this
-  // thread, the others on threads of their own. A streamed choice writes
-  // its chunks as they come, one writer at a time.
+  // The n choices are one Generate call (GenerateRequest.n: one prefill, the
+  // choices decoded side by side, choice i with seed + i); its messages name
+  // their choice. A streamed choice writes its chunks as they come.
   struct Choice {
     int index = 0;
-    v1::GenerateRequest generate;
     // The logprobs of the tokens not yet sent (when asked for), which the
     // next chunk takes.
     std::vector<v1::TokenLogprobs> unsent_logprobs;
@@ -920,22 +906,13 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     bool started = false;  // a streamed chat choice's first chunk (the role) is out
     std::string text;  // the whole reply, when not streamed
     v1::GenerateSummary summary;
-    grpc::Status status;
-    CallCanceller cancel;
   };
+  v1::GenerateRequest generate = req.generate;
+  if (req.n > 1) generate.set_n(req.n);
   std::vector<Choice> choices(static_cast<size_t>(req.n));
   for (int i = 0; i < req.n; ++i) {
-    Choice& c = choices[static_cast<size_t>(i)];
-    c.index = i;
-    c.generate = req.generate;
-    if (i > 0 && c.generate.sampling().has_seed()) {
-      c.generate.mutable_sampling()->set_seed(c.generate.sampling().seed() + static_cast<uint64_t>(i));
-    }
-    // The logs tell the choices apart ("user/2").
-    if (req.n > 1 && !c.generate.request_id().empty()) {
-      c.generate.set_request_id(c.generate.request_id() + "/" + std::to_string(i));
-    }
-    c.echo_pending = req.echo;
+    choices[static_cast<size_t>(i)].index = i;
+    choices[static_cast<size_t>(i)].echo_pending = req.echo;
   }
   // The echoed prompt: the text as given, or a prompt of ids as its tokens' texts.
   auto take_echo = [&](Choice& c) {
@@ -974,16 +951,13 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     return c;
   };
 
-  // The connection, shared by the choices' threads.
-  std::mutex conn_mu;
-  bool headers_sent = false;  // under conn_mu
-  std::atomic<bool> client_gone{false};
-  std::atomic<bool> failed{false};  // a choice's call failed: the others stop
+  bool headers_sent = false;
+  bool client_gone = false;
   // A client that leaves is noticed at its next token, streaming or not, and
-  // its calls cancelled (a non-streaming one writes nothing until the end).
+  // its call cancelled (a non-streaming one writes nothing until the end).
   const int client_fd = ClientSocket(info, port_civetweb_);
   // Streams: the headers once, and a chat choice's first chunk (its role)
-  // before its first text. Under conn_mu.
+  // before its first text.
   auto start_stream = [&](Choice& c) {
     if (!headers_sent) {
       headers_sent = true;
@@ -1000,7 +974,7 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
       if (!SendEvent(conn, first.Dump())) client_gone = true;
     }
   };
-  // A chunk of one choice. Under conn_mu.
+  // A chunk of one choice.
   auto send_chunk = [&](Choice& c, const std::string& text, const std::string& finish) {
     start_stream(c);
     if (client_gone) return;
@@ -1011,98 +985,62 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     if (!SendEvent(conn, chunk.Dump())) client_gone = true;
   };
   const std::string client = ClientAddress(info);
-  // Ends every choice's call now: one failed, or the client left.
-  auto stop_all = [&] {
-    failed = true;
-    for (Choice& other : choices) other.cancel.Cancel();
-  };
-  auto run = [&](Choice& c) {
-    c.status = backend_->Generate(
-        c.generate, client,
-        [&](const v1::GenerateResponse& r) {
-          // The summary may carry text too: what the server held back at the end.
-          if (r.has_summary()) c.summary = r.summary();
-          if (r.has_prompt_logprobs()) {
-            c.prompt_tokens.insert(c.prompt_tokens.end(), r.prompt_logprobs().tokens().begin(),
-                                   r.prompt_logprobs().tokens().end());
-          }
-          if (r.has_logprobs() && !req.prompt_only) c.unsent_logprobs.push_back(r.logprobs());
-          if (ClientClosed(client_fd)) client_gone = true;
-          if (client_gone) stop_all();
-          if (client_gone || failed) return false;
-          if (c.echo_pending && !r.has_prompt_logprobs()) {
-            // The first token (or the end): the reply starts with the prompt,
-            // whose logprobs go before this token's.
-            std::optional<v1::TokenLogprobs> current;
-            if (r.has_logprobs() && !req.prompt_only) {
-              current = c.unsent_logprobs.back();
-              c.unsent_logprobs.pop_back();
-            }
-            const std::string echoed = take_echo(c);
-            if (req.stream) {
-              std::lock_guard<std::mutex> lock(conn_mu);
-              send_chunk(c, echoed, "");
-            } else {
-              c.text += echoed;
-            }
-            if (current) c.unsent_logprobs.push_back(*current);
-            if (client_gone) return false;
-          }
-          if (req.prompt_only) return true;  // the token the wire made is not shown
-          if (!req.stream) {
-            c.text += r.text();
-            return true;
-          }
-          std::lock_guard<std::mutex> lock(conn_mu);
-          if (!r.text().empty()) {
-            send_chunk(c, r.text(), "");
-          } else {
-            start_stream(c);
-          }
-          return !client_gone;
-        },
-        &c.cancel);
-    if (c.status.ok() && req.stream && !client_gone && !failed) {
-      // A prompt-only reply stops at its length, 0 tokens (as vLLM's does).
-      std::lock_guard<std::mutex> lock(conn_mu);
-      send_chunk(c, "", req.prompt_only ? "length" : c.summary.finish_reason());
+  const grpc::Status status = backend_->Generate(generate, client, [&](const v1::GenerateResponse& r) {
+    if (ClientClosed(client_fd)) client_gone = true;
+    if (client_gone) return false;
+    if (r.has_prompt_logprobs()) {
+      // Once, for every choice.
+      for (Choice& c : choices) {
+        c.prompt_tokens.insert(c.prompt_tokens.end(), r.prompt_logprobs().tokens().begin(),
+                               r.prompt_logprobs().tokens().end());
+      }
+      return true;
     }
-    if (!c.status.ok()) stop_all();
-  };
-  std::vector<std::thread> others;
-  others.reserve(choices.size());
-  for (size_t i = 1; i < choices.size(); ++i) {
-    try {
-      others.emplace_back(run, std::ref(choices[i]));
-    } catch (const std::system_error& e) {
-      // No thread (a process limit): this choice fails, the others stop.
-      choices[i].status = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                                       std::string("seer-decode: no thread for choice ") + std::to_string(i) +
-                                           " of n: " + e.what() + "; retry later or with a smaller n");
-      stop_all();
-      break;
+    if (r.choice() < 0 || r.choice() >= req.n) return true;  // not ours to show
+    Choice& c = choices[static_cast<size_t>(r.choice())];
+    // The summary may carry text too: what the server held back at the end.
+    if (r.has_summary()) c.summary = r.summary();
+    if (r.has_logprobs() && !req.prompt_only) c.unsent_logprobs.push_back(r.logprobs());
+    if (c.echo_pending) {
+      // The first token (or the end): the reply starts with the prompt,
+      // whose logprobs go before this token's.
+      std::optional<v1::TokenLogprobs> current;
+      if (r.has_logprobs() && !req.prompt_only) {
+        current = c.unsent_logprobs.back();
+        c.unsent_logprobs.pop_back();
+      }
+      const std::string echoed = take_echo(c);
+      if (req.stream) {
+        send_chunk(c, echoed, "");
+      } else {
+        c.text += echoed;
+      }
+      if (current) c.unsent_logprobs.push_back(*current);
+      if (client_gone) return false;
     }
-  }
-  run(choices[0]);
-  for (std::thread& t : others) t.join();
+    if (!req.stream) {
+      if (!req.prompt_only) c.text += r.text();  // the token the wire made is not shown
+      return true;
+    }
+    if (!req.prompt_only) {
+      if (!r.text().empty()) {
+        send_chunk(c, r.text(), "");
+      } else {
+        start_stream(c);
+      }
+    }
+    // A prompt-only reply stops at its length, 0 tokens (as vLLM's does).
+    if (r.has_summary()) send_chunk(c, "", req.prompt_only ? "length" : c.summary.finish_reason());
+    return !client_gone;
+  });
 
   if (headers_sent) t_http_status = 200;
   if (client_gone) {
     if (!headers_sent) t_http_status = 499;  // nginx's "client closed request": nothing was answered
     return;
   }
-  // The first choice that failed for a reason of its own (the others, which
-  // it stopped, were cancelled).
-  const Choice* failure = nullptr;
-  for (const Choice& c : choices) {
-    if (c.status.ok()) continue;
-    if (failure == nullptr || (failure->status.error_code() == grpc::StatusCode::CANCELLED &&
-                               c.status.error_code() != grpc::StatusCode::CANCELLED)) {
-      failure = &c;
-    }
-  }
-  if (failure != nullptr) {
-    HttpError e = FromGrpc(failure->status);
+  if (!status.ok()) {
+    HttpError e = FromGrpc(status);
     InOpenAiTerms(chat, req.max_key, &e);
     if (!headers_sent) return SendError(conn, e);
     SendEvent(conn, ErrorJson(e));

@@ -7,14 +7,15 @@
 // with `stream: true` as server-sent events ("data: {...}" chunks, then
 // "data: [DONE]"). The fields that make sense here are honoured (max_tokens /
 // max_completion_tokens, temperature, top_p, seed, stop, presence_penalty,
-// frequency_penalty, logit_bias, n = 1, stream_options.include_usage,
+// frequency_penalty, logit_bias, n (1 to 16 choices of one prefill),
+// stream_options.include_usage,
 // logprobs (a completion's count, a chat's flag with top_logprobs, up to 20
 // alternatives: the model's own, from its raw logits), a completion's echo
 // (the prompt, with its tokens' logprobs when asked, as
 // lm-evaluation-harness scores text; a prompt may be a batch of one list of
 // ids); vLLM's top_k and stop_token_ids) plus Seer's own `seer_sparsity`
 // ("dense", "threshold=T", "nz_ratio=R"); fields that ask for what Seer
-// cannot do (n > 1, best_of > 1, tools, a JSON response_format,
+// cannot do (best_of > 1, tools, a JSON response_format,
 // vLLM's min_p, repetition_penalty, guided decoding, ...) are refused unless
 // they hold their neutral value, other fields are ignored as OpenAI's
 // servers ignore unknown ones. Errors use OpenAI's JSON
@@ -42,7 +43,6 @@
 #include <grpcpp/grpcpp.h>
 
 #include "base/status.h"
-#include "rpc/call_canceller.h"
 #include "seer/v1/seer.grpc.pb.h"
 #include "server/common/tls_front.h"
 
@@ -65,12 +65,9 @@ class GenerateBackend {
   // Runs one Generate call for the HTTP client at `client` ("ipv4:a.b.c.d:port",
   // what the request log names as its peer). `on_response` gets each
   // response in order and returns false when the HTTP client has gone (the
-  // call is then cancelled). `cancel` (may be null) ends the call from
-  // another thread, even before its first response; its status is then
-  // CANCELLED.
+  // call is then cancelled).
   virtual grpc::Status Generate(const v1::GenerateRequest& request, const std::string& client,
-                                const std::function<bool(const v1::GenerateResponse&)>& on_response,
-                                CallCanceller* cancel = nullptr) = 0;
+                                const std::function<bool(const v1::GenerateResponse&)>& on_response) = 0;
 };
 
 // Generate over a gRPC channel (seer-decode's own service, in process); the

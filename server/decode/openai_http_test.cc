@@ -33,36 +33,30 @@ namespace seer {
 namespace {
 
 // Replies with `texts` as token events (token ids 100, 101, ...) then a
-// summary, or with `error` before anything.
+// summary, for each of the request's n choices (their tokens interleaved,
+// a step of every choice at a time), or with `error` before anything.
 class ScriptedBackend final : public GenerateBackend {
  public:
   std::vector<std::string> texts = {"Hel", "lo", "", ", world"};
   std::string finish = "length";
   std::string rest;  // text the summary message carries (held back to the end)
   grpc::Status error = grpc::Status::OK;
-  uint64_t fail_seed = ~uint64_t{0};  // a call with this seed fails (INVALID_ARGUMENT)...
-  std::chrono::milliseconds fail_delay{0};  // ... after this long
-  std::chrono::milliseconds start_delay{0};  // before a call's first response
+  int fail_after = -1;  // >= 0: the call fails (INVALID_ARGUMENT) after this many token messages
   bool seed_in_text = false;
-  std::atomic<int> running{0}, peak{0};  // calls at once, now and at most
-  std::chrono::milliseconds token_delay{0};  // before each token, as a decode step takes
+  std::chrono::milliseconds token_delay{0};  // before each step, as a decode step takes
   std::atomic<int> calls{0};  // Generate calls begun
-  std::atomic<int> cancelled{0};  // calls that ended CANCELLED (the client gone, or cancelled)
-  std::atomic<int> finished{0};  // calls that sent their summary
+  std::atomic<int> cancelled{0};  // calls that ended CANCELLED (the client gone)
+  std::atomic<int> finished{0};  // calls that sent their summaries
 
   grpc::Status Generate(const v1::GenerateRequest& request, const std::string& client,
-                        const std::function<bool(const v1::GenerateResponse&)>& on_response,
-                        CallCanceller* cancel) override {
-    const int now = ++running;
-    for (int seen = peak.load(); now > seen && !peak.compare_exchange_weak(seen, now);) {}
-    grpc::Status status = Run(request, client, on_response, cancel);
-    --running;
+                        const std::function<bool(const v1::GenerateResponse&)>& on_response) override {
+    grpc::Status status = Run(request, client, on_response);
     if (status.error_code() == grpc::StatusCode::CANCELLED) ++cancelled;
     return status;
   }
 
   grpc::Status Run(const v1::GenerateRequest& request, const std::string& client,
-                   const std::function<bool(const v1::GenerateResponse&)>& on_response, CallCanceller* cancel) {
+                   const std::function<bool(const v1::GenerateResponse&)>& on_response) {
     {
       std::lock_guard<std::mutex> lock(mu);
       last = request;
@@ -72,21 +66,7 @@ class ScriptedBackend final : public GenerateBackend {
     ++calls;
     if (!error.ok()) return error;
     const bool seeded = request.sampling().has_seed();
-    // The failing call fails after the others have begun (a choice queued
-    // behind the others, say).
-    if (seeded && request.sampling().seed() == fail_seed) {
-      std::this_thread::sleep_for(fail_delay);
-      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "sampling.top_p: this seed's call fails");
-    }
-    // Waits in slices, ending early when cancelled from another thread.
-    auto wait = [&](std::chrono::milliseconds d) {
-      for (auto end = std::chrono::steady_clock::now() + d; std::chrono::steady_clock::now() < end;) {
-        if (cancel != nullptr && cancel->cancelled()) return false;
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-      }
-      return cancel == nullptr || !cancel->cancelled();
-    };
-    if (!wait(start_delay)) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled while queued");
+    const int n = std::max(1, request.n());
     if (request.has_prompt_logprobs()) {
       // A prompt of three tokens, "<s>", "Say", " hi" (ids 1 to 3), in one message.
       v1::GenerateResponse p;
@@ -99,25 +79,35 @@ class ScriptedBackend final : public GenerateBackend {
       }
       if (!on_response(p)) return grpc::Status(grpc::StatusCode::CANCELLED, "client gone");
     }
-    int32_t id = 100;
+    int sent = 0;
     for (size_t k = 0; k < texts.size(); ++k) {
-      if (!wait(token_delay)) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
-      // With seed_in_text, the first token says which seed the call had.
-      const std::string t = k == 0 && seed_in_text && seeded
-                                ? "s" + std::to_string(request.sampling().seed()) + ":" + texts[k]
-                                : texts[k];
-      v1::GenerateResponse r;
-      if (request.has_logprobs()) *r.mutable_logprobs() = Logprobs(id, t, request.logprobs());
-      r.set_token(id++);
-      r.set_text(t);
-      if (!on_response(r)) return grpc::Status(grpc::StatusCode::CANCELLED, "client gone");
+      std::this_thread::sleep_for(token_delay);
+      for (int choice = 0; choice < n; ++choice) {
+        if (sent++ == fail_after) {
+          return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "sampling.top_p: this call fails");
+        }
+        // With seed_in_text, a choice's first token says which seed it had.
+        const std::string t = k == 0 && seed_in_text && seeded
+                                  ? "s" + std::to_string(request.sampling().seed() + choice) + ":" + texts[k]
+                                  : texts[k];
+        const int32_t id = 100 + static_cast<int32_t>(k);
+        v1::GenerateResponse r;
+        if (request.has_logprobs()) *r.mutable_logprobs() = Logprobs(id, t, request.logprobs());
+        r.set_token(id);
+        r.set_text(t);
+        r.set_choice(choice);
+        if (!on_response(r)) return grpc::Status(grpc::StatusCode::CANCELLED, "client gone");
+      }
     }
-    v1::GenerateResponse s;
-    s.mutable_summary()->set_prompt_tokens(7);
-    s.mutable_summary()->set_generated_tokens(static_cast<int>(texts.size()));
-    s.mutable_summary()->set_finish_reason(finish);
-    s.set_text(rest);
-    on_response(s);
+    for (int choice = 0; choice < n; ++choice) {
+      v1::GenerateResponse s;
+      s.mutable_summary()->set_prompt_tokens(7);
+      s.mutable_summary()->set_generated_tokens(static_cast<int>(texts.size()));
+      s.mutable_summary()->set_finish_reason(finish);
+      s.set_text(rest);
+      s.set_choice(choice);
+      on_response(s);
+    }
     ++finished;
     return grpc::Status::OK;
   }
@@ -607,19 +597,20 @@ TEST_F(OpenAiHttp, EchoStartsTheReplyWithThePromptAndItsLogprobs) {
   PostJson("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "Hi"}], "echo": false})", 200);
 }
 
-// n choices are n Generate calls side by side, choice i with the request's
-// seed + i (none without one), each its own text, logprobs and finish; the
-// usage counts the prompt once and every choice's tokens. Streamed, each
-// choice's chunks carry its index (a chat choice starts with its role) and
-// one [DONE] ends them all. A choice that fails fails the request.
-TEST_F(OpenAiHttp, ChoicesAreGenerateCallsOfTheirOwn) {
+// n choices are one Generate call asking for n (one prefill), choice i
+// sampled with the request's seed + i on the server; each choice has its own
+// text, logprobs and finish, and the usage counts the prompt once and every
+// choice's tokens. Streamed, each choice's chunks carry its index (a chat
+// choice starts with its role), its finish comes with its summary, and one
+// [DONE] ends them all. A call that fails fails the request.
+TEST_F(OpenAiHttp, ChoicesAreOneGenerateCallAskingForN) {
   backend.TakeSeeds();
-  backend.seed_in_text = true;  // "s5:Hello, world": the seed of the call a choice came from
-  backend.token_delay = std::chrono::milliseconds(20);
-  backend.peak = 0;
+  backend.seed_in_text = true;  // "s5:Hello, world": the seed a choice was sampled with
+  const int calls_before = backend.calls.load();
   JsonValue out = PostJson("/v1/completions", R"({"prompt": "x", "n": 3, "seed": 5, "logprobs": 1})", 200);
-  EXPECT_EQ(backend.peak.load(), 3) << "the choices' calls run at once";
-  EXPECT_EQ(backend.TakeSeeds(), (std::vector<int64_t>{5, 6, 7}));
+  EXPECT_EQ(backend.calls.load() - calls_before, 1);
+  EXPECT_EQ(backend.Last().n(), 3);
+  EXPECT_EQ(backend.TakeSeeds(), (std::vector<int64_t>{5}));
   const auto& list = out.Find("choices")->as_array();
   ASSERT_EQ(list.size(), 3u);
   for (int i = 0; i < 3; ++i) {
@@ -631,21 +622,27 @@ TEST_F(OpenAiHttp, ChoicesAreGenerateCallsOfTheirOwn) {
   EXPECT_EQ(out.Find("usage")->Find("prompt_tokens")->as_int64(), 7);
   EXPECT_EQ(out.Find("usage")->Find("completion_tokens")->as_int64(), 12);
   EXPECT_EQ(out.Find("usage")->Find("total_tokens")->as_int64(), 19);
-  PostJson("/v1/completions", R"({"prompt": "x", "n": 2})", 200);
-  EXPECT_EQ(backend.TakeSeeds(), (std::vector<int64_t>{-1, -1})) << "no seed: each call gets the server's fresh one";
+  PostJson("/v1/completions", R"({"prompt": "x"})", 200);
+  EXPECT_EQ(backend.Last().n(), 0) << "one choice asks for none";
   backend.seed_in_text = false;
 
-  backend.token_delay = std::chrono::milliseconds(5);  // the two streams interleave
+  // Echoed prompts and their logprobs, for every choice.
+  JsonValue echoed = PostJson("/v1/completions", R"({"prompt": "Say hi", "n": 2, "echo": true, "logprobs": 0})", 200);
+  for (const JsonValue& c : echoed.Find("choices")->as_array()) {
+    EXPECT_EQ(c.Find("text")->as_string(), "Say hiHello, world");
+    EXPECT_EQ(c.Find("logprobs")->Find("tokens")->as_array().size(), 3u + 4u);
+  }
+
   HttpReply r = Exchange(server->port(), "POST", "/v1/chat/completions",
                          R"({"messages": [{"role": "user", "content": "Hi"}], "n": 2, "stream": true,
                              "stream_options": {"include_usage": true}})");
-  backend.token_delay = std::chrono::milliseconds(0);
   ASSERT_EQ(r.status, 200);
   const std::vector<std::string> events = Events(r.body);
   ASSERT_FALSE(events.empty());
   EXPECT_EQ(events.back(), "[DONE]");
   std::map<int64_t, std::string> content, finish;
   std::map<int64_t, int> roles;
+  std::vector<int64_t> order;  // the choice of each chunk
   int64_t completion_tokens = -1;
   for (size_t i = 0; i + 1 < events.size(); ++i) {
     auto e = JsonValue::Parse(events[i]);
@@ -656,6 +653,7 @@ TEST_F(OpenAiHttp, ChoicesAreGenerateCallsOfTheirOwn) {
     }
     const JsonValue& c = e->Find("choices")->as_array()[0];
     const int64_t index = c.Find("index")->as_int64();
+    order.push_back(index);
     const JsonValue* delta = c.Find("delta");
     if (delta->Find("role") != nullptr) {
       EXPECT_TRUE(content[index].empty()) << "a choice's role comes first";
@@ -667,24 +665,26 @@ TEST_F(OpenAiHttp, ChoicesAreGenerateCallsOfTheirOwn) {
   EXPECT_EQ(content, (std::map<int64_t, std::string>{{0, "Hello, world"}, {1, "Hello, world"}}));
   EXPECT_EQ(finish, (std::map<int64_t, std::string>{{0, "length"}, {1, "length"}}));
   EXPECT_EQ(roles, (std::map<int64_t, int>{{0, 1}, {1, 1}}));
+  ASSERT_GE(order.size(), 4u);
+  EXPECT_EQ(std::vector<int64_t>(order.begin(), order.begin() + 4), (std::vector<int64_t>{0, 0, 1, 1}))
+      << "each choice's role, then its first text, as the call's messages come";
   EXPECT_EQ(completion_tokens, 8);
 
-  // The second choice's call fails while the others still wait for their
-  // first response (5 s): the request answers its error at once, and the
-  // others' calls are cancelled.
-  backend.fail_seed = 6;
-  backend.fail_delay = std::chrono::milliseconds(50);
-  backend.start_delay = std::chrono::seconds(5);
-  const int cancelled_before = backend.cancelled.load();
-  const auto t0 = std::chrono::steady_clock::now();
+  // The call fails after some choices' tokens: the request answers its
+  // error, before any byte when not streamed, as an error event when streamed.
+  backend.fail_after = 3;
   const JsonValue failed = PostJson("/v1/completions", R"({"prompt": "x", "n": 3, "seed": 5})", 400);
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  backend.fail_seed = ~uint64_t{0};
-  backend.start_delay = std::chrono::milliseconds(0);
   EXPECT_EQ(failed.Find("error")->Find("param")->as_string(), "top_p");
-  EXPECT_LT(seconds, 4.0) << "the other choices were not cancelled while queued";
-  EXPECT_EQ(backend.cancelled.load() - cancelled_before, 2);
+  HttpReply streamed =
+      Exchange(server->port(), "POST", "/v1/completions", R"({"prompt": "x", "n": 3, "stream": true})");
+  backend.fail_after = -1;
+  EXPECT_EQ(streamed.status, 200);
+  const std::vector<std::string> failed_events = Events(streamed.body);
+  ASSERT_GE(failed_events.size(), 2u);
+  EXPECT_EQ(failed_events.back(), "[DONE]");
+  EXPECT_NE(failed_events[failed_events.size() - 2].find("\"error\""), std::string::npos);
   Refused(R"("n": 0)", "n", "from 1 to 16");
+  Refused(R"("n": 17)", "n", "from 1 to 16");
   Refused(R"("n": 1.5)", "n", "from 1 to 16");
 }
 

@@ -331,6 +331,49 @@ TEST(TextGenerate, TextInTextOutEqualsSeerRun) {
   }
 }
 
+// seer generate --n: the replies of one prefill, reply i as the same call
+// alone with --seed + i gives it (tokens and text), printed each whole after
+// "[choice I]", and in --json's choices.
+TEST(TextGenerate, TheCliSamplesNRepliesEachAsItsSeedAloneDoes) {
+  Servers s;
+  ASSERT_TRUE(s.Start());
+  const std::string prompt = "one two three four five six seven eight nine ten";
+  auto generate = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {Bin("seer"),     "generate", "--addr",           s.decode->grpc_address(),
+                                     "--prompt",      prompt,     "--max-new-tokens", "12",
+                                     "--temperature", "1.5",      "--top-k",          "60"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return RunCommand(args);
+  };
+  CommandResult many = generate({"--n", "3", "--seed", "40", "--json"});
+  ASSERT_EQ(many.exit_code, 0) << many.err;
+  StatusOr<JsonValue> mj = JsonValue::Parse(many.out);
+  ASSERT_TRUE(mj.ok()) << many.out;
+  const auto& choices = mj->Find("choices")->as_array();
+  ASSERT_EQ(choices.size(), 3u);
+  std::vector<std::string> texts;
+  for (int i = 0; i < 3; ++i) {
+    CommandResult one = generate({"--seed", std::to_string(40 + i), "--json"});
+    ASSERT_EQ(one.exit_code, 0) << one.err;
+    StatusOr<JsonValue> oj = JsonValue::Parse(one.out);
+    ASSERT_TRUE(oj.ok()) << one.out;
+    EXPECT_EQ(TokensOf(choices[i]), TokensOf(*oj)) << "choice " << i;
+    EXPECT_EQ(TextOf(choices[i]), TextOf(*oj)) << "choice " << i;
+    texts.push_back(TextOf(*oj));
+  }
+  EXPECT_NE(texts[0], texts[1]) << "the seeds must give different replies";
+  EXPECT_EQ(TokensOf(*mj), TokensOf(choices[0])) << "the top level is choice 0's";
+  CommandResult plain = generate({"--n", "3", "--seed", "40"});
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  for (int i = 0; i < 3; ++i) {
+    const std::string line = "[choice " + std::to_string(i) + "] " + texts[i] + " (";
+    EXPECT_NE(plain.out.find(line), std::string::npos) << plain.out;
+  }
+  CommandResult over = generate({"--n", "17"});
+  EXPECT_EQ(over.exit_code, 1);
+  EXPECT_NE(over.err.find("n: 17"), std::string::npos) << over.err;
+}
+
 TEST(TextGenerate, AStopStringCutsTheTextAndEndsTheStream) {
   Servers s;
   ASSERT_TRUE(s.Start());
