@@ -16,6 +16,7 @@
 #include "base/clock.h"
 #include "base/flags.h"
 #include "base/json.h"
+#include "rpc/requests.h"
 #include "seer/v1/seer.grpc.pb.h"
 #include "text/prompt.h"
 
@@ -186,7 +187,8 @@ int RunGenerateCommand(int argc, char** argv) {
     bool done = false;
   };
   const bool many = n > 1;
-  std::vector<Reply> replies(static_cast<size_t>(std::max<int64_t>(1, n)));
+  // The server refuses more than kMaxChoices (naming n); no more are kept.
+  std::vector<Reply> replies(static_cast<size_t>(std::clamp<int64_t>(n, 1, kMaxChoices)));
   std::vector<v1::TokenLogprobs> prompt_entries;
   double ttft_ms = -1.0;
   int64_t all_tokens = 0;

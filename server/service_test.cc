@@ -1173,15 +1173,42 @@ TEST(Service, ChoicesShareOnePrefillAndEachIsItsSeedsReply) {
     EXPECT_TRUE(WaitFor([&] { return pool->free_pages() == pool->num_pages(); }, 5s)) << "every page back";
   }
 
-  // Every choice done at its first token; and n out of range.
+  // Every choice done at its first token: a token and a summary each.
   v1::GenerateRequest first_only = SampledRequest(seer::testing::RandomIds(33, 128, 3), 1, SamplingParams{});
   first_only.set_n(3);
   for (DecodeHarness* h : {&servers.alone, &servers.batched}) {
-    std::vector<int32_t> tokens;
-    ASSERT_TRUE(CallGenerate(h->Stub().get(), first_only, &tokens).ok());
-    EXPECT_EQ(tokens.size(), 3u);
-    EXPECT_TRUE(tokens[0] == tokens[1] && tokens[1] == tokens[2]) << "greedy choices agree";
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 60s);
+    auto reader = h->Stub()->Generate(&ctx, first_only);
+    std::vector<std::string> events;
+    v1::GenerateResponse msg;
+    while (reader->Read(&msg)) {
+      events.push_back(std::string(msg.has_summary() ? "summary " : "token ") + std::to_string(msg.choice()));
+    }
+    ASSERT_TRUE(reader->Finish().ok());
+    EXPECT_EQ(events,
+              (std::vector<std::string>{"token 0", "token 1", "token 2", "summary 0", "summary 1", "summary 2"}));
   }
+
+  // A client that leaves mid-way: every choice stops, every page and gauge
+  // byte comes back, and the call counts as cancelled.
+  v1::GenerateRequest longer = SampledRequest(seer::testing::RandomIds(50, 128, 4), 400, SamplingParams{});
+  longer.set_n(3);
+  {
+    grpc::ClientContext ctx;
+    auto reader = servers.batched.Stub()->Generate(&ctx, longer);
+    v1::GenerateResponse msg;
+    for (int read = 0; read < 12 && reader->Read(&msg); ++read) {}
+    ctx.TryCancel();
+    while (reader->Read(&msg)) {}
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  PagePool* pool = servers.paged->page_pool();
+  EXPECT_TRUE(WaitFor([&] { return pool->free_pages() == pool->num_pages(); }, 5s)) << "every page back";
+  EXPECT_TRUE(WaitFor([&] { return servers.batched.metrics.server.kv_cache_bytes.Value() == 0; }, 5s));
+  EXPECT_TRUE(WaitFor(
+      [&] { return CountByCode(*servers.batched.registry, "seer_decode_requests_total", "CANCELLED") == 1; }, 5s));
+
   first_only.set_n(17);
   ExpectInvalid(CallGenerate(servers.batched.Stub().get(), first_only), "n: 17");
   first_only.set_n(-1);

@@ -138,14 +138,18 @@ Status DevicePagePool::CopyPage(int32_t from, int32_t to) {
   const KvLayout& kv = layout().kv;
   const size_t page = static_cast<size_t>(kv.num_kv_heads) * layout().page_tokens * kv.head_dim;
   std::lock_guard<std::mutex> lock(mu_);
-  for (int layer = 0; layer < kv.num_layers; ++layer) {
+  cudaError_t issued = cudaSuccess;
+  for (int layer = 0; layer < kv.num_layers && issued == cudaSuccess; ++layer) {
     for (__nv_bfloat16* base : {k(layer), v(layer)}) {
-      SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(base + static_cast<size_t>(to) * page,
-                                                base + static_cast<size_t>(from) * page, page * sizeof(__nv_bfloat16),
-                                                cudaMemcpyDeviceToDevice, stream_));
+      issued = cudaMemcpyAsync(base + static_cast<size_t>(to) * page, base + static_cast<size_t>(from) * page,
+                               page * sizeof(__nv_bfloat16), cudaMemcpyDeviceToDevice, stream_);
+      if (issued != cudaSuccess) break;
     }
   }
-  SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
+  // Whatever was issued finishes before the page can go back to the pool.
+  const cudaError_t done = cudaStreamSynchronize(stream_);
+  SEER_RETURN_IF_CUDA_ERROR(issued);
+  SEER_RETURN_IF_CUDA_ERROR(done);
   return OkStatus();
 }
 

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <new>
 #include <string>
 
@@ -67,6 +69,7 @@ void PagePool::Release(std::span<const int32_t> pages) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (int32_t p : pages) {
+      CheckHeld(p, "Release");
       if (--refs_[p] > 0) continue;
       free_.push_back(p);
       freed = true;
@@ -77,7 +80,17 @@ void PagePool::Release(std::span<const int32_t> pages) {
 
 void PagePool::Share(std::span<const int32_t> pages) {
   std::lock_guard<std::mutex> lock(mu_);
-  for (int32_t p : pages) ++refs_[p];
+  for (int32_t p : pages) {
+    CheckHeld(p, "Share");
+    ++refs_[p];
+  }
+}
+
+void PagePool::CheckHeld(int32_t page, const char* op) const {
+  if (page >= 0 && page < num_pages_ && refs_[page] > 0) return;
+  // A page handed out twice would mix two requests' KV: stop here instead.
+  std::fprintf(stderr, "seer: KV page pool: %s of page %d, which no cache holds\n", op, static_cast<int>(page));
+  std::abort();
 }
 
 StatusOr<std::unique_ptr<HostPagePool>> HostPagePool::Create(const PageLayout& layout, int num_pages) {
@@ -173,9 +186,10 @@ StatusOr<std::vector<std::unique_ptr<PagedKvCache>>> PagedKvCache::CreateGroupWh
   const int shared = count > 1 ? prefix / layout.page_tokens : 0;
   const int64_t total = shared + static_cast<int64_t>(count) * (per_cache - shared);
   if (total > pool->num_pages()) {
-    return OutOfRange("KV pages: " + Str(total) + " wanted for the prompt and " + Str(count) + " choices of " +
-                      Str(capacity - prefix) + " new tokens, but the pool holds " + Str(pool->num_pages()) +
-                      " pages in all (--kv-pool); ask for fewer tokens or choices");
+    return OutOfRange("KV pages: " + Str(total) + " wanted for the prompt and " +
+                      (count > 1 ? Str(count) + " choices of " : std::string()) + Str(capacity - prefix) +
+                      " new tokens, but the pool holds " + Str(pool->num_pages()) +
+                      " pages in all (--kv-pool); ask for fewer tokens" + (count > 1 ? " or choices" : ""));
   }
   SEER_ASSIGN_OR_RETURN(std::vector<int32_t> pages, pool->AllocateWhenFree(static_cast<int>(total), cancelled));
   const std::span<const int32_t> prefix_pages(pages.data(), static_cast<size_t>(shared));
@@ -193,8 +207,9 @@ StatusOr<std::vector<std::unique_ptr<PagedKvCache>>> PagedKvCache::CreateGroupWh
 }
 
 Status PagedKvCache::AdoptPrefix(const PagedKvCache& first) {
-  if (prefix_ == 0 || first.pool_ != pool_ || first.prefix_ != 0 || first.length() != prefix_ ||
-      first.shared_pages_ != shared_pages_ || first.capacity() != capacity_) {
+  const bool same_group = first.pool_ == pool_ && first.shared_pages_ == shared_pages_ &&
+                          std::equal(pages_.begin(), pages_.begin() + shared_pages_, first.pages_.begin());
+  if (prefix_ == 0 || !same_group || first.prefix_ != 0 || first.length() != prefix_ || first.capacity() != capacity_) {
     return FailedPrecondition("paged KV cache: AdoptPrefix needs a group's later cache and its first, holding the " +
                               Str(prefix_) + "-position prefix (it holds " + Str(first.length()) + ")");
   }

@@ -77,6 +77,9 @@ class PagePool {
   PagePool(const PageLayout& layout, int num_pages);
 
  private:
+  // Aborts unless `page` is held by some cache (under mu_).
+  void CheckHeld(int32_t page, const char* op) const;
+
   const PageLayout layout_;
   const int num_pages_;
   mutable std::mutex mu_;

@@ -182,7 +182,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     int generated = 0;
     bool finished = false;
     std::string finish_reason = "length";
-    std::optional<GaugeHold> cache_counted;  // the KV pages it holds alone (the first: the prompt's too)
+    std::optional<GaugeHold> cache_counted;  // the KV pages it holds alone (the shared ones: shared_counted_)
     std::optional<Clock::time_point> last_token;  // write hooks only
   };
 
@@ -298,7 +298,9 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     for (size_t i = 1; i < caches.size(); ++i) {
       const auto& first = static_cast<const PagedKvCache&>(*caches[0]);
       if (Status s = static_cast<PagedKvCache&>(*caches[i]).AdoptPrefix(first); !s.ok()) {
-        return ToGrpcStatus(s.WithContext("seer-decode: choice " + std::to_string(i) + "'s KV"));
+        // The server's own fault, not the request's.
+        return grpc::Status(grpc::StatusCode::INTERNAL,
+                            "seer-decode: choice " + std::to_string(i) + "'s KV: " + std::string(s.message()));
       }
     }
 
@@ -396,12 +398,10 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
         if (gone_) return ChoiceDone(StreamGone(), 1);
         if (!status.ok()) {
           // A failed choice fails the call: the others stop at their next token.
-          abandoned_ = true;
-          return ChoiceDone(
-              ToGrpcStatus(finish == DecodeScheduler::Finish::kError
-                               ? status.WithContext(StepContext(c))
-                               : Status(StatusCode::kUnavailable, "seer-decode: the server is shutting down")),
-              1);
+          Abandon(ToGrpcStatus(finish == DecodeScheduler::Finish::kError
+                                   ? status.WithContext(StepContext(c))
+                                   : Status(StatusCode::kUnavailable, "seer-decode: the server is shutting down")));
+          return ChoiceDone(grpc::Status::OK, 1);
         }
         if (abandoned_) return ChoiceDone(grpc::Status(grpc::StatusCode::ABORTED, "another choice failed"), 1);
         ChoiceDone(FinishWithSummary(c), 1);
@@ -414,15 +414,26 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
       if (Status s = service_->scheduler_->Submit(std::move(seqs[k].second)); !s.ok()) {
         // This choice and the ones after it never ran (their caches are
         // gone with the sequences); they still count, so the stream lives.
-        abandoned_ = true;
+        Abandon(grpc::Status(grpc::StatusCode::UNAVAILABLE, "seer-decode: the server is shutting down"));
         for (size_t j = k; j < seqs.size(); ++j) seqs[j].first->cache_counted.reset();
         const int never = static_cast<int>(seqs.size() - k);
         seqs.clear();
-        ChoiceDone(grpc::Status(grpc::StatusCode::UNAVAILABLE, "seer-decode: the server is shutting down"), never);
+        ChoiceDone(grpc::Status::OK, never);
         return std::nullopt;
       }
     }
     return std::nullopt;
+  }
+
+  // The call is ending with `status` (kept unless a failure came first):
+  // every choice stops at its next token. The status is recorded before the
+  // others can see the flag, so their ABORTED never takes its place.
+  void Abandon(const grpc::Status& status) {
+    {
+      std::lock_guard<std::mutex> lock(done_mu_);
+      if (outcome_.ok()) outcome_ = status;
+    }
+    abandoned_ = true;
   }
 
   // `count` choices have left (`status`: how the first of them ended); the

@@ -953,6 +953,7 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
 
   bool headers_sent = false;
   bool client_gone = false;
+  std::optional<int> bad_choice;  // a message of a choice not asked for
   // A client that leaves is noticed at its next token, streaming or not, and
   // its call cancelled (a non-streaming one writes nothing until the end).
   const int client_fd = ClientSocket(info, port_civetweb_);
@@ -996,7 +997,11 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
       }
       return true;
     }
-    if (r.choice() < 0 || r.choice() >= req.n) return true;  // not ours to show
+    if (r.choice() < 0 || r.choice() >= req.n) {
+      // Not a choice asked for: the call is cut, and the answer is the server's fault.
+      bad_choice = r.choice();
+      return false;
+    }
     Choice& c = choices[static_cast<size_t>(r.choice())];
     // The summary may carry text too: what the server held back at the end.
     if (r.has_summary()) c.summary = r.summary();
@@ -1039,8 +1044,11 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     if (!headers_sent) t_http_status = 499;  // nginx's "client closed request": nothing was answered
     return;
   }
-  if (!status.ok()) {
-    HttpError e = FromGrpc(status);
+  if (!status.ok() || bad_choice) {
+    HttpError e = bad_choice ? FromGrpc(grpc::Status(grpc::StatusCode::INTERNAL,
+                                                     "seer-decode: a message of choice " + std::to_string(*bad_choice) +
+                                                         " for n = " + std::to_string(req.n)))
+                             : FromGrpc(status);
     InOpenAiTerms(chat, req.max_key, &e);
     if (!headers_sent) return SendError(conn, e);
     SendEvent(conn, ErrorJson(e));

@@ -43,6 +43,7 @@ class ScriptedBackend final : public GenerateBackend {
   grpc::Status error = grpc::Status::OK;
   int fail_after = -1;  // >= 0: the call fails (INVALID_ARGUMENT) after this many token messages
   bool seed_in_text = false;
+  int choice_offset = 0;  // added to every message's choice (a broken server)
   std::chrono::milliseconds token_delay{0};  // before each step, as a decode step takes
   std::atomic<int> calls{0};  // Generate calls begun
   std::atomic<int> cancelled{0};  // calls that ended CANCELLED (the client gone)
@@ -95,7 +96,7 @@ class ScriptedBackend final : public GenerateBackend {
         if (request.has_logprobs()) *r.mutable_logprobs() = Logprobs(id, t, request.logprobs());
         r.set_token(id);
         r.set_text(t);
-        r.set_choice(choice);
+        r.set_choice(choice + choice_offset);
         if (!on_response(r)) return grpc::Status(grpc::StatusCode::CANCELLED, "client gone");
       }
     }
@@ -683,6 +684,12 @@ TEST_F(OpenAiHttp, ChoicesAreOneGenerateCallAskingForN) {
   ASSERT_GE(failed_events.size(), 2u);
   EXPECT_EQ(failed_events.back(), "[DONE]");
   EXPECT_NE(failed_events[failed_events.size() - 2].find("\"error\""), std::string::npos);
+  // A message of a choice not asked for is the server's fault: 500.
+  backend.choice_offset = 1;
+  const JsonValue broken = PostJson("/v1/completions", R"({"prompt": "x", "n": 2})", 500);
+  backend.choice_offset = 0;
+  EXPECT_NE(broken.Find("error")->Find("message")->as_string().find("choice 2 for n = 2"), std::string::npos)
+      << broken.Dump();
   Refused(R"("n": 0)", "n", "from 1 to 16");
   Refused(R"("n": 17)", "n", "from 1 to 16");
   Refused(R"("n": 1.5)", "n", "from 1 to 16");
