@@ -53,9 +53,9 @@ StatusOr<SamplingParams> ParseSampling(const v1::Sampling& s, int vocab_size, ui
   if (!std::isfinite(s.temperature()) || s.temperature() < 0.0f || s.temperature() > kMaxTemperature)
     return InvalidArgument("sampling.temperature: " + Num(s.temperature()) + " is out of range [0, " +
                            Num(kMaxTemperature) + "] (0 is greedy)");
-  if (s.top_k() < 0 || s.top_k() > vocab_size)
-    return InvalidArgument("sampling.top_k: " + Int(s.top_k()) + " is out of range [0, " + Int(vocab_size) +
-                           "] (0 keeps every token; the limit is the model's vocab_size)");
+  if (s.top_k() < 0)
+    return InvalidArgument("sampling.top_k: " + Int(s.top_k()) +
+                           " is negative (0, or vocab_size and above, keeps every token)");
   if (!std::isfinite(s.top_p()) || s.top_p() < 0.0f || s.top_p() > 1.0f)
     return InvalidArgument("sampling.top_p: " + Num(s.top_p()) + " is out of range [0, 1] (0 means 1)");
   for (const auto& [field, value] : {std::pair<const char*, float>{"presence_penalty", s.presence_penalty()},
@@ -79,7 +79,8 @@ StatusOr<SamplingParams> ParseSampling(const v1::Sampling& s, int vocab_size, ui
   p.presence_penalty = s.presence_penalty();
   p.frequency_penalty = s.frequency_penalty();
   p.temperature = s.temperature();
-  p.top_k = s.top_k();
+  // k at or above the vocabulary keeps every token: no cut, as vLLM takes it.
+  p.top_k = s.top_k() >= vocab_size ? 0 : s.top_k();
   p.top_p = s.top_p() == 0.0f ? 1.0 : s.top_p();
   p.seed = s.has_seed() ? s.seed() : fresh_seed;
   return p;

@@ -356,7 +356,7 @@ TEST(Service, EveryBadFieldIsInvalidArgumentNamingIt) {
       {"negative temperature", [](v1::GenerateRequest* r) { r->mutable_sampling()->set_temperature(-1.0f); },
        "sampling.temperature"},
       {"top_p above 1", [](v1::GenerateRequest* r) { r->mutable_sampling()->set_top_p(1.5f); }, "sampling.top_p"},
-      {"top_k above vocab", [](v1::GenerateRequest* r) { r->mutable_sampling()->set_top_k(129); }, "sampling.top_k"},
+      {"negative top_k", [](v1::GenerateRequest* r) { r->mutable_sampling()->set_top_k(-1); }, "sampling.top_k"},
       {"presence_penalty above 2", [](v1::GenerateRequest* r) { r->mutable_sampling()->set_presence_penalty(2.5f); },
        "sampling.presence_penalty"},
       {"frequency_penalty NaN", [](v1::GenerateRequest* r) { r->mutable_sampling()->set_frequency_penalty(NAN); },
@@ -885,6 +885,31 @@ TEST(Service, PenaltiesAndLogitBiasGiveOpenAisTokens) {
     std::vector<int32_t> got;
     ASSERT_TRUE(CallGenerate(h->Stub().get(), g, &got).ok());
     EXPECT_EQ(got, want) << (h == &servers.alone ? "alone" : "batched");
+  }
+}
+
+// A top_k at or above the vocabulary keeps every token, as vLLM takes it:
+// the same seeded tokens as top_k 0, alone and batched; a smaller top_k
+// changes them.
+TEST(Service, ATopKAboveTheVocabularyKeepsEveryToken) {
+  AloneAndBatched servers;
+  const std::vector<int32_t> ids = seer::testing::RandomIds(30, 128, 21);
+  SamplingParams sp;
+  sp.temperature = 1.5;
+  sp.seed = 5;
+  for (DecodeHarness* h : {&servers.alone, &servers.batched}) {
+    SCOPED_TRACE(h == &servers.alone ? "alone" : "batched");
+    std::vector<int32_t> all, at_vocab, above, cut;
+    ASSERT_TRUE(CallGenerate(h->Stub().get(), SampledRequest(ids, 24, sp), &all).ok());
+    for (auto [k, out] : {std::pair{128, &at_vocab}, std::pair{100000, &above}, std::pair{3, &cut}}) {
+      v1::GenerateRequest g = SampledRequest(ids, 24, sp);
+      g.mutable_sampling()->set_top_k(k);
+      const grpc::Status s = CallGenerate(h->Stub().get(), g, out);
+      ASSERT_TRUE(s.ok()) << "top_k " << k << ": " << s.error_message();
+    }
+    EXPECT_EQ(at_vocab, all);
+    EXPECT_EQ(above, all);
+    EXPECT_NE(cut, all) << "top_k 3 must change a temperature-1.5 reply";
   }
 }
 
