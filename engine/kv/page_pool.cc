@@ -27,6 +27,11 @@ int PagePool::free_pages() const {
   return static_cast<int>(free_.size());
 }
 
+int PagePool::waiters() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int>(waiting_.size());
+}
+
 StatusOr<std::vector<int32_t>> PagePool::Allocate(int n) {
   std::lock_guard<std::mutex> lock(mu_);
   if (n < 0 || n > static_cast<int>(free_.size())) {
@@ -47,18 +52,31 @@ StatusOr<std::vector<int32_t>> PagePool::AllocateWhenFree(int n, const std::func
                       Str(num_pages_) + " pages in all (--kv-pool); ask for fewer tokens");
   }
   std::unique_lock<std::mutex> lock(mu_);
+  const uint64_t me = next_waiter_++;
+  waiting_.push_back(me);
+  // Out of the queue, and the next in line told (under mu_).
+  auto leave = [&] {
+    waiting_.erase(std::find(waiting_.begin(), waiting_.end(), me));
+    freed_.notify_all();
+  };
+  auto my_turn = [&] { return waiting_.front() == me && static_cast<int>(free_.size()) >= n; };
   for (;;) {
-    if (static_cast<int>(free_.size()) >= n) {
+    if (my_turn()) {
       std::vector<int32_t> out(free_.end() - n, free_.end());
       free_.resize(free_.size() - n);
       for (int32_t p : out) refs_[p] = 1;
+      leave();
       return out;
     }
     if (cancelled) {
       lock.unlock();
-      SEER_RETURN_IF_ERROR(cancelled());
+      const Status status = cancelled();
       lock.lock();
-      if (static_cast<int>(free_.size()) >= n) continue;
+      if (!status.ok()) {
+        leave();
+        return status;
+      }
+      if (my_turn()) continue;
     }
     freed_.wait_for(lock, std::chrono::milliseconds(50));
   }
@@ -187,8 +205,8 @@ StatusOr<std::vector<std::unique_ptr<PagedKvCache>>> PagedKvCache::CreateGroupWh
   const int64_t total = shared + static_cast<int64_t>(count) * (per_cache - shared);
   if (total > pool->num_pages()) {
     return OutOfRange("KV pages: " + Str(total) + " wanted for the prompt and " +
-                      (count > 1 ? Str(count) + " choices of " : std::string()) + Str(capacity - prefix) +
-                      " new tokens, but the pool holds " + Str(pool->num_pages()) +
+                      (count > 1 ? "n = " + Str(count) + " choices of " : std::string()) + "max_new_tokens " +
+                      Str(capacity - prefix) + ", but the pool holds " + Str(pool->num_pages()) +
                       " pages in all (--kv-pool); ask for fewer tokens" + (count > 1 ? " or choices" : ""));
   }
   SEER_ASSIGN_OR_RETURN(std::vector<int32_t> pages, pool->AllocateWhenFree(static_cast<int>(total), cancelled));

@@ -17,6 +17,7 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -48,13 +49,19 @@ class PagePool {
   int num_pages() const { return num_pages_; }
   int free_pages() const;
   int used_pages() const { return num_pages_ - free_pages(); }
+  // Callers of AllocateWhenFree waiting for their pages now.
+  int waiters() const;
 
-  // `n` pages, all or none: RESOURCE_EXHAUSTED when fewer are free (or `n`
-  // exceeds the pool).
+  // `n` pages, all or none, at once: RESOURCE_EXHAUSTED when fewer are free
+  // (or `n` exceeds the pool). It does not queue behind AllocateWhenFree's
+  // waiters.
   StatusOr<std::vector<int32_t>> Allocate(int n);
-  // Waits until `n` pages are free, then takes them; gives up with
-  // `cancelled()`'s status (polled at least every 50 ms) and at once with
-  // RESOURCE_EXHAUSTED when `n` exceeds the whole pool.
+  // Waits until `n` pages are free, then takes them, first come first
+  // served: a request waits behind every one that came before it, even when
+  // its own pages are free (so a large request is never starved by a stream
+  // of small ones, as vLLM's FCFS scheduler does). Gives up with
+  // `cancelled()`'s status (polled at least every 50 ms), leaving the queue,
+  // and at once with OUT_OF_RANGE when `n` exceeds the whole pool.
   StatusOr<std::vector<int32_t>> AllocateWhenFree(int n, const std::function<Status()>& cancelled);
   // Drops one reference to each page; a page whose last reference goes is
   // free again.
@@ -86,6 +93,8 @@ class PagePool {
   std::condition_variable freed_;
   std::vector<int32_t> free_;  // a stack: the last released page is reused first
   std::vector<int32_t> refs_;  // the caches holding each page (0: free)
+  std::deque<uint64_t> waiting_;  // AllocateWhenFree's callers, in arrival order
+  uint64_t next_waiter_ = 0;
 };
 
 // Host pages in float32: the CPU engine's pool.

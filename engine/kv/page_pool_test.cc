@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
+#include <functional>
 #include <random>
 #include <thread>
 #include <vector>
@@ -59,6 +61,68 @@ TEST(PagePool, AWaitingRequestGetsPagesWhenTheyComeBackOrGivesUpWhenCancelled) {
   EXPECT_EQ(waiting.status().code(), StatusCode::kCancelled);
   (*pool)->Release(*got);
   EXPECT_EQ((*pool)->free_pages(), 4);
+}
+
+// Polls `done` every millisecond for up to 10 s.
+bool Eventually(const std::function<bool()>& done) {
+  for (int i = 0; i < 10000 && !done(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  return done();
+}
+
+// First come, first served: a small request that arrives behind a large
+// waiting one waits too, though its pages are free, and gets them after the
+// large one; a waiter that gives up lets the next one through.
+TEST(PagePool, WaitersAreServedInArrivalOrder) {
+  auto pool = HostPagePool::Create(SmallLayout(16), 10);
+  ASSERT_TRUE(pool.ok());
+  auto held = (*pool)->Allocate(4);
+  ASSERT_TRUE(held.ok());
+  std::atomic<int> order{0}, large_done{-1}, small_done{-1};
+  std::thread large([&] {
+    auto got = (*pool)->AllocateWhenFree(8, [] { return OkStatus(); });
+    EXPECT_TRUE(got.ok());
+    large_done = order++;
+    (*pool)->Release(*got);
+  });
+  ASSERT_TRUE(Eventually([&] { return (*pool)->waiters() == 1; }));
+  std::thread small([&] {
+    auto got = (*pool)->AllocateWhenFree(2, [] { return OkStatus(); });
+    EXPECT_TRUE(got.ok());
+    small_done = order++;
+    (*pool)->Release(*got);
+  });
+  EXPECT_TRUE(Eventually([&] { return (*pool)->waiters() == 2; }))
+      << "the small request went ahead of the large one, its pages being free";
+  EXPECT_EQ(small_done.load(), -1);
+  EXPECT_EQ((*pool)->free_pages(), 6);
+  (*pool)->Release(*held);
+  large.join();
+  small.join();
+  EXPECT_EQ(large_done.load(), 0);
+  EXPECT_EQ(small_done.load(), 1);
+  EXPECT_EQ((*pool)->waiters(), 0);
+
+  // The head of the queue gives up: the one behind it goes.
+  held = (*pool)->Allocate(4);
+  ASSERT_TRUE(held.ok());
+  std::atomic<bool> give_up{false};
+  std::thread head([&] {
+    auto got = (*pool)->AllocateWhenFree(8, [&] { return give_up ? Cancelled("gone") : OkStatus(); });
+    EXPECT_EQ(got.status().code(), StatusCode::kCancelled);
+  });
+  ASSERT_TRUE(Eventually([&] { return (*pool)->waiters() == 1; }));
+  std::thread behind([&] {
+    auto got = (*pool)->AllocateWhenFree(3, [] { return OkStatus(); });
+    EXPECT_TRUE(got.ok());
+    (*pool)->Release(*got);
+  });
+  EXPECT_TRUE(Eventually([&] { return (*pool)->waiters() == 2; }));
+  give_up = true;
+  head.join();
+  behind.join();
+  (*pool)->Release(*held);
+  EXPECT_EQ((*pool)->free_pages(), 10);
+  EXPECT_EQ((*pool)->waiters(), 0);
 }
 
 TEST(PagedKvCache, RoundTripsTheWireLayoutAsTheContiguousCacheDoes) {
@@ -195,7 +259,8 @@ TEST(PagedKvCache, AGroupReservesAllOrWaitsAndNamesWhatCannotFit) {
   fits->clear();
   auto too_many = PagedKvCache::CreateGroupWhenFree(pool->get(), 64, 96, 4, nullptr);
   EXPECT_EQ(too_many.status().code(), StatusCode::kOutOfRange);
-  EXPECT_NE(too_many.status().message().find("4 choices"), std::string::npos) << too_many.status().ToString();
+  EXPECT_NE(too_many.status().message().find("n = 4 choices of max_new_tokens 32"), std::string::npos)
+      << too_many.status().ToString();
   EXPECT_EQ(PagedKvCache::CreateGroupWhenFree(pool->get(), 0, 96, 2, nullptr).status().code(),
             StatusCode::kInvalidArgument);
   EXPECT_EQ(PagedKvCache::CreateGroupWhenFree(pool->get(), 97, 96, 2, nullptr).status().code(),

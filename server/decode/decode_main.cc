@@ -382,6 +382,9 @@ int main(int argc, char** argv) {
                                            "KV pages reserved by requests (prompt and new tokens, from their "
                                            "admission to their end).",
                                            {}, [pool] { return pool->used_pages(); });
+      metrics.server.scrape_time->AddGauge("seer_kv_page_waiters",
+                                           "Requests waiting for their KV pages (first come, first served).", {},
+                                           [pool] { return pool->waiters(); });
       batching = "KV pool " + seer::FormatBytes(pool->layout().PageBytes() * pool->num_pages()) + " (" +
                  std::to_string(pool->num_pages()) + " pages of " + std::to_string(pool->layout().page_tokens) +
                  " positions), batches of up to " + std::to_string(engine->max_decode_batch());

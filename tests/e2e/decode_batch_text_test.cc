@@ -227,6 +227,7 @@ TEST(BatchedDecode, RequestsWaitForPagesAndOneLargerThanThePoolIsRefused) {
     EXPECT_EQ(r.tokens, alone[i].tokens);
   }
   EXPECT_EQ(Metric(s.Metrics(), "seer_kv_pages_used"), 0);
+  EXPECT_EQ(Metric(s.Metrics(), "seer_kv_page_waiters"), 0);
 }
 
 TEST(BatchedDecode, UnbatchedWorkersGiveTheSameTokens) {
