@@ -120,6 +120,7 @@ class CallInterceptor final : public grpc::experimental::Interceptor {
       request_id_ = r->request_id();
       prompt_tokens_ = r->token_ids_size();
       max_new_tokens_ = r->max_new_tokens();
+      choices_ = std::max(1, r->n());
     }
   }
 
@@ -154,9 +155,18 @@ class CallInterceptor final : public grpc::experimental::Interceptor {
     } else {
       const auto* r = static_cast<const v1::GenerateResponse*>(message);
       bytes_out_ += static_cast<int64_t>(r->ByteSizeLong());
-      if (r->has_summary()) {
+      if (r->has_summary() && ++summaries_ > 1) {
+        // Another choice's: its tokens add up, and its finish is listed.
+        generated_ += r->summary().generated_tokens();
+        summary_.Set("generated_tokens", JsonValue::Int(generated_));
+        finishes_.Append(JsonValue::String(r->summary().finish_reason()));
+        summary_.Set("finish_reasons", finishes_);
+      } else if (r->has_summary()) {
         const v1::GenerateSummary& s = r->summary();
         summary_ = JsonValue::Object();
+        generated_ = s.generated_tokens();
+        finishes_ = JsonValue::Array();
+        finishes_.Append(JsonValue::String(s.finish_reason()));
         // A text or chat prompt's ids are known only after the tokenizer.
         if (s.prompt_tokens() > 0) prompt_tokens_ = s.prompt_tokens();
         summary_.Set("generated_tokens", JsonValue::Int(s.generated_tokens()));
@@ -194,6 +204,7 @@ class CallInterceptor final : public grpc::experimental::Interceptor {
     if (!status.ok()) f.Set("error", JsonValue::String(status.error_message()));
     f.Set("prompt_tokens", JsonValue::Int(prompt_tokens_));
     if (rpc_ == Rpc::kGenerate) f.Set("max_new_tokens", JsonValue::Int(max_new_tokens_));
+    if (choices_ > 1) f.Set("n", JsonValue::Int(choices_));
     f.Set("duration_ms", JsonValue::Number(Ms(std::chrono::duration<double>(Clock::now() - start_).count())));
     f.Set("bytes_in", JsonValue::Int(bytes_in_));
     f.Set("bytes_out", JsonValue::Int(bytes_out_));
@@ -216,6 +227,11 @@ class CallInterceptor final : public grpc::experimental::Interceptor {
   std::string request_id_;
   int64_t prompt_tokens_ = 0, max_new_tokens_ = 0, bytes_in_ = 0, bytes_out_ = 0, messages_out_ = 0;
   JsonValue summary_;
+  // With n choices, one summary each: generated_tokens is their sum, and
+  // finish_reasons lists each choice's, in the order they finished.
+  int choices_ = 1, summaries_ = 0;
+  int64_t generated_ = 0;
+  JsonValue finishes_;
 };
 
 class CallInterceptorFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {

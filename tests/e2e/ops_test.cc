@@ -201,6 +201,22 @@ TEST(Operations, EachRequestLogsOneJsonLineOnEachServer) {
   const std::string id = Str(d[2], "request_id");
   EXPECT_EQ(id.rfind("generate-", 0), 0u) << id;
   EXPECT_EQ(Str(p[1], "request_id"), id);
+
+  // n choices are one line on each server: the tokens of every choice, and
+  // each choice's finish.
+  CommandResult three = RunCommand({Bin("seer"), "generate", "--addr", decode.grpc_address(), "--ids", "3,4,5",
+                                    "--max-new-tokens", "4", "--n", "3", "--request-id", "log-n", "--json"});
+  ASSERT_EQ(three.exit_code, 0) << three.err;
+  ASSERT_TRUE(decode.WaitForErrLines({"\"msg\":\"request\""}, 4, 10s)) << decode.Output();
+  const std::vector<JsonValue> after = LogLines(decode, "request");
+  ASSERT_EQ(after.size(), 4u) << decode.Output();
+  EXPECT_EQ(Str(after[3], "request_id"), "log-n");
+  EXPECT_EQ(Num(after[3], "n"), 3);
+  EXPECT_EQ(Num(after[3], "generated_tokens"), 12);
+  ASSERT_NE(after[3].Find("finish_reasons"), nullptr) << decode.Output();
+  EXPECT_EQ(after[3].Find("finish_reasons")->as_array().size(), 3u);
+  ASSERT_TRUE(prefill.WaitForErrLines({"\"msg\":\"request\""}, 3, 10s)) << prefill.Output();
+  EXPECT_EQ(LogLines(prefill, "request").size(), 3u) << "one prefill for the three choices";
 }
 
 // A request through the OpenAI HTTP API names its HTTP client as the peer on
