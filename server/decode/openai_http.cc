@@ -283,7 +283,10 @@ struct ParsedRequest {
   // max_tokens 0 with echo (scoring a text, as vLLM allows): the reply is the
   // prompt alone. The wire asks for one token, which is not shown.
   bool prompt_only = false;
-  int n = 1;  // choices: GenerateRequest.n, one call
+  int n = 1;  // choices returned
+  // Candidates generated (GenerateRequest.n, one call), best_of >= n: the n
+  // with the highest logprob per token are returned.
+  int best_of = 1;
 };
 
 // A JSON number as a float; beyond float's range, infinite (which the
@@ -526,13 +529,28 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
       return Invalid("tool_choice", "tool_choice: not supported by this server (no tools)");
     }
   }
-  if (const JsonValue* best_of = root.Find("best_of");
-      best_of != nullptr && best_of->is_number() && best_of->as_double() != 1.0) {
-    return Invalid("best_of", "best_of: only 1 is supported");
-  }
   if (const JsonValue* stream = root.Find("stream"); stream != nullptr && !stream->is_null()) {
     if (!stream->is_bool()) return Invalid("stream", "stream: must be true or false");
     out->stream = stream->as_bool();
+  }
+  // best_of (a completion's): that many candidates, the n best returned.
+  out->best_of = out->n;
+  if (const JsonValue* best_of = root.Find("best_of"); best_of != nullptr && !best_of->is_null()) {
+    const double b = best_of->is_number() ? best_of->as_double() : 0.0;
+    if (!(b >= 1 && b <= kMaxChoices) || b != std::floor(b)) {
+      return Invalid("best_of", "best_of: " + best_of->Dump().substr(0, 32) +
+                                    " is out of range: an integer from 1 to " + std::to_string(kMaxChoices) +
+                                    " (this server's limit)");
+    }
+    const int asked = static_cast<int>(b);
+    // Not a chat field: there 1 asks for nothing.
+    if (asked > 1 && chat) return Invalid("best_of", "best_of: not supported for chat (a completions field)");
+    if (!chat && asked < out->n) {
+      return Invalid("best_of", "best_of: " + std::to_string(asked) + " is less than n (" + std::to_string(out->n) +
+                                    "): it counts the candidates the n are chosen from");
+    }
+    if (asked > out->n && out->stream) return Invalid("best_of", "best_of: cannot be streamed (above n)");
+    if (!chat) out->best_of = asked;
   }
   if (const JsonValue* so = root.Find("stream_options"); so != nullptr && so->is_object()) {
     const JsonValue* usage = so->Find("include_usage");
@@ -906,11 +924,17 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     bool started = false;  // a streamed chat choice's first chunk (the role) is out
     std::string text;  // the whole reply, when not streamed
     v1::GenerateSummary summary;
+    double logprob_sum = 0.0;  // best_of: its tokens' logprobs, summed
+    int logprob_tokens = 0;
   };
   v1::GenerateRequest generate = req.generate;
-  if (req.n > 1) generate.set_n(req.n);
-  std::vector<Choice> choices(static_cast<size_t>(req.n));
-  for (int i = 0; i < req.n; ++i) {
+  if (req.best_of > 1) generate.set_n(req.best_of);
+  // Candidates are ranked by their tokens' logprobs: asked of the server
+  // even when the reply does not show them.
+  const bool ranked = req.best_of > req.n;
+  if (ranked && !generate.has_logprobs()) generate.set_logprobs(0);
+  std::vector<Choice> choices(static_cast<size_t>(req.best_of));
+  for (int i = 0; i < req.best_of; ++i) {
     choices[static_cast<size_t>(i)].index = i;
     choices[static_cast<size_t>(i)].echo_pending = req.echo;
   }
@@ -997,7 +1021,7 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
       }
       return true;
     }
-    if (r.choice() < 0 || r.choice() >= req.n) {
+    if (r.choice() < 0 || r.choice() >= req.best_of) {
       // Not a choice asked for: the call is cut, and the answer is the server's fault.
       bad_choice = r.choice();
       return false;
@@ -1005,12 +1029,16 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     Choice& c = choices[static_cast<size_t>(r.choice())];
     // The summary may carry text too: what the server held back at the end.
     if (r.has_summary()) c.summary = r.summary();
-    if (r.has_logprobs() && !req.prompt_only) c.unsent_logprobs.push_back(r.logprobs());
+    if (r.has_logprobs() && !req.prompt_only) {
+      if (req.logprobs) c.unsent_logprobs.push_back(r.logprobs());
+      c.logprob_sum += r.logprobs().chosen().logprob();
+      ++c.logprob_tokens;
+    }
     if (c.echo_pending) {
       // The first token (or the end): the reply starts with the prompt,
       // whose logprobs go before this token's.
       std::optional<v1::TokenLogprobs> current;
-      if (r.has_logprobs() && !req.prompt_only) {
+      if (r.has_logprobs() && !req.prompt_only && req.logprobs) {
         current = c.unsent_logprobs.back();
         c.unsent_logprobs.pop_back();
       }
@@ -1047,7 +1075,7 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
   if (!status.ok() || bad_choice) {
     HttpError e = bad_choice ? FromGrpc(grpc::Status(grpc::StatusCode::INTERNAL,
                                                      "seer-decode: a message of choice " + std::to_string(*bad_choice) +
-                                                         " for n = " + std::to_string(req.n)))
+                                                         " for n = " + std::to_string(req.best_of)))
                              : FromGrpc(status);
     InOpenAiTerms(chat, req.max_key, &e);
     if (!headers_sent) return SendError(conn, e);
@@ -1056,7 +1084,8 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     mg_send_chunk(conn, "", 0);
     return;
   }
-  // Usage: the prompt once, the completion tokens of every choice.
+  // Usage: the prompt once, the completion tokens of every choice (every
+  // candidate of best_of, as OpenAI counts them).
   int64_t prompt_tokens = choices[0].summary.prompt_tokens(), completion_tokens = 0;
   for (const Choice& c : choices) completion_tokens += req.prompt_only ? 0 : c.summary.generated_tokens();
   JsonValue usage = JsonValue::Object();
@@ -1065,9 +1094,20 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
   usage.Set("total_tokens", JsonValue::Int(prompt_tokens + completion_tokens));
   if (!req.stream) {
     JsonValue out = envelope();
+    // best_of: the n candidates with the highest logprob per token (OpenAI's
+    // rule; the earlier candidate among equals), renumbered 0 to n - 1.
+    std::vector<Choice*> shown;
+    for (Choice& c : choices) shown.push_back(&c);
+    if (ranked) {
+      auto per_token = [](const Choice* c) { return c->logprob_tokens > 0 ? c->logprob_sum / c->logprob_tokens : 0.0; };
+      std::stable_sort(shown.begin(), shown.end(),
+                       [&](const Choice* a, const Choice* b) { return per_token(a) > per_token(b); });
+      shown.resize(static_cast<size_t>(req.n));
+      for (int i = 0; i < req.n; ++i) shown[static_cast<size_t>(i)]->index = i;
+    }
     JsonValue list = JsonValue::Array();
-    for (Choice& c : choices)
-      list.Append(choice_json(c, c.text, req.prompt_only ? "length" : c.summary.finish_reason(), false));
+    for (Choice* c : shown)
+      list.Append(choice_json(*c, c->text, req.prompt_only ? "length" : c->summary.finish_reason(), false));
     out.Set("choices", std::move(list));
     out.Set("usage", std::move(usage));
     return SendJson(conn, 200, out.Dump());

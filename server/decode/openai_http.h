@@ -7,7 +7,8 @@
 // with `stream: true` as server-sent events ("data: {...}" chunks, then
 // "data: [DONE]"). The fields that make sense here are honoured (max_tokens /
 // max_completion_tokens, temperature, top_p, seed, stop, presence_penalty,
-// frequency_penalty, logit_bias, n (1 to 16 choices of one prefill),
+// frequency_penalty, logit_bias, n (1 to 16 choices of one prefill), a
+// completion's best_of (the n best of that many candidates),
 // stream_options.include_usage,
 // logprobs (a completion's count, a chat's flag with top_logprobs, up to 20
 // alternatives: the model's own, from its raw logits), a completion's echo
@@ -15,7 +16,7 @@
 // lm-evaluation-harness scores text; a prompt may be a batch of one list of
 // ids); vLLM's top_k and stop_token_ids) plus Seer's own `seer_sparsity`
 // ("dense", "threshold=T", "nz_ratio=R"); fields that ask for what Seer
-// cannot do (best_of > 1, tools, a JSON response_format,
+// cannot do (a chat's best_of, tools, a JSON response_format,
 // vLLM's min_p, repetition_penalty, guided decoding, ...) are refused unless
 // they hold their neutral value, other fields are ignored as OpenAI's
 // servers ignore unknown ones. Errors use OpenAI's JSON

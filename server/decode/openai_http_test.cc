@@ -44,6 +44,7 @@ class ScriptedBackend final : public GenerateBackend {
   int fail_after = -1;  // >= 0: the call fails (INVALID_ARGUMENT) after this many token messages
   bool seed_in_text = false;
   int choice_offset = 0;  // added to every message's choice (a broken server)
+  std::vector<float> choice_logprob;  // added to choice i's tokens' logprobs (best_of's ranking)
   std::chrono::milliseconds token_delay{0};  // before each step, as a decode step takes
   std::atomic<int> calls{0};  // Generate calls begun
   std::atomic<int> cancelled{0};  // calls that ended CANCELLED (the client gone)
@@ -93,7 +94,13 @@ class ScriptedBackend final : public GenerateBackend {
                                   : texts[k];
         const int32_t id = 100 + static_cast<int32_t>(k);
         v1::GenerateResponse r;
-        if (request.has_logprobs()) *r.mutable_logprobs() = Logprobs(id, t, request.logprobs());
+        if (request.has_logprobs()) {
+          *r.mutable_logprobs() = Logprobs(id, t, request.logprobs());
+          if (static_cast<size_t>(choice) < choice_logprob.size()) {
+            v1::TokenLogprob* chosen = r.mutable_logprobs()->mutable_chosen();
+            chosen->set_logprob(chosen->logprob() + choice_logprob[static_cast<size_t>(choice)]);
+          }
+        }
         r.set_token(id);
         r.set_text(t);
         r.set_choice(choice + choice_offset);
@@ -693,6 +700,54 @@ TEST_F(OpenAiHttp, ChoicesAreOneGenerateCallAskingForN) {
   Refused(R"("n": 0)", "n", "from 1 to 16");
   Refused(R"("n": 17)", "n", "from 1 to 16");
   Refused(R"("n": 1.5)", "n", "from 1 to 16");
+}
+
+// best_of: one call for best_of candidates (their logprobs asked of the
+// server even when the reply shows none), the n with the highest logprob per
+// token returned, renumbered; usage counts every candidate. Refused above
+// n when streamed, below n, for chat, and above 16.
+TEST_F(OpenAiHttp, BestOfReturnsTheCandidatesWithTheHighestLogprobPerToken) {
+  backend.texts = {"Hel", "lo", "!"};  // three tokens, every logprob finite
+  backend.choice_logprob = {-3.0f, 0.0f, -1.0f};  // candidate 1 is best, then 2, then 0
+  backend.seed_in_text = true;
+  JsonValue out = PostJson("/v1/completions", R"({"prompt": "x", "n": 2, "best_of": 3, "seed": 5})", 200);
+  EXPECT_EQ(backend.Last().n(), 3);
+  EXPECT_TRUE(backend.Last().has_logprobs()) << "the ranking needs the tokens' logprobs";
+  const auto& list = out.Find("choices")->as_array();
+  ASSERT_EQ(list.size(), 2u);
+  EXPECT_EQ(list[0].Find("index")->as_int64(), 0);
+  EXPECT_EQ(list[0].Find("text")->as_string(), "s6:Hello!");
+  EXPECT_EQ(list[1].Find("index")->as_int64(), 1);
+  EXPECT_EQ(list[1].Find("text")->as_string(), "s7:Hello!");
+  EXPECT_TRUE(list[0].Find("logprobs")->is_null()) << "not asked for";
+  EXPECT_EQ(out.Find("usage")->Find("completion_tokens")->as_int64(), 9) << "every candidate's tokens";
+
+  // With logprobs asked: the chosen candidate's, and n = 1 by default.
+  JsonValue one = PostJson("/v1/completions", R"({"prompt": "x", "best_of": 3, "seed": 5, "logprobs": 1})", 200);
+  const auto& best = one.Find("choices")->as_array();
+  ASSERT_EQ(best.size(), 1u);
+  EXPECT_EQ(best[0].Find("text")->as_string(), "s6:Hello!");
+  const auto& lp = best[0].Find("logprobs")->Find("token_logprobs")->as_array();
+  ASSERT_EQ(lp.size(), 3u);
+  EXPECT_DOUBLE_EQ(lp[0].as_double(), -0.25);  // candidate 1's own, unbiased by the others
+  backend.choice_logprob.clear();
+  backend.seed_in_text = false;
+
+  // best_of = n streams as n does.
+  HttpReply streamed =
+      Exchange(server->port(), "POST", "/v1/completions", R"({"prompt": "x", "n": 2, "best_of": 2, "stream": true})");
+  EXPECT_EQ(streamed.status, 200);
+  Refused(R"("best_of": 3, "stream": true)", "best_of", "cannot be streamed");
+  Refused(R"("n": 3, "best_of": 2)", "best_of", "less than n");
+  Refused(R"("best_of": 17)", "best_of", "from 1 to 16");
+  Refused(R"("best_of": 2.5)", "best_of", "from 1 to 16");
+  const JsonValue chat =
+      PostJson("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "Hi"}], "best_of": 2})", 400);
+  EXPECT_EQ(chat.Find("error")->Find("param")->as_string(), "best_of");
+  PostJson("/v1/chat/completions",
+           R"({"messages": [{"role": "user", "content": "Hi"}], "best_of": 1, "n": 2, "user": "neutral"})", 200);
+  EXPECT_EQ(backend.Last().n(), 2) << "a chat's best_of 1 asks for nothing";
+  EXPECT_EQ(backend.Last().request_id(), "neutral") << "the fields after it are read";
 }
 
 TEST_F(OpenAiHttp, ModelsListsTheServedModel) {

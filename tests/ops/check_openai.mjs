@@ -158,6 +158,22 @@ same('token-id completion usage.completion_tokens', byIds.usage.completion_token
   const stream = await client.completions.create({ ...sampled, n: 3, seed: 40, stream: true });
   for await (const chunk of stream) for (const c of chunk.choices) byIndex[c.index] += c.text;
   same('streamed n = 3 choices equal the whole ones', byIndex, three.choices.map((c) => c.text));
+
+  // best_of: of the replies of seeds s .. s + 2, the one whose tokens have
+  // the highest mean logprob (each reply's own logprobs, asked alone).
+  const scored = [];
+  for (let i = 0; i < 3; ++i) {
+    const r = await client.completions.create({ ...sampled, seed: 40 + i, logprobs: 0 });
+    const lps = r.choices[0].logprobs.token_logprobs;
+    scored.push([lps.reduce((sum, x) => sum + x, 0) / lps.length, i, r.choices[0].text]);
+  }
+  scored.sort((a, b) => b[0] - a[0] || a[1] - b[1]);
+  const best = await client.completions.create({ ...sampled, best_of: 3, seed: 40 });
+  same('best_of = 3 returns the candidate with the highest logprob per token', best.choices.map((x) => x.text),
+       [scored[0][2]]);
+  const bestTwo = await client.completions.create({ ...sampled, n: 2, best_of: 3, seed: 40 });
+  same('n = 2 of best_of = 3: the best two, best first', bestTwo.choices.map((x) => [x.index, x.text]),
+       [[0, scored[0][2]], [1, scored[1][2]]]);
 }
 
 // A stop string from the middle of the reference reply cuts the text there.
