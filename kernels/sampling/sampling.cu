@@ -86,6 +86,45 @@ struct SumI {
   __device__ int operator()(int a, int b) const { return a + b; }
 };
 
+// Calls f(x[i], i) for every i in [0, vocab) this thread of the block owns.
+// A row is read in 16-byte loads, kLogprobLoads of them issued before any is
+// used: one block reads a whole row, so what bounds it is the bytes it has
+// in flight, not arithmetic (one 4-byte load at a time kept a 128k row at
+// about half a millisecond). The row may start anywhere 4-byte aligned: the
+// floats before the first 16-byte boundary and the last vocab % 4 after the
+// loads go one by one. Within the thread ids are not visited in order; the
+// callers' results do not depend on the order.
+constexpr int kLogprobLoads = 8;
+
+template <typename F>
+__device__ __forceinline__ void ForEachLogit(const float* x, int vocab, int tid, F&& f) {
+  const int misalign = static_cast<int>((reinterpret_cast<uintptr_t>(x) & 15u) / 4u);
+  const int head = min(vocab, misalign == 0 ? 0 : 4 - misalign);
+  if (tid < head) f(x[tid], tid);
+  const float4* body = reinterpret_cast<const float4*>(x + head);
+  const int quads = (vocab - head) / 4;
+  for (int q0 = tid; q0 < quads; q0 += kLogprobThreads * kLogprobLoads) {
+    float4 v[kLogprobLoads];
+#pragma unroll
+    for (int u = 0; u < kLogprobLoads; ++u) {
+      const int q = q0 + u * kLogprobThreads;
+      if (q < quads) v[u] = __ldg(body + q);
+    }
+#pragma unroll
+    for (int u = 0; u < kLogprobLoads; ++u) {
+      const int q = q0 + u * kLogprobThreads;
+      if (q >= quads) break;
+      const int i = head + 4 * q;
+      f(v[u].x, i);
+      f(v[u].y, i + 1);
+      f(v[u].z, i + 2);
+      f(v[u].w, i + 3);
+    }
+  }
+  const int done = head + 4 * quads;
+  if (tid < vocab - done) f(x[done + tid], done + tid);
+}
+
 // LogprobsOf's value of one logit under the row's normaliser.
 __device__ __forceinline__ float LogprobUnder(float v, const LogprobNorm& n) {
   if (isnan(v) || n.log_z == HUGE_VAL) return -HUGE_VALF;
@@ -93,18 +132,25 @@ __device__ __forceinline__ float LogprobUnder(float v, const LogprobNorm& n) {
   return static_cast<float>(static_cast<double>(v) - n.log_z);
 }
 
-// One block a row. Pass 1 keeps, per thread, the top_n largest candidate
-// keys of its strided slice (ascending ids, so an equal logit goes after
-// the ones it ties with, as LogprobsOf's insertion does) in a descending
-// column of shared memory, and the largest key; the block's top_n are then
-// merged from the columns' heads, one a round (keys are unique, so exactly
-// one thread owns each winner). Pass 2 sums exp(x - max).
+// One block a row, two passes over it. Pass 1 finds each thread's largest
+// candidate key (a key orders as LogprobsOf does: larger logit first, the
+// lower id among equals; keys are unique) and the row's. The top_n-th
+// largest of the threads' maxima is a floor: at least top_n keys reach it,
+// so the row's top_n all do. Pass 2 sums exp(x - max) and keeps, per thread,
+// the top_n largest keys at or above the floor in a descending column of
+// shared memory; the block's top_n are then merged from the columns' heads,
+// one a round (exactly one thread owns each winner). Without the floor
+// nearly every element of a warp's first few hundred sat in some lane's
+// column, and the warp waited on that lane's insertion each time (0.4 ms a
+// 128k row on an H100).
 __global__ void __launch_bounds__(kLogprobThreads)
     LogprobRowsKernel(const float* logits, int vocab, const int32_t* places, const int32_t* tokens, int top_n,
                       DeviceLogprob* out, LogprobNorm* norms) {
   __shared__ unsigned long long lists[kMaxDeviceTopLogprobs][kLogprobThreads];
+  __shared__ unsigned long long maxima[kLogprobThreads];
   __shared__ unsigned long long top[kMaxDeviceTopLogprobs];
   __shared__ unsigned long long slots_u[kLogprobWarps];
+  __shared__ unsigned long long floor_key;
   __shared__ double slots_d[kLogprobWarps];
   __shared__ int slots_i[kLogprobWarps];
   const int row = static_cast<int>(blockIdx.x);
@@ -113,13 +159,40 @@ __global__ void __launch_bounds__(kLogprobThreads)
   const int tid = static_cast<int>(threadIdx.x);
   const float* x = logits + static_cast<size_t>(row) * static_cast<size_t>(vocab);
 
-  unsigned long long best = 0;
+  unsigned long long mine = 0;
+  ForEachLogit(x, vocab, tid, [&](float value, int i) {
+    const unsigned long long key = CandidateKey(value, i);
+    if (key > mine) mine = key;
+  });
+  maxima[tid] = mine;
+  if (tid == 0) floor_key = 1;  // any number (key 0 is NaN)
+  const unsigned long long best = BlockAll(mine, MaxU64(), slots_u);  // its barriers publish maxima[]
+  if (top_n > 0 && mine != 0) {
+    int above = 0;
+    for (int t = 0; t < kLogprobThreads; ++t) above += maxima[t] > mine ? 1 : 0;
+    if (above == top_n - 1) floor_key = mine;
+  }
+  __syncthreads();
+  const unsigned long long floor = floor_key;
+
+  LogprobNorm norm;
+  norm.max = best != 0 ? x[KeyId(best)] : -HUGE_VALF;
+  const bool finite = isfinite(norm.max);
+  const bool pos_inf = norm.max == HUGE_VALF;
+  const float max = norm.max;
+  double sum = 0.0;
+  int inf = 0;
   int count = 0;
   unsigned long long tail = 0;  // the column's smallest key once it holds top_n
-  for (int i = tid; i < vocab; i += kLogprobThreads) {
-    const unsigned long long key = CandidateKey(x[i], i);
-    if (key > best) best = key;
-    if (key == 0 || top_n == 0 || (count == top_n && key <= tail)) continue;
+  ForEachLogit(x, vocab, tid, [&](float value, int i) {
+    if (finite) {
+      if (!isnan(value)) sum += static_cast<double>(expf(value - max));
+    } else if (pos_inf) {
+      inf += value == HUGE_VALF ? 1 : 0;
+    }
+    if (top_n == 0) return;
+    const unsigned long long key = CandidateKey(value, i);
+    if (key < floor || (count == top_n && key <= tail)) return;
     int j = count < top_n ? count++ : top_n - 1;
     while (j > 0 && lists[j - 1][tid] < key) {
       lists[j][tid] = lists[j - 1][tid];
@@ -127,8 +200,7 @@ __global__ void __launch_bounds__(kLogprobThreads)
     }
     lists[j][tid] = key;
     tail = lists[count - 1][tid];
-  }
-  best = BlockAll(best, MaxU64(), slots_u);
+  });
   int head = 0;
   for (int j = 0; j < top_n; ++j) {
     const unsigned long long offer = head < count ? lists[head][tid] : 0ull;
@@ -136,20 +208,10 @@ __global__ void __launch_bounds__(kLogprobThreads)
     if (offer == win && win != 0) ++head;
     if (tid == 0) top[j] = win;
   }
-
-  LogprobNorm norm;
-  norm.max = best != 0 ? x[KeyId(best)] : -HUGE_VALF;
-  if (isfinite(norm.max)) {
-    double sum = 0.0;
-    for (int i = tid; i < vocab; i += kLogprobThreads) {
-      const float v = x[i];
-      if (!isnan(v)) sum += static_cast<double>(expf(v - norm.max));
-    }
+  if (finite) {
     sum = BlockAll(sum, SumD(), slots_d);
     norm.log_z = static_cast<double>(norm.max) + log(sum);
-  } else if (norm.max > 0.0f) {
-    int inf = 0;
-    for (int i = tid; i < vocab; i += kLogprobThreads) inf += x[i] == HUGE_VALF ? 1 : 0;
+  } else if (pos_inf) {
     inf = BlockAll(inf, SumI(), slots_i);
     norm.log_z = log(static_cast<double>(inf));
   } else {

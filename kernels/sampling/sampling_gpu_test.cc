@@ -503,7 +503,9 @@ TEST_F(SamplingKernelTest, LogprobChosenAfterAdjustmentsIsTheRawLogitsOne) {
 }
 
 // Time of LogprobRows on rows of Llama-3's vocabulary (printed; the bound is
-// loose, the host did a row in about a millisecond of a core).
+// loose: the host did a row in about a millisecond of a core, and on an H100
+// (2026-12-05) this kernel took 0.10 ms for 1 row and 0.14 ms for 256, where
+// its first version, without the floor, took 0.49 and 0.66).
 TEST_F(SamplingKernelTest, LogprobRowsOfAVocab128kTakeMicroseconds) {
   const int vocab = 128256;
   for (int rows : {1, 64, 256}) {
@@ -517,7 +519,7 @@ TEST_F(SamplingKernelTest, LogprobRowsOfAVocab128kTakeMicroseconds) {
     });
     ASSERT_GT(ms, 0.0) << "a launch or the timing failed";
     std::printf("LogprobRows, vocab %d, top 20, %d rows: %.1f us per launch\n", vocab, rows, 1e3 * ms);
-    EXPECT_LT(ms, 0.1 * rows);
+    EXPECT_LT(ms, 0.25 + 0.002 * rows);
   }
 }
 
