@@ -167,38 +167,25 @@ Status Engine::EnablePagedDecode(const PagedDecodeOptions& o) {
   });
 }
 
-StatusOr<std::unique_ptr<KvCache>> Engine::NewPagedCache(int capacity) {
+Status Engine::CheckPagedCapacity(int capacity) const {
   if (page_pool_ == nullptr) return FailedPrecondition("paged decode is not enabled on this engine");
   const int max_positions = config().max_position_embeddings;
   if (capacity < 1 || capacity > max_positions) {
     return InvalidArgument("KV cache capacity " + Str(capacity) + " is out of range [1, " + Str(max_positions) +
                            "] (the model's max_position_embeddings)");
   }
-  SEER_ASSIGN_OR_RETURN(std::unique_ptr<PagedKvCache> cache, PagedKvCache::Create(page_pool_.get(), capacity));
-  return std::unique_ptr<KvCache>(std::move(cache));
+  return OkStatus();
 }
 
-StatusOr<std::unique_ptr<KvCache>> Engine::NewPagedCacheWhenFree(int capacity,
-                                                                 const std::function<Status()>& cancelled) {
-  if (page_pool_ == nullptr) return FailedPrecondition("paged decode is not enabled on this engine");
-  const int max_positions = config().max_position_embeddings;
-  if (capacity < 1 || capacity > max_positions) {
-    return InvalidArgument("KV cache capacity " + Str(capacity) + " is out of range [1, " + Str(max_positions) +
-                           "] (the model's max_position_embeddings)");
-  }
-  SEER_ASSIGN_OR_RETURN(std::unique_ptr<PagedKvCache> cache,
-                        PagedKvCache::CreateWhenFree(page_pool_.get(), capacity, cancelled));
+StatusOr<std::unique_ptr<KvCache>> Engine::NewPagedCache(int capacity) {
+  SEER_RETURN_IF_ERROR(CheckPagedCapacity(capacity));
+  SEER_ASSIGN_OR_RETURN(std::unique_ptr<PagedKvCache> cache, PagedKvCache::Create(page_pool_.get(), capacity));
   return std::unique_ptr<KvCache>(std::move(cache));
 }
 
 StatusOr<std::vector<std::unique_ptr<PagedKvCache>>> Engine::NewPagedCacheGroupWhenFree(
     int prefix, int capacity, int count, const std::function<Status()>& cancelled) {
-  if (page_pool_ == nullptr) return FailedPrecondition("paged decode is not enabled on this engine");
-  const int max_positions = config().max_position_embeddings;
-  if (capacity < 1 || capacity > max_positions) {
-    return InvalidArgument("KV cache capacity " + Str(capacity) + " is out of range [1, " + Str(max_positions) +
-                           "] (the model's max_position_embeddings)");
-  }
+  SEER_RETURN_IF_ERROR(CheckPagedCapacity(capacity));
   if (count < 1 || count > 64) return InvalidArgument("KV cache group: " + Str(count) + " caches, need 1 to 64");
   return PagedKvCache::CreateGroupWhenFree(page_pool_.get(), prefix, capacity, count, cancelled);
 }

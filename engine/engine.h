@@ -180,15 +180,15 @@ class Engine {
   int max_decode_batch() const { return max_decode_batch_; }
 
   // A paged cache for up to `capacity` positions, every page reserved now:
-  // RESOURCE_EXHAUSTED when the pool lacks them. The WhenFree form waits for
-  // them (until `cancelled` returns an error).
+  // RESOURCE_EXHAUSTED when the pool lacks them.
   StatusOr<std::unique_ptr<KvCache>> NewPagedCache(int capacity);
-  StatusOr<std::unique_ptr<KvCache>> NewPagedCacheWhenFree(int capacity, const std::function<Status()>& cancelled);
-  // The caches of a request's `count` choices (1 to 64), each for
-  // `capacity` positions, sharing the whole pages of their first `prefix`
-  // positions, the prompt (PagedKvCache::CreateGroupWhenFree): the prompt's
-  // KV goes into the first, and each other one takes it with
-  // PagedKvCache::AdoptPrefix. Waits for the pages as NewPagedCacheWhenFree.
+  // The caches of a request's `count` choices (1 to 64; a request alone is a
+  // group of one), each for `capacity` positions, sharing the whole pages of
+  // their first `prefix` positions, the prompt
+  // (PagedKvCache::CreateGroupWhenFree): the prompt's KV goes into the
+  // first, and each other one takes it with PagedKvCache::AdoptPrefix. Waits
+  // for the pages, first come first served, until `cancelled` returns an
+  // error.
   StatusOr<std::vector<std::unique_ptr<PagedKvCache>>> NewPagedCacheGroupWhenFree(
       int prefix, int capacity, int count, const std::function<Status()>& cancelled);
 
@@ -260,6 +260,8 @@ class Engine {
   virtual StatusOr<std::string> RunWarmUp(int max_tokens);
 
  private:
+  // Paged decode is enabled and `capacity` is within the model's positions.
+  Status CheckPagedCapacity(int capacity) const;
   // A cache this engine can use: non-null and with the model's layout.
   Status CheckCache(const KvCache* cache, const char* call) const;
   // A decode step's cache (CheckCache) and its next position (CheckNextPosition).

@@ -183,14 +183,6 @@ StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::Create(PagePool* pool, int
   return std::unique_ptr<PagedKvCache>(new PagedKvCache(pool, capacity, std::move(pages)));
 }
 
-StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::CreateWhenFree(PagePool* pool, int capacity,
-                                                                     const std::function<Status()>& cancelled) {
-  if (capacity <= 0) return InvalidArgument("paged KV cache: capacity " + Str(capacity) + " must be positive");
-  SEER_ASSIGN_OR_RETURN(std::vector<int32_t> pages,
-                        pool->AllocateWhenFree(pool->layout().PagesFor(capacity), cancelled));
-  return std::unique_ptr<PagedKvCache>(new PagedKvCache(pool, capacity, std::move(pages)));
-}
-
 StatusOr<std::vector<std::unique_ptr<PagedKvCache>>> PagedKvCache::CreateGroupWhenFree(
     PagePool* pool, int prefix, int capacity, int count, const std::function<Status()>& cancelled) {
   if (capacity <= 0 || prefix < 1 || prefix > capacity || count < 1) {

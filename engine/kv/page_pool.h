@@ -125,15 +125,12 @@ class PagedKvCache final : public KvCache {
  public:
   // RESOURCE_EXHAUSTED when the pool lacks the pages.
   static StatusOr<std::unique_ptr<PagedKvCache>> Create(PagePool* pool, int capacity);
-  // Waits for the pages (PagePool::AllocateWhenFree).
-  static StatusOr<std::unique_ptr<PagedKvCache>> CreateWhenFree(PagePool* pool, int capacity,
-                                                                const std::function<Status()>& cancelled);
   // `count` caches of `capacity` positions each for the choices of one
   // request, whose first `prefix` positions (the prompt, 1 <= prefix <=
   // capacity) are written once, into the first cache: the whole pages of the
   // prefix are the same pages in every cache, and each cache has its own
   // pages from the prefix's last partial page on. Every page is reserved
-  // now, waiting for them as CreateWhenFree does: the prefix's whole pages
+  // now, waiting for them (PagePool::AllocateWhenFree): the prefix's whole pages
   // once, the rest `count` times. Once the first cache holds the prefix,
   // each other one takes it with AdoptPrefix.
   static StatusOr<std::vector<std::unique_ptr<PagedKvCache>>> CreateGroupWhenFree(

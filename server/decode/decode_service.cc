@@ -336,7 +336,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     }
     if (running == 0) return grpc::Status::OK;
 
-    if (batched) return SubmitChoices(std::move(caches), first, running);
+    if (batched) return SubmitChoices(std::move(caches), first);
 
     // Alone: concurrent streams take turns on the engine, one step at a time,
     // and the choices one after the other, each from the prompt's end.
@@ -363,15 +363,11 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
            (choices_.size() > 1 ? " of choice " + std::to_string(c.index) : std::string());
   }
 
-  // Hands the `running` unfinished choices to the scheduler's batch; they
+  // Hands the unfinished choices to the scheduler's batch; they
   // end the call (ChoiceDone) as they leave it. Always nullopt: from here
   // the choices finish the stream.
   std::optional<grpc::Status> SubmitChoices(std::vector<std::unique_ptr<KvCache>> caches,
-                                            const std::vector<int32_t>& first, int running) {
-    {
-      std::lock_guard<std::mutex> lock(done_mu_);
-      choices_left_ = running;
-    }
+                                            const std::vector<int32_t>& first) {
     std::vector<std::pair<Choice*, DecodeScheduler::Sequence>> seqs;
     for (Choice& c : choices_) {
       if (c.finished) continue;
@@ -407,6 +403,10 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
         ChoiceDone(FinishWithSummary(c), 1);
       };
       seqs.emplace_back(&c, std::move(seq));
+    }
+    {
+      std::lock_guard<std::mutex> lock(done_mu_);
+      choices_left_ = static_cast<int>(seqs.size());
     }
     // Once the last one is in, the stream may finish at any moment: nothing
     // here touches it after that.
