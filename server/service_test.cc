@@ -1108,6 +1108,15 @@ double CountByCode(prometheus::Registry& registry, const std::string& family, co
 TEST(Service, ChoicesShareOnePrefillAndEachIsItsSeedsReply) {
   AloneAndBatched servers;
   constexpr int kNew = 14, kChoices = 4;
+  // Prefill calls made so far (the server counts one a moment after its
+  // stream has ended, so the count is waited for, then held to).
+  double prefill_calls = 0;
+  auto prefills_settle_at = [&](double want) {
+    const auto count = [&] { return CountByCode(*servers.prefill.registry, "seer_prefill_requests_total", "OK"); };
+    WaitFor([&] { return count() >= want; }, 5s);
+    std::this_thread::sleep_for(100ms);
+    return count();
+  };
   for (const int prompt : {70, 64}) {
     SCOPED_TRACE("prompt " + std::to_string(prompt));
     const std::vector<int32_t> ids = seer::testing::RandomIds(prompt, 128, prompt);
@@ -1145,7 +1154,7 @@ TEST(Service, ChoicesShareOnePrefillAndEachIsItsSeedsReply) {
     g.set_n(kChoices);
     for (DecodeHarness* h : {&servers.alone, &servers.batched}) {
       SCOPED_TRACE(h == &servers.alone ? "alone" : "batched");
-      const double prefills = CountByCode(*servers.prefill.registry, "seer_prefill_requests_total", "OK");
+      ASSERT_EQ(prefills_settle_at(prefill_calls), prefill_calls);
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + 60s);
       auto reader = h->Stub()->Generate(&ctx, g);
@@ -1171,8 +1180,8 @@ TEST(Service, ChoicesShareOnePrefillAndEachIsItsSeedsReply) {
       ASSERT_TRUE(reader->Finish().ok());
       EXPECT_EQ(summaries, std::vector<int>(kChoices, 1));
       EXPECT_EQ(got, want);
-      EXPECT_EQ(CountByCode(*servers.prefill.registry, "seer_prefill_requests_total", "OK") - prefills, 1.0)
-          << "one prefill for every choice";
+      prefill_calls += 1;
+      EXPECT_EQ(prefills_settle_at(prefill_calls), prefill_calls) << "one prefill for every choice";
       EXPECT_TRUE(WaitFor([&] { return h->metrics.server.kv_cache_bytes.Value() == 0; }, 5s))
           << "seer_kv_cache_bytes: " << h->metrics.server.kv_cache_bytes.Value();
       // Choice i is the request alone with seed + i, logprobs included.
@@ -1191,6 +1200,7 @@ TEST(Service, ChoicesShareOnePrefillAndEachIsItsSeedsReply) {
           }
         }
         ASSERT_TRUE(one_reader->Finish().ok());
+        prefill_calls += 1;
         EXPECT_EQ(alone_logprobs, logprobs[i]) << "choice " << i;
       }
     }
