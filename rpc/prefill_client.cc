@@ -655,8 +655,12 @@ class PrefillClient::KvReceive {
     SEER_ASSIGN_OR_RETURN(nccl_staging_, DeviceKvCache::Create(1, l.num_kv_heads, l.head_dim, seq_len_));
     const std::vector<int32_t>& pages = paged->pages();
     SEER_ASSIGN_OR_RETURN(nccl_table_, DeviceBuffer::Allocate(sizeof(int32_t) * pages.size(), "NCCL KV page table"));
-    SEER_RETURN_IF_CUDA_ERROR(
-        cudaMemcpy(nccl_table_.get(), pages.data(), sizeof(int32_t) * pages.size(), cudaMemcpyHostToDevice));
+    // Landed before the link's stream reads it: a plain cudaMemcpy from
+    // pageable memory may return before its DMA is done, and nothing orders
+    // it before work on another (non-blocking) stream.
+    SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(nccl_table_.get(), pages.data(), sizeof(int32_t) * pages.size(),
+                                              cudaMemcpyHostToDevice, cudaStreamPerThread));
+    SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(cudaStreamPerThread));
     DeviceKvCache* staging = nccl_staging_.get();
     const int32_t* table = nccl_table_.as<int32_t>();
     const int n = seq_len_;

@@ -11,7 +11,7 @@ decode worker held (seer_kv_pages_used, sampled every 5 ms). It fails
 (exit 1) when choice i's tokens differ from call i's.
 
   tools/bench_choices.py [--bin DIR] [--model DIR] [--device cpu|cuda]
-                         [--lengths 1024,4096] [--n 4] [--new-tokens 32]
+                         [--lengths 1024,4096] [--n 4] [--new-tokens 32] [--decode-flag=--FLAG=V ...]
 """
 import argparse
 import json
@@ -98,6 +98,8 @@ def main():
     ap.add_argument("--lengths", default="1024,4096")
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--decode-flag", action="append", default=[],
+                    help="a flag for seer-decode, e.g. --decode-flag=--cuda-graphs=false (repeatable)")
     a = ap.parse_args()
     seer = os.path.join(a.bin, "seer")
     vocab = json.load(open(os.path.join(a.model, "config.json")))["vocab_size"]
@@ -110,7 +112,7 @@ def main():
         procs.append(prefill)
         decode, decode_addr, decode_metrics = start(
             [os.path.join(a.bin, "seer-decode"), "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0",
-             "--model", a.model, "--prefill", prefill_addr, "--device", a.device],
+             "--model", a.model, "--prefill", prefill_addr, "--device", a.device] + a.decode_flag,
             os.path.join(work, "decode.log"))
         procs.append(decode)
         page_bytes = metric(decode_metrics, "seer_kv_cache_capacity_bytes") / max(
@@ -149,7 +151,13 @@ def main():
                 print(f"| {length} | {how} | {wall:.0f} | {calls:.0f} | {kv / 1e6:.1f} | "
                       f"{peak.peak:.0f} ({peak.peak * page_bytes / 1e6:.1f}) |", flush=True)
             if rows["one call, n"] != rows["n calls"]:
-                die(f"prompt {length}: a choice differs from the call with its seed")
+                where = []
+                for i, (a, b) in enumerate(zip(rows["one call, n"], rows["n calls"])):
+                    at = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), None)
+                    if at is not None or len(a) != len(b):
+                        where.append(f"choice {i} from token {at if at is not None else min(len(a), len(b))}: "
+                                     f"{a[at or 0:][:6]} against call {i}'s {b[at or 0:][:6]}")
+                die(f"prompt {length}: " + "; ".join(where))
         print("\nchoice i's tokens equal call i's (--seed 100 + i) at every length")
     finally:
         for p in procs:

@@ -972,7 +972,9 @@ Status CudaEngine::PreparePagedDecode(const PagedDecodeOptions& options) {
   const PrefillPlan plan = PlanPrefill(config_, GateShape{}, 64, max_batch, /*all_logits=*/true, limits_);
   SEER_ASSIGN_OR_RETURN(b.workspace, DeviceBuffer::Allocate(plan.total_bytes, "the batched decode buffers"));
   // Rows past the batch are computed and ignored; they start as zeros.
-  SEER_RETURN_IF_CUDA_ERROR(cudaMemset(b.workspace.get(), 0, b.workspace.bytes()));
+  // On the engine's stream (a plain cudaMemset is not ordered before a
+  // non-blocking stream's work).
+  SEER_RETURN_IF_CUDA_ERROR(cudaMemsetAsync(b.workspace.get(), 0, b.workspace.bytes(), stream_));
   b.a = ActivationsIn(b.workspace, plan);
   // The lm_head's rows in as few chunks as the logits buffer allows, each
   // as small as that number of chunks allows (600 rows: two of 300), so
@@ -982,7 +984,7 @@ Status CudaEngine::PreparePagedDecode(const PagedDecodeOptions& options) {
   b.a.logits_chunk = (max_batch + chunks - 1) / chunks;
   const size_t meta = 3 * static_cast<size_t>(max_batch) + static_cast<size_t>(max_batch) * b.max_pages;
   SEER_ASSIGN_OR_RETURN(b.meta, DeviceBuffer::Allocate(sizeof(int32_t) * meta, "the batched decode tables"));
-  SEER_RETURN_IF_CUDA_ERROR(cudaMemset(b.meta.get(), 0, b.meta.bytes()));
+  SEER_RETURN_IF_CUDA_ERROR(cudaMemsetAsync(b.meta.get(), 0, b.meta.bytes(), stream_));
   SEER_RETURN_IF_CUDA_ERROR(
       cudaMallocHost(reinterpret_cast<void**>(&b.host), sizeof(int32_t) * (meta + static_cast<size_t>(max_batch))));
   std::memset(b.host, 0, sizeof(int32_t) * (meta + static_cast<size_t>(max_batch)));

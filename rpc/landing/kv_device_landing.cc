@@ -63,11 +63,19 @@ class DeviceKvLanding final : public KvLanding {
       // bf16 K then V per slot, and the request's block table.
       pages_slot_elems_ = elems;
       SEER_LANDING_CUDA(cudaMalloc(&pages_scratch_, 2 * elems * sizeof(__nv_bfloat16) * slots_));
-      const std::vector<int32_t>& pages = paged_->pages();
-      SEER_LANDING_CUDA(cudaMalloc(&table_, sizeof(int32_t) * std::max<size_t>(1, pages.size())));
-      SEER_LANDING_CUDA(cudaMemcpy(table_, pages.data(), sizeof(int32_t) * pages.size(), cudaMemcpyHostToDevice));
     }
     SEER_LANDING_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    if (paged_ != nullptr) {
+      // On the landing's own stream, ahead of the scatters that read it. (A
+      // plain cudaMemcpy from pageable memory may return before its DMA
+      // lands, and nothing orders it before work on a non-blocking stream:
+      // under load the scatters read a stale table and wrote the KV into
+      // other pages.)
+      const std::vector<int32_t>& pages = paged_->pages();
+      SEER_LANDING_CUDA(cudaMalloc(&table_, sizeof(int32_t) * std::max<size_t>(1, pages.size())));
+      SEER_LANDING_CUDA(
+          cudaMemcpyAsync(table_, pages.data(), sizeof(int32_t) * pages.size(), cudaMemcpyHostToDevice, stream_));
+    }
     done_.assign(slots_, nullptr);
     for (cudaEvent_t& e : done_) SEER_LANDING_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     return OkStatus();
