@@ -54,7 +54,8 @@ int RunGenerateCommand(int argc, char** argv) {
   common.ids_required = false;
   std::string stop, kv_wire = "auto", prompt, prompt_file, chat;
   std::vector<std::string> stop_strings, logit_bias;
-  int64_t max_new_tokens = 16, top_k = 0, seed = 0, logprobs = -1, prompt_logprobs = -1, n = 1;
+  int64_t max_new_tokens = 16, min_new_tokens = 0, top_k = 0, seed = 0, logprobs = -1, prompt_logprobs = -1, n = 1;
+  bool ignore_eos = false;
   double temperature = 0.0, top_p = 0.0, presence_penalty = 0.0, frequency_penalty = 0.0;
   FlagSet flags("seer generate --addr HOST:PORT (--ids IDS | --prompt TEXT | --prompt-file F | --chat F) [flags]",
                 "Sends a prompt to a seer-decode server (seer.v1.DecodeService/Generate) and prints the tokens as\n"
@@ -68,6 +69,11 @@ int RunGenerateCommand(int argc, char** argv) {
                 "Exit codes: 0 success, 1 the call failed (the message has the gRPC status code), 2 usage.");
   common.Register(flags, "seer-decode");
   flags.Int("max-new-tokens", &max_new_tokens, "tokens to generate; 0 takes the server's --default-max-new-tokens");
+  flags.Int("min-new-tokens", &min_new_tokens,
+            "the reply's first N tokens cannot end it: no stop token or end-of-text is chosen and no stop string "
+            "looked for until then (vLLM's min_tokens; at most --max-new-tokens)");
+  flags.Bool("ignore-eos", &ignore_eos,
+             "a text reply goes on past the tokenizer's end-of-text ids (vLLM's ignore_eos)");
   flags.Double("temperature", &temperature, "sampling temperature; 0 is greedy");
   flags.Int("top-k", &top_k, "sample among the k most likely tokens (0: all)");
   flags.Double("top-p", &top_p, "nucleus sampling mass (0 or 1: no cut)");
@@ -138,6 +144,9 @@ int RunGenerateCommand(int argc, char** argv) {
   if (max_new_tokens < 0 || max_new_tokens > INT32_MAX) return ReportUsage(cmd, "--max-new-tokens: out of range");
   if (top_k < 0 || top_k > INT32_MAX) return ReportUsage(cmd, "--top-k: out of range");
   request.set_max_new_tokens(static_cast<int32_t>(max_new_tokens));
+  if (min_new_tokens < 0 || min_new_tokens > INT32_MAX) return ReportUsage(cmd, "--min-new-tokens: out of range");
+  request.set_min_new_tokens(static_cast<int32_t>(min_new_tokens));
+  request.set_ignore_eos(ignore_eos);
   if (n < 0 || n > INT32_MAX) return ReportUsage(cmd, "--n: out of range");
   if (n != 1) request.set_n(static_cast<int32_t>(n));
   request.set_request_id(common.request_id);

@@ -243,13 +243,22 @@ StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& r, const 
   call.request_id = r.request_id();
   const int prompts = (r.token_ids_size() > 0 ? 1 : 0) + (r.has_text() ? 1 : 0) + (r.messages_size() > 0 ? 1 : 0);
   if (prompts > 1) return InvalidArgument("token_ids: give exactly one of token_ids, text and messages");
-  // 0 asks for the server's default (--default-max-new-tokens).
-  const int max_new =
-      r.max_new_tokens() == 0 ? std::min(limits.default_new_tokens, limits.max_new_tokens) : r.max_new_tokens();
+  // 0 asks for the server's default (--default-max-new-tokens), which grows
+  // to min_new_tokens.
+  if (r.min_new_tokens() < 0 || r.min_new_tokens() > limits.max_new_tokens)
+    return InvalidArgument("min_new_tokens: " + Int(r.min_new_tokens()) + " is out of range [0, " +
+                           Int(limits.max_new_tokens) + "] (the server's --max-new-tokens)");
+  const int max_new = r.max_new_tokens() == 0
+                          ? std::max(std::min(limits.default_new_tokens, limits.max_new_tokens), r.min_new_tokens())
+                          : r.max_new_tokens();
   if (max_new < 1 || max_new > limits.max_new_tokens)
     return InvalidArgument("max_new_tokens: " + Int(r.max_new_tokens()) + " is out of range [1, " +
                            Int(limits.max_new_tokens) + "] (the server's --max-new-tokens; 0 takes its default)");
+  if (r.min_new_tokens() > max_new)
+    return InvalidArgument("min_new_tokens: " + Int(r.min_new_tokens()) + " is above max_new_tokens " + Int(max_new));
   call.max_new_tokens = max_new;
+  call.min_new_tokens = r.min_new_tokens();
+  call.ignore_eos = r.ignore_eos();
   call.default_new_tokens = r.max_new_tokens() == 0;
   if (r.has_text() || r.messages_size() > 0) {
     const size_t max_text = limits.max_prompt_tokens * kMaxTextBytesPerToken;

@@ -80,6 +80,11 @@ struct GenerateCall {
   // The request left max_new_tokens to the server (0): the default then
   // shrinks to the context left after the prompt (FitDefaultNewTokens).
   bool default_new_tokens = false;
+  // The first min_new_tokens tokens cannot end the reply (at most
+  // max_new_tokens as asked; a context shorter than that cuts it with the
+  // reply).
+  int min_new_tokens = 0;
+  bool ignore_eos = false;  // a text reply goes on past end-of-text ids
   SamplingParams sampling;  // the request's seed, or the fresh one it lacked
   SparsityRequest sparsity;
   std::vector<int32_t> stop_token_ids;

@@ -36,6 +36,7 @@
 #include "server/common/work_queue.h"
 #include "tests/logprobs_util.h"
 #include "tests/server_test_util.h"
+#include "text/tokenizer.h"
 
 namespace seer {
 namespace {
@@ -334,6 +335,15 @@ TEST(Service, EveryBadFieldIsInvalidArgumentNamingIt) {
        "stop"},
       {"max_new_tokens above the server limit", [](v1::GenerateRequest* r) { r->set_max_new_tokens(5000); },
        "max_new_tokens"},
+      {"min_new_tokens above max_new_tokens", [](v1::GenerateRequest* r) { r->set_min_new_tokens(5); },
+       "min_new_tokens: 5 is above max_new_tokens 4"},
+      {"min_new_tokens negative", [](v1::GenerateRequest* r) { r->set_min_new_tokens(-1); }, "min_new_tokens"},
+      {"min_new_tokens above the server limit",
+       [](v1::GenerateRequest* r) {
+         r->set_max_new_tokens(0);
+         r->set_min_new_tokens(5000);
+       },
+       "min_new_tokens"},
       {"prompt + max_new_tokens past max positions",
        [](v1::GenerateRequest* r) {
          for (int i = 0; i < 2030; ++i) r->add_token_ids(5);
@@ -910,6 +920,94 @@ TEST(Service, ATopKAboveTheVocabularyKeepsEveryToken) {
     EXPECT_EQ(at_vocab, all);
     EXPECT_EQ(above, all);
     EXPECT_NE(cut, all) << "top_k 3 must change a temperature-1.5 reply";
+  }
+}
+
+// min_new_tokens and ignore_eos, alone and batched, greedy and sampled. The
+// end-of-text id here is the first token of the greedy reply that is new
+// to it (at k), so a text reply ends there. ignore_eos goes on past it; the
+// first min_new_tokens tokens cannot be it (nor a stop token), and then the
+// reply ends at it as usual. The reference is a local Sampler with the same
+// ban (SamplingParams::min_tokens) on the monolithic engine's logits.
+TEST(Service, MinNewTokensAndIgnoreEosKeepATextReplyGoing) {
+  AloneAndBatched servers;
+  auto tokenizer = Tokenizer::Load(Path("llama"));
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status().ToString();
+  constexpr int kNew = 24;
+  const std::vector<int32_t> ids = seer::testing::RandomIds(30, 128, 31);
+  auto reference = [&](SamplingParams sp) {
+    Sampler local(sp);
+    return seer::testing::MonolithicTokens(*servers.engine, ids, kNew,
+                                           [&](const std::vector<float>& l) { return local.Sample(l); });
+  };
+  const std::vector<int32_t> greedy = reference(SamplingParams{});
+  size_t k = 1;
+  while (k < greedy.size() && std::find(greedy.begin(), greedy.begin() + k, greedy[k]) != greedy.begin() + k) ++k;
+  ASSERT_LT(k, greedy.size() - 4) << "the greedy reply has no new token early enough";
+  const int32_t end = greedy[k];
+  // (After SetEngine, which the harness called: no call is in flight yet.)
+  servers.alone.service->SetTokenizer(tokenizer->get(), {end});
+  servers.batched.service->SetTokenizer(tokenizer->get(), {end});
+  // The reply as the text APIs end it: at the first `end` after the first
+  // `min` tokens, or at kNew.
+  auto ended = [&](std::vector<int32_t> tokens, int min) {
+    for (size_t i = static_cast<size_t>(min); i < tokens.size(); ++i) {
+      if (tokens[i] == end) {
+        tokens.resize(i + 1);
+        break;
+      }
+    }
+    return tokens;
+  };
+  for (DecodeHarness* h : {&servers.alone, &servers.batched}) {
+    SCOPED_TRACE(h == &servers.alone ? "alone" : "batched");
+    for (double temperature : {0.0, 1.0}) {
+      SCOPED_TRACE("temperature " + std::to_string(temperature));
+      SamplingParams sp;
+      sp.temperature = temperature;
+      sp.seed = 12;
+      v1::GenerateRequest g = SampledRequest(ids, kNew, sp);
+      g.set_text_reply(true);
+      const std::vector<int32_t> free = reference(sp);
+      std::vector<int32_t> got;
+      v1::GenerateSummary summary;
+      ASSERT_TRUE(CallGenerate(h->Stub().get(), g, &got, &summary).ok());
+      EXPECT_EQ(got, ended(free, 0));
+
+      // ignore_eos: the whole reply, past every `end`.
+      got.clear();
+      g.set_ignore_eos(true);
+      ASSERT_TRUE(CallGenerate(h->Stub().get(), g, &got, &summary).ok());
+      EXPECT_EQ(got, free);
+      EXPECT_EQ(summary.finish_reason(), "length");
+      g.set_ignore_eos(false);
+
+      // min_new_tokens: `end` banned until then, as for the local sampler.
+      for (int min : {static_cast<int>(k) + 1, static_cast<int>(k) + 4, kNew}) {
+        SCOPED_TRACE("min_new_tokens " + std::to_string(min));
+        SamplingParams banned = sp;
+        banned.min_tokens = min;
+        banned.end_ids = {end};
+        const std::vector<int32_t> want = ended(reference(banned), min);
+        EXPECT_EQ(std::count(want.begin(), want.begin() + min, end), 0);
+        if (temperature == 0.0 && min == static_cast<int>(k) + 1) {
+          EXPECT_NE(want, ended(free, 0)) << "the ban must change the greedy reply";
+        }
+        got.clear();
+        g.set_min_new_tokens(min);
+        ASSERT_TRUE(CallGenerate(h->Stub().get(), g, &got, &summary).ok());
+        EXPECT_EQ(got, want);
+        EXPECT_EQ(summary.finish_reason(), got.size() < static_cast<size_t>(kNew) ? "stop" : "length");
+        // A stop token is held off the same way.
+        v1::GenerateRequest by_id = SampledRequest(ids, kNew, sp);
+        by_id.add_stop_token_ids(end);
+        by_id.set_min_new_tokens(min);
+        got.clear();
+        ASSERT_TRUE(CallGenerate(h->Stub().get(), by_id, &got).ok());
+        EXPECT_EQ(got, want);
+      }
+      g.set_min_new_tokens(0);
+    }
   }
 }
 

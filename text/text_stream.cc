@@ -10,11 +10,18 @@ TextStream::TextStream(const Tokenizer& tokenizer, std::vector<std::string> stop
   stops_.erase(std::remove(stops_.begin(), stops_.end(), std::string()), stops_.end());
 }
 
-void TextStream::Release(Piece* out) {
+void TextStream::Release(Piece* out, bool armed) {
   // The first stop string in what is pending ends the stream. (A stop cannot
-  // begin in text already released: that text held no prefix of one.)
+  // begin in text already released: that text held no prefix of one, or was
+  // released unarmed.)
   size_t first = std::string::npos;
-  for (const std::string& s : stops_) first = std::min(first, pending_.find(s));
+  if (armed) {
+    for (const std::string& s : stops_) {
+      size_t at = pending_.find(s);
+      while (at != std::string::npos && at + s.size() <= unarmed_) at = pending_.find(s, at + 1);
+      first = std::min(first, at);
+    }
+  }
   if (first != std::string::npos) {
     out->text += pending_.substr(0, first);
     out->stopped = stopped_ = true;
@@ -31,25 +38,29 @@ void TextStream::Release(Piece* out) {
       }
     }
   }
-  out->text += pending_.substr(0, pending_.size() - hold);
-  pending_.erase(0, pending_.size() - hold);
+  const size_t released = pending_.size() - hold;
+  out->text += pending_.substr(0, released);
+  pending_.erase(0, released);
+  // What stays of the unarmed text (all of it, unarmed) keeps its stops
+  // from counting.
+  unarmed_ = armed ? (unarmed_ > released ? unarmed_ - released : 0) : pending_.size();
 }
 
-StatusOr<TextStream::Piece> TextStream::Push(int32_t id) {
+StatusOr<TextStream::Piece> TextStream::Push(int32_t id, bool stops_armed) {
   Piece piece;
   if (stopped_) return piece;
   SEER_ASSIGN_OR_RETURN(std::string text, decoder_.Step(id));
   pending_ += text;
-  Release(&piece);
+  Release(&piece, stops_armed);
   return piece;
 }
 
-StatusOr<std::string> TextStream::Finish() {
+StatusOr<std::string> TextStream::Finish(bool stops_armed) {
   if (stopped_) return std::string();
   SEER_ASSIGN_OR_RETURN(std::string text, decoder_.Finish());
   pending_ += text;
   Piece piece;
-  Release(&piece);
+  Release(&piece, stops_armed);
   // At the end nothing is held back: a partial stop string is text.
   return piece.stopped ? piece.text : piece.text + std::exchange(pending_, std::string());
 }

@@ -23,21 +23,29 @@ class TextStream {
     std::string text;  // final text this id adds (possibly empty)
     bool stopped = false;  // a stop string appeared; `text` ends just before it
   };
-  // After a stop, Push returns nothing more.
-  StatusOr<Piece> Push(int32_t id);
-  // The held-back rest at the end of the stream (nothing after a stop).
-  StatusOr<std::string> Finish();
+  // After a stop, Push returns nothing more. With stops_armed false (a
+  // reply's first min_new_tokens tokens) a stop string in the text does not
+  // stop it; the end of the text that may start one is still held back, so
+  // a stop string that ends in the text of a later, armed Push counts (and
+  // only such a one).
+  StatusOr<Piece> Push(int32_t id, bool stops_armed = true);
+  // The held-back rest at the end of the stream (nothing after a stop);
+  // stops_armed as for the last Push.
+  StatusOr<std::string> Finish(bool stops_armed = true);
 
   bool stopped() const { return stopped_; }
 
  private:
   // Moves the part of pending_ that cannot start a stop string into `out`,
-  // or cuts at the first stop string.
-  void Release(Piece* out);
+  // or (when `armed`) cuts at the first stop string.
+  void Release(Piece* out, bool armed = true);
 
   IncrementalDecoder decoder_;
   std::vector<std::string> stops_;
   std::string pending_;
+  // The start of pending_ released unarmed: a stop string that ends in it
+  // does not count.
+  size_t unarmed_ = 0;
   bool stopped_ = false;
 };
 

@@ -140,5 +140,82 @@ TEST(TextStream, AStopStringThatOnlyFinishReleasesStillStops) {
   EXPECT_EQ(out + *rest, whole.substr(0, bad));
 }
 
+// A reply's first `armed_after` tokens (min_new_tokens) cannot stop it: the
+// output is the decoded text up to the first stop string that ends in the
+// text of a later token, whichever earlier text it starts in.
+TEST(TextStream, StopsUnarmedForTheFirstTokensCountOnlyWhenTheyEndAfterThem) {
+  std::mt19937 rng(11);
+  for (const char* family : {"llama3", "llama2"}) {
+    std::unique_ptr<Tokenizer> tok = Load(family);
+    ASSERT_NE(tok, nullptr);
+    int cut_early = 0, straddled = 0;
+    for (const std::string& text : kTexts) {
+      auto ids = tok->Encode(text, false);
+      ASSERT_TRUE(ids.ok());
+      const std::string full = *tok->Decode(*ids, true);
+      // The text final after each token, as the incremental decoder makes it.
+      std::vector<size_t> final_after;
+      IncrementalDecoder dec(*tok, true);
+      size_t made = 0;
+      for (int32_t id : *ids) {
+        made += dec.Step(id)->size();
+        final_after.push_back(made);
+      }
+      // Whole UTF-8 characters of the text from `at`, about `len` bytes.
+      auto piece = [&](size_t at, size_t len) {
+        std::string stop = full.substr(at, len);
+        while (!stop.empty() && (static_cast<unsigned char>(stop.back()) & 0xC0) == 0x80) stop.pop_back();
+        if (!stop.empty() && (static_cast<unsigned char>(stop.back()) & 0x80) != 0) stop.pop_back();
+        if (!stop.empty() && (static_cast<unsigned char>(stop[0]) & 0xC0) == 0x80) stop.clear();
+        return stop;
+      };
+      for (int trial = 0; trial < 600; ++trial) {
+        const size_t at = std::uniform_int_distribution<size_t>(0, full.size() - 1)(rng);
+        const size_t len = std::uniform_int_distribution<size_t>(1, std::min<size_t>(8, full.size() - at))(rng);
+        // One stop string, or two where the second extends the first (so a
+        // held-back start of the longer one can hold the whole shorter one).
+        std::vector<std::string> stops = {piece(at, len)};
+        if (stops[0].empty()) continue;
+        if (trial % 2 == 1) stops.push_back(piece(at, len + 4));
+        const int armed_after = std::uniform_int_distribution<int>(0, static_cast<int>(ids->size()))(rng);
+        const size_t unarmed_text = armed_after == 0 ? 0 : final_after[armed_after - 1];
+        // The reference: the first occurrence that ends past the unarmed text.
+        size_t want_at = std::string::npos, first_at = std::string::npos;
+        for (const std::string& stop : stops) {
+          size_t found = full.find(stop);
+          first_at = std::min(first_at, found);
+          while (found != std::string::npos && found + stop.size() <= unarmed_text) found = full.find(stop, found + 1);
+          want_at = std::min(want_at, found);
+        }
+        if (want_at != first_at) ++cut_early;
+        if (want_at != std::string::npos && want_at < unarmed_text) ++straddled;
+
+        TextStream s(*tok, stops);
+        std::string out;
+        bool stopped = false;
+        for (size_t i = 0; i < ids->size() && !stopped; ++i) {
+          auto p = s.Push((*ids)[i], /*stops_armed=*/static_cast<int>(i) >= armed_after);
+          ASSERT_TRUE(p.ok());
+          out += p->text;
+          stopped = p->stopped;
+        }
+        if (!stopped) {
+          auto rest = s.Finish(/*stops_armed=*/armed_after < static_cast<int>(ids->size()));
+          ASSERT_TRUE(rest.ok());
+          out += *rest;
+          stopped = s.stopped();
+        }
+        EXPECT_EQ(stopped, want_at != std::string::npos)
+            << family << " stop '" << stops[0] << "' after " << armed_after;
+        EXPECT_EQ(out, full.substr(0, want_at)) << family << " stop '" << stops[0] << "' after " << armed_after;
+      }
+    }
+    // The cases that tell the rule apart happened: an earlier occurrence
+    // passed over, and one that starts in the unarmed text and ends after it.
+    EXPECT_GT(cut_early, 20) << family;
+    EXPECT_GT(straddled, 5) << family;
+  }
+}
+
 }  // namespace
 }  // namespace seer

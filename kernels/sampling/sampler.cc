@@ -19,35 +19,64 @@ int32_t ArgMax(std::span<const float> values) {
 
 Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {
   penalised_ = params.presence_penalty != 0.0 || params.frequency_penalty != 0.0;
-  std::vector<LogitAdjustment> bias = params.logit_bias;
-  std::stable_sort(bias.begin(), bias.end(), [](const auto& a, const auto& b) { return a.id < b.id; });
-  for (const LogitAdjustment& b : bias) {
+  for (const LogitAdjustment& b : params.logit_bias) {
     if (b.delta == 0.0f) continue;
-    if (!adjustments_.empty() && adjustments_.back().id == b.id) {
-      bias_.back() += b.delta;  // an id given twice adds
-      adjustments_.back().delta = static_cast<float>(bias_.back());
-      continue;
-    }
-    adjustments_.push_back(b);
-    bias_.push_back(b.delta);
-    counts_.push_back(0);
+    bias_[EntryFor(b.id)] += b.delta;  // an id given twice adds, in double
   }
+  if (banning()) {
+    for (int32_t id : params.end_ids) ended_[EntryFor(id)] = 1;
+  }
+  for (size_t i = 0; i < adjustments_.size(); ++i) adjustments_[i].delta = Delta(i);
+}
+
+size_t Sampler::EntryFor(int32_t id) {
+  auto it = std::lower_bound(adjustments_.begin(), adjustments_.end(), id,
+                             [](const LogitAdjustment& a, int32_t x) { return a.id < x; });
+  const size_t i = static_cast<size_t>(it - adjustments_.begin());
+  if (it == adjustments_.end() || it->id != id) {
+    const auto at = static_cast<std::ptrdiff_t>(i);
+    adjustments_.insert(it, LogitAdjustment{id, 0.0f});
+    bias_.insert(bias_.begin() + at, 0.0);
+    counts_.insert(counts_.begin() + at, 0);
+    ended_.insert(ended_.begin() + at, 0);
+  }
+  return i;
+}
+
+float Sampler::Delta(size_t i) const {
+  if (ended_[i] != 0 && banning()) return -std::numeric_limits<float>::infinity();
+  const int64_t c = counts_[i];
+  if (c == 0) return static_cast<float>(bias_[i]);
+  // In double, rounded once: every backend adds the same float.
+  return static_cast<float>(bias_[i] - (static_cast<double>(c) * params_.frequency_penalty + params_.presence_penalty));
 }
 
 void Sampler::Record(int32_t token) {
-  if (!penalised_ || token < 0) return;
-  auto it = std::lower_bound(adjustments_.begin(), adjustments_.end(), token,
-                             [](const LogitAdjustment& a, int32_t id) { return a.id < id; });
-  const size_t i = static_cast<size_t>(it - adjustments_.begin());
-  if (it == adjustments_.end() || it->id != token) {
-    adjustments_.insert(it, LogitAdjustment{token, 0.0f});
-    bias_.insert(bias_.begin() + static_cast<std::ptrdiff_t>(i), 0.0);
-    counts_.insert(counts_.begin() + static_cast<std::ptrdiff_t>(i), 0);
+  const bool was_banning = banning();
+  ++recorded_;
+  if (penalised_ && token >= 0) {
+    const size_t i = EntryFor(token);
+    ++counts_[i];
+    adjustments_[i].delta = Delta(i);
   }
-  const int64_t c = ++counts_[i];
-  // In double, rounded once: every backend adds the same float.
-  adjustments_[i].delta =
-      static_cast<float>(bias_[i] - (static_cast<double>(c) * params_.frequency_penalty + params_.presence_penalty));
+  if (was_banning && !banning()) {
+    // The end ids are allowed from now on: back to their bias (entries that
+    // adjust nothing any more go).
+    size_t kept = 0;
+    for (size_t i = 0; i < adjustments_.size(); ++i) {
+      if (ended_[i] != 0 && bias_[i] == 0.0 && counts_[i] == 0) continue;
+      adjustments_[kept] = adjustments_[i];
+      adjustments_[kept].delta = Delta(i);
+      bias_[kept] = bias_[i];
+      counts_[kept] = counts_[i];
+      ended_[kept] = ended_[i];
+      ++kept;
+    }
+    adjustments_.resize(kept);
+    bias_.resize(kept);
+    counts_.resize(kept);
+    ended_.resize(kept);
+  }
 }
 
 std::vector<float> Sampler::Adjusted(std::span<const float> logits) const {

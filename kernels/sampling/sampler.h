@@ -35,6 +35,12 @@ struct SamplingParams {
   // Added to a token's logit at every step; in any order (an id given twice
   // adds its biases).
   std::vector<LogitAdjustment> logit_bias;
+  // vLLM's min_tokens: until this sampler has recorded min_tokens tokens,
+  // the ids in end_ids (those that would end the reply: stop tokens, end of
+  // text) have logit -inf, so they are never chosen while any other token
+  // has a chance.
+  int min_tokens = 0;
+  std::vector<int32_t> end_ids;
   // -1: none. 0 to kMaxTopLogprobs: after each token, last_logprobs() holds
   // its log-probability and this many most likely alternatives.
   int logprobs = -1;
@@ -104,8 +110,9 @@ class Sampler {
   void Record(int32_t token);
 
   // What is added to the logits before the next token is chosen, ids
-  // ascending: the bias, less the penalties of the tokens recorded so far.
-  // Empty when the parameters adjust nothing.
+  // ascending: the bias, less the penalties of the tokens recorded so far;
+  // -inf for the end ids while fewer than min_tokens are recorded. Empty
+  // when the parameters adjust nothing.
   std::span<const LogitAdjustment> Adjustments() const { return adjustments_; }
 
   // `logits` with Adjustments() applied (ids past the end are ignored).
@@ -124,13 +131,19 @@ class Sampler {
   // Distribution and Sample on logits already adjusted.
   std::vector<double> DistributionOf(std::span<const float> logits) const;
   int32_t Choose(std::span<const float> logits);
+  // Entry i's delta from its bias, count and ban; adding an entry for `id`.
+  float Delta(size_t i) const;
+  size_t EntryFor(int32_t id);
+  bool banning() const { return recorded_ < params_.min_tokens; }
 
   SamplingParams params_;
   std::mt19937_64 rng_;
   bool penalised_ = false;  // a penalty is not zero
+  int64_t recorded_ = 0;  // tokens recorded
   std::vector<LogitAdjustment> adjustments_;  // ascending ids
   std::vector<double> bias_;  // per entry of adjustments_
   std::vector<int64_t> counts_;  // per entry of adjustments_: times recorded
+  std::vector<char> ended_;  // per entry of adjustments_: an end id (banned while banning())
   TokenLogprobs last_logprobs_;
 };
 

@@ -214,6 +214,63 @@ TEST(Sampling, AdjustedDistributionMatchesFloat64Reference) {
   }
 }
 
+// min_tokens: the end ids are -inf until that many tokens are recorded,
+// then back to their bias and penalties; the other tokens are untouched.
+TEST(Sampling, EndIdsAreBannedUntilMinTokensThenAdjustedAsBefore) {
+  // Token 1 is the most likely, token 3 next: greedy picks 3 while 1 (an end
+  // id) is banned, then 1.
+  const std::vector<float> logits = {0.5f, 4.0f, 1.0f, 3.0f, -2.0f};
+  SamplingParams p;
+  p.min_tokens = 3;
+  p.end_ids = {1, 4};
+  p.logit_bias = {{4, 10.0f}, {2, 0.25f}};  // 4 is biased above 1, and an end id too
+  Sampler s(p);
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const std::vector<LogitAdjustment> banned = {{1, -kInf}, {2, 0.25f}, {4, -kInf}};
+  EXPECT_TRUE(std::ranges::equal(s.Adjustments(), banned));
+  std::vector<int32_t> got;
+  for (int i = 0; i < 5; ++i) got.push_back(s.Sample(logits));
+  // Three tokens without an end id (3: the best allowed), then 4 (8 > 4).
+  EXPECT_EQ(got, (std::vector<int32_t>{3, 3, 3, 4, 4}));
+  const std::vector<LogitAdjustment> after = {{2, 0.25f}, {4, 10.0f}};  // 1's entry went
+  EXPECT_TRUE(std::ranges::equal(s.Adjustments(), after));
+
+  // With penalties, an end id's count is kept through the ban: the lifted
+  // delta is its bias less its penalty, as for a sampler that never banned.
+  SamplingParams q;
+  q.presence_penalty = 0.5;
+  q.frequency_penalty = 0.3;
+  q.min_tokens = 2;
+  q.end_ids = {0};
+  q.logit_bias = {{0, 1.0f}};
+  Sampler a(q);
+  q.min_tokens = 0;
+  Sampler b(q);
+  for (int32_t t : {0, 3, 0}) {
+    a.Record(t);
+    b.Record(t);
+  }
+  EXPECT_TRUE(std::ranges::equal(a.Adjustments(), b.Adjustments()));
+  EXPECT_EQ(a.Adjustments()[0].delta, static_cast<float>(1.0 - (2 * 0.3 + 0.5)));
+
+  // Sampled at a temperature: an end id has probability 0 while banned,
+  // whatever its logit; the rest keep their softmax.
+  SamplingParams t;
+  t.temperature = 0.8;
+  t.min_tokens = 1;
+  t.end_ids = {1};
+  Sampler warm(t);
+  const std::vector<double> dist = warm.Distribution(logits);
+  EXPECT_EQ(dist[1], 0.0);
+  double z = 0.0;
+  for (int i : {0, 2, 3, 4}) z += std::exp(double(logits[i]) / 0.8);
+  for (int i : {0, 2, 3, 4}) EXPECT_NEAR(dist[i], std::exp(double(logits[i]) / 0.8) / z, 1e-12) << i;
+  for (uint64_t seed = 1; seed <= 200; ++seed) {
+    t.seed = seed;
+    ASSERT_NE(Sampler(t).Sample(logits), 1) << "seed " << seed;
+  }
+}
+
 // A backend that samples on its device: Adjusted logits, its own choice,
 // then Record. The same tokens as Sample, and the same adjustments after.
 TEST(Sampling, RecordAfterADeviceChoiceKeepsTheSamplersInStep) {

@@ -292,6 +292,11 @@ TEST_F(SamplingKernelTest, AdjustLogitsIsSamplerAdjustedBitForBit) {
     p.frequency_penalty = r == 1 ? -0.75 : 1.3;
     for (int id = r; id < vocab; id += 37)
       p.logit_bias.push_back({id, static_cast<float>(rng() % 2001) / 10.0f - 100.0f});
+    if (r == 2) {
+      // min_tokens not reached: its end ids are -inf (one biased too).
+      p.min_tokens = 100;
+      p.end_ids = {1, 2 + 37 * 3, 999};
+    }
     samplers.emplace_back(p);
     for (int k = 0; k < 60; ++k) samplers.back().Record(static_cast<int32_t>(rng() % vocab));
     for (const LogitAdjustment& a : samplers.back().Adjustments()) entries.push_back({r, a.id, a.delta});
@@ -576,6 +581,10 @@ TEST_P(CudaDecodeAndSampleTest, LlamaTokensEqualHostSamplerOnDecodeStepLogits) {
     sp.frequency_penalty = 0.9;
     sp.logit_bias = {{7, -100.0f}, {30, 3.0f}, {ids[0], 1.5f}};
     std::sort(sp.logit_bias.begin(), sp.logit_bias.end(), [](auto& a, auto& b) { return a.id < b.id; });
+    // min_tokens: the prompt's most likely next token is an end id, -inf
+    // for the first 12 tokens, then allowed again.
+    sp.min_tokens = 12;
+    sp.end_ids = {ArgMax(pre->logits)};
   }
   Sampler host(sp), device(sp);
   int32_t token = host.Sample(pre->logits);
@@ -599,6 +608,7 @@ TEST_P(CudaDecodeAndSampleTest, LlamaTokensEqualHostSamplerOnDecodeStepLogits) {
   EXPECT_TRUE(std::ranges::equal(host.Adjustments(), device.Adjustments()));
   if (adjusted) {
     EXPECT_EQ(std::count(tokens.begin(), tokens.end(), 7), 0) << "token 7 is banned";
+    EXPECT_EQ(std::count(tokens.begin(), tokens.begin() + 11, sp.end_ids[0]), 0) << "the end id, until min_tokens";
   }
   std::printf("[llama] DecodeAndSample, temperature %.2f%s: %d tokens equal to the host Sampler's; distinct %zu\n",
               sp.temperature, adjusted ? " with logit adjustments" : "", steps, [&] {

@@ -114,11 +114,15 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
         c.text = std::make_unique<TextStream>(*service->tokenizer_, call_.stop);
       }
     }
-    // A text request ends at an end-of-text id too, as the text APIs do.
+    // A text request ends at an end-of-text id too, as the text APIs do,
+    // unless it asks to go on past them.
     stop_tokens_ = call_.stop_token_ids;
-    if (text_reply) {
+    if (text_reply && !call_.ignore_eos) {
       stop_tokens_.insert(stop_tokens_.end(), service->end_of_text_ids_.begin(), service->end_of_text_ids_.end());
     }
+    // Until min_new_tokens, nothing may end the reply.
+    call_.sampling.min_tokens = call_.min_new_tokens;
+    call_.sampling.end_ids = stop_tokens_;
     request_id_ = call_.request_id.empty() ? "generate-" + std::to_string(service->next_request_number_.fetch_add(1))
                                            : call_.request_id;
     max_new_tokens_ = call_.max_new_tokens;
@@ -464,13 +468,16 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
       SetLogprob(logprobs->chosen, out->mutable_chosen());
       for (const TokenLogprob& t : logprobs->top) SetLogprob(t, out->add_top());
     }
-    bool stop = std::find(stop_tokens_.begin(), stop_tokens_.end(), token) != stop_tokens_.end();
+    // The first min_new_tokens tokens end nothing (a stop token among them
+    // only when every other token had probability 0).
+    const bool may_end = c.generated > call_.min_new_tokens;
+    bool stop = may_end && std::find(stop_tokens_.begin(), stop_tokens_.end(), token) != stop_tokens_.end();
     // A stop token is sent, but its text is not part of the reply (as vLLM
     // leaves out a stop token's text; an end-of-text id has none anyway).
     if (c.text != nullptr && !stop) {
       // An id the tokenizer does not know (a model vocabulary padded past
       // the tokenizer's) adds no text.
-      StatusOr<TextStream::Piece> piece = c.text->Push(token);
+      StatusOr<TextStream::Piece> piece = c.text->Push(token, /*stops_armed=*/may_end);
       if (piece.ok()) {
         msg->set_text(std::move(piece->text));
         stop = stop || piece->stopped;
@@ -557,7 +564,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     if (c.text != nullptr && !c.text->stopped()) {
       // The text held back at the end (a partial character, a possible
       // start of a stop string that never came).
-      StatusOr<std::string> rest = c.text->Finish();
+      StatusOr<std::string> rest = c.text->Finish(/*stops_armed=*/c.generated > call_.min_new_tokens);
       if (rest.ok()) msg->set_text(std::move(*rest));
       // A stop string in text the decoder held to the end (bytes that never
       // made a character) ends the reply too.

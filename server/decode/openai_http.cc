@@ -128,6 +128,8 @@ void InOpenAiTerms(bool chat, const std::string& max_key, HttpError* e) {
   std::string name = field;
   if (field == "max_new_tokens") {
     name = max_key;
+  } else if (field == "min_new_tokens") {
+    name = "min_tokens";
   } else if (field == "token_ids" || field == "text" || field == "text_reply") {
     name = chat ? "messages" : "prompt";
   } else if (field.rfind("token_ids[", 0) == 0) {
@@ -481,6 +483,23 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
       g.add_stop_token_ids(*id);
     }
   }
+  // vLLM's min_tokens (the reply's first tokens cannot end it) and
+  // ignore_eos (a reply goes on past end-of-text), the benchmark clients'
+  // way to fix a reply's length.
+  if (const JsonValue* f = root.Find("min_tokens"); f != nullptr && !f->is_null()) {
+    const std::optional<int32_t> m = whole(*f, 0);
+    if (!m) return Invalid("min_tokens", "min_tokens: must be a whole number from 0, got " + f->Dump().substr(0, 32));
+    const int32_t max_tokens = out->prompt_only ? 0 : g.max_new_tokens();
+    if (g.max_new_tokens() > 0 && *m > max_tokens) {
+      return Invalid("min_tokens", "min_tokens: " + std::to_string(*m) + " is above " + out->max_key + " " +
+                                       std::to_string(max_tokens));
+    }
+    g.set_min_new_tokens(*m);
+  }
+  if (const JsonValue* f = root.Find("ignore_eos"); f != nullptr && !f->is_null()) {
+    if (!f->is_bool()) return Invalid("ignore_eos", "ignore_eos: must be true or false");
+    g.set_ignore_eos(f->as_bool());
+  }
   if (auto e = ParseLogprobs(root, chat, out)) return e;
   if (const JsonValue* echo = root.Find("echo"); echo != nullptr && !echo->is_null()) {
     if (!echo->is_bool()) return Invalid("echo", "echo: must be true or false");
@@ -495,13 +514,12 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
   }
   // What Seer cannot do is refused, not ignored: the client would get other
   // text than it asked for. Each field passes at its neutral value: null,
-  // false, an empty list, and 0 where 0 asks for nothing (min_p, min_tokens).
-  for (const char* refused :
-       {"tools", "functions", "function_call", "suffix", "ignore_eos", "use_beam_search", "include_stop_str_in_output",
-        "guided_json", "guided_regex", "guided_choice", "guided_grammar", "structured_outputs", "allowed_token_ids",
-        "bad_words", "min_tokens", "min_p"}) {
+  // false, an empty list, and 0 where 0 asks for nothing (min_p).
+  for (const char* refused : {"tools", "functions", "function_call", "suffix", "use_beam_search",
+                              "include_stop_str_in_output", "guided_json", "guided_regex", "guided_choice",
+                              "guided_grammar", "structured_outputs", "allowed_token_ids", "bad_words", "min_p"}) {
     const JsonValue* f = root.Find(refused);
-    const bool zero_is_neutral = std::strcmp(refused, "min_p") == 0 || std::strcmp(refused, "min_tokens") == 0;
+    const bool zero_is_neutral = std::strcmp(refused, "min_p") == 0;
     if (f != nullptr && !f->is_null() && !(f->is_bool() && !f->as_bool()) &&
         !(f->is_array() && f->as_array().empty()) && !(zero_is_neutral && f->is_number() && f->as_double() == 0.0)) {
       return Invalid(refused, std::string(refused) + ": not supported by this server");

@@ -14,7 +14,8 @@
 // alternatives: the model's own, from its raw logits), a completion's echo
 // (the prompt, with its tokens' logprobs when asked, as
 // lm-evaluation-harness scores text; a prompt may be a batch of one list of
-// ids); vLLM's top_k and stop_token_ids) plus Seer's own `seer_sparsity`
+// ids); vLLM's top_k, stop_token_ids, min_tokens and ignore_eos) plus
+// Seer's own `seer_sparsity`
 // ("dense", "threshold=T", "nz_ratio=R"); fields that ask for what Seer
 // cannot do (a chat's best_of, tools, a JSON response_format,
 // vLLM's min_p, repetition_penalty, guided decoding, ...) are refused unless

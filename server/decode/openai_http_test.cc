@@ -880,6 +880,15 @@ TEST_F(OpenAiHttp, VllmsExtensionsReachTheWireOrAreRefused) {
     PostJson("/v1/completions", std::string(R"({"prompt": "x", "top_k": )") + none + "}", 200);
     EXPECT_EQ(backend.Last().sampling().top_k(), 0) << none;
   }
+  // min_tokens and ignore_eos reach the wire; a chat without max_tokens
+  // leaves the limit to the server, whose default grows to min_tokens.
+  PostJson("/v1/completions", R"({"prompt": "x", "max_tokens": 30, "min_tokens": 30, "ignore_eos": true})", 200);
+  EXPECT_EQ(backend.Last().min_new_tokens(), 30);
+  EXPECT_TRUE(backend.Last().ignore_eos());
+  PostJson("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "Hi"}], "min_tokens": 500})", 200);
+  EXPECT_EQ(backend.Last().min_new_tokens(), 500);
+  EXPECT_EQ(backend.Last().max_new_tokens(), 0);
+  EXPECT_FALSE(backend.Last().ignore_eos());
   // Whole numbers written as floats are whole numbers (vLLM's pydantic takes them).
   PostJson("/v1/completions", R"({"prompt": "x", "top_k": 40.0, "stop_token_ids": [1e2]})", 200);
   const v1::GenerateRequest floats = backend.Last();
@@ -908,8 +917,11 @@ TEST_F(OpenAiHttp, VllmsExtensionsReachTheWireOrAreRefused) {
   for (int i = 1; i < 65; ++i) many += ", " + std::to_string(i);
   Refused(many + "]", "stop_token_ids", "at most 64");
   Refused(R"("min_p": 0.05)", "min_p", "not supported");
-  Refused(R"("min_tokens": 3)", "min_tokens", "not supported");
-  Refused(R"("ignore_eos": true)", "ignore_eos", "not supported");
+  Refused(R"("min_tokens": 2.5)", "min_tokens", "must be a whole number");
+  Refused(R"("min_tokens": -1)", "min_tokens", "must be a whole number");
+  Refused(R"("min_tokens": 17)", "min_tokens", "min_tokens: 17 is above max_tokens 16");
+  Refused(R"("max_tokens": 4, "min_tokens": 5)", "min_tokens", "min_tokens: 5 is above max_tokens 4");
+  Refused(R"("ignore_eos": 1)", "ignore_eos", "must be true or false");
   Refused(R"("use_beam_search": true)", "use_beam_search", "not supported");
   Refused(R"("guided_json": {"type": "object"})", "guided_json", "not supported");
   Refused(R"("guided_choice": ["yes", "no"])", "guided_choice", "not supported");
@@ -971,6 +983,12 @@ TEST_F(OpenAiHttp, GenerateErrorsNameTheRequestsOwnFields) {
                                "max_new_tokens: 200 new tokens after 8100 prompt tokens exceed the model's "
                                "max_position_embeddings 8192");
   EXPECT_EQ(error_of("/v1/completions", completion).Find("code")->as_string(), "context_length_exceeded");
+  backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                               "min_new_tokens: 5000 is out of range [0, 4096] (the server's --max-new-tokens)");
+  e = error_of("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "Hi"}], "min_tokens": 5000})");
+  EXPECT_EQ(e.Find("param")->as_string(), "min_tokens");
+  EXPECT_EQ(e.Find("message")->as_string(),
+            "min_tokens: 5000 is out of range [0, 4096] (the server's --max-new-tokens)");
   backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "stop[1]: 300 bytes, need 1 to 256");
   EXPECT_EQ(error_of("/v1/completions", completion).Find("param")->as_string(), "stop[1]");
   // A token id out of the vocabulary is named by its place in the prompt.

@@ -375,6 +375,35 @@ TEST(TextGenerate, TheCliSamplesNRepliesEachAsItsSeedAloneDoes) {
   EXPECT_NE(over.err.find("n: 17"), std::string::npos) << over.err;
 }
 
+// seer generate's --ignore-eos and --min-new-tokens, with the end-of-text
+// id (2) forced by a bias: the reply ends at once, goes on to the limit, or
+// holds the id off for the first tokens and then ends at it.
+TEST(TextGenerate, TheCliHoldsOffEndOfTextWithMinNewTokensOrIgnoresIt) {
+  Servers s;
+  ASSERT_TRUE(s.Start());
+  auto generate = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {
+        Bin("seer"),     "generate",         "--addr", s.decode->grpc_address(), "--prompt",
+        "one two three", "--max-new-tokens", "5",      "--logit-bias",           "2:100",
+        "--json"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    CommandResult r = RunCommand(args);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    StatusOr<JsonValue> j = JsonValue::Parse(r.out);
+    return j.ok() ? TokensOf(*j) : std::vector<int32_t>{-1};
+  };
+  EXPECT_EQ(generate({}), (std::vector<int32_t>{2}));
+  EXPECT_EQ(generate({"--ignore-eos"}), (std::vector<int32_t>(5, 2)));
+  const std::vector<int32_t> held = generate({"--min-new-tokens", "3"});
+  ASSERT_EQ(held.size(), 4u);
+  EXPECT_EQ(std::count(held.begin(), held.begin() + 3, 2), 0);
+  EXPECT_EQ(held.back(), 2);
+  CommandResult over = RunCommand({Bin("seer"), "generate", "--addr", s.decode->grpc_address(), "--prompt", "x",
+                                   "--max-new-tokens", "5", "--min-new-tokens", "6"});
+  EXPECT_EQ(over.exit_code, 1);
+  EXPECT_NE(over.err.find("min_new_tokens: 6 is above max_new_tokens 5"), std::string::npos) << over.err;
+}
+
 TEST(TextGenerate, AStopStringCutsTheTextAndEndsTheStream) {
   Servers s;
   ASSERT_TRUE(s.Start());

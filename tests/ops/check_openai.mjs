@@ -236,6 +236,31 @@ if (ref.text.length >= 8) {
   } else {
     check('the reference reply has a token to stop at', false, JSON.stringify(ref.tokens));
   }
+  // min_tokens: the stop token cannot come before that many tokens; until
+  // then the reply is the one with that token banned (logit_bias -100).
+  if (k >= 1 && k < ref.tokens.length - 1) {
+    const min = k + 2;
+    const held = await client.completions.create({
+      model: name, prompt, max_tokens: min, temperature: 0, logit_bias: { [ref.tokens[k]]: -100 },
+    });
+    const longer = await client.completions.create({
+      model: name, prompt, max_tokens: 24, temperature: 0, stop_token_ids: [ref.tokens[k]], min_tokens: min,
+    });
+    check('min_tokens holds the stop token off for its tokens',
+          longer.usage.completion_tokens >= min && longer.choices[0].text.startsWith(held.choices[0].text),
+          JSON.stringify([longer.choices[0], longer.usage, held.choices[0].text]));
+  }
+  // ignore_eos: with the end-of-text id (2) forced by a bias, a reply ends at
+  // once; with ignore_eos it goes on to max_tokens (the id has no text).
+  {
+    const eos = { model: name, prompt, max_tokens: 5, temperature: 0, logit_bias: { 2: 100 } };
+    const ended = await client.completions.create(eos);
+    same('a forced end-of-text ends the reply', [ended.usage.completion_tokens, ended.choices[0].finish_reason],
+         [1, 'stop']);
+    const went = await client.completions.create({ ...eos, ignore_eos: true });
+    same('ignore_eos goes on past end-of-text',
+         [went.usage.completion_tokens, went.choices[0].finish_reason, went.choices[0].text], [5, 'length', '']);
+  }
   for (const [field, value] of [['min_p', 0.1], ['response_format', { type: 'json_object' }]]) {
     try {
       await client.completions.create({ model: name, prompt, max_tokens: 2, [field]: value });
