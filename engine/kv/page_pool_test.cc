@@ -85,8 +85,11 @@ TEST(PagePool, WaitersAreServedInArrivalOrder) {
     (*pool)->Release(*got);
   });
   ASSERT_TRUE(Eventually([&] { return (*pool)->waiters() == 1; }));
+  // 3 pages: free now, but not beside the large request's 8, so it is
+  // served once the large one gives its pages back (with 2 the two could
+  // finish in either order once both were served).
   std::thread small([&] {
-    auto got = (*pool)->AllocateWhenFree(2, [] { return OkStatus(); });
+    auto got = (*pool)->AllocateWhenFree(3, [] { return OkStatus(); });
     EXPECT_TRUE(got.ok());
     small_done = order++;
     (*pool)->Release(*got);
