@@ -1016,6 +1016,57 @@ TEST(Service, MinNewTokensAndIgnoreEosKeepATextReplyGoing) {
 // logits whatever the sampling (seeded, with penalties and a bias), against
 // log_softmax in long double of the monolithic engine's logits; the tokens
 // are those of the same request without logprobs.
+// A token that is part of a character shows as U+FFFD and carries its own
+// bytes (raw_bytes, OpenAI's `bytes`). With the bundled model's byte-level
+// tokenizer, ids 96 to 127 are the single bytes 0xA1 to 0xC1 (GPT-2's byte
+// alphabet maps them to the code points of the same value), which never
+// stand alone in UTF-8; ids below are printable ASCII. A +100 bias makes
+// every token id 100, byte 0xA5.
+TEST(Service, ATokenThatIsPartOfACharacterCarriesItsOwnBytes) {
+  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"));
+  ASSERT_TRUE(engine);
+  PrefillHarness prefill({}, engine.get());
+  DecodeHarness decode(prefill.server->address(), engine.get());
+  auto tokenizer = Tokenizer::Load(std::string(SEER_SOURCE_DIR) + "/models/seer-small");
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status().ToString();
+  // (After SetEngine, which the harness called: no call is in flight yet.)
+  decode.service->SetTokenizer(tokenizer->get(), {});
+  v1::GenerateRequest g;
+  for (int32_t id : seer::testing::RandomIds(20, 128, 3)) g.add_token_ids(id);
+  g.set_max_new_tokens(4);
+  g.set_logprobs(12);
+  (*g.mutable_sampling()->mutable_logit_bias())[100] = 100.0f;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 60s);
+  auto reader = decode.Stub()->Generate(&ctx, g);
+  v1::GenerateResponse msg;
+  int tokens = 0, partial = 0, whole = 0;
+  auto expect = [&](const v1::TokenLogprob& t) {
+    const std::string piece = *(*tokenizer)->IdToToken(t.token_id());
+    if (t.token_id() >= 96) {
+      ASSERT_EQ(piece.size(), 2u) << piece;  // one code point from U+00A1 to U+00C1
+      const char byte = static_cast<char>(((piece[0] & 0x1F) << 6) | (piece[1] & 0x3F));
+      EXPECT_EQ(t.text(), "\xEF\xBF\xBD") << t.token_id();
+      EXPECT_EQ(t.raw_bytes(), std::string(1, byte)) << t.token_id();
+      ++partial;
+    } else {
+      EXPECT_EQ(t.text(), piece) << t.token_id();
+      EXPECT_TRUE(t.raw_bytes().empty()) << t.token_id();
+      ++whole;
+    }
+  };
+  while (reader->Read(&msg)) {
+    if (msg.event_case() != v1::GenerateResponse::kToken) continue;
+    ++tokens;
+    EXPECT_EQ(msg.token(), 100);
+    expect(msg.logprobs().chosen());
+    for (const v1::TokenLogprob& t : msg.logprobs().top()) expect(t);
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(tokens, 4);
+  EXPECT_GT(whole, 0) << "the alternatives hold ASCII tokens too";
+}
+
 TEST(Service, LogprobsComeWithEachTokenAsTheModelGivesThem) {
   AloneAndBatched servers;
 

@@ -418,7 +418,7 @@ class ByteLevelDecoder : public Decoder {
       }
       bytes += all ? mapped : t;
     }
-    tokens->assign(1, unicode::Utf8Lossy(bytes));
+    tokens->assign(1, state->raw_bytes ? std::move(bytes) : unicode::Utf8Lossy(bytes));
     state->fused = true;
     return OkStatus();
   }
@@ -441,12 +441,12 @@ class ReplaceDecoder : public Decoder {
 
 class ByteFallbackDecoder : public Decoder {
  public:
-  Status DecodeChain(std::vector<std::string>* tokens, DecodeState*) const override {
+  Status DecodeChain(std::vector<std::string>* tokens, DecodeState* state) const override {
     std::vector<std::string> out;
     std::string bytes;
     auto flush = [&]() {
       if (bytes.empty()) return;
-      if (unicode::IsValidUtf8(bytes)) {
+      if (state->raw_bytes || unicode::IsValidUtf8(bytes)) {
         out.push_back(bytes);
       } else {
         for (size_t i = 0; i < bytes.size(); ++i) out.push_back("\xEF\xBF\xBD");
@@ -486,6 +486,7 @@ class StripDecoder : public Decoder {
   Status DecodeChain(std::vector<std::string>* tokens, DecodeState* state) const override {
     // After a fuse, the one token is the whole text: a continuation has no start to strip.
     const size_t start = state->continuation && state->fused ? 0 : start_;
+    if (state->raw_bytes) return StripBytes(tokens, start);
     for (std::string& t : *tokens) {
       std::u32string u;
       if (!unicode::DecodeUtf8(t, &u)) return Internal("Strip: token is not valid UTF-8");
@@ -502,6 +503,21 @@ class StripDecoder : public Decoder {
   char32_t StripContent() const override { return content_; }
 
  private:
+  // The same on bytes that may not be UTF-8: `content`'s encoding matched
+  // whole at either end (on valid UTF-8, exactly the cut above).
+  Status StripBytes(std::vector<std::string>* tokens, size_t start) const {
+    std::string c;
+    unicode::AppendUtf8(content_, &c);
+    for (std::string& t : *tokens) {
+      size_t cut = 0, end = t.size();
+      for (size_t i = 0; i < start && t.compare(cut, c.size(), c) == 0 && cut + c.size() <= end; ++i) cut += c.size();
+      for (size_t i = 0; i < stop_ && end >= cut + c.size() && t.compare(end - c.size(), c.size(), c) == 0; ++i)
+        end -= c.size();
+      t = t.substr(cut, end - cut);
+    }
+    return OkStatus();
+  }
+
   char32_t content_;
   size_t start_, stop_;
 };
@@ -517,7 +533,11 @@ class MetaspaceDecoder : public Decoder {
       char32_t cp;
       const bool first = i == 0 && !state->continuation && scheme_ != PrependScheme::kNever;
       while (pos < t.size()) {
-        if (!unicode::DecodeOne(t, &pos, &cp)) return Internal("Metaspace: token is not valid UTF-8");
+        if (!unicode::DecodeOne(t, &pos, &cp)) {
+          if (!state->raw_bytes) return Internal("Metaspace: token is not valid UTF-8");
+          out.push_back(t[pos++]);  // a raw byte (DecodeBytes) passes as it is
+          continue;
+        }
         if (cp == replacement_) {
           if (!first) out.push_back(' ');
         } else {

@@ -56,6 +56,10 @@ StatusOr<std::unique_ptr<PostProcessor>> PostProcessorFromJson(const JsonValue& 
 struct DecodeState {
   bool continuation = false;
   bool fused = false;
+  // Keep the bytes the byte-level and byte-fallback decoders make as they
+  // are, without replacing invalid UTF-8 by U+FFFD (Tokenizer::DecodeBytes);
+  // the stages after them then work on bytes.
+  bool raw_bytes = false;
 };
 class Decoder {
  public:

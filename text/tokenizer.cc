@@ -424,6 +424,12 @@ StatusOr<std::string> Tokenizer::Decode(std::span<const int32_t> ids, bool skip_
   return impl_->DecodeTokens(ids, skip_special_tokens, &state);
 }
 
+StatusOr<std::string> Tokenizer::DecodeBytes(std::span<const int32_t> ids, bool skip_special_tokens) const {
+  DecodeState state;
+  state.raw_bytes = true;
+  return impl_->DecodeTokens(ids, skip_special_tokens, &state);
+}
+
 int32_t Tokenizer::vocab_size() const { return impl_->vocab_size; }
 
 std::optional<int32_t> Tokenizer::TokenToId(std::string_view token) const {

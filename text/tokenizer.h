@@ -56,6 +56,11 @@ class Tokenizer {
   StatusOr<std::vector<int32_t>> Encode(std::string_view text, bool add_special_tokens = true) const;
   // An id outside the vocabulary is an error (tokenizers would silently drop it).
   StatusOr<std::string> Decode(std::span<const int32_t> ids, bool skip_special_tokens = false) const;
+  // The bytes Decode makes before it repairs invalid UTF-8 with U+FFFD: a
+  // token that is part of a character (a byte-level or byte-fallback piece)
+  // gives its own bytes, as OpenAI's logprobs `bytes` list them. Equal to
+  // Decode's UTF-8 where that is valid.
+  StatusOr<std::string> DecodeBytes(std::span<const int32_t> ids, bool skip_special_tokens = false) const;
 
   // One more than the largest id of the model vocabulary and added tokens.
   int32_t vocab_size() const;

@@ -9,10 +9,13 @@
 #include <cctype>
 #include <filesystem>
 #include <fstream>
+#include <span>
+#include <string>
 
 #include <unistd.h>
 
 #include "text/text_test_util.h"
+#include "text/unicode.h"
 
 namespace seer {
 namespace {
@@ -134,6 +137,44 @@ TEST(Tokenizer, DecodeRefusesIdsOutsideTheVocabulary) {
   ASSERT_FALSE(d.ok());
   EXPECT_NE(d.status().message().find("id 99 at position 1"), std::string::npos);
   EXPECT_FALSE((*t)->Encode("\xC3").ok());  // not UTF-8
+}
+
+// DecodeBytes: each token's own bytes. Repaired (U+FFFD for invalid
+// UTF-8) they are Decode's text; a byte-fallback token is its byte; with a
+// byte-level decoder the tokens' bytes joined are the text's UTF-8 exactly,
+// characters split over tokens included.
+TEST(Tokenizer, DecodeBytesAreEachTokensOwnBytes) {
+  const std::string text = "Grüße, 漢字 and 👩‍👩‍👧 emoji: ☃ ∮ ⸘";
+  for (const char* family : {"llama3", "qwen2", "gpt2", "llama2", "mistral", "sp_metaspace_always"}) {
+    SCOPED_TRACE(family);
+    auto tok = Tokenizer::Load(std::string(SEER_FIXTURES_DIR) + "/tokenizers/" + family);
+    ASSERT_TRUE(tok.ok()) << tok.status().ToString();
+    auto ids = (*tok)->Encode(text, false);
+    ASSERT_TRUE(ids.ok()) << ids.status().ToString();
+    // (sp_metaspace_always's decoder has no ByteFallback: its byte tokens
+    // show as "<0xC3>", as in Hugging Face's.)
+    const bool fallback = std::string(family) == "llama2" || std::string(family) == "mistral";
+    std::string joined;
+    int partial = 0;
+    for (int32_t id : *ids) {
+      auto bytes = (*tok)->DecodeBytes(std::span<const int32_t>(&id, 1));
+      auto shown = (*tok)->Decode(std::span<const int32_t>(&id, 1));
+      ASSERT_TRUE(bytes.ok() && shown.ok()) << id;
+      EXPECT_EQ(unicode::Utf8Lossy(*bytes), *shown) << "id " << id;
+      if (*bytes != *shown) ++partial;
+      const std::string piece = *(*tok)->IdToToken(id);
+      if (fallback && piece.size() == 6 && piece.rfind("<0x", 0) == 0) {
+        EXPECT_EQ(*bytes, std::string(1, static_cast<char>(std::stoi(piece.substr(3, 2), nullptr, 16)))) << piece;
+      }
+      joined += *bytes;
+    }
+    if (std::string(family) != "sp_metaspace_always") {
+      EXPECT_GT(partial, 0) << "the text has characters split over tokens";
+    }
+    const bool byte_level =
+        std::string(family) == "llama3" || std::string(family) == "qwen2" || std::string(family) == "gpt2";
+    if (byte_level) EXPECT_EQ(joined, text);
+  }
 }
 
 TEST(Tokenizer, LoadsADirectoryWithConfigAndChatTemplateFile) {

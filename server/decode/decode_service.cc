@@ -552,9 +552,15 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     if (service_->tokenizer_ == nullptr) return;
     const int32_t id = t.id;
     // Special tokens show as nothing, as in the reply's text (vLLM's way).
-    StatusOr<std::string> text =
-        service_->tokenizer_->Decode(std::span<const int32_t>(&id, 1), /*skip_special_tokens=*/true);
-    if (text.ok()) out->set_text(unicode::Utf8Lossy(*text));
+    const std::span<const int32_t> one(&id, 1);
+    StatusOr<std::string> text = service_->tokenizer_->Decode(one, /*skip_special_tokens=*/true);
+    if (!text.ok()) return;
+    out->set_text(unicode::Utf8Lossy(*text));
+    // Part of a character: its own bytes too (OpenAI's `bytes`).
+    if (out->text().find("\xEF\xBF\xBD") != std::string::npos) {
+      StatusOr<std::string> bytes = service_->tokenizer_->DecodeBytes(one, /*skip_special_tokens=*/true);
+      if (bytes.ok() && *bytes != out->text()) out->set_raw_bytes(*std::move(bytes));
+    }
   }
 
   // Choice `c`'s last message.

@@ -675,7 +675,8 @@ JsonValue LogprobsJson(bool chat, const std::vector<v1::TokenLogprobs>& run, int
       JsonValue e = JsonValue::Object();
       e.Set("token", JsonValue::String(t.text()));
       e.Set("logprob", LogprobJson(t.logprob()));
-      e.Set("bytes", Utf8Bytes(t.text()));
+      // The token's own bytes (part of a character: not its text's U+FFFD).
+      e.Set("bytes", Utf8Bytes(t.raw_bytes().empty() ? t.text() : t.raw_bytes()));
       return e;
     };
     for (const v1::TokenLogprobs& lp : run) {

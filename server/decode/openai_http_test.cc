@@ -122,7 +122,8 @@ class ScriptedBackend final : public GenerateBackend {
 
   // Token `id`'s logprobs (when asked): its own -0.25 per token so far, but
   // -inf for the fourth (a token of probability 0), with `top` alternatives
-  // "alt0", "alt1", ... (ids 200, 201, ...) at -0.1, -1.1, ...
+  // "alt0", "alt1", ... (ids 200, 201, ...) at -0.1, -1.1, ...; the third
+  // is the first two bytes of "€" alone.
   static v1::TokenLogprobs Logprobs(int32_t id, const std::string& text, int top) {
     v1::TokenLogprobs lp;
     lp.mutable_chosen()->set_token_id(id);
@@ -133,6 +134,11 @@ class ScriptedBackend final : public GenerateBackend {
       t->set_token_id(200 + k);
       t->set_logprob(-0.1f - static_cast<float>(k));
       t->set_text("alt" + std::to_string(k));
+      if (k == 2) {
+        // Part of a character: shown as U+FFFD, with its own bytes.
+        t->set_text("\xEF\xBF\xBD");
+        t->set_raw_bytes("\xE2\x82");
+      }
     }
     return lp;
   }
@@ -449,7 +455,9 @@ TEST_F(OpenAiHttp, LogprobsHaveOpenAisShapeOnBothEndpoints) {
   EXPECT_EQ(content[0].Dump(), R"({"token":"Hel","logprob":-0.25,"bytes":[72,101,108],"top_logprobs":[)"
                                R"({"token":"alt0","logprob":-0.1,"bytes":[97,108,116,48]},)"
                                R"({"token":"alt1","logprob":-1.1,"bytes":[97,108,116,49]},)"
-                               R"({"token":"alt2","logprob":-2.1,"bytes":[97,108,116,50]}]})");
+                               R"({"token":")"
+                               "\xEF\xBF\xBD"
+                               R"(","logprob":-2.1,"bytes":[226,130]}]})");
   EXPECT_EQ(content[3].Find("logprob")->Dump(), "-9999");
   PostJson("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "Hi"}], "logprobs": true})", 200);
   EXPECT_EQ(backend.Last().logprobs(), 0);
