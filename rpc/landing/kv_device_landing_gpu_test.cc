@@ -17,7 +17,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -163,27 +162,40 @@ TEST_P(KvDeviceLandingTest, ChunksInPiecesLandLikeTheHostPath) {
   EXPECT_EQ(bad, 0u) << "of " << 2 * kLayers * n_elems << " elements";
 }
 
-// A GPU load in another process (the batched decode benchmark, run until
-// killed), which the GPU time-slices with this one; nullopt when the
-// benchmark is not built.
-std::optional<pid_t> StartGpuLoad() {
-  const char* env = std::getenv("SEER_BIN_DIR");
-  const std::string bench = std::string(env != nullptr ? env : SEER_BIN_DIR) + "/seer-decode-bench";
-  if (access(bench.c_str(), X_OK) != 0) return std::nullopt;
-  std::vector<std::string> args = {bench, "--rows", "64x2048,8x8192", "--steps", "1000000", "--layers", "8"};
-  std::vector<char*> argv;
-  for (std::string& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t quiet;
-  posix_spawn_file_actions_init(&quiet);
-  posix_spawn_file_actions_addopen(&quiet, 1, "/dev/null", O_WRONLY, 0);
-  posix_spawn_file_actions_addopen(&quiet, 2, "/dev/null", O_WRONLY, 0);
-  pid_t pid = 0;
-  const int rc = posix_spawn(&pid, bench.c_str(), &quiet, nullptr, argv.data(), environ);
-  posix_spawn_file_actions_destroy(&quiet);
-  if (rc != 0) return std::nullopt;
-  return pid;
-}
+// A GPU load in another process (the batched decode benchmark), which the
+// GPU time-slices with this one; none when the benchmark is not built. It
+// runs a bounded number of steps (3,000 a row), so it ends on its own
+// should this process die first; it is killed when this goes out of scope,
+// whichever way the test ends.
+class OtherProcessLoad {
+ public:
+  OtherProcessLoad() {
+    const char* env = std::getenv("SEER_BIN_DIR");
+    const std::string bench = std::string(env != nullptr ? env : SEER_BIN_DIR) + "/seer-decode-bench";
+    if (access(bench.c_str(), X_OK) != 0) return;
+    std::vector<std::string> args = {bench, "--rows", "64x2048,8x8192", "--steps", "3000", "--layers", "8"};
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t quiet;
+    posix_spawn_file_actions_init(&quiet);
+    posix_spawn_file_actions_addopen(&quiet, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_addopen(&quiet, 2, "/dev/null", O_WRONLY, 0);
+    if (posix_spawn(&pid_, bench.c_str(), &quiet, nullptr, argv.data(), environ) != 0) pid_ = -1;
+    posix_spawn_file_actions_destroy(&quiet);
+  }
+  ~OtherProcessLoad() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  OtherProcessLoad(const OtherProcessLoad&) = delete;
+  OtherProcessLoad& operator=(const OtherProcessLoad&) = delete;
+  bool running() const { return pid_ > 0; }
+
+ private:
+  pid_t pid_ = -1;
+};
 
 // Paged landings made one after another, from several threads at once,
 // while another stream keeps the copy engines busy and another process the
@@ -197,9 +209,11 @@ std::optional<pid_t> StartGpuLoad() {
 TEST(KvDeviceLandingLoad, PagedLandingsUnderCopyLoadLandInTheirOwnPages) {
   std::string why;
   if (!gpu_test::HaveGpu(&why)) GTEST_SKIP() << "GPU KV landing tests skipped: " << why;
-  const std::optional<pid_t> other = StartGpuLoad();
-  if (!other) std::printf("[ note ] no seer-decode-bench beside this binary: the other process's load is missing\n");
-  std::this_thread::sleep_for(std::chrono::seconds(other ? 3 : 0));  // its load is on
+  const OtherProcessLoad other;
+  if (!other.running()) {
+    std::printf("[ note ] no seer-decode-bench beside this binary: the other process's load is missing\n");
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(other.running() ? 3 : 0));  // its load is on
   constexpr int kHeadsL = 2, kDimL = 64, kTokens = 200, kThreads = 4, kRounds = 60;
   const KvLayout layout{1, kHeadsL, kDimL, DType::kBF16};
   PageLayout page_layout{layout, 16};
@@ -268,10 +282,6 @@ TEST(KvDeviceLandingLoad, PagedLandingsUnderCopyLoadLandInTheirOwnPages) {
   for (std::thread& w : workers) w.join();
   stop = true;
   load.join();
-  if (other) {
-    kill(*other, SIGKILL);
-    waitpid(*other, nullptr, 0);
-  }
   cudaStreamDestroy(load_stream);
   cudaFree(device);
   cudaFreeHost(host);
