@@ -822,7 +822,7 @@ StatusOr<int32_t> CudaEngine::RunDecodeAndSample(int32_t token, KvCache* cache_i
   const double u = sp.temperature > 0.0 ? sampler->NextUniform() : 0.0;
   // decode_.ids held this step's token; the sampled one overwrites it.
   const int top_k = sp.top_k > 0 ? sp.top_k : 0;
-  SEER_RETURN_IF_CUDA_ERROR(cuda::SampleToken(decode_.logits, vocab, sp.temperature, top_k, sp.top_p, u,
+  SEER_RETURN_IF_CUDA_ERROR(cuda::SampleToken(decode_.logits, vocab, sp.temperature, top_k, sp.top_p, sp.min_p, u,
                                               sample_scratch_.get(), sample_scratch_.bytes(), decode_.ids, stream_));
   if (top_n >= 0) {
     SEER_RETURN_IF_ERROR(ChosenLogprobs(decode_.logits, adjusted, offsets, 0, 1, nullptr, decode_.ids, top_n, lp));
@@ -865,7 +865,7 @@ StatusOr<bool> CudaEngine::StageAdjustments(std::span<Sampler* const> samplers, 
   size_t i = 0;
   for (size_t r = 0; r < samplers.size(); ++r) {
     for (const LogitAdjustment& a : samplers[r]->Adjustments()) {
-      adjust_pinned_[i++] = {static_cast<int32_t>(r), a.id, a.delta};
+      adjust_pinned_[i++] = {static_cast<int32_t>(r), a.id, a.delta, a.repetition};
     }
   }
   SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(adjust_device_.get(), adjust_pinned_,
@@ -1107,8 +1107,8 @@ Status CudaEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int
       if (sp.temperature <= 0.0) continue;
       const double u = seqs[r].sampler->NextUniform();
       SEER_RETURN_IF_CUDA_ERROR(cuda::SampleToken(logits + static_cast<size_t>(r - r0) * vocab, vocab, sp.temperature,
-                                                  sp.top_k > 0 ? sp.top_k : 0, sp.top_p, u, sample_scratch_.get(),
-                                                  sample_scratch_.bytes(), d_next + r, stream_));
+                                                  sp.top_k > 0 ? sp.top_k : 0, sp.top_p, sp.min_p, u,
+                                                  sample_scratch_.get(), sample_scratch_.bytes(), d_next + r, stream_));
     }
     if (places > 0) {
       SEER_RETURN_IF_ERROR(ChosenLogprobs(logits, adjusted, offsets, r0, n, lp.places + r0, d_next + r0, top_n, lp));

@@ -19,23 +19,49 @@ int32_t ArgMax(std::span<const float> values) {
 
 Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.seed) {
   penalised_ = params.presence_penalty != 0.0 || params.frequency_penalty != 0.0;
+  repetition_ = static_cast<float>(params.repetition_penalty);
+  // Every id that needs an entry, sorted once: a long prompt's ids, one
+  // insertion at a time, would move the entries quadratically.
+  std::vector<int32_t> ids;
+  for (const LogitAdjustment& b : params.logit_bias)
+    if (b.delta != 0.0f) ids.push_back(b.id);
+  if (banning()) ids.insert(ids.end(), params.end_ids.begin(), params.end_ids.end());
+  if (repetition_ != 1.0f) {
+    for (int32_t id : params.prompt_ids)
+      if (id >= 0) ids.push_back(id);
+  }
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  for (int32_t id : ids) adjustments_.push_back(LogitAdjustment{id, 0.0f});
+  bias_.assign(ids.size(), 0.0);
+  counts_.assign(ids.size(), 0);
+  ended_.assign(ids.size(), 0);
+
   for (const LogitAdjustment& b : params.logit_bias) {
     if (b.delta == 0.0f) continue;
-    bias_[EntryFor(b.id)] += b.delta;  // an id given twice adds, in double
+    bias_[Find(b.id)] += b.delta;  // an id given twice adds, in double
   }
   if (banning()) {
-    for (int32_t id : params.end_ids) ended_[EntryFor(id)] = 1;
+    for (int32_t id : params.end_ids) ended_[Find(id)] = 1;
+  }
+  if (repetition_ != 1.0f) {
+    for (int32_t id : params.prompt_ids)
+      if (id >= 0) adjustments_[Find(id)].repetition = repetition_;
   }
   for (size_t i = 0; i < adjustments_.size(); ++i) adjustments_[i].delta = Delta(i);
 }
 
-size_t Sampler::EntryFor(int32_t id) {
+size_t Sampler::Find(int32_t id) const {
   auto it = std::lower_bound(adjustments_.begin(), adjustments_.end(), id,
                              [](const LogitAdjustment& a, int32_t x) { return a.id < x; });
-  const size_t i = static_cast<size_t>(it - adjustments_.begin());
-  if (it == adjustments_.end() || it->id != id) {
+  return static_cast<size_t>(it - adjustments_.begin());
+}
+
+size_t Sampler::EntryFor(int32_t id) {
+  const size_t i = Find(id);
+  if (i == adjustments_.size() || adjustments_[i].id != id) {
     const auto at = static_cast<std::ptrdiff_t>(i);
-    adjustments_.insert(it, LogitAdjustment{id, 0.0f});
+    adjustments_.insert(adjustments_.begin() + at, LogitAdjustment{id, 0.0f});
     bias_.insert(bias_.begin() + at, 0.0);
     counts_.insert(counts_.begin() + at, 0);
     ended_.insert(ended_.begin() + at, 0);
@@ -54,17 +80,18 @@ float Sampler::Delta(size_t i) const {
 void Sampler::Record(int32_t token) {
   const bool was_banning = banning();
   ++recorded_;
-  if (penalised_ && token >= 0) {
+  if ((penalised_ || repetition_ != 1.0f) && token >= 0) {
     const size_t i = EntryFor(token);
     ++counts_[i];
     adjustments_[i].delta = Delta(i);
+    adjustments_[i].repetition = repetition_;
   }
   if (was_banning && !banning()) {
     // The end ids are allowed from now on: back to their bias (entries that
     // adjust nothing any more go).
     size_t kept = 0;
     for (size_t i = 0; i < adjustments_.size(); ++i) {
-      if (ended_[i] != 0 && bias_[i] == 0.0 && counts_[i] == 0) continue;
+      if (ended_[i] != 0 && bias_[i] == 0.0 && counts_[i] == 0 && adjustments_[i].repetition == 1.0f) continue;
       adjustments_[kept] = adjustments_[i];
       adjustments_[kept].delta = Delta(i);
       bias_[kept] = bias_[i];
@@ -82,7 +109,7 @@ void Sampler::Record(int32_t token) {
 std::vector<float> Sampler::Adjusted(std::span<const float> logits) const {
   std::vector<float> out(logits.begin(), logits.end());
   for (const LogitAdjustment& a : adjustments_) {
-    if (static_cast<size_t>(a.id) < out.size()) out[a.id] += a.delta;
+    if (static_cast<size_t>(a.id) < out.size()) out[a.id] = AdjustLogit(out[a.id], a.delta, a.repetition);
   }
   return out;
 }
@@ -170,7 +197,7 @@ std::vector<double> Sampler::DistributionOf(std::span<const float> logits) const
   if (order.empty()) return std::vector<double>(vocab, 0.0);
   auto before = [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
   const size_t keep_k = params_.top_k > 0 ? std::min(order.size(), static_cast<size_t>(params_.top_k)) : order.size();
-  if (keep_k < order.size() || params_.top_p < 1.0) {
+  if (keep_k < order.size() || params_.top_p < 1.0 || params_.min_p > 0.0) {
     std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(keep_k), order.end(), before);
     order.resize(keep_k);
   }
@@ -187,12 +214,22 @@ std::vector<double> Sampler::DistributionOf(std::span<const float> logits) const
     total += weight[j];
   }
 
+  // Min-p: the weights are the probabilities over the largest's (which is
+  // 1), so the kept tokens, sorted, are the prefix of weights at least min_p.
+  // vLLM cuts them before top-k; both cuts keep a prefix, so the order does
+  // not change which tokens stay.
+  size_t kept = order.size();
+  if (params_.min_p > 0.0) {
+    kept = 0;
+    while (kept < order.size() && weight[kept] >= params_.min_p) ++kept;
+    total = std::accumulate(weight.begin(), weight.begin() + static_cast<std::ptrdiff_t>(kept), 0.0);
+  }
+
   // Nucleus: candidates are sorted when top_p < 1; keep the prefix whose mass
   // first reaches top_p.
-  size_t kept = order.size();
   if (params_.top_p < 1.0) {
     double mass = 0.0;
-    for (size_t j = 0; j < order.size(); ++j) {
+    for (size_t j = 0; j < kept; ++j) {
       mass += weight[j] / total;
       if (mass >= params_.top_p) {
         kept = j + 1;

@@ -1,10 +1,11 @@
 // Token sampling for the decode worker: greedy by default, or temperature
-// with optional top-k and top-p (nucleus) cuts, from a seeded random stream
-// so that a request with a seed is reproducible. Before either, OpenAI's
-// logit adjustments: a fixed bias per token id, and presence and frequency
-// penalties on the tokens this sampler has already produced. On request, each
-// token's log-probability and the most likely alternatives (OpenAI's
-// logprobs), from the model's own logits.
+// with optional min-p, top-k and top-p (nucleus) cuts, from a seeded random
+// stream so that a request with a seed is reproducible. Before either, the
+// logit adjustments: Hugging Face's repetition penalty on the tokens of the
+// prompt and of the reply, then OpenAI's fixed bias per token id and
+// presence and frequency penalties on the tokens this sampler has already
+// produced. On request, each token's log-probability and the most likely
+// alternatives (OpenAI's logprobs), from the model's own logits.
 #pragma once
 
 #include <cstdint>
@@ -13,12 +14,17 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/sampling/adjust.h"
+
 namespace seer {
 
-// One token's logit moved by `delta` (added in float) before sampling.
+// One token's logit x moved before sampling to AdjustLogit(x, delta,
+// repetition): divided (x > 0) or multiplied (x <= 0) by `repetition`, then
+// `delta` added, in float.
 struct LogitAdjustment {
   int32_t id = 0;
   float delta = 0.0f;
+  float repetition = 1.0f;
   bool operator==(const LogitAdjustment&) const = default;
 };
 
@@ -26,7 +32,16 @@ struct SamplingParams {
   double temperature = 0.0;  // 0: greedy
   int top_k = 0;  // 0: no cut
   double top_p = 1.0;  // 1: no cut
+  // vLLM's min_p: keep the tokens whose probability is at least min_p times
+  // the most likely token's (after the temperature). 0: no cut; at most 1.
+  double min_p = 0.0;
   uint64_t seed = 0;
+  // Hugging Face's and vLLM's repetition_penalty: a token of prompt_ids or
+  // already produced by this sampler has its logit divided by it when
+  // positive and multiplied by it otherwise, before the bias and the
+  // penalties below. 1: none; > 0.
+  double repetition_penalty = 1.0;
+  std::vector<int32_t> prompt_ids;  // read only when repetition_penalty != 1
   // OpenAI's penalties: a token already produced c > 0 times by this sampler
   // loses c * frequency_penalty + presence_penalty from its logit. The
   // prompt's tokens do not count.
@@ -45,6 +60,10 @@ struct SamplingParams {
   // its log-probability and this many most likely alternatives.
   int logprobs = -1;
 };
+
+// The largest repetition_penalty the servers and the CLI take. Hugging Face
+// and vLLM bound it only below (> 0); 100 is ours, as for the temperature.
+inline constexpr double kMaxRepetitionPenalty = 100.0;
 
 // The most alternatives a token's logprobs may list (vLLM's default limit;
 // OpenAI's chat API allows 20 too).
@@ -89,7 +108,9 @@ class Sampler {
   // then picks the largest logit (the lowest id on ties). Otherwise, in order:
   // keep the top_k largest logits, softmax of logit / temperature, keep the
   // smallest prefix (by descending probability) whose mass reaches top_p,
-  // renormalise, and draw. NaN logits are never picked. With
+  // renormalise, and draw; with min_p > 0 the logits whose weight
+  // exp((logit - largest) / temperature) is below min_p go before top-k
+  // (vLLM's order). NaN logits are never picked. With
   // params().logprobs >= 0, also sets last_logprobs() from `logits` as given.
   int32_t Sample(std::span<const float> logits);
 
@@ -109,8 +130,9 @@ class Sampler {
   // backend that samples on its own device calls it with the token it drew.
   void Record(int32_t token);
 
-  // What is added to the logits before the next token is chosen, ids
-  // ascending: the bias, less the penalties of the tokens recorded so far;
+  // How the logits are moved before the next token is chosen, ids
+  // ascending: the repetition penalty on the prompt's and the recorded
+  // tokens, then the bias less the penalties of the tokens recorded so far;
   // -inf for the end ids while fewer than min_tokens are recorded. Empty
   // when the parameters adjust nothing.
   std::span<const LogitAdjustment> Adjustments() const { return adjustments_; }
@@ -131,14 +153,17 @@ class Sampler {
   // Distribution and Sample on logits already adjusted.
   std::vector<double> DistributionOf(std::span<const float> logits) const;
   int32_t Choose(std::span<const float> logits);
-  // Entry i's delta from its bias, count and ban; adding an entry for `id`.
+  // Entry i's delta from its bias, count and ban; adding an entry for `id`;
+  // the entry that exists for `id`.
   float Delta(size_t i) const;
   size_t EntryFor(int32_t id);
+  size_t Find(int32_t id) const;
   bool banning() const { return recorded_ < params_.min_tokens; }
 
   SamplingParams params_;
   std::mt19937_64 rng_;
   bool penalised_ = false;  // a penalty is not zero
+  float repetition_ = 1.0f;  // params_.repetition_penalty, in float
   int64_t recorded_ = 0;  // tokens recorded
   std::vector<LogitAdjustment> adjustments_;  // ascending ids
   std::vector<double> bias_;  // per entry of adjustments_

@@ -1,7 +1,8 @@
 // The decode worker's sampler against a float64 recomputation of the
-// distribution it should draw from (temperature, top-k, top-p, OpenAI's logit
-// bias and presence/frequency penalties), and the empirical frequencies of
-// its draws against that distribution.
+// distribution it should draw from (temperature, min-p, top-k, top-p,
+// OpenAI's logit bias and presence/frequency penalties, Hugging Face's
+// repetition penalty), and the empirical frequencies of its draws against
+// that distribution.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -269,6 +270,187 @@ TEST(Sampling, EndIdsAreBannedUntilMinTokensThenAdjustedAsBefore) {
     t.seed = seed;
     ASSERT_NE(Sampler(t).Sample(logits), 1) << "seed " << seed;
   }
+}
+
+// min_p as vLLM applies it, written out in float64: softmax(logits / t) over
+// every token, those below min_p times the largest probability set aside,
+// then top_k of the rest, then top_p on the renormalised rest.
+std::vector<double> MinPReference(const std::vector<float>& logits, double t, double min_p, int top_k, double top_p) {
+  std::vector<double> prob(logits.size());
+  double z = 0.0, best = 0.0;
+  for (size_t i = 0; i < logits.size(); ++i) z += std::exp(double(logits[i]) / t);
+  for (size_t i = 0; i < logits.size(); ++i) best = std::max(best, prob[i] = std::exp(double(logits[i]) / t) / z);
+  std::vector<int> keep;
+  for (size_t i = 0; i < logits.size(); ++i)
+    if (prob[i] >= min_p * best) keep.push_back(static_cast<int>(i));
+  std::stable_sort(keep.begin(), keep.end(), [&](int a, int b) { return logits[a] > logits[b]; });
+  if (top_k > 0 && keep.size() > static_cast<size_t>(top_k)) keep.resize(static_cast<size_t>(top_k));
+  double kept_mass = 0.0;
+  for (int i : keep) kept_mass += prob[i];
+  double mass = 0.0;
+  for (size_t j = 0; j < keep.size(); ++j) {
+    mass += prob[keep[j]] / kept_mass;
+    if (mass >= top_p) {
+      keep.resize(j + 1);
+      break;
+    }
+  }
+  return Reference(logits, t, keep);
+}
+
+TEST(Sampling, MinPKeepsTokensWithinAFactorOfTheMostLikely) {
+  // Logits 0, ln 2, ln 10 (and -inf): probabilities proportional to 1, 2,
+  // 10 at T = 1. min_p 0.15 keeps 2/10 and 10/10; 0.1 keeps all three.
+  const std::vector<float> logits = {0.0f, float(std::log(2.0)), float(std::log(10.0)), -INFINITY};
+  SamplingParams p = P(1.0, 0, 1.0, 1);
+  p.min_p = 0.15;
+  std::vector<double> got = Sampler(p).Distribution(logits);
+  EXPECT_EQ(got[0], 0.0);
+  EXPECT_NEAR(got[1], 2.0 / 12.0, 1e-6);  // the float logits are ln 2 and ln 10 to 1e-7
+  EXPECT_NEAR(got[2], 10.0 / 12.0, 1e-6);
+  EXPECT_EQ(got[3], 0.0);
+  p.min_p = 0.09;
+  got = Sampler(p).Distribution(logits);
+  EXPECT_NEAR(got[0], 1.0 / 13.0, 1e-6);
+  // At T = 0.5 the probabilities are squared (1, 4, 100): 0.15 keeps the top only.
+  p.temperature = 0.5;
+  p.min_p = 0.15;
+  got = Sampler(p).Distribution(logits);
+  EXPECT_EQ(got[1], 0.0);
+  EXPECT_EQ(got[2], 1.0);
+  // min_p 1 keeps the largest and its equals.
+  p.min_p = 1.0;
+  got = Sampler(p).Distribution(std::vector<float>{2.0f, 1.0f, 2.0f});
+  EXPECT_EQ(got, (std::vector<double>{0.5, 0.0, 0.5}));
+
+  // Random rows, against vLLM's order written out in float64.
+  std::mt19937_64 rng(77);
+  std::normal_distribution<double> normal(0.0, 2.0);
+  int cases = 0;
+  for (int n : {1, 5, 50, 700}) {
+    std::vector<float> row(static_cast<size_t>(n));
+    for (float& x : row) x = static_cast<float>(normal(rng));
+    for (double t : {0.4, 1.0, 1.7}) {
+      for (double min_p : {0.003, 0.05, 0.3, 0.9}) {
+        for (int k : {0, 1, 3, 40}) {
+          for (double top_p : {1.0, 0.8, 0.2}) {
+            SamplingParams q = P(t, k, top_p, 5);
+            q.min_p = min_p;
+            const std::vector<double> want = MinPReference(row, t, min_p, k, top_p);
+            const std::vector<double> have = Sampler(q).Distribution(row);
+            ASSERT_EQ(have.size(), want.size());
+            for (size_t i = 0; i < want.size(); ++i)
+              ASSERT_NEAR(have[i], want[i], 1e-9)
+                  << "n " << n << " t " << t << " min_p " << min_p << " k " << k << " top_p " << top_p << " id " << i;
+            ++cases;
+          }
+        }
+      }
+    }
+  }
+  EXPECT_EQ(cases, 4 * 3 * 4 * 4 * 3);
+  // Greedy ignores it (the most likely token always stays).
+  SamplingParams g;
+  g.min_p = 0.9;
+  EXPECT_EQ(Sampler(g).Sample(std::vector<float>{0.1f, 3.0f, 2.9f}), 1);
+}
+
+// Hugging Face's RepetitionPenaltyLogitsProcessor, written out: every token
+// of the prompt or of the reply so far has its logit multiplied by the
+// penalty when negative and divided by it otherwise; then (OpenAI's) the
+// bias and the penalties on the reply's counts.
+std::vector<float> RepetitionReference(const std::vector<float>& logits, double penalty,
+                                       const std::vector<int32_t>& prompt, const std::vector<int>& produced,
+                                       const std::map<int, double>& bias, double presence, double frequency) {
+  std::vector<float> out(logits.size());
+  for (size_t j = 0; j < logits.size(); ++j) {
+    const int id = static_cast<int>(j);
+    const auto c = std::count(produced.begin(), produced.end(), id);
+    const bool seen = c > 0 || std::find(prompt.begin(), prompt.end(), id) != prompt.end();
+    float x = logits[j];
+    if (seen) x = x < 0.0f ? x * static_cast<float>(penalty) : x / static_cast<float>(penalty);
+    const auto b = bias.find(id);
+    double delta = b == bias.end() ? 0.0 : b->second;
+    if (c > 0) delta -= static_cast<double>(c) * frequency + presence;
+    out[j] = x + static_cast<float>(delta);
+  }
+  return out;
+}
+
+TEST(Sampling, RepetitionPenaltyScalesThePromptsAndTheRepliesTokens) {
+  // Greedy by hand: token 0 (logit 3) is in the prompt, 3 / 2 = 1.5 < 2.5:
+  // token 1; then 1 is produced (1.25 < 1.5): token 0; then both are seen,
+  // -1 stays below them: 0 again (1.5 > 1.25).
+  SamplingParams h;
+  h.repetition_penalty = 2.0;
+  h.prompt_ids = {0, 0, 7};  // 7: outside this row, ignored
+  Sampler hand(h);
+  const std::vector<float> three = {3.0f, 2.5f, -1.0f};
+  std::vector<int32_t> got;
+  for (int i = 0; i < 3; ++i) got.push_back(hand.Sample(three));
+  EXPECT_EQ(got, (std::vector<int32_t>{1, 0, 0}));
+  // A negative logit is multiplied: -1 seen twice is still -2, not -4.
+  SamplingParams neg;
+  neg.repetition_penalty = 2.0;
+  neg.prompt_ids = {2, 2};
+  EXPECT_EQ(Sampler(neg).Adjusted(three)[2], -2.0f);
+
+  std::vector<float> logits(60);
+  for (size_t i = 0; i < logits.size(); ++i) logits[i] = float(2.5 * std::sin(2.3 * double(i)));
+  const std::map<int, double> bias = {{3, 1.5}, {11, -2.0}, {20, 3.0}};
+  std::mt19937_64 rng(3);
+  for (double penalty : {1.3, 0.8, 2.0}) {
+    for (double frequency : {0.0, 0.5}) {
+      SCOPED_TRACE("penalty " + std::to_string(penalty) + " frequency " + std::to_string(frequency));
+      SamplingParams p = P(0.9, 0, 1.0, 8);
+      p.repetition_penalty = penalty;
+      p.frequency_penalty = frequency;
+      p.presence_penalty = 0.25;
+      for (int k = 0; k < 25; ++k) p.prompt_ids.push_back(static_cast<int32_t>(rng() % 60));
+      for (const auto& [id, b] : bias) p.logit_bias.push_back({id, static_cast<float>(b)});
+      Sampler s(p);
+      std::vector<int> produced;
+      for (int step = 0; step < 30; ++step) {
+        const std::vector<float> want =
+            RepetitionReference(logits, penalty, p.prompt_ids, produced, bias, 0.25, frequency);
+        const std::vector<float> have = s.Adjusted(logits);
+        for (size_t j = 0; j < want.size(); ++j)
+          ASSERT_EQ(have[j], want[j]) << "step " << step << " id " << j << " logit " << logits[j];
+        produced.push_back(s.Sample(logits));
+      }
+    }
+  }
+}
+
+TEST(Sampling, ALongPromptsRepetitionEntriesAreOnePerDistinctId) {
+  // 131,072 prompt tokens over 20,000 ids: one entry each, ids ascending,
+  // all of them penalised; entries for min_tokens' end ids stay after the
+  // ban when the prompt holds them.
+  SamplingParams p;
+  p.repetition_penalty = 1.1;
+  p.min_tokens = 1;
+  p.end_ids = {5, 30000};
+  std::mt19937_64 rng(1);
+  for (int i = 0; i < 131072; ++i) p.prompt_ids.push_back(static_cast<int32_t>(rng() % 20000));
+  Sampler s(p);
+  std::vector<int32_t> distinct = p.prompt_ids;
+  std::sort(distinct.begin(), distinct.end());
+  distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+  ASSERT_TRUE(std::binary_search(distinct.begin(), distinct.end(), 5));
+  ASSERT_TRUE(std::binary_search(distinct.begin(), distinct.end(), 7));
+  const std::span<const LogitAdjustment> a = s.Adjustments();
+  ASSERT_EQ(a.size(), distinct.size() + 1);  // and 30000, banned
+  for (size_t i = 0; i < distinct.size(); ++i) {
+    ASSERT_EQ(a[i].id, distinct[i]);
+    ASSERT_EQ(a[i].repetition, 1.1f);
+    ASSERT_EQ(a[i].delta, distinct[i] == 5 ? -INFINITY : 0.0f);
+  }
+  EXPECT_EQ(a.back().id, 30000);
+  EXPECT_EQ(a.back().repetition, 1.0f);
+  s.Record(7);
+  ASSERT_EQ(s.Adjustments().size(), distinct.size());  // 30000's entry went, 5's stays penalised
+  EXPECT_EQ(s.Adjustments()[std::lower_bound(distinct.begin(), distinct.end(), 5) - distinct.begin()],
+            (LogitAdjustment{5, 0.0f, 1.1f}));
 }
 
 // A backend that samples on its device: Adjusted logits, its own choice,

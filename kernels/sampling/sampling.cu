@@ -10,6 +10,7 @@
 
 #include "kernels/common/check.h"
 #include "kernels/ops/ops.h"
+#include "kernels/sampling/adjust.h"
 
 namespace seer::cuda {
 namespace {
@@ -54,7 +55,7 @@ __global__ void AdjustLogitsKernel(float* logits, int vocab, const RowLogitAdjus
     float* x = logits + static_cast<size_t>(row) * static_cast<size_t>(vocab) + e.id;
     const float raw = *x;
     if (saved != nullptr) saved[i] = raw;
-    *x = raw + e.delta;
+    *x = AdjustLogit(raw, e.delta, e.repetition);
   }
 }
 
@@ -332,7 +333,7 @@ __device__ int BlockMax(SampleShared& s, int v) {
 // segment, and the thread whose segment crosses a threshold walks it in order.
 __global__ void __launch_bounds__(kSampleThreads)
     SampleKernel(const float* logits, int vocab, const uint64_t* sorted, double temperature, int top_k, double top_p,
-                 double u, int32_t* out) {
+                 double min_p, double u, int32_t* out) {
   __shared__ SampleShared s;
   const int tid = static_cast<int>(threadIdx.x);
 
@@ -344,9 +345,24 @@ __global__ void __launch_bounds__(kSampleThreads)
     if (tid == 0) *out = 0;  // ArgMax of all-NaN logits
     return;
   }
-  const int k = top_k > 0 && top_k < valid ? top_k : valid;
+  int k = top_k > 0 && top_k < valid ? top_k : valid;
   const int top_id = KeyId(sorted[0]);
   const double top = logits[top_id];
+
+  // Min-p: the weights fall along the sorted keys and the first is 1, so
+  // the tokens kept are those before the first weight below min_p. A
+  // thread's first such index in its stride; the smallest of them is it.
+  if (min_p > 0.0) {
+    int below = INT_MAX;
+    for (int j = tid; j < k; j += kSampleThreads) {
+      if (Weight(logits[KeyId(sorted[j])], top, temperature) < min_p) {
+        below = j;
+        break;
+      }
+    }
+    below = BlockMin(s, below);
+    if (below != INT_MAX) k = below;
+  }
 
   // Mass of the top-k candidates.
   double local = 0.0;
@@ -460,11 +476,11 @@ cudaError_t LogprobChosen(const float* logits, int rows, int vocab, const int32_
   return cudaGetLastError();
 }
 
-cudaError_t SampleToken(const float* logits, int vocab, double temperature, int top_k, double top_p, double u,
-                        void* scratch, size_t scratch_bytes, int32_t* out, cudaStream_t stream) {
+cudaError_t SampleToken(const float* logits, int vocab, double temperature, int top_k, double top_p, double min_p,
+                        double u, void* scratch, size_t scratch_bytes, int32_t* out, cudaStream_t stream) {
   if (vocab <= 0 || logits == nullptr || out == nullptr) return cudaErrorInvalidValue;
   if (!(temperature > 0.0)) return ArgMaxRows(logits, 1, vocab, out, stream);
-  if (top_k < 0 || scratch == nullptr || scratch_bytes < SampleScratchBytes(vocab)) {
+  if (top_k < 0 || !(min_p >= 0.0 && min_p <= 1.0) || scratch == nullptr || scratch_bytes < SampleScratchBytes(vocab)) {
     return cudaErrorInvalidValue;
   }
   const size_t keys_bytes = AlignUp(sizeof(uint64_t) * static_cast<size_t>(vocab));
@@ -480,7 +496,7 @@ cudaError_t SampleToken(const float* logits, int vocab, double temperature, int 
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   SEER_CUDA_RETURN_IF_ERROR(
       cub::DeviceRadixSort::SortKeysDescending(temp, temp_bytes, keys, sorted, vocab, 0, 64, stream));
-  SampleKernel<<<1, kSampleThreads, 0, stream>>>(logits, vocab, sorted, temperature, top_k, top_p, u, out);
+  SampleKernel<<<1, kSampleThreads, 0, stream>>>(logits, vocab, sorted, temperature, top_k, top_p, min_p, u, out);
   SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return cudaSuccess;
 }

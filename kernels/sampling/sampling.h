@@ -17,30 +17,34 @@ size_t SampleScratchBytes(int vocab);
 
 // Writes one token id into *out (device memory) for logits [vocab] (fp32, on
 // the device). temperature <= 0: the largest logit, the lowest id on ties,
-// NaN skipped (ArgMaxRows; u and the scratch are unused). Otherwise: keep the
-// top_k largest logits (0: all; ties by lower id), softmax of logit /
+// NaN skipped (ArgMaxRows; u and the scratch are unused). Otherwise: with
+// min_p > 0 keep the logits whose weight exp((logit - largest) /
+// temperature) is at least min_p, keep the top_k largest of those (0: all;
+// ties by lower id), softmax of logit /
 // temperature in double shifted by the largest, keep the smallest prefix in
 // descending order whose mass reaches top_p, renormalise, and return the first
 // kept id, in ascending id order, at which the cumulative mass exceeds u
 // (the last kept id when rounding leaves u above the total; 0 when every
 // logit is NaN). Launches on `stream` and never synchronises.
-cudaError_t SampleToken(const float* logits, int vocab, double temperature, int top_k, double top_p, double u,
-                        void* scratch, size_t scratch_bytes, int32_t* out, cudaStream_t stream);
+cudaError_t SampleToken(const float* logits, int vocab, double temperature, int top_k, double top_p, double min_p,
+                        double u, void* scratch, size_t scratch_bytes, int32_t* out, cudaStream_t stream);
 
-// One entry of AdjustLogits: logits[row * vocab + id] += delta.
+// One entry of AdjustLogits: x = logits[row * vocab + id] becomes
+// AdjustLogit(x, delta, repetition) (kernels/sampling/adjust.h).
 struct RowLogitAdjustment {
   int32_t row;
   int32_t id;
   float delta;
+  float repetition = 1.0f;  // 1: none
 };
 
 // The device twin of Sampler::Adjusted for rows of logits [rows, vocab]
-// whose first row is row `first_row` of the entries' numbering: adds each
-// entry's delta to logits[(row - first_row) * vocab + id], in float (a (row,
-// id) pair at most once; ids outside [0, vocab) and rows before first_row
+// whose first row is row `first_row` of the entries' numbering: moves
+// logits[(row - first_row) * vocab + id] by each entry (a (row, id) pair at
+// most once; ids outside [0, vocab) and rows before first_row
 // are skipped). `entries` is device memory, n of them; n = 0 launches
 // nothing. When `saved` (device, [n]) is given, saved[i] receives entry i's
-// logit as it was before the add (entries skipped leave theirs alone), so
+// logit as it was before (entries skipped leave theirs alone), so
 // that LogprobChosen can find a token's raw logit afterwards.
 cudaError_t AdjustLogits(float* logits, int vocab, const RowLogitAdjustment* entries, int n, int first_row,
                          cudaStream_t stream, float* saved = nullptr);

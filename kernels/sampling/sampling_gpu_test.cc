@@ -142,8 +142,8 @@ bool DeviceTokens(const DevBuf& logits, int vocab, const SamplingParams& p, cons
   out->clear();
   for (double u : us) {
     if (cudaMemset(token.get(), 0xFF, sizeof(int32_t)) != cudaSuccess) return false;
-    if (cuda::SampleToken(logits.get<float>(), vocab, p.temperature, p.top_k, p.top_p, u, scratch.get(), scratch_bytes,
-                          token.get<int32_t>(), nullptr) != cudaSuccess) {
+    if (cuda::SampleToken(logits.get<float>(), vocab, p.temperature, p.top_k, p.top_p, p.min_p, u, scratch.get(),
+                          scratch_bytes, token.get<int32_t>(), nullptr) != cudaSuccess) {
       return false;
     }
     int32_t t = -2;
@@ -163,6 +163,7 @@ TEST_F(SamplingKernelTest, MatchesHostSamplerDistributionWalk) {
   const double temperatures[] = {0.3, 1.0, 2.5};
   const int top_ks[] = {0, 1, 5, 64};
   const double top_ps[] = {1.0, 0.9, 0.5, 0.01};
+  const double min_ps[] = {0.0, 0.02, 0.4};
   std::mt19937_64 urng(12345);
   std::uniform_real_distribution<double> uni(0.0, 1.0);
 
@@ -188,40 +189,43 @@ TEST_F(SamplingKernelTest, MatchesHostSamplerDistributionWalk) {
     for (double t : temperatures) {
       for (int k : top_ks) {
         for (double p : top_ps) {
-          SamplingParams sp;
-          sp.temperature = t;
-          sp.top_k = k;
-          sp.top_p = p;
-          const std::vector<double> dist = Sampler(sp).Distribution(logits);
-          std::vector<double> us = {0.0, 0.5, 1.0 - 0x1.0p-53};
-          for (int i = 0; i < 24; ++i) us.push_back(uni(urng));
-          // Also u 1e-7 either side of the first few cumulative boundaries.
-          double cum = 0.0;
-          int near = 0;
-          for (size_t i = 0; i < dist.size() && near < 4; ++i) {
-            if (dist[i] <= 0.0) continue;
-            cum += dist[i];
-            if (cum < 1.0) {
-              us.push_back(std::max(cum - 1e-7, 0.0));
-              us.push_back(std::min(cum + 1e-7, 1.0 - 0x1.0p-53));
-              ++near;
+          for (double m : min_ps) {
+            SamplingParams sp;
+            sp.temperature = t;
+            sp.top_k = k;
+            sp.top_p = p;
+            sp.min_p = m;
+            const std::vector<double> dist = Sampler(sp).Distribution(logits);
+            std::vector<double> us = {0.0, 0.5, 1.0 - 0x1.0p-53};
+            for (int i = 0; i < 24; ++i) us.push_back(uni(urng));
+            // Also u 1e-7 either side of the first few cumulative boundaries.
+            double cum = 0.0;
+            int near = 0;
+            for (size_t i = 0; i < dist.size() && near < 4; ++i) {
+              if (dist[i] <= 0.0) continue;
+              cum += dist[i];
+              if (cum < 1.0) {
+                us.push_back(std::max(cum - 1e-7, 0.0));
+                us.push_back(std::min(cum + 1e-7, 1.0 - 0x1.0p-53));
+                ++near;
+              }
             }
-          }
-          std::vector<int32_t> got;
-          ASSERT_TRUE(DeviceTokens(d_logits, c.vocab, sp, us, scratch, scratch_bytes, &got))
-              << cudaGetErrorString(cudaGetLastError());
-          for (size_t i = 0; i < us.size(); ++i) {
-            const Reference want = Walk(dist, logits, us[i]);
-            ++checked;
-            if (got[i] == want.token) continue;
-            if (want.boundary_distance < 1e-9) {
-              ++boundary;
-              continue;
+            std::vector<int32_t> got;
+            ASSERT_TRUE(DeviceTokens(d_logits, c.vocab, sp, us, scratch, scratch_bytes, &got))
+                << cudaGetErrorString(cudaGetLastError());
+            for (size_t i = 0; i < us.size(); ++i) {
+              const Reference want = Walk(dist, logits, us[i]);
+              ++checked;
+              if (got[i] == want.token) continue;
+              if (want.boundary_distance < 1e-9) {
+                ++boundary;
+                continue;
+              }
+              ++mismatched;
+              ADD_FAILURE() << "vocab " << c.vocab << " T " << t << " top_k " << k << " top_p " << p << " min_p " << m
+                            << " u " << us[i] << ": device token " << got[i] << ", host " << want.token << " (u is "
+                            << want.boundary_distance << " from a boundary)";
             }
-            ++mismatched;
-            ADD_FAILURE() << "vocab " << c.vocab << " T " << t << " top_k " << k << " top_p " << p << " u " << us[i]
-                          << ": device token " << got[i] << ", host " << want.token << " (u is "
-                          << want.boundary_distance << " from a boundary)";
           }
         }
       }
@@ -250,15 +254,21 @@ TEST_F(SamplingKernelTest, AllNanGivesTokenZeroAndBadArgumentsAreRefused) {
   EXPECT_EQ(got[0], 0);
 
   DevBuf token(sizeof(int32_t));
-  EXPECT_EQ(cuda::SampleToken(d_logits.get<float>(), vocab, 1.0, 0, 1.0, 0.5, scratch.get(), scratch_bytes - 1,
+  EXPECT_EQ(cuda::SampleToken(d_logits.get<float>(), vocab, 1.0, 0, 1.0, 0.0, 0.5, scratch.get(), scratch_bytes - 1,
                               token.get<int32_t>(), nullptr),
             cudaErrorInvalidValue);
-  EXPECT_EQ(cuda::SampleToken(d_logits.get<float>(), 0, 1.0, 0, 1.0, 0.5, scratch.get(), scratch_bytes,
+  EXPECT_EQ(cuda::SampleToken(d_logits.get<float>(), 0, 1.0, 0, 1.0, 0.0, 0.5, scratch.get(), scratch_bytes,
                               token.get<int32_t>(), nullptr),
             cudaErrorInvalidValue);
-  EXPECT_EQ(cuda::SampleToken(d_logits.get<float>(), vocab, 1.0, -1, 1.0, 0.5, scratch.get(), scratch_bytes,
+  EXPECT_EQ(cuda::SampleToken(d_logits.get<float>(), vocab, 1.0, -1, 1.0, 0.0, 0.5, scratch.get(), scratch_bytes,
                               token.get<int32_t>(), nullptr),
             cudaErrorInvalidValue);
+  for (double min_p : {-0.1, 1.5, std::nan("")}) {
+    EXPECT_EQ(cuda::SampleToken(d_logits.get<float>(), vocab, 1.0, 0, 1.0, min_p, 0.5, scratch.get(), scratch_bytes,
+                                token.get<int32_t>(), nullptr),
+              cudaErrorInvalidValue)
+        << "min_p " << min_p;
+  }
 }
 
 // Vocabulary 128256 (Llama 3), no cuts: the whole sort-and-walk path.
@@ -271,8 +281,8 @@ TEST_F(SamplingKernelTest, Vocab128kTakesWellUnderAMillisecond) {
   DevBuf scratch(scratch_bytes), token(sizeof(int32_t));
   const int reps = 50;
   const double per = MsPerCall(3, reps, [&](int r) {
-    return cuda::SampleToken(d_logits.get<float>(), vocab, 1.0, 0, 0.9, r < 0 ? 0.5 : (r + 0.5) / reps, scratch.get(),
-                             scratch_bytes, token.get<int32_t>(), nullptr);
+    return cuda::SampleToken(d_logits.get<float>(), vocab, 1.0, 0, 0.9, 0.0, r < 0 ? 0.5 : (r + 0.5) / reps,
+                             scratch.get(), scratch_bytes, token.get<int32_t>(), nullptr);
   });
   ASSERT_GT(per, 0.0) << "a launch or the timing failed";
   std::printf("sampling kernel, vocab %d, top_p 0.9: %.3f ms per token\n", vocab, per);
@@ -296,10 +306,15 @@ TEST_F(SamplingKernelTest, AdjustLogitsIsSamplerAdjustedBitForBit) {
       // min_tokens not reached: its end ids are -inf (one biased too).
       p.min_tokens = 100;
       p.end_ids = {1, 2 + 37 * 3, 999};
+    } else {
+      // The repetition penalty on a prompt's ids and the recorded ones:
+      // dividing the positive logits for 1.3, multiplying for 0.7.
+      p.repetition_penalty = r == 0 ? 1.3 : 0.7;
+      for (int k = 0; k < 300; ++k) p.prompt_ids.push_back(static_cast<int32_t>(rng() % vocab));
     }
     samplers.emplace_back(p);
     for (int k = 0; k < 60; ++k) samplers.back().Record(static_cast<int32_t>(rng() % vocab));
-    for (const LogitAdjustment& a : samplers.back().Adjustments()) entries.push_back({r, a.id, a.delta});
+    for (const LogitAdjustment& a : samplers.back().Adjustments()) entries.push_back({r, a.id, a.delta, a.repetition});
   }
   DevBuf d_logits(sizeof(float) * logits.size()), d_entries(sizeof(cuda::RowLogitAdjustment) * entries.size());
   ASSERT_TRUE(d_logits.ok() && d_entries.ok());
@@ -442,10 +457,14 @@ TEST_F(SamplingKernelTest, LogprobChosenAfterAdjustmentsIsTheRawLogitsOne) {
     SamplingParams p;
     p.presence_penalty = 1.5;
     for (int id = r; id < vocab; id += 13) p.logit_bias.push_back({id, 50.0f});  // large: it moves the top
+    if (r % 3 == 1) {
+      p.repetition_penalty = 1.7;  // the raw logit is the one before the division too
+      for (int k = 0; k < 200; ++k) p.prompt_ids.push_back(static_cast<int32_t>(rng() % vocab));
+    }
     Sampler sampler(p);
     for (int k = 0; k < 40; ++k) sampler.Record(static_cast<int32_t>(rng() % vocab));
     const std::span<const LogitAdjustment> adjustments = sampler.Adjustments();
-    for (const LogitAdjustment& a : adjustments) entries.push_back({r, a.id, a.delta});
+    for (const LogitAdjustment& a : adjustments) entries.push_back({r, a.id, a.delta, a.repetition});
     // Even rows draw an adjusted id, odd rows one that is not; either with
     // a finite raw logit, so that the adjustment shows.
     const float* raw = logits.data() + static_cast<size_t>(r) * vocab;
@@ -585,6 +604,11 @@ TEST_P(CudaDecodeAndSampleTest, LlamaTokensEqualHostSamplerOnDecodeStepLogits) {
     // for the first 12 tokens, then allowed again.
     sp.min_tokens = 12;
     sp.end_ids = {ArgMax(pre->logits)};
+    // Hugging Face's repetition penalty on the prompt's and the reply's
+    // tokens, and vLLM's min_p when sampling.
+    sp.repetition_penalty = 1.25;
+    sp.prompt_ids = ids;
+    sp.min_p = 0.05;
   }
   Sampler host(sp), device(sp);
   int32_t token = host.Sample(pre->logits);
