@@ -55,8 +55,9 @@ int RunGenerateCommand(int argc, char** argv) {
   std::string stop, kv_wire = "auto", prompt, prompt_file, chat;
   std::vector<std::string> stop_strings, logit_bias;
   int64_t max_new_tokens = 16, min_new_tokens = 0, top_k = 0, seed = 0, logprobs = -1, prompt_logprobs = -1, n = 1;
-  bool ignore_eos = false;
-  double temperature = 0.0, top_p = 0.0, presence_penalty = 0.0, frequency_penalty = 0.0;
+  bool ignore_eos = false, include_stop = false, keep_special = false;
+  double temperature = 0.0, top_p = 0.0, min_p = 0.0, presence_penalty = 0.0, frequency_penalty = 0.0;
+  double repetition_penalty = 1.0;
   FlagSet flags("seer generate --addr HOST:PORT (--ids IDS | --prompt TEXT | --prompt-file F | --chat F) [flags]",
                 "Sends a prompt to a seer-decode server (seer.v1.DecodeService/Generate) and prints the tokens as\n"
                 "they stream back (their text, for a text or chat prompt), then the time to first token.\n"
@@ -74,9 +75,21 @@ int RunGenerateCommand(int argc, char** argv) {
             "looked for until then (vLLM's min_tokens; at most --max-new-tokens)");
   flags.Bool("ignore-eos", &ignore_eos,
              "a text reply goes on past the tokenizer's end-of-text ids (vLLM's ignore_eos)");
+  flags.Bool("include-stop-str", &include_stop,
+             "the text ends with what ended it: the stop string, or the stop token's text "
+             "(vLLM's include_stop_str_in_output)");
+  flags.Bool("keep-special-tokens", &keep_special,
+             "the text keeps special tokens (end-of-text, chat markers) instead of leaving them out "
+             "(vLLM's skip_special_tokens false)");
   flags.Double("temperature", &temperature, "sampling temperature; 0 is greedy");
   flags.Int("top-k", &top_k, "sample among the k most likely tokens (0: all)");
   flags.Double("top-p", &top_p, "nucleus sampling mass (0 or 1: no cut)");
+  flags.Double("min-p", &min_p,
+               "sample among the tokens at least this many times as likely as the most likely one, in [0, 1] "
+               "(vLLM's min_p; 0: no cut)");
+  flags.Double("repetition-penalty", &repetition_penalty,
+               "divides the positive logits (multiplies the others) of the tokens the prompt or the reply already "
+               "has, in (0, 100] (Hugging Face's and vLLM's; 1: none; it applies to greedy decoding too)");
   flags.Double("presence-penalty", &presence_penalty,
                "subtracted from the logit of every token the reply already has, in [-2, 2] (OpenAI's)");
   flags.Double("frequency-penalty", &frequency_penalty,
@@ -147,6 +160,8 @@ int RunGenerateCommand(int argc, char** argv) {
   if (min_new_tokens < 0 || min_new_tokens > INT32_MAX) return ReportUsage(cmd, "--min-new-tokens: out of range");
   request.set_min_new_tokens(static_cast<int32_t>(min_new_tokens));
   request.set_ignore_eos(ignore_eos);
+  request.set_include_stop_str_in_output(include_stop);
+  if (keep_special) request.set_skip_special_tokens(false);
   if (n < 0 || n > INT32_MAX) return ReportUsage(cmd, "--n: out of range");
   if (n != 1) request.set_n(static_cast<int32_t>(n));
   request.set_request_id(common.request_id);
@@ -154,6 +169,11 @@ int RunGenerateCommand(int argc, char** argv) {
   sampling->set_temperature(static_cast<float>(temperature));
   sampling->set_top_k(static_cast<int32_t>(top_k));
   sampling->set_top_p(static_cast<float>(top_p));
+  sampling->set_min_p(static_cast<float>(min_p));
+  // 0 on the wire is "unset" (1); the server refuses the value itself.
+  if (repetition_penalty == 0.0 || static_cast<float>(repetition_penalty) == 0.0f)
+    return ReportUsage(cmd, "--repetition-penalty: must be above 0 (1 is none)");
+  sampling->set_repetition_penalty(static_cast<float>(repetition_penalty));
   if (flags.WasSet("seed")) sampling->set_seed(static_cast<uint64_t>(seed));
   sampling->set_presence_penalty(static_cast<float>(presence_penalty));
   sampling->set_frequency_penalty(static_cast<float>(frequency_penalty));

@@ -47,6 +47,7 @@ struct RunFlags {
   bool json = false;
   int64_t threads = 0;
   int64_t logprobs = -1;
+  double repetition_penalty = 1.0;
 };
 
 int UsageError(const std::string& message) {
@@ -128,6 +129,10 @@ int Run(int argc, char** argv) {
              "Print one JSON object: tokens, next_token, density {overall, layers}, prefill_ms, decode_ms, "
              "device, seq_len, sparsity.");
   flags.Int("threads", &f.threads, "CPU threads for the cpu device; 0 uses every core.");
+  flags.Double("repetition-penalty", &f.repetition_penalty,
+               "Divide the positive logits (multiply the others) of the tokens the prompt or the answer already "
+               "has by R before each greedy choice, as seer-decode's repetition_penalty does; in (0, 100], 1 is "
+               "none.");
   flags.Int("logprobs", &f.logprobs,
             "Also print each token's log-probability under the model (log_softmax of its logits) and its N most "
             "likely alternatives, 0 to " +
@@ -141,6 +146,11 @@ int Run(int argc, char** argv) {
   }
   if (!flags.positional().empty()) return UsageError("unexpected argument '" + flags.positional()[0] + "'");
   if (f.model.empty()) return UsageError("--model is required (a checkpoint directory)");
+  if (!(f.repetition_penalty > 0.0 && f.repetition_penalty <= kMaxRepetitionPenalty) ||
+      static_cast<float>(f.repetition_penalty) == 0.0f) {
+    return UsageError("--repetition-penalty: " + FormatDouble(f.repetition_penalty, 3) + " is out of range (0, " +
+                      FormatDouble(kMaxRepetitionPenalty, 0) + "]");
+  }
   if (f.logprobs < -1 || f.logprobs > kMaxTopLogprobs) {
     return UsageError("--logprobs: " + std::to_string(f.logprobs) + " is out of range [-1, " +
                       std::to_string(kMaxTopLogprobs) + "]");
@@ -241,6 +251,8 @@ int Run(int argc, char** argv) {
   // servers use (DecodeAndSample samples where the engine keeps the logits).
   SamplingParams greedy;
   greedy.logprobs = static_cast<int>(f.logprobs);
+  greedy.repetition_penalty = f.repetition_penalty;
+  if (f.repetition_penalty != 1.0) greedy.prompt_ids = ids;
   Sampler sampler(greedy);
   const float* last = result.logits.data() + static_cast<size_t>(result.logits_rows - 1) * config.vocab_size;
   const int32_t next_token = sampler.Sample(std::span<const float>(last, static_cast<size_t>(config.vocab_size)));

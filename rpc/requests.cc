@@ -64,6 +64,12 @@ StatusOr<SamplingParams> ParseSampling(const v1::Sampling& s, int vocab_size, ui
       return InvalidArgument("sampling." + std::string(field) + ": " + Num(value) + " is out of range [" +
                              Num(-kMaxPenalty) + ", " + Num(kMaxPenalty) + "]");
   }
+  if (!std::isfinite(s.min_p()) || s.min_p() < 0.0f || s.min_p() > 1.0f)
+    return InvalidArgument("sampling.min_p: " + Num(s.min_p()) + " is out of range [0, 1] (0 keeps every token)");
+  if (!std::isfinite(s.repetition_penalty()) || s.repetition_penalty() < 0.0f ||
+      s.repetition_penalty() > kMaxRepetitionPenalty)
+    return InvalidArgument("sampling.repetition_penalty: " + Num(s.repetition_penalty()) + " is out of range (0, " +
+                           Num(kMaxRepetitionPenalty) + "] (unset or 0 means 1, none)");
   if (s.logit_bias_size() > kMaxLogitBias)
     return InvalidArgument("sampling.logit_bias: " + Int(s.logit_bias_size()) + " entries exceed the limit of " +
                            Int(kMaxLogitBias));
@@ -76,6 +82,8 @@ StatusOr<SamplingParams> ParseSampling(const v1::Sampling& s, int vocab_size, ui
                              Num(-kMaxLogitBiasValue) + ", " + Num(kMaxLogitBiasValue) + "]");
     p.logit_bias.push_back({id, bias});  // in the map's order; the Sampler sorts them
   }
+  p.min_p = s.min_p();
+  p.repetition_penalty = s.repetition_penalty() == 0.0f ? 1.0 : s.repetition_penalty();
   p.presence_penalty = s.presence_penalty();
   p.frequency_penalty = s.frequency_penalty();
   p.temperature = s.temperature();
@@ -259,6 +267,8 @@ StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& r, const 
   call.max_new_tokens = max_new;
   call.min_new_tokens = r.min_new_tokens();
   call.ignore_eos = r.ignore_eos();
+  call.include_stop = r.include_stop_str_in_output();
+  call.skip_special_tokens = !r.has_skip_special_tokens() || r.skip_special_tokens();
   call.default_new_tokens = r.max_new_tokens() == 0;
   if (r.has_text() || r.messages_size() > 0) {
     const size_t max_text = limits.max_prompt_tokens * kMaxTextBytesPerToken;

@@ -85,6 +85,8 @@ struct GenerateCall {
   // reply).
   int min_new_tokens = 0;
   bool ignore_eos = false;  // a text reply goes on past end-of-text ids
+  bool include_stop = false;  // the text ends with its stop string or stop token's text
+  bool skip_special_tokens = true;  // the texts leave special tokens out
   SamplingParams sampling;  // the request's seed, or the fresh one it lacked
   SparsityRequest sparsity;
   std::vector<int32_t> stop_token_ids;

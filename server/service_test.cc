@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cctype>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -17,6 +18,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include <arpa/inet.h>
@@ -207,12 +209,14 @@ grpc::Status CallPrefill(v1::PrefillService::Stub* stub, const v1::PrefillReques
 }
 
 grpc::Status CallGenerate(v1::DecodeService::Stub* stub, const v1::GenerateRequest& req,
-                          std::vector<int32_t>* tokens = nullptr, v1::GenerateSummary* summary = nullptr) {
+                          std::vector<int32_t>* tokens = nullptr, v1::GenerateSummary* summary = nullptr,
+                          std::string* text = nullptr) {
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + 60s);
   auto reader = stub->Generate(&ctx, req);
   v1::GenerateResponse msg;
   while (reader->Read(&msg)) {
+    if (text) *text += msg.text();
     if (msg.has_summary() && summary) *summary = msg.summary();
     if (msg.event_case() == v1::GenerateResponse::kToken && tokens) tokens->push_back(msg.token());
   }
@@ -833,8 +837,19 @@ v1::GenerateRequest SampledRequest(const std::vector<int32_t>& ids, int n, const
   s->set_seed(sp.seed);
   s->set_presence_penalty(static_cast<float>(sp.presence_penalty));
   s->set_frequency_penalty(static_cast<float>(sp.frequency_penalty));
+  s->set_top_p(static_cast<float>(sp.top_p));
+  s->set_min_p(static_cast<float>(sp.min_p));
+  s->set_repetition_penalty(static_cast<float>(sp.repetition_penalty));
   for (const LogitAdjustment& b : sp.logit_bias) (*s->mutable_logit_bias())[b.id] = b.delta;
   return g;
+}
+
+// The `n` tokens a local Sampler with `sp` draws from the monolithic
+// engine's logits after `ids`: what a server must send for the same request.
+std::vector<int32_t> LocalSamplerTokens(Engine& engine, const std::vector<int32_t>& ids, int n,
+                                        const SamplingParams& sp) {
+  Sampler local(sp);
+  return seer::testing::MonolithicTokens(engine, ids, n, [&](const std::vector<float>& l) { return local.Sample(l); });
 }
 
 // presence_penalty, frequency_penalty and logit_bias through both services,
@@ -887,9 +902,7 @@ TEST(Service, PenaltiesAndLogitBiasGiveOpenAisTokens) {
   sp.presence_penalty = 0.7;
   sp.frequency_penalty = 1.1;
   sp.logit_bias = {{plain[0], -3.0f}, {17, 2.0f}};
-  Sampler local(sp);
-  const std::vector<int32_t> want =
-      seer::testing::MonolithicTokens(*servers.engine, ids, kNew, [&](const std::vector<float>& l) { return local.Sample(l); });
+  const std::vector<int32_t> want = LocalSamplerTokens(*servers.engine, ids, kNew, sp);
   const v1::GenerateRequest g = SampledRequest(ids, kNew, sp);
   for (DecodeHarness* h : {&servers.alone, &servers.batched}) {
     std::vector<int32_t> got;
@@ -935,11 +948,7 @@ TEST(Service, MinNewTokensAndIgnoreEosKeepATextReplyGoing) {
   ASSERT_TRUE(tokenizer.ok()) << tokenizer.status().ToString();
   constexpr int kNew = 24;
   const std::vector<int32_t> ids = seer::testing::RandomIds(30, 128, 31);
-  auto reference = [&](SamplingParams sp) {
-    Sampler local(sp);
-    return seer::testing::MonolithicTokens(*servers.engine, ids, kNew,
-                                           [&](const std::vector<float>& l) { return local.Sample(l); });
-  };
+  auto reference = [&](const SamplingParams& sp) { return LocalSamplerTokens(*servers.engine, ids, kNew, sp); };
   const std::vector<int32_t> greedy = reference(SamplingParams{});
   size_t k = 1;
   while (k < greedy.size() && std::find(greedy.begin(), greedy.begin() + k, greedy[k]) != greedy.begin() + k) ++k;
@@ -1008,6 +1017,134 @@ TEST(Service, MinNewTokensAndIgnoreEosKeepATextReplyGoing) {
       }
       g.set_min_new_tokens(0);
     }
+  }
+}
+
+// min_p and repetition_penalty through both services, alone and batched:
+// the tokens a local Sampler with the same parameters draws from the
+// monolithic engine's logits, the prompt's ids counted as seen by the
+// repetition penalty. Each case must change the reply it would have had
+// without the field, and the prompt's ids must matter, so that a server
+// that dropped either field or the prompt would fail here.
+TEST(Service, MinPAndRepetitionPenaltyGiveTheLocalSamplersTokens) {
+  AloneAndBatched servers;
+  constexpr int kNew = 24;
+  const std::vector<int32_t> ids = seer::testing::RandomIds(40, 128, 23);
+  auto reference = [&](const SamplingParams& sp) { return LocalSamplerTokens(*servers.engine, ids, kNew, sp); };
+  struct Case {
+    double temperature, min_p, repetition;
+    int top_k;
+  };
+  const Case cases[] = {{0.0, 0.0, 1.3, 0}, {0.0, 0.0, 0.7, 0}, {1.0, 0.2, 1.0, 0}, {1.2, 0.05, 1.5, 20}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE("temperature " + std::to_string(c.temperature) + " min_p " + std::to_string(c.min_p) + " repetition " +
+                 std::to_string(c.repetition));
+    SamplingParams sp;
+    sp.temperature = c.temperature;
+    sp.top_k = c.top_k;
+    sp.seed = 5;
+    SamplingParams plain = sp;
+    sp.min_p = c.min_p;
+    sp.repetition_penalty = c.repetition;
+    const std::vector<int32_t> without_prompt = reference(sp);
+    sp.prompt_ids = ids;
+    const std::vector<int32_t> want = reference(sp);
+    EXPECT_NE(want, reference(plain)) << "the fields must change this reply";
+    if (c.repetition != 1.0) EXPECT_NE(want, without_prompt) << "the prompt's ids must change this reply";
+    for (DecodeHarness* h : {&servers.alone, &servers.batched}) {
+      SCOPED_TRACE(h == &servers.alone ? "alone" : "batched");
+      std::vector<int32_t> got;
+      ASSERT_TRUE(CallGenerate(h->Stub().get(), SampledRequest(ids, kNew, sp), &got).ok());
+      EXPECT_EQ(got, want);
+    }
+  }
+  // The server names the field and its range.
+  for (const auto& [min_p, repetition, says] :
+       {std::tuple<float, float, const char*>{1.5f, 1.0f, "sampling.min_p: 1.5 is out of range [0, 1]"},
+        {0.0f, -1.0f, "sampling.repetition_penalty: -1 is out of range (0, 100]"},
+        {0.0f, 250.0f, "sampling.repetition_penalty: 250 is out of range (0, 100]"}}) {
+    v1::GenerateRequest g = SampledRequest(ids, 2, SamplingParams{});
+    g.mutable_sampling()->set_min_p(min_p);
+    g.mutable_sampling()->set_repetition_penalty(repetition);
+    std::vector<int32_t> got;
+    const grpc::Status st = CallGenerate(servers.alone.Stub().get(), g, &got);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(st.error_message().find(says), std::string::npos) << st.error_message();
+  }
+}
+
+// include_stop_str_in_output and skip_special_tokens through both services,
+// alone and batched, against Tokenizer::Decode of the local greedy reply:
+// the text cut before a stop string, or after it; after a stop token's
+// text; and a special token forced by a bias, left out or kept.
+TEST(Service, IncludedStopsAndKeptSpecialTokensShapeTheText) {
+  AloneAndBatched servers;
+  auto loaded = Tokenizer::Load(Path("llama"));
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  const Tokenizer& tok = **loaded;
+  // No end-of-text ids: the replies run to their length.
+  servers.alone.service->SetTokenizer(loaded->get(), {});
+  servers.batched.service->SetTokenizer(loaded->get(), {});
+  constexpr int kNew = 24;
+  const std::vector<int32_t> ids = seer::testing::RandomIds(30, 128, 41);
+  const std::vector<int32_t> greedy = LocalSamplerTokens(*servers.engine, ids, kNew, SamplingParams{});
+  auto decode = [&](size_t n, bool skip = true) {
+    StatusOr<std::string> t = tok.Decode(std::span<const int32_t>(greedy.data(), n), skip);
+    EXPECT_TRUE(t.ok());
+    return t.ok() ? *t : std::string();
+  };
+  const std::string full = decode(greedy.size());
+  auto alone = [&](int32_t id, bool skip) {  // one token's text; "?" when it has none to give
+    StatusOr<std::string> t = tok.Decode(std::vector<int32_t>{id}, skip);
+    return t.ok() ? *t : std::string("?");
+  };
+  // A stop string: two ASCII characters from the second half of the text.
+  std::string stop;
+  for (size_t i = full.size() / 2; i + 1 < full.size() && stop.empty(); ++i) {
+    if (std::isalnum(static_cast<unsigned char>(full[i])) && std::isalnum(static_cast<unsigned char>(full[i + 1])))
+      stop = full.substr(i, 2);
+  }
+  ASSERT_FALSE(stop.empty()) << "no stop string to take from '" << full << "'";
+  // A stop token: the first token that is new to the reply and has text.
+  size_t k = 1;
+  while (k < greedy.size() && (std::find(greedy.begin(), greedy.begin() + k, greedy[k]) != greedy.begin() + k ||
+                               alone(greedy[k], true).empty() || alone(greedy[k], true) == "?"))
+    ++k;
+  ASSERT_LT(k, greedy.size()) << "no stop token to take";
+  // A special token, forced: id 1 (the fixture's "<s>").
+  const std::string special = alone(1, false);
+  ASSERT_TRUE(!special.empty() && special != "?");
+  ASSERT_EQ(alone(1, true), "");
+
+  for (DecodeHarness* h : {&servers.alone, &servers.batched}) {
+    SCOPED_TRACE(h == &servers.alone ? "alone" : "batched");
+    auto text_of = [&](const v1::GenerateRequest& g) {
+      std::string text;
+      v1::GenerateSummary summary;
+      EXPECT_TRUE(CallGenerate(h->Stub().get(), g, nullptr, &summary, &text).ok());
+      return std::make_pair(text, summary.finish_reason());
+    };
+    v1::GenerateRequest g = SampledRequest(ids, kNew, SamplingParams{});
+    g.set_text_reply(true);
+    EXPECT_EQ(text_of(g), std::make_pair(full, std::string("length")));
+    g.add_stop(stop);
+    EXPECT_EQ(text_of(g), std::make_pair(full.substr(0, full.find(stop)), std::string("stop")));
+    g.set_include_stop_str_in_output(true);
+    EXPECT_EQ(text_of(g), std::make_pair(full.substr(0, full.find(stop) + stop.size()), std::string("stop")));
+
+    v1::GenerateRequest by_id = SampledRequest(ids, kNew, SamplingParams{});
+    by_id.set_text_reply(true);
+    by_id.add_stop_token_ids(greedy[k]);
+    EXPECT_EQ(text_of(by_id).first, decode(k)) << "the stop token's text is left out";
+    by_id.set_include_stop_str_in_output(true);
+    EXPECT_EQ(text_of(by_id).first, decode(k + 1)) << "the stop token's text is kept";
+
+    v1::GenerateRequest forced = SampledRequest(ids, 3, SamplingParams{});
+    forced.set_text_reply(true);
+    (*forced.mutable_sampling()->mutable_logit_bias())[1] = 100.0f;
+    EXPECT_EQ(text_of(forced).first, "");
+    forced.set_skip_special_tokens(false);
+    EXPECT_EQ(text_of(forced).first, special + special + special);
   }
 }
 
@@ -1277,9 +1414,7 @@ TEST(Service, ChoicesShareOnePrefillAndEachIsItsSeedsReply) {
     for (int i = 0; i < kChoices; ++i) {
       SamplingParams own = sp;
       own.seed += static_cast<uint64_t>(i);
-      Sampler local(own);
-      want.push_back(seer::testing::MonolithicTokens(*servers.engine, ids, kNew,
-                                                     [&](const std::vector<float>& l) { return local.Sample(l); }));
+      want.push_back(LocalSamplerTokens(*servers.engine, ids, kNew, own));
     }
     ASSERT_NE(want[0], want[1]) << "the seeds must give different replies";
     // A token of choice 1's reply that choice 0 never draws ends choice 1

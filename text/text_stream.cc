@@ -5,8 +5,9 @@
 
 namespace seer {
 
-TextStream::TextStream(const Tokenizer& tokenizer, std::vector<std::string> stops, bool skip_special_tokens)
-    : decoder_(tokenizer, skip_special_tokens), stops_(std::move(stops)) {
+TextStream::TextStream(const Tokenizer& tokenizer, std::vector<std::string> stops, bool skip_special_tokens,
+                       bool include_stops)
+    : decoder_(tokenizer, skip_special_tokens), stops_(std::move(stops)), include_stops_(include_stops) {
   stops_.erase(std::remove(stops_.begin(), stops_.end(), std::string()), stops_.end());
 }
 
@@ -14,16 +15,19 @@ void TextStream::Release(Piece* out, bool armed) {
   // The first stop string in what is pending ends the stream. (A stop cannot
   // begin in text already released: that text held no prefix of one, or was
   // released unarmed.)
-  size_t first = std::string::npos;
+  size_t first = std::string::npos, length = 0;
   if (armed) {
     for (const std::string& s : stops_) {
       size_t at = pending_.find(s);
       while (at != std::string::npos && at + s.size() <= unarmed_) at = pending_.find(s, at + 1);
-      first = std::min(first, at);
+      if (at < first || (at == first && s.size() < length)) {
+        first = at;
+        length = s.size();
+      }
     }
   }
   if (first != std::string::npos) {
-    out->text += pending_.substr(0, first);
+    out->text += pending_.substr(0, include_stops_ ? first + length : first);
     out->stopped = stopped_ = true;
     pending_.clear();
     return;

@@ -2,7 +2,8 @@
 // Generate and the OpenAI front door: the pieces the incremental decoder
 // makes final, with the text that may be the start of a stop string held
 // back until it is known not to be one, and the stream cut just before the
-// first stop string that appears (as OpenAI and vLLM cut it).
+// first stop string that appears (as OpenAI and vLLM cut it), or just after
+// it (vLLM's include_stop_str_in_output).
 #pragma once
 
 #include <string>
@@ -16,12 +17,15 @@ namespace seer {
 class TextStream {
  public:
   // Special tokens are left out of the text (skip_special_tokens), as the
-  // serving APIs return it.
-  TextStream(const Tokenizer& tokenizer, std::vector<std::string> stops, bool skip_special_tokens = true);
+  // serving APIs return it. With include_stops the text ends with the stop
+  // string that ended it (of those starting at the same place, the
+  // shortest, which appeared first).
+  TextStream(const Tokenizer& tokenizer, std::vector<std::string> stops, bool skip_special_tokens = true,
+             bool include_stops = false);
 
   struct Piece {
     std::string text;  // final text this id adds (possibly empty)
-    bool stopped = false;  // a stop string appeared; `text` ends just before it
+    bool stopped = false;  // a stop string appeared; `text` ends just before it (include_stops: after)
   };
   // After a stop, Push returns nothing more. With stops_armed false (a
   // reply's first min_new_tokens tokens) a stop string in the text does not
@@ -42,6 +46,7 @@ class TextStream {
 
   IncrementalDecoder decoder_;
   std::vector<std::string> stops_;
+  bool include_stops_ = false;
   std::string pending_;
   // The start of pending_ released unarmed: a stop string that ends in it
   // does not count.

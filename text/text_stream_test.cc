@@ -27,8 +27,9 @@ std::unique_ptr<Tokenizer> Load(const std::string& family) {
 
 // Runs ids through a stream; the text released step by step, whether it stopped.
 std::pair<std::string, bool> Stream(const Tokenizer& tok, const std::vector<int32_t>& ids,
-                                    const std::vector<std::string>& stops, std::vector<std::string>* pieces = nullptr) {
-  TextStream s(tok, stops);
+                                    const std::vector<std::string>& stops, std::vector<std::string>* pieces = nullptr,
+                                    bool include_stops = false) {
+  TextStream s(tok, stops, /*skip_special_tokens=*/true, include_stops);
   std::string out;
   for (int32_t id : ids) {
     auto p = s.Push(id);
@@ -84,8 +85,27 @@ TEST(TextStream, CutsJustBeforeTheFirstStopStringWhereverItFalls) {
       auto [out, stopped] = Stream(*tok, *ids, {"\x01never", stop}, &pieces);
       EXPECT_TRUE(stopped) << stop;
       EXPECT_EQ(out, full.substr(0, full.find(stop))) << "stop '" << stop << "'";
+      // include_stop_str_in_output: the same text and the stop string.
+      auto [with, also] = Stream(*tok, *ids, {"\x01never", stop}, nullptr, /*include_stops=*/true);
+      EXPECT_TRUE(also) << stop;
+      EXPECT_EQ(with, full.substr(0, full.find(stop)) + stop) << "stop '" << stop << "'";
     }
   }
+}
+
+TEST(TextStream, IncludedStopsAreTheOneThatAppearedFirst) {
+  std::unique_ptr<Tokenizer> tok = Load("llama3");
+  ASSERT_NE(tok, nullptr);
+  auto ids = tok->Encode("Hello, world", false);
+  ASSERT_TRUE(ids.ok());
+  auto include = [&](std::vector<std::string> stops) { return Stream(*tok, *ids, stops, nullptr, true).first; };
+  // The earliest start wins; of two starting together, the shorter (it was
+  // complete first).
+  EXPECT_EQ(include({"orld", "lo,"}), "Hello,");
+  EXPECT_EQ(include({"world", "wo"}), "Hello, wo");
+  EXPECT_EQ(include({"Hello"}), "Hello");
+  // Never found: the whole text, as without include.
+  EXPECT_EQ(include({"world!"}), "Hello, world");
 }
 
 TEST(TextStream, HoldsBackAPossibleStartOfAStopAndReleasesItAtTheEnd) {

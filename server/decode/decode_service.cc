@@ -111,7 +111,8 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
       Choice& c = choices_[i];
       c.index = static_cast<int>(i);
       if (service->tokenizer_ != nullptr && (text_reply || !call_.stop.empty())) {
-        c.text = std::make_unique<TextStream>(*service->tokenizer_, call_.stop);
+        c.text = std::make_unique<TextStream>(*service->tokenizer_, call_.stop, call_.skip_special_tokens,
+                                              call_.include_stop);
       }
     }
     // A text request ends at an end-of-text id too, as the text APIs do,
@@ -316,6 +317,8 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     const v1::PrefillSummary& ps = fetched_.summary;
     const std::vector<float> first_logits(ps.last_logits().begin(), ps.last_logits().end());
     std::vector<int32_t> first(choices_.size());
+    // The repetition penalty counts the prompt's tokens as seen.
+    if (call_.sampling.repetition_penalty != 1.0) call_.sampling.prompt_ids = *ids;
     for (Choice& c : choices_) {
       SamplingParams sampling = call_.sampling;
       sampling.seed += static_cast<uint64_t>(c.index);
@@ -473,8 +476,9 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     const bool may_end = c.generated > call_.min_new_tokens;
     bool stop = may_end && std::find(stop_tokens_.begin(), stop_tokens_.end(), token) != stop_tokens_.end();
     // A stop token is sent, but its text is not part of the reply (as vLLM
-    // leaves out a stop token's text; an end-of-text id has none anyway).
-    if (c.text != nullptr && !stop) {
+    // leaves out a stop token's text; an end-of-text id has none anyway)
+    // unless the request includes what stopped it.
+    if (c.text != nullptr && (!stop || call_.include_stop)) {
       // An id the tokenizer does not know (a model vocabulary padded past
       // the tokenizer's) adds no text.
       StatusOr<TextStream::Piece> piece = c.text->Push(token, /*stops_armed=*/may_end);
@@ -510,7 +514,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
                                                            " prompt tokens");
     }
     std::optional<IncrementalDecoder> decoder;
-    if (service_->tokenizer_ != nullptr) decoder.emplace(*service_->tokenizer_, /*skip_special_tokens=*/true);
+    if (service_->tokenizer_ != nullptr) decoder.emplace(*service_->tokenizer_, call_.skip_special_tokens);
     const int n = static_cast<int>(ids.size());
     for (int first = 0; first < n; first += kPerMessage) {
       auto msg = std::make_unique<v1::GenerateResponse>();
@@ -551,14 +555,15 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     out->set_logprob(t.logprob);
     if (service_->tokenizer_ == nullptr) return;
     const int32_t id = t.id;
-    // Special tokens show as nothing, as in the reply's text (vLLM's way).
+    // Special tokens show as nothing, as in the reply's text (vLLM's way),
+    // unless the request keeps them.
     const std::span<const int32_t> one(&id, 1);
-    StatusOr<std::string> text = service_->tokenizer_->Decode(one, /*skip_special_tokens=*/true);
+    StatusOr<std::string> text = service_->tokenizer_->Decode(one, call_.skip_special_tokens);
     if (!text.ok()) return;
     out->set_text(unicode::Utf8Lossy(*text));
     // Part of a character: its own bytes too (OpenAI's `bytes`).
     if (out->text().find("\xEF\xBF\xBD") != std::string::npos) {
-      StatusOr<std::string> bytes = service_->tokenizer_->DecodeBytes(one, /*skip_special_tokens=*/true);
+      StatusOr<std::string> bytes = service_->tokenizer_->DecodeBytes(one, call_.skip_special_tokens);
       if (bytes.ok() && *bytes != out->text()) out->set_raw_bytes(*std::move(bytes));
     }
   }

@@ -452,8 +452,22 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
                      "stop: must be a string or an array of at most " + std::to_string(kMaxStopStrings) + " strings");
     }
   }
-  // vLLM's and SGLang's extensions that the wire carries: top_k (-1 or 0:
+  // vLLM's and SGLang's extensions that the wire carries: min_p (0: no cut),
+  // repetition_penalty (1: none; vLLM refuses 0 and below), top_k (-1 or 0:
   // no cut) and stop_token_ids.
+  double min_p = 0.0, repetition = 1.0;
+  if (auto e = number("min_p", 0.0, &min_p)) return e;
+  if (!(min_p >= 0.0 && min_p <= 1.0)) {
+    return Invalid("min_p", "min_p: " + root.Find("min_p")->Dump().substr(0, 32) + " is out of range [0, 1]");
+  }
+  g.mutable_sampling()->set_min_p(ToFloat(min_p));
+  if (auto e = number("repetition_penalty", 1.0, &repetition)) return e;
+  if (!(repetition > 0.0 && repetition <= kMaxRepetitionPenalty) || ToFloat(repetition) == 0.0f) {
+    return Invalid("repetition_penalty",
+                   "repetition_penalty: " + root.Find("repetition_penalty")->Dump().substr(0, 32) +
+                       " is out of range (0, " + std::to_string(int(kMaxRepetitionPenalty)) + "] (1 is none)");
+  }
+  g.mutable_sampling()->set_repetition_penalty(ToFloat(repetition));
   // A whole number in [lo, INT32_MAX] (40 and 40.0 alike, as vLLM's
   // pydantic takes them), or nullopt.
   auto whole = [](const JsonValue& v, double lo) -> std::optional<int32_t> {
@@ -514,26 +528,27 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
   }
   // What Seer cannot do is refused, not ignored: the client would get other
   // text than it asked for. Each field passes at its neutral value: null,
-  // false, an empty list, and 0 where 0 asks for nothing (min_p).
-  for (const char* refused : {"tools", "functions", "function_call", "suffix", "use_beam_search",
-                              "include_stop_str_in_output", "guided_json", "guided_regex", "guided_choice",
-                              "guided_grammar", "structured_outputs", "allowed_token_ids", "bad_words", "min_p"}) {
+  // false and an empty list.
+  for (const char* refused :
+       {"tools", "functions", "function_call", "suffix", "use_beam_search", "guided_json", "guided_regex",
+        "guided_choice", "guided_grammar", "structured_outputs", "allowed_token_ids", "bad_words"}) {
     const JsonValue* f = root.Find(refused);
-    const bool zero_is_neutral = std::strcmp(refused, "min_p") == 0;
     if (f != nullptr && !f->is_null() && !(f->is_bool() && !f->as_bool()) &&
-        !(f->is_array() && f->as_array().empty()) && !(zero_is_neutral && f->is_number() && f->as_double() == 0.0)) {
+        !(f->is_array() && f->as_array().empty())) {
       return Invalid(refused, std::string(refused) + ": not supported by this server");
     }
   }
-  if (const JsonValue* f = root.Find("repetition_penalty");
-      f != nullptr && !f->is_null() && !(f->is_number() && f->as_double() == 1.0)) {
-    return Invalid("repetition_penalty",
-                   "repetition_penalty: not supported by this server (presence_penalty and frequency_penalty are)");
-  }
-  if (const JsonValue* f = root.Find("skip_special_tokens"); f != nullptr && !f->is_null() && !f->is_bool()) {
-    return Invalid("skip_special_tokens", "skip_special_tokens: must be true or false");
-  } else if (f != nullptr && f->is_bool() && !f->as_bool()) {
-    return Invalid("skip_special_tokens", "skip_special_tokens: only true is supported (the text leaves them out)");
+  // vLLM's text controls: the stop string (or stop token's text) kept at
+  // the end of the text, and special tokens kept in it.
+  for (const char* key : {"include_stop_str_in_output", "skip_special_tokens"}) {
+    const JsonValue* f = root.Find(key);
+    if (f == nullptr || f->is_null()) continue;
+    if (!f->is_bool()) return Invalid(key, std::string(key) + ": must be true or false");
+    if (key[0] == 'i') {
+      g.set_include_stop_str_in_output(f->as_bool());
+    } else {
+      g.set_skip_special_tokens(f->as_bool());
+    }
   }
   if (const JsonValue* f = root.Find("response_format"); f != nullptr && !f->is_null()) {
     const JsonValue* type = f->Find("type");
@@ -661,10 +676,25 @@ int64_t CodePoints(const std::string& text) {
   return n;
 }
 
+// A completion's name for a token in its logprobs: its text, or for a token
+// that is part of a character (raw_bytes set) "bytes:" and its bytes as \xNN
+// escapes, as OpenAI's legacy completions write them.
+std::string CompletionToken(const v1::TokenLogprob& t) {
+  if (t.raw_bytes().empty()) return t.text();
+  std::string out = "bytes:";
+  for (unsigned char c : t.raw_bytes()) {
+    char hex[8];
+    std::snprintf(hex, sizeof(hex), "\\x%02x", c);
+    out += hex;
+  }
+  return out;
+}
+
 // The logprobs of a run of tokens, in the shape of a choice's "logprobs":
 // a chat's {"content": [{token, logprob, bytes, top_logprobs}], "refusal"},
 // or a completion's {tokens, token_logprobs, top_logprobs (a map from token
-// text to logprob, the chosen token's among them, as OpenAI's), text_offset}.
+// to logprob, the chosen token's among them, as OpenAI's), text_offset}, its
+// tokens named by CompletionToken.
 // `offset` is the text offset of the first token (a completion's), advanced
 // past the run.
 JsonValue LogprobsJson(bool chat, const std::vector<v1::TokenLogprobs>& run, int64_t* offset) {
@@ -693,7 +723,7 @@ JsonValue LogprobsJson(bool chat, const std::vector<v1::TokenLogprobs>& run, int
   JsonValue tokens = JsonValue::Array(), token_logprobs = JsonValue::Array(), top_logprobs = JsonValue::Array(),
             text_offset = JsonValue::Array();
   for (const v1::TokenLogprobs& lp : run) {
-    tokens.Append(JsonValue::String(lp.chosen().text()));
+    tokens.Append(JsonValue::String(CompletionToken(lp.chosen())));
     text_offset.Append(JsonValue::Int(*offset));
     *offset += CodePoints(lp.chosen().text());
     if (std::isnan(lp.chosen().logprob())) {  // an echoed prompt's first token: nothing before it
@@ -704,11 +734,13 @@ JsonValue LogprobsJson(bool chat, const std::vector<v1::TokenLogprobs>& run, int
     token_logprobs.Append(LogprobJson(lp.chosen().logprob()));
     JsonValue top = JsonValue::Object();
     for (const v1::TokenLogprob& t : lp.top()) {
-      if (top.Find(t.text()) == nullptr) top.Set(t.text(), LogprobJson(t.logprob()));
+      const std::string key = CompletionToken(t);
+      if (top.Find(key) == nullptr) top.Set(key, LogprobJson(t.logprob()));
     }
-    // Two tokens may share a text (bytes that show as U+FFFD): the more
-    // likely one's logprob stays.
-    if (top.Find(lp.chosen().text()) == nullptr) top.Set(lp.chosen().text(), LogprobJson(lp.chosen().logprob()));
+    // Two tokens may share a text (as " a" may be one token or two): the
+    // more likely one's logprob stays.
+    const std::string chosen = CompletionToken(lp.chosen());
+    if (top.Find(chosen) == nullptr) top.Set(chosen, LogprobJson(lp.chosen().logprob()));
     top_logprobs.Append(std::move(top));
   }
   out.Set("tokens", std::move(tokens));

@@ -14,11 +14,12 @@
 // alternatives: the model's own, from its raw logits), a completion's echo
 // (the prompt, with its tokens' logprobs when asked, as
 // lm-evaluation-harness scores text; a prompt may be a batch of one list of
-// ids); vLLM's top_k, stop_token_ids, min_tokens and ignore_eos) plus
+// ids); vLLM's top_k, min_p, repetition_penalty, stop_token_ids, min_tokens,
+// ignore_eos, include_stop_str_in_output and skip_special_tokens) plus
 // Seer's own `seer_sparsity`
 // ("dense", "threshold=T", "nz_ratio=R"); fields that ask for what Seer
 // cannot do (a chat's best_of, tools, a JSON response_format,
-// vLLM's min_p, repetition_penalty, guided decoding, ...) are refused unless
+// vLLM's guided decoding, ...) are refused unless
 // they hold their neutral value, other fields are ignored as OpenAI's
 // servers ignore unknown ones. Errors use OpenAI's JSON
 // shape, {"error": {"message", "type", "param", "code"}}, with the HTTP code

@@ -438,6 +438,12 @@ TEST_F(OpenAiHttp, LogprobsHaveOpenAisShapeOnBothEndpoints) {
   EXPECT_EQ(lp->Find("text_offset")->Dump(), "[0,3,5,5]");
   ASSERT_EQ(lp->Find("top_logprobs")->as_array().size(), 4u);
   EXPECT_EQ(lp->Find("top_logprobs")->as_array()[1].Dump(), R"({"alt0":-0.1,"alt1":-1.1,"lo":-0.5})");
+  // A token that is part of a character is named by its bytes, as OpenAI's
+  // legacy completions name it: "bytes:\xe2\x82".
+  out = PostJson("/v1/completions", R"({"prompt": "x", "logprobs": 3})", 200);
+  lp = out.Find("choices")->as_array()[0].Find("logprobs");
+  EXPECT_EQ(lp->Find("top_logprobs")->as_array()[1].Dump(),
+            R"({"alt0":-0.1,"alt1":-1.1,"bytes:\\xe2\\x82":-2.1,"lo":-0.5})");
 
   PostJson("/v1/completions", R"({"prompt": "x", "logprobs": 0})", 200);
   EXPECT_EQ(backend.Last().logprobs(), 0);
@@ -901,6 +907,19 @@ TEST_F(OpenAiHttp, VllmsExtensionsReachTheWireOrAreRefused) {
   PostJson("/v1/completions", R"({"prompt": "x", "top_k": 40.0, "stop_token_ids": [1e2]})", 200);
   const v1::GenerateRequest floats = backend.Last();
   EXPECT_EQ(floats.sampling().top_k(), 40);
+  EXPECT_EQ(floats.sampling().min_p(), 0.0f);
+  EXPECT_EQ(floats.sampling().repetition_penalty(), 1.0f) << "the HTTP default is none, on the wire too";
+  PostJson("/v1/chat/completions",
+           R"({"messages": [{"role": "user", "content": "Hi"}], "min_p": 0.05, "repetition_penalty": 1.15})", 200);
+  EXPECT_EQ(backend.Last().sampling().min_p(), 0.05f);
+  EXPECT_EQ(backend.Last().sampling().repetition_penalty(), 1.15f);
+  EXPECT_FALSE(backend.Last().include_stop_str_in_output());
+  EXPECT_FALSE(backend.Last().has_skip_special_tokens()) << "unset: the server's default, true";
+  PostJson("/v1/completions", R"({"prompt": "x", "include_stop_str_in_output": true, "skip_special_tokens": false})",
+           200);
+  EXPECT_TRUE(backend.Last().include_stop_str_in_output());
+  ASSERT_TRUE(backend.Last().has_skip_special_tokens());
+  EXPECT_FALSE(backend.Last().skip_special_tokens());
   ASSERT_EQ(floats.stop_token_ids_size(), 1);
   EXPECT_EQ(floats.stop_token_ids(0), 100);
   // Neutral values pass: they ask for nothing Seer does not do.
@@ -924,7 +943,13 @@ TEST_F(OpenAiHttp, VllmsExtensionsReachTheWireOrAreRefused) {
   std::string many = R"("stop_token_ids": [0)";
   for (int i = 1; i < 65; ++i) many += ", " + std::to_string(i);
   Refused(many + "]", "stop_token_ids", "at most 64");
-  Refused(R"("min_p": 0.05)", "min_p", "not supported");
+  Refused(R"("min_p": 1.5)", "min_p", "min_p: 1.5 is out of range [0, 1]");
+  Refused(R"("min_p": -0.1)", "min_p", "out of range [0, 1]");
+  Refused(R"("min_p": "0.1")", "min_p", "must be a number");
+  Refused(R"("repetition_penalty": 0)", "repetition_penalty", "repetition_penalty: 0 is out of range (0, 100]");
+  Refused(R"("repetition_penalty": -1.2)", "repetition_penalty", "out of range (0, 100]");
+  Refused(R"("repetition_penalty": 101)", "repetition_penalty", "out of range (0, 100]");
+  Refused(R"("repetition_penalty": 1e-60)", "repetition_penalty", "out of range (0, 100]");
   Refused(R"("min_tokens": 2.5)", "min_tokens", "must be a whole number");
   Refused(R"("min_tokens": -1)", "min_tokens", "must be a whole number");
   Refused(R"("min_tokens": 17)", "min_tokens", "min_tokens: 17 is above max_tokens 16");
@@ -938,8 +963,8 @@ TEST_F(OpenAiHttp, VllmsExtensionsReachTheWireOrAreRefused) {
   Refused(R"("allowed_token_ids": [1, 2])", "allowed_token_ids", "not supported");
   Refused(R"("bad_words": ["no"])", "bad_words", "not supported");
   Refused(R"("function_call": "auto")", "function_call", "not supported");
-  Refused(R"("repetition_penalty": 1.1)", "repetition_penalty", "presence_penalty and frequency_penalty are");
-  Refused(R"("skip_special_tokens": false)", "skip_special_tokens", "only true");
+  Refused(R"("skip_special_tokens": 0)", "skip_special_tokens", "must be true or false");
+  Refused(R"("include_stop_str_in_output": "yes")", "include_stop_str_in_output", "must be true or false");
   Refused(R"("response_format": {"type": "json_object"})", "response_format", "no JSON mode");
   Refused(R"("response_format": {"type": "json_schema", "json_schema": {}})", "response_format", "no JSON mode");
   Refused(R"("tool_choice": "required")", "tool_choice", "no tools");

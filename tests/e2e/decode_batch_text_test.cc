@@ -61,6 +61,12 @@ struct Servers {
   }
 };
 
+// `seer generate --addr <the decode server>` with `args`.
+CommandResult SeerGenerate(const Servers& s, std::vector<std::string> args) {
+  args.insert(args.begin(), {Bin("seer"), "generate", "--addr", s.decode->grpc_address()});
+  return RunCommand(args);
+}
+
 struct Reply {
   grpc::Status status;
   std::vector<int32_t> tokens;
@@ -340,11 +346,10 @@ TEST(TextGenerate, TheCliSamplesNRepliesEachAsItsSeedAloneDoes) {
   ASSERT_TRUE(s.Start());
   const std::string prompt = "one two three four five six seven eight nine ten";
   auto generate = [&](std::vector<std::string> extra) {
-    std::vector<std::string> args = {Bin("seer"),     "generate", "--addr",           s.decode->grpc_address(),
-                                     "--prompt",      prompt,     "--max-new-tokens", "12",
-                                     "--temperature", "1.5",      "--top-k",          "60"};
+    std::vector<std::string> args = {"--prompt",      prompt, "--max-new-tokens", "12",
+                                     "--temperature", "1.5",  "--top-k",          "60"};
     args.insert(args.end(), extra.begin(), extra.end());
-    return RunCommand(args);
+    return SeerGenerate(s, args);
   };
   CommandResult many = generate({"--n", "3", "--seed", "40", "--json"});
   ASSERT_EQ(many.exit_code, 0) << many.err;
@@ -402,6 +407,35 @@ TEST(TextGenerate, TheCliHoldsOffEndOfTextWithMinNewTokensOrIgnoresIt) {
                                    "--max-new-tokens", "5", "--min-new-tokens", "6"});
   EXPECT_EQ(over.exit_code, 1);
   EXPECT_NE(over.err.find("min_new_tokens: 6 is above max_new_tokens 5"), std::string::npos) << over.err;
+}
+
+// seer generate --repetition-penalty: the greedy reply of seer run with the
+// same penalty (the prompt's tokens count as seen on both), not the plain
+// one; --min-p 1 at a temperature keeps only the most likely token, so it
+// samples the greedy reply; out of range, the server names the field.
+TEST(TextGenerate, TheCliRepetitionPenaltyAndMinPAgreeWithSeerRun) {
+  Servers s;
+  ASSERT_TRUE(s.Start());
+  const std::string prompt = "one two three four five six seven eight nine ten";
+  auto generate = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {"--prompt", prompt, "--max-new-tokens", "16", "--json"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    CommandResult r = SeerGenerate(s, args);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    StatusOr<JsonValue> j = JsonValue::Parse(r.out);
+    return j.ok() ? TokensOf(*j) : std::vector<int32_t>{-1};
+  };
+  const std::vector<int32_t> plain = TokensOf(SeerRun({"--prompt", prompt}, 16));
+  const std::vector<int32_t> penalised = TokensOf(SeerRun({"--prompt", prompt, "--repetition-penalty", "1.8"}, 16));
+  EXPECT_NE(penalised, plain) << "the penalty must change this reply";
+  EXPECT_EQ(generate({"--repetition-penalty", "1.8"}), penalised);
+  EXPECT_EQ(generate({"--temperature", "1", "--seed", "9", "--min-p", "1"}), plain);
+  CommandResult bad = SeerGenerate(s, {"--prompt", "x", "--min-p", "2"});
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_NE(bad.err.find("sampling.min_p: 2 is out of range [0, 1]"), std::string::npos) << bad.err;
+  CommandResult zero = SeerGenerate(s, {"--prompt", "x", "--repetition-penalty", "0"});
+  EXPECT_EQ(zero.exit_code, 2);
+  EXPECT_NE(zero.err.find("--repetition-penalty: must be above 0"), std::string::npos) << zero.err;
 }
 
 TEST(TextGenerate, AStopStringCutsTheTextAndEndsTheStream) {

@@ -216,8 +216,9 @@ if (ref.text.length >= 8) {
 
 // vLLM's extensions, as clients written for vLLM send them through the
 // official client: top_k 1 samples the greedy reply; stop_token_ids ends the
-// reply at that token, leaving its text out (as vLLM does); a sampling
-// control Seer lacks is a 400 naming it.
+// reply at that token, leaving its text out (as vLLM does); min_p and
+// repetition_penalty; a value out of range, or a control Seer lacks, is a
+// 400 naming it.
 {
   const topK = await client.completions.create({
     model: name, prompt, max_tokens: 24, temperature: 1, seed: 7, top_k: 1,
@@ -261,10 +262,43 @@ if (ref.text.length >= 8) {
     same('ignore_eos goes on past end-of-text',
          [went.usage.completion_tokens, went.choices[0].finish_reason, went.choices[0].text], [5, 'length', '']);
   }
-  for (const [field, value] of [['min_p', 0.1], ['response_format', { type: 'json_object' }]]) {
+  // repetition_penalty: the greedy reply of `seer run --repetition-penalty`
+  // (the prompt's tokens count as seen); min_p 1 keeps only the most likely
+  // token, so at a temperature it samples the greedy reply.
+  const repeated = await client.completions.create({
+    model: name, prompt, max_tokens: 24, temperature: 0, repetition_penalty: 1.5,
+  });
+  check('repetition_penalty 1.5 changes the greedy reply', repeated.choices[0].text !== ref.text,
+        JSON.stringify(repeated.choices[0].text));
+  same('repetition_penalty 1.5 reply equals seer run --repetition-penalty 1.5', repeated.choices[0].text,
+       seerRun(['--prompt', prompt, '--repetition-penalty', '1.5'], 24).text);
+  const minP = await client.completions.create({
+    model: name, prompt, max_tokens: 24, temperature: 1, seed: 3, min_p: 1,
+  });
+  same('min_p 1 samples the greedy reply', minP.choices[0].text, ref.text);
+  // include_stop_str_in_output keeps the stop string at the end of the
+  // text; skip_special_tokens false keeps a special token's text (id 0,
+  // <|begin_of_text|>, forced by a bias).
+  {
+    const mid = Math.floor(ref.text.length / 2);
+    const stopStr = ref.text.slice(mid, mid + 2);
+    const cut = await client.completions.create({
+      model: name, prompt, max_tokens: 24, temperature: 0, stop: [stopStr], include_stop_str_in_output: true,
+    });
+    same('include_stop_str_in_output keeps the stop string', [cut.choices[0].text, cut.choices[0].finish_reason],
+         [ref.text.slice(0, ref.text.indexOf(stopStr) + stopStr.length), 'stop']);
+    const special = JSON.parse(execFileSync(join(bin, 'seer'), ['detokenize', '--tokenizer', model, '--ids', '0',
+      '--json']).toString()).text;
+    const forcedSpecial = { model: name, prompt, max_tokens: 3, temperature: 0, logit_bias: { 0: 100 } };
+    const skipped = await client.completions.create(forcedSpecial);
+    const kept = await client.completions.create({ ...forcedSpecial, skip_special_tokens: false });
+    same('skip_special_tokens false keeps a special token\'s text', [skipped.choices[0].text, kept.choices[0].text],
+         ['', special.repeat(3)]);
+  }
+  for (const [field, value] of [['min_p', 1.5], ['repetition_penalty', 0], ['response_format', { type: 'json_object' }]]) {
     try {
       await client.completions.create({ model: name, prompt, max_tokens: 2, [field]: value });
-      check(`${field} is refused`, false, 'it was answered');
+      check(`${field} ${JSON.stringify(value)} is refused`, false, 'it was answered');
     } catch (e) {
       same(`${field} ${JSON.stringify(value)} is a 400 naming it`, [e.status, e.param], [400, field]);
     }
