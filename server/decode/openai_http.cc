@@ -21,6 +21,7 @@
 #include <ctime>
 #include <functional>
 #include <mutex>
+#include <thread>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -279,9 +280,16 @@ struct ParsedRequest {
   std::string max_key = "max_tokens";  // or max_completion_tokens: the limit's name in errors
   bool logprobs = false;  // each token's logprobs are asked for
   // A completion's echo: the reply starts with the prompt (and its tokens'
-  // logprobs when logprobs asks); prompt_text is the prompt when it was text.
+  // logprobs when logprobs asks).
   bool echo = false;
-  std::optional<std::string> prompt_text;
+  // A completion's prompts, a call each (a batch: prompt p's choices are
+  // p * n to p * n + n - 1, as vLLM numbers them); `generate` holds the
+  // rest. A chat's one prompt is in `generate` itself.
+  struct Prompt {
+    std::optional<std::string> text;  // a text prompt, echoed as given
+    std::vector<int32_t> ids;  // a prompt of token ids
+  };
+  std::vector<Prompt> prompts;
   // max_tokens 0 with echo (scoring a text, as vLLM allows): the reply is the
   // prompt alone. The wire asks for one token, which is not shown.
   bool prompt_only = false;
@@ -605,38 +613,70 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
   return std::nullopt;
 }
 
+// The most prompts a completion may batch.
+constexpr size_t kMaxBatchPrompts = 64;
+
 std::optional<HttpError> ParseCompletion(const JsonValue& root, int default_max_tokens, ParsedRequest* out) {
   if (auto e = ParseCommon(root, false, default_max_tokens, out)) return e;
   const JsonValue* prompt = root.Find("prompt");
   if (prompt == nullptr || prompt->is_null()) return Invalid("prompt", "prompt: required");
-  if (prompt->is_string()) {
-    out->generate.set_text(prompt->as_string());
-    out->prompt_text = prompt->as_string();
-    if (out->echo && out->logprobs) out->generate.set_prompt_logprobs(out->generate.logprobs());
-    return std::nullopt;
-  }
-  if (prompt->is_array() && prompt->as_array().size() == 1 && prompt->as_array()[0].is_string()) {
-    out->generate.set_text(prompt->as_array()[0].as_string());
-    out->prompt_text = prompt->as_array()[0].as_string();
-    if (out->echo && out->logprobs) out->generate.set_prompt_logprobs(out->generate.logprobs());
-    return std::nullopt;
-  }
-  // A batch of one prompt of token ids (as lm-evaluation-harness sends it).
-  if (prompt->is_array() && prompt->as_array().size() == 1 && prompt->as_array()[0].is_array()) {
-    prompt = &prompt->as_array()[0];
-  }
-  if (prompt->is_array() && !prompt->as_array().empty()) {
-    // Echoing ids needs their texts, which come with the prompt's logprobs.
-    if (out->echo) out->generate.set_prompt_logprobs(out->logprobs ? out->generate.logprobs() : 0);
-    for (const JsonValue& id : prompt->as_array()) {
+  const std::string shapes = "prompt: must be a string, an array of token ids, or an array of up to " +
+                             std::to_string(kMaxBatchPrompts) + " of either";
+  // One prompt of ids, named for errors ("prompt" or "prompt[2]").
+  auto ids_of = [&](const JsonValue& list, const std::string& name) -> std::optional<HttpError> {
+    if (list.as_array().empty()) return Invalid(name, name + ": an empty prompt (a prompt needs a token)");
+    ParsedRequest::Prompt one;
+    for (const JsonValue& id : list.as_array()) {
       if (!id.is_integer() || id.as_int64() < 0 || id.as_int64() > INT32_MAX) {
-        return Invalid("prompt", "prompt: must be a string, an array of one string, or an array of token ids");
+        return Invalid(name, name + ": " + id.Dump().substr(0, 32) + " is not a token id");
       }
-      out->generate.add_token_ids(static_cast<int32_t>(id.as_int64()));
+      one.ids.push_back(static_cast<int32_t>(id.as_int64()));
     }
+    out->prompts.push_back(std::move(one));
     return std::nullopt;
+  };
+  if (prompt->is_string()) {
+    out->prompts.push_back({prompt->as_string(), {}});
+  } else if (!prompt->is_array() || prompt->as_array().empty()) {
+    return Invalid("prompt", shapes);
+  } else if (prompt->as_array()[0].is_integer()) {
+    if (auto e = ids_of(*prompt, "prompt")) return e;
+  } else {
+    // A batch (as lm-evaluation-harness sends one): strings, or lists of ids.
+    const auto& batch = prompt->as_array();
+    if (batch.size() > kMaxBatchPrompts) {
+      return Invalid("prompt", "prompt: a batch of " + std::to_string(batch.size()) + " prompts, more than the " +
+                                   std::to_string(kMaxBatchPrompts) + " this server takes in one request");
+    }
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const std::string name = "prompt[" + std::to_string(i) + "]";
+      if (batch[i].is_string()) {
+        out->prompts.push_back({batch[i].as_string(), {}});
+      } else if (batch[i].is_array()) {
+        if (auto e = ids_of(batch[i], name)) return e;
+      } else {
+        return Invalid(name, name + ": must be a string or an array of token ids");
+      }
+    }
   }
-  return Invalid("prompt", "prompt: must be a string, an array of one string, or an array of token ids");
+  return std::nullopt;
+}
+
+// Prompt p's call: the request's fields and its prompt. Echoing asks for
+// the prompt's logprobs: their values when logprobs asks, and for a prompt
+// of ids its tokens' texts in any case.
+v1::GenerateRequest PromptCall(const ParsedRequest& req, size_t p) {
+  v1::GenerateRequest g = req.generate;
+  if (req.prompts.empty()) return g;  // a chat
+  const ParsedRequest::Prompt& prompt = req.prompts[p];
+  if (prompt.text) {
+    g.set_text(*prompt.text);
+    if (req.echo && req.logprobs) g.set_prompt_logprobs(g.logprobs());
+  } else {
+    g.mutable_token_ids()->Assign(prompt.ids.begin(), prompt.ids.end());
+    if (req.echo) g.set_prompt_logprobs(req.logprobs ? g.logprobs() : 0);
+  }
+  return g;
 }
 
 std::optional<HttpError> ParseChat(const JsonValue& root, int default_max_tokens, ParsedRequest* out) {
@@ -932,14 +972,22 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
   std::optional<HttpError> bad = chat ? ParseChat(*root, options_.default_max_tokens, &req)
                                       : ParseCompletion(*root, options_.default_max_tokens, &req);
   if (bad) return SendError(conn, *bad);
-  if (const size_t bytes = req.generate.ByteSizeLong();
-      options_.max_request_bytes > 0 && bytes > options_.max_request_bytes) {
-    const char* field = chat ? "messages" : "prompt";
-    HttpError e = Invalid(field, std::string(field) + ": " + std::to_string(bytes) +
-                                     " bytes of request, more than the longest prompt this model takes can be (" +
-                                     std::to_string(options_.max_request_bytes) + ")");
-    e.code = "context_length_exceeded";
-    return SendError(conn, e);
+  // A call per prompt: a chat's one, or each of a completion's batch.
+  std::vector<v1::GenerateRequest> calls;
+  for (size_t p = 0; p < std::max<size_t>(req.prompts.size(), 1); ++p) {
+    calls.push_back(PromptCall(req, p));
+    if (req.best_of > 1) calls.back().set_n(req.best_of);
+    if (const size_t bytes = calls.back().ByteSizeLong();
+        options_.max_request_bytes > 0 && bytes > options_.max_request_bytes) {
+      const std::string field = chat                     ? "messages"
+                                : req.prompts.size() > 1 ? "prompt[" + std::to_string(p) + "]"
+                                                         : "prompt";
+      HttpError e = Invalid(field, field + ": " + std::to_string(bytes) +
+                                       " bytes of request, more than the longest prompt this model takes can be (" +
+                                       std::to_string(options_.max_request_bytes) + ")");
+      e.code = "context_length_exceeded";
+      return SendError(conn, e);
+    }
   }
   if (!req.model.empty() && req.model != options_.model_name) {
     HttpError e{404, "The model `" + req.model + "` does not exist; this server serves `" + options_.model_name + "`"};
@@ -959,11 +1007,14 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     return o;
   };
 
-  // The n choices are one Generate call (GenerateRequest.n: one prefill, the
-  // choices decoded side by side, choice i with seed + i); its messages name
-  // their choice. A streamed choice writes its chunks as they come.
+  // Each prompt's n choices are one Generate call (GenerateRequest.n: one
+  // prefill, the choices decoded side by side, choice i with seed + i); its
+  // messages name their choice. A batch's calls run side by side, one thread
+  // each, their messages handled one at a time. A streamed choice writes its
+  // chunks as they come.
   struct Choice {
     int index = 0;
+    size_t prompt = 0;  // the call it belongs to
     // The logprobs of the tokens not yet sent (when asked for), which the
     // next chunk takes.
     std::vector<v1::TokenLogprobs> unsent_logprobs;
@@ -978,23 +1029,29 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     double logprob_sum = 0.0;  // best_of: its tokens' logprobs, summed
     int logprob_tokens = 0;
   };
-  v1::GenerateRequest generate = req.generate;
-  if (req.best_of > 1) generate.set_n(req.best_of);
   // Candidates are ranked by their tokens' logprobs: asked of the server
   // even when the reply does not show them.
   const bool ranked = req.best_of > req.n;
-  if (ranked && !generate.has_logprobs()) generate.set_logprobs(0);
-  std::vector<Choice> choices(static_cast<size_t>(req.best_of));
-  for (int i = 0; i < req.best_of; ++i) {
-    choices[static_cast<size_t>(i)].index = i;
-    choices[static_cast<size_t>(i)].echo_pending = req.echo;
+  if (ranked) {
+    for (v1::GenerateRequest& g : calls)
+      if (!g.has_logprobs()) g.set_logprobs(0);
+  }
+  const size_t per_call = static_cast<size_t>(req.best_of);
+  std::vector<Choice> choices(calls.size() * per_call);
+  for (size_t p = 0; p < calls.size(); ++p) {
+    for (size_t i = 0; i < per_call; ++i) {
+      Choice& c = choices[p * per_call + i];
+      c.index = static_cast<int>(p * static_cast<size_t>(req.n) + i);  // best_of > n is renumbered at the end
+      c.prompt = p;
+      c.echo_pending = req.echo;
+    }
   }
   // The echoed prompt: the text as given, or a prompt of ids as its tokens' texts.
   auto take_echo = [&](Choice& c) {
     c.echo_pending = false;
     std::string echoed;
-    if (req.prompt_text) {
-      echoed = *req.prompt_text;
+    if (!req.prompts.empty() && req.prompts[c.prompt].text) {
+      echoed = *req.prompts[c.prompt].text;
     } else {
       for (const v1::TokenLogprobs& t : c.prompt_tokens) echoed += t.chosen().text();
     }
@@ -1061,14 +1118,18 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     if (!SendEvent(conn, chunk.Dump())) client_gone = true;
   };
   const std::string client = ClientAddress(info);
-  const grpc::Status status = backend_->Generate(generate, client, [&](const v1::GenerateResponse& r) {
+  // One message of call p; false ends the call. Callers hold `mu`.
+  std::mutex mu;
+  bool failed = false;  // a call failed: the others are cut short
+  auto on_message = [&](size_t p, const v1::GenerateResponse& r) {
     if (ClientClosed(client_fd)) client_gone = true;
-    if (client_gone) return false;
+    if (client_gone || failed) return false;
+    Choice* const group = &choices[p * per_call];
     if (r.has_prompt_logprobs()) {
-      // Once, for every choice.
-      for (Choice& c : choices) {
-        c.prompt_tokens.insert(c.prompt_tokens.end(), r.prompt_logprobs().tokens().begin(),
-                               r.prompt_logprobs().tokens().end());
+      // Once, for every choice of the prompt.
+      for (size_t i = 0; i < per_call; ++i) {
+        group[i].prompt_tokens.insert(group[i].prompt_tokens.end(), r.prompt_logprobs().tokens().begin(),
+                                      r.prompt_logprobs().tokens().end());
       }
       return true;
     }
@@ -1077,7 +1138,7 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
       bad_choice = r.choice();
       return false;
     }
-    Choice& c = choices[static_cast<size_t>(r.choice())];
+    Choice& c = group[r.choice()];
     // The summary may carry text too: what the server held back at the end.
     if (r.has_summary()) c.summary = r.summary();
     if (r.has_logprobs() && !req.prompt_only) {
@@ -1116,7 +1177,36 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     // A prompt-only reply stops at its length, 0 tokens (as vLLM's does).
     if (r.has_summary()) send_chunk(c, "", req.prompt_only ? "length" : c.summary.finish_reason());
     return !client_gone;
-  });
+  };
+  std::vector<grpc::Status> statuses(calls.size());
+  auto run_call = [&](size_t p) {
+    statuses[p] = backend_->Generate(calls[p], client, [&, p](const v1::GenerateResponse& r) {
+      std::lock_guard<std::mutex> lock(mu);
+      return on_message(p, r);
+    });
+    std::lock_guard<std::mutex> lock(mu);
+    if (!statuses[p].ok()) failed = true;
+  };
+  if (calls.size() == 1) {
+    run_call(0);
+  } else {
+    std::vector<std::thread> threads;
+    for (size_t p = 0; p < calls.size(); ++p) threads.emplace_back(run_call, p);
+    for (std::thread& t : threads) t.join();
+  }
+  // The first failure in prompt order; a call cut short because another
+  // failed is not it.
+  grpc::Status status;
+  for (const grpc::Status& st : statuses) {
+    if (!st.ok() && st.error_code() != grpc::StatusCode::CANCELLED) {
+      status = st;
+      break;
+    }
+  }
+  if (status.ok()) {
+    for (const grpc::Status& st : statuses)
+      if (!st.ok()) status = st;
+  }
 
   if (headers_sent) t_http_status = 200;
   if (client_gone) {
@@ -1135,9 +1225,10 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     mg_send_chunk(conn, "", 0);
     return;
   }
-  // Usage: the prompt once, the completion tokens of every choice (every
+  // Usage: each prompt once, the completion tokens of every choice (every
   // candidate of best_of, as OpenAI counts them).
-  int64_t prompt_tokens = choices[0].summary.prompt_tokens(), completion_tokens = 0;
+  int64_t prompt_tokens = 0, completion_tokens = 0;
+  for (size_t p = 0; p < calls.size(); ++p) prompt_tokens += choices[p * per_call].summary.prompt_tokens();
   for (const Choice& c : choices) completion_tokens += req.prompt_only ? 0 : c.summary.generated_tokens();
   JsonValue usage = JsonValue::Object();
   usage.Set("prompt_tokens", JsonValue::Int(prompt_tokens));
@@ -1145,16 +1236,23 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
   usage.Set("total_tokens", JsonValue::Int(prompt_tokens + completion_tokens));
   if (!req.stream) {
     JsonValue out = envelope();
-    // best_of: the n candidates with the highest logprob per token (OpenAI's
-    // rule; the earlier candidate among equals), renumbered 0 to n - 1.
+    // best_of: each prompt's n candidates with the highest logprob per
+    // token (OpenAI's rule; the earlier candidate among equals), renumbered
+    // p * n to p * n + n - 1.
     std::vector<Choice*> shown;
-    for (Choice& c : choices) shown.push_back(&c);
-    if (ranked) {
-      auto per_token = [](const Choice* c) { return c->logprob_tokens > 0 ? c->logprob_sum / c->logprob_tokens : 0.0; };
-      std::stable_sort(shown.begin(), shown.end(),
-                       [&](const Choice* a, const Choice* b) { return per_token(a) > per_token(b); });
-      shown.resize(static_cast<size_t>(req.n));
-      for (int i = 0; i < req.n; ++i) shown[static_cast<size_t>(i)]->index = i;
+    for (size_t p = 0; p < calls.size(); ++p) {
+      std::vector<Choice*> group;
+      for (size_t i = 0; i < per_call; ++i) group.push_back(&choices[p * per_call + i]);
+      if (ranked) {
+        auto per_token = [](const Choice* c) {
+          return c->logprob_tokens > 0 ? c->logprob_sum / c->logprob_tokens : 0.0;
+        };
+        std::stable_sort(group.begin(), group.end(),
+                         [&](const Choice* a, const Choice* b) { return per_token(a) > per_token(b); });
+        group.resize(static_cast<size_t>(req.n));
+        for (int i = 0; i < req.n; ++i) group[static_cast<size_t>(i)]->index = static_cast<int>(p) * req.n + i;
+      }
+      shown.insert(shown.end(), group.begin(), group.end());
     }
     JsonValue list = JsonValue::Array();
     for (Choice* c : shown)

@@ -13,8 +13,9 @@
 // logprobs (a completion's count, a chat's flag with top_logprobs, up to 20
 // alternatives: the model's own, from its raw logits), a completion's echo
 // (the prompt, with its tokens' logprobs when asked, as
-// lm-evaluation-harness scores text; a prompt may be a batch of one list of
-// ids); vLLM's top_k, min_p, repetition_penalty, stop_token_ids, min_tokens,
+// lm-evaluation-harness scores text; a completion's prompt may be a batch of
+// up to 64 strings or lists of ids, a Generate call each, side by side,
+// prompt p's choices numbered p * n + i); vLLM's top_k, min_p, repetition_penalty, stop_token_ids, min_tokens,
 // ignore_eos, include_stop_str_in_output and skip_special_tokens) plus
 // Seer's own `seer_sparsity`
 // ("dense", "threshold=T", "nz_ratio=R"); fields that ask for what Seer

@@ -43,6 +43,8 @@ class ScriptedBackend final : public GenerateBackend {
   grpc::Status error = grpc::Status::OK;
   int fail_after = -1;  // >= 0: the call fails (INVALID_ARGUMENT) after this many token messages
   bool seed_in_text = false;
+  // A reply's first token says which prompt it answers: "<text>" or "<#first id>".
+  bool prompt_in_text = false;
   int choice_offset = 0;  // added to every message's choice (a broken server)
   std::vector<float> choice_logprob;  // added to choice i's tokens' logprobs (best_of's ranking)
   std::chrono::milliseconds token_delay{0};  // before each step, as a decode step takes
@@ -62,6 +64,7 @@ class ScriptedBackend final : public GenerateBackend {
     {
       std::lock_guard<std::mutex> lock(mu);
       last = request;
+      requests.push_back(request);
       last_client = client;
       seeds.push_back(request.sampling().has_seed() ? static_cast<int64_t>(request.sampling().seed()) : -1);
     }
@@ -89,9 +92,12 @@ class ScriptedBackend final : public GenerateBackend {
           return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "sampling.top_p: this call fails");
         }
         // With seed_in_text, a choice's first token says which seed it had.
-        const std::string t = k == 0 && seed_in_text && seeded
-                                  ? "s" + std::to_string(request.sampling().seed() + choice) + ":" + texts[k]
-                                  : texts[k];
+        std::string t = k == 0 && seed_in_text && seeded
+                            ? "s" + std::to_string(request.sampling().seed() + choice) + ":" + texts[k]
+                            : texts[k];
+        if (k == 0 && prompt_in_text) {
+          t = "<" + (request.has_text() ? request.text() : "#" + std::to_string(request.token_ids(0))) + ">" + t;
+        }
         const int32_t id = 100 + static_cast<int32_t>(k);
         v1::GenerateResponse r;
         if (request.has_logprobs()) {
@@ -151,6 +157,11 @@ class ScriptedBackend final : public GenerateBackend {
     std::lock_guard<std::mutex> lock(mu);
     return last_client;
   }
+  // Every call's request since the last TakeRequests, in the order they began.
+  std::vector<v1::GenerateRequest> TakeRequests() {
+    std::lock_guard<std::mutex> lock(mu);
+    return std::exchange(requests, {});
+  }
   // Each call's seed (-1: none), in the order the calls began; cleared.
   std::vector<int64_t> TakeSeeds() {
     std::lock_guard<std::mutex> lock(mu);
@@ -163,6 +174,7 @@ class ScriptedBackend final : public GenerateBackend {
  private:
   std::mutex mu;
   v1::GenerateRequest last;
+  std::vector<v1::GenerateRequest> requests;
   std::string last_client;
   std::vector<int64_t> seeds;
 };
@@ -625,6 +637,102 @@ TEST_F(OpenAiHttp, EchoStartsTheReplyWithThePromptAndItsLogprobs) {
 // choice's tokens. Streamed, each choice's chunks carry its index (a chat
 // choice starts with its role), its finish comes with its summary, and one
 // [DONE] ends them all. A call that fails fails the request.
+// A completion's batch of prompts (strings, or lists of ids, as
+// lm-evaluation-harness sends them): a Generate call each, side by side; the
+// choices numbered p * n + i (vLLM's numbering), each the reply to its own
+// prompt, echoed with its own prompt; usage summed over the calls; best_of
+// ranked within each prompt; a bad prompt named by its index.
+TEST_F(OpenAiHttp, ABatchOfPromptsIsACallEachWithChoicesNumberedByPrompt) {
+  backend.prompt_in_text = true;
+  backend.token_delay = std::chrono::milliseconds(5);  // the calls overlap
+  backend.TakeRequests();
+  JsonValue out = PostJson("/v1/completions", R"({"prompt": ["a", "b", "c"], "n": 2, "seed": 3})", 200);
+  std::vector<v1::GenerateRequest> calls = backend.TakeRequests();
+  ASSERT_EQ(calls.size(), 3u);
+  std::vector<std::string> texts;
+  for (const v1::GenerateRequest& g : calls) {
+    texts.push_back(g.text());
+    EXPECT_EQ(g.n(), 2);
+    EXPECT_EQ(g.sampling().seed(), 3u);
+  }
+  std::sort(texts.begin(), texts.end());
+  EXPECT_EQ(texts, (std::vector<std::string>{"a", "b", "c"}));
+  const auto& list = out.Find("choices")->as_array();
+  ASSERT_EQ(list.size(), 6u);
+  for (int64_t i = 0; i < 6; ++i) {
+    EXPECT_EQ(list[i].Find("index")->as_int64(), i);
+    EXPECT_EQ(list[i].Find("text")->as_string(),
+              "<" + std::string(1, static_cast<char>('a' + i / 2)) + ">Hello, world");
+  }
+  EXPECT_EQ(out.Find("usage")->Find("prompt_tokens")->as_int64(), 3 * 7);
+  EXPECT_EQ(out.Find("usage")->Find("completion_tokens")->as_int64(), 6 * 4);
+
+  // Lists of ids, echoed (each its own prompt's tokens' texts).
+  out = PostJson("/v1/completions", R"({"prompt": [[5, 6], [9]], "echo": true, "max_tokens": 2})", 200);
+  calls = backend.TakeRequests();
+  ASSERT_EQ(calls.size(), 2u);
+  std::sort(calls.begin(), calls.end(), [](const auto& x, const auto& y) { return x.token_ids(0) < y.token_ids(0); });
+  EXPECT_EQ(std::vector<int32_t>(calls[0].token_ids().begin(), calls[0].token_ids().end()),
+            (std::vector<int32_t>{5, 6}));
+  EXPECT_EQ(calls[1].token_ids_size(), 1);
+  EXPECT_EQ(calls[0].prompt_logprobs(), 0) << "echoing ids asks for their texts";
+  ASSERT_EQ(out.Find("choices")->as_array().size(), 2u);
+  EXPECT_EQ(out.Find("choices")->as_array()[0].Find("text")->as_string(), "<s>Say hi<#5>Hello, world");
+  EXPECT_EQ(out.Find("choices")->as_array()[1].Find("text")->as_string(), "<s>Say hi<#9>Hello, world");
+
+  // Streamed: each choice's chunks carry its index.
+  HttpReply r = Exchange(server->port(), "POST", "/v1/completions", R"({"prompt": ["a", "b"], "stream": true})");
+  ASSERT_EQ(r.status, 200);
+  std::map<int64_t, std::string> streamed;
+  for (const std::string& e : Events(r.body)) {
+    if (e == "[DONE]") continue;
+    auto j = JsonValue::Parse(e);
+    ASSERT_TRUE(j.ok()) << e;
+    for (const JsonValue& c : j->Find("choices")->as_array())
+      streamed[c.Find("index")->as_int64()] += c.Find("text")->as_string();
+  }
+  EXPECT_EQ(streamed, (std::map<int64_t, std::string>{{0, "<a>Hello, world"}, {1, "<b>Hello, world"}}));
+  backend.TakeRequests();
+
+  // best_of 2, n 1: candidate 1 has the higher logprob, in each prompt.
+  backend.choice_logprob = {0.0f, 1.0f};
+  out = PostJson("/v1/completions", R"({"prompt": ["a", "b"], "best_of": 2})", 200);
+  backend.choice_logprob.clear();
+  ASSERT_EQ(out.Find("choices")->as_array().size(), 2u);
+  for (int64_t i = 0; i < 2; ++i) {
+    const JsonValue& c = out.Find("choices")->as_array()[i];
+    EXPECT_EQ(c.Find("index")->as_int64(), i);
+    EXPECT_EQ(c.Find("text")->as_string(), "<" + std::string(1, static_cast<char>('a' + i)) + ">Hello, world");
+  }
+  EXPECT_EQ(out.Find("usage")->Find("completion_tokens")->as_int64(), 4 * 4) << "every candidate counts";
+  backend.TakeRequests();
+
+  // A call that fails fails the request, in the failing field's name.
+  backend.fail_after = 1;
+  PostJson("/v1/completions", R"({"prompt": ["a", "b"]})", 400);
+  backend.fail_after = -1;
+  backend.prompt_in_text = false;
+  backend.token_delay = std::chrono::milliseconds(0);
+
+  const int before = backend.calls.load();
+  auto refused = [&](const std::string& prompt, const std::string& param, const std::string& says) {
+    const JsonValue j = PostJson("/v1/completions", R"({"prompt": )" + prompt + "}", 400);
+    const JsonValue* e = j.Find("error");
+    ASSERT_TRUE(e != nullptr && e->Find("param") != nullptr && e->Find("message") != nullptr) << j.Dump();
+    EXPECT_EQ(e->Find("param")->as_string(), param) << prompt;
+    EXPECT_NE(e->Find("message")->as_string().find(says), std::string::npos) << e->Dump();
+  };
+  std::string many = R"(["x")";
+  for (int i = 1; i < 65; ++i) many += R"(, "x")";
+  refused(many + "]", "prompt", "a batch of 65 prompts, more than the 64");
+  refused("[]", "prompt", "an array of up to 64");
+  refused("[[1], []]", "prompt[1]", "prompt[1]: an empty prompt");
+  refused(R"(["a", 5])", "prompt[1]", "must be a string or an array of token ids");
+  refused("[[1], [2, -3]]", "prompt[1]", "prompt[1]: -3 is not a token id");
+  refused("[1, 2.5]", "prompt", "prompt: 2.5 is not a token id");
+  EXPECT_EQ(backend.calls.load(), before) << "refused before any call";
+}
+
 TEST_F(OpenAiHttp, ChoicesAreOneGenerateCallAskingForN) {
   backend.TakeSeeds();
   backend.seed_in_text = true;  // "s5:Hello, world": the seed a choice was sampled with

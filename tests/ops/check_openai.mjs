@@ -305,6 +305,26 @@ if (ref.text.length >= 8) {
   }
 }
 
+// A batch of prompts in one completion (as lm-evaluation-harness sends
+// them): choice i answers prompt i as that prompt alone is answered, and
+// usage counts every prompt; a batch of token-id prompts scored with echo,
+// max_tokens 0 and logprobs, each equal to its prompt scored alone.
+{
+  const other = 'the cat sat on the mat';
+  const one = await client.completions.create({ model: name, prompt, max_tokens: 24, temperature: 0 });
+  const two = await client.completions.create({ model: name, prompt: other, max_tokens: 24, temperature: 0 });
+  const batch = await client.completions.create({ model: name, prompt: [prompt, other], max_tokens: 24, temperature: 0 });
+  same('a batch of two prompts answers each as alone', batch.choices.map((c) => [c.index, c.text]),
+       [[0, ref.text], [1, two.choices[0].text]]);
+  same('... and its usage counts both', batch.usage.prompt_tokens, one.usage.prompt_tokens + two.usage.prompt_tokens);
+  const score = (p) => client.completions.create({ model: name, prompt: p, max_tokens: 0, echo: true, logprobs: 1 });
+  const ids = [ref.tokens.slice(0, 6), ref.tokens.slice(3, 12)];
+  const scored = await score(ids);
+  const alone = [await score(ids[0]), await score(ids[1])];
+  same('a batch of id prompts scored with echo equals each scored alone',
+       scored.choices.map((c) => c.logprobs.token_logprobs), alone.map((a) => a.choices[0].logprobs.token_logprobs));
+}
+
 // Chat, whole and streamed, through the model's chat template.
 const messages = [{ role: 'system', content: 'be brief' }, { role: 'user', content: 'name three colours' }];
 writeFileSync(join(dir, 'chat.json'), JSON.stringify(messages));
