@@ -53,7 +53,7 @@ int RunGenerateCommand(int argc, char** argv) {
   CommonFlags common;
   common.ids_required = false;
   std::string stop, kv_wire = "auto", prompt, prompt_file, chat;
-  std::vector<std::string> stop_strings, logit_bias;
+  std::vector<std::string> stop_strings, logit_bias, bad_words;
   int64_t max_new_tokens = 16, min_new_tokens = 0, top_k = 0, seed = 0, logprobs = -1, prompt_logprobs = -1, n = 1;
   bool ignore_eos = false, include_stop = false, keep_special = false;
   double temperature = 0.0, top_p = 0.0, min_p = 0.0, presence_penalty = 0.0, frequency_penalty = 0.0;
@@ -75,6 +75,8 @@ int RunGenerateCommand(int argc, char** argv) {
             "looked for until then (vLLM's min_tokens; at most --max-new-tokens)");
   flags.Bool("ignore-eos", &ignore_eos,
              "a text reply goes on past the tokenizer's end-of-text ids (vLLM's ignore_eos)");
+  flags.Strings("bad-word", &bad_words,
+                "a word the reply never spells (vLLM's bad_words); give it once per word (the API takes up to 64)");
   flags.Bool("include-stop-str", &include_stop,
              "the text ends with what ended it: the stop string, or the stop token's text "
              "(vLLM's include_stop_str_in_output)");
@@ -161,6 +163,7 @@ int RunGenerateCommand(int argc, char** argv) {
   request.set_min_new_tokens(static_cast<int32_t>(min_new_tokens));
   request.set_ignore_eos(ignore_eos);
   request.set_include_stop_str_in_output(include_stop);
+  for (const std::string& w : bad_words) request.add_bad_words(w);
   if (keep_special) request.set_skip_special_tokens(false);
   if (n < 0 || n > INT32_MAX) return ReportUsage(cmd, "--n: out of range");
   if (n != 1) request.set_n(static_cast<int32_t>(n));

@@ -189,7 +189,8 @@ size_t MaxRequestBytes(const RequestLimits& limits) {
                                  static_cast<size_t>(limits.max_prompt_tokens) * kMaxTextBytesPerToken +
                                      static_cast<size_t>(kMaxChatMessages) * 32);
   return 4096 + kMaxRequestIdBytes + prompt + static_cast<size_t>(kMaxStopTokens) * 10 +
-         static_cast<size_t>(kMaxStopStrings) * (kMaxStopStringBytes + 8) + kMaxTransportOfferBytes;
+         static_cast<size_t>(kMaxStopStrings) * (kMaxStopStringBytes + 8) +
+         static_cast<size_t>(kMaxBadWords) * (kMaxBadWordBytes + 8) + kMaxTransportOfferBytes;
 }
 
 void FitDefaultNewTokens(int64_t prompt_tokens, const RequestLimits& limits, GenerateCall* call) {
@@ -299,6 +300,14 @@ StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& r, const 
       return InvalidArgument("stop[" + Int(i) + "]: " + Int(static_cast<int64_t>(r.stop(i).size())) +
                              " bytes, need 1 to " + Int(kMaxStopStringBytes));
     call.stop.push_back(r.stop(i));
+  }
+  if (r.bad_words_size() > kMaxBadWords)
+    return InvalidArgument("bad_words: " + Int(r.bad_words_size()) + " words exceed the limit of " + Int(kMaxBadWords));
+  for (int i = 0; i < r.bad_words_size(); ++i) {
+    if (r.bad_words(i).empty() || r.bad_words(i).size() > kMaxBadWordBytes)
+      return InvalidArgument("bad_words[" + Int(i) + "]: " + Int(static_cast<int64_t>(r.bad_words(i).size())) +
+                             " bytes, need 1 to " + Int(kMaxBadWordBytes));
+    call.bad_words.push_back(r.bad_words(i));
   }
   call.text_reply = r.text_reply();
   if (r.has_logprobs()) {

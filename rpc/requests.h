@@ -26,6 +26,8 @@ inline constexpr double kMaxPenalty = 2.0;
 inline constexpr double kMaxLogitBiasValue = 100.0;
 inline constexpr int kMaxLogitBias = 1024;
 inline constexpr int kMaxStopStrings = 16;
+inline constexpr int kMaxBadWords = 64;
+inline constexpr size_t kMaxBadWordBytes = 256;
 inline constexpr size_t kMaxStopStringBytes = 256;
 inline constexpr int kMaxChatMessages = 1024;
 // The most choices (GenerateRequest.n) one request may ask for.
@@ -75,6 +77,7 @@ struct GenerateCall {
   bool has_text = false;  // a text prompt, maybe empty
   std::vector<std::pair<std::string, std::string>> messages;  // (role, content)
   std::vector<std::string> stop;  // stop strings
+  std::vector<std::string> bad_words;  // never spelled by the reply
   bool text_reply = false;  // answer in text, as for a text prompt
   int max_new_tokens = 0;
   // The request left max_new_tokens to the server (0): the default then

@@ -38,6 +38,7 @@
 #include "server/common/work_queue.h"
 #include "tests/logprobs_util.h"
 #include "tests/server_test_util.h"
+#include "text/bad_words.h"
 #include "text/tokenizer.h"
 
 namespace seer {
@@ -815,6 +816,20 @@ struct AloneAndBatched {
   PrefillHarness prefill{{}, engine.get()};
   DecodeHarness alone{prefill.server->address(), engine.get()};
   DecodeHarness batched{prefill.server->address(), paged.get()};
+  std::unique_ptr<Tokenizer> tokenizer;
+
+  // The fixture model's tokenizer, on both decode services, with these
+  // end-of-text ids; null (a test failure) when it does not load. Before any
+  // call is in flight.
+  const Tokenizer* UseTokenizer(std::vector<int32_t> end_ids) {
+    auto loaded = Tokenizer::Load(Path("llama"));
+    EXPECT_TRUE(loaded.ok()) << loaded.status().ToString();
+    if (!loaded.ok()) return nullptr;
+    tokenizer = std::move(loaded).value();
+    alone.service->SetTokenizer(tokenizer.get(), end_ids);
+    batched.service->SetTokenizer(tokenizer.get(), end_ids);
+    return tokenizer.get();
+  }
 
   static std::unique_ptr<Engine> EnablePaged(std::unique_ptr<Engine> e) {
     PagedDecodeOptions po;
@@ -944,8 +959,6 @@ TEST(Service, ATopKAboveTheVocabularyKeepsEveryToken) {
 // ban (SamplingParams::min_tokens) on the monolithic engine's logits.
 TEST(Service, MinNewTokensAndIgnoreEosKeepATextReplyGoing) {
   AloneAndBatched servers;
-  auto tokenizer = Tokenizer::Load(Path("llama"));
-  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status().ToString();
   constexpr int kNew = 24;
   const std::vector<int32_t> ids = seer::testing::RandomIds(30, 128, 31);
   auto reference = [&](const SamplingParams& sp) { return LocalSamplerTokens(*servers.engine, ids, kNew, sp); };
@@ -954,9 +967,7 @@ TEST(Service, MinNewTokensAndIgnoreEosKeepATextReplyGoing) {
   while (k < greedy.size() && std::find(greedy.begin(), greedy.begin() + k, greedy[k]) != greedy.begin() + k) ++k;
   ASSERT_LT(k, greedy.size() - 4) << "the greedy reply has no new token early enough";
   const int32_t end = greedy[k];
-  // (After SetEngine, which the harness called: no call is in flight yet.)
-  servers.alone.service->SetTokenizer(tokenizer->get(), {end});
-  servers.batched.service->SetTokenizer(tokenizer->get(), {end});
+  ASSERT_NE(servers.UseTokenizer({end}), nullptr);
   // The reply as the text APIs end it: at the first `end` after the first
   // `min` tokens, or at kNew.
   auto ended = [&](std::vector<int32_t> tokens, int min) {
@@ -1079,12 +1090,9 @@ TEST(Service, MinPAndRepetitionPenaltyGiveTheLocalSamplersTokens) {
 // text; and a special token forced by a bias, left out or kept.
 TEST(Service, IncludedStopsAndKeptSpecialTokensShapeTheText) {
   AloneAndBatched servers;
-  auto loaded = Tokenizer::Load(Path("llama"));
-  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
-  const Tokenizer& tok = **loaded;
-  // No end-of-text ids: the replies run to their length.
-  servers.alone.service->SetTokenizer(loaded->get(), {});
-  servers.batched.service->SetTokenizer(loaded->get(), {});
+  const Tokenizer* loaded = servers.UseTokenizer({});  // no end-of-text ids: the replies run to their length
+  ASSERT_NE(loaded, nullptr);
+  const Tokenizer& tok = *loaded;
   constexpr int kNew = 24;
   const std::vector<int32_t> ids = seer::testing::RandomIds(30, 128, 41);
   const std::vector<int32_t> greedy = LocalSamplerTokens(*servers.engine, ids, kNew, SamplingParams{});
@@ -1146,6 +1154,57 @@ TEST(Service, IncludedStopsAndKeptSpecialTokensShapeTheText) {
     forced.set_skip_special_tokens(false);
     EXPECT_EQ(text_of(forced).first, special + special + special);
   }
+}
+
+// bad_words through both services, alone and batched: the reply is a local
+// Sampler's with the words' token sequences (BadWordSequences) banned, on the
+// monolithic engine's logits; it differs from the free reply, and no banned
+// sequence appears in it. Too many words, or an empty one, are refused by
+// name.
+TEST(Service, BadWordsAreNeverSpelled) {
+  AloneAndBatched servers;
+  const Tokenizer* loaded = servers.UseTokenizer({});
+  ASSERT_NE(loaded, nullptr);
+  const Tokenizer& tok = *loaded;
+  constexpr int kNew = 24;
+  const std::vector<int32_t> ids = seer::testing::RandomIds(30, 128, 51);
+  const std::vector<int32_t> free = LocalSamplerTokens(*servers.engine, ids, kNew, SamplingParams{});
+  // Words from the free reply: one token's text, and two tokens' text.
+  auto text = [&](size_t at, size_t n) {
+    StatusOr<std::string> t = tok.Decode(std::span<const int32_t>(free.data() + at, n), true);
+    return t.ok() ? *t : std::string();
+  };
+  std::vector<std::string> words;
+  for (size_t k = 2; k + 1 < free.size() && words.size() < 2; k += 5) {
+    const std::string w = text(k, words.empty() ? 1 : 2);
+    if (w.find_first_not_of(" ") != std::string::npos && w.find("\xEF\xBF\xBD") == std::string::npos)
+      words.push_back(w);
+  }
+  ASSERT_EQ(words.size(), 2u);
+  auto banned = BadWordSequences(tok, words);
+  ASSERT_TRUE(banned.ok()) << banned.status().ToString();
+  SamplingParams sp;
+  sp.bad_words = *banned;
+  const std::vector<int32_t> want = LocalSamplerTokens(*servers.engine, ids, kNew, sp);
+  EXPECT_NE(want, free) << "the words must change the reply";
+  for (const std::vector<int32_t>& seq : *banned) {
+    EXPECT_EQ(std::search(want.begin(), want.end(), seq.begin(), seq.end()), want.end());
+  }
+  for (DecodeHarness* h : {&servers.alone, &servers.batched}) {
+    SCOPED_TRACE(h == &servers.alone ? "alone" : "batched");
+    v1::GenerateRequest g = SampledRequest(ids, kNew, SamplingParams{});
+    for (const std::string& w : words) g.add_bad_words(w);
+    std::vector<int32_t> got;
+    ASSERT_TRUE(CallGenerate(h->Stub().get(), g, &got).ok());
+    EXPECT_EQ(got, want);
+  }
+  v1::GenerateRequest many = SampledRequest(ids, 2, SamplingParams{});
+  for (int i = 0; i < 65; ++i) many.add_bad_words("w");
+  ExpectInvalid(CallGenerate(servers.alone.Stub().get(), many), "bad_words: 65 words exceed the limit of 64");
+  v1::GenerateRequest empty = SampledRequest(ids, 2, SamplingParams{});
+  empty.add_bad_words("w");
+  empty.add_bad_words("");
+  ExpectInvalid(CallGenerate(servers.alone.Stub().get(), empty), "bad_words[1]: 0 bytes, need 1 to 256");
 }
 
 // Logprobs over gRPC, alone and batched: with each token, the model's

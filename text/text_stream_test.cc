@@ -16,14 +16,12 @@
 
 #include "base/json.h"
 
+#include "tests/tokenizer_fixture.h"
+
 namespace seer {
 namespace {
 
-std::unique_ptr<Tokenizer> Load(const std::string& family) {
-  auto t = Tokenizer::Load(std::string(SEER_FIXTURES_DIR) + "/tokenizers/" + family);
-  EXPECT_TRUE(t.ok()) << t.status().ToString();
-  return t.ok() ? std::move(t).value() : nullptr;
-}
+using seer::testing::LoadFixtureTokenizer;
 
 // Runs ids through a stream; the text released step by step, whether it stopped.
 std::pair<std::string, bool> Stream(const Tokenizer& tok, const std::vector<int32_t>& ids,
@@ -51,7 +49,7 @@ const std::vector<std::string> kTexts = {
 
 TEST(TextStream, WithoutStopsItIsTheWholeDecode) {
   for (const char* family : {"llama3", "llama2", "qwen2"}) {
-    std::unique_ptr<Tokenizer> tok = Load(family);
+    std::unique_ptr<Tokenizer> tok = LoadFixtureTokenizer(family);
     ASSERT_NE(tok, nullptr);
     for (const std::string& text : kTexts) {
       auto ids = tok->Encode(text, true);
@@ -64,7 +62,7 @@ TEST(TextStream, WithoutStopsItIsTheWholeDecode) {
 }
 
 TEST(TextStream, CutsJustBeforeTheFirstStopStringWhereverItFalls) {
-  std::unique_ptr<Tokenizer> tok = Load("llama3");
+  std::unique_ptr<Tokenizer> tok = LoadFixtureTokenizer("llama3");
   ASSERT_NE(tok, nullptr);
   std::mt19937 rng(7);
   for (const std::string& text : kTexts) {
@@ -94,7 +92,7 @@ TEST(TextStream, CutsJustBeforeTheFirstStopStringWhereverItFalls) {
 }
 
 TEST(TextStream, IncludedStopsAreTheOneThatAppearedFirst) {
-  std::unique_ptr<Tokenizer> tok = Load("llama3");
+  std::unique_ptr<Tokenizer> tok = LoadFixtureTokenizer("llama3");
   ASSERT_NE(tok, nullptr);
   auto ids = tok->Encode("Hello, world", false);
   ASSERT_TRUE(ids.ok());
@@ -109,7 +107,7 @@ TEST(TextStream, IncludedStopsAreTheOneThatAppearedFirst) {
 }
 
 TEST(TextStream, HoldsBackAPossibleStartOfAStopAndReleasesItAtTheEnd) {
-  std::unique_ptr<Tokenizer> tok = Load("llama3");
+  std::unique_ptr<Tokenizer> tok = LoadFixtureTokenizer("llama3");
   ASSERT_NE(tok, nullptr);
   auto ids = tok->Encode("Hello, world", false);
   ASSERT_TRUE(ids.ok());
@@ -131,7 +129,7 @@ TEST(TextStream, HoldsBackAPossibleStartOfAStopAndReleasesItAtTheEnd) {
 // cuts before it and the stream reports stopped(), so the reply ends for a
 // "stop", not for its length.
 TEST(TextStream, AStopStringThatOnlyFinishReleasesStillStops) {
-  std::unique_ptr<Tokenizer> tok = Load("llama2");
+  std::unique_ptr<Tokenizer> tok = LoadFixtureTokenizer("llama2");
   ASSERT_NE(tok, nullptr);
   auto ids = tok->Encode("ab", false);
   ASSERT_TRUE(ids.ok());
@@ -166,7 +164,7 @@ TEST(TextStream, AStopStringThatOnlyFinishReleasesStillStops) {
 TEST(TextStream, StopsUnarmedForTheFirstTokensCountOnlyWhenTheyEndAfterThem) {
   std::mt19937 rng(11);
   for (const char* family : {"llama3", "llama2"}) {
-    std::unique_ptr<Tokenizer> tok = Load(family);
+    std::unique_ptr<Tokenizer> tok = LoadFixtureTokenizer(family);
     ASSERT_NE(tok, nullptr);
     int cut_early = 0, straddled = 0;
     for (const std::string& text : kTexts) {

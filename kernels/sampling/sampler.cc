@@ -33,22 +33,21 @@ Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.se
   std::sort(ids.begin(), ids.end());
   ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
   for (int32_t id : ids) adjustments_.push_back(LogitAdjustment{id, 0.0f});
-  bias_.assign(ids.size(), 0.0);
-  counts_.assign(ids.size(), 0);
-  ended_.assign(ids.size(), 0);
+  states_.assign(ids.size(), EntryState{});
 
   for (const LogitAdjustment& b : params.logit_bias) {
     if (b.delta == 0.0f) continue;
-    bias_[Find(b.id)] += b.delta;  // an id given twice adds, in double
+    states_[Find(b.id)].bias += b.delta;  // an id given twice adds, in double
   }
   if (banning()) {
-    for (int32_t id : params.end_ids) ended_[Find(id)] = 1;
+    for (int32_t id : params.end_ids) states_[Find(id)].ended = true;
   }
   if (repetition_ != 1.0f) {
     for (int32_t id : params.prompt_ids)
       if (id >= 0) adjustments_[Find(id)].repetition = repetition_;
   }
   for (size_t i = 0; i < adjustments_.size(); ++i) adjustments_[i].delta = Delta(i);
+  if (!params_.bad_words.empty()) Refresh();  // the one-token bad words
 }
 
 size_t Sampler::Find(int32_t id) const {
@@ -62,19 +61,18 @@ size_t Sampler::EntryFor(int32_t id) {
   if (i == adjustments_.size() || adjustments_[i].id != id) {
     const auto at = static_cast<std::ptrdiff_t>(i);
     adjustments_.insert(adjustments_.begin() + at, LogitAdjustment{id, 0.0f});
-    bias_.insert(bias_.begin() + at, 0.0);
-    counts_.insert(counts_.begin() + at, 0);
-    ended_.insert(ended_.begin() + at, 0);
+    states_.insert(states_.begin() + at, EntryState{});
   }
   return i;
 }
 
 float Sampler::Delta(size_t i) const {
-  if (ended_[i] != 0 && banning()) return -std::numeric_limits<float>::infinity();
-  const int64_t c = counts_[i];
-  if (c == 0) return static_cast<float>(bias_[i]);
+  const EntryState& e = states_[i];
+  if ((e.ended && banning()) || e.bad) return -std::numeric_limits<float>::infinity();
+  if (e.count == 0) return static_cast<float>(e.bias);
   // In double, rounded once: every backend adds the same float.
-  return static_cast<float>(bias_[i] - (static_cast<double>(c) * params_.frequency_penalty + params_.presence_penalty));
+  return static_cast<float>(e.bias -
+                            (static_cast<double>(e.count) * params_.frequency_penalty + params_.presence_penalty));
 }
 
 void Sampler::Record(int32_t token) {
@@ -82,28 +80,44 @@ void Sampler::Record(int32_t token) {
   ++recorded_;
   if ((penalised_ || repetition_ != 1.0f) && token >= 0) {
     const size_t i = EntryFor(token);
-    ++counts_[i];
+    ++states_[i].count;
     adjustments_[i].delta = Delta(i);
     adjustments_[i].repetition = repetition_;
   }
-  if (was_banning && !banning()) {
-    // The end ids are allowed from now on: back to their bias (entries that
-    // adjust nothing any more go).
-    size_t kept = 0;
-    for (size_t i = 0; i < adjustments_.size(); ++i) {
-      if (ended_[i] != 0 && bias_[i] == 0.0 && counts_[i] == 0 && adjustments_[i].repetition == 1.0f) continue;
-      adjustments_[kept] = adjustments_[i];
-      adjustments_[kept].delta = Delta(i);
-      bias_[kept] = bias_[i];
-      counts_[kept] = counts_[i];
-      ended_[kept] = ended_[i];
-      ++kept;
-    }
-    adjustments_.resize(kept);
-    bias_.resize(kept);
-    counts_.resize(kept);
-    ended_.resize(kept);
+  if (!params_.bad_words.empty()) {
+    size_t context = 0;
+    for (const std::vector<int32_t>& w : params_.bad_words) context = std::max(context, w.size());
+    recent_.push_back(token);
+    if (recent_.size() + 1 > context) recent_.erase(recent_.begin(), recent_.end() - (context > 0 ? context - 1 : 0));
   }
+  // The end ids are allowed from now on (back to their bias), or the bad
+  // words' bans move.
+  if ((was_banning && !banning()) || !params_.bad_words.empty()) Refresh();
+}
+
+void Sampler::Refresh() {
+  for (EntryState& e : states_) e.bad = false;
+  for (const std::vector<int32_t>& w : params_.bad_words) {
+    if (w.empty() || w.back() < 0) continue;
+    const size_t rest = w.size() - 1;
+    if (recent_.size() < rest || !std::equal(w.begin(), w.end() - 1, recent_.end() - static_cast<std::ptrdiff_t>(rest)))
+      continue;
+    states_[EntryFor(w.back())].bad = true;
+  }
+  // An entry stays while it adjusts something or counts a token.
+  size_t kept = 0;
+  for (size_t i = 0; i < adjustments_.size(); ++i) {
+    const EntryState& e = states_[i];
+    const bool needed =
+        e.bias != 0.0 || e.count > 0 || (e.ended && banning()) || e.bad || adjustments_[i].repetition != 1.0f;
+    if (!needed) continue;
+    adjustments_[kept] = adjustments_[i];
+    states_[kept] = e;
+    adjustments_[kept].delta = Delta(kept);
+    ++kept;
+  }
+  adjustments_.resize(kept);
+  states_.resize(kept);
 }
 
 std::vector<float> Sampler::Adjusted(std::span<const float> logits) const {

@@ -56,6 +56,10 @@ struct SamplingParams {
   // has a chance.
   int min_tokens = 0;
   std::vector<int32_t> end_ids;
+  // vLLM's bad_words, as token sequences: a sequence's last token has logit
+  // -inf whenever the tokens this sampler recorded last are the rest of it
+  // (a one-token sequence: always). Empty sequences are ignored.
+  std::vector<std::vector<int32_t>> bad_words;
   // -1: none. 0 to kMaxTopLogprobs: after each token, last_logprobs() holds
   // its log-probability and this many most likely alternatives.
   int logprobs = -1;
@@ -153,12 +157,23 @@ class Sampler {
   // Distribution and Sample on logits already adjusted.
   std::vector<double> DistributionOf(std::span<const float> logits) const;
   int32_t Choose(std::span<const float> logits);
-  // Entry i's delta from its bias, count and ban; adding an entry for `id`;
-  // the entry that exists for `id`.
+  // Entry i's delta from its bias, count and bans; adding an entry for
+  // `id`; the entry that exists for `id`.
   float Delta(size_t i) const;
   size_t EntryFor(int32_t id);
   size_t Find(int32_t id) const;
   bool banning() const { return recorded_ < params_.min_tokens; }
+  // The bad words' bans for the tokens recorded so far, every delta again,
+  // and the entries that adjust nothing any more gone.
+  void Refresh();
+
+  // What an entry of adjustments_ stands for.
+  struct EntryState {
+    double bias = 0.0;
+    int64_t count = 0;  // times recorded
+    bool ended = false;  // an end id: banned while banning()
+    bool bad = false;  // the last token of a bad word whose rest was just recorded
+  };
 
   SamplingParams params_;
   std::mt19937_64 rng_;
@@ -166,9 +181,8 @@ class Sampler {
   float repetition_ = 1.0f;  // params_.repetition_penalty, in float
   int64_t recorded_ = 0;  // tokens recorded
   std::vector<LogitAdjustment> adjustments_;  // ascending ids
-  std::vector<double> bias_;  // per entry of adjustments_
-  std::vector<int64_t> counts_;  // per entry of adjustments_: times recorded
-  std::vector<char> ended_;  // per entry of adjustments_: an end id (banned while banning())
+  std::vector<EntryState> states_;  // per entry of adjustments_
+  std::vector<int32_t> recent_;  // the last tokens recorded, as many as the longest bad word less one
   TokenLogprobs last_logprobs_;
 };
 

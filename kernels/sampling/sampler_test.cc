@@ -453,6 +453,73 @@ TEST(Sampling, ALongPromptsRepetitionEntriesAreOnePerDistinctId) {
             (LogitAdjustment{5, 0.0f, 1.1f}));
 }
 
+// vLLM's bad_words as token sequences: greedy by hand, then random logits
+// step by step against the definition written out (a word's last token is
+// -inf when the reply's last tokens are the rest of it), with penalties, a
+// bias and min_tokens' bans in the same entries.
+TEST(Sampling, BadWordsBanTheirLastTokenAfterTheRest) {
+  // Logits favour 3, then 4: {3} is banned outright, so 4; {4, 4} bans 4
+  // after a 4, so then 5; after the 5, 4 again.
+  SamplingParams h;
+  h.bad_words = {{3}, {4, 4}, {}};
+  Sampler hand(h);
+  const std::vector<float> logits = {0.0f, 1.0f, 2.0f, 9.0f, 8.0f, 7.0f};
+  std::vector<int32_t> got;
+  for (int i = 0; i < 4; ++i) got.push_back(hand.Sample(logits));
+  EXPECT_EQ(got, (std::vector<int32_t>{4, 5, 4, 5}));
+
+  std::mt19937_64 rng(21);
+  std::normal_distribution<double> normal(0.0, 1.5);
+  const int vocab = 12;
+  for (int trial = 0; trial < 40; ++trial) {
+    SCOPED_TRACE("trial " + std::to_string(trial));
+    SamplingParams p;
+    const int words = 1 + static_cast<int>(rng() % 5);
+    for (int w = 0; w < words; ++w) {
+      std::vector<int32_t> word(1 + rng() % 3);
+      for (int32_t& t : word) t = static_cast<int32_t>(rng() % 6);  // small ids: words meet often
+      p.bad_words.push_back(word);
+    }
+    if (trial % 2 == 1) {
+      p.frequency_penalty = 0.4;
+      p.logit_bias = {{2, 1.5f}};
+      p.min_tokens = 5;
+      p.end_ids = {1};
+    }
+    Sampler s(p);
+    std::vector<int32_t> reply;
+    for (int step = 0; step < 30; ++step) {
+      std::vector<float> row(vocab);
+      for (float& x : row) x = static_cast<float>(normal(rng));
+      // The reference: OpenAI's formula, min_tokens' ban, then the bad words.
+      std::map<int, double> bias;
+      for (const LogitAdjustment& b : p.logit_bias) bias[b.id] = b.delta;
+      std::vector<int> produced(reply.begin(), reply.end());
+      std::vector<float> want = OpenAiAdjusted(row, bias, produced, p.presence_penalty, p.frequency_penalty);
+      if (static_cast<int>(reply.size()) < p.min_tokens)
+        for (int32_t id : p.end_ids) want[id] = -INFINITY;
+      for (const std::vector<int32_t>& w : p.bad_words) {
+        const size_t rest = w.size() - 1;
+        if (reply.size() >= rest && std::equal(w.begin(), w.end() - 1, reply.end() - static_cast<std::ptrdiff_t>(rest)))
+          want[w.back()] = -INFINITY;
+      }
+      const std::vector<float> have = s.Adjusted(row);
+      // The bans exactly; the rest to the float rounding of the formula
+      // (the sampler adds one rounded delta, the reference rounds once).
+      for (int j = 0; j < vocab; ++j) {
+        if (std::isinf(want[j])) {
+          ASSERT_EQ(have[j], want[j]) << "step " << step << " id " << j;
+        } else {
+          ASSERT_NEAR(have[j], want[j], 1e-5) << "step " << step << " id " << j;
+        }
+      }
+      const int32_t t = s.Sample(row);
+      ASSERT_EQ(t, ArgMax(want)) << "step " << step;
+      reply.push_back(t);
+    }
+  }
+}
+
 // A backend that samples on its device: Adjusted logits, its own choice,
 // then Record. The same tokens as Sample, and the same adjustments after.
 TEST(Sampling, RecordAfterADeviceChoiceKeepsTheSamplersInStep) {

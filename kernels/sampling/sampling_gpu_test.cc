@@ -609,6 +609,8 @@ TEST_P(CudaDecodeAndSampleTest, LlamaTokensEqualHostSamplerOnDecodeStepLogits) {
     sp.repetition_penalty = 1.25;
     sp.prompt_ids = ids;
     sp.min_p = 0.05;
+    // vLLM's bad_words: a token never chosen, and one never after another.
+    sp.bad_words = {{ids[1]}, {ids[2], ids[3]}};
   }
   Sampler host(sp), device(sp);
   int32_t token = host.Sample(pre->logits);

@@ -16,6 +16,7 @@
 #include "server/common/request_log.h"
 #include "server/common/logging.h"
 #include "server/common/stream_reactor.h"
+#include "text/bad_words.h"
 #include "text/prompt.h"
 #include "text/text_stream.h"
 #include "text/tokenizer.h"
@@ -96,10 +97,11 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     const bool text_prompt = call_.has_text || !call_.messages.empty();
     // A text reply: the text APIs' answer (text, and an end at end-of-text).
     const bool text_reply = text_prompt || call_.text_reply;
-    if ((text_reply || !call_.stop.empty()) && service->tokenizer_ == nullptr) {
-      const char* field = text_prompt        ? (call_.has_text ? "text" : "messages")
-                          : call_.text_reply ? "text_reply"
-                                             : "stop";
+    if ((text_reply || !call_.stop.empty() || !call_.bad_words.empty()) && service->tokenizer_ == nullptr) {
+      const char* field = text_prompt           ? (call_.has_text ? "text" : "messages")
+                          : call_.text_reply    ? "text_reply"
+                          : !call_.stop.empty() ? "stop"
+                                                : "bad_words";
       FinishNow(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                              std::string(field) +
                                  ": seer-decode has no tokenizer (--tokenizer), so it takes token_ids and "
@@ -124,6 +126,14 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     // Until min_new_tokens, nothing may end the reply.
     call_.sampling.min_tokens = call_.min_new_tokens;
     call_.sampling.end_ids = stop_tokens_;
+    if (!call_.bad_words.empty()) {
+      StatusOr<std::vector<std::vector<int32_t>>> banned = BadWordSequences(*service->tokenizer_, call_.bad_words);
+      if (!banned.ok()) {
+        FinishNow(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "bad_words: " + banned.status().message()));
+        return;
+      }
+      call_.sampling.bad_words = std::move(banned).value();
+    }
     request_id_ = call_.request_id.empty() ? "generate-" + std::to_string(service->next_request_number_.fetch_add(1))
                                            : call_.request_id;
     max_new_tokens_ = call_.max_new_tokens;

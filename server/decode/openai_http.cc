@@ -539,11 +539,20 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
   // false and an empty list.
   for (const char* refused :
        {"tools", "functions", "function_call", "suffix", "use_beam_search", "guided_json", "guided_regex",
-        "guided_choice", "guided_grammar", "structured_outputs", "allowed_token_ids", "bad_words"}) {
+        "guided_choice", "guided_grammar", "structured_outputs", "allowed_token_ids"}) {
     const JsonValue* f = root.Find(refused);
     if (f != nullptr && !f->is_null() && !(f->is_bool() && !f->as_bool()) &&
         !(f->is_array() && f->as_array().empty())) {
       return Invalid(refused, std::string(refused) + ": not supported by this server");
+    }
+  }
+  // vLLM's bad_words: words the reply never spells (the server checks the
+  // count and sizes and names the field).
+  if (const JsonValue* f = root.Find("bad_words"); f != nullptr && !f->is_null()) {
+    if (!f->is_array()) return Invalid("bad_words", "bad_words: must be an array of strings");
+    for (const JsonValue& w : f->as_array()) {
+      if (!w.is_string()) return Invalid("bad_words", "bad_words: must be an array of strings");
+      g.add_bad_words(w.as_string());
     }
   }
   // vLLM's text controls: the stop string (or stop token's text) kept at

@@ -1028,6 +1028,10 @@ TEST_F(OpenAiHttp, VllmsExtensionsReachTheWireOrAreRefused) {
   EXPECT_TRUE(backend.Last().include_stop_str_in_output());
   ASSERT_TRUE(backend.Last().has_skip_special_tokens());
   EXPECT_FALSE(backend.Last().skip_special_tokens());
+  PostJson("/v1/completions", R"({"prompt": "x", "bad_words": ["never", " say"]})", 200);
+  const v1::GenerateRequest worded = backend.Last();
+  EXPECT_EQ(std::vector<std::string>(worded.bad_words().begin(), worded.bad_words().end()),
+            (std::vector<std::string>{"never", " say"}));
   ASSERT_EQ(floats.stop_token_ids_size(), 1);
   EXPECT_EQ(floats.stop_token_ids(0), 100);
   // Neutral values pass: they ask for nothing Seer does not do.
@@ -1069,7 +1073,8 @@ TEST_F(OpenAiHttp, VllmsExtensionsReachTheWireOrAreRefused) {
   Refused(R"("top_logprobs": 2)", "top_logprobs", "not a completions field");
   Refused(R"("structured_outputs": {"json": {}})", "structured_outputs", "not supported");
   Refused(R"("allowed_token_ids": [1, 2])", "allowed_token_ids", "not supported");
-  Refused(R"("bad_words": ["no"])", "bad_words", "not supported");
+  Refused(R"("bad_words": "no")", "bad_words", "must be an array of strings");
+  Refused(R"("bad_words": ["no", 3])", "bad_words", "must be an array of strings");
   Refused(R"("function_call": "auto")", "function_call", "not supported");
   Refused(R"("skip_special_tokens": 0)", "skip_special_tokens", "must be true or false");
   Refused(R"("include_stop_str_in_output": "yes")", "include_stop_str_in_output", "must be true or false");

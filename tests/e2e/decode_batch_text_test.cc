@@ -788,6 +788,13 @@ TEST(TextGenerate, WithoutATokenizerTextIsRefusedAndIdsStillWork) {
   EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
   EXPECT_NE(refused.status.error_message().find("text_reply: seer-decode has no tokenizer"), std::string::npos)
       << refused.status.error_message();
+  // So do bad words, which are tokenized.
+  v1::GenerateRequest banned = IdsRequest(20, 4, 9, false);
+  banned.add_bad_words("hello");
+  Reply no_words = Call(s.stub.get(), banned);
+  EXPECT_EQ(no_words.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(no_words.status.error_message().find("bad_words: seer-decode has no tokenizer"), std::string::npos)
+      << no_words.status.error_message();
 }
 
 }  // namespace

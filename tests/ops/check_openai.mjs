@@ -63,11 +63,14 @@ const prefill = await start('seer-prefill', ['--listen', '127.0.0.1:0', '--gates
   const m = out.match(/listening on (\S+)/);
   return m && out.includes(' ready: ') ? m[1] : null;
 });
+let decodeGrpc = null;  // seer-decode's gRPC address, for seer generate
 const http = await start(
   'seer-decode',
   ['--listen', '127.0.0.1:0', '--prefill', prefill, '--http', '127.0.0.1:0', ...common],
   (out) => {
     const m = out.match(/http on (\S+)/);
+    const g = out.match(/listening on (\S+)/);
+    if (g) decodeGrpc = g[1];
     return m && out.includes(' ready: ') ? m[1] : null;
   });
 
@@ -294,6 +297,31 @@ if (ref.text.length >= 8) {
     const kept = await client.completions.create({ ...forcedSpecial, skip_special_tokens: false });
     same('skip_special_tokens false keeps a special token\'s text', [skipped.choices[0].text, kept.choices[0].text],
          ['', special.repeat(3)]);
+  }
+  // bad_words: vLLM's rule written out here over `seer tokenize` (the word,
+  // and after a space when that starts with another token and is as long).
+  // For words of the reference reply, the HTTP reply is seer generate's over
+  // gRPC, and no banned sequence is in its tokens.
+  {
+    const encode = (text) => JSON.parse(execFileSync(join(bin, 'seer'), ['tokenize', '--tokenizer', model, '--text',
+      text, '--add-special-tokens=false', '--json']).toString()).ids;
+    const decode = (ids) => JSON.parse(execFileSync(join(bin, 'seer'), ['detokenize', '--tokenizer', model, '--ids',
+      ids.join(','), '--json']).toString()).text;
+    const words = [decode(ref.tokens.slice(1, 3)), decode(ref.tokens.slice(4, 5))];
+    const banned = [];
+    for (const w of words.map((x) => x.trimStart())) {
+      const plain = encode(w), spaced = encode(` ${w}`);
+      banned.push(plain);
+      if (spaced[0] !== plain[0] && spaced.length === plain.length) banned.push(spaced);
+    }
+    const worded = await client.completions.create({
+      model: name, prompt, max_tokens: 24, temperature: 0, bad_words: words,
+    });
+    const cli = JSON.parse(execFileSync(join(bin, 'seer'), ['generate', '--addr', decodeGrpc, '--prompt', prompt,
+      '--max-new-tokens', '24', '--json', ...words.flatMap((w) => ['--bad-word', w])]).toString());
+    same(`bad_words ${JSON.stringify(words)} over HTTP equals seer generate --bad-word`, worded.choices[0].text, cli.text);
+    const has = (seq) => cli.tokens.some((_, i) => seq.every((t, j) => cli.tokens[i + j] === t));
+    check('no banned sequence is in the reply', !banned.some(has), JSON.stringify({ banned, tokens: cli.tokens }));
   }
   for (const [field, value] of [['min_p', 1.5], ['repetition_penalty', 0], ['response_format', { type: 'json_object' }]]) {
     try {
