@@ -38,12 +38,21 @@ void PromptFlags::Register(FlagSet& flags, const std::string& tokenizer_help) {
                "generation prompt.");
   flags.String("tokenizer", &tokenizer,
                "A tokenizer.json or a directory holding one. Default: " + tokenizer_help + ".");
+  flags.Bool("add-generation-prompt", &add_generation_prompt,
+             "With --chat: end the prompt with the template's assistant header.");
+  flags.Bool("continue-final-message", &continue_final_message,
+             "With --chat: leave the final message open, to be continued (needs --add-generation-prompt=false).");
+  flags.String("chat-template-kwargs", &chat_template_kwargs,
+               "With --chat: more template variables, a JSON object (e.g. '{\"enable_thinking\": false}').");
 }
 
 Status PromptFlags::CheckOne(const FlagSet& flags) const {
   int given = 0;
   for (const char* f : {"ids", "prompt", "prompt-file", "chat"}) given += flags.WasSet(f) ? 1 : 0;
   if (given != 1) return InvalidArgument("give exactly one of --ids, --prompt, --prompt-file and --chat");
+  for (const char* f : {"add-generation-prompt", "continue-final-message", "chat-template-kwargs"}) {
+    if (flags.WasSet(f) && !flags.WasSet("chat")) return InvalidArgument("--" + std::string(f) + " needs --chat");
+  }
   return OkStatus();
 }
 
@@ -74,7 +83,15 @@ StatusOr<std::vector<int32_t>> PromptFlags::Ids(const FlagSet& flags, const Toke
   }
   if (flags.WasSet("chat")) {
     SEER_ASSIGN_OR_RETURN(JsonValue messages, Messages());
-    StatusOr<std::vector<int32_t>> out = EncodeChatPrompt(*tok, messages);
+    ChatPromptOptions options;
+    options.add_generation_prompt = add_generation_prompt;
+    options.continue_final_message = continue_final_message;
+    if (!chat_template_kwargs.empty()) {
+      StatusOr<JsonValue> kwargs = JsonValue::Parse(chat_template_kwargs);
+      if (!kwargs.ok()) return InvalidArgument("--chat-template-kwargs: " + kwargs.status().message());
+      options.template_kwargs = *std::move(kwargs);
+    }
+    StatusOr<std::vector<int32_t>> out = EncodeChatPrompt(*tok, messages, options);
     if (!out.ok()) return out.status().WithContext("--chat");
     return out;
   }

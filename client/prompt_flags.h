@@ -19,10 +19,15 @@ StatusOr<std::string> ReadInputFile(const std::string& flag, const std::string& 
 
 struct PromptFlags {
   std::string ids, prompt, prompt_file, chat, tokenizer;
+  // --chat's rendering: as seer-decode's add_generation_prompt,
+  // continue_final_message and chat_template_kwargs.
+  bool add_generation_prompt = true, continue_final_message = false;
+  std::string chat_template_kwargs;
 
   // `tokenizer_help` says where the default tokenizer is.
   void Register(FlagSet& flags, const std::string& tokenizer_help);
-  // Exactly one of the four inputs; the error names them.
+  // Exactly one of the four inputs, and the chat flags only with --chat;
+  // the error names them.
   Status CheckOne(const FlagSet& flags) const;
   bool is_text(const FlagSet& flags) const { return !flags.WasSet("ids"); }
 

@@ -55,7 +55,9 @@ int RunGenerateCommand(int argc, char** argv) {
   std::string stop, kv_wire = "auto", prompt, prompt_file, chat;
   std::vector<std::string> stop_strings, logit_bias, bad_words;
   int64_t max_new_tokens = 16, min_new_tokens = 0, top_k = 0, seed = 0, logprobs = -1, prompt_logprobs = -1, n = 1;
-  bool ignore_eos = false, include_stop = false, keep_special = false;
+  bool ignore_eos = false, include_stop = false, keep_special = false, continue_final = false;
+  bool add_generation_prompt = true;
+  std::string template_kwargs;
   double temperature = 0.0, top_p = 0.0, min_p = 0.0, presence_penalty = 0.0, frequency_penalty = 0.0;
   double repetition_penalty = 1.0;
   FlagSet flags("seer generate --addr HOST:PORT (--ids IDS | --prompt TEXT | --prompt-file F | --chat F) [flags]",
@@ -106,6 +108,13 @@ int RunGenerateCommand(int argc, char** argv) {
   flags.String("chat", &chat,
                "a JSON file of chat messages, [{\"role\": ..., \"content\": ...}, ...], as OpenAI's API takes them "
                "(a content may be null or an array of text parts)");
+  flags.Bool("add-generation-prompt", &add_generation_prompt,
+             "with --chat: end the prompt with the template's assistant header");
+  flags.Bool("continue-final-message", &continue_final,
+             "with --chat: leave the final message open for the reply to continue it (needs "
+             "--add-generation-prompt=false)");
+  flags.String("chat-template-kwargs", &template_kwargs,
+               "with --chat: more template variables, a JSON object (e.g. '{\"enable_thinking\": false}')");
   flags.String("stop", &stop, "stop after any of these token ids (\"2,7\")");
   flags.Strings("stop-string", &stop_strings,
                 "stop before this text appears in the reply; give it once per string (the API takes up to 16)");
@@ -164,6 +173,10 @@ int RunGenerateCommand(int argc, char** argv) {
   request.set_ignore_eos(ignore_eos);
   request.set_include_stop_str_in_output(include_stop);
   for (const std::string& w : bad_words) request.add_bad_words(w);
+  // The server checks these against the prompt's form and names the field.
+  if (flags.WasSet("add-generation-prompt")) request.set_add_generation_prompt(add_generation_prompt);
+  request.set_continue_final_message(continue_final);
+  request.set_chat_template_kwargs(template_kwargs);
   if (keep_special) request.set_skip_special_tokens(false);
   if (n < 0 || n > INT32_MAX) return ReportUsage(cmd, "--n: out of range");
   if (n != 1) request.set_n(static_cast<int32_t>(n));

@@ -190,7 +190,8 @@ size_t MaxRequestBytes(const RequestLimits& limits) {
                                      static_cast<size_t>(kMaxChatMessages) * 32);
   return 4096 + kMaxRequestIdBytes + prompt + static_cast<size_t>(kMaxStopTokens) * 10 +
          static_cast<size_t>(kMaxStopStrings) * (kMaxStopStringBytes + 8) +
-         static_cast<size_t>(kMaxBadWords) * (kMaxBadWordBytes + 8) + kMaxTransportOfferBytes;
+         static_cast<size_t>(kMaxBadWords) * (kMaxBadWordBytes + 8) + kMaxChatTemplateKwargsBytes + 8 +
+         kMaxTransportOfferBytes;
 }
 
 void FitDefaultNewTokens(int64_t prompt_tokens, const RequestLimits& limits, GenerateCall* call) {
@@ -271,6 +272,29 @@ StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& r, const 
   call.include_stop = r.include_stop_str_in_output();
   call.skip_special_tokens = !r.has_skip_special_tokens() || r.skip_special_tokens();
   call.default_new_tokens = r.max_new_tokens() == 0;
+  // A chat's rendering controls, for messages only.
+  const bool chat_controls =
+      r.has_add_generation_prompt() || r.continue_final_message() || !r.chat_template_kwargs().empty();
+  if (chat_controls && r.messages_size() == 0) {
+    const char* field = r.has_add_generation_prompt() ? "add_generation_prompt"
+                        : r.continue_final_message()  ? "continue_final_message"
+                                                      : "chat_template_kwargs";
+    return InvalidArgument(std::string(field) + ": only for a chat prompt (messages)");
+  }
+  call.chat.add_generation_prompt = !r.has_add_generation_prompt() || r.add_generation_prompt();
+  call.chat.continue_final_message = r.continue_final_message();
+  if (call.chat.continue_final_message && call.chat.add_generation_prompt) {
+    return InvalidArgument("continue_final_message: not with add_generation_prompt, which is true unless set to false");
+  }
+  if (!r.chat_template_kwargs().empty()) {
+    if (r.chat_template_kwargs().size() > kMaxChatTemplateKwargsBytes)
+      return InvalidArgument("chat_template_kwargs: " + Int(static_cast<int64_t>(r.chat_template_kwargs().size())) +
+                             " bytes exceed the limit of " + Int(static_cast<int64_t>(kMaxChatTemplateKwargsBytes)));
+    StatusOr<JsonValue> kwargs = JsonValue::Parse(r.chat_template_kwargs());
+    if (!kwargs.ok()) return InvalidArgument("chat_template_kwargs: not valid JSON: " + kwargs.status().message());
+    SEER_RETURN_IF_ERROR(CheckTemplateKwargs(*kwargs));
+    call.chat.template_kwargs = *std::move(kwargs);
+  }
   if (r.has_text() || r.messages_size() > 0) {
     const size_t max_text = limits.max_prompt_tokens * kMaxTextBytesPerToken;
     size_t bytes = r.text().size();

@@ -13,6 +13,7 @@
 
 #include "base/status.h"
 #include "engine/model/sparsity.h"
+#include "text/prompt.h"
 #include "kernels/sampling/sampler.h"
 #include "seer/v1/seer.pb.h"
 
@@ -27,6 +28,7 @@ inline constexpr double kMaxLogitBiasValue = 100.0;
 inline constexpr int kMaxLogitBias = 1024;
 inline constexpr int kMaxStopStrings = 16;
 inline constexpr int kMaxBadWords = 64;
+inline constexpr size_t kMaxChatTemplateKwargsBytes = 16 * 1024;
 inline constexpr size_t kMaxBadWordBytes = 256;
 inline constexpr size_t kMaxStopStringBytes = 256;
 inline constexpr int kMaxChatMessages = 1024;
@@ -76,6 +78,7 @@ struct GenerateCall {
   std::string text;
   bool has_text = false;  // a text prompt, maybe empty
   std::vector<std::pair<std::string, std::string>> messages;  // (role, content)
+  ChatPromptOptions chat;  // how messages are rendered
   std::vector<std::string> stop;  // stop strings
   std::vector<std::string> bad_words;  // never spelled by the reply
   bool text_reply = false;  // answer in text, as for a text prompt

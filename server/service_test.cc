@@ -333,6 +333,31 @@ TEST(Service, EveryBadFieldIsInvalidArgumentNamingIt) {
       {"max_new_tokens negative", [](v1::GenerateRequest* r) { r->set_max_new_tokens(-1); }, "max_new_tokens"},
       {"text and token_ids", [](v1::GenerateRequest* r) { r->set_text("hi"); }, "token_ids"},
       {"empty stop string", [](v1::GenerateRequest* r) { r->add_stop(""); }, "stop[0]"},
+      {"a chat control without messages", [](v1::GenerateRequest* r) { r->set_add_generation_prompt(false); },
+       "add_generation_prompt: only for a chat prompt (messages)"},
+      {"chat_template_kwargs without messages", [](v1::GenerateRequest* r) { r->set_chat_template_kwargs("{}"); },
+       "chat_template_kwargs: only for a chat prompt"},
+      {"continue_final_message with the generation prompt",
+       [](v1::GenerateRequest* r) {
+         r->clear_token_ids();
+         r->add_messages()->set_role("user");
+         r->set_continue_final_message(true);
+       },
+       "continue_final_message: not with add_generation_prompt"},
+      {"chat_template_kwargs not JSON",
+       [](v1::GenerateRequest* r) {
+         r->clear_token_ids();
+         r->add_messages()->set_role("user");
+         r->set_chat_template_kwargs("{nope");
+       },
+       "chat_template_kwargs: not valid JSON"},
+      {"chat_template_kwargs naming the template's own variable",
+       [](v1::GenerateRequest* r) {
+         r->clear_token_ids();
+         r->add_messages()->set_role("user");
+         r->set_chat_template_kwargs(R"({"messages": []})");
+       },
+       "chat_template_kwargs.messages: the template's own variable"},
       {"too many stop strings",
        [](v1::GenerateRequest* r) {
          for (int i = 0; i < 17; ++i) r->add_stop("x");

@@ -73,8 +73,46 @@ JsonValue ChatTurnsJson(const std::vector<ChatTurn>& turns) {
   return out;
 }
 
-StatusOr<std::vector<int32_t>> EncodeChatPrompt(const Tokenizer& tokenizer, const JsonValue& messages) {
-  SEER_ASSIGN_OR_RETURN(std::string rendered, RenderChat(tokenizer, messages));
+Status CheckTemplateKwargs(const JsonValue& kwargs) {
+  if (!kwargs.is_object()) return InvalidArgument("chat_template_kwargs: must be a JSON object");
+  for (const char* reserved :
+       {"messages", "tools", "documents", "add_generation_prompt", "raise_exception", "strftime_now"}) {
+    if (kwargs.Find(reserved) != nullptr) {
+      return InvalidArgument("chat_template_kwargs." + std::string(reserved) +
+                             ": the template's own variable; it cannot be set here");
+    }
+  }
+  return OkStatus();
+}
+
+StatusOr<std::vector<int32_t>> EncodeChatPrompt(const Tokenizer& tokenizer, const JsonValue& messages,
+                                                const ChatPromptOptions& options) {
+  SEER_RETURN_IF_ERROR(CheckTemplateKwargs(options.template_kwargs));
+  if (options.continue_final_message && options.add_generation_prompt) {
+    return InvalidArgument("continue_final_message: not with add_generation_prompt (set it to false)");
+  }
+  ChatTemplateOptions render;
+  render.add_generation_prompt = options.add_generation_prompt;
+  render.extra = options.template_kwargs;
+  SEER_ASSIGN_OR_RETURN(std::string rendered, RenderChat(tokenizer, messages, render));
+  if (options.continue_final_message) {
+    const JsonValue* last = messages.is_array() && !messages.as_array().empty() ? &messages.as_array().back() : nullptr;
+    const JsonValue* content = last != nullptr ? last->Find("content") : nullptr;
+    std::string final = content != nullptr && content->is_string() ? content->as_string() : std::string();
+    size_t at = final.empty() ? std::string::npos : rendered.rfind(final);
+    if (at == std::string::npos) {
+      // A template may strip a message's whitespace.
+      const size_t begin = final.find_first_not_of(" \t\n\r\f\v");
+      final = begin == std::string::npos ? std::string()
+                                         : final.substr(begin, final.find_last_not_of(" \t\n\r\f\v") + 1 - begin);
+      at = final.empty() ? std::string::npos : rendered.rfind(final);
+    }
+    if (at == std::string::npos) {
+      return InvalidArgument(
+          "continue_final_message: the final message's content does not appear in the rendered chat");
+    }
+    rendered.resize(at + final.size());
+  }
   SEER_ASSIGN_OR_RETURN(std::vector<int32_t> ids, tokenizer.Encode(rendered, /*add_special_tokens=*/false));
   if (ids.empty()) return InvalidArgument("the chat renders to no tokens");
   return ids;

@@ -36,8 +36,29 @@ JsonValue ChatTurnsJson(const std::vector<ChatTurn>& turns);
 
 // INVALID_ARGUMENT when the text makes no tokens.
 StatusOr<std::vector<int32_t>> EncodeTextPrompt(const Tokenizer& tokenizer, std::string_view text);
+// How a chat is rendered beyond its messages: transformers' and vLLM's chat
+// controls.
+struct ChatPromptOptions {
+  // End with the template's assistant header.
+  bool add_generation_prompt = true;
+  // Leave the final message open for the reply to go on with it: the render
+  // is cut just after the last place its content appears (its stripped
+  // content when the template strips it), as transformers does. Not with
+  // add_generation_prompt.
+  bool continue_final_message = false;
+  // More template variables, a JSON object (e.g. {"enable_thinking": false},
+  // {"date_string": "1 Jan 2030"}).
+  JsonValue template_kwargs = JsonValue::Object();
+};
+
+// The names a chat template is given by Seer itself, which template_kwargs
+// may not set: INVALID_ARGUMENT naming "chat_template_kwargs.<name>" for the
+// first one `kwargs` holds, or for a `kwargs` that is not an object.
+Status CheckTemplateKwargs(const JsonValue& kwargs);
+
 // `messages`: a JSON array of {"role", "content"} objects.
-StatusOr<std::vector<int32_t>> EncodeChatPrompt(const Tokenizer& tokenizer, const JsonValue& messages);
+StatusOr<std::vector<int32_t>> EncodeChatPrompt(const Tokenizer& tokenizer, const JsonValue& messages,
+                                                const ChatPromptOptions& options = {});
 
 // The ids that end a text generation: the tokenizer's eos_token_id, and
 // generation_config.json's eos_token_id (a number or a list; Llama 3.1's

@@ -1,13 +1,20 @@
 // ParseChatMessages: OpenAI's chat messages as every Seer front end reads
 // them. The references are OpenAI's message forms, written out by hand.
+// EncodeChatPrompt's options: against transformers' apply_chat_template ids
+// (tests/fixtures/tokenizers/chat_vectors.json) with and without the
+// generation prompt; continue_final_message by transformers' rule on those
+// renders; a template kwarg (Llama 3.1's date_string) in the render.
 #include "text/prompt.h"
 
 #include <gtest/gtest.h>
 
+#include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "base/json.h"
+#include "text/text_test_util.h"
 
 namespace seer {
 namespace {
@@ -85,6 +92,87 @@ TEST(ChatMessages, RefusalsNameTheMemberAtFault) {
   std::string field;
   EXPECT_FALSE(ParseChatMessages(JsonValue(), &field).ok());
   EXPECT_EQ(field, "messages");
+}
+
+// Every transformers render of chat_vectors.json without tools: the ids of
+// EncodeChatPrompt with the case's add_generation_prompt and kwargs.
+TEST(ChatPrompt, OptionsGiveTransformersIds) {
+  const JsonValue vectors = text_test::LoadJson("chat_vectors.json");
+  std::map<std::string, std::unique_ptr<Tokenizer>> tokenizers;
+  int checked = 0, with_kwargs = 0, without_generation = 0;
+  for (const JsonValue& c : vectors.Find("cases")->as_array()) {
+    if (c.Find("tools") != nullptr || c.Find("error") != nullptr || c.Find("ids") == nullptr) continue;
+    const std::string& family = text_test::Str(c, "family");
+    if (!tokenizers.count(family)) {
+      auto t = Tokenizer::Load(text_test::FixturePath(family));
+      ASSERT_TRUE(t.ok()) << t.status().ToString();
+      tokenizers[family] = std::move(*t);
+    }
+    ChatPromptOptions options;
+    options.add_generation_prompt = c.Find("add_generation_prompt")->as_bool();
+    if (const JsonValue* kw = c.Find("kwargs")) {
+      options.template_kwargs = *kw;
+      ++with_kwargs;
+    }
+    const JsonValue& messages = *vectors.Find("conversations")->Find(text_test::Str(c, "conversation"));
+    auto ids = EncodeChatPrompt(*tokenizers[family], messages, options);
+    ASSERT_TRUE(ids.ok()) << family << " " << text_test::Str(c, "conversation") << ": " << ids.status().ToString();
+    EXPECT_EQ(*ids, text_test::Ids(c.Find("ids"))) << family << " " << text_test::Str(c, "conversation");
+    without_generation += options.add_generation_prompt ? 0 : 1;
+    ++checked;
+  }
+  EXPECT_GE(checked, 20);
+  EXPECT_GE(without_generation, 10);
+  RecordProperty("with_kwargs", with_kwargs);
+}
+
+// continue_final_message: transformers' render without the generation
+// prompt, cut just after the final message's content (Llama 3.1's
+// "...assistant<|end_header_id|>\n\nhi", without its <|eot_id|>); with the
+// generation prompt it is refused, and so are the template's own names as
+// kwargs.
+TEST(ChatPrompt, ContinueFinalMessageLeavesTheLastTurnOpen) {
+  const JsonValue vectors = text_test::LoadJson("chat_vectors.json");
+  auto tok = Tokenizer::Load(text_test::FixturePath("llama3"));
+  ASSERT_TRUE(tok.ok()) << tok.status().ToString();
+  const JsonValue& messages = *vectors.Find("conversations")->Find("assistant_last");
+  std::string closed;
+  for (const JsonValue& c : vectors.Find("cases")->as_array()) {
+    if (text_test::Str(c, "family") == "llama3" && text_test::Str(c, "conversation") == "assistant_last" &&
+        !c.Find("add_generation_prompt")->as_bool() && c.Find("kwargs") == nullptr) {
+      closed = text_test::Str(c, "text");
+    }
+  }
+  const std::string tail = "assistant<|end_header_id|>\n\nhi<|eot_id|>";
+  ASSERT_GE(closed.size(), tail.size());
+  ASSERT_EQ(closed.substr(closed.size() - tail.size()), tail) << "transformers' render of the fixture";
+  ChatPromptOptions open;
+  open.add_generation_prompt = false;
+  open.continue_final_message = true;
+  auto ids = EncodeChatPrompt(**tok, messages, open);
+  ASSERT_TRUE(ids.ok()) << ids.status().ToString();
+  EXPECT_EQ(*ids, (*tok)->Encode(closed.substr(0, closed.size() - std::string("<|eot_id|>").size()), false).value());
+
+  ChatPromptOptions both;
+  both.continue_final_message = true;
+  auto refused = EncodeChatPrompt(**tok, messages, both);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("continue_final_message: not with add_generation_prompt"),
+            std::string::npos);
+  for (const char* name : {"messages", "add_generation_prompt", "raise_exception"}) {
+    JsonValue kwargs = JsonValue::Object();
+    kwargs.Set(name, JsonValue::Bool(true));
+    EXPECT_EQ(CheckTemplateKwargs(kwargs).message(),
+              "chat_template_kwargs." + std::string(name) + ": the template's own variable; it cannot be set here");
+  }
+  EXPECT_FALSE(CheckTemplateKwargs(JsonValue::Array()).ok());
+  JsonValue date = JsonValue::Object();
+  date.Set("date_string", JsonValue::String("1 Jan 2030"));
+  ChatPromptOptions dated;
+  dated.template_kwargs = date;
+  auto with_date = EncodeChatPrompt(**tok, messages, dated);
+  ASSERT_TRUE(with_date.ok());
+  EXPECT_NE((*tok)->Decode(*with_date, false).value().find("Today Date: 1 Jan 2030"), std::string::npos);
 }
 
 }  // namespace

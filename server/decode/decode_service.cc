@@ -219,7 +219,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
       if (call_.has_text) return EncodeTextPrompt(tokenizer, call_.text);
       std::vector<ChatTurn> turns;
       for (const auto& [role, content] : call_.messages) turns.push_back({role, content});
-      return EncodeChatPrompt(tokenizer, ChatTurnsJson(turns));
+      return EncodeChatPrompt(tokenizer, ChatTurnsJson(turns), call_.chat);
     }();
     if (!ids.ok()) {
       const char* field = call_.has_text ? "text" : "messages";

@@ -139,6 +139,8 @@ void InOpenAiTerms(bool chat, const std::string& max_key, HttpError* e) {
     name = field.substr(9);
   } else if (field.rfind("sparsity.", 0) == 0) {
     name = "seer_sparsity";
+  } else if (field.rfind("chat_template_kwargs.", 0) == 0) {
+    name = "chat_template_kwargs";
   } else if (field.rfind("stop[", 0) == 0) {
     name = field;  // stop[1]: the request's own index
   } else if (field == "request_id") {
@@ -698,6 +700,22 @@ std::optional<HttpError> ParseChat(const JsonValue& root, int default_max_tokens
     v1::ChatMessage* msg = out->generate.add_messages();
     msg->set_role(std::move(t.role));
     msg->set_content(std::move(t.content));
+  }
+  // vLLM's chat controls; the server checks how they combine and names the
+  // field.
+  for (const char* key : {"add_generation_prompt", "continue_final_message"}) {
+    const JsonValue* f = root.Find(key);
+    if (f == nullptr || f->is_null()) continue;
+    if (!f->is_bool()) return Invalid(key, std::string(key) + ": must be true or false");
+    if (key[0] == 'a') {
+      out->generate.set_add_generation_prompt(f->as_bool());
+    } else {
+      out->generate.set_continue_final_message(f->as_bool());
+    }
+  }
+  if (const JsonValue* f = root.Find("chat_template_kwargs"); f != nullptr && !f->is_null()) {
+    if (!f->is_object()) return Invalid("chat_template_kwargs", "chat_template_kwargs: must be a JSON object");
+    out->generate.set_chat_template_kwargs(f->Dump());
   }
   return std::nullopt;
 }

@@ -542,6 +542,14 @@ TEST_F(OpenAiHttp, LogprobsHaveOpenAisShapeOnBothEndpoints) {
   chat_refused(R"("logprobs": false, "top_logprobs": 2)", "top_logprobs", "needs logprobs set to true");
   chat_refused(R"("logprobs": true, "top_logprobs": 21)", "top_logprobs", "an integer from 0 to 20");
   chat_refused(R"("logprobs": true, "top_logprobs": "3")", "top_logprobs", "an integer from 0 to 20");
+  chat_refused(R"("add_generation_prompt": "no")", "add_generation_prompt", "must be true or false");
+  chat_refused(R"("continue_final_message": 1)", "continue_final_message", "must be true or false");
+  chat_refused(R"("chat_template_kwargs": [1])", "chat_template_kwargs", "must be a JSON object");
+  // The server's own check comes back under the request's field.
+  backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                               "chat_template_kwargs.messages: the template's own variable; it cannot be set here");
+  chat_refused(R"("chat_template_kwargs": {"messages": 1})", "chat_template_kwargs", "the template's own variable");
+  backend.error = grpc::Status::OK;
 }
 
 // A completion's echo: the reply starts with the prompt (as given, or a
@@ -1030,6 +1038,17 @@ TEST_F(OpenAiHttp, VllmsExtensionsReachTheWireOrAreRefused) {
   EXPECT_FALSE(backend.Last().skip_special_tokens());
   PostJson("/v1/completions", R"({"prompt": "x", "bad_words": ["never", " say"]})", 200);
   const v1::GenerateRequest worded = backend.Last();
+  EXPECT_FALSE(worded.has_add_generation_prompt());
+  EXPECT_TRUE(worded.chat_template_kwargs().empty());
+  PostJson("/v1/chat/completions",
+           R"({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hel"}],
+               "add_generation_prompt": false, "continue_final_message": true,
+               "chat_template_kwargs": {"enable_thinking": false}})",
+           200);
+  ASSERT_TRUE(backend.Last().has_add_generation_prompt());
+  EXPECT_FALSE(backend.Last().add_generation_prompt());
+  EXPECT_TRUE(backend.Last().continue_final_message());
+  EXPECT_EQ(backend.Last().chat_template_kwargs(), R"({"enable_thinking":false})");
   EXPECT_EQ(std::vector<std::string>(worded.bad_words().begin(), worded.bad_words().end()),
             (std::vector<std::string>{"never", " say"}));
   ASSERT_EQ(floats.stop_token_ids_size(), 1);

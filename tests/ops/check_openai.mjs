@@ -368,6 +368,33 @@ const chatStream = await client.chat.completions.create({
 for await (const chunk of chatStream) chatStreamed += chunk.choices[0]?.delta?.content ?? '';
 same('streamed chat reply equals seer run --chat', chatStreamed, chatRef.text);
 
+// vLLM's chat controls: an assistant turn continued (no generation prompt,
+// the final message left open) with template kwargs, as `seer run --chat`
+// renders it with the same flags; without the generation prompt the reply
+// changes.
+{
+  const opened = [...messages, { role: 'assistant', content: 'red,' }];
+  writeFileSync(join(dir, 'open.json'), JSON.stringify(opened));
+  const kwargs = { date_string: '1 Jan 2030' };
+  const cont = await client.chat.completions.create({
+    model: name, messages: opened, max_tokens: 12, temperature: 0,
+    add_generation_prompt: false, continue_final_message: true, chat_template_kwargs: kwargs,
+  });
+  const contRef = seerRun(['--chat', join(dir, 'open.json'), '--add-generation-prompt=false',
+    '--continue-final-message', '--chat-template-kwargs', JSON.stringify(kwargs)], 12);
+  same('continue_final_message reply equals seer run --continue-final-message', cont.choices[0].message.content,
+       contRef.text);
+  check('... and differs from the reply to a fresh assistant turn', cont.choices[0].message.content !== chatRef.text,
+        JSON.stringify(cont.choices[0].message.content));
+  try {
+    await client.chat.completions.create({ model: name, messages: opened, max_tokens: 2, continue_final_message: true });
+    check('continue_final_message with the generation prompt is refused', false, 'it was answered');
+  } catch (e) {
+    same('continue_final_message with the generation prompt is a 400 naming it', [e.status, e.param],
+         [400, 'continue_final_message']);
+  }
+}
+
 // Errors come back in OpenAI's shape, as the client's typed errors.
 async function expectError(what, call, Type, status, param) {
   try {
