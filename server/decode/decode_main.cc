@@ -2,6 +2,7 @@
 // cache from a seer-prefill endpoint into the KV page pool, then decodes it
 // in the running batch and streams the tokens and their text
 // (docs/SERVICE.md); optionally an OpenAI-compatible HTTP API on --http.
+#include <atomic>
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -304,6 +305,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<seer::Tokenizer> tokenizer;
   std::unique_ptr<seer::GenerateBackend> http_backend;
   std::unique_ptr<seer::OpenAiHttpServer> http_server;
+  std::atomic<bool> loaded{false};  // the tokenizer and engine are set (for /tokenize)
 
   seer::ServeConfig config;
   config.program = "seer-decode";
@@ -395,6 +397,7 @@ int main(int argc, char** argv) {
       metrics.server.kv_cache_capacity_bytes.Set(
           seer::KvCacheBytes(probe->layout(), max_concurrent * model_config->max_position_embeddings));
     }
+    loaded.store(true, std::memory_order_release);
     return "model " + model + " on " + engine->device_name() + ", " + batching +
            (tokenizer ? ", with its tokenizer" : ", token ids only") + ", prefill " + prefill;
   };
@@ -407,6 +410,16 @@ int main(int argc, char** argv) {
       ho.max_request_bytes = static_cast<size_t>(config.max_receive_bytes);
       if (!http_plaintext_with_tls) ho.tls = common.tls;
       ho.registry = registry.get();
+      ho.max_model_len = model_config->max_position_embeddings;
+      ho.tokenizer = [&]() -> seer::StatusOr<const seer::Tokenizer*> {
+        if (!loaded.load(std::memory_order_acquire)) {
+          return seer::Unavailable("seer-decode is still loading its model; retry shortly");
+        }
+        if (tokenizer == nullptr) {
+          return seer::FailedPrecondition("seer-decode has no tokenizer (--tokenizer), so it takes token ids only");
+        }
+        return static_cast<const seer::Tokenizer*>(tokenizer.get());
+      };
       SEER_ASSIGN_OR_RETURN(http_server, seer::OpenAiHttpServer::Start(ho, http_backend.get()));
       std::string host = http.substr(0, http.rfind(':'));
       std::printf("seer-decode http on %s:%d (OpenAI API%s, model \"%s\")\n", host.c_str(), http_server->port(),

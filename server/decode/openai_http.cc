@@ -720,6 +720,113 @@ std::optional<HttpError> ParseChat(const JsonValue& root, int default_max_tokens
   return std::nullopt;
 }
 
+// The request's body as a JSON object, or the error to answer.
+std::optional<HttpError> ReadJsonObject(mg_connection* conn, JsonValue* out) {
+  StatusOr<std::string> body = ReadBody(conn);
+  if (!body.ok()) {
+    return HttpError{body.status().code() == StatusCode::kResourceExhausted ? 413 : 400, body.status().message()};
+  }
+  StatusOr<JsonValue> root = JsonValue::Parse(*body);
+  if (!root.ok()) return Invalid("", "the body is not valid JSON: " + root.status().message());
+  if (!root->is_object()) return Invalid("", "the body must be a JSON object");
+  *out = std::move(root).value();
+  return std::nullopt;
+}
+
+// A request for a model this server does not serve.
+HttpError ModelNotFound(const std::string& asked, const std::string& served) {
+  HttpError e{404, "The model `" + asked + "` does not exist; this server serves `" + served + "`"};
+  e.param = "model";
+  e.code = "model_not_found";
+  return e;
+}
+
+// vLLM's /tokenize: a text prompt (with the special tokens unless
+// add_special_tokens is false) or chat messages (rendered as Generate
+// renders them; the template adds the special tokens), as ids, with each
+// token's string when return_token_strs asks.
+std::optional<HttpError> TokenizeJson(const JsonValue& root, const Tokenizer& tok, int max_model_len, JsonValue* out) {
+  auto flag = [&](const char* key, bool fallback, bool* v) -> std::optional<HttpError> {
+    const JsonValue* f = root.Find(key);
+    *v = fallback;
+    if (f == nullptr || f->is_null()) return std::nullopt;
+    if (!f->is_bool()) return Invalid(key, std::string(key) + ": must be true or false");
+    *v = f->as_bool();
+    return std::nullopt;
+  };
+  const JsonValue* prompt = root.Find("prompt");
+  const JsonValue* messages = root.Find("messages");
+  const bool has_prompt = prompt != nullptr && !prompt->is_null();
+  const bool has_messages = messages != nullptr && !messages->is_null();
+  if (has_prompt == has_messages) return Invalid("prompt", "prompt: give exactly one of prompt and messages");
+  bool special = false, strs = false;
+  if (auto e = flag("add_special_tokens", has_prompt, &special)) return e;
+  if (auto e = flag("return_token_strs", false, &strs)) return e;
+  StatusOr<std::vector<int32_t>> ids = std::vector<int32_t>{};
+  if (has_prompt) {
+    if (!prompt->is_string()) return Invalid("prompt", "prompt: must be a string");
+    ids = tok.Encode(prompt->as_string(), special);
+    if (!ids.ok()) return Invalid("prompt", "prompt: " + ids.status().message());
+  } else {
+    if (special) {
+      return Invalid("add_special_tokens",
+                     "add_special_tokens: only false with messages (the chat template adds them)");
+    }
+    std::string field;
+    StatusOr<std::vector<ChatTurn>> turns = ParseChatMessages(*messages, &field);
+    if (!turns.ok()) return Invalid(field, std::string(turns.status().message()));
+    ChatPromptOptions chat;
+    if (auto e = flag("add_generation_prompt", true, &chat.add_generation_prompt)) return e;
+    if (auto e = flag("continue_final_message", false, &chat.continue_final_message)) return e;
+    if (const JsonValue* kw = root.Find("chat_template_kwargs"); kw != nullptr && !kw->is_null()) {
+      chat.template_kwargs = *kw;
+    }
+    ids = EncodeChatPrompt(tok, ChatTurnsJson(*turns), chat);
+    if (!ids.ok()) {
+      const std::string message = ids.status().message();
+      const size_t colon = message.find(':');
+      std::string param =
+          colon != std::string::npos && message.find(' ') > colon ? message.substr(0, colon) : std::string("messages");
+      if (param.rfind("chat_template_kwargs.", 0) == 0) param = "chat_template_kwargs";
+      HttpError e = Invalid(param, message);
+      if (ids.status().code() != StatusCode::kInvalidArgument) e.http = 500;
+      return e;
+    }
+  }
+  JsonValue tokens = JsonValue::Array(), token_strs = JsonValue::Array();
+  for (int32_t id : *ids) {
+    tokens.Append(JsonValue::Int(id));
+    if (strs) token_strs.Append(JsonValue::String(tok.IdToToken(id).value_or("")));
+  }
+  *out = JsonValue::Object();
+  out->Set("count", JsonValue::Int(static_cast<int64_t>(ids->size())));
+  out->Set("max_model_len", JsonValue::Int(max_model_len));
+  out->Set("tokens", std::move(tokens));
+  out->Set("token_strs", strs ? std::move(token_strs) : JsonValue());
+  return std::nullopt;
+}
+
+// vLLM's /detokenize: the ids' text, special tokens included.
+std::optional<HttpError> DetokenizeJson(const JsonValue& root, const Tokenizer& tok, JsonValue* out) {
+  const JsonValue* tokens = root.Find("tokens");
+  if (tokens == nullptr || !tokens->is_array()) return Invalid("tokens", "tokens: required, an array of token ids");
+  std::vector<int32_t> ids;
+  for (size_t i = 0; i < tokens->as_array().size(); ++i) {
+    const JsonValue& id = tokens->as_array()[i];
+    if (!id.is_integer() || id.as_int64() < 0 || id.as_int64() >= tok.vocab_size()) {
+      return Invalid("tokens", "tokens[" + std::to_string(i) + "]: " + id.Dump().substr(0, 32) +
+                                   " is not a token id of this tokenizer (0 to " +
+                                   std::to_string(tok.vocab_size() - 1) + ")");
+    }
+    ids.push_back(static_cast<int32_t>(id.as_int64()));
+  }
+  StatusOr<std::string> text = tok.Decode(ids, /*skip_special_tokens=*/false);
+  if (!text.ok()) return Invalid("tokens", "tokens: " + text.status().message());
+  *out = JsonValue::Object();
+  out->Set("prompt", JsonValue::String(*text));
+  return std::nullopt;
+}
+
 // A logprob as JSON, in the fewest digits that give the float back (-0.1,
 // not -0.10000000149011612); -inf (a token the model gives probability 0)
 // as -9999, as vLLM sends it, since JSON has no infinity.
@@ -893,6 +1000,11 @@ StatusOr<std::unique_ptr<OpenAiHttpServer>> OpenAiHttpServer::Start(const OpenAi
                              .Register(*options.registry);
   }
   mg_set_request_handler(server->ctx_, "/v1", &OpenAiHttpServer::Handle, server.get());
+  if (options.tokenizer) {
+    // vLLM serves these at the root.
+    mg_set_request_handler(server->ctx_, "/tokenize$", &OpenAiHttpServer::Handle, server.get());
+    mg_set_request_handler(server->ctx_, "/detokenize$", &OpenAiHttpServer::Handle, server.get());
+  }
   mg_server_port bound[4] = {};
   const int n = mg_get_server_ports(server->ctx_, 4, bound);
   if (n < 1) return Internal("--http " + options.listen + ": no bound port");
@@ -950,6 +1062,8 @@ void OpenAiHttpServer::Serve(mg_connection* conn) {
     const char* endpoint = path == "/v1/completions"        ? "completions"
                            : path == "/v1/chat/completions" ? "chat_completions"
                            : path == "/v1/models"           ? "models"
+                           : path == "/tokenize"            ? "tokenize"
+                           : path == "/detokenize"          ? "detokenize"
                                                             : "other";
     requests_->Add({{"endpoint", endpoint}, {"code", std::to_string(t_http_status)}}).Increment();
   }
@@ -979,6 +1093,26 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     out.Set("data", std::move(data));
     return SendJson(conn, 200, out.Dump());
   }
+  if ((path == "/tokenize" || path == "/detokenize") && options_.tokenizer) {
+    if (method != "POST") return SendError(conn, HttpError{405, "use POST " + path});
+    JsonValue root;
+    if (auto e = ReadJsonObject(conn, &root)) return SendError(conn, *e);
+    if (const JsonValue* model = root.Find("model");
+        model != nullptr && model->is_string() && model->as_string() != options_.model_name) {
+      return SendError(conn, ModelNotFound(model->as_string(), options_.model_name));
+    }
+    StatusOr<const Tokenizer*> tok = options_.tokenizer();
+    if (!tok.ok()) {
+      HttpError e{tok.status().code() == StatusCode::kUnavailable ? 503 : 400, tok.status().message()};
+      if (e.http == 503) e.type = "server_error";
+      return SendError(conn, e);
+    }
+    JsonValue out;
+    std::optional<HttpError> bad = path == "/tokenize" ? TokenizeJson(root, **tok, options_.max_model_len, &out)
+                                                       : DetokenizeJson(root, **tok, &out);
+    if (bad) return SendError(conn, *bad);
+    return SendJson(conn, 200, out.Dump());
+  }
   const bool chat = path == "/v1/chat/completions";
   if (!chat && path != "/v1/completions") {
     HttpError e{404, "no such endpoint: " + method + " " + path};
@@ -987,17 +1121,11 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
   }
   if (method != "POST") return SendError(conn, HttpError{405, "use POST " + path});
 
-  StatusOr<std::string> body = ReadBody(conn);
-  if (!body.ok()) {
-    return SendError(
-        conn, HttpError{body.status().code() == StatusCode::kResourceExhausted ? 413 : 400, body.status().message()});
-  }
-  StatusOr<JsonValue> root = JsonValue::Parse(*body);
-  if (!root.ok()) return SendError(conn, Invalid("", "the body is not valid JSON: " + root.status().message()));
-  if (!root->is_object()) return SendError(conn, Invalid("", "the body must be a JSON object"));
+  JsonValue root;
+  if (auto e = ReadJsonObject(conn, &root)) return SendError(conn, *e);
   ParsedRequest req;
-  std::optional<HttpError> bad = chat ? ParseChat(*root, options_.default_max_tokens, &req)
-                                      : ParseCompletion(*root, options_.default_max_tokens, &req);
+  std::optional<HttpError> bad = chat ? ParseChat(root, options_.default_max_tokens, &req)
+                                      : ParseCompletion(root, options_.default_max_tokens, &req);
   if (bad) return SendError(conn, *bad);
   // A call per prompt: a chat's one, or each of a completion's batch.
   std::vector<v1::GenerateRequest> calls;
@@ -1017,10 +1145,7 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     }
   }
   if (!req.model.empty() && req.model != options_.model_name) {
-    HttpError e{404, "The model `" + req.model + "` does not exist; this server serves `" + options_.model_name + "`"};
-    e.param = "model";
-    e.code = "model_not_found";
-    return SendError(conn, e);
+    return SendError(conn, ModelNotFound(req.model, options_.model_name));
   }
 
   const std::string id = std::string(chat ? "chatcmpl-" : "cmpl-") + std::to_string(g_next_id.fetch_add(1));

@@ -28,6 +28,11 @@
 // shape, {"error": {"message", "type", "param", "code"}}, with the HTTP code
 // the gRPC status maps to (400, 404, 429, 503, 500).
 //
+// vLLM's POST /tokenize ({"prompt"} or {"messages"} with the chat controls,
+// add_special_tokens, return_token_strs: {count, max_model_len, tokens,
+// token_strs}) and POST /detokenize ({"tokens"}: {"prompt"}) answer from the
+// server's tokenizer, with the same rendering and checks as Generate.
+//
 // The front door holds no model: each request becomes one Decode.Generate
 // call on a GenerateBackend (in seer-decode, the server's own gRPC service
 // over an in-process channel), so the HTTP API and gRPC share every check,
@@ -51,6 +56,7 @@
 #include "base/status.h"
 #include "seer/v1/seer.grpc.pb.h"
 #include "server/common/tls_front.h"
+#include "text/tokenizer.h"
 
 struct mg_context;
 struct mg_connection;
@@ -94,6 +100,12 @@ struct OpenAiHttpOptions {
   // Enabled: the API is HTTPS with these files (TlsFront; mutual TLS with
   // client_ca), and civetweb listens on loopback behind it.
   ServerTlsOptions tls;
+  // vLLM's POST /tokenize and /detokenize: the tokenizer once the model has
+  // loaded (UNAVAILABLE before; FAILED_PRECONDITION when the server has
+  // none), and the context length /tokenize reports. Unset: those paths are
+  // 404.
+  std::function<StatusOr<const Tokenizer*>()> tokenizer;
+  int max_model_len = 0;
   // Given: seer_http_requests_total{endpoint, code} counts every answer by
   // its HTTP status, refusals of the HTTP layer itself included (bad JSON,
   // unsupported fields, unknown models), which never reach Generate's own

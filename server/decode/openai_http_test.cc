@@ -28,6 +28,7 @@
 #include <prometheus/text_serializer.h>
 
 #include "base/json.h"
+#include "text/prompt.h"
 
 namespace seer {
 namespace {
@@ -286,6 +287,12 @@ class OpenAiHttp : public ::testing::Test {
     o.listen = "127.0.0.1:0";
     o.model_name = "tiny-llama";
     o.registry = &registry;
+    o.max_model_len = 2048;
+    o.tokenizer = [this]() -> StatusOr<const Tokenizer*> {
+      if (tokenizer_state == 1) return Unavailable("still loading");
+      if (tokenizer_state == 2) return FailedPrecondition("no tokenizer here");
+      return static_cast<const Tokenizer*>(tokenizer.get());
+    };
     auto s = OpenAiHttpServer::Start(o, &backend);
     ASSERT_TRUE(s.ok()) << s.status().ToString();
     server = std::move(s).value();
@@ -307,6 +314,13 @@ class OpenAiHttp : public ::testing::Test {
     EXPECT_EQ(e->Find("param")->as_string(), param) << fields;
     EXPECT_NE(e->Find("message")->as_string().find(says), std::string::npos) << e->Dump();
   }
+  // /tokenize's tokenizer: the llama fixture's (0), loading (1), none (2).
+  std::unique_ptr<Tokenizer> tokenizer = [] {
+    auto t = Tokenizer::Load(std::string(SEER_FIXTURES_DIR) + "/llama");
+    EXPECT_TRUE(t.ok()) << t.status().ToString();
+    return t.ok() ? std::move(t).value() : nullptr;
+  }();
+  std::atomic<int> tokenizer_state{0};
   // The value of one sample of the registry's text exposition, or -1.
   double Sample(const std::string& series) {
     const std::string text = prometheus::TextSerializer().Serialize(registry.Collect());
@@ -645,6 +659,80 @@ TEST_F(OpenAiHttp, EchoStartsTheReplyWithThePromptAndItsLogprobs) {
 // choice's tokens. Streamed, each choice's chunks carry its index (a chat
 // choice starts with its role), its finish comes with its summary, and one
 // [DONE] ends them all. A call that fails fails the request.
+// vLLM's /tokenize and /detokenize, against the tokenizer itself: a text
+// prompt with and without the special tokens, token strings, a chat rendered
+// as Generate renders it (EncodeChatPrompt, with its controls), ids back to
+// text with the special tokens; and the refusals, by field; 503 while the
+// model loads, 400 without a tokenizer; answers counted by endpoint.
+TEST_F(OpenAiHttp, TokenizeAndDetokenizeUseTheServersTokenizer) {
+  ASSERT_NE(tokenizer, nullptr);
+  const Tokenizer& tok = *tokenizer;
+  auto ids_of = [](const JsonValue& j) {
+    std::vector<int32_t> out;
+    for (const JsonValue& v : j.Find("tokens")->as_array()) out.push_back(static_cast<int32_t>(v.as_int64()));
+    return out;
+  };
+  JsonValue out = PostJson("/tokenize", R"({"model": "tiny-llama", "prompt": "Hello world"})", 200);
+  const std::vector<int32_t> with_bos = tok.Encode("Hello world", true).value();
+  EXPECT_EQ(ids_of(out), with_bos);
+  EXPECT_EQ(out.Find("count")->as_int64(), static_cast<int64_t>(with_bos.size()));
+  EXPECT_EQ(out.Find("max_model_len")->as_int64(), 2048);
+  EXPECT_TRUE(out.Find("token_strs")->is_null());
+  out = PostJson("/tokenize", R"({"prompt": "Hello world", "add_special_tokens": false, "return_token_strs": true})",
+                 200);
+  const std::vector<int32_t> bare = tok.Encode("Hello world", false).value();
+  EXPECT_EQ(ids_of(out), bare);
+  ASSERT_EQ(out.Find("token_strs")->as_array().size(), bare.size());
+  for (size_t i = 0; i < bare.size(); ++i)
+    EXPECT_EQ(out.Find("token_strs")->as_array()[i].as_string(), tok.IdToToken(bare[i]).value());
+
+  const std::string chat = R"([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hel"}])";
+  out = PostJson("/tokenize", R"({"messages": )" + chat + "}", 200);
+  const JsonValue messages = JsonValue::Parse(chat).value();
+  EXPECT_EQ(ids_of(out), EncodeChatPrompt(tok, messages).value());
+  out =
+      PostJson("/tokenize",
+               R"({"messages": )" + chat + R"(, "add_generation_prompt": false, "continue_final_message": true})", 200);
+  ChatPromptOptions open;
+  open.add_generation_prompt = false;
+  open.continue_final_message = true;
+  EXPECT_EQ(ids_of(out), EncodeChatPrompt(tok, messages, open).value());
+
+  out = PostJson("/detokenize",
+                 R"({"tokens": [)" + std::to_string(with_bos[0]) + ", " + std::to_string(with_bos[1]) + "]}", 200);
+  EXPECT_EQ(out.Find("prompt")->as_string(), tok.Decode(std::vector<int32_t>{with_bos[0], with_bos[1]}, false).value());
+
+  auto refused = [&](const std::string& path, const std::string& body, int status, const std::string& param,
+                     const std::string& says) {
+    const JsonValue j = PostJson(path, body, status);
+    const JsonValue* e = j.Find("error");
+    ASSERT_TRUE(e != nullptr) << j.Dump();
+    if (!param.empty()) EXPECT_EQ(e->Find("param")->as_string(), param) << body;
+    EXPECT_NE(e->Find("message")->as_string().find(says), std::string::npos) << j.Dump();
+  };
+  refused("/tokenize", R"({"prompt": "a", "messages": []})", 400, "prompt", "exactly one of prompt and messages");
+  refused("/tokenize", R"({})", 400, "prompt", "exactly one of prompt and messages");
+  refused("/tokenize", R"({"prompt": 5})", 400, "prompt", "must be a string");
+  refused("/tokenize", R"({"messages": )" + chat + R"(, "add_special_tokens": true})", 400, "add_special_tokens",
+          "only false with messages");
+  refused("/tokenize", R"({"messages": )" + chat + R"(, "continue_final_message": true})", 400,
+          "continue_final_message", "not with add_generation_prompt");
+  refused("/tokenize", R"({"messages": )" + chat + R"(, "chat_template_kwargs": {"messages": 1}})", 400,
+          "chat_template_kwargs", "the template's own variable");
+  refused("/tokenize", R"({"messages": [{"content": "x"}]})", 400, "messages[0].role", "");
+  refused("/detokenize", R"({"tokens": [1, -1]})", 400, "tokens", "tokens[1]: -1 is not a token id");
+  refused("/detokenize", R"({"tokens": "1"})", 400, "tokens", "an array of token ids");
+  refused("/tokenize", R"({"model": "other", "prompt": "a"})", 404, "model", "does not exist");
+  EXPECT_EQ(Exchange(server->port(), "GET", "/tokenize", "").status, 405);
+  tokenizer_state = 1;
+  refused("/tokenize", R"({"prompt": "a"})", 503, "", "still loading");
+  tokenizer_state = 2;
+  refused("/detokenize", R"({"tokens": [1]})", 400, "", "no tokenizer here");
+  tokenizer_state = 0;
+  EXPECT_EQ(Sample(R"(seer_http_requests_total{code="200",endpoint="tokenize"})"), 4);
+  EXPECT_EQ(Sample(R"(seer_http_requests_total{code="200",endpoint="detokenize"})"), 1);
+}
+
 // A completion's batch of prompts (strings, or lists of ids, as
 // lm-evaluation-harness sends them): a Generate call each, side by side; the
 // choices numbered p * n + i (vLLM's numbering), each the reply to its own

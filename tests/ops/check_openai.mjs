@@ -333,6 +333,27 @@ if (ref.text.length >= 8) {
   }
 }
 
+// vLLM's /tokenize and /detokenize (at the root; plain HTTP, as vLLM's own
+// clients call them) against `seer tokenize` and `seer detokenize`.
+{
+  const post = async (path, body) => {
+    const r = await fetch(`http://${http}${path}`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body),
+    });
+    return [r.status, await r.json()];
+  };
+  const want = JSON.parse(execFileSync(join(bin, 'seer'), ['tokenize', '--tokenizer', model, '--text', prompt,
+    '--json']).toString()).ids;
+  const [status, got] = await post('/tokenize', { model: name, prompt });
+  same('/tokenize equals seer tokenize', [status, got.tokens, got.count], [200, want, want.length]);
+  const text = JSON.parse(execFileSync(join(bin, 'seer'), ['detokenize', '--tokenizer', model, '--ids',
+    want.join(','), '--json']).toString()).text;
+  const [dstatus, back] = await post('/detokenize', { model: name, tokens: want });
+  same('/detokenize equals seer detokenize', [dstatus, back.prompt], [200, text]);
+  const [bad, err] = await post('/detokenize', { tokens: [-1] });
+  same('/detokenize of -1 is a 400 naming tokens', [bad, err.error?.param], [400, 'tokens']);
+}
+
 // A batch of prompts in one completion (as lm-evaluation-harness sends
 // them): choice i answers prompt i as that prompt alone is answered, and
 // usage counts every prompt; a batch of token-id prompts scored with echo,
