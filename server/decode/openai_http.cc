@@ -624,8 +624,10 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
   return std::nullopt;
 }
 
-// The most prompts a completion may batch.
+// The most prompts a completion may batch, and how many of its calls run at
+// a time.
 constexpr size_t kMaxBatchPrompts = 64;
+constexpr size_t kBatchCallsInFlight = 8;
 
 std::optional<HttpError> ParseCompletion(const JsonValue& root, int default_max_tokens, ParsedRequest* out) {
   if (auto e = ParseCommon(root, false, default_max_tokens, out)) return e;
@@ -1342,9 +1344,17 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
   if (calls.size() == 1) {
     run_call(0);
   } else {
-    std::vector<std::thread> threads;
-    for (size_t p = 0; p < calls.size(); ++p) threads.emplace_back(run_call, p);
-    for (std::thread& t : threads) t.join();
+    // At most kBatchCallsInFlight calls at a time, in prompt order: a large
+    // batch does not fill the server's queue (--max-queue) by itself, where
+    // its last calls would be refused.
+    std::atomic<size_t> next{0};
+    std::vector<std::thread> workers;
+    for (size_t w = 0; w < std::min(calls.size(), kBatchCallsInFlight); ++w) {
+      workers.emplace_back([&] {
+        for (size_t p = next++; p < calls.size(); p = next++) run_call(p);
+      });
+    }
+    for (std::thread& t : workers) t.join();
   }
   // The first failure in prompt order; a call cut short because another
   // failed is not it.

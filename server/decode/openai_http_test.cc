@@ -52,10 +52,14 @@ class ScriptedBackend final : public GenerateBackend {
   std::atomic<int> calls{0};  // Generate calls begun
   std::atomic<int> cancelled{0};  // calls that ended CANCELLED (the client gone)
   std::atomic<int> finished{0};  // calls that sent their summaries
+  std::atomic<int> in_flight{0}, most_in_flight{0};  // calls running at once
 
   grpc::Status Generate(const v1::GenerateRequest& request, const std::string& client,
                         const std::function<bool(const v1::GenerateResponse&)>& on_response) override {
+    const int now = ++in_flight;
+    for (int seen = most_in_flight.load(); now > seen && !most_in_flight.compare_exchange_weak(seen, now);) {}
     grpc::Status status = Run(request, client, on_response);
+    --in_flight;
     if (status.error_code() == grpc::StatusCode::CANCELLED) ++cancelled;
     return status;
   }
@@ -801,6 +805,17 @@ TEST_F(OpenAiHttp, ABatchOfPromptsIsACallEachWithChoicesNumberedByPrompt) {
     EXPECT_EQ(c.Find("text")->as_string(), "<" + std::string(1, static_cast<char>('a' + i)) + ">Hello, world");
   }
   EXPECT_EQ(out.Find("usage")->Find("completion_tokens")->as_int64(), 4 * 4) << "every candidate counts";
+  backend.TakeRequests();
+
+  // A large batch runs 8 calls at a time, side by side, all answered.
+  backend.most_in_flight = 0;
+  std::string twenty = R"({"prompt": ["p0")";
+  for (int i = 1; i < 20; ++i) twenty += R"(, "p)" + std::to_string(i) + R"(")";
+  out = PostJson("/v1/completions", twenty + "]}", 200);
+  EXPECT_EQ(out.Find("choices")->as_array().size(), 20u);
+  EXPECT_EQ(out.Find("choices")->as_array()[19].Find("text")->as_string(), "<p19>Hello, world");
+  EXPECT_LE(backend.most_in_flight.load(), 8);
+  EXPECT_GE(backend.most_in_flight.load(), 2);
   backend.TakeRequests();
 
   // A call that fails fails the request, in the failing field's name.
