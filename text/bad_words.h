@@ -12,7 +12,7 @@
 namespace seer {
 
 // vLLM's rule (SamplingParams.update_from_tokenizer): each word with its
-// leading whitespace stripped is encoded without special tokens, once as it
+// leading whitespace stripped (as Python's str.lstrip) is encoded without special tokens, once as it
 // is and once after a space; the spaced form is kept too when it starts
 // with a different token and has as many tokens, so that the word is banned
 // at the start of the text and after a space. A word that encodes to no

@@ -48,9 +48,11 @@ TEST(BadWords, EachSequenceSpellsTheWordPlainOrAfterASpace) {
   // An empty word, or one of whitespace alone, bans nothing.
   std::unique_ptr<Tokenizer> tok = LoadFixtureTokenizer("llama3");
   ASSERT_NE(tok, nullptr);
-  auto none = BadWordSequences(*tok, {"", "   "});
+  auto none = BadWordSequences(*tok, {"", "   ", "\t\u00a0\u3000\x1f"});
   ASSERT_TRUE(none.ok());
   EXPECT_TRUE(none->empty());
+  // Leading Unicode whitespace goes as Python's str.lstrip() takes it.
+  EXPECT_EQ(BadWordSequences(*tok, {"\u00a0\u2003hello"}).value(), BadWordSequences(*tok, {"hello"}).value());
 }
 
 }  // namespace

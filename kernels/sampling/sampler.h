@@ -39,7 +39,8 @@ struct SamplingParams {
   // Hugging Face's and vLLM's repetition_penalty: a token of prompt_ids or
   // already produced by this sampler has its logit divided by it when
   // positive and multiplied by it otherwise, before the bias and the
-  // penalties below. 1: none; > 0.
+  // penalties below (Hugging Face's order; vLLM adds logit_bias first, so
+  // the two differ for a token that has both). 1: none; > 0.
   double repetition_penalty = 1.0;
   std::vector<int32_t> prompt_ids;  // read only when repetition_penalty != 1
   // OpenAI's penalties: a token already produced c > 0 times by this sampler
@@ -108,7 +109,7 @@ class Sampler {
   explicit Sampler(const SamplingParams& params);
 
   // The next token for `logits` ([vocab]), which it then records. First the
-  // adjustments (Adjustments()) are added to their logits, in float. Greedy
+  // adjustments (Adjustments()) move their logits (AdjustLogit, in float). Greedy
   // then picks the largest logit (the lowest id on ties). Otherwise, in order:
   // keep the top_k largest logits, softmax of logit / temperature, keep the
   // smallest prefix (by descending probability) whose mass reaches top_p,

@@ -122,8 +122,9 @@ HttpError FromGrpc(const grpc::Status& s) {
 // names becomes the OpenAI field it came from ("sampling.top_p" is "top_p",
 // "token_ids" is "prompt" or "messages", "max_new_tokens" is the max_tokens
 // key the request used), and a prompt that does not fit the context gets
-// OpenAI's code for it.
-void InOpenAiTerms(bool chat, const std::string& max_key, HttpError* e) {
+// OpenAI's code for it. In a batch, a field of prompt `prompt_index` is
+// named with it: "prompt[2]", and "prompt[2][5]" for its sixth id.
+void InOpenAiTerms(bool chat, const std::string& max_key, HttpError* e, int prompt_index = -1) {
   const std::string field = e->param;
   if (field.empty()) return;
   std::string name = field;
@@ -150,11 +151,16 @@ void InOpenAiTerms(bool chat, const std::string& max_key, HttpError* e) {
   } else if (field == "prompt_logprobs") {
     name = "echo";  // only a completion's echo asks for them
   }
+  if (prompt_index >= 0 && name.rfind("prompt", 0) == 0) {
+    name = "prompt[" + std::to_string(prompt_index) + "]" + name.substr(6);
+  }
   const bool too_long = ((field == "token_ids" || field == "text" || field == "messages") &&
                          e->message.find(" exceed") != std::string::npos) ||
                         (field == "max_new_tokens" && e->message.find("max_position_embeddings") != std::string::npos);
   if (too_long) e->code = "context_length_exceeded";
-  e->message = name + e->message.substr(field.size());
+  // A template variable's own name stays in the message; the param is the
+  // request's field.
+  if (field.rfind("chat_template_kwargs.", 0) != 0) e->message = name + e->message.substr(field.size());
   // (Over gRPC, 0 takes the server's default; over HTTP, 0 is refused.)
   if (const size_t at = e->message.find("; 0 takes its default"); at != std::string::npos) {
     e->message.erase(at, std::strlen("; 0 takes its default"));
@@ -1334,6 +1340,15 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
   };
   std::vector<grpc::Status> statuses(calls.size());
   auto run_call = [&](size_t p) {
+    {
+      // A batch's later prompts are not begun once a call failed or the
+      // client left.
+      std::lock_guard<std::mutex> lock(mu);
+      if (failed || client_gone) {
+        statuses[p] = grpc::Status(grpc::StatusCode::CANCELLED, "not begun: another prompt's call ended the request");
+        return;
+      }
+    }
     statuses[p] = backend_->Generate(calls[p], client, [&, p](const v1::GenerateResponse& r) {
       std::lock_guard<std::mutex> lock(mu);
       return on_message(p, r);
@@ -1359,15 +1374,18 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
   // The first failure in prompt order; a call cut short because another
   // failed is not it.
   grpc::Status status;
-  for (const grpc::Status& st : statuses) {
-    if (!st.ok() && st.error_code() != grpc::StatusCode::CANCELLED) {
-      status = st;
-      break;
+  size_t failed_prompt = 0;
+  for (size_t p = 0; p < statuses.size() && status.ok(); ++p) {
+    if (!statuses[p].ok() && statuses[p].error_code() != grpc::StatusCode::CANCELLED) {
+      status = statuses[p];
+      failed_prompt = p;
     }
   }
-  if (status.ok()) {
-    for (const grpc::Status& st : statuses)
-      if (!st.ok()) status = st;
+  for (size_t p = 0; p < statuses.size() && status.ok(); ++p) {
+    if (!statuses[p].ok()) {
+      status = statuses[p];
+      failed_prompt = p;
+    }
   }
 
   if (headers_sent) t_http_status = 200;
@@ -1380,7 +1398,7 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
                                                      "seer-decode: a message of choice " + std::to_string(*bad_choice) +
                                                          " for n = " + std::to_string(req.best_of)))
                              : FromGrpc(status);
-    InOpenAiTerms(chat, req.max_key, &e);
+    InOpenAiTerms(chat, req.max_key, &e, req.prompts.size() > 1 ? static_cast<int>(failed_prompt) : -1);
     if (!headers_sent) return SendError(conn, e);
     SendEvent(conn, ErrorJson(e));
     SendEvent(conn, "[DONE]");

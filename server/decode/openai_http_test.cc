@@ -818,10 +818,19 @@ TEST_F(OpenAiHttp, ABatchOfPromptsIsACallEachWithChoicesNumberedByPrompt) {
   EXPECT_GE(backend.most_in_flight.load(), 2);
   backend.TakeRequests();
 
-  // A call that fails fails the request, in the failing field's name.
+  // A call that fails fails the request, in the failing field's name; a
+  // prompt's field is named with the prompt's index; and once a call has
+  // failed, the later prompts are not begun.
   backend.fail_after = 1;
   PostJson("/v1/completions", R"({"prompt": ["a", "b"]})", 400);
   backend.fail_after = -1;
+  backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "token_ids[1]: 900 is out of range [0, 128)");
+  const int begun = backend.calls.load();
+  out = PostJson("/v1/completions", twenty + "]}", 400);
+  EXPECT_EQ(out.Find("error")->Find("param")->as_string(), "prompt[0][1]") << out.Dump();
+  EXPECT_EQ(out.Find("error")->Find("message")->as_string(), "prompt[0][1]: 900 is out of range [0, 128)");
+  EXPECT_LE(backend.calls.load() - begun, 8) << "no prompt is begun after a call failed";
+  backend.error = grpc::Status::OK;
   backend.prompt_in_text = false;
   backend.token_delay = std::chrono::milliseconds(0);
 
