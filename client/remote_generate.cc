@@ -52,7 +52,7 @@ int RunGenerateCommand(int argc, char** argv) {
   const char* cmd = "generate";
   CommonFlags common;
   common.ids_required = false;
-  std::string stop, kv_wire = "auto", prompt, prompt_file, chat;
+  std::string stop, kv_wire = "auto", prompt, prompt_file, chat, allowed_ids;
   std::vector<std::string> stop_strings, logit_bias, bad_words;
   int64_t max_new_tokens = 16, min_new_tokens = 0, top_k = 0, seed = 0, logprobs = -1, prompt_logprobs = -1, n = 1;
   bool ignore_eos = false, include_stop = false, keep_special = false, continue_final = false;
@@ -77,6 +77,8 @@ int RunGenerateCommand(int argc, char** argv) {
             "looked for until then (vLLM's min_tokens; at most --max-new-tokens)");
   flags.Bool("ignore-eos", &ignore_eos,
              "a text reply goes on past the tokenizer's end-of-text ids (vLLM's ignore_eos)");
+  flags.String("allowed-token-ids", &allowed_ids,
+               "only these token ids may be chosen (\"5,9,12\"; vLLM's allowed_token_ids)");
   flags.Strings("bad-word", &bad_words,
                 "a word the reply never spells (vLLM's bad_words); give it once per word (the API takes up to 64)");
   flags.Bool("include-stop-str", &include_stop,
@@ -162,6 +164,11 @@ int RunGenerateCommand(int argc, char** argv) {
     StatusOr<std::vector<int32_t>> stops = ParseTokenIds(stop, "--stop");
     if (!stops.ok()) return ReportUsage(cmd, stops.status().message());
     request.mutable_stop_token_ids()->Assign(stops->begin(), stops->end());
+  }
+  if (!allowed_ids.empty()) {
+    StatusOr<std::vector<int32_t>> allowed = ParseTokenIds(allowed_ids, "--allowed-token-ids");
+    if (!allowed.ok()) return ReportUsage(cmd, allowed.status().message());
+    request.mutable_sampling()->mutable_allowed_token_ids()->Assign(allowed->begin(), allowed->end());
   }
   // Range checks are the server's: it knows the model's limits and names
   // the field. Only what cannot be represented is refused here.

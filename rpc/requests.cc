@@ -70,6 +70,17 @@ StatusOr<SamplingParams> ParseSampling(const v1::Sampling& s, int vocab_size, ui
       s.repetition_penalty() > kMaxRepetitionPenalty)
     return InvalidArgument("sampling.repetition_penalty: " + Num(s.repetition_penalty()) + " is out of range (0, " +
                            Num(kMaxRepetitionPenalty) + "] (unset or 0 means 1, none)");
+  if (s.allowed_token_ids_size() > kMaxAllowedTokenIds)
+    return InvalidArgument("sampling.allowed_token_ids: " + Int(s.allowed_token_ids_size()) +
+                           " ids exceed the limit of " + Int(kMaxAllowedTokenIds));
+  for (int i = 0; i < s.allowed_token_ids_size(); ++i) {
+    const int32_t id = s.allowed_token_ids(i);
+    if (id < 0 || id >= vocab_size)
+      return InvalidArgument("sampling.allowed_token_ids[" + Int(i) + "]: " + Int(id) + " is out of range [0, " +
+                             Int(vocab_size) + ") (the model's vocab_size)");
+    p.allowed_ids.push_back(id);
+  }
+  p.vocab_size = vocab_size;
   if (s.logit_bias_size() > kMaxLogitBias)
     return InvalidArgument("sampling.logit_bias: " + Int(s.logit_bias_size()) + " entries exceed the limit of " +
                            Int(kMaxLogitBias));
@@ -189,6 +200,7 @@ size_t MaxRequestBytes(const RequestLimits& limits) {
                                  static_cast<size_t>(limits.max_prompt_tokens) * kMaxTextBytesPerToken +
                                      static_cast<size_t>(kMaxChatMessages) * 32);
   return 4096 + kMaxRequestIdBytes + prompt + static_cast<size_t>(kMaxStopTokens) * 10 +
+         static_cast<size_t>(kMaxAllowedTokenIds) * 10 +
          static_cast<size_t>(kMaxStopStrings) * (kMaxStopStringBytes + 8) +
          static_cast<size_t>(kMaxBadWords) * (kMaxBadWordBytes + 8) + kMaxChatTemplateKwargsBytes + 8 +
          kMaxTransportOfferBytes;

@@ -26,6 +26,7 @@ inline constexpr double kMaxTemperature = 100.0;
 inline constexpr double kMaxPenalty = 2.0;
 inline constexpr double kMaxLogitBiasValue = 100.0;
 inline constexpr int kMaxLogitBias = 1024;
+inline constexpr int kMaxAllowedTokenIds = 16384;
 inline constexpr int kMaxStopStrings = 16;
 inline constexpr int kMaxBadWords = 64;
 inline constexpr size_t kMaxChatTemplateKwargsBytes = 16 * 1024;

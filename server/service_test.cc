@@ -1181,7 +1181,8 @@ TEST(Service, IncludedStopsAndKeptSpecialTokensShapeTheText) {
   }
 }
 
-// bad_words through both services, alone and batched: the reply is a local
+// bad_words and allowed_token_ids through both services, alone and batched:
+// for bad_words, the reply is a local
 // Sampler's with the words' token sequences (BadWordSequences) banned, on the
 // monolithic engine's logits; it differs from the free reply, and no banned
 // sequence appears in it. Too many words, or an empty one, are refused by
@@ -1223,6 +1224,28 @@ TEST(Service, BadWordsAreNeverSpelled) {
     ASSERT_TRUE(CallGenerate(h->Stub().get(), g, &got).ok());
     EXPECT_EQ(got, want);
   }
+  // allowed_token_ids: the local Sampler's reply with the same allow list,
+  // every token in it; an id past the vocabulary is named by its index.
+  SamplingParams allow;
+  allow.allowed_ids = {free[3], free[7], 17};
+  allow.vocab_size = servers.engine->config().vocab_size;
+  allow.temperature = 1.0;
+  allow.seed = 4;
+  const std::vector<int32_t> only = LocalSamplerTokens(*servers.engine, ids, kNew, allow);
+  for (int32_t t : only) EXPECT_TRUE(t == free[3] || t == free[7] || t == 17) << t;
+  for (DecodeHarness* h : {&servers.alone, &servers.batched}) {
+    v1::GenerateRequest g = SampledRequest(ids, kNew, allow);
+    for (int32_t id : allow.allowed_ids) g.mutable_sampling()->add_allowed_token_ids(id);
+    std::vector<int32_t> got;
+    ASSERT_TRUE(CallGenerate(h->Stub().get(), g, &got).ok());
+    EXPECT_EQ(got, only);
+  }
+  v1::GenerateRequest past = SampledRequest(ids, 2, SamplingParams{});
+  past.mutable_sampling()->add_allowed_token_ids(3);
+  past.mutable_sampling()->add_allowed_token_ids(128);
+  ExpectInvalid(CallGenerate(servers.alone.Stub().get(), past),
+                "sampling.allowed_token_ids[1]: 128 is out of range [0, 128)");
+
   v1::GenerateRequest many = SampledRequest(ids, 2, SamplingParams{});
   for (int i = 0; i < 65; ++i) many.add_bad_words("w");
   ExpectInvalid(CallGenerate(servers.alone.Stub().get(), many), "bad_words: 65 words exceed the limit of 64");

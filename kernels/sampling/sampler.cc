@@ -30,6 +30,12 @@ Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.se
     for (int32_t id : params.prompt_ids)
       if (id >= 0) ids.push_back(id);
   }
+  std::vector<int32_t> allowed = params.allowed_ids;
+  std::sort(allowed.begin(), allowed.end());
+  if (!allowed.empty()) {
+    for (int32_t id = 0; id < params.vocab_size; ++id)
+      if (!std::binary_search(allowed.begin(), allowed.end(), id)) ids.push_back(id);
+  }
   std::sort(ids.begin(), ids.end());
   ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
   for (int32_t id : ids) adjustments_.push_back(LogitAdjustment{id, 0.0f});
@@ -45,6 +51,11 @@ Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.se
   if (repetition_ != 1.0f) {
     for (int32_t id : params.prompt_ids)
       if (id >= 0) adjustments_[Find(id)].repetition = repetition_;
+  }
+  if (!allowed.empty()) {
+    for (size_t i = 0; i < adjustments_.size(); ++i) {
+      states_[i].outside = !std::binary_search(allowed.begin(), allowed.end(), adjustments_[i].id);
+    }
   }
   for (size_t i = 0; i < adjustments_.size(); ++i) adjustments_[i].delta = Delta(i);
   if (!params_.bad_words.empty()) Refresh();  // the one-token bad words
@@ -68,7 +79,7 @@ size_t Sampler::EntryFor(int32_t id) {
 
 float Sampler::Delta(size_t i) const {
   const EntryState& e = states_[i];
-  if ((e.ended && banning()) || e.bad) return -std::numeric_limits<float>::infinity();
+  if ((e.ended && banning()) || e.bad || e.outside) return -std::numeric_limits<float>::infinity();
   if (e.count == 0) return static_cast<float>(e.bias);
   // In double, rounded once: every backend adds the same float.
   return static_cast<float>(e.bias -
@@ -108,8 +119,8 @@ void Sampler::Refresh() {
   size_t kept = 0;
   for (size_t i = 0; i < adjustments_.size(); ++i) {
     const EntryState& e = states_[i];
-    const bool needed =
-        e.bias != 0.0 || e.count > 0 || (e.ended && banning()) || e.bad || adjustments_[i].repetition != 1.0f;
+    const bool needed = e.bias != 0.0 || e.count > 0 || (e.ended && banning()) || e.bad || e.outside ||
+                        adjustments_[i].repetition != 1.0f;
     if (!needed) continue;
     adjustments_[kept] = adjustments_[i];
     states_[kept] = e;

@@ -61,6 +61,11 @@ struct SamplingParams {
   // -inf whenever the tokens this sampler recorded last are the rest of it
   // (a one-token sequence: always). Empty sequences are ignored.
   std::vector<std::vector<int32_t>> bad_words;
+  // vLLM's allowed_token_ids: when not empty, every other id of
+  // [0, vocab_size) has logit -inf (an adjustment entry each: meant for a
+  // few allowed tokens, as classifiers use it).
+  std::vector<int32_t> allowed_ids;
+  int32_t vocab_size = 0;
   // -1: none. 0 to kMaxTopLogprobs: after each token, last_logprobs() holds
   // its log-probability and this many most likely alternatives.
   int logprobs = -1;
@@ -174,6 +179,7 @@ class Sampler {
     int64_t count = 0;  // times recorded
     bool ended = false;  // an end id: banned while banning()
     bool bad = false;  // the last token of a bad word whose rest was just recorded
+    bool outside = false;  // not among params_.allowed_ids
   };
 
   SamplingParams params_;

@@ -520,6 +520,34 @@ TEST(Sampling, BadWordsBanTheirLastTokenAfterTheRest) {
   }
 }
 
+// vLLM's allowed_token_ids: every other id of the vocabulary is -inf; the
+// distribution is the float64 softmax over the allowed ids alone, with a
+// bias on one of them applied as before.
+TEST(Sampling, AllowedTokenIdsAreTheOnlyChoices) {
+  const std::vector<float> logits = {3.0f, 0.5f, 1.0f, 2.5f, -1.0f, 0.25f, 4.0f, 0.0f};
+  SamplingParams p;
+  p.allowed_ids = {5, 2, 5};
+  p.vocab_size = 8;
+  Sampler greedy(p);
+  EXPECT_EQ(greedy.Sample(logits), 2);  // 1.0 > 0.25; ids 0 and 6 are larger but not allowed
+  EXPECT_EQ(greedy.Adjustments().size(), 6u);
+  p.logit_bias = {{5, 1.0f}};
+  EXPECT_EQ(Sampler(p).Sample(logits), 5);  // 1.25 > 1.0
+  SamplingParams t = p;
+  t.temperature = 0.7;
+  const std::vector<double> dist = Sampler(t).Distribution(logits);
+  const double z = std::exp(1.0 / 0.7) + std::exp(1.25 / 0.7);
+  for (int i = 0; i < 8; ++i) {
+    const double want = i == 2 ? std::exp(1.0 / 0.7) / z : i == 5 ? std::exp(1.25 / 0.7) / z : 0.0;
+    EXPECT_NEAR(dist[i], want, 1e-12) << i;
+  }
+  for (uint64_t seed = 1; seed <= 100; ++seed) {
+    t.seed = seed;
+    const int32_t token = Sampler(t).Sample(logits);
+    ASSERT_TRUE(token == 2 || token == 5) << token;
+  }
+}
+
 // A backend that samples on its device: Adjusted logits, its own choice,
 // then Record. The same tokens as Sample, and the same adjustments after.
 TEST(Sampling, RecordAfterADeviceChoiceKeepsTheSamplersInStep) {

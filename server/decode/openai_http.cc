@@ -545,13 +545,23 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
   // What Seer cannot do is refused, not ignored: the client would get other
   // text than it asked for. Each field passes at its neutral value: null,
   // false and an empty list.
-  for (const char* refused :
-       {"tools", "functions", "function_call", "suffix", "use_beam_search", "guided_json", "guided_regex",
-        "guided_choice", "guided_grammar", "structured_outputs", "allowed_token_ids"}) {
+  for (const char* refused : {"tools", "functions", "function_call", "suffix", "use_beam_search", "guided_json",
+                              "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"}) {
     const JsonValue* f = root.Find(refused);
     if (f != nullptr && !f->is_null() && !(f->is_bool() && !f->as_bool()) &&
         !(f->is_array() && f->as_array().empty())) {
       return Invalid(refused, std::string(refused) + ": not supported by this server");
+    }
+  }
+  // vLLM's allowed_token_ids: the only ids the reply may have (the server
+  // checks them against the vocabulary and names the index).
+  if (const JsonValue* f = root.Find("allowed_token_ids"); f != nullptr && !f->is_null()) {
+    if (!f->is_array()) return Invalid("allowed_token_ids", "allowed_token_ids: must be an array of token ids");
+    for (const JsonValue& id : f->as_array()) {
+      if (!id.is_integer() || id.as_int64() < 0 || id.as_int64() > INT32_MAX) {
+        return Invalid("allowed_token_ids", "allowed_token_ids: " + id.Dump().substr(0, 32) + " is not a token id");
+      }
+      g.mutable_sampling()->add_allowed_token_ids(static_cast<int32_t>(id.as_int64()));
     }
   }
   // vLLM's bad_words: words the reply never spells (the server checks the

@@ -16,7 +16,8 @@
 // lm-evaluation-harness scores text; a completion's prompt may be a batch of
 // up to 64 strings or lists of ids, a Generate call each, side by side,
 // prompt p's choices numbered p * n + i); vLLM's top_k, min_p, repetition_penalty, stop_token_ids, min_tokens,
-// ignore_eos, include_stop_str_in_output, skip_special_tokens, bad_words, and a
+// ignore_eos, include_stop_str_in_output, skip_special_tokens, bad_words,
+// allowed_token_ids, and a
 // chat's add_generation_prompt, continue_final_message and
 // chat_template_kwargs) plus
 // Seer's own `seer_sparsity`

@@ -1150,6 +1150,9 @@ TEST_F(OpenAiHttp, VllmsExtensionsReachTheWireOrAreRefused) {
   EXPECT_FALSE(backend.Last().skip_special_tokens());
   PostJson("/v1/completions", R"({"prompt": "x", "bad_words": ["never", " say"]})", 200);
   const v1::GenerateRequest worded = backend.Last();
+  PostJson("/v1/completions", R"({"prompt": "x", "allowed_token_ids": [4, 9]})", 200);
+  ASSERT_EQ(backend.Last().sampling().allowed_token_ids_size(), 2);
+  EXPECT_EQ(backend.Last().sampling().allowed_token_ids(1), 9);
   EXPECT_FALSE(worded.has_add_generation_prompt());
   EXPECT_TRUE(worded.chat_template_kwargs().empty());
   PostJson("/v1/chat/completions",
@@ -1203,7 +1206,8 @@ TEST_F(OpenAiHttp, VllmsExtensionsReachTheWireOrAreRefused) {
   Refused(R"("guided_choice": ["yes", "no"])", "guided_choice", "not supported");
   Refused(R"("top_logprobs": 2)", "top_logprobs", "not a completions field");
   Refused(R"("structured_outputs": {"json": {}})", "structured_outputs", "not supported");
-  Refused(R"("allowed_token_ids": [1, 2])", "allowed_token_ids", "not supported");
+  Refused(R"("allowed_token_ids": 1)", "allowed_token_ids", "must be an array of token ids");
+  Refused(R"("allowed_token_ids": [1, -2])", "allowed_token_ids", "-2 is not a token id");
   Refused(R"("bad_words": "no")", "bad_words", "must be an array of strings");
   Refused(R"("bad_words": ["no", 3])", "bad_words", "must be an array of strings");
   Refused(R"("function_call": "auto")", "function_call", "not supported");

@@ -323,6 +323,20 @@ if (ref.text.length >= 8) {
     const has = (seq) => cli.tokens.some((_, i) => seq.every((t, j) => cli.tokens[i + j] === t));
     check('no banned sequence is in the reply', !banned.some(has), JSON.stringify({ banned, tokens: cli.tokens }));
   }
+  // allowed_token_ids: two tokens of the reference reply; the HTTP reply is
+  // seer generate's with the same list, whose tokens are all among them.
+  {
+    const allowed = [ref.tokens[1], ref.tokens[4]];
+    const only = await client.completions.create({
+      model: name, prompt, max_tokens: 12, temperature: 1, seed: 5, allowed_token_ids: allowed,
+    });
+    const cli = JSON.parse(execFileSync(join(bin, 'seer'), ['generate', '--addr', decodeGrpc, '--prompt', prompt,
+      '--max-new-tokens', '12', '--temperature', '1', '--seed', '5', '--json', '--allowed-token-ids',
+      allowed.join(',')]).toString());
+    same('allowed_token_ids over HTTP equals seer generate --allowed-token-ids', only.choices[0].text, cli.text);
+    check('... whose tokens are all allowed', cli.tokens.length > 0 && cli.tokens.every((t) => allowed.includes(t)),
+          JSON.stringify(cli.tokens));
+  }
   for (const [field, value] of [['min_p', 1.5], ['repetition_penalty', 0], ['response_format', { type: 'json_object' }]]) {
     try {
       await client.completions.create({ model: name, prompt, max_tokens: 2, [field]: value });
