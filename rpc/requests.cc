@@ -48,6 +48,23 @@ StatusOr<std::vector<int32_t>> ParsePrompt(const google::protobuf::RepeatedField
   return out;
 }
 
+// A list of strings (stop, bad_words): at most `max_count` ("stop: 17
+// strings exceed the limit of 16"), each 1 to `max_bytes` ("stop[2]: ...").
+StatusOr<std::vector<std::string>> ParseStrings(const google::protobuf::RepeatedPtrField<std::string>& list,
+                                                const char* field, const char* what, int max_count, size_t max_bytes) {
+  if (list.size() > max_count)
+    return InvalidArgument(std::string(field) + ": " + Int(list.size()) + " " + what + " exceed the limit of " +
+                           Int(max_count));
+  std::vector<std::string> out;
+  for (int i = 0; i < list.size(); ++i) {
+    if (list[i].empty() || list[i].size() > max_bytes)
+      return InvalidArgument(std::string(field) + "[" + Int(i) + "]: " + Int(static_cast<int64_t>(list[i].size())) +
+                             " bytes, need 1 to " + Int(static_cast<int64_t>(max_bytes)));
+    out.push_back(list[i]);
+  }
+  return out;
+}
+
 StatusOr<SamplingParams> ParseSampling(const v1::Sampling& s, int vocab_size, uint64_t fresh_seed) {
   SamplingParams p;
   if (!std::isfinite(s.temperature()) || s.temperature() < 0.0f || s.temperature() > kMaxTemperature)
@@ -329,22 +346,9 @@ StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& r, const 
     FitDefaultNewTokens(static_cast<int64_t>(call.ids.size()), limits, &call);
     SEER_RETURN_IF_ERROR(CheckPromptFits(static_cast<int64_t>(call.ids.size()), call.max_new_tokens, limits));
   }
-  if (r.stop_size() > kMaxStopStrings)
-    return InvalidArgument("stop: " + Int(r.stop_size()) + " strings exceed the limit of " + Int(kMaxStopStrings));
-  for (int i = 0; i < r.stop_size(); ++i) {
-    if (r.stop(i).empty() || r.stop(i).size() > kMaxStopStringBytes)
-      return InvalidArgument("stop[" + Int(i) + "]: " + Int(static_cast<int64_t>(r.stop(i).size())) +
-                             " bytes, need 1 to " + Int(kMaxStopStringBytes));
-    call.stop.push_back(r.stop(i));
-  }
-  if (r.bad_words_size() > kMaxBadWords)
-    return InvalidArgument("bad_words: " + Int(r.bad_words_size()) + " words exceed the limit of " + Int(kMaxBadWords));
-  for (int i = 0; i < r.bad_words_size(); ++i) {
-    if (r.bad_words(i).empty() || r.bad_words(i).size() > kMaxBadWordBytes)
-      return InvalidArgument("bad_words[" + Int(i) + "]: " + Int(static_cast<int64_t>(r.bad_words(i).size())) +
-                             " bytes, need 1 to " + Int(kMaxBadWordBytes));
-    call.bad_words.push_back(r.bad_words(i));
-  }
+  SEER_ASSIGN_OR_RETURN(call.stop, ParseStrings(r.stop(), "stop", "strings", kMaxStopStrings, kMaxStopStringBytes));
+  SEER_ASSIGN_OR_RETURN(call.bad_words,
+                        ParseStrings(r.bad_words(), "bad_words", "words", kMaxBadWords, kMaxBadWordBytes));
   call.text_reply = r.text_reply();
   if (r.has_logprobs()) {
     if (r.logprobs() < 0 || r.logprobs() > kMaxTopLogprobs)

@@ -10,17 +10,17 @@
 #include <string>
 #include <vector>
 
-#include "tests/tokenizer_fixture.h"
+#include "text/text_test_util.h"
 
 namespace seer {
 namespace {
 
-using seer::testing::LoadFixtureTokenizer;
+using text_test::LoadTokenizer;
 
 TEST(BadWords, EachSequenceSpellsTheWordPlainOrAfterASpace) {
   for (const char* family : {"llama3", "llama2", "qwen2"}) {
     SCOPED_TRACE(family);
-    std::unique_ptr<Tokenizer> tok = LoadFixtureTokenizer(family);
+    std::unique_ptr<Tokenizer> tok = LoadTokenizer(family);
     ASSERT_NE(tok, nullptr);
     const std::vector<std::string> words = {"hello", "  world", "Antidisestablishmentarianism", "漢字", "x y"};
     auto got = BadWordSequences(*tok, words);
@@ -46,7 +46,7 @@ TEST(BadWords, EachSequenceSpellsTheWordPlainOrAfterASpace) {
     EXPECT_EQ(next, got->size());
   }
   // An empty word, or one of whitespace alone, bans nothing.
-  std::unique_ptr<Tokenizer> tok = LoadFixtureTokenizer("llama3");
+  std::unique_ptr<Tokenizer> tok = LoadTokenizer("llama3");
   ASSERT_NE(tok, nullptr);
   auto none = BadWordSequences(*tok, {"", "   ", "\t\u00a0\u3000\x1f"});
   ASSERT_TRUE(none.ok());

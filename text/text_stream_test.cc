@@ -16,12 +16,12 @@
 
 #include "base/json.h"
 
-#include "tests/tokenizer_fixture.h"
+#include "text/text_test_util.h"
 
 namespace seer {
 namespace {
 
-using seer::testing::LoadFixtureTokenizer;
+using text_test::LoadTokenizer;
 
 // Runs ids through a stream; the text released step by step, whether it stopped.
 std::pair<std::string, bool> Stream(const Tokenizer& tok, const std::vector<int32_t>& ids,
@@ -49,7 +49,7 @@ const std::vector<std::string> kTexts = {
 
 TEST(TextStream, WithoutStopsItIsTheWholeDecode) {
   for (const char* family : {"llama3", "llama2", "qwen2"}) {
-    std::unique_ptr<Tokenizer> tok = LoadFixtureTokenizer(family);
+    std::unique_ptr<Tokenizer> tok = LoadTokenizer(family);
     ASSERT_NE(tok, nullptr);
     for (const std::string& text : kTexts) {
       auto ids = tok->Encode(text, true);
@@ -62,7 +62,7 @@ TEST(TextStream, WithoutStopsItIsTheWholeDecode) {
 }
 
 TEST(TextStream, CutsJustBeforeTheFirstStopStringWhereverItFalls) {
-  std::unique_ptr<Tokenizer> tok = LoadFixtureTokenizer("llama3");
+  std::unique_ptr<Tokenizer> tok = LoadTokenizer("llama3");
   ASSERT_NE(tok, nullptr);
   std::mt19937 rng(7);
   for (const std::string& text : kTexts) {
@@ -92,7 +92,7 @@ TEST(TextStream, CutsJustBeforeTheFirstStopStringWhereverItFalls) {
 }
 
 TEST(TextStream, IncludedStopsAreTheOneThatAppearedFirst) {
-  std::unique_ptr<Tokenizer> tok = LoadFixtureTokenizer("llama3");
+  std::unique_ptr<Tokenizer> tok = LoadTokenizer("llama3");
   ASSERT_NE(tok, nullptr);
   auto ids = tok->Encode("Hello, world", false);
   ASSERT_TRUE(ids.ok());
@@ -107,7 +107,7 @@ TEST(TextStream, IncludedStopsAreTheOneThatAppearedFirst) {
 }
 
 TEST(TextStream, HoldsBackAPossibleStartOfAStopAndReleasesItAtTheEnd) {
-  std::unique_ptr<Tokenizer> tok = LoadFixtureTokenizer("llama3");
+  std::unique_ptr<Tokenizer> tok = LoadTokenizer("llama3");
   ASSERT_NE(tok, nullptr);
   auto ids = tok->Encode("Hello, world", false);
   ASSERT_TRUE(ids.ok());
@@ -129,7 +129,7 @@ TEST(TextStream, HoldsBackAPossibleStartOfAStopAndReleasesItAtTheEnd) {
 // cuts before it and the stream reports stopped(), so the reply ends for a
 // "stop", not for its length.
 TEST(TextStream, AStopStringThatOnlyFinishReleasesStillStops) {
-  std::unique_ptr<Tokenizer> tok = LoadFixtureTokenizer("llama2");
+  std::unique_ptr<Tokenizer> tok = LoadTokenizer("llama2");
   ASSERT_NE(tok, nullptr);
   auto ids = tok->Encode("ab", false);
   ASSERT_TRUE(ids.ok());
@@ -164,7 +164,7 @@ TEST(TextStream, AStopStringThatOnlyFinishReleasesStillStops) {
 TEST(TextStream, StopsUnarmedForTheFirstTokensCountOnlyWhenTheyEndAfterThem) {
   std::mt19937 rng(11);
   for (const char* family : {"llama3", "llama2"}) {
-    std::unique_ptr<Tokenizer> tok = LoadFixtureTokenizer(family);
+    std::unique_ptr<Tokenizer> tok = LoadTokenizer(family);
     ASSERT_NE(tok, nullptr);
     int cut_early = 0, straddled = 0;
     for (const std::string& text : kTexts) {

@@ -6,16 +6,26 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "base/json.h"
+#include "text/tokenizer.h"
 
 namespace seer::text_test {
 
 inline std::string FixturePath(const std::string& relative) {
   return std::string(SEER_FIXTURES_DIR) + "/tokenizers/" + relative;
+}
+
+// The tokenizer of tokenizers/<family>; null, with a test failure, when it
+// does not load.
+inline std::unique_ptr<Tokenizer> LoadTokenizer(const std::string& family) {
+  auto t = Tokenizer::Load(FixturePath(family));
+  EXPECT_TRUE(t.ok()) << t.status().ToString();
+  return t.ok() ? std::move(t).value() : nullptr;
 }
 
 inline std::string ReadText(const std::string& path) {

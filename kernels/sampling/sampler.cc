@@ -58,6 +58,10 @@ Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.se
     }
   }
   for (size_t i = 0; i < adjustments_.size(); ++i) adjustments_[i].delta = Delta(i);
+  // The entries hold the prompt's ids now; a long prompt's copy would only
+  // take memory for the rest of the reply.
+  std::vector<int32_t>().swap(params_.prompt_ids);
+  for (const std::vector<int32_t>& w : params_.bad_words) bad_context_ = std::max(bad_context_, w.size());
   if (!params_.bad_words.empty()) Refresh();  // the one-token bad words
 }
 
@@ -96,10 +100,9 @@ void Sampler::Record(int32_t token) {
     adjustments_[i].repetition = repetition_;
   }
   if (!params_.bad_words.empty()) {
-    size_t context = 0;
-    for (const std::vector<int32_t>& w : params_.bad_words) context = std::max(context, w.size());
     recent_.push_back(token);
-    if (recent_.size() + 1 > context) recent_.erase(recent_.begin(), recent_.end() - (context > 0 ? context - 1 : 0));
+    const size_t keep = bad_context_ > 0 ? bad_context_ - 1 : 0;
+    if (recent_.size() > keep) recent_.erase(recent_.begin(), recent_.end() - static_cast<std::ptrdiff_t>(keep));
   }
   // The end ids are allowed from now on (back to their bias), or the bad
   // words' bans move.

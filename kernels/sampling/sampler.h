@@ -42,7 +42,7 @@ struct SamplingParams {
   // penalties below (Hugging Face's order; vLLM adds logit_bias first, so
   // the two differ for a token that has both). 1: none; > 0.
   double repetition_penalty = 1.0;
-  std::vector<int32_t> prompt_ids;  // read only when repetition_penalty != 1
+  std::vector<int32_t> prompt_ids;  // read only when repetition_penalty != 1; params() holds none
   // OpenAI's penalties: a token already produced c > 0 times by this sampler
   // loses c * frequency_penalty + presence_penalty from its logit. The
   // prompt's tokens do not count.
@@ -189,6 +189,7 @@ class Sampler {
   int64_t recorded_ = 0;  // tokens recorded
   std::vector<LogitAdjustment> adjustments_;  // ascending ids
   std::vector<EntryState> states_;  // per entry of adjustments_
+  size_t bad_context_ = 0;  // the longest bad word's length
   std::vector<int32_t> recent_;  // the last tokens recorded, as many as the longest bad word less one
   TokenLogprobs last_logprobs_;
 };

@@ -78,6 +78,16 @@ HttpError Invalid(std::string param, std::string message) {
   return e;
 }
 
+// A true-or-false field: *v is set when it is given (absent and null leave
+// it alone).
+std::optional<HttpError> OptionalBool(const JsonValue& root, const char* key, std::optional<bool>* v) {
+  const JsonValue* f = root.Find(key);
+  if (f == nullptr || f->is_null()) return std::nullopt;
+  if (!f->is_bool()) return Invalid(key, std::string(key) + ": must be true or false");
+  *v = f->as_bool();
+  return std::nullopt;
+}
+
 // The HTTP code and OpenAI error type of a gRPC status from Generate.
 HttpError FromGrpc(const grpc::Status& s) {
   HttpError e;
@@ -526,10 +536,9 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
     }
     g.set_min_new_tokens(*m);
   }
-  if (const JsonValue* f = root.Find("ignore_eos"); f != nullptr && !f->is_null()) {
-    if (!f->is_bool()) return Invalid("ignore_eos", "ignore_eos: must be true or false");
-    g.set_ignore_eos(f->as_bool());
-  }
+  std::optional<bool> ignore_eos;
+  if (auto e = OptionalBool(root, "ignore_eos", &ignore_eos)) return e;
+  g.set_ignore_eos(ignore_eos.value_or(false));
   if (auto e = ParseLogprobs(root, chat, out)) return e;
   if (const JsonValue* echo = root.Find("echo"); echo != nullptr && !echo->is_null()) {
     if (!echo->is_bool()) return Invalid("echo", "echo: must be true or false");
@@ -575,16 +584,11 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
   }
   // vLLM's text controls: the stop string (or stop token's text) kept at
   // the end of the text, and special tokens kept in it.
-  for (const char* key : {"include_stop_str_in_output", "skip_special_tokens"}) {
-    const JsonValue* f = root.Find(key);
-    if (f == nullptr || f->is_null()) continue;
-    if (!f->is_bool()) return Invalid(key, std::string(key) + ": must be true or false");
-    if (key[0] == 'i') {
-      g.set_include_stop_str_in_output(f->as_bool());
-    } else {
-      g.set_skip_special_tokens(f->as_bool());
-    }
-  }
+  std::optional<bool> include_stop, skip_special;
+  if (auto e = OptionalBool(root, "include_stop_str_in_output", &include_stop)) return e;
+  if (auto e = OptionalBool(root, "skip_special_tokens", &skip_special)) return e;
+  g.set_include_stop_str_in_output(include_stop.value_or(false));
+  if (skip_special) g.set_skip_special_tokens(*skip_special);
   if (const JsonValue* f = root.Find("response_format"); f != nullptr && !f->is_null()) {
     const JsonValue* type = f->Find("type");
     if (type == nullptr || !type->is_string() || type->as_string() != "text") {
@@ -597,10 +601,9 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
       return Invalid("tool_choice", "tool_choice: not supported by this server (no tools)");
     }
   }
-  if (const JsonValue* stream = root.Find("stream"); stream != nullptr && !stream->is_null()) {
-    if (!stream->is_bool()) return Invalid("stream", "stream: must be true or false");
-    out->stream = stream->as_bool();
-  }
+  std::optional<bool> stream;
+  if (auto e = OptionalBool(root, "stream", &stream)) return e;
+  out->stream = stream.value_or(false);
   // best_of (a completion's): that many candidates, the n best returned.
   out->best_of = out->n;
   if (const JsonValue* best_of = root.Find("best_of"); best_of != nullptr && !best_of->is_null()) {
@@ -721,16 +724,11 @@ std::optional<HttpError> ParseChat(const JsonValue& root, int default_max_tokens
   }
   // vLLM's chat controls; the server checks how they combine and names the
   // field.
-  for (const char* key : {"add_generation_prompt", "continue_final_message"}) {
-    const JsonValue* f = root.Find(key);
-    if (f == nullptr || f->is_null()) continue;
-    if (!f->is_bool()) return Invalid(key, std::string(key) + ": must be true or false");
-    if (key[0] == 'a') {
-      out->generate.set_add_generation_prompt(f->as_bool());
-    } else {
-      out->generate.set_continue_final_message(f->as_bool());
-    }
-  }
+  std::optional<bool> generation_prompt, continue_final;
+  if (auto e = OptionalBool(root, "add_generation_prompt", &generation_prompt)) return e;
+  if (auto e = OptionalBool(root, "continue_final_message", &continue_final)) return e;
+  if (generation_prompt) out->generate.set_add_generation_prompt(*generation_prompt);
+  out->generate.set_continue_final_message(continue_final.value_or(false));
   if (const JsonValue* f = root.Find("chat_template_kwargs"); f != nullptr && !f->is_null()) {
     if (!f->is_object()) return Invalid("chat_template_kwargs", "chat_template_kwargs: must be a JSON object");
     out->generate.set_chat_template_kwargs(f->Dump());
@@ -764,22 +762,15 @@ HttpError ModelNotFound(const std::string& asked, const std::string& served) {
 // renders them; the template adds the special tokens), as ids, with each
 // token's string when return_token_strs asks.
 std::optional<HttpError> TokenizeJson(const JsonValue& root, const Tokenizer& tok, int max_model_len, JsonValue* out) {
-  auto flag = [&](const char* key, bool fallback, bool* v) -> std::optional<HttpError> {
-    const JsonValue* f = root.Find(key);
-    *v = fallback;
-    if (f == nullptr || f->is_null()) return std::nullopt;
-    if (!f->is_bool()) return Invalid(key, std::string(key) + ": must be true or false");
-    *v = f->as_bool();
-    return std::nullopt;
-  };
   const JsonValue* prompt = root.Find("prompt");
   const JsonValue* messages = root.Find("messages");
   const bool has_prompt = prompt != nullptr && !prompt->is_null();
   const bool has_messages = messages != nullptr && !messages->is_null();
   if (has_prompt == has_messages) return Invalid("prompt", "prompt: give exactly one of prompt and messages");
-  bool special = false, strs = false;
-  if (auto e = flag("add_special_tokens", has_prompt, &special)) return e;
-  if (auto e = flag("return_token_strs", false, &strs)) return e;
+  std::optional<bool> add_special, token_strs_asked;
+  if (auto e = OptionalBool(root, "add_special_tokens", &add_special)) return e;
+  if (auto e = OptionalBool(root, "return_token_strs", &token_strs_asked)) return e;
+  const bool special = add_special.value_or(has_prompt), strs = token_strs_asked.value_or(false);
   StatusOr<std::vector<int32_t>> ids = std::vector<int32_t>{};
   if (has_prompt) {
     if (!prompt->is_string()) return Invalid("prompt", "prompt: must be a string");
@@ -793,21 +784,22 @@ std::optional<HttpError> TokenizeJson(const JsonValue& root, const Tokenizer& to
     std::string field;
     StatusOr<std::vector<ChatTurn>> turns = ParseChatMessages(*messages, &field);
     if (!turns.ok()) return Invalid(field, std::string(turns.status().message()));
+    std::optional<bool> generation_prompt, continue_final;
+    if (auto e = OptionalBool(root, "add_generation_prompt", &generation_prompt)) return e;
+    if (auto e = OptionalBool(root, "continue_final_message", &continue_final)) return e;
     ChatPromptOptions chat;
-    if (auto e = flag("add_generation_prompt", true, &chat.add_generation_prompt)) return e;
-    if (auto e = flag("continue_final_message", false, &chat.continue_final_message)) return e;
+    chat.add_generation_prompt = generation_prompt.value_or(true);
+    chat.continue_final_message = continue_final.value_or(false);
     if (const JsonValue* kw = root.Find("chat_template_kwargs"); kw != nullptr && !kw->is_null()) {
       chat.template_kwargs = *kw;
     }
     ids = EncodeChatPrompt(tok, ChatTurnsJson(*turns), chat);
     if (!ids.ok()) {
-      const std::string message = ids.status().message();
-      const size_t colon = message.find(':');
-      std::string param =
-          colon != std::string::npos && message.find(' ') > colon ? message.substr(0, colon) : std::string("messages");
-      if (param.rfind("chat_template_kwargs.", 0) == 0) param = "chat_template_kwargs";
-      HttpError e = Invalid(param, message);
-      if (ids.status().code() != StatusCode::kInvalidArgument) e.http = 500;
+      // Named as a chat completion's errors are: the field a message starts
+      // with, else the messages.
+      HttpError e = FromGrpc(ToGrpcStatus(ids.status()));
+      InOpenAiTerms(/*chat=*/true, "max_tokens", &e);
+      if (e.param.empty()) e.param = "messages";
       return e;
     }
   }
