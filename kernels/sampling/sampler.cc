@@ -63,6 +63,10 @@ Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.se
   std::vector<int32_t>().swap(params_.prompt_ids);
   for (const std::vector<int32_t>& w : params_.bad_words) bad_context_ = std::max(bad_context_, w.size());
   if (!params_.bad_words.empty()) Refresh();  // the one-token bad words
+  if (params_.guide != nullptr) {
+    guide_ = params_.guide->Start();
+    Guide();
+  }
 }
 
 size_t Sampler::Find(int32_t id) const {
@@ -83,7 +87,9 @@ size_t Sampler::EntryFor(int32_t id) {
 
 float Sampler::Delta(size_t i) const {
   const EntryState& e = states_[i];
-  if ((e.ended && banning()) || e.bad || e.outside) return -std::numeric_limits<float>::infinity();
+  if ((e.ended && banning() && !guide_ends_) || e.bad || e.outside) {
+    return -std::numeric_limits<float>::infinity();
+  }
   if (e.count == 0) return static_cast<float>(e.bias);
   // In double, rounded once: every backend adds the same float.
   return static_cast<float>(e.bias -
@@ -107,6 +113,48 @@ void Sampler::Record(int32_t token) {
   // The end ids are allowed from now on (back to their bias), or the bad
   // words' bans move.
   if ((was_banning && !banning()) || !params_.bad_words.empty()) Refresh();
+  if (guide_ != nullptr) {
+    guide_->Accept(token);
+    Guide();
+  }
+}
+
+void Sampler::Guide() {
+  guide_->Allowed(&guide_allowed_);
+  const size_t words = (static_cast<size_t>(params_.vocab_size) + 63) / 64;
+  guide_allowed_.resize(words, 0);
+  if (end_bits_.size() != words) {
+    end_bits_.assign(words, 0);
+    for (int32_t id : params_.end_ids) {
+      if (id >= 0 && id < params_.vocab_size) end_bits_[id / 64] |= uint64_t{1} << (id % 64);
+    }
+  }
+  bool any_text = false;
+  for (size_t w = 0; w < words && !any_text; ++w) any_text = (guide_allowed_[w] & ~end_bits_[w]) != 0;
+  // A whole text may end; so may one that cannot go on (a guide that lost
+  // its way), so that the reply ends rather than runs on banned tokens.
+  const bool may_end = guide_->complete() || !any_text;
+  if (guide_ends_ != !any_text) {
+    guide_ends_ = !any_text;  // the end ids' min_tokens ban moves
+    for (size_t i = 0; i < adjustments_.size(); ++i) adjustments_[i].delta = Delta(i);
+  }
+  // The sampler's own entries, merged in id order with a -inf for every id
+  // the guide refuses: one pass over the guide's bits.
+  guided_.clear();
+  size_t i = 0;
+  for (size_t w = 0; w < words; ++w) {
+    uint64_t refused = ~guide_allowed_[w];
+    if (may_end) refused &= ~end_bits_[w];
+    if (w + 1 == words && params_.vocab_size % 64 != 0) refused &= (uint64_t{1} << (params_.vocab_size % 64)) - 1;
+    while (refused != 0) {
+      const auto id = static_cast<int32_t>(w * 64 + static_cast<size_t>(__builtin_ctzll(refused)));
+      refused &= refused - 1;
+      for (; i < adjustments_.size() && adjustments_[i].id < id; ++i) guided_.push_back(adjustments_[i]);
+      if (i < adjustments_.size() && adjustments_[i].id == id) ++i;
+      guided_.push_back(LogitAdjustment{id, -std::numeric_limits<float>::infinity()});
+    }
+  }
+  guided_.insert(guided_.end(), adjustments_.begin() + static_cast<std::ptrdiff_t>(i), adjustments_.end());
 }
 
 void Sampler::Refresh() {
@@ -136,7 +184,7 @@ void Sampler::Refresh() {
 
 std::vector<float> Sampler::Adjusted(std::span<const float> logits) const {
   std::vector<float> out(logits.begin(), logits.end());
-  for (const LogitAdjustment& a : adjustments_) {
+  for (const LogitAdjustment& a : Adjustments()) {
     if (static_cast<size_t>(a.id) < out.size()) out[a.id] = AdjustLogit(out[a.id], a.delta, a.repetition);
   }
   return out;
@@ -145,14 +193,14 @@ std::vector<float> Sampler::Adjusted(std::span<const float> logits) const {
 double Sampler::NextUniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
 
 std::vector<double> Sampler::Distribution(std::span<const float> logits) const {
-  if (adjustments_.empty()) return DistributionOf(logits);
+  if (Adjustments().empty()) return DistributionOf(logits);
   const std::vector<float> adjusted = Adjusted(logits);
   return DistributionOf(adjusted);
 }
 
 int32_t Sampler::Sample(std::span<const float> logits) {
   int32_t token = 0;
-  if (adjustments_.empty()) {
+  if (Adjustments().empty()) {
     token = Choose(logits);
   } else {
     const std::vector<float> adjusted = Adjusted(logits);

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <random>
 #include <span>
 #include <utility>
@@ -26,6 +27,31 @@ struct LogitAdjustment {
   float delta = 0.0f;
   float repetition = 1.0f;
   bool operator==(const LogitAdjustment&) const = default;
+};
+
+// Guided decoding: which tokens may come next so that the reply stays the
+// start of a text of some language (a JSON schema's documents, a regular
+// expression's matches). One per reply, advanced token by token.
+class TokenGuide {
+ public:
+  virtual ~TokenGuide() = default;
+  // The ids that keep the reply the start of a text of the language, as
+  // bits over the vocabulary (id i: bit i % 64 of word i / 64; ids past the
+  // guide's vocabulary are not allowed). `allowed` is resized as needed.
+  virtual void Allowed(std::vector<uint64_t>* allowed) = 0;
+  // The reply so far is a whole text of the language: it may end here.
+  virtual bool complete() const = 0;
+  // The token chosen next (one that Allowed did not list leaves the guide
+  // allowing nothing).
+  virtual void Accept(int32_t token) = 0;
+};
+
+// What SamplingParams carries: shared by the replies of a request, each of
+// which starts its own TokenGuide.
+class TokenGuideFactory {
+ public:
+  virtual ~TokenGuideFactory() = default;
+  virtual std::unique_ptr<TokenGuide> Start() const = 0;
 };
 
 struct SamplingParams {
@@ -66,6 +92,11 @@ struct SamplingParams {
   // few allowed tokens, as classifiers use it).
   std::vector<int32_t> allowed_ids;
   int32_t vocab_size = 0;
+  // Guided decoding: every id of [0, vocab_size) that the guide does not
+  // allow has logit -inf, and the end ids are allowed only once the reply
+  // is a whole text of the guide's language (before min_tokens too, when
+  // nothing else is allowed). Null: none.
+  std::shared_ptr<const TokenGuideFactory> guide;
   // -1: none. 0 to kMaxTopLogprobs: after each token, last_logprobs() holds
   // its log-probability and this many most likely alternatives.
   int logprobs = -1;
@@ -145,7 +176,9 @@ class Sampler {
   // tokens, then the bias less the penalties of the tokens recorded so far;
   // -inf for the end ids while fewer than min_tokens are recorded. Empty
   // when the parameters adjust nothing.
-  std::span<const LogitAdjustment> Adjustments() const { return adjustments_; }
+  std::span<const LogitAdjustment> Adjustments() const {
+    return guide_ != nullptr ? std::span<const LogitAdjustment>(guided_) : adjustments_;
+  }
 
   // `logits` with Adjustments() applied (ids past the end are ignored).
   std::vector<float> Adjusted(std::span<const float> logits) const;
@@ -172,6 +205,9 @@ class Sampler {
   // The bad words' bans for the tokens recorded so far, every delta again,
   // and the entries that adjust nothing any more gone.
   void Refresh();
+  // The guide's ban for the next token: guided_ again, from the guide's
+  // allowed ids and the sampler's own entries.
+  void Guide();
 
   // What an entry of adjustments_ stands for.
   struct EntryState {
@@ -191,6 +227,11 @@ class Sampler {
   std::vector<EntryState> states_;  // per entry of adjustments_
   size_t bad_context_ = 0;  // the longest bad word's length
   std::vector<int32_t> recent_;  // the last tokens recorded, as many as the longest bad word less one
+  std::unique_ptr<TokenGuide> guide_;  // params_.guide's, for this reply
+  std::vector<uint64_t> guide_allowed_;  // its last Allowed
+  std::vector<uint64_t> end_bits_;  // params_.end_ids, as bits over the vocabulary
+  std::vector<LogitAdjustment> guided_;  // adjustments_ and the guide's bans: Adjustments() with a guide
+  bool guide_ends_ = false;  // the guide allows nothing but the end ids
   TokenLogprobs last_logprobs_;
 };
 

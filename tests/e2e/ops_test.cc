@@ -751,7 +751,7 @@ TEST(Operations, EveryBenchmarkExplainsItsFlags) {
       {"seer-kv-stream-bench", false}, {"seer-prefill-bench", true},   {"seer-decode-bench", true},
       {"seer-gemm-bench", true},       {"seer-attention-bench", true}, {"seer-gemm-sm90-bench", true},
       {"seer-l2-read-bench", true},    {"seer-pool-rate-bench", true}, {"seer-distill-target-bench", true},
-      {"seer-kv-quant-bench", true},   {"seer-nccl-kv-bench", true},
+      {"seer-kv-quant-bench", true},   {"seer-nccl-kv-bench", true},   {"seer-guide-bench", false},
   };
   int checked = 0;
   for (const Bench& b : benches) {

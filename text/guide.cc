@@ -1,0 +1,247 @@
+#include "text/guide.h"
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <numeric>
+#include <unordered_map>
+
+#include "base/json.h"
+#include "text/json_schema_grammar.h"
+#include "text/regex_grammar.h"
+
+namespace seer {
+
+std::shared_ptr<const GuideVocabulary> GuideVocabulary::FromBytes(
+    const std::vector<std::optional<std::string>>& bytes) {
+  auto v = std::make_shared<GuideVocabulary>();
+  v->bytes_.reserve(bytes.size());
+  for (const std::optional<std::string>& b : bytes) v->bytes_.push_back(b.value_or(std::string()));
+  for (int32_t id = 0; id < v->size(); ++id) {
+    if (!v->bytes_[id].empty()) v->order_.push_back(id);
+  }
+  std::sort(v->order_.begin(), v->order_.end(),
+            [&](int32_t a, int32_t b) { return v->bytes_[a] != v->bytes_[b] ? v->bytes_[a] < v->bytes_[b] : a < b; });
+  v->shared_.assign(v->order_.size(), 0);
+  for (size_t i = 0; i < v->order_.size(); ++i) {
+    const std::string& cur = v->bytes_[v->order_[i]];
+    v->longest_ = std::max(v->longest_, cur.size());
+    if (i == 0) continue;
+    const std::string& prev = v->bytes_[v->order_[i - 1]];
+    const size_t n = std::min(prev.size(), cur.size());
+    uint32_t k = 0;
+    while (k < n && prev[k] == cur[k]) ++k;
+    v->shared_[i] = k;
+  }
+  return v;
+}
+
+StatusOr<std::shared_ptr<const GuideVocabulary>> GuideVocabulary::FromTokenizer(const Tokenizer& tokenizer) {
+  // Decoded after an anchor token, less the anchor's own bytes: the bytes a
+  // token adds in the middle of a reply. Decoders that treat the first
+  // token apart (SentencePiece's leading space) do so only at the start.
+  int32_t anchor = tokenizer.TokenToId("a").value_or(-1);
+  std::string anchor_bytes;
+  if (anchor >= 0) {
+    const int32_t one[] = {anchor};
+    StatusOr<std::string> b = tokenizer.DecodeBytes(one);
+    if (b.ok() && !b->empty()) {
+      anchor_bytes = *std::move(b);
+    } else {
+      anchor = -1;
+    }
+  }
+  std::vector<std::optional<std::string>> bytes(static_cast<size_t>(tokenizer.vocab_size()));
+  for (int32_t id = 0; id < tokenizer.vocab_size(); ++id) {
+    if (tokenizer.IsSpecial(id) || !tokenizer.IdToToken(id)) continue;
+    StatusOr<std::string> decoded = anchor >= 0 ? tokenizer.DecodeBytes(std::vector<int32_t>{anchor, id})
+                                                : tokenizer.DecodeBytes(std::vector<int32_t>{id});
+    if (!decoded.ok()) continue;
+    if (anchor >= 0) {
+      if (decoded->compare(0, anchor_bytes.size(), anchor_bytes) != 0) continue;  // the pair merged: no text of its own
+      decoded->erase(0, anchor_bytes.size());
+    }
+    bytes[id] = *std::move(decoded);
+  }
+  return FromBytes(bytes);
+}
+
+// One reply's guide: the grammar's states met so far, interned, with their
+// transitions and allowed ids as they are first needed.
+class GrammarTokenGuide final : public TokenGuide {
+ public:
+  GrammarTokenGuide(std::shared_ptr<const Grammar> grammar, std::shared_ptr<const GuideVocabulary> vocabulary)
+      : grammar_(std::move(grammar)), vocabulary_(std::move(vocabulary)) {
+    current_ = Intern(GrammarMatcher(*grammar_));
+  }
+
+  void Allowed(std::vector<uint64_t>* allowed) override {
+    const size_t words = (static_cast<size_t>(vocabulary_->size()) + 63) / 64;
+    if (current_ < 0) {
+      allowed->assign(words, 0);
+      return;
+    }
+    if (states_[current_].allowed.empty()) {
+      if (cached_masks_ >= kMaxMasks) {
+        for (State& other : states_) std::vector<uint64_t>().swap(other.allowed);
+        cached_masks_ = 0;
+      }
+      std::vector<uint64_t> walked = Walk(current_);  // grows states_
+      states_[current_].allowed = std::move(walked);
+      ++cached_masks_;
+    }
+    *allowed = states_[current_].allowed;
+  }
+
+  bool complete() const override { return current_ >= 0 && states_[current_].matcher.complete(); }
+
+  void Accept(int32_t token) override {
+    if (current_ < 0) return;
+    if (token < 0 || token >= vocabulary_->size() || vocabulary_->bytes(token).empty()) {
+      current_ = -1;
+      return;
+    }
+    int32_t s = current_;
+    for (char c : vocabulary_->bytes(token)) {
+      s = Next(s, static_cast<uint8_t>(c));
+      if (s < 0) break;
+    }
+    current_ = s;
+    // A long reply through ever new states (a deep JSON nesting) is bounded
+    // by starting the tables over from where it stands.
+    if (current_ >= 0 && states_.size() > kMaxStates) {
+      GrammarMatcher here = states_[current_].matcher;
+      states_.clear();
+      index_.clear();
+      cached_masks_ = 0;
+      current_ = Intern(std::move(here));
+    }
+  }
+
+ private:
+  static constexpr int32_t kUnknown = -2, kDead = -1;
+  static constexpr size_t kMaxStates = 1 << 14;
+  static constexpr int kMaxMasks = 256;
+
+  struct State {
+    GrammarMatcher matcher;
+    std::array<int32_t, 256> next;
+    std::vector<uint64_t> allowed;  // empty until walked
+  };
+
+  int32_t Intern(GrammarMatcher m) {
+    const std::vector<int32_t>& key = m.key();
+    std::string k(reinterpret_cast<const char*>(key.data()), key.size() * sizeof(int32_t));
+    auto [it, added] = index_.emplace(std::move(k), static_cast<int32_t>(states_.size()));
+    if (added) {
+      State s{std::move(m), {}, {}};
+      s.next.fill(kUnknown);
+      states_.push_back(std::move(s));
+    }
+    return it->second;
+  }
+
+  int32_t Next(int32_t s, uint8_t byte) {
+    int32_t n = states_[s].next[byte];
+    if (n != kUnknown) return n;
+    GrammarMatcher m = states_[s].matcher;
+    n = m.Advance(byte) ? Intern(std::move(m)) : kDead;
+    states_[s].next[byte] = n;  // states_ may have grown: index again
+    return n;
+  }
+
+  // The ids whose bytes the grammar reads from state `from`, in the
+  // vocabulary's sorted order: at[k] is the state after the current id's
+  // first k bytes, good for the next id up to the bytes they share; a
+  // prefix the grammar refused (at `dead`) skips every id that shares it.
+  std::vector<uint64_t> Walk(int32_t from) {
+    const GuideVocabulary& v = *vocabulary_;
+    std::vector<uint64_t> bits((static_cast<size_t>(v.size()) + 63) / 64, 0);
+    std::vector<int32_t> at(v.longest_ + 1);
+    at[0] = from;
+    int64_t dead = -1;
+    for (size_t i = 0; i < v.order_.size(); ++i) {
+      const int32_t id = v.order_[i];
+      const size_t shared = v.shared_[i];
+      if (dead >= 0 && static_cast<int64_t>(shared) > dead) continue;
+      dead = -1;
+      const std::string& b = v.bytes_[id];
+      size_t k = shared;
+      for (; k < b.size(); ++k) {
+        const int32_t n = Next(at[k], static_cast<uint8_t>(b[k]));
+        if (n < 0) {
+          dead = static_cast<int64_t>(k);
+          break;
+        }
+        at[k + 1] = n;
+      }
+      if (k == b.size()) bits[static_cast<size_t>(id) / 64] |= uint64_t{1} << (id % 64);
+    }
+    return bits;
+  }
+
+  std::shared_ptr<const Grammar> grammar_;
+  std::shared_ptr<const GuideVocabulary> vocabulary_;
+  std::vector<State> states_;
+  std::unordered_map<std::string, int32_t> index_;
+  int32_t current_ = kDead;
+  int cached_masks_ = 0;
+};
+
+std::unique_ptr<TokenGuide> GrammarGuideFactory::Start() const {
+  return std::make_unique<GrammarTokenGuide>(grammar_, vocabulary_);
+}
+
+StatusOr<Grammar> GrammarFromChoices(const std::vector<std::string>& choices) {
+  if (choices.empty()) return InvalidArgument("needs at least one choice");
+  Grammar g;
+  std::vector<Grammar::Sequence> alternatives;
+  for (const std::string& c : choices) alternatives.push_back(Grammar::Text(c));
+  g.set_root(g.RuleOf("choice", alternatives));
+  SEER_RETURN_IF_ERROR(g.Validate());
+  return g;
+}
+
+StatusOr<std::shared_ptr<const Grammar>> CompileGuide(const GuideSpec& spec) {
+  auto wrap = [](StatusOr<Grammar> g, const char* field) -> StatusOr<std::shared_ptr<const Grammar>> {
+    if (!g.ok()) return InvalidArgument(std::string(field) + ": " + g.status().message());
+    if (Status valid = g->Validate(); !valid.ok()) return InvalidArgument(std::string(field) + ": " + valid.message());
+    return std::shared_ptr<const Grammar>(std::make_shared<Grammar>(*std::move(g)));
+  };
+  switch (spec.kind) {
+    case GuideSpec::Kind::kNone: return InvalidArgument("guide: names no kind");
+    case GuideSpec::Kind::kJsonObject: return wrap(JsonObjectGrammar(), "guide.json_object");
+    case GuideSpec::Kind::kJsonSchema: {
+      if (spec.text.size() > kMaxGuideBytes) {
+        return InvalidArgument("guide.json_schema: " + std::to_string(spec.text.size()) + " bytes, more than " +
+                               std::to_string(kMaxGuideBytes));
+      }
+      StatusOr<JsonValue> schema = JsonValue::Parse(spec.text);
+      if (!schema.ok()) return InvalidArgument("guide.json_schema: not valid JSON: " + schema.status().message());
+      return wrap(GrammarFromJsonSchema(*schema), "guide.json_schema");
+    }
+    case GuideSpec::Kind::kRegex:
+      if (spec.text.size() > kMaxGuideBytes) {
+        return InvalidArgument("guide.regex: " + std::to_string(spec.text.size()) + " bytes, more than " +
+                               std::to_string(kMaxGuideBytes));
+      }
+      return wrap(GrammarFromRegex(spec.text), "guide.regex");
+    case GuideSpec::Kind::kChoice:
+      if (spec.choices.size() > kMaxGuideChoices) {
+        return InvalidArgument("guide.choice: " + std::to_string(spec.choices.size()) + " choices, more than " +
+                               std::to_string(kMaxGuideChoices));
+      }
+      {
+        size_t bytes = 0;
+        for (const std::string& c : spec.choices) bytes += c.size();
+        if (bytes > kMaxGuideBytes) {
+          return InvalidArgument("guide.choice: " + std::to_string(bytes) + " bytes in all, more than " +
+                                 std::to_string(kMaxGuideBytes));
+        }
+      }
+      return wrap(GrammarFromChoices(spec.choices), "guide.choice");
+  }
+  return InvalidArgument("guide: unknown kind");
+}
+
+}  // namespace seer

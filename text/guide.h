@@ -1,0 +1,84 @@
+// Guided decoding on a tokenizer's vocabulary: a grammar (a JSON schema's,
+// a regular expression's, a list of choices') turned into the TokenGuide
+// the sampler asks, token by token, which ids keep the reply the start of a
+// sentence of the grammar.
+//
+// How the ids are found: the vocabulary's byte strings are kept sorted, with
+// the length each shares with the one before (GuideVocabulary), so a walk in
+// that order reads each shared prefix once and skips every token behind a
+// prefix the grammar refuses. The grammar's states along the way are
+// interned, and each state's transitions and allowed ids are kept, so that a
+// state met again (inside a JSON string, every character returns to the
+// same state) costs a table lookup.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "kernels/sampling/sampler.h"
+#include "text/grammar.h"
+#include "text/tokenizer.h"
+
+namespace seer {
+
+// Each id's bytes in a reply's text, sorted for the walk. Ids without text
+// of their own (special tokens, ids the tokenizer lacks) are never allowed
+// by a guide; the end ids reach the sampler on their own.
+class GuideVocabulary {
+ public:
+  // Every id of the tokenizer: its bytes as Decode writes them in the middle
+  // of a text (after another token, so that a tokenizer that drops the
+  // first token's leading space does not change them).
+  static StatusOr<std::shared_ptr<const GuideVocabulary>> FromTokenizer(const Tokenizer& tokenizer);
+  // Explicit byte strings, id by id (nullopt or empty: no text); for tests.
+  static std::shared_ptr<const GuideVocabulary> FromBytes(const std::vector<std::optional<std::string>>& bytes);
+
+  int32_t size() const { return static_cast<int32_t>(bytes_.size()); }
+  // Empty for an id without text.
+  const std::string& bytes(int32_t id) const { return bytes_[id]; }
+
+ private:
+  friend class GrammarTokenGuide;
+  std::vector<std::string> bytes_;
+  std::vector<int32_t> order_;  // the ids with text, by their bytes
+  std::vector<uint32_t> shared_;  // bytes order_[i] shares with order_[i - 1]
+  size_t longest_ = 0;
+};
+
+// A grammar and a vocabulary: SamplingParams::guide.
+class GrammarGuideFactory final : public TokenGuideFactory {
+ public:
+  GrammarGuideFactory(std::shared_ptr<const Grammar> grammar, std::shared_ptr<const GuideVocabulary> vocabulary)
+      : grammar_(std::move(grammar)), vocabulary_(std::move(vocabulary)) {}
+  std::unique_ptr<TokenGuide> Start() const override;
+
+ private:
+  std::shared_ptr<const Grammar> grammar_;
+  std::shared_ptr<const GuideVocabulary> vocabulary_;
+};
+
+// What a request asks the reply to be (GenerateRequest.guide).
+struct GuideSpec {
+  enum class Kind { kNone, kJsonSchema, kJsonObject, kRegex, kChoice };
+  Kind kind = Kind::kNone;
+  std::string text;  // the schema's JSON text, or the expression
+  std::vector<std::string> choices;
+};
+
+// The most bytes a schema or an expression may have (the choices too, all
+// together), and the most choices.
+inline constexpr size_t kMaxGuideBytes = 64 * 1024;
+inline constexpr size_t kMaxGuideChoices = 1024;
+
+// The grammar `spec` asks for; errors name the field ("guide.json_schema",
+// "guide.regex", "guide.choice") and what is wrong.
+StatusOr<std::shared_ptr<const Grammar>> CompileGuide(const GuideSpec& spec);
+
+// Exactly one of `choices` (vLLM's guided_choice).
+StatusOr<Grammar> GrammarFromChoices(const std::vector<std::string>& choices);
+
+}  // namespace seer

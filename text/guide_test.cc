@@ -1,0 +1,261 @@
+// The guide's allowed ids against the plain definition (each id's bytes
+// read by a fresh copy of the grammar's matcher at the text so far), the
+// vocabulary's bytes against the tokenizer's own decoding, and the sampler
+// with a guide against the guide.
+#include "text/guide.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+
+#include "base/json.h"
+#include "text/json_schema_grammar.h"
+#include "text/text_test_util.h"
+
+namespace seer {
+namespace {
+
+bool Bit(const std::vector<uint64_t>& bits, int32_t id) {
+  return static_cast<size_t>(id) / 64 < bits.size() && ((bits[id / 64] >> (id % 64)) & 1) != 0;
+}
+
+// The ids whose bytes `at` reads whole: the definition, one id at a time.
+std::vector<bool> AllowedByDefinition(const GrammarMatcher& at, const GuideVocabulary& v) {
+  std::vector<bool> out(static_cast<size_t>(v.size()));
+  for (int32_t id = 0; id < v.size(); ++id) {
+    if (v.bytes(id).empty()) continue;
+    GrammarMatcher m = at;
+    out[id] = m.AdvanceText(v.bytes(id));
+  }
+  return out;
+}
+
+// A JSON-ish grammar by hand: value ::= "[" (value ("," value)*)? "]" | "\"" [^"]* "\"" | [0-9]+
+Grammar NestedGrammar() {
+  Grammar g;
+  const int32_t value = g.AddRule("value");
+  const int32_t more = g.Star("more", {Grammar::Byte(','), Grammar::Ref(value)});
+  const int32_t items = g.RuleOf("items", {{Grammar::Ref(value), Grammar::Ref(more)}, {}});
+  const int32_t chars = g.Star("chars", {Grammar::Ref(g.AddCodepoints("char", ComplementCodepoints({{'"', '"'}})))});
+  const int32_t digits = g.Repeat("digits", {Grammar::Bytes(ByteSet::Range('0', '9'))}, 1, -1);
+  g.AddAlternative(value, {Grammar::Byte('['), Grammar::Ref(items), Grammar::Byte(']')});
+  g.AddAlternative(value, {Grammar::Byte('"'), Grammar::Ref(chars), Grammar::Byte('"')});
+  g.AddAlternative(value, {Grammar::Ref(digits)});
+  g.set_root(value);
+  return g;
+}
+
+// Random byte strings from pieces that the grammars above care about,
+// UTF-8 characters split over tokens included.
+std::vector<std::optional<std::string>> RandomVocabulary(std::mt19937* rng, int size) {
+  const std::vector<std::string> pieces = {"[", "]",    ",",    "\"",           "0",   "7", "a", "b",
+                                           " ", "\xc3", "\xa9", "\xe4\xb8\xad", "yes", "no"};
+  std::vector<std::optional<std::string>> bytes(static_cast<size_t>(size));
+  for (int id = 0; id < size; ++id) {
+    if (id % 17 == 0) continue;  // no text: a special token
+    std::string s;
+    const int n = 1 + static_cast<int>((*rng)() % 4);
+    for (int k = 0; k < n; ++k) s += pieces[(*rng)() % pieces.size()];
+    bytes[id] = s;
+  }
+  return bytes;
+}
+
+TEST(Guide, AllowedIdsAreThoseWhoseBytesTheGrammarReads) {
+  std::mt19937 rng(7);
+  std::vector<std::shared_ptr<const Grammar>> grammars;
+  grammars.push_back(std::make_shared<Grammar>(NestedGrammar()));
+  grammars.push_back(std::make_shared<Grammar>(*GrammarFromChoices({"yes", "no", "no way", "\xc3\xa9t\xc3\xa9"})));
+  grammars.push_back(std::make_shared<Grammar>(JsonObjectGrammar()));
+  int steps = 0, allowed_seen = 0;
+  for (int trial = 0; trial < 60; ++trial) {
+    auto vocabulary = GuideVocabulary::FromBytes(RandomVocabulary(&rng, 200 + trial * 7));
+    const std::shared_ptr<const Grammar>& grammar = grammars[trial % grammars.size()];
+    GrammarGuideFactory factory(grammar, vocabulary);
+    std::unique_ptr<TokenGuide> guide = factory.Start();
+    GrammarMatcher text(*grammar);
+    for (int step = 0; step < 40; ++step) {
+      std::vector<uint64_t> bits;
+      guide->Allowed(&bits);
+      const std::vector<bool> expected = AllowedByDefinition(text, *vocabulary);
+      std::vector<int32_t> allowed;
+      for (int32_t id = 0; id < vocabulary->size(); ++id) {
+        ASSERT_EQ(Bit(bits, id), expected[id])
+            << "trial " << trial << " step " << step << " id " << id << " bytes " << vocabulary->bytes(id);
+        if (expected[id]) allowed.push_back(id);
+      }
+      ASSERT_EQ(guide->complete(), text.complete()) << "trial " << trial << " step " << step;
+      ++steps;
+      allowed_seen += static_cast<int>(allowed.size());
+      if (allowed.empty()) break;
+      const int32_t pick = allowed[rng() % allowed.size()];
+      guide->Accept(pick);
+      ASSERT_TRUE(text.AdvanceText(vocabulary->bytes(pick)));
+    }
+  }
+  EXPECT_GT(steps, 400);
+  EXPECT_GT(allowed_seen, 2000);  // the walks did allow things
+}
+
+TEST(Guide, AnIdTheGuideRefusedLeavesNothingAllowed) {
+  auto vocabulary = GuideVocabulary::FromBytes({"y", "es", "n", "o", std::nullopt});
+  GrammarGuideFactory factory(std::make_shared<Grammar>(*GrammarFromChoices({"yes", "no"})), vocabulary);
+  std::unique_ptr<TokenGuide> guide = factory.Start();
+  std::vector<uint64_t> bits;
+  guide->Allowed(&bits);
+  EXPECT_TRUE(Bit(bits, 0) && Bit(bits, 2) && !Bit(bits, 1) && !Bit(bits, 3) && !Bit(bits, 4));
+  guide->Accept(3);  // "o": not allowed
+  guide->Allowed(&bits);
+  for (int32_t id = 0; id < 5; ++id) EXPECT_FALSE(Bit(bits, id));
+  EXPECT_FALSE(guide->complete());
+}
+
+// Each id's bytes, joined, are the tokenizer's decoding of the ids after
+// any token (the vocabulary's anchor or not).
+TEST(Guide, VocabularyBytesJoinToTheTokenizersDecoding) {
+  for (const char* family : {"llama3", "llama2", "qwen2", "mistral", "gpt2"}) {
+    SCOPED_TRACE(family);
+    std::unique_ptr<Tokenizer> tok = text_test::LoadTokenizer(family);
+    ASSERT_NE(tok, nullptr);
+    auto vocabulary = GuideVocabulary::FromTokenizer(*tok);
+    ASSERT_TRUE(vocabulary.ok()) << vocabulary.status().ToString();
+    const GuideVocabulary& v = **vocabulary;
+    ASSERT_EQ(v.size(), tok->vocab_size());
+    std::vector<int32_t> text_ids;
+    for (int32_t id = 0; id < v.size(); ++id) {
+      if (!v.bytes(id).empty()) text_ids.push_back(id);
+      if (tok->IsSpecial(id)) EXPECT_TRUE(v.bytes(id).empty()) << id;
+    }
+    ASSERT_GT(text_ids.size(), static_cast<size_t>(v.size()) * 9 / 10);
+    std::mt19937 rng(11);
+    const std::vector<int32_t> leads = *tok->Encode("Hello", /*add_special_tokens=*/false);
+    for (int trial = 0; trial < 300; ++trial) {
+      std::vector<int32_t> ids = leads;
+      std::string joined;
+      for (int k = 0; k < 6; ++k) {
+        const int32_t id = text_ids[rng() % text_ids.size()];
+        ids.push_back(id);
+        joined += v.bytes(id);
+      }
+      const std::vector<int32_t> lead_only = leads;
+      const std::string lead = *tok->DecodeBytes(lead_only);
+      const std::string all = *tok->DecodeBytes(ids);
+      ASSERT_EQ(all, lead + joined) << "trial " << trial;
+    }
+  }
+}
+
+// Vocabulary: ids 0-9 are "0".."9", 10 "[", 11 "]", 12 ",", 13 "\"", 14 "a",
+// 15 "ab", 16 the end of text (no bytes).
+std::shared_ptr<const GuideVocabulary> SmallVocabulary() {
+  std::vector<std::optional<std::string>> bytes;
+  for (char c = '0'; c <= '9'; ++c) bytes.push_back(std::string(1, c));
+  for (const char* s : {"[", "]", ",", "\"", "a", "ab"}) bytes.push_back(std::string(s));
+  bytes.push_back(std::nullopt);
+  return GuideVocabulary::FromBytes(bytes);
+}
+constexpr int32_t kEnd = 16;
+constexpr int32_t kVocab = 20;  // the model's rows are wider than the tokenizer's
+
+TEST(Guide, TheSamplerBansWhatTheGuideRefusesAndKeepsItsOtherAdjustments) {
+  std::mt19937 rng(3);
+  const Grammar grammar = NestedGrammar();
+  auto vocabulary = SmallVocabulary();
+  int steps = 0, ends = 0;
+  for (uint64_t seed = 0; seed < 30; ++seed) {
+    SamplingParams p;
+    p.temperature = 1.0;
+    p.seed = seed;
+    p.vocab_size = kVocab;
+    p.end_ids = {kEnd};
+    p.logit_bias = {{3, 1.5f}, {11, -0.5f}, {18, 2.0f}, {kEnd, -3.0f}};
+    p.presence_penalty = 0.25;
+    p.guide = std::make_shared<GrammarGuideFactory>(std::make_shared<Grammar>(grammar), vocabulary);
+    SamplingParams plain = p;
+    plain.guide = nullptr;
+    Sampler guided(p), unguided(plain);
+    GrammarMatcher text(grammar);
+    for (int step = 0; step < 100; ++step, ++steps) {
+      std::vector<float> logits(kVocab);
+      for (float& x : logits) x = std::normal_distribution<float>(0.0f, 2.0f)(rng);
+      const std::vector<float> got = guided.Adjusted(logits);
+      const std::vector<float> base = unguided.Adjusted(logits);
+      const std::vector<bool> allowed = AllowedByDefinition(text, *vocabulary);
+      for (int32_t id = 0; id < kVocab; ++id) {
+        const bool ok = (id < vocabulary->size() && allowed[id]) || (id == kEnd && text.complete());
+        if (ok) {
+          ASSERT_EQ(got[id], base[id]) << "seed " << seed << " step " << step << " id " << id;
+        } else {
+          ASSERT_EQ(got[id], -std::numeric_limits<float>::infinity())
+              << "seed " << seed << " step " << step << " id " << id;
+        }
+      }
+      const int32_t token = guided.Sample(logits);
+      unguided.Record(token);
+      if (token == kEnd) {
+        EXPECT_TRUE(text.complete());
+        ++ends;
+        break;
+      }
+      ASSERT_TRUE(text.AdvanceText(vocabulary->bytes(token))) << "seed " << seed << " step " << step;
+    }
+  }
+  EXPECT_GT(steps, 200);
+  EXPECT_GT(ends, 10);
+}
+
+TEST(Guide, EndIdsComeOnlyWithAWholeTextAndAloneWhenNothingElseCan) {
+  SamplingParams p;
+  p.vocab_size = kVocab;
+  p.end_ids = {kEnd};
+  p.min_tokens = 5;  // the guide overrides it only when nothing else may come
+  p.guide = std::make_shared<GrammarGuideFactory>(std::make_shared<Grammar>(*GrammarFromChoices({"a", "a0", "ab"})),
+                                                  SmallVocabulary());
+  Sampler s(p);
+  auto finite = [](const Sampler& sampler) {
+    const std::vector<float> adjusted = sampler.Adjusted(std::vector<float>(kVocab, 0.0f));
+    std::vector<int32_t> out;
+    for (int32_t id = 0; id < kVocab; ++id)
+      if (std::isfinite(adjusted[id])) out.push_back(id);
+    return out;
+  };
+  EXPECT_EQ(finite(s), (std::vector<int32_t>{14, 15}));
+  s.Record(14);  // "a": whole, and "0" may follow, so min_tokens still bans the end
+  EXPECT_EQ(finite(s), (std::vector<int32_t>{0}));
+  s.Record(0);  // "a0": nothing may follow, so the end may come after all
+  EXPECT_EQ(finite(s), (std::vector<int32_t>{kEnd}));
+  Sampler again(p);
+  again.Record(15);  // "ab"
+  EXPECT_EQ(finite(again), (std::vector<int32_t>{kEnd}));
+}
+
+TEST(Guide, CompileGuideNamesTheField) {
+  GuideSpec spec;
+  spec.kind = GuideSpec::Kind::kJsonSchema;
+  spec.text = "{not json";
+  StatusOr<std::shared_ptr<const Grammar>> g = CompileGuide(spec);
+  ASSERT_FALSE(g.ok());
+  EXPECT_NE(g.status().message().find("guide.json_schema: not valid JSON"), std::string::npos) << g.status().message();
+  spec.kind = GuideSpec::Kind::kRegex;
+  spec.text = "(a";
+  g = CompileGuide(spec);
+  ASSERT_FALSE(g.ok());
+  EXPECT_EQ(g.status().message().rfind("guide.regex: ", 0), 0u) << g.status().message();
+  spec.kind = GuideSpec::Kind::kChoice;
+  spec.choices.clear();
+  g = CompileGuide(spec);
+  ASSERT_FALSE(g.ok());
+  EXPECT_EQ(g.status().message(), "guide.choice: needs at least one choice");
+  spec.choices.assign(kMaxGuideChoices + 1, "x");
+  EXPECT_FALSE(CompileGuide(spec).ok());
+  spec.choices = {"yes", "no"};
+  g = CompileGuide(spec);
+  ASSERT_TRUE(g.ok());
+  EXPECT_TRUE(GrammarMatches(**g, "no"));
+  EXPECT_FALSE(GrammarMatches(**g, "n"));
+}
+
+}  // namespace
+}  // namespace seer
