@@ -110,4 +110,37 @@ StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerAt(const std::string& path, bo
   return Tokenizer::Load(path);
 }
 
+void GuideFlags::Register(FlagSet& flags) {
+  flags.String("json-schema", &json_schema,
+               "guided decoding: the answer is a JSON text this JSON Schema accepts (the schema itself, or @FILE; "
+               "the keywords followed are in docs/SERVICE.md, \"Guided decoding\")");
+  flags.Bool("json-object", &json_object, "guided decoding: the answer is a JSON object (OpenAI's JSON mode)");
+  flags.String("regex", &regex, "guided decoding: the whole answer matches this regular expression");
+  flags.Strings("choice", &choices,
+                "guided decoding: the answer is exactly one of these strings; give it once per choice");
+}
+
+StatusOr<GuideSpec> GuideFlags::Spec(const FlagSet& flags) const {
+  GuideSpec spec;
+  const int given = (flags.WasSet("json-schema") ? 1 : 0) + (json_object ? 1 : 0) + (flags.WasSet("regex") ? 1 : 0) +
+                    (choices.empty() ? 0 : 1);
+  if (given > 1) return InvalidArgument("give at most one of --json-schema, --json-object, --regex and --choice");
+  if (flags.WasSet("json-schema")) {
+    spec.kind = GuideSpec::Kind::kJsonSchema;
+    spec.text = json_schema;
+    if (!spec.text.empty() && spec.text[0] == '@') {
+      SEER_ASSIGN_OR_RETURN(spec.text, ReadInputFile("--json-schema", spec.text.substr(1)));
+    }
+  } else if (json_object) {
+    spec.kind = GuideSpec::Kind::kJsonObject;
+  } else if (flags.WasSet("regex")) {
+    spec.kind = GuideSpec::Kind::kRegex;
+    spec.text = regex;
+  } else if (!choices.empty()) {
+    spec.kind = GuideSpec::Kind::kChoice;
+    spec.choices = choices;
+  }
+  return spec;
+}
+
 }  // namespace seer

@@ -10,6 +10,7 @@
 #include "base/flags.h"
 #include "base/json.h"
 #include "base/status.h"
+#include "text/guide.h"
 #include "text/tokenizer.h"
 
 namespace seer {
@@ -43,5 +44,19 @@ struct PromptFlags {
 // The tokenizer at `path` (a tokenizer.json or a directory holding one), or
 // null when `path` is a directory without one and `required` is false.
 StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerAt(const std::string& path, bool required);
+
+// Guided decoding, as seer generate and seer run take it: --json-schema
+// (the schema, or @FILE), --json-object, --regex or --choice (repeated), at
+// most one.
+struct GuideFlags {
+  std::string json_schema, regex;
+  bool json_object = false;
+  std::vector<std::string> choices;
+
+  void Register(FlagSet& flags);
+  // What the flags ask for; kind kNone when none is given. Errors name the
+  // flag.
+  StatusOr<GuideSpec> Spec(const FlagSet& flags) const;
+};
 
 }  // namespace seer

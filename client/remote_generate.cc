@@ -54,6 +54,7 @@ int RunGenerateCommand(int argc, char** argv) {
   common.ids_required = false;
   std::string stop, kv_wire = "auto", prompt, prompt_file, chat, allowed_ids;
   std::vector<std::string> stop_strings, logit_bias, bad_words;
+  GuideFlags guide;
   int64_t max_new_tokens = 16, min_new_tokens = 0, top_k = 0, seed = 0, logprobs = -1, prompt_logprobs = -1, n = 1;
   bool ignore_eos = false, include_stop = false, keep_special = false, continue_final = false;
   bool add_generation_prompt = true;
@@ -81,6 +82,7 @@ int RunGenerateCommand(int argc, char** argv) {
                "only these token ids may be chosen (\"5,9,12\"; vLLM's allowed_token_ids)");
   flags.Strings("bad-word", &bad_words,
                 "a word the reply never spells (vLLM's bad_words); give it once per word (the API takes up to 64)");
+  guide.Register(flags);
   flags.Bool("include-stop-str", &include_stop,
              "the text ends with what ended it: the stop string, or the stop token's text "
              "(vLLM's include_stop_str_in_output)");
@@ -180,6 +182,17 @@ int RunGenerateCommand(int argc, char** argv) {
   request.set_ignore_eos(ignore_eos);
   request.set_include_stop_str_in_output(include_stop);
   for (const std::string& w : bad_words) request.add_bad_words(w);
+  StatusOr<GuideSpec> spec = guide.Spec(flags);
+  if (!spec.ok()) return ReportUsage(cmd, spec.status().message());
+  switch (spec->kind) {
+    case GuideSpec::Kind::kNone: break;
+    case GuideSpec::Kind::kJsonSchema: request.mutable_guide()->set_json_schema(spec->text); break;
+    case GuideSpec::Kind::kJsonObject: request.mutable_guide()->set_json_object(true); break;
+    case GuideSpec::Kind::kRegex: request.mutable_guide()->set_regex(spec->text); break;
+    case GuideSpec::Kind::kChoice:
+      for (const std::string& c : spec->choices) request.mutable_guide()->mutable_choice()->add_choices(c);
+      break;
+  }
   // The server checks these against the prompt's form and names the field.
   if (flags.WasSet("add-generation-prompt")) request.set_add_generation_prompt(add_generation_prompt);
   request.set_continue_final_message(continue_final);

@@ -48,6 +48,7 @@ struct RunFlags {
   int64_t threads = 0;
   int64_t logprobs = -1;
   double repetition_penalty = 1.0;
+  GuideFlags guide;
 };
 
 int UsageError(const std::string& message) {
@@ -133,6 +134,7 @@ int Run(int argc, char** argv) {
                "Divide the positive logits (multiply the others) of the tokens the prompt or the answer already "
                "has by R before each greedy choice, as seer-decode's repetition_penalty does; in (0, 100], 1 is "
                "none.");
+  f.guide.Register(flags);
   flags.Int("logprobs", &f.logprobs,
             "Also print each token's log-probability under the model (log_softmax of its logits) and its N most "
             "likely alternatives, 0 to " +
@@ -157,6 +159,15 @@ int Run(int argc, char** argv) {
   }
   if (Status s = f.prompt.CheckOne(flags); !s.ok()) return UsageError(s.message());
   const bool text_mode = f.prompt.is_text(flags);
+  StatusOr<GuideSpec> guide_spec = f.guide.Spec(flags);
+  if (!guide_spec.ok()) return UsageError(guide_spec.status().message());
+  std::shared_ptr<const Grammar> grammar;
+  if (guide_spec->kind != GuideSpec::Kind::kNone) {
+    if (!text_mode) return UsageError("guided decoding needs a text prompt (--prompt, --prompt-file or --chat)");
+    StatusOr<std::shared_ptr<const Grammar>> compiled = CompileGuide(*guide_spec);
+    if (!compiled.ok()) return UsageError(compiled.status().message());
+    grammar = *std::move(compiled);
+  }
   if (text_mode && !flags.WasSet("max-new-tokens")) f.max_new_tokens = kDefaultTextTokens;
   if (f.device != "cpu" && f.device != "cuda" && f.device != "auto") {
     return UsageError("--device: expected cpu, cuda or auto, got '" + f.device + "'");
@@ -249,16 +260,6 @@ int Run(int argc, char** argv) {
 
   // Greedy decoding from the last prompt position, through the sampler the
   // servers use (DecodeAndSample samples where the engine keeps the logits).
-  SamplingParams greedy;
-  greedy.logprobs = static_cast<int>(f.logprobs);
-  greedy.repetition_penalty = f.repetition_penalty;
-  if (f.repetition_penalty != 1.0) greedy.prompt_ids = ids;
-  Sampler sampler(greedy);
-  const float* last = result.logits.data() + static_cast<size_t>(result.logits_rows - 1) * config.vocab_size;
-  const int32_t next_token = sampler.Sample(std::span<const float>(last, static_cast<size_t>(config.vocab_size)));
-  std::vector<int32_t> tokens = {next_token};
-  std::vector<TokenLogprobs> logprobs;
-  if (sampler.wants_logprobs()) logprobs.push_back(sampler.last_logprobs());
   // A text prompt's answer ends at an end-of-text id (the tokenizer's EOS,
   // generation_config.json's eos_token_id), as seer-decode's does.
   std::vector<int32_t> end_ids;
@@ -267,6 +268,23 @@ int Run(int argc, char** argv) {
     if (!ends.ok()) return RuntimeError(ends.status());
     end_ids = std::move(*ends);
   }
+  SamplingParams greedy;
+  greedy.logprobs = static_cast<int>(f.logprobs);
+  greedy.repetition_penalty = f.repetition_penalty;
+  if (f.repetition_penalty != 1.0) greedy.prompt_ids = ids;
+  if (grammar != nullptr) {
+    StatusOr<std::shared_ptr<const GuideVocabulary>> vocabulary = GuideVocabulary::FromTokenizer(**tokenizer);
+    if (!vocabulary.ok()) return RuntimeError(vocabulary.status());
+    greedy.guide = std::make_shared<GrammarGuideFactory>(grammar, *vocabulary);
+    greedy.end_ids = end_ids;
+    greedy.vocab_size = config.vocab_size;
+  }
+  Sampler sampler(greedy);
+  const float* last = result.logits.data() + static_cast<size_t>(result.logits_rows - 1) * config.vocab_size;
+  const int32_t next_token = sampler.Sample(std::span<const float>(last, static_cast<size_t>(config.vocab_size)));
+  std::vector<int32_t> tokens = {next_token};
+  std::vector<TokenLogprobs> logprobs;
+  if (sampler.wants_logprobs()) logprobs.push_back(sampler.last_logprobs());
   auto ended = [&](int32_t t) { return std::find(end_ids.begin(), end_ids.end(), t) != end_ids.end(); };
   const Clock::time_point decode_start = Clock::now();
   for (int n = 1; n < generate && !ended(tokens.back()); ++n) {

@@ -219,8 +219,8 @@ size_t MaxRequestBytes(const RequestLimits& limits) {
   return 4096 + kMaxRequestIdBytes + prompt + static_cast<size_t>(kMaxStopTokens) * 10 +
          static_cast<size_t>(kMaxAllowedTokenIds) * 10 +
          static_cast<size_t>(kMaxStopStrings) * (kMaxStopStringBytes + 8) +
-         static_cast<size_t>(kMaxBadWords) * (kMaxBadWordBytes + 8) + kMaxChatTemplateKwargsBytes + 8 +
-         kMaxTransportOfferBytes;
+         static_cast<size_t>(kMaxBadWords) * (kMaxBadWordBytes + 8) + kMaxChatTemplateKwargsBytes + 8 + kMaxGuideBytes +
+         kMaxGuideChoices * 8 + 16 + kMaxTransportOfferBytes;
 }
 
 void FitDefaultNewTokens(int64_t prompt_tokens, const RequestLimits& limits, GenerateCall* call) {
@@ -372,6 +372,41 @@ StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& r, const 
   if (r.n() < 0 || r.n() > kMaxChoices)
     return InvalidArgument("n: " + Int(r.n()) + " is out of range [1, " + Int(kMaxChoices) + "] (0 means 1)");
   call.choices = std::max(1, r.n());
+  if (r.has_guide()) {
+    GuideSpec spec;
+    const v1::Guide& g = r.guide();
+    switch (g.kind_case()) {
+      case v1::Guide::kJsonSchema:
+        spec.kind = GuideSpec::Kind::kJsonSchema;
+        spec.text = g.json_schema();
+        break;
+      case v1::Guide::kJsonObject:
+        if (!g.json_object()) return InvalidArgument("guide.json_object: false asks for nothing; leave guide unset");
+        spec.kind = GuideSpec::Kind::kJsonObject;
+        break;
+      case v1::Guide::kRegex:
+        spec.kind = GuideSpec::Kind::kRegex;
+        spec.text = g.regex();
+        break;
+      case v1::Guide::kChoice:
+        spec.kind = GuideSpec::Kind::kChoice;
+        spec.choices.assign(g.choice().choices().begin(), g.choice().choices().end());
+        break;
+      case v1::Guide::KIND_NOT_SET:
+        return InvalidArgument("guide: set but names no kind (json_schema, json_object, regex or choice)");
+    }
+    // The guide decides where the reply may end.
+    if (call.ignore_eos)
+      return InvalidArgument(
+          "ignore_eos: cannot be combined with guide (the guide decides where "
+          "the reply may end)");
+    if (call.min_new_tokens > 0) {
+      return InvalidArgument(
+          "min_new_tokens: cannot be combined with guide (the guide decides where the reply may "
+          "end)");
+    }
+    SEER_ASSIGN_OR_RETURN(call.guide, CompileGuide(spec));
+  }
   SEER_RETURN_IF_ERROR(CheckRequestSize(r, limits));
   return call;
 }

@@ -13,6 +13,7 @@
 
 #include "base/status.h"
 #include "engine/model/sparsity.h"
+#include "text/guide.h"
 #include "text/prompt.h"
 #include "kernels/sampling/sampler.h"
 #include "seer/v1/seer.pb.h"
@@ -100,6 +101,7 @@ struct GenerateCall {
   v1::KvWire kv_wire = v1::KV_WIRE_UNSPECIFIED;  // asked of the prefill
   int prompt_logprobs = -1;  // -1: none; checked against the prompt's length once it is known
   int choices = 1;  // n; choice i samples with sampling.seed + i
+  std::shared_ptr<const Grammar> guide;  // compiled; null: none
 };
 
 StatusOr<PrefillCall> ParsePrefillRequest(const v1::PrefillRequest& request, const RequestLimits& limits);

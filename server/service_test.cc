@@ -11,11 +11,13 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <future>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <regex>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -39,6 +41,8 @@
 #include "tests/logprobs_util.h"
 #include "tests/server_test_util.h"
 #include "text/bad_words.h"
+#include "text/guide.h"
+#include "text/regex_grammar.h"
 #include "text/tokenizer.h"
 
 namespace seer {
@@ -1253,6 +1257,142 @@ TEST(Service, BadWordsAreNeverSpelled) {
   empty.add_bad_words("w");
   empty.add_bad_words("");
   ExpectInvalid(CallGenerate(servers.alone.Stub().get(), empty), "bad_words[1]: 0 bytes, need 1 to 256");
+}
+
+// Guided decoding through both services, alone and batched: the reply is
+// the tokens a local Sampler draws from the monolithic engine's logits with
+// the same guide (the same grammar on the tokenizer's vocabulary), up to the
+// end-of-text id that the guide allows once the text is whole; and that
+// text is what the guide asked for, judged by independent code: the JSON
+// parser, std::regex, the list of choices. The refusals name the field.
+TEST(Service, GuidedRepliesAreTheLocalSamplersAndWhatTheGuideAsked) {
+  AloneAndBatched servers;
+  constexpr int32_t kEnd = 2;  // </s>
+  const Tokenizer* loaded = servers.UseTokenizer({kEnd});
+  ASSERT_NE(loaded, nullptr);
+  const Tokenizer& tok = *loaded;
+  auto vocabulary = GuideVocabulary::FromTokenizer(tok);
+  ASSERT_TRUE(vocabulary.ok());
+  constexpr int kNew = 160;
+  const std::vector<int32_t> ids = seer::testing::RandomIds(20, 128, 61);
+  struct Case {
+    GuideSpec spec;
+    std::function<bool(const std::string&)> accepts;  // the whole text, judged independently
+  };
+  std::vector<Case> cases;
+  {
+    Case c;
+    c.spec.kind = GuideSpec::Kind::kJsonSchema;
+    c.spec.text = R"({"type": "object", "properties": {"id": {"type": "integer"}, "tag": {"enum": ["a", "b", 7]},
+                     "ok": {"type": "boolean"}}, "required": ["id", "tag", "ok"]})";
+    c.accepts = [](const std::string& text) {
+      StatusOr<JsonValue> v = JsonValue::Parse(text);
+      if (!v.ok() || !v->is_object() || v->as_object().size() != 3) return false;
+      const JsonValue* id = v->Find("id");
+      const JsonValue* tag = v->Find("tag");
+      const JsonValue* ok = v->Find("ok");
+      return id != nullptr && id->is_integer() && tag != nullptr &&
+             (tag->Dump() == "\"a\"" || tag->Dump() == "\"b\"" || tag->Dump() == "7") && ok != nullptr && ok->is_bool();
+    };
+    cases.push_back(c);
+  }
+  {
+    Case c;
+    c.spec.kind = GuideSpec::Kind::kRegex;
+    c.spec.text = "[0-9]{2,3}-(red|green)[a-z]{0,4}";
+    c.accepts = [](const std::string& text) {
+      return std::regex_match(text, std::regex("[0-9]{2,3}-(red|green)[a-z]{0,4}"));
+    };
+    cases.push_back(c);
+  }
+  {
+    Case c;
+    c.spec.kind = GuideSpec::Kind::kChoice;
+    c.spec.choices = {"yes", "no", "the answer is 42"};
+    c.accepts = [](const std::string& text) { return text == "yes" || text == "no" || text == "the answer is 42"; };
+    cases.push_back(c);
+  }
+  {
+    Case c;
+    c.spec.kind = GuideSpec::Kind::kJsonObject;
+    c.accepts = [](const std::string& text) {
+      StatusOr<JsonValue> v = JsonValue::Parse(text);
+      return v.ok() && v->is_object();
+    };
+    cases.push_back(c);
+  }
+  int whole = 0;
+  for (size_t k = 0; k < cases.size(); ++k) {
+    const Case& c = cases[k];
+    SCOPED_TRACE("case " + std::to_string(k));
+    StatusOr<std::shared_ptr<const Grammar>> grammar = CompileGuide(c.spec);
+    ASSERT_TRUE(grammar.ok()) << grammar.status().ToString();
+    for (uint64_t seed : {1u, 2u}) {
+      SamplingParams sp;
+      sp.temperature = 1.0;
+      sp.seed = seed;
+      sp.vocab_size = 128;
+      sp.end_ids = {kEnd};
+      sp.guide = std::make_shared<GrammarGuideFactory>(*grammar, *vocabulary);
+      std::vector<int32_t> want = LocalSamplerTokens(*servers.engine, ids, kNew, sp);
+      const auto end = std::find(want.begin(), want.end(), kEnd);
+      const bool ended = end != want.end();
+      if (ended) want.erase(end + 1, want.end());
+      StatusOr<std::string> text = tok.Decode(std::span<const int32_t>(want.data(), want.size() - (ended ? 1 : 0)),
+                                              /*skip_special_tokens=*/true);
+      ASSERT_TRUE(text.ok());
+      if (ended) {
+        EXPECT_TRUE(c.accepts(*text)) << *text;
+        ++whole;
+      }
+      for (DecodeHarness* h : {&servers.alone, &servers.batched}) {
+        SCOPED_TRACE(h == &servers.alone ? "alone" : "batched");
+        v1::GenerateRequest g = SampledRequest(ids, kNew, sp);
+        v1::Guide* guide = g.mutable_guide();
+        switch (c.spec.kind) {
+          case GuideSpec::Kind::kJsonSchema: guide->set_json_schema(c.spec.text); break;
+          case GuideSpec::Kind::kRegex: guide->set_regex(c.spec.text); break;
+          case GuideSpec::Kind::kChoice:
+            for (const std::string& choice : c.spec.choices) guide->mutable_choice()->add_choices(choice);
+            break;
+          default: guide->set_json_object(true);
+        }
+        std::vector<int32_t> got;
+        std::string got_text;
+        v1::GenerateSummary summary;
+        ASSERT_TRUE(CallGenerate(h->Stub().get(), g, &got, &summary, &got_text).ok());
+        EXPECT_EQ(got, want);
+        EXPECT_EQ(got_text, *text);
+        EXPECT_EQ(summary.finish_reason(), ended ? "stop" : "length");
+      }
+    }
+  }
+  EXPECT_GE(whole, 5) << "most replies should reach a whole text within " << kNew << " tokens";
+
+  v1::GenerateRequest eos = SampledRequest(ids, 4, SamplingParams{});
+  eos.mutable_guide()->set_json_object(true);
+  eos.set_ignore_eos(true);
+  ExpectInvalid(CallGenerate(servers.alone.Stub().get(), eos), "ignore_eos: cannot be combined with guide");
+  v1::GenerateRequest bad = SampledRequest(ids, 4, SamplingParams{});
+  bad.mutable_guide()->set_json_schema(R"({"type": "integer", "minimum": 3})");
+  ExpectInvalid(CallGenerate(servers.alone.Stub().get(), bad), "guide.json_schema: ");
+  ExpectInvalid(CallGenerate(servers.alone.Stub().get(), bad), "minimum");
+  v1::GenerateRequest lookaround = SampledRequest(ids, 4, SamplingParams{});
+  lookaround.mutable_guide()->set_regex("a(?=b)");
+  ExpectInvalid(CallGenerate(servers.alone.Stub().get(), lookaround), "guide.regex: ");
+  v1::GenerateRequest none = SampledRequest(ids, 4, SamplingParams{});
+  none.mutable_guide();
+  ExpectInvalid(CallGenerate(servers.alone.Stub().get(), none), "guide: set but names no kind");
+  // A worker without a tokenizer cannot read text, so it cannot guide it.
+  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"));
+  ASSERT_TRUE(engine);
+  PrefillHarness prefill({}, engine.get());
+  DecodeHarness untokenized(prefill.server->address(), engine.get());
+  v1::GenerateRequest g = SampledRequest(ids, 4, SamplingParams{});
+  g.mutable_guide()->set_regex("a");
+  const grpc::Status s = CallGenerate(untokenized.Stub().get(), g);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+  EXPECT_NE(s.error_message().find("guide: seer-decode has no tokenizer"), std::string::npos) << s.error_message();
 }
 
 // Logprobs over gRPC, alone and batched: with each token, the model's

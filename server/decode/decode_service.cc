@@ -96,12 +96,14 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     call_ = std::move(call).value();
     const bool text_prompt = call_.has_text || !call_.messages.empty();
     // A text reply: the text APIs' answer (text, and an end at end-of-text).
-    const bool text_reply = text_prompt || call_.text_reply;
-    if ((text_reply || !call_.stop.empty() || !call_.bad_words.empty()) && service->tokenizer_ == nullptr) {
-      const char* field = text_prompt           ? (call_.has_text ? "text" : "messages")
-                          : call_.text_reply    ? "text_reply"
-                          : !call_.stop.empty() ? "stop"
-                                                : "bad_words";
+    const bool text_reply = text_prompt || call_.text_reply || call_.guide != nullptr;
+    if ((text_reply || !call_.stop.empty() || !call_.bad_words.empty() || call_.guide != nullptr) &&
+        service->tokenizer_ == nullptr) {
+      const char* field = text_prompt                ? (call_.has_text ? "text" : "messages")
+                          : call_.text_reply         ? "text_reply"
+                          : !call_.stop.empty()      ? "stop"
+                          : !call_.bad_words.empty() ? "bad_words"
+                                                     : "guide";
       FinishNow(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
                              std::string(field) +
                                  ": seer-decode has no tokenizer (--tokenizer), so it takes token_ids and "
@@ -329,6 +331,9 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     std::vector<int32_t> first(choices_.size());
     // The repetition penalty counts the prompt's tokens as seen.
     if (call_.sampling.repetition_penalty != 1.0) call_.sampling.prompt_ids = *ids;
+    if (call_.guide != nullptr) {
+      call_.sampling.guide = std::make_shared<GrammarGuideFactory>(call_.guide, service_->GuideVocabularyOf());
+    }
     for (Choice& c : choices_) {
       SamplingParams sampling = call_.sampling;
       sampling.seed += static_cast<uint64_t>(c.index);
@@ -757,6 +762,17 @@ void DecodeService::Shutdown() {
   queue_.Shutdown();
   // After the workers: none can hand the scheduler a request any more.
   if (scheduler_ != nullptr) scheduler_->Stop();
+}
+
+std::shared_ptr<const GuideVocabulary> DecodeService::GuideVocabularyOf() {
+  std::lock_guard<std::mutex> lock(guide_mu_);
+  if (guide_vocabulary_ == nullptr) {
+    StatusOr<std::shared_ptr<const GuideVocabulary>> v = GuideVocabulary::FromTokenizer(*tokenizer_);
+    // It cannot fail today; were it to, no id would be allowed and every
+    // guided reply would end at once, rather than run unguided.
+    guide_vocabulary_ = v.ok() ? *std::move(v) : GuideVocabulary::FromBytes({});
+  }
+  return guide_vocabulary_;
 }
 
 uint64_t DecodeService::FreshSeed() {

@@ -41,6 +41,7 @@
 #include "server/common/metrics.h"
 #include "server/common/stream_watchdog.h"
 #include "server/common/work_queue.h"
+#include "text/guide.h"
 #include "text/tokenizer.h"
 
 namespace seer {
@@ -117,6 +118,9 @@ class DecodeService final : public v1::DecodeService::CallbackService {
  private:
   friend class GenerateStream;
   uint64_t FreshSeed();
+  // The tokenizer's vocabulary as guided decoding reads it, built by the
+  // first guided request (a pass over the vocabulary) and kept.
+  std::shared_ptr<const GuideVocabulary> GuideVocabularyOf();
 
   const DecodeServiceOptions options_;
   PrefillClient* const prefill_;
@@ -134,6 +138,8 @@ class DecodeService final : public v1::DecodeService::CallbackService {
   ExpectedLayout expected_;
   RequestLimits limits_;
   std::atomic<uint64_t> next_request_number_{1};
+  std::mutex guide_mu_;
+  std::shared_ptr<const GuideVocabulary> guide_vocabulary_;  // guarded by guide_mu_
   std::mutex seed_mu_;
   std::mt19937_64 seed_source_{std::random_device{}()};
 };

@@ -134,7 +134,8 @@ HttpError FromGrpc(const grpc::Status& s) {
 // key the request used), and a prompt that does not fit the context gets
 // OpenAI's code for it. In a batch, a field of prompt `prompt_index` is
 // named with it: "prompt[2]", and "prompt[2][5]" for its sixth id.
-void InOpenAiTerms(bool chat, const std::string& max_key, HttpError* e, int prompt_index = -1) {
+void InOpenAiTerms(bool chat, const std::string& max_key, HttpError* e, int prompt_index = -1,
+                   const std::string& guide_key = "") {
   const std::string field = e->param;
   if (field.empty()) return;
   std::string name = field;
@@ -154,6 +155,8 @@ void InOpenAiTerms(bool chat, const std::string& max_key, HttpError* e, int prom
     name = "chat_template_kwargs";
   } else if (field.rfind("stop[", 0) == 0) {
     name = field;  // stop[1]: the request's own index
+  } else if (field.rfind("guide", 0) == 0 && !guide_key.empty()) {
+    name = guide_key;  // the request's response_format, guided_json, ...
   } else if (field == "request_id") {
     name = "user";
   } else if (field == "logprobs") {
@@ -315,6 +318,7 @@ struct ParsedRequest {
   // Candidates generated (GenerateRequest.n, one call), best_of >= n: the n
   // with the highest logprob per token are returned.
   int best_of = 1;
+  std::string guide_key;  // the field that asked for a guide (response_format, guided_json, ...)
 };
 
 // A JSON number as a float; beyond float's range, infinite (which the
@@ -361,6 +365,109 @@ std::optional<HttpError> ParseLogprobs(const JsonValue& root, bool chat, ParsedR
   out->generate.set_logprobs(0);
   out->logprobs = true;
   return has_top ? count("top_logprobs", *top) : std::nullopt;
+}
+
+// Guided decoding, from OpenAI's response_format and vLLM's guided_json,
+// guided_regex, guided_choice and structured_outputs: at most one of them
+// (a neutral value, null, false or an empty list, is none), into g.guide;
+// `set_by` names the field that set it.
+std::optional<HttpError> ParseGuide(const JsonValue& root, v1::GenerateRequest* g, std::string* guide_key) {
+  std::string& set_by = *guide_key;
+  auto claim = [&](const std::string& field) -> std::optional<HttpError> {
+    if (!set_by.empty()) {
+      return Invalid(field, field + ": only one guide may be given, and " + set_by + " already is one");
+    }
+    set_by = field;
+    return std::nullopt;
+  };
+  auto neutral = [](const JsonValue* f) {
+    return f == nullptr || f->is_null() || (f->is_bool() && !f->as_bool()) || (f->is_array() && f->as_array().empty());
+  };
+  // A schema is a JSON object (or a string holding one, as vLLM takes).
+  auto schema = [&](const JsonValue& f, const std::string& field) -> std::optional<HttpError> {
+    if (auto e = claim(field)) return e;
+    if (f.is_object() || f.is_bool()) {
+      g->mutable_guide()->set_json_schema(f.Dump());
+    } else if (f.is_string()) {
+      g->mutable_guide()->set_json_schema(f.as_string());
+    } else {
+      return Invalid(field, field + ": must be a JSON Schema (an object, or a string holding one)");
+    }
+    return std::nullopt;
+  };
+  auto regex = [&](const JsonValue& f, const std::string& field) -> std::optional<HttpError> {
+    if (auto e = claim(field)) return e;
+    if (!f.is_string()) return Invalid(field, field + ": must be a string (a regular expression)");
+    g->mutable_guide()->set_regex(f.as_string());
+    return std::nullopt;
+  };
+  auto choice = [&](const JsonValue& f, const std::string& field) -> std::optional<HttpError> {
+    if (auto e = claim(field)) return e;
+    if (!f.is_array()) return Invalid(field, field + ": must be an array of strings");
+    v1::GuideChoices* out = g->mutable_guide()->mutable_choice();
+    for (const JsonValue& c : f.as_array()) {
+      if (!c.is_string()) return Invalid(field, field + ": must be an array of strings");
+      out->add_choices(c.as_string());
+    }
+    return std::nullopt;
+  };
+  if (const JsonValue* f = root.Find("response_format"); f != nullptr && !f->is_null()) {
+    const JsonValue* type = f->is_object() ? f->Find("type") : nullptr;
+    const std::string t = type != nullptr && type->is_string() ? type->as_string() : std::string();
+    if (t == "json_object") {
+      if (auto e = claim("response_format")) return e;
+      g->mutable_guide()->set_json_object(true);
+    } else if (t == "json_schema") {
+      const JsonValue* js = f->Find("json_schema");
+      const JsonValue* sc = js != nullptr && js->is_object() ? js->Find("schema") : nullptr;
+      if (sc == nullptr) {
+        return Invalid("response_format",
+                       "response_format.json_schema.schema: required for {\"type\": \"json_schema\"}");
+      }
+      if (auto e = schema(*sc, "response_format.json_schema.schema")) return e;
+    } else if (t != "text") {
+      return Invalid("response_format", "response_format: type must be \"text\", \"json_object\" or \"json_schema\"");
+    }
+  }
+  if (const JsonValue* f = root.Find("guided_json"); !neutral(f)) {
+    if (auto e = schema(*f, "guided_json")) return e;
+  }
+  if (const JsonValue* f = root.Find("guided_regex"); !neutral(f)) {
+    if (auto e = regex(*f, "guided_regex")) return e;
+  }
+  if (const JsonValue* f = root.Find("guided_choice"); !neutral(f)) {
+    if (auto e = choice(*f, "guided_choice")) return e;
+  }
+  if (const JsonValue* f = root.Find("structured_outputs"); f != nullptr && !f->is_null()) {
+    if (!f->is_object()) return Invalid("structured_outputs", "structured_outputs: must be an object");
+    for (const auto& [key, v] : f->as_object()) {
+      if (neutral(&v)) continue;
+      const std::string field = "structured_outputs." + key;
+      if (key == "json") {
+        if (auto e = schema(v, field)) return e;
+      } else if (key == "regex") {
+        if (auto e = regex(v, field)) return e;
+      } else if (key == "choice") {
+        if (auto e = choice(v, field)) return e;
+      } else if (key == "json_object") {
+        if (auto e = claim(field)) return e;
+        if (!v.is_bool()) return Invalid(field, field + ": must be true or false");
+        g->mutable_guide()->set_json_object(true);
+      } else if (key == "disable_fallback" || key == "disable_any_whitespace" ||
+                 key == "disable_additional_properties" || key == "whitespace_pattern" || key == "grammar" ||
+                 key == "structural_tag") {
+        return Invalid(field,
+                       field + ": not supported by this server (Seer guides by json, json_object, regex or choice)");
+      } else {
+        return Invalid(field, field + ": not a structured_outputs field Seer knows");
+      }
+    }
+  }
+  // vLLM's backend choice changes how, not what: taken and not used.
+  if (const JsonValue* f = root.Find("guided_decoding_backend"); f != nullptr && !f->is_null() && !f->is_string()) {
+    return Invalid("guided_decoding_backend", "guided_decoding_backend: must be a string");
+  }
+  return std::nullopt;
 }
 
 std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int default_max_tokens, ParsedRequest* out) {
@@ -554,8 +661,8 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
   // What Seer cannot do is refused, not ignored: the client would get other
   // text than it asked for. Each field passes at its neutral value: null,
   // false and an empty list.
-  for (const char* refused : {"tools", "functions", "function_call", "suffix", "use_beam_search", "guided_json",
-                              "guided_regex", "guided_choice", "guided_grammar", "structured_outputs"}) {
+  for (const char* refused : {"tools", "functions", "function_call", "suffix", "use_beam_search", "guided_grammar",
+                              "guided_whitespace_pattern"}) {
     const JsonValue* f = root.Find(refused);
     if (f != nullptr && !f->is_null() && !(f->is_bool() && !f->as_bool()) &&
         !(f->is_array() && f->as_array().empty())) {
@@ -589,13 +696,7 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
   if (auto e = OptionalBool(root, "skip_special_tokens", &skip_special)) return e;
   g.set_include_stop_str_in_output(include_stop.value_or(false));
   if (skip_special) g.set_skip_special_tokens(*skip_special);
-  if (const JsonValue* f = root.Find("response_format"); f != nullptr && !f->is_null()) {
-    const JsonValue* type = f->Find("type");
-    if (type == nullptr || !type->is_string() || type->as_string() != "text") {
-      return Invalid("response_format",
-                     "response_format: only {\"type\": \"text\"} is supported (no JSON mode or schema)");
-    }
-  }
+  if (auto e = ParseGuide(root, &g, &out->guide_key)) return e;
   if (const JsonValue* f = root.Find("tool_choice"); f != nullptr && !f->is_null()) {
     if (!f->is_string() || (f->as_string() != "none" && f->as_string() != "auto")) {
       return Invalid("tool_choice", "tool_choice: not supported by this server (no tools)");
@@ -1400,7 +1501,7 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
                                                      "seer-decode: a message of choice " + std::to_string(*bad_choice) +
                                                          " for n = " + std::to_string(req.best_of)))
                              : FromGrpc(status);
-    InOpenAiTerms(chat, req.max_key, &e, req.prompts.size() > 1 ? static_cast<int>(failed_prompt) : -1);
+    InOpenAiTerms(chat, req.max_key, &e, req.prompts.size() > 1 ? static_cast<int>(failed_prompt) : -1, req.guide_key);
     if (!headers_sent) return SendError(conn, e);
     SendEvent(conn, ErrorJson(e));
     SendEvent(conn, "[DONE]");

@@ -1202,10 +1202,15 @@ TEST_F(OpenAiHttp, VllmsExtensionsReachTheWireOrAreRefused) {
   Refused(R"("max_tokens": 4, "min_tokens": 5)", "min_tokens", "min_tokens: 5 is above max_tokens 4");
   Refused(R"("ignore_eos": 1)", "ignore_eos", "must be true or false");
   Refused(R"("use_beam_search": true)", "use_beam_search", "not supported");
-  Refused(R"("guided_json": {"type": "object"})", "guided_json", "not supported");
-  Refused(R"("guided_choice": ["yes", "no"])", "guided_choice", "not supported");
+  Refused(R"("guided_grammar": "root ::= \"a\"")", "guided_grammar", "not supported");
+  Refused(R"("guided_whitespace_pattern": " *")", "guided_whitespace_pattern", "not supported");
+  Refused(R"("guided_json": 5)", "guided_json", "must be a JSON Schema");
+  Refused(R"("guided_choice": ["yes", 1])", "guided_choice", "must be an array of strings");
+  Refused(R"("guided_regex": ["a"])", "guided_regex", "must be a string");
   Refused(R"("top_logprobs": 2)", "top_logprobs", "not a completions field");
-  Refused(R"("structured_outputs": {"json": {}})", "structured_outputs", "not supported");
+  Refused(R"("structured_outputs": {"grammar": "root ::= x"})", "structured_outputs.grammar", "not supported");
+  Refused(R"("structured_outputs": {"jsn": {}})", "structured_outputs.jsn", "not a structured_outputs field");
+  Refused(R"("structured_outputs": [1])", "structured_outputs", "must be an object");
   Refused(R"("allowed_token_ids": 1)", "allowed_token_ids", "must be an array of token ids");
   Refused(R"("allowed_token_ids": [1, -2])", "allowed_token_ids", "-2 is not a token id");
   Refused(R"("bad_words": "no")", "bad_words", "must be an array of strings");
@@ -1213,8 +1218,13 @@ TEST_F(OpenAiHttp, VllmsExtensionsReachTheWireOrAreRefused) {
   Refused(R"("function_call": "auto")", "function_call", "not supported");
   Refused(R"("skip_special_tokens": 0)", "skip_special_tokens", "must be true or false");
   Refused(R"("include_stop_str_in_output": "yes")", "include_stop_str_in_output", "must be true or false");
-  Refused(R"("response_format": {"type": "json_object"})", "response_format", "no JSON mode");
-  Refused(R"("response_format": {"type": "json_schema", "json_schema": {}})", "response_format", "no JSON mode");
+  Refused(R"("response_format": {"type": "xml"})", "response_format", "type must be \"text\", \"json_object\"");
+  Refused(R"("response_format": {"type": "json_schema", "json_schema": {}})", "response_format",
+          "response_format.json_schema.schema: required");
+  Refused(R"("response_format": {"type": "json_object"}, "guided_regex": "a")", "guided_regex",
+          "guided_regex: only one guide may be given, and response_format already is one");
+  Refused(R"("guided_choice": ["a"], "structured_outputs": {"regex": "a"})", "structured_outputs.regex",
+          "only one guide");
   Refused(R"("tool_choice": "required")", "tool_choice", "no tools");
   // A conversation with tool calls cannot be passed on without them.
   const JsonValue tool_turn = PostJson("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "Hi"},
@@ -1232,6 +1242,57 @@ TEST_F(OpenAiHttp, VllmsExtensionsReachTheWireOrAreRefused) {
 }
 
 // Generate's errors name the gRPC fields; over HTTP they name the request's.
+// OpenAI's response_format and vLLM's guided_* and structured_outputs reach
+// the wire as the one Guide they ask for; a schema object is passed as its
+// JSON text, a schema string as it is. The server's errors about the guide
+// name the request's own field.
+TEST_F(OpenAiHttp, GuidesReachTheWireAsTheGuideTheyAskFor) {
+  const std::string chat = R"({"messages": [{"role": "user", "content": "Hi"}], )";
+  auto guide_of = [&](const std::string& path, const std::string& fields) {
+    const std::string head = path == "/v1/completions" ? R"({"prompt": "x", )" : chat;
+    PostJson(path, head + fields + "}", 200);
+    return backend.Last().guide();
+  };
+  const char* schema = R"({"type":"object","properties":{"a":{"type":"integer"}},"required":["a"]})";
+  v1::Guide g = guide_of("/v1/chat/completions", std::string(R"("response_format": {"type": "json_schema",
+      "json_schema": {"name": "x", "strict": true, "schema": )") +
+                                                     schema + "}}");
+  EXPECT_EQ(g.json_schema(), schema);
+  g = guide_of("/v1/chat/completions", R"("response_format": {"type": "json_object"})");
+  EXPECT_TRUE(g.json_object());
+  EXPECT_FALSE(guide_of("/v1/chat/completions", R"("response_format": {"type": "text"})").has_json_object());
+  g = guide_of("/v1/completions", std::string(R"("guided_json": )") + schema);
+  EXPECT_EQ(g.json_schema(), schema);
+  g = guide_of("/v1/completions", R"("guided_json": "{\"type\": \"string\"}")");
+  EXPECT_EQ(g.json_schema(), R"({"type": "string"})");
+  g = guide_of("/v1/completions", R"("guided_regex": "[0-9]+")");
+  EXPECT_EQ(g.regex(), "[0-9]+");
+  g = guide_of("/v1/completions", R"("guided_choice": ["yes", "no"], "guided_decoding_backend": "xgrammar")");
+  EXPECT_EQ(std::vector<std::string>(g.choice().choices().begin(), g.choice().choices().end()),
+            (std::vector<std::string>{"yes", "no"}));
+  g = guide_of("/v1/chat/completions", R"("structured_outputs": {"choice": ["a", "b"], "regex": null})");
+  EXPECT_EQ(g.choice().choices_size(), 2);
+  g = guide_of("/v1/chat/completions", R"("structured_outputs": {"json": {"type": "boolean"}})");
+  EXPECT_EQ(g.json_schema(), R"({"type":"boolean"})");
+  g = guide_of("/v1/chat/completions", R"("structured_outputs": {"json_object": true})");
+  EXPECT_TRUE(g.json_object());
+  g = guide_of("/v1/chat/completions", R"("structured_outputs": {"regex": "a|b"})");
+  EXPECT_EQ(g.regex(), "a|b");
+  EXPECT_EQ(guide_of("/v1/completions", R"("guided_json": null, "guided_choice": [])").kind_case(),
+            v1::Guide::KIND_NOT_SET);
+
+  backend.error =
+      grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "guide.json_schema: /minimum: \"minimum\" is not supported");
+  JsonValue j = PostJson("/v1/chat/completions",
+                         chat + R"("response_format": {"type": "json_schema", "json_schema": {"schema": {}}}})", 400);
+  EXPECT_EQ(j.Find("error")->Find("param")->as_string(), "response_format.json_schema.schema") << j.Dump();
+  EXPECT_EQ(j.Find("error")->Find("message")->as_string(),
+            "response_format.json_schema.schema: /minimum: \"minimum\" is not supported");
+  backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "guide.regex: a backreference at byte 3");
+  j = PostJson("/v1/completions", R"({"prompt": "x", "guided_regex": "(a)\\1"})", 400);
+  EXPECT_EQ(j.Find("error")->Find("param")->as_string(), "guided_regex") << j.Dump();
+}
+
 TEST_F(OpenAiHttp, GenerateErrorsNameTheRequestsOwnFields) {
   auto error_of = [&](const std::string& path, const std::string& body) {
     const JsonValue j = PostJson(path, body, 400);

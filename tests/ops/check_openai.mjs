@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import OpenAI from 'openai';
+import Ajv from 'ajv';
 
 // Child mode (the HTTPS checks below): one model list and one streamed
 // completion against BASE_URL; prints what came back, or the error's class.
@@ -337,7 +338,98 @@ if (ref.text.length >= 8) {
     check('... whose tokens are all allowed', cli.tokens.length > 0 && cli.tokens.every((t) => allowed.includes(t)),
           JSON.stringify(cli.tokens));
   }
-  for (const [field, value] of [['min_p', 1.5], ['repetition_penalty', 0], ['response_format', { type: 'json_object' }]]) {
+  // Guided decoding. The references: Ajv (a JSON Schema validator) for
+  // every JSON reply, JavaScript's RegExp for guided_regex, the list for
+  // guided_choice; and each HTTP reply equals seer generate's over gRPC with
+  // the same guide and seed.
+  {
+    const schema = {
+      type: 'object',
+      properties: {
+        name: { type: 'string', maxLength: 12 },
+        age: { type: 'integer', minimum: 0 },
+        tags: { type: 'array', items: { enum: ['a', 'b', 'c'] }, maxItems: 3 },
+        pet: { anyOf: [{ type: 'null' }, { type: 'object', properties: { kind: { type: 'string', maxLength: 6 } },
+                                             required: ['kind'] }] },
+      },
+      required: ['name', 'age'],
+      additionalProperties: false,
+    };
+    const validate = new Ajv({ strict: false }).compile(schema);
+    const parsed = (text) => { try { return { ok: true, value: JSON.parse(text) }; } catch { return { ok: false }; } };
+    let whole = 0;
+    for (const seed of [1, 2, 3]) {
+      const chat = await client.chat.completions.create({
+        model: name, messages: [{ role: 'user', content: 'Describe a person as JSON.' }], max_tokens: 200,
+        temperature: 1, seed, response_format: { type: 'json_schema', json_schema: { name: 'person', schema, strict: true } },
+      });
+      const c = chat.choices[0];
+      if (c.finish_reason === 'stop') {
+        ++whole;
+        const v = parsed(c.message.content);
+        check(`response_format json_schema (seed ${seed}): Ajv accepts the reply`, v.ok && validate(v.value),
+              JSON.stringify({ content: c.message.content, errors: validate.errors }));
+      }
+      const completion = await client.completions.create({
+        model: name, prompt, max_tokens: 200, temperature: 1, seed, guided_json: schema,
+      });
+      const cli = JSON.parse(execFileSync(join(bin, 'seer'), ['generate', '--addr', decodeGrpc, '--prompt', prompt,
+        '--max-new-tokens', '200', '--temperature', '1', '--seed', String(seed), '--json', '--json-schema',
+        JSON.stringify(schema)]).toString());
+      same(`guided_json (seed ${seed}) over HTTP equals seer generate --json-schema`, completion.choices[0].text, cli.text);
+      if (completion.choices[0].finish_reason === 'stop') {
+        ++whole;
+        const v = parsed(completion.choices[0].text);
+        check(`guided_json (seed ${seed}): Ajv accepts the reply`, v.ok && validate(v.value),
+              JSON.stringify({ text: completion.choices[0].text, errors: validate.errors }));
+      }
+    }
+    check('most JSON replies are whole within 200 tokens', whole >= 4, String(whole));
+    // Greedy, against the offline path: seer run's own sampler, tokenizer
+    // and guide on the monolithic engine.
+    const greedy = await client.completions.create({ model: name, prompt, max_tokens: 120, temperature: 0,
+                                                     guided_json: schema });
+    const offline = seerRun(['--prompt', prompt, '--json-schema', JSON.stringify(schema)], 120);
+    same('greedy guided_json over HTTP equals seer run --json-schema', greedy.choices[0].text, offline.text);
+    const object = await client.chat.completions.create({
+      model: name, messages: [{ role: 'user', content: 'JSON please' }], max_tokens: 200, temperature: 1, seed: 9,
+      response_format: { type: 'json_object' },
+    });
+    if (object.choices[0].finish_reason === 'stop') {
+      const v = parsed(object.choices[0].message.content);
+      check('response_format json_object: a JSON object', v.ok && v.value !== null && typeof v.value === 'object' &&
+            !Array.isArray(v.value), object.choices[0].message.content);
+    }
+    const regex = '[0-9]{3}-(red|green|blue)( [a-z]{1,5}){0,2}';
+    for (const seed of [4, 5]) {
+      const r = await client.completions.create({ model: name, prompt, max_tokens: 40, temperature: 1, seed,
+                                                   guided_regex: regex });
+      const cli = JSON.parse(execFileSync(join(bin, 'seer'), ['generate', '--addr', decodeGrpc, '--prompt', prompt,
+        '--max-new-tokens', '40', '--temperature', '1', '--seed', String(seed), '--json', '--regex', regex]).toString());
+      same(`guided_regex (seed ${seed}) over HTTP equals seer generate --regex`, r.choices[0].text, cli.text);
+      if (seed === 4) {
+        const g = await client.completions.create({ model: name, prompt, max_tokens: 40, temperature: 0,
+                                                    guided_regex: regex });
+        same('greedy guided_regex over HTTP equals seer run --regex', g.choices[0].text,
+             seerRun(['--prompt', prompt, '--regex', regex], 40).text);
+      }
+      check(`guided_regex (seed ${seed}): RegExp matches the whole reply`,
+            r.choices[0].finish_reason === 'stop' && new RegExp(`^(?:${regex})$`).test(r.choices[0].text),
+            JSON.stringify(r.choices[0]));
+    }
+    const choices = ['positive', 'negative', 'no opinion'];
+    const picked = await client.chat.completions.create({
+      model: name, messages: [{ role: 'user', content: 'Sentiment?' }], max_tokens: 20, temperature: 1, seed: 6,
+      structured_outputs: { choice: choices },
+    });
+    check('structured_outputs choice: one of the choices', choices.includes(picked.choices[0].message.content),
+          picked.choices[0].message.content);
+    const cli = JSON.parse(execFileSync(join(bin, 'seer'), ['generate', '--addr', decodeGrpc, '--prompt', prompt,
+      '--max-new-tokens', '20', '--temperature', '1', '--seed', '6', '--json',
+      ...choices.flatMap((c) => ['--choice', c])]).toString());
+    check('seer generate --choice: one of the choices', choices.includes(cli.text), cli.text);
+  }
+  for (const [field, value] of [['min_p', 1.5], ['repetition_penalty', 0], ['guided_grammar', 'root ::= "a"']]) {
     try {
       await client.completions.create({ model: name, prompt, max_tokens: 2, [field]: value });
       check(`${field} ${JSON.stringify(value)} is refused`, false, 'it was answered');
