@@ -41,6 +41,8 @@
 #include "kernels/sampling/sampler.h"
 #include "kernels/sampling/sampling.h"
 #include "kernels/common/gpu_test_util.h"
+#include "text/guide.h"
+#include "text/regex_grammar.h"
 
 namespace seer {
 namespace {
@@ -611,6 +613,16 @@ TEST_P(CudaDecodeAndSampleTest, LlamaTokensEqualHostSamplerOnDecodeStepLogits) {
     sp.min_p = 0.05;
     // vLLM's bad_words: a token never chosen, and one never after another.
     sp.bad_words = {{ids[1]}, {ids[2], ids[3]}};
+    // Guided decoding: every id whose text leaves [a-z ,.] has -inf, up to
+    // 128 entries a step that change with every token.
+    auto tokenizer = Tokenizer::Load(Fixture("llama"));
+    ASSERT_TRUE(tokenizer.ok()) << tokenizer.status().ToString();
+    auto vocabulary = GuideVocabulary::FromTokenizer(**tokenizer);
+    ASSERT_TRUE(vocabulary.ok());
+    auto grammar = GrammarFromRegex("[a-z ,.]*");
+    ASSERT_TRUE(grammar.ok()) << grammar.status().ToString();
+    sp.guide = std::make_shared<GrammarGuideFactory>(std::make_shared<Grammar>(*std::move(grammar)), *vocabulary);
+    sp.vocab_size = engine->config().vocab_size;
   }
   Sampler host(sp), device(sp);
   int32_t token = host.Sample(pre->logits);
@@ -635,6 +647,16 @@ TEST_P(CudaDecodeAndSampleTest, LlamaTokensEqualHostSamplerOnDecodeStepLogits) {
   if (adjusted) {
     EXPECT_EQ(std::count(tokens.begin(), tokens.end(), 7), 0) << "token 7 is banned";
     EXPECT_EQ(std::count(tokens.begin(), tokens.begin() + 11, sp.end_ids[0]), 0) << "the end id, until min_tokens";
+    auto tokenizer = Tokenizer::Load(Fixture("llama"));
+    ASSERT_TRUE(tokenizer.ok());
+    auto vocabulary = GuideVocabulary::FromTokenizer(**tokenizer);
+    ASSERT_TRUE(vocabulary.ok());
+    std::string text;
+    for (int32_t t : tokens) {
+      if (t == sp.end_ids[0]) break;
+      text += (*vocabulary)->bytes(t);
+    }
+    EXPECT_EQ(text.find_first_not_of("abcdefghijklmnopqrstuvwxyz ,."), std::string::npos) << text;
   }
   std::printf("[llama] DecodeAndSample, temperature %.2f%s: %d tokens equal to the host Sampler's; distinct %zu\n",
               sp.temperature, adjusted ? " with logit adjustments" : "", steps, [&] {
