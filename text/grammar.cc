@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <set>
 
 namespace seer {
 
@@ -286,48 +287,60 @@ std::string Grammar::ToString() const {
 namespace {
 // How far the stacks may grow while no byte is read: a path that grows
 // further is a left recursion (R ::= R "a" | ..., which grows forever) and
-// is dropped. Chains of nullable rules in tail position do not grow it.
+// is dropped. Chains of nullable rules in tail position do not grow it, and
+// cycles that do not grow (R ::= S, S ::= R | "b") end where a stack
+// repeats.
 constexpr size_t kMaxGrowth = 256;
-// The most expansions one byte may cost, against cycles that do not grow
-// (R ::= S, S ::= R | "b"), and the most stacks a matcher keeps, against an
-// ambiguous grammar multiplying them.
+// The most rule entries one byte may cost, and the most stacks a matcher
+// keeps: an ambiguous grammar (a run of optional repetitions) could
+// otherwise multiply them; past it, further ways are dropped.
 constexpr int kMaxExpansions = 1 << 16;
-constexpr size_t kMaxStacks = 8192;
+constexpr size_t kMaxStacks = 1024;
 }  // namespace
 
 GrammarMatcher::GrammarMatcher(const Grammar& grammar) : grammar_(&grammar) {
+  std::vector<Pending> pending;
+  if (grammar.root() >= 0 && grammar.root() < grammar.rule_count()) {
+    for (int32_t start : grammar.alternatives(grammar.root())) pending.push_back(Pending{Stack{start}, 0});
+  }
   std::vector<Stack> stacks;
   bool complete = false;
-  int work = kMaxExpansions;
-  if (grammar.root() >= 0 && grammar.root() < grammar.rule_count()) {
-    for (int32_t start : grammar.alternatives(grammar.root())) Expand(Stack{start}, 0, &stacks, &complete, &work);
-  }
+  Expand(std::move(pending), &stacks, &complete);
   Settle(std::move(stacks), complete);
 }
 
-void GrammarMatcher::Expand(Stack stack, size_t base, std::vector<Stack>* out, bool* complete, int* work) const {
+void GrammarMatcher::Expand(std::vector<Pending> pending, std::vector<Stack>* out, bool* complete) const {
   const std::vector<Grammar::Symbol>& symbols = grammar_->symbols();
-  // Alternatives that ended return to the rule that entered them.
-  while (!stack.empty() && symbols[stack.back()].rule == Grammar::kEnd) stack.pop_back();
-  if (stack.empty()) {
-    *complete = true;
-    return;
-  }
-  const Grammar::Symbol& top = symbols[stack.back()];
-  if (top.rule < 0) {
-    if (out->size() < kMaxStacks) out->push_back(std::move(stack));
-    return;
-  }
-  base = std::min(base, stack.size());
-  if (--*work < 0 || stack.size() > base + kMaxGrowth || stack.size() >= kMaxDepth) return;
-  // Where this alternative goes on after the rule; nothing, when the rule
-  // ends it (a tail call: repetitions then keep the stack short).
-  ++stack.back();
-  if (symbols[stack.back()].rule == Grammar::kEnd) stack.pop_back();
-  for (int32_t start : grammar_->alternatives(top.rule)) {
-    Stack entered = stack;
-    entered.push_back(start);
-    Expand(std::move(entered), base, out, complete, work);
+  std::set<Stack> entered;  // stacks about to enter a rule: each is expanded once
+  int work = kMaxExpansions;
+  while (!pending.empty()) {
+    Pending p = std::move(pending.back());
+    pending.pop_back();
+    Stack& stack = p.stack;
+    // Alternatives that ended return to the rule that entered them.
+    while (!stack.empty() && symbols[stack.back()].rule == Grammar::kEnd) stack.pop_back();
+    if (stack.empty()) {
+      *complete = true;
+      continue;
+    }
+    const Grammar::Symbol& top = symbols[stack.back()];
+    if (top.rule < 0) {
+      if (out->size() < kMaxStacks) out->push_back(std::move(stack));
+      continue;
+    }
+    const size_t base = std::min(p.base, stack.size());
+    if (--work < 0 || stack.size() > base + kMaxGrowth || stack.size() >= kMaxDepth) continue;
+    if (!entered.insert(stack).second) continue;  // a cycle, or a second way to the same place
+    // Where this alternative goes on after the rule; nothing, when the rule
+    // ends it (a tail call: repetitions then keep the stack short).
+    ++stack.back();
+    if (symbols[stack.back()].rule == Grammar::kEnd) stack.pop_back();
+    const std::vector<int32_t>& starts = grammar_->alternatives(top.rule);
+    for (auto it = starts.rbegin(); it != starts.rend(); ++it) {
+      Stack into = stack;
+      into.push_back(*it);
+      pending.push_back(Pending{std::move(into), base});
+    }
   }
 }
 
@@ -346,16 +359,17 @@ void GrammarMatcher::Settle(std::vector<Stack> stacks, bool complete) {
 
 bool GrammarMatcher::Advance(uint8_t byte) {
   const std::vector<Grammar::Symbol>& symbols = grammar_->symbols();
-  std::vector<Stack> next;
-  bool complete = false;
-  int work = kMaxExpansions;
+  std::vector<Pending> pending;
   for (const Stack& s : stacks_) {
     if (!symbols[s.back()].bytes.Contains(byte)) continue;
     Stack moved = s;
     ++moved.back();
     const size_t size = moved.size();
-    Expand(std::move(moved), size, &next, &complete, &work);
+    pending.push_back(Pending{std::move(moved), size});
   }
+  std::vector<Stack> next;
+  bool complete = false;
+  Expand(std::move(pending), &next, &complete);
   if (next.empty() && !complete) return false;
   Settle(std::move(next), complete);
   return true;

@@ -7,10 +7,13 @@
 // A grammar is a set of rules; a rule is a list of alternatives; an
 // alternative is a sequence of symbols, each a set of bytes or a reference
 // to a rule. Text is UTF-8, matched as bytes: a class of characters is an
-// alternative of byte sequences (AddCodepoints). Rules may be recursive;
-// a left recursion (a rule that reaches itself before reading a byte) is
-// not followed: the matcher drops those paths, so such a rule matches only
-// what its other alternatives do.
+// alternative of byte sequences (AddCodepoints). Rules may be recursive; a
+// path that reaches a rule again before reading a byte is not followed
+// further (the matcher drops a stack that grows without reading, and
+// expands a stack only once), so a left-recursive rule matches only what
+// its other alternatives do. A very ambiguous grammar is bounded too: past
+// 1,024 ways at once the matcher keeps the first (so it may refuse a text
+// the grammar has).
 #pragma once
 
 #include <array>
@@ -152,11 +155,15 @@ class GrammarMatcher {
 
  private:
   using Stack = std::vector<int32_t>;
-  // Adds to `out` every stack that `stack` (whose top may be a rule
-  // reference or an end marker) becomes once its top is a byte symbol; an
-  // emptied stack sets *complete. `base`: the stack's size when the last
-  // byte was read (growth past it is bounded); `work`: expansions left.
-  void Expand(Stack stack, size_t base, std::vector<Stack>* out, bool* complete, int* work) const;
+  // A stack whose top may be a rule reference or an end marker, and its
+  // size when the last byte was read (its growth since is bounded).
+  struct Pending {
+    Stack stack;
+    size_t base = 0;
+  };
+  // Adds to `out` every stack that the pending ones become once their tops
+  // are byte symbols; an emptied stack sets *complete.
+  void Expand(std::vector<Pending> pending, std::vector<Stack>* out, bool* complete) const;
   void Settle(std::vector<Stack> stacks, bool complete);
 
   const Grammar* grammar_;
