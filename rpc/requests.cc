@@ -372,6 +372,8 @@ StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& r, const 
   if (r.n() < 0 || r.n() > kMaxChoices)
     return InvalidArgument("n: " + Int(r.n()) + " is out of range [1, " + Int(kMaxChoices) + "] (0 means 1)");
   call.choices = std::max(1, r.n());
+  SEER_RETURN_IF_ERROR(CheckRequestSize(r, limits));
+  // Last: compiling the guide is the one costly check.
   if (r.has_guide()) {
     GuideSpec spec;
     const v1::Guide& g = r.guide();
@@ -406,8 +408,8 @@ StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& r, const 
           "end)");
     }
     SEER_ASSIGN_OR_RETURN(call.guide, CompileGuide(spec));
+    call.guide_key = spec.Key();
   }
-  SEER_RETURN_IF_ERROR(CheckRequestSize(r, limits));
   return call;
 }
 

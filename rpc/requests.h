@@ -102,6 +102,7 @@ struct GenerateCall {
   int prompt_logprobs = -1;  // -1: none; checked against the prompt's length once it is known
   int choices = 1;  // n; choice i samples with sampling.seed + i
   std::shared_ptr<const Grammar> guide;  // compiled; null: none
+  std::string guide_key;  // GuideSpec::Key() of what asked for it
 };
 
 StatusOr<PrefillCall> ParsePrefillRequest(const v1::PrefillRequest& request, const RequestLimits& limits);

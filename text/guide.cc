@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <mutex>
 #include <numeric>
 #include <unordered_map>
 
@@ -66,62 +67,65 @@ StatusOr<std::shared_ptr<const GuideVocabulary>> GuideVocabulary::FromTokenizer(
   return FromBytes(bytes);
 }
 
-// One reply's guide: the grammar's states met so far, interned, with their
-// transitions and allowed ids as they are first needed.
-class GrammarTokenGuide final : public TokenGuide {
+// The grammar's states that the replies of one guide have met, interned,
+// with their transitions and allowed ids as they were first needed. Every
+// reply the factory starts shares them (a request's choices, and later
+// requests with the same guide, through the server's cache), behind one
+// mutex. Past max_states the tables start over; a reply then finds its
+// place again from its own copy of its matcher.
+class GuideTables {
  public:
-  GrammarTokenGuide(std::shared_ptr<const Grammar> grammar, std::shared_ptr<const GuideVocabulary> vocabulary)
-      : grammar_(std::move(grammar)), vocabulary_(std::move(vocabulary)) {
-    current_ = Intern(GrammarMatcher(*grammar_));
-  }
+  // Where a reply stands: a state of the tables' generation.
+  struct Place {
+    uint64_t generation = ~uint64_t{0};
+    int32_t state = -1;
+  };
 
-  void Allowed(std::vector<uint64_t>* allowed) override {
-    const size_t words = (static_cast<size_t>(vocabulary_->size()) + 63) / 64;
-    if (current_ < 0) {
-      allowed->assign(words, 0);
-      return;
-    }
-    if (states_[current_].allowed.empty()) {
+  GuideTables(std::shared_ptr<const Grammar> grammar, std::shared_ptr<const GuideVocabulary> vocabulary,
+              size_t max_states)
+      : grammar_(std::move(grammar)), vocabulary_(std::move(vocabulary)), max_states_(max_states) {}
+
+  const Grammar& grammar() const { return *grammar_; }
+  const GuideVocabulary& vocabulary() const { return *vocabulary_; }
+
+  void Allowed(const GrammarMatcher& here, Place* place, std::vector<uint64_t>* out) {
+    std::lock_guard<std::mutex> lock(mu_);
+    const int32_t s = Find(here, place);
+    if (states_[s].allowed.empty()) {
       if (cached_masks_ >= kMaxMasks) {
         for (State& other : states_) std::vector<uint64_t>().swap(other.allowed);
         cached_masks_ = 0;
       }
-      std::vector<uint64_t> walked = Walk(current_);  // grows states_
-      states_[current_].allowed = std::move(walked);
+      std::vector<uint64_t> walked = Walk(s);  // grows states_
+      states_[s].allowed = std::move(walked);
       ++cached_masks_;
     }
-    *allowed = states_[current_].allowed;
+    *out = states_[s].allowed;
   }
 
-  bool complete() const override { return current_ >= 0 && states_[current_].matcher.complete(); }
-
-  void Accept(int32_t token) override {
-    if (current_ < 0) return;
-    if (token < 0 || token >= vocabulary_->size() || vocabulary_->bytes(token).empty()) {
-      current_ = -1;
-      return;
-    }
-    int32_t s = current_;
-    for (char c : vocabulary_->bytes(token)) {
+  // Moves `here` over `bytes`; false when the grammar refuses them.
+  bool Accept(const std::string& bytes, GrammarMatcher* here, Place* place) {
+    std::lock_guard<std::mutex> lock(mu_);
+    int32_t s = Find(*here, place);
+    for (char c : bytes) {
       s = Next(s, static_cast<uint8_t>(c));
-      if (s < 0) break;
+      if (s < 0) return false;
     }
-    current_ = s;
-    // A long reply through ever new states (a deep JSON nesting) is bounded
-    // by starting the tables over from where it stands.
-    if (current_ >= 0 && states_.size() > kMaxStates) {
-      GrammarMatcher here = states_[current_].matcher;
+    *here = states_[s].matcher;
+    place->state = s;
+    if (states_.size() > max_states_) {
+      // A long reply through ever new states (a deep JSON nesting).
       states_.clear();
       index_.clear();
       cached_masks_ = 0;
-      current_ = Intern(std::move(here));
+      ++generation_;
     }
+    return true;
   }
 
  private:
   static constexpr int32_t kUnknown = -2, kDead = -1;
-  static constexpr size_t kMaxStates = 1 << 14;
-  static constexpr int kMaxMasks = 256;
+  static constexpr int kMaxMasks = 128;
 
   struct State {
     GrammarMatcher matcher;
@@ -129,12 +133,20 @@ class GrammarTokenGuide final : public TokenGuide {
     std::vector<uint64_t> allowed;  // empty until walked
   };
 
-  int32_t Intern(GrammarMatcher m) {
+  int32_t Find(const GrammarMatcher& here, Place* place) {
+    if (place->generation != generation_) {
+      place->state = Intern(here);
+      place->generation = generation_;
+    }
+    return place->state;
+  }
+
+  int32_t Intern(const GrammarMatcher& m) {
     const std::vector<int32_t>& key = m.key();
     std::string k(reinterpret_cast<const char*>(key.data()), key.size() * sizeof(int32_t));
     auto [it, added] = index_.emplace(std::move(k), static_cast<int32_t>(states_.size()));
     if (added) {
-      State s{std::move(m), {}, {}};
+      State s{m, {}, {}};
       s.next.fill(kUnknown);
       states_.push_back(std::move(s));
     }
@@ -145,7 +157,7 @@ class GrammarTokenGuide final : public TokenGuide {
     int32_t n = states_[s].next[byte];
     if (n != kUnknown) return n;
     GrammarMatcher m = states_[s].matcher;
-    n = m.Advance(byte) ? Intern(std::move(m)) : kDead;
+    n = m.Advance(byte) ? Intern(m) : kDead;
     states_[s].next[byte] = n;  // states_ may have grown: index again
     return n;
   }
@@ -180,16 +192,64 @@ class GrammarTokenGuide final : public TokenGuide {
     return bits;
   }
 
-  std::shared_ptr<const Grammar> grammar_;
-  std::shared_ptr<const GuideVocabulary> vocabulary_;
-  std::vector<State> states_;
+  const std::shared_ptr<const Grammar> grammar_;
+  const std::shared_ptr<const GuideVocabulary> vocabulary_;
+  const size_t max_states_;
+  std::mutex mu_;
+  std::vector<State> states_;  // guarded by mu_, as everything below
   std::unordered_map<std::string, int32_t> index_;
-  int32_t current_ = kDead;
+  uint64_t generation_ = 0;
   int cached_masks_ = 0;
 };
 
-std::unique_ptr<TokenGuide> GrammarGuideFactory::Start() const {
-  return std::make_unique<GrammarTokenGuide>(grammar_, vocabulary_);
+namespace {
+
+// One reply's guide: its matcher, and its place in the shared tables.
+class GrammarTokenGuide final : public TokenGuide {
+ public:
+  explicit GrammarTokenGuide(std::shared_ptr<GuideTables> tables)
+      : tables_(std::move(tables)), here_(tables_->grammar()) {}
+
+  void Allowed(std::vector<uint64_t>* allowed) override {
+    if (dead_) {
+      allowed->assign((static_cast<size_t>(tables_->vocabulary().size()) + 63) / 64, 0);
+      return;
+    }
+    tables_->Allowed(here_, &place_, allowed);
+  }
+
+  bool complete() const override { return !dead_ && here_.complete(); }
+
+  void Accept(int32_t token) override {
+    if (dead_) return;
+    const GuideVocabulary& v = tables_->vocabulary();
+    dead_ =
+        token < 0 || token >= v.size() || v.bytes(token).empty() || !tables_->Accept(v.bytes(token), &here_, &place_);
+  }
+
+ private:
+  std::shared_ptr<GuideTables> tables_;
+  GrammarMatcher here_;
+  GuideTables::Place place_;
+  bool dead_ = false;
+};
+
+}  // namespace
+
+GrammarGuideFactory::GrammarGuideFactory(std::shared_ptr<const Grammar> grammar,
+                                         std::shared_ptr<const GuideVocabulary> vocabulary, size_t max_states)
+    : tables_(std::make_shared<GuideTables>(std::move(grammar), std::move(vocabulary), max_states)) {}
+
+std::unique_ptr<TokenGuide> GrammarGuideFactory::Start() const { return std::make_unique<GrammarTokenGuide>(tables_); }
+
+std::string GuideSpec::Key() const {
+  std::string key(1, static_cast<char>('0' + static_cast<int>(kind)));
+  if (kind == Kind::kChoice) {
+    for (const std::string& c : choices) key += std::to_string(c.size()) + ":" + c;
+  } else {
+    key += text;
+  }
+  return key;
 }
 
 StatusOr<Grammar> GrammarFromChoices(const std::vector<std::string>& choices) {

@@ -9,7 +9,9 @@
 // prefix the grammar refuses. The grammar's states along the way are
 // interned, and each state's transitions and allowed ids are kept, so that a
 // state met again (inside a JSON string, every character returns to the
-// same state) costs a table lookup.
+// same state) costs a table lookup. The tables belong to the factory: every
+// reply it starts (a request's choices, later requests that reuse it) finds
+// the states the others met already.
 #pragma once
 
 #include <cstdint>
@@ -42,23 +44,28 @@ class GuideVocabulary {
   const std::string& bytes(int32_t id) const { return bytes_[id]; }
 
  private:
-  friend class GrammarTokenGuide;
+  friend class GuideTables;
   std::vector<std::string> bytes_;
   std::vector<int32_t> order_;  // the ids with text, by their bytes
   std::vector<uint32_t> shared_;  // bytes order_[i] shares with order_[i - 1]
   size_t longest_ = 0;
 };
 
-// A grammar and a vocabulary: SamplingParams::guide.
+class GuideTables;
+
+// A grammar and a vocabulary: SamplingParams::guide. Its replies share one
+// set of tables (thread-safe), which start over past `max_states` states
+// (about 1 KB each, plus up to 128 cached bitmasks of vocabulary / 8
+// bytes).
 class GrammarGuideFactory final : public TokenGuideFactory {
  public:
-  GrammarGuideFactory(std::shared_ptr<const Grammar> grammar, std::shared_ptr<const GuideVocabulary> vocabulary)
-      : grammar_(std::move(grammar)), vocabulary_(std::move(vocabulary)) {}
+  static constexpr size_t kDefaultMaxStates = 4096;
+  GrammarGuideFactory(std::shared_ptr<const Grammar> grammar, std::shared_ptr<const GuideVocabulary> vocabulary,
+                      size_t max_states = kDefaultMaxStates);
   std::unique_ptr<TokenGuide> Start() const override;
 
  private:
-  std::shared_ptr<const Grammar> grammar_;
-  std::shared_ptr<const GuideVocabulary> vocabulary_;
+  std::shared_ptr<GuideTables> tables_;
 };
 
 // What a request asks the reply to be (GenerateRequest.guide).
@@ -67,6 +74,9 @@ struct GuideSpec {
   Kind kind = Kind::kNone;
   std::string text;  // the schema's JSON text, or the expression
   std::vector<std::string> choices;
+
+  // Equal for equal specs, and only for them (a cache's key).
+  std::string Key() const;
 };
 
 // The most bytes a schema or an expression may have (the choices too, all

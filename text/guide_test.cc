@@ -6,9 +6,11 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <random>
+#include <thread>
 
 #include "base/json.h"
 #include "text/json_schema_grammar.h"
@@ -97,6 +99,49 @@ TEST(Guide, AllowedIdsAreThoseWhoseBytesTheGrammarReads) {
   }
   EXPECT_GT(steps, 400);
   EXPECT_GT(allowed_seen, 2000);  // the walks did allow things
+}
+
+// The replies of one factory share its tables: four threads walk replies
+// at once, and the tables start over every few states (max_states 6), yet
+// every reply's allowed ids stay the definition's at every step.
+TEST(Guide, RepliesShareTheTablesAcrossThreadsAndResets) {
+  std::mt19937 vocab_rng(5);
+  auto vocabulary = GuideVocabulary::FromBytes(RandomVocabulary(&vocab_rng, 300));
+  auto grammar = std::make_shared<Grammar>(NestedGrammar());
+  for (size_t max_states : {size_t{6}, GrammarGuideFactory::kDefaultMaxStates}) {
+    SCOPED_TRACE("max_states " + std::to_string(max_states));
+    GrammarGuideFactory factory(grammar, vocabulary, max_states);
+    std::atomic<int> mismatches{0}, steps{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 4; ++t) {
+      threads.emplace_back([&, t] {
+        std::mt19937 rng(100 + t);
+        for (int reply = 0; reply < 15; ++reply) {
+          std::unique_ptr<TokenGuide> guide = factory.Start();
+          GrammarMatcher text(*grammar);
+          for (int step = 0; step < 30; ++step) {
+            std::vector<uint64_t> bits;
+            guide->Allowed(&bits);
+            const std::vector<bool> expected = AllowedByDefinition(text, *vocabulary);
+            std::vector<int32_t> allowed;
+            for (int32_t id = 0; id < vocabulary->size(); ++id) {
+              if (Bit(bits, id) != expected[id]) ++mismatches;
+              if (expected[id]) allowed.push_back(id);
+            }
+            if (guide->complete() != text.complete()) ++mismatches;
+            ++steps;
+            if (allowed.empty()) break;
+            const int32_t pick = allowed[rng() % allowed.size()];
+            guide->Accept(pick);
+            if (!text.AdvanceText(vocabulary->bytes(pick))) ++mismatches;
+          }
+        }
+      });
+    }
+    for (std::thread& th : threads) th.join();
+    EXPECT_EQ(mismatches.load(), 0);
+    EXPECT_GT(steps.load(), 500);
+  }
 }
 
 TEST(Guide, AnIdTheGuideRefusedLeavesNothingAllowed) {
@@ -229,6 +274,55 @@ TEST(Guide, EndIdsComeOnlyWithAWholeTextAndAloneWhenNothingElseCan) {
   Sampler again(p);
   again.Record(15);  // "ab"
   EXPECT_EQ(finite(again), (std::vector<int32_t>{kEnd}));
+}
+
+// An end id whose text the guide would take (a stop token "0") is refused
+// while the text is not whole: it would end the reply there.
+TEST(Guide, AnEndIdWithTextWaitsForAWholeText) {
+  auto finite = [](const Sampler& sampler) {
+    const std::vector<float> adjusted = sampler.Adjusted(std::vector<float>(kVocab, 0.0f));
+    std::vector<int32_t> out;
+    for (int32_t id = 0; id < kVocab; ++id)
+      if (std::isfinite(adjusted[id])) out.push_back(id);
+    return out;
+  };
+  SamplingParams p;
+  p.vocab_size = kVocab;
+  p.end_ids = {kEnd, 0};  // "0" stops the reply too
+  auto vocabulary = SmallVocabulary();
+  p.guide =
+      std::make_shared<GrammarGuideFactory>(std::make_shared<Grammar>(*GrammarFromChoices({"a0a", "aa"})), vocabulary);
+  Sampler open(p);
+  open.Record(14);  // "a": "0" or "a" may follow, but "0" would end an unfinished text
+  EXPECT_EQ(finite(open), (std::vector<int32_t>{14}));
+  p.guide = std::make_shared<GrammarGuideFactory>(std::make_shared<Grammar>(*GrammarFromChoices({"a0a", "aa", "a"})),
+                                                  vocabulary);
+  Sampler whole(p);
+  whole.Record(14);  // "a" is whole now: the end ids may come, "0" among them
+  EXPECT_EQ(finite(whole), (std::vector<int32_t>{0, 14, kEnd}));
+}
+
+// The guide's bans and the sampler's own together can leave nothing: a
+// bad word that is the only id the guide allows. The end ids are then
+// allowed, so the reply ends instead of drawing a banned token.
+TEST(Guide, WhenTheOtherBansLeaveNothingTheReplyEnds) {
+  SamplingParams p;
+  p.vocab_size = kVocab;
+  p.end_ids = {kEnd};
+  p.bad_words = {{14}};  // "a", the only way to start
+  p.temperature = 1.0;
+  p.guide =
+      std::make_shared<GrammarGuideFactory>(std::make_shared<Grammar>(*GrammarFromChoices({"a0"})), SmallVocabulary());
+  for (uint64_t seed = 0; seed < 5; ++seed) {
+    p.seed = seed;
+    Sampler s(p);
+    std::vector<float> logits(kVocab, 0.0f);
+    EXPECT_EQ(s.Sample(logits), kEnd);
+  }
+  p.bad_words.clear();
+  p.allowed_ids = {0, 1, kEnd};  // allowed_token_ids without the guide's "a"
+  Sampler s(p);
+  EXPECT_EQ(s.Sample(std::vector<float>(kVocab, 0.0f)), kEnd);
 }
 
 TEST(Guide, CompileGuideNamesTheField) {

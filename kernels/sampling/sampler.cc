@@ -129,32 +129,47 @@ void Sampler::Guide() {
       if (id >= 0 && id < params_.vocab_size) end_bits_[id / 64] |= uint64_t{1} << (id % 64);
     }
   }
-  bool any_text = false;
-  for (size_t w = 0; w < words && !any_text; ++w) any_text = (guide_allowed_[w] & ~end_bits_[w]) != 0;
-  // A whole text may end; so may one that cannot go on (a guide that lost
-  // its way), so that the reply ends rather than runs on banned tokens.
-  const bool may_end = guide_->complete() || !any_text;
-  if (guide_ends_ != !any_text) {
-    guide_ends_ = !any_text;  // the end ids' min_tokens ban moves
-    for (size_t i = 0; i < adjustments_.size(); ++i) adjustments_[i].delta = Delta(i);
-  }
   // The sampler's own entries, merged in id order with a -inf for every id
-  // the guide refuses: one pass over the guide's bits.
-  guided_.clear();
-  size_t i = 0;
-  for (size_t w = 0; w < words; ++w) {
-    uint64_t refused = ~guide_allowed_[w];
-    if (may_end) refused &= ~end_bits_[w];
-    if (w + 1 == words && params_.vocab_size % 64 != 0) refused &= (uint64_t{1} << (params_.vocab_size % 64)) - 1;
-    while (refused != 0) {
-      const auto id = static_cast<int32_t>(w * 64 + static_cast<size_t>(__builtin_ctzll(refused)));
-      refused &= refused - 1;
-      for (; i < adjustments_.size() && adjustments_[i].id < id; ++i) guided_.push_back(adjustments_[i]);
-      if (i < adjustments_.size() && adjustments_[i].id == id) ++i;
-      guided_.push_back(LogitAdjustment{id, -std::numeric_limits<float>::infinity()});
+  // the guide refuses (the end ids too, unless the reply may end here): one
+  // pass over the guide's bits.
+  auto merge = [&](bool may_end) {
+    guided_.clear();
+    size_t i = 0;
+    for (size_t w = 0; w < words; ++w) {
+      uint64_t refused = ~guide_allowed_[w];
+      refused = may_end ? refused & ~end_bits_[w] : refused | end_bits_[w];
+      if (w + 1 == words && params_.vocab_size % 64 != 0) refused &= (uint64_t{1} << (params_.vocab_size % 64)) - 1;
+      while (refused != 0) {
+        const auto id = static_cast<int32_t>(w * 64 + static_cast<size_t>(__builtin_ctzll(refused)));
+        refused &= refused - 1;
+        for (; i < adjustments_.size() && adjustments_[i].id < id; ++i) guided_.push_back(adjustments_[i]);
+        if (i < adjustments_.size() && adjustments_[i].id == id) ++i;
+        guided_.push_back(LogitAdjustment{id, -std::numeric_limits<float>::infinity()});
+      }
     }
+    guided_.insert(guided_.end(), adjustments_.begin() + static_cast<std::ptrdiff_t>(i), adjustments_.end());
+  };
+  auto ends_override = [&](bool on) {
+    if (guide_ends_ == on) return;
+    guide_ends_ = on;  // the end ids' min_tokens ban moves
+    for (size_t i = 0; i < adjustments_.size(); ++i) adjustments_[i].delta = Delta(i);
+  };
+  ends_override(false);
+  merge(guide_->complete());
+  // Whether any id but the end ids is left, with the guide's bans and the
+  // sampler's own (bad words, allowed_token_ids) together. If none is, the
+  // reply ends here, min_tokens or not, rather than run on a banned token.
+  size_t end_count = 0;
+  for (uint64_t w : end_bits_) end_count += static_cast<size_t>(__builtin_popcountll(w));
+  size_t banned_text = 0;
+  for (const LogitAdjustment& a : guided_) {
+    const bool end = ((end_bits_[static_cast<size_t>(a.id) / 64] >> (a.id % 64)) & 1) != 0;
+    if (!end && a.delta == -std::numeric_limits<float>::infinity()) ++banned_text;
   }
-  guided_.insert(guided_.end(), adjustments_.begin() + static_cast<std::ptrdiff_t>(i), adjustments_.end());
+  if (banned_text + end_count >= static_cast<size_t>(params_.vocab_size)) {
+    ends_override(true);
+    merge(/*may_end=*/true);
+  }
 }
 
 void Sampler::Refresh() {

@@ -94,8 +94,11 @@ struct SamplingParams {
   int32_t vocab_size = 0;
   // Guided decoding: every id of [0, vocab_size) that the guide does not
   // allow has logit -inf, and the end ids are allowed only once the reply
-  // is a whole text of the guide's language (before min_tokens too, when
-  // nothing else is allowed). Null: none.
+  // is a whole text of the guide's language (even an end id whose text the
+  // guide would take). When no other id is left (the guide's bans and this
+  // sampler's own together), the end ids are allowed whatever the text and
+  // min_tokens, so the reply ends rather than runs on a banned token.
+  // Null: none.
   std::shared_ptr<const TokenGuideFactory> guide;
   // -1: none. 0 to kMaxTopLogprobs: after each token, last_logprobs() holds
   // its log-probability and this many most likely alternatives.

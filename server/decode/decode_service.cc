@@ -332,7 +332,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     // The repetition penalty counts the prompt's tokens as seen.
     if (call_.sampling.repetition_penalty != 1.0) call_.sampling.prompt_ids = *ids;
     if (call_.guide != nullptr) {
-      call_.sampling.guide = std::make_shared<GrammarGuideFactory>(call_.guide, service_->GuideVocabularyOf());
+      call_.sampling.guide = service_->GuideFor(call_.guide_key, call_.guide);
     }
     for (Choice& c : choices_) {
       SamplingParams sampling = call_.sampling;
@@ -764,15 +764,25 @@ void DecodeService::Shutdown() {
   if (scheduler_ != nullptr) scheduler_->Stop();
 }
 
-std::shared_ptr<const GuideVocabulary> DecodeService::GuideVocabularyOf() {
+std::shared_ptr<const TokenGuideFactory> DecodeService::GuideFor(const std::string& key,
+                                                                 std::shared_ptr<const Grammar> grammar) {
   std::lock_guard<std::mutex> lock(guide_mu_);
+  for (size_t i = 0; i < guides_.size(); ++i) {
+    if (guides_[i].first != key) continue;
+    std::rotate(guides_.begin() + static_cast<std::ptrdiff_t>(i), guides_.begin() + static_cast<std::ptrdiff_t>(i) + 1,
+                guides_.end());
+    return guides_.back().second;
+  }
   if (guide_vocabulary_ == nullptr) {
     StatusOr<std::shared_ptr<const GuideVocabulary>> v = GuideVocabulary::FromTokenizer(*tokenizer_);
     // It cannot fail today; were it to, no id would be allowed and every
     // guided reply would end at once, rather than run unguided.
     guide_vocabulary_ = v.ok() ? *std::move(v) : GuideVocabulary::FromBytes({});
   }
-  return guide_vocabulary_;
+  auto made = std::make_shared<GrammarGuideFactory>(std::move(grammar), guide_vocabulary_);
+  if (guides_.size() >= kGuideCache) guides_.erase(guides_.begin());
+  guides_.emplace_back(key, made);
+  return made;
 }
 
 uint64_t DecodeService::FreshSeed() {

@@ -118,9 +118,13 @@ class DecodeService final : public v1::DecodeService::CallbackService {
  private:
   friend class GenerateStream;
   uint64_t FreshSeed();
-  // The tokenizer's vocabulary as guided decoding reads it, built by the
-  // first guided request (a pass over the vocabulary) and kept.
-  std::shared_ptr<const GuideVocabulary> GuideVocabularyOf();
+  // The guide for `grammar` on the tokenizer's vocabulary (built by the
+  // first guided request, a pass over the vocabulary, and kept). The last
+  // kGuideCache guides are kept by their spec's key, so that requests that
+  // repeat a guide (an application's one response_format) share the states
+  // and allowed ids their replies met.
+  std::shared_ptr<const TokenGuideFactory> GuideFor(const std::string& key, std::shared_ptr<const Grammar> grammar);
+  static constexpr size_t kGuideCache = 8;
 
   const DecodeServiceOptions options_;
   PrefillClient* const prefill_;
@@ -140,6 +144,7 @@ class DecodeService final : public v1::DecodeService::CallbackService {
   std::atomic<uint64_t> next_request_number_{1};
   std::mutex guide_mu_;
   std::shared_ptr<const GuideVocabulary> guide_vocabulary_;  // guarded by guide_mu_
+  std::vector<std::pair<std::string, std::shared_ptr<const TokenGuideFactory>>> guides_;  // guarded; last used last
   std::mutex seed_mu_;
   std::mt19937_64 seed_source_{std::random_device{}()};
 };

@@ -1241,7 +1241,6 @@ TEST_F(OpenAiHttp, VllmsExtensionsReachTheWireOrAreRefused) {
   backend.error = grpc::Status::OK;
 }
 
-// Generate's errors name the gRPC fields; over HTTP they name the request's.
 // OpenAI's response_format and vLLM's guided_* and structured_outputs reach
 // the wire as the one Guide they ask for; a schema object is passed as its
 // JSON text, a schema string as it is. The server's errors about the guide
@@ -1293,6 +1292,7 @@ TEST_F(OpenAiHttp, GuidesReachTheWireAsTheGuideTheyAskFor) {
   EXPECT_EQ(j.Find("error")->Find("param")->as_string(), "guided_regex") << j.Dump();
 }
 
+// Generate's errors name the gRPC fields; over HTTP they name the request's.
 TEST_F(OpenAiHttp, GenerateErrorsNameTheRequestsOwnFields) {
   auto error_of = [&](const std::string& path, const std::string& body) {
     const JsonValue j = PostJson(path, body, 400);
