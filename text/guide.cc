@@ -268,23 +268,22 @@ StatusOr<std::shared_ptr<const Grammar>> CompileGuide(const GuideSpec& spec) {
     if (Status valid = g->Validate(); !valid.ok()) return InvalidArgument(std::string(field) + ": " + valid.message());
     return std::shared_ptr<const Grammar>(std::make_shared<Grammar>(*std::move(g)));
   };
+  auto too_long = [](const char* field, size_t bytes) -> Status {
+    if (bytes <= kMaxGuideBytes) return OkStatus();
+    return InvalidArgument(std::string(field) + ": " + std::to_string(bytes) + " bytes, more than " +
+                           std::to_string(kMaxGuideBytes));
+  };
   switch (spec.kind) {
     case GuideSpec::Kind::kNone: return InvalidArgument("guide: names no kind");
     case GuideSpec::Kind::kJsonObject: return wrap(JsonObjectGrammar(), "guide.json_object");
     case GuideSpec::Kind::kJsonSchema: {
-      if (spec.text.size() > kMaxGuideBytes) {
-        return InvalidArgument("guide.json_schema: " + std::to_string(spec.text.size()) + " bytes, more than " +
-                               std::to_string(kMaxGuideBytes));
-      }
+      SEER_RETURN_IF_ERROR(too_long("guide.json_schema", spec.text.size()));
       StatusOr<JsonValue> schema = JsonValue::Parse(spec.text);
       if (!schema.ok()) return InvalidArgument("guide.json_schema: not valid JSON: " + schema.status().message());
       return wrap(GrammarFromJsonSchema(*schema), "guide.json_schema");
     }
     case GuideSpec::Kind::kRegex:
-      if (spec.text.size() > kMaxGuideBytes) {
-        return InvalidArgument("guide.regex: " + std::to_string(spec.text.size()) + " bytes, more than " +
-                               std::to_string(kMaxGuideBytes));
-      }
+      SEER_RETURN_IF_ERROR(too_long("guide.regex", spec.text.size()));
       return wrap(GrammarFromRegex(spec.text), "guide.regex");
     case GuideSpec::Kind::kChoice:
       if (spec.choices.size() > kMaxGuideChoices) {
@@ -294,10 +293,7 @@ StatusOr<std::shared_ptr<const Grammar>> CompileGuide(const GuideSpec& spec) {
       {
         size_t bytes = 0;
         for (const std::string& c : spec.choices) bytes += c.size();
-        if (bytes > kMaxGuideBytes) {
-          return InvalidArgument("guide.choice: " + std::to_string(bytes) + " bytes in all, more than " +
-                                 std::to_string(kMaxGuideBytes));
-        }
+        SEER_RETURN_IF_ERROR(too_long("guide.choice", bytes));
       }
       return wrap(GrammarFromChoices(spec.choices), "guide.choice");
   }

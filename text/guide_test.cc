@@ -65,6 +65,43 @@ std::vector<std::optional<std::string>> RandomVocabulary(std::mt19937* rng, int 
   return bytes;
 }
 
+// One reply of random allowed ids, at most `max_steps`: at each step the
+// guide's allowed ids and completeness against the definition. Returns the
+// first disagreement ("" when none); adds the steps walked and ids allowed.
+std::string WalkAgainstTheDefinition(TokenGuide& guide, const Grammar& grammar, const GuideVocabulary& vocabulary,
+                                     std::mt19937* rng, int max_steps, int* steps, int* allowed_seen) {
+  GrammarMatcher text(grammar);
+  for (int step = 0; step < max_steps; ++step) {
+    std::vector<uint64_t> bits;
+    guide.Allowed(&bits);
+    const std::vector<bool> expected = AllowedByDefinition(text, vocabulary);
+    std::vector<int32_t> allowed;
+    for (int32_t id = 0; id < vocabulary.size(); ++id) {
+      if (Bit(bits, id) != expected[id]) {
+        return "step " + std::to_string(step) + " id " + std::to_string(id) + " bytes " + vocabulary.bytes(id);
+      }
+      if (expected[id]) allowed.push_back(id);
+    }
+    if (guide.complete() != text.complete()) return "step " + std::to_string(step) + ": complete()";
+    ++*steps;
+    *allowed_seen += static_cast<int>(allowed.size());
+    if (allowed.empty()) break;
+    const int32_t pick = allowed[(*rng)() % allowed.size()];
+    guide.Accept(pick);
+    if (!text.AdvanceText(vocabulary.bytes(pick))) return "step " + std::to_string(step) + ": a refused id";
+  }
+  return "";
+}
+
+// The ids whose adjusted logit stays finite (zero logits in).
+std::vector<int32_t> FiniteIds(const Sampler& sampler, int32_t vocab) {
+  const std::vector<float> adjusted = sampler.Adjusted(std::vector<float>(vocab, 0.0f));
+  std::vector<int32_t> out;
+  for (int32_t id = 0; id < vocab; ++id)
+    if (std::isfinite(adjusted[id])) out.push_back(id);
+  return out;
+}
+
 TEST(Guide, AllowedIdsAreThoseWhoseBytesTheGrammarReads) {
   std::mt19937 rng(7);
   std::vector<std::shared_ptr<const Grammar>> grammars;
@@ -77,25 +114,8 @@ TEST(Guide, AllowedIdsAreThoseWhoseBytesTheGrammarReads) {
     const std::shared_ptr<const Grammar>& grammar = grammars[trial % grammars.size()];
     GrammarGuideFactory factory(grammar, vocabulary);
     std::unique_ptr<TokenGuide> guide = factory.Start();
-    GrammarMatcher text(*grammar);
-    for (int step = 0; step < 40; ++step) {
-      std::vector<uint64_t> bits;
-      guide->Allowed(&bits);
-      const std::vector<bool> expected = AllowedByDefinition(text, *vocabulary);
-      std::vector<int32_t> allowed;
-      for (int32_t id = 0; id < vocabulary->size(); ++id) {
-        ASSERT_EQ(Bit(bits, id), expected[id])
-            << "trial " << trial << " step " << step << " id " << id << " bytes " << vocabulary->bytes(id);
-        if (expected[id]) allowed.push_back(id);
-      }
-      ASSERT_EQ(guide->complete(), text.complete()) << "trial " << trial << " step " << step;
-      ++steps;
-      allowed_seen += static_cast<int>(allowed.size());
-      if (allowed.empty()) break;
-      const int32_t pick = allowed[rng() % allowed.size()];
-      guide->Accept(pick);
-      ASSERT_TRUE(text.AdvanceText(vocabulary->bytes(pick)));
-    }
+    ASSERT_EQ(WalkAgainstTheDefinition(*guide, *grammar, *vocabulary, &rng, 40, &steps, &allowed_seen), "")
+        << "trial " << trial;
   }
   EXPECT_GT(steps, 400);
   EXPECT_GT(allowed_seen, 2000);  // the walks did allow things
@@ -118,23 +138,11 @@ TEST(Guide, RepliesShareTheTablesAcrossThreadsAndResets) {
         std::mt19937 rng(100 + t);
         for (int reply = 0; reply < 15; ++reply) {
           std::unique_ptr<TokenGuide> guide = factory.Start();
-          GrammarMatcher text(*grammar);
-          for (int step = 0; step < 30; ++step) {
-            std::vector<uint64_t> bits;
-            guide->Allowed(&bits);
-            const std::vector<bool> expected = AllowedByDefinition(text, *vocabulary);
-            std::vector<int32_t> allowed;
-            for (int32_t id = 0; id < vocabulary->size(); ++id) {
-              if (Bit(bits, id) != expected[id]) ++mismatches;
-              if (expected[id]) allowed.push_back(id);
-            }
-            if (guide->complete() != text.complete()) ++mismatches;
-            ++steps;
-            if (allowed.empty()) break;
-            const int32_t pick = allowed[rng() % allowed.size()];
-            guide->Accept(pick);
-            if (!text.AdvanceText(vocabulary->bytes(pick))) ++mismatches;
+          int walked = 0, allowed_seen = 0;
+          if (!WalkAgainstTheDefinition(*guide, *grammar, *vocabulary, &rng, 30, &walked, &allowed_seen).empty()) {
+            ++mismatches;
           }
+          steps += walked;
         }
       });
     }
@@ -259,13 +267,7 @@ TEST(Guide, EndIdsComeOnlyWithAWholeTextAndAloneWhenNothingElseCan) {
   p.guide = std::make_shared<GrammarGuideFactory>(std::make_shared<Grammar>(*GrammarFromChoices({"a", "a0", "ab"})),
                                                   SmallVocabulary());
   Sampler s(p);
-  auto finite = [](const Sampler& sampler) {
-    const std::vector<float> adjusted = sampler.Adjusted(std::vector<float>(kVocab, 0.0f));
-    std::vector<int32_t> out;
-    for (int32_t id = 0; id < kVocab; ++id)
-      if (std::isfinite(adjusted[id])) out.push_back(id);
-    return out;
-  };
+  auto finite = [](const Sampler& sampler) { return FiniteIds(sampler, kVocab); };
   EXPECT_EQ(finite(s), (std::vector<int32_t>{14, 15}));
   s.Record(14);  // "a": whole, and "0" may follow, so min_tokens still bans the end
   EXPECT_EQ(finite(s), (std::vector<int32_t>{0}));
@@ -279,13 +281,7 @@ TEST(Guide, EndIdsComeOnlyWithAWholeTextAndAloneWhenNothingElseCan) {
 // An end id whose text the guide would take (a stop token "0") is refused
 // while the text is not whole: it would end the reply there.
 TEST(Guide, AnEndIdWithTextWaitsForAWholeText) {
-  auto finite = [](const Sampler& sampler) {
-    const std::vector<float> adjusted = sampler.Adjusted(std::vector<float>(kVocab, 0.0f));
-    std::vector<int32_t> out;
-    for (int32_t id = 0; id < kVocab; ++id)
-      if (std::isfinite(adjusted[id])) out.push_back(id);
-    return out;
-  };
+  auto finite = [](const Sampler& sampler) { return FiniteIds(sampler, kVocab); };
   SamplingParams p;
   p.vocab_size = kVocab;
   p.end_ids = {kEnd, 0};  // "0" stops the reply too
