@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -16,6 +17,9 @@
 #include "engine/engine.h"
 #include "engine/kv/page_pool.h"
 #include "tests/logprobs_util.h"
+#include "text/grammar.h"
+#include "text/guide.h"
+#include "text/regex_grammar.h"
 
 namespace seer::batched_test {
 
@@ -209,6 +213,87 @@ inline void ExpectBatchedLogprobs(Engine& e, double tol) {
     }
     ExpectModelLogprobs(e, requests[i], got[i], logprobs[i], requests[i].sampling.logprobs, tol);
   }
+}
+
+// Guided decoding in a batch. The fixtures have no tokenizer (or a tiny
+// one), so the guides read a vocabulary of letters: id 2 (the fixtures' end
+// of text) has no text; id i's is its letter, a second one for every third
+// id, after a space for every fourth.
+inline std::shared_ptr<const GuideVocabulary> LetterVocabulary(int vocab) {
+  std::vector<std::optional<std::string>> bytes;
+  for (int i = 0; i < vocab; ++i) {
+    std::string text = i % 4 == 0 ? " " : "";
+    text += static_cast<char>('a' + i % 26);
+    if (i % 3 == 0) text += static_cast<char>('a' + (i / 3) % 26);
+    bytes.push_back(i == 2 ? std::nullopt : std::optional<std::string>(text));
+  }
+  return GuideVocabulary::FromBytes(bytes);
+}
+
+// MixedRequests with guides: request 0 (greedy, with logprobs) and request
+// 3 (sampled, with penalties) keep to regular expressions, request 1
+// (sampled) to a choice; the rest have none. grammars[i]: request i's, or
+// null.
+inline std::vector<Request> GuidedRequests(int vocab, std::vector<std::shared_ptr<const Grammar>>* grammars) {
+  std::vector<Request> rs = MixedRequests();
+  grammars->assign(rs.size(), nullptr);
+  (*grammars)[0] = std::make_shared<Grammar>(*GrammarFromRegex("[a-m ]*"));
+  (*grammars)[1] = std::make_shared<Grammar>(*GrammarFromChoices({" ab", "bcd", "dbb"}));
+  (*grammars)[3] = std::make_shared<Grammar>(*GrammarFromRegex("( [a-z][a-z]?|[n-z])*"));
+  const std::shared_ptr<const GuideVocabulary> letters = LetterVocabulary(vocab);
+  for (size_t i = 0; i < rs.size(); ++i) {
+    if ((*grammars)[i] == nullptr) continue;
+    rs[i].sampling.vocab_size = vocab;
+    rs[i].sampling.end_ids = {2};
+    rs[i].sampling.guide = std::make_shared<GrammarGuideFactory>((*grammars)[i], letters);
+  }
+  rs[0].sampling.logprobs = 3;
+  return rs;
+}
+
+// GuidedRequests in a batch: each decodes exactly its tokens alone; a
+// guided reply's text is the start of a sentence of its grammar, and a whole
+// one where it ends (then only the end id follows); without their guides,
+// most of them leave their grammars (so the guides did the work); request
+// 0's logprobs are the model's (ExpectModelLogprobs, `tol`).
+inline void ExpectGuidedBatches(Engine& e, double tol) {
+  const int vocab = e.config().vocab_size;
+  std::vector<std::shared_ptr<const Grammar>> grammars;
+  const std::vector<Request> requests = GuidedRequests(vocab, &grammars);
+  std::vector<std::vector<TokenLogprobs>> logprobs;
+  const std::vector<std::vector<int32_t>> together = RunBatched(e, requests, &logprobs);
+  std::vector<Request> unguided = requests;
+  for (Request& r : unguided) r.sampling.guide = nullptr;
+  const std::vector<std::vector<int32_t>> free = RunBatched(e, unguided);
+  const std::shared_ptr<const GuideVocabulary> letters = LetterVocabulary(vocab);
+  // Whether `tokens` keep to `grammar`: a prefix of a sentence, a whole
+  // one at the first end id, only end ids after it.
+  auto keeps = [&](const Grammar& grammar, const std::vector<int32_t>& tokens) {
+    GrammarMatcher text(grammar);
+    for (size_t t = 0; t < tokens.size(); ++t) {
+      if (tokens[t] == 2) {
+        return text.complete() && std::all_of(tokens.begin() + static_cast<std::ptrdiff_t>(t), tokens.end(),
+                                              [](int32_t id) { return id == 2; });
+      }
+      if (tokens[t] < 0 || tokens[t] >= vocab || !text.AdvanceText(letters->bytes(tokens[t]))) return false;
+    }
+    return true;
+  };
+  int left = 0;
+  for (size_t i = 0; i < requests.size(); ++i) {
+    SCOPED_TRACE("request " + std::to_string(i));
+    Request alone = requests[i];
+    alone.join_step = 0;
+    EXPECT_EQ(together[i], RunBatched(e, {alone})[0]);
+    if (grammars[i] == nullptr) {
+      EXPECT_EQ(together[i], free[i]) << "a guide elsewhere in the batch changes nothing here";
+      continue;
+    }
+    EXPECT_TRUE(keeps(*grammars[i], together[i]));
+    left += keeps(*grammars[i], free[i]) ? 0 : 1;
+  }
+  EXPECT_GE(left, 2) << "without their guides, the replies leave the grammars";
+  ExpectModelLogprobs(e, requests[0], together[0], logprobs[0], requests[0].sampling.logprobs, tol);
 }
 
 }  // namespace seer::batched_test

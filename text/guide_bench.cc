@@ -2,9 +2,9 @@
 // size: for each kind of guide, a reply of random allowed tokens is walked,
 // and the table gives the first step's allowed-id walk (cold), the mean and
 // worst step of the guide (accept the token, then the next allowed ids) and
-// of the whole sampler step that a guided reply adds (the guide and the
-// -inf entries for every id it refuses), for the first reply of a guide and
-// for a later one, which finds the states the first met.
+// of the whole sampler step that a guided reply adds (the guide, and the bit
+// row of the ids it refuses, the end ids among them), for the first reply
+// of a guide and for a later one, which finds the states the first met.
 //
 // The vocabulary is synthetic, shaped as byte-level BPE vocabularies are
 // (the 256 bytes, words with and without a leading space, numbers,
@@ -20,42 +20,12 @@
 #include "base/flags.h"
 #include "kernels/sampling/sampler.h"
 #include "text/guide.h"
+#include "text/synthetic_vocabulary.h"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
 double Ms(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); }
-
-std::vector<std::optional<std::string>> SyntheticVocabulary(int size, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::vector<std::optional<std::string>> v;
-  for (int b = 0; b < 256; ++b) v.push_back(std::string(1, static_cast<char>(b)));
-  const std::string letters = "etaoinshrdlcumwfgypbvkjxqz";
-  const std::vector<std::string> punct = {",",    ".",  "\"",   ":",  "{",   "}",   "[",   "]",   "(",
-                                          ")",    "-",  "'",    ";",  "\n",  "\":", "\",", "{\"", "},",
-                                          "\n\n", "  ", "    ", "\t", "://", "...", "=\""};
-  const std::vector<std::string> multibyte = {"\xc3\xa9", "\xc3\xb6", "\xe4\xb8\xad", "\xe2\x80\x99",
-                                              "\xf0\x9f\x98\x80"};
-  while (static_cast<int>(v.size()) < size) {
-    std::string t;
-    switch (rng() % 10) {
-      case 0: t = std::to_string(rng() % 1000); break;
-      case 1: t = punct[rng() % punct.size()] + (rng() % 2 ? punct[rng() % punct.size()] : ""); break;
-      case 2:
-        t = multibyte[rng() % multibyte.size()];
-        if (rng() % 2) t += letters[rng() % 8];
-        break;
-      default: {
-        if (rng() % 2) t = " ";
-        const int n = 2 + static_cast<int>(rng() % 9);
-        for (int k = 0; k < n; ++k) t += letters[std::min<size_t>(rng() % 26, rng() % 26)];
-        if (rng() % 6 == 0) t[t[0] == ' ' ? 1 : 0] = static_cast<char>(std::toupper(t[t[0] == ' ' ? 1 : 0]));
-      }
-    }
-    v.push_back(t);
-  }
-  return v;
-}
 
 struct Row {
   std::string guide;
@@ -74,7 +44,7 @@ int main(int argc, char** argv) {
                       "Guided decoding's host cost per token: for a JSON schema, JSON mode, a regular expression\n"
                       "and a list of choices, a reply of random allowed tokens is walked, and the table gives the\n"
                       "first allowed-id walk (cold), the guide's mean and worst step (accept, then the next\n"
-                      "allowed ids) and the sampler's (the guide plus an entry for every refused id), for a\n"
+                      "allowed ids) and the sampler's (the guide and the bit row of the ids it refuses), for a\n"
                       "guide's first reply and for a later one (the states the first met are kept).\n"
                       "The vocabulary is synthetic, shaped like a byte-level BPE one, unless --tokenizer is given.");
   flags.Int("vocab", &vocab, "size of the synthetic vocabulary (Llama 3's is 128,256)");
@@ -100,7 +70,7 @@ int main(int argc, char** argv) {
     }
     vocabulary = *seer::GuideVocabulary::FromTokenizer(**tok);
   } else {
-    vocabulary = seer::GuideVocabulary::FromBytes(SyntheticVocabulary(static_cast<int>(vocab), seed));
+    vocabulary = seer::GuideVocabulary::FromBytes(seer::SyntheticVocabulary(static_cast<int>(vocab), seed));
   }
   const double vocab_ms = Ms(t0, Clock::now());
   const int32_t end_id = vocabulary->size();  // one past the vocabulary: the end of text
@@ -163,9 +133,10 @@ int main(int argc, char** argv) {
     }
     row.guide_mean_ms = row.steps > 0 ? sum / row.steps : 0;
     row.allowed_mean /= std::max(1, row.steps);
-    // The sampler's step with the same tokens: Record (the guide, then an
-    // entry per refused id); for the first reply of a fresh guide, and for
-    // a later reply of the same guide, which finds the tables warm.
+    // The sampler's step with the same tokens: Record, then Refused (the
+    // guide's walk, then the bit row of the refused ids); for the first
+    // reply of a fresh guide, and for a later reply of the same guide, which
+    // finds the tables warm.
     auto sampler_steps = [&](const std::shared_ptr<const seer::TokenGuideFactory>& f, double* mean, double* max) {
       seer::SamplingParams p;
       p.vocab_size = vocabulary->size() + 1;
@@ -176,6 +147,7 @@ int main(int argc, char** argv) {
       for (int32_t token : chosen) {
         const auto start = Clock::now();
         sampler.Record(token);
+        (void)sampler.Refused();
         const double ms = Ms(start, Clock::now());
         total += ms;
         *max = std::max(*max, ms);

@@ -94,7 +94,7 @@ std::string WalkAgainstTheDefinition(TokenGuide& guide, const Grammar& grammar, 
 }
 
 // The ids whose adjusted logit stays finite (zero logits in).
-std::vector<int32_t> FiniteIds(const Sampler& sampler, int32_t vocab) {
+std::vector<int32_t> FiniteIds(Sampler& sampler, int32_t vocab) {
   const std::vector<float> adjusted = sampler.Adjusted(std::vector<float>(vocab, 0.0f));
   std::vector<int32_t> out;
   for (int32_t id = 0; id < vocab; ++id)
@@ -267,7 +267,7 @@ TEST(Guide, EndIdsComeOnlyWithAWholeTextAndAloneWhenNothingElseCan) {
   p.guide = std::make_shared<GrammarGuideFactory>(std::make_shared<Grammar>(*GrammarFromChoices({"a", "a0", "ab"})),
                                                   SmallVocabulary());
   Sampler s(p);
-  auto finite = [](const Sampler& sampler) { return FiniteIds(sampler, kVocab); };
+  auto finite = [](Sampler& sampler) { return FiniteIds(sampler, kVocab); };
   EXPECT_EQ(finite(s), (std::vector<int32_t>{14, 15}));
   s.Record(14);  // "a": whole, and "0" may follow, so min_tokens still bans the end
   EXPECT_EQ(finite(s), (std::vector<int32_t>{0}));
@@ -281,7 +281,7 @@ TEST(Guide, EndIdsComeOnlyWithAWholeTextAndAloneWhenNothingElseCan) {
 // An end id whose text the guide would take (a stop token "0") is refused
 // while the text is not whole: it would end the reply there.
 TEST(Guide, AnEndIdWithTextWaitsForAWholeText) {
-  auto finite = [](const Sampler& sampler) { return FiniteIds(sampler, kVocab); };
+  auto finite = [](Sampler& sampler) { return FiniteIds(sampler, kVocab); };
   SamplingParams p;
   p.vocab_size = kVocab;
   p.end_ids = {kEnd, 0};  // "0" stops the reply too

@@ -75,6 +75,14 @@ TEST_P(BatchedDecode, LogprobsAreTheModelsWhateverTheSampling) {
   batched_test::ExpectBatchedLogprobs(*e, 1e-4);
 }
 
+// Guided decoding: each row's guide bans its own ids, in whichever row it
+// decodes (batched_test::ExpectGuidedBatches).
+TEST_P(BatchedDecode, EachRowKeepsToItsOwnGuide) {
+  std::unique_ptr<Engine> e = LoadCpu(GetParam(), 16, 8);
+  ASSERT_NE(e, nullptr);
+  batched_test::ExpectGuidedBatches(*e, 1e-4);
+}
+
 TEST_P(BatchedDecode, GreedyTokensMatchTheContiguousDecodePath) {
   std::unique_ptr<Engine> e = LoadCpu(GetParam(), 16, 4);
   ASSERT_NE(e, nullptr);

@@ -82,6 +82,20 @@ TEST_P(CudaBatchedDecode, EachRowTakesItsOwnLogitBias) {
   batched_test::ExpectForcedTokens(RunBatched(*e, requests), requests);
 }
 
+// Guided decoding: each row's guide bans its ids through its own bit row
+// (cuda::RefuseLogits), in whichever row it decodes, with the logits in one
+// chunk and in two (batched_test::ExpectGuidedBatches).
+TEST_P(CudaBatchedDecode, EachRowKeepsToItsOwnGuide) {
+  std::unique_ptr<Engine> e = LoadCuda(GetParam(), 8);
+  ASSERT_NE(e, nullptr);
+  batched_test::ExpectGuidedBatches(*e, 3e-2);
+  const int64_t four_rows = int64_t{4} * 4 * e->config().vocab_size;
+  e.reset();
+  std::unique_ptr<Engine> chunked = LoadCuda(GetParam(), 7, true, four_rows);
+  ASSERT_NE(chunked, nullptr);
+  batched_test::ExpectGuidedBatches(*chunked, 3e-2);
+}
+
 // OpenAI's logprobs, from the raw logits each row copies back before its
 // adjustments: for the rows that ask, log_softmax of the model's own logits
 // (the same tokens through the contiguous DecodeStep path, in long double;

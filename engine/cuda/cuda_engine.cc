@@ -174,8 +174,16 @@ class CudaEngine final : public Engine {
   // The samplers' adjustments (Sampler::Adjustments), row r for
   // samplers[r], staged in pinned memory and copied to the device once per
   // step on stream_: the entries of row r are [offsets[r], offsets[r + 1])
-  // of adjust_device_. False when no sampler adjusts.
-  StatusOr<bool> StageAdjustments(std::span<Sampler* const> samplers, std::vector<int>* offsets);
+  // of adjust_device_. False when no sampler adjusts. Their guides' bans
+  // (Sampler::Refused) go the same way, a bit row for each guided row, into
+  // *refused (its slots null when no row has a guide; its raw buffer when a
+  // guided row asks for logprobs, `places` of them at most, logprob place
+  // numbers as LogprobRows').
+  StatusOr<bool> StageAdjustments(std::span<Sampler* const> samplers, std::vector<int>* offsets,
+                                  cuda::RefusedRows* refused, int places);
+  // The guides' bans of rows [first, first + count) (StageAdjustments'
+  // `refused`), after AdjustRows; nothing when no row has a guide.
+  Status RefuseRows(float* logits, const cuda::RefusedRows& refused, const int32_t* places, int first, int count);
   // Adds the staged adjustments of rows [first, first + count) to `logits`
   // (those rows, [count, vocab]) on stream_, keeping each entry's raw logit
   // in adjust_saved_.
@@ -196,7 +204,8 @@ class CudaEngine final : public Engine {
   // whose logits ([count, vocab], adjusted when `adjusted`) gave the tokens
   // `tokens` (device, [count]); LogprobRows saw them raw.
   Status ChosenLogprobs(const float* logits, bool adjusted, const std::vector<int>& offsets, int first, int count,
-                        const int32_t* places, const int32_t* tokens, int top_n, const LogprobScratch& lp);
+                        const int32_t* places, const int32_t* tokens, int top_n, const LogprobScratch& lp,
+                        const cuda::RefusedRows& refused);
   // Place `place`'s logprobs from logprob_host_ (entries of 1 + top_n), the
   // alternatives cut to the first `n`.
   TokenLogprobs HostLogprobs(int place, int top_n, int n) const;
@@ -246,6 +255,13 @@ class CudaEngine final : public Engine {
   size_t adjust_capacity_ = 0;  // entries
   DeviceBuffer adjust_device_;
   DeviceBuffer adjust_saved_;  // float [adjust_capacity_]: each entry's raw logit (AdjustRows)
+  // The guides' bans, staged the same way: the rows' slots, then each
+  // guided row's bits (cuda::RefusedRows), and the refused raw logits of
+  // guided rows that ask for logprobs.
+  unsigned char* refuse_pinned_ = nullptr;
+  size_t refuse_capacity_ = 0;  // bytes
+  DeviceBuffer refuse_device_;
+  DeviceBuffer refuse_raw_;
   DeviceBuffer last_block_lists_;  // a prefill's last layer: each head's last CSR list, the other rows empty
   Activations decode_;
   // Batched decode (PreparePagedDecode). Every step runs the GEMMs on
@@ -283,6 +299,7 @@ CudaEngine::~CudaEngine() {
   if (kept_host_ != nullptr) cudaFreeHost(kept_host_);
   if (batch_.host != nullptr) cudaFreeHost(batch_.host);
   if (adjust_pinned_ != nullptr) cudaFreeHost(adjust_pinned_);
+  if (refuse_pinned_ != nullptr) cudaFreeHost(refuse_pinned_);
   if (logprob_pinned_ != nullptr) cudaFreeHost(logprob_pinned_);
   if (graph_.exec != nullptr) cudaGraphExecDestroy(graph_.exec);
   if (cublas_ != nullptr) cublasDestroy(cublas_);
@@ -816,8 +833,10 @@ StatusOr<int32_t> CudaEngine::RunDecodeAndSample(int32_t token, KvCache* cache_i
   }
   Sampler* const one[] = {sampler};
   std::vector<int> offsets;
-  SEER_ASSIGN_OR_RETURN(const bool adjusted, StageAdjustments(one, &offsets));
+  cuda::RefusedRows refused;
+  SEER_ASSIGN_OR_RETURN(const bool adjusted, StageAdjustments(one, &offsets, &refused, top_n >= 0 ? 1 : 0));
   if (adjusted) SEER_RETURN_IF_ERROR(AdjustRows(decode_.logits, offsets, 0, 1));
+  SEER_RETURN_IF_ERROR(RefuseRows(decode_.logits, refused, nullptr, 0, 1));
   // One uniform per sampled token, none when greedy, as Sampler::Sample.
   const double u = sp.temperature > 0.0 ? sampler->NextUniform() : 0.0;
   // decode_.ids held this step's token; the sampled one overwrites it.
@@ -825,7 +844,8 @@ StatusOr<int32_t> CudaEngine::RunDecodeAndSample(int32_t token, KvCache* cache_i
   SEER_RETURN_IF_CUDA_ERROR(cuda::SampleToken(decode_.logits, vocab, sp.temperature, top_k, sp.top_p, sp.min_p, u,
                                               sample_scratch_.get(), sample_scratch_.bytes(), decode_.ids, stream_));
   if (top_n >= 0) {
-    SEER_RETURN_IF_ERROR(ChosenLogprobs(decode_.logits, adjusted, offsets, 0, 1, nullptr, decode_.ids, top_n, lp));
+    SEER_RETURN_IF_ERROR(
+        ChosenLogprobs(decode_.logits, adjusted, offsets, 0, 1, nullptr, decode_.ids, top_n, lp, refused));
     logprob_host_.resize(static_cast<size_t>(1 + top_n));
     SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(logprob_host_.data(), lp.entries,
                                               sizeof(cuda::DeviceLogprob) * logprob_host_.size(),
@@ -840,7 +860,55 @@ StatusOr<int32_t> CudaEngine::RunDecodeAndSample(int32_t token, KvCache* cache_i
   return next;
 }
 
-StatusOr<bool> CudaEngine::StageAdjustments(std::span<Sampler* const> samplers, std::vector<int>* offsets) {
+StatusOr<bool> CudaEngine::StageAdjustments(std::span<Sampler* const> samplers, std::vector<int>* offsets,
+                                            cuda::RefusedRows* refused, int places) {
+  // The guides' bans first: asking a sampler for them runs its guide's walk
+  // for this token, which the device's forward pass, already queued, hides.
+  *refused = cuda::RefusedRows{};
+  const int rows = static_cast<int>(samplers.size());
+  const int words = (config_.vocab_size + 63) / 64;
+  int guided = 0;
+  for (Sampler* s : samplers) guided += s->Refused().empty() ? 0 : 1;
+  if (guided > 0) {
+    const size_t slot_bytes = (sizeof(int32_t) * rows + 255) / 256 * 256;
+    const size_t bytes = slot_bytes + sizeof(uint64_t) * words * guided;
+    if (bytes > refuse_capacity_) {
+      // The previous step synchronised: nothing reads the old buffers.
+      const size_t capacity = 2 * bytes;
+      if (refuse_pinned_ != nullptr) cudaFreeHost(refuse_pinned_);
+      refuse_pinned_ = nullptr;
+      refuse_capacity_ = 0;
+      SEER_RETURN_IF_CUDA_ERROR(cudaMallocHost(reinterpret_cast<void**>(&refuse_pinned_), capacity));
+      SEER_ASSIGN_OR_RETURN(refuse_device_, DeviceBuffer::Allocate(capacity, "decode: the guides' bans"));
+      refuse_capacity_ = capacity;
+    }
+    auto* slots = reinterpret_cast<int32_t*>(refuse_pinned_);
+    auto* bits = reinterpret_cast<uint64_t*>(refuse_pinned_ + slot_bytes);
+    int slot = 0;
+    for (int r = 0; r < rows; ++r) {
+      const std::span<const uint64_t> row = samplers[r]->Refused();
+      slots[r] = row.empty() ? -1 : slot;
+      if (row.empty()) continue;
+      std::copy(row.begin(), row.end(), bits + static_cast<size_t>(slot++) * words);
+    }
+    SEER_RETURN_IF_CUDA_ERROR(
+        cudaMemcpyAsync(refuse_device_.get(), refuse_pinned_, bytes, cudaMemcpyHostToDevice, stream_));
+    refused->slots = refuse_device_.as<int32_t>();
+    refused->bits = reinterpret_cast<const uint64_t*>(refuse_device_.as<unsigned char>() + slot_bytes);
+    refused->words = words;
+    bool raw = false;
+    for (Sampler* s : samplers) raw = raw || (s->wants_logprobs() && !s->Refused().empty());
+    if (raw && places > 0) {
+      const size_t raw_bytes = sizeof(float) * static_cast<size_t>(places) * config_.vocab_size;
+      if (refuse_raw_.bytes() < raw_bytes) {
+        refuse_raw_ = DeviceBuffer{};
+        SEER_ASSIGN_OR_RETURN(refuse_raw_,
+                              DeviceBuffer::Allocate(raw_bytes, "logprobs: the raw logits of the ids a guide refused"));
+      }
+      refused->raw = refuse_raw_.as<float>();
+    }
+  }
+
   offsets->assign(1, 0);
   size_t total = 0;
   for (Sampler* s : samplers) {
@@ -871,6 +939,13 @@ StatusOr<bool> CudaEngine::StageAdjustments(std::span<Sampler* const> samplers, 
   SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(adjust_device_.get(), adjust_pinned_,
                                             sizeof(cuda::RowLogitAdjustment) * total, cudaMemcpyHostToDevice, stream_));
   return true;
+}
+
+Status CudaEngine::RefuseRows(float* logits, const cuda::RefusedRows& refused, const int32_t* places, int first,
+                              int count) {
+  if (refused.slots == nullptr) return OkStatus();
+  SEER_RETURN_IF_CUDA_ERROR(cuda::RefuseLogits(logits, count, config_.vocab_size, first, places, refused, stream_));
+  return OkStatus();
 }
 
 Status CudaEngine::AdjustRows(float* logits, const std::vector<int>& offsets, int first, int count) {
@@ -908,12 +983,12 @@ StatusOr<CudaEngine::LogprobScratch> CudaEngine::EnsureLogprobScratch(int rows) 
 
 Status CudaEngine::ChosenLogprobs(const float* logits, bool adjusted, const std::vector<int>& offsets, int first,
                                   int count, const int32_t* places, const int32_t* tokens, int top_n,
-                                  const LogprobScratch& lp) {
+                                  const LogprobScratch& lp, const cuda::RefusedRows& refused) {
   const int begin = adjusted ? offsets[first] : 0;
   const int end = adjusted ? offsets[first + count] : 0;
   SEER_RETURN_IF_CUDA_ERROR(cuda::LogprobChosen(
       logits, count, config_.vocab_size, places, tokens, adjust_device_.as<cuda::RowLogitAdjustment>() + begin,
-      adjust_saved_.as<float>() + begin, end - begin, first, lp.norms, top_n, lp.entries, stream_));
+      adjust_saved_.as<float>() + begin, end - begin, first, lp.norms, top_n, lp.entries, stream_, &refused));
   return OkStatus();
 }
 
@@ -1073,8 +1148,6 @@ Status CudaEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int
   const int chunk = a.logits_chunk;  // <= rows
   std::vector<Sampler*> samplers;
   for (int r = 0; r < B; ++r) samplers.push_back(seqs[r].sampler);
-  std::vector<int> offsets;
-  SEER_ASSIGN_OR_RETURN(const bool adjusted, StageAdjustments(samplers, &offsets));
   // Logprobs: row r's at place logprob_place[r] (-1: none asked), with the
   // most alternatives any row asks for (each row's cut to its own).
   std::vector<int32_t> logprob_place(B, -1);
@@ -1084,6 +1157,9 @@ Status CudaEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int
     logprob_place[r] = places++;
     top_n = std::max(top_n, seqs[r].sampler->params().logprobs);
   }
+  std::vector<int> offsets;
+  cuda::RefusedRows refused;
+  SEER_ASSIGN_OR_RETURN(const bool adjusted, StageAdjustments(samplers, &offsets, &refused, places));
   LogprobScratch lp;
   if (places > 0) {
     SEER_ASSIGN_OR_RETURN(lp, EnsureLogprobScratch(B));  // room for B places, and B rows' place numbers
@@ -1101,6 +1177,7 @@ Status CudaEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int
           cuda::LogprobRows(logits, n, vocab, lp.places + r0, nullptr, top_n, lp.entries, lp.norms, stream_));
     }
     if (adjusted) SEER_RETURN_IF_ERROR(AdjustRows(logits, offsets, r0, n));
+    SEER_RETURN_IF_ERROR(RefuseRows(logits, refused, places > 0 ? lp.places + r0 : nullptr, r0, n));
     SEER_RETURN_IF_CUDA_ERROR(cuda::ArgMaxRows(logits, n, vocab, d_next + r0, stream_));
     for (int r = r0; r < r0 + n; ++r) {
       const SamplingParams& sp = seqs[r].sampler->params();
@@ -1111,7 +1188,8 @@ Status CudaEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int
                                                   sample_scratch_.get(), sample_scratch_.bytes(), d_next + r, stream_));
     }
     if (places > 0) {
-      SEER_RETURN_IF_ERROR(ChosenLogprobs(logits, adjusted, offsets, r0, n, lp.places + r0, d_next + r0, top_n, lp));
+      SEER_RETURN_IF_ERROR(
+          ChosenLogprobs(logits, adjusted, offsets, r0, n, lp.places + r0, d_next + r0, top_n, lp, refused));
     }
   }
   SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(h_next, d_next, sizeof(int32_t) * B, cudaMemcpyDeviceToHost, stream_));

@@ -65,7 +65,7 @@ Sampler::Sampler(const SamplingParams& params) : params_(params), rng_(params.se
   if (!params_.bad_words.empty()) Refresh();  // the one-token bad words
   if (params_.guide != nullptr) {
     guide_ = params_.guide->Start();
-    Guide();
+    guide_pending_ = true;
   }
 }
 
@@ -115,11 +115,12 @@ void Sampler::Record(int32_t token) {
   if ((was_banning && !banning()) || !params_.bad_words.empty()) Refresh();
   if (guide_ != nullptr) {
     guide_->Accept(token);
-    Guide();
+    guide_pending_ = true;
   }
 }
 
 void Sampler::Guide() {
+  guide_pending_ = false;
   guide_->Allowed(&guide_allowed_);
   const size_t words = (static_cast<size_t>(params_.vocab_size) + 63) / 64;
   guide_allowed_.resize(words, 0);
@@ -129,25 +130,18 @@ void Sampler::Guide() {
       if (id >= 0 && id < params_.vocab_size) end_bits_[id / 64] |= uint64_t{1} << (id % 64);
     }
   }
-  // The sampler's own entries, merged in id order with a -inf for every id
-  // the guide refuses (the end ids too, unless the reply may end here): one
-  // pass over the guide's bits.
-  auto merge = [&](bool may_end) {
-    guided_.clear();
-    size_t i = 0;
+  // The vocabulary's bits of word w (the last one may be partial).
+  auto in_vocab = [&](size_t w) {
+    const int tail = params_.vocab_size % 64;
+    return w + 1 == words && tail != 0 ? (uint64_t{1} << tail) - 1 : ~uint64_t{0};
+  };
+  // The ids the guide refuses: the end ids too, unless the reply may end here.
+  auto refuse = [&](bool may_end) {
+    refused_.resize(words);
     for (size_t w = 0; w < words; ++w) {
-      uint64_t refused = ~guide_allowed_[w];
-      refused = may_end ? refused & ~end_bits_[w] : refused | end_bits_[w];
-      if (w + 1 == words && params_.vocab_size % 64 != 0) refused &= (uint64_t{1} << (params_.vocab_size % 64)) - 1;
-      while (refused != 0) {
-        const auto id = static_cast<int32_t>(w * 64 + static_cast<size_t>(__builtin_ctzll(refused)));
-        refused &= refused - 1;
-        for (; i < adjustments_.size() && adjustments_[i].id < id; ++i) guided_.push_back(adjustments_[i]);
-        if (i < adjustments_.size() && adjustments_[i].id == id) ++i;
-        guided_.push_back(LogitAdjustment{id, -std::numeric_limits<float>::infinity()});
-      }
+      const uint64_t refused = ~guide_allowed_[w];
+      refused_[w] = (may_end ? refused & ~end_bits_[w] : refused | end_bits_[w]) & in_vocab(w);
     }
-    guided_.insert(guided_.end(), adjustments_.begin() + static_cast<std::ptrdiff_t>(i), adjustments_.end());
   };
   auto ends_override = [&](bool on) {
     if (guide_ends_ == on) return;
@@ -155,20 +149,22 @@ void Sampler::Guide() {
     for (size_t i = 0; i < adjustments_.size(); ++i) adjustments_[i].delta = Delta(i);
   };
   ends_override(false);
-  merge(guide_->complete());
+  refuse(guide_->complete());
   // Whether any id but the end ids is left, with the guide's bans and the
   // sampler's own (bad words, allowed_token_ids) together. If none is, the
   // reply ends here, min_tokens or not, rather than run on a banned token.
-  size_t end_count = 0;
-  for (uint64_t w : end_bits_) end_count += static_cast<size_t>(__builtin_popcountll(w));
-  size_t banned_text = 0;
-  for (const LogitAdjustment& a : guided_) {
-    const bool end = ((end_bits_[static_cast<size_t>(a.id) / 64] >> (a.id % 64)) & 1) != 0;
-    if (!end && a.delta == -std::numeric_limits<float>::infinity()) ++banned_text;
+  auto bit = [](const std::vector<uint64_t>& bits, int32_t id) { return ((bits[id / 64] >> (id % 64)) & 1) != 0; };
+  size_t left = 0;
+  for (size_t w = 0; w < words; ++w) {
+    left += static_cast<size_t>(__builtin_popcountll(~refused_[w] & ~end_bits_[w] & in_vocab(w)));
   }
-  if (banned_text + end_count >= static_cast<size_t>(params_.vocab_size)) {
+  for (const LogitAdjustment& a : adjustments_) {
+    if (a.id < 0 || a.id >= params_.vocab_size || bit(end_bits_, a.id) || bit(refused_, a.id)) continue;
+    if (a.delta == -std::numeric_limits<float>::infinity()) --left;
+  }
+  if (left == 0) {
     ends_override(true);
-    merge(/*may_end=*/true);
+    refuse(/*may_end=*/true);
   }
 }
 
@@ -197,25 +193,32 @@ void Sampler::Refresh() {
   states_.resize(kept);
 }
 
-std::vector<float> Sampler::Adjusted(std::span<const float> logits) const {
+std::vector<float> Sampler::Adjusted(std::span<const float> logits) {
   std::vector<float> out(logits.begin(), logits.end());
   for (const LogitAdjustment& a : Adjustments()) {
     if (static_cast<size_t>(a.id) < out.size()) out[a.id] = AdjustLogit(out[a.id], a.delta, a.repetition);
+  }
+  const std::span<const uint64_t> refused = Refused();
+  for (size_t w = 0; w < refused.size(); ++w) {
+    for (uint64_t bits = refused[w]; bits != 0; bits &= bits - 1) {
+      const size_t id = w * 64 + static_cast<size_t>(__builtin_ctzll(bits));
+      if (id < out.size()) out[id] = AdjustLogit(out[id], -std::numeric_limits<float>::infinity(), 1.0f);
+    }
   }
   return out;
 }
 
 double Sampler::NextUniform() { return static_cast<double>(rng_() >> 11) * 0x1.0p-53; }
 
-std::vector<double> Sampler::Distribution(std::span<const float> logits) const {
-  if (Adjustments().empty()) return DistributionOf(logits);
+std::vector<double> Sampler::Distribution(std::span<const float> logits) {
+  if (Adjustments().empty() && Refused().empty()) return DistributionOf(logits);
   const std::vector<float> adjusted = Adjusted(logits);
   return DistributionOf(adjusted);
 }
 
 int32_t Sampler::Sample(std::span<const float> logits) {
   int32_t token = 0;
-  if (Adjustments().empty()) {
+  if (Adjustments().empty() && Refused().empty()) {
     token = Choose(logits);
   } else {
     const std::vector<float> adjusted = Adjusted(logits);

@@ -168,23 +168,40 @@ class Sampler {
 
   // The distribution Sample draws from, [vocab], zero outside the kept set
   // (empty for greedy). Exposed for tests and for diagnostics.
-  std::vector<double> Distribution(std::span<const float> logits) const;
+  std::vector<double> Distribution(std::span<const float> logits);
 
-  // Notes that `token` was produced, for the penalties. Sample does it; a
-  // backend that samples on its own device calls it with the token it drew.
+  // Notes that `token` was produced, for the penalties and the guide. Sample
+  // does it; a backend that samples on its own device calls it with the
+  // token it drew. The guide's walk for the next token waits for the first
+  // call that needs it (Adjustments, Refused, Sample), so that a backend can
+  // run it while its device computes the next logits.
   void Record(int32_t token);
 
   // How the logits are moved before the next token is chosen, ids
   // ascending: the repetition penalty on the prompt's and the recorded
   // tokens, then the bias less the penalties of the tokens recorded so far;
-  // -inf for the end ids while fewer than min_tokens are recorded. Empty
-  // when the parameters adjust nothing.
-  std::span<const LogitAdjustment> Adjustments() const {
-    return guide_ != nullptr ? std::span<const LogitAdjustment>(guided_) : adjustments_;
+  // -inf for the end ids while fewer than min_tokens are recorded (unless
+  // the guide leaves nothing else). Empty when the parameters adjust
+  // nothing. A guide's bans are apart, in Refused().
+  std::span<const LogitAdjustment> Adjustments() {
+    Settle();
+    return adjustments_;
   }
 
-  // `logits` with Adjustments() applied (ids past the end are ignored).
-  std::vector<float> Adjusted(std::span<const float> logits) const;
+  // With a guide, the ids it refuses for the next token, as bits over
+  // [0, vocab_size) (id i: bit i % 64 of word i / 64; none past vocab_size):
+  // each such logit x becomes AdjustLogit(x, -inf, 1), that is x + -inf,
+  // after Adjustments(). Among them the end ids, until the reply is a whole
+  // text of the guide's language (or nothing else is left). Empty without
+  // a guide.
+  std::span<const uint64_t> Refused() {
+    Settle();
+    return refused_;
+  }
+
+  // `logits` with Adjustments() and Refused() applied (ids past the end are
+  // ignored).
+  std::vector<float> Adjusted(std::span<const float> logits);
 
   const SamplingParams& params() const { return params_; }
 
@@ -208,9 +225,12 @@ class Sampler {
   // The bad words' bans for the tokens recorded so far, every delta again,
   // and the entries that adjust nothing any more gone.
   void Refresh();
-  // The guide's ban for the next token: guided_ again, from the guide's
+  // The guide's bans for the next token: refused_ again, from the guide's
   // allowed ids and the sampler's own entries.
   void Guide();
+  void Settle() {
+    if (guide_pending_) Guide();
+  }
 
   // What an entry of adjustments_ stands for.
   struct EntryState {
@@ -231,9 +251,10 @@ class Sampler {
   size_t bad_context_ = 0;  // the longest bad word's length
   std::vector<int32_t> recent_;  // the last tokens recorded, as many as the longest bad word less one
   std::unique_ptr<TokenGuide> guide_;  // params_.guide's, for this reply
+  bool guide_pending_ = false;  // a token was recorded (or none yet): Guide() has not run for the next
   std::vector<uint64_t> guide_allowed_;  // its last Allowed
   std::vector<uint64_t> end_bits_;  // params_.end_ids, as bits over the vocabulary
-  std::vector<LogitAdjustment> guided_;  // adjustments_ and the guide's bans: Adjustments() with a guide
+  std::vector<uint64_t> refused_;  // Refused()
   bool guide_ends_ = false;  // the guide allows nothing but the end ids
   TokenLogprobs last_logprobs_;
 };

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <memory>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -566,6 +567,79 @@ TEST(Sampling, RecordAfterADeviceChoiceKeepsTheSamplersInStep) {
     ASSERT_TRUE(std::ranges::equal(host.Adjustments(), device.Adjustments())) << step;
   }
   EXPECT_GT(host.Adjustments().size(), 2u);
+}
+
+// A guide that allows the ids above the last one accepted (all at first),
+// and counts its walks.
+class RisingGuide final : public TokenGuide {
+ public:
+  RisingGuide(int32_t vocab, int* walks) : vocab_(vocab), walks_(walks) {}
+  void Allowed(std::vector<uint64_t>* allowed) override {
+    ++*walks_;
+    allowed->assign((static_cast<size_t>(vocab_) + 63) / 64, 0);
+    for (int32_t id = last_ + 1; id < vocab_; ++id) (*allowed)[id / 64] |= uint64_t{1} << (id % 64);
+  }
+  bool complete() const override { return last_ >= 0; }
+  void Accept(int32_t token) override { last_ = token; }
+
+ private:
+  int32_t vocab_;
+  int* walks_;
+  int32_t last_ = -1;
+};
+class RisingGuides final : public TokenGuideFactory {
+ public:
+  RisingGuides(int32_t vocab, int* walks) : vocab_(vocab), walks_(walks) {}
+  std::unique_ptr<TokenGuide> Start() const override { return std::make_unique<RisingGuide>(vocab_, walks_); }
+
+ private:
+  int32_t vocab_;
+  int* walks_;
+};
+
+// The guide walks once per token, at the first question after Record (so
+// that a backend can run it while the device computes the logits), never in
+// Record itself; its bans are Refused(), apart from the sampler's own
+// entries, and Adjusted applies both: the entries, then x + -inf.
+TEST(Sampling, TheGuideWalksWhenAskedAndItsBansAreApart) {
+  constexpr int32_t kVocab = 130;  // three words, the last one partial
+  int walks = 0;
+  SamplingParams p;
+  p.vocab_size = kVocab;
+  p.end_ids = {0};
+  p.logit_bias = {{5, 2.0f}, {100, -1.0f}};
+  p.guide = std::make_shared<RisingGuides>(kVocab, &walks);
+  Sampler s(p);
+  EXPECT_EQ(walks, 0);
+  EXPECT_EQ(s.Adjustments().size(), 2u) << "the bias entries only";
+  EXPECT_EQ(walks, 1);
+  ASSERT_EQ(s.Refused().size(), 3u);
+  EXPECT_EQ(s.Refused()[0], uint64_t{1}) << "the end id, until a whole text";
+  EXPECT_EQ(walks, 1);
+  s.Record(70);
+  s.Record(99);  // twice before asking: one walk, for the state after 99
+  EXPECT_EQ(walks, 1);
+  std::vector<float> logits(kVocab);
+  for (int32_t id = 0; id < kVocab; ++id) logits[id] = 0.01f * static_cast<float>(id);
+  logits[120] = std::numeric_limits<float>::infinity();
+  const std::vector<float> adjusted = s.Adjusted(logits);
+  EXPECT_EQ(walks, 2);
+  const std::span<const uint64_t> refused = s.Refused();
+  for (int32_t id = 0; id < kVocab; ++id) {
+    const bool banned = ((refused[id / 64] >> (id % 64)) & 1) != 0;
+    EXPECT_EQ(banned, id != 0 && id <= 99) << id;  // the text is whole now: the end id may come
+    const float own = id == 100 ? logits[id] - 1.0f : logits[id];
+    if (banned) {
+      EXPECT_EQ(adjusted[id], -std::numeric_limits<float>::infinity()) << id;
+    } else {
+      EXPECT_EQ(adjusted[id], own) << id;
+    }
+  }
+  EXPECT_EQ(refused[2] >> 2, uint64_t{0}) << "no bit past the vocabulary";
+  EXPECT_EQ(s.Sample(logits), 120);
+  EXPECT_EQ(walks, 2) << "Sample asked once, before the token; Record did not walk";
+  EXPECT_EQ(ArgMax(s.Adjusted(logits)), 129) << "after 120: ids 121 to 129 and the end id";
+  EXPECT_EQ(walks, 3);
 }
 
 using logprobs_test::ReferenceLogprob;

@@ -59,6 +59,34 @@ __global__ void AdjustLogitsKernel(float* logits, int vocab, const RowLogitAdjus
   }
 }
 
+// One thread an id, a block kRefuseIds consecutive ids of one row: the
+// logit loads and stores are coalesced, and a warp's 32 ids share one or two
+// words of bits. Only refused ids are read and written.
+constexpr int kRefuseThreads = 256;
+constexpr int kRefuseIds = 4 * kRefuseThreads;
+
+__global__ void __launch_bounds__(kRefuseThreads)
+    RefuseLogitsKernel(float* logits, int vocab, int first_row, const int32_t* places, RefusedRows refused) {
+  const int row = static_cast<int>(blockIdx.y);
+  const int slot = refused.slots[first_row + row];
+  if (slot < 0) return;
+  const uint64_t* bits = refused.bits + static_cast<size_t>(slot) * static_cast<size_t>(refused.words);
+  float* x = logits + static_cast<size_t>(row) * static_cast<size_t>(vocab);
+  const int place = places != nullptr ? places[row] : row;
+  float* raw = refused.raw != nullptr && place >= 0
+                   ? refused.raw + static_cast<size_t>(place) * static_cast<size_t>(vocab)
+                   : nullptr;
+  const int begin = static_cast<int>(blockIdx.x) * kRefuseIds;
+#pragma unroll
+  for (int k = 0; k < kRefuseIds / kRefuseThreads; ++k) {
+    const int id = begin + k * kRefuseThreads + static_cast<int>(threadIdx.x);
+    if (id >= vocab || ((bits[id / 64] >> (id % 64)) & 1) == 0) continue;
+    const float v = x[id];
+    if (raw != nullptr) raw[id] = v;
+    x[id] = AdjustLogit(v, -HUGE_VALF, 1.0f);
+  }
+}
+
 // --- logprobs ----------------------------------------------------------------
 
 constexpr int kLogprobThreads = 256;
@@ -243,7 +271,7 @@ __global__ void __launch_bounds__(kLogprobThreads)
 __global__ void __launch_bounds__(kLogprobThreads)
     LogprobChosenKernel(const float* logits, int vocab, const int32_t* places, const int32_t* tokens,
                         const RowLogitAdjustment* entries, const float* saved, int n_entries, int first_row,
-                        const LogprobNorm* norms, int top_n, DeviceLogprob* out) {
+                        const LogprobNorm* norms, int top_n, DeviceLogprob* out, RefusedRows refused) {
   __shared__ int found;
   const int row = static_cast<int>(blockIdx.x);
   const int place = places != nullptr ? places[row] : row;
@@ -259,7 +287,14 @@ __global__ void __launch_bounds__(kLogprobThreads)
   if (threadIdx.x != 0) return;
   float lp = -HUGE_VALF;
   if (t >= 0 && t < vocab) {
-    const float raw = found >= 0 ? saved[found] : logits[static_cast<size_t>(row) * static_cast<size_t>(vocab) + t];
+    float raw = logits[static_cast<size_t>(row) * static_cast<size_t>(vocab) + t];
+    const int slot = refused.slots != nullptr ? refused.slots[first_row + row] : -1;
+    if (found >= 0) {
+      raw = saved[found];
+    } else if (slot >= 0 && refused.raw != nullptr &&
+               ((refused.bits[static_cast<size_t>(slot) * refused.words + t / 64] >> (t % 64)) & 1) != 0) {
+      raw = refused.raw[static_cast<size_t>(place) * static_cast<size_t>(vocab) + t];
+    }
     lp = LogprobUnder(raw, norms[place]);
   }
   out[static_cast<size_t>(place) * static_cast<size_t>(1 + top_n)] = {t, lp};
@@ -464,15 +499,33 @@ cudaError_t LogprobRows(const float* logits, int rows, int vocab, const int32_t*
 
 cudaError_t LogprobChosen(const float* logits, int rows, int vocab, const int32_t* places, const int32_t* tokens,
                           const RowLogitAdjustment* entries, const float* saved, int n_entries, int first_row,
-                          const LogprobNorm* norms, int top_n, DeviceLogprob* out, cudaStream_t stream) {
+                          const LogprobNorm* norms, int top_n, DeviceLogprob* out, cudaStream_t stream,
+                          const RefusedRows* refused) {
   if (rows == 0) return cudaSuccess;
   if (rows < 0 || vocab <= 0 || top_n < 0 || top_n > kMaxDeviceTopLogprobs || n_entries < 0 || logits == nullptr ||
       tokens == nullptr || norms == nullptr || out == nullptr ||
       (n_entries > 0 && (entries == nullptr || saved == nullptr))) {
     return cudaErrorInvalidValue;
   }
+  if (refused != nullptr && refused->raw != nullptr &&
+      (refused->slots == nullptr || refused->bits == nullptr || refused->words < (vocab + 63) / 64)) {
+    return cudaErrorInvalidValue;
+  }
   LogprobChosenKernel<<<rows, kLogprobThreads, 0, stream>>>(logits, vocab, places, tokens, entries, saved, n_entries,
-                                                            first_row, norms, top_n, out);
+                                                            first_row, norms, top_n, out,
+                                                            refused != nullptr ? *refused : RefusedRows{});
+  return cudaGetLastError();
+}
+
+cudaError_t RefuseLogits(float* logits, int rows, int vocab, int first_row, const int32_t* places,
+                         const RefusedRows& refused, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  if (rows < 0 || rows > 65535 || vocab <= 0 || first_row < 0 || logits == nullptr || refused.slots == nullptr ||
+      refused.bits == nullptr || refused.words < (vocab + 63) / 64) {
+    return cudaErrorInvalidValue;
+  }
+  const dim3 grid((vocab + kRefuseIds - 1) / kRefuseIds, rows);
+  RefuseLogitsKernel<<<grid, kRefuseThreads, 0, stream>>>(logits, vocab, first_row, places, refused);
   return cudaGetLastError();
 }
 

@@ -49,6 +49,29 @@ struct RowLogitAdjustment {
 cudaError_t AdjustLogits(float* logits, int vocab, const RowLogitAdjustment* entries, int n, int first_row,
                          cudaStream_t stream, float* saved = nullptr);
 
+// A step's guide bans (Sampler::Refused), as bits: row r of the step (its
+// number in the whole step, as RowLogitAdjustment::row) has the refused ids
+// of bits[slots[r] * words ...] (id i: bit i % 64 of word i / 64), or none
+// when slots[r] < 0. All three device memory; words = ceil(vocab / 64).
+struct RefusedRows {
+  const int32_t* slots = nullptr;
+  const uint64_t* bits = nullptr;
+  int words = 0;
+  // Optional, [places, vocab]: for a row with a logprob place p >= 0,
+  // raw[p * vocab + id] receives each refused id's logit as it was, so that
+  // LogprobChosen finds it should that id be drawn (only when every allowed
+  // logit is -inf or NaN).
+  float* raw = nullptr;
+};
+
+// After AdjustLogits, the guides' bans on rows [0, rows) of logits [rows,
+// vocab], which are rows first_row.. of the step: each refused logit x
+// becomes x + -inf (AdjustLogit(x, -inf, 1), as Sampler::Adjusted). places
+// as LogprobRows' (null: row r's place is r), for refused.raw. A 16 KB
+// bit row replaces the up to vocab 16-byte entries a ban per id would take.
+cudaError_t RefuseLogits(float* logits, int rows, int vocab, int first_row, const int32_t* places,
+                         const RefusedRows& refused, cudaStream_t stream);
+
 // --- Logprobs: the device twin of seer::LogprobsOf -------------------------
 //
 // A row's logprobs are computed on the device and only (1 + top_n) entries
@@ -84,13 +107,15 @@ cudaError_t LogprobRows(const float* logits, int rows, int vocab, const int32_t*
                         int top_n, DeviceLogprob* out, LogprobNorm* norms, cudaStream_t stream);
 
 // Entry 0 of each place for rows whose logits LogprobRows saw raw and
-// AdjustLogits then changed (with `saved`, the same `entries`, n_entries and
-// first_row): the raw logit of tokens[r] is saved[i] for the entry i of
-// (first_row + r, tokens[r]) when there is one, else logits[r * vocab +
-// tokens[r]] (never adjusted). places, top_n and out as LogprobRows';
-// norms from it.
+// AdjustLogits (with `saved`, the same `entries`, n_entries and first_row)
+// and RefuseLogits (with `refused`, may be null) then changed: the raw logit
+// of tokens[r] is saved[i] for the entry i of (first_row + r, tokens[r])
+// when there is one, else refused->raw[place * vocab + tokens[r]] when the
+// row refused it, else logits[r * vocab + tokens[r]] (never changed).
+// places, top_n and out as LogprobRows'; norms from it.
 cudaError_t LogprobChosen(const float* logits, int rows, int vocab, const int32_t* places, const int32_t* tokens,
                           const RowLogitAdjustment* entries, const float* saved, int n_entries, int first_row,
-                          const LogprobNorm* norms, int top_n, DeviceLogprob* out, cudaStream_t stream);
+                          const LogprobNorm* norms, int top_n, DeviceLogprob* out, cudaStream_t stream,
+                          const RefusedRows* refused = nullptr);
 
 }  // namespace seer::cuda

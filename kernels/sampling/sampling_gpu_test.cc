@@ -528,6 +528,160 @@ TEST_F(SamplingKernelTest, LogprobChosenAfterAdjustmentsIsTheRawLogitsOne) {
   EXPECT_EQ(adjusted_tokens, rows / 2) << "the even rows' tokens were adjusted, the odd rows' not";
 }
 
+// A guide that allows each id with probability `density`, drawn again at
+// every walk, and calls the text whole at every other walk.
+class CoinGuide final : public TokenGuide {
+ public:
+  CoinGuide(int32_t vocab, double density, uint64_t seed) : vocab_(vocab), density_(density), rng_(seed) {}
+  void Allowed(std::vector<uint64_t>* allowed) override {
+    allowed->assign((static_cast<size_t>(vocab_) + 63) / 64, 0);
+    std::bernoulli_distribution coin(density_);
+    for (int32_t id = 0; id < vocab_; ++id)
+      if (coin(rng_)) (*allowed)[id / 64] |= uint64_t{1} << (id % 64);
+    complete_ = !complete_;
+  }
+  bool complete() const override { return complete_; }
+  void Accept(int32_t) override {}
+
+ private:
+  int32_t vocab_;
+  double density_;
+  std::mt19937_64 rng_;
+  bool complete_ = false;
+};
+class CoinGuides final : public TokenGuideFactory {
+ public:
+  CoinGuides(int32_t vocab, double density, uint64_t seed) : vocab_(vocab), density_(density), seed_(seed) {}
+  std::unique_ptr<TokenGuide> Start() const override { return std::make_unique<CoinGuide>(vocab_, density_, seed_); }
+
+ private:
+  int32_t vocab_;
+  double density_;
+  uint64_t seed_;
+};
+
+// The guides' bans as bit rows (RefuseLogits after AdjustLogits) against
+// Sampler::Adjusted, bit for bit: vocabularies from one id to past Llama-3's
+// (partial last words), guides that allow 2%, half and 98% of the ids,
+// rows without a guide between them, rows with their own entries (bias,
+// penalties, the end id's min_tokens ban) on ids the guide refuses too, -inf
+// and +inf logits, in two chunks of rows. Then LogprobChosen for a token the
+// guide refused (drawn only when every allowed logit is -inf or NaN), with
+// and without an entry of its own: the raw logit's logprob, LogprobsOf's.
+TEST_F(SamplingKernelTest, RefuseLogitsIsSamplerAdjustedAndTheRawLogitStaysFindable) {
+  constexpr int kRows = 7;
+  const int32_t kPlaces[kRows] = {0, 1, -1, 2, -1, 3, -1};
+  const int top_n = 3, stride = 1 + top_n, places = 4;
+  for (int vocab : {1, 63, 64, 65, 1000, 128256 + 37}) {
+    SCOPED_TRACE("vocab " + std::to_string(vocab));
+    const std::vector<float> logits = RandomRows(kRows, vocab, 80 + static_cast<uint64_t>(vocab), 1, 3);
+    const int words = (vocab + 63) / 64;
+    std::vector<Sampler> samplers;
+    std::vector<cuda::RowLogitAdjustment> entries;
+    std::vector<int32_t> slots(kRows, -1);
+    std::vector<uint64_t> bits;
+    std::mt19937_64 rng(vocab);
+    for (int r = 0; r < kRows; ++r) {
+      SamplingParams p;
+      p.vocab_size = vocab;
+      p.end_ids = {0};
+      if (r % 2 == 0) {
+        p.min_tokens = 100;
+        p.presence_penalty = 0.5;
+        for (int id = r; id < vocab; id += 7) p.logit_bias.push_back({id, static_cast<float>(r) - 2.5f});
+      }
+      if (r % 3 != 2) p.guide = std::make_shared<CoinGuides>(vocab, r % 3 == 0 ? 0.02 : r == 1 ? 0.5 : 0.98, r);
+      samplers.emplace_back(p);
+      for (int k = 0; k < 5; ++k) samplers.back().Record(static_cast<int32_t>(rng() % vocab));
+      for (const LogitAdjustment& a : samplers.back().Adjustments())
+        entries.push_back({r, a.id, a.delta, a.repetition});
+      const std::span<const uint64_t> refused = samplers.back().Refused();
+      ASSERT_EQ(refused.empty(), p.guide == nullptr);
+      if (refused.empty()) continue;
+      ASSERT_EQ(static_cast<int>(refused.size()), words);
+      slots[r] = static_cast<int32_t>(bits.size()) / words;
+      bits.insert(bits.end(), refused.begin(), refused.end());
+    }
+    // Each place's token: a refused id, with an entry of its own in the even
+    // rows when there is one (the entries come first), without in the others.
+    auto refused_at = [&](int r, int id) { return ((bits[slots[r] * words + id / 64] >> (id % 64)) & 1) != 0; };
+    auto has_entry = [&](int r, int id) {
+      return std::any_of(entries.begin(), entries.end(), [&](const auto& e) { return e.row == r && e.id == id; });
+    };
+    std::vector<int32_t> tokens(kRows, 0);
+    for (int r = 0; r < kRows; ++r) {
+      if (slots[r] < 0) continue;
+      for (int pass = 0; pass < 2 && tokens[r] == 0; ++pass) {
+        for (int id = vocab - 1; id > 0; --id) {
+          if (refused_at(r, id) && (pass == 1 || has_entry(r, id) == (r % 2 == 0))) {
+            tokens[r] = id;
+            break;
+          }
+        }
+      }
+    }
+    DevBuf d_logits(sizeof(float) * logits.size()), d_entries(sizeof(cuda::RowLogitAdjustment) * (entries.size() + 1)),
+        d_saved(sizeof(float) * (entries.size() + 1)), d_slots(sizeof(int32_t) * kRows),
+        d_bits(sizeof(uint64_t) * bits.size()), d_places(sizeof(int32_t) * kRows),
+        d_raw(sizeof(float) * places * vocab), d_tokens(sizeof(int32_t) * kRows),
+        d_out(sizeof(cuda::DeviceLogprob) * places * stride), d_norms(sizeof(cuda::LogprobNorm) * places);
+    ASSERT_CUDA(d_logits.Upload(logits.data(), sizeof(float) * logits.size()));
+    ASSERT_CUDA(d_entries.Upload(entries.data(), sizeof(cuda::RowLogitAdjustment) * entries.size()));
+    ASSERT_CUDA(d_slots.Upload(slots.data(), sizeof(int32_t) * kRows));
+    ASSERT_CUDA(d_bits.Upload(bits.data(), sizeof(uint64_t) * bits.size()));
+    ASSERT_CUDA(d_places.Upload(kPlaces, sizeof(int32_t) * kRows));
+    ASSERT_CUDA(d_tokens.Upload(tokens.data(), sizeof(int32_t) * kRows));
+    cuda::RefusedRows refused{d_slots.get<int32_t>(), d_bits.get<uint64_t>(), words, d_raw.get<float>()};
+    // Rows 3.. as a chunk of their own (first_row 3), then rows 0 to 2.
+    const size_t split =
+        static_cast<size_t>(std::count_if(entries.begin(), entries.end(), [](const auto& e) { return e.row < 3; }));
+    struct Chunk {
+      int first, count;
+      size_t begin, end;
+    };
+    for (const Chunk& c : {Chunk{3, kRows - 3, split, entries.size()}, Chunk{0, 3, 0, split}}) {
+      float* chunk = d_logits.get<float>() + static_cast<size_t>(c.first) * vocab;
+      const int32_t* chunk_places = d_places.get<int32_t>() + c.first;
+      ASSERT_CUDA(cuda::LogprobRows(chunk, c.count, vocab, chunk_places, nullptr, top_n,
+                                    d_out.get<cuda::DeviceLogprob>(), d_norms.get<cuda::LogprobNorm>(), nullptr));
+      const auto* chunk_entries = d_entries.get<cuda::RowLogitAdjustment>() + c.begin;
+      float* chunk_saved = d_saved.get<float>() + c.begin;
+      const int n = static_cast<int>(c.end - c.begin);
+      ASSERT_CUDA(cuda::AdjustLogits(chunk, vocab, chunk_entries, n, c.first, nullptr, chunk_saved));
+      ASSERT_CUDA(cuda::RefuseLogits(chunk, c.count, vocab, c.first, chunk_places, refused, nullptr));
+      ASSERT_CUDA(cuda::LogprobChosen(chunk, c.count, vocab, chunk_places, d_tokens.get<int32_t>() + c.first,
+                                      chunk_entries, chunk_saved, n, c.first, d_norms.get<cuda::LogprobNorm>(), top_n,
+                                      d_out.get<cuda::DeviceLogprob>(), nullptr, &refused));
+    }
+    std::vector<float> got(logits.size());
+    ASSERT_CUDA(d_logits.Download(got.data(), sizeof(float) * got.size()));
+    std::vector<cuda::DeviceLogprob> chosen(static_cast<size_t>(places) * stride);
+    ASSERT_CUDA(d_out.Download(chosen.data(), sizeof(cuda::DeviceLogprob) * chosen.size()));
+    int banned = 0, checked_tokens = 0, with_entry = 0;
+    for (int r = 0; r < kRows; ++r) {
+      const std::span<const float> raw(logits.data() + static_cast<size_t>(r) * vocab, vocab);
+      const std::vector<float> want = samplers[r].Adjusted(raw);
+      int differ = 0;
+      for (int j = 0; j < vocab; ++j) {
+        const float g = got[static_cast<size_t>(r) * vocab + j];
+        if (std::isnan(want[j]) ? !std::isnan(g) : std::memcmp(&want[j], &g, sizeof(float)) != 0) ++differ;
+        banned += slots[r] >= 0 && refused_at(r, j) ? 1 : 0;
+      }
+      EXPECT_EQ(differ, 0) << "row " << r;
+      if (slots[r] < 0 || kPlaces[r] < 0 || tokens[r] == 0) continue;
+      ++checked_tokens;
+      with_entry += has_entry(r, tokens[r]) ? 1 : 0;
+      ExpectLogprobNear(chosen[static_cast<size_t>(kPlaces[r]) * stride], LogprobsOf(raw, tokens[r], top_n).chosen,
+                        "row " + std::to_string(r) + ", a refused token");
+    }
+    EXPECT_GT(banned, 0);
+    if (vocab >= 1000) {
+      EXPECT_EQ(checked_tokens, 3);
+      EXPECT_EQ(with_entry, 1) << "row 0's token has an entry of its own, rows 1 and 3's none";
+    }
+  }
+}
+
 // Time of LogprobRows on rows of Llama-3's vocabulary (printed; the bound is
 // loose: the host did a row in about a millisecond of a core, and on an H100
 // (2026-12-05) this kernel took 0.10 ms for 1 row and 0.14 ms for 256, where
