@@ -11,8 +11,12 @@
 // of rows the projections are bound by FLOPs. The KV is written straight
 // into the pages (no prefill); its values are random.
 //
+// With --guide, every sequence is guided (JSON mode or a regular
+// expression over a synthetic vocabulary of the model's size), and the step
+// includes the guides' walks and their banned ids on the device.
+//
 //   seer-decode-bench [--rows 1x8192,8x8192,1x32768,8x32768,32x8192,128x2048]
-//                     [--steps 32] [--page-tokens 64] [--layers 32] [--json]
+//                     [--steps 32] [--page-tokens 64] [--layers 32] [--guide none|json|regex] [--json]
 
 #include <algorithm>
 #include <chrono>
@@ -39,6 +43,8 @@
 #include "kernels/common/check.h"
 #include "kernels/ops/ops.h"
 #include "kernels/sampling/sampler.h"
+#include "text/guide.h"
+#include "text/synthetic_vocabulary.h"
 
 namespace seer {
 namespace {
@@ -117,6 +123,7 @@ struct Row {
 int Main(int argc, char** argv) {
   std::string rows_text = "1x8192,8x8192,1x32768,8x32768,32x8192,128x2048";
   int64_t steps = 32, page_tokens = 64, layers = 32, adjust = 0, logprobs = -1;
+  std::string guide = "none";
   bool json = false, cuda_graphs = true;
   FlagSet flags("seer-decode-bench [flags]", "Batched paged decode of the Llama-3.1-8B shape; prints a table.");
   flags.String("rows", &rows_text, "BATCHxCONTEXT items, comma-separated.");
@@ -129,6 +136,9 @@ int Main(int argc, char** argv) {
   flags.Int("logprobs", &logprobs,
             "Every sequence asks for each token's logprob and this many alternatives (OpenAI's logprobs, "
             "computed on the GPU from the raw logits); -1: none.");
+  flags.String("guide", &guide,
+               "Guide every sequence: 'json' (JSON mode) or 'regex' (a date and up to 40 words), over a synthetic "
+               "byte-level vocabulary of the model's size, the last id its end of text; 'none': no guide.");
   flags.Bool("json", &json, "Print one JSON object instead of the table.");
   flags.Bool("cuda-graphs", &cuda_graphs,
              "Replay each step's layers as a CUDA graph (--cuda-graphs=false: launch them one by one).");
@@ -149,6 +159,16 @@ int Main(int argc, char** argv) {
                  kMaxTopLogprobs);
     return 2;
   }
+  GuideSpec guide_spec;
+  if (guide == "json") {
+    guide_spec.kind = GuideSpec::Kind::kJsonObject;
+  } else if (guide == "regex") {
+    guide_spec.kind = GuideSpec::Kind::kRegex;
+    guide_spec.text = "[0-9]{4}-[0-9]{2}-[0-9]{2}( [a-z]+){1,40}";
+  } else if (guide != "none") {
+    std::fprintf(stderr, "seer-decode-bench: --guide: '%s' is not none, json or regex\n", guide.c_str());
+    return 2;
+  }
   std::vector<std::pair<int, int>> rows;
   for (const std::string& item : Split(rows_text)) {
     const size_t x = item.find('x');
@@ -160,6 +180,17 @@ int Main(int argc, char** argv) {
   }
 
   const ModelConfig config = Llama31_8B(static_cast<int>(layers));
+  std::shared_ptr<const TokenGuideFactory> guides;
+  if (guide_spec.kind != GuideSpec::Kind::kNone) {
+    std::vector<std::optional<std::string>> bytes = SyntheticVocabulary(config.vocab_size - 1, 1);
+    bytes.push_back(std::nullopt);  // the end of text
+    StatusOr<std::shared_ptr<const Grammar>> grammar = CompileGuide(guide_spec);
+    if (!grammar.ok()) {
+      std::fprintf(stderr, "seer-decode-bench: %s\n", grammar.status().ToString().c_str());
+      return 1;
+    }
+    guides = std::make_shared<GrammarGuideFactory>(*grammar, GuideVocabulary::FromBytes(bytes));
+  }
   cudaDeviceProp prop{};
   SEER_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
   const double copy_bw = CopyBandwidth();
@@ -226,6 +257,11 @@ int Main(int argc, char** argv) {
       caches.push_back(std::move(c).value());
       SamplingParams sp;
       sp.logprobs = static_cast<int>(logprobs);
+      if (guides != nullptr) {
+        sp.guide = guides;
+        sp.vocab_size = config.vocab_size;
+        sp.end_ids = {config.vocab_size - 1};
+      }
       if (adjust > 0) {
         sp.presence_penalty = 0.5;
         sp.frequency_penalty = 0.5;
@@ -277,6 +313,7 @@ int Main(int argc, char** argv) {
     out.Set("cuda_graphs", JsonValue::Bool(cuda_graphs));
     out.Set("adjusted_tokens_per_sequence", JsonValue::Int(adjust));
     out.Set("logprobs", JsonValue::Int(logprobs));
+    out.Set("guide", JsonValue::String(guide));
     JsonValue list = JsonValue::Array();
     for (const Row& r : results) {
       JsonValue o = JsonValue::Object();
@@ -297,9 +334,9 @@ int Main(int argc, char** argv) {
   }
   std::printf(
       "\nBatched paged decode, %s, Llama-3.1-8B shape (%d layers), bf16, page %d tokens, CUDA graphs %s; copy %.0f "
-      "GB/s, GEMM %.0f TFLOP/s; %lld adjusted tokens per sequence; logprobs %lld\n",
+      "GB/s, GEMM %.0f TFLOP/s; %lld adjusted tokens per sequence; logprobs %lld; guide %s\n",
       prop.name, config.num_layers, static_cast<int>(page_tokens), cuda_graphs ? "on" : "off", copy_bw / 1e9,
-      gemm_rate / 1e12, static_cast<long long>(adjust), static_cast<long long>(logprobs));
+      gemm_rate / 1e12, static_cast<long long>(adjust), static_cast<long long>(logprobs), guide.c_str());
   std::printf(
       "| batch | context | ms/step | tokens/s | weights read / GEMMs ms | KV read / attention ms | limit ms | step / "
       "limit |\n");
