@@ -232,14 +232,25 @@ inline std::shared_ptr<const GuideVocabulary> LetterVocabulary(int vocab) {
 
 // MixedRequests with guides: request 0 (greedy, with logprobs) and request
 // 3 (sampled, with penalties) keep to regular expressions, request 1
-// (sampled) to a choice; the rest have none. grammars[i]: request i's, or
-// null.
+// (sampled) to a choice; the rest have none. And request 6, whose every id
+// is banned: its guide refuses id 0 (" aa") and its allowed_token_ids {0}
+// every other id, the end id too, so each step draws id 0 (the lowest of
+// logits all -inf), a token its guide refused; it asks for logprobs, which
+// must still be the model's. grammars[i]: request i's, or null.
+inline constexpr size_t kAllBanned = 6;
 inline std::vector<Request> GuidedRequests(int vocab, std::vector<std::shared_ptr<const Grammar>>* grammars) {
   std::vector<Request> rs = MixedRequests();
+  Request banned = rs[2];
+  banned.sampling = SamplingParams{};
+  banned.sampling.allowed_ids = {0};
+  banned.new_tokens = 8;
+  banned.join_step = 3;
+  rs.push_back(banned);
   grammars->assign(rs.size(), nullptr);
   (*grammars)[0] = std::make_shared<Grammar>(*GrammarFromRegex("[a-m ]*"));
   (*grammars)[1] = std::make_shared<Grammar>(*GrammarFromChoices({" ab", "bcd", "dbb"}));
   (*grammars)[3] = std::make_shared<Grammar>(*GrammarFromRegex("( [a-z][a-z]?|[n-z])*"));
+  (*grammars)[kAllBanned] = std::make_shared<Grammar>(*GrammarFromRegex("[b-z]*"));
   const std::shared_ptr<const GuideVocabulary> letters = LetterVocabulary(vocab);
   for (size_t i = 0; i < rs.size(); ++i) {
     if ((*grammars)[i] == nullptr) continue;
@@ -248,14 +259,17 @@ inline std::vector<Request> GuidedRequests(int vocab, std::vector<std::shared_pt
     rs[i].sampling.guide = std::make_shared<GrammarGuideFactory>((*grammars)[i], letters);
   }
   rs[0].sampling.logprobs = 3;
+  rs[kAllBanned].sampling.logprobs = 2;
   return rs;
 }
 
-// GuidedRequests in a batch: each decodes exactly its tokens alone; a
-// guided reply's text is the start of a sentence of its grammar, and a whole
-// one where it ends (then only the end id follows); without their guides,
-// most of them leave their grammars (so the guides did the work); request
-// 0's logprobs are the model's (ExpectModelLogprobs, `tol`).
+// GuidedRequests in a batch, and each guided one alone through
+// DecodeAndSample on a contiguous cache: each decodes exactly its tokens
+// alone and in the batch; a guided reply's text is the start of a sentence
+// of its grammar, and a whole one where it ends (then only the end id
+// follows); without their guides, most of them leave their grammars (so the
+// guides did the work); the all-banned request draws id 0 every step; the
+// logprobs asked for are the model's (ExpectModelLogprobs, `tol`).
 inline void ExpectGuidedBatches(Engine& e, double tol) {
   const int vocab = e.config().vocab_size;
   std::vector<std::shared_ptr<const Grammar>> grammars;
@@ -279,6 +293,28 @@ inline void ExpectGuidedBatches(Engine& e, double tol) {
     }
     return true;
   };
+  // Each guided request alone through DecodeAndSample (the engine's one-row
+  // path), its tokens and their logprobs.
+  auto alone_one_row = [&](const Request& r, std::vector<TokenLogprobs>* lps) {
+    std::vector<int32_t> tokens;
+    auto cache = e.NewCache(static_cast<int>(r.prompt.size()) + r.new_tokens);
+    EXPECT_TRUE(cache.ok());
+    if (!cache.ok()) return tokens;
+    auto prefill = e.Prefill(r.prompt, PrefillOptions{}, cache->get(), nullptr);
+    EXPECT_TRUE(prefill.ok()) << prefill.status().ToString();
+    if (!prefill.ok()) return tokens;
+    Sampler sampler(r.sampling);
+    tokens.push_back(sampler.Sample(prefill->logits));
+    lps->push_back(sampler.last_logprobs());
+    while (static_cast<int>(tokens.size()) < r.new_tokens) {
+      auto next = e.DecodeAndSample(tokens.back(), cache->get(), &sampler);
+      EXPECT_TRUE(next.ok()) << next.status().ToString();
+      if (!next.ok()) break;
+      tokens.push_back(*next);
+      lps->push_back(sampler.last_logprobs());
+    }
+    return tokens;
+  };
   int left = 0;
   for (size_t i = 0; i < requests.size(); ++i) {
     SCOPED_TRACE("request " + std::to_string(i));
@@ -289,11 +325,23 @@ inline void ExpectGuidedBatches(Engine& e, double tol) {
       EXPECT_EQ(together[i], free[i]) << "a guide elsewhere in the batch changes nothing here";
       continue;
     }
+    std::vector<TokenLogprobs> one_row_logprobs;
+    const std::vector<int32_t> one_row = alone_one_row(requests[i], &one_row_logprobs);
+    if (i == kAllBanned) {
+      EXPECT_EQ(together[i], std::vector<int32_t>(requests[i].new_tokens, 0));
+      EXPECT_EQ(one_row, together[i]);
+      ExpectModelLogprobs(e, requests[i], one_row, one_row_logprobs, requests[i].sampling.logprobs, tol);
+      continue;
+    }
     EXPECT_TRUE(keeps(*grammars[i], together[i]));
+    EXPECT_TRUE(keeps(*grammars[i], one_row)) << "through DecodeAndSample";
     left += keeps(*grammars[i], free[i]) ? 0 : 1;
   }
   EXPECT_GE(left, 2) << "without their guides, the replies leave the grammars";
-  ExpectModelLogprobs(e, requests[0], together[0], logprobs[0], requests[0].sampling.logprobs, tol);
+  for (size_t i : {size_t{0}, kAllBanned}) {
+    SCOPED_TRACE("request " + std::to_string(i) + "'s logprobs");
+    ExpectModelLogprobs(e, requests[i], together[i], logprobs[i], requests[i].sampling.logprobs, tol);
+  }
 }
 
 }  // namespace seer::batched_test

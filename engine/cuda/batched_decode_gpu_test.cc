@@ -96,6 +96,23 @@ TEST_P(CudaBatchedDecode, EachRowKeepsToItsOwnGuide) {
   batched_test::ExpectGuidedBatches(*chunked, 3e-2);
 }
 
+// A guide's bit row covers the sampler's vocab_size; one that is not the
+// model's is refused, naming it, rather than read past its row.
+TEST_P(CudaBatchedDecode, AGuideOverAnotherVocabularyIsRefused) {
+  std::unique_ptr<Engine> e = LoadCuda(GetParam(), 8);
+  ASSERT_NE(e, nullptr);
+  std::vector<std::shared_ptr<const Grammar>> grammars;
+  Request r = batched_test::GuidedRequests(e->config().vocab_size, &grammars)[0];
+  r.sampling.vocab_size += 64;
+  batched_test::Running run = batched_test::Start(*e, r);
+  const std::vector<DecodeSeq> seqs = {{run.cache.get(), run.tokens.back(), run.sampler.get()}};
+  std::vector<int32_t> next(1);
+  const Status s = e->DecodeBatch(seqs, next);
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("vocab_size (" + std::to_string(r.sampling.vocab_size) + ")"), std::string::npos)
+      << s.ToString();
+}
+
 // OpenAI's logprobs, from the raw logits each row copies back before its
 // adjustments: for the rows that ask, log_softmax of the model's own logits
 // (the same tokens through the contiguous DecodeStep path, in long double;

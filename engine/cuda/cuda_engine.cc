@@ -176,11 +176,11 @@ class CudaEngine final : public Engine {
   // step on stream_: the entries of row r are [offsets[r], offsets[r + 1])
   // of adjust_device_. False when no sampler adjusts. Their guides' bans
   // (Sampler::Refused) go the same way, a bit row for each guided row, into
-  // *refused (its slots null when no row has a guide; its raw buffer when a
-  // guided row asks for logprobs, `places` of them at most, logprob place
-  // numbers as LogprobRows').
+  // *refused (its slots null when no row has a guide; its raw buffer, room
+  // for `call_rows` rows (the most rows a RefuseRows call takes), when a
+  // guided row asks for logprobs).
   StatusOr<bool> StageAdjustments(std::span<Sampler* const> samplers, std::vector<int>* offsets,
-                                  cuda::RefusedRows* refused, int places);
+                                  cuda::RefusedRows* refused, int call_rows);
   // The guides' bans of rows [first, first + count) (StageAdjustments'
   // `refused`), after AdjustRows; nothing when no row has a guide.
   Status RefuseRows(float* logits, const cuda::RefusedRows& refused, const int32_t* places, int first, int count);
@@ -834,7 +834,7 @@ StatusOr<int32_t> CudaEngine::RunDecodeAndSample(int32_t token, KvCache* cache_i
   Sampler* const one[] = {sampler};
   std::vector<int> offsets;
   cuda::RefusedRows refused;
-  SEER_ASSIGN_OR_RETURN(const bool adjusted, StageAdjustments(one, &offsets, &refused, top_n >= 0 ? 1 : 0));
+  SEER_ASSIGN_OR_RETURN(const bool adjusted, StageAdjustments(one, &offsets, &refused, 1));
   if (adjusted) SEER_RETURN_IF_ERROR(AdjustRows(decode_.logits, offsets, 0, 1));
   SEER_RETURN_IF_ERROR(RefuseRows(decode_.logits, refused, nullptr, 0, 1));
   // One uniform per sampled token, none when greedy, as Sampler::Sample.
@@ -861,7 +861,7 @@ StatusOr<int32_t> CudaEngine::RunDecodeAndSample(int32_t token, KvCache* cache_i
 }
 
 StatusOr<bool> CudaEngine::StageAdjustments(std::span<Sampler* const> samplers, std::vector<int>* offsets,
-                                            cuda::RefusedRows* refused, int places) {
+                                            cuda::RefusedRows* refused, int call_rows) {
   // The guides' bans first: asking a sampler for them runs its guide's walk
   // for this token, which the device's forward pass, already queued, hides.
   *refused = cuda::RefusedRows{};
@@ -889,6 +889,10 @@ StatusOr<bool> CudaEngine::StageAdjustments(std::span<Sampler* const> samplers, 
       const std::span<const uint64_t> row = samplers[r]->Refused();
       slots[r] = row.empty() ? -1 : slot;
       if (row.empty()) continue;
+      if (row.size() != static_cast<size_t>(words)) {
+        return InvalidArgument("guide: the sampler's vocab_size (" + std::to_string(samplers[r]->params().vocab_size) +
+                               ") is not the model's (" + std::to_string(config_.vocab_size) + ")");
+      }
       std::copy(row.begin(), row.end(), bits + static_cast<size_t>(slot++) * words);
     }
     SEER_RETURN_IF_CUDA_ERROR(
@@ -898,8 +902,10 @@ StatusOr<bool> CudaEngine::StageAdjustments(std::span<Sampler* const> samplers, 
     refused->words = words;
     bool raw = false;
     for (Sampler* s : samplers) raw = raw || (s->wants_logprobs() && !s->Refused().empty());
-    if (raw && places > 0) {
-      const size_t raw_bytes = sizeof(float) * static_cast<size_t>(places) * config_.vocab_size;
+    if (raw) {
+      // As many rows as the logits a call adjusts: bounded by the logits
+      // chunk, as the logits buffer is.
+      const size_t raw_bytes = sizeof(float) * static_cast<size_t>(call_rows) * config_.vocab_size;
       if (refuse_raw_.bytes() < raw_bytes) {
         refuse_raw_ = DeviceBuffer{};
         SEER_ASSIGN_OR_RETURN(refuse_raw_,
@@ -1159,7 +1165,7 @@ Status CudaEngine::RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int
   }
   std::vector<int> offsets;
   cuda::RefusedRows refused;
-  SEER_ASSIGN_OR_RETURN(const bool adjusted, StageAdjustments(samplers, &offsets, &refused, places));
+  SEER_ASSIGN_OR_RETURN(const bool adjusted, StageAdjustments(samplers, &offsets, &refused, std::min(B, chunk)));
   LogprobScratch lp;
   if (places > 0) {
     SEER_ASSIGN_OR_RETURN(lp, EnsureLogprobScratch(B));  // room for B places, and B rows' place numbers

@@ -120,7 +120,6 @@ void Sampler::Record(int32_t token) {
 }
 
 void Sampler::Guide() {
-  guide_pending_ = false;
   guide_->Allowed(&guide_allowed_);
   const size_t words = (static_cast<size_t>(params_.vocab_size) + 63) / 64;
   guide_allowed_.resize(words, 0);
@@ -166,6 +165,7 @@ void Sampler::Guide() {
     ends_override(true);
     refuse(/*may_end=*/true);
   }
+  guide_pending_ = false;
 }
 
 void Sampler::Refresh() {

@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(kRefuseThreads)
   float* x = logits + static_cast<size_t>(row) * static_cast<size_t>(vocab);
   const int place = places != nullptr ? places[row] : row;
   float* raw = refused.raw != nullptr && place >= 0
-                   ? refused.raw + static_cast<size_t>(place) * static_cast<size_t>(vocab)
+                   ? refused.raw + static_cast<size_t>(row) * static_cast<size_t>(vocab)
                    : nullptr;
   const int begin = static_cast<int>(blockIdx.x) * kRefuseIds;
 #pragma unroll
@@ -293,7 +293,7 @@ __global__ void __launch_bounds__(kLogprobThreads)
       raw = saved[found];
     } else if (slot >= 0 && refused.raw != nullptr &&
                ((refused.bits[static_cast<size_t>(slot) * refused.words + t / 64] >> (t % 64)) & 1) != 0) {
-      raw = refused.raw[static_cast<size_t>(place) * static_cast<size_t>(vocab) + t];
+      raw = refused.raw[static_cast<size_t>(row) * static_cast<size_t>(vocab) + t];
     }
     lp = LogprobUnder(raw, norms[place]);
   }

@@ -57,17 +57,19 @@ struct RefusedRows {
   const int32_t* slots = nullptr;
   const uint64_t* bits = nullptr;
   int words = 0;
-  // Optional, [places, vocab]: for a row with a logprob place p >= 0,
-  // raw[p * vocab + id] receives each refused id's logit as it was, so that
-  // LogprobChosen finds it should that id be drawn (only when every allowed
-  // logit is -inf or NaN).
+  // Optional, [rows of the call, vocab]: for row r of a RefuseLogits call
+  // that has a logprob place, raw[r * vocab + id] receives each refused id's
+  // logit as the kernel found it, so that LogprobChosen (called on the same
+  // rows) finds it should that id be drawn (only when every allowed logit is
+  // -inf or NaN).
   float* raw = nullptr;
 };
 
 // After AdjustLogits, the guides' bans on rows [0, rows) of logits [rows,
 // vocab], which are rows first_row.. of the step: each refused logit x
 // becomes x + -inf (AdjustLogit(x, -inf, 1), as Sampler::Adjusted). places
-// as LogprobRows' (null: row r's place is r), for refused.raw. A 16 KB
+// as LogprobRows' (null: row r's place is r): a row with none keeps no raw
+// logits. A 16 KB
 // bit row replaces the up to vocab 16-byte entries a ban per id would take.
 cudaError_t RefuseLogits(float* logits, int rows, int vocab, int first_row, const int32_t* places,
                          const RefusedRows& refused, cudaStream_t stream);
@@ -110,7 +112,7 @@ cudaError_t LogprobRows(const float* logits, int rows, int vocab, const int32_t*
 // AdjustLogits (with `saved`, the same `entries`, n_entries and first_row)
 // and RefuseLogits (with `refused`, may be null) then changed: the raw logit
 // of tokens[r] is saved[i] for the entry i of (first_row + r, tokens[r])
-// when there is one, else refused->raw[place * vocab + tokens[r]] when the
+// when there is one, else refused->raw[r * vocab + tokens[r]] when the
 // row refused it, else logits[r * vocab + tokens[r]] (never changed).
 // places, top_n and out as LogprobRows'; norms from it.
 cudaError_t LogprobChosen(const float* logits, int rows, int vocab, const int32_t* places, const int32_t* tokens,

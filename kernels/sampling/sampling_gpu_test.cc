@@ -622,9 +622,9 @@ TEST_F(SamplingKernelTest, RefuseLogitsIsSamplerAdjustedAndTheRawLogitStaysFinda
     }
     DevBuf d_logits(sizeof(float) * logits.size()), d_entries(sizeof(cuda::RowLogitAdjustment) * (entries.size() + 1)),
         d_saved(sizeof(float) * (entries.size() + 1)), d_slots(sizeof(int32_t) * kRows),
-        d_bits(sizeof(uint64_t) * bits.size()), d_places(sizeof(int32_t) * kRows),
-        d_raw(sizeof(float) * places * vocab), d_tokens(sizeof(int32_t) * kRows),
-        d_out(sizeof(cuda::DeviceLogprob) * places * stride), d_norms(sizeof(cuda::LogprobNorm) * places);
+        d_bits(sizeof(uint64_t) * bits.size()), d_places(sizeof(int32_t) * kRows), d_raw(sizeof(float) * kRows * vocab),
+        d_tokens(sizeof(int32_t) * kRows), d_out(sizeof(cuda::DeviceLogprob) * places * stride),
+        d_norms(sizeof(cuda::LogprobNorm) * places);
     ASSERT_CUDA(d_logits.Upload(logits.data(), sizeof(float) * logits.size()));
     ASSERT_CUDA(d_entries.Upload(entries.data(), sizeof(cuda::RowLogitAdjustment) * entries.size()));
     ASSERT_CUDA(d_slots.Upload(slots.data(), sizeof(int32_t) * kRows));
@@ -674,7 +674,8 @@ TEST_F(SamplingKernelTest, RefuseLogitsIsSamplerAdjustedAndTheRawLogitStaysFinda
       ExpectLogprobNear(chosen[static_cast<size_t>(kPlaces[r]) * stride], LogprobsOf(raw, tokens[r], top_n).chosen,
                         "row " + std::to_string(r) + ", a refused token");
     }
-    EXPECT_GT(banned, 0);
+    // One id, the end id, is never refused: nothing else is left.
+    if (vocab > 1) EXPECT_GT(banned, 0);
     if (vocab >= 1000) {
       EXPECT_EQ(checked_tokens, 3);
       EXPECT_EQ(with_entry, 1) << "row 0's token has an entry of its own, rows 1 and 3's none";
