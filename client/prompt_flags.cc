@@ -118,19 +118,26 @@ void GuideFlags::Register(FlagSet& flags) {
   flags.String("regex", &regex, "guided decoding: the whole answer matches this regular expression");
   flags.Strings("choice", &choices,
                 "guided decoding: the answer is exactly one of these strings; give it once per choice");
+  flags.String("grammar", &grammar,
+               "guided decoding: the answer is a sentence of this GBNF grammar (llama.cpp's format, from its rule "
+               "`root`; the grammar itself, or @FILE)");
 }
 
 StatusOr<GuideSpec> GuideFlags::Spec(const FlagSet& flags) const {
   GuideSpec spec;
   const int given = (flags.WasSet("json-schema") ? 1 : 0) + (json_object ? 1 : 0) + (flags.WasSet("regex") ? 1 : 0) +
-                    (choices.empty() ? 0 : 1);
-  if (given > 1) return InvalidArgument("give at most one of --json-schema, --json-object, --regex and --choice");
+                    (choices.empty() ? 0 : 1) + (flags.WasSet("grammar") ? 1 : 0);
+  if (given > 1) {
+    return InvalidArgument("give at most one of --json-schema, --json-object, --regex, --choice and --grammar");
+  }
+  // A schema or a grammar is often long: @FILE reads it from a file.
+  auto text_or_file = [](const char* flag, const std::string& value) -> StatusOr<std::string> {
+    if (value.empty() || value[0] != '@') return value;
+    return ReadInputFile(flag, value.substr(1));
+  };
   if (flags.WasSet("json-schema")) {
     spec.kind = GuideSpec::Kind::kJsonSchema;
-    spec.text = json_schema;
-    if (!spec.text.empty() && spec.text[0] == '@') {
-      SEER_ASSIGN_OR_RETURN(spec.text, ReadInputFile("--json-schema", spec.text.substr(1)));
-    }
+    SEER_ASSIGN_OR_RETURN(spec.text, text_or_file("--json-schema", json_schema));
   } else if (json_object) {
     spec.kind = GuideSpec::Kind::kJsonObject;
   } else if (flags.WasSet("regex")) {
@@ -139,6 +146,9 @@ StatusOr<GuideSpec> GuideFlags::Spec(const FlagSet& flags) const {
   } else if (!choices.empty()) {
     spec.kind = GuideSpec::Kind::kChoice;
     spec.choices = choices;
+  } else if (flags.WasSet("grammar")) {
+    spec.kind = GuideSpec::Kind::kGrammar;
+    SEER_ASSIGN_OR_RETURN(spec.text, text_or_file("--grammar", grammar));
   }
   return spec;
 }

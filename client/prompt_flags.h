@@ -49,7 +49,7 @@ StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerAt(const std::string& path, bo
 // (the schema, or @FILE), --json-object, --regex or --choice (repeated), at
 // most one.
 struct GuideFlags {
-  std::string json_schema, regex;
+  std::string json_schema, regex, grammar;
   bool json_object = false;
   std::vector<std::string> choices;
 

@@ -189,6 +189,7 @@ int RunGenerateCommand(int argc, char** argv) {
     case GuideSpec::Kind::kJsonSchema: request.mutable_guide()->set_json_schema(spec->text); break;
     case GuideSpec::Kind::kJsonObject: request.mutable_guide()->set_json_object(true); break;
     case GuideSpec::Kind::kRegex: request.mutable_guide()->set_regex(spec->text); break;
+    case GuideSpec::Kind::kGrammar: request.mutable_guide()->set_grammar(spec->text); break;
     case GuideSpec::Kind::kChoice:
       for (const std::string& c : spec->choices) request.mutable_guide()->mutable_choice()->add_choices(c);
       break;

@@ -394,8 +394,12 @@ StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& r, const 
         spec.kind = GuideSpec::Kind::kChoice;
         spec.choices.assign(g.choice().choices().begin(), g.choice().choices().end());
         break;
+      case v1::Guide::kGrammar:
+        spec.kind = GuideSpec::Kind::kGrammar;
+        spec.text = g.grammar();
+        break;
       case v1::Guide::KIND_NOT_SET:
-        return InvalidArgument("guide: set but names no kind (json_schema, json_object, regex or choice)");
+        return InvalidArgument("guide: set but names no kind (json_schema, json_object, regex, choice or grammar)");
     }
     // The guide decides where the reply may end.
     if (call.ignore_eos)

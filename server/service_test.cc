@@ -1314,6 +1314,15 @@ TEST(Service, GuidedRepliesAreTheLocalSamplersAndWhatTheGuideAsked) {
   }
   {
     Case c;
+    c.spec.kind = GuideSpec::Kind::kGrammar;
+    c.spec.text = "# a GBNF grammar\nroot ::= \"id-\" [0-9]{1,3} (\" \" word){0,3}\nword ::= [a-z]{1,5}\n";
+    c.accepts = [](const std::string& text) {
+      return std::regex_match(text, std::regex("id-[0-9]{1,3}( [a-z]{1,5}){0,3}"));
+    };
+    cases.push_back(c);
+  }
+  {
+    Case c;
     c.spec.kind = GuideSpec::Kind::kJsonObject;
     c.accepts = [](const std::string& text) {
       StatusOr<JsonValue> v = JsonValue::Parse(text);
@@ -1352,6 +1361,7 @@ TEST(Service, GuidedRepliesAreTheLocalSamplersAndWhatTheGuideAsked) {
         switch (c.spec.kind) {
           case GuideSpec::Kind::kJsonSchema: guide->set_json_schema(c.spec.text); break;
           case GuideSpec::Kind::kRegex: guide->set_regex(c.spec.text); break;
+          case GuideSpec::Kind::kGrammar: guide->set_grammar(c.spec.text); break;
           case GuideSpec::Kind::kChoice:
             for (const std::string& choice : c.spec.choices) guide->mutable_choice()->add_choices(choice);
             break;
@@ -1380,6 +1390,10 @@ TEST(Service, GuidedRepliesAreTheLocalSamplersAndWhatTheGuideAsked) {
   v1::GenerateRequest lookaround = SampledRequest(ids, 4, SamplingParams{});
   lookaround.mutable_guide()->set_regex("a(?=b)");
   ExpectInvalid(CallGenerate(servers.alone.Stub().get(), lookaround), "guide.regex: ");
+  v1::GenerateRequest undefined = SampledRequest(ids, 4, SamplingParams{});
+  undefined.mutable_guide()->set_grammar("root ::= item+");
+  ExpectInvalid(CallGenerate(servers.alone.Stub().get(), undefined), "guide.grammar: ");
+  ExpectInvalid(CallGenerate(servers.alone.Stub().get(), undefined), "item");
   v1::GenerateRequest none = SampledRequest(ids, 4, SamplingParams{});
   none.mutable_guide();
   ExpectInvalid(CallGenerate(servers.alone.Stub().get(), none), "guide: set but names no kind");

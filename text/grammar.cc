@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <set>
 
+#include "text/unicode.h"
+
 namespace seer {
 
 ByteSet ByteSet::Range(uint8_t lo, uint8_t hi) {
@@ -181,6 +183,23 @@ int32_t Grammar::Repeat(std::string name, const Sequence& seq, int min, int max)
     if (tail >= 0) body.push_back(Ref(tail));
   }
   return RuleOf(std::move(name), {body});
+}
+
+Grammar::Sequence Grammar::Codepoints(const CodepointRanges& ranges, const std::function<std::string()>& name) {
+  CodepointRanges set = Normalized(ranges);
+  if (set.empty() || set.back().second < 0x80) {
+    ByteSet bytes;
+    for (const auto& [lo, hi] : set) bytes.Add(ByteSet::Range(static_cast<uint8_t>(lo), static_cast<uint8_t>(hi)));
+    return {Bytes(bytes)};
+  }
+  if (set.size() == 1 && set[0].first == set[0].second) {
+    std::string text;
+    unicode::AppendUtf8(set[0].first, &text);
+    return Text(text);
+  }
+  auto [it, added] = codepoint_rules_.try_emplace(std::move(set), -1);
+  if (added) it->second = AddCodepoints(name(), it->first);
+  return {Ref(it->second)};
 }
 
 int32_t Grammar::AddCodepoints(std::string name, const CodepointRanges& ranges) {

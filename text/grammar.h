@@ -18,6 +18,8 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -95,6 +97,11 @@ class Grammar {
   int32_t Repeat(std::string name, const Sequence& seq, int min, int max);
   // One UTF-8 encoded code point from `ranges` (which may overlap).
   int32_t AddCodepoints(std::string name, const CodepointRanges& ranges);
+  // The same as a sequence, as the compilers' classes want it: one byte set
+  // when every code point is ASCII (when there are none, a set that matches
+  // nothing), a single character's bytes, else a reference to an
+  // AddCodepoints rule, made once per distinct set (named by `name()` then).
+  Sequence Codepoints(const CodepointRanges& ranges, const std::function<std::string()>& name);
 
   void set_root(int32_t rule) { root_ = rule; }
   int32_t root() const { return root_; }
@@ -120,6 +127,7 @@ class Grammar {
   };
   std::vector<Rule> rules_;
   std::vector<Symbol> symbols_;
+  std::map<CodepointRanges, int32_t> codepoint_rules_;  // Codepoints' rules, by their normalized ranges
   int32_t root_ = -1;
   bool overflow_ = false;
 };

@@ -8,6 +8,7 @@
 #include <unordered_map>
 
 #include "base/json.h"
+#include "text/gbnf_grammar.h"
 #include "text/json_schema_grammar.h"
 #include "text/regex_grammar.h"
 
@@ -285,6 +286,9 @@ StatusOr<std::shared_ptr<const Grammar>> CompileGuide(const GuideSpec& spec) {
     case GuideSpec::Kind::kRegex:
       SEER_RETURN_IF_ERROR(too_long("guide.regex", spec.text.size()));
       return wrap(GrammarFromRegex(spec.text), "guide.regex");
+    case GuideSpec::Kind::kGrammar:
+      SEER_RETURN_IF_ERROR(too_long("guide.grammar", spec.text.size()));
+      return wrap(GrammarFromGbnf(spec.text), "guide.grammar");
     case GuideSpec::Kind::kChoice:
       if (spec.choices.size() > kMaxGuideChoices) {
         return InvalidArgument("guide.choice: " + std::to_string(spec.choices.size()) + " choices, more than " +

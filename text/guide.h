@@ -70,22 +70,22 @@ class GrammarGuideFactory final : public TokenGuideFactory {
 
 // What a request asks the reply to be (GenerateRequest.guide).
 struct GuideSpec {
-  enum class Kind { kNone, kJsonSchema, kJsonObject, kRegex, kChoice };
+  enum class Kind { kNone, kJsonSchema, kJsonObject, kRegex, kChoice, kGrammar };
   Kind kind = Kind::kNone;
-  std::string text;  // the schema's JSON text, or the expression
+  std::string text;  // the schema's JSON text, the expression, or the GBNF grammar
   std::vector<std::string> choices;
 
   // Equal for equal specs, and only for them (a cache's key).
   std::string Key() const;
 };
 
-// The most bytes a schema or an expression may have (the choices too, all
-// together), and the most choices.
+// The most bytes a schema, an expression or a grammar may have (the choices
+// too, all together), and the most choices.
 inline constexpr size_t kMaxGuideBytes = 64 * 1024;
 inline constexpr size_t kMaxGuideChoices = 1024;
 
 // The grammar `spec` asks for; errors name the field ("guide.json_schema",
-// "guide.regex", "guide.choice") and what is wrong.
+// "guide.regex", "guide.choice", "guide.grammar") and what is wrong.
 StatusOr<std::shared_ptr<const Grammar>> CompileGuide(const GuideSpec& spec);
 
 // Exactly one of `choices` (vLLM's guided_choice).

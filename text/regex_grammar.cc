@@ -46,7 +46,6 @@
 #include "text/regex_grammar.h"
 
 #include <algorithm>
-#include <map>
 #include <optional>
 #include <set>
 #include <utility>
@@ -655,22 +654,8 @@ class RegexEmitter {
     return {Grammar::Ref(grammar_->RuleOf(NewName("alt"), alternatives))};
   }
 
-  // An ASCII class is one byte set; a single character is its bytes; others
-  // are a rule of UTF-8 sequences, one per distinct set.
   Grammar::Sequence EmitClass(const CodepointRanges& ranges) {
-    if (ranges.empty() || ranges.back().second < 0x80) {  // empty: a byte set that matches nothing
-      ByteSet bytes;
-      for (const auto& [lo, hi] : ranges) bytes.Add(ByteSet::Range(static_cast<uint8_t>(lo), static_cast<uint8_t>(hi)));
-      return {Grammar::Bytes(bytes)};
-    }
-    if (ranges.size() == 1 && ranges[0].first == ranges[0].second) {
-      std::string text;
-      unicode::AppendUtf8(ranges[0].first, &text);
-      return Grammar::Text(text);
-    }
-    auto [it, added] = class_rules_.try_emplace(ranges, -1);
-    if (added) it->second = grammar_->AddCodepoints(NewName("class"), ranges);
-    return {Grammar::Ref(it->second)};
+    return grammar_->Codepoints(ranges, [&] { return NewName("class"); });
   }
 
   std::string NewName(std::string_view kind) { return name_ + "_" + std::string(kind) + std::to_string(++rules_made_); }
@@ -687,7 +672,6 @@ class RegexEmitter {
   bool too_large_ = false;
   std::vector<std::optional<Grammar::Sequence>> texts_;  // Emit's results, by node
   std::vector<NonEmptyTexts> non_empty_texts_;  // EmitNonEmpty's, by node
-  std::map<CodepointRanges, int32_t> class_rules_;
 };
 
 }  // namespace

@@ -368,9 +368,9 @@ std::optional<HttpError> ParseLogprobs(const JsonValue& root, bool chat, ParsedR
 }
 
 // Guided decoding, from OpenAI's response_format and vLLM's guided_json,
-// guided_regex, guided_choice and structured_outputs: at most one of them
-// (a neutral value, null, false or an empty list, is none), into g.guide;
-// `set_by` names the field that set it.
+// guided_regex, guided_choice, guided_grammar and structured_outputs: at
+// most one of them (a neutral value, null, false or an empty list, is none),
+// into g.guide; `set_by` names the field that set it.
 std::optional<HttpError> ParseGuide(const JsonValue& root, v1::GenerateRequest* g, std::string* guide_key) {
   std::string& set_by = *guide_key;
   auto claim = [&](const std::string& field) -> std::optional<HttpError> {
@@ -399,6 +399,12 @@ std::optional<HttpError> ParseGuide(const JsonValue& root, v1::GenerateRequest* 
     if (auto e = claim(field)) return e;
     if (!f.is_string()) return Invalid(field, field + ": must be a string (a regular expression)");
     g->mutable_guide()->set_regex(f.as_string());
+    return std::nullopt;
+  };
+  auto grammar = [&](const JsonValue& f, const std::string& field) -> std::optional<HttpError> {
+    if (auto e = claim(field)) return e;
+    if (!f.is_string()) return Invalid(field, field + ": must be a string (a GBNF grammar)");
+    g->mutable_guide()->set_grammar(f.as_string());
     return std::nullopt;
   };
   auto choice = [&](const JsonValue& f, const std::string& field) -> std::optional<HttpError> {
@@ -438,6 +444,9 @@ std::optional<HttpError> ParseGuide(const JsonValue& root, v1::GenerateRequest* 
   if (const JsonValue* f = root.Find("guided_choice"); !neutral(f)) {
     if (auto e = choice(*f, "guided_choice")) return e;
   }
+  if (const JsonValue* f = root.Find("guided_grammar"); !neutral(f)) {
+    if (auto e = grammar(*f, "guided_grammar")) return e;
+  }
   if (const JsonValue* f = root.Find("structured_outputs"); f != nullptr && !f->is_null()) {
     if (!f->is_object()) return Invalid("structured_outputs", "structured_outputs: must be an object");
     for (const auto& [key, v] : f->as_object()) {
@@ -449,15 +458,17 @@ std::optional<HttpError> ParseGuide(const JsonValue& root, v1::GenerateRequest* 
         if (auto e = regex(v, field)) return e;
       } else if (key == "choice") {
         if (auto e = choice(v, field)) return e;
+      } else if (key == "grammar") {
+        if (auto e = grammar(v, field)) return e;
       } else if (key == "json_object") {
         if (auto e = claim(field)) return e;
         if (!v.is_bool()) return Invalid(field, field + ": must be true or false");
         g->mutable_guide()->set_json_object(true);
       } else if (key == "disable_fallback" || key == "disable_any_whitespace" ||
-                 key == "disable_additional_properties" || key == "whitespace_pattern" || key == "grammar" ||
-                 key == "structural_tag") {
-        return Invalid(field,
-                       field + ": not supported by this server (Seer guides by json, json_object, regex or choice)");
+                 key == "disable_additional_properties" || key == "whitespace_pattern" || key == "structural_tag") {
+        return Invalid(field, field +
+                                  ": not supported by this server (Seer guides by json, json_object, regex, choice "
+                                  "or grammar)");
       } else {
         return Invalid(field, field + ": not a structured_outputs field Seer knows");
       }
@@ -661,8 +672,8 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
   // What Seer cannot do is refused, not ignored: the client would get other
   // text than it asked for. Each field passes at its neutral value: null,
   // false and an empty list.
-  for (const char* refused : {"tools", "functions", "function_call", "suffix", "use_beam_search", "guided_grammar",
-                              "guided_whitespace_pattern"}) {
+  for (const char* refused :
+       {"tools", "functions", "function_call", "suffix", "use_beam_search", "guided_whitespace_pattern"}) {
     const JsonValue* f = root.Find(refused);
     if (f != nullptr && !f->is_null() && !(f->is_bool() && !f->as_bool()) &&
         !(f->is_array() && f->as_array().empty())) {

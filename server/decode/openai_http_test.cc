@@ -1202,13 +1202,15 @@ TEST_F(OpenAiHttp, VllmsExtensionsReachTheWireOrAreRefused) {
   Refused(R"("max_tokens": 4, "min_tokens": 5)", "min_tokens", "min_tokens: 5 is above max_tokens 4");
   Refused(R"("ignore_eos": 1)", "ignore_eos", "must be true or false");
   Refused(R"("use_beam_search": true)", "use_beam_search", "not supported");
-  Refused(R"("guided_grammar": "root ::= \"a\"")", "guided_grammar", "not supported");
+  Refused(R"("guided_grammar": {"root": "a"})", "guided_grammar", "must be a string (a GBNF grammar)");
   Refused(R"("guided_whitespace_pattern": " *")", "guided_whitespace_pattern", "not supported");
   Refused(R"("guided_json": 5)", "guided_json", "must be a JSON Schema");
   Refused(R"("guided_choice": ["yes", 1])", "guided_choice", "must be an array of strings");
   Refused(R"("guided_regex": ["a"])", "guided_regex", "must be a string");
   Refused(R"("top_logprobs": 2)", "top_logprobs", "not a completions field");
-  Refused(R"("structured_outputs": {"grammar": "root ::= x"})", "structured_outputs.grammar", "not supported");
+  Refused(R"("structured_outputs": {"structural_tag": "x"})", "structured_outputs.structural_tag", "not supported");
+  Refused(R"("guided_regex": "a", "structured_outputs": {"grammar": "root ::= \"a\""})", "structured_outputs.grammar",
+          "only one guide");
   Refused(R"("structured_outputs": {"jsn": {}})", "structured_outputs.jsn", "not a structured_outputs field");
   Refused(R"("structured_outputs": [1])", "structured_outputs", "must be an object");
   Refused(R"("allowed_token_ids": 1)", "allowed_token_ids", "must be an array of token ids");
@@ -1277,6 +1279,10 @@ TEST_F(OpenAiHttp, GuidesReachTheWireAsTheGuideTheyAskFor) {
   EXPECT_TRUE(g.json_object());
   g = guide_of("/v1/chat/completions", R"("structured_outputs": {"regex": "a|b"})");
   EXPECT_EQ(g.regex(), "a|b");
+  g = guide_of("/v1/completions", R"("guided_grammar": "root ::= \"a\" | [0-9]+")");
+  EXPECT_EQ(g.grammar(), R"(root ::= "a" | [0-9]+)");
+  g = guide_of("/v1/chat/completions", R"("structured_outputs": {"grammar": "root ::= \"b\""})");
+  EXPECT_EQ(g.grammar(), R"(root ::= "b")");
   EXPECT_EQ(guide_of("/v1/completions", R"("guided_json": null, "guided_choice": [])").kind_case(),
             v1::Guide::KIND_NOT_SET);
 

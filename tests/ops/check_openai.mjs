@@ -82,6 +82,13 @@ function seerRun(promptArgs, maxNew) {
   return JSON.parse(out.toString());
 }
 
+// seer generate over gRPC to the same worker, the prompt below, and `args`.
+function seerGenerate(maxNew, args) {
+  const out = execFileSync(join(bin, 'seer'), ['generate', '--addr', decodeGrpc, '--prompt', prompt,
+                                               '--max-new-tokens', String(maxNew), '--json', ...args]);
+  return JSON.parse(out.toString());
+}
+
 const failures = [];
 function check(what, ok, detail) {
   console.log(`${ok ? 'ok  ' : 'FAIL'} ${what}${ok ? '' : `: ${detail}`}`);
@@ -318,8 +325,7 @@ if (ref.text.length >= 8) {
     const worded = await client.completions.create({
       model: name, prompt, max_tokens: 24, temperature: 0, bad_words: words,
     });
-    const cli = JSON.parse(execFileSync(join(bin, 'seer'), ['generate', '--addr', decodeGrpc, '--prompt', prompt,
-      '--max-new-tokens', '24', '--json', ...words.flatMap((w) => ['--bad-word', w])]).toString());
+    const cli = seerGenerate(24, words.flatMap((w) => ['--bad-word', w]));
     same(`bad_words ${JSON.stringify(words)} over HTTP equals seer generate --bad-word`, worded.choices[0].text, cli.text);
     const has = (seq) => cli.tokens.some((_, i) => seq.every((t, j) => cli.tokens[i + j] === t));
     check('no banned sequence is in the reply', !banned.some(has), JSON.stringify({ banned, tokens: cli.tokens }));
@@ -331,9 +337,7 @@ if (ref.text.length >= 8) {
     const only = await client.completions.create({
       model: name, prompt, max_tokens: 12, temperature: 1, seed: 5, allowed_token_ids: allowed,
     });
-    const cli = JSON.parse(execFileSync(join(bin, 'seer'), ['generate', '--addr', decodeGrpc, '--prompt', prompt,
-      '--max-new-tokens', '12', '--temperature', '1', '--seed', '5', '--json', '--allowed-token-ids',
-      allowed.join(',')]).toString());
+    const cli = seerGenerate(12, ['--temperature', '1', '--seed', '5', '--allowed-token-ids', allowed.join(',')]);
     same('allowed_token_ids over HTTP equals seer generate --allowed-token-ids', only.choices[0].text, cli.text);
     check('... whose tokens are all allowed', cli.tokens.length > 0 && cli.tokens.every((t) => allowed.includes(t)),
           JSON.stringify(cli.tokens));
@@ -373,9 +377,8 @@ if (ref.text.length >= 8) {
       const completion = await client.completions.create({
         model: name, prompt, max_tokens: 200, temperature: 1, seed, guided_json: schema,
       });
-      const cli = JSON.parse(execFileSync(join(bin, 'seer'), ['generate', '--addr', decodeGrpc, '--prompt', prompt,
-        '--max-new-tokens', '200', '--temperature', '1', '--seed', String(seed), '--json', '--json-schema',
-        JSON.stringify(schema)]).toString());
+      const cli = seerGenerate(200, ['--temperature', '1', '--seed', String(seed), '--json-schema',
+                                     JSON.stringify(schema)]);
       same(`guided_json (seed ${seed}) over HTTP equals seer generate --json-schema`, completion.choices[0].text, cli.text);
       if (completion.choices[0].finish_reason === 'stop') {
         ++whole;
@@ -404,8 +407,7 @@ if (ref.text.length >= 8) {
     for (const seed of [4, 5]) {
       const r = await client.completions.create({ model: name, prompt, max_tokens: 40, temperature: 1, seed,
                                                    guided_regex: regex });
-      const cli = JSON.parse(execFileSync(join(bin, 'seer'), ['generate', '--addr', decodeGrpc, '--prompt', prompt,
-        '--max-new-tokens', '40', '--temperature', '1', '--seed', String(seed), '--json', '--regex', regex]).toString());
+      const cli = seerGenerate(40, ['--temperature', '1', '--seed', String(seed), '--regex', regex]);
       same(`guided_regex (seed ${seed}) over HTTP equals seer generate --regex`, r.choices[0].text, cli.text);
       if (seed === 4) {
         const g = await client.completions.create({ model: name, prompt, max_tokens: 40, temperature: 0,
@@ -417,6 +419,53 @@ if (ref.text.length >= 8) {
             r.choices[0].finish_reason === 'stop' && new RegExp(`^(?:${regex})$`).test(r.choices[0].text),
             JSON.stringify(r.choices[0]));
     }
+    // guided_grammar: a GBNF grammar (recursive: nested lists), judged by a
+    // recogniser written here.
+    const gbnf = 'root ::= list\nlist ::= "[" (item ("," item){0,2})? "]"\nitem ::= [0-9]{1,2} | list\n';
+    const isList = (text) => {
+      let at = 0;
+      const list = (depth) => {
+        if (depth > 50 || text[at] !== '[') return false;
+        at += 1;
+        if (text[at] === ']') { at += 1; return true; }
+        for (let n = 0; n < 3; n += 1) {
+          if (text[at] === '[') {
+            if (!list(depth + 1)) return false;
+          } else {
+            const digits = /^[0-9]{1,2}/.exec(text.slice(at));
+            if (!digits || /^[0-9]/.test(text.slice(at + digits[0].length))) return false;
+            at += digits[0].length;
+          }
+          if (text[at] === ']') { at += 1; return true; }
+          if (text[at] !== ',' || n === 2) return false;
+          at += 1;
+        }
+        return false;
+      };
+      return list(0) && at === text.length;
+    };
+    for (const seed of [7, 8]) {
+      const r = await client.completions.create({ model: name, prompt, max_tokens: 60, temperature: 1, seed,
+                                                   guided_grammar: gbnf });
+      const cli = seerGenerate(60, ['--temperature', '1', '--seed', String(seed), '--grammar', gbnf]);
+      same(`guided_grammar (seed ${seed}) over HTTP equals seer generate --grammar`, r.choices[0].text, cli.text);
+      if (r.choices[0].finish_reason === 'stop') {
+        check(`guided_grammar (seed ${seed}): the recogniser accepts the whole reply`, isList(r.choices[0].text),
+              r.choices[0].text);
+      }
+    }
+    const viaStructured = await client.chat.completions.create({
+      model: name, messages: [{ role: 'user', content: 'A list?' }], max_tokens: 60, temperature: 0,
+      structured_outputs: { grammar: gbnf },
+    });
+    if (viaStructured.choices[0].finish_reason === 'stop') {
+      check('structured_outputs grammar: the recogniser accepts the reply', isList(viaStructured.choices[0].message.content),
+            viaStructured.choices[0].message.content);
+    }
+    same('greedy guided_grammar over HTTP equals seer run --grammar',
+         (await client.completions.create({ model: name, prompt, max_tokens: 60, temperature: 0,
+                                            guided_grammar: gbnf })).choices[0].text,
+         seerRun(['--prompt', prompt, '--grammar', gbnf], 60).text);
     const choices = ['positive', 'negative', 'no opinion'];
     const picked = await client.chat.completions.create({
       model: name, messages: [{ role: 'user', content: 'Sentiment?' }], max_tokens: 20, temperature: 1, seed: 6,
@@ -424,12 +473,10 @@ if (ref.text.length >= 8) {
     });
     check('structured_outputs choice: one of the choices', choices.includes(picked.choices[0].message.content),
           picked.choices[0].message.content);
-    const cli = JSON.parse(execFileSync(join(bin, 'seer'), ['generate', '--addr', decodeGrpc, '--prompt', prompt,
-      '--max-new-tokens', '20', '--temperature', '1', '--seed', '6', '--json',
-      ...choices.flatMap((c) => ['--choice', c])]).toString());
+    const cli = seerGenerate(20, ['--temperature', '1', '--seed', '6', ...choices.flatMap((c) => ['--choice', c])]);
     check('seer generate --choice: one of the choices', choices.includes(cli.text), cli.text);
   }
-  for (const [field, value] of [['min_p', 1.5], ['repetition_penalty', 0], ['guided_grammar', 'root ::= "a"']]) {
+  for (const [field, value] of [['min_p', 1.5], ['repetition_penalty', 0], ['guided_grammar', 'root ::= a']]) {
     try {
       await client.completions.create({ model: name, prompt, max_tokens: 2, [field]: value });
       check(`${field} ${JSON.stringify(value)} is refused`, false, 'it was answered');
