@@ -46,8 +46,8 @@ struct PromptFlags {
 StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerAt(const std::string& path, bool required);
 
 // Guided decoding, as seer generate and seer run take it: --json-schema
-// (the schema, or @FILE), --json-object, --regex or --choice (repeated), at
-// most one.
+// (the schema, or @FILE), --json-object, --regex, --choice (repeated) or
+// --grammar (GBNF, or @FILE), at most one.
 struct GuideFlags {
   std::string json_schema, regex, grammar;
   bool json_object = false;

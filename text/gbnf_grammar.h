@@ -23,9 +23,11 @@ inline constexpr int kMaxGbnfRepeat = 256;
 // How deeply parentheses may nest: the parser recurses once per level.
 inline constexpr int kMaxGbnfNesting = 64;
 
-// A grammar whose sentences are exactly those of the GBNF text's `root`
-// rule. Errors (InvalidArgument) name the construct and its byte offset in
-// `text`, or the rule at fault.
+// A grammar whose sentences are those of the GBNF text's `root` rule (as
+// far as GrammarMatcher's bounds follow them: grammar.h; CompileGuide
+// factors it so that long lists of alternatives stay within them). Errors
+// (InvalidArgument) name the construct and its byte offset in `text`, or
+// the rule at fault.
 StatusOr<Grammar> GrammarFromGbnf(std::string_view text);
 
 }  // namespace seer

@@ -301,6 +301,57 @@ std::string Grammar::ToString() const {
   return out;
 }
 
+Grammar Grammar::Factored() const {
+  Grammar out;
+  for (const Rule& r : rules_) out.AddRule(r.name);
+  out.root_ = root_;
+  out.codepoint_rules_ = codepoint_rules_;
+  out.overflow_ = overflow_;
+  std::vector<Sequence> alternatives;
+  for (int32_t r = 0; r < rule_count(); ++r) {
+    alternatives.clear();
+    for (int32_t start : rules_[r].starts) {
+      Sequence& seq = alternatives.emplace_back();
+      for (int32_t i = start; symbols_[i].rule != kEnd; ++i) seq.push_back(symbols_[i]);
+    }
+    std::vector<const Sequence*> all;
+    for (const Sequence& seq : alternatives) all.push_back(&seq);
+    out.AddFactored(r, all, 0);
+  }
+  return out;
+}
+
+void Grammar::AddFactored(int32_t rule, const std::vector<const Sequence*>& alternatives, size_t at) {
+  constexpr size_t kMaxDepth = 256;  // deeper shared prefixes stay as they are
+  // The alternatives whose next symbol is the same byte set, in order.
+  std::vector<std::pair<ByteSet, std::vector<const Sequence*>>> groups;
+  auto add_rest = [&](const Sequence* seq) {
+    AddAlternative(rule, Sequence(seq->begin() + static_cast<std::ptrdiff_t>(at), seq->end()));
+  };
+  for (const Sequence* seq : alternatives) {
+    if (at >= seq->size() || (*seq)[at].rule >= 0 || at >= kMaxDepth) {
+      add_rest(seq);
+      continue;
+    }
+    const ByteSet& next = (*seq)[at].bytes;
+    auto group = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == next; });
+    if (group == groups.end()) {
+      groups.push_back({next, {seq}});
+    } else {
+      group->second.push_back(seq);
+    }
+  }
+  for (const auto& [bytes, members] : groups) {
+    if (members.size() == 1) {
+      add_rest(members[0]);
+      continue;
+    }
+    const int32_t rest = AddRule(rules_[rule].name + "~" + std::to_string(at + 1));
+    AddAlternative(rule, {Bytes(bytes), Ref(rest)});
+    AddFactored(rest, members, at + 1);
+  }
+}
+
 // --- GrammarMatcher ----------------------------------------------------------
 
 namespace {

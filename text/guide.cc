@@ -267,6 +267,10 @@ StatusOr<std::shared_ptr<const Grammar>> CompileGuide(const GuideSpec& spec) {
   auto wrap = [](StatusOr<Grammar> g, const char* field) -> StatusOr<std::shared_ptr<const Grammar>> {
     if (!g.ok()) return InvalidArgument(std::string(field) + ": " + g.status().message());
     if (Status valid = g->Validate(); !valid.ok()) return InvalidArgument(std::string(field) + ": " + valid.message());
+    // Factoring adds rules: past the grammar's limits the grammar stays as
+    // it is.
+    Grammar factored = g->Factored();
+    if (factored.Validate().ok()) *g = std::move(factored);
     return std::shared_ptr<const Grammar>(std::make_shared<Grammar>(*std::move(g)));
   };
   auto too_long = [](const char* field, size_t bytes) -> Status {

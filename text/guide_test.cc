@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "base/json.h"
+#include "text/gbnf_grammar.h"
 #include "text/json_schema_grammar.h"
 #include "text/text_test_util.h"
 
@@ -319,6 +320,25 @@ TEST(Guide, WhenTheOtherBansLeaveNothingTheReplyEnds) {
   p.allowed_ids = {0, 1, kEnd};  // allowed_token_ids without the guide's "a"
   Sampler s(p);
   EXPECT_EQ(s.Sample(std::vector<float>(kVocab, 0.0f)), kEnd);
+}
+
+// A guide of many alternatives (a GBNF list of 1,500 words, as one might
+// list cities) keeps every one: CompileGuide factors the grammar, and
+// unfactored the matcher's 1,024 ways would lose some.
+TEST(Guide, CompileGuideKeepsEveryWordOfALongList) {
+  GuideSpec spec;
+  spec.kind = GuideSpec::Kind::kGrammar;
+  spec.text = "root ::= \"city: \" city\ncity ::= \"c0\"";
+  for (int i = 1; i < 1500; ++i) spec.text += " | \"c" + std::to_string(i) + "\"";
+  StatusOr<std::shared_ptr<const Grammar>> grammar = CompileGuide(spec);
+  ASSERT_TRUE(grammar.ok()) << grammar.status().ToString();
+  for (int i = 0; i < 1500; ++i) ASSERT_TRUE(GrammarMatches(**grammar, "city: c" + std::to_string(i))) << i;
+  EXPECT_FALSE(GrammarMatches(**grammar, "city: c1500"));
+  StatusOr<Grammar> unfactored = GrammarFromGbnf(spec.text);
+  ASSERT_TRUE(unfactored.ok());
+  int lost = 0;
+  for (int i = 0; i < 1500; ++i) lost += GrammarMatches(*unfactored, "city: c" + std::to_string(i)) ? 0 : 1;
+  EXPECT_GT(lost, 0) << "the matcher's bound without factoring";
 }
 
 TEST(Guide, CompileGuideNamesTheField) {
