@@ -148,14 +148,15 @@ class Sampler {
   explicit Sampler(const SamplingParams& params);
 
   // The next token for `logits` ([vocab]), which it then records. First the
-  // adjustments (Adjustments()) move their logits (AdjustLogit, in float). Greedy
-  // then picks the largest logit (the lowest id on ties). Otherwise, in order:
-  // keep the top_k largest logits, softmax of logit / temperature, keep the
-  // smallest prefix (by descending probability) whose mass reaches top_p,
-  // renormalise, and draw; with min_p > 0 the logits whose weight
-  // exp((logit - largest) / temperature) is below min_p go before top-k
-  // (vLLM's order). NaN logits are never picked. With
-  // params().logprobs >= 0, also sets last_logprobs() from `logits` as given.
+  // adjustments (Adjustments(), then a guide's Refused()) move their logits
+  // (AdjustLogit, in float). Greedy then picks the largest logit (the lowest
+  // id on ties). Otherwise, in order: keep the top_k largest logits, softmax
+  // of logit / temperature, keep the smallest prefix (by descending
+  // probability) whose mass reaches top_p, renormalise, and draw; with
+  // min_p > 0 the logits whose weight exp((logit - largest) / temperature)
+  // is below min_p go before top-k (vLLM's order). NaN logits are never
+  // picked. With params().logprobs >= 0, also sets last_logprobs() from
+  // `logits` as given.
   int32_t Sample(std::span<const float> logits);
 
   // Whether each token's logprobs are asked for (params().logprobs >= 0).
