@@ -5,6 +5,7 @@
 
 #include "client/token_ids.h"
 #include "text/prompt.h"
+#include "text/tool_calls.h"
 
 namespace seer {
 namespace {
@@ -44,13 +45,16 @@ void PromptFlags::Register(FlagSet& flags, const std::string& tokenizer_help) {
              "With --chat: leave the final message open, to be continued (needs --add-generation-prompt=false).");
   flags.String("chat-template-kwargs", &chat_template_kwargs,
                "With --chat: more template variables, a JSON object (e.g. '{\"enable_thinking\": false}').");
+  flags.String("tools", &tools,
+               "With --chat: tools the chat template shows the model, OpenAI's array of {\"type\": \"function\", "
+               "\"function\": {\"name\", \"description\", \"parameters\"}} (the JSON, or @FILE).");
 }
 
 Status PromptFlags::CheckOne(const FlagSet& flags) const {
   int given = 0;
   for (const char* f : {"ids", "prompt", "prompt-file", "chat"}) given += flags.WasSet(f) ? 1 : 0;
   if (given != 1) return InvalidArgument("give exactly one of --ids, --prompt, --prompt-file and --chat");
-  for (const char* f : {"add-generation-prompt", "continue-final-message", "chat-template-kwargs"}) {
+  for (const char* f : {"add-generation-prompt", "continue-final-message", "chat-template-kwargs", "tools"}) {
     if (flags.WasSet(f) && !flags.WasSet("chat")) return InvalidArgument("--" + std::string(f) + " needs --chat");
   }
   return OkStatus();
@@ -91,6 +95,9 @@ StatusOr<std::vector<int32_t>> PromptFlags::Ids(const FlagSet& flags, const Toke
       if (!kwargs.ok()) return InvalidArgument("--chat-template-kwargs: " + kwargs.status().message());
       options.template_kwargs = *std::move(kwargs);
     }
+    if (!tools.empty()) {
+      SEER_ASSIGN_OR_RETURN(options.tools, ReadToolsFlag(tools));
+    }
     StatusOr<std::vector<int32_t>> out = EncodeChatPrompt(*tok, messages, options);
     if (!out.ok()) return out.status().WithContext("--chat");
     return out;
@@ -99,6 +106,17 @@ StatusOr<std::vector<int32_t>> PromptFlags::Ids(const FlagSet& flags, const Toke
   StatusOr<std::vector<int32_t>> out = EncodeTextPrompt(*tok, text);
   if (!out.ok()) return out.status().WithContext(flags.WasSet("prompt") ? "--prompt" : "--prompt-file");
   return out;
+}
+
+StatusOr<JsonValue> ReadToolsFlag(const std::string& value) {
+  std::string text = value;
+  if (!value.empty() && value[0] == '@') {
+    SEER_ASSIGN_OR_RETURN(text, ReadInputFile("--tools", value.substr(1)));
+  }
+  StatusOr<JsonValue> tools = JsonValue::Parse(text);
+  if (!tools.ok()) return InvalidArgument("--tools: not valid JSON: " + tools.status().message());
+  if (Status s = ParseTools(*tools).status(); !s.ok()) return InvalidArgument("--tools: " + s.message());
+  return tools;
 }
 
 StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizerAt(const std::string& path, bool required) {

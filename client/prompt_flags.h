@@ -24,6 +24,7 @@ struct PromptFlags {
   // continue_final_message and chat_template_kwargs.
   bool add_generation_prompt = true, continue_final_message = false;
   std::string chat_template_kwargs;
+  std::string tools;  // --tools: OpenAI's tools array (JSON or @FILE), shown by the template
 
   // `tokenizer_help` says where the default tokenizer is.
   void Register(FlagSet& flags, const std::string& tokenizer_help);
@@ -40,6 +41,10 @@ struct PromptFlags {
   // through its template with the generation prompt); --ids as given.
   StatusOr<std::vector<int32_t>> Ids(const FlagSet& flags, const Tokenizer* tokenizer) const;
 };
+
+// --tools: OpenAI's `tools` array, as JSON or @FILE, checked (ParseTools);
+// errors name the flag.
+StatusOr<JsonValue> ReadToolsFlag(const std::string& value);
 
 // The tokenizer at `path` (a tokenizer.json or a directory holding one), or
 // null when `path` is a directory without one and `required` is false.

@@ -119,6 +119,10 @@ int RunGenerateCommand(int argc, char** argv) {
              "--add-generation-prompt=false)");
   flags.String("chat-template-kwargs", &template_kwargs,
                "with --chat: more template variables, a JSON object (e.g. '{\"enable_thinking\": false}')");
+  std::string tools;
+  flags.String("tools", &tools,
+               "with --chat: tools the chat template shows the model, OpenAI's array of {\"type\": \"function\", "
+               "\"function\": {\"name\", \"description\", \"parameters\"}} (the JSON, or @FILE)");
   flags.String("stop", &stop, "stop after any of these token ids (\"2,7\")");
   flags.Strings("stop-string", &stop_strings,
                 "stop before this text appears in the reply; give it once per string (the API takes up to 16)");
@@ -153,11 +157,7 @@ int RunGenerateCommand(int argc, char** argv) {
     if (!messages.ok()) return ReportUsage(cmd, "--chat: " + chat + ": " + std::string(messages.status().message()));
     StatusOr<std::vector<ChatTurn>> turns = ParseChatMessages(*messages);
     if (!turns.ok()) return ReportUsage(cmd, "--chat: " + chat + ": " + std::string(turns.status().message()));
-    for (ChatTurn& t : *turns) {
-      v1::ChatMessage* msg = request.add_messages();
-      msg->set_role(std::move(t.role));
-      msg->set_content(std::move(t.content));
-    }
+    AddChatMessages(std::move(*turns), &request);
   }
   const bool text_reply = request.has_text() || request.messages_size() > 0;
   for (const std::string& s : stop_strings) request.add_stop(s);
@@ -198,6 +198,11 @@ int RunGenerateCommand(int argc, char** argv) {
   if (flags.WasSet("add-generation-prompt")) request.set_add_generation_prompt(add_generation_prompt);
   request.set_continue_final_message(continue_final);
   request.set_chat_template_kwargs(template_kwargs);
+  if (!tools.empty()) {
+    StatusOr<JsonValue> parsed = ReadToolsFlag(tools);
+    if (!parsed.ok()) return ReportUsage(cmd, parsed.status().message());
+    request.set_tools(parsed->Dump());
+  }
   if (keep_special) request.set_skip_special_tokens(false);
   if (n < 0 || n > INT32_MAX) return ReportUsage(cmd, "--n: out of range");
   if (n != 1) request.set_n(static_cast<int32_t>(n));

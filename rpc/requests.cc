@@ -9,6 +9,7 @@
 #include "engine/engine.h"
 #include "rpc/kv_handshake.h"
 #include "rpc/kv_wire.h"
+#include "text/tool_calls.h"
 
 namespace seer {
 namespace {
@@ -209,18 +210,34 @@ v1::Sparsity SparsityToProto(const SparsityRequest& r) {
   return s;
 }
 
+void AddChatMessages(std::vector<ChatTurn> turns, v1::GenerateRequest* request) {
+  for (ChatTurn& t : turns) {
+    v1::ChatMessage* m = request->add_messages();
+    m->set_role(std::move(t.role));
+    m->set_content(std::move(t.content));
+    m->set_tool_call_id(std::move(t.tool_call_id));
+    m->set_name(std::move(t.name));
+    for (ChatToolCall& c : t.tool_calls) {
+      v1::ToolCall* call = m->add_tool_calls();
+      call->set_id(std::move(c.id));
+      call->set_name(std::move(c.name));
+      call->set_arguments(std::move(c.arguments));
+    }
+  }
+}
+
 size_t MaxRequestBytes(const RequestLimits& limits) {
   // Every varint of a valid field is at most 10 bytes; 4 KiB covers tags,
   // lengths and the small scalar fields. A prompt is ids or text (with up to
-  // kMaxChatMessages messages' framing), not both.
+  // kMaxChatMessages messages' framing, and as many tool calls'), not both.
   const size_t prompt = std::max(static_cast<size_t>(limits.max_prompt_tokens) * 10,
                                  static_cast<size_t>(limits.max_prompt_tokens) * kMaxTextBytesPerToken +
-                                     static_cast<size_t>(kMaxChatMessages) * 32);
+                                     static_cast<size_t>(kMaxChatMessages) * 64);
   return 4096 + kMaxRequestIdBytes + prompt + static_cast<size_t>(kMaxStopTokens) * 10 +
          static_cast<size_t>(kMaxAllowedTokenIds) * 10 +
          static_cast<size_t>(kMaxStopStrings) * (kMaxStopStringBytes + 8) +
          static_cast<size_t>(kMaxBadWords) * (kMaxBadWordBytes + 8) + kMaxChatTemplateKwargsBytes + 8 + kMaxGuideBytes +
-         kMaxGuideChoices * 8 + 16 + kMaxTransportOfferBytes;
+         kMaxToolsBytes + 8 + kMaxGuideChoices * 8 + 16 + kMaxTransportOfferBytes;
 }
 
 void FitDefaultNewTokens(int64_t prompt_tokens, const RequestLimits& limits, GenerateCall* call) {
@@ -302,12 +319,13 @@ StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& r, const 
   call.skip_special_tokens = !r.has_skip_special_tokens() || r.skip_special_tokens();
   call.default_new_tokens = r.max_new_tokens() == 0;
   // A chat's rendering controls, for messages only.
-  const bool chat_controls =
-      r.has_add_generation_prompt() || r.continue_final_message() || !r.chat_template_kwargs().empty();
+  const bool chat_controls = r.has_add_generation_prompt() || r.continue_final_message() ||
+                             !r.chat_template_kwargs().empty() || !r.tools().empty();
   if (chat_controls && r.messages_size() == 0) {
-    const char* field = r.has_add_generation_prompt() ? "add_generation_prompt"
-                        : r.continue_final_message()  ? "continue_final_message"
-                                                      : "chat_template_kwargs";
+    const char* field = r.has_add_generation_prompt()       ? "add_generation_prompt"
+                        : r.continue_final_message()        ? "continue_final_message"
+                        : !r.chat_template_kwargs().empty() ? "chat_template_kwargs"
+                                                            : "tools";
     return InvalidArgument(std::string(field) + ": only for a chat prompt (messages)");
   }
   call.chat.add_generation_prompt = !r.has_add_generation_prompt() || r.add_generation_prompt();
@@ -324,16 +342,35 @@ StatusOr<GenerateCall> ParseGenerateRequest(const v1::GenerateRequest& r, const 
     SEER_RETURN_IF_ERROR(CheckTemplateKwargs(*kwargs));
     call.chat.template_kwargs = *std::move(kwargs);
   }
+  if (!r.tools().empty()) {
+    if (r.tools().size() > kMaxToolsBytes)
+      return InvalidArgument("tools: " + Int(static_cast<int64_t>(r.tools().size())) + " bytes exceed the limit of " +
+                             Int(static_cast<int64_t>(kMaxToolsBytes)));
+    StatusOr<JsonValue> tools = JsonValue::Parse(r.tools());
+    if (!tools.ok()) return InvalidArgument("tools: not valid JSON: " + tools.status().message());
+    SEER_RETURN_IF_ERROR(ParseTools(*tools).status());
+    call.chat.tools = *std::move(tools);
+  }
   if (r.has_text() || r.messages_size() > 0) {
     const size_t max_text = limits.max_prompt_tokens * kMaxTextBytesPerToken;
     size_t bytes = r.text().size();
     if (r.messages_size() > kMaxChatMessages)
       return InvalidArgument("messages: " + Int(r.messages_size()) + " messages exceed the limit of " +
                              Int(kMaxChatMessages));
+    int tool_calls = 0;
     for (const v1::ChatMessage& m : r.messages()) {
       if (m.role().empty()) return InvalidArgument("messages: every message needs a role");
-      bytes += m.role().size() + m.content().size();
-      call.messages.emplace_back(m.role(), m.content());
+      bytes += m.role().size() + m.content().size() + m.tool_call_id().size() + m.name().size();
+      ChatTurn turn{m.role(), m.content(), {}, m.tool_call_id(), m.name()};
+      tool_calls += m.tool_calls_size();
+      if (tool_calls > kMaxChatMessages) {
+        return InvalidArgument("messages: more than " + Int(kMaxChatMessages) + " tool calls in all");
+      }
+      for (const v1::ToolCall& c : m.tool_calls()) {
+        bytes += c.id().size() + c.name().size() + c.arguments().size();
+        turn.tool_calls.push_back({c.id(), c.name(), c.arguments()});
+      }
+      call.messages.push_back(std::move(turn));
     }
     if (bytes > max_text)
       return InvalidArgument(std::string(r.has_text() ? "text" : "messages") + ": " + Int(static_cast<int64_t>(bytes)) +

@@ -79,8 +79,8 @@ struct GenerateCall {
   std::vector<int32_t> ids;
   std::string text;
   bool has_text = false;  // a text prompt, maybe empty
-  std::vector<std::pair<std::string, std::string>> messages;  // (role, content)
-  ChatPromptOptions chat;  // how messages are rendered
+  std::vector<ChatTurn> messages;
+  ChatPromptOptions chat;  // how messages are rendered (the tools included)
   std::vector<std::string> stop;  // stop strings
   std::vector<std::string> bad_words;  // never spelled by the reply
   bool text_reply = false;  // answer in text, as for a text prompt
@@ -124,6 +124,9 @@ StatusOr<SparsityRequest> SparsityFromProto(const v1::Sparsity& sparsity);
 // The wire form of a checked request: what seer-decode forwards to a prefill
 // server and `seer generate` sends (MODE_UNSPECIFIED when it names no mode).
 v1::Sparsity SparsityToProto(const SparsityRequest& request);
+
+// Chat turns as a request's messages (every front end sends them so).
+void AddChatMessages(std::vector<ChatTurn> turns, v1::GenerateRequest* request);
 
 // The largest serialized request the limits allow; anything larger carries
 // fields the server does not know and is refused.

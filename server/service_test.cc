@@ -362,6 +362,29 @@ TEST(Service, EveryBadFieldIsInvalidArgumentNamingIt) {
          r->set_chat_template_kwargs(R"({"messages": []})");
        },
        "chat_template_kwargs.messages: the template's own variable"},
+      {"tools without messages", [](v1::GenerateRequest* r) { r->set_tools("[]"); },
+       "tools: only for a chat prompt (messages)"},
+      {"tools not JSON",
+       [](v1::GenerateRequest* r) {
+         r->clear_token_ids();
+         r->add_messages()->set_role("user");
+         r->set_tools("[{");
+       },
+       "tools: not valid JSON"},
+      {"a tool without a name",
+       [](v1::GenerateRequest* r) {
+         r->clear_token_ids();
+         r->add_messages()->set_role("user");
+         r->set_tools(R"([{"type": "function", "function": {"description": "x"}}])");
+       },
+       "tools[0].function.name: must be 1 to 64 letters"},
+      {"tools over their limit",
+       [](v1::GenerateRequest* r) {
+         r->clear_token_ids();
+         r->add_messages()->set_role("user");
+         r->set_tools("[" + std::string(256 * 1024, ' ') + "]");
+       },
+       "tools: 262146 bytes exceed the limit of 262144"},
       {"too many stop strings",
        [](v1::GenerateRequest* r) {
          for (int i = 0; i < 17; ++i) r->add_stop("x");

@@ -28,13 +28,45 @@ StatusOr<std::vector<ChatTurn>> ParseChatMessages(const JsonValue& messages, std
     if (!m.is_object()) return refuse(where, "must be an object with a role and a content");
     const JsonValue* role = m.Find("role");
     if (role == nullptr || !role->is_string()) return refuse(where + ".role", "must be a string");
-    ChatTurn turn{role->as_string(), ""};
-    // A turn that called tools cannot be passed on without its calls.
-    for (const char* calls : {"tool_calls", "function_call"}) {
-      const JsonValue* c = m.Find(calls);
-      if (c != nullptr && !c->is_null() && !(c->is_array() && c->as_array().empty())) {
-        return refuse(where + "." + calls, "tool calls are not supported");
+    ChatTurn turn;
+    turn.role = role->as_string();
+    if (const JsonValue* c = m.Find("function_call"); c != nullptr && !c->is_null()) {
+      return refuse(where + ".function_call", "the legacy form is not supported; send tool_calls");
+    }
+    if (const JsonValue* calls = m.Find("tool_calls"); calls != nullptr && !calls->is_null()) {
+      if (!calls->is_array()) return refuse(where + ".tool_calls", "must be an array of calls");
+      if (calls->as_array().size() > static_cast<size_t>(kMaxTurnToolCalls)) {
+        return refuse(where + ".tool_calls", std::to_string(calls->as_array().size()) + " calls exceed the limit of " +
+                                                 std::to_string(kMaxTurnToolCalls));
       }
+      for (size_t j = 0; j < calls->as_array().size(); ++j) {
+        const JsonValue& c = calls->as_array()[j];
+        const std::string at = where + ".tool_calls[" + std::to_string(j) + "]";
+        const JsonValue* fn = c.is_object() ? c.Find("function") : nullptr;
+        if (fn == nullptr || !fn->is_object()) {
+          return refuse(at, "must be {\"id\", \"type\": \"function\", \"function\": {\"name\", \"arguments\"}}");
+        }
+        ChatToolCall call;
+        if (const JsonValue* id = c.Find("id"); id != nullptr && !id->is_null()) {
+          if (!id->is_string()) return refuse(at + ".id", "must be a string");
+          call.id = id->as_string();
+        }
+        const JsonValue* name = fn->Find("name");
+        if (name == nullptr || !name->is_string()) return refuse(at + ".function.name", "must be a string");
+        call.name = name->as_string();
+        const JsonValue* args = fn->Find("arguments");
+        if (args != nullptr && !args->is_null() && !args->is_string()) {
+          return refuse(at + ".function.arguments", "must be a string (the arguments' JSON)");
+        }
+        call.arguments = args != nullptr && args->is_string() ? args->as_string() : "{}";
+        turn.tool_calls.push_back(std::move(call));
+      }
+    }
+    for (auto [key, out] : {std::pair{"tool_call_id", &turn.tool_call_id}, std::pair{"name", &turn.name}}) {
+      const JsonValue* v = m.Find(key);
+      if (v == nullptr || v->is_null()) continue;
+      if (!v->is_string()) return refuse(where + "." + key, "must be a string");
+      *out = v->as_string();
     }
     const JsonValue* content = m.Find("content");
     if (content == nullptr || content->is_null()) {
@@ -68,6 +100,23 @@ JsonValue ChatTurnsJson(const std::vector<ChatTurn>& turns) {
     JsonValue m = JsonValue::Object();
     m.Set("role", JsonValue::String(t.role));
     m.Set("content", JsonValue::String(t.content));
+    if (!t.tool_calls.empty()) {
+      JsonValue calls = JsonValue::Array();
+      for (const ChatToolCall& c : t.tool_calls) {
+        StatusOr<JsonValue> args = JsonValue::Parse(c.arguments);
+        JsonValue fn = JsonValue::Object();
+        fn.Set("name", JsonValue::String(c.name));
+        fn.Set("arguments", args.ok() ? std::move(*args) : JsonValue::String(c.arguments));
+        JsonValue call = JsonValue::Object();
+        if (!c.id.empty()) call.Set("id", JsonValue::String(c.id));
+        call.Set("type", JsonValue::String("function"));
+        call.Set("function", std::move(fn));
+        calls.Append(std::move(call));
+      }
+      m.Set("tool_calls", std::move(calls));
+    }
+    if (!t.tool_call_id.empty()) m.Set("tool_call_id", JsonValue::String(t.tool_call_id));
+    if (!t.name.empty()) m.Set("name", JsonValue::String(t.name));
     out.Append(std::move(m));
   }
   return out;
@@ -94,6 +143,7 @@ StatusOr<std::vector<int32_t>> EncodeChatPrompt(const Tokenizer& tokenizer, cons
   ChatTemplateOptions render;
   render.add_generation_prompt = options.add_generation_prompt;
   render.extra = options.template_kwargs;
+  render.tools = options.tools;
   SEER_ASSIGN_OR_RETURN(std::string rendered, RenderChat(tokenizer, messages, render));
   if (options.continue_final_message) {
     const JsonValue* last = messages.is_array() && !messages.as_array().empty() ? &messages.as_array().back() : nullptr;

@@ -16,22 +16,41 @@
 
 namespace seer {
 
+// A call an assistant turn made (OpenAI's {"id", "type": "function",
+// "function": {"name", "arguments"}}); `arguments` is the JSON text as sent.
+struct ChatToolCall {
+  std::string id;
+  std::string name;
+  std::string arguments;
+};
+
 // One turn of a chat, as every Seer front end passes it to the template.
 struct ChatTurn {
   std::string role;
   std::string content;
+  std::vector<ChatToolCall> tool_calls;  // an assistant's calls
+  std::string tool_call_id;  // a tool's answer: the call it answers
+  std::string name;  // the speaker's name, or the tool's that answered
 };
+
+// At most this many calls a turn.
+inline constexpr int kMaxTurnToolCalls = 128;
 
 // Chat messages in OpenAI's form, read the same way by `seer run --chat`,
 // `seer generate --chat` and the HTTP API: a non-empty JSON array of
 // objects, each with a string "role"; "content" is a string, null or absent
 // (the empty string), or an array of text parts ([{"type": "text", "text":
-// ...}], joined). A turn with tool calls (a non-empty "tool_calls", or a
-// "function_call") is refused; other members (name, tool_call_id) are not
-// passed on. An error's message starts with the
-// member at fault ("messages[2].content: ..."), which `*field` also gets.
+// ...}], joined). An assistant turn's "tool_calls" (at most
+// kMaxTurnToolCalls {"id", "type": "function", "function": {"name",
+// "arguments"}}, arguments a string) and a tool turn's "tool_call_id" and
+// "name" are kept; the legacy "function_call" is refused. An error's message
+// starts with the member at fault ("messages[2].content: ..."), which
+// `*field` also gets.
 StatusOr<std::vector<ChatTurn>> ParseChatMessages(const JsonValue& messages, std::string* field = nullptr);
-// The turns as the JSON array the chat template renders.
+// The turns as the JSON array the chat template renders, as vLLM hands them
+// to transformers: a call's arguments as the JSON object they hold (text
+// that is not JSON stays a string), "tool_calls", "tool_call_id" and "name"
+// only where a turn has them.
 JsonValue ChatTurnsJson(const std::vector<ChatTurn>& turns);
 
 // INVALID_ARGUMENT when the text makes no tokens.
@@ -49,6 +68,9 @@ struct ChatPromptOptions {
   // More template variables, a JSON object (e.g. {"enable_thinking": false},
   // {"date_string": "1 Jan 2030"}).
   JsonValue template_kwargs = JsonValue::Object();
+  // The template's `tools`: OpenAI's array of tool definitions, as given
+  // (null: None).
+  JsonValue tools;
 };
 
 // The names a chat template is given by Seer itself, which template_kwargs

@@ -6,6 +6,8 @@
 // renders; a template kwarg (Llama 3.1's date_string) in the render.
 #include "text/prompt.h"
 
+#include "text/chat_template.h"
+
 #include <gtest/gtest.h>
 
 #include <map>
@@ -14,6 +16,7 @@
 #include <vector>
 
 #include "base/json.h"
+#include "text/chat_template.h"
 #include "text/text_test_util.h"
 
 namespace seer {
@@ -43,11 +46,13 @@ TEST(ChatMessages, EveryContentFormOpenAiSendsBecomesText) {
     EXPECT_EQ(turns[i].role, want[i].first) << i;
     EXPECT_EQ(turns[i].content, want[i].second) << i;
   }
-  // What the template renders: role and content, both strings, nothing else.
+  // What the template renders: role and content, both strings, and a tool
+  // turn's call id; no empty tool_calls (Llama 3.1's template asks whether
+  // the key is there).
   const JsonValue rendered = ChatTurnsJson(turns);
   EXPECT_EQ(rendered.Dump(), JsonValue::Parse(R"([{"role": "system", "content": "Be brief."},
       {"role": "user", "content": "Hello, world"}, {"role": "assistant", "content": ""},
-      {"role": "tool", "content": "42"}, {"role": "assistant", "content": ""},
+      {"role": "tool", "content": "42", "tool_call_id": "call_1"}, {"role": "assistant", "content": ""},
       {"role": "user", "content": ""}])")
                                  ->Dump());
 }
@@ -69,12 +74,19 @@ TEST(ChatMessages, RefusalsNameTheMemberAtFault) {
        "messages[0].content", "part 1: only text parts"},
       {R"([{"role": "user", "content": [{"type": "text"}]}])", "messages[0].content", "part 0: only text parts"},
       {R"([{"role": "user", "content": ["Hi"]}])", "messages[0].content", "part 0: only text parts"},
-      // A turn with tool calls cannot be passed on without them.
-      {R"([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": null,
-           "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}])",
-       "messages[1].tool_calls", "tool calls are not supported"},
       {R"([{"role": "assistant", "function_call": {"name": "f", "arguments": "{}"}}])", "messages[0].function_call",
-       "tool calls are not supported"},
+       "the legacy form is not supported"},
+      {R"([{"role": "assistant", "tool_calls": {"id": "c"}}])", "messages[0].tool_calls", "must be an array"},
+      {R"([{"role": "assistant", "tool_calls": [{"id": "c", "type": "function"}]}])", "messages[0].tool_calls[0]",
+       "must be {\"id\""},
+      {R"([{"role": "assistant", "tool_calls": [{"id": 1, "function": {"name": "f"}}]}])",
+       "messages[0].tool_calls[0].id", "must be a string"},
+      {R"([{"role": "assistant", "tool_calls": [{"function": {"arguments": "{}"}}]}])",
+       "messages[0].tool_calls[0].function.name", "must be a string"},
+      {R"([{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}]}])",
+       "messages[0].tool_calls[0].function.arguments", "must be a string (the arguments' JSON)"},
+      {R"([{"role": "tool", "tool_call_id": 7, "content": "4"}])", "messages[0].tool_call_id", "must be a string"},
+      {R"([{"role": "tool", "name": ["f"], "content": "4"}])", "messages[0].name", "must be a string"},
   };
   for (const auto& c : cases) {
     StatusOr<JsonValue> v = JsonValue::Parse(c.json);
@@ -123,6 +135,78 @@ TEST(ChatPrompt, OptionsGiveTransformersIds) {
   EXPECT_GE(checked, 20);
   EXPECT_GE(without_generation, 10);
   RecordProperty("with_kwargs", with_kwargs);
+}
+
+// The tool conversations of chat_vectors.json as OpenAI's clients send them
+// (a call's arguments as JSON text, where transformers was given the
+// object): read by ParseChatMessages and rendered with the tools, they give
+// transformers' text (and, through EncodeChatPrompt, its tokens); where
+// transformers raised, so do we.
+TEST(ChatPrompt, ToolConversationsInOpenAiFormGiveTransformersText) {
+  const JsonValue vectors = text_test::LoadJson("chat_vectors.json");
+  std::map<std::string, std::unique_ptr<Tokenizer>> tokenizers;
+  int rendered = 0, raised = 0, with_calls = 0;
+  for (const JsonValue& c : vectors.Find("cases")->as_array()) {
+    if (c.Find("tools") == nullptr) continue;
+    const std::string& family = text_test::Str(c, "family");
+    const std::string& conversation = text_test::Str(c, "conversation");
+    if (!tokenizers.count(family)) {
+      tokenizers[family] = text_test::LoadTokenizer(family);
+      ASSERT_NE(tokenizers[family], nullptr);
+    }
+    const JsonValue& given = *vectors.Find("tool_conversations")->Find(conversation);
+    // OpenAI's wire form of the conversation.
+    JsonValue wire = JsonValue::Array();
+    for (const JsonValue& m : given.Find("messages")->as_array()) {
+      JsonValue out = JsonValue::Object();
+      for (const auto& [key, value] : m.as_object()) {
+        if (key != "tool_calls") {
+          out.Set(key, value);
+          continue;
+        }
+        JsonValue calls = JsonValue::Array();
+        for (const JsonValue& call : value.as_array()) {
+          JsonValue fn = JsonValue::Object();
+          fn.Set("name", *call.Find("function")->Find("name"));
+          fn.Set("arguments", JsonValue::String(call.Find("function")->Find("arguments")->Dump()));
+          JsonValue sent = call;
+          sent.Set("function", std::move(fn));
+          calls.Append(std::move(sent));
+          ++with_calls;
+        }
+        out.Set("tool_calls", std::move(calls));
+      }
+      wire.Append(std::move(out));
+    }
+    StatusOr<std::vector<ChatTurn>> turns = ParseChatMessages(wire);
+    ASSERT_TRUE(turns.ok()) << turns.status().ToString();
+    ChatPromptOptions options;
+    options.tools = *given.Find("tools");
+    StatusOr<std::vector<int32_t>> ids = EncodeChatPrompt(*tokenizers[family], ChatTurnsJson(*turns), options);
+    const std::string label = family + "/" + conversation;
+    if (c.Find("error") != nullptr) {
+      ASSERT_FALSE(ids.ok()) << label << " rendered; transformers raised " << text_test::Str(c, "error");
+      EXPECT_NE(ids.status().message().find(text_test::Str(c, "error")), std::string::npos) << ids.status().ToString();
+      ++raised;
+      continue;
+    }
+    ASSERT_TRUE(ids.ok()) << label << ": " << ids.status().ToString();
+    StatusOr<std::vector<int32_t>> want = tokenizers[family]->Encode(text_test::Str(c, "text"), false);
+    ASSERT_TRUE(want.ok());
+    EXPECT_EQ(*ids, *want) << label;
+    ChatTemplateOptions render;
+    render.tools = options.tools;
+    StatusOr<std::string> text = RenderChat(*tokenizers[family], ChatTurnsJson(*turns), render);
+    ASSERT_TRUE(text.ok()) << text.status().ToString();
+    EXPECT_EQ(*text, text_test::Str(c, "text")) << label;
+    // Without the tools the render differs: they reached the template.
+    StatusOr<std::string> bare = RenderChat(*tokenizers[family], ChatTurnsJson(*turns), {});
+    if (bare.ok()) EXPECT_NE(*bare, *text) << label;
+    ++rendered;
+  }
+  EXPECT_EQ(rendered, 8);
+  EXPECT_EQ(raised, 1);
+  EXPECT_EQ(with_calls, 3);
 }
 
 // continue_final_message: transformers' render without the generation

@@ -49,6 +49,7 @@ int main(int argc, char** argv) {
   int64_t threads = 0, max_concurrent = 4, max_queue = 64, max_new_tokens = 4096, attempts = 0;
   int64_t default_new_tokens = 256, max_batch = 64, page_tokens = 64;
   std::string kv_pool = "auto", tokenizer_path, http, served_model_name;
+  std::string tool_call_parser = "auto";
   int64_t max_buffered_bytes = int64_t{256} << 20;
   double drain_seconds = 30.0, prefill_timeout = 0.0, write_stall_seconds = 20.0;
   seer::PrefillClientOptions client_options;
@@ -108,6 +109,10 @@ int main(int argc, char** argv) {
   flags.Bool("http-plaintext-with-tls", &http_plaintext_with_tls,
              "serve --http as plaintext although the gRPC port has TLS (--tls-cert): TLS for HTTP is terminated "
              "in front of it (an Ingress, a mesh sidecar)");
+  flags.String("tool-call-parser", &tool_call_parser,
+               "how the OpenAI API reads a chat's tool calls when tool_choice is \"auto\" (the default with "
+               "tools): llama3_json, hermes or mistral; auto: the format the tokenizer's chat template shows; "
+               "none: refuse \"auto\" (\"required\" and named functions are guided, so need no parser)");
   flags.String("served-model-name", &served_model_name,
                "the model name the HTTP API lists and requests must give (default: the model directory's name)");
   flags.Int("max-buffered-bytes", &max_buffered_bytes,
@@ -209,6 +214,12 @@ int main(int argc, char** argv) {
     int port = 0;
     if (seer::Status s = seer::SplitHostPort(http, "--http", &host, &port); !s.ok()) {
       std::fprintf(stderr, "seer-decode: %s\n", s.message().c_str());
+      return 2;
+    }
+  }
+  if (tool_call_parser != "auto" && tool_call_parser != "none") {
+    if (seer::Status s = seer::ToolCallFormatNamed(tool_call_parser).status(); !s.ok()) {
+      std::fprintf(stderr, "seer-decode: --tool-call-parser: %s (or auto, none)\n", s.message().c_str());
       return 2;
     }
   }
@@ -411,6 +422,7 @@ int main(int argc, char** argv) {
       if (!http_plaintext_with_tls) ho.tls = common.tls;
       ho.registry = registry.get();
       ho.max_model_len = model_config->max_position_embeddings;
+      ho.tool_call_parser = tool_call_parser;
       ho.tokenizer = [&]() -> seer::StatusOr<const seer::Tokenizer*> {
         if (!loaded.load(std::memory_order_acquire)) {
           return seer::Unavailable("seer-decode is still loading its model; retry shortly");

@@ -219,9 +219,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     const Tokenizer& tokenizer = *service_->tokenizer_;
     StatusOr<std::vector<int32_t>> ids = [&]() -> StatusOr<std::vector<int32_t>> {
       if (call_.has_text) return EncodeTextPrompt(tokenizer, call_.text);
-      std::vector<ChatTurn> turns;
-      for (const auto& [role, content] : call_.messages) turns.push_back({role, content});
-      return EncodeChatPrompt(tokenizer, ChatTurnsJson(turns), call_.chat);
+      return EncodeChatPrompt(tokenizer, ChatTurnsJson(call_.messages), call_.chat);
     }();
     if (!ids.ok()) {
       const char* field = call_.has_text ? "text" : "messages";

@@ -38,6 +38,7 @@
 #include "server/common/logging.h"
 #include "server/common/request_log.h"
 #include "text/prompt.h"
+#include "text/tool_calls.h"
 
 namespace seer {
 namespace {
@@ -319,6 +320,12 @@ struct ParsedRequest {
   // with the highest logprob per token are returned.
   int best_of = 1;
   std::string guide_key;  // the field that asked for a guide (response_format, guided_json, ...)
+  // A chat's tools, and how its reply may call them (docs/SERVICE.md, "Tool
+  // calling").
+  std::vector<ToolDefinition> tools;
+  ToolChoice tool_choice;
+  bool parallel_tool_calls = true;
+  bool skip_special_set = false;  // the request chose skip_special_tokens itself
 };
 
 // A JSON number as a float; beyond float's range, infinite (which the
@@ -672,13 +679,19 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
   // What Seer cannot do is refused, not ignored: the client would get other
   // text than it asked for. Each field passes at its neutral value: null,
   // false and an empty list.
-  for (const char* refused :
-       {"tools", "functions", "function_call", "suffix", "use_beam_search", "guided_whitespace_pattern"}) {
-    const JsonValue* f = root.Find(refused);
-    if (f != nullptr && !f->is_null() && !(f->is_bool() && !f->as_bool()) &&
-        !(f->is_array() && f->as_array().empty())) {
-      return Invalid(refused, std::string(refused) + ": not supported by this server");
+  auto given = [&](const char* key) {
+    const JsonValue* f = root.Find(key);
+    return f != nullptr && !f->is_null() && !(f->is_bool() && !f->as_bool()) &&
+           !(f->is_array() && f->as_array().empty());
+  };
+  if (!chat && given("tools")) return Invalid("tools", "tools: a chat field (POST /v1/chat/completions)");
+  for (const char* legacy : {"functions", "function_call"}) {
+    if (given(legacy)) {
+      return Invalid(legacy, std::string(legacy) + ": the legacy form is not supported; send tools and tool_choice");
     }
+  }
+  for (const char* refused : {"suffix", "use_beam_search", "guided_whitespace_pattern"}) {
+    if (given(refused)) return Invalid(refused, std::string(refused) + ": not supported by this server");
   }
   // vLLM's allowed_token_ids: the only ids the reply may have (the server
   // checks them against the vocabulary and names the index).
@@ -707,10 +720,11 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
   if (auto e = OptionalBool(root, "skip_special_tokens", &skip_special)) return e;
   g.set_include_stop_str_in_output(include_stop.value_or(false));
   if (skip_special) g.set_skip_special_tokens(*skip_special);
+  out->skip_special_set = skip_special.has_value();
   if (auto e = ParseGuide(root, &g, &out->guide_key)) return e;
-  if (const JsonValue* f = root.Find("tool_choice"); f != nullptr && !f->is_null()) {
+  if (const JsonValue* f = root.Find("tool_choice"); !chat && f != nullptr && !f->is_null()) {
     if (!f->is_string() || (f->as_string() != "none" && f->as_string() != "auto")) {
-      return Invalid("tool_choice", "tool_choice: not supported by this server (no tools)");
+      return Invalid("tool_choice", "tool_choice: a chat field (POST /v1/chat/completions)");
     }
   }
   std::optional<bool> stream;
@@ -823,17 +837,54 @@ v1::GenerateRequest PromptCall(const ParsedRequest& req, size_t p) {
   return g;
 }
 
+// A chat's tools, tool_choice and parallel_tool_calls. "required" and a
+// named function guide the reply to their calls' JSON, so they take no
+// other guide.
+std::optional<HttpError> ParseToolFields(const JsonValue& root, ParsedRequest* out) {
+  if (const JsonValue* tools = root.Find("tools");
+      tools != nullptr && !tools->is_null() && !(tools->is_array() && tools->as_array().empty())) {
+    std::string field;
+    StatusOr<std::vector<ToolDefinition>> parsed = ParseTools(*tools, &field);
+    if (!parsed.ok()) return Invalid(field, parsed.status().message());
+    out->tools = *std::move(parsed);
+    out->generate.set_tools(tools->Dump());
+  }
+  StatusOr<ToolChoice> choice = ParseToolChoice(root.Find("tool_choice"), out->tools);
+  if (!choice.ok()) {
+    const std::string& m = choice.status().message();
+    return Invalid(m.substr(0, m.find(':')), m);
+  }
+  out->tool_choice = *std::move(choice);
+  std::optional<bool> parallel;
+  if (auto e = OptionalBool(root, "parallel_tool_calls", &parallel)) return e;
+  out->parallel_tool_calls = parallel.value_or(true);
+  const ToolChoice::Kind kind = out->tool_choice.kind;
+  if (kind != ToolChoice::Kind::kRequired && kind != ToolChoice::Kind::kFunction) return std::nullopt;
+  if (!out->guide_key.empty()) {
+    return Invalid("tool_choice", std::string("tool_choice: ") +
+                                      (kind == ToolChoice::Kind::kRequired ? "\"required\"" : "a named function") +
+                                      " guides the reply to its calls' JSON, so not with " + out->guide_key);
+  }
+  out->generate.mutable_guide()->set_json_schema(
+      ToolCallSchema(out->tools, out->tool_choice, out->parallel_tool_calls));
+  out->guide_key = "tools";
+  if (kind == ToolChoice::Kind::kFunction) {
+    for (size_t i = 0; i < out->tools.size(); ++i) {
+      if (out->tools[i].name == out->tool_choice.name) {
+        out->guide_key = "tools[" + std::to_string(i) + "].function.parameters";
+      }
+    }
+  }
+  return std::nullopt;
+}
+
 std::optional<HttpError> ParseChat(const JsonValue& root, int default_max_tokens, ParsedRequest* out) {
   if (auto e = ParseCommon(root, true, default_max_tokens, out)) return e;
   const JsonValue* messages = root.Find("messages");
   std::string field;
   StatusOr<std::vector<ChatTurn>> turns = ParseChatMessages(messages != nullptr ? *messages : JsonValue(), &field);
   if (!turns.ok()) return Invalid(field, std::string(turns.status().message()));
-  for (ChatTurn& t : *turns) {
-    v1::ChatMessage* msg = out->generate.add_messages();
-    msg->set_role(std::move(t.role));
-    msg->set_content(std::move(t.content));
-  }
+  AddChatMessages(std::move(*turns), &out->generate);
   // vLLM's chat controls; the server checks how they combine and names the
   // field.
   std::optional<bool> generation_prompt, continue_final;
@@ -845,7 +896,7 @@ std::optional<HttpError> ParseChat(const JsonValue& root, int default_max_tokens
     if (!f->is_object()) return Invalid("chat_template_kwargs", "chat_template_kwargs: must be a JSON object");
     out->generate.set_chat_template_kwargs(f->Dump());
   }
-  return std::nullopt;
+  return ParseToolFields(root, out);
 }
 
 // The request's body as a JSON object, or the error to answer.
@@ -904,6 +955,12 @@ std::optional<HttpError> TokenizeJson(const JsonValue& root, const Tokenizer& to
     chat.continue_final_message = continue_final.value_or(false);
     if (const JsonValue* kw = root.Find("chat_template_kwargs"); kw != nullptr && !kw->is_null()) {
       chat.template_kwargs = *kw;
+    }
+    if (const JsonValue* tools = root.Find("tools");
+        tools != nullptr && !tools->is_null() && !(tools->is_array() && tools->as_array().empty())) {
+      StatusOr<std::vector<ToolDefinition>> parsed = ParseTools(*tools, &field);
+      if (!parsed.ok()) return Invalid(field, parsed.status().message());
+      chat.tools = *tools;
     }
     ids = EncodeChatPrompt(tok, ChatTurnsJson(*turns), chat);
     if (!ids.ok()) {
@@ -1046,6 +1103,27 @@ JsonValue LogprobsJson(bool chat, const std::vector<v1::TokenLogprobs>& run, int
   return out;
 }
 
+// A reply's tool calls as OpenAI writes them: whole ({id, type, function:
+// {name, arguments}}), or in a stream's chunks, where each part has its
+// call's index and a call's first part alone carries its id, type and name.
+JsonValue ToolCallsJson(const std::vector<ToolCallReader::CallDelta>& calls, bool stream) {
+  JsonValue out = JsonValue::Array();
+  for (const ToolCallReader::CallDelta& d : calls) {
+    JsonValue call = JsonValue::Object();
+    if (stream) call.Set("index", JsonValue::Int(d.index));
+    JsonValue fn = JsonValue::Object();
+    if (!d.id.empty() || !stream) {
+      call.Set("id", JsonValue::String(d.id));
+      call.Set("type", JsonValue::String("function"));
+      fn.Set("name", JsonValue::String(d.name));
+    }
+    fn.Set("arguments", JsonValue::String(d.arguments));
+    call.Set("function", std::move(fn));
+    out.Append(std::move(call));
+  }
+  return out;
+}
+
 class GrpcGenerateBackend final : public GenerateBackend {
  public:
   explicit GrpcGenerateBackend(std::shared_ptr<grpc::Channel> channel) : stub_(v1::DecodeService::NewStub(channel)) {}
@@ -1082,6 +1160,22 @@ std::string OpenAiHttpServer::ClientAddress(const mg_request_info* info) const {
     if (!client.empty()) return client;
   }
   return PeerName(info->remote_addr, info->remote_port);
+}
+
+StatusOr<std::optional<ToolCallFormat>> OpenAiHttpServer::ToolFormat() const {
+  const std::string& parser = options_.tool_call_parser;
+  if (parser == "none") return std::optional<ToolCallFormat>();
+  if (parser != "auto") {
+    SEER_ASSIGN_OR_RETURN(ToolCallFormat f, ToolCallFormatNamed(parser));
+    return std::optional<ToolCallFormat>(f);
+  }
+  if (!options_.tokenizer) return std::optional<ToolCallFormat>();
+  StatusOr<const Tokenizer*> tok = options_.tokenizer();
+  if (!tok.ok()) {
+    if (tok.status().code() == StatusCode::kUnavailable) return tok.status();
+    return std::optional<ToolCallFormat>();  // no tokenizer: no chat either
+  }
+  return DetectToolCallFormat((*tok)->config().chat_template);
 }
 
 StatusOr<std::unique_ptr<OpenAiHttpServer>> OpenAiHttpServer::Start(const OpenAiHttpOptions& options,
@@ -1269,6 +1363,30 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
   if (!req.model.empty() && req.model != options_.model_name) {
     return SendError(conn, ModelNotFound(req.model, options_.model_name));
   }
+  // "auto" reads the reply's calls in the model's format.
+  std::optional<ToolCallFormat> tool_format;
+  if (req.tool_choice.kind == ToolChoice::Kind::kAuto) {
+    StatusOr<std::optional<ToolCallFormat>> f = ToolFormat();
+    if (!f.ok()) {
+      HttpError e{503, f.status().message()};
+      e.type = "server_error";
+      return SendError(conn, e);
+    }
+    if (!*f) {
+      return SendError(
+          conn, Invalid("tool_choice",
+                        "tool_choice: \"auto\" (the default with tools) reads the calls in the format the model "
+                        "writes them, and this server knows none for its model (seer-decode --tool-call-parser " +
+                            options_.tool_call_parser +
+                            "; llama3_json, hermes and mistral are read); send tool_choice \"required\", a named "
+                            "function or \"none\""));
+    }
+    tool_format = *f;
+    // Mistral's calls begin with a special token, which the text must keep.
+    if (*tool_format == ToolCallFormat::kMistral && !req.skip_special_set) {
+      for (v1::GenerateRequest& g : calls) g.set_skip_special_tokens(false);
+    }
+  }
 
   const std::string id = std::string(chat ? "chatcmpl-" : "cmpl-") + std::to_string(g_next_id.fetch_add(1));
   const char* object = chat ? (req.stream ? "chat.completion.chunk" : "chat.completion") : "text_completion";
@@ -1299,6 +1417,8 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     bool echo_pending = false;
     bool started = false;  // a streamed chat choice's first chunk (the role) is out
     std::string text;  // the whole reply, when not streamed
+    // A chat with tools: the reply read as content and calls.
+    std::optional<ToolCallReader> tools;
     v1::GenerateSummary summary;
     double logprob_sum = 0.0;  // best_of: its tokens' logprobs, summed
     int logprob_tokens = 0;
@@ -1318,6 +1438,9 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
       c.index = static_cast<int>(p * static_cast<size_t>(req.n) + i);  // best_of > n is renumbered at the end
       c.prompt = p;
       c.echo_pending = req.echo;
+      if (req.tool_choice.kind != ToolChoice::Kind::kNone) {
+        c.tools.emplace(req.tool_choice, tool_format, req.tools, req.parallel_tool_calls);
+      }
     }
   }
   // The echoed prompt: the text as given, or a prompt of ids as its tokens' texts.
@@ -1336,13 +1459,25 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
   };
   // One choice of a chunk (stream) or of the whole answer, with the logprobs
   // of the tokens not yet sent (when asked for), which it takes.
-  auto choice_json = [&](Choice& ch, const std::string& text, const std::string& finish, bool first) {
+  // A reply that ends with its calls ends for them, unless it was cut short.
+  auto FinishReason = [](const Choice& c) {
+    const std::string& reason = c.summary.finish_reason();
+    return c.tools && c.tools->ends_with_calls() && reason == "stop" ? std::string("tool_calls") : reason;
+  };
+  // A chat's tool calls: a reply's whole, or a chunk's parts of them.
+  auto choice_json = [&](Choice& ch, const std::string& text, const std::string& finish, bool first,
+                         const std::vector<ToolCallReader::CallDelta>& calls = {}) {
     JsonValue c = JsonValue::Object();
     c.Set("index", JsonValue::Int(ch.index));
     if (chat) {
       JsonValue m = JsonValue::Object();
       if (!req.stream || first) m.Set("role", JsonValue::String("assistant"));
-      if (!req.stream || !text.empty() || first) m.Set("content", JsonValue::String(text));
+      if (!req.stream && text.empty() && !calls.empty()) {
+        m.Set("content", JsonValue());  // only calls, as OpenAI's
+      } else if (!req.stream || !text.empty() || first) {
+        m.Set("content", JsonValue::String(text));
+      }
+      if (!calls.empty()) m.Set("tool_calls", ToolCallsJson(calls, req.stream));
       c.Set(req.stream ? "delta" : "message", std::move(m));
     } else {
       c.Set("text", JsonValue::String(text));
@@ -1382,12 +1517,13 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
     }
   };
   // A chunk of one choice.
-  auto send_chunk = [&](Choice& c, const std::string& text, const std::string& finish) {
+  auto send_chunk = [&](Choice& c, const std::string& text, const std::string& finish,
+                        const std::vector<ToolCallReader::CallDelta>& calls = {}) {
     start_stream(c);
     if (client_gone) return;
     JsonValue chunk = envelope();
     JsonValue list = JsonValue::Array();
-    list.Append(choice_json(c, text, finish, false));
+    list.Append(choice_json(c, text, finish, false, calls));
     chunk.Set("choices", std::move(list));
     if (!SendEvent(conn, chunk.Dump())) client_gone = true;
   };
@@ -1438,8 +1574,27 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
       if (client_gone) return false;
     }
     if (!req.stream) {
-      if (!req.prompt_only) c.text += r.text();  // the token the wire made is not shown
+      if (c.tools) {
+        c.tools->Feed(r.text());
+        if (r.has_summary()) c.tools->Finish();
+      } else if (!req.prompt_only) {
+        c.text += r.text();  // the token the wire made is not shown
+      }
       return true;
+    }
+    if (c.tools) {
+      // Text that may be a call waits until it is clear; the end says.
+      ToolCallReader::Delta d = c.tools->Feed(r.text());
+      if (!d.empty()) {
+        send_chunk(c, d.content, "", d.calls);
+      } else {
+        start_stream(c);
+      }
+      if (r.has_summary()) {
+        d = c.tools->Finish();
+        send_chunk(c, d.content, FinishReason(c), d.calls);
+      }
+      return !client_gone;
     }
     if (!req.prompt_only) {
       if (!r.text().empty()) {
@@ -1549,8 +1704,17 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
       shown.insert(shown.end(), group.begin(), group.end());
     }
     JsonValue list = JsonValue::Array();
-    for (Choice* c : shown)
+    for (Choice* c : shown) {
+      if (c->tools) {
+        std::vector<ToolCallReader::CallDelta> whole;
+        for (const ToolCall& call : c->tools->calls()) {
+          whole.push_back({static_cast<int>(whole.size()), call.id, call.name, call.arguments});
+        }
+        list.Append(choice_json(*c, c->tools->content(), FinishReason(*c), false, whole));
+        continue;
+      }
       list.Append(choice_json(*c, c->text, req.prompt_only ? "length" : c->summary.finish_reason(), false));
+    }
     out.Set("choices", std::move(list));
     out.Set("usage", std::move(usage));
     return SendJson(conn, 200, out.Dump());

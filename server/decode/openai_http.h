@@ -21,9 +21,12 @@
 // chat's add_generation_prompt, continue_final_message and
 // chat_template_kwargs) plus
 // Seer's own `seer_sparsity`
-// ("dense", "threshold=T", "nz_ratio=R"); fields that ask for what Seer
-// cannot do (a chat's best_of, tools, a JSON response_format,
-// vLLM's guided decoding, ...) are refused unless
+// ("dense", "threshold=T", "nz_ratio=R"); guided decoding (response_format,
+// vLLM's guided_* and structured_outputs); a chat's tools, tool_choice and
+// parallel_tool_calls (text/tool_calls.h: "required" and a named function
+// guided to their calls, "auto" read in the model's format, the reply's
+// tool_calls whole or streamed). Fields that ask for what Seer cannot do (a
+// chat's best_of, the legacy functions, beam search, ...) are refused unless
 // they hold their neutral value, other fields are ignored as OpenAI's
 // servers ignore unknown ones. Errors use OpenAI's JSON
 // shape, {"error": {"message", "type", "param", "code"}}, with the HTTP code
@@ -58,6 +61,7 @@
 #include "seer/v1/seer.grpc.pb.h"
 #include "server/common/tls_front.h"
 #include "text/tokenizer.h"
+#include "text/tool_calls.h"
 
 struct mg_context;
 struct mg_connection;
@@ -107,6 +111,11 @@ struct OpenAiHttpOptions {
   // 404.
   std::function<StatusOr<const Tokenizer*>()> tokenizer;
   int max_model_len = 0;
+  // How a chat's tool_choice "auto" reads the model's calls: "llama3_json",
+  // "hermes" or "mistral" (text/tool_calls.h), "auto" (the format the
+  // tokenizer's chat template shows, once it has loaded) or "none" ("auto"
+  // is then refused, naming --tool-call-parser).
+  std::string tool_call_parser = "auto";
   // Given: seer_http_requests_total{endpoint, code} counts every answer by
   // its HTTP status, refusals of the HTTP layer itself included (bad JSON,
   // unsupported fields, unknown models), which never reach Generate's own
@@ -132,6 +141,9 @@ class OpenAiHttpServer {
   void Respond(mg_connection* conn);
   // The HTTP client of a request (behind the TLS front: the front's client).
   std::string ClientAddress(const mg_request_info* info) const;
+  // The format tool_choice "auto" reads (options_.tool_call_parser); nullopt
+  // when there is none; UNAVAILABLE while "auto" waits for the tokenizer.
+  StatusOr<std::optional<ToolCallFormat>> ToolFormat() const;
 
   const OpenAiHttpOptions options_;
   GenerateBackend* const backend_;

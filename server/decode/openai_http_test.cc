@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
 #include <atomic>
 #include <cfloat>
 #include <chrono>
@@ -286,8 +287,12 @@ std::vector<std::string> Events(const std::string& body) {
 
 class OpenAiHttp : public ::testing::Test {
  protected:
-  void SetUp() override {
+  void SetUp() override { Start("auto"); }
+  // The server, anew, reading tool_choice "auto" with `tool_call_parser`.
+  void Start(const std::string& tool_call_parser) {
+    server.reset();
     OpenAiHttpOptions o;
+    o.tool_call_parser = tool_call_parser;
     o.listen = "127.0.0.1:0";
     o.model_name = "tiny-llama";
     o.registry = &registry;
@@ -1227,13 +1232,9 @@ TEST_F(OpenAiHttp, VllmsExtensionsReachTheWireOrAreRefused) {
           "guided_regex: only one guide may be given, and response_format already is one");
   Refused(R"("guided_choice": ["a"], "structured_outputs": {"regex": "a"})", "structured_outputs.regex",
           "only one guide");
-  Refused(R"("tool_choice": "required")", "tool_choice", "no tools");
-  // A conversation with tool calls cannot be passed on without them.
-  const JsonValue tool_turn = PostJson("/v1/chat/completions", R"({"messages": [{"role": "user", "content": "Hi"},
-      {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function",
-       "function": {"name": "f", "arguments": "{}"}}]}, {"role": "tool", "tool_call_id": "c", "content": "4"}]})",
-                                       400);
-  EXPECT_EQ(tool_turn.Find("error")->Find("param")->as_string(), "messages[1].tool_calls") << tool_turn.Dump();
+  Refused(R"("tool_choice": "required")", "tool_choice", "a chat field");
+  Refused(R"("tools": [{"type": "function", "function": {"name": "f"}}])", "tools", "a chat field");
+  Refused(R"("functions": [{"name": "f"}])", "functions", "the legacy form is not supported");
   EXPECT_EQ(backend.calls.load(), calls) << "refused before Generate";
   // The server's own checks come back in the request's terms.
   backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "sampling.top_k: 500 is out of range [0, 128]");
@@ -1299,6 +1300,206 @@ TEST_F(OpenAiHttp, GuidesReachTheWireAsTheGuideTheyAskFor) {
 }
 
 // Generate's errors name the gRPC fields; over HTTP they name the request's.
+constexpr char kWeatherTools[] = R"([{"type": "function", "function": {"name": "get_weather",
+    "description": "Weather in a city.", "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+    "required": ["city"]}}}, {"type": "function", "function": {"name": "ping"}}])";
+
+// A chat's body with the weather tools and `fields`.
+std::string ToolChat(const std::string& fields) {
+  return std::string(R"({"messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": )") + kWeatherTools +
+         (fields.empty() ? "" : ", " + fields) + "}";
+}
+
+// A streamed chat's deltas, joined: its content, and each call's id, name
+// and arguments (a call's first part alone names it), and the last
+// finish_reason.
+struct StreamedChat {
+  std::string content;
+  std::vector<std::array<std::string, 3>> calls;
+  std::string finish;
+};
+StreamedChat JoinDeltas(const std::string& body) {
+  StreamedChat out;
+  const std::vector<std::string> events = Events(body);
+  EXPECT_EQ(events.back(), "[DONE]");
+  for (size_t i = 0; i + 1 < events.size(); ++i) {
+    StatusOr<JsonValue> e = JsonValue::Parse(events[i]);
+    EXPECT_TRUE(e.ok()) << events[i];
+    const JsonValue& choice = e->Find("choices")->as_array()[0];
+    const JsonValue& delta = *choice.Find("delta");
+    if (const JsonValue* c = delta.Find("content"); c != nullptr && c->is_string()) out.content += c->as_string();
+    if (const JsonValue* f = choice.Find("finish_reason"); f->is_string()) out.finish = f->as_string();
+    const JsonValue* calls = delta.Find("tool_calls");
+    if (calls == nullptr) continue;
+    for (const JsonValue& part : calls->as_array()) {
+      const size_t index = static_cast<size_t>(part.Find("index")->as_int64());
+      if (const JsonValue* id = part.Find("id")) {
+        EXPECT_EQ(index, out.calls.size()) << events[i];
+        EXPECT_EQ(part.Find("type")->as_string(), "function");
+        out.calls.push_back({id->as_string(), part.Find("function")->Find("name")->as_string(), ""});
+      } else {
+        EXPECT_EQ(part.Find("function")->Find("name"), nullptr) << "only a call's first part names it";
+      }
+      EXPECT_LT(index, out.calls.size()) << events[i];
+      if (index < out.calls.size()) out.calls[index][2] += part.Find("function")->Find("arguments")->as_string();
+    }
+  }
+  return out;
+}
+
+// Tool calling: "required" and a named function guide the reply to their
+// calls' JSON (the wire's guide is their schema) and answer with
+// tool_calls; "auto" reads the model's own format (here Hermes', then
+// Mistral's, which keeps special tokens) and is refused where the server
+// knows none; "none" is text. The tools and a conversation's earlier calls
+// reach the wire; a stream's deltas join to the same calls.
+TEST_F(OpenAiHttp, ToolCallsAreGuidedOrReadAndAnsweredInOpenAisShape) {
+  const std::vector<ToolDefinition> tools = *ParseTools(*JsonValue::Parse(kWeatherTools));
+  backend.finish = "stop";
+  // A named function: the reply is its arguments.
+  backend.texts = {R"({"city": )", "", R"("Paris"})"};
+  const std::string named = ToolChat(R"("tool_choice": {"type": "function", "function": {"name": "get_weather"}})");
+  JsonValue out = PostJson("/v1/chat/completions", named, 200);
+  v1::GenerateRequest g = backend.Last();
+  EXPECT_EQ(g.tools(), JsonValue::Parse(kWeatherTools)->Dump());
+  EXPECT_EQ(g.guide().json_schema(), tools[0].parameters.Dump());
+  const JsonValue* choice = &out.Find("choices")->as_array()[0];
+  EXPECT_EQ(choice->Find("finish_reason")->as_string(), "stop") << "as OpenAI ends a named call";
+  const JsonValue* message = choice->Find("message");
+  EXPECT_TRUE(message->Find("content")->is_null()) << out.Dump();
+  ASSERT_EQ(message->Find("tool_calls")->as_array().size(), 1u) << out.Dump();
+  const JsonValue* call = &message->Find("tool_calls")->as_array()[0];
+  EXPECT_EQ(call->Find("id")->as_string().rfind("call_", 0), 0u);
+  EXPECT_EQ(call->Find("type")->as_string(), "function");
+  EXPECT_EQ(call->Find("function")->Find("name")->as_string(), "get_weather");
+  EXPECT_EQ(call->Find("function")->Find("arguments")->as_string(), R"({"city": "Paris"})");
+  HttpReply r = Exchange(server->port(), "POST", "/v1/chat/completions",
+                         named.substr(0, named.size() - 1) + R"(, "stream": true})");
+  ASSERT_EQ(r.status, 200);
+  StreamedChat streamed = JoinDeltas(r.body);
+  EXPECT_EQ(streamed.content, "");
+  ASSERT_EQ(streamed.calls.size(), 1u) << r.body;
+  EXPECT_EQ(streamed.calls[0][1], "get_weather");
+  EXPECT_EQ(streamed.calls[0][2], R"({"city": "Paris"})");
+  EXPECT_EQ(streamed.finish, "stop");
+  EXPECT_GE(Events(r.body).size(), 5u) << "the arguments streamed as they came";
+
+  // "required": an array of calls.
+  backend.texts = {R"([{"name": "get_weather", "parameters": {"city": "Oslo"}}, )",
+                   R"({"name": "ping", "parameters": {}}])"};
+  for (const bool parallel : {true, false}) {
+    const std::string required =
+        ToolChat(std::string(R"("tool_choice": "required", "parallel_tool_calls": )") + (parallel ? "true" : "false"));
+    out = PostJson("/v1/chat/completions", required, 200);
+    EXPECT_EQ(backend.Last().guide().json_schema(),
+              ToolCallSchema(tools, ToolChoice{ToolChoice::Kind::kRequired, ""}, parallel));
+    choice = &out.Find("choices")->as_array()[0];
+    EXPECT_EQ(choice->Find("finish_reason")->as_string(), "tool_calls");
+    const JsonValue& calls = *choice->Find("message")->Find("tool_calls");
+    ASSERT_EQ(calls.as_array().size(), parallel ? 2u : 1u) << out.Dump();
+    EXPECT_EQ(calls.as_array()[0].Find("function")->Find("arguments")->as_string(), R"({"city":"Oslo"})");
+    if (parallel) {
+      EXPECT_EQ(calls.as_array()[1].Find("function")->Find("name")->as_string(), "ping");
+      EXPECT_NE(calls.as_array()[0].Find("id")->as_string(), calls.as_array()[1].Find("id")->as_string());
+    }
+    r = Exchange(server->port(), "POST", "/v1/chat/completions",
+                 required.substr(0, required.size() - 1) + R"(, "stream": true})");
+    streamed = JoinDeltas(r.body);
+    ASSERT_EQ(streamed.calls.size(), parallel ? 2u : 1u) << r.body;
+    EXPECT_EQ(streamed.calls[0][2], R"({"city":"Oslo"})");
+    EXPECT_EQ(streamed.finish, "tool_calls");
+  }
+
+  // "auto" (the default with tools): this server's template shows no format.
+  const JsonValue refused = PostJson("/v1/chat/completions", ToolChat(""), 400);
+  EXPECT_EQ(refused.Find("error")->Find("param")->as_string(), "tool_choice");
+  EXPECT_NE(refused.Find("error")->Find("message")->as_string().find("--tool-call-parser"), std::string::npos);
+  // "none": text, the tools still shown to the template.
+  backend.texts = {"<tool_call>", "{\"name\": \"ping\"}</tool_call>"};
+  out = PostJson("/v1/chat/completions", ToolChat(R"("tool_choice": "none")"), 200);
+  EXPECT_EQ(backend.Last().tools(), JsonValue::Parse(kWeatherTools)->Dump());
+  EXPECT_FALSE(backend.Last().has_guide());
+  message = out.Find("choices")->as_array()[0].Find("message");
+  EXPECT_EQ(message->Find("content")->as_string(), "<tool_call>{\"name\": \"ping\"}</tool_call>");
+  EXPECT_EQ(message->Find("tool_calls"), nullptr);
+
+  // "auto" with Hermes' format: text before the call streams, the call ends the reply.
+  Start("hermes");
+  backend.texts = {"Checking", ". <tool", "_call>\n{\"name\": \"get_weather\", ",
+                   "\"arguments\": {\"city\": \"Rome\"}}\n</tool_call>"};
+  out = PostJson("/v1/chat/completions", ToolChat(""), 200);
+  EXPECT_FALSE(backend.Last().has_guide());
+  choice = &out.Find("choices")->as_array()[0];
+  EXPECT_EQ(choice->Find("finish_reason")->as_string(), "tool_calls");
+  EXPECT_EQ(choice->Find("message")->Find("content")->as_string(), "Checking. ");
+  ASSERT_EQ(choice->Find("message")->Find("tool_calls")->as_array().size(), 1u);
+  EXPECT_EQ(choice->Find("message")->Find("tool_calls")->as_array()[0].Find("function")->Find("arguments")->as_string(),
+            R"({"city":"Rome"})");
+  r = Exchange(server->port(), "POST", "/v1/chat/completions", ToolChat(R"("stream": true)"));
+  streamed = JoinDeltas(r.body);
+  EXPECT_EQ(streamed.content, "Checking. ");
+  ASSERT_EQ(streamed.calls.size(), 1u);
+  EXPECT_EQ(streamed.calls[0][1], "get_weather");
+  EXPECT_EQ(streamed.finish, "tool_calls");
+  // A reply that calls nothing is text, and ends as it did.
+  backend.texts = {"It is ", "sunny."};
+  out = PostJson("/v1/chat/completions", ToolChat(""), 200);
+  choice = &out.Find("choices")->as_array()[0];
+  EXPECT_EQ(choice->Find("finish_reason")->as_string(), "stop");
+  EXPECT_EQ(choice->Find("message")->Find("content")->as_string(), "It is sunny.");
+  // A conversation's earlier call and its answer reach the wire.
+  PostJson("/v1/chat/completions",
+           R"({"messages": [{"role": "user", "content": "Hi"},
+      {"role": "assistant", "content": null, "tool_calls": [{"id": "call_9", "type": "function",
+       "function": {"name": "ping", "arguments": "{}"}}]},
+      {"role": "tool", "tool_call_id": "call_9", "name": "ping", "content": "pong"}], "tools": )" +
+               std::string(kWeatherTools) + "}",
+           200);
+  g = backend.Last();
+  ASSERT_EQ(g.messages_size(), 3);
+  ASSERT_EQ(g.messages(1).tool_calls_size(), 1);
+  EXPECT_EQ(g.messages(1).tool_calls(0).id(), "call_9");
+  EXPECT_EQ(g.messages(1).tool_calls(0).name(), "ping");
+  EXPECT_EQ(g.messages(1).tool_calls(0).arguments(), "{}");
+  EXPECT_EQ(g.messages(2).tool_call_id(), "call_9");
+  EXPECT_EQ(g.messages(2).name(), "ping");
+
+  // Mistral's calls start with a special token: the text keeps them, unless
+  // the request says otherwise.
+  Start("mistral");
+  backend.texts = {"[TOOL_CALLS] [{\"name\": \"ping\", \"arguments\": {}}]"};
+  out = PostJson("/v1/chat/completions", ToolChat(""), 200);
+  EXPECT_TRUE(backend.Last().has_skip_special_tokens());
+  EXPECT_FALSE(backend.Last().skip_special_tokens());
+  EXPECT_EQ(out.Find("choices")->as_array()[0].Find("message")->Find("tool_calls")->as_array().size(), 1u);
+  PostJson("/v1/chat/completions", ToolChat(R"("skip_special_tokens": true)"), 200);
+  EXPECT_TRUE(backend.Last().skip_special_tokens());
+
+  // Refusals name the field.
+  const int calls = backend.calls.load();
+  auto refused_chat = [&](const std::string& body, const std::string& param, const std::string& says) {
+    const JsonValue j = PostJson("/v1/chat/completions", body, 400);
+    const JsonValue* e = j.Find("error");
+    ASSERT_NE(e, nullptr) << j.Dump();
+    EXPECT_EQ(e->Find("param")->as_string(), param) << body;
+    EXPECT_NE(e->Find("message")->as_string().find(says), std::string::npos) << e->Dump();
+  };
+  refused_chat(ToolChat(R"("tool_choice": "required", "response_format": {"type": "json_object"})"), "tool_choice",
+               "guides the reply to its calls' JSON, so not with response_format");
+  refused_chat(ToolChat(R"("tool_choice": {"type": "function", "function": {"name": "f"}})"),
+               "tool_choice.function.name", "is not one of the request's tools");
+  refused_chat(ToolChat(R"("parallel_tool_calls": "yes")"), "parallel_tool_calls", "must be true or false");
+  refused_chat(R"({"messages": [{"role": "user", "content": "Hi"}], "tools": [{"type": "function"}]})",
+               "tools[0].function", "must be an object");
+  refused_chat(R"({"messages": [{"role": "user", "content": "Hi"}], "tool_choice": "required"})", "tool_choice",
+               "needs tools");
+  EXPECT_EQ(backend.calls.load(), calls) << "refused before Generate";
+  // A named function's schema that the server refuses is that tool's parameters.
+  backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "guide.json_schema: /properties/city: bad");
+  refused_chat(named, "tools[0].function.parameters", "tools[0].function.parameters: /properties/city: bad");
+  backend.error = grpc::Status::OK;
+}
+
 TEST_F(OpenAiHttp, GenerateErrorsNameTheRequestsOwnFields) {
   auto error_of = [&](const std::string& path, const std::string& body) {
     const JsonValue j = PostJson(path, body, 400);
