@@ -67,7 +67,7 @@ const prefill = await start('seer-prefill', ['--listen', '127.0.0.1:0', '--gates
 let decodeGrpc = null;  // seer-decode's gRPC address, for seer generate
 const http = await start(
   'seer-decode',
-  ['--listen', '127.0.0.1:0', '--prefill', prefill, '--http', '127.0.0.1:0', ...common],
+  ['--listen', '127.0.0.1:0', '--prefill', prefill, '--http', '127.0.0.1:0', '--tool-call-parser', 'hermes', ...common],
   (out) => {
     const m = out.match(/http on (\S+)/);
     const g = out.match(/listening on (\S+)/);
@@ -484,6 +484,248 @@ if (ref.text.length >= 8) {
       same(`${field} ${JSON.stringify(value)} is a 400 naming it`, [e.status, e.param], [400, field]);
     }
   }
+}
+
+// Tool calling on POST /v1/chat/completions. The tools: a weather tool
+// whose schema bounds its arguments (so the random model finishes them
+// within max_tokens) and a clock tool, so that "required" has a choice. The
+// references: a named function's arguments are the text of `seer generate
+// --chat --tools --json-schema` over gRPC with the tool's parameters (the
+// same guide and seed), and Ajv validates every call's arguments against
+// its tool's parameters; a streamed reply, read by the SDK's stream helper,
+// makes the same calls as the whole reply of its seed. "auto" (read in
+// Hermes format, seer-decode --tool-call-parser hermes) and "none" read a
+// text forced by guided_regex: the raw text is `seer generate --regex`'s,
+// which JavaScript's RegExp matches whole, split here at its <tool_call>
+// tags. A round trip through a tool turn is answered as `seer run --chat
+// --tools` answers it offline (the fixture's template prints each turn's
+// role and content). Errors come back as the SDK's typed errors.
+{
+  const weather = {
+    type: 'object',
+    properties: { city: { type: 'string', maxLength: 8 }, unit: { enum: ['celsius', 'fahrenheit'] } },
+    required: ['city', 'unit'],
+    additionalProperties: false,
+  };
+  const clock = {
+    type: 'object', properties: { zone: { enum: ['UTC', 'CET'] } }, required: ['zone'], additionalProperties: false,
+  };
+  const tools = [
+    { type: 'function', function: { name: 'get_weather', description: 'The weather in a city.', parameters: weather } },
+    { type: 'function', function: { name: 'get_time', description: 'The time in a zone.', parameters: clock } },
+  ];
+  const ajv = new Ajv({ strict: false });
+  const validators = { get_weather: ajv.compile(weather), get_time: ajv.compile(clock) };
+  // Whether a call names an offered tool and Ajv accepts its arguments.
+  const validCall = (call) => {
+    const validate = validators[call?.function?.name];
+    if (!validate) return false;
+    try {
+      return validate(JSON.parse(call.function.arguments));
+    } catch {
+      return false;
+    }
+  };
+  const callId = /^call_[A-Za-z0-9]{24}$/;
+  // A reply's calls as [name, arguments] (ids differ from reply to reply).
+  const callsOf = (reply) => (reply.choices[0].message.tool_calls ?? []).map((t) => [t.function.name,
+                                                                                      t.function.arguments]);
+  const asked = [{ role: 'user', content: 'What is the weather in Rome?' }];
+  const files = { asked: join(dir, 'asked.json'), tools: join(dir, 'tools.json'), weather: join(dir, 'weather.json') };
+  writeFileSync(files.asked, JSON.stringify(asked));
+  writeFileSync(files.tools, JSON.stringify(tools));
+  writeFileSync(files.weather, JSON.stringify(weather));
+  const maxTokens = 200;
+  // seer generate over gRPC: the asked chat with the tools, and `args`.
+  const generateChat = (maxNew, args) => JSON.parse(execFileSync(join(bin, 'seer'), [
+    'generate', '--addr', decodeGrpc, '--chat', files.asked, '--tools', `@${files.tools}`,
+    '--max-new-tokens', String(maxNew), '--json', ...args]).toString());
+  const base = { model: name, messages: asked, tools, max_tokens: maxTokens, temperature: 1 };
+
+  // A named function: the reply is guided to its parameters and is the
+  // call's arguments; content is null.
+  const named = { ...base, tool_choice: { type: 'function', function: { name: 'get_weather' } } };
+  const namedReplies = {};
+  for (const seed of [1, 2]) {
+    const r = await client.chat.completions.create({ ...named, seed });
+    namedReplies[seed] = r;
+    const c = r.choices[0];
+    const call = c.message.tool_calls?.[0];
+    same(`named tool_choice (seed ${seed}): content null, one call of get_weather`,
+         [c.message.content, c.message.tool_calls?.length, call?.type, call?.function?.name],
+         [null, 1, 'function', 'get_weather']);
+    check(`named tool_choice (seed ${seed}): the call's id is call_ and 24 letters or digits`, callId.test(call?.id),
+          JSON.stringify(call?.id));
+    const cli = generateChat(maxTokens, ['--json-schema', `@${files.weather}`, '--temperature', '1', '--seed',
+                                         String(seed)]);
+    same(`named tool_choice (seed ${seed}): the arguments equal seer generate --tools --json-schema`,
+         call?.function?.arguments, cli.text);
+    same(`named tool_choice (seed ${seed}) finish_reason`, c.finish_reason, 'stop');
+    if (c.finish_reason === 'stop') {
+      check(`named tool_choice (seed ${seed}): Ajv accepts the arguments`, validCall(call),
+            JSON.stringify({ call, errors: validators.get_weather.errors }));
+    }
+
+    // Streamed: the SDK's helper assembles the same call; the raw chunks
+    // name the call once (the first delta: index 0, id, type, name), then
+    // carry only argument fragments, which join to the same text.
+    const final = await client.chat.completions.stream({ ...named, seed }).finalChatCompletion();
+    same(`streamed named tool_choice (seed ${seed}) via stream(): the same call and finish_reason`,
+         [callsOf(final), final.choices[0].finish_reason], [callsOf(r), c.finish_reason]);
+    check(`streamed named tool_choice (seed ${seed}) via stream(): an id of its own`,
+          callId.test(final.choices[0].message.tool_calls?.[0]?.id) &&
+            final.choices[0].message.tool_calls[0].id !== call?.id,
+          JSON.stringify(final.choices[0].message.tool_calls));
+    const deltas = [];
+    let streamedContent = '';
+    const raw = await client.chat.completions.create({ ...named, seed, stream: true });
+    for await (const chunk of raw) {
+      streamedContent += chunk.choices[0]?.delta?.content ?? '';
+      deltas.push(...(chunk.choices[0]?.delta?.tool_calls ?? []));
+    }
+    const heads = deltas.filter((d) => d.id !== undefined || d.type !== undefined || d.function?.name !== undefined);
+    const head = deltas[0];
+    check(`raw streamed named tool_choice (seed ${seed}): exactly one delta names the call, the first`,
+          heads.length === 1 && heads[0] === head && head.index === 0 && callId.test(head.id) &&
+            head.type === 'function' && head.function?.name === 'get_weather' &&
+            typeof head.function?.arguments === 'string',
+          JSON.stringify(deltas));
+    check(`raw streamed named tool_choice (seed ${seed}): later deltas are {index 0, function: {arguments}}`,
+          deltas.slice(1).every((d) => JSON.stringify(Object.keys(d).sort()) === '["function","index"]' &&
+            d.index === 0 && JSON.stringify(Object.keys(d.function)) === '["arguments"]'),
+          JSON.stringify(deltas));
+    same(`raw streamed named tool_choice (seed ${seed}): the fragments join to the arguments, no content`,
+         [deltas.map((d) => d.function?.arguments ?? '').join(''), streamedContent], [call?.function?.arguments, '']);
+  }
+
+  // "required": a JSON array of calls of the offered tools (exactly one
+  // with parallel_tool_calls false), each call's arguments its element's
+  // parameters in compact JSON; finish_reason "tool_calls". The reference
+  // is seer generate guided by that array's schema, written here.
+  const required = { ...base, tool_choice: 'required' };
+  const arraySchema = (parallel) => ({
+    type: 'array',
+    items: {
+      anyOf: tools.map((t) => ({
+        type: 'object',
+        properties: { name: { const: t.function.name }, parameters: t.function.parameters },
+        required: ['name', 'parameters'],
+        additionalProperties: false,
+      })),
+    },
+    minItems: 1,
+    ...(parallel ? {} : { maxItems: 1 }),
+  });
+  for (const [seed, parallel] of [[1, true], [2, true], [1, false]]) {
+    const ask = { ...required, seed, ...(parallel ? {} : { parallel_tool_calls: false }) };
+    const what = `tool_choice required (seed ${seed}${parallel ? '' : ', parallel_tool_calls false'})`;
+    const r = await client.chat.completions.create(ask);
+    const c = r.choices[0];
+    const calls = c.message.tool_calls ?? [];
+    same(`${what} finish_reason`, c.finish_reason, 'tool_calls');
+    if (c.finish_reason === 'tool_calls') {
+      check(`${what}: ${parallel ? 'one or more calls' : 'exactly one call'}, content null`,
+            (parallel ? calls.length >= 1 : calls.length === 1) && c.message.content === null,
+            JSON.stringify(c.message));
+      check(`${what}: every call names a tool and Ajv accepts its arguments`,
+            calls.every((t) => t.type === 'function' && callId.test(t.id) && validCall(t)), JSON.stringify(calls));
+    }
+    const cli = generateChat(maxTokens, ['--json-schema', JSON.stringify(arraySchema(parallel)), '--temperature', '1',
+                                         '--seed', String(seed)]);
+    let want = null;
+    try {
+      want = JSON.parse(cli.text).map((e) => [e.name, JSON.stringify(e.parameters)]);
+    } catch {
+      want = cli.text;
+    }
+    same(`${what}: the calls are the elements of seer generate --json-schema <the array>`, callsOf(r), want);
+    const final = await client.chat.completions.stream(ask).finalChatCompletion();
+    same(`streamed ${what} via stream(): the same calls and finish_reason`,
+         [callsOf(final), final.choices[0].finish_reason], [callsOf(r), c.finish_reason]);
+  }
+
+  // "auto" with the Hermes parser, and "none": the text forced by
+  // guided_regex, as seer generate --regex writes it for the same seed.
+  const hermes = 'Checking\\. <tool_call>\\{"name": "get_weather", "arguments": \\{"city": "(Rome|Oslo)", ' +
+                 '"unit": "celsius"\\}\\}</tool_call>';
+  const forced = generateChat(maxTokens, ['--regex', hermes, '--temperature', '1', '--seed', '4']);
+  check('seer generate --regex writes a Hermes call that RegExp matches whole',
+        new RegExp(`^(?:${hermes})$`).test(forced.text), JSON.stringify(forced.text));
+  const at = forced.text.indexOf('<tool_call>');
+  const wantContent = forced.text.slice(0, at);
+  const inside = forced.text.slice(at + '<tool_call>'.length, forced.text.lastIndexOf('</tool_call>'));
+  let wantArguments = null;
+  try {
+    wantArguments = JSON.parse(inside).arguments;
+  } catch {
+    check('the regex text\'s call is JSON', false, JSON.stringify(inside));
+  }
+  const readCall = (reply) => {
+    const calls = reply.choices[0].message.tool_calls ?? [];
+    let args;
+    try {
+      args = JSON.parse(calls[0]?.function?.arguments);
+    } catch {
+      args = null;
+    }
+    return [reply.choices[0].message.content, calls.length, calls[0]?.function?.name, args,
+            reply.choices[0].finish_reason];
+  };
+  const wantCall = ['Checking. ', 1, 'get_weather', wantArguments, 'tool_calls'];
+  same('the regex text\'s content is "Checking. "', wantContent, 'Checking. ');
+  const auto = await client.chat.completions.create({ ...base, seed: 4, guided_regex: hermes });
+  same('tool_choice auto (the default) reads the Hermes call: content, the call, finish_reason tool_calls',
+       readCall(auto), wantCall);
+  check('tool_choice auto: the call\'s id is call_ and 24 letters or digits',
+        callId.test(auto.choices[0].message.tool_calls?.[0]?.id), JSON.stringify(auto.choices[0].message));
+  const autoStreamed = await client.chat.completions.stream({ ...base, seed: 4, tool_choice: 'auto',
+                                                               guided_regex: hermes }).finalChatCompletion();
+  same('streamed tool_choice auto via stream(): the same content, call and finish_reason', readCall(autoStreamed),
+       wantCall);
+  const none = await client.chat.completions.create({ ...base, seed: 4, tool_choice: 'none', guided_regex: hermes });
+  same('tool_choice none: the whole text is content, no calls',
+       [none.choices[0].message.content, none.choices[0].message.tool_calls, none.choices[0].finish_reason],
+       [forced.text, undefined, 'stop']);
+  const plain = 'It is (sunny|rainy)\\.';
+  const plainText = generateChat(maxTokens, ['--regex', plain, '--temperature', '1', '--seed', '4']).text;
+  check('seer generate --regex writes a plain text that RegExp matches whole',
+        new RegExp(`^(?:${plain})$`).test(plainText), JSON.stringify(plainText));
+  const text = await client.chat.completions.create({ ...base, seed: 4, guided_regex: plain });
+  same('tool_choice auto on plain text: that text as content, no calls, finish_reason stop',
+       [text.choices[0].message.content, text.choices[0].message.tool_calls, text.choices[0].finish_reason],
+       [plainText, undefined, 'stop']);
+
+  // A round trip: the assistant message as the SDK returned it (with its
+  // tool_calls) and a tool turn answering it; the greedy reply is seer
+  // run's on the same messages and tools, offline.
+  const assistant = namedReplies[1].choices[0].message;
+  const trip = [...asked, assistant,
+                { role: 'tool', tool_call_id: assistant.tool_calls?.[0]?.id, content: '{"temp": 21}' }];
+  writeFileSync(join(dir, 'trip.json'), JSON.stringify(trip));
+  const tripRef = seerRun(['--chat', join(dir, 'trip.json'), '--tools', `@${files.tools}`], maxTokens);
+  check('the round trip reference reply has text', tripRef.text.length > 0, JSON.stringify(tripRef));
+  const back = await client.chat.completions.create({ model: name, messages: trip, tools, max_tokens: maxTokens,
+                                                      temperature: 0 });
+  same('a round trip through a tool turn is answered as seer run --chat --tools',
+       [back.choices[0].message.content, back.choices[0].message.tool_calls, back.choices[0].finish_reason],
+       [tripRef.text, undefined, tripRef.tokens.length < maxTokens ? 'stop' : 'length']);
+
+  // Errors.
+  await expectError('tool_choice naming an unknown function is BadRequestError 400 naming tool_choice.function.name',
+                    () => client.chat.completions.create({ ...base, max_tokens: 4,
+                      tool_choice: { type: 'function', function: { name: 'get_stock' } } }),
+                    OpenAI.BadRequestError, 400, 'tool_choice.function.name');
+  await expectError('tool_choice required with response_format json_object is BadRequestError 400 naming tool_choice',
+                    () => client.chat.completions.create({ ...required, max_tokens: 4,
+                      response_format: { type: 'json_object' } }),
+                    OpenAI.BadRequestError, 400, 'tool_choice');
+  await expectError('tools on a completion are BadRequestError 400 naming tools',
+                    () => client.completions.create({ model: name, prompt, max_tokens: 4, tools }),
+                    OpenAI.BadRequestError, 400, 'tools');
+  await expectError('a tool named with a space is BadRequestError 400 naming tools[0].function.name',
+                    () => client.chat.completions.create({ ...base, max_tokens: 4,
+                      tools: [{ type: 'function', function: { name: 'get weather', parameters: weather } }] }),
+                    OpenAI.BadRequestError, 400, 'tools[0].function.name');
 }
 
 // vLLM's /tokenize and /detokenize (at the root; plain HTTP, as vLLM's own
