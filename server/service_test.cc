@@ -385,6 +385,16 @@ TEST(Service, EveryBadFieldIsInvalidArgumentNamingIt) {
          r->set_tools("[" + std::string(256 * 1024, ' ') + "]");
        },
        "tools: 262146 bytes exceed the limit of 262144"},
+      {"more tool calls than messages may hold in all",
+       [](v1::GenerateRequest* r) {
+         r->clear_token_ids();
+         for (int m = 0; m < 9; ++m) {
+           v1::ChatMessage* msg = r->add_messages();
+           msg->set_role("assistant");
+           for (int c = 0; c < 128; ++c) msg->add_tool_calls()->set_name("f");
+         }
+       },
+       "messages: more than 1024 tool calls in all"},
       {"too many stop strings",
        [](v1::GenerateRequest* r) {
          for (int i = 0; i < 17; ++i) r->add_stop("x");

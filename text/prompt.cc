@@ -33,7 +33,10 @@ StatusOr<std::vector<ChatTurn>> ParseChatMessages(const JsonValue& messages, std
     if (const JsonValue* c = m.Find("function_call"); c != nullptr && !c->is_null()) {
       return refuse(where + ".function_call", "the legacy form is not supported; send tool_calls");
     }
-    if (const JsonValue* calls = m.Find("tool_calls"); calls != nullptr && !calls->is_null()) {
+    // Calls are an assistant's and a call id a tool's answer's; on other
+    // turns they mean nothing and are left out, as vLLM leaves them.
+    if (const JsonValue* calls = m.Find("tool_calls");
+        turn.role == "assistant" && calls != nullptr && !calls->is_null()) {
       if (!calls->is_array()) return refuse(where + ".tool_calls", "must be an array of calls");
       if (calls->as_array().size() > static_cast<size_t>(kMaxTurnToolCalls)) {
         return refuse(where + ".tool_calls", std::to_string(calls->as_array().size()) + " calls exceed the limit of " +
@@ -64,7 +67,7 @@ StatusOr<std::vector<ChatTurn>> ParseChatMessages(const JsonValue& messages, std
     }
     for (auto [key, out] : {std::pair{"tool_call_id", &turn.tool_call_id}, std::pair{"name", &turn.name}}) {
       const JsonValue* v = m.Find(key);
-      if (v == nullptr || v->is_null()) continue;
+      if (v == nullptr || v->is_null() || (out == &turn.tool_call_id && turn.role != "tool")) continue;
       if (!v->is_string()) return refuse(where + "." + key, "must be a string");
       *out = v->as_string();
     }

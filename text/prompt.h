@@ -42,8 +42,9 @@ inline constexpr int kMaxTurnToolCalls = 128;
 // (the empty string), or an array of text parts ([{"type": "text", "text":
 // ...}], joined). An assistant turn's "tool_calls" (at most
 // kMaxTurnToolCalls {"id", "type": "function", "function": {"name",
-// "arguments"}}, arguments a string) and a tool turn's "tool_call_id" and
-// "name" are kept; the legacy "function_call" is refused. An error's message
+// "arguments"}}, arguments a string), a tool turn's "tool_call_id" and any
+// turn's "name" are kept (calls and call ids on other turns are left out,
+// as vLLM leaves them); the legacy "function_call" is refused. An error's message
 // starts with the member at fault ("messages[2].content: ..."), which
 // `*field` also gets.
 StatusOr<std::vector<ChatTurn>> ParseChatMessages(const JsonValue& messages, std::string* field = nullptr);

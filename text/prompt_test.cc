@@ -57,6 +57,40 @@ TEST(ChatMessages, EveryContentFormOpenAiSendsBecomesText) {
                                  ->Dump());
 }
 
+// An assistant's calls and a tool's call id are kept where they mean
+// something; on other turns they are left out (Llama 3.1's template would
+// render a user turn with a "tool_calls" key as an assistant's call).
+TEST(ChatMessages, CallsAndCallIdsStayOnTheTurnsTheyBelongTo) {
+  const std::vector<ChatTurn> turns = Parse(R"([
+      {"role": "user", "content": "Hi", "name": "ann", "tool_call_id": "c1",
+       "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+      {"role": "assistant", "content": null, "tool_call_id": "c0",
+       "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1.0}"}},
+                      {"type": "function", "function": {"name": "g", "arguments": "not json"}},
+                      {"id": "c3", "type": "function", "function": {"name": "h"}}]},
+      {"role": "tool", "tool_call_id": "c1", "name": "f", "content": "4"}])");
+  ASSERT_EQ(turns.size(), 3u);
+  EXPECT_TRUE(turns[0].tool_calls.empty());
+  EXPECT_EQ(turns[0].tool_call_id, "");
+  EXPECT_EQ(turns[0].name, "ann");
+  ASSERT_EQ(turns[1].tool_calls.size(), 3u);
+  EXPECT_EQ(turns[1].tool_call_id, "");
+  EXPECT_EQ(turns[1].tool_calls[0].arguments, R"({"a": 1.0})");
+  EXPECT_EQ(turns[1].tool_calls[2].arguments, "{}") << "absent arguments are an empty object";
+  EXPECT_EQ(turns[2].tool_call_id, "c1");
+  // Rendered as vLLM hands them to transformers: arguments as the object
+  // they hold (text that is not JSON stays a string), no id where none was
+  // given.
+  EXPECT_EQ(ChatTurnsJson(turns).Dump(), JsonValue::Parse(R"([
+      {"role": "user", "content": "Hi", "name": "ann"},
+      {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"a": 1.0}}},
+        {"type": "function", "function": {"name": "g", "arguments": "not json"}},
+        {"id": "c3", "type": "function", "function": {"name": "h", "arguments": {}}}]},
+      {"role": "tool", "content": "4", "tool_call_id": "c1", "name": "f"}])")
+                                             ->Dump());
+}
+
 TEST(ChatMessages, RefusalsNameTheMemberAtFault) {
   const struct {
     const char* json;

@@ -1,6 +1,7 @@
 #include "text/tool_calls.h"
 
 #include <algorithm>
+#include <cctype>
 #include <random>
 
 namespace seer {
@@ -27,59 +28,143 @@ const ToolDefinition* FindTool(const std::vector<ToolDefinition>& tools, std::st
   return nullptr;
 }
 
-// Every local "$ref" of `schema` ("#", "#/...") made to point into the
-// schema at `at` of a larger one.
-void MoveRefs(JsonValue* schema, const std::string& at) {
-  if (schema->is_array()) {
-    JsonValue moved = JsonValue::Array();
-    for (const JsonValue& v : schema->as_array()) {
-      JsonValue copy = v;
-      MoveRefs(&copy, at);
-      moved.Append(std::move(copy));
-    }
-    *schema = std::move(moved);
-    return;
-  }
-  if (!schema->is_object()) return;
-  JsonValue moved = JsonValue::Object();
-  for (const auto& [key, value] : schema->as_object()) {
-    JsonValue copy = value;
-    if (key == "$ref" && copy.is_string() && !copy.as_string().empty() && copy.as_string()[0] == '#') {
-      copy = JsonValue::String(at + copy.as_string().substr(1));
+// A tool's parameters as part of a guide's schema: the annotations the
+// grammar never reads left out (they cost only the guide's bytes), and its
+// local "$ref"s ("#", "#/...") pointing from `at`, where it sits in the
+// larger schema. Only schema positions are walked: a property named
+// "description", or a "$ref" inside a const or enum value, is kept as is.
+JsonValue AsPart(const JsonValue& schema, const std::string& at) {
+  static constexpr std::string_view kAnnotations[] = {"description", "title",    "examples",  "default", "$comment",
+                                                      "deprecated",  "readOnly", "writeOnly", "$schema"};
+  static constexpr std::string_view kSchemaMaps[] = {"properties", "patternProperties", "$defs", "definitions",
+                                                     "dependentSchemas"};
+  static constexpr std::string_view kSchemaLists[] = {"anyOf", "oneOf", "allOf", "prefixItems"};
+  static constexpr std::string_view kSchemas[] = {
+      "items",         "additionalProperties", "additionalItems",      "not", "contains", "if", "then", "else",
+      "propertyNames", "unevaluatedItems",     "unevaluatedProperties"};
+  auto in = [](const auto& list, std::string_view key) {
+    return std::find(std::begin(list), std::end(list), key) != std::end(list);
+  };
+  if (!schema.is_object()) return schema;
+  JsonValue out = JsonValue::Object();
+  for (const auto& [key, value] : schema.as_object()) {
+    if (in(kAnnotations, key)) continue;
+    if (key == "$ref" && value.is_string() && !value.as_string().empty() && value.as_string()[0] == '#') {
+      out.Set(key, JsonValue::String(at + value.as_string().substr(1)));
+    } else if (in(kSchemaMaps, key) && value.is_object()) {
+      JsonValue map = JsonValue::Object();
+      for (const auto& [name, sub] : value.as_object()) map.Set(name, AsPart(sub, at));
+      out.Set(key, std::move(map));
+    } else if ((in(kSchemaLists, key) || in(kSchemas, key)) && value.is_array()) {
+      JsonValue list = JsonValue::Array();
+      for (const JsonValue& sub : value.as_array()) list.Append(AsPart(sub, at));
+      out.Set(key, std::move(list));
+    } else if (in(kSchemas, key)) {
+      out.Set(key, AsPart(value, at));
     } else {
-      MoveRefs(&copy, at);
+      out.Set(key, value);
     }
-    moved.Set(key, std::move(copy));
   }
-  *schema = std::move(moved);
+  return out;
 }
 
-// The end of the JSON object or array that starts at text[begin] (one past
-// its closing bracket), or npos when the text ends first.
-size_t JsonEnd(std::string_view text, size_t begin) {
-  int depth = 0;
-  bool in_string = false, escaped = false;
-  for (size_t i = begin; i < text.size(); ++i) {
-    const char c = text[i];
-    if (in_string) {
-      if (escaped) {
-        escaped = false;
-      } else if (c == '\\') {
-        escaped = true;
-      } else if (c == '"') {
-        in_string = false;
+size_t SkipSpace(std::string_view text, size_t at);
+
+// The end of the JSON value that starts at text[at] (one past its last
+// byte), or npos when none does. Syntax alone (RFC 8259): a number of any
+// size and any \u escape are values, as the model wrote them.
+size_t ValueEnd(std::string_view text, size_t at, int depth = 0) {
+  constexpr size_t npos = std::string_view::npos;
+  auto digits = [&](size_t i) {
+    while (i < text.size() && text[i] >= '0' && text[i] <= '9') ++i;
+    return i;
+  };
+  if (at >= text.size() || depth > 256) return npos;
+  const char c = text[at];
+  if (c == '"') {
+    for (size_t i = at + 1; i < text.size(); ++i) {
+      const unsigned char b = static_cast<unsigned char>(text[i]);
+      if (b == '"') return i + 1;
+      if (b < 0x20) return npos;
+      if (b != '\\') continue;
+      if (++i >= text.size()) return npos;
+      if (text[i] == 'u') {
+        for (int k = 0; k < 4; ++k) {
+          if (++i >= text.size() || !std::isxdigit(static_cast<unsigned char>(text[i]))) return npos;
+        }
+      } else if (std::string_view("\"\\/bfnrt").find(text[i]) == npos) {
+        return npos;
       }
-      continue;
     }
-    if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      ++depth;
-    } else if (c == '}' || c == ']') {
-      if (--depth == 0) return i + 1;
+    return npos;
+  }
+  if (c == '{' || c == '[') {
+    const char close = c == '{' ? '}' : ']';
+    size_t i = SkipSpace(text, at + 1);
+    if (i < text.size() && text[i] == close) return i + 1;
+    for (;;) {
+      if (c == '{') {
+        if (i >= text.size() || text[i] != '"') return npos;
+        i = SkipSpace(text, ValueEnd(text, i, depth + 1));
+        if (i >= text.size() || text[i] != ':') return npos;
+        i = SkipSpace(text, i + 1);
+      }
+      i = ValueEnd(text, i, depth + 1);
+      if (i == npos) return npos;
+      i = SkipSpace(text, i);
+      if (i >= text.size()) return npos;
+      if (text[i] == close) return i + 1;
+      if (text[i] != ',') return npos;
+      i = SkipSpace(text, i + 1);
     }
   }
-  return std::string_view::npos;
+  for (std::string_view word : {"true", "false", "null"}) {
+    if (text.substr(at, word.size()) == word) return at + word.size();
+  }
+  size_t i = at + (c == '-' ? 1 : 0);
+  if (i >= text.size() || text[i] < '0' || text[i] > '9') return npos;
+  i = text[i] == '0' ? i + 1 : digits(i);
+  if (i < text.size() && text[i] == '.') {
+    const size_t end = digits(i + 1);
+    if (end == i + 1) return npos;
+    i = end;
+  }
+  if (i < text.size() && (text[i] == 'e' || text[i] == 'E')) {
+    size_t j = i + 1;
+    if (j < text.size() && (text[j] == '+' || text[j] == '-')) ++j;
+    const size_t end = digits(j);
+    if (end == j) return npos;
+    i = end;
+  }
+  return i;
+}
+
+// The values of a JSON array's text, or the (key, value) texts of an
+// object's (a valid one, as ValueEnd found it); keys still quoted.
+std::vector<std::pair<std::string_view, std::string_view>> Parts(std::string_view json) {
+  std::vector<std::pair<std::string_view, std::string_view>> out;
+  const bool object = json[0] == '{';
+  size_t i = SkipSpace(json, 1);
+  while (i < json.size() && json[i] != '}' && json[i] != ']') {
+    std::string_view key;
+    if (object) {
+      const size_t key_end = ValueEnd(json, i);
+      key = json.substr(i, key_end - i);
+      i = SkipSpace(json, SkipSpace(json, key_end) + 1);
+    }
+    const size_t end = ValueEnd(json, i);
+    out.emplace_back(key, json.substr(i, end - i));
+    i = SkipSpace(json, end);
+    if (json[i] == ',') i = SkipSpace(json, i + 1);
+  }
+  return out;
+}
+
+// `text` is one JSON value, with nothing but whitespace around it.
+bool WholeValue(std::string_view text) {
+  const size_t at = SkipSpace(text, 0);
+  const size_t end = ValueEnd(text, at);
+  return end != std::string_view::npos && SkipSpace(text, end) == text.size();
 }
 
 size_t SkipSpace(std::string_view text, size_t at) {
@@ -87,28 +172,52 @@ size_t SkipSpace(std::string_view text, size_t at) {
   return at;
 }
 
-// One call as a model writes it: {"name": F, "<args_key>": {...}} with F
-// an offered tool. Arguments given as a string holding an object are read
-// too; absent ones are {}.
-std::optional<ToolCall> CallFrom(const JsonValue& v, const std::vector<ToolDefinition>& tools,
+std::string_view Trimmed(std::string_view text) {
+  const size_t begin = SkipSpace(text, 0);
+  size_t end = text.size();
+  while (end > begin && kSpace.find(text[end - 1]) != std::string_view::npos) --end;
+  return text.substr(begin, end - begin);
+}
+
+// One call as a model writes it: the text of {"name": F, "<args_key>":
+// {...}} with F an offered tool. The arguments are the model's own text
+// (not parsed and written again: 1.0 stays 1.0); arguments given as a
+// string holding an object are that string's content, absent ones {}.
+std::optional<ToolCall> CallFrom(std::string_view object, const std::vector<ToolDefinition>& tools,
                                  std::initializer_list<std::string_view> args_keys) {
-  if (!v.is_object()) return std::nullopt;
-  const JsonValue* name = v.Find("name");
-  if (name == nullptr || !name->is_string() || FindTool(tools, name->as_string()) == nullptr) return std::nullopt;
-  const JsonValue* args = nullptr;
-  for (std::string_view key : args_keys) {
-    if (args == nullptr) args = v.Find(key);
+  object = Trimmed(object);
+  if (object.empty() || object[0] != '{' || !WholeValue(object)) return std::nullopt;
+  std::optional<std::string> name;
+  std::optional<std::string_view> args;
+  size_t args_rank = args_keys.size();
+  for (const auto& [key_text, value] : Parts(object)) {
+    StatusOr<JsonValue> key = JsonValue::Parse(key_text);
+    if (!key.ok()) return std::nullopt;
+    if (key->as_string() == "name" && !name) {
+      StatusOr<JsonValue> v = JsonValue::Parse(value);
+      if (!v.ok() || !v->is_string()) return std::nullopt;
+      name = v->as_string();
+    }
+    for (size_t r = 0; r < args_rank; ++r) {
+      if (key->as_string() == *(args_keys.begin() + r)) {
+        args = value;
+        args_rank = r;
+      }
+    }
   }
+  if (!name || FindTool(tools, *name) == nullptr) return std::nullopt;
   ToolCall call;
-  call.name = name->as_string();
-  if (args == nullptr) {
+  call.name = *name;
+  if (!args) {
     call.arguments = "{}";
-  } else if (args->is_object()) {
-    call.arguments = args->Dump();
-  } else if (args->is_string()) {
-    StatusOr<JsonValue> inner = JsonValue::Parse(args->as_string());
-    if (!inner.ok() || !inner->is_object()) return std::nullopt;
-    call.arguments = inner->Dump();
+  } else if ((*args)[0] == '{') {
+    call.arguments = std::string(*args);
+  } else if ((*args)[0] == '"') {
+    StatusOr<JsonValue> inner = JsonValue::Parse(*args);
+    if (!inner.ok()) return std::nullopt;
+    const std::string_view held = Trimmed(inner->as_string());
+    if (held.empty() || held[0] != '{' || !WholeValue(held)) return std::nullopt;
+    call.arguments = std::string(held);
   } else {
     return std::nullopt;
   }
@@ -123,14 +232,15 @@ struct Read {
 };
 
 std::optional<Read> ReadRequired(std::string_view text, const std::vector<ToolDefinition>& tools) {
-  StatusOr<JsonValue> v = JsonValue::Parse(text);
-  if (!v.ok() || !v->is_array() || v->as_array().empty()) return std::nullopt;
+  text = Trimmed(text);
+  if (text.empty() || text[0] != '[' || !WholeValue(text)) return std::nullopt;
   Read out;
-  for (const JsonValue& item : v->as_array()) {
-    std::optional<ToolCall> call = CallFrom(item, tools, {"parameters"});
+  for (const auto& part : Parts(text)) {
+    std::optional<ToolCall> call = CallFrom(part.second, tools, {"parameters"});
     if (!call) return std::nullopt;
     out.calls.push_back(std::move(*call));
   }
+  if (out.calls.empty()) return std::nullopt;
   return out;
 }
 
@@ -142,11 +252,9 @@ std::optional<Read> ReadLlama3(std::string_view text, const std::vector<ToolDefi
   for (;;) {
     at = SkipSpace(text, at);
     if (at >= text.size() || text[at] != '{') return std::nullopt;
-    const size_t end = JsonEnd(text, at);
+    const size_t end = ValueEnd(text, at);
     if (end == std::string_view::npos) return std::nullopt;
-    StatusOr<JsonValue> v = JsonValue::Parse(text.substr(at, end - at));
-    if (!v.ok()) return std::nullopt;
-    std::optional<ToolCall> call = CallFrom(*v, tools, {"parameters", "arguments"});
+    std::optional<ToolCall> call = CallFrom(text.substr(at, end - at), tools, {"parameters", "arguments"});
     if (!call) return std::nullopt;
     out.calls.push_back(std::move(*call));
     at = SkipSpace(text, end);
@@ -171,9 +279,7 @@ std::optional<Read> ReadHermes(std::string_view text, const std::vector<ToolDefi
     size_t close = text.find(kHermesClose, body);
     const bool closed = close != std::string_view::npos;
     if (!closed) close = text.size();
-    StatusOr<JsonValue> v = JsonValue::Parse(text.substr(body, close - body));
-    if (!v.ok()) return std::nullopt;
-    std::optional<ToolCall> call = CallFrom(*v, tools, {"arguments", "parameters"});
+    std::optional<ToolCall> call = CallFrom(text.substr(body, close - body), tools, {"arguments", "parameters"});
     if (!call) return std::nullopt;
     out.calls.push_back(std::move(*call));
     at = closed ? close + kHermesClose.size() : text.size();
@@ -188,13 +294,14 @@ std::optional<Read> ReadMistral(std::string_view text, const std::vector<ToolDef
   if (text.substr(0, kMistralTag.size()) != kMistralTag) return std::nullopt;
   const size_t at = SkipSpace(text, kMistralTag.size());
   if (at >= text.size() || (text[at] != '[' && text[at] != '{')) return std::nullopt;
-  const size_t end = JsonEnd(text, at);
+  const size_t end = ValueEnd(text, at);
   if (end == std::string_view::npos) return std::nullopt;
-  StatusOr<JsonValue> v = JsonValue::Parse(text.substr(at, end - at));
-  if (!v.ok()) return std::nullopt;
+  const std::string_view json = text.substr(at, end - at);
+  std::vector<std::string_view> items;
+  if (json[0] == '{') items.push_back(json);
+  for (const auto& part : json[0] == '[' ? Parts(json) : decltype(Parts(json)){}) items.push_back(part.second);
   Read out;
-  const std::vector<JsonValue> items = v->is_object() ? std::vector<JsonValue>{*v} : v->as_array();
-  for (const JsonValue& item : items) {
+  for (std::string_view item : items) {
     std::optional<ToolCall> call = CallFrom(item, tools, {"arguments", "parameters"});
     if (!call) return std::nullopt;
     out.calls.push_back(std::move(*call));
@@ -319,16 +426,15 @@ StatusOr<ToolChoice> ParseToolChoice(const JsonValue* choice, const std::vector<
 std::string ToolCallSchema(const std::vector<ToolDefinition>& tools, const ToolChoice& choice, bool parallel) {
   if (choice.kind == ToolChoice::Kind::kFunction) {
     const ToolDefinition* t = FindTool(tools, choice.name);
-    return t != nullptr ? t->parameters.Dump() : std::string();
+    return t != nullptr ? AsPart(t->parameters, "#").Dump() : std::string();
   }
   if (choice.kind != ToolChoice::Kind::kRequired) return {};
   JsonValue any = JsonValue::Array();
   for (size_t i = 0; i < tools.size(); ++i) {
     JsonValue name = JsonValue::Object();
     name.Set("const", JsonValue::String(tools[i].name));
-    JsonValue parameters = tools[i].parameters;
     // The tool's own references now point from the array's root.
-    MoveRefs(&parameters, "#/items/anyOf/" + std::to_string(i) + "/properties/parameters");
+    JsonValue parameters = AsPart(tools[i].parameters, "#/items/anyOf/" + std::to_string(i) + "/properties/parameters");
     JsonValue properties = JsonValue::Object();
     properties.Set("name", std::move(name));
     properties.Set("parameters", std::move(parameters));

@@ -162,7 +162,8 @@ TEST(ToolCalls, RequiredAndNamedGuidesAdmitOnlyCalls) {
       for (size_t k = 0; k < got.calls.size(); ++k) {
         names.insert(got.calls[k].name);
         EXPECT_EQ(got.calls[k].name, sentence.as_array()[k].Find("name")->as_string());
-        EXPECT_EQ(got.calls[k].arguments, sentence.as_array()[k].Find("parameters")->Dump());
+        EXPECT_EQ(Json(got.calls[k].arguments).Dump(), sentence.as_array()[k].Find("parameters")->Dump());
+        EXPECT_NE(text->find(got.calls[k].arguments), std::string::npos) << "the arguments are the text's own";
         const JsonValue args = Json(got.calls[k].arguments);
         if (got.calls[k].name == "get_time") {
           const std::string zone = args.Find("zone")->as_string();
@@ -209,8 +210,8 @@ struct ReadCase {
 
 std::vector<ReadCase> ReadCases() {
   using F = ToolCallFormat;
-  const std::pair<std::string, std::string> paris = {"get_weather", R"({"city":"Paris"})"};
-  const std::pair<std::string, std::string> utc = {"get_time", R"({"zone":"UTC"})"};
+  const std::pair<std::string, std::string> paris = {"get_weather", R"({"city": "Paris"})"};
+  const std::pair<std::string, std::string> utc = {"get_time", R"({"zone": "UTC"})"};
   return {
       // Llama 3: the reply is calls alone.
       {F::kLlama3Json, R"({"name": "get_weather", "parameters": {"city": "Paris"}})", "", {paris}},
@@ -391,7 +392,7 @@ TEST(ToolCalls, RequiredAndNamedReplies) {
     const Streamed s =
         Stream({calls.substr(0, cut), calls.substr(cut)}, Choice(ToolChoice::Kind::kRequired), std::nullopt, tools);
     EXPECT_EQ(s.content, "");
-    ExpectCalls(s.calls, {{"get_weather", R"({"city":"Paris"})"}, {"ping", "{}"}}, calls);
+    ExpectCalls(s.calls, {{"get_weather", R"({"city": "Paris"})"}, {"ping", "{}"}}, calls);
     EXPECT_EQ(s.calls[0].id, "id0");
     EXPECT_EQ(s.calls[1].id, "id1");
   }
@@ -428,6 +429,77 @@ TEST(ToolCalls, RequiredAndNamedReplies) {
       ReadToolCalls(calls, Choice(ToolChoice::Kind::kNone), ToolCallFormat::kHermes, tools, true);
   EXPECT_EQ(none.content, calls);
   EXPECT_TRUE(none.calls.empty());
+}
+
+// The arguments are the model's own text: numbers no double holds, a
+// fraction's zero and escapes a strict parser refuses stay as written; text
+// that is not JSON is not a call. The guides' schemas leave annotations out
+// only where a schema has them, and move only the $refs of schemas.
+TEST(ToolCalls, ArgumentsAreTheModelsOwnTextAndSchemasKeepTheirValues) {
+  const std::vector<ToolDefinition> tools = WeatherTools();
+  const std::string args = R"({"city": "P\ud800", "n": 12345678901234567890, "x": 1.0, "y": -2.5e400})";
+  const struct {
+    std::optional<ToolCallFormat> format;
+    ToolChoice::Kind kind;
+    std::string text;
+  } replies[] = {
+      {ToolCallFormat::kLlama3Json, ToolChoice::Kind::kAuto, R"({"name": "get_weather", "parameters": )" + args + "}"},
+      {ToolCallFormat::kHermes, ToolChoice::Kind::kAuto,
+       R"(<tool_call>{"name": "get_weather", "arguments": )" + args + "}</tool_call>"},
+      {ToolCallFormat::kMistral, ToolChoice::Kind::kAuto,
+       R"([TOOL_CALLS] [{"name": "get_weather", "arguments": )" + args + "}]"},
+      {std::nullopt, ToolChoice::Kind::kRequired, R"([{"name": "get_weather", "parameters": )" + args + "}]"},
+  };
+  for (const auto& r : replies) {
+    const ParsedToolCalls got = ReadToolCalls(r.text, Choice(r.kind), r.format, tools, true);
+    ExpectCalls(got.calls, {{"get_weather", args}}, r.text);
+  }
+  for (const char* broken : {
+           R"({"name": "get_weather", "parameters": {"city": Paris}})",
+           R"({"name": "get_weather", "parameters": {"city": "Paris",}})",
+           R"({"name": "get_weather", "parameters": {"city": "Pa\qris"}})",
+           R"({"name": "get_weather", "parameters": {"n": 01}})",
+           R"({"name": "get_weather", "parameters": "{\"city\": }"})",
+           R"({"name": "get_weather" "parameters": {}})",
+       }) {
+    const ParsedToolCalls got =
+        ReadToolCalls(broken, Choice(ToolChoice::Kind::kAuto), ToolCallFormat::kLlama3Json, tools, true);
+    EXPECT_TRUE(got.calls.empty()) << broken;
+    EXPECT_EQ(got.content, broken);
+  }
+
+  const StatusOr<std::vector<ToolDefinition>> described = ParseTools(Json(R"([{"type": "function", "function": {
+      "name": "note", "description": "Writes a note.", "parameters": {"type": "object", "title": "Note",
+      "description": "A note.", "$comment": "x", "properties": {
+        "description": {"type": "string", "description": "The note's text.", "examples": ["hi"], "default": "a"},
+        "kind": {"const": {"$ref": "#/x", "description": "kept"}},
+        "tags": {"type": "array", "items": {"$ref": "#/$defs/tag"}}},
+      "required": ["description", "kind"], "additionalProperties": false,
+      "$defs": {"tag": {"type": "string", "title": "Tag", "maxLength": 5}}}}}])"));
+  ASSERT_TRUE(described.ok()) << described.status().ToString();
+  const JsonValue named = Json(ToolCallSchema(*described, Choice(ToolChoice::Kind::kFunction, "note"), true));
+  EXPECT_EQ(named.Dump(), Json(R"({"type": "object", "properties": {
+        "description": {"type": "string"},
+        "kind": {"const": {"$ref": "#/x", "description": "kept"}},
+        "tags": {"type": "array", "items": {"$ref": "#/$defs/tag"}}},
+      "required": ["description", "kind"], "additionalProperties": false,
+      "$defs": {"tag": {"type": "string", "maxLength": 5}}})")
+                              .Dump());
+  const JsonValue required = Json(ToolCallSchema(*described, Choice(ToolChoice::Kind::kRequired), true));
+  const JsonValue& parameters =
+      *required.Find("items")->Find("anyOf")->as_array()[0].Find("properties")->Find("parameters");
+  EXPECT_EQ(parameters.Find("properties")->Find("tags")->Find("items")->Find("$ref")->as_string(),
+            "#/items/anyOf/0/properties/parameters/$defs/tag");
+  EXPECT_EQ(parameters.Find("properties")->Find("kind")->Dump(), R"({"const":{"$ref":"#/x","description":"kept"}})");
+  StatusOr<std::shared_ptr<const Grammar>> grammar =
+      CompileGuide(GuideSpec{GuideSpec::Kind::kJsonSchema, required.Dump(), {}});
+  ASSERT_TRUE(grammar.ok()) << grammar.status().ToString();
+  EXPECT_TRUE(GrammarMatches(
+      **grammar,
+      R"([{"name": "note", "parameters": {"description": "x", "kind": {"$ref":"#/x","description":"kept"}, "tags": ["ab"]}}])"));
+  EXPECT_FALSE(GrammarMatches(
+      **grammar,
+      R"([{"name": "note", "parameters": {"description": "x", "kind": {"$ref":"#/x","description":"kept"}, "tags": ["abcdef"]}}])"));
 }
 
 // The real templates' formats (the checkpoints' own chat templates, as in

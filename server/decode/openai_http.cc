@@ -37,6 +37,7 @@
 #include "server/common/listen_socket.h"
 #include "server/common/logging.h"
 #include "server/common/request_log.h"
+#include "text/guide.h"
 #include "text/prompt.h"
 #include "text/tool_calls.h"
 
@@ -158,6 +159,18 @@ void InOpenAiTerms(bool chat, const std::string& max_key, HttpError* e, int prom
     name = field;  // stop[1]: the request's own index
   } else if (field.rfind("guide", 0) == 0 && !guide_key.empty()) {
     name = guide_key;  // the request's response_format, guided_json, ...
+    // A place in "required"'s schema is a place in one tool's parameters.
+    const std::string calls = "/items/anyOf/";
+    if (const size_t at = e->message.find(calls); guide_key == "tools" && at != std::string::npos) {
+      const size_t digits = e->message.find_first_not_of("0123456789", at + calls.size());
+      const std::string index = e->message.substr(at + calls.size(), digits - at - calls.size());
+      const std::string part = calls + index + "/properties/parameters";
+      if (!index.empty() && e->message.compare(at, part.size(), part) == 0) {
+        name = "tools[" + index + "].function.parameters";
+        std::string rest = e->message.substr(at + part.size());
+        e->message = field + ": " + (rest.empty() || rest[0] == ':' ? "(root)" : "") + rest;
+      }
+    }
   } else if (field == "request_id") {
     name = "user";
   } else if (field == "logprobs") {
@@ -848,6 +861,10 @@ std::optional<HttpError> ParseToolFields(const JsonValue& root, ParsedRequest* o
     if (!parsed.ok()) return Invalid(field, parsed.status().message());
     out->tools = *std::move(parsed);
     out->generate.set_tools(tools->Dump());
+    if (out->generate.tools().size() > kMaxToolsBytes) {
+      return Invalid("tools", "tools: " + std::to_string(out->generate.tools().size()) +
+                                  " bytes of JSON exceed the limit of " + std::to_string(kMaxToolsBytes));
+    }
   }
   StatusOr<ToolChoice> choice = ParseToolChoice(root.Find("tool_choice"), out->tools);
   if (!choice.ok()) {
@@ -865,8 +882,6 @@ std::optional<HttpError> ParseToolFields(const JsonValue& root, ParsedRequest* o
                                       (kind == ToolChoice::Kind::kRequired ? "\"required\"" : "a named function") +
                                       " guides the reply to its calls' JSON, so not with " + out->guide_key);
   }
-  out->generate.mutable_guide()->set_json_schema(
-      ToolCallSchema(out->tools, out->tool_choice, out->parallel_tool_calls));
   out->guide_key = "tools";
   if (kind == ToolChoice::Kind::kFunction) {
     for (size_t i = 0; i < out->tools.size(); ++i) {
@@ -875,6 +890,20 @@ std::optional<HttpError> ParseToolFields(const JsonValue& root, ParsedRequest* o
       }
     }
   }
+  // The guide is a schema like any other (at most kMaxGuideBytes, nesting
+  // within JSON's limit), without the tools' descriptions and titles.
+  std::string schema = ToolCallSchema(out->tools, out->tool_choice, out->parallel_tool_calls);
+  const std::string what = std::string("the JSON Schema that tool_choice ") +
+                           (kind == ToolChoice::Kind::kRequired ? "\"required\"" : "names") + " guides the reply by";
+  if (schema.size() > kMaxGuideBytes) {
+    return Invalid(out->guide_key, out->guide_key + ": " + what + " is " + std::to_string(schema.size()) +
+                                       " bytes (descriptions, titles and examples left out), more than a guide's " +
+                                       std::to_string(kMaxGuideBytes) + "; send fewer or smaller tools");
+  }
+  if (StatusOr<JsonValue> nested = JsonValue::Parse(schema); !nested.ok()) {
+    return Invalid(out->guide_key, out->guide_key + ": " + what + " cannot be read: " + nested.status().message());
+  }
+  out->generate.mutable_guide()->set_json_schema(std::move(schema));
   return std::nullopt;
 }
 
@@ -1363,8 +1392,13 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
   if (!req.model.empty() && req.model != options_.model_name) {
     return SendError(conn, ModelNotFound(req.model, options_.model_name));
   }
-  // "auto" reads the reply's calls in the model's format.
+  // "auto" reads the reply's calls in the model's format; every call is
+  // named as the model's template takes ids (Mistral's: 9 characters).
   std::optional<ToolCallFormat> tool_format;
+  if (req.tool_choice.kind != ToolChoice::Kind::kNone && req.tool_choice.kind != ToolChoice::Kind::kAuto) {
+    StatusOr<std::optional<ToolCallFormat>> f = ToolFormat();
+    if (f.ok()) tool_format = *f;  // a guided call needs no format; a loading model fails the call anyway
+  }
   if (req.tool_choice.kind == ToolChoice::Kind::kAuto) {
     StatusOr<std::optional<ToolCallFormat>> f = ToolFormat();
     if (!f.ok()) {
@@ -1382,8 +1416,10 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
                             "function or \"none\""));
     }
     tool_format = *f;
-    // Mistral's calls begin with a special token, which the text must keep.
-    if (*tool_format == ToolCallFormat::kMistral && !req.skip_special_set) {
+    // Mistral's calls begin with a special token, and some Hermes
+    // checkpoints make <tool_call> one: the text keeps them (as vLLM's
+    // parsers ask).
+    if (*tool_format != ToolCallFormat::kLlama3Json && !req.skip_special_set) {
       for (v1::GenerateRequest& g : calls) g.set_skip_special_tokens(false);
     }
   }

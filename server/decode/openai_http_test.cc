@@ -1397,7 +1397,8 @@ TEST_F(OpenAiHttp, ToolCallsAreGuidedOrReadAndAnsweredInOpenAisShape) {
     EXPECT_EQ(choice->Find("finish_reason")->as_string(), "tool_calls");
     const JsonValue& calls = *choice->Find("message")->Find("tool_calls");
     ASSERT_EQ(calls.as_array().size(), parallel ? 2u : 1u) << out.Dump();
-    EXPECT_EQ(calls.as_array()[0].Find("function")->Find("arguments")->as_string(), R"({"city":"Oslo"})");
+    EXPECT_EQ(calls.as_array()[0].Find("function")->Find("arguments")->as_string(), R"({"city": "Oslo"})")
+        << "the model's own text";
     if (parallel) {
       EXPECT_EQ(calls.as_array()[1].Find("function")->Find("name")->as_string(), "ping");
       EXPECT_NE(calls.as_array()[0].Find("id")->as_string(), calls.as_array()[1].Find("id")->as_string());
@@ -1406,7 +1407,7 @@ TEST_F(OpenAiHttp, ToolCallsAreGuidedOrReadAndAnsweredInOpenAisShape) {
                  required.substr(0, required.size() - 1) + R"(, "stream": true})");
     streamed = JoinDeltas(r.body);
     ASSERT_EQ(streamed.calls.size(), parallel ? 2u : 1u) << r.body;
-    EXPECT_EQ(streamed.calls[0][2], R"({"city":"Oslo"})");
+    EXPECT_EQ(streamed.calls[0][2], R"({"city": "Oslo"})");
     EXPECT_EQ(streamed.finish, "tool_calls");
   }
 
@@ -1434,7 +1435,7 @@ TEST_F(OpenAiHttp, ToolCallsAreGuidedOrReadAndAnsweredInOpenAisShape) {
   EXPECT_EQ(choice->Find("message")->Find("content")->as_string(), "Checking. ");
   ASSERT_EQ(choice->Find("message")->Find("tool_calls")->as_array().size(), 1u);
   EXPECT_EQ(choice->Find("message")->Find("tool_calls")->as_array()[0].Find("function")->Find("arguments")->as_string(),
-            R"({"city":"Rome"})");
+            R"({"city": "Rome"})");
   r = Exchange(server->port(), "POST", "/v1/chat/completions", ToolChat(R"("stream": true)"));
   streamed = JoinDeltas(r.body);
   EXPECT_EQ(streamed.content, "Checking. ");
@@ -1464,8 +1465,11 @@ TEST_F(OpenAiHttp, ToolCallsAreGuidedOrReadAndAnsweredInOpenAisShape) {
   EXPECT_EQ(g.messages(2).tool_call_id(), "call_9");
   EXPECT_EQ(g.messages(2).name(), "ping");
 
-  // Mistral's calls start with a special token: the text keeps them, unless
-  // the request says otherwise.
+  // Hermes' and Mistral's markers may be special tokens: the text keeps
+  // them, unless the request says otherwise.
+  PostJson("/v1/chat/completions", ToolChat(""), 200);
+  EXPECT_TRUE(backend.Last().has_skip_special_tokens());
+  EXPECT_FALSE(backend.Last().skip_special_tokens());
   Start("mistral");
   backend.texts = {"[TOOL_CALLS] [{\"name\": \"ping\", \"arguments\": {}}]"};
   out = PostJson("/v1/chat/completions", ToolChat(""), 200);
@@ -1474,7 +1478,29 @@ TEST_F(OpenAiHttp, ToolCallsAreGuidedOrReadAndAnsweredInOpenAisShape) {
   EXPECT_EQ(out.Find("choices")->as_array()[0].Find("message")->Find("tool_calls")->as_array().size(), 1u);
   PostJson("/v1/chat/completions", ToolChat(R"("skip_special_tokens": true)"), 200);
   EXPECT_TRUE(backend.Last().skip_special_tokens());
+  // Every call of a Mistral model has the 9-character id its template
+  // takes back, guided calls too.
+  backend.texts = {R"([{"name": "ping", "parameters": {}}])"};
+  out = PostJson("/v1/chat/completions", ToolChat(R"("tool_choice": "required")"), 200);
+  const std::string mistral_id =
+      out.Find("choices")->as_array()[0].Find("message")->Find("tool_calls")->as_array()[0].Find("id")->as_string();
+  EXPECT_EQ(mistral_id.size(), 9u) << mistral_id;
+  EXPECT_FALSE(backend.Last().has_skip_special_tokens()) << "a guided call needs no special tokens";
 
+  // The guide of "required" is a schema like any other: at most 64 KiB,
+  // counted without the tools' descriptions (here 100 KiB of them pass).
+  std::string many = "[";
+  for (int i = 0; i < 100; ++i) {
+    many += std::string(i > 0 ? "," : "") + R"({"type": "function", "function": {"name": "f)" + std::to_string(i) +
+            R"(", "parameters": {"type": "object", "description": ")" + std::string(1000, 'd') +
+            R"(", "properties": {"a": {"type": "string", "description": "x"}}}}})";
+  }
+  const std::string described = R"({"messages": [{"role": "user", "content": "Hi"}], "tool_choice": "required",
+      "max_tokens": 2, "tools": )" +
+                                many + "]}";
+  backend.texts = {"[]"};
+  PostJson("/v1/chat/completions", described, 200);
+  EXPECT_EQ(backend.Last().guide().json_schema().find("ddd"), std::string::npos);
   // Refusals name the field.
   const int calls = backend.calls.load();
   auto refused_chat = [&](const std::string& body, const std::string& param, const std::string& says) {
@@ -1493,10 +1519,36 @@ TEST_F(OpenAiHttp, ToolCallsAreGuidedOrReadAndAnsweredInOpenAisShape) {
                "tools[0].function", "must be an object");
   refused_chat(R"({"messages": [{"role": "user", "content": "Hi"}], "tool_choice": "required"})", "tool_choice",
                "needs tools");
+  std::string wide = many;
+  for (int i = 0; i < 600; ++i) {
+    wide += R"(,{"type": "function", "function": {"name": "g)" + std::to_string(i) +
+            R"(", "parameters": {"type": "object", "properties": {"b": {"type": "string"}}}}})";
+  }
+  refused_chat(
+      R"({"messages": [{"role": "user", "content": "Hi"}], "tool_choice": "required", "tools": )" + wide + "]}",
+      "tools", "700 tools exceed the limit of 128");
+  wide = "[";
+  for (int i = 0; i < 120; ++i) {
+    wide += std::string(i > 0 ? "," : "") + R"({"type": "function", "function": {"name": "g)" + std::to_string(i) +
+            R"(", "parameters": {"type": "object", "properties": {"b)" + std::string(600, 'b') +
+            R"(": {"type": "string"}}}}})";
+  }
+  refused_chat(
+      R"({"messages": [{"role": "user", "content": "Hi"}], "tool_choice": "required", "tools": )" + wide + "]}",
+      "tools", "more than a guide's 65536; send fewer or smaller tools");
   EXPECT_EQ(backend.calls.load(), calls) << "refused before Generate";
-  // A named function's schema that the server refuses is that tool's parameters.
+  // A named function's schema that the server refuses is that tool's
+  // parameters; so is a place in "required"'s schema.
   backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "guide.json_schema: /properties/city: bad");
   refused_chat(named, "tools[0].function.parameters", "tools[0].function.parameters: /properties/city: bad");
+  backend.error = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                               "guide.json_schema: /items/anyOf/1/properties/parameters/properties/b: bad");
+  refused_chat(ToolChat(R"("tool_choice": "required")"), "tools[1].function.parameters",
+               "tools[1].function.parameters: /properties/b: bad");
+  backend.error =
+      grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "guide.json_schema: /items/anyOf/0/properties/parameters: bad");
+  refused_chat(ToolChat(R"("tool_choice": "required")"), "tools[0].function.parameters",
+               "tools[0].function.parameters: (root): bad");
   backend.error = grpc::Status::OK;
 }
 

@@ -632,13 +632,24 @@ if (ref.text.length >= 8) {
     }
     const cli = generateChat(maxTokens, ['--json-schema', JSON.stringify(arraySchema(parallel)), '--temperature', '1',
                                          '--seed', String(seed)]);
+    // The arguments are the model's own text: each is in the reference's
+    // text, and reads as its element's parameters.
     let want = null;
     try {
       want = JSON.parse(cli.text).map((e) => [e.name, JSON.stringify(e.parameters)]);
     } catch {
       want = cli.text;
     }
-    same(`${what}: the calls are the elements of seer generate --json-schema <the array>`, callsOf(r), want);
+    const read = callsOf(r).map(([n, a]) => {
+      try {
+        return [n, JSON.stringify(JSON.parse(a))];
+      } catch {
+        return [n, a];
+      }
+    });
+    same(`${what}: the calls are the elements of seer generate --json-schema <the array>`, read, want);
+    check(`${what}: each call's arguments are the reference text's own`,
+          callsOf(r).every(([, a]) => cli.text.includes(a)), JSON.stringify({ calls: callsOf(r), text: cli.text }));
     const final = await client.chat.completions.stream(ask).finalChatCompletion();
     same(`streamed ${what} via stream(): the same calls and finish_reason`,
          [callsOf(final), final.choices[0].finish_reason], [callsOf(r), c.finish_reason]);
@@ -697,18 +708,28 @@ if (ref.text.length >= 8) {
 
   // A round trip: the assistant message as the SDK returned it (with its
   // tool_calls) and a tool turn answering it; the greedy reply is seer
-  // run's on the same messages and tools, offline.
+  // run's on the same messages and tools, offline. "auto" with the Hermes
+  // parser keeps special tokens in the text (as vLLM's parser asks, since
+  // some checkpoints make <tool_call> one), so the reply that leaves them
+  // out, as seer run does, is asked for; the one that keeps them is seer
+  // generate --keep-special-tokens's.
   const assistant = namedReplies[1].choices[0].message;
   const trip = [...asked, assistant,
                 { role: 'tool', tool_call_id: assistant.tool_calls?.[0]?.id, content: '{"temp": 21}' }];
   writeFileSync(join(dir, 'trip.json'), JSON.stringify(trip));
   const tripRef = seerRun(['--chat', join(dir, 'trip.json'), '--tools', `@${files.tools}`], maxTokens);
   check('the round trip reference reply has text', tripRef.text.length > 0, JSON.stringify(tripRef));
-  const back = await client.chat.completions.create({ model: name, messages: trip, tools, max_tokens: maxTokens,
-                                                      temperature: 0 });
+  const tripAsk = { model: name, messages: trip, tools, max_tokens: maxTokens, temperature: 0 };
+  const back = await client.chat.completions.create({ ...tripAsk, skip_special_tokens: true });
   same('a round trip through a tool turn is answered as seer run --chat --tools',
        [back.choices[0].message.content, back.choices[0].message.tool_calls, back.choices[0].finish_reason],
        [tripRef.text, undefined, tripRef.tokens.length < maxTokens ? 'stop' : 'length']);
+  const kept = await client.chat.completions.create(tripAsk);
+  const keptRef = JSON.parse(execFileSync(join(bin, 'seer'), [
+    'generate', '--addr', decodeGrpc, '--chat', join(dir, 'trip.json'), '--tools', `@${files.tools}`,
+    '--max-new-tokens', String(maxTokens), '--keep-special-tokens', '--json']).toString());
+  same('the round trip keeps special tokens under the Hermes parser, as seer generate --keep-special-tokens',
+       kept.choices[0].message.content, keptRef.text);
 
   // Errors.
   await expectError('tool_choice naming an unknown function is BadRequestError 400 naming tool_choice.function.name',
