@@ -231,19 +231,6 @@ struct Read {
   std::vector<ToolCall> calls;
 };
 
-std::optional<Read> ReadRequired(std::string_view text, const std::vector<ToolDefinition>& tools) {
-  text = Trimmed(text);
-  if (text.empty() || text[0] != '[' || !WholeValue(text)) return std::nullopt;
-  Read out;
-  for (const auto& part : Parts(text)) {
-    std::optional<ToolCall> call = CallFrom(part.second, tools, {"parameters"});
-    if (!call) return std::nullopt;
-    out.calls.push_back(std::move(*call));
-  }
-  if (out.calls.empty()) return std::nullopt;
-  return out;
-}
-
 // {...}; {...} after an optional <|python_tag|>, nothing else.
 std::optional<Read> ReadLlama3(std::string_view text, const std::vector<ToolDefinition>& tools) {
   size_t at = SkipSpace(text, 0);
@@ -534,6 +521,10 @@ ToolCallReader::Delta ToolCallReader::Feed(std::string_view text) {
     return out;
   }
   pending_ += text;
+  if (choice_.kind == ToolChoice::Kind::kRequired) {
+    ReadCalls(&out);
+    return out;
+  }
   if (state_ == State::kHolding) return out;
   if (*format_ == ToolCallFormat::kLlama3Json) {
     // Calls alone: decided by the reply's first visible characters.
@@ -565,11 +556,127 @@ ToolCallReader::Delta ToolCallReader::Feed(std::string_view text) {
   return out;
 }
 
+void ToolCallReader::ReadCalls(Delta* out) {
+  const std::string_view text = pending_;
+  for (;;) {
+    const size_t at = SkipSpace(text, read_);
+    switch (calls_state_) {
+      case Calls::kList: {
+        if (at == text.size()) return;
+        const char c = text[at];
+        if (!list_open_ && c == '[') {
+          list_open_ = true;
+        } else if (list_open_ && c == '{' && (parallel_ || calls_.empty())) {
+          calls_state_ = Calls::kHead;
+          read_ = at;
+          continue;
+        } else if (list_open_ && c == ',' && !calls_.empty()) {
+        } else if (list_open_ && c == ']') {
+          calls_state_ = Calls::kDone;
+        } else {
+          calls_state_ = Calls::kBroken;
+          return;
+        }
+        read_ = at + 1;
+        continue;
+      }
+      case Calls::kHead: {
+        // {"name": F, "parameters": — the guide writes them in this order.
+        size_t i = SkipSpace(text, read_ + 1);
+        std::optional<std::string> name;
+        for (const char* key : {"name", "parameters"}) {
+          const size_t key_end = ValueEnd(text, i);
+          if (key_end == std::string_view::npos) return;  // not yet whole
+          StatusOr<JsonValue> k = JsonValue::Parse(text.substr(i, key_end - i));
+          i = SkipSpace(text, key_end);
+          if (i == text.size()) return;
+          if (!k.ok() || !k->is_string() || k->as_string() != key || text[i] != ':') {
+            calls_state_ = Calls::kBroken;
+            return;
+          }
+          i = SkipSpace(text, i + 1);
+          if (name) break;
+          const size_t value_end = ValueEnd(text, i);
+          if (value_end == std::string_view::npos) return;
+          StatusOr<JsonValue> v = JsonValue::Parse(text.substr(i, value_end - i));
+          if (!v.ok() || !v->is_string() || FindTool(tools_, v->as_string()) == nullptr) {
+            calls_state_ = Calls::kBroken;
+            return;
+          }
+          name = v->as_string();
+          i = SkipSpace(text, value_end);
+          if (i == text.size()) return;
+          if (text[i] != ',') {
+            calls_state_ = Calls::kBroken;
+            return;
+          }
+          i = SkipSpace(text, i + 1);
+        }
+        if (i == text.size()) return;  // the arguments' first byte decides their kind
+        calls_.push_back(ToolCall{new_id_(), *name, ""});
+        out->calls.push_back(CallDelta{static_cast<int>(calls_.size()) - 1, calls_.back().id, *name, ""});
+        calls_state_ = Calls::kArguments;
+        arguments_begin_ = read_ = i;
+        depth_ = 0;
+        in_string_ = escaped_ = false;
+        continue;
+      }
+      case Calls::kArguments: {
+        // An object or array streams byte by byte; any other value is sent
+        // once it is whole.
+        size_t end = std::string_view::npos;
+        if (text[arguments_begin_] != '{' && text[arguments_begin_] != '[') {
+          end = ValueEnd(text, arguments_begin_);
+          if (end == std::string_view::npos || end == text.size()) return;
+        } else {
+          for (size_t i = read_; i < text.size() && end == std::string_view::npos; ++i) {
+            const char c = text[i];
+            if (in_string_) {
+              if (escaped_) {
+                escaped_ = false;
+              } else if (c == '\\') {
+                escaped_ = true;
+              } else if (c == '"') {
+                in_string_ = false;
+              }
+            } else if (c == '"') {
+              in_string_ = true;
+            } else if (c == '{' || c == '[') {
+              ++depth_;
+            } else if ((c == '}' || c == ']') && --depth_ == 0) {
+              end = i + 1;
+            }
+          }
+        }
+        const size_t upto = end == std::string_view::npos ? text.size() : end;
+        const std::string piece(text.substr(read_, upto - read_));
+        read_ = upto;
+        if (!piece.empty()) {
+          calls_.back().arguments += piece;
+          out->calls.push_back(CallDelta{static_cast<int>(calls_.size()) - 1, "", "", piece});
+        }
+        if (end == std::string_view::npos) return;
+        calls_state_ = Calls::kClose;
+        continue;
+      }
+      case Calls::kClose:
+        if (at == text.size()) return;
+        if (text[at] != '}') {
+          calls_state_ = Calls::kBroken;
+          return;
+        }
+        calls_state_ = Calls::kList;
+        read_ = at + 1;
+        continue;
+      case Calls::kDone:
+      case Calls::kBroken: return;
+    }
+  }
+}
+
 bool ToolCallReader::TakeCalls(Delta* out) {
   std::optional<Read> read;
-  if (choice_.kind == ToolChoice::Kind::kRequired) {
-    read = ReadRequired(pending_, tools_);
-  } else if (format_ == ToolCallFormat::kLlama3Json) {
+  if (format_ == ToolCallFormat::kLlama3Json) {
     read = ReadLlama3(pending_, tools_);
   } else if (format_ == ToolCallFormat::kHermes) {
     read = ReadHermes(pending_, tools_);
@@ -596,6 +703,21 @@ ToolCallReader::Delta ToolCallReader::Finish() {
   Delta out;
   if (choice_.kind == ToolChoice::Kind::kFunction) {
     if (calls_.empty()) out = Feed("");  // an empty reply is still the call
+    return out;
+  }
+  if (choice_.kind == ToolChoice::Kind::kRequired) {
+    // A reply that began no call is text. One that did keeps its calls; a
+    // call cut short keeps the arguments it has, and the list's own bytes
+    // after it are no text. Text the list could not hold (none, under the
+    // guide) is content.
+    const std::string rest = pending_.substr(std::min(read_, pending_.size()));
+    if (calls_.empty()) {
+      Say(pending_, &out);
+    } else if (calls_state_ == Calls::kBroken ||
+               (calls_state_ == Calls::kDone && rest.find_first_not_of(kSpace) != std::string::npos)) {
+      Say(rest, &out);
+    }
+    pending_.clear();
     return out;
   }
   if (state_ == State::kHolding && TakeCalls(&out)) {

@@ -95,8 +95,12 @@ std::string NewToolCallId(std::optional<ToolCallFormat> format, uint64_t (*rando
 // Reads a reply as its text arrives and splits it into content and calls.
 // Feed() and Finish() return what may be sent now: text that cannot become
 // part of a call goes out at once, text that may is held until it is clear.
-// For "required" and "auto" that means the calls come at the end, whole;
-// a named function's arguments stream as they come.
+// A named function's arguments stream as they come, and so do a "required"
+// reply's calls (its guide fixes their shape: each call's name once it is
+// whole, then its arguments piece by piece); "auto" calls come at the end,
+// whole, since only the whole text says whether they are calls. A reply
+// cut short keeps the calls it began, their arguments as far as they go
+// (as OpenAI's, with finish_reason "length").
 class ToolCallReader {
  public:
   struct CallDelta {
@@ -130,9 +134,14 @@ class ToolCallReader {
 
  private:
   enum class State { kUndecided, kContent, kHolding };
+  // Where a "required" reply's reading is: `[`, each `{"name": F,
+  // "parameters": ` (the head), the arguments, the `}`, the `]`.
+  enum class Calls { kList, kHead, kArguments, kClose, kDone, kBroken };
   void Say(std::string text, Delta* out);
   // The held text as calls, into `out`; false when it is not calls.
   bool TakeCalls(Delta* out);
+  // A "required" reply's new text, read as far as it goes.
+  void ReadCalls(Delta* out);
 
   ToolChoice choice_;
   std::optional<ToolCallFormat> format_;
@@ -140,7 +149,14 @@ class ToolCallReader {
   bool parallel_;
   std::function<std::string()> new_id_;
   State state_;
-  std::string pending_;  // received, not yet sent or read
+  std::string pending_;  // received, not yet sent or read ("required": the whole reply)
+  Calls calls_state_ = Calls::kList;
+  size_t read_ = 0;  // "required": pending_ is read up to here
+  bool list_open_ = false;
+  // The arguments being read: their start, and the JSON nesting so far.
+  size_t arguments_begin_ = 0;
+  int depth_ = 0;
+  bool in_string_ = false, escaped_ = false;
   std::string content_;
   std::vector<ToolCall> calls_;
 };

@@ -172,6 +172,23 @@ TEST(ToolCalls, RequiredAndNamedGuidesAdmitOnlyCalls) {
         if (got.calls[k].name == "get_weather") EXPECT_NE(args.Find("city"), nullptr) << *text;
       }
       most_calls = std::max(most_calls, got.calls.size());
+      // Streamed in random pieces: the same calls, each begun before the end.
+      ToolCallReader reader(Choice(ToolChoice::Kind::kRequired), std::nullopt, tools, parallel);
+      size_t begun = 0;
+      std::string args;
+      for (size_t at = 0; at < text->size();) {
+        const size_t n = std::uniform_int_distribution<size_t>(1, 9)(rng);
+        for (const ToolCallReader::CallDelta& c : reader.Feed(text->substr(at, n)).calls) {
+          begun += c.id.empty() ? 0 : 1;
+          args += c.arguments;
+        }
+        at += n;
+      }
+      EXPECT_EQ(begun, got.calls.size()) << *text;
+      EXPECT_TRUE(reader.Finish().empty()) << *text;
+      std::string whole_args;
+      for (const ToolCall& c : got.calls) whole_args += c.arguments;
+      EXPECT_EQ(args, whole_args) << *text;
     }
     EXPECT_GE(read, 150);
     EXPECT_EQ(names, (std::set<std::string>{"get_weather", "get_time", "ping"}));
@@ -396,11 +413,39 @@ TEST(ToolCalls, RequiredAndNamedReplies) {
     EXPECT_EQ(s.calls[0].id, "id0");
     EXPECT_EQ(s.calls[1].id, "id1");
   }
-  // Cut short by max_tokens: not calls, so the text.
+  // Cut short by max_tokens before a call began: the text. Inside a call:
+  // the calls begun, the last one's arguments as far as they go.
   const Streamed cut_short =
       Stream({R"([{"name": "ping", "param)"}, Choice(ToolChoice::Kind::kRequired), std::nullopt, tools);
   EXPECT_EQ(cut_short.content, R"([{"name": "ping", "param)");
   EXPECT_TRUE(cut_short.calls.empty());
+  const std::string cut = R"([{"name": "ping", "parameters": {}}, {"name": "get_weather", "parameters": {"city": "Pa)";
+  for (size_t at = 0; at <= cut.size(); ++at) {
+    const Streamed s =
+        Stream({cut.substr(0, at), cut.substr(at)}, Choice(ToolChoice::Kind::kRequired), std::nullopt, tools);
+    EXPECT_EQ(s.content, "");
+    ExpectCalls(s.calls, {{"ping", "{}"}, {"get_weather", R"({"city": "Pa)"}}, cut);
+  }
+  // Without parallel calls (the guide allows one), text past the first is
+  // content, not a second call.
+  const std::string two = R"([{"name": "ping", "parameters": {}}, {"name": "ping", "parameters": {}}])";
+  const ParsedToolCalls first = ReadToolCalls(two, Choice(ToolChoice::Kind::kRequired), std::nullopt, tools, false);
+  ExpectCalls(first.calls, {{"ping", "{}"}}, two);
+  EXPECT_EQ(first.content, R"( {"name": "ping", "parameters": {}}])");
+  // A call streams: its name once whole, then its arguments as they come.
+  ToolCallReader reader(Choice(ToolChoice::Kind::kRequired), std::nullopt, tools, true, [] { return "x"; });
+  EXPECT_TRUE(reader.Feed(R"([ {"name": "get_wea)").empty());
+  EXPECT_TRUE(reader.Feed(R"(ther", "parameters":)").empty()) << "the arguments' kind is not known yet";
+  ToolCallReader::Delta d = reader.Feed(R"( {"ci)");
+  ASSERT_EQ(d.calls.size(), 2u);
+  EXPECT_EQ(d.calls[0].name, "get_weather");
+  EXPECT_EQ(d.calls[0].arguments, "");
+  EXPECT_EQ(d.calls[1].arguments, R"({"ci)");
+  d = reader.Feed(R"(ty": "}]{\"x"} } ])");
+  ASSERT_EQ(d.calls.size(), 1u);
+  EXPECT_EQ(d.calls[0].arguments, R"(ty": "}]{\"x"})") << "brackets and quotes inside strings end nothing";
+  EXPECT_TRUE(reader.Finish().empty());
+  EXPECT_EQ(reader.calls()[0].arguments, R"({"city": "}]{\"x"})");
   // A named function: the text is its arguments, streamed as they come.
   const std::string args = R"({"zone": "CET"})";
   for (size_t cut = 0; cut <= args.size(); ++cut) {

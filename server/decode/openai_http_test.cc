@@ -1384,10 +1384,11 @@ TEST_F(OpenAiHttp, ToolCallsAreGuidedOrReadAndAnsweredInOpenAisShape) {
   EXPECT_EQ(streamed.finish, "stop");
   EXPECT_GE(Events(r.body).size(), 5u) << "the arguments streamed as they came";
 
-  // "required": an array of calls.
-  backend.texts = {R"([{"name": "get_weather", "parameters": {"city": "Oslo"}}, )",
-                   R"({"name": "ping", "parameters": {}}])"};
+  // "required": an array of calls (one, as its guide allows, without
+  // parallel_tool_calls), streamed a call's name and then its arguments.
   for (const bool parallel : {true, false}) {
+    backend.texts = {R"([{"name": "get_weather", "parameters": {"city": )", R"("Oslo"}})",
+                     parallel ? R"(, {"name": "ping", "parameters": {}}])" : "]"};
     const std::string required =
         ToolChat(std::string(R"("tool_choice": "required", "parallel_tool_calls": )") + (parallel ? "true" : "false"));
     out = PostJson("/v1/chat/completions", required, 200);
