@@ -287,11 +287,17 @@ int Run(int argc, char** argv) {
   if (sampler.wants_logprobs()) logprobs.push_back(sampler.last_logprobs());
   auto ended = [&](int32_t t) { return std::find(end_ids.begin(), end_ids.end(), t) != end_ids.end(); };
   const Clock::time_point decode_start = Clock::now();
-  for (int n = 1; n < generate && !ended(tokens.back()); ++n) {
+  // A guide that lost part of its language fails the run, as it fails a
+  // server's request (after the token that lost it, as there).
+  auto lost = [&] { return ended(tokens.back()) ? std::string() : sampler.GuideFailure(); };
+  for (int n = 1; n < generate && !ended(tokens.back()) && lost().empty(); ++n) {
     StatusOr<int32_t> next = engine.DecodeAndSample(tokens.back(), &cache, &sampler);
     if (!next.ok()) return RuntimeError(next.status());
     tokens.push_back(*next);
     if (sampler.wants_logprobs()) logprobs.push_back(sampler.last_logprobs());
+  }
+  if (static_cast<int>(tokens.size()) < generate && !lost().empty()) {
+    return RuntimeError(InvalidArgument("guide: " + lost()));
   }
   std::string text;
   if (text_mode && generate > 0) {

@@ -1298,6 +1298,34 @@ TEST(Service, BadWordsAreNeverSpelled) {
 // end-of-text id that the guide allows once the text is whole; and that
 // text is what the guide asked for, judged by independent code: the JSON
 // parser, std::regex, the list of choices. The refusals name the field.
+// A guide that can no longer follow its whole language fails the call
+// with INVALID_ARGUMENT naming the byte, after the tokens it did follow,
+// on both workers and for every choice: here a grammar ambiguous in itself
+// whose first 13 bytes can only be a's, past which it has more ways to
+// close them than the matcher keeps.
+TEST(Service, AGuideThatLosesItsLanguageFailsTheCall) {
+  AloneAndBatched servers;
+  ASSERT_NE(servers.UseTokenizer({2}), nullptr);
+  const std::vector<int32_t> ids = seer::testing::RandomIds(20, 128, 61);
+  SamplingParams sp;
+  sp.temperature = 1.0;
+  sp.seed = 3;
+  for (DecodeHarness* h : {&servers.alone, &servers.batched}) {
+    for (int n : {1, 2}) {
+      SCOPED_TRACE(std::string(h == &servers.alone ? "alone" : "batched") + ", n = " + std::to_string(n));
+      v1::GenerateRequest g = SampledRequest(ids, 40, sp);
+      g.set_n(n);
+      g.mutable_guide()->set_grammar("root ::= x\nx ::= \"a\" x \"b\" | \"a\" x \"c\" | \"aaaaaaaaaaaaa\"\n");
+      std::vector<int32_t> tokens;
+      std::string text;
+      const grpc::Status s = CallGenerate(h->Stub().get(), g, &tokens, nullptr, &text);
+      ExpectInvalid(s, "guide: the guide cannot follow every sentence of its grammar past byte ");
+      EXPECT_FALSE(tokens.empty()) << "the tokens it could follow come first";
+      EXPECT_EQ(text.find_first_not_of('a'), std::string::npos) << text;
+    }
+  }
+}
+
 TEST(Service, GuidedRepliesAreTheLocalSamplersAndWhatTheGuideAsked) {
   AloneAndBatched servers;
   constexpr int32_t kEnd = 2;  // </s>

@@ -365,7 +365,6 @@ constexpr size_t kMaxGrowth = 256;
 // keeps: an ambiguous grammar (a run of optional repetitions) could
 // otherwise multiply them; past it, further ways are dropped.
 constexpr int kMaxExpansions = 1 << 16;
-constexpr size_t kMaxStacks = 1024;
 }  // namespace
 
 GrammarMatcher::GrammarMatcher(const Grammar& grammar) : grammar_(&grammar) {
@@ -375,14 +374,16 @@ GrammarMatcher::GrammarMatcher(const Grammar& grammar) : grammar_(&grammar) {
   }
   std::vector<Stack> stacks;
   bool complete = false;
-  Expand(std::move(pending), &stacks, &complete);
+  Expand(std::move(pending), &stacks, &complete, &narrowed_);
   Settle(std::move(stacks), complete);
 }
 
-void GrammarMatcher::Expand(std::vector<Pending> pending, std::vector<Stack>* out, bool* complete) const {
+void GrammarMatcher::Expand(std::vector<Pending> pending, std::vector<Stack>* out, bool* complete,
+                            bool* narrowed) const {
   const std::vector<Grammar::Symbol>& symbols = grammar_->symbols();
   std::set<Stack> entered;  // stacks about to enter a rule: each is expanded once
   int work = kMaxExpansions;
+  bool sorted = false;  // *out is sorted and unique (kept so once it is full)
   while (!pending.empty()) {
     Pending p = std::move(pending.back());
     pending.pop_back();
@@ -395,11 +396,31 @@ void GrammarMatcher::Expand(std::vector<Pending> pending, std::vector<Stack>* ou
     }
     const Grammar::Symbol& top = symbols[stack.back()];
     if (top.rule < 0) {
-      if (out->size() < kMaxStacks) out->push_back(std::move(stack));
+      // Once full, the stacks are kept sorted and unique: a second way to a
+      // kept stack loses nothing, and only a new one past the bound is lost.
+      if (!sorted && out->size() >= kMaxStacks) {
+        std::sort(out->begin(), out->end());
+        out->erase(std::unique(out->begin(), out->end()), out->end());
+        sorted = true;
+      }
+      if (!sorted) {
+        out->push_back(std::move(stack));
+        continue;
+      }
+      const auto at = std::lower_bound(out->begin(), out->end(), stack);
+      if (at != out->end() && *at == stack) continue;
+      if (out->size() < kMaxStacks) {
+        out->insert(at, std::move(stack));
+      } else {
+        *narrowed = true;
+      }
       continue;
     }
     const size_t base = std::min(p.base, stack.size());
-    if (--work < 0 || stack.size() > base + kMaxGrowth || stack.size() >= kMaxDepth) continue;
+    if (--work < 0 || stack.size() > base + kMaxGrowth || stack.size() >= kMaxDepth) {
+      *narrowed = true;
+      continue;
+    }
     if (!entered.insert(stack).second) continue;  // a cycle, or a second way to the same place
     // Where this alternative goes on after the rule; nothing, when the rule
     // ends it (a tail call: repetitions then keep the stack short).
@@ -438,10 +459,11 @@ bool GrammarMatcher::Advance(uint8_t byte) {
     pending.push_back(Pending{std::move(moved), size});
   }
   std::vector<Stack> next;
-  bool complete = false;
-  Expand(std::move(pending), &next, &complete);
+  bool complete = false, narrowed = false;
+  Expand(std::move(pending), &next, &complete, &narrowed);
   if (next.empty() && !complete) return false;
   Settle(std::move(next), complete);
+  narrowed_ = narrowed;
   return true;
 }
 

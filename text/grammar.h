@@ -172,6 +172,15 @@ class GrammarMatcher {
 
   // Stacks deeper than this are dropped: a deeper nesting cannot go on.
   static constexpr size_t kMaxDepth = 4096;
+  // At most this many ways of reading the text are kept at once.
+  static constexpr size_t kMaxStacks = 1024;
+
+  // The last step (Advance, or the start) dropped ways of reading the text:
+  // more than kMaxStacks at once (a grammar ambiguous in itself), a chain of
+  // more than 256 rules entered before a byte, nesting deeper than
+  // kMaxDepth, or more than 65,536 rule entries for one byte. The matcher
+  // then follows only some of the sentences that go on from here.
+  bool narrowed() const { return narrowed_; }
 
  private:
   using Stack = std::vector<int32_t>;
@@ -183,12 +192,14 @@ class GrammarMatcher {
   };
   // Adds to `out` every stack that the pending ones become once their tops
   // are byte symbols; an emptied stack sets *complete.
-  void Expand(std::vector<Pending> pending, std::vector<Stack>* out, bool* complete) const;
+  // *narrowed: some were dropped (narrowed()).
+  void Expand(std::vector<Pending> pending, std::vector<Stack>* out, bool* complete, bool* narrowed) const;
   void Settle(std::vector<Stack> stacks, bool complete);
 
   const Grammar* grammar_;
   std::vector<Stack> stacks_;  // sorted, unique; every top a byte symbol
   bool complete_ = false;
+  bool narrowed_ = false;
   std::vector<int32_t> key_;
 };
 

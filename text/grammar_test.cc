@@ -78,6 +78,73 @@ TEST(GrammarMatcher, AVeryAmbiguousGrammarStaysBounded) {
   EXPECT_FALSE(m.AdvanceText("1"));
 }
 
+// narrowed() says when ways are lost, and only then. s ::= "a" s "b" |
+// "a" s "c" | "" is ambiguous in itself: after n a's every one of the 2^n
+// ways to close them is a different stack, so past the bound some texts
+// a^n w (w any n of b and c) are lost. Before the first narrowed step every
+// such text is a sentence; after it, some are not. Grammars that are not
+// ambiguous (JSON, a regular expression) never narrow on long sentences.
+TEST(GrammarMatcher, NarrowedSaysWhenWaysAreLost) {
+  Grammar g;
+  const int32_t s = g.AddRule("s");
+  g.AddAlternative(s, {Grammar::Byte('a'), Grammar::Ref(s), Grammar::Byte('b')});
+  g.AddAlternative(s, {Grammar::Byte('a'), Grammar::Ref(s), Grammar::Byte('c')});
+  g.AddAlternative(s, {});
+  g.set_root(s);
+  auto closings = [](int n) {
+    std::vector<std::string> out;
+    for (uint32_t bits = 0; bits < (1u << n); ++bits) {
+      std::string w;
+      for (int i = 0; i < n; ++i) w += (bits >> i) & 1 ? 'b' : 'c';
+      out.push_back(w);
+    }
+    return out;
+  };
+  GrammarMatcher m(g);
+  EXPECT_FALSE(m.narrowed());
+  int first = -1;
+  for (int n = 1; n <= 12 && first < 0; ++n) {
+    ASSERT_TRUE(m.Advance('a'));
+    if (m.narrowed()) first = n;
+  }
+  ASSERT_GT(first, 1) << "the bound is never reached";
+  for (int n = 1; n < first; ++n) {
+    for (const std::string& w : closings(n)) ASSERT_TRUE(GrammarMatches(g, std::string(n, 'a') + w)) << n << w;
+  }
+  int lost = 0;
+  for (const std::string& w : closings(first)) lost += GrammarMatches(g, std::string(first, 'a') + w) ? 0 : 1;
+  EXPECT_GT(lost, 0) << "narrowed at " << first << " a's, yet every sentence is still read";
+  RecordProperty("first_narrowed_after", first);
+  // A chain of 300 rules entered before any byte: cut, and said.
+  Grammar chain;
+  int32_t next = chain.RuleOf("last", {Grammar::Text("x")});
+  for (int i = 0; i < 300; ++i)
+    next = chain.RuleOf("r" + std::to_string(i), {{Grammar::Ref(next), Grammar::Byte('y')}});
+  chain.set_root(next);
+  EXPECT_TRUE(GrammarMatcher(chain).narrowed());
+
+  // Long sentences of grammars that are not ambiguous never narrow.
+  StatusOr<JsonValue> schema = JsonValue::Parse(R"({"type": "object", "properties": {
+      "a": {"type": "array", "items": {"anyOf": [{"type": "integer"}, {"type": "string"}]}},
+      "b": {"type": "object", "additionalProperties": {"type": "number"}}}, "required": ["a"]})");
+  ASSERT_TRUE(schema.ok());
+  StatusOr<Grammar> regex = GrammarFromRegex("([a-z]+[0-9]*-)*(x|y){2,5}");
+  ASSERT_TRUE(regex.ok());
+  const std::pair<Grammar, std::string> unambiguous[] = {
+      {JsonObjectGrammar(), R"({"k": [1, 2.5, {"n": null, "s": "t\u00e9", "d": [[[[[[{}]]]]]]}], "z": true})"},
+      {*GrammarFromJsonSchema(*schema), R"({"a": [1, "two", 3, "four"], "b": {"x": 1.5, "y": -2e3}})"},
+      {*regex, "abc12-de-fg345-xyxyx"},
+  };
+  for (const auto& [grammar, text] : unambiguous) {
+    GrammarMatcher walk(grammar);
+    for (char c : text) {
+      ASSERT_TRUE(walk.Advance(static_cast<uint8_t>(c))) << text;
+      EXPECT_FALSE(walk.narrowed()) << text;
+    }
+    EXPECT_TRUE(walk.complete()) << text;
+  }
+}
+
 // A rule of 3,000 words: the matcher keeps at most 1,024 ways, so some words
 // are lost as it stands (the bound, checked), and none once factored; no
 // other text is a sentence.

@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <array>
+#include <bitset>
 #include <cstring>
 #include <mutex>
 #include <numeric>
+#include <optional>
 #include <unordered_map>
 
 #include "base/json.h"
@@ -104,13 +106,18 @@ class GuideTables {
     *out = states_[s].allowed;
   }
 
-  // Moves `here` over `bytes`; false when the grammar refuses them.
-  bool Accept(const std::string& bytes, GrammarMatcher* here, Place* place) {
+  // Moves `here` over `bytes`; false when the grammar refuses them. `*lost`:
+  // the byte at which the matcher dropped ways of reading the text, if one
+  // did (GrammarMatcher::narrowed), counted from the first of `bytes`.
+  bool Accept(const std::string& bytes, GrammarMatcher* here, Place* place, std::optional<size_t>* lost) {
     std::lock_guard<std::mutex> lock(mu_);
     int32_t s = Find(*here, place);
-    for (char c : bytes) {
-      s = Next(s, static_cast<uint8_t>(c));
-      if (s < 0) return false;
+    for (size_t i = 0; i < bytes.size(); ++i) {
+      const uint8_t byte = static_cast<uint8_t>(bytes[i]);
+      const int32_t n = Next(s, byte);
+      if (n < 0) return false;
+      if (!*lost && states_[s].narrowed[byte]) *lost = i;
+      s = n;
     }
     *here = states_[s].matcher;
     place->state = s;
@@ -131,6 +138,7 @@ class GuideTables {
   struct State {
     GrammarMatcher matcher;
     std::array<int32_t, 256> next;
+    std::bitset<256> narrowed;  // the step over this byte dropped ways (known once next[byte] is)
     std::vector<uint64_t> allowed;  // empty until walked
   };
 
@@ -147,7 +155,7 @@ class GuideTables {
     std::string k(reinterpret_cast<const char*>(key.data()), key.size() * sizeof(int32_t));
     auto [it, added] = index_.emplace(std::move(k), static_cast<int32_t>(states_.size()));
     if (added) {
-      State s{m, {}, {}};
+      State s{m, {}, {}, {}};
       s.next.fill(kUnknown);
       states_.push_back(std::move(s));
     }
@@ -160,6 +168,7 @@ class GuideTables {
     GrammarMatcher m = states_[s].matcher;
     n = m.Advance(byte) ? Intern(m) : kDead;
     states_[s].next[byte] = n;  // states_ may have grown: index again
+    states_[s].narrowed[byte] = n >= 0 && m.narrowed();
     return n;
   }
 
@@ -209,7 +218,9 @@ namespace {
 class GrammarTokenGuide final : public TokenGuide {
  public:
   explicit GrammarTokenGuide(std::shared_ptr<GuideTables> tables)
-      : tables_(std::move(tables)), here_(tables_->grammar()) {}
+      : tables_(std::move(tables)), here_(tables_->grammar()) {
+    if (here_.narrowed()) Lost(0);
+  }
 
   void Allowed(std::vector<uint64_t>* allowed) override {
     if (dead_) {
@@ -224,15 +235,30 @@ class GrammarTokenGuide final : public TokenGuide {
   void Accept(int32_t token) override {
     if (dead_) return;
     const GuideVocabulary& v = tables_->vocabulary();
-    dead_ =
-        token < 0 || token >= v.size() || v.bytes(token).empty() || !tables_->Accept(v.bytes(token), &here_, &place_);
+    std::optional<size_t> lost;
+    dead_ = token < 0 || token >= v.size() || v.bytes(token).empty() ||
+            !tables_->Accept(v.bytes(token), &here_, &place_, &lost);
+    if (!dead_ && lost && failure_.empty()) Lost(bytes_ + *lost);
+    if (!dead_) bytes_ += v.bytes(token).size();
   }
 
+  std::string failure() const override { return failure_; }
+
  private:
+  void Lost(size_t at) {
+    failure_ = "the guide cannot follow every sentence of its grammar past byte " + std::to_string(at) +
+               " of the reply: more than " + std::to_string(GrammarMatcher::kMaxStacks) +
+               " ways to read the text at once (a grammar ambiguous in itself), a chain of more than 256 rules "
+               "before a byte, or nesting deeper than " +
+               std::to_string(GrammarMatcher::kMaxDepth) + "; rewrite the grammar less ambiguously";
+  }
+
   std::shared_ptr<GuideTables> tables_;
   GrammarMatcher here_;
   GuideTables::Place place_;
   bool dead_ = false;
+  size_t bytes_ = 0;  // of the reply, accepted so far
+  std::string failure_;
 };
 
 }  // namespace

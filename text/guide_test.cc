@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "base/json.h"
+#include "kernels/sampling/sampler.h"
 #include "text/gbnf_grammar.h"
 #include "text/json_schema_grammar.h"
 #include "text/text_test_util.h"
@@ -164,6 +165,47 @@ TEST(Guide, AnIdTheGuideRefusedLeavesNothingAllowed) {
   guide->Allowed(&bits);
   for (int32_t id = 0; id < 5; ++id) EXPECT_FALSE(Bit(bits, id));
   EXPECT_FALSE(guide->complete());
+}
+
+// A guide whose grammar loses ways of reading the reply says so, from the
+// token that lost them on, naming the byte; until then it says nothing. The
+// sampler passes it on.
+TEST(Guide, AGuideThatLosesPartOfItsLanguageSaysWhere) {
+  auto vocabulary = GuideVocabulary::FromBytes({"a", "aa", "b", "c"});
+  StatusOr<Grammar> grammar = GrammarFromGbnf("root ::= s\ns ::= \"a\" s \"b\" | \"a\" s \"c\" | \"\"\n");
+  ASSERT_TRUE(grammar.ok()) << grammar.status().ToString();
+  auto factory = std::make_shared<GrammarGuideFactory>(std::make_shared<Grammar>(*grammar), vocabulary);
+  SamplingParams params;
+  params.vocab_size = 4;
+  params.guide = factory;
+  Sampler sampler(params);
+  size_t bytes = 0;
+  GrammarMatcher reference(*grammar);
+  int first = -1;
+  for (int step = 0; step < 8 && first < 0; ++step) {
+    const int32_t token = 1;  // "aa"
+    EXPECT_EQ(sampler.GuideFailure(), "") << step;
+    sampler.Record(token);
+    for (int k = 0; k < 2; ++k) {
+      ASSERT_TRUE(reference.Advance('a'));
+      if (reference.narrowed() && first < 0) first = static_cast<int>(bytes) + k;
+    }
+    bytes += 2;
+    if (first >= 0) {
+      const std::string failure = sampler.GuideFailure();
+      EXPECT_NE(failure.find("past byte " + std::to_string(first) + " of the reply"), std::string::npos) << failure;
+      EXPECT_NE(failure.find("more than 1024 ways"), std::string::npos) << failure;
+    }
+  }
+  ASSERT_GE(first, 0) << "the grammar never narrowed";
+  // Another reply of the same factory, through the tables the first one
+  // filled, says the same.
+  std::unique_ptr<TokenGuide> again = factory->Start();
+  for (int step = 0; step * 2 <= first; ++step) {
+    EXPECT_EQ(again->failure(), "");
+    again->Accept(1);
+  }
+  EXPECT_EQ(again->failure(), sampler.GuideFailure());
 }
 
 // Each id's bytes, joined, are the tokenizer's decoding of the ids after

@@ -12,6 +12,7 @@
 #include <memory>
 #include <random>
 #include <span>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -44,6 +45,11 @@ class TokenGuide {
   // The token chosen next (one that Allowed did not list leaves the guide
   // allowing nothing).
   virtual void Accept(int32_t token) = 0;
+  // Empty while the guide follows its language whole; otherwise why it no
+  // longer can (the reply is still a start of a text of the language, but
+  // some of the texts it could become are out of the guide's reach), which
+  // fails the request.
+  virtual std::string failure() const { return {}; }
 };
 
 // What SamplingParams carries: shared by the replies of a request, each of
@@ -177,6 +183,9 @@ class Sampler {
   // call that needs it (Adjustments, Refused, Sample), so that a backend can
   // run it while its device computes the next logits.
   void Record(int32_t token);
+  // The guide's failure (TokenGuide::failure) after the tokens recorded so
+  // far; empty without a guide.
+  std::string GuideFailure() const { return guide_ != nullptr ? guide_->failure() : std::string(); }
 
   // How the logits are moved before the next token is chosen, ids
   // ascending: the repetition penalty on the prompt's and the recorded

@@ -195,6 +195,10 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
   struct Choice {
     int index = 0;
     std::unique_ptr<Sampler> sampler;
+    Sampler* sampling = nullptr;  // sampler's, also while the scheduler holds it
+    // Why the choice cannot go on (its guide lost its language's way): the
+    // call fails with it.
+    std::optional<grpc::Status> failure;
     std::unique_ptr<TextStream> text;
     int generated = 0;
     bool finished = false;
@@ -336,10 +340,12 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
       SamplingParams sampling = call_.sampling;
       sampling.seed += static_cast<uint64_t>(c.index);
       c.sampler = std::make_unique<Sampler>(sampling);
+      c.sampling = c.sampler.get();
       first[c.index] = c.sampler->Sample(first_logits);
       if (!Emit(c, first[c.index], c.sampler->wants_logprobs() ? &c.sampler->last_logprobs() : nullptr)) {
         return StreamGone();
       }
+      if (c.failure) return *c.failure;
     }
     // The choices done at their first token end here.
     int running = 0;
@@ -372,6 +378,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
         }
         token = *next;
         if (!Emit(c, token, c.sampler->wants_logprobs() ? &c.sampler->last_logprobs() : nullptr)) return StreamGone();
+        if (c.failure) return *c.failure;
       }
       if (grpc::Status done = FinishWithSummary(c); !done.ok()) return done;
     }
@@ -403,6 +410,10 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
         if (!Emit(c, token, logprobs)) {
           gone_ = true;
           abandoned_ = true;
+          return DecodeScheduler::SinkResult::kStop;
+        }
+        if (c.failure) {
+          Abandon(*c.failure);
           return DecodeScheduler::SinkResult::kStop;
         }
         return c.finished ? DecodeScheduler::SinkResult::kStop : DecodeScheduler::SinkResult::kAccepted;
@@ -505,6 +516,12 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
       c.finish_reason = "stop";
       c.finished = true;
     } else if (c.generated >= max_new_tokens_) {
+      c.finished = true;
+    } else if (std::string lost = c.sampling != nullptr ? c.sampling->GuideFailure() : std::string(); !lost.empty()) {
+      // A reply that goes on would be held to part of its guide's language.
+      c.failure = grpc::Status(
+          grpc::StatusCode::INVALID_ARGUMENT,
+          "guide: " + lost + (choices_.size() > 1 ? " (choice " + std::to_string(c.index) + ")" : std::string()));
       c.finished = true;
     }
     return true;
