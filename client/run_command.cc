@@ -289,16 +289,13 @@ int Run(int argc, char** argv) {
   const Clock::time_point decode_start = Clock::now();
   // A guide that lost part of its language fails the run, as it fails a
   // server's request (after the token that lost it, as there).
-  auto lost = [&] { return ended(tokens.back()) ? std::string() : sampler.GuideFailure(); };
-  for (int n = 1; n < generate && !ended(tokens.back()) && lost().empty(); ++n) {
+  for (int n = 1; n < generate && !ended(tokens.back()) && sampler.GuideFailure().empty(); ++n) {
     StatusOr<int32_t> next = engine.DecodeAndSample(tokens.back(), &cache, &sampler);
     if (!next.ok()) return RuntimeError(next.status());
     tokens.push_back(*next);
     if (sampler.wants_logprobs()) logprobs.push_back(sampler.last_logprobs());
   }
-  if (static_cast<int>(tokens.size()) < generate && !lost().empty()) {
-    return RuntimeError(InvalidArgument("guide: " + lost()));
-  }
+  if (!sampler.GuideFailure().empty()) return RuntimeError(InvalidArgument("guide: " + sampler.GuideFailure()));
   std::string text;
   if (text_mode && generate > 0) {
     StatusOr<std::string> decoded = (*tokenizer)->Decode(tokens, /*skip_special_tokens=*/true);

@@ -74,8 +74,9 @@ StatusOr<std::shared_ptr<const GuideVocabulary>> GuideVocabulary::FromTokenizer(
 // with their transitions and allowed ids as they were first needed. Every
 // reply the factory starts shares them (a request's choices, and later
 // requests with the same guide, through the server's cache), behind one
-// mutex. Past max_states the tables start over; a reply then finds its
-// place again from its own copy of its matcher.
+// mutex. Past max_states states or max_bytes of them the tables start
+// over; a reply then finds its place again from its own copy of its
+// matcher. A walk of the vocabulary that alone would pass max_bytes fails.
 class GuideTables {
  public:
   // Where a reply stands: a state of the tables' generation.
@@ -85,25 +86,45 @@ class GuideTables {
   };
 
   GuideTables(std::shared_ptr<const Grammar> grammar, std::shared_ptr<const GuideVocabulary> vocabulary,
-              size_t max_states)
-      : grammar_(std::move(grammar)), vocabulary_(std::move(vocabulary)), max_states_(max_states) {}
+              size_t max_states, size_t max_bytes)
+      : grammar_(std::move(grammar)),
+        vocabulary_(std::move(vocabulary)),
+        max_states_(max_states),
+        max_bytes_(max_bytes) {}
 
   const Grammar& grammar() const { return *grammar_; }
   const GuideVocabulary& vocabulary() const { return *vocabulary_; }
 
-  void Allowed(const GrammarMatcher& here, Place* place, std::vector<uint64_t>* out) {
+  // The ids allowed at `here`; false when finding them would pass
+  // max_bytes of tables alone (the tables start over first when the states
+  // other walks left are what passes it).
+  bool Allowed(const GrammarMatcher& here, Place* place, std::vector<uint64_t>* out) {
     std::lock_guard<std::mutex> lock(mu_);
-    const int32_t s = Find(here, place);
+    if (bytes_ > max_bytes_) Clear();  // grown by other replies' walks
+    int32_t s = Find(here, place);
     if (states_[s].allowed.empty()) {
       if (cached_masks_ >= kMaxMasks) {
-        for (State& other : states_) std::vector<uint64_t>().swap(other.allowed);
+        for (State& other : states_) {
+          bytes_ -= other.allowed.size() * sizeof(uint64_t);
+          std::vector<uint64_t>().swap(other.allowed);
+        }
         cached_masks_ = 0;
       }
-      std::vector<uint64_t> walked = Walk(s);  // grows states_
-      states_[s].allowed = std::move(walked);
+      std::optional<std::vector<uint64_t>> walked;
+      for (;;) {
+        const bool alone = states_.size() == 1;
+        walked = Walk(s);  // grows states_
+        if (walked) break;
+        Clear();
+        if (alone) return false;
+        s = Find(here, place);
+      }
+      bytes_ += walked->size() * sizeof(uint64_t);
+      states_[s].allowed = *std::move(walked);
       ++cached_masks_;
     }
     *out = states_[s].allowed;
+    return true;
   }
 
   // Moves `here` over `bytes`; false when the grammar refuses them. `*lost`:
@@ -121,15 +142,12 @@ class GuideTables {
     }
     *here = states_[s].matcher;
     place->state = s;
-    if (states_.size() > max_states_) {
-      // A long reply through ever new states (a deep JSON nesting).
-      states_.clear();
-      index_.clear();
-      cached_masks_ = 0;
-      ++generation_;
-    }
+    // A long reply through ever new states (a deep JSON nesting).
+    if (states_.size() > max_states_ || bytes_ > max_bytes_) Clear();
     return true;
   }
+
+  size_t max_bytes() const { return max_bytes_; }
 
  private:
   static constexpr int32_t kUnknown = -2, kDead = -1;
@@ -158,8 +176,20 @@ class GuideTables {
       State s{m, {}, {}, {}};
       s.next.fill(kUnknown);
       states_.push_back(std::move(s));
+      // The key twice (the index's and the matcher's), a vector's header a
+      // stack (a -1 in the key begins each) and the transitions.
+      const size_t stacks = static_cast<size_t>(std::count(key.begin(), key.end(), -1));
+      bytes_ += 2 * key.size() * sizeof(int32_t) + stacks * sizeof(std::vector<int32_t>) + sizeof(State) + 64;
     }
     return it->second;
+  }
+
+  void Clear() {
+    states_.clear();
+    index_.clear();
+    cached_masks_ = 0;
+    bytes_ = 0;
+    ++generation_;
   }
 
   int32_t Next(int32_t s, uint8_t byte) {
@@ -176,7 +206,7 @@ class GuideTables {
   // vocabulary's sorted order: at[k] is the state after the current id's
   // first k bytes, good for the next id up to the bytes they share; a
   // prefix the grammar refused (at `dead`) skips every id that shares it.
-  std::vector<uint64_t> Walk(int32_t from) {
+  std::optional<std::vector<uint64_t>> Walk(int32_t from) {
     const GuideVocabulary& v = *vocabulary_;
     std::vector<uint64_t> bits((static_cast<size_t>(v.size()) + 63) / 64, 0);
     std::vector<int32_t> at(v.longest_ + 1);
@@ -191,6 +221,7 @@ class GuideTables {
       size_t k = shared;
       for (; k < b.size(); ++k) {
         const int32_t n = Next(at[k], static_cast<uint8_t>(b[k]));
+        if (bytes_ > max_bytes_) return std::nullopt;
         if (n < 0) {
           dead = static_cast<int64_t>(k);
           break;
@@ -205,11 +236,13 @@ class GuideTables {
   const std::shared_ptr<const Grammar> grammar_;
   const std::shared_ptr<const GuideVocabulary> vocabulary_;
   const size_t max_states_;
+  const size_t max_bytes_;
   std::mutex mu_;
   std::vector<State> states_;  // guarded by mu_, as everything below
   std::unordered_map<std::string, int32_t> index_;
   uint64_t generation_ = 0;
   int cached_masks_ = 0;
+  size_t bytes_ = 0;  // the states' matchers, keys and transitions, and the cached masks
 };
 
 namespace {
@@ -223,11 +256,15 @@ class GrammarTokenGuide final : public TokenGuide {
   }
 
   void Allowed(std::vector<uint64_t>* allowed) override {
-    if (dead_) {
-      allowed->assign((static_cast<size_t>(tables_->vocabulary().size()) + 63) / 64, 0);
-      return;
+    if (!dead_ && tables_->Allowed(here_, &place_, allowed)) return;
+    if (!dead_ && failure_.empty()) {
+      failure_ = "the guide's tables for the token after byte " + std::to_string(bytes_) + " of the reply would pass " +
+                 (tables_->max_bytes() % (size_t{1} << 20) == 0 ? std::to_string(tables_->max_bytes() >> 20) + " MiB"
+                                                                : std::to_string(tables_->max_bytes()) + " bytes") +
+                 " (its grammar's states are too large: very ambiguous or very deep)";
     }
-    tables_->Allowed(here_, &place_, allowed);
+    dead_ = true;
+    allowed->assign((static_cast<size_t>(tables_->vocabulary().size()) + 63) / 64, 0);
   }
 
   bool complete() const override { return !dead_ && here_.complete(); }
@@ -264,8 +301,9 @@ class GrammarTokenGuide final : public TokenGuide {
 }  // namespace
 
 GrammarGuideFactory::GrammarGuideFactory(std::shared_ptr<const Grammar> grammar,
-                                         std::shared_ptr<const GuideVocabulary> vocabulary, size_t max_states)
-    : tables_(std::make_shared<GuideTables>(std::move(grammar), std::move(vocabulary), max_states)) {}
+                                         std::shared_ptr<const GuideVocabulary> vocabulary, size_t max_states,
+                                         size_t max_bytes)
+    : tables_(std::make_shared<GuideTables>(std::move(grammar), std::move(vocabulary), max_states, max_bytes)) {}
 
 std::unique_ptr<TokenGuide> GrammarGuideFactory::Start() const { return std::make_unique<GrammarTokenGuide>(tables_); }
 

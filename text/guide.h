@@ -55,13 +55,17 @@ class GuideTables;
 
 // A grammar and a vocabulary: SamplingParams::guide. Its replies share one
 // set of tables (thread-safe), which start over past `max_states` states
-// (about 1 KB each, plus up to 128 cached bitmasks of vocabulary / 8
-// bytes).
+// (about 1 KB each, more for a grammar whose states hold many or deep ways,
+// plus up to 128 cached bitmasks of vocabulary / 8 bytes) or past
+// `max_bytes` of them. A reply whose next token's walk of the vocabulary
+// would pass `max_bytes` alone fails (TokenGuide::failure) and allows
+// nothing more.
 class GrammarGuideFactory final : public TokenGuideFactory {
  public:
   static constexpr size_t kDefaultMaxStates = 4096;
+  static constexpr size_t kDefaultMaxBytes = size_t{64} << 20;
   GrammarGuideFactory(std::shared_ptr<const Grammar> grammar, std::shared_ptr<const GuideVocabulary> vocabulary,
-                      size_t max_states = kDefaultMaxStates);
+                      size_t max_states = kDefaultMaxStates, size_t max_bytes = kDefaultMaxBytes);
   std::unique_ptr<TokenGuide> Start() const override;
 
  private:

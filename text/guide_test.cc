@@ -124,15 +124,20 @@ TEST(Guide, AllowedIdsAreThoseWhoseBytesTheGrammarReads) {
 }
 
 // The replies of one factory share its tables: four threads walk replies
-// at once, and the tables start over every few states (max_states 6), yet
-// every reply's allowed ids stay the definition's at every step.
+// at once, and the tables start over every few states (max_states 6) or
+// every 24 KB of them, yet every reply's allowed ids stay the
+// definition's at every step.
 TEST(Guide, RepliesShareTheTablesAcrossThreadsAndResets) {
   std::mt19937 vocab_rng(5);
   auto vocabulary = GuideVocabulary::FromBytes(RandomVocabulary(&vocab_rng, 300));
   auto grammar = std::make_shared<Grammar>(NestedGrammar());
-  for (size_t max_states : {size_t{6}, GrammarGuideFactory::kDefaultMaxStates}) {
-    SCOPED_TRACE("max_states " + std::to_string(max_states));
-    GrammarGuideFactory factory(grammar, vocabulary, max_states);
+  const std::pair<size_t, size_t> limits[] = {
+      {6, GrammarGuideFactory::kDefaultMaxBytes},
+      {GrammarGuideFactory::kDefaultMaxStates, 24 * 1024},
+      {GrammarGuideFactory::kDefaultMaxStates, GrammarGuideFactory::kDefaultMaxBytes}};
+  for (const auto& [max_states, max_bytes] : limits) {
+    SCOPED_TRACE("max_states " + std::to_string(max_states) + ", max_bytes " + std::to_string(max_bytes));
+    GrammarGuideFactory factory(grammar, vocabulary, max_states, max_bytes);
     std::atomic<int> mismatches{0}, steps{0};
     std::vector<std::thread> threads;
     for (int t = 0; t < 4; ++t) {
@@ -165,6 +170,32 @@ TEST(Guide, AnIdTheGuideRefusedLeavesNothingAllowed) {
   guide->Allowed(&bits);
   for (int32_t id = 0; id < 5; ++id) EXPECT_FALSE(Bit(bits, id));
   EXPECT_FALSE(guide->complete());
+}
+
+// A walk of the vocabulary that alone would pass the tables' byte budget
+// fails the reply (nothing allowed, the failure says why), and the tables
+// start over: a reply of a factory with room walks as the definition says.
+TEST(Guide, AWalkPastTheTablesBudgetFailsTheReply) {
+  std::mt19937 rng(9);
+  auto vocabulary = GuideVocabulary::FromBytes(RandomVocabulary(&rng, 300));
+  auto grammar = std::make_shared<Grammar>(JsonObjectGrammar());
+  SamplingParams params;
+  params.vocab_size = vocabulary->size();
+  params.guide =
+      std::make_shared<GrammarGuideFactory>(grammar, vocabulary, GrammarGuideFactory::kDefaultMaxStates, 1024);
+  Sampler sampler(params);
+  EXPECT_EQ(sampler.GuideFailure(), "");
+  const std::vector<float> adjusted = sampler.Adjusted(std::vector<float>(static_cast<size_t>(params.vocab_size), 0));
+  for (float x : adjusted) EXPECT_FALSE(std::isfinite(x)) << "nothing is allowed";
+  EXPECT_NE(
+      sampler.GuideFailure().find("the guide's tables for the token after byte 0 of the reply would pass 1024 bytes"),
+      std::string::npos)
+      << sampler.GuideFailure();
+  GrammarGuideFactory roomy(grammar, vocabulary);
+  std::unique_ptr<TokenGuide> guide = roomy.Start();
+  int steps = 0, allowed_seen = 0;
+  EXPECT_EQ(WalkAgainstTheDefinition(*guide, *grammar, *vocabulary, &rng, 30, &steps, &allowed_seen), "");
+  EXPECT_EQ(guide->failure(), "");
 }
 
 // A guide whose grammar loses ways of reading the reply says so, from the

@@ -512,16 +512,17 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
       }
     }
     if (!Send(std::move(msg), TokenMessageBytes(call_.sampling.logprobs))) return false;
-    if (stop) {
-      c.finish_reason = "stop";
-      c.finished = true;
-    } else if (c.generated >= max_new_tokens_) {
-      c.finished = true;
-    } else if (std::string lost = c.sampling != nullptr ? c.sampling->GuideFailure() : std::string(); !lost.empty()) {
-      // A reply that goes on would be held to part of its guide's language.
+    if (std::string lost = c.sampling != nullptr ? c.sampling->GuideFailure() : std::string(); !lost.empty()) {
+      // The guide no longer follows its whole language (or could not find
+      // the ids for this token): the reply cannot be what was asked.
       c.failure = grpc::Status(
           grpc::StatusCode::INVALID_ARGUMENT,
           "guide: " + lost + (choices_.size() > 1 ? " (choice " + std::to_string(c.index) + ")" : std::string()));
+      c.finished = true;
+    } else if (stop) {
+      c.finish_reason = "stop";
+      c.finished = true;
+    } else if (c.generated >= max_new_tokens_) {
       c.finished = true;
     }
     return true;
