@@ -729,6 +729,8 @@ TEST_F(OpenAiHttp, TokenizeAndDetokenizeUseTheServersTokenizer) {
   refused("/tokenize", R"({"messages": )" + chat + R"(, "chat_template_kwargs": {"messages": 1}})", 400,
           "chat_template_kwargs", "the template's own variable");
   refused("/tokenize", R"({"messages": [{"content": "x"}]})", 400, "messages[0].role", "");
+  refused("/tokenize", R"({"messages": )" + chat + R"(, "tools": [{"type": "function", "function": {"name": "a b"}}]})",
+          400, "tools[0].function.name", "letters, digits");
   refused("/detokenize", R"({"tokens": [1, -1]})", 400, "tokens", "tokens[1]: -1 is not a token id");
   refused("/detokenize", R"({"tokens": "1"})", 400, "tokens", "an array of token ids");
   refused("/tokenize", R"({"model": "other", "prompt": "a"})", 404, "model", "does not exist");
@@ -740,6 +742,24 @@ TEST_F(OpenAiHttp, TokenizeAndDetokenizeUseTheServersTokenizer) {
   tokenizer_state = 0;
   EXPECT_EQ(Sample(R"(seer_http_requests_total{code="200",endpoint="tokenize"})"), 4);
   EXPECT_EQ(Sample(R"(seer_http_requests_total{code="200",endpoint="detokenize"})"), 1);
+
+  // With a template that shows tools (Llama 3.1's), the tools reach it: the
+  // ids are EncodeChatPrompt's with them, not without.
+  auto llama3 = Tokenizer::Load(std::string(SEER_FIXTURES_DIR) + "/tokenizers/llama3");
+  ASSERT_TRUE(llama3.ok()) << llama3.status().ToString();
+  tokenizer = std::move(llama3).value();
+  const std::string tools = R"([{"type": "function", "function": {"name": "get_weather",
+      "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}])";
+  const JsonValue with = PostJson("/tokenize", R"({"messages": )" + chat + R"(, "tools": )" + tools + "}", 200);
+  ChatPromptOptions options;
+  options.tools = *JsonValue::Parse(tools);
+  StatusOr<std::vector<int32_t>> want = EncodeChatPrompt(*tokenizer, *JsonValue::Parse(chat), options);
+  ASSERT_TRUE(want.ok()) << want.status().ToString();
+  std::vector<int32_t> got;
+  for (const JsonValue& id : with.Find("tokens")->as_array()) got.push_back(static_cast<int32_t>(id.as_int64()));
+  EXPECT_EQ(got, *want);
+  const JsonValue without = PostJson("/tokenize", R"({"messages": )" + chat + "}", 200);
+  EXPECT_LT(without.Find("count")->as_int64(), with.Find("count")->as_int64());
 }
 
 // A completion's batch of prompts (strings, or lists of ids, as
