@@ -461,9 +461,9 @@ bool GrammarMatcher::Advance(uint8_t byte) {
   std::vector<Stack> next;
   bool complete = false, narrowed = false;
   Expand(std::move(pending), &next, &complete, &narrowed);
+  narrowed_ = narrowed;  // also when every way was dropped: the byte is lost, not refused
   if (next.empty() && !complete) return false;
   Settle(std::move(next), complete);
-  narrowed_ = narrowed;
   return true;
 }
 

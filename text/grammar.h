@@ -153,8 +153,10 @@ class GrammarMatcher {
   // At the empty text.
   explicit GrammarMatcher(const Grammar& grammar);
 
-  // Reads one more byte. False (and no change) when no sentence of the
-  // grammar goes on with it.
+  // Reads one more byte. False (and no change but narrowed()) when no
+  // sentence of the grammar goes on with it, as far as the matcher can tell:
+  // narrowed() then says whether it could not tell (every way that read it
+  // was dropped).
   bool Advance(uint8_t byte);
   // Reads `text` byte by byte; false (and no change) unless every byte fits.
   bool AdvanceText(std::string_view text);

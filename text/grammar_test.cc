@@ -122,6 +122,19 @@ TEST(GrammarMatcher, NarrowedSaysWhenWaysAreLost) {
     next = chain.RuleOf("r" + std::to_string(i), {{Grammar::Ref(next), Grammar::Byte('y')}});
   chain.set_root(next);
   EXPECT_TRUE(GrammarMatcher(chain).narrowed());
+  // The same chain after a byte: every way that reads the byte is dropped,
+  // so the byte is lost (Advance false, narrowed() true), not refused.
+  Grammar after;
+  int32_t deep = after.RuleOf("last", {Grammar::Text("a")});
+  for (int i = 0; i < 300; ++i)
+    deep = after.RuleOf("r" + std::to_string(i), {{Grammar::Ref(deep), Grammar::Byte('b')}});
+  after.set_root(after.RuleOf("root", {{Grammar::Byte('x'), Grammar::Ref(deep)}}));
+  GrammarMatcher cut(after);
+  EXPECT_FALSE(cut.narrowed());
+  EXPECT_FALSE(cut.Advance('x'));
+  EXPECT_TRUE(cut.narrowed());
+  EXPECT_FALSE(cut.Advance('y'));
+  EXPECT_FALSE(cut.narrowed()) << "a byte the grammar refuses is no loss";
 
   // Long sentences of grammars that are not ambiguous never narrow.
   StatusOr<JsonValue> schema = JsonValue::Parse(R"({"type": "object", "properties": {

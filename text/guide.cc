@@ -136,8 +136,8 @@ class GuideTables {
     for (size_t i = 0; i < bytes.size(); ++i) {
       const uint8_t byte = static_cast<uint8_t>(bytes[i]);
       const int32_t n = Next(s, byte);
-      if (n < 0) return false;
       if (!*lost && states_[s].narrowed[byte]) *lost = i;
+      if (n < 0) return false;
       s = n;
     }
     *here = states_[s].matcher;
@@ -150,7 +150,9 @@ class GuideTables {
   size_t max_bytes() const { return max_bytes_; }
 
  private:
-  static constexpr int32_t kUnknown = -2, kDead = -1;
+  // A transition's target when it is not a state: not yet known, refused by
+  // the grammar, or lost (every way that read the byte was dropped).
+  static constexpr int32_t kUnknown = -2, kDead = -1, kLost = -3;
   static constexpr int kMaxMasks = 128;
 
   struct State {
@@ -176,10 +178,11 @@ class GuideTables {
       State s{m, {}, {}, {}};
       s.next.fill(kUnknown);
       states_.push_back(std::move(s));
-      // The key twice (the index's and the matcher's), a vector's header a
-      // stack (a -1 in the key begins each) and the transitions.
+      // The key three times (the index's, the matcher's, and its stacks,
+      // which hold about as many ints), a vector's header a stack (a -1 in
+      // the key begins each) and the transitions.
       const size_t stacks = static_cast<size_t>(std::count(key.begin(), key.end(), -1));
-      bytes_ += 2 * key.size() * sizeof(int32_t) + stacks * sizeof(std::vector<int32_t>) + sizeof(State) + 64;
+      bytes_ += 3 * key.size() * sizeof(int32_t) + stacks * sizeof(std::vector<int32_t>) + sizeof(State) + 64;
     }
     return it->second;
   }
@@ -196,9 +199,9 @@ class GuideTables {
     int32_t n = states_[s].next[byte];
     if (n != kUnknown) return n;
     GrammarMatcher m = states_[s].matcher;
-    n = m.Advance(byte) ? Intern(m) : kDead;
+    n = m.Advance(byte) ? Intern(m) : m.narrowed() ? kLost : kDead;
     states_[s].next[byte] = n;  // states_ may have grown: index again
-    states_[s].narrowed[byte] = n >= 0 && m.narrowed();
+    states_[s].narrowed[byte] = m.narrowed();
     return n;
   }
 
@@ -206,29 +209,38 @@ class GuideTables {
   // vocabulary's sorted order: at[k] is the state after the current id's
   // first k bytes, good for the next id up to the bytes they share; a
   // prefix the grammar refused (at `dead`) skips every id that shares it.
+  // A prefix whose last byte was lost (kLost) allows every id that shares
+  // it: the grammar may read them, and a reply that takes one fails
+  // (Accept) rather than being held from it. The budget is checked an id
+  // at a time, off the bytes' loop.
   std::optional<std::vector<uint64_t>> Walk(int32_t from) {
     const GuideVocabulary& v = *vocabulary_;
     std::vector<uint64_t> bits((static_cast<size_t>(v.size()) + 63) / 64, 0);
     std::vector<int32_t> at(v.longest_ + 1);
     at[0] = from;
     int64_t dead = -1;
+    bool lost = false;  // dead is a lost byte's place, not a refused one's
     for (size_t i = 0; i < v.order_.size(); ++i) {
       const int32_t id = v.order_[i];
       const size_t shared = v.shared_[i];
-      if (dead >= 0 && static_cast<int64_t>(shared) > dead) continue;
+      if (dead >= 0 && static_cast<int64_t>(shared) > dead) {
+        if (lost) bits[static_cast<size_t>(id) / 64] |= uint64_t{1} << (id % 64);
+        continue;
+      }
       dead = -1;
       const std::string& b = v.bytes_[id];
       size_t k = shared;
       for (; k < b.size(); ++k) {
         const int32_t n = Next(at[k], static_cast<uint8_t>(b[k]));
-        if (bytes_ > max_bytes_) return std::nullopt;
         if (n < 0) {
           dead = static_cast<int64_t>(k);
+          lost = n == kLost;
           break;
         }
         at[k + 1] = n;
       }
-      if (k == b.size()) bits[static_cast<size_t>(id) / 64] |= uint64_t{1} << (id % 64);
+      if (k == b.size() || lost) bits[static_cast<size_t>(id) / 64] |= uint64_t{1} << (id % 64);
+      if (bytes_ > max_bytes_) return std::nullopt;
     }
     return bits;
   }
@@ -275,7 +287,7 @@ class GrammarTokenGuide final : public TokenGuide {
     std::optional<size_t> lost;
     dead_ = token < 0 || token >= v.size() || v.bytes(token).empty() ||
             !tables_->Accept(v.bytes(token), &here_, &place_, &lost);
-    if (!dead_ && lost && failure_.empty()) Lost(bytes_ + *lost);
+    if (lost && failure_.empty()) Lost(bytes_ + *lost);
     if (!dead_) bytes_ += v.bytes(token).size();
   }
 

@@ -172,6 +172,28 @@ TEST(Guide, AnIdTheGuideRefusedLeavesNothingAllowed) {
   EXPECT_FALSE(guide->complete());
 }
 
+// A byte every way of which the matcher drops is allowed (the grammar may
+// read it), and a reply that takes it fails, naming it.
+TEST(Guide, ALostByteIsAllowedAndFailsTheReplyThatTakesIt) {
+  Grammar g;
+  int32_t deep = g.RuleOf("last", {Grammar::Text("a")});
+  for (int i = 0; i < 300; ++i) deep = g.RuleOf("r" + std::to_string(i), {{Grammar::Ref(deep), Grammar::Byte('b')}});
+  g.set_root(g.RuleOf("root", {{Grammar::Byte('y')}, {Grammar::Byte('x'), Grammar::Ref(deep)}}));
+  auto vocabulary = GuideVocabulary::FromBytes({"x", "xa", "y", "z"});
+  GrammarGuideFactory factory(std::make_shared<Grammar>(g), vocabulary);
+  std::unique_ptr<TokenGuide> guide = factory.Start();
+  std::vector<uint64_t> bits;
+  guide->Allowed(&bits);
+  EXPECT_TRUE(Bit(bits, 0) && Bit(bits, 1) && Bit(bits, 2) && !Bit(bits, 3));
+  EXPECT_EQ(guide->failure(), "");
+  guide->Accept(1);  // "xa"
+  EXPECT_NE(guide->failure().find("past byte 0 of the reply"), std::string::npos) << guide->failure();
+  std::unique_ptr<TokenGuide> fine = factory.Start();
+  fine->Accept(2);  // "y"
+  EXPECT_EQ(fine->failure(), "");
+  EXPECT_TRUE(fine->complete());
+}
+
 // A walk of the vocabulary that alone would pass the tables' byte budget
 // fails the reply (nothing allowed, the failure says why), and the tables
 // start over: a reply of a factory with room walks as the definition says.

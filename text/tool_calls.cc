@@ -711,7 +711,11 @@ ToolCallReader::Delta ToolCallReader::Finish() {
     // after it are no text. Text the list could not hold (none, under the
     // guide) is content.
     const std::string rest = pending_.substr(std::min(read_, pending_.size()));
-    if (calls_.empty()) {
+    if (calls_state_ == Calls::kArguments && !rest.empty()) {
+      // A value that is not an object or array waits for a byte after it.
+      calls_.back().arguments += rest;
+      out.calls.push_back(CallDelta{static_cast<int>(calls_.size()) - 1, "", "", rest});
+    } else if (calls_.empty()) {
       Say(pending_, &out);
     } else if (calls_state_ == Calls::kBroken ||
                (calls_state_ == Calls::kDone && rest.find_first_not_of(kSpace) != std::string::npos)) {

@@ -130,7 +130,12 @@ class ToolCallReader {
   const std::vector<ToolCall>& calls() const { return calls_; }
   // Calls made by "auto" or "required" end the reply with finish_reason
   // "tool_calls" (a named function's reply keeps its own, as OpenAI's).
-  bool ends_with_calls() const { return !calls_.empty() && choice_.kind != ToolChoice::Kind::kFunction; }
+  // (A "required" reply ends with its calls only when their list is whole:
+  // one cut by a stop string keeps the reason it ended with.)
+  bool ends_with_calls() const {
+    return !calls_.empty() && choice_.kind != ToolChoice::Kind::kFunction &&
+           (choice_.kind != ToolChoice::Kind::kRequired || calls_state_ == Calls::kDone);
+  }
 
  private:
   enum class State { kUndecided, kContent, kHolding };

@@ -169,7 +169,9 @@ TEST(ToolCalls, RequiredAndNamedGuidesAdmitOnlyCalls) {
           const std::string zone = args.Find("zone")->as_string();
           EXPECT_TRUE(zone == "UTC" || zone == "CET") << "the moved $ref still reaches its $defs: " << *text;
         }
-        if (got.calls[k].name == "get_weather") EXPECT_NE(args.Find("city"), nullptr) << *text;
+        if (got.calls[k].name == "get_weather") {
+          EXPECT_NE(args.Find("city"), nullptr) << *text;
+        }
       }
       most_calls = std::max(most_calls, got.calls.size());
       // Streamed in random pieces: the same calls, each begun before the end.
@@ -425,6 +427,25 @@ TEST(ToolCalls, RequiredAndNamedReplies) {
         Stream({cut.substr(0, at), cut.substr(at)}, Choice(ToolChoice::Kind::kRequired), std::nullopt, tools);
     EXPECT_EQ(s.content, "");
     ExpectCalls(s.calls, {{"ping", "{}"}, {"get_weather", R"({"city": "Pa)"}}, cut);
+  }
+  // Cut by a stop string inside a call, the reply keeps its calls but does
+  // not end for them; a scalar's arguments are kept whole at the end.
+  ToolCallReader stopped(Choice(ToolChoice::Kind::kRequired), std::nullopt, tools, true);
+  stopped.Feed(R"([{"name": "ping", "parameters": {"a": "x)");
+  stopped.Finish();
+  ASSERT_EQ(stopped.calls().size(), 1u);
+  EXPECT_FALSE(stopped.ends_with_calls());
+  ToolCallReader whole(Choice(ToolChoice::Kind::kRequired), std::nullopt, tools, true);
+  whole.Feed(R"([{"name": "ping", "parameters": {}}])");
+  whole.Finish();
+  EXPECT_TRUE(whole.ends_with_calls());
+  const std::pair<std::string, std::string> scalars[] = {{R"([{"name": "ping", "parameters": 12)", "12"},
+                                                         {R"([{"name": "ping", "parameters": 12 )", "12"},
+                                                         {R"([{"name": "ping", "parameters": "ab)", R"("ab)"}};
+  for (const auto& [text, arguments] : scalars) {
+    const ParsedToolCalls got = ReadToolCalls(text, Choice(ToolChoice::Kind::kRequired), std::nullopt, tools, true);
+    ASSERT_EQ(got.calls.size(), 1u) << text;
+    EXPECT_EQ(got.calls[0].arguments, arguments) << text;
   }
   // Without parallel calls (the guide allows one), text past the first is
   // content, not a second call.
