@@ -472,12 +472,12 @@ std::optional<ToolCallFormat> DetectToolCallFormat(std::string_view chat_templat
   return std::nullopt;
 }
 
-std::string NewToolCallId(std::optional<ToolCallFormat> format, uint64_t (*random)()) {
+std::string NewToolCallId(std::optional<ToolCallFormat> format) {
   static constexpr char kAlphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
   thread_local std::mt19937_64 engine{std::random_device{}()};
   const size_t n = format == ToolCallFormat::kMistral ? 9 : 24;
   std::string id = format == ToolCallFormat::kMistral ? "" : "call_";
-  for (size_t i = 0; i < n; ++i) id += kAlphabet[(random != nullptr ? random() : engine()) % 62];
+  for (size_t i = 0; i < n; ++i) id += kAlphabet[engine() % 62];
   return id;
 }
 
@@ -489,7 +489,6 @@ ToolCallReader::ToolCallReader(ToolChoice choice, std::optional<ToolCallFormat> 
       parallel_(parallel),
       new_id_(new_id ? std::move(new_id) : [f = format] { return NewToolCallId(f); }),
       state_(State::kUndecided) {
-  if (choice_.kind == ToolChoice::Kind::kRequired) state_ = State::kHolding;
   if (choice_.kind == ToolChoice::Kind::kNone || (choice_.kind == ToolChoice::Kind::kAuto && !format_)) {
     state_ = State::kContent;
   }

@@ -90,7 +90,7 @@ struct ToolCall {
 
 // A call's id: "call_" and 24 letters or digits, or for Mistral, whose
 // template takes no other, 9 of them.
-std::string NewToolCallId(std::optional<ToolCallFormat> format, uint64_t (*random)() = nullptr);
+std::string NewToolCallId(std::optional<ToolCallFormat> format);
 
 // Reads a reply as its text arrives and splits it into content and calls.
 // Feed() and Finish() return what may be sent now: text that cannot become

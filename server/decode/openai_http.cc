@@ -80,6 +80,12 @@ HttpError Invalid(std::string param, std::string message) {
   return e;
 }
 
+// A field at its neutral value, which asks for nothing: absent, null, false
+// or an empty list.
+bool Neutral(const JsonValue* f) {
+  return f == nullptr || f->is_null() || (f->is_bool() && !f->as_bool()) || (f->is_array() && f->as_array().empty());
+}
+
 // A true-or-false field: *v is set when it is given (absent and null leave
 // it alone).
 std::optional<HttpError> OptionalBool(const JsonValue& root, const char* key, std::optional<bool>* v) {
@@ -400,9 +406,6 @@ std::optional<HttpError> ParseGuide(const JsonValue& root, v1::GenerateRequest* 
     set_by = field;
     return std::nullopt;
   };
-  auto neutral = [](const JsonValue* f) {
-    return f == nullptr || f->is_null() || (f->is_bool() && !f->as_bool()) || (f->is_array() && f->as_array().empty());
-  };
   // A schema is a JSON object (or a string holding one, as vLLM takes).
   auto schema = [&](const JsonValue& f, const std::string& field) -> std::optional<HttpError> {
     if (auto e = claim(field)) return e;
@@ -455,22 +458,22 @@ std::optional<HttpError> ParseGuide(const JsonValue& root, v1::GenerateRequest* 
       return Invalid("response_format", "response_format: type must be \"text\", \"json_object\" or \"json_schema\"");
     }
   }
-  if (const JsonValue* f = root.Find("guided_json"); !neutral(f)) {
+  if (const JsonValue* f = root.Find("guided_json"); !Neutral(f)) {
     if (auto e = schema(*f, "guided_json")) return e;
   }
-  if (const JsonValue* f = root.Find("guided_regex"); !neutral(f)) {
+  if (const JsonValue* f = root.Find("guided_regex"); !Neutral(f)) {
     if (auto e = regex(*f, "guided_regex")) return e;
   }
-  if (const JsonValue* f = root.Find("guided_choice"); !neutral(f)) {
+  if (const JsonValue* f = root.Find("guided_choice"); !Neutral(f)) {
     if (auto e = choice(*f, "guided_choice")) return e;
   }
-  if (const JsonValue* f = root.Find("guided_grammar"); !neutral(f)) {
+  if (const JsonValue* f = root.Find("guided_grammar"); !Neutral(f)) {
     if (auto e = grammar(*f, "guided_grammar")) return e;
   }
   if (const JsonValue* f = root.Find("structured_outputs"); f != nullptr && !f->is_null()) {
     if (!f->is_object()) return Invalid("structured_outputs", "structured_outputs: must be an object");
     for (const auto& [key, v] : f->as_object()) {
-      if (neutral(&v)) continue;
+      if (Neutral(&v)) continue;
       const std::string field = "structured_outputs." + key;
       if (key == "json") {
         if (auto e = schema(v, field)) return e;
@@ -692,11 +695,7 @@ std::optional<HttpError> ParseCommon(const JsonValue& root, bool chat, int defau
   // What Seer cannot do is refused, not ignored: the client would get other
   // text than it asked for. Each field passes at its neutral value: null,
   // false and an empty list.
-  auto given = [&](const char* key) {
-    const JsonValue* f = root.Find(key);
-    return f != nullptr && !f->is_null() && !(f->is_bool() && !f->as_bool()) &&
-           !(f->is_array() && f->as_array().empty());
-  };
+  auto given = [&](const char* key) { return !Neutral(root.Find(key)); };
   if (!chat && given("tools")) return Invalid("tools", "tools: a chat field (POST /v1/chat/completions)");
   for (const char* legacy : {"functions", "function_call"}) {
     if (given(legacy)) {
@@ -854,8 +853,7 @@ v1::GenerateRequest PromptCall(const ParsedRequest& req, size_t p) {
 // named function guide the reply to their calls' JSON, so they take no
 // other guide.
 std::optional<HttpError> ParseToolFields(const JsonValue& root, ParsedRequest* out) {
-  if (const JsonValue* tools = root.Find("tools");
-      tools != nullptr && !tools->is_null() && !(tools->is_array() && tools->as_array().empty())) {
+  if (const JsonValue* tools = root.Find("tools"); !Neutral(tools)) {
     std::string field;
     StatusOr<std::vector<ToolDefinition>> parsed = ParseTools(*tools, &field);
     if (!parsed.ok()) return Invalid(field, parsed.status().message());
@@ -985,8 +983,7 @@ std::optional<HttpError> TokenizeJson(const JsonValue& root, const Tokenizer& to
     if (const JsonValue* kw = root.Find("chat_template_kwargs"); kw != nullptr && !kw->is_null()) {
       chat.template_kwargs = *kw;
     }
-    if (const JsonValue* tools = root.Find("tools");
-        tools != nullptr && !tools->is_null() && !(tools->is_array() && tools->as_array().empty())) {
+    if (const JsonValue* tools = root.Find("tools"); !Neutral(tools)) {
       StatusOr<std::vector<ToolDefinition>> parsed = ParseTools(*tools, &field);
       if (!parsed.ok()) return Invalid(field, parsed.status().message());
       chat.tools = *tools;
@@ -1394,19 +1391,18 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
   }
   // "auto" reads the reply's calls in the model's format; every call is
   // named as the model's template takes ids (Mistral's: 9 characters).
+  // A guided call needs no format (a loading model fails its call anyway).
   std::optional<ToolCallFormat> tool_format;
-  if (req.tool_choice.kind != ToolChoice::Kind::kNone && req.tool_choice.kind != ToolChoice::Kind::kAuto) {
-    StatusOr<std::optional<ToolCallFormat>> f = ToolFormat();
-    if (f.ok()) tool_format = *f;  // a guided call needs no format; a loading model fails the call anyway
-  }
+  StatusOr<std::optional<ToolCallFormat>> found = std::optional<ToolCallFormat>();
+  if (req.tool_choice.kind != ToolChoice::Kind::kNone) found = ToolFormat();
+  if (found.ok()) tool_format = *found;
   if (req.tool_choice.kind == ToolChoice::Kind::kAuto) {
-    StatusOr<std::optional<ToolCallFormat>> f = ToolFormat();
-    if (!f.ok()) {
-      HttpError e{503, f.status().message()};
+    if (!found.ok()) {
+      HttpError e{503, found.status().message()};
       e.type = "server_error";
       return SendError(conn, e);
     }
-    if (!*f) {
+    if (!tool_format) {
       return SendError(
           conn, Invalid("tool_choice",
                         "tool_choice: \"auto\" (the default with tools) reads the calls in the format the model "
@@ -1415,7 +1411,6 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
                             "; llama3_json, hermes and mistral are read); send tool_choice \"required\", a named "
                             "function or \"none\""));
     }
-    tool_format = *f;
     // Mistral's calls begin with a special token, and some Hermes
     // checkpoints make <tool_call> one: the text keeps them (as vLLM's
     // parsers ask).
