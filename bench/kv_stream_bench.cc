@@ -98,9 +98,9 @@ class SyntheticKvEngine final : public Engine {
   bool OwnsCacheType(const KvCache& cache) const override {
     return dynamic_cast<const HostKvCache*>(&cache) != nullptr;
   }
-  StatusOr<std::unique_ptr<KvCache>> AllocateCache(int capacity) override {
+  StatusOr<std::unique_ptr<KvCache>> AllocateCache(int capacity, bool gate_keys) override {
     return std::unique_ptr<KvCache>(
-        new HostKvCache(config_.num_layers, config_.num_kv_heads, config_.head_dim, capacity));
+        new HostKvCache(config_.num_layers, config_.num_kv_heads, config_.head_dim, capacity, gate_keys));
   }
   StatusOr<PrefillResult> RunPrefill(std::span<const int32_t> ids, const PrefillOptions&, KvCache* cache,
                                      PrefillObserver* observer) override {
@@ -112,7 +112,7 @@ class SyntheticKvEngine final : public Engine {
       std::fill(host->k(layer), host->k(layer) + n, static_cast<float>(layer) + 0.25f);
       std::fill(host->v(layer), host->v(layer) + n, static_cast<float>(layer) + 0.75f);
       if (observer) {
-        LayerDone done{layer, L, cache, 1.0, Seconds(t0, Clock::now())};
+        LayerDone done{layer, L, 0, cache, 1.0, Seconds(t0, Clock::now())};
         SEER_RETURN_IF_ERROR(observer->OnLayerDone(done));
       }
     }

@@ -8,7 +8,7 @@
 // beside it.
 //
 //   seer-prefill-bench [--lengths 8192,32768,131072] [--modes dense,nz_ratio=0.1]
-//                      [--repeats 3] [--layers 32] [--dump-masks DIR]
+//                      [--repeats 3] [--layers 32] [--dump-masks DIR] [--new-tokens 1024]
 //
 // --dump-masks DIR: one more gated prefill per length of at most 65536
 // tokens, whose gate masks go to DIR/gate_<len>_<mode>_layer<NN>.bin (the
@@ -57,7 +57,7 @@ struct Row {
 
 constexpr char kUsage[] =
     "usage: seer-prefill-bench [--lengths 8192,32768,131072] [--modes dense,nz_ratio=0.1] [--repeats 3]\n"
-    "                          [--layers 32] [--dump-masks DIR]\n";
+    "                          [--layers 32] [--dump-masks DIR] [--new-tokens 1024]\n";
 
 constexpr char kHelp[] =
     "Time to first token of a Llama-3.1-8B-shaped model on the GPU (random bf16 weights drawn\n"
@@ -70,12 +70,21 @@ constexpr char kHelp[] =
     "  --repeats N       timed prefills per cell; the median is reported\n"
     "  --layers N        decoder layers (32 is the 8B shape)\n"
     "  --dump-masks DIR  one more gated prefill per length up to 65536 tokens, writing each\n"
-    "                    layer's gate masks (SEERMSK1) for seer-attention-bench --masks-from\n";
+    "                    layer's gate masks (SEERMSK1) for seer-attention-bench --masks-from\n"
+    "  --new-tokens LIST a cached-prefix table too: each length's prompt with all but about N\n"
+    "                    tokens (a whole number of 64-token blocks) taken from a cached prefill\n"
+    "                    (Engine::CopyPrefix, then Prefill computes the rest); 0 or empty: none\n";
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
 
 int Main(int argc, char** argv) {
   std::vector<int> lengths = {8192, 32768, 131072};
   std::vector<std::string> modes = {"dense", "nz_ratio=0.1"};
   int repeats = 3;
+  std::vector<int> new_tokens = {1024};
   int layers = 32;
   std::string dump_masks;
   for (int i = 1; i < argc; ++i) {
@@ -96,6 +105,11 @@ int Main(int argc, char** argv) {
       repeats = std::max(1, std::atoi(next().c_str()));
     } else if (a == "--layers") {
       layers = std::max(1, std::atoi(next().c_str()));
+    } else if (a == "--new-tokens") {
+      new_tokens.clear();
+      for (const std::string& t : Split(next())) {
+        if (std::atoi(t.c_str()) > 0) new_tokens.push_back(std::atoi(t.c_str()));
+      }
     } else if (a == "--dump-masks") {
       dump_masks = next();
     } else {
@@ -216,6 +230,55 @@ int Main(int argc, char** argv) {
     }
   }
 
+  // A cached prefix: the prompt's whole prefill once into a cache with gate
+  // keys, then for each N, CopyPrefix of all but about N tokens into a new
+  // cache and Prefill of the rest, timed together (what seer-prefill does
+  // on a prefix-cache hit).
+  struct CachedRow {
+    int len;
+    std::string mode;
+    int cached;
+    std::vector<double> ms;
+    std::string error;
+  };
+  std::vector<CachedRow> cached_rows;
+  for (int len : lengths) {
+    for (const std::string& m : modes) {
+      if (new_tokens.empty()) break;
+      PrefillOptions po;
+      po.sparsity = ParseSparsity(m).value();
+      auto source = engine->NewCache(len, /*gate_keys=*/true);
+      StatusOr<PrefillResult> whole =
+          source.ok() ? engine->Prefill(std::span<const int32_t>(ids.data(), len), po, source->get(), nullptr)
+                      : StatusOr<PrefillResult>(source.status());
+      for (int n : new_tokens) {
+        CachedRow row{len, m, std::max(0, (len - n) / kPrefixBlock * kPrefixBlock), {}, ""};
+        if (row.cached >= len) row.cached -= kPrefixBlock;
+        if (!whole.ok()) row.error = whole.status().ToString();
+        const int reps = len >= 65536 ? 1 : repeats;
+        for (int r = 0; r < reps && row.error.empty() && row.cached > 0; ++r) {
+          auto cache = engine->NewCache(len, /*gate_keys=*/true);
+          if (!cache.ok()) {
+            row.error = cache.status().ToString();
+            break;
+          }
+          const auto start = std::chrono::steady_clock::now();
+          Status copied = engine->CopyPrefix(**source, row.cached, cache->get());
+          StatusOr<PrefillResult> rest =
+              copied.ok() ? engine->Prefill(std::span<const int32_t>(ids.data(), len), po, cache->get(), nullptr)
+                          : StatusOr<PrefillResult>(copied);
+          const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+          if (!rest.ok()) {
+            row.error = rest.status().ToString();
+            break;
+          }
+          row.ms.push_back(ms);
+        }
+        cached_rows.push_back(row);
+      }
+    }
+  }
+
   // One more run of each row with an event between every two stages: where
   // the time goes (kept out of the TTFT runs above).
   struct StageRow {
@@ -280,6 +343,25 @@ int Main(int argc, char** argv) {
     const double median = row.ms[row.ms.size() / 2];
     std::printf("| %d | %s | %.3f | %.1f | %zu | %.2f | %.2f |\n", row.len, row.mode.c_str(), row.density, median,
                 row.ms.size(), GiB(row.peak), GiB(row.device_used));
+  }
+  if (!cached_rows.empty()) {
+    std::printf("\nPrefill with a cached prefix (CopyPrefix + Prefill of the rest), %s\n", prop.name);
+    std::printf("| seq | mode | cached tokens | computed tokens | TTFT ms (median) | whole prefill ms | ratio |\n");
+    std::printf("|---|---|---|---|---|---|---|\n");
+    for (CachedRow& r : cached_rows) {
+      double whole_ms = 0.0;
+      for (Row& w : rows) {
+        if (w.len == r.len && w.mode == r.mode && !w.ms.empty()) whole_ms = Median(w.ms);
+      }
+      if (!r.error.empty() || r.ms.empty()) {
+        std::printf("| %d | %s | %d | %d | %s | %.1f | - |\n", r.len, r.mode.c_str(), r.cached, r.len - r.cached,
+                    r.error.empty() ? "-" : r.error.c_str(), whole_ms);
+        continue;
+      }
+      const double ms = Median(r.ms);
+      std::printf("| %d | %s | %d | %d | %.1f | %.1f | %.3f |\n", r.len, r.mode.c_str(), r.cached, r.len - r.cached,
+                  ms, whole_ms, whole_ms > 0 ? ms / whole_ms : 0.0);
+    }
   }
   std::printf("\nEngine::WarmUp: %s\n",
               warmed->empty() ? "nothing to do (SEER_GEMM_TUNING=0, or lengths under 16,384)" : warmed->c_str());

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cassert>
+#include <numeric>
+#include <string>
 #include <vector>
 
 #include "engine/cpu/cpu_engine.h"
@@ -60,13 +62,53 @@ Status Engine::CheckCache(const KvCache* cache, const char* call) const {
   return OkStatus();
 }
 
-StatusOr<std::unique_ptr<KvCache>> Engine::NewCache(int capacity) {
+StatusOr<std::unique_ptr<KvCache>> Engine::NewCache(int capacity, bool gate_keys) {
   const int max_positions = config().max_position_embeddings;
   if (capacity < 1 || capacity > max_positions) {
     return InvalidArgument("KV cache capacity " + Str(capacity) + " is out of range [1, " + Str(max_positions) +
                            "] (the model's max_position_embeddings)");
   }
-  return Exclusive([&] { return AllocateCache(capacity); });
+  return Exclusive([&] { return AllocateCache(capacity, gate_keys && gates() != nullptr); });
+}
+
+Status Engine::CopyPrefix(const KvCache& src, int n, KvCache* dst) {
+  SEER_RETURN_IF_ERROR(CheckCache(&src, "copy prefix"));
+  SEER_RETURN_IF_ERROR(CheckCache(dst, "copy prefix"));
+  if (&src == dst) return InvalidArgument("copy prefix: the source and destination are the same cache");
+  if (n < 0 || n > src.length() || n > dst->capacity()) {
+    return InvalidArgument("copy prefix: " + Str(n) + " positions; the source holds " + Str(src.length()) +
+                           " and the destination has room for " + Str(dst->capacity()));
+  }
+  if (dst->length() != 0) {
+    return FailedPrecondition("copy prefix: the destination already holds " + Str(dst->length()) + " tokens");
+  }
+  if (dst->has_gate_keys() && !src.has_gate_keys()) {
+    return FailedPrecondition("copy prefix: the destination keeps gate keys and the source has none");
+  }
+  return Exclusive([&]() -> Status {
+    SEER_RETURN_IF_ERROR(RunCopyPrefix(src, n, dst));
+    dst->set_length(n);
+    return OkStatus();
+  });
+}
+
+Status Engine::RunCopyPrefix(const KvCache& src, int n, KvCache* dst) {
+  const KvLayout& l = src.layout();
+  const size_t bytes = l.LayerBytes(n);
+  std::vector<uint8_t> k(bytes), v(bytes);
+  for (int layer = 0; layer < l.num_layers; ++layer) {
+    SEER_RETURN_IF_ERROR(src.ReadLayer(layer, 0, n, k.data(), v.data()));
+    SEER_RETURN_IF_ERROR(dst->WriteLayer(layer, 0, n, l.dtype, k.data(), v.data()));
+  }
+  if (!dst->has_gate_keys()) return OkStatus();
+  const auto* from = dynamic_cast<const HostKvCache*>(&src);
+  auto* to = dynamic_cast<HostKvCache*>(dst);
+  if (from == nullptr || to == nullptr) return Unimplemented("copy prefix: gate keys between these caches");
+  const size_t elems = static_cast<size_t>(n) * l.num_kv_heads * l.head_dim;
+  for (int layer = 0; layer < l.num_layers; ++layer) {
+    std::copy(from->gate_k(layer), from->gate_k(layer) + elems, to->gate_k(layer));
+  }
+  return OkStatus();
 }
 
 StatusOr<PrefillResult> Engine::Prefill(std::span<const int32_t> ids, const PrefillOptions& options, KvCache* cache,
@@ -81,18 +123,42 @@ StatusOr<PrefillResult> Engine::Prefill(std::span<const int32_t> ids, const Pref
   if (len > cache->capacity()) {
     return ResourceExhausted("ids: " + Str(len) + " tokens exceed the KV cache capacity of " + Str(cache->capacity()));
   }
-  if (cache->length() != 0) {
-    return FailedPrecondition("prefill: the KV cache already holds " + Str(cache->length()) +
-                              " tokens; Prefill needs an empty cache");
-  }
   if (options.prompt_logprobs < -1 || options.prompt_logprobs > kMaxTopLogprobs) {
     return InvalidArgument("prompt_logprobs: " + Str(options.prompt_logprobs) + " is out of range [-1, " +
                            Str(kMaxTopLogprobs) + "]");
   }
+  SEER_RETURN_IF_ERROR(CheckCachedPrefix(len, options, *cache));
   // Valid by construction (engine/model/sparsity.h); not checked again here.
   assert(SparsityValueInRange(SparsityMode::kThreshold, options.sparsity.threshold));
   assert(SparsityValueInRange(SparsityMode::kNzRatio, options.sparsity.nz_ratio));
   return Exclusive([&] { return RunPrefill(ids, options, cache, observer); });
+}
+
+Status Engine::CheckCachedPrefix(int64_t len, const PrefillOptions& options, const KvCache& cache) const {
+  const int cached = cache.length();
+  if (cached == 0) return OkStatus();
+  const std::string what = "prefill: a cache that already holds ";
+  const bool gated = gates() != nullptr && options.sparsity.mode != SparsityMode::kDense;
+  const int block = gated ? std::lcm(kPrefixBlock, gates()->config.block_size) : kPrefixBlock;
+  if (cached % block != 0 || cached >= len) {
+    return FailedPrecondition(what + Str(cached) + " tokens continues only from a whole number of " + Str(block) +
+                              "-token blocks below the prompt's " + Str(len) + " tokens");
+  }
+  if (options.all_logits || options.prompt_logprobs >= 0 || options.keep_gate_outputs) {
+    return FailedPrecondition(what + Str(cached) +
+                              " tokens computes only the rest: all_logits, prompt_logprobs and the gate's outputs "
+                              "need the whole prompt");
+  }
+  if (gated && IsBaselineSparsity(options.sparsity.mode)) {
+    return FailedPrecondition(what + Str(cached) + " tokens cannot run the baseline sparsity " +
+                              SparsityToString(options.sparsity));
+  }
+  if (gated && !cache.has_gate_keys()) {
+    return FailedPrecondition(what + Str(cached) +
+                              " tokens runs the gate over them, and it keeps no gate keys "
+                              "(NewCache's gate_keys)");
+  }
+  return OkStatus();
 }
 
 Status Engine::CheckDecode(int32_t token, const KvCache* cache) const {
@@ -145,7 +211,7 @@ Status Engine::EnablePagedDecode(const PagedDecodeOptions& o) {
     }
     const ModelConfig& c = config();
     PageLayout layout;
-    SEER_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> probe, AllocateCache(1));
+    SEER_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> probe, AllocateCache(1, false));
     layout.kv = probe->layout();
     probe.reset();
     layout.page_tokens = o.page_tokens;

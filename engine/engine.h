@@ -30,6 +30,10 @@
 
 namespace seer {
 
+// A cached prefix is a whole number of these blocks (the gate's pooling
+// unit, DESIGN §1).
+inline constexpr int kPrefixBlock = 64;
+
 struct PrefillOptions {
   // Used when the engine has gates; without gates every layer is dense.
   // Resolved by engine/model/sparsity (ResolveSparsity), so always valid.
@@ -64,8 +68,9 @@ struct StageSeconds {
 struct LayerDone {
   int layer = 0;
   int seq_len = 0;
+  int first = 0;  // positions first.. were computed; a cached prefix before
   const KvCache* cache = nullptr;
-  double density = 1.0;  // kept / causal blocks for this layer (1 when dense)
+  double density = 1.0;  // kept / causal blocks of the computed rows for this layer (1 when dense)
   double seconds = 0.0;  // compute time of the layer
 };
 
@@ -154,13 +159,37 @@ class Engine {
   virtual std::optional<DeviceMemory> device_memory() const { return std::nullopt; }
 
   // A cache for up to `capacity` tokens (1 to max_position_embeddings), or
-  // RESOURCE_EXHAUSTED when it does not fit.
-  StatusOr<std::unique_ptr<KvCache>> NewCache(int capacity);
+  // RESOURCE_EXHAUSTED when it does not fit. With `gate_keys` (and gates) it
+  // also keeps each layer's K before RoPE (KvCache::has_gate_keys), which a
+  // gated prefill continuing from its prefix needs; an engine without gates
+  // ignores it.
+  StatusOr<std::unique_ptr<KvCache>> NewCache(int capacity, bool gate_keys = false);
 
   // Runs `ids` (1 to min(max_position_embeddings, capacity) tokens, each in
-  // the vocabulary) from position 0 into an empty `cache` from NewCache.
+  // the vocabulary) into `cache` from NewCache, and sets its length to
+  // ids.size().
+  //
+  // An empty cache runs the whole prompt from position 0. A cache that
+  // already holds P = cache->length() positions continues from there: the
+  // caller promises that they hold the K/V (and, gated, the gate keys) that
+  // a prefill of ids[0, P) with the same options wrote (CopyPrefix moves
+  // them from an earlier request's cache), and only positions P.. are
+  // computed. P must be a whole number of 64-token blocks (the gate's pooling
+  // unit) and below ids.size(); options may not ask for every row
+  // (all_logits, prompt_logprobs), the gate's outputs or a baseline
+  // sparsity; a gated prefill needs the prefix's gate keys. The result's
+  // densities then count the computed rows' blocks. Whether the prefix's
+  // K/V equal what a whole prefill of `ids` would have written is the
+  // caller's to judge (engine/kv/prefix_store.h: exact for dense and
+  // threshold selection, never for nz_ratio).
   StatusOr<PrefillResult> Prefill(std::span<const int32_t> ids, const PrefillOptions& options, KvCache* cache,
                                   PrefillObserver* observer);
+
+  // Copies positions [0, n) of every layer's K/V, and the gate keys where
+  // `dst` has them (then `src` must too), from `src` into the empty `dst`
+  // (both from this engine's NewCache, n <= both capacities) and sets
+  // dst's length to n: how a prefill takes a cached prefix.
+  Status CopyPrefix(const KvCache& src, int n, KvCache* dst);
 
   // Appends `token` at position cache->length() (dense attention) and writes
   // the logits of that position into `logits` ([vocab]).
@@ -233,7 +262,7 @@ class Engine {
  protected:
   // The backends' side. Each runs with the engine held and the public call's
   // preconditions checked; the cache is one of this engine's.
-  virtual StatusOr<std::unique_ptr<KvCache>> AllocateCache(int capacity) = 0;
+  virtual StatusOr<std::unique_ptr<KvCache>> AllocateCache(int capacity, bool gate_keys) = 0;
   virtual StatusOr<PrefillResult> RunPrefill(std::span<const int32_t> ids, const PrefillOptions& options,
                                              KvCache* cache, PrefillObserver* observer) = 0;
   virtual Status RunDecodeStep(int32_t token, KvCache* cache, std::vector<float>* logits) = 0;
@@ -254,6 +283,9 @@ class Engine {
   // The step, with every sequence checked (paged caches of this pool,
   // tokens in range, room in the cache, distinct caches).
   virtual Status RunDecodeBatch(std::span<const DecodeSeq> seqs, std::span<int32_t> next);
+  // CopyPrefix, checked. Default: K/V through host memory a layer at a time
+  // (ReadLayer, WriteLayer); gate keys between host caches only.
+  virtual Status RunCopyPrefix(const KvCache& src, int n, KvCache* dst);
   // ForwardWithAttentionTap, checked. Default: UNIMPLEMENTED.
   virtual Status RunForwardWithAttentionTap(std::span<const int32_t> ids, const AttentionTapFn& tap);
   // WarmUp, checked. Default: nothing to do ("").
@@ -262,6 +294,9 @@ class Engine {
  private:
   // Paged decode is enabled and `capacity` is within the model's positions.
   Status CheckPagedCapacity(int capacity) const;
+  // A prefill of `len` tokens may continue from what `cache` holds
+  // (Prefill's rules).
+  Status CheckCachedPrefix(int64_t len, const PrefillOptions& options, const KvCache& cache) const;
   // A cache this engine can use: non-null and with the model's layout.
   Status CheckCache(const KvCache* cache, const char* call) const;
   // A decode step's cache (CheckCache) and its next position (CheckNextPosition).

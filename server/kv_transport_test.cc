@@ -61,7 +61,9 @@ class GatedEngine final : public Engine {
   uint64_t fingerprint() const override { return inner_->fingerprint(); }
   const GateWeights* gates() const override { return inner_->gates(); }
   std::string device_name() const override { return inner_->device_name(); }
-  StatusOr<std::unique_ptr<KvCache>> AllocateCache(int capacity) override { return inner_->NewCache(capacity); }
+  StatusOr<std::unique_ptr<KvCache>> AllocateCache(int capacity, bool gate_keys) override {
+    return inner_->NewCache(capacity, gate_keys);
+  }
   bool OwnsCacheType(const KvCache& cache) const override { return dynamic_cast<const HostKvCache*>(&cache); }
   Status RunDecodeStep(int32_t token, KvCache* cache, std::vector<float>* logits) override {
     return inner_->DecodeStep(token, cache, logits);

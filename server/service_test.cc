@@ -70,7 +70,9 @@ class InstrumentedEngine final : public Engine {
   uint64_t fingerprint() const override { return inner_->fingerprint(); }
   const GateWeights* gates() const override { return inner_->gates(); }
   std::string device_name() const override { return "instrumented " + inner_->device_name(); }
-  StatusOr<std::unique_ptr<KvCache>> AllocateCache(int capacity) override { return inner_->NewCache(capacity); }
+  StatusOr<std::unique_ptr<KvCache>> AllocateCache(int capacity, bool gate_keys) override {
+    return inner_->NewCache(capacity, gate_keys);
+  }
   bool OwnsCacheType(const KvCache& cache) const override {
     return dynamic_cast<const HostKvCache*>(&cache) != nullptr;  // the inner engine is a CPU engine
   }

@@ -136,9 +136,11 @@ StatusOr<std::unique_ptr<CpuEngine>> CpuEngine::Load(const EngineOptions& option
 
 std::string CpuEngine::device_name() const { return "cpu (" + std::to_string(threads_) + " threads, float32)"; }
 
-StatusOr<std::unique_ptr<KvCache>> CpuEngine::AllocateCache(int capacity) {
-  // K and V, every layer, float32: refuse what would not fit in half of RAM.
-  const double bytes = 2.0 * config_.num_layers * config_.num_kv_heads * double(capacity) * config_.head_dim * 4.0;
+StatusOr<std::unique_ptr<KvCache>> CpuEngine::AllocateCache(int capacity, bool gate_keys) {
+  // K and V (and the gate keys), every layer, float32: refuse what would not
+  // fit in half of RAM.
+  const double planes = gate_keys ? 3.0 : 2.0;
+  const double bytes = planes * config_.num_layers * config_.num_kv_heads * double(capacity) * config_.head_dim * 4.0;
   const double ram = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGE_SIZE));
   if (ram > 0 && bytes > ram / 2) {
     return ResourceExhausted("a KV cache of " + std::to_string(capacity) + " tokens needs " +
@@ -147,7 +149,7 @@ StatusOr<std::unique_ptr<KvCache>> CpuEngine::AllocateCache(int capacity) {
   }
   try {
     return std::unique_ptr<KvCache>(
-        new HostKvCache(config_.num_layers, config_.num_kv_heads, config_.head_dim, capacity));
+        new HostKvCache(config_.num_layers, config_.num_kv_heads, config_.head_dim, capacity, gate_keys));
   } catch (const std::bad_alloc&) {
     return ResourceExhausted("cannot allocate a KV cache of " + std::to_string(capacity) + " tokens");
   }
@@ -168,9 +170,23 @@ void CpuEngine::AttentionInputs(int layer, Activations& a) const {
               threads_);
 }
 
-StatusOr<GateOutput> CpuEngine::Gate(int layer, const Activations& a, const SparsityConfig& sparsity) const {
+StatusOr<GateOutput> CpuEngine::Gate(int layer, const Activations& a, HostKvCache* cache,
+                                     const SparsityConfig& sparsity) const {
   // The gate sees Q and K as projected, before RoPE (docs/GATES.md).
-  return RunGate(gates_->layers[layer], gates_->config, config_, a.q.data(), a.k.data(), a.rows, sparsity, threads_);
+  const int P = a.positions[0];
+  if (P == 0) {
+    return RunGate(gates_->layers[layer], gates_->config, config_, a.q.data(), a.k.data(), a.rows, sparsity, threads_);
+  }
+  // Continuing from a cached prefix: the gate runs over the whole prompt,
+  // its K the cached prefix's gate keys and this pass's, its Q zeros before
+  // P. A row's blocks depend only on its own pooled Q and the pooled K up to
+  // it, so the rows from P on come out as in a whole prefill; the prefix's
+  // rows are not read.
+  const int L = P + a.rows;
+  const size_t q_row = static_cast<size_t>(config_.num_heads) * config_.head_dim;
+  std::vector<float> q(static_cast<size_t>(L) * q_row, 0.0f);
+  std::copy(a.q.begin(), a.q.end(), q.begin() + static_cast<ptrdiff_t>(static_cast<size_t>(P) * q_row));
+  return RunGate(gates_->layers[layer], gates_->config, config_, q.data(), cache->gate_k(layer), L, sparsity, threads_);
 }
 
 void CpuEngine::RopeAndCache(int layer, Activations& a, HostKvCache* cache) const {
@@ -190,13 +206,15 @@ void CpuEngine::RopeAndCache(int layer, Activations& a, HostKvCache* cache) cons
   }
 }
 
-void CpuEngine::Attention(int layer, Activations& a, const HostKvCache& cache, const GateOutput* gate) const {
+void CpuEngine::Attention(int layer, Activations& a, const HostKvCache& cache, const GateOutput* gate,
+                          bool decode) const {
   const int last = a.positions[a.rows - 1];
-  const cpu::AttentionShape shape{last + 1,         config_.num_heads, config_.num_kv_heads,
-                                  config_.head_dim, cache.capacity(),  attention_scale_};
-  // A pass that starts past position 0 is a decode step (one row); a prefill
-  // pass covers positions 0..rows-1.
-  if (a.positions[0] > 0) {
+  cpu::AttentionShape shape{last + 1,         config_.num_heads, config_.num_kv_heads,
+                            config_.head_dim, cache.capacity(),  attention_scale_};
+  // A prefill pass covers positions first..L-1, first 0 or a cached
+  // prefix's length.
+  shape.first_row = a.positions[0];
+  if (decode) {
     cpu::DecodeAttention(shape, last, a.q.data(), cache.k(layer), cache.v(layer), a.attn.data());
   } else if (gate != nullptr) {
     const BlockLists lists = ToBlockLists(gate->mask);
@@ -275,15 +293,17 @@ StatusOr<PrefillResult> CpuEngine::RunPrefill(std::span<const int32_t> ids, cons
   const Clock::time_point start = Clock::now();
   HostKvCache* kv = AsHostCache(cache);
   const int L = static_cast<int>(ids.size());
+  // A cached prefix (Engine::Prefill): rows P.. are computed.
+  const int P = kv->length();
 
   std::optional<Activations> act;
   try {
-    act.emplace(config_, L);
+    act.emplace(config_, L - P);
   } catch (const std::bad_alloc&) {
-    return ResourceExhausted("ids: not enough host memory for the activations of " + std::to_string(L) + " tokens");
+    return ResourceExhausted("ids: not enough host memory for the activations of " + std::to_string(L - P) + " tokens");
   }
   Activations& a = *act;
-  for (int i = 0; i < L; ++i) a.positions[i] = i;
+  for (int i = 0; i < a.rows; ++i) a.positions[i] = P + i;
   PrefillResult result;
   // Stage timing (profile_stages): the wall clock since the last mark.
   Clock::time_point last_mark = Clock::now();
@@ -293,31 +313,40 @@ StatusOr<PrefillResult> CpuEngine::RunPrefill(std::span<const int32_t> ids, cons
     result.stages.*stage += SecondsBetween(last_mark, now);
     last_mark = now;
   };
-  Embed(ids, a);
+  Embed(ids.subspan(static_cast<size_t>(P)), a);
   mark(&StageSeconds::embed);
 
+  // The gate runs for a sparse mode or to report its outputs (as on CUDA).
+  const bool gated = gates_ && (options.sparsity.mode != SparsityMode::kDense || options.keep_gate_outputs);
   int64_t kept_total = 0, causal_total = 0;
   for (int layer = 0; layer < config_.num_layers; ++layer) {
     const Clock::time_point layer_start = Clock::now();
     AttentionInputs(layer, a);
+    if (kv->has_gate_keys()) {  // K before RoPE, at the pass's positions
+      const size_t k_row = static_cast<size_t>(config_.num_kv_heads) * config_.head_dim;
+      std::copy(a.k.begin(), a.k.end(), kv->gate_k(layer) + static_cast<size_t>(P) * k_row);
+    }
     mark(&StageSeconds::attention_inputs);
     std::optional<GateOutput> gate;
-    if (gates_) {
-      SEER_ASSIGN_OR_RETURN(GateOutput g, Gate(layer, a, options.sparsity));
+    if (gated) {
+      SEER_ASSIGN_OR_RETURN(GateOutput g, Gate(layer, a, kv, options.sparsity));
       gate = std::move(g);
       mark(&StageSeconds::gate);
     }
     RopeAndCache(layer, a, kv);
     mark(&StageSeconds::rope_and_cache);
-    Attention(layer, a, *kv, gate ? &*gate : nullptr);
+    Attention(layer, a, *kv, gate ? &*gate : nullptr, /*decode=*/false);
     mark(&StageSeconds::attention);
     OutputAndMlp(layer, a);
     mark(&StageSeconds::output_and_mlp);
     double density = 1.0;
     if (gate) {
-      density = gate->mask.density();
-      kept_total += gate->mask.kept();
-      causal_total += gate->mask.causal_blocks();
+      const BlockMask& m = gate->mask;
+      const int64_t kept = KeptFrom(m, P / m.block_size);
+      const int64_t causal = CausalBlocksFrom(m.num_heads, m.num_blocks, P / m.block_size);
+      density = causal > 0 ? double(kept) / double(causal) : 1.0;
+      kept_total += kept;
+      causal_total += causal;
     }
     result.layer_density.push_back(density);
     if (gate && options.keep_gate_outputs) result.gate_outputs.push_back(std::move(*gate));
@@ -325,6 +354,7 @@ StatusOr<PrefillResult> CpuEngine::RunPrefill(std::span<const int32_t> ids, cons
       LayerDone done;
       done.layer = layer;
       done.seq_len = L;
+      done.first = P;
       done.cache = kv;
       done.density = density;
       done.seconds = SecondsSince(layer_start);
@@ -334,13 +364,14 @@ StatusOr<PrefillResult> CpuEngine::RunPrefill(std::span<const int32_t> ids, cons
   }
   result.overall_density = causal_total > 0 ? double(kept_total) / double(causal_total) : 1.0;
 
+  // A's rows are positions P.. (P is 0 whenever every row is asked for).
   result.logits_rows = options.all_logits ? L : 1;
   try {
     result.logits.resize(static_cast<size_t>(result.logits_rows) * config_.vocab_size);
   } catch (const std::bad_alloc&) {
     return ResourceExhausted("ids: not enough host memory for " + std::to_string(L) + " rows of logits");
   }
-  Logits(a, L - result.logits_rows, result.logits_rows, result.logits.data());
+  Logits(a, a.rows - result.logits_rows, result.logits_rows, result.logits.data());
   if (options.prompt_logprobs >= 0) {
     // In chunks of 64 rows: row r's logits give ids[r + 1]'s logprobs.
     constexpr int kChunk = 64;
@@ -361,7 +392,7 @@ StatusOr<PrefillResult> CpuEngine::RunPrefill(std::span<const int32_t> ids, cons
 
 Status CpuEngine::RunForwardWithAttentionTap(std::span<const int32_t> ids, const AttentionTapFn& tap) {
   const int L = static_cast<int>(ids.size());
-  SEER_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, AllocateCache(L));
+  SEER_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, AllocateCache(L, false));
   HostKvCache* kv = AsHostCache(cache.get());
   std::optional<Activations> act;
   std::vector<float> q_pre, k_pre;
@@ -389,7 +420,7 @@ Status CpuEngine::RunForwardWithAttentionTap(std::span<const int32_t> ids, const
     t.k_rope = a.k.data();
     SEER_RETURN_IF_ERROR(tap(t));
     if (layer + 1 == config_.num_layers) break;  // nothing reads the last layer's output
-    Attention(layer, a, *kv, nullptr);
+    Attention(layer, a, *kv, nullptr, /*decode=*/false);
     OutputAndMlp(layer, a);
   }
   return OkStatus();
@@ -404,7 +435,7 @@ Status CpuEngine::RunDecodeStep(int32_t token, KvCache* cache, std::vector<float
   for (int layer = 0; layer < config_.num_layers; ++layer) {
     AttentionInputs(layer, a);
     RopeAndCache(layer, a, kv);
-    Attention(layer, a, *kv, nullptr);
+    Attention(layer, a, *kv, nullptr, /*decode=*/true);
     OutputAndMlp(layer, a);
   }
   logits->resize(config_.vocab_size);

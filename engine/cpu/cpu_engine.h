@@ -36,7 +36,7 @@ class CpuEngine final : public Engine {
   // Attention, OutputAndMlp; Embed before the layers and Logits after.
 
  protected:
-  StatusOr<std::unique_ptr<KvCache>> AllocateCache(int capacity) override;
+  StatusOr<std::unique_ptr<KvCache>> AllocateCache(int capacity, bool gate_keys) override;
   // The teacher pass: each layer's float32 Q/K before and after RoPE.
   Status RunForwardWithAttentionTap(std::span<const int32_t> ids, const AttentionTapFn& tap) override;
   StatusOr<PrefillResult> RunPrefill(std::span<const int32_t> ids, const PrefillOptions& options, KvCache* cache,
@@ -74,8 +74,10 @@ class CpuEngine final : public Engine {
   // RMSNorm and the q/k/v projections of `layer` for a.rows tokens, into
   // a.q / a.k / a.v (pre-RoPE, bias included).
   void AttentionInputs(int layer, Activations& a) const;
-  // The layer's gate on the pre-RoPE a.q / a.k.
-  StatusOr<GateOutput> Gate(int layer, const Activations& a, const SparsityConfig& sparsity) const;
+  // The layer's gate on the pre-RoPE a.q / a.k. Past a cached prefix it
+  // runs over the whole prompt, its K the cache's gate keys (which the pass
+  // has written for its own rows by then).
+  StatusOr<GateOutput> Gate(int layer, const Activations& a, HostKvCache* cache, const SparsityConfig& sparsity) const;
   // RoPE at positions a.positions on q and k, then k and v into the cache at
   // those positions.
   void RopeAndCache(int layer, Activations& a, HostKvCache* cache) const;
@@ -83,10 +85,10 @@ class CpuEngine final : public Engine {
   // sequence seqs[r] at position a.positions[r], its K/V in the pool's pages.
   void RopeAndCachePaged(int layer, Activations& a, std::span<const DecodeSeq> seqs, HostPagePool* pool) const;
   void AttentionPaged(int layer, Activations& a, std::span<const DecodeSeq> seqs, const HostPagePool& pool) const;
-  // Attention of a.q over the cache into a.attn: for a prefill pass
-  // block-sparse when `gate` is given, else dense causal; for a decode step at
-  // position p, keys 0..p.
-  void Attention(int layer, Activations& a, const HostKvCache& cache, const GateOutput* gate) const;
+  // Attention of a.q over the cache into a.attn: for a prefill pass (rows
+  // at positions first..L-1) block-sparse when `gate` is given, else dense
+  // causal; for a decode step at position p, keys 0..p.
+  void Attention(int layer, Activations& a, const HostKvCache& cache, const GateOutput* gate, bool decode) const;
   // o_proj, residual, post-attention norm, SwiGLU MLP, residual: a.attn -> a.x.
   void OutputAndMlp(int layer, Activations& a) const;
   // Final norm and lm_head for the last `rows` rows of a.x.

@@ -45,6 +45,7 @@
 #include "kernels/common/dispatch.h"
 #include "kernels/common/parallel.h"
 #include "kernels/gate/distill_target.h"
+#include "kernels/common/block_lists.h"
 #include "kernels/gate/gate.h"
 #include "kernels/ops/ops.h"
 #include "kernels/paged_kv/paged_kv.h"
@@ -86,14 +87,23 @@ Activations ActivationsIn(const DeviceBuffer& buf, const PrefillPlan& plan) {
   return a;
 }
 
-// The rows r0.. of a prefill's attention output, residual and normed rows
-// (the MLP's chunk scratch is shared by every chunk and stays put).
+// The rows r0.. of a prefill's whole-sequence buffers: ids, RoPE angles,
+// residual, normed, q, k, v and the attention output (the MLP's and the
+// lm_head's chunk scratch is shared by every chunk and stays put).
 Activations RowsFrom(const Activations& a, const ModelConfig& c, int r0) {
   Activations out = a;
+  const size_t r = static_cast<size_t>(r0);
   const size_t hidden = static_cast<size_t>(c.hidden_size);
-  out.attn += static_cast<size_t>(r0) * c.num_heads * c.head_dim;
-  out.residual += static_cast<size_t>(r0) * hidden;
-  out.normed += static_cast<size_t>(r0) * hidden;
+  const size_t q_cols = static_cast<size_t>(c.num_heads) * c.head_dim;
+  const size_t kv_cols = static_cast<size_t>(c.num_kv_heads) * c.head_dim;
+  out.ids += r;
+  out.rope += r * (c.head_dim / 2);
+  out.residual += r * hidden;
+  out.normed += r * hidden;
+  out.q += r * q_cols;
+  out.k += r * kv_cols;
+  out.v += r * kv_cols;
+  out.attn += r * q_cols;
   return out;
 }
 
@@ -132,7 +142,9 @@ class CudaEngine final : public Engine {
   }
 
  protected:
-  StatusOr<std::unique_ptr<KvCache>> AllocateCache(int capacity) override;
+  StatusOr<std::unique_ptr<KvCache>> AllocateCache(int capacity, bool gate_keys) override;
+  // Device to device on the engine's stream.
+  Status RunCopyPrefix(const KvCache& src, int n, KvCache* dst) override;
   StatusOr<PrefillResult> RunPrefill(std::span<const int32_t> ids, const PrefillOptions& options, KvCache* cache,
                                      PrefillObserver* observer) override;
   Status RunDecodeStep(int32_t token, KvCache* cache, std::vector<float>* logits) override;
@@ -367,9 +379,10 @@ Status CudaEngine::Init(bool gemm_tuning, const ChunkLimits& chunk_limits) {
   return OkStatus();
 }
 
-StatusOr<std::unique_ptr<KvCache>> CudaEngine::AllocateCache(int capacity) {
+StatusOr<std::unique_ptr<KvCache>> CudaEngine::AllocateCache(int capacity, bool gate_keys) {
   SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
-  const size_t kv = DeviceKvCache::BytesFor(config_.num_layers, config_.num_kv_heads, config_.head_dim, capacity);
+  const size_t kv =
+      DeviceKvCache::BytesFor(config_.num_layers, config_.num_kv_heads, config_.head_dim, capacity, gate_keys);
   size_t free_b = 0, total_b = 0;
   SEER_RETURN_IF_CUDA_ERROR(cudaMemGetInfo(&free_b, &total_b));
   if (kv + kHeadroomBytes > free_b) {
@@ -377,9 +390,34 @@ StatusOr<std::unique_ptr<KvCache>> CudaEngine::AllocateCache(int capacity) {
                              device_name_ + " has " + FormatBytes(free_b) + " free of " + FormatBytes(total_b) +
                              " (the weights hold " + FormatBytes(weights_.storage.bytes()) + ")");
   }
-  SEER_ASSIGN_OR_RETURN(std::unique_ptr<DeviceKvCache> cache,
-                        DeviceKvCache::Create(config_.num_layers, config_.num_kv_heads, config_.head_dim, capacity));
+  SEER_ASSIGN_OR_RETURN(
+      std::unique_ptr<DeviceKvCache> cache,
+      DeviceKvCache::Create(config_.num_layers, config_.num_kv_heads, config_.head_dim, capacity, gate_keys));
   return std::unique_ptr<KvCache>(std::move(cache));
+}
+
+Status CudaEngine::RunCopyPrefix(const KvCache& src_in, int n, KvCache* dst_in) {
+  SEER_RETURN_IF_CUDA_ERROR(cudaSetDevice(device_));
+  if (n == 0) return OkStatus();
+  const auto& src = static_cast<const DeviceKvCache&>(src_in);
+  auto* dst = static_cast<DeviceKvCache*>(dst_in);
+  const size_t elem = sizeof(__nv_bfloat16);
+  const size_t d = static_cast<size_t>(config_.head_dim), hkv = static_cast<size_t>(config_.num_kv_heads);
+  const size_t row = static_cast<size_t>(n) * d * elem;  // one head's n positions
+  for (int layer = 0; layer < config_.num_layers; ++layer) {
+    for (int which = 0; which < 2; ++which) {
+      SEER_RETURN_IF_CUDA_ERROR(cudaMemcpy2DAsync(which == 0 ? dst->k(layer) : dst->v(layer),
+                                                  dst->capacity() * d * elem, which == 0 ? src.k(layer) : src.v(layer),
+                                                  src.capacity() * d * elem, row, hkv, cudaMemcpyDeviceToDevice,
+                                                  stream_));
+    }
+    if (dst->has_gate_keys()) {
+      SEER_RETURN_IF_CUDA_ERROR(
+          cudaMemcpyAsync(dst->gate_k(layer), src.gate_k(layer), row * hkv, cudaMemcpyDeviceToDevice, stream_));
+    }
+  }
+  SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_));
+  return OkStatus();
 }
 
 // Grows the workspace to `plan` (never shrinks: the next request is likely
@@ -483,7 +521,7 @@ Status CudaEngine::RunForwardWithAttentionTap(std::span<const int32_t> ids, cons
   const int hq = config_.num_heads, hkv = config_.num_kv_heads, d = config_.head_dim;
   constexpr int kTargetBlock = 64;
   const int nb = (L + kTargetBlock - 1) / kTargetBlock;
-  SEER_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache_owner, AllocateCache(L));
+  SEER_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache_owner, AllocateCache(L, false));
   DeviceKvCache* cache = AsDeviceCache(cache_owner.get());
   const PrefillPlan plan = PlanPrefill(config_, GateShape{}, block_, L, false, limits_);
   SEER_RETURN_IF_ERROR(EnsureWorkspace(plan));
@@ -581,6 +619,10 @@ StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, con
 
   // Everything is checked and every buffer reserved before the first launch.
   const int L = static_cast<int>(ids.size());
+  // A cached prefix (Engine::Prefill): the pass computes rows P.. in
+  // whole-prompt buffers, whose rows before P nothing reads but the gate.
+  const int P = cache->length();
+  const int S = L - P;
   const SparsityConfig& sp = options.sparsity;
   if (IsBaselineSparsity(sp.mode)) {
     return Unimplemented("sparsity " + SparsityToString(sp) +
@@ -652,7 +694,8 @@ StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, con
   result.logits.resize(static_cast<size_t>(result.logits_rows) * config_.vocab_size);
   std::vector<double> layer_seconds(config_.num_layers, 0.0);
   const int hq = config_.num_heads;
-  const int64_t causal_per_head = gated ? int64_t{plan.gate_blocks} * (plan.gate_blocks + 1) / 2 : 0;
+  const int first_block = P / block_;
+  const int64_t causal_per_head = gated ? CausalBlocksFrom(1, plan.gate_blocks, first_block) : 0;
   // Only what asks for each layer's results waits for it.
   const bool wait_per_layer = observer != nullptr || options.keep_gate_outputs;
 
@@ -682,21 +725,39 @@ StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, con
   // (one pass over q fewer: 1 GiB read and written a layer at 128k tokens of
   // the 8B shape), where the kernel can (SEER_ROPE_IN_ATTENTION=0: never).
   const bool rope_in_attention = run.AttentionRotatesQ();
+  const Activations rest = RowsFrom(a, config_, P);  // the rows the pass computes
+  const size_t kv_row_bytes = sizeof(bf16) * config_.num_kv_heads * config_.head_dim;
   SEER_RETURN_IF_ERROR(mark(nullptr));
-  SEER_RETURN_IF_ERROR(run.Embed(ids, 0, a));
+  SEER_RETURN_IF_ERROR(run.Embed(ids.subspan(static_cast<size_t>(P)), P, rest));
+  if (gated && P > 0) {
+    // The gate runs over the whole prompt: Q zeros before P (those rows'
+    // blocks are not read), K the cache's gate keys.
+    SEER_RETURN_IF_CUDA_ERROR(
+        cudaMemsetAsync(a.q, 0, sizeof(bf16) * static_cast<size_t>(P) * hq * config_.head_dim, stream_));
+  }
   SEER_RETURN_IF_ERROR(mark(&StageSeconds::embed));
   for (int layer = 0; layer < config_.num_layers; ++layer) {
     SEER_RETURN_IF_CUDA_ERROR(cudaEventRecord(layer_start_[layer], stream_));
-    SEER_RETURN_IF_ERROR(run.AttentionInputs(layer, a, L));
+    SEER_RETURN_IF_ERROR(run.AttentionInputs(layer, rest, S));
+    if (cache->has_gate_keys()) {  // K before RoPE, at the pass's positions
+      bf16* keys = cache->gate_k(layer) + static_cast<size_t>(P) * config_.num_kv_heads * config_.head_dim;
+      SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(keys, rest.k, kv_row_bytes * S, cudaMemcpyDeviceToDevice, stream_));
+    }
     SEER_RETURN_IF_ERROR(mark(&StageSeconds::attention_inputs));
     if (gated) {
       gate_out.kept_per_head = kept + static_cast<size_t>(layer) * hq;
-      SEER_RETURN_IF_ERROR(run.Gate(layer, a, L, sp, gate_out));
+      Activations gate_in = a;
+      if (P > 0) gate_in.k = cache->gate_k(layer);
+      SEER_RETURN_IF_ERROR(run.Gate(layer, gate_in, L, sp, gate_out));
+      if (P > 0) {  // count the computed rows' blocks only
+        SEER_RETURN_IF_CUDA_ERROR(cuda::CountKeptFrom(gate_out.block_offsets, hq, plan.gate_blocks, first_block,
+                                                      gate_out.kept_per_head, stream_));
+      }
       SEER_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(kept_host_ + static_cast<size_t>(layer) * hq, gate_out.kept_per_head,
                                                 sizeof(int64_t) * hq, cudaMemcpyDeviceToHost, stream_));
       SEER_RETURN_IF_ERROR(mark(&StageSeconds::gate));
     }
-    SEER_RETURN_IF_ERROR(run.RopeAndCache(layer, a, L, 0, cache, /*rotate_q=*/!rope_in_attention));
+    SEER_RETURN_IF_ERROR(run.RopeAndCache(layer, rest, S, P, cache, /*rotate_q=*/!rope_in_attention));
     SEER_RETURN_IF_ERROR(mark(&StageSeconds::rope_and_cache));
     const bool trim = trim_last && layer == config_.num_layers - 1;
     const int32_t* offsets = sparse ? gate_out.block_offsets : nullptr;
@@ -710,12 +771,12 @@ StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, con
       indices = last_indices;
     }
     SEER_RETURN_IF_ERROR(
-        run.PrefillAttention(layer, a, L, *cache, offsets, indices, rope_in_attention, trim && !sparse ? L - 1 : 0));
+        run.PrefillAttention(layer, a, L, *cache, offsets, indices, rope_in_attention, trim && !sparse ? L - 1 : P));
     SEER_RETURN_IF_ERROR(mark(&StageSeconds::attention));
     if (trim) {
       SEER_RETURN_IF_ERROR(run.OutputAndMlp(layer, RowsFrom(a, config_, L - 1), 1));
     } else {
-      SEER_RETURN_IF_ERROR(run.OutputAndMlp(layer, a, L));
+      SEER_RETURN_IF_ERROR(run.OutputAndMlp(layer, rest, S));
     }
     SEER_RETURN_IF_ERROR(mark(&StageSeconds::output_and_mlp));
     SEER_RETURN_IF_CUDA_ERROR(cudaEventRecord(layer_end_[layer], stream_));
@@ -732,6 +793,7 @@ StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, con
       LayerDone done;
       done.layer = layer;
       done.seq_len = L;
+      done.first = P;
       done.cache = cache;
       done.density = result.layer_density[layer];
       done.seconds = layer_seconds[layer];

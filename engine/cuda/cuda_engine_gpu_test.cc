@@ -753,6 +753,92 @@ TEST_F(CudaEngineTest, LastLayerRunsOnlyTheRowsTheFirstTokenNeeds) {
   }
 }
 
+// A prefill continuing from a cached prefix (Engine::Prefill with a cache
+// that holds P positions, taken with CopyPrefix from a whole prefill of the
+// same prompt) computes the whole prefill's rest: the prefix's K/V are its
+// bits, the rest's K/V and the last logits equal it to GEMM rounding (the
+// pass runs its GEMMs over L - P rows instead of L), dense and with random
+// gates (nz_ratio, whose per-row counts make the computed rows' density
+// exact, and threshold), P even and odd in blocks (the Hopper kernels' tiles
+// are pairs of blocks), down to one block left.
+TEST_F(CudaEngineTest, ContinuingFromACachedPrefixComputesTheRest) {
+  ModelConfig c = SmallRandomConfig();
+  auto engine = GatedRandomEngine(c);
+  ASSERT_TRUE(engine.ok()) << engine.status().ToString();
+  const int L = 1000;
+  const int nb = (L + 63) / 64;
+  const std::vector<int32_t> ids = SpreadIds(L, c.vocab_size);
+  std::vector<SparsityConfig> modes = DenseAndATenth();
+  SparsityConfig threshold;
+  threshold.mode = SparsityMode::kThreshold;
+  threshold.threshold = 0.1;
+  modes.push_back(threshold);
+  const KvLayout layout = (*engine)->NewCache(1).value()->layout();
+  const size_t per_token = static_cast<size_t>(layout.num_kv_heads) * layout.head_dim;
+  for (const SparsityConfig& sp : modes) {
+    auto whole_cache = (*engine)->NewCache(L, /*gate_keys=*/true);
+    ASSERT_TRUE(whole_cache.ok()) << whole_cache.status().ToString();
+    PrefillOptions whole_options;
+    whole_options.sparsity = sp;
+    whole_options.keep_gate_outputs = sp.mode != SparsityMode::kDense;
+    auto whole = (*engine)->Prefill(ids, whole_options, whole_cache->get(), nullptr);
+    ASSERT_TRUE(whole.ok()) << whole.status().ToString();
+    for (int P : {64, 192, 448, 960}) {
+      SCOPED_TRACE(SparsityToString(sp) + " P=" + std::to_string(P));
+      auto cache = (*engine)->NewCache(L, /*gate_keys=*/true);
+      ASSERT_TRUE(cache.ok());
+      ASSERT_TRUE((*engine)->CopyPrefix(**whole_cache, P, cache->get()).ok());
+      PrefillOptions options;
+      options.sparsity = sp;
+      auto rest = (*engine)->Prefill(ids, options, cache->get(), nullptr);
+      ASSERT_TRUE(rest.ok()) << rest.status().ToString();
+      EXPECT_EQ((*cache)->length(), L);
+      double worst = 0.0;
+      for (int layer = 0; layer < layout.num_layers; ++layer) {
+        const size_t n = per_token * L;
+        std::vector<uint16_t> k0(n), v0(n), k1(n), v1(n);
+        ASSERT_TRUE((*whole_cache)->ReadLayer(layer, 0, L, k0.data(), v0.data()).ok());
+        ASSERT_TRUE((*cache)->ReadLayer(layer, 0, L, k1.data(), v1.data()).ok());
+        std::vector<float> want, got;
+        for (int h = 0; h < layout.num_kv_heads; ++h) {
+          const size_t head = static_cast<size_t>(h) * L * layout.head_dim;
+          const size_t prefix = static_cast<size_t>(P) * layout.head_dim;
+          EXPECT_TRUE(std::equal(k0.begin() + head, k0.begin() + head + prefix, k1.begin() + head)) << "K prefix";
+          EXPECT_TRUE(std::equal(v0.begin() + head, v0.begin() + head + prefix, v1.begin() + head)) << "V prefix";
+          for (size_t i = head + prefix; i < head + static_cast<size_t>(L) * layout.head_dim; ++i) {
+            want.push_back(Bf16ToFloat(k0[i]));
+            want.push_back(Bf16ToFloat(v0[i]));
+            got.push_back(Bf16ToFloat(k1[i]));
+            got.push_back(Bf16ToFloat(v1[i]));
+          }
+        }
+        worst = std::max(worst, RelErr(got, want));
+      }
+      EXPECT_LE(worst, 1e-2) << "the rest's K/V against the whole prefill's";
+      const double err = RelErr(rest->logits, whole->logits);
+      EXPECT_LE(err, 1e-2);
+      EXPECT_EQ(std::max_element(rest->logits.begin(), rest->logits.end()) - rest->logits.begin(),
+                std::max_element(whole->logits.begin(), whole->logits.end()) - whole->logits.begin());
+      const int first_block = P / 64;
+      for (int layer = 0; layer < layout.num_layers; ++layer) {
+        if (sp.mode == SparsityMode::kDense) {
+          EXPECT_EQ(rest->layer_density[layer], 1.0);
+          continue;
+        }
+        const BlockMask& m = whole->gate_outputs[layer].mask;
+        const double want = double(KeptFrom(m, first_block)) / double(CausalBlocksFrom(m.num_heads, nb, first_block));
+        if (sp.mode == SparsityMode::kNzRatio) {
+          EXPECT_DOUBLE_EQ(rest->layer_density[layer], want) << "layer " << layer;
+        } else {
+          EXPECT_NEAR(rest->layer_density[layer], want, 0.02) << "layer " << layer;
+        }
+      }
+      std::printf("cached prefix %s P=%d: the rest's K/V rel err %.2e, last logits %.2e, density %.4f\n",
+                  SparsityToString(sp).c_str(), P, worst, err, rest->overall_density);
+    }
+  }
+}
+
 // The chunked paths that only long prompts of large models reach: with
 // ChunkLimits shrunk, a 1,000-token prefill runs its MLP in chunks of 37
 // rows and its logits in chunks of 29, and its buffers are that much

@@ -8,13 +8,13 @@
 
 namespace seer {
 
-size_t DeviceKvCache::BytesFor(int num_layers, int num_kv_heads, int head_dim, int capacity) {
-  return 2 * static_cast<size_t>(num_layers) * num_kv_heads * static_cast<size_t>(capacity) * head_dim *
-         sizeof(__nv_bfloat16);
+size_t DeviceKvCache::BytesFor(int num_layers, int num_kv_heads, int head_dim, int capacity, bool gate_keys) {
+  return (gate_keys ? 3 : 2) * static_cast<size_t>(num_layers) * num_kv_heads * static_cast<size_t>(capacity) *
+         head_dim * sizeof(__nv_bfloat16);
 }
 
 StatusOr<std::unique_ptr<DeviceKvCache>> DeviceKvCache::Create(int num_layers, int num_kv_heads, int head_dim,
-                                                               int capacity) {
+                                                               int capacity, bool gate_keys) {
   if (num_layers <= 0 || num_kv_heads <= 0 || head_dim <= 0) {
     return InvalidArgument("KV cache: layers, kv heads and head_dim must be positive");
   }
@@ -26,10 +26,15 @@ StatusOr<std::unique_ptr<DeviceKvCache>> DeviceKvCache::Create(int num_layers, i
   layout.num_kv_heads = num_kv_heads;
   layout.head_dim = head_dim;
   layout.dtype = DType::kBF16;
-  std::unique_ptr<DeviceKvCache> cache(new DeviceKvCache(layout, capacity));
+  std::unique_ptr<DeviceKvCache> cache(new DeviceKvCache(layout, capacity, gate_keys));
   SEER_ASSIGN_OR_RETURN(cache->storage_,
                         DeviceBuffer::Allocate(BytesFor(num_layers, num_kv_heads, head_dim, capacity),
                                                "the KV cache of " + std::to_string(capacity) + " tokens"));
+  if (gate_keys) {
+    SEER_ASSIGN_OR_RETURN(cache->gate_storage_,
+                          DeviceBuffer::Allocate(BytesFor(num_layers, num_kv_heads, head_dim, capacity) / 2,
+                                                 "the gate keys of " + std::to_string(capacity) + " tokens"));
+  }
   SEER_RETURN_IF_CUDA_ERROR(cudaStreamCreateWithFlags(&cache->copy_stream_, cudaStreamNonBlocking));
   return cache;
 }
@@ -41,6 +46,12 @@ DeviceKvCache::~DeviceKvCache() {
 __nv_bfloat16* DeviceKvCache::base(int layer, int which) const {
   const size_t per = static_cast<size_t>(layout_.num_kv_heads) * capacity_ * layout_.head_dim;
   return storage_.as<__nv_bfloat16>() + (static_cast<size_t>(layer) * 2 + which) * per;
+}
+
+__nv_bfloat16* DeviceKvCache::gate_k(int layer) const {
+  if (!has_gate_keys()) return nullptr;
+  const size_t per = static_cast<size_t>(layout_.num_kv_heads) * capacity_ * layout_.head_dim;
+  return gate_storage_.as<__nv_bfloat16>() + static_cast<size_t>(layer) * per;
 }
 
 Status DeviceKvCache::CheckRange(const char* op, int layer, int t0, int n) const {

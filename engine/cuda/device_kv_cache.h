@@ -1,5 +1,6 @@
 // The KV cache on the GPU: bf16, per layer K and V laid out
-// [kv_heads, capacity, head_dim] (kv_cache.h), in one allocation.
+// [kv_heads, capacity, head_dim] (kv_cache.h), in one allocation; with gate
+// keys, per layer K before RoPE [capacity, kv_heads, head_dim] in another.
 #pragma once
 
 #include <memory>
@@ -14,15 +15,19 @@ namespace seer {
 
 class DeviceKvCache final : public KvCache {
  public:
-  // Bytes of K and V together for every layer at `capacity` tokens.
-  static size_t BytesFor(int num_layers, int num_kv_heads, int head_dim, int capacity);
+  // Bytes of K and V together (and the gate keys) for every layer at
+  // `capacity` tokens.
+  static size_t BytesFor(int num_layers, int num_kv_heads, int head_dim, int capacity, bool gate_keys = false);
 
   // RESOURCE_EXHAUSTED when the device cannot hold it.
-  static StatusOr<std::unique_ptr<DeviceKvCache>> Create(int num_layers, int num_kv_heads, int head_dim, int capacity);
+  static StatusOr<std::unique_ptr<DeviceKvCache>> Create(int num_layers, int num_kv_heads, int head_dim, int capacity,
+                                                         bool gate_keys = false);
   ~DeviceKvCache() override;
 
   __nv_bfloat16* k(int layer) const { return base(layer, 0); }
   __nv_bfloat16* v(int layer) const { return base(layer, 1); }
+  // [capacity, kv_heads, head_dim] K before RoPE; null without gate keys.
+  __nv_bfloat16* gate_k(int layer) const;
 
   // Copies through a stream of the cache's own, so a finished layer can be
   // read while the engine computes the next ones on its stream.
@@ -30,11 +35,12 @@ class DeviceKvCache final : public KvCache {
   Status WriteLayer(int layer, int t0, int n, DType src, const void* k, const void* v) override;
 
  private:
-  DeviceKvCache(KvLayout layout, int capacity) : KvCache(layout, capacity) {}
+  DeviceKvCache(KvLayout layout, int capacity, bool gate_keys) : KvCache(layout, capacity, gate_keys) {}
   __nv_bfloat16* base(int layer, int which) const;
   Status CheckRange(const char* op, int layer, int t0, int n) const;
 
   DeviceBuffer storage_;
+  DeviceBuffer gate_storage_;
   cudaStream_t copy_stream_ = nullptr;
 };
 

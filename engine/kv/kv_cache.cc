@@ -23,12 +23,14 @@ Status CheckRange(const char* op, const KvLayout& layout, int capacity, int laye
 
 }  // namespace
 
-HostKvCache::HostKvCache(int num_layers, int num_kv_heads, int head_dim, int capacity)
-    : KvCache(KvLayout{num_layers, num_kv_heads, head_dim, DType::kF32}, capacity) {
+HostKvCache::HostKvCache(int num_layers, int num_kv_heads, int head_dim, int capacity, bool gate_keys)
+    : KvCache(KvLayout{num_layers, num_kv_heads, head_dim, DType::kF32}, capacity, gate_keys) {
   const size_t elems = static_cast<size_t>(num_kv_heads) * capacity * head_dim;
   layers_.reserve(num_layers);
-  for (int l = 0; l < num_layers; ++l)
-    layers_.push_back(std::make_shared<Layer>(Layer{std::vector<float>(elems), std::vector<float>(elems)}));
+  for (int l = 0; l < num_layers; ++l) {
+    layers_.push_back(std::make_shared<Layer>(
+        Layer{std::vector<float>(elems), std::vector<float>(elems), std::vector<float>(gate_keys ? elems : 0)}));
+  }
 }
 
 Status HostKvCache::ReadLayer(int layer, int t0, int n, void* k_out, void* v_out) const {

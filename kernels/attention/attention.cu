@@ -134,9 +134,9 @@ __global__ void __launch_bounds__(FwdTile<kHeadDim, kRowsPerWarp>::kThreads,
   // query blocks from the heaviest (last) row down, the pass's Q heads side
   // by side. CTAs resident together then read K/V that stays in L2, which
   // keeps the tiles of a sparse (random) mask there; the light rows come
-  // last. Dense, the query blocks before first_row's are not launched.
+  // last. The query blocks before first_row's are not launched.
   const int nb = (p.seq_len + kBlock - 1) / kBlock;
-  const int live = nb - (p.block_offsets == nullptr ? p.first_row / kBlock : 0);
+  const int live = nb - p.first_row / kBlock;  // AttentionParams::first_row
   int h, qb;
   DenseOrderTile(p.num_heads, p.num_kv_heads, kv_passes, nb, live, static_cast<int>(blockIdx.x), &h, &qb);
   const int kvh = h / (p.num_heads / p.num_kv_heads);
@@ -404,7 +404,7 @@ cudaError_t LaunchFwd(const AttentionParams& p, cudaStream_t stream) {
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes));
   }
   const int nb = (p.seq_len + kBlock - 1) / kBlock;
-  const int live = nb - (p.block_offsets == nullptr ? p.first_row / kBlock : 0);
+  const int live = nb - p.first_row / kBlock;  // AttentionParams::first_row
   const unsigned grid = static_cast<unsigned>(live) * static_cast<unsigned>(p.num_heads);
   int device = 0, l2_bytes = 0;
   SEER_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));

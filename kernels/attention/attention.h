@@ -36,10 +36,13 @@ struct AttentionParams {
   // the prefill a pass over q. Only where AttentionRotatesQ() says so;
   // elsewhere cudaErrorInvalidValue.
   const float2* q_rope = nullptr;
-  // Dense (null offsets) only: the caller reads rows first_row.. alone, and
-  // the kernels may skip the query blocks before first_row's (those rows of
-  // out are then left as they were). A prefill's last layer, which feeds
-  // only the last row's logits, passes L - 1. 0 <= first_row < max(1, seq_len).
+  // The caller reads rows first_row.. alone, and the kernels may skip the
+  // query blocks before first_row's (those rows of out are then left as
+  // they were, or written from whatever q and the lists hold there). A
+  // prefill's last layer, which feeds only the last row's logits, passes
+  // L - 1 (dense); a prefill continuing from a cached prefix passes the
+  // prefix's length, dense or with lists. The rows' results do not depend
+  // on it. 0 <= first_row < max(1, seq_len).
   int first_row = 0;
   // The prefill kernels' tile order (kernels/attention/tile_order.h): passes
   // over this many KV heads at a time, heaviest tiles first across each

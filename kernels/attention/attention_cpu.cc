@@ -37,7 +37,8 @@ class QueryBlockTask {
     const int rows = std::min(block_size_, s_.seq_len - q0);
     const int kv_head = head / (s_.num_heads / s_.num_kv_heads);
     const size_t q_stride = static_cast<size_t>(s_.num_heads) * D;
-    const float* q_tile = q + static_cast<size_t>(q0) * q_stride + static_cast<size_t>(head) * D;
+    const size_t q_row = static_cast<size_t>(q0 - s_.first_row);  // q and out hold rows first_row..
+    const float* q_tile = q + q_row * q_stride + static_cast<size_t>(head) * D;
     const float* k_head = k + static_cast<size_t>(kv_head) * s_.kv_stride * D;
     const float* v_head = v + static_cast<size_t>(kv_head) * s_.kv_stride * D;
 
@@ -89,7 +90,7 @@ class QueryBlockTask {
     }
 
     for (int i = 0; i < rows; ++i) {
-      float* orow = out + static_cast<size_t>(q0 + i) * q_stride + static_cast<size_t>(head) * D;
+      float* orow = out + (q_row + i) * q_stride + static_cast<size_t>(head) * D;
       const float* arow = acc_.data() + static_cast<size_t>(i) * D;
       if (row_sum_[i] == 0.0f) {  // empty block list: zeros, as documented
         std::memset(orow, 0, sizeof(float) * D);
@@ -112,7 +113,7 @@ template <typename ListsFn>
 void RunQueryBlocks(const AttentionShape& s, int block_size, ListsFn&& lists, const float* q, const float* k,
                     const float* v, float* out, int num_threads) {
   const int nb = (s.seq_len + block_size - 1) / block_size;
-  const int tasks = s.num_heads * nb;
+  const int tasks = s.num_heads * (nb - s.first_row / block_size);  // the query blocks from first_row's
   // Below about a million multiply-adds, starting threads costs more than
   // it saves (and far more on a busy machine).
   const double causal_macs = 2.0 * s.num_heads * s.head_dim * 0.5 * double(s.seq_len) * (s.seq_len + 1);

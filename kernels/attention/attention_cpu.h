@@ -16,6 +16,11 @@ struct AttentionShape {
   int head_dim = 0;  // D
   int kv_stride = 0;  // tokens between kv heads in k/v (the cache capacity)
   float scale = 0.0f;  // usually 1/sqrt(D)
+  // The prefill kernels compute query rows first_row .. L-1 only (a prefill
+  // that continues from a cached prefix): q and out then hold those rows
+  // from their start, row r at r - first_row. A multiple of the block size,
+  // below L (0: every row).
+  int first_row = 0;
 };
 
 // Dense causal attention.

@@ -437,10 +437,14 @@ TEST_F(AttentionGpuTest, EmptyRowsAreZero) {
   }
 }
 
-// Dense with AttentionParams::first_row (a prefill's last layer): the rows
-// from first_row on must be the bits of the full pass (the same tiles, in
-// the same order), every variant, whatever the kernel did with the rows
-// before. first_row at or past the sequence, or negative, is refused.
+// AttentionParams::first_row, dense (a prefill's last layer) and with block
+// lists (a prefill continuing from a cached prefix): the rows from
+// first_row on must be the bits of the full pass, every variant, whatever
+// the kernel did with the rows before (the tile order may change, which
+// changes no bit). With lists they are also checked against the CPU twin
+// run from first_row (cpu::AttentionShape::first_row, q and out holding
+// the rows from there). first_row at or past the sequence, or negative, is
+// refused.
 TEST_F(AttentionGpuTest, FirstRowKeepsTheLaterRowsBits) {
   const ElemType t = ElemType::kBF16;
   struct FirstRowCase {
@@ -448,6 +452,8 @@ TEST_F(AttentionGpuTest, FirstRowKeepsTheLaterRowsBits) {
   };
   for (const FirstRowCase& c : std::vector<FirstRowCase>{{1000, 4, 2, 128, 999},
                                                          {1000, 8, 1, 64, 500},
+                                                         {1000, 4, 1, 128, 192},
+                                                         {1000, 4, 4, 64, 896},
                                                          {4097, 4, 4, 128, 4096},
                                                          {130, 4, 2, 96, 127},
                                                          {130, 4, 2, 32, 128},
@@ -467,6 +473,19 @@ TEST_F(AttentionGpuTest, FirstRowKeepsTheLaterRowsBits) {
     ASSERT_CUDA(q.Upload(qe.data(), n * 2));
     ASSERT_CUDA(k.Upload(ke.data(), ke.size() * 2));
     ASSERT_CUDA(v.Upload(ve.data(), ve.size() * 2));
+    // Lists (block-aligned first rows only, as a cached prefix is): half the
+    // causal blocks of each row, the diagonal kept.
+    const bool aligned = c.first_row % 64 == 0;
+    BlockMask mask = MakeMask(Case{L, Hq, Hkv, D, Lists::kHalf}, rng_);
+    for (int h = 0; h < Hq; ++h) {
+      for (int qb = 0; qb < mask.num_blocks; ++qb) {
+        mask.keep[(static_cast<size_t>(h) * mask.num_blocks + qb) * mask.num_blocks + qb] = 1;
+      }
+    }
+    const BlockLists lists = ToBlockLists(mask);
+    DevBuf offsets(lists.offsets.size() * 4), indices(lists.indices.size() * 4);
+    ASSERT_CUDA(offsets.Upload(lists.offsets.data(), lists.offsets.size() * 4));
+    ASSERT_CUDA(indices.Upload(lists.indices.data(), lists.indices.size() * 4));
     cuda::AttentionParams p = Params(t, q, k, v, out, L, Hq, Hkv, D, L);
     auto run = [&](FwdVariant variant, int first_row, std::vector<uint16_t>* o) {
       p.first_row = first_row;
@@ -476,18 +495,41 @@ TEST_F(AttentionGpuTest, FirstRowKeepsTheLaterRowsBits) {
       o->resize(n);
       ASSERT_CUDA(out.Download(o->data(), n * 2));
     };
-    for (FwdVariant variant : Variants()) {
-      SCOPED_TRACE(cuda::FwdVariantName(variant));
-      std::vector<uint16_t> full, part;
-      run(variant, 0, &full);
-      run(variant, c.first_row, &part);
-      ASSERT_FALSE(HasFatalFailure()) << "a run failed; nothing to compare";
+    std::vector<float> twin;  // the CPU twin's rows first_row.., with lists
+    if (aligned) {
+      cpu::AttentionShape shape{L, Hq, Hkv, D, L, 1.0f / std::sqrt(static_cast<float>(D))};
+      shape.first_row = c.first_row;
       const size_t from = static_cast<size_t>(c.first_row) * Hq * D;
-      int64_t differ = 0;
-      for (size_t i = from; i < n; ++i) differ += full[i] != part[i];
-      EXPECT_EQ(differ, 0) << "elements of rows >= first_row that differ from the full pass";
-      EXPECT_LT(from, n);
+      twin.resize(n - from);
+      cpu::BlockSparseAttention(shape, 64, lists.offsets.data(), lists.indices.data(), qf.data() + from, kf.data(),
+                                vf.data(), twin.data());
     }
+    for (bool with_lists : {false, true}) {
+      if (with_lists && !aligned) continue;
+      p.block_offsets = with_lists ? static_cast<const int32_t*>(offsets.get()) : nullptr;
+      p.block_indices = with_lists ? static_cast<const int32_t*>(indices.get()) : nullptr;
+      for (FwdVariant variant : Variants()) {
+        SCOPED_TRACE(std::string(cuda::FwdVariantName(variant)) + (with_lists ? " lists" : " dense"));
+        std::vector<uint16_t> full, part;
+        run(variant, 0, &full);
+        run(variant, c.first_row, &part);
+        ASSERT_FALSE(HasFatalFailure()) << "a run failed; nothing to compare";
+        const size_t from = static_cast<size_t>(c.first_row) * Hq * D;
+        int64_t differ = 0;
+        for (size_t i = from; i < n; ++i) differ += full[i] != part[i];
+        EXPECT_EQ(differ, 0) << "elements of rows >= first_row that differ from the full pass";
+        EXPECT_LT(from, n);
+        if (with_lists) {
+          std::vector<float> got(n - from);
+          for (size_t i = from; i < n; ++i) got[i - from] = FromElem(part[i], t);
+          const Comparison cmp = Compare(got, twin, static_cast<int64_t>(L - c.first_row) * Hq, D);
+          EXPECT_EQ(cmp.nans, 0);
+          EXPECT_LE(cmp.rel, 1e-2) << "against the CPU twin from first_row";
+        }
+      }
+    }
+    p.block_offsets = nullptr;
+    p.block_indices = nullptr;
     for (int bad : {L, L + 5, -1}) {
       p.first_row = bad;
       EXPECT_EQ(cuda::BlockSparseAttention(p, nullptr), cudaErrorInvalidValue) << "first_row " << bad;

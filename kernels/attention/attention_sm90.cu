@@ -127,7 +127,7 @@ struct Sm90Params {
   int pairs;  // tiles per head: ceil(nb / 2)
   int num_tiles;
   float scale_log2;
-  // Dense: the last live_pairs pairs of each head run, the ones before are
+  // The last live_pairs pairs of each head run, the ones before are
   // skipped (AttentionParams::first_row).
   int live_pairs;
   // The tile order's passes over the KV heads (tile_order.h).
@@ -578,7 +578,7 @@ __device__ __forceinline__ void Producer(const Sm90Params& p, uint8_t* smem, Sm9
         h = code / p.pairs;
         pair = code % p.pairs;
       } else {
-        DenseTile(p, p.pairs, t, &h, &pair);
+        DenseTile(p, p.live_pairs, t, &h, &pair);
       }
     }
     // The next tile's index is fetched now and used a tile later.
@@ -1735,7 +1735,7 @@ constexpr int kOrderBuckets = 1024;
 
 __global__ void __launch_bounds__(kOrderThreads)
     TileOrderKernel(const int32_t* offsets, int num_heads, int num_kv_heads, int kv_passes, int nb, int pairs,
-                    int32_t* order, uint32_t* tile_counter) {
+                    int live_pairs, int32_t* order, uint32_t* tile_counter) {
   __shared__ int32_t hist[kOrderBuckets];
   __shared__ int32_t warp_sums[kOrderThreads / 32];
   // Two counters: Sm90RowsKernel's consumers take tiles from one each.
@@ -1744,7 +1744,7 @@ __global__ void __launch_bounds__(kOrderThreads)
   const HeadPassRange pass = HeadPass(num_kv_heads, kv_passes, blockIdx.x);
   const int first = pass.first;
   const int width = pass.count * group;  // the pass's Q heads
-  const int tiles = width * pairs;
+  const int tiles = width * live_pairs;  // each head's last live_pairs pairs (AttentionParams::first_row)
   const int max_cost = 2 * nb;
   const int lane = threadIdx.x % 32;
   const int warp = threadIdx.x / 32;
@@ -1784,7 +1784,7 @@ __global__ void __launch_bounds__(kOrderThreads)
   __syncthreads();
   // Scatter: each warp takes 32 consecutive tiles; equal buckets within a
   // warp keep their order.
-  int32_t* out = order + static_cast<int64_t>(first) * group * pairs;
+  int32_t* out = order + static_cast<int64_t>(first) * group * live_pairs;
   for (int r0 = warp * 32; r0 < tiles; r0 += kOrderThreads) {
     const int r = r0 + lane;
     const int b = r < tiles ? bucket(r) : -1;
@@ -1863,7 +1863,7 @@ cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, Sm90Lists li
   k.num_kv_heads = p.num_kv_heads;
   k.nb = (p.seq_len + kBlock - 1) / kBlock;
   k.pairs = NumPairs(p.seq_len);
-  k.live_pairs = sorted ? k.pairs : k.pairs - p.first_row / (2 * kBlock);
+  k.live_pairs = k.pairs - p.first_row / (2 * kBlock);
   k.num_tiles = p.num_heads * k.live_pairs;
   k.scale_log2 = p.scale * kLog2e;
   k.q_rope = p.q_rope;
@@ -1896,7 +1896,7 @@ cudaError_t Launch(const AttentionParams& p, Sm90Schedule schedule, Sm90Lists li
   cudaError_t e = cudaSuccess;
   if (sorted) {
     TileOrderKernel<<<k.kv_passes, kOrderThreads, 0, stream>>>(p.block_offsets, p.num_heads, p.num_kv_heads,
-                                                               k.kv_passes, k.nb, k.pairs,
+                                                               k.kv_passes, k.nb, k.pairs, k.live_pairs,
                                                                static_cast<int32_t*>(scratch), k.tile_counter);
     e = cudaGetLastError();
   } else if (atomic) {

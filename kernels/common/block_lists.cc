@@ -1,5 +1,6 @@
 #include "kernels/common/block_lists.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 
@@ -25,6 +26,16 @@ BlockMask BlockMask::Dense(int num_heads, int seq_len, int block_size) {
 int64_t BlockMask::kept() const {
   int64_t n = 0;
   for (uint8_t v : keep) n += v != 0;
+  return n;
+}
+
+int64_t KeptFrom(const BlockMask& mask, int first_block) {
+  const size_t nb = static_cast<size_t>(mask.num_blocks);
+  int64_t n = 0;
+  for (size_t h = 0; h < static_cast<size_t>(mask.num_heads); ++h) {
+    const uint8_t* rows = mask.keep.data() + (h * nb + static_cast<size_t>(first_block)) * nb;
+    n += std::count_if(rows, mask.keep.data() + (h + 1) * nb * nb, [](uint8_t v) { return v != 0; });
+  }
   return n;
 }
 

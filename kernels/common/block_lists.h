@@ -28,6 +28,16 @@ struct BlockMask {
   double density() const { return causal_blocks() ? double(kept()) / double(causal_blocks()) : 1.0; }
 };
 
+// The kept blocks of query-block rows first_block .. nb-1, over every head
+// (a prefill continuing from a cached prefix computes those rows only).
+int64_t KeptFrom(const BlockMask& mask, int first_block);
+// The causal blocks of those rows: num_heads * sum of (qb + 1) for qb from
+// first_block to nb - 1.
+inline int64_t CausalBlocksFrom(int num_heads, int nb, int first_block) {
+  const int64_t n = nb, f = first_block;
+  return static_cast<int64_t>(num_heads) * (n * (n + 1) / 2 - f * (f + 1) / 2);
+}
+
 // CSR block lists: for head h and query block qb, the kept key blocks are
 // indices[offsets[h * nb + qb] .. offsets[h * nb + qb + 1]), ascending.
 struct BlockLists {

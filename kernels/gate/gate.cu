@@ -3642,6 +3642,15 @@ __global__ void FillKernel(const uint32_t* bitmap, const int32_t* offsets, int r
   WriteSetBits(bitmap + static_cast<int64_t>(row) * words, words, indices + offsets[row]);
 }
 
+// kept_per_head[h]: the blocks of head h's rows first_block .. nb-1.
+__global__ void CountKeptFromKernel(const int32_t* offsets, int heads, int nb, int first_block,
+                                    int64_t* kept_per_head) {
+  const int h = blockIdx.x * blockDim.x + threadIdx.x;
+  if (h >= heads) return;
+  const int64_t row = static_cast<int64_t>(h) * nb;
+  kept_per_head[h] = static_cast<int64_t>(offsets[row + nb]) - offsets[row + first_block];
+}
+
 // Block h: head h's last-row list, written after the heads before it.
 // Null offsets stand for the dense causal lists (the last row holds 0 .. nb-1).
 __global__ void KeepLastQueryBlockKernel(const int32_t* offsets, const int32_t* indices, int nb, int heads,
@@ -3881,6 +3890,17 @@ cudaError_t KeepLastQueryBlock(const int32_t* offsets, const int32_t* indices, i
     return cudaErrorInvalidValue;
   }
   KeepLastQueryBlockKernel<<<num_heads, 256, 0, stream>>>(offsets, indices, nb, num_heads, out_offsets, out_indices);
+  return cudaGetLastError();
+}
+
+cudaError_t CountKeptFrom(const int32_t* offsets, int num_heads, int nb, int first_block, int64_t* kept_per_head,
+                          cudaStream_t stream) {
+  if (num_heads <= 0 || nb <= 0 || first_block < 0 || first_block > nb || offsets == nullptr ||
+      kept_per_head == nullptr) {
+    return cudaErrorInvalidValue;
+  }
+  CountKeptFromKernel<<<(num_heads + 127) / 128, 128, 0, stream>>>(offsets, num_heads, nb, first_block,
+                                                                   kept_per_head);
   return cudaGetLastError();
 }
 

@@ -194,6 +194,14 @@ void SampleSelectRankForTest(int rank);
 cudaError_t KeepLastQueryBlock(const int32_t* offsets, const int32_t* indices, int num_heads, int nb,
                                int32_t* out_offsets, int32_t* out_indices, cudaStream_t stream);
 
+// kept_per_head[h] = the blocks kept in head h's query-block rows
+// first_block .. nb-1 of the CSR lists `offsets` ([num_heads * nb + 1]): a
+// prefill continuing from a cached prefix counts the rows it computes.
+// Device memory, on `stream`. cudaErrorInvalidValue for a bad shape or
+// pointer, else the launch error.
+cudaError_t CountKeptFrom(const int32_t* offsets, int num_heads, int nb, int first_block, int64_t* kept_per_head,
+                          cudaStream_t stream);
+
 #if defined(SEER_GATE_TRACE)
 // Diagnostics only (-DSEER_GATE_TRACE): forget the fused gate's CTA records,
 // and print a summary of those since.
