@@ -247,17 +247,18 @@ int Main(int argc, char** argv) {
       if (new_tokens.empty()) break;
       PrefillOptions po;
       po.sparsity = ParseSparsity(m).value();
-      auto source = engine->NewCache(len, /*gate_keys=*/true);
+      const bool gate_keys = po.sparsity.mode != SparsityMode::kDense;  // what a gated continuation needs
+      auto source = engine->NewCache(len, gate_keys);
       StatusOr<PrefillResult> whole =
           source.ok() ? engine->Prefill(std::span<const int32_t>(ids.data(), len), po, source->get(), nullptr)
                       : StatusOr<PrefillResult>(source.status());
       for (int n : new_tokens) {
-        CachedRow row{len, m, std::max(0, (len - n) / kPrefixBlock * kPrefixBlock), {}, ""};
-        if (row.cached >= len) row.cached -= kPrefixBlock;
+        if (n >= len) continue;  // nothing would be cached
+        CachedRow row{len, m, (len - n) / kPrefixBlock * kPrefixBlock, {}, ""};
         if (!whole.ok()) row.error = whole.status().ToString();
         const int reps = len >= 65536 ? 1 : repeats;
-        for (int r = 0; r < reps && row.error.empty() && row.cached > 0; ++r) {
-          auto cache = engine->NewCache(len, /*gate_keys=*/true);
+        for (int r = 0; r < reps && row.error.empty(); ++r) {
+          auto cache = engine->NewCache(len, gate_keys);
           if (!cache.ok()) {
             row.error = cache.status().ToString();
             break;

@@ -38,6 +38,7 @@
 #include "rpc/prefill_client.h"
 #include "server/prefill/prefill_service.h"
 #include "server/common/work_queue.h"
+#include "tests/cpu_fixture_engine.h"
 #include "tests/logprobs_util.h"
 #include "tests/server_test_util.h"
 #include "text/bad_words.h"
@@ -2508,6 +2509,119 @@ TEST(Detection, TheHealthWatchFollowsThePrefillEndpoints) {
   b.server->SetServing(true);
   ASSERT_TRUE(isolation::WaitFor([&] { return last().first; }, 20s));
   EXPECT_NE(last().second.find(b.server->address() + ": SERVING"), std::string::npos) << last().second;
+}
+
+}  // namespace
+}  // namespace seer
+
+namespace seer {
+namespace {
+
+// The prefix store (--prefix-cache-bytes) on the fixture model with its
+// gates. Prompt B shares 650 tokens with an earlier prompt A. From a server
+// that stored A, B's KV chunks and last logits are, bit for bit, those of a
+// server without the store (the CPU engine computes rows independently);
+// the summary and the metrics say how many tokens came from the store:
+// every shared whole block dense, fewer for threshold (the stored prompt's
+// last two rows were dense by last_block_dense), none for nz_ratio.
+TEST(Service, ThePrefixStoreGivesASharedPrefixsKvAsTheWholePrefillWould) {
+  auto engine = fixtures::GatedCpuEngine("llama");
+  ASSERT_TRUE(engine.ok()) << engine.status().ToString();
+  PrefillServiceOptions with_store;
+  with_store.prefix_cache_bytes = int64_t{1} << 30;
+  PrefillHarness stored(with_store, engine->get());
+  PrefillHarness plain(PrefillServiceOptions{}, engine->get());
+  const int vocab = (*engine)->config().vocab_size;
+  struct Mode {
+    v1::Sparsity::Mode mode;
+    double value;
+    int cached;
+  };
+  double entries = 0, hit_tokens = 0;
+  uint32_t seed = 5;
+  for (const Mode& m : {Mode{v1::Sparsity::MODE_DENSE, 0.0, 640}, Mode{v1::Sparsity::MODE_THRESHOLD, 0.05, 576},
+                        Mode{v1::Sparsity::MODE_NZ_RATIO, 0.3, 0}}) {
+    SCOPED_TRACE(v1::Sparsity::Mode_Name(m.mode));
+    const std::vector<int32_t> a = seer::testing::RandomIds(700, vocab, ++seed);
+    std::vector<int32_t> b(a.begin(), a.begin() + 650);
+    for (int32_t id : seer::testing::RandomIds(200, vocab, ++seed)) b.push_back(id);
+    b[650] = (a[650] + 1) % vocab;
+    auto request = [&](const std::vector<int32_t>& ids) {
+      v1::PrefillRequest r;
+      for (int32_t id : ids) r.add_token_ids(id);
+      r.mutable_sparsity()->set_mode(m.mode);
+      if (m.mode == v1::Sparsity::MODE_THRESHOLD) r.mutable_sparsity()->set_threshold(m.value);
+      if (m.mode == v1::Sparsity::MODE_NZ_RATIO) r.mutable_sparsity()->set_nz_ratio(m.value);
+      return r;
+    };
+    std::vector<v1::PrefillResponse> first, got, want;
+    ASSERT_TRUE(CallPrefill(stored.Stub().get(), request(a), &first).ok());
+    EXPECT_EQ(first.back().summary().cached_tokens(), 0);
+    // The store takes A's cache once the stream lets go of it.
+    ++entries;
+    ASSERT_TRUE(isolation::WaitFor([&] { return stored.metrics.prefix_entries.Value() == entries; }, 10s))
+        << stored.metrics.prefix_entries.Value();
+    ASSERT_TRUE(CallPrefill(stored.Stub().get(), request(b), &got).ok());
+    ASSERT_TRUE(CallPrefill(plain.Stub().get(), request(b), &want).ok());
+    ASSERT_EQ(got.size(), want.size());
+    int chunks = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      ASSERT_EQ(got[i].event_case(), want[i].event_case()) << i;
+      if (!got[i].has_chunk()) continue;
+      ++chunks;
+      EXPECT_EQ(got[i].chunk().SerializeAsString(), want[i].chunk().SerializeAsString()) << "chunk " << i;
+    }
+    EXPECT_GT(chunks, 0);
+    const v1::PrefillSummary& s = got.back().summary();
+    EXPECT_EQ(s.cached_tokens(), m.cached);
+    EXPECT_EQ(want.back().summary().cached_tokens(), 0);
+    ASSERT_EQ(s.last_logits_size(), want.back().summary().last_logits_size());
+    for (int i = 0; i < s.last_logits_size(); ++i) ASSERT_EQ(s.last_logits(i), want.back().summary().last_logits(i));
+    hit_tokens += m.cached;
+    // B extends no stored prompt and none extends it: two entries a mode
+    // (nz_ratio's caches are stored too; they serve nz_ratio prompts only
+    // as far as ReusableTokens allows, which is nothing).
+    ++entries;
+    ASSERT_TRUE(isolation::WaitFor([&] { return stored.metrics.prefix_entries.Value() == entries; }, 10s));
+  }
+  EXPECT_EQ(stored.metrics.prefix_hits.Value(), 2);  // B, dense and threshold
+  EXPECT_EQ(stored.metrics.prefix_misses.Value(), 2);  // A, dense and threshold
+  EXPECT_EQ(stored.metrics.prefix_not_reusable.Value(), 2);  // A and B with nz_ratio
+  EXPECT_EQ(stored.metrics.prefix_hit_tokens.Value(), hit_tokens);
+  EXPECT_GT(stored.metrics.prefix_bytes.Value(), 0);
+  EXPECT_EQ(plain.metrics.prefix_hits.Value() + plain.metrics.prefix_misses.Value(), 0);
+}
+
+// A store too small for a second prompt drops the first (the budget), and
+// one too small for any keeps nothing; both still serve every request.
+TEST(Service, ThePrefixStoreKeepsWithinItsBudget) {
+  auto engine = fixtures::GatedCpuEngine("llama");
+  ASSERT_TRUE(engine.ok()) << engine.status().ToString();
+  const int vocab = (*engine)->config().vocab_size;
+  auto cache = (*engine)->NewCache(300);
+  ASSERT_TRUE(cache.ok());
+  const double one = CacheBytes(**cache);
+  for (double budget : {1.5 * one, 0.5 * one}) {
+    PrefillServiceOptions o;
+    o.prefix_cache_bytes = static_cast<int64_t>(budget);
+    PrefillHarness h(o, engine->get());
+    for (uint32_t seed : {1u, 2u}) {
+      v1::PrefillRequest r;
+      for (int32_t id : seer::testing::RandomIds(300, vocab, seed)) r.add_token_ids(id);
+      r.mutable_sparsity()->set_mode(v1::Sparsity::MODE_DENSE);
+      ASSERT_TRUE(CallPrefill(h.Stub().get(), r).ok());
+    }
+    const double want_entries = budget > one ? 1 : 0;
+    EXPECT_TRUE(isolation::WaitFor(
+        [&] { return h.metrics.prefix_entries.Value() == want_entries && h.service->buffered_bytes() == 0; }, 10s));
+    EXPECT_LE(h.metrics.prefix_bytes.Value(), budget);
+    EXPECT_EQ(h.metrics.prefix_evictions.Value(), budget > one ? 1 : 0);
+  }
+  PrefillServiceOptions bad;
+  bad.prefix_cache_bytes = -1;
+  const Status refused = PrefillService::CheckOptions(bad);
+  EXPECT_EQ(refused.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.message().find("--prefix-cache-bytes"), std::string::npos) << refused.ToString();
 }
 
 }  // namespace

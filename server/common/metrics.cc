@@ -28,6 +28,11 @@ double KvCacheBytes(const KvLayout& layout, int64_t tokens) {
   return 2.0 * layout.num_layers * static_cast<double>(layout.LayerBytes(1)) * static_cast<double>(tokens);
 }
 
+double CacheBytes(const KvCache& cache) {
+  const double kv = KvCacheBytes(cache.layout(), cache.capacity());
+  return cache.has_gate_keys() ? 1.5 * kv : kv;
+}
+
 namespace {
 
 prometheus::Histogram& AddHistogram(prometheus::Registry& r, const std::string& name, const std::string& help,
@@ -171,6 +176,15 @@ ServerMetrics::ServerMetrics(prometheus::Registry& r)
       .Set(1);
 }
 
+prometheus::Family<prometheus::Counter>& PrefixLookups(prometheus::Registry& r) {
+  return prometheus::BuildCounter()
+      .Name("seer_prefix_cache_lookups_total")
+      .Help(
+          "Prefills by what the prefix store gave: hit, miss, or not_reusable (nz_ratio selection or prompt "
+          "logprobs, which a stored prefix cannot serve).")
+      .Register(r);
+}
+
 PrefillMetrics::PrefillMetrics(prometheus::Registry& r)
     : server(r),
       duration(AddHistogram(r, "seer_prefill_duration_seconds",
@@ -186,6 +200,18 @@ PrefillMetrics::PrefillMetrics(prometheus::Registry& r)
                              LatencyBuckets())),
       write_stalls(AddCounter(r, "seer_stream_write_stalls_total", kWriteStallsHelp)),
       kv_transport(r, KvSide::kSend),
+      prefix_lookups(PrefixLookups(r)),
+      prefix_hits(prefix_lookups.Add({{"result", "hit"}})),
+      prefix_misses(prefix_lookups.Add({{"result", "miss"}})),
+      prefix_not_reusable(prefix_lookups.Add({{"result", "not_reusable"}})),
+      prefix_hit_tokens(AddCounter(r, "seer_prefix_cache_hit_tokens_total",
+                                   "Prompt tokens whose K/V came from the prefix store instead of being computed.")),
+      prefix_bytes(AddGauge(r, "seer_prefix_cache_bytes",
+                            "Memory the prefix store's KV caches hold (--prefix-cache-bytes bounds it).")),
+      prefix_entries(AddGauge(r, "seer_prefix_cache_entries", "Prompts whose KV caches the prefix store holds.")),
+      prefix_evictions(AddCounter(r, "seer_prefix_cache_evictions_total",
+                                  "Prompts dropped from the prefix store for room (its budget, or the engine's "
+                                  "memory).")),
       requests_(AddRequestCounter(r, "seer_prefill_requests_total", "Prefill requests by final gRPC status code.")),
       density_(prometheus::BuildHistogram()
                    .Name("seer_attention_block_density")

@@ -33,6 +33,8 @@ std::vector<double> DensityBuckets();
 
 // Bytes of K and V a cache of `tokens` tokens holds in every layer.
 double KvCacheBytes(const KvLayout& layout, int64_t tokens);
+// Bytes `cache` holds: its K and V, and its gate keys when it keeps them.
+double CacheBytes(const KvCache& cache);
 
 // Holds `amount` in a gauge while it lives (a KV cache in seer_kv_cache_bytes).
 class GaugeHold {
@@ -106,6 +108,17 @@ class PrefillMetrics {
   prometheus::Histogram& kv_stream;  // seer_kv_stream_duration_seconds
   prometheus::Counter& write_stalls;  // seer_stream_write_stalls_total
   KvTransportMetrics kv_transport;  // seer_kv_transfer*{side="send"}, ... (rpc/kv_transport_metrics.h)
+  // The prefix store (--prefix-cache-bytes).
+  // seer_prefix_cache_lookups_total{result}: "hit", "miss", or "not_reusable"
+  // (a selection no stored prompt can serve exactly, or prompt logprobs).
+  prometheus::Family<prometheus::Counter>& prefix_lookups;
+  prometheus::Counter& prefix_hits;
+  prometheus::Counter& prefix_misses;
+  prometheus::Counter& prefix_not_reusable;
+  prometheus::Counter& prefix_hit_tokens;  // seer_prefix_cache_hit_tokens_total
+  prometheus::Gauge& prefix_bytes;  // seer_prefix_cache_bytes
+  prometheus::Gauge& prefix_entries;  // seer_prefix_cache_entries
+  prometheus::Counter& prefix_evictions;  // seer_prefix_cache_evictions_total
 
  private:
   prometheus::Family<prometheus::Counter>& requests_;

@@ -624,6 +624,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     s->set_overall_density(ps.overall_density());
     s->set_prefill_endpoint(fetched_.endpoint);
     s->set_sparsity(ps.sparsity());
+    s->set_cached_tokens(ps.cached_tokens());
     *s->mutable_kv_transfer() = fetched_.transfer;
     if (!Send(std::move(msg), kSummaryBytes)) return StreamGone();
     return grpc::Status::OK;

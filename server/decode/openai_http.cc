@@ -1707,13 +1707,21 @@ void OpenAiHttpServer::Respond(mg_connection* conn) {
   }
   // Usage: each prompt once, the completion tokens of every choice (every
   // candidate of best_of, as OpenAI counts them).
-  int64_t prompt_tokens = 0, completion_tokens = 0;
-  for (size_t p = 0; p < calls.size(); ++p) prompt_tokens += choices[p * per_call].summary.prompt_tokens();
+  // The prompt tokens the prefill server took from its prefix store are
+  // OpenAI's prompt_tokens_details.cached_tokens.
+  int64_t prompt_tokens = 0, completion_tokens = 0, cached_tokens = 0;
+  for (size_t p = 0; p < calls.size(); ++p) {
+    prompt_tokens += choices[p * per_call].summary.prompt_tokens();
+    cached_tokens += choices[p * per_call].summary.cached_tokens();
+  }
   for (const Choice& c : choices) completion_tokens += req.prompt_only ? 0 : c.summary.generated_tokens();
   JsonValue usage = JsonValue::Object();
   usage.Set("prompt_tokens", JsonValue::Int(prompt_tokens));
   usage.Set("completion_tokens", JsonValue::Int(completion_tokens));
   usage.Set("total_tokens", JsonValue::Int(prompt_tokens + completion_tokens));
+  JsonValue details = JsonValue::Object();
+  details.Set("cached_tokens", JsonValue::Int(cached_tokens));
+  usage.Set("prompt_tokens_details", std::move(details));
   if (!req.stream) {
     JsonValue out = envelope();
     // best_of: each prompt's n candidates with the highest logprob per

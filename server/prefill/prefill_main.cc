@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   int64_t threads = 0, max_concurrent = 1, max_queue = 16, max_tokens = 0;
   int64_t chunk_bytes = int64_t{4} << 20, stream_buffer_bytes = int64_t{64} << 20;
   int64_t max_buffered_bytes = int64_t{8} << 30;
+  int64_t prefix_cache_bytes = 0;
   double drain_seconds = 30.0, write_stall_seconds = 20.0;
 #ifdef SEER_HAVE_NCCL
   std::string kv_transports = "nccl,grpc";
@@ -55,6 +56,11 @@ int main(int argc, char** argv) {
   flags.Int("max-buffered-bytes", &max_buffered_bytes,
             "KV all admitted streams may hold for their clients (KV caches and messages); a request that would "
             "exceed it is RESOURCE_EXHAUSTED before any work");
+  flags.Int("prefix-cache-bytes", &prefix_cache_bytes,
+            "memory for finished prompts' KV caches, kept so that a prompt that starts the same way (a chat's next "
+            "turn, another question on one document) computes only the rest: exact for dense and threshold "
+            "selection, never used for nz_ratio; the oldest go first, and when a new prompt needs the memory "
+            "(0: off; docs/SERVICE.md, \"The prefix store\")");
   flags.Seconds("write-stall-seconds", &write_stall_seconds,
                 "cancel a stream whose client reads nothing for this long (0: never)");
   flags.Int("max-tokens", &max_tokens, "longest prompt served (0: the model's max_position_embeddings)");
@@ -117,6 +123,7 @@ int main(int argc, char** argv) {
   options.chunk_bytes = chunk_bytes;
   options.stream_buffer_bytes = stream_buffer_bytes;
   options.max_buffered_bytes = max_buffered_bytes;
+  options.prefix_cache_bytes = prefix_cache_bytes;
   options.write_stall_seconds = write_stall_seconds;
   options.max_tokens = max_tokens;
   seer::StatusOr<seer::KvTransportSet> transports = seer::ParseKvTransports(kv_transports, "--kv-transports");

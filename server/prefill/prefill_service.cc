@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <cstdio>
 #include <deque>
+#include <functional>
 #include <memory>
+#include <numeric>
+#include <span>
 #include <optional>
 #include <random>
 #include <string>
@@ -86,22 +89,33 @@ uint64_t RandomId() {
 // The share goes back when, besides, no chunk handed to gRPC still holds the
 // cache's memory: a CPU chunk holds its layer, not the cache, and `share`
 // (docs/KV_TRANSPORT.md, section 4).
+//
+// `keep`, when set before the last holder lets go, takes the cache instead
+// of freeing it (the prefix store's insertion); the budget's share and the
+// gauge go back either way.
+using KeepCache = std::function<void(std::unique_ptr<KvCache>)>;
 struct ChargedCache {
   std::shared_ptr<KvCache> cache;
   std::shared_ptr<const void> share;
+  KeepCache* keep = nullptr;  // valid while `cache` is held
 };
 
 ChargedCache Charge(std::unique_ptr<KvCache> cache, ByteBudget::Reservation charge, prometheus::Gauge* cache_bytes) {
   struct Holder {
+    ~Holder() {
+      if (keep) keep(std::move(cache));
+    }
     std::shared_ptr<const void> share;  // let go after the cache is freed
     std::unique_ptr<GaugeHold> counted;
     std::unique_ptr<KvCache> cache;
+    KeepCache keep;
   };
   auto share = std::make_shared<ByteBudget::Reservation>(std::move(charge));
-  auto counted = std::make_unique<GaugeHold>(cache_bytes, KvCacheBytes(cache->layout(), cache->capacity()));
-  auto holder = std::make_shared<Holder>(Holder{share, std::move(counted), std::move(cache)});
+  auto counted = std::make_unique<GaugeHold>(cache_bytes, CacheBytes(*cache));
+  auto holder = std::make_shared<Holder>(share, std::move(counted), std::move(cache), nullptr);
   KvCache* raw = holder->cache.get();
-  return {std::shared_ptr<KvCache>(std::move(holder), raw), std::move(share)};
+  KeepCache* keep = &holder->keep;
+  return {std::shared_ptr<KvCache>(std::move(holder), raw), std::move(share), keep};
 }
 
 std::unique_ptr<grpc::ByteBuffer> Encoded(const v1::PrefillResponse& msg) {
@@ -113,6 +127,41 @@ std::unique_ptr<grpc::ByteBuffer> Encoded(const v1::PrefillResponse& msg) {
 
 // A gRPC transfer: its layers (shared out among its streams), where its
 // chunks come from, and what its streams queued and wrote.
+// The prefix store and its gauges. Shared with the caches on their way to
+// it, which may let go after the service.
+struct PrefixStoreState {
+  PrefixStoreState(int64_t max_bytes, int block, PrefillMetrics* metrics) : store(max_bytes, block), metrics(metrics) {}
+
+  PrefixStore::Hit Lookup(std::span<const int32_t> ids, const SparsityConfig& sparsity) {
+    return store.Lookup(ids, sparsity);
+  }
+  // A finished request's cache, as its last holder lets go.
+  void Keep(std::vector<int32_t> ids, const SparsityConfig& sparsity, std::unique_ptr<KvCache> cache) {
+    const double bytes = CacheBytes(*cache);
+    store.Insert(std::move(ids), sparsity, std::shared_ptr<const KvCache>(std::move(cache)),
+                 static_cast<int64_t>(bytes));
+    Report();
+  }
+  bool EvictOldest() {
+    const bool evicted = store.EvictOldest();
+    Report();
+    return evicted;
+  }
+  void Report() {
+    std::lock_guard<std::mutex> lock(mu);
+    metrics->prefix_bytes.Set(static_cast<double>(store.bytes()));
+    metrics->prefix_entries.Set(store.entries());
+    const int64_t evictions = store.evictions();
+    metrics->prefix_evictions.Increment(static_cast<double>(evictions - reported_evictions));
+    reported_evictions = evictions;
+  }
+
+  PrefixStore store;
+  PrefillMetrics* const metrics;
+  std::mutex mu;
+  int64_t reported_evictions = 0;
+};
+
 struct GrpcKvTransfer {
   GrpcKvTransfer(int num_layers, int streams, SerialExecutor* executor, int seq_len, int tokens_per_chunk, bool fp8)
       : dispatcher(num_layers, streams, executor), seq_len(seq_len), tokens_per_chunk(tokens_per_chunk), fp8(fp8) {}
@@ -326,10 +375,15 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
   class LayerSender final : public PrefillObserver {
    public:
     explicit LayerSender(PrefillStream* stream) : stream_(stream) {}
-    Status OnLayerDone(const LayerDone& done) override { return stream_->SendLayer(done); }
+    Status OnLayerDone(const LayerDone& done) override {
+      ++layers_;
+      return stream_->SendLayer(done);
+    }
+    int layers() const { return layers_; }
 
    private:
     PrefillStream* stream_;
+    int layers_ = 0;
   };
 
   // The header for `choice` (its fallback reason kept for the summary), and
@@ -490,6 +544,35 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
   }
 #endif
 
+  // The longest prefix of the prompt the store holds (engine/kv/
+  // prefix_store.h), copied into the request's empty cache; cached_tokens_
+  // says how much. A failed copy leaves the cache empty: the prefill
+  // computes everything.
+  void TakeStoredPrefix(PrefixStoreState& store, KvCache* cache) {
+    if (options_.prompt_logprobs >= 0 || options_.sparsity.mode == SparsityMode::kNzRatio) {
+      metrics_->prefix_not_reusable.Increment();
+      return;
+    }
+    PrefixStore::Hit hit = store.Lookup(ids_, options_.sparsity);
+    if (hit.tokens == 0) {
+      metrics_->prefix_misses.Increment();
+      return;
+    }
+    if (Status copied = engine_->CopyPrefix(*hit.cache, hit.tokens, cache); !copied.ok()) {
+      JsonValue fields = JsonValue::Object();
+      fields.Set("request_id", JsonValue::String(request_id_));
+      fields.Set("tokens", JsonValue::Int(hit.tokens));
+      fields.Set("error", JsonValue::String(copied.ToString()));
+      LogEvent(LogLevel::kWarn, "stored prefix not copied; computing it", fields);
+      cache->set_length(0);
+      metrics_->prefix_misses.Increment();
+      return;
+    }
+    cached_tokens_ = hit.tokens;
+    metrics_->prefix_hits.Increment();
+    metrics_->prefix_hit_tokens.Increment(static_cast<double>(hit.tokens));
+  }
+
   // The engine turn and what follows it. An error is the status to finish
   // with now; OK when the stream's end is arranged (its summary is queued,
   // or will be once every layer is written).
@@ -506,14 +589,24 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
     // cancelled while another held it allocates and computes nothing. The
     // turn never waits on the client: chunks not yet written wait in the
     // cache.
+    PrefixStoreState* const store = service_->prefix_store_.get();
     const grpc::Status turn = engine_->Exclusive([&]() -> grpc::Status {
       if (cancelled()) return Cancelled();
       const Clock::time_point start = Clock::now();
-      StatusOr<std::unique_ptr<KvCache>> made = engine_->NewCache(seq_len);
+      // With a prefix store, a gated prompt's cache keeps the gate keys that
+      // a later prompt continuing from it needs, and stored prompts give
+      // way when the engine lacks the memory.
+      const bool gate_keys = store != nullptr && options_.sparsity.mode != SparsityMode::kDense;
+      StatusOr<std::unique_ptr<KvCache>> made = engine_->NewCache(seq_len, gate_keys);
+      while (!made.ok() && made.status().code() == StatusCode::kResourceExhausted && store != nullptr &&
+             store->EvictOldest()) {
+        made = engine_->NewCache(seq_len, gate_keys);
+      }
       if (!made.ok()) return ToGrpcStatus(made.status().WithContext("seer-prefill: KV cache"));
       ChargedCache charged =
           Charge(std::move(made).value(), std::move(cache_charge_), &metrics_->server.kv_cache_bytes);
       std::shared_ptr<KvCache> cache = std::move(charged.cache);
+      if (store != nullptr) TakeStoredPrefix(*store, cache.get());
       if (header_in_turn_) {
         const grpc::Status chosen = ChooseInTurn(cache);
         if (!chosen.ok()) return chosen;
@@ -529,7 +622,17 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
       metrics_->kv_transport.Started(KvTransportLabel(nccl_));
       LayerSender sender(this);
       ran.emplace(engine_->Prefill(ids_, options_, cache.get(), &sender));
+      // Out of memory before any layer: stored prompts give way first.
+      while (!ran->ok() && ran->status().code() == StatusCode::kResourceExhausted && sender.layers() == 0 &&
+             store != nullptr && store->EvictOldest()) {
+        ran.emplace(engine_->Prefill(ids_, options_, cache.get(), &sender));
+      }
       prefill_seconds = SecondsSince(start);
+      if (ran->ok() && store != nullptr) {
+        // Once the transfer lets go of the cache, the store keeps it.
+        *charged.keep = [state = service_->prefix_store_, ids = ids_, sparsity = options_.sparsity](
+                            std::unique_ptr<KvCache> kept) { state->Keep(std::move(ids), sparsity, std::move(kept)); };
+      }
       return grpc::Status::OK;
     });
     // Unless a transfer still reads it, the cache (and its share of the
@@ -593,6 +696,7 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
       }
     }
     summary->set_sparsity(SparsityToString(options_.sparsity));
+    summary->set_cached_tokens(cached_tokens_);
     v1::PrefillTimings* t = summary->mutable_timings();
     t->set_queue_seconds(queue_seconds_);
     t->set_prefill_seconds(prefill_seconds);
@@ -805,6 +909,7 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
 
   // Worker, then the continuation and the hooks (ordered by the reactor).
   double queue_seconds_ = 0.0;
+  int cached_tokens_ = 0;  // positions taken from the prefix store
   std::vector<double> layer_seconds_;
   double blocked_seconds_ = 0.0;
   std::atomic<bool> kv_started_{false};
@@ -1005,6 +1110,9 @@ Status PrefillService::CheckOptions(const PrefillServiceOptions& o) {
   if (!(o.nccl_stall_seconds >= 0.1) || o.nccl_stall_seconds > 3600)
     return InvalidArgument("--kv-nccl-stall-seconds: " + std::to_string(o.nccl_stall_seconds) +
                            " is out of range [0.1, 3600]");
+  if (o.prefix_cache_bytes < 0)
+    return InvalidArgument("--prefix-cache-bytes: " + std::to_string(o.prefix_cache_bytes) +
+                           " is negative (0 turns the prefix store off)");
   return OkStatus();
 }
 
@@ -1034,6 +1142,10 @@ Status PrefillService::SetEngine(Engine* engine) {
   }
 #endif
   block_size_ = engine->gates() ? engine->gates()->config.block_size : 64;
+  if (options_.prefix_cache_bytes > 0) {
+    prefix_store_ =
+        std::make_shared<PrefixStoreState>(options_.prefix_cache_bytes, std::lcm(kPrefixBlock, block_size_), metrics_);
+  }
   limits_.vocab_size = config.vocab_size;
   limits_.max_positions = config.max_position_embeddings;
   limits_.max_prompt_tokens = options_.max_tokens > 0

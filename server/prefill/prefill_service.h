@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "engine/kv/prefix_store.h"
 #include "rpc/kv_handshake.h"
 #include "seer/v1/seer.grpc.pb.h"
 #include "server/common/metrics.h"
@@ -72,9 +73,14 @@ struct PrefillServiceOptions {
   bool kv_nccl = false;
   double nccl_setup_seconds = 30.0;
   double nccl_stall_seconds = 10.0;
+  // Memory for the prefix store (--prefix-cache-bytes; engine/kv/
+  // prefix_store.h): finished requests' KV caches kept so that a prompt that
+  // starts the same way computes only the rest. 0: off.
+  int64_t prefix_cache_bytes = 0;
 };
 
 struct GrpcKvTransfer;
+struct PrefixStoreState;
 class PrefillService;
 
 // seer.v1.Prefill, PrefillService's deprecated first name: the same calls,
@@ -162,6 +168,9 @@ class PrefillService final
   // Prefills admitted together take turns on the engine (Engine::Exclusive);
   // their KV streams still overlap with each other's compute.
   std::atomic<Engine*> engine_{nullptr};
+  // Null when --prefix-cache-bytes is 0. Shared with the caches that go to
+  // it when their requests let go of them.
+  std::shared_ptr<PrefixStoreState> prefix_store_;
   // Fixed once the engine is set.
   KvLayout layout_;
   RequestLimits limits_;

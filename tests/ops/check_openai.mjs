@@ -972,6 +972,49 @@ await expectError('a prompt past the context is BadRequestError 400 naming promp
   same('a prompt of ids echoes as it decodes whole', echoedIds.choices[0].text, wideText);
 }
 
+// The prefix store: a seer-prefill with --prefix-cache-bytes behind a second
+// worker. A chat's next turn repeats the first turn's messages: its usage
+// says how many prompt tokens came from the store (OpenAI's
+// prompt_tokens_details.cached_tokens), and its reply is the store-less
+// server's, token for token.
+const storedPrefill = await start('seer-prefill', ['--listen', '127.0.0.1:0', '--gates', gates,
+                                                   '--prefix-cache-bytes', '1073741824', ...common], (out) => {
+  const m = out.match(/listening on (\S+)/);
+  return m && out.includes(' ready: ') ? m[1] : null;
+});
+const storedHttp = await start(
+  'seer-decode', ['--listen', '127.0.0.1:0', '--prefill', storedPrefill, '--http', '127.0.0.1:0', ...common],
+  (out) => {
+    const m = out.match(/http on (\S+)/);
+    return m && out.includes(' ready: ') ? m[1] : null;
+  });
+{
+  const storedClient = new OpenAI({ baseURL: `http://${storedHttp}/v1`, apiKey: 'not-needed', maxRetries: 0,
+                                    timeout: 60000 });
+  const document = Array.from({ length: 60 }, (_, i) => `line ${i}: one two three four five`).join('\n');
+  const turn1 = [{ role: 'system', content: document }, { role: 'user', content: 'What is on line 7?' }];
+  const ask = (c, messages) => c.chat.completions.create({ model: name, messages, max_tokens: 8, temperature: 0 });
+  const first = await ask(storedClient, turn1);
+  same('a first prompt takes nothing from the store', first.usage.prompt_tokens_details?.cached_tokens, 0);
+  const turn2 = [...turn1, { role: 'assistant', content: first.choices[0].message.content },
+                 { role: 'user', content: 'And on line 9?' }];
+  let second = null;
+  // The store takes the first prompt's cache once its KV stream is done.
+  for (let i = 0; i < 50; i++) {
+    second = await ask(storedClient, turn2);
+    if (second.usage.prompt_tokens_details?.cached_tokens > 0) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const cached = second.usage.prompt_tokens_details?.cached_tokens ?? 0;
+  check('the next turn takes most of its prompt from the store, in whole 64-token blocks',
+        cached >= first.usage.prompt_tokens - 192 && cached % 64 === 0 && cached < second.usage.prompt_tokens,
+        JSON.stringify([first.usage, second.usage]));
+  const plain = await ask(client, turn2);
+  same('... and replies as the server without a store', second.choices[0].message.content,
+       plain.choices[0].message.content);
+  same('... which took nothing from a store', plain.usage.prompt_tokens_details?.cached_tokens, 0);
+}
+
 // HTTPS: seer-decode serves the API with a certificate from a CA made here
 // (the gRPC port's --tls-cert). The client trusts the CA as an operator's
 // node client would, through NODE_EXTRA_CA_CERTS, which node reads when it
