@@ -8,7 +8,7 @@
 // beside it.
 //
 //   seer-prefill-bench [--lengths 8192,32768,131072] [--modes dense,nz_ratio=0.1]
-//                      [--repeats 3] [--layers 32] [--dump-masks DIR] [--new-tokens 1024]
+//                      [--repeats 3] [--layers 32] [--dump-masks DIR] [--new-tokens 1024,16384]
 //
 // --dump-masks DIR: one more gated prefill per length of at most 65536
 // tokens, whose gate masks go to DIR/gate_<len>_<mode>_layer<NN>.bin (the
@@ -57,7 +57,7 @@ struct Row {
 
 constexpr char kUsage[] =
     "usage: seer-prefill-bench [--lengths 8192,32768,131072] [--modes dense,nz_ratio=0.1] [--repeats 3]\n"
-    "                          [--layers 32] [--dump-masks DIR] [--new-tokens 1024]\n";
+    "                          [--layers 32] [--dump-masks DIR] [--new-tokens 1024,16384]\n";
 
 constexpr char kHelp[] =
     "Time to first token of a Llama-3.1-8B-shaped model on the GPU (random bf16 weights drawn\n"
@@ -73,7 +73,7 @@ constexpr char kHelp[] =
     "                    layer's gate masks (SEERMSK1) for seer-attention-bench --masks-from\n"
     "  --new-tokens LIST a cached-prefix table too: each length's prompt with all but about N\n"
     "                    tokens (a whole number of 64-token blocks) taken from a cached prefill\n"
-    "                    (Engine::CopyPrefix, then Prefill computes the rest); 0 or empty: none\n";
+    "                    (Engine::CopyPrefix, then Prefill computes the rest); default: none\n";
 
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -84,7 +84,7 @@ int Main(int argc, char** argv) {
   std::vector<int> lengths = {8192, 32768, 131072};
   std::vector<std::string> modes = {"dense", "nz_ratio=0.1"};
   int repeats = 3;
-  std::vector<int> new_tokens = {1024};
+  std::vector<int> new_tokens;  // --new-tokens: none unless asked
   int layers = 32;
   std::string dump_masks;
   for (int i = 1; i < argc; ++i) {
@@ -240,6 +240,7 @@ int Main(int argc, char** argv) {
     int cached;
     std::vector<double> ms;
     std::string error;
+    StageSeconds stages;  // one more run, profiled
   };
   std::vector<CachedRow> cached_rows;
   for (int len : lengths) {
@@ -274,6 +275,16 @@ int Main(int argc, char** argv) {
             break;
           }
           row.ms.push_back(ms);
+        }
+        if (row.error.empty()) {  // where the time goes: one more run with the stages timed
+          auto cache = engine->NewCache(len, gate_keys);
+          PrefillOptions profiled = po;
+          profiled.profile_stages = true;
+          if (cache.ok() && engine->CopyPrefix(**source, row.cached, cache->get()).ok()) {
+            auto rest =
+                engine->Prefill(std::span<const int32_t>(ids.data(), len), profiled, cache->get(), nullptr);
+            if (rest.ok()) row.stages = rest->stages;
+          }
         }
         cached_rows.push_back(row);
       }
@@ -362,6 +373,16 @@ int Main(int argc, char** argv) {
       const double ms = Median(r.ms);
       std::printf("| %d | %s | %d | %d | %.1f | %.1f | %.3f |\n", r.len, r.mode.c_str(), r.cached, r.len - r.cached,
                   ms, whole_ms, whole_ms > 0 ? ms / whole_ms : 0.0);
+    }
+    std::printf("\nThe rest's prefill by stage (one profiled run each, ms; the copy is not a stage)\n");
+    std::printf("| seq | mode | computed tokens | GEMMs | attention | gate | rest (embed, RoPE, KV write) |\n");
+    std::printf("|---|---|---|---|---|---|---|\n");
+    for (const CachedRow& r : cached_rows) {
+      if (!r.error.empty() || r.ms.empty()) continue;
+      const StageSeconds& t = r.stages;
+      std::printf("| %d | %s | %d | %.1f | %.1f | %.1f | %.1f |\n", r.len, r.mode.c_str(), r.len - r.cached,
+                  (t.attention_inputs + t.output_and_mlp + t.logits) * 1e3, t.attention * 1e3, t.gate * 1e3,
+                  (t.embed + t.rope_and_cache) * 1e3);
     }
   }
   std::printf("\nEngine::WarmUp: %s\n",
