@@ -486,6 +486,17 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
   // when asked) and judges whether the choice is finished: a stop token, a
   // stop string, or max_new_tokens. False when the stream is gone.
   bool Emit(Choice& c, int32_t token, const TokenLogprobs* logprobs) {
+    if (std::string lost = c.sampling != nullptr ? c.sampling->GuideFailure() : std::string(); !lost.empty()) {
+      // The guide no longer follows its whole language (or could not find
+      // the ids for this token): the reply cannot be what was asked. The
+      // token whose draw found it is not sent: it took a byte the guide
+      // lost, or, past the tables' budget, came from an empty allowed set.
+      c.failure = grpc::Status(
+          grpc::StatusCode::INVALID_ARGUMENT,
+          "guide: " + lost + (choices_.size() > 1 ? " (choice " + std::to_string(c.index) + ")" : std::string()));
+      c.finished = true;
+      return true;
+    }
     ++c.generated;
     auto msg = std::make_unique<v1::GenerateResponse>();
     msg->set_token(token);
@@ -512,14 +523,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
       }
     }
     if (!Send(std::move(msg), TokenMessageBytes(call_.sampling.logprobs))) return false;
-    if (std::string lost = c.sampling != nullptr ? c.sampling->GuideFailure() : std::string(); !lost.empty()) {
-      // The guide no longer follows its whole language (or could not find
-      // the ids for this token): the reply cannot be what was asked.
-      c.failure = grpc::Status(
-          grpc::StatusCode::INVALID_ARGUMENT,
-          "guide: " + lost + (choices_.size() > 1 ? " (choice " + std::to_string(c.index) + ")" : std::string()));
-      c.finished = true;
-    } else if (stop) {
+    if (stop) {
       c.finish_reason = "stop";
       c.finished = true;
     } else if (c.generated >= max_new_tokens_) {
