@@ -288,7 +288,7 @@ int Run(int argc, char** argv) {
   auto ended = [&](int32_t t) { return std::find(end_ids.begin(), end_ids.end(), t) != end_ids.end(); };
   const Clock::time_point decode_start = Clock::now();
   // A guide that lost part of its language fails the run, as it fails a
-  // server's request (after the token that lost it, as there).
+  // server's request.
   for (int n = 1; n < generate && !ended(tokens.back()) && sampler.GuideFailure().empty(); ++n) {
     StatusOr<int32_t> next = engine.DecodeAndSample(tokens.back(), &cache, &sampler);
     if (!next.ok()) return RuntimeError(next.status());
