@@ -7,7 +7,8 @@
 //
 // Exactness. A hit must give the K/V that a whole prefill of the new prompt
 // would have written, so a stored cache serves only prompts run with the
-// same sparsity, and only up to positions whose rows its own prefill
+// same sparsity (mode, value and last_block_dense), and only up to
+// positions whose rows its own prefill
 // computed as the new one would (ReusableTokens):
 //   - dense: every whole 64-token block the two prompts share;
 //   - threshold: a row's blocks depend on its own pooled Q and the pooled K

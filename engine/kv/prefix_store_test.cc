@@ -182,6 +182,17 @@ TEST(PrefixStore, FindsTheLongestReusablePrefixOfTheSameSparsity) {
   EXPECT_EQ(hit.tokens, 256);  // 300 shared with `branch`
   EXPECT_EQ(hit.cache, long_one);
   EXPECT_EQ(store.Lookup(Seq(1000), thr).tokens, 0);  // computed densely: not for threshold
+  // A threshold prompt whose last rows were dense serves only prompts that
+  // keep them dense too.
+  SparsityConfig thr_open = thr;
+  thr_open.last_block_dense = false;
+  ASSERT_TRUE(store.Insert(Seq(700, 5000), thr, FakeCache(), 1));
+  EXPECT_EQ(store.Lookup(Seq(900, 5000), thr).tokens, 576);
+  EXPECT_EQ(store.Lookup(Seq(900, 5000), thr_open).tokens, 0);
+  EXPECT_TRUE(store.EvictOldest() && store.EvictOldest() && store.EvictOldest());
+  ASSERT_TRUE(store.Insert(Seq(200), dense, short_one, 10));
+  ASSERT_TRUE(store.Insert(branch, dense, long_one, 10));
+  ASSERT_TRUE(store.Insert(Seq(400, 7), dense, other, 10));
   // `branch` extends the first prompt, which it replaced.
   EXPECT_EQ(store.entries(), 2);
   EXPECT_EQ(store.bytes(), 20);
