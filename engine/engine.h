@@ -175,7 +175,7 @@ class Engine {
   // a prefill of ids[0, P) with the same options wrote (CopyPrefix moves
   // them from an earlier request's cache), and only positions P.. are
   // computed. P must be a whole number of 64-token blocks (the gate's pooling
-  // unit) and below ids.size(); options may not ask for every row
+  // unit; gated, of the gates' block size too) and below ids.size(); options may not ask for every row
   // (all_logits, prompt_logprobs), the gate's outputs or a baseline
   // sparsity; a gated prefill needs the prefix's gate keys. The result's
   // densities then count the computed rows' blocks. Whether the prefix's

@@ -6,17 +6,23 @@
 
 namespace seer {
 
+bool PrefixMayBeReused(const SparsityConfig& sparsity) {
+  return sparsity.mode == SparsityMode::kDense || sparsity.mode == SparsityMode::kThreshold;
+}
+
 int ReusableTokens(int common, int stored_len, int new_len, const SparsityConfig& sparsity, int block) {
   if (block <= 0 || common <= 0 || stored_len <= 0 || new_len <= 1) return 0;
+  if (!PrefixMayBeReused(sparsity)) return 0;  // nz_ratio, the baselines
   const bool gated = sparsity.mode != SparsityMode::kDense;
-  if (gated && sparsity.mode != SparsityMode::kThreshold) return 0;  // nz_ratio, baselines
   // Whole blocks shared, whole blocks of the stored prompt, and the new
   // prompt's blocks before its last token's.
   int blocks = std::min({common / block, stored_len / block, (new_len - 1) / block});
   if (gated && sparsity.last_block_dense) {
-    const int stored_nb = (stored_len + block - 1) / block;
-    const int new_nb = (new_len + block - 1) / block;
-    blocks = std::min({blocks, stored_nb - 2, new_nb - 2});
+    // A row is reusable where both prompts computed it the same way: sparse
+    // in both, or dense in both (the same first dense row).
+    const int stored_dense = static_cast<int>(FirstDenseRow(true, (stored_len + block - 1) / block));
+    const int new_dense = static_cast<int>(FirstDenseRow(true, (new_len + block - 1) / block));
+    if (stored_dense != new_dense) blocks = std::min({blocks, stored_dense, new_dense});
   }
   return std::max(0, blocks) * block;
 }

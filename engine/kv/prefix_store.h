@@ -6,17 +6,20 @@
 // prefix that was just computed.
 //
 // Exactness. A hit must give the K/V that a whole prefill of the new prompt
-// would have written, so a stored cache serves only prompts run with the
-// same sparsity (mode, value and last_block_dense), and only up to
-// positions whose rows its own prefill
-// computed as the new one would (ReusableTokens):
+// would have written (bit for bit on the CPU engine, whose rows are
+// computed independently; on CUDA to GEMM rounding, since the rest's GEMMs
+// run over fewer rows, which can move a threshold selection at its margin
+// as any change of row count does). So a stored cache serves only prompts
+// run with the same sparsity (mode, value and last_block_dense), and only
+// up to positions whose rows its own prefill computed as the new one would
+// (ReusableTokens):
 //   - dense: every whole 64-token block the two prompts share;
 //   - threshold: a row's blocks depend on its own pooled Q and the pooled K
 //     up to it alone, so the same, except for rows whose blocks depended on
 //     the stored prompt's length: its partial last block, and with
-//     last_block_dense its last two block rows (dense there, sparse in a
-//     longer prompt); and the new prompt's own last two rows, which must be
-//     dense;
+//     last_block_dense the rows one prompt computed dense (its last two)
+//     and the other sparse, which is every such row unless both prompts
+//     have the same number of blocks;
 //   - nz_ratio: never. Every row keeps k(nb) blocks, nb the prompt's block
 //     count, so no row of a shorter prompt was computed as in a longer one.
 // And at least one token is always computed (its logits are the reply's).
@@ -24,9 +27,10 @@
 // Entries are whole prompts, found by the longest shared prefix (a scan of
 // the entries: a few dozen long prompts at most fit in memory). A new entry
 // replaces the ones whose prompts it extends, which any lookup would find
-// at least as long in it; the least recently used go first when the store
-// passes its byte budget, or when the engine needs their memory
-// (EvictOldest). Thread-safe.
+// as long in it (but for the two rows last_block_dense keeps dense, which
+// only a prompt of the dropped one's block count could take); the least
+// recently used go first when the store passes its byte budget, or when
+// the GPU needs their memory (EvictOldest). Thread-safe.
 #pragma once
 
 #include <cstdint>
@@ -41,6 +45,10 @@
 #include "kernels/gate/selection.h"
 
 namespace seer {
+
+// Whether a prompt run with `sparsity` can ever take a stored prefix, and so
+// is worth storing: dense and threshold selection (ReusableTokens).
+bool PrefixMayBeReused(const SparsityConfig& sparsity);
 
 // How many of a stored prompt's first positions a new prompt may take (a
 // multiple of `block`, 0 when none): `common` tokens shared, the stored

@@ -9,6 +9,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <random>
 #include <string>
 #include <vector>
@@ -37,10 +39,12 @@ TEST(ReusableTokens, FollowsTheSelectionsDependenceOnLength) {
   EXPECT_EQ(ReusableTokens(1024, 1024, 1025, dense, 64), 1024);
   EXPECT_EQ(ReusableTokens(63, 1000, 2000, dense, 64), 0);
   EXPECT_EQ(ReusableTokens(1000, 1000, 1, dense, 64), 0);
-  // Threshold with last_block_dense: not the stored prompt's last two rows
-  // (1000 tokens: 16 blocks, 15 whole; rows 14 and 15 dense), nor the new one's.
+  // Threshold with last_block_dense: a 1,000-token prompt has 16 blocks, 15
+  // whole; rows 14 and 15 are dense. A prompt of another block count
+  // computes them sparse (and its own last two dense): not those.
   EXPECT_EQ(ReusableTokens(1000, 1000, 2000, thr, 64), 14 * 64);
-  EXPECT_EQ(ReusableTokens(1000, 1000, 1000, thr, 64), 14 * 64);
+  EXPECT_EQ(ReusableTokens(1000, 1000, 1000, thr, 64), 15 * 64);  // the same block count: the dense rows agree
+  EXPECT_EQ(ReusableTokens(1000, 1000, 980, thr, 64), 15 * 64);
   EXPECT_EQ(ReusableTokens(1000, 1000, 1000 - 64, thr, 64), 13 * 64);
   EXPECT_EQ(ReusableTokens(1000, 1000, 2000, thr_open, 64), 15 * 64);  // the partial block only
   EXPECT_EQ(ReusableTokens(128, 128, 2000, thr, 64), 0);
@@ -153,6 +157,64 @@ TEST_P(PrefixStoreOnFixtures, AHitGivesTheWholePrefillsBits) {
       "[ store    ] %s: %d of %d blocks held back by the rule change the bits; nz_ratio from another "
       "prompt differs in %d cases\n",
       GetParam().c_str(), held_back_differs, held_back_cases, nz_differs);
+}
+
+// Random prompt pairs: A stored, B sharing a random prefix with it (B
+// extending A, a prefix of A, A itself, or a prompt of about A's length
+// that branches near its end), dense or threshold with log-random values,
+// last_block_dense either way, lengths 1 to 1,500. Every hit the store
+// offers equals B's whole prefill bit for bit; a store that holds A with
+// the other last_block_dense offers nothing. (A review's fuzzing of this
+// rule, 1,800 random hits, found the store's key once ignored
+// last_block_dense.)
+TEST_P(PrefixStoreOnFixtures, RandomPromptPairsHitExactly) {
+  const SparsityConfig base = engine_->gates()->config.sparsity;
+  std::mt19937 rng(GetParam() == "llama" ? 2026u : 1206u);
+  std::uniform_int_distribution<int> length(1, 1500);
+  int hits = 0, offered = 0;
+  for (int round = 0; round < 40; ++round) {
+    SparsityConfig sp = ParseSparsity("dense", base).value();
+    if (std::uniform_int_distribution<int>(0, 2)(rng) > 0) {
+      sp.mode = SparsityMode::kThreshold;
+      sp.threshold = std::exp(std::uniform_real_distribution<double>(std::log(0.002), std::log(0.3))(rng));
+    }
+    sp.last_block_dense = std::uniform_int_distribution<int>(0, 1)(rng) == 1;
+    const int a_len = length(rng);
+    int b_len = length(rng);
+    int common = std::uniform_int_distribution<int>(0, a_len)(rng);
+    switch (std::uniform_int_distribution<int>(0, 3)(rng)) {
+      case 0: common = a_len; break;  // B extends A, or is a prefix of it
+      case 1: b_len = a_len, common = a_len; break;  // A again
+      case 2:  // about A's length, branching near its end
+        b_len = std::clamp(a_len + std::uniform_int_distribution<int>(-40, 40)(rng), 1, 1500);
+        common = std::uniform_int_distribution<int>(std::max(0, a_len - 64), a_len)(rng);
+        break;
+      default: break;
+    }
+    SCOPED_TRACE("round " + std::to_string(round) + " " + SparsityToString(sp) +
+                 " lbd=" + std::to_string(sp.last_block_dense) + " A=" + std::to_string(a_len) +
+                 " B=" + std::to_string(b_len) + " common=" + std::to_string(common));
+    const std::vector<int32_t> a = RandomIds(a_len, rng);
+    std::vector<int32_t> b(a.begin(), a.begin() + std::min(common, b_len));
+    const std::vector<int32_t> tail = RandomIds(b_len - static_cast<int>(b.size()), rng);
+    b.insert(b.end(), tail.begin(), tail.end());
+    if (static_cast<int>(b.size()) > common && common < a_len) {
+      b[static_cast<size_t>(common)] = (a[static_cast<size_t>(common)] + 1) % engine_->config().vocab_size;
+    }
+    const Run stored = Prefill(a, sp);
+    PrefixStore store(int64_t{1} << 40, 64);
+    ASSERT_TRUE(store.Insert(a, sp, stored.cache, 1));
+    SparsityConfig other = sp;
+    other.last_block_dense = !sp.last_block_dense;
+    if (sp.mode != SparsityMode::kDense) EXPECT_EQ(store.Lookup(b, other).tokens, 0);
+    const PrefixStore::Hit hit = store.Lookup(b, sp);
+    ++offered;
+    if (hit.tokens == 0) continue;
+    ++hits;
+    EXPECT_TRUE(Same(Prefill(b, sp, hit.cache.get(), hit.tokens), Prefill(b, sp))) << "from " << hit.tokens;
+  }
+  std::printf("[ store    ] %s: %d of %d random pairs hit, every one exact\n", GetParam().c_str(), hits, offered);
+  EXPECT_GT(hits, 10);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, PrefixStoreOnFixtures, ::testing::Values("llama", "qwen2"));

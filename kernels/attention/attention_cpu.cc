@@ -1,6 +1,7 @@
 #include "kernels/attention/attention_cpu.h"
 
 #include <algorithm>
+#include <cassert>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -112,6 +113,7 @@ class QueryBlockTask {
 template <typename ListsFn>
 void RunQueryBlocks(const AttentionShape& s, int block_size, ListsFn&& lists, const float* q, const float* k,
                     const float* v, float* out, int num_threads) {
+  assert(s.first_row % block_size == 0 && (s.first_row == 0 || s.first_row < s.seq_len));
   const int nb = (s.seq_len + block_size - 1) / block_size;
   const int tasks = s.num_heads * (nb - s.first_row / block_size);  // the query blocks from first_row's
   // Below about a million multiply-adds, starting threads costs more than

@@ -210,7 +210,7 @@ PrefillMetrics::PrefillMetrics(prometheus::Registry& r)
                             "Memory the prefix store's KV caches hold (--prefix-cache-bytes bounds it).")),
       prefix_entries(AddGauge(r, "seer_prefix_cache_entries", "Prompts whose KV caches the prefix store holds.")),
       prefix_evictions(AddCounter(r, "seer_prefix_cache_evictions_total",
-                                  "Prompts dropped from the prefix store for room (its budget, or the engine's "
+                                  "Prompts dropped from the prefix store for room (its budget, or the GPU's "
                                   "memory).")),
       requests_(AddRequestCounter(r, "seer_prefill_requests_total", "Prefill requests by final gRPC status code.")),
       density_(prometheus::BuildHistogram()

@@ -58,8 +58,8 @@ int main(int argc, char** argv) {
             "exceed it is RESOURCE_EXHAUSTED before any work");
   flags.Int("prefix-cache-bytes", &prefix_cache_bytes,
             "memory for finished prompts' KV caches, kept so that a prompt that starts the same way (a chat's next "
-            "turn, another question on one document) computes only the rest: exact for dense and threshold "
-            "selection, never used for nz_ratio; the oldest go first, and when a new prompt needs the memory "
+            "turn, another question on one document) computes only the rest, as its whole prefill would: dense and "
+            "threshold selection, never nz_ratio; the oldest go first, and when a new prompt needs the GPU's memory "
             "(0: off; docs/SERVICE.md, \"The prefix store\")");
   flags.Seconds("write-stall-seconds", &write_stall_seconds,
                 "cancel a stream whose client reads nothing for this long (0: never)");

@@ -136,11 +136,13 @@ struct PrefixStoreState {
     return store.Lookup(ids, sparsity);
   }
   // A finished request's cache, as its last holder lets go.
-  void Keep(std::vector<int32_t> ids, const SparsityConfig& sparsity, std::unique_ptr<KvCache> cache) {
-    const double bytes = CacheBytes(*cache);
-    store.Insert(std::move(ids), sparsity, std::shared_ptr<const KvCache>(std::move(cache)),
-                 static_cast<int64_t>(bytes));
-    Report();
+  void Keep(std::vector<int32_t> ids, const SparsityConfig& sparsity, std::unique_ptr<KvCache> cache) noexcept {
+    try {  // in a destructor: a cache that cannot be kept is freed
+      const double bytes = CacheBytes(*cache);
+      store.Insert(std::move(ids), sparsity, std::shared_ptr<const KvCache>(std::move(cache)),
+                   static_cast<int64_t>(bytes));
+      Report();
+    } catch (const std::exception&) {}
   }
   bool EvictOldest() {
     const bool evicted = store.EvictOldest();
@@ -548,8 +550,17 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
   // prefix_store.h), copied into the request's empty cache; cached_tokens_
   // says how much. A failed copy leaves the cache empty: the prefill
   // computes everything.
+  // Whether dropping stored prompts could make room for what failed with
+  // `status`: the device's memory (CUDA). The CPU engine's limits are fixed
+  // shares of the host's memory, which stored prompts do not change; so
+  // are the GPU's int32 block lists.
+  bool EvictionMayHelp(const Status& status, PrefixStoreState* store) const {
+    return store != nullptr && status.code() == StatusCode::kResourceExhausted &&
+           engine_->device_memory().has_value() && status.message().find("int32") == std::string::npos;
+  }
+
   void TakeStoredPrefix(PrefixStoreState& store, KvCache* cache) {
-    if (options_.prompt_logprobs >= 0 || options_.sparsity.mode == SparsityMode::kNzRatio) {
+    if (options_.prompt_logprobs >= 0 || !PrefixMayBeReused(options_.sparsity)) {
       metrics_->prefix_not_reusable.Increment();
       return;
     }
@@ -593,13 +604,13 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
     const grpc::Status turn = engine_->Exclusive([&]() -> grpc::Status {
       if (cancelled()) return Cancelled();
       const Clock::time_point start = Clock::now();
-      // With a prefix store, a gated prompt's cache keeps the gate keys that
-      // a later prompt continuing from it needs, and stored prompts give
-      // way when the engine lacks the memory.
-      const bool gate_keys = store != nullptr && options_.sparsity.mode != SparsityMode::kDense;
+      // With a prefix store, a prompt that a later one could continue from
+      // is stored, a gated one with the gate keys that continuation needs;
+      // and stored prompts give way when the device lacks the memory.
+      const bool storable = store != nullptr && PrefixMayBeReused(options_.sparsity);
+      const bool gate_keys = storable && options_.sparsity.mode != SparsityMode::kDense;
       StatusOr<std::unique_ptr<KvCache>> made = engine_->NewCache(seq_len, gate_keys);
-      while (!made.ok() && made.status().code() == StatusCode::kResourceExhausted && store != nullptr &&
-             store->EvictOldest()) {
+      while (!made.ok() && EvictionMayHelp(made.status(), store) && store->EvictOldest()) {
         made = engine_->NewCache(seq_len, gate_keys);
       }
       if (!made.ok()) return ToGrpcStatus(made.status().WithContext("seer-prefill: KV cache"));
@@ -623,15 +634,16 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
       LayerSender sender(this);
       ran.emplace(engine_->Prefill(ids_, options_, cache.get(), &sender));
       // Out of memory before any layer: stored prompts give way first.
-      while (!ran->ok() && ran->status().code() == StatusCode::kResourceExhausted && sender.layers() == 0 &&
-             store != nullptr && store->EvictOldest()) {
+      while (!ran->ok() && sender.layers() == 0 && EvictionMayHelp(ran->status(), store) && store->EvictOldest()) {
         ran.emplace(engine_->Prefill(ids_, options_, cache.get(), &sender));
       }
       prefill_seconds = SecondsSince(start);
-      if (ran->ok() && store != nullptr) {
+      if (ran->ok() && storable) {
         // Once the transfer lets go of the cache, the store keeps it.
-        *charged.keep = [state = service_->prefix_store_, ids = ids_, sparsity = options_.sparsity](
-                            std::unique_ptr<KvCache> kept) { state->Keep(std::move(ids), sparsity, std::move(kept)); };
+        *charged.keep = [state = service_->prefix_store_, ids = ids_,
+                         sparsity = options_.sparsity](std::unique_ptr<KvCache> kept) mutable {
+          state->Keep(std::move(ids), sparsity, std::move(kept));
+        };
       }
       return grpc::Status::OK;
     });
