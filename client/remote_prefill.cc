@@ -155,6 +155,7 @@ int RunPrefillCommand(int argc, char** argv) {
     out.Set("first_chunk_ms", JsonValue::Number(first_chunk_ms));
     out.Set("total_ms", JsonValue::Number(total_ms));
     out.Set("prefill_ms", JsonValue::Number(summary.timings().prefill_seconds() * 1e3));
+    out.Set("cached_tokens", JsonValue::Int(summary.cached_tokens()));
     JsonValue density = JsonValue::Object();
     density.Set("overall", JsonValue::Number(summary.overall_density()));
     JsonValue layers = JsonValue::Array();
@@ -167,8 +168,9 @@ int RunPrefillCommand(int argc, char** argv) {
     std::printf("%s\n", out.Dump().c_str());
     return kExitOk;
   }
-  std::printf("prefill     %d tokens, %d layers on %s, %s, prefill %.2f ms\n", seq_len, header.num_layers(),
-              header.device().c_str(), summary.sparsity().c_str(), summary.timings().prefill_seconds() * 1e3);
+  std::printf("prefill     %d tokens (%d from the prefix store), %d layers on %s, %s, prefill %.2f ms\n", seq_len,
+              summary.cached_tokens(), header.num_layers(), header.device().c_str(), summary.sparsity().c_str(),
+              summary.timings().prefill_seconds() * 1e3);
   std::printf("KV          %.2f MB (%s) in %d chunks; first chunk at %.2f ms, all in %.2f ms (%.1f MB/s)\n", mb,
               v1::KvDtype_Name(header.kv_dtype()).c_str(), assembler->chunks(), first_chunk_ms, total_ms,
               total_ms > 0 ? mb / (total_ms / 1e3) : 0.0);
