@@ -5,6 +5,8 @@
 # SeerAttention gates (models/seer-small-gates, trained by seer-train) and its
 # tokenizer; a passkey question through `seer generate` (a key hidden in a
 # long document, the gated prefill, the answer and the time to first token),
+# another question on the same document (its prefix from seer-prefill's
+# prefix store),
 # a text continuation, an OpenAI-style /v1/completions call over HTTP; an
 # excerpt of both servers' /metrics; and the servers stopped on the way out
 # (SIGTERM, graceful drain).
@@ -67,7 +69,7 @@ wait_ready() {
 
 echo "== starting seer-prefill ($model${gate_args[*]:+ + gates}, --device $device)"
 "$bin/seer-prefill" --listen 127.0.0.1:0 --metrics 127.0.0.1:0 --model "$model" "${gate_args[@]}" \
-  --device "$device" >"$work/prefill.log" 2>"$work/prefill.log.err" &
+  --device "$device" --prefix-cache-bytes 1073741824 >"$work/prefill.log" 2>"$work/prefill.log.err" &
 pids+=($!)
 addrs="$(wait_ready "$work/prefill.log" seer-prefill)"
 read -r prefill_addr prefill_metrics <<<"$addrs"
@@ -92,6 +94,7 @@ for ((i = 0; i < fillers; i++)); do
   if ((i == fillers / 3)); then doc+=" The pass key is $key. Remember it. $key is the pass key."; fi
   doc+=" The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 done
+printf '%s' "$doc Now repeat the pass key. The pass key is" >"$work/again.txt"
 doc+=" What is the pass key? The pass key is"
 printf '%s' "$doc" >"$work/passkey.txt"
 
@@ -103,6 +106,16 @@ case "$answer" in
   *"$key"*) echo "passkey: the model answered $key, the key it was given" ;;
   *) echo "passkey: the answer ($answer) is not the key $key" ;;
 esac
+
+# The same document with another question: seer-prefill kept the first
+# prompt's KV (--prefix-cache-bytes), so this one computes only its end.
+echo "== seer generate --prompt-file again.txt (the same document, another question; the prefix store)"
+"$bin/seer" generate --addr "$decode_addr" --prompt-file "$work/again.txt" --max-new-tokens 8 --json |
+  tee "$work/again.json" | tail -n 1
+field() { grep -o "\"$1\":[0-9.]*" "$2" | tail -n 1 | cut -d: -f2; }
+echo "prefix store: $(field cached_tokens "$work/again.json") of $(field prompt_tokens "$work/again.json") prompt" \
+  "tokens taken from it; prefill $(field prefill_ms "$work/again.json") ms against" \
+  "$(field prefill_ms "$work/passkey.json") ms for the first question"
 
 text="In the beginning God created the heaven and the earth. And the earth was without form, and void;"
 echo "== seer generate --prompt '$text' (the server tokenizes; the reply streams as text)"
