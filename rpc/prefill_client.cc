@@ -6,8 +6,12 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
+#include <limits>
 #include <optional>
 #include <random>
+#include <string>
+#include <tuple>
 #include <utility>
 
 #include "rpc/grpc_status.h"
@@ -106,6 +110,11 @@ Status CheckSeconds(double v, const char* flag, double lo, bool zero_ok) {
 constexpr auto kAvoidAfterRefusal = std::chrono::seconds(1);
 // How long a reported queue depth is believed.
 constexpr auto kQueueDepthTtl = std::chrono::seconds(5);
+// Prefix affinity: block hashes remembered per endpoint (4M tokens of
+// prompts), and how far above the least load an endpoint may be and still
+// win on a longer prefix.
+constexpr size_t kAffinityBlocks = size_t{1} << 16;
+constexpr int64_t kAffinitySlack = 1;
 // Health checks in a row that must fail before an endpoint counts as down.
 constexpr int kFailedChecksForDown = 2;
 
@@ -226,6 +235,7 @@ StatusOr<std::unique_ptr<PrefillClient>> PrefillClient::Create(const std::string
     if (target.rfind("dns:", 0) == 0) ++names;
   }
   client->attempts_ = options.attempts > 0 ? options.attempts : static_cast<int>(list.size()) + 2 * names;
+  client->prefix_affinity_ = options.prefix_affinity;
   if (options.health_interval_seconds > 0)
     client->health_thread_ = std::thread([c = client.get()] { c->HealthLoop(); });
   return client;
@@ -240,19 +250,54 @@ PrefillClient::~PrefillClient() {
   if (health_thread_.joinable()) health_thread_.join();
 }
 
-std::vector<size_t> PrefillClient::Order() {
+std::vector<uint64_t> PromptBlockHashes(const v1::PrefillRequest& request) {
+  constexpr int kBlock = 64;
+  // splitmix64's finaliser over a running FNV-style chain.
+  auto mix = [](uint64_t x) {
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ull;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+  };
+  uint64_t h = mix(std::hash<std::string>{}(request.sparsity().SerializeAsString()) ^ 0x5eedu);
+  std::vector<uint64_t> out;
+  const int n = request.token_ids_size();
+  out.reserve(static_cast<size_t>(n / kBlock));
+  for (int i = 0; i + kBlock <= n; i += kBlock) {
+    for (int t = i; t < i + kBlock; ++t) h = mix(h ^ static_cast<uint32_t>(request.token_ids(t)));
+    out.push_back(h);
+  }
+  return out;
+}
+
+std::vector<size_t> PrefillClient::Order(const std::vector<uint64_t>& blocks) {
   const size_t n = endpoints_.size();
   const uint64_t first = next_.fetch_add(1);
   std::vector<size_t> order(n);
   for (size_t i = 0; i < n; ++i) order[i] = (first + i) % n;
-  std::vector<std::pair<int, int64_t>> key(n);  // (avoid, load), by endpoint
+  // (avoid, beyond the affinity slack, -blocks it served, load), by endpoint.
+  std::vector<std::tuple<int, int, int64_t, int64_t>> key(n);
   {
     std::lock_guard<std::mutex> lock(mu_);
     const Clock::time_point now = Clock::now();
+    int64_t least = std::numeric_limits<int64_t>::max();
     for (size_t i = 0; i < n; ++i) {
       const Endpoint& e = *endpoints_[i];
       const bool fresh = e.reported_depth >= 0 && now - e.reported_at < kQueueDepthTtl;
-      key[i] = {e.down || now < e.avoid_until ? 1 : 0, (fresh ? e.reported_depth : 0) + e.inflight};
+      const int avoid = e.down || now < e.avoid_until ? 1 : 0;
+      const int64_t load = (fresh ? e.reported_depth : 0) + e.inflight;
+      key[i] = {avoid, 0, 0, load};
+      if (avoid == 0) least = std::min(least, load);
+    }
+    for (size_t i = 0; i < n; ++i) {
+      auto& [avoid, beyond, matched, load] = key[i];
+      beyond = load > least + kAffinitySlack ? 1 : 0;
+      if (!prefix_affinity_ || avoid != 0 || beyond != 0) continue;
+      const std::unordered_set<uint64_t>& served = endpoints_[i]->served_blocks;
+      size_t m = 0;
+      while (m < blocks.size() && served.count(blocks[m]) != 0) ++m;
+      matched = -static_cast<int64_t>(m);
     }
   }
   // Round-robin among equals: the rotation above is the tie-break.
@@ -260,10 +305,23 @@ std::vector<size_t> PrefillClient::Order() {
   return order;
 }
 
+void PrefillClient::RememberServed(Endpoint& endpoint, const std::vector<uint64_t>& blocks) {
+  if (!prefix_affinity_ || blocks.empty()) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  for (uint64_t b : blocks) {
+    if (endpoint.served_blocks.insert(b).second) endpoint.served_order.push_back(b);
+  }
+  while (endpoint.served_order.size() > kAffinityBlocks) {
+    endpoint.served_blocks.erase(endpoint.served_order.front());
+    endpoint.served_order.pop_front();
+  }
+}
+
 StatusOr<FetchedKv> PrefillClient::Fetch(const v1::PrefillRequest& request, const ExpectedLayout& expected,
                                          KvCache* cache, CallCanceller* canceller,
                                          const std::function<void(int64_t)>& on_kv_bytes) {
-  const std::vector<size_t> order = Order();
+  const std::vector<uint64_t> blocks = prefix_affinity_ ? PromptBlockHashes(request) : std::vector<uint64_t>{};
+  const std::vector<size_t> order = Order(blocks);
   Status last;
   std::string tried;
   bool all_exhausted = true;
@@ -274,6 +332,7 @@ StatusOr<FetchedKv> PrefillClient::Fetch(const v1::PrefillRequest& request, cons
     Status s = FetchOnce(endpoint, request, expected, cache, canceller, on_kv_bytes, &out, &outcome);
     if (s.ok()) {
       out.attempts = attempt + 1;
+      RememberServed(endpoint, blocks);
       return out;
     }
     last = s;

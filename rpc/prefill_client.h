@@ -9,7 +9,12 @@
 // of (the running plus queued requests an endpoint reported in the initial
 // metadata of its last answer, rpc/load_metadata.h, for a few seconds, plus this
 // client's own calls in flight there), endpoints that are down or refused a
-// call lately last, round-robin among equals. An endpoint that answers
+// call lately last, round-robin among equals. With prefix affinity (on by
+// default), among the endpoints whose load is within one request of the
+// least, the one that served the longest prefix of this prompt lately (its
+// whole 64-token blocks, with the same sparsity) comes first: a prefill
+// server's prefix store (--prefix-cache-bytes) can serve a chat's next turn
+// only where its previous turn ran. An endpoint that answers
 // UNAVAILABLE or RESOURCE_EXHAUSTED, or sends nothing within the first-byte
 // timeout, before its first KV chunk is skipped for the next.
 //
@@ -31,12 +36,14 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_set>
 #include <vector>
 
 #include <grpcpp/generic/generic_stub.h>
@@ -91,7 +98,15 @@ struct PrefillClientOptions {
   bool kv_nccl = false;
   double nccl_setup_seconds = 30.0;
   double nccl_stall_seconds = 10.0;
+  // Route a prompt to the endpoint that served its longest prefix lately,
+  // within one request of the least load (--prefill-prefix-affinity).
+  bool prefix_affinity = true;
 };
+
+// The chain hashes of a prompt's whole 64-token blocks (hash i covers
+// tokens [0, 64 (i + 1))), seeded with its sparsity: what prefix affinity
+// remembers and matches.
+std::vector<uint64_t> PromptBlockHashes(const v1::PrefillRequest& request);
 
 // Transfer events, for the KV transport metrics (rpc/kv_transport_metrics.h,
 // which the decode service owns: rpc/ does not link Prometheus). Called from
@@ -184,12 +199,18 @@ class PrefillClient {
     int failed_checks = 0;
     std::string health_state;  // "SERVING", or why not
     std::string prefill_instance;  // the last one its headers named
+    // Prefix affinity: the block hashes of the prompts it served lately,
+    // the oldest dropped past kAffinityBlocks.
+    std::unordered_set<uint64_t> served_blocks;
+    std::deque<uint64_t> served_order;
   };
   enum class Outcome { kOk, kRetry, kFinal };
 
   PrefillClient();
-  // The endpoints in the order this request tries them.
-  std::vector<size_t> Order();
+  // The endpoints in the order a request with these block hashes tries them.
+  std::vector<size_t> Order(const std::vector<uint64_t>& blocks);
+  // `endpoint` served a prompt with these block hashes.
+  void RememberServed(Endpoint& endpoint, const std::vector<uint64_t>& blocks);
   Status FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& request, const ExpectedLayout& expected,
                    KvCache* cache, CallCanceller* canceller, const std::function<void(int64_t)>& on_kv_bytes,
                    FetchedKv* out, Outcome* outcome);
@@ -212,6 +233,7 @@ class PrefillClient {
   std::vector<std::string> targets_;
   std::vector<std::unique_ptr<Endpoint>> endpoints_;
   int attempts_ = 1;
+  bool prefix_affinity_ = true;
   std::atomic<uint64_t> next_{0};
 
   std::mutex mu_;

@@ -2599,6 +2599,81 @@ TEST(Service, ThePrefixStoreGivesASharedPrefixsKvAsTheWholePrefillWould) {
   EXPECT_EQ(plain.metrics.prefix_hits.Value() + plain.metrics.prefix_misses.Value(), 0);
 }
 
+// The hashes prefix affinity matches: one per whole 64-token block, each
+// covering the blocks before it, so a prompt's hashes begin with those of
+// every prompt it extends; another sparsity gives other hashes.
+TEST(Routing, PromptBlockHashesChainWholeBlocksAndTheSparsity) {
+  v1::PrefillRequest a, b;
+  for (int32_t id : seer::testing::RandomIds(200, 128, 7)) a.add_token_ids(id);
+  b = a;
+  for (int32_t id : seer::testing::RandomIds(100, 128, 8)) b.add_token_ids(id);
+  const std::vector<uint64_t> ha = PromptBlockHashes(a), hb = PromptBlockHashes(b);
+  ASSERT_EQ(ha.size(), 3u);  // 200 tokens: three whole blocks
+  ASSERT_EQ(hb.size(), 4u);
+  EXPECT_TRUE(std::equal(ha.begin(), ha.end(), hb.begin()));
+  v1::PrefillRequest c = b;
+  c.set_token_ids(10, (c.token_ids(10) + 1) % 128);
+  const std::vector<uint64_t> hc = PromptBlockHashes(c);
+  for (size_t i = 0; i < hc.size(); ++i) EXPECT_NE(hc[i], hb[i]) << "block " << i;
+  v1::PrefillRequest d = b;
+  d.mutable_sparsity()->set_mode(v1::Sparsity::MODE_DENSE);
+  EXPECT_NE(PromptBlockHashes(d)[0], hb[0]);
+  v1::PrefillRequest shortp;
+  for (int i = 0; i < 63; ++i) shortp.add_token_ids(i);
+  EXPECT_TRUE(PromptBlockHashes(shortp).empty());
+}
+
+// Prefix affinity: with two prefill servers that keep finished prompts, a
+// chat's turns (each the last plus 100 tokens) all go to the server that
+// ran the first, and every turn after it takes the last one's prompt from
+// that server's store. Without affinity the decode worker round-robins
+// between the equally loaded servers, and each turn finds only the prompt
+// of two turns back.
+TEST(Routing, AChatsNextTurnGoesWhereItsPrefixIsStored) {
+  std::unique_ptr<Engine> engine = LoadEngine(Path("llama"));
+  ASSERT_TRUE(engine);
+  PrefillServiceOptions with_store;
+  with_store.prefix_cache_bytes = int64_t{1} << 30;
+  PrefillHarness a(with_store, engine.get()), b(with_store, engine.get());
+  const std::string targets = a.server->address() + "," + b.server->address();
+  for (bool affinity : {true, false}) {
+    SCOPED_TRACE(affinity ? "with prefix affinity" : "without");
+    PrefillClientOptions client;
+    client.prefix_affinity = affinity;
+    DecodeHarness decode(targets, engine.get(), DecodeServiceOptions{}, client);
+    std::vector<int32_t> prompt = seer::testing::RandomIds(300, 128, affinity ? 1 : 2);
+    std::vector<std::string> endpoints;
+    std::vector<int> cached;
+    for (int turn = 0; turn < 4; ++turn) {
+      v1::GenerateRequest req;
+      for (int32_t id : prompt) req.add_token_ids(id);
+      req.set_max_new_tokens(2);
+      v1::GenerateSummary summary;
+      const grpc::Status s = CallGenerate(decode.Stub().get(), req, nullptr, &summary);
+      ASSERT_TRUE(s.ok()) << s.error_message();
+      endpoints.push_back(summary.prefill_endpoint());
+      cached.push_back(summary.cached_tokens());
+      // The prompt's cache reaches its server's store once its stream is done.
+      ASSERT_TRUE(isolation::WaitFor(
+          [&] { return a.metrics.server.kv_cache_bytes.Value() == 0 && b.metrics.server.kv_cache_bytes.Value() == 0; },
+          10s));
+      for (int32_t id : seer::testing::RandomIds(100, 128, 10 + turn)) prompt.push_back(id);
+    }
+    std::printf("[ info     ] %s: cached tokens per turn %d, %d, %d, %d\n", affinity ? "affinity" : "round-robin",
+                cached[0], cached[1], cached[2], cached[3]);
+    EXPECT_EQ(cached[0], 0);
+    for (int turn = 1; turn < 4; ++turn) {
+      if (affinity) {
+        EXPECT_EQ(endpoints[turn], endpoints[0]) << "turn " << turn;
+        EXPECT_EQ(cached[turn], (300 + 100 * (turn - 1)) / 64 * 64) << "turn " << turn;
+      } else {  // the other server: two turns back at best
+        EXPECT_NE(endpoints[turn], endpoints[turn - 1]) << "turn " << turn;
+        EXPECT_EQ(cached[turn], turn == 1 ? 0 : (300 + 100 * (turn - 2)) / 64 * 64) << "turn " << turn;
+      }
+    }
+  }
+}
+
 // A store too small for a second prompt drops the first (the budget), and
 // one too small for any keeps nothing; both still serve every request.
 TEST(Service, ThePrefixStoreKeepsWithinItsBudget) {

@@ -126,6 +126,11 @@ int main(int argc, char** argv) {
   flags.Bool("prefill-retry-broken", &retry_broken,
              "when a prefill stream breaks (UNAVAILABLE) after it started, redo the prefill on another "
              "endpoint instead of failing the request");
+  flags.Bool("prefill-prefix-affinity", &client_options.prefix_affinity,
+             "send a prompt to the prefill endpoint that served its longest prefix lately (whole 64-token blocks), "
+             "among those within one request of the least load, so that a chat's next turn finds its previous "
+             "turn in that server's prefix store (seer-prefill --prefix-cache-bytes); off: the least loaded, "
+             "round-robin among equals");
   flags.Seconds("prefill-connect-timeout", &client_options.connect_timeout_seconds,
                 "seconds a connection attempt to a prefill endpoint (TCP and HTTP/2 handshake) may take");
   flags.Seconds("prefill-first-byte-timeout", &client_options.first_byte_timeout_seconds,
