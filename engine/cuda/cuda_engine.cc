@@ -724,7 +724,10 @@ StatusOr<PrefillResult> CudaEngine::RunPrefill(std::span<const int32_t> ids, con
   // q stays before RoPE and the attention kernel rotates it as it loads it
   // (one pass over q fewer: 1 GiB read and written a layer at 128k tokens of
   // the 8B shape), where the kernel can (SEER_ROPE_IN_ATTENTION=0: never).
-  const bool rope_in_attention = run.AttentionRotatesQ();
+  // Past a cached prefix a gated q is rotated first, in the rest's own
+  // rows: the attention may then split a short rest's long key lists
+  // across the GPU (cuda::FwdVariant::kRowsSplit, which reads q rotated).
+  const bool rope_in_attention = (P == 0 || !sparse) && run.AttentionRotatesQ();
   const Activations rest = RowsFrom(a, config_, P);  // the rows the pass computes
   const size_t kv_row_bytes = sizeof(bf16) * config_.num_kv_heads * config_.head_dim;
   SEER_RETURN_IF_ERROR(mark(nullptr));

@@ -19,6 +19,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/attention/attention.h"
 #include "kernels/attention/attention_sm90.h"
@@ -116,10 +117,20 @@ __device__ __forceinline__ void LoadTile(T* smem, const T* src, int64_t row_stri
   }
 }
 
-template <int kHeadDim, int kRowsPerWarp, typename T>
+// kRowsSplit's partial results: for part s of query row r (counted from the
+// first live query block's first row) and head h, the unnormalised O
+// ([D] floats) and (running max in the log2 domain, row sum).
+struct KeySplitParts {
+  float* o = nullptr;  // [kKeySplits, rows, Hq, D]
+  float2* ml = nullptr;  // [kKeySplits, rows, Hq]
+  int rows = 0;  // live query blocks * 64
+  int first_row = 0;  // the first live query block's first row
+};
+
+template <int kHeadDim, int kRowsPerWarp, typename T, bool kSplit = false>
 __global__ void __launch_bounds__(FwdTile<kHeadDim, kRowsPerWarp>::kThreads,
                                   FwdTile<kHeadDim, kRowsPerWarp>::kMinBlocks)
-    BlockSparseFwdKernel(const AttentionParams p, float scale_log2, int kv_passes) {
+    BlockSparseFwdKernel(const AttentionParams p, float scale_log2, int kv_passes, KeySplitParts parts) {
   using Tile = FwdTile<kHeadDim, kRowsPerWarp>;
   constexpr int kMTiles = Tile::kMTiles;
   constexpr int kThreads = Tile::kThreads;
@@ -160,6 +171,17 @@ __global__ void __launch_bounds__(FwdTile<kHeadDim, kRowsPerWarp>::kThreads,
     begin = p.block_offsets[h * nb + qb];
     count = p.block_offsets[h * nb + qb + 1] - begin;
   }
+  // kSplit: this CTA takes entries [lo, hi) of the list, part blockIdx.y.
+  int lo = 0, hi = count;
+  if constexpr (kSplit) {
+    const int chunk = (count + kKeySplits - 1) / kKeySplits;
+    lo = min(count, static_cast<int>(blockIdx.y) * chunk);
+    hi = min(count, lo + chunk);
+  }
+  // kSplit: the part's row r of head h in the partial results.
+  auto part_row = [&](int row) {
+    return (static_cast<int64_t>(blockIdx.y) * parts.rows + (q0 + row - parts.first_row)) * p.num_heads + h;
+  };
   // Lists are ascending and causal; anything else is clamped so that no load
   // leaves the tensors (the result of such a list is unspecified).
   auto key_block = [&](int n) {
@@ -168,7 +190,13 @@ __global__ void __launch_bounds__(FwdTile<kHeadDim, kRowsPerWarp>::kThreads,
   };
 
   const int warp_row = warp * kRowsPerWarp;
-  if (count <= 0) {  // an empty row attends to nothing: zeros
+  if constexpr (kSplit) {
+    if (hi <= lo) {  // nothing in this part: a sum of 0, which the merge weighs 0
+      for (int row = tid; row < q_rows; row += kThreads) parts.ml[part_row(row)] = make_float2(-INFINITY, 0.0f);
+      return;
+    }
+  }
+  if (!kSplit && count <= 0) {  // an empty row attends to nothing: zeros
     for (int i = tid; i < q_rows * (kHeadDim / 8); i += kThreads) {
       const int row = i / (kHeadDim / 8);
       const int chunk = i % (kHeadDim / 8);
@@ -177,8 +205,9 @@ __global__ void __launch_bounds__(FwdTile<kHeadDim, kRowsPerWarp>::kThreads,
     return;
   }
 
-  // Walk the list from its end, so the diagonal (masked) tile comes first.
-  int n = count - 1;
+  // Walk the list (the part) from its end, so the diagonal (masked) tile
+  // comes first.
+  int n = hi - 1;
   int kb = key_block(n);
   LoadTile<kHeadDim, Tile::kPitch, kThreads>(sQ, q, q_stride, q_rows, tid);
   ptx::CpAsyncCommit();
@@ -227,7 +256,7 @@ __global__ void __launch_bounds__(FwdTile<kHeadDim, kRowsPerWarp>::kThreads,
     }
   }
 
-  for (; n >= 0; --n) {
+  for (; n >= lo; --n) {
     // --- load: K[kb] (and Q) have landed; every warp is done with V.
     ptx::CpAsyncWait<0>();
     __syncthreads();
@@ -290,7 +319,7 @@ __global__ void __launch_bounds__(FwdTile<kHeadDim, kRowsPerWarp>::kThreads,
     ptx::CpAsyncWait<0>();
     __syncthreads();
     int next_kb = kb;
-    if (n > 0) {
+    if (n > lo) {
       next_kb = key_block(n - 1);
       LoadTile<kHeadDim, Tile::kPitch, kThreads>(sK, k + static_cast<int64_t>(next_kb) * kBlock * kHeadDim, kHeadDim,
                                                  p.seq_len - next_kb * kBlock, tid);
@@ -359,7 +388,8 @@ __global__ void __launch_bounds__(FwdTile<kHeadDim, kRowsPerWarp>::kThreads,
     kb = next_kb;
   }
 
-  // --- store: O / l, rows past seq_len dropped.
+  // --- store: O / l, rows past seq_len dropped; kSplit: O, the max and l
+  // of the part, for the merge.
 #pragma unroll
   for (int mi = 0; mi < kMTiles; ++mi) {
 #pragma unroll
@@ -369,6 +399,18 @@ __global__ void __launch_bounds__(FwdTile<kHeadDim, kRowsPerWarp>::kThreads,
       total += __shfl_xor_sync(0xffffffffu, total, 2);
       const float inv = total > 0.0f ? 1.0f / total : 0.0f;
       const int row = warp_row + mi * 16 + lane / 4 + hf * 8;
+      if constexpr (kSplit) {
+        if (row < q_rows) {
+          const int64_t at = part_row(row);
+          if (lane % 4 == 0) parts.ml[at] = make_float2(row_max[mi][hf], total);
+          float* dst = parts.o + at * kHeadDim + (lane % 4) * 2;
+#pragma unroll
+          for (int nt = 0; nt < Tile::kOTiles; ++nt) {
+            *reinterpret_cast<float2*>(dst + nt * 8) = make_float2(o[mi][nt][2 * hf], o[mi][nt][2 * hf + 1]);
+          }
+        }
+        continue;
+      }
       if (row < q_rows) {
         T* dst = out_row(row) + (lane % 4) * 2;
 #pragma unroll
@@ -395,23 +437,76 @@ bool ValidCommon(const AttentionParams& p) {
   return Aligned(p.q, 16) && Aligned(p.k, 16) && Aligned(p.v, 16) && Aligned(p.out, 16);
 }
 
-template <int kHeadDim, int kRowsPerWarp, typename T>
+// kRowsSplit's merge: row r (from parts.first_row) of head h, one thread a
+// channel, the parts weighed by 2^(max - the largest max) and their sums.
+template <int kHeadDim, typename T>
+__global__ void __launch_bounds__(kHeadDim) MergeKeySplitsKernel(const AttentionParams p, KeySplitParts parts) {
+  const int r = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
+  const int row = parts.first_row + r;
+  if (row >= p.seq_len) return;
+  float top = -INFINITY;
+  for (int s = 0; s < kKeySplits; ++s) {
+    const float2 ml = parts.ml[(static_cast<int64_t>(s) * parts.rows + r) * p.num_heads + h];
+    if (ml.y > 0.0f) top = fmaxf(top, ml.x);
+  }
+  float sum = 0.0f, acc = 0.0f;
+  for (int s = 0; s < kKeySplits; ++s) {
+    const int64_t at = (static_cast<int64_t>(s) * parts.rows + r) * p.num_heads + h;
+    const float2 ml = parts.ml[at];
+    if (!(ml.y > 0.0f)) continue;
+    // A part whose max stayed -inf computed its terms against 0 (m_use).
+    const float w = ptx::Exp2((ml.x == -INFINITY ? 0.0f : ml.x) - (top == -INFINITY ? 0.0f : top));
+    sum += w * ml.y;
+    acc += w * parts.o[at * kHeadDim + d];
+  }
+  T* out = static_cast<T*>(p.out) + (static_cast<int64_t>(row) * p.num_heads + h) * kHeadDim + d;
+  const float value = sum > 0.0f ? acc / sum : 0.0f;
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    *out = __float2bfloat16_rn(value);
+  } else {
+    *out = __float2half_rn(value);
+  }
+}
+
+template <int kHeadDim, int kRowsPerWarp, typename T, bool kSplit = false>
 cudaError_t LaunchFwd(const AttentionParams& p, cudaStream_t stream) {
   using Tile = FwdTile<kHeadDim, kRowsPerWarp>;
-  auto kernel = BlockSparseFwdKernel<kHeadDim, kRowsPerWarp, T>;
+  auto kernel = BlockSparseFwdKernel<kHeadDim, kRowsPerWarp, T, kSplit>;
   if constexpr (Tile::kSmemBytes > 48 * 1024) {
     SEER_CUDA_RETURN_IF_ERROR(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes));
   }
   const int nb = (p.seq_len + kBlock - 1) / kBlock;
   const int live = nb - p.first_row / kBlock;  // AttentionParams::first_row
-  const unsigned grid = static_cast<unsigned>(live) * static_cast<unsigned>(p.num_heads);
+  const dim3 grid(static_cast<unsigned>(live) * static_cast<unsigned>(p.num_heads), kSplit ? kKeySplits : 1);
   int device = 0, l2_bytes = 0;
   SEER_CUDA_RETURN_IF_ERROR(cudaGetDevice(&device));
   SEER_CUDA_RETURN_IF_ERROR(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
   const int kv_passes = KvPasses(p.seq_len, kHeadDim, p.num_kv_heads, p.kv_heads_per_pass, l2_bytes);
-  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p, p.scale * kLog2e, kv_passes);
-  SEER_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  KeySplitParts parts;
+  void* scratch = nullptr;
+  if constexpr (kSplit) {
+    parts.rows = live * kBlock;
+    parts.first_row = (nb - live) * kBlock;
+    const size_t per = static_cast<size_t>(kKeySplits) * parts.rows * p.num_heads;
+    SEER_CUDA_RETURN_IF_ERROR(
+        cudaMallocAsync(&scratch, per * (sizeof(float) * kHeadDim + sizeof(float2)), stream));
+    parts.o = static_cast<float*>(scratch);
+    parts.ml = reinterpret_cast<float2*>(parts.o + per * kHeadDim);
+  }
+  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p, p.scale * kLog2e, kv_passes, parts);
+  cudaError_t e = cudaGetLastError();
+  if constexpr (kSplit) {
+    if (e == cudaSuccess) {
+      MergeKeySplitsKernel<kHeadDim, T>
+          <<<dim3(static_cast<unsigned>(parts.rows), static_cast<unsigned>(p.num_heads)), kHeadDim, 0, stream>>>(
+              p, parts);
+      e = cudaGetLastError();
+    }
+    const cudaError_t freed = cudaFreeAsync(scratch, stream);
+    if (e == cudaSuccess) e = freed;
+  }
+  SEER_CUDA_RETURN_IF_ERROR(e);
   return cudaSuccess;
 }
 
@@ -644,6 +739,7 @@ const char* FwdVariantName(FwdVariant v) {
     case FwdVariant::kSm90Static: return "v3 sm90 static";
     case FwdVariant::kSm90Rows: return "v4 sm90 own rings";
     case FwdVariant::kSm90Pairs: return "v6 sm90 two-block steps";
+    case FwdVariant::kRowsSplit: return "v7 keys split in 4";
   }
   return "?";
 }
@@ -653,6 +749,29 @@ bool FwdVariantAvailable(FwdVariant v) { return IsSm90Variant(v) ? Sm90Attention
 FwdVariant ResolveFwdVariant(FwdVariant v) {
   if (v != FwdVariant::kAuto) return v;
   return Sm90AttentionAvailable() ? FwdVariant::kSm90Pairs : FwdVariant::kRows32PerWarp;
+}
+
+// kAuto for these params: kRowsSplit where, with block lists, first_row
+// leaves fewer than four query blocks (times heads) an SM over a long
+// sequence (each block then a long serial chain of key blocks) and q comes
+// rotated; else ResolveFwdVariant's pick. H100, 2026-12-06, the 8B
+// shape's 1,024 rows after 130,048 cached tokens: with threshold lists
+// (the last two rows dense) 88.6 ms of attention over 32 layers on the
+// sm90 kernel, 32.8 ms split; dense, split was slower (218 against 107
+// ms: each part re-reads its keys from memory for every query block and
+// head), so dense keeps the sm90 kernel.
+FwdVariant AutoVariantFor(const AttentionParams& p) {
+  constexpr int kMinKeyBlocks = 64;  // 4,096 tokens
+  const int nb = (p.seq_len + kBlock - 1) / kBlock;
+  const int64_t blocks = static_cast<int64_t>(nb - p.first_row / kBlock) * p.num_heads;
+  int device = 0, sms = 0;
+  if (p.first_row > 0 && p.block_offsets != nullptr && p.q_rope == nullptr && nb >= kMinKeyBlocks &&
+      cudaGetDevice(&device) == cudaSuccess &&
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) == cudaSuccess && blocks < 4 * sms) {
+    return FwdVariant::kRowsSplit;
+  }
+  cudaGetLastError();
+  return ResolveFwdVariant(FwdVariant::kAuto);
 }
 
 cudaError_t BlockSparseAttentionVariant(const AttentionParams& p, FwdVariant variant, cudaStream_t stream) {
@@ -665,7 +784,7 @@ cudaError_t BlockSparseAttentionVariant(const AttentionParams& p, FwdVariant var
   if (p.seq_len == 0) return cudaSuccess;
   const int64_t nb = (p.seq_len + kBlock - 1) / kBlock;
   if (nb * p.num_heads > 0x7fffffff) return cudaErrorInvalidValue;
-  variant = ResolveFwdVariant(variant);
+  variant = variant == FwdVariant::kAuto ? AutoVariantFor(p) : variant;
   const bool sm90 = IsSm90Variant(variant);
   if (p.q_rope != nullptr &&
       (!sm90 || !AttentionRotatesQ(p.dtype, p.head_dim) || reinterpret_cast<uintptr_t>(p.q_rope) % 16 != 0)) {
@@ -682,6 +801,7 @@ cudaError_t BlockSparseAttentionVariant(const AttentionParams& p, FwdVariant var
   return SEER_DISPATCH_HEAD_DIM(p.head_dim, kHeadDim, [&] {
     return SEER_DISPATCH_ELEM(p.dtype, Elem, [&] {
       return variant == FwdVariant::kRows16PerWarp ? LaunchFwd<kHeadDim, 16, Elem>(p, stream)
+             : variant == FwdVariant::kRowsSplit   ? LaunchFwd<kHeadDim, 16, Elem, true>(p, stream)
                                                    : LaunchFwd<kHeadDim, 32, Elem>(p, stream);
     });
   });

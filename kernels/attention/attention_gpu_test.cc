@@ -307,8 +307,9 @@ class AttentionGpuTest : public ::testing::Test {
   // capability 9.0 (said once, so a run elsewhere shows what it skipped).
   static std::vector<FwdVariant> Variants() {
     std::vector<FwdVariant> out;
-    for (FwdVariant v : {FwdVariant::kAuto, FwdVariant::kRows16PerWarp, FwdVariant::kRows32PerWarp, FwdVariant::kSm90,
-                         FwdVariant::kSm90Static, FwdVariant::kSm90Rows, FwdVariant::kSm90Pairs}) {
+    for (FwdVariant v :
+         {FwdVariant::kAuto, FwdVariant::kRows16PerWarp, FwdVariant::kRows32PerWarp, FwdVariant::kSm90,
+          FwdVariant::kSm90Static, FwdVariant::kSm90Rows, FwdVariant::kSm90Pairs, FwdVariant::kRowsSplit}) {
       if (cuda::FwdVariantAvailable(v)) {
         out.push_back(v);
       } else {
@@ -517,7 +518,15 @@ TEST_F(AttentionGpuTest, FirstRowKeepsTheLaterRowsBits) {
         const size_t from = static_cast<size_t>(c.first_row) * Hq * D;
         int64_t differ = 0;
         for (size_t i = from; i < n; ++i) differ += full[i] != part[i];
-        EXPECT_EQ(differ, 0) << "elements of rows >= first_row that differ from the full pass";
+        if (variant == FwdVariant::kAuto) {
+          // auto may split a few rows' keys (kRowsSplit) where the full pass
+          // runs another kernel: the same rows to rounding.
+          std::vector<float> a(n - from), b(n - from);
+          for (size_t i = from; i < n; ++i) a[i - from] = FromElem(part[i], t), b[i - from] = FromElem(full[i], t);
+          EXPECT_LE(Compare(a, b, static_cast<int64_t>(L - c.first_row) * Hq, D).rel, 1e-2);
+        } else {
+          EXPECT_EQ(differ, 0) << "elements of rows >= first_row that differ from the full pass";
+        }
         EXPECT_LT(from, n);
         if (with_lists) {
           std::vector<float> got(n - from);

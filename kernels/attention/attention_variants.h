@@ -36,7 +36,18 @@ enum class FwdVariant {
   // capability 9.0 (3-15% faster than kSm90Rows with lists, H200,
   // 2026-12-01).
   kSm90Pairs,
+  // kRows16PerWarp's kernel with each query block's key list split into
+  // kKeySplits parts, a CTA each, merged by a second kernel (as flash
+  // decoding merges its splits). For prefills whose query blocks are too
+  // few to fill the GPU, each over many keys: the rest after a cached
+  // prefix. kAuto's pick with block lists where first_row leaves fewer
+  // than four query blocks (times heads) an SM over 4,096 tokens or more,
+  // and q comes rotated (no q_rope).
+  kRowsSplit,
 };
+
+// kRowsSplit's parts per query block.
+inline constexpr int kKeySplits = 4;
 
 const char* FwdVariantName(FwdVariant v);
 
