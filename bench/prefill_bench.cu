@@ -351,8 +351,7 @@ int Main(int argc, char** argv) {
       std::printf("| %d | %s | - | %s | 0 | - | - |\n", row.len, row.mode.c_str(), row.error.c_str());
       continue;
     }
-    std::sort(row.ms.begin(), row.ms.end());
-    const double median = row.ms[row.ms.size() / 2];
+    const double median = Median(row.ms);
     std::printf("| %d | %s | %.3f | %.1f | %zu | %.2f | %.2f |\n", row.len, row.mode.c_str(), row.density, median,
                 row.ms.size(), GiB(row.peak), GiB(row.device_used));
   }

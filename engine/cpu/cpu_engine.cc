@@ -170,8 +170,8 @@ void CpuEngine::AttentionInputs(int layer, Activations& a) const {
               threads_);
 }
 
-StatusOr<GateOutput> CpuEngine::Gate(int layer, const Activations& a, HostKvCache* cache,
-                                     const SparsityConfig& sparsity) const {
+StatusOr<GateOutput> CpuEngine::Gate(int layer, const Activations& a, const HostKvCache& cache,
+                                     std::vector<float>* whole_q, const SparsityConfig& sparsity) const {
   // The gate sees Q and K as projected, before RoPE (docs/GATES.md).
   const int P = a.positions[0];
   if (P == 0) {
@@ -179,14 +179,13 @@ StatusOr<GateOutput> CpuEngine::Gate(int layer, const Activations& a, HostKvCach
   }
   // Continuing from a cached prefix: the gate runs over the whole prompt,
   // its K the cached prefix's gate keys and this pass's, its Q zeros before
-  // P. A row's blocks depend only on its own pooled Q and the pooled K up to
-  // it, so the rows from P on come out as in a whole prefill; the prefix's
-  // rows are not read.
-  const int L = P + a.rows;
+  // P (`whole_q`, zeroed once a prefill). A row's blocks depend only on its
+  // own pooled Q and the pooled K up to it, so the rows from P on come out
+  // as in a whole prefill; the prefix's rows are not read.
   const size_t q_row = static_cast<size_t>(config_.num_heads) * config_.head_dim;
-  std::vector<float> q(static_cast<size_t>(L) * q_row, 0.0f);
-  std::copy(a.q.begin(), a.q.end(), q.begin() + static_cast<ptrdiff_t>(static_cast<size_t>(P) * q_row));
-  return RunGate(gates_->layers[layer], gates_->config, config_, q.data(), cache->gate_k(layer), L, sparsity, threads_);
+  std::copy(a.q.begin(), a.q.end(), whole_q->begin() + static_cast<ptrdiff_t>(static_cast<size_t>(P) * q_row));
+  return RunGate(gates_->layers[layer], gates_->config, config_, whole_q->data(), cache.gate_k(layer), P + a.rows,
+                 sparsity, threads_);
 }
 
 void CpuEngine::RopeAndCache(int layer, Activations& a, HostKvCache* cache) const {
@@ -316,8 +315,17 @@ StatusOr<PrefillResult> CpuEngine::RunPrefill(std::span<const int32_t> ids, cons
   Embed(ids.subspan(static_cast<size_t>(P)), a);
   mark(&StageSeconds::embed);
 
-  // The gate runs for a sparse mode or to report its outputs (as on CUDA).
+  // The gate runs for a sparse mode or to report its outputs (as on CUDA);
+  // past a cached prefix over the whole prompt's Q, zeros before P.
   const bool gated = gates_ && (options.sparsity.mode != SparsityMode::kDense || options.keep_gate_outputs);
+  std::vector<float> whole_q;
+  if (gated && P > 0) {
+    try {
+      whole_q.assign(static_cast<size_t>(L) * config_.num_heads * config_.head_dim, 0.0f);
+    } catch (const std::bad_alloc&) {
+      return ResourceExhausted("ids: not enough host memory for the gate's Q of " + std::to_string(L) + " tokens");
+    }
+  }
   int64_t kept_total = 0, causal_total = 0;
   for (int layer = 0; layer < config_.num_layers; ++layer) {
     const Clock::time_point layer_start = Clock::now();
@@ -329,7 +337,7 @@ StatusOr<PrefillResult> CpuEngine::RunPrefill(std::span<const int32_t> ids, cons
     mark(&StageSeconds::attention_inputs);
     std::optional<GateOutput> gate;
     if (gated) {
-      SEER_ASSIGN_OR_RETURN(GateOutput g, Gate(layer, a, kv, options.sparsity));
+      SEER_ASSIGN_OR_RETURN(GateOutput g, Gate(layer, a, *kv, &whole_q, options.sparsity));
       gate = std::move(g);
       mark(&StageSeconds::gate);
     }

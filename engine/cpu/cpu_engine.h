@@ -76,8 +76,10 @@ class CpuEngine final : public Engine {
   void AttentionInputs(int layer, Activations& a) const;
   // The layer's gate on the pre-RoPE a.q / a.k. Past a cached prefix it
   // runs over the whole prompt, its K the cache's gate keys (which the pass
-  // has written for its own rows by then).
-  StatusOr<GateOutput> Gate(int layer, const Activations& a, HostKvCache* cache, const SparsityConfig& sparsity) const;
+  // has written for its own rows by then) and its Q `whole_q`: the whole
+  // prompt's rows, zeros before the pass's, which it fills.
+  StatusOr<GateOutput> Gate(int layer, const Activations& a, const HostKvCache& cache, std::vector<float>* whole_q,
+                            const SparsityConfig& sparsity) const;
   // RoPE at positions a.positions on q and k, then k and v into the cache at
   // those positions.
   void RopeAndCache(int layer, Activations& a, HostKvCache* cache) const;

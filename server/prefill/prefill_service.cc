@@ -575,7 +575,6 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
       fields.Set("tokens", JsonValue::Int(hit.tokens));
       fields.Set("error", JsonValue::String(copied.ToString()));
       LogEvent(LogLevel::kWarn, "stored prefix not copied; computing it", fields);
-      cache->set_length(0);
       metrics_->prefix_misses.Increment();
       return;
     }
