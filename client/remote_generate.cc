@@ -356,6 +356,7 @@ int RunGenerateCommand(int argc, char** argv) {
     out.Set("kv_bytes", JsonValue::Int(summary.kv_bytes()));
     out.Set("prompt_tokens", JsonValue::Int(summary.prompt_tokens()));
     out.Set("cached_tokens", JsonValue::Int(summary.cached_tokens()));
+    out.Set("kv_held_tokens", JsonValue::Int(summary.kv_held_tokens()));
     out.Set("finish_reason", JsonValue::String(summary.finish_reason()));
     out.Set("sparsity", JsonValue::String(summary.sparsity()));
     out.Set("prefill_endpoint", JsonValue::String(summary.prefill_endpoint()));
@@ -388,11 +389,11 @@ int RunGenerateCommand(int argc, char** argv) {
   }
   std::printf(
       "ttft %.2f ms (server %.2f ms: prefill %.2f ms, KV %.2f MB in %.2f ms) | %zu tokens in %.2f ms, %s"
-      " | prompt %d tokens (%d from the prefix store), %s, density %.4f | prefill %s\n",
+      " | prompt %d tokens (%d from the prefix store, %d KV held here), %s, density %.4f | prefill %s\n",
       ttft_ms, summary.ttft_seconds() * 1e3, summary.prefill_seconds() * 1e3,
       static_cast<double>(summary.kv_bytes()) / 1e6, summary.kv_transfer_seconds() * 1e3,
       static_cast<size_t>(all_tokens), total_ms, summary.finish_reason().c_str(), summary.prompt_tokens(),
-      summary.cached_tokens(), summary.sparsity().c_str(), summary.overall_density(),
+      summary.cached_tokens(), summary.kv_held_tokens(), summary.sparsity().c_str(), summary.overall_density(),
       summary.prefill_endpoint().c_str());
   return kExitOk;
 }

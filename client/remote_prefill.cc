@@ -119,7 +119,7 @@ int RunPrefillCommand(int argc, char** argv) {
       expected.head_dim = header.head_dim();
       expected.vocab_size = header.vocab_size();
       cache = std::make_unique<HostKvCache>(header.num_layers(), header.num_kv_heads(), header.head_dim(), seq_len);
-      assembler = std::make_unique<KvAssembler>(expected, seq_len, cache.get());
+      assembler = std::make_unique<KvAssembler>(expected, 0, seq_len, cache.get());
       protocol = assembler->OnHeader(header);
     } else if (!assembler) {
       protocol = DataLoss("a message before the layout header");

@@ -250,10 +250,10 @@ StatusOr<std::unique_ptr<KvCache>> Engine::NewPagedCache(int capacity) {
 }
 
 StatusOr<std::vector<std::unique_ptr<PagedKvCache>>> Engine::NewPagedCacheGroupWhenFree(
-    int prefix, int capacity, int count, const std::function<Status()>& cancelled) {
+    int prefix, int capacity, int count, const std::function<Status()>& cancelled, const PagedGroupStart& start) {
   SEER_RETURN_IF_ERROR(CheckPagedCapacity(capacity));
   if (count < 1 || count > 64) return InvalidArgument("KV cache group: " + Str(count) + " caches, need 1 to 64");
-  return PagedKvCache::CreateGroupWhenFree(page_pool_.get(), prefix, capacity, count, cancelled);
+  return PagedKvCache::CreateGroupWhenFree(page_pool_.get(), prefix, capacity, count, cancelled, start);
 }
 
 Status Engine::DecodeBatch(std::span<const DecodeSeq> seqs, std::span<int32_t> next) {

@@ -218,8 +218,10 @@ class Engine {
   // first, and each other one takes it with PagedKvCache::AdoptPrefix. Waits
   // for the pages, first come first served, until `cancelled` returns an
   // error.
+  // `start`: pages that hold the prompt's first positions already, and how
+  // to free pages while short (PagedGroupStart).
   StatusOr<std::vector<std::unique_ptr<PagedKvCache>>> NewPagedCacheGroupWhenFree(
-      int prefix, int capacity, int count, const std::function<Status()>& cancelled);
+      int prefix, int capacity, int count, const std::function<Status()>& cancelled, const PagedGroupStart& start = {});
 
   // Copies the prompt KV in `src` (a cache from NewCache: positions
   // [0, src.length())) into the empty paged cache `paged` (from

@@ -23,8 +23,23 @@ Status Mismatch(const char* field, const std::string& got, const std::string& wa
 
 }  // namespace
 
-KvAssembler::KvAssembler(const ExpectedLayout& expected, int seq_len, KvCache* cache)
-    : expected_(expected), seq_len_(seq_len), cache_(cache), next_token_(expected.num_layers, 0) {}
+KvAssembler::KvAssembler(const ExpectedLayout& expected, int first_token, int seq_len, KvCache* cache)
+    : expected_(expected),
+      first_(first_token),
+      seq_len_(seq_len),
+      cache_(cache),
+      next_token_(expected.num_layers, first_token) {}
+
+void KvAssembler::Rebind(int first_token, KvCache* cache) {
+  first_ = first_token;
+  cache_ = cache;
+  next_token_.assign(expected_.num_layers, first_token);
+}
+
+bool IsKvFromDeclined(const Status& status) {
+  return status.code() == StatusCode::kAborted &&
+         status.message().find("layout header kv_first_token") != std::string_view::npos;
+}
 
 Status KvAssembler::OnHeader(const v1::LayoutHeader& h) {
   if (has_header_) return DataLoss("prefill stream: a second layout header");
@@ -42,6 +57,16 @@ Status KvAssembler::OnHeader(const v1::LayoutHeader& h) {
                               " is not one this decode worker reads (F32, BF16, F16)");
   if (h.seq_len() != seq_len_)
     return DataLoss("layout header seq_len: " + I(h.seq_len()) + ", but the request has " + I(seq_len_) + " tokens");
+  if (h.kv_first_token() < first_) {
+    // The prefill declined the prefix this worker holds (another selection
+    // for this prompt, or a server that predates kv_from_token).
+    return Status(StatusCode::kAborted, "layout header kv_first_token: the prefill sends from position " +
+                                            I(h.kv_first_token()) + ", not from " + I(first_) +
+                                            " as kv_from_token asked (it did not take the prefix held here)");
+  }
+  if (h.kv_first_token() != first_)
+    return DataLoss("layout header kv_first_token: " + I(h.kv_first_token()) + ", but the request asked from " +
+                    I(first_));
   if (cache_->capacity() < seq_len_)
     return Internal("KV cache capacity " + I(cache_->capacity()) + " < " + I(seq_len_) + " tokens");
   wire_dtype_ = *dtype;

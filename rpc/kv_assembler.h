@@ -27,15 +27,27 @@ struct ExpectedLayout {
   int vocab_size = 0;
 };
 
+// Whether a fetch failed because the prefill declined kv_from_token (the
+// assembler's ABORTED at the header): the caller may fetch the whole prompt.
+bool IsKvFromDeclined(const Status& status);
+
 class KvAssembler {
  public:
-  // `cache` (not owned) must hold at least `seq_len` tokens.
-  KvAssembler(const ExpectedLayout& expected, int seq_len, KvCache* cache);
+  // `cache` (not owned) must hold at least `seq_len` tokens; positions
+  // [first_token, seq_len) are asked for (PrefillRequest.kv_from_token), the
+  // rest the cache holds already.
+  KvAssembler(const ExpectedLayout& expected, int first_token, int seq_len, KvCache* cache);
 
   // The first message. FAILED_PRECONDITION naming the field when the prefill
   // serves another model or layout; DATA_LOSS for a header that contradicts
-  // the request (seq_len) or comes twice.
+  // the request (seq_len, a kv_first_token past the one asked) or comes
+  // twice; ABORTED (IsKvFromDeclined) when the prefill sends from an earlier
+  // position than asked: it did not take the prefix this worker holds.
   Status OnHeader(const v1::LayoutHeader& header);
+  // Before the header: assemble positions [first_token, seq_len) into
+  // `cache` instead (a decode worker whose held positions the prefill
+  // declined lands the whole prompt elsewhere).
+  void Rebind(int first_token, KvCache* cache);
   // DATA_LOSS naming the field for a chunk before the header, out of range,
   // out of order, or with K/V sizes that do not match the layout.
   Status OnChunk(const v1::KvChunk& chunk);
@@ -46,7 +58,7 @@ class KvAssembler {
   // KV_TRANSPORT_NCCL: layer `layer` comes whole over the link; layers are
   // announced once each, in order (DATA_LOSS otherwise).
   Status OnLayerSent(int layer, int64_t bytes);
-  // After the summary: every layer covers [0, seq_len) and the logits have
+  // After the summary: every layer covers [first_token, seq_len) and the logits have
   // vocab_size entries. Sets the cache's length.
   Status OnSummary(const v1::PrefillSummary& summary);
 
@@ -56,6 +68,7 @@ class KvAssembler {
 
  private:
   ExpectedLayout expected_;
+  int first_;
   int seq_len_;
   KvCache* cache_;
   bool has_header_ = false;

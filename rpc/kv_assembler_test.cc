@@ -3,6 +3,7 @@
 // test wrote), every malformed one is refused with the field named.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -68,7 +69,7 @@ v1::PrefillSummary Summary() {
 TEST(KvAssembler, AssemblesChunksInAnyLayerOrder) {
   for (DType dtype : {DType::kF32, DType::kBF16}) {
     HostKvCache cache(kLayers, kHeads, kDim, kSeq + 5);
-    KvAssembler a(Expected(), kSeq, &cache);
+    KvAssembler a(Expected(), 0, kSeq, &cache);
     ASSERT_TRUE(a.OnHeader(Header(dtype == DType::kF32 ? v1::KV_DTYPE_F32 : v1::KV_DTYPE_BF16)).ok());
     // Layers interleaved; each layer's chunks in order.
     for (int t0 = 0; t0 < kSeq; t0 += 4)
@@ -115,12 +116,12 @@ TEST(KvAssembler, RefusesAnotherModelsLayout) {
       {[](v1::LayoutHeader* h) { h->set_kv_dtype(v1::KV_DTYPE_UNSPECIFIED); }, "kv_dtype"},
   };
   for (const Case& c : cases) {
-    KvAssembler a(Expected(), kSeq, &cache);
+    KvAssembler a(Expected(), 0, kSeq, &cache);
     v1::LayoutHeader h = Header();
     c.mutate(&h);
     ExpectRefused(a.OnHeader(h), StatusCode::kFailedPrecondition, c.field);
   }
-  KvAssembler a(Expected(), kSeq, &cache);
+  KvAssembler a(Expected(), 0, kSeq, &cache);
   v1::LayoutHeader h = Header();
   h.set_seq_len(kSeq - 1);
   ExpectRefused(a.OnHeader(h), StatusCode::kDataLoss, "seq_len");
@@ -129,11 +130,11 @@ TEST(KvAssembler, RefusesAnotherModelsLayout) {
 TEST(KvAssembler, RefusesMalformedChunks) {
   HostKvCache cache(kLayers, kHeads, kDim, kSeq);
   {
-    KvAssembler a(Expected(), kSeq, &cache);
+    KvAssembler a(Expected(), 0, kSeq, &cache);
     ExpectRefused(a.OnChunk(Chunk(0, 0, 2)), StatusCode::kDataLoss, "before the layout header");
   }
   auto fresh = [&] {
-    auto a = std::make_unique<KvAssembler>(Expected(), kSeq, &cache);
+    auto a = std::make_unique<KvAssembler>(Expected(), 0, kSeq, &cache);
     EXPECT_TRUE(a->OnHeader(Header()).ok());
     return a;
   };
@@ -165,6 +166,60 @@ TEST(KvAssembler, RefusesMalformedChunks) {
     v1::PrefillSummary s = Summary();
     s.mutable_last_logits()->RemoveLast();
     ExpectRefused(a->OnSummary(s), StatusCode::kDataLoss, "last_logits");
+  }
+}
+
+// Positions the decode worker holds already (kv_from_token): the chunks
+// start there, the cache's earlier positions are left as they were, and a
+// header that sends from elsewhere is refused: from an earlier position as
+// a declined ask (ABORTED, IsKvFromDeclined), from a later one as a broken
+// stream.
+TEST(KvAssembler, AssemblesTheRestAfterTheHeldPositions) {
+  constexpr int kFirst = 4;
+  HostKvCache cache(kLayers, kHeads, kDim, kSeq);
+  for (int layer = 0; layer < kLayers; ++layer) {
+    std::fill_n(cache.k(layer), size_t{kHeads} * kSeq * kDim, -7.0f);
+    std::fill_n(cache.v(layer), size_t{kHeads} * kSeq * kDim, -7.0f);
+  }
+  KvAssembler a(Expected(), kFirst, kSeq, &cache);
+  v1::LayoutHeader h = Header();
+  h.set_kv_first_token(kFirst);
+  ASSERT_TRUE(a.OnHeader(h).ok());
+  ExpectRefused(a.OnChunk(Chunk(0, 0, 2)), StatusCode::kDataLoss, "token_start");
+  for (int layer = 0; layer < kLayers; ++layer) ASSERT_TRUE(a.OnChunk(Chunk(layer, kFirst, kSeq - kFirst)).ok());
+  ASSERT_TRUE(a.OnSummary(Summary()).ok());
+  EXPECT_EQ(cache.length(), kSeq);
+  EXPECT_EQ(a.bytes(), int64_t{2} * kLayers * kHeads * (kSeq - kFirst) * kDim * 4);
+  for (int layer = 0; layer < kLayers; ++layer)
+    for (int hd = 0; hd < kHeads; ++hd)
+      for (int t = 0; t < kSeq; ++t)
+        for (int d = 0; d < kDim; ++d) {
+          const size_t i = (size_t(hd) * kSeq + t) * kDim + d;
+          ASSERT_EQ(cache.k(layer)[i], t < kFirst ? -7.0f : Value(layer, hd, t, d, false));
+          ASSERT_EQ(cache.v(layer)[i], t < kFirst ? -7.0f : Value(layer, hd, t, d, true));
+        }
+  {
+    KvAssembler declined(Expected(), kFirst, kSeq, &cache);
+    const Status s = declined.OnHeader(Header());  // kv_first_token 0
+    ExpectRefused(s, StatusCode::kAborted, "kv_first_token");
+    EXPECT_TRUE(IsKvFromDeclined(s));
+    EXPECT_TRUE(IsKvFromDeclined(s.WithContext("prefill endpoint x")));
+    EXPECT_FALSE(IsKvFromDeclined(Status(StatusCode::kAborted, "something else")));
+  }
+  {
+    KvAssembler past(Expected(), 0, kSeq, &cache);
+    v1::LayoutHeader later = Header();
+    later.set_kv_first_token(kFirst);
+    const Status s = past.OnHeader(later);
+    ExpectRefused(s, StatusCode::kDataLoss, "kv_first_token");
+    EXPECT_FALSE(IsKvFromDeclined(s));
+  }
+  {
+    KvAssembler short_layer(Expected(), kFirst, kSeq, &cache);
+    ASSERT_TRUE(short_layer.OnHeader(h).ok());
+    for (int layer = 0; layer < kLayers; ++layer)
+      ASSERT_TRUE(short_layer.OnChunk(Chunk(layer, kFirst, layer == 1 ? 2 : kSeq - kFirst)).ok());
+    ExpectRefused(short_layer.OnSummary(Summary()), StatusCode::kDataLoss, "layer 1");
   }
 }
 

@@ -319,17 +319,27 @@ void PrefillClient::RememberServed(Endpoint& endpoint, const std::vector<uint64_
 
 StatusOr<FetchedKv> PrefillClient::Fetch(const v1::PrefillRequest& request, const ExpectedLayout& expected,
                                          KvCache* cache, CallCanceller* canceller,
-                                         const std::function<void(int64_t)>& on_kv_bytes) {
+                                         const std::function<void(int64_t)>& on_kv_bytes, const WholeCache& whole) {
   const std::vector<uint64_t> blocks = prefix_affinity_ ? PromptBlockHashes(request) : std::vector<uint64_t>{};
   const std::vector<size_t> order = Order(blocks);
   Status last;
   std::string tried;
   bool all_exhausted = true;
+  // After a declined kv_from_token, the whole prompt into the new cache.
+  v1::PrefillRequest asked = request;
+  KvCache* into = cache;
   for (int attempt = 0; attempt < attempts_; ++attempt) {
     Endpoint& endpoint = *endpoints_[order[attempt % order.size()]];
     FetchedKv out;
     Outcome outcome = Outcome::kFinal;
-    Status s = FetchOnce(endpoint, request, expected, cache, canceller, on_kv_bytes, &out, &outcome);
+    KvCache* swapped = nullptr;
+    Status s = FetchOnce(endpoint, asked, expected, into, canceller, on_kv_bytes, whole, &swapped, &out, &outcome);
+    if (swapped != nullptr) {
+      into = swapped;
+      asked.clear_kv_from_token();
+      asked.clear_kv_from_sparsity();
+      asked.clear_kv_from_block_size();
+    }
     if (s.ok()) {
       out.attempts = attempt + 1;
       RememberServed(endpoint, blocks);
@@ -354,12 +364,14 @@ StatusOr<FetchedKv> PrefillClient::Fetch(const v1::PrefillRequest& request, cons
 // OnMessage on the fetching thread; End stops whatever still runs.
 class PrefillClient::KvReceive {
  public:
-  KvReceive(PrefillClient* client, Endpoint* endpoint, int seq_len, const ExpectedLayout& expected, KvCache* cache,
-            int device, const v1::KvTransportOffer& offer, v1::KvWire asked,
+  KvReceive(PrefillClient* client, Endpoint* endpoint, int first_token, int seq_len, const ExpectedLayout& expected,
+            KvCache* cache, int device, const v1::KvTransportOffer& offer, v1::KvWire asked,
             std::optional<std::chrono::system_clock::time_point> deadline,
-            const std::function<void(int64_t)>& on_kv_bytes, RawStreamCall* main)
+            const std::function<void(int64_t)>& on_kv_bytes, RawStreamCall* main, const WholeCache& whole,
+            KvCache** swapped)
       : client_(client),
         endpoint_(endpoint),
+        first_(first_token),
         seq_len_(seq_len),
         cache_(cache),
         device_(device),
@@ -368,7 +380,9 @@ class PrefillClient::KvReceive {
         deadline_(deadline),
         on_kv_bytes_(on_kv_bytes),
         main_(main),
-        assembler_(expected, seq_len, cache),
+        whole_(whole),
+        swapped_(swapped),
+        assembler_(expected, first_token, seq_len, cache),
         chunks_per_stream_(1, 0) {}
 
   ~KvReceive() { End(true, "the fetch ended"); }
@@ -425,6 +439,8 @@ class PrefillClient::KvReceive {
   // The transfer was counted as started (TransferStarted).
   bool started() const { return started_; }
   bool have_summary() const { return have_summary_; }
+  int gate_block() const { return gate_block_; }
+  int first_token() const { return first_; }
   bool nccl() const { return nccl_; }
   // KV chunks (or NCCL layers) received: the call got past admission.
   int progress() {
@@ -467,6 +483,17 @@ class PrefillClient::KvReceive {
   Status OnHeader(const v1::LayoutHeader& h) {
     {
       std::lock_guard<std::mutex> lock(mu_);
+      if (h.kv_first_token() == 0 && first_ > 0 && whole_ != nullptr) {
+        // The prefill declined the held positions and sends them all: into
+        // a cache for the whole prompt, before anything lands. Without one
+        // the assembler refuses the header (ABORTED).
+        if (StatusOr<KvCache*> fresh = whole_(); fresh.ok() && *fresh != nullptr) {
+          cache_ = *fresh;
+          first_ = 0;
+          assembler_.Rebind(0, cache_);
+          *swapped_ = cache_;
+        }
+      }
       SEER_RETURN_IF_ERROR(assembler_.OnHeader(h));
     }
     SEER_RETURN_IF_ERROR(CheckHeaderTransport(h, offer_, asked_));
@@ -476,6 +503,7 @@ class PrefillClient::KvReceive {
     nccl_ = h.transport() == v1::KV_TRANSPORT_NCCL;
     streams_ = std::max(1, h.grpc_streams());
     have_header_ = true;
+    gate_block_ = h.block_size();
     header_at_ = last_landed_ = std::chrono::steady_clock::now();
     client_->NoteInstance(endpoint_, h.prefill_instance());
     if (h.has_nccl_setup()) JoinLink(h);
@@ -495,7 +523,8 @@ class PrefillClient::KvReceive {
   Status OnLayerSent(int layer) {
     if (!nccl_) return DataLoss("prefill stream: a layer marker on a gRPC transfer");
     const KvLayout& l = cache_->layout();
-    const int64_t bytes = 2 * static_cast<int64_t>(l.num_kv_heads) * seq_len_ * l.head_dim * DTypeSize(wire_.dtype);
+    const int64_t bytes =
+        2 * static_cast<int64_t>(l.num_kv_heads) * (seq_len_ - first_) * l.head_dim * DTypeSize(wire_.dtype);
     {
       std::lock_guard<std::mutex> lock(mu_);
       SEER_RETURN_IF_ERROR(assembler_.OnLayerSent(layer, bytes));
@@ -684,8 +713,9 @@ class PrefillClient::KvReceive {
       return Unavailable("the prefill chose NCCL link " + std::to_string(h.nccl_link_id()) +
                          ", which this decode worker no longer holds");
     StatusOr<std::unique_ptr<NcclKvLink::Transfer>> transfer =
-        paged != nullptr ? StartPagedReceive(*link->link, paged, h.nccl_transfer_seq())
-                         : link->link->StartRecv(device, seq_len_, h.nccl_transfer_seq());
+        paged != nullptr
+            ? StartPagedReceive(*link->link, paged, h.nccl_transfer_seq())
+            : link->link->StartRecv(device, seq_len_, h.nccl_transfer_seq(), NcclKvSplit::kPerHead, first_);
     if (!transfer.ok()) {
       client_->nccl_->links.Drop(h.prefill_instance(), link->id, transfer.status().message());
       client_->ReportLinks();
@@ -722,33 +752,43 @@ class PrefillClient::KvReceive {
     SEER_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(cudaStreamPerThread));
     DeviceKvCache* staging = nccl_staging_.get();
     const int32_t* table = nccl_table_.as<int32_t>();
+    // Tokens [first, n) of each head land at their own positions in the
+    // staging, and go to the same positions in the pages.
     const int n = seq_len_;
+    const int first = first_;
+    const size_t skip = static_cast<size_t>(first) * l.head_dim;
     return link.StartRecvStaged(
-        staging, l.num_layers, n, seq, [staging, table, pool, n, l](int layer, cudaStream_t stream) {
+        staging, l.num_layers, n, seq,
+        [staging, table, pool, first, n, skip, l](int layer, cudaStream_t stream) {
           const int page_tokens = pool->layout().page_tokens;
-          cudaError_t e = cuda::ScatterToPagesStrided(staging->k(0), n, 0, n, table, l.num_kv_heads, l.head_dim,
-                                                      page_tokens, pool->k(layer), stream);
+          cudaError_t e = cuda::ScatterToPagesStrided(staging->k(0) + skip, n, first, n - first, table, l.num_kv_heads,
+                                                      l.head_dim, page_tokens, pool->k(layer), stream);
           if (e != cudaSuccess) return e;
-          return cuda::ScatterToPagesStrided(staging->v(0), n, 0, n, table, l.num_kv_heads, l.head_dim, page_tokens,
-                                             pool->v(layer), stream);
-        });
+          return cuda::ScatterToPagesStrided(staging->v(0) + skip, n, first, n - first, table, l.num_kv_heads,
+                                             l.head_dim, page_tokens, pool->v(layer), stream);
+        },
+        first);
   }
 #endif
 
   PrefillClient* const client_;
   Endpoint* const endpoint_;
+  int first_;  // the first position asked for (kv_from_token); 0 once declined
   const int seq_len_;
-  KvCache* const cache_;
+  KvCache* cache_;  // `whole_`'s once the prefill declined the held positions
   const int device_;
   const v1::KvTransportOffer offer_;
   const v1::KvWire asked_;
   const std::optional<std::chrono::system_clock::time_point> deadline_;
   const std::function<void(int64_t)>& on_kv_bytes_;
   RawStreamCall* const main_;
+  const WholeCache& whole_;
+  KvCache** const swapped_;
 
   // The fetching thread's.
   DecodedResponse decoded_;
   bool have_header_ = false, have_summary_ = false, started_ = false, nccl_ = false;
+  int gate_block_ = 0;
   int streams_ = 1;
   uint64_t transfer_id_ = 0;
   KvWireFormat wire_;
@@ -852,7 +892,8 @@ void PrefillClient::ReportLinks() {
 
 Status PrefillClient::FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& request, const ExpectedLayout& expected,
                                 KvCache* cache, CallCanceller* canceller,
-                                const std::function<void(int64_t)>& on_kv_bytes, FetchedKv* out, Outcome* outcome) {
+                                const std::function<void(int64_t)>& on_kv_bytes, const WholeCache& whole,
+                                KvCache** swapped, FetchedKv* out, Outcome* outcome) {
   *outcome = Outcome::kFinal;
   const auto start = std::chrono::steady_clock::now();
   int device = -1;
@@ -892,8 +933,8 @@ Status PrefillClient::FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& re
   int received_chunks = 0;
   int64_t received_bytes = 0;
   {
-    KvReceive receive(this, &endpoint, request.token_ids_size(), expected, cache, device, offered.transport_offer(),
-                      request.kv_wire(), deadline, on_kv_bytes, &call);
+    KvReceive receive(this, &endpoint, request.kv_from_token(), request.token_ids_size(), expected, cache, device,
+                      offered.transport_offer(), request.kv_wire(), deadline, on_kv_bytes, &call, whole, swapped);
     grpc::ByteBuffer buffer;
     while (protocol.ok() && call.Next(&buffer)) protocol = receive.OnMessage(buffer);
     if (!protocol.ok()) call.Cancel();
@@ -922,6 +963,8 @@ Status PrefillClient::FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& re
       out->transfer = receive.Stats();
       out->kv_bytes = receive.kv_bytes();
       out->chunks_per_stream = receive.chunks_per_stream();
+      out->gate_block = receive.gate_block();
+      out->kv_first_token = receive.first_token();
       out->summary = std::move(receive.summary());
     }
   }

@@ -135,6 +135,10 @@ struct FetchedKv {
   v1::KvTransferStats transfer;
   // KV chunks each gRPC stream landed (index 0: the Prefill call).
   std::vector<int> chunks_per_stream;
+  // The header's: the gates' block size, and the first position sent (the
+  // request's kv_from_token, or 0 when the prefill declined it).
+  int gate_block = 0;
+  int kv_first_token = 0;
 };
 
 // The grpc.health.v1 name every prefill server reports under.
@@ -156,8 +160,17 @@ class PrefillClient {
   // endpoint. When every attempt failed: RESOURCE_EXHAUSTED if every
   // endpoint was at capacity, else UNAVAILABLE. `on_kv_bytes` is called with
   // the K/V bytes of each chunk as it lands.
+  //
+  // With kv_from_token (`cache` holds the positions before it): a prefill
+  // that declines it sends the whole prompt (IsKvFromDeclined). Then `whole`,
+  // when given, is asked at once, on this thread, for a cache to land all of
+  // it in instead (the caller may free `cache` then, and later attempts use
+  // the new one without kv_from_token); without `whole`, or when it fails,
+  // the fetch fails with the assembler's ABORTED.
+  using WholeCache = std::function<StatusOr<KvCache*>()>;
   StatusOr<FetchedKv> Fetch(const v1::PrefillRequest& request, const ExpectedLayout& expected, KvCache* cache,
-                            CallCanceller* canceller, const std::function<void(int64_t)>& on_kv_bytes);
+                            CallCanceller* canceller, const std::function<void(int64_t)>& on_kv_bytes,
+                            const WholeCache& whole = nullptr);
 
   // Calls `on_change(any, why)` from the health thread whenever "some
   // endpoint can serve" changes, and once at once with the current answer;
@@ -211,9 +224,10 @@ class PrefillClient {
   std::vector<size_t> Order(const std::vector<uint64_t>& blocks);
   // `endpoint` served a prompt with these block hashes.
   void RememberServed(Endpoint& endpoint, const std::vector<uint64_t>& blocks);
+  // `whole` as in Fetch; `*swapped` is set to the cache it gave.
   Status FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& request, const ExpectedLayout& expected,
                    KvCache* cache, CallCanceller* canceller, const std::function<void(int64_t)>& on_kv_bytes,
-                   FetchedKv* out, Outcome* outcome);
+                   const WholeCache& whole, KvCache** swapped, FetchedKv* out, Outcome* outcome);
   void HealthLoop();
   // Under mu_: whether any endpoint is up, and each one's state.
   bool AnyUpLocked(std::string* why) const;

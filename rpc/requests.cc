@@ -210,6 +210,23 @@ v1::Sparsity SparsityToProto(const SparsityRequest& r) {
   return s;
 }
 
+v1::Sparsity AppliedSparsityToProto(const SparsityConfig& applied) {
+  v1::Sparsity s = SparsityToProto(SparsityRequest{applied, applied.last_block_dense});
+  if (applied.mode == SparsityMode::kDense) s.set_mode(v1::Sparsity::MODE_DENSE);
+  return s;
+}
+
+StatusOr<SparsityConfig> AppliedSparsityFromProto(const v1::Sparsity& sparsity, const char* field) {
+  if (sparsity.mode() == v1::Sparsity::MODE_UNSPECIFIED || !sparsity.has_last_block_dense())
+    return InvalidArgument(std::string(field) + ": mode and last_block_dense must both be set (" +
+                           "a sparsity as applied, PrefillSummary.applied_sparsity)");
+  StatusOr<SparsityRequest> r = SparsityFromProto(sparsity);
+  if (!r.ok()) return r.status().WithContext(field);
+  SparsityConfig out = *r->mode;
+  out.last_block_dense = *r->last_block_dense;
+  return out;
+}
+
 void AddChatMessages(std::vector<ChatTurn> turns, v1::GenerateRequest* request) {
   for (ChatTurn& t : turns) {
     v1::ChatMessage* m = request->add_messages();
@@ -287,6 +304,18 @@ StatusOr<PrefillCall> ParsePrefillRequest(const v1::PrefillRequest& r, const Req
     SEER_RETURN_IF_ERROR(
         CheckPromptLogprobs(r.prompt_logprobs(), static_cast<int64_t>(call.ids.size()), "prompt_logprobs"));
     call.prompt_logprobs = r.prompt_logprobs();
+  }
+  if (r.kv_from_token() != 0 || r.has_kv_from_sparsity()) {
+    const int64_t count = static_cast<int64_t>(call.ids.size());
+    if (r.kv_from_token() < 0 || r.kv_from_token() >= count || r.kv_from_token() % kKvPrefixBlock != 0)
+      return InvalidArgument("kv_from_token: " + Int(r.kv_from_token()) + " must be a multiple of " +
+                             Int(kKvPrefixBlock) + " below the prompt's " + Int(count) + " tokens");
+    SEER_ASSIGN_OR_RETURN(call.kv_from_sparsity, AppliedSparsityFromProto(r.kv_from_sparsity(), "kv_from_sparsity"));
+    if (r.kv_from_block_size() < 1 || r.kv_from_block_size() > (1 << 20))
+      return InvalidArgument("kv_from_block_size: " + Int(r.kv_from_block_size()) +
+                             " is out of range [1, 1048576] (the block_size of the header that sent the held K/V)");
+    call.kv_from_token = r.kv_from_token();
+    call.kv_from_block_size = r.kv_from_block_size();
   }
   SEER_RETURN_IF_ERROR(CheckRequestSize(r, limits));
   return call;

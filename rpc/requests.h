@@ -59,6 +59,10 @@ struct RequestLimits {
 };
 
 // A Prefill request, checked.
+// The unit of PrefillRequest.kv_from_token: a whole number of the prefix
+// store's 64-token blocks (engine.h's kPrefixBlock).
+inline constexpr int kKvPrefixBlock = 64;
+
 struct PrefillCall {
   std::string request_id;  // empty: the server names the request
   std::vector<int32_t> ids;
@@ -69,6 +73,11 @@ struct PrefillCall {
   v1::KvTransportOffer transport_offer;
   v1::KvWire kv_wire = v1::KV_WIRE_UNSPECIFIED;
   int prompt_logprobs = -1;  // -1: none
+  // K/V the caller already holds (kv_from_token, 0: none), computed with
+  // kv_from_sparsity (every field set).
+  int kv_from_token = 0;
+  SparsityConfig kv_from_sparsity;
+  int kv_from_block_size = 0;
 };
 
 // A Generate request, checked. The prompt is `ids`, or `text`, or
@@ -124,6 +133,12 @@ StatusOr<SparsityRequest> SparsityFromProto(const v1::Sparsity& sparsity);
 // The wire form of a checked request: what seer-decode forwards to a prefill
 // server and `seer generate` sends (MODE_UNSPECIFIED when it names no mode).
 v1::Sparsity SparsityToProto(const SparsityRequest& request);
+// A sparsity as a prefill applied it (PrefillSummary.applied_sparsity,
+// PrefillRequest.kv_from_sparsity): the mode with its value, and
+// last_block_dense, always set. Parsing refuses one that leaves either
+// unset (INVALID_ARGUMENT naming `field`).
+v1::Sparsity AppliedSparsityToProto(const SparsityConfig& applied);
+StatusOr<SparsityConfig> AppliedSparsityFromProto(const v1::Sparsity& sparsity, const char* field);
 
 // Chat turns as a request's messages (every front end sends them so).
 void AddChatMessages(std::vector<ChatTurn> turns, v1::GenerateRequest* request);

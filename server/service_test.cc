@@ -2706,5 +2706,251 @@ TEST(Service, ThePrefixStoreKeepsWithinItsBudget) {
   EXPECT_NE(refused.message().find("--prefix-cache-bytes"), std::string::npos) << refused.ToString();
 }
 
+// A Generate call's tokens, each with its chosen logprob, and its summary.
+struct Reply {
+  std::vector<std::pair<int32_t, float>> tokens;
+  v1::GenerateSummary summary;
+};
+Reply GenerateWithLogprobs(v1::DecodeService::Stub* stub, const v1::GenerateRequest& req) {
+  Reply out;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 60s);
+  auto reader = stub->Generate(&ctx, req);
+  v1::GenerateResponse msg;
+  while (reader->Read(&msg)) {
+    if (msg.event_case() == v1::GenerateResponse::kToken)
+      out.tokens.emplace_back(msg.token(), msg.logprobs().chosen().logprob());
+    if (msg.event_case() == v1::GenerateResponse::kSummary) out.summary = msg.summary();
+  }
+  const grpc::Status s = reader->Finish();
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  return out;
+}
+
+void KvPrefixStoreChat(bool prefill_store);
+
+// The decode worker's KV prefix store: a chat's turns through a worker that
+// keeps its prompts' pages are sent only the rest of each next prompt, and
+// reply exactly as a worker without the store (sampled tokens and their
+// logprobs, bit for bit: the CPU engine's rows are computed alone, so a held
+// row is the row the whole transfer would have written). Dense and
+// threshold selection hold the previous prompt's reusable blocks
+// (ReusableTokens, in whole pages); nz_ratio holds nothing. The bytes moved
+// are the rest's, and the metrics count each lookup.
+TEST(Service, TheKvPrefixStoreIsSentOnlyTheRestOfAChatsNextTurn) {
+  for (const bool prefill_store : {true, false}) {
+    SCOPED_TRACE(prefill_store ? "the prefill with its prefix store" : "the prefill computing every prompt whole");
+    KvPrefixStoreChat(prefill_store);
+  }
+}
+
+// One chat of TheKvPrefixStoreIsSentOnlyTheRestOfAChatsNextTurn: without the
+// prefill's store, the held rows are an earlier prompt's prefill, and the
+// store-less worker's rows this prompt's own.
+void KvPrefixStoreChat(bool prefill_store) {
+  auto gated = fixtures::GatedCpuEngine("llama");
+  ASSERT_TRUE(gated.ok()) << gated.status().ToString();
+  PrefillServiceOptions with_store;
+  with_store.prefix_cache_bytes = prefill_store ? int64_t{1} << 30 : 0;
+  PrefillHarness prefill(with_store, gated->get());
+  std::unique_ptr<Engine> paged_held = AloneAndBatched::EnablePaged(LoadEngine(Path("llama")));
+  std::unique_ptr<Engine> paged_plain = AloneAndBatched::EnablePaged(LoadEngine(Path("llama")));
+  DecodeServiceOptions keep;
+  keep.kv_prefix_cache_bytes = int64_t{16} << 20;
+  DecodeHarness held(prefill.server->address(), paged_held.get(), keep);
+  DecodeHarness plain(prefill.server->address(), paged_plain.get());
+  const int vocab = (*gated)->config().vocab_size;
+  const int page = paged_held->page_pool()->layout().page_tokens;
+  struct Mode {
+    v1::Sparsity::Mode mode;
+    double value;
+  };
+  double hits = 0, misses = 0, held_tokens = 0;
+  uint32_t seed = 40;
+  for (const Mode& m : {Mode{v1::Sparsity::MODE_DENSE, 0.0}, Mode{v1::Sparsity::MODE_THRESHOLD, 0.05},
+                        Mode{v1::Sparsity::MODE_NZ_RATIO, 0.3}}) {
+    SCOPED_TRACE(v1::Sparsity::Mode_Name(m.mode));
+    SparsityConfig config;
+    config.mode = m.mode == v1::Sparsity::MODE_DENSE       ? SparsityMode::kDense
+                  : m.mode == v1::Sparsity::MODE_THRESHOLD ? SparsityMode::kThreshold
+                                                           : SparsityMode::kNzRatio;
+    config.threshold = m.mode == v1::Sparsity::MODE_THRESHOLD ? m.value : 0.0;
+    config.nz_ratio = m.mode == v1::Sparsity::MODE_NZ_RATIO ? m.value : 1.0;
+    std::vector<int32_t> prompt = seer::testing::RandomIds(300, vocab, ++seed);
+    int previous = 0;  // the last turn's prompt length
+    for (int turn = 0; turn < 3; ++turn) {
+      SCOPED_TRACE("turn " + std::to_string(turn));
+      v1::GenerateRequest req;
+      for (int32_t id : prompt) req.add_token_ids(id);
+      req.set_max_new_tokens(6);
+      req.set_logprobs(0);
+      req.mutable_sampling()->set_temperature(0.9f);
+      req.mutable_sampling()->set_seed(turn + 7);
+      req.mutable_sparsity()->set_mode(m.mode);
+      if (m.mode == v1::Sparsity::MODE_THRESHOLD) req.mutable_sparsity()->set_threshold(m.value);
+      if (m.mode == v1::Sparsity::MODE_NZ_RATIO) req.mutable_sparsity()->set_nz_ratio(m.value);
+      const Reply got = GenerateWithLogprobs(held.Stub().get(), req);
+      const Reply want = GenerateWithLogprobs(plain.Stub().get(), req);
+      ASSERT_EQ(got.tokens.size(), 6u);
+      EXPECT_EQ(got.tokens, want.tokens) << "the same tokens and logprobs, bit for bit";
+      const int n = static_cast<int>(prompt.size());
+      // The previous prompt is this one's prefix: its reusable blocks, in
+      // whole pages, are held.
+      const int reusable = turn == 0 ? 0 : ReusableTokens(previous, previous, n, config, 64) / page * page;
+      EXPECT_EQ(got.summary.kv_held_tokens(), reusable);
+      EXPECT_EQ(want.summary.kv_held_tokens(), 0);
+      EXPECT_EQ(got.summary.kv_bytes(), want.summary.kv_bytes() / n * (n - reusable)) << "only the rest moved";
+      if (turn > 0 && m.mode != v1::Sparsity::MODE_NZ_RATIO) EXPECT_GT(reusable, 0);
+      if (reusable > 0) {
+        ++hits;
+        held_tokens += reusable;
+      } else {
+        ++misses;
+      }
+      previous = n;
+      // The next turn: this prompt, the reply, and 100 new tokens.
+      for (const auto& [token, logprob] : got.tokens) prompt.push_back(token);
+      for (int32_t id : seer::testing::RandomIds(100, vocab, ++seed)) prompt.push_back(id);
+    }
+  }
+  EXPECT_EQ(held.metrics.kv_prefix_hits.Value(), hits);
+  EXPECT_EQ(held.metrics.kv_prefix_misses.Value(), misses);
+  EXPECT_EQ(held.metrics.kv_prefix_declined.Value(), 0);
+  EXPECT_EQ(held.metrics.kv_prefix_held_tokens.Value(), held_tokens);
+  EXPECT_GT(held.metrics.kv_prefix_entries.Value(), 0);
+  EXPECT_LE(held.metrics.kv_prefix_bytes.Value(), static_cast<double>(keep.kv_prefix_cache_bytes));
+  EXPECT_EQ(plain.metrics.kv_prefix_misses.Value(), 0) << "no store, no lookups";
+}
+
+// A prefill that resolves the asked sparsity to another selection than the
+// one the held K/V was computed with declines kv_from_token and sends the
+// whole prompt, and the decode worker lands it in new pages, from the same
+// stream (no second prefill, nothing cancelled): here the
+// request leaves the mode to the server, and the two prefill servers it
+// alternates between resolve it differently (the fixture gates' threshold,
+// and dense without gates). Replies still match a store-less worker's.
+TEST(Service, AHeldPrefixThatThePrefillDeclinesIsFetchedWhole) {
+  auto gated = fixtures::GatedCpuEngine("llama");
+  ASSERT_TRUE(gated.ok()) << gated.status().ToString();
+  std::unique_ptr<Engine> dense = LoadEngine(Path("llama"));
+  PrefillHarness a({}, gated->get()), b({}, dense.get());
+  const std::string targets = a.server->address() + "," + b.server->address();
+  PrefillClientOptions round_robin;
+  round_robin.prefix_affinity = false;
+  std::unique_ptr<Engine> paged_held = AloneAndBatched::EnablePaged(LoadEngine(Path("llama")));
+  std::unique_ptr<Engine> paged_plain = AloneAndBatched::EnablePaged(LoadEngine(Path("llama")));
+  DecodeServiceOptions keep;
+  keep.kv_prefix_cache_bytes = int64_t{16} << 20;
+  DecodeHarness held(targets, paged_held.get(), keep, round_robin);
+  std::vector<int32_t> prompt = seer::testing::RandomIds(300, 128, 3);
+  for (int turn = 0; turn < 2; ++turn) {
+    v1::GenerateRequest req;
+    for (int32_t id : prompt) req.add_token_ids(id);
+    req.set_max_new_tokens(4);
+    const Reply got = GenerateWithLogprobs(held.Stub().get(), req);
+    ASSERT_EQ(got.tokens.size(), 4u);
+    // The same request from a store-less worker on that endpoint alone.
+    DecodeHarness plain(got.summary.prefill_endpoint(), paged_plain.get());
+    const Reply want = GenerateWithLogprobs(plain.Stub().get(), req);
+    EXPECT_EQ(got.tokens, want.tokens) << "turn " << turn;
+    EXPECT_EQ(got.summary.kv_held_tokens(), 0) << "turn " << turn;
+    EXPECT_EQ(got.summary.kv_bytes(), want.summary.kv_bytes()) << "turn " << turn;
+    for (int32_t id : seer::testing::RandomIds(100, 128, 10 + turn)) prompt.push_back(id);
+  }
+  EXPECT_EQ(held.metrics.kv_prefix_declined.Value(), 1);
+  EXPECT_EQ(held.metrics.kv_prefix_hits.Value(), 0);
+  EXPECT_EQ(held.metrics.kv_prefix_misses.Value(), 1) << "the first turn; the second was declined";
+  // The declined turn landed in new pages from the same stream: each turn
+  // was prefilled once by the pair (and once more for the reference).
+  EXPECT_EQ(a.metrics.tokens.Value() + b.metrics.tokens.Value(), 2.0 * (300 + 400));
+}
+
+// The prefill's side of kv_from_token: honoured when the held selection is
+// the one this request resolves to, in the same gate blocks (the chunks then
+// start there, and land the whole stream's values from there on), declined
+// otherwise (all of it), and refused by name when malformed.
+TEST(Service, ThePrefillSendsFromKvFromTokenOnlyForTheSameSelection) {
+  auto gated = fixtures::GatedCpuEngine("llama");
+  ASSERT_TRUE(gated.ok()) << gated.status().ToString();
+  PrefillHarness prefill({}, gated->get());
+  const std::vector<int32_t> ids = seer::testing::RandomIds(200, (*gated)->config().vocab_size, 9);
+  v1::PrefillRequest whole;
+  for (int32_t id : ids) whole.add_token_ids(id);
+  whole.mutable_sparsity()->set_mode(v1::Sparsity::MODE_THRESHOLD);
+  whole.mutable_sparsity()->set_threshold(0.05);
+  std::vector<v1::PrefillResponse> all;
+  ASSERT_TRUE(CallPrefill(prefill.Stub().get(), whole, &all).ok());
+  const v1::Sparsity applied = all.back().summary().applied_sparsity();
+  EXPECT_EQ(applied.mode(), v1::Sparsity::MODE_THRESHOLD);
+  EXPECT_EQ(applied.threshold(), 0.05);
+  ASSERT_TRUE(applied.has_last_block_dense());
+  EXPECT_TRUE(applied.last_block_dense()) << "the gates' default, as applied";
+  // Each stream assembled into its own cache, as a decode worker would.
+  const ModelConfig& mc = (*gated)->config();
+  const ExpectedLayout expected{(*gated)->fingerprint(), mc.num_layers, mc.num_kv_heads, mc.head_dim, mc.vocab_size};
+  auto assemble = [&](const std::vector<v1::PrefillResponse>& msgs, int first, HostKvCache* cache) {
+    KvAssembler a(expected, first, 200, cache);
+    for (const v1::PrefillResponse& m : msgs) {
+      Status st = m.has_header()  ? a.OnHeader(m.header())
+                  : m.has_chunk() ? a.OnChunk(m.chunk())
+                                  : a.OnSummary(m.summary());
+      if (!st.ok()) return st;
+    }
+    return OkStatus();
+  };
+  HostKvCache want(mc.num_layers, mc.num_kv_heads, mc.head_dim, 200);
+  ASSERT_TRUE(assemble(all, 0, &want).ok());
+  struct Ask {
+    const char* what;
+    bool same_selection;
+    int block_size;
+    int first;  // what the server sends from
+  };
+  for (const Ask& ask : {Ask{"the same selection", true, 64, 128}, Ask{"another last_block_dense", false, 64, 0},
+                         Ask{"another gate block", true, 128, 0}}) {
+    SCOPED_TRACE(ask.what);
+    v1::PrefillRequest r = whole;
+    r.set_kv_from_token(128);
+    *r.mutable_kv_from_sparsity() = applied;
+    r.set_kv_from_block_size(ask.block_size);
+    if (!ask.same_selection) r.mutable_kv_from_sparsity()->set_last_block_dense(false);
+    std::vector<v1::PrefillResponse> got;
+    ASSERT_TRUE(CallPrefill(prefill.Stub().get(), r, &got).ok());
+    ASSERT_TRUE(got.front().has_header());
+    EXPECT_EQ(got.front().header().kv_first_token(), ask.first);
+    HostKvCache landed(mc.num_layers, mc.num_kv_heads, mc.head_dim, 200);
+    const Status st = assemble(got, ask.first, &landed);
+    ASSERT_TRUE(st.ok()) << st.ToString();
+    for (int layer = 0; layer < mc.num_layers; ++layer) {
+      std::vector<float> k0(size_t{200} * mc.num_kv_heads * mc.head_dim), v0(k0.size()), k1(k0.size()), v1s(k0.size());
+      const int n = 200 - ask.first;
+      ASSERT_TRUE(want.ReadLayer(layer, ask.first, n, k0.data(), v0.data()).ok());
+      ASSERT_TRUE(landed.ReadLayer(layer, ask.first, n, k1.data(), v1s.data()).ok());
+      EXPECT_EQ(k0, k1) << "layer " << layer << ": the sent positions are the whole stream's";
+      EXPECT_EQ(v0, v1s) << "layer " << layer;
+    }
+    EXPECT_EQ(got.back().summary().kv_bytes(), all.back().summary().kv_bytes() / 200 * (200 - ask.first));
+    ASSERT_EQ(got.back().summary().last_logits_size(), all.back().summary().last_logits_size());
+    for (int i = 0; i < got.back().summary().last_logits_size(); ++i)
+      ASSERT_EQ(got.back().summary().last_logits(i), all.back().summary().last_logits(i));
+  }
+  struct Bad {
+    int from;
+    bool mode_set;
+    int block_size;
+    std::string field;
+  };
+  for (const Bad& bad :
+       {Bad{100, true, 64, "kv_from_token"}, Bad{200, true, 64, "kv_from_token"}, Bad{-64, true, 64, "kv_from_token"},
+        Bad{64, false, 64, "kv_from_sparsity"}, Bad{64, true, 0, "kv_from_block_size"}}) {
+    v1::PrefillRequest r = whole;
+    r.set_kv_from_token(bad.from);
+    *r.mutable_kv_from_sparsity() = applied;
+    r.set_kv_from_block_size(bad.block_size);
+    if (!bad.mode_set) r.mutable_kv_from_sparsity()->clear_mode();
+    ExpectInvalid(CallPrefill(prefill.Stub().get(), r), bad.field);
+  }
+}
+
 }  // namespace
 }  // namespace seer

@@ -77,7 +77,8 @@ grep -m1 " ready: " "$work/prefill.log"
 
 echo "== starting seer-decode (pulls KV from $prefill_addr)"
 "$bin/seer-decode" --listen 127.0.0.1:0 --metrics 127.0.0.1:0 --http 127.0.0.1:0 --model "$model" \
-  --prefill "$prefill_addr" --device "$device" >"$work/decode.log" 2>"$work/decode.log.err" &
+  --prefill "$prefill_addr" --device "$device" --kv-prefix-cache-bytes 134217728 \
+  >"$work/decode.log" 2>"$work/decode.log.err" &
 pids+=($!)
 addrs="$(wait_ready "$work/decode.log" seer-decode)"
 read -r decode_addr decode_metrics <<<"$addrs"
@@ -108,7 +109,9 @@ case "$answer" in
 esac
 
 # The same document with another question: seer-prefill kept the first
-# prompt's KV (--prefix-cache-bytes), so this one computes only its end.
+# prompt's KV (--prefix-cache-bytes), so this one computes only its end, and
+# seer-decode kept its KV pages (--kv-prefix-cache-bytes), so only the end's
+# KV moves.
 echo "== seer generate --prompt-file again.txt (the same document, another question; the prefix store)"
 "$bin/seer" generate --addr "$decode_addr" --prompt-file "$work/again.txt" --max-new-tokens 8 --json |
   tee "$work/again.json" | tail -n 1
@@ -116,6 +119,8 @@ field() { grep -o "\"$1\":[0-9.]*" "$2" | tail -n 1 | cut -d: -f2; }
 echo "prefix store: $(field cached_tokens "$work/again.json") of $(field prompt_tokens "$work/again.json") prompt" \
   "tokens taken from it; prefill $(field prefill_ms "$work/again.json") ms against" \
   "$(field prefill_ms "$work/passkey.json") ms for the first question"
+echo "KV prefix store: $(field kv_held_tokens "$work/again.json") prompt tokens' KV held by seer-decode;" \
+  "$(field kv_bytes "$work/again.json") KV bytes moved against $(field kv_bytes "$work/passkey.json")"
 
 text="In the beginning God created the heaven and the earth. And the earth was without form, and void;"
 echo "== seer generate --prompt '$text' (the server tokenizes; the reply streams as text)"

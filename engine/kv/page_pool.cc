@@ -44,7 +44,8 @@ StatusOr<std::vector<int32_t>> PagePool::Allocate(int n) {
   return out;
 }
 
-StatusOr<std::vector<int32_t>> PagePool::AllocateWhenFree(int n, const std::function<Status()>& cancelled) {
+StatusOr<std::vector<int32_t>> PagePool::AllocateWhenFree(int n, const std::function<Status()>& cancelled,
+                                                          const std::function<bool()>& reclaim) {
   if (n < 0 || n > num_pages_) {
     // No wait makes room for it: not worth a retry here (OUT_OF_RANGE, not
     // RESOURCE_EXHAUSTED, which clients retry).
@@ -67,6 +68,14 @@ StatusOr<std::vector<int32_t>> PagePool::AllocateWhenFree(int n, const std::func
       for (int32_t p : out) refs_[p] = 1;
       leave();
       return out;
+    }
+    if (reclaim && waiting_.front() == me) {
+      // Short of pages at the head of the queue: the reclaimer may give some
+      // back (Release takes mu_).
+      lock.unlock();
+      const bool gave = reclaim();
+      lock.lock();
+      if (gave) continue;
     }
     if (cancelled) {
       lock.unlock();
@@ -102,6 +111,16 @@ void PagePool::Share(std::span<const int32_t> pages) {
     CheckHeld(p, "Share");
     ++refs_[p];
   }
+}
+
+int PagePool::SolelyHeld(std::span<const int32_t> pages) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  int n = 0;
+  for (int32_t p : pages) {
+    CheckHeld(p, "SolelyHeld");
+    n += refs_[p] == 1;
+  }
+  return n;
 }
 
 void PagePool::CheckHeld(int32_t page, const char* op) const {
@@ -183,25 +202,58 @@ StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::Create(PagePool* pool, int
   return std::unique_ptr<PagedKvCache>(new PagedKvCache(pool, capacity, std::move(pages)));
 }
 
+StatusOr<std::unique_ptr<PagedKvCache>> PagedKvCache::ShareLeading(const PagedKvCache& src, int tokens) {
+  const int page_tokens = src.pool_->layout().page_tokens;
+  if (tokens <= 0 || tokens % page_tokens != 0 || tokens > src.length()) {
+    return InvalidArgument("paged KV cache: ShareLeading of " + Str(tokens) +
+                           " positions, need a positive multiple of " + Str(page_tokens) +
+                           " up to the cache's length " + Str(src.length()));
+  }
+  std::vector<int32_t> pages(src.pages_.begin(), src.pages_.begin() + tokens / page_tokens);
+  src.pool_->Share(pages);
+  auto view = std::unique_ptr<PagedKvCache>(new PagedKvCache(src.pool_, tokens, std::move(pages)));
+  view->set_length(tokens);
+  return view;
+}
+
 StatusOr<std::vector<std::unique_ptr<PagedKvCache>>> PagedKvCache::CreateGroupWhenFree(
-    PagePool* pool, int prefix, int capacity, int count, const std::function<Status()>& cancelled) {
+    PagePool* pool, int prefix, int capacity, int count, const std::function<Status()>& cancelled,
+    const PagedGroupStart& start) {
   if (capacity <= 0 || prefix < 1 || prefix > capacity || count < 1) {
     return InvalidArgument("paged KV cache group: capacity " + Str(capacity) + ", prefix " + Str(prefix) +
                            " and count " + Str(count) + " must have 1 <= prefix <= capacity and count >= 1");
   }
   const PageLayout& layout = pool->layout();
+  const int held = start.held != nullptr ? start.held_tokens / layout.page_tokens : 0;
+  if (start.held != nullptr &&
+      (start.held->pool_ != pool || start.held_tokens <= 0 || start.held_tokens % layout.page_tokens != 0 ||
+       start.held_tokens >= prefix || start.held_tokens > start.held->length())) {
+    return InvalidArgument("paged KV cache group: " + Str(start.held_tokens) +
+                           " held positions, need a positive multiple of " + Str(layout.page_tokens) +
+                           " below the prefix of " + Str(prefix) + ", held by a cache of this pool");
+  }
   const int per_cache = layout.PagesFor(capacity);
   // Only whole pages are shared: the decode's first token of each choice
-  // goes into the prefix's last page when it is partial.
-  const int shared = count > 1 ? prefix / layout.page_tokens : 0;
-  const int64_t total = shared + static_cast<int64_t>(count) * (per_cache - shared);
+  // goes into the prefix's last page when it is partial. Held pages are
+  // whole pages of the prefix, so every choice shares them.
+  const int shared = count > 1 ? prefix / layout.page_tokens : held;
+  const int64_t total = shared - held + static_cast<int64_t>(count) * (per_cache - shared);
   if (total > pool->num_pages()) {
     return OutOfRange("KV pages: " + Str(total) + " wanted for the prompt and " +
                       (count > 1 ? "n = " + Str(count) + " choices of " : std::string()) + "max_new_tokens " +
                       Str(capacity - prefix) + ", but the pool holds " + Str(pool->num_pages()) +
                       " pages in all (--kv-pool); ask for fewer tokens" + (count > 1 ? " or choices" : ""));
   }
-  SEER_ASSIGN_OR_RETURN(std::vector<int32_t> pages, pool->AllocateWhenFree(static_cast<int>(total), cancelled));
+  SEER_ASSIGN_OR_RETURN(std::vector<int32_t> fresh,
+                        pool->AllocateWhenFree(static_cast<int>(total), cancelled, start.reclaim));
+  // The held pages, then the prefix's new whole pages, then each cache's own.
+  std::vector<int32_t> pages;
+  pages.reserve(static_cast<size_t>(held) + fresh.size());
+  if (held > 0) {
+    pages.assign(start.held->pages_.begin(), start.held->pages_.begin() + held);
+    pool->Share(pages);
+  }
+  pages.insert(pages.end(), fresh.begin(), fresh.end());
   const std::span<const int32_t> prefix_pages(pages.data(), static_cast<size_t>(shared));
   for (int i = 1; i < count; ++i) pool->Share(prefix_pages);
   std::vector<std::unique_ptr<PagedKvCache>> group;
@@ -210,8 +262,10 @@ StatusOr<std::vector<std::unique_ptr<PagedKvCache>>> PagedKvCache::CreateGroupWh
   for (int i = 0; i < count; ++i, own += per_cache - shared) {
     std::vector<int32_t> table(prefix_pages.begin(), prefix_pages.end());
     table.insert(table.end(), own, own + (per_cache - shared));
-    group.push_back(
-        std::unique_ptr<PagedKvCache>(new PagedKvCache(pool, capacity, std::move(table), shared, i == 0 ? 0 : prefix)));
+    // A group of one shares nothing with a later cache; its held pages
+    // count as shared only where other choices read them too.
+    group.push_back(std::unique_ptr<PagedKvCache>(
+        new PagedKvCache(pool, capacity, std::move(table), count > 1 ? shared : 0, i == 0 ? 0 : prefix, held)));
   }
   return group;
 }
@@ -259,6 +313,11 @@ Status PagedKvCache::WriteLayer(int layer, int t0, int n, DType src, const void*
   if (prefix_ > 0 && t0 < shared_positions() && n > 0) {
     return FailedPrecondition("WriteLayer: tokens [" + Str(t0) + ", " + Str(static_cast<int64_t>(t0) + n) +
                               ") are in pages this cache shares with its group's first cache, which writes them");
+  }
+  if (t0 < held_positions() && n > 0) {
+    return FailedPrecondition("WriteLayer: tokens [" + Str(t0) + ", " + Str(static_cast<int64_t>(t0) + n) +
+                              ") are in pages that held this prompt's K/V already (the prefix store's), which " +
+                              "no request writes");
   }
   if (n == 0) return OkStatus();
   if (k == nullptr || v == nullptr) return InvalidArgument("WriteLayer: null input buffer");

@@ -62,13 +62,20 @@ class PagePool {
   // of small ones, as vLLM's FCFS scheduler does). Gives up with
   // `cancelled()`'s status (polled at least every 50 ms), leaving the queue,
   // and at once with OUT_OF_RANGE when `n` exceeds the whole pool.
-  StatusOr<std::vector<int32_t>> AllocateWhenFree(int n, const std::function<Status()>& cancelled);
+  // While it is this caller's turn and pages are short, `reclaim` (when set)
+  // is asked to free some (the decode's prefix store drops its oldest
+  // prompt); it returns false once it has nothing left to give.
+  StatusOr<std::vector<int32_t>> AllocateWhenFree(int n, const std::function<Status()>& cancelled,
+                                                  const std::function<bool()>& reclaim = nullptr);
   // Drops one reference to each page; a page whose last reference goes is
   // free again.
   void Release(std::span<const int32_t> pages);
   // One more reference to each page (each must be held): another cache now
   // reads it too.
   void Share(std::span<const int32_t> pages);
+  // How many of `pages` (each held) have one reference only: those that
+  // releasing them would free.
+  int SolelyHeld(std::span<const int32_t> pages) const;
 
   // Copies page `from` (K and V of every layer) over page `to`.
   virtual Status CopyPage(int32_t from, int32_t to) = 0;
@@ -117,6 +124,21 @@ class HostPagePool final : public PagePool {
   std::vector<std::vector<float>> k_, v_;
 };
 
+class PagedKvCache;
+
+// What a group of caches may start from (PagedKvCache::CreateGroupWhenFree).
+struct PagedGroupStart {
+  // A cache whose first `held_tokens` positions (a multiple of the page
+  // size, below the group's prefix) are this prompt's K/V already: the
+  // group takes those pages, one more reference each, instead of new ones,
+  // and never writes them. The decode's prefix store holds such caches
+  // (PagedKvCache::ShareLeading).
+  const PagedKvCache* held = nullptr;
+  int held_tokens = 0;
+  // Frees pages while the group's are short (PagePool::AllocateWhenFree).
+  std::function<bool()> reclaim;
+};
+
 // One request's KV cache in pages: the KvCache interface over a block table
 // that covers `capacity` positions, reserved whole when the cache is made
 // (so a request admitted never fails for lack of pages later). The pages go
@@ -134,7 +156,13 @@ class PagedKvCache final : public KvCache {
   // once, the rest `count` times. Once the first cache holds the prefix,
   // each other one takes it with AdoptPrefix.
   static StatusOr<std::vector<std::unique_ptr<PagedKvCache>>> CreateGroupWhenFree(
-      PagePool* pool, int prefix, int capacity, int count, const std::function<Status()>& cancelled);
+      PagePool* pool, int prefix, int capacity, int count, const std::function<Status()>& cancelled,
+      const PagedGroupStart& start = {});
+  // A cache of the first `tokens` positions of `src` (a positive multiple of
+  // the page size, at most src's length), holding the same pages, one more
+  // reference each, and those positions: how the decode's prefix store
+  // keeps a prompt's whole pages once its request has them.
+  static StatusOr<std::unique_ptr<PagedKvCache>> ShareLeading(const PagedKvCache& src, int tokens);
   // For a cache of a group other than the first: copies the prefix's last
   // partial page from `first` (the group's first cache, its length the
   // prefix) and sets this cache's length to the prefix.
@@ -142,6 +170,9 @@ class PagedKvCache final : public KvCache {
   // Positions at the start of the cache held in pages its group shares (0
   // for a cache alone).
   int shared_positions() const { return shared_pages_ * pool_->layout().page_tokens; }
+  // Positions at the start held in pages taken from PagedGroupStart::held
+  // (never written through this cache).
+  int held_positions() const { return held_pages_ * pool_->layout().page_tokens; }
   ~PagedKvCache() override;
 
   PagePool* pool() const { return pool_; }
@@ -151,12 +182,14 @@ class PagedKvCache final : public KvCache {
   Status WriteLayer(int layer, int t0, int n, DType src, const void* k, const void* v) override;
 
  private:
-  PagedKvCache(PagePool* pool, int capacity, std::vector<int32_t> pages, int shared_pages = 0, int prefix = 0)
+  PagedKvCache(PagePool* pool, int capacity, std::vector<int32_t> pages, int shared_pages = 0, int prefix = 0,
+               int held_pages = 0)
       : KvCache(pool->layout().kv, capacity),
         pool_(pool),
         pages_(std::move(pages)),
         shared_pages_(shared_pages),
-        prefix_(prefix) {}
+        prefix_(prefix),
+        held_pages_(held_pages) {}
   Status CheckRange(const char* op, int layer, int t0, int n) const;
 
   PagePool* const pool_;
@@ -166,6 +199,7 @@ class PagedKvCache final : public KvCache {
   // (AdoptPrefix), which it never writes itself.
   const int shared_pages_;
   const int prefix_;
+  const int held_pages_;  // leading pages that held this prompt's K/V already
 };
 
 }  // namespace seer

@@ -286,5 +286,112 @@ TEST(PagedKvCache, AGroupReservesAllOrWaitsAndNamesWhatCannotFit) {
   EXPECT_EQ((*pool)->used_pages(), 6);
 }
 
+TEST(PagedKvCache, AGroupStartsFromHeldPagesAndNeverWritesThem) {
+  for (const int count : {1, 3}) {
+    for (const int held_tokens : {16, 32}) {
+      SCOPED_TRACE("count " + std::to_string(count) + ", held " + std::to_string(held_tokens));
+      auto pool = HostPagePool::Create(SmallLayout(16), 40);
+      ASSERT_TRUE(pool.ok());
+      std::mt19937 rng(count * 100 + held_tokens);
+      // An earlier prompt of 40 positions; its first held_tokens are kept.
+      auto earlier = PagedKvCache::CreateGroupWhenFree(pool->get(), 40, 50, 1, nullptr);
+      ASSERT_TRUE(earlier.ok());
+      WriteRandom((*earlier)[0].get(), 0, 40, &rng);
+      (*earlier)[0]->set_length(40);
+      const auto earlier_head = ReadAll(*(*earlier)[0], 0, held_tokens);
+      EXPECT_EQ(PagedKvCache::ShareLeading(*(*earlier)[0], 24).status().code(), StatusCode::kInvalidArgument)
+          << "whole pages only";
+      EXPECT_EQ(PagedKvCache::ShareLeading(*(*earlier)[0], 48).status().code(), StatusCode::kInvalidArgument)
+          << "no further than the cache's length";
+      auto kept = PagedKvCache::ShareLeading(*(*earlier)[0], held_tokens);
+      ASSERT_TRUE(kept.ok()) << kept.status().ToString();
+      EXPECT_EQ((*kept)->length(), held_tokens);
+      earlier->clear();
+      EXPECT_EQ((*pool)->used_pages(), held_tokens / 16) << "the kept pages stay, the rest went back";
+      EXPECT_EQ(ReadAll(**kept, 0, held_tokens), earlier_head);
+
+      // A new prompt of 45 positions whose first held_tokens are held.
+      PagedGroupStart start;
+      start.held = kept->get();
+      start.held_tokens = held_tokens;
+      const int prompt = 45, capacity = 60;
+      const int per_cache = (capacity + 15) / 16, shared = count > 1 ? prompt / 16 : held_tokens / 16;
+      auto group = PagedKvCache::CreateGroupWhenFree(pool->get(), prompt, capacity, count, nullptr, start);
+      ASSERT_TRUE(group.ok()) << group.status().ToString();
+      EXPECT_EQ((*pool)->used_pages(), shared + count * (per_cache - shared)) << "no new page for held positions";
+      for (int i = 0; i < count; ++i) {
+        EXPECT_EQ((*group)[i]->held_positions(), held_tokens);
+        for (int p = 0; p < held_tokens / 16; ++p) EXPECT_EQ((*group)[i]->pages()[p], (*kept)->pages()[p]);
+      }
+      PagedKvCache& first = *(*group)[0];
+      std::vector<float> one(2 * 8);
+      EXPECT_EQ(first.WriteLayer(1, held_tokens - 1, 1, DType::kF32, one.data(), one.data()).code(),
+                StatusCode::kFailedPrecondition)
+          << "held pages are never written";
+      // The rest lands after them; the prompt reads the held K/V, then its own.
+      const auto rest = WriteRandom(&first, held_tokens, prompt - held_tokens, &rng);
+      first.set_length(prompt);
+      for (int i = 1; i < count; ++i) ASSERT_TRUE((*group)[i]->AdoptPrefix(first).ok());
+      const auto whole = ReadAll(first, 0, prompt);
+      EXPECT_EQ(ReadAll(first, 0, held_tokens), earlier_head);
+      EXPECT_EQ(ReadAll(first, held_tokens, prompt - held_tokens), rest);
+      for (int i = 1; i < count; ++i) EXPECT_EQ(ReadAll(*(*group)[i], 0, prompt), whole);
+      // The store lets go first: the group keeps the held pages.
+      kept->reset();
+      EXPECT_EQ(ReadAll(first, 0, held_tokens), earlier_head);
+      group->clear();
+      EXPECT_EQ((*pool)->free_pages(), 40);
+    }
+  }
+  auto pool = HostPagePool::Create(SmallLayout(16), 10);
+  ASSERT_TRUE(pool.ok());
+  auto a = PagedKvCache::CreateGroupWhenFree(pool->get(), 40, 40, 1, nullptr);
+  ASSERT_TRUE(a.ok());
+  (*a)[0]->set_length(40);
+  auto kept = PagedKvCache::ShareLeading(*(*a)[0], 32);
+  ASSERT_TRUE(kept.ok());
+  PagedGroupStart start;
+  start.held = kept->get();
+  for (const int bad : {0, 8, 48, 64}) {
+    start.held_tokens = bad;
+    EXPECT_EQ(PagedKvCache::CreateGroupWhenFree(pool->get(), 48, 60, 1, nullptr, start).status().code(),
+              StatusCode::kInvalidArgument)
+        << bad << " held positions: whole pages below the prefix";
+  }
+}
+
+TEST(PagePool, AWaiterShortOfPagesAsksTheReclaimerFirst) {
+  auto pool = HostPagePool::Create(SmallLayout(16), 6);
+  ASSERT_TRUE(pool.ok());
+  // A "store" holding 4 pages, freed one cache at a time when asked.
+  std::vector<std::unique_ptr<PagedKvCache>> kept;
+  for (int i = 0; i < 2; ++i) {
+    auto c = PagedKvCache::Create(pool->get(), 32);
+    ASSERT_TRUE(c.ok());
+    kept.push_back(std::move(c).value());
+  }
+  int asked = 0;
+  auto reclaim = [&] {
+    ++asked;
+    if (kept.empty()) return false;
+    kept.erase(kept.begin());
+    return true;
+  };
+  const std::function<Status()> go_on = [] { return OkStatus(); }, gone = [] { return Cancelled("gone"); };
+  auto got = (*pool)->AllocateWhenFree(3, go_on, reclaim);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_EQ(asked, 1) << "one cache given back was enough: 2 + 2 free pages";
+  EXPECT_EQ(kept.size(), 1u);
+  (*pool)->Release(*got);
+  // Nothing left to give: the waiter waits as before, until cancelled.
+  kept.clear();
+  auto all = (*pool)->Allocate(6);
+  ASSERT_TRUE(all.ok());
+  asked = 0;
+  auto cancelled = (*pool)->AllocateWhenFree(1, gone, reclaim);
+  EXPECT_EQ(cancelled.status().code(), StatusCode::kCancelled);
+  EXPECT_GE(asked, 1);
+}
+
 }  // namespace
 }  // namespace seer

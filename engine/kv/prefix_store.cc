@@ -27,23 +27,16 @@ int ReusableTokens(int common, int stored_len, int new_len, const SparsityConfig
   return std::max(0, blocks) * block;
 }
 
-namespace {
-
-// Prompts share stored prefixes only with the same selection: its mode and
-// value, and, for a gate's selection, last_block_dense (a stored prompt's
-// last two rows were dense with it, sparse without).
-std::string StoreKey(const SparsityConfig& sparsity) {
+std::string PrefixStoreKey(const SparsityConfig& sparsity) {
   std::string key = SparsityToString(sparsity);
   if (sparsity.mode != SparsityMode::kDense) key += sparsity.last_block_dense ? ";last_block_dense" : "";
   return key;
 }
 
-}  // namespace
-
 PrefixStore::PrefixStore(int64_t max_bytes, int block) : max_bytes_(max_bytes), block_(block) {}
 
 PrefixStore::Hit PrefixStore::Lookup(std::span<const int32_t> ids, const SparsityConfig& sparsity) {
-  const std::string key = StoreKey(sparsity);
+  const std::string key = PrefixStoreKey(sparsity);
   std::lock_guard<std::mutex> lock(mu_);
   auto best = entries_.end();
   int best_tokens = 0;
@@ -67,7 +60,7 @@ PrefixStore::Hit PrefixStore::Lookup(std::span<const int32_t> ids, const Sparsit
 bool PrefixStore::Insert(std::vector<int32_t> ids, const SparsityConfig& sparsity, std::shared_ptr<const KvCache> cache,
                          int64_t bytes) {
   if (cache == nullptr || ids.empty() || bytes > max_bytes_) return false;
-  const std::string key = StoreKey(sparsity);
+  const std::string key = PrefixStoreKey(sparsity);
   std::lock_guard<std::mutex> lock(mu_);
   for (auto it = entries_.begin(); it != entries_.end();) {
     if (it->key != key) {
@@ -103,6 +96,17 @@ bool PrefixStore::EvictOldest() {
   DropLocked(std::prev(entries_.end()));
   ++evictions_;
   return true;
+}
+
+bool PrefixStore::EvictOldestWhere(const std::function<bool(const KvCache&)>& frees) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = entries_.rbegin(); it != entries_.rend(); ++it) {
+    if (!frees(*it->cache)) continue;
+    DropLocked(std::next(it).base());
+    ++evictions_;
+    return true;
+  }
+  return false;
 }
 
 void PrefixStore::DropLocked(std::list<Entry>::iterator it) {

@@ -34,6 +34,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <memory>
 #include <mutex>
@@ -55,6 +56,12 @@ bool PrefixMayBeReused(const SparsityConfig& sparsity);
 // prompt `stored_len` long, the new one `new_len`, both run with `sparsity`
 // (as resolved: dense on an engine without gates).
 int ReusableTokens(int common, int stored_len, int new_len, const SparsityConfig& sparsity, int block);
+
+// Prompts share stored prefixes only with the same selection: its mode and
+// value, and, for a gate's selection, last_block_dense (a stored prompt's
+// last two rows were dense with it, sparse without). Equal keys, equal
+// selection rule.
+std::string PrefixStoreKey(const SparsityConfig& sparsity);
 
 class PrefixStore {
  public:
@@ -79,6 +86,10 @@ class PrefixStore {
 
   // Drops the least recently used entry; false when the store is empty.
   bool EvictOldest();
+  // Drops the least recently used entry whose cache `frees` says dropping
+  // would free memory (not all of it shared with running requests); false
+  // when none does.
+  bool EvictOldestWhere(const std::function<bool(const KvCache&)>& frees);
 
   int64_t bytes() const;
   int entries() const;

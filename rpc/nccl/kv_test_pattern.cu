@@ -27,8 +27,8 @@ __global__ void Fill(__nv_bfloat16* base, int layers, int heads, int capacity, i
   }
 }
 
-__global__ void Check(const __nv_bfloat16* base, int heads, int capacity, int head_dim, int seq_len, uint32_t salt,
-                      size_t layer_stride, unsigned long long* bad) {
+__global__ void Check(const __nv_bfloat16* base, int heads, int capacity, int head_dim, int first, int seq_len,
+                      uint32_t salt, size_t layer_stride, unsigned long long* bad) {
   const int lw = blockIdx.y;
   const size_t per = static_cast<size_t>(heads) * capacity * head_dim;
   const uint16_t* p = reinterpret_cast<const uint16_t*>(base) + static_cast<size_t>(lw) * layer_stride;
@@ -36,7 +36,8 @@ __global__ void Check(const __nv_bfloat16* base, int heads, int capacity, int he
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < per;
        i += static_cast<size_t>(gridDim.x) * blockDim.x) {
     const uint32_t d = i % head_dim, t = (i / head_dim) % capacity, h = i / (static_cast<size_t>(head_dim) * capacity);
-    const uint16_t want = static_cast<int>(t) < seq_len ? Pattern(salt, lw / 2, lw % 2, h, t, d) : 0xFFFF;
+    const bool sent = static_cast<int>(t) >= first && static_cast<int>(t) < seq_len;
+    const uint16_t want = sent ? Pattern(salt, lw / 2, lw % 2, h, t, d) : 0xFFFF;
     mine += p[i] != want;
   }
   if (mine) atomicAdd(bad, mine);
@@ -60,14 +61,15 @@ cudaError_t Poison(DeviceKvCache* cache) {
   return cudaDeviceSynchronize();
 }
 
-cudaError_t CountMismatches(const DeviceKvCache* cache, int seq_len, uint32_t salt, unsigned long long* mismatches) {
+cudaError_t CountMismatches(const DeviceKvCache* cache, int seq_len, uint32_t salt, unsigned long long* mismatches,
+                            int first_token) {
   const KvLayout& l = cache->layout();
   const size_t per = static_cast<size_t>(l.num_kv_heads) * cache->capacity() * l.head_dim;
   unsigned long long* d = nullptr;
   if (cudaError_t e = cudaMalloc(&d, sizeof(*d)); e != cudaSuccess) return e;
   cudaMemset(d, 0, sizeof(*d));
-  Check<<<dim3(1024, 2 * l.num_layers), 256>>>(cache->k(0), l.num_kv_heads, cache->capacity(), l.head_dim, seq_len,
-                                               salt, per, d);
+  Check<<<dim3(1024, 2 * l.num_layers), 256>>>(cache->k(0), l.num_kv_heads, cache->capacity(), l.head_dim, first_token,
+                                               seq_len, salt, per, d);
   cudaError_t e = cudaGetLastError();
   if (e == cudaSuccess) e = cudaMemcpy(mismatches, d, sizeof(*d), cudaMemcpyDeviceToHost);
   cudaFree(d);

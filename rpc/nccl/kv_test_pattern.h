@@ -18,8 +18,9 @@ namespace seer::nccl_test {
 cudaError_t FillPattern(DeviceKvCache* cache, int seq_len, uint32_t salt);
 // Every element 0xFFFF (a receiving cache before the transfer).
 cudaError_t Poison(DeviceKvCache* cache);
-// Elements of tokens [0, seq_len) that are not the pattern of `salt`, plus
-// elements past seq_len that are not 0xFFFF. Synchronises.
-cudaError_t CountMismatches(const DeviceKvCache* cache, int seq_len, uint32_t salt, unsigned long long* mismatches);
+// Elements of tokens [first_token, seq_len) that are not the pattern of
+// `salt`, plus elements outside them that are not 0xFFFF. Synchronises.
+cudaError_t CountMismatches(const DeviceKvCache* cache, int seq_len, uint32_t salt, unsigned long long* mismatches,
+                            int first_token = 0);
 
 }  // namespace seer::nccl_test

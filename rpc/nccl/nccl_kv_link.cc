@@ -160,46 +160,51 @@ NcclKvLink::Xfer* NcclKvLink::FindLocked(uint64_t seq) {
 }
 
 StatusOr<std::unique_ptr<NcclKvLink::Transfer>> NcclKvLink::StartSend(const DeviceKvCache* cache, int seq_len,
-                                                                      NcclKvSplit split) {
+                                                                      NcclKvSplit split, int first_token) {
   if (role_ != NcclRole::kSender) return FailedPrecondition("NCCL link: StartSend on the receiving side");
-  return Start(cache, nullptr, seq_len, 0, split);
+  return Start(cache, nullptr, first_token, seq_len, 0, split);
 }
 
 StatusOr<std::unique_ptr<NcclKvLink::Transfer>> NcclKvLink::StartRecv(DeviceKvCache* cache, int seq_len, uint64_t seq,
-                                                                      NcclKvSplit split) {
+                                                                      NcclKvSplit split, int first_token) {
   if (role_ != NcclRole::kReceiver) return FailedPrecondition("NCCL link: StartRecv on the sending side");
-  return Start(nullptr, cache, seq_len, seq, split);
+  return Start(nullptr, cache, first_token, seq_len, seq, split);
 }
 
 StatusOr<std::unique_ptr<NcclKvLink::Transfer>> NcclKvLink::StartRecvStaged(DeviceKvCache* staging, int num_layers,
                                                                             int seq_len, uint64_t seq,
-                                                                            AfterLayer after_layer) {
+                                                                            AfterLayer after_layer, int first_token) {
   if (role_ != NcclRole::kReceiver) return FailedPrecondition("NCCL link: StartRecvStaged on the sending side");
   if (num_layers < 1 || after_layer == nullptr)
     return InvalidArgument("NCCL transfer: a staged receive needs num_layers >= 1 and an after_layer step");
-  return Start(nullptr, staging, seq_len, seq, NcclKvSplit::kPerHead, num_layers, std::move(after_layer));
+  return Start(nullptr, staging, first_token, seq_len, seq, NcclKvSplit::kPerHead, num_layers, std::move(after_layer));
 }
 
 StatusOr<std::unique_ptr<NcclKvLink::Transfer>> NcclKvLink::Start(const DeviceKvCache* src, DeviceKvCache* dst,
-                                                                  int seq_len, uint64_t seq, NcclKvSplit split,
-                                                                  int num_layers, AfterLayer after_layer) {
+                                                                  int first_token, int seq_len, uint64_t seq,
+                                                                  NcclKvSplit split, int num_layers,
+                                                                  AfterLayer after_layer) {
   const DeviceKvCache* cache = src != nullptr ? src : dst;
   if (cache == nullptr) return InvalidArgument("NCCL transfer: null KV cache");
   if (seq_len < 1 || seq_len > cache->capacity())
     return InvalidArgument("NCCL transfer: seq_len " + std::to_string(seq_len) + " is out of range [1, " +
                            std::to_string(cache->capacity()) + "] (the cache's capacity)");
-  if (split == NcclKvSplit::kWhole && cache->capacity() != seq_len)
-    return InvalidArgument("NCCL transfer: a whole-layer split needs capacity == seq_len");
+  if (first_token < 0 || first_token >= seq_len)
+    return InvalidArgument("NCCL transfer: first_token " + std::to_string(first_token) + " is out of range [0, " +
+                           std::to_string(seq_len) + ")");
+  if (split == NcclKvSplit::kWhole && (cache->capacity() != seq_len || first_token != 0))
+    return InvalidArgument("NCCL transfer: a whole-layer split needs capacity == seq_len and first_token 0");
   auto x = std::make_unique<Xfer>();
   x->src = src;
   x->dst = dst;
+  x->first = first_token;
   x->seq_len = seq_len;
   x->split = split;
   x->after_layer = std::move(after_layer);
   if (num_layers == 0) num_layers = cache->layout().num_layers;
   x->layers.resize(num_layers);
-  x->bytes = int64_t{2} * num_layers * cache->layout().num_kv_heads * seq_len * cache->layout().head_dim *
-             static_cast<int64_t>(sizeof(__nv_bfloat16));
+  x->bytes = int64_t{2} * num_layers * cache->layout().num_kv_heads * (seq_len - first_token) *
+             cache->layout().head_dim * static_cast<int64_t>(sizeof(__nv_bfloat16));
   std::unique_lock<std::mutex> lock(mu_);
   if (state_ == State::kFailed) return failure_;
   if (state_ != State::kReady) return Unavailable("NCCL KV link to " + Peer() + " is not ready yet");
@@ -298,7 +303,7 @@ Status NcclKvLink::IssueLayer(const Xfer& x, int layer, cudaEvent_t ready, cudaE
   }
   const DeviceKvCache* cache = x.src != nullptr ? x.src : x.dst;
   const KvLayout& lay = cache->layout();
-  const size_t row = static_cast<size_t>(x.seq_len) * lay.head_dim;  // elements of one head
+  const size_t row = static_cast<size_t>(x.seq_len - x.first) * lay.head_dim;  // elements of one head
   const size_t pitch = static_cast<size_t>(cache->capacity()) * lay.head_dim;
   const int peer = role_ == NcclRole::kSender ? 1 : 0;
   ncclResult_t r = ncclGroupStart();
@@ -308,7 +313,7 @@ Status NcclKvLink::IssueLayer(const Xfer& x, int layer, cudaEvent_t ready, cudaE
     const int calls = x.split == NcclKvSplit::kPerHead ? lay.num_kv_heads : 1;
     const size_t count = (x.split == NcclKvSplit::kPerHead ? row : row * lay.num_kv_heads) * sizeof(__nv_bfloat16);
     for (int h = 0; h < calls && (r == ncclSuccess || r == ncclInProgress); ++h) {
-      void* p = base + h * pitch;
+      void* p = base + h * pitch + static_cast<size_t>(x.first) * lay.head_dim;
       r = role_ == NcclRole::kSender ? ncclSend(p, count, ncclUint8, peer, comm_, stream_)
                                      : ncclRecv(p, count, ncclUint8, peer, comm_, stream_);
     }

@@ -114,15 +114,16 @@ class NcclKvLink : public std::enable_shared_from_this<NcclKvLink> {
   void Abort(const std::string& reason);
 
   // Sender: the next transfer (sequence numbers 0, 1, ... in call order) of
-  // tokens [0, seq_len) of `cache`, which must stay alive until Finish
-  // returns. UNAVAILABLE when the link is not ready or has failed.
+  // tokens [first_token, seq_len) of `cache`, which must stay alive until
+  // Finish returns. UNAVAILABLE when the link is not ready or has failed.
+  // The receiver starts it with the same range.
   StatusOr<std::unique_ptr<Transfer>> StartSend(const DeviceKvCache* cache, int seq_len,
-                                                NcclKvSplit split = NcclKvSplit::kPerHead);
+                                                NcclKvSplit split = NcclKvSplit::kPerHead, int first_token = 0);
   // Receiver: transfer `seq` (from the sender's header) into `cache`; its
   // receives are posted once every earlier transfer's are. Every sequence
   // number the sender announces must be started here (or the link aborted).
   StatusOr<std::unique_ptr<Transfer>> StartRecv(DeviceKvCache* cache, int seq_len, uint64_t seq,
-                                                NcclKvSplit split = NcclKvSplit::kPerHead);
+                                                NcclKvSplit split = NcclKvSplit::kPerHead, int first_token = 0);
   // Receiver into something other than a contiguous cache (the batched
   // decode's KV pages): every layer of the `num_layers` lands in `staging`
   // (one layer, capacity >= seq_len), and `after_layer(layer, stream)` is
@@ -132,7 +133,7 @@ class NcclKvLink : public std::enable_shared_from_this<NcclKvLink> {
   // arrived once its after_layer work is done.
   using AfterLayer = std::function<cudaError_t(int layer, cudaStream_t stream)>;
   StatusOr<std::unique_ptr<Transfer>> StartRecvStaged(DeviceKvCache* staging, int num_layers, int seq_len, uint64_t seq,
-                                                      AfterLayer after_layer);
+                                                      AfterLayer after_layer, int first_token = 0);
 
   const NcclLinkOptions& options() const { return options_; }
   NcclRole role() const { return role_; }
@@ -178,6 +179,7 @@ class NcclKvLink : public std::enable_shared_from_this<NcclKvLink> {
     uint64_t seq = 0;
     const DeviceKvCache* src = nullptr;
     DeviceKvCache* dst = nullptr;
+    int first = 0;  // tokens [first, seq_len) of each layer move
     int seq_len = 0;
     NcclKvSplit split = NcclKvSplit::kPerHead;
     AfterLayer after_layer;  // staged receive: every layer lands in dst's layer 0
@@ -196,8 +198,9 @@ class NcclKvLink : public std::enable_shared_from_this<NcclKvLink> {
   void AbortCommunicator();  // worker only, without the lock
   Status IssueLayer(const Xfer& x, int layer, cudaEvent_t ready, cudaEvent_t done);  // worker, no lock
   bool PollProgressLocked();  // worker: completions and stalls; true while work is in flight
-  StatusOr<std::unique_ptr<Transfer>> Start(const DeviceKvCache* src, DeviceKvCache* dst, int seq_len, uint64_t seq,
-                                            NcclKvSplit split, int num_layers = 0, AfterLayer after_layer = nullptr);
+  StatusOr<std::unique_ptr<Transfer>> Start(const DeviceKvCache* src, DeviceKvCache* dst, int first_token, int seq_len,
+                                            uint64_t seq, NcclKvSplit split, int num_layers = 0,
+                                            AfterLayer after_layer = nullptr);
   Status FinishTransfer(uint64_t seq, double timeout_seconds, NcclTransferStats* stats);
   Xfer* FindLocked(uint64_t seq);
   std::string Peer() const;

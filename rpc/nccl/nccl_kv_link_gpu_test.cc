@@ -80,6 +80,57 @@ class NcclLinkTest : public ::testing::Test {
   }
 
   static int64_t Bytes(int seq_len) { return int64_t{2} * kLayers * kHeads * seq_len * kDim * 2; }
+
+  // A sender here and a receiving peer on GPU 1: every transfer of
+  // `seq_lens`, tokens [first_token, seq_len) of a patterned cache, lands in
+  // the peer's poisoned cache of another capacity, checked element by element
+  // there, with the bytes of the tokens sent.
+  static void SendAndVerify(int first_token, std::vector<int> seq_lens, uint32_t salt) {
+    auto id = NewNcclUniqueId();
+    ASSERT_TRUE(id.ok());
+    PeerConfig pc;
+    pc.role = "recv";
+    pc.device = 1;
+    pc.unique_id_hex = nccl_test::Hex(*id);
+    pc.layers = kLayers;
+    pc.seq_lens = std::move(seq_lens);
+    pc.extra_capacity = 77;
+    pc.salt = salt;
+    pc.first_token = first_token;
+    auto peer = StartPeer(pc);
+    ASSERT_NE(peer, nullptr);
+    auto link = NcclKvLink::Open(NcclRole::kSender, *id, Options());
+    ASSERT_TRUE(link.ok()) << link.status().ToString();
+    ASSERT_TRUE((*link)->WaitReady(60).ok());
+    ASSERT_TRUE(peer->Expect("ready", 60).has_value());
+    for (size_t t = 0; t < pc.seq_lens.size(); ++t) {
+      const int L = pc.seq_lens[t];
+      auto cache = Cache(L);
+      ASSERT_EQ(nccl_test::FillPattern(cache.get(), L, pc.salt + t), cudaSuccess);
+      if (first_token > 0) {
+        EXPECT_EQ((*link)->StartSend(cache.get(), L, NcclKvSplit::kPerHead, L).status().code(),
+                  StatusCode::kInvalidArgument)
+            << "at least one token moves";
+        EXPECT_EQ((*link)->StartSend(cache.get(), L, NcclKvSplit::kWhole, first_token).status().code(),
+                  StatusCode::kInvalidArgument)
+            << "a whole-layer split moves whole layers";
+      }
+      auto xfer = (*link)->StartSend(cache.get(), L, NcclKvSplit::kPerHead, first_token);
+      ASSERT_TRUE(xfer.ok()) << xfer.status().ToString();
+      EXPECT_EQ((*xfer)->seq(), t);
+      for (int layer = 0; layer < kLayers; ++layer) {
+        ASSERT_TRUE((*xfer)->SendLayer(layer).ok());
+        peer->WriteLine("sent " + std::to_string(t) + " " + std::to_string(layer));
+      }
+      auto stats = (*xfer)->Finish(60);
+      ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+      EXPECT_EQ(stats->bytes, Bytes(L) - Bytes(first_token));
+      auto verified = peer->Expect("verified " + std::to_string(t), 60);
+      ASSERT_TRUE(verified.has_value());
+      EXPECT_EQ(*verified, "verified " + std::to_string(t) + " 0") << "elements wrong at the receiver";
+    }
+    EXPECT_EQ(peer->Wait(30), 0);
+  }
 };
 
 TEST_F(NcclLinkTest, SameGpuIsRefused) {
@@ -116,41 +167,16 @@ TEST_F(NcclLinkTest, APeerThatNeverJoinsTimesOut) {
 
 TEST_F(NcclLinkTest, SendsEveryLayerIntoACacheOfAnotherCapacityAndReusesTheLink) {
   if (!TwoGpus()) GTEST_SKIP();
-  auto id = NewNcclUniqueId();
-  ASSERT_TRUE(id.ok());
-  PeerConfig pc;
-  pc.role = "recv";
-  pc.device = 1;
-  pc.unique_id_hex = nccl_test::Hex(*id);
-  pc.layers = kLayers;
-  pc.seq_lens = {1000, 3000, 200};
-  pc.extra_capacity = 77;
-  pc.salt = 100;
-  auto peer = StartPeer(pc);
-  ASSERT_NE(peer, nullptr);
-  auto link = NcclKvLink::Open(NcclRole::kSender, *id, Options());
-  ASSERT_TRUE(link.ok()) << link.status().ToString();
-  ASSERT_TRUE((*link)->WaitReady(60).ok());
-  ASSERT_TRUE(peer->Expect("ready", 60).has_value());
-  for (size_t t = 0; t < pc.seq_lens.size(); ++t) {
-    const int L = pc.seq_lens[t];
-    auto cache = Cache(L);
-    ASSERT_EQ(nccl_test::FillPattern(cache.get(), L, pc.salt + t), cudaSuccess);
-    auto xfer = (*link)->StartSend(cache.get(), L);
-    ASSERT_TRUE(xfer.ok()) << xfer.status().ToString();
-    EXPECT_EQ((*xfer)->seq(), t);
-    for (int layer = 0; layer < kLayers; ++layer) {
-      ASSERT_TRUE((*xfer)->SendLayer(layer).ok());
-      peer->WriteLine("sent " + std::to_string(t) + " " + std::to_string(layer));
-    }
-    auto stats = (*xfer)->Finish(60);
-    ASSERT_TRUE(stats.ok()) << stats.status().ToString();
-    EXPECT_EQ(stats->bytes, Bytes(L));
-    auto verified = peer->Expect("verified " + std::to_string(t), 60);
-    ASSERT_TRUE(verified.has_value());
-    EXPECT_EQ(*verified, "verified " + std::to_string(t) + " 0") << "elements wrong at the receiver";
-  }
-  EXPECT_EQ(peer->Wait(30), 0);
+  SendAndVerify(0, {1000, 3000, 200}, 100);
+}
+
+// A transfer of tokens [first_token, seq_len) only (the decode worker holds
+// the rest: PrefillRequest.kv_from_token): those land at their own
+// positions, the positions before them stay untouched (the poison), and the
+// bytes are the rest's.
+TEST_F(NcclLinkTest, SendsOnlyTheTokensFromFirstToken) {
+  if (!TwoGpus()) GTEST_SKIP();
+  SendAndVerify(576, {1000, 3001}, 300);
 }
 
 TEST_F(NcclLinkTest, ReceivesTransfersInSequenceOrderWhicheverStartsFirst) {

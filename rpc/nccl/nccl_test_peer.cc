@@ -74,11 +74,12 @@ std::vector<std::string> PeerArgv(const PeerConfig& c) {
           c.step ? "1" : "0",
           std::to_string(c.stall_seconds),
           std::to_string(c.setup_seconds),
-          std::to_string(c.salt)};
+          std::to_string(c.salt),
+          std::to_string(c.first_token)};
 }
 
 int RunPeer(int argc, char** argv) {
-  if (argc != 15) {
+  if (argc != 16) {
     Say("error -1 bad peer arguments");
     return 2;
   }
@@ -96,6 +97,7 @@ int RunPeer(int argc, char** argv) {
   c.stall_seconds = std::atof(argv[12]);
   c.setup_seconds = std::atof(argv[13]);
   c.salt = static_cast<uint32_t>(std::atoi(argv[14]));
+  c.first_token = std::atoi(argv[15]);
   const bool sender = c.role == "send";
   if (cudaSetDevice(c.device) != cudaSuccess) {
     Say("error -1 cudaSetDevice failed");
@@ -159,7 +161,8 @@ int RunPeer(int argc, char** argv) {
       return 1;
     }
     const NcclKvSplit split = c.whole ? NcclKvSplit::kWhole : NcclKvSplit::kPerHead;
-    auto xfer = sender ? (*link)->StartSend(cache->get(), L, split) : (*link)->StartRecv(cache->get(), L, t, split);
+    auto xfer = sender ? (*link)->StartSend(cache->get(), L, split, c.first_token)
+                       : (*link)->StartRecv(cache->get(), L, t, split, c.first_token);
     if (!xfer.ok()) {
       Say("error " + std::to_string(t) + " " + xfer.status().ToString());
       rc = 1;
@@ -197,7 +200,7 @@ int RunPeer(int argc, char** argv) {
     Say("done " + std::to_string(t) + " " + std::to_string(stats->seconds) + " " + std::to_string(stats->bytes));
     if (!sender) {
       unsigned long long bad = 0;
-      cudaError_t e = CountMismatches(cache->get(), L, salt, &bad);
+      cudaError_t e = CountMismatches(cache->get(), L, salt, &bad, c.first_token);
       Say("verified " + std::to_string(t) + " " + (e == cudaSuccess ? std::to_string(bad) : "-1"));
     }
   }

@@ -32,6 +32,7 @@ struct PeerConfig {
   bool step = false;  // sender: wait for "go" before each layer
   double stall_seconds = 3.0, setup_seconds = 30.0;
   uint32_t salt = 1;  // transfer T uses salt + T
+  int first_token = 0;  // each transfer moves tokens [first_token, seq_len)
 };
 
 std::vector<std::string> PeerArgv(const PeerConfig& c);

@@ -185,6 +185,15 @@ prometheus::Family<prometheus::Counter>& PrefixLookups(prometheus::Registry& r) 
       .Register(r);
 }
 
+prometheus::Family<prometheus::Counter>& KvPrefixLookups(prometheus::Registry& r) {
+  return prometheus::BuildCounter()
+      .Name("seer_decode_kv_prefix_lookups_total")
+      .Help(
+          "Generate requests by what this worker's KV prefix store held: hit (the prefill sent only the rest of the "
+          "prompt's K/V), declined (the prefill applied another selection and sent all of it), or miss.")
+      .Register(r);
+}
+
 PrefillMetrics::PrefillMetrics(prometheus::Registry& r)
     : server(r),
       duration(AddHistogram(r, "seer_prefill_duration_seconds",
@@ -250,6 +259,19 @@ DecodeMetrics::DecodeMetrics(prometheus::Registry& r)
       step_seconds(AddHistogram(r, "seer_decode_step_seconds",
                                 "Duration of each batched decode step (one token for every request in it).",
                                 {0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1})),
+      kv_prefix_lookups(KvPrefixLookups(r)),
+      kv_prefix_hits(kv_prefix_lookups.Add({{"result", "hit"}})),
+      kv_prefix_declined(kv_prefix_lookups.Add({{"result", "declined"}})),
+      kv_prefix_misses(kv_prefix_lookups.Add({{"result", "miss"}})),
+      kv_prefix_held_tokens(AddCounter(r, "seer_decode_kv_prefix_held_tokens_total",
+                                       "Prompt tokens whose K/V this worker held already and did not receive.")),
+      kv_prefix_bytes(AddGauge(r, "seer_decode_kv_prefix_bytes",
+                               "KV pages the prefix store holds, in bytes (--kv-prefix-cache-bytes bounds it); "
+                               "pages that running requests share count here too.")),
+      kv_prefix_entries(AddGauge(r, "seer_decode_kv_prefix_entries", "Prompts whose KV pages the prefix store holds.")),
+      kv_prefix_evictions(AddCounter(r, "seer_decode_kv_prefix_evictions_total",
+                                     "Prompts dropped from the KV prefix store for room (its budget, or pages that "
+                                     "new requests needed).")),
       requests_(AddRequestCounter(r, "seer_decode_requests_total", "Generate requests by final gRPC status code.")) {}
 
 void DecodeMetrics::CountRequest(grpc::StatusCode code) {

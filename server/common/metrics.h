@@ -142,6 +142,17 @@ class DecodeMetrics {
   KvTransportMetrics kv_transport;  // seer_kv_transfer*{side="receive"}, ...
   prometheus::Histogram& batch_size;  // seer_decode_batch_size
   prometheus::Histogram& step_seconds;  // seer_decode_step_seconds
+  // The KV prefix store (--kv-prefix-cache-bytes).
+  // seer_decode_kv_prefix_lookups_total{result}: "hit" (the prefill sent only
+  // the rest), "declined" (it sent everything), or "miss"
+  prometheus::Family<prometheus::Counter>& kv_prefix_lookups;
+  prometheus::Counter& kv_prefix_hits;
+  prometheus::Counter& kv_prefix_declined;
+  prometheus::Counter& kv_prefix_misses;
+  prometheus::Counter& kv_prefix_held_tokens;  // seer_decode_kv_prefix_held_tokens_total
+  prometheus::Gauge& kv_prefix_bytes;  // seer_decode_kv_prefix_bytes
+  prometheus::Gauge& kv_prefix_entries;  // seer_decode_kv_prefix_entries
+  prometheus::Counter& kv_prefix_evictions;  // seer_decode_kv_prefix_evictions_total
 
  private:
   prometheus::Family<prometheus::Counter>& requests_;

@@ -51,6 +51,7 @@ int main(int argc, char** argv) {
   std::string kv_pool = "auto", tokenizer_path, http, served_model_name;
   std::string tool_call_parser = "auto";
   int64_t max_buffered_bytes = int64_t{256} << 20;
+  int64_t kv_prefix_cache_bytes = 0;
   double drain_seconds = 30.0, prefill_timeout = 0.0, write_stall_seconds = 20.0;
   seer::PrefillClientOptions client_options;
   bool retry_broken = false, cuda_graphs = true;
@@ -115,6 +116,11 @@ int main(int argc, char** argv) {
                "none: refuse \"auto\" (\"required\" and named functions are guided, so need no parser)");
   flags.String("served-model-name", &served_model_name,
                "the model name the HTTP API lists and requests must give (default: the model directory's name)");
+  flags.Int("kv-prefix-cache-bytes", &kv_prefix_cache_bytes,
+            "KV pages of finished prompts to keep (whole 64-token blocks), so that a prompt that starts the same way "
+            "(a chat's next turn, another question on one document) is sent only the rest of its KV by the prefill; "
+            "dense and threshold selection, never nz_ratio or an fp8 transfer; the oldest go first, and whenever a "
+            "request waits for pages (0: off; needs --max-batch > 0; docs/SERVICE.md, \"The KV prefix store\")");
   flags.Int("max-buffered-bytes", &max_buffered_bytes,
             "tokens all admitted streams may hold for their clients (each reserves max_new_tokens x 128 bytes); "
             "a request that would exceed it is RESOURCE_EXHAUSTED before any work");
@@ -246,6 +252,7 @@ int main(int argc, char** argv) {
   options.default_new_tokens = static_cast<int>(
       flags.WasSet("default-max-new-tokens") ? default_new_tokens : std::min(default_new_tokens, max_new_tokens));
   options.max_buffered_bytes = max_buffered_bytes;
+  options.kv_prefix_cache_bytes = kv_prefix_cache_bytes;
   options.write_stall_seconds = write_stall_seconds;
   if (seer::Status s = seer::DecodeService::CheckOptions(options); !s.ok()) {
     std::fprintf(stderr, "seer-decode: %s\n", s.ToString().c_str());
@@ -261,6 +268,12 @@ int main(int argc, char** argv) {
         max_batch < 0 || max_batch > 1024
             ? ("--max-batch: " + std::to_string(max_batch) + " is out of range [0, 1024]").c_str()
             : ("--kv-page-tokens: " + std::to_string(page_tokens) + " must be a multiple of 16 in [16, 1024]").c_str());
+    return 2;
+  }
+  if (kv_prefix_cache_bytes > 0 && max_batch == 0) {
+    std::fprintf(stderr,
+                 "seer-decode: --kv-prefix-cache-bytes: held prompts live in the KV page pool, which --max-batch 0 "
+                 "turns off; give --max-batch > 0 or --kv-prefix-cache-bytes 0\n");
     return 2;
   }
   if (!kv_pool.empty() && kv_pool.back() == '%') {

@@ -279,41 +279,71 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     // moves: an admitted request never fails for lack of room later. The
     // choices share the prompt's whole pages; without paged decode they
     // decode one after the other in one cache, each from the prompt's end.
+    // With a KV prefix store, the prompt's first pages may be held already:
+    // the prefill is asked for the rest only. When it declines (it applies
+    // another selection, or predates the ask) and sends everything, the
+    // held pages are let go and the whole prompt lands in new pages taken
+    // at once (`whole`); when none are free at once, the request fetches
+    // again, waiting for them. fp8 transfers neither take nor keep held
+    // pages, which are exact.
     const int capacity = prompt_tokens_ + max_new_tokens_;
     const bool batched = service_->scheduler_ != nullptr;
-    const int n = static_cast<int>(choices_.size());
+    HeldPrefixes* const held = batched && call_.kv_wire != v1::KV_WIRE_FP8_E4M3 ? service_->held_.get() : nullptr;
+    HeldPrefixes::Hit hit;
+    if (held != nullptr) hit = held->Lookup(*ids, prefill_request.sparsity());
     std::vector<std::unique_ptr<KvCache>> caches;
-    if (batched) {
-      StatusOr<std::vector<std::unique_ptr<PagedKvCache>>> group = engine_->NewPagedCacheGroupWhenFree(
-          prompt_tokens_, capacity, n,
-          [this] { return cancelled() ? Cancelled("cancelled while waiting for KV pages") : OkStatus(); });
-      if (!group.ok()) {
-        if (cancelled()) return StreamGone();
-        return ToGrpcStatus(group.status().WithContext("seer-decode: KV pages"));
+    const PrefillClient::WholeCache whole = [&]() -> StatusOr<KvCache*> {
+      DropCaches(&caches);
+      const std::function<Status()> now_or_never = [] {
+        return ResourceExhausted("no KV pages free at once for the whole prompt");
+      };
+      if (MakeCaches(capacity, held, HeldPrefixes::Hit{}, &caches, now_or_never)) {
+        DropCaches(&caches);
+        return ResourceExhausted("no KV pages free at once for the whole prompt");
       }
-      for (std::unique_ptr<PagedKvCache>& c : *group) caches.push_back(std::move(c));
-    } else {
-      StatusOr<std::unique_ptr<KvCache>> made = engine_->NewCache(capacity);
-      if (!made.ok()) return ToGrpcStatus(made.status().WithContext("seer-decode: KV cache"));
-      caches.push_back(std::move(made).value());
+      return caches[0].get();
+    };
+    StatusOr<FetchedKv> fetched = Cancelled("not fetched");
+    for (;;) {
+      if (hit.tokens > 0) {
+        prefill_request.set_kv_from_token(hit.tokens);
+        *prefill_request.mutable_kv_from_sparsity() = AppliedSparsityToProto(hit.applied);
+        prefill_request.set_kv_from_block_size(hit.gate_block);
+      } else {
+        prefill_request.clear_kv_from_token();
+        prefill_request.clear_kv_from_sparsity();
+        prefill_request.clear_kv_from_block_size();
+      }
+      if (caches.empty()) {
+        if (std::optional<grpc::Status> failed = MakeCaches(capacity, held, hit, &caches, WaitingForPages())) {
+          return *failed;
+        }
+      }
+      fetched = service_->prefill_->Fetch(
+          prefill_request, service_->expected_, caches[0].get(), &canceller_,
+          [this](int64_t bytes) { metrics_->kv_received_bytes.Increment(static_cast<double>(bytes)); },
+          hit.tokens > 0 && batched ? whole : nullptr);
+      if (fetched.ok() || hit.tokens == 0 || !IsKvFromDeclined(fetched.status()) || cancelled()) break;
+      // Declined, and no pages for the whole prompt at once: again, waiting.
+      metrics_->kv_prefix_declined.Increment();
+      hit = HeldPrefixes::Hit{};
+      DropCaches(&caches);
     }
-    // The shared pages count once, for as long as any choice holds them.
-    const int shared = batched ? static_cast<const PagedKvCache&>(*caches[0]).shared_positions() : 0;
-    if (shared > 0)
-      shared_counted_.emplace(&metrics_->server.kv_cache_bytes, KvCacheBytes(caches[0]->layout(), shared));
-    for (size_t i = 0; i < caches.size(); ++i) {
-      choices_[i].cache_counted.emplace(&metrics_->server.kv_cache_bytes,
-                                        KvCacheBytes(caches[i]->layout(), caches[i]->capacity() - shared));
-    }
-
-    StatusOr<FetchedKv> fetched = service_->prefill_->Fetch(
-        prefill_request, service_->expected_, caches[0].get(), &canceller_,
-        [this](int64_t bytes) { metrics_->kv_received_bytes.Increment(static_cast<double>(bytes)); });
     if (!fetched.ok()) {
       if (cancelled()) return StreamGone();
       return ToGrpcStatus(fetched.status());
     }
     fetched_ = std::move(fetched).value();
+    if (hit.tokens > 0 && fetched_.kv_first_token == hit.tokens) {
+      metrics_->kv_prefix_hits.Increment();
+      metrics_->kv_prefix_held_tokens.Increment(static_cast<double>(hit.tokens));
+    } else if (hit.tokens > 0) {
+      metrics_->kv_prefix_declined.Increment();  // the whole prompt came, into new pages
+    }
+    if (held != nullptr && fetched_.transfer.kv_wire() != v1::KV_WIRE_FP8_E4M3) {
+      held->Keep(*ids, prefill_request.sparsity(), fetched_.summary.applied_sparsity(), fetched_.gate_block,
+                 static_cast<const PagedKvCache&>(*caches[0]));
+    }
     for (size_t i = 1; i < caches.size(); ++i) {
       const auto& first = static_cast<const PagedKvCache&>(*caches[0]);
       if (Status s = static_cast<PagedKvCache&>(*caches[i]).AdoptPrefix(first); !s.ok()) {
@@ -383,6 +413,58 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
       if (grpc::Status done = FinishWithSummary(c); !done.ok()) return done;
     }
     return grpc::Status::OK;
+  }
+
+  // The request's caches into `caches` (a group of paged ones, or one),
+  // starting from `hit`'s held pages, and their pages counted; an error to
+  // end the call with otherwise.
+  std::optional<grpc::Status> MakeCaches(int capacity, HeldPrefixes* held, const HeldPrefixes::Hit& hit,
+                                         std::vector<std::unique_ptr<KvCache>>* caches,
+                                         const std::function<Status()>& wait) {
+    const int n = static_cast<int>(choices_.size());
+    if (service_->scheduler_ != nullptr) {
+      PagedGroupStart start;
+      start.held = hit.pages.get();
+      start.held_tokens = hit.tokens;
+      if (held != nullptr) start.reclaim = [held] { return held->Reclaim(); };
+      StatusOr<std::vector<std::unique_ptr<PagedKvCache>>> group =
+          engine_->NewPagedCacheGroupWhenFree(prompt_tokens_, capacity, n, wait, start);
+      if (!group.ok()) {
+        if (cancelled()) return StreamGone();
+        return ToGrpcStatus(group.status().WithContext("seer-decode: KV pages"));
+      }
+      for (std::unique_ptr<PagedKvCache>& c : *group) caches->push_back(std::move(c));
+    } else {
+      StatusOr<std::unique_ptr<KvCache>> made = engine_->NewCache(capacity);
+      if (!made.ok()) return ToGrpcStatus(made.status().WithContext("seer-decode: KV cache"));
+      caches->push_back(std::move(made).value());
+    }
+    // The shared pages count once, for as long as any choice holds them;
+    // held pages are the prefix store's (seer_decode_kv_prefix_bytes).
+    const auto* paged = dynamic_cast<const PagedKvCache*>((*caches)[0].get());
+    const int shared = paged != nullptr ? paged->shared_positions() : 0;
+    const int held_positions = paged != nullptr ? paged->held_positions() : 0;
+    if (shared > held_positions)
+      shared_counted_.emplace(&metrics_->server.kv_cache_bytes,
+                              KvCacheBytes((*caches)[0]->layout(), shared - held_positions));
+    for (size_t i = 0; i < caches->size(); ++i) {
+      const KvCache& c = *(*caches)[i];
+      choices_[i].cache_counted.emplace(&metrics_->server.kv_cache_bytes,
+                                        KvCacheBytes(c.layout(), c.capacity() - std::max(shared, held_positions)));
+    }
+    return std::nullopt;
+  }
+
+  // Waits for KV pages until the stream is cancelled.
+  std::function<Status()> WaitingForPages() {
+    return [this] { return cancelled() ? Cancelled("cancelled while waiting for KV pages") : OkStatus(); };
+  }
+
+  // The request's caches go, with their pages' counts.
+  void DropCaches(std::vector<std::unique_ptr<KvCache>>* caches) {
+    for (Choice& c : choices_) c.cache_counted.reset();
+    shared_counted_.reset();
+    caches->clear();
   }
 
   std::string StepContext(const Choice& c) const {
@@ -629,6 +711,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     s->set_prefill_endpoint(fetched_.endpoint);
     s->set_sparsity(ps.sparsity());
     s->set_cached_tokens(ps.cached_tokens());
+    s->set_kv_held_tokens(fetched_.kv_first_token);
     *s->mutable_kv_transfer() = fetched_.transfer;
     if (!Send(std::move(msg), kSummaryBytes)) return StreamGone();
     return grpc::Status::OK;
@@ -738,6 +821,8 @@ Status DecodeService::CheckOptions(const DecodeServiceOptions& o) {
     return InvalidArgument("--max-buffered-bytes: " + std::to_string(o.max_buffered_bytes) +
                            " cannot hold one request of --max-new-tokens " + std::to_string(o.max_new_tokens) + " (" +
                            std::to_string(one) + " bytes)");
+  if (o.kv_prefix_cache_bytes < 0)
+    return InvalidArgument("--kv-prefix-cache-bytes: " + std::to_string(o.kv_prefix_cache_bytes) + " must be >= 0");
   if (!(o.write_stall_seconds >= 0) || o.write_stall_seconds > 86400)
     return InvalidArgument("--write-stall-seconds: " + std::to_string(o.write_stall_seconds) +
                            " is out of range [0, 86400] (0: never)");
@@ -769,6 +854,10 @@ Status DecodeService::SetEngine(Engine* engine) {
   limits_.max_new_tokens = options_.max_new_tokens;
   limits_.default_new_tokens = options_.default_new_tokens;
   if (engine->page_pool() != nullptr) {
+    if (options_.kv_prefix_cache_bytes > 0) {
+      held_ = std::make_unique<HeldPrefixes>(options_.kv_prefix_cache_bytes, engine->page_pool()->layout().page_tokens,
+                                             metrics_);
+    }
     scheduler_ = std::make_unique<DecodeScheduler>(engine);
     scheduler_->set_on_step([metrics = metrics_](const DecodeScheduler::StepStats& step) {
       metrics->batch_size.Observe(step.batch);
@@ -783,6 +872,8 @@ void DecodeService::Shutdown() {
   queue_.Shutdown();
   // After the workers: none can hand the scheduler a request any more.
   if (scheduler_ != nullptr) scheduler_->Stop();
+  // The held pages go back to the pool while the engine is still there.
+  held_.reset();
 }
 
 std::shared_ptr<const TokenGuideFactory> DecodeService::GuideFor(const std::string& key,

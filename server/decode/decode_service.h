@@ -41,6 +41,7 @@
 #include "server/common/metrics.h"
 #include "server/common/stream_watchdog.h"
 #include "server/common/work_queue.h"
+#include "server/decode/held_prefixes.h"
 #include "text/guide.h"
 #include "text/tokenizer.h"
 
@@ -58,6 +59,9 @@ struct DecodeServiceOptions {
   int64_t max_buffered_bytes = int64_t{256} << 20;
   // A stream whose client reads nothing this long is cancelled; 0: never.
   double write_stall_seconds = 20.0;
+  // KV pages of finished prompts kept for the next prompt that starts the
+  // same way (HeldPrefixes); 0: none. Needs paged decode.
+  int64_t kv_prefix_cache_bytes = 0;
 };
 
 // What a queued token message is counted as: the message on the heap and its
@@ -139,6 +143,9 @@ class DecodeService final : public v1::DecodeService::CallbackService {
   const Tokenizer* tokenizer_ = nullptr;
   std::vector<int32_t> end_of_text_ids_;
   std::unique_ptr<DecodeScheduler> scheduler_;  // with paged decode; set before engine_
+  // With paged decode and --kv-prefix-cache-bytes; set before engine_,
+  // dropped at Shutdown (its pages are the engine's).
+  std::unique_ptr<HeldPrefixes> held_;
   ExpectedLayout expected_;
   RequestLimits limits_;
   std::atomic<uint64_t> next_request_number_{1};

@@ -33,6 +33,8 @@
 
 namespace seer {
 
+static_assert(kKvPrefixBlock == kPrefixBlock, "kv_from_token's unit is the prefix store's block");
+
 // The NCCL links of this prefill process, by decode_instance.
 struct PrefillService::NcclLinks {
 #ifdef SEER_HAVE_NCCL
@@ -165,10 +167,16 @@ struct PrefixStoreState {
 };
 
 struct GrpcKvTransfer {
-  GrpcKvTransfer(int num_layers, int streams, SerialExecutor* executor, int seq_len, int tokens_per_chunk, bool fp8)
-      : dispatcher(num_layers, streams, executor), seq_len(seq_len), tokens_per_chunk(tokens_per_chunk), fp8(fp8) {}
+  GrpcKvTransfer(int num_layers, int streams, SerialExecutor* executor, int first, int seq_len, int tokens_per_chunk,
+                 bool fp8)
+      : dispatcher(num_layers, streams, executor),
+        first(first),
+        seq_len(seq_len),
+        tokens_per_chunk(tokens_per_chunk),
+        fp8(fp8) {}
 
   LayerDispatcher dispatcher;
+  const int first;  // each layer's chunks cover [first, seq_len)
   const int seq_len;
   const int tokens_per_chunk;
   const bool fp8;
@@ -207,7 +215,7 @@ struct GrpcKvTransfer {
     std::vector<std::pair<StreamReactor<grpc::ByteBuffer>::Deferred, size_t>> out;
     const std::shared_ptr<KvChunkSource> src = Source();
     if (src == nullptr) return out;  // cancelled
-    for (int t0 = 0; t0 < seq_len; t0 += tokens_per_chunk) {
+    for (int t0 = first; t0 < seq_len; t0 += tokens_per_chunk) {
       const int n = std::min(tokens_per_chunk, seq_len - t0);
       const size_t kv = src->KvBytes(n);
       kv_bytes += static_cast<int64_t>(kv);
@@ -288,6 +296,14 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
     }
     options_.sparsity = *sparsity;
     options_.prompt_logprobs = call->prompt_logprobs;
+    // The caller's K/V of a prefix stands for this prompt's only when it was
+    // selected as this prompt's would be: the same rule, reusable, counted
+    // in the same gate blocks.
+    if (call->kv_from_token > 0 && PrefixMayBeReused(options_.sparsity) &&
+        call->kv_from_block_size == service->block_size_ &&
+        PrefixStoreKey(call->kv_from_sparsity) == PrefixStoreKey(options_.sparsity)) {
+      kv_first_ = call->kv_from_token;
+    }
     chunk_bytes_ = call->max_chunk_bytes != 0 ? call->max_chunk_bytes : service->options_.chunk_bytes;
     StatusOr<int> per_chunk = TokensPerChunk(service->layout_, chunk_bytes_);
     if (!per_chunk.ok()) {
@@ -399,10 +415,11 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
     *h = MakeLayoutHeader(layout, engine_->fingerprint(), service_->block_size_, seq_len, engine_->config().vocab_size);
     h->set_request_id(request_id_);
     h->set_device(engine_->device_name());
+    h->set_kv_first_token(kv_first_);
     nccl_ = choice->transport == v1::KV_TRANSPORT_NCCL;
     if (!nccl_) {
       // Streams for the bytes there are to spread, a layer at least each.
-      const int64_t kv_bytes = 2 * static_cast<int64_t>(layout.num_layers) * layout.LayerBytes(seq_len);
+      const int64_t kv_bytes = 2 * static_cast<int64_t>(layout.num_layers) * layout.LayerBytes(seq_len - kv_first_);
       const int64_t per_stream = service_->options_.kv_min_stream_bytes;
       int64_t worth = per_stream > 0 ? std::max<int64_t>(1, kv_bytes / per_stream) : kMaxKvGrpcStreams;
       worth = std::min<int64_t>(worth, layout.num_layers);
@@ -425,7 +442,7 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
         }
       }
       grpc_ = std::make_shared<GrpcKvTransfer>(layout.num_layers, choice->grpc_streams, &service_->nccl_->executor,
-                                               seq_len, tokens, fp8);
+                                               kv_first_, seq_len, tokens, fp8);
       if (choice->grpc_streams > 1) grpc_->id = service_->AddTransfer(grpc_);
       // Stream 0 takes a layer when at most one chunk of its own is unwritten.
       own_threshold_ = static_cast<int64_t>(KvWireBytes(layout, KvWireFormat{layout.dtype, fp8, 64}, tokens)) * 2;
@@ -489,7 +506,7 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
       auto* device = dynamic_cast<const DeviceKvCache*>(cache.get());
       StatusOr<std::unique_ptr<NcclKvLink::Transfer>> transfer =
           device != nullptr
-              ? link->link->StartSend(device, static_cast<int>(ids_.size()))
+              ? link->link->StartSend(device, static_cast<int>(ids_.size()), NcclKvSplit::kPerHead, kv_first_)
               : StatusOr<std::unique_ptr<NcclKvLink::Transfer>>(Internal("the engine's cache is not on a GPU"));
       if (transfer.ok()) {
         nccl_transfer_ = std::move(*transfer);
@@ -707,6 +724,7 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
       }
     }
     summary->set_sparsity(SparsityToString(options_.sparsity));
+    *summary->mutable_applied_sparsity() = AppliedSparsityToProto(options_.sparsity);
     summary->set_cached_tokens(cached_tokens_);
     v1::PrefillTimings* t = summary->mutable_timings();
     t->set_queue_seconds(queue_seconds_);
@@ -907,6 +925,7 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
   std::string request_id_;
   PrefillOptions options_;
   int tokens_per_chunk_ = 1;
+  int kv_first_ = 0;  // the first position sent: the caller holds those before it (kv_from_token)
   int64_t chunk_bytes_ = 0;
   ByteBudget::Reservation cache_charge_;  // goes with the cache, or back
   bool legacy_ = false;

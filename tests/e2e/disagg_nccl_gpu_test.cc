@@ -232,5 +232,58 @@ TEST(DisaggNccl, AKilledPrefillFailsItsRequestsFastAndItsSuccessorGetsAFreshLink
   EXPECT_EQ(MetricOf(*prefill, "seer_kv_nccl_links{state=\"ready\"}"), 1);
 }
 
+// Both prefix stores over the link: a chat's next turn (the last prompt and
+// 400 new tokens) moves only the new tokens' KV over NCCL (the decode worker
+// holds the rest in its pages: seer-decode --kv-prefix-cache-bytes), from
+// position kv_from_token of each head into the same positions of the
+// staging, scattered into the pages; the tokens equal those of a store-less
+// worker that takes the whole KV over gRPC.
+TEST(DisaggNccl, AChatsNextTurnMovesOnlyItsNewTokensKvOverTheLink) {
+#ifndef SEER_HAVE_NCCL
+  GTEST_SKIP() << "built without NCCL";
+#endif
+  if (GpuCount() < 2) GTEST_SKIP() << "needs two GPUs (found " << GpuCount() << ")";
+  ServerProcess prefill(Bin("seer-prefill"),
+                        Args("cuda:0", {"--kv-transports", "nccl,grpc", "--prefix-cache-bytes", "1073741824"}));
+  ASSERT_TRUE(prefill.Start(300s));
+  ServerProcess held(Bin("seer-decode"), Args("cuda:1", {"--prefill", prefill.grpc_address(), "--kv-transports",
+                                                         "nccl,grpc", "--kv-prefix-cache-bytes", "1073741824"}));
+  ASSERT_TRUE(held.Start(300s));
+  ServerProcess plain(Bin("seer-decode"),
+                      Args("cuda:1", {"--prefill", prefill.grpc_address(), "--kv-transports", "grpc"}));
+  ASSERT_TRUE(plain.Start(300s));
+  std::vector<int32_t> prompt = seer::testing::RandomIds(1500, 128, 11);
+  // Until the link is ready; every turn of `prompt` is kept on both sides.
+  Generated first;
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    first = Generate(held.grpc_address(), prompt);
+    ASSERT_TRUE(first.status.ok()) << first.status.error_message();
+    if (first.summary.kv_transfer().transport() == v1::KV_TRANSPORT_NCCL) break;
+    std::this_thread::sleep_for(500ms);
+  }
+  ASSERT_EQ(first.summary.kv_transfer().transport(), v1::KV_TRANSPORT_NCCL);
+  const int64_t per_token = first.summary.kv_transfer().bytes() / (1500 - first.summary.kv_held_tokens());
+  const double hits = MetricOf(held, "seer_decode_kv_prefix_lookups_total{result=\"hit\"}");
+  for (int turn = 1; turn <= 2; ++turn) {
+    SCOPED_TRACE("turn " + std::to_string(turn));
+    const int previous = static_cast<int>(prompt.size());
+    for (int32_t id : seer::testing::RandomIds(400, 128, 20 + turn)) prompt.push_back(id);
+    const Generated got = Generate(held.grpc_address(), prompt);
+    ASSERT_TRUE(got.status.ok()) << got.status.error_message();
+    EXPECT_EQ(got.summary.kv_transfer().transport(), v1::KV_TRANSPORT_NCCL);
+    const int held_tokens = previous / 64 * 64;  // dense: every whole shared block
+    EXPECT_EQ(got.summary.kv_held_tokens(), held_tokens);
+    EXPECT_EQ(got.summary.cached_tokens(), held_tokens) << "the prefill's store: the same blocks";
+    EXPECT_EQ(got.summary.kv_transfer().bytes(), per_token * (static_cast<int64_t>(prompt.size()) - held_tokens));
+    const Generated ref = Generate(plain.grpc_address(), prompt);
+    ASSERT_TRUE(ref.status.ok()) << ref.status.error_message();
+    EXPECT_EQ(ref.summary.kv_held_tokens(), 0);
+    EXPECT_EQ(got.tokens, ref.tokens);
+  }
+  EXPECT_EQ(MetricOf(held, "seer_decode_kv_prefix_lookups_total{result=\"hit\"}"), hits + 2) << "the two next turns";
+  EXPECT_EQ(MetricOf(held, "seer_kv_transfers_inflight{side=\"receive\",transport=\"nccl\"}"), 0);
+}
+
 }  // namespace
 }  // namespace seer
