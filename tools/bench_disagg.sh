@@ -71,17 +71,9 @@ if [ "$smoke" = 1 ]; then
   lengths="256 1000"; modes="dense nz_ratio=0.5"; new_tokens=4; repeats=1
   prefill_dev=cpu; decode_dev=cpu; hf=0
 fi
-if [ -z "$bin" ]; then
-  if [ -x .carry/bundle/bin/seer-prefill ]; then bin=.carry/bundle/bin; else bin=build/bin; fi
-fi
-bin="$(cd "$bin" && pwd)"
-if [ -d "$bin/../lib" ]; then
-  export LD_LIBRARY_PATH="$bin/../lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-fi
-export NCCL_NVLS_ENABLE=0  # NVLink multicast stays off (docs/GPU.md)
-for exe in seer seer-prefill seer-decode seer-random-checkpoint seer-kv-wire-error; do
-  [ -x "$bin/$exe" ] || die "$bin/$exe is missing (build it, or tools/pack_gpu_bundle.sh)"
-done
+# shellcheck source=tools/bench_lib.sh
+. tools/bench_lib.sh
+bench_use_bin "$bin" seer seer-prefill seer-decode seer-random-checkpoint seer-kv-wire-error
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 runs="$out/runs.jsonl"
@@ -123,32 +115,7 @@ done
 awk -v v="$vocab" 'BEGIN { for (i = 0; i < 1024; i++) printf "%d%s", (i * 7919) % v, (i < 1023 ? "," : "\n") }' \
   >"$out/prompt-warmup.ids"
 
-# --- servers -------------------------------------------------------------------
-pids=()
-cleanup() {
-  local status=$?
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  exit "$status"
-}
-trap cleanup EXIT INT TERM
-
-# Waits for "<program> ready" in a log and prints the "listening on HOST:PORT
-# metrics on HOST:PORT" addresses.
-wait_ready() {
-  local log="$1" pid="$2" name="$3"
-  for _ in $(seq 1 12000); do
-    if grep -q " ready: " "$log"; then
-      grep -m1 " listening on " "$log" | awk '{print $4, $7}'
-      return 0
-    fi
-    kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "$name exited before it was ready"; }
-    sleep 0.1
-  done
-  cat "$log" >&2
-  die "$name was not ready after 20 minutes"
-}
-
+# --- servers (bench_lib.sh stops them at the end: pids, wait_ready) --------------
 # Reads one metric's value (the sum over its series) from a /metrics page.
 metric() {
   python3 - "$1" "$2" <<'PY'
