@@ -972,21 +972,25 @@ await expectError('a prompt past the context is BadRequestError 400 naming promp
   same('a prompt of ids echoes as it decodes whole', echoedIds.choices[0].text, wideText);
 }
 
-// The prefix store: a seer-prefill with --prefix-cache-bytes behind a second
-// worker. A chat's next turn repeats the first turn's messages: its usage
-// says how many prompt tokens came from the store (OpenAI's
-// prompt_tokens_details.cached_tokens), and its reply is the store-less
-// server's, token for token.
+// The prefix stores: a seer-prefill with --prefix-cache-bytes behind a second
+// worker with --kv-prefix-cache-bytes. A chat's next turn repeats the first
+// turn's messages: its usage says how many prompt tokens came from the
+// prefill's store (OpenAI's prompt_tokens_details.cached_tokens), the worker
+// held their KV (its metrics), and its reply is the store-less servers',
+// token for token.
 const storedPrefill = await start('seer-prefill', ['--listen', '127.0.0.1:0', '--gates', gates,
                                                    '--prefix-cache-bytes', '1073741824', ...common], (out) => {
   const m = out.match(/listening on (\S+)/);
   return m && out.includes(' ready: ') ? m[1] : null;
 });
-const storedHttp = await start(
-  'seer-decode', ['--listen', '127.0.0.1:0', '--prefill', storedPrefill, '--http', '127.0.0.1:0', ...common],
+const [storedHttp, storedMetrics] = await start(
+  'seer-decode', ['--listen', '127.0.0.1:0', '--prefill', storedPrefill, '--http', '127.0.0.1:0',
+                  '--kv-prefix-cache-bytes', '134217728', '--metrics', '127.0.0.1:0', '--model', model,
+                  '--device', 'cpu'],
   (out) => {
     const m = out.match(/http on (\S+)/);
-    return m && out.includes(' ready: ') ? m[1] : null;
+    const metrics = out.match(/metrics on (\S+)/);
+    return m && metrics && out.includes(' ready: ') ? [m[1], metrics[1]] : null;
   });
 {
   const storedClient = new OpenAI({ baseURL: `http://${storedHttp}/v1`, apiKey: 'not-needed', maxRetries: 0,
@@ -1009,8 +1013,12 @@ const storedHttp = await start(
   check('the next turn takes most of its prompt from the store, in whole 64-token blocks',
         cached >= first.usage.prompt_tokens - 192 && cached % 64 === 0 && cached < second.usage.prompt_tokens,
         JSON.stringify([first.usage, second.usage]));
+  const page = await (await fetch(`http://${storedMetrics}/metrics`)).text();
+  const held = Number(page.match(/^seer_decode_kv_prefix_held_tokens_total (\S+)$/m)?.[1] ?? 0);
+  check('... and the decode worker held most of its KV (only the rest moved)',
+        held >= first.usage.prompt_tokens - 192 && held % 64 === 0, `held ${held}`);
   const plain = await ask(client, turn2);
-  same('... and replies as the server without a store', second.choices[0].message.content,
+  same('... and replies as the servers without a store', second.choices[0].message.content,
        plain.choices[0].message.content);
   same('... which took nothing from a store', plain.usage.prompt_tokens_details?.cached_tokens, 0);
 }
