@@ -339,6 +339,7 @@ StatusOr<FetchedKv> PrefillClient::Fetch(const v1::PrefillRequest& request, cons
       asked.clear_kv_from_token();
       asked.clear_kv_from_sparsity();
       asked.clear_kv_from_block_size();
+      asked.clear_kv_from_gates_fingerprint();
     }
     if (s.ok()) {
       out.attempts = attempt + 1;
@@ -440,6 +441,7 @@ class PrefillClient::KvReceive {
   bool started() const { return started_; }
   bool have_summary() const { return have_summary_; }
   int gate_block() const { return gate_block_; }
+  uint64_t gates_fingerprint() const { return gates_fingerprint_; }
   int first_token() const { return first_; }
   bool nccl() const { return nccl_; }
   // KV chunks (or NCCL layers) received: the call got past admission.
@@ -483,18 +485,22 @@ class PrefillClient::KvReceive {
   Status OnHeader(const v1::LayoutHeader& h) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (h.kv_first_token() == 0 && first_ > 0 && whole_ != nullptr) {
-        // The prefill declined the held positions and sends them all: into
-        // a cache for the whole prompt, before anything lands. Without one
-        // the assembler refuses the header (ABORTED).
-        if (StatusOr<KvCache*> fresh = whole_(); fresh.ok() && *fresh != nullptr) {
-          cache_ = *fresh;
-          first_ = 0;
-          assembler_.Rebind(0, cache_);
-          *swapped_ = cache_;
-        }
+      Status header = assembler_.OnHeader(h);
+      if (IsKvFromDeclined(header) && h.kv_first_token() == 0 && whole_ != nullptr) {
+        // The prefill declined the held positions and sends them all (the
+        // header is otherwise good, and the first): into a cache for the
+        // whole prompt, before anything lands. The caller may free the old
+        // one for it, so from here this fetch never uses it again: when no
+        // cache comes, the fetch ends with the ABORTED (final).
+        StatusOr<KvCache*> fresh = whole_();
+        if (!fresh.ok() || *fresh == nullptr) return header;
+        cache_ = *fresh;
+        first_ = 0;
+        assembler_.Rebind(0, cache_);
+        *swapped_ = cache_;
+        header = assembler_.OnHeader(h);
       }
-      SEER_RETURN_IF_ERROR(assembler_.OnHeader(h));
+      SEER_RETURN_IF_ERROR(header);
     }
     SEER_RETURN_IF_ERROR(CheckHeaderTransport(h, offer_, asked_));
     wire_.dtype = FromWireDtype(h.kv_dtype()).value_or(DType::kF32);  // OnHeader checked it
@@ -504,6 +510,7 @@ class PrefillClient::KvReceive {
     streams_ = std::max(1, h.grpc_streams());
     have_header_ = true;
     gate_block_ = h.block_size();
+    gates_fingerprint_ = h.gates_fingerprint();
     header_at_ = last_landed_ = std::chrono::steady_clock::now();
     client_->NoteInstance(endpoint_, h.prefill_instance());
     if (h.has_nccl_setup()) JoinLink(h);
@@ -789,6 +796,7 @@ class PrefillClient::KvReceive {
   DecodedResponse decoded_;
   bool have_header_ = false, have_summary_ = false, started_ = false, nccl_ = false;
   int gate_block_ = 0;
+  uint64_t gates_fingerprint_ = 0;
   int streams_ = 1;
   uint64_t transfer_id_ = 0;
   KvWireFormat wire_;
@@ -964,6 +972,7 @@ Status PrefillClient::FetchOnce(Endpoint& endpoint, const v1::PrefillRequest& re
       out->kv_bytes = receive.kv_bytes();
       out->chunks_per_stream = receive.chunks_per_stream();
       out->gate_block = receive.gate_block();
+      out->gates_fingerprint = receive.gates_fingerprint();
       out->kv_first_token = receive.first_token();
       out->summary = std::move(receive.summary());
     }

@@ -138,6 +138,7 @@ struct FetchedKv {
   // The header's: the gates' block size, and the first position sent (the
   // request's kv_from_token, or 0 when the prefill declined it).
   int gate_block = 0;
+  uint64_t gates_fingerprint = 0;
   int kv_first_token = 0;
 };
 

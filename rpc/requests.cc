@@ -316,6 +316,7 @@ StatusOr<PrefillCall> ParsePrefillRequest(const v1::PrefillRequest& r, const Req
                              " is out of range [1, 1048576] (the block_size of the header that sent the held K/V)");
     call.kv_from_token = r.kv_from_token();
     call.kv_from_block_size = r.kv_from_block_size();
+    call.kv_from_gates_fingerprint = r.kv_from_gates_fingerprint();
   }
   SEER_RETURN_IF_ERROR(CheckRequestSize(r, limits));
   return call;

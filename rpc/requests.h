@@ -78,6 +78,7 @@ struct PrefillCall {
   int kv_from_token = 0;
   SparsityConfig kv_from_sparsity;
   int kv_from_block_size = 0;
+  uint64_t kv_from_gates_fingerprint = 0;
 };
 
 // A Generate request, checked. The prompt is `ids`, or `text`, or

@@ -2878,6 +2878,7 @@ TEST(Service, ThePrefillSendsFromKvFromTokenOnlyForTheSameSelection) {
   for (int32_t id : ids) whole.add_token_ids(id);
   whole.mutable_sparsity()->set_mode(v1::Sparsity::MODE_THRESHOLD);
   whole.mutable_sparsity()->set_threshold(0.05);
+  whole.mutable_transport_offer()->set_grpc_streams(1);  // a header with gates_fingerprint
   std::vector<v1::PrefillResponse> all;
   ASSERT_TRUE(CallPrefill(prefill.Stub().get(), whole, &all).ok());
   const v1::Sparsity applied = all.back().summary().applied_sparsity();
@@ -2900,19 +2901,24 @@ TEST(Service, ThePrefillSendsFromKvFromTokenOnlyForTheSameSelection) {
   };
   HostKvCache want(mc.num_layers, mc.num_kv_heads, mc.head_dim, 200);
   ASSERT_TRUE(assemble(all, 0, &want).ok());
+  const uint64_t gates = all.front().header().gates_fingerprint();
+  EXPECT_NE(gates, 0u);
   struct Ask {
     const char* what;
     bool same_selection;
     int block_size;
+    uint64_t gates;
     int first;  // what the server sends from
   };
-  for (const Ask& ask : {Ask{"the same selection", true, 64, 128}, Ask{"another last_block_dense", false, 64, 0},
-                         Ask{"another gate block", true, 128, 0}}) {
+  for (const Ask& ask :
+       {Ask{"the same selection", true, 64, gates, 128}, Ask{"another last_block_dense", false, 64, gates, 0},
+        Ask{"another gate block", true, 128, gates, 0}, Ask{"other gates", true, 64, gates + 1, 0}}) {
     SCOPED_TRACE(ask.what);
     v1::PrefillRequest r = whole;
     r.set_kv_from_token(128);
     *r.mutable_kv_from_sparsity() = applied;
     r.set_kv_from_block_size(ask.block_size);
+    r.set_kv_from_gates_fingerprint(ask.gates);
     if (!ask.same_selection) r.mutable_kv_from_sparsity()->set_last_block_dense(false);
     std::vector<v1::PrefillResponse> got;
     ASSERT_TRUE(CallPrefill(prefill.Stub().get(), r, &got).ok());

@@ -244,8 +244,11 @@ StatusOr<std::vector<std::unique_ptr<PagedKvCache>>> PagedKvCache::CreateGroupWh
                       Str(capacity - prefix) + ", but the pool holds " + Str(pool->num_pages()) +
                       " pages in all (--kv-pool); ask for fewer tokens" + (count > 1 ? " or choices" : ""));
   }
-  SEER_ASSIGN_OR_RETURN(std::vector<int32_t> fresh,
-                        pool->AllocateWhenFree(static_cast<int>(total), cancelled, start.reclaim));
+  StatusOr<std::vector<int32_t>> got = start.at_once
+                                           ? pool->Allocate(static_cast<int>(total))
+                                           : pool->AllocateWhenFree(static_cast<int>(total), cancelled, start.reclaim);
+  while (start.at_once && !got.ok() && start.reclaim && start.reclaim()) got = pool->Allocate(static_cast<int>(total));
+  SEER_ASSIGN_OR_RETURN(std::vector<int32_t> fresh, std::move(got));
   // The held pages, then the prefix's new whole pages, then each cache's own.
   std::vector<int32_t> pages;
   pages.reserve(static_cast<size_t>(held) + fresh.size());

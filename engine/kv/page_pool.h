@@ -137,6 +137,10 @@ struct PagedGroupStart {
   int held_tokens = 0;
   // Frees pages while the group's are short (PagePool::AllocateWhenFree).
   std::function<bool()> reclaim;
+  // Takes the pages now, ahead of any waiter (with `reclaim`'s help), or
+  // fails with RESOURCE_EXHAUSTED: for a request that gave pages back a
+  // moment ago and must not wait now (its KV is already on the way).
+  bool at_once = false;
 };
 
 // One request's KV cache in pages: the KvCache interface over a block table

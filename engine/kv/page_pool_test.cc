@@ -360,6 +360,37 @@ TEST(PagedKvCache, AGroupStartsFromHeldPagesAndNeverWritesThem) {
   }
 }
 
+// PagedGroupStart::at_once: the pages now, ahead of a queued waiter, with
+// the reclaimer's help, or RESOURCE_EXHAUSTED; never a wait.
+TEST(PagedKvCache, AtOnceTakesPagesAheadOfWaitersOrFails) {
+  auto pool = HostPagePool::Create(SmallLayout(16), 6);
+  ASSERT_TRUE(pool.ok());
+  auto kept = PagedKvCache::Create(pool->get(), 64);  // 4 pages a reclaimer may give back
+  ASSERT_TRUE(kept.ok());
+  std::atomic<bool> give_up{false};
+  std::thread waiter([&] {
+    auto got = (*pool)->AllocateWhenFree(5, [&] { return give_up ? Cancelled("gone") : OkStatus(); });
+    EXPECT_EQ(got.status().code(), StatusCode::kCancelled);
+  });
+  ASSERT_TRUE(Eventually([&] { return (*pool)->waiters() == 1; }));
+  PagedGroupStart start;
+  start.at_once = true;
+  EXPECT_EQ(PagedKvCache::CreateGroupWhenFree(pool->get(), 20, 60, 1, nullptr, start).status().code(),
+            StatusCode::kResourceExhausted)
+      << "4 pages wanted, 2 free, nothing to reclaim";
+  start.reclaim = [&] {
+    if (*kept == nullptr) return false;
+    kept->reset();
+    return true;
+  };
+  auto group = PagedKvCache::CreateGroupWhenFree(pool->get(), 20, 60, 1, nullptr, start);
+  ASSERT_TRUE(group.ok()) << group.status().ToString();
+  EXPECT_EQ((*pool)->used_pages(), 4) << "ahead of the waiter, which still waits";
+  EXPECT_EQ((*pool)->waiters(), 1);
+  give_up = true;
+  waiter.join();
+}
+
 TEST(PagePool, AWaiterShortOfPagesAsksTheReclaimerFirst) {
   auto pool = HostPagePool::Create(SmallLayout(16), 6);
   ASSERT_TRUE(pool.ok());

@@ -492,4 +492,28 @@ StatusOr<GateOutput> RunGate(const GateLayerWeights& w, const GateConfig& gc, co
   return cpu::RunGate(problem, sparsity, threads);
 }
 
+uint64_t GatesFingerprint(const GateWeights& gates) {
+  uint64_t h = 0x9E3779B97F4A7C15ull;
+  auto mix = [&h](uint64_t v) {
+    h ^= v + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
+    h *= 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 31;
+  };
+  for (char c : gates.config.gate_type) mix(static_cast<unsigned char>(c));
+  mix(static_cast<uint64_t>(gates.config.block_size));
+  mix(static_cast<uint64_t>(gates.config.hidden));
+  for (const GateLayerWeights& l : gates.layers) {
+    mix(static_cast<uint64_t>(l.q_in));
+    for (const std::vector<float>* w : {&l.k_weight, &l.q_weight}) {
+      mix(w->size());
+      uint32_t bits = 0;
+      for (float x : *w) {
+        std::memcpy(&bits, &x, sizeof bits);
+        mix(bits);
+      }
+    }
+  }
+  return h;
+}
+
 }  // namespace seer

@@ -39,6 +39,11 @@ struct GateWeights {
 // a mismatch names the key and both shapes.
 StatusOr<GateWeights> LoadGates(const std::string& dir, const ModelConfig& model);
 
+// A 64-bit hash of the gates' type, block size, hidden size and every
+// weight: equal fingerprints mean the same selection for the same prompt
+// (what a KV prefix held elsewhere is checked against).
+uint64_t GatesFingerprint(const GateWeights& gates);
+
 // Runs the gate of one layer on the CPU (the twin kernels/gate/gate_cpu.h),
 // after checking the weights and the prompt against the model: a mismatch is
 // INVALID_ARGUMENT naming the shapes, a prompt whose [Hq, nb, nb] outputs

@@ -294,10 +294,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     std::vector<std::unique_ptr<KvCache>> caches;
     const PrefillClient::WholeCache whole = [&]() -> StatusOr<KvCache*> {
       DropCaches(&caches);
-      const std::function<Status()> now_or_never = [] {
-        return ResourceExhausted("no KV pages free at once for the whole prompt");
-      };
-      if (MakeCaches(capacity, held, HeldPrefixes::Hit{}, &caches, now_or_never)) {
+      if (MakeCaches(capacity, held, HeldPrefixes::Hit{}, &caches, /*at_once=*/true)) {
         DropCaches(&caches);
         return ResourceExhausted("no KV pages free at once for the whole prompt");
       }
@@ -309,13 +306,15 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
         prefill_request.set_kv_from_token(hit.tokens);
         *prefill_request.mutable_kv_from_sparsity() = AppliedSparsityToProto(hit.applied);
         prefill_request.set_kv_from_block_size(hit.gate_block);
+        prefill_request.set_kv_from_gates_fingerprint(hit.gates_fingerprint);
       } else {
         prefill_request.clear_kv_from_token();
         prefill_request.clear_kv_from_sparsity();
         prefill_request.clear_kv_from_block_size();
+        prefill_request.clear_kv_from_gates_fingerprint();
       }
       if (caches.empty()) {
-        if (std::optional<grpc::Status> failed = MakeCaches(capacity, held, hit, &caches, WaitingForPages())) {
+        if (std::optional<grpc::Status> failed = MakeCaches(capacity, held, hit, &caches, /*at_once=*/false)) {
           return *failed;
         }
       }
@@ -342,7 +341,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     }
     if (held != nullptr && fetched_.transfer.kv_wire() != v1::KV_WIRE_FP8_E4M3) {
       held->Keep(*ids, prefill_request.sparsity(), fetched_.summary.applied_sparsity(), fetched_.gate_block,
-                 static_cast<const PagedKvCache&>(*caches[0]));
+                 fetched_.gates_fingerprint, static_cast<const PagedKvCache&>(*caches[0]));
     }
     for (size_t i = 1; i < caches.size(); ++i) {
       const auto& first = static_cast<const PagedKvCache&>(*caches[0]);
@@ -417,18 +416,20 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
 
   // The request's caches into `caches` (a group of paged ones, or one),
   // starting from `hit`'s held pages, and their pages counted; an error to
-  // end the call with otherwise.
+  // end the call with otherwise. Waits for pages until cancelled, or with
+  // `at_once` takes them now or fails (PagedGroupStart::at_once).
   std::optional<grpc::Status> MakeCaches(int capacity, HeldPrefixes* held, const HeldPrefixes::Hit& hit,
-                                         std::vector<std::unique_ptr<KvCache>>* caches,
-                                         const std::function<Status()>& wait) {
+                                         std::vector<std::unique_ptr<KvCache>>* caches, bool at_once) {
     const int n = static_cast<int>(choices_.size());
     if (service_->scheduler_ != nullptr) {
       PagedGroupStart start;
       start.held = hit.pages.get();
       start.held_tokens = hit.tokens;
       if (held != nullptr) start.reclaim = [held] { return held->Reclaim(); };
-      StatusOr<std::vector<std::unique_ptr<PagedKvCache>>> group =
-          engine_->NewPagedCacheGroupWhenFree(prompt_tokens_, capacity, n, wait, start);
+      start.at_once = at_once;
+      StatusOr<std::vector<std::unique_ptr<PagedKvCache>>> group = engine_->NewPagedCacheGroupWhenFree(
+          prompt_tokens_, capacity, n,
+          [this] { return cancelled() ? Cancelled("cancelled while waiting for KV pages") : OkStatus(); }, start);
       if (!group.ok()) {
         if (cancelled()) return StreamGone();
         return ToGrpcStatus(group.status().WithContext("seer-decode: KV pages"));
@@ -453,11 +454,6 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
                                         KvCacheBytes(c.layout(), c.capacity() - std::max(shared, held_positions)));
     }
     return std::nullopt;
-  }
-
-  // Waits for KV pages until the stream is cancelled.
-  std::function<Status()> WaitingForPages() {
-    return [this] { return cancelled() ? Cancelled("cancelled while waiting for KV pages") : OkStatus(); };
   }
 
   // The request's caches go, with their pages' counts.

@@ -29,6 +29,7 @@ HeldPrefixes::Hit HeldPrefixes::Lookup(std::span<const int32_t> ids, const v1::S
       out.pages = std::static_pointer_cast<const PagedKvCache>(hit.cache);
       out.applied = resolved->second;
       out.gate_block = gate_block_;
+      out.gates_fingerprint = gates_fingerprint_;
     }
   }
   if (out.tokens == 0) metrics_->kv_prefix_misses.Increment();
@@ -36,7 +37,7 @@ HeldPrefixes::Hit HeldPrefixes::Lookup(std::span<const int32_t> ids, const v1::S
 }
 
 void HeldPrefixes::Keep(std::span<const int32_t> ids, const v1::Sparsity& asked, const v1::Sparsity& applied,
-                        int gate_block, const PagedKvCache& cache) {
+                        int gate_block, uint64_t gates_fingerprint, const PagedKvCache& cache) {
   StatusOr<SparsityConfig> config = AppliedSparsityFromProto(applied, "applied_sparsity");
   const int whole = static_cast<int>(ids.size()) / page_tokens_ * page_tokens_;
   std::lock_guard<std::mutex> lock(mu_);
@@ -50,9 +51,10 @@ void HeldPrefixes::Keep(std::span<const int32_t> ids, const v1::Sparsity& asked,
   if (resolved_.size() >= kMaxResolved) resolved_.clear();
   resolved_[key] = *config;
   if (whole == 0 || gate_block <= 0 || !PrefixMayBeReused(*config)) return;
-  if (store_ == nullptr || gate_block != gate_block_) {
+  if (store_ == nullptr || gate_block != gate_block_ || gates_fingerprint != gates_fingerprint_) {
     store_ = std::make_unique<PrefixStore>(max_bytes_, std::lcm(kKvPrefixBlock, gate_block));
     gate_block_ = gate_block;
+    gates_fingerprint_ = gates_fingerprint;
     reported_evictions_ = 0;
   }
   pool_ = cache.pool();

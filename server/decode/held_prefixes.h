@@ -54,18 +54,19 @@ class HeldPrefixes {
     int tokens = 0;  // a multiple of 64 and of the page size, below the prompt's count
     SparsityConfig applied;  // the selection the held K/V was computed with
     int gate_block = 0;  // the block_size of the header that sent it
+    uint64_t gates_fingerprint = 0;  // and its gates_fingerprint
   };
   // The longest held prefix of `ids` for a request that asked `sparsity`
   // (counts a miss when there is none).
   Hit Lookup(std::span<const int32_t> ids, const v1::Sparsity& sparsity);
 
   // A fetched prompt: what its prefill applied for a request that asked
-  // `asked` (applied_sparsity of the summary) and the prefill's gate block,
-  // and `cache`, the request's first cache, holding the prompt's K/V in
-  // positions [0, ids.size()). Keeps its whole pages when the selection can
-  // be reused.
+  // `asked` (applied_sparsity of the summary), the prefill's gate block and
+  // gates fingerprint (its header's), and `cache`, the request's first
+  // cache, holding the prompt's K/V in positions [0, ids.size()). Keeps its
+  // whole pages when the selection can be reused.
   void Keep(std::span<const int32_t> ids, const v1::Sparsity& asked, const v1::Sparsity& applied, int gate_block,
-            const PagedKvCache& cache);
+            uint64_t gates_fingerprint, const PagedKvCache& cache);
 
   // Drops the least recently used prompt whose pages are not all shared
   // with running requests, so that pages come free; false when none is.
@@ -82,9 +83,10 @@ class HeldPrefixes {
   DecodeMetrics* const metrics_;
   mutable std::mutex mu_;
   // Created by the first Keep, in units of lcm(64, the prefill's gate
-  // block); made anew if a prefill reports another gate block.
+  // block); made anew if a prefill reports other gates.
   std::unique_ptr<PrefixStore> store_;
   int gate_block_ = 0;
+  uint64_t gates_fingerprint_ = 0;
   PagePool* pool_ = nullptr;  // the kept caches'
   // The selection each asked sparsity (serialised) resolved to, last seen.
   std::map<std::string, SparsityConfig> resolved_;

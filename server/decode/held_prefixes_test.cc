@@ -66,7 +66,7 @@ TEST(HeldPrefixes, LearnsWhatAnAskResolvesToAndOffersTheKeptPages) {
   for (int32_t id : Ids(60, 5)) b.push_back(id);
   EXPECT_EQ(held.Lookup(b, asked).tokens, 0) << "nothing kept";
   auto cache_a = Fetched(f.pool.get(), 200);
-  held.Keep(a, asked, Applied(SparsityMode::kDense), 64, *cache_a);
+  held.Keep(a, asked, Applied(SparsityMode::kDense), 64, 0, *cache_a);
   EXPECT_EQ(held.entries(), 1);
   EXPECT_EQ(held.bytes(), int64_t{200 / kPage} * Layout().PageBytes()) << "the whole pages below the prompt's end";
   HeldPrefixes::Hit hit = held.Lookup(b, asked);
@@ -84,14 +84,22 @@ TEST(HeldPrefixes, LearnsWhatAnAskResolvesToAndOffersTheKeptPages) {
   // The same ask now resolves to nz_ratio: learnt, though nothing is kept,
   // and nothing is offered for it.
   auto cache_c = Fetched(f.pool.get(), 100);
-  held.Keep(Ids(100, 7), asked, Applied(SparsityMode::kNzRatio, 0.5), 64, *cache_c);
+  held.Keep(Ids(100, 7), asked, Applied(SparsityMode::kNzRatio, 0.5), 64, 0, *cache_c);
   EXPECT_EQ(held.entries(), 1);
   EXPECT_EQ(held.Lookup(b, asked).tokens, 0);
   // Dense again, then a prefill that reports no applied sparsity: forgotten.
-  held.Keep(Ids(100, 7), asked, Applied(SparsityMode::kDense), 64, *cache_c);
+  held.Keep(Ids(100, 7), asked, Applied(SparsityMode::kDense), 64, 0, *cache_c);
   EXPECT_EQ(held.Lookup(b, asked).tokens, 128);
-  held.Keep(Ids(100, 9), asked, v1::Sparsity{}, 64, *cache_c);
+  held.Keep(Ids(100, 9), asked, v1::Sparsity{}, 64, 0, *cache_c);
   EXPECT_EQ(held.Lookup(b, asked).tokens, 0);
+  // A prefill with other gates: what was kept under the old ones goes.
+  EXPECT_EQ(held.entries(), 2);
+  held.Keep(a, asked, Applied(SparsityMode::kDense), 64, 42, *cache_a);
+  EXPECT_EQ(held.entries(), 1);
+  hit = held.Lookup(b, asked);
+  EXPECT_EQ(hit.tokens, 128);
+  EXPECT_EQ(hit.gates_fingerprint, 42u);
+  hit = {};
   EXPECT_EQ(f.metrics.kv_prefix_misses.Value(), 4);
 }
 
@@ -100,10 +108,10 @@ TEST(HeldPrefixes, ReclaimSkipsPromptsWhosePagesRunningRequestsShare) {
   HeldPrefixes held(int64_t{1} << 30, kPage, &f.metrics);
   const v1::Sparsity asked;
   auto running = Fetched(f.pool.get(), 160);  // still decoding
-  held.Keep(Ids(160, 1), asked, Applied(SparsityMode::kDense), 64, *running);
+  held.Keep(Ids(160, 1), asked, Applied(SparsityMode::kDense), 64, 0, *running);
   {
     auto done = Fetched(f.pool.get(), 96);  // finished: the store alone holds its pages
-    held.Keep(Ids(96, 500), asked, Applied(SparsityMode::kDense), 64, *done);
+    held.Keep(Ids(96, 500), asked, Applied(SparsityMode::kDense), 64, 0, *done);
   }
   EXPECT_EQ(held.entries(), 2);
   const int free_before = f.pool->free_pages();

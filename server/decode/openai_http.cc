@@ -1210,6 +1210,10 @@ StatusOr<std::unique_ptr<OpenAiHttpServer>> OpenAiHttpServer::Start(const OpenAi
   std::string ports = options.tls.enabled() ? "127.0.0.1:0" : options.listen;
   if (ports.rfind("0.0.0.0:", 0) == 0) ports = ports.substr(8);  // civetweb: a bare port binds every address
   const std::string threads = std::to_string(options.threads);
+  // An idle keep-alive connection stays open longer than the official
+  // clients keep one (httpx, the Python client's, 5 s; undici, the Node
+  // one's, 4 s), so a client never reuses a connection this server is
+  // closing.
   const char* opts[] = {"listening_ports",
                         ports.c_str(),
                         "num_threads",
@@ -1219,7 +1223,7 @@ StatusOr<std::unique_ptr<OpenAiHttpServer>> OpenAiHttpServer::Start(const OpenAi
                         "enable_keep_alive",
                         "yes",
                         "keep_alive_timeout_ms",
-                        "5000",
+                        "15000",
                         nullptr};
   mg_callbacks callbacks{};
   // civetweb's own errors (a malformed request, a failed write) go to stderr.

@@ -298,9 +298,11 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
     options_.prompt_logprobs = call->prompt_logprobs;
     // The caller's K/V of a prefix stands for this prompt's only when it was
     // selected as this prompt's would be: the same rule, reusable, counted
-    // in the same gate blocks.
+    // in the same gate blocks, by the same gates.
+    const bool gated = options_.sparsity.mode != SparsityMode::kDense;
     if (call->kv_from_token > 0 && PrefixMayBeReused(options_.sparsity) &&
         call->kv_from_block_size == service->block_size_ &&
+        (!gated || call->kv_from_gates_fingerprint == service->gates_fingerprint_) &&
         PrefixStoreKey(call->kv_from_sparsity) == PrefixStoreKey(options_.sparsity)) {
       kv_first_ = call->kv_from_token;
     }
@@ -448,6 +450,7 @@ class PrefillStream final : public StreamReactor<grpc::ByteBuffer> {
       own_threshold_ = static_cast<int64_t>(KvWireBytes(layout, KvWireFormat{layout.dtype, fp8, 64}, tokens)) * 2;
     }
     if (!legacy_) {
+      h->set_gates_fingerprint(service_->gates_fingerprint_);
       h->set_transport(nccl_ ? v1::KV_TRANSPORT_NCCL : v1::KV_TRANSPORT_GRPC);
       h->set_prefill_instance(service_->caps_.prefill_instance);
       h->set_grpc_streams(nccl_ ? 1 : choice->grpc_streams);
@@ -1172,6 +1175,7 @@ Status PrefillService::SetEngine(Engine* engine) {
   }
 #endif
   block_size_ = engine->gates() ? engine->gates()->config.block_size : 64;
+  gates_fingerprint_ = engine->gates() ? GatesFingerprint(*engine->gates()) : 0;
   if (options_.prefix_cache_bytes > 0) {
     prefix_store_ =
         std::make_shared<PrefixStoreState>(options_.prefix_cache_bytes, std::lcm(kPrefixBlock, block_size_), metrics_);

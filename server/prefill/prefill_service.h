@@ -175,6 +175,7 @@ class PrefillService final
   KvLayout layout_;
   RequestLimits limits_;
   int block_size_ = 64;
+  uint64_t gates_fingerprint_ = 0;  // GatesFingerprint, 0 without gates
   std::atomic<uint64_t> next_request_number_{1};
 };
 
