@@ -2062,15 +2062,20 @@ TEST(Isolation, BufferedKvIsBoundedByAdmissionAndStalledStreamsAreCancelled) {
   // serves the prompt, but not with 20 alternatives a position (1,023 x 344
   // bytes more), which it refuses naming them.
   options.max_buffered_bytes = kKv + (400 << 10);
+  // Stalls are not what this part checks: a client starved of CPU for a
+  // few seconds (CI runs tests side by side) must not be cut off.
+  options.write_stall_seconds = 60.0;
   PrefillHarness small(options, engine.get());
   v1::PrefillRequest asked = PrefillOf(1024, 31);
-  EXPECT_TRUE(CallPrefill(small.Stub().get(), asked).ok());
+  const grpc::Status served = CallPrefill(small.Stub().get(), asked);
+  EXPECT_TRUE(served.ok()) << served.error_code() << ": " << served.error_message();
   asked.set_prompt_logprobs(20);
   const grpc::Status s = CallPrefill(small.Stub().get(), asked);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
   EXPECT_NE(s.error_message().find("its prompt logprobs"), std::string::npos) << s.error_message();
   asked.set_prompt_logprobs(1);  // 1,023 x 40 bytes fit
-  EXPECT_TRUE(CallPrefill(small.Stub().get(), asked).ok());
+  const grpc::Status fits = CallPrefill(small.Stub().get(), asked);
+  EXPECT_TRUE(fits.ok()) << fits.error_code() << ": " << fits.error_message();
 }
 
 // The same for token streams: each Generate stream reserves its tokens'
