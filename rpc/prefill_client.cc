@@ -20,6 +20,7 @@
 #include "rpc/kv_wire.h"
 #include "rpc/landing/kv_landing.h"
 #include "rpc/load_metadata.h"
+#include "rpc/requests.h"
 
 #ifdef SEER_HAVE_CUDA
 #include <cuda_runtime.h>
@@ -336,10 +337,7 @@ StatusOr<FetchedKv> PrefillClient::Fetch(const v1::PrefillRequest& request, cons
     Status s = FetchOnce(endpoint, asked, expected, into, canceller, on_kv_bytes, whole, &swapped, &out, &outcome);
     if (swapped != nullptr) {
       into = swapped;
-      asked.clear_kv_from_token();
-      asked.clear_kv_from_sparsity();
-      asked.clear_kv_from_block_size();
-      asked.clear_kv_from_gates_fingerprint();
+      ClearKvFrom(&asked);
     }
     if (s.ok()) {
       out.attempts = attempt + 1;

@@ -227,6 +227,13 @@ StatusOr<SparsityConfig> AppliedSparsityFromProto(const v1::Sparsity& sparsity, 
   return out;
 }
 
+void ClearKvFrom(v1::PrefillRequest* request) {
+  request->clear_kv_from_token();
+  request->clear_kv_from_sparsity();
+  request->clear_kv_from_block_size();
+  request->clear_kv_from_gates_fingerprint();
+}
+
 void AddChatMessages(std::vector<ChatTurn> turns, v1::GenerateRequest* request) {
   for (ChatTurn& t : turns) {
     v1::ChatMessage* m = request->add_messages();

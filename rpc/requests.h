@@ -140,6 +140,9 @@ v1::Sparsity SparsityToProto(const SparsityRequest& request);
 // unset (INVALID_ARGUMENT naming `field`).
 v1::Sparsity AppliedSparsityToProto(const SparsityConfig& applied);
 StatusOr<SparsityConfig> AppliedSparsityFromProto(const v1::Sparsity& sparsity, const char* field);
+// Drops a request's ask for the positions after held ones (kv_from_*): the
+// whole prompt's K/V is wanted.
+void ClearKvFrom(v1::PrefillRequest* request);
 
 // Chat turns as a request's messages (every front end sends them so).
 void AddChatMessages(std::vector<ChatTurn> turns, v1::GenerateRequest* request);

@@ -294,10 +294,8 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     std::vector<std::unique_ptr<KvCache>> caches;
     const PrefillClient::WholeCache whole = [&]() -> StatusOr<KvCache*> {
       DropCaches(&caches);
-      if (MakeCaches(capacity, held, HeldPrefixes::Hit{}, &caches, /*at_once=*/true)) {
-        DropCaches(&caches);
+      if (MakeCaches(capacity, held, HeldPrefixes::Hit{}, &caches, /*at_once=*/true))
         return ResourceExhausted("no KV pages free at once for the whole prompt");
-      }
       return caches[0].get();
     };
     StatusOr<FetchedKv> fetched = Cancelled("not fetched");
@@ -308,10 +306,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
         prefill_request.set_kv_from_block_size(hit.gate_block);
         prefill_request.set_kv_from_gates_fingerprint(hit.gates_fingerprint);
       } else {
-        prefill_request.clear_kv_from_token();
-        prefill_request.clear_kv_from_sparsity();
-        prefill_request.clear_kv_from_block_size();
-        prefill_request.clear_kv_from_gates_fingerprint();
+        ClearKvFrom(&prefill_request);
       }
       if (caches.empty()) {
         if (std::optional<grpc::Status> failed = MakeCaches(capacity, held, hit, &caches, /*at_once=*/false)) {
@@ -321,7 +316,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
       fetched = service_->prefill_->Fetch(
           prefill_request, service_->expected_, caches[0].get(), &canceller_,
           [this](int64_t bytes) { metrics_->kv_received_bytes.Increment(static_cast<double>(bytes)); },
-          hit.tokens > 0 && batched ? whole : nullptr);
+          hit.tokens > 0 ? whole : nullptr);
       if (fetched.ok() || hit.tokens == 0 || !IsKvFromDeclined(fetched.status()) || cancelled()) break;
       // Declined, and no pages for the whole prompt at once: again, waiting.
       metrics_->kv_prefix_declined.Increment();
@@ -339,7 +334,7 @@ class GenerateStream final : public StreamReactor<v1::GenerateResponse> {
     } else if (hit.tokens > 0) {
       metrics_->kv_prefix_declined.Increment();  // the whole prompt came, into new pages
     }
-    if (held != nullptr && fetched_.transfer.kv_wire() != v1::KV_WIRE_FP8_E4M3) {
+    if (held != nullptr) {
       held->Keep(*ids, prefill_request.sparsity(), fetched_.summary.applied_sparsity(), fetched_.gate_block,
                  fetched_.gates_fingerprint, static_cast<const PagedKvCache&>(*caches[0]));
     }
